@@ -1,0 +1,407 @@
+//! The server: accept loop, one hyper HTTP/1 connection per task, and the request handler
+//! (record -> pop the scripted reply -> route -> answer).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinSet;
+
+use crate::body::{MockBody, SseBody, SsePlan, StreamCounters};
+use crate::record::RecordedRequest;
+use crate::reply::{Reply, StreamSpec};
+use crate::wire::{self, anthropic, openai, Flavor, Meta};
+use crate::MockConfig;
+
+/// Model echoed back when the request names none.
+const DEFAULT_MODEL: &str = "mock-model";
+
+/// State shared by the handle ([`crate::MockUpstream`]) and every connection.
+pub(crate) struct Shared {
+    script: Mutex<Script>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    record_requests: bool,
+    calls: AtomicUsize,
+    pub(crate) streams: Arc<StreamCounters>,
+    stream_defaults: StreamSpec,
+}
+
+struct Script {
+    queue: VecDeque<Reply>,
+    default: Reply,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    pub(crate) fn new(config: MockConfig) -> Shared {
+        Shared {
+            script: Mutex::new(Script {
+                queue: VecDeque::new(),
+                default: config.default_reply,
+            }),
+            requests: Mutex::new(Vec::new()),
+            record_requests: config.record_requests,
+            calls: AtomicUsize::new(0),
+            streams: Arc::default(),
+            stream_defaults: config.stream_defaults,
+        }
+    }
+
+    pub(crate) fn push(&self, reply: Reply) {
+        self.script.lock().queue.push_back(reply);
+    }
+
+    pub(crate) fn set_default(&self, reply: Reply) {
+        self.script.lock().default = reply;
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.script.lock().queue.len()
+    }
+
+    pub(crate) fn calls(&self) -> usize {
+        self.calls.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().clone()
+    }
+
+    pub(crate) fn last_request(&self) -> Option<RecordedRequest> {
+        self.requests.lock().last().cloned()
+    }
+
+    /// Records the request (if enabled), counts it, and returns its 1-based sequence number.
+    fn record(&self, parts: &Parts, body: &[u8]) -> usize {
+        if self.record_requests {
+            let recorded = RecordedRequest::from_parts(parts, body);
+            self.requests.lock().push(recorded);
+        }
+        // Counted after recording, so whoever sees `calls() == n` also sees n requests.
+        self.calls.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn next_reply(&self) -> Reply {
+        let mut script = self.script.lock();
+        match script.queue.pop_front() {
+            Some(reply) => reply,
+            None => script.default.clone(),
+        }
+    }
+}
+
+// === serving ===
+
+/// Accepts connections until `stop` fires (or its sender is dropped), then aborts every
+/// connection and waits for them to end.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, Arc::clone(&shared)));
+                }
+                // Out of file descriptors or similar: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// Serves one connection; returning drops the socket, which is how [`Reply::Drop`] closes it.
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    // Each SSE event is its own small write; Nagle would hold them back.
+    stream.set_nodelay(true).ok();
+    let kill = Arc::new(Notify::new());
+    let service = {
+        let kill = Arc::clone(&kill);
+        hyper::service::service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&kill), req))
+    };
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = connection => {}
+        () = kill.notified() => {}
+    }
+}
+
+// === handling ===
+
+/// The fields of a request body the mock looks at.
+#[derive(Default, Deserialize)]
+struct RequestFields {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+}
+
+#[derive(Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Models,
+    Model,
+    Messages,
+    CountTokens,
+    Unknown,
+}
+
+impl Endpoint {
+    fn of(method: &Method, path: &str) -> Endpoint {
+        match (method, path) {
+            (&Method::POST, "/v1/chat/completions") => Endpoint::ChatCompletions,
+            (&Method::POST, "/v1/completions") => Endpoint::Completions,
+            (&Method::POST, "/v1/embeddings") => Endpoint::Embeddings,
+            (&Method::GET, "/v1/models") => Endpoint::Models,
+            (&Method::GET, p) if model_id(p).is_some() => Endpoint::Model,
+            (&Method::POST, "/v1/messages") => Endpoint::Messages,
+            (&Method::POST, "/v1/messages/count_tokens") => Endpoint::CountTokens,
+            _ => Endpoint::Unknown,
+        }
+    }
+}
+
+/// `{id}` of `/v1/models/{id}`.
+fn model_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/models/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// A request reduced to what the answer depends on.
+struct Received {
+    endpoint: Endpoint,
+    flavor: Flavor,
+    fields: RequestFields,
+    seq: usize,
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    kill: Arc<Notify>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let seq = shared.record(&parts, &body);
+    let reply = shared.next_reply();
+
+    let endpoint = Endpoint::of(&parts.method, parts.uri.path());
+    let flavor = match endpoint {
+        Endpoint::Messages | Endpoint::CountTokens => Flavor::Anthropic,
+        Endpoint::Models | Endpoint::Model | Endpoint::Unknown
+            if parts.headers.contains_key("anthropic-version") =>
+        {
+            Flavor::Anthropic
+        }
+        _ => Flavor::OpenAi,
+    };
+    let request = Received {
+        endpoint,
+        flavor,
+        fields: serde_json::from_slice(&body).unwrap_or_default(),
+        seq,
+    };
+    Ok(respond(&shared, &kill, &parts, &request, reply).await)
+}
+
+async fn respond(
+    shared: &Shared,
+    kill: &Notify,
+    parts: &Parts,
+    request: &Received,
+    mut reply: Reply,
+) -> Response<MockBody> {
+    loop {
+        return match reply {
+            Reply::Delay { ms, then } => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                reply = *then;
+                continue;
+            }
+            Reply::Hang => std::future::pending().await,
+            Reply::Drop => {
+                // The connection task drops the socket; this future is dropped with it.
+                kill.notify_one();
+                std::future::pending().await
+            }
+            Reply::Status {
+                status,
+                body,
+                headers,
+            } => json_response(status, wire::json_bytes(&body), &headers),
+            Reply::Error {
+                status,
+                message,
+                headers,
+            } => json_response(
+                status,
+                wire::error_body(request.flavor, status, &message),
+                &headers,
+            ),
+            Reply::Ok => success(shared, parts, request, None, None),
+            Reply::Content(text) => success(shared, parts, request, Some(&text), None),
+            Reply::Stream(spec) => success(shared, parts, request, None, Some(&spec)),
+        };
+    }
+}
+
+/// The endpoint's normal answer: `content` overrides the text, `forced` forces a stream.
+fn success(
+    shared: &Shared,
+    parts: &Parts,
+    request: &Received,
+    content: Option<&str>,
+    forced: Option<&StreamSpec>,
+) -> Response<MockBody> {
+    let fields = &request.fields;
+    let streaming = forced.is_some() || fields.stream == Some(true);
+    let spec = forced.unwrap_or(&shared.stream_defaults);
+    let include_usage = fields
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let meta = Meta {
+        seq: request.seq,
+        created: unix_now(),
+        model: fields.model.as_deref().unwrap_or(DEFAULT_MODEL),
+    };
+    let text = || match content {
+        Some(text) => text.to_owned(),
+        None => spec.pieces(None).concat(),
+    };
+    let pieces = || spec.pieces(content);
+    match request.endpoint {
+        Endpoint::ChatCompletions if streaming => {
+            let plan = openai::chat_stream(meta, &pieces(), include_usage);
+            sse_response(plan, spec, shared)
+        }
+        Endpoint::ChatCompletions => json_response(200, openai::chat(meta, &text()), &[]),
+        Endpoint::Completions if streaming => {
+            let plan = openai::completion_stream(meta, &pieces(), include_usage);
+            sse_response(plan, spec, shared)
+        }
+        Endpoint::Completions => json_response(200, openai::completion(meta, &text()), &[]),
+        Endpoint::Messages if streaming => {
+            sse_response(anthropic::message_stream(meta, &pieces()), spec, shared)
+        }
+        Endpoint::Messages => json_response(200, anthropic::message(meta, &text()), &[]),
+        Endpoint::CountTokens => json_response(200, anthropic::count_tokens_reply(), &[]),
+        Endpoint::Embeddings => json_response(
+            200,
+            openai::embeddings(meta.model, fields.input.as_ref()),
+            &[],
+        ),
+        Endpoint::Models => json_response(
+            200,
+            match request.flavor {
+                Flavor::OpenAi => openai::models(),
+                Flavor::Anthropic => anthropic::models(),
+            },
+            &[],
+        ),
+        Endpoint::Model => {
+            let id = model_id(parts.uri.path()).unwrap_or(DEFAULT_MODEL);
+            let body = match request.flavor {
+                Flavor::OpenAi => openai::model_info(id),
+                Flavor::Anthropic => anthropic::model_info(id),
+            };
+            json_response(200, body, &[])
+        }
+        Endpoint::Unknown => {
+            let message = format!(
+                "mock-upstream: no route for `{} {}`",
+                parts.method,
+                parts.uri.path()
+            );
+            json_response(404, wire::error_body(request.flavor, 404, &message), &[])
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// === responses ===
+
+fn json_response(status: u16, body: Bytes, extra: &[(String, String)]) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::Full(Some(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    add_headers(&mut response, extra);
+    response
+}
+
+fn sse_response(plan: SsePlan, spec: &StreamSpec, shared: &Shared) -> Response<MockBody> {
+    let body = SseBody::new(plan, spec, Arc::clone(&shared.streams));
+    let mut response = Response::new(MockBody::Sse(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Adds scripted headers: the first value of a name replaces a default (e.g. `content-type`),
+/// later values of that name are appended. Invalid names or values are skipped.
+fn add_headers(response: &mut Response<MockBody>, extra: &[(String, String)]) {
+    let headers = response.headers_mut();
+    for (i, (name, value)) in extra.iter().enumerate() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        let seen = extra[..i]
+            .iter()
+            .any(|(earlier, _)| earlier.eq_ignore_ascii_case(name.as_str()));
+        if seen {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
+    }
+}
