@@ -1,0 +1,657 @@
+//! The embedded SQLite store: WAL mode, `busy_timeout`, foreign keys on, migrations embedded in
+//! the binary and run at open. Write transactions start with `BEGIN IMMEDIATE` so that concurrent
+//! writers queue on the busy timeout instead of failing with "database is locked".
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row;
+
+use super::{Store, StoreError, UsageFilter, UsagePage, UsageSample};
+use crate::domain::{
+    now_ms, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
+    ModelMappings, Outcome, PersistedHealth, Pool, PoolName, Source, UsageRecord,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// SQLite-backed [`Store`].
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and runs the migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        Self::connect(options).await
+    }
+
+    /// Opens a `sqlite:` URL (tests use `sqlite::memory:` only through `open` on a temp file).
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        Self::connect(options).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The journal mode in force (`wal`), for tests and diagnostics.
+    pub async fn journal_mode(&self) -> Result<String, StoreError> {
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<String, _>(0)?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+// === row mapping ===
+
+fn status_of(enabled: bool, health: &PersistedHealth, now: i64) -> BackendStatus {
+    if !enabled {
+        BackendStatus::Disabled
+    } else if health.broken {
+        BackendStatus::Error
+    } else if health.cooldown_until_ms.is_some_and(|until| until > now) {
+        BackendStatus::Cooling
+    } else {
+        BackendStatus::Healthy
+    }
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {detail}"))
+}
+
+fn backend_from_row(row: &SqliteRow) -> Result<BackendRecord, StoreError> {
+    let api_text: String = row.try_get("api")?;
+    let source_text: String = row.try_get("source")?;
+    let mappings_text: String = row.try_get("model_mappings")?;
+    let metadata_text: String = row.try_get("metadata")?;
+    let status: String = row.try_get("status")?;
+    let model_mappings: ModelMappings =
+        serde_json::from_str(&mappings_text).map_err(|e| corrupt("model_mappings", e))?;
+    Ok(BackendRecord {
+        id: BackendId::new(row.try_get::<String, _>("id")?),
+        name: row.try_get("name")?,
+        label: row.try_get("label")?,
+        api_base_url: row.try_get("api_base_url")?,
+        api_key_sealed: row.try_get("api_key_sealed")?,
+        api_key_mask: row.try_get("api_key_mask")?,
+        api: ApiKind::parse(&api_text).ok_or_else(|| corrupt("api", &api_text))?,
+        timeout_seconds: u32::try_from(row.try_get::<i64, _>("timeout_seconds")?)
+            .map_err(|e| corrupt("timeout_seconds", e))?,
+        rpm_limit: u32::try_from(row.try_get::<i64, _>("rpm_limit")?)
+            .map_err(|e| corrupt("rpm_limit", e))?,
+        weight: u32::try_from(row.try_get::<i64, _>("weight")?)
+            .map_err(|e| corrupt("weight", e))?,
+        pool: PoolName::new(row.try_get::<String, _>("pool")?),
+        enabled: row.try_get("enabled")?,
+        model_mappings,
+        source: Source::parse(&source_text).ok_or_else(|| corrupt("source", &source_text))?,
+        metadata: serde_json::from_str(&metadata_text).map_err(|e| corrupt("metadata", e))?,
+        health: PersistedHealth {
+            cooldown_until_ms: row.try_get("cooldown_until")?,
+            consecutive_429_count: u32::try_from(row.try_get::<i64, _>("consecutive_429_count")?)
+                .map_err(|e| corrupt("consecutive_429_count", e))?,
+            broken: status == "error",
+            last_error: row.try_get("last_error")?,
+        },
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}
+
+fn usage_from_row(row: &SqliteRow) -> Result<UsageRecord, StoreError> {
+    let outcome: String = row.try_get("outcome")?;
+    let opt_u32 = |name: &str| -> Result<Option<u32>, StoreError> {
+        row.try_get::<Option<i64>, _>(name)?
+            .map(|value| u32::try_from(value).map_err(|e| corrupt(name, e)))
+            .transpose()
+    };
+    Ok(UsageRecord {
+        request_id: row.try_get("request_id")?,
+        ts_ms: row.try_get("ts")?,
+        client_key_id: row.try_get("client_key_id")?,
+        endpoint: row.try_get("endpoint")?,
+        canonical_model: row.try_get("canonical_model")?,
+        backend_id: row.try_get("backend_id")?,
+        upstream_model: row.try_get("upstream_model")?,
+        pool: row.try_get("pool")?,
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?)
+            .map_err(|e| corrupt("attempts", e))?,
+        status: u16::try_from(row.try_get::<i64, _>("status")?)
+            .map_err(|e| corrupt("status", e))?,
+        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+        error_kind: row.try_get("error_kind")?,
+        prompt_tokens: opt_u32("prompt_tokens")?,
+        completion_tokens: opt_u32("completion_tokens")?,
+        total_tokens: opt_u32("total_tokens")?,
+        latency_ms: u64::try_from(row.try_get::<i64, _>("latency_ms")?)
+            .map_err(|e| corrupt("latency_ms", e))?,
+        ttfb_ms: row
+            .try_get::<Option<i64>, _>("ttfb_ms")?
+            .map(|value| u64::try_from(value).map_err(|e| corrupt("ttfb_ms", e)))
+            .transpose()?,
+        streamed: row.try_get("streamed")?,
+    })
+}
+
+/// Maps constraint failures to the errors the API shows.
+fn classify_write_error(error: sqlx::Error, backend: &BackendRecord) -> StoreError {
+    if let sqlx::Error::Database(db) = &error {
+        let message = db.message();
+        if message.contains("UNIQUE constraint failed: backends.name") {
+            return StoreError::Conflict(format!(
+                "a backend named `{}` already exists",
+                backend.name
+            ));
+        }
+        if message.contains("FOREIGN KEY constraint failed") {
+            return StoreError::NotFound(format!("pool `{}` does not exist", backend.pool));
+        }
+    }
+    StoreError::Database(error)
+}
+
+const BACKEND_COLUMNS: &str = "id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
+     timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
+     cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at";
+
+async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    let mappings =
+        serde_json::to_string(&backend.model_mappings).map_err(|e| corrupt("model_mappings", e))?;
+    let status = status_of(backend.enabled, &backend.health, now_ms());
+    sqlx::query(
+        "INSERT INTO backends (id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
+         timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
+         cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(backend.id.as_str())
+    .bind(&backend.name)
+    .bind(&backend.label)
+    .bind(&backend.api_base_url)
+    .bind(&backend.api_key_sealed)
+    .bind(&backend.api_key_mask)
+    .bind(backend.api.as_str())
+    .bind(i64::from(backend.timeout_seconds))
+    .bind(i64::from(backend.rpm_limit))
+    .bind(i64::from(backend.weight))
+    .bind(backend.pool.as_str())
+    .bind(backend.enabled)
+    .bind(status.as_str())
+    .bind(mappings)
+    .bind(backend.source.as_str())
+    .bind(backend.health.cooldown_until_ms)
+    .bind(i64::from(backend.health.consecutive_429_count))
+    .bind(&backend.health.last_error)
+    .bind(backend.metadata.to_string())
+    .bind(backend.created_at_ms)
+    .bind(backend.updated_at_ms)
+    .execute(executor)
+    .await
+    .map_err(|error| classify_write_error(error, backend))?;
+    Ok(())
+}
+
+/// Updates the definition of a backend (not its health, id or `created_at`).
+async fn update_definition_in<'c, E>(
+    executor: E,
+    backend: &BackendRecord,
+) -> Result<u64, StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    let mappings =
+        serde_json::to_string(&backend.model_mappings).map_err(|e| corrupt("model_mappings", e))?;
+    let status = status_of(backend.enabled, &backend.health, now_ms());
+    let result = sqlx::query(
+        "UPDATE backends SET name = ?, label = ?, api_base_url = ?, api_key_sealed = ?, \
+         api_key_mask = ?, api = ?, timeout_seconds = ?, rpm_limit = ?, weight = ?, pool = ?, \
+         enabled = ?, status = ?, model_mappings = ?, source = ?, metadata = ?, updated_at = ? \
+         WHERE id = ?",
+    )
+    .bind(&backend.name)
+    .bind(&backend.label)
+    .bind(&backend.api_base_url)
+    .bind(&backend.api_key_sealed)
+    .bind(&backend.api_key_mask)
+    .bind(backend.api.as_str())
+    .bind(i64::from(backend.timeout_seconds))
+    .bind(i64::from(backend.rpm_limit))
+    .bind(i64::from(backend.weight))
+    .bind(backend.pool.as_str())
+    .bind(backend.enabled)
+    .bind(status.as_str())
+    .bind(mappings)
+    .bind(backend.source.as_str())
+    .bind(backend.metadata.to_string())
+    .bind(backend.updated_at_ms)
+    .bind(backend.id.as_str())
+    .execute(executor)
+    .await
+    .map_err(|error| classify_write_error(error, backend))?;
+    Ok(result.rows_affected())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, priority, description FROM pools ORDER BY priority, name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Pool {
+                    name: PoolName::new(row.try_get::<String, _>("name")?),
+                    priority: row.try_get("priority")?,
+                    description: row.try_get("description")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_pool(&self, pool: &Pool) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO pools (name, priority, description, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(pool.name.as_str())
+        .bind(pool.priority)
+        .bind(&pool.description)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "a pool named `{}` already exists",
+                pool.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn list_backends(&self) -> Result<Vec<BackendRecord>, StoreError> {
+        let sql = format!("SELECT {BACKEND_COLUMNS} FROM backends ORDER BY created_at, name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(backend_from_row).collect()
+    }
+
+    async fn get_backend(&self, id: &BackendId) -> Result<Option<BackendRecord>, StoreError> {
+        let sql = format!("SELECT {BACKEND_COLUMNS} FROM backends WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(backend_from_row).transpose()
+    }
+
+    async fn insert_backend(&self, backend: &BackendRecord) -> Result<(), StoreError> {
+        insert_backend_in(&self.pool, backend).await
+    }
+
+    async fn update_backend(&self, backend: &BackendRecord) -> Result<(), StoreError> {
+        if update_definition_in(&self.pool, backend).await? == 0 {
+            return Err(StoreError::NotFound(format!(
+                "backend `{}` does not exist",
+                backend.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete_backend(&self, id: &BackendId) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM backends WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn save_health(
+        &self,
+        id: &BackendId,
+        health: &PersistedHealth,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        // The status column is derived here from `enabled` (kept) and the new health.
+        sqlx::query(
+            "UPDATE backends SET cooldown_until = ?, consecutive_429_count = ?, last_error = ?, \
+             status = CASE WHEN enabled = 0 THEN 'disabled' WHEN ? THEN 'error' \
+                           WHEN ? THEN 'cooling' ELSE 'healthy' END \
+             WHERE id = ?",
+        )
+        .bind(health.cooldown_until_ms)
+        .bind(i64::from(health.consecutive_429_count))
+        .bind(&health.last_error)
+        .bind(health.broken)
+        .bind(health.cooldown_until_ms.is_some_and(|until| until > now))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn sync_config(
+        &self,
+        pools: &[Pool],
+        backends: &[BackendRecord],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for pool in pools {
+            sqlx::query(
+                "INSERT INTO pools (name, priority, description, created_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET priority = excluded.priority, \
+                 description = excluded.description",
+            )
+            .bind(pool.name.as_str())
+            .bind(pool.priority)
+            .bind(&pool.description)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+        let existing = sqlx::query("SELECT id, name, source FROM backends")
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &existing {
+            let name: String = row.try_get("name")?;
+            let source: String = row.try_get("source")?;
+            if source == Source::Config.as_str() && !names.contains(&name.as_str()) {
+                sqlx::query("DELETE FROM backends WHERE name = ?")
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for backend in backends {
+            let existing_id = existing.iter().find_map(|row| {
+                let name: String = row.try_get("name").ok()?;
+                (name == backend.name)
+                    .then(|| row.try_get::<String, _>("id").ok())
+                    .flatten()
+            });
+            match existing_id {
+                Some(id) => {
+                    let mut updated = backend.clone();
+                    updated.id = BackendId::new(id);
+                    update_definition_in(&mut *tx, &updated).await?;
+                }
+                None => insert_backend_in(&mut *tx, backend).await?,
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_sealed_keys(
+        &self,
+        sealed: &[(BackendId, String)],
+        settings: &[(&str, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (id, value) in sealed {
+            sqlx::query("UPDATE backends SET api_key_sealed = ? WHERE id = ?")
+                .bind(value)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (key, value) in settings {
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES (?, ?) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, display_prefix, secret_hash, rpm_limit, allowed_models, created_at, \
+             revoked_at FROM client_keys ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let models: String = row.try_get("allowed_models")?;
+                let allowed_models: Vec<CanonicalModel> =
+                    serde_json::from_str(&models).map_err(|e| corrupt("allowed_models", e))?;
+                Ok(ClientKeyRecord {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    display_prefix: row.try_get("display_prefix")?,
+                    secret_hash: row.try_get("secret_hash")?,
+                    rpm_limit: u32::try_from(row.try_get::<i64, _>("rpm_limit")?)
+                        .map_err(|e| corrupt("rpm_limit", e))?,
+                    allowed_models,
+                    created_at_ms: row.try_get("created_at")?,
+                    revoked_at_ms: row.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_client_key(&self, key: &ClientKeyRecord) -> Result<(), StoreError> {
+        let models =
+            serde_json::to_string(&key.allowed_models).map_err(|e| corrupt("allowed_models", e))?;
+        sqlx::query(
+            "INSERT INTO client_keys (id, name, display_prefix, secret_hash, rpm_limit, \
+             allowed_models, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.display_prefix)
+        .bind(&key.secret_hash)
+        .bind(i64::from(key.rpm_limit))
+        .bind(models)
+        .bind(key.created_at_ms)
+        .bind(key.revoked_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_client_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE client_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(at_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for record in records {
+            sqlx::query(
+                "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
+                 canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
+                 error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
+                 streamed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&record.request_id)
+            .bind(record.ts_ms)
+            .bind(&record.client_key_id)
+            .bind(&record.endpoint)
+            .bind(&record.canonical_model)
+            .bind(&record.backend_id)
+            .bind(&record.upstream_model)
+            .bind(&record.pool)
+            .bind(i64::from(record.attempts))
+            .bind(i64::from(record.status))
+            .bind(record.outcome.as_str())
+            .bind(&record.error_kind)
+            .bind(record.prompt_tokens.map(i64::from))
+            .bind(record.completion_tokens.map(i64::from))
+            .bind(record.total_tokens.map(i64::from))
+            .bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
+            .bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+            .bind(record.streamed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
+        let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 1000));
+        // Optional filters are written as `(? IS NULL OR column = ?)` so the SQL stays static.
+        let rows = sqlx::query(
+            "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
+             upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
+             completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed FROM usage_records \
+             WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) \
+             AND (?3 IS NULL OR backend_id = ?3) AND (?4 IS NULL OR canonical_model = ?4) \
+             AND (?5 IS NULL OR client_key_id = ?5) AND (?6 IS NULL OR seq < ?6) \
+             ORDER BY seq DESC LIMIT ?7",
+        )
+        .bind(filter.from_ms)
+        .bind(filter.to_ms)
+        .bind(&filter.backend_id)
+        .bind(&filter.model)
+        .bind(&filter.client_key_id)
+        .bind(filter.before)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
+        let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+        let records = page
+            .iter()
+            .map(usage_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if has_more {
+            page.last()
+                .map(|row| row.try_get::<i64, _>("seq"))
+                .transpose()?
+        } else {
+            None
+        };
+        Ok(UsagePage {
+            records,
+            next_cursor,
+        })
+    }
+
+    async fn usage_samples(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        backend_id: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<Vec<UsageSample>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ts, backend_id, canonical_model, status, outcome, prompt_tokens, \
+             completion_tokens, latency_ms, ttfb_ms FROM usage_records \
+             WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR backend_id = ?3) \
+             AND (?4 IS NULL OR canonical_model = ?4) ORDER BY ts",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(backend_id)
+        .bind(model)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let outcome: String = row.try_get("outcome")?;
+                let non_negative = |value: Option<i64>| {
+                    value
+                        .and_then(|v| u64::try_from(v).ok())
+                        .unwrap_or_default()
+                };
+                Ok(UsageSample {
+                    ts_ms: row.try_get("ts")?,
+                    backend_id: row.try_get("backend_id")?,
+                    canonical_model: row.try_get("canonical_model")?,
+                    status: u16::try_from(row.try_get::<i64, _>("status")?)
+                        .map_err(|e| corrupt("status", e))?,
+                    outcome: Outcome::parse(&outcome)
+                        .ok_or_else(|| corrupt("outcome", &outcome))?,
+                    prompt_tokens: non_negative(row.try_get("prompt_tokens")?),
+                    completion_tokens: non_negative(row.try_get("completion_tokens")?),
+                    latency_ms: non_negative(row.try_get("latency_ms")?),
+                    ttfb_ms: row
+                        .try_get::<Option<i64>, _>("ttfb_ms")?
+                        .and_then(|v| u64::try_from(v).ok()),
+                })
+            })
+            .collect()
+    }
+
+    async fn count_usage(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or_default())
+    }
+
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("value")).transpose()?)
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! Tests of the SQLite store against a real database file in a temp dir.
+
+use super::*;
+use crate::domain::{ModelMapping, UpstreamModel};
+
+fn backend(name: &str) -> BackendRecord {
+    let mut model_mappings = ModelMappings::new();
+    model_mappings.insert(
+        CanonicalModel::new("gpt-4o"),
+        ModelMapping {
+            upstream_model: UpstreamModel::new("gpt-4o-2024-08-06"),
+        },
+    );
+    BackendRecord {
+        id: BackendId::generate(),
+        name: name.to_owned(),
+        label: "Label".to_owned(),
+        api_base_url: "http://127.0.0.1:9/v1".to_owned(),
+        api_key_sealed: "pgenc:v1:1:nonce:ct".to_owned(),
+        api_key_mask: "sk-…abcd".to_owned(),
+        api: ApiKind::Openai,
+        timeout_seconds: 30,
+        rpm_limit: 60,
+        weight: 1,
+        pool: PoolName::new("primary"),
+        enabled: true,
+        model_mappings,
+        source: Source::Api,
+        metadata: serde_json::json!({"team": "a"}),
+        health: PersistedHealth::default(),
+        created_at_ms: now_ms(),
+        updated_at_ms: now_ms(),
+    }
+}
+
+async fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("poolgate.db"))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn opens_in_wal_mode_with_default_pools() {
+    let (_dir, store) = open().await;
+    assert_eq!(store.journal_mode().await.unwrap(), "wal");
+    let pools = store.list_pools().await.unwrap();
+    let names: Vec<_> = pools
+        .iter()
+        .map(|p| (p.name.as_str(), p.priority))
+        .collect();
+    assert_eq!(names, vec![("primary", 0), ("fallback", 1)]);
+}
+
+#[tokio::test]
+async fn backend_crud_round_trips() {
+    let (_dir, store) = open().await;
+    let mut one = backend("one");
+    store.insert_backend(&one).await.unwrap();
+    assert_eq!(store.get_backend(&one.id).await.unwrap().unwrap(), one);
+
+    one.label = "changed".into();
+    one.enabled = false;
+    one.pool = PoolName::new("fallback");
+    store.update_backend(&one).await.unwrap();
+    let read = store.get_backend(&one.id).await.unwrap().unwrap();
+    assert_eq!(read.label, "changed");
+    assert!(!read.enabled);
+    assert_eq!(read.pool.as_str(), "fallback");
+
+    assert_eq!(store.list_backends().await.unwrap().len(), 1);
+    assert!(store.delete_backend(&one.id).await.unwrap());
+    assert!(!store.delete_backend(&one.id).await.unwrap());
+    assert!(store.get_backend(&one.id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn duplicate_names_and_unknown_pools_are_refused() {
+    let (_dir, store) = open().await;
+    store.insert_backend(&backend("dup")).await.unwrap();
+    let error = store.insert_backend(&backend("dup")).await.unwrap_err();
+    assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+
+    let mut orphan = backend("orphan");
+    orphan.pool = PoolName::new("nope");
+    let error = store.insert_backend(&orphan).await.unwrap_err();
+    assert!(matches!(error, StoreError::NotFound(_)), "{error:?}");
+    assert_eq!(store.list_backends().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn pools_are_created_once() {
+    let (_dir, store) = open().await;
+    let pool = Pool {
+        name: PoolName::new("overflow"),
+        priority: 5,
+        description: String::new(),
+    };
+    store.create_pool(&pool).await.unwrap();
+    assert!(matches!(
+        store.create_pool(&pool).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.list_pools().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn health_is_persisted_and_derives_status() {
+    let (_dir, store) = open().await;
+    let one = backend("one");
+    store.insert_backend(&one).await.unwrap();
+    let health = PersistedHealth {
+        cooldown_until_ms: Some(now_ms() + 60_000),
+        consecutive_429_count: 3,
+        broken: false,
+        last_error: Some("429 from upstream".into()),
+    };
+    store.save_health(&one.id, &health).await.unwrap();
+    assert_eq!(
+        store.get_backend(&one.id).await.unwrap().unwrap().health,
+        health
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM backends WHERE id = ?")
+        .bind(one.id.as_str())
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "cooling");
+}
+
+#[tokio::test]
+async fn config_sync_upserts_by_name_and_removes_stale_config_backends() {
+    let (_dir, store) = open().await;
+    let mut from_config = backend("cfg");
+    from_config.source = Source::Config;
+    let stale = {
+        let mut b = backend("stale");
+        b.source = Source::Config;
+        b
+    };
+    let from_api = backend("api");
+    store.insert_backend(&from_config).await.unwrap();
+    store.insert_backend(&stale).await.unwrap();
+    store.insert_backend(&from_api).await.unwrap();
+
+    let mut changed = backend("cfg");
+    changed.source = Source::Config;
+    changed.rpm_limit = 7;
+    store.sync_config(&[], &[changed]).await.unwrap();
+
+    let backends = store.list_backends().await.unwrap();
+    let mut names: Vec<_> = backends.iter().map(|b| b.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, vec!["api", "cfg"]);
+    let cfg = backends.iter().find(|b| b.name == "cfg").unwrap();
+    assert_eq!(cfg.id, from_config.id, "the id survives a sync");
+    assert_eq!(cfg.rpm_limit, 7);
+}
+
+#[tokio::test]
+async fn client_keys_and_settings_round_trip() {
+    let (_dir, store) = open().await;
+    let key = ClientKeyRecord {
+        id: "abc".into(),
+        name: "ci".into(),
+        display_prefix: "pgk-abc-…".into(),
+        secret_hash: vec![7; 32],
+        rpm_limit: 10,
+        allowed_models: vec![CanonicalModel::new("gpt-4o")],
+        created_at_ms: 1,
+        revoked_at_ms: None,
+    };
+    store.insert_client_key(&key).await.unwrap();
+    assert_eq!(store.list_client_keys().await.unwrap(), vec![key.clone()]);
+    assert!(store.revoke_client_key("abc", 5).await.unwrap());
+    assert!(!store.revoke_client_key("abc", 6).await.unwrap());
+    assert_eq!(
+        store.list_client_keys().await.unwrap()[0].revoked_at_ms,
+        Some(5)
+    );
+
+    assert_eq!(store.get_setting("x").await.unwrap(), None);
+    store.put_setting("x", "1").await.unwrap();
+    store.put_setting("x", "2").await.unwrap();
+    assert_eq!(store.get_setting("x").await.unwrap().as_deref(), Some("2"));
+}
+
+fn usage(i: i64) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{i}"),
+        ts_ms: 1_000 + i,
+        client_key_id: Some("abc".into()),
+        endpoint: "chat.completions".into(),
+        canonical_model: Some(if i % 2 == 0 { "a" } else { "b" }.into()),
+        backend_id: Some("bkd_x".into()),
+        upstream_model: Some("up".into()),
+        pool: Some("primary".into()),
+        attempts: 1,
+        status: 200,
+        outcome: Outcome::Success,
+        error_kind: None,
+        prompt_tokens: Some(10),
+        completion_tokens: Some(5),
+        total_tokens: Some(15),
+        latency_ms: 12,
+        ttfb_ms: Some(3),
+        streamed: false,
+    }
+}
+
+#[tokio::test]
+async fn usage_is_paginated_newest_first_and_filtered() {
+    let (_dir, store) = open().await;
+    let records: Vec<_> = (0..25).map(usage).collect();
+    store.insert_usage(&records).await.unwrap();
+    assert_eq!(store.count_usage().await.unwrap(), 25);
+
+    let first = store
+        .list_usage(&UsageFilter {
+            limit: Some(10),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.records.len(), 10);
+    assert_eq!(first.records[0], records[24]);
+    let second = store
+        .list_usage(&UsageFilter {
+            limit: Some(10),
+            before: first.next_cursor,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.records[0], records[14]);
+    let third = store
+        .list_usage(&UsageFilter {
+            limit: Some(10),
+            before: second.next_cursor,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(third.records.len(), 5);
+    assert_eq!(third.next_cursor, None);
+
+    let only_a = store
+        .list_usage(&UsageFilter {
+            model: Some("a".into()),
+            from_ms: Some(1_010),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(only_a
+        .records
+        .iter()
+        .all(|r| r.canonical_model.as_deref() == Some("a") && r.ts_ms >= 1_010));
+    assert_eq!(only_a.records.len(), 8);
+
+    let samples = store
+        .usage_samples(1_000, 1_005, None, Some("b"))
+        .await
+        .unwrap();
+    assert_eq!(samples.len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_writers_do_not_hit_database_is_locked() {
+    let (_dir, store) = open().await;
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for batch in 0..20 {
+                let records: Vec<_> = (0..10)
+                    .map(|i| usage(writer * 1000 + batch * 10 + i))
+                    .collect();
+                store.insert_usage(&records).await?;
+                store
+                    .put_setting(&format!("w{writer}"), &batch.to_string())
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(store.count_usage().await.unwrap(), 8 * 20 * 10);
+}
