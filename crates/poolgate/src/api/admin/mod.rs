@@ -1,0 +1,88 @@
+//! The admin API under `/admin/api`: backends, pools, client keys, usage and statistics. Every
+//! route requires the admin token except those in [`super::PUBLIC_ROUTES`]; the OpenAPI document
+//! is generated from the handlers' annotations (utoipa), so it lists exactly the routes served.
+
+pub mod backends;
+pub mod keys;
+pub mod pools;
+pub mod usage;
+
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "poolgate admin API",
+        description = "Manage upstream backends, pools and client keys; read usage and statistics. \
+                       Every route needs `Authorization: Bearer <admin token>`."
+    ),
+    modifiers(&BearerAuth),
+    security(("admin_token" = []))
+)]
+struct AdminDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The admin routes (paths relative to `/admin/api`) and their OpenAPI document.
+pub fn router(state: AppState) -> (Router<AppState>, OpenApiDoc) {
+    let (protected, mut doc) = OpenApiRouter::with_openapi(AdminDoc::openapi())
+        .routes(routes!(backends::list, backends::create))
+        .routes(routes!(
+            backends::get_one,
+            backends::update,
+            backends::delete
+        ))
+        .routes(routes!(backends::reset_cooldown))
+        .routes(routes!(pools::list, pools::create))
+        .routes(routes!(pools::stats))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(usage::list))
+        .routes(routes!(usage::stats))
+        .split_for_parts();
+    // Paths in the document are absolute, as clients call them.
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (format!("/admin/api{path}"), item))
+        .collect();
+    let protected = protected.layer(axum::middleware::from_fn_with_state(
+        state,
+        super::auth::require_admin,
+    ));
+    let document = doc.clone();
+    let router = Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { axum::Json(document).into_response() }
+            }),
+        )
+        .merge(protected);
+    (router, doc)
+}
+
+/// The OpenAPI document of the admin API (also served at `/admin/api/openapi.json`).
+pub fn openapi(state: AppState) -> OpenApiDoc {
+    router(state).1
+}

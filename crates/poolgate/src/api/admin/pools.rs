@@ -1,0 +1,107 @@
+//! `/admin/api/pools`: list and create pools, and per-pool health counts.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+use crate::api::json::Json;
+use crate::domain::{validate_name, BackendStatus, Pool, PoolName};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+/// Body of `POST /admin/api/pools`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePool {
+    pub name: String,
+    /// Lower is tried first (`primary` = 0, `fallback` = 1).
+    pub priority: i64,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Health counts of one pool.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolStats {
+    pub name: String,
+    pub priority: i64,
+    pub total: u32,
+    pub enabled: u32,
+    pub healthy: u32,
+    pub cooling: u32,
+    pub error: u32,
+    pub disabled: u32,
+}
+
+/// List pools in priority order.
+#[utoipa::path(get, path = "/pools", tag = "pools",
+    responses((status = 200, body = [Pool]), (status = 401, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(axum::Json(state.store.list_pools().await?))
+}
+
+/// Create a pool.
+#[utoipa::path(post, path = "/pools", tag = "pools", request_body = CreatePool,
+    responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Json(input): Json<CreatePool>,
+) -> Result<impl IntoResponse, ApiError> {
+    validate_name("name", &input.name)?;
+    if !(-1_000_000..=1_000_000).contains(&input.priority) {
+        return Err(ApiError::InvalidRequest {
+            message: "`priority` must be between -1000000 and 1000000".into(),
+            param: Some("priority".into()),
+            code: Some("invalid_value"),
+        });
+    }
+    let pool = Pool {
+        name: PoolName::new(input.name),
+        priority: input.priority,
+        description: input.description,
+    };
+    state.store.create_pool(&pool).await?;
+    state.reload().await?;
+    Ok((StatusCode::CREATED, axum::Json(pool)))
+}
+
+/// Per pool: how many backends are enabled, healthy, cooling, in error.
+#[utoipa::path(get, path = "/pools/stats", tag = "pools",
+    responses((status = 200, body = [PoolStats]), (status = 401, body = ErrorBody)))]
+pub async fn stats(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let live = state.live();
+    let now = Instant::now();
+    let stats: Vec<PoolStats> = live
+        .pools
+        .iter()
+        .map(|pool| {
+            let mut stats = PoolStats {
+                name: pool.name.to_string(),
+                priority: pool.priority,
+                total: 0,
+                enabled: 0,
+                healthy: 0,
+                cooling: 0,
+                error: 0,
+                disabled: 0,
+            };
+            for backend in live.backends.iter().filter(|b| b.record.pool == pool.name) {
+                stats.total += 1;
+                if backend.record.enabled {
+                    stats.enabled += 1;
+                }
+                match backend.status(now) {
+                    BackendStatus::Healthy => stats.healthy += 1,
+                    BackendStatus::Cooling => stats.cooling += 1,
+                    BackendStatus::Error => stats.error += 1,
+                    BackendStatus::Disabled => stats.disabled += 1,
+                }
+            }
+            stats
+        })
+        .collect();
+    Ok(axum::Json(stats))
+}

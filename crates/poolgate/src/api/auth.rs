@@ -1,0 +1,71 @@
+//! Credentials: the admin token (bearer, compared in constant time) and client keys
+//! (`pgk-<id>-<secret>`: looked up by id in the live snapshot, secret hash compared in constant
+//! time). The admin token is accepted as a client key too.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use secrecy::ExposeSecret;
+
+use crate::crypto::{parse_client_key, token_matches, verify_secret};
+use crate::error::ApiError;
+use crate::state::{AppState, LiveClientKey};
+
+/// The bearer token of `Authorization`, or the `x-api-key` header (Anthropic clients).
+pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+        let text = value.to_str().ok()?;
+        let (scheme, token) = text.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The caller of a proxy route: `Ok(None)` for the admin token, `Ok(Some(key))` for a client key.
+pub fn authenticate_client(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<LiveClientKey>>, ApiError> {
+    let token = presented_token(headers).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "missing API key: send `Authorization: Bearer <poolgate key>`".into(),
+        )
+    })?;
+    if token_matches(token, state.admin_token.expose_secret()) {
+        return Ok(None);
+    }
+    let unknown = || ApiError::Unauthorized("invalid API key".into());
+    let (id, secret) = parse_client_key(token).ok_or_else(unknown)?;
+    let live = state.live();
+    let key = live.client_keys.get(id).ok_or_else(unknown)?;
+    if !verify_secret(secret, &key.record.secret_hash) {
+        return Err(unknown());
+    }
+    Ok(Some(Arc::clone(key)))
+}
+
+/// Middleware guarding every admin route.
+pub async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let authorized = presented_token(request.headers())
+        .is_some_and(|token| token_matches(token, state.admin_token.expose_secret()));
+    if !authorized {
+        return Err(ApiError::Unauthorized(
+            "admin API: send `Authorization: Bearer <admin token>`".into(),
+        ));
+    }
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,78 @@
+//! Request-body extraction with clear errors: 413 past the body limit, 415 without a JSON
+//! content type, 400 naming the JSON path of a bad or unknown field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header::CONTENT_TYPE;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Largest admin API body.
+pub const ADMIN_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Reads the whole body up to `limit` bytes; past it, a JSON 413.
+pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|error| {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::invalid("could not read the request body")
+            }
+        })
+}
+
+/// A JSON body deserialized with `serde_path_to_error`.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| {
+                let mime = value.split(';').next().unwrap_or("").trim();
+                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected a body with `Content-Type: application/json`".into(),
+            ));
+        }
+        let _ = state;
+        let body = read_body(request, ADMIN_BODY_LIMIT).await?;
+        parse(&body).map(Json)
+    }
+}
+
+/// Parses JSON, naming the path of the first problem.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("request body is not valid JSON: {inner}")
+        } else if path == "." {
+            format!("invalid request body: {inner}")
+        } else {
+            format!("invalid value at `{path}`: {inner}")
+        };
+        ApiError::InvalidRequest {
+            message,
+            param: (path != ".").then_some(path),
+            code: Some("invalid_body"),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| ApiError::invalid(format!("request body is not valid JSON: {error}")))?;
+    Ok(value)
+}

@@ -1,0 +1,142 @@
+//! The OpenAI-compatible surface: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`
+//! (JSON or SSE, via [`crate::proxy`]) and `/v1/models`. Every answer carries `x-request-id`.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::auth::authenticate_client;
+use super::json::read_body;
+use crate::domain::now_ms;
+use crate::error::ApiError;
+use crate::providers::Endpoint;
+use crate::proxy::{forward_openai, ProxyBody, ProxyResponse, RequestContext};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+}
+
+async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, Endpoint::ChatCompletions, request).await
+}
+
+async fn completions(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, Endpoint::Completions, request).await
+}
+
+async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, Endpoint::Embeddings, request).await
+}
+
+fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn with_request_id(mut response: Response, request_id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Header `x-poolgate-max-wait-ms`: how long this request may wait for a ready backend.
+fn max_wait_header(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(value) = headers.get("x-poolgate-max-wait-ms") else {
+        return Ok(None);
+    };
+    let millis: u64 = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|&ms| ms <= 600_000)
+        .ok_or_else(|| ApiError::InvalidRequest {
+            message: "`x-poolgate-max-wait-ms` must be a whole number of milliseconds up to 600000"
+                .into(),
+            param: Some("x-poolgate-max-wait-ms".into()),
+            code: Some("invalid_header"),
+        })?;
+    Ok(Some(std::time::Duration::from_millis(millis)))
+}
+
+async fn proxy(state: AppState, endpoint: Endpoint, request: Request) -> Response {
+    let request_id = new_request_id();
+    let received = Instant::now();
+    let received_ms = now_ms();
+    let result = async {
+        let client_key = authenticate_client(&state, request.headers())?;
+        let max_wait = max_wait_header(request.headers())?;
+        let body = read_body(request, state.config.proxy.max_body_bytes).await?;
+        let ctx = RequestContext {
+            request_id: request_id.clone(),
+            client_key,
+            received,
+            received_ms,
+            max_wait,
+        };
+        forward_openai(&state, ctx, endpoint, body).await
+    }
+    .await;
+    let response = match result {
+        Ok(response) => into_response(response),
+        Err(error) => error.into_response(),
+    };
+    with_request_id(response, &request_id)
+}
+
+/// Converts the proxy's answer into an axum response.
+pub fn into_response(response: ProxyResponse) -> Response {
+    let body = match response.body {
+        ProxyBody::Full(bytes) => Body::from(bytes),
+        ProxyBody::Stream(stream) => Body::from_stream(stream),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = response.status;
+    *out.headers_mut() = response.headers;
+    out
+}
+
+#[derive(Serialize)]
+struct ModelList {
+    object: &'static str,
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Serialize)]
+struct ModelEntry {
+    id: String,
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
+async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(error) = authenticate_client(&state, &headers) {
+        return error.into_response();
+    }
+    let live = state.live();
+    let data = live
+        .models
+        .iter()
+        .map(|model| ModelEntry {
+            id: model.to_string(),
+            object: "model",
+            created: 0,
+            owned_by: "poolgate",
+        })
+        .collect();
+    axum::Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
+}

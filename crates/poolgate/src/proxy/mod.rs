@@ -1,0 +1,580 @@
+//! The forwarding pipeline, written down once:
+//!
+//! 1. **route** — the live snapshot's route for the canonical model (404 if none); the client
+//!    key's allowed models (403) and its own RPM bucket (429).
+//! 2. **select** — [`Selection`] yields ready candidates: pools in priority order, weighted
+//!    round-robin inside a pool, each backend at most once, readiness checked by
+//!    [`crate::routing::accept`] (which takes the RPM token and, after a cooldown, the single
+//!    half-open probe slot).
+//! 3. **call** — the provider builds the upstream request; it is sent with the backend's
+//!    `timeout_seconds` as the time-to-first-byte limit (headers, and for streams the first chunk).
+//! 4. **classify** — 2xx succeeds; 429 cools the backend down (Retry-After honoured); 5xx,
+//!    connection errors and timeouts give a short error cooldown; 401/403 mark the key broken;
+//!    any other 4xx is the request's own fault and is relayed as is.
+//! 5. **retry** — here and only here: a retryable failure moves to the next candidate, up to
+//!    `max_attempts`, and only while no byte has reached the client. With nothing ready, the
+//!    request waits up to `max_wait` for the earliest backend, else gets 429 with `Retry-After`.
+//! 6. **relay** — JSON answers are returned whole; streams pass through event by event
+//!    ([`relay`]), with an idle timeout between chunks and no total-time cap.
+//! 7. **record** — exactly one usage record per client request, whatever happened.
+
+pub mod relay;
+pub mod sse;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::time::Instant;
+
+use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
+use crate::domain::{ApiKind, Outcome, UsageRecord};
+use crate::error::ApiError;
+use crate::providers::openai::{self, ParsedRequest};
+use crate::providers::{Endpoint, TokenUsage};
+use crate::routing::{Selection, Ticket};
+use crate::state::{AppState, LiveClientKey};
+
+pub use relay::BodyStream;
+
+/// Who is asking, and request facts known before routing.
+pub struct RequestContext {
+    pub request_id: String,
+    /// None for the admin token used as a client key.
+    pub client_key: Option<std::sync::Arc<LiveClientKey>>,
+    pub received: Instant,
+    pub received_ms: i64,
+    /// Per-request override of `proxy.max_wait` (`x-poolgate-max-wait-ms`).
+    pub max_wait: Option<Duration>,
+}
+
+/// What the API layer turns into an HTTP response.
+pub struct ProxyResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: ProxyBody,
+}
+
+pub enum ProxyBody {
+    Full(Bytes),
+    Stream(BodyStream),
+}
+
+/// A usage record being filled in while the request runs.
+#[derive(Clone)]
+pub struct UsageDraft {
+    pub record: UsageRecord,
+    pub received: Instant,
+}
+
+impl UsageDraft {
+    fn new(ctx: &RequestContext, endpoint: Endpoint, model: Option<&str>, streamed: bool) -> Self {
+        Self {
+            record: UsageRecord {
+                request_id: ctx.request_id.clone(),
+                ts_ms: ctx.received_ms,
+                client_key_id: Some(
+                    ctx.client_key
+                        .as_ref()
+                        .map_or_else(|| "admin".to_owned(), |key| key.record.id.clone()),
+                ),
+                endpoint: endpoint.name().to_owned(),
+                canonical_model: model.map(str::to_owned),
+                backend_id: None,
+                upstream_model: None,
+                pool: None,
+                attempts: 0,
+                status: 0,
+                outcome: Outcome::Error,
+                error_kind: None,
+                prompt_tokens: None,
+                completion_tokens: None,
+                total_tokens: None,
+                latency_ms: 0,
+                ttfb_ms: None,
+                streamed,
+            },
+            received: ctx.received,
+        }
+    }
+
+    fn attempt(&mut self, ticket: &Ticket) {
+        self.record.attempts += 1;
+        self.record.backend_id = Some(ticket.backend.id().to_string());
+        self.record.upstream_model = Some(ticket.upstream_model.to_string());
+        self.record.pool = Some(ticket.pool.name.to_string());
+    }
+
+    pub fn set_usage(&mut self, usage: TokenUsage) {
+        self.record.prompt_tokens = Some(usage.prompt_tokens);
+        self.record.completion_tokens = Some(usage.completion_tokens);
+        self.record.total_tokens = Some(if usage.total_tokens == 0 {
+            usage.prompt_tokens.saturating_add(usage.completion_tokens)
+        } else {
+            usage.total_tokens
+        });
+    }
+
+    pub fn mark_first_byte(&mut self) {
+        if self.record.ttfb_ms.is_none() {
+            self.record.ttfb_ms = Some(millis(self.received.elapsed()));
+        }
+    }
+
+    /// Completes the record.
+    pub fn finish(
+        mut self,
+        status: u16,
+        outcome: Outcome,
+        error_kind: Option<&str>,
+    ) -> UsageRecord {
+        self.record.status = status;
+        self.record.outcome = outcome;
+        self.record.error_kind = error_kind.map(str::to_owned);
+        self.record.latency_ms = millis(self.received.elapsed());
+        self.record
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Why one upstream attempt failed in a way worth trying elsewhere.
+#[derive(Debug)]
+enum Failure {
+    RateLimited { retry_after: Option<Duration> },
+    Server { status: Option<u16>, detail: String },
+    Timeout,
+    AuthRejected { status: u16 },
+}
+
+impl Failure {
+    fn describe(&self) -> String {
+        match self {
+            Failure::RateLimited { .. } => "upstream rate limited (429)".to_owned(),
+            Failure::Server {
+                status: Some(status),
+                ..
+            } => format!("upstream error {status}"),
+            Failure::Server { detail, .. } => format!("upstream unreachable: {detail}"),
+            Failure::Timeout => "upstream timed out".to_owned(),
+            Failure::AuthRejected { status } => format!("upstream refused the key ({status})"),
+        }
+    }
+}
+
+/// Handles one OpenAI-format request end to end and always records its usage.
+pub async fn forward_openai(
+    state: &AppState,
+    ctx: RequestContext,
+    endpoint: Endpoint,
+    body: Bytes,
+) -> Result<ProxyResponse, ApiError> {
+    let parsed = match ParsedRequest::parse(endpoint, &body) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            let draft = UsageDraft::new(&ctx, endpoint, None, false);
+            state.usage.record(draft.finish(
+                error.status_code().as_u16(),
+                Outcome::Error,
+                Some(error.kind()),
+            ));
+            return Err(error);
+        }
+    };
+    drop(body);
+    let mut draft = UsageDraft::new(&ctx, endpoint, Some(&parsed.model), parsed.stream);
+    match run(state, &ctx, endpoint, &parsed, &mut draft).await {
+        Ok(Done::Response(response)) => Ok(response),
+        Ok(Done::Relayed { status, response }) => {
+            state
+                .usage
+                .record(draft.finish(status, Outcome::Error, Some("upstream_client_error")));
+            Ok(response)
+        }
+        Err(error) => {
+            state.usage.record(draft.finish(
+                error.status_code().as_u16(),
+                Outcome::Error,
+                Some(error.kind()),
+            ));
+            Err(error)
+        }
+    }
+}
+
+enum Done {
+    /// Success; its usage record is (or will be, for streams) written by whoever finishes it.
+    Response(ProxyResponse),
+    /// The upstream's own 4xx answer, relayed as is.
+    Relayed {
+        status: u16,
+        response: ProxyResponse,
+    },
+}
+
+async fn run(
+    state: &AppState,
+    ctx: &RequestContext,
+    endpoint: Endpoint,
+    parsed: &ParsedRequest,
+    draft: &mut UsageDraft,
+) -> Result<Done, ApiError> {
+    let live = state.live();
+    let route = live
+        .routes
+        .get(parsed.model.as_str())
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!(
+                "the model `{}` does not exist or no enabled backend serves it",
+                parsed.model
+            ),
+            code: "model_not_found",
+        })?;
+
+    if let Some(key) = &ctx.client_key {
+        let allowed = &key.record.allowed_models;
+        if !allowed.is_empty() && !allowed.iter().any(|m| m.as_str() == parsed.model) {
+            return Err(ApiError::Forbidden(format!(
+                "this key may not use the model `{}`",
+                parsed.model
+            )));
+        }
+        if let Err(wait) = key.limiter.try_acquire(Instant::now()) {
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "this key is limited to {} requests per minute",
+                    key.limiter.rpm()
+                ),
+                retry_after: Some(wait),
+            });
+        }
+    }
+
+    let settings = &state.config.proxy;
+    let policy = &state.config.cooldown;
+    let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);
+    let inject_usage = parsed.should_inject_usage(settings.inject_stream_usage);
+    let mut selection = Selection::new(route);
+    let mut last_failure: Option<Failure> = None;
+
+    loop {
+        let now = Instant::now();
+        let Some(mut ticket) = (draft.record.attempts < settings.max_attempts)
+            .then(|| selection.next(now))
+            .flatten()
+        else {
+            // Nothing ready: wait for the earliest backend if allowed, else give up.
+            if draft.record.attempts < settings.max_attempts {
+                if let Some(earliest) = selection.earliest_ready() {
+                    if earliest <= deadline {
+                        tokio::time::sleep_until(earliest.max(now + Duration::from_millis(1)))
+                            .await;
+                        selection.rewind();
+                        continue;
+                    }
+                }
+            }
+            return Err(give_up(&selection, last_failure.as_ref(), now));
+        };
+        draft.attempt(&ticket);
+        let backend = std::sync::Arc::clone(&ticket.backend);
+
+        if backend.record.api != ApiKind::Openai {
+            return Err(ApiError::NotImplemented(format!(
+                "backend `{}` speaks the `{}` API, which this endpoint cannot reach yet",
+                backend.record.name,
+                backend.record.api.as_str()
+            )));
+        }
+        let upstream_body = parsed.upstream_body(ticket.upstream_model.as_str(), inject_usage)?;
+        let request = openai::build_request(
+            &backend.record.api_base_url,
+            &backend.api_key,
+            endpoint,
+            upstream_body,
+        )?;
+        let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
+        let attempt_started = Instant::now();
+        let send = state
+            .http
+            .post(&request.url)
+            .headers(request.headers)
+            .body(request.body)
+            .send();
+
+        let failure = match tokio::time::timeout(first_byte_timeout, send).await {
+            Err(_) => Failure::Timeout,
+            Ok(Err(error)) => Failure::Server {
+                status: None,
+                detail: connection_error_text(&error),
+            },
+            Ok(Ok(response)) => {
+                let status = response.status();
+                if status.is_success() {
+                    let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
+                    match succeed(
+                        state,
+                        parsed,
+                        inject_usage,
+                        ticket,
+                        response,
+                        draft,
+                        remaining,
+                    )
+                    .await
+                    {
+                        Ok(response) => return Ok(Done::Response(response)),
+                        Err((returned_ticket, failure)) => {
+                            ticket = returned_ticket;
+                            failure
+                        }
+                    }
+                } else {
+                    match classify(status, response.headers()) {
+                        Some(failure) => failure,
+                        None => {
+                            // The request's own fault: relay it; the backend is fine.
+                            ticket.resolve_neutral();
+                            return relay_client_error(response, draft, state).await;
+                        }
+                    }
+                }
+            }
+        };
+
+        // A retryable failure: cool the backend down, remember why, try the next one.
+        let now = Instant::now();
+        let outcome = match &failure {
+            Failure::RateLimited { retry_after } => UpstreamOutcome::RateLimited {
+                retry_after: *retry_after,
+            },
+            Failure::Server { .. } | Failure::Timeout => UpstreamOutcome::ServerError,
+            Failure::AuthRejected { .. } => UpstreamOutcome::AuthFailed,
+        };
+        let description = failure.describe();
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            backend = %backend.record.name,
+            failure = %description,
+            "upstream attempt failed; trying the next candidate"
+        );
+        *backend.runtime.last_error.lock() = Some(description);
+        if ticket.resolve(outcome, policy, now) {
+            state.persist_health(&backend, now);
+        }
+        drop(ticket);
+        last_failure = Some(failure);
+    }
+}
+
+/// The error for "no (more) candidates".
+fn give_up(selection: &Selection<'_>, last: Option<&Failure>, now: Instant) -> ApiError {
+    match last {
+        Some(Failure::Timeout) if selection.earliest_ready().is_none() => {
+            ApiError::GatewayTimeout("every upstream attempt timed out".into())
+        }
+        Some(failure @ (Failure::Server { .. } | Failure::AuthRejected { .. }))
+            if selection.earliest_ready().is_none() =>
+        {
+            ApiError::BadGateway(format!(
+                "no upstream could answer; last failure: {}",
+                failure.describe()
+            ))
+        }
+        _ => match selection.earliest_ready() {
+            Some(at) => ApiError::RateLimited {
+                message: "every backend for this model is rate limited or cooling down".into(),
+                retry_after: Some(at.saturating_duration_since(now)),
+            },
+            None if selection.tried() == 0 => ApiError::RateLimited {
+                message: "no backend for this model is available (disabled or in error)".into(),
+                retry_after: None,
+            },
+            None => ApiError::BadGateway("no upstream could answer".into()),
+        },
+    }
+}
+
+/// Classifies a non-2xx upstream status; None = the client's own fault (relay it).
+fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
+    match status.as_u16() {
+        429 => Some(Failure::RateLimited {
+            retry_after: parse_retry_after(headers, std::time::SystemTime::now()),
+        }),
+        401 | 403 => Some(Failure::AuthRejected {
+            status: status.as_u16(),
+        }),
+        408 | 500..=599 => Some(Failure::Server {
+            status: Some(status.as_u16()),
+            detail: String::new(),
+        }),
+        _ => None,
+    }
+}
+
+fn connection_error_text(error: &reqwest::Error) -> String {
+    if error.is_connect() {
+        "connection failed".to_owned()
+    } else if error.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        // reqwest's Display includes the URL but never headers, so the key cannot leak here.
+        error.without_url_ref().to_string()
+    }
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let mut text = self.to_string();
+        if let Some(url) = self.url() {
+            text = text.replace(url.as_str(), "<upstream>");
+        }
+        text
+    }
+}
+
+/// Relays an upstream 4xx that is the request's own fault, as is.
+async fn relay_client_error(
+    response: reqwest::Response,
+    draft: &mut UsageDraft,
+    state: &AppState,
+) -> Result<Done, ApiError> {
+    let status = response.status();
+    let mut headers = HeaderMap::new();
+    if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
+        headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+    }
+    let body = tokio::time::timeout(state.config.proxy.stream_idle_timeout, response.bytes())
+        .await
+        .map_err(|_| ApiError::GatewayTimeout("upstream error body timed out".into()))?
+        .map_err(|_| ApiError::BadGateway("upstream error body was cut off".into()))?;
+    draft.mark_first_byte();
+    Ok(Done::Relayed {
+        status: status.as_u16(),
+        response: ProxyResponse {
+            status,
+            headers,
+            body: ProxyBody::Full(body),
+        },
+    })
+}
+
+/// A 2xx arrived. For JSON, read it whole; for streams, wait for the first chunk (still within
+/// the time-to-first-byte budget) so a stream that dies at once can still fail over.
+async fn succeed(
+    state: &AppState,
+    parsed: &ParsedRequest,
+    inject_usage: bool,
+    mut ticket: Ticket,
+    response: reqwest::Response,
+    draft: &mut UsageDraft,
+    remaining: Duration,
+) -> Result<ProxyResponse, (Ticket, Failure)> {
+    let status = response.status();
+    let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
+    let is_event_stream = content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let now = Instant::now();
+
+    if parsed.stream && is_event_stream {
+        let mut upstream = response.bytes_stream();
+        let first = match tokio::time::timeout(remaining, upstream.next()).await {
+            Err(_) => return Err((ticket, Failure::Timeout)),
+            Ok(None) => Bytes::new(),
+            Ok(Some(Err(error))) => {
+                return Err((
+                    ticket,
+                    Failure::Server {
+                        status: None,
+                        detail: format!(
+                            "stream failed before its first byte: {}",
+                            error.without_url_ref()
+                        ),
+                    },
+                ))
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if ticket.resolve(UpstreamOutcome::Success, &state.config.cooldown, now) {
+            state.persist_health(&ticket.backend, now);
+        }
+        draft.mark_first_byte();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let stream = relay::RelayStream::new(
+            upstream.boxed(),
+            first,
+            relay::RelayOptions {
+                strip_usage_chunk: inject_usage,
+                idle_timeout: state.config.proxy.stream_idle_timeout,
+            },
+            relay::StreamFinisher {
+                draft: draft.clone(),
+                ticket,
+                state: state.clone(),
+            },
+        );
+        return Ok(ProxyResponse {
+            status,
+            headers,
+            body: ProxyBody::Stream(Box::pin(stream)),
+        });
+    }
+
+    let body = match tokio::time::timeout(
+        remaining.max(state.config.proxy.stream_idle_timeout),
+        response.bytes(),
+    )
+    .await
+    {
+        Err(_) => return Err((ticket, Failure::Timeout)),
+        Ok(Err(error)) => {
+            return Err((
+                ticket,
+                Failure::Server {
+                    status: None,
+                    detail: format!("body was cut off: {}", error.without_url_ref()),
+                },
+            ))
+        }
+        Ok(Ok(body)) => body,
+    };
+    if ticket.resolve(UpstreamOutcome::Success, &state.config.cooldown, now) {
+        state.persist_health(&ticket.backend, now);
+    }
+    draft.mark_first_byte();
+    let mut finished = draft.clone();
+    if let Some(usage) = openai::usage_of_body(&body) {
+        finished.set_usage(usage);
+    }
+    state
+        .usage
+        .record(finished.finish(status.as_u16(), Outcome::Success, None));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
+    );
+    Ok(ProxyResponse {
+        status,
+        headers,
+        body: ProxyBody::Full(body),
+    })
+}

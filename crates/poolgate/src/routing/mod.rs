@@ -1,0 +1,314 @@
+//! The in-memory routing table and candidate selection. A [`Route`] lists, for one canonical
+//! model, the pools that serve it in priority order; inside a pool, backends take turns in a
+//! smooth weighted round-robin. The balancer yields candidates, [`accept`] filters them
+//! (enabled, not cooling, not broken, RPM token available): readiness filters, balancing chooses.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use secrecy::SecretString;
+use tokio::time::Instant;
+
+use crate::cooldown::{Admission, CooldownPolicy, CooldownState, Health, Outcome, ReadyAt};
+use crate::domain::{BackendId, BackendRecord, BackendStatus, CanonicalModel, Pool, UpstreamModel};
+use crate::limits::RpmLimiter;
+
+/// Counters of one backend that outlive snapshot swaps (keyed by its stable id).
+pub struct BackendRuntime {
+    pub limiter: RpmLimiter,
+    pub cooldown: Mutex<CooldownState>,
+    pub in_flight: AtomicU32,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl BackendRuntime {
+    pub fn new(rpm: u32, cooldown: CooldownState) -> Self {
+        Self {
+            limiter: RpmLimiter::new(rpm),
+            cooldown: Mutex::new(cooldown),
+            in_flight: AtomicU32::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Feeds an upstream outcome to the cooldown machine; true when the persisted part changed.
+    pub fn record(&self, outcome: Outcome, policy: &CooldownPolicy, now: Instant) -> bool {
+        let mut rng = rand::thread_rng();
+        self.cooldown.lock().record(outcome, now, policy, &mut rng)
+    }
+}
+
+/// One backend as the proxy sees it: its definition, decrypted key and runtime counters.
+pub struct LiveBackend {
+    pub record: BackendRecord,
+    pub api_key: SecretString,
+    pub runtime: Arc<BackendRuntime>,
+}
+
+impl LiveBackend {
+    pub fn id(&self) -> &BackendId {
+        &self.record.id
+    }
+
+    /// The status shown to operators, from the live counters.
+    pub fn status(&self, now: Instant) -> BackendStatus {
+        if !self.record.enabled {
+            return BackendStatus::Disabled;
+        }
+        match self.runtime.cooldown.lock().health(now) {
+            Health::Healthy => BackendStatus::Healthy,
+            Health::Cooling => BackendStatus::Cooling,
+            Health::Error => BackendStatus::Error,
+        }
+    }
+}
+
+/// One backend serving a model, with the upstream id it knows the model by.
+pub struct Member {
+    pub backend: Arc<LiveBackend>,
+    pub upstream_model: UpstreamModel,
+}
+
+/// The backends of one pool serving one model.
+pub struct Tier {
+    pub pool: Pool,
+    pub members: Vec<Member>,
+    /// Member indexes in smooth weighted round-robin order (each appears `weight` times).
+    schedule: Vec<usize>,
+    cursor: AtomicUsize,
+}
+
+impl Tier {
+    pub fn new(pool: Pool, members: Vec<Member>) -> Self {
+        let weights: Vec<u32> = members
+            .iter()
+            .map(|m| m.backend.record.weight.max(1))
+            .collect();
+        Self {
+            pool,
+            schedule: smooth_weighted_schedule(&weights),
+            members,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// nginx's smooth weighted round-robin, unrolled into one cycle: weights 5,1,1 give
+/// `a a b a c a a` rather than `a a a a a b c`.
+fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0_i64; weights.len()];
+    let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, &weight) in weights.iter().enumerate() {
+            current[i] += i64::from(weight);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        schedule.push(best);
+    }
+    schedule
+}
+
+/// Every pool serving one canonical model, in priority order.
+pub struct Route {
+    pub tiers: Vec<Tier>,
+}
+
+/// Builds the route table from the enabled backends.
+pub fn build_routes(
+    backends: &[Arc<LiveBackend>],
+    pools: &[Pool],
+) -> HashMap<CanonicalModel, Route> {
+    let mut routes = HashMap::new();
+    let mut models: Vec<&CanonicalModel> = backends
+        .iter()
+        .filter(|b| b.record.enabled)
+        .flat_map(|b| b.record.model_mappings.keys())
+        .collect();
+    models.sort();
+    models.dedup();
+    for model in models {
+        let mut tiers = Vec::new();
+        for pool in pools {
+            let members: Vec<Member> = backends
+                .iter()
+                .filter(|b| b.record.enabled && b.record.pool == pool.name)
+                .filter_map(|b| {
+                    b.record.model_mappings.get(model).map(|mapping| Member {
+                        backend: Arc::clone(b),
+                        upstream_model: mapping.upstream_model.clone(),
+                    })
+                })
+                .collect();
+            if !members.is_empty() {
+                tiers.push(Tier::new(pool.clone(), members));
+            }
+        }
+        routes.insert(model.clone(), Route { tiers });
+    }
+    routes
+}
+
+/// The right to send one request to a backend. Holds an in-flight slot; if this was the
+/// half-open probe and no outcome was recorded, dropping it lets another request probe.
+pub struct Ticket {
+    pub backend: Arc<LiveBackend>,
+    pub upstream_model: UpstreamModel,
+    pub pool: Pool,
+    probe: bool,
+    resolved: bool,
+}
+
+impl Ticket {
+    /// Records the upstream outcome; true when the persisted health changed.
+    pub fn resolve(&mut self, outcome: Outcome, policy: &CooldownPolicy, now: Instant) -> bool {
+        self.resolved = true;
+        self.backend.runtime.record(outcome, policy, now)
+    }
+
+    /// The upstream request was sent but its outcome says nothing about the backend.
+    pub fn resolve_neutral(&mut self) {
+        if self.probe && !self.resolved {
+            self.backend.runtime.cooldown.lock().release_probe();
+        }
+        self.resolved = true;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.backend
+            .runtime
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        if self.probe && !self.resolved {
+            self.backend.runtime.cooldown.lock().release_probe();
+        }
+    }
+}
+
+/// The readiness check: enabled, admitted by the cooldown machine, and a token in its bucket.
+/// Takes the token (and the probe slot) on success; otherwise says when it may be ready.
+pub fn accept(backend: &LiveBackend, now: Instant) -> Result<bool, ReadyAt> {
+    if !backend.record.enabled {
+        return Err(ReadyAt::Never);
+    }
+    let probe = {
+        let mut cooldown = backend.runtime.cooldown.lock();
+        match cooldown.admit(now) {
+            Admission::Ready => false,
+            Admission::Probe => true,
+            Admission::ProbeInFlight => return Err(cooldown.ready_at(now)),
+            Admission::Cooling { until } => return Err(ReadyAt::At(until)),
+            Admission::Broken => return Err(ReadyAt::Never),
+        }
+    };
+    if let Err(wait) = backend.runtime.limiter.try_acquire(now) {
+        if probe {
+            backend.runtime.cooldown.lock().release_probe();
+        }
+        return Err(ReadyAt::At(now + wait));
+    }
+    Ok(probe)
+}
+
+/// Walks a route's candidates for one client request: tiers in order, each backend at most once.
+pub struct Selection<'a> {
+    route: &'a Route,
+    tier: usize,
+    /// Start offset into the current tier's schedule (taken once per tier per request).
+    start: Option<usize>,
+    /// Addresses of the backends already handed out (identity only).
+    tried: Vec<usize>,
+    earliest: Option<Instant>,
+}
+
+impl<'a> Selection<'a> {
+    pub fn new(route: &'a Route) -> Self {
+        Self {
+            route,
+            tier: 0,
+            start: None,
+            tried: Vec::new(),
+            earliest: None,
+        }
+    }
+
+    /// The next ready candidate, or None when every remaining one is not ready.
+    pub fn next(&mut self, now: Instant) -> Option<Ticket> {
+        while let Some(tier) = self.route.tiers.get(self.tier) {
+            let len = tier.schedule.len();
+            let start = *self
+                .start
+                .get_or_insert_with(|| tier.cursor.fetch_add(1, Ordering::Relaxed));
+            for step in 0..len {
+                let index = tier.schedule[(start + step) % len];
+                let member = &tier.members[index];
+                let key = Arc::as_ptr(&member.backend).addr();
+                if self.tried.contains(&key) {
+                    continue;
+                }
+                match accept(&member.backend, now) {
+                    Ok(probe) => {
+                        self.tried.push(key);
+                        member
+                            .backend
+                            .runtime
+                            .in_flight
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Some(Ticket {
+                            backend: Arc::clone(&member.backend),
+                            upstream_model: member.upstream_model.clone(),
+                            pool: tier.pool.clone(),
+                            probe,
+                            resolved: false,
+                        });
+                    }
+                    Err(ReadyAt::At(at)) => {
+                        self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+                    }
+                    Err(ReadyAt::Now | ReadyAt::Never) => {}
+                }
+            }
+            self.tier += 1;
+            self.start = None;
+        }
+        None
+    }
+
+    /// Starts over (after waiting), keeping the list of backends already tried.
+    pub fn rewind(&mut self) {
+        self.tier = 0;
+        self.start = None;
+        self.earliest = None;
+    }
+
+    /// The earliest moment a skipped candidate may become ready.
+    pub fn earliest_ready(&self) -> Option<Instant> {
+        self.earliest
+    }
+
+    pub fn tried(&self) -> usize {
+        self.tried.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_weighted_schedule_interleaves() {
+        assert_eq!(smooth_weighted_schedule(&[1, 1, 1]), vec![0, 1, 2]);
+        let schedule = smooth_weighted_schedule(&[5, 1, 1]);
+        assert_eq!(schedule.len(), 7);
+        assert_eq!(schedule.iter().filter(|&&i| i == 0).count(), 5);
+        assert_eq!(schedule, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+}

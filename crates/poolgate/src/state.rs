@@ -1,0 +1,289 @@
+//! Application state: [`AppState`] (a cheap `Clone`) holds the store, the sealer, the usage and
+//! health writers, and one [`Live`] snapshot behind `ArcSwap` — every route, decrypted key and
+//! client key the hot path needs. Admin changes commit to the store, rebuild a `Live`, and swap
+//! it in; counters (token buckets, cooldowns, in-flight) live beside it, keyed by stable ids.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::cooldown::{CooldownSnapshot, CooldownState};
+use crate::crypto::Sealer;
+use crate::domain::{now_ms, BackendId, CanonicalModel, ClientKeyRecord, PersistedHealth, Pool};
+use crate::limits::RpmLimiter;
+use crate::routing::{build_routes, BackendRuntime, LiveBackend, Route};
+use crate::store::{Store, StoreError};
+use crate::usage::UsageSink;
+
+/// A client key as the hot path sees it.
+pub struct LiveClientKey {
+    pub record: ClientKeyRecord,
+    pub limiter: Arc<RpmLimiter>,
+}
+
+/// Everything the hot path reads, as one immutable snapshot.
+#[derive(Default)]
+pub struct Live {
+    /// Every backend, enabled or not, in creation order.
+    pub backends: Vec<Arc<LiveBackend>>,
+    pub by_id: HashMap<BackendId, Arc<LiveBackend>>,
+    pub routes: HashMap<CanonicalModel, Route>,
+    pub pools: Vec<Pool>,
+    /// Unrevoked client keys by id.
+    pub client_keys: HashMap<String, Arc<LiveClientKey>>,
+    /// Canonical models served by at least one enabled backend, sorted.
+    pub models: Vec<CanonicalModel>,
+    /// Backends whose key could not be decrypted (kept out of routing), with the reason.
+    pub unreadable: Vec<(BackendId, String)>,
+}
+
+/// Counters that outlive snapshots.
+#[derive(Default)]
+struct Registry {
+    backends: HashMap<BackendId, Arc<BackendRuntime>>,
+    client_keys: HashMap<String, Arc<RpmLimiter>>,
+}
+
+/// Converts a persisted wall-clock deadline into a monotonic instant.
+pub fn instant_from_ms(until_ms: i64, now: Instant) -> Instant {
+    let remaining = until_ms.saturating_sub(now_ms());
+    now + Duration::from_millis(u64::try_from(remaining).unwrap_or(0))
+}
+
+/// Converts a monotonic deadline into wall-clock Unix milliseconds.
+pub fn ms_from_instant(until: Instant, now: Instant) -> i64 {
+    let remaining = until.saturating_duration_since(now);
+    now_ms().saturating_add(i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The persisted form of a cooldown snapshot.
+pub fn persisted_health(
+    snapshot: &CooldownSnapshot,
+    last_error: Option<String>,
+    now: Instant,
+) -> PersistedHealth {
+    PersistedHealth {
+        cooldown_until_ms: snapshot.until.map(|until| ms_from_instant(until, now)),
+        consecutive_429_count: snapshot.consecutive_429,
+        broken: snapshot.broken,
+        last_error,
+    }
+}
+
+/// Write-behind of backend health: the hot path queues, a task writes.
+#[derive(Clone)]
+pub struct HealthSink {
+    tx: mpsc::UnboundedSender<(BackendId, PersistedHealth)>,
+}
+
+impl HealthSink {
+    pub fn save(&self, id: BackendId, health: PersistedHealth) {
+        if self.tx.send((id, health)).is_err() {
+            tracing::warn!("health writer is gone; cooldown state not persisted");
+        }
+    }
+}
+
+/// Starts the health writer; it ends when every sink is dropped, after writing what is queued.
+pub fn spawn_health_writer(store: Arc<dyn Store>) -> (HealthSink, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(BackendId, PersistedHealth)>();
+    let task = tokio::spawn(async move {
+        while let Some((id, health)) = rx.recv().await {
+            // Coalesce: only the newest state of each backend matters.
+            let mut latest = HashMap::from([(id, health)]);
+            while let Ok((id, health)) = rx.try_recv() {
+                latest.insert(id, health);
+            }
+            for (id, health) in latest {
+                if let Err(error) = store.save_health(&id, &health).await {
+                    tracing::warn!(backend = %id, %error, "could not persist backend health");
+                }
+            }
+        }
+    });
+    (HealthSink { tx }, task)
+}
+
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub sealer: Sealer,
+    pub admin_token: SecretString,
+    pub http: reqwest::Client,
+    pub usage: UsageSink,
+    pub health: HealthSink,
+    live: ArcSwap<Live>,
+    registry: Mutex<Registry>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// The state every handler gets; cloning is one `Arc` increment.
+#[derive(Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl AppState {
+    /// Builds the state and loads the first snapshot from the store.
+    pub async fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        sealer: Sealer,
+        admin_token: SecretString,
+        usage: UsageSink,
+        health: HealthSink,
+    ) -> Result<AppState, StoreError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.proxy.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|error| StoreError::Corrupt(format!("HTTP client: {error}")))?;
+        let state = AppState {
+            shared: Arc::new(Shared {
+                config,
+                store,
+                sealer,
+                admin_token,
+                http,
+                usage,
+                health,
+                live: ArcSwap::from_pointee(Live::default()),
+                registry: Mutex::new(Registry::default()),
+                reload_lock: tokio::sync::Mutex::new(()),
+            }),
+        };
+        state.reload().await?;
+        Ok(state)
+    }
+
+    /// The current snapshot (lock-free).
+    pub fn live(&self) -> Arc<Live> {
+        self.shared.live.load_full()
+    }
+
+    /// Rebuilds the snapshot from the store and swaps it in. Serialised so that two admin
+    /// changes cannot swap in their snapshots out of order.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _guard = self.shared.reload_lock.lock().await;
+        let pools = self.store.list_pools().await?;
+        let records = self.store.list_backends().await?;
+        let keys = self.store.list_client_keys().await?;
+        let now = Instant::now();
+
+        let mut backends = Vec::with_capacity(records.len());
+        let mut unreadable = Vec::new();
+        let mut live_keys = HashMap::new();
+        {
+            let mut registry = self.shared.registry.lock();
+            let mut seen = Vec::with_capacity(records.len());
+            for record in records {
+                let api_key = match self.sealer.open(record.id.as_str(), &record.api_key_sealed) {
+                    Ok(key) => key,
+                    Err(error) => {
+                        tracing::error!(backend = %record.id, %error, "cannot decrypt the upstream key; backend left out of routing");
+                        unreadable.push((record.id.clone(), error.to_string()));
+                        SecretString::from(String::new())
+                    }
+                };
+                let runtime = registry
+                    .backends
+                    .entry(record.id.clone())
+                    .or_insert_with(|| {
+                        let until = record
+                            .health
+                            .cooldown_until_ms
+                            .map(|ms| instant_from_ms(ms, now));
+                        Arc::new(BackendRuntime::new(
+                            record.rpm_limit,
+                            CooldownState::restore(
+                                record.health.consecutive_429_count,
+                                until,
+                                record.health.broken,
+                            ),
+                        ))
+                    })
+                    .clone();
+                if runtime.limiter.rpm() != record.rpm_limit {
+                    runtime.limiter.reconfigure(record.rpm_limit, now);
+                }
+                seen.push(record.id.clone());
+                let mut record = record;
+                if unreadable.iter().any(|(id, _)| id == &record.id) {
+                    record.enabled = false;
+                }
+                backends.push(Arc::new(LiveBackend {
+                    record,
+                    api_key,
+                    runtime,
+                }));
+            }
+            registry.backends.retain(|id, _| seen.contains(id));
+
+            for key in keys.into_iter().filter(|k| k.revoked_at_ms.is_none()) {
+                let limiter = registry
+                    .client_keys
+                    .entry(key.id.clone())
+                    .or_insert_with(|| Arc::new(RpmLimiter::new(key.rpm_limit)))
+                    .clone();
+                if limiter.rpm() != key.rpm_limit {
+                    limiter.reconfigure(key.rpm_limit, now);
+                }
+                live_keys.insert(
+                    key.id.clone(),
+                    Arc::new(LiveClientKey {
+                        record: key,
+                        limiter,
+                    }),
+                );
+            }
+            registry
+                .client_keys
+                .retain(|id, _| live_keys.contains_key(id));
+        }
+
+        let routes = build_routes(&backends, &pools);
+        let mut models: Vec<CanonicalModel> = routes.keys().cloned().collect();
+        models.sort();
+        let by_id = backends
+            .iter()
+            .map(|b| (b.record.id.clone(), Arc::clone(b)))
+            .collect();
+        self.shared.live.store(Arc::new(Live {
+            backends,
+            by_id,
+            routes,
+            pools,
+            client_keys: live_keys,
+            models,
+            unreadable,
+        }));
+        Ok(())
+    }
+
+    /// Queues the persisted part of a backend's health for writing.
+    pub fn persist_health(&self, backend: &LiveBackend, now: Instant) {
+        let snapshot = backend.runtime.cooldown.lock().snapshot();
+        let last_error = backend.runtime.last_error.lock().clone();
+        self.health.save(
+            backend.id().clone(),
+            persisted_health(&snapshot, last_error, now),
+        );
+    }
+}

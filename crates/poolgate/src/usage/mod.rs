@@ -1,0 +1,158 @@
+//! Usage records: the hot path hands each finished request's record to a [`UsageSink`] (a bounded
+//! channel, never blocking the request), and one background [`UsageWriter`] writes them to the
+//! store in batched transactions. Nothing is dropped: a full channel hands the record to a task
+//! that waits for room, a failed write is retried, and shutdown drains the channel.
+
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::UsageSettings;
+use crate::domain::UsageRecord;
+use crate::store::Store;
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub struct UsageSink {
+    tx: mpsc::Sender<UsageRecord>,
+}
+
+impl UsageSink {
+    /// Queues a record without waiting.
+    pub fn record(&self, record: UsageRecord) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                // Backpressure without blocking the caller (this may run inside `Drop`).
+                let tx = self.tx.clone();
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        if let Err(error) = tx.send(record).await {
+                            tracing::error!(request_id = %error.0.request_id, "usage writer is gone; record lost");
+                        }
+                    });
+                } else {
+                    tracing::error!(request_id = %record.request_id, "no runtime to queue usage record; record lost");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(record)) => {
+                tracing::error!(request_id = %record.request_id, "usage writer is gone; record lost");
+            }
+        }
+    }
+}
+
+/// The background writer; [`UsageWriter::shutdown`] drains what is queued and stops.
+pub struct UsageWriter {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<u64>,
+}
+
+/// Starts the writer task.
+pub fn spawn_writer(store: Arc<dyn Store>, settings: &UsageSettings) -> (UsageSink, UsageWriter) {
+    let (tx, rx) = mpsc::channel(settings.channel_capacity);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run_writer(
+        store,
+        rx,
+        stop_rx,
+        settings.batch_size,
+        settings.flush_interval,
+    ));
+    (UsageSink { tx }, UsageWriter { stop, task })
+}
+
+impl UsageWriter {
+    /// Writes everything queued so far, then stops. Returns how many records the writer wrote in
+    /// its life. Call after the server stopped accepting requests.
+    pub async fn shutdown(self) -> u64 {
+        let _ = self.stop.send(true);
+        match self.task.await {
+            Ok(written) => written,
+            Err(error) => {
+                tracing::error!(%error, "usage writer task failed");
+                0
+            }
+        }
+    }
+}
+
+async fn run_writer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<UsageRecord>,
+    mut stop: watch::Receiver<bool>,
+    batch_size: usize,
+    flush_interval: Duration,
+) -> u64 {
+    let mut batch: Vec<UsageRecord> = Vec::with_capacity(batch_size);
+    let mut written = 0_u64;
+    let mut ticker = tokio::time::interval(flush_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            received = rx.recv() => match received {
+                Some(record) => {
+                    batch.push(record);
+                    if batch.len() >= batch_size {
+                        written += flush(&*store, &mut batch, false).await;
+                    }
+                }
+                None => break,
+            },
+            _ = ticker.tick() => {
+                if !batch.is_empty() {
+                    written += flush(&*store, &mut batch, false).await;
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    // Drain: everything already queued (and anything a backpressure task still delivers).
+    rx.close();
+    while let Some(record) = rx.recv().await {
+        batch.push(record);
+        if batch.len() >= batch_size {
+            written += flush(&*store, &mut batch, true).await;
+        }
+    }
+    written += flush(&*store, &mut batch, true).await;
+    written
+}
+
+/// Writes one batch, retrying on failure. While running, it retries until it succeeds (keeping
+/// the records); at shutdown it gives up after a few tries and logs what was lost.
+async fn flush(store: &dyn Store, batch: &mut Vec<UsageRecord>, final_flush: bool) -> u64 {
+    if batch.is_empty() {
+        return 0;
+    }
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store.insert_usage(batch).await {
+            Ok(()) => {
+                let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                batch.clear();
+                return count;
+            }
+            Err(error) if final_flush && tries >= 5 => {
+                tracing::error!(%error, lost = batch.len(), "could not write usage records at shutdown");
+                batch.clear();
+                return 0;
+            }
+            Err(error) => {
+                tracing::warn!(%error, pending = batch.len(), "usage write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
