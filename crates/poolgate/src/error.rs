@@ -74,6 +74,9 @@ pub enum ApiError {
     /// 502: upstreams failed.
     #[error("{0}")]
     BadGateway(String),
+    /// 503: nothing could serve the request (every backend disabled or broken).
+    #[error("{0}")]
+    ServiceUnavailable(String),
     /// 504: upstreams timed out.
     #[error("{0}")]
     GatewayTimeout(String),
@@ -109,6 +112,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,7 +130,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found_error",
             ApiError::Conflict(_) => "conflict_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
-            ApiError::BadGateway(_) => "upstream_error",
+            ApiError::BadGateway(_) | ApiError::ServiceUnavailable(_) => "upstream_error",
             ApiError::GatewayTimeout(_) => "timeout_error",
             ApiError::NotImplemented(_) => "not_implemented_error",
             ApiError::Internal(_) => "server_error",

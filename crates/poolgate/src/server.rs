@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::crypto::{generate_admin_token, mask_secret, MasterKey, Sealer};
 use crate::domain::{now_ms, BackendId, BackendRecord, PersistedHealth, Source};
 use crate::error::InitError;
-use crate::state::{spawn_health_writer, AppState};
+use crate::state::{spawn_health_writer, AppState, HealthWriter};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::usage::{spawn_writer, UsageWriter};
@@ -254,7 +254,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
     sync_config(&config, &*store, &sealer).await?;
     let admin_token = load_admin_token(&config)?;
     let (usage, usage_writer) = spawn_writer(Arc::clone(&store), &config.usage);
-    let (health, health_task) = spawn_health_writer(Arc::clone(&store));
+    let (health, health_writer) = spawn_health_writer(Arc::clone(&store));
     let state = AppState::new(
         Arc::clone(&config),
         Arc::clone(&store),
@@ -291,9 +291,8 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
         grace,
         Background {
             usage_writer,
-            health_task,
+            health_writer,
         },
-        state.clone(),
     ));
     Ok(Running {
         addr,
@@ -305,7 +304,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
 
 struct Background {
     usage_writer: UsageWriter,
-    health_task: JoinHandle<()>,
+    health_writer: HealthWriter,
 }
 
 async fn serve(
@@ -315,7 +314,6 @@ async fn serve(
     handle_signals: bool,
     grace: std::time::Duration,
     background: Background,
-    state: AppState,
 ) -> Result<(), InitError> {
     let (begun_tx, begun_rx) = oneshot::channel::<()>();
     let signal = async move {
@@ -338,12 +336,9 @@ async fn serve(
         }
     };
     // Every request has finished: flush usage and health.
-    let state_store = Arc::clone(&state.store);
-    drop(state);
     let written = background.usage_writer.shutdown().await;
     tracing::info!(records = written, "usage records flushed");
-    background.health_task.abort();
-    drop(state_store);
+    background.health_writer.shutdown().await;
     result
 }
 

@@ -92,13 +92,37 @@ impl HealthSink {
     }
 }
 
-/// Starts the health writer; it ends when every sink is dropped, after writing what is queued.
-pub fn spawn_health_writer(store: Arc<dyn Store>) -> (HealthSink, JoinHandle<()>) {
+/// The background health writer; [`HealthWriter::shutdown`] writes what is queued and stops.
+pub struct HealthWriter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl HealthWriter {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "health writer task failed");
+        }
+    }
+}
+
+/// Starts the health writer.
+pub fn spawn_health_writer(store: Arc<dyn Store>) -> (HealthSink, HealthWriter) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(BackendId, PersistedHealth)>();
+    let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        while let Some((id, health)) = rx.recv().await {
+        loop {
+            let first = tokio::select! {
+                received = rx.recv() => received,
+                _ = &mut stop_rx => None,
+            };
             // Coalesce: only the newest state of each backend matters.
-            let mut latest = HashMap::from([(id, health)]);
+            let mut latest: HashMap<BackendId, PersistedHealth> = HashMap::new();
+            let stopping = first.is_none();
+            if let Some((id, health)) = first {
+                latest.insert(id, health);
+            }
             while let Ok((id, health)) = rx.try_recv() {
                 latest.insert(id, health);
             }
@@ -107,9 +131,12 @@ pub fn spawn_health_writer(store: Arc<dyn Store>) -> (HealthSink, JoinHandle<()>
                     tracing::warn!(backend = %id, %error, "could not persist backend health");
                 }
             }
+            if stopping {
+                break;
+            }
         }
     });
-    (HealthSink { tx }, task)
+    (HealthSink { tx }, HealthWriter { stop, task })
 }
 
 pub struct Shared {

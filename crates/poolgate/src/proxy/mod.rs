@@ -370,31 +370,33 @@ async fn run(
     }
 }
 
-/// The error for "no (more) candidates".
+/// The error for "no (more) candidates": 429 (with `Retry-After`) when backends are rate
+/// limited or cooling, 504 when the last attempt timed out, 502 when upstreams failed, 503 when
+/// every backend is disabled or has a refused key.
 fn give_up(selection: &Selection<'_>, last: Option<&Failure>, now: Instant) -> ApiError {
+    let rate_limited = |retry_after| ApiError::RateLimited {
+        message: "every backend for this model is rate limited or cooling down".into(),
+        retry_after,
+    };
+    let earliest = selection
+        .earliest_ready_overall(now)
+        .map(|at| at.saturating_duration_since(now));
     match last {
-        Some(Failure::Timeout) if selection.earliest_ready().is_none() => {
-            ApiError::GatewayTimeout("every upstream attempt timed out".into())
+        None if earliest.is_some() => rate_limited(earliest),
+        None => ApiError::ServiceUnavailable(
+            "no backend for this model is available: all are disabled or their keys were refused"
+                .into(),
+        ),
+        Some(Failure::RateLimited { retry_after }) => {
+            rate_limited(earliest.or(*retry_after).or(Some(Duration::from_secs(1))))
         }
-        Some(failure @ (Failure::Server { .. } | Failure::AuthRejected { .. }))
-            if selection.earliest_ready().is_none() =>
-        {
-            ApiError::BadGateway(format!(
-                "no upstream could answer; last failure: {}",
-                failure.describe()
-            ))
+        Some(Failure::Timeout) => {
+            ApiError::GatewayTimeout("the upstream did not answer in time".into())
         }
-        _ => match selection.earliest_ready() {
-            Some(at) => ApiError::RateLimited {
-                message: "every backend for this model is rate limited or cooling down".into(),
-                retry_after: Some(at.saturating_duration_since(now)),
-            },
-            None if selection.tried() == 0 => ApiError::RateLimited {
-                message: "no backend for this model is available (disabled or in error)".into(),
-                retry_after: None,
-            },
-            None => ApiError::BadGateway("no upstream could answer".into()),
-        },
+        Some(failure) => ApiError::BadGateway(format!(
+            "no upstream could answer; last failure: {}",
+            failure.describe()
+        )),
     }
 }
 

@@ -82,8 +82,6 @@ pub struct RelayStream {
     usage: Option<TokenUsage>,
     /// Set once the stream ended; `None` afterwards.
     finisher: Option<StreamFinisher>,
-    /// Bytes to send before ending (the error event).
-    trailer: Option<Bytes>,
 }
 
 impl RelayStream {
@@ -102,7 +100,6 @@ impl RelayStream {
             options,
             usage: None,
             finisher: Some(finisher),
-            trailer: None,
         }
     }
 
@@ -164,9 +161,6 @@ impl Stream for RelayStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(trailer) = this.trailer.take() {
-            return Poll::Ready(Some(Ok(trailer)));
-        }
         if this.finisher.is_none() {
             return Poll::Ready(None);
         }

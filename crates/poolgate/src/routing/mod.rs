@@ -297,6 +297,28 @@ impl<'a> Selection<'a> {
     pub fn tried(&self) -> usize {
         self.tried.len()
     }
+
+    /// When the first backend of the whole route (tried ones included) will be ready again:
+    /// the later of its cooldown end and its next RPM token. None if none ever will (all
+    /// disabled or broken) or one is ready now.
+    pub fn earliest_ready_overall(&self, now: Instant) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        for member in self.route.tiers.iter().flat_map(|tier| &tier.members) {
+            let backend = &member.backend;
+            if !backend.record.enabled {
+                continue;
+            }
+            let cooled = match backend.runtime.cooldown.lock().ready_at(now) {
+                ReadyAt::Never => continue,
+                ReadyAt::Now => now,
+                ReadyAt::At(at) => at,
+            };
+            let token = now + backend.runtime.limiter.wait_time(now);
+            let ready = cooled.max(token);
+            earliest = Some(earliest.map_or(ready, |e| e.min(ready)));
+        }
+        earliest
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,220 @@
+//! Shared harness for integration tests: a real poolgate (router, SQLite file, background
+//! writers) listening on 127.0.0.1:0 in a temp data dir, plus helpers to call it.
+#![allow(dead_code)]
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use poolgate::config::{parse_toml, Config, Overrides};
+use poolgate::server::{self, Running};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const ADMIN_TOKEN: &str = "pga-test-admin-token-0123456789abcdef";
+
+/// A running gateway in a temp dir.
+pub struct Gateway {
+    pub running: Option<Running>,
+    pub url: String,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Gateway {
+    /// Starts with no config file.
+    pub async fn start() -> Gateway {
+        Self::start_with("", None).await
+    }
+
+    /// Starts with a TOML config (listen and data_dir are set by the harness), optionally
+    /// reusing the data dir of a previous gateway (restart).
+    pub async fn start_with(toml: &str, dir: Option<TempDir>) -> Gateway {
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+        let config = config_for(toml, dir.path());
+        let running = server::start(config, false).await.expect("gateway starts");
+        let url = format!("http://{}", running.addr);
+        Gateway {
+            running: Some(running),
+            url,
+            dir,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("poolgate.db")
+    }
+
+    /// Graceful stop (usage flushed); returns the data dir for a restart.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.unwrap();
+        }
+        self.dir
+    }
+
+    pub fn state(&self) -> &poolgate::state::AppState {
+        &self.running.as_ref().unwrap().state
+    }
+
+    /// A request to the admin API with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}/admin/api{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// POST /admin/api/backends, asserting 201; returns the created backend.
+    pub async fn add_backend(&self, body: Value) -> Value {
+        let response = self
+            .admin(reqwest::Method::POST, "/backends")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let value: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "creating backend failed: {value}");
+        value
+    }
+
+    /// An OpenAI-style backend pointing at a mock upstream, serving `models` (canonical = upstream
+    /// id prefixed with `up-`).
+    pub async fn add_openai_backend(
+        &self,
+        name: &str,
+        base_url: &str,
+        pool: &str,
+        models: &[&str],
+    ) -> Value {
+        let mappings: serde_json::Map<String, Value> = models
+            .iter()
+            .map(|m| {
+                (
+                    (*m).to_owned(),
+                    json!({ "upstream_model": format!("up-{m}") }),
+                )
+            })
+            .collect();
+        self.add_backend(json!({
+            "name": name,
+            "api_base_url": base_url,
+            "api_key": format!("sk-{name}-secret-key-0001"),
+            "pool": pool,
+            "model_mappings": mappings,
+        }))
+        .await
+    }
+
+    /// Creates a client key; returns (id, plaintext).
+    pub async fn create_key(&self, body: Value) -> (String, String) {
+        let response = self
+            .admin(reqwest::Method::POST, "/keys")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let value: Value = response.json().await.unwrap();
+        (
+            value["id"].as_str().unwrap().to_owned(),
+            value["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// POST to a proxy route with the admin token as client key.
+    pub fn proxy(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// A chat completion for `model` (non-streaming), returning (status, body).
+    pub async fn chat(&self, model: &str) -> (u16, Value) {
+        let response = self
+            .proxy("/v1/chat/completions")
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET /admin/api/backends/{id}.
+    pub async fn backend(&self, id: &str) -> Value {
+        self.admin(reqwest::Method::GET, &format!("/backends/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Usage records (newest first), polling until at least `count` are written.
+    pub async fn usage_records(&self, count: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let page: Value = self
+                .admin(reqwest::Method::GET, "/usage?limit=1000")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let records = page["records"].as_array().cloned().unwrap_or_default();
+            if records.len() >= count || tokio::time::Instant::now() > deadline {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The validated config for a test gateway.
+pub fn config_for(toml: &str, data_dir: &Path) -> Config {
+    let raw = parse_toml(toml).expect("test config parses");
+    let mut config = Config::from_raw(
+        raw,
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data_dir.to_path_buf()),
+            ..Overrides::default()
+        },
+        &|name| std::env::var(name).ok(),
+    )
+    .expect("test config is valid");
+    // Deterministic cooldowns unless a test sets its own.
+    if !toml.contains("jitter") {
+        config.cooldown.jitter = 0.0;
+    }
+    config.usage.flush_interval = Duration::from_millis(20);
+    config
+}
+
+/// Polls `condition` every 20 ms for up to 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
