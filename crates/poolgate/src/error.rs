@@ -246,6 +246,31 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Parses JSON, naming the path of the first problem.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("request body is not valid JSON: {inner}")
+        } else if path == "." {
+            format!("invalid request body: {inner}")
+        } else {
+            format!("invalid value at `{path}`: {inner}")
+        };
+        ApiError::InvalidRequest {
+            message,
+            param: (path != ".").then_some(path),
+            code: Some("invalid_body"),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| ApiError::invalid(format!("request body is not valid JSON: {error}")))?;
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,8 @@
 //! - [`crypto`]: AES-256-GCM for upstream keys at rest; client key hashing.
 //! - [`store`]: the storage trait and its SQLite implementation.
 //! - [`routing`], [`limits`], [`cooldown`]: candidate selection and readiness.
-//! - [`providers`], [`proxy`]: upstream wire formats and the forwarding pipeline.
+//! - [`providers`], [`translate`], [`proxy`]: wire formats, translation between them, and the
+//!   forwarding pipeline.
 //! - [`usage`]: usage records and statistics.
 //! - [`api`]: the HTTP surface (OpenAI-compatible, admin), [`dashboard`]: the web UI assets.
 //! - [`state`]: `AppState` and the live snapshot; [`server`]: start-up and graceful shutdown.
@@ -47,4 +48,5 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod translate;
 pub mod usage;

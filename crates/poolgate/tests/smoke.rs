@@ -1,5 +1,4 @@
 //! Smoke test of the harness: a backend, a chat completion through a mock upstream.
-#![expect(clippy::unwrap_used, reason = "test")]
 
 mod common;
 

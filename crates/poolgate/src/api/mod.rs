@@ -1,8 +1,10 @@
 //! The HTTP surface: [`build_router`] assembles the OpenAI-compatible proxy (`/v1/…`), the
+//! Anthropic-compatible `/v1/messages`, the
 //! token-protected admin API (`/admin/api/…`, with its OpenAPI document), `/healthz` and the
 //! dashboard. Handlers are thin: they authenticate, extract, and call [`crate::proxy`] or the store.
 
 pub mod admin;
+pub mod anthropic;
 pub mod auth;
 pub mod json;
 pub mod openai;
@@ -25,6 +27,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/", get(|| async { Redirect::temporary("/dashboard/") }))
         .merge(openai::router())
+        .merge(anthropic::router())
         .nest("/admin/api", admin_router)
         .merge(crate::dashboard::router())
         .fallback(not_found)

@@ -15,7 +15,7 @@ use super::json::read_body;
 use crate::domain::now_ms;
 use crate::error::ApiError;
 use crate::providers::Endpoint;
-use crate::proxy::{forward_openai, ProxyBody, ProxyResponse, RequestContext};
+use crate::proxy::{forward, Inbound, ProxyBody, ProxyResponse, RequestContext};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -38,11 +38,11 @@ async fn embeddings(State(state): State<AppState>, request: Request) -> Response
     proxy(state, Endpoint::Embeddings, request).await
 }
 
-fn new_request_id() -> String {
+pub fn new_request_id() -> String {
     format!("req_{}", uuid::Uuid::now_v7().simple())
 }
 
-fn with_request_id(mut response: Response, request_id: &str) -> Response {
+pub fn with_request_id(mut response: Response, request_id: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -50,7 +50,7 @@ fn with_request_id(mut response: Response, request_id: &str) -> Response {
 }
 
 /// Header `x-poolgate-max-wait-ms`: how long this request may wait for a ready backend.
-fn max_wait_header(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
+pub fn max_wait_header(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
     let Some(value) = headers.get("x-poolgate-max-wait-ms") else {
         return Ok(None);
     };
@@ -83,7 +83,7 @@ async fn proxy(state: AppState, endpoint: Endpoint, request: Request) -> Respons
             received_ms,
             max_wait,
         };
-        forward_openai(&state, ctx, endpoint, body).await
+        forward(&state, ctx, endpoint, Inbound::openai(endpoint, body)).await
     }
     .await;
     let response = match result {

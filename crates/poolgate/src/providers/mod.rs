@@ -2,7 +2,9 @@
 //! request for one backend and reads token usage from the answer; [`openai`] is the
 //! OpenAI-compatible format (also what clients speak to poolgate).
 
+pub mod anthropic;
 pub mod openai;
+pub mod openai_chat;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -14,6 +16,8 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Messages,
 }
 
 impl Endpoint {
@@ -23,6 +27,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -32,6 +37,15 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => "/chat/completions",
+        }
+    }
+
+    /// Whether a backend of this API kind can serve the endpoint (with translation if needed).
+    pub fn served_by(self, api: crate::domain::ApiKind) -> bool {
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Messages => true,
+            Endpoint::Completions | Endpoint::Embeddings => api == crate::domain::ApiKind::Openai,
         }
     }
 

@@ -18,6 +18,7 @@
 //!    ([`relay`]), with an idle timeout between chunks and no total-time cap.
 //! 7. **record** — exactly one usage record per client request, whatever happened.
 
+pub mod plan;
 pub mod relay;
 pub mod sse;
 
@@ -29,13 +30,14 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
-use crate::domain::{ApiKind, Outcome, UsageRecord};
+use crate::domain::{Outcome, UsageRecord};
 use crate::error::ApiError;
-use crate::providers::openai::{self, ParsedRequest};
 use crate::providers::{Endpoint, TokenUsage};
 use crate::routing::{Selection, Ticket};
 use crate::state::{AppState, LiveClientKey};
+use crate::translate::convert_error_body;
 
+pub use plan::{Inbound, Plan};
 pub use relay::BodyStream;
 
 /// Who is asking, and request facts known before routing.
@@ -165,15 +167,16 @@ impl Failure {
     }
 }
 
-/// Handles one OpenAI-format request end to end and always records its usage.
-pub async fn forward_openai(
+/// Handles one request end to end and always records its usage. `parse` turns the body into an
+/// [`Inbound`] (OpenAI or Anthropic format).
+pub async fn forward(
     state: &AppState,
     ctx: RequestContext,
     endpoint: Endpoint,
-    body: Bytes,
+    parsed: Result<Inbound, ApiError>,
 ) -> Result<ProxyResponse, ApiError> {
-    let parsed = match ParsedRequest::parse(endpoint, &body) {
-        Ok(parsed) => parsed,
+    let inbound = match parsed {
+        Ok(inbound) => inbound,
         Err(error) => {
             let draft = UsageDraft::new(&ctx, endpoint, None, false);
             state.usage.record(draft.finish(
@@ -184,9 +187,8 @@ pub async fn forward_openai(
             return Err(error);
         }
     };
-    drop(body);
-    let mut draft = UsageDraft::new(&ctx, endpoint, Some(&parsed.model), parsed.stream);
-    match run(state, &ctx, endpoint, &parsed, &mut draft).await {
+    let mut draft = UsageDraft::new(&ctx, endpoint, Some(&inbound.model), inbound.stream);
+    match run(state, &ctx, &inbound, &mut draft).await {
         Ok(Done::Response(response)) => Ok(response),
         Ok(Done::Relayed { status, response }) => {
             state
@@ -218,28 +220,27 @@ enum Done {
 async fn run(
     state: &AppState,
     ctx: &RequestContext,
-    endpoint: Endpoint,
-    parsed: &ParsedRequest,
+    inbound: &Inbound,
     draft: &mut UsageDraft,
 ) -> Result<Done, ApiError> {
     let live = state.live();
     let route = live
         .routes
-        .get(parsed.model.as_str())
+        .get(inbound.model.as_str())
         .ok_or_else(|| ApiError::NotFound {
             message: format!(
                 "the model `{}` does not exist or no enabled backend serves it",
-                parsed.model
+                inbound.model
             ),
             code: "model_not_found",
         })?;
 
     if let Some(key) = &ctx.client_key {
         let allowed = &key.record.allowed_models;
-        if !allowed.is_empty() && !allowed.iter().any(|m| m.as_str() == parsed.model) {
+        if !allowed.is_empty() && !allowed.iter().any(|m| m.as_str() == inbound.model) {
             return Err(ApiError::Forbidden(format!(
                 "this key may not use the model `{}`",
-                parsed.model
+                inbound.model
             )));
         }
         if let Err(wait) = key.limiter.try_acquire(Instant::now()) {
@@ -256,8 +257,8 @@ async fn run(
     let settings = &state.config.proxy;
     let policy = &state.config.cooldown;
     let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);
-    let inject_usage = parsed.should_inject_usage(settings.inject_stream_usage);
-    let mut selection = Selection::new(route);
+    let endpoint = inbound.endpoint;
+    let mut selection = Selection::new(route, move |api| endpoint.served_by(api));
     let mut last_failure: Option<Failure> = None;
 
     loop {
@@ -282,19 +283,14 @@ async fn run(
         draft.attempt(&ticket);
         let backend = std::sync::Arc::clone(&ticket.backend);
 
-        if backend.record.api != ApiKind::Openai {
-            return Err(ApiError::NotImplemented(format!(
-                "backend `{}` speaks the `{}` API, which this endpoint cannot reach yet",
-                backend.record.name,
-                backend.record.api.as_str()
-            )));
-        }
-        let upstream_body = parsed.upstream_body(ticket.upstream_model.as_str(), inject_usage)?;
-        let request = openai::build_request(
+        let (request, plan) = plan::build(
+            inbound,
+            backend.record.api,
             &backend.record.api_base_url,
             &backend.api_key,
-            endpoint,
-            upstream_body,
+            ticket.upstream_model.as_str(),
+            settings.inject_stream_usage,
+            settings.anthropic_default_max_tokens,
         )?;
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let attempt_started = Instant::now();
@@ -315,17 +311,7 @@ async fn run(
                 let status = response.status();
                 if status.is_success() {
                     let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
-                    match succeed(
-                        state,
-                        parsed,
-                        inject_usage,
-                        ticket,
-                        response,
-                        draft,
-                        remaining,
-                    )
-                    .await
-                    {
+                    match succeed(state, inbound, plan, ticket, response, draft, remaining).await {
                         Ok(response) => return Ok(Done::Response(response)),
                         Err((returned_ticket, failure)) => {
                             ticket = returned_ticket;
@@ -338,7 +324,7 @@ async fn run(
                         None => {
                             // The request's own fault: relay it; the backend is fine.
                             ticket.resolve_neutral();
-                            return relay_client_error(response, draft, state).await;
+                            return relay_client_error(response, plan, draft, state).await;
                         }
                     }
                 }
@@ -403,7 +389,8 @@ fn give_up(selection: &Selection<'_>, last: Option<&Failure>, now: Instant) -> A
 /// Classifies a non-2xx upstream status; None = the client's own fault (relay it).
 fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
     match status.as_u16() {
-        429 => Some(Failure::RateLimited {
+        // 529: Anthropic's `overloaded_error`, cooled down like a rate limit.
+        429 | 529 => Some(Failure::RateLimited {
             retry_after: parse_retry_after(headers, std::time::SystemTime::now()),
         }),
         401 | 403 => Some(Failure::AuthRejected {
@@ -445,18 +432,30 @@ impl WithoutUrl for reqwest::Error {
 /// Relays an upstream 4xx that is the request's own fault, as is.
 async fn relay_client_error(
     response: reqwest::Response,
+    plan: Plan,
     draft: &mut UsageDraft,
     state: &AppState,
 ) -> Result<Done, ApiError> {
     let status = response.status();
     let mut headers = HeaderMap::new();
-    if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
+    let translate = plan.upstream_wire() != plan.client_wire();
+    if translate {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    } else if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
         headers.insert(http::header::CONTENT_TYPE, content_type.clone());
     }
     let body = tokio::time::timeout(state.config.proxy.stream_idle_timeout, response.bytes())
         .await
         .map_err(|_| ApiError::GatewayTimeout("upstream error body timed out".into()))?
         .map_err(|_| ApiError::BadGateway("upstream error body was cut off".into()))?;
+    let body = if translate {
+        convert_error_body(&body, status.as_u16(), plan.client_wire())
+    } else {
+        body
+    };
     draft.mark_first_byte();
     Ok(Done::Relayed {
         status: status.as_u16(),
@@ -472,8 +471,8 @@ async fn relay_client_error(
 /// the time-to-first-byte budget) so a stream that dies at once can still fail over.
 async fn succeed(
     state: &AppState,
-    parsed: &ParsedRequest,
-    inject_usage: bool,
+    inbound: &Inbound,
+    plan: Plan,
     mut ticket: Ticket,
     response: reqwest::Response,
     draft: &mut UsageDraft,
@@ -487,7 +486,7 @@ async fn succeed(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let now = Instant::now();
 
-    if parsed.stream && is_event_stream {
+    if inbound.stream && is_event_stream {
         let mut upstream = response.bytes_stream();
         let first = match tokio::time::timeout(remaining, upstream.next()).await {
             Err(_) => return Err((ticket, Failure::Timeout)),
@@ -523,10 +522,8 @@ async fn succeed(
         let stream = relay::RelayStream::new(
             upstream.boxed(),
             first,
-            relay::RelayOptions {
-                strip_usage_chunk: inject_usage,
-                idle_timeout: state.config.proxy.stream_idle_timeout,
-            },
+            plan.stream_mapper(),
+            state.config.proxy.stream_idle_timeout,
             relay::StreamFinisher {
                 draft: draft.clone(),
                 ticket,
@@ -558,18 +555,35 @@ async fn succeed(
         }
         Ok(Ok(body)) => body,
     };
+    let (body, usage) = match plan.translate_json(body) {
+        Ok(translated) => translated,
+        Err(detail) => {
+            return Err((
+                ticket,
+                Failure::Server {
+                    status: None,
+                    detail,
+                },
+            ))
+        }
+    };
     if ticket.resolve(UpstreamOutcome::Success, &state.config.cooldown, now) {
         state.persist_health(&ticket.backend, now);
     }
     draft.mark_first_byte();
     let mut finished = draft.clone();
-    if let Some(usage) = openai::usage_of_body(&body) {
+    if let Some(usage) = usage {
         finished.set_usage(usage);
     }
     state
         .usage
         .record(finished.finish(status.as_u16(), Outcome::Success, None));
     let mut headers = HeaderMap::new();
+    let content_type = if plan.upstream_wire() == plan.client_wire() {
+        content_type
+    } else {
+        None
+    };
     headers.insert(
         http::header::CONTENT_TYPE,
         content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),

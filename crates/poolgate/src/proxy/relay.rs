@@ -13,22 +13,17 @@ use futures_util::stream::BoxStream;
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
-use super::sse::{encode_event, SseEvent, SseFramer};
+use super::sse::{SseEvent, SseFramer};
 use super::UsageDraft;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
-use crate::providers::{openai, TokenUsage};
+use crate::providers::TokenUsage;
 use crate::routing::Ticket;
 use crate::state::AppState;
+use crate::translate::{Mapped, StreamMapper};
 
 /// The body type handed to the HTTP layer.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
-
-pub struct RelayOptions {
-    /// Drop the `"choices": []` usage chunk (poolgate added `include_usage`, the client did not).
-    pub strip_usage_chunk: bool,
-    pub idle_timeout: Duration,
-}
 
 /// What is needed to close the books on a stream, whichever way it ends.
 pub struct StreamFinisher {
@@ -78,8 +73,9 @@ pub struct RelayStream {
     framer: SseFramer,
     events: Vec<SseEvent>,
     idle: Pin<Box<Sleep>>,
-    options: RelayOptions,
-    usage: Option<TokenUsage>,
+    idle_timeout: Duration,
+    mapper: Box<dyn StreamMapper>,
+    out: BytesMut,
     /// Set once the stream ended; `None` afterwards.
     finisher: Option<StreamFinisher>,
 }
@@ -88,7 +84,8 @@ impl RelayStream {
     pub fn new(
         upstream: BoxStream<'static, reqwest::Result<Bytes>>,
         first: Bytes,
-        options: RelayOptions,
+        mapper: Box<dyn StreamMapper>,
+        idle_timeout: Duration,
         finisher: StreamFinisher,
     ) -> Self {
         Self {
@@ -96,63 +93,89 @@ impl RelayStream {
             first: Some(first),
             framer: SseFramer::new(),
             events: Vec::new(),
-            idle: Box::pin(tokio::time::sleep(options.idle_timeout)),
-            options,
-            usage: None,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            mapper,
+            out: BytesMut::new(),
             finisher: Some(finisher),
         }
     }
 
-    /// Frames one chunk; returns the bytes to forward (possibly empty).
+    /// Frames one chunk; returns the bytes to forward (possibly empty). A chunk whose events all
+    /// pass through unchanged is forwarded without a copy when it holds one event.
     fn process(&mut self, chunk: Bytes) -> Result<Bytes, &'static str> {
         self.events.clear();
         if self.framer.push(chunk, &mut self.events).is_err() {
             return Err("stream_event_too_large");
         }
-        let mut kept: Option<Bytes> = None;
-        let mut joined: Option<BytesMut> = None;
-        for event in self.events.drain(..) {
-            let mut drop_event = false;
-            if let Some(data) = event.data.as_deref() {
-                if let Some((usage, usage_only)) = openai::chunk_usage(data) {
-                    self.usage = Some(usage);
-                    drop_event = usage_only && self.options.strip_usage_chunk;
+        let mut single: Option<Bytes> = None;
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            let mark = self.out.len();
+            match self.mapper.map(&event, &mut self.out) {
+                Mapped::Drop => {}
+                Mapped::Replaced => {
+                    if let Some(previous) = single.take() {
+                        // Keep order: the earlier pass-through event goes first.
+                        let mapped = self.out.split_off(mark);
+                        self.out.extend_from_slice(&previous);
+                        self.out.extend_from_slice(&mapped);
+                    }
                 }
-            }
-            if drop_event {
-                continue;
-            }
-            match (&mut joined, kept.take()) {
-                (Some(buffer), _) => buffer.extend_from_slice(&event.raw),
-                (None, None) => kept = Some(event.raw),
-                (None, Some(previous)) => {
-                    let mut buffer = BytesMut::with_capacity(previous.len() + event.raw.len());
-                    buffer.extend_from_slice(&previous);
-                    buffer.extend_from_slice(&event.raw);
-                    joined = Some(buffer);
+                Mapped::Pass => {
+                    if self.out.is_empty() && single.is_none() {
+                        single = Some(event.raw);
+                    } else {
+                        if let Some(previous) = single.take() {
+                            self.out.extend_from_slice(&previous);
+                        }
+                        self.out.extend_from_slice(&event.raw);
+                    }
                 }
             }
         }
-        Ok(joined.map(BytesMut::freeze).or(kept).unwrap_or_default())
+        self.events = events;
+        Ok(match single {
+            Some(raw) if self.out.is_empty() => raw,
+            Some(raw) => {
+                self.out.extend_from_slice(&raw);
+                self.out.split().freeze()
+            }
+            None => self.out.split().freeze(),
+        })
     }
 
     fn end(&mut self, end: End) {
         if let Some(finisher) = self.finisher.take() {
-            finisher.finish(self.usage, end);
+            let end = match end {
+                End::Complete if self.mapper.upstream_failed() => {
+                    End::UpstreamFailed("upstream_stream_error")
+                }
+                other => other,
+            };
+            finisher.finish(self.mapper.usage(), end);
         }
     }
 
     fn fail(&mut self, kind: &'static str, message: &str) -> Option<Bytes> {
         self.end(End::UpstreamFailed(kind));
-        let body = serde_json::json!({
-            "error": {
-                "message": message,
-                "type": "upstream_error",
-                "param": null,
-                "code": kind,
+        Some(self.mapper.error_event(kind, message))
+    }
+
+    /// The clean end of the upstream stream: the unterminated tail (if any) and what the mapper
+    /// still owes the client.
+    fn complete(&mut self) -> Option<Bytes> {
+        let framer = std::mem::take(&mut self.framer);
+        if let Some(tail) = framer.finish() {
+            match self.mapper.map(&tail, &mut self.out) {
+                Mapped::Pass => self.out.extend_from_slice(&tail.raw),
+                Mapped::Drop | Mapped::Replaced => {}
             }
-        });
-        Some(encode_event(None, &body.to_string()))
+        }
+        self.mapper.finish(&mut self.out);
+        self.end(End::Complete);
+        let rest = self.out.split().freeze();
+        (!rest.is_empty()).then_some(rest)
     }
 }
 
@@ -184,7 +207,7 @@ impl Stream for RelayStream {
             };
             match chunk {
                 Some(Ok(bytes)) => {
-                    let deadline = Instant::now() + this.options.idle_timeout;
+                    let deadline = Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
                     match this.process(bytes) {
                         Ok(out) if out.is_empty() => continue,
@@ -202,13 +225,7 @@ impl Stream for RelayStream {
                     );
                     return Poll::Ready(error.map(Ok));
                 }
-                None => {
-                    // Clean end: forward any unterminated tail as is.
-                    let framer = std::mem::take(&mut this.framer);
-                    let tail = framer.finish().map(|event| event.raw);
-                    this.end(End::Complete);
-                    return Poll::Ready(tail.filter(|t| !t.is_empty()).map(Ok));
-                }
+                None => return Poll::Ready(this.complete().map(Ok)),
             }
         }
     }

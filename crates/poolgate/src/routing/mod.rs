@@ -12,7 +12,9 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use crate::cooldown::{Admission, CooldownPolicy, CooldownState, Health, Outcome, ReadyAt};
-use crate::domain::{BackendId, BackendRecord, BackendStatus, CanonicalModel, Pool, UpstreamModel};
+use crate::domain::{
+    ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, Pool, UpstreamModel,
+};
 use crate::limits::RpmLimiter;
 
 /// Counters of one backend that outlive snapshot swaps (keyed by its stable id).
@@ -218,9 +220,11 @@ pub fn accept(backend: &LiveBackend, now: Instant) -> Result<bool, ReadyAt> {
     Ok(probe)
 }
 
-/// Walks a route's candidates for one client request: tiers in order, each backend at most once.
+/// Walks a route's candidates for one client request: tiers in order, each backend at most once,
+/// only backends whose API kind can serve the request.
 pub struct Selection<'a> {
     route: &'a Route,
+    serves: Box<dyn Fn(ApiKind) -> bool + Send + Sync + 'a>,
     tier: usize,
     /// Start offset into the current tier's schedule (taken once per tier per request).
     start: Option<usize>,
@@ -230,9 +234,10 @@ pub struct Selection<'a> {
 }
 
 impl<'a> Selection<'a> {
-    pub fn new(route: &'a Route) -> Self {
+    pub fn new(route: &'a Route, serves: impl Fn(ApiKind) -> bool + Send + Sync + 'a) -> Self {
         Self {
             route,
+            serves: Box::new(serves),
             tier: 0,
             start: None,
             tried: Vec::new(),
@@ -251,7 +256,7 @@ impl<'a> Selection<'a> {
                 let index = tier.schedule[(start + step) % len];
                 let member = &tier.members[index];
                 let key = Arc::as_ptr(&member.backend).addr();
-                if self.tried.contains(&key) {
+                if self.tried.contains(&key) || !(self.serves)(member.backend.record.api) {
                     continue;
                 }
                 match accept(&member.backend, now) {
@@ -305,7 +310,7 @@ impl<'a> Selection<'a> {
         let mut earliest: Option<Instant> = None;
         for member in self.route.tiers.iter().flat_map(|tier| &tier.members) {
             let backend = &member.backend;
-            if !backend.record.enabled {
+            if !backend.record.enabled || !(self.serves)(backend.record.api) {
                 continue;
             }
             let cooled = match backend.runtime.cooldown.lock().ready_at(now) {
