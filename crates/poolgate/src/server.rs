@@ -293,6 +293,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
             usage_writer,
             health_writer,
         },
+        state.clone(),
     ));
     Ok(Running {
         addr,
@@ -314,6 +315,7 @@ async fn serve(
     handle_signals: bool,
     grace: std::time::Duration,
     background: Background,
+    state: AppState,
 ) -> Result<(), InitError> {
     let (begun_tx, begun_rx) = oneshot::channel::<()>();
     let signal = async move {
@@ -331,11 +333,25 @@ async fn serve(
             let _ = begun_rx.await;
             tokio::time::sleep(grace).await;
         } => {
-            tracing::warn!(?grace, "grace period over; closing the remaining connections");
+            tracing::warn!(?grace, "grace period over; ending the remaining streams");
+            state.cancel_streams();
             Ok(())
         }
     };
-    // Every request has finished: flush usage and health.
+    // Wait for every request under way to hand over its usage record (cut streams included;
+    // a request still waiting on an upstream gets a few more seconds).
+    if !state
+        .usage
+        .wait_idle(std::time::Duration::from_secs(5))
+        .await
+    {
+        tracing::warn!(
+            pending = state.usage.pending(),
+            "requests still running at shutdown; their usage records are lost"
+        );
+    }
+    drop(state);
+    // Flush usage and health.
     let written = background.usage_writer.shutdown().await;
     tracing::info!(records = written, "usage records flushed");
     background.health_writer.shutdown().await;

@@ -150,6 +150,8 @@ pub struct Shared {
     live: ArcSwap<Live>,
     registry: Mutex<Registry>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Set when the shutdown grace period ran out: open streams end themselves.
+    stream_cancel: tokio::sync::watch::Sender<bool>,
 }
 
 /// The state every handler gets; cloning is one `Arc` increment.
@@ -194,6 +196,7 @@ impl AppState {
                 live: ArcSwap::from_pointee(Live::default()),
                 registry: Mutex::new(Registry::default()),
                 reload_lock: tokio::sync::Mutex::new(()),
+                stream_cancel: tokio::sync::watch::channel(false).0,
             }),
         };
         state.reload().await?;
@@ -302,6 +305,20 @@ impl AppState {
             unreadable,
         }));
         Ok(())
+    }
+
+    /// Ends every open stream (with an error event and a usage record): the grace period of a
+    /// shutdown is over.
+    pub fn cancel_streams(&self) {
+        self.shared.stream_cancel.send_replace(true);
+    }
+
+    /// Resolves when [`AppState::cancel_streams`] was called.
+    pub fn streams_cancelled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.shared.stream_cancel.subscribe();
+        async move {
+            let _ = receiver.wait_for(|cancelled| *cancelled).await;
+        }
     }
 
     /// Queues the persisted part of a backend's health for writing.

@@ -7,16 +7,13 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use tokio::time::Instant;
 
 use super::auth::authenticate_client;
-use super::json::read_body;
-use super::openai::{into_response, max_wait_header, new_request_id, with_request_id};
-use crate::domain::now_ms;
+use super::openai::{into_response, new_request_id, prepare, with_request_id};
 use crate::error::ApiError;
 use crate::providers::anthropic::{error_type_for_status, ErrorResponse};
 use crate::providers::Endpoint;
-use crate::proxy::{forward, Inbound, RequestContext};
+use crate::proxy::{forward, Inbound};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -34,32 +31,16 @@ pub fn anthropic_error(error: ApiError) -> Response {
 
 async fn messages(State(state): State<AppState>, request: Request) -> Response {
     let request_id = new_request_id();
-    let received = Instant::now();
-    let received_ms = now_ms();
-    let result = async {
-        let client_key = authenticate_client(&state, request.headers())?;
-        let max_wait = max_wait_header(request.headers())?;
-        let headers = request.headers().clone();
-        let body = read_body(request, state.config.proxy.max_body_bytes).await?;
-        let ctx = RequestContext {
-            request_id: request_id.clone(),
-            client_key,
-            received,
-            received_ms,
-            max_wait,
-        };
-        forward(
-            &state,
-            ctx,
-            Endpoint::Messages,
-            Inbound::anthropic(body, &headers),
-        )
-        .await
-    }
-    .await;
-    let mut response = match result {
-        Ok(response) => into_response(response),
+    let headers = request.headers().clone();
+    let mut response = match prepare(&state, &request_id, request).await {
         Err(error) => anthropic_error(error),
+        Ok((ctx, body)) => {
+            let parsed = body.and_then(|body| Inbound::anthropic(body, &headers));
+            match forward(&state, ctx, Endpoint::Messages, parsed).await {
+                Ok(response) => into_response(response),
+                Err(error) => anthropic_error(error),
+            }
+        }
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("request-id", value);

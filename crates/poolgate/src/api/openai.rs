@@ -70,27 +70,43 @@ pub fn max_wait_header(headers: &HeaderMap) -> Result<Option<std::time::Duration
 
 async fn proxy(state: AppState, endpoint: Endpoint, request: Request) -> Response {
     let request_id = new_request_id();
-    let received = Instant::now();
-    let received_ms = now_ms();
-    let result = async {
-        let client_key = authenticate_client(&state, request.headers())?;
-        let max_wait = max_wait_header(request.headers())?;
-        let body = read_body(request, state.config.proxy.max_body_bytes).await?;
-        let ctx = RequestContext {
-            request_id: request_id.clone(),
-            client_key,
-            received,
-            received_ms,
-            max_wait,
-        };
-        forward(&state, ctx, endpoint, Inbound::openai(endpoint, body)).await
-    }
-    .await;
-    let response = match result {
-        Ok(response) => into_response(response),
+    let response = match prepare(&state, &request_id, request).await {
         Err(error) => error.into_response(),
+        Ok((ctx, body)) => {
+            let parsed = body.and_then(|body| Inbound::openai(endpoint, body));
+            match forward(&state, ctx, endpoint, parsed).await {
+                Ok(response) => into_response(response),
+                Err(error) => error.into_response(),
+            }
+        }
     };
     with_request_id(response, &request_id)
+}
+
+/// Authenticates (a failure here is answered without a usage record: the caller is unknown),
+/// then reads the per-request options and the body. Errors after authentication are handed to
+/// the proxy so that they are recorded like every other request.
+pub async fn prepare(
+    state: &AppState,
+    request_id: &str,
+    request: Request,
+) -> Result<(RequestContext, Result<bytes::Bytes, ApiError>), ApiError> {
+    let received = Instant::now();
+    let received_ms = now_ms();
+    let client_key = authenticate_client(state, request.headers())?;
+    let max_wait = max_wait_header(request.headers());
+    let ctx = RequestContext {
+        request_id: request_id.to_owned(),
+        client_key,
+        received,
+        received_ms,
+        max_wait: max_wait.as_ref().ok().copied().flatten(),
+    };
+    let body = match max_wait {
+        Err(error) => Err(error),
+        Ok(_) => read_body(request, state.config.proxy.max_body_bytes).await,
+    };
+    Ok((ctx, body))
 }
 
 /// Converts the proxy's answer into an axum response.
@@ -120,7 +136,12 @@ struct ModelEntry {
 }
 
 async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(error) = authenticate_client(&state, &headers) {
+    let request_id = new_request_id();
+    with_request_id(list_models(&state, &headers), &request_id)
+}
+
+fn list_models(state: &AppState, headers: &HeaderMap) -> Response {
+    if let Err(error) = authenticate_client(state, headers) {
         return error.into_response();
     }
     let live = state.live();

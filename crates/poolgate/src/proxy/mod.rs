@@ -36,6 +36,7 @@ use crate::providers::{Endpoint, TokenUsage};
 use crate::routing::{Selection, Ticket};
 use crate::state::{AppState, LiveClientKey};
 use crate::translate::convert_error_body;
+use crate::usage::UsageSink;
 
 pub use plan::{Inbound, Plan};
 pub use relay::BodyStream;
@@ -71,7 +72,15 @@ pub struct UsageDraft {
 }
 
 impl UsageDraft {
-    fn new(ctx: &RequestContext, endpoint: Endpoint, model: Option<&str>, streamed: bool) -> Self {
+    /// A new draft; the sink now owes one record for this request.
+    fn new(
+        sink: &UsageSink,
+        ctx: &RequestContext,
+        endpoint: Endpoint,
+        model: Option<&str>,
+        streamed: bool,
+    ) -> Self {
+        sink.open();
         Self {
             record: UsageRecord {
                 request_id: ctx.request_id.clone(),
@@ -178,7 +187,7 @@ pub async fn forward(
     let inbound = match parsed {
         Ok(inbound) => inbound,
         Err(error) => {
-            let draft = UsageDraft::new(&ctx, endpoint, None, false);
+            let draft = UsageDraft::new(&state.usage, &ctx, endpoint, None, false);
             state.usage.record(draft.finish(
                 error.status_code().as_u16(),
                 Outcome::Error,
@@ -187,8 +196,22 @@ pub async fn forward(
             return Err(error);
         }
     };
-    let mut draft = UsageDraft::new(&ctx, endpoint, Some(&inbound.model), inbound.stream);
-    match run(state, &ctx, &inbound, &mut draft).await {
+    let draft = UsageDraft::new(
+        &state.usage,
+        &ctx,
+        endpoint,
+        Some(&inbound.model),
+        inbound.stream,
+    );
+    let mut guard = CancelGuard {
+        sink: &state.usage,
+        draft,
+        armed: true,
+    };
+    let result = run(state, &ctx, &inbound, &mut guard.draft).await;
+    guard.armed = false;
+    let draft = guard.draft.clone();
+    match result {
         Ok(Done::Response(response)) => Ok(response),
         Ok(Done::Relayed { status, response }) => {
             state
@@ -203,6 +226,26 @@ pub async fn forward(
                 Some(error.kind()),
             ));
             Err(error)
+        }
+    }
+}
+
+/// Records the request as cancelled (499) when its future is dropped before it finished: the
+/// client went away while poolgate waited for an upstream.
+struct CancelGuard<'s> {
+    sink: &'s UsageSink,
+    draft: UsageDraft,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let record = self
+                .draft
+                .clone()
+                .finish(499, Outcome::Cancelled, Some("client_closed"));
+            self.sink.record(record);
         }
     }
 }

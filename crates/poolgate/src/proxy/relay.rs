@@ -74,6 +74,8 @@ pub struct RelayStream {
     events: Vec<SseEvent>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    /// Resolves when a shutdown's grace period ran out.
+    cancelled: Pin<Box<dyn Future<Output = ()> + Send>>,
     mapper: Box<dyn StreamMapper>,
     out: BytesMut,
     /// Set once the stream ended; `None` afterwards.
@@ -95,6 +97,7 @@ impl RelayStream {
             events: Vec::new(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            cancelled: Box::pin(finisher.state.streams_cancelled()),
             mapper,
             out: BytesMut::new(),
             finisher: Some(finisher),
@@ -187,6 +190,10 @@ impl Stream for RelayStream {
         if this.finisher.is_none() {
             return Poll::Ready(None);
         }
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            let error = this.fail("gateway_shutting_down", "poolgate is shutting down");
+            return Poll::Ready(error.map(Ok));
+        }
         loop {
             let chunk = if let Some(first) = this.first.take() {
                 Some(Ok(first))
@@ -233,9 +240,14 @@ impl Stream for RelayStream {
 
 impl Drop for RelayStream {
     fn drop(&mut self) {
-        // Still running when dropped: the client went away. Dropping `upstream` (after this)
-        // closes the upstream connection.
-        self.end(End::ClientLeft);
+        // Still running when dropped: the client went away (dropping `upstream` after this
+        // closes the upstream connection) — unless the final event already reached it.
+        let end = if self.mapper.completed() {
+            End::Complete
+        } else {
+            End::ClientLeft
+        };
+        self.end(end);
     }
 }
 

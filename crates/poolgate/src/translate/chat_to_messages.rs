@@ -460,6 +460,10 @@ impl StreamMapper for AnthropicToOpenAiStream {
         self.failed
     }
 
+    fn completed(&self) -> bool {
+        self.done && !self.failed
+    }
+
     fn error_event(&self, code: &str, message: &str) -> Bytes {
         openai_error_event(code, message)
     }

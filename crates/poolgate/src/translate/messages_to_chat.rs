@@ -431,6 +431,10 @@ impl StreamMapper for OpenAiToAnthropicStream {
         self.usage
     }
 
+    fn completed(&self) -> bool {
+        self.done
+    }
+
     fn error_event(&self, _code: &str, message: &str) -> Bytes {
         anthropic_error_event("api_error", message)
     }

@@ -43,6 +43,9 @@ pub trait StreamMapper: Send {
     fn upstream_failed(&self) -> bool {
         false
     }
+    /// The final event (`[DONE]`, `message_stop`) went to the client: the answer is complete
+    /// even if the client hangs up before the upstream closes its body.
+    fn completed(&self) -> bool;
     /// An error event in the client's format.
     fn error_event(&self, code: &str, message: &str) -> Bytes;
 }
@@ -69,6 +72,7 @@ pub fn anthropic_error_event(kind: &str, message: &str) -> Bytes {
 pub struct OpenAiPassthrough {
     pub strip_usage_chunk: bool,
     usage: Option<TokenUsage>,
+    done: bool,
 }
 
 impl OpenAiPassthrough {
@@ -76,18 +80,38 @@ impl OpenAiPassthrough {
         Self {
             strip_usage_chunk,
             usage: None,
+            done: false,
         }
     }
 }
 
+/// What `include_usage` adds to every chunk; removed again when the client did not ask for it.
+const NULL_USAGE: &[u8] = b",\"usage\":null";
+
 impl StreamMapper for OpenAiPassthrough {
-    fn map(&mut self, event: &SseEvent, _out: &mut BytesMut) -> Mapped {
-        if let Some(data) = event.data.as_deref() {
-            if let Some((usage, usage_only)) = openai::chunk_usage(data) {
-                self.usage = Some(usage);
-                if usage_only && self.strip_usage_chunk {
-                    return Mapped::Drop;
-                }
+    fn map(&mut self, event: &SseEvent, out: &mut BytesMut) -> Mapped {
+        let Some(data) = event.data.as_deref() else {
+            return Mapped::Pass;
+        };
+        if event.is_done() {
+            self.done = true;
+            return Mapped::Pass;
+        }
+        if let Some((usage, usage_only)) = openai::chunk_usage(data) {
+            self.usage = Some(usage);
+            if usage_only && self.strip_usage_chunk {
+                return Mapped::Drop;
+            }
+        }
+        if self.strip_usage_chunk {
+            if let Some(at) = event
+                .raw
+                .windows(NULL_USAGE.len())
+                .position(|window| window == NULL_USAGE)
+            {
+                out.extend_from_slice(&event.raw[..at]);
+                out.extend_from_slice(&event.raw[at + NULL_USAGE.len()..]);
+                return Mapped::Replaced;
             }
         }
         Mapped::Pass
@@ -95,6 +119,10 @@ impl StreamMapper for OpenAiPassthrough {
 
     fn usage(&self) -> Option<TokenUsage> {
         self.usage
+    }
+
+    fn completed(&self) -> bool {
+        self.done
     }
 
     fn error_event(&self, code: &str, message: &str) -> Bytes {
@@ -108,6 +136,7 @@ pub struct AnthropicPassthrough {
     usage: anthropic::Usage,
     seen_usage: bool,
     failed: bool,
+    done: bool,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +157,9 @@ impl StreamMapper for AnthropicPassthrough {
                 Err(_) => return Mapped::Pass,
             },
         };
+        if kind == "message_stop" {
+            self.done = true;
+        }
         if matches!(kind, "message_start" | "message_delta" | "error") {
             match serde_json::from_str::<StreamEvent>(data) {
                 Ok(StreamEvent::MessageStart { message }) => {
@@ -153,6 +185,10 @@ impl StreamMapper for AnthropicPassthrough {
 
     fn upstream_failed(&self) -> bool {
         self.failed
+    }
+
+    fn completed(&self) -> bool {
+        self.done
     }
 
     fn error_event(&self, _code: &str, message: &str) -> Bytes {

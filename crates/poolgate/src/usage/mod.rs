@@ -5,6 +5,7 @@
 
 pub mod stats;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +16,43 @@ use crate::config::UsageSettings;
 use crate::domain::UsageRecord;
 use crate::store::Store;
 
-/// The sending side; cheap to clone.
+/// The sending side; cheap to clone. It also counts the records promised (requests under way)
+/// but not yet handed over, so shutdown can wait for them.
 #[derive(Clone)]
 pub struct UsageSink {
     tx: mpsc::Sender<UsageRecord>,
+    pending: Arc<AtomicUsize>,
 }
 
 impl UsageSink {
-    /// Queues a record without waiting.
+    /// A request started: one record is owed.
+    pub fn open(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records owed by requests still under way.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Waits (up to `limit`) until every request under way has handed over its record.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Queues the record of a request opened with [`UsageSink::open`], without waiting.
     pub fn record(&self, record: UsageRecord) {
+        // Saturating: never wraps below zero.
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         match self.tx.try_send(record) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(record)) => {
@@ -63,7 +92,13 @@ pub fn spawn_writer(store: Arc<dyn Store>, settings: &UsageSettings) -> (UsageSi
         settings.batch_size,
         settings.flush_interval,
     ));
-    (UsageSink { tx }, UsageWriter { stop, task })
+    (
+        UsageSink {
+            tx,
+            pending: Arc::new(AtomicUsize::new(0)),
+        },
+        UsageWriter { stop, task },
+    )
 }
 
 impl UsageWriter {
