@@ -22,7 +22,12 @@ use crate::store::Store;
     name = "poolgate",
     version,
     about = "A self-hosted LLM API gateway: one OpenAI-compatible endpoint over many upstream keys, \
-             with pools, fallbacks, rate limits and 429 cooldowns."
+             with pools, fallbacks, rate limits and 429 cooldowns.",
+    after_help = "Start the gateway: `poolgate serve` (see `poolgate serve --help`).\n\
+  --listen ADDR      [env: POOLGATE_LISTEN]    default 127.0.0.1:8080\n\
+  --data-dir DIR     [env: POOLGATE_DATA_DIR]  default ./poolgate-data\n\
+  --config FILE      [env: POOLGATE_CONFIG]    optional TOML config\n\
+Secrets: POOLGATE_MASTER_KEY (base64 of 32 bytes), POOLGATE_ADMIN_TOKEN."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -33,8 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
-    /// Manage upstream backends directly in the store (the gateway reads them at start; use the
-    /// admin API to change a running gateway).
+    /// Manage upstream backends directly in the store while the gateway is stopped (use the admin
+    /// API to change a running gateway).
     Backend {
         #[command(subcommand)]
         command: BackendCommand,
@@ -162,8 +167,20 @@ pub async fn run_admin_command(command: Command) -> Result<(), InitError> {
     }
 }
 
-async fn backend_list(args: &StoreArgs) -> Result<(), InitError> {
+/// The config of a non-serve command: its data dir must exist already.
+fn existing_store_config(args: &StoreArgs) -> Result<Config, InitError> {
     let config = load_config(args, None, None)?;
+    if !config.database_path().exists() {
+        return Err(InitError::Invalid(format!(
+            "no poolgate database in {} (start `poolgate serve` once, or pass --data-dir)",
+            config.data_dir.display()
+        )));
+    }
+    Ok(config)
+}
+
+async fn backend_list(args: &StoreArgs) -> Result<(), InitError> {
+    let config = existing_store_config(args)?;
     let (store, _, _) = server::open_store(&config).await?;
     let backends = store.list_backends().await?;
     if backends.is_empty() {
@@ -214,7 +231,10 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
             },
         );
     }
+    // `add` may create the store (provisioning before the first start).
     let config = load_config(&args.store, None, None)?;
+    server::ensure_data_dir(&config.data_dir)?;
+    let _lock = server::lock_data_dir(&config.data_dir)?;
     let (store, sealer, _) = server::open_store(&config).await?;
     let pool = PoolName::new(args.pool.clone());
     if store.find_pool(&pool).await?.is_none() {
@@ -254,7 +274,8 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
 }
 
 async fn backend_remove(which: &str, args: &StoreArgs) -> Result<(), InitError> {
-    let config = load_config(args, None, None)?;
+    let config = existing_store_config(args)?;
+    let _lock = server::lock_data_dir(&config.data_dir)?;
     let (store, _, _) = server::open_store(&config).await?;
     let backends = store.list_backends().await?;
     let found = backends
@@ -267,7 +288,8 @@ async fn backend_remove(which: &str, args: &StoreArgs) -> Result<(), InitError> 
 }
 
 async fn rotate(args: &StoreArgs) -> Result<(), InitError> {
-    let config = load_config(args, None, None)?;
+    let config = existing_store_config(args)?;
+    let _lock = server::lock_data_dir(&config.data_dir)?;
     let (store, old, source) = server::open_store(&config).await?;
     let new_version = old.version() + 1;
     let new_key = MasterKey::generate();

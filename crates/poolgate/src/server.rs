@@ -44,6 +44,34 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), InitError> {
     Ok(())
 }
 
+/// An exclusive lock on `<data_dir>/poolgate.lock`, held by a running gateway (and by CLI commands
+/// that write the store) so that, e.g., a key rotation cannot run under a live gateway.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data-dir lock, or says who holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, InitError> {
+    let path = dir.join("poolgate.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| InitError::io(format!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(InitError::Invalid(format!(
+            "the data dir {} is in use by a running poolgate (stop it first, or use the admin API)",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(InitError::io(format!("locking {}", path.display()), error))
+        }
+    }
+}
+
 /// Writes a secret file readable only by its owner.
 pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), InitError> {
     use std::io::Write;
@@ -151,6 +179,10 @@ pub fn load_admin_token(config: &Config) -> Result<SecretString, InitError> {
     }
     let path = config.data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() < 16 => Err(InitError::Invalid(format!(
+            "the admin token in {} must be at least 16 characters (delete the file to generate a new one)",
+            path.display()
+        ))),
         Ok(text) => Ok(SecretString::from(text.trim().to_owned())),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let token = generate_admin_token();
@@ -224,6 +256,7 @@ pub async fn sync_config(
 pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
+    _lock: DataDirLock,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), InitError>>,
 }
@@ -249,6 +282,8 @@ impl Running {
 /// Starts everything and serves until `shutdown()` or, with `handle_signals`, SIGINT/SIGTERM.
 pub async fn start(config: Config, handle_signals: bool) -> Result<Running, InitError> {
     let config = Arc::new(config);
+    ensure_data_dir(&config.data_dir)?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let (store, sealer, _) = open_store(&config).await?;
     let store: Arc<dyn Store> = store;
     sync_config(&config, &*store, &sealer).await?;
@@ -298,6 +333,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
     Ok(Running {
         addr,
         state,
+        _lock: lock,
         stop: Some(stop_tx),
         task,
     })

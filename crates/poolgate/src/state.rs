@@ -150,6 +150,8 @@ pub struct Shared {
     live: ArcSwap<Live>,
     registry: Mutex<Registry>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Serialises admin read-modify-write operations (never taken on the proxy path).
+    admin_write: tokio::sync::Mutex<()>,
     /// Set when the shutdown grace period ran out: open streams end themselves.
     stream_cancel: tokio::sync::watch::Sender<bool>,
 }
@@ -196,6 +198,7 @@ impl AppState {
                 live: ArcSwap::from_pointee(Live::default()),
                 registry: Mutex::new(Registry::default()),
                 reload_lock: tokio::sync::Mutex::new(()),
+                admin_write: tokio::sync::Mutex::new(()),
                 stream_cancel: tokio::sync::watch::channel(false).0,
             }),
         };
@@ -254,14 +257,15 @@ impl AppState {
                     runtime.limiter.reconfigure(record.rpm_limit, now);
                 }
                 seen.push(record.id.clone());
-                let mut record = record;
-                if unreadable.iter().any(|(id, _)| id == &record.id) {
-                    record.enabled = false;
-                }
+                let unreadable_reason = unreadable
+                    .iter()
+                    .find(|(id, _)| id == &record.id)
+                    .map(|(_, reason)| format!("cannot decrypt the upstream key: {reason}"));
                 backends.push(Arc::new(LiveBackend {
                     record,
                     api_key,
                     runtime,
+                    unreadable: unreadable_reason,
                 }));
             }
             registry.backends.retain(|id, _| seen.contains(id));
@@ -305,6 +309,12 @@ impl AppState {
             unreadable,
         }));
         Ok(())
+    }
+
+    /// Held by an admin change from its read to its reload, so concurrent changes of the same
+    /// backend cannot overwrite each other.
+    pub async fn admin_write(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shared.admin_write.lock().await
     }
 
     /// Ends every open stream (with an error event and a usage record): the grace period of a

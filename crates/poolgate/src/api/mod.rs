@@ -17,8 +17,10 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Routes reachable without any credential: the named allow-list.
-pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/admin/api/openapi.json"];
+/// Routes reachable without any credential: the named allow-list. The dashboard's page and
+/// static assets (under `/dashboard/`) are public too; every datum they show comes from the
+/// token-protected admin API.
+pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/admin/api/openapi.json", "/", "/dashboard/"];
 
 /// The whole application router.
 pub fn build_router(state: AppState) -> Router {
@@ -32,7 +34,19 @@ pub fn build_router(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(ensure_request_id))
         .with_state(state)
+}
+
+/// Every answer carries `x-request-id` (the proxy sets its own; everything else gets one here).
+async fn ensure_request_id(mut response: Response) -> Response {
+    if !response.headers().contains_key("x-request-id") {
+        let id = format!("req_{}", uuid::Uuid::now_v7().simple());
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+    }
+    response
 }
 
 async fn healthz() -> Response {

@@ -141,13 +141,19 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 fn list_models(state: &AppState, headers: &HeaderMap) -> Response {
-    if let Err(error) = authenticate_client(state, headers) {
-        return error.into_response();
-    }
+    let key = match authenticate_client(state, headers) {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
+    let allowed = key
+        .as_ref()
+        .map(|key| key.record.allowed_models.as_slice())
+        .unwrap_or_default();
     let live = state.live();
     let data = live
         .models
         .iter()
+        .filter(|model| allowed.is_empty() || allowed.contains(model))
         .map(|model| ModelEntry {
             id: model.to_string(),
             object: "model",

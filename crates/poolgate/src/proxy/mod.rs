@@ -321,7 +321,14 @@ async fn run(
                     }
                 }
             }
-            return Err(give_up(&selection, last_failure.as_ref(), now));
+            let error = give_up(&selection, last_failure.as_ref(), now);
+            if last_failure.is_none() {
+                // Nothing was sent upstream: the key's own token goes back.
+                if let Some(key) = &ctx.client_key {
+                    key.limiter.refund(now);
+                }
+            }
+            return Err(error);
         };
         draft.attempt(&ticket);
         let backend = std::sync::Arc::clone(&ticket.backend);
@@ -365,8 +372,11 @@ async fn run(
                     match classify(status, response.headers()) {
                         Some(failure) => failure,
                         None => {
-                            // The request's own fault: relay it; the backend is fine.
-                            ticket.resolve_neutral();
+                            // The request's own fault: relay it. The backend answered, so for its
+                            // cooldown this counts as a success (a half-open probe is over).
+                            if ticket.resolve(UpstreamOutcome::Success, policy, Instant::now()) {
+                                state.persist_health(&ticket.backend, Instant::now());
+                            }
                             return relay_client_error(response, plan, draft, state).await;
                         }
                     }
@@ -533,7 +543,15 @@ async fn succeed(
         let mut upstream = response.bytes_stream();
         let first = match tokio::time::timeout(remaining, upstream.next()).await {
             Err(_) => return Err((ticket, Failure::Timeout)),
-            Ok(None) => Bytes::new(),
+            Ok(None) => {
+                return Err((
+                    ticket,
+                    Failure::Server {
+                        status: None,
+                        detail: "the stream ended before its first byte".into(),
+                    },
+                ))
+            }
             Ok(Some(Err(error))) => {
                 return Err((
                     ticket,

@@ -47,6 +47,8 @@ pub struct LiveBackend {
     pub record: BackendRecord,
     pub api_key: SecretString,
     pub runtime: Arc<BackendRuntime>,
+    /// Why the stored key could not be decrypted; such a backend is never routed.
+    pub unreadable: Option<String>,
 }
 
 impl LiveBackend {
@@ -58,6 +60,9 @@ impl LiveBackend {
     pub fn status(&self, now: Instant) -> BackendStatus {
         if !self.record.enabled {
             return BackendStatus::Disabled;
+        }
+        if self.unreadable.is_some() {
+            return BackendStatus::Error;
         }
         match self.runtime.cooldown.lock().health(now) {
             Health::Healthy => BackendStatus::Healthy,
@@ -128,9 +133,10 @@ pub fn build_routes(
     pools: &[Pool],
 ) -> HashMap<CanonicalModel, Route> {
     let mut routes = HashMap::new();
+    let routable = |b: &&Arc<LiveBackend>| b.record.enabled && b.unreadable.is_none();
     let mut models: Vec<&CanonicalModel> = backends
         .iter()
-        .filter(|b| b.record.enabled)
+        .filter(routable)
         .flat_map(|b| b.record.model_mappings.keys())
         .collect();
     models.sort();
@@ -140,7 +146,7 @@ pub fn build_routes(
         for pool in pools {
             let members: Vec<Member> = backends
                 .iter()
-                .filter(|b| b.record.enabled && b.record.pool == pool.name)
+                .filter(|b| routable(b) && b.record.pool == pool.name)
                 .filter_map(|b| {
                     b.record.model_mappings.get(model).map(|mapping| Member {
                         backend: Arc::clone(b),
@@ -173,14 +179,6 @@ impl Ticket {
         self.resolved = true;
         self.backend.runtime.record(outcome, policy, now)
     }
-
-    /// The upstream request was sent but its outcome says nothing about the backend.
-    pub fn resolve_neutral(&mut self) {
-        if self.probe && !self.resolved {
-            self.backend.runtime.cooldown.lock().release_probe();
-        }
-        self.resolved = true;
-    }
 }
 
 impl Drop for Ticket {
@@ -198,7 +196,7 @@ impl Drop for Ticket {
 /// The readiness check: enabled, admitted by the cooldown machine, and a token in its bucket.
 /// Takes the token (and the probe slot) on success; otherwise says when it may be ready.
 pub fn accept(backend: &LiveBackend, now: Instant) -> Result<bool, ReadyAt> {
-    if !backend.record.enabled {
+    if !backend.record.enabled || backend.unreadable.is_some() {
         return Err(ReadyAt::Never);
     }
     let probe = {

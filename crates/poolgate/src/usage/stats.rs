@@ -122,28 +122,51 @@ fn percentile(values: &mut [u64], pct: usize) -> Option<u64> {
     values.get(rank - 1).copied()
 }
 
-/// Resolves the query's range and bucket width against `now_ms`.
-pub fn resolve_range(query: &StatsQuery, now_ms: i64) -> (i64, i64, i64) {
-    let to = query.to_ms.unwrap_or(now_ms);
-    let from = query.from_ms.unwrap_or(to - 3_600_000).min(to);
+/// Timestamps the statistics accept: 1970 to 9999.
+const MAX_MS: i64 = 253_402_300_799_000;
+
+/// Resolves the query's range and bucket width against `now_ms`; Err names the bad parameter.
+pub fn resolve_range(
+    query: &StatsQuery,
+    now_ms: i64,
+) -> Result<(i64, i64, i64), (&'static str, String)> {
+    let in_range = |name: &'static str, value: Option<i64>| match value {
+        Some(v) if !(0..=MAX_MS).contains(&v) => Err((
+            name,
+            format!("`{name}` must be Unix milliseconds between 0 and {MAX_MS}"),
+        )),
+        _ => Ok(value),
+    };
+    let to = in_range("to_ms", query.to_ms)?.unwrap_or(now_ms);
+    let from = in_range("from_ms", query.from_ms)?.unwrap_or(to.saturating_sub(3_600_000));
+    if from > to {
+        return Err(("from_ms", "`from_ms` must not be after `to_ms`".to_owned()));
+    }
     let span = (to - from).max(1);
-    let bucket_ms = query
-        .bucket_seconds
-        .map(|s| s.saturating_mul(1000))
-        .unwrap_or(span / 60)
-        .max(1000)
-        // At most 2000 buckets per series.
-        .max(span / 2000);
-    (from, to, bucket_ms)
+    let bucket_ms = match query.bucket_seconds {
+        Some(seconds) if !(1..=31_536_000).contains(&seconds) => {
+            return Err((
+                "bucket_seconds",
+                "`bucket_seconds` must be between 1 and 31536000".to_owned(),
+            ))
+        }
+        Some(seconds) => seconds * 1000,
+        None => (span / 60).max(1000),
+    }
+    // At most 2000 buckets per series.
+    .max(span / 2000);
+    Ok((from, to, bucket_ms))
 }
 
 /// Computes the statistics of samples in `[from, to)`.
 pub fn compute(samples: &[UsageSample], from: i64, to: i64, bucket_ms: i64) -> Stats {
-    let bucket_count = usize::try_from(((to - from) + bucket_ms - 1) / bucket_ms)
+    let bucket_ms = bucket_ms.max(1);
+    let span = to.saturating_sub(from).max(0);
+    let bucket_count = usize::try_from(span.saturating_add(bucket_ms - 1) / bucket_ms)
         .unwrap_or(0)
-        .max(1);
+        .clamp(1, 100_000);
     let bucket_of = |ts: i64| -> usize {
-        usize::try_from((ts - from) / bucket_ms)
+        usize::try_from(ts.saturating_sub(from) / bucket_ms)
             .unwrap_or(0)
             .min(bucket_count - 1)
     };
@@ -276,8 +299,37 @@ mod tests {
 
     #[test]
     fn range_defaults_to_the_last_hour() {
-        let (from, to, bucket) = resolve_range(&StatsQuery::default(), 10_000_000);
+        let (from, to, bucket) = resolve_range(&StatsQuery::default(), 10_000_000).unwrap();
         assert_eq!(to - from, 3_600_000);
         assert_eq!(bucket, 60_000);
+    }
+
+    #[test]
+    fn extreme_queries_are_refused_not_overflowed() {
+        for query in [
+            StatsQuery {
+                to_ms: Some(i64::MIN),
+                ..StatsQuery::default()
+            },
+            StatsQuery {
+                from_ms: Some(i64::MIN),
+                ..StatsQuery::default()
+            },
+            StatsQuery {
+                bucket_seconds: Some(i64::MAX),
+                ..StatsQuery::default()
+            },
+            StatsQuery {
+                bucket_seconds: Some(0),
+                ..StatsQuery::default()
+            },
+            StatsQuery {
+                from_ms: Some(10),
+                to_ms: Some(5),
+                ..StatsQuery::default()
+            },
+        ] {
+            assert!(resolve_range(&query, 10_000_000).is_err(), "{query:?}");
+        }
     }
 }

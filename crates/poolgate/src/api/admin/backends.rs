@@ -68,7 +68,10 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
                     u64::try_from(u.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
                 }),
                 snapshot.consecutive_429,
-                backend.runtime.last_error.lock().clone(),
+                backend
+                    .unreadable
+                    .clone()
+                    .or_else(|| backend.runtime.last_error.lock().clone()),
                 backend
                     .runtime
                     .in_flight
@@ -243,6 +246,7 @@ pub async fn create(
     State(state): State<AppState>,
     Json(input): Json<CreateBackend>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _write = state.admin_write().await;
     validate_name("name", &input.name)?;
     let api_base_url = normalize_base_url("api_base_url", &input.api_base_url)?;
     validate_api_key("api_key", &input.api_key)?;
@@ -320,6 +324,7 @@ pub async fn update(
     Path(id): Path<String>,
     Json(input): Json<UpdateBackend>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _write = state.admin_write().await;
     let id = BackendId::new(id);
     let mut record = state
         .store
@@ -383,6 +388,7 @@ pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _write = state.admin_write().await;
     let id = BackendId::new(id);
     if !state.store.delete_backend(&id).await? {
         return Err(not_found(id.as_str()));
@@ -400,6 +406,7 @@ pub async fn reset_cooldown(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _write = state.admin_write().await;
     let id = BackendId::new(id);
     let mut record = state
         .store

@@ -81,6 +81,7 @@ pub async fn create(
     State(state): State<AppState>,
     Json(input): Json<CreateKey>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _write = state.admin_write().await;
     let name = input.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 128 {
         return Err(ApiError::InvalidRequest {
@@ -131,6 +132,7 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _write = state.admin_write().await;
     if !state.store.revoke_client_key(&id, now_ms()).await? {
         return Err(ApiError::NotFound {
             message: format!("no active key `{id}`"),

@@ -50,6 +50,7 @@ pub async fn create(
     State(state): State<AppState>,
     Json(input): Json<CreatePool>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _write = state.admin_write().await;
     validate_name("name", &input.name)?;
     if !(-1_000_000..=1_000_000).contains(&input.priority) {
         return Err(ApiError::InvalidRequest {

@@ -37,7 +37,12 @@ pub async fn stats(
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    let (from, to, bucket_ms) = resolve_range(&query, now_ms());
+    let (from, to, bucket_ms) =
+        resolve_range(&query, now_ms()).map_err(|(param, message)| ApiError::InvalidRequest {
+            message,
+            param: Some(param.to_owned()),
+            code: Some("invalid_query"),
+        })?;
     let samples = state
         .store
         .usage_samples(

@@ -1,0 +1,931 @@
+//! Integration tests of the `poolgate` binary: `backend add|list|remove` and `master-key rotate`
+//! against a real data dir, `--help`, and `serve` as a real process (first-start secrets, the
+//! admin token, SIGTERM). Gateways that must proxy after a CLI change run in-process on the
+//! same data dir through the shared harness.
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Gateway;
+use mock_upstream::MockUpstream;
+
+// === helpers ===
+
+/// Environment variables the binary reads; cleared so the host cannot leak into a test.
+const POOLGATE_ENV: &[&str] = &[
+    "POOLGATE_DATA_DIR",
+    "POOLGATE_CONFIG",
+    "POOLGATE_MASTER_KEY",
+    "POOLGATE_MASTER_KEY_FILE",
+    "POOLGATE_ADMIN_TOKEN",
+    "POOLGATE_LISTEN",
+    "POOLGATE_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+fn poolgate_command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_poolgate"));
+    command.args(args);
+    for var in POOLGATE_ENV {
+        command.env_remove(var);
+    }
+    command.envs(envs.iter().copied());
+    command
+}
+
+/// A finished run of the binary.
+struct Run {
+    success: bool,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let output: Output = poolgate_command(args, envs)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the poolgate binary runs");
+    Run {
+        success: output.status.success(),
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn dir_arg(dir: &Path) -> String {
+    dir.to_str().expect("utf-8 temp path").to_owned()
+}
+
+/// `poolgate backend add` with the key in `key_var`, asserting success; returns the new id.
+fn add_backend(
+    dir: &Path,
+    name: &str,
+    base_url: &str,
+    key_var: &str,
+    key: &str,
+    models: &[&str],
+) -> String {
+    let data_dir = dir_arg(dir);
+    let mut args = vec![
+        "backend",
+        "add",
+        "--name",
+        name,
+        "--base-url",
+        base_url,
+        "--api-key-env",
+        key_var,
+        "--data-dir",
+        &data_dir,
+    ];
+    for model in models {
+        args.extend(["--model", model]);
+    }
+    let out = run(&args, &[(key_var, key)]);
+    assert!(out.success, "backend add failed: {out}");
+    out.stdout
+        .split_whitespace()
+        .find(|word| word.starts_with("bkd_"))
+        .unwrap_or_else(|| panic!("no id printed: {out}"))
+        .to_owned()
+}
+
+fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// Every file of a data dir, concatenated.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    bytes
+}
+
+/// A chat completion through an in-process gateway (admin token as client key).
+async fn chat_ok(gateway: &Gateway, model: &str) {
+    let (status, body) = gateway.chat(model).await;
+    assert_eq!(status, 200, "chat {model}: {body}");
+}
+
+fn bearer_seen(upstream: &MockUpstream) -> String {
+    upstream
+        .last_request()
+        .expect("the upstream saw a request")
+        .header("authorization")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// === 12. backend add / list / remove ===
+
+#[test]
+fn backend_add_list_remove_keep_the_key_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir_arg(dir.path());
+    let key = "sk-cli-plaintext-secret-9999";
+    let var = "POOLGATE_TEST_CLI_ADD_LIST_REMOVE_KEY";
+
+    let id = add_backend(
+        dir.path(),
+        "cli-a",
+        "http://127.0.0.1:9/v1/",
+        var,
+        key,
+        &["a=b", "c"],
+    );
+    assert!(id.starts_with("bkd_"), "{id}");
+    assert_eq!(file_mode(&dir.path().join("master.key")), 0o600);
+    assert_eq!(file_mode(dir.path()), 0o700, "the data dir is owner-only");
+
+    let list = run(&["backend", "list", "--data-dir", &data_dir], &[]);
+    assert!(list.success, "{list}");
+    let line = list
+        .stdout
+        .lines()
+        .find(|l| l.contains("cli-a"))
+        .unwrap_or_else(|| panic!("cli-a not listed: {list}"));
+    assert!(line.starts_with(&id), "{line}");
+    assert!(line.contains("key=sk-…9999"), "masked key shown: {line}");
+    assert!(line.contains("models=a=b,c=c"), "{line}");
+    assert!(line.contains("http://127.0.0.1:9/v1"), "{line}");
+    assert!(line.contains("pool=primary"), "{line}");
+    assert!(
+        !list.stdout.contains(key) && !list.stderr.contains(key),
+        "{list}"
+    );
+    assert!(
+        !contains_bytes(&all_bytes(dir.path()), key.as_bytes()),
+        "the plaintext key is on disk"
+    );
+
+    // The POOLGATE_DATA_DIR variable works like --data-dir.
+    let via_env = run(&["backend", "list"], &[("POOLGATE_DATA_DIR", &data_dir)]);
+    assert!(via_env.success && via_env.stdout.contains(&id), "{via_env}");
+
+    // Errors exit non-zero with a clear message and change nothing.
+    let unknown_pool = run(
+        &[
+            "backend",
+            "add",
+            "--name",
+            "cli-b",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            var,
+            "--pool",
+            "no-such-pool",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[(var, key)],
+    );
+    assert!(!unknown_pool.success, "{unknown_pool}");
+    assert!(
+        unknown_pool
+            .stderr
+            .contains("pool `no-such-pool` does not exist"),
+        "{unknown_pool}"
+    );
+    let missing_var = "POOLGATE_TEST_CLI_VARIABLE_THAT_IS_NOT_SET";
+    let missing_env = run(
+        &[
+            "backend",
+            "add",
+            "--name",
+            "cli-b",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            missing_var,
+            "--data-dir",
+            &data_dir,
+        ],
+        &[],
+    );
+    assert!(!missing_env.success, "{missing_env}");
+    assert!(
+        missing_env.stderr.contains(missing_var) && missing_env.stderr.contains("not set"),
+        "{missing_env}"
+    );
+    let duplicate = run(
+        &[
+            "backend",
+            "add",
+            "--name",
+            "cli-a",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            var,
+            "--data-dir",
+            &data_dir,
+        ],
+        &[(var, "sk-another-key-00000001")],
+    );
+    assert!(!duplicate.success, "{duplicate}");
+    assert!(duplicate.stderr.contains("cli-a"), "{duplicate}");
+    let bad_url = run(
+        &[
+            "backend",
+            "add",
+            "--name",
+            "cli-b",
+            "--base-url",
+            "ftp://x",
+            "--api-key-env",
+            var,
+            "--data-dir",
+            &data_dir,
+        ],
+        &[(var, key)],
+    );
+    assert!(!bad_url.success, "{bad_url}");
+    assert!(bad_url.stderr.contains("base-url"), "{bad_url}");
+    let bad_model = run(
+        &[
+            "backend",
+            "add",
+            "--name",
+            "cli-b",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            var,
+            "--model",
+            "a b=c",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[(var, key)],
+    );
+    assert!(!bad_model.success, "{bad_model}");
+    for failed in [
+        &unknown_pool,
+        &missing_env,
+        &duplicate,
+        &bad_url,
+        &bad_model,
+    ] {
+        assert!(!failed.stderr.contains(key), "the key is echoed: {failed}");
+    }
+    let list = run(&["backend", "list", "--data-dir", &data_dir], &[]);
+    assert_eq!(list.stdout.lines().count(), 1, "only cli-a: {list}");
+
+    // Remove by name, then by id.
+    let removed = run(
+        &["backend", "remove", "cli-a", "--data-dir", &data_dir],
+        &[],
+    );
+    assert!(removed.success, "{removed}");
+    assert!(removed.stdout.contains(&id), "{removed}");
+    let list = run(&["backend", "list", "--data-dir", &data_dir], &[]);
+    assert!(list.success, "{list}");
+    assert_eq!(list.stdout.trim(), "no backends", "{list}");
+    let again = run(
+        &["backend", "remove", "cli-a", "--data-dir", &data_dir],
+        &[],
+    );
+    assert!(!again.success, "{again}");
+    assert!(again.stderr.contains("cli-a"), "{again}");
+    let id2 = add_backend(dir.path(), "cli-c", "http://127.0.0.1:9/v1", var, key, &[]);
+    let removed = run(&["backend", "remove", &id2, "--data-dir", &data_dir], &[]);
+    assert!(removed.success, "{removed}");
+    let list = run(&["backend", "list", "--data-dir", &data_dir], &[]);
+    assert_eq!(list.stdout.trim(), "no backends", "{list}");
+}
+
+// === 13. master-key rotate ===
+
+#[tokio::test]
+async fn master_key_rotate_reencrypts_every_key() {
+    let one = MockUpstream::start().await;
+    let two = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir_arg(dir.path());
+    let var = "POOLGATE_TEST_CLI_ROTATE_KEY";
+    let (key1, key2) = (
+        "sk-rotate-plaintext-one-0001",
+        "sk-rotate-plaintext-two-0002",
+    );
+    add_backend(
+        dir.path(),
+        "rot-1",
+        &one.openai_base_url(),
+        var,
+        key1,
+        &["m-rot-1"],
+    );
+    add_backend(
+        dir.path(),
+        "rot-2",
+        &two.openai_base_url(),
+        var,
+        key2,
+        &["m-rot-2"],
+    );
+    let key_path = dir.path().join("master.key");
+    let old_key = std::fs::read_to_string(&key_path).unwrap();
+
+    let rotated = run(&["master-key", "rotate", "--data-dir", &data_dir], &[]);
+    assert!(rotated.success, "{rotated}");
+    assert!(rotated.stdout.contains("version 2"), "{rotated}");
+    assert!(rotated.stdout.contains("re-encrypted 2"), "{rotated}");
+    let new_key = std::fs::read_to_string(&key_path).unwrap();
+    assert_ne!(new_key.trim(), old_key.trim(), "master.key changed");
+    assert!(poolgate::crypto::MasterKey::from_base64(&new_key).is_ok());
+    assert_eq!(
+        file_mode(&key_path),
+        0o600,
+        "the new key file is owner-only"
+    );
+    assert!(
+        !rotated.stdout.contains(new_key.trim()) && !rotated.stderr.contains(new_key.trim()),
+        "a key kept in a file is not printed: {rotated}"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".new"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "staged key file left behind: {leftovers:?}"
+    );
+    let all = all_bytes(dir.path());
+    assert!(!contains_bytes(&all, key1.as_bytes()) && !contains_bytes(&all, key2.as_bytes()));
+
+    // A gateway on the rotated dir decrypts every key to its original plaintext.
+    let gateway = Gateway::start_with("", Some(dir)).await;
+    assert!(
+        gateway.state().live().unreadable.is_empty(),
+        "some keys do not decrypt"
+    );
+    chat_ok(&gateway, "m-rot-1").await;
+    assert_eq!(bearer_seen(&one), format!("Bearer {key1}"));
+    chat_ok(&gateway, "m-rot-2").await;
+    assert_eq!(bearer_seen(&two), format!("Bearer {key2}"));
+    let dir = gateway.stop().await;
+
+    // The old key no longer opens the database: neither the gateway nor the CLI start.
+    std::fs::write(&key_path, &old_key).unwrap();
+    let message = match poolgate::server::start(common::config_for("", dir.path()), false).await {
+        Ok(running) => {
+            running.shutdown().await.unwrap();
+            panic!("the gateway started with the pre-rotation key");
+        }
+        Err(error) => error.to_string(),
+    };
+    assert!(message.contains("fingerprint"), "{message}");
+    let list = run(&["backend", "list", "--data-dir", &data_dir], &[]);
+    assert!(!list.success, "{list}");
+    assert!(list.stderr.contains("master key"), "{list}");
+
+    // Rotating again from the new key works (version 3) and keeps the keys readable.
+    std::fs::write(&key_path, &new_key).unwrap();
+    let again = run(&["master-key", "rotate", "--data-dir", &data_dir], &[]);
+    assert!(
+        again.success && again.stdout.contains("version 3"),
+        "{again}"
+    );
+    let gateway = Gateway::start_with("", Some(dir)).await;
+    chat_ok(&gateway, "m-rot-2").await;
+    assert_eq!(bearer_seen(&two), format!("Bearer {key2}"));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn master_key_rotate_with_the_key_in_the_environment_prints_the_new_key() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir_arg(dir.path());
+    let env_key = poolgate::crypto::MasterKey::generate();
+    let env_key = secrecy::ExposeSecret::expose_secret(&env_key.to_base64()).to_owned();
+    let var = "POOLGATE_TEST_CLI_ROTATE_ENV_KEY";
+    let key = "sk-rotate-env-plaintext-0003";
+    let added = run(
+        &[
+            "backend",
+            "add",
+            "--name",
+            "env-1",
+            "--base-url",
+            &upstream.openai_base_url(),
+            "--api-key-env",
+            var,
+            "--model",
+            "m-env",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[(var, key), ("POOLGATE_MASTER_KEY", &env_key)],
+    );
+    assert!(added.success, "{added}");
+    assert!(
+        !dir.path().join("master.key").exists(),
+        "no key file when the key is in the env"
+    );
+
+    let rotated = run(
+        &["master-key", "rotate", "--data-dir", &data_dir],
+        &[("POOLGATE_MASTER_KEY", &env_key)],
+    );
+    assert!(rotated.success, "{rotated}");
+    assert!(rotated.stdout.contains("POOLGATE_MASTER_KEY"), "{rotated}");
+    let new_key = rotated
+        .stdout
+        .lines()
+        .map(str::trim)
+        .find(|line| poolgate::crypto::MasterKey::from_base64(line).is_ok())
+        .unwrap_or_else(|| panic!("the new key is printed: {rotated}"))
+        .to_owned();
+    assert_ne!(new_key, env_key);
+    assert!(!dir.path().join("master.key").exists());
+
+    let old = run(
+        &["backend", "list", "--data-dir", &data_dir],
+        &[("POOLGATE_MASTER_KEY", &env_key)],
+    );
+    assert!(!old.success, "the old key still opens the store: {old}");
+
+    // The printed key decrypts the stored upstream key (given to the gateway as a key file).
+    let key_file = dir.path().join("rotated.key");
+    std::fs::write(&key_file, &new_key).unwrap();
+    let toml = format!("master_key_file = {:?}\n", key_file.to_str().unwrap());
+    let gateway = Gateway::start_with(&toml, Some(dir)).await;
+    chat_ok(&gateway, "m-env").await;
+    assert_eq!(bearer_seen(&upstream), format!("Bearer {key}"));
+    gateway.stop().await;
+}
+
+// === 14. help ===
+
+#[test]
+fn serve_help_lists_the_flags_and_their_environment_variables() {
+    let help = run(&["serve", "--help"], &[]);
+    assert!(help.success, "{help}");
+    for needle in [
+        "--listen",
+        "--data-dir",
+        "--config",
+        "--master-key-file",
+        "POOLGATE_LISTEN",
+        "POOLGATE_DATA_DIR",
+        "POOLGATE_CONFIG",
+    ] {
+        assert!(
+            help.stdout.contains(needle),
+            "`serve --help` lacks {needle}: {help}"
+        );
+    }
+}
+
+#[test]
+fn top_level_help_mentions_the_serve_flags_and_environment_variables() {
+    let help = run(&["--help"], &[]);
+    assert!(help.success, "{help}");
+    for command in ["serve", "backend", "master-key"] {
+        assert!(
+            help.stdout.contains(command),
+            "`--help` lacks {command}: {help}"
+        );
+    }
+    let missing: Vec<&str> = [
+        "--listen",
+        "--data-dir",
+        "--config",
+        "POOLGATE_LISTEN",
+        "POOLGATE_DATA_DIR",
+    ]
+    .into_iter()
+    .filter(|needle| !help.stdout.contains(needle))
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "`poolgate --help` does not mention {missing:?}: {help}"
+    );
+}
+
+#[test]
+fn bad_command_lines_fail_with_usage() {
+    let unknown = run(&["frobnicate"], &[]);
+    assert!(!unknown.success, "{unknown}");
+    assert_eq!(unknown.code, Some(2), "clap usage error: {unknown}");
+    let missing = run(&["backend", "add", "--name", "x"], &[]);
+    assert!(!missing.success, "{missing}");
+    assert!(missing.stderr.contains("--base-url"), "{missing}");
+}
+
+// === 15. the binary serves ===
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A `poolgate serve` child with its output collected in the background.
+struct Served {
+    child: std::process::Child,
+    url: String,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buffer = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&buffer);
+    std::thread::spawn(move || {
+        let mut chunk = [0_u8; 4096];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    buffer
+}
+
+impl Served {
+    fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> Served {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let data_dir = dir_arg(data_dir);
+        let mut child = poolgate_command(
+            &["serve", "--listen", &listen, "--data-dir", &data_dir],
+            envs,
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("poolgate serve starts");
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Served {
+            child,
+            url: format!("http://{listen}"),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn output(&self) -> (String, String) {
+        (
+            self.stdout.lock().unwrap().clone(),
+            self.stderr.lock().unwrap().clone(),
+        )
+    }
+
+    async fn wait_healthy(&mut self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let (out, err) = self.output();
+                panic!("poolgate serve exited early ({status}):\n{out}\n{err}");
+            }
+            if let Ok(response) = client.get(format!("{}/healthz", self.url)).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "poolgate serve never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status (within `limit`).
+    async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(kill.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads see the end of the pipes.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let (out, err) = self.output();
+                panic!("poolgate did not exit within {limit:?} of SIGTERM:\n{out}\n{err}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_prints_its_token_once_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+
+    let mut served = Served::spawn(&data_dir, &[]);
+    served.wait_healthy(&client).await;
+    let health: serde_json::Value = client
+        .get(format!("{}/healthz", served.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health, serde_json::json!({"status": "ok"}));
+
+    // First start: secrets written owner-only.
+    let token_path = data_dir.join("admin-token");
+    let token = std::fs::read_to_string(&token_path)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(token.len() >= 16, "{token}");
+    assert_eq!(file_mode(&token_path), 0o600, "admin-token mode");
+    assert_eq!(
+        file_mode(&data_dir.join("master.key")),
+        0o600,
+        "master.key mode"
+    );
+    assert_eq!(file_mode(&data_dir), 0o700, "data dir mode");
+    assert!(data_dir.join("poolgate.db").exists());
+
+    // The token works on the admin API; a wrong one does not.
+    let backends = client
+        .get(format!("{}/admin/api/backends", served.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(backends.status(), 200);
+    assert_eq!(
+        backends.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!([])
+    );
+    let wrong = client
+        .get(format!("{}/admin/api/backends", served.url))
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let started = Instant::now();
+    let status = served.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (stdout, stderr) = served.output();
+    assert_eq!(
+        stderr.matches(&token).count(),
+        1,
+        "the generated token is printed exactly once on stderr:\n{stderr}"
+    );
+    assert!(
+        !stdout.contains(&token),
+        "the token is in the log output:\n{stdout}"
+    );
+    let master = std::fs::read_to_string(data_dir.join("master.key")).unwrap();
+    assert!(
+        !stdout.contains(master.trim()) && !stderr.contains(master.trim()),
+        "the master key is printed"
+    );
+
+    // Second start on the same dir: the same token, not printed again.
+    let mut served = Served::spawn(&data_dir, &[]);
+    served.wait_healthy(&client).await;
+    let again = client
+        .get(format!("{}/admin/api/pools", served.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let status = served.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    let (stdout, stderr) = served.output();
+    assert!(
+        !stderr.contains(&token) && !stdout.contains(&token),
+        "the token is printed again on the second start:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&token_path).unwrap().trim(),
+        token,
+        "the token file is kept"
+    );
+}
+
+#[tokio::test]
+async fn an_admin_token_from_the_environment_is_checked_and_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+
+    let mut short = Served::spawn(&data_dir, &[("POOLGATE_ADMIN_TOKEN", "too-short")]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = short.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a too short admin token was accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!status.success(), "{status}");
+    let (_, stderr) = short.output();
+    assert!(stderr.contains("POOLGATE_ADMIN_TOKEN"), "{stderr}");
+
+    let token = "pga-from-the-environment-0123456789";
+    let mut served = Served::spawn(&data_dir, &[("POOLGATE_ADMIN_TOKEN", token)]);
+    served.wait_healthy(&client).await;
+    let answer = client
+        .get(format!("{}/admin/api/keys", served.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(served.terminate(Duration::from_secs(10)).await.success());
+    assert!(
+        !data_dir.join("admin-token").exists(),
+        "the environment token is not written to disk"
+    );
+    let (stdout, stderr) = served.output();
+    assert!(
+        !stdout.contains(token) && !stderr.contains(token),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_never_logs_upstream_keys_or_the_admin_token() {
+    let refusing = MockUpstream::start().await;
+    refusing.set_default(mock_upstream::Reply::unauthorized());
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let token = "pga-log-check-admin-token-0123456789";
+    let mut served = Served::spawn(
+        &data_dir,
+        &[("POOLGATE_ADMIN_TOKEN", token), ("RUST_LOG", "trace")],
+    );
+    served.wait_healthy(&client).await;
+
+    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let keys = [
+        (
+            "log-refused",
+            refusing.openai_base_url(),
+            "sk-LOGCHECK-refused-4f1c2b",
+        ),
+        ("log-dead", dead, "sk-LOGCHECK-dead-9d8e7a"),
+    ];
+    for (name, url, key) in &keys {
+        let created = client
+            .post(format!("{}/admin/api/backends", served.url))
+            .bearer_auth(token)
+            .json(&serde_json::json!({
+                "name": name, "api_base_url": url, "api_key": key,
+                "model_mappings": {"m-log": "up-log"},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let answer = client
+        .post(format!("{}/v1/chat/completions", served.url))
+        .bearer_auth(token)
+        .json(
+            &serde_json::json!({"model": "m-log", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_server_error(), "{}", answer.status());
+    assert_eq!(refusing.calls(), 1, "the refusing upstream was tried");
+    assert!(served.terminate(Duration::from_secs(10)).await.success());
+    let (stdout, stderr) = served.output();
+    assert!(
+        stdout.contains("TRACE") || stdout.contains("DEBUG"),
+        "trace logging is on"
+    );
+    for (_, _, key) in &keys {
+        assert!(
+            !stdout.contains(key) && !stderr.contains(key),
+            "the upstream key {key} is in the log output"
+        );
+    }
+    assert!(
+        !stdout.contains(token) && !stderr.contains(token),
+        "the admin token is in the log output"
+    );
+}
+
+// === hazards ===
+
+#[tokio::test]
+async fn master_key_rotate_refuses_while_a_gateway_uses_the_data_dir() {
+    let upstream = MockUpstream::start().await;
+    let gateway = Gateway::start().await;
+    gateway
+        .add_openai_backend(
+            "live-1",
+            &upstream.openai_base_url(),
+            "primary",
+            &["m-live"],
+        )
+        .await;
+    let data_dir = dir_arg(gateway.data_dir());
+    let key_path = gateway.data_dir().join("master.key");
+    let before = std::fs::read_to_string(&key_path).unwrap();
+
+    let rotated = run(&["master-key", "rotate", "--data-dir", &data_dir], &[]);
+    let after = std::fs::read_to_string(&key_path).unwrap();
+    // What a rotation under a running gateway does: the gateway still seals with the old key
+    // (now gone from disk), so what it writes next cannot be decrypted any more.
+    gateway
+        .add_openai_backend(
+            "live-2",
+            &upstream.openai_base_url(),
+            "primary",
+            &["m-live-2"],
+        )
+        .await;
+    let (status_old, _) = gateway.chat("m-live").await;
+    let dir = gateway.stop().await;
+    let restarted = Gateway::start_with("", Some(dir)).await;
+    let unreadable = restarted.state().live().unreadable.len();
+    restarted.stop().await;
+
+    assert!(
+        !rotated.success && before == after,
+        "`master-key rotate` ran while a gateway was serving the data dir; afterwards the \
+         running gateway answered {status_old} for a rotated backend and {unreadable} \
+         backend key(s) written by it cannot be decrypted with any key on disk: {rotated}"
+    );
+}
