@@ -56,9 +56,12 @@ pub enum ApiError {
     /// 404.
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
-    /// 409: e.g. a duplicate name.
-    #[error("{0}")]
-    Conflict(String),
+    /// 409: e.g. a duplicate name (`param` names the field).
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        param: Option<String>,
+    },
     /// 413.
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -107,7 +110,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -128,7 +131,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::NotFound { .. } => "not_found_error",
-            ApiError::Conflict(_) => "conflict_error",
+            ApiError::Conflict { .. } => "conflict_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::BadGateway(_) | ApiError::ServiceUnavailable(_) => "upstream_error",
             ApiError::GatewayTimeout(_) => "timeout_error",
@@ -150,7 +153,9 @@ impl ApiError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            ApiError::InvalidRequest { param, .. } => param.as_deref(),
+            ApiError::InvalidRequest { param, .. } | ApiError::Conflict { param, .. } => {
+                param.as_deref()
+            }
             _ => None,
         }
     }
@@ -213,7 +218,11 @@ impl From<Invalid> for ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
         match error {
-            crate::store::StoreError::Conflict(message) => ApiError::Conflict(message),
+            // Every uniqueness rule in the store is about a name.
+            crate::store::StoreError::Conflict(message) => ApiError::Conflict {
+                message,
+                param: Some("name".to_owned()),
+            },
             crate::store::StoreError::NotFound(message) => ApiError::NotFound {
                 message,
                 code: "not_found",

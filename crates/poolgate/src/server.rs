@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -362,7 +363,14 @@ async fn serve(
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = begun_tx.send(());
     };
-    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+    // No Nagle delay: small answers and stream events go out at once.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    // `into_make_service`: connections share the router instead of deep-cloning it each.
+    let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(signal);
     let result = tokio::select! {
         result = server => result.map_err(|e| InitError::io("serving", e)),
         () = async {

@@ -183,6 +183,8 @@ impl AppState {
             .connect_timeout(config.proxy.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
+            // Never follow an upstream's redirect with the backend's key.
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .build()
             .map_err(|error| StoreError::Corrupt(format!("HTTP client: {error}")))?;

@@ -571,6 +571,10 @@ async fn bad_backend_input_is_refused_with_a_json_error_naming_the_field() {
     let answer = admin_json(&gateway, Method::POST, "/backends", &duplicate).await;
     let error = assert_error(&answer, 409, "duplicate name");
     assert_eq!(error["type"], "conflict_error", "{answer}");
+    assert_eq!(
+        error["param"], "name",
+        "the form can show it next to the field: {answer}"
+    );
     assert!(message(&error).contains("valid-1"), "{answer}");
 
     // Bodies that are not (valid) JSON.
@@ -1834,6 +1838,26 @@ async fn usage_and_stats_report_proxied_requests() {
     assert_eq!(filtered.json["total"]["requests"], 2, "{filtered}");
     let past = admin_call(&gateway, Method::GET, "/stats?from_ms=0&to_ms=1000").await;
     assert_eq!(past.json["total"]["requests"], 0, "{past}");
+    // Requests made with the admin token carry the caller id `admin`.
+    let by_admin = admin_call(&gateway, Method::GET, "/stats?client_key_id=admin").await;
+    assert_eq!(
+        by_admin.json["total"]["requests"], s["total"]["requests"],
+        "{by_admin}"
+    );
+    let by_other = admin_call(&gateway, Method::GET, "/stats?client_key_id=nobody").await;
+    assert_eq!(by_other.json["total"]["requests"], 0, "{by_other}");
+    // "Errors only" across pages.
+    let errors = admin_call(&gateway, Method::GET, "/usage?status_min=400").await;
+    let errors = errors.json["records"].as_array().unwrap().clone();
+    assert!(!errors.is_empty());
+    assert!(errors.iter().all(|r| r["status"].as_u64().unwrap() >= 400));
+    assert_eq!(errors.len() as u64, s["total"]["errors"].as_u64().unwrap());
+    let ok = admin_call(&gateway, Method::GET, "/usage?outcome=success").await;
+    assert!(ok.json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["outcome"] == "success"));
     gateway.stop().await;
 }
 

@@ -36,7 +36,12 @@ pub struct UsageFilter {
     pub to_ms: Option<i64>,
     pub backend_id: Option<String>,
     pub model: Option<String>,
+    /// A client key id (`admin` for requests made with the admin token).
     pub client_key_id: Option<String>,
+    /// Only records with this outcome (`success`, `error`, `stream_error`, `cancelled`).
+    pub outcome: Option<String>,
+    /// Only records whose HTTP status is at least this (e.g. 400 for "errors only").
+    pub status_min: Option<u16>,
     /// Page size, 1..=1000 (default 100).
     pub limit: Option<u32>,
     /// Return records older than this cursor (`next_cursor` of the previous page).
@@ -49,6 +54,16 @@ pub struct UsagePage {
     pub records: Vec<UsageRecord>,
     /// Pass as `before` to get the next (older) page; absent on the last page.
     pub next_cursor: Option<i64>,
+}
+
+/// Which usage records the statistics read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleQuery<'a> {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub backend_id: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub client_key_id: Option<&'a str>,
 }
 
 /// The subset of a usage record the statistics need.
@@ -107,13 +122,7 @@ pub trait Store: Send + Sync + 'static {
     // --- usage ---
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
     async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError>;
-    async fn usage_samples(
-        &self,
-        from_ms: i64,
-        to_ms: i64,
-        backend_id: Option<&str>,
-        model: Option<&str>,
-    ) -> Result<Vec<UsageSample>, StoreError>;
+    async fn usage_samples(&self, query: &SampleQuery<'_>) -> Result<Vec<UsageSample>, StoreError>;
     async fn count_usage(&self) -> Result<u64, StoreError>;
 
     // --- settings ---

@@ -1,7 +1,9 @@
-//! Usage records: the hot path hands each finished request's record to a [`UsageSink`] (a bounded
-//! channel, never blocking the request), and one background [`UsageWriter`] writes them to the
-//! store in batched transactions. Nothing is dropped: a full channel hands the record to a task
-//! that waits for room, a failed write is retried, and shutdown drains the channel.
+//! Usage records: the hot path hands each finished request's record to a [`UsageSink`] (a queue,
+//! never blocking the request), and one background [`UsageWriter`] writes them to the store in
+//! batched multi-row inserts. Nothing is dropped: the queue has no hard bound (a writer that
+//! falls behind — past `usage.channel_capacity` queued records — is logged as a backlog, never
+//! answered by dropping records or by making requests wait), a failed write is retried, and
+//! shutdown drains the queue.
 
 pub mod stats;
 
@@ -20,7 +22,7 @@ use crate::store::Store;
 /// but not yet handed over, so shutdown can wait for them.
 #[derive(Clone)]
 pub struct UsageSink {
-    tx: mpsc::Sender<UsageRecord>,
+    tx: mpsc::UnboundedSender<UsageRecord>,
     pending: Arc<AtomicUsize>,
 }
 
@@ -53,24 +55,8 @@ impl UsageSink {
         let _ = self
             .pending
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        match self.tx.try_send(record) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(record)) => {
-                // Backpressure without blocking the caller (this may run inside `Drop`).
-                let tx = self.tx.clone();
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        if let Err(error) = tx.send(record).await {
-                            tracing::error!(request_id = %error.0.request_id, "usage writer is gone; record lost");
-                        }
-                    });
-                } else {
-                    tracing::error!(request_id = %record.request_id, "no runtime to queue usage record; record lost");
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(record)) => {
-                tracing::error!(request_id = %record.request_id, "usage writer is gone; record lost");
-            }
+        if let Err(error) = self.tx.send(record) {
+            tracing::error!(request_id = %error.0.request_id, "usage writer is gone; record lost");
         }
     }
 }
@@ -83,7 +69,7 @@ pub struct UsageWriter {
 
 /// Starts the writer task.
 pub fn spawn_writer(store: Arc<dyn Store>, settings: &UsageSettings) -> (UsageSink, UsageWriter) {
-    let (tx, rx) = mpsc::channel(settings.channel_capacity);
+    let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run_writer(
         store,
@@ -91,6 +77,7 @@ pub fn spawn_writer(store: Arc<dyn Store>, settings: &UsageSettings) -> (UsageSi
         stop_rx,
         settings.batch_size,
         settings.flush_interval,
+        settings.channel_capacity,
     ));
     (
         UsageSink {
@@ -118,11 +105,13 @@ impl UsageWriter {
 
 async fn run_writer(
     store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<UsageRecord>,
+    mut rx: mpsc::UnboundedReceiver<UsageRecord>,
     mut stop: watch::Receiver<bool>,
     batch_size: usize,
     flush_interval: Duration,
+    backlog_warning: usize,
 ) -> u64 {
+    let mut warned_at = tokio::time::Instant::now() - Duration::from_secs(60);
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(batch_size);
     let mut written = 0_u64;
     let mut ticker = tokio::time::interval(flush_interval);
@@ -132,8 +121,20 @@ async fn run_writer(
             received = rx.recv() => match received {
                 Some(record) => {
                     batch.push(record);
+                    // Take what is already queued without waking up again for each record.
+                    while batch.len() < batch_size {
+                        match rx.try_recv() {
+                            Ok(record) => batch.push(record),
+                            Err(_) => break,
+                        }
+                    }
                     if batch.len() >= batch_size {
                         written += flush(&*store, &mut batch, false).await;
+                        let backlog = rx.len();
+                        if backlog > backlog_warning && warned_at.elapsed() > Duration::from_secs(10) {
+                            warned_at = tokio::time::Instant::now();
+                            tracing::warn!(backlog, "usage writer is falling behind; records are queued in memory");
+                        }
                     }
                 }
                 None => break,
@@ -150,7 +151,7 @@ async fn run_writer(
             }
         }
     }
-    // Drain: everything already queued (and anything a backpressure task still delivers).
+    // Drain everything already queued.
     rx.close();
     while let Some(record) = rx.recv().await {
         batch.push(record);

@@ -21,6 +21,8 @@ pub struct StatsQuery {
     pub bucket_seconds: Option<i64>,
     pub backend_id: Option<String>,
     pub model: Option<String>,
+    /// A client key id (`admin` for the admin token).
+    pub client_key_id: Option<String>,
 }
 
 /// Aggregates of one group of requests.

@@ -7,6 +7,8 @@ pub mod keys;
 pub mod pools;
 pub mod usage;
 
+use axum::body::Bytes;
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -69,16 +71,20 @@ pub fn router(state: AppState) -> (Router<AppState>, OpenApiDoc) {
         state,
         super::auth::require_admin,
     ));
-    let document = doc.clone();
-    let router = Router::new()
-        .route(
-            "/openapi.json",
-            get(move || {
-                let document = document.clone();
-                async move { axum::Json(document).into_response() }
-            }),
-        )
-        .merge(protected);
+    // Rendered once; every request shares the bytes.
+    let document = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+    let router =
+        Router::new()
+            .route(
+                "/openapi.json",
+                get(move || {
+                    let document = document.clone();
+                    async move {
+                        ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+                    }
+                }),
+            )
+            .merge(protected);
     (router, doc)
 }
 

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use crate::domain::now_ms;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::store::{UsageFilter, UsagePage};
+use crate::store::{SampleQuery, UsageFilter, UsagePage};
 use crate::usage::stats::{compute, resolve_range, Stats, StatsQuery};
 
 fn bad_query(error: axum::extract::rejection::QueryRejection) -> ApiError {
@@ -45,12 +45,13 @@ pub async fn stats(
         })?;
     let samples = state
         .store
-        .usage_samples(
-            from,
-            to,
-            query.backend_id.as_deref(),
-            query.model.as_deref(),
-        )
+        .usage_samples(&SampleQuery {
+            from_ms: from,
+            to_ms: to,
+            backend_id: query.backend_id.as_deref(),
+            model: query.model.as_deref(),
+            client_key_id: query.client_key_id.as_deref(),
+        })
         .await?;
     Ok(axum::Json(compute(&samples, from, to, bucket_ms)))
 }

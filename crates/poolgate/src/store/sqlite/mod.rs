@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use super::{Store, StoreError, UsageFilter, UsagePage, UsageSample};
+use super::{SampleQuery, Store, StoreError, UsageFilter, UsagePage, UsageSample};
 use crate::domain::{
     now_ms, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
     ModelMappings, Outcome, PersistedHealth, Pool, PoolName, Source, UsageRecord,
@@ -507,33 +507,35 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for record in records {
-            sqlx::query(
+        // Multi-row inserts: one statement per 100 records (18 parameters each).
+        for chunk in records.chunks(100) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
                  canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
                  error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
-                 streamed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&record.request_id)
-            .bind(record.ts_ms)
-            .bind(&record.client_key_id)
-            .bind(&record.endpoint)
-            .bind(&record.canonical_model)
-            .bind(&record.backend_id)
-            .bind(&record.upstream_model)
-            .bind(&record.pool)
-            .bind(i64::from(record.attempts))
-            .bind(i64::from(record.status))
-            .bind(record.outcome.as_str())
-            .bind(&record.error_kind)
-            .bind(record.prompt_tokens.map(i64::from))
-            .bind(record.completion_tokens.map(i64::from))
-            .bind(record.total_tokens.map(i64::from))
-            .bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
-            .bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-            .bind(record.streamed)
-            .execute(&mut *tx)
-            .await?;
+                 streamed) ",
+            );
+            insert.push_values(chunk, |mut row, record| {
+                row.push_bind(record.request_id.clone())
+                    .push_bind(record.ts_ms)
+                    .push_bind(record.client_key_id.clone())
+                    .push_bind(record.endpoint.clone())
+                    .push_bind(record.canonical_model.clone())
+                    .push_bind(record.backend_id.clone())
+                    .push_bind(record.upstream_model.clone())
+                    .push_bind(record.pool.clone())
+                    .push_bind(i64::from(record.attempts))
+                    .push_bind(i64::from(record.status))
+                    .push_bind(record.outcome.as_str())
+                    .push_bind(record.error_kind.clone())
+                    .push_bind(record.prompt_tokens.map(i64::from))
+                    .push_bind(record.completion_tokens.map(i64::from))
+                    .push_bind(record.total_tokens.map(i64::from))
+                    .push_bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
+                    .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+                    .push_bind(record.streamed);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -549,6 +551,7 @@ impl Store for SqliteStore {
              WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) \
              AND (?3 IS NULL OR backend_id = ?3) AND (?4 IS NULL OR canonical_model = ?4) \
              AND (?5 IS NULL OR client_key_id = ?5) AND (?6 IS NULL OR seq < ?6) \
+             AND (?8 IS NULL OR outcome = ?8) AND (?9 IS NULL OR status >= ?9) \
              ORDER BY seq DESC LIMIT ?7",
         )
         .bind(filter.from_ms)
@@ -558,6 +561,8 @@ impl Store for SqliteStore {
         .bind(&filter.client_key_id)
         .bind(filter.before)
         .bind(limit + 1)
+        .bind(&filter.outcome)
+        .bind(filter.status_min.map(i64::from))
         .fetch_all(&self.pool)
         .await?;
         let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
@@ -579,23 +584,19 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn usage_samples(
-        &self,
-        from_ms: i64,
-        to_ms: i64,
-        backend_id: Option<&str>,
-        model: Option<&str>,
-    ) -> Result<Vec<UsageSample>, StoreError> {
+    async fn usage_samples(&self, query: &SampleQuery<'_>) -> Result<Vec<UsageSample>, StoreError> {
         let rows = sqlx::query(
             "SELECT ts, backend_id, canonical_model, status, outcome, prompt_tokens, \
              completion_tokens, latency_ms, ttfb_ms FROM usage_records \
              WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR backend_id = ?3) \
-             AND (?4 IS NULL OR canonical_model = ?4) ORDER BY ts",
+             AND (?4 IS NULL OR canonical_model = ?4) AND (?5 IS NULL OR client_key_id = ?5) \
+             ORDER BY ts",
         )
-        .bind(from_ms)
-        .bind(to_ms)
-        .bind(backend_id)
-        .bind(model)
+        .bind(query.from_ms)
+        .bind(query.to_ms)
+        .bind(query.backend_id)
+        .bind(query.model)
+        .bind(query.client_key_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -260,10 +260,50 @@ async fn usage_is_paginated_newest_first_and_filtered() {
     assert_eq!(only_a.records.len(), 8);
 
     let samples = store
-        .usage_samples(1_000, 1_005, None, Some("b"))
+        .usage_samples(&SampleQuery {
+            from_ms: 1_000,
+            to_ms: 1_005,
+            model: Some("b"),
+            ..SampleQuery::default()
+        })
         .await
         .unwrap();
     assert_eq!(samples.len(), 2);
+    let none = store
+        .usage_samples(&SampleQuery {
+            from_ms: 0,
+            to_ms: 10_000,
+            client_key_id: Some("other"),
+            ..SampleQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+
+    let failed = UsageRecord {
+        request_id: "req-failed".into(),
+        status: 502,
+        outcome: Outcome::Error,
+        ..usage(99)
+    };
+    store.insert_usage(&[failed]).await.unwrap();
+    let errors = store
+        .list_usage(&UsageFilter {
+            status_min: Some(400),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.records.len(), 1);
+    assert_eq!(errors.records[0].request_id, "req-failed");
+    let by_outcome = store
+        .list_usage(&UsageFilter {
+            outcome: Some("error".into()),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_outcome.records.len(), 1);
 }
 
 #[tokio::test]

@@ -1,0 +1,525 @@
+//! The load generator, built on hyper's HTTP/1.1 client: keep-alive connections, latencies in
+//! HdrHistograms (nanoseconds).
+//!
+//! - **closed loop**: N connections, each sends its next request as soon as the previous answer
+//!   is complete; gives the throughput ceiling at that concurrency.
+//! - **open loop**: a fixed offered rate spread over C connections; each request has a scheduled
+//!   send time and its latency counts from that time whenever the connection was still busy with
+//!   an earlier request (coordinated omission corrected, as wrk2 does). When the connection was
+//!   idle, it counts from the actual send, so the timer's own lateness (tokio sleeps have 1 ms
+//!   resolution) is not charged to the server.
+//! - **streams**: the same loops with `"stream": true`, plus time to first body byte and the gap
+//!   between consecutive SSE events as the client sees them; events sent together (batched)
+//!   show up as gaps of 0 and as more events per HTTP body chunk.
+//! - **held streams**: thousands of streams opened and kept open, to measure memory.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Where requests go and what they carry.
+pub struct Target {
+    pub addr: SocketAddr,
+    host: HeaderValue,
+    path: String,
+    auth: Option<HeaderValue>,
+    body: Bytes,
+    pub streaming: bool,
+}
+
+impl Target {
+    /// A `POST /v1/chat/completions` for `model`, as an OpenAI client would send it.
+    pub fn chat(
+        addr: SocketAddr,
+        auth: Option<&str>,
+        model: &str,
+        streaming: bool,
+    ) -> Result<Target> {
+        let mut body = serde_json::json!({
+            "model": model,
+            "messages": [
+                {"role": "system", "content": "You are a terse assistant."},
+                {"role": "user", "content": "Say hello in one short sentence."}
+            ],
+            "max_tokens": 32,
+            "temperature": 0.2,
+        });
+        if streaming {
+            body["stream"] = serde_json::Value::Bool(true);
+        }
+        Ok(Target {
+            addr,
+            host: HeaderValue::from_str(&addr.to_string())?,
+            path: "/v1/chat/completions".to_owned(),
+            auth: auth
+                .map(|key| HeaderValue::from_str(&format!("Bearer {key}")))
+                .transpose()?,
+            body: Bytes::from(serde_json::to_vec(&body)?),
+            streaming,
+        })
+    }
+
+    fn request(&self) -> Result<Request<Full<Bytes>>> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.path.as_str())
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(auth) = &self.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        Ok(builder.body(Full::new(self.body.clone()))?)
+    }
+}
+
+/// Nanosecond histogram: 1 ns to 1 h, 3 significant digits.
+pub fn histogram() -> Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What one load run measured (only requests scheduled after the warm-up count).
+pub struct Run {
+    /// 2xx answers completed in the measured window.
+    pub ok: u64,
+    /// 2xx answers completed at any time, warm-up included (for CPU per request).
+    pub completed: u64,
+    pub errors: u64,
+    pub measured: Duration,
+    pub latency: Histogram<u64>,
+    /// Streams: request sent -> first body byte.
+    pub ttfb: Histogram<u64>,
+    /// Streams: time between consecutive SSE events (0 when two arrive in one chunk).
+    pub gaps: Histogram<u64>,
+    pub events: u64,
+    /// Streams: non-empty body chunks (frames) received.
+    pub chunks: u64,
+}
+
+impl Run {
+    /// An empty run; `empty` is the histogram every figure starts from.
+    fn new(measured: Duration, empty: &Histogram<u64>) -> Run {
+        Run {
+            ok: 0,
+            completed: 0,
+            errors: 0,
+            measured,
+            latency: empty.clone(),
+            ttfb: empty.clone(),
+            gaps: empty.clone(),
+            events: 0,
+            chunks: 0,
+        }
+    }
+
+    fn merge(&mut self, other: &Run) {
+        self.ok += other.ok;
+        self.completed += other.completed;
+        self.errors += other.errors;
+        self.events += other.events;
+        self.chunks += other.chunks;
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        let _ = self.ttfb.add(&other.ttfb);
+        let _ = self.gaps.add(&other.gaps);
+    }
+
+    /// Completed requests per second.
+    pub fn rps(&self) -> f64 {
+        self.ok as f64 / self.measured.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Microseconds at quantile `q` of a nanosecond histogram (0 when empty).
+pub fn quantile_us(histogram: &Histogram<u64>, q: f64) -> f64 {
+    if histogram.is_empty() {
+        return 0.0;
+    }
+    histogram.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn connect(addr: SocketAddr) -> Result<Sender> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// A live connection, reconnecting when the server closed it.
+async fn ready(slot: &mut Option<Sender>, addr: SocketAddr) -> Result<&mut Sender> {
+    if let Some(sender) = slot.as_mut() {
+        if !sender.is_closed() && sender.ready().await.is_ok() {
+            // Re-borrow to satisfy the borrow checker across the await.
+            return slot.as_mut().context("connection vanished");
+        }
+    }
+    *slot = None;
+    let sender = connect(addr).await?;
+    Ok(slot.insert(sender))
+}
+
+/// Counts SSE event ends (blank lines) in `data`; `newline` carries a trailing `\n` across reads.
+fn count_event_ends(data: &[u8], newline: &mut bool) -> u64 {
+    let mut events = 0;
+    let mut previous = *newline;
+    for &byte in data {
+        match byte {
+            b'\n' if previous => {
+                events += 1;
+                previous = false;
+            }
+            b'\n' => previous = true,
+            b'\r' => {}
+            _ => previous = false,
+        }
+    }
+    *newline = previous;
+    events
+}
+
+/// Sends one request and reads the whole answer. Returns when it completed and whether the
+/// status was 2xx; stream figures go into `run` when `record`.
+async fn exchange(
+    sender: &mut Sender,
+    target: &Target,
+    origin: Instant,
+    run: &mut Run,
+    record: bool,
+) -> Result<(Instant, bool)> {
+    let response = sender.send_request(target.request()?).await?;
+    let ok = response.status().is_success();
+    let mut body = response.into_body();
+    let mut first: Option<Instant> = None;
+    let mut last_event: Option<Instant> = None;
+    let mut newline = false;
+    let observe = record && ok && target.streaming;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() || !observe {
+            continue;
+        }
+        let now = Instant::now();
+        first.get_or_insert(now);
+        run.chunks += 1;
+        for _ in 0..count_event_ends(&data, &mut newline) {
+            run.events += 1;
+            if let Some(previous) = last_event {
+                run.gaps.saturating_record(nanos(now - previous));
+            }
+            last_event = Some(now);
+        }
+    }
+    let done = Instant::now();
+    if let Some(first) = first {
+        run.ttfb.saturating_record(nanos(first - origin));
+    }
+    Ok((done, ok))
+}
+
+/// Closed loop: `connections` connections, back to back, for `warmup + duration`.
+pub async fn closed_loop(
+    target: Arc<Target>,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Run> {
+    let empty = histogram()?;
+    let warm = Instant::now() + warmup;
+    let end = warm + duration;
+    let workers: Vec<JoinHandle<Run>> = (0..connections)
+        .map(|_| {
+            let run = Run::new(duration, &empty);
+            tokio::spawn(closed_worker(Arc::clone(&target), warm, end, run))
+        })
+        .collect();
+    let mut run = Run::new(duration, &empty);
+    for worker in workers {
+        if let Ok(result) = worker.await {
+            run.merge(&result);
+        }
+    }
+    Ok(run)
+}
+
+async fn closed_worker(target: Arc<Target>, warm: Instant, end: Instant, mut run: Run) -> Run {
+    let mut slot = None;
+    while Instant::now() < end {
+        let sender = match ready(&mut slot, target.addr).await {
+            Ok(sender) => sender,
+            Err(_) => {
+                if Instant::now() >= warm {
+                    run.errors += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let origin = Instant::now();
+        let record = origin >= warm;
+        match exchange(sender, &target, origin, &mut run, record).await {
+            Ok((done, true)) => {
+                run.completed += 1;
+                if record && done <= end {
+                    run.ok += 1;
+                    run.latency.saturating_record(nanos(done - origin));
+                }
+            }
+            Ok((_, false)) => run.errors += u64::from(record),
+            Err(_) => {
+                run.errors += u64::from(record);
+                slot = None;
+            }
+        }
+    }
+    run
+}
+
+/// Open loop: `rate` requests per second spread evenly over `connections` connections.
+pub async fn open_loop(
+    target: Arc<Target>,
+    rate: f64,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Run> {
+    let empty = histogram()?;
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        senders.push(connect(target.addr).await?);
+    }
+    let t0 = Instant::now();
+    let warm = t0 + warmup;
+    let end = warm + duration;
+    let period = connections as f64 / rate;
+    let workers: Vec<JoinHandle<Run>> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(k, sender)| {
+            let schedule = Schedule {
+                t0,
+                offset: k as f64 / rate,
+                period,
+                warm,
+                end,
+            };
+            let run = Run::new(duration, &empty);
+            tokio::spawn(open_worker(Arc::clone(&target), sender, schedule, run))
+        })
+        .collect();
+    let mut run = Run::new(duration, &empty);
+    for worker in workers {
+        if let Ok(result) = worker.await {
+            run.merge(&result);
+        }
+    }
+    Ok(run)
+}
+
+struct Schedule {
+    t0: Instant,
+    offset: f64,
+    period: f64,
+    warm: Instant,
+    end: Instant,
+}
+
+async fn open_worker(target: Arc<Target>, sender: Sender, s: Schedule, mut run: Run) -> Run {
+    let mut slot = Some(sender);
+    let mut previous_done = s.t0;
+    for i in 0_u64.. {
+        let scheduled = s.t0 + Duration::from_secs_f64(s.offset + i as f64 * s.period);
+        if scheduled >= s.end {
+            break;
+        }
+        let idle = previous_done <= scheduled;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let record = scheduled >= s.warm;
+        let sender = match ready(&mut slot, target.addr).await {
+            Ok(sender) => sender,
+            Err(_) => {
+                run.errors += u64::from(record);
+                previous_done = Instant::now();
+                continue;
+            }
+        };
+        let sent = Instant::now();
+        let origin = if idle { sent } else { scheduled };
+        match exchange(sender, &target, origin, &mut run, record).await {
+            Ok((done, ok)) => {
+                previous_done = done;
+                run.completed += u64::from(ok);
+                if record && ok {
+                    run.ok += 1;
+                    run.latency.saturating_record(nanos(done - origin));
+                } else if record {
+                    run.errors += 1;
+                }
+            }
+            Err(_) => {
+                previous_done = Instant::now();
+                run.errors += u64::from(record);
+                slot = None;
+            }
+        }
+    }
+    run
+}
+
+/// Streams held open at once (for memory under many concurrent streams).
+pub struct Held {
+    /// Streams that received their first byte.
+    pub opened: usize,
+    pub failed: usize,
+    /// Streams that ended on their own before [`Held::close`].
+    pub ended: Arc<AtomicUsize>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Held {
+    /// Streams open right now.
+    pub fn open_now(&self) -> usize {
+        self.opened
+            .saturating_sub(self.ended.load(Ordering::Acquire))
+    }
+
+    /// Drops every connection (the client goes away mid-stream).
+    pub async fn close(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Opens `count` streams (at most `parallel` connecting at once) and keeps them open until
+/// [`Held::close`]; returns once every one got its first byte or failed, or after `timeout`.
+pub async fn hold_streams(
+    target: Arc<Target>,
+    count: usize,
+    parallel: usize,
+    timeout: Duration,
+) -> Held {
+    let gate = Arc::new(Semaphore::new(parallel));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
+    let tasks = (0..count)
+        .map(|_| {
+            let (target, gate) = (Arc::clone(&target), Arc::clone(&gate));
+            let (opened, failed, ended) =
+                (Arc::clone(&opened), Arc::clone(&failed), Arc::clone(&ended));
+            tokio::spawn(async move {
+                let permit = gate.acquire_owned().await;
+                match open_stream(&target).await {
+                    Ok(mut body) => {
+                        opened.fetch_add(1, Ordering::AcqRel);
+                        drop(permit);
+                        while let Some(Ok(_)) = body.frame().await {}
+                        ended.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline
+        && opened.load(Ordering::Acquire) + failed.load(Ordering::Acquire) < count
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Held {
+        opened: opened.load(Ordering::Acquire),
+        failed: failed.load(Ordering::Acquire),
+        ended,
+        tasks,
+    }
+}
+
+/// Connects, sends a stream request and waits for the first body byte.
+async fn open_stream(target: &Target) -> Result<hyper::body::Incoming> {
+    let mut sender = connect(target.addr).await?;
+    sender.ready().await?;
+    let response = sender.send_request(target.request()?).await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "status {}",
+        response.status()
+    );
+    let mut body = response.into_body();
+    loop {
+        let frame = body.frame().await.context("stream ended at once")??;
+        if frame.data_ref().is_some_and(|data| !data.is_empty()) {
+            // Keep the connection task alive with the body: `sender` may drop.
+            return Ok(body);
+        }
+    }
+}
+
+/// One request on a fresh connection (set-up calls, readiness polls).
+pub async fn request_once(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<Bytes>,
+) -> Result<(StatusCode, Bytes)> {
+    let mut sender = connect(addr).await?;
+    sender.ready().await?;
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, addr.to_string())
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(auth) = auth {
+        builder = builder.header(AUTHORIZATION, format!("Bearer {auth}"));
+    }
+    let request = builder.body(Full::new(body.unwrap_or_default()))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok((status, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ends_are_counted_across_reads() {
+        let mut newline = false;
+        assert_eq!(count_event_ends(b"data: a\n\ndata: b\n", &mut newline), 1);
+        assert!(newline);
+        assert_eq!(count_event_ends(b"\ndata: c\r\n\r\n", &mut newline), 2);
+        assert_eq!(count_event_ends(b"data: [DONE]\n\n\n", &mut newline), 1);
+    }
+}

@@ -1,0 +1,288 @@
+//! `bench` — poolgate's benchmark harness. One command starts, on 127.0.0.1, mock upstreams,
+//! nginx `proxy_pass`, poolgate (and with `--litellm`, LiteLLM proxy), drives load at each with a
+//! built-in hyper load generator, tears everything down, and writes `report.md`, `report.json`
+//! and `latency.svg` into `--out` (default `target/bench`). See `docs/benchmarks.md`.
+//!
+//! Modules: [`suite`] (what runs, in order), [`load`] (the load generator), [`stack`] (starting
+//! the systems under test), [`procs`] (child processes and `/proc`), [`stats`] (repeats: median
+//! and spread), [`report`] and [`plot`] (the output).
+
+mod load;
+mod plot;
+mod procs;
+mod report;
+mod stack;
+mod stats;
+mod suite;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::stack::Bins;
+use crate::suite::{Bench, Options, Results};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "poolgate's benchmark harness",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Serve an upstream that answers every request with 429 (used for cooldown churn).
+    #[command(name = "mock-429", hide = true)]
+    Mock429 {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A few seconds: direct + poolgate only, one repeat, short runs (what CI runs).
+    #[arg(long)]
+    smoke: bool,
+    /// Also measure LiteLLM proxy (installed into `<out>/litellm-venv` on first use).
+    #[arg(long)]
+    litellm: bool,
+    /// Skip nginx even when it is installed.
+    #[arg(long)]
+    no_nginx: bool,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Directory holding the `poolgate` and `mock-upstream` binaries (default: next to this one,
+    /// built first when run through `cargo run`).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Repeats of every scenario (default 3; 1 with --smoke).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Measured time per run, in ms (default 2000; 300 with --smoke).
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// Warm-up before each run, in ms (default 500; 100 with --smoke).
+    #[arg(long)]
+    warmup_ms: Option<u64>,
+    /// Concurrent streams held open for the memory figure (default 5000; 200 with --smoke).
+    #[arg(long)]
+    held_streams: Option<usize>,
+    /// What poolgate build is measured, for the report (default: `poolgate --version` and the
+    /// git commit of the work tree holding the binaries).
+    #[arg(long)]
+    poolgate_rev: Option<String>,
+    /// Threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Closed-loop connection counts (default 1,16,64,256; 1,16 with --smoke).
+    #[arg(long, value_delimiter = ',')]
+    connections: Vec<usize>,
+    /// Open-loop offered rates in requests/s (default 500,1000,2000,4000,8000; 1000 with --smoke).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Run only these sections (comma-separated): closed, open, stream, held, startup,
+    /// features, litellm.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Sub::Mock429 { listen }) => runtime(1).and_then(|rt| rt.block_on(mock_429(listen))),
+        None => runtime(cli.run.client_threads.max(1)).and_then(|rt| rt.block_on(run(cli.run))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?)
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let started = Instant::now();
+    if args.bin_dir.is_none() {
+        build_binaries()?;
+    }
+    let bins = Bins::locate(args.bin_dir.as_deref())?;
+    let smoke = args.smoke;
+    let opts = Options {
+        smoke,
+        litellm: args.litellm,
+        nginx: !smoke && !args.no_nginx,
+        repeats: args.repeats.unwrap_or(if smoke { 1 } else { 3 }).max(1),
+        warmup: Duration::from_millis(args.warmup_ms.unwrap_or(if smoke { 100 } else { 500 })),
+        duration: Duration::from_millis(
+            args.duration_ms
+                .unwrap_or(if smoke { 300 } else { 2000 })
+                .max(50),
+        ),
+        only: args.only,
+        connections: args.connections,
+        rates: args.rates,
+        held_streams: args.held_streams.unwrap_or(if smoke { 200 } else { 5000 }),
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    // Absolute: children run in their own directories.
+    let out = std::fs::canonicalize(&args.out)?;
+    let logs = out.join("logs");
+    let work = out.join("work");
+    std::fs::create_dir_all(&logs)?;
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+
+    let mut results = Results::default();
+    let meta = &mut results.meta;
+    meta.insert("date".into(), procs::now_utc().into());
+    meta.insert("mode".into(), (if smoke { "smoke" } else { "full" }).into());
+    meta.insert("machine".into(), procs::machine());
+    meta.insert("repeats".into(), opts.repeats.into());
+    meta.insert("warmup_ms".into(), (opts.warmup.as_millis() as u64).into());
+    meta.insert(
+        "duration_ms".into(),
+        (opts.duration.as_millis() as u64).into(),
+    );
+    meta.insert("client_threads".into(), args.client_threads.into());
+    meta.insert(
+        "poolgate".into(),
+        args.poolgate_rev
+            .clone()
+            .unwrap_or_else(|| poolgate_version(&bins))
+            .into(),
+    );
+    meta.insert(
+        "binaries".into(),
+        bins.poolgate
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+            .into(),
+    );
+    let bench = Bench {
+        opts: &opts,
+        bins: &bins,
+        out: &out,
+        work: work.clone(),
+        logs,
+        results,
+    };
+    let mut results = bench.run().await?;
+    results.meta.insert(
+        "harness_seconds".into(),
+        started.elapsed().as_secs_f64().into(),
+    );
+    report::write(&out, &results)?;
+    let _ = std::fs::remove_dir_all(&work);
+    eprintln!(
+        "bench: wrote {}/report.md, report.json, latency.svg in {:.1} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Under `cargo run`, builds `poolgate` and `mock-upstream` in this binary's profile first, so
+/// one command measures the current sources (a no-op when they are up to date).
+fn build_binaries() -> Result<()> {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return Ok(());
+    };
+    let me = std::env::current_exe()?;
+    let release = me
+        .parent()
+        .and_then(|dir| dir.file_name())
+        .is_some_and(|name| name == "release");
+    let mut command = std::process::Command::new(cargo);
+    command.args(["build", "-p", "poolgate", "-p", "mock-upstream"]);
+    if release {
+        command.arg("--release");
+    }
+    let status = command.status().context("running cargo build")?;
+    anyhow::ensure!(
+        status.success(),
+        "building poolgate and mock-upstream failed"
+    );
+    Ok(())
+}
+
+/// `poolgate --version`, plus the git commit of the work tree holding the binaries.
+fn poolgate_version(bins: &Bins) -> String {
+    let output = |program: &std::path::Path, args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let version =
+        output(&bins.poolgate, &["--version".as_ref()]).unwrap_or_else(|| "poolgate".into());
+    let Some(dir) = bins.poolgate.parent() else {
+        return version;
+    };
+    let git = |args: &[&str]| {
+        let mut all: Vec<&std::ffi::OsStr> = vec!["-C".as_ref(), dir.as_os_str()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        output(std::path::Path::new("git"), &all)
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|changes| !changes.is_empty());
+            let dirty = if dirty {
+                ", with uncommitted changes"
+            } else {
+                ""
+            };
+            format!("{version} (built from commit {commit}{dirty})")
+        }
+        None => version,
+    }
+}
+
+/// The `mock-429` subcommand.
+async fn mock_429(listen: SocketAddr) -> Result<()> {
+    use mock_upstream::{MockConfig, MockUpstream, Reply, StreamSpec};
+    let config = MockConfig {
+        listen,
+        default_reply: Reply::rate_limited(None),
+        stream_defaults: StreamSpec::default(),
+        record_requests: false,
+    };
+    let mock = MockUpstream::start_with(config)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    println!("listening on {}", mock.addr());
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    println!("calls {}", mock.calls());
+    mock.shutdown().await;
+    Ok(())
+}

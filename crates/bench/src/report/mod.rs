@@ -1,0 +1,445 @@
+//! The report: `report.json` (every figure: median, min, max over the repeats), `report.md`
+//! (the same as tables, with the targets checked), and `latency.svg`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+mod goals;
+
+use crate::stats::{Compare, Scenario, Spread};
+use crate::suite::{features, litellm_label, Results};
+
+use goals::{goals, litellm_best, resource};
+
+// === JSON ===
+
+fn to_json(results: &Results) -> serde_json::Value {
+    let goals: Vec<serde_json::Value> = goals(results)
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "id": g.id, "what": g.what, "goal": g.goal, "unit": g.unit,
+                "value": g.value, "status": g.status(),
+            })
+        })
+        .collect();
+    let litellm_best = litellm_best(results)
+        .map(|(rps, config)| serde_json::json!({"rps": rps, "configuration": config}));
+    serde_json::json!({
+        "meta": results.meta,
+        "notes": results.notes,
+        "targets": goals,
+        "scenarios": results.scenarios.iter().map(Scenario::to_json).collect::<Vec<_>>(),
+        "resources": results.resources_json(),
+        "held_streams": results.held,
+        "litellm_best": litellm_best,
+    })
+}
+
+// === Markdown ===
+
+/// `median (min–max)` with `digits` decimals; `–` when absent.
+fn fmt(value: Option<Spread>, digits: usize) -> String {
+    match value {
+        None => "–".to_owned(),
+        Some(s) if s.n <= 1 || (s.max - s.min).abs() < f64::EPSILON => {
+            format!("{:.*}", digits, s.median)
+        }
+        Some(s) => format!(
+            "{:.*} ({:.*}–{:.*})",
+            digits, s.median, digits, s.min, digits, s.max
+        ),
+    }
+}
+
+fn ratio(value: Option<Spread>) -> String {
+    match value {
+        None => "–".to_owned(),
+        some => format!("{}×", fmt(some, 2)),
+    }
+}
+
+fn meta_str<'a>(results: &'a Results, key: &str) -> &'a str {
+    results
+        .meta
+        .get(key)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("?")
+}
+
+fn to_markdown(results: &Results) -> String {
+    let mut md = String::new();
+    let m = &results.meta;
+    let _ = writeln!(md, "# poolgate benchmark report\n");
+    let _ = writeln!(
+        md,
+        "- when: {} — mode: {} — repeats: {} — each run: {} ms warm-up + {} ms measured",
+        meta_str(results, "date"),
+        meta_str(results, "mode"),
+        m.get("repeats").cloned().unwrap_or_default(),
+        m.get("warmup_ms").cloned().unwrap_or_default(),
+        m.get("duration_ms").cloned().unwrap_or_default(),
+    );
+    if let Some(machine) = m.get("machine") {
+        let _ = writeln!(
+            md,
+            "- machine: {} CPU(s), {}, {} GiB, Linux {} (shared: the load generator, the mock, and the system under test all run on it)",
+            machine["nproc"], machine["cpu_model"].as_str().unwrap_or("?"), machine["mem_gib"],
+            machine["kernel"].as_str().unwrap_or("?"),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- poolgate: {} — load generator: {} thread(s), hyper HTTP/1.1 keep-alive",
+        meta_str(results, "poolgate"),
+        m.get("client_threads").cloned().unwrap_or_default(),
+    );
+    for note in &results.notes {
+        let _ = writeln!(md, "- {note}");
+    }
+    let _ = writeln!(
+        md,
+        "\nFigures are **median (min–max)** over the repeats. A ratio or an *added* figure is computed per repeat between runs made back to back, then summarised. Latencies in µs.\n"
+    );
+
+    let _ = writeln!(
+        md,
+        "## Targets\n\n| target | goal | measured | status |\n|---|---|---|---|"
+    );
+    for goal in goals(results) {
+        let value = match goal.unit {
+            "×" => ratio(goal.value),
+            unit => format!("{} {unit}", fmt(goal.value, 1)),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | **{}** |",
+            goal.what,
+            goal.goal,
+            value,
+            goal.status()
+        );
+    }
+
+    load_tables(&mut md, results);
+    stream_table(&mut md, results);
+    resource_table(&mut md, results);
+    feature_table(&mut md, results);
+    litellm_table(&mut md, results);
+    md
+}
+
+fn load_tables(md: &mut String, results: &Results) {
+    for (kind, heading, param) in [
+        (
+            "closed",
+            "Throughput and latency, closed loop",
+            "connections",
+        ),
+        (
+            "open",
+            "Latency at a fixed offered load, open loop",
+            "offered req/s",
+        ),
+    ] {
+        let scenarios: Vec<&Scenario> = results
+            .scenarios
+            .iter()
+            .filter(|s| s.kind == kind)
+            .collect();
+        if scenarios.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "\n## {heading}\n\n| {param} | system | req/s | vs direct | vs nginx | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | CPU ms / 1k req |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for s in scenarios {
+            for target in ["direct", "nginx", "poolgate", &litellm_label(1)] {
+                if !s.runs.contains_key(target) {
+                    continue;
+                }
+                let vs = |c| {
+                    if target == s.baseline {
+                        "–".to_owned()
+                    } else {
+                        ratio(s.paired(target, &s.baseline, c))
+                    }
+                };
+                let added = |metric| {
+                    if target == s.baseline {
+                        "–".to_owned()
+                    } else {
+                        fmt(s.paired(target, &s.baseline, Compare::Added(metric)), 1)
+                    }
+                };
+                let vs_nginx = if target == "poolgate" && s.runs.contains_key("nginx") {
+                    ratio(s.paired(target, "nginx", Compare::Ratio("rps")))
+                } else {
+                    "–".to_owned()
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    s.param,
+                    target,
+                    fmt(s.summary(target, "rps"), 0),
+                    vs(Compare::Ratio("rps")),
+                    vs_nginx,
+                    fmt(s.summary(target, "p50_us"), 1),
+                    fmt(s.summary(target, "p99_us"), 1),
+                    fmt(s.summary(target, "p999_us"), 1),
+                    added("p50_us"),
+                    added("p99_us"),
+                    added("p999_us"),
+                    fmt(s.summary(target, "cpu_ms_per_1k"), 1),
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n*vs direct / vs nginx*: requests per second through that system divided by direct (or nginx), same repeat. *added*: latency through that system minus direct. *CPU ms / 1k req*: CPU time of that system's processes (for direct: the mock itself) per 1,000 requests."
+    );
+}
+
+fn stream_table(md: &mut String, results: &Results) {
+    let scenarios: Vec<&Scenario> = results
+        .scenarios
+        .iter()
+        .filter(|s| s.kind == "stream")
+        .collect();
+    if scenarios.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Streaming (SSE)\n\n| scenario | system | streams/s | TTFB p50 | TTFB p99 | added TTFB p50 | added TTFB p99 | event gap p50 | event gap p99 | event gap max | events per chunk |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for s in scenarios {
+        for target in ["direct", "nginx", "poolgate"] {
+            if !s.runs.contains_key(target) {
+                continue;
+            }
+            let added = |metric| {
+                if target == "direct" {
+                    "–".to_owned()
+                } else {
+                    fmt(s.paired(target, "direct", Compare::Added(metric)), 1)
+                }
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.title,
+                target,
+                fmt(s.summary(target, "rps"), 0),
+                fmt(s.summary(target, "ttfb_p50_us"), 1),
+                fmt(s.summary(target, "ttfb_p99_us"), 1),
+                added("ttfb_p50_us"),
+                added("ttfb_p99_us"),
+                fmt(s.summary(target, "gap_p50_us"), 1),
+                fmt(s.summary(target, "gap_p99_us"), 1),
+                fmt(s.summary(target, "gap_max_us"), 1),
+                fmt(s.summary(target, "events_per_chunk"), 2),
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n*TTFB*: request sent → first body byte. *event gap*: time between two consecutive SSE events as the client's HTTP parser hands them over (0 when they came in one body chunk or one TCP read). *events per chunk*: SSE events per HTTP body chunk the client received; a proxy that held events back to send them together would raise it above direct's."
+    );
+}
+
+fn resource_table(md: &mut String, results: &Results) {
+    let systems = [
+        "poolgate",
+        "nginx",
+        "mock-upstream",
+        "litellm-1w",
+        "litellm-2w",
+    ];
+    let present: Vec<&str> = systems
+        .into_iter()
+        .filter(|s| results.resources.contains_key(*s))
+        .collect();
+    if present.is_empty() {
+        return;
+    }
+    let _ = write!(md, "\n## Resources\n\n| figure |");
+    for s in &present {
+        let _ = write!(md, " {s} |");
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &present {
+        let _ = write!(md, "---|");
+    }
+    let _ = writeln!(md);
+    let held = results
+        .held
+        .get("streams")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let rows = [
+        ("rss_idle_mb", "RSS idle (MB)".to_owned(), 1),
+        (
+            "rss_load_mb",
+            "RSS under load, peak per run (MB)".to_owned(),
+            1,
+        ),
+        (
+            "rss_held_streams_mb",
+            format!("RSS with {held} open streams (MB)"),
+            1,
+        ),
+        (
+            "cpu_ms_per_1k",
+            "CPU ms per 1,000 requests (64 connections)".to_owned(),
+            1,
+        ),
+        (
+            "sqlite_cpu_ms_per_1k",
+            "… of which SQLite threads (usage + health writers)".to_owned(),
+            2,
+        ),
+        (
+            "startup_ms",
+            "start → first request served (ms)".to_owned(),
+            1,
+        ),
+    ];
+    for (figure, title, digits) in rows {
+        if !present
+            .iter()
+            .any(|s| resource(results, s, figure).is_some())
+        {
+            continue;
+        }
+        let _ = write!(md, "| {title} |");
+        for s in &present {
+            let _ = write!(md, " {} |", fmt(resource(results, s, figure), digits));
+        }
+        let _ = writeln!(md);
+    }
+    if !results.held.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nHeld streams: {} requested, {} open when sampled, {} failed; opened in {:.1} s; poolgate RSS before {:.1} MB, after closing them {:.1} MB.",
+            held,
+            results.held.get("open_at_sample").cloned().unwrap_or_default(),
+            results.held.get("failed").cloned().unwrap_or_default(),
+            results.held.get("open_seconds").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+            results.held.get("rss_before_mb").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+            results.held.get("rss_after_close_mb").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+        );
+    }
+}
+
+fn feature_table(md: &mut String, results: &Results) {
+    let Some(s) = results.scenarios.iter().find(|s| s.kind == "feature") else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "\n## Cost of poolgate's features ({})\n\n| configuration | req/s | vs 1 backend | p50 | p99 | added p50 | added p99 | CPU ms / 1k req | CPU vs 1 backend | SQLite CPU ms / 1k req |\n|---|---|---|---|---|---|---|---|---|---|",
+        s.title
+    );
+    for target in features::LABELS {
+        if !s.runs.contains_key(target) {
+            continue;
+        }
+        let cmp = |c| {
+            if target == s.baseline {
+                "–".to_owned()
+            } else {
+                match c {
+                    Compare::Ratio(_) => ratio(s.paired(target, &s.baseline, c)),
+                    Compare::Added(_) => fmt(s.paired(target, &s.baseline, c), 1),
+                }
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            target,
+            fmt(s.summary(target, "rps"), 0),
+            cmp(Compare::Ratio("rps")),
+            fmt(s.summary(target, "p50_us"), 1),
+            fmt(s.summary(target, "p99_us"), 1),
+            cmp(Compare::Added("p50_us")),
+            cmp(Compare::Added("p99_us")),
+            fmt(s.summary(target, "cpu_ms_per_1k"), 1),
+            cmp(Compare::Ratio("cpu_ms_per_1k")),
+            fmt(s.summary(target, "sqlite_cpu_ms_per_1k"), 2),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nEvery configuration records usage (it cannot be switched off); its cost is the SQLite column. *429 churn*: 5 of 10 backends answer every request with 429; cooldowns of 10 ms make them cool, probe and fail over continuously."
+    );
+}
+
+fn litellm_table(md: &mut String, results: &Results) {
+    let scenarios: Vec<&Scenario> = results
+        .scenarios
+        .iter()
+        .filter(|s| s.kind == "litellm")
+        .collect();
+    if scenarios.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## LiteLLM proxy (for scale)\n\n| configuration | connections | LiteLLM req/s | poolgate req/s | direct req/s | poolgate / LiteLLM | LiteLLM p50 | LiteLLM added p50 | poolgate added p50 |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for s in scenarios {
+        for workers in [1_u32, 2] {
+            let label = litellm_label(workers);
+            if !s.runs.contains_key(&label) {
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                label,
+                s.param,
+                fmt(s.summary(&label, "rps"), 0),
+                fmt(s.summary("poolgate", "rps"), 0),
+                fmt(s.summary("direct", "rps"), 0),
+                ratio(s.paired("poolgate", &label, Compare::Ratio("rps"))),
+                fmt(s.summary(&label, "p50_us"), 1),
+                fmt(s.paired(&label, "direct", Compare::Added("p50_us")), 1),
+                fmt(s.paired("poolgate", "direct", Compare::Added("p50_us")), 1),
+            );
+        }
+    }
+    if let Some((rps, config)) = litellm_best(results) {
+        let _ = writeln!(
+            md,
+            "\nLiteLLM's best configuration here: {config}, {} req/s.",
+            fmt(Some(rps), 0)
+        );
+    }
+}
+
+/// Writes `report.json`, `report.md` and `latency.svg` into `out`.
+pub fn write(out: &Path, results: &Results) -> Result<()> {
+    let json = serde_json::to_string_pretty(&to_json(results))?;
+    std::fs::write(out.join("report.json"), json).context("writing report.json")?;
+    let mut md = to_markdown(results);
+    match crate::plot::latency_vs_load(&out.join("latency.svg"), results) {
+        Ok(()) => {
+            let _ = writeln!(
+                md,
+                "\n## Latency vs offered load\n\n![latency vs offered load](latency.svg)"
+            );
+        }
+        Err(error) => {
+            let _ = writeln!(md, "\n(plot failed: {error:#})");
+        }
+    }
+    std::fs::write(out.join("report.md"), md).context("writing report.md")?;
+    Ok(())
+}

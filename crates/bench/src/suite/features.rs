@@ -1,0 +1,125 @@
+//! The cost of poolgate's own features on the hot path: the same closed-loop load through
+//! poolgate configured with 1 backend (the baseline), 50 backends, RPM token buckets on (backend
+//! and client key), and 10 backends of which 5 answer every request with 429 (short cooldowns,
+//! so they keep cooling, probing and failing over). Usage recording cannot be switched off; its
+//! cost shows as the CPU of poolgate's SQLite threads (`sqlite_cpu_ms_per_1k`) in every row.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::{load_comparisons, run_scenario, Bench, Endpoint, Load};
+use crate::load::Target;
+use crate::stack::{start_mock_429, start_poolgate, BackendDef, Mock, PoolgateSpec};
+use crate::stats::{Compare, Scenario};
+
+/// Connections for the feature comparison.
+const CONNECTIONS: usize = 16;
+
+/// The baseline's label.
+pub const BASELINE: &str = "1 backend";
+
+/// Every configuration's label, baseline first.
+pub const LABELS: [&str; 4] = [
+    BASELINE,
+    "50 backends",
+    "RPM limits on",
+    "429 churn on 5 of 10",
+];
+
+fn backends(prefix: &str, mock: &Mock, count: usize, rpm_limit: u32) -> Vec<BackendDef> {
+    (0..count)
+        .map(|i| BackendDef {
+            name: format!("{prefix}-{i}"),
+            upstream: mock.addr,
+            models: vec![("bench".to_owned(), "bench-upstream".to_owned())],
+            rpm_limit,
+        })
+        .collect()
+}
+
+impl Bench<'_> {
+    pub(super) async fn features(&mut self, fast: &Mock) -> Result<()> {
+        let rate_limited = start_mock_429(self.bins, &self.logs)?;
+        let mut churn = backends("ok", fast, 5, 0);
+        churn.extend(backends("limited", &rate_limited, 5, 0));
+        let configurations = [
+            (
+                LABELS[0],
+                PoolgateSpec {
+                    name: "feature-1-backend".into(),
+                    backends: backends("fast", fast, 1, 0),
+                    churn_cooldown: false,
+                    client_rpm: 0,
+                },
+            ),
+            (
+                LABELS[1],
+                PoolgateSpec {
+                    name: "feature-50-backends".into(),
+                    backends: backends("fast", fast, 50, 0),
+                    churn_cooldown: false,
+                    client_rpm: 0,
+                },
+            ),
+            (
+                LABELS[2],
+                PoolgateSpec {
+                    name: "feature-rpm".into(),
+                    backends: backends("fast", fast, 1, 10_000_000),
+                    churn_cooldown: false,
+                    client_rpm: 10_000_000,
+                },
+            ),
+            (
+                LABELS[3],
+                PoolgateSpec {
+                    name: "feature-churn".into(),
+                    backends: churn,
+                    churn_cooldown: true,
+                    client_rpm: 0,
+                },
+            ),
+        ];
+        let mut running = Vec::new();
+        let mut endpoints = Vec::new();
+        for (label, spec) in &configurations {
+            let poolgate = start_poolgate(self.bins, spec, &self.work, &self.logs).await?;
+            endpoints.push(Endpoint {
+                label: (*label).to_owned(),
+                target: Arc::new(Target::chat(
+                    poolgate.addr,
+                    Some(&poolgate.key),
+                    "bench",
+                    false,
+                )?),
+                pids: vec![poolgate.child.pid()],
+                sqlite: true,
+            });
+            running.push(poolgate);
+        }
+        let refs: Vec<&Endpoint> = endpoints.iter().collect();
+        let mut scenario = Scenario::new(
+            "features_c16",
+            &format!("poolgate features, closed loop, {CONNECTIONS} connections"),
+            "feature",
+            CONNECTIONS as f64,
+            BASELINE,
+        );
+        scenario.compare = load_comparisons(false);
+        scenario.compare.push(Compare::Ratio("cpu_ms_per_1k"));
+        run_scenario(
+            &mut scenario,
+            &refs,
+            Load::Closed {
+                connections: CONNECTIONS,
+            },
+            self.opts,
+        )
+        .await;
+        self.results.scenarios.push(scenario);
+        drop(running);
+        drop(rate_limited);
+        Ok(())
+    }
+}

@@ -1,0 +1,503 @@
+//! The benchmark suite, in the order it runs:
+//!
+//! 1. **set-up** — three mock upstreams (fast; 5 ms between chunks; 1 s between chunks for long
+//!    streams), poolgate in front of them, nginx `proxy_pass` in front of the fast one.
+//! 2. **closed** — closed loop at 1, 16, 64, 256 connections: direct, nginx, poolgate.
+//! 3. **open** — open loop at fixed offered rates, latency from the scheduled send time.
+//! 4. **stream** — SSE: time to first byte at 1 connection; gaps between events at 16.
+//! 5. **held** — 5,000 streams open at once through a fresh poolgate: its memory.
+//! 6. **startup** — fresh data dir -> first proxied request answered, repeated.
+//! 7. **features** — poolgate with 1 vs 50 backends, RPM limits on, 429 churn on half.
+//! 8. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
+//!
+//! Each scenario runs every target `repeats` times, interleaved (the order rotates per repeat),
+//! so each comparison is made between runs minutes apart at most.
+
+pub mod features;
+mod litellm;
+mod measure;
+
+pub use litellm::label as litellm_label;
+pub use measure::{load_comparisons, run_scenario, Endpoint, Load, MB};
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::load::{hold_streams, Target};
+use crate::procs::{tree, usage};
+use crate::stack::{
+    nginx_binary, nginx_version, start_mock, start_nginx, start_poolgate, BackendDef, Bins, Mock,
+    Nginx, Poolgate, PoolgateSpec,
+};
+use crate::stats::{spread, Scenario};
+
+/// Milliseconds between content chunks of the "gap" mock.
+pub const GAP_MS: u64 = 5;
+
+/// What to run and for how long.
+pub struct Options {
+    pub smoke: bool,
+    pub litellm: bool,
+    pub nginx: bool,
+    pub repeats: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Sections to run (empty = all).
+    pub only: Vec<String>,
+    pub held_streams: usize,
+    /// Closed-loop connection counts, if not the defaults.
+    pub connections: Vec<usize>,
+    /// Open-loop rates, if not the defaults.
+    pub rates: Vec<f64>,
+}
+
+impl Options {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+
+    fn closed_connections(&self) -> Vec<usize> {
+        if !self.connections.is_empty() {
+            self.connections.clone()
+        } else if self.smoke {
+            vec![1, 16]
+        } else {
+            vec![1, 16, 64, 256]
+        }
+    }
+
+    fn open_rates(&self) -> Vec<f64> {
+        if !self.rates.is_empty() {
+            self.rates.clone()
+        } else if self.smoke {
+            vec![1000.0]
+        } else {
+            vec![500.0, 1000.0, 2000.0, 4000.0, 8000.0]
+        }
+    }
+}
+
+/// Connections used to offer `rate` requests/s: enough that a slow answer does not hold up the
+/// schedule, few enough that each one stays busy.
+pub fn open_connections(rate: f64) -> usize {
+    ((rate / 50.0) as usize).clamp(4, 64)
+}
+
+/// Everything measured, for the report.
+#[derive(Default)]
+pub struct Results {
+    pub meta: serde_json::Map<String, serde_json::Value>,
+    /// Things skipped or worth knowing, in the order they happened.
+    pub notes: Vec<String>,
+    pub scenarios: Vec<Scenario>,
+    /// System -> figure -> samples.
+    pub resources: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    pub held: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Results {
+    pub fn sample(&mut self, system: &str, figure: &str, value: f64) {
+        self.resources
+            .entry(system.to_owned())
+            .or_default()
+            .entry(figure.to_owned())
+            .or_default()
+            .push(value);
+    }
+
+    pub fn scenario(&self, id: &str) -> Option<&Scenario> {
+        self.scenarios.iter().find(|s| s.id == id)
+    }
+
+    pub fn resources_json(&self) -> serde_json::Value {
+        let mut systems = serde_json::Map::new();
+        for (system, figures) in &self.resources {
+            let mut out = serde_json::Map::new();
+            for (figure, samples) in figures {
+                if let Some(summary) = spread(samples) {
+                    out.insert(figure.clone(), serde_json::json!(summary));
+                }
+            }
+            systems.insert(system.clone(), serde_json::Value::Object(out));
+        }
+        serde_json::Value::Object(systems)
+    }
+}
+
+/// The harness's running state.
+pub struct Bench<'a> {
+    pub opts: &'a Options,
+    pub bins: &'a Bins,
+    pub out: &'a Path,
+    pub work: PathBuf,
+    pub logs: PathBuf,
+    pub results: Results,
+}
+
+/// The long-lived systems of one run.
+struct Stack {
+    fast: Mock,
+    gap: Mock,
+    slow: Mock,
+    poolgate: Poolgate,
+    nginx: Option<Nginx>,
+}
+
+impl Bench<'_> {
+    /// Runs every selected section and returns what was measured.
+    pub async fn run(mut self) -> Result<Results> {
+        let logs = self.logs.clone();
+        let fast = start_mock(self.bins, "mock-fast", 20, 0, &logs)?;
+        let gap = start_mock(self.bins, "mock-gap", 20, GAP_MS, &logs)?;
+        let slow = start_mock(self.bins, "mock-slow", 60, 1000, &logs)?;
+        let spec = main_spec(&fast, &gap, &slow);
+        let poolgate = start_poolgate(self.bins, &spec, &self.work, &logs).await?;
+        self.results
+            .sample("poolgate", "startup_ms", ms(poolgate.startup));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.results.sample(
+            "poolgate",
+            "rss_idle_mb",
+            usage(&[poolgate.child.pid()]).rss_kib as f64 * 1024.0 / MB,
+        );
+        let nginx = self.start_nginx(&fast).await;
+        let stack = Stack {
+            fast,
+            gap,
+            slow,
+            poolgate,
+            nginx,
+        };
+
+        if self.opts.runs("closed") {
+            self.closed(&stack).await?;
+        }
+        if self.opts.runs("open") {
+            self.open(&stack).await?;
+        }
+        if self.opts.runs("stream") {
+            self.streams(&stack).await?;
+        }
+        if self.opts.runs("held") {
+            self.held(&stack).await?;
+        }
+        if self.opts.runs("startup") {
+            self.startup(&stack).await?;
+        }
+        if self.opts.runs("features") {
+            self.features(&stack.fast).await?;
+        }
+        if self.opts.litellm && self.opts.runs("litellm") {
+            if let Err(error) = self.litellm(&stack).await {
+                eprintln!("bench: LiteLLM failed: {error:#}");
+                self.results
+                    .notes
+                    .push(format!("LiteLLM: not measured ({error:#})."));
+            }
+        } else if !self.opts.litellm {
+            self.results
+                .notes
+                .push("LiteLLM: skipped (run with `--litellm` to include it).".into());
+        }
+        drop(stack);
+        Ok(self.results)
+    }
+
+    async fn start_nginx(&mut self, fast: &Mock) -> Option<Nginx> {
+        if !self.opts.nginx {
+            let why = if self.opts.smoke {
+                "--smoke"
+            } else {
+                "--no-nginx"
+            };
+            self.results.notes.push(format!("nginx: skipped ({why})."));
+            return None;
+        }
+        let Some(binary) = nginx_binary() else {
+            self.results.notes.push(
+                "nginx: skipped (not installed; `apt-get install nginx-light` to include it)."
+                    .into(),
+            );
+            return None;
+        };
+        self.results.meta.insert(
+            "nginx_version".into(),
+            serde_json::Value::String(nginx_version(&binary)),
+        );
+        match start_nginx(&binary, fast.addr, &self.work, &self.logs).await {
+            Ok(nginx) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.results.sample(
+                    "nginx",
+                    "rss_idle_mb",
+                    usage(&tree(nginx.child.pid())).rss_kib as f64 * 1024.0 / MB,
+                );
+                Some(nginx)
+            }
+            Err(error) => {
+                self.results
+                    .notes
+                    .push(format!("nginx: failed to start ({error:#})."));
+                None
+            }
+        }
+    }
+
+    /// direct, nginx (if running), poolgate for `model` (the mock's own model id for direct).
+    fn endpoints(&self, stack: &Stack, streaming: bool, which: Which) -> Result<Vec<Endpoint>> {
+        let mock = match which {
+            Which::Fast => &stack.fast,
+            Which::Gap => &stack.gap,
+        };
+        let model = match which {
+            Which::Fast => "bench",
+            Which::Gap => "bench-gap",
+        };
+        let mut endpoints = vec![Endpoint {
+            label: "direct".into(),
+            target: Arc::new(Target::chat(mock.addr, None, "bench-upstream", streaming)?),
+            pids: vec![mock.child.pid()],
+            sqlite: false,
+        }];
+        if let (Some(nginx), Which::Fast) = (&stack.nginx, which) {
+            endpoints.push(Endpoint {
+                label: "nginx".into(),
+                target: Arc::new(Target::chat(nginx.addr, None, "bench-upstream", streaming)?),
+                pids: tree(nginx.child.pid()),
+                sqlite: false,
+            });
+        }
+        endpoints.push(Endpoint {
+            label: "poolgate".into(),
+            target: Arc::new(Target::chat(
+                stack.poolgate.addr,
+                Some(&stack.poolgate.key),
+                model,
+                streaming,
+            )?),
+            pids: vec![stack.poolgate.child.pid()],
+            sqlite: true,
+        });
+        Ok(endpoints)
+    }
+
+    async fn closed(&mut self, stack: &Stack) -> Result<()> {
+        let endpoints = self.endpoints(stack, false, Which::Fast)?;
+        let refs: Vec<&Endpoint> = endpoints.iter().collect();
+        let all = self.opts.closed_connections();
+        // CPU per request is taken at 64 connections (the throughput target), else the most.
+        let cpu_at = if all.contains(&64) {
+            64
+        } else {
+            all.iter().copied().max().unwrap_or(1)
+        };
+        self.results
+            .meta
+            .insert("cpu_connections".into(), cpu_at.into());
+        for connections in all {
+            let mut scenario = Scenario::new(
+                &format!("closed_c{connections}"),
+                &format!("closed loop, {connections} connection(s)"),
+                "closed",
+                connections as f64,
+                "direct",
+            );
+            scenario.compare = load_comparisons(false);
+            run_scenario(
+                &mut scenario,
+                &refs,
+                Load::Closed { connections },
+                self.opts,
+            )
+            .await;
+            for label in ["poolgate", "nginx", "direct"] {
+                let system = if label == "direct" {
+                    "mock-upstream"
+                } else {
+                    label
+                };
+                for run in scenario.runs.get(label).into_iter().flatten().flatten() {
+                    if connections == cpu_at {
+                        if let Some(cpu) = run.get("cpu_ms_per_1k") {
+                            self.results.sample(system, "cpu_ms_per_1k", *cpu);
+                        }
+                    }
+                    if let Some(rss) = run.get("rss_peak_mb").filter(|_| connections == cpu_at) {
+                        self.results.sample(system, "rss_load_mb", *rss);
+                    }
+                    if label == "poolgate" && connections == cpu_at {
+                        if let Some(cpu) = run.get("sqlite_cpu_ms_per_1k") {
+                            self.results.sample(system, "sqlite_cpu_ms_per_1k", *cpu);
+                        }
+                    }
+                }
+            }
+            self.results.scenarios.push(scenario);
+        }
+        Ok(())
+    }
+
+    async fn open(&mut self, stack: &Stack) -> Result<()> {
+        let endpoints = self.endpoints(stack, false, Which::Fast)?;
+        let refs: Vec<&Endpoint> = endpoints.iter().collect();
+        for rate in self.opts.open_rates() {
+            let connections = open_connections(rate);
+            let mut scenario = Scenario::new(
+                &format!("open_r{rate}"),
+                &format!("open loop, {rate} requests/s offered over {connections} connections"),
+                "open",
+                rate,
+                "direct",
+            );
+            scenario.compare = load_comparisons(false);
+            run_scenario(
+                &mut scenario,
+                &refs,
+                Load::Open { rate, connections },
+                self.opts,
+            )
+            .await;
+            self.results.scenarios.push(scenario);
+        }
+        Ok(())
+    }
+
+    async fn streams(&mut self, stack: &Stack) -> Result<()> {
+        for (id, title, which, connections) in [
+            (
+                "stream_c1",
+                "SSE streams (20 chunks, no gap), 1 connection".to_owned(),
+                Which::Fast,
+                1,
+            ),
+            (
+                "stream_gap_c16",
+                format!("SSE streams (20 chunks, {GAP_MS} ms apart), 16 connections"),
+                Which::Gap,
+                16,
+            ),
+        ] {
+            let endpoints = self.endpoints(stack, true, which)?;
+            let refs: Vec<&Endpoint> = endpoints.iter().collect();
+            let mut scenario = Scenario::new(id, &title, "stream", connections as f64, "direct");
+            scenario.compare = load_comparisons(true);
+            run_scenario(
+                &mut scenario,
+                &refs,
+                Load::Closed { connections },
+                self.opts,
+            )
+            .await;
+            self.results.scenarios.push(scenario);
+        }
+        Ok(())
+    }
+
+    /// Memory with many open streams, on a fresh poolgate (so memory kept from earlier load is
+    /// not counted).
+    async fn held(&mut self, stack: &Stack) -> Result<()> {
+        let count = self.opts.held_streams;
+        let spec = PoolgateSpec {
+            name: "poolgate-held".into(),
+            ..main_spec(&stack.fast, &stack.gap, &stack.slow)
+        };
+        let poolgate = start_poolgate(self.bins, &spec, &self.work, &self.logs).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = poolgate.child.pid();
+        let target = Arc::new(Target::chat(
+            poolgate.addr,
+            Some(&poolgate.key),
+            "bench-slow",
+            true,
+        )?);
+        let before = usage(&[pid]).rss_kib as f64 * 1024.0 / MB;
+        eprintln!("bench: opening {count} concurrent streams through poolgate");
+        let started = std::time::Instant::now();
+        let held = hold_streams(target, count, 128, Duration::from_secs(90)).await;
+        let opened_in = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let open_now = held.open_now();
+        let rss = usage(&[pid]).rss_kib as f64 * 1024.0 / MB;
+        let failed = held.failed;
+        held.close().await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let after = usage(&[pid]).rss_kib as f64 * 1024.0 / MB;
+        eprintln!(
+            "bench: {open_now} streams open ({failed} failed): poolgate RSS {rss:.1} MB (before {before:.1} MB, after closing {after:.1} MB)"
+        );
+        self.results.sample("poolgate", "rss_held_streams_mb", rss);
+        let held_json = serde_json::json!({
+            "streams": count,
+            "open_at_sample": open_now,
+            "failed": failed,
+            "open_seconds": opened_in.as_secs_f64(),
+            "rss_before_mb": before,
+            "rss_open_mb": rss,
+            "rss_after_close_mb": after,
+        });
+        if let serde_json::Value::Object(map) = held_json {
+            self.results.held = map;
+        }
+        Ok(())
+    }
+
+    async fn startup(&mut self, stack: &Stack) -> Result<()> {
+        for i in 0..self.opts.repeats {
+            let spec = main_spec(&stack.fast, &stack.gap, &stack.slow);
+            let spec = PoolgateSpec {
+                name: format!("poolgate-startup-{i}"),
+                ..spec
+            };
+            let poolgate = start_poolgate(self.bins, &spec, &self.work, &self.logs).await?;
+            eprintln!(
+                "bench: startup {}/{}: first request served after {:.1} ms",
+                i + 1,
+                self.opts.repeats,
+                ms(poolgate.startup)
+            );
+            self.results
+                .sample("poolgate", "startup_ms", ms(poolgate.startup));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.results.sample(
+                "poolgate",
+                "rss_idle_mb",
+                usage(&[poolgate.child.pid()]).rss_kib as f64 * 1024.0 / MB,
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Fast,
+    Gap,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The main poolgate: one backend per mock, each serving its own canonical model.
+fn main_spec(fast: &Mock, gap: &Mock, slow: &Mock) -> PoolgateSpec {
+    let backend = |name: &str, mock: &Mock, model: &str| BackendDef {
+        name: name.to_owned(),
+        upstream: mock.addr,
+        models: vec![(model.to_owned(), "bench-upstream".to_owned())],
+        rpm_limit: 0,
+    };
+    PoolgateSpec {
+        name: "poolgate".into(),
+        backends: vec![
+            backend("fast", fast, "bench"),
+            backend("gap", gap, "bench-gap"),
+            backend("slow", slow, "bench-slow"),
+        ],
+        churn_cooldown: false,
+        client_rpm: 0,
+    }
+}

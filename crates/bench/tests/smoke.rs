@@ -1,0 +1,168 @@
+//! The CI smoke run of the benchmark harness: `bench --smoke` (direct + poolgate only, a few
+//! seconds, nginx and LiteLLM skipped and said so) must write `report.md`, `report.json` and
+//! `latency.svg` holding the expected figures. The real benchmark runs are manual
+//! (docs/benchmarks.md).
+#![expect(
+    clippy::expect_used,
+    reason = "helpers of an integration test: a failure should panic with the message"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The directory of the `bench` binary under test; `poolgate` and `mock-upstream` are built
+/// there (by `cargo test --workspace` already, else here).
+fn bin_dir() -> PathBuf {
+    let bench = Path::new(env!("CARGO_BIN_EXE_bench"));
+    let dir = bench
+        .parent()
+        .expect("bench has a parent dir")
+        .to_path_buf();
+    if !dir.join("poolgate").is_file() || !dir.join("mock-upstream").is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "poolgate", "-p", "mock-upstream"]);
+        if dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(
+            status.success(),
+            "building poolgate and mock-upstream failed"
+        );
+    }
+    dir
+}
+
+fn run_smoke(out: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--smoke")
+        .arg("--out")
+        .arg(out)
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .spawn()
+        .expect("starting bench");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for bench") {
+            assert!(status.success(), "bench --smoke failed: {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bench --smoke did not finish within 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn median(value: &Value) -> f64 {
+    value["median"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no median in {value}"))
+}
+
+#[test]
+fn smoke_run_writes_the_report() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    run_smoke(out.path());
+    eprintln!(
+        "bench --smoke took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("report.json")).expect("report.json"),
+    )
+    .expect("report.json is JSON");
+    assert_eq!(json["meta"]["mode"], "smoke");
+    assert!(json["meta"]["machine"]["nproc"].as_u64().unwrap_or(0) >= 1);
+
+    let scenarios = json["scenarios"].as_array().expect("scenarios");
+    let scenario = |id: &str| {
+        scenarios
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("scenario `{id}` missing"))
+    };
+    for id in [
+        "closed_c1",
+        "closed_c16",
+        "open_r1000",
+        "stream_c1",
+        "stream_gap_c16",
+    ] {
+        let s = scenario(id);
+        for target in ["direct", "poolgate"] {
+            assert!(
+                median(&s["targets"][target]["rps"]) > 0.0,
+                "{id}: no throughput for {target}"
+            );
+            assert!(median(&s["targets"][target]["p50_us"]) > 0.0);
+        }
+        let vs = &s["comparisons"]["poolgate_vs_direct"];
+        assert!(median(&vs["rps_ratio"]) > 0.0, "{id}: no ratio");
+        for added in ["added_p50_us", "added_p99_us", "added_p999_us"] {
+            assert!(vs[added]["median"].is_f64(), "{id}: no {added}");
+        }
+    }
+    let stream = &scenario("stream_c1")["targets"]["poolgate"];
+    for figure in ["ttfb_p50_us", "gap_p99_us", "events_per_chunk"] {
+        assert!(median(&stream[figure]) > 0.0, "stream figure {figure}");
+    }
+    let features = scenario("features_c16");
+    for label in [
+        "1 backend",
+        "50 backends",
+        "RPM limits on",
+        "429 churn on 5 of 10",
+    ] {
+        assert!(
+            median(&features["targets"][label]["rps"]) > 0.0,
+            "feature `{label}`"
+        );
+    }
+
+    let poolgate = &json["resources"]["poolgate"];
+    for figure in [
+        "rss_idle_mb",
+        "rss_load_mb",
+        "rss_held_streams_mb",
+        "startup_ms",
+        "cpu_ms_per_1k",
+    ] {
+        assert!(median(&poolgate[figure]) > 0.0, "resource {figure}");
+    }
+    assert!(json["held_streams"]["open_at_sample"].as_u64().unwrap_or(0) > 0);
+
+    let targets = json["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 10);
+    for target in targets {
+        let status = target["status"].as_str().expect("status");
+        assert!(["met", "missed", "not measured"].contains(&status));
+    }
+    let notes = json["notes"].to_string();
+    assert!(notes.contains("nginx: skipped") && notes.contains("LiteLLM: skipped"));
+
+    let md = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
+    for heading in [
+        "## Targets",
+        "## Throughput and latency, closed loop",
+        "## Latency at a fixed offered load, open loop",
+        "## Streaming (SSE)",
+        "## Resources",
+        "## Cost of poolgate's features",
+        "added p50",
+        "RSS idle",
+        "nginx: skipped",
+    ] {
+        assert!(md.contains(heading), "report.md lacks `{heading}`");
+    }
+    let svg = std::fs::read_to_string(out.path().join("latency.svg")).expect("latency.svg");
+    assert!(svg.starts_with("<svg") && svg.contains("poolgate"));
+}
