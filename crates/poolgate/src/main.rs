@@ -1,15 +1,10 @@
 //! The `poolgate` binary: parse the command line, set up logging, run the library.
 
 use clap::Parser;
-use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 use poolgate::cli::{Cli, Command};
 use poolgate::config::LogFormat;
-
-/// mimalloc: measurably less CPU than glibc malloc on the proxy path (docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
 
 fn init_logging(format: LogFormat) {
     let filter =
