@@ -48,11 +48,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         }
         let _ = state;
         let body = read_body(request, ADMIN_BODY_LIMIT).await?;
-        parse(&body).map(Json)
+        crate::error::parse_json(&body).map(Json)
     }
-}
-
-/// Parses JSON, naming the path of the first problem.
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    crate::error::parse_json(body)
 }

@@ -30,7 +30,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
-use crate::domain::{Outcome, UsageRecord};
+use crate::domain::{ApiKind, Outcome, UsageRecord};
 use crate::error::ApiError;
 use crate::providers::{Endpoint, TokenUsage};
 use crate::routing::{Selection, Ticket};
@@ -209,22 +209,22 @@ pub async fn forward(
         armed: true,
     };
     let result = run(state, &ctx, &inbound, &mut guard.draft).await;
-    guard.armed = false;
-    let draft = guard.draft.clone();
     match result {
-        Ok(Done::Response(response)) => Ok(response),
+        // Its record is written (or, for a stream, will be) by whoever finishes it.
+        Ok(Done::Response(response)) => {
+            guard.armed = false;
+            Ok(response)
+        }
         Ok(Done::Relayed { status, response }) => {
-            state
-                .usage
-                .record(draft.finish(status, Outcome::Error, Some("upstream_client_error")));
+            guard.record(status, Outcome::Error, Some("upstream_client_error"));
             Ok(response)
         }
         Err(error) => {
-            state.usage.record(draft.finish(
+            guard.record(
                 error.status_code().as_u16(),
                 Outcome::Error,
                 Some(error.kind()),
-            ));
+            );
             Err(error)
         }
     }
@@ -236,6 +236,15 @@ struct CancelGuard<'s> {
     sink: &'s UsageSink,
     draft: UsageDraft,
     armed: bool,
+}
+
+impl CancelGuard<'_> {
+    /// Writes the request's record now (and not again on drop).
+    fn record(&mut self, status: u16, outcome: Outcome, error_kind: Option<&str>) {
+        self.armed = false;
+        let record = self.draft.clone().finish(status, outcome, error_kind);
+        self.sink.record(record);
+    }
 }
 
 impl Drop for CancelGuard<'_> {
@@ -412,7 +421,11 @@ async fn run(
 /// The error for "no (more) candidates": 429 (with `Retry-After`) when backends are rate
 /// limited or cooling, 504 when the last attempt timed out, 502 when upstreams failed, 503 when
 /// every backend is disabled or has a refused key.
-fn give_up(selection: &Selection<'_>, last: Option<&Failure>, now: Instant) -> ApiError {
+fn give_up<F: Fn(ApiKind) -> bool>(
+    selection: &Selection<'_, F>,
+    last: Option<&Failure>,
+    now: Instant,
+) -> ApiError {
     let rate_limited = |retry_after| ApiError::RateLimited {
         message: "every backend for this model is rate limited or cooling down".into(),
         retry_after,

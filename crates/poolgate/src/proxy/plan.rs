@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::domain::ApiKind;
-use crate::error::ApiError;
+use crate::error::{parse_json, ApiError};
 use crate::providers::openai::ParsedRequest;
 use crate::providers::{anthropic, openai, openai_chat, Endpoint, TokenUsage, UpstreamRequest};
 use crate::translate::{
@@ -112,10 +112,6 @@ pub enum Plan {
     MessagesToChat,
 }
 
-fn typed<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    crate::error::parse_json(raw)
-}
-
 /// The upstream request for one backend, and the plan for its answer.
 pub fn build(
     inbound: &Inbound,
@@ -139,7 +135,7 @@ pub fn build(
             ))
         }
         (Form::OpenAi(parsed), ApiKind::Anthropic) => {
-            let chat: openai_chat::ChatRequest = typed(&inbound.raw)?;
+            let chat: openai_chat::ChatRequest = parse_json(&inbound.raw)?;
             let messages =
                 chat_to_messages::request(chat, upstream_model, anthropic_default_max_tokens)?;
             let body = serde_json::to_vec(&messages).map_err(ApiError::internal)?;
@@ -157,7 +153,7 @@ pub fn build(
             Ok((request, Plan::AnthropicPass))
         }
         (Form::Anthropic { .. }, ApiKind::Openai) => {
-            let messages: anthropic::MessagesRequest = typed(&inbound.raw)?;
+            let messages: anthropic::MessagesRequest = parse_json(&inbound.raw)?;
             let chat = messages_to_chat::request(messages, upstream_model);
             let body = serde_json::to_vec(&chat).map_err(ApiError::internal)?;
             let request = openai::build_request(

@@ -4,6 +4,7 @@
 //! into an SSE error event and a clean end, and — if the client leaves — drops the upstream
 //! request at once and records the request as cancelled.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -250,6 +251,3 @@ impl Drop for RelayStream {
         self.end(end);
     }
 }
-
-// `Sleep::poll` needs the Future trait in scope.
-use std::future::Future;

@@ -220,9 +220,9 @@ pub fn accept(backend: &LiveBackend, now: Instant) -> Result<bool, ReadyAt> {
 
 /// Walks a route's candidates for one client request: tiers in order, each backend at most once,
 /// only backends whose API kind can serve the request.
-pub struct Selection<'a> {
+pub struct Selection<'a, F> {
     route: &'a Route,
-    serves: Box<dyn Fn(ApiKind) -> bool + Send + Sync + 'a>,
+    serves: F,
     tier: usize,
     /// Start offset into the current tier's schedule (taken once per tier per request).
     start: Option<usize>,
@@ -231,11 +231,11 @@ pub struct Selection<'a> {
     earliest: Option<Instant>,
 }
 
-impl<'a> Selection<'a> {
-    pub fn new(route: &'a Route, serves: impl Fn(ApiKind) -> bool + Send + Sync + 'a) -> Self {
+impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
+    pub fn new(route: &'a Route, serves: F) -> Self {
         Self {
             route,
-            serves: Box::new(serves),
+            serves,
             tier: 0,
             start: None,
             tried: Vec::new(),
