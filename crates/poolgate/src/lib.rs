@@ -14,7 +14,7 @@
 //!    error or timeout (short error cooldown), bad key (backend `error`), or the client's own fault
 //!    (returned as is). Retryable failures move on to the next candidate — only ever before the
 //!    first byte reached the client.
-//! 6. Streams pass through event by event ([`proxy::sse`]); token usage is read on the way.
+//! 6. Streams pass through event by event ([`sse`]); token usage is read on the way.
 //! 7. One [`usage`] record per request goes through a bounded channel to a batched writer.
 //!
 //! Nothing on this path touches the database: routes, keys and limits live in one
@@ -46,6 +46,7 @@ pub mod providers;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod sse;
 pub mod state;
 pub mod store;
 pub mod translate;

@@ -9,7 +9,8 @@ use axum::routing::post;
 use axum::Router;
 
 use super::auth::authenticate_client;
-use super::openai::{into_response, new_request_id, prepare, with_request_id};
+use super::new_request_id;
+use super::openai::{into_response, prepare, with_request_id};
 use crate::error::ApiError;
 use crate::providers::anthropic::{error_type_for_status, ErrorResponse};
 use crate::providers::Endpoint;
@@ -49,7 +50,7 @@ async fn messages(State(state): State<AppState>, request: Request) -> Response {
 }
 
 async fn count_tokens(State(state): State<AppState>, request: Request) -> Response {
-    if let Err(error) = authenticate_client(&state, request.headers()) {
+    if let Err(error) = authenticate_client(&state, &state.live(), request.headers()) {
         return anthropic_error(error);
     }
     anthropic_error(ApiError::NotImplemented(

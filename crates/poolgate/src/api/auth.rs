@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 
 use crate::crypto::{parse_client_key, token_matches, verify_secret};
 use crate::error::ApiError;
-use crate::state::{AppState, LiveClientKey};
+use crate::state::{AppState, Live, LiveClientKey};
 
 /// The bearer token of `Authorization`, or the `x-api-key` header (Anthropic clients).
 pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
@@ -31,9 +31,11 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The caller of a proxy route: `Ok(None)` for the admin token, `Ok(Some(key))` for a client key.
+/// The caller of a proxy route: `Ok(None)` for the admin token, `Ok(Some(key))` for a client key
+/// of `live` (the snapshot the request goes on to use).
 pub fn authenticate_client(
     state: &AppState,
+    live: &Live,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<LiveClientKey>>, ApiError> {
     let token = presented_token(headers).ok_or_else(|| {
@@ -46,7 +48,6 @@ pub fn authenticate_client(
     }
     let unknown = || ApiError::Unauthorized("invalid API key".into());
     let (id, secret) = parse_client_key(token).ok_or_else(unknown)?;
-    let live = state.live();
     let key = live.client_keys.get(id).ok_or_else(unknown)?;
     if !verify_secret(secret, &key.record.secret_hash) {
         return Err(unknown());

@@ -38,10 +38,15 @@ pub fn build_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A new request id, `req_` + a time-ordered UUID: the one generator for every answer.
+pub fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::now_v7().simple())
+}
+
 /// Every answer carries `x-request-id` (the proxy sets its own; everything else gets one here).
 async fn ensure_request_id(mut response: Response) -> Response {
     if !response.headers().contains_key("x-request-id") {
-        let id = format!("req_{}", uuid::Uuid::now_v7().simple());
+        let id = new_request_id();
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert("x-request-id", value);
         }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::auth::authenticate_client;
 use super::json::read_body;
+use super::new_request_id;
 use crate::domain::now_ms;
 use crate::error::ApiError;
 use crate::providers::Endpoint;
@@ -36,10 +37,6 @@ async fn completions(State(state): State<AppState>, request: Request) -> Respons
 
 async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
     proxy(state, Endpoint::Embeddings, request).await
-}
-
-pub fn new_request_id() -> String {
-    format!("req_{}", uuid::Uuid::now_v7().simple())
 }
 
 pub fn with_request_id(mut response: Response, request_id: &str) -> Response {
@@ -93,7 +90,8 @@ pub async fn prepare(
 ) -> Result<(RequestContext, Result<bytes::Bytes, ApiError>), ApiError> {
     let received = Instant::now();
     let received_ms = now_ms();
-    let client_key = authenticate_client(state, request.headers())?;
+    let live = state.live();
+    let client_key = authenticate_client(state, &live, request.headers())?;
     let max_wait = max_wait_header(request.headers());
     let ctx = RequestContext {
         request_id: request_id.to_owned(),
@@ -101,6 +99,7 @@ pub async fn prepare(
         received,
         received_ms,
         max_wait: max_wait.as_ref().ok().copied().flatten(),
+        live,
     };
     let body = match max_wait {
         Err(error) => Err(error),
@@ -141,7 +140,8 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 fn list_models(state: &AppState, headers: &HeaderMap) -> Response {
-    let key = match authenticate_client(state, headers) {
+    let live = state.live();
+    let key = match authenticate_client(state, &live, headers) {
         Ok(key) => key,
         Err(error) => return error.into_response(),
     };
@@ -149,7 +149,6 @@ fn list_models(state: &AppState, headers: &HeaderMap) -> Response {
         .as_ref()
         .map(|key| key.record.allowed_models.as_slice())
         .unwrap_or_default();
-    let live = state.live();
     let data = live
         .models
         .iter()

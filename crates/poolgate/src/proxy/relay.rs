@@ -14,12 +14,12 @@ use futures_util::stream::BoxStream;
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
-use super::sse::{SseEvent, SseFramer};
-use super::UsageDraft;
+use super::record::UsageDraft;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
 use crate::providers::TokenUsage;
 use crate::routing::Ticket;
+use crate::sse::{SseEvent, SseFramer};
 use crate::state::AppState;
 use crate::translate::{Mapped, StreamMapper};
 

@@ -18,7 +18,7 @@ use crate::providers::openai_chat::{
     ToolCallDelta,
 };
 use crate::providers::TokenUsage;
-use crate::proxy::sse::{encode_event, SseEvent};
+use crate::sse::{encode_event, SseEvent};
 
 fn invalid(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::InvalidRequest {

@@ -15,7 +15,7 @@ use crate::providers::openai_chat::{
     StreamOptions, ToolCall,
 };
 use crate::providers::TokenUsage;
-use crate::proxy::sse::{encode_event, SseEvent};
+use crate::sse::{encode_event, SseEvent};
 
 fn image_url(source: ImageSource) -> ContentPart {
     let url = match source {

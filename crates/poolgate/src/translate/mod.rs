@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::providers::anthropic::{self, StreamEvent};
 use crate::providers::{openai, TokenUsage};
-use crate::proxy::sse::{encode_event, SseEvent};
+use crate::sse::{encode_event, SseEvent};
 
 /// The wire formats poolgate speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,214 @@
+//! The attempt loop — the only place a request is retried: route, check the caller's own limits,
+//! take the next ready candidate, call it, classify the answer, and on a retryable failure cool
+//! the backend down and move on (only ever before the first byte reached the client). With
+//! nothing ready it waits up to `max_wait` for the earliest backend, else gives up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::classify::{classify, connection_failure, Failure};
+use super::context::RequestContext;
+use super::plan::{self, Inbound};
+use super::record::UsageDraft;
+use super::respond::{relay_client_error, succeed};
+use super::ProxyResponse;
+use crate::cooldown::Outcome as UpstreamOutcome;
+use crate::domain::ApiKind;
+use crate::error::ApiError;
+use crate::routing::{Route, Selection};
+use crate::state::AppState;
+
+/// How the attempt loop ended well.
+pub enum Done {
+    /// Success; its usage record is (or will be, for streams) written by whoever finishes it.
+    Response(ProxyResponse),
+    /// The upstream's own 4xx answer, relayed as is.
+    Relayed {
+        status: u16,
+        response: ProxyResponse,
+    },
+}
+
+/// Phase **route**: the canonical model's route in this request's snapshot, after the caller's
+/// allowed models and its own RPM bucket.
+fn route<'l>(ctx: &'l RequestContext, inbound: &Inbound) -> Result<&'l Route, ApiError> {
+    let route = ctx
+        .live
+        .routes
+        .get(inbound.model.as_str())
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!(
+                "the model `{}` does not exist or no enabled backend serves it",
+                inbound.model
+            ),
+            code: "model_not_found",
+        })?;
+    if let Some(key) = &ctx.client_key {
+        let allowed = &key.record.allowed_models;
+        if !allowed.is_empty() && !allowed.iter().any(|m| m.as_str() == inbound.model) {
+            return Err(ApiError::Forbidden(format!(
+                "this key may not use the model `{}`",
+                inbound.model
+            )));
+        }
+        if let Err(wait) = key.limiter.try_acquire(Instant::now()) {
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "this key is limited to {} requests per minute",
+                    key.limiter.rpm()
+                ),
+                retry_after: Some(wait),
+            });
+        }
+    }
+    Ok(route)
+}
+
+/// Runs the attempts of one request.
+pub async fn run(
+    state: &AppState,
+    ctx: &RequestContext,
+    inbound: &Inbound,
+    draft: &mut UsageDraft,
+) -> Result<Done, ApiError> {
+    let route = route(ctx, inbound)?;
+    let settings = &state.config.proxy;
+    let policy = &state.config.cooldown;
+    let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);
+    let endpoint = inbound.endpoint;
+    let mut selection = Selection::new(route, move |api| endpoint.served_by(api));
+    let mut last_failure: Option<Failure> = None;
+
+    loop {
+        let now = Instant::now();
+        let Some(mut ticket) = (draft.record.attempts < settings.max_attempts)
+            .then(|| selection.next(now))
+            .flatten()
+        else {
+            // Nothing ready: wait for the earliest backend if allowed, else give up.
+            if draft.record.attempts < settings.max_attempts {
+                if let Some(earliest) = selection.earliest_ready() {
+                    if earliest <= deadline {
+                        tokio::time::sleep_until(earliest.max(now + Duration::from_millis(1)))
+                            .await;
+                        selection.rewind();
+                        continue;
+                    }
+                }
+            }
+            let error = give_up(&selection, last_failure.as_ref(), now);
+            if last_failure.is_none() {
+                // Nothing was sent upstream: the key's own token goes back.
+                if let Some(key) = &ctx.client_key {
+                    key.limiter.refund(now);
+                }
+            }
+            return Err(error);
+        };
+        draft.attempt(&ticket);
+        let backend = Arc::clone(&ticket.backend);
+
+        // Phase **call**: the provider builds the request; the backend's timeout bounds the
+        // time to the first byte.
+        let (request, plan) = plan::build(
+            inbound,
+            backend.record.api,
+            &backend.record.api_base_url,
+            &backend.api_key,
+            ticket.upstream_model.as_str(),
+            settings.inject_stream_usage,
+            settings.anthropic_default_max_tokens,
+        )?;
+        let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
+        let attempt_started = Instant::now();
+        let send = state
+            .http
+            .post(&request.url)
+            .headers(request.headers)
+            .body(request.body)
+            .send();
+
+        // Phase **classify**.
+        let failure = match tokio::time::timeout(first_byte_timeout, send).await {
+            Err(_) => Failure::Timeout,
+            Ok(Err(error)) => connection_failure(&error),
+            Ok(Ok(response)) => {
+                let status = response.status();
+                if status.is_success() {
+                    let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
+                    match succeed(state, inbound, plan, ticket, response, draft, remaining).await {
+                        Ok(response) => return Ok(Done::Response(response)),
+                        Err((returned_ticket, failure)) => {
+                            ticket = returned_ticket;
+                            failure
+                        }
+                    }
+                } else {
+                    match classify(status, response.headers()) {
+                        Some(failure) => failure,
+                        None => {
+                            // The request's own fault: relay it. The backend answered, so for its
+                            // cooldown this counts as a success (a half-open probe is over).
+                            if ticket.resolve(UpstreamOutcome::Success, policy, Instant::now()) {
+                                state.persist_health(&ticket.backend, Instant::now());
+                            }
+                            return relay_client_error(response, plan, draft, state).await;
+                        }
+                    }
+                }
+            }
+        };
+
+        // Phase **retry**: cool the backend down, remember why, try the next one.
+        let now = Instant::now();
+        let description = failure.describe();
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            backend = %backend.record.name,
+            failure = %description,
+            "upstream attempt failed; trying the next candidate"
+        );
+        *backend.runtime.last_error.lock() = Some(description);
+        if ticket.resolve(failure.outcome(), policy, now) {
+            state.persist_health(&backend, now);
+        }
+        drop(ticket);
+        last_failure = Some(failure);
+    }
+}
+
+/// The error for "no (more) candidates": 429 (with `Retry-After`) when backends are rate
+/// limited or cooling, 504 when the last attempt timed out, 502 when upstreams failed, 503 when
+/// every backend is disabled or has a refused key.
+fn give_up<F: Fn(ApiKind) -> bool>(
+    selection: &Selection<'_, F>,
+    last: Option<&Failure>,
+    now: Instant,
+) -> ApiError {
+    let rate_limited = |retry_after| ApiError::RateLimited {
+        message: "every backend for this model is rate limited or cooling down".into(),
+        retry_after,
+    };
+    let earliest = selection
+        .earliest_ready_overall(now)
+        .map(|at| at.saturating_duration_since(now));
+    match last {
+        None if earliest.is_some() => rate_limited(earliest),
+        None => ApiError::ServiceUnavailable(
+            "no backend for this model is available: all are disabled or their keys were refused"
+                .into(),
+        ),
+        Some(Failure::RateLimited { retry_after }) => {
+            rate_limited(earliest.or(*retry_after).or(Some(Duration::from_secs(1))))
+        }
+        Some(Failure::Timeout) => {
+            ApiError::GatewayTimeout("the upstream did not answer in time".into())
+        }
+        Some(failure) => ApiError::BadGateway(format!(
+            "no upstream could answer; last failure: {}",
+            failure.describe()
+        )),
+    }
+}

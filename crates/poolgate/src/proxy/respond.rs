@@ -1,0 +1,181 @@
+//! Phase **relay**: turning a backend's answer into the client's. A 2xx JSON answer is read whole
+//! and translated; a 2xx stream waits for its first chunk (still inside the time-to-first-byte
+//! budget, so a stream that dies at once can fail over) and is then relayed event by event; an
+//! upstream 4xx that is the request's own fault is relayed as is.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
+
+use super::attempt::Done;
+use super::classify::Failure;
+use super::plan::{Inbound, Plan};
+use super::record::UsageDraft;
+use super::relay::{RelayStream, StreamFinisher};
+use super::{ProxyBody, ProxyResponse};
+use crate::cooldown::Outcome as UpstreamOutcome;
+use crate::domain::Outcome;
+use crate::error::ApiError;
+use crate::routing::Ticket;
+use crate::state::AppState;
+use crate::translate::convert_error_body;
+
+/// Relays an upstream 4xx that is the request's own fault, as is.
+pub async fn relay_client_error(
+    response: reqwest::Response,
+    plan: Plan,
+    draft: &mut UsageDraft,
+    state: &AppState,
+) -> Result<Done, ApiError> {
+    let status = response.status();
+    let mut headers = HeaderMap::new();
+    let translate = plan.upstream_wire() != plan.client_wire();
+    if translate {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    } else if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
+        headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+    }
+    let body = tokio::time::timeout(state.config.proxy.stream_idle_timeout, response.bytes())
+        .await
+        .map_err(|_| ApiError::GatewayTimeout("upstream error body timed out".into()))?
+        .map_err(|_| ApiError::BadGateway("upstream error body was cut off".into()))?;
+    let body = if translate {
+        convert_error_body(&body, status.as_u16(), plan.client_wire())
+    } else {
+        body
+    };
+    draft.mark_first_byte();
+    Ok(Done::Relayed {
+        status: status.as_u16(),
+        response: ProxyResponse {
+            status,
+            headers,
+            body: ProxyBody::Full(body),
+        },
+    })
+}
+
+/// A 2xx arrived. For JSON, read it whole; for streams, wait for the first chunk (within
+/// `remaining` of the time-to-first-byte budget). Err hands the ticket back with the failure.
+pub async fn succeed(
+    state: &AppState,
+    inbound: &Inbound,
+    plan: Plan,
+    mut ticket: Ticket,
+    response: reqwest::Response,
+    draft: &mut UsageDraft,
+    remaining: Duration,
+) -> Result<ProxyResponse, (Ticket, Failure)> {
+    let status = response.status();
+    let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
+    let is_event_stream = content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let now = Instant::now();
+
+    if inbound.stream && is_event_stream {
+        let mut upstream = response.bytes_stream();
+        let first = match tokio::time::timeout(remaining, upstream.next()).await {
+            Err(_) => return Err((ticket, Failure::Timeout)),
+            Ok(None) => {
+                return Err((
+                    ticket,
+                    Failure::Server {
+                        status: None,
+                        detail: "the stream ended before its first byte".into(),
+                    },
+                ))
+            }
+            Ok(Some(Err(error))) => {
+                let failure = Failure::transport("stream failed before its first byte", &error);
+                return Err((ticket, failure));
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if ticket.resolve(UpstreamOutcome::Success, &state.config.cooldown, now) {
+            state.persist_health(&ticket.backend, now);
+        }
+        draft.mark_first_byte();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let stream = RelayStream::new(
+            upstream.boxed(),
+            first,
+            plan.stream_mapper(),
+            state.config.proxy.stream_idle_timeout,
+            StreamFinisher {
+                draft: draft.clone(),
+                ticket,
+                state: state.clone(),
+            },
+        );
+        return Ok(ProxyResponse {
+            status,
+            headers,
+            body: ProxyBody::Stream(Box::pin(stream)),
+        });
+    }
+
+    let body = match tokio::time::timeout(
+        remaining.max(state.config.proxy.stream_idle_timeout),
+        response.bytes(),
+    )
+    .await
+    {
+        Err(_) => return Err((ticket, Failure::Timeout)),
+        Ok(Err(error)) => return Err((ticket, Failure::transport("body was cut off", &error))),
+        Ok(Ok(body)) => body,
+    };
+    let (body, usage) = match plan.translate_json(body) {
+        Ok(translated) => translated,
+        Err(detail) => {
+            return Err((
+                ticket,
+                Failure::Server {
+                    status: None,
+                    detail,
+                },
+            ))
+        }
+    };
+    if ticket.resolve(UpstreamOutcome::Success, &state.config.cooldown, now) {
+        state.persist_health(&ticket.backend, now);
+    }
+    draft.mark_first_byte();
+    let mut finished = draft.clone();
+    if let Some(usage) = usage {
+        finished.set_usage(usage);
+    }
+    state
+        .usage
+        .record(finished.finish(status.as_u16(), Outcome::Success, None));
+    let mut headers = HeaderMap::new();
+    let content_type = if plan.upstream_wire() == plan.client_wire() {
+        content_type
+    } else {
+        None
+    };
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
+    );
+    Ok(ProxyResponse {
+        status,
+        headers,
+        body: ProxyBody::Full(body),
+    })
+}
