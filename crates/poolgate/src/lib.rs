@@ -23,7 +23,8 @@
 //! # Modules
 //! - [`config`]: command line, TOML file, environment; raw then validated.
 //! - [`domain`]: ids and records shared by every layer.
-//! - [`error`]: `InitError` at start-up, `ApiError` per request; the one place errors become HTTP.
+//! - [`error`]: `InitError` at start-up; request errors belong to their layer and become HTTP in
+//!   [`api::error`].
 //! - [`crypto`]: AES-256-GCM for upstream keys at rest; client key hashing.
 //! - [`store`]: the storage trait and its SQLite implementation.
 //! - [`routing`], [`limits`], [`cooldown`]: candidate selection and readiness.

@@ -407,6 +407,27 @@ async fn errors_use_the_format_the_client_spoke() {
         .unwrap();
     assert_eq!(response.status(), 501);
     assert_eq!(response.json::<Value>().await.unwrap()["type"], "error");
+
+    // Every upstream failing: a 502 in Anthropic's shape, generic, naming the request id.
+    upstream.set_default(Reply::server_error());
+    let response = messages_request(&gateway)
+        .json(&json!({"model": "smart", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let request_id = response.headers()["request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.headers()["x-request-id"], request_id.as_str());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "api_error");
+    assert_eq!(
+        body["error"]["message"],
+        format!("upstream failed (request id {request_id})")
+    );
 }
 
 #[tokio::test]

@@ -886,7 +886,12 @@ async fn all_backends_failing_gives_502_with_a_usage_record() {
     let answer = chat(&gw).await;
     assert_eq!(answer.status, 502, "{}", answer.text);
     answer.assert_openai_error();
-    assert!(answer.header("x-request-id").is_some());
+    let request_id = answer.header("x-request-id").expect("x-request-id");
+    assert_eq!(
+        answer.json["error"]["message"],
+        format!("upstream failed (request id {request_id})"),
+        "a 5xx body is generic and names the request id"
+    );
     for mock in &mocks {
         assert_eq!(mock.calls(), 1);
         let port = mock.addr().port().to_string();
@@ -901,6 +906,7 @@ async fn all_backends_failing_gives_502_with_a_usage_record() {
     assert_eq!(records[0]["status"], 502);
     assert_eq!(records[0]["outcome"], "error");
     assert_eq!(records[0]["attempts"], 3);
+    assert_eq!(records[0]["request_id"], request_id, "one id per request");
     gw.stop().await;
 }
 

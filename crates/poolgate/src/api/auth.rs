@@ -10,8 +10,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use secrecy::ExposeSecret;
 
+use super::error::ApiError;
 use crate::crypto::{parse_client_key, token_matches, verify_secret};
-use crate::error::ApiError;
 use crate::state::{AppState, Live, LiveClientKey};
 
 /// The bearer token of `Authorization`, or the `x-api-key` header (Anthropic clients).
@@ -39,14 +39,12 @@ pub fn authenticate_client(
     headers: &HeaderMap,
 ) -> Result<Option<Arc<LiveClientKey>>, ApiError> {
     let token = presented_token(headers).ok_or_else(|| {
-        ApiError::Unauthorized(
-            "missing API key: send `Authorization: Bearer <poolgate key>`".into(),
-        )
+        ApiError::unauthorized("missing API key: send `Authorization: Bearer <poolgate key>`")
     })?;
     if token_matches(token, state.admin_token.expose_secret()) {
         return Ok(None);
     }
-    let unknown = || ApiError::Unauthorized("invalid API key".into());
+    let unknown = || ApiError::unauthorized("invalid API key");
     let (id, secret) = parse_client_key(token).ok_or_else(unknown)?;
     let key = live.client_keys.get(id).ok_or_else(unknown)?;
     if !verify_secret(secret, &key.record.secret_hash) {
@@ -64,8 +62,8 @@ pub async fn require_admin(
     let authorized = presented_token(request.headers())
         .is_some_and(|token| token_matches(token, state.admin_token.expose_secret()));
     if !authorized {
-        return Err(ApiError::Unauthorized(
-            "admin API: send `Authorization: Bearer <admin token>`".into(),
+        return Err(ApiError::unauthorized(
+            "admin API: send `Authorization: Bearer <admin token>`",
         ));
     }
     Ok(next.run(request).await)

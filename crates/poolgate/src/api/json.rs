@@ -1,29 +1,29 @@
 //! Request-body extraction with clear errors: 413 past the body limit, 415 without a JSON
 //! content type, 400 naming the JSON path of a bad or unknown field.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use super::error::ApiError;
+use crate::domain::parse_json;
 
 /// Largest admin API body.
 pub const ADMIN_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Reads the whole body up to `limit` bytes; past it, a JSON 413.
-pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|error| {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::invalid("could not read the request body")
-            }
-        })
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::payload_too_large(limit)
+        } else {
+            ApiError::invalid("could not read the request body")
+        }
+    })
 }
 
 /// A JSON body deserialized with `serde_path_to_error`.
@@ -42,12 +42,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
             });
         if !is_json {
-            return Err(ApiError::UnsupportedMediaType(
-                "expected a body with `Content-Type: application/json`".into(),
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected a body with `Content-Type: application/json`",
             ));
         }
         let _ = state;
-        let body = read_body(request, ADMIN_BODY_LIMIT).await?;
-        crate::error::parse_json(&body).map(Json)
+        let body = read_body(request.into_body(), ADMIN_BODY_LIMIT).await?;
+        Ok(Json(parse_json(&body)?))
     }
 }

@@ -1,21 +1,25 @@
 //! The HTTP surface: [`build_router`] assembles the OpenAI-compatible proxy (`/v1/…`), the
 //! Anthropic-compatible `/v1/messages`, the
 //! token-protected admin API (`/admin/api/…`, with its OpenAPI document), `/healthz` and the
-//! dashboard. Handlers are thin: they authenticate, extract, and call [`crate::proxy`] or the store.
+//! dashboard. Handlers are thin: they authenticate, extract, and call [`crate::proxy`] or the store;
+//! [`error`] is the one place an error becomes a response.
 
 pub mod admin;
 pub mod anthropic;
 pub mod auth;
+pub mod error;
 pub mod json;
 pub mod openai;
+pub mod proxy;
+pub mod request_id;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::error::ApiError;
 use crate::state::AppState;
+use error::ApiError;
 
 /// Routes reachable without any credential: the named allow-list. The dashboard's page and
 /// static assets (under `/dashboard/`) are public too; every datum they show comes from the
@@ -34,24 +38,8 @@ pub fn build_router(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::map_response(ensure_request_id))
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
-}
-
-/// A new request id, `req_` + a time-ordered UUID: the one generator for every answer.
-pub fn new_request_id() -> String {
-    format!("req_{}", uuid::Uuid::now_v7().simple())
-}
-
-/// Every answer carries `x-request-id` (the proxy sets its own; everything else gets one here).
-async fn ensure_request_id(mut response: Response) -> Response {
-    if !response.headers().contains_key("x-request-id") {
-        let id = new_request_id();
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert("x-request-id", value);
-        }
-    }
-    response
 }
 
 async fn healthz() -> Response {
@@ -63,15 +51,13 @@ async fn healthz() -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound {
-        message: "no such route".into(),
-        code: "unknown_route",
-    }
+    ApiError::not_found("no such route", "unknown_route")
 }
 
-async fn method_not_allowed() -> Response {
-    let body = serde_json::json!({"error": {
-        "message": "method not allowed on this route",
-        "type": "invalid_request_error", "param": null, "code": "method_not_allowed"}});
-    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+    .with_code("method_not_allowed")
 }

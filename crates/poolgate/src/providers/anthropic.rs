@@ -9,8 +9,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{TokenUsage, UpstreamRequest};
-use crate::error::ApiError;
+use super::{ProviderError, TokenUsage, UpstreamRequest};
 
 /// The API version poolgate speaks to Anthropic backends (unless the client names one).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -395,14 +394,13 @@ pub fn passthrough_body(
     rest: &Map<String, Value>,
     upstream_model: &str,
     stream: bool,
-) -> Result<Bytes, ApiError> {
-    serde_json::to_vec(&OutgoingEnvelope {
+) -> Result<Bytes, ProviderError> {
+    let body = serde_json::to_vec(&OutgoingEnvelope {
         model: upstream_model,
         stream,
         rest,
-    })
-    .map(Bytes::from)
-    .map_err(ApiError::internal)
+    })?;
+    Ok(Bytes::from(body))
 }
 
 /// Builds the upstream request for an Anthropic backend. `client_headers` carries the client's
@@ -412,11 +410,11 @@ pub fn build_request(
     api_key: &secrecy::SecretString,
     body: Bytes,
     client_headers: &[(HeaderName, HeaderValue)],
-) -> Result<UpstreamRequest, ApiError> {
+) -> Result<UpstreamRequest, ProviderError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let mut key = HeaderValue::from_str(api_key.expose_secret())
-        .map_err(|_| ApiError::internal("upstream key is not a valid header value"))?;
+    let mut key =
+        HeaderValue::from_str(api_key.expose_secret()).map_err(|_| ProviderError::InvalidKey)?;
     key.set_sensitive(true);
     headers.insert("x-api-key", key);
     headers.insert(

@@ -9,6 +9,59 @@ pub mod openai_chat;
 use bytes::Bytes;
 use http::HeaderMap;
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::domain::InvalidRequest;
+
+/// What can go wrong building an upstream request. The client's own mistakes are
+/// [`InvalidRequest`]s; the rest are poolgate's (500, the detail logged).
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error(transparent)]
+    InvalidRequest(#[from] InvalidRequest),
+    /// The backend's stored key cannot be sent as an HTTP header value.
+    #[error("the upstream key is not a valid header value")]
+    InvalidKey,
+    #[error("encoding the upstream body: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The two fields every request format is routed by: `model` (a non-empty string) and `stream`
+/// (a boolean, absent or null = false).
+pub fn model_and_stream(
+    model: Option<Value>,
+    stream: Option<Value>,
+) -> Result<(String, bool), InvalidRequest> {
+    let model = match model {
+        Some(Value::String(model)) if !model.is_empty() => model,
+        Some(Value::String(_)) | None => {
+            return Err(InvalidRequest::param(
+                "you must provide a `model` parameter",
+                "model",
+                "missing_required_parameter",
+            ))
+        }
+        Some(_) => {
+            return Err(InvalidRequest::param(
+                "`model` must be a string",
+                "model",
+                "invalid_type",
+            ))
+        }
+    };
+    let stream = match stream {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => stream,
+        Some(_) => {
+            return Err(InvalidRequest::param(
+                "`stream` must be a boolean",
+                "stream",
+                "invalid_type",
+            ))
+        }
+    };
+    Ok((model, stream))
+}
 
 /// The client-facing endpoints poolgate proxies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +108,9 @@ impl Endpoint {
     }
 }
 
-/// Token counts reported by an upstream (OpenAI names; Anthropic's are mapped onto them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+/// Token counts reported by an upstream (OpenAI names; Anthropic's are mapped onto them). Also the
+/// `usage` object of OpenAI's chat completions and chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct TokenUsage {
     #[serde(default)]
     pub prompt_tokens: u32,

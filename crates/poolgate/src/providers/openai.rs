@@ -9,8 +9,8 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Endpoint, TokenUsage, UpstreamRequest};
-use crate::error::ApiError;
+use super::{model_and_stream, Endpoint, ProviderError, TokenUsage, UpstreamRequest};
+use crate::domain::InvalidRequest;
 
 /// A client request in OpenAI format. `rest` keeps every field poolgate does not interpret.
 #[derive(Debug, Deserialize)]
@@ -48,46 +48,19 @@ struct Outgoing<'a> {
 
 impl ParsedRequest {
     /// Parses and checks a client body: JSON object, string `model`, boolean `stream`.
-    pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, ApiError> {
+    pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, InvalidRequest> {
         let request: OpenAiRequest = serde_json::from_slice(body).map_err(|error| {
-            ApiError::invalid(format!(
+            InvalidRequest::new(format!(
                 "request body is not valid JSON for this endpoint: {error}"
             ))
         })?;
-        let model = match request.model {
-            Some(Value::String(model)) if !model.is_empty() => model,
-            Some(Value::String(_)) | None => {
-                return Err(ApiError::InvalidRequest {
-                    message: "you must provide a `model` parameter".into(),
-                    param: Some("model".into()),
-                    code: Some("missing_required_parameter"),
-                })
-            }
-            Some(_) => {
-                return Err(ApiError::InvalidRequest {
-                    message: "`model` must be a string".into(),
-                    param: Some("model".into()),
-                    code: Some("invalid_type"),
-                })
-            }
-        };
-        let stream = match request.stream {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(stream)) => stream,
-            Some(_) => {
-                return Err(ApiError::InvalidRequest {
-                    message: "`stream` must be a boolean".into(),
-                    param: Some("stream".into()),
-                    code: Some("invalid_type"),
-                })
-            }
-        };
+        let (model, stream) = model_and_stream(request.model, request.stream)?;
         if stream && !endpoint.can_stream() {
-            return Err(ApiError::InvalidRequest {
-                message: format!("`{}` does not support streaming", endpoint.name()),
-                param: Some("stream".into()),
-                code: Some("invalid_value"),
-            });
+            return Err(InvalidRequest::param(
+                format!("`{}` does not support streaming", endpoint.name()),
+                "stream",
+                "invalid_value",
+            ));
         }
         let client_wants_usage = request
             .stream_options
@@ -114,7 +87,7 @@ impl ParsedRequest {
         &self,
         upstream_model: &str,
         inject_usage: bool,
-    ) -> Result<Bytes, ApiError> {
+    ) -> Result<Bytes, ProviderError> {
         let injected;
         let stream_options = if inject_usage {
             let mut options = self.stream_options.clone().unwrap_or_default();
@@ -130,9 +103,7 @@ impl ParsedRequest {
             stream_options,
             rest: &self.rest,
         };
-        serde_json::to_vec(&outgoing)
-            .map(Bytes::from)
-            .map_err(ApiError::internal)
+        Ok(Bytes::from(serde_json::to_vec(&outgoing)?))
     }
 }
 
@@ -142,11 +113,11 @@ pub fn build_request(
     api_key: &secrecy::SecretString,
     endpoint: Endpoint,
     body: Bytes,
-) -> Result<UpstreamRequest, ApiError> {
+) -> Result<UpstreamRequest, ProviderError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut auth = HeaderValue::from_str(&format!("Bearer {}", api_key.expose_secret()))
-        .map_err(|_| ApiError::internal("upstream key is not a valid header value"))?;
+        .map_err(|_| ProviderError::InvalidKey)?;
     auth.set_sensitive(true);
     headers.insert(AUTHORIZATION, auth);
     Ok(UpstreamRequest {
@@ -234,9 +205,7 @@ mod tests {
             (br#"[1,2]"#, None),
         ] {
             match ParsedRequest::parse(Endpoint::ChatCompletions, body) {
-                Err(ApiError::InvalidRequest { param: got, .. }) => {
-                    assert_eq!(got.as_deref(), param)
-                }
+                Err(error) => assert_eq!(error.param.as_deref(), param),
                 other => panic!("{other:?}"),
             }
         }

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::TokenUsage;
+
 // === request ===
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -175,16 +177,6 @@ pub struct NamedFunction {
 
 // === response ===
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatUsage {
-    #[serde(default)]
-    pub prompt_tokens: u32,
-    #[serde(default)]
-    pub completion_tokens: u32,
-    #[serde(default)]
-    pub total_tokens: u32,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletion {
     pub id: String,
@@ -195,7 +187,7 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<Choice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<ChatUsage>,
+    pub usage: Option<TokenUsage>,
 }
 
 fn completion_object() -> String {
@@ -241,7 +233,7 @@ pub struct ChatChunk {
     #[serde(default)]
     pub choices: Vec<ChunkChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<ChatUsage>,
+    pub usage: Option<TokenUsage>,
 }
 
 fn chunk_object() -> String {

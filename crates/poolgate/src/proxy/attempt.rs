@@ -10,13 +10,13 @@ use tokio::time::Instant;
 
 use super::classify::{classify, connection_failure, Failure};
 use super::context::RequestContext;
+use super::error::ProxyError;
 use super::plan::{self, Inbound};
 use super::record::UsageDraft;
 use super::respond::{relay_client_error, succeed};
 use super::ProxyResponse;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::ApiKind;
-use crate::error::ApiError;
 use crate::routing::{Route, Selection};
 use crate::state::AppState;
 
@@ -33,33 +33,25 @@ pub enum Done {
 
 /// Phase **route**: the canonical model's route in this request's snapshot, after the caller's
 /// allowed models and its own RPM bucket.
-fn route<'l>(ctx: &'l RequestContext, inbound: &Inbound) -> Result<&'l Route, ApiError> {
-    let route = ctx
-        .live
-        .routes
-        .get(inbound.model.as_str())
-        .ok_or_else(|| ApiError::NotFound {
-            message: format!(
-                "the model `{}` does not exist or no enabled backend serves it",
-                inbound.model
-            ),
-            code: "model_not_found",
-        })?;
+fn route<'l>(ctx: &'l RequestContext, inbound: &Inbound) -> Result<&'l Route, ProxyError> {
+    let route =
+        ctx.live
+            .routes
+            .get(inbound.model.as_str())
+            .ok_or_else(|| ProxyError::ModelNotFound {
+                model: inbound.model.clone(),
+            })?;
     if let Some(key) = &ctx.client_key {
         let allowed = &key.record.allowed_models;
         if !allowed.is_empty() && !allowed.iter().any(|m| m.as_str() == inbound.model) {
-            return Err(ApiError::Forbidden(format!(
-                "this key may not use the model `{}`",
-                inbound.model
-            )));
+            return Err(ProxyError::ModelNotAllowed {
+                model: inbound.model.clone(),
+            });
         }
         if let Err(wait) = key.limiter.try_acquire(Instant::now()) {
-            return Err(ApiError::RateLimited {
-                message: format!(
-                    "this key is limited to {} requests per minute",
-                    key.limiter.rpm()
-                ),
-                retry_after: Some(wait),
+            return Err(ProxyError::KeyRateLimited {
+                rpm: key.limiter.rpm(),
+                retry_after: wait,
             });
         }
     }
@@ -72,7 +64,7 @@ pub async fn run(
     ctx: &RequestContext,
     inbound: &Inbound,
     draft: &mut UsageDraft,
-) -> Result<Done, ApiError> {
+) -> Result<Done, ProxyError> {
     let route = route(ctx, inbound)?;
     let settings = &state.config.proxy;
     let policy = &state.config.cooldown;
@@ -186,29 +178,23 @@ fn give_up<F: Fn(ApiKind) -> bool>(
     selection: &Selection<'_, F>,
     last: Option<&Failure>,
     now: Instant,
-) -> ApiError {
-    let rate_limited = |retry_after| ApiError::RateLimited {
-        message: "every backend for this model is rate limited or cooling down".into(),
-        retry_after,
-    };
+) -> ProxyError {
     let earliest = selection
         .earliest_ready_overall(now)
         .map(|at| at.saturating_duration_since(now));
     match last {
-        None if earliest.is_some() => rate_limited(earliest),
-        None => ApiError::ServiceUnavailable(
-            "no backend for this model is available: all are disabled or their keys were refused"
-                .into(),
-        ),
-        Some(Failure::RateLimited { retry_after }) => {
-            rate_limited(earliest.or(*retry_after).or(Some(Duration::from_secs(1))))
-        }
-        Some(Failure::Timeout) => {
-            ApiError::GatewayTimeout("the upstream did not answer in time".into())
-        }
-        Some(failure) => ApiError::BadGateway(format!(
-            "no upstream could answer; last failure: {}",
-            failure.describe()
-        )),
+        None if earliest.is_some() => ProxyError::NoneReady {
+            retry_after: earliest,
+        },
+        None => ProxyError::Unavailable,
+        Some(Failure::RateLimited { retry_after }) => ProxyError::NoneReady {
+            retry_after: earliest.or(*retry_after).or(Some(Duration::from_secs(1))),
+        },
+        Some(failure @ Failure::Timeout) => ProxyError::UpstreamTimeout {
+            detail: failure.describe(),
+        },
+        Some(failure) => ProxyError::UpstreamFailed {
+            detail: format!("last failure: {}", failure.describe()),
+        },
     }
 }

@@ -24,6 +24,7 @@
 pub mod attempt;
 pub mod classify;
 pub mod context;
+pub mod error;
 pub mod plan;
 pub mod record;
 pub mod relay;
@@ -33,11 +34,12 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use crate::domain::Outcome;
-use crate::error::ApiError;
 use crate::providers::Endpoint;
 use crate::state::AppState;
+use crate::usage::UsageSink;
 
 pub use context::RequestContext;
+pub use error::ProxyError;
 pub use plan::{Inbound, Plan};
 pub use relay::BodyStream;
 
@@ -56,30 +58,29 @@ pub enum ProxyBody {
     Stream(BodyStream),
 }
 
-/// Handles one request end to end and always records its usage. `parsed` is the body as an
-/// [`Inbound`] (OpenAI or Anthropic format), or why it could not be read.
+/// Records a request refused before it could be forwarded (its body or headers were wrong):
+/// one usage record per client request, whatever happened.
+pub fn record_refused(
+    sink: &UsageSink,
+    ctx: &RequestContext,
+    endpoint: Endpoint,
+    status: StatusCode,
+    kind: &str,
+) {
+    let draft = UsageDraft::new(sink, ctx, endpoint, None, false);
+    sink.record(draft.finish(status.as_u16(), Outcome::Error, Some(kind)));
+}
+
+/// Handles one request end to end and always records its usage.
 pub async fn forward(
     state: &AppState,
     ctx: RequestContext,
-    endpoint: Endpoint,
-    parsed: Result<Inbound, ApiError>,
-) -> Result<ProxyResponse, ApiError> {
-    let inbound = match parsed {
-        Ok(inbound) => inbound,
-        Err(error) => {
-            let draft = UsageDraft::new(&state.usage, &ctx, endpoint, None, false);
-            state.usage.record(draft.finish(
-                error.status_code().as_u16(),
-                Outcome::Error,
-                Some(error.kind()),
-            ));
-            return Err(error);
-        }
-    };
+    inbound: Inbound,
+) -> Result<ProxyResponse, ProxyError> {
     let draft = UsageDraft::new(
         &state.usage,
         &ctx,
-        endpoint,
+        inbound.endpoint,
         Some(&inbound.model),
         inbound.stream,
     );
@@ -96,11 +97,7 @@ pub async fn forward(
             Ok(response)
         }
         Err(error) => {
-            guard.record(
-                error.status_code().as_u16(),
-                Outcome::Error,
-                Some(error.kind()),
-            );
+            guard.record(error.status().as_u16(), Outcome::Error, Some(error.kind()));
             Err(error)
         }
     }

@@ -6,12 +6,15 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::domain::ApiKind;
-use crate::error::{parse_json, ApiError};
+use super::error::ProxyError;
+use crate::domain::{parse_json, ApiKind, InvalidRequest};
 use crate::providers::openai::ParsedRequest;
-use crate::providers::{anthropic, openai, openai_chat, Endpoint, TokenUsage, UpstreamRequest};
+use crate::providers::{
+    anthropic, model_and_stream, openai, openai_chat, Endpoint, TokenUsage, UpstreamRequest,
+};
 use crate::translate::{
-    chat_to_messages, messages_to_chat, AnthropicPassthrough, OpenAiPassthrough, StreamMapper, Wire,
+    chat_to_messages, messages_to_chat, AnthropicPassthrough, OpenAiPassthrough, StreamMapper,
+    TranslateError, Wire,
 };
 
 /// The client's request, parsed far enough to route it; the body is kept for translation.
@@ -42,7 +45,7 @@ impl Inbound {
     }
 
     /// Parses an OpenAI-format body.
-    pub fn openai(endpoint: Endpoint, raw: Bytes) -> Result<Inbound, ApiError> {
+    pub fn openai(endpoint: Endpoint, raw: Bytes) -> Result<Inbound, InvalidRequest> {
         let parsed = ParsedRequest::parse(endpoint, &raw)?;
         Ok(Inbound {
             endpoint,
@@ -54,31 +57,11 @@ impl Inbound {
     }
 
     /// Parses an Anthropic Messages body.
-    pub fn anthropic(raw: Bytes, client_headers: &HeaderMap) -> Result<Inbound, ApiError> {
+    pub fn anthropic(raw: Bytes, client_headers: &HeaderMap) -> Result<Inbound, InvalidRequest> {
         let envelope: anthropic::Envelope = serde_json::from_slice(&raw).map_err(|error| {
-            ApiError::invalid(format!("request body is not valid JSON: {error}"))
+            InvalidRequest::new(format!("request body is not valid JSON: {error}"))
         })?;
-        let model = match envelope.model {
-            Some(Value::String(model)) if !model.is_empty() => model,
-            _ => {
-                return Err(ApiError::InvalidRequest {
-                    message: "model: field required (a string)".into(),
-                    param: Some("model".into()),
-                    code: Some("missing_required_parameter"),
-                })
-            }
-        };
-        let stream = match envelope.stream {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(stream)) => stream,
-            Some(_) => {
-                return Err(ApiError::InvalidRequest {
-                    message: "stream: must be a boolean".into(),
-                    param: Some("stream".into()),
-                    code: Some("invalid_type"),
-                })
-            }
-        };
+        let (model, stream) = model_and_stream(envelope.model, envelope.stream)?;
         let headers = ["anthropic-version", "anthropic-beta"]
             .iter()
             .filter_map(|name| {
@@ -121,7 +104,7 @@ pub fn build(
     upstream_model: &str,
     inject_stream_usage: bool,
     anthropic_default_max_tokens: u32,
-) -> Result<(UpstreamRequest, Plan), ApiError> {
+) -> Result<(UpstreamRequest, Plan), ProxyError> {
     match (&inbound.form, api) {
         (Form::OpenAi(parsed), ApiKind::Openai) => {
             let inject = parsed.should_inject_usage(inject_stream_usage);
@@ -138,7 +121,7 @@ pub fn build(
             let chat: openai_chat::ChatRequest = parse_json(&inbound.raw)?;
             let messages =
                 chat_to_messages::request(chat, upstream_model, anthropic_default_max_tokens)?;
-            let body = serde_json::to_vec(&messages).map_err(ApiError::internal)?;
+            let body = serde_json::to_vec(&messages).map_err(TranslateError::Encode)?;
             let request = anthropic::build_request(base_url, api_key, Bytes::from(body), &[])?;
             Ok((
                 request,
@@ -155,7 +138,7 @@ pub fn build(
         (Form::Anthropic { .. }, ApiKind::Openai) => {
             let messages: anthropic::MessagesRequest = parse_json(&inbound.raw)?;
             let chat = messages_to_chat::request(messages, upstream_model);
-            let body = serde_json::to_vec(&chat).map_err(ApiError::internal)?;
+            let body = serde_json::to_vec(&chat).map_err(TranslateError::Encode)?;
             let request = openai::build_request(
                 base_url,
                 api_key,
@@ -186,7 +169,10 @@ impl Plan {
 
     /// Turns a JSON answer into the client's format; Err if the backend's JSON is not what its
     /// API promises (a backend fault, worth another candidate).
-    pub fn translate_json(self, body: Bytes) -> Result<(Bytes, Option<TokenUsage>), String> {
+    pub fn translate_json(
+        self,
+        body: Bytes,
+    ) -> Result<(Bytes, Option<TokenUsage>), TranslateError> {
         let created = chrono::Utc::now().timestamp();
         match self {
             Plan::OpenAiPass { .. } => {
@@ -198,19 +184,27 @@ impl Plan {
                 Ok((body, usage))
             }
             Plan::ChatToMessages { .. } => {
-                let message: anthropic::MessagesResponse = serde_json::from_slice(&body)
-                    .map_err(|e| format!("unexpected Messages response: {e}"))?;
+                let message: anthropic::MessagesResponse =
+                    serde_json::from_slice(&body).map_err(|source| {
+                        TranslateError::UnexpectedAnswer {
+                            what: "Messages response",
+                            source,
+                        }
+                    })?;
                 let usage = message.usage.token_usage();
                 let completion = chat_to_messages::response(message, created);
-                let bytes = serde_json::to_vec(&completion).map_err(|e| e.to_string())?;
+                let bytes = serde_json::to_vec(&completion)?;
                 Ok((Bytes::from(bytes), Some(usage)))
             }
             Plan::MessagesToChat => {
                 let completion: openai_chat::ChatCompletion = serde_json::from_slice(&body)
-                    .map_err(|e| format!("unexpected chat completion: {e}"))?;
+                    .map_err(|source| TranslateError::UnexpectedAnswer {
+                        what: "chat completion",
+                        source,
+                    })?;
                 let message = messages_to_chat::response(completion);
                 let usage = message.usage.token_usage();
-                let bytes = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
+                let bytes = serde_json::to_vec(&message)?;
                 Ok((Bytes::from(bytes), Some(usage)))
             }
         }

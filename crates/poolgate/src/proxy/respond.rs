@@ -11,13 +11,13 @@ use tokio::time::Instant;
 
 use super::attempt::Done;
 use super::classify::Failure;
+use super::error::ProxyError;
 use super::plan::{Inbound, Plan};
 use super::record::UsageDraft;
 use super::relay::{RelayStream, StreamFinisher};
 use super::{ProxyBody, ProxyResponse};
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
-use crate::error::ApiError;
 use crate::routing::Ticket;
 use crate::state::AppState;
 use crate::translate::convert_error_body;
@@ -28,7 +28,7 @@ pub async fn relay_client_error(
     plan: Plan,
     draft: &mut UsageDraft,
     state: &AppState,
-) -> Result<Done, ApiError> {
+) -> Result<Done, ProxyError> {
     let status = response.status();
     let mut headers = HeaderMap::new();
     let translate = plan.upstream_wire() != plan.client_wire();
@@ -42,8 +42,12 @@ pub async fn relay_client_error(
     }
     let body = tokio::time::timeout(state.config.proxy.stream_idle_timeout, response.bytes())
         .await
-        .map_err(|_| ApiError::GatewayTimeout("upstream error body timed out".into()))?
-        .map_err(|_| ApiError::BadGateway("upstream error body was cut off".into()))?;
+        .map_err(|_| ProxyError::UpstreamTimeout {
+            detail: "the upstream's error body timed out".into(),
+        })?
+        .map_err(|_| ProxyError::UpstreamFailed {
+            detail: "the upstream's error body was cut off".into(),
+        })?;
     let body = if translate {
         convert_error_body(&body, status.as_u16(), plan.client_wire())
     } else {
@@ -142,12 +146,12 @@ pub async fn succeed(
     };
     let (body, usage) = match plan.translate_json(body) {
         Ok(translated) => translated,
-        Err(detail) => {
+        Err(error) => {
             return Err((
                 ticket,
                 Failure::Server {
                     status: None,
-                    detail,
+                    detail: error.to_string(),
                 },
             ))
         }

@@ -6,30 +6,29 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{merge_delta_usage, openai_error_event, Mapped, StreamMapper};
-use crate::error::ApiError;
+use super::{merge_delta_usage, openai_error_event, Mapped, StreamMapper, TranslateError};
+use crate::domain::InvalidRequest;
 use crate::providers::anthropic::{
     self, BlockDelta, ContentBlock, ImageSource, Message, MessageContent, MessagesRequest,
     MessagesResponse, Metadata, Role, StreamEvent, System, Tool, ToolChoice, ToolResultContent,
 };
 use crate::providers::openai_chat::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatContent, ChatRequest, ChatToolChoice,
-    ChatUsage, Choice, ChunkChoice, ContentPart, Delta, FunctionCall, FunctionDelta, ToolCall,
-    ToolCallDelta,
+    AssistantMessage, ChatChunk, ChatCompletion, ChatContent, ChatRequest, ChatToolChoice, Choice,
+    ChunkChoice, ContentPart, Delta, FunctionCall, FunctionDelta, ToolCall, ToolCallDelta,
 };
 use crate::providers::TokenUsage;
 use crate::sse::{encode_event, SseEvent};
 
-fn invalid(message: impl Into<String>, param: &str) -> ApiError {
-    ApiError::InvalidRequest {
-        message: message.into(),
-        param: Some(param.to_owned()),
-        code: Some("unsupported_for_backend"),
-    }
+fn invalid(message: impl Into<String>, param: &str) -> TranslateError {
+    TranslateError::Unsupported(InvalidRequest::param(
+        message,
+        param,
+        "unsupported_for_backend",
+    ))
 }
 
 /// An image part: `data:` URLs become base64 sources, http(s) URLs become URL sources.
-fn image_block(url: &str) -> Result<ContentBlock, ApiError> {
+fn image_block(url: &str) -> Result<ContentBlock, TranslateError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest
             .split_once(',')
@@ -57,7 +56,7 @@ fn image_block(url: &str) -> Result<ContentBlock, ApiError> {
     ))
 }
 
-fn content_blocks(content: Option<ChatContent>) -> Result<Vec<ContentBlock>, ApiError> {
+fn content_blocks(content: Option<ChatContent>) -> Result<Vec<ContentBlock>, TranslateError> {
     match content {
         None => Ok(Vec::new()),
         Some(ChatContent::Text(text)) if text.is_empty() => Ok(Vec::new()),
@@ -103,7 +102,7 @@ pub fn request(
     chat: ChatRequest,
     upstream_model: &str,
     default_max_tokens: u32,
-) -> Result<MessagesRequest, ApiError> {
+) -> Result<MessagesRequest, TranslateError> {
     let mut system_parts: Vec<String> = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     for message in chat.messages {
@@ -227,15 +226,6 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Option<String> {
     })
 }
 
-fn chat_usage(usage: &anthropic::Usage) -> ChatUsage {
-    let tokens: TokenUsage = usage.token_usage();
-    ChatUsage {
-        prompt_tokens: tokens.prompt_tokens,
-        completion_tokens: tokens.completion_tokens,
-        total_tokens: tokens.total_tokens,
-    }
-}
-
 /// Messages response → `chat.completion`.
 pub fn response(message: MessagesResponse, created: i64) -> ChatCompletion {
     let mut text = String::new();
@@ -270,7 +260,7 @@ pub fn response(message: MessagesResponse, created: i64) -> ChatCompletion {
             finish_reason: finish_reason(message.stop_reason.as_deref()),
             logprobs: None,
         }],
-        usage: Some(chat_usage(&message.usage)),
+        usage: Some(message.usage.token_usage()),
     }
 }
 
@@ -339,7 +329,7 @@ impl AnthropicToOpenAiStream {
                 created: self.created,
                 model: self.model.clone(),
                 choices: Vec::new(),
-                usage: Some(chat_usage(&self.usage)),
+                usage: Some(self.usage.token_usage()),
             };
             Self::emit(out, &chunk);
         }

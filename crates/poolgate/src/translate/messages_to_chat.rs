@@ -349,12 +349,8 @@ impl StreamMapper for OpenAiToAnthropicStream {
             return Mapped::Drop;
         };
         self.start(out, &chunk);
-        if let Some(usage) = &chunk.usage {
-            self.usage = Some(TokenUsage {
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                total_tokens: usage.total_tokens,
-            });
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage);
         }
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
             if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {

@@ -12,9 +12,27 @@ pub mod messages_to_chat;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
+use crate::domain::InvalidRequest;
 use crate::providers::anthropic::{self, StreamEvent};
 use crate::providers::{openai, TokenUsage};
 use crate::sse::{encode_event, SseEvent};
+
+/// What can go wrong translating between formats.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    /// The client's request uses something the backend's format cannot express (400).
+    #[error(transparent)]
+    Unsupported(InvalidRequest),
+    /// The backend's answer is not what its API promises: a backend fault, worth another
+    /// candidate.
+    #[error("unexpected {what}: {source}")]
+    UnexpectedAnswer {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("encoding the translated body: {0}")]
+    Encode(#[from] serde_json::Error),
+}
 
 /// The wire formats poolgate speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

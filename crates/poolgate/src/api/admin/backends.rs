@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
+use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
 use crate::crypto::mask_secret;
 use crate::domain::{
@@ -20,7 +21,6 @@ use crate::domain::{
     BackendId, BackendRecord, BackendStatus, CanonicalModel, Invalid, ModelMapping, ModelMappings,
     PersistedHealth, PoolName, Source, UpstreamModel,
 };
-use crate::error::{ApiError, ErrorBody};
 use crate::routing::LiveBackend;
 use crate::state::{ms_from_instant, AppState};
 
@@ -199,13 +199,11 @@ async fn check_pool(state: &AppState, pool: &str) -> Result<PoolName, ApiError> 
     validate_name("pool", pool)?;
     let name = PoolName::new(pool);
     if state.store.find_pool(&name).await?.is_none() {
-        return Err(ApiError::InvalidRequest {
-            message: format!(
-                "`pool`: pool `{pool}` does not exist (create it with POST /admin/api/pools)"
-            ),
-            param: Some("pool".into()),
-            code: Some("unknown_pool"),
-        });
+        return Err(ApiError::invalid(format!(
+            "`pool`: pool `{pool}` does not exist (create it with POST /admin/api/pools)"
+        ))
+        .with_param("pool")
+        .with_code("unknown_pool"));
     }
     Ok(name)
 }
@@ -219,10 +217,10 @@ fn seal(state: &AppState, id: &BackendId, key: &str) -> Result<(String, String),
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound {
-        message: format!("backend `{id}` does not exist"),
-        code: "backend_not_found",
-    }
+    ApiError::not_found(
+        format!("backend `{id}` does not exist"),
+        "backend_not_found",
+    )
 }
 
 /// List every backend.

@@ -8,12 +8,12 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
 use crate::crypto::generate_client_key;
 use crate::domain::{
     format_ms, now_ms, validate_model_name, validate_rpm, CanonicalModel, ClientKeyRecord,
 };
-use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// Body of `POST /admin/api/keys`.
@@ -84,11 +84,9 @@ pub async fn create(
     let _write = state.admin_write().await;
     let name = input.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 128 {
-        return Err(ApiError::InvalidRequest {
-            message: "`name` must be 1 to 128 characters long".into(),
-            param: Some("name".into()),
-            code: Some("invalid_value"),
-        });
+        return Err(ApiError::invalid("`name` must be 1 to 128 characters long")
+            .with_param("name")
+            .with_code("invalid_value"));
     }
     let rpm_limit = validate_rpm("rpm_limit", input.rpm_limit.unwrap_or(0))?;
     let mut allowed_models = Vec::new();
@@ -134,10 +132,10 @@ pub async fn revoke(
 ) -> Result<impl IntoResponse, ApiError> {
     let _write = state.admin_write().await;
     if !state.store.revoke_client_key(&id, now_ms()).await? {
-        return Err(ApiError::NotFound {
-            message: format!("no active key `{id}`"),
-            code: "key_not_found",
-        });
+        return Err(ApiError::not_found(
+            format!("no active key `{id}`"),
+            "key_not_found",
+        ));
     }
     state.reload().await?;
     tracing::info!(key = %id, "client key revoked");

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
+use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
 use crate::domain::{validate_name, BackendStatus, Pool, PoolName};
-use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// Body of `POST /admin/api/pools`.
@@ -53,11 +53,11 @@ pub async fn create(
     let _write = state.admin_write().await;
     validate_name("name", &input.name)?;
     if !(-1_000_000..=1_000_000).contains(&input.priority) {
-        return Err(ApiError::InvalidRequest {
-            message: "`priority` must be between -1000000 and 1000000".into(),
-            param: Some("priority".into()),
-            code: Some("invalid_value"),
-        });
+        return Err(
+            ApiError::invalid("`priority` must be between -1000000 and 1000000")
+                .with_param("priority")
+                .with_code("invalid_value"),
+        );
     }
     let pool = Pool {
         name: PoolName::new(input.name),

@@ -4,18 +4,15 @@
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 
+use crate::api::error::{ApiError, ErrorBody};
 use crate::domain::now_ms;
-use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::store::{SampleQuery, UsageFilter, UsagePage};
 use crate::usage::stats::{compute, resolve_range, Stats, StatsQuery};
 
 fn bad_query(error: axum::extract::rejection::QueryRejection) -> ApiError {
-    ApiError::InvalidRequest {
-        message: format!("invalid query string: {}", error.body_text()),
-        param: None,
-        code: Some("invalid_query"),
-    }
+    ApiError::invalid(format!("invalid query string: {}", error.body_text()))
+        .with_code("invalid_query")
 }
 
 /// Usage records, newest first.
@@ -37,12 +34,11 @@ pub async fn stats(
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    let (from, to, bucket_ms) =
-        resolve_range(&query, now_ms()).map_err(|(param, message)| ApiError::InvalidRequest {
-            message,
-            param: Some(param.to_owned()),
-            code: Some("invalid_query"),
-        })?;
+    let (from, to, bucket_ms) = resolve_range(&query, now_ms()).map_err(|(param, message)| {
+        ApiError::invalid(message)
+            .with_param(param)
+            .with_code("invalid_query")
+    })?;
     let samples = state
         .store
         .usage_samples(&SampleQuery {

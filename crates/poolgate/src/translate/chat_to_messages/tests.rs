@@ -130,7 +130,13 @@ fn tool_arguments_must_be_json() {
         "up",
         1,
     );
-    assert!(matches!(result, Err(ApiError::InvalidRequest { .. })));
+    match result {
+        Err(TranslateError::Unsupported(error)) => {
+            assert_eq!(error.code, Some("unsupported_for_backend"));
+            assert_eq!(error.param.as_deref(), Some("messages"));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -155,7 +161,7 @@ fn translates_the_response() {
     );
     assert_eq!(
         completion.usage,
-        Some(ChatUsage {
+        Some(TokenUsage {
             prompt_tokens: 20,
             completion_tokens: 8,
             total_tokens: 28

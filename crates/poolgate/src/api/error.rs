@@ -1,0 +1,328 @@
+//! The one place errors become HTTP responses. Each layer has its own error type
+//! ([`ProxyError`], the admin API's store errors, [`InvalidRequest`] from whoever read the
+//! client's input); here each maps once onto an [`ApiError`] — status, `type`, `code`, `param`,
+//! message, `Retry-After` — and one renderer per wire format writes it: OpenAI's
+//! `{"error": {…}}` ([`ApiError::openai`]) or Anthropic's `{"type": "error", "error": {…}}`
+//! ([`ApiError::anthropic`]). 5xx bodies are generic and name the request id; the cause goes to
+//! the log under the same id.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::request_id;
+use crate::domain::{Invalid, InvalidRequest};
+use crate::providers::anthropic::{error_type_for_status, ErrorResponse};
+use crate::proxy::ProxyError;
+
+/// An error as the client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<Box<str>>,
+    message: Box<str>,
+    retry_after: Option<Duration>,
+    /// The cause of a 5xx, for the log only.
+    detail: Option<Box<str>>,
+}
+
+/// The error `type` of a status.
+fn kind_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 413 | 415 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        409 => "conflict_error",
+        429 => "rate_limit_error",
+        501 => "not_implemented_error",
+        502 | 503 => "upstream_error",
+        504 => "timeout_error",
+        _ => "server_error",
+    }
+}
+
+/// The code a status always carries, if any.
+fn code_of(status: StatusCode) -> Option<&'static str> {
+    match status.as_u16() {
+        401 => Some("invalid_api_key"),
+        413 => Some("payload_too_large"),
+        429 => Some("rate_limit_exceeded"),
+        _ => None,
+    }
+}
+
+impl ApiError {
+    /// An error with the status's `type` and code; see the `with_*` methods for the rest.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: kind_of(status),
+            code: code_of(status),
+            param: None,
+            message: message.into().into_boxed_str(),
+            retry_after: None,
+            detail: None,
+        }
+    }
+
+    /// 400.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 404 with its code (`model_not_found`, `backend_not_found`, …).
+    pub fn not_found(message: impl Into<String>, code: &'static str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message).with_code(code)
+    }
+
+    /// 409 naming the field.
+    pub fn conflict(message: impl Into<String>, param: &str) -> Self {
+        Self::new(StatusCode::CONFLICT, message).with_param(param)
+    }
+
+    /// 413.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 500: the client sees a generic message, the log gets `detail`.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").with_detail(detail)
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into().into_boxed_str());
+        self
+    }
+
+    pub fn with_retry_after(mut self, wait: Option<Duration>) -> Self {
+        self.retry_after = wait;
+        self
+    }
+
+    pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(detail.to_string().into_boxed_str());
+        self
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Short machine-readable kind: the error `type`, and the usage record's `error_kind`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The message the client sees: for a 5xx the generic text plus the request id.
+    pub fn public_message(&self) -> String {
+        match (self.status.is_server_error(), request_id::current()) {
+            (true, Some(id)) if self.status != StatusCode::NOT_IMPLEMENTED => {
+                format!("{} (request id {id})", self.message)
+            }
+            _ => self.message.to_string(),
+        }
+    }
+
+    /// Renders in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn openai(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.public_message(),
+                r#type: self.kind,
+                param: self.param.as_deref().map(str::to_owned),
+                code: self.code,
+            },
+        };
+        self.finish(&body)
+    }
+
+    /// Renders in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`.
+    pub fn anthropic(self) -> Response {
+        let body = ErrorResponse::new(
+            error_type_for_status(self.status.as_u16()),
+            self.public_message(),
+        );
+        self.finish(&body)
+    }
+
+    /// Status, `Retry-After` (whole seconds, rounded up, at least 1), and the log of a 5xx cause.
+    fn finish<T: Serialize>(self, body: &T) -> Response {
+        if let Some(detail) = &self.detail {
+            let request_id = request_id::current().map(|id| id.to_string());
+            if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!(request_id, status = self.status.as_u16(), %detail, "internal error");
+            } else {
+                tracing::warn!(request_id, status = self.status.as_u16(), %detail, "request failed");
+            }
+        }
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_millis().div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.openai()
+    }
+}
+
+impl From<InvalidRequest> for ApiError {
+    fn from(error: InvalidRequest) -> Self {
+        let mut api = ApiError::invalid(error.message);
+        api.param = error.param.map(String::into_boxed_str);
+        api.code = error.code;
+        api
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        InvalidRequest::from(invalid).into()
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(error: ProxyError) -> Self {
+        let status = error.status();
+        let retry_after = error.retry_after();
+        let api = match error {
+            ProxyError::InvalidRequest(invalid) => return invalid.into(),
+            ProxyError::ModelNotFound { .. } => {
+                ApiError::not_found(error.to_string(), "model_not_found")
+            }
+            ProxyError::ModelNotAllowed { .. }
+            | ProxyError::KeyRateLimited { .. }
+            | ProxyError::NoneReady { .. } => ApiError::new(status, error.to_string()),
+            ProxyError::Unavailable => {
+                ApiError::new(status, error.to_string()).with_detail("no routable backend")
+            }
+            ProxyError::UpstreamFailed { .. } => {
+                ApiError::new(status, "upstream failed").with_detail(&error)
+            }
+            ProxyError::UpstreamTimeout { .. } => {
+                ApiError::new(status, "the upstream did not answer in time").with_detail(&error)
+            }
+            ProxyError::Internal { .. } => ApiError::internal(&error),
+        };
+        api.with_retry_after(retry_after)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        match error {
+            // Every uniqueness rule in the store is about a name.
+            crate::store::StoreError::Conflict(message) => ApiError::conflict(message, "name"),
+            crate::store::StoreError::NotFound(message) => {
+                ApiError::not_found(message, "not_found")
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// `{"error": {...}}` — OpenAI's error shape, used by every JSON endpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    #[schema(rename = "type")]
+    pub r#type: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_cause_and_name_the_request() {
+        let id = RequestId::generate();
+        let response = request_id::scope(id.clone(), async {
+            ApiError::internal("disk on fire at /secret/path").openai()
+        })
+        .await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_of(response).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("secret"), "{message}");
+        assert_eq!(message, format!("internal error (request id {id})"));
+        assert_eq!(body["error"]["type"], "server_error");
+    }
+
+    #[tokio::test]
+    async fn a_502_carries_no_upstream_text() {
+        let error = ProxyError::UpstreamFailed {
+            detail: "error sending request for url (http://10.0.0.7:9/v1): connection refused"
+                .into(),
+        };
+        let body = body_of(ApiError::from(error).anthropic()).await;
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "api_error");
+        assert_eq!(body["error"]["message"], "upstream failed");
+    }
+
+    #[test]
+    fn rate_limited_sets_retry_after_rounded_up() {
+        let response = ApiError::from(ProxyError::NoneReady {
+            retry_after: Some(Duration::from_millis(1_200)),
+        })
+        .openai();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[tokio::test]
+    async fn invalid_requests_keep_their_param_and_code() {
+        let error = InvalidRequest::param("`stream` must be a boolean", "stream", "invalid_type");
+        let body = body_of(ApiError::from(error).openai()).await;
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"message": "`stream` must be a boolean",
+                "type": "invalid_request_error", "param": "stream", "code": "invalid_type"}})
+        );
+    }
+
+    use super::request_id::RequestId;
+}

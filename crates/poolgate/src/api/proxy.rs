@@ -1,0 +1,109 @@
+//! What both proxy surfaces (OpenAI, Anthropic) do around [`crate::proxy::forward`]: authenticate
+//! against this request's snapshot (a failure is answered without a usage record: the caller is
+//! unknown), read the per-request options and the body, parse it in the client's format, record
+//! a refusal, forward, and render the answer — or the error, in the client's format.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::auth::authenticate_client;
+use super::error::ApiError;
+use super::json::read_body;
+use super::request_id::RequestId;
+use crate::domain::{now_ms, InvalidRequest};
+use crate::providers::Endpoint;
+use crate::proxy::{forward, record_refused, Inbound, ProxyBody, ProxyResponse, RequestContext};
+use crate::state::AppState;
+
+/// Header `x-poolgate-max-wait-ms`: how long this request may wait for a ready backend.
+pub fn max_wait_header(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(value) = headers.get("x-poolgate-max-wait-ms") else {
+        return Ok(None);
+    };
+    let millis: u64 = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|&ms| ms <= 600_000)
+        .ok_or_else(|| {
+            InvalidRequest::param(
+                "`x-poolgate-max-wait-ms` must be a whole number of milliseconds up to 600000",
+                "x-poolgate-max-wait-ms",
+                "invalid_header",
+            )
+        })?;
+    Ok(Some(std::time::Duration::from_millis(millis)))
+}
+
+/// Serves one proxied request: `parse` reads the body in the client's format, `render` writes an
+/// error in it.
+pub async fn serve(
+    state: &AppState,
+    endpoint: Endpoint,
+    request: Request,
+    parse: impl FnOnce(Bytes, &HeaderMap) -> Result<Inbound, InvalidRequest>,
+    render: fn(ApiError) -> Response,
+) -> Response {
+    let received = Instant::now();
+    let received_ms = now_ms();
+    let (parts, body) = request.into_parts();
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate);
+    let live = state.live();
+    let client_key = match authenticate_client(state, &live, &parts.headers) {
+        Ok(key) => key,
+        Err(error) => return render(error),
+    };
+    let max_wait = max_wait_header(&parts.headers);
+    let ctx = RequestContext {
+        request_id: request_id.to_string(),
+        client_key,
+        received,
+        received_ms,
+        max_wait: max_wait.as_ref().ok().copied().flatten(),
+        live,
+    };
+    // Refused after authentication: recorded like every other request.
+    let inbound = match max_wait {
+        Err(error) => Err(error),
+        Ok(_) => read_body(body, state.config.proxy.max_body_bytes)
+            .await
+            .and_then(|body| parse(body, &parts.headers).map_err(ApiError::from)),
+    };
+    let inbound = match inbound {
+        Ok(inbound) => inbound,
+        Err(error) => {
+            record_refused(
+                &state.usage,
+                &ctx,
+                endpoint,
+                error.status_code(),
+                error.kind(),
+            );
+            return render(error);
+        }
+    };
+    match forward(state, ctx, inbound).await {
+        Ok(response) => into_response(response),
+        Err(error) => render(ApiError::from(error)),
+    }
+}
+
+/// Converts the proxy's answer into an axum response.
+fn into_response(response: ProxyResponse) -> Response {
+    let body = match response.body {
+        ProxyBody::Full(bytes) => Body::from(bytes),
+        ProxyBody::Stream(stream) => Body::from_stream(stream),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = response.status;
+    *out.headers_mut() = response.headers;
+    out
+}

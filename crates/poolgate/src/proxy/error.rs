@@ -1,0 +1,147 @@
+//! What can go wrong answering a proxied request, before any byte reached the client. No HTTP
+//! framework here: the API layer turns a [`ProxyError`] into a response once, in the client's
+//! format. Upstream failures carry a `detail` for the log that the client never sees.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::domain::InvalidRequest;
+use crate::providers::ProviderError;
+use crate::translate::TranslateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// 400: the request itself is wrong (or cannot be expressed for the chosen backend).
+    #[error(transparent)]
+    InvalidRequest(#[from] InvalidRequest),
+    /// 404: no enabled backend serves the model.
+    #[error("the model `{model}` does not exist or no enabled backend serves it")]
+    ModelNotFound { model: String },
+    /// 403: the client key may not use the model.
+    #[error("this key may not use the model `{model}`")]
+    ModelNotAllowed { model: String },
+    /// 429: the client key's own RPM bucket is empty.
+    #[error("this key is limited to {rpm} requests per minute")]
+    KeyRateLimited { rpm: u32, retry_after: Duration },
+    /// 429: every backend of the route is rate limited or cooling down.
+    #[error("every backend for this model is rate limited or cooling down")]
+    NoneReady { retry_after: Option<Duration> },
+    /// 503: every backend of the route is disabled or has a refused key.
+    #[error("no backend for this model is available: all are disabled or their keys were refused")]
+    Unavailable,
+    /// 502: the upstreams failed.
+    #[error("no upstream could answer: {detail}")]
+    UpstreamFailed { detail: String },
+    /// 504: the upstream did not answer in time.
+    #[error("the upstream did not answer in time: {detail}")]
+    UpstreamTimeout { detail: String },
+    /// 500: poolgate's own fault.
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ProxyError::KeyRateLimited { .. } | ProxyError::NoneReady { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ProxyError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Short machine-readable kind: the error `type` clients see, the usage record's
+    /// `error_kind`, and a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::InvalidRequest(_) => "invalid_request_error",
+            ProxyError::ModelNotFound { .. } => "not_found_error",
+            ProxyError::ModelNotAllowed { .. } => "permission_error",
+            ProxyError::KeyRateLimited { .. } | ProxyError::NoneReady { .. } => "rate_limit_error",
+            ProxyError::Unavailable | ProxyError::UpstreamFailed { .. } => "upstream_error",
+            ProxyError::UpstreamTimeout { .. } => "timeout_error",
+            ProxyError::Internal { .. } => "server_error",
+        }
+    }
+
+    /// Whether the same request may succeed later (rate limits and upstream trouble).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::KeyRateLimited { .. }
+                | ProxyError::NoneReady { .. }
+                | ProxyError::Unavailable
+                | ProxyError::UpstreamFailed { .. }
+                | ProxyError::UpstreamTimeout { .. }
+        )
+    }
+
+    /// When to try again, for `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::KeyRateLimited { retry_after, .. } => Some(*retry_after),
+            ProxyError::NoneReady { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        ProxyError::Internal {
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl From<ProviderError> for ProxyError {
+    fn from(error: ProviderError) -> Self {
+        match error {
+            ProviderError::InvalidRequest(invalid) => ProxyError::InvalidRequest(invalid),
+            other => ProxyError::internal(other),
+        }
+    }
+}
+
+impl From<TranslateError> for ProxyError {
+    fn from(error: TranslateError) -> Self {
+        match error {
+            TranslateError::Unsupported(invalid) => ProxyError::InvalidRequest(invalid),
+            other => ProxyError::internal(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_map_their_errors_by_fault() {
+        let client = ProxyError::from(ProviderError::InvalidRequest(InvalidRequest::new("bad")));
+        assert_eq!(client.status(), StatusCode::BAD_REQUEST);
+        let ours = ProxyError::from(ProviderError::InvalidKey);
+        assert_eq!(ours.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!ours.is_retryable());
+        let unsupported =
+            ProxyError::from(TranslateError::Unsupported(InvalidRequest::new("no audio")));
+        assert_eq!(unsupported.kind(), "invalid_request_error");
+    }
+
+    #[test]
+    fn rate_limits_say_when_to_come_back() {
+        let wait = Duration::from_millis(1500);
+        let error = ProxyError::NoneReady {
+            retry_after: Some(wait),
+        };
+        assert_eq!(error.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.retry_after(), Some(wait));
+        assert!(error.is_retryable());
+        assert_eq!(ProxyError::Unavailable.retry_after(), None);
+    }
+}
