@@ -15,7 +15,6 @@ use crate::domain::{
 };
 use crate::error::InitError;
 use crate::server::{self, MasterKeySource};
-use crate::store::Store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +26,7 @@ use crate::store::Store;
   --listen ADDR      [env: POOLGATE_LISTEN]    default 127.0.0.1:8080\n\
   --data-dir DIR     [env: POOLGATE_DATA_DIR]  default ./poolgate-data\n\
   --config FILE      [env: POOLGATE_CONFIG]    optional TOML config\n\
+  --database-url URL [env: POOLGATE_DATABASE_URL] default sqlite://<data-dir>/poolgate.db\n\
 Secrets: POOLGATE_MASTER_KEY (base64 of 32 bytes), POOLGATE_ADMIN_TOKEN."
 )]
 pub struct Cli {
@@ -61,6 +61,9 @@ pub struct StoreArgs {
     /// Optional TOML config file (listen address, data dir, pools, backends, tuning).
     #[arg(long, short = 'c', env = "POOLGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The database: `sqlite://PATH` [default: sqlite://<data-dir>/poolgate.db].
+    #[arg(long, env = "POOLGATE_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
     /// File holding the base64 master key, instead of POOLGATE_MASTER_KEY or <data-dir>/master.key.
     #[arg(long, env = "POOLGATE_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
@@ -140,6 +143,7 @@ fn load_config(
         Overrides {
             listen,
             data_dir: store.data_dir.clone(),
+            database_url: store.database_url.clone(),
             master_key_file: store.master_key_file.clone(),
             log_format,
         },
@@ -170,11 +174,13 @@ pub async fn run_admin_command(command: Command) -> Result<(), InitError> {
 /// The config of a non-serve command: its data dir must exist already.
 fn existing_store_config(args: &StoreArgs) -> Result<Config, InitError> {
     let config = load_config(args, None, None)?;
-    if !config.database_path().exists() {
-        return Err(InitError::Invalid(format!(
-            "no poolgate database in {} (start `poolgate serve` once, or pass --data-dir)",
-            config.data_dir.display()
-        )));
+    if let Some(path) = config.database_url.sqlite_path() {
+        if !path.exists() {
+            return Err(InitError::Invalid(format!(
+                "no poolgate database at {} (start `poolgate serve` once, or pass --data-dir)",
+                path.display()
+            )));
+        }
     }
     Ok(config)
 }
@@ -182,7 +188,7 @@ fn existing_store_config(args: &StoreArgs) -> Result<Config, InitError> {
 async fn backend_list(args: &StoreArgs) -> Result<(), InitError> {
     let config = existing_store_config(args)?;
     let (store, _, _) = server::open_store(&config).await?;
-    let backends = store.list_backends().await?;
+    let backends = store.config.list_backends().await?;
     if backends.is_empty() {
         println!("no backends");
     }
@@ -237,7 +243,7 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
     let _lock = server::lock_data_dir(&config.data_dir)?;
     let (store, sealer, _) = server::open_store(&config).await?;
     let pool = PoolName::new(args.pool.clone());
-    if store.find_pool(&pool).await?.is_none() {
+    if store.config.find_pool(&pool).await?.is_none() {
         return Err(InitError::Invalid(format!(
             "pool `{}` does not exist",
             args.pool
@@ -268,7 +274,7 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
         created_at_ms: now,
         updated_at_ms: now,
     };
-    store.insert_backend(&record).await?;
+    store.config.insert_backend(&record).await?;
     println!("added backend {id}");
     Ok(())
 }
@@ -277,12 +283,12 @@ async fn backend_remove(which: &str, args: &StoreArgs) -> Result<(), InitError> 
     let config = existing_store_config(args)?;
     let _lock = server::lock_data_dir(&config.data_dir)?;
     let (store, _, _) = server::open_store(&config).await?;
-    let backends = store.list_backends().await?;
+    let backends = store.config.list_backends().await?;
     let found = backends
         .iter()
         .find(|b| b.id.as_str() == which || b.name == which)
         .ok_or_else(|| InitError::Invalid(format!("no backend with id or name `{which}`")))?;
-    store.delete_backend(&found.id).await?;
+    store.config.delete_backend(&found.id).await?;
     println!("removed backend {} ({})", found.id, found.name);
     Ok(())
 }
@@ -296,7 +302,7 @@ async fn rotate(args: &StoreArgs) -> Result<(), InitError> {
     let new_key_text = new_key.to_base64();
     let new_fingerprint = new_key.fingerprint();
     let new = Sealer::new(new_key, new_version);
-    let backends = store.list_backends().await?;
+    let backends = store.config.list_backends().await?;
     let mut sealed = Vec::with_capacity(backends.len());
     for backend in &backends {
         let plain = old
@@ -317,6 +323,7 @@ async fn rotate(args: &StoreArgs) -> Result<(), InitError> {
         MasterKeySource::Env => None,
     };
     store
+        .config
         .replace_sealed_keys(
             &sealed,
             &[

@@ -17,8 +17,7 @@ use crate::crypto::{generate_admin_token, mask_secret, MasterKey, Sealer};
 use crate::domain::{now_ms, BackendId, BackendRecord, PersistedHealth, Source};
 use crate::error::InitError;
 use crate::state::{spawn_health_writer, AppState, HealthWriter};
-use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{self, ConfigStore, Stores};
 use crate::usage::{spawn_writer, UsageWriter};
 
 pub const MASTER_KEY_ENV: &str = "POOLGATE_MASTER_KEY";
@@ -133,7 +132,7 @@ pub fn load_master_key(config: &Config) -> Result<(MasterKey, MasterKeySource), 
 }
 
 /// Checks the key against the fingerprint stored at first start (storing it if absent).
-pub async fn open_sealer(store: &dyn Store, key: MasterKey) -> Result<Sealer, InitError> {
+pub async fn open_sealer(store: &dyn ConfigStore, key: MasterKey) -> Result<Sealer, InitError> {
     let fingerprint = key.fingerprint();
     match store.get_setting(FINGERPRINT_SETTING).await? {
         Some(stored) if stored != fingerprint => Err(InitError::MasterKey(format!(
@@ -156,15 +155,13 @@ pub async fn open_sealer(store: &dyn Store, key: MasterKey) -> Result<Sealer, In
     }
 }
 
-/// Opens the store and the sealer (what the CLI commands need too).
-pub async fn open_store(
-    config: &Config,
-) -> Result<(Arc<SqliteStore>, Sealer, MasterKeySource), InitError> {
+/// Opens the stores of `database_url` and the sealer (what the CLI commands need too).
+pub async fn open_store(config: &Config) -> Result<(Stores, Sealer, MasterKeySource), InitError> {
     ensure_data_dir(&config.data_dir)?;
-    let store = Arc::new(SqliteStore::open(&config.database_path()).await?);
+    let stores = store::open(&config.database_url).await?;
     let (key, source) = load_master_key(config)?;
-    let sealer = open_sealer(&*store, key).await?;
-    Ok((store, sealer, source))
+    let sealer = open_sealer(&*stores.config, key).await?;
+    Ok((stores, sealer, source))
 }
 
 /// The admin token: `POOLGATE_ADMIN_TOKEN`, else `<data_dir>/admin-token`, else a new one
@@ -203,7 +200,7 @@ pub fn load_admin_token(config: &Config) -> Result<SecretString, InitError> {
 /// Writes the config file's pools and backends into the store (`source = config`).
 pub async fn sync_config(
     config: &Config,
-    store: &dyn Store,
+    store: &dyn ConfigStore,
     sealer: &Sealer,
 ) -> Result<(), InitError> {
     let existing = store.list_backends().await?;
@@ -285,15 +282,14 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
     let config = Arc::new(config);
     ensure_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let (store, sealer, _) = open_store(&config).await?;
-    let store: Arc<dyn Store> = store;
-    sync_config(&config, &*store, &sealer).await?;
+    let (stores, sealer, _) = open_store(&config).await?;
+    sync_config(&config, &*stores.config, &sealer).await?;
     let admin_token = load_admin_token(&config)?;
-    let (usage, usage_writer) = spawn_writer(Arc::clone(&store), &config.usage);
-    let (health, health_writer) = spawn_health_writer(Arc::clone(&store));
+    let (usage, usage_writer) = spawn_writer(Arc::clone(&stores.usage), &config.usage);
+    let (health, health_writer) = spawn_health_writer(Arc::clone(&stores.config));
     let state = AppState::new(
         Arc::clone(&config),
-        Arc::clone(&store),
+        stores,
         sealer,
         admin_token,
         usage,

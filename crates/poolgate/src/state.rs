@@ -20,7 +20,7 @@ use crate::crypto::Sealer;
 use crate::domain::{now_ms, BackendId, CanonicalModel, ClientKeyRecord, PersistedHealth, Pool};
 use crate::limits::RpmLimiter;
 use crate::routing::{build_routes, BackendRuntime, LiveBackend, Route};
-use crate::store::{Store, StoreError};
+use crate::store::{ConfigStore, StoreError, Stores};
 use crate::usage::UsageSink;
 
 /// A client key as the hot path sees it.
@@ -108,7 +108,7 @@ impl HealthWriter {
 }
 
 /// Starts the health writer.
-pub fn spawn_health_writer(store: Arc<dyn Store>) -> (HealthSink, HealthWriter) {
+pub fn spawn_health_writer(store: Arc<dyn ConfigStore>) -> (HealthSink, HealthWriter) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(BackendId, PersistedHealth)>();
     let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -141,7 +141,7 @@ pub fn spawn_health_writer(store: Arc<dyn Store>) -> (HealthSink, HealthWriter) 
 
 pub struct Shared {
     pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
+    pub stores: Stores,
     pub sealer: Sealer,
     pub admin_token: SecretString,
     pub http: reqwest::Client,
@@ -173,7 +173,7 @@ impl AppState {
     /// Builds the state and loads the first snapshot from the store.
     pub async fn new(
         config: Arc<Config>,
-        store: Arc<dyn Store>,
+        stores: Stores,
         sealer: Sealer,
         admin_token: SecretString,
         usage: UsageSink,
@@ -191,7 +191,7 @@ impl AppState {
         let state = AppState {
             shared: Arc::new(Shared {
                 config,
-                store,
+                stores,
                 sealer,
                 admin_token,
                 http,
@@ -217,9 +217,9 @@ impl AppState {
     /// changes cannot swap in their snapshots out of order.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let _guard = self.shared.reload_lock.lock().await;
-        let pools = self.store.list_pools().await?;
-        let records = self.store.list_backends().await?;
-        let keys = self.store.list_client_keys().await?;
+        let pools = self.stores.config.list_pools().await?;
+        let records = self.stores.config.list_backends().await?;
+        let keys = self.stores.config.list_client_keys().await?;
         let now = Instant::now();
 
         let mut backends = Vec::with_capacity(records.len());

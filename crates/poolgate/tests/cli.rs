@@ -20,6 +20,7 @@ use mock_upstream::MockUpstream;
 /// Environment variables the binary reads; cleared so the host cannot leak into a test.
 const POOLGATE_ENV: &[&str] = &[
     "POOLGATE_DATA_DIR",
+    "POOLGATE_DATABASE_URL",
     "POOLGATE_CONFIG",
     "POOLGATE_MASTER_KEY",
     "POOLGATE_MASTER_KEY_FILE",
@@ -503,9 +504,11 @@ fn serve_help_lists_the_flags_and_their_environment_variables() {
         "--data-dir",
         "--config",
         "--master-key-file",
+        "--database-url",
         "POOLGATE_LISTEN",
         "POOLGATE_DATA_DIR",
         "POOLGATE_CONFIG",
+        "POOLGATE_DATABASE_URL",
     ] {
         assert!(
             help.stdout.contains(needle),
@@ -538,6 +541,92 @@ fn top_level_help_mentions_the_serve_flags_and_environment_variables() {
         missing.is_empty(),
         "`poolgate --help` does not mention {missing:?}: {help}"
     );
+}
+
+// === 14b. the database URL ===
+
+#[test]
+fn the_database_url_chooses_the_database_and_postgres_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir_arg(dir.path());
+    let custom = dir.path().join("elsewhere.db");
+    let url = format!("sqlite://{}", custom.display());
+    let var = "POOLGATE_TEST_CLI_DATABASE_URL_KEY";
+    let out = run(
+        &[
+            "backend",
+            "add",
+            "--name",
+            "db-a",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            var,
+            "--data-dir",
+            &data_dir,
+            "--database-url",
+            &url,
+        ],
+        &[(var, "sk-db-url-key-0001")],
+    );
+    assert!(out.success, "{out}");
+    assert!(custom.exists(), "the database is where the URL says");
+    assert!(
+        !dir.path().join("poolgate.db").exists(),
+        "not in the data dir"
+    );
+    let listed = run(
+        &["backend", "list", "--data-dir", &data_dir],
+        &[("POOLGATE_DATABASE_URL", &url)],
+    );
+    assert!(listed.success && listed.stdout.contains("db-a"), "{listed}");
+    // Without the URL the default database (in the data dir) does not exist yet.
+    let default = run(&["backend", "list", "--data-dir", &data_dir], &[]);
+    assert!(!default.success, "{default}");
+
+    let postgres = "postgres://poolgate:pg-secret-pw@127.0.0.1:5432/poolgate";
+    for args in [
+        vec![
+            "backend",
+            "list",
+            "--data-dir",
+            &data_dir,
+            "--database-url",
+            postgres,
+        ],
+        vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data_dir,
+            "--database-url",
+            postgres,
+        ],
+    ] {
+        let refused = run(&args, &[]);
+        assert!(!refused.success, "{refused}");
+        assert!(
+            refused.stderr.contains("PostgreSQL is not supported yet"),
+            "{refused}"
+        );
+        assert!(
+            !refused.stderr.contains("pg-secret-pw"),
+            "the password is printed: {refused}"
+        );
+    }
+    let bad = run(
+        &[
+            "backend",
+            "list",
+            "--data-dir",
+            &data_dir,
+            "--database-url",
+            "mysql://x",
+        ],
+        &[],
+    );
+    assert!(!bad.success && bad.stderr.contains("database_url"), "{bad}");
 }
 
 #[test]

@@ -956,16 +956,14 @@ api_key = "sk-test-key-123456"
 
     /// The usage records in the database (after exit).
     async fn usage_rows(&self) -> (u64, Vec<poolgate::domain::UsageRecord>) {
-        use poolgate::store::Store;
-        let store =
-            poolgate::store::sqlite::SqliteStore::open(&self.dir.path().join("poolgate.db"))
-                .await
-                .unwrap();
-        let count = store.count_usage().await.unwrap();
-        let page = store
-            .list_usage(&poolgate::store::UsageFilter {
+        let url = poolgate::config::DatabaseUrl::Sqlite(self.dir.path().join("poolgate.db"));
+        let stores = poolgate::store::open(&url).await.unwrap();
+        let count = stores.usage.count_usage().await.unwrap();
+        let page = stores
+            .usage
+            .list_usage(&poolgate::usage::UsageFilter {
                 limit: Some(1000),
-                ..poolgate::store::UsageFilter::default()
+                ..poolgate::usage::UsageFilter::default()
             })
             .await
             .unwrap();

@@ -2,7 +2,10 @@
 //! with command-line / environment overrides and defaults, then validated into a [`Config`] whose
 //! invariants hold. Errors name the offending path (`backends[1].rpm_limit`).
 
-use std::collections::BTreeMap;
+mod database;
+mod raw;
+mod validate;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,12 +14,12 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::cooldown::CooldownPolicy;
-use crate::domain::{
-    normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
-    validate_model_name, validate_name, validate_rpm, validate_timeout, validate_weight, ApiKind,
-    CanonicalModel, Invalid, ModelMapping, ModelMappings, Pool, PoolName, UpstreamModel,
-};
+use crate::domain::{validate_name, ApiKind, Invalid, ModelMappings, Pool, PoolName};
 use crate::error::InitError;
+
+pub use database::DatabaseUrl;
+pub use raw::{RawBackend, RawConfig, RawCooldown, RawMapping, RawPool, RawProxy, RawUsage};
+use validate::{validate_backend, validate_cooldown, validate_proxy};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./poolgate-data";
@@ -29,113 +32,6 @@ pub enum LogFormat {
     Human,
     Json,
 }
-
-// === raw (as written in the file) ===
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub listen: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub master_key_file: Option<PathBuf>,
-    pub log_format: Option<LogFormat>,
-    #[serde(default)]
-    pub proxy: RawProxy,
-    #[serde(default)]
-    pub cooldown: RawCooldown,
-    #[serde(default)]
-    pub usage: RawUsage,
-    #[serde(default)]
-    pub pools: Vec<RawPool>,
-    #[serde(default)]
-    pub backends: Vec<RawBackend>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProxy {
-    pub max_attempts: Option<u32>,
-    pub max_wait_ms: Option<u64>,
-    pub max_body_bytes: Option<usize>,
-    pub connect_timeout_seconds: Option<u64>,
-    pub stream_idle_timeout_seconds: Option<u64>,
-    pub inject_stream_usage: Option<bool>,
-    pub shutdown_grace_seconds: Option<u64>,
-    pub anthropic_default_max_tokens: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCooldown {
-    pub base_seconds: Option<f64>,
-    pub max_seconds: Option<f64>,
-    pub jitter: Option<f64>,
-    pub error_seconds: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUsage {
-    pub channel_capacity: Option<usize>,
-    pub batch_size: Option<usize>,
-    pub flush_interval_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPool {
-    pub name: String,
-    pub priority: i64,
-    #[serde(default)]
-    pub description: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBackend {
-    pub name: String,
-    #[serde(default)]
-    pub label: String,
-    pub api_base_url: String,
-    /// A literal key, or `env:VAR` to read it from the environment.
-    pub api_key: String,
-    #[serde(default = "default_api")]
-    pub api: ApiKind,
-    pub timeout_seconds: Option<i64>,
-    #[serde(default)]
-    pub rpm_limit: i64,
-    pub weight: Option<i64>,
-    pub pool: Option<String>,
-    pub enabled: Option<bool>,
-    #[serde(default)]
-    pub model_mappings: BTreeMap<String, RawMapping>,
-    pub metadata: Option<serde_json::Value>,
-}
-
-fn default_api() -> ApiKind {
-    ApiKind::Openai
-}
-
-/// `"gpt-4o" = "gpt-4o-2024-08-06"` or `"gpt-4o" = { upstream_model = "…" }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawMapping {
-    Short(String),
-    Full(ModelMapping),
-}
-
-impl RawMapping {
-    pub fn into_mapping(self) -> ModelMapping {
-        match self {
-            RawMapping::Short(upstream) => ModelMapping {
-                upstream_model: UpstreamModel::new(upstream),
-            },
-            RawMapping::Full(mapping) => mapping,
-        }
-    }
-}
-
-// === validated ===
 
 /// Proxy behaviour.
 #[derive(Clone, Debug)]
@@ -213,6 +109,8 @@ pub const DEFAULT_TIMEOUT_SECONDS: u32 = 60;
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The database (default `sqlite://<data_dir>/poolgate.db`).
+    pub database_url: DatabaseUrl,
     pub master_key_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub proxy: ProxySettings,
@@ -227,6 +125,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            database_url: DatabaseUrl::Sqlite(PathBuf::from(DEFAULT_DATA_DIR).join("poolgate.db")),
             master_key_file: None,
             log_format: LogFormat::Human,
             proxy: ProxySettings::default(),
@@ -243,6 +142,7 @@ impl Default for Config {
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
 }
@@ -330,12 +230,18 @@ impl Config {
             backends.push(spec);
         }
 
+        let data_dir = overrides
+            .data_dir
+            .or(raw.data_dir)
+            .unwrap_or(defaults.data_dir);
+        let database_url = match overrides.database_url.or(raw.database_url) {
+            Some(url) => DatabaseUrl::parse("database_url", &url)?,
+            None => DatabaseUrl::Sqlite(data_dir.join("poolgate.db")),
+        };
         Ok(Config {
             listen,
-            data_dir: overrides
-                .data_dir
-                .or(raw.data_dir)
-                .unwrap_or(defaults.data_dir),
+            data_dir,
+            database_url,
             master_key_file: overrides.master_key_file.or(raw.master_key_file),
             log_format: overrides.log_format.or(raw.log_format).unwrap_or_default(),
             proxy,
@@ -344,10 +250,6 @@ impl Config {
             pools,
             backends,
         })
-    }
-
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("poolgate.db")
     }
 }
 
@@ -368,159 +270,10 @@ pub fn parse_toml(text: &str) -> Result<RawConfig, String> {
     })
 }
 
-fn validate_proxy(raw: RawProxy) -> Result<ProxySettings, Invalid> {
-    let defaults = ProxySettings::default();
-    let max_attempts = raw.max_attempts.unwrap_or(defaults.max_attempts);
-    if !(1..=20).contains(&max_attempts) {
-        return Err(Invalid::new(
-            "proxy.max_attempts",
-            "must be between 1 and 20",
-        ));
-    }
-    let max_wait_ms = raw.max_wait_ms.unwrap_or(0);
-    if max_wait_ms > 600_000 {
-        return Err(Invalid::new("proxy.max_wait_ms", "must be at most 600000"));
-    }
-    let max_body_bytes = raw.max_body_bytes.unwrap_or(defaults.max_body_bytes);
-    if !(1024..=1024 * 1024 * 1024).contains(&max_body_bytes) {
-        return Err(Invalid::new(
-            "proxy.max_body_bytes",
-            "must be between 1024 and 1073741824",
-        ));
-    }
-    let seconds = |field: &str, value: Option<u64>, default: Duration| match value {
-        None => Ok(default),
-        Some(0) => Err(Invalid::new(field, "must be at least 1 second")),
-        Some(secs) => Ok(Duration::from_secs(secs)),
-    };
-    let anthropic_default_max_tokens = raw
-        .anthropic_default_max_tokens
-        .unwrap_or(defaults.anthropic_default_max_tokens);
-    if anthropic_default_max_tokens == 0 {
-        return Err(Invalid::new(
-            "proxy.anthropic_default_max_tokens",
-            "must be at least 1",
-        ));
-    }
-    Ok(ProxySettings {
-        max_attempts,
-        max_wait: Duration::from_millis(max_wait_ms),
-        max_body_bytes,
-        connect_timeout: seconds(
-            "proxy.connect_timeout_seconds",
-            raw.connect_timeout_seconds,
-            defaults.connect_timeout,
-        )?,
-        stream_idle_timeout: seconds(
-            "proxy.stream_idle_timeout_seconds",
-            raw.stream_idle_timeout_seconds,
-            defaults.stream_idle_timeout,
-        )?,
-        inject_stream_usage: raw
-            .inject_stream_usage
-            .unwrap_or(defaults.inject_stream_usage),
-        shutdown_grace: seconds(
-            "proxy.shutdown_grace_seconds",
-            raw.shutdown_grace_seconds,
-            defaults.shutdown_grace,
-        )?,
-        anthropic_default_max_tokens,
-    })
-}
-
-fn validate_cooldown(raw: RawCooldown) -> Result<CooldownPolicy, Invalid> {
-    let defaults = CooldownPolicy::default();
-    let duration = |field: &str, value: Option<f64>, default: Duration| match value {
-        None => Ok(default),
-        Some(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => {
-            Ok(Duration::from_secs_f64(secs))
-        }
-        Some(_) => Err(Invalid::new(
-            field,
-            "must be a number of seconds in (0, 86400]",
-        )),
-    };
-    let base = duration("cooldown.base_seconds", raw.base_seconds, defaults.base)?;
-    let max = duration("cooldown.max_seconds", raw.max_seconds, defaults.max)?;
-    if max < base {
-        return Err(Invalid::new(
-            "cooldown.max_seconds",
-            "must not be smaller than `cooldown.base_seconds`",
-        ));
-    }
-    let jitter = raw.jitter.unwrap_or(defaults.jitter);
-    if !(0.0..=1.0).contains(&jitter) {
-        return Err(Invalid::new("cooldown.jitter", "must be between 0 and 1"));
-    }
-    Ok(CooldownPolicy {
-        base,
-        max,
-        jitter,
-        error_cooldown: duration(
-            "cooldown.error_seconds",
-            raw.error_seconds,
-            defaults.error_cooldown,
-        )?,
-    })
-}
-
-fn validate_backend(
-    i: usize,
-    raw: RawBackend,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<BackendSpec, Invalid> {
-    let at = |field: &str| format!("backends[{i}].{field}");
-    validate_name(&at("name"), &raw.name)?;
-    let api_base_url = normalize_base_url(&at("api_base_url"), &raw.api_base_url)?;
-    let api_key = match raw.api_key.strip_prefix("env:") {
-        Some(var) => env(var).ok_or_else(|| {
-            Invalid::new(
-                at("api_key"),
-                format!("environment variable `{var}` is not set"),
-            )
-        })?,
-        None => raw.api_key,
-    };
-    validate_api_key(&at("api_key"), &api_key)?;
-    let pool = raw.pool.unwrap_or_else(|| "primary".to_owned());
-    validate_name(&at("pool"), &pool)?;
-    let mut model_mappings = ModelMappings::new();
-    for (canonical, mapping) in raw.model_mappings {
-        validate_model_name(&at(&format!("model_mappings.{canonical}")), &canonical)?;
-        model_mappings.insert(CanonicalModel::new(canonical), mapping.into_mapping());
-    }
-    validate_mappings(&at("model_mappings"), &model_mappings)?;
-    let metadata = raw
-        .metadata
-        .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
-    validate_metadata(&at("metadata"), &metadata)?;
-    Ok(BackendSpec {
-        label: if raw.label.is_empty() {
-            raw.name.clone()
-        } else {
-            raw.label
-        },
-        name: raw.name,
-        api_base_url,
-        api_key: SecretString::from(api_key),
-        api: raw.api,
-        timeout_seconds: validate_timeout(
-            &at("timeout_seconds"),
-            raw.timeout_seconds
-                .unwrap_or(i64::from(DEFAULT_TIMEOUT_SECONDS)),
-        )?,
-        rpm_limit: validate_rpm(&at("rpm_limit"), raw.rpm_limit)?,
-        weight: validate_weight(&at("weight"), raw.weight.unwrap_or(1))?,
-        pool: PoolName::new(pool),
-        enabled: raw.enabled.unwrap_or(true),
-        model_mappings,
-        metadata,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::CanonicalModel;
     use secrecy::ExposeSecret;
 
     fn load(text: &str) -> Result<Config, String> {
@@ -603,5 +356,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listen.port(), 2);
+    }
+
+    #[test]
+    fn the_database_defaults_to_the_data_dir_and_can_be_named() {
+        let config = load("data_dir = \"/srv/pg\"\n").unwrap();
+        assert_eq!(
+            config.database_url,
+            DatabaseUrl::Sqlite(PathBuf::from("/srv/pg/poolgate.db"))
+        );
+        let raw = parse_toml("database_url = \"sqlite:///var/pg.db\"\n").unwrap();
+        let config = Config::from_raw(raw, Overrides::default(), &|_| None).unwrap();
+        assert_eq!(config.database_url.to_string(), "sqlite:///var/pg.db");
+        let raw = parse_toml("database_url = \"sqlite:///var/pg.db\"\n").unwrap();
+        let overrides = Overrides {
+            database_url: Some("sqlite:///other.db".into()),
+            ..Overrides::default()
+        };
+        let config = Config::from_raw(raw, overrides, &|_| None).unwrap();
+        assert_eq!(config.database_url.to_string(), "sqlite:///other.db");
+        let error = load("database_url = \"oracle://db\"\n").unwrap_err();
+        assert!(error.contains("database_url"), "{error}");
     }
 }

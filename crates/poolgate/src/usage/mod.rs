@@ -5,6 +5,7 @@
 //! answered by dropping records or by making requests wait), a failed write is retried, and
 //! shutdown drains the queue.
 
+mod query;
 pub mod stats;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::UsageSettings;
 use crate::domain::UsageRecord;
-use crate::store::Store;
+use crate::store::UsageStore;
+
+pub use query::{UsageFilter, UsagePage};
 
 /// The sending side; cheap to clone. It also counts the records promised (requests under way)
 /// but not yet handed over, so shutdown can wait for them.
@@ -68,7 +71,10 @@ pub struct UsageWriter {
 }
 
 /// Starts the writer task.
-pub fn spawn_writer(store: Arc<dyn Store>, settings: &UsageSettings) -> (UsageSink, UsageWriter) {
+pub fn spawn_writer(
+    store: Arc<dyn UsageStore>,
+    settings: &UsageSettings,
+) -> (UsageSink, UsageWriter) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run_writer(
@@ -104,7 +110,7 @@ impl UsageWriter {
 }
 
 async fn run_writer(
-    store: Arc<dyn Store>,
+    store: Arc<dyn UsageStore>,
     mut rx: mpsc::UnboundedReceiver<UsageRecord>,
     mut stop: watch::Receiver<bool>,
     batch_size: usize,
@@ -165,7 +171,7 @@ async fn run_writer(
 
 /// Writes one batch, retrying on failure. While running, it retries until it succeeds (keeping
 /// the records); at shutdown it gives up after a few tries and logs what was lost.
-async fn flush(store: &dyn Store, batch: &mut Vec<UsageRecord>, final_flush: bool) -> u64 {
+async fn flush(store: &dyn UsageStore, batch: &mut Vec<UsageRecord>, final_flush: bool) -> u64 {
     if batch.is_empty() {
         return 0;
     }

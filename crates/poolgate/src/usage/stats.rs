@@ -1,13 +1,12 @@
 //! Usage statistics for the admin API and dashboard: request and error counts, tokens and latency
-//! percentiles, overall, per backend, per model, and in time buckets.
+//! percentiles, overall, per backend, per model, and in time buckets. The store aggregates (in
+//! SQL: counts and nearest-rank percentiles per group); [`assemble`] shapes its groups into the
+//! answer.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-
-use crate::domain::Outcome;
-use crate::store::UsageSample;
 
 /// Query of `GET /admin/api/stats`.
 #[derive(Clone, Debug, Default, Deserialize, IntoParams)]
@@ -66,64 +65,6 @@ pub struct Stats {
     pub series_by_model: BTreeMap<String, Vec<Bucket>>,
 }
 
-/// Accumulates samples, then summarises them.
-#[derive(Default)]
-struct Accumulator {
-    requests: u64,
-    errors: u64,
-    cancelled: u64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    latencies: Vec<u64>,
-    ttfbs: Vec<u64>,
-}
-
-impl Accumulator {
-    fn add(&mut self, sample: &UsageSample) {
-        self.requests += 1;
-        match sample.outcome {
-            Outcome::Cancelled => self.cancelled += 1,
-            Outcome::Success if sample.status < 400 => {}
-            _ => self.errors += 1,
-        }
-        self.prompt_tokens += sample.prompt_tokens;
-        self.completion_tokens += sample.completion_tokens;
-        self.latencies.push(sample.latency_ms);
-        if let Some(ttfb) = sample.ttfb_ms {
-            self.ttfbs.push(ttfb);
-        }
-    }
-
-    fn finish(mut self) -> Aggregate {
-        let counted = self.requests - self.cancelled;
-        Aggregate {
-            requests: self.requests,
-            errors: self.errors,
-            cancelled: self.cancelled,
-            error_rate: if counted == 0 {
-                0.0
-            } else {
-                self.errors as f64 / counted as f64
-            },
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.completion_tokens,
-            p50_latency_ms: percentile(&mut self.latencies, 50),
-            p95_latency_ms: percentile(&mut self.latencies, 95),
-            p50_ttfb_ms: percentile(&mut self.ttfbs, 50),
-        }
-    }
-}
-
-/// Nearest-rank percentile.
-fn percentile(values: &mut [u64], pct: usize) -> Option<u64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_unstable();
-    let rank = (pct * values.len()).div_ceil(100).max(1);
-    values.get(rank - 1).copied()
-}
-
 /// Timestamps the statistics accept: 1970 to 9999.
 const MAX_MS: i64 = 253_402_300_799_000;
 
@@ -160,143 +101,201 @@ pub fn resolve_range(
     Ok((from, to, bucket_ms))
 }
 
-/// Computes the statistics of samples in `[from, to)`.
-pub fn compute(samples: &[UsageSample], from: i64, to: i64, bucket_ms: i64) -> Stats {
-    let bucket_ms = bucket_ms.max(1);
-    let span = to.saturating_sub(from).max(0);
-    let bucket_count = usize::try_from(span.saturating_add(bucket_ms - 1) / bucket_ms)
-        .unwrap_or(0)
-        .clamp(1, 100_000);
-    let bucket_of = |ts: i64| -> usize {
-        usize::try_from(ts.saturating_sub(from) / bucket_ms)
-            .unwrap_or(0)
-            .min(bucket_count - 1)
-    };
-    let new_series =
-        || -> Vec<Accumulator> { (0..bucket_count).map(|_| Accumulator::default()).collect() };
+/// The range the store aggregates: `[from_ms, to_ms)` cut into `bucket_count` buckets of
+/// `bucket_ms` (a record at or past the last bucket's end counts in the last one), with the
+/// query's filters.
+#[derive(Clone, Copy, Debug)]
+pub struct StatsRange<'a> {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub bucket_ms: i64,
+    pub bucket_count: i64,
+    pub backend_id: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub client_key_id: Option<&'a str>,
+}
 
-    let mut total = Accumulator::default();
-    let mut by_backend: BTreeMap<String, Accumulator> = BTreeMap::new();
-    let mut by_model: BTreeMap<String, Accumulator> = BTreeMap::new();
-    let mut series = new_series();
-    let mut series_by_backend: BTreeMap<String, Vec<Accumulator>> = BTreeMap::new();
-    let mut series_by_model: BTreeMap<String, Vec<Accumulator>> = BTreeMap::new();
-
-    for sample in samples {
-        let backend = sample.backend_id.clone().unwrap_or_else(|| "-".to_owned());
-        let model = sample
-            .canonical_model
-            .clone()
-            .unwrap_or_else(|| "-".to_owned());
-        let bucket = bucket_of(sample.ts_ms);
-        total.add(sample);
-        series[bucket].add(sample);
-        by_backend.entry(backend.clone()).or_default().add(sample);
-        by_model.entry(model.clone()).or_default().add(sample);
-        series_by_backend.entry(backend).or_insert_with(new_series)[bucket].add(sample);
-        series_by_model.entry(model).or_insert_with(new_series)[bucket].add(sample);
+impl<'a> StatsRange<'a> {
+    /// The range of a query resolved by [`resolve_range`].
+    pub fn new(query: &'a StatsQuery, from_ms: i64, to_ms: i64, bucket_ms: i64) -> Self {
+        let bucket_ms = bucket_ms.max(1);
+        let span = to_ms.saturating_sub(from_ms).max(0);
+        Self {
+            from_ms,
+            to_ms,
+            bucket_ms,
+            bucket_count: (span.saturating_add(bucket_ms - 1) / bucket_ms).clamp(1, 100_000),
+            backend_id: query.backend_id.as_deref(),
+            model: query.model.as_deref(),
+            client_key_id: query.client_key_id.as_deref(),
+        }
     }
+}
 
-    let to_buckets = |accumulators: Vec<Accumulator>| -> Vec<Bucket> {
-        accumulators
-            .into_iter()
-            .enumerate()
-            .map(|(i, acc)| Bucket {
-                ts_ms: from + i64::try_from(i).unwrap_or(0) * bucket_ms,
-                stats: acc.finish(),
+/// Which requests one aggregate covers (`-` is the key of "no backend" / "no model").
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    Total,
+    Backend(String),
+    Model(String),
+    Bucket(usize),
+    BucketBackend(usize, String),
+    BucketModel(usize, String),
+}
+
+/// One group's counts and nearest-rank percentiles, as the store computes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupStats {
+    pub group: Group,
+    pub requests: u64,
+    /// Requests that did not succeed (cancellations excluded).
+    pub errors: u64,
+    pub cancelled: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub p50_latency_ms: Option<u64>,
+    pub p95_latency_ms: Option<u64>,
+    pub p50_ttfb_ms: Option<u64>,
+}
+
+impl GroupStats {
+    fn aggregate(&self) -> Aggregate {
+        let counted = self.requests.saturating_sub(self.cancelled);
+        Aggregate {
+            requests: self.requests,
+            errors: self.errors,
+            cancelled: self.cancelled,
+            error_rate: if counted == 0 {
+                0.0
+            } else {
+                self.errors as f64 / counted as f64
+            },
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            p50_latency_ms: self.p50_latency_ms,
+            p95_latency_ms: self.p95_latency_ms,
+            p50_ttfb_ms: self.p50_ttfb_ms,
+        }
+    }
+}
+
+/// Builds the answer from the store's groups: every series has one bucket per step of the
+/// range, empty buckets included.
+pub fn assemble(groups: &[GroupStats], range: &StatsRange<'_>) -> Stats {
+    let bucket_count = usize::try_from(range.bucket_count).unwrap_or(1).max(1);
+    let empty_series = || -> Vec<Bucket> {
+        (0..bucket_count)
+            .map(|i| Bucket {
+                ts_ms: range.from_ms + i64::try_from(i).unwrap_or(0) * range.bucket_ms,
+                stats: Aggregate::default(),
             })
             .collect()
     };
-
-    Stats {
-        from_ms: from,
-        to_ms: to,
-        bucket_ms,
-        total: total.finish(),
-        by_backend: by_backend
-            .into_iter()
-            .map(|(k, v)| (k, v.finish()))
-            .collect(),
-        by_model: by_model.into_iter().map(|(k, v)| (k, v.finish())).collect(),
-        series: to_buckets(series),
-        series_by_backend: series_by_backend
-            .into_iter()
-            .map(|(k, v)| (k, to_buckets(v)))
-            .collect(),
-        series_by_model: series_by_model
-            .into_iter()
-            .map(|(k, v)| (k, to_buckets(v)))
-            .collect(),
+    let mut stats = Stats {
+        from_ms: range.from_ms,
+        to_ms: range.to_ms,
+        bucket_ms: range.bucket_ms,
+        total: Aggregate::default(),
+        by_backend: BTreeMap::new(),
+        by_model: BTreeMap::new(),
+        series: empty_series(),
+        series_by_backend: BTreeMap::new(),
+        series_by_model: BTreeMap::new(),
+    };
+    for group in groups {
+        let aggregate = group.aggregate();
+        let (series, i) = match &group.group {
+            Group::Total => {
+                stats.total = aggregate;
+                continue;
+            }
+            Group::Backend(key) => {
+                stats.by_backend.insert(key.clone(), aggregate);
+                continue;
+            }
+            Group::Model(key) => {
+                stats.by_model.insert(key.clone(), aggregate);
+                continue;
+            }
+            Group::Bucket(i) => (&mut stats.series, *i),
+            Group::BucketBackend(i, key) => (
+                stats
+                    .series_by_backend
+                    .entry(key.clone())
+                    .or_insert_with(empty_series),
+                *i,
+            ),
+            Group::BucketModel(i, key) => (
+                stats
+                    .series_by_model
+                    .entry(key.clone())
+                    .or_insert_with(empty_series),
+                *i,
+            ),
+        };
+        if let Some(bucket) = series.get_mut(i) {
+            bucket.stats = aggregate;
+        }
     }
+    stats
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample(
-        ts_ms: i64,
-        backend: &str,
-        outcome: Outcome,
-        status: u16,
-        latency: u64,
-    ) -> UsageSample {
-        UsageSample {
-            ts_ms,
-            backend_id: Some(backend.to_owned()),
-            canonical_model: Some("m".to_owned()),
-            status,
-            outcome,
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            latency_ms: latency,
-            ttfb_ms: Some(latency / 2),
+    fn group(group: Group, requests: u64, errors: u64, cancelled: u64) -> GroupStats {
+        GroupStats {
+            group,
+            requests,
+            errors,
+            cancelled,
+            prompt_tokens: 10 * requests,
+            completion_tokens: 5 * requests,
+            p50_latency_ms: Some(50),
+            p95_latency_ms: Some(95),
+            p50_ttfb_ms: None,
         }
     }
 
     #[test]
-    fn aggregates_percentiles_and_buckets() {
-        let samples: Vec<_> = (0..100)
-            .map(|i| {
-                let outcome = if i % 10 == 0 {
-                    Outcome::Error
-                } else {
-                    Outcome::Success
-                };
-                let status = if i % 10 == 0 { 502 } else { 200 };
-                sample(
-                    i * 1000,
-                    if i < 50 { "a" } else { "b" },
-                    outcome,
-                    status,
-                    (i + 1) as u64,
-                )
-            })
-            .collect();
-        let stats = compute(&samples, 0, 100_000, 10_000);
-        assert_eq!(stats.total.requests, 100);
-        assert_eq!(stats.total.errors, 10);
-        assert!((stats.total.error_rate - 0.1).abs() < 1e-9);
-        assert_eq!(stats.total.p50_latency_ms, Some(50));
-        assert_eq!(stats.total.p95_latency_ms, Some(95));
-        assert_eq!(stats.total.prompt_tokens, 1000);
+    fn assembles_every_bucket_and_the_error_rate() {
+        let query = StatsQuery::default();
+        let range = StatsRange::new(&query, 0, 100_000, 10_000);
+        assert_eq!(range.bucket_count, 10);
+        let stats = assemble(
+            &[
+                group(Group::Total, 12, 2, 2),
+                group(Group::Backend("a".into()), 12, 2, 2),
+                group(Group::Bucket(3), 12, 2, 2),
+                group(Group::BucketBackend(9, "a".into()), 1, 0, 0),
+            ],
+            &range,
+        );
+        assert_eq!(stats.total.requests, 12);
+        assert!(
+            (stats.total.error_rate - 0.2).abs() < 1e-9,
+            "cancellations do not count"
+        );
         assert_eq!(stats.series.len(), 10);
-        assert!(stats.series.iter().all(|b| b.stats.requests == 10));
-        assert_eq!(stats.by_backend["a"].requests, 50);
-        assert_eq!(stats.series_by_backend["b"][9].stats.requests, 10);
-        assert_eq!(stats.series_by_backend["b"][0].stats.requests, 0);
+        assert_eq!(stats.series[3].stats.requests, 12);
+        assert_eq!(stats.series[3].ts_ms, 30_000);
+        assert_eq!(stats.series[4].stats, Aggregate::default());
+        assert_eq!(stats.series_by_backend["a"].len(), 10);
+        assert_eq!(stats.series_by_backend["a"][9].stats.requests, 1);
+        assert_eq!(stats.series_by_backend["a"][0].stats.requests, 0);
+        assert!(stats.by_model.is_empty());
     }
 
     #[test]
-    fn cancelled_requests_are_not_errors() {
-        let samples = vec![
-            sample(0, "a", Outcome::Cancelled, 499, 5),
-            sample(1, "a", Outcome::Success, 200, 5),
-        ];
-        let stats = compute(&samples, 0, 10, 1000);
-        assert_eq!(stats.total.errors, 0);
-        assert_eq!(stats.total.cancelled, 1);
-        assert_eq!(stats.total.error_rate, 0.0);
+    fn an_empty_range_has_zero_buckets_not_missing_ones() {
+        let query = StatsQuery::default();
+        let range = StatsRange::new(&query, 5, 5, 1000);
+        assert_eq!(range.bucket_count, 1);
+        let stats = assemble(&[], &range);
+        assert_eq!(stats.total.requests, 0);
+        assert_eq!(stats.total.p50_latency_ms, None);
+        assert_eq!(stats.series.len(), 1);
     }
 
     #[test]

@@ -198,7 +198,7 @@ fn mappings_from(input: BTreeMap<String, MappingInput>) -> Result<ModelMappings,
 async fn check_pool(state: &AppState, pool: &str) -> Result<PoolName, ApiError> {
     validate_name("pool", pool)?;
     let name = PoolName::new(pool);
-    if state.store.find_pool(&name).await?.is_none() {
+    if state.stores.config.find_pool(&name).await?.is_none() {
         return Err(ApiError::invalid(format!(
             "`pool`: pool `{pool}` does not exist (create it with POST /admin/api/pools)"
         ))
@@ -227,7 +227,7 @@ fn not_found(id: &str) -> ApiError {
 #[utoipa::path(get, path = "/backends", tag = "backends",
     responses((status = 200, body = [BackendView]), (status = 401, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let records = state.store.list_backends().await?;
+    let records = state.stores.config.list_backends().await?;
     let live = state.live();
     let views: Vec<BackendView> = records
         .iter()
@@ -286,7 +286,7 @@ pub async fn create(
         created_at_ms: now,
         updated_at_ms: now,
     };
-    state.store.insert_backend(&record).await?;
+    state.stores.config.insert_backend(&record).await?;
     state.reload().await?;
     tracing::info!(backend = %record.id, name = %record.name, "backend created");
     let live = state.live();
@@ -304,7 +304,8 @@ pub async fn get_one(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = BackendId::new(id);
     let record = state
-        .store
+        .stores
+        .config
         .get_backend(&id)
         .await?
         .ok_or_else(|| not_found(id.as_str()))?;
@@ -325,7 +326,8 @@ pub async fn update(
     let _write = state.admin_write().await;
     let id = BackendId::new(id);
     let mut record = state
-        .store
+        .stores
+        .config
         .get_backend(&id)
         .await?
         .ok_or_else(|| not_found(id.as_str()))?;
@@ -372,7 +374,7 @@ pub async fn update(
         record.api_key_mask = mask;
     }
     record.updated_at_ms = now_ms();
-    state.store.update_backend(&record).await?;
+    state.stores.config.update_backend(&record).await?;
     state.reload().await?;
     let live = state.live();
     Ok(axum::Json(view(&record, live.by_id.get(&id).map(|b| &**b))))
@@ -388,7 +390,7 @@ pub async fn delete(
 ) -> Result<impl IntoResponse, ApiError> {
     let _write = state.admin_write().await;
     let id = BackendId::new(id);
-    if !state.store.delete_backend(&id).await? {
+    if !state.stores.config.delete_backend(&id).await? {
         return Err(not_found(id.as_str()));
     }
     state.reload().await?;
@@ -407,7 +409,8 @@ pub async fn reset_cooldown(
     let _write = state.admin_write().await;
     let id = BackendId::new(id);
     let mut record = state
-        .store
+        .stores
+        .config
         .get_backend(&id)
         .await?
         .ok_or_else(|| not_found(id.as_str()))?;
@@ -417,7 +420,7 @@ pub async fn reset_cooldown(
         *backend.runtime.last_error.lock() = None;
     }
     record.health = PersistedHealth::default();
-    state.store.save_health(&id, &record.health).await?;
+    state.stores.config.save_health(&id, &record.health).await?;
     tracing::info!(backend = %id, "cooldown reset by admin");
     Ok(axum::Json(view(&record, live.by_id.get(&id).map(|b| &**b))))
 }

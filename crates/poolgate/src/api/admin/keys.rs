@@ -70,7 +70,7 @@ fn view(record: &ClientKeyRecord) -> KeyView {
 #[utoipa::path(get, path = "/keys", tag = "keys",
     responses((status = 200, body = [KeyView]), (status = 401, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let keys = state.store.list_client_keys().await?;
+    let keys = state.stores.config.list_client_keys().await?;
     Ok(axum::Json(keys.iter().map(view).collect::<Vec<_>>()))
 }
 
@@ -110,7 +110,7 @@ pub async fn create(
         created_at_ms: now_ms(),
         revoked_at_ms: None,
     };
-    state.store.insert_client_key(&record).await?;
+    state.stores.config.insert_client_key(&record).await?;
     state.reload().await?;
     tracing::info!(key = %record.id, "client key created");
     Ok((
@@ -131,7 +131,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let _write = state.admin_write().await;
-    if !state.store.revoke_client_key(&id, now_ms()).await? {
+    if !state.stores.config.revoke_client_key(&id, now_ms()).await? {
         return Err(ApiError::not_found(
             format!("no active key `{id}`"),
             "key_not_found",

@@ -40,7 +40,7 @@ pub struct PoolStats {
 #[utoipa::path(get, path = "/pools", tag = "pools",
     responses((status = 200, body = [Pool]), (status = 401, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    Ok(axum::Json(state.store.list_pools().await?))
+    Ok(axum::Json(state.stores.config.list_pools().await?))
 }
 
 /// Create a pool.
@@ -64,7 +64,7 @@ pub async fn create(
         priority: input.priority,
         description: input.description,
     };
-    state.store.create_pool(&pool).await?;
+    state.stores.config.create_pool(&pool).await?;
     state.reload().await?;
     Ok((StatusCode::CREATED, axum::Json(pool)))
 }

@@ -7,8 +7,8 @@ use axum::response::IntoResponse;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::domain::now_ms;
 use crate::state::AppState;
-use crate::store::{SampleQuery, UsageFilter, UsagePage};
-use crate::usage::stats::{compute, resolve_range, Stats, StatsQuery};
+use crate::usage::stats::{assemble, resolve_range, Stats, StatsQuery, StatsRange};
+use crate::usage::{UsageFilter, UsagePage};
 
 fn bad_query(error: axum::extract::rejection::QueryRejection) -> ApiError {
     ApiError::invalid(format!("invalid query string: {}", error.body_text()))
@@ -23,7 +23,7 @@ pub async fn list(
     query: Result<Query<UsageFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(filter) = query.map_err(bad_query)?;
-    Ok(axum::Json(state.store.list_usage(&filter).await?))
+    Ok(axum::Json(state.stores.usage.list_usage(&filter).await?))
 }
 
 /// Statistics over a time range.
@@ -39,15 +39,7 @@ pub async fn stats(
             .with_param(param)
             .with_code("invalid_query")
     })?;
-    let samples = state
-        .store
-        .usage_samples(&SampleQuery {
-            from_ms: from,
-            to_ms: to,
-            backend_id: query.backend_id.as_deref(),
-            model: query.model.as_deref(),
-            client_key_id: query.client_key_id.as_deref(),
-        })
-        .await?;
-    Ok(axum::Json(compute(&samples, from, to, bucket_ms)))
+    let range = StatsRange::new(&query, from, to, bucket_ms);
+    let groups = state.stores.usage.usage_stats(&range).await?;
+    Ok(axum::Json(assemble(&groups, &range)))
 }

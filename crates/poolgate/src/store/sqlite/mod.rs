@@ -1,27 +1,30 @@
-//! The embedded SQLite store: WAL mode, `busy_timeout`, foreign keys on, migrations embedded in
-//! the binary and run at open. Write transactions start with `BEGIN IMMEDIATE` so that concurrent
-//! writers queue on the busy timeout instead of failing with "database is locked".
+//! The embedded SQLite store: WAL mode, `busy_timeout`, foreign keys on, migrations
+//! (`migrations/sqlite/`) embedded in the binary and run at open. Write transactions start with
+//! `BEGIN IMMEDIATE` so that concurrent writers queue on the busy timeout instead of failing with
+//! "database is locked". This file is the [`ConfigStore`]; [`usage`] is the usage store.
+
+mod usage;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{Row, Sqlite};
 
-use super::{SampleQuery, Store, StoreError, UsageFilter, UsagePage, UsageSample};
+use super::{ConfigStore, StoreError};
 use crate::domain::{
     now_ms, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
-    ModelMappings, Outcome, PersistedHealth, Pool, PoolName, Source, UsageRecord,
+    ModelMappings, PersistedHealth, Pool, PoolName, Source,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The SQLite schema (`migrations/sqlite/`); PostgreSQL will have its own beside it.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// SQLite-backed [`Store`].
+/// SQLite-backed [`ConfigStore`] and [`super::UsageStore`].
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -35,16 +38,6 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        Self::connect(options).await
-    }
-
-    /// Opens a `sqlite:` URL (tests use `sqlite::memory:` only through `open` on a temp file).
-    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         Self::connect(options).await
@@ -66,10 +59,6 @@ impl SqliteStore {
             .await?;
         Ok(row.try_get::<String, _>(0)?)
     }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 // === row mapping ===
@@ -88,6 +77,14 @@ fn status_of(enabled: bool, health: &PersistedHealth, now: i64) -> BackendStatus
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {detail}"))
+}
+
+fn pool_from_row(row: &SqliteRow) -> Result<Pool, StoreError> {
+    Ok(Pool {
+        name: PoolName::new(row.try_get::<String, _>("name")?),
+        priority: row.try_get("priority")?,
+        description: row.try_get("description")?,
+    })
 }
 
 fn backend_from_row(row: &SqliteRow) -> Result<BackendRecord, StoreError> {
@@ -129,41 +126,6 @@ fn backend_from_row(row: &SqliteRow) -> Result<BackendRecord, StoreError> {
     })
 }
 
-fn usage_from_row(row: &SqliteRow) -> Result<UsageRecord, StoreError> {
-    let outcome: String = row.try_get("outcome")?;
-    let opt_u32 = |name: &str| -> Result<Option<u32>, StoreError> {
-        row.try_get::<Option<i64>, _>(name)?
-            .map(|value| u32::try_from(value).map_err(|e| corrupt(name, e)))
-            .transpose()
-    };
-    Ok(UsageRecord {
-        request_id: row.try_get("request_id")?,
-        ts_ms: row.try_get("ts")?,
-        client_key_id: row.try_get("client_key_id")?,
-        endpoint: row.try_get("endpoint")?,
-        canonical_model: row.try_get("canonical_model")?,
-        backend_id: row.try_get("backend_id")?,
-        upstream_model: row.try_get("upstream_model")?,
-        pool: row.try_get("pool")?,
-        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?)
-            .map_err(|e| corrupt("attempts", e))?,
-        status: u16::try_from(row.try_get::<i64, _>("status")?)
-            .map_err(|e| corrupt("status", e))?,
-        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
-        error_kind: row.try_get("error_kind")?,
-        prompt_tokens: opt_u32("prompt_tokens")?,
-        completion_tokens: opt_u32("completion_tokens")?,
-        total_tokens: opt_u32("total_tokens")?,
-        latency_ms: u64::try_from(row.try_get::<i64, _>("latency_ms")?)
-            .map_err(|e| corrupt("latency_ms", e))?,
-        ttfb_ms: row
-            .try_get::<Option<i64>, _>("ttfb_ms")?
-            .map(|value| u64::try_from(value).map_err(|e| corrupt("ttfb_ms", e)))
-            .transpose()?,
-        streamed: row.try_get("streamed")?,
-    })
-}
-
 /// Maps constraint failures to the errors the API shows.
 fn classify_write_error(error: sqlx::Error, backend: &BackendRecord) -> StoreError {
     if let sqlx::Error::Database(db) = &error {
@@ -185,43 +147,55 @@ const BACKEND_COLUMNS: &str = "id, name, label, api_base_url, api_key_sealed, ap
      timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
      cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at";
 
-async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
-{
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
+
+/// Binds a backend's definition — what an admin edit or a config sync writes — in the order of
+/// the first 16 columns of both statements below (`name` … `updated_at`).
+fn bind_definition<'q>(
+    query: Query<'q>,
+    backend: &'q BackendRecord,
+) -> Result<Query<'q>, StoreError> {
     let mappings =
         serde_json::to_string(&backend.model_mappings).map_err(|e| corrupt("model_mappings", e))?;
     let status = status_of(backend.enabled, &backend.health, now_ms());
-    sqlx::query(
-        "INSERT INTO backends (id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
+    Ok(query
+        .bind(&backend.name)
+        .bind(&backend.label)
+        .bind(&backend.api_base_url)
+        .bind(&backend.api_key_sealed)
+        .bind(&backend.api_key_mask)
+        .bind(backend.api.as_str())
+        .bind(i64::from(backend.timeout_seconds))
+        .bind(i64::from(backend.rpm_limit))
+        .bind(i64::from(backend.weight))
+        .bind(backend.pool.as_str())
+        .bind(backend.enabled)
+        .bind(status.as_str())
+        .bind(mappings)
+        .bind(backend.source.as_str())
+        .bind(backend.metadata.to_string())
+        .bind(backend.updated_at_ms))
+}
+
+async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let query = sqlx::query(
+        "INSERT INTO backends (name, label, api_base_url, api_key_sealed, api_key_mask, api, \
          timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-         cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at) \
+         metadata, updated_at, id, cooldown_until, consecutive_429_count, last_error, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(backend.id.as_str())
-    .bind(&backend.name)
-    .bind(&backend.label)
-    .bind(&backend.api_base_url)
-    .bind(&backend.api_key_sealed)
-    .bind(&backend.api_key_mask)
-    .bind(backend.api.as_str())
-    .bind(i64::from(backend.timeout_seconds))
-    .bind(i64::from(backend.rpm_limit))
-    .bind(i64::from(backend.weight))
-    .bind(backend.pool.as_str())
-    .bind(backend.enabled)
-    .bind(status.as_str())
-    .bind(mappings)
-    .bind(backend.source.as_str())
-    .bind(backend.health.cooldown_until_ms)
-    .bind(i64::from(backend.health.consecutive_429_count))
-    .bind(&backend.health.last_error)
-    .bind(backend.metadata.to_string())
-    .bind(backend.created_at_ms)
-    .bind(backend.updated_at_ms)
-    .execute(executor)
-    .await
-    .map_err(|error| classify_write_error(error, backend))?;
+    );
+    bind_definition(query, backend)?
+        .bind(backend.id.as_str())
+        .bind(backend.health.cooldown_until_ms)
+        .bind(i64::from(backend.health.consecutive_429_count))
+        .bind(&backend.health.last_error)
+        .bind(backend.created_at_ms)
+        .execute(executor)
+        .await
+        .map_err(|error| classify_write_error(error, backend))?;
     Ok(())
 }
 
@@ -231,56 +205,38 @@ async fn update_definition_in<'c, E>(
     backend: &BackendRecord,
 ) -> Result<u64, StoreError>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'c, Database = Sqlite>,
 {
-    let mappings =
-        serde_json::to_string(&backend.model_mappings).map_err(|e| corrupt("model_mappings", e))?;
-    let status = status_of(backend.enabled, &backend.health, now_ms());
-    let result = sqlx::query(
+    let query = sqlx::query(
         "UPDATE backends SET name = ?, label = ?, api_base_url = ?, api_key_sealed = ?, \
          api_key_mask = ?, api = ?, timeout_seconds = ?, rpm_limit = ?, weight = ?, pool = ?, \
          enabled = ?, status = ?, model_mappings = ?, source = ?, metadata = ?, updated_at = ? \
          WHERE id = ?",
-    )
-    .bind(&backend.name)
-    .bind(&backend.label)
-    .bind(&backend.api_base_url)
-    .bind(&backend.api_key_sealed)
-    .bind(&backend.api_key_mask)
-    .bind(backend.api.as_str())
-    .bind(i64::from(backend.timeout_seconds))
-    .bind(i64::from(backend.rpm_limit))
-    .bind(i64::from(backend.weight))
-    .bind(backend.pool.as_str())
-    .bind(backend.enabled)
-    .bind(status.as_str())
-    .bind(mappings)
-    .bind(backend.source.as_str())
-    .bind(backend.metadata.to_string())
-    .bind(backend.updated_at_ms)
-    .bind(backend.id.as_str())
-    .execute(executor)
-    .await
-    .map_err(|error| classify_write_error(error, backend))?;
+    );
+    let result = bind_definition(query, backend)?
+        .bind(backend.id.as_str())
+        .execute(executor)
+        .await
+        .map_err(|error| classify_write_error(error, backend))?;
     Ok(result.rows_affected())
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl ConfigStore for SqliteStore {
     async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
         let rows =
             sqlx::query("SELECT name, priority, description FROM pools ORDER BY priority, name")
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Pool {
-                    name: PoolName::new(row.try_get::<String, _>("name")?),
-                    priority: row.try_get("priority")?,
-                    description: row.try_get("description")?,
-                })
-            })
-            .collect()
+        rows.iter().map(pool_from_row).collect()
+    }
+
+    async fn find_pool(&self, name: &PoolName) -> Result<Option<Pool>, StoreError> {
+        let row = sqlx::query("SELECT name, priority, description FROM pools WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(pool_from_row).transpose()
     }
 
     async fn create_pool(&self, pool: &Pool) -> Result<(), StoreError> {
@@ -500,137 +456,6 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
-    }
-
-    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Multi-row inserts: one statement per 100 records (18 parameters each).
-        for chunk in records.chunks(100) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
-                 canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
-                 error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
-                 streamed) ",
-            );
-            insert.push_values(chunk, |mut row, record| {
-                row.push_bind(record.request_id.clone())
-                    .push_bind(record.ts_ms)
-                    .push_bind(record.client_key_id.clone())
-                    .push_bind(record.endpoint.clone())
-                    .push_bind(record.canonical_model.clone())
-                    .push_bind(record.backend_id.clone())
-                    .push_bind(record.upstream_model.clone())
-                    .push_bind(record.pool.clone())
-                    .push_bind(i64::from(record.attempts))
-                    .push_bind(i64::from(record.status))
-                    .push_bind(record.outcome.as_str())
-                    .push_bind(record.error_kind.clone())
-                    .push_bind(record.prompt_tokens.map(i64::from))
-                    .push_bind(record.completion_tokens.map(i64::from))
-                    .push_bind(record.total_tokens.map(i64::from))
-                    .push_bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
-                    .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-                    .push_bind(record.streamed);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
-        let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 1000));
-        // Optional filters are written as `(? IS NULL OR column = ?)` so the SQL stays static.
-        let rows = sqlx::query(
-            "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
-             upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
-             completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed FROM usage_records \
-             WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) \
-             AND (?3 IS NULL OR backend_id = ?3) AND (?4 IS NULL OR canonical_model = ?4) \
-             AND (?5 IS NULL OR client_key_id = ?5) AND (?6 IS NULL OR seq < ?6) \
-             AND (?8 IS NULL OR outcome = ?8) AND (?9 IS NULL OR status >= ?9) \
-             ORDER BY seq DESC LIMIT ?7",
-        )
-        .bind(filter.from_ms)
-        .bind(filter.to_ms)
-        .bind(&filter.backend_id)
-        .bind(&filter.model)
-        .bind(&filter.client_key_id)
-        .bind(filter.before)
-        .bind(limit + 1)
-        .bind(&filter.outcome)
-        .bind(filter.status_min.map(i64::from))
-        .fetch_all(&self.pool)
-        .await?;
-        let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-        let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
-        let records = page
-            .iter()
-            .map(usage_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if has_more {
-            page.last()
-                .map(|row| row.try_get::<i64, _>("seq"))
-                .transpose()?
-        } else {
-            None
-        };
-        Ok(UsagePage {
-            records,
-            next_cursor,
-        })
-    }
-
-    async fn usage_samples(&self, query: &SampleQuery<'_>) -> Result<Vec<UsageSample>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT ts, backend_id, canonical_model, status, outcome, prompt_tokens, \
-             completion_tokens, latency_ms, ttfb_ms FROM usage_records \
-             WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR backend_id = ?3) \
-             AND (?4 IS NULL OR canonical_model = ?4) AND (?5 IS NULL OR client_key_id = ?5) \
-             ORDER BY ts",
-        )
-        .bind(query.from_ms)
-        .bind(query.to_ms)
-        .bind(query.backend_id)
-        .bind(query.model)
-        .bind(query.client_key_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let outcome: String = row.try_get("outcome")?;
-                let non_negative = |value: Option<i64>| {
-                    value
-                        .and_then(|v| u64::try_from(v).ok())
-                        .unwrap_or_default()
-                };
-                Ok(UsageSample {
-                    ts_ms: row.try_get("ts")?,
-                    backend_id: row.try_get("backend_id")?,
-                    canonical_model: row.try_get("canonical_model")?,
-                    status: u16::try_from(row.try_get::<i64, _>("status")?)
-                        .map_err(|e| corrupt("status", e))?,
-                    outcome: Outcome::parse(&outcome)
-                        .ok_or_else(|| corrupt("outcome", &outcome))?,
-                    prompt_tokens: non_negative(row.try_get("prompt_tokens")?),
-                    completion_tokens: non_negative(row.try_get("completion_tokens")?),
-                    latency_ms: non_negative(row.try_get("latency_ms")?),
-                    ttfb_ms: row
-                        .try_get::<Option<i64>, _>("ttfb_ms")?
-                        .and_then(|v| u64::try_from(v).ok()),
-                })
-            })
-            .collect()
-    }
-
-    async fn count_usage(&self) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM usage_records")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or_default())
     }
 
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -1,7 +1,8 @@
 //! Tests of the SQLite store against a real database file in a temp dir.
 
 use super::*;
-use crate::domain::{ModelMapping, UpstreamModel};
+use crate::domain::{ModelMapping, Outcome, UpstreamModel, UsageRecord};
+use crate::store::UsageStore;
 
 fn backend(name: &str) -> BackendRecord {
     let mut model_mappings = ModelMappings::new();
@@ -33,12 +34,27 @@ fn backend(name: &str) -> BackendRecord {
     }
 }
 
-async fn open() -> (tempfile::TempDir, SqliteStore) {
+pub(super) async fn open() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("poolgate.db"))
         .await
         .unwrap();
     (dir, store)
+}
+
+/// Databases created before the migrations moved to `migrations/sqlite/` keep working: the same
+/// version and the same SHA-384 checksum sqlx recorded when it applied the file.
+#[test]
+fn the_first_migration_keeps_its_version_and_checksum() {
+    let first = MIGRATOR.iter().next().unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(first.description, "init");
+    let hex: String = first.checksum.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "ea0189a3d74148a3d03947c0748c87e3de23419801872e3ed247fbd6028a3e84\
+         94a60ce64cd50f310199d5c08ee65154"
+    );
 }
 
 #[tokio::test]
@@ -186,7 +202,7 @@ async fn client_keys_and_settings_round_trip() {
     assert_eq!(store.get_setting("x").await.unwrap().as_deref(), Some("2"));
 }
 
-fn usage(i: i64) -> UsageRecord {
+pub(super) fn usage(i: i64) -> UsageRecord {
     UsageRecord {
         request_id: format!("req-{i}"),
         ts_ms: 1_000 + i,
@@ -207,103 +223,6 @@ fn usage(i: i64) -> UsageRecord {
         ttfb_ms: Some(3),
         streamed: false,
     }
-}
-
-#[tokio::test]
-async fn usage_is_paginated_newest_first_and_filtered() {
-    let (_dir, store) = open().await;
-    let records: Vec<_> = (0..25).map(usage).collect();
-    store.insert_usage(&records).await.unwrap();
-    assert_eq!(store.count_usage().await.unwrap(), 25);
-
-    let first = store
-        .list_usage(&UsageFilter {
-            limit: Some(10),
-            ..UsageFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(first.records.len(), 10);
-    assert_eq!(first.records[0], records[24]);
-    let second = store
-        .list_usage(&UsageFilter {
-            limit: Some(10),
-            before: first.next_cursor,
-            ..UsageFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(second.records[0], records[14]);
-    let third = store
-        .list_usage(&UsageFilter {
-            limit: Some(10),
-            before: second.next_cursor,
-            ..UsageFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(third.records.len(), 5);
-    assert_eq!(third.next_cursor, None);
-
-    let only_a = store
-        .list_usage(&UsageFilter {
-            model: Some("a".into()),
-            from_ms: Some(1_010),
-            ..UsageFilter::default()
-        })
-        .await
-        .unwrap();
-    assert!(only_a
-        .records
-        .iter()
-        .all(|r| r.canonical_model.as_deref() == Some("a") && r.ts_ms >= 1_010));
-    assert_eq!(only_a.records.len(), 8);
-
-    let samples = store
-        .usage_samples(&SampleQuery {
-            from_ms: 1_000,
-            to_ms: 1_005,
-            model: Some("b"),
-            ..SampleQuery::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(samples.len(), 2);
-    let none = store
-        .usage_samples(&SampleQuery {
-            from_ms: 0,
-            to_ms: 10_000,
-            client_key_id: Some("other"),
-            ..SampleQuery::default()
-        })
-        .await
-        .unwrap();
-    assert!(none.is_empty());
-
-    let failed = UsageRecord {
-        request_id: "req-failed".into(),
-        status: 502,
-        outcome: Outcome::Error,
-        ..usage(99)
-    };
-    store.insert_usage(&[failed]).await.unwrap();
-    let errors = store
-        .list_usage(&UsageFilter {
-            status_min: Some(400),
-            ..UsageFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(errors.records.len(), 1);
-    assert_eq!(errors.records[0].request_id, "req-failed");
-    let by_outcome = store
-        .list_usage(&UsageFilter {
-            outcome: Some("error".into()),
-            ..UsageFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(by_outcome.records.len(), 1);
 }
 
 #[tokio::test]

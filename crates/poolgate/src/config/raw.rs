@@ -1,0 +1,114 @@
+//! The config file as written: serde types, unknown fields refused. [`super::Config::from_raw`]
+//! validates them into a [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::LogFormat;
+use crate::domain::{ApiKind, ModelMapping, UpstreamModel};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub cooldown: RawCooldown,
+    #[serde(default)]
+    pub usage: RawUsage,
+    #[serde(default)]
+    pub pools: Vec<RawPool>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub max_attempts: Option<u32>,
+    pub max_wait_ms: Option<u64>,
+    pub max_body_bytes: Option<usize>,
+    pub connect_timeout_seconds: Option<u64>,
+    pub stream_idle_timeout_seconds: Option<u64>,
+    pub inject_stream_usage: Option<bool>,
+    pub shutdown_grace_seconds: Option<u64>,
+    pub anthropic_default_max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCooldown {
+    pub base_seconds: Option<f64>,
+    pub max_seconds: Option<f64>,
+    pub jitter: Option<f64>,
+    pub error_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    pub channel_capacity: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub flush_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: String,
+    pub priority: i64,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    #[serde(default)]
+    pub label: String,
+    pub api_base_url: String,
+    /// A literal key, or `env:VAR` to read it from the environment.
+    pub api_key: String,
+    #[serde(default = "default_api")]
+    pub api: ApiKind,
+    pub timeout_seconds: Option<i64>,
+    #[serde(default)]
+    pub rpm_limit: i64,
+    pub weight: Option<i64>,
+    pub pool: Option<String>,
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub model_mappings: BTreeMap<String, RawMapping>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+fn default_api() -> ApiKind {
+    ApiKind::Openai
+}
+
+/// `"gpt-4o" = "gpt-4o-2024-08-06"` or `"gpt-4o" = { upstream_model = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMapping {
+    Short(String),
+    Full(ModelMapping),
+}
+
+impl RawMapping {
+    pub fn into_mapping(self) -> ModelMapping {
+        match self {
+            RawMapping::Short(upstream) => ModelMapping {
+                upstream_model: UpstreamModel::new(upstream),
+            },
+            RawMapping::Full(mapping) => mapping,
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The usage half of the SQLite store: batched multi-row inserts, keyset pages, and the
+//! statistics computed by SQLite itself — counts and sums with `GROUP BY`, nearest-rank
+//! percentiles with window functions — so a stats request never loads the range's rows.
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::{corrupt, SqliteStore};
+use crate::domain::{Outcome, UsageRecord};
+use crate::store::{StoreError, UsageStore};
+use crate::usage::stats::{Group, GroupStats, StatsRange};
+use crate::usage::{UsageFilter, UsagePage};
+
+fn usage_from_row(row: &SqliteRow) -> Result<UsageRecord, StoreError> {
+    let outcome: String = row.try_get("outcome")?;
+    let opt_u32 = |name: &str| -> Result<Option<u32>, StoreError> {
+        row.try_get::<Option<i64>, _>(name)?
+            .map(|value| u32::try_from(value).map_err(|e| corrupt(name, e)))
+            .transpose()
+    };
+    Ok(UsageRecord {
+        request_id: row.try_get("request_id")?,
+        ts_ms: row.try_get("ts")?,
+        client_key_id: row.try_get("client_key_id")?,
+        endpoint: row.try_get("endpoint")?,
+        canonical_model: row.try_get("canonical_model")?,
+        backend_id: row.try_get("backend_id")?,
+        upstream_model: row.try_get("upstream_model")?,
+        pool: row.try_get("pool")?,
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?)
+            .map_err(|e| corrupt("attempts", e))?,
+        status: u16::try_from(row.try_get::<i64, _>("status")?)
+            .map_err(|e| corrupt("status", e))?,
+        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+        error_kind: row.try_get("error_kind")?,
+        prompt_tokens: opt_u32("prompt_tokens")?,
+        completion_tokens: opt_u32("completion_tokens")?,
+        total_tokens: opt_u32("total_tokens")?,
+        latency_ms: u64::try_from(row.try_get::<i64, _>("latency_ms")?)
+            .map_err(|e| corrupt("latency_ms", e))?,
+        ttfb_ms: row
+            .try_get::<Option<i64>, _>("ttfb_ms")?
+            .map(|value| u64::try_from(value).map_err(|e| corrupt("ttfb_ms", e)))
+            .transpose()?,
+        streamed: row.try_get("streamed")?,
+    })
+}
+
+/// Every group of the statistics in one statement. `base` is the range's records (bucket index
+/// clamped to the last bucket, `-` for a missing backend or model, negative values read as 0 /
+/// absent); `grouped` repeats each record once per grouping (`dim` 0 total, 1 backend, 2 model,
+/// 3 bucket, 4 bucket and backend, 5 bucket and model); `ranked` numbers the records of each
+/// group by latency and by time to first byte. The nearest-rank percentile p of n values is the
+/// value ranked `ceil(p * n / 100)`.
+const STATS_SQL: &str = "\
+WITH base AS (
+    SELECT MIN((ts - ?1) / ?3, ?4 - 1) AS b,
+           COALESCE(backend_id, '-') AS backend,
+           COALESCE(canonical_model, '-') AS model,
+           CASE WHEN outcome = 'cancelled' THEN 1 ELSE 0 END AS cancelled,
+           CASE WHEN outcome = 'cancelled' THEN 0
+                WHEN outcome = 'success' AND status < 400 THEN 0 ELSE 1 END AS failed,
+           MAX(COALESCE(prompt_tokens, 0), 0) AS prompt,
+           MAX(COALESCE(completion_tokens, 0), 0) AS completion,
+           MAX(latency_ms, 0) AS latency,
+           CASE WHEN ttfb_ms >= 0 THEN ttfb_ms END AS ttfb
+    FROM usage_records
+    WHERE ts >= ?1 AND ts < ?2 AND (?5 IS NULL OR backend_id = ?5)
+      AND (?6 IS NULL OR canonical_model = ?6) AND (?7 IS NULL OR client_key_id = ?7)
+),
+grouped AS (
+    SELECT 0 AS dim, -1 AS b, '' AS k, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
+),
+ranked AS (
+    SELECT *,
+           ROW_NUMBER() OVER (PARTITION BY dim, b, k ORDER BY latency) AS latency_rank,
+           COUNT(*) OVER (PARTITION BY dim, b, k) AS n,
+           ROW_NUMBER() OVER (PARTITION BY dim, b, k, ttfb IS NULL ORDER BY ttfb) AS ttfb_rank,
+           COUNT(ttfb) OVER (PARTITION BY dim, b, k) AS ttfb_n
+    FROM grouped
+)
+SELECT dim, b, k, COUNT(*) AS requests, SUM(failed) AS errors, SUM(cancelled) AS cancelled,
+       SUM(prompt) AS prompt_tokens, SUM(completion) AS completion_tokens,
+       MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
+       MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
+       MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
+                THEN ttfb END) AS p50_ttfb
+FROM ranked
+GROUP BY dim, b, k";
+
+fn group_from_row(row: &SqliteRow) -> Result<GroupStats, StoreError> {
+    let dim: i64 = row.try_get("dim")?;
+    let bucket = || usize::try_from(row.try_get::<i64, _>("b")?).map_err(|e| corrupt("bucket", e));
+    let key = || row.try_get::<String, _>("k");
+    let group = match dim {
+        0 => Group::Total,
+        1 => Group::Backend(key()?),
+        2 => Group::Model(key()?),
+        3 => Group::Bucket(bucket()?),
+        4 => Group::BucketBackend(bucket()?, key()?),
+        5 => Group::BucketModel(bucket()?, key()?),
+        other => return Err(corrupt("stats dimension", other)),
+    };
+    let count = |name: &str| -> Result<u64, StoreError> {
+        let value: Option<i64> = row.try_get(name)?;
+        Ok(value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+    };
+    let value = |name: &str| -> Result<Option<u64>, StoreError> {
+        let value: Option<i64> = row.try_get(name)?;
+        Ok(value.and_then(|v| u64::try_from(v).ok()))
+    };
+    Ok(GroupStats {
+        group,
+        requests: count("requests")?,
+        errors: count("errors")?,
+        cancelled: count("cancelled")?,
+        prompt_tokens: count("prompt_tokens")?,
+        completion_tokens: count("completion_tokens")?,
+        p50_latency_ms: value("p50_latency")?,
+        p95_latency_ms: value("p95_latency")?,
+        p50_ttfb_ms: value("p50_ttfb")?,
+    })
+}
+
+#[async_trait]
+impl UsageStore for SqliteStore {
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Multi-row inserts: one statement per 100 records (18 parameters each).
+        for chunk in records.chunks(100) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
+                 canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
+                 error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
+                 streamed) ",
+            );
+            insert.push_values(chunk, |mut row, record| {
+                row.push_bind(record.request_id.clone())
+                    .push_bind(record.ts_ms)
+                    .push_bind(record.client_key_id.clone())
+                    .push_bind(record.endpoint.clone())
+                    .push_bind(record.canonical_model.clone())
+                    .push_bind(record.backend_id.clone())
+                    .push_bind(record.upstream_model.clone())
+                    .push_bind(record.pool.clone())
+                    .push_bind(i64::from(record.attempts))
+                    .push_bind(i64::from(record.status))
+                    .push_bind(record.outcome.as_str())
+                    .push_bind(record.error_kind.clone())
+                    .push_bind(record.prompt_tokens.map(i64::from))
+                    .push_bind(record.completion_tokens.map(i64::from))
+                    .push_bind(record.total_tokens.map(i64::from))
+                    .push_bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
+                    .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+                    .push_bind(record.streamed);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
+        let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 1000));
+        // Optional filters are written as `(? IS NULL OR column = ?)` so the SQL stays static.
+        let rows = sqlx::query(
+            "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
+             upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
+             completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed FROM usage_records \
+             WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) \
+             AND (?3 IS NULL OR backend_id = ?3) AND (?4 IS NULL OR canonical_model = ?4) \
+             AND (?5 IS NULL OR client_key_id = ?5) AND (?6 IS NULL OR seq < ?6) \
+             AND (?8 IS NULL OR outcome = ?8) AND (?9 IS NULL OR status >= ?9) \
+             ORDER BY seq DESC LIMIT ?7",
+        )
+        .bind(filter.from_ms)
+        .bind(filter.to_ms)
+        .bind(&filter.backend_id)
+        .bind(&filter.model)
+        .bind(&filter.client_key_id)
+        .bind(filter.before)
+        .bind(limit + 1)
+        .bind(&filter.outcome)
+        .bind(filter.status_min.map(i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
+        let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+        let records = page
+            .iter()
+            .map(usage_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if has_more {
+            page.last()
+                .map(|row| row.try_get::<i64, _>("seq"))
+                .transpose()?
+        } else {
+            None
+        };
+        Ok(UsagePage {
+            records,
+            next_cursor,
+        })
+    }
+
+    async fn usage_stats(&self, range: &StatsRange<'_>) -> Result<Vec<GroupStats>, StoreError> {
+        let rows = sqlx::query(STATS_SQL)
+            .bind(range.from_ms)
+            .bind(range.to_ms)
+            .bind(range.bucket_ms)
+            .bind(range.bucket_count)
+            .bind(range.backend_id)
+            .bind(range.model)
+            .bind(range.client_key_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(group_from_row).collect()
+    }
+
+    async fn count_usage(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests;

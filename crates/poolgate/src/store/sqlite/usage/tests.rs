@@ -1,0 +1,336 @@
+//! The usage store against a real SQLite file: pages, filters, and statistics computed in SQL
+//! checked against a plain in-memory computation of the same definitions.
+
+use proptest::prelude::*;
+
+use super::super::tests::{open, usage};
+use crate::domain::{Outcome, UsageRecord};
+use crate::store::UsageStore;
+use crate::usage::stats::{assemble, Aggregate, Stats, StatsQuery, StatsRange};
+use crate::usage::UsageFilter;
+
+async fn stats(
+    store: &super::SqliteStore,
+    query: &StatsQuery,
+    from: i64,
+    to: i64,
+    bucket_ms: i64,
+) -> Stats {
+    let range = StatsRange::new(query, from, to, bucket_ms);
+    let groups = store.usage_stats(&range).await.unwrap();
+    assemble(&groups, &range)
+}
+
+#[tokio::test]
+async fn usage_is_paginated_newest_first_and_filtered() {
+    let (_dir, store) = open().await;
+    let records: Vec<_> = (0..25).map(usage).collect();
+    store.insert_usage(&records).await.unwrap();
+    assert_eq!(store.count_usage().await.unwrap(), 25);
+
+    let first = store
+        .list_usage(&UsageFilter {
+            limit: Some(10),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.records.len(), 10);
+    assert_eq!(first.records[0], records[24]);
+    let second = store
+        .list_usage(&UsageFilter {
+            limit: Some(10),
+            before: first.next_cursor,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.records[0], records[14]);
+    let third = store
+        .list_usage(&UsageFilter {
+            limit: Some(10),
+            before: second.next_cursor,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(third.records.len(), 5);
+    assert_eq!(third.next_cursor, None);
+
+    let only_a = store
+        .list_usage(&UsageFilter {
+            model: Some("a".into()),
+            from_ms: Some(1_010),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(only_a
+        .records
+        .iter()
+        .all(|r| r.canonical_model.as_deref() == Some("a") && r.ts_ms >= 1_010));
+    assert_eq!(only_a.records.len(), 8);
+
+    let query = StatsQuery {
+        model: Some("b".into()),
+        ..StatsQuery::default()
+    };
+    let b_only = stats(&store, &query, 1_000, 1_005, 1_000).await;
+    assert_eq!(b_only.total.requests, 2, "records 1 and 3");
+    let query = StatsQuery {
+        client_key_id: Some("other".into()),
+        ..StatsQuery::default()
+    };
+    assert_eq!(
+        stats(&store, &query, 0, 10_000, 1_000).await.total.requests,
+        0
+    );
+
+    let failed = UsageRecord {
+        request_id: "req-failed".into(),
+        status: 502,
+        outcome: Outcome::Error,
+        ..usage(99)
+    };
+    store.insert_usage(&[failed]).await.unwrap();
+    let errors = store
+        .list_usage(&UsageFilter {
+            status_min: Some(400),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.records.len(), 1);
+    assert_eq!(errors.records[0].request_id, "req-failed");
+    let by_outcome = store
+        .list_usage(&UsageFilter {
+            outcome: Some("error".into()),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_outcome.records.len(), 1);
+}
+
+/// The statistics of 100 requests over 100 s in buckets of 10 s: every tenth failed, latencies
+/// 1..=100 ms, half on backend `a`.
+#[tokio::test]
+async fn aggregates_percentiles_and_buckets_in_sql() {
+    let (_dir, store) = open().await;
+    let records: Vec<UsageRecord> = (0..100_i64)
+        .map(|i| UsageRecord {
+            request_id: format!("req-{i}"),
+            ts_ms: i * 1000,
+            backend_id: Some(if i < 50 { "a" } else { "b" }.into()),
+            canonical_model: Some("m".into()),
+            status: if i % 10 == 0 { 502 } else { 200 },
+            outcome: if i % 10 == 0 {
+                Outcome::Error
+            } else {
+                Outcome::Success
+            },
+            latency_ms: u64::try_from(i + 1).unwrap(),
+            ttfb_ms: Some(u64::try_from(i + 1).unwrap() / 2),
+            ..usage(i)
+        })
+        .collect();
+    store.insert_usage(&records).await.unwrap();
+    let stats = stats(&store, &StatsQuery::default(), 0, 100_000, 10_000).await;
+    assert_eq!(stats.total.requests, 100);
+    assert_eq!(stats.total.errors, 10);
+    assert!((stats.total.error_rate - 0.1).abs() < 1e-9);
+    assert_eq!(stats.total.p50_latency_ms, Some(50));
+    assert_eq!(stats.total.p95_latency_ms, Some(95));
+    assert_eq!(stats.total.p50_ttfb_ms, Some(25));
+    assert_eq!(stats.total.prompt_tokens, 1000);
+    assert_eq!(stats.series.len(), 10);
+    assert!(stats.series.iter().all(|b| b.stats.requests == 10));
+    assert_eq!(stats.by_backend["a"].requests, 50);
+    assert_eq!(stats.by_backend["a"].p50_latency_ms, Some(25));
+    assert_eq!(stats.series_by_backend["b"][9].stats.requests, 10);
+    assert_eq!(stats.series_by_backend["b"][0].stats.requests, 0);
+    assert_eq!(stats.series_by_model["m"][0].stats.p95_latency_ms, Some(10));
+}
+
+#[tokio::test]
+async fn cancelled_requests_are_not_errors() {
+    let (_dir, store) = open().await;
+    let cancelled = UsageRecord {
+        status: 499,
+        outcome: Outcome::Cancelled,
+        ..usage(0)
+    };
+    store.insert_usage(&[cancelled, usage(1)]).await.unwrap();
+    let stats = stats(&store, &StatsQuery::default(), 0, 10_000, 1000).await;
+    assert_eq!(stats.total.errors, 0);
+    assert_eq!(stats.total.cancelled, 1);
+    assert_eq!(stats.total.error_rate, 0.0);
+}
+
+// === the SQL against a reference computation ===
+
+/// The definitions, computed the plain way: sort, take the nearest rank.
+fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize) -> Stats {
+    fn aggregate(group: &[&UsageRecord]) -> Aggregate {
+        let rank = |values: &mut Vec<u64>, pct: usize| {
+            values.sort_unstable();
+            let rank = (pct * values.len()).div_ceil(100).max(1);
+            values.get(rank - 1).copied()
+        };
+        let cancelled = group
+            .iter()
+            .filter(|r| r.outcome == Outcome::Cancelled)
+            .count() as u64;
+        let errors = group
+            .iter()
+            .filter(|r| match r.outcome {
+                Outcome::Cancelled => false,
+                Outcome::Success => r.status >= 400,
+                _ => true,
+            })
+            .count() as u64;
+        let requests = group.len() as u64;
+        let mut latencies: Vec<u64> = group.iter().map(|r| r.latency_ms).collect();
+        let mut ttfbs: Vec<u64> = group.iter().filter_map(|r| r.ttfb_ms).collect();
+        Aggregate {
+            requests,
+            errors,
+            cancelled,
+            error_rate: if requests == cancelled {
+                0.0
+            } else {
+                errors as f64 / (requests - cancelled) as f64
+            },
+            prompt_tokens: group
+                .iter()
+                .map(|r| u64::from(r.prompt_tokens.unwrap_or(0)))
+                .sum(),
+            completion_tokens: group
+                .iter()
+                .map(|r| u64::from(r.completion_tokens.unwrap_or(0)))
+                .sum(),
+            p50_latency_ms: rank(&mut latencies, 50),
+            p95_latency_ms: rank(&mut latencies, 95),
+            p50_ttfb_ms: rank(&mut ttfbs, 50),
+        }
+    }
+    let key = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+    let bucket_of = |r: &UsageRecord| {
+        usize::try_from((r.ts_ms - from) / bucket_ms)
+            .unwrap()
+            .min(buckets - 1)
+    };
+    let series = |group: &[&UsageRecord]| -> Vec<crate::usage::stats::Bucket> {
+        (0..buckets)
+            .map(|i| crate::usage::stats::Bucket {
+                ts_ms: from + i64::try_from(i).unwrap() * bucket_ms,
+                stats: aggregate(
+                    &group
+                        .iter()
+                        .copied()
+                        .filter(|r| bucket_of(r) == i)
+                        .collect::<Vec<_>>(),
+                ),
+            })
+            .collect()
+    };
+    let all: Vec<&UsageRecord> = records.iter().collect();
+    let by = |field: fn(&UsageRecord) -> &Option<String>| {
+        let mut keys: Vec<String> = records.iter().map(|r| key(field(r))).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .map(|k| {
+                let group: Vec<&UsageRecord> =
+                    records.iter().filter(|r| key(field(r)) == k).collect();
+                (k, group)
+            })
+            .collect::<Vec<_>>()
+    };
+    let backends = by(|r| &r.backend_id);
+    let models = by(|r| &r.canonical_model);
+    Stats {
+        from_ms: from,
+        to_ms: 0,
+        bucket_ms,
+        total: aggregate(&all),
+        by_backend: backends
+            .iter()
+            .map(|(k, g)| (k.clone(), aggregate(g)))
+            .collect(),
+        by_model: models
+            .iter()
+            .map(|(k, g)| (k.clone(), aggregate(g)))
+            .collect(),
+        series: series(&all),
+        series_by_backend: backends
+            .iter()
+            .map(|(k, g)| (k.clone(), series(g)))
+            .collect(),
+        series_by_model: models.iter().map(|(k, g)| (k.clone(), series(g))).collect(),
+    }
+}
+
+fn record_strategy() -> impl Strategy<Value = UsageRecord> {
+    (
+        0_i64..60_000,
+        prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
+        prop::option::of(prop::sample::select(vec!["m1", "m2"])),
+        prop::sample::select(vec![
+            (200_u16, Outcome::Success),
+            (400, Outcome::Success),
+            (502, Outcome::Error),
+            (499, Outcome::Cancelled),
+            (200, Outcome::StreamError),
+        ]),
+        0_u64..5_000,
+        prop::option::of(0_u64..5_000),
+        prop::option::of(0_u32..1_000),
+    )
+        .prop_map(
+            |(ts, backend, model, (status, outcome), latency, ttfb, tokens)| UsageRecord {
+                ts_ms: ts,
+                backend_id: backend.map(str::to_owned),
+                canonical_model: model.map(str::to_owned),
+                status,
+                outcome,
+                latency_ms: latency,
+                ttfb_ms: ttfb,
+                prompt_tokens: tokens,
+                completion_tokens: tokens.map(|t| t / 2),
+                ..usage(0)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Counts, sums, nearest-rank percentiles and bucket placement from SQL equal the plain
+    /// computation, for every group.
+    #[test]
+    fn sql_statistics_match_the_definitions(
+        records in prop::collection::vec(record_strategy(), 0..120),
+        bucket_seconds in 1_i64..30,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (got, expected) = runtime.block_on(async {
+            let (_dir, store) = open().await;
+            store.insert_usage(&records).await.unwrap();
+            let (from, to) = (0, 60_000);
+            let got = stats(&store, &StatsQuery::default(), from, to, bucket_seconds * 1000).await;
+            let buckets = got.series.len();
+            (got, reference(&records, from, bucket_seconds * 1000, buckets))
+        });
+        prop_assert_eq!(&got.total, &expected.total);
+        prop_assert_eq!(&got.by_backend, &expected.by_backend);
+        prop_assert_eq!(&got.by_model, &expected.by_model);
+        prop_assert_eq!(&got.series, &expected.series);
+        // Only keys with records get a series.
+        prop_assert_eq!(&got.series_by_backend, &expected.series_by_backend);
+        prop_assert_eq!(&got.series_by_model, &expected.series_by_model);
+    }
+}
