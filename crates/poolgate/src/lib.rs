@@ -46,6 +46,7 @@ pub mod limits;
 pub mod providers;
 pub mod proxy;
 pub mod routing;
+pub mod runtime;
 pub mod server;
 pub mod sse;
 pub mod state;

@@ -8,25 +8,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
 use secrecy::SecretString;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::cooldown::{CooldownSnapshot, CooldownState};
 use crate::crypto::Sealer;
-use crate::domain::{now_ms, BackendId, CanonicalModel, ClientKeyRecord, PersistedHealth, Pool};
-use crate::limits::RpmLimiter;
-use crate::routing::{build_routes, BackendRuntime, LiveBackend, Route};
+use crate::domain::{BackendId, CanonicalModel, ClientKeyRecord, Pool};
+use crate::routing::{build_routes, LiveBackend, Route};
+use crate::runtime::{
+    health_channel, BackendRuntime, ClientKeyRuntime, HealthMessage, HealthSink, RuntimeRegistry,
+};
 use crate::store::{ConfigStore, StoreError, Stores};
 use crate::usage::UsageSink;
 
 /// A client key as the hot path sees it.
 pub struct LiveClientKey {
     pub record: ClientKeyRecord,
-    pub limiter: Arc<RpmLimiter>,
+    pub runtime: Arc<ClientKeyRuntime>,
 }
 
 /// Everything the hot path reads, as one immutable snapshot.
@@ -45,51 +44,49 @@ pub struct Live {
     pub unreadable: Vec<(BackendId, String)>,
 }
 
-/// Counters that outlive snapshots.
-#[derive(Default)]
-struct Registry {
-    backends: HashMap<BackendId, Arc<BackendRuntime>>,
-    client_keys: HashMap<String, Arc<RpmLimiter>>,
-}
-
-/// Converts a persisted wall-clock deadline into a monotonic instant.
-pub fn instant_from_ms(until_ms: i64, now: Instant) -> Instant {
-    let remaining = until_ms.saturating_sub(now_ms());
-    now + Duration::from_millis(u64::try_from(remaining).unwrap_or(0))
-}
-
-/// Converts a monotonic deadline into wall-clock Unix milliseconds.
-pub fn ms_from_instant(until: Instant, now: Instant) -> i64 {
-    let remaining = until.saturating_duration_since(now);
-    now_ms().saturating_add(i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The persisted form of a cooldown snapshot.
-pub fn persisted_health(
-    snapshot: &CooldownSnapshot,
-    last_error: Option<String>,
-    now: Instant,
-) -> PersistedHealth {
-    PersistedHealth {
-        cooldown_until_ms: snapshot.until.map(|until| ms_from_instant(until, now)),
-        consecutive_429_count: snapshot.consecutive_429,
-        broken: snapshot.broken,
-        last_error,
-    }
-}
-
-/// Write-behind of backend health: the hot path queues, a task writes.
-#[derive(Clone)]
-pub struct HealthSink {
-    tx: mpsc::UnboundedSender<(BackendId, PersistedHealth)>,
-}
-
-impl HealthSink {
-    pub fn save(&self, id: BackendId, health: PersistedHealth) {
-        if self.tx.send((id, health)).is_err() {
-            tracing::warn!("health writer is gone; cooldown state not persisted");
+/// Starts the health writer: it persists the *current* state of each backend marked dirty, so
+/// an older queued state never overwrites a newer one.
+pub fn spawn_health_writer(store: Arc<dyn ConfigStore>) -> (HealthSink, HealthWriter) {
+    let (sink, mut queue) = health_channel();
+    let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        loop {
+            let first = tokio::select! {
+                received = queue.rx.recv() => received,
+                _ = &mut stop_rx => None,
+            };
+            let stopping = first.is_none();
+            // Coalesce: each backend once, at its state when written.
+            let mut dirty: HashMap<BackendId, Arc<BackendRuntime>> = HashMap::new();
+            let mut flushes = Vec::new();
+            let mut take = |message| match message {
+                HealthMessage::Dirty(id, runtime) => {
+                    dirty.insert(id, runtime);
+                }
+                HealthMessage::Flush(done) => flushes.push(done),
+            };
+            if let Some(message) = first {
+                take(message);
+            }
+            while let Ok(message) = queue.rx.try_recv() {
+                take(message);
+            }
+            for (id, runtime) in dirty {
+                let now = Instant::now();
+                let health = runtime.snapshot(now).persisted(now);
+                if let Err(error) = store.save_health(&id, &health).await {
+                    tracing::warn!(backend = %id, %error, "could not persist backend health");
+                }
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+            if stopping {
+                break;
+            }
         }
-    }
+    });
+    (sink, HealthWriter { stop, task })
 }
 
 /// The background health writer; [`HealthWriter::shutdown`] writes what is queued and stops.
@@ -107,38 +104,6 @@ impl HealthWriter {
     }
 }
 
-/// Starts the health writer.
-pub fn spawn_health_writer(store: Arc<dyn ConfigStore>) -> (HealthSink, HealthWriter) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(BackendId, PersistedHealth)>();
-    let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        loop {
-            let first = tokio::select! {
-                received = rx.recv() => received,
-                _ = &mut stop_rx => None,
-            };
-            // Coalesce: only the newest state of each backend matters.
-            let mut latest: HashMap<BackendId, PersistedHealth> = HashMap::new();
-            let stopping = first.is_none();
-            if let Some((id, health)) = first {
-                latest.insert(id, health);
-            }
-            while let Ok((id, health)) = rx.try_recv() {
-                latest.insert(id, health);
-            }
-            for (id, health) in latest {
-                if let Err(error) = store.save_health(&id, &health).await {
-                    tracing::warn!(backend = %id, %error, "could not persist backend health");
-                }
-            }
-            if stopping {
-                break;
-            }
-        }
-    });
-    (HealthSink { tx }, HealthWriter { stop, task })
-}
-
 pub struct Shared {
     pub config: Arc<Config>,
     pub stores: Stores,
@@ -148,7 +113,7 @@ pub struct Shared {
     pub usage: UsageSink,
     pub health: HealthSink,
     live: ArcSwap<Live>,
-    registry: Mutex<Registry>,
+    registry: RuntimeRegistry,
     reload_lock: tokio::sync::Mutex<()>,
     /// Serialises admin read-modify-write operations (never taken on the proxy path).
     admin_write: tokio::sync::Mutex<()>,
@@ -198,7 +163,7 @@ impl AppState {
                 usage,
                 health,
                 live: ArcSwap::from_pointee(Live::default()),
-                registry: Mutex::new(Registry::default()),
+                registry: RuntimeRegistry::default(),
                 reload_lock: tokio::sync::Mutex::new(()),
                 admin_write: tokio::sync::Mutex::new(()),
                 stream_cancel: tokio::sync::watch::channel(false).0,
@@ -224,75 +189,43 @@ impl AppState {
 
         let mut backends = Vec::with_capacity(records.len());
         let mut unreadable = Vec::new();
-        let mut live_keys = HashMap::new();
-        {
-            let mut registry = self.shared.registry.lock();
-            let mut seen = Vec::with_capacity(records.len());
-            for record in records {
-                let api_key = match self.sealer.open(record.id.as_str(), &record.api_key_sealed) {
-                    Ok(key) => key,
-                    Err(error) => {
-                        tracing::error!(backend = %record.id, %error, "cannot decrypt the upstream key; backend left out of routing");
-                        unreadable.push((record.id.clone(), error.to_string()));
-                        SecretString::from(String::new())
-                    }
-                };
-                let runtime = registry
-                    .backends
-                    .entry(record.id.clone())
-                    .or_insert_with(|| {
-                        let until = record
-                            .health
-                            .cooldown_until_ms
-                            .map(|ms| instant_from_ms(ms, now));
-                        Arc::new(BackendRuntime::new(
-                            record.rpm_limit,
-                            CooldownState::restore(
-                                record.health.consecutive_429_count,
-                                until,
-                                record.health.broken,
-                            ),
-                        ))
-                    })
-                    .clone();
-                if runtime.limiter.rpm() != record.rpm_limit {
-                    runtime.limiter.reconfigure(record.rpm_limit, now);
+        for record in records {
+            let (api_key, unreadable_reason) = match self
+                .sealer
+                .open(record.id.as_str(), &record.api_key_sealed)
+            {
+                Ok(key) => (key, None),
+                Err(error) => {
+                    tracing::error!(backend = %record.id, %error, "cannot decrypt the upstream key; backend left out of routing");
+                    unreadable.push((record.id.clone(), error.to_string()));
+                    (
+                        SecretString::from(String::new()),
+                        Some(format!("cannot decrypt the upstream key: {error}")),
+                    )
                 }
-                seen.push(record.id.clone());
-                let unreadable_reason = unreadable
-                    .iter()
-                    .find(|(id, _)| id == &record.id)
-                    .map(|(_, reason)| format!("cannot decrypt the upstream key: {reason}"));
-                backends.push(Arc::new(LiveBackend {
-                    record,
-                    api_key,
-                    runtime,
-                    unreadable: unreadable_reason,
-                }));
-            }
-            registry.backends.retain(|id, _| seen.contains(id));
-
-            for key in keys.into_iter().filter(|k| k.revoked_at_ms.is_none()) {
-                let limiter = registry
-                    .client_keys
-                    .entry(key.id.clone())
-                    .or_insert_with(|| Arc::new(RpmLimiter::new(key.rpm_limit)))
-                    .clone();
-                if limiter.rpm() != key.rpm_limit {
-                    limiter.reconfigure(key.rpm_limit, now);
-                }
-                live_keys.insert(
-                    key.id.clone(),
-                    Arc::new(LiveClientKey {
-                        record: key,
-                        limiter,
-                    }),
-                );
-            }
-            registry
-                .client_keys
-                .retain(|id, _| live_keys.contains_key(id));
+            };
+            let runtime = self.shared.registry.backend(&record, now);
+            backends.push(Arc::new(LiveBackend {
+                record,
+                api_key,
+                runtime,
+                unreadable: unreadable_reason,
+            }));
         }
+        let mut live_keys = HashMap::new();
+        for key in keys.into_iter().filter(|k| k.revoked_at_ms.is_none()) {
+            let runtime = self.shared.registry.client_key(&key, now);
+            live_keys.insert(
+                key.id.clone(),
+                Arc::new(LiveClientKey {
+                    record: key,
+                    runtime,
+                }),
+            );
+        }
+        let backend_ids: Vec<BackendId> = backends.iter().map(|b| b.id().clone()).collect();
+        let key_ids: Vec<&str> = live_keys.keys().map(String::as_str).collect();
+        self.shared.registry.retain(&backend_ids, &key_ids);
 
         let routes = build_routes(&backends, &pools);
         let mut models: Vec<CanonicalModel> = routes.keys().cloned().collect();
@@ -333,13 +266,8 @@ impl AppState {
         }
     }
 
-    /// Queues the persisted part of a backend's health for writing.
-    pub fn persist_health(&self, backend: &LiveBackend, now: Instant) {
-        let snapshot = backend.runtime.cooldown.lock().snapshot();
-        let last_error = backend.runtime.last_error.lock().clone();
-        self.health.save(
-            backend.id().clone(),
-            persisted_health(&snapshot, last_error, now),
-        );
+    /// The runtime registry (for the admin reset).
+    pub fn registry(&self) -> &RuntimeRegistry {
+        &self.shared.registry
     }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod request;
+#[cfg(test)]
+pub mod tests_support;
 mod validate;
 
 use rand::distributions::Alphanumeric;

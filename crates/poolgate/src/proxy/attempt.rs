@@ -17,7 +17,7 @@ use super::respond::{relay_client_error, succeed};
 use super::ProxyResponse;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::ApiKind;
-use crate::routing::{Route, Selection};
+use crate::routing::{Route, Selection, Ticket};
 use crate::state::AppState;
 
 /// How the attempt loop ended well.
@@ -48,9 +48,9 @@ fn route<'l>(ctx: &'l RequestContext, inbound: &Inbound) -> Result<&'l Route, Pr
                 model: inbound.model.clone(),
             });
         }
-        if let Err(wait) = key.limiter.try_acquire(Instant::now()) {
+        if let Err(wait) = key.runtime.admit(Instant::now()) {
             return Err(ProxyError::KeyRateLimited {
-                rpm: key.limiter.rpm(),
+                rpm: key.runtime.rpm(),
                 retry_after: wait,
             });
         }
@@ -67,7 +67,6 @@ pub async fn run(
 ) -> Result<Done, ProxyError> {
     let route = route(ctx, inbound)?;
     let settings = &state.config.proxy;
-    let policy = &state.config.cooldown;
     let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);
     let endpoint = inbound.endpoint;
     let mut selection = Selection::new(route, move |api| endpoint.served_by(api));
@@ -94,7 +93,7 @@ pub async fn run(
             if last_failure.is_none() {
                 // Nothing was sent upstream: the key's own token goes back.
                 if let Some(key) = &ctx.client_key {
-                    key.limiter.refund(now);
+                    key.runtime.refund(now);
                 }
             }
             return Err(error);
@@ -143,9 +142,7 @@ pub async fn run(
                         None => {
                             // The request's own fault: relay it. The backend answered, so for its
                             // cooldown this counts as a success (a half-open probe is over).
-                            if ticket.resolve(UpstreamOutcome::Success, policy, Instant::now()) {
-                                state.persist_health(&ticket.backend, Instant::now());
-                            }
+                            resolve(state, &mut ticket, UpstreamOutcome::Success);
                             return relay_client_error(response, plan, draft, state).await;
                         }
                     }
@@ -154,7 +151,6 @@ pub async fn run(
         };
 
         // Phase **retry**: cool the backend down, remember why, try the next one.
-        let now = Instant::now();
         let description = failure.describe();
         tracing::warn!(
             request_id = %ctx.request_id,
@@ -162,12 +158,20 @@ pub async fn run(
             failure = %description,
             "upstream attempt failed; trying the next candidate"
         );
-        *backend.runtime.last_error.lock() = Some(description);
-        if ticket.resolve(failure.outcome(), policy, now) {
-            state.persist_health(&backend, now);
-        }
+        backend.runtime.set_last_error(description);
+        resolve(state, &mut ticket, failure.outcome());
         drop(ticket);
         last_failure = Some(failure);
+    }
+}
+
+/// Feeds an upstream outcome to the backend's runtime; a change of its persisted health is
+/// handed to the health writer (never written here).
+pub fn resolve(state: &AppState, ticket: &mut Ticket, outcome: UpstreamOutcome) {
+    if ticket.resolve(outcome, &state.config.cooldown, Instant::now()) {
+        state
+            .health
+            .mark_dirty(ticket.backend.id(), &ticket.backend.runtime);
     }
 }
 

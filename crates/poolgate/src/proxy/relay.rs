@@ -14,6 +14,7 @@ use futures_util::stream::BoxStream;
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
+use super::attempt::resolve;
 use super::record::UsageDraft;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
@@ -44,16 +45,11 @@ impl StreamFinisher {
             End::ClientLeft => (499, Outcome::Cancelled, Some("client_closed")),
         };
         if let End::UpstreamFailed(_) = end {
-            let now = Instant::now();
-            *self.ticket.backend.runtime.last_error.lock() =
-                Some("stream ended unexpectedly".to_owned());
-            if self.ticket.resolve(
-                UpstreamOutcome::ServerError,
-                &self.state.config.cooldown,
-                now,
-            ) {
-                self.state.persist_health(&self.ticket.backend, now);
-            }
+            self.ticket
+                .backend
+                .runtime
+                .set_last_error("stream ended unexpectedly".to_owned());
+            resolve(&self.state, &mut self.ticket, UpstreamOutcome::ServerError);
         }
         self.state
             .usage

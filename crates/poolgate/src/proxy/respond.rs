@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
-use tokio::time::Instant;
 
-use super::attempt::Done;
+use super::attempt::{resolve, Done};
 use super::classify::Failure;
 use super::error::ProxyError;
 use super::plan::{Inbound, Plan};
@@ -81,7 +80,6 @@ pub async fn succeed(
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let now = Instant::now();
 
     if inbound.stream && is_event_stream {
         let mut upstream = response.bytes_stream();
@@ -102,9 +100,7 @@ pub async fn succeed(
             }
             Ok(Some(Ok(chunk))) => chunk,
         };
-        if ticket.resolve(UpstreamOutcome::Success, &state.config.cooldown, now) {
-            state.persist_health(&ticket.backend, now);
-        }
+        resolve(state, &mut ticket, UpstreamOutcome::Success);
         draft.mark_first_byte();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -156,9 +152,7 @@ pub async fn succeed(
             ))
         }
     };
-    if ticket.resolve(UpstreamOutcome::Success, &state.config.cooldown, now) {
-        state.persist_health(&ticket.backend, now);
-    }
+    resolve(state, &mut ticket, UpstreamOutcome::Success);
     draft.mark_first_byte();
     let mut finished = draft.clone();
     if let Some(usage) = usage {

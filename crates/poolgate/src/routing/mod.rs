@@ -4,43 +4,17 @@
 //! (enabled, not cooling, not broken, RPM token available): readiness filters, balancing chooses.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use secrecy::SecretString;
 use tokio::time::Instant;
 
-use crate::cooldown::{Admission, CooldownPolicy, CooldownState, Health, Outcome, ReadyAt};
+use crate::cooldown::{CooldownPolicy, Health, Outcome, ReadyAt};
 use crate::domain::{
     ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, Pool, UpstreamModel,
 };
-use crate::limits::RpmLimiter;
-
-/// Counters of one backend that outlive snapshot swaps (keyed by its stable id).
-pub struct BackendRuntime {
-    pub limiter: RpmLimiter,
-    pub cooldown: Mutex<CooldownState>,
-    pub in_flight: AtomicU32,
-    pub last_error: Mutex<Option<String>>,
-}
-
-impl BackendRuntime {
-    pub fn new(rpm: u32, cooldown: CooldownState) -> Self {
-        Self {
-            limiter: RpmLimiter::new(rpm),
-            cooldown: Mutex::new(cooldown),
-            in_flight: AtomicU32::new(0),
-            last_error: Mutex::new(None),
-        }
-    }
-
-    /// Feeds an upstream outcome to the cooldown machine; true when the persisted part changed.
-    pub fn record(&self, outcome: Outcome, policy: &CooldownPolicy, now: Instant) -> bool {
-        let mut rng = rand::thread_rng();
-        self.cooldown.lock().record(outcome, now, policy, &mut rng)
-    }
-}
+use crate::runtime::{Admitted, BackendRuntime};
 
 /// One backend as the proxy sees it: its definition, decrypted key and runtime counters.
 pub struct LiveBackend {
@@ -64,7 +38,7 @@ impl LiveBackend {
         if self.unreadable.is_some() {
             return BackendStatus::Error;
         }
-        match self.runtime.cooldown.lock().health(now) {
+        match self.runtime.health(now) {
             Health::Healthy => BackendStatus::Healthy,
             Health::Cooling => BackendStatus::Cooling,
             Health::Error => BackendStatus::Error,
@@ -163,59 +137,30 @@ pub fn build_routes(
     routes
 }
 
-/// The right to send one request to a backend. Holds an in-flight slot; if this was the
-/// half-open probe and no outcome was recorded, dropping it lets another request probe.
+/// The right to send one request to a backend: which backend, the model id it knows, the pool,
+/// and the runtime's admission (an in-flight slot; after a cooldown, the probe slot).
 pub struct Ticket {
     pub backend: Arc<LiveBackend>,
     pub upstream_model: UpstreamModel,
     pub pool: Pool,
-    probe: bool,
-    resolved: bool,
+    admitted: Admitted,
 }
 
 impl Ticket {
     /// Records the upstream outcome; true when the persisted health changed.
     pub fn resolve(&mut self, outcome: Outcome, policy: &CooldownPolicy, now: Instant) -> bool {
-        self.resolved = true;
-        self.backend.runtime.record(outcome, policy, now)
+        self.admitted.resolve(outcome, policy, now)
     }
 }
 
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.backend
-            .runtime
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-        if self.probe && !self.resolved {
-            self.backend.runtime.cooldown.lock().release_probe();
-        }
-    }
-}
-
-/// The readiness check: enabled, admitted by the cooldown machine, and a token in its bucket.
-/// Takes the token (and the probe slot) on success; otherwise says when it may be ready.
-pub fn accept(backend: &LiveBackend, now: Instant) -> Result<bool, ReadyAt> {
+/// The readiness check: enabled, key readable, and admitted by its runtime (not cooling, a token
+/// in its bucket). Takes the token (and the probe slot) on success; otherwise says when it may be
+/// ready.
+pub fn accept(backend: &LiveBackend, now: Instant) -> Result<Admitted, ReadyAt> {
     if !backend.record.enabled || backend.unreadable.is_some() {
         return Err(ReadyAt::Never);
     }
-    let probe = {
-        let mut cooldown = backend.runtime.cooldown.lock();
-        match cooldown.admit(now) {
-            Admission::Ready => false,
-            Admission::Probe => true,
-            Admission::ProbeInFlight => return Err(cooldown.ready_at(now)),
-            Admission::Cooling { until } => return Err(ReadyAt::At(until)),
-            Admission::Broken => return Err(ReadyAt::Never),
-        }
-    };
-    if let Err(wait) = backend.runtime.limiter.try_acquire(now) {
-        if probe {
-            backend.runtime.cooldown.lock().release_probe();
-        }
-        return Err(ReadyAt::At(now + wait));
-    }
-    Ok(probe)
+    backend.runtime.admit(now)
 }
 
 /// Walks a route's candidates for one client request: tiers in order, each backend at most once,
@@ -258,19 +203,13 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
                     continue;
                 }
                 match accept(&member.backend, now) {
-                    Ok(probe) => {
+                    Ok(admitted) => {
                         self.tried.push(key);
-                        member
-                            .backend
-                            .runtime
-                            .in_flight
-                            .fetch_add(1, Ordering::Relaxed);
                         return Some(Ticket {
                             backend: Arc::clone(&member.backend),
                             upstream_model: member.upstream_model.clone(),
                             pool: tier.pool.clone(),
-                            probe,
-                            resolved: false,
+                            admitted,
                         });
                     }
                     Err(ReadyAt::At(at)) => {
@@ -311,13 +250,9 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
             if !backend.record.enabled || !(self.serves)(backend.record.api) {
                 continue;
             }
-            let cooled = match backend.runtime.cooldown.lock().ready_at(now) {
-                ReadyAt::Never => continue,
-                ReadyAt::Now => now,
-                ReadyAt::At(at) => at,
+            let Some(ready) = backend.runtime.ready_at(now) else {
+                continue;
             };
-            let token = now + backend.runtime.limiter.wait_time(now);
-            let ready = cooled.max(token);
             earliest = Some(earliest.map_or(ready, |e| e.min(ready)));
         }
         earliest

@@ -22,7 +22,8 @@ use crate::domain::{
     PersistedHealth, PoolName, Source, UpstreamModel,
 };
 use crate::routing::LiveBackend;
-use crate::state::{ms_from_instant, AppState};
+use crate::runtime::ms_from_instant;
+use crate::state::AppState;
 
 /// A backend as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,8 +60,8 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
     let now = Instant::now();
     let (status, until_ms, remaining, count, last_error, in_flight) = match live {
         Some(backend) => {
-            let snapshot = backend.runtime.cooldown.lock().snapshot();
-            let until = snapshot.until.filter(|until| *until > now);
+            let snapshot = backend.runtime.snapshot(now);
+            let until = snapshot.cooldown_until.filter(|until| *until > now);
             (
                 backend.status(now),
                 until.map(|u| ms_from_instant(u, now)),
@@ -68,14 +69,8 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
                     u64::try_from(u.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
                 }),
                 snapshot.consecutive_429,
-                backend
-                    .unreadable
-                    .clone()
-                    .or_else(|| backend.runtime.last_error.lock().clone()),
-                backend
-                    .runtime
-                    .in_flight
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                backend.unreadable.clone().or(snapshot.last_error),
+                snapshot.in_flight,
             )
         }
         None => (
@@ -414,13 +409,16 @@ pub async fn reset_cooldown(
         .get_backend(&id)
         .await?
         .ok_or_else(|| not_found(id.as_str()))?;
-    let live = state.live();
-    if let Some(backend) = live.by_id.get(&id) {
-        backend.runtime.cooldown.lock().reset();
-        *backend.runtime.last_error.lock() = None;
+    // In memory first, then persisted by the single health writer: a state it still holds
+    // queued from before cannot undo the reset, since it writes the current state.
+    let runtime = state.registry().backend(&record, Instant::now());
+    runtime.reset();
+    state.health.mark_dirty(&id, &runtime);
+    if !state.health.flush().await {
+        return Err(ApiError::internal("the health writer is gone"));
     }
     record.health = PersistedHealth::default();
-    state.stores.config.save_health(&id, &record.health).await?;
     tracing::info!(backend = %id, "cooldown reset by admin");
+    let live = state.live();
     Ok(axum::Json(view(&record, live.by_id.get(&id).map(|b| &**b))))
 }

@@ -1,37 +1,11 @@
 //! Tests of the SQLite store against a real database file in a temp dir.
 
 use super::*;
-use crate::domain::{ModelMapping, Outcome, UpstreamModel, UsageRecord};
+use crate::domain::{Outcome, UsageRecord};
 use crate::store::UsageStore;
 
 fn backend(name: &str) -> BackendRecord {
-    let mut model_mappings = ModelMappings::new();
-    model_mappings.insert(
-        CanonicalModel::new("gpt-4o"),
-        ModelMapping {
-            upstream_model: UpstreamModel::new("gpt-4o-2024-08-06"),
-        },
-    );
-    BackendRecord {
-        id: BackendId::generate(),
-        name: name.to_owned(),
-        label: "Label".to_owned(),
-        api_base_url: "http://127.0.0.1:9/v1".to_owned(),
-        api_key_sealed: "pgenc:v1:1:nonce:ct".to_owned(),
-        api_key_mask: "sk-…abcd".to_owned(),
-        api: ApiKind::Openai,
-        timeout_seconds: 30,
-        rpm_limit: 60,
-        weight: 1,
-        pool: PoolName::new("primary"),
-        enabled: true,
-        model_mappings,
-        source: Source::Api,
-        metadata: serde_json::json!({"team": "a"}),
-        health: PersistedHealth::default(),
-        created_at_ms: now_ms(),
-        updated_at_ms: now_ms(),
-    }
+    crate::domain::tests_support::backend_record(name)
 }
 
 pub(super) async fn open() -> (tempfile::TempDir, SqliteStore) {

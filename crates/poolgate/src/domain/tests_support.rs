@@ -1,0 +1,35 @@
+//! Fixtures for unit tests across the crate.
+
+use super::*;
+
+/// An enabled OpenAI-format backend named `name` in `primary`, serving `gpt-4o` as
+/// `gpt-4o-2024-08-06`, with a placeholder sealed key and default health.
+pub fn backend_record(name: &str) -> BackendRecord {
+    let mut model_mappings = ModelMappings::new();
+    model_mappings.insert(
+        CanonicalModel::new("gpt-4o"),
+        ModelMapping {
+            upstream_model: UpstreamModel::new("gpt-4o-2024-08-06"),
+        },
+    );
+    BackendRecord {
+        id: BackendId::generate(),
+        name: name.to_owned(),
+        label: "Label".to_owned(),
+        api_base_url: "http://127.0.0.1:9/v1".to_owned(),
+        api_key_sealed: "pgenc:v1:1:nonce:ct".to_owned(),
+        api_key_mask: "sk-…abcd".to_owned(),
+        api: ApiKind::Openai,
+        timeout_seconds: 30,
+        rpm_limit: 60,
+        weight: 1,
+        pool: PoolName::new("primary"),
+        enabled: true,
+        model_mappings,
+        source: Source::Api,
+        metadata: serde_json::json!({"team": "a"}),
+        health: PersistedHealth::default(),
+        created_at_ms: now_ms(),
+        updated_at_ms: now_ms(),
+    }
+}

@@ -1,0 +1,307 @@
+//! Runtime state that outlives snapshot swaps, keyed by stable ids: per backend its cooldown,
+//! RPM bucket, in-flight count and last error ([`BackendRuntime`]), per client key its RPM bucket
+//! ([`ClientKeyRuntime`]). Each is reached only through a narrow API — admit a request, resolve
+//! its outcome, reset, take a snapshot — so the data plane, the views and the single health
+//! writer ([`HealthSink`]) agree on one state. The registry that creates them lives here too;
+//! a shared (multi-instance) implementation will sit behind the same API.
+
+mod health;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::cooldown::{
+    Admission, CooldownPolicy, CooldownState, Health, Outcome as UpstreamOutcome, ReadyAt,
+};
+use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth};
+use crate::limits::RpmLimiter;
+
+pub use health::{health_channel, HealthMessage, HealthQueue, HealthSink};
+
+/// Converts a persisted wall-clock deadline into a monotonic instant.
+pub fn instant_from_ms(until_ms: i64, now: Instant) -> Instant {
+    let remaining = until_ms.saturating_sub(now_ms());
+    now + Duration::from_millis(u64::try_from(remaining).unwrap_or(0))
+}
+
+/// Converts a monotonic deadline into wall-clock Unix milliseconds.
+pub fn ms_from_instant(until: Instant, now: Instant) -> i64 {
+    let remaining = until.saturating_duration_since(now);
+    now_ms().saturating_add(i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX))
+}
+
+// === impl BackendRuntime ===
+
+/// The runtime state of one backend.
+#[derive(Debug)]
+pub struct BackendRuntime {
+    limiter: RpmLimiter,
+    cooldown: Mutex<CooldownState>,
+    in_flight: AtomicU32,
+    last_error: Mutex<Option<String>>,
+}
+
+/// What a backend's runtime looks like at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeSnapshot {
+    pub health: Health,
+    /// The end of the current cooldown (past but set while half-open).
+    pub cooldown_until: Option<Instant>,
+    pub consecutive_429: u32,
+    /// The upstream refused the key.
+    pub broken: bool,
+    pub last_error: Option<String>,
+    pub in_flight: u32,
+    /// The RPM limit in force (0 = unlimited).
+    pub rpm: u32,
+}
+
+impl RuntimeSnapshot {
+    /// The part of the state that survives a restart.
+    pub fn persisted(&self, now: Instant) -> PersistedHealth {
+        PersistedHealth {
+            cooldown_until_ms: self.cooldown_until.map(|until| ms_from_instant(until, now)),
+            consecutive_429_count: self.consecutive_429,
+            broken: self.broken,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+impl BackendRuntime {
+    /// A runtime with the persisted health of a backend (a cooldown's end converted from wall
+    /// clock to `now`'s clock).
+    pub fn restore(rpm: u32, health: &PersistedHealth, now: Instant) -> Self {
+        let until = health.cooldown_until_ms.map(|ms| instant_from_ms(ms, now));
+        Self {
+            limiter: RpmLimiter::new(rpm),
+            cooldown: Mutex::new(CooldownState::restore(
+                health.consecutive_429_count,
+                until,
+                health.broken,
+            )),
+            in_flight: AtomicU32::new(0),
+            last_error: Mutex::new(health.last_error.clone()),
+        }
+    }
+
+    /// May a request go to this backend now? Takes the cooldown's admission (after a cooldown,
+    /// the single half-open probe slot) and an RPM token; on success the returned [`Admitted`]
+    /// holds an in-flight slot until it is dropped. Otherwise says when it may be ready.
+    pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Admitted, ReadyAt> {
+        let probe = {
+            let mut cooldown = self.cooldown.lock();
+            match cooldown.admit(now) {
+                Admission::Ready => false,
+                Admission::Probe => true,
+                Admission::ProbeInFlight => return Err(cooldown.ready_at(now)),
+                Admission::Cooling { until } => return Err(ReadyAt::At(until)),
+                Admission::Broken => return Err(ReadyAt::Never),
+            }
+        };
+        if let Err(wait) = self.limiter.try_acquire(now) {
+            if probe {
+                self.cooldown.lock().release_probe();
+            }
+            return Err(ReadyAt::At(now + wait));
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(Admitted {
+            runtime: Arc::clone(self),
+            probe,
+            resolved: false,
+        })
+    }
+
+    /// When the backend will next admit a request: the later of its cooldown's end and its next
+    /// RPM token (`now` if both are there). None while broken.
+    pub fn ready_at(&self, now: Instant) -> Option<Instant> {
+        let cooled = match self.cooldown.lock().ready_at(now) {
+            ReadyAt::Never => return None,
+            ReadyAt::Now => now,
+            ReadyAt::At(at) => at,
+        };
+        Some(cooled.max(now + self.limiter.wait_time(now)))
+    }
+
+    /// The status shown to operators.
+    pub fn health(&self, now: Instant) -> Health {
+        self.cooldown.lock().health(now)
+    }
+
+    /// Why the last attempt failed (never a URL or a key).
+    pub fn set_last_error(&self, text: String) {
+        *self.last_error.lock() = Some(text);
+    }
+
+    /// Admin reset: healthy, no cooldown, no last error. Only the control plane calls this, and
+    /// then persists the result through the health writer.
+    pub fn reset(&self) {
+        self.cooldown.lock().reset();
+        *self.last_error.lock() = None;
+    }
+
+    /// Applies a changed RPM limit, keeping the bucket's fill.
+    pub fn reconfigure_rpm(&self, rpm: u32, now: Instant) {
+        if self.limiter.rpm() != rpm {
+            self.limiter.reconfigure(rpm, now);
+        }
+    }
+
+    pub fn snapshot(&self, now: Instant) -> RuntimeSnapshot {
+        let (cooldown, health) = {
+            let cooldown = self.cooldown.lock();
+            (cooldown.snapshot(), cooldown.health(now))
+        };
+        RuntimeSnapshot {
+            health,
+            cooldown_until: cooldown.until,
+            consecutive_429: cooldown.consecutive_429,
+            broken: cooldown.broken,
+            last_error: self.last_error.lock().clone(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            rpm: self.limiter.rpm(),
+        }
+    }
+}
+
+/// The right to send one request to a backend: holds an in-flight slot (and, after a cooldown,
+/// the half-open probe slot). Dropped without an outcome, it lets another request probe.
+#[derive(Debug)]
+pub struct Admitted {
+    runtime: Arc<BackendRuntime>,
+    probe: bool,
+    resolved: bool,
+}
+
+impl Admitted {
+    /// Feeds the upstream's outcome to the cooldown; true when the persisted part changed (the
+    /// caller then marks the backend dirty for the health writer).
+    pub fn resolve(
+        &mut self,
+        outcome: UpstreamOutcome,
+        policy: &CooldownPolicy,
+        now: Instant,
+    ) -> bool {
+        self.resolved = true;
+        let mut rng = rand::thread_rng();
+        self.runtime
+            .cooldown
+            .lock()
+            .record(outcome, now, policy, &mut rng)
+    }
+
+    /// Whether this request is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.runtime.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.probe && !self.resolved {
+            self.runtime.cooldown.lock().release_probe();
+        }
+    }
+}
+
+// === impl ClientKeyRuntime ===
+
+/// The runtime state of one client key: its own RPM bucket.
+#[derive(Debug)]
+pub struct ClientKeyRuntime {
+    limiter: RpmLimiter,
+}
+
+impl ClientKeyRuntime {
+    pub fn new(rpm: u32) -> Self {
+        Self {
+            limiter: RpmLimiter::new(rpm),
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    pub fn admit(&self, now: Instant) -> Result<(), Duration> {
+        self.limiter.try_acquire(now)
+    }
+
+    /// Gives back the token of a request that reached no upstream.
+    pub fn refund(&self, now: Instant) {
+        self.limiter.refund(now);
+    }
+
+    pub fn rpm(&self) -> u32 {
+        self.limiter.rpm()
+    }
+
+    pub fn reconfigure_rpm(&self, rpm: u32, now: Instant) {
+        if self.limiter.rpm() != rpm {
+            self.limiter.reconfigure(rpm, now);
+        }
+    }
+}
+
+// === impl RuntimeRegistry ===
+
+/// Every runtime by stable id. Snapshot rebuilds look runtimes up here, so an edit of a backend
+/// keeps its cooldown and bucket; a new backend starts from its persisted health.
+#[derive(Debug, Default)]
+pub struct RuntimeRegistry {
+    backends: Mutex<HashMap<BackendId, Arc<BackendRuntime>>>,
+    client_keys: Mutex<HashMap<String, Arc<ClientKeyRuntime>>>,
+}
+
+impl RuntimeRegistry {
+    /// The runtime of a backend, created from its persisted health if new; its RPM limit
+    /// follows the record.
+    pub fn backend(&self, record: &BackendRecord, now: Instant) -> Arc<BackendRuntime> {
+        let runtime = Arc::clone(
+            self.backends
+                .lock()
+                .entry(record.id.clone())
+                .or_insert_with(|| {
+                    Arc::new(BackendRuntime::restore(
+                        record.rpm_limit,
+                        &record.health,
+                        now,
+                    ))
+                }),
+        );
+        runtime.reconfigure_rpm(record.rpm_limit, now);
+        runtime
+    }
+
+    /// The runtime of a backend, if it has one.
+    pub fn find_backend(&self, id: &BackendId) -> Option<Arc<BackendRuntime>> {
+        self.backends.lock().get(id).cloned()
+    }
+
+    /// The runtime of a client key; its RPM limit follows the record.
+    pub fn client_key(&self, record: &ClientKeyRecord, now: Instant) -> Arc<ClientKeyRuntime> {
+        let runtime = Arc::clone(
+            self.client_keys
+                .lock()
+                .entry(record.id.clone())
+                .or_insert_with(|| Arc::new(ClientKeyRuntime::new(record.rpm_limit))),
+        );
+        runtime.reconfigure_rpm(record.rpm_limit, now);
+        runtime
+    }
+
+    /// Forgets the runtimes of backends and keys that are gone.
+    pub fn retain(&self, backends: &[BackendId], client_keys: &[&str]) {
+        self.backends.lock().retain(|id, _| backends.contains(id));
+        self.client_keys
+            .lock()
+            .retain(|id, _| client_keys.contains(&id.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests;
