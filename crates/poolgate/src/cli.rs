@@ -1,20 +1,19 @@
 //! The command line: `poolgate serve`, `poolgate backend list|add|remove`, and
-//! `poolgate master-key rotate`. Every flag also reads an environment variable.
+//! `poolgate master-key rotate`. Every flag also reads an environment variable. The commands that
+//! change something go through the [`ControlPlane`], like the admin API.
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, LogFormat, Overrides};
-use crate::crypto::{mask_secret, MasterKey, Sealer};
-use crate::domain::{
-    normalize_base_url, now_ms, validate_api_key, validate_model_name, validate_name, validate_rpm,
-    validate_timeout, ApiKind, BackendId, BackendRecord, CanonicalModel, ModelMapping,
-    ModelMappings, PersistedHealth, PoolName, Source, UpstreamModel,
-};
+use crate::control::{ControlError, ControlPlane, NewKey, Rotation, MASTER_KEY_ENV};
+use crate::domain::{ApiKind, BackendInput, MappingInput};
 use crate::error::InitError;
-use crate::server::{self, MasterKeySource};
+use crate::files::lock_data_dir;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -171,7 +170,7 @@ pub async fn run_admin_command(command: Command) -> Result<(), InitError> {
     }
 }
 
-/// The config of a non-serve command: its data dir must exist already.
+/// The config of a non-serve command: its SQLite database must exist already.
 fn existing_store_config(args: &StoreArgs) -> Result<Config, InitError> {
     let config = load_config(args, None, None)?;
     if let Some(path) = config.database_url.sqlite_path() {
@@ -185,10 +184,38 @@ fn existing_store_config(args: &StoreArgs) -> Result<Config, InitError> {
     Ok(config)
 }
 
+/// Runs one command against the control plane, then lets its writers finish.
+async fn with_control<T, F>(config: Config, command: F) -> Result<T, InitError>
+where
+    F: AsyncFnOnce(&ControlPlane) -> Result<T, ControlError>,
+{
+    let control = ControlPlane::open(Arc::new(config)).await?;
+    let result = command(&control).await;
+    control.shutdown().await;
+    result.map_err(cli_error)
+}
+
+/// A control-plane error in command-line terms: a field is named by its flag.
+fn cli_error(error: ControlError) -> InitError {
+    match error {
+        ControlError::Invalid(invalid) => {
+            let flag = match invalid.field.as_str() {
+                "api_base_url" => "base-url",
+                "api_key" => "api-key",
+                "timeout_seconds" => "timeout",
+                "rpm_limit" => "rpm",
+                field if field.starts_with("model_mappings") => "model",
+                field => field,
+            };
+            InitError::Invalid(format!("`--{flag}`: {}", invalid.message))
+        }
+        other => InitError::Control(other),
+    }
+}
+
 async fn backend_list(args: &StoreArgs) -> Result<(), InitError> {
     let config = existing_store_config(args)?;
-    let (store, _, _) = server::open_store(&config).await?;
-    let backends = store.config.list_backends().await?;
+    let backends = with_control(config, async |control| control.backends().await).await?;
     if backends.is_empty() {
         println!("no backends");
     }
@@ -215,143 +242,89 @@ async fn backend_list(args: &StoreArgs) -> Result<(), InitError> {
 }
 
 async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
-    let invalid = |e: crate::domain::Invalid| InitError::Invalid(e.to_string());
-    validate_name("name", &args.name).map_err(invalid)?;
-    let api_base_url = normalize_base_url("base-url", &args.base_url).map_err(invalid)?;
     let key = std::env::var(&args.api_key_env).map_err(|_| {
         InitError::Invalid(format!(
             "environment variable `{}` is not set",
             args.api_key_env
         ))
     })?;
-    validate_api_key("api-key", &key).map_err(invalid)?;
-    let mut model_mappings = ModelMappings::new();
-    for entry in &args.models {
-        let (canonical, upstream) = entry.split_once('=').unwrap_or((entry, entry));
-        validate_model_name("model", canonical).map_err(invalid)?;
-        validate_model_name("model", upstream).map_err(invalid)?;
-        model_mappings.insert(
-            CanonicalModel::new(canonical),
-            ModelMapping {
-                upstream_model: UpstreamModel::new(upstream),
-            },
-        );
-    }
-    // `add` may create the store (provisioning before the first start).
-    let config = load_config(&args.store, None, None)?;
-    server::ensure_data_dir(&config.data_dir)?;
-    let _lock = server::lock_data_dir(&config.data_dir)?;
-    let (store, sealer, _) = server::open_store(&config).await?;
-    let pool = PoolName::new(args.pool.clone());
-    if store.config.find_pool(&pool).await?.is_none() {
-        return Err(InitError::Invalid(format!(
-            "pool `{}` does not exist",
-            args.pool
-        )));
-    }
-    let id = BackendId::generate();
-    let sealed = sealer
-        .seal(id.as_str(), &key)
-        .map_err(|e| InitError::MasterKey(e.to_string()))?;
-    let now = now_ms();
-    let record = BackendRecord {
-        id: id.clone(),
-        name: args.name.clone(),
-        label: args.name,
-        api_base_url,
-        api_key_sealed: sealed,
-        api_key_mask: mask_secret(&key),
-        api: ApiKind::parse(&args.api).unwrap_or(ApiKind::Openai),
-        timeout_seconds: validate_timeout("timeout", args.timeout).map_err(invalid)?,
-        rpm_limit: validate_rpm("rpm", args.rpm).map_err(invalid)?,
-        weight: 1,
-        pool,
-        enabled: true,
+    let model_mappings = args
+        .models
+        .iter()
+        .map(|entry| {
+            let (canonical, upstream) = entry.split_once('=').unwrap_or((entry, entry));
+            (
+                canonical.to_owned(),
+                MappingInput::Short(upstream.to_owned()),
+            )
+        })
+        .collect();
+    let input = BackendInput {
+        name: args.name,
+        label: None,
+        api_base_url: args.base_url,
+        api_key: SecretString::from(key),
+        api: ApiKind::parse(&args.api),
+        timeout_seconds: Some(args.timeout),
+        rpm_limit: Some(args.rpm),
+        weight: None,
+        pool: Some(args.pool),
+        enabled: None,
         model_mappings,
-        source: Source::Api,
-        metadata: serde_json::json!({}),
-        health: PersistedHealth::default(),
-        created_at_ms: now,
-        updated_at_ms: now,
+        metadata: None,
     };
-    store.config.insert_backend(&record).await?;
-    println!("added backend {id}");
+    // `add` may create the database (provisioning before the first start).
+    let config = load_config(&args.store, None, None)?;
+    crate::files::ensure_data_dir(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let record = with_control(config, async |control| control.create_backend(input).await).await?;
+    println!("added backend {}", record.id);
     Ok(())
 }
 
 async fn backend_remove(which: &str, args: &StoreArgs) -> Result<(), InitError> {
     let config = existing_store_config(args)?;
-    let _lock = server::lock_data_dir(&config.data_dir)?;
-    let (store, _, _) = server::open_store(&config).await?;
-    let backends = store.config.list_backends().await?;
-    let found = backends
-        .iter()
-        .find(|b| b.id.as_str() == which || b.name == which)
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let removed = with_control(config, async |control| {
+        let backends = control.backends().await?;
+        let Some(found) = backends
+            .into_iter()
+            .find(|b| b.id.as_str() == which || b.name == which)
+        else {
+            return Ok(None);
+        };
+        control.delete_backend(&found.id).await?;
+        Ok(Some(found))
+    })
+    .await?;
+    let found = removed
         .ok_or_else(|| InitError::Invalid(format!("no backend with id or name `{which}`")))?;
-    store.config.delete_backend(&found.id).await?;
     println!("removed backend {} ({})", found.id, found.name);
     Ok(())
 }
 
 async fn rotate(args: &StoreArgs) -> Result<(), InitError> {
     let config = existing_store_config(args)?;
-    let _lock = server::lock_data_dir(&config.data_dir)?;
-    let (store, old, source) = server::open_store(&config).await?;
-    let new_version = old.version() + 1;
-    let new_key = MasterKey::generate();
-    let new_key_text = new_key.to_base64();
-    let new_fingerprint = new_key.fingerprint();
-    let new = Sealer::new(new_key, new_version);
-    let backends = store.config.list_backends().await?;
-    let mut sealed = Vec::with_capacity(backends.len());
-    for backend in &backends {
-        let plain = old
-            .open(backend.id.as_str(), &backend.api_key_sealed)
-            .map_err(|e| InitError::MasterKey(format!("backend `{}`: {e}", backend.name)))?;
-        let resealed = new
-            .seal(backend.id.as_str(), plain.expose_secret())
-            .map_err(|e| InitError::MasterKey(e.to_string()))?;
-        sealed.push((backend.id.clone(), resealed));
-    }
-    // The new key is on disk before the database depends on it.
-    let staged = match &source {
-        MasterKeySource::File(path) => {
-            let staged = path.with_extension("key.new");
-            server::write_secret_file(&staged, new_key_text.expose_secret())?;
-            Some((staged, path.clone()))
-        }
-        MasterKeySource::Env => None,
-    };
-    store
-        .config
-        .replace_sealed_keys(
-            &sealed,
-            &[
-                ("master_key_fingerprint", new_fingerprint.clone()),
-                ("master_key_version", new_version.to_string()),
-            ],
-        )
-        .await?;
-    match staged {
-        Some((staged, path)) => {
-            std::fs::rename(&staged, &path)
-                .map_err(|e| InitError::io(format!("replacing {}", path.display()), e))?;
-            println!(
-                "rotated the master key to version {new_version} (fingerprint {new_fingerprint}); \
-                 re-encrypted {} upstream keys; new key written to {}",
-                sealed.len(),
-                path.display()
-            );
-        }
-        None => {
-            println!(
-                "rotated the master key to version {new_version} (fingerprint {new_fingerprint}); \
-                 re-encrypted {} upstream keys.\nSet {} to the new key before the next start:\n{}",
-                sealed.len(),
-                server::MASTER_KEY_ENV,
-                new_key_text.expose_secret()
-            );
-        }
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let rotation = with_control(config, async |control| control.rotate_master_key().await).await?;
+    let Rotation {
+        version,
+        fingerprint,
+        resealed,
+        new_key,
+    } = rotation;
+    match new_key {
+        NewKey::File(path) => println!(
+            "rotated the master key to version {version} (fingerprint {fingerprint}); \
+             re-encrypted {resealed} upstream keys; new key written to {}",
+            path.display()
+        ),
+        NewKey::Env(key) => println!(
+            "rotated the master key to version {version} (fingerprint {fingerprint}); \
+             re-encrypted {resealed} upstream keys.\nSet {MASTER_KEY_ENV} to the new key before \
+             the next start:\n{}",
+            key.expose_secret()
+        ),
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use rust_embed::RustEmbed;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::state::AppState;
+use crate::api::AppState;
 
 /// The policy of every dashboard answer: only this origin, no inline code, no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \

@@ -13,8 +13,8 @@ pub enum InitError {
         #[source]
         source: std::io::Error,
     },
-    #[error("database: {0}")]
-    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("master key: {0}")]
     MasterKey(String),
     #[error("{0}")]

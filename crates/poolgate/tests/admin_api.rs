@@ -882,7 +882,7 @@ async fn a_wrong_master_key_is_refused_at_start_and_the_right_one_works() {
     // The original key: starts, and the upstream key decrypts to the original plaintext.
     std::fs::write(&key_path, &original).unwrap();
     let gateway = Gateway::start_with("", Some(dir)).await;
-    assert!(gateway.state().live().unreadable.is_empty());
+    assert!(gateway.data().live().unreadable.is_empty());
     let (status, body) = gateway.chat("m-mk").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(bearer_seen(&upstream), format!("Bearer {key}"));
@@ -2043,7 +2043,7 @@ async fn a_backend_whose_key_cannot_be_decrypted_says_why() {
 
     // The gateway starts, keeps the backend out of routing, and the API says why.
     let gateway = Gateway::start_with("", Some(dir)).await;
-    assert_eq!(gateway.state().live().unreadable.len(), 1);
+    assert_eq!(gateway.data().live().unreadable.len(), 1);
     let (status, _) = gateway.chat("m-tamper").await;
     assert_ne!(status, 200);
     assert_eq!(upstream.calls(), 0, "no request with a garbage key");

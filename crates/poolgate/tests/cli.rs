@@ -393,7 +393,7 @@ async fn master_key_rotate_reencrypts_every_key() {
     // A gateway on the rotated dir decrypts every key to its original plaintext.
     let gateway = Gateway::start_with("", Some(dir)).await;
     assert!(
-        gateway.state().live().unreadable.is_empty(),
+        gateway.data().live().unreadable.is_empty(),
         "some keys do not decrypt"
     );
     chat_ok(&gateway, "m-rot-1").await;
@@ -1008,7 +1008,7 @@ async fn master_key_rotate_refuses_while_a_gateway_uses_the_data_dir() {
     let (status_old, _) = gateway.chat("m-live").await;
     let dir = gateway.stop().await;
     let restarted = Gateway::start_with("", Some(dir)).await;
-    let unreadable = restarted.state().live().unreadable.len();
+    let unreadable = restarted.data().live().unreadable.len();
     restarted.stop().await;
 
     assert!(

@@ -956,17 +956,19 @@ api_key = "sk-test-key-123456"
 
     /// The usage records in the database (after exit).
     async fn usage_rows(&self) -> (u64, Vec<poolgate::domain::UsageRecord>) {
-        let url = poolgate::config::DatabaseUrl::Sqlite(self.dir.path().join("poolgate.db"));
-        let stores = poolgate::store::open(&url).await.unwrap();
-        let count = stores.usage.count_usage().await.unwrap();
-        let page = stores
-            .usage
-            .list_usage(&poolgate::usage::UsageFilter {
+        let config = common::config_for("", self.dir.path());
+        let control = poolgate::control::ControlPlane::open(std::sync::Arc::new(config))
+            .await
+            .unwrap();
+        let count = control.usage_count().await.unwrap();
+        let page = control
+            .usage_page(&poolgate::usage::UsageFilter {
                 limit: Some(1000),
                 ..poolgate::usage::UsageFilter::default()
             })
             .await
             .unwrap();
+        control.shutdown().await;
         (count, page.records)
     }
 }

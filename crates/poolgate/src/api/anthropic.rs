@@ -14,18 +14,18 @@ use super::proxy::serve;
 use super::request_id::RequestId;
 use crate::providers::Endpoint;
 use crate::proxy::Inbound;
-use crate::state::AppState;
+use crate::state::DataPlane;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<super::AppState> {
     Router::new()
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
 }
 
-async fn messages(State(state): State<AppState>, request: Request) -> Response {
+async fn messages(State(data): State<DataPlane>, request: Request) -> Response {
     let request_id = request.extensions().get::<RequestId>().cloned();
     let mut response = serve(
-        &state,
+        &data,
         Endpoint::Messages,
         request,
         Inbound::anthropic,
@@ -39,8 +39,8 @@ async fn messages(State(state): State<AppState>, request: Request) -> Response {
     response
 }
 
-async fn count_tokens(State(state): State<AppState>, request: Request) -> Response {
-    if let Err(error) = authenticate_client(&state, &state.live(), request.headers()) {
+async fn count_tokens(State(data): State<DataPlane>, request: Request) -> Response {
+    if let Err(error) = authenticate_client(&data, &data.live(), request.headers()) {
         return error.anthropic();
     }
     ApiError::new(

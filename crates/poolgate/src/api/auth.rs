@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 
 use super::error::ApiError;
 use crate::crypto::{parse_client_key, token_matches, verify_secret};
-use crate::state::{AppState, Live, LiveClientKey};
+use crate::state::{DataPlane, Live, LiveClientKey};
 
 /// The bearer token of `Authorization`, or the `x-api-key` header (Anthropic clients).
 pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
@@ -34,14 +34,14 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
 /// The caller of a proxy route: `Ok(None)` for the admin token, `Ok(Some(key))` for a client key
 /// of `live` (the snapshot the request goes on to use).
 pub fn authenticate_client(
-    state: &AppState,
+    data: &DataPlane,
     live: &Live,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<LiveClientKey>>, ApiError> {
     let token = presented_token(headers).ok_or_else(|| {
         ApiError::unauthorized("missing API key: send `Authorization: Bearer <poolgate key>`")
     })?;
-    if token_matches(token, state.admin_token.expose_secret()) {
+    if token_matches(token, data.admin_token.expose_secret()) {
         return Ok(None);
     }
     let unknown = || ApiError::unauthorized("invalid API key");
@@ -55,12 +55,12 @@ pub fn authenticate_client(
 
 /// Middleware guarding every admin route.
 pub async fn require_admin(
-    State(state): State<AppState>,
+    State(data): State<DataPlane>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let authorized = presented_token(request.headers())
-        .is_some_and(|token| token_matches(token, state.admin_token.expose_secret()));
+        .is_some_and(|token| token_matches(token, data.admin_token.expose_secret()));
     if !authorized {
         return Err(ApiError::unauthorized(
             "admin API: send `Authorization: Bearer <admin token>`",

@@ -1,6 +1,6 @@
 //! The one place errors become HTTP responses. Each layer has its own error type
-//! ([`ProxyError`], the admin API's store errors, [`InvalidRequest`] from whoever read the
-//! client's input); here each maps once onto an [`ApiError`] — status, `type`, `code`, `param`,
+//! ([`ProxyError`] from the request path, [`ControlError`] from the control plane,
+//! [`InvalidRequest`] from whoever read the client's input); here each maps once onto an [`ApiError`] — status, `type`, `code`, `param`,
 //! message, `Retry-After` — and one renderer per wire format writes it: OpenAI's
 //! `{"error": {…}}` ([`ApiError::openai`]) or Anthropic's `{"type": "error", "error": {…}}`
 //! ([`ApiError::anthropic`]). 5xx bodies are generic and name the request id; the cause goes to
@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::request_id;
+use crate::control::ControlError;
 use crate::domain::{Invalid, InvalidRequest};
 use crate::providers::anthropic::{error_type_for_status, ErrorResponse};
 use crate::proxy::ProxyError;
@@ -237,15 +238,19 @@ impl From<ProxyError> for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(error: crate::store::StoreError) -> Self {
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
         match error {
-            // Every uniqueness rule in the store is about a name.
-            crate::store::StoreError::Conflict(message) => ApiError::conflict(message, "name"),
-            crate::store::StoreError::NotFound(message) => {
-                ApiError::not_found(message, "not_found")
-            }
-            other => ApiError::internal(other),
+            ControlError::Invalid(invalid) => invalid.into(),
+            ControlError::UnknownPool { ref field, .. } => ApiError::invalid(error.to_string())
+                .with_param(field.clone())
+                .with_code("unknown_pool"),
+            ControlError::Conflict { message, param } => ApiError::conflict(message, param),
+            ControlError::NotFound { message, code } => ApiError::not_found(message, code),
+            other @ (ControlError::Crypto(_)
+            | ControlError::UnreadableKey { .. }
+            | ControlError::Store(_)
+            | ControlError::KeyFile(_)) => ApiError::internal(other),
         }
     }
 }

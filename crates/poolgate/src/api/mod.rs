@@ -13,13 +13,36 @@ pub mod openai;
 pub mod proxy;
 pub mod request_id;
 
+use axum::extract::FromRef;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::state::AppState;
+use crate::control::ControlPlane;
+use crate::state::DataPlane;
 use error::ApiError;
+
+/// The router's state: the two halves, each handler taking the one it needs (`State<DataPlane>`
+/// for the proxy routes, `State<ControlPlane>` — and the data plane for live views — for the
+/// admin routes).
+#[derive(Clone)]
+pub struct AppState {
+    pub data: DataPlane,
+    pub control: ControlPlane,
+}
+
+impl FromRef<AppState> for DataPlane {
+    fn from_ref(state: &AppState) -> DataPlane {
+        state.data.clone()
+    }
+}
+
+impl FromRef<AppState> for ControlPlane {
+    fn from_ref(state: &AppState) -> ControlPlane {
+        state.control.clone()
+    }
+}
 
 /// Routes reachable without any credential: the named allow-list. The dashboard's page and
 /// static assets (under `/dashboard/`) are public too; every datum they show comes from the
@@ -28,7 +51,7 @@ pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/admin/api/openapi.json", "/",
 
 /// The whole application router.
 pub fn build_router(state: AppState) -> Router {
-    let (admin_router, _) = admin::router(state.clone());
+    let (admin_router, _) = admin::router(state.data.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/", get(|| async { Redirect::temporary("/dashboard/") }))

@@ -13,9 +13,9 @@ use super::error::ApiError;
 use super::proxy::serve;
 use crate::providers::Endpoint;
 use crate::proxy::Inbound;
-use crate::state::AppState;
+use crate::state::DataPlane;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<super::AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -23,21 +23,21 @@ pub fn router() -> Router<AppState> {
         .route("/v1/models", get(models))
 }
 
-async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
-    proxy(state, Endpoint::ChatCompletions, request).await
+async fn chat_completions(State(data): State<DataPlane>, request: Request) -> Response {
+    proxy(data, Endpoint::ChatCompletions, request).await
 }
 
-async fn completions(State(state): State<AppState>, request: Request) -> Response {
-    proxy(state, Endpoint::Completions, request).await
+async fn completions(State(data): State<DataPlane>, request: Request) -> Response {
+    proxy(data, Endpoint::Completions, request).await
 }
 
-async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
-    proxy(state, Endpoint::Embeddings, request).await
+async fn embeddings(State(data): State<DataPlane>, request: Request) -> Response {
+    proxy(data, Endpoint::Embeddings, request).await
 }
 
-async fn proxy(state: AppState, endpoint: Endpoint, request: Request) -> Response {
+async fn proxy(data: DataPlane, endpoint: Endpoint, request: Request) -> Response {
     let parse = |body, _: &HeaderMap| Inbound::openai(endpoint, body);
-    serve(&state, endpoint, request, parse, ApiError::openai).await
+    serve(&data, endpoint, request, parse, ApiError::openai).await
 }
 
 #[derive(Serialize)]
@@ -55,9 +55,9 @@ struct ModelEntry {
 }
 
 /// `GET /v1/models`: the canonical models of enabled backends the caller may use.
-async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let live = state.live();
-    let key = match authenticate_client(&state, &live, &headers) {
+async fn models(State(data): State<DataPlane>, headers: HeaderMap) -> Response {
+    let live = data.live();
+    let key = match authenticate_client(&data, &live, &headers) {
         Ok(key) => key,
         Err(error) => return error.openai(),
     };

@@ -17,7 +17,7 @@ use super::request_id::RequestId;
 use crate::domain::{now_ms, InvalidRequest};
 use crate::providers::Endpoint;
 use crate::proxy::{forward, record_refused, Inbound, ProxyBody, ProxyResponse, RequestContext};
-use crate::state::AppState;
+use crate::state::DataPlane;
 
 /// Header `x-poolgate-max-wait-ms`: how long this request may wait for a ready backend.
 pub fn max_wait_header(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
@@ -42,7 +42,7 @@ pub fn max_wait_header(headers: &HeaderMap) -> Result<Option<std::time::Duration
 /// Serves one proxied request: `parse` reads the body in the client's format, `render` writes an
 /// error in it.
 pub async fn serve(
-    state: &AppState,
+    data: &DataPlane,
     endpoint: Endpoint,
     request: Request,
     parse: impl FnOnce(Bytes, &HeaderMap) -> Result<Inbound, InvalidRequest>,
@@ -56,8 +56,8 @@ pub async fn serve(
         .get::<RequestId>()
         .cloned()
         .unwrap_or_else(RequestId::generate);
-    let live = state.live();
-    let client_key = match authenticate_client(state, &live, &parts.headers) {
+    let live = data.live();
+    let client_key = match authenticate_client(data, &live, &parts.headers) {
         Ok(key) => key,
         Err(error) => return render(error),
     };
@@ -73,7 +73,7 @@ pub async fn serve(
     // Refused after authentication: recorded like every other request.
     let inbound = match max_wait {
         Err(error) => Err(error),
-        Ok(_) => read_body(body, state.config.proxy.max_body_bytes)
+        Ok(_) => read_body(body, data.config.proxy.max_body_bytes)
             .await
             .and_then(|body| parse(body, &parts.headers).map_err(ApiError::from)),
     };
@@ -81,7 +81,7 @@ pub async fn serve(
         Ok(inbound) => inbound,
         Err(error) => {
             record_refused(
-                &state.usage,
+                &data.usage,
                 &ctx,
                 endpoint,
                 error.status_code(),
@@ -90,7 +90,7 @@ pub async fn serve(
             return render(error);
         }
     };
-    match forward(state, ctx, inbound).await {
+    match forward(data, ctx, inbound).await {
         Ok(response) => into_response(response),
         Err(error) => render(ApiError::from(error)),
     }

@@ -10,15 +10,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::cooldown::CooldownPolicy;
-use crate::domain::{validate_name, ApiKind, Invalid, ModelMappings, Pool, PoolName};
+use crate::domain::{validate_name, BackendSpec, Invalid, Pool, PoolName};
 use crate::error::InitError;
 
 pub use database::DatabaseUrl;
-pub use raw::{RawBackend, RawConfig, RawCooldown, RawMapping, RawPool, RawProxy, RawUsage};
+pub use raw::{RawBackend, RawConfig, RawCooldown, RawPool, RawProxy, RawUsage};
 use validate::{validate_backend, validate_cooldown, validate_proxy};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -83,26 +82,6 @@ impl Default for UsageSettings {
         }
     }
 }
-
-/// A backend declared in the config file (validated, key resolved).
-#[derive(Debug, Clone)]
-pub struct BackendSpec {
-    pub name: String,
-    pub label: String,
-    pub api_base_url: String,
-    pub api_key: SecretString,
-    pub api: ApiKind,
-    pub timeout_seconds: u32,
-    pub rpm_limit: u32,
-    pub weight: u32,
-    pub pool: PoolName,
-    pub enabled: bool,
-    pub model_mappings: ModelMappings,
-    pub metadata: serde_json::Value,
-}
-
-/// Default `timeout_seconds` (time to first byte) of a backend.
-pub const DEFAULT_TIMEOUT_SECONDS: u32 = 60;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

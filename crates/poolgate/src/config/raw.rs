@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::LogFormat;
-use crate::domain::{ApiKind, ModelMapping, UpstreamModel};
+use crate::domain::{ApiKind, MappingInput};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,29 +86,11 @@ pub struct RawBackend {
     pub pool: Option<String>,
     pub enabled: Option<bool>,
     #[serde(default)]
-    pub model_mappings: BTreeMap<String, RawMapping>,
+    /// `"gpt-4o" = "gpt-4o-2024-08-06"` or `"gpt-4o" = { upstream_model = "…" }`.
+    pub model_mappings: BTreeMap<String, MappingInput>,
     pub metadata: Option<serde_json::Value>,
 }
 
 fn default_api() -> ApiKind {
     ApiKind::Openai
-}
-
-/// `"gpt-4o" = "gpt-4o-2024-08-06"` or `"gpt-4o" = { upstream_model = "…" }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawMapping {
-    Short(String),
-    Full(ModelMapping),
-}
-
-impl RawMapping {
-    pub fn into_mapping(self) -> ModelMapping {
-        match self {
-            RawMapping::Short(upstream) => ModelMapping {
-                upstream_model: UpstreamModel::new(upstream),
-            },
-            RawMapping::Full(mapping) => mapping,
-        }
-    }
 }

@@ -6,13 +6,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::raw::{RawBackend, RawCooldown, RawProxy};
-use super::{BackendSpec, ProxySettings, DEFAULT_TIMEOUT_SECONDS};
+use super::ProxySettings;
 use crate::cooldown::CooldownPolicy;
-use crate::domain::{
-    normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
-    validate_model_name, validate_name, validate_rpm, validate_timeout, validate_weight,
-    CanonicalModel, Invalid, ModelMappings, PoolName,
-};
+use crate::domain::{BackendInput, BackendSpec, Invalid};
 
 pub fn validate_proxy(raw: RawProxy) -> Result<ProxySettings, Invalid> {
     let defaults = ProxySettings::default();
@@ -110,14 +106,14 @@ pub fn validate_cooldown(raw: RawCooldown) -> Result<CooldownPolicy, Invalid> {
     })
 }
 
+/// A config file backend: its key resolved (`env:VAR` reads the environment), then the rules
+/// every backend input follows, with errors naming `backends[i].<field>`.
 pub fn validate_backend(
     i: usize,
     raw: RawBackend,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BackendSpec, Invalid> {
     let at = |field: &str| format!("backends[{i}].{field}");
-    validate_name(&at("name"), &raw.name)?;
-    let api_base_url = normalize_base_url(&at("api_base_url"), &raw.api_base_url)?;
     let api_key = match raw.api_key.strip_prefix("env:") {
         Some(var) => env(var).ok_or_else(|| {
             Invalid::new(
@@ -127,39 +123,19 @@ pub fn validate_backend(
         })?,
         None => raw.api_key,
     };
-    validate_api_key(&at("api_key"), &api_key)?;
-    let pool = raw.pool.unwrap_or_else(|| "primary".to_owned());
-    validate_name(&at("pool"), &pool)?;
-    let mut model_mappings = ModelMappings::new();
-    for (canonical, mapping) in raw.model_mappings {
-        validate_model_name(&at(&format!("model_mappings.{canonical}")), &canonical)?;
-        model_mappings.insert(CanonicalModel::new(canonical), mapping.into_mapping());
-    }
-    validate_mappings(&at("model_mappings"), &model_mappings)?;
-    let metadata = raw
-        .metadata
-        .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
-    validate_metadata(&at("metadata"), &metadata)?;
-    Ok(BackendSpec {
-        label: if raw.label.is_empty() {
-            raw.name.clone()
-        } else {
-            raw.label
-        },
+    BackendInput {
         name: raw.name,
-        api_base_url,
+        label: (!raw.label.is_empty()).then_some(raw.label),
+        api_base_url: raw.api_base_url,
         api_key: SecretString::from(api_key),
-        api: raw.api,
-        timeout_seconds: validate_timeout(
-            &at("timeout_seconds"),
-            raw.timeout_seconds
-                .unwrap_or(i64::from(DEFAULT_TIMEOUT_SECONDS)),
-        )?,
-        rpm_limit: validate_rpm(&at("rpm_limit"), raw.rpm_limit)?,
-        weight: validate_weight(&at("weight"), raw.weight.unwrap_or(1))?,
-        pool: PoolName::new(pool),
-        enabled: raw.enabled.unwrap_or(true),
-        model_mappings,
-        metadata,
-    })
+        api: Some(raw.api),
+        timeout_seconds: raw.timeout_seconds,
+        rpm_limit: Some(raw.rpm_limit),
+        weight: raw.weight,
+        pool: raw.pool,
+        enabled: raw.enabled,
+        model_mappings: raw.model_mappings,
+        metadata: raw.metadata,
+    }
+    .validate(&at)
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod backend;
 mod request;
 #[cfg(test)]
 pub mod tests_support;
@@ -15,10 +16,15 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use backend::{
+    BackendChange, BackendInput, BackendPatch, BackendSpec, FieldPath, MappingInput, DEFAULT_POOL,
+    DEFAULT_TIMEOUT_SECONDS,
+};
 pub use request::{parse_json, InvalidRequest};
 pub use validate::{
-    normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
-    validate_model_name, validate_name, validate_rpm, validate_timeout, validate_weight, Invalid,
+    normalize_base_url, validate_api_key, validate_key_name, validate_mappings, validate_metadata,
+    validate_model_name, validate_name, validate_priority, validate_rpm, validate_timeout,
+    validate_weight, Invalid,
 };
 
 /// Defines a string newtype with `Display`, `as_str` and transparent serde.

@@ -33,3 +33,21 @@ pub fn backend_record(name: &str) -> BackendRecord {
         updated_at_ms: now_ms(),
     }
 }
+
+/// A valid backend input named `name` (key `sk-<name>-key-000001`) serving `m` as `up-m`.
+pub fn backend_input(name: &str) -> BackendInput {
+    BackendInput {
+        name: name.to_owned(),
+        label: None,
+        api_base_url: "http://127.0.0.1:9/v1".into(),
+        api_key: secrecy::SecretString::from(format!("sk-{name}-key-000001")),
+        api: None,
+        timeout_seconds: None,
+        rpm_limit: None,
+        weight: None,
+        pool: None,
+        enabled: None,
+        model_mappings: [("m".to_owned(), MappingInput::Short("up-m".into()))].into(),
+        metadata: None,
+    }
+}

@@ -1,12 +1,11 @@
 //! The rules for values users hand us — admin API, config file and command line alike: one
 //! validator per field, each naming the field (its JSON path) when the value breaks a rule.
 
-use std::fmt;
-
 use super::ModelMappings;
 
 /// A rule a user-supplied value broke; `field` is the JSON path of the value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
 pub struct Invalid {
     pub field: String,
     pub message: String,
@@ -18,12 +17,6 @@ impl Invalid {
             field: field.into(),
             message: message.into(),
         }
-    }
-}
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}`: {}", self.field, self.message)
     }
 }
 
@@ -122,6 +115,23 @@ pub fn validate_api_key(field: &str, key: &str) -> Result<(), Invalid> {
         ));
     }
     Ok(())
+}
+
+/// A client key's name: 1–128 characters (trimmed); returns it trimmed.
+pub fn validate_key_name(field: &str, name: &str) -> Result<String, Invalid> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(Invalid::new(field, "must be 1 to 128 characters long"));
+    }
+    Ok(name.to_owned())
+}
+
+/// A pool's priority: -1 000 000 to 1 000 000.
+pub fn validate_priority(field: &str, priority: i64) -> Result<i64, Invalid> {
+    if !(-1_000_000..=1_000_000).contains(&priority) {
+        return Err(Invalid::new(field, "must be between -1000000 and 1000000"));
+    }
+    Ok(priority)
 }
 
 /// Every mapping's names are valid.

@@ -18,7 +18,7 @@ use super::ProxyResponse;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::ApiKind;
 use crate::routing::{Route, Selection, Ticket};
-use crate::state::AppState;
+use crate::state::DataPlane;
 
 /// How the attempt loop ended well.
 pub enum Done {
@@ -60,13 +60,13 @@ fn route<'l>(ctx: &'l RequestContext, inbound: &Inbound) -> Result<&'l Route, Pr
 
 /// Runs the attempts of one request.
 pub async fn run(
-    state: &AppState,
+    data: &DataPlane,
     ctx: &RequestContext,
     inbound: &Inbound,
     draft: &mut UsageDraft,
 ) -> Result<Done, ProxyError> {
     let route = route(ctx, inbound)?;
-    let settings = &state.config.proxy;
+    let settings = &data.config.proxy;
     let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);
     let endpoint = inbound.endpoint;
     let mut selection = Selection::new(route, move |api| endpoint.served_by(api));
@@ -114,7 +114,7 @@ pub async fn run(
         )?;
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let attempt_started = Instant::now();
-        let send = state
+        let send = data
             .http
             .post(&request.url)
             .headers(request.headers)
@@ -129,7 +129,7 @@ pub async fn run(
                 let status = response.status();
                 if status.is_success() {
                     let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
-                    match succeed(state, inbound, plan, ticket, response, draft, remaining).await {
+                    match succeed(data, inbound, plan, ticket, response, draft, remaining).await {
                         Ok(response) => return Ok(Done::Response(response)),
                         Err((returned_ticket, failure)) => {
                             ticket = returned_ticket;
@@ -142,8 +142,8 @@ pub async fn run(
                         None => {
                             // The request's own fault: relay it. The backend answered, so for its
                             // cooldown this counts as a success (a half-open probe is over).
-                            resolve(state, &mut ticket, UpstreamOutcome::Success);
-                            return relay_client_error(response, plan, draft, state).await;
+                            resolve(data, &mut ticket, UpstreamOutcome::Success);
+                            return relay_client_error(response, plan, draft, data).await;
                         }
                     }
                 }
@@ -159,7 +159,7 @@ pub async fn run(
             "upstream attempt failed; trying the next candidate"
         );
         backend.runtime.set_last_error(description);
-        resolve(state, &mut ticket, failure.outcome());
+        resolve(data, &mut ticket, failure.outcome());
         drop(ticket);
         last_failure = Some(failure);
     }
@@ -167,10 +167,9 @@ pub async fn run(
 
 /// Feeds an upstream outcome to the backend's runtime; a change of its persisted health is
 /// handed to the health writer (never written here).
-pub fn resolve(state: &AppState, ticket: &mut Ticket, outcome: UpstreamOutcome) {
-    if ticket.resolve(outcome, &state.config.cooldown, Instant::now()) {
-        state
-            .health
+pub fn resolve(data: &DataPlane, ticket: &mut Ticket, outcome: UpstreamOutcome) {
+    if ticket.resolve(outcome, &data.config.cooldown, Instant::now()) {
+        data.health
             .mark_dirty(ticket.backend.id(), &ticket.backend.runtime);
     }
 }

@@ -35,7 +35,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::domain::Outcome;
 use crate::providers::Endpoint;
-use crate::state::AppState;
+use crate::state::DataPlane;
 use crate::usage::UsageSink;
 
 pub use context::RequestContext;
@@ -73,19 +73,19 @@ pub fn record_refused(
 
 /// Handles one request end to end and always records its usage.
 pub async fn forward(
-    state: &AppState,
+    data: &DataPlane,
     ctx: RequestContext,
     inbound: Inbound,
 ) -> Result<ProxyResponse, ProxyError> {
     let draft = UsageDraft::new(
-        &state.usage,
+        &data.usage,
         &ctx,
         inbound.endpoint,
         Some(&inbound.model),
         inbound.stream,
     );
-    let mut guard = CancelGuard::new(&state.usage, draft);
-    let result = attempt::run(state, &ctx, &inbound, &mut guard.draft).await;
+    let mut guard = CancelGuard::new(&data.usage, draft);
+    let result = attempt::run(data, &ctx, &inbound, &mut guard.draft).await;
     match result {
         // Its record is written (or, for a stream, will be) by whoever finishes it.
         Ok(Done::Response(response)) => {

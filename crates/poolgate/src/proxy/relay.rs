@@ -21,7 +21,7 @@ use crate::domain::Outcome;
 use crate::providers::TokenUsage;
 use crate::routing::Ticket;
 use crate::sse::{SseEvent, SseFramer};
-use crate::state::AppState;
+use crate::state::DataPlane;
 use crate::translate::{Mapped, StreamMapper};
 
 /// The body type handed to the HTTP layer.
@@ -31,7 +31,7 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> +
 pub struct StreamFinisher {
     pub draft: UsageDraft,
     pub ticket: Ticket,
-    pub state: AppState,
+    pub data: DataPlane,
 }
 
 impl StreamFinisher {
@@ -49,9 +49,9 @@ impl StreamFinisher {
                 .backend
                 .runtime
                 .set_last_error("stream ended unexpectedly".to_owned());
-            resolve(&self.state, &mut self.ticket, UpstreamOutcome::ServerError);
+            resolve(&self.data, &mut self.ticket, UpstreamOutcome::ServerError);
         }
-        self.state
+        self.data
             .usage
             .record(self.draft.finish(status, outcome, kind));
     }
@@ -94,7 +94,7 @@ impl RelayStream {
             events: Vec::new(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
-            cancelled: Box::pin(finisher.state.streams_cancelled()),
+            cancelled: Box::pin(finisher.data.streams_cancelled()),
             mapper,
             out: BytesMut::new(),
             finisher: Some(finisher),

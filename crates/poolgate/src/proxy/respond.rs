@@ -18,7 +18,7 @@ use super::{ProxyBody, ProxyResponse};
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
 use crate::routing::Ticket;
-use crate::state::AppState;
+use crate::state::DataPlane;
 use crate::translate::convert_error_body;
 
 /// Relays an upstream 4xx that is the request's own fault, as is.
@@ -26,7 +26,7 @@ pub async fn relay_client_error(
     response: reqwest::Response,
     plan: Plan,
     draft: &mut UsageDraft,
-    state: &AppState,
+    data: &DataPlane,
 ) -> Result<Done, ProxyError> {
     let status = response.status();
     let mut headers = HeaderMap::new();
@@ -39,7 +39,7 @@ pub async fn relay_client_error(
     } else if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
         headers.insert(http::header::CONTENT_TYPE, content_type.clone());
     }
-    let body = tokio::time::timeout(state.config.proxy.stream_idle_timeout, response.bytes())
+    let body = tokio::time::timeout(data.config.proxy.stream_idle_timeout, response.bytes())
         .await
         .map_err(|_| ProxyError::UpstreamTimeout {
             detail: "the upstream's error body timed out".into(),
@@ -66,7 +66,7 @@ pub async fn relay_client_error(
 /// A 2xx arrived. For JSON, read it whole; for streams, wait for the first chunk (within
 /// `remaining` of the time-to-first-byte budget). Err hands the ticket back with the failure.
 pub async fn succeed(
-    state: &AppState,
+    data: &DataPlane,
     inbound: &Inbound,
     plan: Plan,
     mut ticket: Ticket,
@@ -100,7 +100,7 @@ pub async fn succeed(
             }
             Ok(Some(Ok(chunk))) => chunk,
         };
-        resolve(state, &mut ticket, UpstreamOutcome::Success);
+        resolve(data, &mut ticket, UpstreamOutcome::Success);
         draft.mark_first_byte();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -116,11 +116,11 @@ pub async fn succeed(
             upstream.boxed(),
             first,
             plan.stream_mapper(),
-            state.config.proxy.stream_idle_timeout,
+            data.config.proxy.stream_idle_timeout,
             StreamFinisher {
                 draft: draft.clone(),
                 ticket,
-                state: state.clone(),
+                data: data.clone(),
             },
         );
         return Ok(ProxyResponse {
@@ -131,7 +131,7 @@ pub async fn succeed(
     }
 
     let body = match tokio::time::timeout(
-        remaining.max(state.config.proxy.stream_idle_timeout),
+        remaining.max(data.config.proxy.stream_idle_timeout),
         response.bytes(),
     )
     .await
@@ -152,14 +152,13 @@ pub async fn succeed(
             ))
         }
     };
-    resolve(state, &mut ticket, UpstreamOutcome::Success);
+    resolve(data, &mut ticket, UpstreamOutcome::Success);
     draft.mark_first_byte();
     let mut finished = draft.clone();
     if let Some(usage) = usage {
         finished.set_usage(usage);
     }
-    state
-        .usage
+    data.usage
         .record(finished.finish(status.as_u16(), Outcome::Success, None));
     let mut headers = HeaderMap::new();
     let content_type = if plan.upstream_wire() == plan.client_wire() {

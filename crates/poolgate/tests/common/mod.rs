@@ -62,8 +62,9 @@ impl Gateway {
         self.dir
     }
 
-    pub fn state(&self) -> &poolgate::state::AppState {
-        &self.running.as_ref().unwrap().state
+    /// The running gateway's data plane (its live snapshot).
+    pub fn data(&self) -> &poolgate::state::DataPlane {
+        &self.running.as_ref().unwrap().data
     }
 
     /// A request to the admin API with the admin token.

@@ -10,11 +10,8 @@ use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
-use crate::crypto::generate_client_key;
-use crate::domain::{
-    format_ms, now_ms, validate_model_name, validate_rpm, CanonicalModel, ClientKeyRecord,
-};
-use crate::state::AppState;
+use crate::control::{ClientKeyInput, ControlPlane};
+use crate::domain::{format_ms, ClientKeyRecord};
 
 /// Body of `POST /admin/api/keys`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -69,8 +66,8 @@ fn view(record: &ClientKeyRecord) -> KeyView {
 /// List client keys (revoked ones included, marked).
 #[utoipa::path(get, path = "/keys", tag = "keys",
     responses((status = 200, body = [KeyView]), (status = 401, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let keys = state.stores.config.list_client_keys().await?;
+pub async fn list(State(control): State<ControlPlane>) -> Result<impl IntoResponse, ApiError> {
+    let keys = control.client_keys().await?;
     Ok(axum::Json(keys.iter().map(view).collect::<Vec<_>>()))
 }
 
@@ -78,46 +75,21 @@ pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, Ap
 #[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
     responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody)))]
 pub async fn create(
-    State(state): State<AppState>,
+    State(control): State<ControlPlane>,
     Json(input): Json<CreateKey>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let _write = state.admin_write().await;
-    let name = input.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(ApiError::invalid("`name` must be 1 to 128 characters long")
-            .with_param("name")
-            .with_code("invalid_value"));
-    }
-    let rpm_limit = validate_rpm("rpm_limit", input.rpm_limit.unwrap_or(0))?;
-    let mut allowed_models = Vec::new();
-    for (i, model) in input
-        .allowed_models
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        validate_model_name(&format!("allowed_models[{i}]"), &model)?;
-        allowed_models.push(CanonicalModel::new(model));
-    }
-    let generated = generate_client_key();
-    let record = ClientKeyRecord {
-        id: generated.id.clone(),
-        name,
-        display_prefix: generated.display_prefix.clone(),
-        secret_hash: generated.secret_hash.to_vec(),
-        rpm_limit,
-        allowed_models,
-        created_at_ms: now_ms(),
-        revoked_at_ms: None,
-    };
-    state.stores.config.insert_client_key(&record).await?;
-    state.reload().await?;
-    tracing::info!(key = %record.id, "client key created");
+    let (record, plaintext) = control
+        .create_client_key(ClientKeyInput {
+            name: input.name,
+            rpm_limit: input.rpm_limit,
+            allowed_models: input.allowed_models.unwrap_or_default(),
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedKey {
             view: view(&record),
-            key: generated.plaintext.expose_secret().to_owned(),
+            key: plaintext.expose_secret().to_owned(),
         }),
     ))
 }
@@ -127,17 +99,9 @@ pub async fn create(
     params(("id" = String, Path, description = "key id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn revoke(
-    State(state): State<AppState>,
+    State(control): State<ControlPlane>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let _write = state.admin_write().await;
-    if !state.stores.config.revoke_client_key(&id, now_ms()).await? {
-        return Err(ApiError::not_found(
-            format!("no active key `{id}`"),
-            "key_not_found",
-        ));
-    }
-    state.reload().await?;
-    tracing::info!(key = %id, "client key revoked");
+    control.revoke_client_key(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

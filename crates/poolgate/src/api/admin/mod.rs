@@ -18,7 +18,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::state::AppState;
+use super::AppState;
+use crate::state::DataPlane;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,7 +46,7 @@ impl Modify for BearerAuth {
 }
 
 /// The admin routes (paths relative to `/admin/api`) and their OpenAPI document.
-pub fn router(state: AppState) -> (Router<AppState>, OpenApiDoc) {
+pub fn router(data: DataPlane) -> (Router<AppState>, OpenApiDoc) {
     let (protected, mut doc) = OpenApiRouter::with_openapi(AdminDoc::openapi())
         .routes(routes!(backends::list, backends::create))
         .routes(routes!(
@@ -68,7 +69,7 @@ pub fn router(state: AppState) -> (Router<AppState>, OpenApiDoc) {
         .map(|(path, item)| (format!("/admin/api{path}"), item))
         .collect();
     let protected = protected.layer(axum::middleware::from_fn_with_state(
-        state,
+        data,
         super::auth::require_admin,
     ));
     // Rendered once; every request shares the bytes.
@@ -89,6 +90,6 @@ pub fn router(state: AppState) -> (Router<AppState>, OpenApiDoc) {
 }
 
 /// The OpenAPI document of the admin API (also served at `/admin/api/openapi.json`).
-pub fn openapi(state: AppState) -> OpenApiDoc {
-    router(state).1
+pub fn openapi(data: DataPlane) -> OpenApiDoc {
+    router(data).1
 }

@@ -9,8 +9,9 @@ use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
-use crate::domain::{validate_name, BackendStatus, Pool, PoolName};
-use crate::state::AppState;
+use crate::control::{ControlPlane, PoolInput};
+use crate::domain::{BackendStatus, Pool};
+use crate::state::DataPlane;
 
 /// Body of `POST /admin/api/pools`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -39,41 +40,32 @@ pub struct PoolStats {
 /// List pools in priority order.
 #[utoipa::path(get, path = "/pools", tag = "pools",
     responses((status = 200, body = [Pool]), (status = 401, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    Ok(axum::Json(state.stores.config.list_pools().await?))
+pub async fn list(State(control): State<ControlPlane>) -> Result<impl IntoResponse, ApiError> {
+    Ok(axum::Json(control.pools().await?))
 }
 
 /// Create a pool.
 #[utoipa::path(post, path = "/pools", tag = "pools", request_body = CreatePool,
     responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
-    State(state): State<AppState>,
+    State(control): State<ControlPlane>,
     Json(input): Json<CreatePool>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let _write = state.admin_write().await;
-    validate_name("name", &input.name)?;
-    if !(-1_000_000..=1_000_000).contains(&input.priority) {
-        return Err(
-            ApiError::invalid("`priority` must be between -1000000 and 1000000")
-                .with_param("priority")
-                .with_code("invalid_value"),
-        );
-    }
-    let pool = Pool {
-        name: PoolName::new(input.name),
-        priority: input.priority,
-        description: input.description,
-    };
-    state.stores.config.create_pool(&pool).await?;
-    state.reload().await?;
+    let pool = control
+        .create_pool(PoolInput {
+            name: input.name,
+            priority: input.priority,
+            description: input.description,
+        })
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(pool)))
 }
 
 /// Per pool: how many backends are enabled, healthy, cooling, in error.
 #[utoipa::path(get, path = "/pools/stats", tag = "pools",
     responses((status = 200, body = [PoolStats]), (status = 401, body = ErrorBody)))]
-pub async fn stats(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let live = state.live();
+pub async fn stats(State(data): State<DataPlane>) -> Result<impl IntoResponse, ApiError> {
+    let live = data.live();
     let now = Instant::now();
     let stats: Vec<PoolStats> = live
         .pools

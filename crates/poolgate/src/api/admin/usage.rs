@@ -5,9 +5,9 @@ use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 
 use crate::api::error::{ApiError, ErrorBody};
+use crate::control::ControlPlane;
 use crate::domain::now_ms;
-use crate::state::AppState;
-use crate::usage::stats::{assemble, resolve_range, Stats, StatsQuery, StatsRange};
+use crate::usage::stats::{resolve_range, Stats, StatsQuery, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
 
 fn bad_query(error: axum::extract::rejection::QueryRejection) -> ApiError {
@@ -19,18 +19,18 @@ fn bad_query(error: axum::extract::rejection::QueryRejection) -> ApiError {
 #[utoipa::path(get, path = "/usage", tag = "usage", params(UsageFilter),
     responses((status = 200, body = UsagePage), (status = 400, body = ErrorBody)))]
 pub async fn list(
-    State(state): State<AppState>,
+    State(control): State<ControlPlane>,
     query: Result<Query<UsageFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(filter) = query.map_err(bad_query)?;
-    Ok(axum::Json(state.stores.usage.list_usage(&filter).await?))
+    Ok(axum::Json(control.usage_page(&filter).await?))
 }
 
 /// Statistics over a time range.
 #[utoipa::path(get, path = "/stats", tag = "usage", params(StatsQuery),
     responses((status = 200, body = Stats), (status = 400, body = ErrorBody)))]
 pub async fn stats(
-    State(state): State<AppState>,
+    State(control): State<ControlPlane>,
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
@@ -40,6 +40,5 @@ pub async fn stats(
             .with_code("invalid_query")
     })?;
     let range = StatsRange::new(&query, from, to, bucket_ms);
-    let groups = state.stores.usage.usage_stats(&range).await?;
-    Ok(axum::Json(assemble(&groups, &range)))
+    Ok(axum::Json(control.stats(&range).await?))
 }

@@ -1,8 +1,8 @@
 //! Tests of the SQLite store against a real database file in a temp dir.
 
 use super::*;
+use crate::control::store::UsageStore;
 use crate::domain::{Outcome, UsageRecord};
-use crate::store::UsageStore;
 
 fn backend(name: &str) -> BackendRecord {
     crate::domain::tests_support::backend_record(name)

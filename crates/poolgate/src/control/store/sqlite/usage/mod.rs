@@ -7,8 +7,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{corrupt, SqliteStore};
+use crate::control::store::{StoreError, UsageStore};
 use crate::domain::{Outcome, UsageRecord};
-use crate::store::{StoreError, UsageStore};
 use crate::usage::stats::{Group, GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
 

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 
 use super::super::tests::{open, usage};
+use crate::control::store::UsageStore;
 use crate::domain::{Outcome, UsageRecord};
-use crate::store::UsageStore;
 use crate::usage::stats::{assemble, Aggregate, Stats, StatsQuery, StatsRange};
 use crate::usage::UsageFilter;
 

@@ -52,7 +52,8 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    /// The journal mode in force (`wal`), for tests and diagnostics.
+    /// The journal mode in force (`wal`).
+    #[cfg(test)]
     pub async fn journal_mode(&self) -> Result<String, StoreError> {
         let row = sqlx::query("PRAGMA journal_mode")
             .fetch_one(&self.pool)

@@ -1,0 +1,99 @@
+//! Changes to pools and client keys. A client key's plaintext exists once, in the answer to its
+//! creation; only a SHA-256 of its secret is stored.
+
+use secrecy::SecretString;
+
+use super::changes::Change;
+use super::{ControlError, ControlPlane};
+use crate::crypto::generate_client_key;
+use crate::domain::{
+    now_ms, validate_key_name, validate_model_name, validate_name, validate_priority, validate_rpm,
+    CanonicalModel, ClientKeyRecord, Pool, PoolName,
+};
+
+/// A new pool before validation.
+#[derive(Clone, Debug)]
+pub struct PoolInput {
+    pub name: String,
+    /// Lower is tried first.
+    pub priority: i64,
+    pub description: String,
+}
+
+/// A new client key before validation.
+#[derive(Clone, Debug, Default)]
+pub struct ClientKeyInput {
+    pub name: String,
+    /// 0 or absent = unlimited.
+    pub rpm_limit: Option<i64>,
+    /// Absent or empty = every model.
+    pub allowed_models: Vec<String>,
+}
+
+impl ControlPlane {
+    /// Creates a pool.
+    pub async fn create_pool(&self, input: PoolInput) -> Result<Pool, ControlError> {
+        let _write = self.inner.writes.lock().await;
+        validate_name("name", &input.name)?;
+        let pool = Pool {
+            name: PoolName::new(input.name),
+            priority: validate_priority("priority", input.priority)?,
+            description: input.description,
+        };
+        self.inner.stores.config.create_pool(&pool).await?;
+        self.commit(Change::PoolCreated(pool.name.clone())).await;
+        tracing::info!(pool = %pool.name, "pool created");
+        Ok(pool)
+    }
+
+    /// Creates a client key; returns it with its plaintext (shown once).
+    pub async fn create_client_key(
+        &self,
+        input: ClientKeyInput,
+    ) -> Result<(ClientKeyRecord, SecretString), ControlError> {
+        let _write = self.inner.writes.lock().await;
+        let name = validate_key_name("name", &input.name)?;
+        let rpm_limit = validate_rpm("rpm_limit", input.rpm_limit.unwrap_or(0))?;
+        let mut allowed_models = Vec::with_capacity(input.allowed_models.len());
+        for (i, model) in input.allowed_models.into_iter().enumerate() {
+            validate_model_name(&format!("allowed_models[{i}]"), &model)?;
+            allowed_models.push(CanonicalModel::new(model));
+        }
+        let generated = generate_client_key();
+        let record = ClientKeyRecord {
+            id: generated.id,
+            name,
+            display_prefix: generated.display_prefix,
+            secret_hash: generated.secret_hash.to_vec(),
+            rpm_limit,
+            allowed_models,
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        self.inner.stores.config.insert_client_key(&record).await?;
+        self.commit(Change::ClientKeyCreated(record.id.clone()))
+            .await;
+        tracing::info!(key = %record.id, "client key created");
+        Ok((record, generated.plaintext))
+    }
+
+    /// Revokes a client key: it stops working at once.
+    pub async fn revoke_client_key(&self, id: &str) -> Result<(), ControlError> {
+        let _write = self.inner.writes.lock().await;
+        if !self
+            .inner
+            .stores
+            .config
+            .revoke_client_key(id, now_ms())
+            .await?
+        {
+            return Err(ControlError::NotFound {
+                message: format!("no active key `{id}`"),
+                code: "key_not_found",
+            });
+        }
+        self.commit(Change::ClientKeyRevoked(id.to_owned())).await;
+        tracing::info!(key = %id, "client key revoked");
+        Ok(())
+    }
+}

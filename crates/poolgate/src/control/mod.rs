@@ -1,0 +1,230 @@
+//! The control plane: the one owner of every change to backends, pools, client keys and the
+//! master key — whether it comes from the admin API, the command line or the config file.
+//!
+//! Each change is one [`ControlPlane`] method that does the same steps in the same order:
+//! **validate** once (the rules of [`crate::domain`]), **seal** upstream keys, **write** in one
+//! transaction, **publish** the change through the [`ChangeFeed`], and **rebuild** the live
+//! snapshot the data plane reads. A rebuild that fails after the commit is logged and retried in
+//! the background; it never turns a stored change into a failed one.
+//!
+//! The store is a private module: nothing outside the control plane can name it, so the request
+//! path cannot reach the database. What the data plane gets from here is a [`DataPlane`]: a
+//! read-only view of the snapshot and the two sinks (usage records, backend health) whose
+//! writers run here.
+
+mod backends;
+pub mod changes;
+mod error;
+mod health;
+mod keys;
+mod master_key;
+mod snapshot;
+mod store;
+mod usage_writer;
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::domain::{BackendId, BackendRecord, ClientKeyRecord, Pool};
+use crate::error::InitError;
+use crate::files::ensure_data_dir;
+use crate::runtime::HealthSink;
+use crate::state::{DataPlane, Live};
+use crate::usage::stats::{assemble, Stats, StatsRange};
+use crate::usage::{UsageFilter, UsagePage, UsageSink};
+
+pub use changes::{Change, ChangeFeed, InstanceId, LocalChangeFeed, Published};
+pub use error::ControlError;
+pub use keys::{ClientKeyInput, PoolInput};
+pub use master_key::{MasterKeySource, NewKey, Rotation, MASTER_KEY_ENV};
+pub use store::StoreError;
+
+use health::HealthWriter;
+use snapshot::Snapshots;
+use store::Stores;
+use usage_writer::UsageWriter;
+
+/// The control plane; cloning is one `Arc` increment.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    stores: Stores,
+    key_source: MasterKeySource,
+    snapshots: Arc<Snapshots>,
+    changes: Arc<dyn ChangeFeed>,
+    instance: InstanceId,
+    usage: UsageSink,
+    health: HealthSink,
+    /// Serialises changes from their first read to their rebuild, so two edits of one backend
+    /// cannot overwrite each other (never taken on the request path).
+    writes: tokio::sync::Mutex<()>,
+    workers: parking_lot::Mutex<Option<Workers>>,
+}
+
+/// The background tasks of the control plane.
+struct Workers {
+    usage: UsageWriter,
+    health: HealthWriter,
+    follower: JoinHandle<()>,
+}
+
+impl ControlPlane {
+    /// Opens the database of `config.database_url` (migrating it), loads the master key and
+    /// checks it against the database, starts the usage and health writers and the change
+    /// follower, and builds the first snapshot.
+    pub async fn open(config: Arc<Config>) -> Result<ControlPlane, InitError> {
+        ensure_data_dir(&config.data_dir)?;
+        let stores = store::open(&config.database_url)
+            .await
+            .map_err(ControlError::from)?;
+        let (key, key_source) = master_key::load_master_key(&config)?;
+        let sealer = master_key::open_sealer(&*stores.config, key).await?;
+        Self::assemble(
+            config,
+            stores,
+            sealer,
+            key_source,
+            Arc::new(LocalChangeFeed::default()),
+        )
+        .await
+    }
+
+    /// Wires the parts together (tests inject their own store or feed through here).
+    async fn assemble(
+        config: Arc<Config>,
+        stores: Stores,
+        sealer: crate::crypto::Sealer,
+        key_source: MasterKeySource,
+        changes: Arc<dyn ChangeFeed>,
+    ) -> Result<ControlPlane, InitError> {
+        let snapshots = Arc::new(Snapshots::new(Arc::clone(&stores.config), sealer));
+        snapshots.rebuild().await.map_err(ControlError::from)?;
+        let instance = InstanceId::generate();
+        let (usage, usage_writer) =
+            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage);
+        let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
+        let follower =
+            snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
+        Ok(ControlPlane {
+            inner: Arc::new(Inner {
+                config,
+                stores,
+                key_source,
+                snapshots,
+                changes,
+                instance,
+                usage,
+                health,
+                writes: tokio::sync::Mutex::new(()),
+                workers: parking_lot::Mutex::new(Some(Workers {
+                    usage: usage_writer,
+                    health: health_writer,
+                    follower,
+                })),
+            }),
+        })
+    }
+
+    /// The data plane over this control plane's snapshot and writers.
+    pub fn data_plane(&self, admin_token: SecretString) -> Result<DataPlane, InitError> {
+        DataPlane::new(
+            Arc::clone(&self.inner.config),
+            self.inner.snapshots.reader(),
+            self.inner.usage.clone(),
+            self.inner.health.clone(),
+            admin_token,
+        )
+    }
+
+    /// Writes every queued usage record and health state, stops the background tasks, and
+    /// returns how many usage records were written in the control plane's life. Call once the
+    /// data plane has handed over its records.
+    pub async fn shutdown(&self) -> u64 {
+        let Some(workers) = self.inner.workers.lock().take() else {
+            return 0;
+        };
+        workers.follower.abort();
+        let written = workers.usage.shutdown().await;
+        workers.health.shutdown().await;
+        written
+    }
+
+    /// The snapshot now (for views and tests).
+    pub fn live(&self) -> Arc<Live> {
+        self.inner.snapshots.live()
+    }
+
+    /// This instance, as changes name it.
+    pub fn instance(&self) -> InstanceId {
+        self.inner.instance
+    }
+
+    /// After a commit: publish the change and rebuild the snapshot (retrying in the background
+    /// on failure; the change itself stands).
+    async fn commit(&self, change: Change) {
+        let rebuild = change.alters_snapshot();
+        self.inner
+            .changes
+            .publish(Published {
+                origin: self.inner.instance,
+                change,
+            })
+            .await;
+        if rebuild {
+            self.inner.snapshots.refresh().await;
+        }
+    }
+
+    // === reads for the admin API and the command line ===
+
+    /// Every backend, in creation order.
+    pub async fn backends(&self) -> Result<Vec<BackendRecord>, ControlError> {
+        Ok(self.inner.stores.config.list_backends().await?)
+    }
+
+    /// One backend, or `NotFound`.
+    pub async fn backend(&self, id: &BackendId) -> Result<BackendRecord, ControlError> {
+        self.inner
+            .stores
+            .config
+            .get_backend(id)
+            .await?
+            .ok_or_else(|| ControlError::backend_not_found(id.as_str()))
+    }
+
+    /// Pools in priority order.
+    pub async fn pools(&self) -> Result<Vec<Pool>, ControlError> {
+        Ok(self.inner.stores.config.list_pools().await?)
+    }
+
+    /// Client keys, revoked ones included.
+    pub async fn client_keys(&self) -> Result<Vec<ClientKeyRecord>, ControlError> {
+        Ok(self.inner.stores.config.list_client_keys().await?)
+    }
+
+    /// A page of usage records, newest first.
+    pub async fn usage_page(&self, filter: &UsageFilter) -> Result<UsagePage, ControlError> {
+        Ok(self.inner.stores.usage.list_usage(filter).await?)
+    }
+
+    /// How many usage records are stored.
+    pub async fn usage_count(&self) -> Result<u64, ControlError> {
+        Ok(self.inner.stores.usage.count_usage().await?)
+    }
+
+    /// Statistics over a range, aggregated by the database.
+    pub async fn stats(&self, range: &StatsRange<'_>) -> Result<Stats, ControlError> {
+        let groups = self.inner.stores.usage.usage_stats(range).await?;
+        Ok(assemble(&groups, range))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! Builds the [`Live`] snapshot from the stored rows — decrypting upstream keys, attaching each
+//! backend's and key's runtime from the registry, computing the routes — and swaps it in. Builds
+//! are serialised, so two changes cannot swap their snapshots in out of order. After a commit the
+//! snapshot is rebuilt at once; if that fails the change stays committed and a background task
+//! retries (logging) until a rebuild succeeds. [`spawn_follower`] rebuilds on changes published by
+//! other instances.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use secrecy::SecretString;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::changes::{Change, InstanceId, Published};
+use super::store::{ConfigStore, StoreError};
+use crate::crypto::Sealer;
+use crate::domain::{BackendId, CanonicalModel};
+use crate::routing::{build_routes, LiveBackend};
+use crate::runtime::RuntimeRegistry;
+use crate::state::{Live, LiveClientKey, LiveReader};
+
+/// The snapshot and what it is built from.
+pub(super) struct Snapshots {
+    store: Arc<dyn ConfigStore>,
+    sealer: ArcSwap<Sealer>,
+    live: Arc<ArcSwap<Live>>,
+    registry: RuntimeRegistry,
+    rebuild: tokio::sync::Mutex<()>,
+    retrying: AtomicBool,
+}
+
+impl Snapshots {
+    /// An empty snapshot; call [`Snapshots::rebuild`] to load the stored state.
+    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer) -> Self {
+        Self {
+            store,
+            sealer: ArcSwap::from_pointee(sealer),
+            live: Arc::new(ArcSwap::from_pointee(Live::default())),
+            registry: RuntimeRegistry::default(),
+            rebuild: tokio::sync::Mutex::new(()),
+            retrying: AtomicBool::new(false),
+        }
+    }
+
+    /// The data plane's read-only view of the snapshot.
+    pub fn reader(&self) -> LiveReader {
+        LiveReader::new(Arc::clone(&self.live))
+    }
+
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    pub fn sealer(&self) -> Arc<Sealer> {
+        self.sealer.load_full()
+    }
+
+    /// Seals with a new master key from now on (after a rotation committed).
+    pub fn set_sealer(&self, sealer: Sealer) {
+        self.sealer.store(Arc::new(sealer));
+    }
+
+    pub fn registry(&self) -> &RuntimeRegistry {
+        &self.registry
+    }
+
+    /// Rebuilds the snapshot from the store and swaps it in.
+    pub async fn rebuild(&self) -> Result<(), StoreError> {
+        let _serial = self.rebuild.lock().await;
+        let pools = self.store.list_pools().await?;
+        let records = self.store.list_backends().await?;
+        let keys = self.store.list_client_keys().await?;
+        let sealer = self.sealer();
+        let now = Instant::now();
+
+        let mut backends = Vec::with_capacity(records.len());
+        let mut unreadable = Vec::new();
+        for record in records {
+            let (api_key, unreadable_reason) = match sealer
+                .open(record.id.as_str(), &record.api_key_sealed)
+            {
+                Ok(key) => (key, None),
+                Err(error) => {
+                    tracing::error!(backend = %record.id, %error, "cannot decrypt the upstream key; backend left out of routing");
+                    unreadable.push((record.id.clone(), error.to_string()));
+                    (
+                        SecretString::from(String::new()),
+                        Some(format!("cannot decrypt the upstream key: {error}")),
+                    )
+                }
+            };
+            let runtime = self.registry.backend(&record, now);
+            backends.push(Arc::new(LiveBackend {
+                record,
+                api_key,
+                runtime,
+                unreadable: unreadable_reason,
+            }));
+        }
+        let mut client_keys = HashMap::new();
+        for key in keys.into_iter().filter(|k| k.revoked_at_ms.is_none()) {
+            let runtime = self.registry.client_key(&key, now);
+            client_keys.insert(
+                key.id.clone(),
+                Arc::new(LiveClientKey {
+                    record: key,
+                    runtime,
+                }),
+            );
+        }
+        let backend_ids: Vec<BackendId> = backends.iter().map(|b| b.id().clone()).collect();
+        let key_ids: Vec<&str> = client_keys.keys().map(String::as_str).collect();
+        self.registry.retain(&backend_ids, &key_ids);
+
+        let routes = build_routes(&backends, &pools);
+        let mut models: Vec<CanonicalModel> = routes.keys().cloned().collect();
+        models.sort();
+        let by_id = backends
+            .iter()
+            .map(|b| (b.id().clone(), Arc::clone(b)))
+            .collect();
+        self.live.store(Arc::new(Live {
+            backends,
+            by_id,
+            routes,
+            pools,
+            client_keys,
+            models,
+            unreadable,
+        }));
+        Ok(())
+    }
+
+    /// After a committed change: rebuild now. A failure does not undo or fail the change; it is
+    /// logged and a background task retries until a rebuild succeeds.
+    pub async fn refresh(self: &Arc<Self>) {
+        if let Err(error) = self.rebuild().await {
+            tracing::error!(%error, "a change is stored but the live snapshot could not be rebuilt; retrying");
+            self.retry_in_background();
+        }
+    }
+
+    fn retry_in_background(self: &Arc<Self>) {
+        if self.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let snapshots = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(delay).await;
+                match snapshots.rebuild().await {
+                    Ok(()) => {
+                        tracing::info!("live snapshot rebuilt after earlier failures");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, ?delay, "live snapshot rebuild failed again; retrying");
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            snapshots.retrying.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Follows the change feed: a change published by another instance rebuilds this one's snapshot
+/// (a remote cooldown reset also clears the local runtime). Changes of this instance were applied
+/// when they were made; a subscriber that lagged behind rebuilds to catch up.
+pub(super) fn spawn_follower(
+    snapshots: Arc<Snapshots>,
+    mut changes: broadcast::Receiver<Published>,
+    me: InstanceId,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(published) if published.origin == me => {}
+                Ok(published) => {
+                    tracing::debug!(origin = %published.origin, change = ?published.change, "change from another instance");
+                    if let Change::CooldownReset(id) = &published.change {
+                        if let Some(runtime) = snapshots.registry().find_backend(id) {
+                            runtime.reset();
+                        }
+                    }
+                    if published.change.alters_snapshot() {
+                        snapshots.refresh().await;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "missed published changes; rebuilding the snapshot");
+                    snapshots.refresh().await;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
+}

@@ -1,0 +1,358 @@
+//! A backend as users describe it — an admin API body, a config file entry, a command line —
+//! and the one set of rules that turns it into a [`BackendSpec`] (or, for a change, a
+//! [`BackendChange`]). Every entry point validates here; the control plane builds the stored
+//! record from the result.
+
+use std::collections::BTreeMap;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{
+    normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
+    validate_model_name, validate_name, validate_rpm, validate_timeout, validate_weight, ApiKind,
+    CanonicalModel, Invalid, ModelMapping, ModelMappings, PoolName, UpstreamModel,
+};
+
+/// Default `timeout_seconds` (time to first byte) of a backend.
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 60;
+
+/// The pool of a backend that names none.
+pub const DEFAULT_POOL: &str = "primary";
+
+/// A model mapping as users write it: `"gpt-4o"` or `{"upstream_model": "gpt-4o"}`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MappingInput {
+    Short(String),
+    Full(ModelMapping),
+}
+
+impl MappingInput {
+    fn into_mapping(self) -> ModelMapping {
+        match self {
+            MappingInput::Short(upstream) => ModelMapping {
+                upstream_model: UpstreamModel::new(upstream),
+            },
+            MappingInput::Full(mapping) => mapping,
+        }
+    }
+}
+
+/// A new backend before validation (also the body of `POST /admin/api/backends`); absent
+/// optional fields take their defaults.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = CreateBackend)]
+pub struct BackendInput {
+    /// Unique; letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Default: the name.
+    pub label: Option<String>,
+    /// OpenAI-compatible: including `/v1` (e.g. `https://api.openai.com/v1`).
+    pub api_base_url: String,
+    /// Write-only.
+    #[serde(deserialize_with = "secret")]
+    #[schema(value_type = String)]
+    pub api_key: SecretString,
+    /// `openai` (default) or `anthropic`.
+    pub api: Option<ApiKind>,
+    /// Time to first byte, 1..=3600 (default 60).
+    pub timeout_seconds: Option<i64>,
+    /// 0 = unlimited (default).
+    pub rpm_limit: Option<i64>,
+    /// 1..=100 (default 1).
+    pub weight: Option<i64>,
+    /// Default `primary`.
+    pub pool: Option<String>,
+    pub enabled: Option<bool>,
+    /// Canonical model -> `{"upstream_model": "…"}` or just the upstream id.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub model_mappings: BTreeMap<String, MappingInput>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretString, D::Error> {
+    String::deserialize(deserializer).map(SecretString::from)
+}
+
+fn optional_secret<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SecretString>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(|key| key.map(SecretString::from))
+}
+
+/// A backend definition whose every rule holds (whether its pool exists is the store's to say).
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    pub name: String,
+    pub label: String,
+    /// Normalized: no trailing `/`.
+    pub api_base_url: String,
+    pub api_key: SecretString,
+    pub api: ApiKind,
+    pub timeout_seconds: u32,
+    pub rpm_limit: u32,
+    pub weight: u32,
+    pub pool: PoolName,
+    pub enabled: bool,
+    pub model_mappings: ModelMappings,
+    pub metadata: serde_json::Value,
+}
+
+/// The path of a field in the caller's terms (`name`, `backends[2].name`, …).
+pub type FieldPath<'a> = &'a dyn Fn(&str) -> String;
+
+fn mappings(
+    at: FieldPath<'_>,
+    input: BTreeMap<String, MappingInput>,
+) -> Result<ModelMappings, Invalid> {
+    let mut mappings = ModelMappings::new();
+    for (canonical, mapping) in input {
+        validate_model_name(&at(&format!("model_mappings.{canonical}")), &canonical)?;
+        mappings.insert(CanonicalModel::new(canonical), mapping.into_mapping());
+    }
+    validate_mappings(&at("model_mappings"), &mappings)?;
+    Ok(mappings)
+}
+
+fn pool(at: FieldPath<'_>, name: &str) -> Result<PoolName, Invalid> {
+    validate_name(&at("pool"), name)?;
+    Ok(PoolName::new(name))
+}
+
+fn key(at: FieldPath<'_>, key: SecretString) -> Result<SecretString, Invalid> {
+    validate_api_key(&at("api_key"), key.expose_secret())?;
+    Ok(key)
+}
+
+fn metadata(at: FieldPath<'_>, metadata: serde_json::Value) -> Result<serde_json::Value, Invalid> {
+    validate_metadata(&at("metadata"), &metadata)?;
+    Ok(metadata)
+}
+
+impl BackendInput {
+    /// Validates every field; `at` names a field in the caller's terms.
+    pub fn validate(self, at: FieldPath<'_>) -> Result<BackendSpec, Invalid> {
+        validate_name(&at("name"), &self.name)?;
+        let api_base_url = normalize_base_url(&at("api_base_url"), &self.api_base_url)?;
+        let api_key = key(at, self.api_key)?;
+        let timeout = self
+            .timeout_seconds
+            .unwrap_or(i64::from(DEFAULT_TIMEOUT_SECONDS));
+        let timeout_seconds = validate_timeout(&at("timeout_seconds"), timeout)?;
+        let rpm_limit = validate_rpm(&at("rpm_limit"), self.rpm_limit.unwrap_or(0))?;
+        let weight = validate_weight(&at("weight"), self.weight.unwrap_or(1))?;
+        let model_mappings = mappings(at, self.model_mappings)?;
+        let metadata = metadata(
+            at,
+            self.metadata
+                .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new())),
+        )?;
+        let pool = pool(at, self.pool.as_deref().unwrap_or(DEFAULT_POOL))?;
+        Ok(BackendSpec {
+            label: self.label.unwrap_or_else(|| self.name.clone()),
+            name: self.name,
+            api_base_url,
+            api_key,
+            api: self.api.unwrap_or(ApiKind::Openai),
+            timeout_seconds,
+            rpm_limit,
+            weight,
+            pool,
+            enabled: self.enabled.unwrap_or(true),
+            model_mappings,
+            metadata,
+        })
+    }
+}
+
+/// A change to a backend before validation (also the body of `PATCH /admin/api/backends/{id}`):
+/// every field optional, absent = unchanged.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = UpdateBackend)]
+pub struct BackendPatch {
+    pub name: Option<String>,
+    pub label: Option<String>,
+    pub api_base_url: Option<String>,
+    /// Write-only; absent keeps the current key.
+    #[serde(default, deserialize_with = "optional_secret")]
+    #[schema(value_type = Option<String>)]
+    pub api_key: Option<SecretString>,
+    pub api: Option<ApiKind>,
+    pub timeout_seconds: Option<i64>,
+    pub rpm_limit: Option<i64>,
+    pub weight: Option<i64>,
+    pub pool: Option<String>,
+    pub enabled: Option<bool>,
+    /// Replaces the whole mapping table.
+    #[schema(value_type = Option<Object>)]
+    pub model_mappings: Option<BTreeMap<String, MappingInput>>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A validated change: the fields to set.
+#[derive(Clone, Debug, Default)]
+pub struct BackendChange {
+    pub name: Option<String>,
+    pub label: Option<String>,
+    pub api_base_url: Option<String>,
+    pub api_key: Option<SecretString>,
+    pub api: Option<ApiKind>,
+    pub timeout_seconds: Option<u32>,
+    pub rpm_limit: Option<u32>,
+    pub weight: Option<u32>,
+    pub pool: Option<PoolName>,
+    pub enabled: Option<bool>,
+    pub model_mappings: Option<ModelMappings>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl BackendPatch {
+    /// Validates the fields given, with the same rules as [`BackendInput::validate`].
+    pub fn validate(self, at: FieldPath<'_>) -> Result<BackendChange, Invalid> {
+        if let Some(name) = &self.name {
+            validate_name(&at("name"), name)?;
+        }
+        Ok(BackendChange {
+            name: self.name,
+            label: self.label,
+            api_base_url: self
+                .api_base_url
+                .map(|url| normalize_base_url(&at("api_base_url"), &url))
+                .transpose()?,
+            api_key: self.api_key.map(|k| key(at, k)).transpose()?,
+            api: self.api,
+            timeout_seconds: self
+                .timeout_seconds
+                .map(|t| validate_timeout(&at("timeout_seconds"), t))
+                .transpose()?,
+            rpm_limit: self
+                .rpm_limit
+                .map(|r| validate_rpm(&at("rpm_limit"), r))
+                .transpose()?,
+            weight: self
+                .weight
+                .map(|w| validate_weight(&at("weight"), w))
+                .transpose()?,
+            enabled: self.enabled,
+            model_mappings: self.model_mappings.map(|m| mappings(at, m)).transpose()?,
+            metadata: self.metadata.map(|m| metadata(at, m)).transpose()?,
+            pool: self.pool.map(|p| pool(at, &p)).transpose()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> BackendInput {
+        BackendInput {
+            api_base_url: "https://api.example.com/v1/".into(),
+            model_mappings: BTreeMap::from([
+                ("a".to_owned(), MappingInput::Short("up-a".into())),
+                (
+                    "b".to_owned(),
+                    MappingInput::Full(ModelMapping {
+                        upstream_model: UpstreamModel::new("up-b"),
+                    }),
+                ),
+            ]),
+            ..crate::domain::tests_support::backend_input("one")
+        }
+    }
+
+    fn plain(field: &str) -> String {
+        field.to_owned()
+    }
+
+    #[test]
+    fn defaults_fill_the_absent_fields() {
+        let spec = input().validate(&plain).unwrap();
+        assert_eq!(spec.label, "one");
+        assert_eq!(spec.api_base_url, "https://api.example.com/v1");
+        assert_eq!(spec.api, ApiKind::Openai);
+        assert_eq!(spec.timeout_seconds, DEFAULT_TIMEOUT_SECONDS);
+        assert_eq!((spec.rpm_limit, spec.weight), (0, 1));
+        assert_eq!(spec.pool.as_str(), DEFAULT_POOL);
+        assert!(spec.enabled);
+        assert_eq!(spec.metadata, serde_json::json!({}));
+        assert_eq!(
+            spec.model_mappings[&CanonicalModel::new("a")]
+                .upstream_model
+                .as_str(),
+            "up-a"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_in_the_callers_terms() {
+        let in_file = |field: &str| format!("backends[3].{field}");
+        let error = BackendInput {
+            rpm_limit: Some(-1),
+            ..input()
+        }
+        .validate(&in_file)
+        .unwrap_err();
+        assert_eq!(error.field, "backends[3].rpm_limit");
+        let error = BackendInput {
+            model_mappings: BTreeMap::from([("a b".to_owned(), MappingInput::Short("x".into()))]),
+            ..input()
+        }
+        .validate(&plain)
+        .unwrap_err();
+        assert_eq!(error.field, "model_mappings.a b");
+        let error = BackendInput {
+            pool: Some("no pool".into()),
+            ..input()
+        }
+        .validate(&plain)
+        .unwrap_err();
+        assert_eq!(error.field, "pool");
+    }
+
+    #[test]
+    fn bodies_deserialize_with_unknown_fields_refused() {
+        let input: BackendInput = serde_json::from_value(serde_json::json!({
+            "name": "x", "api_base_url": "http://h/v1", "api_key": "sk-x-0001",
+            "model_mappings": {"m": "up-m"}
+        }))
+        .unwrap();
+        assert_eq!(input.api_key.expose_secret(), "sk-x-0001");
+        assert!(
+            format!("{input:?}").contains("REDACTED"),
+            "the key is not printed"
+        );
+        let patch: BackendPatch = serde_json::from_value(serde_json::json!({"weight": 2})).unwrap();
+        assert!(patch.api_key.is_none());
+        assert!(serde_json::from_value::<BackendPatch>(serde_json::json!({"nope": 1})).is_err());
+    }
+
+    #[test]
+    fn a_patch_checks_only_what_it_sets() {
+        let change = BackendPatch {
+            weight: Some(7),
+            api_base_url: Some("http://h/v1/".into()),
+            ..BackendPatch::default()
+        }
+        .validate(&plain)
+        .unwrap();
+        assert_eq!(change.weight, Some(7));
+        assert_eq!(change.api_base_url.as_deref(), Some("http://h/v1"));
+        assert!(change.name.is_none() && change.pool.is_none());
+        let error = BackendPatch {
+            label: Some("fine".into()),
+            weight: Some(1000),
+            ..BackendPatch::default()
+        }
+        .validate(&plain)
+        .unwrap_err();
+        assert_eq!(error.field, "weight");
+    }
+}
