@@ -9,41 +9,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use common::{Gateway, ADMIN_TOKEN};
+use common::{bearer_seen, contains_bytes, files_in, send, Answer, Gateway, ADMIN_TOKEN};
 use mock_upstream::{MockUpstream, Reply};
-use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 // === helpers ===
-
-/// One HTTP answer, read whole.
-struct Answer {
-    status: u16,
-    headers: HeaderMap,
-    text: String,
-    json: Value,
-}
-
-impl std::fmt::Display for Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP {} {}", self.status, self.text)
-    }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> Answer {
-    let response = request.send().await.expect("request reaches the gateway");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        text,
-        json,
-    }
-}
 
 /// Asserts an OpenAI-shaped JSON error with the given status; returns the `error` object.
 fn assert_error(answer: &Answer, status: u16, context: &str) -> Value {
@@ -111,36 +83,6 @@ async fn chat_with_key(gateway: &Gateway, key: &str, model: &str) -> Answer {
             .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})),
     )
     .await
-}
-
-fn bearer_seen(upstream: &MockUpstream) -> String {
-    upstream
-        .last_request()
-        .expect("the upstream saw a request")
-        .header("authorization")
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// Every file under `dir` (recursively) with its bytes.
-fn files_in(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_in(&path));
-        } else {
-            let bytes = std::fs::read(&path).unwrap();
-            out.push((path, bytes));
-        }
-    }
-    out
-}
-
-fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
 }
 
 fn pool_stats_by_name(stats: &Value) -> BTreeMap<String, Value> {

@@ -2,43 +2,19 @@
 //! against a real data dir, `--help`, and `serve` as a real process (first-start secrets, the
 //! admin token, SIGTERM). Gateways that must proxy after a CLI change run in-process on the
 //! same data dir through the shared harness.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+#![expect(clippy::expect_used, reason = "test")]
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Gateway;
+use common::served::{poolgate_command, Served};
+use common::{bearer_seen, contains_bytes, Gateway};
 use mock_upstream::MockUpstream;
 
 // === helpers ===
-
-/// Environment variables the binary reads; cleared so the host cannot leak into a test.
-const POOLGATE_ENV: &[&str] = &[
-    "POOLGATE_DATA_DIR",
-    "POOLGATE_DATABASE_URL",
-    "POOLGATE_CONFIG",
-    "POOLGATE_MASTER_KEY",
-    "POOLGATE_MASTER_KEY_FILE",
-    "POOLGATE_ADMIN_TOKEN",
-    "POOLGATE_LISTEN",
-    "POOLGATE_LOG_FORMAT",
-    "RUST_LOG",
-];
-
-fn poolgate_command(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_poolgate"));
-    command.args(args);
-    for var in POOLGATE_ENV {
-        command.env_remove(var);
-    }
-    command.envs(envs.iter().copied());
-    command
-}
 
 /// A finished run of the binary.
 struct Run {
@@ -118,37 +94,18 @@ fn file_mode(path: &Path) -> u32 {
         & 0o777
 }
 
-fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
-}
-
 /// Every file of a data dir, concatenated.
 fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            bytes.extend(std::fs::read(&path).unwrap());
-        }
-    }
-    bytes
+    common::files_in(dir)
+        .into_iter()
+        .flat_map(|(_, bytes)| bytes)
+        .collect()
 }
 
 /// A chat completion through an in-process gateway (admin token as client key).
 async fn chat_ok(gateway: &Gateway, model: &str) {
     let (status, body) = gateway.chat(model).await;
     assert_eq!(status, 200, "chat {model}: {body}");
-}
-
-fn bearer_seen(upstream: &MockUpstream) -> String {
-    upstream
-        .last_request()
-        .expect("the upstream saw a request")
-        .header("authorization")
-        .unwrap_or_default()
-        .to_owned()
 }
 
 // === 12. backend add / list / remove ===
@@ -641,119 +598,6 @@ fn bad_command_lines_fail_with_usage() {
 
 // === 15. the binary serves ===
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// A `poolgate serve` child with its output collected in the background.
-struct Served {
-    child: std::process::Child,
-    url: String,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let buffer = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&buffer);
-    std::thread::spawn(move || {
-        let mut chunk = [0_u8; 4096];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    buffer
-}
-
-impl Served {
-    fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> Served {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let data_dir = dir_arg(data_dir);
-        let mut child = poolgate_command(
-            &["serve", "--listen", &listen, "--data-dir", &data_dir],
-            envs,
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("poolgate serve starts");
-        let stdout = collect(child.stdout.take().unwrap());
-        let stderr = collect(child.stderr.take().unwrap());
-        Served {
-            child,
-            url: format!("http://{listen}"),
-            stdout,
-            stderr,
-        }
-    }
-
-    fn output(&self) -> (String, String) {
-        (
-            self.stdout.lock().unwrap().clone(),
-            self.stderr.lock().unwrap().clone(),
-        )
-    }
-
-    async fn wait_healthy(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let (out, err) = self.output();
-                panic!("poolgate serve exited early ({status}):\n{out}\n{err}");
-            }
-            if let Ok(response) = client.get(format!("{}/healthz", self.url)).send().await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "poolgate serve never became healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then the exit status (within `limit`).
-    async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(kill.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads see the end of the pipes.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let (out, err) = self.output();
-                panic!("poolgate did not exit within {limit:?} of SIGTERM:\n{out}\n{err}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_binary_serves_prints_its_token_once_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -763,10 +607,10 @@ async fn the_binary_serves_prints_its_token_once_and_stops_on_sigterm() {
         .build()
         .unwrap();
 
-    let mut served = Served::spawn(&data_dir, &[]);
-    served.wait_healthy(&client).await;
+    let mut served = Served::spawn(&data_dir, &[], &[]);
+    let url = served.url().await;
     let health: serde_json::Value = client
-        .get(format!("{}/healthz", served.url))
+        .get(format!("{}/healthz", url))
         .send()
         .await
         .unwrap()
@@ -793,7 +637,7 @@ async fn the_binary_serves_prints_its_token_once_and_stops_on_sigterm() {
 
     // The token works on the admin API; a wrong one does not.
     let backends = client
-        .get(format!("{}/admin/api/backends", served.url))
+        .get(format!("{}/admin/api/backends", url))
         .bearer_auth(&token)
         .send()
         .await
@@ -804,21 +648,18 @@ async fn the_binary_serves_prints_its_token_once_and_stops_on_sigterm() {
         serde_json::json!([])
     );
     let wrong = client
-        .get(format!("{}/admin/api/backends", served.url))
+        .get(format!("{}/admin/api/backends", url))
         .bearer_auth(format!("{token}x"))
         .send()
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
 
-    let started = Instant::now();
-    let status = served.terminate(Duration::from_secs(10)).await;
+    // Nothing is in flight, so the stop does not wait for the 30 s grace period (`exit` gives it
+    // 10 s).
+    served.sigterm();
+    let status = served.exit(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status after SIGTERM: {status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
     let (stdout, stderr) = served.output();
     assert_eq!(
         stderr.matches(&token).count(),
@@ -836,16 +677,19 @@ async fn the_binary_serves_prints_its_token_once_and_stops_on_sigterm() {
     );
 
     // Second start on the same dir: the same token, not printed again.
-    let mut served = Served::spawn(&data_dir, &[]);
-    served.wait_healthy(&client).await;
+    let mut served = Served::spawn(&data_dir, &[], &[]);
+    let url = served.url().await;
     let again = client
-        .get(format!("{}/admin/api/pools", served.url))
+        .get(format!("{}/admin/api/pools", url))
         .bearer_auth(&token)
         .send()
         .await
         .unwrap();
     assert_eq!(again.status(), 200);
-    let status = served.terminate(Duration::from_secs(10)).await;
+    let status = {
+        served.sigterm();
+        served.exit(Duration::from_secs(10)).await
+    };
     assert!(status.success(), "{status}");
     let (stdout, stderr) = served.output();
     assert!(
@@ -868,7 +712,7 @@ async fn an_admin_token_from_the_environment_is_checked_and_never_written() {
         .build()
         .unwrap();
 
-    let mut short = Served::spawn(&data_dir, &[("POOLGATE_ADMIN_TOKEN", "too-short")]);
+    let mut short = Served::spawn(&data_dir, &[], &[("POOLGATE_ADMIN_TOKEN", "too-short")]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = short.child.try_wait().unwrap() {
@@ -886,16 +730,20 @@ async fn an_admin_token_from_the_environment_is_checked_and_never_written() {
     assert!(stderr.contains("POOLGATE_ADMIN_TOKEN"), "{stderr}");
 
     let token = "pga-from-the-environment-0123456789";
-    let mut served = Served::spawn(&data_dir, &[("POOLGATE_ADMIN_TOKEN", token)]);
-    served.wait_healthy(&client).await;
+    let mut served = Served::spawn(&data_dir, &[], &[("POOLGATE_ADMIN_TOKEN", token)]);
+    let url = served.url().await;
     let answer = client
-        .get(format!("{}/admin/api/keys", served.url))
+        .get(format!("{}/admin/api/keys", url))
         .bearer_auth(token)
         .send()
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
-    assert!(served.terminate(Duration::from_secs(10)).await.success());
+    assert!({
+        served.sigterm();
+        served.exit(Duration::from_secs(10)).await
+    }
+    .success());
     assert!(
         !data_dir.join("admin-token").exists(),
         "the environment token is not written to disk"
@@ -920,11 +768,12 @@ async fn the_binary_never_logs_upstream_keys_or_the_admin_token() {
     let token = "pga-log-check-admin-token-0123456789";
     let mut served = Served::spawn(
         &data_dir,
+        &[],
         &[("POOLGATE_ADMIN_TOKEN", token), ("RUST_LOG", "trace")],
     );
-    served.wait_healthy(&client).await;
+    let url = served.url().await;
 
-    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let dead = common::dead_url();
     let keys = [
         (
             "log-refused",
@@ -933,12 +782,12 @@ async fn the_binary_never_logs_upstream_keys_or_the_admin_token() {
         ),
         ("log-dead", dead, "sk-LOGCHECK-dead-9d8e7a"),
     ];
-    for (name, url, key) in &keys {
+    for (name, upstream_url, key) in &keys {
         let created = client
-            .post(format!("{}/admin/api/backends", served.url))
+            .post(format!("{url}/admin/api/backends"))
             .bearer_auth(token)
             .json(&serde_json::json!({
-                "name": name, "api_base_url": url, "api_key": key,
+                "name": name, "api_base_url": upstream_url, "api_key": key,
                 "model_mappings": {"m-log": "up-log"},
             }))
             .send()
@@ -947,7 +796,7 @@ async fn the_binary_never_logs_upstream_keys_or_the_admin_token() {
         assert_eq!(created.status(), 201);
     }
     let answer = client
-        .post(format!("{}/v1/chat/completions", served.url))
+        .post(format!("{}/v1/chat/completions", url))
         .bearer_auth(token)
         .json(
             &serde_json::json!({"model": "m-log", "messages": [{"role": "user", "content": "hi"}]}),
@@ -957,7 +806,11 @@ async fn the_binary_never_logs_upstream_keys_or_the_admin_token() {
         .unwrap();
     assert!(answer.status().is_server_error(), "{}", answer.status());
     assert_eq!(refusing.calls(), 1, "the refusing upstream was tried");
-    assert!(served.terminate(Duration::from_secs(10)).await.success());
+    assert!({
+        served.sigterm();
+        served.exit(Duration::from_secs(10)).await
+    }
+    .success());
     let (stdout, stderr) = served.output();
     assert!(
         stdout.contains("TRACE") || stdout.contains("DEBUG"),

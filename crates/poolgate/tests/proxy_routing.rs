@@ -10,7 +10,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, ADMIN_TOKEN};
+use std::ops::RangeInclusive;
+
+use common::{dead_url, eventually, send, Answer, Gateway, ADMIN_TOKEN};
 use mock_upstream::{MockUpstream, Reply};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -22,70 +24,22 @@ const MODEL: &str = "m";
 /// Sub-second cooldowns: 429 backoff 0.3 s (doubling, capped at 5 s), 5xx/timeout 0.3 s.
 const FAST: &str = "[cooldown]\nbase_seconds = 0.3\nmax_seconds = 5\nerror_seconds = 0.3\n";
 
+/// Long cooldowns set by `Retry-After` (up to a minute), so a test can act while one runs.
+const SLOW: &str = "[cooldown]\nbase_seconds = 0.1\nmax_seconds = 60\n";
+
 // === helpers ===
-
-/// One answer of the gateway, read whole.
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-    json: Value,
-    took: Duration,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// `Retry-After` in whole seconds.
-    fn retry_after(&self) -> Option<u64> {
-        self.header("retry-after").and_then(|v| v.parse().ok())
-    }
-
-    /// Asserts the OpenAI error shape: `{"error": {"message", "type", "param", "code"}}`.
-    fn assert_openai_error(&self) {
-        let error = &self.json["error"];
-        assert!(
-            error["message"].is_string() && error["type"].is_string(),
-            "not an OpenAI-shaped error (status {}): {}",
-            self.status,
-            self.text
-        );
-        let fields = error.as_object().expect("error is an object");
-        assert!(
-            fields.contains_key("param") && fields.contains_key("code"),
-            "error lacks `param`/`code`: {}",
-            self.text
-        );
-    }
-}
 
 fn chat_body(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
 }
 
-async fn read(response: reqwest::Response, started: Instant) -> Answer {
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    Answer {
-        status,
-        headers,
-        json: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-        took: started.elapsed(),
-    }
-}
-
 /// POSTs `body` to `path` with the admin token as client key and extra headers.
 async fn post(gw: &Gateway, path: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
-    let started = Instant::now();
     let mut request = gw.proxy(path).json(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    read(request.send().await.unwrap(), started).await
+    send(request).await
 }
 
 /// A chat completion for [`MODEL`].
@@ -162,18 +116,45 @@ async fn wait_cooldown_over(gw: &Gateway, id: &str) {
     }
 }
 
-fn remaining_ms(view: &Value) -> u64 {
-    view["cooldown_remaining_ms"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no cooldown_remaining_ms: {view}"))
+/// The wall-clock end of a backend's cooldown, Unix ms (`cooldown_until`).
+async fn cooldown_until_ms(gw: &Gateway, id: &str) -> i64 {
+    let view = gw.backend(id).await;
+    let until = view["cooldown_until"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not cooling: {view}"));
+    chrono::DateTime::parse_from_rfc3339(until)
+        .unwrap()
+        .timestamp_millis()
 }
 
-/// A base URL nothing listens on: connection refused.
-fn dead_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/v1")
+/// How long the cooldown a backend got in the newest of `count` requests lasts, measured from
+/// wall-clock stamps rather than from when the test happens to look: it began while that request
+/// ran (its usage record's `ts_ms` .. `ts_ms + latency_ms`), so its length lies in the returned
+/// range (widened by a few ms for rounding).
+async fn cooldown_length(gw: &Gateway, id: &str, count: usize) -> RangeInclusive<i64> {
+    let records = gw.usage_records(count).await;
+    let newest = &records[0];
+    let start = newest["ts_ms"].as_i64().unwrap();
+    let end = start + newest["latency_ms"].as_i64().unwrap();
+    let until = cooldown_until_ms(gw, id).await;
+    (until - end - 5)..=(until - start + 5)
+}
+
+/// Sends a chat request in a task that is aborted (the client hangs up) once `mock` has seen
+/// `calls` requests: the client leaves while the gateway waits for that upstream.
+async fn chat_and_leave(gw: &Gateway, mock: &MockUpstream, calls: usize) {
+    let request = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&chat_body(MODEL));
+    let client = tokio::spawn(async move { request.send().await });
+    eventually("the request reached the upstream", || async {
+        mock.calls() >= calls
+    })
+    .await;
+    client.abort();
+    assert!(client.await.unwrap_err().is_cancelled(), "the client left");
 }
 
 // === 1. the upstream request ===
@@ -202,16 +183,13 @@ async fn upstream_request_has_mapped_model_backend_key_and_untouched_fields() {
         "metadata": {"a": [1, 2, {"b": null}], "c": "ünïcode"},
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
     });
-    let started = Instant::now();
-    let response = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(&client_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let answer = read(response, started).await;
+    let answer = send(
+        gw.client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&client_key)
+            .json(&body),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.json["object"], "chat.completion");
     let request_id = answer
@@ -389,7 +367,42 @@ async fn fallback_pool_is_used_only_when_the_primary_has_no_ready_backend() {
 // === 4. 429 -> cooling -> skipped -> probe -> healthy ===
 
 #[tokio::test]
-async fn rate_limited_backend_cools_is_skipped_then_one_probe_makes_it_healthy() {
+async fn a_rate_limited_backend_cools_and_is_skipped_while_cooling() {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    let gw = Gateway::start_with(SLOW, None).await;
+    let a_id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
+    add(&gw, "b", &b.openai_base_url(), "primary", json!({})).await;
+
+    a.push(Reply::rate_limited(Some(30)));
+    chat_until_called(&gw, &a, 1, 2).await;
+    // Every request so far ended at b (the one that met the 429 failed over to it).
+    let requests = b.calls();
+    let view = gw.backend(&a_id).await;
+    assert_eq!(view["status"], "cooling", "{view}");
+    assert_eq!(view["consecutive_429_count"], 1, "{view}");
+    let until = cooldown_until_ms(&gw, &a_id).await;
+    assert!(cooldown_length(&gw, &a_id, requests)
+        .await
+        .contains(&30_000));
+
+    for _ in 0..3 {
+        assert_eq!(chat(&gw).await.status, 200);
+    }
+    // The cooldown is still the same one (to the ms, after conversion), so every request above
+    // ran while it did.
+    assert!((cooldown_until_ms(&gw, &a_id).await - until).abs() <= 5);
+    assert_eq!(a.calls(), 1, "a cooling backend must not be called");
+    assert_eq!(
+        b.calls(),
+        requests + 3,
+        "its share went to the other backend"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn after_its_cooldown_one_probe_makes_a_rate_limited_backend_healthy() {
     let a = MockUpstream::start().await;
     let b = MockUpstream::start().await;
     let gw = Gateway::start_with(FAST, None).await;
@@ -397,20 +410,8 @@ async fn rate_limited_backend_cools_is_skipped_then_one_probe_makes_it_healthy()
     add(&gw, "b", &b.openai_base_url(), "primary", json!({})).await;
 
     a.push(Reply::rate_limited(None));
-    let hit = Instant::now();
     chat_until_called(&gw, &a, 1, 2).await;
-    let view = gw.backend(&a_id).await;
-    assert_eq!(view["status"], "cooling", "{view}");
-    assert!(view["cooldown_until"].is_string(), "{view}");
-    assert_eq!(view["consecutive_429_count"], 1, "{view}");
-
-    // Skipped while cooling (0.3 s).
-    for _ in 0..3 {
-        assert_eq!(chat(&gw).await.status, 200);
-    }
-    if hit.elapsed() < Duration::from_millis(280) {
-        assert_eq!(a.calls(), 1, "a cooling backend must not be called");
-    }
+    assert_eq!(gw.backend(&a_id).await["status"], "cooling");
 
     // After the cooldown: one request probes it; success makes it healthy.
     wait_cooldown_over(&gw, &a_id).await;
@@ -429,26 +430,31 @@ const RETRY_AFTER_TOML: &str = "[cooldown]\nbase_seconds = 0.1\nmax_seconds = 10
 #[tokio::test]
 async fn retry_after_sets_the_cooldown_and_a_cooling_route_answers_429_with_retry_after() {
     let a = MockUpstream::start().await;
-    let gw = Gateway::start_with(RETRY_AFTER_TOML, None).await;
+    let gw = Gateway::start_with(SLOW, None).await;
     let id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
 
-    a.push(Reply::rate_limited(Some(2)));
+    a.push(Reply::rate_limited(Some(20)));
     chat(&gw).await;
     assert_eq!(a.calls(), 1);
     let view = gw.backend(&id).await;
     assert_eq!(view["status"], "cooling");
-    let remaining = remaining_ms(&view);
+    let length = cooldown_length(&gw, &id, 1).await;
     assert!(
-        (1500..=2100).contains(&remaining),
-        "Retry-After 2 s with base 0.1 s should cool ~2000 ms, got {remaining}"
+        length.contains(&20_000),
+        "Retry-After 20 s with base 0.1 s cools 20 s, got {length:?}"
     );
 
-    // Every backend cooling: 429 at once, Retry-After ~ the cooldown's end, OpenAI shape.
+    // Every backend cooling: 429 at once, Retry-After = the cooldown's end, OpenAI shape.
+    let until = cooldown_until_ms(&gw, &id).await;
     let answer = chat(&gw).await;
     assert_eq!(answer.status, 429, "{}", answer.text);
     assert_eq!(a.calls(), 1, "a cooling backend must not be called");
     let retry_after = answer.retry_after().expect("Retry-After on 429");
-    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    let left = until - gw.usage_records(2).await[0]["ts_ms"].as_i64().unwrap();
+    assert!(
+        (1..=20).contains(&retry_after) && retry_after * 1000 >= u64::try_from(left).unwrap(),
+        "Retry-After {retry_after} s for a cooldown ending {left} ms after the request"
+    );
     answer.assert_openai_error();
     assert_eq!(answer.json["error"]["type"], "rate_limit_error");
     assert_eq!(answer.json["error"]["code"], "rate_limit_exceeded");
@@ -460,11 +466,11 @@ async fn retry_after_sets_the_cooldown_and_a_cooling_route_answers_429_with_retr
 async fn when_every_upstream_answers_429_the_client_gets_429_with_the_earliest_retry_after() {
     let a = MockUpstream::start().await;
     let b = MockUpstream::start().await;
-    let gw = Gateway::start_with(RETRY_AFTER_TOML, None).await;
+    let gw = Gateway::start_with(SLOW, None).await;
     let a_id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
     let b_id = add(&gw, "b", &b.openai_base_url(), "primary", json!({})).await;
-    a.push(Reply::rate_limited(Some(2)));
-    b.push(Reply::rate_limited(Some(4)));
+    a.push(Reply::rate_limited(Some(20)));
+    b.push(Reply::rate_limited(Some(40)));
 
     // The request that meets the two 429s: a rate limit, not an upstream failure.
     let answer = chat(&gw).await;
@@ -474,18 +480,21 @@ async fn when_every_upstream_answers_429_the_client_gets_429_with_the_earliest_r
         "both upstreams said 429; the client should be told to retry later, got: {}",
         answer.text
     );
-    assert_eq!(answer.retry_after(), Some(2), "the earliest backend (2 s)");
+    let earliest = |answer: &Answer| answer.retry_after().is_some_and(|s| (1..=20).contains(&s));
+    assert!(
+        earliest(&answer),
+        "the earliest backend (20 s), not 40 s: {:?}",
+        answer.header("retry-after")
+    );
     answer.assert_openai_error();
 
-    let a_left = remaining_ms(&gw.backend(&a_id).await);
-    let b_left = remaining_ms(&gw.backend(&b_id).await);
-    assert!((1500..=2100).contains(&a_left), "a: {a_left}");
-    assert!((3500..=4100).contains(&b_left), "b: {b_left}");
+    assert!(cooldown_length(&gw, &a_id, 1).await.contains(&20_000));
+    assert!(cooldown_length(&gw, &b_id, 1).await.contains(&40_000));
 
     // The next request is refused without calling anyone.
     let answer = chat(&gw).await;
     assert_eq!(answer.status, 429, "{}", answer.text);
-    assert_eq!(answer.retry_after(), Some(2));
+    assert!(earliest(&answer), "{:?}", answer.header("retry-after"));
     assert_eq!((a.calls(), b.calls()), (1, 1));
 
     let records = gw.usage_records(2).await;
@@ -502,21 +511,18 @@ async fn repeated_429s_on_probes_back_off_exponentially() {
     let id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
     a.set_default(Reply::rate_limited(None));
 
-    let mut lengths = Vec::new();
-    for (count, nominal) in [(1_u64, 300_u64), (2, 600), (3, 1200)] {
+    for (count, nominal) in [(1_usize, 300_i64), (2, 600), (3, 1200)] {
         wait_cooldown_over(&gw, &id).await;
         chat(&gw).await;
-        assert_eq!(a.calls(), usize::try_from(count).unwrap(), "one probe each");
+        assert_eq!(a.calls(), count, "one probe each");
         let view = gw.backend(&id).await;
         assert_eq!(view["consecutive_429_count"], count, "{view}");
-        let left = remaining_ms(&view);
+        let length = cooldown_length(&gw, &id, count).await;
         assert!(
-            left <= nominal && left + 150 >= nominal,
-            "429 #{count}: expected ~{nominal} ms, got {left}"
+            length.contains(&nominal),
+            "429 #{count}: expected {nominal} ms, got {length:?}"
         );
-        lengths.push(left);
     }
-    assert!(lengths.windows(2).all(|w| w[1] > w[0]), "{lengths:?}");
     gw.stop().await;
 }
 
@@ -532,13 +538,17 @@ async fn cooldown_survives_a_restart() {
     a.push(Reply::rate_limited(Some(30)));
     chat_until_called(&gw, &a, 1, 2).await;
     assert_eq!(gw.backend(&a_id).await["status"], "cooling");
+    let until = cooldown_until_ms(&gw, &a_id).await;
 
     let dir = gw.stop().await;
     let gw = Gateway::start_with("", Some(dir)).await;
     let view = gw.backend(&a_id).await;
     assert_eq!(view["status"], "cooling", "after restart: {view}");
-    let left = remaining_ms(&view);
-    assert!((20_000..=30_000).contains(&left), "remaining {left}");
+    let after = cooldown_until_ms(&gw, &a_id).await;
+    assert!(
+        (after - until).abs() <= 5,
+        "the cooldown ends when it did before the restart: {until} then {after}"
+    );
     assert_eq!(view["consecutive_429_count"], 1, "{view}");
 
     let b_before = b.calls();
@@ -627,36 +637,20 @@ async fn max_wait_header_waits_for_a_token_and_bad_values_are_refused() {
             break;
         }
     }
+    // Without the header a request does not wait: it would have got the next token (< 1 s
+    // away) and succeeded.
     let refused = drained.expect("the bucket never ran dry");
     assert_eq!(refused.status, 429, "{}", refused.text);
-    assert!(refused.retry_after().is_some());
-    assert!(
-        refused.took < Duration::from_millis(500),
-        "{:?}",
-        refused.took
+    assert_eq!(
+        refused.retry_after(),
+        Some(1),
+        "the next token is < 1 s away"
     );
 
-    // With the header it waits for the next token (< 1 s away) and succeeds.
-    let answer = chat_with(&gw, &[("x-poolgate-max-wait-ms", "3000")]).await;
-    assert_eq!(answer.status, 200, "{}", answer.text);
+    // With the header it may wait (up to 3 s) for that token, and succeeds.
     let calls = a.calls();
-
-    // Right after, the bucket is empty: without the header, 429 at once …
-    let answer = chat(&gw).await;
-    assert_eq!(answer.status, 429, "{}", answer.text);
-    assert!(
-        answer.took < Duration::from_millis(500),
-        "{:?}",
-        answer.took
-    );
-    // … with it, a wait of about a second, then success.
     let answer = chat_with(&gw, &[("x-poolgate-max-wait-ms", "3000")]).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    assert!(
-        answer.took >= Duration::from_millis(500) && answer.took < Duration::from_millis(3000),
-        "waited {:?}",
-        answer.took
-    );
     assert_eq!(a.calls(), calls + 1);
 
     for bad in ["soon", "-1", "1.5", "700000"] {
@@ -665,6 +659,7 @@ async fn max_wait_header_waits_for_a_token_and_bad_values_are_refused() {
         answer.assert_openai_error();
     }
     assert_eq!(a.calls(), calls + 1, "refused requests reach no upstream");
+
     gw.stop().await;
 }
 
@@ -730,19 +725,20 @@ async fn dropped_connection_is_retried_on_the_next_backend() {
 
 #[tokio::test]
 async fn timeout_is_retried_on_the_next_backend() {
-    let started = Instant::now();
+    // `bad` never answers: the requests succeed only because its 1 s timeout abandons it.
     let (gw, bad, _good, _) = failover_case(None, json!({"timeout_seconds": 1}), |m| {
-        m.set_default(Reply::Delay {
-            ms: 3000,
-            then: Box::new(Reply::Ok),
-        });
+        m.set_default(Reply::Hang);
     })
     .await;
     assert_eq!(bad.calls(), 1);
-    let took = started.elapsed();
+    let records = gw.usage_records(2).await;
+    let failed_over = records
+        .iter()
+        .find(|r| r["attempts"] == 2)
+        .expect("one request tried both");
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
-        "the slow backend should be abandoned after its 1 s timeout: {took:?}"
+        failed_over["latency_ms"].as_u64().unwrap() >= 1000,
+        "it waited for the timeout: {failed_over}"
     );
     gw.stop().await;
 }
@@ -929,8 +925,8 @@ async fn all_backends_timing_out_gives_504_with_a_usage_record() {
     assert_eq!(answer.status, 504, "{}", answer.text);
     answer.assert_openai_error();
     assert!(
-        answer.took >= Duration::from_millis(1900) && answer.took < Duration::from_secs(5),
-        "{:?}",
+        answer.took >= Duration::from_millis(2000),
+        "two 1 s timeouts, one after the other: {:?}",
         answer.took
     );
     for mock in &mocks {
@@ -952,9 +948,7 @@ async fn client_errors_get_openai_shaped_answers_and_usage_records() {
     let gw = Gateway::start_with("[proxy]\nmax_body_bytes = 2048\n", None).await;
     add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
     let url = format!("{}/v1/chat/completions", gw.url);
-    let send = |request: reqwest::RequestBuilder| async move {
-        read(request.send().await.unwrap(), Instant::now()).await
-    };
+    let send = |request: reqwest::RequestBuilder| async move { common::send(request).await };
 
     // No key.
     let answer = send(gw.client.post(&url).json(&chat_body(MODEL))).await;
@@ -1057,7 +1051,7 @@ async fn authenticated_requests_refused_before_parsing_are_recorded_too() {
             .status,
         400
     );
-    let records = records_within(&gw, 2, Duration::from_secs(3)).await;
+    let records = gw.usage_records_within(2, Duration::from_secs(3)).await;
     let mut statuses: Vec<u64> = records
         .iter()
         .map(|r| r["status"].as_u64().unwrap())
@@ -1097,7 +1091,7 @@ async fn models_lists_the_canonical_models_of_enabled_backends() {
         if auth {
             request = request.bearer_auth(ADMIN_TOKEN);
         }
-        async move { read(request.send().await.unwrap(), Instant::now()).await }
+        async move { common::send(request).await }
     };
     let ids = |answer: &Answer| -> Vec<String> {
         assert_eq!(answer.status, 200, "{}", answer.text);
@@ -1234,22 +1228,31 @@ async fn after_a_cooldown_only_one_request_probes_the_backend() {
     let a = MockUpstream::start().await;
     let b = MockUpstream::start().await;
     let gw = Gateway::start_with(FAST, None).await;
+    // Every request tries `a` first; `b` takes what `a` cannot.
     let a_id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
-    add(&gw, "b", &b.openai_base_url(), "primary", json!({})).await;
+    add(&gw, "b", &b.openai_base_url(), "fallback", json!({})).await;
 
     a.push(Reply::rate_limited(None));
     chat_until_called(&gw, &a, 1, 2).await;
     wait_cooldown_over(&gw, &a_id).await;
     assert_eq!(gw.backend(&a_id).await["status"], "cooling", "half-open");
 
-    let slow = Reply::Delay {
-        ms: 300,
+    // The probe is held at `a` while four more requests come in.
+    a.set_default(Reply::Delay {
+        ms: 2000,
         then: Box::new(Reply::Ok),
-    };
-    a.set_default(slow.clone());
-    b.set_default(slow);
+    });
     let b_before = b.calls();
-    let answers = futures_util::future::join_all((0..5).map(|_| chat(&gw))).await;
+    let probe = tokio::spawn(
+        gw.proxy("/v1/chat/completions")
+            .json(&chat_body(MODEL))
+            .send(),
+    );
+    eventually("the probe reached the recovering backend", || async {
+        a.calls() == 2
+    })
+    .await;
+    let answers = futures_util::future::join_all((0..4).map(|_| chat(&gw))).await;
     for answer in &answers {
         assert_eq!(answer.status, 200, "{}", answer.text);
     }
@@ -1259,6 +1262,7 @@ async fn after_a_cooldown_only_one_request_probes_the_backend() {
         "exactly one probe goes to the recovering backend"
     );
     assert_eq!(b.calls(), b_before + 4);
+    assert_eq!(probe.await.unwrap().unwrap().status(), 200);
     assert_eq!(gw.backend(&a_id).await["status"], "healthy");
     gw.stop().await;
 }
@@ -1282,7 +1286,7 @@ async fn client_key_model_allow_list_and_rpm_limit_are_enforced_before_any_upstr
             .post(&url)
             .bearer_auth(key)
             .json(&chat_body(model));
-        async move { read(request.send().await.unwrap(), Instant::now()).await }
+        async move { common::send(request).await }
     };
 
     assert_eq!(send(&only_m, "m").await.status, 200);
@@ -1315,14 +1319,12 @@ async fn models_list_shows_a_restricted_key_only_its_models() {
     let (_, only_m) = gw
         .create_key(json!({"name": "only-m", "allowed_models": ["m"]}))
         .await;
-    let response = gw
-        .client
-        .get(format!("{}/v1/models", gw.url))
-        .bearer_auth(&only_m)
-        .send()
-        .await
-        .unwrap();
-    let answer = read(response, Instant::now()).await;
+    let answer = send(
+        gw.client
+            .get(format!("{}/v1/models", gw.url))
+            .bearer_auth(&only_m),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     let ids: Vec<&str> = answer.json["data"]
         .as_array()
@@ -1337,23 +1339,29 @@ async fn models_list_shows_a_restricted_key_only_its_models() {
 #[tokio::test]
 async fn configured_max_wait_waits_for_a_cooling_backend() {
     let a = MockUpstream::start().await;
-    let toml = format!("{FAST}[proxy]\nmax_wait_ms = 2000\n");
+    let toml = format!("{FAST}[proxy]\nmax_wait_ms = 5000\n");
     let gw = Gateway::start_with(&toml, None).await;
     let id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
-    a.push(Reply::rate_limited(None));
+    a.push(Reply::rate_limited(Some(2)));
     let answer = chat(&gw).await;
     assert_eq!(answer.status, 429, "{}", answer.text);
     assert_eq!(gw.backend(&id).await["status"], "cooling");
+    let until = cooldown_until_ms(&gw, &id).await;
 
-    // Cooling for ~0.3 s, within the 2 s the config lets a request wait: it waits, then probes.
+    // Cooling for 2 s, within the 5 s the config lets a request wait: it waits, then probes.
     let answer = chat(&gw).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    assert!(
-        answer.took >= Duration::from_millis(100) && answer.took < Duration::from_millis(1500),
-        "{:?}",
-        answer.took
-    );
     assert_eq!(a.calls(), 2);
+    let waiting = &gw.usage_records(2).await[0];
+    let arrived = waiting["ts_ms"].as_i64().unwrap();
+    assert!(
+        arrived < until,
+        "the request arrived while the backend cooled"
+    );
+    assert!(
+        arrived + waiting["latency_ms"].as_i64().unwrap() + 5 >= until,
+        "it was answered only after the cooldown ended: {waiting}"
+    );
     assert_eq!(gw.backend(&id).await["status"], "healthy");
     gw.stop().await;
 }
@@ -1391,14 +1399,18 @@ async fn retry_after_is_capped_at_max_seconds() {
     let id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
     a.push(Reply::rate_limited(Some(3600)));
     chat(&gw).await;
-    let left = remaining_ms(&gw.backend(&id).await);
+    let length = cooldown_length(&gw, &id, 1).await;
     assert!(
-        (9_000..=10_000).contains(&left),
-        "max_seconds = 10 caps it: {left}"
+        length.contains(&10_000),
+        "max_seconds = 10 caps it: {length:?}"
     );
     let answer = chat(&gw).await;
     assert_eq!(answer.status, 429);
-    assert_eq!(answer.retry_after(), Some(10));
+    assert!(
+        answer.retry_after().is_some_and(|s| (1..=10).contains(&s)),
+        "{:?}",
+        answer.header("retry-after")
+    );
     gw.stop().await;
 }
 
@@ -1468,21 +1480,27 @@ async fn unknown_proxy_route_is_an_openai_shaped_404_with_a_request_id() {
 async fn retry_after_ms_and_http_date_hints_set_the_cooldown() {
     let a = MockUpstream::start().await;
     let b = MockUpstream::start().await;
-    let gw = Gateway::start_with(RETRY_AFTER_TOML, None).await;
+    let gw = Gateway::start_with(SLOW, None).await;
     let a_id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
     let b_id = add(&gw, "b", &b.openai_base_url(), "primary", json!({})).await;
-    a.push(Reply::rate_limited(None).with_header("retry-after-ms", "1500"));
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(4));
-    b.push(Reply::rate_limited(None).with_header("retry-after", date));
+    a.push(Reply::rate_limited(None).with_header("retry-after-ms", "15000"));
+    let date = std::time::SystemTime::now() + Duration::from_secs(40);
+    b.push(Reply::rate_limited(None).with_header("retry-after", httpdate::fmt_http_date(date)));
     let answer = chat(&gw).await;
     assert_eq!(answer.status, 429, "{}", answer.text);
-    let a_left = remaining_ms(&gw.backend(&a_id).await);
-    let b_left = remaining_ms(&gw.backend(&b_id).await);
+    let length = cooldown_length(&gw, &a_id, 1).await;
+    assert!(length.contains(&15_000), "retry-after-ms 15000: {length:?}");
+    // An HTTP date names the end itself (to the second).
+    let date_ms = httpdate::parse_http_date(&httpdate::fmt_http_date(date))
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let until = cooldown_until_ms(&gw, &b_id).await;
     assert!(
-        (1200..=1500).contains(&a_left),
-        "retry-after-ms 1500: {a_left}"
+        (i64::try_from(date_ms).unwrap() - until).abs() <= 20,
+        "HTTP-date {date_ms}: cooling until {until}"
     );
-    assert!((2500..=4000).contains(&b_left), "HTTP-date +4 s: {b_left}");
     gw.stop().await;
 }
 
@@ -1576,49 +1594,15 @@ async fn admin_edits_keep_a_backends_cooldown_and_token_bucket() {
     gw.stop().await;
 }
 
-/// Usage records of a gateway, polling up to `wait` for at least `count`.
-async fn records_within(gw: &Gateway, count: usize, wait: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let page: Value = gw
-            .admin(Method::GET, "/usage?limit=1000")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let records = page["records"].as_array().cloned().unwrap_or_default();
-        if records.len() >= count || Instant::now() > deadline {
-            return records;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_client_that_leaves_mid_request_still_gets_one_cancelled_usage_record() {
     let a = MockUpstream::start().await;
-    a.set_default(Reply::Delay {
-        ms: 1000,
-        then: Box::new(Reply::Ok),
-    });
+    a.set_default(Reply::Hang);
     let gw = Gateway::start().await;
     let id = add(&gw, "a", &a.openai_base_url(), "primary", json!({})).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let result = impatient
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&chat_body(MODEL))
-        .send()
-        .await;
-    assert!(result.is_err(), "the client gave up first");
-    assert_eq!(a.calls(), 1);
+    chat_and_leave(&gw, &a, 1).await;
 
-    let records = records_within(&gw, 1, Duration::from_secs(3)).await;
+    let records = gw.usage_records_within(1, Duration::from_secs(3)).await;
     assert_eq!(
         records.len(),
         1,
@@ -1640,25 +1624,12 @@ async fn a_probe_abandoned_by_its_client_does_not_block_the_backend() {
     wait_cooldown_over(&gw, &id).await;
 
     // The probe's client leaves while the upstream is still thinking.
-    a.push(Reply::Delay {
-        ms: 1000,
-        then: Box::new(Reply::Ok),
-    });
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let result = impatient
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&chat_body(MODEL))
-        .send()
-        .await;
-    assert!(result.is_err(), "the client gave up first");
+    a.push(Reply::Hang);
+    chat_and_leave(&gw, &a, 2).await;
     assert_eq!(a.calls(), 2, "that request was the probe");
 
-    // Another request may probe (at the latest once the abandoned one would have ended).
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // Another request may probe, as soon as the gateway noticed the client left.
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let answer = chat(&gw).await;
         if answer.status == 200 {

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::served::Served;
 use common::Gateway;
 use futures_util::StreamExt;
 use mock_upstream::{MockConfig, MockUpstream, Reply, StreamSpec};
@@ -532,7 +533,8 @@ async fn a_stream_dying_before_its_first_byte_fails_over() {
 #[tokio::test]
 async fn a_client_leaving_mid_stream_cancels_the_upstream_and_records_499() {
     let upstream = MockUpstream::start().await;
-    upstream.push(Reply::Stream(StreamSpec::new(20).gap_ms(200)));
+    // Two minutes of chunks: only the client leaving can end it in time.
+    upstream.push(Reply::Stream(StreamSpec::new(600).gap_ms(200)));
     let gateway = Gateway::start().await;
     let backend_id = add_backend(&gateway, "one", &upstream, "primary", 60).await;
 
@@ -553,18 +555,12 @@ async fn a_client_leaving_mid_stream_cancels_the_upstream_and_records_499() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     drop(body);
-    let left = Instant::now();
 
     let up = &upstream;
     common::eventually("the upstream stream is cancelled", || async move {
         up.cancelled_streams() == 1
     })
     .await;
-    let took = left.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "upstream cancelled only {took:?} after the client left"
-    );
     assert_eq!(upstream.completed_streams(), 0);
 
     let record = usage_record(&gateway, &request_id).await;
@@ -585,19 +581,24 @@ async fn a_client_leaving_mid_stream_cancels_the_upstream_and_records_499() {
 #[tokio::test]
 async fn a_client_leaving_before_the_first_byte_still_gets_a_usage_record() {
     let upstream = MockUpstream::start().await;
-    upstream.push(Reply::Stream(StreamSpec::new(3)).delayed(1_500));
+    upstream.push(Reply::Hang);
     let gateway = Gateway::start().await;
     let backend_id = add_backend(&gateway, "one", &upstream, "primary", 60).await;
 
+    // The client leaves once the gateway is waiting for the upstream.
     let request = gateway
         .proxy("/v1/chat/completions")
         .json(&chat_body(None))
         .send();
-    let result = tokio::time::timeout(Duration::from_millis(300), request).await;
-    assert!(result.is_err(), "the upstream answered early");
-    assert_eq!(upstream.calls(), 1);
+    let client = tokio::spawn(request);
+    let up = &upstream;
+    common::eventually("the request reached the upstream", || async move {
+        up.calls() == 1
+    })
+    .await;
+    client.abort();
+    assert!(client.await.unwrap_err().is_cancelled());
 
-    // Long enough for the delayed upstream to answer too, whatever the gateway does.
     let deadline = Instant::now() + Duration::from_secs(3);
     let records = loop {
         let records = gateway.usage_records(0).await;
@@ -628,7 +629,8 @@ const IDLE_1S: &str = "[proxy]\nstream_idle_timeout_seconds = 1\n";
 #[tokio::test]
 async fn a_stalled_stream_ends_with_an_error_event_after_the_idle_timeout() {
     let upstream = MockUpstream::start().await;
-    upstream.push(Reply::Stream(StreamSpec::new(3).gap_ms(2_500)));
+    // The upstream falls silent for a minute after its first chunk.
+    upstream.push(Reply::Stream(StreamSpec::new(3).gap_ms(60_000)));
     let gateway = Gateway::start_with(IDLE_1S, None).await;
     let backend_id = add_backend(&gateway, "one", &upstream, "primary", 60).await;
 
@@ -640,16 +642,12 @@ async fn a_stalled_stream_ends_with_an_error_event_after_the_idle_timeout() {
     let before = &got.events[got.events.len() - 2];
     assert!(before.json()["choices"][0]["delta"]["role"] == "assistant");
     assert_openai_error_event(error, "upstream_stream_stalled");
+    // The stream ended (`read_stream` allows 10 s) long before the upstream's next chunk: the
+    // idle timeout cut it, not before about a second of silence.
     let silence = error.at - before.at;
     assert!(
-        (Duration::from_millis(800)..=Duration::from_millis(1_500)).contains(&silence),
+        silence >= Duration::from_millis(800),
         "error event {silence:?} after the last chunk (idle timeout 1 s)"
-    );
-    assert!(
-        got.ended < error.at + Duration::from_millis(300),
-        "stream ended at {:?}, error at {:?}",
-        got.ended,
-        error.at
     );
     assert_eq!(got.content(), "");
 
@@ -687,7 +685,7 @@ async fn a_long_healthy_stream_is_not_cut_by_idle_or_first_byte_timeouts() {
 async fn a_stream_slower_than_the_first_byte_timeout_fails_over() {
     let first = MockUpstream::start().await;
     let second = MockUpstream::start().await;
-    first.push(Reply::Stream(StreamSpec::new(3)).delayed(2_500));
+    first.push(Reply::Hang);
     let gateway = Gateway::start().await;
     let first_id = add_backend(&gateway, "first", &first, "primary", 1).await;
     let second_id = add_backend(&gateway, "second", &second, "fallback", 60).await;
@@ -696,10 +694,11 @@ async fn a_stream_slower_than_the_first_byte_timeout_fails_over() {
     assert_eq!(got.status, 200, "{}", got.text());
     got.assert_complete();
     assert_eq!(got.content(), "chunk0 chunk1 chunk2");
+    // `first` never answers: the stream came from `second` after the 1 s first-byte timeout.
     let first_event = got.events[0].at;
     assert!(
-        (Duration::from_millis(950)..Duration::from_millis(2_400)).contains(&first_event),
-        "first event after {first_event:?}: the 1 s first-byte timeout did not fire"
+        first_event >= Duration::from_millis(1_000),
+        "first event after {first_event:?}, before the 1 s first-byte timeout"
     );
     assert_eq!((first.calls(), second.calls()), (1, 1));
 
@@ -789,10 +788,10 @@ async fn the_mid_stream_error_event_is_what_openai_sdks_raise_on() {
 
 const BIN_ADMIN_TOKEN: &str = "sigterm-test-admin-tok-0123456789abcdefg";
 
-/// The real `poolgate serve` in a temp data dir, on a free port, with one backend pointing at a
+/// The real `poolgate serve` in a temp data dir, on port 0, with one backend pointing at a
 /// mock upstream. Killed if the test ends before it exits.
 struct Binary {
-    child: std::process::Child,
+    served: Served,
     dir: tempfile::TempDir,
     url: String,
     client: reqwest::Client,
@@ -826,73 +825,31 @@ api_key = "sk-test-key-123456"
             ),
         )
         .unwrap();
-        // A free port: bind port 0, note it, let it go.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let stderr = std::fs::File::create(dir.path().join("poolgate.log")).unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_poolgate"));
-        for var in [
-            "POOLGATE_MASTER_KEY",
-            "POOLGATE_MASTER_KEY_FILE",
-            "POOLGATE_ADMIN_TOKEN",
-            "POOLGATE_DATA_DIR",
-            "POOLGATE_CONFIG",
-            "POOLGATE_LISTEN",
-            "POOLGATE_LOG_FORMAT",
-        ] {
-            command.env_remove(var);
-        }
-        let child = command
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .arg("--config")
-            .arg(&config)
-            .stdout(stderr.try_clone().unwrap())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut binary = Binary {
-            child,
+        let config = config.to_str().unwrap().to_owned();
+        let mut served = Served::spawn(dir.path(), &["--config", &config], &[]);
+        let url = served.url().await;
+        Binary {
+            served,
             dir,
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
                 .unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let healthy = binary
-                .client
-                .get(format!("{}/healthz", binary.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if healthy {
-                return binary;
-            }
-            assert!(
-                binary.child.try_wait().unwrap().is_none(),
-                "poolgate exited at start:\n{}",
-                binary.log()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "poolgate not healthy:\n{}",
-                binary.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("poolgate.log")).unwrap_or_default()
+        self.served.log()
+    }
+
+    fn sigterm(&self) {
+        self.served.sigterm();
+    }
+
+    /// Waits for the process to exit (at most `limit`) and returns its status.
+    async fn exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.served.exit(limit).await
     }
 
     /// Sends a chat completion in a task; the task yields (streamed, status, body). `started`
@@ -929,31 +886,6 @@ api_key = "sk-test-key-123456"
         })
     }
 
-    fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit (at most `limit`) and returns its status.
-    async fn exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "poolgate did not exit within {limit:?} of SIGTERM:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// The usage records in the database (after exit).
     async fn usage_rows(&self) -> (u64, Vec<poolgate::domain::UsageRecord>) {
         let config = common::config_for("", self.dir.path());
@@ -970,15 +902,6 @@ api_key = "sk-test-key-123456"
             .unwrap();
         control.shutdown().await;
         (count, page.records)
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -1067,9 +990,10 @@ async fn sigterm_lets_in_flight_streams_finish_and_loses_no_usage_record() {
 #[tokio::test]
 async fn streams_cut_when_the_grace_period_ends_still_leave_usage_records() {
     const STREAMS: usize = 4;
-    // 20 chunks 200 ms apart: 4 s, far longer than the 1 s grace period.
+    // 20 chunks 2 s apart: 40 s, far longer than the 1 s grace period and the 15 s the exit may
+    // take.
     let upstream = MockUpstream::start_with(MockConfig {
-        stream_defaults: StreamSpec::new(20).gap_ms(200),
+        stream_defaults: StreamSpec::new(20).gap_ms(2_000),
         ..MockConfig::default()
     })
     .await
@@ -1084,13 +1008,10 @@ async fn streams_cut_when_the_grace_period_ends_still_leave_usage_records() {
         counter.load(std::sync::atomic::Ordering::Acquire) == STREAMS
     })
     .await;
-    let signalled = Instant::now();
     binary.sigterm();
 
-    let status = binary.exit(Duration::from_secs(5)).await;
-    let took = signalled.elapsed();
+    let status = binary.exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status}:\n{}", binary.log());
-    assert!(took < Duration::from_secs(3), "exit took {took:?}");
     for task in tasks {
         // Cut: a transport error, or a body without [DONE].
         if let Ok((_, _, body)) = task.await.unwrap() {

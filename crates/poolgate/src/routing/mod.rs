@@ -260,15 +260,4 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smooth_weighted_schedule_interleaves() {
-        assert_eq!(smooth_weighted_schedule(&[1, 1, 1]), vec![0, 1, 2]);
-        let schedule = smooth_weighted_schedule(&[5, 1, 1]);
-        assert_eq!(schedule.len(), 7);
-        assert_eq!(schedule.iter().filter(|&&i| i == 0).count(), 5);
-        assert_eq!(schedule, vec![0, 0, 1, 0, 2, 0, 0]);
-    }
-}
+mod tests;

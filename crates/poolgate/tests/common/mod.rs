@@ -1,15 +1,20 @@
 //! Shared harness for integration tests: a real poolgate (router, SQLite file, background
-//! writers) listening on 127.0.0.1:0 in a temp data dir, plus helpers to call it.
+//! writers) listening on 127.0.0.1:0 in a temp data dir, the `poolgate serve` binary on port 0
+//! ([`served`]), and helpers to call them and check what they did.
 #![allow(dead_code)]
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
+
+pub mod served;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mock_upstream::MockUpstream;
 use poolgate::config::{parse_toml, Config, Overrides};
 use poolgate::server::{self, Running};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use tokio::time::Instant;
 
 pub const ADMIN_TOKEN: &str = "pga-test-admin-token-0123456789abcdef";
 
@@ -164,7 +169,13 @@ impl Gateway {
 
     /// Usage records (newest first), polling until at least `count` are written.
     pub async fn usage_records(&self, count: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.usage_records_within(count, Duration::from_secs(10))
+            .await
+    }
+
+    /// Usage records (newest first), polling up to `wait` until at least `count` are written.
+    pub async fn usage_records_within(&self, count: usize, wait: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let page: Value = self
                 .admin(reqwest::Method::GET, "/usage?limit=1000")
@@ -218,4 +229,107 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// === answers ===
+
+/// One HTTP answer, read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: Value,
+    /// From sending the request to having the whole body.
+    pub took: Duration,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `Retry-After` in whole seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.header("retry-after").and_then(|v| v.parse().ok())
+    }
+
+    /// Asserts the OpenAI error shape: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn assert_openai_error(&self) {
+        let error = &self.json["error"];
+        assert!(
+            error["message"].is_string() && error["type"].is_string(),
+            "not an OpenAI-shaped error (status {}): {}",
+            self.status,
+            self.text
+        );
+        let fields = error.as_object().expect("error is an object");
+        assert!(
+            fields.contains_key("param") && fields.contains_key("code"),
+            "error lacks `param`/`code`: {}",
+            self.text
+        );
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.text)
+    }
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let started = Instant::now();
+    let response = request.send().await.expect("request reaches the gateway");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    Answer {
+        status,
+        headers,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+        took: started.elapsed(),
+    }
+}
+
+// === what upstreams saw, what is on disk ===
+
+/// The `authorization` header of the last request the upstream saw.
+pub fn bearer_seen(upstream: &MockUpstream) -> String {
+    upstream
+        .last_request()
+        .expect("the upstream saw a request")
+        .header("authorization")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// Every file under `dir` (recursively) with its bytes.
+pub fn files_in(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_in(&path));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+/// A base URL nothing listens on: connection refused.
+pub fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/v1")
 }
