@@ -273,7 +273,12 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
         model_mappings,
         metadata: None,
     };
-    // `add` may create the database (provisioning before the first start).
+    // `add` may create the database (provisioning before the first start) — but not for input
+    // the control plane would refuse anyway: the same rules, checked before anything is created.
+    input
+        .clone()
+        .validate(&|field| field.to_owned())
+        .map_err(|invalid| cli_error(ControlError::Invalid(invalid)))?;
     let config = load_config(&args.store, None, None)?;
     crate::files::ensure_data_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;

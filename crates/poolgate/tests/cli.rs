@@ -587,6 +587,35 @@ fn the_database_url_chooses_the_database_and_postgres_is_refused_clearly() {
 }
 
 #[test]
+fn a_refused_backend_add_creates_no_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("never");
+    let var = "POOLGATE_TEST_CLI_REFUSED_ADD_KEY";
+    let out = run(
+        &[
+            "backend",
+            "add",
+            "--name",
+            "x",
+            "--base-url",
+            "ftp://x",
+            "--api-key-env",
+            var,
+            "--data-dir",
+            &dir_arg(&data_dir),
+        ],
+        &[(var, "sk-refused-add-key-0001")],
+    );
+    assert!(!out.success, "{out}");
+    assert!(out.stderr.contains("base-url"), "{out}");
+    assert!(
+        !data_dir.exists(),
+        "invalid input created {}",
+        data_dir.display()
+    );
+}
+
+#[test]
 fn bad_command_lines_fail_with_usage() {
     let unknown = run(&["frobnicate"], &[]);
     assert!(!unknown.success, "{unknown}");

@@ -250,6 +250,7 @@ impl From<ControlError> for ApiError {
             other @ (ControlError::Crypto(_)
             | ControlError::UnreadableKey { .. }
             | ControlError::Store(_)
+            | ControlError::ShuttingDown
             | ControlError::KeyFile(_)) => ApiError::internal(other),
         }
     }

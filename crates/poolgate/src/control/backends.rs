@@ -142,9 +142,7 @@ impl ControlPlane {
         runtime.reset();
         self.inner.health.mark_dirty(id, &runtime);
         if !self.inner.health.flush().await {
-            return Err(ControlError::Store(super::StoreError::Corrupt(
-                "the health writer is gone; the reset is not persisted".into(),
-            )));
+            return Err(ControlError::ShuttingDown);
         }
         record.health = PersistedHealth::default();
         self.commit(Change::CooldownReset(id.clone())).await;

@@ -37,6 +37,9 @@ pub enum ControlError {
     /// The database failed (500).
     #[error("database: {0}")]
     Store(StoreError),
+    /// The control plane's writers have stopped (shutdown): the change is not persisted (500).
+    #[error("the control plane is shutting down")]
+    ShuttingDown,
     /// The master key file could not be written (500).
     #[error("master key file: {0}")]
     KeyFile(String),
