@@ -47,7 +47,7 @@ use crate::domain::BackendId;
 
 pub use breaker::{Breaker, BreakerChange};
 pub use local::LocalShared;
-pub use redis::{RedisOptions, RedisShared};
+pub use redis::{default_instance_id, InvalidRedisUrl, RedisOptions, RedisShared};
 
 /// The largest per-minute limit (and cost) a shared bucket keeps exactly: `limit * 60,000,000`
 /// must stay below 2^53 for Lua's doubles.
