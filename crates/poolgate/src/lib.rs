@@ -84,6 +84,7 @@ pub mod proxy;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod shared;
 pub mod sse;
 pub mod state;
 pub mod translate;

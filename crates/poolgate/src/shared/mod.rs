@@ -1,0 +1,297 @@
+//! Runtime state shared by every gateway instance (issue #10): token buckets, cooldowns, the
+//! half-open probe slot, in-flight leases and the instance registry, behind one trait,
+//! [`SharedRuntime`], with two implementations:
+//!
+//! - [`LocalShared`]: in-process state (one instance, or an instance's share while Redis is
+//!   unreachable);
+//! - [`RedisShared`]: Redis, one atomic server-side call (a versioned Lua script, Redis `TIME` as
+//!   the clock) per admission, cooldown changes published to every instance, and a degraded mode
+//!   that falls back to a [`LocalShared`] sized to this instance's share of each limit.
+//!
+//! # How the data plane uses it, per attempt
+//! 1. [`SharedRuntime::precheck`] — local, no I/O: answers from this instance's mirror of the
+//!    backend's cooldown. `Refused` (cooling, broken) skips the candidate; `Ready` sends without a
+//!    shared call (no limits, backend healthy); `NeedsAdmit` calls step 2.
+//! 2. [`SharedRuntime::admit`] — takes, all or nothing, `cost` tokens from every [`BucketClaim`]
+//!    (the backend's RPM bucket; on the request's first admitted attempt also the client key's)
+//!    and checks the cooldown deadline and the single cluster-wide half-open probe slot. One
+//!    round trip in shared mode; local and instant in degraded mode.
+//! 3. After the upstream answered: [`SharedRuntime::report`] the [`Outcome`] (a success on a
+//!    healthy backend costs nothing); [`SharedRuntime::release_probe`] when a probe ended without
+//!    an outcome; [`SharedRuntime::refund`] tokens taken but not used.
+//!
+//! Every call is bounded by the configured timeout and never fails: when shared state is
+//! unreachable the instance answers from its local share (or refuses a fail-closed claim with
+//! [`Refusal::Unavailable`]), and [`SharedRuntime::mode`] says so.
+//!
+//! # Bucket semantics
+//! Those of [`crate::limits::TokenBucket`]: capacity = the per-minute limit, refilled at limit/60
+//! tokens per second, starting full, in exact integer units (one token = 60,000,000 units, a
+//! bucket of `n`/min gains `n` units per microsecond — Redis `TIME` has microseconds). Over any
+//! window `T`, all instances together are granted at most `limit + floor(limit * T / 60 s)`
+//! tokens while Redis answers. Limits above [`MAX_PER_MINUTE`] are clamped (exact arithmetic in
+//! Lua's doubles).
+
+mod breaker;
+mod local;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::cooldown::{CooldownPolicy, CooldownReason, Outcome};
+use crate::domain::BackendId;
+
+pub use breaker::{Breaker, BreakerChange};
+pub use local::LocalShared;
+pub use redis::{default_instance_id, InvalidRedisUrl, RedisOptions, RedisShared};
+
+/// The largest per-minute limit (and cost) a shared bucket keeps exactly: `limit * 60,000,000`
+/// must stay below 2^53 for Lua's doubles.
+pub const MAX_PER_MINUTE: u64 = 150_000_000;
+
+/// Where admissions are decided right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every instance shares one set of buckets, cooldowns and probe slots.
+    Shared,
+    /// Shared state is unreachable: this instance uses local buckets sized to its share.
+    Degraded,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Shared => "shared",
+            Mode::Degraded => "degraded",
+        }
+    }
+}
+
+/// The name of a shared token bucket, stable across instances (e.g. `backend-rpm:b-1`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketKey(Arc<str>);
+
+impl BucketKey {
+    /// A backend's requests-per-minute bucket.
+    pub fn backend_rpm(backend: &BackendId) -> BucketKey {
+        BucketKey::new("backend-rpm", backend.as_str())
+    }
+
+    /// A client key's requests-per-minute bucket.
+    pub fn client_rpm(client_key_id: &str) -> BucketKey {
+        BucketKey::new("key-rpm", client_key_id)
+    }
+
+    /// Any other bucket (`kind` names what it counts, e.g. `key-tpm`, `key-budget`).
+    pub fn new(kind: &str, id: &str) -> BucketKey {
+        BucketKey(format!("{kind}:{id}").into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BucketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a claim does when shared state is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Admit from this instance's share of the limit (limit ÷ live instances last seen).
+    #[default]
+    Open,
+    /// Refuse ([`Refusal::Unavailable`]; the proxy answers 503) rather than risk going over.
+    Closed,
+}
+
+/// `cost` tokens wanted from a bucket of `per_minute` capacity. Claims naming the same bucket in
+/// one admission are merged (costs added).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketClaim {
+    pub key: BucketKey,
+    /// The limit: capacity and refill per minute (1..=[`MAX_PER_MINUTE`]; clamped).
+    pub per_minute: u64,
+    /// Tokens to take (1 for a request; an estimate for token or money reservations).
+    pub cost: u64,
+    pub on_unavailable: FailMode,
+}
+
+impl BucketClaim {
+    /// One token from a bucket of `per_minute`, failing open.
+    pub fn one(key: BucketKey, per_minute: u64) -> BucketClaim {
+        BucketClaim {
+            key,
+            per_minute,
+            cost: 1,
+            on_unavailable: FailMode::Open,
+        }
+    }
+
+    /// The limit and cost as the buckets use them: in `1..=MAX_PER_MINUTE`, cost ≤ limit is not
+    /// required (a cost above the limit is refused with the time a full bucket would need).
+    fn clamped(&self) -> (u64, u64) {
+        (
+            self.per_minute.clamp(1, MAX_PER_MINUTE),
+            self.cost.min(MAX_PER_MINUTE),
+        )
+    }
+}
+
+/// One admission: the buckets to take from, all or nothing, for one attempt on `backend`.
+#[derive(Debug, Clone)]
+pub struct AdmitRequest {
+    pub backend: BackendId,
+    pub claims: Vec<BucketClaim>,
+    /// How long a half-open probe slot taken by this admission stays held if its holder vanishes
+    /// (normally the backend's timeout plus a margin); released earlier by the outcome.
+    pub probe_ttl: Duration,
+    /// Take an in-flight lease of this time-to-live with the admission (same round trip).
+    pub lease_ttl: Option<Duration>,
+}
+
+/// The answer to an admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    Admitted(Admitted),
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// This attempt is the single half-open probe: report its outcome with this token (or
+    /// [`SharedRuntime::release_probe`] it).
+    pub probe: Option<ProbeToken>,
+    /// The in-flight lease, when one was asked for.
+    pub lease: Option<Lease>,
+    /// The mode that decided.
+    pub mode: Mode,
+}
+
+/// Why an admission was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A bucket had fewer than `cost` tokens; one is there again after `retry_after`.
+    Limited {
+        key: BucketKey,
+        retry_after: Duration,
+    },
+    /// The backend cools down until then.
+    Cooling { until: Instant },
+    /// Another attempt (on any instance) holds the half-open probe; ask again after the hint.
+    ProbeInFlight { retry_after: Duration },
+    /// The upstream key failed authentication; only a success or an admin reset ends it.
+    Broken,
+    /// Shared state is unreachable and this claim fails closed.
+    Unavailable { key: BucketKey },
+}
+
+impl Refusal {
+    /// When it makes sense to ask again; `None` for broken (never by waiting).
+    pub fn retry_after(&self, now: Instant) -> Option<Duration> {
+        match self {
+            Refusal::Limited { retry_after, .. } | Refusal::ProbeInFlight { retry_after } => {
+                Some(*retry_after)
+            }
+            Refusal::Cooling { until } => Some(until.saturating_duration_since(now)),
+            Refusal::Broken => None,
+            Refusal::Unavailable { .. } => Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// The local answer of [`SharedRuntime::precheck`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precheck {
+    /// Send: the backend is healthy and there is nothing to take (no shared call needed).
+    Ready,
+    /// Call [`SharedRuntime::admit`].
+    NeedsAdmit,
+    /// Skip this backend.
+    Refused(Refusal),
+}
+
+/// Identifies the holder of a half-open probe slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeToken(pub(crate) Arc<str>);
+
+/// An in-flight lease: counted until released or until it expires (renew it for long streams).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub backend: BackendId,
+    pub(crate) id: Arc<str>,
+}
+
+/// A backend's cooldown as this instance last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CooldownView {
+    /// The end of the current (or just expired, half-open) cooldown.
+    pub until: Option<Instant>,
+    /// The backoff level (consecutive 429 episodes).
+    pub level: u32,
+    pub broken: bool,
+    pub reason: Option<CooldownReason>,
+}
+
+/// Shared runtime state: see the module doc for the call order on the request path.
+///
+/// No method returns an error: unreachable shared state is a [`Mode::Degraded`] answer, logged
+/// once when the mode changes.
+#[async_trait]
+pub trait SharedRuntime: Send + Sync + 'static {
+    /// Shared, or degraded (local shares) while shared state is unreachable.
+    fn mode(&self) -> Mode;
+
+    /// This instance's id (`POOLGATE_INSTANCE_ID`, default hostname-pid).
+    fn instance_id(&self) -> &str;
+
+    /// Live instances last seen (at least 1: this one).
+    fn live_instances(&self) -> u32;
+
+    /// Local, no I/O: can `backend` be tried, and does it need a shared admission?
+    /// `has_claims`: the attempt has buckets to take from.
+    fn precheck(&self, backend: &BackendId, has_claims: bool, now: Instant) -> Precheck;
+
+    /// Admit one attempt (see [`AdmitRequest`]).
+    async fn admit(&self, request: AdmitRequest) -> Admit;
+
+    /// Feed an upstream outcome into the backend's cooldown; returns the state after it.
+    /// `probe`: the token of the probe this attempt held, which is released.
+    async fn report(
+        &self,
+        backend: &BackendId,
+        outcome: Outcome,
+        probe: Option<ProbeToken>,
+        policy: &CooldownPolicy,
+    ) -> CooldownView;
+
+    /// The probe ended without an outcome (client gone): let another attempt probe.
+    async fn release_probe(&self, backend: &BackendId, probe: ProbeToken);
+
+    /// Give back tokens that were taken but not used (never above capacity).
+    async fn refund(&self, claims: &[BucketClaim]);
+
+    /// Admin reset: healthy, level 0, on every instance.
+    async fn reset(&self, backend: &BackendId);
+
+    /// Take an in-flight lease outside an admission (for attempts that needed none).
+    async fn acquire_lease(&self, backend: &BackendId, ttl: Duration) -> Lease;
+
+    /// Extend a lease (long streams); re-adds it if it had expired.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration);
+
+    async fn release_lease(&self, lease: Lease);
+
+    /// Unexpired leases on `backend` across the cluster; `None` when unknown (degraded).
+    async fn in_flight(&self, backend: &BackendId) -> Option<u32>;
+
+    /// This instance's view of the backend's cooldown (local, no I/O).
+    fn cooldown(&self, backend: &BackendId) -> CooldownView;
+}

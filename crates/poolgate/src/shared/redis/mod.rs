@@ -1,0 +1,537 @@
+//! [`RedisShared`]: shared runtime state in Redis. Each admission is one atomic script call;
+//! cooldown changes are published and mirrored into a [`LocalShared`] that answers the fast path
+//! between calls; every call is bounded by a timeout behind a circuit breaker, and while the
+//! breaker is open the same [`LocalShared`] answers with this instance's share of each limit.
+//!
+//! Background tasks (aborted on drop): the heartbeat (instance registry, live-instance count,
+//! and the breaker's half-open trial when no request comes) and the change-feed subscriber.
+
+mod cooldown;
+mod scripts;
+mod tasks;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use redis::{FromRedisValue, ScriptInvocation};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use self::scripts::{AdmitReply, Keys};
+use super::breaker::{Breaker, BreakerChange};
+use super::local::{Authority, LocalShared};
+use super::{
+    Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, CooldownView, FailMode, Lease, Mode,
+    Precheck, ProbeToken, Refusal, SharedRuntime,
+};
+use crate::cooldown::{CooldownPolicy, Outcome};
+use crate::domain::BackendId;
+
+/// The hint given while another instance probes, at most (as [`crate::cooldown`] does).
+const PROBE_HINT: Duration = Duration::from_secs(1);
+
+/// Settings of the Redis-backed shared state (`[redis]` / `--redis-url`; see the design notes).
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port/db` (a secret: it may hold a password).
+    pub url: SecretString,
+    /// This instance's id in the registry and in logs.
+    pub instance_id: String,
+    /// Prefix of every key and channel. The default `{poolgate}:` is a Redis Cluster hash tag.
+    pub key_prefix: String,
+    /// The longest any Redis call may take before the instance answers locally. Default 50 ms.
+    pub call_timeout: Duration,
+    /// The longest one connection attempt may take. Default 500 ms.
+    pub connect_timeout: Duration,
+    /// Consecutive failed calls that open the circuit breaker. Default 3.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one trial call. Default 1 s.
+    pub breaker_open_for: Duration,
+    /// How often this instance says it is alive; it counts as gone after 3 intervals. Default 1 s.
+    pub heartbeat_interval: Duration,
+}
+
+impl RedisOptions {
+    /// The defaults, for `url`.
+    pub fn new(url: SecretString) -> RedisOptions {
+        RedisOptions {
+            url,
+            instance_id: default_instance_id(),
+            key_prefix: "{poolgate}:".to_owned(),
+            call_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_millis(500),
+            breaker_failures: 3,
+            breaker_open_for: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `hostname-pid`, the default instance id.
+pub fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "poolgate".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A Redis URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Redis URL: {0}")]
+pub struct InvalidRedisUrl(String);
+
+// === impl RedisShared ===
+
+/// Shared runtime state in Redis; see the module doc. Cheap to share as `Arc<RedisShared>`.
+pub struct RedisShared {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    options: RedisOptions,
+    keys: Keys,
+    client: redis::Client,
+    conn: ConnectionManager,
+    instance_id: Arc<str>,
+    /// Live instances last seen (shared with `local` for share sizes).
+    instances: Arc<AtomicU32>,
+    /// The mirror of shared cooldowns, and the whole state in degraded mode.
+    local: LocalShared,
+    breaker: Breaker,
+    /// The change-feed subscriber is connected (no published change can have been missed).
+    feed_connected: AtomicBool,
+    /// The mirror holds local changes (an outage, or a failed report): push and resync them
+    /// (the heartbeat task does, once shared state answers).
+    resync_needed: AtomicBool,
+    /// Tokens left in each bucket at the last shared admission: seeds the local buckets when the
+    /// instance degrades (its share of what was left, not a fresh full bucket).
+    tokens_left: Mutex<HashMap<BucketKey, u64>>,
+}
+
+impl RedisShared {
+    /// Connects lazily and starts the background tasks. Never fails because Redis is down (the
+    /// instance then starts degraded and recovers by itself); only a malformed URL is an error.
+    pub async fn start(options: RedisOptions) -> Result<RedisShared, InvalidRedisUrl> {
+        let client = redis::Client::open(options.url.expose_secret())
+            .map_err(|error| InvalidRedisUrl(error.to_string()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.call_timeout))
+            // Reconnect quickly; the breaker, not the manager, decides when to stop trying.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let conn = client
+            .get_connection_manager_lazy(config)
+            .map_err(|error| InvalidRedisUrl(error.to_string()))?;
+        let instance_id: Arc<str> = options.instance_id.as_str().into();
+        let instances = Arc::new(AtomicU32::new(1));
+        let inner = Arc::new(Inner {
+            keys: Keys::new(&options.key_prefix),
+            breaker: Breaker::new(options.breaker_failures, options.breaker_open_for),
+            local: LocalShared::with_instances(Arc::clone(&instance_id), Arc::clone(&instances)),
+            client,
+            conn,
+            instance_id,
+            instances,
+            feed_connected: AtomicBool::new(false),
+            resync_needed: AtomicBool::new(false),
+            tokens_left: Mutex::new(HashMap::new()),
+            options,
+        });
+        // One heartbeat before serving: the live-instance count (if Redis answers; if not, the
+        // first calls open the breaker and the instance serves degraded until it does).
+        inner.heartbeat().await;
+        let tasks = vec![
+            tokio::spawn(tasks::heartbeat_loop(Arc::clone(&inner))),
+            tokio::spawn(tasks::change_feed_loop(Arc::clone(&inner))),
+        ];
+        Ok(RedisShared { inner, tasks })
+    }
+
+    /// Leaves the instance registry (graceful shutdown) and stops the background tasks.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let inner = Arc::clone(&self.inner);
+        let mut leave = scripts::HEARTBEAT.key(inner.keys.instances());
+        leave.arg("leave").arg(inner.instance_id.as_ref()).arg(0);
+        let _: Option<i64> = inner.call(&leave).await;
+    }
+
+    /// Whether the change feed is connected (for the admin API and metrics).
+    pub fn change_feed_connected(&self) -> bool {
+        self.inner.feed_connected.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RedisShared {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn mode(&self) -> Mode {
+        if self.breaker.is_closed() {
+            Mode::Shared
+        } else {
+            Mode::Degraded
+        }
+    }
+
+    /// Runs one script call through the breaker and the timeout; `None` when it was skipped
+    /// (breaker open) or failed.
+    async fn call<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Option<T> {
+        if !self.breaker.permit(Instant::now()) {
+            return None;
+        }
+        let mut conn = self.conn.clone();
+        let result = tokio::time::timeout(
+            self.options.call_timeout,
+            invocation.invoke_async::<T>(&mut conn),
+        )
+        .await;
+        match result {
+            Ok(Ok(value)) => {
+                if self.breaker.on_success() == Some(BreakerChange::Closed) {
+                    self.on_recovered();
+                }
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                self.on_failure(&error.to_string());
+                None
+            }
+            Err(_) => {
+                self.on_failure("timed out");
+                None
+            }
+        }
+    }
+
+    fn on_failure(&self, error: &str) {
+        // (The local buckets are not cleared here: calls that failed before the breaker opened
+        // already took from them.)
+        if self.breaker.on_failure(Instant::now()) == Some(BreakerChange::Opened) {
+            tracing::warn!(
+                instance = %self.instance_id,
+                %error,
+                live_instances = self.instances.load(Ordering::Relaxed),
+                "Redis unreachable: degraded mode, admitting from this instance's share of each limit"
+            );
+        }
+    }
+
+    /// The breaker closed again: back to shared buckets; the heartbeat task pushes what changed
+    /// locally meanwhile ([`Inner::sync_all`]).
+    fn on_recovered(&self) {
+        self.local.clear_buckets();
+        self.resync_needed.store(true, Ordering::Relaxed);
+        tracing::info!(instance = %self.instance_id, "Redis answers again: shared mode");
+    }
+
+    /// The admit script for `mode` `take` (an admission) or `give` (a refund; the cooldown keys
+    /// are then not read, and `request.backend` may be any id).
+    fn admit_invocation<'a>(
+        &self,
+        mode: &'a str,
+        request: &AdmitRequest,
+        probe: &'a str,
+        lease: &'a str,
+    ) -> ScriptInvocation<'a> {
+        let backend = &request.backend;
+        let mut invocation = scripts::ADMIT.key(self.keys.cooldown(backend));
+        invocation
+            .key(self.keys.probe(backend))
+            .key(self.keys.leases(backend))
+            .arg(mode)
+            .arg(probe)
+            .arg(millis(request.probe_ttl).max(1))
+            .arg(lease)
+            .arg(request.lease_ttl.map_or(0, millis));
+        for (key, per_minute, cost) in merged(&request.claims) {
+            invocation
+                .key(self.keys.bucket(key))
+                .arg(per_minute)
+                .arg(cost);
+        }
+        invocation
+    }
+
+    async fn admit(&self, request: AdmitRequest) -> Admit {
+        let probe = self.local.unique_id();
+        let lease_id = request.lease_ttl.map(|_| self.local.unique_id());
+        let invocation =
+            self.admit_invocation("take", &request, &probe, lease_id.as_deref().unwrap_or(""));
+        let Some(reply) = self.call::<Vec<i64>>(&invocation).await else {
+            return self.degraded_admit(&request);
+        };
+        let now = Instant::now();
+        let Some((reply, cooldown)) = scripts::parse_admit(&reply) else {
+            tracing::error!(?reply, "unexpected reply from the admit script");
+            return self.degraded_admit(&request);
+        };
+        let shared = cooldown.to_local(now);
+        self.local.apply_shared(&request.backend, &shared, false);
+        match reply {
+            AdmitReply::Admitted {
+                probe: is_probe,
+                tokens_left,
+            } => {
+                self.remember_tokens_left(&request.claims, &tokens_left);
+                Admit::Admitted(Admitted {
+                    probe: is_probe.then_some(ProbeToken(probe)),
+                    lease: lease_id.map(|id| Lease {
+                        backend: request.backend.clone(),
+                        id,
+                    }),
+                    mode: Mode::Shared,
+                })
+            }
+            AdmitReply::Limited { bucket, wait } => match merged(&request.claims).get(bucket) {
+                Some((key, _, _)) => Admit::Refused(Refusal::Limited {
+                    key: (*key).clone(),
+                    retry_after: wait,
+                }),
+                None => self.degraded_admit(&request),
+            },
+            AdmitReply::Cooling => match shared.view.until {
+                Some(until) => Admit::Refused(Refusal::Cooling { until }),
+                None => Admit::Refused(Refusal::ProbeInFlight {
+                    retry_after: PROBE_HINT,
+                }),
+            },
+            AdmitReply::ProbeInFlight { held_for } => Admit::Refused(Refusal::ProbeInFlight {
+                retry_after: held_for.min(PROBE_HINT),
+            }),
+            AdmitReply::Broken => Admit::Refused(Refusal::Broken),
+            AdmitReply::GivenBack => self.degraded_admit(&request),
+        }
+    }
+
+    fn remember_tokens_left(&self, claims: &[BucketClaim], tokens_left: &[i64]) {
+        let mut remembered = self.tokens_left.lock();
+        for ((key, _, _), &left) in merged(claims).into_iter().zip(tokens_left) {
+            remembered.insert(key.clone(), u64::try_from(left).unwrap_or(0));
+        }
+    }
+
+    /// The admission without Redis: fail-closed claims refuse, the others take from this
+    /// instance's share.
+    fn degraded_admit(&self, request: &AdmitRequest) -> Admit {
+        if let Some(claim) = request
+            .claims
+            .iter()
+            .find(|claim| claim.on_unavailable == FailMode::Closed)
+        {
+            return Admit::Refused(Refusal::Unavailable {
+                key: claim.key.clone(),
+            });
+        }
+        let now = Instant::now();
+        let instances = u64::from(self.instances.load(Ordering::Relaxed).max(1));
+        {
+            let remembered = self.tokens_left.lock();
+            for claim in &request.claims {
+                let tokens = remembered
+                    .get(&claim.key)
+                    .map_or(u64::MAX, |left| left / instances);
+                self.local.seed_bucket(claim, tokens, now);
+            }
+        }
+        self.local.admit_at(request, now)
+    }
+
+    /// One heartbeat: refreshes this instance in the registry and the live-instance count.
+    async fn heartbeat(&self) {
+        let ttl = self.options.heartbeat_interval.saturating_mul(3);
+        let mut beat = scripts::HEARTBEAT.key(self.keys.instances());
+        beat.arg("beat")
+            .arg(self.instance_id.as_ref())
+            .arg(millis(ttl).max(1));
+        if let Some(live) = self.call::<i64>(&beat).await {
+            let live = u32::try_from(live).unwrap_or(u32::MAX).max(1);
+            self.instances.store(live, Ordering::Relaxed);
+        }
+    }
+
+    async fn lease(&self, backend: &BackendId, op: &str, id: &str, ttl: Duration) -> Option<i64> {
+        let mut invocation = scripts::LEASE.key(self.keys.leases(backend));
+        invocation.arg(op).arg(id).arg(millis(ttl).max(1));
+        self.call::<i64>(&invocation).await
+    }
+}
+
+/// The claims with one entry per bucket (costs of the same bucket added, its smallest limit),
+/// in first-seen order: the script reads every bucket before writing any, so a bucket named twice
+/// would be charged once.
+fn merged(claims: &[BucketClaim]) -> Vec<(&BucketKey, u64, u64)> {
+    let mut merged: Vec<(&BucketKey, u64, u64)> = Vec::with_capacity(claims.len());
+    for claim in claims {
+        let (per_minute, cost) = claim.clamped();
+        match merged.iter_mut().find(|(key, _, _)| *key == &claim.key) {
+            Some(entry) => {
+                entry.1 = entry.1.min(per_minute);
+                entry.2 = entry.2.saturating_add(cost).min(super::MAX_PER_MINUTE);
+            }
+            None => merged.push((&claim.key, per_minute, cost)),
+        }
+    }
+    merged
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl SharedRuntime for RedisShared {
+    fn mode(&self) -> Mode {
+        self.inner.mode()
+    }
+
+    fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    fn live_instances(&self) -> u32 {
+        self.inner.instances.load(Ordering::Relaxed).max(1)
+    }
+
+    fn precheck(&self, backend: &BackendId, has_claims: bool, now: Instant) -> Precheck {
+        let authority = match self.inner.mode() {
+            Mode::Degraded => Authority::Local,
+            Mode::Shared => Authority::Mirror {
+                feed_connected: self.inner.feed_connected.load(Ordering::Relaxed),
+            },
+        };
+        self.inner
+            .local
+            .precheck_with(backend, has_claims, now, authority)
+    }
+
+    async fn admit(&self, request: AdmitRequest) -> Admit {
+        self.inner.admit(request).await
+    }
+
+    async fn report(
+        &self,
+        backend: &BackendId,
+        outcome: Outcome,
+        probe: Option<ProbeToken>,
+        policy: &CooldownPolicy,
+    ) -> CooldownView {
+        self.inner.report(backend, outcome, probe, policy).await
+    }
+
+    async fn release_probe(&self, backend: &BackendId, probe: ProbeToken) {
+        self.inner.local.release_probe_local(backend);
+        if let Some(cooldown) = self
+            .inner
+            .report_event(backend, "release", &probe.0, (-1, false))
+            .await
+        {
+            self.inner.apply(backend, cooldown, false);
+        }
+    }
+
+    async fn refund(&self, claims: &[BucketClaim]) {
+        if claims.is_empty() {
+            return;
+        }
+        if self.inner.mode() == Mode::Degraded {
+            self.inner.local.refund_at(claims, Instant::now());
+            return;
+        }
+        let request = AdmitRequest {
+            backend: BackendId::new("-"),
+            claims: claims.to_vec(),
+            probe_ttl: Duration::ZERO,
+            lease_ttl: None,
+        };
+        let give = self.inner.admit_invocation("give", &request, "", "");
+        if self.inner.call::<Vec<i64>>(&give).await.is_none() {
+            self.inner.local.refund_at(claims, Instant::now());
+        }
+    }
+
+    async fn reset(&self, backend: &BackendId) {
+        self.inner.local.reset_local(backend);
+        match self
+            .inner
+            .report_event(backend, "reset", "", (-1, false))
+            .await
+        {
+            Some(cooldown) => {
+                self.inner.apply(backend, cooldown, true);
+            }
+            None => tracing::warn!(
+                backend = %backend,
+                "Redis unreachable: cooldown reset on this instance only"
+            ),
+        }
+    }
+
+    async fn acquire_lease(&self, backend: &BackendId, ttl: Duration) -> Lease {
+        let lease = Lease {
+            backend: backend.clone(),
+            id: self.inner.local.unique_id(),
+        };
+        if self
+            .inner
+            .lease(backend, "put", &lease.id, ttl)
+            .await
+            .is_none()
+        {
+            self.inner.local.renew_local(&lease, ttl, Instant::now());
+        }
+        lease
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) {
+        if self
+            .inner
+            .lease(&lease.backend, "put", &lease.id, ttl)
+            .await
+            .is_none()
+        {
+            self.inner.local.renew_local(lease, ttl, Instant::now());
+        }
+    }
+
+    async fn release_lease(&self, lease: Lease) {
+        self.inner.local.release_local(&lease);
+        let _ = self
+            .inner
+            .lease(&lease.backend, "drop", &lease.id, Duration::ZERO)
+            .await;
+    }
+
+    async fn in_flight(&self, backend: &BackendId) -> Option<u32> {
+        let count = self
+            .inner
+            .lease(backend, "count", "", Duration::ZERO)
+            .await?;
+        Some(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    fn cooldown(&self, backend: &BackendId) -> CooldownView {
+        self.inner.local.view(backend)
+    }
+}

@@ -1,0 +1,598 @@
+//! `RedisShared` against a real redis-server: several instances (each its own client and
+//! connections, as separate gateway processes would have) share buckets, cooldowns, the probe
+//! slot and leases; Redis killed, frozen or flushed never fails a call.
+//!
+//! Cooldowns and buckets in Redis run on Redis's clock, so these tests use real time; every
+//! time bound is either derived from the elapsed time measured around the operation or generous
+//! against a loaded 2-core machine.
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+mod services;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poolgate::cooldown::{CooldownPolicy, Outcome};
+use poolgate::domain::BackendId;
+use poolgate::shared::{
+    Admit, AdmitRequest, BucketClaim, BucketKey, FailMode, Mode, Precheck, RedisOptions,
+    RedisShared, Refusal, SharedRuntime,
+};
+use secrecy::SecretString;
+use services::RedisServer;
+use tokio::time::Instant;
+
+/// Generous for tests about semantics (a loaded machine must not turn them into timeouts).
+const RELAXED_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn options(server: &RedisServer, instance: &str) -> RedisOptions {
+    let mut options = RedisOptions::new(SecretString::from(server.url()));
+    options.instance_id = instance.to_owned();
+    options.call_timeout = RELAXED_TIMEOUT;
+    options.heartbeat_interval = Duration::from_millis(100);
+    options
+}
+
+async fn start(options: RedisOptions) -> Arc<RedisShared> {
+    let shared = Arc::new(RedisShared::start(options).await.unwrap());
+    eventually("the change feed connects", || async {
+        shared.change_feed_connected()
+    })
+    .await;
+    shared
+}
+
+/// Three instances on one Redis.
+async fn cluster(server: &RedisServer) -> Vec<Arc<RedisShared>> {
+    let mut instances = Vec::new();
+    for name in ["a", "b", "c"] {
+        instances.push(start(options(server, name)).await);
+    }
+    instances
+}
+
+/// Polls `check` every 20 ms for up to 20 s.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn backend(id: &str) -> BackendId {
+    BackendId::new(id)
+}
+
+fn request(backend: &BackendId, claims: Vec<BucketClaim>) -> AdmitRequest {
+    AdmitRequest {
+        backend: backend.clone(),
+        claims,
+        probe_ttl: Duration::from_secs(30),
+        lease_ttl: None,
+    }
+}
+
+fn policy(base: Duration) -> CooldownPolicy {
+    CooldownPolicy {
+        base,
+        max: Duration::from_secs(600),
+        jitter: 0.0,
+        error_cooldown: Duration::from_secs(5),
+    }
+}
+
+fn rate_limited(retry_after: Option<Duration>) -> Outcome {
+    Outcome::RateLimited { retry_after }
+}
+
+fn admitted(answer: &Admit) -> bool {
+    matches!(answer, Admit::Admitted(admitted) if admitted.mode == Mode::Shared)
+}
+
+#[tokio::test]
+async fn a_bucket_of_20_admits_exactly_20_of_150_concurrent_requests_across_3_instances() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let id = backend("b-atomic");
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), 20);
+    let started = Instant::now();
+    let answers = futures_util::future::join_all((0..150).map(|i| {
+        let instance = Arc::clone(&instances[i % 3]);
+        let request = request(&id, vec![claim.clone()]);
+        async move { instance.admit(request).await }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let granted = answers.iter().filter(|answer| admitted(answer)).count();
+    // The bucket refills 20/min = one token per 3 s: only a very slow run may see one more.
+    let refill = usize::try_from(elapsed.as_secs() / 3).unwrap();
+    assert!(
+        (20..=20 + refill).contains(&granted),
+        "{granted} admitted in {elapsed:?}"
+    );
+    for answer in &answers {
+        match answer {
+            Admit::Admitted(admitted) => assert_eq!(admitted.mode, Mode::Shared),
+            Admit::Refused(Refusal::Limited { key, retry_after }) => {
+                assert_eq!(key, &claim.key);
+                assert!(*retry_after <= Duration::from_secs(3), "{retry_after:?}");
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_limit_is_shared_by_every_instance_all_or_nothing_and_refundable() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let id = backend("b-shared");
+    let backend_claim = BucketClaim::one(BucketKey::backend_rpm(&id), 60);
+    let key_claim = BucketClaim::one(BucketKey::client_rpm("key-1"), 200);
+
+    let started = Instant::now();
+    let mut granted = 0;
+    for i in 0..120 {
+        let answer = instances[i % 3]
+            .admit(request(&id, vec![key_claim.clone(), backend_claim.clone()]))
+            .await;
+        if admitted(&answer) {
+            granted += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    // Never beyond capacity + the refill of the elapsed time (60/min = 1/s), whichever instance.
+    let bound = 60 + usize::try_from(elapsed.as_secs()).unwrap();
+    assert!(
+        (60..=bound).contains(&granted),
+        "{granted} admitted in {elapsed:?}"
+    );
+
+    // All or nothing: the refused admissions took nothing from the client key's bucket (listed
+    // first, so it had passed its check when the backend's refused), which therefore paid once
+    // per admission: 200 - granted are left (more only after 18 s of refill).
+    let probe_key = BucketClaim {
+        cost: 200 - u64::try_from(granted).unwrap(),
+        ..key_claim.clone()
+    };
+    let answer = instances[0].admit(request(&id, vec![probe_key])).await;
+    assert!(
+        admitted(&answer),
+        "the key's bucket still holds 200 - {granted}: {answer:?}"
+    );
+
+    // A refund gives a token back to the shared bucket: another instance can take it. (A bucket
+    // of 1/min: nothing refills during the test.)
+    let slow = BucketClaim::one(BucketKey::new("test", "slow"), 1);
+    assert!(admitted(
+        &instances[0].admit(request(&id, vec![slow.clone()])).await
+    ));
+    let empty = instances[1].admit(request(&id, vec![slow.clone()])).await;
+    assert!(
+        matches!(empty, Admit::Refused(Refusal::Limited { .. })),
+        "{empty:?}"
+    );
+    instances[0].refund(std::slice::from_ref(&slow)).await;
+    let refunded = instances[2].admit(request(&id, vec![slow.clone()])).await;
+    assert!(admitted(&refunded), "{refunded:?}");
+    // Never above capacity: two refunds into an empty bucket of one leave one token.
+    instances[0].refund(std::slice::from_ref(&slow)).await;
+    instances[1].refund(std::slice::from_ref(&slow)).await;
+    assert!(admitted(
+        &instances[1].admit(request(&id, vec![slow.clone()])).await
+    ));
+    let again = instances[2].admit(request(&id, vec![slow])).await;
+    assert!(
+        matches!(again, Admit::Refused(Refusal::Limited { .. })),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_429_storm_raises_the_level_once_and_a_shorter_retry_after_never_shortens() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let id = backend("b-storm");
+    let policy = policy(Duration::from_secs(60));
+
+    // 30 simultaneous 429s over three instances: one episode, level 1.
+    let views = futures_util::future::join_all((0..30).map(|i| {
+        let instance = Arc::clone(&instances[i % 3]);
+        let (id, policy) = (id.clone(), policy.clone());
+        async move {
+            instance
+                .report(&id, rate_limited(None), None, &policy)
+                .await
+        }
+    }))
+    .await;
+    for view in &views {
+        assert_eq!(view.level, 1, "{view:?}");
+    }
+    let until = views[0].until.unwrap();
+    let from_now = until.saturating_duration_since(Instant::now());
+    assert!(
+        from_now > Duration::from_secs(50) && from_now <= Duration::from_secs(61),
+        "{from_now:?}"
+    );
+
+    // A later Retry-After of 1 s, on another instance, leaves the 60 s cooldown unchanged.
+    let after = instances[2]
+        .report(
+            &id,
+            rate_limited(Some(Duration::from_secs(1))),
+            None,
+            &policy,
+        )
+        .await;
+    assert_eq!(after.level, 1);
+    let left = after
+        .until
+        .unwrap()
+        .saturating_duration_since(Instant::now());
+    assert!(left > Duration::from_secs(50), "{left:?}");
+
+    // A longer Retry-After lengthens it (max-merge), still the same episode.
+    let longer = instances[1]
+        .report(
+            &id,
+            rate_limited(Some(Duration::from_secs(120))),
+            None,
+            &policy,
+        )
+        .await;
+    assert_eq!(longer.level, 1);
+    let left = longer
+        .until
+        .unwrap()
+        .saturating_duration_since(Instant::now());
+    assert!(left > Duration::from_secs(110), "{left:?}");
+
+    // Every instance refuses it locally (published change), without asking Redis.
+    for instance in &instances {
+        eventually("the cooldown reached every instance", || async {
+            matches!(
+                instance.precheck(&id, false, Instant::now()),
+                Precheck::Refused(Refusal::Cooling { until })
+                    if until.saturating_duration_since(Instant::now()) > Duration::from_secs(100)
+            )
+        })
+        .await;
+    }
+    // A success during the running cooldown does not end it (same episode).
+    let during = instances[0]
+        .report(&id, Outcome::Success, None, &policy)
+        .await;
+    assert!(during.until.is_some());
+
+    // An admin reset clears it everywhere.
+    instances[0].reset(&id).await;
+    for instance in &instances {
+        eventually("the reset reached every instance", || async {
+            instance.precheck(&id, false, Instant::now()) == Precheck::Ready
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn one_probe_in_the_whole_cluster_after_a_cooldown() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let id = backend("b-probe");
+    let policy = policy(Duration::from_millis(300));
+
+    let view = instances[0]
+        .report(&id, rate_limited(None), None, &policy)
+        .await;
+    let until = view.until.unwrap();
+    // No admission while it cools, on any instance.
+    let cooling = instances[1].admit(request(&id, vec![])).await;
+    assert!(
+        matches!(cooling, Admit::Refused(Refusal::Cooling { .. })),
+        "{cooling:?}"
+    );
+    tokio::time::sleep_until(until + Duration::from_millis(50)).await;
+
+    // Half-open: 30 simultaneous attempts over three instances, exactly one probe.
+    let answers = futures_util::future::join_all((0..30).map(|i| {
+        let instance = Arc::clone(&instances[i % 3]);
+        let request = request(&id, vec![]);
+        async move { instance.admit(request).await }
+    }))
+    .await;
+    let probes: Vec<_> = answers
+        .iter()
+        .filter_map(|answer| match answer {
+            Admit::Admitted(admitted) => Some(admitted.probe.clone()),
+            Admit::Refused(_) => None,
+        })
+        .collect();
+    assert_eq!(probes.len(), 1, "{answers:?}");
+    let probe = probes[0]
+        .clone()
+        .expect("the one admitted attempt is the probe");
+    for answer in &answers {
+        if let Admit::Refused(refusal) = answer {
+            assert!(
+                matches!(refusal, Refusal::ProbeInFlight { retry_after } if *retry_after <= Duration::from_secs(1)),
+                "{refusal:?}"
+            );
+        }
+    }
+
+    // The probe succeeds: healthy everywhere, level 0.
+    let prober = answers
+        .iter()
+        .position(|answer| matches!(answer, Admit::Admitted(_)))
+        .unwrap();
+    let healed = instances[prober % 3]
+        .report(&id, Outcome::Success, Some(probe), &policy)
+        .await;
+    assert_eq!((healed.until, healed.level), (None, 0));
+    for instance in &instances {
+        let answer = instance.admit(request(&id, vec![])).await;
+        assert!(
+            matches!(&answer, Admit::Admitted(admitted) if admitted.probe.is_none()),
+            "{answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_vanished_prober_frees_the_slot_when_its_ttl_ends() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let id = backend("b-lost-probe");
+    let policy = policy(Duration::from_millis(100));
+    let until = instances[0]
+        .report(&id, rate_limited(None), None, &policy)
+        .await
+        .until
+        .unwrap();
+    tokio::time::sleep_until(until + Duration::from_millis(50)).await;
+    let short = AdmitRequest {
+        probe_ttl: Duration::from_secs(3),
+        ..request(&id, vec![])
+    };
+    let first = instances[0].admit(short.clone()).await;
+    assert!(
+        matches!(&first, Admit::Admitted(admitted) if admitted.probe.is_some()),
+        "{first:?}"
+    );
+    // The prober's instance dies without reporting: the slot stays held for its TTL...
+    let second = instances[1].admit(short.clone()).await;
+    assert!(
+        matches!(second, Admit::Refused(Refusal::ProbeInFlight { .. })),
+        "{second:?}"
+    );
+    // ...and then frees itself.
+    eventually("another instance may probe", || async {
+        matches!(
+            instances[1].admit(short.clone()).await,
+            Admit::Admitted(admitted) if admitted.probe.is_some()
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leases_count_across_instances_expire_and_renew() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let id = backend("b-lease");
+
+    let short = instances[0]
+        .acquire_lease(&id, Duration::from_millis(300))
+        .await;
+    let long = instances[1]
+        .acquire_lease(&id, Duration::from_secs(60))
+        .await;
+    let with_admission = match instances[2]
+        .admit(AdmitRequest {
+            lease_ttl: Some(Duration::from_secs(60)),
+            ..request(&id, vec![])
+        })
+        .await
+    {
+        Admit::Admitted(admitted) => admitted.lease.unwrap(),
+        refused => panic!("{refused:?}"),
+    };
+    assert_eq!(instances[2].in_flight(&id).await, Some(3));
+
+    // The short lease's holder "died": it expires by itself.
+    eventually("the short lease expired", || async {
+        instances[0].in_flight(&id).await == Some(2)
+    })
+    .await;
+
+    // Renewing keeps a lease that would have expired.
+    let renewed = instances[0]
+        .acquire_lease(&id, Duration::from_millis(300))
+        .await;
+    instances[0]
+        .renew_lease(&renewed, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(instances[1].in_flight(&id).await, Some(3));
+
+    for lease in [long, with_admission, renewed] {
+        instances[0].release_lease(lease).await;
+    }
+    drop(short);
+    assert_eq!(instances[1].in_flight(&id).await, Some(0));
+}
+
+#[tokio::test]
+async fn scripts_flushed_between_calls_are_loaded_again_without_a_failure() {
+    let server = RedisServer::start().await;
+    let instance = start(options(&server, "a")).await;
+    let id = backend("b-noscript");
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), 1_000);
+    assert!(admitted(
+        &instance.admit(request(&id, vec![claim.clone()])).await
+    ));
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..3 {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let answer = instance.admit(request(&id, vec![claim.clone()])).await;
+        assert!(admitted(&answer), "{answer:?}");
+        assert_eq!(instance.mode(), Mode::Shared);
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let loads = stats
+        .lines()
+        .find(|line| line.starts_with("cmdstat_script|load:"))
+        .and_then(|line| line.split(['=', ',']).nth(1))
+        .and_then(|calls| calls.parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(
+        loads >= 3,
+        "the script was loaded again after each flush: {stats}"
+    );
+}
+
+#[tokio::test]
+async fn redis_killed_degrades_to_local_shares_and_recovers_by_itself() {
+    let mut server = RedisServer::start().await;
+    let mut fast = options(&server, "a");
+    fast.call_timeout = Duration::from_millis(200);
+    fast.breaker_open_for = Duration::from_millis(200);
+    let a = start(fast).await;
+    let b = start(options(&server, "b")).await;
+    let _c = start(options(&server, "c")).await;
+    eventually("three live instances", || async { a.live_instances() == 3 }).await;
+
+    let id = backend("b-outage");
+    let open = BucketClaim::one(BucketKey::backend_rpm(&id), 60);
+    let closed = BucketClaim {
+        on_unavailable: FailMode::Closed,
+        ..BucketClaim::one(BucketKey::client_rpm("strict"), 60)
+    };
+
+    server.kill();
+    // Every call returns (the breaker opens after a few failures) and none is a failure.
+    let started = Instant::now();
+    let mut granted = 0;
+    for _ in 0..60 {
+        match a.admit(request(&id, vec![open.clone()])).await {
+            Admit::Admitted(admitted) => {
+                assert_eq!(admitted.mode, Mode::Degraded);
+                granted += 1;
+            }
+            Admit::Refused(Refusal::Limited { .. }) => {}
+            other => panic!("unexpected answer while Redis is down: {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(a.mode(), Mode::Degraded);
+    // This instance's share: 60 / 3 live instances = 20 (+ its refill, 20/min).
+    let bound = 20 + usize::try_from(elapsed.as_secs() / 3).unwrap();
+    assert!(
+        (20..=bound).contains(&granted),
+        "{granted} admitted in {elapsed:?}"
+    );
+    // A fail-closed limit refuses instead.
+    assert_eq!(
+        a.admit(request(&id, vec![closed.clone()])).await,
+        Admit::Refused(Refusal::Unavailable {
+            key: closed.key.clone()
+        })
+    );
+    // Cooldowns keep working locally.
+    let view = a
+        .report(
+            &id,
+            rate_limited(None),
+            None,
+            &policy(Duration::from_secs(30)),
+        )
+        .await;
+    assert!(view.until.is_some());
+
+    server.restart().await;
+    eventually("shared mode is back", || async { a.mode() == Mode::Shared }).await;
+    // The cooldown learnt while degraded is pushed to Redis on recovery: another instance that
+    // never saw the 429 refuses the backend.
+    eventually("the local cooldown reached the restarted Redis", || async {
+        matches!(
+            b.admit(request(&id, vec![])).await,
+            Admit::Refused(Refusal::Cooling { .. })
+        )
+    })
+    .await;
+    assert!(matches!(
+        a.precheck(&id, false, Instant::now()),
+        Precheck::Refused(Refusal::Cooling { .. })
+    ));
+    let other = backend("b-after");
+    let answer = a.admit(request(&other, vec![closed])).await;
+    assert!(admitted(&answer), "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_frozen_redis_costs_at_most_the_call_timeout() {
+    let server = RedisServer::start().await;
+    let mut fast = options(&server, "a");
+    fast.call_timeout = Duration::from_millis(50);
+    fast.breaker_open_for = Duration::from_secs(5);
+    let a = start(fast).await;
+    let id = backend("b-frozen");
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), 1_000);
+    // Synced and healthy: a success needs no round trip even while Redis is frozen.
+    assert!(admitted(&a.admit(request(&id, vec![claim.clone()])).await));
+
+    server.freeze();
+    for _ in 0..5 {
+        a.report(&id, Outcome::Success, None, &policy(Duration::from_secs(1)))
+            .await;
+    }
+    assert_eq!(a.mode(), Mode::Shared, "no call was made for the successes");
+    assert_eq!(a.precheck(&id, false, Instant::now()), Precheck::Ready);
+
+    let answers = futures_util::future::join_all((0..20).map(|_| {
+        let a = Arc::clone(&a);
+        let request = request(&id, vec![claim.clone()]);
+        async move {
+            let started = Instant::now();
+            let answer = a.admit(request).await;
+            (answer, started.elapsed())
+        }
+    }))
+    .await;
+    for (answer, elapsed) in &answers {
+        assert!(
+            matches!(answer, Admit::Admitted(admitted) if admitted.mode == Mode::Degraded),
+            "{answer:?}"
+        );
+        // The timeout is 50 ms; without it these calls would wait until the thaw.
+        assert!(*elapsed < Duration::from_secs(1), "{elapsed:?}");
+    }
+    assert_eq!(a.mode(), Mode::Degraded);
+    // With the breaker open (for 5 s), calls do not even wait for the timeout.
+    let started = Instant::now();
+    let _ = a.admit(request(&id, vec![claim.clone()])).await;
+    assert!(started.elapsed() < Duration::from_millis(50));
+
+    server.thaw();
+    eventually("shared mode is back", || async { a.mode() == Mode::Shared }).await;
+}
