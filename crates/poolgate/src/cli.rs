@@ -26,6 +26,8 @@ use crate::files::lock_data_dir;
   --data-dir DIR     [env: POOLGATE_DATA_DIR]  default ./poolgate-data\n\
   --config FILE      [env: POOLGATE_CONFIG]    optional TOML config\n\
   --database-url URL [env: POOLGATE_DATABASE_URL] default sqlite://<data-dir>/poolgate.db\n\
+  --redis-url URL    [env: POOLGATE_REDIS_URL]   shared runtime state (several instances)\n\
+  --instance-id ID   [env: POOLGATE_INSTANCE_ID] default <hostname>-<pid>\n\
 Secrets: POOLGATE_MASTER_KEY (base64 of 32 bytes), POOLGATE_ADMIN_TOKEN."
 )]
 pub struct Cli {
@@ -60,7 +62,8 @@ pub struct StoreArgs {
     /// Optional TOML config file (listen address, data dir, pools, backends, tuning).
     #[arg(long, short = 'c', env = "POOLGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The database: `sqlite://PATH` [default: sqlite://<data-dir>/poolgate.db].
+    /// The database: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
+    /// [default: sqlite://<data-dir>/poolgate.db].
     #[arg(long, env = "POOLGATE_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
     /// File holding the base64 master key, instead of POOLGATE_MASTER_KEY or <data-dir>/master.key.
@@ -76,6 +79,14 @@ pub struct ServeArgs {
     /// Log format [default: human].
     #[arg(long, env = "POOLGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Redis for the runtime state every instance shares (rate limits, cooldowns, probes):
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]` [default: none, this instance's own state].
+    #[arg(long, env = "POOLGATE_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// This instance's id in logs, the admin API and the instance registry
+    /// [default: <hostname>-<pid>].
+    #[arg(long, env = "POOLGATE_INSTANCE_ID", value_name = "ID")]
+    pub instance_id: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -132,26 +143,31 @@ pub enum MasterKeyCommand {
     Rotate(StoreArgs),
 }
 
-fn load_config(
-    store: &StoreArgs,
-    listen: Option<String>,
-    log_format: Option<LogFormat>,
-) -> Result<Config, InitError> {
-    Config::load(
-        store.config.as_deref(),
-        Overrides {
-            listen,
-            data_dir: store.data_dir.clone(),
-            database_url: store.database_url.clone(),
-            master_key_file: store.master_key_file.clone(),
-            log_format,
-        },
-    )
+fn overrides(store: &StoreArgs) -> Overrides {
+    Overrides {
+        data_dir: store.data_dir.clone(),
+        database_url: store.database_url.clone(),
+        master_key_file: store.master_key_file.clone(),
+        ..Overrides::default()
+    }
+}
+
+fn load_config(store: &StoreArgs) -> Result<Config, InitError> {
+    Config::load(store.config.as_deref(), overrides(store))
 }
 
 impl ServeArgs {
     pub fn config(&self) -> Result<Config, InitError> {
-        load_config(&self.store, self.listen.clone(), self.log_format)
+        Config::load(
+            self.store.config.as_deref(),
+            Overrides {
+                listen: self.listen.clone(),
+                log_format: self.log_format,
+                redis_url: self.redis_url.clone(),
+                instance_id: self.instance_id.clone(),
+                ..overrides(&self.store)
+            },
+        )
     }
 }
 
@@ -172,7 +188,7 @@ pub async fn run_admin_command(command: Command) -> Result<(), InitError> {
 
 /// The config of a non-serve command: its SQLite database must exist already.
 fn existing_store_config(args: &StoreArgs) -> Result<Config, InitError> {
-    let config = load_config(args, None, None)?;
+    let config = load_config(args)?;
     if let Some(path) = config.database_url.sqlite_path() {
         if !path.exists() {
             return Err(InitError::Invalid(format!(
@@ -279,7 +295,7 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
         .clone()
         .validate(&|field| field.to_owned())
         .map_err(|invalid| cli_error(ControlError::Invalid(invalid)))?;
-    let config = load_config(&args.store, None, None)?;
+    let config = load_config(&args.store)?;
     crate::files::ensure_data_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let record = with_control(config, async |control| control.create_backend(input).await).await?;

@@ -79,6 +79,7 @@ pub mod domain;
 pub mod error;
 pub mod files;
 pub mod limits;
+pub mod logging;
 pub mod providers;
 pub mod proxy;
 pub mod routing;

@@ -1,22 +1,10 @@
 //! The `poolgate` binary: parse the command line, set up logging, run the library.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use poolgate::cli::{Cli, Command};
 use poolgate::config::LogFormat;
-
-fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
-}
+use poolgate::logging;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -24,7 +12,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => match args.config() {
             Ok(config) => {
-                init_logging(config.log_format);
+                logging::init(config.log_format, Some(&config.instance_id));
                 match poolgate::server::start(config, true).await {
                     Ok(running) => running.wait().await,
                     Err(error) => Err(error),
@@ -33,7 +21,7 @@ async fn main() -> std::process::ExitCode {
             Err(error) => Err(error),
         },
         other => {
-            init_logging(LogFormat::Human);
+            logging::init(LogFormat::Human, None);
             poolgate::cli::run_admin_command(other).await
         }
     };

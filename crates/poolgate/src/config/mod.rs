@@ -2,6 +2,7 @@
 //! with command-line / environment overrides and defaults, then validated into a [`Config`] whose
 //! invariants hold. Errors name the offending path (`backends[1].rpm_limit`).
 
+mod cluster;
 mod database;
 mod raw;
 mod validate;
@@ -16,8 +17,11 @@ use crate::cooldown::CooldownPolicy;
 use crate::domain::{validate_name, BackendSpec, Invalid, Pool, PoolName};
 use crate::error::InitError;
 
+pub use cluster::{default_instance_id, DatabaseSettings, RedisSettings};
 pub use database::DatabaseUrl;
-pub use raw::{RawBackend, RawConfig, RawCooldown, RawPool, RawProxy, RawUsage};
+pub use raw::{
+    RawBackend, RawConfig, RawCooldown, RawDatabase, RawPool, RawProxy, RawRedis, RawUsage,
+};
 use validate::{validate_backend, validate_cooldown, validate_proxy};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -71,6 +75,11 @@ pub struct UsageSettings {
     pub channel_capacity: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// Records held in memory while the database cannot be written; past it they spill to
+    /// `<data_dir>/usage-spill.jsonl` (replayed when the database is back, or at the next start).
+    pub buffer_records: usize,
+    /// Usage older than this is dropped (hourly); `None` keeps everything.
+    pub retention: Option<Duration>,
 }
 
 impl Default for UsageSettings {
@@ -79,6 +88,8 @@ impl Default for UsageSettings {
             channel_capacity: 16_384,
             batch_size: 512,
             flush_interval: Duration::from_millis(500),
+            buffer_records: 100_000,
+            retention: None,
         }
     }
 }
@@ -90,11 +101,16 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The database (default `sqlite://<data_dir>/poolgate.db`).
     pub database_url: DatabaseUrl,
+    /// This instance's id (`POOLGATE_INSTANCE_ID`, default `hostname-pid`).
+    pub instance_id: String,
     pub master_key_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub proxy: ProxySettings,
     pub cooldown: CooldownPolicy,
     pub usage: UsageSettings,
+    pub database: DatabaseSettings,
+    /// Shared runtime state; `None` = this instance keeps its own.
+    pub redis: Option<RedisSettings>,
     pub pools: Vec<Pool>,
     pub backends: Vec<BackendSpec>,
 }
@@ -105,11 +121,14 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             database_url: DatabaseUrl::Sqlite(PathBuf::from(DEFAULT_DATA_DIR).join("poolgate.db")),
+            instance_id: default_instance_id(),
             master_key_file: None,
             log_format: LogFormat::Human,
             proxy: ProxySettings::default(),
             cooldown: CooldownPolicy::default(),
             usage: UsageSettings::default(),
+            database: DatabaseSettings::default(),
+            redis: None,
             pools: Vec::new(),
             backends: Vec::new(),
         }
@@ -124,6 +143,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub redis_url: Option<String>,
+    pub instance_id: Option<String>,
 }
 
 impl Config {
@@ -179,6 +200,27 @@ impl Config {
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.usage.flush_interval)
                 .max(Duration::from_millis(10)),
+            buffer_records: raw
+                .usage
+                .buffer_records
+                .unwrap_or(defaults.usage.buffer_records)
+                .clamp(1, 10_000_000),
+            retention: match raw.usage.retention_days {
+                None => None,
+                Some(days @ 1..=36_500) => Some(Duration::from_secs(u64::from(days) * 86_400)),
+                Some(_) => {
+                    return Err(Invalid::new(
+                        "usage.retention_days",
+                        "must be between 1 and 36500 (leave it out to keep usage forever)",
+                    ))
+                }
+            },
+        };
+        let database = cluster::validate_database(raw.database)?;
+        let redis = cluster::validate_redis(raw.redis, overrides.redis_url)?;
+        let instance_id = match overrides.instance_id.or(raw.instance_id) {
+            Some(id) => cluster::validate_instance_id("instance_id", &id)?,
+            None => defaults.instance_id,
         };
 
         let mut pools = Vec::new();
@@ -221,11 +263,14 @@ impl Config {
             listen,
             data_dir,
             database_url,
+            instance_id,
             master_key_file: overrides.master_key_file.or(raw.master_key_file),
             log_format: overrides.log_format.or(raw.log_format).unwrap_or_default(),
             proxy,
             cooldown,
             usage,
+            database,
+            redis,
             pools,
             backends,
         })

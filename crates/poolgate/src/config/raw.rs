@@ -15,6 +15,8 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    /// This instance's id in logs, the admin API and the Redis registry.
+    pub instance_id: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -23,6 +25,10 @@ pub struct RawConfig {
     pub cooldown: RawCooldown,
     #[serde(default)]
     pub usage: RawUsage,
+    #[serde(default)]
+    pub database: RawDatabase,
+    /// Shared runtime state across instances; absent = this instance's own.
+    pub redis: Option<RawRedis>,
     #[serde(default)]
     pub pools: Vec<RawPool>,
     #[serde(default)]
@@ -57,6 +63,35 @@ pub struct RawUsage {
     pub channel_capacity: Option<usize>,
     pub batch_size: Option<usize>,
     pub flush_interval_ms: Option<u64>,
+    /// Records held in memory while the database cannot be written; the rest spill to a file.
+    pub buffer_records: Option<usize>,
+    /// Usage older than this many days is dropped (PostgreSQL: whole day partitions). Absent =
+    /// kept forever.
+    pub retention_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub max_connections: Option<u32>,
+    /// How often an instance compares the stored configuration version with its own (a backstop
+    /// for a missed PostgreSQL notification).
+    pub config_poll_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[user:password@]host:port/db` (`--redis-url` / `POOLGATE_REDIS_URL` win).
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub call_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub breaker_failures: Option<u32>,
+    pub breaker_open_ms: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+    /// Refuse (503) rather than admit from this instance's share while Redis is unreachable.
+    pub fail_closed: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

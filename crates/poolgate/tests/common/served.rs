@@ -20,6 +20,8 @@ pub const POOLGATE_ENV: &[&str] = &[
     "POOLGATE_ADMIN_TOKEN",
     "POOLGATE_LISTEN",
     "POOLGATE_LOG_FORMAT",
+    "POOLGATE_REDIS_URL",
+    "POOLGATE_INSTANCE_ID",
     "RUST_LOG",
 ];
 
