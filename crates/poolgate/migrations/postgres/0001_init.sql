@@ -7,6 +7,11 @@
 --   job drops whole partitions. poolgate_ensure_usage_partitions() creates the day partitions
 --   ahead of time; rows for a day without one land in usage_records_default, so an insert never
 --   fails.
+-- * every integer column is BIGINT (the records' fields map to i64 either way).
+-- * a configuration change (pools, backends' definitions, client keys, settings) bumps
+--   config_version and notifies channel `poolgate_config` with 'config <version>' from a trigger,
+--   in the writing transaction: every instance hears it at commit (LISTEN), and one that missed it
+--   sees the version move (a periodic check). Health columns of backends do not count.
 -- * a usage row is unique per (ts, request_id) (a unique key must include the partition key):
 --   a batch retried after a lost acknowledgement is inserted with ON CONFLICT DO NOTHING and
 --   never counts twice. The writer takes `ts` from the record (the request's arrival), never
@@ -14,7 +19,7 @@
 
 CREATE TABLE pools (
     name        TEXT PRIMARY KEY,
-    priority    INTEGER NOT NULL,
+    priority    BIGINT NOT NULL,
     description TEXT NOT NULL DEFAULT '',
     created_at  BIGINT NOT NULL
 );
@@ -71,7 +76,7 @@ CREATE TABLE usage_records (
     upstream_model    TEXT,
     pool              TEXT,
     attempts          BIGINT NOT NULL,
-    status            INTEGER NOT NULL,
+    status            BIGINT NOT NULL,
     outcome           TEXT NOT NULL,
     error_kind        TEXT,
     prompt_tokens     BIGINT,
@@ -118,7 +123,8 @@ BEGIN
 END;
 $$;
 
--- Drops the day partitions that end at or before `before_ms` (retention); returns how many.
+-- Drops the day partitions that end at or before `before_ms` (retention), and deletes older rows
+-- kept in the default partition; returns how many partitions it dropped.
 CREATE FUNCTION poolgate_drop_usage_partitions(before_ms BIGINT)
 RETURNS INTEGER LANGUAGE plpgsql AS $$
 DECLARE
@@ -139,6 +145,7 @@ BEGIN
         EXECUTE format('DROP TABLE %I', part.name);
         dropped := dropped + 1;
     END LOOP;
+    DELETE FROM usage_records_default WHERE ts < before_ms;
     RETURN dropped;
 END;
 $$;
@@ -155,3 +162,30 @@ CREATE TABLE config_version (
     version BIGINT NOT NULL
 );
 INSERT INTO config_version (id, version) VALUES (TRUE, 0);
+
+-- Every configuration write bumps the version and announces it (delivered at commit, never for
+-- a rolled-back write). Statement-level: one bump per statement, however many rows.
+CREATE FUNCTION poolgate_config_changed()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    current BIGINT;
+BEGIN
+    UPDATE config_version SET version = version + 1 RETURNING version INTO current;
+    PERFORM pg_notify('poolgate_config', 'config ' || current);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER pools_changed AFTER INSERT OR UPDATE OR DELETE ON pools
+    FOR EACH STATEMENT EXECUTE FUNCTION poolgate_config_changed();
+CREATE TRIGGER backends_added_or_removed AFTER INSERT OR DELETE ON backends
+    FOR EACH STATEMENT EXECUTE FUNCTION poolgate_config_changed();
+-- Not the health columns (cooldown_until, consecutive_429_count, last_error, status): the health
+-- writer's updates are not configuration changes.
+CREATE TRIGGER backends_changed AFTER UPDATE OF name, label, api_base_url, api_key_sealed,
+    api_key_mask, api, timeout_seconds, rpm_limit, weight, pool, enabled, model_mappings, source,
+    metadata ON backends
+    FOR EACH STATEMENT EXECUTE FUNCTION poolgate_config_changed();
+CREATE TRIGGER client_keys_changed AFTER INSERT OR UPDATE OR DELETE ON client_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION poolgate_config_changed();
+CREATE TRIGGER settings_changed AFTER INSERT OR UPDATE OR DELETE ON settings
+    FOR EACH STATEMENT EXECUTE FUNCTION poolgate_config_changed();

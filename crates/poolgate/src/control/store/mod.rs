@@ -1,16 +1,18 @@
 //! Persistence behind two traits by purpose: [`ConfigStore`] (backends, pools, client keys,
 //! settings and the persisted part of backend health) and [`UsageStore`] (usage records, their
 //! pages and the statistics, aggregated in SQL). [`open`] picks the implementation from the
-//! `database_url`: [`sqlite`] today; PostgreSQL slots in beside it. Implementations store what
-//! they are handed: validation, sealing and ids are the callers' business.
+//! `database_url`: [`sqlite`] (one instance) or [`postgres`] (any number of instances sharing
+//! it). Implementations store what they are handed: validation, sealing and ids are the callers'
+//! business.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::DatabaseUrl;
+use crate::config::{DatabaseSettings, DatabaseUrl};
 use crate::domain::{
     BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName, UsageRecord,
 };
@@ -27,6 +29,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Another instance changed the same rows meanwhile: read again and retry.
+    #[error("{0}")]
+    Stale(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -76,19 +81,32 @@ pub trait ConfigStore: Send + Sync + 'static {
 
     // --- settings ---
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
-    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Stores the setting unless it exists; true if this call stored it (instances starting at
+    /// the same moment agree on one value).
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError>;
+
+    // --- changes made by other instances ---
+    /// The version of the stored configuration, bumped by every configuration write, when the
+    /// database is shared by several instances; `None` when only this process writes it.
+    async fn config_version(&self) -> Result<Option<i64>, StoreError>;
 }
 
 /// Where usage records go and how they are read back.
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
-    /// One batch, in one transaction.
+    /// One batch, in one transaction. A record whose request id is stored already is skipped,
+    /// so writing a batch again never counts a request twice.
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
     async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError>;
     /// The aggregates of every group (total, per backend, per model, per bucket and per bucket
     /// and backend / model) of the range, computed by the database: one row per non-empty group.
     async fn usage_stats(&self, range: &StatsRange<'_>) -> Result<Vec<GroupStats>, StoreError>;
     async fn count_usage(&self) -> Result<u64, StoreError>;
+    /// Gets the storage ready for the records of the next days (PostgreSQL: day partitions).
+    async fn prepare_usage(&self, now_ms: i64) -> Result<(), StoreError>;
+    /// Deletes the records older than `before_ms` (PostgreSQL: drops whole day partitions);
+    /// returns how many partitions (PostgreSQL) or rows (SQLite) went.
+    async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// The stores of one database.
@@ -96,20 +114,28 @@ pub trait UsageStore: Send + Sync + 'static {
 pub struct Stores {
     pub config: Arc<dyn ConfigStore>,
     pub usage: Arc<dyn UsageStore>,
+    /// The PostgreSQL store, when that is the database (its change feed listens on it).
+    pub postgres: Option<Arc<postgres::PgStore>>,
 }
 
 /// Opens (creating and migrating if needed) the database a URL names.
-pub async fn open(url: &DatabaseUrl) -> Result<Stores, StoreError> {
+pub async fn open(url: &DatabaseUrl, settings: &DatabaseSettings) -> Result<Stores, StoreError> {
     match url {
         DatabaseUrl::Sqlite(path) => {
             let store = Arc::new(sqlite::SqliteStore::open(path).await?);
             Ok(Stores {
                 config: store.clone(),
                 usage: store,
+                postgres: None,
             })
         }
-        DatabaseUrl::Postgres(_) => Err(StoreError::Unsupported(format!(
-            "`{url}`: PostgreSQL is not supported yet; use a `sqlite://PATH` database URL"
-        ))),
+        DatabaseUrl::Postgres(text) => {
+            let store = Arc::new(postgres::PgStore::open(text, settings).await?);
+            Ok(Stores {
+                config: store.clone(),
+                usage: store.clone(),
+                postgres: Some(store),
+            })
+        }
     }
 }

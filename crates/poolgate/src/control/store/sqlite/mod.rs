@@ -52,6 +52,20 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// Sets a setting (the control plane only ever sets them in a transaction or once).
+    #[cfg(test)]
+    pub async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The journal mode in force (`wal`).
     #[cfg(test)]
     pub async fn journal_mode(&self) -> Result<String, StoreError> {
@@ -467,16 +481,20 @@ impl ConfigStore for SqliteStore {
         Ok(row.map(|row| row.try_get("value")).transpose()?)
     }
 
-    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES (?, ?) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
         )
         .bind(key)
         .bind(value)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn config_version(&self) -> Result<Option<i64>, StoreError> {
+        // One process owns an SQLite database (the data-dir lock): nobody else changes it.
+        Ok(None)
     }
 }
 

@@ -135,7 +135,8 @@ impl UsageStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Multi-row inserts: one statement per 100 records (18 parameters each).
+        // Multi-row inserts: one statement per 100 records (18 parameters each). A request id
+        // already stored (a batch written again) is skipped.
         for chunk in records.chunks(100) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
@@ -163,6 +164,7 @@ impl UsageStore for SqliteStore {
                     .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
                     .push_bind(record.streamed);
             });
+            insert.push(" ON CONFLICT (request_id) DO NOTHING");
             insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -231,6 +233,28 @@ impl UsageStore for SqliteStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or_default())
+    }
+
+    async fn prepare_usage(&self, _now_ms: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        // In slices, so the write lock is never held for long.
+        loop {
+            let result = sqlx::query(
+                "DELETE FROM usage_records WHERE seq IN \
+                 (SELECT seq FROM usage_records WHERE ts < ? LIMIT 5000)",
+            )
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+            deleted += result.rows_affected();
+            if result.rows_affected() < 5000 {
+                return Ok(deleted);
+            }
+        }
     }
 }
 

@@ -317,6 +317,12 @@ proptest! {
             .enable_all()
             .build()
             .unwrap();
+        // One record per request id, as the gateway writes them.
+        let records: Vec<UsageRecord> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| UsageRecord { request_id: format!("req-{i}"), ..r })
+            .collect();
         let (got, expected) = runtime.block_on(async {
             let (_dir, store) = open().await;
             store.insert_usage(&records).await.unwrap();

@@ -1,0 +1,342 @@
+//! The PostgreSQL store against a real PostgreSQL (the test services harness starts one per test
+//! on a free port): the same round trips as the SQLite store, the configuration version and its
+//! notification, idempotent usage batches, and statistics equal to SQLite's for the same records
+//! (SQLite's are checked against the plain definitions in its own tests).
+
+#[path = "../../../../tests/services/mod.rs"]
+mod services;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use sqlx::postgres::PgListener;
+
+use super::*;
+use crate::control::store::sqlite::SqliteStore;
+use crate::control::store::UsageStore;
+use crate::domain::{Outcome, UsageRecord};
+use crate::usage::stats::{assemble, Stats, StatsQuery, StatsRange};
+use crate::usage::UsageFilter;
+use services::PostgresServer;
+
+fn backend(name: &str) -> BackendRecord {
+    crate::domain::tests_support::backend_record(name)
+}
+
+async fn open(server: &PostgresServer, database: &str) -> PgStore {
+    let url = server.create_database(database).await;
+    PgStore::open(&url, &DatabaseSettings::default())
+        .await
+        .unwrap()
+}
+
+fn usage(i: i64) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{i}"),
+        ts_ms: now_ms() + i,
+        client_key_id: Some("abc".into()),
+        endpoint: "chat.completions".into(),
+        canonical_model: Some(if i % 2 == 0 { "a" } else { "b" }.into()),
+        backend_id: Some("bkd_x".into()),
+        upstream_model: Some("up".into()),
+        pool: Some("primary".into()),
+        attempts: 1,
+        status: 200,
+        outcome: Outcome::Success,
+        error_kind: None,
+        prompt_tokens: Some(10),
+        completion_tokens: Some(5),
+        total_tokens: Some(15),
+        latency_ms: 12,
+        ttfb_ms: Some(3),
+        streamed: false,
+    }
+}
+
+#[tokio::test]
+async fn the_config_store_round_trips_and_versions_every_configuration_write() {
+    let server = PostgresServer::start().await;
+    let store = open(&server, "config").await;
+    let pools: Vec<_> = store
+        .list_pools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.to_string(), p.priority))
+        .collect();
+    assert_eq!(pools, [("primary".to_owned(), 0), ("fallback".to_owned(), 1)]);
+    let mut listener = PgListener::connect_with(store.pool()).await.unwrap();
+    listener.listen(CONFIG_CHANNEL).await.unwrap();
+    let version = store.config_version().await.unwrap().unwrap();
+
+    // Backends: create, read, change, refuse duplicates and unknown pools, delete.
+    let mut one = backend("one");
+    store.insert_backend(&one).await.unwrap();
+    assert_eq!(store.get_backend(&one.id).await.unwrap().unwrap(), one);
+    let heard = listener.recv().await.unwrap();
+    assert_eq!(heard.payload(), format!("config {}", version + 1));
+    one.label = "changed".into();
+    one.enabled = false;
+    store.update_backend(&one).await.unwrap();
+    assert_eq!(store.get_backend(&one.id).await.unwrap().unwrap(), one);
+    let error = store.insert_backend(&backend("one")).await.unwrap_err();
+    assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+    let mut orphan = backend("orphan");
+    orphan.pool = PoolName::new("nope");
+    let error = store.insert_backend(&orphan).await.unwrap_err();
+    assert!(matches!(error, StoreError::NotFound(_)), "{error:?}");
+
+    // Health is not configuration: no new version.
+    let before_health = store.config_version().await.unwrap().unwrap();
+    let health = PersistedHealth {
+        cooldown_until_ms: Some(now_ms() + 60_000),
+        consecutive_429_count: 3,
+        broken: false,
+        last_error: Some("429 from upstream".into()),
+    };
+    one.enabled = true;
+    store.update_backend(&one).await.unwrap();
+    let after_update = store.config_version().await.unwrap().unwrap();
+    assert!(after_update > before_health);
+    store.save_health(&one.id, &health).await.unwrap();
+    assert_eq!(
+        store.get_backend(&one.id).await.unwrap().unwrap().health,
+        health
+    );
+    assert_eq!(store.config_version().await.unwrap(), Some(after_update));
+    let status: String = sqlx::query_scalar("SELECT status FROM backends WHERE id = $1")
+        .bind(one.id.as_str())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "cooling");
+
+    // Pools once; client keys; settings (set once under a race).
+    let pool = Pool {
+        name: PoolName::new("overflow"),
+        priority: 5,
+        description: String::new(),
+    };
+    store.create_pool(&pool).await.unwrap();
+    assert!(matches!(
+        store.create_pool(&pool).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let key = ClientKeyRecord {
+        id: "abc".into(),
+        name: "ci".into(),
+        display_prefix: "pgk-abc-…".into(),
+        secret_hash: vec![7; 32],
+        rpm_limit: 10,
+        allowed_models: vec![CanonicalModel::new("gpt-4o")],
+        created_at_ms: 1,
+        revoked_at_ms: None,
+    };
+    store.insert_client_key(&key).await.unwrap();
+    assert_eq!(store.list_client_keys().await.unwrap(), vec![key.clone()]);
+    assert!(store.revoke_client_key("abc", 5).await.unwrap());
+    assert!(!store.revoke_client_key("abc", 6).await.unwrap());
+    assert_eq!(
+        store.list_client_keys().await.unwrap()[0].revoked_at_ms,
+        Some(5)
+    );
+    assert!(store.put_setting_if_absent("fp", "a").await.unwrap());
+    assert!(!store.put_setting_if_absent("fp", "b").await.unwrap());
+    assert_eq!(store.get_setting("fp").await.unwrap().as_deref(), Some("a"));
+    store.put_setting("fp", "c").await.unwrap();
+    assert_eq!(store.get_setting("fp").await.unwrap().as_deref(), Some("c"));
+
+    assert!(store.delete_backend(&one.id).await.unwrap());
+    assert!(!store.delete_backend(&one.id).await.unwrap());
+}
+
+#[tokio::test]
+async fn config_sync_keeps_ids_and_refuses_a_stale_view() {
+    let server = PostgresServer::start().await;
+    let store = open(&server, "sync").await;
+    let mut from_config = backend("cfg");
+    from_config.source = Source::Config;
+    let mut stale = backend("stale");
+    stale.source = Source::Config;
+    store.insert_backend(&from_config).await.unwrap();
+    store.insert_backend(&stale).await.unwrap();
+    store.insert_backend(&backend("api")).await.unwrap();
+
+    let mut changed = from_config.clone();
+    changed.rpm_limit = 7;
+    store.sync_config(&[], &[changed]).await.unwrap();
+    let backends = store.list_backends().await.unwrap();
+    let mut names: Vec<_> = backends.iter().map(|b| b.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["api", "cfg"]);
+    let cfg = backends.iter().find(|b| b.name == "cfg").unwrap();
+    assert_eq!((&cfg.id, cfg.rpm_limit), (&from_config.id, 7));
+
+    // Another instance built its records before this one's sync landed: a new id for a name
+    // that exists is refused as stale, and nothing of its batch is written.
+    let mut late = backend("cfg");
+    late.source = Source::Config;
+    late.rpm_limit = 99;
+    let error = store.sync_config(&[], &[late]).await.unwrap_err();
+    assert!(matches!(error, StoreError::Stale(_)), "{error:?}");
+    let cfg = store.get_backend(&from_config.id).await.unwrap().unwrap();
+    assert_eq!(cfg.rpm_limit, 7);
+}
+
+async fn stats_of(store: &dyn UsageStore, from: i64, to: i64, bucket_ms: i64) -> Stats {
+    let query = StatsQuery::default();
+    let range = StatsRange::new(&query, from, to, bucket_ms);
+    let groups = store.usage_stats(&range).await.unwrap();
+    assemble(&groups, &range)
+}
+
+#[tokio::test]
+async fn usage_batches_are_idempotent_paged_and_partitioned() {
+    let server = PostgresServer::start().await;
+    let store = open(&server, "usage").await;
+    let now = now_ms();
+    store.prepare_usage(now).await.unwrap();
+    let records: Vec<_> = (0..25).map(usage).collect();
+    store.insert_usage(&records).await.unwrap();
+    // The same batch again (an acknowledgement lost), and a batch naming one request twice.
+    store.insert_usage(&records).await.unwrap();
+    let twice = usage(30);
+    store
+        .insert_usage(&[twice.clone(), twice, usage(31)])
+        .await
+        .unwrap();
+    assert_eq!(store.count_usage().await.unwrap(), 27);
+
+    let first = store
+        .list_usage(&UsageFilter {
+            limit: Some(10),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.records[0], usage_with_ts(usage(31), &first.records[0]));
+    let second = store
+        .list_usage(&UsageFilter {
+            limit: Some(20),
+            before: first.next_cursor,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.records.len(), 17);
+    assert_eq!(second.next_cursor, None);
+    let only_a = store
+        .list_usage(&UsageFilter {
+            model: Some("a".into()),
+            status_min: Some(200),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_a.records.len(), 14);
+
+    // Today's rows are in today's partition, not the default one.
+    let in_default: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_records_default")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(in_default, 0);
+    // Retention: nothing before yesterday to drop; everything before tomorrow + 3 days goes.
+    assert_eq!(store.prune_usage(now - 86_400_000).await.unwrap(), 0);
+    assert!(store.prune_usage(now + 4 * 86_400_000).await.unwrap() >= 1);
+    assert_eq!(store.count_usage().await.unwrap(), 0);
+}
+
+/// `record` with the timestamp of `stored` (usage() reads the clock).
+fn usage_with_ts(record: UsageRecord, stored: &UsageRecord) -> UsageRecord {
+    UsageRecord {
+        ts_ms: stored.ts_ms,
+        ..record
+    }
+}
+
+fn record_strategy() -> impl Strategy<Value = UsageRecord> {
+    (
+        0_i64..60_000,
+        prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
+        prop::option::of(prop::sample::select(vec!["m1", "m2"])),
+        prop::sample::select(vec![
+            (200_u16, Outcome::Success),
+            (400, Outcome::Success),
+            (502, Outcome::Error),
+            (499, Outcome::Cancelled),
+            (200, Outcome::StreamError),
+        ]),
+        0_u64..5_000,
+        prop::option::of(0_u64..5_000),
+        prop::option::of(0_u32..1_000),
+    )
+        .prop_map(
+            |(ts, backend, model, (status, outcome), latency, ttfb, tokens)| UsageRecord {
+                ts_ms: ts,
+                backend_id: backend.map(str::to_owned),
+                canonical_model: model.map(str::to_owned),
+                status,
+                outcome,
+                latency_ms: latency,
+                ttfb_ms: ttfb,
+                prompt_tokens: tokens,
+                completion_tokens: tokens.map(|t| t / 2),
+                ..usage(0)
+            },
+        )
+}
+
+/// Random records, stored in PostgreSQL and in SQLite: every aggregate and series is equal.
+#[test]
+fn statistics_equal_sqlites_for_the_same_records() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, pg) = runtime.block_on(async {
+        let server = PostgresServer::start().await;
+        let pg = open(&server, "stats").await;
+        (server, pg)
+    });
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(12));
+    let strategy = (
+        prop::collection::vec(record_strategy(), 0..120),
+        1_i64..30,
+    );
+    runner
+        .run(&strategy, |(records, bucket_seconds)| {
+            let records: Vec<UsageRecord> = records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| UsageRecord {
+                    request_id: format!("req-{i}"),
+                    ..r
+                })
+                .collect();
+            let (from_pg, from_sqlite) = runtime.block_on(async {
+                sqlx::query("TRUNCATE usage_records")
+                    .execute(pg.pool())
+                    .await
+                    .unwrap();
+                pg.insert_usage(&records).await.unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let sqlite = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+                sqlite.insert_usage(&records).await.unwrap();
+                let bucket_ms = bucket_seconds * 1000;
+                (
+                    stats_of(&pg, 0, 60_000, bucket_ms).await,
+                    stats_of(&sqlite, 0, 60_000, bucket_ms).await,
+                )
+            });
+            prop_assert_eq!(&from_pg.total, &from_sqlite.total);
+            prop_assert_eq!(&from_pg.by_backend, &from_sqlite.by_backend);
+            prop_assert_eq!(&from_pg.by_model, &from_sqlite.by_model);
+            prop_assert_eq!(&from_pg.series, &from_sqlite.series);
+            prop_assert_eq!(&from_pg.series_by_backend, &from_sqlite.series_by_backend);
+            prop_assert_eq!(&from_pg.series_by_model, &from_sqlite.series_by_model);
+            Ok(())
+        })
+        .unwrap();
+    drop(server);
+}

@@ -1,0 +1,261 @@
+//! The usage half of the PostgreSQL store: one `INSERT … SELECT FROM UNNEST(arrays)` per batch
+//! with `ON CONFLICT (ts, request_id) DO NOTHING` (a batch written again never counts twice), a
+//! table partitioned by UTC day (partitions made ahead of time, old ones dropped whole for
+//! retention), keyset pages, and the statistics computed by PostgreSQL with the same SQL shape
+//! as SQLite's: counts and sums with `GROUP BY`, nearest-rank percentiles with window functions.
+
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use super::{corrupt, narrow, PgStore};
+use crate::control::store::{StoreError, UsageStore};
+use crate::domain::{Outcome, UsageRecord};
+use crate::usage::stats::{Group, GroupStats, StatsRange};
+use crate::usage::{UsageFilter, UsagePage};
+
+/// Day partitions kept ready: today and the next two days.
+const DAYS_AHEAD: i32 = 3;
+
+const INSERT_SQL: &str = "\
+INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, canonical_model, backend_id,
+    upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, completion_tokens,
+    total_tokens, latency_ms, ttfb_ms, streamed)
+SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::int8[],
+    $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::bool[])
+ON CONFLICT (ts, request_id) DO NOTHING";
+
+/// See the SQLite store's `STATS_SQL` for what each part computes; only the dialect differs.
+const STATS_SQL: &str = "\
+WITH base AS (
+    SELECT LEAST((ts - $1) / $3, $4 - 1) AS b,
+           COALESCE(backend_id, '-') AS backend,
+           COALESCE(canonical_model, '-') AS model,
+           CASE WHEN outcome = 'cancelled' THEN 1 ELSE 0 END AS cancelled,
+           CASE WHEN outcome = 'cancelled' THEN 0
+                WHEN outcome = 'success' AND status < 400 THEN 0 ELSE 1 END AS failed,
+           GREATEST(COALESCE(prompt_tokens, 0), 0) AS prompt,
+           GREATEST(COALESCE(completion_tokens, 0), 0) AS completion,
+           GREATEST(latency_ms, 0) AS latency,
+           CASE WHEN ttfb_ms >= 0 THEN ttfb_ms END AS ttfb
+    FROM usage_records
+    WHERE ts >= $1 AND ts < $2 AND ($5::text IS NULL OR backend_id = $5)
+      AND ($6::text IS NULL OR canonical_model = $6) AND ($7::text IS NULL OR client_key_id = $7)
+),
+grouped AS (
+    SELECT 0::bigint AS dim, (-1)::bigint AS b, ''::text AS k, cancelled, failed, prompt,
+           completion, latency, ttfb FROM base
+    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
+),
+ranked AS (
+    SELECT *,
+           ROW_NUMBER() OVER (PARTITION BY dim, b, k ORDER BY latency) AS latency_rank,
+           COUNT(*) OVER (PARTITION BY dim, b, k) AS n,
+           ROW_NUMBER() OVER (PARTITION BY dim, b, k, ttfb IS NULL ORDER BY ttfb) AS ttfb_rank,
+           COUNT(ttfb) OVER (PARTITION BY dim, b, k) AS ttfb_n
+    FROM grouped
+)
+SELECT dim, b, k, COUNT(*) AS requests, SUM(failed)::bigint AS errors,
+       SUM(cancelled)::bigint AS cancelled, SUM(prompt)::bigint AS prompt_tokens,
+       SUM(completion)::bigint AS completion_tokens,
+       MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
+       MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
+       MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
+                THEN ttfb END) AS p50_ttfb
+FROM ranked
+GROUP BY dim, b, k";
+
+fn usage_from_row(row: &PgRow) -> Result<UsageRecord, StoreError> {
+    let outcome: String = row.try_get("outcome")?;
+    let opt_u32 = |name: &str| -> Result<Option<u32>, StoreError> {
+        row.try_get::<Option<i64>, _>(name)?
+            .map(|value| narrow(name, value))
+            .transpose()
+    };
+    Ok(UsageRecord {
+        request_id: row.try_get("request_id")?,
+        ts_ms: row.try_get("ts")?,
+        client_key_id: row.try_get("client_key_id")?,
+        endpoint: row.try_get("endpoint")?,
+        canonical_model: row.try_get("canonical_model")?,
+        backend_id: row.try_get("backend_id")?,
+        upstream_model: row.try_get("upstream_model")?,
+        pool: row.try_get("pool")?,
+        attempts: narrow("attempts", row.try_get("attempts")?)?,
+        status: narrow("status", row.try_get("status")?)?,
+        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+        error_kind: row.try_get("error_kind")?,
+        prompt_tokens: opt_u32("prompt_tokens")?,
+        completion_tokens: opt_u32("completion_tokens")?,
+        total_tokens: opt_u32("total_tokens")?,
+        latency_ms: narrow("latency_ms", row.try_get("latency_ms")?)?,
+        ttfb_ms: row
+            .try_get::<Option<i64>, _>("ttfb_ms")?
+            .map(|value| narrow("ttfb_ms", value))
+            .transpose()?,
+        streamed: row.try_get("streamed")?,
+    })
+}
+
+fn group_from_row(row: &PgRow) -> Result<GroupStats, StoreError> {
+    let dim: i64 = row.try_get("dim")?;
+    let bucket = || narrow::<usize>("bucket", row.try_get("b")?);
+    let key = || row.try_get::<String, _>("k");
+    let group = match dim {
+        0 => Group::Total,
+        1 => Group::Backend(key()?),
+        2 => Group::Model(key()?),
+        3 => Group::Bucket(bucket()?),
+        4 => Group::BucketBackend(bucket()?, key()?),
+        5 => Group::BucketModel(bucket()?, key()?),
+        other => return Err(corrupt("stats dimension", other)),
+    };
+    let count = |name: &str| -> Result<u64, StoreError> {
+        let value: Option<i64> = row.try_get(name)?;
+        Ok(value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+    };
+    let value = |name: &str| -> Result<Option<u64>, StoreError> {
+        let value: Option<i64> = row.try_get(name)?;
+        Ok(value.and_then(|v| u64::try_from(v).ok()))
+    };
+    Ok(GroupStats {
+        group,
+        requests: count("requests")?,
+        errors: count("errors")?,
+        cancelled: count("cancelled")?,
+        prompt_tokens: count("prompt_tokens")?,
+        completion_tokens: count("completion_tokens")?,
+        p50_latency_ms: value("p50_latency")?,
+        p95_latency_ms: value("p95_latency")?,
+        p50_ttfb_ms: value("p50_ttfb")?,
+    })
+}
+
+fn wide(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl UsageStore for PgStore {
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        macro_rules! column {
+            ($map:expr) => {
+                records.iter().map($map).collect::<Vec<_>>()
+            };
+        }
+        sqlx::query(INSERT_SQL)
+            .bind(column!(|r| r.request_id.clone()))
+            .bind(column!(|r| r.ts_ms))
+            .bind(column!(|r| r.client_key_id.clone()))
+            .bind(column!(|r| r.endpoint.clone()))
+            .bind(column!(|r| r.canonical_model.clone()))
+            .bind(column!(|r| r.backend_id.clone()))
+            .bind(column!(|r| r.upstream_model.clone()))
+            .bind(column!(|r| r.pool.clone()))
+            .bind(column!(|r| i64::from(r.attempts)))
+            .bind(column!(|r| i64::from(r.status)))
+            .bind(column!(|r| r.outcome.as_str().to_owned()))
+            .bind(column!(|r| r.error_kind.clone()))
+            .bind(column!(|r| r.prompt_tokens.map(i64::from)))
+            .bind(column!(|r| r.completion_tokens.map(i64::from)))
+            .bind(column!(|r| r.total_tokens.map(i64::from)))
+            .bind(column!(|r| wide(r.latency_ms)))
+            .bind(column!(|r| r.ttfb_ms.map(wide)))
+            .bind(column!(|r| r.streamed))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
+        let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 1000));
+        let rows = sqlx::query(
+            "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
+             upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
+             completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed FROM usage_records \
+             WHERE ($1::bigint IS NULL OR ts >= $1) AND ($2::bigint IS NULL OR ts < $2) \
+             AND ($3::text IS NULL OR backend_id = $3) \
+             AND ($4::text IS NULL OR canonical_model = $4) \
+             AND ($5::text IS NULL OR client_key_id = $5) AND ($6::bigint IS NULL OR seq < $6) \
+             AND ($8::text IS NULL OR outcome = $8) AND ($9::bigint IS NULL OR status >= $9) \
+             ORDER BY seq DESC LIMIT $7",
+        )
+        .bind(filter.from_ms)
+        .bind(filter.to_ms)
+        .bind(&filter.backend_id)
+        .bind(&filter.model)
+        .bind(&filter.client_key_id)
+        .bind(filter.before)
+        .bind(limit + 1)
+        .bind(&filter.outcome)
+        .bind(filter.status_min.map(i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
+        let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+        let records = page
+            .iter()
+            .map(usage_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if has_more {
+            page.last()
+                .map(|row| row.try_get::<i64, _>("seq"))
+                .transpose()?
+        } else {
+            None
+        };
+        Ok(UsagePage {
+            records,
+            next_cursor,
+        })
+    }
+
+    async fn usage_stats(&self, range: &StatsRange<'_>) -> Result<Vec<GroupStats>, StoreError> {
+        let rows = sqlx::query(STATS_SQL)
+            .bind(range.from_ms)
+            .bind(range.to_ms)
+            .bind(range.bucket_ms)
+            .bind(range.bucket_count)
+            .bind(range.backend_id)
+            .bind(range.model)
+            .bind(range.client_key_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(group_from_row).collect()
+    }
+
+    async fn count_usage(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    async fn prepare_usage(&self, now_ms: i64) -> Result<(), StoreError> {
+        let created: i32 = sqlx::query_scalar("SELECT poolgate_ensure_usage_partitions($1, $2)")
+            .bind(now_ms)
+            .bind(DAYS_AHEAD)
+            .fetch_one(&self.pool)
+            .await?;
+        if created > 0 {
+            tracing::info!(created, "usage day partitions created");
+        }
+        Ok(())
+    }
+
+    async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let dropped: i32 = sqlx::query_scalar("SELECT poolgate_drop_usage_partitions($1)")
+            .bind(before_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(dropped).unwrap_or(0))
+    }
+}
