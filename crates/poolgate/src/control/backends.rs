@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
 use super::changes::Change;
-use super::{ControlError, ControlPlane};
+use super::{ControlError, ControlPlane, StoreError};
 use crate::crypto::{mask_secret, Sealer};
 use crate::domain::{
     now_ms, BackendChange, BackendId, BackendInput, BackendPatch, BackendRecord, BackendSpec,
@@ -139,7 +139,7 @@ impl ControlPlane {
             .snapshots
             .registry()
             .backend(&record, Instant::now());
-        runtime.reset();
+        runtime.reset_everywhere().await;
         self.inner.health.mark_dirty(id, &runtime);
         if !self.inner.health.flush().await {
             return Err(ControlError::ShuttingDown);
@@ -155,6 +155,21 @@ impl ControlPlane {
     /// transaction, after every backend was checked.
     pub async fn sync_config(&self) -> Result<(), ControlError> {
         let _write = self.inner.writes.lock().await;
+        // Instances starting together on a shared database: the one that synced second read
+        // the rows before the first one's sync landed; it reads them again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.sync_config_once().await {
+                Err(ControlError::Store(StoreError::Stale(reason))) if attempts < 5 => {
+                    tracing::debug!(%reason, "config sync raced another instance; syncing again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn sync_config_once(&self) -> Result<(), ControlError> {
         let config = &self.inner.config;
         let existing = self.inner.stores.config.list_backends().await?;
         let stored_pools = self.inner.stores.config.list_pools().await?;

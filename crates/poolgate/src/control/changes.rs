@@ -1,8 +1,8 @@
 //! The publication seam: every committed change is published as a [`Change`] through a
-//! [`ChangeFeed`], and every instance rebuilds its snapshot from what it hears. Today the feed is
-//! in-process ([`LocalChangeFeed`], a tokio broadcast); a shared implementation (PostgreSQL
-//! `LISTEN/NOTIFY`, with a version check as a backstop) plugs in behind the same trait, so the
-//! changes of other instances enter through the same door as this one's.
+//! [`ChangeFeed`], and every instance rebuilds its snapshot from what it hears. With SQLite the
+//! feed is in-process ([`LocalChangeFeed`], a tokio broadcast); with PostgreSQL it is
+//! `LISTEN/NOTIFY` ([`super::pg_changes::PgChangeFeed`], with a version check as a backstop), so
+//! the changes of other instances enter through the same door as this one's.
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -24,6 +24,9 @@ pub enum Change {
     ConfigSynced,
     /// Every upstream key was sealed again with a new master key.
     MasterKeyRotated,
+    /// The shared database's configuration changed (to `version`), or may have (`None`: the
+    /// feed reconnected, notifications may have been missed).
+    Remote { version: Option<i64> },
 }
 
 impl Change {
@@ -38,8 +41,16 @@ impl Change {
 pub struct InstanceId(uuid::Uuid);
 
 impl InstanceId {
+    /// The origin of a change whose author is not known (announced by the database itself).
+    pub const UNKNOWN: InstanceId = InstanceId(uuid::Uuid::nil());
+
     pub fn generate() -> Self {
         Self(uuid::Uuid::new_v4())
+    }
+
+    /// From its text form (as [`std::fmt::Display`] writes it).
+    pub fn parse(text: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(text).ok().map(Self)
     }
 }
 

@@ -89,14 +89,20 @@ pub(super) async fn open_sealer(
         }
         None => {
             store
-                .put_setting(VERSION_SETTING, "1")
+                .put_setting_if_absent(VERSION_SETTING, "1")
                 .await
                 .map_err(ControlError::from)?;
-            store
-                .put_setting(FINGERPRINT_SETTING, &fingerprint)
+            // Instances starting together on an empty shared database: the first key stored
+            // wins, and any other is refused like a wrong key.
+            if store
+                .put_setting_if_absent(FINGERPRINT_SETTING, &fingerprint)
                 .await
-                .map_err(ControlError::from)?;
-            Ok(Sealer::new(key, 1))
+                .map_err(ControlError::from)?
+            {
+                Ok(Sealer::new(key, 1))
+            } else {
+                Box::pin(open_sealer(store, key)).await
+            }
         }
     }
 }

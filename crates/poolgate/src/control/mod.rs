@@ -18,6 +18,7 @@ mod error;
 mod health;
 mod keys;
 mod master_key;
+mod pg_changes;
 mod snapshot;
 mod store;
 mod usage_writer;
@@ -28,10 +29,10 @@ use secrecy::SecretString;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::domain::{BackendId, BackendRecord, ClientKeyRecord, Pool};
+use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, Pool};
 use crate::error::InitError;
 use crate::files::ensure_data_dir;
-use crate::runtime::HealthSink;
+use crate::runtime::{Cluster, HealthSink};
 use crate::state::{DataPlane, Live};
 use crate::usage::stats::{assemble, Stats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage, UsageSink};
@@ -41,11 +42,13 @@ pub use error::ControlError;
 pub use keys::{ClientKeyInput, PoolInput};
 pub use master_key::{MasterKeySource, NewKey, Rotation, MASTER_KEY_ENV};
 pub use store::StoreError;
+pub use usage_writer::UsageWriterView;
 
 use health::HealthWriter;
+use pg_changes::PgChangeFeed;
 use snapshot::Snapshots;
 use store::Stores;
-use usage_writer::UsageWriter;
+use usage_writer::{UsageWriter, WriterStateHandle};
 
 /// The control plane; cloning is one `Arc` increment.
 #[derive(Clone)]
@@ -62,6 +65,11 @@ struct Inner {
     instance: InstanceId,
     usage: UsageSink,
     health: HealthSink,
+    usage_state: WriterStateHandle,
+    /// The PostgreSQL change feed (with a shared database).
+    pg_feed: Option<Arc<PgChangeFeed>>,
+    /// The runtime state shared with the other instances (cluster mode).
+    cluster: Option<Arc<Cluster>>,
     /// Serialises changes from their first read to their rebuild, so two edits of one backend
     /// cannot overwrite each other (never taken on the request path).
     writes: tokio::sync::Mutex<()>,
@@ -73,6 +81,17 @@ struct Workers {
     usage: UsageWriter,
     health: HealthWriter,
     follower: JoinHandle<()>,
+    maintenance: JoinHandle<()>,
+}
+
+/// What [`ControlPlane::assemble`] wires together.
+struct Parts {
+    stores: Stores,
+    sealer: crate::crypto::Sealer,
+    key_source: MasterKeySource,
+    changes: Arc<dyn ChangeFeed>,
+    pg_feed: Option<Arc<PgChangeFeed>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl ControlPlane {
@@ -80,38 +99,83 @@ impl ControlPlane {
     /// checks it against the database, starts the usage and health writers and the change
     /// follower, and builds the first snapshot.
     pub async fn open(config: Arc<Config>) -> Result<ControlPlane, InitError> {
+        Self::open_with(config, None).await
+    }
+
+    /// [`ControlPlane::open`] for a gateway whose runtimes use `cluster`'s shared state. With
+    /// a PostgreSQL database, changes made by other instances are followed (`LISTEN/NOTIFY`
+    /// and a periodic version check).
+    pub async fn open_with(
+        config: Arc<Config>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<ControlPlane, InitError> {
         ensure_data_dir(&config.data_dir)?;
-        let stores = store::open(&config.database_url)
+        let stores = store::open(&config.database_url, &config.database)
+            .await
+            .map_err(ControlError::from)?;
+        stores
+            .usage
+            .prepare_usage(now_ms())
             .await
             .map_err(ControlError::from)?;
         let (key, key_source) = master_key::load_master_key(&config)?;
         let sealer = master_key::open_sealer(&*stores.config, key).await?;
+        let pg_feed = stores
+            .postgres
+            .as_ref()
+            .map(|pg| Arc::new(PgChangeFeed::start(pg.pool().clone())));
+        let changes: Arc<dyn ChangeFeed> = match &pg_feed {
+            Some(feed) => feed.clone(),
+            None => Arc::new(LocalChangeFeed::default()),
+        };
         Self::assemble(
             config,
-            stores,
-            sealer,
-            key_source,
-            Arc::new(LocalChangeFeed::default()),
+            Parts {
+                stores,
+                sealer,
+                key_source,
+                changes,
+                pg_feed,
+                cluster,
+            },
         )
         .await
     }
 
     /// Wires the parts together (tests inject their own store or feed through here).
-    async fn assemble(
-        config: Arc<Config>,
-        stores: Stores,
-        sealer: crate::crypto::Sealer,
-        key_source: MasterKeySource,
-        changes: Arc<dyn ChangeFeed>,
-    ) -> Result<ControlPlane, InitError> {
-        let snapshots = Arc::new(Snapshots::new(Arc::clone(&stores.config), sealer));
+    async fn assemble(config: Arc<Config>, parts: Parts) -> Result<ControlPlane, InitError> {
+        let Parts {
+            stores,
+            sealer,
+            key_source,
+            changes,
+            pg_feed,
+            cluster,
+        } = parts;
+        let snapshots = Arc::new(Snapshots::new(
+            Arc::clone(&stores.config),
+            sealer,
+            cluster.clone(),
+        ));
         snapshots.rebuild().await.map_err(ControlError::from)?;
         let instance = InstanceId::generate();
-        let (usage, usage_writer) =
-            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage);
+        let (usage, usage_writer) = usage_writer::spawn_writer(
+            Arc::clone(&stores.usage),
+            &config.usage,
+            &config.data_dir,
+        );
+        let usage_state = usage_writer.state();
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
-        let follower =
-            snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
+        // Another instance may change a shared database: compare versions as a backstop.
+        let backstop = stores.postgres.is_some().then_some(config.database.config_poll);
+        let follower = snapshot::spawn_follower(
+            Arc::clone(&snapshots),
+            changes.subscribe(),
+            instance,
+            backstop,
+        );
+        let maintenance =
+            usage_writer::spawn_maintenance(Arc::clone(&stores.usage), config.usage.retention);
         Ok(ControlPlane {
             inner: Arc::new(Inner {
                 config,
@@ -122,11 +186,15 @@ impl ControlPlane {
                 instance,
                 usage,
                 health,
+                usage_state,
+                pg_feed,
+                cluster,
                 writes: tokio::sync::Mutex::new(()),
                 workers: parking_lot::Mutex::new(Some(Workers {
                     usage: usage_writer,
                     health: health_writer,
                     follower,
+                    maintenance,
                 })),
             }),
         })
@@ -151,6 +219,7 @@ impl ControlPlane {
             return 0;
         };
         workers.follower.abort();
+        workers.maintenance.abort();
         let written = workers.usage.shutdown().await;
         workers.health.shutdown().await;
         written
@@ -164,6 +233,42 @@ impl ControlPlane {
     /// This instance, as changes name it.
     pub fn instance(&self) -> InstanceId {
         self.inner.instance
+    }
+
+    // === how this instance runs with the others (the admin API's cluster view) ===
+
+    /// This instance's id (`POOLGATE_INSTANCE_ID`).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.config.instance_id
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn database_kind(&self) -> &'static str {
+        if self.inner.stores.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// With a shared database: whether the change feed is listening.
+    pub fn change_feed_connected(&self) -> Option<bool> {
+        self.inner.pg_feed.as_ref().map(|feed| feed.connected())
+    }
+
+    /// The configuration version the snapshot was built from (shared database).
+    pub fn snapshot_version(&self) -> Option<i64> {
+        self.inner.snapshots.version()
+    }
+
+    /// The usage writer's buffer and spill file.
+    pub fn usage_writer(&self) -> UsageWriterView {
+        self.inner.usage_state.view()
+    }
+
+    /// The runtime state shared with the other instances (cluster mode).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.inner.cluster.as_ref()
     }
 
     /// After a commit: publish the change and rebuild the snapshot (retrying in the background

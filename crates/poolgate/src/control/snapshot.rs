@@ -3,10 +3,12 @@
 //! are serialised, so two changes cannot swap their snapshots in out of order. After a commit the
 //! snapshot is rebuilt at once; if that fails the change stays committed and a background task
 //! retries (logging) until a rebuild succeeds. [`spawn_follower`] rebuilds on changes published by
-//! other instances.
+//! other instances, and — with a database several instances share — whenever the stored
+//! configuration version is not the one the snapshot was built from (checked periodically, a
+//! backstop for a missed notification).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use super::store::{ConfigStore, StoreError};
 use crate::crypto::Sealer;
 use crate::domain::{BackendId, CanonicalModel};
 use crate::routing::{build_routes, LiveBackend};
-use crate::runtime::RuntimeRegistry;
+use crate::runtime::{Cluster, RuntimeRegistry};
 use crate::state::{Live, LiveClientKey, LiveReader};
 
 /// The snapshot and what it is built from.
@@ -32,18 +34,49 @@ pub(super) struct Snapshots {
     registry: RuntimeRegistry,
     rebuild: tokio::sync::Mutex<()>,
     retrying: AtomicBool,
+    /// The configuration version the snapshot was built from (shared databases; -1 before).
+    version: AtomicI64,
 }
 
 impl Snapshots {
     /// An empty snapshot; call [`Snapshots::rebuild`] to load the stored state.
-    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer) -> Self {
+    /// `cluster`: the shared runtime state the runtimes use (cluster mode).
+    pub fn new(
+        store: Arc<dyn ConfigStore>,
+        sealer: Sealer,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             store,
             sealer: ArcSwap::from_pointee(sealer),
             live: Arc::new(ArcSwap::from_pointee(Live::default())),
-            registry: RuntimeRegistry::default(),
+            registry: RuntimeRegistry::new(cluster),
             rebuild: tokio::sync::Mutex::new(()),
             retrying: AtomicBool::new(false),
+            version: AtomicI64::new(-1),
+        }
+    }
+
+    /// The configuration version the snapshot was built from (`None` for a database no other
+    /// instance writes, or before the first build).
+    pub fn version(&self) -> Option<i64> {
+        let version = self.version.load(Ordering::Relaxed);
+        (version >= 0).then_some(version)
+    }
+
+    /// Whether the snapshot is behind the stored configuration: older than `announced` (a
+    /// notified version), or else built from another version than the store's now. A store
+    /// that cannot answer is not ahead (the next check asks again).
+    async fn is_behind(&self, announced: Option<i64>) -> bool {
+        if let Some(announced) = announced {
+            return Some(announced) > self.version();
+        }
+        match self.store.config_version().await {
+            Ok(stored) => stored.is_some() && stored != self.version(),
+            Err(error) => {
+                tracing::debug!(%error, "configuration version check failed");
+                false
+            }
         }
     }
 
@@ -72,6 +105,9 @@ impl Snapshots {
     /// Rebuilds the snapshot from the store and swaps it in.
     pub async fn rebuild(&self) -> Result<(), StoreError> {
         let _serial = self.rebuild.lock().await;
+        // Read first: a change committed while the rows are read makes the snapshot newer than
+        // its version says, and the next check rebuilds again (never the other way round).
+        let version = self.store.config_version().await?;
         let pools = self.store.list_pools().await?;
         let records = self.store.list_backends().await?;
         let keys = self.store.list_client_keys().await?;
@@ -133,6 +169,9 @@ impl Snapshots {
             models,
             unreadable,
         }));
+        if let Some(version) = version {
+            self.version.store(version, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -172,32 +211,65 @@ impl Snapshots {
 
 /// Follows the change feed: a change published by another instance rebuilds this one's snapshot
 /// (a remote cooldown reset also clears the local runtime). Changes of this instance were applied
-/// when they were made; a subscriber that lagged behind rebuilds to catch up.
+/// when they were made; a subscriber that lagged behind rebuilds to catch up. With `backstop`
+/// (a database other instances write), the stored configuration version is also compared every
+/// `backstop`. Bursts of changes are taken together and rebuild once.
 pub(super) fn spawn_follower(
     snapshots: Arc<Snapshots>,
     mut changes: broadcast::Receiver<Published>,
     me: InstanceId,
+    backstop: Option<Duration>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut check = tokio::time::interval(backstop.unwrap_or(Duration::from_secs(3600)));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
         loop {
-            match changes.recv().await {
-                Ok(published) if published.origin == me => {}
-                Ok(published) => {
-                    tracing::debug!(origin = %published.origin, change = ?published.change, "change from another instance");
-                    if let Change::CooldownReset(id) = &published.change {
-                        if let Some(runtime) = snapshots.registry().find_backend(id) {
-                            runtime.reset();
-                        }
-                    }
-                    if published.change.alters_snapshot() {
+            let first = tokio::select! {
+                received = changes.recv() => received,
+                _ = check.tick(), if backstop.is_some() => {
+                    if snapshots.is_behind(None).await {
+                        tracing::info!("the stored configuration changed without a notification; rebuilding");
                         snapshots.refresh().await;
                     }
+                    continue;
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "missed published changes; rebuilding the snapshot");
-                    snapshots.refresh().await;
+            };
+            let mut rebuild = false;
+            let mut next = Some(first);
+            while let Some(received) = next.take() {
+                match received {
+                    Ok(published) if published.origin == me => {}
+                    Ok(Published {
+                        change: Change::Remote { version },
+                        ..
+                    }) => rebuild |= snapshots.is_behind(version).await,
+                    Ok(published) => {
+                        tracing::debug!(origin = %published.origin, change = ?published.change, "change from another instance");
+                        if let Change::CooldownReset(id) = &published.change {
+                            if let Some(runtime) = snapshots.registry().find_backend(id) {
+                                runtime.reset();
+                            }
+                        }
+                        rebuild |= published.change.alters_snapshot();
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "missed published changes; rebuilding the snapshot");
+                        rebuild = true;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
                 }
-                Err(broadcast::error::RecvError::Closed) => break,
+                // Whatever else is already queued, in the same rebuild.
+                match changes.try_recv() {
+                    Ok(published) => next = Some(Ok(published)),
+                    Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                        next = Some(Err(broadcast::error::RecvError::Lagged(missed)));
+                    }
+                    Err(_) => {}
+                }
+            }
+            if rebuild {
+                snapshots.refresh().await;
             }
         }
     })

@@ -127,9 +127,12 @@ impl ConfigStore for FlakyStore {
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.get_setting(key).await
     }
-    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError> {
         self.write()?;
-        self.inner.put_setting(key, value).await
+        self.inner.put_setting_if_absent(key, value).await
+    }
+    async fn config_version(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.config_version().await
     }
 }
 
@@ -162,13 +165,18 @@ async fn harness_with(configure: impl FnOnce(&mut Config)) -> Harness {
     let feed = Arc::new(LocalChangeFeed::default());
     let control = ControlPlane::assemble(
         Arc::new(config),
-        Stores {
-            config: flaky,
-            usage: sqlite.clone(),
+        Parts {
+            stores: Stores {
+                config: flaky,
+                usage: sqlite.clone(),
+                postgres: None,
+            },
+            sealer: Sealer::new(MasterKey::generate(), 1),
+            key_source: MasterKeySource::Env,
+            changes: feed.clone(),
+            pg_feed: None,
+            cluster: None,
         },
-        Sealer::new(MasterKey::generate(), 1),
-        MasterKeySource::Env,
-        feed.clone(),
     )
     .await
     .unwrap();
@@ -374,7 +382,10 @@ async fn a_reset_racing_a_queued_health_write_wins() {
     let limited = UpstreamOutcome::RateLimited {
         retry_after: Some(Duration::from_secs(600)),
     };
-    assert!(admitted.resolve(limited, &policy, Instant::now()));
+    assert!(matches!(
+        admitted.resolve(limited, &policy, Instant::now()),
+        crate::runtime::Resolution::Local(true)
+    ));
     drop(admitted);
     h.switches.hold_health.store(true, Ordering::SeqCst);
     h.control

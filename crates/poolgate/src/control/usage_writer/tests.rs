@@ -1,0 +1,152 @@
+//! The usage writer over a real SQLite store that can be switched off (every write then fails,
+//! as with an unreachable database): records wait in the bounded buffer, spill past it, and are
+//! all written once when writes work again — or at the next start after a shutdown.
+
+use std::sync::atomic::AtomicBool;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::control::store::sqlite::SqliteStore;
+use crate::control::store::StoreError;
+use crate::domain::Outcome;
+use crate::usage::stats::{GroupStats, StatsRange};
+use crate::usage::{UsageFilter, UsagePage};
+
+/// A real store whose writes fail while `down` is set.
+struct Switchable {
+    inner: SqliteStore,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl UsageStore for Switchable {
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unsupported("the database is down".into()));
+        }
+        self.inner.insert_usage(records).await
+    }
+    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
+        self.inner.list_usage(filter).await
+    }
+    async fn usage_stats(&self, range: &StatsRange<'_>) -> Result<Vec<GroupStats>, StoreError> {
+        self.inner.usage_stats(range).await
+    }
+    async fn count_usage(&self) -> Result<u64, StoreError> {
+        self.inner.count_usage().await
+    }
+    async fn prepare_usage(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.inner.prepare_usage(now_ms).await
+    }
+    async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_usage(before_ms).await
+    }
+}
+
+fn record(i: usize) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{i}"),
+        ts_ms: 1_000,
+        client_key_id: None,
+        endpoint: "chat.completions".into(),
+        canonical_model: None,
+        backend_id: None,
+        upstream_model: None,
+        pool: None,
+        attempts: 1,
+        status: 200,
+        outcome: Outcome::Success,
+        error_kind: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        total_tokens: None,
+        latency_ms: 1,
+        ttfb_ms: None,
+        streamed: false,
+    }
+}
+
+fn settings() -> UsageSettings {
+    UsageSettings {
+        batch_size: 10,
+        buffer_records: 25,
+        flush_interval: Duration::from_millis(10),
+        ..UsageSettings::default()
+    }
+}
+
+async fn store(dir: &Path, down: bool) -> Arc<Switchable> {
+    Arc::new(Switchable {
+        inner: SqliteStore::open(&dir.join("poolgate.db")).await.unwrap(),
+        down: AtomicBool::new(down),
+    })
+}
+
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn records_wait_in_the_buffer_spill_past_it_and_are_all_written_once_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), true).await;
+    let (sink, writer) = spawn_writer(store.clone(), &settings(), dir.path());
+    let state = writer.state();
+    for i in 0..60 {
+        sink.open();
+        sink.record(record(i));
+    }
+    until("the buffer to fill and the rest to spill", || {
+        let view = state.view();
+        view.buffered == 25 && view.spilled == 35
+    })
+    .await;
+    let view = state.view();
+    assert!(view.database_failing);
+    assert_eq!((view.overflowed, view.lost, view.buffer_limit), (35, 0, 25));
+    assert!(dir.path().join("usage-spill.jsonl").exists());
+    assert_eq!(store.count_usage().await.unwrap(), 0);
+
+    store.down.store(false, Ordering::SeqCst);
+    until("everything to be written", || {
+        let view = state.view();
+        view.buffered == 0 && view.spilled == 0 && !view.database_failing
+    })
+    .await;
+    assert_eq!(writer.shutdown().await, 60);
+    assert_eq!(store.count_usage().await.unwrap(), 60);
+    assert!(!dir.path().join("usage-spill.jsonl").exists());
+}
+
+#[tokio::test]
+async fn what_shutdown_cannot_write_is_written_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), true).await;
+    let (sink, writer) =
+        spawn_writer_with(store.clone(), &settings(), dir.path(), Duration::from_millis(200));
+    for i in 0..40 {
+        sink.open();
+        sink.record(record(i));
+    }
+    assert_eq!(writer.shutdown().await, 0);
+    let spilled = std::fs::read_to_string(dir.path().join("usage-spill.jsonl")).unwrap();
+    assert_eq!(spilled.lines().count(), 40);
+
+    // The next start, with the database back; one record of the file was written already
+    // (a flush whose acknowledgement was lost): it is not counted twice.
+    store.down.store(false, Ordering::SeqCst);
+    store.insert_usage(&[record(7)]).await.unwrap();
+    let (_sink, writer) = spawn_writer(store.clone(), &settings(), dir.path());
+    let state = writer.state();
+    until("the spill file to be written", || state.view().spilled == 0).await;
+    assert_eq!(writer.shutdown().await, 40);
+    assert_eq!(store.count_usage().await.unwrap(), 40);
+    assert!(!dir.path().join("usage-spill.jsonl").exists());
+}
