@@ -1,6 +1,7 @@
-//! Start-up and shutdown: the data dir and its lock, the control plane (database, master key,
-//! config sync, background writers), the admin token, the data plane, the HTTP listener, and a
-//! graceful stop on SIGINT/SIGTERM that lets requests finish and flushes every usage record.
+//! Start-up and shutdown: the data dir and its lock, the shared runtime state (Redis, when
+//! configured), the control plane (database, master key, config sync, background writers), the
+//! admin token, the data plane, the HTTP listener, and a graceful stop on SIGINT/SIGTERM that
+//! lets requests finish, flushes every usage record and leaves the instance registry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use crate::control::ControlPlane;
 use crate::crypto::generate_admin_token;
 use crate::error::InitError;
 use crate::files::{lock_data_dir, write_secret_file, DataDirLock};
+use crate::runtime::Cluster;
+use crate::shared::{RedisOptions, RedisShared};
 use crate::state::DataPlane;
 
 pub const ADMIN_TOKEN_ENV: &str = "POOLGATE_ADMIN_TOKEN";
@@ -87,7 +90,22 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
     let config = Arc::new(config);
     crate::files::ensure_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let control = ControlPlane::open(Arc::clone(&config)).await?;
+    let redis = start_shared_state(&config).await?;
+    let cluster = redis.as_ref().map(|redis| {
+        Arc::new(Cluster {
+            shared: Arc::clone(redis) as Arc<dyn crate::shared::SharedRuntime>,
+            fail_closed: config.redis.as_ref().is_some_and(|r| r.fail_closed),
+        })
+    });
+    let control = match ControlPlane::open_with(Arc::clone(&config), cluster).await {
+        Ok(control) => control,
+        Err(error) => {
+            if let Some(redis) = &redis {
+                redis.shutdown().await;
+            }
+            return Err(error);
+        }
+    };
     match prepare(&config, &control).await {
         Ok((data, listener, addr)) => {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -103,6 +121,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
                 config.proxy.shutdown_grace,
                 data.clone(),
                 control.clone(),
+                redis,
             ));
             Ok(Running {
                 addr,
@@ -115,9 +134,35 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
         }
         Err(error) => {
             control.shutdown().await;
+            if let Some(redis) = &redis {
+                redis.shutdown().await;
+            }
             Err(error)
         }
     }
+}
+
+/// Connects the shared runtime state when a Redis URL is configured. Redis being down is not an
+/// error (the instance starts degraded and goes shared by itself when Redis answers); a URL that
+/// cannot be used is.
+async fn start_shared_state(config: &Config) -> Result<Option<Arc<RedisShared>>, InitError> {
+    let Some(settings) = &config.redis else {
+        return Ok(None);
+    };
+    let options = RedisOptions {
+        url: settings.url.clone(),
+        instance_id: config.instance_id.clone(),
+        key_prefix: settings.key_prefix.clone(),
+        call_timeout: settings.call_timeout,
+        connect_timeout: settings.connect_timeout,
+        breaker_failures: settings.breaker_failures,
+        breaker_open_for: settings.breaker_open_for,
+        heartbeat_interval: settings.heartbeat_interval,
+    };
+    let redis = RedisShared::start(options)
+        .await
+        .map_err(|error| InitError::Config(format!("redis.url: {error}")))?;
+    Ok(Some(Arc::new(redis)))
 }
 
 /// Everything between opening the control plane and serving: the config sync, the admin token,
@@ -139,10 +184,16 @@ async fn prepare(
         .local_addr()
         .map_err(|e| InitError::io("reading the bound address", e))?;
     let live = data.live();
+    let runtime_state = match control.cluster() {
+        Some(cluster) => cluster.shared.mode().as_str(),
+        None => "local",
+    };
     tracing::info!(
         %addr,
+        instance = %config.instance_id,
         data_dir = %config.data_dir.display(),
         database = %config.database_url,
+        runtime_state,
         backends = live.backends.len(),
         models = live.models.len(),
         "poolgate listening"
@@ -158,6 +209,7 @@ async fn serve(
     grace: std::time::Duration,
     data: DataPlane,
     control: ControlPlane,
+    redis: Option<Arc<RedisShared>>,
 ) -> Result<(), InitError> {
     let (begun_tx, begun_rx) = oneshot::channel::<()>();
     let signal = async move {
@@ -203,6 +255,10 @@ async fn serve(
     // Flush usage and health.
     let written = control.shutdown().await;
     tracing::info!(records = written, "usage records flushed");
+    if let Some(redis) = redis {
+        // Leaves the instance registry: the others' shares grow at once.
+        redis.shutdown().await;
+    }
     result
 }
 

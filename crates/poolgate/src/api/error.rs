@@ -226,6 +226,9 @@ impl From<ProxyError> for ApiError {
             ProxyError::Unavailable => {
                 ApiError::new(status, error.to_string()).with_detail("no routable backend")
             }
+            ProxyError::LimiterUnavailable => {
+                ApiError::new(status, error.to_string()).with_code("limiter_unavailable")
+            }
             ProxyError::UpstreamFailed { .. } => {
                 ApiError::new(status, "upstream failed").with_detail(&error)
             }

@@ -15,9 +15,11 @@ use super::plan::{self, Inbound};
 use super::record::UsageDraft;
 use super::respond::{relay_client_error, succeed};
 use super::ProxyResponse;
-use crate::cooldown::Outcome as UpstreamOutcome;
+use crate::cooldown::{Outcome as UpstreamOutcome, ReadyAt};
 use crate::domain::ApiKind;
 use crate::routing::{Route, Selection, Ticket};
+use crate::runtime::{refusal_ready_at, Resolution};
+use crate::shared::{BucketClaim, Refusal};
 use crate::state::DataPlane;
 
 /// How the attempt loop ended well.
@@ -71,6 +73,8 @@ pub async fn run(
     let endpoint = inbound.endpoint;
     let mut selection = Selection::new(route, move |api| endpoint.served_by(api));
     let mut last_failure: Option<Failure> = None;
+    // Cluster mode: the client key's shared token, paid by the first admitted attempt.
+    let mut key_claim = ctx.client_key.as_ref().and_then(|key| key.runtime.claim());
 
     loop {
         let now = Instant::now();
@@ -98,6 +102,16 @@ pub async fn run(
             }
             return Err(error);
         };
+        if ticket.needs_confirm(key_claim.is_some()) {
+            match admit_shared(ctx, &mut ticket, key_claim.as_ref()).await {
+                Ok(()) => key_claim = None,
+                Err(SharedRefusal::End(error)) => return Err(error),
+                Err(SharedRefusal::Skip(ready)) => {
+                    selection.refused(ticket, ready);
+                    continue;
+                }
+            }
+        }
         draft.attempt(&ticket);
         let backend = Arc::clone(&ticket.backend);
 
@@ -159,18 +173,77 @@ pub async fn run(
             "upstream attempt failed; trying the next candidate"
         );
         backend.runtime.set_last_error(description);
-        resolve(data, &mut ticket, failure.outcome());
+        let report = resolve(data, &mut ticket, failure.outcome());
         drop(ticket);
+        // Cluster mode: the shared cooldown knows before the next attempt (the report is its own
+        // task: it finishes even if this request is abandoned).
+        if let Some(report) = report {
+            let _ = report.await;
+        }
         last_failure = Some(failure);
     }
 }
 
+/// Why the shared state did not admit an attempt.
+enum SharedRefusal {
+    /// The request ends here: its client key's own shared bucket is empty (429), or the limiter
+    /// is unreachable and fails closed (503).
+    End(ProxyError),
+    /// This backend is not ready (cooling, probing elsewhere, its bucket empty): skip it; it
+    /// may be ready then.
+    Skip(ReadyAt),
+}
+
+/// Phase **select**, the shared half (cluster mode): the attempt's one atomic call.
+async fn admit_shared(
+    ctx: &RequestContext,
+    ticket: &mut Ticket,
+    key_claim: Option<&BucketClaim>,
+) -> Result<(), SharedRefusal> {
+    let refusal = match ticket.confirm(key_claim).await {
+        Ok(()) => return Ok(()),
+        Err(refusal) => refusal,
+    };
+    match refusal {
+        Refusal::Limited { key, retry_after }
+            if key_claim.is_some_and(|claim| claim.key == key) =>
+        {
+            let rpm = ctx.client_key.as_ref().map_or(0, |key| key.runtime.rpm());
+            Err(SharedRefusal::End(ProxyError::KeyRateLimited {
+                rpm,
+                retry_after,
+            }))
+        }
+        Refusal::Unavailable { .. } => Err(SharedRefusal::End(ProxyError::LimiterUnavailable)),
+        other => Err(SharedRefusal::Skip(refusal_ready_at(&other, Instant::now()))),
+    }
+}
+
 /// Feeds an upstream outcome to the backend's runtime; a change of its persisted health is
-/// handed to the health writer (never written here).
-pub fn resolve(data: &DataPlane, ticket: &mut Ticket, outcome: UpstreamOutcome) {
-    if ticket.resolve(outcome, &data.config.cooldown, Instant::now()) {
-        data.health
-            .mark_dirty(ticket.backend.id(), &ticket.backend.runtime);
+/// handed to the health writer (never written here). In cluster mode the outcome goes to the
+/// shared state in its own task, returned so the caller may wait for it.
+pub fn resolve(
+    data: &DataPlane,
+    ticket: &mut Ticket,
+    outcome: UpstreamOutcome,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match ticket.resolve(outcome, &data.config.cooldown, Instant::now()) {
+        Resolution::Local(changed) => {
+            if changed {
+                data.health
+                    .mark_dirty(ticket.backend.id(), &ticket.backend.runtime);
+            }
+            None
+        }
+        Resolution::Shared(report) => {
+            let health = data.health.clone();
+            let backend = Arc::clone(&ticket.backend);
+            Some(tokio::spawn(async move {
+                if report.await {
+                    health.mark_dirty(backend.id(), &backend.runtime);
+                }
+            }))
+        }
     }
 }
 

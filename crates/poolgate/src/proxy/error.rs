@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// 429: every backend of the route is rate limited or cooling down.
     #[error("every backend for this model is rate limited or cooling down")]
     NoneReady { retry_after: Option<Duration> },
+    /// 503: the shared rate limits cannot be checked right now and are set to fail closed.
+    #[error("rate limits cannot be checked right now; try again shortly")]
+    LimiterUnavailable,
     /// 503: every backend of the route is disabled or has a refused key.
     #[error("no backend for this model is available: all are disabled or their keys were refused")]
     Unavailable,
@@ -50,7 +53,9 @@ impl ProxyError {
             ProxyError::KeyRateLimited { .. } | ProxyError::NoneReady { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ProxyError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unavailable | ProxyError::LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -66,6 +71,7 @@ impl ProxyError {
             ProxyError::ModelNotAllowed { .. } => "permission_error",
             ProxyError::KeyRateLimited { .. } | ProxyError::NoneReady { .. } => "rate_limit_error",
             ProxyError::Unavailable | ProxyError::UpstreamFailed { .. } => "upstream_error",
+            ProxyError::LimiterUnavailable => "service_unavailable",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
             ProxyError::Internal { .. } => "server_error",
         }
@@ -78,6 +84,7 @@ impl ProxyError {
             ProxyError::KeyRateLimited { .. }
                 | ProxyError::NoneReady { .. }
                 | ProxyError::Unavailable
+                | ProxyError::LimiterUnavailable
                 | ProxyError::UpstreamFailed { .. }
                 | ProxyError::UpstreamTimeout { .. }
         )
@@ -88,6 +95,7 @@ impl ProxyError {
         match self {
             ProxyError::KeyRateLimited { retry_after, .. } => Some(*retry_after),
             ProxyError::NoneReady { retry_after } => *retry_after,
+            ProxyError::LimiterUnavailable => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

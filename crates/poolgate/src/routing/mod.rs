@@ -14,7 +14,8 @@ use crate::cooldown::{CooldownPolicy, Health, Outcome, ReadyAt};
 use crate::domain::{
     ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, Pool, UpstreamModel,
 };
-use crate::runtime::{Admitted, BackendRuntime};
+use crate::runtime::{Admitted, BackendRuntime, Resolution};
+use crate::shared::{BucketClaim, Refusal};
 
 /// One backend as the proxy sees it: its definition, decrypted key and runtime counters.
 pub struct LiveBackend {
@@ -147,9 +148,26 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// Records the upstream outcome; true when the persisted health changed.
-    pub fn resolve(&mut self, outcome: Outcome, policy: &CooldownPolicy, now: Instant) -> bool {
+    /// Records the upstream outcome (see [`Resolution`]).
+    pub fn resolve(
+        &mut self,
+        outcome: Outcome,
+        policy: &CooldownPolicy,
+        now: Instant,
+    ) -> Resolution {
         self.admitted.resolve(outcome, policy, now)
+    }
+
+    /// Cluster mode: whether the shared call of [`Ticket::confirm`] is needed before sending.
+    pub fn needs_confirm(&self, key_claim: bool) -> bool {
+        self.admitted.needs_confirm(key_claim)
+    }
+
+    /// Cluster mode: the attempt's one shared admission (see [`Admitted::confirm`]).
+    pub async fn confirm(&mut self, key: Option<&BucketClaim>) -> Result<(), Refusal> {
+        let timeout =
+            std::time::Duration::from_secs(u64::from(self.backend.record.timeout_seconds));
+        self.admitted.confirm(key, timeout).await
     }
 }
 
@@ -173,6 +191,9 @@ pub struct Selection<'a, F> {
     start: Option<usize>,
     /// Addresses of the backends already handed out (identity only).
     tried: Vec<usize>,
+    /// Addresses of the backends the shared state refused in this pass (tried again after a
+    /// rewind).
+    refused: Vec<usize>,
     earliest: Option<Instant>,
 }
 
@@ -184,6 +205,7 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
             tier: 0,
             start: None,
             tried: Vec::new(),
+            refused: Vec::new(),
             earliest: None,
         }
     }
@@ -199,7 +221,10 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
                 let index = tier.schedule[(start + step) % len];
                 let member = &tier.members[index];
                 let key = Arc::as_ptr(&member.backend).addr();
-                if self.tried.contains(&key) || !(self.serves)(member.backend.record.api) {
+                if self.tried.contains(&key)
+                    || self.refused.contains(&key)
+                    || !(self.serves)(member.backend.record.api)
+                {
                     continue;
                 }
                 match accept(&member.backend, now) {
@@ -229,6 +254,18 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
         self.tier = 0;
         self.start = None;
         self.earliest = None;
+        self.refused.clear();
+    }
+
+    /// The shared state refused the ticket's backend (cluster mode): it was not tried, it is
+    /// skipped until the next [`Selection::rewind`], and it may be ready at `ready`.
+    pub fn refused(&mut self, ticket: Ticket, ready: ReadyAt) {
+        let key = Arc::as_ptr(&ticket.backend).addr();
+        self.tried.retain(|tried| *tried != key);
+        self.refused.push(key);
+        if let ReadyAt::At(at) = ready {
+            self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+        }
     }
 
     /// The earliest moment a skipped candidate may become ready.

@@ -39,7 +39,7 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
         let limited = UpstreamOutcome::RateLimited {
             retry_after: Some(Duration::from_secs(60)),
         };
-        admitted.resolve(limited, &policy, now);
+        let _ = admitted.resolve(limited, &policy, now);
     }
     Arc::new(LiveBackend {
         record,

@@ -2,9 +2,10 @@
 //! RPM bucket, in-flight count and last error ([`BackendRuntime`]), per client key its RPM bucket
 //! ([`ClientKeyRuntime`]). Each is reached only through a narrow API — admit a request, resolve
 //! its outcome, reset, take a snapshot — so the data plane, the views and the single health
-//! writer ([`HealthSink`]) agree on one state. The registry that creates them lives here too;
-//! a shared (multi-instance) implementation will sit behind the same API.
+//! writer ([`HealthSink`]) agree on one state. The registry that creates them lives here too.
+//! In cluster mode ([`Cluster`]) the same API runs over the state every instance shares.
 
+mod cluster;
 mod health;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -20,7 +22,11 @@ use crate::cooldown::{
 };
 use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth};
 use crate::limits::RpmLimiter;
+use crate::shared::{BucketClaim, BucketKey, Refusal};
 
+use cluster::{SharedAdmission, SharedBackend};
+
+pub use cluster::{ready_at as refusal_ready_at, Cluster};
 pub use health::{health_channel, HealthMessage, HealthQueue, HealthSink};
 
 /// Converts a persisted wall-clock deadline into a monotonic instant.
@@ -44,7 +50,11 @@ pub struct BackendRuntime {
     cooldown: Mutex<CooldownState>,
     in_flight: AtomicU32,
     last_error: Mutex<Option<String>>,
+    /// Cluster mode: the shared state decides admission and holds the cooldown (`limiter` and
+    /// `cooldown` above are then unused but for the limit shown).
+    shared: Option<SharedBackend>,
 }
+
 
 /// What a backend's runtime looks like at one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +97,16 @@ impl BackendRuntime {
             )),
             in_flight: AtomicU32::new(0),
             last_error: Mutex::new(health.last_error.clone()),
+            shared: None,
+        }
+    }
+
+    /// A runtime of `id` over the cluster's shared state (whose cooldown is the truth: the
+    /// persisted health is not restored).
+    pub fn shared(id: BackendId, rpm: u32, cluster: Arc<Cluster>) -> Self {
+        Self {
+            shared: Some(SharedBackend::new(cluster, id)),
+            ..Self::restore(rpm, &PersistedHealth::default(), Instant::now())
         }
     }
 
@@ -94,6 +114,16 @@ impl BackendRuntime {
     /// the single half-open probe slot) and an RPM token; on success the returned [`Admitted`]
     /// holds an in-flight slot until it is dropped. Otherwise says when it may be ready.
     pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Admitted, ReadyAt> {
+        if let Some(shared) = &self.shared {
+            let needs_admit = shared.precheck(self.limiter.rpm() > 0, now)?;
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            return Ok(Admitted {
+                runtime: Arc::clone(self),
+                probe: false,
+                resolved: false,
+                shared: Some(SharedAdmission::new(shared, needs_admit)),
+            });
+        }
         let probe = {
             let mut cooldown = self.cooldown.lock();
             match cooldown.admit(now) {
@@ -115,12 +145,16 @@ impl BackendRuntime {
             runtime: Arc::clone(self),
             probe,
             resolved: false,
+            shared: None,
         })
     }
 
     /// When the backend will next admit a request: the later of its cooldown's end and its next
     /// RPM token (`now` if both are there). None while broken.
     pub fn ready_at(&self, now: Instant) -> Option<Instant> {
+        if let Some(shared) = &self.shared {
+            return shared.ready_at(now);
+        }
         let cooled = match self.cooldown.lock().ready_at(now) {
             ReadyAt::Never => return None,
             ReadyAt::Now => now,
@@ -131,6 +165,9 @@ impl BackendRuntime {
 
     /// The status shown to operators.
     pub fn health(&self, now: Instant) -> Health {
+        if let Some(shared) = &self.shared {
+            return shared.health();
+        }
         self.cooldown.lock().health(now)
     }
 
@@ -139,11 +176,21 @@ impl BackendRuntime {
         *self.last_error.lock() = Some(text);
     }
 
-    /// Admin reset: healthy, no cooldown, no last error. Only the control plane calls this, and
-    /// then persists the result through the health writer.
+    /// Admin reset of this instance's state: healthy, no cooldown, no last error. In cluster
+    /// mode only the last error: the shared cooldown was reset by whoever reset it
+    /// ([`BackendRuntime::reset_everywhere`]).
     pub fn reset(&self) {
         self.cooldown.lock().reset();
         *self.last_error.lock() = None;
+    }
+
+    /// Admin reset, for every instance sharing the state (in cluster mode, through it). Only
+    /// the control plane calls this, and then persists the result through the health writer.
+    pub async fn reset_everywhere(&self) {
+        if let Some(shared) = &self.shared {
+            shared.reset().await;
+        }
+        self.reset();
     }
 
     /// Applies a changed RPM limit, keeping the bucket's fill.
@@ -154,15 +201,28 @@ impl BackendRuntime {
     }
 
     pub fn snapshot(&self, now: Instant) -> RuntimeSnapshot {
-        let (cooldown, health) = {
-            let cooldown = self.cooldown.lock();
-            (cooldown.snapshot(), cooldown.health(now))
+        let (until, consecutive_429, broken, health) = match &self.shared {
+            Some(shared) => {
+                let view = shared.view();
+                (view.until, view.level, view.broken, shared.health())
+            }
+            None => {
+                let cooldown = self.cooldown.lock();
+                let snapshot = cooldown.snapshot();
+                let health = cooldown.health(now);
+                (
+                    snapshot.until,
+                    snapshot.consecutive_429,
+                    snapshot.broken,
+                    health,
+                )
+            }
         };
         RuntimeSnapshot {
             health,
-            cooldown_until: cooldown.until,
-            consecutive_429: cooldown.consecutive_429,
-            broken: cooldown.broken,
+            cooldown_until: until,
+            consecutive_429,
+            broken,
             last_error: self.last_error.lock().clone(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             rpm: self.limiter.rpm(),
@@ -171,40 +231,103 @@ impl BackendRuntime {
 }
 
 /// The right to send one request to a backend: holds an in-flight slot (and, after a cooldown,
-/// the half-open probe slot). Dropped without an outcome, it lets another request probe.
-#[derive(Debug)]
+/// the half-open probe slot). Dropped without an outcome, it lets another request probe. In
+/// cluster mode it may still need [`Admitted::confirm`] before the request is sent.
 pub struct Admitted {
     runtime: Arc<BackendRuntime>,
     probe: bool,
     resolved: bool,
+    shared: Option<SharedAdmission>,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted")
+            .field("probe", &self.is_probe())
+            .field("resolved", &self.resolved)
+            .finish()
+    }
+}
+
+/// How an upstream's outcome was taken in.
+pub enum Resolution {
+    /// By this instance's runtime; true when the persisted part of the health changed (the
+    /// caller then marks the backend dirty for the health writer).
+    Local(bool),
+    /// By the shared state: run this report as its own task; it resolves to whether the
+    /// persisted part changed.
+    Shared(BoxFuture<'static, bool>),
 }
 
 impl Admitted {
-    /// Feeds the upstream's outcome to the cooldown; true when the persisted part changed (the
-    /// caller then marks the backend dirty for the health writer).
+    /// Whether the attempt needs the shared call of [`Admitted::confirm`] before it is sent:
+    /// cluster mode, and the backend has a bucket or a probe to take, or the request's client
+    /// key still has its token to pay (`key_claim`).
+    pub fn needs_confirm(&self, key_claim: bool) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| shared.needs_admit || key_claim)
+    }
+
+    /// The one shared call of an attempt (cluster mode): the backend's RPM bucket, the client
+    /// key's (`key`, taken with the first admitted attempt of a request), the cluster's single
+    /// probe slot and an in-flight lease — all or nothing. `timeout`: the backend's time to
+    /// first byte (a probe slot whose holder vanished is free again after it).
+    pub async fn confirm(
+        &mut self,
+        key: Option<&BucketClaim>,
+        timeout: std::time::Duration,
+    ) -> Result<(), Refusal> {
+        let runtime = Arc::clone(&self.runtime);
+        match (&mut self.shared, &runtime.shared) {
+            (Some(admission), Some(backend)) => {
+                admission
+                    .confirm(backend, runtime.limiter.rpm(), key, timeout)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Feeds the upstream's outcome to the cooldown (this instance's, or the shared one).
     pub fn resolve(
         &mut self,
         outcome: UpstreamOutcome,
         policy: &CooldownPolicy,
         now: Instant,
-    ) -> bool {
+    ) -> Resolution {
         self.resolved = true;
+        if let (Some(admission), Some(backend)) = (&mut self.shared, &self.runtime.shared) {
+            return match admission.report(backend, outcome, policy) {
+                Some(report) => Resolution::Shared(report),
+                None => Resolution::Local(false),
+            };
+        }
         let mut rng = rand::thread_rng();
-        self.runtime
-            .cooldown
-            .lock()
-            .record(outcome, now, policy, &mut rng)
+        Resolution::Local(
+            self.runtime
+                .cooldown
+                .lock()
+                .record(outcome, now, policy, &mut rng),
+        )
     }
 
     /// Whether this request is the half-open probe.
     pub fn is_probe(&self) -> bool {
         self.probe
+            || self
+                .shared
+                .as_ref()
+                .is_some_and(|shared| shared.probe.is_some())
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.runtime.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(admission), Some(backend)) = (&mut self.shared, &self.runtime.shared) {
+            admission.abandon(backend);
+        }
         if self.probe && !self.resolved {
             self.runtime.cooldown.lock().release_probe();
         }
@@ -213,27 +336,61 @@ impl Drop for Admitted {
 
 // === impl ClientKeyRuntime ===
 
-/// The runtime state of one client key: its own RPM bucket.
-#[derive(Debug)]
+/// The runtime state of one client key: its own RPM bucket (in cluster mode, a bucket every
+/// instance shares, paid by the first admitted attempt of a request).
 pub struct ClientKeyRuntime {
     limiter: RpmLimiter,
+    /// Cluster mode: the shared state and this key's id.
+    shared: Option<(Arc<Cluster>, String)>,
+}
+
+impl std::fmt::Debug for ClientKeyRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKeyRuntime")
+            .field("rpm", &self.rpm())
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
 }
 
 impl ClientKeyRuntime {
     pub fn new(rpm: u32) -> Self {
         Self {
             limiter: RpmLimiter::new(rpm),
+            shared: None,
         }
     }
 
-    /// Takes a token, or says how long until one is there.
+    /// A key whose bucket every instance shares.
+    pub fn shared(id: &str, rpm: u32, cluster: Arc<Cluster>) -> Self {
+        Self {
+            shared: Some((cluster, id.to_owned())),
+            ..Self::new(rpm)
+        }
+    }
+
+    /// Takes a token, or says how long until one is there. In cluster mode the token is not
+    /// taken here but by the request's first admitted attempt ([`ClientKeyRuntime::claim`]).
     pub fn admit(&self, now: Instant) -> Result<(), Duration> {
+        if self.shared.is_some() {
+            return Ok(());
+        }
         self.limiter.try_acquire(now)
     }
 
-    /// Gives back the token of a request that reached no upstream.
+    /// Cluster mode, with a limit: the claim on the shared bucket a request pays with its first
+    /// admitted attempt (all or nothing with the backend's).
+    pub fn claim(&self) -> Option<BucketClaim> {
+        let (cluster, id) = self.shared.as_ref()?;
+        cluster.claim(BucketKey::client_rpm(id), self.rpm())
+    }
+
+    /// Gives back the token of a request that reached no upstream (in cluster mode no token was
+    /// taken then: nothing to give back).
     pub fn refund(&self, now: Instant) {
-        self.limiter.refund(now);
+        if self.shared.is_none() {
+            self.limiter.refund(now);
+        }
     }
 
     pub fn rpm(&self) -> u32 {
@@ -250,14 +407,38 @@ impl ClientKeyRuntime {
 // === impl RuntimeRegistry ===
 
 /// Every runtime by stable id. Snapshot rebuilds look runtimes up here, so an edit of a backend
-/// keeps its cooldown and bucket; a new backend starts from its persisted health.
-#[derive(Debug, Default)]
+/// keeps its cooldown and bucket; a new backend starts from its persisted health (in cluster
+/// mode: from the shared state).
+#[derive(Default)]
 pub struct RuntimeRegistry {
     backends: Mutex<HashMap<BackendId, Arc<BackendRuntime>>>,
     client_keys: Mutex<HashMap<String, Arc<ClientKeyRuntime>>>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+impl std::fmt::Debug for RuntimeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeRegistry")
+            .field("backends", &self.backends.lock().len())
+            .field("cluster", &self.cluster.is_some())
+            .finish()
+    }
 }
 
 impl RuntimeRegistry {
+    /// A registry whose runtimes use the cluster's shared state (`None`: this instance's own).
+    pub fn new(cluster: Option<Arc<Cluster>>) -> Self {
+        Self {
+            cluster,
+            ..Self::default()
+        }
+    }
+
+    /// The cluster's shared state, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
     /// The runtime of a backend, created from its persisted health if new; its RPM limit
     /// follows the record.
     pub fn backend(&self, record: &BackendRecord, now: Instant) -> Arc<BackendRuntime> {
@@ -266,11 +447,14 @@ impl RuntimeRegistry {
                 .lock()
                 .entry(record.id.clone())
                 .or_insert_with(|| {
-                    Arc::new(BackendRuntime::restore(
-                        record.rpm_limit,
-                        &record.health,
-                        now,
-                    ))
+                    Arc::new(match &self.cluster {
+                        Some(cluster) => BackendRuntime::shared(
+                            record.id.clone(),
+                            record.rpm_limit,
+                            Arc::clone(cluster),
+                        ),
+                        None => BackendRuntime::restore(record.rpm_limit, &record.health, now),
+                    })
                 }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
@@ -288,7 +472,16 @@ impl RuntimeRegistry {
             self.client_keys
                 .lock()
                 .entry(record.id.clone())
-                .or_insert_with(|| Arc::new(ClientKeyRuntime::new(record.rpm_limit))),
+                .or_insert_with(|| {
+                    Arc::new(match &self.cluster {
+                        Some(cluster) => ClientKeyRuntime::shared(
+                            &record.id,
+                            record.rpm_limit,
+                            Arc::clone(cluster),
+                        ),
+                        None => ClientKeyRuntime::new(record.rpm_limit),
+                    })
+                }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
         runtime

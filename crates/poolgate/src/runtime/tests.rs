@@ -42,7 +42,10 @@ async fn a_rate_limit_cools_then_one_probe_is_admitted() {
         &policy(),
         now,
     );
-    assert!(changed, "a new cooldown is persisted");
+    assert!(
+        matches!(changed, Resolution::Local(true)),
+        "a new cooldown is persisted"
+    );
     drop(ticket);
     assert!(matches!(runtime.admit(now), Err(ReadyAt::At(_))));
     assert_eq!(runtime.ready_at(now), Some(now + Duration::from_secs(10)));
@@ -78,7 +81,10 @@ async fn reset_clears_cooldown_broken_key_and_last_error() {
     let runtime = healthy(0);
     let now = Instant::now();
     let mut ticket = runtime.admit(now).unwrap();
-    assert!(ticket.resolve(UpstreamOutcome::AuthFailed, &policy(), now));
+    assert!(matches!(
+        ticket.resolve(UpstreamOutcome::AuthFailed, &policy(), now),
+        Resolution::Local(true)
+    ));
     drop(ticket);
     runtime.set_last_error("upstream refused the key (401)".into());
     let snapshot = runtime.snapshot(now);

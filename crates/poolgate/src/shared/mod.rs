@@ -47,7 +47,7 @@ use crate::domain::BackendId;
 
 pub use breaker::{Breaker, BreakerChange};
 pub use local::LocalShared;
-pub use redis::{default_instance_id, InvalidRedisUrl, RedisOptions, RedisShared};
+pub use redis::{InvalidRedisUrl, RedisOptions, RedisShared};
 
 /// The largest per-minute limit (and cost) a shared bucket keeps exactly: `limit * 60,000,000`
 /// must stay below 2^53 for Lua's doubles.
@@ -254,6 +254,12 @@ pub trait SharedRuntime: Send + Sync + 'static {
 
     /// Live instances last seen (at least 1: this one).
     fn live_instances(&self) -> u32;
+
+    /// Whether changes made by other instances reach this one as they happen (the cooldown
+    /// change feed); always true for state no other instance shares.
+    fn change_feed_connected(&self) -> bool {
+        true
+    }
 
     /// Local, no I/O: can `backend` be tried, and does it need a shared admission?
     /// `has_claims`: the attempt has buckets to take from.

@@ -1,8 +1,10 @@
-//! The admin API under `/admin/api`: backends, pools, client keys, usage and statistics. Every
+//! The admin API under `/admin/api`: backends, pools, client keys, usage, statistics and this
+//! instance's place in a cluster. Every
 //! route requires the admin token except those in [`super::PUBLIC_ROUTES`]; the OpenAPI document
 //! is generated from the handlers' annotations (utoipa), so it lists exactly the routes served.
 
 pub mod backends;
+pub mod cluster;
 pub mod keys;
 pub mod pools;
 pub mod usage;
@@ -61,6 +63,7 @@ pub fn router(data: DataPlane) -> (Router<AppState>, OpenApiDoc) {
         .routes(routes!(keys::revoke))
         .routes(routes!(usage::list))
         .routes(routes!(usage::stats))
+        .routes(routes!(cluster::show))
         .split_for_parts();
     // Paths in the document are absolute, as clients call them.
     let paths = std::mem::take(&mut doc.paths.paths);

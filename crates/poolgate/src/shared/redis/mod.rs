@@ -30,6 +30,7 @@ use super::{
     Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, CooldownView, FailMode, Lease, Mode,
     Precheck, ProbeToken, Refusal, SharedRuntime,
 };
+use crate::config::default_instance_id;
 use crate::cooldown::{CooldownPolicy, Outcome};
 use crate::domain::BackendId;
 
@@ -71,17 +72,6 @@ impl RedisOptions {
             heartbeat_interval: Duration::from_secs(1),
         }
     }
-}
-
-/// `hostname-pid`, the default instance id.
-pub fn default_instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|host| host.trim().to_owned())
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| "poolgate".to_owned());
-    format!("{host}-{}", std::process::id())
 }
 
 /// A Redis URL that cannot be used.
@@ -160,7 +150,7 @@ impl RedisShared {
     }
 
     /// Leaves the instance registry (graceful shutdown) and stops the background tasks.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         for task in &self.tasks {
             task.abort();
         }
@@ -170,10 +160,6 @@ impl RedisShared {
         let _: Option<i64> = inner.call(&leave).await;
     }
 
-    /// Whether the change feed is connected (for the admin API and metrics).
-    pub fn change_feed_connected(&self) -> bool {
-        self.inner.feed_connected.load(Ordering::Relaxed)
-    }
 }
 
 impl Drop for RedisShared {
@@ -412,6 +398,10 @@ impl SharedRuntime for RedisShared {
 
     fn live_instances(&self) -> u32 {
         self.inner.instances.load(Ordering::Relaxed).max(1)
+    }
+
+    fn change_feed_connected(&self) -> bool {
+        self.inner.feed_connected.load(Ordering::Relaxed)
     }
 
     fn precheck(&self, backend: &BackendId, has_claims: bool, now: Instant) -> Precheck {

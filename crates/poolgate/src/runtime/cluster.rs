@@ -1,0 +1,275 @@
+//! Cluster mode of the runtimes: with shared runtime state ([`crate::shared`], Redis), a
+//! backend's cooldown, probe slot and RPM bucket, and a client key's RPM bucket, are the whole
+//! cluster's. The runtime keeps the same API; what changes underneath:
+//!
+//! - **admit** asks the shared state's local mirror (no I/O): a cooling or broken backend is
+//!   refused at once, a healthy one without limits is sent without any shared call, and the
+//!   rest are admitted *pending* — [`super::Admitted::confirm`] then makes the one atomic shared
+//!   call (the backend's bucket, the client key's on the request's first admitted attempt, the
+//!   cluster's single half-open probe slot, and an in-flight lease, all or nothing);
+//! - **resolve** hands the outcome to the shared cooldown (a success on a healthy backend costs
+//!   nothing); the report runs as its own task, so a client that leaves cannot lose it;
+//! - an in-flight **lease** per attempt (taken in the admission when there is one, else in the
+//!   background), renewed while the attempt lives and released when it ends; a killed instance's
+//!   leases expire.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::cooldown::{CooldownPolicy, Health, Outcome, ReadyAt};
+use crate::domain::BackendId;
+use crate::shared::{
+    Admit, AdmitRequest, BucketClaim, BucketKey, CooldownView, FailMode, Lease, Precheck,
+    ProbeToken, Refusal, SharedRuntime,
+};
+
+/// How long an in-flight lease lives without renewal (renewed every third of it).
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How long past the backend's timeout a probe slot stays held if its holder vanishes.
+const PROBE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The shared runtime state every runtime of this instance uses in cluster mode.
+pub struct Cluster {
+    pub shared: Arc<dyn SharedRuntime>,
+    /// Limits refuse rather than use this instance's share while the shared state is unreachable.
+    pub fail_closed: bool,
+}
+
+impl Cluster {
+    fn fail_mode(&self) -> FailMode {
+        if self.fail_closed {
+            FailMode::Closed
+        } else {
+            FailMode::Open
+        }
+    }
+
+    /// The claim of one request on a bucket of `per_minute` (0 = unlimited: none).
+    pub(super) fn claim(&self, key: BucketKey, per_minute: u32) -> Option<BucketClaim> {
+        (per_minute > 0).then(|| BucketClaim {
+            on_unavailable: self.fail_mode(),
+            ..BucketClaim::one(key, u64::from(per_minute))
+        })
+    }
+}
+
+// === impl SharedBackend ===
+
+/// What a backend's runtime holds in cluster mode.
+pub(super) struct SharedBackend {
+    pub cluster: Arc<Cluster>,
+    pub id: BackendId,
+    /// When the shared bucket last said it has a token again (a hint for `Retry-After`).
+    limited_until: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for SharedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBackend").field("id", &self.id).finish()
+    }
+}
+
+impl SharedBackend {
+    pub fn new(cluster: Arc<Cluster>, id: BackendId) -> Self {
+        Self {
+            cluster,
+            id,
+            limited_until: Mutex::new(None),
+        }
+    }
+
+    fn shared(&self) -> &Arc<dyn SharedRuntime> {
+        &self.cluster.shared
+    }
+
+    /// The local half of an admission: refused, or whether the shared call is needed.
+    pub fn precheck(&self, limited: bool, now: Instant) -> Result<bool, ReadyAt> {
+        match self.shared().precheck(&self.id, limited, now) {
+            Precheck::Ready => Ok(false),
+            Precheck::NeedsAdmit => Ok(true),
+            Precheck::Refused(refusal) => Err(ready_at(&refusal, now)),
+        }
+    }
+
+    /// Remembers a refusal's hint (the shared bucket's next token).
+    pub fn refused(&self, refusal: &Refusal, now: Instant) {
+        if let Refusal::Limited { key, retry_after } = refusal {
+            if *key == BucketKey::backend_rpm(&self.id) {
+                *self.limited_until.lock() = Some(now + *retry_after);
+            }
+        }
+    }
+
+    pub fn view(&self) -> CooldownView {
+        self.shared().cooldown(&self.id)
+    }
+
+    pub fn health(&self) -> Health {
+        let view = self.view();
+        if view.broken {
+            Health::Error
+        } else if view.until.is_some() {
+            Health::Cooling
+        } else {
+            Health::Healthy
+        }
+    }
+
+    /// The later of the shared cooldown's end and the bucket's last hint; `None` while broken.
+    pub fn ready_at(&self, now: Instant) -> Option<Instant> {
+        let view = self.view();
+        if view.broken {
+            return None;
+        }
+        let cooled = view.until.filter(|until| *until > now).unwrap_or(now);
+        let token = self.limited_until.lock().filter(|at| *at > now);
+        Some(token.map_or(cooled, |at| at.max(cooled)))
+    }
+
+    /// Admin reset, on every instance (the shared state tells the others).
+    pub async fn reset(&self) {
+        self.shared().reset(&self.id).await;
+    }
+}
+
+/// What waiting on a refusal means for candidate selection.
+pub fn ready_at(refusal: &Refusal, now: Instant) -> ReadyAt {
+    match refusal.retry_after(now) {
+        None => ReadyAt::Never,
+        Some(wait) => ReadyAt::At(now + wait),
+    }
+}
+
+// === impl SharedAdmission ===
+
+/// The shared half of one admission (cluster mode).
+pub(super) struct SharedAdmission {
+    /// The backend needs the shared call (a bucket, a probe, or a mirror it cannot trust).
+    pub needs_admit: bool,
+    /// This attempt holds the cluster's half-open probe slot.
+    pub probe: Option<ProbeToken>,
+    lease: Option<LeaseKeeper>,
+}
+
+impl SharedAdmission {
+    pub fn new(backend: &SharedBackend, needs_admit: bool) -> Self {
+        // Without a shared call, the lease is taken in the background (never on the path).
+        let lease = (!needs_admit)
+            .then(|| LeaseKeeper::start(Arc::clone(backend.shared()), backend.id.clone(), None));
+        Self {
+            needs_admit,
+            probe: None,
+            lease,
+        }
+    }
+
+    /// The one shared call of this attempt: the backend's bucket, `key` (the client key's
+    /// bucket, first), the probe slot and a lease — all or nothing.
+    pub async fn confirm(
+        &mut self,
+        backend: &SharedBackend,
+        rpm: u32,
+        key: Option<&BucketClaim>,
+        timeout: Duration,
+    ) -> Result<(), Refusal> {
+        let mut claims: Vec<BucketClaim> = key.into_iter().cloned().collect();
+        claims.extend(
+            backend
+                .cluster
+                .claim(BucketKey::backend_rpm(&backend.id), rpm),
+        );
+        let request = AdmitRequest {
+            backend: backend.id.clone(),
+            claims,
+            probe_ttl: timeout + PROBE_MARGIN,
+            lease_ttl: self.lease.is_none().then_some(LEASE_TTL),
+        };
+        match backend.shared().admit(request).await {
+            Admit::Admitted(admitted) => {
+                self.needs_admit = false;
+                self.probe = admitted.probe;
+                if self.lease.is_none() {
+                    self.lease = Some(LeaseKeeper::start(
+                        Arc::clone(backend.shared()),
+                        backend.id.clone(),
+                        admitted.lease,
+                    ));
+                }
+                Ok(())
+            }
+            Admit::Refused(refusal) => {
+                backend.refused(&refusal, Instant::now());
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The report of an outcome, to run as its own task: true when the persisted part of the
+    /// backend's health changed. `None` when there is nothing to report (a success on a healthy
+    /// backend outside a probe).
+    pub fn report(
+        &mut self,
+        backend: &SharedBackend,
+        outcome: Outcome,
+        policy: &CooldownPolicy,
+    ) -> Option<BoxFuture<'static, bool>> {
+        let probe = self.probe.take();
+        let before = backend.view();
+        let healthy = before.until.is_none() && before.level == 0 && !before.broken;
+        if outcome == Outcome::Success && probe.is_none() && healthy {
+            return None;
+        }
+        let shared = Arc::clone(backend.shared());
+        let id = backend.id.clone();
+        let policy = policy.clone();
+        Some(Box::pin(async move {
+            let after = shared.report(&id, outcome, probe, &policy).await;
+            (after.until, after.level, after.broken) != (before.until, before.level, before.broken)
+        }))
+    }
+
+    /// The attempt ended without an outcome: a probe slot still held goes back (in the
+    /// background).
+    pub fn abandon(&mut self, backend: &SharedBackend) {
+        if let Some(probe) = self.probe.take() {
+            let shared = Arc::clone(backend.shared());
+            let id = backend.id.clone();
+            tokio::spawn(async move { shared.release_probe(&id, probe).await });
+        }
+    }
+}
+
+// === impl LeaseKeeper ===
+
+/// One attempt's in-flight lease: a background task takes it (unless the admission did),
+/// renews it every third of its life, and releases it when the keeper is dropped.
+struct LeaseKeeper {
+    _stop: oneshot::Sender<()>,
+}
+
+impl LeaseKeeper {
+    fn start(shared: Arc<dyn SharedRuntime>, backend: BackendId, lease: Option<Lease>) -> Self {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let lease = match lease {
+                Some(lease) => lease,
+                None => shared.acquire_lease(&backend, LEASE_TTL).await,
+            };
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(LEASE_TTL / 3) => {
+                        shared.renew_lease(&lease, LEASE_TTL).await;
+                    }
+                }
+            }
+            shared.release_lease(lease).await;
+        });
+        Self { _stop: stop }
+    }
+}
