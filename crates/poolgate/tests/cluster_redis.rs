@@ -1,0 +1,387 @@
+//! Several gateway instances sharing PostgreSQL and Redis (cluster mode), end to end: real
+//! PostgreSQL and redis-server started by the test on free ports, three in-process gateways
+//! started together, real mock upstreams counting what they see.
+//!
+//! 1. a backend's RPM limit holds across all instances together;
+//! 2. a bucket of 20 admits exactly 20 of 150 simultaneous requests across instances;
+//! 3. a 429 seen by one instance keeps every instance away for its `Retry-After`, the fallback
+//!    serves meanwhile, and one probe in the whole cluster brings the backend back;
+//! 4. a storm of simultaneous 429s raises the backoff level once, and a later, shorter
+//!    `Retry-After` leaves the running cooldown as it is;
+//! 6. Redis killed under load: no 5xx, at most the limit (+15 %) admitted meanwhile, the
+//!    degraded state visible, shared mode back by itself; Redis frozen: no request waits much
+//!    longer than the Redis call timeout.
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+
+mod cluster;
+mod common;
+mod services;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::{backend_toml, chat, chat_as, within, Cluster};
+use futures_util::future::join_all;
+use mock_upstream::{MockUpstream, Reply};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// Redis answering, on a debug build sharing 2 cores with the test's load: 1,000 simultaneous
+/// admissions through three in-process instances can take longer than the default 50 ms call
+/// timeout, which would (rightly) switch instances to their local shares. These tests are about
+/// the shared buckets, so they give Redis time to answer; the timeout and degraded mode are the
+/// subject of the last test, with the defaults.
+const SLOW_MACHINE: &str = "call_timeout_ms = 2000";
+
+fn statuses(answers: &[common::Answer]) -> std::collections::BTreeMap<u16, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for answer in answers {
+        *counts.entry(answer.status).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The whole tokens a bucket of `per_minute` regains in `elapsed`.
+fn regained(per_minute: u64, elapsed: Duration) -> u64 {
+    u64::try_from(u128::from(per_minute) * elapsed.as_millis() / 60_000).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_rpm_limit_holds_across_all_instances_together() {
+    let upstream = MockUpstream::start().await;
+    let toml = backend_toml("a", &upstream.openai_base_url(), "primary", "rpm_limit = 60");
+    let cluster = Cluster::start(3, Some(SLOW_MACHINE), &toml).await;
+
+    let started = Instant::now();
+    let answers = join_all((0..1000).map(|i| chat(&cluster.instances[i % 3]))).await;
+    let elapsed = started.elapsed();
+
+    let counts = statuses(&answers);
+    let ok = counts.get(&200).copied().unwrap_or(0);
+    let limited = counts.get(&429).copied().unwrap_or(0);
+    assert_eq!(ok + limited, 1000, "only 200 and 429: {counts:?}");
+    assert_eq!(upstream.calls(), ok, "every admitted request reached the upstream");
+    // A full bucket of 60, plus what it regains while the test runs (1 per second).
+    let most = 60 + regained(60, elapsed) as usize;
+    assert!(
+        (60..=most).contains(&ok),
+        "{ok} admitted across 3 instances in {elapsed:?}; the limit allows 60..={most}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_key_bucket_of_20_admits_exactly_20_of_150_simultaneous_requests() {
+    let upstream = MockUpstream::start().await;
+    let toml = backend_toml("a", &upstream.openai_base_url(), "primary", "");
+    let cluster = Cluster::start(3, Some(SLOW_MACHINE), &toml).await;
+    let (_, key) = cluster.instances[0]
+        .create_key(json!({"name": "app", "rpm_limit": 20}))
+        .await;
+    // Every instance knows the key (listing models spends no token).
+    for gateway in &cluster.instances {
+        within("the key is known", Duration::from_secs(2), || async {
+            let answer = common::send(
+                gateway
+                    .client
+                    .get(format!("{}/v1/models", gateway.url))
+                    .bearer_auth(&key),
+            )
+            .await;
+            answer.status == 200
+        })
+        .await;
+    }
+
+    let started = Instant::now();
+    let answers = join_all((0..150).map(|i| chat_as(&cluster.instances[i % 3], &key))).await;
+    let elapsed = started.elapsed();
+    let counts = statuses(&answers);
+    let ok = counts.get(&200).copied().unwrap_or(0) as u64;
+    assert_eq!(
+        ok + counts.get(&429).copied().unwrap_or(0) as u64,
+        150,
+        "{counts:?}"
+    );
+    // 20, plus one token per 3 s should the test take that long.
+    assert!(
+        (20..=20 + regained(20, elapsed)).contains(&ok),
+        "{ok} admitted in {elapsed:?}"
+    );
+    let refused = answers.iter().find(|a| a.status == 429).unwrap();
+    assert!(
+        refused.text.contains("20 requests per minute"),
+        "the key's own limit answered: {}",
+        refused.text
+    );
+    assert_eq!(upstream.calls() as u64, ok);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_one_instance_keeps_every_instance_away_and_one_probe_brings_it_back() {
+    let primary = MockUpstream::start().await;
+    let fallback = MockUpstream::start().await;
+    let toml = format!(
+        "[cooldown]\nbase_seconds = 1\nmax_seconds = 60\n{}{}",
+        backend_toml("a", &primary.openai_base_url(), "primary", ""),
+        backend_toml("b", &fallback.openai_base_url(), "fallback", "")
+    );
+    let cluster = Cluster::start(3, Some(""), &toml).await;
+    // Every instance has used the primary once (its view of it is current).
+    for gateway in &cluster.instances {
+        assert_eq!(chat(gateway).await.status, 200);
+    }
+    assert_eq!(primary.calls(), 3);
+
+    primary.push(Reply::rate_limited(Some(3)));
+    let sent = Instant::now();
+    let first = chat(&cluster.instances[0]).await;
+    assert_eq!(first.status, 200, "the fallback serves: {first}");
+    assert_eq!((primary.calls(), fallback.calls()), (4, 1));
+
+    // For the next 2.9 s, requests through every instance go to the fallback only.
+    let mut i = 0;
+    while sent.elapsed() < Duration::from_millis(2_900) {
+        let answer = chat(&cluster.instances[i % 3]).await;
+        assert_eq!(answer.status, 200, "{answer}");
+        assert_eq!(primary.calls(), 4, "instance {} sent to a cooling backend", i % 3);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(i >= 20, "only {i} requests in the cooldown");
+
+    // The cooldown ends at 3 s (no jitter). A burst through all instances at 3.05 s: one probe
+    // (slow to answer) goes to the primary — it is back — everything else to the fallback.
+    tokio::time::sleep_until(sent + Duration::from_millis(3_050)).await;
+    primary.push(Reply::Ok.delayed(500));
+    let burst = join_all((0..30).map(|i| chat(&cluster.instances[i % 3]))).await;
+    assert!(burst.iter().all(|a| a.status == 200), "{:?}", statuses(&burst));
+    assert_eq!(primary.calls(), 5, "exactly one probe in the whole cluster");
+    // The probe succeeded: the primary serves again, on every instance.
+    for gateway in &cluster.instances {
+        within("the primary serves again", Duration::from_secs(1), || async {
+            let before = primary.calls();
+            chat(gateway).await.status == 200 && primary.calls() > before
+        })
+        .await;
+    }
+    cluster.stop().await;
+}
+
+/// The cooldown of backend `id` as instance `i` shows it: (level, absolute end in Unix ms).
+async fn cooldown_of(cluster: &Cluster, i: usize, id: &str) -> (u64, Option<i64>) {
+    let backend: Value = cluster.instances[i].backend(id).await;
+    let level = backend["consecutive_429_count"].as_u64().unwrap();
+    let until = backend["cooldown_until"]
+        .as_str()
+        .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+        .map(|at| at.timestamp_millis());
+    (level, until)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_429s_raises_the_level_once_and_a_shorter_retry_after_changes_nothing() {
+    let upstream = MockUpstream::start().await;
+    let toml = format!(
+        "[cooldown]\nbase_seconds = 60\nmax_seconds = 600\n{}",
+        backend_toml("a", &upstream.openai_base_url(), "primary", "")
+    );
+    let cluster = Cluster::start(3, Some(""), &toml).await;
+    let id = cluster.instances[0].data().live().backends[0]
+        .id()
+        .to_string();
+    // 29 answers 429 (no Retry-After) after 300 ms; the 30th, later, says `Retry-After: 1`.
+    upstream.push_all((0..29).map(|_| Reply::rate_limited(None).delayed(300)));
+    upstream.push(Reply::rate_limited(Some(1)).delayed(1_500));
+    let storm = tokio::spawn({
+        let cluster_urls: Vec<_> = cluster.instances.iter().map(|g| g.url.clone()).collect();
+        async move {
+            let client = reqwest::Client::new();
+            join_all((0..30).map(|i| {
+                client
+                    .post(format!("{}/v1/chat/completions", cluster_urls[i % 3]))
+                    .bearer_auth(common::ADMIN_TOKEN)
+                    .json(&json!({"model": cluster::MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+                    .send()
+            }))
+            .await
+        }
+    });
+    // All 30 were sent before the first 429 came back.
+    within("30 requests reach the upstream", Duration::from_secs(5), || async {
+        upstream.calls() == 30
+    })
+    .await;
+    // After the 29 quick ones: level 1, a 60 s cooldown, the same on every instance.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (level, until) = cooldown_of(&cluster, 0, &id).await;
+    assert_eq!(level, 1, "29 simultaneous 429s are one episode");
+    let until = until.expect("cooling");
+    let left = until - poolgate::domain::now_ms();
+    assert!((55_000..=60_000).contains(&left), "{left} ms left");
+    for i in 1..3 {
+        let (other_level, other_until) = cooldown_of(&cluster, i, &id).await;
+        assert_eq!(other_level, 1);
+        assert!(
+            (other_until.unwrap() - until).abs() < 100,
+            "instance {i} sees the same deadline"
+        );
+    }
+    // The late 429 with `Retry-After: 1` lands: nothing moves.
+    let answers = storm.await.unwrap();
+    assert!(answers
+        .iter()
+        .all(|a| a.as_ref().is_ok_and(|r| r.status() == 429)));
+    let (level_after, until_after) = cooldown_of(&cluster, 1, &id).await;
+    assert_eq!(level_after, 1);
+    assert!((until_after.unwrap() - until).abs() < 100, "not shortened");
+    assert_eq!(upstream.calls(), 30, "nothing was sent while cooling");
+    cluster.stop().await;
+}
+
+/// Sends requests through every instance, `workers` at a time, until `stop` is set; counts the
+/// answers by status and the slowest one.
+struct Load {
+    stop: Arc<AtomicBool>,
+    by_status: Arc<parking_lot::Mutex<std::collections::BTreeMap<u16, usize>>>,
+    slowest: Arc<parking_lot::Mutex<Duration>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &Cluster, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let by_status = Arc::new(parking_lot::Mutex::new(std::collections::BTreeMap::new()));
+        let slowest = Arc::new(parking_lot::Mutex::new(Duration::ZERO));
+        let urls: Vec<String> = cluster.instances.iter().map(|g| g.url.clone()).collect();
+        let client = reqwest::Client::new();
+        let tasks = (0..workers)
+            .map(|worker| {
+                let (stop, by_status, slowest) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&by_status),
+                    Arc::clone(&slowest),
+                );
+                let url = format!("{}/v1/chat/completions", urls[worker % urls.len()]);
+                let client = client.clone();
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let status = client
+                            .post(&url)
+                            .bearer_auth(common::ADMIN_TOKEN)
+                            .json(&json!({"model": cluster::MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+                            .send()
+                            .await
+                            .map_or(0, |r| r.status().as_u16());
+                        let took = started.elapsed();
+                        *by_status.lock().entry(status).or_insert(0) += 1;
+                        {
+                            let mut slowest = slowest.lock();
+                            *slowest = (*slowest).max(took);
+                        }
+                        // Not a busy loop on 429s: a request every ~10 ms per worker.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            by_status,
+            slowest,
+            tasks,
+        }
+    }
+
+    fn reset_slowest(&self) {
+        *self.slowest.lock() = Duration::ZERO;
+    }
+
+    async fn finish(self) -> (std::collections::BTreeMap<u16, usize>, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let counts = self.by_status.lock().clone();
+        let slowest = *self.slowest.lock();
+        (counts, slowest)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_degrades_to_shares_and_comes_back_redis_frozen_costs_the_timeout()
+{
+    let upstream = MockUpstream::start().await;
+    // 600/min = 10/s across the cluster; each of 3 instances gets 200/min while degraded.
+    let toml = backend_toml("a", &upstream.openai_base_url(), "primary", "rpm_limit = 600");
+    let mut cluster = Cluster::start(3, Some(""), &toml).await;
+    assert_eq!(cluster.modes().await, ["shared"; 3]);
+    within("every instance sees 3 alive", Duration::from_secs(3), || async {
+        cluster.view(0).await["runtime_state"]["live_instances"] == 3
+    })
+    .await;
+
+    // Load drains the bucket (600 at once), then runs at what it regains.
+    let load = Load::start(&cluster, 12);
+    within("the bucket is drained", Duration::from_secs(20), || async {
+        load.by_status.lock().get(&429).copied().unwrap_or(0) > 50
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Redis dies. Measured from the kill to its return: what reached the upstream.
+    let redis = cluster.redis.as_mut().unwrap();
+    let before = upstream.calls();
+    let killed = Instant::now();
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cluster.modes().await, ["degraded"; 3], "visible in the admin API");
+    tokio::time::sleep(Duration::from_millis(2_700)).await;
+    let outage = killed.elapsed();
+    let during = upstream.calls() - before;
+    let redis = cluster.redis.as_mut().unwrap();
+    redis.restart().await;
+    // 10 per second for the outage, plus 15 %.
+    let allowed = regained(600, outage) as f64 * 1.15;
+    println!("{during} admitted during a {outage:?} outage (allowed {allowed:.1})");
+    assert!(
+        (during as f64) <= allowed,
+        "{during} admitted in a {outage:?} outage; the limit allows {allowed:.1}"
+    );
+    assert!(during > 0, "degraded mode still admits (each instance its share)");
+
+    // Back to shared mode by itself, within a few seconds.
+    let took = within("shared mode again", Duration::from_secs(5), || async {
+        cluster.modes().await == ["shared"; 3]
+    })
+    .await;
+    println!("shared mode {took:?} after Redis came back");
+    let (counts, _) = load.finish().await;
+    assert!(
+        counts.keys().all(|status| *status == 200 || *status == 429),
+        "no 5xx, no failed request: {counts:?}"
+    );
+
+    // Frozen: calls time out after 50 ms; the breaker opens after 3; nobody waits much longer.
+    let redis = cluster.redis.as_ref().unwrap();
+    let load = Load::start(&cluster, 6);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.reset_slowest();
+    redis.freeze();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (counts, slowest) = load.finish().await;
+    redis.thaw();
+    println!("Redis frozen: slowest request {slowest:?}, answers {counts:?}");
+    assert!(
+        counts.keys().all(|status| *status == 200 || *status == 429),
+        "{counts:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(50 + 300),
+        "the slowest request took {slowest:?} with Redis frozen (call timeout 50 ms)"
+    );
+    cluster.stop().await;
+}
