@@ -107,8 +107,7 @@ pub fn validate_redis(
         ));
     }
     let key_prefix = raw.key_prefix.unwrap_or_else(|| "{poolgate}:".to_owned());
-    if key_prefix.is_empty() || key_prefix.len() > 64 || key_prefix.contains(char::is_whitespace)
-    {
+    if key_prefix.is_empty() || key_prefix.len() > 64 || key_prefix.contains(char::is_whitespace) {
         return Err(Invalid::new(
             "redis.key_prefix",
             "must be 1 to 64 characters without spaces",

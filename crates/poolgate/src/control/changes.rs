@@ -26,7 +26,9 @@ pub enum Change {
     MasterKeyRotated,
     /// The shared database's configuration changed (to `version`), or may have (`None`: the
     /// feed reconnected, notifications may have been missed).
-    Remote { version: Option<i64> },
+    Remote {
+        version: Option<i64>,
+    },
 }
 
 impl Change {

@@ -159,15 +159,15 @@ impl ControlPlane {
         ));
         snapshots.rebuild().await.map_err(ControlError::from)?;
         let instance = InstanceId::generate();
-        let (usage, usage_writer) = usage_writer::spawn_writer(
-            Arc::clone(&stores.usage),
-            &config.usage,
-            &config.data_dir,
-        );
+        let (usage, usage_writer) =
+            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage, &config.data_dir);
         let usage_state = usage_writer.state();
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
         // Another instance may change a shared database: compare versions as a backstop.
-        let backstop = stores.postgres.is_some().then_some(config.database.config_poll);
+        let backstop = stores
+            .postgres
+            .is_some()
+            .then_some(config.database.config_poll);
         let follower = snapshot::spawn_follower(
             Arc::clone(&snapshots),
             changes.subscribe(),

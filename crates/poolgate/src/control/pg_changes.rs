@@ -158,7 +158,10 @@ mod tests {
         let origin = InstanceId::generate();
         let reset = parse(&format!("reset {origin} bkd_a b")).unwrap();
         assert_eq!(reset.origin, origin);
-        assert_eq!(reset.change, Change::CooldownReset(BackendId::new("bkd_a b")));
+        assert_eq!(
+            reset.change,
+            Change::CooldownReset(BackendId::new("bkd_a b"))
+        );
         assert!(parse("config x").is_none());
         assert!(parse("reset not-a-uuid bkd").is_none());
         assert!(parse("other").is_none());

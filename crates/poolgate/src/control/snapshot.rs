@@ -41,11 +41,7 @@ pub(super) struct Snapshots {
 impl Snapshots {
     /// An empty snapshot; call [`Snapshots::rebuild`] to load the stored state.
     /// `cluster`: the shared runtime state the runtimes use (cluster mode).
-    pub fn new(
-        store: Arc<dyn ConfigStore>,
-        sealer: Sealer,
-        cluster: Option<Arc<Cluster>>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer, cluster: Option<Arc<Cluster>>) -> Self {
         Self {
             store,
             sealer: ArcSwap::from_pointee(sealer),

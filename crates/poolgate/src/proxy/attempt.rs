@@ -215,7 +215,10 @@ async fn admit_shared(
             }))
         }
         Refusal::Unavailable { .. } => Err(SharedRefusal::End(ProxyError::LimiterUnavailable)),
-        other => Err(SharedRefusal::Skip(refusal_ready_at(&other, Instant::now()))),
+        other => Err(SharedRefusal::Skip(refusal_ready_at(
+            &other,
+            Instant::now(),
+        ))),
     }
 }
 

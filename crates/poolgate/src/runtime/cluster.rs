@@ -70,7 +70,9 @@ pub(super) struct SharedBackend {
 
 impl std::fmt::Debug for SharedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedBackend").field("id", &self.id).finish()
+        f.debug_struct("SharedBackend")
+            .field("id", &self.id)
+            .finish()
     }
 }
 

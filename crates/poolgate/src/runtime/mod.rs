@@ -55,7 +55,6 @@ pub struct BackendRuntime {
     shared: Option<SharedBackend>,
 }
 
-
 /// What a backend's runtime looks like at one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeSnapshot {

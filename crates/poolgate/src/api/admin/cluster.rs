@@ -110,13 +110,12 @@ pub async fn show(
                 id: backend.id().to_string(),
                 name: backend.record.name.clone(),
                 status: backend.status(now),
-                cooldown_remaining_ms: snapshot
-                    .cooldown_until
-                    .filter(|until| *until > now)
-                    .map(|until| {
+                cooldown_remaining_ms: snapshot.cooldown_until.filter(|until| *until > now).map(
+                    |until| {
                         u64::try_from(until.saturating_duration_since(now).as_millis())
                             .unwrap_or(u64::MAX)
-                    }),
+                    },
+                ),
                 consecutive_429_count: snapshot.consecutive_429,
                 in_flight_here: snapshot.in_flight,
                 in_flight_cluster,

@@ -6,7 +6,10 @@
 //! business.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

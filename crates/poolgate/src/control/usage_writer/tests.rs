@@ -129,8 +129,12 @@ async fn records_wait_in_the_buffer_spill_past_it_and_are_all_written_once_back(
 async fn what_shutdown_cannot_write_is_written_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
-    let (sink, writer) =
-        spawn_writer_with(store.clone(), &settings(), dir.path(), Duration::from_millis(200));
+    let (sink, writer) = spawn_writer_with(
+        store.clone(),
+        &settings(),
+        dir.path(),
+        Duration::from_millis(200),
+    );
     for i in 0..40 {
         sink.open();
         sink.record(record(i));

@@ -159,7 +159,6 @@ impl RedisShared {
         leave.arg("leave").arg(inner.instance_id.as_ref()).arg(0);
         let _: Option<i64> = inner.call(&leave).await;
     }
-
 }
 
 impl Drop for RedisShared {

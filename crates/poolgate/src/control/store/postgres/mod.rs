@@ -12,14 +12,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Postgres;
 
+use super::rows::{backend_from_row, client_key_from_row, corrupt, pool_from_row, status_of};
 use super::{ConfigStore, StoreError};
 use crate::config::DatabaseSettings;
 use crate::domain::{
-    now_ms, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
-    ModelMappings, PersistedHealth, Pool, PoolName, Source,
+    now_ms, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName, Source,
 };
 
 /// The PostgreSQL schema (`migrations/postgres/`).
@@ -64,77 +64,6 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-// === row mapping ===
-
-fn status_of(enabled: bool, health: &PersistedHealth, now: i64) -> BackendStatus {
-    if !enabled {
-        BackendStatus::Disabled
-    } else if health.broken {
-        BackendStatus::Error
-    } else if health.cooldown_until_ms.is_some_and(|until| until > now) {
-        BackendStatus::Cooling
-    } else {
-        BackendStatus::Healthy
-    }
-}
-
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {detail}"))
-}
-
-fn narrow<T: TryFrom<i64>>(what: &str, value: i64) -> Result<T, StoreError>
-where
-    T::Error: std::fmt::Display,
-{
-    T::try_from(value).map_err(|e| corrupt(what, e))
-}
-
-fn pool_from_row(row: &PgRow) -> Result<Pool, StoreError> {
-    Ok(Pool {
-        name: PoolName::new(row.try_get::<String, _>("name")?),
-        priority: row.try_get("priority")?,
-        description: row.try_get("description")?,
-    })
-}
-
-fn backend_from_row(row: &PgRow) -> Result<BackendRecord, StoreError> {
-    let api_text: String = row.try_get("api")?;
-    let source_text: String = row.try_get("source")?;
-    let mappings_text: String = row.try_get("model_mappings")?;
-    let metadata_text: String = row.try_get("metadata")?;
-    let status: String = row.try_get("status")?;
-    let model_mappings: ModelMappings =
-        serde_json::from_str(&mappings_text).map_err(|e| corrupt("model_mappings", e))?;
-    Ok(BackendRecord {
-        id: BackendId::new(row.try_get::<String, _>("id")?),
-        name: row.try_get("name")?,
-        label: row.try_get("label")?,
-        api_base_url: row.try_get("api_base_url")?,
-        api_key_sealed: row.try_get("api_key_sealed")?,
-        api_key_mask: row.try_get("api_key_mask")?,
-        api: ApiKind::parse(&api_text).ok_or_else(|| corrupt("api", &api_text))?,
-        timeout_seconds: narrow("timeout_seconds", row.try_get("timeout_seconds")?)?,
-        rpm_limit: narrow("rpm_limit", row.try_get("rpm_limit")?)?,
-        weight: narrow("weight", row.try_get("weight")?)?,
-        pool: PoolName::new(row.try_get::<String, _>("pool")?),
-        enabled: row.try_get("enabled")?,
-        model_mappings,
-        source: Source::parse(&source_text).ok_or_else(|| corrupt("source", &source_text))?,
-        metadata: serde_json::from_str(&metadata_text).map_err(|e| corrupt("metadata", e))?,
-        health: PersistedHealth {
-            cooldown_until_ms: row.try_get("cooldown_until")?,
-            consecutive_429_count: narrow(
-                "consecutive_429_count",
-                row.try_get("consecutive_429_count")?,
-            )?,
-            broken: status == "error",
-            last_error: row.try_get("last_error")?,
-        },
-        created_at_ms: row.try_get("created_at")?,
-        updated_at_ms: row.try_get("updated_at")?,
-    })
 }
 
 /// Maps constraint failures to the errors the API shows.
@@ -435,23 +364,7 @@ impl ConfigStore for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let models: String = row.try_get("allowed_models")?;
-                let allowed_models: Vec<CanonicalModel> =
-                    serde_json::from_str(&models).map_err(|e| corrupt("allowed_models", e))?;
-                Ok(ClientKeyRecord {
-                    id: row.try_get("id")?,
-                    name: row.try_get("name")?,
-                    display_prefix: row.try_get("display_prefix")?,
-                    secret_hash: row.try_get("secret_hash")?,
-                    rpm_limit: narrow("rpm_limit", row.try_get("rpm_limit")?)?,
-                    allowed_models,
-                    created_at_ms: row.try_get("created_at")?,
-                    revoked_at_ms: row.try_get("revoked_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(client_key_from_row).collect()
     }
 
     async fn insert_client_key(&self, key: &ClientKeyRecord) -> Result<(), StoreError> {

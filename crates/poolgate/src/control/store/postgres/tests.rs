@@ -12,8 +12,9 @@ use sqlx::postgres::PgListener;
 
 use super::*;
 use crate::control::store::sqlite::SqliteStore;
+use crate::control::store::test_support::{record_strategy, usage};
 use crate::control::store::UsageStore;
-use crate::domain::{Outcome, UsageRecord};
+use crate::domain::{CanonicalModel, UsageRecord};
 use crate::usage::stats::{assemble, Stats, StatsQuery, StatsRange};
 use crate::usage::UsageFilter;
 use services::PostgresServer;
@@ -29,29 +30,6 @@ async fn open(server: &PostgresServer, database: &str) -> PgStore {
         .unwrap()
 }
 
-fn usage(i: i64) -> UsageRecord {
-    UsageRecord {
-        request_id: format!("req-{i}"),
-        ts_ms: now_ms() + i,
-        client_key_id: Some("abc".into()),
-        endpoint: "chat.completions".into(),
-        canonical_model: Some(if i % 2 == 0 { "a" } else { "b" }.into()),
-        backend_id: Some("bkd_x".into()),
-        upstream_model: Some("up".into()),
-        pool: Some("primary".into()),
-        attempts: 1,
-        status: 200,
-        outcome: Outcome::Success,
-        error_kind: None,
-        prompt_tokens: Some(10),
-        completion_tokens: Some(5),
-        total_tokens: Some(15),
-        latency_ms: 12,
-        ttfb_ms: Some(3),
-        streamed: false,
-    }
-}
-
 #[tokio::test]
 async fn the_config_store_round_trips_and_versions_every_configuration_write() {
     let server = PostgresServer::start().await;
@@ -63,7 +41,10 @@ async fn the_config_store_round_trips_and_versions_every_configuration_write() {
         .into_iter()
         .map(|p| (p.name.to_string(), p.priority))
         .collect();
-    assert_eq!(pools, [("primary".to_owned(), 0), ("fallback".to_owned(), 1)]);
+    assert_eq!(
+        pools,
+        [("primary".to_owned(), 0), ("fallback".to_owned(), 1)]
+    );
     let mut listener = PgListener::connect_with(store.pool()).await.unwrap();
     listener.listen(CONFIG_CHANNEL).await.unwrap();
     let version = store.config_version().await.unwrap().unwrap();
@@ -195,13 +176,17 @@ async fn usage_batches_are_idempotent_paged_and_partitioned() {
     let store = open(&server, "usage").await;
     let now = now_ms();
     store.prepare_usage(now).await.unwrap();
-    let records: Vec<_> = (0..25).map(usage).collect();
+    let today = |i: i64| UsageRecord {
+        ts_ms: now + i,
+        ..usage(i)
+    };
+    let records: Vec<_> = (0..25).map(today).collect();
     store.insert_usage(&records).await.unwrap();
     // The same batch again (an acknowledgement lost), and a batch naming one request twice.
     store.insert_usage(&records).await.unwrap();
-    let twice = usage(30);
+    let twice = today(30);
     store
-        .insert_usage(&[twice.clone(), twice, usage(31)])
+        .insert_usage(&[twice.clone(), twice, today(31)])
         .await
         .unwrap();
     assert_eq!(store.count_usage().await.unwrap(), 27);
@@ -213,7 +198,7 @@ async fn usage_batches_are_idempotent_paged_and_partitioned() {
         })
         .await
         .unwrap();
-    assert_eq!(first.records[0], usage_with_ts(usage(31), &first.records[0]));
+    assert_eq!(first.records[0], today(31));
     let second = store
         .list_usage(&UsageFilter {
             limit: Some(20),
@@ -246,46 +231,6 @@ async fn usage_batches_are_idempotent_paged_and_partitioned() {
     assert_eq!(store.count_usage().await.unwrap(), 0);
 }
 
-/// `record` with the timestamp of `stored` (usage() reads the clock).
-fn usage_with_ts(record: UsageRecord, stored: &UsageRecord) -> UsageRecord {
-    UsageRecord {
-        ts_ms: stored.ts_ms,
-        ..record
-    }
-}
-
-fn record_strategy() -> impl Strategy<Value = UsageRecord> {
-    (
-        0_i64..60_000,
-        prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
-        prop::option::of(prop::sample::select(vec!["m1", "m2"])),
-        prop::sample::select(vec![
-            (200_u16, Outcome::Success),
-            (400, Outcome::Success),
-            (502, Outcome::Error),
-            (499, Outcome::Cancelled),
-            (200, Outcome::StreamError),
-        ]),
-        0_u64..5_000,
-        prop::option::of(0_u64..5_000),
-        prop::option::of(0_u32..1_000),
-    )
-        .prop_map(
-            |(ts, backend, model, (status, outcome), latency, ttfb, tokens)| UsageRecord {
-                ts_ms: ts,
-                backend_id: backend.map(str::to_owned),
-                canonical_model: model.map(str::to_owned),
-                status,
-                outcome,
-                latency_ms: latency,
-                ttfb_ms: ttfb,
-                prompt_tokens: tokens,
-                completion_tokens: tokens.map(|t| t / 2),
-                ..usage(0)
-            },
-        )
-}
-
 /// Random records, stored in PostgreSQL and in SQLite: every aggregate and series is equal.
 #[test]
 fn statistics_equal_sqlites_for_the_same_records() {
@@ -300,10 +245,7 @@ fn statistics_equal_sqlites_for_the_same_records() {
         (server, pg)
     });
     let mut runner = TestRunner::new(ProptestConfig::with_cases(12));
-    let strategy = (
-        prop::collection::vec(record_strategy(), 0..120),
-        1_i64..30,
-    );
+    let strategy = (prop::collection::vec(record_strategy(), 0..120), 1_i64..30);
     runner
         .run(&strategy, |(records, bucket_seconds)| {
             let records: Vec<UsageRecord> = records

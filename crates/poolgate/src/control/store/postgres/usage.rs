@@ -5,13 +5,12 @@
 //! as SQLite's: counts and sums with `GROUP BY`, nearest-rank percentiles with window functions.
 
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 
-use super::{corrupt, narrow, PgStore};
+use super::PgStore;
+use crate::control::store::rows::{group_from_row, usage_page};
 use crate::control::store::{StoreError, UsageStore};
-use crate::domain::{Outcome, UsageRecord};
-use crate::usage::stats::{Group, GroupStats, StatsRange};
+use crate::domain::UsageRecord;
+use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
 
 /// Day partitions kept ready: today and the next two days.
@@ -69,72 +68,6 @@ SELECT dim, b, k, COUNT(*) AS requests, SUM(failed)::bigint AS errors,
                 THEN ttfb END) AS p50_ttfb
 FROM ranked
 GROUP BY dim, b, k";
-
-fn usage_from_row(row: &PgRow) -> Result<UsageRecord, StoreError> {
-    let outcome: String = row.try_get("outcome")?;
-    let opt_u32 = |name: &str| -> Result<Option<u32>, StoreError> {
-        row.try_get::<Option<i64>, _>(name)?
-            .map(|value| narrow(name, value))
-            .transpose()
-    };
-    Ok(UsageRecord {
-        request_id: row.try_get("request_id")?,
-        ts_ms: row.try_get("ts")?,
-        client_key_id: row.try_get("client_key_id")?,
-        endpoint: row.try_get("endpoint")?,
-        canonical_model: row.try_get("canonical_model")?,
-        backend_id: row.try_get("backend_id")?,
-        upstream_model: row.try_get("upstream_model")?,
-        pool: row.try_get("pool")?,
-        attempts: narrow("attempts", row.try_get("attempts")?)?,
-        status: narrow("status", row.try_get("status")?)?,
-        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
-        error_kind: row.try_get("error_kind")?,
-        prompt_tokens: opt_u32("prompt_tokens")?,
-        completion_tokens: opt_u32("completion_tokens")?,
-        total_tokens: opt_u32("total_tokens")?,
-        latency_ms: narrow("latency_ms", row.try_get("latency_ms")?)?,
-        ttfb_ms: row
-            .try_get::<Option<i64>, _>("ttfb_ms")?
-            .map(|value| narrow("ttfb_ms", value))
-            .transpose()?,
-        streamed: row.try_get("streamed")?,
-    })
-}
-
-fn group_from_row(row: &PgRow) -> Result<GroupStats, StoreError> {
-    let dim: i64 = row.try_get("dim")?;
-    let bucket = || narrow::<usize>("bucket", row.try_get("b")?);
-    let key = || row.try_get::<String, _>("k");
-    let group = match dim {
-        0 => Group::Total,
-        1 => Group::Backend(key()?),
-        2 => Group::Model(key()?),
-        3 => Group::Bucket(bucket()?),
-        4 => Group::BucketBackend(bucket()?, key()?),
-        5 => Group::BucketModel(bucket()?, key()?),
-        other => return Err(corrupt("stats dimension", other)),
-    };
-    let count = |name: &str| -> Result<u64, StoreError> {
-        let value: Option<i64> = row.try_get(name)?;
-        Ok(value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
-    };
-    let value = |name: &str| -> Result<Option<u64>, StoreError> {
-        let value: Option<i64> = row.try_get(name)?;
-        Ok(value.and_then(|v| u64::try_from(v).ok()))
-    };
-    Ok(GroupStats {
-        group,
-        requests: count("requests")?,
-        errors: count("errors")?,
-        cancelled: count("cancelled")?,
-        prompt_tokens: count("prompt_tokens")?,
-        completion_tokens: count("completion_tokens")?,
-        p50_latency_ms: value("p50_latency")?,
-        p95_latency_ms: value("p95_latency")?,
-        p50_ttfb_ms: value("p50_ttfb")?,
-    })
-}
 
 fn wide(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -199,23 +132,7 @@ impl UsageStore for PgStore {
         .bind(filter.status_min.map(i64::from))
         .fetch_all(&self.pool)
         .await?;
-        let has_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-        let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
-        let records = page
-            .iter()
-            .map(usage_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if has_more {
-            page.last()
-                .map(|row| row.try_get::<i64, _>("seq"))
-                .transpose()?
-        } else {
-            None
-        };
-        Ok(UsagePage {
-            records,
-            next_cursor,
-        })
+        usage_page(&rows, limit)
     }
 
     async fn usage_stats(&self, range: &StatsRange<'_>) -> Result<Vec<GroupStats>, StoreError> {

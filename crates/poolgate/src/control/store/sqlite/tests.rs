@@ -1,8 +1,9 @@
 //! Tests of the SQLite store against a real database file in a temp dir.
 
 use super::*;
+use crate::control::store::test_support::usage;
 use crate::control::store::UsageStore;
-use crate::domain::{Outcome, UsageRecord};
+use crate::domain::CanonicalModel;
 
 fn backend(name: &str) -> BackendRecord {
     crate::domain::tests_support::backend_record(name)
@@ -174,29 +175,6 @@ async fn client_keys_and_settings_round_trip() {
     store.put_setting("x", "1").await.unwrap();
     store.put_setting("x", "2").await.unwrap();
     assert_eq!(store.get_setting("x").await.unwrap().as_deref(), Some("2"));
-}
-
-pub(super) fn usage(i: i64) -> UsageRecord {
-    UsageRecord {
-        request_id: format!("req-{i}"),
-        ts_ms: 1_000 + i,
-        client_key_id: Some("abc".into()),
-        endpoint: "chat.completions".into(),
-        canonical_model: Some(if i % 2 == 0 { "a" } else { "b" }.into()),
-        backend_id: Some("bkd_x".into()),
-        upstream_model: Some("up".into()),
-        pool: Some("primary".into()),
-        attempts: 1,
-        status: 200,
-        outcome: Outcome::Success,
-        error_kind: None,
-        prompt_tokens: Some(10),
-        completion_tokens: Some(5),
-        total_tokens: Some(15),
-        latency_ms: 12,
-        ttfb_ms: Some(3),
-        streamed: false,
-    }
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 
-use super::super::tests::{open, usage};
+use super::super::tests::open;
+use crate::control::store::test_support::{record_strategy, usage};
 use crate::control::store::UsageStore;
 use crate::domain::{Outcome, UsageRecord};
 use crate::usage::stats::{assemble, Aggregate, Stats, StatsQuery, StatsRange};
@@ -269,38 +270,6 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
             .collect(),
         series_by_model: models.iter().map(|(k, g)| (k.clone(), series(g))).collect(),
     }
-}
-
-fn record_strategy() -> impl Strategy<Value = UsageRecord> {
-    (
-        0_i64..60_000,
-        prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
-        prop::option::of(prop::sample::select(vec!["m1", "m2"])),
-        prop::sample::select(vec![
-            (200_u16, Outcome::Success),
-            (400, Outcome::Success),
-            (502, Outcome::Error),
-            (499, Outcome::Cancelled),
-            (200, Outcome::StreamError),
-        ]),
-        0_u64..5_000,
-        prop::option::of(0_u64..5_000),
-        prop::option::of(0_u32..1_000),
-    )
-        .prop_map(
-            |(ts, backend, model, (status, outcome), latency, ttfb, tokens)| UsageRecord {
-                ts_ms: ts,
-                backend_id: backend.map(str::to_owned),
-                canonical_model: model.map(str::to_owned),
-                status,
-                outcome,
-                latency_ms: latency,
-                ttfb_ms: ttfb,
-                prompt_tokens: tokens,
-                completion_tokens: tokens.map(|t| t / 2),
-                ..usage(0)
-            },
-        )
 }
 
 proptest! {

@@ -1,0 +1,223 @@
+//! Rows into records, the same for both databases: both stores keep the same columns (times in
+//! Unix ms, integers as 64-bit, JSON as text), so one mapping serves both. [`Columns`] is the
+//! narrow typed reading of a row that each database's row type provides.
+
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::StoreError;
+use crate::domain::{
+    ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
+    ModelMappings, Outcome, PersistedHealth, Pool, PoolName, Source, UsageRecord,
+};
+use crate::usage::stats::{Group, GroupStats};
+use crate::usage::UsagePage;
+
+/// Typed reads of a row's columns by name.
+pub(super) trait Columns {
+    fn text(&self, name: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, name: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, name: &str) -> Result<bool, StoreError>;
+    fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError>;
+}
+
+macro_rules! columns_for {
+    ($($row:ty),*) => {$(
+        impl Columns for $row {
+            fn text(&self, name: &str) -> Result<String, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn int(&self, name: &str) -> Result<i64, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn flag(&self, name: &str) -> Result<bool, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+        }
+    )*};
+}
+
+columns_for!(SqliteRow, PgRow);
+
+pub(super) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {detail}"))
+}
+
+/// A stored integer as the record's narrower type.
+pub(super) fn narrow<T: TryFrom<i64>>(what: &str, value: i64) -> Result<T, StoreError>
+where
+    T::Error: std::fmt::Display,
+{
+    T::try_from(value).map_err(|e| corrupt(what, e))
+}
+
+fn opt_narrow<T: TryFrom<i64>>(what: &str, value: Option<i64>) -> Result<Option<T>, StoreError>
+where
+    T::Error: std::fmt::Display,
+{
+    value.map(|value| narrow(what, value)).transpose()
+}
+
+/// The stored `status` column of a backend (derived; the records keep enabled + health).
+pub(super) fn status_of(enabled: bool, health: &PersistedHealth, now: i64) -> BackendStatus {
+    if !enabled {
+        BackendStatus::Disabled
+    } else if health.broken {
+        BackendStatus::Error
+    } else if health.cooldown_until_ms.is_some_and(|until| until > now) {
+        BackendStatus::Cooling
+    } else {
+        BackendStatus::Healthy
+    }
+}
+
+pub(super) fn pool_from_row(row: &impl Columns) -> Result<Pool, StoreError> {
+    Ok(Pool {
+        name: PoolName::new(row.text("name")?),
+        priority: row.int("priority")?,
+        description: row.text("description")?,
+    })
+}
+
+pub(super) fn backend_from_row(row: &impl Columns) -> Result<BackendRecord, StoreError> {
+    let api_text = row.text("api")?;
+    let source_text = row.text("source")?;
+    let model_mappings: ModelMappings = serde_json::from_str(&row.text("model_mappings")?)
+        .map_err(|e| corrupt("model_mappings", e))?;
+    Ok(BackendRecord {
+        id: BackendId::new(row.text("id")?),
+        name: row.text("name")?,
+        label: row.text("label")?,
+        api_base_url: row.text("api_base_url")?,
+        api_key_sealed: row.text("api_key_sealed")?,
+        api_key_mask: row.text("api_key_mask")?,
+        api: ApiKind::parse(&api_text).ok_or_else(|| corrupt("api", &api_text))?,
+        timeout_seconds: narrow("timeout_seconds", row.int("timeout_seconds")?)?,
+        rpm_limit: narrow("rpm_limit", row.int("rpm_limit")?)?,
+        weight: narrow("weight", row.int("weight")?)?,
+        pool: PoolName::new(row.text("pool")?),
+        enabled: row.flag("enabled")?,
+        model_mappings,
+        source: Source::parse(&source_text).ok_or_else(|| corrupt("source", &source_text))?,
+        metadata: serde_json::from_str(&row.text("metadata")?)
+            .map_err(|e| corrupt("metadata", e))?,
+        health: PersistedHealth {
+            cooldown_until_ms: row.opt_int("cooldown_until")?,
+            consecutive_429_count: narrow(
+                "consecutive_429_count",
+                row.int("consecutive_429_count")?,
+            )?,
+            broken: row.text("status")? == "error",
+            last_error: row.opt_text("last_error")?,
+        },
+        created_at_ms: row.int("created_at")?,
+        updated_at_ms: row.int("updated_at")?,
+    })
+}
+
+pub(super) fn client_key_from_row(row: &impl Columns) -> Result<ClientKeyRecord, StoreError> {
+    let allowed_models: Vec<CanonicalModel> = serde_json::from_str(&row.text("allowed_models")?)
+        .map_err(|e| corrupt("allowed_models", e))?;
+    Ok(ClientKeyRecord {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        display_prefix: row.text("display_prefix")?,
+        secret_hash: row.bytes("secret_hash")?,
+        rpm_limit: narrow("rpm_limit", row.int("rpm_limit")?)?,
+        allowed_models,
+        created_at_ms: row.int("created_at")?,
+        revoked_at_ms: row.opt_int("revoked_at")?,
+    })
+}
+
+pub(super) fn usage_from_row(row: &impl Columns) -> Result<UsageRecord, StoreError> {
+    let outcome = row.text("outcome")?;
+    Ok(UsageRecord {
+        request_id: row.text("request_id")?,
+        ts_ms: row.int("ts")?,
+        client_key_id: row.opt_text("client_key_id")?,
+        endpoint: row.text("endpoint")?,
+        canonical_model: row.opt_text("canonical_model")?,
+        backend_id: row.opt_text("backend_id")?,
+        upstream_model: row.opt_text("upstream_model")?,
+        pool: row.opt_text("pool")?,
+        attempts: narrow("attempts", row.int("attempts")?)?,
+        status: narrow("status", row.int("status")?)?,
+        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+        error_kind: row.opt_text("error_kind")?,
+        prompt_tokens: opt_narrow("prompt_tokens", row.opt_int("prompt_tokens")?)?,
+        completion_tokens: opt_narrow("completion_tokens", row.opt_int("completion_tokens")?)?,
+        total_tokens: opt_narrow("total_tokens", row.opt_int("total_tokens")?)?,
+        latency_ms: narrow("latency_ms", row.int("latency_ms")?)?,
+        ttfb_ms: opt_narrow("ttfb_ms", row.opt_int("ttfb_ms")?)?,
+        streamed: row.flag("streamed")?,
+    })
+}
+
+/// One page of a `list_usage` query that asked for `limit + 1` rows, newest first: the extra
+/// row only says there is a next page (its cursor is the last kept row's `seq`).
+pub(super) fn usage_page(rows: &[impl Columns], limit: i64) -> Result<UsagePage, StoreError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let has_more = rows.len() > limit;
+    let page = &rows[..rows.len().min(limit)];
+    let records = page
+        .iter()
+        .map(usage_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = match page.last() {
+        Some(row) if has_more => Some(row.int("seq")?),
+        _ => None,
+    };
+    Ok(UsagePage {
+        records,
+        next_cursor,
+    })
+}
+
+/// One group of the statistics query (`dim`, `b`, `k` and the aggregates; see the SQLite
+/// store's `STATS_SQL`).
+pub(super) fn group_from_row(row: &impl Columns) -> Result<GroupStats, StoreError> {
+    let bucket = || narrow::<usize>("bucket", row.int("b")?);
+    let key = || row.text("k");
+    let group = match row.int("dim")? {
+        0 => Group::Total,
+        1 => Group::Backend(key()?),
+        2 => Group::Model(key()?),
+        3 => Group::Bucket(bucket()?),
+        4 => Group::BucketBackend(bucket()?, key()?),
+        5 => Group::BucketModel(bucket()?, key()?),
+        other => return Err(corrupt("stats dimension", other)),
+    };
+    let count = |name: &str| -> Result<u64, StoreError> {
+        Ok(row
+            .opt_int(name)?
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0))
+    };
+    let value = |name: &str| -> Result<Option<u64>, StoreError> {
+        Ok(row.opt_int(name)?.and_then(|v| u64::try_from(v).ok()))
+    };
+    Ok(GroupStats {
+        group,
+        requests: count("requests")?,
+        errors: count("errors")?,
+        cancelled: count("cancelled")?,
+        prompt_tokens: count("prompt_tokens")?,
+        completion_tokens: count("completion_tokens")?,
+        p50_latency_ms: value("p50_latency")?,
+        p95_latency_ms: value("p95_latency")?,
+        p50_ttfb_ms: value("p50_ttfb")?,
+    })
+}

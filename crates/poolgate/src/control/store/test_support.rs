@@ -1,0 +1,63 @@
+//! Fixtures for the stores' tests (both databases).
+
+use proptest::prelude::*;
+
+use crate::domain::{Outcome, UsageRecord};
+
+/// A successful request `req-<i>` at `1000 + i` ms, on model `a` (even `i`) or `b`.
+pub fn usage(i: i64) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{i}"),
+        ts_ms: 1_000 + i,
+        client_key_id: Some("abc".into()),
+        endpoint: "chat.completions".into(),
+        canonical_model: Some(if i % 2 == 0 { "a" } else { "b" }.into()),
+        backend_id: Some("bkd_x".into()),
+        upstream_model: Some("up".into()),
+        pool: Some("primary".into()),
+        attempts: 1,
+        status: 200,
+        outcome: Outcome::Success,
+        error_kind: None,
+        prompt_tokens: Some(10),
+        completion_tokens: Some(5),
+        total_tokens: Some(15),
+        latency_ms: 12,
+        ttfb_ms: Some(3),
+        streamed: false,
+    }
+}
+
+/// A random record (time within the first minute, maybe no backend or model, every outcome); its
+/// request id is `req-0`: give each its own before storing them.
+pub fn record_strategy() -> impl Strategy<Value = UsageRecord> {
+    (
+        0_i64..60_000,
+        prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
+        prop::option::of(prop::sample::select(vec!["m1", "m2"])),
+        prop::sample::select(vec![
+            (200_u16, Outcome::Success),
+            (400, Outcome::Success),
+            (502, Outcome::Error),
+            (499, Outcome::Cancelled),
+            (200, Outcome::StreamError),
+        ]),
+        0_u64..5_000,
+        prop::option::of(0_u64..5_000),
+        prop::option::of(0_u32..1_000),
+    )
+        .prop_map(
+            |(ts, backend, model, (status, outcome), latency, ttfb, tokens)| UsageRecord {
+                ts_ms: ts,
+                backend_id: backend.map(str::to_owned),
+                canonical_model: model.map(str::to_owned),
+                status,
+                outcome,
+                latency_ms: latency,
+                ttfb_ms: ttfb,
+                prompt_tokens: tokens,
+                completion_tokens: tokens.map(|t| t / 2),
+                ..usage(0)
+            },
+        )
+}
