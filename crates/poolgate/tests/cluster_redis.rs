@@ -50,7 +50,12 @@ fn regained(per_minute: u64, elapsed: Duration) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_rpm_limit_holds_across_all_instances_together() {
     let upstream = MockUpstream::start().await;
-    let toml = backend_toml("a", &upstream.openai_base_url(), "primary", "rpm_limit = 60");
+    let toml = backend_toml(
+        "a",
+        &upstream.openai_base_url(),
+        "primary",
+        "rpm_limit = 60",
+    );
     let cluster = Cluster::start(3, Some(SLOW_MACHINE), &toml).await;
 
     let started = Instant::now();
@@ -61,7 +66,11 @@ async fn a_backend_rpm_limit_holds_across_all_instances_together() {
     let ok = counts.get(&200).copied().unwrap_or(0);
     let limited = counts.get(&429).copied().unwrap_or(0);
     assert_eq!(ok + limited, 1000, "only 200 and 429: {counts:?}");
-    assert_eq!(upstream.calls(), ok, "every admitted request reached the upstream");
+    assert_eq!(
+        upstream.calls(),
+        ok,
+        "every admitted request reached the upstream"
+    );
     // A full bucket of 60, plus what it regains while the test runs (1 per second).
     let most = 60 + regained(60, elapsed) as usize;
     assert!(
@@ -146,7 +155,12 @@ async fn a_429_on_one_instance_keeps_every_instance_away_and_one_probe_brings_it
     while sent.elapsed() < Duration::from_millis(2_900) {
         let answer = chat(&cluster.instances[i % 3]).await;
         assert_eq!(answer.status, 200, "{answer}");
-        assert_eq!(primary.calls(), 4, "instance {} sent to a cooling backend", i % 3);
+        assert_eq!(
+            primary.calls(),
+            4,
+            "instance {} sent to a cooling backend",
+            i % 3
+        );
         i += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -157,14 +171,22 @@ async fn a_429_on_one_instance_keeps_every_instance_away_and_one_probe_brings_it
     tokio::time::sleep_until(sent + Duration::from_millis(3_050)).await;
     primary.push(Reply::Ok.delayed(500));
     let burst = join_all((0..30).map(|i| chat(&cluster.instances[i % 3]))).await;
-    assert!(burst.iter().all(|a| a.status == 200), "{:?}", statuses(&burst));
+    assert!(
+        burst.iter().all(|a| a.status == 200),
+        "{:?}",
+        statuses(&burst)
+    );
     assert_eq!(primary.calls(), 5, "exactly one probe in the whole cluster");
     // The probe succeeded: the primary serves again, on every instance.
     for gateway in &cluster.instances {
-        within("the primary serves again", Duration::from_secs(1), || async {
-            let before = primary.calls();
-            chat(gateway).await.status == 200 && primary.calls() > before
-        })
+        within(
+            "the primary serves again",
+            Duration::from_secs(1),
+            || async {
+                let before = primary.calls();
+                chat(gateway).await.status == 200 && primary.calls() > before
+            },
+        )
         .await;
     }
     cluster.stop().await;
@@ -210,9 +232,11 @@ async fn a_storm_of_429s_raises_the_level_once_and_a_shorter_retry_after_changes
         }
     });
     // All 30 were sent before the first 429 came back.
-    within("30 requests reach the upstream", Duration::from_secs(5), || async {
-        upstream.calls() == 30
-    })
+    within(
+        "30 requests reach the upstream",
+        Duration::from_secs(5),
+        || async { upstream.calls() == 30 },
+    )
     .await;
     // After the 29 quick ones: level 1, a 60 s cooldown, the same on every instance.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -316,12 +340,19 @@ async fn redis_killed_under_load_degrades_to_shares_and_comes_back_redis_frozen_
 {
     let upstream = MockUpstream::start().await;
     // 600/min = 10/s across the cluster; each of 3 instances gets 200/min while degraded.
-    let toml = backend_toml("a", &upstream.openai_base_url(), "primary", "rpm_limit = 600");
+    let toml = backend_toml(
+        "a",
+        &upstream.openai_base_url(),
+        "primary",
+        "rpm_limit = 600",
+    );
     let mut cluster = Cluster::start(3, Some(""), &toml).await;
     assert_eq!(cluster.modes().await, ["shared"; 3]);
-    within("every instance sees 3 alive", Duration::from_secs(3), || async {
-        cluster.view(0).await["runtime_state"]["live_instances"] == 3
-    })
+    within(
+        "every instance sees 3 alive",
+        Duration::from_secs(3),
+        || async { cluster.view(0).await["runtime_state"]["live_instances"] == 3 },
+    )
     .await;
 
     // Load drains the bucket (600 at once), then runs at what it regains.
@@ -338,7 +369,11 @@ async fn redis_killed_under_load_degrades_to_shares_and_comes_back_redis_frozen_
     let killed = Instant::now();
     redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(cluster.modes().await, ["degraded"; 3], "visible in the admin API");
+    assert_eq!(
+        cluster.modes().await,
+        ["degraded"; 3],
+        "visible in the admin API"
+    );
     tokio::time::sleep(Duration::from_millis(2_700)).await;
     let outage = killed.elapsed();
     let during = upstream.calls() - before;
@@ -351,7 +386,10 @@ async fn redis_killed_under_load_degrades_to_shares_and_comes_back_redis_frozen_
         (during as f64) <= allowed,
         "{during} admitted in a {outage:?} outage; the limit allows {allowed:.1}"
     );
-    assert!(during > 0, "degraded mode still admits (each instance its share)");
+    assert!(
+        during > 0,
+        "degraded mode still admits (each instance its share)"
+    );
 
     // Back to shared mode by itself, within a few seconds.
     let took = within("shared mode again", Duration::from_secs(5), || async {
@@ -383,5 +421,60 @@ async fn redis_killed_under_load_degrades_to_shares_and_comes_back_redis_frozen_
         slowest < Duration::from_millis(50 + 300),
         "the slowest request took {slowest:?} with Redis frozen (call timeout 50 ms)"
     );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_to_fail_closed_answer_503_while_redis_is_down() {
+    let upstream = MockUpstream::start().await;
+    let toml = format!(
+        "{}{}",
+        backend_toml(
+            "limited",
+            &upstream.openai_base_url(),
+            "primary",
+            "rpm_limit = 600"
+        ),
+        // Another model on a backend without limits: nothing to check, it keeps serving.
+        backend_toml("free", &upstream.openai_base_url(), "primary", "")
+            .replace("m = \"up-m\"", "free = \"up-free\"")
+    );
+    let mut cluster = Cluster::start(2, Some("fail_closed = true"), &toml).await;
+    assert_eq!(chat(&cluster.instances[1]).await.status, 200);
+
+    cluster.redis.as_mut().unwrap().kill();
+    for gateway in &cluster.instances {
+        let refused = chat(gateway).await;
+        assert_eq!(refused.status, 503, "{refused}");
+        assert_eq!(
+            refused.json["error"]["code"], "limiter_unavailable",
+            "{refused}"
+        );
+        assert_eq!(refused.retry_after(), Some(1));
+        let free = common::send(
+            gateway
+                .proxy("/v1/chat/completions")
+                .json(&json!({"model": "free", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+        .await;
+        assert_eq!(free.status, 200, "{free}");
+    }
+    // Degraded once the breaker opened (three failed calls; the heartbeat makes one a second).
+    within(
+        "both instances degraded",
+        Duration::from_secs(3),
+        || async { cluster.modes().await == ["degraded"; 2] },
+    )
+    .await;
+    let view = cluster.view(0).await;
+    assert_eq!(view["runtime_state"]["fail_closed"], true);
+
+    cluster.redis.as_mut().unwrap().restart().await;
+    within(
+        "limits are checked again",
+        Duration::from_secs(5),
+        || async { chat(&cluster.instances[0]).await.status == 200 },
+    )
+    .await;
     cluster.stop().await;
 }

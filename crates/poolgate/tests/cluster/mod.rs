@@ -73,7 +73,8 @@ impl Cluster {
             instances: Vec::new(),
         };
         let starting: Vec<String> = (0..n).map(|i| cluster.instance_toml(i)).collect();
-        cluster.instances = join_all(starting.iter().map(|toml| Gateway::start_with(toml, None))).await;
+        cluster.instances =
+            join_all(starting.iter().map(|toml| Gateway::start_with(toml, None))).await;
         cluster
     }
 
@@ -86,7 +87,13 @@ impl Cluster {
         let redis = self
             .redis
             .as_ref()
-            .map(|redis| format!("[redis]\nurl = \"{}\"\n{}\n", redis.url(), self.redis_settings))
+            .map(|redis| {
+                format!(
+                    "[redis]\nurl = \"{}\"\n{}\n",
+                    redis.url(),
+                    self.redis_settings
+                )
+            })
             .unwrap_or_default();
         format!(
             "database_url = \"{}\"\ninstance_id = \"node-{i}\"\nmaster_key_file = \"{}\"\n{}\n{redis}",
@@ -98,7 +105,9 @@ impl Cluster {
 
     /// GET `/admin/api/cluster` of instance `i`.
     pub async fn view(&self, i: usize) -> Value {
-        send(self.instances[i].admin(reqwest::Method::GET, "/cluster")).await.json
+        send(self.instances[i].admin(reqwest::Method::GET, "/cluster"))
+            .await
+            .json
     }
 
     /// The runtime state mode every instance reports (`shared`, `degraded`, `local`).
@@ -106,7 +115,12 @@ impl Cluster {
         let mut modes = Vec::new();
         for i in 0..self.instances.len() {
             let view = self.view(i).await;
-            modes.push(view["runtime_state"]["mode"].as_str().unwrap_or("?").to_owned());
+            modes.push(
+                view["runtime_state"]["mode"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned(),
+            );
         }
         modes
     }
@@ -121,11 +135,9 @@ impl Cluster {
 
 /// A chat completion for [`MODEL`] through `gateway`, with the admin token as client key.
 pub async fn chat(gateway: &Gateway) -> Answer {
-    send(
-        gateway
-            .proxy("/v1/chat/completions")
-            .json(&serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})),
-    )
+    send(gateway.proxy("/v1/chat/completions").json(
+        &serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+    ))
     .await
 }
 

@@ -309,3 +309,14 @@ proptest! {
         prop_assert_eq!(&got.series_by_model, &expected.series_by_model);
     }
 }
+
+#[tokio::test]
+async fn retention_deletes_only_older_records() {
+    let (_dir, store) = open().await;
+    let records: Vec<_> = (0..12_000).map(usage).collect();
+    store.insert_usage(&records).await.unwrap();
+    // Records at 1000..13000 ms; keep those from 11000 on (more than one delete slice goes).
+    assert_eq!(store.prune_usage(11_000).await.unwrap(), 10_000);
+    assert_eq!(store.count_usage().await.unwrap(), 2_000);
+    assert_eq!(store.prune_usage(11_000).await.unwrap(), 0);
+}
