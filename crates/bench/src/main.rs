@@ -11,6 +11,7 @@ mod load;
 mod plot;
 mod procs;
 mod report;
+mod services;
 mod stack;
 mod stats;
 mod suite;
@@ -93,7 +94,7 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
     /// Run only these sections (comma-separated): closed, open, stream, held, startup,
-    /// features, litellm.
+    /// features, cluster, litellm.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }

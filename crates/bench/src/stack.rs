@@ -164,6 +164,8 @@ pub struct PoolgateSpec {
     pub churn_cooldown: bool,
     /// RPM limit of the client key the load uses (0 = unlimited).
     pub client_rpm: u32,
+    /// More `poolgate serve` arguments (`--redis-url …`, `--database-url …`).
+    pub extra_args: Vec<String>,
 }
 
 impl PoolgateSpec {
@@ -229,6 +231,7 @@ pub async fn start_poolgate(
         .arg(dir.join("data"))
         .arg("--config")
         .arg(&config)
+        .args(&spec.extra_args)
         .env("POOLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env_remove("POOLGATE_MASTER_KEY")
         .env_remove("RUST_LOG");

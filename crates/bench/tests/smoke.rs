@@ -128,6 +128,18 @@ fn smoke_run_writes_the_report() {
         );
     }
 
+    // Cluster mode: PostgreSQL and Redis are installed where the tests run (.ci/run).
+    for id in ["cluster_c1", "cluster_c16"] {
+        let s = scenario(id);
+        for label in [
+            "single (SQLite)",
+            "SQLite + Redis",
+            "cluster (PostgreSQL + Redis)",
+        ] {
+            assert!(median(&s["targets"][label]["rps"]) > 0.0, "{id}: `{label}`");
+        }
+    }
+
     let poolgate = &json["resources"]["poolgate"];
     for figure in [
         "rss_idle_mb",
@@ -141,7 +153,7 @@ fn smoke_run_writes_the_report() {
     assert!(json["held_streams"]["open_at_sample"].as_u64().unwrap_or(0) > 0);
 
     let targets = json["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 10);
+    assert_eq!(targets.len(), 11);
     for target in targets {
         let status = target["status"].as_str().expect("status");
         assert!(["met", "missed", "not measured"].contains(&status));
@@ -157,6 +169,7 @@ fn smoke_run_writes_the_report() {
         "## Streaming (SSE)",
         "## Resources",
         "## Cost of poolgate's features",
+        "## Single vs cluster mode",
         "added p50",
         "RSS idle",
         "nginx: skipped",

@@ -2,7 +2,7 @@
 //! throughput against nginx / direct / LiteLLM, streaming, memory, start-up.
 
 use crate::stats::{spread, Compare, Spread};
-use crate::suite::{litellm_label, Results};
+use crate::suite::{cluster, litellm_label, Results};
 
 /// One of the targets, checked against this run.
 pub struct Goal {
@@ -211,6 +211,21 @@ pub fn goals(results: &Results) -> Vec<Goal> {
         value: idle,
         unit: "MB",
         met: check(idle, |v| v <= 20.0),
+    });
+    let admission = paired(
+        results,
+        "cluster_c1",
+        cluster::CLUSTER,
+        cluster::SINGLE,
+        Compare::Added("p50_us"),
+    );
+    goals.push(Goal {
+        id: "cluster_admission_added_p50",
+        what: "cluster mode (PostgreSQL + Redis, RPM limits on): added p50 per request against single mode, 1 connection",
+        goal: "≤ 150 µs",
+        value: admission,
+        unit: "µs",
+        met: check(admission, |v| v <= 150.0),
     });
     let startup = resource(results, "poolgate", "startup_ms");
     goals.push(Goal {

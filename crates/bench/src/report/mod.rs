@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 mod goals;
 
 use crate::stats::{Compare, Scenario, Spread};
-use crate::suite::{features, litellm_label, Results};
+use crate::suite::{cluster, features, litellm_label, Results};
 
 use goals::{goals, litellm_best, resource};
 
@@ -127,6 +127,7 @@ fn to_markdown(results: &Results) -> String {
     stream_table(&mut md, results);
     resource_table(&mut md, results);
     feature_table(&mut md, results);
+    cluster_table(&mut md, results);
     litellm_table(&mut md, results);
     md
 }
@@ -378,6 +379,55 @@ fn feature_table(md: &mut String, results: &Results) {
     let _ = writeln!(
         md,
         "\nEvery configuration records usage (it cannot be switched off); its cost is the SQLite column. *429 churn*: 5 of 10 backends answer every request with 429; cooldowns of 10 ms make them cool, probe and fail over continuously."
+    );
+}
+
+fn cluster_table(md: &mut String, results: &Results) {
+    let scenarios: Vec<&Scenario> = results
+        .scenarios
+        .iter()
+        .filter(|s| s.kind == "cluster")
+        .collect();
+    if scenarios.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Single vs cluster mode (one instance)\n\n| configuration | connections | req/s | vs single | p50 | p99 | added p50 | added p99 | CPU ms / 1k req (incl. Redis) |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for s in scenarios {
+        for target in cluster::LABELS {
+            if !s.runs.contains_key(target) {
+                continue;
+            }
+            let cmp = |c| {
+                if target == s.baseline {
+                    "–".to_owned()
+                } else {
+                    match c {
+                        Compare::Ratio(_) => ratio(s.paired(target, &s.baseline, c)),
+                        Compare::Added(_) => fmt(s.paired(target, &s.baseline, c), 1),
+                    }
+                }
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                target,
+                s.param,
+                fmt(s.summary(target, "rps"), 0),
+                cmp(Compare::Ratio("rps")),
+                fmt(s.summary(target, "p50_us"), 1),
+                fmt(s.summary(target, "p99_us"), 1),
+                cmp(Compare::Added("p50_us")),
+                cmp(Compare::Added("p99_us")),
+                fmt(s.summary(target, "cpu_ms_per_1k"), 1),
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nBackend and client-key RPM limits are on (10,000,000/min: every request is admitted, and every one takes from both buckets). Single mode takes them from this instance's buckets; with Redis, each request's admission is one atomic Redis call (both buckets, the cooldown and the probe slot). Redis's CPU is counted with the configurations that use it."
     );
 }
 

@@ -51,6 +51,7 @@ impl Bench<'_> {
                     backends: backends("fast", fast, 1, 0),
                     churn_cooldown: false,
                     client_rpm: 0,
+                    extra_args: Vec::new(),
                 },
             ),
             (
@@ -60,6 +61,7 @@ impl Bench<'_> {
                     backends: backends("fast", fast, 50, 0),
                     churn_cooldown: false,
                     client_rpm: 0,
+                    extra_args: Vec::new(),
                 },
             ),
             (
@@ -69,6 +71,7 @@ impl Bench<'_> {
                     backends: backends("fast", fast, 1, 10_000_000),
                     churn_cooldown: false,
                     client_rpm: 10_000_000,
+                    extra_args: Vec::new(),
                 },
             ),
             (
@@ -78,6 +81,7 @@ impl Bench<'_> {
                     backends: churn,
                     churn_cooldown: true,
                     client_rpm: 0,
+                    extra_args: Vec::new(),
                 },
             ),
         ];

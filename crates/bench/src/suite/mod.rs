@@ -8,11 +8,14 @@
 //! 5. **held** — 5,000 streams open at once through a fresh poolgate: its memory.
 //! 6. **startup** — fresh data dir -> first proxied request answered, repeated.
 //! 7. **features** — poolgate with 1 vs 50 backends, RPM limits on, 429 churn on half.
-//! 8. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
+//! 8. **cluster** — one poolgate in single mode vs cluster mode (PostgreSQL + Redis, started
+//!    here when installed), RPM limits on: what the shared (Redis) admission adds per request.
+//! 9. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
 //!
 //! Each scenario runs every target `repeats` times, interleaved (the order rotates per repeat),
 //! so each comparison is made between runs minutes apart at most.
 
+pub mod cluster;
 pub mod features;
 mod litellm;
 mod measure;
@@ -190,6 +193,9 @@ impl Bench<'_> {
         }
         if self.opts.runs("features") {
             self.features(&stack.fast).await?;
+        }
+        if self.opts.runs("cluster") {
+            self.cluster(&stack.fast).await?;
         }
         if self.opts.litellm && self.opts.runs("litellm") {
             if let Err(error) = self.litellm(&stack).await {
@@ -499,5 +505,6 @@ fn main_spec(fast: &Mock, gap: &Mock, slow: &Mock) -> PoolgateSpec {
         ],
         churn_cooldown: false,
         client_rpm: 0,
+        extra_args: Vec::new(),
     }
 }
