@@ -55,12 +55,16 @@
 //!   included).
 //! - [`domain`]: ids, records, and the validation rules for what users hand us.
 //! - [`error`]: `InitError` at start-up. [`files`]: the data dir, its lock, secret files.
+//!   [`logging`]: log output with the instance id on every line.
 //! - [`crypto`]: AES-256-GCM for upstream keys at rest; client key hashing.
-//! - [`control`]: the control plane — changes, the change feed, snapshot building, the usage and
-//!   health writers, the master key, and the (private) store: `ConfigStore` and `UsageStore`
-//!   opened from the database URL, SQLite today.
+//! - [`control`]: the control plane — changes, the change feed (in-process, or PostgreSQL
+//!   `LISTEN/NOTIFY` with a version check), snapshot building, the usage and health writers, the
+//!   master key, and the (private) store: `ConfigStore` and `UsageStore` opened from the
+//!   database URL, SQLite or PostgreSQL.
 //! - [`state`]: the data plane's context and the `Live` snapshot. [`runtime`]: per-backend and
-//!   per-key runtime state behind a narrow API.
+//!   per-key runtime state behind a narrow API — this instance's own, or in cluster mode the
+//!   state every instance shares ([`shared`]: Redis, one atomic script per admission, a local
+//!   mirror of the cooldowns, a degraded mode on the instance's share of each limit).
 //! - [`routing`], [`limits`], [`cooldown`]: candidate selection and readiness.
 //! - [`providers`], [`translate`], [`sse`], [`proxy`]: wire formats, translation between them, the
 //!   SSE framer, and the forwarding pipeline.
