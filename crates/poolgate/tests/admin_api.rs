@@ -177,6 +177,7 @@ async fn every_documented_admin_route_requires_the_admin_token() {
         ("/admin/api/keys/{id}", "delete"),
         ("/admin/api/usage", "get"),
         ("/admin/api/stats", "get"),
+        ("/admin/api/cluster", "get"),
     ]
     .into_iter()
     .map(|(p, m)| (p.to_owned(), m.to_owned()))
@@ -1997,5 +1998,31 @@ async fn a_backend_whose_key_cannot_be_decrypted_says_why() {
             .is_some_and(|e| e.contains("key") || e.contains("decrypt")),
         "an operator cannot tell why the backend is out of rotation: {view}"
     );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn the_cluster_view_of_a_single_instance_says_it_keeps_its_own_state() {
+    let upstream = MockUpstream::start().await;
+    let gateway = Gateway::start_with("instance_id = \"solo-1\"\n", None).await;
+    gateway
+        .add_backend(backend_body("one", &upstream.openai_base_url(), "sk-one-key-000001", "m"))
+        .await;
+    assert_eq!(gateway.chat("m").await.0, 200);
+    let view = admin_call(&gateway, Method::GET, "/cluster").await;
+    assert_eq!(view.status, 200, "{view}");
+    let view = view.json;
+    assert_eq!(view["instance_id"], "solo-1");
+    assert_eq!(view["database"], "sqlite");
+    assert_eq!(view["config_feed"]["kind"], "local");
+    assert_eq!(view["runtime_state"]["mode"], "local");
+    assert_eq!(view["runtime_state"]["live_instances"], 1);
+    assert_eq!(view["usage_writer"]["database_failing"], false);
+    let backends = view["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 1);
+    assert_eq!(backends[0]["name"], "one");
+    assert_eq!(backends[0]["status"], "healthy");
+    assert_eq!(backends[0]["in_flight_here"], 0);
+    assert!(backends[0]["in_flight_cluster"].is_null());
     gateway.stop().await;
 }
