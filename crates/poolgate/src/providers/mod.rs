@@ -5,6 +5,7 @@
 pub mod anthropic;
 pub mod openai;
 pub mod openai_chat;
+pub mod responses;
 
 use bytes::Bytes;
 use http::HeaderMap;
