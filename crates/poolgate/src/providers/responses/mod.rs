@@ -278,13 +278,19 @@ pub fn build_request(
 
 // === reading answers ===
 
-/// What poolgate reads from a Response object: its id (for affinity) and usage.
+/// What poolgate reads from a Response object: its id (for affinity), usage, and what a
+/// failure event written in its place needs (model, creation time).
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct ResponseSummary {
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
     pub usage: Option<ResponseUsage>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Seconds; a float in the SDK's type, an integer on the wire.
+    #[serde(default)]
+    pub created_at: Option<f64>,
 }
 
 /// The id and usage of a JSON Response object.

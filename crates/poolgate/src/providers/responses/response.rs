@@ -168,9 +168,9 @@ pub struct InputTokensDetails {
     /// Input tokens read from the prompt cache.
     #[serde(default)]
     pub cached_tokens: u32,
-    /// Input tokens written to the prompt cache, when the upstream says (Anthropic does).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_write_tokens: Option<u32>,
+    /// Input tokens written to the prompt cache (Anthropic reports them; 0 when unknown).
+    #[serde(default)]
+    pub cache_write_tokens: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

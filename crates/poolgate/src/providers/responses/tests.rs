@@ -131,7 +131,7 @@ fn response_object_serializes_the_fields_the_sdk_requires() {
             input_tokens: 10,
             input_tokens_details: InputTokensDetails {
                 cached_tokens: 4,
-                cache_write_tokens: None,
+                cache_write_tokens: 0,
             },
             output_tokens: 3,
             output_tokens_details: OutputTokensDetails {
@@ -153,7 +153,7 @@ fn response_object_serializes_the_fields_the_sdk_requires() {
                  "content": [{"type": "output_text", "text": "Hi", "annotations": [], "logprobs": []}]},
                 {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": "{}", "status": "completed"}
             ],
-            "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4},
+            "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
                       "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 13},
             "previous_response_id": null,
             "instructions": null, "max_output_tokens": null, "parallel_tool_calls": true,
