@@ -3,8 +3,11 @@
 //! OpenAI-compatible format (also what clients speak to poolgate).
 
 pub mod anthropic;
+pub mod azure;
+pub mod count_tokens;
 pub mod openai;
 pub mod openai_chat;
+pub mod responses;
 
 use bytes::Bytes;
 use http::HeaderMap;

@@ -3,6 +3,9 @@
 //! smooth weighted round-robin. The balancer yields candidates, [`accept`] filters them
 //! (enabled, not cooling, not broken, RPM token available): readiness filters, balancing chooses.
 
+pub mod affinity;
+pub mod models;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
