@@ -20,11 +20,10 @@ mod tests;
 
 use serde::Deserialize;
 
-// The one import of the SSE framer's types (it moves to `crate::sse` with issue #9).
-pub(crate) use crate::proxy::sse::{encode_event, SseEvent};
+pub(crate) use crate::sse::{encode_event, SseEvent};
 
 use crate::providers::anthropic;
-use crate::providers::openai_chat::ChatUsage;
+use crate::providers::TokenUsage;
 use crate::providers::responses::request::{ItemStatus, ResponsesRequest, ToolChoice};
 use crate::providers::responses::response::{
     InputTokensDetails, OutputTokensDetails, RequestEcho, ResponseUsage,
@@ -149,7 +148,7 @@ impl Finish {
     }
 }
 
-/// The parts of a Chat Completions `usage` the shared [`ChatUsage`] does not keep.
+/// The parts of a Chat Completions `usage` the shared [`TokenUsage`] does not keep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct ChatUsageDetails {
     #[serde(default)]
@@ -191,7 +190,7 @@ impl ChatUsageDetails {
 }
 
 /// Chat Completions usage → Responses usage.
-pub fn usage_from_chat(usage: &ChatUsage, details: ChatUsageDetails) -> ResponseUsage {
+pub fn usage_from_chat(usage: &TokenUsage, details: ChatUsageDetails) -> ResponseUsage {
     ResponseUsage {
         input_tokens: usage.prompt_tokens,
         input_tokens_details: InputTokensDetails {

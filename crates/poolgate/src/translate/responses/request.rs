@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ResponsesError;
-use crate::error::ApiError;
+use crate::translate::TranslateError;
 use crate::providers::anthropic::MessagesRequest;
 use crate::providers::openai_chat::{
     ChatContent, ChatMessage, ChatRequest, ChatTool, ChatToolChoice, ContentPart as ChatPart,
@@ -158,8 +158,8 @@ pub fn to_messages(
     chat_to_messages::request(chat, upstream_model, default_max_tokens).map_err(|error| {
         match error {
             // Chat paths (`messages`) are `input` items here.
-            ApiError::InvalidRequest { message, .. } => {
-                ResponsesError::unsupported("input", message)
+            TranslateError::Unsupported(invalid) => {
+                ResponsesError::unsupported("input", invalid.message)
             }
             other => ResponsesError::invalid("input", other.to_string()),
         }
