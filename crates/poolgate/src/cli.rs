@@ -272,6 +272,8 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
         enabled: None,
         model_mappings,
         metadata: None,
+        responses: None,
+        api_version: None,
     };
     // `add` may create the database (provisioning before the first start) — but not for input
     // the control plane would refuse anyway: the same rules, checked before anything is created.

@@ -12,12 +12,19 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
 use crate::cooldown::CooldownPolicy;
-use crate::domain::{validate_name, BackendSpec, Invalid, Pool, PoolName};
+use crate::domain::models::validate_alias_table;
+use crate::domain::sticky::StickySettings;
+use crate::domain::{validate_name, BackendSpec, CanonicalModel, Invalid, Pool, PoolName};
 use crate::error::InitError;
 
 pub use database::DatabaseUrl;
-pub use raw::{RawBackend, RawConfig, RawCooldown, RawPool, RawProxy, RawUsage};
+pub use raw::{
+    RawBackend, RawConfig, RawCooldown, RawPool, RawProxy, RawResponses, RawRouting, RawSticky,
+    RawUsage,
+};
 use validate::{validate_backend, validate_cooldown, validate_proxy};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -83,6 +90,28 @@ impl Default for UsageSettings {
     }
 }
 
+/// How much response and session affinity the gateway keeps in memory.
+#[derive(Clone, Debug)]
+pub struct AffinitySettings {
+    /// How long a response id's owner is remembered (`[responses] owner_ttl_hours`, default 720
+    /// = 30 days, OpenAI's retention of stored responses).
+    pub owner_ttl: Duration,
+    /// Response owners kept in memory (`[responses] owner_max_entries`, default 200000).
+    pub owner_max_entries: usize,
+    /// Sticky sessions kept in memory (`[routing.sticky] max_entries`, default 100000).
+    pub session_max_entries: usize,
+}
+
+impl Default for AffinitySettings {
+    fn default() -> Self {
+        Self {
+            owner_ttl: Duration::from_secs(720 * 3600),
+            owner_max_entries: 200_000,
+            session_max_entries: 100_000,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -97,6 +126,11 @@ pub struct Config {
     pub usage: UsageSettings,
     pub pools: Vec<Pool>,
     pub backends: Vec<BackendSpec>,
+    /// The config file's aliases (written to the store at every start, `source = config`).
+    pub aliases: BTreeMap<String, CanonicalModel>,
+    /// The config file's `[routing.sticky]`, if any (written to the store at every start).
+    pub sticky: Option<StickySettings>,
+    pub affinity: AffinitySettings,
 }
 
 impl Default for Config {
@@ -112,6 +146,9 @@ impl Default for Config {
             usage: UsageSettings::default(),
             pools: Vec::new(),
             backends: Vec::new(),
+            aliases: BTreeMap::new(),
+            sticky: None,
+            affinity: AffinitySettings::default(),
         }
     }
 }
@@ -209,6 +246,24 @@ impl Config {
             backends.push(spec);
         }
 
+        let aliases: BTreeMap<String, CanonicalModel> = raw
+            .aliases
+            .into_iter()
+            .map(|(alias, target)| (alias, CanonicalModel::new(target)))
+            .collect();
+        validate_alias_table(&aliases, &|alias| format!("aliases.{alias}"))?;
+        let sticky = raw
+            .routing
+            .sticky
+            .as_ref()
+            .map(|sticky| {
+                sticky
+                    .settings()
+                    .validate(&|field| format!("routing.sticky.{field}"))
+            })
+            .transpose()?;
+        let affinity = validate_affinity(&raw.routing, &raw.responses)?;
+
         let data_dir = overrides
             .data_dir
             .or(raw.data_dir)
@@ -228,8 +283,46 @@ impl Config {
             usage,
             pools,
             backends,
+            aliases,
+            sticky,
+            affinity,
         })
     }
+}
+
+fn validate_affinity(
+    routing: &RawRouting,
+    responses: &RawResponses,
+) -> Result<AffinitySettings, Invalid> {
+    let defaults = AffinitySettings::default();
+    let entries = |field: &str, value: Option<usize>, default: usize| match value {
+        None => Ok(default),
+        Some(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        Some(_) => Err(Invalid::new(field, "must be between 1 and 10000000")),
+    };
+    let owner_ttl = match responses.owner_ttl_hours {
+        None => defaults.owner_ttl,
+        Some(hours) if (1..=8760).contains(&hours) => Duration::from_secs(hours * 3600),
+        Some(_) => {
+            return Err(Invalid::new(
+                "responses.owner_ttl_hours",
+                "must be between 1 and 8760 hours",
+            ))
+        }
+    };
+    Ok(AffinitySettings {
+        owner_ttl,
+        owner_max_entries: entries(
+            "responses.owner_max_entries",
+            responses.owner_max_entries,
+            defaults.owner_max_entries,
+        )?,
+        session_max_entries: entries(
+            "routing.sticky.max_entries",
+            routing.sticky.as_ref().and_then(|s| s.max_entries),
+            defaults.session_max_entries,
+        )?,
+    })
 }
 
 /// Parses TOML, naming the path of the first bad value.

@@ -17,6 +17,7 @@ use super::*;
 use crate::config::DatabaseUrl;
 use crate::cooldown::{CooldownPolicy, Health, Outcome as UpstreamOutcome};
 use crate::crypto::{MasterKey, Sealer};
+use crate::domain::AliasRecord;
 use crate::domain::{BackendInput, BackendSpec, ClientKeyRecord, PersistedHealth, PoolName};
 
 // === a store that fails or waits when told to ===
@@ -131,6 +132,22 @@ impl ConfigStore for FlakyStore {
         self.write()?;
         self.inner.put_setting(key, value).await
     }
+    async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError> {
+        self.read()?;
+        self.inner.list_aliases().await
+    }
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.put_alias(alias).await
+    }
+    async fn delete_alias(&self, alias: &str) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.delete_alias(alias).await
+    }
+    async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.sync_config_aliases(aliases).await
+    }
 }
 
 // === harness ===
@@ -165,6 +182,7 @@ async fn harness_with(configure: impl FnOnce(&mut Config)) -> Harness {
         Stores {
             config: flaky,
             usage: sqlite.clone(),
+            affinity: sqlite.clone(),
         },
         Sealer::new(MasterKey::generate(), 1),
         MasterKeySource::Env,
@@ -213,7 +231,7 @@ async fn a_change_is_validated_once_sealed_stored_published_and_served() {
     assert_eq!(published.change, Change::BackendCreated(record.id.clone()));
     assert_eq!(published.origin, h.control.instance());
     let live = h.control.live();
-    assert!(live.routes.contains_key("m"), "the snapshot serves it");
+    assert!(live.routes.contains_exact("m"), "the snapshot serves it");
     h.control.shutdown().await;
 }
 

@@ -25,9 +25,8 @@ use serde::Deserialize;
 use super::responses::ResponsesCall;
 use super::{Endpoint, UpstreamRequest};
 use crate::cooldown::parse_retry_after;
-
-/// The latest generally available data-plane version for deployment URLs.
-pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+pub use crate::domain::azure::DEFAULT_API_VERSION;
+use crate::domain::azure::{is_api_version, is_deployment, is_v1_base};
 
 /// What is wrong with an Azure backend's settings or a value put into its URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,12 +45,7 @@ pub struct ApiVersion(String);
 
 impl ApiVersion {
     pub fn parse(text: &str) -> Result<ApiVersion, AzureError> {
-        let valid = !text.is_empty()
-            && text.len() <= 32
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        if valid {
+        if is_api_version(text) {
             Ok(ApiVersion(text.to_owned()))
         } else {
             Err(AzureError::InvalidApiVersion(text.to_owned()))
@@ -72,6 +66,26 @@ pub enum AzureForm {
     V1 { api_version: Option<ApiVersion> },
 }
 
+impl AzureForm {
+    /// The form a backend's settings name: the v1 form for a base URL ending in `/openai/v1`,
+    /// deployment URLs otherwise (with `api_version`, default [`DEFAULT_API_VERSION`]).
+    pub fn of(base_url: &str, api_version: Option<&str>) -> Result<AzureForm, AzureError> {
+        let version = api_version.map(ApiVersion::parse).transpose()?;
+        Ok(if is_v1_base(base_url) {
+            AzureForm::V1 {
+                api_version: version,
+            }
+        } else {
+            AzureForm::Deployments {
+                api_version: match version {
+                    Some(version) => version,
+                    None => ApiVersion::parse(DEFAULT_API_VERSION)?,
+                },
+            }
+        })
+    }
+}
+
 /// What an Azure backend is asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AzureOperation {
@@ -82,12 +96,21 @@ pub enum AzureOperation {
 }
 
 impl From<Endpoint> for AzureOperation {
+    /// The operation of a plain call (Responses API calls carry their own, with the id).
     fn from(endpoint: Endpoint) -> Self {
         match endpoint {
-            // Anthropic clients are served through Chat Completions.
-            Endpoint::ChatCompletions | Endpoint::Messages => AzureOperation::ChatCompletions,
             Endpoint::Completions => AzureOperation::Completions,
             Endpoint::Embeddings => AzureOperation::Embeddings,
+            // Anthropic clients (and Responses clients of backends without it) are served
+            // through Chat Completions; count_tokens never reaches an Azure backend.
+            Endpoint::ChatCompletions
+            | Endpoint::Messages
+            | Endpoint::CountTokens
+            | Endpoint::Responses
+            | Endpoint::ResponsesRetrieve
+            | Endpoint::ResponsesDelete
+            | Endpoint::ResponsesCancel
+            | Endpoint::ResponsesInputItems => AzureOperation::ChatCompletions,
         }
     }
 }
@@ -113,12 +136,7 @@ impl AzureOperation {
 
 /// Deployment names: 1–64 ASCII letters, digits, `.`, `_` and `-` (they go into the URL path).
 pub fn check_deployment(name: &str) -> Result<&str, AzureError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
+    if is_deployment(name) {
         Ok(name)
     } else {
         Err(AzureError::InvalidDeployment(name.to_owned()))
@@ -170,19 +188,19 @@ pub fn build_request(
     deployment: &str,
     operation: &AzureOperation,
     body: Bytes,
-) -> Result<(Method, UpstreamRequest), AzureError> {
+) -> Result<UpstreamRequest, AzureError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut key =
         HeaderValue::from_str(api_key.expose_secret()).map_err(|_| AzureError::InvalidKey)?;
     key.set_sensitive(true);
     headers.insert("api-key", key);
-    let request = UpstreamRequest {
+    Ok(UpstreamRequest {
+        method: operation.method(),
         url: url(base_url, form, deployment, operation)?,
         headers,
         body,
-    };
-    Ok((operation.method(), request))
+    })
 }
 
 // === reading answers ===
@@ -344,6 +362,19 @@ mod tests {
     }
 
     #[test]
+    fn the_form_follows_the_base_url() {
+        assert_eq!(
+            AzureForm::of("https://r.openai.azure.com", None).unwrap(),
+            deployments()
+        );
+        assert_eq!(
+            AzureForm::of("https://r.openai.azure.com/openai/v1/", None).unwrap(),
+            AzureForm::V1 { api_version: None }
+        );
+        assert!(AzureForm::of("https://r", Some("bad version")).is_err());
+    }
+
+    #[test]
     fn v1_urls_have_no_deployment_and_an_optional_version() {
         let plain = AzureForm::V1 { api_version: None };
         assert_eq!(
@@ -391,7 +422,7 @@ mod tests {
 
     #[test]
     fn requests_send_the_key_in_api_key() {
-        let (method, request) = build_request(
+        let request = build_request(
             "https://r.openai.azure.com",
             &SecretString::from("azure-key-1"),
             &deployments(),
@@ -400,7 +431,7 @@ mod tests {
             Bytes::from_static(b"{}"),
         )
         .unwrap();
-        assert_eq!(method, Method::POST);
+        assert_eq!(request.method, Method::POST);
         assert_eq!(request.headers["api-key"], "azure-key-1");
         assert!(request.headers["api-key"].is_sensitive());
         assert!(request.headers.get("authorization").is_none());

@@ -1,16 +1,18 @@
 //! Which model names poolgate serves, and as what upstream: aliases (one name for another
 //! canonical model, `gpt-4o-latest` → `gpt-4o`) and each backend's mappings, exact or wildcard
 //! (`claude-*` → the same name upstream, `openai/*` → the name without the prefix). Pure logic,
-//! built from the alias table and the backends' mappings.
+//! built from the alias table and the backends' mappings; the rules for what may be written are
+//! [`crate::domain::models`]'.
 //!
 //! # Rules
 //! 1. The requested name is looked up in the aliases first; an alias names its canonical model
-//!    (one step: an alias of an alias is refused when the catalog is built).
-//! 2. Each backend then serves the canonical model by its own best mapping: an exact mapping
-//!    wins over wildcards, a longer wildcard over a shorter one (`openai/gpt-*` over `openai/*`
-//!    over `*`). Backends decide independently: every backend with a matching mapping joins the
-//!    route, in its pool — put a catch-all backend in a lower-priority pool to make it a
-//!    fallback.
+//!    (one step: an alias of an alias is refused when the table is written).
+//! 2. The most specific mapping wins, across all backends: if any backend maps the canonical
+//!    model exactly, the backends that do are its candidates; otherwise the backends whose
+//!    longest matching wildcard is the longest (`openai/gpt-*` over `openai/*` over `*`). Less
+//!    specific matches never join (as in LiteLLM's router or a longest-prefix route table);
+//!    to let a wildcard backend take part for a model mapped exactly elsewhere, map it exactly
+//!    too. Inside one backend the same order picks its upstream model.
 //! 3. A wildcard key ends in one `*` (a lone `*` matches everything). Its upstream model is a
 //!    template: ending in `*`, the matched rest goes there (`claude-*` → `claude-*` keeps the
 //!    name, `openai/*` → `*` strips the prefix, `my-*` → `vendor-*` renames it); without `*`,
@@ -22,24 +24,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::{BackendId, CanonicalModel, ModelMappings, UpstreamModel};
-
-/// A mapping key or alias that breaks the rules above.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ModelNameError {
-    #[error("`{0}`: `*` may only end a model pattern, once")]
-    MisplacedWildcard(String),
-    #[error("`{model}` maps exactly, so its upstream model `{upstream}` cannot be a `*` template")]
-    TemplateOnExact { model: String, upstream: String },
-    #[error("`{upstream}`: `*` may only end an upstream model template, once")]
-    MisplacedTemplate { upstream: String },
-    #[error("alias `{0}` is a wildcard; aliases name one model")]
-    WildcardAlias(String),
-    #[error("alias `{alias}` points to `{target}`, which is itself an alias")]
-    AliasChain { alias: String, target: String },
-    #[error("alias `{0}` points to itself")]
-    SelfAlias(String),
-}
+pub use crate::domain::ModelNameError;
+use crate::domain::{
+    models::check_alias_table, BackendId, CanonicalModel, ModelMappings, ModelPattern,
+    UpstreamModel, UpstreamTemplate,
+};
 
 /// How a backend matched the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,34 +70,19 @@ impl BackendModels {
         let mut exact = BTreeMap::new();
         let mut wildcards = Vec::new();
         for (key, mapping) in mappings {
-            let upstream = mapping.upstream_model.as_str();
-            match wildcard_prefix(key.as_str())? {
-                None => {
-                    if upstream.contains('*') {
-                        return Err(ModelNameError::TemplateOnExact {
-                            model: key.to_string(),
-                            upstream: upstream.to_owned(),
-                        });
-                    }
-                    exact.insert(key.to_string(), mapping.upstream_model.clone());
+            let pattern = ModelPattern::parse(key.as_str())?;
+            let template = UpstreamTemplate::parse(pattern, mapping.upstream_model.as_str())?;
+            match (pattern, template) {
+                (ModelPattern::Exact(model), _) => {
+                    exact.insert(model.to_owned(), mapping.upstream_model.clone());
                 }
-                Some(prefix) => {
-                    let template = match upstream.find('*') {
-                        None => Template::Fixed(upstream.to_owned()),
-                        Some(at) if at + 1 == upstream.len() => {
-                            Template::Rest(upstream[..at].to_owned())
-                        }
-                        Some(_) => {
-                            return Err(ModelNameError::MisplacedTemplate {
-                                upstream: upstream.to_owned(),
-                            })
-                        }
-                    };
-                    wildcards.push(Wildcard {
-                        prefix: prefix.to_owned(),
-                        template,
-                    });
-                }
+                (ModelPattern::Prefix(prefix), template) => wildcards.push(Wildcard {
+                    prefix: prefix.to_owned(),
+                    template: match template {
+                        UpstreamTemplate::Fixed(up) => Template::Fixed(up.to_owned()),
+                        UpstreamTemplate::Rest(up) => Template::Rest(up.to_owned()),
+                    },
+                }),
             }
         }
         wildcards.sort_by_key(|w| std::cmp::Reverse(w.prefix.len()));
@@ -141,15 +115,6 @@ impl BackendModels {
     /// The exactly mapped model names.
     pub fn exact_models(&self) -> impl Iterator<Item = &str> {
         self.exact.keys().map(String::as_str)
-    }
-}
-
-/// `Some(prefix)` for a wildcard key (`claude-*` → `claude-`), `None` for an exact name.
-fn wildcard_prefix(key: &str) -> Result<Option<&str>, ModelNameError> {
-    match key.find('*') {
-        None => Ok(None),
-        Some(at) if at + 1 == key.len() => Ok(Some(&key[..at])),
-        Some(_) => Err(ModelNameError::MisplacedWildcard(key.to_owned())),
     }
 }
 
@@ -194,21 +159,13 @@ impl ModelCatalog {
         backends: Vec<BackendModels>,
     ) -> Result<Self, ModelNameError> {
         let aliases: BTreeMap<String, CanonicalModel> = aliases.into_iter().collect();
-        for (alias, target) in &aliases {
-            if alias.contains('*') {
-                return Err(ModelNameError::WildcardAlias(alias.clone()));
-            }
-            if alias == target.as_str() {
-                return Err(ModelNameError::SelfAlias(alias.clone()));
-            }
-            if aliases.contains_key(target.as_str()) {
-                return Err(ModelNameError::AliasChain {
-                    alias: alias.clone(),
-                    target: target.to_string(),
-                });
-            }
-        }
+        check_alias_table(&aliases).map_err(|(_, error)| error)?;
         Ok(Self { aliases, backends })
+    }
+
+    /// The aliases, by name.
+    pub fn aliases(&self) -> &BTreeMap<String, CanonicalModel> {
+        &self.aliases
     }
 
     /// The canonical name of `requested` (itself unless it is an alias).
@@ -219,10 +176,11 @@ impl ModelCatalog {
             .unwrap_or_else(|| CanonicalModel::new(requested))
     }
 
-    /// Every backend serving `requested`, with the upstream model for each.
+    /// The backends serving `requested` by the most specific mapping any backend has for it,
+    /// with the upstream model for each.
     pub fn resolve(&self, requested: &str) -> Resolution {
         let canonical = self.canonical(requested);
-        let backends = self
+        let mut backends: Vec<ResolvedBackend> = self
             .backends
             .iter()
             .filter_map(|models| {
@@ -234,6 +192,9 @@ impl ModelCatalog {
                 })
             })
             .collect();
+        if let Some(best) = backends.iter().map(|b| b.matched).max() {
+            backends.retain(|b| b.matched == best);
+        }
         Resolution {
             via_alias: canonical.as_str() != requested,
             canonical,

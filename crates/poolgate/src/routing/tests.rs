@@ -49,8 +49,15 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
     })
 }
 
-fn any_api(_: ApiKind) -> bool {
+fn any_api(_: &BackendRecord) -> bool {
     true
+}
+
+/// The route of [`MODEL`] over `backends`, if any serves it.
+fn route_for(backends: &[Arc<LiveBackend>], pools: &[Pool]) -> Option<Arc<Route>> {
+    RouteTable::build(backends, pools, [])
+        .route(MODEL)
+        .map(|routed| routed.route)
 }
 
 /// Every ticket one request could get, in order.
@@ -76,8 +83,8 @@ fn a_request_tries_the_primary_pool_first_then_the_fallback_each_backend_once() 
         backend("p1", "primary", 1, true, false),
         backend("p2", "primary", 3, true, false),
     ];
-    let routes = build_routes(&backends, &[pool("primary", 0), pool("fallback", 1)]);
-    let tickets = drain(&routes[MODEL]);
+    let route = route_for(&backends, &[pool("primary", 0), pool("fallback", 1)]).unwrap();
+    let tickets = drain(&route);
     let names: Vec<&str> = tickets
         .iter()
         .map(|t| t.backend.record.name.as_str())
@@ -99,8 +106,7 @@ fn cooling_disabled_and_unsuitable_backends_are_skipped_and_the_wait_is_known() 
         backend("off", "primary", 1, false, false),
         backend("ok", "primary", 1, true, false),
     ];
-    let routes = build_routes(&backends, &[pool("primary", 0)]);
-    let route = &routes[MODEL];
+    let route = &*route_for(&backends, &[pool("primary", 0)]).unwrap();
     let names: Vec<String> = drain(route)
         .iter()
         .map(|t| t.backend.record.name.clone())
@@ -109,7 +115,7 @@ fn cooling_disabled_and_unsuitable_backends_are_skipped_and_the_wait_is_known() 
 
     // A backend that cannot serve the endpoint is never a candidate.
     let now = Instant::now();
-    let only_anthropic = |api: ApiKind| api == ApiKind::Anthropic;
+    let only_anthropic = |record: &BackendRecord| record.api == crate::domain::ApiKind::Anthropic;
     let mut none = Selection::new(route, only_anthropic);
     assert!(none.next(now).is_none(), "no backend speaks what is asked");
     // The next request gets `ok` again, then nothing: the cooling one is ready in a minute.
@@ -159,12 +165,11 @@ proptest! {
         members in prop::collection::vec(member(), 1..10),
     ) {
         let (backends, pools) = route_of(&members);
-        let routes = build_routes(&backends, &pools);
-        let Some(route) = routes.get(MODEL) else {
+        let Some(route) = route_for(&backends, &pools) else {
             prop_assert!(members.iter().all(|&(_, _, enabled, _)| !enabled));
             return Ok(());
         };
-        let tickets = drain(route);
+        let tickets = drain(&route);
         let mut seen: Vec<&str> = tickets.iter().map(|t| t.backend.record.name.as_str()).collect();
         let priorities: Vec<i64> = tickets.iter().map(|t| t.pool.priority).collect();
         prop_assert!(priorities.windows(2).all(|w| w[0] <= w[1]), "{priorities:?}");
@@ -195,8 +200,7 @@ proptest! {
             .enumerate()
             .map(|(i, &w)| backend(&format!("w{i}"), "primary", w, true, false))
             .collect();
-        let routes = build_routes(&backends, &[pool("primary", 0)]);
-        let route = &routes[MODEL];
+        let route = &*route_for(&backends, &[pool("primary", 0)]).unwrap();
         let mut counts = vec![0_usize; weights.len()];
         let now = Instant::now();
         for _ in 0..requests {

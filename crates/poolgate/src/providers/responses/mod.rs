@@ -268,12 +268,13 @@ pub fn build_request(
     api_key: &secrecy::SecretString,
     call: &ResponsesCall,
     body: Bytes,
-) -> Result<(Method, UpstreamRequest), ResponsesWireError> {
-    // Same headers as every OpenAI call; only the URL differs.
+) -> Result<UpstreamRequest, ResponsesWireError> {
+    // Same headers as every OpenAI call; only the method and URL differ.
     let mut request = openai::build_request(base_url, api_key, Endpoint::ChatCompletions, body)
         .map_err(|_| ResponsesWireError::InvalidKey)?;
     request.url = format!("{base_url}{}", call.path());
-    Ok((call.method(), request))
+    request.method = call.method();
+    Ok(request)
 }
 
 // === reading answers ===

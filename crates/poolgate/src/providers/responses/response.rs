@@ -186,6 +186,8 @@ impl ResponseUsage {
             prompt_tokens: self.input_tokens,
             completion_tokens: self.output_tokens,
             total_tokens: self.total_tokens,
+            prompt_tokens_details: None,
         }
+        .with_cached(Some(self.input_tokens_details.cached_tokens))
     }
 }

@@ -299,9 +299,8 @@ fn calls_map_to_methods_and_paths() {
         ),
     ];
     for (call, method, path) in cases {
-        let (got_method, request) =
-            build_request("http://up/v1", &key, &call, bytes::Bytes::new()).unwrap();
-        assert_eq!(got_method.as_str(), method);
+        let request = build_request("http://up/v1", &key, &call, bytes::Bytes::new()).unwrap();
+        assert_eq!(request.method.as_str(), method);
         assert_eq!(request.url, format!("http://up/v1{path}"));
         assert_eq!(request.headers["authorization"], "Bearer sk-test");
         assert!(request.headers["authorization"].is_sensitive());

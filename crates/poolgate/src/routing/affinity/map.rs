@@ -51,7 +51,11 @@ impl<K: Hash + Eq, V: Clone> TtlMap<K, V> {
 
     /// Writes `key → value`, living `ttl` from `now`.
     pub fn insert(&self, key: K, value: V, now: Instant) {
-        let expires = now + self.ttl;
+        self.insert_until(key, value, now + self.ttl);
+    }
+
+    /// Writes `key → value`, living until `expires`.
+    pub fn insert_until(&self, key: K, value: V, expires: Instant) {
         self.shard(&key)
             .lock()
             .insert(key, Entry { value, expires });
@@ -59,23 +63,29 @@ impl<K: Hash + Eq, V: Clone> TtlMap<K, V> {
 
     /// The live value of `key`.
     pub fn get(&self, key: &K, now: Instant) -> Option<V> {
-        self.read(key, now, false)
+        self.read(key, now, None)
     }
 
     /// The live value of `key`, whose life starts again at `now` (a session in use stays).
     pub fn get_and_touch(&self, key: &K, now: Instant) -> Option<V> {
-        self.read(key, now, true)
+        self.read(key, now, Some(self.ttl))
     }
 
-    fn read(&self, key: &K, now: Instant, touch: bool) -> Option<V> {
+    /// The live value of `key`, which now lives `ttl` from `now` (for maps whose time to live
+    /// is a setting that can change while they run).
+    pub fn get_and_touch_for(&self, key: &K, now: Instant, ttl: Duration) -> Option<V> {
+        self.read(key, now, Some(ttl))
+    }
+
+    fn read(&self, key: &K, now: Instant, touch: Option<Duration>) -> Option<V> {
         let mut shard = self.shard(key).lock();
         let entry = shard.get_mut(key)?;
         if entry.expires <= now {
             shard.remove(key);
             return None;
         }
-        if touch {
-            entry.expires = now + self.ttl;
+        if let Some(ttl) = touch {
+            entry.expires = now + ttl;
         }
         Some(entry.value.clone())
     }

@@ -9,77 +9,22 @@
 //! bodies. Keys are SHA-256 digests of the model and the value: no user id or prompt is kept.
 
 pub mod map;
+pub mod shared;
 
 use std::fmt;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{BackendId, CanonicalModel};
-use map::TtlMap;
-
-/// Affinity key → the backend the session last went to.
-pub type SessionMap = TtlMap<AffinityKey, BackendId>;
-/// Response id → the backend that produced it.
-pub type ResponseOwners = TtlMap<String, BackendId>;
-
-/// The most leading turns a key may cover.
-pub const MAX_LEADING_TURNS: usize = 8;
-
-/// Where an affinity key comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    /// The body's `prompt_cache_key` (OpenAI Chat Completions and Responses).
-    PromptCacheKey,
-    /// The body's `user`, or Anthropic's `metadata.user_id`.
-    User,
-    /// A request header.
-    Header(HeaderName),
-    /// The system prompt and the first turns.
-    LeadingMessages,
-}
-
-impl KeySource {
-    /// `prompt_cache_key`, `user`, `header:NAME` or `leading_messages`.
-    pub fn parse(text: &str) -> Result<KeySource, String> {
-        match text {
-            "prompt_cache_key" => Ok(KeySource::PromptCacheKey),
-            "user" => Ok(KeySource::User),
-            "leading_messages" => Ok(KeySource::LeadingMessages),
-            other => match other.strip_prefix("header:") {
-                Some(name) => HeaderName::from_bytes(name.trim().as_bytes())
-                    .map(KeySource::Header)
-                    .map_err(|_| format!("`{name}` is not a valid header name")),
-                None => Err(format!(
-                    "`{other}` is not a key source (`prompt_cache_key`, `user`, `header:NAME`, `leading_messages`)"
-                )),
-            },
-        }
-    }
-
-    fn tag(&self) -> &'static [u8] {
-        match self {
-            KeySource::PromptCacheKey => b"prompt_cache_key",
-            KeySource::User => b"user",
-            KeySource::Header(_) => b"header",
-            KeySource::LeadingMessages => b"leading",
-        }
-    }
-}
-
-/// How affinity keys are made.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyConfig {
-    /// Tried in order; the first that yields a value makes the key.
-    pub sources: Vec<KeySource>,
-    /// Non-system turns covered by [`KeySource::LeadingMessages`] (1 to [`MAX_LEADING_TURNS`]).
-    /// 1 (the first user message) gives every request of a conversation the same key from
-    /// its first request on.
-    pub leading_turns: usize,
-}
+pub use crate::domain::sticky::{KeySource, StickySettings, MAX_LEADING_TURNS};
+use crate::domain::CanonicalModel;
+pub use shared::{
+    owner_channel, AffinityLimits, AffinityMaps, LocalAffinity, OwnerChange, OwnerQueue, OwnerSink,
+    ResponseOwner,
+};
 
 /// A request's affinity key: 16 bytes of SHA-256 over the model, the source and its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,12 +34,17 @@ impl AffinityKey {
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        AffinityKey(bytes)
+    }
 }
 
-/// The affinity key of a request for `model`, if a configured source yields one. The body is
+/// The affinity key of a request for `model`, if a configured source yields one (sources tried
+/// in order; `leading_turns` non-system turns hashed by `leading_messages`). The body is
 /// parsed only when a body source is configured, and only its leading part is kept.
 pub fn affinity_key(
-    config: &KeyConfig,
+    config: &StickySettings,
     model: &CanonicalModel,
     headers: &HeaderMap,
     body: &[u8],
@@ -105,7 +55,7 @@ pub fn affinity_key(
         digest.update(b"poolgate-affinity-v1\0");
         digest.update(model.as_str().as_bytes());
         digest.update(b"\0");
-        digest.update(source.tag());
+        digest.update(source_tag(source));
         digest.update(b"\0");
         let found = match source {
             KeySource::Header(name) => match headers.get(name).map(|v| v.as_bytes()) {
@@ -128,6 +78,15 @@ pub fn affinity_key(
         }
     }
     None
+}
+
+fn source_tag(source: &KeySource) -> &'static [u8] {
+    match source {
+        KeySource::PromptCacheKey => b"prompt_cache_key",
+        KeySource::User => b"user",
+        KeySource::Header(_) => b"header",
+        KeySource::LeadingMessages => b"leading",
+    }
 }
 
 /// What the key sources read from a body of any of the three formats.

@@ -1,21 +1,22 @@
 //! Affinity keys: which source wins, what the leading-messages hash covers, for each format.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 
 use super::*;
 
-fn config(sources: &[&str], leading_turns: usize) -> KeyConfig {
-    KeyConfig {
+fn config(sources: &[&str], leading_turns: usize) -> StickySettings {
+    StickySettings {
         sources: sources
             .iter()
             .map(|s| KeySource::parse(s).unwrap())
             .collect(),
         leading_turns,
+        ..StickySettings::default()
     }
 }
 
-fn key(config: &KeyConfig, headers: &HeaderMap, body: &Value) -> Option<AffinityKey> {
+fn key(config: &StickySettings, headers: &HeaderMap, body: &Value) -> Option<AffinityKey> {
     affinity_key(
         config,
         &CanonicalModel::new("gpt-4o"),

@@ -108,7 +108,7 @@ fn bad_patterns_are_refused() {
 }
 
 #[test]
-fn aliases_resolve_first_then_each_backend_by_its_own_rules() {
+fn aliases_resolve_first_then_the_most_specific_mapping_wins_across_backends() {
     let catalog = ModelCatalog::new(
         [
             ("gpt-4o-latest".to_owned(), CanonicalModel::new("gpt-4o")),
@@ -127,21 +127,20 @@ fn aliases_resolve_first_then_each_backend_by_its_own_rules() {
     let resolved = catalog.resolve("gpt-4o-latest");
     assert_eq!(resolved.canonical.as_str(), "gpt-4o");
     assert!(resolved.via_alias);
+    // The exact mapping wins: the wildcard backend does not join.
     assert_eq!(
         resolved.backends,
-        vec![
-            ResolvedBackend {
-                backend: BackendId::new("openai"),
-                upstream_model: UpstreamModel::new("gpt-4o-2024-08-06"),
-                matched: MatchKind::Exact,
-            },
-            ResolvedBackend {
-                backend: BackendId::new("azure"),
-                upstream_model: UpstreamModel::new("gpt-4o"),
-                matched: MatchKind::Wildcard { prefix_len: 4 },
-            },
-        ]
+        vec![ResolvedBackend {
+            backend: BackendId::new("openai"),
+            upstream_model: UpstreamModel::new("gpt-4o-2024-08-06"),
+            matched: MatchKind::Exact,
+        }]
     );
+    // Without an exact mapping anywhere, the wildcard serves it.
+    let mini = catalog.resolve("gpt-4o-mini");
+    assert_eq!(mini.backends.len(), 1);
+    assert_eq!(mini.backends[0].backend.as_str(), "azure");
+    assert_eq!(mini.backends[0].upstream_model.as_str(), "gpt-4o-mini");
     let sonnet = catalog.resolve("sonnet");
     assert_eq!(sonnet.backends.len(), 1);
     assert_eq!(
@@ -152,6 +151,31 @@ fn aliases_resolve_first_then_each_backend_by_its_own_rules() {
     assert!(!direct.via_alias);
     assert_eq!(direct.backends[0].backend.as_str(), "anthropic");
     assert!(catalog.resolve("llama-3").backends.is_empty());
+}
+
+#[test]
+fn the_longest_wildcard_across_backends_wins_and_equal_ones_share() {
+    let catalog = ModelCatalog::new(
+        [],
+        vec![
+            backend("catch-all", &[("*", "*")]),
+            backend("openai-1", &[("openai/*", "*")]),
+            backend("openai-2", &[("openai/*", "*")]),
+            backend("gpt", &[("openai/gpt-*", "gpt-*")]),
+        ],
+    )
+    .unwrap();
+    let ids = |model: &str| -> Vec<String> {
+        catalog
+            .resolve(model)
+            .backends
+            .into_iter()
+            .map(|b| b.backend.to_string())
+            .collect()
+    };
+    assert_eq!(ids("openai/gpt-4o"), ["gpt"]);
+    assert_eq!(ids("openai/o3"), ["openai-1", "openai-2"]);
+    assert_eq!(ids("mistral"), ["catch-all"]);
 }
 
 #[test]

@@ -23,12 +23,12 @@ use serde::Deserialize;
 pub(crate) use crate::sse::{encode_event, SseEvent};
 
 use crate::providers::anthropic;
-use crate::providers::TokenUsage;
 use crate::providers::responses::request::{ItemStatus, ResponsesRequest, ToolChoice};
 use crate::providers::responses::response::{
     InputTokensDetails, OutputTokensDetails, RequestEcho, ResponseUsage,
 };
 use crate::providers::responses::Stateful;
+use crate::providers::TokenUsage;
 
 /// Why a Responses request cannot be served by a backend without the Responses API. Each is a
 /// 400 for the client; `param` is the JSON path of the field.

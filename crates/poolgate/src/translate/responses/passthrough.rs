@@ -23,6 +23,8 @@ pub struct ResponsesPassthrough {
     last_seq: Option<u64>,
     failed: bool,
     done: bool,
+    /// Read the usage of the terminal event (not for replays of a stored response).
+    count_usage: bool,
     on_response_id: Option<ResponseIdHook>,
 }
 
@@ -43,8 +45,16 @@ impl ResponsesPassthrough {
             last_seq: None,
             failed: false,
             done: false,
+            count_usage: true,
             on_response_id: None,
         }
+    }
+
+    /// Reports no usage: the stream replays a stored response (`GET …?stream=true`), whose
+    /// tokens were counted when it was made.
+    pub fn without_usage(mut self) -> Self {
+        self.count_usage = false;
+        self
     }
 
     /// Calls `hook` with the response id as soon as `response.created` passes.
@@ -119,7 +129,9 @@ impl StreamMapper for ResponsesPassthrough {
     }
 
     fn usage(&self) -> Option<TokenUsage> {
-        self.usage.map(|u| u.token_usage())
+        self.usage
+            .filter(|_| self.count_usage)
+            .map(|u| u.token_usage())
     }
 
     fn upstream_failed(&self) -> bool {

@@ -6,7 +6,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ResponsesError;
-use crate::translate::TranslateError;
 use crate::providers::anthropic::MessagesRequest;
 use crate::providers::openai_chat::{
     ChatContent, ChatMessage, ChatRequest, ChatTool, ChatToolChoice, ContentPart as ChatPart,
@@ -20,6 +19,7 @@ use crate::providers::responses::request::{
 use crate::providers::responses::tagged::Tagged;
 use crate::providers::responses::Stateful;
 use crate::translate::chat_to_messages;
+use crate::translate::TranslateError;
 
 /// A Chat Completions request plus the fields the shared [`ChatRequest`] does not carry.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -193,6 +193,7 @@ pub(super) fn usage(i: i64) -> UsageRecord {
         prompt_tokens: Some(10),
         completion_tokens: Some(5),
         total_tokens: Some(15),
+        cached_tokens: Some(u32::try_from(i % 3).unwrap()),
         latency_ms: 12,
         ttfb_ms: Some(3),
         streamed: false,
