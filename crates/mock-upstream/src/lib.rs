@@ -24,6 +24,7 @@
 //! | `POST /v1/responses` | a Response object, or its typed SSE events (`event: response.…`) ending in `response.completed`; 404 `previous_response_not_found` for a `previous_response_id` this mock did not make |
 //! | `GET` / `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel` | the kept response / `response.deleted` / `cancelled` (background responses only, else 400); 404 for ids it does not keep |
 //! | Azure: `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=…`, `/openai/responses…?api-version=…`, `/openai/v1/…` | as the OpenAI endpoint, after Azure's checks: `api-key` header (else 401), `api-version` where needed (else 404 `Resource not found`), a known deployment (else 404 `DeploymentNotFound`); `x-ratelimit-remaining-*` headers; errors in Azure's shape |
+//! | `POST /__mock/replies` (only with [`MockConfig::control`]) | queues `times` (default 1) error replies of `status` (with `retry-after: retry_after` if given) in the endpoint's native shape: `{"status": 429, "retry_after": 30, "times": 1}`; 204 |
 //! | anything else | 404 in OpenAI's error shape (Anthropic's if `anthropic-version` is sent) |
 //!
 //! Deterministic numbers: ids are `chatcmpl-mock-N` / `cmpl-mock-N` / `msg_mock_N` with N the
@@ -69,6 +70,9 @@ pub struct MockConfig {
     /// Keep every request for [`MockUpstream::requests`]; default `true`. Benchmarks turn it off
     /// so memory stays flat ([`MockUpstream::calls`] still counts).
     pub record_requests: bool,
+    /// Serve the control route `POST /__mock/replies` (scripting a separate process: tests in
+    /// other languages); default `false`. Control requests are neither recorded nor counted.
+    pub control: bool,
 }
 
 impl Default for MockConfig {
@@ -78,6 +82,7 @@ impl Default for MockConfig {
             default_reply: Reply::Ok,
             stream_defaults: StreamSpec::default(),
             record_requests: true,
+            control: false,
         }
     }
 }

@@ -44,6 +44,17 @@ pub(crate) struct Shared {
     pub(crate) tag: String,
     pub(crate) responses: ResponseStore,
     pub(crate) azure: Mutex<AzureSettings>,
+    control: bool,
+}
+
+/// Body of `POST /__mock/replies`.
+#[derive(Deserialize)]
+struct ScriptedErrors {
+    status: u16,
+    #[serde(default)]
+    retry_after: Option<u64>,
+    #[serde(default)]
+    times: Option<usize>,
 }
 
 /// What Azure routes accept: `None` / empty accept anything.
@@ -75,7 +86,40 @@ impl Shared {
             tag,
             responses: ResponseStore::default(),
             azure: Mutex::default(),
+            control: config.control,
         }
+    }
+
+    /// `POST /__mock/replies`: queues scripted errors; None if not a control request.
+    fn control(&self, parts: &Parts, body: &[u8]) -> Option<Response<MockBody>> {
+        if !self.control || parts.uri.path() != "/__mock/replies" {
+            return None;
+        }
+        let scripted = match serde_json::from_slice::<ScriptedErrors>(body) {
+            Ok(scripted) if parts.method == hyper::Method::POST => scripted,
+            _ => {
+                let message =
+                    "POST a JSON body {\"status\": 429, \"retry_after\": 30, \"times\": 1}";
+                return Some(json_response(
+                    400,
+                    wire::error_body(Flavor::OpenAi, 400, message),
+                    &[],
+                ));
+            }
+        };
+        for _ in 0..scripted.times.unwrap_or(1) {
+            let reply = Reply::Error {
+                status: scripted.status,
+                message: format!("mock-upstream: scripted {} error", scripted.status),
+                headers: scripted
+                    .retry_after
+                    .map(|secs| ("retry-after".to_owned(), secs.to_string()))
+                    .into_iter()
+                    .collect(),
+            };
+            self.push(reply);
+        }
+        Some(json_response(204, Bytes::new(), &[]))
     }
 
     pub(crate) fn push(&self, reply: Reply) {
@@ -242,6 +286,9 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    if let Some(response) = shared.control(&parts, &body) {
+        return Ok(response);
+    }
     let seq = shared.record(&parts, &body);
     let route = Route::of(&parts.method, parts.uri.path());
     if let Some(azure) = &route.azure {
