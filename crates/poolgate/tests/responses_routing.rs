@@ -3,7 +3,6 @@
 //! Messages for backends without it, response affinity (follow-ups, reads, deletes and cancels
 //! reach the backend that made the response; 429 with `Retry-After` while it cools; owners
 //! survive a restart), and `count_tokens` pass-through.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;
 
@@ -15,15 +14,11 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 /// A Responses-capable OpenAI backend named `name` serving `model` as `up-{model}`.
-async fn openai_backend(
-    gateway: &Gateway,
-    name: &str,
-    upstream: &MockUpstream,
-    model: &str,
-) -> Value {
+async fn openai_backend(gateway: &Gateway, name: &str, upstream: &MockUpstream, model: &str) {
+    let url = upstream.openai_base_url();
     gateway
-        .add_openai_backend(name, &upstream.openai_base_url(), "primary", &[model])
-        .await
+        .add_openai_backend(name, &url, "primary", &[model])
+        .await;
 }
 
 fn create(gateway: &Gateway, body: Value) -> reqwest::RequestBuilder {

@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use super::auth::authenticate_client;
@@ -26,10 +27,20 @@ pub fn router() -> Router<super::AppState> {
         .route("/v1/responses", post(responses))
         .route(
             "/v1/responses/{id}",
-            get(retrieve_response).delete(delete_response),
+            get(stored(ResponsesCall::Retrieve, Endpoint::ResponsesRetrieve))
+                .delete(stored(ResponsesCall::Delete, Endpoint::ResponsesDelete)),
         )
-        .route("/v1/responses/{id}/cancel", post(cancel_response))
-        .route("/v1/responses/{id}/input_items", get(response_input_items))
+        .route(
+            "/v1/responses/{id}/cancel",
+            post(stored(ResponsesCall::Cancel, Endpoint::ResponsesCancel)),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(stored(
+                ResponsesCall::InputItems,
+                Endpoint::ResponsesInputItems,
+            )),
+        )
         .route("/v1/models", get(models))
 }
 
@@ -38,58 +49,12 @@ async fn responses(State(data): State<DataPlane>, request: Request) -> Response 
     serve(&data, Endpoint::Responses, request, parse, ApiError::openai).await
 }
 
-async fn retrieve_response(
-    State(data): State<DataPlane>,
-    Path(id): Path<String>,
-    request: Request,
-) -> Response {
-    response_call(
-        data,
-        id,
-        ResponsesCall::Retrieve,
-        Endpoint::ResponsesRetrieve,
-        request,
-    )
-    .await
-}
-
-async fn delete_response(
-    State(data): State<DataPlane>,
-    Path(id): Path<String>,
-    request: Request,
-) -> Response {
-    response_call(
-        data,
-        id,
-        ResponsesCall::Delete,
-        Endpoint::ResponsesDelete,
-        request,
-    )
-    .await
-}
-
-async fn cancel_response(
-    State(data): State<DataPlane>,
-    Path(id): Path<String>,
-    request: Request,
-) -> Response {
-    response_call(
-        data,
-        id,
-        ResponsesCall::Cancel,
-        Endpoint::ResponsesCancel,
-        request,
-    )
-    .await
-}
-
-async fn response_input_items(
-    State(data): State<DataPlane>,
-    Path(id): Path<String>,
-    request: Request,
-) -> Response {
-    let call = ResponsesCall::InputItems;
-    response_call(data, id, call, Endpoint::ResponsesInputItems, request).await
+/// The handler of one kind of call on a stored response.
+fn stored(
+    call: fn(ResponseId) -> ResponsesCall,
+    endpoint: Endpoint,
+) -> impl Fn(State<DataPlane>, Path<String>, Request) -> BoxFuture<'static, Response> + Clone {
+    move |State(data), Path(id), request| Box::pin(response_call(data, id, call, endpoint, request))
 }
 
 /// A call on a stored response: it goes to the backend that made the response.
@@ -102,14 +67,14 @@ async fn response_call(
 ) -> Response {
     let query = request.uri().query().map(str::to_owned);
     let parse = move |_body, _: &HeaderMap| {
-        let id = ResponseId::parse(&id).map_err(|_| {
+        let call = ResponseId::parse(&id).map(call).map_err(|_| {
             crate::domain::InvalidRequest::param(
                 format!("`{id}` is not a valid response id"),
                 "response_id",
                 "invalid_value",
             )
         })?;
-        Ok(Inbound::responses_call(call(id), query))
+        Ok(Inbound::responses_call(call, query))
     };
     serve(&data, endpoint, request, parse, ApiError::openai).await
 }

@@ -216,3 +216,73 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn wildcard_routes_are_built_once_per_snapshot_and_exact_mappings_win() {
+    let mut exact = backend("exact", "primary", 1, true, false);
+    let mut wild = backend("wild", "primary", 1, true, false);
+    for (backend, key, upstream) in [
+        (&mut exact, "gpt-4o", "pinned"),
+        (&mut wild, "gpt-*", "gpt-*"),
+    ] {
+        let record = &mut Arc::get_mut(backend).unwrap().record;
+        record.model_mappings = [(
+            crate::domain::CanonicalModel::new(key),
+            crate::domain::ModelMapping {
+                upstream_model: UpstreamModel::new(upstream),
+            },
+        )]
+        .into();
+    }
+    let table = RouteTable::build(
+        &[exact, wild],
+        &[pool("primary", 0)],
+        [(
+            "latest".to_owned(),
+            crate::domain::CanonicalModel::new("gpt-4o"),
+        )],
+    );
+    let first = table.route("gpt-4.1").unwrap();
+    let again = table.route("gpt-4.1").unwrap();
+    assert!(
+        Arc::ptr_eq(&first.route, &again.route),
+        "built once, then kept"
+    );
+    assert_eq!(first.route.members().count(), 1);
+    assert_eq!(drain(&first.route)[0].upstream_model.as_str(), "gpt-4.1");
+    // The exact mapping wins for its name: the wildcard backend does not join.
+    let exact_route = table.route("gpt-4o").unwrap();
+    let names: Vec<String> = drain(&exact_route.route)
+        .iter()
+        .map(|t| t.backend.record.name.clone())
+        .collect();
+    assert_eq!(names, ["exact"]);
+    let alias = table.route("latest").unwrap();
+    assert_eq!(alias.canonical.as_str(), "gpt-4o");
+    assert!(Arc::ptr_eq(&alias.route, &exact_route.route));
+    assert!(table.route("claude").is_none());
+}
+
+#[test]
+fn a_preferred_backend_goes_first_in_its_pool_only_while_ready() {
+    let backends = vec![
+        backend("p1", "primary", 1, true, false),
+        backend("p2", "primary", 1, true, false),
+        backend("p3", "primary", 1, true, true),
+        backend("f1", "fallback", 1, true, false),
+    ];
+    let route = route_for(&backends, &[pool("primary", 0), pool("fallback", 1)]).unwrap();
+    let now = Instant::now();
+    for _ in 0..4 {
+        let mut selection = Selection::new(&route, any_api);
+        selection.prefer(backends[1].id().clone());
+        assert_eq!(selection.next(now).unwrap().backend.record.name, "p2");
+    }
+    // A cooling preference is skipped; a fallback preference never jumps the primary pool.
+    for preferred in [2, 3] {
+        let mut selection = Selection::new(&route, any_api);
+        selection.prefer(backends[preferred].id().clone());
+        let first = selection.next(now).unwrap();
+        assert!(["p1", "p2"].contains(&first.backend.record.name.as_str()));
+    }
+}
