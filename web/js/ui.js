@@ -185,6 +185,6 @@ export function stat(label, value, sub, { tone, testid } = {}) {
     sub ? h('div', { class: 'stat-sub', text: sub }) : null);
 }
 
-export function chip(text, cls) {
-  return h('span', { class: ['chip', cls], text });
+export function chip(text, cls, title) {
+  return h('span', { class: ['chip', cls], text, title });
 }
