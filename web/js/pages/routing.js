@@ -5,7 +5,7 @@ import { h, replace, button } from '../dom.js';
 import { get, api, del, ApiError } from '../api.js';
 import * as fmt from '../format.js';
 import {
-  pageHeader, card, emptyState, table, toast, chip, errorBanner, loading, confirmDialog, field,
+  pageHeader, card, emptyState, table, toast, chip, errorBanner, loading, confirmThen, field,
   textInput,
 } from '../ui.js';
 
@@ -164,22 +164,11 @@ function renderAliases(root, aliases, refresh) {
     h('td', { class: 'nowrap', title: a.updated_at, text: fmt.when(a.updated_at) }),
     h('td', { class: 'cell-actions' }, button('Delete', {
       kind: 'danger-ghost', size: 'sm', testid: 'delete-alias',
-      onclick: async () => {
-        const ok = await confirmDialog({
-          title: 'Delete alias?',
-          message: `Delete “${a.alias}” → ${a.target}? Clients asking for ${a.alias} get 404 unless a backend maps that name.${a.source === 'config' ? ' It is in the config file, so it comes back at the next start unless you remove it there.' : ''}`,
-          confirmLabel: 'Delete alias',
-          danger: true,
-        });
-        if (!ok) return;
-        try {
-          await del(`/aliases/${encodeURIComponent(a.alias)}`);
-          toast(`${a.alias} deleted.`);
-        } catch (error) {
-          toast(error.message, 'error');
-        }
-        refresh();
-      },
+      onclick: () => confirmThen({
+        title: 'Delete alias?',
+        message: `Delete “${a.alias}” → ${a.target}? Clients asking for ${a.alias} get 404 unless a backend maps that name.${a.source === 'config' ? ' It is in the config file, so it comes back at the next start unless you remove it there.' : ''}`,
+        confirmLabel: 'Delete alias',
+      }, () => del(`/aliases/${encodeURIComponent(a.alias)}`), `${a.alias} deleted.`, refresh),
     }))));
   replace(root, table(['Alias', 'Model', 'Served', 'Source', 'Updated', ''], rows, { testid: 'alias-table', cls: 'table-stack' }));
 }
