@@ -430,6 +430,46 @@ mod tests {
         assert_eq!(config.listen.port(), 2);
     }
 
+    /// The config file of the README is valid as written (with its keys in the environment).
+    #[test]
+    fn the_readme_config_example_is_valid() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        let raw = parse_toml(text).unwrap();
+        let config = Config::from_raw(raw, Overrides::default(), &|name| {
+            name.ends_with("_API_KEY")
+                .then(|| format!("sk-{name}-0001"))
+        })
+        .unwrap();
+        assert_eq!(config.backends.len(), 2);
+        assert_eq!(config.backends[1].api, crate::domain::ApiKind::Azure);
+        assert_eq!(
+            config.aliases[&"gpt-4o-latest".to_owned()].as_str(),
+            "gpt-4o"
+        );
+        assert!(!config.sticky.unwrap().enabled);
+        assert_eq!(config.affinity.owner_ttl, Duration::from_secs(720 * 3600));
+    }
+
+    #[test]
+    fn routing_and_responses_sections_are_checked() {
+        let error = load("[routing.sticky]\nleading_turns = 0\n").unwrap_err();
+        assert!(error.contains("routing.sticky.leading_turns"), "{error}");
+        let error = load("[routing.sticky]\nmax_entries = 0\n").unwrap_err();
+        assert!(error.contains("routing.sticky.max_entries"), "{error}");
+        let error = load("[responses]\nowner_ttl_hours = 0\n").unwrap_err();
+        assert!(error.contains("responses.owner_ttl_hours"), "{error}");
+        let error = load("[routing.sticky]\nnope = 1\n").unwrap_err();
+        assert!(error.contains("nope"), "{error}");
+        let error = load("[aliases]\n\"x\" = \"x\"\n").unwrap_err();
+        assert!(error.contains("aliases.x"), "{error}");
+        assert!(
+            load("").unwrap().sticky.is_none(),
+            "no section: the stored setting stands"
+        );
+    }
+
     #[test]
     fn the_database_defaults_to_the_data_dir_and_can_be_named() {
         let config = load("data_dir = \"/srv/pg\"\n").unwrap();
