@@ -316,8 +316,9 @@ async fn follow_ups_reads_and_deletes_reach_the_backend_that_made_the_response()
         format!("/v1/responses/{kept}/cancel")
     );
 
-    // Another client key cannot read it.
+    // Another client key can neither read it nor continue from it (nothing is sent upstream).
     let (_, other_key) = gateway.create_key(json!({"name": "other"})).await;
+    let before: usize = mocks.iter().map(MockUpstream::calls).sum();
     let answer = send(
         gateway
             .client
@@ -326,6 +327,17 @@ async fn follow_ups_reads_and_deletes_reach_the_backend_that_made_the_response()
     )
     .await;
     assert_eq!(answer.status, 404);
+    let answer = send(
+        gateway
+            .client
+            .post(format!("{}/v1/responses", gateway.url))
+            .bearer_auth(&other_key)
+            .json(&json!({"model": "gpt", "input": "x", "previous_response_id": kept})),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{answer}");
+    assert_eq!(answer.json["error"]["code"], "previous_response_not_found");
+    assert_eq!(mocks.iter().map(MockUpstream::calls).sum::<usize>(), before);
 
     // The owner cools down (its upstream says 429): the follow-up gets 429 + Retry-After from
     // poolgate, never another backend's 404; while it cools nothing is sent at all.

@@ -66,21 +66,22 @@ pub async fn route(
     inbound: &Inbound,
 ) -> Result<Routing, ProxyError> {
     let owner = match inbound.owned_response() {
-        Some(id) => data
-            .affinity
-            .response_owner(id)
-            .await
-            .filter(|owner| may_use(ctx, owner))
-            .map(|owner| (id, owner)),
+        Some(id) => match data.affinity.response_owner(id).await {
+            // Another caller's response: as unknown to this one as an id never made.
+            Some(owner) if !may_use(ctx, &owner) => {
+                return Err(not_found(inbound, id));
+            }
+            owner => owner.map(|owner| (id, owner)),
+        },
         None => None,
     };
     if inbound.is_response_call() {
         let id = inbound.owned_response().unwrap_or_default();
         let Some((_, owner)) = owner else {
-            return Err(ProxyError::ResponseNotFound { id: id.to_owned() });
+            return Err(not_found(inbound, id));
         };
         let Some(backend) = ctx.live.by_id.get(&owner.backend) else {
-            return Err(ProxyError::ResponseNotFound { id: id.to_owned() });
+            return Err(not_found(inbound, id));
         };
         admit_key(ctx)?;
         let route = Route::single(
@@ -100,7 +101,7 @@ pub async fn route(
     if let Some((id, owner)) = owner {
         check_allowed(ctx, inbound, routed.as_ref().map(|r| &r.canonical))?;
         let Some(backend) = ctx.live.by_id.get(&owner.backend) else {
-            return Err(ProxyError::PreviousResponseNotFound { id: id.to_owned() });
+            return Err(not_found(inbound, id));
         };
         let member = routed
             .as_ref()
@@ -149,6 +150,17 @@ pub async fn route(
         preferred,
         pinned: None,
     })
+}
+
+/// The error for a response this request may not reach: 404 for a call on it, 400
+/// (`previous_response_not_found`) for a follow-up.
+fn not_found(inbound: &Inbound, id: &str) -> ProxyError {
+    let id = id.to_owned();
+    if inbound.is_response_call() {
+        ProxyError::ResponseNotFound { id }
+    } else {
+        ProxyError::PreviousResponseNotFound { id }
+    }
 }
 
 /// A caller may use its own responses; the admin token may use every response.
