@@ -331,3 +331,48 @@ def test_aliases_and_wildcards_route_and_list(
     assert "resp-latest" in listed and RESP_MODEL in listed and "wild-exact" in listed
     assert getattr(listed["resp-latest"], "alias_of", None) == RESP_MODEL
     assert not any("*" in model_id for model_id in listed)
+
+
+# === Azure OpenAI ===
+
+
+@pytest.fixture(scope="module")
+def azure_mock(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """An Azure-shaped mock (mock-upstream serves Azure's URLs below its root; it refuses a
+    request without `api-key` with 401, and a deployment URL without `api-version` with 404)."""
+    [mock] = start_mocks(tmp_path_factory.mktemp("azure"), "azure", 1)
+    try:
+        backend = add_backend(
+            gateway, name="azure-sdk", api="azure", api_base_url=f"http://127.0.0.1:{mock.port}",
+            api_key="azure-sdk-key-0001", api_version="2025-04-01-preview",
+            model_mappings={"azure-gpt": "gpt4o-prod"},
+        )
+        assert backend["responses"] is True
+        yield mock.port, backend["id"]
+    finally:
+        stop(mock.proc)
+
+
+def test_azure_backends_serve_chat_and_responses_at_azure_urls(
+    gateway: Gateway, client: openai.OpenAI, azure_mock: tuple[int, str]
+) -> None:
+    port, backend_id = azure_mock
+    # The mock answers only Azure's URL with its api-version and key; the body's model is the
+    # deployment.
+    completion = client.chat.completions.create(
+        model="azure-gpt", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert completion.model == "gpt4o-prod"
+    assert completion.choices[0].message.content == MOCK_CONTENT
+    response = client.responses.create(model="azure-gpt", input="Hello")
+    assert port_of(response.id) == port
+    assert client.responses.retrieve(response.id).id == response.id
+
+    # Azure's 429 (its error shape, `retry-after`) cools the backend like OpenAI's.
+    httpx.post(f"http://127.0.0.1:{port}/__mock/replies", json={"status": 429, "retry_after": 20})
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="azure-gpt", messages=[{"role": "user", "content": "hi"}])
+    assert 1 <= int(caught.value.response.headers["retry-after"]) <= 24
+    backend = gateway.admin("GET", f"/backends/{backend_id}").json()
+    assert backend["status"] == "cooling"
+    assert gateway.admin("POST", f"/backends/{backend_id}/reset-cooldown").status_code == 200
