@@ -196,12 +196,13 @@ impl ControlPlane {
                 previous,
             )?);
         }
+        let aliases = self.config_aliases().await?;
         self.inner
             .stores
             .config
             .sync_config(&config.pools, &records)
             .await?;
-        self.sync_config_routing().await?;
+        self.write_config_routing(&aliases).await?;
         self.commit(Change::ConfigSynced).await;
         Ok(())
     }

@@ -118,10 +118,11 @@ impl ControlPlane {
             .await?)
     }
 
-    /// The config file's aliases and `[routing.sticky]` (part of the config sync, under its
-    /// write lock): config aliases are written with `source = config` and those removed from
-    /// the file deleted; an alias created through the API with the same name is refused.
-    pub(super) async fn sync_config_routing(&self) -> Result<(), ControlError> {
+    /// The config file's aliases as records to write (part of the config sync, under its write
+    /// lock, checked before anything is written): `source = config`, keeping creation times; an
+    /// alias created through the API with the same name, or a table that would break the alias
+    /// rules, is refused.
+    pub(super) async fn config_aliases(&self) -> Result<Vec<AliasRecord>, ControlError> {
         let config = &self.inner.config;
         let stored = self.inner.stores.config.list_aliases().await?;
         let now = now_ms();
@@ -153,12 +154,21 @@ impl ControlPlane {
             .collect();
         table.extend(config.aliases.clone());
         validate_alias_table(&table, &|alias| format!("aliases.{alias}"))?;
+        Ok(records)
+    }
+
+    /// Writes the config file's aliases (prepared by [`Self::config_aliases`]) and its
+    /// `[routing.sticky]`, if any.
+    pub(super) async fn write_config_routing(
+        &self,
+        aliases: &[AliasRecord],
+    ) -> Result<(), ControlError> {
         self.inner
             .stores
             .config
-            .sync_config_aliases(&records)
+            .sync_config_aliases(aliases)
             .await?;
-        if let Some(sticky) = &config.sticky {
+        if let Some(sticky) = &self.inner.config.sticky {
             self.store_sticky(sticky).await?;
         }
         Ok(())

@@ -499,3 +499,59 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
     }
     h.control.shutdown().await;
 }
+
+#[tokio::test]
+async fn aliases_and_sticky_settings_are_published_into_the_snapshot() {
+    let h = harness_with(|config| {
+        config
+            .aliases
+            .insert("fast".into(), crate::domain::CanonicalModel::new("m"));
+    })
+    .await;
+    h.control.create_backend(input("one")).await.unwrap();
+    h.control.sync_config().await.unwrap();
+    let live = h.control.live();
+    assert_eq!(live.routes.route("fast").unwrap().canonical.as_str(), "m");
+    h.control.set_alias("quick", "m").await.unwrap();
+    assert_eq!(h.control.live().routes.canonical("quick").as_str(), "m");
+    // One step only: an alias of an alias is refused, naming the alias.
+    match h.control.set_alias("chain", "quick").await {
+        Err(ControlError::Invalid(invalid)) => assert_eq!(invalid.field, "alias"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        h.control.delete_alias("nope").await,
+        Err(ControlError::NotFound { .. })
+    ));
+
+    assert!(!h.control.live().sticky.enabled, "off by default");
+    let input = crate::domain::sticky::StickyInput {
+        enabled: Some(true),
+        ..Default::default()
+    };
+    h.control.set_sticky(input).await.unwrap();
+    assert!(h.control.live().sticky.enabled);
+    assert!(h.control.sticky().await.unwrap().enabled, "stored");
+    h.control.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_alias_may_not_take_the_name_of_an_api_alias() {
+    let h = harness_with(|config| {
+        config
+            .aliases
+            .insert("quick".into(), crate::domain::CanonicalModel::new("m"));
+    })
+    .await;
+    h.control.set_alias("quick", "other").await.unwrap();
+    match h.control.sync_config().await {
+        Err(ControlError::Conflict { param, .. }) => assert_eq!(param, "alias"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        h.control.live().routes.canonical("quick").as_str(),
+        "other",
+        "the API's alias stands"
+    );
+    h.control.shutdown().await;
+}
