@@ -458,3 +458,55 @@ async fn count_tokens_passes_through_to_anthropic_backends() {
         .collect();
     assert_eq!(statuses, [404, 501, 200]);
 }
+
+#[tokio::test]
+async fn a_disabled_or_deleted_owner_is_said_so_never_another_keys_404() {
+    let mocks = vec![MockUpstream::start().await, MockUpstream::start().await];
+    let gateway = Gateway::start().await;
+    let mut ids = Vec::new();
+    for (i, mock) in mocks.iter().enumerate() {
+        let url = mock.openai_base_url();
+        let created = gateway
+            .add_openai_backend(&format!("oa-{i}"), &url, "primary", &["gpt"])
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let answer = send(create(&gateway, json!({"model": "gpt", "input": "hi"}))).await;
+    let id = answer.json["id"].as_str().unwrap().to_owned();
+    let owner = mocks
+        .iter()
+        .position(|m| id.starts_with(&m.response_id_prefix()))
+        .unwrap();
+    let follow_up = json!({"model": "gpt", "input": "more", "previous_response_id": id});
+    let read = format!("/v1/responses/{id}");
+
+    let patch = format!("/backends/{}", ids[owner]);
+    let disable = gateway
+        .admin(Method::PATCH, &patch)
+        .json(&json!({"enabled": false}));
+    assert_eq!(send(disable).await.status, 200);
+    let calls: usize = mocks.iter().map(MockUpstream::calls).sum();
+    let answer = send(create(&gateway, follow_up.clone())).await;
+    assert_eq!(answer.status, 503, "{answer}");
+    assert_eq!(answer.json["error"]["code"], "response_backend_unavailable");
+    assert_eq!(send(call(&gateway, Method::GET, &read)).await.status, 503);
+    assert_eq!(
+        mocks.iter().map(MockUpstream::calls).sum::<usize>(),
+        calls,
+        "no other key asked"
+    );
+
+    let enable = gateway
+        .admin(Method::PATCH, &patch)
+        .json(&json!({"enabled": true}));
+    assert_eq!(send(enable).await.status, 200);
+    assert_eq!(send(create(&gateway, follow_up.clone())).await.status, 200);
+
+    let delete = gateway.admin(Method::DELETE, &patch);
+    assert_eq!(send(delete).await.status, 204);
+    let answer = send(create(&gateway, follow_up)).await;
+    assert_eq!(answer.status, 400, "{answer}");
+    assert_eq!(answer.json["error"]["code"], "previous_response_not_found");
+    assert_eq!(answer.json["error"]["param"], "previous_response_id");
+    assert_eq!(send(call(&gateway, Method::GET, &read)).await.status, 404);
+}

@@ -21,6 +21,7 @@ use super::error::ProxyError;
 use super::plan::Inbound;
 use crate::domain::{BackendId, CanonicalModel, InvalidRequest, Pool, UpstreamModel};
 use crate::routing::affinity::{affinity_key, AffinityKey, ResponseOwner};
+use crate::routing::models::BackendModels;
 use crate::routing::{LiveBackend, Route};
 use crate::state::{DataPlane, Live};
 
@@ -97,43 +98,16 @@ pub async fn route(
         });
     }
 
-    let routed = ctx.live.routes.route(&inbound.model);
     if let Some((id, owner)) = owner {
-        check_allowed(ctx, inbound, routed.as_ref().map(|r| &r.canonical))?;
-        let Some(backend) = ctx.live.by_id.get(&owner.backend) else {
-            return Err(not_found(inbound, id));
-        };
-        let member = routed
-            .as_ref()
-            .and_then(|r| r.route.members().find(|m| m.backend.id() == backend.id()));
-        let Some(member) = member else {
-            return Err(ProxyError::InvalidRequest(InvalidRequest::param(
-                format!(
-                    "the backend holding `previous_response_id` `{id}` does not serve the model \
-                     `{}`; continue the conversation with a model it serves",
-                    inbound.model
-                ),
-                "model",
-                "model_not_served_by_response_backend",
-            )));
-        };
-        admit_key(ctx)?;
-        let route = Route::single(
-            pool_of(ctx, backend),
-            Arc::clone(backend),
-            member.upstream_model.clone(),
-        );
-        return Ok(Routing {
-            canonical: routed.map(|r| r.canonical),
-            route: Arc::new(route),
-            preferred: None,
-            pinned: Some(id.to_owned()),
-        });
+        return pinned_follow_up(ctx, inbound, id, &owner);
     }
-
-    let routed = routed.ok_or_else(|| ProxyError::ModelNotFound {
-        model: inbound.model.clone(),
-    })?;
+    let routed =
+        ctx.live
+            .routes
+            .route(&inbound.model)
+            .ok_or_else(|| ProxyError::ModelNotFound {
+                model: inbound.model.clone(),
+            })?;
     check_allowed(ctx, inbound, Some(&routed.canonical))?;
     admit_key(ctx)?;
     let preferred = match &inbound.affinity {
@@ -161,6 +135,45 @@ fn not_found(inbound: &Inbound, id: &str) -> ProxyError {
     } else {
         ProxyError::PreviousResponseNotFound { id }
     }
+}
+
+/// A follow-up (`previous_response_id`) goes to the backend that made the response, with that
+/// backend's own mapping of the model — even one a more specific mapping elsewhere shadows, or
+/// a backend now disabled (which then answers 503, never another key's 404).
+fn pinned_follow_up(
+    ctx: &RequestContext,
+    inbound: &Inbound,
+    id: &str,
+    owner: &ResponseOwner,
+) -> Result<Routing, ProxyError> {
+    let Some(backend) = ctx.live.by_id.get(&owner.backend) else {
+        return Err(not_found(inbound, id));
+    };
+    let canonical = ctx.live.routes.canonical(&inbound.model);
+    check_allowed(ctx, inbound, Some(&canonical))?;
+    let upstream = BackendModels::new(backend.id().clone(), &backend.record.model_mappings)
+        .ok()
+        .and_then(|models| models.upstream_for(canonical.as_str()))
+        .map(|(upstream, _)| upstream);
+    let Some(upstream) = upstream else {
+        return Err(ProxyError::InvalidRequest(InvalidRequest::param(
+            format!(
+                "the backend holding `previous_response_id` `{id}` does not serve the model `{}`; \
+                 continue the conversation with a model it serves",
+                inbound.model
+            ),
+            "model",
+            "model_not_served_by_response_backend",
+        )));
+    };
+    admit_key(ctx)?;
+    let route = Route::single(pool_of(ctx, backend), Arc::clone(backend), upstream);
+    Ok(Routing {
+        canonical: Some(canonical),
+        route: Arc::new(route),
+        preferred: None,
+        pinned: Some(id.to_owned()),
+    })
 }
 
 /// A caller may use its own responses; the admin token may use every response.
