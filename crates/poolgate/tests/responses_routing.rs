@@ -461,7 +461,7 @@ async fn count_tokens_passes_through_to_anthropic_backends() {
 
 #[tokio::test]
 async fn a_disabled_or_deleted_owner_is_said_so_never_another_keys_404() {
-    let mocks = vec![MockUpstream::start().await, MockUpstream::start().await];
+    let mocks = [MockUpstream::start().await, MockUpstream::start().await];
     let gateway = Gateway::start().await;
     let mut ids = Vec::new();
     for (i, mock) in mocks.iter().enumerate() {
