@@ -510,3 +510,24 @@ async fn a_disabled_or_deleted_owner_is_said_so_never_another_keys_404() {
     assert_eq!(answer.json["error"]["param"], "previous_response_id");
     assert_eq!(send(call(&gateway, Method::GET, &read)).await.status, 404);
 }
+
+#[tokio::test]
+async fn a_follow_up_may_wait_for_its_cooling_owner() {
+    let mocks = [MockUpstream::start().await, MockUpstream::start().await];
+    // A 429 with `retry-after: 1` cools the owner for one second.
+    let gateway = Gateway::start_with("[cooldown]\nbase_seconds = 0.1\n", None).await;
+    for (i, mock) in mocks.iter().enumerate() {
+        openai_backend(&gateway, &format!("oa-{i}"), mock, "gpt").await;
+    }
+    let answer = send(create(&gateway, json!({"model": "gpt", "input": "hi"}))).await;
+    let id = answer.json["id"].as_str().unwrap().to_owned();
+    let owner = maker(&id, &mocks);
+    owner.push(Reply::rate_limited(Some(1)));
+    let follow_up = json!({"model": "gpt", "input": "more", "previous_response_id": id});
+    assert_eq!(send(create(&gateway, follow_up.clone())).await.status, 429);
+    // Allowed to wait, the next follow-up is served by the owner once it is ready again.
+    let answer = send(create(&gateway, follow_up).header("x-poolgate-max-wait-ms", "5000")).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    let made = answer.json["id"].as_str().unwrap();
+    assert_eq!(maker(made, &mocks).addr(), owner.addr());
+}
