@@ -29,6 +29,11 @@ pub enum Change {
     Remote {
         version: Option<i64>,
     },
+    /// A model alias was created or changed.
+    AliasSet(String),
+    AliasDeleted(String),
+    /// The sticky-routing settings changed.
+    StickyChanged,
 }
 
 impl Change {

@@ -12,12 +12,14 @@
 //! read-only view of the snapshot and the two sinks (usage records, backend health) whose
 //! writers run here.
 
+mod affinity_writer;
 mod backends;
 pub mod changes;
 mod error;
 mod health;
 mod keys;
 mod master_key;
+mod models;
 mod pg_changes;
 mod snapshot;
 mod store;
@@ -28,10 +30,13 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 
+use std::num::NonZeroUsize;
+
 use crate::config::Config;
 use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, Pool};
 use crate::error::InitError;
 use crate::files::ensure_data_dir;
+use crate::routing::affinity::{owner_channel, AffinityLimits, LocalAffinity};
 use crate::runtime::{Cluster, HealthSink};
 use crate::state::{DataPlane, Live};
 use crate::usage::stats::{assemble, Stats, StatsRange};
@@ -44,6 +49,7 @@ pub use master_key::{MasterKeySource, NewKey, Rotation, MASTER_KEY_ENV};
 pub use store::StoreError;
 pub use usage_writer::UsageWriterView;
 
+use affinity_writer::AffinityWriter;
 use health::HealthWriter;
 use pg_changes::PgChangeFeed;
 use snapshot::Snapshots;
@@ -70,6 +76,8 @@ struct Inner {
     pg_feed: Option<Arc<PgChangeFeed>>,
     /// The runtime state shared with the other instances (cluster mode).
     cluster: Option<Arc<Cluster>>,
+    /// Response owners and sticky sessions, handed to the data plane.
+    affinity: Arc<LocalAffinity>,
     /// Serialises changes from their first read to their rebuild, so two edits of one backend
     /// cannot overwrite each other (never taken on the request path).
     writes: tokio::sync::Mutex<()>,
@@ -80,8 +88,11 @@ struct Inner {
 struct Workers {
     usage: UsageWriter,
     health: HealthWriter,
+    affinity: AffinityWriter,
     follower: JoinHandle<()>,
     maintenance: JoinHandle<()>,
+    /// Owners announced by other instances (shared database).
+    owner_follower: Option<JoinHandle<()>>,
 }
 
 /// What [`ControlPlane::assemble`] wires together.
@@ -163,6 +174,8 @@ impl ControlPlane {
             usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage, &config.data_dir);
         let usage_state = usage_writer.state();
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
+        let (affinity, affinity_writer, owner_follower) =
+            open_affinity(&config, &stores, pg_feed.as_deref()).await?;
         // Another instance may change a shared database: compare versions as a backstop.
         let backstop = stores
             .postgres
@@ -189,12 +202,15 @@ impl ControlPlane {
                 usage_state,
                 pg_feed,
                 cluster,
+                affinity,
                 writes: tokio::sync::Mutex::new(()),
                 workers: parking_lot::Mutex::new(Some(Workers {
                     usage: usage_writer,
                     health: health_writer,
+                    affinity: affinity_writer,
                     follower,
                     maintenance,
+                    owner_follower,
                 })),
             }),
         })
@@ -207,6 +223,7 @@ impl ControlPlane {
             self.inner.snapshots.reader(),
             self.inner.usage.clone(),
             self.inner.health.clone(),
+            self.inner.affinity.clone(),
             admin_token,
         )
     }
@@ -220,8 +237,12 @@ impl ControlPlane {
         };
         workers.follower.abort();
         workers.maintenance.abort();
+        if let Some(owner_follower) = &workers.owner_follower {
+            owner_follower.abort();
+        }
         let written = workers.usage.shutdown().await;
         workers.health.shutdown().await;
+        workers.affinity.shutdown().await;
         written
     }
 
@@ -329,6 +350,53 @@ impl ControlPlane {
         let groups = self.inner.stores.usage.usage_stats(range).await?;
         Ok(assemble(&groups, range))
     }
+}
+
+/// The affinity maps, filled with the stored response owners that have not expired (newest
+/// first, up to the map's size), and the writer that stores new ones.
+/// With a shared database (`pg_feed`), the owners other instances store are followed too.
+async fn open_affinity(
+    config: &Config,
+    stores: &Stores,
+    pg_feed: Option<&PgChangeFeed>,
+) -> Result<(Arc<LocalAffinity>, AffinityWriter, Option<JoinHandle<()>>), InitError> {
+    let settings = &config.affinity;
+    let entries = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+    let limits = AffinityLimits {
+        owner_ttl: settings.owner_ttl,
+        owner_entries: entries(settings.owner_max_entries),
+        session_entries: entries(settings.session_max_entries),
+    };
+    let (sink, queue) = owner_channel();
+    let maps = Arc::new(LocalAffinity::new(limits, sink));
+    // Subscribed before the stored owners are read: nothing announced in between is missed.
+    let announced = pg_feed.map(PgChangeFeed::subscribe_owners);
+    let limit = u32::try_from(settings.owner_max_entries).unwrap_or(u32::MAX);
+    let stored = stores
+        .affinity
+        .load_response_owners(now_ms(), limit)
+        .await
+        .map_err(ControlError::from)?;
+    let loaded = stored.len();
+    maps.preload(stored);
+    if loaded > 0 {
+        tracing::info!(loaded, "response owners loaded");
+    }
+    let follower = announced.map(|feed| {
+        affinity_writer::spawn_owner_follower(Arc::clone(&stores.affinity), Arc::clone(&maps), feed)
+    });
+    let flush_every = if follower.is_some() {
+        affinity_writer::SHARED_FLUSH_EVERY
+    } else {
+        affinity_writer::FLUSH_EVERY
+    };
+    let writer = affinity_writer::spawn_writer(
+        Arc::clone(&stores.affinity),
+        queue,
+        Arc::clone(&maps),
+        flush_every,
+    );
+    Ok((maps, writer, follower))
 }
 
 #[cfg(test)]

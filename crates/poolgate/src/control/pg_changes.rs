@@ -4,7 +4,10 @@
 //! write). A cooldown reset writes no configuration, so [`PgChangeFeed::publish`] notifies it
 //! (`reset <origin> <backend id>`). A listening task (its own connection, `LISTEN`) turns what it
 //! hears into [`Published`] changes for the follower; after every (re)connection it publishes a
-//! version check, since notifications sent while it was away are lost.
+//! version check, since notifications sent while it was away are lost. The same connection
+//! listens to [`OWNERS_CHANNEL`]: the response owners other instances stored, handed to
+//! [`PgChangeFeed::subscribe_owners`] (with a [`OwnerFeed::Reconnected`] after a reconnection,
+//! so the subscriber reloads what it may have missed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,16 +19,26 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::changes::{Change, ChangeFeed, InstanceId, Published};
-use super::store::postgres::CONFIG_CHANNEL;
+use super::store::postgres::{OwnerNotice, CONFIG_CHANNEL, OWNERS_CHANNEL};
 use crate::domain::BackendId;
 
 /// The longest pause between two attempts to reconnect the listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// What the owners channel says.
+#[derive(Debug)]
+pub enum OwnerFeed {
+    /// Owners another instance stored (or deleted).
+    Notice(OwnerNotice),
+    /// The listener connected again: announcements may have been missed meanwhile.
+    Reconnected,
+}
+
 /// See the module doc.
 pub struct PgChangeFeed {
     pool: PgPool,
     tx: broadcast::Sender<Published>,
+    owners: broadcast::Sender<Arc<OwnerFeed>>,
     connected: Arc<AtomicBool>,
     listener: JoinHandle<()>,
 }
@@ -34,11 +47,18 @@ impl PgChangeFeed {
     /// Starts listening (in the background; [`PgChangeFeed::connected`] says when it is).
     pub fn start(pool: PgPool) -> Self {
         let tx = broadcast::channel(1024).0;
+        let owners = broadcast::channel(4096).0;
         let connected = Arc::new(AtomicBool::new(false));
-        let listener = tokio::spawn(listen(pool.clone(), tx.clone(), Arc::clone(&connected)));
+        let listener = tokio::spawn(listen(
+            pool.clone(),
+            tx.clone(),
+            owners.clone(),
+            Arc::clone(&connected),
+        ));
         Self {
             pool,
             tx,
+            owners,
             connected,
             listener,
         }
@@ -47,6 +67,11 @@ impl PgChangeFeed {
     /// Whether the listening connection is up (no notification can be missed).
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The response owners other instances store, as they are announced.
+    pub fn subscribe_owners(&self) -> broadcast::Receiver<Arc<OwnerFeed>> {
+        self.owners.subscribe()
     }
 }
 
@@ -97,13 +122,21 @@ fn parse(payload: &str) -> Option<Published> {
     }
 }
 
-async fn listen(pool: PgPool, tx: broadcast::Sender<Published>, connected: Arc<AtomicBool>) {
+async fn listen(
+    pool: PgPool,
+    tx: broadcast::Sender<Published>,
+    owners: broadcast::Sender<Arc<OwnerFeed>>,
+    connected: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
+    let mut first = true;
     loop {
         let listener = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(CONFIG_CHANNEL).await?;
+            listener
+                .listen_all([CONFIG_CHANNEL, OWNERS_CHANNEL])
+                .await?;
             Ok::<_, sqlx::Error>(listener)
         }
         .await;
@@ -120,8 +153,20 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Published>, connected: Arc<A
                     origin: InstanceId::UNKNOWN,
                     change: Change::Remote { version: None },
                 });
+                if !std::mem::take(&mut first) {
+                    let _ = owners.send(Arc::new(OwnerFeed::Reconnected));
+                }
                 // `try_recv` answers `None` when the connection is lost (it does not reconnect).
                 while let Ok(Some(notification)) = listener.try_recv().await {
+                    if notification.channel() == OWNERS_CHANNEL {
+                        match OwnerNotice::parse(notification.payload()) {
+                            Some(notice) => {
+                                let _ = owners.send(Arc::new(OwnerFeed::Notice(notice)));
+                            }
+                            None => tracing::debug!("ignored a malformed owners notification"),
+                        }
+                        continue;
+                    }
                     match parse(notification.payload()) {
                         Some(published) => {
                             let _ = tx.send(published);

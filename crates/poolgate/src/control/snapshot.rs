@@ -19,10 +19,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::changes::{Change, InstanceId, Published};
+use super::models::{sticky_from_stored, STICKY_SETTING};
 use super::store::{ConfigStore, StoreError};
 use crate::crypto::Sealer;
-use crate::domain::{BackendId, CanonicalModel};
-use crate::routing::{build_routes, LiveBackend};
+use crate::domain::BackendId;
+use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{Cluster, RuntimeRegistry};
 use crate::state::{Live, LiveClientKey, LiveReader};
 
@@ -107,6 +108,8 @@ impl Snapshots {
         let pools = self.store.list_pools().await?;
         let records = self.store.list_backends().await?;
         let keys = self.store.list_client_keys().await?;
+        let aliases = self.store.list_aliases().await?;
+        let sticky = sticky_from_stored(self.store.get_setting(STICKY_SETTING).await?.as_deref());
         let sealer = self.sealer();
         let now = Instant::now();
 
@@ -149,9 +152,12 @@ impl Snapshots {
         let key_ids: Vec<&str> = client_keys.keys().map(String::as_str).collect();
         self.registry.retain(&backend_ids, &key_ids);
 
-        let routes = build_routes(&backends, &pools);
-        let mut models: Vec<CanonicalModel> = routes.keys().cloned().collect();
-        models.sort();
+        let routes = RouteTable::build(
+            &backends,
+            &pools,
+            aliases.into_iter().map(|a| (a.alias, a.target)),
+        );
+        let models = routes.listed();
         let by_id = backends
             .iter()
             .map(|b| (b.id().clone(), Arc::clone(b)))
@@ -164,6 +170,7 @@ impl Snapshots {
             client_keys,
             models,
             unreadable,
+            sticky,
         }));
         if let Some(version) = version {
             self.version.store(version, Ordering::Relaxed);

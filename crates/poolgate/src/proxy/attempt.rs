@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::classify::{classify, connection_failure, Failure};
+use super::classify::{azure_failure, classify, connection_failure, Failure};
 use super::context::RequestContext;
 use super::error::ProxyError;
 use super::plan::{self, Inbound};
 use super::record::UsageDraft;
 use super::respond::{relay_client_error, succeed};
+use super::route::route;
 use super::ProxyResponse;
 use crate::cooldown::{Outcome as UpstreamOutcome, ReadyAt};
-use crate::domain::ApiKind;
-use crate::routing::{Route, Selection, Ticket};
+use crate::domain::{ApiKind, BackendRecord};
+use crate::routing::{Selection, Ticket};
 use crate::runtime::{refusal_ready_at, Resolution};
 use crate::shared::{BucketClaim, Refusal};
 use crate::state::DataPlane;
@@ -33,33 +34,6 @@ pub enum Done {
     },
 }
 
-/// Phase **route**: the canonical model's route in this request's snapshot, after the caller's
-/// allowed models and its own RPM bucket.
-fn route<'l>(ctx: &'l RequestContext, inbound: &Inbound) -> Result<&'l Route, ProxyError> {
-    let route =
-        ctx.live
-            .routes
-            .get(inbound.model.as_str())
-            .ok_or_else(|| ProxyError::ModelNotFound {
-                model: inbound.model.clone(),
-            })?;
-    if let Some(key) = &ctx.client_key {
-        let allowed = &key.record.allowed_models;
-        if !allowed.is_empty() && !allowed.iter().any(|m| m.as_str() == inbound.model) {
-            return Err(ProxyError::ModelNotAllowed {
-                model: inbound.model.clone(),
-            });
-        }
-        if let Err(wait) = key.runtime.admit(Instant::now()) {
-            return Err(ProxyError::KeyRateLimited {
-                rpm: key.runtime.rpm(),
-                retry_after: wait,
-            });
-        }
-    }
-    Ok(route)
-}
-
 /// Runs the attempts of one request.
 pub async fn run(
     data: &DataPlane,
@@ -67,11 +41,25 @@ pub async fn run(
     inbound: &Inbound,
     draft: &mut UsageDraft,
 ) -> Result<Done, ProxyError> {
-    let route = route(ctx, inbound)?;
+    // Phase **route** ([`super::route`]).
+    let routing = route(data, ctx, inbound).await?;
+    if let Some(canonical) = &routing.canonical {
+        draft.record.canonical_model = Some(canonical.to_string());
+    }
     let settings = &data.config.proxy;
     let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);
-    let endpoint = inbound.endpoint;
-    let mut selection = Selection::new(route, move |api| endpoint.served_by(api));
+    let mut selection = Selection::new(&routing.route, |record: &BackendRecord| {
+        inbound.served_by(record)
+    });
+    if let Some(preferred) = routing.preferred.clone() {
+        selection.prefer(preferred);
+    }
+    if !selection.any_serves() {
+        if let Some(error) = inbound.none_serves() {
+            refund_key(ctx);
+            return Err(error);
+        }
+    }
     let mut last_failure: Option<Failure> = None;
     // Cluster mode: the client key's shared token, paid by the first admitted attempt.
     let mut key_claim = ctx.client_key.as_ref().and_then(|key| key.runtime.claim());
@@ -93,12 +81,10 @@ pub async fn run(
                     }
                 }
             }
-            let error = give_up(&selection, last_failure.as_ref(), now);
+            let error = routing.explain(give_up(&selection, last_failure.as_ref(), now));
             if last_failure.is_none() {
                 // Nothing was sent upstream: the key's own token goes back.
-                if let Some(key) = &ctx.client_key {
-                    key.runtime.refund(now);
-                }
+                refund_key(ctx);
             }
             return Err(error);
         };
@@ -117,20 +103,13 @@ pub async fn run(
 
         // Phase **call**: the provider builds the request; the backend's timeout bounds the
         // time to the first byte.
-        let (request, plan) = plan::build(
-            inbound,
-            backend.record.api,
-            &backend.record.api_base_url,
-            &backend.api_key,
-            ticket.upstream_model.as_str(),
-            settings.inject_stream_usage,
-            settings.anthropic_default_max_tokens,
-        )?;
+        let (request, plan) =
+            plan::build(inbound, &backend, ticket.upstream_model.as_str(), settings)?;
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let attempt_started = Instant::now();
         let send = data
             .http
-            .post(&request.url)
+            .request(request.method, &request.url)
             .headers(request.headers)
             .body(request.body)
             .send();
@@ -144,20 +123,36 @@ pub async fn run(
                 if status.is_success() {
                     let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
                     match succeed(data, inbound, plan, ticket, response, draft, remaining).await {
-                        Ok(response) => return Ok(Done::Response(response)),
+                        Ok(response) => {
+                            if let Some(key) = inbound.affinity {
+                                // The session stays (or moves) where it was served.
+                                data.affinity.remember_session(
+                                    key,
+                                    backend.id(),
+                                    ctx.live.sticky.ttl,
+                                );
+                            }
+                            return Ok(Done::Response(response));
+                        }
                         Err((returned_ticket, failure)) => {
                             ticket = returned_ticket;
                             failure
                         }
                     }
                 } else {
-                    match classify(status, response.headers()) {
-                        Some(failure) => failure,
-                        None => {
+                    let classified = if backend.record.api == ApiKind::Azure {
+                        azure_failure(response, data.config.proxy.stream_idle_timeout).await
+                    } else {
+                        let failure = classify(status, response.headers());
+                        failure.ok_or(response.into())
+                    };
+                    match classified {
+                        Ok(failure) => failure,
+                        Err(answer) => {
                             // The request's own fault: relay it. The backend answered, so for its
                             // cooldown this counts as a success (a half-open probe is over).
                             resolve(data, &mut ticket, UpstreamOutcome::Success);
-                            return relay_client_error(response, plan, draft, data).await;
+                            return relay_client_error(answer, plan, draft, data).await;
                         }
                     }
                 }
@@ -222,6 +217,13 @@ async fn admit_shared(
     }
 }
 
+/// Nothing was sent upstream: the key's own token goes back.
+fn refund_key(ctx: &RequestContext) {
+    if let Some(key) = &ctx.client_key {
+        key.runtime.refund(Instant::now());
+    }
+}
+
 /// Feeds an upstream outcome to the backend's runtime; a change of its persisted health is
 /// handed to the health writer (never written here). In cluster mode the outcome goes to the
 /// shared state in its own task, returned so the caller may wait for it.
@@ -253,7 +255,7 @@ pub fn resolve(
 /// The error for "no (more) candidates": 429 (with `Retry-After`) when backends are rate
 /// limited or cooling, 504 when the last attempt timed out, 502 when upstreams failed, 503 when
 /// every backend is disabled or has a refused key.
-fn give_up<F: Fn(ApiKind) -> bool>(
+fn give_up<F: Fn(&BackendRecord) -> bool>(
     selection: &Selection<'_, F>,
     last: Option<&Failure>,
     now: Instant,

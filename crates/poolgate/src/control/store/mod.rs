@@ -1,8 +1,9 @@
-//! Persistence behind two traits by purpose: [`ConfigStore`] (backends, pools, client keys,
-//! settings and the persisted part of backend health) and [`UsageStore`] (usage records, their
-//! pages and the statistics, aggregated in SQL). [`open`] picks the implementation from the
-//! `database_url`: [`sqlite`] (one instance) or [`postgres`] (any number of instances sharing
-//! it). Implementations store what they are handed: validation, sealing and ids are the callers'
+//! Persistence behind traits by purpose: [`ConfigStore`] (backends, pools, client keys, model
+//! aliases, settings and the persisted part of backend health), [`UsageStore`] (usage records,
+//! their pages and the statistics, aggregated in SQL) and [`AffinityStore`] (which backend made
+//! each Responses API response). [`open`] picks the implementation from the `database_url`:
+//! [`sqlite`] (one instance) or [`postgres`] (any number of instances sharing it).
+//! Implementations store what they are handed: validation, sealing and ids are the callers'
 //! business.
 
 pub mod postgres;
@@ -17,7 +18,8 @@ use async_trait::async_trait;
 
 use crate::config::{DatabaseSettings, DatabaseUrl};
 use crate::domain::{
-    BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName, UsageRecord,
+    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName,
+    ResponseOwnerRecord, UsageRecord,
 };
 use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
@@ -84,6 +86,7 @@ pub trait ConfigStore: Send + Sync + 'static {
 
     // --- settings ---
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// Stores the setting unless it exists; true if this call stored it (instances starting at
     /// the same moment agree on one value).
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError>;
@@ -92,6 +95,37 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// The version of the stored configuration, bumped by every configuration write, when the
     /// database is shared by several instances; `None` when only this process writes it.
     async fn config_version(&self) -> Result<Option<i64>, StoreError>;
+
+    // --- model aliases ---
+    /// Every alias, by name.
+    async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError>;
+    /// Creates or replaces an alias (keeping its `created_at`).
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
+    /// False if no such alias.
+    async fn delete_alias(&self, alias: &str) -> Result<bool, StoreError>;
+    /// In one transaction: upsert the config file's aliases (`source = config`) and delete the
+    /// `source = config` aliases no longer in it.
+    async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> Result<(), StoreError>;
+}
+
+/// Response affinity at rest: which backend made each response id, written behind the request
+/// path in batches and read once at start.
+#[async_trait]
+pub trait AffinityStore: Send + Sync + 'static {
+    /// In one transaction: upsert `owners` and delete `removed` response ids.
+    async fn save_response_owners(
+        &self,
+        owners: &[ResponseOwnerRecord],
+        removed: &[String],
+    ) -> Result<(), StoreError>;
+    /// The owners not expired at `now_ms`, newest first, at most `limit`.
+    async fn load_response_owners(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ResponseOwnerRecord>, StoreError>;
+    /// Deletes the owners expired at `now_ms`; returns how many.
+    async fn purge_response_owners(&self, now_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Where usage records go and how they are read back.
@@ -117,6 +151,7 @@ pub trait UsageStore: Send + Sync + 'static {
 pub struct Stores {
     pub config: Arc<dyn ConfigStore>,
     pub usage: Arc<dyn UsageStore>,
+    pub affinity: Arc<dyn AffinityStore>,
     /// The PostgreSQL store, when that is the database (its change feed listens on it).
     pub postgres: Option<Arc<postgres::PgStore>>,
 }
@@ -128,7 +163,8 @@ pub async fn open(url: &DatabaseUrl, settings: &DatabaseSettings) -> Result<Stor
             let store = Arc::new(sqlite::SqliteStore::open(path).await?);
             Ok(Stores {
                 config: store.clone(),
-                usage: store,
+                usage: store.clone(),
+                affinity: store,
                 postgres: None,
             })
         }
@@ -137,6 +173,7 @@ pub async fn open(url: &DatabaseUrl, settings: &DatabaseSettings) -> Result<Stor
             Ok(Stores {
                 config: store.clone(),
                 usage: store.clone(),
+                affinity: store.clone(),
                 postgres: Some(store),
             })
         }

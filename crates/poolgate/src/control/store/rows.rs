@@ -8,8 +8,9 @@ use sqlx::Row;
 
 use super::StoreError;
 use crate::domain::{
-    ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
-    ModelMappings, Outcome, PersistedHealth, Pool, PoolName, Source, UsageRecord,
+    AliasRecord, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel,
+    ClientKeyRecord, ModelMappings, Outcome, PersistedHealth, Pool, PoolName, ResponseOwnerRecord,
+    Source, UsageRecord,
 };
 use crate::usage::stats::{Group, GroupStats};
 use crate::usage::UsagePage;
@@ -21,6 +22,7 @@ pub(super) trait Columns {
     fn int(&self, name: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError>;
     fn flag(&self, name: &str) -> Result<bool, StoreError>;
+    fn opt_flag(&self, name: &str) -> Result<Option<bool>, StoreError>;
     fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError>;
 }
 
@@ -40,6 +42,9 @@ macro_rules! columns_for {
                 Ok(self.try_get(name)?)
             }
             fn flag(&self, name: &str) -> Result<bool, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn opt_flag(&self, name: &str) -> Result<Option<bool>, StoreError> {
                 Ok(self.try_get(name)?)
             }
             fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
@@ -124,6 +129,31 @@ pub(super) fn backend_from_row(row: &impl Columns) -> Result<BackendRecord, Stor
         },
         created_at_ms: row.int("created_at")?,
         updated_at_ms: row.int("updated_at")?,
+        responses: row.opt_flag("responses")?,
+        api_version: row.opt_text("api_version")?,
+    })
+}
+
+pub(super) fn alias_from_row(row: &impl Columns) -> Result<AliasRecord, StoreError> {
+    let source = row.text("source")?;
+    Ok(AliasRecord {
+        alias: row.text("alias")?,
+        target: CanonicalModel::new(row.text("target")?),
+        source: Source::parse(&source).ok_or_else(|| corrupt("source", &source))?,
+        created_at_ms: row.int("created_at")?,
+        updated_at_ms: row.int("updated_at")?,
+    })
+}
+
+pub(super) fn response_owner_from_row(
+    row: &impl Columns,
+) -> Result<ResponseOwnerRecord, StoreError> {
+    Ok(ResponseOwnerRecord {
+        response_id: row.text("response_id")?,
+        backend_id: BackendId::new(row.text("backend_id")?),
+        caller: row.text("caller")?,
+        created_at_ms: row.int("created_at")?,
+        expires_at_ms: row.int("expires_at")?,
     })
 }
 
@@ -160,6 +190,7 @@ pub(super) fn usage_from_row(row: &impl Columns) -> Result<UsageRecord, StoreErr
         prompt_tokens: opt_narrow("prompt_tokens", row.opt_int("prompt_tokens")?)?,
         completion_tokens: opt_narrow("completion_tokens", row.opt_int("completion_tokens")?)?,
         total_tokens: opt_narrow("total_tokens", row.opt_int("total_tokens")?)?,
+        cached_tokens: opt_narrow("cached_tokens", row.opt_int("cached_tokens")?)?,
         latency_ms: narrow("latency_ms", row.int("latency_ms")?)?,
         ttfb_ms: opt_narrow("ttfb_ms", row.opt_int("ttfb_ms")?)?,
         streamed: row.flag("streamed")?,
@@ -216,6 +247,7 @@ pub(super) fn group_from_row(row: &impl Columns) -> Result<GroupStats, StoreErro
         cancelled: count("cancelled")?,
         prompt_tokens: count("prompt_tokens")?,
         completion_tokens: count("completion_tokens")?,
+        cached_tokens: count("cached_tokens")?,
         p50_latency_ms: value("p50_latency")?,
         p95_latency_ms: value("p95_latency")?,
         p50_ttfb_ms: value("p50_ttfb")?,

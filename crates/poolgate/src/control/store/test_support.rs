@@ -22,6 +22,7 @@ pub fn usage(i: i64) -> UsageRecord {
         prompt_tokens: Some(10),
         completion_tokens: Some(5),
         total_tokens: Some(15),
+        cached_tokens: Some(u32::try_from(i % 3).unwrap_or(0)),
         latency_ms: 12,
         ttfb_ms: Some(3),
         streamed: false,
@@ -57,6 +58,7 @@ pub fn record_strategy() -> impl Strategy<Value = UsageRecord> {
                 ttfb_ms: ttfb,
                 prompt_tokens: tokens,
                 completion_tokens: tokens.map(|t| t / 2),
+                cached_tokens: tokens.map(|t| t / 3),
                 ..usage(0)
             },
         )

@@ -61,6 +61,7 @@ fn record(i: usize) -> UsageRecord {
         prompt_tokens: None,
         completion_tokens: None,
         total_tokens: None,
+        cached_tokens: None,
         latency_ms: 1,
         ttfb_ms: None,
         streamed: false,

@@ -4,8 +4,10 @@
 //! SQLite (times in Unix ms, JSON as text). A trigger bumps `config_version` and notifies channel
 //! [`CONFIG_CHANNEL`] with every configuration write, in the writing transaction; the control
 //! plane's change feed listens to it. This file is the [`ConfigStore`]; [`usage`] is the usage
-//! store (day partitions, batched idempotent inserts, statistics in SQL).
+//! store (day partitions, batched idempotent inserts, statistics in SQL) and [`affinity`] the
+//! response-affinity store (each batch of owners announced on [`OWNERS_CHANNEL`]).
 
+mod affinity;
 mod usage;
 
 use std::str::FromStr;
@@ -15,12 +17,16 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Postgres;
 
-use super::rows::{backend_from_row, client_key_from_row, corrupt, pool_from_row, status_of};
+use super::rows::{
+    alias_from_row, backend_from_row, client_key_from_row, corrupt, pool_from_row, status_of,
+};
 use super::{ConfigStore, StoreError};
 use crate::config::DatabaseSettings;
 use crate::domain::{
-    now_ms, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName, Source,
+    now_ms, AliasRecord, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool,
+    PoolName, Source,
 };
+pub use affinity::{OwnerNotice, OWNERS_CHANNEL};
 
 /// The PostgreSQL schema (`migrations/postgres/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -54,12 +60,6 @@ impl PgStore {
         Ok(Self { pool })
     }
 
-    /// Sets a setting (the control plane only ever sets them in a transaction or once).
-    #[cfg(test)]
-    pub async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        upsert_setting(&self.pool, key, value).await
-    }
-
     /// The pool (the change feed opens its listening connection with the same options).
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -87,11 +87,12 @@ fn classify_write_error(error: sqlx::Error, backend: &BackendRecord) -> StoreErr
 
 const BACKEND_COLUMNS: &str = "id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
      timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-     cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at";
+     cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at, \
+     responses, api_version";
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
-/// Binds a backend's definition in the order of `$1`..`$16` of both statements below.
+/// Binds a backend's definition in the order of `$1`..`$18` of both statements below.
 fn bind_definition<'q>(
     query: Query<'q>,
     backend: &'q BackendRecord,
@@ -115,7 +116,9 @@ fn bind_definition<'q>(
         .bind(mappings)
         .bind(backend.source.as_str())
         .bind(backend.metadata.to_string())
-        .bind(backend.updated_at_ms))
+        .bind(backend.updated_at_ms)
+        .bind(backend.responses)
+        .bind(backend.api_version.as_deref()))
 }
 
 async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
@@ -125,9 +128,10 @@ where
     let query = sqlx::query(
         "INSERT INTO backends (name, label, api_base_url, api_key_sealed, api_key_mask, api, \
          timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-         metadata, updated_at, id, cooldown_until, consecutive_429_count, last_error, created_at) \
+         metadata, updated_at, responses, api_version, id, cooldown_until, \
+         consecutive_429_count, last_error, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21)",
+         $18, $19, $20, $21, $22, $23)",
     );
     bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -153,7 +157,7 @@ where
         "UPDATE backends SET name = $1, label = $2, api_base_url = $3, api_key_sealed = $4, \
          api_key_mask = $5, api = $6, timeout_seconds = $7, rpm_limit = $8, weight = $9, \
          pool = $10, enabled = $11, status = $12, model_mappings = $13, source = $14, \
-         metadata = $15, updated_at = $16 WHERE id = $17",
+         metadata = $15, updated_at = $16, responses = $17, api_version = $18 WHERE id = $19",
     );
     let result = bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -406,6 +410,10 @@ impl ConfigStore for PgStore {
         Ok(value)
     }
 
+    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        upsert_setting(&self.pool, key, value).await
+    }
+
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> Result<bool, StoreError> {
         let result = sqlx::query(
             "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
@@ -423,6 +431,67 @@ impl ConfigStore for PgStore {
             .await?;
         Ok(Some(version))
     }
+
+    async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT alias, target, source, created_at, updated_at FROM model_aliases \
+             ORDER BY alias",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alias_from_row).collect()
+    }
+
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        upsert_alias(&self.pool, alias).await
+    }
+
+    async fn delete_alias(&self, alias: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM model_aliases WHERE alias = $1")
+            .bind(alias)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Instances starting together sync one after the other.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SYNC_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let names: Vec<&str> = aliases.iter().map(|a| a.alias.as_str()).collect();
+        sqlx::query("DELETE FROM model_aliases WHERE source = 'config' AND alias <> ALL($1)")
+            .bind(&names)
+            .execute(&mut *tx)
+            .await?;
+        for alias in aliases {
+            upsert_alias(&mut *tx, alias).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Creates or replaces an alias, keeping the `created_at` of an existing row.
+async fn upsert_alias<'c, E>(executor: E, alias: &AliasRecord) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    sqlx::query(
+        "INSERT INTO model_aliases (alias, target, source, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (alias) DO UPDATE SET target = excluded.target, \
+         source = excluded.source, updated_at = excluded.updated_at",
+    )
+    .bind(&alias.alias)
+    .bind(alias.target.as_str())
+    .bind(alias.source.as_str())
+    .bind(alias.created_at_ms)
+    .bind(alias.updated_at_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -282,3 +282,116 @@ fn statistics_equal_sqlites_for_the_same_records() {
         .unwrap();
     drop(server);
 }
+
+#[tokio::test]
+async fn aliases_azure_backends_and_response_owners_match_sqlite() {
+    use crate::control::store::AffinityStore;
+    use crate::domain::{ApiKind, ResponseOwnerRecord};
+    let server = PostgresServer::start().await;
+    let store = open(&server, "v3").await;
+    let mut config = PgListener::connect_with(store.pool()).await.unwrap();
+    config
+        .listen_all([CONFIG_CHANNEL, OWNERS_CHANNEL])
+        .await
+        .unwrap();
+
+    // Azure backends with the two new columns; changing one is a configuration change.
+    let mut azure = backend("az");
+    azure.api = ApiKind::Azure;
+    azure.responses = Some(true);
+    azure.api_version = Some("2025-04-01-preview".into());
+    store.insert_backend(&azure).await.unwrap();
+    assert_eq!(store.get_backend(&azure.id).await.unwrap().unwrap(), azure);
+    let version = store.config_version().await.unwrap().unwrap();
+    azure.api_version = Some("v1".into());
+    azure.responses = None;
+    store.update_backend(&azure).await.unwrap();
+    assert_eq!(store.get_backend(&azure.id).await.unwrap().unwrap(), azure);
+    assert_eq!(store.config_version().await.unwrap(), Some(version + 1));
+
+    // Aliases: the same rules as SQLite's, and each write announced.
+    let alias = |name: &str, target: &str, source: Source| AliasRecord {
+        alias: name.to_owned(),
+        target: CanonicalModel::new(target),
+        source,
+        created_at_ms: 10,
+        updated_at_ms: 20,
+    };
+    store
+        .put_alias(&alias("api-one", "gpt-4o", Source::Api))
+        .await
+        .unwrap();
+    // (An upsert fires the INSERT and the UPDATE statement triggers: it may count twice.)
+    assert!(store.config_version().await.unwrap() > Some(version + 1));
+    store
+        .sync_config_aliases(&[
+            alias("cfg-a", "m1", Source::Config),
+            alias("cfg-b", "m2", Source::Config),
+        ])
+        .await
+        .unwrap();
+    let mut changed = alias("api-one", "gpt-4.1", Source::Api);
+    changed.created_at_ms = 99;
+    store.put_alias(&changed).await.unwrap();
+    store
+        .sync_config_aliases(&[alias("cfg-b", "m3", Source::Config)])
+        .await
+        .unwrap();
+    let stored = store.list_aliases().await.unwrap();
+    let names: Vec<(&str, &str)> = stored
+        .iter()
+        .map(|a| (a.alias.as_str(), a.target.as_str()))
+        .collect();
+    assert_eq!(names, [("api-one", "gpt-4.1"), ("cfg-b", "m3")]);
+    assert_eq!(stored[0].created_at_ms, 10, "an update keeps the creation time");
+    assert!(store.delete_alias("api-one").await.unwrap());
+    assert!(!store.delete_alias("api-one").await.unwrap());
+
+    // Response owners: upserted (a repeated id in one batch keeps the last), deleted, loaded
+    // newest first, purged — and every batch announced on the owners channel.
+    let owner = |id: &str, created: i64, expires: i64| ResponseOwnerRecord {
+        response_id: id.to_owned(),
+        backend_id: BackendId::new("bkd_a"),
+        caller: "key_1".into(),
+        created_at_ms: created,
+        expires_at_ms: expires,
+    };
+    let mut many: Vec<ResponseOwnerRecord> = (0..250)
+        .map(|i| owner(&format!("resp_{i}"), i, 1_000 + i))
+        .collect();
+    many.push(owner("resp_2", 2, 1_002));
+    store.save_response_owners(&many, &[]).await.unwrap();
+    store
+        .save_response_owners(&[owner("resp_0", 500, 5_000)], &["resp_1".to_owned()])
+        .await
+        .unwrap();
+    let loaded = store.load_response_owners(1_100, 1_000).await.unwrap();
+    assert_eq!(loaded.len(), 150);
+    assert_eq!(loaded[0].response_id, "resp_249", "newest first");
+    let renewed = loaded.iter().find(|o| o.response_id == "resp_0").unwrap();
+    assert_eq!((renewed.created_at_ms, renewed.expires_at_ms), (0, 5_000));
+    assert!(loaded.iter().all(|o| o.response_id != "resp_1"), "deleted");
+    assert_eq!(store.purge_response_owners(1_100).await.unwrap(), 99);
+    assert_eq!(store.load_response_owners(0, 1_000).await.unwrap().len(), 150);
+
+    let mut announced = Vec::new();
+    let mut removed = Vec::new();
+    while removed.is_empty() {
+        let heard = config.recv().await.unwrap();
+        if heard.channel() == OWNERS_CHANNEL {
+            let notice = OwnerNotice::parse(heard.payload()).unwrap();
+            announced.extend(notice.owners());
+            removed.extend(notice.removed().iter().cloned());
+        }
+    }
+    assert_eq!(announced.len(), 252);
+    assert_eq!(announced[251], owner("resp_0", 500, 5_000));
+    assert_eq!(removed, ["resp_1"]);
+
+    // Cached tokens are stored and summed.
+    store.insert_usage(&[usage(1), usage(2)]).await.unwrap();
+    let page = store.list_usage(&UsageFilter::default()).await.unwrap();
+    let mut cached: Vec<_> = page.records.iter().map(|r| r.cached_tokens).collect();
+    cached.sort();
+    assert_eq!(cached, [Some(1), Some(2)]);
+}

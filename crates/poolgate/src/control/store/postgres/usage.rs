@@ -19,10 +19,10 @@ const DAYS_AHEAD: i32 = 3;
 const INSERT_SQL: &str = "\
 INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, canonical_model, backend_id,
     upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, completion_tokens,
-    total_tokens, latency_ms, ttfb_ms, streamed)
+    total_tokens, latency_ms, ttfb_ms, streamed, cached_tokens)
 SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
     $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::int8[],
-    $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::bool[])
+    $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::bool[], $19::int8[])
 ON CONFLICT (ts, request_id) DO NOTHING";
 
 /// See the SQLite store's `STATS_SQL` for what each part computes; only the dialect differs.
@@ -36,6 +36,7 @@ WITH base AS (
                 WHEN outcome = 'success' AND status < 400 THEN 0 ELSE 1 END AS failed,
            GREATEST(COALESCE(prompt_tokens, 0), 0) AS prompt,
            GREATEST(COALESCE(completion_tokens, 0), 0) AS completion,
+           GREATEST(COALESCE(cached_tokens, 0), 0) AS cached,
            GREATEST(latency_ms, 0) AS latency,
            CASE WHEN ttfb_ms >= 0 THEN ttfb_ms END AS ttfb
     FROM usage_records
@@ -44,12 +45,16 @@ WITH base AS (
 ),
 grouped AS (
     SELECT 0::bigint AS dim, (-1)::bigint AS b, ''::text AS k, cancelled, failed, prompt,
-           completion, latency, ttfb FROM base
-    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
+           completion, cached, latency, ttfb FROM base
+    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, cached, latency, ttfb FROM base
+    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
 ),
 ranked AS (
     SELECT *,
@@ -61,7 +66,7 @@ ranked AS (
 )
 SELECT dim, b, k, COUNT(*) AS requests, SUM(failed)::bigint AS errors,
        SUM(cancelled)::bigint AS cancelled, SUM(prompt)::bigint AS prompt_tokens,
-       SUM(completion)::bigint AS completion_tokens,
+       SUM(completion)::bigint AS completion_tokens, SUM(cached)::bigint AS cached_tokens,
        MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
        MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
        MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
@@ -103,6 +108,7 @@ impl UsageStore for PgStore {
             .bind(column!(|r| wide(r.latency_ms)))
             .bind(column!(|r| r.ttfb_ms.map(wide)))
             .bind(column!(|r| r.streamed))
+            .bind(column!(|r| r.cached_tokens.map(i64::from)))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -113,7 +119,8 @@ impl UsageStore for PgStore {
         let rows = sqlx::query(
             "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
              upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
-             completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed FROM usage_records \
+             completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed \
+             FROM usage_records \
              WHERE ($1::bigint IS NULL OR ts >= $1) AND ($2::bigint IS NULL OR ts < $2) \
              AND ($3::text IS NULL OR backend_id = $3) \
              AND ($4::text IS NULL OR canonical_model = $4) \

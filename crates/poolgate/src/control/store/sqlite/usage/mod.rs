@@ -28,6 +28,7 @@ WITH base AS (
                 WHEN outcome = 'success' AND status < 400 THEN 0 ELSE 1 END AS failed,
            MAX(COALESCE(prompt_tokens, 0), 0) AS prompt,
            MAX(COALESCE(completion_tokens, 0), 0) AS completion,
+           MAX(COALESCE(cached_tokens, 0), 0) AS cached,
            MAX(latency_ms, 0) AS latency,
            CASE WHEN ttfb_ms >= 0 THEN ttfb_ms END AS ttfb
     FROM usage_records
@@ -35,12 +36,17 @@ WITH base AS (
       AND (?6 IS NULL OR canonical_model = ?6) AND (?7 IS NULL OR client_key_id = ?7)
 ),
 grouped AS (
-    SELECT 0 AS dim, -1 AS b, '' AS k, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    SELECT 0 AS dim, -1 AS b, '' AS k, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, cached, latency, ttfb FROM base
+    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
 ),
 ranked AS (
     SELECT *,
@@ -52,6 +58,7 @@ ranked AS (
 )
 SELECT dim, b, k, COUNT(*) AS requests, SUM(failed) AS errors, SUM(cancelled) AS cancelled,
        SUM(prompt) AS prompt_tokens, SUM(completion) AS completion_tokens,
+       SUM(cached) AS cached_tokens,
        MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
        MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
        MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
@@ -66,14 +73,14 @@ impl UsageStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Multi-row inserts: one statement per 100 records (18 parameters each). A request id
+        // Multi-row inserts: one statement per 100 records (19 parameters each). A request id
         // already stored (a batch written again) is skipped.
         for chunk in records.chunks(100) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
                  canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
                  error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
-                 streamed) ",
+                 streamed, cached_tokens) ",
             );
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind(record.request_id.clone())
@@ -93,7 +100,8 @@ impl UsageStore for SqliteStore {
                     .push_bind(record.total_tokens.map(i64::from))
                     .push_bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
                     .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-                    .push_bind(record.streamed);
+                    .push_bind(record.streamed)
+                    .push_bind(record.cached_tokens.map(i64::from));
             });
             insert.push(" ON CONFLICT (request_id) DO NOTHING");
             insert.build().execute(&mut *tx).await?;
@@ -108,7 +116,8 @@ impl UsageStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
              upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
-             completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed FROM usage_records \
+             completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed \
+             FROM usage_records \
              WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) \
              AND (?3 IS NULL OR backend_id = ?3) AND (?4 IS NULL OR canonical_model = ?4) \
              AND (?5 IS NULL OR client_key_id = ?5) AND (?6 IS NULL OR seq < ?6) \
