@@ -2006,7 +2006,12 @@ async fn the_cluster_view_of_a_single_instance_says_it_keeps_its_own_state() {
     let upstream = MockUpstream::start().await;
     let gateway = Gateway::start_with("instance_id = \"solo-1\"\n", None).await;
     gateway
-        .add_backend(backend_body("one", &upstream.openai_base_url(), "sk-one-key-000001", "m"))
+        .add_backend(backend_body(
+            "one",
+            &upstream.openai_base_url(),
+            "sk-one-key-000001",
+            "m",
+        ))
         .await;
     assert_eq!(gateway.chat("m").await.0, 200);
     let view = admin_call(&gateway, Method::GET, "/cluster").await;

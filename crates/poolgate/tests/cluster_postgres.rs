@@ -8,7 +8,12 @@
 //!    middle of a flush and one instance (a real `poolgate serve` process) stopped with SIGTERM:
 //!    the stored request ids are exactly those of the answers, each once;
 //! 8. PostgreSQL down for 20 s: requests are still served, the usage waits (buffer, then spill
-//!    file) and lands once PostgreSQL is back.
+//!    file) and lands once PostgreSQL is back;
+//!
+//! and issue #15 across instances: a response made through one instance is followed up, read and
+//! deleted through the others at the backend that made it (owners announced through the
+//! database, also known to an instance started later), and a model alias set on one instance is
+//! served by the others within 1 s.
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "test")]
 
 mod cluster;
@@ -391,6 +396,148 @@ async fn with_postgres_down_for_20_s_requests_are_served_and_their_usage_lands_a
             let writer = &cluster.view(0).await["usage_writer"];
             writer["buffered"] == 0 && writer["spilled"] == 0 && writer["database_failing"] == false
         },
+    )
+    .await;
+    cluster.stop().await;
+}
+
+/// The mock that made response `id`.
+fn maker<'m>(id: &str, mocks: &'m [MockUpstream]) -> &'m MockUpstream {
+    mocks
+        .iter()
+        .find(|mock| id.starts_with(&mock.response_id_prefix()))
+        .unwrap_or_else(|| panic!("no mock made `{id}`"))
+}
+
+fn responses(gateway: &Gateway, body: serde_json::Value) -> reqwest::RequestBuilder {
+    gateway.proxy("/v1/responses").json(&body)
+}
+
+fn response_call(gateway: &Gateway, method: Method, id: &str) -> reqwest::RequestBuilder {
+    gateway
+        .client
+        .request(method, format!("{}/v1/responses/{id}", gateway.url))
+        .bearer_auth(common::ADMIN_TOKEN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_followed_up_at_their_owner_and_aliases_served_through_every_instance() {
+    let mocks = [MockUpstream::start().await, MockUpstream::start().await];
+    let toml = format!(
+        "{}{}",
+        backend_toml("r0", &mocks[0].openai_base_url(), "primary", ""),
+        backend_toml("r1", &mocks[1].openai_base_url(), "primary", "")
+    );
+    let cluster = Cluster::start(3, None, &toml).await;
+    let [a, b, c] = [
+        &cluster.instances[0],
+        &cluster.instances[1],
+        &cluster.instances[2],
+    ];
+
+    // Responses made through A, spread over both backends.
+    let mut ids = Vec::new();
+    for turn in 0..4 {
+        let answer = send(responses(
+            a,
+            json!({"model": MODEL, "input": format!("first {turn}")}),
+        ))
+        .await;
+        assert_eq!(answer.status, 200, "{answer}");
+        ids.push((
+            answer.json["id"].as_str().unwrap().to_owned(),
+            Instant::now(),
+        ));
+    }
+    let makers: HashSet<_> = ids.iter().map(|(id, _)| maker(id, &mocks).addr()).collect();
+    assert_eq!(makers.len(), 2, "both backends made responses");
+
+    for (id, made) in &ids {
+        let owner = maker(id, &mocks).addr();
+        for (name, gateway) in [("B", b), ("C", c)] {
+            // The owner is known there once announced (an unknown id is a 404 from poolgate).
+            within(
+                &format!("instance {name} knows the owner of {id}"),
+                Duration::from_secs(1),
+                || async { send(response_call(gateway, Method::GET, id)).await.status == 200 },
+            )
+            .await;
+            println!(
+                "instance {name} knows the owner of {id} at most {:?} after A answered",
+                made.elapsed()
+            );
+            // A follow-up there reaches the owner (the mock 404s an id it did not make).
+            let answer = send(responses(
+                gateway,
+                json!({"model": MODEL, "input": "next", "previous_response_id": id}),
+            ))
+            .await;
+            assert_eq!(answer.status, 200, "{answer}");
+            let follow_up = answer.json["id"].as_str().unwrap();
+            assert_eq!(maker(follow_up, &mocks).addr(), owner);
+        }
+    }
+
+    // Deleted through B: the owner deletes it, and A forgets it too.
+    let deleted = &ids[0].0;
+    let answer = send(response_call(b, Method::DELETE, deleted)).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    within(
+        "A forgets the deleted response",
+        Duration::from_secs(1),
+        || async { send(response_call(a, Method::GET, deleted)).await.status == 404 },
+    )
+    .await;
+
+    // An instance started later loads the stored owners.
+    let late = Gateway::start_with(&cluster.instance_toml(3), None).await;
+    let answer = send(responses(
+        &late,
+        json!({"model": MODEL, "input": "later", "previous_response_id": ids[1].0}),
+    ))
+    .await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!(
+        maker(answer.json["id"].as_str().unwrap(), &mocks).addr(),
+        maker(&ids[1].0, &mocks).addr()
+    );
+    assert_eq!(
+        send(response_call(&late, Method::GET, deleted))
+            .await
+            .status,
+        404
+    );
+    late.stop().await;
+
+    // A model alias set on A is served by B and C within 1 s; deleted on C, gone from A.
+    let set = send(
+        a.admin(Method::PUT, "/aliases/fast")
+            .json(&json!({"target": MODEL})),
+    )
+    .await;
+    assert!(set.status == 200 || set.status == 201, "{set}");
+    for (name, gateway) in [("B", b), ("C", c)] {
+        let took = within(
+            &format!("instance {name} serves the alias"),
+            Duration::from_secs(1),
+            || async {
+                let answer = send(gateway.proxy("/v1/chat/completions").json(
+                    &json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]}),
+                ))
+                .await;
+                answer.status == 200
+            },
+        )
+        .await;
+        println!("instance {name} serves the alias {took:?} after it was set on A");
+        assert!(models(gateway).await.contains(&"fast".to_owned()));
+    }
+    let delete = send(c.admin(Method::DELETE, "/aliases/fast")).await;
+    assert!(delete.status == 200 || delete.status == 204, "{delete}");
+    within(
+        "A no longer lists the alias",
+        Duration::from_secs(1),
+        || async { !models(a).await.contains(&"fast".to_owned()) },
     )
     .await;
     cluster.stop().await;

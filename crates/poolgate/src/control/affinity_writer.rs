@@ -177,10 +177,7 @@ pub fn spawn_owner_follower(
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             };
             if reload {
-                match store
-                    .load_response_owners(now_ms(), RELOAD_AFTER_GAP)
-                    .await
-                {
+                match store.load_response_owners(now_ms(), RELOAD_AFTER_GAP).await {
                     Ok(owners) => maps.preload(owners),
                     Err(error) => {
                         tracing::warn!(%error, "reloading response owners after a gap failed");

@@ -8,9 +8,9 @@ use sqlx::Row;
 
 use super::StoreError;
 use crate::domain::{
-    AliasRecord, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel,
-    ClientKeyRecord, ModelMappings, Outcome, PersistedHealth, Pool, PoolName, ResponseOwnerRecord,
-    Source, UsageRecord,
+    AliasRecord, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
+    ModelMappings, Outcome, PersistedHealth, Pool, PoolName, ResponseOwnerRecord, Source,
+    UsageRecord,
 };
 use crate::usage::stats::{Group, GroupStats};
 use crate::usage::UsagePage;

@@ -37,15 +37,15 @@ impl OwnerNotice {
 
     /// The owners it announces.
     pub fn owners(&self) -> impl Iterator<Item = ResponseOwnerRecord> + '_ {
-        self.owners
-            .iter()
-            .map(|(id, backend, caller, created, expires)| ResponseOwnerRecord {
+        self.owners.iter().map(
+            |(id, backend, caller, created, expires)| ResponseOwnerRecord {
                 response_id: id.clone(),
                 backend_id: BackendId::new(backend.as_str()),
                 caller: caller.clone(),
                 created_at_ms: *created,
                 expires_at_ms: *expires,
-            })
+            },
+        )
     }
 
     /// The response ids it says were deleted.
@@ -76,10 +76,8 @@ impl OwnerNotice {
         };
         for owner in owners {
             // Quotes, commas, brackets and two numbers of at most 20 digits; escapes are rare.
-            let entry_size = owner.response_id.len()
-                + owner.backend_id.as_str().len()
-                + owner.caller.len()
-                + 60;
+            let entry_size =
+                owner.response_id.len() + owner.backend_id.as_str().len() + owner.caller.len() + 60;
             if entry_size > MAX_PAYLOAD / 2 {
                 tracing::warn!(
                     response_id_len = owner.response_id.len(),

@@ -343,7 +343,10 @@ async fn aliases_azure_backends_and_response_owners_match_sqlite() {
         .map(|a| (a.alias.as_str(), a.target.as_str()))
         .collect();
     assert_eq!(names, [("api-one", "gpt-4.1"), ("cfg-b", "m3")]);
-    assert_eq!(stored[0].created_at_ms, 10, "an update keeps the creation time");
+    assert_eq!(
+        stored[0].created_at_ms, 10,
+        "an update keeps the creation time"
+    );
     assert!(store.delete_alias("api-one").await.unwrap());
     assert!(!store.delete_alias("api-one").await.unwrap());
 
@@ -372,7 +375,10 @@ async fn aliases_azure_backends_and_response_owners_match_sqlite() {
     assert_eq!((renewed.created_at_ms, renewed.expires_at_ms), (0, 5_000));
     assert!(loaded.iter().all(|o| o.response_id != "resp_1"), "deleted");
     assert_eq!(store.purge_response_owners(1_100).await.unwrap(), 99);
-    assert_eq!(store.load_response_owners(0, 1_000).await.unwrap().len(), 150);
+    assert_eq!(
+        store.load_response_owners(0, 1_000).await.unwrap().len(),
+        150
+    );
 
     let mut announced = Vec::new();
     let mut removed = Vec::new();

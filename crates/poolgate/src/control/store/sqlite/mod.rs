@@ -20,8 +20,8 @@ use sqlx::{Row, Sqlite};
 use super::rows::{backend_from_row, client_key_from_row, corrupt, pool_from_row, status_of};
 use super::{ConfigStore, StoreError};
 use crate::domain::{
-    now_ms, AliasRecord, BackendId, BackendRecord, CanonicalModel, ClientKeyRecord, PersistedHealth,
-    Pool, PoolName, Source,
+    now_ms, AliasRecord, BackendId, BackendRecord, CanonicalModel, ClientKeyRecord,
+    PersistedHealth, Pool, PoolName, Source,
 };
 
 /// The SQLite schema (`migrations/sqlite/`); PostgreSQL will have its own beside it.
@@ -54,7 +54,6 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
-
 
     /// The journal mode in force (`wal`).
     #[cfg(test)]
