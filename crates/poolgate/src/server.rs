@@ -201,6 +201,10 @@ async fn prepare(
     Ok((data, listener, addr))
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one running server, handed over once by `start`"
+)]
 async fn serve(
     listener: TcpListener,
     router: axum::Router,

@@ -14,7 +14,7 @@
 //! deleted through the others at the backend that made it (owners announced through the
 //! database, also known to an instance started later), and a model alias set on one instance is
 //! served by the others within 1 s.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+#![expect(clippy::unwrap_used, reason = "test")]
 
 mod cluster;
 mod common;
@@ -289,7 +289,7 @@ async fn usage_is_stored_exactly_once_through_a_killed_connection_and_a_sigterm(
         gateway.stop().await;
     }
 
-    let answers = answers.lock();
+    let answers = std::mem::take(&mut *answers.lock());
     println!(
         "{} answers ({:?}), {} transport errors, in {elapsed:?}",
         answers.ids.len(),

@@ -11,7 +11,7 @@
 //! 6. Redis killed under load: no 5xx, at most the limit (+15 %) admitted meanwhile, the
 //!    degraded state visible, shared mode back by itself; Redis frozen: no request waits much
 //!    longer than the Redis call timeout.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+#![expect(clippy::unwrap_used, reason = "test")]
 
 mod cluster;
 mod common;

@@ -5,7 +5,11 @@
 //!
 //! Include it with `mod common; mod services; mod cluster;`.
 #![allow(dead_code)]
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness (included by several test crates)"
+)]
 
 use std::path::PathBuf;
 use std::time::Duration;
