@@ -8,10 +8,11 @@
 //! and is filled from the store at start. Sticky sessions are not persisted: they are a cache
 //! hint, rebuilt by traffic.
 //!
-//! Cluster mode (issue #10) is the seam: with several instances the maps must be shared, so a
-//! Redis implementation of [`AffinityMaps`] keeps `pg:resp:{id}` and `pg:sticky:{key}` with a
-//! TTL (`SET … EX`), with this local map as its first level and its degraded mode. Lookups are
-//! `async` for that reason; writes are fire-and-forget.
+//! With several instances sharing PostgreSQL, the owners other instances store are announced
+//! through the database and added here by the control plane ([`LocalAffinity::preload`],
+//! [`LocalAffinity::forget_known`]); sticky sessions stay per instance. A shared (Redis)
+//! implementation of [`AffinityMaps`] remains possible: lookups are `async` for that reason;
+//! writes are fire-and-forget.
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
