@@ -46,6 +46,7 @@ pub mod providers;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod serving;
 pub mod state;
 pub mod store;
 pub mod translate;
