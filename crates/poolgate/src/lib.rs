@@ -45,6 +45,7 @@ pub mod limits;
 pub mod providers;
 pub mod proxy;
 pub mod routing;
+pub mod scrub;
 pub mod server;
 pub mod serving;
 pub mod state;
