@@ -40,6 +40,7 @@ pub mod cooldown;
 pub mod crypto;
 pub mod dashboard;
 pub mod domain;
+pub mod egress;
 pub mod error;
 pub mod limits;
 pub mod providers;
