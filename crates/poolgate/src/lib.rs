@@ -42,6 +42,7 @@ pub mod dashboard;
 pub mod domain;
 pub mod egress;
 pub mod error;
+pub mod journal;
 pub mod limits;
 pub mod providers;
 pub mod proxy;
