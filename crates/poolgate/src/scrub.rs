@@ -119,26 +119,19 @@ impl KeyScrubber {
             })
             .collect();
         ranges.sort_by_key(|range| range.start);
-        let mut out = Vec::with_capacity(text.len());
-        let mut copied = 0;
-        let mut current: Option<Range<usize>> = None;
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
         for range in ranges {
-            match &mut current {
-                Some(open) if range.start <= open.end => open.end = open.end.max(range.end),
-                _ => {
-                    if let Some(done) = current.take() {
-                        out.extend_from_slice(text.get(copied..done.start).unwrap_or_default());
-                        out.extend_from_slice(REDACTED.as_bytes());
-                        copied = done.end;
-                    }
-                    current = Some(range);
-                }
+            match merged.last_mut() {
+                Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                _ => merged.push(range),
             }
         }
-        if let Some(done) = current {
-            out.extend_from_slice(text.get(copied..done.start).unwrap_or_default());
+        let mut out = Vec::with_capacity(text.len());
+        let mut copied = 0;
+        for range in merged {
+            out.extend_from_slice(text.get(copied..range.start).unwrap_or_default());
             out.extend_from_slice(REDACTED.as_bytes());
-            copied = done.end;
+            copied = range.end;
         }
         out.extend_from_slice(text.get(copied..).unwrap_or_default());
         Cow::Owned(out)
