@@ -296,8 +296,11 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
 
 #[tokio::test]
 async fn over_the_cap_connections_get_a_quick_503_until_idle_ones_time_out() {
+    // A header timeout long enough that the held connections are still held when the fresh
+    // request comes, even on a slow machine.
     let server = start(ServerSettings {
         max_connections: 8,
+        header_read_timeout: Duration::from_secs(3),
         ..quick_settings()
     })
     .await;
