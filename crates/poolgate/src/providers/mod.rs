@@ -3,10 +3,10 @@
 //! OpenAI-compatible format (also what clients speak to poolgate).
 
 pub mod anthropic;
+pub mod body;
 pub mod openai;
 pub mod openai_chat;
 
-use bytes::Bytes;
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
@@ -125,5 +125,5 @@ pub struct TokenUsage {
 pub struct UpstreamRequest {
     pub url: String,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    pub body: body::SplicedBody,
 }

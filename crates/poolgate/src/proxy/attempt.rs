@@ -118,7 +118,7 @@ pub async fn run(
             .http
             .post(&request.url)
             .headers(request.headers)
-            .body(request.body)
+            .body(reqwest::Body::wrap(request.body))
             .send();
 
         // Phase **classify**.

@@ -4,10 +4,10 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value};
 
 use super::error::ProxyError;
 use crate::domain::{parse_json, ApiKind, InvalidRequest};
+use crate::providers::body::SplicedBody;
 use crate::providers::openai::ParsedRequest;
 use crate::providers::{
     anthropic, model_and_stream, openai, openai_chat, Endpoint, TokenUsage, UpstreamRequest,
@@ -17,7 +17,8 @@ use crate::translate::{
     TranslateError, Wire,
 };
 
-/// The client's request, parsed far enough to route it; the body is kept for translation.
+/// The client's request, parsed far enough to route it. The body is kept as read — the one
+/// copy: same-format backends get slices of it, translation parses it per attempt.
 pub struct Inbound {
     pub endpoint: Endpoint,
     pub model: String,
@@ -29,7 +30,7 @@ pub struct Inbound {
 enum Form {
     OpenAi(ParsedRequest),
     Anthropic {
-        rest: Map<String, Value>,
+        envelope: anthropic::Envelope,
         /// The client's `anthropic-version` / `anthropic-beta`, forwarded to Anthropic backends.
         headers: Vec<(HeaderName, HeaderValue)>,
     },
@@ -58,10 +59,8 @@ impl Inbound {
 
     /// Parses an Anthropic Messages body.
     pub fn anthropic(raw: Bytes, client_headers: &HeaderMap) -> Result<Inbound, InvalidRequest> {
-        let envelope: anthropic::Envelope = serde_json::from_slice(&raw).map_err(|error| {
-            InvalidRequest::new(format!("request body is not valid JSON: {error}"))
-        })?;
-        let (model, stream) = model_and_stream(envelope.model, envelope.stream)?;
+        let envelope = anthropic::Envelope::parse(&raw)?;
+        let (model, stream) = model_and_stream(envelope.model.clone(), envelope.stream.clone())?;
         let headers = ["anthropic-version", "anthropic-beta"]
             .iter()
             .filter_map(|name| {
@@ -74,10 +73,7 @@ impl Inbound {
             model,
             stream,
             raw,
-            form: Form::Anthropic {
-                rest: envelope.rest,
-                headers,
-            },
+            form: Form::Anthropic { envelope, headers },
         })
     }
 }
@@ -108,7 +104,7 @@ pub fn build(
     match (&inbound.form, api) {
         (Form::OpenAi(parsed), ApiKind::Openai) => {
             let inject = parsed.should_inject_usage(inject_stream_usage);
-            let body = parsed.upstream_body(upstream_model, inject)?;
+            let body = parsed.upstream_body(&inbound.raw, upstream_model, inject)?;
             let request = openai::build_request(base_url, api_key, inbound.endpoint, body)?;
             Ok((
                 request,
@@ -122,7 +118,8 @@ pub fn build(
             let messages =
                 chat_to_messages::request(chat, upstream_model, anthropic_default_max_tokens)?;
             let body = serde_json::to_vec(&messages).map_err(TranslateError::Encode)?;
-            let request = anthropic::build_request(base_url, api_key, Bytes::from(body), &[])?;
+            let request =
+                anthropic::build_request(base_url, api_key, SplicedBody::whole(body.into()), &[])?;
             Ok((
                 request,
                 Plan::ChatToMessages {
@@ -130,8 +127,8 @@ pub fn build(
                 },
             ))
         }
-        (Form::Anthropic { rest, headers }, ApiKind::Anthropic) => {
-            let body = anthropic::passthrough_body(rest, upstream_model, inbound.stream)?;
+        (Form::Anthropic { envelope, headers }, ApiKind::Anthropic) => {
+            let body = envelope.passthrough_body(&inbound.raw, upstream_model, inbound.stream)?;
             let request = anthropic::build_request(base_url, api_key, body, headers)?;
             Ok((request, Plan::AnthropicPass))
         }
@@ -143,7 +140,7 @@ pub fn build(
                 base_url,
                 api_key,
                 Endpoint::ChatCompletions,
-                Bytes::from(body),
+                SplicedBody::whole(body.into()),
             )?;
             Ok((request, Plan::MessagesToChat))
         }
