@@ -34,7 +34,7 @@ pub struct ApiError {
 /// The error `type` of a status.
 fn kind_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 413 | 415 => "invalid_request_error",
+        400 | 408 | 413 | 415 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
@@ -51,6 +51,7 @@ fn kind_of(status: StatusCode) -> &'static str {
 fn code_of(status: StatusCode) -> Option<&'static str> {
     match status.as_u16() {
         401 => Some("invalid_api_key"),
+        408 => Some("request_timeout"),
         413 => Some("payload_too_large"),
         429 => Some("rate_limit_exceeded"),
         _ => None,
@@ -96,6 +97,15 @@ impl ApiError {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 408: the request body arrived too slowly (`server.body_read_timeout_seconds`,
+    /// `server.body_min_rate_bytes_per_second`).
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body arrived too slowly; poolgate stopped waiting for it",
         )
     }
 

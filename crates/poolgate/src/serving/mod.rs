@@ -41,6 +41,8 @@ use tokio::sync::{watch, Semaphore};
 
 pub use body::{is_body_timeout, BodyPace, BodyTimeout, TimedBody};
 
+use crate::domain::Invalid;
+
 /// Connections answered with a 503 at the same time when the cap is reached.
 pub const REJECT_SLOTS: usize = 64;
 
@@ -92,22 +94,35 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
-    /// Checks the invariants hyper relies on (it panics on a buffer under 8 KiB).
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the invariants hyper relies on (it panics on a buffer under 8 KiB); errors name
+    /// the `[server]` field.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_buf_size < 8192 {
-            return Err("`server.max_buf_size_bytes` must be at least 8192".into());
+            return Err(Invalid::new(
+                "server.max_buf_size_bytes",
+                "must be at least 8192",
+            ));
         }
         if self.max_connections == 0 {
-            return Err("`server.max_connections` must be at least 1".into());
+            return Err(Invalid::new("server.max_connections", "must be at least 1"));
         }
-        if self.header_read_timeout.is_zero() || self.keep_alive_timeout.is_zero() {
-            return Err(
-                "`server.header_read_timeout_seconds` and `server.keep_alive_timeout_seconds` must be positive"
-                    .into(),
-            );
+        if self.header_read_timeout.is_zero() {
+            return Err(Invalid::new(
+                "server.header_read_timeout_seconds",
+                "must be at least 1 second",
+            ));
+        }
+        if self.keep_alive_timeout.is_zero() {
+            return Err(Invalid::new(
+                "server.keep_alive_timeout_seconds",
+                "must be at least 1 second",
+            ));
         }
         if self.http2_max_concurrent_streams == 0 {
-            return Err("`server.http2_max_concurrent_streams` must be at least 1".into());
+            return Err(Invalid::new(
+                "server.http2_max_concurrent_streams",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -219,7 +234,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(settings: ServerSettings) -> Result<Self, String> {
+    pub fn new(settings: ServerSettings) -> Result<Self, Invalid> {
         settings.validate()?;
         let handle = ServerHandle {
             phase: Arc::new(watch::channel(Phase::Running).0),

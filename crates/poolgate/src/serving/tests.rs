@@ -450,7 +450,10 @@ fn settings_are_checked() {
         max_buf_size: 4096,
         ..ServerSettings::default()
     };
-    assert!(small.validate().unwrap_err().contains("max_buf_size_bytes"));
+    assert_eq!(
+        small.validate().unwrap_err().field,
+        "server.max_buf_size_bytes"
+    );
     assert!(Server::new(ServerSettings {
         max_connections: 0,
         ..ServerSettings::default()
