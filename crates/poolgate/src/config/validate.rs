@@ -12,6 +12,19 @@ use crate::domain::{BackendInput, BackendSpec, Invalid};
 use crate::egress::EgressPolicy;
 use crate::serving::{BodyPace, ServerSettings};
 
+/// A whole number of seconds, at least 1; absent = `default`.
+fn positive_seconds(
+    field: &str,
+    value: Option<u64>,
+    default: Duration,
+) -> Result<Duration, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(Invalid::new(field, "must be at least 1 second")),
+        Some(secs) => Ok(Duration::from_secs(secs)),
+    }
+}
+
 /// `[proxy]`; `max_connections` (of `[server]`) gives the default of `max_in_flight`: half of
 /// it, so connections remain for the admin API and health checks while the proxy is full.
 pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySettings, Invalid> {
@@ -34,11 +47,7 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
             "must be between 1024 and 1073741824",
         ));
     }
-    let seconds = |field: &str, value: Option<u64>, default: Duration| match value {
-        None => Ok(default),
-        Some(0) => Err(Invalid::new(field, "must be at least 1 second")),
-        Some(secs) => Ok(Duration::from_secs(secs)),
-    };
+    let seconds = positive_seconds;
     let anthropic_default_max_tokens = raw
         .anthropic_default_max_tokens
         .unwrap_or(defaults.anthropic_default_max_tokens);
@@ -163,11 +172,7 @@ pub fn validate_backend(
 /// and write limits off; the header and keep-alive timeouts must be positive.
 pub fn validate_server(raw: RawServer) -> Result<ServerSettings, Invalid> {
     let defaults = ServerSettings::default();
-    let positive = |field: &str, value: Option<u64>, default: Duration| match value {
-        None => Ok(default),
-        Some(0) => Err(Invalid::new(field, "must be at least 1 second")),
-        Some(secs) => Ok(Duration::from_secs(secs)),
-    };
+    let positive = positive_seconds;
     let body_timeout = raw
         .body_read_timeout_seconds
         .map(Duration::from_secs)

@@ -384,12 +384,7 @@ pub struct Envelope {
 impl Envelope {
     pub fn parse(body: &[u8]) -> Result<Envelope, InvalidRequest> {
         let top = TopLevel::parse(body, &["model", "stream"])?;
-        let field = |name: &str| -> Result<Option<Value>, InvalidRequest> {
-            top.value(body, name)
-                .map(serde_json::from_slice::<Value>)
-                .transpose()
-                .map_err(|error| InvalidRequest::new(format!("`{name}`: {error}")))
-        };
+        let field = |name: &str| top.parse_value(body, name);
         Ok(Envelope {
             model: field("model")?,
             stream: field("stream")?,

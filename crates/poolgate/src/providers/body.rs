@@ -78,6 +78,18 @@ impl TopLevel {
         self.span(name).and_then(|span| body.get(span))
     }
 
+    /// A named value parsed as JSON (`None` when the key was absent).
+    pub fn parse_value(
+        &self,
+        body: &[u8],
+        name: &str,
+    ) -> Result<Option<serde_json::Value>, InvalidRequest> {
+        self.value(body, name)
+            .map(serde_json::from_slice)
+            .transpose()
+            .map_err(|error| InvalidRequest::new(format!("`{name}`: {error}")))
+    }
+
     /// Where a new `,"key":value` goes: just before the closing `}`.
     pub fn end(&self) -> usize {
         self.end

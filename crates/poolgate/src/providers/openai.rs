@@ -33,12 +33,7 @@ impl ParsedRequest {
     /// Parses and checks a client body: JSON object, string `model`, boolean `stream`.
     pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, InvalidRequest> {
         let top = TopLevel::parse(body, FIELDS)?;
-        let field = |name: &str| -> Result<Option<Value>, InvalidRequest> {
-            top.value(body, name)
-                .map(serde_json::from_slice::<Value>)
-                .transpose()
-                .map_err(|error| InvalidRequest::new(format!("`{name}`: {error}")))
-        };
+        let field = |name: &str| top.parse_value(body, name);
         let (model, stream) = model_and_stream(field("model")?, field("stream")?)?;
         if stream && !endpoint.can_stream() {
             return Err(InvalidRequest::param(
