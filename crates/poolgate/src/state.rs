@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use crate::config::Config;
 use crate::domain::{BackendId, CanonicalModel, ClientKeyRecord, Pool};
 use crate::error::InitError;
+use crate::limits::ConcurrencyLimit;
 use crate::routing::{LiveBackend, Route};
 use crate::runtime::{ClientKeyRuntime, HealthSink};
 use crate::usage::UsageSink;
@@ -63,6 +64,8 @@ pub struct DataShared {
     pub usage: UsageSink,
     pub health: HealthSink,
     pub admin_token: SecretString,
+    /// Requests on the proxy routes right now, under `proxy.max_in_flight`.
+    pub in_flight: Arc<ConcurrencyLimit>,
     live: LiveReader,
     /// Set when the shutdown grace period ran out: open streams end themselves.
     stream_cancel: tokio::sync::watch::Sender<bool>,
@@ -99,6 +102,9 @@ impl DataPlane {
             .tcp_nodelay(true)
             .build()
             .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))?;
+        let in_flight = Arc::new(ConcurrencyLimit::new(
+            u32::try_from(config.proxy.max_in_flight).unwrap_or(u32::MAX),
+        ));
         Ok(DataPlane {
             shared: Arc::new(DataShared {
                 config,
@@ -106,6 +112,7 @@ impl DataPlane {
                 usage,
                 health,
                 admin_token,
+                in_flight,
                 live,
                 stream_cancel: tokio::sync::watch::channel(false).0,
             }),

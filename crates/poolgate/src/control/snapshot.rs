@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -22,6 +22,7 @@ use crate::crypto::Sealer;
 use crate::domain::{BackendId, CanonicalModel};
 use crate::routing::{build_routes, LiveBackend};
 use crate::runtime::RuntimeRegistry;
+use crate::scrub::KeyScrubber;
 use crate::state::{Live, LiveClientKey, LiveReader};
 
 /// The snapshot and what it is built from.
@@ -95,11 +96,13 @@ impl Snapshots {
                 }
             };
             let runtime = self.registry.backend(&record, now);
+            let scrubber = KeyScrubber::new(api_key.expose_secret());
             backends.push(Arc::new(LiveBackend {
                 record,
                 api_key,
                 runtime,
                 unreadable: unreadable_reason,
+                scrubber,
             }));
         }
         let mut client_keys = HashMap::new();

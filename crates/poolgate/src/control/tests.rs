@@ -440,6 +440,7 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
     let (record, plaintext) = h
         .control
         .create_client_key(ClientKeyInput {
+            max_parallel_requests: Some(4),
             name: "  app  ".into(),
             rpm_limit: Some(10),
             allowed_models: vec!["m".into()],
@@ -447,6 +448,7 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
         .await
         .unwrap();
     assert_eq!(record.name, "app");
+    assert_eq!(record.max_parallel_requests, 4);
     assert!(secrecy::ExposeSecret::expose_secret(&plaintext).starts_with("pgk-"));
     assert!(h.control.live().client_keys.contains_key(&record.id));
     match h
@@ -459,6 +461,18 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
         .await
     {
         Err(ControlError::Invalid(invalid)) => assert_eq!(invalid.field, "allowed_models[0]"),
+        other => panic!("{other:?}"),
+    }
+    match h
+        .control
+        .create_client_key(ClientKeyInput {
+            name: "x".into(),
+            max_parallel_requests: Some(-1),
+            ..ClientKeyInput::default()
+        })
+        .await
+    {
+        Err(ControlError::Invalid(invalid)) => assert_eq!(invalid.field, "max_parallel_requests"),
         other => panic!("{other:?}"),
     }
     h.control.revoke_client_key(&record.id).await.unwrap();

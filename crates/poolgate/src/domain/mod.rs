@@ -22,9 +22,9 @@ pub use backend::{
 };
 pub use request::{parse_json, InvalidRequest};
 pub use validate::{
-    normalize_base_url, validate_api_key, validate_key_name, validate_mappings, validate_metadata,
-    validate_model_name, validate_name, validate_priority, validate_rpm, validate_timeout,
-    validate_weight, Invalid,
+    normalize_base_url, validate_api_key, validate_concurrency, validate_key_name,
+    validate_mappings, validate_metadata, validate_model_name, validate_name, validate_priority,
+    validate_rpm, validate_timeout, validate_weight, Invalid,
 };
 
 /// Defines a string newtype with `Display`, `as_str` and transparent serde.
@@ -228,6 +228,8 @@ pub struct ClientKeyRecord {
     pub secret_hash: Vec<u8>,
     /// 0 = unlimited.
     pub rpm_limit: u32,
+    /// Requests this key may have in flight at once; 0 = unlimited.
+    pub max_parallel_requests: u32,
     /// Empty = every model.
     pub allowed_models: Vec<CanonicalModel>,
     pub created_at_ms: i64,

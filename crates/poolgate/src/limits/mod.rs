@@ -1,5 +1,5 @@
 //! Requests-per-minute limits: the token bucket, and the thread-safe [`RpmLimiter`] kept per
-//! backend and per client key.
+//! backend and per client key; and concurrency limits ([`ConcurrencyLimit`]).
 //!
 //! Tokens are counted in exact integer units so that no fraction of a token is ever lost or
 //! invented: one token is [`UNITS_PER_TOKEN`] units and a bucket of `rpm` requests per minute gains
@@ -10,9 +10,13 @@
 //! Every method takes `now` from the caller (a [`tokio::time::Instant`]), so tests drive time with
 //! `#[tokio::test(start_paused = true)]` or plain arithmetic on instants.
 
+mod concurrency;
+
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+pub use concurrency::{ConcurrencyLimit, ConcurrencyPermit};
 use tokio::time::Instant;
 
 /// Units in one token: the nanoseconds in a minute, so that `rpm` units accrue per nanosecond.

@@ -140,15 +140,23 @@ pub async fn run(
                     match classify(status, response.headers()) {
                         Some(failure) => failure,
                         None => {
-                            // The request's own fault: relay it. The backend answered, so for its
-                            // cooldown this counts as a success (a half-open probe is over).
-                            resolve(data, &mut ticket, UpstreamOutcome::Success);
-                            return relay_client_error(response, plan, draft, data).await;
+                            // The request's own fault: relay it. It says nothing about the
+                            // backend's health: a half-open probe ends without closing the
+                            // cooldown (the next request probes again).
+                            resolve(data, &mut ticket, UpstreamOutcome::Inconclusive);
+                            let scrubber = &backend.scrubber;
+                            return relay_client_error(response, plan, draft, data, scrubber).await;
                         }
                     }
                 }
             }
         };
+
+        // An answer too large for poolgate is final: any backend would send the same.
+        if let Failure::TooLarge { limit } = failure {
+            resolve(data, &mut ticket, failure.outcome());
+            return Err(ProxyError::UpstreamTooLarge { limit });
+        }
 
         // Phase **retry**: cool the backend down, remember why, try the next one.
         let description = failure.describe();
@@ -175,21 +183,31 @@ pub fn resolve(data: &DataPlane, ticket: &mut Ticket, outcome: UpstreamOutcome) 
 }
 
 /// The error for "no (more) candidates": 429 (with `Retry-After`) when backends are rate
-/// limited or cooling, 504 when the last attempt timed out, 502 when upstreams failed, 503 when
-/// every backend is disabled or has a refused key.
+/// limited, 503 (with `Retry-After`) when they are all cooling down after errors, 504 when the
+/// last attempt timed out, 502 when upstreams failed (or redirected, or the egress policy
+/// refused them), 503 when every backend is disabled or has a refused key.
 fn give_up<F: Fn(ApiKind) -> bool>(
     selection: &Selection<'_, F>,
     last: Option<&Failure>,
     now: Instant,
 ) -> ProxyError {
-    let earliest = selection
-        .earliest_ready_overall(now)
-        .map(|at| at.saturating_duration_since(now));
+    let overall = selection.earliest_ready_overall_why(now);
+    let earliest = overall.map(|(at, _)| at.saturating_duration_since(now));
     match last {
-        None if earliest.is_some() => ProxyError::NoneReady {
-            retry_after: earliest,
+        None => match overall {
+            Some((_, true)) => ProxyError::NoneReady {
+                retry_after: earliest,
+            },
+            Some((_, false)) => ProxyError::Recovering {
+                retry_after: earliest,
+            },
+            None => ProxyError::Unavailable,
         },
-        None => ProxyError::Unavailable,
+        Some(Failure::Redirect { status }) => ProxyError::UpstreamRedirect { status: *status },
+        Some(Failure::EgressRefused { detail }) => ProxyError::EgressRefused {
+            detail: detail.clone(),
+        },
+        Some(Failure::TooLarge { limit }) => ProxyError::UpstreamTooLarge { limit: *limit },
         Some(Failure::RateLimited { retry_after }) => ProxyError::NoneReady {
             retry_after: earliest.or(*retry_after).or(Some(Duration::from_secs(1))),
         },

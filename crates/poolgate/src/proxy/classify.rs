@@ -11,10 +11,30 @@ use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
 /// Why one upstream attempt failed in a way worth trying elsewhere.
 #[derive(Debug)]
 pub enum Failure {
-    RateLimited { retry_after: Option<Duration> },
-    Server { status: Option<u16>, detail: String },
+    RateLimited {
+        retry_after: Option<Duration>,
+    },
+    Server {
+        status: Option<u16>,
+        detail: String,
+    },
     Timeout,
-    AuthRejected { status: u16 },
+    AuthRejected {
+        status: u16,
+    },
+    /// A 3xx: poolgate never follows an upstream's redirect (it would carry the key elsewhere).
+    Redirect {
+        status: u16,
+    },
+    /// The answer was larger than `proxy.max_response_bytes`: final (another backend would send
+    /// the same), and no fault of the backend's health.
+    TooLarge {
+        limit: usize,
+    },
+    /// The egress policy refused the backend's resolved address.
+    EgressRefused {
+        detail: String,
+    },
 }
 
 impl Failure {
@@ -29,6 +49,11 @@ impl Failure {
             Failure::Server { detail, .. } => format!("upstream unreachable: {detail}"),
             Failure::Timeout => "upstream timed out".to_owned(),
             Failure::AuthRejected { status } => format!("upstream refused the key ({status})"),
+            Failure::Redirect { status } => {
+                format!("upstream answered with a redirect ({status}), not followed")
+            }
+            Failure::TooLarge { limit } => format!("upstream answer larger than {limit} bytes"),
+            Failure::EgressRefused { detail } => detail.clone(),
         }
     }
 
@@ -38,8 +63,13 @@ impl Failure {
             Failure::RateLimited { retry_after } => UpstreamOutcome::RateLimited {
                 retry_after: *retry_after,
             },
-            Failure::Server { .. } | Failure::Timeout => UpstreamOutcome::ServerError,
+            Failure::Server { .. } | Failure::Timeout | Failure::Redirect { .. } => {
+                UpstreamOutcome::ServerError
+            }
             Failure::AuthRejected { .. } => UpstreamOutcome::AuthFailed,
+            Failure::TooLarge { .. } | Failure::EgressRefused { .. } => {
+                UpstreamOutcome::Inconclusive
+            }
         }
     }
 
@@ -66,12 +96,20 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
             status: Some(status.as_u16()),
             detail: String::new(),
         }),
+        300..=399 => Some(Failure::Redirect {
+            status: status.as_u16(),
+        }),
         _ => None,
     }
 }
 
 /// Why sending the request failed, without the upstream's address.
 pub fn connection_failure(error: &reqwest::Error) -> Failure {
+    if let Some(refused) = crate::egress::refusal_in(error) {
+        return Failure::EgressRefused {
+            detail: refused.to_string(),
+        };
+    }
     let detail = if error.is_connect() {
         "connection failed".to_owned()
     } else if error.is_timeout() {
@@ -118,6 +156,10 @@ mod tests {
                 "{code}"
             );
         }
+        assert!(matches!(
+            class(302),
+            Some(Failure::Redirect { status: 302 })
+        ));
         for code in [400, 404, 413, 422] {
             assert!(class(code).is_none(), "{code} is the request's own fault");
         }

@@ -1,10 +1,12 @@
 //! Phase **relay**: turning a backend's answer into the client's. A 2xx JSON answer is read whole
-//! and translated; a 2xx stream waits for its first chunk (still inside the time-to-first-byte
-//! budget, so a stream that dies at once can fail over) and is then relayed event by event; an
-//! upstream 4xx that is the request's own fault is relayed as is.
+//! (at most `proxy.max_response_bytes`) and translated; a 2xx stream waits for its first chunk
+//! (still inside the time-to-first-byte budget, so a stream that dies at once can fail over) and
+//! is then relayed event by event; an upstream 4xx that is the request's own fault is relayed
+//! with the backend's key scrubbed out of its body and headers.
 
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
 
@@ -18,15 +20,70 @@ use super::{ProxyBody, ProxyResponse};
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
 use crate::routing::Ticket;
+use crate::scrub::KeyScrubber;
 use crate::state::DataPlane;
 use crate::translate::convert_error_body;
 
-/// Relays an upstream 4xx that is the request's own fault, as is.
+/// The most of an upstream error body poolgate reads (error bodies are short; a longer one is
+/// not an error message).
+const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
+
+/// Why an upstream body could not be read whole.
+pub enum BodyError {
+    /// Larger than the limit (declared or seen).
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// Reads an upstream body whole, refusing it as soon as it is known to exceed `limit` bytes (a
+/// declared `Content-Length` over the limit is refused before reading).
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    let declared = response.content_length();
+    if declared.is_some_and(|length| length > limit_u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let first = match response.chunk().await.map_err(BodyError::Failed)? {
+        None => return Ok(Bytes::new()),
+        Some(chunk) => chunk,
+    };
+    let Some(second) = response.chunk().await.map_err(BodyError::Failed)? else {
+        // One chunk (the usual case): no copy.
+        return if first.len() > limit {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok(first)
+        };
+    };
+    let capacity = declared
+        .and_then(|length| usize::try_from(length).ok())
+        .unwrap_or(first.len() + second.len())
+        .min(limit);
+    let mut body = BytesMut::with_capacity(capacity);
+    let mut next = Some(second);
+    body.extend_from_slice(&first);
+    while let Some(chunk) = next {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+        next = response.chunk().await.map_err(BodyError::Failed)?;
+    }
+    Ok(body.freeze())
+}
+
+/// Relays an upstream 4xx that is the request's own fault, with the backend's key scrubbed out
+/// of its body and the header relayed (an upstream that echoes the credentials it got must not
+/// hand them to the client).
 pub async fn relay_client_error(
     response: reqwest::Response,
     plan: Plan,
     draft: &mut UsageDraft,
     data: &DataPlane,
+    scrubber: &KeyScrubber,
 ) -> Result<Done, ProxyError> {
     let status = response.status();
     let mut headers = HeaderMap::new();
@@ -39,14 +96,23 @@ pub async fn relay_client_error(
     } else if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
         headers.insert(http::header::CONTENT_TYPE, content_type.clone());
     }
-    let body = tokio::time::timeout(data.config.proxy.stream_idle_timeout, response.bytes())
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout {
-            detail: "the upstream's error body timed out".into(),
-        })?
-        .map_err(|_| ProxyError::UpstreamFailed {
+    scrubber.scrub_headers(&mut headers);
+    let limit = MAX_ERROR_BODY_BYTES.min(data.config.proxy.max_response_bytes);
+    let body = tokio::time::timeout(
+        data.config.proxy.stream_idle_timeout,
+        read_capped(response, limit),
+    )
+    .await
+    .map_err(|_| ProxyError::UpstreamTimeout {
+        detail: "the upstream's error body timed out".into(),
+    })?
+    .map_err(|error| match error {
+        BodyError::TooLarge => ProxyError::UpstreamTooLarge { limit },
+        BodyError::Failed(_) => ProxyError::UpstreamFailed {
             detail: "the upstream's error body was cut off".into(),
-        })?;
+        },
+    })?;
+    let body = scrubber.scrub_bytes(body);
     let body = if translate {
         convert_error_body(&body, status.as_u16(), plan.client_wire())
     } else {
@@ -130,14 +196,18 @@ pub async fn succeed(
         });
     }
 
+    let limit = data.config.proxy.max_response_bytes;
     let body = match tokio::time::timeout(
         remaining.max(data.config.proxy.stream_idle_timeout),
-        response.bytes(),
+        read_capped(response, limit),
     )
     .await
     {
         Err(_) => return Err((ticket, Failure::Timeout)),
-        Ok(Err(error)) => return Err((ticket, Failure::transport("body was cut off", &error))),
+        Ok(Err(BodyError::TooLarge)) => return Err((ticket, Failure::TooLarge { limit })),
+        Ok(Err(BodyError::Failed(error))) => {
+            return Err((ticket, Failure::transport("body was cut off", &error)))
+        }
         Ok(Ok(body)) => body,
     };
     let (body, usage) = match plan.translate_json(body) {

@@ -46,6 +46,7 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
         api_key: SecretString::from("sk-test"),
         runtime,
         unreadable: None,
+        scrubber: crate::scrub::KeyScrubber::new("sk-test"),
     })
 }
 

@@ -16,10 +16,11 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::cooldown::{
-    Admission, CooldownPolicy, CooldownState, Health, Outcome as UpstreamOutcome, ReadyAt,
+    Admission, CooldownPolicy, CooldownReason, CooldownState, Health, Outcome as UpstreamOutcome,
+    ReadyAt,
 };
 use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth};
-use crate::limits::RpmLimiter;
+use crate::limits::{ConcurrencyLimit, ConcurrencyPermit, RpmLimiter};
 
 pub use health::{health_channel, HealthMessage, HealthQueue, HealthSink};
 
@@ -33,6 +34,17 @@ pub fn instant_from_ms(until_ms: i64, now: Instant) -> Instant {
 pub fn ms_from_instant(until: Instant, now: Instant) -> i64 {
     let remaining = until.saturating_duration_since(now);
     now_ms().saturating_add(i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What a backend that is not ready waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// It is ready now.
+    Nothing,
+    /// A rate limit: a 429 (or 529) cooldown, or its own RPM bucket.
+    RateLimit,
+    /// A cooldown after errors (5xx, timeouts, connection failures).
+    Recovery,
 }
 
 // === impl BackendRuntime ===
@@ -121,12 +133,30 @@ impl BackendRuntime {
     /// When the backend will next admit a request: the later of its cooldown's end and its next
     /// RPM token (`now` if both are there). None while broken.
     pub fn ready_at(&self, now: Instant) -> Option<Instant> {
-        let cooled = match self.cooldown.lock().ready_at(now) {
-            ReadyAt::Never => return None,
-            ReadyAt::Now => now,
-            ReadyAt::At(at) => at,
+        self.ready_at_why(now).map(|(at, _)| at)
+    }
+
+    /// [`BackendRuntime::ready_at`], and what it waits for (whichever ends later).
+    pub fn ready_at_why(&self, now: Instant) -> Option<(Instant, Waiting)> {
+        let (cooled, reason) = {
+            let cooldown = self.cooldown.lock();
+            match cooldown.ready_at(now) {
+                ReadyAt::Never => return None,
+                ReadyAt::Now => (now, Waiting::Nothing),
+                ReadyAt::At(at) => match cooldown.cooling_reason() {
+                    CooldownReason::RateLimited => (at, Waiting::RateLimit),
+                    CooldownReason::ServerError | CooldownReason::AuthFailed => {
+                        (at, Waiting::Recovery)
+                    }
+                },
+            }
         };
-        Some(cooled.max(now + self.limiter.wait_time(now)))
+        let token = now + self.limiter.wait_time(now);
+        if token > cooled {
+            Some((token, Waiting::RateLimit))
+        } else {
+            Some((cooled, reason))
+        }
     }
 
     /// The status shown to operators.
@@ -213,17 +243,30 @@ impl Drop for Admitted {
 
 // === impl ClientKeyRuntime ===
 
-/// The runtime state of one client key: its own RPM bucket.
+/// The runtime state of one client key: its own RPM bucket and its requests in flight.
 #[derive(Debug)]
 pub struct ClientKeyRuntime {
     limiter: RpmLimiter,
+    parallel: Arc<ConcurrencyLimit>,
 }
 
 impl ClientKeyRuntime {
-    pub fn new(rpm: u32) -> Self {
+    /// `max_parallel` 0 = unlimited.
+    pub fn new(rpm: u32, max_parallel: u32) -> Self {
         Self {
             limiter: RpmLimiter::new(rpm),
+            parallel: Arc::new(ConcurrencyLimit::new(max_parallel)),
         }
+    }
+
+    /// A slot under the key's `max_parallel_requests`, or None when they are all taken.
+    pub fn begin(&self) -> Option<ConcurrencyPermit> {
+        self.parallel.try_acquire()
+    }
+
+    /// The key's `max_parallel_requests` (0 = unlimited).
+    pub fn max_parallel(&self) -> u32 {
+        self.parallel.max()
     }
 
     /// Takes a token, or says how long until one is there.
@@ -288,9 +331,15 @@ impl RuntimeRegistry {
             self.client_keys
                 .lock()
                 .entry(record.id.clone())
-                .or_insert_with(|| Arc::new(ClientKeyRuntime::new(record.rpm_limit))),
+                .or_insert_with(|| {
+                    Arc::new(ClientKeyRuntime::new(
+                        record.rpm_limit,
+                        record.max_parallel_requests,
+                    ))
+                }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
+        runtime.parallel.set_max(record.max_parallel_requests);
         runtime
     }
 

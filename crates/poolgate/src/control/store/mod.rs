@@ -82,7 +82,8 @@ pub trait ConfigStore: Send + Sync + 'static {
 /// Where usage records go and how they are read back.
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
-    /// One batch, in one transaction.
+    /// One batch, in one transaction. A record whose `request_id` is already stored is skipped
+    /// (the journal replays records a crash left unacknowledged, some already committed).
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
     async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError>;
     /// The aggregates of every group (total, per backend, per model, per bucket and per bucket

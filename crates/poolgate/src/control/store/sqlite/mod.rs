@@ -403,8 +403,8 @@ impl ConfigStore for SqliteStore {
 
     async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, display_prefix, secret_hash, rpm_limit, allowed_models, created_at, \
-             revoked_at FROM client_keys ORDER BY created_at, id",
+            "SELECT id, name, display_prefix, secret_hash, rpm_limit, max_parallel_requests, \
+             allowed_models, created_at, revoked_at FROM client_keys ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -420,6 +420,10 @@ impl ConfigStore for SqliteStore {
                     secret_hash: row.try_get("secret_hash")?,
                     rpm_limit: u32::try_from(row.try_get::<i64, _>("rpm_limit")?)
                         .map_err(|e| corrupt("rpm_limit", e))?,
+                    max_parallel_requests: u32::try_from(
+                        row.try_get::<i64, _>("max_parallel_requests")?,
+                    )
+                    .map_err(|e| corrupt("max_parallel_requests", e))?,
                     allowed_models,
                     created_at_ms: row.try_get("created_at")?,
                     revoked_at_ms: row.try_get("revoked_at")?,
@@ -433,13 +437,15 @@ impl ConfigStore for SqliteStore {
             serde_json::to_string(&key.allowed_models).map_err(|e| corrupt("allowed_models", e))?;
         sqlx::query(
             "INSERT INTO client_keys (id, name, display_prefix, secret_hash, rpm_limit, \
-             allowed_models, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             max_parallel_requests, allowed_models, created_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.name)
         .bind(&key.display_prefix)
         .bind(&key.secret_hash)
         .bind(i64::from(key.rpm_limit))
+        .bind(i64::from(key.max_parallel_requests))
         .bind(models)
         .bind(key.created_at_ms)
         .bind(key.revoked_at_ms)

@@ -31,6 +31,52 @@ fn the_first_migration_keeps_its_version_and_checksum() {
     );
 }
 
+/// A database that already holds two records of one request (possible before request ids were
+/// unique) migrates: the duplicate goes, the first record stays, the unique index is created.
+#[tokio::test]
+async fn the_hardening_migration_removes_duplicate_request_ids_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("poolgate.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .unwrap();
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR.iter().filter(|m| m.version < 4).cloned().collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    for latency in [1, 2] {
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, ts, endpoint, attempts, status, outcome, \
+             latency_ms, streamed) VALUES ('req-dup', 0, 'chat.completions', 1, 200, 'success', ?, 0)",
+        )
+        .bind(latency)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    let page = store
+        .list_usage(&crate::usage::UsageFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].latency_ms, 1, "the first record is kept");
+    let duplicate = UsageRecord {
+        request_id: "req-dup".into(),
+        ..page.records[0].clone()
+    };
+    store.insert_usage(&[duplicate]).await.unwrap();
+    assert_eq!(store.count_usage().await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn opens_in_wal_mode_with_default_pools() {
     let (_dir, store) = open().await;
@@ -157,6 +203,7 @@ async fn client_keys_and_settings_round_trip() {
         display_prefix: "pgk-abc-…".into(),
         secret_hash: vec![7; 32],
         rpm_limit: 10,
+        max_parallel_requests: 3,
         allowed_models: vec![CanonicalModel::new("gpt-4o")],
         created_at_ms: 1,
         revoked_at_ms: None,

@@ -163,6 +163,8 @@ impl UsageStore for SqliteStore {
                     .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
                     .push_bind(record.streamed);
             });
+            // A record already stored (a journal replay after a crash) is skipped.
+            insert.push(" ON CONFLICT (request_id) DO NOTHING");
             insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
