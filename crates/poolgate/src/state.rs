@@ -13,6 +13,7 @@ use secrecy::SecretString;
 
 use crate::config::Config;
 use crate::domain::{BackendId, CanonicalModel, ClientKeyRecord, Pool};
+use crate::egress::PolicyResolver;
 use crate::error::InitError;
 use crate::limits::ConcurrencyLimit;
 use crate::routing::{LiveBackend, Route};
@@ -99,6 +100,12 @@ impl DataPlane {
             .pool_max_idle_per_host(1024)
             // Never follow an upstream's redirect with the backend's key.
             .redirect(reqwest::redirect::Policy::none())
+            // Every resolved address passes the egress policy (no DNS rebinding); no proxy from
+            // the environment, so the policy sees the backend's own addresses.
+            .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
+                config.network.clone(),
+            ))))
+            .no_proxy()
             .tcp_nodelay(true)
             .build()
             .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))?;

@@ -104,11 +104,16 @@ impl ControlPlane {
         key_source: MasterKeySource,
         changes: Arc<dyn ChangeFeed>,
     ) -> Result<ControlPlane, InitError> {
-        let snapshots = Arc::new(Snapshots::new(Arc::clone(&stores.config), sealer));
+        let snapshots = Arc::new(Snapshots::new(
+            Arc::clone(&stores.config),
+            sealer,
+            Arc::new(config.network.clone()),
+        ));
         snapshots.rebuild().await.map_err(ControlError::from)?;
         let instance = InstanceId::generate();
+        let journal = usage_writer::open_journal(&config, &*stores.usage).await?;
         let (usage, usage_writer) =
-            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage);
+            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage, journal);
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
         let follower =
             snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);

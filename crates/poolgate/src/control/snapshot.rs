@@ -20,6 +20,7 @@ use super::changes::{Change, InstanceId, Published};
 use super::store::{ConfigStore, StoreError};
 use crate::crypto::Sealer;
 use crate::domain::{BackendId, CanonicalModel};
+use crate::egress::EgressPolicy;
 use crate::routing::{build_routes, LiveBackend};
 use crate::runtime::RuntimeRegistry;
 use crate::scrub::KeyScrubber;
@@ -28,6 +29,7 @@ use crate::state::{Live, LiveClientKey, LiveReader};
 /// The snapshot and what it is built from.
 pub(super) struct Snapshots {
     store: Arc<dyn ConfigStore>,
+    egress: Arc<EgressPolicy>,
     sealer: ArcSwap<Sealer>,
     live: Arc<ArcSwap<Live>>,
     registry: RuntimeRegistry,
@@ -37,9 +39,10 @@ pub(super) struct Snapshots {
 
 impl Snapshots {
     /// An empty snapshot; call [`Snapshots::rebuild`] to load the stored state.
-    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer) -> Self {
+    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer, egress: Arc<EgressPolicy>) -> Self {
         Self {
             store,
+            egress,
             sealer: ArcSwap::from_pointee(sealer),
             live: Arc::new(ArcSwap::from_pointee(Live::default())),
             registry: RuntimeRegistry::default(),
@@ -97,12 +100,21 @@ impl Snapshots {
             };
             let runtime = self.registry.backend(&record, now);
             let scrubber = KeyScrubber::new(api_key.expose_secret());
+            // A literal address is fixed per backend: checked once here (a policy tightened in
+            // the config file since the backend was stored included).
+            let egress_refused = url::Url::parse(&record.api_base_url)
+                .ok()
+                .and_then(|url| self.egress.check_url(&url).err())
+                .map(|refusal| {
+                    format!("the egress policy refuses the backend's address: {refusal}")
+                });
             backends.push(Arc::new(LiveBackend {
                 record,
                 api_key,
                 runtime,
                 unreadable: unreadable_reason,
                 scrubber,
+                egress_refused,
             }));
         }
         let mut client_keys = HashMap::new();

@@ -114,38 +114,47 @@ pub async fn run(
         )?;
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let attempt_started = Instant::now();
-        let send = data
-            .http
-            .post(&request.url)
-            .headers(request.headers)
-            .body(reqwest::Body::wrap(request.body))
-            .send();
 
-        // Phase **classify**.
-        let failure = match tokio::time::timeout(first_byte_timeout, send).await {
-            Err(_) => Failure::Timeout,
-            Ok(Err(error)) => connection_failure(&error),
-            Ok(Ok(response)) => {
-                let status = response.status();
-                if status.is_success() {
-                    let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
-                    match succeed(data, inbound, plan, ticket, response, draft, remaining).await {
-                        Ok(response) => return Ok(Done::Response(response)),
-                        Err((returned_ticket, failure)) => {
-                            ticket = returned_ticket;
-                            failure
+        // Phase **classify** (an address the egress policy refuses is never sent to).
+        let failure = if let Some(refused) = &backend.egress_refused {
+            Failure::EgressRefused {
+                detail: refused.clone(),
+            }
+        } else {
+            let send = data
+                .http
+                .post(&request.url)
+                .headers(request.headers)
+                .body(reqwest::Body::wrap(request.body))
+                .send();
+            match tokio::time::timeout(first_byte_timeout, send).await {
+                Err(_) => Failure::Timeout,
+                Ok(Err(error)) => connection_failure(&error),
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    if status.is_success() {
+                        let remaining =
+                            first_byte_timeout.saturating_sub(attempt_started.elapsed());
+                        match succeed(data, inbound, plan, ticket, response, draft, remaining).await
+                        {
+                            Ok(response) => return Ok(Done::Response(response)),
+                            Err((returned_ticket, failure)) => {
+                                ticket = returned_ticket;
+                                failure
+                            }
                         }
-                    }
-                } else {
-                    match classify(status, response.headers()) {
-                        Some(failure) => failure,
-                        None => {
-                            // The request's own fault: relay it. It says nothing about the
-                            // backend's health: a half-open probe ends without closing the
-                            // cooldown (the next request probes again).
-                            resolve(data, &mut ticket, UpstreamOutcome::Inconclusive);
-                            let scrubber = &backend.scrubber;
-                            return relay_client_error(response, plan, draft, data, scrubber).await;
+                    } else {
+                        match classify(status, response.headers()) {
+                            Some(failure) => failure,
+                            None => {
+                                // The request's own fault: relay it. It says nothing about the
+                                // backend's health: a half-open probe ends without closing the
+                                // cooldown (the next request probes again).
+                                resolve(data, &mut ticket, UpstreamOutcome::Inconclusive);
+                                let scrubber = &backend.scrubber;
+                                return relay_client_error(response, plan, draft, data, scrubber)
+                                    .await;
+                            }
                         }
                     }
                 }

@@ -2,8 +2,11 @@
 //! arrive — never buffered whole. On the way it reads token usage, drops the usage-only chunk
 //! poolgate itself asked for, enforces the idle timeout between chunks, turns an upstream death
 //! into an SSE error event and a clean end, and — if the client leaves — drops the upstream
-//! request at once and records the request as cancelled.
+//! request at once and records the request as cancelled. The record of a complete answer is
+//! handed over before the bytes that complete it (`[DONE]`, `message_stop`) are yielded, so it is
+//! in the usage journal before the client can see the answer end.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -66,7 +69,11 @@ enum End {
 
 pub struct RelayStream {
     upstream: BoxStream<'static, reqwest::Result<Bytes>>,
-    first: Option<Bytes>,
+    /// Chunks read before the relay started (the held-back leading events and the first
+    /// content), relayed first.
+    first: VecDeque<Bytes>,
+    /// The stream is over for the client (after its last bytes were yielded).
+    over: bool,
     framer: SseFramer,
     events: Vec<SseEvent>,
     idle: Pin<Box<Sleep>>,
@@ -82,14 +89,15 @@ pub struct RelayStream {
 impl RelayStream {
     pub fn new(
         upstream: BoxStream<'static, reqwest::Result<Bytes>>,
-        first: Bytes,
+        first: VecDeque<Bytes>,
         mapper: Box<dyn StreamMapper>,
         idle_timeout: Duration,
         finisher: StreamFinisher,
     ) -> Self {
         Self {
             upstream,
-            first: Some(first),
+            first,
+            over: false,
             framer: SseFramer::new(),
             events: Vec::new(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
@@ -157,7 +165,13 @@ impl RelayStream {
         }
     }
 
+    /// The upstream failed: an error event for the client, and the end. After a complete answer
+    /// (the record written), the client has all it needs: the stream just ends.
     fn fail(&mut self, kind: &'static str, message: &str) -> Option<Bytes> {
+        self.over = true;
+        if self.finisher.is_none() {
+            return None;
+        }
         self.end(End::UpstreamFailed(kind));
         Some(self.mapper.error_event(kind, message))
     }
@@ -174,6 +188,7 @@ impl RelayStream {
         }
         self.mapper.finish(&mut self.out);
         self.end(End::Complete);
+        self.over = true;
         let rest = self.out.split().freeze();
         (!rest.is_empty()).then_some(rest)
     }
@@ -184,7 +199,7 @@ impl Stream for RelayStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.finisher.is_none() {
+        if this.over {
             return Poll::Ready(None);
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {
@@ -192,7 +207,7 @@ impl Stream for RelayStream {
             return Poll::Ready(error.map(Ok));
         }
         loop {
-            let chunk = if let Some(first) = this.first.take() {
+            let chunk = if let Some(first) = this.first.pop_front() {
                 Some(Ok(first))
             } else {
                 match this.upstream.as_mut().poll_next(cx) {
@@ -213,7 +228,12 @@ impl Stream for RelayStream {
                 Some(Ok(bytes)) => {
                     let deadline = Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
-                    match this.process(bytes) {
+                    let processed = this.process(bytes);
+                    if this.mapper.completed() && this.finisher.is_some() {
+                        // The answer is complete with these bytes: its record first.
+                        this.end(End::Complete);
+                    }
+                    match processed {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => return Poll::Ready(Some(Ok(out))),
                         Err(kind) => {

@@ -4,6 +4,7 @@
 //! is then relayed event by event; an upstream 4xx that is the request's own fault is relayed
 //! with the backend's key scrubbed out of its body and headers.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -180,7 +181,7 @@ pub async fn succeed(
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         let stream = RelayStream::new(
             upstream.boxed(),
-            first,
+            VecDeque::from([first]),
             plan.stream_mapper(),
             data.config.proxy.stream_idle_timeout,
             StreamFinisher {

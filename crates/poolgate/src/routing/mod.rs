@@ -26,6 +26,9 @@ pub struct LiveBackend {
     pub unreadable: Option<String>,
     /// Removes the key from what the upstream sends back (error bodies, relayed headers).
     pub scrubber: KeyScrubber,
+    /// Why the egress policy refuses the backend's address, when its URL names an IP literal
+    /// the policy refuses (names are checked when they are resolved).
+    pub egress_refused: Option<String>,
 }
 
 impl LiveBackend {

@@ -47,6 +47,7 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
         runtime,
         unreadable: None,
         scrubber: crate::scrub::KeyScrubber::new("sk-test"),
+        egress_refused: None,
     })
 }
 
