@@ -17,6 +17,7 @@ pub mod changes;
 mod error;
 mod health;
 mod keys;
+mod limits_checkpoint;
 mod master_key;
 mod snapshot;
 mod store;
@@ -43,6 +44,7 @@ pub use master_key::{MasterKeySource, NewKey, Rotation, MASTER_KEY_ENV};
 pub use store::StoreError;
 
 use health::HealthWriter;
+use limits_checkpoint::LimitsCheckpoint;
 use snapshot::Snapshots;
 use store::Stores;
 use usage_writer::UsageWriter;
@@ -72,6 +74,7 @@ struct Inner {
 struct Workers {
     usage: UsageWriter,
     health: HealthWriter,
+    limits: LimitsCheckpoint,
     follower: JoinHandle<()>,
 }
 
@@ -109,12 +112,24 @@ impl ControlPlane {
             sealer,
             Arc::new(config.network.clone()),
         ));
+        // Bucket levels stored before a restart apply as the snapshot creates the runtimes.
+        let levels = stores
+            .config
+            .load_limiter_levels()
+            .await
+            .map_err(ControlError::from)?;
+        snapshots.registry().restore_levels(levels);
         snapshots.rebuild().await.map_err(ControlError::from)?;
         let instance = InstanceId::generate();
         let journal = usage_writer::open_journal(&config, &*stores.usage).await?;
         let (usage, usage_writer) =
             usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage, journal);
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
+        let limits = limits_checkpoint::spawn_checkpoint(
+            Arc::clone(&stores.config),
+            Arc::clone(&snapshots),
+            config.limits.checkpoint_interval,
+        );
         let follower =
             snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
         Ok(ControlPlane {
@@ -131,6 +146,7 @@ impl ControlPlane {
                 workers: parking_lot::Mutex::new(Some(Workers {
                     usage: usage_writer,
                     health: health_writer,
+                    limits,
                     follower,
                 })),
             }),
@@ -148,7 +164,8 @@ impl ControlPlane {
         )
     }
 
-    /// Writes every queued usage record and health state, stops the background tasks, and
+    /// Writes every queued usage record, health state and RPM bucket level, stops the background
+    /// tasks, and
     /// returns how many usage records were written in the control plane's life. Call once the
     /// data plane has handed over its records.
     pub async fn shutdown(&self) -> u64 {
@@ -158,6 +175,7 @@ impl ControlPlane {
         workers.follower.abort();
         let written = workers.usage.shutdown().await;
         workers.health.shutdown().await;
+        workers.limits.shutdown().await;
         written
     }
 

@@ -17,7 +17,9 @@ use super::*;
 use crate::config::DatabaseUrl;
 use crate::cooldown::{CooldownPolicy, Health, Outcome as UpstreamOutcome};
 use crate::crypto::{MasterKey, Sealer};
-use crate::domain::{BackendInput, BackendSpec, ClientKeyRecord, PersistedHealth, PoolName};
+use crate::domain::{
+    BackendInput, BackendSpec, ClientKeyRecord, LimiterLevel, PersistedHealth, PoolName,
+};
 
 // === a store that fails or waits when told to ===
 
@@ -123,6 +125,17 @@ impl ConfigStore for FlakyStore {
     async fn revoke_client_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
         self.write()?;
         self.inner.revoke_client_key(id, at_ms).await
+    }
+    async fn save_limiter_levels(
+        &self,
+        levels: &[LimiterLevel],
+        replace_all: bool,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.save_limiter_levels(levels, replace_all).await
+    }
+    async fn load_limiter_levels(&self) -> Result<Vec<LimiterLevel>, StoreError> {
+        self.inner.load_limiter_levels().await
     }
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.get_setting(key).await
@@ -494,4 +507,45 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
         other => panic!("{other:?}"),
     }
     h.control.shutdown().await;
+}
+
+#[tokio::test]
+async fn bucket_levels_are_checkpointed_while_running_and_written_exactly_at_shutdown() {
+    let h =
+        harness_with(|config| config.limits.checkpoint_interval = Duration::from_millis(100)).await;
+    let record = h
+        .control
+        .create_backend(BackendInput {
+            rpm_limit: Some(60),
+            ..input("limited")
+        })
+        .await
+        .unwrap();
+    let backend = Arc::clone(&h.control.live().by_id[&record.id]);
+    for _ in 0..40 {
+        drop(backend.runtime.admit(Instant::now()).unwrap());
+    }
+    let unit = u64::try_from(crate::limits::UNITS_PER_TOKEN).unwrap();
+    // A checkpoint (what a crash would leave) comes within an interval or so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stored = loop {
+        let levels = h.sqlite.load_limiter_levels().await.unwrap();
+        if let Some(level) = levels.into_iter().find(|l| l.id == record.id.as_str()) {
+            break level;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stored.kind, crate::domain::LimiterKind::Backend);
+    assert_eq!(stored.rpm, 60);
+    assert!(
+        (20 * unit..22 * unit).contains(&stored.level_units),
+        "{stored:?}"
+    );
+    // Graceful: every level written (replacing the old ones), as of the shutdown.
+    h.control.shutdown().await;
+    let levels = h.sqlite.load_limiter_levels().await.unwrap();
+    assert_eq!(levels.len(), 1, "{levels:?}");
+    assert!(levels[0].at_ms >= stored.at_ms);
+    assert!((20 * unit..23 * unit).contains(&levels[0].level_units));
 }

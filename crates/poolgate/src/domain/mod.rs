@@ -236,6 +236,43 @@ pub struct ClientKeyRecord {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// Whose RPM bucket a [`LimiterLevel`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimiterKind {
+    Backend,
+    ClientKey,
+}
+
+impl LimiterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimiterKind::Backend => "backend",
+            LimiterKind::ClientKey => "client_key",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "backend" => Some(LimiterKind::Backend),
+            "client_key" => Some(LimiterKind::ClientKey),
+            _ => None,
+        }
+    }
+}
+
+/// An RPM bucket's fill at one moment, as stored so that limits survive a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimiterLevel {
+    pub kind: LimiterKind,
+    /// The backend's or client key's id.
+    pub id: String,
+    pub rpm: u32,
+    /// The fill in units of 1/60,000,000,000 of a request (see [`crate::limits`]).
+    pub level_units: u64,
+    /// Unix milliseconds when the fill was `level_units`.
+    pub at_ms: i64,
+}
+
 /// How a proxied request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

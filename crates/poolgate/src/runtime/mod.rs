@@ -19,8 +19,10 @@ use crate::cooldown::{
     Admission, CooldownPolicy, CooldownReason, CooldownState, Health, Outcome as UpstreamOutcome,
     ReadyAt,
 };
-use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth};
-use crate::limits::{ConcurrencyLimit, ConcurrencyPermit, RpmLimiter};
+use crate::domain::{
+    now_ms, BackendId, BackendRecord, ClientKeyRecord, LimiterKind, LimiterLevel, PersistedHealth,
+};
+use crate::limits::{BucketLevel, ConcurrencyLimit, ConcurrencyPermit, RpmLimiter};
 
 pub use health::{health_channel, HealthMessage, HealthQueue, HealthSink};
 
@@ -183,6 +185,11 @@ impl BackendRuntime {
         }
     }
 
+    /// The RPM bucket's fill, if it changed since the last checkpoint (or always, with `all`).
+    pub fn rpm_checkpoint(&self, now: Instant, all: bool) -> Option<BucketLevel> {
+        self.limiter.checkpoint(now, all)
+    }
+
     pub fn snapshot(&self, now: Instant) -> RuntimeSnapshot {
         let (cooldown, health) = {
             let cooldown = self.cooldown.lock();
@@ -288,16 +295,37 @@ impl ClientKeyRuntime {
             self.limiter.reconfigure(rpm, now);
         }
     }
+
+    /// The RPM bucket's fill, if it changed since the last checkpoint (or always, with `all`).
+    pub fn rpm_checkpoint(&self, now: Instant, all: bool) -> Option<BucketLevel> {
+        self.limiter.checkpoint(now, all)
+    }
 }
 
 // === impl RuntimeRegistry ===
 
 /// Every runtime by stable id. Snapshot rebuilds look runtimes up here, so an edit of a backend
-/// keeps its cooldown and bucket; a new backend starts from its persisted health.
+/// keeps its cooldown and bucket; a new backend starts from its persisted health, and a runtime
+/// created after a restart continues from its stored RPM bucket level
+/// ([`RuntimeRegistry::restore_levels`]).
 #[derive(Debug, Default)]
 pub struct RuntimeRegistry {
     backends: Mutex<HashMap<BackendId, Arc<BackendRuntime>>>,
     client_keys: Mutex<HashMap<String, Arc<ClientKeyRuntime>>>,
+    /// Stored bucket levels waiting for their runtime to be created.
+    stored_levels: Mutex<HashMap<(LimiterKind, String), LimiterLevel>>,
+}
+
+/// A stored level applied to a new limiter: refilled for the wall-clock time since it was taken.
+fn restore_level(limiter: &RpmLimiter, stored: Option<LimiterLevel>, now: Instant) {
+    if let Some(stored) = stored {
+        let elapsed = Duration::from_millis(u64::try_from(now_ms() - stored.at_ms).unwrap_or(0));
+        let level = BucketLevel {
+            rpm: stored.rpm,
+            level: u128::from(stored.level_units),
+        };
+        limiter.restore(level, elapsed, now);
+    }
 }
 
 impl RuntimeRegistry {
@@ -309,11 +337,10 @@ impl RuntimeRegistry {
                 .lock()
                 .entry(record.id.clone())
                 .or_insert_with(|| {
-                    Arc::new(BackendRuntime::restore(
-                        record.rpm_limit,
-                        &record.health,
-                        now,
-                    ))
+                    let runtime = BackendRuntime::restore(record.rpm_limit, &record.health, now);
+                    let stored = self.take_level(LimiterKind::Backend, record.id.as_str());
+                    restore_level(&runtime.limiter, stored, now);
+                    Arc::new(runtime)
                 }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
@@ -332,15 +359,52 @@ impl RuntimeRegistry {
                 .lock()
                 .entry(record.id.clone())
                 .or_insert_with(|| {
-                    Arc::new(ClientKeyRuntime::new(
-                        record.rpm_limit,
-                        record.max_parallel_requests,
-                    ))
+                    let runtime =
+                        ClientKeyRuntime::new(record.rpm_limit, record.max_parallel_requests);
+                    let stored = self.take_level(LimiterKind::ClientKey, &record.id);
+                    restore_level(&runtime.limiter, stored, now);
+                    Arc::new(runtime)
                 }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
         runtime.parallel.set_max(record.max_parallel_requests);
         runtime
+    }
+
+    /// Bucket levels stored before a restart; each applies when its runtime is created.
+    pub fn restore_levels(&self, levels: Vec<LimiterLevel>) {
+        let mut stored = self.stored_levels.lock();
+        for level in levels {
+            stored.insert((level.kind, level.id.clone()), level);
+        }
+    }
+
+    fn take_level(&self, kind: LimiterKind, id: &str) -> Option<LimiterLevel> {
+        self.stored_levels.lock().remove(&(kind, id.to_owned()))
+    }
+
+    /// The bucket levels to store: those that changed since the last call, or all of them.
+    pub fn limiter_levels(&self, now: Instant, all: bool) -> Vec<LimiterLevel> {
+        let at_ms = now_ms();
+        let level = |kind: LimiterKind, id: &str, bucket: BucketLevel| LimiterLevel {
+            kind,
+            id: id.to_owned(),
+            rpm: bucket.rpm,
+            level_units: u64::try_from(bucket.level).unwrap_or(u64::MAX),
+            at_ms,
+        };
+        let mut levels = Vec::new();
+        for (id, runtime) in self.backends.lock().iter() {
+            if let Some(bucket) = runtime.rpm_checkpoint(now, all) {
+                levels.push(level(LimiterKind::Backend, id.as_str(), bucket));
+            }
+        }
+        for (id, runtime) in self.client_keys.lock().iter() {
+            if let Some(bucket) = runtime.rpm_checkpoint(now, all) {
+                levels.push(level(LimiterKind::ClientKey, id, bucket));
+            }
+        }
+        levels
     }
 
     /// Forgets the runtimes of backends and keys that are gone.

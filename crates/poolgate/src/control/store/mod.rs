@@ -12,7 +12,8 @@ use async_trait::async_trait;
 
 use crate::config::DatabaseUrl;
 use crate::domain::{
-    BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName, UsageRecord,
+    BackendId, BackendRecord, ClientKeyRecord, LimiterLevel, PersistedHealth, Pool, PoolName,
+    UsageRecord,
 };
 use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
@@ -73,6 +74,16 @@ pub trait ConfigStore: Send + Sync + 'static {
     async fn insert_client_key(&self, key: &ClientKeyRecord) -> Result<(), StoreError>;
     /// Sets `revoked_at`; false if no such (unrevoked) key.
     async fn revoke_client_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
+
+    // --- RPM bucket levels (limits across restarts) ---
+    /// Upserts these levels (one transaction); with `replace_all`, every other stored level is
+    /// deleted first (a graceful shutdown writes them all).
+    async fn save_limiter_levels(
+        &self,
+        levels: &[LimiterLevel],
+        replace_all: bool,
+    ) -> Result<(), StoreError>;
+    async fn load_limiter_levels(&self) -> Result<Vec<LimiterLevel>, StoreError>;
 
     // --- settings ---
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;

@@ -18,7 +18,7 @@ use sqlx::{Row, Sqlite};
 use super::{ConfigStore, StoreError};
 use crate::domain::{
     now_ms, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
-    ModelMappings, PersistedHealth, Pool, PoolName, Source,
+    LimiterKind, LimiterLevel, ModelMappings, PersistedHealth, Pool, PoolName, Source,
 };
 
 /// The SQLite schema (`migrations/sqlite/`); PostgreSQL will have its own beside it.
@@ -463,6 +463,55 @@ impl ConfigStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
+    }
+
+    async fn save_limiter_levels(
+        &self,
+        levels: &[LimiterLevel],
+        replace_all: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if replace_all {
+            sqlx::query("DELETE FROM limiter_levels")
+                .execute(&mut *tx)
+                .await?;
+        }
+        for level in levels {
+            sqlx::query(
+                "INSERT INTO limiter_levels (kind, id, rpm, level_units, at_ms) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET \
+                 rpm = excluded.rpm, level_units = excluded.level_units, at_ms = excluded.at_ms",
+            )
+            .bind(level.kind.as_str())
+            .bind(&level.id)
+            .bind(i64::from(level.rpm))
+            .bind(i64::try_from(level.level_units).unwrap_or(i64::MAX))
+            .bind(level.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_limiter_levels(&self) -> Result<Vec<LimiterLevel>, StoreError> {
+        let rows = sqlx::query("SELECT kind, id, rpm, level_units, at_ms FROM limiter_levels")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(LimiterLevel {
+                    kind: LimiterKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+                    id: row.try_get("id")?,
+                    rpm: u32::try_from(row.try_get::<i64, _>("rpm")?)
+                        .map_err(|e| corrupt("rpm", e))?,
+                    level_units: u64::try_from(row.try_get::<i64, _>("level_units")?)
+                        .map_err(|e| corrupt("level_units", e))?,
+                    at_ms: row.try_get("at_ms")?,
+                })
+            })
+            .collect()
     }
 
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
