@@ -1,10 +1,10 @@
 //! Phase **relay**: turning a backend's answer into the client's. A 2xx JSON answer is read whole
-//! (at most `proxy.max_response_bytes`) and translated; a 2xx stream waits for its first chunk
-//! (still inside the time-to-first-byte budget, so a stream that dies at once can fail over) and
-//! is then relayed event by event; an upstream 4xx that is the request's own fault is relayed
+//! (at most `proxy.max_response_bytes`) and translated; a 2xx stream holds back its content-free
+//! leading events until the first one with content ([`super::holdback`], still inside the
+//! time-to-first-byte budget, so a stream that dies after its role chunk can fail over) and is
+//! then relayed event by event; an upstream 4xx that is the request's own fault is relayed
 //! with the backend's key scrubbed out of its body and headers.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue};
 use super::attempt::{resolve, Done};
 use super::classify::Failure;
 use super::error::ProxyError;
+use super::holdback::hold_leading_events;
 use super::plan::{Inbound, Plan};
 use super::record::UsageDraft;
 use super::relay::{RelayStream, StreamFinisher};
@@ -149,23 +150,12 @@ pub async fn succeed(
         .is_some_and(|v| v.starts_with("text/event-stream"));
 
     if inbound.stream && is_event_stream {
-        let mut upstream = response.bytes_stream();
-        let first = match tokio::time::timeout(remaining, upstream.next()).await {
-            Err(_) => return Err((ticket, Failure::Timeout)),
-            Ok(None) => {
-                return Err((
-                    ticket,
-                    Failure::Server {
-                        status: None,
-                        detail: "the stream ended before its first byte".into(),
-                    },
-                ))
-            }
-            Ok(Some(Err(error))) => {
-                let failure = Failure::transport("stream failed before its first byte", &error);
-                return Err((ticket, failure));
-            }
-            Ok(Some(Ok(chunk))) => chunk,
+        let mut upstream = response.bytes_stream().boxed();
+        let idle = data.config.proxy.stream_idle_timeout;
+        let wire = plan.upstream_wire();
+        let held = match hold_leading_events(&mut upstream, wire, remaining, idle).await {
+            Ok(held) => held,
+            Err(failure) => return Err((ticket, failure)),
         };
         resolve(data, &mut ticket, UpstreamOutcome::Success);
         draft.mark_first_byte();
@@ -180,8 +170,8 @@ pub async fn succeed(
         );
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         let stream = RelayStream::new(
-            upstream.boxed(),
-            VecDeque::from([first]),
+            upstream,
+            held.chunks,
             plan.stream_mapper(),
             data.config.proxy.stream_idle_timeout,
             StreamFinisher {
