@@ -87,8 +87,13 @@ impl ControlPlane {
         let stores = store::open(&config.database_url)
             .await
             .map_err(ControlError::from)?;
-        let (key, key_source) = master_key::load_master_key(&config)?;
+        let has_key = master_key::database_has_key(&*stores.config).await?;
+        let (key, key_source, generated) = master_key::load_master_key(&config, has_key)?;
         let sealer = master_key::open_sealer(&*stores.config, key).await?;
+        // The database records the key's fingerprint now: a generated key file must stay.
+        if let Some(generated) = generated {
+            generated.keep();
+        }
         Self::assemble(
             config,
             stores,

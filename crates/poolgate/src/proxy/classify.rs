@@ -73,6 +73,17 @@ impl Failure {
         }
     }
 
+    /// Without the backend's key in its text (a detail may quote what the upstream sent).
+    pub fn scrubbed(self, scrubber: &crate::scrub::KeyScrubber) -> Failure {
+        match self {
+            Failure::Server { status, detail } => Failure::Server {
+                status,
+                detail: String::from_utf8_lossy(&scrubber.scrub(detail.as_bytes())).into_owned(),
+            },
+            other => other,
+        }
+    }
+
     /// A failure of the connection or body, with reqwest's text (its URL replaced).
     pub fn transport(context: &str, error: &reqwest::Error) -> Failure {
         Failure::Server {

@@ -23,6 +23,7 @@ use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
 use crate::providers::TokenUsage;
 use crate::routing::Ticket;
+use crate::scrub::KeyScrubber;
 use crate::sse::{SseEvent, SseFramer};
 use crate::state::DataPlane;
 use crate::translate::{Mapped, StreamMapper};
@@ -82,6 +83,8 @@ pub struct RelayStream {
     cancelled: Pin<Box<dyn Future<Output = ()> + Send>>,
     mapper: Box<dyn StreamMapper>,
     out: BytesMut,
+    /// Removes the backend's key from error events the upstream sends mid-stream.
+    scrubber: KeyScrubber,
     /// Set once the stream ended; `None` afterwards.
     finisher: Option<StreamFinisher>,
 }
@@ -105,6 +108,7 @@ impl RelayStream {
             cancelled: Box::pin(finisher.data.streams_cancelled()),
             mapper,
             out: BytesMut::new(),
+            scrubber: finisher.ticket.backend.scrubber.clone(),
             finisher: Some(finisher),
         }
     }
@@ -118,6 +122,14 @@ impl RelayStream {
         }
         let mut single: Option<Bytes> = None;
         let mut events = std::mem::take(&mut self.events);
+        // An upstream error event may echo the credentials it got: scrub what goes out.
+        let has_error = events.iter().any(|event| {
+            event.event.as_deref() == Some("error")
+                || event
+                    .data
+                    .as_deref()
+                    .is_some_and(|d| d.contains("\"error\""))
+        });
         for event in events.drain(..) {
             let mark = self.out.len();
             match self.mapper.map(&event, &mut self.out) {
@@ -143,13 +155,18 @@ impl RelayStream {
             }
         }
         self.events = events;
-        Ok(match single {
+        let out = match single {
             Some(raw) if self.out.is_empty() => raw,
             Some(raw) => {
                 self.out.extend_from_slice(&raw);
                 self.out.split().freeze()
             }
             None => self.out.split().freeze(),
+        };
+        Ok(if has_error {
+            self.scrubber.scrub_bytes(out)
+        } else {
+            out
         })
     }
 

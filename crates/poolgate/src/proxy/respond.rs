@@ -155,7 +155,10 @@ pub async fn succeed(
         let wire = plan.upstream_wire();
         let held = match hold_leading_events(&mut upstream, wire, remaining, idle).await {
             Ok(held) => held,
-            Err(failure) => return Err((ticket, failure)),
+            Err(failure) => {
+                let failure = failure.scrubbed(&ticket.backend.scrubber);
+                return Err((ticket, failure));
+            }
         };
         resolve(data, &mut ticket, UpstreamOutcome::Success);
         draft.mark_first_byte();
