@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
+pub mod binary;
 pub mod served;
 
 use std::path::{Path, PathBuf};
