@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::binary::{serve_command, Binary};
+use common::binary::{rss_of, serve_command, Binary};
 use common::ADMIN_TOKEN;
 use mock_upstream::{MockConfig, MockUpstream, Reply, StreamSpec};
 use serde_json::{json, Value};
@@ -307,22 +307,8 @@ async fn ten_30_mib_requests_in_flight_cost_less_than_twice_their_size() {
         let peak = Arc::clone(&peak);
         let pid = gateway.served.pid();
         tokio::spawn(async move {
-            loop {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    let rss = status
-                        .lines()
-                        .find_map(|line| line.strip_prefix("VmRSS:"))
-                        .and_then(|rest| {
-                            rest.trim()
-                                .trim_end_matches("kB")
-                                .trim()
-                                .parse::<u64>()
-                                .ok()
-                        })
-                        .unwrap_or(0)
-                        * 1024;
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
+            while let Some(rss) = rss_of(pid) {
+                peak.fetch_max(rss, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::served::{poolgate_command, Served};
-use super::ADMIN_TOKEN;
+use super::{created, poll_usage, ADMIN_TOKEN};
 
 /// A running `poolgate serve` on 127.0.0.1:0.
 pub struct Binary {
@@ -83,16 +83,7 @@ impl Binary {
 
     /// POST /admin/api/backends, asserting 201; returns the created backend.
     pub async fn add_backend(&self, body: Value) -> Value {
-        let response = self
-            .admin(reqwest::Method::POST, "/backends")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let value: Value = response.json().await.unwrap();
-        assert_eq!(status, 201, "creating a backend failed: {value}");
-        value
+        created(self.admin(reqwest::Method::POST, "/backends").json(&body)).await
     }
 
     /// An OpenAI backend serving `model` (upstream id `up-<model>`) at `base_url`.
@@ -115,33 +106,22 @@ impl Binary {
 
     /// Usage records (newest first), polling up to 10 s until at least `count` are stored.
     pub async fn usage_records(&self, count: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let page: Value = self
-                .admin(reqwest::Method::GET, "/usage?limit=1000")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let records = page["records"].as_array().cloned().unwrap_or_default();
-            if records.len() >= count || tokio::time::Instant::now() > deadline {
-                return records;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let page = || self.admin(reqwest::Method::GET, "/usage?limit=1000");
+        poll_usage(page, count, Duration::from_secs(10)).await
     }
 
     /// The process's resident memory (VmRSS), in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.served.pid())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kib * 1024
+        rss_of(self.served.pid()).unwrap()
     }
+}
+
+/// The resident memory (VmRSS) of a process, in bytes (`None` once it is gone).
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib * 1024)
 }
