@@ -43,6 +43,27 @@ fn echoing_error(anthropic: bool) -> Reply {
     Reply::status(400, body).with_header("content-type", format!("application/json; key={KEY}"))
 }
 
+/// `POST /v1/messages` (Anthropic's surface) with the admin token as the key.
+fn messages_request(gateway: &Binary, body: &Value) -> reqwest::RequestBuilder {
+    gateway
+        .client
+        .post(format!("{}/v1/messages", gateway.url))
+        .header("x-api-key", ADMIN_TOKEN)
+        .json(body)
+}
+
+/// Tries to create a backend at `url`.
+async fn create_at(gateway: &Binary, url: &str) -> common::Answer {
+    send(
+        gateway
+            .admin(reqwest::Method::POST, "/backends")
+            .json(&json!({
+        "name": "bad", "api_base_url": url, "api_key": "sk-test-0000000001",
+        "model_mappings": {"m": "m"}})),
+    )
+    .await
+}
+
 fn assert_no_key(answer: &common::Answer) {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("user:{KEY}"));
     for secret in [KEY, &KEY[3..20], &KEY[20..], &basic[..24]] {
@@ -90,14 +111,7 @@ async fn an_echoing_upstreams_key_never_reaches_the_client() {
     anthropic.push(echoing_error(true));
     let mut body = messages();
     body["model"] = json!("claude");
-    let answer = send(
-        gateway
-            .client
-            .post(format!("{}/v1/messages", gateway.url))
-            .header("x-api-key", ADMIN_TOKEN)
-            .json(&body),
-    )
-    .await;
+    let answer = send(messages_request(&gateway, &body)).await;
     assert_eq!(answer.status, 400, "{answer}");
     assert_no_key(&answer);
 
@@ -127,14 +141,7 @@ async fn metadata_and_rebinding_targets_are_refused() {
         "http://0.0.0.0:8000/v1",
         "http://llm.corp.example/v1",
     ] {
-        let answer = send(
-            gateway
-                .admin(reqwest::Method::POST, "/backends")
-                .json(&json!({
-            "name": "bad", "api_base_url": url, "api_key": "sk-test-0000000001",
-            "model_mappings": {"m": "m"}})),
-        )
-        .await;
+        let answer = create_at(&gateway, url).await;
         assert_eq!(answer.status, 400, "{url}: {answer}");
         assert_eq!(
             answer.json["error"]["param"], "api_base_url",
@@ -174,14 +181,7 @@ async fn metadata_and_rebinding_targets_are_refused() {
         "10.1.2.3",
     ] {
         let url = format!("http://{host}:{port}/v1");
-        let answer = send(
-            gateway
-                .admin(reqwest::Method::POST, "/backends")
-                .json(&json!({
-            "name": "bad", "api_base_url": url, "api_key": "sk-test-0000000001",
-            "model_mappings": {"m": "m"}})),
-        )
-        .await;
+        let answer = create_at(&gateway, &url).await;
         assert_eq!(answer.status, 400, "{url}: {answer}");
         assert_eq!(answer.json["error"]["param"], "api_base_url");
         assert!(
@@ -364,14 +364,7 @@ async fn a_stream_that_dies_after_its_role_chunk_or_message_start_fails_over() {
     let mut body = messages();
     body["model"] = json!("claude");
     body["stream"] = json!(true);
-    let answer = send(
-        gateway
-            .client
-            .post(format!("{}/v1/messages", gateway.url))
-            .header("x-api-key", ADMIN_TOKEN)
-            .json(&body),
-    )
-    .await;
+    let answer = send(messages_request(&gateway, &body)).await;
     assert_eq!(answer.status, 200, "{answer}");
     assert_eq!(
         answer.text.matches("event: message_start").count(),
@@ -408,14 +401,7 @@ async fn small_things_anthropic_v1_normalised_and_a_doubled_model_refused() {
     assert_eq!(created["api_base_url"], upstream.base_url(), "{created}");
     let mut body = messages();
     body["model"] = json!("claude");
-    let answer = send(
-        gateway
-            .client
-            .post(format!("{}/v1/messages", gateway.url))
-            .header("x-api-key", ADMIN_TOKEN)
-            .json(&body),
-    )
-    .await;
+    let answer = send(messages_request(&gateway, &body)).await;
     assert_eq!(answer.status, 200, "{answer}");
     assert_eq!(upstream.last_request().unwrap().path, "/v1/messages");
 
