@@ -7,6 +7,8 @@
 //! `Retry-After` while health and the admin API answer; a key's `max_parallel_requests` gives
 //! 429.
 
+#![expect(clippy::unwrap_used, reason = "test helpers")]
+
 mod common;
 
 use std::io::{Read as _, Write as _};

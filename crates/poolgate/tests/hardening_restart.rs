@@ -5,6 +5,8 @@
 //! leaves no stray `master.key`; a non-loopback `--listen` is warned about; log lines carry no
 //! colour codes when the output is not a terminal.
 
+#![expect(clippy::unwrap_used, reason = "test helpers")]
+
 mod common;
 
 use std::collections::HashMap;

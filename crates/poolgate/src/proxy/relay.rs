@@ -186,9 +186,7 @@ impl RelayStream {
     /// (the record written), the client has all it needs: the stream just ends.
     fn fail(&mut self, kind: &'static str, message: &str) -> Option<Bytes> {
         self.over = true;
-        if self.finisher.is_none() {
-            return None;
-        }
+        self.finisher.as_ref()?;
         self.end(End::UpstreamFailed(kind));
         Some(self.mapper.error_event(kind, message))
     }
