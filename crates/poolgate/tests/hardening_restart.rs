@@ -262,3 +262,39 @@ async fn a_public_listen_address_is_warned_about_and_logs_have_no_colours() {
     }
     assert!(stdout.contains("poolgate listening"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_command_line_run_beside_a_gateway_leaves_its_journal_alone() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Binary::start(dir.path(), "").await;
+    gateway
+        .add_openai_backend("one", &upstream.openai_base_url(), "m")
+        .await;
+    let journal = dir.path().join("usage-journal");
+    let segments = || std::fs::read_dir(&journal).unwrap().count();
+    assert_eq!(segments(), 1, "the running gateway's segment");
+    // `backend list` takes no lock: it runs beside the gateway.
+    let data = dir.path().to_str().unwrap();
+    let list = poolgate_command(&["backend", "list", "--data-dir", data], &[])
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    assert_eq!(
+        segments(),
+        1,
+        "the command replayed or deleted the gateway's journal"
+    );
+    // The journal still does its job for the gateway.
+    let id = complete_answer(&gateway.client, &gateway.url, false)
+        .await
+        .unwrap();
+    gateway.served.kill9();
+    let gateway = Binary::start(dir.path(), "").await;
+    let records = gateway.usage_records(1).await;
+    assert!(
+        records.iter().any(|r| r["request_id"] == id.as_str()),
+        "{records:?}"
+    );
+    gateway.stop().await;
+}

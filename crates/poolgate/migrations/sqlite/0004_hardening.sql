@@ -23,3 +23,14 @@ CREATE TABLE limiter_levels (
     at_ms       INTEGER NOT NULL,
     PRIMARY KEY (kind, id)
 );
+
+-- A level goes with its backend, or with its client key when the key is revoked.
+CREATE TRIGGER limiter_levels_backend_deleted AFTER DELETE ON backends
+BEGIN
+    DELETE FROM limiter_levels WHERE kind = 'backend' AND id = OLD.id;
+END;
+CREATE TRIGGER limiter_levels_key_revoked AFTER UPDATE OF revoked_at ON client_keys
+WHEN NEW.revoked_at IS NOT NULL
+BEGIN
+    DELETE FROM limiter_levels WHERE kind = 'client_key' AND id = NEW.id;
+END;

@@ -76,13 +76,9 @@ pub trait ConfigStore: Send + Sync + 'static {
     async fn revoke_client_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
 
     // --- RPM bucket levels (limits across restarts) ---
-    /// Upserts these levels (one transaction); with `replace_all`, every other stored level is
-    /// deleted first (a graceful shutdown writes them all).
-    async fn save_limiter_levels(
-        &self,
-        levels: &[LimiterLevel],
-        replace_all: bool,
-    ) -> Result<(), StoreError>;
+    /// Upserts these levels (one transaction); a level of a backend or key that is gone is
+    /// deleted with it.
+    async fn save_limiter_levels(&self, levels: &[LimiterLevel]) -> Result<(), StoreError>;
     async fn load_limiter_levels(&self) -> Result<Vec<LimiterLevel>, StoreError>;
 
     // --- settings ---

@@ -465,23 +465,26 @@ impl ConfigStore for SqliteStore {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn save_limiter_levels(
-        &self,
-        levels: &[LimiterLevel],
-        replace_all: bool,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if replace_all {
-            sqlx::query("DELETE FROM limiter_levels")
-                .execute(&mut *tx)
-                .await?;
+    async fn save_limiter_levels(&self, levels: &[LimiterLevel]) -> Result<(), StoreError> {
+        if levels.is_empty() {
+            return Ok(());
         }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for level in levels {
-            sqlx::query(
+            // Only for a backend or key that still exists: a checkpoint racing a delete or a
+            // revocation (whose triggers removed the level) must not bring the level back.
+            let owner = match level.kind {
+                LimiterKind::Backend => "SELECT 1 FROM backends WHERE id = ?2",
+                LimiterKind::ClientKey => {
+                    "SELECT 1 FROM client_keys WHERE id = ?2 AND revoked_at IS NULL"
+                }
+            };
+            sqlx::query(&format!(
                 "INSERT INTO limiter_levels (kind, id, rpm, level_units, at_ms) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET \
-                 rpm = excluded.rpm, level_units = excluded.level_units, at_ms = excluded.at_ms",
-            )
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS ({owner}) \
+                 ON CONFLICT (kind, id) DO UPDATE SET \
+                 rpm = excluded.rpm, level_units = excluded.level_units, at_ms = excluded.at_ms"
+            ))
             .bind(level.kind.as_str())
             .bind(&level.id)
             .bind(i64::from(level.rpm))

@@ -270,3 +270,65 @@ async fn concurrent_writers_do_not_hit_database_is_locked() {
     }
     assert_eq!(store.count_usage().await.unwrap(), 8 * 20 * 10);
 }
+
+#[tokio::test]
+async fn limiter_levels_round_trip_and_go_with_their_backend_or_key() {
+    use crate::domain::{LimiterKind, LimiterLevel};
+    let (_dir, store) = open().await;
+    let record = backend("limited");
+    store.insert_backend(&record).await.unwrap();
+    let key = ClientKeyRecord {
+        id: "key-1".into(),
+        name: "k".into(),
+        display_prefix: "pgk-key-1-…".into(),
+        secret_hash: vec![1; 32],
+        rpm_limit: 60,
+        max_parallel_requests: 0,
+        allowed_models: Vec::new(),
+        created_at_ms: 1,
+        revoked_at_ms: None,
+    };
+    store.insert_client_key(&key).await.unwrap();
+    let level = |kind, id: &str, units| LimiterLevel {
+        kind,
+        id: id.to_owned(),
+        rpm: 60,
+        level_units: units,
+        at_ms: 1_000,
+    };
+    store
+        .save_limiter_levels(&[
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 7),
+            // No such key: nothing stored.
+            level(LimiterKind::ClientKey, "key-2", 8),
+        ])
+        .await
+        .unwrap();
+    // An upsert replaces the level.
+    store
+        .save_limiter_levels(&[level(LimiterKind::ClientKey, "key-1", 9)])
+        .await
+        .unwrap();
+    let mut levels = store.load_limiter_levels().await.unwrap();
+    levels.sort_by_key(|l| l.level_units);
+    assert_eq!(levels.len(), 2, "{levels:?}");
+    assert_eq!(
+        levels[0],
+        level(LimiterKind::Backend, record.id.as_str(), 5)
+    );
+    assert_eq!(levels[1], level(LimiterKind::ClientKey, "key-1", 9));
+
+    // Deleted and revoked: the levels go, and a late checkpoint does not bring them back.
+    assert!(store.delete_backend(&record.id).await.unwrap());
+    assert!(store.revoke_client_key("key-1", 2).await.unwrap());
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
+    store
+        .save_limiter_levels(&[
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 7),
+        ])
+        .await
+        .unwrap();
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
+}
