@@ -30,6 +30,7 @@ fn record(i: usize) -> UsageRecord {
         prompt_tokens: Some(1_234),
         completion_tokens: Some(567),
         total_tokens: Some(1_801),
+        cached_tokens: None,
         latency_ms: 2_345,
         ttfb_ms: Some(312),
         streamed: true,

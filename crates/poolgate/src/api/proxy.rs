@@ -17,6 +17,7 @@ use super::request_id::RequestId;
 use crate::domain::{now_ms, InvalidRequest};
 use crate::limits::ConcurrencyPermit;
 use crate::providers::Endpoint;
+use crate::proxy::route::sticky_key;
 use crate::proxy::{forward, record_refused, Inbound, ProxyBody, ProxyResponse, RequestContext};
 use crate::state::DataPlane;
 
@@ -100,7 +101,10 @@ pub async fn serve(
             .and_then(|body| parse(body, &parts.headers).map_err(ApiError::from)),
     };
     let inbound = match inbound {
-        Ok(inbound) => inbound,
+        Ok(mut inbound) => {
+            inbound.affinity = sticky_key(&ctx.live, &inbound, &parts.headers);
+            inbound
+        }
         Err(error) => return refuse(error),
     };
     let response = match forward(data, ctx, inbound).await {

@@ -12,6 +12,7 @@
 //! read-only view of the snapshot and the two sinks (usage records, backend health) whose
 //! writers run here.
 
+mod affinity_writer;
 mod backends;
 pub mod changes;
 mod error;
@@ -19,6 +20,7 @@ mod health;
 mod keys;
 mod limits_checkpoint;
 mod master_key;
+mod models;
 mod snapshot;
 mod store;
 mod usage_writer;
@@ -28,10 +30,13 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 
+use std::num::NonZeroUsize;
+
 use crate::config::Config;
-use crate::domain::{BackendId, BackendRecord, ClientKeyRecord, Pool};
+use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, Pool};
 use crate::error::InitError;
 use crate::files::ensure_data_dir;
+use crate::routing::affinity::{owner_channel, AffinityLimits, LocalAffinity};
 use crate::runtime::HealthSink;
 use crate::state::{DataPlane, Live};
 use crate::usage::stats::{assemble, Stats, StatsRange};
@@ -43,6 +48,7 @@ pub use keys::{ClientKeyInput, PoolInput};
 pub use master_key::{MasterKeySource, NewKey, Rotation, MASTER_KEY_ENV};
 pub use store::StoreError;
 
+use affinity_writer::AffinityWriter;
 use health::HealthWriter;
 use limits_checkpoint::LimitsCheckpoint;
 use snapshot::Snapshots;
@@ -64,6 +70,8 @@ struct Inner {
     instance: InstanceId,
     usage: UsageSink,
     health: HealthSink,
+    /// Response owners and sticky sessions, handed to the data plane.
+    affinity: Arc<LocalAffinity>,
     /// Serialises changes from their first read to their rebuild, so two edits of one backend
     /// cannot overwrite each other (never taken on the request path).
     writes: tokio::sync::Mutex<()>,
@@ -75,6 +83,7 @@ struct Workers {
     usage: UsageWriter,
     health: HealthWriter,
     limits: LimitsCheckpoint,
+    affinity: AffinityWriter,
     follower: JoinHandle<()>,
 }
 
@@ -135,6 +144,7 @@ impl ControlPlane {
             Arc::clone(&snapshots),
             config.limits.checkpoint_interval,
         );
+        let (affinity, affinity_writer) = open_affinity(&config, &stores).await?;
         let follower =
             snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
         Ok(ControlPlane {
@@ -147,11 +157,13 @@ impl ControlPlane {
                 instance,
                 usage,
                 health,
+                affinity,
                 writes: tokio::sync::Mutex::new(()),
                 workers: parking_lot::Mutex::new(Some(Workers {
                     usage: usage_writer,
                     health: health_writer,
                     limits,
+                    affinity: affinity_writer,
                     follower,
                 })),
             }),
@@ -165,6 +177,7 @@ impl ControlPlane {
             self.inner.snapshots.reader(),
             self.inner.usage.clone(),
             self.inner.health.clone(),
+            self.inner.affinity.clone(),
             admin_token,
         )
     }
@@ -181,6 +194,7 @@ impl ControlPlane {
         let written = workers.usage.shutdown().await;
         workers.health.shutdown().await;
         workers.limits.shutdown().await;
+        workers.affinity.shutdown().await;
         written
     }
 
@@ -252,6 +266,37 @@ impl ControlPlane {
         let groups = self.inner.stores.usage.usage_stats(range).await?;
         Ok(assemble(&groups, range))
     }
+}
+
+/// The affinity maps, filled with the stored response owners that have not expired (newest
+/// first, up to the map's size), and the writer that stores new ones.
+async fn open_affinity(
+    config: &Config,
+    stores: &Stores,
+) -> Result<(Arc<LocalAffinity>, AffinityWriter), InitError> {
+    let settings = &config.affinity;
+    let entries = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+    let limits = AffinityLimits {
+        owner_ttl: settings.owner_ttl,
+        owner_entries: entries(settings.owner_max_entries),
+        session_entries: entries(settings.session_max_entries),
+    };
+    let (sink, queue) = owner_channel();
+    let maps = Arc::new(LocalAffinity::new(limits, sink));
+    let limit = u32::try_from(settings.owner_max_entries).unwrap_or(u32::MAX);
+    let stored = stores
+        .affinity
+        .load_response_owners(now_ms(), limit)
+        .await
+        .map_err(ControlError::from)?;
+    let loaded = stored.len();
+    maps.preload(stored);
+    if loaded > 0 {
+        tracing::info!(loaded, "response owners loaded");
+    }
+    let writer =
+        affinity_writer::spawn_writer(Arc::clone(&stores.affinity), queue, Arc::clone(&maps));
+    Ok((maps, writer))
 }
 
 #[cfg(test)]

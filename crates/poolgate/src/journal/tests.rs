@@ -20,6 +20,7 @@ fn record(i: usize) -> UsageRecord {
         prompt_tokens: Some(12),
         completion_tokens: Some(34),
         total_tokens: Some(46),
+        cached_tokens: Some(3),
         latency_ms: 420,
         ttfb_ms: Some(90),
         streamed: true,

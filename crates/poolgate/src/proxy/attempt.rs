@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::classify::{classify, connection_failure, Failure};
+use super::classify::{azure_failure, classify, connection_failure, Failure};
 use super::context::RequestContext;
 use super::error::ProxyError;
 use super::plan::{self, Inbound};
 use super::record::UsageDraft;
 use super::respond::{relay_client_error, succeed};
+use super::route::route;
 use super::ProxyResponse;
 use crate::cooldown::Outcome as UpstreamOutcome;
-use crate::domain::ApiKind;
-use crate::routing::{Route, Selection, Ticket};
+use crate::domain::{ApiKind, BackendRecord};
+use crate::routing::{Selection, Ticket};
 use crate::state::DataPlane;
 
 /// How the attempt loop ended well.
@@ -31,33 +32,6 @@ pub enum Done {
     },
 }
 
-/// Phase **route**: the canonical model's route in this request's snapshot, after the caller's
-/// allowed models and its own RPM bucket.
-fn route<'l>(ctx: &'l RequestContext, inbound: &Inbound) -> Result<&'l Route, ProxyError> {
-    let route =
-        ctx.live
-            .routes
-            .get(inbound.model.as_str())
-            .ok_or_else(|| ProxyError::ModelNotFound {
-                model: inbound.model.clone(),
-            })?;
-    if let Some(key) = &ctx.client_key {
-        let allowed = &key.record.allowed_models;
-        if !allowed.is_empty() && !allowed.iter().any(|m| m.as_str() == inbound.model) {
-            return Err(ProxyError::ModelNotAllowed {
-                model: inbound.model.clone(),
-            });
-        }
-        if let Err(wait) = key.runtime.admit(Instant::now()) {
-            return Err(ProxyError::KeyRateLimited {
-                rpm: key.runtime.rpm(),
-                retry_after: wait,
-            });
-        }
-    }
-    Ok(route)
-}
-
 /// Runs the attempts of one request.
 pub async fn run(
     data: &DataPlane,
@@ -65,11 +39,25 @@ pub async fn run(
     inbound: &Inbound,
     draft: &mut UsageDraft,
 ) -> Result<Done, ProxyError> {
-    let route = route(ctx, inbound)?;
+    // Phase **route** ([`super::route`]).
+    let routing = route(data, ctx, inbound).await?;
+    if let Some(canonical) = &routing.canonical {
+        draft.record.canonical_model = Some(canonical.to_string());
+    }
     let settings = &data.config.proxy;
     let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);
-    let endpoint = inbound.endpoint;
-    let mut selection = Selection::new(route, move |api| endpoint.served_by(api));
+    let mut selection = Selection::new(&routing.route, |record: &BackendRecord| {
+        inbound.served_by(record)
+    });
+    if let Some(preferred) = routing.preferred.clone() {
+        selection.prefer(preferred);
+    }
+    if !selection.any_serves() {
+        if let Some(error) = inbound.none_serves() {
+            refund_key(ctx);
+            return Err(error);
+        }
+    }
     let mut last_failure: Option<Failure> = None;
 
     loop {
@@ -89,12 +77,10 @@ pub async fn run(
                     }
                 }
             }
-            let error = give_up(&selection, last_failure.as_ref(), now);
+            let error = routing.explain(give_up(&selection, last_failure.as_ref(), now));
             if last_failure.is_none() {
                 // Nothing was sent upstream: the key's own token goes back.
-                if let Some(key) = &ctx.client_key {
-                    key.runtime.refund(now);
-                }
+                refund_key(ctx);
             }
             return Err(error);
         };
@@ -103,15 +89,8 @@ pub async fn run(
 
         // Phase **call**: the provider builds the request; the backend's timeout bounds the
         // time to the first byte.
-        let (request, plan) = plan::build(
-            inbound,
-            backend.record.api,
-            &backend.record.api_base_url,
-            &backend.api_key,
-            ticket.upstream_model.as_str(),
-            settings.inject_stream_usage,
-            settings.anthropic_default_max_tokens,
-        )?;
+        let (request, plan) =
+            plan::build(inbound, &backend, ticket.upstream_model.as_str(), settings)?;
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let attempt_started = Instant::now();
 
@@ -123,7 +102,7 @@ pub async fn run(
         } else {
             let send = data
                 .http
-                .post(&request.url)
+                .request(request.method, &request.url)
                 .headers(request.headers)
                 .body(reqwest::Body::wrap(request.body))
                 .send();
@@ -137,22 +116,43 @@ pub async fn run(
                             first_byte_timeout.saturating_sub(attempt_started.elapsed());
                         match succeed(data, inbound, plan, ticket, response, draft, remaining).await
                         {
-                            Ok(response) => return Ok(Done::Response(response)),
+                            Ok(response) => {
+                                if let Some(key) = inbound.affinity {
+                                    // The session stays (or moves) where it was served.
+                                    data.affinity.remember_session(
+                                        key,
+                                        backend.id(),
+                                        ctx.live.sticky.ttl,
+                                    );
+                                }
+                                return Ok(Done::Response(response));
+                            }
                             Err((returned_ticket, failure)) => {
                                 ticket = returned_ticket;
                                 failure
                             }
                         }
                     } else {
-                        match classify(status, response.headers()) {
-                            Some(failure) => failure,
-                            None => {
+                        let classified = if backend.record.api == ApiKind::Azure {
+                            azure_failure(
+                                response,
+                                data.config.proxy.stream_idle_timeout,
+                                data.config.proxy.max_response_bytes,
+                            )
+                            .await
+                        } else {
+                            let failure = classify(status, response.headers());
+                            failure.ok_or(response.into())
+                        };
+                        match classified {
+                            Ok(failure) => failure.scrubbed(&backend.scrubber),
+                            Err(answer) => {
                                 // The request's own fault: relay it. It says nothing about the
                                 // backend's health: a half-open probe ends without closing the
                                 // cooldown (the next request probes again).
                                 resolve(data, &mut ticket, UpstreamOutcome::Inconclusive);
                                 let scrubber = &backend.scrubber;
-                                return relay_client_error(response, plan, draft, data, scrubber)
+                                return relay_client_error(answer, plan, draft, data, scrubber)
                                     .await;
                             }
                         }
@@ -182,6 +182,13 @@ pub async fn run(
     }
 }
 
+/// Nothing was sent upstream: the key's own token goes back.
+fn refund_key(ctx: &RequestContext) {
+    if let Some(key) = &ctx.client_key {
+        key.runtime.refund(Instant::now());
+    }
+}
+
 /// Feeds an upstream outcome to the backend's runtime; a change of its persisted health is
 /// handed to the health writer (never written here).
 pub fn resolve(data: &DataPlane, ticket: &mut Ticket, outcome: UpstreamOutcome) {
@@ -195,7 +202,7 @@ pub fn resolve(data: &DataPlane, ticket: &mut Ticket, outcome: UpstreamOutcome) 
 /// limited, 503 (with `Retry-After`) when they are all cooling down after errors, 504 when the
 /// last attempt timed out, 502 when upstreams failed (or redirected, or the egress policy
 /// refused them), 503 when every backend is disabled or has a refused key.
-fn give_up<F: Fn(ApiKind) -> bool>(
+fn give_up<F: Fn(&BackendRecord) -> bool>(
     selection: &Selection<'_, F>,
     last: Option<&Failure>,
     now: Instant,

@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
 
+use super::respond::{read_error_body, ErrorBodyError};
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
+use crate::providers::azure::{AzureErrorBody, AzureErrorKind};
 
 /// Why one upstream attempt failed in a way worth trying elsewhere.
 #[derive(Debug)]
@@ -35,6 +38,27 @@ pub enum Failure {
     EgressRefused {
         detail: String,
     },
+    /// The backend's own settings are wrong (an Azure mapping naming a deployment that does
+    /// not exist): out of rotation until an admin fixes and resets it, like a refused key.
+    Misconfigured {
+        detail: String,
+    },
+}
+
+/// An upstream error answer to relay: still to be read, or already read (to classify it).
+pub enum ErrorAnswer {
+    Pending(reqwest::Response),
+    Read {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+impl From<reqwest::Response> for ErrorAnswer {
+    fn from(response: reqwest::Response) -> Self {
+        ErrorAnswer::Pending(response)
+    }
 }
 
 impl Failure {
@@ -54,6 +78,7 @@ impl Failure {
             }
             Failure::TooLarge { limit } => format!("upstream answer larger than {limit} bytes"),
             Failure::EgressRefused { detail } => detail.clone(),
+            Failure::Misconfigured { detail } => detail.clone(),
         }
     }
 
@@ -66,7 +91,9 @@ impl Failure {
             Failure::Server { .. } | Failure::Timeout | Failure::Redirect { .. } => {
                 UpstreamOutcome::ServerError
             }
-            Failure::AuthRejected { .. } => UpstreamOutcome::AuthFailed,
+            Failure::AuthRejected { .. } | Failure::Misconfigured { .. } => {
+                UpstreamOutcome::AuthFailed
+            }
             Failure::TooLarge { .. } | Failure::EgressRefused { .. } => {
                 UpstreamOutcome::Inconclusive
             }
@@ -75,10 +102,16 @@ impl Failure {
 
     /// Without the backend's key in its text (a detail may quote what the upstream sent).
     pub fn scrubbed(self, scrubber: &crate::scrub::KeyScrubber) -> Failure {
+        let scrub = |detail: String| {
+            String::from_utf8_lossy(&scrubber.scrub(detail.as_bytes())).into_owned()
+        };
         match self {
             Failure::Server { status, detail } => Failure::Server {
                 status,
-                detail: String::from_utf8_lossy(&scrubber.scrub(detail.as_bytes())).into_owned(),
+                detail: scrub(detail),
+            },
+            Failure::Misconfigured { detail } => Failure::Misconfigured {
+                detail: scrub(detail),
             },
             other => other,
         }
@@ -111,6 +144,55 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
             status: status.as_u16(),
         }),
         _ => None,
+    }
+}
+
+/// Classifies an Azure OpenAI error answer: as [`classify`], and from its body — a 429 without
+/// `retry-after` headers waits what its message says ("Please retry after 6 seconds"); a 404
+/// `DeploymentNotFound` is the backend's fault (its mapping names no deployment), not the
+/// client's. Err hands back what to relay. A body is read within `read_timeout` and up to
+/// `max_bytes` (capped at the error-body limit).
+pub async fn azure_failure(
+    response: reqwest::Response,
+    read_timeout: Duration,
+    max_bytes: usize,
+) -> Result<Failure, ErrorAnswer> {
+    let status = response.status();
+    let headers = response.headers();
+    let reads_body = match status.as_u16() {
+        429 => parse_retry_after(headers, std::time::SystemTime::now()).is_none(),
+        404 => true,
+        _ => false,
+    };
+    if !reads_body {
+        return classify(status, headers).ok_or(ErrorAnswer::Pending(response));
+    }
+    let content_type = headers.get(http::header::CONTENT_TYPE).cloned();
+    let body = match read_error_body(response, max_bytes, read_timeout).await {
+        Ok(body) => body,
+        Err(ErrorBodyError::Failed(error)) => {
+            return Ok(Failure::transport("error body was cut off", &error))
+        }
+        Err(ErrorBodyError::Timeout) => return Ok(Failure::Timeout),
+        Err(ErrorBodyError::TooLarge) => return Ok(Failure::TooLarge { limit: max_bytes }),
+    };
+    let parsed = AzureErrorBody::parse(&body);
+    match status.as_u16() {
+        429 => Ok(Failure::RateLimited {
+            retry_after: parsed.and_then(|error| error.retry_after_in_message()),
+        }),
+        _ if parsed.is_some_and(|error| error.kind() == AzureErrorKind::DeploymentNotFound) => {
+            Ok(Failure::Misconfigured {
+                detail: "Azure has no such deployment (404 DeploymentNotFound): check the \
+                         backend's model mappings"
+                    .to_owned(),
+            })
+        }
+        _ => Err(ErrorAnswer::Read {
+            status,
+            content_type,
+            body,
+        }),
     }
 }
 

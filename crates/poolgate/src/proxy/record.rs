@@ -45,6 +45,7 @@ impl UsageDraft {
                 prompt_tokens: None,
                 completion_tokens: None,
                 total_tokens: None,
+                cached_tokens: None,
                 latency_ms: 0,
                 ttfb_ms: None,
                 streamed,
@@ -69,6 +70,7 @@ impl UsageDraft {
         } else {
             usage.total_tokens
         });
+        self.record.cached_tokens = usage.cached_tokens();
     }
 
     pub fn mark_first_byte(&mut self) {

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
 
 use super::attempt::{resolve, Done};
-use super::classify::Failure;
+use super::classify::{ErrorAnswer, Failure};
 use super::error::ProxyError;
 use super::holdback::hold_leading_events;
 use super::plan::{Inbound, Plan};
@@ -21,10 +21,52 @@ use super::relay::{RelayStream, StreamFinisher};
 use super::{ProxyBody, ProxyResponse};
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
+use crate::providers::Endpoint;
+use crate::routing::affinity::ResponseOwner;
 use crate::routing::Ticket;
 use crate::scrub::KeyScrubber;
 use crate::state::DataPlane;
 use crate::translate::convert_error_body;
+use crate::translate::responses::passthrough::ResponseIdHook;
+
+/// Who made a response: this attempt's backend, for this request's caller.
+fn owner_of(ticket: &Ticket, draft: &UsageDraft) -> ResponseOwner {
+    ResponseOwner {
+        backend: ticket.backend.id().clone(),
+        caller: draft
+            .record
+            .client_key_id
+            .clone()
+            .unwrap_or_else(|| "admin".to_owned()),
+    }
+}
+
+/// Remembers the owner of a response a stream announces, as soon as it does (a client may read
+/// or cancel it while the stream still runs).
+fn owner_hook(data: &DataPlane, ticket: &Ticket, draft: &UsageDraft) -> ResponseIdHook {
+    let affinity = std::sync::Arc::clone(&data.affinity);
+    let owner = owner_of(ticket, draft);
+    Box::new(move |id: &str| affinity.remember_response(id, owner.clone()))
+}
+
+/// Response affinity after a JSON answer: a new response's owner is remembered, a deleted
+/// response's forgotten.
+fn remember_response(
+    data: &DataPlane,
+    inbound: &Inbound,
+    ticket: &Ticket,
+    draft: &UsageDraft,
+    made: Option<&str>,
+) {
+    if let Some(id) = made {
+        data.affinity.remember_response(id, owner_of(ticket, draft));
+    }
+    if inbound.endpoint == Endpoint::ResponsesDelete {
+        if let Some(id) = inbound.owned_response() {
+            data.affinity.forget_response(id);
+        }
+    }
+}
 
 /// The most of an upstream error body poolgate reads (error bodies are short; a longer one is
 /// not an error message).
@@ -77,17 +119,67 @@ pub async fn read_capped(
     Ok(body.freeze())
 }
 
+/// Why an upstream error body could not be read.
+pub enum ErrorBodyError {
+    Timeout,
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// Reads an upstream error body: at most `limit` bytes (of `MAX_ERROR_BODY_BYTES` at most), within
+/// `timeout`.
+pub async fn read_error_body(
+    response: reqwest::Response,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ErrorBodyError> {
+    match tokio::time::timeout(
+        timeout,
+        read_capped(response, limit.min(MAX_ERROR_BODY_BYTES)),
+    )
+    .await
+    {
+        Err(_) => Err(ErrorBodyError::Timeout),
+        Ok(Err(BodyError::TooLarge)) => Err(ErrorBodyError::TooLarge),
+        Ok(Err(BodyError::Failed(error))) => Err(ErrorBodyError::Failed(error)),
+        Ok(Ok(body)) => Ok(body),
+    }
+}
+
 /// Relays an upstream 4xx that is the request's own fault, with the backend's key scrubbed out
 /// of its body and the header relayed (an upstream that echoes the credentials it got must not
 /// hand them to the client).
 pub async fn relay_client_error(
-    response: reqwest::Response,
+    answer: ErrorAnswer,
     plan: Plan,
     draft: &mut UsageDraft,
     data: &DataPlane,
     scrubber: &KeyScrubber,
 ) -> Result<Done, ProxyError> {
-    let status = response.status();
+    let (status, content_type, body) = match answer {
+        ErrorAnswer::Read {
+            status,
+            content_type,
+            body,
+        } => (status, content_type, body),
+        ErrorAnswer::Pending(response) => {
+            let status = response.status();
+            let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
+            let limit = MAX_ERROR_BODY_BYTES.min(data.config.proxy.max_response_bytes);
+            let body = read_error_body(response, limit, data.config.proxy.stream_idle_timeout)
+                .await
+                .map_err(|error| match error {
+                    ErrorBodyError::Timeout => ProxyError::UpstreamTimeout {
+                        detail: "the upstream's error body timed out".into(),
+                    },
+                    ErrorBodyError::TooLarge => ProxyError::UpstreamTooLarge { limit },
+                    ErrorBodyError::Failed(_) => ProxyError::UpstreamFailed {
+                        detail: "the upstream's error body was cut off".into(),
+                    },
+                })?;
+            (status, content_type, body)
+        }
+    };
     let mut headers = HeaderMap::new();
     let translate = plan.upstream_wire() != plan.client_wire();
     if translate {
@@ -95,25 +187,10 @@ pub async fn relay_client_error(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-    } else if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
-        headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+    } else if let Some(content_type) = content_type {
+        headers.insert(http::header::CONTENT_TYPE, content_type);
     }
     scrubber.scrub_headers(&mut headers);
-    let limit = MAX_ERROR_BODY_BYTES.min(data.config.proxy.max_response_bytes);
-    let body = tokio::time::timeout(
-        data.config.proxy.stream_idle_timeout,
-        read_capped(response, limit),
-    )
-    .await
-    .map_err(|_| ProxyError::UpstreamTimeout {
-        detail: "the upstream's error body timed out".into(),
-    })?
-    .map_err(|error| match error {
-        BodyError::TooLarge => ProxyError::UpstreamTooLarge { limit },
-        BodyError::Failed(_) => ProxyError::UpstreamFailed {
-            detail: "the upstream's error body was cut off".into(),
-        },
-    })?;
     let body = scrubber.scrub_bytes(body);
     let body = if translate {
         convert_error_body(&body, status.as_u16(), plan.client_wire())
@@ -172,10 +249,11 @@ pub async fn succeed(
             HeaderValue::from_static("no-cache"),
         );
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let hook = (plan == Plan::ResponsesPass).then(|| owner_hook(data, &ticket, draft));
         let stream = RelayStream::new(
             upstream,
             held.chunks,
-            plan.stream_mapper(),
+            plan.stream_mapper(inbound, hook),
             data.config.proxy.stream_idle_timeout,
             StreamFinisher {
                 draft: draft.clone(),
@@ -204,8 +282,8 @@ pub async fn succeed(
         }
         Ok(Ok(body)) => body,
     };
-    let (body, usage) = match plan.translate_json(body) {
-        Ok(translated) => translated,
+    let answer = match plan.translate_json(inbound, body) {
+        Ok(answer) => answer,
         Err(error) => {
             return Err((
                 ticket,
@@ -218,14 +296,16 @@ pub async fn succeed(
     };
     resolve(data, &mut ticket, UpstreamOutcome::Success);
     draft.mark_first_byte();
+    remember_response(data, inbound, &ticket, draft, answer.response_id.as_deref());
     let mut finished = draft.clone();
-    if let Some(usage) = usage {
+    if let Some(usage) = answer.usage {
         finished.set_usage(usage);
     }
     data.usage
         .record(finished.finish(status.as_u16(), Outcome::Success, None));
+    let body = answer.body;
     let mut headers = HeaderMap::new();
-    let content_type = if plan.upstream_wire() == plan.client_wire() {
+    let content_type = if plan.passes_through() {
         content_type
     } else {
         None
