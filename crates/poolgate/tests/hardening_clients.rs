@@ -258,24 +258,44 @@ async fn health_answers_with_300_half_sent_requests_under_an_open_file_limit_of_
 async fn a_declared_gigabyte_is_refused_before_it_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = Binary::start(dir.path(), "").await;
-    let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n"
-    );
-    let started = Instant::now();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&[b' '; 1024]).await.unwrap();
-    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
-    let took = started.elapsed();
-    println!("declared 1 GiB: {} after {took:?}", status_of(&answer));
-    assert_eq!(
-        status_of(&answer),
-        413,
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert_eq!(body_of(&answer)["error"]["code"], "payload_too_large");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Every proxy path that reads a body (the Responses API and count_tokens included).
+    for path in [
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    ] {
+        let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n"
+        );
+        let started = Instant::now();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&[b' '; 1024]).await.unwrap();
+        let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        println!(
+            "{path}: declared 1 GiB: {} after {took:?}",
+            status_of(&answer)
+        );
+        assert_eq!(
+            status_of(&answer),
+            413,
+            "{path}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let code = if path.starts_with("/v1/messages") {
+            // Anthropic's shape: the error type says it.
+            body_of(&answer)["error"]["type"].clone()
+        } else {
+            body_of(&answer)["error"]["code"].clone()
+        };
+        assert!(
+            code == "payload_too_large" || code == "request_too_large",
+            "{path}: {code}"
+        );
+        assert!(took < Duration::from_secs(1), "{path}: {took:?}");
+    }
     gateway.stop().await;
 }
 

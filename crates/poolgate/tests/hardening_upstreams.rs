@@ -4,7 +4,8 @@
 //! a clear 502 and not retried; a redirect is a clear 502; backends all cooling after errors
 //! give 503; a 4xx answer to a half-open probe does not close the cooldown; a stream that dies
 //! after its role chunk (or `message_start`) fails over; an Anthropic base URL ending in `/v1`
-//! is normalised; a body naming `model` twice is refused.
+//! is normalised; a body naming `model` twice is refused. The Responses API, count_tokens and
+//! Azure backends are covered where their path differs.
 
 mod common;
 
@@ -124,6 +125,43 @@ async fn an_echoing_upstreams_key_never_reaches_the_client() {
     assert_no_key(&answer);
     // The upstreams did get the key (the scrub is on the way back only).
     assert_eq!(common::bearer_seen(&openai), format!("Bearer {KEY}"));
+
+    // The Responses API passed through, and count_tokens: scrubbed the same way.
+    openai.push(echoing_error(false));
+    let answer = send(
+        gateway
+            .proxy("/v1/responses")
+            .json(&json!({"model": "m", "input": "hi"})),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{answer}");
+    assert_no_key(&answer);
+    anthropic.push(echoing_error(true));
+    let mut body = messages();
+    body["model"] = json!("claude");
+    let count_tokens = gateway
+        .client
+        .post(format!("{}/v1/messages/count_tokens", gateway.url))
+        .header("x-api-key", ADMIN_TOKEN)
+        .json(&body);
+    let answer = send(count_tokens).await;
+    assert_eq!(answer.status, 400, "{answer}");
+    assert_no_key(&answer);
+
+    // Azure (`api-key` header): relayed scrubbed too.
+    let azure = MockUpstream::start().await;
+    gateway
+        .add_backend(
+            json!({"name": "az", "api": "azure", "api_base_url": azure.azure_endpoint(),
+            "api_key": KEY, "model_mappings": {"gpt-4o": "gpt4o-prod"}}),
+        )
+        .await;
+    azure.push(echoing_error(false));
+    let mut body = chat();
+    body["model"] = json!("gpt-4o");
+    let answer = send(gateway.proxy("/v1/chat/completions").json(&body)).await;
+    assert_eq!(answer.status, 400, "{answer}");
+    assert_no_key(&answer);
     gateway.stop().await;
 }
 
