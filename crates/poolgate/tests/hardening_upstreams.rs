@@ -346,7 +346,7 @@ fn data_lines(text: &str) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn a_stream_that_dies_after_its_role_chunk_or_message_start_fails_over() {
+async fn a_stream_that_dies_after_its_role_chunk_message_start_or_response_created_fails_over() {
     let first = MockUpstream::start().await;
     let second = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -366,6 +366,14 @@ async fn a_stream_that_dies_after_its_role_chunk_or_message_start_fails_over() {
             .add_backend(json!({"name": format!("{name}-an"), "api": "anthropic",
             "api_base_url": upstream.base_url(), "api_key": format!("sk-{name}-an-0000001"),
             "pool": pool, "model_mappings": {"claude": "claude"}}))
+            .await;
+        // Its own backend for the Responses API (the chat one is cooling by then).
+        gateway
+            .add_backend(
+                json!({"name": format!("{name}-r"), "api_base_url": upstream.openai_base_url(),
+            "api_key": format!("sk-{name}-r-00000001"), "pool": pool,
+            "model_mappings": {"r": "r"}}),
+            )
             .await;
     }
 
@@ -417,8 +425,31 @@ async fn a_stream_that_dies_after_its_role_chunk_or_message_start_fails_over() {
     );
     assert!(!answer.text.contains("event: error"), "{}", answer.text);
 
-    assert_eq!((first.calls(), second.calls()), (2, 2));
-    let records = gateway.usage_records(2).await;
+    // The Responses API (passed through): `response.created`, `response.in_progress`, the empty
+    // message item and text part, then the connection dies.
+    first.push(Reply::Stream(StreamSpec::new(3).die_after(0)));
+    let answer = send(
+        gateway
+            .proxy("/v1/responses")
+            .json(&json!({"model": "r", "input": "hi", "stream": true})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!(
+        answer.text.matches("event: response.created").count(),
+        1,
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer.text.contains("event: response.completed"),
+        "{}",
+        answer.text
+    );
+    assert!(!answer.text.contains("event: error"), "{}", answer.text);
+
+    assert_eq!((first.calls(), second.calls()), (3, 3));
+    let records = gateway.usage_records(3).await;
     for record in &records {
         assert_eq!(record["outcome"], "success", "{record}");
         assert_eq!(record["attempts"], 2, "{record}");

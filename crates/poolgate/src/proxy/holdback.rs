@@ -1,6 +1,6 @@
 //! Holding back a stream's content-free leading events, so that a stream that dies after its
 //! role chunk (OpenAI) or its `message_start` (Anthropic) can still fail over to the next
-//! backend. A retry is only possible while no byte has reached the client; these first events say
+//! backend (and a Responses API stream after its `response.created`). A retry is only possible while no byte has reached the client; these first events say
 //! nothing yet (a role, an empty block, a ping), so they wait — within what is left of the
 //! backend's time-to-first-byte budget — until the first event that carries something: content,
 //! a tool call, a finish or stop reason (an empty answer is an answer), or anything this module
@@ -27,6 +27,26 @@ use crate::translate::Wire;
 /// The most poolgate holds back (beyond it, the held events are released).
 pub const MAX_HELD_BYTES: usize = 64 * 1024;
 
+/// The event format of the upstream's stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeadFormat {
+    /// OpenAI chunks (Chat Completions, Completions).
+    Chat,
+    /// Anthropic Messages events.
+    Messages,
+    /// Responses API events (`response.created`, …) from a backend with the Responses API.
+    Responses,
+}
+
+impl From<Wire> for LeadFormat {
+    fn from(wire: Wire) -> Self {
+        match wire {
+            Wire::OpenAi => LeadFormat::Chat,
+            Wire::Anthropic => LeadFormat::Messages,
+        }
+    }
+}
+
 /// What a leading event means for the hold.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lead {
@@ -47,7 +67,7 @@ pub struct Held {
 /// hold is full); Err when the stream fails before that.
 pub async fn hold_leading_events(
     upstream: &mut BoxStream<'static, reqwest::Result<Bytes>>,
-    wire: Wire,
+    format: LeadFormat,
     budget: Duration,
     idle_timeout: Duration,
 ) -> Result<Held, Failure> {
@@ -102,7 +122,7 @@ pub async fn hold_leading_events(
             return Ok(Held { chunks });
         }
         for event in events.drain(..) {
-            match lead(wire, &event) {
+            match lead(format, &event) {
                 Lead::Hold => {}
                 Lead::Release => return Ok(Held { chunks }),
                 Lead::Fail(detail) => {
@@ -119,15 +139,16 @@ pub async fn hold_leading_events(
     }
 }
 
-/// Whether a leading event (of a stream in the `wire` format) may be held back.
-pub fn lead(wire: Wire, event: &SseEvent) -> Lead {
+/// Whether a leading event (of a stream in `format`) may be held back.
+pub fn lead(format: LeadFormat, event: &SseEvent) -> Lead {
     let Some(data) = event.data.as_deref() else {
         // Comments, keep-alives, blank lines.
         return Lead::Hold;
     };
-    match wire {
-        Wire::OpenAi => openai_lead(data),
-        Wire::Anthropic => anthropic_lead(event.event.as_deref(), data),
+    match format {
+        LeadFormat::Chat => openai_lead(data),
+        LeadFormat::Messages => anthropic_lead(event.event.as_deref(), data),
+        LeadFormat::Responses => responses_lead(data),
     }
 }
 
@@ -226,6 +247,79 @@ fn anthropic_lead(name: Option<&str>, data: &str) -> Lead {
     }
 }
 
+#[derive(Deserialize)]
+struct ResponsesEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    item: Option<Map<String, Value>>,
+    #[serde(default)]
+    part: Option<Map<String, Value>>,
+    #[serde(default)]
+    response: Option<Map<String, Value>>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// The Responses API's content-free events: the response created, queued or in progress, and
+/// an output item or content part added while still empty (a message or reasoning item with no
+/// content yet, an empty text part). `error` and `response.failed` before content fail over.
+fn responses_lead(data: &str) -> Lead {
+    let Ok(event) = serde_json::from_str::<ResponsesEvent>(data) else {
+        return Lead::Release;
+    };
+    let empty_but = |fields: &Map<String, Value>, kept: &[&str]| {
+        fields
+            .iter()
+            .filter(|(key, _)| !kept.contains(&key.as_str()))
+            .all(|(_, value)| !carries_something(value))
+    };
+    match event.kind.as_str() {
+        "response.created" | "response.queued" | "response.in_progress" => Lead::Hold,
+        "response.output_item.added" => {
+            let empty = event.item.as_ref().is_some_and(|item| {
+                let kind = item.get("type").and_then(Value::as_str);
+                matches!(kind, Some("message" | "reasoning"))
+                    && empty_but(item, &["type", "id", "role", "status"])
+            });
+            if empty {
+                Lead::Hold
+            } else {
+                Lead::Release
+            }
+        }
+        "response.content_part.added" => {
+            let empty = event.part.as_ref().is_some_and(|part| {
+                let kind = part.get("type").and_then(Value::as_str);
+                matches!(kind, Some("output_text")) && empty_but(part, &["type"])
+            });
+            if empty {
+                Lead::Hold
+            } else {
+                Lead::Release
+            }
+        }
+        "error" => Lead::Fail(format!(
+            "the upstream sent an error event before any content: {}",
+            event
+                .message
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )),
+        "response.failed" => Lead::Fail(format!(
+            "the upstream's response failed before any content: {}",
+            event
+                .response
+                .as_ref()
+                .and_then(|response| response.get("error"))
+                .map_or_else(String::new, short)
+        )),
+        _ => Lead::Release,
+    }
+}
+
 /// An upstream error, shortened for a log line and `last_error`.
 fn short(value: &Value) -> String {
     let text = value
@@ -257,7 +351,11 @@ mod tests {
             r#"{"choices":[{"index":0,"text":""}]}"#,
         ];
         for data in held {
-            assert_eq!(lead(Wire::OpenAi, &event(None, data)), Lead::Hold, "{data}");
+            assert_eq!(
+                lead(LeadFormat::Chat, &event(None, data)),
+                Lead::Hold,
+                "{data}"
+            );
         }
         let released = [
             r#"{"choices":[{"delta":{"content":"Hi"}}]}"#,
@@ -271,7 +369,7 @@ mod tests {
         ];
         for data in released {
             assert_eq!(
-                lead(Wire::OpenAi, &event(None, data)),
+                lead(LeadFormat::Chat, &event(None, data)),
                 Lead::Release,
                 "{data}"
             );
@@ -280,9 +378,9 @@ mod tests {
             data: None,
             ..event(None, "")
         };
-        assert_eq!(lead(Wire::OpenAi, &comment), Lead::Hold);
+        assert_eq!(lead(LeadFormat::Chat, &comment), Lead::Hold);
         assert!(matches!(
-            lead(Wire::OpenAi, &event(None, r#"{"error":{"message":"overloaded"}}"#)),
+            lead(LeadFormat::Chat, &event(None, r#"{"error":{"message":"overloaded"}}"#)),
             Lead::Fail(detail) if detail.contains("overloaded")
         ));
     }
@@ -291,44 +389,94 @@ mod tests {
     fn anthropic_message_start_is_held_and_deltas_release() {
         let start = r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":3}}}"#;
         assert_eq!(
-            lead(Wire::Anthropic, &event(Some("message_start"), start)),
+            lead(LeadFormat::Messages, &event(Some("message_start"), start)),
             Lead::Hold
         );
         assert_eq!(
-            lead(Wire::Anthropic, &event(Some("ping"), r#"{"type":"ping"}"#)),
+            lead(
+                LeadFormat::Messages,
+                &event(Some("ping"), r#"{"type":"ping"}"#)
+            ),
             Lead::Hold
         );
         let empty_block =
             r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
         assert_eq!(
             lead(
-                Wire::Anthropic,
+                LeadFormat::Messages,
                 &event(Some("content_block_start"), empty_block)
             ),
             Lead::Hold
         );
         let tool = r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#;
         assert_eq!(
-            lead(Wire::Anthropic, &event(Some("content_block_start"), tool)),
+            lead(
+                LeadFormat::Messages,
+                &event(Some("content_block_start"), tool)
+            ),
             Lead::Release
         );
         let delta =
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
         assert_eq!(
-            lead(Wire::Anthropic, &event(Some("content_block_delta"), delta)),
+            lead(
+                LeadFormat::Messages,
+                &event(Some("content_block_delta"), delta)
+            ),
             Lead::Release
         );
         let stop = r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#;
         assert_eq!(
-            lead(Wire::Anthropic, &event(None, stop)),
+            lead(LeadFormat::Messages, &event(None, stop)),
             Lead::Release,
             "the type in the data counts when there is no event name"
         );
         let error =
             r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert!(matches!(
-            lead(Wire::Anthropic, &event(Some("error"), error)),
+            lead(LeadFormat::Messages, &event(Some("error"), error)),
             Lead::Fail(detail) if detail.contains("Overloaded")
         ));
+    }
+
+    #[test]
+    fn responses_leading_events_are_held_and_text_releases() {
+        let held = [
+            r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_1","status":"in_progress","output":[],"error":null}}"#,
+            r#"{"type":"response.in_progress","sequence_number":1,"response":{"id":"resp_1"}}"#,
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"message","id":"msg_1","status":"in_progress","role":"assistant","content":[]}}"#,
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"reasoning","id":"rs_1","summary":[]}}"#,
+            r#"{"type":"response.content_part.added","item_id":"msg_1","part":{"type":"output_text","text":"","annotations":[]}}"#,
+        ];
+        for data in held {
+            assert_eq!(
+                lead(LeadFormat::Responses, &event(None, data)),
+                Lead::Hold,
+                "{data}"
+            );
+        }
+        let released = [
+            r#"{"type":"response.output_text.delta","item_id":"msg_1","delta":"Hi"}"#,
+            r#"{"type":"response.output_item.added","item":{"type":"function_call","name":"f","arguments":""}}"#,
+            r#"{"type":"response.completed","response":{"id":"resp_1","output":[]}}"#,
+            r#"{"type":"response.incomplete","response":{"id":"resp_1"}}"#,
+            "not json",
+        ];
+        for data in released {
+            assert_eq!(
+                lead(LeadFormat::Responses, &event(None, data)),
+                Lead::Release,
+                "{data}"
+            );
+        }
+        for data in [
+            r#"{"type":"error","code":"server_error","message":"boom"}"#,
+            r#"{"type":"response.failed","response":{"error":{"code":"server_error","message":"boom"}}}"#,
+        ] {
+            assert!(
+                matches!(lead(LeadFormat::Responses, &event(None, data)), Lead::Fail(detail) if detail.contains("boom")),
+                "{data}"
+            );
+        }
     }
 }

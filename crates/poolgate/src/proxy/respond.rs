@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue};
 use super::attempt::{resolve, Done};
 use super::classify::{ErrorAnswer, Failure};
 use super::error::ProxyError;
-use super::holdback::hold_leading_events;
+use super::holdback::{hold_leading_events, LeadFormat};
 use super::plan::{Inbound, Plan};
 use super::record::UsageDraft;
 use super::relay::{RelayStream, StreamFinisher};
@@ -229,8 +229,13 @@ pub async fn succeed(
     if inbound.stream && is_event_stream {
         let mut upstream = response.bytes_stream().boxed();
         let idle = data.config.proxy.stream_idle_timeout;
-        let wire = plan.upstream_wire();
-        let held = match hold_leading_events(&mut upstream, wire, remaining, idle).await {
+        // A stream from a backend's own Responses API has its own content-free events; a stored
+        // response's events are replayed as they are (no other backend could take over).
+        let format = match plan {
+            Plan::ResponsesPass => LeadFormat::Responses,
+            _ => plan.upstream_wire().into(),
+        };
+        let held = match hold_leading_events(&mut upstream, format, remaining, idle).await {
             Ok(held) => held,
             Err(failure) => {
                 let failure = failure.scrubbed(&ticket.backend.scrubber);
