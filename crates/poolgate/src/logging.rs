@@ -3,6 +3,7 @@
 //! can be merged and still told apart.
 
 use std::fmt;
+use std::io::IsTerminal;
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -12,6 +13,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Log lines (written to stdout) carry colours only when stdout is a terminal, and never with
+/// `NO_COLOR` set: a file, a pipe or journald gets plain text.
+fn colours_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber (`RUST_LOG`, default `poolgate=info,warn`). `instance`: the id
 /// to put on every line (none for one-off commands).
 pub fn init(format: LogFormat, instance: Option<&str>) {
@@ -19,6 +26,7 @@ pub fn init(format: LogFormat, instance: Option<&str>) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours_wanted())
         .with_target(false);
     let instance = instance.map(str::to_owned);
     match format {

@@ -9,6 +9,10 @@ use poolgate::logging;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        // Use what the administrator allowed (the connection cap's default derives from it).
+        poolgate::serving::limits::raise_open_file_limit();
+    }
     let result = match cli.command {
         Command::Serve(args) => match args.config() {
             Ok(config) => {

@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::json::read_body;
 use super::request_id::RequestId;
 use crate::domain::{now_ms, InvalidRequest};
+use crate::limits::ConcurrencyPermit;
 use crate::providers::Endpoint;
 use crate::proxy::route::sticky_key;
 use crate::proxy::{forward, record_refused, Inbound, ProxyBody, ProxyResponse, RequestContext};
@@ -72,6 +73,27 @@ pub async fn serve(
         live,
     };
     // Refused after authentication: recorded like every other request.
+    let refuse = |error: ApiError| {
+        let kind = error.code().unwrap_or(error.kind());
+        record_refused(&data.usage, &ctx, endpoint, error.status_code(), kind);
+        render(error)
+    };
+    // Overload, answered at once before the body is read: the key's own concurrency first (a
+    // greedy key gets 429, not everyone's 503), then the gateway's.
+    let key_permit = match &ctx.client_key {
+        Some(key) => match key.runtime.begin() {
+            Some(permit) => Some(permit),
+            None => return refuse(ApiError::key_concurrency(key.runtime.max_parallel())),
+        },
+        None => None,
+    };
+    let Some(gateway_permit) = data.in_flight.try_acquire() else {
+        return refuse(ApiError::overloaded(data.in_flight.max()));
+    };
+    let permits = InFlight {
+        _key: key_permit,
+        _gateway: gateway_permit,
+    };
     let inbound = match max_wait {
         Err(error) => Err(error),
         Ok(_) => read_body(body, data.config.proxy.max_body_bytes)
@@ -83,20 +105,53 @@ pub async fn serve(
             inbound.affinity = sticky_key(&ctx.live, &inbound, &parts.headers);
             inbound
         }
-        Err(error) => {
-            record_refused(
-                &data.usage,
-                &ctx,
-                endpoint,
-                error.status_code(),
-                error.kind(),
-            );
-            return render(error);
-        }
+        Err(error) => return refuse(error),
     };
-    match forward(data, ctx, inbound).await {
+    let response = match forward(data, ctx, inbound).await {
         Ok(response) => into_response(response),
         Err(error) => render(ApiError::from(error)),
+    };
+    // The slots are free when the answer's body is done (a stream: when it ends).
+    response.map(|body| {
+        Body::new(HoldingBody {
+            body,
+            _held: permits,
+        })
+    })
+}
+
+/// The concurrency slots of one request.
+struct InFlight {
+    _key: Option<ConcurrencyPermit>,
+    _gateway: ConcurrencyPermit,
+}
+
+pin_project_lite::pin_project! {
+    /// An answer body that holds its request's concurrency slots until it is done or dropped.
+    struct HoldingBody {
+        #[pin]
+        body: Body,
+        _held: InFlight,
+    }
+}
+
+impl http_body::Body for HoldingBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

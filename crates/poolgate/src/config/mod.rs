@@ -24,10 +24,16 @@ use crate::error::InitError;
 pub use cluster::{default_instance_id, DatabaseSettings, RedisSettings};
 pub use database::DatabaseUrl;
 pub use raw::{
-    RawBackend, RawConfig, RawCooldown, RawDatabase, RawPool, RawProxy, RawRedis, RawResponses,
-    RawRouting, RawSticky, RawUsage,
+    RawBackend, RawConfig, RawCooldown, RawDatabase, RawLimits, RawNetwork, RawPool, RawProxy,
+    RawRedis, RawResponses, RawRouting, RawServer, RawSticky, RawUsage,
 };
-use validate::{validate_backend, validate_cooldown, validate_proxy};
+use validate::{
+    validate_backend, validate_cooldown, validate_limits, validate_network, validate_proxy,
+    validate_server,
+};
+
+use crate::egress::EgressPolicy;
+use crate::serving::ServerSettings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./poolgate-data";
@@ -57,6 +63,10 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     /// `max_tokens` sent to Anthropic when the client gave none.
     pub anthropic_default_max_tokens: u32,
+    /// Requests on the proxy routes at the same time; past it, 503 + `Retry-After` at once.
+    pub max_in_flight: usize,
+    /// The largest upstream JSON answer (or error body) read; a larger one becomes a 502.
+    pub max_response_bytes: usize,
 }
 
 impl Default for ProxySettings {
@@ -70,6 +80,8 @@ impl Default for ProxySettings {
             inject_stream_usage: true,
             shutdown_grace: Duration::from_secs(30),
             anthropic_default_max_tokens: 4096,
+            max_in_flight: (ServerSettings::default().max_connections / 2).max(1),
+            max_response_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -80,11 +92,14 @@ pub struct UsageSettings {
     pub channel_capacity: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
-    /// Records held in memory while the database cannot be written; past it they spill to
-    /// `<data_dir>/usage-spill.jsonl` (replayed when the database is back, or at the next start).
+    /// Records held in memory while the database cannot be written; the rest wait in the
+    /// journal (written when the database is back; see `control::usage_writer`).
     pub buffer_records: usize,
     /// Usage older than this is dropped (hourly); `None` keeps everything.
     pub retention: Option<Duration>,
+    /// Append every record to the crash-safe journal before its answer completes.
+    pub journal: bool,
+    pub journal_segment_bytes: u64,
 }
 
 impl Default for UsageSettings {
@@ -95,6 +110,23 @@ impl Default for UsageSettings {
             flush_interval: Duration::from_millis(500),
             buffer_records: 100_000,
             retention: None,
+            journal: true,
+            journal_segment_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// How RPM bucket levels survive a restart.
+#[derive(Clone, Debug)]
+pub struct LimitsSettings {
+    /// Bucket levels are written at most this often (the loss after a crash is at most this).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -138,6 +170,11 @@ pub struct Config {
     pub database: DatabaseSettings,
     /// Shared runtime state; `None` = this instance keeps its own.
     pub redis: Option<RedisSettings>,
+    /// `[server]`: the client side (timeouts, connection cap).
+    pub server: ServerSettings,
+    /// `[network]`: where backends may point.
+    pub network: EgressPolicy,
+    pub limits: LimitsSettings,
     pub pools: Vec<Pool>,
     pub backends: Vec<BackendSpec>,
     /// The config file's aliases (written to the store at every start, `source = config`).
@@ -161,6 +198,9 @@ impl Default for Config {
             usage: UsageSettings::default(),
             database: DatabaseSettings::default(),
             redis: None,
+            server: ServerSettings::default(),
+            network: EgressPolicy::default(),
+            limits: LimitsSettings::default(),
             pools: Vec::new(),
             backends: Vec::new(),
             aliases: BTreeMap::new(),
@@ -216,7 +256,10 @@ impl Config {
             )
         })?;
 
-        let proxy = validate_proxy(raw.proxy)?;
+        let server = validate_server(raw.server)?;
+        let proxy = validate_proxy(raw.proxy, server.max_connections)?;
+        let network = validate_network(raw.network)?;
+        let limits = validate_limits(raw.limits)?;
         let cooldown = validate_cooldown(raw.cooldown)?;
         let usage = UsageSettings {
             channel_capacity: raw
@@ -250,6 +293,12 @@ impl Config {
                     ))
                 }
             },
+            journal: raw.usage.journal.unwrap_or(defaults.usage.journal),
+            journal_segment_bytes: raw
+                .usage
+                .journal_segment_bytes
+                .unwrap_or(defaults.usage.journal_segment_bytes)
+                .clamp(64 * 1024, 1024 * 1024 * 1024),
         };
         let database = cluster::validate_database(raw.database)?;
         let redis = cluster::validate_redis(raw.redis, overrides.redis_url)?;
@@ -277,6 +326,7 @@ impl Config {
         let mut backends: Vec<BackendSpec> = Vec::new();
         for (i, backend) in raw.backends.into_iter().enumerate() {
             let spec = validate_backend(i, backend, env)?;
+            network.check_base_url(&format!("backends[{i}].api_base_url"), &spec.api_base_url)?;
             if backends.iter().any(|b| b.name == spec.name) {
                 return Err(Invalid::new(
                     format!("backends[{i}].name"),
@@ -324,6 +374,9 @@ impl Config {
             usage,
             database,
             redis,
+            server,
+            network,
+            limits,
             pools,
             backends,
             aliases,

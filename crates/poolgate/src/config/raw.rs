@@ -31,6 +31,12 @@ pub struct RawConfig {
     /// Shared runtime state across instances; absent = this instance's own.
     pub redis: Option<RawRedis>,
     #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub network: RawNetwork,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
     pub pools: Vec<RawPool>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
@@ -94,6 +100,8 @@ pub struct RawProxy {
     pub inject_stream_usage: Option<bool>,
     pub shutdown_grace_seconds: Option<u64>,
     pub anthropic_default_max_tokens: Option<u32>,
+    pub max_in_flight: Option<usize>,
+    pub max_response_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,11 +119,13 @@ pub struct RawUsage {
     pub channel_capacity: Option<usize>,
     pub batch_size: Option<usize>,
     pub flush_interval_ms: Option<u64>,
-    /// Records held in memory while the database cannot be written; the rest spill to a file.
+    /// Records held in memory while the database cannot be written; the rest wait in the journal.
     pub buffer_records: Option<usize>,
     /// Usage older than this many days is dropped (PostgreSQL: whole day partitions). Absent =
     /// kept forever.
     pub retention_days: Option<u32>,
+    pub journal: Option<bool>,
+    pub journal_segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +150,39 @@ pub struct RawRedis {
     pub heartbeat_ms: Option<u64>,
     /// Refuse (503) rather than admit from this instance's share while Redis is unreachable.
     pub fail_closed: Option<bool>,
+}
+
+/// `[server]`: the client side of the gateway (timeouts, connection cap).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub header_read_timeout_seconds: Option<u64>,
+    pub keep_alive_timeout_seconds: Option<u64>,
+    pub body_read_timeout_seconds: Option<u64>,
+    pub body_min_rate_bytes_per_second: Option<u64>,
+    pub write_timeout_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_buf_size_bytes: Option<usize>,
+    pub http2: Option<bool>,
+    pub http2_max_concurrent_streams: Option<u32>,
+}
+
+/// `[network]`: the egress policy (where backends may point).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub allow_private: Option<bool>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// `[limits]`: how RPM bucket levels survive a restart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub checkpoint_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

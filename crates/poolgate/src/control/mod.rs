@@ -18,6 +18,7 @@ pub mod changes;
 mod error;
 mod health;
 mod keys;
+mod limits_checkpoint;
 mod master_key;
 mod models;
 mod pg_changes;
@@ -51,6 +52,7 @@ pub use usage_writer::UsageWriterView;
 
 use affinity_writer::AffinityWriter;
 use health::HealthWriter;
+use limits_checkpoint::LimitsCheckpoint;
 use pg_changes::PgChangeFeed;
 use snapshot::Snapshots;
 use store::Stores;
@@ -88,6 +90,8 @@ struct Inner {
 struct Workers {
     usage: UsageWriter,
     health: HealthWriter,
+    /// Single mode only (cluster mode: the buckets live in Redis).
+    limits: Option<LimitsCheckpoint>,
     affinity: AffinityWriter,
     follower: JoinHandle<()>,
     maintenance: JoinHandle<()>,
@@ -129,8 +133,13 @@ impl ControlPlane {
             .prepare_usage(now_ms())
             .await
             .map_err(ControlError::from)?;
-        let (key, key_source) = master_key::load_master_key(&config)?;
+        let has_key = master_key::database_has_key(&*stores.config).await?;
+        let (key, key_source, generated) = master_key::load_master_key(&config, has_key)?;
         let sealer = master_key::open_sealer(&*stores.config, key).await?;
+        // The database records the key's fingerprint now: a generated key file must stay.
+        if let Some(generated) = generated {
+            generated.keep();
+        }
         let pg_feed = stores
             .postgres
             .as_ref()
@@ -163,17 +172,38 @@ impl ControlPlane {
             pg_feed,
             cluster,
         } = parts;
+        let clustered = cluster.is_some();
         let snapshots = Arc::new(Snapshots::new(
             Arc::clone(&stores.config),
             sealer,
+            Arc::new(config.network.clone()),
             cluster.clone(),
         ));
+        // Bucket levels stored before a restart apply as the snapshot creates the runtimes. In
+        // cluster mode the buckets live in Redis (they outlive an instance's restart): no
+        // levels are restored or checkpointed here.
+        if !clustered {
+            let levels = stores
+                .config
+                .load_limiter_levels()
+                .await
+                .map_err(ControlError::from)?;
+            snapshots.registry().restore_levels(levels);
+        }
         snapshots.rebuild().await.map_err(ControlError::from)?;
         let instance = InstanceId::generate();
+        let journal = usage_writer::open_journal(&config, &*stores.usage).await?;
         let (usage, usage_writer) =
-            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage, &config.data_dir);
+            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage, journal);
         let usage_state = usage_writer.state();
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
+        let limits = (!clustered).then(|| {
+            limits_checkpoint::spawn_checkpoint(
+                Arc::clone(&stores.config),
+                Arc::clone(&snapshots),
+                config.limits.checkpoint_interval,
+            )
+        });
         let (affinity, affinity_writer, owner_follower) =
             open_affinity(&config, &stores, pg_feed.as_deref()).await?;
         // Another instance may change a shared database: compare versions as a backstop.
@@ -207,6 +237,7 @@ impl ControlPlane {
                 workers: parking_lot::Mutex::new(Some(Workers {
                     usage: usage_writer,
                     health: health_writer,
+                    limits,
                     affinity: affinity_writer,
                     follower,
                     maintenance,
@@ -228,7 +259,8 @@ impl ControlPlane {
         )
     }
 
-    /// Writes every queued usage record and health state, stops the background tasks, and
+    /// Writes every queued usage record, health state and RPM bucket level, stops the background
+    /// tasks, and
     /// returns how many usage records were written in the control plane's life. Call once the
     /// data plane has handed over its records.
     pub async fn shutdown(&self) -> u64 {
@@ -242,6 +274,9 @@ impl ControlPlane {
         }
         let written = workers.usage.shutdown().await;
         workers.health.shutdown().await;
+        if let Some(limits) = workers.limits {
+            limits.shutdown().await;
+        }
         workers.affinity.shutdown().await;
         written
     }
@@ -282,7 +317,7 @@ impl ControlPlane {
         self.inner.snapshots.version()
     }
 
-    /// The usage writer's buffer and spill file.
+    /// The usage writer's buffer and what waits in the journal past it.
     pub fn usage_writer(&self) -> UsageWriterView {
         self.inner.usage_state.view()
     }

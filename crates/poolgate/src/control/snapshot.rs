@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -23,13 +23,16 @@ use super::models::{sticky_from_stored, STICKY_SETTING};
 use super::store::{ConfigStore, StoreError};
 use crate::crypto::Sealer;
 use crate::domain::BackendId;
+use crate::egress::EgressPolicy;
 use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{Cluster, RuntimeRegistry};
+use crate::scrub::KeyScrubber;
 use crate::state::{Live, LiveClientKey, LiveReader};
 
 /// The snapshot and what it is built from.
 pub(super) struct Snapshots {
     store: Arc<dyn ConfigStore>,
+    egress: Arc<EgressPolicy>,
     sealer: ArcSwap<Sealer>,
     live: Arc<ArcSwap<Live>>,
     registry: RuntimeRegistry,
@@ -41,10 +44,17 @@ pub(super) struct Snapshots {
 
 impl Snapshots {
     /// An empty snapshot; call [`Snapshots::rebuild`] to load the stored state.
-    /// `cluster`: the shared runtime state the runtimes use (cluster mode).
-    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer, cluster: Option<Arc<Cluster>>) -> Self {
+    /// `egress`: the policy IP-literal backend URLs are checked against; `cluster`: the shared
+    /// runtime state the runtimes use (cluster mode).
+    pub fn new(
+        store: Arc<dyn ConfigStore>,
+        sealer: Sealer,
+        egress: Arc<EgressPolicy>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             store,
+            egress,
             sealer: ArcSwap::from_pointee(sealer),
             live: Arc::new(ArcSwap::from_pointee(Live::default())),
             registry: RuntimeRegistry::new(cluster),
@@ -130,11 +140,22 @@ impl Snapshots {
                 }
             };
             let runtime = self.registry.backend(&record, now);
+            let scrubber = KeyScrubber::new(api_key.expose_secret());
+            // A literal address is fixed per backend: checked once here (a policy tightened in
+            // the config file since the backend was stored included).
+            let egress_refused = url::Url::parse(&record.api_base_url)
+                .ok()
+                .and_then(|url| self.egress.check_url(&url).err())
+                .map(|refusal| {
+                    format!("the egress policy refuses the backend's address: {refusal}")
+                });
             backends.push(Arc::new(LiveBackend {
                 record,
                 api_key,
                 runtime,
                 unreadable: unreadable_reason,
+                scrubber,
+                egress_refused,
             }));
         }
         let mut client_keys = HashMap::new();

@@ -1,24 +1,26 @@
-//! The batched usage writer: takes the records the data plane queued in its [`UsageSink`] and
-//! stores them in batches (multi-row inserts). Nothing is dropped and no request ever waits:
+//! The batched usage writer: takes the records the data plane queued in its [`UsageSink`],
+//! stores them in batches (multi-row inserts), then acknowledges them in the usage [`Journal`]
+//! — a record is acknowledged only after the database committed it. Nothing is dropped and no
+//! request ever waits:
 //!
+//! - every record is in the journal before its answer completes (the sink appends it), so a
+//!   crash loses nothing: what is unacknowledged is replayed at the next start ([`open_journal`]);
 //! - the queue from the data plane has no hard bound (a writer that falls behind — past
 //!   `usage.channel_capacity` queued records — is logged as a backlog);
 //! - while the database cannot be written (PostgreSQL down, a connection killed mid-flush), the
 //!   writer keeps taking records into a bounded buffer (`usage.buffer_records`) and retries with
-//!   backoff; records past the bound go to a spill file in the data dir (counted and logged);
-//!   when the database answers again the buffer, then the spill file, are written;
-//! - a batch written twice (its outcome unknown, or a spill file replayed after a partial flush)
-//!   counts once: the stores skip a request id they hold;
-//! - shutdown drains the queue and writes what it can; what the database does not take in time
-//!   goes to the spill file, written at the next start.
+//!   backoff; past the bound it keeps only their place in the journal ([`Parked`]: memory stays
+//!   bounded) and reads them back from the journal once the buffer is written (with the journal
+//!   off, `usage.journal = false`, there is nowhere else to keep them: they stay in memory);
+//! - a batch written twice (its outcome unknown, or a journal replay after a crash between the
+//!   commit and the acknowledgement) counts once: the stores skip a request id they hold;
+//! - shutdown drains the queue and writes what the database takes within a limit; the rest stays
+//!   unacknowledged in the journal and is written at the next start.
 //!
 //! [`spawn_maintenance`] keeps the usage table ready (PostgreSQL day partitions) and applies
 //! the retention setting, hourly.
 
-mod spill;
-
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,17 +32,55 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use super::store::UsageStore;
-use crate::config::UsageSettings;
+use crate::config::{Config, UsageSettings};
 use crate::domain::{now_ms, UsageRecord};
-use crate::usage::{channel, UsageSink};
+use crate::error::InitError;
+use crate::journal::{Journal, JournalSettings, Journaled, Parked};
+use crate::usage::{channel, Queued, UsageSink};
 
-use spill::SpillFile;
+/// Records replayed per insert at start-up.
+const REPLAY_BATCH: usize = 500;
+
+/// Opens the usage journal (when `usage.journal` is on) and first replays into the store what an
+/// earlier run left unacknowledged — records stored already are skipped by the store — then
+/// deletes the replayed segments. A failed replay stops the start and keeps the journal.
+pub async fn open_journal(
+    config: &Config,
+    store: &dyn UsageStore,
+) -> Result<Option<Journal>, InitError> {
+    if !config.usage.journal {
+        return Ok(None);
+    }
+    let settings = JournalSettings {
+        segment_bytes: config.usage.journal_segment_bytes,
+    };
+    let (journal, replay) = Journal::open(&config.data_dir, settings)
+        .map_err(|e| InitError::io("opening the usage journal", e))?;
+    let records = replay.records();
+    if !records.is_empty() {
+        for batch in records.chunks(REPLAY_BATCH) {
+            store.insert_usage(batch).await.map_err(|error| {
+                InitError::Invalid(format!(
+                    "replaying the usage journal into the database: {error} (the journal is kept; the next start tries again)"
+                ))
+            })?;
+        }
+        tracing::info!(
+            records = records.len(),
+            "usage records of an earlier run replayed from the journal (a crash left them unacknowledged)"
+        );
+    }
+    replay
+        .finish()
+        .map_err(|e| InitError::io("deleting the replayed usage journal", e))?;
+    Ok(Some(journal))
+}
 
 /// The longest one batch insert may take before it counts as failed (a frozen database).
 const INSERT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest pause between two attempts while the database cannot be written.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long shutdown keeps trying to write before it spills what is left.
+/// How long shutdown keeps trying to write before it leaves the rest to the journal.
 const SHUTDOWN_WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the writer is doing, for the admin API.
@@ -48,11 +88,11 @@ const SHUTDOWN_WRITE_LIMIT: Duration = Duration::from_secs(10);
 pub struct WriterState {
     /// Records taken from the queue, not written yet (held in memory).
     buffered: AtomicUsize,
-    /// Records in the spill file waiting to be written.
-    spilled: AtomicU64,
-    /// Records that went to the spill file because the buffer was full (since start).
+    /// Records past the buffer, kept only in the journal, waiting to be written.
+    parked: AtomicU64,
+    /// Records that went past the buffer into the journal only (since start).
     overflowed: AtomicU64,
-    /// Records that could be neither written nor spilled (since start).
+    /// Records that could not be written and are not in the journal either (since start).
     lost: AtomicU64,
     /// The last write failed; the writer is retrying.
     failing: AtomicBool,
@@ -63,13 +103,14 @@ pub struct WriterState {
 pub struct UsageWriterView {
     /// Records held in memory waiting for the database.
     pub buffered: usize,
-    /// The most records held in memory before they spill to a file.
+    /// The most records held in memory; past it they wait in the usage journal only.
     pub buffer_limit: usize,
-    /// Records in the spill file waiting to be written.
-    pub spilled: u64,
-    /// Records that spilled because the buffer was full, since start.
+    /// Records waiting in the usage journal only (past the buffer), to be read back and written.
+    pub journaled: u64,
+    /// Records that went past the buffer into the journal only, since start.
     pub overflowed: u64,
-    /// Records that could be neither written nor spilled, since start.
+    /// Records that could not be written and were not in the journal (journal off, database
+    /// down at shutdown), since start.
     pub lost: u64,
     /// Whether writes currently fail (the database is unreachable).
     pub database_failing: bool,
@@ -83,33 +124,34 @@ pub struct UsageWriter {
     buffer_limit: usize,
 }
 
-/// Starts the writer task. `data_dir` holds its spill file; a spill file left by an earlier
-/// run is written first.
+/// Starts the writer task over `journal` (None: `usage.journal = false`).
 pub fn spawn_writer(
     store: Arc<dyn UsageStore>,
     settings: &UsageSettings,
-    data_dir: &Path,
+    journal: Option<Journal>,
 ) -> (UsageSink, UsageWriter) {
-    spawn_writer_with(store, settings, data_dir, SHUTDOWN_WRITE_LIMIT)
+    spawn_writer_with(store, settings, journal, SHUTDOWN_WRITE_LIMIT)
 }
 
-/// [`spawn_writer`], trying at most `shutdown_limit` at shutdown before spilling what is left.
+/// [`spawn_writer`], trying at most `shutdown_limit` at shutdown before leaving the rest to the
+/// journal.
 fn spawn_writer_with(
     store: Arc<dyn UsageStore>,
     settings: &UsageSettings,
-    data_dir: &Path,
+    journal: Option<Journal>,
     shutdown_limit: Duration,
 ) -> (UsageSink, UsageWriter) {
-    let (sink, queue) = channel();
+    let (sink, queue) = channel(journal.clone());
     let (stop, stop_rx) = watch::channel(false);
     let state = Arc::new(WriterState::default());
     let writer = Writer {
         store,
+        journal,
         batch_size: settings.batch_size,
         buffer_limit: settings.buffer_records,
         buffer: VecDeque::new(),
-        overflow: Vec::new(),
-        spill: SpillFile::new(data_dir.join("usage-spill.jsonl")),
+        parked: Parked::default(),
+        unbounded_warned: false,
         state: Arc::clone(&state),
         retry_at: None,
         backoff: Duration::from_millis(50),
@@ -169,7 +211,7 @@ impl WriterStateHandle {
         UsageWriterView {
             buffered: state.buffered.load(Ordering::Relaxed),
             buffer_limit: self.buffer_limit,
-            spilled: state.spilled.load(Ordering::Relaxed),
+            journaled: state.parked.load(Ordering::Relaxed),
             overflowed: state.overflowed.load(Ordering::Relaxed),
             lost: state.lost.load(Ordering::Relaxed),
             database_failing: state.failing.load(Ordering::Relaxed),
@@ -181,12 +223,16 @@ impl WriterStateHandle {
 
 struct Writer {
     store: Arc<dyn UsageStore>,
+    journal: Option<Journal>,
     batch_size: usize,
     buffer_limit: usize,
-    buffer: VecDeque<UsageRecord>,
-    /// Records past the buffer's bound, spilled together after each wake-up.
-    overflow: Vec<UsageRecord>,
-    spill: SpillFile,
+    /// Records (with their journal tickets) waiting for the database, oldest first.
+    buffer: VecDeque<Queued>,
+    /// Records past the buffer, kept only in the journal (oldest first, all older than any
+    /// record taken into the buffer while some are parked).
+    parked: Parked,
+    /// The buffer went past its bound without a journal (logged once per episode).
+    unbounded_warned: bool,
     state: Arc<WriterState>,
     /// While writes fail: no attempt before this.
     retry_at: Option<Instant>,
@@ -198,12 +244,11 @@ struct Writer {
 impl Writer {
     async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<UsageRecord>,
+        mut rx: mpsc::UnboundedReceiver<Queued>,
         mut stop: watch::Receiver<bool>,
         flush_interval: Duration,
         backlog_warning: usize,
     ) -> u64 {
-        self.spill.load_count(&self.state);
         let mut warned_at = Instant::now() - Duration::from_secs(60);
         let mut ticker = tokio::time::interval(flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,19 +256,19 @@ impl Writer {
             let retry = self.retry_at;
             let due = tokio::select! {
                 received = rx.recv() => match received {
-                    Some(record) => {
-                        self.take(record);
+                    Some(queued) => {
+                        self.take(queued);
                         // What is already queued, without waking up again for each record.
-                        while self.buffer.len() < self.batch_size {
+                        for _ in 1..self.batch_size {
                             match rx.try_recv() {
-                                Ok(record) => self.take(record),
+                                Ok(queued) => self.take(queued),
                                 Err(_) => break,
                             }
                         }
                         let backlog = rx.len();
                         if backlog > backlog_warning && warned_at.elapsed() > Duration::from_secs(10) {
                             warned_at = Instant::now();
-                            tracing::warn!(backlog, "usage writer is falling behind; records are queued in memory");
+                            tracing::warn!(backlog, "usage writer is falling behind; records are queued in memory (and safe in the journal)");
                         }
                         false
                     }
@@ -238,18 +283,17 @@ impl Writer {
                     false
                 }
             };
-            self.spill_overflow();
             self.pump(due).await;
         }
-        // Drain everything already queued, write what the database takes in time, spill the rest.
+        // Drain everything already queued, write what the database takes in time; the rest
+        // stays in the journal.
         rx.close();
-        while let Some(record) = rx.recv().await {
-            self.take(record);
+        while let Some(queued) = rx.recv().await {
+            self.take(queued);
         }
-        self.spill_overflow();
         let deadline = Instant::now() + self.shutdown_limit;
         self.retry_at = None;
-        while !self.buffer.is_empty() || self.spill.has_records() {
+        while !self.buffer.is_empty() || !self.parked.is_empty() {
             let before = self.written;
             self.pump(true).await;
             if self.written == before {
@@ -260,91 +304,142 @@ impl Writer {
                 }
             }
         }
-        if !self.buffer.is_empty() {
-            let left: Vec<UsageRecord> = self.buffer.drain(..).collect();
-            self.spill_records(&left);
-            tracing::warn!(
-                records = left.len(),
-                path = %self.spill.path().display(),
-                "the database did not take every usage record before shutdown; they are kept in the spill file and written at the next start"
-            );
+        let left = self.buffer.len() as u64 + self.parked.len();
+        if left > 0 {
+            let unjournaled = self
+                .buffer
+                .iter()
+                .filter(|queued| queued.journaled.is_none())
+                .count() as u64;
+            self.state.lost.fetch_add(unjournaled, Ordering::Relaxed);
+            if unjournaled < left {
+                tracing::warn!(
+                    records = left - unjournaled,
+                    "the database did not take every usage record before shutdown; they stay in the usage journal and are written at the next start"
+                );
+            }
+            if unjournaled > 0 {
+                tracing::error!(
+                    records = unjournaled,
+                    "the database did not take every usage record before shutdown and they are not in the usage journal (`usage.journal` off, or its write failed); they are lost"
+                );
+            }
         }
+        self.buffer.clear();
         self.state.buffered.store(0, Ordering::Relaxed);
+        if let Some(journal) = self.journal.take() {
+            if let Err(error) = journal.close() {
+                tracing::warn!(%error, "could not tidy up the usage journal; it is replayed at the next start");
+            }
+        }
         self.written
     }
 
-    /// One record from the queue: into the buffer, or past its bound to the spill file.
-    fn take(&mut self, record: UsageRecord) {
-        if self.buffer.len() < self.buffer_limit {
-            self.buffer.push_back(record);
-            self.state
-                .buffered
-                .store(self.buffer.len(), Ordering::Relaxed);
-        } else {
-            self.overflow.push(record);
+    /// One record from the queue: into the buffer, or — past its bound, or behind records
+    /// parked already — only its place in the journal.
+    fn take(&mut self, queued: Queued) {
+        let full = self.buffer.len() >= self.buffer_limit;
+        if full || !self.parked.is_empty() {
+            if let Some(ticket) = queued.journaled {
+                if self.parked.is_empty() {
+                    tracing::warn!(
+                        buffer_limit = self.buffer_limit,
+                        "usage buffer is full while the database cannot be written; further records wait in the usage journal only"
+                    );
+                }
+                self.parked.park(ticket);
+                self.state.overflowed.fetch_add(1, Ordering::Relaxed);
+                self.state
+                    .parked
+                    .store(self.parked.len(), Ordering::Relaxed);
+                return;
+            }
+            if full && !self.unbounded_warned {
+                self.unbounded_warned = true;
+                tracing::warn!(
+                    buffer_limit = self.buffer_limit,
+                    "usage buffer is full while the database cannot be written, and the usage journal is off: records are kept in memory past the limit"
+                );
+            }
         }
+        self.buffer.push_back(queued);
+        self.state
+            .buffered
+            .store(self.buffer.len(), Ordering::Relaxed);
     }
 
-    /// Writes the records past the buffer's bound to the spill file (logged once per episode:
-    /// when the file starts to fill).
-    fn spill_overflow(&mut self) {
-        if self.overflow.is_empty() {
+    /// With the buffer written: the next parked records, read back from the journal.
+    fn unpark(&mut self) {
+        let Some(journal) = &self.journal else {
             return;
-        }
-        let overflow = std::mem::take(&mut self.overflow);
-        if !self.spill.has_records() {
-            tracing::warn!(
-                buffer_limit = self.buffer_limit,
-                path = %self.spill.path().display(),
-                "usage buffer is full while the database cannot be written; further records spill to a file"
-            );
+        };
+        match journal.read_parked(&mut self.parked, self.buffer_limit.max(self.batch_size)) {
+            Ok((records, missing)) => {
+                if missing > 0 {
+                    tracing::error!(
+                        missing,
+                        "usage records could not be read back from the journal; they are replayed at the next start"
+                    );
+                }
+                self.buffer
+                    .extend(records.into_iter().map(|(record, ticket)| Queued {
+                        record,
+                        journaled: Some(ticket),
+                    }));
+            }
+            Err(error) => {
+                tracing::error!(%error, records = self.parked.len(), "cannot read usage records back from the journal; they are replayed at the next start");
+                self.parked = Parked::default();
+            }
         }
         self.state
-            .overflowed
-            .fetch_add(overflow.len() as u64, Ordering::Relaxed);
-        self.spill_records(&overflow);
+            .parked
+            .store(self.parked.len(), Ordering::Relaxed);
+        self.state
+            .buffered
+            .store(self.buffer.len(), Ordering::Relaxed);
     }
 
-    fn spill_records(&mut self, records: &[UsageRecord]) {
-        if let Err(error) = self.spill.append(records, &self.state) {
-            self.state
-                .lost
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
-            tracing::error!(%error, lost = records.len(), path = %self.spill.path().display(), "could not write usage records to the spill file; they are lost");
-        }
-    }
-
-    /// Writes full batches (every batch when `due`), then the spill file, until the buffer is
-    /// empty or a write fails (then it waits for the retry time).
+    /// Writes full batches (every batch when `due`), then the parked records, until the buffer
+    /// is empty or a write fails (then it waits for the retry time).
     async fn pump(&mut self, due: bool) {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
         loop {
-            if self.buffer.is_empty() && self.spill.has_records() {
-                match self.spill.read_chunk(self.batch_size, &self.state) {
-                    Ok(records) => self.buffer.extend(records),
-                    Err(error) => {
-                        tracing::error!(%error, path = %self.spill.path().display(), "cannot read the usage spill file; it is left as it is");
-                        self.spill.give_up();
-                    }
-                }
+            if self.buffer.is_empty() && !self.parked.is_empty() {
+                self.unpark();
             }
             if self.buffer.is_empty() {
-                if let Err(error) = self.spill.remove_if_done() {
-                    tracing::warn!(%error, "cannot remove the written usage spill file");
-                }
+                self.unbounded_warned = false;
                 return;
             }
             if !due && self.buffer.len() < self.batch_size {
                 return;
             }
             let count = self.buffer.len().min(self.batch_size);
-            let batch = &self.buffer.make_contiguous()[..count];
-            let result = tokio::time::timeout(INSERT_TIMEOUT, self.store.insert_usage(batch)).await;
+            let batch: Vec<UsageRecord> = self
+                .buffer
+                .iter()
+                .take(count)
+                .map(|queued| queued.record.clone())
+                .collect();
+            let result =
+                tokio::time::timeout(INSERT_TIMEOUT, self.store.insert_usage(&batch)).await;
             match result {
                 Ok(Ok(())) => {
-                    self.buffer.drain(..count);
+                    let tickets: Vec<Journaled> = self
+                        .buffer
+                        .drain(..count)
+                        .filter_map(|queued| queued.journaled)
+                        .collect();
+                    if let Some(journal) = &self.journal {
+                        if let Err(error) = journal.acknowledge(&tickets) {
+                            // Stored, but the journal does not know: a crash would replay them
+                            // (and the store would skip them).
+                            tracing::warn!(%error, "could not acknowledge usage records in the journal");
+                        }
+                    }
                     self.written += count as u64;
                     self.state
                         .buffered
@@ -352,7 +447,7 @@ impl Writer {
                     if self.state.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!(
                             buffered = self.buffer.len(),
-                            spilled = self.state.spilled.load(Ordering::Relaxed),
+                            journaled = self.parked.len(),
                             "usage records are written again"
                         );
                     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use super::respond::{read_error_body, ErrorBodyError};
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
 use crate::providers::azure::{AzureErrorBody, AzureErrorKind};
 
@@ -23,6 +24,19 @@ pub enum Failure {
     Timeout,
     AuthRejected {
         status: u16,
+    },
+    /// A 3xx: poolgate never follows an upstream's redirect (it would carry the key elsewhere).
+    Redirect {
+        status: u16,
+    },
+    /// The answer was larger than `proxy.max_response_bytes`: final (another backend would send
+    /// the same), and no fault of the backend's health.
+    TooLarge {
+        limit: usize,
+    },
+    /// The egress policy refused the backend's resolved address.
+    EgressRefused {
+        detail: String,
     },
     /// The backend's own settings are wrong (an Azure mapping naming a deployment that does
     /// not exist): out of rotation until an admin fixes and resets it, like a refused key.
@@ -59,6 +73,11 @@ impl Failure {
             Failure::Server { detail, .. } => format!("upstream unreachable: {detail}"),
             Failure::Timeout => "upstream timed out".to_owned(),
             Failure::AuthRejected { status } => format!("upstream refused the key ({status})"),
+            Failure::Redirect { status } => {
+                format!("upstream answered with a redirect ({status}), not followed")
+            }
+            Failure::TooLarge { limit } => format!("upstream answer larger than {limit} bytes"),
+            Failure::EgressRefused { detail } => detail.clone(),
             Failure::Misconfigured { detail } => detail.clone(),
         }
     }
@@ -69,10 +88,32 @@ impl Failure {
             Failure::RateLimited { retry_after } => UpstreamOutcome::RateLimited {
                 retry_after: *retry_after,
             },
-            Failure::Server { .. } | Failure::Timeout => UpstreamOutcome::ServerError,
+            Failure::Server { .. } | Failure::Timeout | Failure::Redirect { .. } => {
+                UpstreamOutcome::ServerError
+            }
             Failure::AuthRejected { .. } | Failure::Misconfigured { .. } => {
                 UpstreamOutcome::AuthFailed
             }
+            Failure::TooLarge { .. } | Failure::EgressRefused { .. } => {
+                UpstreamOutcome::Inconclusive
+            }
+        }
+    }
+
+    /// Without the backend's key in its text (a detail may quote what the upstream sent).
+    pub fn scrubbed(self, scrubber: &crate::scrub::KeyScrubber) -> Failure {
+        let scrub = |detail: String| {
+            String::from_utf8_lossy(&scrubber.scrub(detail.as_bytes())).into_owned()
+        };
+        match self {
+            Failure::Server { status, detail } => Failure::Server {
+                status,
+                detail: scrub(detail),
+            },
+            Failure::Misconfigured { detail } => Failure::Misconfigured {
+                detail: scrub(detail),
+            },
+            other => other,
         }
     }
 
@@ -99,6 +140,9 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
             status: Some(status.as_u16()),
             detail: String::new(),
         }),
+        300..=399 => Some(Failure::Redirect {
+            status: status.as_u16(),
+        }),
         _ => None,
     }
 }
@@ -106,10 +150,12 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
 /// Classifies an Azure OpenAI error answer: as [`classify`], and from its body — a 429 without
 /// `retry-after` headers waits what its message says ("Please retry after 6 seconds"); a 404
 /// `DeploymentNotFound` is the backend's fault (its mapping names no deployment), not the
-/// client's. Err hands back what to relay.
+/// client's. Err hands back what to relay. A body is read within `read_timeout` and up to
+/// `max_bytes` (capped at the error-body limit).
 pub async fn azure_failure(
     response: reqwest::Response,
     read_timeout: Duration,
+    max_bytes: usize,
 ) -> Result<Failure, ErrorAnswer> {
     let status = response.status();
     let headers = response.headers();
@@ -122,10 +168,13 @@ pub async fn azure_failure(
         return classify(status, headers).ok_or(ErrorAnswer::Pending(response));
     }
     let content_type = headers.get(http::header::CONTENT_TYPE).cloned();
-    let body = match tokio::time::timeout(read_timeout, response.bytes()).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(error)) => return Ok(Failure::transport("error body was cut off", &error)),
-        Err(_) => return Ok(Failure::Timeout),
+    let body = match read_error_body(response, max_bytes, read_timeout).await {
+        Ok(body) => body,
+        Err(ErrorBodyError::Failed(error)) => {
+            return Ok(Failure::transport("error body was cut off", &error))
+        }
+        Err(ErrorBodyError::Timeout) => return Ok(Failure::Timeout),
+        Err(ErrorBodyError::TooLarge) => return Ok(Failure::TooLarge { limit: max_bytes }),
     };
     let parsed = AzureErrorBody::parse(&body);
     match status.as_u16() {
@@ -149,6 +198,11 @@ pub async fn azure_failure(
 
 /// Why sending the request failed, without the upstream's address.
 pub fn connection_failure(error: &reqwest::Error) -> Failure {
+    if let Some(refused) = crate::egress::refusal_in(error) {
+        return Failure::EgressRefused {
+            detail: refused.to_string(),
+        };
+    }
     let detail = if error.is_connect() {
         "connection failed".to_owned()
     } else if error.is_timeout() {
@@ -195,6 +249,10 @@ mod tests {
                 "{code}"
             );
         }
+        assert!(matches!(
+            class(302),
+            Some(Failure::Redirect { status: 302 })
+        ));
         for code in [400, 404, 413, 422] {
             assert!(class(code).is_none(), "{code} is the request's own fault");
         }

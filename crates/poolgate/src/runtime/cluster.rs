@@ -21,7 +21,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::cooldown::{CooldownPolicy, Health, Outcome, ReadyAt};
+use super::Waiting;
+use crate::cooldown::{CooldownPolicy, CooldownReason, Health, Outcome, ReadyAt};
 use crate::domain::BackendId;
 use crate::shared::{
     Admit, AdmitRequest, BucketClaim, BucketKey, CooldownView, FailMode, Lease, Precheck,
@@ -122,15 +123,28 @@ impl SharedBackend {
         }
     }
 
-    /// The later of the shared cooldown's end and the bucket's last hint; `None` while broken.
-    pub fn ready_at(&self, now: Instant) -> Option<Instant> {
+    /// The later of the shared cooldown's end and the bucket's last hint, and what it waits for;
+    /// `None` while broken.
+    pub fn ready_at_why(&self, now: Instant) -> Option<(Instant, Waiting)> {
         let view = self.view();
         if view.broken {
             return None;
         }
-        let cooled = view.until.filter(|until| *until > now).unwrap_or(now);
-        let token = self.limited_until.lock().filter(|at| *at > now);
-        Some(token.map_or(cooled, |at| at.max(cooled)))
+        let (cooled, reason) = match view.until.filter(|until| *until > now) {
+            None => (now, Waiting::Nothing),
+            Some(until) => (
+                until,
+                super::waiting_for(view.reason.unwrap_or(if view.level > 0 {
+                    CooldownReason::RateLimited
+                } else {
+                    CooldownReason::ServerError
+                })),
+            ),
+        };
+        match self.limited_until.lock().filter(|at| *at > cooled) {
+            Some(token) => Some((token, Waiting::RateLimit)),
+            None => Some((cooled, reason)),
+        }
     }
 
     /// Admin reset, on every instance (the shared state tells the others).

@@ -18,10 +18,13 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::cooldown::{
-    Admission, CooldownPolicy, CooldownState, Health, Outcome as UpstreamOutcome, ReadyAt,
+    Admission, CooldownPolicy, CooldownReason, CooldownState, Health, Outcome as UpstreamOutcome,
+    ReadyAt,
 };
-use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth};
-use crate::limits::RpmLimiter;
+use crate::domain::{
+    now_ms, BackendId, BackendRecord, ClientKeyRecord, LimiterKind, LimiterLevel, PersistedHealth,
+};
+use crate::limits::{BucketLevel, ConcurrencyLimit, ConcurrencyPermit, RpmLimiter};
 use crate::shared::{BucketClaim, BucketKey, Refusal};
 
 use cluster::{SharedAdmission, SharedBackend};
@@ -39,6 +42,25 @@ pub fn instant_from_ms(until_ms: i64, now: Instant) -> Instant {
 pub fn ms_from_instant(until: Instant, now: Instant) -> i64 {
     let remaining = until.saturating_duration_since(now);
     now_ms().saturating_add(i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What a backend that is not ready waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// It is ready now.
+    Nothing,
+    /// A rate limit: a 429 (or 529) cooldown, or its own RPM bucket.
+    RateLimit,
+    /// A cooldown after errors (5xx, timeouts, connection failures).
+    Recovery,
+}
+
+/// What a cooldown of this reason waits for.
+pub(crate) fn waiting_for(reason: CooldownReason) -> Waiting {
+    match reason {
+        CooldownReason::RateLimited => Waiting::RateLimit,
+        CooldownReason::ServerError | CooldownReason::AuthFailed => Waiting::Recovery,
+    }
 }
 
 // === impl BackendRuntime ===
@@ -151,15 +173,28 @@ impl BackendRuntime {
     /// When the backend will next admit a request: the later of its cooldown's end and its next
     /// RPM token (`now` if both are there). None while broken.
     pub fn ready_at(&self, now: Instant) -> Option<Instant> {
+        self.ready_at_why(now).map(|(at, _)| at)
+    }
+
+    /// [`BackendRuntime::ready_at`], and what it waits for (whichever ends later).
+    pub fn ready_at_why(&self, now: Instant) -> Option<(Instant, Waiting)> {
         if let Some(shared) = &self.shared {
-            return shared.ready_at(now);
+            return shared.ready_at_why(now);
         }
-        let cooled = match self.cooldown.lock().ready_at(now) {
-            ReadyAt::Never => return None,
-            ReadyAt::Now => now,
-            ReadyAt::At(at) => at,
+        let (cooled, reason) = {
+            let cooldown = self.cooldown.lock();
+            match cooldown.ready_at(now) {
+                ReadyAt::Never => return None,
+                ReadyAt::Now => (now, Waiting::Nothing),
+                ReadyAt::At(at) => (at, waiting_for(cooldown.cooling_reason())),
+            }
         };
-        Some(cooled.max(now + self.limiter.wait_time(now)))
+        let token = now + self.limiter.wait_time(now);
+        if token > cooled {
+            Some((token, Waiting::RateLimit))
+        } else {
+            Some((cooled, reason))
+        }
     }
 
     /// The status shown to operators.
@@ -197,6 +232,11 @@ impl BackendRuntime {
         if self.limiter.rpm() != rpm {
             self.limiter.reconfigure(rpm, now);
         }
+    }
+
+    /// The RPM bucket's fill, if it changed since the last checkpoint (or always, with `all`).
+    pub fn rpm_checkpoint(&self, now: Instant, all: bool) -> Option<BucketLevel> {
+        self.limiter.checkpoint(now, all)
     }
 
     pub fn snapshot(&self, now: Instant) -> RuntimeSnapshot {
@@ -336,9 +376,11 @@ impl Drop for Admitted {
 // === impl ClientKeyRuntime ===
 
 /// The runtime state of one client key: its own RPM bucket (in cluster mode, a bucket every
-/// instance shares, paid by the first admitted attempt of a request).
+/// instance shares, paid by the first admitted attempt of a request) and its requests in flight
+/// (`max_parallel_requests`, counted per instance).
 pub struct ClientKeyRuntime {
     limiter: RpmLimiter,
+    parallel: Arc<ConcurrencyLimit>,
     /// Cluster mode: the shared state and this key's id.
     shared: Option<(Arc<Cluster>, String)>,
 }
@@ -347,25 +389,38 @@ impl std::fmt::Debug for ClientKeyRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientKeyRuntime")
             .field("rpm", &self.rpm())
+            .field("parallel", &self.parallel)
             .field("shared", &self.shared.is_some())
             .finish()
     }
 }
 
 impl ClientKeyRuntime {
-    pub fn new(rpm: u32) -> Self {
+    /// `max_parallel` 0 = unlimited.
+    pub fn new(rpm: u32, max_parallel: u32) -> Self {
         Self {
             limiter: RpmLimiter::new(rpm),
+            parallel: Arc::new(ConcurrencyLimit::new(max_parallel)),
             shared: None,
         }
     }
 
     /// A key whose bucket every instance shares.
-    pub fn shared(id: &str, rpm: u32, cluster: Arc<Cluster>) -> Self {
+    pub fn shared(id: &str, rpm: u32, max_parallel: u32, cluster: Arc<Cluster>) -> Self {
         Self {
             shared: Some((cluster, id.to_owned())),
-            ..Self::new(rpm)
+            ..Self::new(rpm, max_parallel)
         }
+    }
+
+    /// A slot under the key's `max_parallel_requests`, or None when they are all taken.
+    pub fn begin(&self) -> Option<ConcurrencyPermit> {
+        self.parallel.try_acquire()
+    }
+
+    /// The key's `max_parallel_requests` (0 = unlimited).
+    pub fn max_parallel(&self) -> u32 {
+        self.parallel.max()
     }
 
     /// Takes a token, or says how long until one is there. In cluster mode the token is not
@@ -401,17 +456,26 @@ impl ClientKeyRuntime {
             self.limiter.reconfigure(rpm, now);
         }
     }
+
+    /// The RPM bucket's fill, if it changed since the last checkpoint (or always, with `all`).
+    pub fn rpm_checkpoint(&self, now: Instant, all: bool) -> Option<BucketLevel> {
+        self.limiter.checkpoint(now, all)
+    }
 }
 
 // === impl RuntimeRegistry ===
 
 /// Every runtime by stable id. Snapshot rebuilds look runtimes up here, so an edit of a backend
-/// keeps its cooldown and bucket; a new backend starts from its persisted health (in cluster
-/// mode: from the shared state).
+/// keeps its cooldown and bucket; a new backend starts from its persisted health, and a runtime
+/// created after a restart continues from its stored RPM bucket level
+/// ([`RuntimeRegistry::restore_levels`]). In cluster mode a new backend starts from the shared
+/// state, and the buckets live in Redis: no level is stored or restored here.
 #[derive(Default)]
 pub struct RuntimeRegistry {
     backends: Mutex<HashMap<BackendId, Arc<BackendRuntime>>>,
     client_keys: Mutex<HashMap<String, Arc<ClientKeyRuntime>>>,
+    /// Stored bucket levels waiting for their runtime to be created (single mode only).
+    stored_levels: Mutex<HashMap<(LimiterKind, String), LimiterLevel>>,
     cluster: Option<Arc<Cluster>>,
 }
 
@@ -421,6 +485,18 @@ impl std::fmt::Debug for RuntimeRegistry {
             .field("backends", &self.backends.lock().len())
             .field("cluster", &self.cluster.is_some())
             .finish()
+    }
+}
+
+/// A stored level applied to a new limiter: refilled for the wall-clock time since it was taken.
+fn restore_level(limiter: &RpmLimiter, stored: Option<LimiterLevel>, now: Instant) {
+    if let Some(stored) = stored {
+        let elapsed = Duration::from_millis(u64::try_from(now_ms() - stored.at_ms).unwrap_or(0));
+        let level = BucketLevel {
+            rpm: stored.rpm,
+            level: u128::from(stored.level_units),
+        };
+        limiter.restore(level, elapsed, now);
     }
 }
 
@@ -452,7 +528,13 @@ impl RuntimeRegistry {
                             record.rpm_limit,
                             Arc::clone(cluster),
                         ),
-                        None => BackendRuntime::restore(record.rpm_limit, &record.health, now),
+                        None => {
+                            let runtime =
+                                BackendRuntime::restore(record.rpm_limit, &record.health, now);
+                            let stored = self.take_level(LimiterKind::Backend, record.id.as_str());
+                            restore_level(&runtime.limiter, stored, now);
+                            runtime
+                        }
                     })
                 }),
         );
@@ -476,14 +558,64 @@ impl RuntimeRegistry {
                         Some(cluster) => ClientKeyRuntime::shared(
                             &record.id,
                             record.rpm_limit,
+                            record.max_parallel_requests,
                             Arc::clone(cluster),
                         ),
-                        None => ClientKeyRuntime::new(record.rpm_limit),
+                        None => {
+                            let runtime = ClientKeyRuntime::new(
+                                record.rpm_limit,
+                                record.max_parallel_requests,
+                            );
+                            let stored = self.take_level(LimiterKind::ClientKey, &record.id);
+                            restore_level(&runtime.limiter, stored, now);
+                            runtime
+                        }
                     })
                 }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
+        runtime.parallel.set_max(record.max_parallel_requests);
         runtime
+    }
+
+    /// Bucket levels stored before a restart; each applies when its runtime is created.
+    pub fn restore_levels(&self, levels: Vec<LimiterLevel>) {
+        let mut stored = self.stored_levels.lock();
+        for level in levels {
+            stored.insert((level.kind, level.id.clone()), level);
+        }
+    }
+
+    fn take_level(&self, kind: LimiterKind, id: &str) -> Option<LimiterLevel> {
+        self.stored_levels.lock().remove(&(kind, id.to_owned()))
+    }
+
+    /// The bucket levels to store: those that changed since the last call, or all of them.
+    /// None in cluster mode: the buckets live in Redis, which outlives an instance's restart.
+    pub fn limiter_levels(&self, now: Instant, all: bool) -> Vec<LimiterLevel> {
+        if self.cluster.is_some() {
+            return Vec::new();
+        }
+        let at_ms = now_ms();
+        let level = |kind: LimiterKind, id: &str, bucket: BucketLevel| LimiterLevel {
+            kind,
+            id: id.to_owned(),
+            rpm: bucket.rpm,
+            level_units: u64::try_from(bucket.level).unwrap_or(u64::MAX),
+            at_ms,
+        };
+        let mut levels = Vec::new();
+        for (id, runtime) in self.backends.lock().iter() {
+            if let Some(bucket) = runtime.rpm_checkpoint(now, all) {
+                levels.push(level(LimiterKind::Backend, id.as_str(), bucket));
+            }
+        }
+        for (id, runtime) in self.client_keys.lock().iter() {
+            if let Some(bucket) = runtime.rpm_checkpoint(now, all) {
+                levels.push(level(LimiterKind::ClientKey, id, bucket));
+            }
+        }
+        levels
     }
 
     /// Forgets the runtimes of backends and keys that are gone.

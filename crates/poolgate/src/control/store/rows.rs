@@ -9,8 +9,8 @@ use sqlx::Row;
 use super::StoreError;
 use crate::domain::{
     AliasRecord, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
-    ModelMappings, Outcome, PersistedHealth, Pool, PoolName, ResponseOwnerRecord, Source,
-    UsageRecord,
+    LimiterKind, LimiterLevel, ModelMappings, Outcome, PersistedHealth, Pool, PoolName,
+    ResponseOwnerRecord, Source, UsageRecord,
 };
 use crate::usage::stats::{Group, GroupStats};
 use crate::usage::UsagePage;
@@ -166,9 +166,21 @@ pub(super) fn client_key_from_row(row: &impl Columns) -> Result<ClientKeyRecord,
         display_prefix: row.text("display_prefix")?,
         secret_hash: row.bytes("secret_hash")?,
         rpm_limit: narrow("rpm_limit", row.int("rpm_limit")?)?,
+        max_parallel_requests: narrow("max_parallel_requests", row.int("max_parallel_requests")?)?,
         allowed_models,
         created_at_ms: row.int("created_at")?,
         revoked_at_ms: row.opt_int("revoked_at")?,
+    })
+}
+
+pub(super) fn limiter_level_from_row(row: &impl Columns) -> Result<LimiterLevel, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(LimiterLevel {
+        kind: LimiterKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+        id: row.text("id")?,
+        rpm: narrow("rpm", row.int("rpm")?)?,
+        level_units: narrow("level_units", row.int("level_units")?)?,
+        at_ms: row.int("at_ms")?,
     })
 }
 

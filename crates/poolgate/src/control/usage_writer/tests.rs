@@ -1,7 +1,9 @@
 //! The usage writer over a real SQLite store that can be switched off (every write then fails,
-//! as with an unreachable database): records wait in the bounded buffer, spill past it, and are
-//! all written once when writes work again — or at the next start after a shutdown.
+//! as with an unreachable database): records wait in the bounded buffer, past it in the journal
+//! only, and are all written once when writes work again — or at the next start after a
+//! shutdown.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use async_trait::async_trait;
@@ -94,46 +96,91 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+fn journal(dir: &Path) -> Journal {
+    let (journal, replay) = Journal::open(dir, JournalSettings::default()).unwrap();
+    assert!(replay.records().is_empty());
+    journal
+}
+
+/// Segment files left in the journal's folder.
+fn segments(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join(crate::journal::JOURNAL_DIR)).map_or(0, |entries| entries.count())
+}
+
 #[tokio::test]
-async fn records_wait_in_the_buffer_spill_past_it_and_are_all_written_once_back() {
+async fn records_wait_in_the_buffer_then_in_the_journal_and_are_all_written_once_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
-    let (sink, writer) = spawn_writer(store.clone(), &settings(), dir.path());
+    let (sink, writer) = spawn_writer(store.clone(), &settings(), Some(journal(dir.path())));
     let state = writer.state();
     for i in 0..60 {
         sink.open();
         sink.record(record(i));
     }
-    until("the buffer to fill and the rest to spill", || {
-        let view = state.view();
-        view.buffered == 25 && view.spilled == 35
-    })
+    until(
+        "the buffer to fill and the rest to wait in the journal",
+        || {
+            let view = state.view();
+            view.buffered == 25 && view.journaled == 35
+        },
+    )
     .await;
     let view = state.view();
     assert!(view.database_failing);
     assert_eq!((view.overflowed, view.lost, view.buffer_limit), (35, 0, 25));
-    assert!(dir.path().join("usage-spill.jsonl").exists());
     assert_eq!(store.count_usage().await.unwrap(), 0);
+
+    // Records arriving while some wait in the journal queue up behind them.
+    for i in 60..65 {
+        sink.open();
+        sink.record(record(i));
+    }
+    until("the newer records to wait too", || {
+        state.view().journaled == 40
+    })
+    .await;
 
     store.down.store(false, Ordering::SeqCst);
     until("everything to be written", || {
         let view = state.view();
-        view.buffered == 0 && view.spilled == 0 && !view.database_failing
+        view.buffered == 0 && view.journaled == 0 && !view.database_failing
     })
     .await;
-    assert_eq!(writer.shutdown().await, 60);
-    assert_eq!(store.count_usage().await.unwrap(), 60);
-    assert!(!dir.path().join("usage-spill.jsonl").exists());
+    assert_eq!(writer.shutdown().await, 65);
+    assert_eq!(store.count_usage().await.unwrap(), 65);
+    // Every record was acknowledged: the journal is gone after the shutdown.
+    assert_eq!(segments(dir.path()), 0);
 }
 
 #[tokio::test]
-async fn what_shutdown_cannot_write_is_written_at_the_next_start() {
+async fn without_a_journal_records_past_the_buffer_stay_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), true).await;
+    let (sink, writer) = spawn_writer(store.clone(), &settings(), None);
+    let state = writer.state();
+    for i in 0..40 {
+        sink.open();
+        sink.record(record(i));
+    }
+    until("every record to be buffered", || {
+        state.view().buffered == 40
+    })
+    .await;
+    assert_eq!(state.view().journaled, 0);
+    store.down.store(false, Ordering::SeqCst);
+    until("everything to be written", || state.view().buffered == 0).await;
+    assert_eq!(writer.shutdown().await, 40);
+    assert_eq!(store.count_usage().await.unwrap(), 40);
+}
+
+#[tokio::test]
+async fn what_shutdown_cannot_write_stays_in_the_journal_and_is_written_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
     let (sink, writer) = spawn_writer_with(
         store.clone(),
         &settings(),
-        dir.path(),
+        Some(journal(dir.path())),
         Duration::from_millis(200),
     );
     for i in 0..40 {
@@ -141,17 +188,21 @@ async fn what_shutdown_cannot_write_is_written_at_the_next_start() {
         sink.record(record(i));
     }
     assert_eq!(writer.shutdown().await, 0);
-    let spilled = std::fs::read_to_string(dir.path().join("usage-spill.jsonl")).unwrap();
-    assert_eq!(spilled.lines().count(), 40);
+    assert!(segments(dir.path()) > 0);
 
-    // The next start, with the database back; one record of the file was written already
-    // (a flush whose acknowledgement was lost): it is not counted twice.
+    // The next start, with the database back; one record was written already (a flush whose
+    // acknowledgement was lost): it is not counted twice.
     store.down.store(false, Ordering::SeqCst);
     store.insert_usage(&[record(7)]).await.unwrap();
-    let (_sink, writer) = spawn_writer(store.clone(), &settings(), dir.path());
-    let state = writer.state();
-    until("the spill file to be written", || state.view().spilled == 0).await;
-    assert_eq!(writer.shutdown().await, 40);
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        usage: settings(),
+        ..Config::default()
+    };
+    let journal = open_journal(&config, &*store).await.unwrap();
     assert_eq!(store.count_usage().await.unwrap(), 40);
-    assert!(!dir.path().join("usage-spill.jsonl").exists());
+    let (_sink, writer) = spawn_writer(store.clone(), &settings(), journal);
+    assert_eq!(writer.shutdown().await, 0);
+    assert_eq!(store.count_usage().await.unwrap(), 40);
+    assert_eq!(segments(dir.path()), 0);
 }

@@ -22,6 +22,20 @@ impl Inner {
         probe: Option<ProbeToken>,
         policy: &CooldownPolicy,
     ) -> CooldownView {
+        if outcome == Outcome::Inconclusive {
+            // Says nothing about the backend: the cooldown stays as it is; a probe slot is
+            // freed (the next request probes again).
+            if let Some(probe) = probe {
+                self.local.release_probe_local(backend);
+                if let Some(cooldown) = self
+                    .report_event(backend, "release", &probe.0, (-1, false))
+                    .await
+                {
+                    self.apply(backend, cooldown, false);
+                }
+            }
+            return self.local.view(backend);
+        }
         let view = self.local.view(backend);
         let healthy = view.until.is_none() && view.level == 0 && !view.broken;
         if outcome == Outcome::Success
@@ -38,6 +52,7 @@ impl Inner {
             Outcome::RateLimited { retry_after } => ("429", retry_after),
             Outcome::ServerError => ("5xx", None),
             Outcome::AuthFailed => ("auth", None),
+            Outcome::Inconclusive => unreachable!("handled above"),
         };
         let jitter = if policy.jitter.is_nan() {
             0.0

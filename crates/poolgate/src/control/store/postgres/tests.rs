@@ -108,6 +108,7 @@ async fn the_config_store_round_trips_and_versions_every_configuration_write() {
         display_prefix: "pgk-abc-…".into(),
         secret_hash: vec![7; 32],
         rpm_limit: 10,
+        max_parallel_requests: 3,
         allowed_models: vec![CanonicalModel::new("gpt-4o")],
         created_at_ms: 1,
         revoked_at_ms: None,

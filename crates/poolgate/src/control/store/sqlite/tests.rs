@@ -3,7 +3,7 @@
 use super::*;
 use crate::control::store::test_support::usage;
 use crate::control::store::UsageStore;
-use crate::domain::{ApiKind, CanonicalModel};
+use crate::domain::{ApiKind, CanonicalModel, UsageRecord};
 use sqlx::sqlite::SqlitePoolOptions;
 
 fn backend(name: &str) -> BackendRecord {
@@ -31,6 +31,53 @@ fn the_first_migration_keeps_its_version_and_checksum() {
         "ea0189a3d74148a3d03947c0748c87e3de23419801872e3ed247fbd6028a3e84\
          94a60ce64cd50f310199d5c08ee65154"
     );
+}
+
+/// A database that already holds two records of one request (possible before request ids were
+/// unique: schema v1) migrates: the duplicate goes, the first record stays, the unique index is
+/// created (by 0002; 0004 does the same for a database that had taken another path there).
+#[tokio::test]
+async fn the_unique_request_id_migrations_remove_duplicates_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("poolgate.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .unwrap();
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR.iter().filter(|m| m.version < 2).cloned().collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    for latency in [1, 2] {
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, ts, endpoint, attempts, status, outcome, \
+             latency_ms, streamed) VALUES ('req-dup', 0, 'chat.completions', 1, 200, 'success', ?, 0)",
+        )
+        .bind(latency)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    let page = store
+        .list_usage(&crate::usage::UsageFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].latency_ms, 1, "the first record is kept");
+    let duplicate = UsageRecord {
+        request_id: "req-dup".into(),
+        ..page.records[0].clone()
+    };
+    store.insert_usage(&[duplicate]).await.unwrap();
+    assert_eq!(store.count_usage().await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -159,6 +206,7 @@ async fn client_keys_and_settings_round_trip() {
         display_prefix: "pgk-abc-…".into(),
         secret_hash: vec![7; 32],
         rpm_limit: 10,
+        max_parallel_requests: 3,
         allowed_models: vec![CanonicalModel::new("gpt-4o")],
         created_at_ms: 1,
         revoked_at_ms: None,
@@ -201,6 +249,68 @@ async fn concurrent_writers_do_not_hit_database_is_locked() {
         task.await.unwrap().unwrap();
     }
     assert_eq!(store.count_usage().await.unwrap(), 8 * 20 * 10);
+}
+
+#[tokio::test]
+async fn limiter_levels_round_trip_and_go_with_their_backend_or_key() {
+    use crate::domain::{LimiterKind, LimiterLevel};
+    let (_dir, store) = open().await;
+    let record = backend("limited");
+    store.insert_backend(&record).await.unwrap();
+    let key = ClientKeyRecord {
+        id: "key-1".into(),
+        name: "k".into(),
+        display_prefix: "pgk-key-1-…".into(),
+        secret_hash: vec![1; 32],
+        rpm_limit: 60,
+        max_parallel_requests: 0,
+        allowed_models: Vec::new(),
+        created_at_ms: 1,
+        revoked_at_ms: None,
+    };
+    store.insert_client_key(&key).await.unwrap();
+    let level = |kind, id: &str, units| LimiterLevel {
+        kind,
+        id: id.to_owned(),
+        rpm: 60,
+        level_units: units,
+        at_ms: 1_000,
+    };
+    store
+        .save_limiter_levels(&[
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 7),
+            // No such key: nothing stored.
+            level(LimiterKind::ClientKey, "key-2", 8),
+        ])
+        .await
+        .unwrap();
+    // An upsert replaces the level.
+    store
+        .save_limiter_levels(&[level(LimiterKind::ClientKey, "key-1", 9)])
+        .await
+        .unwrap();
+    let mut levels = store.load_limiter_levels().await.unwrap();
+    levels.sort_by_key(|l| l.level_units);
+    assert_eq!(levels.len(), 2, "{levels:?}");
+    assert_eq!(
+        levels[0],
+        level(LimiterKind::Backend, record.id.as_str(), 5)
+    );
+    assert_eq!(levels[1], level(LimiterKind::ClientKey, "key-1", 9));
+
+    // Deleted and revoked: the levels go, and a late checkpoint does not bring them back.
+    assert!(store.delete_backend(&record.id).await.unwrap());
+    assert!(store.revoke_client_key("key-1", 2).await.unwrap());
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
+    store
+        .save_limiter_levels(&[
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 7),
+        ])
+        .await
+        .unwrap();
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
 }
 
 /// A database made by schema v1 (backends with rows, usage) is upgraded by migration 0003: every
