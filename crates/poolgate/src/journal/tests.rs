@@ -202,3 +202,51 @@ fn concurrent_appends_never_interleave() {
     assert_eq!(got, expected(0..4_000));
 }
 
+/// The store writer's overflow: records parked by their place only are read back in order,
+/// `limit` at a time, across segments; acknowledged, their segments go.
+#[test]
+fn parked_records_are_read_back_in_order_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = JournalSettings {
+        segment_bytes: 4096,
+    };
+    let (journal, replay) = Journal::open(dir.path(), settings).unwrap();
+    replay.finish().unwrap();
+    let mut parked = Parked::default();
+    let mut kept = Vec::new();
+    for i in 0..300 {
+        let ticket = journal.append(&record(i)).unwrap();
+        // Every tenth record stays in memory (the writer's buffer); the rest are parked.
+        if i % 10 == 0 {
+            kept.push(ticket);
+        } else {
+            parked.park(ticket);
+        }
+        // Acknowledgements of other records rotate the segments meanwhile.
+        if i % 50 == 49 {
+            journal.acknowledge(&std::mem::take(&mut kept)).unwrap();
+        }
+    }
+    assert_eq!(parked.len(), 270);
+    assert!(
+        segments(dir.path()).len() > 3,
+        "parked records span segments"
+    );
+    let mut read = Vec::new();
+    while !parked.is_empty() {
+        let (records, missing) = journal.read_parked(&mut parked, 100).unwrap();
+        assert_eq!(missing, 0);
+        assert!(records.len() <= 100);
+        let tickets: Vec<Journaled> = records.iter().map(|(_, t)| t.clone()).collect();
+        read.extend(records.into_iter().map(|(r, _)| r));
+        journal.acknowledge(&tickets).unwrap();
+    }
+    let wanted: Vec<String> = (0..300)
+        .filter(|i| i % 10 != 0)
+        .map(|i| record(i).request_id)
+        .collect();
+    assert_eq!(ids(&read), wanted);
+    journal.acknowledge(&kept).unwrap();
+    journal.close().unwrap();
+    assert!(segments(dir.path()).is_empty());
+}

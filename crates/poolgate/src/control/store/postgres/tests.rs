@@ -131,6 +131,102 @@ async fn the_config_store_round_trips_and_versions_every_configuration_write() {
     assert!(!store.delete_backend(&one.id).await.unwrap());
 }
 
+/// Issue #14's bucket levels, as in the SQLite store: upserted, loaded, gone with their backend
+/// or revoked key (triggers), never written for an owner that is gone — also when the checkpoint
+/// races an uncommitted delete — and not announced as configuration.
+#[tokio::test]
+async fn limiter_levels_round_trip_and_go_with_their_backend_or_key() {
+    use crate::domain::{LimiterKind, LimiterLevel};
+    let server = PostgresServer::start().await;
+    let store = open(&server, "levels").await;
+    let record = backend("limited");
+    store.insert_backend(&record).await.unwrap();
+    let raced = backend("raced");
+    store.insert_backend(&raced).await.unwrap();
+    let key = ClientKeyRecord {
+        id: "key-1".into(),
+        name: "k".into(),
+        display_prefix: "pgk-key-1-…".into(),
+        secret_hash: vec![1; 32],
+        rpm_limit: 60,
+        max_parallel_requests: 0,
+        allowed_models: Vec::new(),
+        created_at_ms: 1,
+        revoked_at_ms: None,
+    };
+    store.insert_client_key(&key).await.unwrap();
+    let level = |kind, id: &str, units| LimiterLevel {
+        kind,
+        id: id.to_owned(),
+        rpm: 60,
+        level_units: units,
+        at_ms: 1_000,
+    };
+    let version = store.config_version().await.unwrap();
+    store
+        .save_limiter_levels(&[
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 7),
+            // No such key: nothing stored.
+            level(LimiterKind::ClientKey, "key-2", 8),
+        ])
+        .await
+        .unwrap();
+    // An upsert replaces the level.
+    store
+        .save_limiter_levels(&[level(LimiterKind::ClientKey, "key-1", 9)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.config_version().await.unwrap(),
+        version,
+        "not configuration"
+    );
+    let mut levels = store.load_limiter_levels().await.unwrap();
+    levels.sort_by_key(|l| l.level_units);
+    assert_eq!(
+        levels,
+        [
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 9)
+        ]
+    );
+
+    // Deleted and revoked: the levels go, and a late checkpoint does not bring them back.
+    assert!(store.delete_backend(&record.id).await.unwrap());
+    assert!(store.revoke_client_key("key-1", 2).await.unwrap());
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
+    store
+        .save_limiter_levels(&[
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 7),
+        ])
+        .await
+        .unwrap();
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
+
+    // A checkpoint racing a delete that is not committed yet waits for it, then writes nothing.
+    let mut delete = store.pool().begin().await.unwrap();
+    sqlx::query("DELETE FROM backends WHERE id = $1")
+        .bind(raced.id.as_str())
+        .execute(&mut *delete)
+        .await
+        .unwrap();
+    let checkpoint = {
+        let store = store.clone();
+        let raced = level(LimiterKind::Backend, raced.id.as_str(), 3);
+        tokio::spawn(async move { store.save_limiter_levels(&[raced]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !checkpoint.is_finished(),
+        "the checkpoint waits for the delete"
+    );
+    delete.commit().await.unwrap();
+    checkpoint.await.unwrap().unwrap();
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn config_sync_keeps_ids_and_refuses_a_stale_view() {
     let server = PostgresServer::start().await;
