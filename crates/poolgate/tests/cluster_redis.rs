@@ -10,7 +10,11 @@
 //!    `Retry-After` leaves the running cooldown as it is;
 //! 6. Redis killed under load: no 5xx, at most the limit (+15 %) admitted meanwhile, the
 //!    degraded state visible, shared mode back by itself; Redis frozen: no request waits much
-//!    longer than the Redis call timeout.
+//!    longer than the Redis call timeout;
+//!
+//! and issue #14's protections in cluster mode: a key's `max_parallel_requests` (per instance)
+//! and its shared RPM bucket both apply, `proxy.max_in_flight` answers 503, a declared 1 GiB
+//! body is refused with 413 before it is read, and no bucket level is checkpointed locally.
 #![expect(clippy::unwrap_used, reason = "test")]
 
 mod cluster;
@@ -23,8 +27,9 @@ use std::time::Duration;
 
 use cluster::{backend_toml, chat, chat_as, within, Cluster};
 use futures_util::future::join_all;
-use mock_upstream::{MockUpstream, Reply};
+use mock_upstream::{MockConfig, MockUpstream, Reply};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Redis answering, on a debug build sharing 2 cores with the test's load: 1,000 simultaneous
@@ -476,5 +481,89 @@ async fn limits_set_to_fail_closed_answer_503_while_redis_is_down() {
         || async { chat(&cluster.instances[0]).await.status == 200 },
     )
     .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardening_holds_in_cluster_mode_parallel_and_shared_limits_overload_and_413() {
+    let upstream = MockUpstream::start_with(MockConfig {
+        default_reply: Reply::Ok.delayed(1_500),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let toml = format!(
+        "[proxy]\nmax_in_flight = 4\n{}",
+        backend_toml("a", &upstream.openai_base_url(), "primary", "")
+    );
+    let cluster = Cluster::start(2, Some(SLOW_MACHINE), &toml).await;
+    let (_, key) = cluster.instances[0]
+        .create_key(json!({"name": "app", "rpm_limit": 3, "max_parallel_requests": 2}))
+        .await;
+    for gateway in &cluster.instances {
+        within("the key is known", Duration::from_secs(2), || async {
+            let answer = common::send(
+                gateway
+                    .client
+                    .get(format!("{}/v1/models", gateway.url))
+                    .bearer_auth(&key),
+            )
+            .await;
+            answer.status == 200
+        })
+        .await;
+    }
+
+    // Three at once through one instance: two slots, the third is refused before any token is
+    // taken from the shared bucket.
+    let answers = join_all((0..3).map(|_| chat_as(&cluster.instances[0], &key))).await;
+    let texts: Vec<&str> = answers.iter().map(|a| a.text.as_str()).collect();
+    assert_eq!(statuses(&answers), [(200, 2), (429, 1)].into(), "{texts:?}");
+    let refused = answers.iter().find(|a| a.status == 429).unwrap();
+    assert_eq!(refused.json["error"]["code"], "concurrency_limit_exceeded");
+    assert_eq!(refused.headers["retry-after"], "1");
+    // The shared bucket of 3: one token left, spent through the other instance; then the key's
+    // own rate limit answers there too.
+    assert_eq!(chat_as(&cluster.instances[1], &key).await.status, 200);
+    let limited = chat_as(&cluster.instances[1], &key).await;
+    assert_eq!(limited.status, 429, "{limited}");
+    assert!(limited.text.contains("3 requests per minute"), "{limited}");
+
+    // Overload: 8 at once against max_in_flight = 4 on one instance.
+    let answers = join_all((0..8).map(|_| chat(&cluster.instances[1]))).await;
+    let counts = statuses(&answers);
+    assert_eq!(counts.get(&200), Some(&4), "{counts:?}");
+    assert_eq!(counts.get(&503), Some(&4), "{counts:?}");
+    let overloaded = answers.iter().find(|a| a.status == 503).unwrap();
+    assert_eq!(overloaded.json["error"]["code"], "overloaded");
+
+    // A declared 1 GiB is refused at once, before a byte of it is read.
+    let addr = cluster.instances[0]
+        .url
+        .trim_start_matches("http://")
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n",
+        common::ADMIN_TOKEN
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0_u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer))
+        .await
+        .expect("answered within 2 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // The buckets live in Redis: no instance checkpoints bucket levels into the database (the
+    // checkpoint interval is 1 s).
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let db = sqlx::PgPool::connect(&cluster.database_url).await.unwrap();
+    let levels: i64 = sqlx::query_scalar("SELECT count(*) FROM limiter_levels")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(levels, 0);
     cluster.stop().await;
 }
