@@ -48,5 +48,6 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod translate;
 pub mod usage;
