@@ -95,8 +95,9 @@ pub(crate) struct RouteSeries {
     requests_family: super::metrics::Family<prometheus::IntCounterVec, 5>,
     pub(crate) duration: Histogram,
     pub(crate) ttfb: Histogram,
-    tokens: [IntCounter; TokenKind::ALL.len()],
-    cost: Counter,
+    /// Token and cost series exist only with a backend (nothing is counted without one).
+    tokens: Option<[IntCounter; TokenKind::ALL.len()]>,
+    cost: Option<Counter>,
 }
 
 impl RouteHandle {
@@ -111,9 +112,10 @@ impl RouteHandle {
                 requests_family: metrics.requests.clone(),
                 duration: metrics.request_duration.series([model, pool, name]),
                 ttfb: metrics.request_ttfb.series([model, pool, name]),
-                tokens: TokenKind::ALL
-                    .map(|kind| metrics.tokens.series([model, name, kind.as_str()])),
-                cost: metrics.cost.series([model, name]),
+                tokens: backend.map(|_| {
+                    TokenKind::ALL.map(|kind| metrics.tokens.series([model, name, kind.as_str()]))
+                }),
+                cost: backend.map(|_| metrics.cost.series([model, name])),
             }),
         }
     }
@@ -156,14 +158,18 @@ impl RouteSeries {
     }
 
     pub(crate) fn count_tokens(&self, kind: TokenKind, count: u64) {
-        if count > 0 {
-            self.tokens[kind as usize].inc_by(count);
+        if let Some(tokens) = &self.tokens {
+            if count > 0 {
+                tokens[kind as usize].inc_by(count);
+            }
         }
     }
 
     pub(crate) fn add_cost(&self, usd: f64) {
-        if usd.is_finite() && usd > 0.0 {
-            self.cost.inc_by(usd);
+        if let Some(cost) = &self.cost {
+            if usd.is_finite() && usd > 0.0 {
+                cost.inc_by(usd);
+            }
         }
     }
 }
