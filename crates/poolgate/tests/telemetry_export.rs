@@ -303,9 +303,10 @@ async fn prometheus_scrapes_the_requests_split_by_backend() {
         "sum by (backend) (poolgate_requests_total{status_class=\"2xx\",outcome=\"success\"})";
     let deadline = Instant::now() + Duration::from_secs(90);
     let by_backend = loop {
-        let up = query(&client, port, "up{job=\"poolgate\"}").await;
         let result = query(&client, port, promql).await;
         if let Some(result) = result.filter(|r| r.len() == 2) {
+            // Asked after the series arrived: at least one scrape has completed.
+            let up = query(&client, port, "up{job=\"poolgate\"}").await;
             assert_eq!(
                 up.and_then(|up| up.values().next().copied()),
                 Some(1.0),

@@ -5,10 +5,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use prometheus::{Counter, Histogram, IntCounter};
+use prometheus::{Counter, Histogram, HistogramVec, IntCounter, IntCounterVec};
 
 use super::labels::{AttemptResult, StatusClass, TokenKind, OUTCOMES};
-use super::metrics::{Metrics, UNROUTED_MODEL};
+use super::metrics::{Family, Metrics, UNROUTED_MODEL};
 use crate::domain::{ApiKind, Outcome};
 
 /// What a backend handle is made from (the backend's record in the snapshot).
@@ -92,9 +92,13 @@ pub(crate) struct RouteSeries {
     pub(crate) backend: Option<BackendHandle>,
     /// `requests_total` by status class and outcome, each looked up on its first use.
     requests: [[OnceLock<IntCounter>; OUTCOMES.len()]; StatusClass::COUNT],
-    requests_family: super::metrics::Family<prometheus::IntCounterVec, 5>,
-    pub(crate) duration: Histogram,
-    pub(crate) ttfb: Histogram,
+    requests_family: Family<IntCounterVec, 5>,
+    /// Request duration and TTFB series, looked up on first use (a model's no-backend handle
+    /// may never see a request: no empty histograms for it).
+    duration: OnceLock<Histogram>,
+    ttfb: OnceLock<Histogram>,
+    duration_family: Family<HistogramVec, 3>,
+    ttfb_family: Family<HistogramVec, 3>,
     /// Token and cost series exist only with a backend (nothing is counted without one).
     tokens: Option<[IntCounter; TokenKind::ALL.len()]>,
     cost: Option<Counter>,
@@ -103,15 +107,17 @@ pub(crate) struct RouteSeries {
 impl RouteHandle {
     /// The handle of `model` on `backend`; `None` for requests that reached no backend.
     pub(crate) fn new(metrics: &Metrics, model: &str, backend: Option<&BackendHandle>) -> Self {
-        let (pool, name) = backend.map_or(("", ""), |b| (b.pool(), b.name()));
+        let name = backend.map_or("", BackendHandle::name);
         RouteHandle {
             inner: Arc::new(RouteSeries {
                 model: Arc::from(model),
                 backend: backend.cloned(),
                 requests: Default::default(),
                 requests_family: metrics.requests.clone(),
-                duration: metrics.request_duration.series([model, pool, name]),
-                ttfb: metrics.request_ttfb.series([model, pool, name]),
+                duration: OnceLock::new(),
+                ttfb: OnceLock::new(),
+                duration_family: metrics.request_duration.clone(),
+                ttfb_family: metrics.request_ttfb.clone(),
                 tokens: backend.map(|_| {
                     TokenKind::ALL.map(|kind| metrics.tokens.series([model, name, kind.as_str()]))
                 }),
@@ -139,13 +145,31 @@ impl RouteHandle {
 }
 
 impl RouteSeries {
+    /// (pool, backend) label values; empty without a backend.
+    fn placement(&self) -> (&str, &str) {
+        self.backend
+            .as_ref()
+            .map_or(("", ""), |b| (b.pool(), b.name()))
+    }
+
+    pub(crate) fn observe_duration(&self, seconds: f64) {
+        let (pool, backend) = self.placement();
+        self.duration
+            .get_or_init(|| self.duration_family.series([&self.model, pool, backend]))
+            .observe(seconds);
+    }
+
+    pub(crate) fn observe_ttfb(&self, seconds: f64) {
+        let (pool, backend) = self.placement();
+        self.ttfb
+            .get_or_init(|| self.ttfb_family.series([&self.model, pool, backend]))
+            .observe(seconds);
+    }
+
     pub(crate) fn count_request(&self, status: StatusClass, outcome: Outcome) {
         let cell = &self.requests[status.index()][super::labels::outcome_index(outcome)];
         cell.get_or_init(|| {
-            let (pool, backend) = self
-                .backend
-                .as_ref()
-                .map_or(("", ""), |b| (b.pool(), b.name()));
+            let (pool, backend) = self.placement();
             self.requests_family.series([
                 &self.model,
                 pool,

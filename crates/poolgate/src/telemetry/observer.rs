@@ -345,9 +345,9 @@ impl RequestObservation {
         let route = self.route.as_ref().unwrap_or(&self.model).series();
         let status_class = StatusClass::of(end.status);
         route.count_request(status_class, end.outcome);
-        route.duration.observe(latency.as_secs_f64());
+        route.observe_duration(latency.as_secs_f64());
         if let Some(ttfb) = ttfb {
-            route.ttfb.observe(ttfb.as_secs_f64());
+            route.observe_ttfb(ttfb.as_secs_f64());
         }
         if self.attempts > 0 {
             metrics

@@ -389,6 +389,32 @@ async fn streams_end_their_attempt_with_the_request_and_drops_count_as_cancelled
 }
 
 #[test]
+fn an_observation_can_travel_with_a_stream() {
+    fn travels<T: Send + 'static>() {}
+    travels::<RequestObservation>();
+    travels::<Observer>();
+    travels::<RouteHandle>();
+}
+
+#[test]
+fn a_models_handle_makes_no_series_before_its_first_request() {
+    let observer = observer(ObserverOptions::default());
+    let _model = observer.model("gpt-4o");
+    let _alpha = backend(&observer, "alpha", "primary");
+    let text = observer.render();
+    assert!(!text.contains("model=\"gpt-4o\""), "{text}");
+    // The attempt counters of a backend exist from the start (rate() sees the first one).
+    assert_eq!(
+        value(
+            &text,
+            "poolgate_upstream_attempts_total",
+            &[("backend", "alpha"), ("result", "timeout")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
 fn with_tracing_off_the_clients_trace_context_passes_through() {
     let observer = observer(ObserverOptions::default());
     let model = observer.model("gpt-4o");

@@ -17,6 +17,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use super::super::handles::RouteHandle;
+use super::super::metrics::UNROUTED_MODEL;
 use super::super::observer::{AttemptEnd, RequestEnd, RequestStart, TokenCounts};
 
 pub(crate) const TRACEPARENT: &str = "traceparent";
@@ -52,18 +53,25 @@ impl RequestTrace {
     pub(crate) fn start(tracer: SdkTracer, start: &RequestStart<'_>) -> Self {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(start.headers));
         let operation = start.operation.as_str();
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", start.http_route),
+            KeyValue::new("gen_ai.operation.name", operation),
+            KeyValue::new("poolgate.request_id", start.request_id.to_owned()),
+            KeyValue::new("poolgate.stream", start.stream),
+        ];
+        // A name no route serves is the client's text, not a model: leave it out.
+        if start.model.model() != UNROUTED_MODEL {
+            attributes.push(KeyValue::new(
+                "gen_ai.request.model",
+                start.model.model().to_owned(),
+            ));
+        }
         let span = tracer
             .span_builder(format!("POST {}", start.http_route))
             .with_kind(SpanKind::Server)
             .with_start_time(wall_clock(start.received))
-            .with_attributes([
-                KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("http.route", start.http_route),
-                KeyValue::new("gen_ai.operation.name", operation),
-                KeyValue::new("gen_ai.request.model", start.model.model().to_owned()),
-                KeyValue::new("poolgate.request_id", start.request_id.to_owned()),
-                KeyValue::new("poolgate.stream", start.stream),
-            ])
+            .with_attributes(attributes)
             .start_with_context(&tracer, &parent);
         RequestTrace {
             cx: parent.with_span(span),
