@@ -457,6 +457,44 @@ async fn traces_reach_an_otlp_receiver_with_parent_and_child_spans() {
         response_model: Some("claude-sonnet-4-20250514"),
         cost_usd: None,
     });
+
+    // The client said "not sampled": the default parent-based sampler records nothing, and
+    // the upstream still gets the client's trace id with the flag kept.
+    let mut unsampled = HeaderMap::new();
+    unsampled.insert(
+        "traceparent",
+        format!("00-{client_trace}-{client_span}-00")
+            .parse()
+            .unwrap(),
+    );
+    let mut quiet = observer.start_request(RequestStart {
+        received: Instant::now(),
+        request_id: "req_unsampled",
+        model: &model,
+        operation: Operation::Chat,
+        http_route: "/v1/chat/completions",
+        stream: false,
+        headers: &unsampled,
+    });
+    quiet.start_attempt(&observer.route("gpt-4o", &primary), "gpt-4o-2024-08-06");
+    let mut quiet_upstream = HeaderMap::new();
+    quiet.inject_trace_context(&mut quiet_upstream);
+    let quiet_parent = quiet_upstream["traceparent"].to_str().unwrap().to_owned();
+    assert!(
+        quiet_parent.starts_with(&format!("00-{client_trace}-")) && quiet_parent.ends_with("-00"),
+        "{quiet_parent}"
+    );
+    quiet.end_attempt(AttemptEnd::result(AttemptResult::Success, Some(200)));
+    quiet.finish(RequestEnd {
+        request_id: "req_unsampled",
+        client_key_id: None,
+        status: 200,
+        outcome: Outcome::Success,
+        error_kind: None,
+        tokens: TokenCounts::default(),
+        response_model: None,
+        cost_usd: None,
+    });
     tracing.shutdown().await;
 
     // Everything the exporter sent, decoded from the real protobuf.
