@@ -26,7 +26,7 @@ use poolgate::domain::{ApiKind, Outcome};
 use poolgate::telemetry::settings::{MetricsSettings, RawMetrics, RawTelemetry};
 use poolgate::telemetry::{
     AttemptEnd, AttemptResult, BackendLabels, Observer, ObserverOptions, Operation, RequestEnd,
-    RequestStart, TelemetrySettings, TokenCounts, TraceConfig, TraceSettings, Tracing,
+    RequestStart, RouteHandle, TelemetrySettings, TokenCounts, TraceConfig, TraceSettings, Tracing,
     CONTENT_TYPE,
 };
 use prost::Message;
@@ -37,6 +37,24 @@ use tokio::time::Instant;
 
 const ADMIN_TOKEN: &str = "pga-test-admin-token-0123456789abcdef";
 const SCRAPE_TOKEN: &str = "scrape-token-0123456789abcdef";
+
+/// A chat request received now.
+fn chat<'a>(
+    model: &'a RouteHandle,
+    headers: &'a HeaderMap,
+    request_id: &'a str,
+    stream: bool,
+) -> RequestStart<'a> {
+    RequestStart {
+        received: Instant::now(),
+        request_id,
+        model,
+        operation: Operation::Chat,
+        http_route: "/v1/chat/completions",
+        stream,
+        headers,
+    }
+}
 
 /// Feeds `count` finished chat requests through `observer`, each answered by `backend`.
 fn record_requests(observer: &Observer, backend: &str, pool: &str, count: usize) {
@@ -50,15 +68,7 @@ fn record_requests(observer: &Observer, backend: &str, pool: &str, count: usize)
     let model = observer.model("gpt-4o");
     let headers = HeaderMap::new();
     for _ in 0..count {
-        let mut request = observer.start_request(RequestStart {
-            received: Instant::now(),
-            request_id: "req_test",
-            model: &model,
-            operation: Operation::Chat,
-            http_route: "/v1/chat/completions",
-            stream: false,
-            headers: &headers,
-        });
+        let mut request = observer.start_request(chat(&model, &headers, "req_test", false));
         request.start_attempt(&route, "gpt-4o-2024-08-06");
         request.first_byte();
         request.end_attempt(AttemptEnd::result(AttemptResult::Success, Some(200)));
@@ -423,15 +433,7 @@ async fn traces_reach_an_otlp_receiver_with_parent_and_child_spans() {
             .parse()
             .unwrap(),
     );
-    let mut request = observer.start_request(RequestStart {
-        received: Instant::now(),
-        request_id: "req_trace",
-        model: &model,
-        operation: Operation::Chat,
-        http_route: "/v1/chat/completions",
-        stream: true,
-        headers: &incoming,
-    });
+    let mut request = observer.start_request(chat(&model, &incoming, "req_trace", true));
 
     request.start_attempt(&observer.route("gpt-4o", &primary), "gpt-4o-2024-08-06");
     let mut first_upstream = HeaderMap::new();
@@ -467,15 +469,7 @@ async fn traces_reach_an_otlp_receiver_with_parent_and_child_spans() {
             .parse()
             .unwrap(),
     );
-    let mut quiet = observer.start_request(RequestStart {
-        received: Instant::now(),
-        request_id: "req_unsampled",
-        model: &model,
-        operation: Operation::Chat,
-        http_route: "/v1/chat/completions",
-        stream: false,
-        headers: &unsampled,
-    });
+    let mut quiet = observer.start_request(chat(&model, &unsampled, "req_unsampled", false));
     quiet.start_attempt(&observer.route("gpt-4o", &primary), "gpt-4o-2024-08-06");
     let mut quiet_upstream = HeaderMap::new();
     quiet.inject_trace_context(&mut quiet_upstream);
