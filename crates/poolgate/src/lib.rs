@@ -86,5 +86,6 @@ pub mod runtime;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod telemetry;
 pub mod translate;
 pub mod usage;
