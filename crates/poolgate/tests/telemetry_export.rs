@@ -68,6 +68,7 @@ fn populated_observer() -> Observer {
         ObserverOptions {
             client_key_labels: true,
             access_log: false,
+            ..ObserverOptions::default()
         },
         None,
     )

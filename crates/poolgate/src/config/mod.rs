@@ -15,10 +15,14 @@ use serde::Deserialize;
 use crate::cooldown::CooldownPolicy;
 use crate::domain::{validate_name, BackendSpec, Invalid, Pool, PoolName};
 use crate::error::InitError;
+use crate::telemetry::TelemetrySettings;
 
 pub use database::DatabaseUrl;
-pub use raw::{RawBackend, RawConfig, RawCooldown, RawPool, RawProxy, RawUsage};
-use validate::{validate_backend, validate_cooldown, validate_proxy};
+pub use raw::{
+    RawBackend, RawConfig, RawCooldown, RawHealth, RawMetrics, RawPool, RawProxy, RawTelemetry,
+    RawUsage,
+};
+use validate::{validate_backend, validate_cooldown, validate_health, validate_proxy};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./poolgate-data";
@@ -48,6 +52,8 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     /// `max_tokens` sent to Anthropic when the client gave none.
     pub anthropic_default_max_tokens: u32,
+    /// Add `x-poolgate-backend` and `x-poolgate-attempts` to proxy answers.
+    pub expose_routing_headers: bool,
 }
 
 impl Default for ProxySettings {
@@ -61,6 +67,7 @@ impl Default for ProxySettings {
             inject_stream_usage: true,
             shutdown_grace: Duration::from_secs(30),
             anthropic_default_max_tokens: 4096,
+            expose_routing_headers: false,
         }
     }
 }
@@ -83,6 +90,25 @@ impl Default for UsageSettings {
     }
 }
 
+/// The health endpoints (`[health]`).
+#[derive(Clone, Debug)]
+pub struct HealthSettings {
+    /// After a stop signal, how long poolgate keeps serving with `/health/ready` answering 503
+    /// before it stops accepting connections (load balancers take it out first).
+    pub shutdown_delay: Duration,
+    /// How long each readiness probe (the store, …) may take before it counts as failed.
+    pub ready_timeout: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_delay: Duration::ZERO,
+            ready_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -97,6 +123,9 @@ pub struct Config {
     pub usage: UsageSettings,
     pub pools: Vec<Pool>,
     pub backends: Vec<BackendSpec>,
+    /// `[metrics]` and `[telemetry]`.
+    pub telemetry: TelemetrySettings,
+    pub health: HealthSettings,
 }
 
 impl Default for Config {
@@ -112,6 +141,8 @@ impl Default for Config {
             usage: UsageSettings::default(),
             pools: Vec::new(),
             backends: Vec::new(),
+            telemetry: TelemetrySettings::default(),
+            health: HealthSettings::default(),
         }
     }
 }
@@ -161,6 +192,8 @@ impl Config {
         })?;
 
         let proxy = validate_proxy(raw.proxy)?;
+        let telemetry = TelemetrySettings::from_raw(raw.metrics, raw.telemetry, env)?;
+        let health = validate_health(raw.health)?;
         let cooldown = validate_cooldown(raw.cooldown)?;
         let usage = UsageSettings {
             channel_capacity: raw
@@ -228,6 +261,8 @@ impl Config {
             usage,
             pools,
             backends,
+            telemetry,
+            health,
         })
     }
 }
@@ -320,6 +355,70 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.contains("backends[0].rpm_limit"), "{error}");
+    }
+
+    #[test]
+    fn observability_sections_parse_and_name_their_fields() {
+        let config = load(
+            r#"
+            [proxy]
+            expose_routing_headers = true
+            [metrics]
+            token = "env:OPENAI_KEY"
+            client_key_labels = true
+            [telemetry]
+            otlp_endpoint = "http://127.0.0.1:4318"
+            access_log = false
+            [health]
+            shutdown_delay_seconds = 5
+            ready_timeout_ms = 250
+            "#,
+        )
+        .unwrap();
+        assert!(config.proxy.expose_routing_headers);
+        assert!(config.telemetry.observer.client_key_labels);
+        assert!(!config.telemetry.observer.access_log);
+        assert_eq!(
+            config
+                .telemetry
+                .metrics
+                .token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
+            Some("sk-from-env-123456".to_owned())
+        );
+        assert_eq!(
+            config.telemetry.trace.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(config.health.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(config.health.ready_timeout, Duration::from_millis(250));
+
+        let defaults = load("").unwrap();
+        assert!(!defaults.proxy.expose_routing_headers);
+        assert!(defaults.telemetry.metrics.enabled && defaults.telemetry.observer.access_log);
+        assert_eq!(defaults.health.shutdown_delay, Duration::ZERO);
+
+        for (text, field) in [
+            ("[metrics]\ntoken = \"short\"\n", "metrics.token"),
+            ("[metrics]\ntoken = \"env:NOT_SET\"\n", "metrics.token"),
+            (
+                "[telemetry]\notlp_endpoint = \"collector\"\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "[health]\nshutdown_delay_seconds = 7200\n",
+                "health.shutdown_delay_seconds",
+            ),
+            (
+                "[health]\nready_timeout_ms = 0\n",
+                "health.ready_timeout_ms",
+            ),
+            ("[metrics]\nenable = true\n", "enable"),
+        ] {
+            let error = load(text).unwrap_err();
+            assert!(error.contains(field), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::LogFormat;
 use crate::domain::{ApiKind, MappingInput};
+pub use crate::telemetry::settings::{RawMetrics, RawTelemetry};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +28,15 @@ pub struct RawConfig {
     pub pools: Vec<RawPool>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+    /// `[metrics]`: who may scrape `GET /metrics`, per-client-key series.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// `[telemetry]`: OTLP traces, the access log.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    /// `[health]`: the readiness probe and the drain before a stop.
+    #[serde(default)]
+    pub health: RawHealth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +50,8 @@ pub struct RawProxy {
     pub inject_stream_usage: Option<bool>,
     pub shutdown_grace_seconds: Option<u64>,
     pub anthropic_default_max_tokens: Option<u32>,
+    /// `x-poolgate-backend` and `x-poolgate-attempts` on proxy answers.
+    pub expose_routing_headers: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +69,13 @@ pub struct RawUsage {
     pub channel_capacity: Option<usize>,
     pub batch_size: Option<usize>,
     pub flush_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub shutdown_delay_seconds: Option<u64>,
+    pub ready_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

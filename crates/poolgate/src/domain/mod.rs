@@ -22,9 +22,9 @@ pub use backend::{
 };
 pub use request::{parse_json, InvalidRequest};
 pub use validate::{
-    normalize_base_url, validate_api_key, validate_key_name, validate_mappings, validate_metadata,
-    validate_model_name, validate_name, validate_priority, validate_rpm, validate_timeout,
-    validate_weight, Invalid,
+    literal_or_env, normalize_base_url, validate_api_key, validate_key_name, validate_mappings,
+    validate_metadata, validate_model_name, validate_name, validate_priority, validate_rpm,
+    validate_timeout, validate_weight, Invalid,
 };
 
 /// Defines a string newtype with `Display`, `as_str` and transparent serde.

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use super::access_log::AccessLogEntry;
-use super::handles::{BackendHandle, BackendLabels, RouteHandle};
+use super::handles::{BackendHandle, BackendLabels, RouteHandle, RouteSeries};
 use super::labels::{AttemptResult, Operation, StatusClass, TokenKind};
 use super::metrics::Metrics;
 use super::runtime::{BackendCollector, BackendStatsSource};
@@ -20,14 +20,27 @@ use super::trace::Tracing;
 use super::TelemetryError;
 use crate::domain::Outcome;
 
-/// What the observer records besides the always-on metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the observer records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObserverOptions {
+    /// Count the request metrics (`[metrics] enabled`). Off, a request touches no series.
+    pub metrics: bool,
     /// Per-client-key series (`poolgate_client_*`, labelled by the key's id). Off by default:
     /// one series per key.
     pub client_key_labels: bool,
     /// One `poolgate::access` line per request at info.
     pub access_log: bool,
+}
+
+impl Default for ObserverOptions {
+    /// Metrics on; per-key series and the access log off.
+    fn default() -> Self {
+        ObserverOptions {
+            metrics: true,
+            client_key_labels: false,
+            access_log: false,
+        }
+    }
 }
 
 /// The process-wide observer; cheap to clone.
@@ -110,7 +123,9 @@ impl Observer {
 
     /// A client request was received (phase `context`).
     pub fn start_request(&self, start: RequestStart<'_>) -> RequestObservation {
-        self.inner.metrics.requests_in_flight.inc();
+        if self.inner.options.metrics {
+            self.inner.metrics.requests_in_flight.inc();
+        }
         let trace = self
             .inner
             .tracer
@@ -244,7 +259,8 @@ impl RequestObservation {
         }
         self.attempts += 1;
         let metrics = &self.observer.inner.metrics;
-        if let Some(previous) = self.last_result {
+        let previous = self.last_result.filter(|_| self.counting());
+        if let Some(previous) = previous {
             metrics
                 .retries
                 .series([self.model.model(), previous.as_str()])
@@ -290,7 +306,7 @@ impl RequestObservation {
         let elapsed = attempt.started.elapsed();
         self.upstream += elapsed;
         self.last_result = Some(end.result);
-        if let Some(backend) = attempt.route.backend() {
+        if let Some(backend) = attempt.route.backend().filter(|_| self.counting()) {
             backend.attempt(end.result, elapsed.as_secs_f64());
         }
         if let Some(trace) = &mut self.trace {
@@ -309,6 +325,16 @@ impl RequestObservation {
     /// Upstream attempts so far.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The backend of the latest attempt.
+    pub fn backend(&self) -> Option<&BackendHandle> {
+        self.route.as_ref().and_then(RouteHandle::backend)
+    }
+
+    /// Whether the request metrics are counted (`[metrics] enabled`).
+    fn counting(&self) -> bool {
+        self.observer.inner.options.metrics
     }
 
     /// The request is over (phase `record`, where its usage record is written).
@@ -336,13 +362,51 @@ impl RequestObservation {
                 tokens: end.tokens,
             });
         }
-        let metrics = &self.observer.inner.metrics;
         let now = Instant::now();
         let latency = now.saturating_duration_since(self.received);
         let ttfb = self
             .first_byte
             .map(|at| at.saturating_duration_since(self.received));
         let route = self.route.as_ref().unwrap_or(&self.model).series();
+        if self.counting() {
+            self.count(route, end, latency, ttfb);
+        }
+
+        let trace_id = self.trace.as_ref().map(|trace| trace.trace_id());
+        if log && self.observer.inner.options.access_log {
+            let backend = route.backend.as_ref();
+            AccessLogEntry {
+                request_id: end.request_id,
+                client_key_id: end.client_key_id,
+                model: &route.model,
+                backend: backend.map(BackendHandle::name),
+                pool: backend.map(BackendHandle::pool),
+                attempts: self.attempts,
+                status: end.status,
+                outcome: end.outcome,
+                error_kind: end.error_kind,
+                latency,
+                ttfb,
+                upstream: self.upstream,
+                tokens: end.tokens,
+                trace_id: trace_id.as_deref(),
+            }
+            .emit();
+        }
+        if let Some(trace) = self.trace.take() {
+            trace.finish(end, self.route.as_ref(), self.attempts);
+        }
+    }
+
+    /// The request's metrics: requests, durations, overhead, tokens, cost, per-key series.
+    fn count(
+        &self,
+        route: &RouteSeries,
+        end: &RequestEnd<'_>,
+        latency: Duration,
+        ttfb: Option<Duration>,
+    ) {
+        let metrics = &self.observer.inner.metrics;
         let status_class = StatusClass::of(end.status);
         route.count_request(status_class, end.outcome);
         route.observe_duration(latency.as_secs_f64());
@@ -381,31 +445,6 @@ impl RequestObservation {
             }
         }
         metrics.requests_in_flight.dec();
-
-        let trace_id = self.trace.as_ref().map(|trace| trace.trace_id());
-        if log && self.observer.inner.options.access_log {
-            let backend = route.backend.as_ref();
-            AccessLogEntry {
-                request_id: end.request_id,
-                client_key_id: end.client_key_id,
-                model: &route.model,
-                backend: backend.map(BackendHandle::name),
-                pool: backend.map(BackendHandle::pool),
-                attempts: self.attempts,
-                status: end.status,
-                outcome: end.outcome,
-                error_kind: end.error_kind,
-                latency,
-                ttfb,
-                upstream: self.upstream,
-                tokens: end.tokens,
-                trace_id: trace_id.as_deref(),
-            }
-            .emit();
-        }
-        if let Some(trace) = self.trace.take() {
-            trace.finish(end, self.route.as_ref(), self.attempts);
-        }
     }
 }
 

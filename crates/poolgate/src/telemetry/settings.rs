@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! [metrics]
-//! enabled = true                          # GET /metrics (default true)
+//! enabled = true                          # GET /metrics and the counting behind it (default true)
 //! token = "env:POOLGATE_METRICS_TOKEN"    # the issue's `metrics_token`; the admin token also works
 //! client_key_labels = false               # per-client-key series (one per key)
 //!
@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::observer::ObserverOptions;
 use super::trace::TraceConfig;
 use crate::crypto::token_matches;
-use crate::domain::Invalid;
+use crate::domain::{literal_or_env, Invalid};
 
 pub const METRICS_TOKEN_ENV: &str = "POOLGATE_METRICS_TOKEN";
 
@@ -43,7 +43,7 @@ pub struct RawTelemetry {
 }
 
 /// Who may read `GET /metrics`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MetricsSettings {
     pub enabled: bool,
     /// A token for scrapers besides the admin token.
@@ -67,13 +67,30 @@ impl MetricsSettings {
 }
 
 /// The validated telemetry settings.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TelemetrySettings {
     pub metrics: MetricsSettings,
     pub observer: ObserverOptions,
     /// The config-file half of the trace settings (the environment is read at start-up by
     /// [`super::TraceSettings::from_env`]).
     pub trace: TraceConfig,
+}
+
+impl Default for TelemetrySettings {
+    /// Metrics on (admin token only), traces off, access log on.
+    fn default() -> Self {
+        TelemetrySettings {
+            metrics: MetricsSettings {
+                enabled: true,
+                token: None,
+            },
+            observer: ObserverOptions {
+                access_log: true,
+                ..ObserverOptions::default()
+            },
+            trace: TraceConfig::default(),
+        }
+    }
 }
 
 impl TelemetrySettings {
@@ -84,22 +101,12 @@ impl TelemetrySettings {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<TelemetrySettings, Invalid> {
         let token = match env(METRICS_TOKEN_ENV) {
-            Some(token) => Some((METRICS_TOKEN_ENV.to_owned(), token)),
-            None => match metrics.token {
-                Some(token) => match token.strip_prefix("env:") {
-                    Some(var) => Some((
-                        "metrics.token".to_owned(),
-                        env(var).ok_or_else(|| {
-                            Invalid::new(
-                                "metrics.token",
-                                format!("environment variable `{var}` is not set"),
-                            )
-                        })?,
-                    )),
-                    None => Some(("metrics.token".to_owned(), token)),
-                },
-                None => None,
-            },
+            Some(token) => Some((METRICS_TOKEN_ENV, token)),
+            None => metrics
+                .token
+                .map(|token| literal_or_env("metrics.token", token, env))
+                .transpose()?
+                .map(|token| ("metrics.token", token)),
         };
         let token = match token {
             Some((field, token)) => {
@@ -141,6 +148,8 @@ impl TelemetrySettings {
                 token,
             },
             observer: ObserverOptions {
+                // `enabled = false` also stops the counting: nothing is paid for unread series.
+                metrics: metrics.enabled.unwrap_or(true),
                 client_key_labels: metrics.client_key_labels.unwrap_or(false),
                 access_log: telemetry.access_log.unwrap_or(true),
             },
@@ -180,6 +189,10 @@ mod tests {
     #[test]
     fn defaults_metrics_on_traces_off_no_key_labels() {
         let settings = parse("", &[]).unwrap();
+        let default = TelemetrySettings::default();
+        assert_eq!(settings.observer, default.observer);
+        assert_eq!(settings.metrics.enabled, default.metrics.enabled);
+        assert!(settings.observer.metrics);
         assert!(settings.metrics.enabled);
         assert!(settings.metrics.token.is_none());
         assert!(!settings.observer.client_key_labels);

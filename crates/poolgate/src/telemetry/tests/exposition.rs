@@ -43,6 +43,7 @@ fn every_family_follows_the_naming_conventions() {
     let observer = observer(ObserverOptions {
         client_key_labels: true,
         access_log: false,
+        ..ObserverOptions::default()
     });
     populate(&observer);
     let text = observer.render();
@@ -91,6 +92,7 @@ fn client_key_series_only_when_enabled() {
     let on = observer(ObserverOptions {
         client_key_labels: true,
         access_log: false,
+        ..ObserverOptions::default()
     });
     let model = on.model("gpt-4o");
     on.start_request(start(&model, &HeaderMap::new()))

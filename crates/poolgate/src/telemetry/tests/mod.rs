@@ -343,6 +343,7 @@ fn the_access_log_is_one_json_line_of_ids_and_numbers() {
         let observer = observer(ObserverOptions {
             client_key_labels: false,
             access_log: true,
+            ..ObserverOptions::default()
         });
         let alpha = backend(&observer, "alpha", "primary");
         let route = observer.route("gpt-4o", &alpha);
