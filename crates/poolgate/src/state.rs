@@ -1,6 +1,7 @@
 //! The data plane's context: [`DataPlane`] (a cheap `Clone`) is everything the request path
 //! holds — the published [`Live`] snapshot (read-only), the upstream HTTP client, the usage and
-//! health sinks, the configuration's policies, the admin token and the stream-cancel signal. It
+//! health sinks, the observer (metrics, traces, access log), the configuration's policies, the
+//! admin token and the stream-cancel signal. It
 //! holds no store and cannot name one: the store is private to [`crate::control`], which builds
 //! the snapshot, swaps it in, and runs the writers the sinks feed.
 
@@ -16,6 +17,7 @@ use crate::domain::{BackendId, CanonicalModel, ClientKeyRecord, Pool};
 use crate::error::InitError;
 use crate::routing::{LiveBackend, Route};
 use crate::runtime::{ClientKeyRuntime, HealthSink};
+use crate::telemetry::{BackendStats, BackendStatsSource, Observer};
 use crate::usage::UsageSink;
 
 /// A client key as the hot path sees it.
@@ -63,6 +65,8 @@ pub struct DataShared {
     pub usage: UsageSink,
     pub health: HealthSink,
     pub admin_token: SecretString,
+    /// Fed by the request phases: metrics, traces, the access log.
+    pub observer: Observer,
     live: LiveReader,
     /// Set when the shutdown grace period ran out: open streams end themselves.
     stream_cancel: tokio::sync::watch::Sender<bool>,
@@ -89,6 +93,7 @@ impl DataPlane {
         usage: UsageSink,
         health: HealthSink,
         admin_token: SecretString,
+        observer: Observer,
     ) -> Result<DataPlane, InitError> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.proxy.connect_timeout)
@@ -106,6 +111,7 @@ impl DataPlane {
                 usage,
                 health,
                 admin_token,
+                observer,
                 live,
                 stream_cancel: tokio::sync::watch::channel(false).0,
             }),
@@ -128,6 +134,37 @@ impl DataPlane {
         let mut receiver = self.shared.stream_cancel.subscribe();
         async move {
             let _ = receiver.wait_for(|cancelled| *cancelled).await;
+        }
+    }
+}
+
+// === impl BackendStatsSource for LiveReader ===
+
+/// A scrape reads every backend of the current snapshot: its status, the cooldown left, its RPM
+/// bucket and the upstream requests in flight (nothing is kept per request for this).
+impl BackendStatsSource for LiveReader {
+    fn for_each_backend(&self, visit: &mut dyn FnMut(BackendStats<'_>)) {
+        let live = self.load();
+        let now = tokio::time::Instant::now();
+        for backend in &live.backends {
+            let runtime = backend.runtime.snapshot(now);
+            let state = backend.status(now);
+            let cooldown_remaining = match state {
+                crate::domain::BackendStatus::Cooling => runtime
+                    .cooldown_until
+                    .map_or(Duration::ZERO, |until| until.saturating_duration_since(now)),
+                _ => Duration::ZERO,
+            };
+            let rpm = backend.runtime.rpm_state(now);
+            visit(BackendStats {
+                backend: &backend.record.name,
+                pool: backend.record.pool.as_str(),
+                state,
+                cooldown_remaining,
+                rpm_limit: rpm.map(|(limit, _)| limit),
+                rpm_tokens_remaining: rpm.map(|(_, tokens)| tokens.floor()),
+                in_flight: runtime.in_flight,
+            });
         }
     }
 }

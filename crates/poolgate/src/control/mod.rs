@@ -33,6 +33,7 @@ use crate::error::InitError;
 use crate::files::ensure_data_dir;
 use crate::runtime::HealthSink;
 use crate::state::{DataPlane, Live};
+use crate::telemetry::Observer;
 use crate::usage::stats::{assemble, Stats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage, UsageSink};
 
@@ -66,6 +67,8 @@ struct Inner {
     /// cannot overwrite each other (never taken on the request path).
     writes: tokio::sync::Mutex<()>,
     workers: parking_lot::Mutex<Option<Workers>>,
+    /// Metrics (and traces) of this gateway: fed by the writers, handed to the data plane.
+    observer: Observer,
 }
 
 /// The background tasks of the control plane.
@@ -80,6 +83,17 @@ impl ControlPlane {
     /// checks it against the database, starts the usage and health writers and the change
     /// follower, and builds the first snapshot.
     pub async fn open(config: Arc<Config>) -> Result<ControlPlane, InitError> {
+        // Metrics without traces: the command line and tests; the server brings its own.
+        let observer = Observer::new(config.telemetry.observer, None)?;
+        Self::open_observed(config, observer).await
+    }
+
+    /// [`ControlPlane::open`] with the gateway's observer (metrics, and traces when on): the
+    /// snapshot resolves its series, the writers count into it, the data plane gets it.
+    pub async fn open_observed(
+        config: Arc<Config>,
+        observer: Observer,
+    ) -> Result<ControlPlane, InitError> {
         ensure_data_dir(&config.data_dir)?;
         let stores = store::open(&config.database_url)
             .await
@@ -92,6 +106,7 @@ impl ControlPlane {
             sealer,
             key_source,
             Arc::new(LocalChangeFeed::default()),
+            observer,
         )
         .await
     }
@@ -103,13 +118,26 @@ impl ControlPlane {
         sealer: crate::crypto::Sealer,
         key_source: MasterKeySource,
         changes: Arc<dyn ChangeFeed>,
+        observer: Observer,
     ) -> Result<ControlPlane, InitError> {
-        let snapshots = Arc::new(Snapshots::new(Arc::clone(&stores.config), sealer));
+        let snapshots = Arc::new(Snapshots::new(
+            Arc::clone(&stores.config),
+            sealer,
+            observer.clone(),
+        ));
         snapshots.rebuild().await.map_err(ControlError::from)?;
+        // Every backend's state, cooldown, bucket and in-flight count, read at scrape time.
+        observer.watch_backends(Arc::new(snapshots.reader()))?;
         let instance = InstanceId::generate();
-        let (usage, usage_writer) =
-            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage);
-        let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
+        let (usage, usage_writer) = usage_writer::spawn_writer(
+            Arc::clone(&stores.usage),
+            &config.usage,
+            observer.metrics(),
+        );
+        let (health, health_writer) = health::spawn_health_writer(
+            Arc::clone(&stores.config),
+            observer.metrics().store_errors(),
+        );
         let follower =
             snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
         Ok(ControlPlane {
@@ -128,6 +156,7 @@ impl ControlPlane {
                     health: health_writer,
                     follower,
                 })),
+                observer,
             }),
         })
     }
@@ -140,7 +169,13 @@ impl ControlPlane {
             self.inner.usage.clone(),
             self.inner.health.clone(),
             admin_token,
+            self.inner.observer.clone(),
         )
+    }
+
+    /// The gateway's observer.
+    pub fn observer(&self) -> &Observer {
+        &self.inner.observer
     }
 
     /// Writes every queued usage record and health state, stops the background tasks, and

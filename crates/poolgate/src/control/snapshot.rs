@@ -23,6 +23,7 @@ use crate::domain::{BackendId, CanonicalModel};
 use crate::routing::{build_routes, LiveBackend};
 use crate::runtime::RuntimeRegistry;
 use crate::state::{Live, LiveClientKey, LiveReader};
+use crate::telemetry::Observer;
 
 /// The snapshot and what it is built from.
 pub(super) struct Snapshots {
@@ -32,11 +33,13 @@ pub(super) struct Snapshots {
     registry: RuntimeRegistry,
     rebuild: tokio::sync::Mutex<()>,
     retrying: AtomicBool,
+    /// Resolves each backend's and route's metric series as the snapshot is built.
+    observer: Observer,
 }
 
 impl Snapshots {
     /// An empty snapshot; call [`Snapshots::rebuild`] to load the stored state.
-    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer) -> Self {
+    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer, observer: Observer) -> Self {
         Self {
             store,
             sealer: ArcSwap::from_pointee(sealer),
@@ -44,6 +47,7 @@ impl Snapshots {
             registry: RuntimeRegistry::default(),
             rebuild: tokio::sync::Mutex::new(()),
             retrying: AtomicBool::new(false),
+            observer,
         }
     }
 
@@ -69,8 +73,20 @@ impl Snapshots {
         &self.registry
     }
 
-    /// Rebuilds the snapshot from the store and swaps it in.
+    /// Rebuilds the snapshot from the store and swaps it in; a failure is counted as a store
+    /// error (`snapshot_rebuild`).
     pub async fn rebuild(&self) -> Result<(), StoreError> {
+        let result = self.load_and_swap().await;
+        if result.is_err() {
+            self.observer
+                .metrics()
+                .store_errors()
+                .error("snapshot_rebuild");
+        }
+        result
+    }
+
+    async fn load_and_swap(&self) -> Result<(), StoreError> {
         let _serial = self.rebuild.lock().await;
         let pools = self.store.list_pools().await?;
         let records = self.store.list_backends().await?;
@@ -96,6 +112,7 @@ impl Snapshots {
             };
             let runtime = self.registry.backend(&record, now);
             backends.push(Arc::new(LiveBackend {
+                telemetry: LiveBackend::telemetry_for(&self.observer, &record),
                 record,
                 api_key,
                 runtime,
@@ -117,7 +134,7 @@ impl Snapshots {
         let key_ids: Vec<&str> = client_keys.keys().map(String::as_str).collect();
         self.registry.retain(&backend_ids, &key_ids);
 
-        let routes = build_routes(&backends, &pools);
+        let routes = build_routes(&backends, &pools, &self.observer);
         let mut models: Vec<CanonicalModel> = routes.keys().cloned().collect();
         models.sort();
         let by_id = backends

@@ -169,6 +169,7 @@ async fn harness_with(configure: impl FnOnce(&mut Config)) -> Harness {
         Sealer::new(MasterKey::generate(), 1),
         MasterKeySource::Env,
         feed.clone(),
+        crate::telemetry::Observer::new(Default::default(), None).unwrap(),
     )
     .await
     .unwrap();

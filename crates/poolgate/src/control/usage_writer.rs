@@ -2,7 +2,8 @@
 //! stores them in multi-row inserts. Nothing is dropped: the queue has no hard bound (a writer
 //! that falls behind — past `usage.channel_capacity` queued records — is logged as a backlog,
 //! never answered by dropping records or by making requests wait), a failed write is retried, and
-//! shutdown drains the queue.
+//! shutdown drains the queue. Its figures go to the metrics: queue depth, records written, failed
+//! writes (also counted as store errors, `usage_insert`), records lost at shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use tokio::task::JoinHandle;
 use super::store::UsageStore;
 use crate::config::UsageSettings;
 use crate::domain::UsageRecord;
+use crate::telemetry::metrics::{StoreErrors, UsageMetrics};
+use crate::telemetry::Metrics;
 use crate::usage::{channel, UsageSink};
 
 /// The background writer; [`UsageWriter::shutdown`] drains what is queued and stops.
@@ -25,11 +28,17 @@ pub struct UsageWriter {
 pub fn spawn_writer(
     store: Arc<dyn UsageStore>,
     settings: &UsageSettings,
+    metrics: &Metrics,
 ) -> (UsageSink, UsageWriter) {
     let (sink, queue) = channel();
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run_writer(
+    let writer = Writer {
         store,
+        metrics: metrics.usage(),
+        store_errors: metrics.store_errors(),
+    };
+    let task = tokio::spawn(run_writer(
+        writer,
         queue.rx,
         stop_rx,
         settings.batch_size,
@@ -54,8 +63,15 @@ impl UsageWriter {
     }
 }
 
-async fn run_writer(
+/// The store and the figures the writer keeps.
+struct Writer {
     store: Arc<dyn UsageStore>,
+    metrics: UsageMetrics,
+    store_errors: StoreErrors,
+}
+
+async fn run_writer(
+    writer: Writer,
     mut rx: mpsc::UnboundedReceiver<UsageRecord>,
     mut stop: watch::Receiver<bool>,
     batch_size: usize,
@@ -80,7 +96,7 @@ async fn run_writer(
                         }
                     }
                     if batch.len() >= batch_size {
-                        written += flush(&*store, &mut batch, false).await;
+                        written += writer.flush(&mut batch, false).await;
                         let backlog = rx.len();
                         if backlog > backlog_warning && warned_at.elapsed() > Duration::from_secs(10) {
                             warned_at = tokio::time::Instant::now();
@@ -92,7 +108,7 @@ async fn run_writer(
             },
             _ = ticker.tick() => {
                 if !batch.is_empty() {
-                    written += flush(&*store, &mut batch, false).await;
+                    written += writer.flush(&mut batch, false).await;
                 }
             }
             changed = stop.changed() => {
@@ -101,44 +117,62 @@ async fn run_writer(
                 }
             }
         }
+        writer.queued(rx.len() + batch.len());
     }
     // Drain everything already queued.
     rx.close();
     while let Some(record) = rx.recv().await {
         batch.push(record);
         if batch.len() >= batch_size {
-            written += flush(&*store, &mut batch, true).await;
+            written += writer.flush(&mut batch, true).await;
         }
     }
-    written += flush(&*store, &mut batch, true).await;
+    written += writer.flush(&mut batch, true).await;
+    writer.queued(0);
     written
 }
 
-/// Writes one batch, retrying on failure. While running, it retries until it succeeds (keeping
-/// the records); at shutdown it gives up after a few tries and logs what was lost.
-async fn flush(store: &dyn UsageStore, batch: &mut Vec<UsageRecord>, final_flush: bool) -> u64 {
-    if batch.is_empty() {
-        return 0;
+impl Writer {
+    /// Records waiting: queued in the channel plus the batch being filled.
+    fn queued(&self, records: usize) {
+        self.metrics
+            .queue_depth
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
-    let mut delay = Duration::from_millis(50);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match store.insert_usage(batch).await {
-            Ok(()) => {
-                let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-                batch.clear();
-                return count;
+
+    /// Writes one batch, retrying on failure. While running, it retries until it succeeds
+    /// (keeping the records); at shutdown it gives up after a few tries and logs what was lost.
+    async fn flush(&self, batch: &mut Vec<UsageRecord>, final_flush: bool) -> u64 {
+        if batch.is_empty() {
+            return 0;
+        }
+        let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self.store.insert_usage(batch).await;
+            if result.is_err() {
+                self.metrics.write_errors.inc();
+                self.store_errors.error("usage_insert");
             }
-            Err(error) if final_flush && tries >= 5 => {
-                tracing::error!(%error, lost = batch.len(), "could not write usage records at shutdown");
-                batch.clear();
-                return 0;
-            }
-            Err(error) => {
-                tracing::warn!(%error, pending = batch.len(), "usage write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+            match result {
+                Ok(()) => {
+                    batch.clear();
+                    self.metrics.records_written.inc_by(count);
+                    return count;
+                }
+                Err(error) if final_flush && tries >= 5 => {
+                    tracing::error!(%error, lost = batch.len(), "could not write usage records at shutdown");
+                    batch.clear();
+                    self.metrics.records_lost.inc_by(count);
+                    return 0;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, pending = batch.len(), "usage write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::domain::{
     ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, Pool, UpstreamModel,
 };
 use crate::runtime::{Admitted, BackendRuntime};
+use crate::telemetry::{BackendHandle, BackendLabels, Observer, RouteHandle};
 
 /// One backend as the proxy sees it: its definition, decrypted key and runtime counters.
 pub struct LiveBackend {
@@ -23,11 +24,23 @@ pub struct LiveBackend {
     pub runtime: Arc<BackendRuntime>,
     /// Why the stored key could not be decrypted; such a backend is never routed.
     pub unreadable: Option<String>,
+    /// Its metric series and trace attributes, resolved when the snapshot was built.
+    pub telemetry: BackendHandle,
 }
 
 impl LiveBackend {
     pub fn id(&self) -> &BackendId {
         &self.record.id
+    }
+
+    /// The telemetry handle of a backend record (labels: its name and pool).
+    pub fn telemetry_for(observer: &Observer, record: &BackendRecord) -> BackendHandle {
+        observer.backend(BackendLabels {
+            name: &record.name,
+            pool: record.pool.as_str(),
+            api: record.api,
+            api_base_url: &record.api_base_url,
+        })
     }
 
     /// The status shown to operators, from the live counters.
@@ -50,6 +63,8 @@ impl LiveBackend {
 pub struct Member {
     pub backend: Arc<LiveBackend>,
     pub upstream_model: UpstreamModel,
+    /// The series of this model on this backend.
+    pub telemetry: RouteHandle,
 }
 
 /// The backends of one pool serving one model.
@@ -99,12 +114,15 @@ fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
 /// Every pool serving one canonical model, in priority order.
 pub struct Route {
     pub tiers: Vec<Tier>,
+    /// The model's series for requests that reach no backend.
+    pub telemetry: RouteHandle,
 }
 
 /// Builds the route table from the enabled backends.
 pub fn build_routes(
     backends: &[Arc<LiveBackend>],
     pools: &[Pool],
+    observer: &Observer,
 ) -> HashMap<CanonicalModel, Route> {
     let mut routes = HashMap::new();
     let routable = |b: &&Arc<LiveBackend>| b.record.enabled && b.unreadable.is_none();
@@ -125,6 +143,7 @@ pub fn build_routes(
                     b.record.model_mappings.get(model).map(|mapping| Member {
                         backend: Arc::clone(b),
                         upstream_model: mapping.upstream_model.clone(),
+                        telemetry: observer.route(model.as_str(), &b.telemetry),
                     })
                 })
                 .collect();
@@ -132,7 +151,8 @@ pub fn build_routes(
                 tiers.push(Tier::new(pool.clone(), members));
             }
         }
-        routes.insert(model.clone(), Route { tiers });
+        let telemetry = observer.model(model.as_str());
+        routes.insert(model.clone(), Route { tiers, telemetry });
     }
     routes
 }
@@ -143,6 +163,8 @@ pub struct Ticket {
     pub backend: Arc<LiveBackend>,
     pub upstream_model: UpstreamModel,
     pub pool: Pool,
+    /// The series of the model on this backend.
+    pub telemetry: RouteHandle,
     admitted: Admitted,
 }
 
@@ -209,6 +231,7 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
                             backend: Arc::clone(&member.backend),
                             upstream_model: member.upstream_model.clone(),
                             pool: tier.pool.clone(),
+                            telemetry: member.telemetry.clone(),
                             admitted,
                         });
                     }

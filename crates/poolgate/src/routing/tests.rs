@@ -13,6 +13,15 @@ use crate::domain::{PersistedHealth, PoolName};
 
 const MODEL: &str = "gpt-4o";
 
+/// One observer for every route the tests build (its series are not what they check).
+static OBSERVER: std::sync::LazyLock<Observer> = std::sync::LazyLock::new(|| {
+    Observer::new(crate::telemetry::ObserverOptions::default(), None).unwrap()
+});
+
+fn build_routes(backends: &[Arc<LiveBackend>], pools: &[Pool]) -> HashMap<CanonicalModel, Route> {
+    super::build_routes(backends, pools, &OBSERVER)
+}
+
 fn pool(name: &str, priority: i64) -> Pool {
     Pool {
         name: PoolName::new(name),
@@ -42,6 +51,7 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
         admitted.resolve(limited, &policy, now);
     }
     Arc::new(LiveBackend {
+        telemetry: LiveBackend::telemetry_for(&OBSERVER, &record),
         record,
         api_key: SecretString::from("sk-test"),
         runtime,

@@ -153,6 +153,11 @@ impl BackendRuntime {
         }
     }
 
+    /// The RPM limit and the tokens its bucket holds at `now`; `None` when unlimited.
+    pub fn rpm_state(&self, now: Instant) -> Option<(u32, f64)> {
+        self.limiter.state(now)
+    }
+
     pub fn snapshot(&self, now: Instant) -> RuntimeSnapshot {
         let (cooldown, health) = {
             let cooldown = self.cooldown.lock();
@@ -238,6 +243,11 @@ impl ClientKeyRuntime {
 
     pub fn rpm(&self) -> u32 {
         self.limiter.rpm()
+    }
+
+    /// The key's RPM limit and the tokens its bucket holds at `now`; `None` when unlimited.
+    pub fn rpm_state(&self, now: Instant) -> Option<(u32, f64)> {
+        self.limiter.state(now)
     }
 
     pub fn reconfigure_rpm(&self, rpm: u32, now: Instant) {
