@@ -1,7 +1,8 @@
 //! What both proxy surfaces (OpenAI, Anthropic) do around [`crate::proxy::forward`]: authenticate
 //! against this request's snapshot (a failure is answered without a usage record: the caller is
-//! unknown), read the per-request options and the body, parse it in the client's format, record
-//! a refusal, forward, and render the answer — or the error, in the client's format.
+//! unknown; it is still observed: metrics and the access log count it), read the per-request
+//! options and the body, parse it in the client's format, record a refusal, forward, and render
+//! the answer — or the error, in the client's format — with the headers the proxy adds.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -16,7 +17,10 @@ use super::json::read_body;
 use super::request_id::RequestId;
 use crate::domain::{now_ms, InvalidRequest};
 use crate::providers::Endpoint;
-use crate::proxy::{forward, record_refused, Inbound, ProxyBody, ProxyResponse, RequestContext};
+use crate::proxy::{
+    forward, observe, observe_unauthenticated, record_refused, Forwarded, Inbound, ProxyBody,
+    ProxyResponse, RequestContext,
+};
 use crate::state::DataPlane;
 
 /// Header `x-poolgate-max-wait-ms`: how long this request may wait for a ready backend.
@@ -59,7 +63,18 @@ pub async fn serve(
     let live = data.live();
     let client_key = match authenticate_client(data, &live, &parts.headers) {
         Ok(key) => key,
-        Err(error) => return render(error),
+        Err(error) => {
+            observe_unauthenticated(
+                data,
+                request_id.as_str(),
+                received,
+                endpoint,
+                &parts.headers,
+                error.status_code().as_u16(),
+                error.kind(),
+            );
+            return render(error);
+        }
     };
     let max_wait = max_wait_header(&parts.headers);
     let ctx = RequestContext {
@@ -80,20 +95,31 @@ pub async fn serve(
     let inbound = match inbound {
         Ok(inbound) => inbound,
         Err(error) => {
-            record_refused(
-                &data.usage,
+            let observation = observe(data, &ctx, endpoint, None, &parts.headers);
+            let headers = record_refused(
+                data,
                 &ctx,
                 endpoint,
                 error.status_code(),
                 error.kind(),
+                observation,
             );
-            return render(error);
+            return with_headers(render(error), headers);
         }
     };
-    match forward(data, ctx, inbound).await {
+    let observation = observe(data, &ctx, endpoint, Some(&inbound), &parts.headers);
+    let Forwarded { result, headers } = forward(data, ctx, inbound, observation).await;
+    let response = match result {
         Ok(response) => into_response(response),
         Err(error) => render(ApiError::from(error)),
-    }
+    };
+    with_headers(response, headers)
+}
+
+/// Adds the proxy's headers (rate limits, routing) to an answer.
+fn with_headers(mut response: Response, headers: HeaderMap) -> Response {
+    response.headers_mut().extend(headers);
+    response
 }
 
 /// Converts the proxy's answer into an axum response.

@@ -19,6 +19,7 @@ use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::ApiKind;
 use crate::routing::{Route, Selection, Ticket};
 use crate::state::DataPlane;
+use crate::telemetry::AttemptResult;
 
 /// How the attempt loop ended well.
 pub enum Done {
@@ -103,7 +104,7 @@ pub async fn run(
 
         // Phase **call**: the provider builds the request; the backend's timeout bounds the
         // time to the first byte.
-        let (request, plan) = plan::build(
+        let (mut request, plan) = plan::build(
             inbound,
             backend.record.api,
             &backend.record.api_base_url,
@@ -112,8 +113,11 @@ pub async fn run(
             settings.inject_stream_usage,
             settings.anthropic_default_max_tokens,
         )?;
+        // Observed from here: retries and failovers are counted, the trace context goes along.
+        draft.start_attempt(&ticket, &mut request.headers);
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let attempt_started = Instant::now();
+        let mut upstream_status = None;
         let send = data
             .http
             .post(&request.url)
@@ -127,6 +131,7 @@ pub async fn run(
             Ok(Err(error)) => connection_failure(&error),
             Ok(Ok(response)) => {
                 let status = response.status();
+                upstream_status = Some(status.as_u16());
                 if status.is_success() {
                     let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
                     match succeed(data, inbound, plan, ticket, response, draft, remaining).await {
@@ -143,6 +148,7 @@ pub async fn run(
                             // The request's own fault: relay it. The backend answered, so for its
                             // cooldown this counts as a success (a half-open probe is over).
                             resolve(data, &mut ticket, UpstreamOutcome::Success);
+                            draft.end_attempt(AttemptResult::ClientError, upstream_status);
                             return relay_client_error(response, plan, draft, data).await;
                         }
                     }
@@ -160,6 +166,7 @@ pub async fn run(
         );
         backend.runtime.set_last_error(description);
         resolve(data, &mut ticket, failure.outcome());
+        draft.end_attempt(failure.attempt_result(), upstream_status);
         drop(ticket);
         last_failure = Some(failure);
     }

@@ -7,14 +7,26 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
+use crate::telemetry::AttemptResult;
 
 /// Why one upstream attempt failed in a way worth trying elsewhere.
 #[derive(Debug)]
 pub enum Failure {
-    RateLimited { retry_after: Option<Duration> },
-    Server { status: Option<u16>, detail: String },
+    RateLimited {
+        retry_after: Option<Duration>,
+    },
+    Server {
+        status: Option<u16>,
+        detail: String,
+    },
+    /// The TCP or TLS connection could not be made.
+    Connect {
+        detail: String,
+    },
     Timeout,
-    AuthRejected { status: u16 },
+    AuthRejected {
+        status: u16,
+    },
 }
 
 impl Failure {
@@ -26,7 +38,9 @@ impl Failure {
                 status: Some(status),
                 ..
             } => format!("upstream error {status}"),
-            Failure::Server { detail, .. } => format!("upstream unreachable: {detail}"),
+            Failure::Server { detail, .. } | Failure::Connect { detail } => {
+                format!("upstream unreachable: {detail}")
+            }
             Failure::Timeout => "upstream timed out".to_owned(),
             Failure::AuthRejected { status } => format!("upstream refused the key ({status})"),
         }
@@ -38,8 +52,21 @@ impl Failure {
             Failure::RateLimited { retry_after } => UpstreamOutcome::RateLimited {
                 retry_after: *retry_after,
             },
-            Failure::Server { .. } | Failure::Timeout => UpstreamOutcome::ServerError,
+            Failure::Server { .. } | Failure::Connect { .. } | Failure::Timeout => {
+                UpstreamOutcome::ServerError
+            }
             Failure::AuthRejected { .. } => UpstreamOutcome::AuthFailed,
+        }
+    }
+
+    /// How the attempt ended, for the metrics and the attempt's span.
+    pub fn attempt_result(&self) -> AttemptResult {
+        match self {
+            Failure::RateLimited { .. } => AttemptResult::RateLimited,
+            Failure::Server { .. } => AttemptResult::ServerError,
+            Failure::Connect { .. } => AttemptResult::ConnectError,
+            Failure::Timeout => AttemptResult::Timeout,
+            Failure::AuthRejected { .. } => AttemptResult::BadKey,
         }
     }
 
@@ -72,9 +99,12 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
 
 /// Why sending the request failed, without the upstream's address.
 pub fn connection_failure(error: &reqwest::Error) -> Failure {
-    let detail = if error.is_connect() {
-        "connection failed".to_owned()
-    } else if error.is_timeout() {
+    if error.is_connect() {
+        return Failure::Connect {
+            detail: "connection failed".to_owned(),
+        };
+    }
+    let detail = if error.is_timeout() {
         "timed out".to_owned()
     } else {
         without_url(error)
@@ -121,6 +151,30 @@ mod tests {
         for code in [400, 404, 413, 422] {
             assert!(class(code).is_none(), "{code} is the request's own fault");
         }
+    }
+
+    #[test]
+    fn failures_name_their_attempt_result() {
+        let headers = HeaderMap::new();
+        let result = |code: u16| {
+            classify(StatusCode::from_u16(code).unwrap(), &headers)
+                .map(|failure| failure.attempt_result())
+        };
+        assert_eq!(result(429), Some(AttemptResult::RateLimited));
+        assert_eq!(result(529), Some(AttemptResult::RateLimited));
+        assert_eq!(result(401), Some(AttemptResult::BadKey));
+        assert_eq!(result(503), Some(AttemptResult::ServerError));
+        assert_eq!(result(400), None);
+        assert_eq!(Failure::Timeout.attempt_result(), AttemptResult::Timeout);
+        let refused = Failure::Connect {
+            detail: "connection failed".into(),
+        };
+        assert_eq!(refused.attempt_result(), AttemptResult::ConnectError);
+        assert_eq!(refused.outcome(), UpstreamOutcome::ServerError);
+        assert_eq!(
+            refused.describe(),
+            "upstream unreachable: connection failed"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::relay::{RelayStream, StreamFinisher};
 use super::{ProxyBody, ProxyResponse};
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
+use crate::providers::answered_model;
 use crate::routing::Ticket;
 use crate::state::DataPlane;
 use crate::translate::convert_error_body;
@@ -102,6 +103,9 @@ pub async fn succeed(
         };
         resolve(data, &mut ticket, UpstreamOutcome::Success);
         draft.mark_first_byte();
+        if draft.traced() {
+            draft.set_response_model(answered_model(&first));
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -118,7 +122,7 @@ pub async fn succeed(
             plan.stream_mapper(),
             data.config.proxy.stream_idle_timeout,
             StreamFinisher {
-                draft: draft.clone(),
+                draft: draft.hand_over(),
                 ticket,
                 data: data.clone(),
             },
@@ -154,7 +158,10 @@ pub async fn succeed(
     };
     resolve(data, &mut ticket, UpstreamOutcome::Success);
     draft.mark_first_byte();
-    let mut finished = draft.clone();
+    if draft.traced() {
+        draft.set_response_model(answered_model(&body));
+    }
+    let mut finished = draft.hand_over();
     if let Some(usage) = usage {
         finished.set_usage(usage);
     }

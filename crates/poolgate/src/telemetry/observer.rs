@@ -322,6 +322,11 @@ impl RequestObservation {
         }
     }
 
+    /// Whether this request's spans are recorded (tracing on, and the request sampled in).
+    pub fn traced(&self) -> bool {
+        self.trace.as_ref().is_some_and(|trace| trace.recording())
+    }
+
     /// Upstream attempts so far.
     pub fn attempts(&self) -> u32 {
         self.attempts

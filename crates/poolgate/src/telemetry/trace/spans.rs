@@ -152,6 +152,11 @@ impl RequestTrace {
         span.end();
     }
 
+    /// Whether the request's span is sampled in (its attributes are kept).
+    pub(crate) fn recording(&self) -> bool {
+        self.cx.span().is_recording()
+    }
+
     /// The trace id as 32 hex digits (for the access log).
     pub(crate) fn trace_id(&self) -> String {
         self.cx.span().span_context().trace_id().to_string()
