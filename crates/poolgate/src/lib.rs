@@ -81,6 +81,7 @@ pub mod files;
 pub mod limits;
 pub mod providers;
 pub mod proxy;
+pub mod readiness;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -1,6 +1,9 @@
-//! Start-up and shutdown: the data dir and its lock, the control plane (database, master key,
-//! config sync, background writers), the admin token, the data plane, the HTTP listener, and a
-//! graceful stop on SIGINT/SIGTERM that lets requests finish and flushes every usage record.
+//! Start-up and shutdown: the data dir and its lock, telemetry (metrics; traces when an OTLP
+//! endpoint is set), the control plane (database, master key, config sync, background writers),
+//! the admin token, the data plane, the HTTP listener, and a graceful stop on SIGINT/SIGTERM:
+//! `/health/ready` turns 503 at once (and poolgate keeps serving for `health.shutdown_delay`, so
+//! load balancers move away first), then requests finish, every usage record is flushed, and
+//! the last spans are exported.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::crypto::generate_admin_token;
 use crate::error::InitError;
 use crate::files::{lock_data_dir, write_secret_file, DataDirLock};
 use crate::state::DataPlane;
+use crate::telemetry::Tracing;
 
 pub const ADMIN_TOKEN_ENV: &str = "POOLGATE_ADMIN_TOKEN";
 
@@ -87,7 +91,16 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
     let config = Arc::new(config);
     crate::files::ensure_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let control = ControlPlane::open(Arc::clone(&config)).await?;
+    let (observer, traces) = crate::telemetry::start(&config.telemetry)?;
+    let control = match ControlPlane::open_observed(Arc::clone(&config), observer).await {
+        Ok(control) => control,
+        Err(error) => {
+            if let Some(traces) = traces {
+                traces.shutdown().await;
+            }
+            return Err(error);
+        }
+    };
     match prepare(&config, &control).await {
         Ok((data, listener, addr)) => {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -103,6 +116,8 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
                 config.proxy.shutdown_grace,
                 data.clone(),
                 control.clone(),
+                config.health.shutdown_delay,
+                traces,
             ));
             Ok(Running {
                 addr,
@@ -115,6 +130,9 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
         }
         Err(error) => {
             control.shutdown().await;
+            if let Some(traces) = traces {
+                traces.shutdown().await;
+            }
             Err(error)
         }
     }
@@ -145,6 +163,7 @@ async fn prepare(
         database = %config.database_url,
         backends = live.backends.len(),
         models = live.models.len(),
+        traces = data.observer.tracing_enabled(),
         "poolgate listening"
     );
     Ok((data, listener, addr))
@@ -158,12 +177,24 @@ async fn serve(
     grace: std::time::Duration,
     data: DataPlane,
     control: ControlPlane,
+    shutdown_delay: std::time::Duration,
+    traces: Option<Tracing>,
 ) -> Result<(), InitError> {
     let (begun_tx, begun_rx) = oneshot::channel::<()>();
+    let readiness = control.readiness().clone();
     let signal = async move {
         tokio::select! {
             _ = stop => {}
             _ = shutdown_signal(), if handle_signals => {}
+        }
+        // Load balancers see 503 first; the listener stays open for the delay.
+        readiness.begin_drain();
+        if !shutdown_delay.is_zero() {
+            tracing::info!(
+                ?shutdown_delay,
+                "shutting down: /health/ready answers 503; still serving for the shutdown delay"
+            );
+            tokio::time::sleep(shutdown_delay).await;
         }
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = begun_tx.send(());
@@ -203,6 +234,10 @@ async fn serve(
     // Flush usage and health.
     let written = control.shutdown().await;
     tracing::info!(records = written, "usage records flushed");
+    // The spans of the last requests (the stream ends included) are queued by now.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
     result
 }
 

@@ -18,6 +18,7 @@ mod error;
 mod health;
 mod keys;
 mod master_key;
+mod probes;
 mod snapshot;
 mod store;
 mod usage_writer;
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::domain::{BackendId, BackendRecord, ClientKeyRecord, Pool};
 use crate::error::InitError;
 use crate::files::ensure_data_dir;
+use crate::readiness::Readiness;
 use crate::runtime::HealthSink;
 use crate::state::{DataPlane, Live};
 use crate::telemetry::Observer;
@@ -69,6 +71,8 @@ struct Inner {
     workers: parking_lot::Mutex<Option<Workers>>,
     /// Metrics (and traces) of this gateway: fed by the writers, handed to the data plane.
     observer: Observer,
+    /// What `/health/ready` checks (store, snapshot; later parts add theirs).
+    readiness: Readiness,
 }
 
 /// The background tasks of the control plane.
@@ -140,6 +144,12 @@ impl ControlPlane {
         );
         let follower =
             snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
+        let readiness = Readiness::new(config.health.ready_timeout);
+        readiness.add(Arc::new(probes::StoreProbe {
+            store: Arc::clone(&stores.config),
+            store_errors: observer.metrics().store_errors(),
+        }));
+        readiness.add(Arc::new(probes::SnapshotProbe(Arc::clone(&snapshots))));
         Ok(ControlPlane {
             inner: Arc::new(Inner {
                 config,
@@ -157,6 +167,7 @@ impl ControlPlane {
                     follower,
                 })),
                 observer,
+                readiness,
             }),
         })
     }
@@ -176,6 +187,11 @@ impl ControlPlane {
     /// The gateway's observer.
     pub fn observer(&self) -> &Observer {
         &self.inner.observer
+    }
+
+    /// The readiness probes and the draining flag (`/health/ready`).
+    pub fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
     }
 
     /// Writes every queued usage record and health state, stops the background tasks, and

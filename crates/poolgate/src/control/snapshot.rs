@@ -33,6 +33,8 @@ pub(super) struct Snapshots {
     registry: RuntimeRegistry,
     rebuild: tokio::sync::Mutex<()>,
     retrying: AtomicBool,
+    /// Set by the first successful build.
+    loaded: AtomicBool,
     /// Resolves each backend's and route's metric series as the snapshot is built.
     observer: Observer,
 }
@@ -47,6 +49,7 @@ impl Snapshots {
             registry: RuntimeRegistry::default(),
             rebuild: tokio::sync::Mutex::new(()),
             retrying: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
             observer,
         }
     }
@@ -77,7 +80,9 @@ impl Snapshots {
     /// error (`snapshot_rebuild`).
     pub async fn rebuild(&self) -> Result<(), StoreError> {
         let result = self.load_and_swap().await;
-        if result.is_err() {
+        if result.is_ok() {
+            self.loaded.store(true, Ordering::Release);
+        } else {
             self.observer
                 .metrics()
                 .store_errors()
@@ -150,6 +155,20 @@ impl Snapshots {
             models,
             unreadable,
         }));
+        Ok(())
+    }
+
+    /// Whether the snapshot serves what the store holds: built once, and no rebuild after a
+    /// committed change is still failing.
+    pub fn current(&self) -> Result<(), String> {
+        if !self.loaded.load(Ordering::Acquire) {
+            return Err("the live snapshot is not loaded yet".to_owned());
+        }
+        if self.retrying.load(Ordering::Acquire) {
+            return Err(
+                "a stored change is not in the live snapshot yet (rebuild retrying)".to_owned(),
+            );
+        }
         Ok(())
     }
 

@@ -77,6 +77,11 @@ pub trait ConfigStore: Send + Sync + 'static {
     // --- settings ---
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// A cheap query that reads the database (the readiness probe).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.list_pools().await.map(drop)
+    }
 }
 
 /// Where usage records go and how they are read back.
