@@ -112,11 +112,13 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
                 listener,
                 router,
                 stop_rx,
-                handle_signals,
-                config.proxy.shutdown_grace,
+                StopPlan {
+                    handle_signals,
+                    delay: config.health.shutdown_delay,
+                    grace: config.proxy.shutdown_grace,
+                },
                 data.clone(),
                 control.clone(),
-                config.health.shutdown_delay,
                 traces,
             ));
             Ok(Running {
@@ -169,17 +171,28 @@ async fn prepare(
     Ok((data, listener, addr))
 }
 
+/// How a stop goes: on `Running::shutdown` (or SIGINT/SIGTERM with `handle_signals`), serve on
+/// for `delay` with `/health/ready` at 503, then stop accepting and give requests `grace`.
+struct StopPlan {
+    handle_signals: bool,
+    delay: std::time::Duration,
+    grace: std::time::Duration,
+}
+
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
     stop: oneshot::Receiver<()>,
-    handle_signals: bool,
-    grace: std::time::Duration,
+    plan: StopPlan,
     data: DataPlane,
     control: ControlPlane,
-    shutdown_delay: std::time::Duration,
     traces: Option<Tracing>,
 ) -> Result<(), InitError> {
+    let StopPlan {
+        handle_signals,
+        delay: shutdown_delay,
+        grace,
+    } = plan;
     let (begun_tx, begun_rx) = oneshot::channel::<()>();
     let readiness = control.readiness().clone();
     let signal = async move {

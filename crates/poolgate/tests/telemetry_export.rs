@@ -1,89 +1,29 @@
-//! Metrics against the real tools: the rendered exposition passes Debian's `promtool check
-//! metrics`, and a real Prometheus scrapes it (bearer token) from a server on 127.0.0.1:0; a
-//! PromQL query returns the requests recorded, split by backend.
+//! Metrics of a real gateway against the real tools: requests through poolgate to mock upstreams
+//! (success, failover after a 429, a stream, a refused connection, a refused key, a 5xx, a
+//! timeout, a relayed 4xx, an unknown model, a wrong key) show up in `GET /metrics` with the
+//! counts they should have; the exposition passes Debian's `promtool check metrics`; and a real
+//! Prometheus, scraping the gateway with the metrics token, answers a PromQL query with the
+//! requests sent, split by backend.
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "test")]
 
+mod common;
 mod telemetry_support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
-use poolgate::domain::{ApiKind, Outcome};
-use poolgate::telemetry::settings::{MetricsSettings, RawMetrics, RawTelemetry};
-use poolgate::telemetry::{
-    AttemptEnd, AttemptResult, BackendLabels, Observer, ObserverOptions, RequestEnd,
-    TelemetrySettings, TokenCounts, CONTENT_TYPE,
-};
-use secrecy::SecretString;
-use telemetry_support::chat;
-use tokio::net::TcpListener;
+use common::{dead_url, eventually, Gateway, ADMIN_TOKEN};
+use mock_upstream::{MockUpstream, Reply};
+use serde_json::json;
+use telemetry_support::{backend, chat, metrics, scrape, sum};
 use tokio::time::Instant;
 
-const ADMIN_TOKEN: &str = "pga-test-admin-token-0123456789abcdef";
 const SCRAPE_TOKEN: &str = "scrape-token-0123456789abcdef";
 
-fn record_requests(observer: &Observer, backend: &str, pool: &str, count: usize) {
-    let handle = observer.backend(BackendLabels {
-        name: backend,
-        pool,
-        api: ApiKind::Openai,
-        api_base_url: "http://127.0.0.1:9/v1",
-    });
-    let route = observer.route("gpt-4o", &handle);
-    let model = observer.model("gpt-4o");
-    let headers = HeaderMap::new();
-    for _ in 0..count {
-        let mut request = observer.start_request(chat(&model, &headers, "req_test", false));
-        request.start_attempt(&route, "gpt-4o-2024-08-06");
-        request.first_byte();
-        request.end_attempt(AttemptEnd::result(AttemptResult::Success, Some(200)));
-        request.finish(RequestEnd {
-            request_id: "req_test",
-            client_key_id: Some("key_1"),
-            status: 200,
-            outcome: Outcome::Success,
-            error_kind: None,
-            tokens: TokenCounts {
-                prompt: Some(10),
-                completion: Some(20),
-                cached: Some(2),
-            },
-            response_model: Some("gpt-4o-2024-08-06"),
-            cost_usd: Some(0.001),
-        });
-    }
-}
-
-fn populated_observer() -> Observer {
-    let observer = Observer::new(
-        ObserverOptions {
-            client_key_labels: true,
-            access_log: false,
-            ..ObserverOptions::default()
-        },
-        None,
-    )
-    .unwrap();
-    record_requests(&observer, "alpha", "primary", 3);
-    record_requests(&observer, "beta", "fallback", 2);
-    observer.metrics().store_errors().error("usage_insert");
-    observer.metrics().usage().records_written.inc_by(5);
-    observer
-}
-
-#[test]
-fn promtool_accepts_the_rendered_metrics() {
-    let text = populated_observer().render();
-    assert!(text.contains("poolgate_requests_total{"), "{text}");
+fn promtool(text: &str) -> (bool, String) {
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -103,33 +43,317 @@ fn promtool_accepts_the_rendered_metrics() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "promtool: {report}\n{text}");
+    (output.status.success(), report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_phase_is_counted_and_promtool_accepts_the_exposition() {
+    let gw = Gateway::start_with("[metrics]\nclient_key_labels = true\n", None).await;
+    let limited = MockUpstream::start().await;
+    limited.push(Reply::rate_limited(Some(60)));
+    let fine = MockUpstream::start().await;
+    let refusing = MockUpstream::start().await;
+    refusing.set_default(Reply::unauthorized());
+    let failing = MockUpstream::start().await;
+    failing.set_default(Reply::server_error());
+    let hanging = MockUpstream::start().await;
+    hanging.set_default(Reply::Hang);
+    let picky = MockUpstream::start().await;
+    picky.set_default(Reply::error(400));
+    let none = json!({});
+    backend(
+        &gw,
+        "alpha",
+        &limited.openai_base_url(),
+        "primary",
+        "m-x",
+        none.clone(),
+    )
+    .await;
+    backend(
+        &gw,
+        "beta",
+        &fine.openai_base_url(),
+        "fallback",
+        "m-x",
+        none.clone(),
+    )
+    .await;
+    backend(
+        &gw,
+        "gamma",
+        &fine.openai_base_url(),
+        "primary",
+        "m-s",
+        json!({"rpm_limit": 600}),
+    )
+    .await;
+    backend(&gw, "dead", &dead_url(), "primary", "m-conn", none.clone()).await;
+    backend(
+        &gw,
+        "badkey",
+        &refusing.openai_base_url(),
+        "primary",
+        "m-key",
+        none.clone(),
+    )
+    .await;
+    backend(
+        &gw,
+        "broken",
+        &failing.openai_base_url(),
+        "primary",
+        "m-5xx",
+        none.clone(),
+    )
+    .await;
+    backend(
+        &gw,
+        "slow",
+        &hanging.openai_base_url(),
+        "primary",
+        "m-slow",
+        json!({"timeout_seconds": 1}),
+    )
+    .await;
+    backend(
+        &gw,
+        "picky",
+        &picky.openai_base_url(),
+        "primary",
+        "m-4xx",
+        none,
+    )
+    .await;
+    let (key_id, key) = gw.create_key(json!({"name": "metrics-key"})).await;
+
+    // The timeout takes a second: it runs while the others go one by one.
+    let timed_out = tokio::spawn(chat(&gw, "m-slow", false).send());
+    let status = |response: reqwest::Response| response.status().as_u16();
+    assert_eq!(status(chat(&gw, "m-x", false).send().await.unwrap()), 200);
+    let stream = chat(&gw, "m-s", true).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.text().await.unwrap().contains("[DONE]"));
+    assert_eq!(
+        status(chat(&gw, "m-conn", false).send().await.unwrap()),
+        502
+    );
+    assert!(status(chat(&gw, "m-key", false).send().await.unwrap()) >= 502);
+    assert_eq!(status(chat(&gw, "m-5xx", false).send().await.unwrap()), 502);
+    assert_eq!(status(chat(&gw, "m-4xx", false).send().await.unwrap()), 400);
+    assert_eq!(
+        status(chat(&gw, "no-such-model", false).send().await.unwrap()),
+        404
+    );
+    let with_key = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&key)
+        .json(&json!({"model": "m-x", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(with_key), 200);
+    let wrong_key = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth("pgk-nobody-0000000000000000")
+        .json(&json!({"model": "m-x", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(wrong_key), 401);
+    assert_eq!(status(timed_out.await.unwrap().unwrap()), 504);
+    // Usage records: every request but the unauthenticated one.
+    let records = gw.usage_records(9).await.len();
+    assert_eq!(records, 9);
+    eventually("the usage writer counted every record", || async {
+        sum(
+            &metrics(&gw).await,
+            "poolgate_usage_records_written_total",
+            &[],
+        ) == Some(9.0)
+    })
+    .await;
+
+    let text = metrics(&gw).await;
+    let (ok, report) = promtool(&text);
+    assert!(ok, "promtool: {report}\n{text}");
     assert!(report.trim().is_empty(), "promtool: {report}");
+
+    let get = |name: &str, labels: &[(&str, &str)]| sum(&text, name, labels);
+    let attempts = |backend: &str, result: &str| {
+        get(
+            "poolgate_upstream_attempts_total",
+            &[("backend", backend), ("result", result)],
+        )
+    };
+    // Each attempt by how it ended; every result is there from the start (at 0).
+    assert_eq!(attempts("alpha", "rate_limited"), Some(1.0));
+    assert_eq!(attempts("alpha", "success"), Some(0.0));
+    assert_eq!(attempts("beta", "success"), Some(2.0));
+    assert_eq!(attempts("gamma", "success"), Some(1.0));
+    assert_eq!(attempts("dead", "connect_error"), Some(1.0));
+    assert_eq!(attempts("badkey", "bad_key"), Some(1.0));
+    assert_eq!(attempts("broken", "server_error"), Some(1.0));
+    assert_eq!(attempts("slow", "timeout"), Some(1.0));
+    assert_eq!(attempts("picky", "client_error"), Some(1.0));
+    assert_eq!(get("poolgate_upstream_attempts_total", &[]), Some(9.0));
+    // The 429 made one retry, into the other pool.
+    assert_eq!(
+        get(
+            "poolgate_retries_total",
+            &[("model", "m-x"), ("reason", "rate_limited")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(get("poolgate_retries_total", &[]), Some(1.0));
+    assert_eq!(
+        get(
+            "poolgate_failovers_total",
+            &[
+                ("model", "m-x"),
+                ("from_pool", "primary"),
+                ("to_pool", "fallback")
+            ]
+        ),
+        Some(1.0)
+    );
+    // Requests by where they ended and how.
+    let requests = |labels: &[(&str, &str)]| get("poolgate_requests_total", labels);
+    assert_eq!(
+        requests(&[
+            ("model", "m-x"),
+            ("pool", "fallback"),
+            ("backend", "beta"),
+            ("status_class", "2xx"),
+            ("outcome", "success")
+        ]),
+        Some(2.0)
+    );
+    assert_eq!(
+        requests(&[
+            ("model", "m-s"),
+            ("backend", "gamma"),
+            ("outcome", "success")
+        ]),
+        Some(1.0)
+    );
+    assert_eq!(
+        requests(&[
+            ("model", "m-slow"),
+            ("status_class", "5xx"),
+            ("outcome", "error")
+        ]),
+        Some(1.0)
+    );
+    assert_eq!(
+        requests(&[
+            ("model", "m-4xx"),
+            ("backend", "picky"),
+            ("status_class", "4xx")
+        ]),
+        Some(1.0)
+    );
+    // A made-up model and a wrong key never become series of their own.
+    assert_eq!(
+        requests(&[("model", "(unrouted)"), ("status_class", "4xx")]),
+        Some(2.0)
+    );
+    assert!(!text.contains("no-such-model"));
+    assert_eq!(requests(&[]), Some(10.0));
+    assert_eq!(get("poolgate_requests_in_flight", &[]), Some(0.0));
+    // Durations: every request has one; the time poolgate adds, every one that reached upstream.
+    assert_eq!(
+        get("poolgate_request_duration_seconds_count", &[]),
+        Some(10.0)
+    );
+    assert_eq!(get("poolgate_overhead_seconds_count", &[]), Some(8.0));
+    assert_eq!(
+        get(
+            "poolgate_request_ttfb_seconds_count",
+            &[("backend", "gamma")]
+        ),
+        Some(1.0)
+    );
+    // Tokens (the mock: 10 prompt, 3 completion), the stream's read at its end.
+    for backend in ["beta", "gamma"] {
+        let count = if backend == "beta" { 2.0 } else { 1.0 };
+        assert_eq!(
+            get(
+                "poolgate_tokens_total",
+                &[("backend", backend), ("kind", "prompt")]
+            ),
+            Some(10.0 * count),
+            "{backend}"
+        );
+        assert_eq!(
+            get(
+                "poolgate_tokens_total",
+                &[("backend", backend), ("kind", "completion")]
+            ),
+            Some(3.0 * count),
+            "{backend}"
+        );
+    }
+    // Client keys by id (opted in), never by secret.
+    assert_eq!(
+        get(
+            "poolgate_client_requests_total",
+            &[("client_key", key_id.as_str()), ("status_class", "2xx")]
+        ),
+        Some(1.0)
+    );
+    assert!(!text.contains(&key) && !text.contains(ADMIN_TOKEN));
+    // Backends at scrape time: alpha cools after its 429, the RPM bucket of gamma is read live.
+    let state = |backend: &str, state: &str| {
+        get(
+            "poolgate_backend_state",
+            &[("backend", backend), ("state", state)],
+        )
+    };
+    assert_eq!(state("alpha", "cooling"), Some(1.0));
+    assert_eq!(state("alpha", "healthy"), Some(0.0));
+    assert_eq!(state("beta", "healthy"), Some(1.0));
+    assert_eq!(state("badkey", "error"), Some(1.0));
+    let cooldown = get(
+        "poolgate_backend_cooldown_remaining_seconds",
+        &[("backend", "alpha")],
+    )
+    .unwrap();
+    assert!(cooldown > 50.0 && cooldown <= 60.0, "{cooldown}");
+    assert_eq!(
+        get("poolgate_backend_rpm_limit", &[("backend", "gamma")]),
+        Some(600.0)
+    );
+    let tokens_left = get(
+        "poolgate_backend_rpm_tokens_remaining",
+        &[("backend", "gamma")],
+    )
+    .unwrap();
+    assert!((599.0..=600.0).contains(&tokens_left), "{tokens_left}");
+    assert_eq!(
+        get("poolgate_backend_rpm_limit", &[("backend", "beta")]),
+        None
+    );
+    assert_eq!(get("poolgate_backend_in_flight", &[]), Some(0.0));
+    // The writers and the process.
+    assert_eq!(get("poolgate_usage_queue_depth", &[]), Some(0.0));
+    assert_eq!(get("poolgate_usage_write_errors_total", &[]), Some(0.0));
+    assert_eq!(
+        get(
+            "poolgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(get("process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(get("process_open_fds", &[]).unwrap() > 3.0);
+    assert!(get("process_cpu_seconds_total", &[]).unwrap() > 0.0);
+    gw.stop().await;
 }
 
 // === a real Prometheus ===
-
-struct ScrapeTarget {
-    observer: Observer,
-    settings: Arc<MetricsSettings>,
-    admin_token: SecretString,
-}
-
-/// What the gateway's `GET /metrics` will do: admin or metrics token, text format.
-async fn metrics(State(target): State<Arc<ScrapeTarget>>, headers: HeaderMap) -> impl IntoResponse {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if !target.settings.allows(presented, &target.admin_token) {
-        return (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
-    }
-    (
-        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-        target.observer.render(),
-    )
-        .into_response()
-}
 
 /// A child process killed when the test ends, however it ends.
 struct Killed(Child);
@@ -168,7 +392,7 @@ fn listening_port(pid: u32) -> Option<u16> {
     })
 }
 
-fn start_prometheus(dir: &Path, target: std::net::SocketAddr) -> (Killed, u16) {
+fn start_prometheus(dir: &Path, target: &str) -> (Killed, u16) {
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
          scrape_configs:\n  - job_name: poolgate\n    scrape_interval: 1s\n    scrape_timeout: 1s\n\
@@ -241,57 +465,40 @@ async fn query(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_the_requests_split_by_backend() {
-    let settings = TelemetrySettings::from_raw(
-        RawMetrics {
-            token: Some("env:TEST_SCRAPE_TOKEN".into()),
-            ..RawMetrics::default()
-        },
-        RawTelemetry::default(),
-        &|name| (name == "TEST_SCRAPE_TOKEN").then(|| SCRAPE_TOKEN.to_owned()),
-    )
-    .unwrap();
-    let target = Arc::new(ScrapeTarget {
-        observer: populated_observer(),
-        settings: Arc::new(settings.metrics),
-        admin_token: SecretString::from(ADMIN_TOKEN.to_owned()),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(Arc::clone(&target));
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+async fn prometheus_scrapes_the_gateway_and_counts_the_requests_by_backend() {
+    let gw = Gateway::start_with(&format!("[metrics]\ntoken = \"{SCRAPE_TOKEN}\"\n"), None).await;
+    let upstream = MockUpstream::start().await;
+    let url = upstream.openai_base_url();
+    backend(&gw, "alpha", &url, "primary", "m-a", json!({})).await;
+    backend(&gw, "beta", &url, "primary", "m-b", json!({})).await;
+    for model in ["m-a", "m-a", "m-a", "m-b", "m-b"] {
+        let answer = chat(&gw, model, false).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+    }
 
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    // Not open to anyone.
-    let url = format!("http://{address}/metrics");
-    let anonymous = client.get(&url).send().await.unwrap();
-    assert_eq!(anonymous.status(), 401);
-    let wrong = client.get(&url).bearer_auth("nope").send().await.unwrap();
-    assert_eq!(wrong.status(), 401);
-    let admin = client
-        .get(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(admin.status(), 200);
-    assert_eq!(admin.headers()["content-type"], "text/plain; version=0.0.4");
+    // Not open to anyone: the admin token and the metrics token only.
+    for token in [None, Some("scrape-token-0123456789abcdeX"), Some("pgk-x-y")] {
+        let (status, _, body) = scrape(&gw, token).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(body.contains("authentication_error"), "{body}");
+    }
+    for token in [ADMIN_TOKEN, SCRAPE_TOKEN] {
+        let (status, content_type, _) = scrape(&gw, Some(token)).await;
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "text/plain; version=0.0.4");
+    }
 
     let dir = tempfile::tempdir().unwrap();
-    let (_prometheus, port) = start_prometheus(dir.path(), address);
+    let target = gw.url.trim_start_matches("http://").to_owned();
+    let (_prometheus, port) = start_prometheus(dir.path(), &target);
     let promql =
         "sum by (backend) (poolgate_requests_total{status_class=\"2xx\",outcome=\"success\"})";
     let deadline = Instant::now() + Duration::from_secs(90);
     let by_backend = loop {
-        let result = query(&client, port, promql).await;
+        let result = query(&gw.client, port, promql).await;
         if let Some(result) = result.filter(|r| r.len() == 2) {
             // Asked after the series arrived: at least one scrape has completed.
-            let up = query(&client, port, "up{job=\"poolgate\"}").await;
+            let up = query(&gw.client, port, "up{job=\"poolgate\"}").await;
             assert_eq!(
                 up.and_then(|up| up.values().next().copied()),
                 Some(1.0),
@@ -310,7 +517,7 @@ async fn prometheus_scrapes_the_requests_split_by_backend() {
         ])
     );
     let tokens = query(
-        &client,
+        &gw.client,
         port,
         "sum by (backend) (poolgate_tokens_total{kind=\"completion\"})",
     )
@@ -319,9 +526,17 @@ async fn prometheus_scrapes_the_requests_split_by_backend() {
     assert_eq!(
         tokens,
         BTreeMap::from([
-            ("backend=alpha".to_owned(), 60.0),
-            ("backend=beta".to_owned(), 40.0)
+            ("backend=alpha".to_owned(), 9.0),
+            ("backend=beta".to_owned(), 6.0)
         ])
     );
-    server.abort();
+    let healthy = query(
+        &gw.client,
+        port,
+        "sum(poolgate_backend_state{state=\"healthy\"})",
+    )
+    .await
+    .unwrap();
+    assert_eq!(healthy.values().copied().collect::<Vec<_>>(), vec![2.0]);
+    gw.stop().await;
 }

@@ -1,27 +1,30 @@
-//! Traces against a real receiver: an OTLP/HTTP endpoint on 127.0.0.1:0 decodes the exported
-//! protobuf; the spans are parent and child, carry the GenAI and poolgate attributes, and
-//! continue the client's trace id.
+//! Traces of a real gateway against a real receiver: poolgate, started with an OTLP endpoint,
+//! forwards requests to mock upstreams (a 429, then a failover to an Anthropic backend in the
+//! fallback pool; then a stream) and exports its spans to an OTLP/HTTP endpoint on 127.0.0.1:0,
+//! which decodes the protobuf. The spans are parent and child, carry the GenAI and poolgate
+//! attributes, continue the client's trace id, and each upstream request carries its attempt's
+//! span as `traceparent`; a client trace that is not sampled exports nothing and keeps its flag.
 
+mod common;
 mod telemetry_support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
+use common::Gateway;
+use mock_upstream::{MockUpstream, Reply};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use poolgate::domain::{ApiKind, Outcome};
-use poolgate::telemetry::{
-    AttemptEnd, AttemptResult, BackendLabels, Observer, ObserverOptions, RequestEnd, TokenCounts,
-    TraceConfig, TraceSettings, Tracing,
-};
 use prost::Message;
-use telemetry_support::chat;
+use serde_json::json;
+use telemetry_support::{backend, chat};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -42,16 +45,23 @@ fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
         .and_then(|value| value.value.as_ref())
 }
 
-fn string_attribute<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+fn text<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
     match attribute(span, key) {
         Some(AnyValue::StringValue(value)) => Some(value),
         _ => None,
     }
 }
 
-fn int_attribute(span: &Span, key: &str) -> Option<i64> {
+fn int(span: &Span, key: &str) -> Option<i64> {
     match attribute(span, key) {
         Some(AnyValue::IntValue(value)) => Some(*value),
+        _ => None,
+    }
+}
+
+fn boolean(span: &Span, key: &str) -> Option<bool> {
+    match attribute(span, key) {
+        Some(AnyValue::BoolValue(value)) => Some(*value),
         _ => None,
     }
 }
@@ -61,7 +71,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traces_reach_an_otlp_receiver_with_parent_and_child_spans() {
+async fn a_gateways_spans_reach_an_otlp_receiver_as_parent_and_children() {
     let (sender, mut received) = mpsc::unbounded_channel();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = format!("http://{}", listener.local_addr().unwrap());
@@ -70,98 +80,62 @@ async fn traces_reach_an_otlp_receiver_with_parent_and_child_spans() {
         .with_state(sender);
     let receiver = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let env = BTreeMap::from([
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.clone()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
-    ]);
-    let trace_settings =
-        TraceSettings::resolve(&TraceConfig::default(), |name| env.get(name).cloned())
-            .unwrap()
-            .expect("an endpoint turns tracing on");
-    assert_eq!(trace_settings.endpoint, format!("{collector}/v1/traces"));
-    let tracing = Tracing::start(&trace_settings).unwrap();
-    let observer = Observer::new(ObserverOptions::default(), Some(&tracing)).unwrap();
-    assert!(observer.tracing_enabled());
+    let gw = Gateway::start_with(
+        &format!("[telemetry]\notlp_endpoint = \"{collector}\"\n"),
+        None,
+    )
+    .await;
+    let openai = MockUpstream::start().await;
+    openai.push(Reply::rate_limited(Some(60)));
+    let anthropic = MockUpstream::start().await;
+    backend(
+        &gw,
+        "alpha",
+        &openai.openai_base_url(),
+        "primary",
+        "m-x",
+        json!({}),
+    )
+    .await;
+    backend(
+        &gw,
+        "claude",
+        &anthropic.base_url(),
+        "fallback",
+        "m-x",
+        json!({"api": "anthropic"}),
+    )
+    .await;
 
-    let primary = observer.backend(BackendLabels {
-        name: "alpha",
-        pool: "primary",
-        api: ApiKind::Openai,
-        api_base_url: "https://api.openai.example:8443/v1",
-    });
-    let fallback = observer.backend(BackendLabels {
-        name: "claude",
-        pool: "fallback",
-        api: ApiKind::Anthropic,
-        api_base_url: "https://api.anthropic.example",
-    });
-    let model = observer.model("gpt-4o");
+    // 1. The client's trace: a 429 on alpha, then the fallback pool answers.
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
-    let mut incoming = HeaderMap::new();
-    incoming.insert(
-        "traceparent",
-        format!("00-{client_trace}-{client_span}-01")
-            .parse()
-            .unwrap(),
-    );
-    let mut request = observer.start_request(chat(&model, &incoming, "req_trace", true));
-
-    request.start_attempt(&observer.route("gpt-4o", &primary), "gpt-4o-2024-08-06");
-    let mut first_upstream = HeaderMap::new();
-    request.inject_trace_context(&mut first_upstream);
-    request.end_attempt(AttemptEnd::result(AttemptResult::RateLimited, Some(429)));
-
-    request.start_attempt(&observer.route("gpt-4o", &fallback), "claude-sonnet-4");
-    let mut second_upstream = HeaderMap::new();
-    request.inject_trace_context(&mut second_upstream);
-    request.first_byte();
-    // A stream: the attempt ends with the request.
-    request.finish(RequestEnd {
-        request_id: "req_trace",
-        client_key_id: Some("key_1"),
-        status: 200,
-        outcome: Outcome::Success,
-        error_kind: None,
-        tokens: TokenCounts {
-            prompt: Some(11),
-            completion: Some(22),
-            cached: Some(3),
-        },
-        response_model: Some("claude-sonnet-4-20250514"),
-        cost_usd: None,
-    });
-
-    // The client said "not sampled": the default parent-based sampler records nothing, and
-    // the upstream still gets the client's trace id with the flag kept.
-    let mut unsampled = HeaderMap::new();
-    unsampled.insert(
-        "traceparent",
-        format!("00-{client_trace}-{client_span}-00")
-            .parse()
-            .unwrap(),
-    );
-    let mut quiet = observer.start_request(chat(&model, &unsampled, "req_unsampled", false));
-    quiet.start_attempt(&observer.route("gpt-4o", &primary), "gpt-4o-2024-08-06");
-    let mut quiet_upstream = HeaderMap::new();
-    quiet.inject_trace_context(&mut quiet_upstream);
-    let quiet_parent = quiet_upstream["traceparent"].to_str().unwrap().to_owned();
-    assert!(
-        quiet_parent.starts_with(&format!("00-{client_trace}-")) && quiet_parent.ends_with("-00"),
-        "{quiet_parent}"
-    );
-    quiet.end_attempt(AttemptEnd::result(AttemptResult::Success, Some(200)));
-    quiet.finish(RequestEnd {
-        request_id: "req_unsampled",
-        client_key_id: None,
-        status: 200,
-        outcome: Outcome::Success,
-        error_kind: None,
-        tokens: TokenCounts::default(),
-        response_model: None,
-        cost_usd: None,
-    });
-    tracing.shutdown().await;
+    let first = chat(&gw, "m-x", false)
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
+        .header("tracestate", "vendor=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let request_id = first.headers()["x-request-id"].to_str().unwrap().to_owned();
+    first.text().await.unwrap();
+    // 2. A stream without a client trace (alpha is cooling: straight to the fallback).
+    let stream = chat(&gw, "m-x", true).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.text().await.unwrap().contains("[DONE]"));
+    // 3. A client trace that is not sampled.
+    let quiet_trace = "0af7651916cd43dd8448eb211c80319c";
+    let quiet = chat(&gw, "m-x", false)
+        .header(
+            "traceparent",
+            format!("00-{quiet_trace}-b7ad6b7169203331-00"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(quiet.status(), 200);
+    // A graceful stop exports what is still queued.
+    gw.stop().await;
 
     // Everything the exporter sent, decoded from the real protobuf.
     let mut spans = Vec::new();
@@ -170,15 +144,12 @@ async fn traces_reach_an_otlp_receiver_with_parent_and_child_spans() {
         assert_eq!(headers["content-type"], "application/x-protobuf");
         let export = ExportTraceServiceRequest::decode(body).unwrap();
         for resource_spans in export.resource_spans {
-            if let Some(resource) = &resource_spans.resource {
-                for kv in &resource.attributes {
-                    if kv.key == "service.name" {
-                        if let Some(AnyValue::StringValue(name)) =
-                            kv.value.as_ref().and_then(|v| v.value.as_ref())
-                        {
-                            service_names.insert(name.clone());
-                        }
-                    }
+            for kv in resource_spans.resource.iter().flat_map(|r| &r.attributes) {
+                if let (true, Some(AnyValue::StringValue(name))) = (
+                    kv.key == "service.name",
+                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                ) {
+                    service_names.insert(name.clone());
                 }
             }
             for scope in resource_spans.scope_spans {
@@ -186,127 +157,130 @@ async fn traces_reach_an_otlp_receiver_with_parent_and_child_spans() {
             }
         }
     }
-    assert_eq!(
-        service_names,
-        HashSet::from(["poolgate".to_owned()]),
-        "service.name"
-    );
-    assert_eq!(spans.len(), 3, "{spans:#?}");
-    let server: Vec<&Span> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Server as i32)
-        .collect();
-    assert_eq!(server.len(), 1);
-    let server = server[0];
-    let mut attempts: Vec<&Span> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Client as i32)
-        .collect();
-    attempts.sort_by_key(|s| int_attribute(s, "poolgate.attempt"));
-    assert_eq!(attempts.len(), 2);
+    assert_eq!(service_names, HashSet::from(["poolgate".to_owned()]));
+    // 1 server + 2 attempts, 1 server + 1 attempt; nothing of the unsampled trace.
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    assert!(spans.iter().all(|s| hex(&s.trace_id) != quiet_trace));
+    let kind = |span: &&Span, kind: SpanKind| span.kind == kind as i32;
 
     // The client's trace continues: same trace id, parent = the client's span.
-    assert_eq!(hex(&server.trace_id), client_trace);
+    let traced: Vec<&Span> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == client_trace)
+        .collect();
+    assert_eq!(traced.len(), 3, "{traced:#?}");
+    let server = *traced.iter().find(|s| kind(s, SpanKind::Server)).unwrap();
     assert_eq!(hex(&server.parent_span_id), client_span);
     assert_eq!(server.name, "POST /v1/chat/completions");
+    assert_eq!(text(server, "http.route"), Some("/v1/chat/completions"));
+    assert_eq!(text(server, "gen_ai.operation.name"), Some("chat"));
+    assert_eq!(text(server, "gen_ai.request.model"), Some("m-x"));
+    assert_eq!(text(server, "gen_ai.response.model"), Some("up-m-x"));
+    assert_eq!(text(server, "gen_ai.provider.name"), Some("anthropic"));
+    assert_eq!(int(server, "gen_ai.usage.input_tokens"), Some(10));
+    assert_eq!(int(server, "gen_ai.usage.output_tokens"), Some(3));
+    assert_eq!(int(server, "http.response.status_code"), Some(200));
+    assert_eq!(int(server, "poolgate.attempts"), Some(2));
+    assert_eq!(text(server, "poolgate.outcome"), Some("success"));
+    assert_eq!(text(server, "poolgate.backend"), Some("claude"));
+    assert_eq!(text(server, "poolgate.pool"), Some("fallback"));
+    assert_eq!(text(server, "poolgate.client_key_id"), Some("admin"));
     assert_eq!(
-        string_attribute(server, "gen_ai.operation.name"),
-        Some("chat")
+        text(server, "poolgate.request_id"),
+        Some(request_id.as_str())
     );
-    assert_eq!(
-        string_attribute(server, "gen_ai.request.model"),
-        Some("gpt-4o")
-    );
-    assert_eq!(
-        string_attribute(server, "gen_ai.response.model"),
-        Some("claude-sonnet-4-20250514")
-    );
-    assert_eq!(int_attribute(server, "gen_ai.usage.input_tokens"), Some(11));
-    assert_eq!(
-        int_attribute(server, "gen_ai.usage.output_tokens"),
-        Some(22)
-    );
-    assert_eq!(
-        int_attribute(server, "http.response.status_code"),
-        Some(200)
-    );
-    assert_eq!(int_attribute(server, "poolgate.attempts"), Some(2));
-    assert_eq!(
-        string_attribute(server, "poolgate.outcome"),
-        Some("success")
-    );
-    assert_eq!(string_attribute(server, "poolgate.backend"), Some("claude"));
-    assert_eq!(
-        string_attribute(server, "poolgate.request_id"),
-        Some("req_trace")
-    );
+    assert_eq!(boolean(server, "poolgate.stream"), Some(false));
 
+    let mut attempts: Vec<&Span> = traced
+        .iter()
+        .copied()
+        .filter(|s| kind(s, SpanKind::Client))
+        .collect();
+    attempts.sort_by_key(|s| int(s, "poolgate.attempt"));
+    assert_eq!(attempts.len(), 2);
     for attempt in &attempts {
-        assert_eq!(hex(&attempt.trace_id), client_trace);
         assert_eq!(attempt.parent_span_id, server.span_id);
-        assert_eq!(
-            string_attribute(attempt, "gen_ai.operation.name"),
-            Some("chat")
-        );
+        assert_eq!(attempt.name, "chat up-m-x");
+        assert_eq!(text(attempt, "gen_ai.operation.name"), Some("chat"));
+        assert_eq!(text(attempt, "gen_ai.request.model"), Some("up-m-x"));
+        assert_eq!(text(attempt, "server.address"), Some("127.0.0.1"));
     }
-    let (first, second) = (attempts[0], attempts[1]);
-    assert_eq!(first.name, "chat gpt-4o-2024-08-06");
+    let (limited, answered) = (attempts[0], attempts[1]);
+    assert_eq!(int(limited, "poolgate.attempt"), Some(1));
+    assert_eq!(text(limited, "gen_ai.provider.name"), Some("openai"));
+    assert_eq!(text(limited, "gen_ai.system"), Some("openai"));
+    assert_eq!(text(limited, "poolgate.backend"), Some("alpha"));
+    assert_eq!(text(limited, "poolgate.pool"), Some("primary"));
     assert_eq!(
-        string_attribute(first, "gen_ai.provider.name"),
-        Some("openai")
-    );
-    assert_eq!(string_attribute(first, "gen_ai.system"), Some("openai"));
-    assert_eq!(
-        string_attribute(first, "gen_ai.request.model"),
-        Some("gpt-4o-2024-08-06")
-    );
-    assert_eq!(
-        string_attribute(first, "server.address"),
-        Some("api.openai.example")
-    );
-    assert_eq!(int_attribute(first, "server.port"), Some(8443));
-    assert_eq!(string_attribute(first, "poolgate.backend"), Some("alpha"));
-    assert_eq!(string_attribute(first, "poolgate.pool"), Some("primary"));
-    assert_eq!(
-        string_attribute(first, "poolgate.attempt.result"),
+        text(limited, "poolgate.attempt.result"),
         Some("rate_limited")
     );
-    assert_eq!(string_attribute(first, "error.type"), Some("rate_limited"));
-    assert_eq!(int_attribute(first, "http.response.status_code"), Some(429));
+    assert_eq!(text(limited, "error.type"), Some("rate_limited"));
+    assert_eq!(int(limited, "http.response.status_code"), Some(429));
     assert_eq!(
-        first.status.as_ref().map(|s| s.code),
-        Some(opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32)
+        int(limited, "server.port"),
+        Some(i64::from(openai.addr().port()))
+    );
+    assert_eq!(
+        limited.status.as_ref().map(|s| s.code),
+        Some(SpanStatus::Error as i32)
+    );
+    assert_eq!(int(answered, "poolgate.attempt"), Some(2));
+    assert_eq!(text(answered, "gen_ai.provider.name"), Some("anthropic"));
+    assert_eq!(text(answered, "poolgate.pool"), Some("fallback"));
+    assert_eq!(text(answered, "poolgate.attempt.result"), Some("success"));
+    assert_eq!(int(answered, "http.response.status_code"), Some(200));
+    assert_eq!(text(answered, "gen_ai.response.model"), Some("up-m-x"));
+    assert_eq!(int(answered, "gen_ai.usage.input_tokens"), Some(10));
+    assert_eq!(int(answered, "gen_ai.usage.output_tokens"), Some(3));
+    assert_eq!(attribute(answered, "error.type"), None);
+
+    // Each upstream request carried its own attempt span as parent (and the client's state).
+    let seen = |upstream: &MockUpstream, index: usize| {
+        let request = &upstream.requests()[index];
+        (
+            request.header("traceparent").unwrap().to_owned(),
+            request.header("tracestate").map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        seen(&openai, 0),
+        (
+            format!("00-{client_trace}-{}-01", hex(&limited.span_id)),
+            Some("vendor=abc".to_owned())
+        )
+    );
+    assert_eq!(
+        seen(&anthropic, 0).0,
+        format!("00-{client_trace}-{}-01", hex(&answered.span_id))
     );
 
-    assert_eq!(second.name, "chat claude-sonnet-4");
-    assert_eq!(
-        string_attribute(second, "gen_ai.provider.name"),
-        Some("anthropic")
+    // The stream: a new trace, its attempt ends with the stream and has its tokens.
+    let streamed: Vec<&Span> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) != client_trace)
+        .collect();
+    assert_eq!(streamed.len(), 2);
+    let root = *streamed.iter().find(|s| kind(s, SpanKind::Server)).unwrap();
+    assert!(
+        root.parent_span_id.is_empty(),
+        "a new trace starts at poolgate"
     );
-    assert_eq!(int_attribute(second, "server.port"), Some(443));
-    assert_eq!(string_attribute(second, "poolgate.pool"), Some("fallback"));
-    assert_eq!(
-        string_attribute(second, "gen_ai.response.model"),
-        Some("claude-sonnet-4-20250514")
-    );
-    assert_eq!(int_attribute(second, "gen_ai.usage.input_tokens"), Some(11));
-    assert_eq!(
-        int_attribute(second, "gen_ai.usage.output_tokens"),
-        Some(22)
-    );
-    assert_eq!(
-        int_attribute(second, "gen_ai.usage.cache_read.input_tokens"),
-        Some(3)
-    );
-    assert_eq!(attribute(second, "error.type"), None);
+    assert_eq!(boolean(root, "poolgate.stream"), Some(true));
+    assert_eq!(int(root, "poolgate.attempts"), Some(1));
+    let attempt = *streamed.iter().find(|s| kind(s, SpanKind::Client)).unwrap();
+    assert_eq!(attempt.parent_span_id, root.span_id);
+    assert_eq!(text(attempt, "poolgate.attempt.result"), Some("success"));
+    assert_eq!(text(attempt, "gen_ai.response.model"), Some("up-m-x"));
+    assert_eq!(int(attempt, "gen_ai.usage.output_tokens"), Some(3));
+    assert!(attempt.end_time_unix_nano >= attempt.start_time_unix_nano);
+    assert!(root.end_time_unix_nano >= attempt.end_time_unix_nano);
 
-    // Each upstream request carried its own attempt span as the parent.
-    for (headers, span) in [(&first_upstream, first), (&second_upstream, second)] {
-        let parent = headers["traceparent"].to_str().unwrap();
-        assert_eq!(
-            parent,
-            format!("00-{client_trace}-{}-01", hex(&span.span_id))
-        );
-    }
+    // Not sampled: no spans, and the upstream still gets the client's trace id with flag 00.
+    let (quiet_parent, _) = seen(&anthropic, 2);
+    assert!(
+        quiet_parent.starts_with(&format!("00-{quiet_trace}-")) && quiet_parent.ends_with("-00"),
+        "{quiet_parent}"
+    );
     receiver.abort();
 }
