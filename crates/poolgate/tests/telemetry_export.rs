@@ -1,6 +1,6 @@
 //! Metrics of a real gateway against the real tools: requests through poolgate to mock upstreams
 //! (success, failover after a 429, a stream, a refused connection, a refused key, a 5xx, a
-//! timeout, a relayed 4xx, an unknown model, a wrong key) show up in `GET /metrics` with the
+//! timeout, a relayed 4xx, a client that leaves, an unknown model, a wrong key) show up in `GET /metrics` with the
 //! counts they should have; the exposition passes Debian's `promtool check metrics`; and a real
 //! Prometheus, scraping the gateway with the metrics token, answers a PromQL query with the
 //! requests sent, split by backend.
@@ -58,6 +58,8 @@ async fn every_phase_is_counted_and_promtool_accepts_the_exposition() {
     failing.set_default(Reply::server_error());
     let hanging = MockUpstream::start().await;
     hanging.set_default(Reply::Hang);
+    let stuck = MockUpstream::start().await;
+    stuck.set_default(Reply::Hang);
     let picky = MockUpstream::start().await;
     picky.set_default(Reply::error(400));
     let none = json!({});
@@ -125,7 +127,24 @@ async fn every_phase_is_counted_and_promtool_accepts_the_exposition() {
         none,
     )
     .await;
+    backend(
+        &gw,
+        "stuck",
+        &stuck.openai_base_url(),
+        "primary",
+        "m-stuck",
+        json!({}),
+    )
+    .await;
     let (key_id, key) = gw.create_key(json!({"name": "metrics-key"})).await;
+
+    // A client that leaves while its upstream is still thinking: the request closes as cancelled.
+    let leaving = tokio::spawn(chat(&gw, "m-stuck", false).send());
+    eventually("the stuck upstream has the request", || async {
+        stuck.calls() == 1
+    })
+    .await;
+    leaving.abort();
 
     // The timeout takes a second: it runs while the others go one by one.
     let timed_out = tokio::spawn(chat(&gw, "m-slow", false).send());
@@ -165,14 +184,14 @@ async fn every_phase_is_counted_and_promtool_accepts_the_exposition() {
     assert_eq!(status(wrong_key), 401);
     assert_eq!(status(timed_out.await.unwrap().unwrap()), 504);
     // Usage records: every request but the unauthenticated one.
-    let records = gw.usage_records(9).await.len();
-    assert_eq!(records, 9);
+    let records = gw.usage_records(10).await.len();
+    assert_eq!(records, 10);
     eventually("the usage writer counted every record", || async {
         sum(
             &metrics(&gw).await,
             "poolgate_usage_records_written_total",
             &[],
-        ) == Some(9.0)
+        ) == Some(10.0)
     })
     .await;
 
@@ -198,7 +217,8 @@ async fn every_phase_is_counted_and_promtool_accepts_the_exposition() {
     assert_eq!(attempts("broken", "server_error"), Some(1.0));
     assert_eq!(attempts("slow", "timeout"), Some(1.0));
     assert_eq!(attempts("picky", "client_error"), Some(1.0));
-    assert_eq!(get("poolgate_upstream_attempts_total", &[]), Some(9.0));
+    assert_eq!(attempts("stuck", "cancelled"), Some(1.0));
+    assert_eq!(get("poolgate_upstream_attempts_total", &[]), Some(10.0));
     // The 429 made one retry, into the other pool.
     assert_eq!(
         get(
@@ -261,14 +281,22 @@ async fn every_phase_is_counted_and_promtool_accepts_the_exposition() {
         Some(2.0)
     );
     assert!(!text.contains("no-such-model"));
-    assert_eq!(requests(&[]), Some(10.0));
+    assert_eq!(
+        requests(&[
+            ("model", "m-stuck"),
+            ("status_class", "4xx"),
+            ("outcome", "cancelled")
+        ]),
+        Some(1.0)
+    );
+    assert_eq!(requests(&[]), Some(11.0));
     assert_eq!(get("poolgate_requests_in_flight", &[]), Some(0.0));
     // Durations: every request has one; the time poolgate adds, every one that reached upstream.
     assert_eq!(
         get("poolgate_request_duration_seconds_count", &[]),
-        Some(10.0)
+        Some(11.0)
     );
-    assert_eq!(get("poolgate_overhead_seconds_count", &[]), Some(8.0));
+    assert_eq!(get("poolgate_overhead_seconds_count", &[]), Some(9.0));
     assert_eq!(
         get(
             "poolgate_request_ttfb_seconds_count",
