@@ -93,7 +93,7 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
     /// Run only these sections (comma-separated): closed, open, stream, held, startup,
-    /// features, litellm.
+    /// features, telemetry, litellm.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }

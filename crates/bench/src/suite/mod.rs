@@ -8,7 +8,9 @@
 //! 5. **held** — 5,000 streams open at once through a fresh poolgate: its memory.
 //! 6. **startup** — fresh data dir -> first proxied request answered, repeated.
 //! 7. **features** — poolgate with 1 vs 50 backends, RPM limits on, 429 churn on half.
-//! 8. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
+//! 8. **telemetry** — poolgate with telemetry off, metrics, metrics + access log, and traces at
+//!    100 % sampling exported to an OTLP receiver.
+//! 9. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
 //!
 //! Each scenario runs every target `repeats` times, interleaved (the order rotates per repeat),
 //! so each comparison is made between runs minutes apart at most.
@@ -16,6 +18,7 @@
 pub mod features;
 mod litellm;
 mod measure;
+pub mod telemetry;
 
 pub use litellm::label as litellm_label;
 pub use measure::{load_comparisons, run_scenario, Endpoint, Load, MB};
@@ -190,6 +193,9 @@ impl Bench<'_> {
         }
         if self.opts.runs("features") {
             self.features(&stack.fast).await?;
+        }
+        if self.opts.runs("telemetry") {
+            self.telemetry(&stack.fast).await?;
         }
         if self.opts.litellm && self.opts.runs("litellm") {
             if let Err(error) = self.litellm(&stack).await {
