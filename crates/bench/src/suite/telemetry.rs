@@ -23,10 +23,10 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::{load_comparisons, run_scenario, Bench, Endpoint, Load};
-use crate::load::{request_once, Target};
-use crate::stack::{start_poolgate_with, BackendDef, Mock, PoolgateSpec, ADMIN_TOKEN};
-use crate::stats::{Compare, Scenario};
+use super::features::Configuration;
+use super::Bench;
+use crate::load::request_once;
+use crate::stack::{BackendDef, Mock, PoolgateSpec, ADMIN_TOKEN};
 
 /// Connections of the comparison (as for the feature costs).
 const CONNECTIONS: usize = 16;
@@ -113,6 +113,21 @@ async fn requests_answered(addr: SocketAddr) -> Result<f64> {
         .sum())
 }
 
+/// A poolgate with one backend on the fast mock.
+fn one_backend(name: &str, fast: &Mock) -> PoolgateSpec {
+    PoolgateSpec {
+        name: name.to_owned(),
+        backends: vec![BackendDef {
+            name: "fast".into(),
+            upstream: fast.addr,
+            models: vec![("bench".to_owned(), "bench-upstream".to_owned())],
+            rpm_limit: 0,
+        }],
+        churn_cooldown: false,
+        client_rpm: 0,
+    }
+}
+
 impl Bench<'_> {
     pub(super) async fn telemetry(&mut self, fast: &Mock) -> Result<()> {
         let sink = OtlpSink::start().await?;
@@ -129,55 +144,24 @@ impl Bench<'_> {
             (LABELS[2], ""),
             (LABELS[3], traced.as_str()),
         ];
-        let mut running = Vec::new();
-        let mut endpoints = Vec::new();
-        for (index, (label, extra)) in configurations.iter().enumerate() {
-            let spec = PoolgateSpec {
-                name: format!("telemetry-{index}"),
-                backends: vec![BackendDef {
-                    name: "fast".into(),
-                    upstream: fast.addr,
-                    models: vec![("bench".to_owned(), "bench-upstream".to_owned())],
-                    rpm_limit: 0,
-                }],
-                churn_cooldown: false,
-                client_rpm: 0,
-            };
-            let poolgate =
-                start_poolgate_with(self.bins, &spec, extra, &self.work, &self.logs).await?;
-            endpoints.push(Endpoint {
-                label: (*label).to_owned(),
-                target: Arc::new(Target::chat(
-                    poolgate.addr,
-                    Some(&poolgate.key),
-                    "bench",
-                    false,
-                )?),
-                pids: vec![poolgate.child.pid()],
-                sqlite: true,
-            });
-            running.push(poolgate);
-        }
-        let refs: Vec<&Endpoint> = endpoints.iter().collect();
-        let mut scenario = Scenario::new(
-            "telemetry_c16",
-            &format!("metrics and tracing, closed loop, {CONNECTIONS} connections"),
-            "telemetry",
-            CONNECTIONS as f64,
-            BASELINE,
-        );
-        scenario.compare = load_comparisons(false);
-        scenario.compare.push(Compare::Ratio("cpu_ms_per_1k"));
-        run_scenario(
-            &mut scenario,
-            &refs,
-            Load::Closed {
-                connections: CONNECTIONS,
-            },
-            self.opts,
-        )
-        .await;
-        self.results.scenarios.push(scenario);
+        let configurations: Vec<Configuration<'_>> = configurations
+            .into_iter()
+            .enumerate()
+            .map(|(index, (label, extra_toml))| Configuration {
+                label,
+                spec: one_backend(&format!("telemetry-{index}"), fast),
+                extra_toml,
+            })
+            .collect();
+        let mut running = self
+            .compare_configurations(
+                "telemetry_c16",
+                &format!("metrics and tracing, closed loop, {CONNECTIONS} connections"),
+                "telemetry",
+                CONNECTIONS,
+                &configurations,
+            )
+            .await?;
 
         // Every span of the traced gateway, after a graceful stop flushed the last ones.
         let mut traced = running.pop().context("the traced poolgate")?;
