@@ -6,6 +6,8 @@
 //! time ([`super::handles`]); what is only known at scrape time (backend state, process
 //! figures) comes from collectors ([`super::runtime`], [`super::process`]).
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -41,6 +43,8 @@ pub struct Metrics {
     usage: UsageMetrics,
     store_errors: StoreErrors,
     redis: RedisMetrics,
+    /// Set once the Redis families are registered (see [`Metrics::redis`]).
+    redis_registered: Arc<OnceLock<()>>,
 }
 
 /// The usage writer's figures; the writer holds a clone.
@@ -55,7 +59,8 @@ pub struct UsageMetrics {
     pub records_lost: IntCounter,
 }
 
-/// Redis figures for the shared runtime state (issue #10); zero until Redis is configured.
+/// Redis figures for the shared runtime state (issue #10); exported only once a Redis client
+/// asked for them ([`Metrics::redis`]).
 #[derive(Clone)]
 pub struct RedisMetrics {
     errors: Family<IntCounterVec, 1>,
@@ -201,6 +206,7 @@ impl Metrics {
                     "1 while Redis is unreachable and poolgate runs on local limits and cooldowns.",
                 )?,
             },
+            redis_registered: Arc::new(OnceLock::new()),
         };
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -229,8 +235,6 @@ impl Metrics {
             Box::new(metrics.usage.write_errors.clone()),
             Box::new(metrics.usage.records_lost.clone()),
             metrics.store_errors.0.collector(),
-            metrics.redis.errors.collector(),
-            Box::new(metrics.redis.degraded.clone()),
             Box::new(build_info),
             Box::new(super::process::ProcessCollector::new()?),
         ];
@@ -266,8 +270,20 @@ impl Metrics {
         self.store_errors.clone()
     }
 
-    /// Handles for the shared runtime state's Redis client.
+    /// Handles for the shared runtime state's Redis client. The Redis families are registered
+    /// on the first call: only a gateway with Redis configured exports them.
     pub fn redis(&self) -> RedisMetrics {
+        self.redis_registered.get_or_init(|| {
+            let collectors: [Box<dyn Collector>; 2] = [
+                self.redis.errors.collector(),
+                Box::new(self.redis.degraded.clone()),
+            ];
+            for collector in collectors {
+                if let Err(error) = self.registry.register(collector) {
+                    tracing::error!(%error, "could not register the Redis metrics");
+                }
+            }
+        });
         self.redis.clone()
     }
 }

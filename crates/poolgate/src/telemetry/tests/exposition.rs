@@ -211,6 +211,8 @@ fn sinks_get_their_own_handles() {
     usage.records_written.inc_by(512);
     usage.write_errors.inc();
     observer.metrics().store_errors().error("health_save");
+    // Without Redis configured, no Redis series.
+    assert!(!observer.render().contains("poolgate_redis"));
     observer.metrics().redis().error("admit");
     observer.metrics().redis().degraded.set(1);
     let text = observer.render();
