@@ -46,6 +46,11 @@
 //!    drop), stored in batches by the control plane's writer; a health change is marked dirty
 //!    for the single health writer.
 //!
+//! Every phase also feeds the request's [`telemetry`] observation — attempts started (trace
+//! context injected upstream) and ended with their result, the first byte, the finish where the
+//! record is written — which turns them into Prometheus metrics, OpenTelemetry spans and the
+//! access-log line; backend state is read at scrape time from the snapshot.
+//!
 //! Errors belong to their layer ([`proxy::ProxyError`], [`control::ControlError`],
 //! [`providers::ProviderError`], [`translate::TranslateError`]) and become HTTP once, in
 //! [`api::error`], in the client's format; 5xx bodies are generic and name the request id.
@@ -65,6 +70,9 @@
 //! - [`providers`], [`translate`], [`sse`], [`proxy`]: wire formats, translation between them, the
 //!   SSE framer, and the forwarding pipeline.
 //! - [`usage`]: the usage sink, usage queries and statistics.
+//! - [`telemetry`]: the observer (Prometheus registry, OTLP traces, access log), the client
+//!   rate-limit headers and the `[metrics]` / `[telemetry]` settings; [`readiness`]: the probes
+//!   behind `/health/ready` and the draining flag of a graceful stop.
 //! - [`api`]: the HTTP surface (OpenAI, Anthropic, admin) and error rendering; [`dashboard`]: the
 //!   web UI assets; [`server`]: start-up and graceful shutdown; [`cli`]: the command line.
 

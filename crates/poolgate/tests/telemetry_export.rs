@@ -568,3 +568,79 @@ async fn prometheus_scrapes_the_gateway_and_counts_the_requests_by_backend() {
     assert_eq!(healthy.values().copied().collect::<Vec<_>>(), vec![2.0]);
     gw.stop().await;
 }
+
+// === the guide's example alerts ===
+
+/// The `yaml` block after the `<!-- alerts` marker of docs/operations.md.
+fn guide_alerts() -> String {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .unwrap();
+    let block = &guide[guide.find("<!-- alerts").expect("the alerts marker")..];
+    let yaml = &block[block.find("```yaml\n").unwrap() + "```yaml\n".len()..];
+    yaml[..yaml.find("```").unwrap()].to_owned()
+}
+
+/// Runs `promtool <args>` in `dir`; (success, output).
+fn promtool_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool (Debian package `prometheus`) is installed");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), report)
+}
+
+#[test]
+fn the_guides_example_alerts_are_valid_rules_that_fire_when_they_should() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yml"), guide_alerts()).unwrap();
+    let (ok, report) = promtool_in(dir.path(), &["check", "rules", "rules.yml"]);
+    assert!(ok, "promtool check rules: {report}");
+    assert!(report.contains("7 rules found"), "{report}");
+
+    // alpha is healthy for 5 minutes, then cools for good; beta cools with a break; the usage
+    // queue grows by 500 records a minute.
+    let tests = r#"
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'poolgate_backend_state{backend="alpha",pool="primary",state="cooling"}'
+        values: '0 0 0 0 0 1x20'
+      - series: 'poolgate_backend_state{backend="beta",pool="primary",state="cooling"}'
+        values: '1 1 1 1 1 1 1 1 0 1x16'
+      - series: 'poolgate_usage_queue_depth'
+        values: '0+500x25'
+    alert_rule_test:
+      - eval_time: 13m
+        alertname: PoolgateBackendCoolingTenMinutes
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: PoolgateBackendCoolingTenMinutes
+        exp_alerts:
+          - exp_labels: {severity: warning, backend: alpha, pool: primary, state: cooling}
+            exp_annotations:
+              summary: "backend alpha (pool primary) has been cooling down for 10 minutes"
+      - eval_time: 5m
+        alertname: PoolgateUsageQueueGrowing
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: PoolgateUsageQueueGrowing
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              summary: "10000 usage records are waiting for the database"
+"#;
+    std::fs::write(dir.path().join("tests.yml"), tests).unwrap();
+    let (ok, report) = promtool_in(dir.path(), &["test", "rules", "tests.yml"]);
+    assert!(ok, "promtool test rules: {report}");
+}
