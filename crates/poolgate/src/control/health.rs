@@ -12,13 +12,9 @@ use tokio::time::Instant;
 use super::store::ConfigStore;
 use crate::domain::BackendId;
 use crate::runtime::{health_channel, BackendRuntime, HealthMessage, HealthSink};
-use crate::telemetry::metrics::StoreErrors;
 
-/// Starts the health writer; failed saves count as store errors (`health_save`).
-pub fn spawn_health_writer(
-    store: Arc<dyn ConfigStore>,
-    store_errors: StoreErrors,
-) -> (HealthSink, HealthWriter) {
+/// Starts the health writer.
+pub fn spawn_health_writer(store: Arc<dyn ConfigStore>) -> (HealthSink, HealthWriter) {
     let (sink, mut queue) = health_channel();
     let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -47,7 +43,6 @@ pub fn spawn_health_writer(
                 let now = Instant::now();
                 let health = runtime.snapshot(now).persisted(now);
                 if let Err(error) = store.save_health(&id, &health).await {
-                    store_errors.error("health_save");
                     tracing::warn!(backend = %id, %error, "could not persist backend health");
                 }
             }

@@ -124,6 +124,7 @@ impl ControlPlane {
         changes: Arc<dyn ChangeFeed>,
         observer: Observer,
     ) -> Result<ControlPlane, InitError> {
+        let stores = stores.counted(&observer.metrics().store_errors());
         let snapshots = Arc::new(Snapshots::new(
             Arc::clone(&stores.config),
             sealer,
@@ -138,17 +139,11 @@ impl ControlPlane {
             &config.usage,
             observer.metrics(),
         );
-        let (health, health_writer) = health::spawn_health_writer(
-            Arc::clone(&stores.config),
-            observer.metrics().store_errors(),
-        );
+        let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
         let follower =
             snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
         let readiness = Readiness::new(config.health.ready_timeout);
-        readiness.add(Arc::new(probes::StoreProbe {
-            store: Arc::clone(&stores.config),
-            store_errors: observer.metrics().store_errors(),
-        }));
+        readiness.add(Arc::new(probes::StoreProbe(Arc::clone(&stores.config))));
         readiness.add(Arc::new(probes::SnapshotProbe(Arc::clone(&snapshots))));
         Ok(ControlPlane {
             inner: Arc::new(Inner {

@@ -1,6 +1,5 @@
-//! The control plane's readiness probes: the store answers a cheap query (a failure also counts
-//! as a store error, `ready_check`), and the live snapshot is loaded and current (no rebuild
-//! after a committed change is still failing).
+//! The control plane's readiness probes: the store answers a cheap query, and the live snapshot
+//! is loaded and current (no rebuild after a committed change is still failing).
 
 use std::sync::Arc;
 
@@ -9,12 +8,8 @@ use async_trait::async_trait;
 use super::snapshot::Snapshots;
 use super::store::ConfigStore;
 use crate::readiness::ReadinessProbe;
-use crate::telemetry::metrics::StoreErrors;
 
-pub(super) struct StoreProbe {
-    pub store: Arc<dyn ConfigStore>,
-    pub store_errors: StoreErrors,
-}
+pub(super) struct StoreProbe(pub Arc<dyn ConfigStore>);
 
 #[async_trait]
 impl ReadinessProbe for StoreProbe {
@@ -23,10 +18,7 @@ impl ReadinessProbe for StoreProbe {
     }
 
     async fn check(&self) -> Result<(), String> {
-        self.store.ping().await.map_err(|error| {
-            self.store_errors.error("ready_check");
-            error.to_string()
-        })
+        self.0.ping().await.map_err(|error| error.to_string())
     }
 }
 

@@ -76,17 +76,11 @@ impl Snapshots {
         &self.registry
     }
 
-    /// Rebuilds the snapshot from the store and swaps it in; a failure is counted as a store
-    /// error (`snapshot_rebuild`).
+    /// Rebuilds the snapshot from the store and swaps it in.
     pub async fn rebuild(&self) -> Result<(), StoreError> {
         let result = self.load_and_swap().await;
         if result.is_ok() {
             self.loaded.store(true, Ordering::Release);
-        } else {
-            self.observer
-                .metrics()
-                .store_errors()
-                .error("snapshot_rebuild");
         }
         result
     }

@@ -3,7 +3,7 @@
 //! that falls behind — past `usage.channel_capacity` queued records — is logged as a backlog,
 //! never answered by dropping records or by making requests wait), a failed write is retried, and
 //! shutdown drains the queue. Its figures go to the metrics: queue depth, records written, failed
-//! writes (also counted as store errors, `usage_insert`), records lost at shutdown.
+//! writes (the store's own count has them as `insert_usage` too), records lost at shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::store::UsageStore;
 use crate::config::UsageSettings;
 use crate::domain::UsageRecord;
-use crate::telemetry::metrics::{StoreErrors, UsageMetrics};
+use crate::telemetry::metrics::UsageMetrics;
 use crate::telemetry::Metrics;
 use crate::usage::{channel, UsageSink};
 
@@ -35,7 +35,6 @@ pub fn spawn_writer(
     let writer = Writer {
         store,
         metrics: metrics.usage(),
-        store_errors: metrics.store_errors(),
     };
     let task = tokio::spawn(run_writer(
         writer,
@@ -67,7 +66,6 @@ impl UsageWriter {
 struct Writer {
     store: Arc<dyn UsageStore>,
     metrics: UsageMetrics,
-    store_errors: StoreErrors,
 }
 
 async fn run_writer(
@@ -154,7 +152,6 @@ impl Writer {
             let result = self.store.insert_usage(batch).await;
             if result.is_err() {
                 self.metrics.write_errors.inc();
-                self.store_errors.error("usage_insert");
             }
             match result {
                 Ok(()) => {

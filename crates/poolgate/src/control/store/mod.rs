@@ -4,6 +4,7 @@
 //! `database_url`: [`sqlite`] today; PostgreSQL slots in beside it. Implementations store what
 //! they are handed: validation, sealing and ids are the callers' business.
 
+mod counted;
 pub mod sqlite;
 
 use std::sync::Arc;
