@@ -2,7 +2,8 @@
 //! upstream error or poolgate's own error alike: the client key's own request limit
 //! (`x-ratelimit-limit-requests`, `-remaining-requests`, `-reset-requests`, as OpenAI sends
 //! them) and, with `proxy.expose_routing_headers`, which backend answered after how many
-//! attempts (`x-poolgate-backend`, `x-poolgate-attempts`).
+//! attempts (`x-poolgate-backend`, `x-poolgate-attempts`). Per-key token limits, once they exist,
+//! add their `x-ratelimit-*-tokens` here with `telemetry::headers::insert_token_limit`.
 
 use http::HeaderMap;
 use tokio::time::Instant;

@@ -332,11 +332,6 @@ impl RequestObservation {
         self.attempts
     }
 
-    /// The backend of the latest attempt.
-    pub fn backend(&self) -> Option<&BackendHandle> {
-        self.route.as_ref().and_then(RouteHandle::backend)
-    }
-
     /// Whether the request metrics are counted (`[metrics] enabled`).
     fn counting(&self) -> bool {
         self.observer.inner.options.metrics
