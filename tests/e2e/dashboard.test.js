@@ -1,8 +1,9 @@
 // The dashboard end to end, in a real headless Chromium against the real `poolgate` binary:
 // log in (and a wrong token refused), create a backend through the form (with a validation
 // error), edit it, proxy requests to a mock upstream so the charts fill, see a 429 cool a backend
-// down with a live countdown and reset it, create and revoke a client key, export CSV, and check
-// that hostile names render as text. Screenshots of every page land in target/dashboard-screenshots/.
+// down with a live countdown and reset it, create and revoke a client key, export CSV, check
+// that hostile names render as text, add an Azure backend (api-version, the Responses setting),
+// turn sticky routing on and add a model alias, and see the cached-token share per backend. Screenshots of every page land in target/dashboard-screenshots/.
 //
 // The steps share one gateway and one browser page and run in order.
 
@@ -269,10 +270,118 @@ describe('dashboard', { timeout: 120000 }, () => {
     await rowOf('xss-probe').waitFor({ state: 'detached' });
   });
 
+  test('Azure in the provider form: api-version and the Responses setting, errors from the API', async () => {
+    await page.locator('[data-nav="providers"]').click();
+    await page.getByTestId('add-backend').first().click();
+    const form = page.getByTestId('backend-form');
+    await form.waitFor();
+    assert.equal(await field('api_version').isHidden(), true, 'the Azure field shows only for Azure');
+    await field('api').locator('select').selectOption('azure');
+    await field('api_version').waitFor();
+    assert.match(await field('api_base_url').locator('.hint').textContent(), /openai\.azure\.com/);
+    await field('name').locator('input').fill('azure-1');
+    // mock-upstream serves Azure's URLs below its root.
+    await field('api_base_url').locator('input').fill(stack.mockUrl.replace(/\/v1$/, ''));
+    await field('api_key').locator('input').fill('azure-e2e-key-0001');
+    await field('api_version').locator('input').fill('2024-10-21');
+    await field('responses').locator('select').selectOption('true');
+    await form.getByTestId('add-mapping').click();
+    await form.getByTestId('canonical').last().fill('gpt-4o-azure');
+    await form.getByTestId('upstream').last().fill('gpt4o-prod');
+    await page.getByTestId('save').click();
+    const responsesError = field('responses').locator('.field-error');
+    await responsesError.waitFor();
+    assert.match(await responsesError.textContent(), /2025-03-01-preview/);
+    await screenshot(page, 'desktop-light-providers-azure');
+
+    await field('api_version').locator('input').fill('2025-04-01-preview');
+    await page.getByTestId('save').click();
+    await form.waitFor({ state: 'detached' });
+    const row = rowOf('azure-1');
+    await row.waitFor();
+    assert.match(await row.locator('.cell-api').textContent(), /azure.*responses/);
+    const [backend] = (await admin(stack.base, 'GET', '/backends')).filter((b) => b.name === 'azure-1');
+    assert.equal(backend.api, 'azure');
+    assert.equal(backend.api_version, '2025-04-01-preview');
+    assert.equal(backend.responses, true);
+    assert.equal(await chat(stack.base, { model: 'gpt-4o-azure' }), 200, 'routed through Azure URLs');
+
+    // Anthropic backends have no Responses API: the form says so.
+    await rowOf('azure-1').getByTestId('edit').click();
+    await form.waitFor();
+    await field('api').locator('select').selectOption('anthropic');
+    assert.equal(await field('responses').locator('select').isDisabled(), true);
+    assert.equal(await field('responses').locator('select').inputValue(), 'false');
+    assert.equal(await field('api_version').isHidden(), true);
+    await page.getByRole('button', { name: 'Cancel' }).click();
+    await form.waitFor({ state: 'detached' });
+  });
+
+  test('routing: the sticky setting and model aliases', async () => {
+    await page.locator('[data-nav="routing"]').click();
+    const state = page.getByTestId('sticky-state');
+    await state.waitFor();
+    assert.match(await state.textContent(), /^Off/);
+    await page.getByTestId('sticky-enabled').check();
+    const sticky = (name) => page.locator(`[data-testid="sticky-form"] [data-field="${name}"]`);
+    await sticky('ttl_seconds').locator('input').fill('0');
+    await page.getByTestId('sticky-save').click();
+    await sticky('ttl_seconds').locator('.field-error').waitFor();
+    assert.match(await sticky('ttl_seconds').locator('.field-error').textContent(), /ttl_seconds/);
+    await sticky('ttl_seconds').locator('input').fill('900');
+    await sticky('models').locator('input').fill(MODEL);
+    await page.getByTestId('sticky-save').click();
+    await page.waitForFunction((model) => document.querySelector('[data-testid="sticky-state"]')?.textContent.startsWith(`On for ${model}`), MODEL);
+    const saved = await admin(stack.base, 'GET', '/settings/sticky');
+    assert.equal(saved.enabled, true);
+    assert.deepEqual(saved.models, [MODEL]);
+    assert.equal(saved.ttl_seconds, 900);
+
+    await page.getByText('No aliases yet').waitFor();
+    await page.getByTestId('alias-name').fill('latest');
+    await page.getByTestId('alias-target').fill(MODEL);
+    await page.getByTestId('save-alias').click();
+    const alias = page.locator('tr[data-alias="latest"]');
+    await alias.waitFor();
+    assert.match(await alias.textContent(), /served/);
+    assert.equal(await chat(stack.base, { model: 'latest' }), 200, 'the alias routes');
+    // An alias of an alias is refused, next to the field.
+    await page.getByTestId('alias-name').fill('chain');
+    await page.getByTestId('alias-target').fill('latest');
+    await page.getByTestId('save-alias').click();
+    const aliasError = page.locator('[data-testid="alias-form"] [data-field="alias"] .field-error');
+    await aliasError.waitFor();
+    assert.match(await aliasError.textContent(), /itself an alias/);
+    await screenshot(page, 'desktop-light-routing');
+    await alias.getByTestId('delete-alias').click();
+    await page.getByTestId('confirm').click();
+    await alias.waitFor({ state: 'detached' });
+    assert.deepEqual(await admin(stack.base, 'GET', '/aliases'), []);
+    // Leave one for the screenshots.
+    await admin(stack.base, 'PUT', '/aliases/gpt-4o-mini-latest', { target: MODEL });
+  });
+
+  test('the overview shows the cached-token share per backend', async () => {
+    for (let i = 0; i < 2; i += 1) {
+      const response = await fetch(`${stack.base}/v1/responses`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${ADMIN_TOKEN}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ model: MODEL, prompt_cache_key: 'e2e-session', input: 'Hello' }),
+      });
+      assert.equal(response.status, 200, await response.text());
+    }
+    await page.locator('[data-nav="overview"]').click();
+    await page.waitForFunction(() => {
+      const text = document.querySelector('tr[data-backend="mock-1"] [data-testid="cached-share"]')?.textContent;
+      return text && /^[\d.]+ %$/.test(text) && text !== '0 %';
+    });
+    assert.match(await page.getByTestId('kpi-cache').textContent(), /Prompt cache/);
+  });
+
   test('screenshots: dark mode and a phone', async () => {
     const shots = [
-      { name: 'desktop-dark', viewport: DESKTOP, colorScheme: 'dark', pages: ['overview', 'providers', 'usage', 'keys'] },
-      { name: 'phone-light', viewport: PHONE, colorScheme: 'light', pages: ['overview', 'providers', 'usage', 'keys'] },
+      { name: 'desktop-dark', viewport: DESKTOP, colorScheme: 'dark', pages: ['overview', 'providers', 'routing', 'usage', 'keys'] },
+      { name: 'phone-light', viewport: PHONE, colorScheme: 'light', pages: ['overview', 'providers', 'routing', 'usage', 'keys'] },
       { name: 'phone-dark', viewport: PHONE, colorScheme: 'dark', pages: ['overview', 'usage'] },
       // For docs/img/dashboard-overview.png (README): the final state, one backend cooling.
       { name: 'readme', viewport: DESKTOP, colorScheme: 'light', pages: ['overview'] },

@@ -119,6 +119,24 @@ def start_with_free_port(
     raise RuntimeError(f"{argv_for_port(0)[0]} kept exiting at start:\n{log_tail(log)}")
 
 
+def start_mock_upstream(log: Path, *args: str) -> Process:
+    """Starts `mock-upstream --listen 127.0.0.1:0 ARGS` and reads the port it bound from its
+    first line (`listening on 127.0.0.1:PORT`): no port is picked in advance."""
+    env = {**os.environ, "RUST_LOG": "warn"}
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [str(binary("mock-upstream")), "--listen", "127.0.0.1:0", *args],
+            env=env, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        stop(proc)
+        raise RuntimeError(f"mock-upstream did not start: {line!r}\n{log_tail(log)}")
+    port = int(line.rsplit(":", 1)[1])
+    return Process(proc, port, log)
+
+
 def mock_ok(port: int) -> bool:
     # The mock's own model list: proves the port is served by *this* mock, not a squatter.
     try:

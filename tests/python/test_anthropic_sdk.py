@@ -119,8 +119,25 @@ def test_errors_come_back_as_anthropic_errors(gateway: Gateway, client: anthropi
     assert caught.value.body["error"]["type"] == "authentication_error"
 
 
-def test_count_tokens_is_a_clear_501(client: anthropic.Anthropic) -> None:
+def test_count_tokens_passes_through_to_an_anthropic_backend(
+    gateway: Gateway, client: anthropic.Anthropic
+) -> None:
+    counted = client.messages.count_tokens(model=CLAUDE, messages=MESSAGES)
+    gateway.expect(
+        counted._request_id, endpoint="messages.count_tokens", status=200, outcome="success",
+        upstream_model=CLAUDE_UPSTREAM, canonical_model=CLAUDE,
+    )
+    assert counted.input_tokens == 10
+
+
+def test_count_tokens_without_an_anthropic_backend_is_a_clear_501(
+    gateway: Gateway, client: anthropic.Anthropic
+) -> None:
     with pytest.raises(anthropic.APIStatusError) as caught:
-        client.messages.count_tokens(model=CLAUDE, messages=MESSAGES)
+        client.messages.count_tokens(model=MODEL, messages=MESSAGES)
+    gateway.expect(
+        caught.value.response.headers.get("request-id"), endpoint="messages.count_tokens",
+        status=501, outcome="error", upstream_model=None, canonical_model=MODEL,
+    )
     assert caught.value.status_code == 501
-    assert "not supported" in caught.value.body["error"]["message"]
+    assert "no Anthropic backend serves the model" in caught.value.body["error"]["message"]

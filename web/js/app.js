@@ -10,10 +10,12 @@ import * as overview from './pages/overview.js';
 import * as providers from './pages/providers.js';
 import * as usage from './pages/usage.js';
 import * as keys from './pages/keys.js';
+import * as routing from './pages/routing.js';
 
 const PAGES = [
   { path: 'overview', label: 'Overview', icon: 'overview', page: overview },
   { path: 'providers', label: 'Providers', icon: 'providers', page: providers },
+  { path: 'routing', label: 'Routing', icon: 'routing', page: routing },
   { path: 'usage', label: 'Usage', icon: 'usage', page: usage },
   { path: 'keys', label: 'Keys', icon: 'keys', page: keys },
 ];

@@ -76,6 +76,7 @@ const ICONS = {
   alert: ['M12 8v5', 'M12 16h.01', 'M10.3 3.9L2.4 18a2 2 0 0 0 1.7 3h15.8a2 2 0 0 0 1.7-3L13.7 3.9a2 2 0 0 0-3.4 0z'],
   clock: ['M12 7v5l3 2', 'M12 21a9 9 0 1 0 0-18 9 9 0 0 0 0 18z'],
   pool: ['M12 3l9 5-9 5-9-5z', 'M3 13l9 5 9-5'],
+  routing: ['M4 7h11', 'M12 4l3 3-3 3', 'M20 17H9', 'M12 14l-3 3 3 3'],
 };
 
 /** An inline SVG icon from the table above. */

@@ -97,6 +97,21 @@ export function confirmDialog({ title, message, confirmLabel = 'Confirm', danger
 }
 
 /**
+ * Asks (a danger dialog), then runs `action`; says `done` in a toast, or the error; then
+ * `refresh()` either way.
+ */
+export async function confirmThen(dialog, action, done, refresh) {
+  if (!(await confirmDialog({ ...dialog, danger: true }))) return;
+  try {
+    await action();
+    toast(done);
+  } catch (error) {
+    toast(error.message, 'error');
+  }
+  refresh();
+}
+
+/**
  * A labelled form field with a slot for its error message.
  * Returns {wrap, input, error, setError(message)}.
  */
@@ -185,6 +200,6 @@ export function stat(label, value, sub, { tone, testid } = {}) {
     sub ? h('div', { class: 'stat-sub', text: sub }) : null);
 }
 
-export function chip(text, cls) {
-  return h('span', { class: ['chip', cls], text });
+export function chip(text, cls, title) {
+  return h('span', { class: ['chip', cls], text, title });
 }

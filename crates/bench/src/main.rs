@@ -272,6 +272,7 @@ async fn mock_429(listen: SocketAddr) -> Result<()> {
         default_reply: Reply::rate_limited(None),
         stream_defaults: StreamSpec::default(),
         record_requests: false,
+        control: false,
     };
     let mock = MockUpstream::start_with(config)
         .await

@@ -21,10 +21,17 @@
 //! | `GET /v1/models`, `GET /v1/models/{id}` | `mock-model` (Anthropic's shape if `anthropic-version` is sent) |
 //! | `POST /v1/messages` | Anthropic `message`, or its named SSE events ending in `message_stop` |
 //! | `POST /v1/messages/count_tokens` | `{"input_tokens":10}` |
+//! | `POST /v1/responses` | a Response object, or its typed SSE events (`event: response.…`) ending in `response.completed`; 404 `previous_response_not_found` for a `previous_response_id` this mock did not make |
+//! | `GET` / `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel` | the kept response / `response.deleted` / `cancelled` (background responses only, else 400); 404 for ids it does not keep |
+//! | Azure: `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=…`, `/openai/responses…?api-version=…`, `/openai/v1/…` | as the OpenAI endpoint, after Azure's checks: `api-key` header (else 401), `api-version` where needed (else 404 `Resource not found`), a known deployment (else 404 `DeploymentNotFound`); `x-ratelimit-remaining-*` headers; errors in Azure's shape |
+//! | `POST /__mock/replies` (only with [`MockConfig::control`]) | queues `times` (default 1) error replies of `status` (with `retry-after: retry_after` if given) in the endpoint's native shape: `{"status": 429, "retry_after": 30, "times": 1}`; 204 |
 //! | anything else | 404 in OpenAI's error shape (Anthropic's if `anthropic-version` is sent) |
 //!
 //! Deterministic numbers: ids are `chatcmpl-mock-N` / `cmpl-mock-N` / `msg_mock_N` with N the
-//! request's 1-based sequence number; the model echoes the request's `model` (`mock-model` if
+//! request's 1-based sequence number, and `resp_mock_{port}_N` for the Responses API (so the id
+//! tells which mock made it, see [`MockUpstream::response_id_prefix`]); Responses usage reports
+//! 8 of the 10 input tokens as `cached_tokens` when the same prompt (its `prompt_cache_key`, else
+//! its instructions and first input item) reached this mock before; the model echoes the request's `model` (`mock-model` if
 //! absent); prompt/input tokens are always 10; completion/output tokens are the number of
 //! whitespace-separated words of the content. The default content is `"chunk0 chunk1 chunk2"`
 //! (one word per chunk of the default [`StreamSpec`]).
@@ -32,6 +39,8 @@
 mod body;
 mod record;
 mod reply;
+mod responses;
+mod route;
 mod server;
 mod wire;
 
@@ -61,6 +70,9 @@ pub struct MockConfig {
     /// Keep every request for [`MockUpstream::requests`]; default `true`. Benchmarks turn it off
     /// so memory stays flat ([`MockUpstream::calls`] still counts).
     pub record_requests: bool,
+    /// Serve the control route `POST /__mock/replies` (scripting a separate process: tests in
+    /// other languages); default `false`. Control requests are neither recorded nor counted.
+    pub control: bool,
 }
 
 impl Default for MockConfig {
@@ -70,6 +82,7 @@ impl Default for MockConfig {
             default_reply: Reply::Ok,
             stream_defaults: StreamSpec::default(),
             record_requests: true,
+            control: false,
         }
     }
 }
@@ -103,7 +116,7 @@ impl MockUpstream {
     pub async fn start_with(config: MockConfig) -> io::Result<MockUpstream> {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(config, addr.port().to_string()));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), stopped));
         Ok(MockUpstream {
@@ -163,6 +176,34 @@ impl MockUpstream {
 
     pub fn last_request(&self) -> Option<RecordedRequest> {
         self.shared.last_request()
+    }
+
+    /// What every Responses API id this mock makes starts with (`resp_mock_{port}_`): tells
+    /// which mock served a response.
+    pub fn response_id_prefix(&self) -> String {
+        format!("resp_mock_{}_", self.shared.tag)
+    }
+
+    /// Ids of the responses this mock keeps (made with `store` not `false`, not deleted).
+    pub fn stored_responses(&self) -> Vec<String> {
+        self.shared.responses.ids()
+    }
+
+    /// `http://127.0.0.1:PORT` as an Azure OpenAI resource endpoint: deployment URLs under
+    /// `/openai/deployments/{deployment}/…`, the v1 form under `/openai/v1/…`.
+    pub fn azure_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The only `api-key` Azure routes accept from now on (initially any non-empty key).
+    pub fn set_azure_api_key(&self, key: impl Into<String>) {
+        self.shared.azure.lock().api_key = Some(key.into());
+    }
+
+    /// The only deployments Azure deployment URLs serve from now on (initially any); others
+    /// answer 404 `DeploymentNotFound`.
+    pub fn set_azure_deployments<S: Into<String>>(&self, deployments: impl IntoIterator<Item = S>) {
+        self.shared.azure.lock().deployments = deployments.into_iter().map(Into::into).collect();
     }
 
     /// Number of streaming responses whose body was dropped before the stream finished (the

@@ -24,6 +24,9 @@ struct Args {
     /// Delay before the response headers, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Serve `POST /__mock/replies` to script errors (for tests that run the binary).
+    #[arg(long)]
+    control: bool,
 }
 
 #[tokio::main]
@@ -39,6 +42,7 @@ async fn main() -> ExitCode {
         default_reply,
         stream_defaults: StreamSpec::new(args.stream_chunks).gap_ms(args.chunk_gap_ms),
         record_requests: false,
+        control: args.control,
     };
     let mock = match MockUpstream::start_with(config).await {
         Ok(mock) => mock,

@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::http::request::Parts;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -23,7 +23,10 @@ use tokio::task::JoinSet;
 use crate::body::{MockBody, SseBody, SsePlan, StreamCounters};
 use crate::record::RecordedRequest;
 use crate::reply::{Reply, StreamSpec};
-use crate::wire::{self, anthropic, openai, Flavor, Meta};
+use crate::responses::{prompt_key, CancelError, ResponseStore};
+use crate::route::{query_param, AzureRoute, Endpoint, Route};
+use crate::wire::responses::{ResponseMeta, ResponseObject};
+use crate::wire::{self, anthropic, azure, openai, responses, Flavor, Meta};
 use crate::MockConfig;
 
 /// Model echoed back when the request names none.
@@ -37,6 +40,28 @@ pub(crate) struct Shared {
     calls: AtomicUsize,
     pub(crate) streams: Arc<StreamCounters>,
     stream_defaults: StreamSpec,
+    /// Part of every response id, so ids from different mocks never collide (the port).
+    pub(crate) tag: String,
+    pub(crate) responses: ResponseStore,
+    pub(crate) azure: Mutex<AzureSettings>,
+    control: bool,
+}
+
+/// Body of `POST /__mock/replies`.
+#[derive(Deserialize)]
+struct ScriptedErrors {
+    status: u16,
+    #[serde(default)]
+    retry_after: Option<u64>,
+    #[serde(default)]
+    times: Option<usize>,
+}
+
+/// What Azure routes accept: `None` / empty accept anything.
+#[derive(Default)]
+pub(crate) struct AzureSettings {
+    pub(crate) api_key: Option<String>,
+    pub(crate) deployments: Vec<String>,
 }
 
 struct Script {
@@ -47,7 +72,7 @@ struct Script {
 // === impl Shared ===
 
 impl Shared {
-    pub(crate) fn new(config: MockConfig) -> Shared {
+    pub(crate) fn new(config: MockConfig, tag: String) -> Shared {
         Shared {
             script: Mutex::new(Script {
                 queue: VecDeque::new(),
@@ -58,7 +83,43 @@ impl Shared {
             calls: AtomicUsize::new(0),
             streams: Arc::default(),
             stream_defaults: config.stream_defaults,
+            tag,
+            responses: ResponseStore::default(),
+            azure: Mutex::default(),
+            control: config.control,
         }
+    }
+
+    /// `POST /__mock/replies`: queues scripted errors; None if not a control request.
+    fn control(&self, parts: &Parts, body: &[u8]) -> Option<Response<MockBody>> {
+        if !self.control || parts.uri.path() != "/__mock/replies" {
+            return None;
+        }
+        let scripted = match serde_json::from_slice::<ScriptedErrors>(body) {
+            Ok(scripted) if parts.method == hyper::Method::POST => scripted,
+            _ => {
+                let message =
+                    "POST a JSON body {\"status\": 429, \"retry_after\": 30, \"times\": 1}";
+                return Some(json_response(
+                    400,
+                    wire::error_body(Flavor::OpenAi, 400, message),
+                    &[],
+                ));
+            }
+        };
+        for _ in 0..scripted.times.unwrap_or(1) {
+            let reply = Reply::Error {
+                status: scripted.status,
+                message: format!("mock-upstream: scripted {} error", scripted.status),
+                headers: scripted
+                    .retry_after
+                    .map(|secs| ("retry-after".to_owned(), secs.to_string()))
+                    .into_iter()
+                    .collect(),
+            };
+            self.push(reply);
+        }
+        Some(json_response(204, Bytes::new(), &[]))
     }
 
     pub(crate) fn push(&self, reply: Reply) {
@@ -93,6 +154,33 @@ impl Shared {
         }
         // Counted after recording, so whoever sees `calls() == n` also sees n requests.
         self.calls.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// What Azure checks before anything else: the `api-key` header, `api-version` where the
+    /// URL form needs it, and the deployment. `Some((status, body))` refuses the request.
+    fn azure_gate(&self, route: &AzureRoute, parts: &Parts) -> Option<(u16, Bytes)> {
+        let settings = self.azure.lock();
+        let key = parts.headers.get("api-key").and_then(|v| v.to_str().ok());
+        let key_ok = match (&settings.api_key, key) {
+            (_, None) => false,
+            (Some(expected), Some(key)) => key == expected,
+            (None, Some(key)) => !key.is_empty(),
+        };
+        if !key_ok {
+            return Some((401, azure::unauthorized()));
+        }
+        if route.needs_api_version && query_param(parts.uri.query(), "api-version").is_none() {
+            return Some((404, azure::resource_not_found()));
+        }
+        match &route.deployment {
+            Some(deployment)
+                if !settings.deployments.is_empty()
+                    && !settings.deployments.contains(deployment) =>
+            {
+                Some((404, azure::deployment_not_found()))
+            }
+            _ => None,
+        }
     }
 
     fn next_reply(&self) -> Reply {
@@ -160,6 +248,16 @@ struct RequestFields {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     input: Option<serde_json::Value>,
+    #[serde(default)]
+    instructions: Option<serde_json::Value>,
+    #[serde(default)]
+    previous_response_id: Option<String>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(default)]
+    background: Option<bool>,
+    #[serde(default)]
+    prompt_cache_key: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -168,45 +266,14 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    Models,
-    Model,
-    Messages,
-    CountTokens,
-    Unknown,
-}
-
-impl Endpoint {
-    fn of(method: &Method, path: &str) -> Endpoint {
-        match (method, path) {
-            (&Method::POST, "/v1/chat/completions") => Endpoint::ChatCompletions,
-            (&Method::POST, "/v1/completions") => Endpoint::Completions,
-            (&Method::POST, "/v1/embeddings") => Endpoint::Embeddings,
-            (&Method::GET, "/v1/models") => Endpoint::Models,
-            (&Method::GET, p) if model_id(p).is_some() => Endpoint::Model,
-            (&Method::POST, "/v1/messages") => Endpoint::Messages,
-            (&Method::POST, "/v1/messages/count_tokens") => Endpoint::CountTokens,
-            _ => Endpoint::Unknown,
-        }
-    }
-}
-
-/// `{id}` of `/v1/models/{id}`.
-fn model_id(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/models/")
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-}
-
 /// A request reduced to what the answer depends on.
 struct Received {
     endpoint: Endpoint,
     flavor: Flavor,
     fields: RequestFields,
     seq: usize,
+    /// The deployment of an Azure deployment URL (echoed as the model if the body has none).
+    deployment: Option<String>,
 }
 
 async fn handle(
@@ -219,26 +286,38 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    if let Some(response) = shared.control(&parts, &body) {
+        return Ok(response);
+    }
     let seq = shared.record(&parts, &body);
-    let reply = shared.next_reply();
-
-    let endpoint = Endpoint::of(&parts.method, parts.uri.path());
-    let flavor = match endpoint {
-        Endpoint::Messages | Endpoint::CountTokens => Flavor::Anthropic,
-        Endpoint::Models | Endpoint::Model | Endpoint::Unknown
-            if parts.headers.contains_key("anthropic-version") =>
-        {
-            Flavor::Anthropic
+    let route = Route::of(&parts.method, parts.uri.path());
+    if let Some(azure) = &route.azure {
+        if let Some((status, body)) = shared.azure_gate(azure, &parts) {
+            return Ok(json_response(status, body, &[]));
         }
-        _ => Flavor::OpenAi,
-    };
+    }
+    let reply = shared.next_reply();
     let request = Received {
-        endpoint,
-        flavor,
+        flavor: route.flavor(parts.headers.contains_key("anthropic-version")),
+        deployment: route.azure.and_then(|azure| azure.deployment),
+        endpoint: route.endpoint,
         fields: serde_json::from_slice(&body).unwrap_or_default(),
         seq,
     };
-    Ok(respond(&shared, &kill, &parts, &request, reply).await)
+    let mut response = respond(&shared, &kill, &parts, &request, reply).await;
+    if request.flavor == Flavor::Azure && response.status().is_success() {
+        // What Azure reports on every answer.
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("99"),
+        );
+        headers.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from_static("9990"),
+        );
+    }
+    Ok(response)
 }
 
 async fn respond(
@@ -301,14 +380,18 @@ fn success(
     let meta = Meta {
         seq: request.seq,
         created: unix_now(),
-        model: fields.model.as_deref().unwrap_or(DEFAULT_MODEL),
+        model: fields
+            .model
+            .as_deref()
+            .or(request.deployment.as_deref())
+            .unwrap_or(DEFAULT_MODEL),
     };
     let text = || match content {
         Some(text) => text.to_owned(),
         None => spec.pieces(None).concat(),
     };
     let pieces = || spec.pieces(content);
-    match request.endpoint {
+    match &request.endpoint {
         Endpoint::ChatCompletions if streaming => {
             let plan = openai::chat_stream(meta, &pieces(), include_usage);
             sse_response(plan, spec, shared)
@@ -332,19 +415,67 @@ fn success(
         Endpoint::Models => json_response(
             200,
             match request.flavor {
-                Flavor::OpenAi => openai::models(),
+                Flavor::OpenAi | Flavor::Azure => openai::models(),
                 Flavor::Anthropic => anthropic::models(),
             },
             &[],
         ),
-        Endpoint::Model => {
-            let id = model_id(parts.uri.path()).unwrap_or(DEFAULT_MODEL);
+        Endpoint::Model(id) => {
             let body = match request.flavor {
-                Flavor::OpenAi => openai::model_info(id),
+                Flavor::OpenAi | Flavor::Azure => openai::model_info(id),
                 Flavor::Anthropic => anthropic::model_info(id),
             };
             json_response(200, body, &[])
         }
+        Endpoint::CreateResponse => {
+            if let Some(previous) = fields.previous_response_id.as_deref() {
+                if !shared.responses.knows(previous) {
+                    return json_response(404, responses::previous_not_found(previous), &[]);
+                }
+            }
+            let id = format!("resp_mock_{}_{}", shared.tag, request.seq);
+            let prompt = prompt_key(
+                fields.prompt_cache_key.as_deref(),
+                fields.instructions.as_ref(),
+                fields.input.as_ref(),
+            );
+            let background = fields.background == Some(true);
+            let response_meta = ResponseMeta {
+                meta,
+                id: &id,
+                previous_response_id: fields.previous_response_id.as_deref(),
+                store: fields.store != Some(false),
+                background,
+                cached_tokens: shared.responses.cached_tokens(prompt),
+            };
+            let object = ResponseObject::new(&response_meta, &text());
+            if response_meta.store {
+                shared.responses.keep(object.clone());
+            }
+            if streaming && !background {
+                sse_response(responses::response_stream(&object, &pieces()), spec, shared)
+            } else {
+                json_response(200, object.to_bytes(), &[])
+            }
+        }
+        Endpoint::GetResponse(id) => match shared.responses.get(id) {
+            Some(body) => json_response(200, body, &[]),
+            None => json_response(404, responses::not_found(id), &[]),
+        },
+        Endpoint::DeleteResponse(id) => {
+            if shared.responses.delete(id) {
+                json_response(200, responses::deleted(id), &[])
+            } else {
+                json_response(404, responses::not_found(id), &[])
+            }
+        }
+        Endpoint::CancelResponse(id) => match shared.responses.cancel(id) {
+            Ok(body) => json_response(200, body, &[]),
+            Err(CancelError::NotFound) => json_response(404, responses::not_found(id), &[]),
+            Err(CancelError::NotBackground) => {
+                json_response(400, responses::not_cancellable(), &[])
+            }
+        },
         Endpoint::Unknown => {
             let message = format!(
                 "mock-upstream: no route for `{} {}`",

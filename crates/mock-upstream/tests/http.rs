@@ -642,3 +642,41 @@ async fn start_with_config_and_shutdown() {
     mock.shutdown().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn the_control_route_scripts_errors_only_when_enabled() {
+    let plain = MockUpstream::start().await;
+    let resp = post(
+        format!("{}/__mock/replies", plain.base_url()),
+        json!({"status": 429}),
+    )
+    .await;
+    assert_eq!(resp.status(), 404, "no control route by default");
+
+    let mock = MockUpstream::start_with(MockConfig {
+        control: true,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let resp = post(
+        format!("{}/__mock/replies", mock.base_url()),
+        json!({"status": 429, "retry_after": 7, "times": 2}),
+    )
+    .await;
+    assert_eq!(resp.status(), 204);
+    assert_eq!(mock.calls(), 0, "control requests are not counted");
+    let url = format!("{}/chat/completions", mock.openai_base_url());
+    for _ in 0..2 {
+        let resp = post(url.clone(), json!({"model": "m"})).await;
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "7");
+    }
+    assert_eq!(post(url, json!({"model": "m"})).await.status(), 200);
+    let bad = post(
+        format!("{}/__mock/replies", mock.base_url()),
+        json!({"retry_after": 7}),
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+}

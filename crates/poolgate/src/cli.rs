@@ -107,8 +107,11 @@ pub struct AddBackendArgs {
     #[arg(long, value_name = "VAR")]
     pub api_key_env: String,
     /// Wire format.
-    #[arg(long, default_value = "openai", value_parser = ["openai", "anthropic"])]
+    #[arg(long, default_value = "openai", value_parser = ["openai", "anthropic", "azure"])]
     pub api: String,
+    /// Azure only: the `api-version` of deployment URLs (default 2024-10-21).
+    #[arg(long, value_name = "VERSION")]
+    pub api_version: Option<String>,
     /// Pool.
     #[arg(long, default_value = "primary")]
     pub pool: String,
@@ -272,6 +275,8 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
         enabled: None,
         model_mappings,
         metadata: None,
+        responses: None,
+        api_version: args.api_version,
     };
     // `add` may create the database (provisioning before the first start) — but not for input
     // the control plane would refuse anyway: the same rules, checked before anything is created.

@@ -7,9 +7,11 @@
 //!
 //! - The **data plane** answers requests: the [`api`] proxy handlers, [`proxy`], [`routing`],
 //!   [`limits`], [`cooldown`], [`runtime`], [`providers`], [`translate`], [`sse`]. Its context,
-//!   [`state::DataPlane`], holds the snapshot (read-only), the upstream HTTP client and two sinks
-//!   — usage records and backend health — that it writes to without waiting. It holds no store
-//!   and cannot name one: the store is a private module of [`control`].
+//!   [`state::DataPlane`], holds the snapshot (read-only), the upstream HTTP client, two sinks —
+//!   usage records and backend health — that it writes to without waiting, and the affinity maps
+//!   (which backend made each Responses API response, where each sticky session goes), whose
+//!   owners are written behind to the store. It holds no store and cannot name one: the store is
+//!   a private module of [`control`].
 //! - The **control plane**, [`control::ControlPlane`], owns every change — admin API, command
 //!   line and config file alike: validate once ([`domain`]'s rules), seal upstream keys, write in
 //!   one transaction, publish the change ([`control::ChangeFeed`]), rebuild the snapshot. It also
@@ -28,9 +30,11 @@
 //! 1. [`api`] assigns the request id, loads the snapshot once, authenticates the client key
 //!    against it (bearer token or `x-api-key`, hashed, compared in constant time) and parses the
 //!    body in the client's format far enough to know the model and whether it streams.
-//! 2. **route** ([`proxy`]): the key's allowed models and its own RPM bucket, then the route of the
-//!    canonical model: pools in priority order, the backends of each pool in a weighted
-//!    round-robin order ([`routing`]).
+//! 2. **route** ([`proxy`]): a request about a stored Responses API response goes only to the
+//!    backend that made it (response affinity); otherwise the route of the model — aliases
+//!    resolved, exact mappings over wildcards ([`routing::RouteTable`]): pools in priority order,
+//!    the backends of each pool in a weighted round-robin order ([`routing`]), a sticky session's
+//!    backend first in its pool; the key's allowed models and its own RPM bucket.
 //! 3. **select**: each candidate passes the readiness check ([`routing::accept`]): enabled, key
 //!    readable, and admitted by its [`runtime`] — not cooling ([`cooldown`]), not broken, a token in
 //!    its RPM bucket ([`limits`]).
@@ -61,12 +65,14 @@
 //! - [`domain`]: ids, records, and the validation rules for what users hand us.
 //! - [`error`]: `InitError` at start-up. [`files`]: the data dir, its lock, secret files.
 //! - [`crypto`]: AES-256-GCM for upstream keys at rest; client key hashing.
-//! - [`control`]: the control plane — changes, the change feed, snapshot building, the usage and
-//!   health writers, the master key, and the (private) store: `ConfigStore` and `UsageStore`
-//!   opened from the database URL, SQLite today.
+//! - [`control`]: the control plane — changes (backends, pools, keys, aliases, sticky settings),
+//!   the change feed, snapshot building, the usage, health and response-owner writers, the
+//!   master key, and the (private) store: `ConfigStore`, `UsageStore` and `AffinityStore` opened
+//!   from the database URL, SQLite today.
 //! - [`state`]: the data plane's context and the `Live` snapshot. [`runtime`]: per-backend and
 //!   per-key runtime state behind a narrow API.
-//! - [`routing`], [`limits`], [`cooldown`]: candidate selection and readiness.
+//! - [`routing`], [`limits`], [`cooldown`]: the route table (aliases, wildcards), candidate
+//!   selection and readiness; [`routing::affinity`]: sticky-session keys and the affinity maps.
 //! - [`providers`], [`translate`], [`sse`], [`proxy`]: wire formats, translation between them, the
 //!   SSE framer, and the forwarding pipeline.
 //! - [`usage`]: the usage sink, usage queries and statistics.

@@ -13,9 +13,12 @@ use arc_swap::ArcSwap;
 use secrecy::SecretString;
 
 use crate::config::Config;
-use crate::domain::{BackendId, CanonicalModel, ClientKeyRecord, Pool};
+use crate::domain::sticky::StickySettings;
+use crate::domain::{BackendId, ClientKeyRecord, Pool};
 use crate::error::InitError;
-use crate::routing::{LiveBackend, Route};
+use crate::routing::affinity::AffinityMaps;
+use crate::routing::models::ListedModel;
+use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{ClientKeyRuntime, HealthSink};
 use crate::telemetry::{BackendStats, BackendStatsSource, Observer};
 use crate::usage::UsageSink;
@@ -32,14 +35,18 @@ pub struct Live {
     /// Every backend, enabled or not, in creation order.
     pub backends: Vec<Arc<LiveBackend>>,
     pub by_id: HashMap<BackendId, Arc<LiveBackend>>,
-    pub routes: HashMap<CanonicalModel, Route>,
+    /// Requested model name (alias, exact or wildcard-served) → route.
+    pub routes: RouteTable,
     pub pools: Vec<Pool>,
     /// Unrevoked client keys by id.
     pub client_keys: HashMap<String, Arc<LiveClientKey>>,
-    /// Canonical models served by at least one enabled backend, sorted.
-    pub models: Vec<CanonicalModel>,
+    /// What `/v1/models` lists: exactly mapped models of enabled backends, and the aliases
+    /// (with their targets) whose target is served, sorted.
+    pub models: Vec<ListedModel>,
     /// Backends whose key could not be decrypted (kept out of routing), with the reason.
     pub unreadable: Vec<(BackendId, String)>,
+    /// Sticky routing.
+    pub sticky: StickySettings,
 }
 
 /// The read side of the published snapshot: load it, never store it.
@@ -64,6 +71,8 @@ pub struct DataShared {
     pub http: reqwest::Client,
     pub usage: UsageSink,
     pub health: HealthSink,
+    /// Response owners and sticky sessions (kept across snapshot swaps).
+    pub affinity: Arc<dyn AffinityMaps>,
     pub admin_token: SecretString,
     /// Fed by the request phases: metrics, traces, the access log.
     pub observer: Observer,
@@ -92,6 +101,7 @@ impl DataPlane {
         live: LiveReader,
         usage: UsageSink,
         health: HealthSink,
+        affinity: Arc<dyn AffinityMaps>,
         admin_token: SecretString,
         observer: Observer,
     ) -> Result<DataPlane, InitError> {
@@ -110,6 +120,7 @@ impl DataPlane {
                 http,
                 usage,
                 health,
+                affinity,
                 admin_token,
                 observer,
                 live,

@@ -396,16 +396,17 @@ async fn errors_use_the_format_the_client_spoke() {
     assert_eq!(body["error"]["message"], "max_tokens: 999999 > 8192");
     assert_eq!(body["error"]["type"], "invalid_request_error");
 
-    // count_tokens is not supported: a clear 501.
+    // count_tokens with a bad body: a 400 in Anthropic's shape (the pass-through itself is
+    // tested in tests/responses_routing.rs).
     let response = gateway
         .client
         .post(format!("{}/v1/messages/count_tokens", gateway.url))
         .header("x-api-key", ADMIN_TOKEN)
-        .json(&json!({"model": "smart", "messages": []}))
+        .json(&json!({"messages": []}))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 501);
+    assert_eq!(response.status(), 400);
     assert_eq!(response.json::<Value>().await.unwrap()["type"], "error");
 
     // Every upstream failing: a 502 in Anthropic's shape, generic, naming the request id.

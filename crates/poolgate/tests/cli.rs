@@ -900,3 +900,48 @@ async fn master_key_rotate_refuses_while_a_gateway_uses_the_data_dir() {
          backend key(s) written by it cannot be decrypted with any key on disk: {rotated}"
     );
 }
+
+#[test]
+fn backend_add_takes_azure_and_checks_its_api_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir_arg(dir.path());
+    let var = "POOLGATE_TEST_CLI_AZURE_KEY";
+    let azure = |version: &str| {
+        run(
+            &[
+                "backend",
+                "add",
+                "--name",
+                "az",
+                "--api",
+                "azure",
+                "--api-version",
+                version,
+                "--base-url",
+                "https://res.openai.azure.com",
+                "--api-key-env",
+                var,
+                "--model",
+                "gpt-4o=gpt4o-prod",
+                "--data-dir",
+                &data_dir,
+            ],
+            &[(var, "azure-cli-key-0001")],
+        )
+    };
+    let bad = azure("2024-10-21&x=1");
+    assert!(!bad.success, "{bad}");
+    assert!(bad.stderr.contains("api_version"), "{bad}");
+    let good = azure("2025-04-01-preview");
+    assert!(good.success, "{good}");
+    let list = run(&["backend", "list", "--data-dir", &data_dir], &[]);
+    let line = list
+        .stdout
+        .lines()
+        .find(|l| l.contains("\taz\t"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("\tazure\t") && line.contains("models=gpt-4o=gpt4o-prod"),
+        "{list}"
+    );
+}

@@ -3,7 +3,7 @@
 import { h, replace, button, icon } from '../dom.js';
 import { get, post, del, ApiError } from '../api.js';
 import * as fmt from '../format.js';
-import { pageHeader, card, emptyState, table, toast, chip, errorBanner, loading, confirmDialog, field, textInput } from '../ui.js';
+import { pageHeader, card, emptyState, table, toast, chip, errorBanner, loading, confirmThen, field, textInput } from '../ui.js';
 
 export async function mount(ctx) {
   const alerts = h('div', {});
@@ -123,22 +123,11 @@ function renderList(root, keys, refresh) {
         : h('span', { class: 'badge badge-healthy' }, h('span', { class: 'dot' }), 'Active')),
       h('td', { class: 'cell-actions' }, revoked ? null : button('Revoke', {
         kind: 'danger-ghost', size: 'sm', testid: 'revoke',
-        onclick: async () => {
-          const ok = await confirmDialog({
-            title: 'Revoke key?',
-            message: `Revoke “${k.name}” (${k.display_prefix})? Applications using it get 401 from the next request on. This cannot be undone.`,
-            confirmLabel: 'Revoke key',
-            danger: true,
-          });
-          if (!ok) return;
-          try {
-            await del(`/keys/${encodeURIComponent(k.id)}`);
-            toast(`${k.name} revoked.`);
-          } catch (error) {
-            toast(error.message, 'error');
-          }
-          refresh();
-        },
+        onclick: () => confirmThen({
+          title: 'Revoke key?',
+          message: `Revoke “${k.name}” (${k.display_prefix})? Applications using it get 401 from the next request on. This cannot be undone.`,
+          confirmLabel: 'Revoke key',
+        }, () => del(`/keys/${encodeURIComponent(k.id)}`), `${k.name} revoked.`, refresh),
       })));
   });
   replace(root, table(['Name', 'Prefix', ['RPM', 'num'], 'Models', 'Created', 'State', ''], rows, { testid: 'key-table', cls: 'table-stack' }));

@@ -88,6 +88,7 @@ function renderKpis(root, stats) {
     stat('Error rate · 1 h', fmt.percent(t.error_rate), `${fmt.plural(t.errors, 'error')}`, { tone: t.error_rate >= 0.05 ? 'danger' : t.error_rate > 0 ? 'warning' : null, testid: 'kpi-errors' }),
     stat('Latency p50 / p95', `${fmt.ms(t.p50_latency_ms)} / ${fmt.ms(t.p95_latency_ms)}`, t.p50_ttfb_ms !== null ? `first byte p50 ${fmt.ms(t.p50_ttfb_ms)}` : 'no requests yet', { testid: 'kpi-latency' }),
     stat('Tokens · 1 h', fmt.num(t.prompt_tokens + t.completion_tokens), `${fmt.num(t.prompt_tokens)} prompt · ${fmt.num(t.completion_tokens)} completion`, { testid: 'kpi-tokens' }),
+    stat('Prompt cache · 1 h', fmt.percent(t.cached_share), `${fmt.num(t.cached_tokens)} prompt tokens read from caches`, { testid: 'kpi-cache' }),
   );
 }
 
@@ -164,11 +165,16 @@ function renderBackends(root, backends, stats, refresh) {
       h('td', { class: ['num', agg && agg.error_rate > 0 && 'text-danger'], text: agg ? fmt.percent(agg.error_rate) : '—' }),
       h('td', { class: 'num', text: agg ? `${fmt.ms(agg.p50_latency_ms)} / ${fmt.ms(agg.p95_latency_ms)}` : '—' }),
       h('td', { class: 'num', text: agg ? fmt.num(agg.prompt_tokens + agg.completion_tokens) : '0' }),
+      h('td', {
+        class: 'num', dataset: { testid: 'cached-share' },
+        title: 'Share of prompt tokens this backend read from its prompt cache',
+        text: agg && agg.prompt_tokens ? fmt.percent(agg.cached_share) : '—',
+      }),
       h('td', { class: 'num', text: fmt.num(b.in_flight) }),
       actions);
   });
   replace(root, table(
-    ['Status', 'Backend', 'Pool', ['Req / min', 'num'], ['Requests · 1 h', 'num'], ['Error rate', 'num'], ['p50 / p95', 'num'], ['Tokens', 'num'], ['In flight', 'num'], ''],
+    ['Status', 'Backend', 'Pool', ['Req / min', 'num'], ['Requests · 1 h', 'num'], ['Error rate', 'num'], ['p50 / p95', 'num'], ['Tokens', 'num'], ['Cached', 'num'], ['In flight', 'num'], ''],
     rows, { testid: 'backend-status', cls: 'table-stack' }));
 }
 

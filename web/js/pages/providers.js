@@ -122,7 +122,8 @@ function renderTable(root, state, refresh, openCreate) {
           h('span', { class: 'mono', text: b.name }),
           b.source === 'config' ? chip('config', 'chip-muted') : null)),
       h('td', { text: b.pool }),
-      h('td', {}, chip(b.api, 'chip-muted')),
+      h('td', { class: 'cell-api' }, chip(b.api, 'chip-muted'),
+        b.responses ? chip('responses', 'chip-muted', 'Passes /v1/responses through') : null),
       h('td', { class: 'cell-url mono', title: b.api_base_url, text: b.api_base_url }),
       h('td', { class: 'mono muted nowrap', text: b.api_key }),
       h('td', { class: 'num', text: b.rpm_limit ? fmt.num(b.rpm_limit) : '∞' }),
@@ -147,6 +148,18 @@ function iconButton(iconName, label, testid, onclick, extraClass) {
 
 const NUMBER_FIELDS = ['rpm_limit', 'weight', 'timeout_seconds'];
 
+const BASE_URL_HINTS = {
+  openai: 'OpenAI-compatible, including /v1.',
+  anthropic: 'Without /v1: https://api.anthropic.com.',
+  azure: 'The resource endpoint https://NAME.openai.azure.com (deployment URLs), or …/openai/v1 (the v1 form).',
+};
+
+const BASE_URL_PLACEHOLDERS = {
+  openai: 'https://api.openai.com/v1',
+  anthropic: 'https://api.anthropic.com',
+  azure: 'https://my-resource.openai.azure.com',
+};
+
 function openForm(backend, pools, refresh) {
   const editing = Boolean(backend);
   const { body, footer, close } = modal(editing ? `Edit ${backend.name}` : 'Add backend', { wide: true });
@@ -165,14 +178,22 @@ function openForm(backend, pools, refresh) {
       add('name', 'Name', textInput({ value: backend?.name ?? '', placeholder: 'openai-1', required: true }), 'Unique. Letters, digits, -, _ and .'),
       add('label', 'Label', textInput({ value: backend?.label ?? '', placeholder: 'Same as the name' }), 'Shown to people; any text.')),
     add('api_base_url', 'Base URL', textInput({ value: backend?.api_base_url ?? '', placeholder: 'https://api.openai.com/v1', inputMode: 'url', required: !editing }),
-      'OpenAI-compatible, including /v1.'),
+      BASE_URL_HINTS.openai),
     add('api_key', 'API key', h('input', {
       type: 'password', autocomplete: 'new-password', spellcheck: false,
       placeholder: editing ? 'Leave empty to keep the current key' : 'sk-…',
     }), editing ? `Write-only. Current key: ${backend.api_key}. Leave empty to keep it.` : 'Write-only: stored encrypted, never shown again.'),
     h('div', { class: 'form-grid' },
-      add('api', 'API', select([['openai', 'OpenAI-compatible'], ['anthropic', 'Anthropic (not routed yet)']], backend?.api ?? 'openai')),
+      add('api', 'API', select([['openai', 'OpenAI-compatible'], ['anthropic', 'Anthropic'], ['azure', 'Azure OpenAI']], backend?.api ?? 'openai')),
       add('pool', 'Pool', select(poolNames, backend?.pool ?? (poolNames.includes('primary') ? 'primary' : poolNames[0])), 'Pools are tried in priority order.')),
+    h('div', { class: 'form-grid' },
+      add('responses', 'Responses API', select([
+        ['', 'Default for this API'],
+        ['true', 'Yes: /v1/responses passes through'],
+        ['false', 'No: translated to Chat / Messages'],
+      ], editing ? String(backend.responses) : ''), 'Whether the upstream has the Responses API (default: OpenAI yes, Anthropic no, Azure by its version).'),
+      add('api_version', 'Azure api-version', textInput({ value: backend?.api_version ?? '', placeholder: '2024-10-21' }),
+        'Azure only. 2025-03-01-preview or later has the Responses API.')),
     h('div', { class: 'form-grid form-grid-3' },
       add('rpm_limit', 'RPM limit', textInput({ value: String(backend?.rpm_limit ?? 0), inputMode: 'numeric' }), 'Requests per minute; 0 = unlimited.'),
       add('weight', 'Weight', textInput({ value: String(backend?.weight ?? 1), inputMode: 'numeric' }), '1–100: share inside the pool.'),
@@ -185,6 +206,19 @@ function openForm(backend, pools, refresh) {
   form.append(mappings.el);
   body.append(form);
   const banner = form.querySelector('.form-banner');
+
+  // What the form asks for follows the API kind.
+  const showApi = () => {
+    const api = fields.api.input.value;
+    fields.api_base_url.wrap.querySelector('.hint').textContent = BASE_URL_HINTS[api];
+    fields.api_base_url.input.placeholder = BASE_URL_PLACEHOLDERS[api];
+    fields.api_version.wrap.hidden = api !== 'azure';
+    const responses = fields.responses.input;
+    if (api === 'anthropic') responses.value = 'false';
+    responses.disabled = api === 'anthropic';
+  };
+  fields.api.input.addEventListener('change', showApi);
+  showApi();
 
   const submit = button(editing ? 'Save changes' : 'Add backend', { kind: 'primary', testid: 'save' });
   submit.addEventListener('click', () => form.requestSubmit());
@@ -206,6 +240,10 @@ function openForm(backend, pools, refresh) {
       pool: fields.pool.input.value,
       enabled: enabled.checked,
     };
+    const responses = fields.responses.input.value;
+    if (responses !== '') payload.responses = responses === 'true';
+    const version = value('api_version');
+    if (payload.api === 'azure' && version !== '') payload.api_version = version;
     let clientErrors = false;
     for (const name of NUMBER_FIELDS) {
       const text = value(name);
@@ -300,7 +338,7 @@ function mappingEditor(initial) {
 
   const el = h('fieldset', { class: 'mappings' },
     h('legend', { text: 'Model mappings' }),
-    h('p', { class: 'hint', text: 'Clients ask for the canonical name; poolgate sends the upstream model id to this backend. Leave the upstream empty to use the same name.' }),
+    h('p', { class: 'hint', text: 'Clients ask for the canonical name; poolgate sends the upstream model id to this backend. Leave the upstream empty to use the same name. A name ending in * serves every model starting so (claude-* → claude-*: the same name; openai/* → *: without the prefix); exact names win over wildcards, longer over shorter. Azure: the upstream is the deployment.' }),
     h('div', { class: 'mapping-head', attrs: { 'aria-hidden': 'true' } }, h('span', { text: 'Canonical (clients ask for)' }), h('span', { text: 'Upstream (sent to this backend)' })),
     rows,
     empty,

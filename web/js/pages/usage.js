@@ -177,7 +177,7 @@ function renderKpis(root, stats, range) {
     stat('Requests', fmt.num(t.requests), `${fmt.decimal(t.requests / minutes)} per minute on average`),
     stat('Errors', fmt.num(t.errors), `${fmt.percent(t.error_rate)} error rate`, { tone: t.error_rate >= 0.05 ? 'danger' : t.error_rate > 0 ? 'warning' : null }),
     stat('Latency p50 / p95', `${fmt.ms(t.p50_latency_ms)} / ${fmt.ms(t.p95_latency_ms)}`, `first byte p50 ${fmt.ms(t.p50_ttfb_ms)}`),
-    stat('Prompt tokens', fmt.num(t.prompt_tokens), 'sent upstream'),
+    stat('Prompt tokens', fmt.num(t.prompt_tokens), `sent upstream · ${fmt.percent(t.cached_share)} from prompt caches`),
     stat('Completion tokens', fmt.num(t.completion_tokens), 'generated'),
   );
 }
@@ -279,7 +279,7 @@ function renderRecent(root, records, names) {
 const CSV_COLUMNS = [
   'request_id', 'time', 'ts_ms', 'client_key_id', 'client_key_name', 'endpoint', 'canonical_model', 'upstream_model',
   'backend_id', 'backend_name', 'pool', 'attempts', 'status', 'outcome', 'error_kind', 'prompt_tokens',
-  'completion_tokens', 'total_tokens', 'latency_ms', 'ttfb_ms', 'streamed',
+  'completion_tokens', 'total_tokens', 'cached_tokens', 'latency_ms', 'ttfb_ms', 'streamed',
 ];
 
 /** One CSV cell: quoted when needed; text that a spreadsheet would run as a formula is defused. */

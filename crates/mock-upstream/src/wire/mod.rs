@@ -1,7 +1,10 @@
-//! Wire shapes of the real APIs, encoded as bytes: [`openai`] and [`anthropic`].
+//! Wire shapes of the real APIs, encoded as bytes: [`openai`] (and its [`responses`] API),
+//! [`anthropic`], and [`azure`]'s error shapes.
 
 pub(crate) mod anthropic;
+pub(crate) mod azure;
 pub(crate) mod openai;
+pub(crate) mod responses;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -11,6 +14,7 @@ use serde::Serialize;
 pub(crate) enum Flavor {
     OpenAi,
     Anthropic,
+    Azure,
 }
 
 /// Identity of one response: `seq` numbers ids (`chatcmpl-mock-{seq}`), `model` is echoed back.
@@ -26,6 +30,7 @@ pub(crate) fn error_body(flavor: Flavor, status: u16, message: &str) -> Bytes {
     match flavor {
         Flavor::OpenAi => openai::error(status, message),
         Flavor::Anthropic => anthropic::error(status, message),
+        Flavor::Azure => azure::error(status, message),
     }
 }
 

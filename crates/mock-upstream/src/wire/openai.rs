@@ -388,7 +388,7 @@ struct ErrorDetail<'a> {
     message: &'a str,
     #[serde(rename = "type")]
     kind: &'static str,
-    param: Option<()>,
+    param: Option<&'static str>,
     code: Option<&'static str>,
 }
 
@@ -407,6 +407,22 @@ pub(crate) fn error(status: u16, message: &str) -> Bytes {
             message,
             kind,
             param: None,
+            code,
+        },
+    })
+}
+
+/// An `invalid_request_error` naming the offending `param` and a `code`.
+pub(crate) fn invalid_request(
+    message: &str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+) -> Bytes {
+    json_bytes(&ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind: "invalid_request_error",
+            param,
             code,
         },
     })

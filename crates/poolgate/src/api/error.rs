@@ -245,6 +245,16 @@ impl From<ProxyError> for ApiError {
                 ApiError::new(status, "the upstream did not answer in time").with_detail(&error)
             }
             ProxyError::Internal { .. } => ApiError::internal(&error),
+            ProxyError::ResponseNotFound { .. } => {
+                ApiError::not_found(error.to_string(), "response_not_found")
+            }
+            ProxyError::PreviousResponseNotFound { .. } => ApiError::invalid(error.to_string())
+                .with_param("previous_response_id")
+                .with_code("previous_response_not_found"),
+            ProxyError::OwnerUnavailable { .. } => ApiError::new(status, error.to_string())
+                .with_code("response_backend_unavailable")
+                .with_detail("the response's backend is disabled or broken"),
+            ProxyError::NotImplemented { .. } => ApiError::new(status, error.to_string()),
         };
         api.with_retry_after(retry_after)
     }

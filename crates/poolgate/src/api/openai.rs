@@ -1,16 +1,20 @@
-//! The OpenAI-compatible surface: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`
-//! (JSON or SSE, via [`crate::proxy`]) and `/v1/models`. Errors use OpenAI's shape.
+//! The OpenAI-compatible surface: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//! the Responses API (`POST /v1/responses`, and `GET`/`DELETE /v1/responses/{id}`,
+//! `POST /v1/responses/{id}/cancel`, `GET /v1/responses/{id}/input_items` on stored responses)
+//! — JSON or SSE, via [`crate::proxy`] — and `/v1/models`. Errors use OpenAI's shape.
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use super::auth::authenticate_client;
 use super::error::ApiError;
 use super::proxy::serve;
+use crate::providers::responses::{ResponseId, ResponsesCall};
 use crate::providers::Endpoint;
 use crate::proxy::Inbound;
 use crate::state::DataPlane;
@@ -20,7 +24,59 @@ pub fn router() -> Router<super::AppState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route(
+            "/v1/responses/{id}",
+            get(stored(ResponsesCall::Retrieve, Endpoint::ResponsesRetrieve))
+                .delete(stored(ResponsesCall::Delete, Endpoint::ResponsesDelete)),
+        )
+        .route(
+            "/v1/responses/{id}/cancel",
+            post(stored(ResponsesCall::Cancel, Endpoint::ResponsesCancel)),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(stored(
+                ResponsesCall::InputItems,
+                Endpoint::ResponsesInputItems,
+            )),
+        )
         .route("/v1/models", get(models))
+}
+
+async fn responses(State(data): State<DataPlane>, request: Request) -> Response {
+    let parse = |body, _: &HeaderMap| Inbound::responses(body);
+    serve(&data, Endpoint::Responses, request, parse, ApiError::openai).await
+}
+
+/// The handler of one kind of call on a stored response.
+fn stored(
+    call: fn(ResponseId) -> ResponsesCall,
+    endpoint: Endpoint,
+) -> impl Fn(State<DataPlane>, Path<String>, Request) -> BoxFuture<'static, Response> + Clone {
+    move |State(data), Path(id), request| Box::pin(response_call(data, id, call, endpoint, request))
+}
+
+/// A call on a stored response: it goes to the backend that made the response.
+async fn response_call(
+    data: DataPlane,
+    id: String,
+    call: fn(ResponseId) -> ResponsesCall,
+    endpoint: Endpoint,
+    request: Request,
+) -> Response {
+    let query = request.uri().query().map(str::to_owned);
+    let parse = move |_body, _: &HeaderMap| {
+        let call = ResponseId::parse(&id).map(call).map_err(|_| {
+            crate::domain::InvalidRequest::param(
+                format!("`{id}` is not a valid response id"),
+                "response_id",
+                "invalid_value",
+            )
+        })?;
+        Ok(Inbound::responses_call(call, query))
+    };
+    serve(&data, endpoint, request, parse, ApiError::openai).await
 }
 
 async fn chat_completions(State(data): State<DataPlane>, request: Request) -> Response {
@@ -52,9 +108,14 @@ struct ModelEntry {
     object: &'static str,
     created: i64,
     owned_by: &'static str,
+    /// For an alias: the model it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alias_of: Option<String>,
 }
 
-/// `GET /v1/models`: the canonical models of enabled backends the caller may use.
+/// `GET /v1/models`: the models the caller may use — exactly mapped models of enabled backends,
+/// aliases whose model is served, and those models (wildcards serve names not known in
+/// advance, so they list nothing of their own).
 async fn models(State(data): State<DataPlane>, headers: HeaderMap) -> Response {
     let live = data.live();
     let key = match authenticate_client(&data, &live, &headers) {
@@ -65,15 +126,21 @@ async fn models(State(data): State<DataPlane>, headers: HeaderMap) -> Response {
         .as_ref()
         .map(|key| key.record.allowed_models.as_slice())
         .unwrap_or_default();
+    let may_use = |name: &str| allowed.iter().any(|m| m.as_str() == name);
     let data = live
         .models
         .iter()
-        .filter(|model| allowed.is_empty() || allowed.contains(model))
+        .filter(|model| {
+            allowed.is_empty()
+                || may_use(&model.id)
+                || model.alias_of.as_ref().is_some_and(|t| may_use(t.as_str()))
+        })
         .map(|model| ModelEntry {
-            id: model.to_string(),
+            id: model.id.clone(),
             object: "model",
             created: 0,
             owned_by: "poolgate",
+            alias_of: model.alias_of.as_ref().map(ToString::to_string),
         })
         .collect();
     axum::Json(ModelList {

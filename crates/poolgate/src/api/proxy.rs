@@ -17,6 +17,7 @@ use super::json::read_body;
 use super::request_id::RequestId;
 use crate::domain::{now_ms, InvalidRequest};
 use crate::providers::Endpoint;
+use crate::proxy::route::sticky_key;
 use crate::proxy::{
     forward, observe, observe_unauthenticated, record_refused, Forwarded, Inbound, ProxyBody,
     ProxyResponse, RequestContext,
@@ -93,7 +94,10 @@ pub async fn serve(
             .and_then(|body| parse(body, &parts.headers).map_err(ApiError::from)),
     };
     let inbound = match inbound {
-        Ok(inbound) => inbound,
+        Ok(mut inbound) => {
+            inbound.affinity = sticky_key(&ctx.live, &inbound, &parts.headers);
+            inbound
+        }
         Err(error) => {
             let observation = observe(data, &ctx, endpoint, None, &parts.headers);
             let headers = record_refused(

@@ -12,15 +12,19 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
 use crate::cooldown::CooldownPolicy;
-use crate::domain::{validate_name, BackendSpec, Invalid, Pool, PoolName};
+use crate::domain::models::validate_alias_table;
+use crate::domain::sticky::StickySettings;
+use crate::domain::{validate_name, BackendSpec, CanonicalModel, Invalid, Pool, PoolName};
 use crate::error::InitError;
 use crate::telemetry::TelemetrySettings;
 
 pub use database::DatabaseUrl;
 pub use raw::{
-    RawBackend, RawConfig, RawCooldown, RawHealth, RawMetrics, RawPool, RawProxy, RawTelemetry,
-    RawUsage,
+    RawBackend, RawConfig, RawCooldown, RawHealth, RawMetrics, RawPool, RawProxy, RawResponses,
+    RawRouting, RawSticky, RawTelemetry, RawUsage,
 };
 use validate::{validate_backend, validate_cooldown, validate_health, validate_proxy};
 
@@ -109,6 +113,28 @@ impl Default for HealthSettings {
     }
 }
 
+/// How much response and session affinity the gateway keeps in memory.
+#[derive(Clone, Debug)]
+pub struct AffinitySettings {
+    /// How long a response id's owner is remembered (`[responses] owner_ttl_hours`, default 720
+    /// = 30 days, OpenAI's retention of stored responses).
+    pub owner_ttl: Duration,
+    /// Response owners kept in memory (`[responses] owner_max_entries`, default 200000).
+    pub owner_max_entries: usize,
+    /// Sticky sessions kept in memory (`[routing.sticky] max_entries`, default 100000).
+    pub session_max_entries: usize,
+}
+
+impl Default for AffinitySettings {
+    fn default() -> Self {
+        Self {
+            owner_ttl: Duration::from_secs(720 * 3600),
+            owner_max_entries: 200_000,
+            session_max_entries: 100_000,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -126,6 +152,11 @@ pub struct Config {
     /// `[metrics]` and `[telemetry]`.
     pub telemetry: TelemetrySettings,
     pub health: HealthSettings,
+    /// The config file's aliases (written to the store at every start, `source = config`).
+    pub aliases: BTreeMap<String, CanonicalModel>,
+    /// The config file's `[routing.sticky]`, if any (written to the store at every start).
+    pub sticky: Option<StickySettings>,
+    pub affinity: AffinitySettings,
 }
 
 impl Default for Config {
@@ -143,6 +174,9 @@ impl Default for Config {
             backends: Vec::new(),
             telemetry: TelemetrySettings::default(),
             health: HealthSettings::default(),
+            aliases: BTreeMap::new(),
+            sticky: None,
+            affinity: AffinitySettings::default(),
         }
     }
 }
@@ -242,6 +276,24 @@ impl Config {
             backends.push(spec);
         }
 
+        let aliases: BTreeMap<String, CanonicalModel> = raw
+            .aliases
+            .into_iter()
+            .map(|(alias, target)| (alias, CanonicalModel::new(target)))
+            .collect();
+        validate_alias_table(&aliases, &|alias| format!("aliases.{alias}"))?;
+        let sticky = raw
+            .routing
+            .sticky
+            .as_ref()
+            .map(|sticky| {
+                sticky
+                    .settings()
+                    .validate(&|field| format!("routing.sticky.{field}"))
+            })
+            .transpose()?;
+        let affinity = validate_affinity(&raw.routing, &raw.responses)?;
+
         let data_dir = overrides
             .data_dir
             .or(raw.data_dir)
@@ -263,8 +315,46 @@ impl Config {
             backends,
             telemetry,
             health,
+            aliases,
+            sticky,
+            affinity,
         })
     }
+}
+
+fn validate_affinity(
+    routing: &RawRouting,
+    responses: &RawResponses,
+) -> Result<AffinitySettings, Invalid> {
+    let defaults = AffinitySettings::default();
+    let entries = |field: &str, value: Option<usize>, default: usize| match value {
+        None => Ok(default),
+        Some(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        Some(_) => Err(Invalid::new(field, "must be between 1 and 10000000")),
+    };
+    let owner_ttl = match responses.owner_ttl_hours {
+        None => defaults.owner_ttl,
+        Some(hours) if (1..=8760).contains(&hours) => Duration::from_secs(hours * 3600),
+        Some(_) => {
+            return Err(Invalid::new(
+                "responses.owner_ttl_hours",
+                "must be between 1 and 8760 hours",
+            ))
+        }
+    };
+    Ok(AffinitySettings {
+        owner_ttl,
+        owner_max_entries: entries(
+            "responses.owner_max_entries",
+            responses.owner_max_entries,
+            defaults.owner_max_entries,
+        )?,
+        session_max_entries: entries(
+            "routing.sticky.max_entries",
+            routing.sticky.as_ref().and_then(|s| s.max_entries),
+            defaults.session_max_entries,
+        )?,
+    })
 }
 
 /// Parses TOML, naming the path of the first bad value.
@@ -434,6 +524,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listen.port(), 2);
+    }
+
+    /// The config file of the README is valid as written (with its keys in the environment).
+    #[test]
+    fn the_readme_config_example_is_valid() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        let raw = parse_toml(text).unwrap();
+        let config = Config::from_raw(raw, Overrides::default(), &|name| {
+            name.ends_with("_API_KEY")
+                .then(|| format!("sk-{name}-0001"))
+        })
+        .unwrap();
+        assert_eq!(config.backends.len(), 2);
+        assert_eq!(config.backends[1].api, crate::domain::ApiKind::Azure);
+        assert_eq!(
+            config.aliases[&"gpt-4o-latest".to_owned()].as_str(),
+            "gpt-4o"
+        );
+        assert!(!config.sticky.unwrap().enabled);
+        assert_eq!(config.affinity.owner_ttl, Duration::from_secs(720 * 3600));
+    }
+
+    #[test]
+    fn routing_and_responses_sections_are_checked() {
+        let error = load("[routing.sticky]\nleading_turns = 0\n").unwrap_err();
+        assert!(error.contains("routing.sticky.leading_turns"), "{error}");
+        let error = load("[routing.sticky]\nmax_entries = 0\n").unwrap_err();
+        assert!(error.contains("routing.sticky.max_entries"), "{error}");
+        let error = load("[responses]\nowner_ttl_hours = 0\n").unwrap_err();
+        assert!(error.contains("responses.owner_ttl_hours"), "{error}");
+        let error = load("[routing.sticky]\nnope = 1\n").unwrap_err();
+        assert!(error.contains("nope"), "{error}");
+        let error = load("[aliases]\n\"x\" = \"x\"\n").unwrap_err();
+        assert!(error.contains("aliases.x"), "{error}");
+        assert!(
+            load("").unwrap().sticky.is_none(),
+            "no section: the stored setting stands"
+        );
     }
 
     #[test]

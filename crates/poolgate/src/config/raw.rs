@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::LogFormat;
+use crate::domain::sticky::StickyInput;
 use crate::domain::{ApiKind, MappingInput};
 pub use crate::telemetry::settings::{RawMetrics, RawTelemetry};
 
@@ -37,6 +38,53 @@ pub struct RawConfig {
     /// `[health]`: the readiness probe and the drain before a stop.
     #[serde(default)]
     pub health: RawHealth,
+    /// `"gpt-4o-latest" = "gpt-4o"`: one model name for another canonical model.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub responses: RawResponses,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub sticky: Option<RawSticky>,
+}
+
+/// `[routing.sticky]`: the stored sticky-routing settings (written at every start when present)
+/// plus the size of the session map.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub enabled: Option<bool>,
+    pub key: Option<Vec<String>>,
+    pub leading_turns: Option<u32>,
+    pub ttl_seconds: Option<u64>,
+    pub models: Option<Vec<String>>,
+    /// Sessions kept in memory (default 100000).
+    pub max_entries: Option<usize>,
+}
+
+impl RawSticky {
+    /// The stored settings part.
+    pub fn settings(&self) -> StickyInput {
+        StickyInput {
+            enabled: self.enabled,
+            key: self.key.clone(),
+            leading_turns: self.leading_turns,
+            ttl_seconds: self.ttl_seconds,
+            models: self.models.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponses {
+    pub owner_ttl_hours: Option<u64>,
+    pub owner_max_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +156,10 @@ pub struct RawBackend {
     /// `"gpt-4o" = "gpt-4o-2024-08-06"` or `"gpt-4o" = { upstream_model = "…" }`.
     pub model_mappings: BTreeMap<String, MappingInput>,
     pub metadata: Option<serde_json::Value>,
+    /// Whether the upstream has the Responses API (default by `api`).
+    pub responses: Option<bool>,
+    /// Azure only: `api-version`.
+    pub api_version: Option<String>,
 }
 
 fn default_api() -> ApiKind {

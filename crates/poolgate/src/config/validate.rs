@@ -155,6 +155,8 @@ pub fn validate_backend(
         enabled: raw.enabled,
         model_mappings: raw.model_mappings,
         metadata: raw.metadata,
+        responses: raw.responses,
+        api_version: raw.api_version,
     }
     .validate(&at)
 }

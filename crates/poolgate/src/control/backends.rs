@@ -10,8 +10,8 @@ use super::changes::Change;
 use super::{ControlError, ControlPlane};
 use crate::crypto::{mask_secret, Sealer};
 use crate::domain::{
-    now_ms, BackendChange, BackendId, BackendInput, BackendPatch, BackendRecord, BackendSpec,
-    PersistedHealth, PoolName, Source,
+    now_ms, ApiFields, BackendChange, BackendId, BackendInput, BackendPatch, BackendRecord,
+    BackendSpec, PersistedHealth, PoolName, Source,
 };
 
 /// A record from a validated definition. With `previous` (the same backend, matched by name)
@@ -44,6 +44,8 @@ pub(super) fn record_from(
         health: previous.map_or_else(PersistedHealth::default, |b| b.health.clone()),
         created_at_ms: previous.map_or(now, |b| b.created_at_ms),
         updated_at_ms: now,
+        responses: spec.responses,
+        api_version: spec.api_version,
     })
 }
 
@@ -76,6 +78,14 @@ pub(super) fn apply(
         enabled
     );
     set!(model_mappings, metadata);
+    if let Some(responses) = change.responses {
+        record.responses = Some(responses);
+    }
+    if let Some(version) = change.api_version {
+        record.api_version = Some(version);
+    }
+    // The rules between fields hold for the result (a new `api` against old fields too).
+    ApiFields::of(&record).check(&plain)?;
     record.updated_at_ms = now_ms();
     Ok(record)
 }
@@ -186,11 +196,13 @@ impl ControlPlane {
                 previous,
             )?);
         }
+        let aliases = self.config_aliases().await?;
         self.inner
             .stores
             .config
             .sync_config(&config.pools, &records)
             .await?;
+        self.write_config_routing(&aliases).await?;
         self.commit(Change::ConfigSynced).await;
         Ok(())
     }

@@ -24,6 +24,11 @@ pub enum Change {
     ConfigSynced,
     /// Every upstream key was sealed again with a new master key.
     MasterKeyRotated,
+    /// A model alias was created or changed.
+    AliasSet(String),
+    AliasDeleted(String),
+    /// The sticky-routing settings changed.
+    StickyChanged,
 }
 
 impl Change {

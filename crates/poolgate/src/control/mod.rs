@@ -12,12 +12,14 @@
 //! read-only view of the snapshot and the two sinks (usage records, backend health) whose
 //! writers run here.
 
+mod affinity_writer;
 mod backends;
 pub mod changes;
 mod error;
 mod health;
 mod keys;
 mod master_key;
+mod models;
 mod probes;
 mod snapshot;
 mod store;
@@ -28,11 +30,14 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 
+use std::num::NonZeroUsize;
+
 use crate::config::Config;
-use crate::domain::{BackendId, BackendRecord, ClientKeyRecord, Pool};
+use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, Pool};
 use crate::error::InitError;
 use crate::files::ensure_data_dir;
 use crate::readiness::Readiness;
+use crate::routing::affinity::{owner_channel, AffinityLimits, LocalAffinity};
 use crate::runtime::HealthSink;
 use crate::state::{DataPlane, Live};
 use crate::telemetry::Observer;
@@ -45,6 +50,7 @@ pub use keys::{ClientKeyInput, PoolInput};
 pub use master_key::{MasterKeySource, NewKey, Rotation, MASTER_KEY_ENV};
 pub use store::StoreError;
 
+use affinity_writer::AffinityWriter;
 use health::HealthWriter;
 use snapshot::Snapshots;
 use store::Stores;
@@ -65,6 +71,8 @@ struct Inner {
     instance: InstanceId,
     usage: UsageSink,
     health: HealthSink,
+    /// Response owners and sticky sessions, handed to the data plane.
+    affinity: Arc<LocalAffinity>,
     /// Serialises changes from their first read to their rebuild, so two edits of one backend
     /// cannot overwrite each other (never taken on the request path).
     writes: tokio::sync::Mutex<()>,
@@ -79,6 +87,7 @@ struct Inner {
 struct Workers {
     usage: UsageWriter,
     health: HealthWriter,
+    affinity: AffinityWriter,
     follower: JoinHandle<()>,
 }
 
@@ -140,6 +149,7 @@ impl ControlPlane {
             observer.metrics(),
         );
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
+        let (affinity, affinity_writer) = open_affinity(&config, &stores).await?;
         let follower =
             snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
         let readiness = Readiness::new(config.health.ready_timeout);
@@ -155,10 +165,12 @@ impl ControlPlane {
                 instance,
                 usage,
                 health,
+                affinity,
                 writes: tokio::sync::Mutex::new(()),
                 workers: parking_lot::Mutex::new(Some(Workers {
                     usage: usage_writer,
                     health: health_writer,
+                    affinity: affinity_writer,
                     follower,
                 })),
                 observer,
@@ -174,6 +186,7 @@ impl ControlPlane {
             self.inner.snapshots.reader(),
             self.inner.usage.clone(),
             self.inner.health.clone(),
+            self.inner.affinity.clone(),
             admin_token,
             self.inner.observer.clone(),
         )
@@ -199,6 +212,7 @@ impl ControlPlane {
         workers.follower.abort();
         let written = workers.usage.shutdown().await;
         workers.health.shutdown().await;
+        workers.affinity.shutdown().await;
         written
     }
 
@@ -270,6 +284,37 @@ impl ControlPlane {
         let groups = self.inner.stores.usage.usage_stats(range).await?;
         Ok(assemble(&groups, range))
     }
+}
+
+/// The affinity maps, filled with the stored response owners that have not expired (newest
+/// first, up to the map's size), and the writer that stores new ones.
+async fn open_affinity(
+    config: &Config,
+    stores: &Stores,
+) -> Result<(Arc<LocalAffinity>, AffinityWriter), InitError> {
+    let settings = &config.affinity;
+    let entries = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+    let limits = AffinityLimits {
+        owner_ttl: settings.owner_ttl,
+        owner_entries: entries(settings.owner_max_entries),
+        session_entries: entries(settings.session_max_entries),
+    };
+    let (sink, queue) = owner_channel();
+    let maps = Arc::new(LocalAffinity::new(limits, sink));
+    let limit = u32::try_from(settings.owner_max_entries).unwrap_or(u32::MAX);
+    let stored = stores
+        .affinity
+        .load_response_owners(now_ms(), limit)
+        .await
+        .map_err(ControlError::from)?;
+    let loaded = stored.len();
+    maps.preload(stored);
+    if loaded > 0 {
+        tracing::info!(loaded, "response owners loaded");
+    }
+    let writer =
+        affinity_writer::spawn_writer(Arc::clone(&stores.affinity), queue, Arc::clone(&maps));
+    Ok((maps, writer))
 }
 
 #[cfg(test)]

@@ -17,10 +17,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::changes::{Change, InstanceId, Published};
+use super::models::{sticky_from_stored, STICKY_SETTING};
 use super::store::{ConfigStore, StoreError};
 use crate::crypto::Sealer;
-use crate::domain::{BackendId, CanonicalModel};
-use crate::routing::{build_routes, LiveBackend};
+use crate::domain::BackendId;
+use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::RuntimeRegistry;
 use crate::state::{Live, LiveClientKey, LiveReader};
 use crate::telemetry::Observer;
@@ -90,6 +91,8 @@ impl Snapshots {
         let pools = self.store.list_pools().await?;
         let records = self.store.list_backends().await?;
         let keys = self.store.list_client_keys().await?;
+        let aliases = self.store.list_aliases().await?;
+        let sticky = sticky_from_stored(self.store.get_setting(STICKY_SETTING).await?.as_deref());
         let sealer = self.sealer();
         let now = Instant::now();
 
@@ -133,9 +136,13 @@ impl Snapshots {
         let key_ids: Vec<&str> = client_keys.keys().map(String::as_str).collect();
         self.registry.retain(&backend_ids, &key_ids);
 
-        let routes = build_routes(&backends, &pools, &self.observer);
-        let mut models: Vec<CanonicalModel> = routes.keys().cloned().collect();
-        models.sort();
+        let routes = RouteTable::build(
+            &backends,
+            &pools,
+            aliases.into_iter().map(|a| (a.alias, a.target)),
+            &self.observer,
+        );
+        let models = routes.listed();
         let by_id = backends
             .iter()
             .map(|b| (b.id().clone(), Arc::clone(b)))
@@ -148,6 +155,7 @@ impl Snapshots {
             client_keys,
             models,
             unreadable,
+            sticky,
         }));
         Ok(())
     }

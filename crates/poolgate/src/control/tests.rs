@@ -17,6 +17,7 @@ use super::*;
 use crate::config::DatabaseUrl;
 use crate::cooldown::{CooldownPolicy, Health, Outcome as UpstreamOutcome};
 use crate::crypto::{MasterKey, Sealer};
+use crate::domain::AliasRecord;
 use crate::domain::{BackendInput, BackendSpec, ClientKeyRecord, PersistedHealth, PoolName};
 use crate::readiness::ProbeStatus;
 
@@ -132,6 +133,22 @@ impl ConfigStore for FlakyStore {
         self.write()?;
         self.inner.put_setting(key, value).await
     }
+    async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError> {
+        self.read()?;
+        self.inner.list_aliases().await
+    }
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.put_alias(alias).await
+    }
+    async fn delete_alias(&self, alias: &str) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.delete_alias(alias).await
+    }
+    async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.sync_config_aliases(aliases).await
+    }
 }
 
 // === harness ===
@@ -166,6 +183,7 @@ async fn harness_with(configure: impl FnOnce(&mut Config)) -> Harness {
         Stores {
             config: flaky,
             usage: sqlite.clone(),
+            affinity: sqlite.clone(),
         },
         Sealer::new(MasterKey::generate(), 1),
         MasterKeySource::Env,
@@ -215,7 +233,7 @@ async fn a_change_is_validated_once_sealed_stored_published_and_served() {
     assert_eq!(published.change, Change::BackendCreated(record.id.clone()));
     assert_eq!(published.origin, h.control.instance());
     let live = h.control.live();
-    assert!(live.routes.contains_key("m"), "the snapshot serves it");
+    assert!(live.routes.contains_exact("m"), "the snapshot serves it");
     h.control.shutdown().await;
 }
 
@@ -514,5 +532,61 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
         Err(ControlError::Invalid(invalid)) => assert_eq!(invalid.field, "priority"),
         other => panic!("{other:?}"),
     }
+    h.control.shutdown().await;
+}
+
+#[tokio::test]
+async fn aliases_and_sticky_settings_are_published_into_the_snapshot() {
+    let h = harness_with(|config| {
+        config
+            .aliases
+            .insert("fast".into(), crate::domain::CanonicalModel::new("m"));
+    })
+    .await;
+    h.control.create_backend(input("one")).await.unwrap();
+    h.control.sync_config().await.unwrap();
+    let live = h.control.live();
+    assert_eq!(live.routes.route("fast").unwrap().canonical.as_str(), "m");
+    h.control.set_alias("quick", "m").await.unwrap();
+    assert_eq!(h.control.live().routes.canonical("quick").as_str(), "m");
+    // One step only: an alias of an alias is refused, naming the alias.
+    match h.control.set_alias("chain", "quick").await {
+        Err(ControlError::Invalid(invalid)) => assert_eq!(invalid.field, "alias"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        h.control.delete_alias("nope").await,
+        Err(ControlError::NotFound { .. })
+    ));
+
+    assert!(!h.control.live().sticky.enabled, "off by default");
+    let input = crate::domain::sticky::StickyInput {
+        enabled: Some(true),
+        ..Default::default()
+    };
+    h.control.set_sticky(input).await.unwrap();
+    assert!(h.control.live().sticky.enabled);
+    assert!(h.control.sticky().await.unwrap().enabled, "stored");
+    h.control.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_alias_may_not_take_the_name_of_an_api_alias() {
+    let h = harness_with(|config| {
+        config
+            .aliases
+            .insert("quick".into(), crate::domain::CanonicalModel::new("m"));
+    })
+    .await;
+    h.control.set_alias("quick", "other").await.unwrap();
+    match h.control.sync_config().await {
+        Err(ControlError::Conflict { param, .. }) => assert_eq!(param, "alias"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        h.control.live().routes.canonical("quick").as_str(),
+        "other",
+        "the API's alias stands"
+    );
     h.control.shutdown().await;
 }

@@ -10,9 +10,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{
-    normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
+    azure, normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
     validate_model_name, validate_name, validate_rpm, validate_timeout, validate_weight, ApiKind,
-    CanonicalModel, Invalid, ModelMapping, ModelMappings, PoolName, UpstreamModel,
+    BackendRecord, CanonicalModel, Invalid, ModelMapping, ModelMappings, ModelPattern, PoolName,
+    UpstreamModel, UpstreamTemplate,
 };
 
 /// Default `timeout_seconds` (time to first byte) of a backend.
@@ -56,7 +57,7 @@ pub struct BackendInput {
     #[serde(deserialize_with = "secret")]
     #[schema(value_type = String)]
     pub api_key: SecretString,
-    /// `openai` (default) or `anthropic`.
+    /// `openai` (default), `anthropic` or `azure`.
     pub api: Option<ApiKind>,
     /// Time to first byte, 1..=3600 (default 60).
     pub timeout_seconds: Option<i64>,
@@ -67,12 +68,19 @@ pub struct BackendInput {
     /// Default `primary`.
     pub pool: Option<String>,
     pub enabled: Option<bool>,
-    /// Canonical model -> `{"upstream_model": "…"}` or just the upstream id.
+    /// Canonical model (or a wildcard such as `claude-*`) -> `{"upstream_model": "…"}` or just
+    /// the upstream id (`*` in a wildcard's upstream id stands for what the key's `*` matched).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub model_mappings: BTreeMap<String, MappingInput>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// Whether the upstream has the Responses API (`/v1/responses` passes through; else it is
+    /// translated). Default: on for `openai`; for `azure` on with the v1 base URL or an
+    /// `api_version` from `2025-03-01-preview`; always off for `anthropic`.
+    pub responses: Option<bool>,
+    /// Azure only: the `api-version` of deployment URLs (default `2024-10-21`).
+    pub api_version: Option<String>,
 }
 
 fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretString, D::Error> {
@@ -101,6 +109,8 @@ pub struct BackendSpec {
     pub enabled: bool,
     pub model_mappings: ModelMappings,
     pub metadata: serde_json::Value,
+    pub responses: Option<bool>,
+    pub api_version: Option<String>,
 }
 
 /// The path of a field in the caller's terms (`name`, `backends[2].name`, …).
@@ -153,12 +163,21 @@ impl BackendInput {
                 .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new())),
         )?;
         let pool = pool(at, self.pool.as_deref().unwrap_or(DEFAULT_POOL))?;
+        let api = self.api.unwrap_or(ApiKind::Openai);
+        let api_fields = ApiFields {
+            api,
+            api_base_url: &api_base_url,
+            responses: self.responses,
+            api_version: self.api_version.as_deref(),
+            model_mappings: &model_mappings,
+        };
+        api_fields.check(at)?;
         Ok(BackendSpec {
             label: self.label.unwrap_or_else(|| self.name.clone()),
             name: self.name,
             api_base_url,
             api_key,
-            api: self.api.unwrap_or(ApiKind::Openai),
+            api,
             timeout_seconds,
             rpm_limit,
             weight,
@@ -166,6 +185,8 @@ impl BackendInput {
             enabled: self.enabled.unwrap_or(true),
             model_mappings,
             metadata,
+            responses: self.responses,
+            api_version: self.api_version,
         })
     }
 }
@@ -194,6 +215,9 @@ pub struct BackendPatch {
     pub model_mappings: Option<BTreeMap<String, MappingInput>>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    pub responses: Option<bool>,
+    /// Azure only.
+    pub api_version: Option<String>,
 }
 
 /// A validated change: the fields to set.
@@ -211,6 +235,8 @@ pub struct BackendChange {
     pub enabled: Option<bool>,
     pub model_mappings: Option<ModelMappings>,
     pub metadata: Option<serde_json::Value>,
+    pub responses: Option<bool>,
+    pub api_version: Option<String>,
 }
 
 impl BackendPatch {
@@ -244,7 +270,92 @@ impl BackendPatch {
             model_mappings: self.model_mappings.map(|m| mappings(at, m)).transpose()?,
             metadata: self.metadata.map(|m| metadata(at, m)).transpose()?,
             pool: self.pool.map(|p| pool(at, &p)).transpose()?,
+            responses: self.responses,
+            api_version: self
+                .api_version
+                .map(|v| {
+                    azure::validate_api_version(&at("api_version"), &v)?;
+                    Ok::<_, Invalid>(v)
+                })
+                .transpose()?,
         })
+    }
+}
+
+/// The fields whose rules depend on each other: the API kind, its URL form, the Responses
+/// capability, Azure's `api_version` and the deployments named by the mappings. Checked for a
+/// new backend and again for a changed one (after the change is applied).
+pub struct ApiFields<'a> {
+    pub api: ApiKind,
+    pub api_base_url: &'a str,
+    pub responses: Option<bool>,
+    pub api_version: Option<&'a str>,
+    pub model_mappings: &'a ModelMappings,
+}
+
+impl<'a> ApiFields<'a> {
+    pub fn of(record: &'a BackendRecord) -> Self {
+        Self {
+            api: record.api,
+            api_base_url: &record.api_base_url,
+            responses: record.responses,
+            api_version: record.api_version.as_deref(),
+            model_mappings: &record.model_mappings,
+        }
+    }
+
+    pub fn check(&self, at: FieldPath<'_>) -> Result<(), Invalid> {
+        if let Some(version) = self.api_version {
+            if self.api != ApiKind::Azure {
+                return Err(Invalid::new(
+                    at("api_version"),
+                    "is only used by `azure` backends",
+                ));
+            }
+            azure::validate_api_version(&at("api_version"), version)?;
+        }
+        match self.api {
+            ApiKind::Anthropic if self.responses == Some(true) => Err(Invalid::new(
+                at("responses"),
+                "Anthropic backends have no Responses API (Responses clients are served by \
+                 translation)",
+            )),
+            ApiKind::Azure => self.check_azure(at),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_azure(&self, at: FieldPath<'_>) -> Result<(), Invalid> {
+        if azure::is_v1_base(self.api_base_url) {
+            return Ok(());
+        }
+        let version = self.api_version.unwrap_or(azure::DEFAULT_API_VERSION);
+        if self.responses == Some(true) && !azure::version_has_responses(version) {
+            return Err(Invalid::new(
+                at("responses"),
+                format!(
+                    "Azure has the Responses API from `api_version` {} on (or with the v1 base \
+                     URL `…/openai/v1`); this backend uses {version}",
+                    azure::FIRST_RESPONSES_API_VERSION
+                ),
+            ));
+        }
+        // Deployment URLs put the upstream model into the path.
+        for (model, mapping) in self.model_mappings {
+            let upstream = mapping.upstream_model.as_str();
+            let fixed = ModelPattern::parse(model.as_str())
+                .ok()
+                .and_then(|pattern| UpstreamTemplate::parse(pattern, upstream).ok())
+                .map_or(upstream, UpstreamTemplate::fixed_part);
+            let template_rest = fixed.len() < upstream.len();
+            if !(azure::is_deployment(fixed) || template_rest && fixed.is_empty()) {
+                return Err(Invalid::new(
+                    at(&format!("model_mappings.{model}.upstream_model")),
+                    "must be an Azure deployment name (1 to 64 letters, digits, `.`, `_`, `-`)",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod azure;
 mod backend;
+pub mod models;
 mod request;
+pub mod sticky;
 #[cfg(test)]
 pub mod tests_support;
 mod validate;
@@ -17,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use backend::{
-    BackendChange, BackendInput, BackendPatch, BackendSpec, FieldPath, MappingInput, DEFAULT_POOL,
-    DEFAULT_TIMEOUT_SECONDS,
+    ApiFields, BackendChange, BackendInput, BackendPatch, BackendSpec, FieldPath, MappingInput,
+    DEFAULT_POOL, DEFAULT_TIMEOUT_SECONDS,
 };
+pub use models::{AliasRecord, ModelNameError, ModelPattern, UpstreamTemplate};
 pub use request::{parse_json, InvalidRequest};
 pub use validate::{
     literal_or_env, normalize_base_url, validate_api_key, validate_key_name, validate_mappings,
@@ -99,6 +103,9 @@ pub enum ApiKind {
     Openai,
     /// Anthropic Messages: `{api_base_url}/v1/messages`, `x-api-key` auth.
     Anthropic,
+    /// Azure OpenAI: the OpenAI format at deployment URLs with `api-version` (or the v1 form),
+    /// `api-key` auth.
+    Azure,
 }
 
 impl ApiKind {
@@ -106,6 +113,7 @@ impl ApiKind {
         match self {
             ApiKind::Openai => "openai",
             ApiKind::Anthropic => "anthropic",
+            ApiKind::Azure => "azure",
         }
     }
 
@@ -113,8 +121,15 @@ impl ApiKind {
         match text {
             "openai" => Some(ApiKind::Openai),
             "anthropic" => Some(ApiKind::Anthropic),
+            "azure" => Some(ApiKind::Azure),
             _ => None,
         }
+    }
+
+    /// Whether the backend speaks the OpenAI wire format (Chat Completions, Completions,
+    /// Embeddings), whatever its URLs and auth header.
+    pub fn speaks_openai(self) -> bool {
+        matches!(self, ApiKind::Openai | ApiKind::Azure)
     }
 }
 
@@ -206,6 +221,27 @@ pub struct BackendRecord {
     pub health: PersistedHealth,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Whether the upstream has the Responses API; `None` = the API kind's default
+    /// ([`BackendRecord::speaks_responses`]).
+    pub responses: Option<bool>,
+    /// Azure's `api-version` (`None` = [`azure::DEFAULT_API_VERSION`] for deployment URLs, none
+    /// for the v1 form).
+    pub api_version: Option<String>,
+}
+
+impl BackendRecord {
+    /// Whether Responses API requests pass through to this backend (else they are translated):
+    /// `responses` if set, otherwise on for `openai`, on for `azure` when its URL form and
+    /// version have it, never for `anthropic`.
+    pub fn speaks_responses(&self) -> bool {
+        match self.api {
+            ApiKind::Anthropic => false,
+            ApiKind::Openai => self.responses.unwrap_or(true),
+            ApiKind::Azure => self.responses.unwrap_or_else(|| {
+                azure::responses_by_default(&self.api_base_url, self.api_version.as_deref())
+            }),
+        }
+    }
 }
 
 /// The part of a backend's runtime health that survives a restart.
@@ -276,7 +312,9 @@ pub struct UsageRecord {
     /// Unix milliseconds when the request arrived.
     pub ts_ms: i64,
     pub client_key_id: Option<String>,
-    /// `chat.completions`, `completions`, `embeddings`, `messages`.
+    /// `chat.completions`, `completions`, `embeddings`, `messages`, `messages.count_tokens`,
+    /// `responses`, `responses.retrieve`, `responses.delete`, `responses.cancel`,
+    /// `responses.input_items`.
     pub endpoint: String,
     pub canonical_model: Option<String>,
     pub backend_id: Option<String>,
@@ -291,10 +329,25 @@ pub struct UsageRecord {
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
     pub total_tokens: Option<u32>,
+    /// Prompt tokens the upstream read from its prompt cache (part of `prompt_tokens`).
+    #[serde(default)]
+    pub cached_tokens: Option<u32>,
     pub latency_ms: u64,
     /// Time to the first byte sent to the client.
     pub ttfb_ms: Option<u64>,
     pub streamed: bool,
+}
+
+/// Which backend made a Responses API response, for whom, and until when poolgate remembers it
+/// (response affinity: follow-ups and reads must go to the key that made the response).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseOwnerRecord {
+    pub response_id: String,
+    pub backend_id: BackendId,
+    /// The caller that made it (a client key id, or `admin`): nobody else may read it.
+    pub caller: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
 }
 
 /// Milliseconds since the Unix epoch, now.

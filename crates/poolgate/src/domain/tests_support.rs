@@ -31,6 +31,8 @@ pub fn backend_record(name: &str) -> BackendRecord {
         health: PersistedHealth::default(),
         created_at_ms: now_ms(),
         updated_at_ms: now_ms(),
+        responses: None,
+        api_version: None,
     }
 }
 
@@ -49,5 +51,7 @@ pub fn backend_input(name: &str) -> BackendInput {
         enabled: None,
         model_mappings: [("m".to_owned(), MappingInput::Short("up-m".into()))].into(),
         metadata: None,
+        responses: None,
+        api_version: None,
     }
 }

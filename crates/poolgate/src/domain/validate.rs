@@ -1,7 +1,7 @@
 //! The rules for values users hand us — admin API, config file and command line alike: one
 //! validator per field, each naming the field (its JSON path) when the value breaks a rule.
 
-use super::ModelMappings;
+use super::{ModelMappings, ModelPattern, UpstreamTemplate};
 
 /// A rule a user-supplied value broke; `field` is the JSON path of the value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -148,14 +148,19 @@ pub fn validate_priority(field: &str, priority: i64) -> Result<i64, Invalid> {
     Ok(priority)
 }
 
-/// Every mapping's names are valid.
+/// Every mapping's names are valid; a key ending in `*` is a wildcard whose upstream model may
+/// end in `*` too (the matched rest).
 pub fn validate_mappings(field: &str, mappings: &ModelMappings) -> Result<(), Invalid> {
     for (canonical, mapping) in mappings {
-        validate_model_name(&format!("{field}.{canonical}"), canonical.as_str())?;
-        validate_model_name(
-            &format!("{field}.{canonical}.upstream_model"),
-            mapping.upstream_model.as_str(),
-        )?;
+        let key_field = format!("{field}.{canonical}");
+        validate_model_name(&key_field, canonical.as_str())?;
+        let upstream_field = format!("{key_field}.upstream_model");
+        let upstream = mapping.upstream_model.as_str();
+        let pattern = ModelPattern::parse(canonical.as_str())
+            .map_err(|error| Invalid::new(&key_field, error.to_string()))?;
+        UpstreamTemplate::parse(pattern, upstream)
+            .map_err(|error| Invalid::new(&upstream_field, error.to_string()))?;
+        validate_model_name(&upstream_field, upstream)?;
     }
     Ok(())
 }

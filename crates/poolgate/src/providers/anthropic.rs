@@ -226,7 +226,9 @@ impl Usage {
             prompt_tokens: prompt,
             completion_tokens: self.output_tokens,
             total_tokens: prompt.saturating_add(self.output_tokens),
+            prompt_tokens_details: None,
         }
+        .with_cached(self.cache_read_input_tokens)
     }
 }
 
@@ -425,6 +427,7 @@ pub fn build_request(
         headers.insert(name.clone(), value.clone());
     }
     Ok(UpstreamRequest {
+        method: http::Method::POST,
         url: format!("{base_url}/v1/messages"),
         headers,
         body,

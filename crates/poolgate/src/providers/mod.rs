@@ -3,15 +3,18 @@
 //! OpenAI-compatible format (also what clients speak to poolgate).
 
 pub mod anthropic;
+pub mod azure;
+pub mod count_tokens;
 pub mod openai;
 pub mod openai_chat;
+pub mod responses;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::domain::InvalidRequest;
+use crate::domain::{ApiKind, BackendRecord, InvalidRequest};
 
 /// What can go wrong building an upstream request. The client's own mistakes are
 /// [`InvalidRequest`]s; the rest are poolgate's (500, the detail logged).
@@ -24,6 +27,9 @@ pub enum ProviderError {
     InvalidKey,
     #[error("encoding the upstream body: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The backend's settings cannot make a request (Azure values that would break its URL).
+    #[error("building the upstream request: {0}")]
+    Internal(String),
 }
 
 /// The two fields every request format is routed by: `model` (a non-empty string) and `stream`
@@ -71,6 +77,18 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic's Messages API (`/v1/messages`).
     Messages,
+    /// Anthropic's `/v1/messages/count_tokens` (Anthropic backends only).
+    CountTokens,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `GET /v1/responses/{id}`.
+    ResponsesRetrieve,
+    /// `DELETE /v1/responses/{id}`.
+    ResponsesDelete,
+    /// `POST /v1/responses/{id}/cancel`.
+    ResponsesCancel,
+    /// `GET /v1/responses/{id}/input_items`.
+    ResponsesInputItems,
 }
 
 impl Endpoint {
@@ -81,6 +99,12 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "messages.count_tokens",
+            Endpoint::Responses => "responses",
+            Endpoint::ResponsesRetrieve => "responses.retrieve",
+            Endpoint::ResponsesDelete => "responses.delete",
+            Endpoint::ResponsesCancel => "responses.cancel",
+            Endpoint::ResponsesInputItems => "responses.input_items",
         }
     }
 
@@ -91,30 +115,62 @@ impl Endpoint {
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
             Endpoint::Messages => "/v1/messages",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::ResponsesRetrieve | Endpoint::ResponsesDelete => "/v1/responses/{id}",
+            Endpoint::ResponsesCancel => "/v1/responses/{id}/cancel",
+            Endpoint::ResponsesInputItems => "/v1/responses/{id}/input_items",
         }
     }
 
-    /// Path below an OpenAI-compatible base URL.
+    /// The HTTP method clients call it with (`http.request.method` in traces).
+    pub fn client_method(self) -> &'static str {
+        match self {
+            Endpoint::ResponsesRetrieve | Endpoint::ResponsesInputItems => "GET",
+            Endpoint::ResponsesDelete => "DELETE",
+            _ => "POST",
+        }
+    }
+
+    /// Path below an OpenAI-compatible base URL (the Responses API's calls build their own).
     pub fn openai_path(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::ChatCompletions | Endpoint::Messages => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
-            Endpoint::Messages => "/chat/completions",
+            Endpoint::CountTokens => "/messages/count_tokens",
+            Endpoint::Responses
+            | Endpoint::ResponsesRetrieve
+            | Endpoint::ResponsesDelete
+            | Endpoint::ResponsesCancel
+            | Endpoint::ResponsesInputItems => "/responses",
         }
     }
 
-    /// Whether a backend of this API kind can serve the endpoint (with translation if needed).
-    pub fn served_by(self, api: crate::domain::ApiKind) -> bool {
+    /// Whether a backend can serve the endpoint (with translation if needed). Whether a
+    /// Responses request needs the backend's own Responses API is the request's to say.
+    pub fn served_by(self, backend: &BackendRecord) -> bool {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Messages => true,
-            Endpoint::Completions | Endpoint::Embeddings => api == crate::domain::ApiKind::Openai,
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => true,
+            Endpoint::Completions | Endpoint::Embeddings => backend.api.speaks_openai(),
+            Endpoint::CountTokens => backend.api == ApiKind::Anthropic,
+            Endpoint::ResponsesRetrieve
+            | Endpoint::ResponsesDelete
+            | Endpoint::ResponsesCancel
+            | Endpoint::ResponsesInputItems => backend.speaks_responses(),
         }
     }
 
     /// Whether the endpoint can answer with an SSE stream.
     pub fn can_stream(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
+        matches!(
+            self,
+            Endpoint::ChatCompletions
+                | Endpoint::Completions
+                | Endpoint::Messages
+                | Endpoint::Responses
+                | Endpoint::ResponsesRetrieve
+        )
     }
 }
 
@@ -128,6 +184,31 @@ pub struct TokenUsage {
     pub completion_tokens: u32,
     #[serde(default)]
     pub total_tokens: u32,
+    /// `prompt_tokens_details.cached_tokens`: prompt tokens read from the upstream's cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// The part of `prompt_tokens_details` poolgate reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: u32,
+}
+
+impl TokenUsage {
+    /// Prompt tokens read from the upstream's prompt cache, when it said.
+    pub fn cached_tokens(&self) -> Option<u32> {
+        self.prompt_tokens_details
+            .map(|details| details.cached_tokens)
+    }
+
+    /// With `cached` prompt tokens from the cache (`None` when the upstream did not say).
+    pub fn with_cached(mut self, cached: Option<u32>) -> Self {
+        self.prompt_tokens_details =
+            cached.map(|cached_tokens| PromptTokensDetails { cached_tokens });
+        self
+    }
 }
 
 /// The model an answer says answered: `model` of a JSON answer (OpenAI and Anthropic alike), or
@@ -160,6 +241,8 @@ pub fn answered_model(body: &[u8]) -> Option<String> {
 /// One request ready to send upstream.
 #[derive(Debug)]
 pub struct UpstreamRequest {
+    /// POST for every call but the Responses API's reads and deletes.
+    pub method: Method,
     pub url: String,
     pub headers: HeaderMap,
     pub body: Bytes,

@@ -121,6 +121,7 @@ pub fn build_request(
     auth.set_sensitive(true);
     headers.insert(AUTHORIZATION, auth);
     Ok(UpstreamRequest {
+        method: http::Method::POST,
         url: format!("{base_url}{}", endpoint.openai_path()),
         headers,
         body,

@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::classify::{classify, connection_failure, Failure};
+use super::classify::{azure_failure, classify, connection_failure, Failure};
 use super::context::RequestContext;
 use super::error::ProxyError;
 use super::plan::{self, Inbound};
 use super::record::UsageDraft;
 use super::respond::{relay_client_error, succeed};
+use super::route::route;
 use super::ProxyResponse;
 use crate::cooldown::Outcome as UpstreamOutcome;
-use crate::domain::ApiKind;
-use crate::routing::{Route, Selection, Ticket};
+use crate::domain::{ApiKind, BackendRecord};
+use crate::routing::{Selection, Ticket};
 use crate::state::DataPlane;
 use crate::telemetry::AttemptResult;
 
@@ -32,33 +33,6 @@ pub enum Done {
     },
 }
 
-/// Phase **route**: the canonical model's route in this request's snapshot, after the caller's
-/// allowed models and its own RPM bucket.
-fn route<'l>(ctx: &'l RequestContext, inbound: &Inbound) -> Result<&'l Route, ProxyError> {
-    let route =
-        ctx.live
-            .routes
-            .get(inbound.model.as_str())
-            .ok_or_else(|| ProxyError::ModelNotFound {
-                model: inbound.model.clone(),
-            })?;
-    if let Some(key) = &ctx.client_key {
-        let allowed = &key.record.allowed_models;
-        if !allowed.is_empty() && !allowed.iter().any(|m| m.as_str() == inbound.model) {
-            return Err(ProxyError::ModelNotAllowed {
-                model: inbound.model.clone(),
-            });
-        }
-        if let Err(wait) = key.runtime.admit(Instant::now()) {
-            return Err(ProxyError::KeyRateLimited {
-                rpm: key.runtime.rpm(),
-                retry_after: wait,
-            });
-        }
-    }
-    Ok(route)
-}
-
 /// Runs the attempts of one request.
 pub async fn run(
     data: &DataPlane,
@@ -66,11 +40,25 @@ pub async fn run(
     inbound: &Inbound,
     draft: &mut UsageDraft,
 ) -> Result<Done, ProxyError> {
-    let route = route(ctx, inbound)?;
+    // Phase **route** ([`super::route`]).
+    let routing = route(data, ctx, inbound).await?;
+    if let Some(canonical) = &routing.canonical {
+        draft.record.canonical_model = Some(canonical.to_string());
+    }
     let settings = &data.config.proxy;
     let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);
-    let endpoint = inbound.endpoint;
-    let mut selection = Selection::new(route, move |api| endpoint.served_by(api));
+    let mut selection = Selection::new(&routing.route, |record: &BackendRecord| {
+        inbound.served_by(record)
+    });
+    if let Some(preferred) = routing.preferred.clone() {
+        selection.prefer(preferred);
+    }
+    if !selection.any_serves() {
+        if let Some(error) = inbound.none_serves() {
+            refund_key(ctx);
+            return Err(error);
+        }
+    }
     let mut last_failure: Option<Failure> = None;
 
     loop {
@@ -90,12 +78,10 @@ pub async fn run(
                     }
                 }
             }
-            let error = give_up(&selection, last_failure.as_ref(), now);
+            let error = routing.explain(give_up(&selection, last_failure.as_ref(), now));
             if last_failure.is_none() {
                 // Nothing was sent upstream: the key's own token goes back.
-                if let Some(key) = &ctx.client_key {
-                    key.runtime.refund(now);
-                }
+                refund_key(ctx);
             }
             return Err(error);
         };
@@ -104,15 +90,8 @@ pub async fn run(
 
         // Phase **call**: the provider builds the request; the backend's timeout bounds the
         // time to the first byte.
-        let (mut request, plan) = plan::build(
-            inbound,
-            backend.record.api,
-            &backend.record.api_base_url,
-            &backend.api_key,
-            ticket.upstream_model.as_str(),
-            settings.inject_stream_usage,
-            settings.anthropic_default_max_tokens,
-        )?;
+        let (mut request, plan) =
+            plan::build(inbound, &backend, ticket.upstream_model.as_str(), settings)?;
         // Observed from here: retries and failovers are counted, the trace context goes along.
         draft.start_attempt(&ticket, &mut request.headers);
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
@@ -120,7 +99,7 @@ pub async fn run(
         let mut upstream_status = None;
         let send = data
             .http
-            .post(&request.url)
+            .request(request.method, &request.url)
             .headers(request.headers)
             .body(request.body)
             .send();
@@ -135,21 +114,37 @@ pub async fn run(
                 if status.is_success() {
                     let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
                     match succeed(data, inbound, plan, ticket, response, draft, remaining).await {
-                        Ok(response) => return Ok(Done::Response(response)),
+                        Ok(response) => {
+                            if let Some(key) = inbound.affinity {
+                                // The session stays (or moves) where it was served.
+                                data.affinity.remember_session(
+                                    key,
+                                    backend.id(),
+                                    ctx.live.sticky.ttl,
+                                );
+                            }
+                            return Ok(Done::Response(response));
+                        }
                         Err((returned_ticket, failure)) => {
                             ticket = returned_ticket;
                             failure
                         }
                     }
                 } else {
-                    match classify(status, response.headers()) {
-                        Some(failure) => failure,
-                        None => {
+                    let classified = if backend.record.api == ApiKind::Azure {
+                        azure_failure(response, data.config.proxy.stream_idle_timeout).await
+                    } else {
+                        let failure = classify(status, response.headers());
+                        failure.ok_or(response.into())
+                    };
+                    match classified {
+                        Ok(failure) => failure,
+                        Err(answer) => {
                             // The request's own fault: relay it. The backend answered, so for its
                             // cooldown this counts as a success (a half-open probe is over).
                             resolve(data, &mut ticket, UpstreamOutcome::Success);
                             draft.end_attempt(AttemptResult::ClientError, upstream_status);
-                            return relay_client_error(response, plan, draft, data).await;
+                            return relay_client_error(answer, plan, draft, data).await;
                         }
                     }
                 }
@@ -172,6 +167,13 @@ pub async fn run(
     }
 }
 
+/// Nothing was sent upstream: the key's own token goes back.
+fn refund_key(ctx: &RequestContext) {
+    if let Some(key) = &ctx.client_key {
+        key.runtime.refund(Instant::now());
+    }
+}
+
 /// Feeds an upstream outcome to the backend's runtime; a change of its persisted health is
 /// handed to the health writer (never written here).
 pub fn resolve(data: &DataPlane, ticket: &mut Ticket, outcome: UpstreamOutcome) {
@@ -184,7 +186,7 @@ pub fn resolve(data: &DataPlane, ticket: &mut Ticket, outcome: UpstreamOutcome) 
 /// The error for "no (more) candidates": 429 (with `Retry-After`) when backends are rate
 /// limited or cooling, 504 when the last attempt timed out, 502 when upstreams failed, 503 when
 /// every backend is disabled or has a refused key.
-fn give_up<F: Fn(ApiKind) -> bool>(
+fn give_up<F: Fn(&BackendRecord) -> bool>(
     selection: &Selection<'_, F>,
     last: Option<&Failure>,
     now: Instant,

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
+use crate::providers::azure::{AzureErrorBody, AzureErrorKind};
 use crate::telemetry::AttemptResult;
 
 /// Why one upstream attempt failed in a way worth trying elsewhere.
@@ -27,6 +29,27 @@ pub enum Failure {
     AuthRejected {
         status: u16,
     },
+    /// The backend's own settings are wrong (an Azure mapping naming a deployment that does
+    /// not exist): out of rotation until an admin fixes and resets it, like a refused key.
+    Misconfigured {
+        detail: String,
+    },
+}
+
+/// An upstream error answer to relay: still to be read, or already read (to classify it).
+pub enum ErrorAnswer {
+    Pending(reqwest::Response),
+    Read {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+impl From<reqwest::Response> for ErrorAnswer {
+    fn from(response: reqwest::Response) -> Self {
+        ErrorAnswer::Pending(response)
+    }
 }
 
 impl Failure {
@@ -43,6 +66,7 @@ impl Failure {
             }
             Failure::Timeout => "upstream timed out".to_owned(),
             Failure::AuthRejected { status } => format!("upstream refused the key ({status})"),
+            Failure::Misconfigured { detail } => detail.clone(),
         }
     }
 
@@ -55,7 +79,9 @@ impl Failure {
             Failure::Server { .. } | Failure::Connect { .. } | Failure::Timeout => {
                 UpstreamOutcome::ServerError
             }
-            Failure::AuthRejected { .. } => UpstreamOutcome::AuthFailed,
+            Failure::AuthRejected { .. } | Failure::Misconfigured { .. } => {
+                UpstreamOutcome::AuthFailed
+            }
         }
     }
 
@@ -67,6 +93,7 @@ impl Failure {
             Failure::Connect { .. } => AttemptResult::ConnectError,
             Failure::Timeout => AttemptResult::Timeout,
             Failure::AuthRejected { .. } => AttemptResult::BadKey,
+            Failure::Misconfigured { .. } => AttemptResult::Misconfigured,
         }
     }
 
@@ -94,6 +121,50 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
             detail: String::new(),
         }),
         _ => None,
+    }
+}
+
+/// Classifies an Azure OpenAI error answer: as [`classify`], and from its body — a 429 without
+/// `retry-after` headers waits what its message says ("Please retry after 6 seconds"); a 404
+/// `DeploymentNotFound` is the backend's fault (its mapping names no deployment), not the
+/// client's. Err hands back what to relay.
+pub async fn azure_failure(
+    response: reqwest::Response,
+    read_timeout: Duration,
+) -> Result<Failure, ErrorAnswer> {
+    let status = response.status();
+    let headers = response.headers();
+    let reads_body = match status.as_u16() {
+        429 => parse_retry_after(headers, std::time::SystemTime::now()).is_none(),
+        404 => true,
+        _ => false,
+    };
+    if !reads_body {
+        return classify(status, headers).ok_or(ErrorAnswer::Pending(response));
+    }
+    let content_type = headers.get(http::header::CONTENT_TYPE).cloned();
+    let body = match tokio::time::timeout(read_timeout, response.bytes()).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => return Ok(Failure::transport("error body was cut off", &error)),
+        Err(_) => return Ok(Failure::Timeout),
+    };
+    let parsed = AzureErrorBody::parse(&body);
+    match status.as_u16() {
+        429 => Ok(Failure::RateLimited {
+            retry_after: parsed.and_then(|error| error.retry_after_in_message()),
+        }),
+        _ if parsed.is_some_and(|error| error.kind() == AzureErrorKind::DeploymentNotFound) => {
+            Ok(Failure::Misconfigured {
+                detail: "Azure has no such deployment (404 DeploymentNotFound): check the \
+                         backend's model mappings"
+                    .to_owned(),
+            })
+        }
+        _ => Err(ErrorAnswer::Read {
+            status,
+            content_type,
+            body,
+        }),
     }
 }
 
@@ -175,6 +246,11 @@ mod tests {
             refused.describe(),
             "upstream unreachable: connection failed"
         );
+        let misconfigured = Failure::Misconfigured {
+            detail: "no such deployment".into(),
+        };
+        assert_eq!(misconfigured.attempt_result(), AttemptResult::Misconfigured);
+        assert_eq!(misconfigured.outcome(), UpstreamOutcome::AuthFailed);
     }
 
     #[test]

@@ -39,6 +39,19 @@ pub enum ProxyError {
     /// 500: poolgate's own fault.
     #[error("internal error: {detail}")]
     Internal { detail: String },
+    /// 404: a call on a response poolgate does not know (or that belongs to another caller).
+    #[error("Response with id '{id}' not found.")]
+    ResponseNotFound { id: String },
+    /// 400: `previous_response_id` names a response whose backend no longer exists.
+    #[error("Previous response with id '{id}' not found.")]
+    PreviousResponseNotFound { id: String },
+    /// 503: the backend that made the response is disabled or its key was refused; no other
+    /// key can answer for it.
+    #[error("the backend that made response `{id}` is unavailable (disabled, or its key was refused); no other backend holds it")]
+    OwnerUnavailable { id: String },
+    /// 501: nothing poolgate can forward the request to.
+    #[error("{message}")]
+    NotImplemented { message: String },
 }
 
 impl ProxyError {
@@ -54,6 +67,10 @@ impl ProxyError {
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::ResponseNotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::PreviousResponseNotFound { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::OwnerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -68,6 +85,10 @@ impl ProxyError {
             ProxyError::Unavailable | ProxyError::UpstreamFailed { .. } => "upstream_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
             ProxyError::Internal { .. } => "server_error",
+            ProxyError::ResponseNotFound { .. } => "not_found_error",
+            ProxyError::PreviousResponseNotFound { .. } => "invalid_request_error",
+            ProxyError::OwnerUnavailable { .. } => "upstream_error",
+            ProxyError::NotImplemented { .. } => "not_implemented_error",
         }
     }
 
@@ -78,6 +99,7 @@ impl ProxyError {
             ProxyError::KeyRateLimited { .. }
                 | ProxyError::NoneReady { .. }
                 | ProxyError::Unavailable
+                | ProxyError::OwnerUnavailable { .. }
                 | ProxyError::UpstreamFailed { .. }
                 | ProxyError::UpstreamTimeout { .. }
         )

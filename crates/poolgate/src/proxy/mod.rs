@@ -1,8 +1,10 @@
 //! The forwarding pipeline, written down once. Each phase is a small function over one
 //! [`RequestContext`]; the module that owns it is named in brackets.
 //!
-//! 1. **route** ([`attempt`]) — this request's snapshot's route for the canonical model (404 if
-//!    none); the client key's allowed models (403) and its own RPM bucket (429).
+//! 1. **route** ([`route`]) — a request about a stored response goes only to the backend that
+//!    made it (response affinity); otherwise this request's snapshot's route for the model
+//!    (aliases, then exact over wildcard mappings; 404 if none); the client key's allowed models
+//!    (403) and its own RPM bucket (429); a sticky session's backend is preferred.
 //! 2. **select** ([`crate::routing`]) — [`crate::routing::Selection`] yields ready candidates:
 //!    pools in priority order, weighted round-robin inside a pool, each backend at most once,
 //!    readiness checked by [`crate::routing::accept`] (which takes the RPM token and, after a
@@ -35,6 +37,8 @@ pub mod plan;
 pub mod record;
 pub mod relay;
 pub mod respond;
+pub mod responses;
+pub mod route;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -96,11 +100,12 @@ pub async fn forward(
     inbound: Inbound,
     observation: RequestObservation,
 ) -> Forwarded {
+    let model = (!inbound.model.is_empty()).then_some(inbound.model.as_str());
     let draft = UsageDraft::new(
         &data.usage,
         &ctx,
         inbound.endpoint,
-        Some(&inbound.model),
+        model,
         inbound.stream,
         observation,
     );

@@ -43,14 +43,16 @@ pub fn observe(
     client_headers: &HeaderMap,
 ) -> RequestObservation {
     let observer = &data.observer;
-    let model = inbound
-        .and_then(|inbound| ctx.live.routes.get(inbound.model.as_str()))
-        .map_or_else(|| observer.unrouted(), |route| &route.telemetry);
+    let routed = inbound.and_then(|inbound| ctx.live.routes.route(inbound.model.as_str()));
+    let model = routed
+        .as_ref()
+        .map_or_else(|| observer.unrouted(), |routed| &routed.route.telemetry);
     observer.start_request(RequestStart {
         received: ctx.received,
         request_id: &ctx.request_id,
         model,
         operation: endpoint.into(),
+        http_method: endpoint.client_method(),
         http_route: endpoint.client_path(),
         stream: inbound.is_some_and(|inbound| inbound.stream),
         headers: client_headers,
@@ -74,6 +76,7 @@ pub fn observe_unauthenticated(
             request_id,
             model: data.observer.unrouted(),
             operation: endpoint.into(),
+            http_method: endpoint.client_method(),
             http_route: endpoint.client_path(),
             stream: false,
             headers: client_headers,
@@ -118,6 +121,7 @@ impl UsageDraft {
                 prompt_tokens: None,
                 completion_tokens: None,
                 total_tokens: None,
+                cached_tokens: None,
                 latency_ms: 0,
                 ttfb_ms: None,
                 streamed,
@@ -173,6 +177,7 @@ impl UsageDraft {
         } else {
             usage.total_tokens
         });
+        self.record.cached_tokens = usage.cached_tokens();
     }
 
     pub fn mark_first_byte(&mut self) {
@@ -218,7 +223,7 @@ impl UsageDraft {
                 tokens: TokenCounts {
                     prompt: record.prompt_tokens,
                     completion: record.completion_tokens,
-                    cached: None,
+                    cached: record.cached_tokens,
                 },
                 response_model: self.response_model.as_deref(),
                 cost_usd: None,

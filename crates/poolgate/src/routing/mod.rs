@@ -3,7 +3,10 @@
 //! smooth weighted round-robin. The balancer yields candidates, [`accept`] filters them
 //! (enabled, not cooling, not broken, RPM token available): readiness filters, balancing chooses.
 
-use std::collections::HashMap;
+pub mod affinity;
+pub mod models;
+pub mod table;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -11,11 +14,11 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use crate::cooldown::{CooldownPolicy, Health, Outcome, ReadyAt};
-use crate::domain::{
-    ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, Pool, UpstreamModel,
-};
+use crate::domain::{BackendId, BackendRecord, BackendStatus, Pool, UpstreamModel};
 use crate::runtime::{Admitted, BackendRuntime};
 use crate::telemetry::{BackendHandle, BackendLabels, Observer, RouteHandle};
+
+pub use table::{RouteTable, Routed};
 
 /// One backend as the proxy sees it: its definition, decrypted key and runtime counters.
 pub struct LiveBackend {
@@ -118,43 +121,34 @@ pub struct Route {
     pub telemetry: RouteHandle,
 }
 
-/// Builds the route table from the enabled backends.
-pub fn build_routes(
-    backends: &[Arc<LiveBackend>],
-    pools: &[Pool],
-    observer: &Observer,
-) -> HashMap<CanonicalModel, Route> {
-    let mut routes = HashMap::new();
-    let routable = |b: &&Arc<LiveBackend>| b.record.enabled && b.unreadable.is_none();
-    let mut models: Vec<&CanonicalModel> = backends
-        .iter()
-        .filter(routable)
-        .flat_map(|b| b.record.model_mappings.keys())
-        .collect();
-    models.sort();
-    models.dedup();
-    for model in models {
-        let mut tiers = Vec::new();
-        for pool in pools {
-            let members: Vec<Member> = backends
-                .iter()
-                .filter(|b| routable(b) && b.record.pool == pool.name)
-                .filter_map(|b| {
-                    b.record.model_mappings.get(model).map(|mapping| Member {
-                        backend: Arc::clone(b),
-                        upstream_model: mapping.upstream_model.clone(),
-                        telemetry: observer.route(model.as_str(), &b.telemetry),
-                    })
-                })
-                .collect();
-            if !members.is_empty() {
-                tiers.push(Tier::new(pool.clone(), members));
-            }
+impl Route {
+    /// A route of one backend (requests that must reach the backend holding their state);
+    /// `model` is its `model` label ([`models::MatchKind::label`], or the unrouted one for a
+    /// call on a stored response, which names no model).
+    pub fn single(
+        pool: Pool,
+        backend: Arc<LiveBackend>,
+        upstream_model: UpstreamModel,
+        observer: &Observer,
+        model: &str,
+    ) -> Route {
+        Route {
+            tiers: vec![Tier::new(
+                pool,
+                vec![Member {
+                    telemetry: observer.route(model, &backend.telemetry),
+                    backend,
+                    upstream_model,
+                }],
+            )],
+            telemetry: observer.model(model),
         }
-        let telemetry = observer.model(model.as_str());
-        routes.insert(model.clone(), Route { tiers, telemetry });
     }
-    routes
+
+    /// Every member of every tier.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.tiers.iter().flat_map(|tier| &tier.members)
+    }
 }
 
 /// The right to send one request to a backend: which backend, the model id it knows, the pool,
@@ -186,10 +180,12 @@ pub fn accept(backend: &LiveBackend, now: Instant) -> Result<Admitted, ReadyAt> 
 }
 
 /// Walks a route's candidates for one client request: tiers in order, each backend at most once,
-/// only backends whose API kind can serve the request.
+/// only backends that can serve the request. A preferred backend (a sticky session's) is tried
+/// first inside its own pool: affinity never overrides pool priority or readiness.
 pub struct Selection<'a, F> {
     route: &'a Route,
     serves: F,
+    preferred: Option<BackendId>,
     tier: usize,
     /// Start offset into the current tier's schedule (taken once per tier per request).
     start: Option<usize>,
@@ -198,11 +194,12 @@ pub struct Selection<'a, F> {
     earliest: Option<Instant>,
 }
 
-impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
+impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
     pub fn new(route: &'a Route, serves: F) -> Self {
         Self {
             route,
             serves,
+            preferred: None,
             tier: 0,
             start: None,
             tried: Vec::new(),
@@ -210,41 +207,71 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
         }
     }
 
+    /// Tries `backend` first in its pool (a sticky session's backend).
+    pub fn prefer(&mut self, backend: BackendId) {
+        self.preferred = Some(backend);
+    }
+
     /// The next ready candidate, or None when every remaining one is not ready.
     pub fn next(&mut self, now: Instant) -> Option<Ticket> {
         while let Some(tier) = self.route.tiers.get(self.tier) {
+            if self.start.is_none() {
+                if let Some(member) = self
+                    .preferred
+                    .as_ref()
+                    .and_then(|preferred| tier.members.iter().find(|m| m.backend.id() == preferred))
+                {
+                    if let Some(ticket) = self.try_member(tier, member, now) {
+                        return Some(ticket);
+                    }
+                }
+            }
             let len = tier.schedule.len();
             let start = *self
                 .start
                 .get_or_insert_with(|| tier.cursor.fetch_add(1, Ordering::Relaxed));
             for step in 0..len {
-                let index = tier.schedule[(start + step) % len];
-                let member = &tier.members[index];
-                let key = Arc::as_ptr(&member.backend).addr();
-                if self.tried.contains(&key) || !(self.serves)(member.backend.record.api) {
-                    continue;
-                }
-                match accept(&member.backend, now) {
-                    Ok(admitted) => {
-                        self.tried.push(key);
-                        return Some(Ticket {
-                            backend: Arc::clone(&member.backend),
-                            upstream_model: member.upstream_model.clone(),
-                            pool: tier.pool.clone(),
-                            telemetry: member.telemetry.clone(),
-                            admitted,
-                        });
-                    }
-                    Err(ReadyAt::At(at)) => {
-                        self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
-                    }
-                    Err(ReadyAt::Now | ReadyAt::Never) => {}
+                let member = &tier.members[tier.schedule[(start + step) % len]];
+                if let Some(ticket) = self.try_member(tier, member, now) {
+                    return Some(ticket);
                 }
             }
             self.tier += 1;
             self.start = None;
         }
         None
+    }
+
+    /// The member's ticket if it serves the request, was not tried yet and is ready.
+    fn try_member(&mut self, tier: &Tier, member: &Member, now: Instant) -> Option<Ticket> {
+        let key = Arc::as_ptr(&member.backend).addr();
+        if self.tried.contains(&key) || !(self.serves)(&member.backend.record) {
+            return None;
+        }
+        match accept(&member.backend, now) {
+            Ok(admitted) => {
+                self.tried.push(key);
+                Some(Ticket {
+                    backend: Arc::clone(&member.backend),
+                    upstream_model: member.upstream_model.clone(),
+                    pool: tier.pool.clone(),
+                    telemetry: member.telemetry.clone(),
+                    admitted,
+                })
+            }
+            Err(ReadyAt::At(at)) => {
+                self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+                None
+            }
+            Err(ReadyAt::Now | ReadyAt::Never) => None,
+        }
+    }
+
+    /// Whether any member of the route can serve the request at all (ready or not).
+    pub fn any_serves(&self) -> bool {
+        self.route
+            .members()
+            .any(|m| (self.serves)(&m.backend.record))
     }
 
     /// Starts over (after waiting), keeping the list of backends already tried.
@@ -268,9 +295,9 @@ impl<'a, F: Fn(ApiKind) -> bool> Selection<'a, F> {
     /// disabled or broken) or one is ready now.
     pub fn earliest_ready_overall(&self, now: Instant) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
-        for member in self.route.tiers.iter().flat_map(|tier| &tier.members) {
+        for member in self.route.members() {
             let backend = &member.backend;
-            if !backend.record.enabled || !(self.serves)(backend.record.api) {
+            if !backend.record.enabled || !(self.serves)(&backend.record) {
                 continue;
             }
             let Some(ready) = backend.runtime.ready_at(now) else {

@@ -18,10 +18,6 @@ static OBSERVER: std::sync::LazyLock<Observer> = std::sync::LazyLock::new(|| {
     Observer::new(crate::telemetry::ObserverOptions::default(), None).unwrap()
 });
 
-fn build_routes(backends: &[Arc<LiveBackend>], pools: &[Pool]) -> HashMap<CanonicalModel, Route> {
-    super::build_routes(backends, pools, &OBSERVER)
-}
-
 fn pool(name: &str, priority: i64) -> Pool {
     Pool {
         name: PoolName::new(name),
@@ -59,8 +55,15 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
     })
 }
 
-fn any_api(_: ApiKind) -> bool {
+fn any_api(_: &BackendRecord) -> bool {
     true
+}
+
+/// The route of [`MODEL`] over `backends`, if any serves it.
+fn route_for(backends: &[Arc<LiveBackend>], pools: &[Pool]) -> Option<Arc<Route>> {
+    RouteTable::build(backends, pools, [], &OBSERVER)
+        .route(MODEL)
+        .map(|routed| routed.route)
 }
 
 /// Every ticket one request could get, in order.
@@ -86,8 +89,8 @@ fn a_request_tries_the_primary_pool_first_then_the_fallback_each_backend_once() 
         backend("p1", "primary", 1, true, false),
         backend("p2", "primary", 3, true, false),
     ];
-    let routes = build_routes(&backends, &[pool("primary", 0), pool("fallback", 1)]);
-    let tickets = drain(&routes[MODEL]);
+    let route = route_for(&backends, &[pool("primary", 0), pool("fallback", 1)]).unwrap();
+    let tickets = drain(&route);
     let names: Vec<&str> = tickets
         .iter()
         .map(|t| t.backend.record.name.as_str())
@@ -109,8 +112,7 @@ fn cooling_disabled_and_unsuitable_backends_are_skipped_and_the_wait_is_known() 
         backend("off", "primary", 1, false, false),
         backend("ok", "primary", 1, true, false),
     ];
-    let routes = build_routes(&backends, &[pool("primary", 0)]);
-    let route = &routes[MODEL];
+    let route = &*route_for(&backends, &[pool("primary", 0)]).unwrap();
     let names: Vec<String> = drain(route)
         .iter()
         .map(|t| t.backend.record.name.clone())
@@ -119,7 +121,7 @@ fn cooling_disabled_and_unsuitable_backends_are_skipped_and_the_wait_is_known() 
 
     // A backend that cannot serve the endpoint is never a candidate.
     let now = Instant::now();
-    let only_anthropic = |api: ApiKind| api == ApiKind::Anthropic;
+    let only_anthropic = |record: &BackendRecord| record.api == crate::domain::ApiKind::Anthropic;
     let mut none = Selection::new(route, only_anthropic);
     assert!(none.next(now).is_none(), "no backend speaks what is asked");
     // The next request gets `ok` again, then nothing: the cooling one is ready in a minute.
@@ -169,12 +171,11 @@ proptest! {
         members in prop::collection::vec(member(), 1..10),
     ) {
         let (backends, pools) = route_of(&members);
-        let routes = build_routes(&backends, &pools);
-        let Some(route) = routes.get(MODEL) else {
+        let Some(route) = route_for(&backends, &pools) else {
             prop_assert!(members.iter().all(|&(_, _, enabled, _)| !enabled));
             return Ok(());
         };
-        let tickets = drain(route);
+        let tickets = drain(&route);
         let mut seen: Vec<&str> = tickets.iter().map(|t| t.backend.record.name.as_str()).collect();
         let priorities: Vec<i64> = tickets.iter().map(|t| t.pool.priority).collect();
         prop_assert!(priorities.windows(2).all(|w| w[0] <= w[1]), "{priorities:?}");
@@ -205,8 +206,7 @@ proptest! {
             .enumerate()
             .map(|(i, &w)| backend(&format!("w{i}"), "primary", w, true, false))
             .collect();
-        let routes = build_routes(&backends, &[pool("primary", 0)]);
-        let route = &routes[MODEL];
+        let route = &*route_for(&backends, &[pool("primary", 0)]).unwrap();
         let mut counts = vec![0_usize; weights.len()];
         let now = Instant::now();
         for _ in 0..requests {
@@ -220,5 +220,80 @@ proptest! {
             let off = (counts[i] as f64 - expected).abs();
             prop_assert!(off <= f64::from(weight), "backend {i} (weight {weight}): {} of {requests}, expected {expected:.1}", counts[i]);
         }
+    }
+}
+
+#[test]
+fn wildcard_routes_are_built_once_per_snapshot_and_exact_mappings_win() {
+    let mut exact = backend("exact", "primary", 1, true, false);
+    let mut wild = backend("wild", "primary", 1, true, false);
+    for (backend, key, upstream) in [
+        (&mut exact, "gpt-4o", "pinned"),
+        (&mut wild, "gpt-*", "gpt-*"),
+    ] {
+        let record = &mut Arc::get_mut(backend).unwrap().record;
+        record.model_mappings = [(
+            crate::domain::CanonicalModel::new(key),
+            crate::domain::ModelMapping {
+                upstream_model: UpstreamModel::new(upstream),
+            },
+        )]
+        .into();
+    }
+    let table = RouteTable::build(
+        &[exact, wild],
+        &[pool("primary", 0)],
+        [(
+            "latest".to_owned(),
+            crate::domain::CanonicalModel::new("gpt-4o"),
+        )],
+        &OBSERVER,
+    );
+    let first = table.route("gpt-4.1").unwrap();
+    let again = table.route("gpt-4.1").unwrap();
+    assert!(
+        Arc::ptr_eq(&first.route, &again.route),
+        "built once, then kept"
+    );
+    assert_eq!(first.route.members().count(), 1);
+    assert_eq!(drain(&first.route)[0].upstream_model.as_str(), "gpt-4.1");
+    // The exact mapping wins for its name: the wildcard backend does not join.
+    let exact_route = table.route("gpt-4o").unwrap();
+    let names: Vec<String> = drain(&exact_route.route)
+        .iter()
+        .map(|t| t.backend.record.name.clone())
+        .collect();
+    assert_eq!(names, ["exact"]);
+    let alias = table.route("latest").unwrap();
+    assert_eq!(alias.canonical.as_str(), "gpt-4o");
+    assert!(Arc::ptr_eq(&alias.route, &exact_route.route));
+    assert!(table.route("claude").is_none());
+    // Series are labelled by the mapping that matched: a made-up name is not a label.
+    assert_eq!(first.route.telemetry.model(), "gpt-*");
+    assert_eq!(drain(&first.route)[0].telemetry.model(), "gpt-*");
+    assert_eq!(exact_route.route.telemetry.model(), "gpt-4o");
+}
+
+#[test]
+fn a_preferred_backend_goes_first_in_its_pool_only_while_ready() {
+    let backends = vec![
+        backend("p1", "primary", 1, true, false),
+        backend("p2", "primary", 1, true, false),
+        backend("p3", "primary", 1, true, true),
+        backend("f1", "fallback", 1, true, false),
+    ];
+    let route = route_for(&backends, &[pool("primary", 0), pool("fallback", 1)]).unwrap();
+    let now = Instant::now();
+    for _ in 0..4 {
+        let mut selection = Selection::new(&route, any_api);
+        selection.prefer(backends[1].id().clone());
+        assert_eq!(selection.next(now).unwrap().backend.record.name, "p2");
+    }
+    // A cooling preference is skipped; a fallback preference never jumps the primary pool.
+    for preferred in [2, 3] {
+        let mut selection = Selection::new(&route, any_api);
+        selection.prefer(backends[preferred].id().clone());
+        let first = selection.next(now).unwrap();
+        assert!(["p1", "p2"].contains(&first.backend.record.name.as_str()));
     }
 }

@@ -18,6 +18,8 @@ pub enum AttemptResult {
     ConnectError,
     /// 401/403: the upstream refused the key.
     BadKey,
+    /// The backend's own settings are wrong (Azure: the mapping names no deployment).
+    Misconfigured,
     /// Another 4xx: the request's own fault, relayed to the client as is.
     ClientError,
     /// A stream that started but died before its end.
@@ -27,13 +29,14 @@ pub enum AttemptResult {
 }
 
 impl AttemptResult {
-    pub const ALL: [AttemptResult; 9] = [
+    pub const ALL: [AttemptResult; 10] = [
         AttemptResult::Success,
         AttemptResult::RateLimited,
         AttemptResult::ServerError,
         AttemptResult::Timeout,
         AttemptResult::ConnectError,
         AttemptResult::BadKey,
+        AttemptResult::Misconfigured,
         AttemptResult::ClientError,
         AttemptResult::StreamError,
         AttemptResult::Cancelled,
@@ -47,6 +50,7 @@ impl AttemptResult {
             AttemptResult::Timeout => "timeout",
             AttemptResult::ConnectError => "connect_error",
             AttemptResult::BadKey => "bad_key",
+            AttemptResult::Misconfigured => "misconfigured",
             AttemptResult::ClientError => "client_error",
             AttemptResult::StreamError => "stream_error",
             AttemptResult::Cancelled => "cancelled",
@@ -164,7 +168,17 @@ impl From<crate::providers::Endpoint> for Operation {
     fn from(endpoint: crate::providers::Endpoint) -> Self {
         use crate::providers::Endpoint;
         match endpoint {
-            Endpoint::ChatCompletions | Endpoint::Messages => Operation::Chat,
+            // A Responses API call generates (or reads) a model response: `chat`, as OpenAI's
+            // own instrumentation names it. Counting tokens has no GenAI operation name of its
+            // own; it is a call about a chat request.
+            Endpoint::ChatCompletions
+            | Endpoint::Messages
+            | Endpoint::CountTokens
+            | Endpoint::Responses
+            | Endpoint::ResponsesRetrieve
+            | Endpoint::ResponsesDelete
+            | Endpoint::ResponsesCancel
+            | Endpoint::ResponsesInputItems => Operation::Chat,
             Endpoint::Completions => Operation::TextCompletion,
             Endpoint::Embeddings => Operation::Embeddings,
         }
@@ -218,6 +232,7 @@ mod tests {
                 "timeout",
                 "connect_error",
                 "bad_key",
+                "misconfigured",
                 "client_error",
                 "stream_error",
                 "cancelled"
@@ -246,6 +261,7 @@ mod tests {
     fn operations_use_semconv_names() {
         use crate::providers::Endpoint;
         assert_eq!(Operation::from(Endpoint::Messages).as_str(), "chat");
+        assert_eq!(Operation::from(Endpoint::Responses).as_str(), "chat");
         assert_eq!(
             Operation::from(Endpoint::Completions).as_str(),
             "text_completion"

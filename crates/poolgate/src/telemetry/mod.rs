@@ -29,7 +29,7 @@ pub mod trace;
 
 pub use handles::{BackendHandle, BackendLabels, RouteHandle};
 pub use labels::{AttemptResult, Operation};
-pub use metrics::{Metrics, CONTENT_TYPE};
+pub use metrics::{Metrics, CONTENT_TYPE, UNROUTED_MODEL};
 pub use observer::{
     AttemptEnd, Observer, ObserverOptions, RequestEnd, RequestObservation, RequestStart,
     TokenCounts,

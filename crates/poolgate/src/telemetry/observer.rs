@@ -167,6 +167,8 @@ pub struct RequestStart<'a> {
     /// The model's handle from the snapshot, or [`Observer::unrouted`].
     pub model: &'a RouteHandle,
     pub operation: Operation,
+    /// `POST`, or `GET` / `DELETE` for the calls on a stored response.
+    pub http_method: &'static str,
     /// The route template, e.g. `/v1/chat/completions`.
     pub http_route: &'static str,
     pub stream: bool,

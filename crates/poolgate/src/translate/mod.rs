@@ -8,6 +8,7 @@
 
 pub mod chat_to_messages;
 pub mod messages_to_chat;
+pub mod responses;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;

@@ -34,6 +34,11 @@ pub struct Aggregate {
     pub error_rate: f64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens the upstreams read from their prompt caches (part of `prompt_tokens`).
+    pub cached_tokens: u64,
+    /// `cached_tokens / prompt_tokens` (0 without prompt tokens): how well prompt caches hit —
+    /// what sticky routing improves.
+    pub cached_share: f64,
     pub p50_latency_ms: Option<u64>,
     pub p95_latency_ms: Option<u64>,
     pub p50_ttfb_ms: Option<u64>,
@@ -153,6 +158,7 @@ pub struct GroupStats {
     pub cancelled: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    pub cached_tokens: u64,
     pub p50_latency_ms: Option<u64>,
     pub p95_latency_ms: Option<u64>,
     pub p50_ttfb_ms: Option<u64>,
@@ -172,6 +178,12 @@ impl GroupStats {
             },
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
+            cached_tokens: self.cached_tokens,
+            cached_share: if self.prompt_tokens == 0 {
+                0.0
+            } else {
+                self.cached_tokens as f64 / self.prompt_tokens as f64
+            },
             p50_latency_ms: self.p50_latency_ms,
             p95_latency_ms: self.p95_latency_ms,
             p50_ttfb_ms: self.p50_ttfb_ms,
@@ -252,6 +264,7 @@ mod tests {
             cancelled,
             prompt_tokens: 10 * requests,
             completion_tokens: 5 * requests,
+            cached_tokens: 2 * requests,
             p50_latency_ms: Some(50),
             p95_latency_ms: Some(95),
             p50_ttfb_ms: None,

@@ -50,6 +50,11 @@ pub struct BackendView {
     pub metadata: serde_json::Value,
     pub created_at: String,
     pub updated_at: String,
+    /// Whether `/v1/responses` passes through to this backend (else it is translated): the
+    /// `responses` setting, or the API kind's default.
+    pub responses: bool,
+    /// Azure's `api-version` (set, or `null` for the default).
+    pub api_version: Option<String>,
 }
 
 /// Builds the view from the stored record and, when present, the live counters.
@@ -110,6 +115,8 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
         metadata: record.metadata.clone(),
         created_at: format_ms(record.created_at_ms),
         updated_at: format_ms(record.updated_at_ms),
+        responses: record.speaks_responses(),
+        api_version: record.api_version.clone(),
     }
 }
 

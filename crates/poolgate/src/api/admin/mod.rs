@@ -1,10 +1,12 @@
-//! The admin API under `/admin/api`: backends, pools, client keys, usage and statistics. Every
+//! The admin API under `/admin/api`: backends, pools, client keys, model aliases, sticky
+//! routing, usage and statistics. Every
 //! route requires the admin token except those in [`super::PUBLIC_ROUTES`]; the OpenAPI document
 //! is generated from the handlers' annotations (utoipa), so it lists exactly the routes served.
 
 pub mod backends;
 pub mod keys;
 pub mod pools;
+pub mod routing;
 pub mod usage;
 
 use axum::body::Bytes;
@@ -25,7 +27,8 @@ use crate::state::DataPlane;
 #[openapi(
     info(
         title = "poolgate admin API",
-        description = "Manage upstream backends, pools and client keys; read usage and statistics. \
+        description = "Manage upstream backends, pools, client keys, model aliases and sticky \
+                       routing; read usage and statistics. \
                        Every route needs `Authorization: Bearer <admin token>`."
     ),
     modifiers(&BearerAuth),
@@ -61,6 +64,9 @@ pub fn router(data: DataPlane) -> (Router<AppState>, OpenApiDoc) {
         .routes(routes!(keys::revoke))
         .routes(routes!(usage::list))
         .routes(routes!(usage::stats))
+        .routes(routes!(routing::list_aliases))
+        .routes(routes!(routing::set_alias, routing::delete_alias))
+        .routes(routes!(routing::get_sticky, routing::set_sticky))
         .split_for_parts();
     // Paths in the document are absolute, as clients call them.
     let paths = std::mem::take(&mut doc.paths.paths);

@@ -1,5 +1,5 @@
-//! Every store call, counted when it fails: [`Counted`] wraps the [`ConfigStore`] and
-//! [`UsageStore`] the control plane uses and adds one to `poolgate_store_errors_total{operation}`
+//! Every store call, counted when it fails: [`Counted`] wraps the [`ConfigStore`],
+//! [`UsageStore`] and [`AffinityStore`] the control plane uses and adds one to `poolgate_store_errors_total{operation}`
 //! (the method's name) for each failure of the database itself. A refused write (`Conflict`,
 //! `NotFound`) is the caller's business, not a store error.
 
@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{ConfigStore, StoreError, Stores, UsageStore};
+use super::{AffinityStore, ConfigStore, StoreError, Stores, UsageStore};
 use crate::domain::{
-    BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName, UsageRecord,
+    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName,
+    ResponseOwnerRecord, UsageRecord,
 };
 use crate::telemetry::metrics::StoreErrors;
 use crate::usage::stats::{GroupStats, StatsRange};
@@ -31,6 +32,10 @@ impl Stores {
             }),
             usage: Arc::new(Counted {
                 inner: self.usage,
+                errors: errors.clone(),
+            }),
+            affinity: Arc::new(Counted {
+                inner: self.affinity,
                 errors: errors.clone(),
             }),
         }
@@ -93,6 +98,20 @@ counted!(ConfigStore {
     async fn get_setting(&self, key: &str) -> Option<String>;
     async fn put_setting(&self, key: &str, value: &str) -> ();
     async fn ping(&self) -> ();
+    async fn list_aliases(&self) -> Vec<AliasRecord>;
+    async fn put_alias(&self, alias: &AliasRecord) -> ();
+    async fn delete_alias(&self, alias: &str) -> bool;
+    async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> ();
+});
+
+counted!(AffinityStore {
+    async fn save_response_owners(
+        &self,
+        owners: &[ResponseOwnerRecord],
+        removed: &[String]
+    ) -> ();
+    async fn load_response_owners(&self, now_ms: i64, limit: u32) -> Vec<ResponseOwnerRecord>;
+    async fn purge_response_owners(&self, now_ms: i64) -> u64;
 });
 
 counted!(UsageStore {

@@ -1,6 +1,7 @@
-//! Persistence behind two traits by purpose: [`ConfigStore`] (backends, pools, client keys,
-//! settings and the persisted part of backend health) and [`UsageStore`] (usage records, their
-//! pages and the statistics, aggregated in SQL). [`open`] picks the implementation from the
+//! Persistence behind traits by purpose: [`ConfigStore`] (backends, pools, client keys, model
+//! aliases, settings and the persisted part of backend health), [`UsageStore`] (usage records,
+//! their pages and the statistics, aggregated in SQL) and [`AffinityStore`] (which backend made
+//! each Responses API response). [`open`] picks the implementation from the
 //! `database_url`: [`sqlite`] today; PostgreSQL slots in beside it. Implementations store what
 //! they are handed: validation, sealing and ids are the callers' business.
 
@@ -13,7 +14,8 @@ use async_trait::async_trait;
 
 use crate::config::DatabaseUrl;
 use crate::domain::{
-    BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName, UsageRecord,
+    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName,
+    ResponseOwnerRecord, UsageRecord,
 };
 use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
@@ -83,6 +85,36 @@ pub trait ConfigStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError> {
         self.list_pools().await.map(drop)
     }
+    // --- model aliases ---
+    /// Every alias, by name.
+    async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError>;
+    /// Creates or replaces an alias (keeping its `created_at`).
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
+    /// False if no such alias.
+    async fn delete_alias(&self, alias: &str) -> Result<bool, StoreError>;
+    /// In one transaction: upsert the config file's aliases (`source = config`) and delete the
+    /// `source = config` aliases no longer in it.
+    async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> Result<(), StoreError>;
+}
+
+/// Response affinity at rest: which backend made each response id, written behind the request
+/// path in batches and read once at start.
+#[async_trait]
+pub trait AffinityStore: Send + Sync + 'static {
+    /// In one transaction: upsert `owners` and delete `removed` response ids.
+    async fn save_response_owners(
+        &self,
+        owners: &[ResponseOwnerRecord],
+        removed: &[String],
+    ) -> Result<(), StoreError>;
+    /// The owners not expired at `now_ms`, newest first, at most `limit`.
+    async fn load_response_owners(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ResponseOwnerRecord>, StoreError>;
+    /// Deletes the owners expired at `now_ms`; returns how many.
+    async fn purge_response_owners(&self, now_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Where usage records go and how they are read back.
@@ -102,6 +134,7 @@ pub trait UsageStore: Send + Sync + 'static {
 pub struct Stores {
     pub config: Arc<dyn ConfigStore>,
     pub usage: Arc<dyn UsageStore>,
+    pub affinity: Arc<dyn AffinityStore>,
 }
 
 /// Opens (creating and migrating if needed) the database a URL names.
@@ -111,7 +144,8 @@ pub async fn open(url: &DatabaseUrl) -> Result<Stores, StoreError> {
             let store = Arc::new(sqlite::SqliteStore::open(path).await?);
             Ok(Stores {
                 config: store.clone(),
-                usage: store,
+                usage: store.clone(),
+                affinity: store,
             })
         }
         DatabaseUrl::Postgres(_) => Err(StoreError::Unsupported(format!(

@@ -73,6 +73,7 @@ fn start<'a>(model: &'a RouteHandle, headers: &'a HeaderMap) -> RequestStart<'a>
         request_id: "req_1",
         model,
         operation: Operation::Chat,
+        http_method: "POST",
         http_route: "/v1/chat/completions",
         stream: false,
         headers,

@@ -54,7 +54,7 @@ impl RequestTrace {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(start.headers));
         let operation = start.operation.as_str();
         let mut attributes = vec![
-            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.request.method", start.http_method),
             KeyValue::new("http.route", start.http_route),
             KeyValue::new("gen_ai.operation.name", operation),
             KeyValue::new("poolgate.request_id", start.request_id.to_owned()),
@@ -68,7 +68,7 @@ impl RequestTrace {
             ));
         }
         let span = tracer
-            .span_builder(format!("POST {}", start.http_route))
+            .span_builder(format!("{} {}", start.http_method, start.http_route))
             .with_kind(SpanKind::Server)
             .with_start_time(wall_clock(start.received))
             .with_attributes(attributes)

@@ -164,7 +164,8 @@ fn translates_the_response() {
         Some(TokenUsage {
             prompt_tokens: 20,
             completion_tokens: 8,
-            total_tokens: 28
+            total_tokens: 28,
+            prompt_tokens_details: None,
         })
     );
     assert_eq!(finish_reason(Some("max_tokens")).as_deref(), Some("length"));

@@ -1,8 +1,10 @@
 //! The embedded SQLite store: WAL mode, `busy_timeout`, foreign keys on, migrations
 //! (`migrations/sqlite/`) embedded in the binary and run at open. Write transactions start with
 //! `BEGIN IMMEDIATE` so that concurrent writers queue on the busy timeout instead of failing with
-//! "database is locked". This file is the [`ConfigStore`]; [`usage`] is the usage store.
+//! "database is locked". This file is the [`ConfigStore`]; [`usage`] is the usage store and
+//! [`affinity`] the response-affinity store.
 
+mod affinity;
 mod usage;
 
 use std::path::Path;
@@ -17,8 +19,8 @@ use sqlx::{Row, Sqlite};
 
 use super::{ConfigStore, StoreError};
 use crate::domain::{
-    now_ms, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
-    ModelMappings, PersistedHealth, Pool, PoolName, Source,
+    now_ms, AliasRecord, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel,
+    ClientKeyRecord, ModelMappings, PersistedHealth, Pool, PoolName, Source,
 };
 
 /// The SQLite schema (`migrations/sqlite/`); PostgreSQL will have its own beside it.
@@ -124,6 +126,8 @@ fn backend_from_row(row: &SqliteRow) -> Result<BackendRecord, StoreError> {
         },
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
+        responses: row.try_get("responses")?,
+        api_version: row.try_get("api_version")?,
     })
 }
 
@@ -146,12 +150,13 @@ fn classify_write_error(error: sqlx::Error, backend: &BackendRecord) -> StoreErr
 
 const BACKEND_COLUMNS: &str = "id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
      timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-     cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at";
+     cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at, \
+     responses, api_version";
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// Binds a backend's definition — what an admin edit or a config sync writes — in the order of
-/// the first 16 columns of both statements below (`name` … `updated_at`).
+/// the first 18 columns of both statements below (`name` … `api_version`).
 fn bind_definition<'q>(
     query: Query<'q>,
     backend: &'q BackendRecord,
@@ -175,7 +180,9 @@ fn bind_definition<'q>(
         .bind(mappings)
         .bind(backend.source.as_str())
         .bind(backend.metadata.to_string())
-        .bind(backend.updated_at_ms))
+        .bind(backend.updated_at_ms)
+        .bind(backend.responses)
+        .bind(backend.api_version.as_deref()))
 }
 
 async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
@@ -185,8 +192,9 @@ where
     let query = sqlx::query(
         "INSERT INTO backends (name, label, api_base_url, api_key_sealed, api_key_mask, api, \
          timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-         metadata, updated_at, id, cooldown_until, consecutive_429_count, last_error, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         metadata, updated_at, responses, api_version, id, cooldown_until, \
+         consecutive_429_count, last_error, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
     bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -211,8 +219,8 @@ where
     let query = sqlx::query(
         "UPDATE backends SET name = ?, label = ?, api_base_url = ?, api_key_sealed = ?, \
          api_key_mask = ?, api = ?, timeout_seconds = ?, rpm_limit = ?, weight = ?, pool = ?, \
-         enabled = ?, status = ?, model_mappings = ?, source = ?, metadata = ?, updated_at = ? \
-         WHERE id = ?",
+         enabled = ?, status = ?, model_mappings = ?, source = ?, metadata = ?, updated_at = ?, \
+         responses = ?, api_version = ? WHERE id = ?",
     );
     let result = bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -485,6 +493,80 @@ impl ConfigStore for SqliteStore {
         .await?;
         Ok(())
     }
+
+    async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT alias, target, source, created_at, updated_at FROM model_aliases \
+             ORDER BY alias",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let source: String = row.try_get("source")?;
+                Ok(AliasRecord {
+                    alias: row.try_get("alias")?,
+                    target: CanonicalModel::new(row.try_get::<String, _>("target")?),
+                    source: Source::parse(&source).ok_or_else(|| corrupt("source", &source))?,
+                    created_at_ms: row.try_get("created_at")?,
+                    updated_at_ms: row.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        upsert_alias(&self.pool, alias).await
+    }
+
+    async fn delete_alias(&self, alias: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM model_aliases WHERE alias = ?")
+            .bind(alias)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let stored = sqlx::query("SELECT alias FROM model_aliases WHERE source = 'config'")
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &stored {
+            let name: String = row.try_get("alias")?;
+            if !aliases.iter().any(|a| a.alias == name) {
+                sqlx::query("DELETE FROM model_aliases WHERE alias = ?")
+                    .bind(&name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for alias in aliases {
+            upsert_alias(&mut *tx, alias).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Creates or replaces an alias, keeping the `created_at` of an existing row.
+async fn upsert_alias<'c, E>(executor: E, alias: &AliasRecord) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO model_aliases (alias, target, source, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (alias) DO UPDATE SET target = excluded.target, \
+         source = excluded.source, updated_at = excluded.updated_at",
+    )
+    .bind(&alias.alias)
+    .bind(alias.target.as_str())
+    .bind(alias.source.as_str())
+    .bind(alias.created_at_ms)
+    .bind(alias.updated_at_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

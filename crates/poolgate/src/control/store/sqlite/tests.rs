@@ -3,6 +3,7 @@
 use super::*;
 use crate::control::store::UsageStore;
 use crate::domain::{Outcome, UsageRecord};
+use sqlx::sqlite::SqlitePoolOptions;
 
 fn backend(name: &str) -> BackendRecord {
     crate::domain::tests_support::backend_record(name)
@@ -193,6 +194,7 @@ pub(super) fn usage(i: i64) -> UsageRecord {
         prompt_tokens: Some(10),
         completion_tokens: Some(5),
         total_tokens: Some(15),
+        cached_tokens: Some(u32::try_from(i % 3).unwrap()),
         latency_ms: 12,
         ttfb_ms: Some(3),
         streamed: false,
@@ -222,4 +224,160 @@ async fn concurrent_writers_do_not_hit_database_is_locked() {
         task.await.unwrap().unwrap();
     }
     assert_eq!(store.count_usage().await.unwrap(), 8 * 20 * 10);
+}
+
+/// A database made by schema v1 (backends with rows, usage) is upgraded by migration 0003: every
+/// backend keeps its fields (the table is rebuilt for the new `api` CHECK), `azure` is accepted,
+/// usage records gain `cached_tokens`.
+#[tokio::test]
+async fn migration_0003_upgrades_a_v1_database_with_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("poolgate.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let first_only = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(MIGRATOR.iter().take(1).cloned().collect()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    first_only.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO backends (id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
+         timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
+         cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at) \
+         VALUES ('bkd_old', 'old', 'Old', 'http://h/v1', 'pgenc:v1:x', 'sk-…1234', 'anthropic', \
+         30, 60, 2, 'fallback', 1, 'cooling', '{\"m\":{\"upstream_model\":\"u\"}}', 'api', 99, 3, \
+         'upstream rate limited (429)', '{\"a\":1}', 5, 6)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let azure = sqlx::query("UPDATE backends SET api = 'azure' WHERE id = 'bkd_old'")
+        .execute(&pool)
+        .await;
+    assert!(azure.is_err(), "v1 refuses `azure`");
+    pool.close().await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let old = store
+        .get_backend(&BackendId::new("bkd_old"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.name, "old");
+    assert_eq!(old.api, ApiKind::Anthropic);
+    assert_eq!(old.pool.as_str(), "fallback");
+    assert_eq!(old.weight, 2);
+    assert_eq!(old.health.cooldown_until_ms, Some(99));
+    assert_eq!(old.health.consecutive_429_count, 3);
+    assert_eq!(old.metadata, serde_json::json!({"a": 1}));
+    assert_eq!((old.created_at_ms, old.updated_at_ms), (5, 6));
+    assert_eq!((old.responses, old.api_version), (None, None));
+
+    let mut azure = backend("az");
+    azure.api = ApiKind::Azure;
+    azure.responses = Some(true);
+    azure.api_version = Some("2025-04-01-preview".into());
+    store.insert_backend(&azure).await.unwrap();
+    assert_eq!(store.get_backend(&azure.id).await.unwrap().unwrap(), azure);
+    // The pool's foreign key still holds after the rebuild.
+    let mut orphan = backend("orphan");
+    orphan.pool = PoolName::new("no-such-pool");
+    assert!(matches!(
+        store.insert_backend(&orphan).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.insert_usage(&[usage(1)]).await.unwrap();
+    let page = store
+        .list_usage(&crate::usage::UsageFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(page.records[0].cached_tokens, Some(1));
+}
+
+#[tokio::test]
+async fn aliases_round_trip_and_config_sync_replaces_only_config_aliases() {
+    let (_dir, store) = open().await;
+    let alias = |name: &str, target: &str, source: Source| AliasRecord {
+        alias: name.to_owned(),
+        target: CanonicalModel::new(target),
+        source,
+        created_at_ms: 10,
+        updated_at_ms: 20,
+    };
+    store
+        .put_alias(&alias("api-one", "gpt-4o", Source::Api))
+        .await
+        .unwrap();
+    store
+        .sync_config_aliases(&[
+            alias("cfg-a", "m1", Source::Config),
+            alias("cfg-b", "m2", Source::Config),
+        ])
+        .await
+        .unwrap();
+    let mut changed = alias("api-one", "gpt-4.1", Source::Api);
+    changed.created_at_ms = 99;
+    store.put_alias(&changed).await.unwrap();
+    store
+        .sync_config_aliases(&[alias("cfg-b", "m3", Source::Config)])
+        .await
+        .unwrap();
+    let stored = store.list_aliases().await.unwrap();
+    let names: Vec<(&str, &str)> = stored
+        .iter()
+        .map(|a| (a.alias.as_str(), a.target.as_str()))
+        .collect();
+    assert_eq!(names, [("api-one", "gpt-4.1"), ("cfg-b", "m3")]);
+    assert_eq!(
+        stored[0].created_at_ms, 10,
+        "an update keeps the creation time"
+    );
+    assert!(store.delete_alias("api-one").await.unwrap());
+    assert!(!store.delete_alias("api-one").await.unwrap());
+}
+
+#[tokio::test]
+async fn response_owners_are_upserted_deleted_loaded_newest_first_and_purged() {
+    use crate::control::store::AffinityStore;
+    use crate::domain::ResponseOwnerRecord;
+    let (_dir, store) = open().await;
+    let owner = |id: &str, created: i64, expires: i64| ResponseOwnerRecord {
+        response_id: id.to_owned(),
+        backend_id: BackendId::new("bkd_a"),
+        caller: "key_1".into(),
+        created_at_ms: created,
+        expires_at_ms: expires,
+    };
+    let many: Vec<ResponseOwnerRecord> = (0..250)
+        .map(|i| owner(&format!("resp_{i}"), i, 1_000 + i))
+        .collect();
+    store.save_response_owners(&many, &[]).await.unwrap();
+    store
+        .save_response_owners(&[owner("resp_0", 500, 5_000)], &["resp_1".to_owned()])
+        .await
+        .unwrap();
+    let loaded = store.load_response_owners(1_100, 1_000).await.unwrap();
+    // Unexpired at 1100: resp_0 (renewed) and resp_101..=resp_249.
+    assert_eq!(loaded.len(), 150);
+    assert_eq!(loaded[0].response_id, "resp_249", "newest first");
+    let renewed = loaded.iter().find(|o| o.response_id == "resp_0").unwrap();
+    assert_eq!(
+        (renewed.created_at_ms, renewed.expires_at_ms),
+        (0, 5_000),
+        "an upsert renews the expiry, not the creation"
+    );
+    assert!(loaded.iter().all(|o| o.response_id != "resp_1"), "deleted");
+    assert_eq!(store.load_response_owners(1_100, 3).await.unwrap().len(), 3);
+    assert_eq!(store.purge_response_owners(1_100).await.unwrap(), 99);
+    assert_eq!(
+        store.load_response_owners(0, 1_000).await.unwrap().len(),
+        150
+    );
 }

@@ -37,6 +37,7 @@ fn usage_from_row(row: &SqliteRow) -> Result<UsageRecord, StoreError> {
         prompt_tokens: opt_u32("prompt_tokens")?,
         completion_tokens: opt_u32("completion_tokens")?,
         total_tokens: opt_u32("total_tokens")?,
+        cached_tokens: opt_u32("cached_tokens")?,
         latency_ms: u64::try_from(row.try_get::<i64, _>("latency_ms")?)
             .map_err(|e| corrupt("latency_ms", e))?,
         ttfb_ms: row
@@ -63,6 +64,7 @@ WITH base AS (
                 WHEN outcome = 'success' AND status < 400 THEN 0 ELSE 1 END AS failed,
            MAX(COALESCE(prompt_tokens, 0), 0) AS prompt,
            MAX(COALESCE(completion_tokens, 0), 0) AS completion,
+           MAX(COALESCE(cached_tokens, 0), 0) AS cached,
            MAX(latency_ms, 0) AS latency,
            CASE WHEN ttfb_ms >= 0 THEN ttfb_ms END AS ttfb
     FROM usage_records
@@ -70,12 +72,17 @@ WITH base AS (
       AND (?6 IS NULL OR canonical_model = ?6) AND (?7 IS NULL OR client_key_id = ?7)
 ),
 grouped AS (
-    SELECT 0 AS dim, -1 AS b, '' AS k, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, latency, ttfb FROM base
-    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, latency, ttfb FROM base
+    SELECT 0 AS dim, -1 AS b, '' AS k, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, cached, latency, ttfb FROM base
+    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
+    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+        FROM base
 ),
 ranked AS (
     SELECT *,
@@ -87,6 +94,7 @@ ranked AS (
 )
 SELECT dim, b, k, COUNT(*) AS requests, SUM(failed) AS errors, SUM(cancelled) AS cancelled,
        SUM(prompt) AS prompt_tokens, SUM(completion) AS completion_tokens,
+       SUM(cached) AS cached_tokens,
        MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
        MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
        MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
@@ -122,6 +130,7 @@ fn group_from_row(row: &SqliteRow) -> Result<GroupStats, StoreError> {
         cancelled: count("cancelled")?,
         prompt_tokens: count("prompt_tokens")?,
         completion_tokens: count("completion_tokens")?,
+        cached_tokens: count("cached_tokens")?,
         p50_latency_ms: value("p50_latency")?,
         p95_latency_ms: value("p95_latency")?,
         p50_ttfb_ms: value("p50_ttfb")?,
@@ -135,13 +144,13 @@ impl UsageStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Multi-row inserts: one statement per 100 records (18 parameters each).
+        // Multi-row inserts: one statement per 100 records (19 parameters each).
         for chunk in records.chunks(100) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
                  canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
                  error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
-                 streamed) ",
+                 streamed, cached_tokens) ",
             );
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind(record.request_id.clone())
@@ -161,7 +170,8 @@ impl UsageStore for SqliteStore {
                     .push_bind(record.total_tokens.map(i64::from))
                     .push_bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
                     .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-                    .push_bind(record.streamed);
+                    .push_bind(record.streamed)
+                    .push_bind(record.cached_tokens.map(i64::from));
             });
             insert.build().execute(&mut *tx).await?;
         }
@@ -175,7 +185,8 @@ impl UsageStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
              upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
-             completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed FROM usage_records \
+             completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed \
+             FROM usage_records \
              WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) \
              AND (?3 IS NULL OR backend_id = ?3) AND (?4 IS NULL OR canonical_model = ?4) \
              AND (?5 IS NULL OR client_key_id = ?5) AND (?6 IS NULL OR seq < ?6) \

@@ -192,6 +192,14 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
         let requests = group.len() as u64;
         let mut latencies: Vec<u64> = group.iter().map(|r| r.latency_ms).collect();
         let mut ttfbs: Vec<u64> = group.iter().filter_map(|r| r.ttfb_ms).collect();
+        let prompt: u64 = group
+            .iter()
+            .map(|r| u64::from(r.prompt_tokens.unwrap_or(0)))
+            .sum();
+        let cached: u64 = group
+            .iter()
+            .map(|r| u64::from(r.cached_tokens.unwrap_or(0)))
+            .sum();
         Aggregate {
             requests,
             errors,
@@ -201,14 +209,17 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
             } else {
                 errors as f64 / (requests - cancelled) as f64
             },
-            prompt_tokens: group
-                .iter()
-                .map(|r| u64::from(r.prompt_tokens.unwrap_or(0)))
-                .sum(),
+            prompt_tokens: prompt,
             completion_tokens: group
                 .iter()
                 .map(|r| u64::from(r.completion_tokens.unwrap_or(0)))
                 .sum(),
+            cached_tokens: cached,
+            cached_share: if prompt == 0 {
+                0.0
+            } else {
+                cached as f64 / prompt as f64
+            },
             p50_latency_ms: rank(&mut latencies, 50),
             p95_latency_ms: rank(&mut latencies, 95),
             p50_ttfb_ms: rank(&mut ttfbs, 50),
@@ -298,6 +309,7 @@ fn record_strategy() -> impl Strategy<Value = UsageRecord> {
                 ttfb_ms: ttfb,
                 prompt_tokens: tokens,
                 completion_tokens: tokens.map(|t| t / 2),
+                cached_tokens: tokens.map(|t| t / 3),
                 ..usage(0)
             },
         )

@@ -1,0 +1,129 @@
+//! `POST /v1/messages/count_tokens` passed through to an Anthropic backend: the client's body
+//! with the upstream model id, sent to `{api_base_url}/v1/messages/count_tokens` with the same
+//! headers as a Messages call. The answer (`{"input_tokens": N}`) goes back as it is; it costs no
+//! tokens, so its usage record has none.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use serde_json::Value;
+
+use super::anthropic::{self, Envelope};
+use super::UpstreamRequest;
+
+/// What is wrong with a count_tokens request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CountTokensError {
+    /// 400.
+    #[error("{message}")]
+    InvalidBody {
+        message: String,
+        param: Option<&'static str>,
+    },
+    /// 500: the backend's key cannot be sent as a header, or the body cannot be encoded.
+    #[error("cannot build the upstream request")]
+    Build,
+}
+
+/// A client's count_tokens body, parsed far enough to route it.
+#[derive(Debug)]
+pub struct CountTokensRequest {
+    pub model: String,
+    envelope: Envelope,
+}
+
+impl CountTokensRequest {
+    pub fn parse(body: &[u8]) -> Result<CountTokensRequest, CountTokensError> {
+        let envelope: Envelope =
+            serde_json::from_slice(body).map_err(|error| CountTokensError::InvalidBody {
+                message: format!("request body is not valid JSON: {error}"),
+                param: None,
+            })?;
+        let model = match &envelope.model {
+            Some(Value::String(model)) if !model.is_empty() => model.clone(),
+            _ => {
+                return Err(CountTokensError::InvalidBody {
+                    message: "model: field required (a string)".to_owned(),
+                    param: Some("model"),
+                })
+            }
+        };
+        Ok(CountTokensRequest { model, envelope })
+    }
+
+    /// The upstream request for an Anthropic backend.
+    pub fn build(
+        &self,
+        base_url: &str,
+        api_key: &secrecy::SecretString,
+        upstream_model: &str,
+        client_headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<UpstreamRequest, CountTokensError> {
+        // count_tokens never streams: `stream` is not sent.
+        let body: Bytes = anthropic::passthrough_body(&self.envelope.rest, upstream_model, false)
+            .map_err(|_| CountTokensError::Build)?;
+        let mut request = anthropic::build_request(base_url, api_key, body, client_headers)
+            .map_err(|_| CountTokensError::Build)?;
+        request.url = format!("{base_url}/v1/messages/count_tokens");
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[test]
+    fn builds_the_count_tokens_call_with_the_upstream_model() {
+        let request = CountTokensRequest::parse(
+            br#"{"model":"sonnet","system":"Be brief.","messages":[{"role":"user","content":"Hello"}],"tools":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(request.model, "sonnet");
+        let upstream = request
+            .build(
+                "https://api.anthropic.com",
+                &SecretString::from("sk-ant-1"),
+                "claude-sonnet-4-5",
+                &[(
+                    HeaderName::from_static("anthropic-beta"),
+                    HeaderValue::from_static("token-counting-2024-11-01"),
+                )],
+            )
+            .unwrap();
+        assert_eq!(
+            upstream.url,
+            "https://api.anthropic.com/v1/messages/count_tokens"
+        );
+        assert_eq!(upstream.headers["x-api-key"], "sk-ant-1");
+        assert_eq!(
+            upstream.headers["anthropic-version"],
+            anthropic::ANTHROPIC_VERSION
+        );
+        assert_eq!(
+            upstream.headers["anthropic-beta"],
+            "token-counting-2024-11-01"
+        );
+        let body: Value = serde_json::from_slice(&upstream.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"model": "claude-sonnet-4-5", "system": "Be brief.",
+                "messages": [{"role": "user", "content": "Hello"}], "tools": []})
+        );
+    }
+
+    #[test]
+    fn bad_bodies_name_the_problem() {
+        assert!(matches!(
+            CountTokensRequest::parse(br#"{"messages":[]}"#),
+            Err(CountTokensError::InvalidBody {
+                param: Some("model"),
+                ..
+            })
+        ));
+        assert!(matches!(
+            CountTokensRequest::parse(b"nope"),
+            Err(CountTokensError::InvalidBody { param: None, .. })
+        ));
+    }
+}

@@ -1,0 +1,334 @@
+//! The OpenAI Responses API wire format: typed request ([`request`]), Response object
+//! ([`response`]) and stream events ([`events`]), plus what pass-through to a Responses-capable
+//! backend needs — the routing facts of a request ([`ResponsesEnvelope`]: model, stream, the
+//! stateful features it uses), its body with the upstream model id spliced in, the upstream URL
+//! and method of each call ([`ResponsesCall`]), and the usage and response id of an answer.
+
+pub mod events;
+pub mod request;
+pub mod response;
+pub mod tagged;
+
+use bytes::Bytes;
+use http::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{openai, Endpoint, UpstreamRequest};
+pub use events::{SequencedEvent, StreamEvent};
+pub use request::ResponsesRequest;
+pub use response::{Response, ResponseUsage};
+
+/// What can be wrong with a Responses request body or call, before anything is sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResponsesWireError {
+    /// 400: the body is not a valid Responses request; `param` is the JSON path when known.
+    #[error("{message}")]
+    InvalidBody {
+        message: String,
+        param: Option<String>,
+    },
+    /// 400/404: a response id that cannot be one (it would be put into the upstream URL).
+    #[error("`{0}` is not a valid response id")]
+    InvalidResponseId(String),
+    /// 500: the backend's key cannot be sent as a header.
+    #[error("upstream key is not a valid header value")]
+    InvalidKey,
+    /// 500.
+    #[error("cannot encode the upstream body: {0}")]
+    Encode(String),
+}
+
+// === the request envelope (pass-through) ===
+
+/// A client's `POST /v1/responses` body, parsed just far enough to route it; every other field
+/// passes through untouched.
+#[derive(Debug, Deserialize)]
+pub struct ResponsesEnvelope {
+    pub model: String,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub previous_response_id: Option<String>,
+    #[serde(default)]
+    pub store: Option<bool>,
+    #[serde(default)]
+    pub background: Option<bool>,
+    #[serde(default)]
+    pub conversation: Option<Value>,
+    #[serde(default)]
+    pub prompt_cache_key: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct OutgoingEnvelope<'a> {
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_response_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    background: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_cache_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(flatten)]
+    rest: &'a Map<String, Value>,
+}
+
+/// A stateful feature a request uses: it can only be served by a Responses-capable backend
+/// (and, for ids, only by the one that made them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stateful {
+    /// `previous_response_id`.
+    PreviousResponse,
+    /// `store: true` (sent explicitly: the client means to read the response back).
+    Store,
+    /// `background: true`.
+    Background,
+    /// `conversation`.
+    Conversation,
+    /// `prompt` (a stored prompt template).
+    Prompt,
+    /// An `item_reference` input item.
+    ItemReference,
+}
+
+impl Stateful {
+    /// The request field that uses the feature.
+    pub fn param(self) -> &'static str {
+        match self {
+            Stateful::PreviousResponse => "previous_response_id",
+            Stateful::Store => "store",
+            Stateful::Background => "background",
+            Stateful::Conversation => "conversation",
+            Stateful::Prompt => "prompt",
+            Stateful::ItemReference => "input",
+        }
+    }
+}
+
+impl ResponsesEnvelope {
+    /// Parses a client body; errors name the offending field.
+    pub fn parse(body: &[u8]) -> Result<ResponsesEnvelope, ResponsesWireError> {
+        let deserializer = &mut serde_json::Deserializer::from_slice(body);
+        let envelope: ResponsesEnvelope =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                let path = error.path().to_string();
+                ResponsesWireError::InvalidBody {
+                    message: format!("invalid Responses request: {}", error.inner()),
+                    param: (path != ".").then_some(path),
+                }
+            })?;
+        if envelope.model.is_empty() {
+            return Err(ResponsesWireError::InvalidBody {
+                message: "you must provide a `model` parameter".to_owned(),
+                param: Some("model".to_owned()),
+            });
+        }
+        Ok(envelope)
+    }
+
+    pub fn stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// The stateful features this request uses (`item_reference` items are found only when the
+    /// input is translated).
+    pub fn stateful_features(&self) -> Vec<Stateful> {
+        let mut features = Vec::new();
+        if self.previous_response_id.is_some() {
+            features.push(Stateful::PreviousResponse);
+        }
+        if self.store == Some(true) {
+            features.push(Stateful::Store);
+        }
+        if self.background == Some(true) {
+            features.push(Stateful::Background);
+        }
+        if self.conversation.as_ref().is_some_and(|c| !c.is_null()) {
+            features.push(Stateful::Conversation);
+        }
+        if self.rest.get("prompt").is_some_and(|p| !p.is_null()) {
+            features.push(Stateful::Prompt);
+        }
+        features
+    }
+
+    /// The body for a Responses-capable backend: the client's, with the upstream model id.
+    pub fn upstream_body(&self, upstream_model: &str) -> Result<Bytes, ResponsesWireError> {
+        let outgoing = OutgoingEnvelope {
+            model: upstream_model,
+            stream: self.stream,
+            previous_response_id: self.previous_response_id.as_deref(),
+            store: self.store,
+            background: self.background,
+            conversation: self.conversation.as_ref(),
+            prompt_cache_key: self.prompt_cache_key.as_deref(),
+            user: self.user.as_deref(),
+            rest: &self.rest,
+        };
+        serde_json::to_vec(&outgoing)
+            .map(Bytes::from)
+            .map_err(|error| ResponsesWireError::Encode(error.to_string()))
+    }
+}
+
+// === calls ===
+
+/// A response id, checked to be safe inside an upstream URL path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResponseId(String);
+
+impl ResponseId {
+    /// 1–256 characters of ASCII letters, digits, `_` and `-` (OpenAI's `resp_…`, Azure's too).
+    pub fn parse(text: &str) -> Result<ResponseId, ResponsesWireError> {
+        let valid = !text.is_empty()
+            && text.len() <= 256
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(ResponseId(text.to_owned()))
+        } else {
+            Err(ResponsesWireError::InvalidResponseId(text.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ResponseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The Responses API calls poolgate forwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponsesCall {
+    /// `POST /responses`.
+    Create,
+    /// `GET /responses/{id}`.
+    Retrieve(ResponseId),
+    /// `DELETE /responses/{id}`.
+    Delete(ResponseId),
+    /// `POST /responses/{id}/cancel`.
+    Cancel(ResponseId),
+    /// `GET /responses/{id}/input_items`.
+    InputItems(ResponseId),
+}
+
+impl ResponsesCall {
+    pub fn method(&self) -> Method {
+        match self {
+            ResponsesCall::Create | ResponsesCall::Cancel(_) => Method::POST,
+            ResponsesCall::Retrieve(_) | ResponsesCall::InputItems(_) => Method::GET,
+            ResponsesCall::Delete(_) => Method::DELETE,
+        }
+    }
+
+    /// The path below an OpenAI-compatible base URL (`…/v1`).
+    pub fn path(&self) -> String {
+        match self {
+            ResponsesCall::Create => "/responses".to_owned(),
+            ResponsesCall::Retrieve(id) | ResponsesCall::Delete(id) => format!("/responses/{id}"),
+            ResponsesCall::Cancel(id) => format!("/responses/{id}/cancel"),
+            ResponsesCall::InputItems(id) => format!("/responses/{id}/input_items"),
+        }
+    }
+
+    /// The response id the call is about: the key for response affinity.
+    pub fn response_id(&self) -> Option<&ResponseId> {
+        match self {
+            ResponsesCall::Create => None,
+            ResponsesCall::Retrieve(id)
+            | ResponsesCall::Delete(id)
+            | ResponsesCall::Cancel(id)
+            | ResponsesCall::InputItems(id) => Some(id),
+        }
+    }
+}
+
+/// Builds the upstream request for an OpenAI-compatible backend with the Responses API (bearer
+/// auth as for every OpenAI call). `body` is empty for `GET` / `DELETE`.
+pub fn build_request(
+    base_url: &str,
+    api_key: &secrecy::SecretString,
+    call: &ResponsesCall,
+    body: Bytes,
+) -> Result<UpstreamRequest, ResponsesWireError> {
+    // Same headers as every OpenAI call; only the method and URL differ.
+    let mut request = openai::build_request(base_url, api_key, Endpoint::ChatCompletions, body)
+        .map_err(|_| ResponsesWireError::InvalidKey)?;
+    request.url = format!("{base_url}{}", call.path());
+    request.method = call.method();
+    Ok(request)
+}
+
+// === reading answers ===
+
+/// What poolgate reads from a Response object: its id (for affinity), usage, and what a
+/// failure event written in its place needs (model, creation time).
+#[derive(Debug, Default, PartialEq, Deserialize)]
+pub struct ResponseSummary {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub usage: Option<ResponseUsage>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Seconds; a float in the SDK's type, an integer on the wire.
+    #[serde(default)]
+    pub created_at: Option<f64>,
+}
+
+/// The id and usage of a JSON Response object.
+pub fn summary_of_body(body: &[u8]) -> Option<ResponseSummary> {
+    serde_json::from_slice(body).ok()
+}
+
+#[derive(Deserialize)]
+struct LifecycleEvent {
+    response: ResponseSummary,
+}
+
+/// The id and usage carried by a lifecycle event's `data` (`response.created`,
+/// `response.completed`, …).
+pub fn summary_of_event(data: &str) -> Option<ResponseSummary> {
+    serde_json::from_str::<LifecycleEvent>(data)
+        .ok()
+        .map(|event| event.response)
+}
+
+/// The `type` of a stream event's `data`, read from the start of the JSON without parsing all
+/// of it (OpenAI also sends it as the SSE `event:` name; this is for upstreams that do not).
+pub fn event_type(data: &str) -> Option<&str> {
+    let after = data.split_once("\"type\"")?.1.trim_start();
+    let value = after.strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    value.split_once('"').map(|(kind, _)| kind)
+}
+
+/// The `sequence_number` of a stream event's `data`, without parsing all of it.
+pub fn sequence_number(data: &str) -> Option<u64> {
+    let after = data.rsplit_once("\"sequence_number\"")?.1.trim_start();
+    let digits = after.strip_prefix(':')?.trim_start();
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests;
