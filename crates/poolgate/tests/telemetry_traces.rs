@@ -4,6 +4,8 @@
 //! which decodes the protobuf. The spans are parent and child, carry the GenAI and poolgate
 //! attributes, continue the client's trace id, and each upstream request carries its attempt's
 //! span as `traceparent`; a client trace that is not sampled exports nothing and keeps its flag.
+//! The Responses API is observed like chat: created, read back and followed up, each request is
+//! counted and traced (a made-up name a wildcard serves is labelled by the wildcard).
 
 mod common;
 mod telemetry_support;
@@ -24,7 +26,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
-use telemetry_support::{backend, chat};
+use telemetry_support::{backend, chat, metrics, sum};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -68,6 +70,38 @@ fn boolean(span: &Span, key: &str) -> Option<bool> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1:0: its base URL, what it receives, its task.
+#[expect(clippy::unwrap_used, reason = "test helper")]
+async fn start_receiver() -> (
+    String,
+    mpsc::UnboundedReceiver<(HeaderMap, Bytes)>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (sender, received) = mpsc::unbounded_channel();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/v1/traces", post(receive_traces))
+        .with_state(sender);
+    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    (collector, received, task)
+}
+
+/// Every span received so far, decoded from the real protobuf.
+#[expect(clippy::unwrap_used, reason = "test helper")]
+fn received_spans(received: &mut mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) -> Vec<Span> {
+    let mut spans = Vec::new();
+    while let Ok((_, body)) = received.try_recv() {
+        let export = ExportTraceServiceRequest::decode(body).unwrap();
+        for resource_spans in export.resource_spans {
+            for scope in resource_spans.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+    }
+    spans
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,6 +315,132 @@ async fn a_gateways_spans_reach_an_otlp_receiver_as_parent_and_children() {
     assert!(
         quiet_parent.starts_with(&format!("00-{quiet_trace}-")) && quiet_parent.ends_with("-00"),
         "{quiet_parent}"
+    );
+    receiver.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_api_calls_are_counted_and_traced_like_chat() {
+    let (collector, mut received, receiver) = start_receiver().await;
+    let gw = Gateway::start_with(
+        &format!("[telemetry]\notlp_endpoint = \"{collector}\"\n"),
+        None,
+    )
+    .await;
+    let upstream = MockUpstream::start().await;
+    let url = upstream.openai_base_url();
+    backend(&gw, "alpha", &url, "primary", "m-x", json!({})).await;
+    backend(&gw, "wild", &url, "primary", "w-*", json!({})).await;
+
+    let client_trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let created = gw
+        .proxy("/v1/responses")
+        .header(
+            "traceparent",
+            format!("00-{client_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&json!({"model": "m-x", "input": "Hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let created: serde_json::Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let read = gw
+        .client
+        .get(format!("{}/v1/responses/{id}", gw.url))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    read.text().await.unwrap();
+    let follow_up = gw
+        .proxy("/v1/responses")
+        .json(&json!({"model": "m-x", "input": "More", "previous_response_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow_up.status(), 200);
+    follow_up.text().await.unwrap();
+    let wild = gw
+        .proxy("/v1/responses")
+        .json(&json!({"model": "w-made-up-7", "input": "Hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wild.status(), 200);
+    wild.text().await.unwrap();
+
+    // Counted: by model (the wildcard, never the made-up name), backend and outcome.
+    let exposition = metrics(&gw).await;
+    let requests = |labels: &[(&str, &str)]| sum(&exposition, "poolgate_requests_total", labels);
+    let ok = [("status_class", "2xx"), ("outcome", "success")];
+    assert_eq!(
+        requests(&[[("model", "m-x"), ("backend", "alpha")].as_slice(), &ok].concat()),
+        Some(2.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        requests(&[[("model", "w-*"), ("backend", "wild")].as_slice(), &ok].concat()),
+        Some(1.0)
+    );
+    // A call on a stored response names no model.
+    assert_eq!(
+        requests(&[("model", "(unrouted)"), ("backend", "alpha")]),
+        Some(1.0)
+    );
+    assert!(!exposition.contains("w-made-up-7"), "{exposition}");
+    assert_eq!(
+        sum(
+            &exposition,
+            "poolgate_upstream_attempts_total",
+            &[("result", "success")]
+        ),
+        Some(4.0)
+    );
+    gw.stop().await;
+
+    // Traced: a SERVER span per request with its method and route, a CLIENT child per attempt.
+    let spans = received_spans(&mut received);
+    let server = |name: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .filter(|s| s.kind == SpanKind::Server as i32 && s.name == name)
+            .collect()
+    };
+    let posts = server("POST /v1/responses");
+    assert_eq!(posts.len(), 3, "{spans:#?}");
+    let first = posts
+        .iter()
+        .find(|s| hex(&s.trace_id) == client_trace)
+        .unwrap();
+    assert_eq!(text(first, "http.route"), Some("/v1/responses"));
+    assert_eq!(text(first, "gen_ai.operation.name"), Some("chat"));
+    assert_eq!(text(first, "gen_ai.request.model"), Some("m-x"));
+    assert_eq!(text(first, "poolgate.backend"), Some("alpha"));
+    assert!(text(first, "gen_ai.response.model").is_some(), "{first:#?}");
+    assert!(posts
+        .iter()
+        .any(|s| text(s, "gen_ai.request.model") == Some("w-*")));
+    let reads = server("GET /v1/responses/{id}");
+    assert_eq!(reads.len(), 1, "{spans:#?}");
+    assert_eq!(text(reads[0], "http.request.method"), Some("GET"));
+    assert_eq!(text(reads[0], "poolgate.backend"), Some("alpha"));
+    let attempts = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .count();
+    assert_eq!(attempts, 4);
+    let child = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32 && s.parent_span_id == first.span_id)
+        .unwrap();
+    assert_eq!(text(child, "poolgate.attempt.result"), Some("success"));
+    // The upstream request carried the attempt's span as parent.
+    assert_eq!(
+        upstream.requests()[0].header("traceparent"),
+        Some(format!("00-{client_trace}-{}-01", hex(&child.span_id)).as_str())
     );
     receiver.abort();
 }
