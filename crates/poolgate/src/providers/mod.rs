@@ -213,12 +213,14 @@ impl TokenUsage {
 
 /// The model an answer says answered: `model` of a JSON answer (OpenAI and Anthropic alike), or
 /// of the first event in a stream's first bytes (`model` of an OpenAI chunk, `message.model` of
-/// Anthropic's `message_start`). `None` when there is none to read.
+/// Anthropic's `message_start`, `response.model` of the Responses API's `response.created`).
+/// `None` when there is none to read.
 pub fn answered_model(body: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct Answered {
         model: Option<String>,
         message: Option<AnsweredMessage>,
+        response: Option<AnsweredMessage>,
     }
     #[derive(Deserialize)]
     struct AnsweredMessage {
@@ -229,6 +231,7 @@ pub fn answered_model(body: &[u8]) -> Option<String> {
         answered
             .model
             .or_else(|| answered.message.and_then(|message| message.model))
+            .or_else(|| answered.response.and_then(|response| response.model))
     };
     if body.trim_ascii_start().starts_with(b"{") {
         return read(body);
@@ -263,6 +266,8 @@ mod tests {
         assert_eq!(answered_model(chunk).as_deref(), Some("up-gpt"));
         let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\"}}\n\n";
         assert_eq!(answered_model(start).as_deref(), Some("claude-x"));
+        let created = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-r\"}}\n\n";
+        assert_eq!(answered_model(created).as_deref(), Some("gpt-r"));
         assert_eq!(answered_model(b"data: [DONE]\n\n"), None);
         assert_eq!(answered_model(b"not json"), None);
     }
