@@ -19,6 +19,7 @@ use opentelemetry_sdk::trace::{SdkTracer, Span};
 use super::super::handles::RouteHandle;
 use super::super::metrics::UNROUTED_MODEL;
 use super::super::observer::{AttemptEnd, RequestEnd, RequestStart, TokenCounts};
+use crate::domain::ApiKind;
 
 pub(crate) const TRACEPARENT: &str = "traceparent";
 pub(crate) const TRACESTATE: &str = "tracestate";
@@ -37,6 +38,20 @@ fn wall_clock(instant: tokio::time::Instant) -> SystemTime {
     SystemTime::now()
         .checked_sub(instant.elapsed())
         .unwrap_or_else(SystemTime::now)
+}
+
+/// `gen_ai.provider.name` and the older `gen_ai.system` of a backend's API, as the semantic
+/// conventions spell them (Azure OpenAI: `azure.ai.openai`, formerly `az.ai.openai`).
+fn provider_attributes(api: ApiKind) -> [KeyValue; 2] {
+    let (provider, system) = match api {
+        ApiKind::Openai => ("openai", "openai"),
+        ApiKind::Anthropic => ("anthropic", "anthropic"),
+        ApiKind::Azure => ("azure.ai.openai", "az.ai.openai"),
+    };
+    [
+        KeyValue::new("gen_ai.provider.name", provider),
+        KeyValue::new("gen_ai.system", system),
+    ]
 }
 
 fn usage_attributes(tokens: &TokenCounts) -> impl Iterator<Item = KeyValue> {
@@ -89,10 +104,8 @@ impl RequestTrace {
         ];
         if let Some(backend) = route.backend() {
             let series = backend.series();
-            let provider = series.api.as_str();
+            attributes.extend(provider_attributes(series.api));
             attributes.extend([
-                KeyValue::new("gen_ai.provider.name", provider),
-                KeyValue::new("gen_ai.system", provider),
                 KeyValue::new("poolgate.backend", backend.name().to_owned()),
                 KeyValue::new("poolgate.pool", backend.pool().to_owned()),
             ]);
@@ -178,10 +191,8 @@ impl RequestTrace {
             KeyValue::new("poolgate.attempts", i64::from(attempts)),
         ];
         if let Some(backend) = route.and_then(RouteHandle::backend) {
-            let provider = backend.series().api.as_str();
+            attributes.extend(provider_attributes(backend.series().api));
             attributes.extend([
-                KeyValue::new("gen_ai.provider.name", provider),
-                KeyValue::new("gen_ai.system", provider),
                 KeyValue::new("poolgate.backend", backend.name().to_owned()),
                 KeyValue::new("poolgate.pool", backend.pool().to_owned()),
             ]);
