@@ -331,6 +331,7 @@ async fn responses_api_calls_are_counted_and_traced_like_chat() {
     let url = upstream.openai_base_url();
     backend(&gw, "alpha", &url, "primary", "m-x", json!({})).await;
     backend(&gw, "wild", &url, "primary", "w-*", json!({})).await;
+    backend(&gw, "any", &url, "primary", "*", json!({})).await;
 
     let client_trace = "5bf92f3577b34da6a3ce929d0e0e4736";
     let created = gw
@@ -371,6 +372,15 @@ async fn responses_api_calls_are_counted_and_traced_like_chat() {
         .unwrap();
     assert_eq!(wild.status(), 200);
     wild.text().await.unwrap();
+    // A call on a response nobody made: no attempt, and `*` does not make it a model.
+    let unknown = gw
+        .client
+        .get(format!("{}/v1/responses/resp_unknown", gw.url))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
 
     // Counted: by model (the wildcard, never the made-up name), backend and outcome.
     let exposition = metrics(&gw).await;
@@ -390,6 +400,12 @@ async fn responses_api_calls_are_counted_and_traced_like_chat() {
         requests(&[("model", "(unrouted)"), ("backend", "alpha")]),
         Some(1.0)
     );
+    assert_eq!(
+        requests(&[("model", "(unrouted)"), ("status_class", "4xx")]),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert_eq!(requests(&[("model", "*")]), None, "{exposition}");
     assert!(!exposition.contains("w-made-up-7"), "{exposition}");
     assert_eq!(
         sum(
@@ -424,9 +440,13 @@ async fn responses_api_calls_are_counted_and_traced_like_chat() {
         .iter()
         .any(|s| text(s, "gen_ai.request.model") == Some("w-*")));
     let reads = server("GET /v1/responses/{id}");
-    assert_eq!(reads.len(), 1, "{spans:#?}");
-    assert_eq!(text(reads[0], "http.request.method"), Some("GET"));
-    assert_eq!(text(reads[0], "poolgate.backend"), Some("alpha"));
+    assert_eq!(reads.len(), 2, "{spans:#?}");
+    assert!(reads
+        .iter()
+        .all(|s| text(s, "http.request.method") == Some("GET")));
+    assert!(reads
+        .iter()
+        .any(|s| text(s, "poolgate.backend") == Some("alpha")));
     let attempts = spans
         .iter()
         .filter(|s| s.kind == SpanKind::Client as i32)

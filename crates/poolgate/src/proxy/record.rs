@@ -34,7 +34,7 @@ pub struct UsageDraft {
 }
 
 /// Starts observing a request of `ctx`: the route's series when `inbound` names a routed model,
-/// else the `(unrouted)` ones; `client_headers` are read for the W3C trace context.
+/// else (a call on a stored response included) the `(unrouted)` ones; `client_headers` are read for the W3C trace context.
 pub fn observe(
     data: &DataPlane,
     ctx: &RequestContext,
@@ -43,7 +43,10 @@ pub fn observe(
     client_headers: &HeaderMap,
 ) -> RequestObservation {
     let observer = &data.observer;
-    let routed = inbound.and_then(|inbound| ctx.live.routes.route(inbound.model.as_str()));
+    // A call on a stored response names no model (a lone `*` mapping would match its empty one).
+    let routed = inbound
+        .filter(|inbound| !inbound.is_response_call())
+        .and_then(|inbound| ctx.live.routes.route(inbound.model.as_str()));
     let model = routed
         .as_ref()
         .map_or_else(|| observer.unrouted(), |routed| &routed.route.telemetry);
