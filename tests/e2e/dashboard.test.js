@@ -225,9 +225,13 @@ describe('dashboard', { timeout: 120000 }, () => {
     await page.locator('[data-nav="keys"]').click();
     await page.getByText('No client keys yet').waitFor();
     await page.getByTestId('key-name').fill('ci-app');
+    await page.getByTestId('key-parallel').fill('2');
     await page.getByTestId('create-key').click();
     const secret = page.getByTestId('secret');
     await secret.waitFor();
+    const parallelCell = page.locator('tr[data-key="ci-app"] [data-testid="key-parallel-cell"]');
+    await parallelCell.waitFor();
+    assert.equal((await parallelCell.textContent()).trim(), '2', 'max_parallel_requests is shown');
     const key = (await secret.textContent()).trim();
     assert.match(key, /^pgk-/);
     await page.getByTestId('copy-key').waitFor();

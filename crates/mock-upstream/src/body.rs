@@ -82,6 +82,8 @@ pub(crate) struct SseBody {
     content: Range<usize>,
     /// Event index at which the body errors instead of sending (`die_after`).
     die_at: Option<usize>,
+    /// Event index at which the body falls silent for good (`stall_after`).
+    stall_at: Option<usize>,
     gap: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     /// The pause before event `next` is over.
@@ -97,11 +99,15 @@ impl SseBody {
         let die_at = spec
             .die_after
             .map(|n| plan.content.start + n.min(plan.content.len()));
+        let stall_at = spec
+            .stall_after
+            .map(|n| plan.content.start + n.min(plan.content.len()));
         SseBody {
             events: plan.events,
             next: 0,
             content: plan.content,
             die_at,
+            stall_at,
             gap: Duration::from_millis(spec.gap_ms),
             sleep: None,
             paused: false,
@@ -116,6 +122,10 @@ impl SseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if self.outcome != Outcome::Running {
             return Poll::Ready(None);
+        }
+        if self.stall_at == Some(self.next) {
+            // Never woken again: the connection stays open and silent until dropped.
+            return Poll::Pending;
         }
         let dying = self.die_at == Some(self.next);
         if self.next >= self.events.len() && !dying {

@@ -128,6 +128,9 @@ pub struct StreamSpec {
     /// Abort the connection (body error: no terminating chunk, no `[DONE]`/`message_stop`) after
     /// sending this many content chunks. Values `>= chunks` die after the last content chunk.
     pub die_after: Option<usize>,
+    /// Fall silent after sending this many content chunks: nothing more is sent and the
+    /// connection stays open (a hung upstream) until the client leaves.
+    pub stall_after: Option<usize>,
     /// Text split over the chunks at word boundaries (concatenating the deltas gives it back);
     /// default `"chunk0 chunk1 ..."`, one word per chunk.
     pub content: Option<String>,
@@ -141,6 +144,7 @@ impl Default for StreamSpec {
             chunks: 3,
             gap_ms: 0,
             die_after: None,
+            stall_after: None,
             content: None,
         }
     }
@@ -164,6 +168,12 @@ impl StreamSpec {
     /// Aborts the connection after this many content chunks.
     pub fn die_after(mut self, chunks: usize) -> StreamSpec {
         self.die_after = Some(chunks);
+        self
+    }
+
+    /// Falls silent (connection open, nothing more sent) after this many content chunks.
+    pub fn stall_after(mut self, chunks: usize) -> StreamSpec {
+        self.stall_after = Some(chunks);
         self
     }
 

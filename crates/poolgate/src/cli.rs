@@ -188,10 +188,14 @@ fn existing_store_config(args: &StoreArgs) -> Result<Config, InitError> {
 }
 
 /// Runs one command against the control plane, then lets its writers finish.
-async fn with_control<T, F>(config: Config, command: F) -> Result<T, InitError>
+async fn with_control<T, F>(mut config: Config, command: F) -> Result<T, InitError>
 where
     F: AsyncFnOnce(&ControlPlane) -> Result<T, ControlError>,
 {
+    // A command serves no request: it records no usage and has no journal of its own, and it
+    // must not replay (and delete) the journal of a gateway running on the same data dir
+    // (`backend list` takes no lock); the gateway's next start replays what is left.
+    config.usage.journal = false;
     let control = ControlPlane::open(Arc::new(config)).await?;
     let result = command(&control).await;
     control.shutdown().await;

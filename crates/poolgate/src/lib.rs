@@ -27,9 +27,16 @@
 //! (`docs/architecture.md` draws the parts and their dependencies in full.)
 //!
 //! # The request pipeline, in order
+//! 0. [`serving`] accepts the connection (capped at `server.max_connections`) and reads the
+//!    request under time limits: the head within `server.header_read_timeout_seconds`, the body
+//!    at a minimum rate; a client that stops reading the answer is cut after
+//!    `server.write_timeout_seconds`.
 //! 1. [`api`] assigns the request id, loads the snapshot once, authenticates the client key
-//!    against it (bearer token or `x-api-key`, hashed, compared in constant time) and parses the
-//!    body in the client's format far enough to know the model and whether it streams.
+//!    against it (bearer token or `x-api-key`, hashed, compared in constant time), takes a slot
+//!    under the key's `max_parallel_requests` (else 429) and `proxy.max_in_flight` (else 503) —
+//!    held until the answer's body ends — then reads the body (413 at once when `Content-Length`
+//!    is over the limit) and parses it in the client's format far enough to know the model and
+//!    whether it streams (the body is kept as read: one copy).
 //! 2. **route** ([`proxy`]): a request about a stored Responses API response goes only to the
 //!    backend that made it (response affinity); otherwise the route of the model — aliases
 //!    resolved, exact mappings over wildcards ([`routing::RouteTable`]): pools in priority order,
@@ -38,17 +45,22 @@
 //! 3. **select**: each candidate passes the readiness check ([`routing::accept`]): enabled, key
 //!    readable, and admitted by its [`runtime`] — not cooling ([`cooldown`]), not broken, a token in
 //!    its RPM bucket ([`limits`]).
-//! 4. **call**: [`providers`] build the upstream request (mapped model id, the backend's
-//!    decrypted key, [`translate`]d if the backend speaks the other format); it is sent with a
-//!    time-to-first-byte timeout.
-//! 5. **classify**: success, rate limited (cooldown with backoff), server error or timeout (short
-//!    error cooldown), bad key (backend `error`), or the client's own fault (relayed as is).
+//! 4. **call**: [`providers`] build the upstream request (mapped model id spliced into the
+//!    client's body, the backend's decrypted key, [`translate`]d if the backend speaks the other
+//!    format); it is sent with a time-to-first-byte timeout, to an address the [`egress`] policy
+//!    allows (checked on the literal and on every resolved address).
+//! 5. **classify**: success, rate limited (cooldown with backoff), server error, redirect or
+//!    timeout (short error cooldown), bad key (backend `error`), or the client's own fault
+//!    (relayed with the key [`scrub`]bed out).
 //! 6. **retry**: retryable failures move on to the next candidate — only ever before the first byte
-//!    reached the client; with nothing ready, wait up to `max_wait` or answer 429.
-//! 7. **relay**: JSON whole, streams event by event ([`sse`]); token usage is read on the way.
-//! 8. **record**: one [`usage`] record per request into an unbounded queue (never a wait, never a
-//!    drop), stored in batches by the control plane's writer; a health change is marked dirty
-//!    for the single health writer.
+//!    reached the client; with nothing ready, wait up to `max_wait` or answer 429 (rate limited) or
+//!    503 (cooling after errors).
+//! 7. **relay**: JSON whole (at most `proxy.max_response_bytes`), streams event by event ([`sse`])
+//!    after holding back their content-free leading events until the first content, so a stream
+//!    that dies after its role chunk still fails over; token usage is read on the way.
+//! 8. **record**: one [`usage`] record per request, appended to the crash-safe [`journal`] and
+//!    queued (never a wait, never a drop) before the answer completes, stored in batches by the
+//!    control plane's writer; a health change is marked dirty for the single health writer.
 //!
 //! Every phase also feeds the request's [`telemetry`] observation — attempts started (trace
 //! context injected upstream) and ended with their result, the first byte, the finish where the
@@ -66,21 +78,25 @@
 //! - [`error`]: `InitError` at start-up. [`files`]: the data dir, its lock, secret files.
 //! - [`crypto`]: AES-256-GCM for upstream keys at rest; client key hashing.
 //! - [`control`]: the control plane — changes (backends, pools, keys, aliases, sticky settings),
-//!   the change feed, snapshot building, the usage, health and response-owner writers, the
-//!   master key, and the (private) store: `ConfigStore`, `UsageStore` and `AffinityStore` opened
-//!   from the database URL, SQLite today.
+//!   the change feed, snapshot building, the usage, health and response-owner writers, the RPM
+//!   bucket checkpoint, the master key, and the (private) store: `ConfigStore`, `UsageStore` and
+//!   `AffinityStore` opened from the database URL, SQLite today.
 //! - [`state`]: the data plane's context and the `Live` snapshot. [`runtime`]: per-backend and
 //!   per-key runtime state behind a narrow API.
 //! - [`routing`], [`limits`], [`cooldown`]: the route table (aliases, wildcards), candidate
 //!   selection and readiness; [`routing::affinity`]: sticky-session keys and the affinity maps.
 //! - [`providers`], [`translate`], [`sse`], [`proxy`]: wire formats, translation between them, the
 //!   SSE framer, and the forwarding pipeline.
-//! - [`usage`]: the usage sink, usage queries and statistics.
 //! - [`telemetry`]: the observer (Prometheus registry, OTLP traces, access log), the client
 //!   rate-limit headers and the `[metrics]` / `[telemetry]` settings; [`readiness`]: the probes
 //!   behind `/health/ready` and the draining flag of a graceful stop.
+//! - [`usage`]: the usage sink, usage queries and statistics; [`journal`]: the crash-safe usage
+//!   journal the sink appends to and the control plane replays at start.
+//! - [`egress`]: where backends may point (address classes, allow/deny lists, the policy-checked
+//!   DNS resolver). [`scrub`]: removing a backend's key from what its upstream sends back.
 //! - [`api`]: the HTTP surface (OpenAI, Anthropic, admin) and error rendering; [`dashboard`]: the
-//!   web UI assets; [`server`]: start-up and graceful shutdown; [`cli`]: the command line.
+//!   web UI assets; [`serving`]: the client side (accept loop, timeouts, connection cap, drain);
+//!   [`server`]: start-up and graceful shutdown; [`cli`]: the command line.
 
 pub mod api;
 pub mod cli;
@@ -90,15 +106,19 @@ pub mod cooldown;
 pub mod crypto;
 pub mod dashboard;
 pub mod domain;
+pub mod egress;
 pub mod error;
 pub mod files;
+pub mod journal;
 pub mod limits;
 pub mod providers;
 pub mod proxy;
 pub mod readiness;
 pub mod routing;
 pub mod runtime;
+pub mod scrub;
 pub mod server;
+pub mod serving;
 pub mod sse;
 pub mod state;
 pub mod telemetry;

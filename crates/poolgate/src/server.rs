@@ -1,14 +1,13 @@
 //! Start-up and shutdown: the data dir and its lock, telemetry (metrics; traces when an OTLP
 //! endpoint is set), the control plane (database, master key, config sync, background writers),
-//! the admin token, the data plane, the HTTP listener, and a graceful stop on SIGINT/SIGTERM:
-//! `/health/ready` turns 503 at once (and poolgate keeps serving for `health.shutdown_delay`, so
-//! load balancers move away first), then requests finish, every usage record is flushed, and
-//! the last spans are exported.
+//! the admin token, the data plane, the HTTP listener served by [`crate::serving`] (timeouts,
+//! connection cap), and a graceful stop on SIGINT/SIGTERM: `/health/ready` turns 503 at once
+//! (and poolgate keeps serving for `health.shutdown_delay`, so load balancers move away first),
+//! then requests finish, every usage record is flushed, and the last spans are exported.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -20,6 +19,7 @@ use crate::control::ControlPlane;
 use crate::crypto::generate_admin_token;
 use crate::error::InitError;
 use crate::files::{lock_data_dir, write_secret_file, DataDirLock};
+use crate::serving::{limits::open_file_limit, Server, ServerHandle};
 use crate::state::DataPlane;
 use crate::telemetry::Tracing;
 
@@ -63,6 +63,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub data: DataPlane,
     pub control: ControlPlane,
+    /// The client side: drain, cut, and its counters (accept errors, rejected connections).
+    pub server: ServerHandle,
     _lock: DataDirLock,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), InitError>>,
@@ -102,13 +104,15 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
         }
     };
     match prepare(&config, &control).await {
-        Ok((data, listener, addr)) => {
+        Ok((data, listener, addr, server)) => {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let router = crate::api::build_router(AppState {
                 data: data.clone(),
                 control: control.clone(),
             });
+            let handle = server.handle();
             let task = tokio::spawn(serve(
+                server,
                 listener,
                 router,
                 stop_rx,
@@ -125,6 +129,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
                 addr,
                 data,
                 control,
+                server: handle,
                 _lock: lock,
                 stop: Some(stop_tx),
                 task,
@@ -141,17 +146,19 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
 }
 
 /// Everything between opening the control plane and serving: the config sync, the admin token,
-/// the data plane and the listener.
+/// the data plane, the client-side server and the listener.
 async fn prepare(
     config: &Config,
     control: &ControlPlane,
-) -> Result<(DataPlane, TcpListener, SocketAddr), InitError> {
+) -> Result<(DataPlane, TcpListener, SocketAddr, Server), InitError> {
     control
         .sync_config()
         .await
         .map_err(|error| InitError::Config(format!("syncing the config file: {error}")))?;
     let admin_token = load_admin_token(config)?;
     let data = control.data_plane(admin_token)?;
+    let server = Server::new(config.server.clone())
+        .map_err(|invalid| InitError::Config(invalid.to_string()))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| InitError::io(format!("binding {}", config.listen), e))?;
@@ -166,9 +173,18 @@ async fn prepare(
         backends = live.backends.len(),
         models = live.models.len(),
         traces = data.observer.tracing_enabled(),
+        max_connections = config.server.max_connections,
+        max_in_flight = config.proxy.max_in_flight,
+        open_file_limit = open_file_limit().map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
         "poolgate listening"
     );
-    Ok((data, listener, addr))
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "poolgate serves plain HTTP on a non-loopback address: client keys, the admin token and prompts cross the network unencrypted; put a TLS-terminating proxy in front or listen on 127.0.0.1"
+        );
+    }
+    Ok((data, listener, addr, server))
 }
 
 /// How a stop goes: on `Running::shutdown` (or SIGINT/SIGTERM with `handle_signals`), serve on
@@ -179,7 +195,9 @@ struct StopPlan {
     grace: std::time::Duration,
 }
 
+#[expect(clippy::too_many_arguments, reason = "the one place the parts meet")]
 async fn serve(
+    server: Server,
     listener: TcpListener,
     router: axum::Router,
     stop: oneshot::Receiver<()>,
@@ -193,15 +211,17 @@ async fn serve(
         delay: shutdown_delay,
         grace,
     } = plan;
-    let (begun_tx, begun_rx) = oneshot::channel::<()>();
-    let readiness = control.readiness().clone();
-    let signal = async move {
-        tokio::select! {
-            _ = stop => {}
-            _ = shutdown_signal(), if handle_signals => {}
-        }
+    let handle = server.handle();
+    let mut serving = tokio::spawn(server.serve(listener, router));
+    let ended_early = tokio::select! {
+        _ = stop => false,
+        _ = shutdown_signal(), if handle_signals => false,
+        // The accept loop ended on its own (it only does when told to): nothing to drain.
+        _ = &mut serving => true,
+    };
+    if !ended_early {
         // Load balancers see 503 first; the listener stays open for the delay.
-        readiness.begin_drain();
+        control.readiness().begin_drain();
         if !shutdown_delay.is_zero() {
             tracing::info!(
                 ?shutdown_delay,
@@ -210,27 +230,21 @@ async fn serve(
             tokio::time::sleep(shutdown_delay).await;
         }
         tracing::info!("shutting down: finishing in-flight requests");
-        let _ = begun_tx.send(());
-    };
-    // No Nagle delay: small answers and stream events go out at once.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    // `into_make_service`: connections share the router instead of deep-cloning it each.
-    let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(signal);
-    let result = tokio::select! {
-        result = server => result.map_err(|e| InitError::io("serving", e)),
-        () = async {
-            let _ = begun_rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
+        // Stop accepting; every connection finishes the requests it has and closes.
+        handle.drain();
+        if tokio::time::timeout(grace, &mut serving).await.is_err() {
             tracing::warn!(?grace, "grace period over; ending the remaining streams");
             data.cancel_streams();
-            Ok(())
+            // Let the streams write their last event, then close whatever is still open.
+            if tokio::time::timeout(std::time::Duration::from_millis(500), &mut serving)
+                .await
+                .is_err()
+            {
+                handle.cut();
+                let _ = serving.await;
+            }
         }
-    };
+    }
     // Wait for every request under way to hand over its usage record (cut streams included;
     // a request still waiting on an upstream gets a few more seconds).
     if !data
@@ -251,7 +265,7 @@ async fn serve(
     if let Some(traces) = traces {
         traces.shutdown().await;
     }
-    result
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -15,7 +15,9 @@ use secrecy::SecretString;
 use crate::config::Config;
 use crate::domain::sticky::StickySettings;
 use crate::domain::{BackendId, ClientKeyRecord, Pool};
+use crate::egress::PolicyResolver;
 use crate::error::InitError;
+use crate::limits::ConcurrencyLimit;
 use crate::routing::affinity::AffinityMaps;
 use crate::routing::models::ListedModel;
 use crate::routing::{LiveBackend, RouteTable};
@@ -76,6 +78,8 @@ pub struct DataShared {
     pub admin_token: SecretString,
     /// Fed by the request phases: metrics, traces, the access log.
     pub observer: Observer,
+    /// Requests on the proxy routes right now, under `proxy.max_in_flight`.
+    pub in_flight: Arc<ConcurrencyLimit>,
     live: LiveReader,
     /// Set when the shutdown grace period ran out: open streams end themselves.
     stream_cancel: tokio::sync::watch::Sender<bool>,
@@ -111,9 +115,18 @@ impl DataPlane {
             .pool_max_idle_per_host(1024)
             // Never follow an upstream's redirect with the backend's key.
             .redirect(reqwest::redirect::Policy::none())
+            // Every resolved address passes the egress policy (no DNS rebinding); no proxy from
+            // the environment, so the policy sees the backend's own addresses.
+            .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
+                config.network.clone(),
+            ))))
+            .no_proxy()
             .tcp_nodelay(true)
             .build()
             .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))?;
+        let in_flight = Arc::new(ConcurrencyLimit::new(
+            u32::try_from(config.proxy.max_in_flight).unwrap_or(u32::MAX),
+        ));
         Ok(DataPlane {
             shared: Arc::new(DataShared {
                 config,
@@ -123,6 +136,7 @@ impl DataPlane {
                 affinity,
                 admin_token,
                 observer,
+                in_flight,
                 live,
                 stream_cancel: tokio::sync::watch::channel(false).0,
             }),

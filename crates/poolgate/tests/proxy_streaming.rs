@@ -629,8 +629,8 @@ const IDLE_1S: &str = "[proxy]\nstream_idle_timeout_seconds = 1\n";
 #[tokio::test]
 async fn a_stalled_stream_ends_with_an_error_event_after_the_idle_timeout() {
     let upstream = MockUpstream::start().await;
-    // The upstream falls silent for a minute after its first chunk.
-    upstream.push(Reply::Stream(StreamSpec::new(3).gap_ms(60_000)));
+    // The upstream falls silent after its first content chunk.
+    upstream.push(Reply::Stream(StreamSpec::new(3).stall_after(1)));
     let gateway = Gateway::start_with(IDLE_1S, None).await;
     let backend_id = add_backend(&gateway, "one", &upstream, "primary", 60).await;
 
@@ -640,7 +640,7 @@ async fn a_stalled_stream_ends_with_an_error_event_after_the_idle_timeout() {
     assert!(got.events.len() >= 2, "{}", got.text());
     let error = got.events.last().unwrap();
     let before = &got.events[got.events.len() - 2];
-    assert!(before.json()["choices"][0]["delta"]["role"] == "assistant");
+    assert_eq!(before.json()["choices"][0]["delta"]["content"], "chunk0");
     assert_openai_error_event(error, "upstream_stream_stalled");
     // The stream ended (`read_stream` allows 10 s) long before the upstream's next chunk: the
     // idle timeout cut it, not before about a second of silence.
@@ -649,7 +649,7 @@ async fn a_stalled_stream_ends_with_an_error_event_after_the_idle_timeout() {
         silence >= Duration::from_millis(800),
         "error event {silence:?} after the last chunk (idle timeout 1 s)"
     );
-    assert_eq!(got.content(), "");
+    assert_eq!(got.content(), "chunk0");
 
     let record = usage_record(&gateway, &got.request_id()).await;
     assert_eq!(record["outcome"], "stream_error", "{record}");

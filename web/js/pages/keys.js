@@ -12,12 +12,13 @@ export async function mount(ctx) {
 
   const name = field('Name', textInput({ placeholder: 'my-app', maxLength: 128, dataset: { testid: 'key-name' } }), { hint: 'Who uses this key; for people.', name: 'name' });
   const rpm = field('RPM limit', textInput({ value: '0', inputMode: 'numeric' }), { hint: 'Requests per minute for this key; 0 = unlimited.', name: 'rpm_limit' });
+  const parallel = field('Parallel requests', textInput({ value: '0', inputMode: 'numeric', dataset: { testid: 'key-parallel' } }), { hint: 'Requests in flight at once; past it, 429. 0 = unlimited.', name: 'max_parallel_requests' });
   const models = field('Allowed models', textInput({ placeholder: 'all models' }), { hint: 'Canonical names, separated by commas; empty = all.', name: 'allowed_models' });
   const banner = h('div', {});
   const submit = button('Create key', { kind: 'primary', iconName: 'plus', type: 'submit', testid: 'create-key' });
   const form = h('form', { class: 'form', novalidate: true, dataset: { testid: 'key-form' } },
     banner,
-    h('div', { class: 'form-grid form-grid-keys' }, name.wrap, rpm.wrap, models.wrap),
+    h('div', { class: 'form-grid form-grid-keys' }, name.wrap, rpm.wrap, parallel.wrap, models.wrap),
     h('div', { class: 'form-actions' }, submit));
 
   ctx.root.append(
@@ -43,17 +44,18 @@ export async function mount(ctx) {
 
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
-    const fields = { name, rpm_limit: rpm, allowed_models: models };
+    const fields = { name, rpm_limit: rpm, max_parallel_requests: parallel, allowed_models: models };
     Object.values(fields).forEach((f) => f.setError(''));
     replace(banner);
     const body = { name: name.input.value.trim() };
-    const rpmText = rpm.input.value.trim();
-    if (rpmText !== '') {
-      if (!/^-?\d+$/.test(rpmText)) {
-        rpm.setError('Enter a whole number.');
+    for (const [key, f] of [['rpm_limit', rpm], ['max_parallel_requests', parallel]]) {
+      const text = f.input.value.trim();
+      if (text === '') continue;
+      if (!/^-?\d+$/.test(text)) {
+        f.setError('Enter a whole number.');
         return;
       }
-      body.rpm_limit = Number(rpmText);
+      body[key] = Number(text);
     }
     const list = models.input.value.split(',').map((m) => m.trim()).filter(Boolean);
     if (list.length) body.allowed_models = list;
@@ -63,6 +65,7 @@ export async function mount(ctx) {
       showCreated(reveal, created);
       form.reset();
       rpm.input.value = '0';
+      parallel.input.value = '0';
       refresh();
     } catch (error) {
       const param = error instanceof ApiError && error.param ? error.param.replace(/\[\d+\]$/, '') : null;
@@ -116,6 +119,7 @@ function renderList(root, keys, refresh) {
       h('td', { class: 'cell-primary' }, h('div', { class: 'cell-title', text: k.name })),
       h('td', { class: 'mono', text: k.display_prefix }),
       h('td', { class: 'num', text: k.rpm_limit ? fmt.num(k.rpm_limit) : '∞' }),
+      h('td', { class: 'num', dataset: { testid: 'key-parallel-cell' }, text: k.max_parallel_requests ? fmt.num(k.max_parallel_requests) : '∞' }),
       h('td', {}, k.allowed_models.length ? k.allowed_models.map((m) => chip(m, 'chip-model')) : h('span', { class: 'muted', text: 'all' })),
       h('td', { class: 'nowrap', title: k.created_at, text: fmt.when(k.created_at) }),
       h('td', {}, revoked
@@ -130,5 +134,5 @@ function renderList(root, keys, refresh) {
         }, () => del(`/keys/${encodeURIComponent(k.id)}`), `${k.name} revoked.`, refresh),
       })));
   });
-  replace(root, table(['Name', 'Prefix', ['RPM', 'num'], 'Models', 'Created', 'State', ''], rows, { testid: 'key-table', cls: 'table-stack' }));
+  replace(root, table(['Name', 'Prefix', ['RPM', 'num'], ['Parallel', 'num'], 'Models', 'Created', 'State', ''], rows, { testid: 'key-table', cls: 'table-stack' }));
 }

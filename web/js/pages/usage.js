@@ -7,6 +7,7 @@ import { get } from '../api.js';
 import * as fmt from '../format.js';
 import { pageHeader, card, emptyState, table, stat, chip, errorBanner, loading, segmented, select, toast } from '../ui.js';
 import { TimeChart } from '../charts.js';
+import { csvLine } from '../csv.js';
 
 const RANGES = {
   hour: { label: 'Last hour', ms: 3600000, bucket: 60, refresh: 15000 },
@@ -282,14 +283,6 @@ const CSV_COLUMNS = [
   'completion_tokens', 'total_tokens', 'cached_tokens', 'latency_ms', 'ttfb_ms', 'streamed',
 ];
 
-/** One CSV cell: quoted when needed; text that a spreadsheet would run as a formula is defused. */
-function csvCell(value) {
-  if (value === null || value === undefined) return '';
-  let text = String(value);
-  if (typeof value === 'string' && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
-  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-}
-
 async function exportCsv(view, names, btn) {
   btn.disabled = true;
   try {
@@ -311,7 +304,7 @@ async function exportCsv(view, names, btn) {
           client_key_name: callerName(r.client_key_id, names),
           backend_name: r.backend_id ? names.backends.get(r.backend_id) ?? '' : '',
         };
-        lines.push(CSV_COLUMNS.map((c) => csvCell(row[c])).join(','));
+        lines.push(csvLine(CSV_COLUMNS, row));
         count += 1;
       }
       before = page.next_cursor ?? null;

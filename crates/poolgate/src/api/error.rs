@@ -41,7 +41,7 @@ pub struct ApiError {
 /// The error `type` of a status.
 fn kind_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 413 | 415 => "invalid_request_error",
+        400 | 408 | 413 | 415 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
@@ -58,6 +58,7 @@ fn kind_of(status: StatusCode) -> &'static str {
 fn code_of(status: StatusCode) -> Option<&'static str> {
     match status.as_u16() {
         401 => Some("invalid_api_key"),
+        408 => Some("request_timeout"),
         413 => Some("payload_too_large"),
         429 => Some("rate_limit_exceeded"),
         _ => None,
@@ -106,6 +107,37 @@ impl ApiError {
         )
     }
 
+    /// 408: the request body arrived too slowly (`server.body_read_timeout_seconds`,
+    /// `server.body_min_rate_bytes_per_second`).
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body arrived too slowly; poolgate stopped waiting for it",
+        )
+    }
+
+    /// 503 + `Retry-After: 1`: the gateway has `proxy.max_in_flight` requests in flight.
+    pub fn overloaded(limit: u32) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("poolgate is at its limit of {limit} requests in flight; retry shortly"),
+        )
+        .with_code("overloaded")
+        .with_retry_after(Some(Duration::from_secs(1)));
+        error.kind = "server_error";
+        error
+    }
+
+    /// 429 + `Retry-After: 1`: the client key has its `max_parallel_requests` in flight.
+    pub fn key_concurrency(limit: u32) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("this key is limited to {limit} requests in flight at once"),
+        )
+        .with_code("concurrency_limit_exceeded")
+        .with_retry_after(Some(Duration::from_secs(1)))
+    }
+
     /// 500: the client sees a generic message, the log gets `detail`.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").with_detail(detail)
@@ -138,6 +170,11 @@ impl ApiError {
     /// Short machine-readable kind: the error `type`, and the usage record's `error_kind`.
     pub fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    /// The machine-readable code, if any.
+    pub fn code(&self) -> Option<&'static str> {
+        self.code
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -234,7 +271,14 @@ impl From<ProxyError> for ApiError {
             }
             ProxyError::ModelNotAllowed { .. }
             | ProxyError::KeyRateLimited { .. }
-            | ProxyError::NoneReady { .. } => ApiError::new(status, error.to_string()),
+            | ProxyError::NoneReady { .. }
+            | ProxyError::Recovering { .. }
+            | ProxyError::UpstreamTooLarge { .. }
+            | ProxyError::UpstreamRedirect { .. } => ApiError::new(status, error.to_string()),
+            ProxyError::EgressRefused { ref detail } => {
+                let detail = detail.clone();
+                ApiError::new(status, error.to_string()).with_detail(detail)
+            }
             ProxyError::Unavailable => {
                 ApiError::new(status, error.to_string()).with_detail("no routable backend")
             }

@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::json::read_body;
 use super::request_id::RequestId;
 use crate::domain::{now_ms, InvalidRequest};
+use crate::limits::ConcurrencyPermit;
 use crate::providers::Endpoint;
 use crate::proxy::route::sticky_key;
 use crate::proxy::{
@@ -86,7 +87,30 @@ pub async fn serve(
         max_wait: max_wait.as_ref().ok().copied().flatten(),
         live,
     };
-    // Refused after authentication: recorded like every other request.
+    // Refused after authentication: recorded (and observed, as an unrouted request) like every
+    // other request.
+    let refuse = |error: ApiError| {
+        let kind = error.code().unwrap_or(error.kind());
+        let observation = observe(data, &ctx, endpoint, None, &parts.headers);
+        let headers = record_refused(data, &ctx, endpoint, error.status_code(), kind, observation);
+        with_headers(render(error), headers)
+    };
+    // Overload, answered at once before the body is read: the key's own concurrency first (a
+    // greedy key gets 429, not everyone's 503), then the gateway's.
+    let key_permit = match &ctx.client_key {
+        Some(key) => match key.runtime.begin() {
+            Some(permit) => Some(permit),
+            None => return refuse(ApiError::key_concurrency(key.runtime.max_parallel())),
+        },
+        None => None,
+    };
+    let Some(gateway_permit) = data.in_flight.try_acquire() else {
+        return refuse(ApiError::overloaded(data.in_flight.max()));
+    };
+    let permits = InFlight {
+        _key: key_permit,
+        _gateway: gateway_permit,
+    };
     let inbound = match max_wait {
         Err(error) => Err(error),
         Ok(_) => read_body(body, data.config.proxy.max_body_bytes)
@@ -98,18 +122,7 @@ pub async fn serve(
             inbound.affinity = sticky_key(&ctx.live, &inbound, &parts.headers);
             inbound
         }
-        Err(error) => {
-            let observation = observe(data, &ctx, endpoint, None, &parts.headers);
-            let headers = record_refused(
-                data,
-                &ctx,
-                endpoint,
-                error.status_code(),
-                error.kind(),
-                observation,
-            );
-            return with_headers(render(error), headers);
-        }
+        Err(error) => return refuse(error),
     };
     let observation = observe(data, &ctx, endpoint, Some(&inbound), &parts.headers);
     let Forwarded { result, headers } = forward(data, ctx, inbound, observation).await;
@@ -117,13 +130,54 @@ pub async fn serve(
         Ok(response) => into_response(response),
         Err(error) => render(ApiError::from(error)),
     };
-    with_headers(response, headers)
+    // The slots are free when the answer's body is done (a stream: when it ends).
+    with_headers(response, headers).map(|body| {
+        Body::new(HoldingBody {
+            body,
+            _held: permits,
+        })
+    })
 }
 
 /// Adds the proxy's headers (rate limits, routing) to an answer.
 fn with_headers(mut response: Response, headers: HeaderMap) -> Response {
     response.headers_mut().extend(headers);
     response
+}
+
+/// The concurrency slots of one request.
+struct InFlight {
+    _key: Option<ConcurrencyPermit>,
+    _gateway: ConcurrencyPermit,
+}
+
+pin_project_lite::pin_project! {
+    /// An answer body that holds its request's concurrency slots until it is done or dropped.
+    struct HoldingBody {
+        #[pin]
+        body: Body,
+        _held: InFlight,
+    }
+}
+
+impl http_body::Body for HoldingBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Converts the proxy's answer into an axum response.

@@ -23,10 +23,16 @@ use crate::telemetry::TelemetrySettings;
 
 pub use database::DatabaseUrl;
 pub use raw::{
-    RawBackend, RawConfig, RawCooldown, RawHealth, RawMetrics, RawPool, RawProxy, RawResponses,
-    RawRouting, RawSticky, RawTelemetry, RawUsage,
+    RawBackend, RawConfig, RawCooldown, RawHealth, RawLimits, RawMetrics, RawNetwork, RawPool,
+    RawProxy, RawResponses, RawRouting, RawServer, RawSticky, RawTelemetry, RawUsage,
 };
-use validate::{validate_backend, validate_cooldown, validate_health, validate_proxy};
+use validate::{
+    validate_backend, validate_cooldown, validate_health, validate_limits, validate_network,
+    validate_proxy, validate_server,
+};
+
+use crate::egress::EgressPolicy;
+use crate::serving::ServerSettings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./poolgate-data";
@@ -58,6 +64,10 @@ pub struct ProxySettings {
     pub anthropic_default_max_tokens: u32,
     /// Add `x-poolgate-backend` and `x-poolgate-attempts` to proxy answers.
     pub expose_routing_headers: bool,
+    /// Requests on the proxy routes at the same time; past it, 503 + `Retry-After` at once.
+    pub max_in_flight: usize,
+    /// The largest upstream JSON answer (or error body) read; a larger one becomes a 502.
+    pub max_response_bytes: usize,
 }
 
 impl Default for ProxySettings {
@@ -72,6 +82,8 @@ impl Default for ProxySettings {
             shutdown_grace: Duration::from_secs(30),
             anthropic_default_max_tokens: 4096,
             expose_routing_headers: false,
+            max_in_flight: (ServerSettings::default().max_connections / 2).max(1),
+            max_response_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -82,6 +94,9 @@ pub struct UsageSettings {
     pub channel_capacity: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// Append every record to the crash-safe journal before its answer completes.
+    pub journal: bool,
+    pub journal_segment_bytes: u64,
 }
 
 impl Default for UsageSettings {
@@ -90,6 +105,23 @@ impl Default for UsageSettings {
             channel_capacity: 16_384,
             batch_size: 512,
             flush_interval: Duration::from_millis(500),
+            journal: true,
+            journal_segment_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// How RPM bucket levels survive a restart.
+#[derive(Clone, Debug)]
+pub struct LimitsSettings {
+    /// Bucket levels are written at most this often (the loss after a crash is at most this).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -147,6 +179,11 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub cooldown: CooldownPolicy,
     pub usage: UsageSettings,
+    /// `[server]`: the client side (timeouts, connection cap).
+    pub server: ServerSettings,
+    /// `[network]`: where backends may point.
+    pub network: EgressPolicy,
+    pub limits: LimitsSettings,
     pub pools: Vec<Pool>,
     pub backends: Vec<BackendSpec>,
     /// `[metrics]` and `[telemetry]`.
@@ -170,6 +207,9 @@ impl Default for Config {
             proxy: ProxySettings::default(),
             cooldown: CooldownPolicy::default(),
             usage: UsageSettings::default(),
+            server: ServerSettings::default(),
+            network: EgressPolicy::default(),
+            limits: LimitsSettings::default(),
             pools: Vec::new(),
             backends: Vec::new(),
             telemetry: TelemetrySettings::default(),
@@ -225,7 +265,10 @@ impl Config {
             )
         })?;
 
-        let proxy = validate_proxy(raw.proxy)?;
+        let server = validate_server(raw.server)?;
+        let proxy = validate_proxy(raw.proxy, server.max_connections)?;
+        let network = validate_network(raw.network)?;
+        let limits = validate_limits(raw.limits)?;
         let telemetry = TelemetrySettings::from_raw(raw.metrics, raw.telemetry, env)?;
         let health = validate_health(raw.health)?;
         let cooldown = validate_cooldown(raw.cooldown)?;
@@ -246,6 +289,12 @@ impl Config {
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.usage.flush_interval)
                 .max(Duration::from_millis(10)),
+            journal: raw.usage.journal.unwrap_or(defaults.usage.journal),
+            journal_segment_bytes: raw
+                .usage
+                .journal_segment_bytes
+                .unwrap_or(defaults.usage.journal_segment_bytes)
+                .clamp(64 * 1024, 1024 * 1024 * 1024),
         };
 
         let mut pools = Vec::new();
@@ -267,6 +316,7 @@ impl Config {
         let mut backends: Vec<BackendSpec> = Vec::new();
         for (i, backend) in raw.backends.into_iter().enumerate() {
             let spec = validate_backend(i, backend, env)?;
+            network.check_base_url(&format!("backends[{i}].api_base_url"), &spec.api_base_url)?;
             if backends.iter().any(|b| b.name == spec.name) {
                 return Err(Invalid::new(
                     format!("backends[{i}].name"),
@@ -311,6 +361,9 @@ impl Config {
             proxy,
             cooldown,
             usage,
+            server,
+            network,
+            limits,
             pools,
             backends,
             telemetry,

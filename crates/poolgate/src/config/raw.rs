@@ -26,6 +26,12 @@ pub struct RawConfig {
     #[serde(default)]
     pub usage: RawUsage,
     #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub network: RawNetwork,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
     pub pools: Vec<RawPool>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
@@ -100,6 +106,8 @@ pub struct RawProxy {
     pub anthropic_default_max_tokens: Option<u32>,
     /// `x-poolgate-backend` and `x-poolgate-attempts` on proxy answers.
     pub expose_routing_headers: Option<bool>,
+    pub max_in_flight: Option<usize>,
+    pub max_response_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +125,41 @@ pub struct RawUsage {
     pub channel_capacity: Option<usize>,
     pub batch_size: Option<usize>,
     pub flush_interval_ms: Option<u64>,
+    pub journal: Option<bool>,
+    pub journal_segment_bytes: Option<u64>,
+}
+
+/// `[server]`: the client side of the gateway (timeouts, connection cap).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub header_read_timeout_seconds: Option<u64>,
+    pub keep_alive_timeout_seconds: Option<u64>,
+    pub body_read_timeout_seconds: Option<u64>,
+    pub body_min_rate_bytes_per_second: Option<u64>,
+    pub write_timeout_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_buf_size_bytes: Option<usize>,
+    pub http2: Option<bool>,
+    pub http2_max_concurrent_streams: Option<u32>,
+}
+
+/// `[network]`: the egress policy (where backends may point).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub allow_private: Option<bool>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// `[limits]`: how RPM bucket levels survive a restart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub checkpoint_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

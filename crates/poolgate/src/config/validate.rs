@@ -5,12 +5,29 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::raw::{RawBackend, RawCooldown, RawHealth, RawProxy};
-use super::{HealthSettings, ProxySettings};
+use super::raw::{RawBackend, RawCooldown, RawHealth, RawLimits, RawNetwork, RawProxy, RawServer};
+use super::{HealthSettings, LimitsSettings, ProxySettings};
 use crate::cooldown::CooldownPolicy;
 use crate::domain::{literal_or_env, BackendInput, BackendSpec, Invalid};
+use crate::egress::EgressPolicy;
+use crate::serving::{BodyPace, ServerSettings};
 
-pub fn validate_proxy(raw: RawProxy) -> Result<ProxySettings, Invalid> {
+/// A whole number of seconds, at least 1; absent = `default`.
+fn positive_seconds(
+    field: &str,
+    value: Option<u64>,
+    default: Duration,
+) -> Result<Duration, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(Invalid::new(field, "must be at least 1 second")),
+        Some(secs) => Ok(Duration::from_secs(secs)),
+    }
+}
+
+/// `[proxy]`; `max_connections` (of `[server]`) gives the default of `max_in_flight`: half of
+/// it, so connections remain for the admin API and health checks while the proxy is full.
+pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySettings, Invalid> {
     let defaults = ProxySettings::default();
     let max_attempts = raw.max_attempts.unwrap_or(defaults.max_attempts);
     if !(1..=20).contains(&max_attempts) {
@@ -30,11 +47,7 @@ pub fn validate_proxy(raw: RawProxy) -> Result<ProxySettings, Invalid> {
             "must be between 1024 and 1073741824",
         ));
     }
-    let seconds = |field: &str, value: Option<u64>, default: Duration| match value {
-        None => Ok(default),
-        Some(0) => Err(Invalid::new(field, "must be at least 1 second")),
-        Some(secs) => Ok(Duration::from_secs(secs)),
-    };
+    let seconds = positive_seconds;
     let anthropic_default_max_tokens = raw
         .anthropic_default_max_tokens
         .unwrap_or(defaults.anthropic_default_max_tokens);
@@ -44,7 +57,22 @@ pub fn validate_proxy(raw: RawProxy) -> Result<ProxySettings, Invalid> {
             "must be at least 1",
         ));
     }
+    let max_in_flight = raw.max_in_flight.unwrap_or((max_connections / 2).max(1));
+    if max_in_flight == 0 {
+        return Err(Invalid::new("proxy.max_in_flight", "must be at least 1"));
+    }
+    let max_response_bytes = raw
+        .max_response_bytes
+        .unwrap_or(defaults.max_response_bytes);
+    if max_response_bytes < 1024 {
+        return Err(Invalid::new(
+            "proxy.max_response_bytes",
+            "must be at least 1024",
+        ));
+    }
     Ok(ProxySettings {
+        max_in_flight,
+        max_response_bytes,
         max_attempts,
         max_wait: Duration::from_millis(max_wait_ms),
         max_body_bytes,
@@ -159,4 +187,72 @@ pub fn validate_backend(
         api_version: raw.api_version,
     }
     .validate(&at)
+}
+
+/// `[server]`: timeouts and the connection cap of the client side. A timeout of 0 turns the body
+/// and write limits off; the header and keep-alive timeouts must be positive.
+pub fn validate_server(raw: RawServer) -> Result<ServerSettings, Invalid> {
+    let defaults = ServerSettings::default();
+    let positive = positive_seconds;
+    let body_timeout = raw
+        .body_read_timeout_seconds
+        .map(Duration::from_secs)
+        .or(defaults.body_pace.map(|pace| pace.timeout))
+        .unwrap_or_default();
+    let min_rate = raw
+        .body_min_rate_bytes_per_second
+        .or(defaults.body_pace.map(|pace| pace.min_rate))
+        .unwrap_or_default();
+    let write_timeout = match raw.write_timeout_seconds {
+        None => defaults.write_timeout,
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs)),
+    };
+    let settings = ServerSettings {
+        header_read_timeout: positive(
+            "server.header_read_timeout_seconds",
+            raw.header_read_timeout_seconds,
+            defaults.header_read_timeout,
+        )?,
+        keep_alive_timeout: positive(
+            "server.keep_alive_timeout_seconds",
+            raw.keep_alive_timeout_seconds,
+            defaults.keep_alive_timeout,
+        )?,
+        body_pace: (!body_timeout.is_zero()).then_some(BodyPace {
+            timeout: body_timeout,
+            min_rate,
+        }),
+        write_timeout,
+        max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+        max_buf_size: raw.max_buf_size_bytes.unwrap_or(defaults.max_buf_size),
+        http2: raw.http2.unwrap_or(defaults.http2),
+        http2_max_concurrent_streams: raw
+            .http2_max_concurrent_streams
+            .unwrap_or(defaults.http2_max_concurrent_streams),
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// `[network]`: the egress policy; errors name the entry (`network.allow[1]`).
+pub fn validate_network(raw: RawNetwork) -> Result<EgressPolicy, Invalid> {
+    EgressPolicy::new(raw.allow_private.unwrap_or(true), &raw.allow, &raw.deny)
+}
+
+/// `[limits]`: the bucket-level checkpoint interval, 100 ms to 60 s.
+pub fn validate_limits(raw: RawLimits) -> Result<LimitsSettings, Invalid> {
+    let defaults = LimitsSettings::default();
+    let interval = raw
+        .checkpoint_interval_ms
+        .map_or(defaults.checkpoint_interval, Duration::from_millis);
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(60) {
+        return Err(Invalid::new(
+            "limits.checkpoint_interval_ms",
+            "must be between 100 and 60000",
+        ));
+    }
+    Ok(LimitsSettings {
+        checkpoint_interval: interval,
+    })
 }

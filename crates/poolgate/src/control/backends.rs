@@ -10,8 +10,8 @@ use super::changes::Change;
 use super::{ControlError, ControlPlane};
 use crate::crypto::{mask_secret, Sealer};
 use crate::domain::{
-    now_ms, ApiFields, BackendChange, BackendId, BackendInput, BackendPatch, BackendRecord,
-    BackendSpec, PersistedHealth, PoolName, Source,
+    now_ms, ApiFields, ApiKind, BackendChange, BackendId, BackendInput, BackendPatch,
+    BackendRecord, BackendSpec, PersistedHealth, PoolName, Source,
 };
 
 /// A record from a validated definition. With `previous` (the same backend, matched by name)
@@ -25,7 +25,7 @@ pub(super) fn record_from(
     let id = previous.map_or_else(BackendId::generate, |b| b.id.clone());
     let now = now_ms();
     let api_key_sealed = sealer.seal(id.as_str(), spec.api_key.expose_secret())?;
-    Ok(BackendRecord {
+    let mut record = BackendRecord {
         api_key_sealed,
         api_key_mask: mask_secret(spec.api_key.expose_secret()),
         id,
@@ -46,7 +46,26 @@ pub(super) fn record_from(
         updated_at_ms: now,
         responses: spec.responses,
         api_version: spec.api_version,
-    })
+    };
+    normalize_anthropic_base(&mut record);
+    Ok(record)
+}
+
+/// poolgate sends Anthropic requests to `{api_base_url}/v1/messages`. A base URL written with its
+/// `/v1` (as OpenAI-style and LiteLLM configs write it: `https://api.anthropic.com/v1`) would
+/// make every request a 404, so the trailing `/v1` is removed — the stored and shown URL is the
+/// corrected one, and the change is logged.
+fn normalize_anthropic_base(record: &mut BackendRecord) {
+    if record.api != ApiKind::Anthropic {
+        return;
+    }
+    if let Some(base) = record.api_base_url.strip_suffix("/v1") {
+        tracing::info!(
+            backend = %record.name,
+            "`api_base_url` of an Anthropic backend ended in `/v1`; poolgate adds `/v1/messages` itself, so the `/v1` was removed"
+        );
+        record.api_base_url = base.to_owned();
+    }
 }
 
 /// A stored record with a validated change applied (a new key sealed for the same id).
@@ -87,6 +106,7 @@ pub(super) fn apply(
     // The rules between fields hold for the result (a new `api` against old fields too).
     ApiFields::of(&record).check(&plain)?;
     record.updated_at_ms = now_ms();
+    normalize_anthropic_base(&mut record);
     Ok(record)
 }
 
@@ -100,6 +120,10 @@ impl ControlPlane {
     pub async fn create_backend(&self, input: BackendInput) -> Result<BackendRecord, ControlError> {
         let _write = self.inner.writes.lock().await;
         let spec = input.validate(&plain)?;
+        self.inner
+            .config
+            .network
+            .check_base_url("api_base_url", &spec.api_base_url)?;
         self.check_pool("pool", &spec.pool).await?;
         let record = record_from(spec, Source::Api, &self.inner.snapshots.sealer(), None)?;
         self.inner.stores.config.insert_backend(&record).await?;
@@ -117,6 +141,12 @@ impl ControlPlane {
         let _write = self.inner.writes.lock().await;
         let record = self.backend(id).await?;
         let change = patch.validate(&plain)?;
+        if let Some(url) = &change.api_base_url {
+            self.inner
+                .config
+                .network
+                .check_base_url("api_base_url", url)?;
+        }
         if let Some(pool) = &change.pool {
             self.check_pool("pool", pool).await?;
         }

@@ -7,8 +7,8 @@ use super::changes::Change;
 use super::{ControlError, ControlPlane};
 use crate::crypto::generate_client_key;
 use crate::domain::{
-    now_ms, validate_key_name, validate_model_name, validate_name, validate_priority, validate_rpm,
-    CanonicalModel, ClientKeyRecord, Pool, PoolName,
+    now_ms, validate_concurrency, validate_key_name, validate_model_name, validate_name,
+    validate_priority, validate_rpm, CanonicalModel, ClientKeyRecord, Pool, PoolName,
 };
 
 /// A new pool before validation.
@@ -26,6 +26,8 @@ pub struct ClientKeyInput {
     pub name: String,
     /// 0 or absent = unlimited.
     pub rpm_limit: Option<i64>,
+    /// Requests in flight at once; 0 or absent = unlimited.
+    pub max_parallel_requests: Option<i64>,
     /// Absent or empty = every model.
     pub allowed_models: Vec<String>,
 }
@@ -54,6 +56,10 @@ impl ControlPlane {
         let _write = self.inner.writes.lock().await;
         let name = validate_key_name("name", &input.name)?;
         let rpm_limit = validate_rpm("rpm_limit", input.rpm_limit.unwrap_or(0))?;
+        let max_parallel_requests = validate_concurrency(
+            "max_parallel_requests",
+            input.max_parallel_requests.unwrap_or(0),
+        )?;
         let mut allowed_models = Vec::with_capacity(input.allowed_models.len());
         for (i, model) in input.allowed_models.into_iter().enumerate() {
             validate_model_name(&format!("allowed_models[{i}]"), &model)?;
@@ -66,6 +72,7 @@ impl ControlPlane {
             display_prefix: generated.display_prefix,
             secret_hash: generated.secret_hash.to_vec(),
             rpm_limit,
+            max_parallel_requests,
             allowed_models,
             created_at_ms: now_ms(),
             revoked_at_ms: None,

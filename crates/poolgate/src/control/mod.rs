@@ -18,6 +18,7 @@ pub mod changes;
 mod error;
 mod health;
 mod keys;
+mod limits_checkpoint;
 mod master_key;
 mod models;
 mod probes;
@@ -52,6 +53,7 @@ pub use store::StoreError;
 
 use affinity_writer::AffinityWriter;
 use health::HealthWriter;
+use limits_checkpoint::LimitsCheckpoint;
 use snapshot::Snapshots;
 use store::Stores;
 use usage_writer::UsageWriter;
@@ -87,6 +89,7 @@ struct Inner {
 struct Workers {
     usage: UsageWriter,
     health: HealthWriter,
+    limits: LimitsCheckpoint,
     affinity: AffinityWriter,
     follower: JoinHandle<()>,
 }
@@ -111,8 +114,13 @@ impl ControlPlane {
         let stores = store::open(&config.database_url)
             .await
             .map_err(ControlError::from)?;
-        let (key, key_source) = master_key::load_master_key(&config)?;
+        let has_key = master_key::database_has_key(&*stores.config).await?;
+        let (key, key_source, generated) = master_key::load_master_key(&config, has_key)?;
         let sealer = master_key::open_sealer(&*stores.config, key).await?;
+        // The database records the key's fingerprint now: a generated key file must stay.
+        if let Some(generated) = generated {
+            generated.keep();
+        }
         Self::assemble(
             config,
             stores,
@@ -137,18 +145,33 @@ impl ControlPlane {
         let snapshots = Arc::new(Snapshots::new(
             Arc::clone(&stores.config),
             sealer,
+            Arc::new(config.network.clone()),
             observer.clone(),
         ));
+        // Bucket levels stored before a restart apply as the snapshot creates the runtimes.
+        let levels = stores
+            .config
+            .load_limiter_levels()
+            .await
+            .map_err(ControlError::from)?;
+        snapshots.registry().restore_levels(levels);
         snapshots.rebuild().await.map_err(ControlError::from)?;
         // Every backend's state, cooldown, bucket and in-flight count, read at scrape time.
         observer.watch_backends(Arc::new(snapshots.reader()))?;
         let instance = InstanceId::generate();
+        let journal = usage_writer::open_journal(&config, &*stores.usage).await?;
         let (usage, usage_writer) = usage_writer::spawn_writer(
             Arc::clone(&stores.usage),
             &config.usage,
+            journal,
             observer.metrics(),
         );
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
+        let limits = limits_checkpoint::spawn_checkpoint(
+            Arc::clone(&stores.config),
+            Arc::clone(&snapshots),
+            config.limits.checkpoint_interval,
+        );
         let (affinity, affinity_writer) = open_affinity(&config, &stores).await?;
         let follower =
             snapshot::spawn_follower(Arc::clone(&snapshots), changes.subscribe(), instance);
@@ -170,6 +193,7 @@ impl ControlPlane {
                 workers: parking_lot::Mutex::new(Some(Workers {
                     usage: usage_writer,
                     health: health_writer,
+                    limits,
                     affinity: affinity_writer,
                     follower,
                 })),
@@ -202,7 +226,8 @@ impl ControlPlane {
         &self.inner.readiness
     }
 
-    /// Writes every queued usage record and health state, stops the background tasks, and
+    /// Writes every queued usage record, health state and RPM bucket level, stops the background
+    /// tasks, and
     /// returns how many usage records were written in the control plane's life. Call once the
     /// data plane has handed over its records.
     pub async fn shutdown(&self) -> u64 {
@@ -212,6 +237,7 @@ impl ControlPlane {
         workers.follower.abort();
         let written = workers.usage.shutdown().await;
         workers.health.shutdown().await;
+        workers.limits.shutdown().await;
         workers.affinity.shutdown().await;
         written
     }

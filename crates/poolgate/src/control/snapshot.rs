@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -21,14 +21,17 @@ use super::models::{sticky_from_stored, STICKY_SETTING};
 use super::store::{ConfigStore, StoreError};
 use crate::crypto::Sealer;
 use crate::domain::BackendId;
+use crate::egress::EgressPolicy;
 use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::RuntimeRegistry;
+use crate::scrub::KeyScrubber;
 use crate::state::{Live, LiveClientKey, LiveReader};
 use crate::telemetry::Observer;
 
 /// The snapshot and what it is built from.
 pub(super) struct Snapshots {
     store: Arc<dyn ConfigStore>,
+    egress: Arc<EgressPolicy>,
     sealer: ArcSwap<Sealer>,
     live: Arc<ArcSwap<Live>>,
     registry: RuntimeRegistry,
@@ -42,9 +45,15 @@ pub(super) struct Snapshots {
 
 impl Snapshots {
     /// An empty snapshot; call [`Snapshots::rebuild`] to load the stored state.
-    pub fn new(store: Arc<dyn ConfigStore>, sealer: Sealer, observer: Observer) -> Self {
+    pub fn new(
+        store: Arc<dyn ConfigStore>,
+        sealer: Sealer,
+        egress: Arc<EgressPolicy>,
+        observer: Observer,
+    ) -> Self {
         Self {
             store,
+            egress,
             sealer: ArcSwap::from_pointee(sealer),
             live: Arc::new(ArcSwap::from_pointee(Live::default())),
             registry: RuntimeRegistry::default(),
@@ -113,12 +122,23 @@ impl Snapshots {
                 }
             };
             let runtime = self.registry.backend(&record, now);
+            let scrubber = KeyScrubber::new(api_key.expose_secret());
+            // A literal address is fixed per backend: checked once here (a policy tightened in
+            // the config file since the backend was stored included).
+            let egress_refused = url::Url::parse(&record.api_base_url)
+                .ok()
+                .and_then(|url| self.egress.check_url(&url).err())
+                .map(|refusal| {
+                    format!("the egress policy refuses the backend's address: {refusal}")
+                });
             backends.push(Arc::new(LiveBackend {
                 telemetry: LiveBackend::telemetry_for(&self.observer, &record),
                 record,
                 api_key,
                 runtime,
                 unreadable: unreadable_reason,
+                scrubber,
+                egress_refused,
             }));
         }
         let mut client_keys = HashMap::new();

@@ -18,7 +18,9 @@ use crate::config::DatabaseUrl;
 use crate::cooldown::{CooldownPolicy, Health, Outcome as UpstreamOutcome};
 use crate::crypto::{MasterKey, Sealer};
 use crate::domain::AliasRecord;
-use crate::domain::{BackendInput, BackendSpec, ClientKeyRecord, PersistedHealth, PoolName};
+use crate::domain::{
+    BackendInput, BackendSpec, ClientKeyRecord, LimiterLevel, PersistedHealth, PoolName,
+};
 use crate::readiness::ProbeStatus;
 
 // === a store that fails or waits when told to ===
@@ -125,6 +127,13 @@ impl ConfigStore for FlakyStore {
     async fn revoke_client_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
         self.write()?;
         self.inner.revoke_client_key(id, at_ms).await
+    }
+    async fn save_limiter_levels(&self, levels: &[LimiterLevel]) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.save_limiter_levels(levels).await
+    }
+    async fn load_limiter_levels(&self) -> Result<Vec<LimiterLevel>, StoreError> {
+        self.inner.load_limiter_levels().await
     }
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.get_setting(key).await
@@ -493,6 +502,7 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
     let (record, plaintext) = h
         .control
         .create_client_key(ClientKeyInput {
+            max_parallel_requests: Some(4),
             name: "  app  ".into(),
             rpm_limit: Some(10),
             allowed_models: vec!["m".into()],
@@ -500,6 +510,7 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
         .await
         .unwrap();
     assert_eq!(record.name, "app");
+    assert_eq!(record.max_parallel_requests, 4);
     assert!(secrecy::ExposeSecret::expose_secret(&plaintext).starts_with("pgk-"));
     assert!(h.control.live().client_keys.contains_key(&record.id));
     match h
@@ -512,6 +523,18 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
         .await
     {
         Err(ControlError::Invalid(invalid)) => assert_eq!(invalid.field, "allowed_models[0]"),
+        other => panic!("{other:?}"),
+    }
+    match h
+        .control
+        .create_client_key(ClientKeyInput {
+            name: "x".into(),
+            max_parallel_requests: Some(-1),
+            ..ClientKeyInput::default()
+        })
+        .await
+    {
+        Err(ControlError::Invalid(invalid)) => assert_eq!(invalid.field, "max_parallel_requests"),
         other => panic!("{other:?}"),
     }
     h.control.revoke_client_key(&record.id).await.unwrap();
@@ -533,6 +556,53 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
         other => panic!("{other:?}"),
     }
     h.control.shutdown().await;
+}
+
+#[tokio::test]
+async fn bucket_levels_are_checkpointed_while_running_and_written_exactly_at_shutdown() {
+    let h =
+        harness_with(|config| config.limits.checkpoint_interval = Duration::from_millis(100)).await;
+    let record = h
+        .control
+        .create_backend(BackendInput {
+            rpm_limit: Some(60),
+            ..input("limited")
+        })
+        .await
+        .unwrap();
+    let backend = Arc::clone(&h.control.live().by_id[&record.id]);
+    for _ in 0..40 {
+        drop(backend.runtime.admit(Instant::now()).unwrap());
+    }
+    let unit = u64::try_from(crate::limits::UNITS_PER_TOKEN).unwrap();
+    // A checkpoint (what a crash would leave) comes within an interval or so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stored = loop {
+        let levels = h.sqlite.load_limiter_levels().await.unwrap();
+        if let Some(level) = levels.into_iter().find(|l| l.id == record.id.as_str()) {
+            break level;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stored.kind, crate::domain::LimiterKind::Backend);
+    assert_eq!(stored.rpm, 60);
+    assert!(
+        (20 * unit..22 * unit).contains(&stored.level_units),
+        "{stored:?}"
+    );
+    // More tokens taken, then a graceful stop: the level as of the shutdown.
+    for _ in 0..5 {
+        drop(backend.runtime.admit(Instant::now()).unwrap());
+    }
+    h.control.shutdown().await;
+    let levels = h.sqlite.load_limiter_levels().await.unwrap();
+    assert_eq!(levels.len(), 1, "{levels:?}");
+    assert!(levels[0].at_ms >= stored.at_ms);
+    assert!(
+        (15 * unit..18 * unit).contains(&levels[0].level_units),
+        "{levels:?}"
+    );
 }
 
 #[tokio::test]

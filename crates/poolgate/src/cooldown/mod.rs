@@ -104,6 +104,11 @@ pub enum Outcome {
     ServerError,
     /// 401/403: the upstream key is bad.
     AuthFailed,
+    /// The upstream answered with the request's own fault (a 4xx other than 401/403/408/429) or
+    /// could not be reached for a reason of poolgate's policy: it says nothing about the
+    /// backend's health. It ends a half-open probe without closing the cooldown, so the next
+    /// request probes again.
+    Inconclusive,
 }
 
 /// Why the backend last cooled down or broke.
@@ -278,6 +283,7 @@ impl CooldownState {
                 self.broken = true;
                 self.last_reason = Some(CooldownReason::AuthFailed);
             }
+            Outcome::Inconclusive => {}
         }
         self.persisted() != before
     }
@@ -312,6 +318,16 @@ impl CooldownState {
         } else {
             Health::Healthy
         }
+    }
+
+    /// Why the backend is cooling (or waiting for its probe): the last reason, or for a state
+    /// restored at start-up (which has none), a rate limit if 429s were counted.
+    pub fn cooling_reason(&self) -> CooldownReason {
+        self.last_reason.unwrap_or(if self.consecutive_429 > 0 {
+            CooldownReason::RateLimited
+        } else {
+            CooldownReason::ServerError
+        })
     }
 
     pub fn consecutive_429(&self) -> u32 {

@@ -537,3 +537,21 @@ proptest! {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_inconclusive_probe_keeps_the_backend_half_open() {
+    let policy = no_jitter();
+    let mut state = CooldownState::new();
+    let now = Instant::now();
+    state.record(Outcome::ServerError, now, &policy, &mut rng());
+    let after = now + policy.error_cooldown;
+    assert_eq!(state.admit(after), Admission::Probe);
+    // A 4xx answer to the probe: not a success, not a failure.
+    assert!(!state.record(Outcome::Inconclusive, after, &policy, &mut rng()));
+    assert_eq!(state.health(after), Health::Cooling);
+    assert_eq!(state.cooling_reason(), CooldownReason::ServerError);
+    // The slot is free again: the next request is the probe.
+    assert_eq!(state.admit(after), Admission::Probe);
+    assert!(state.record(Outcome::Success, after, &policy, &mut rng()));
+    assert_eq!(state.health(after), Health::Healthy);
+}

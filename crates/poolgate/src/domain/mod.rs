@@ -26,9 +26,9 @@ pub use backend::{
 pub use models::{AliasRecord, ModelNameError, ModelPattern, UpstreamTemplate};
 pub use request::{parse_json, InvalidRequest};
 pub use validate::{
-    literal_or_env, normalize_base_url, validate_api_key, validate_key_name, validate_mappings,
-    validate_metadata, validate_model_name, validate_name, validate_priority, validate_rpm,
-    validate_timeout, validate_weight, Invalid,
+    literal_or_env, normalize_base_url, validate_api_key, validate_concurrency, validate_key_name,
+    validate_mappings, validate_metadata, validate_model_name, validate_name, validate_priority,
+    validate_rpm, validate_timeout, validate_weight, Invalid,
 };
 
 /// Defines a string newtype with `Display`, `as_str` and transparent serde.
@@ -264,10 +264,49 @@ pub struct ClientKeyRecord {
     pub secret_hash: Vec<u8>,
     /// 0 = unlimited.
     pub rpm_limit: u32,
+    /// Requests this key may have in flight at once; 0 = unlimited.
+    pub max_parallel_requests: u32,
     /// Empty = every model.
     pub allowed_models: Vec<CanonicalModel>,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+}
+
+/// Whose RPM bucket a [`LimiterLevel`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimiterKind {
+    Backend,
+    ClientKey,
+}
+
+impl LimiterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimiterKind::Backend => "backend",
+            LimiterKind::ClientKey => "client_key",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "backend" => Some(LimiterKind::Backend),
+            "client_key" => Some(LimiterKind::ClientKey),
+            _ => None,
+        }
+    }
+}
+
+/// An RPM bucket's fill at one moment, as stored so that limits survive a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimiterLevel {
+    pub kind: LimiterKind,
+    /// The backend's or client key's id.
+    pub id: String,
+    pub rpm: u32,
+    /// The fill in units of 1/60,000,000,000 of a request (see [`crate::limits`]).
+    pub level_units: u64,
+    /// Unix milliseconds when the fill was `level_units`.
+    pub at_ms: i64,
 }
 
 /// How a proxied request ended.

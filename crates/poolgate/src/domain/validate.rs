@@ -96,6 +96,17 @@ pub fn validate_timeout(field: &str, seconds: i64) -> Result<u32, Invalid> {
 }
 
 /// `rpm_limit`: 0 (unlimited) to 10 000 000.
+/// `max_parallel_requests`: 0 (unlimited) to 100000.
+pub fn validate_concurrency(field: &str, limit: i64) -> Result<u32, Invalid> {
+    if !(0..=100_000).contains(&limit) {
+        return Err(Invalid::new(
+            field,
+            "must be between 0 and 100000 (0 means unlimited)",
+        ));
+    }
+    u32::try_from(limit).map_err(|_| Invalid::new(field, "out of range"))
+}
+
 pub fn validate_rpm(field: &str, rpm: i64) -> Result<u32, Invalid> {
     if rpm < 0 {
         return Err(Invalid::new(

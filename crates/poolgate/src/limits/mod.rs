@@ -1,5 +1,5 @@
 //! Requests-per-minute limits: the token bucket, and the thread-safe [`RpmLimiter`] kept per
-//! backend and per client key.
+//! backend and per client key; and concurrency limits ([`ConcurrencyLimit`]).
 //!
 //! Tokens are counted in exact integer units so that no fraction of a token is ever lost or
 //! invented: one token is [`UNITS_PER_TOKEN`] units and a bucket of `rpm` requests per minute gains
@@ -10,13 +10,18 @@
 //! Every method takes `now` from the caller (a [`tokio::time::Instant`]), so tests drive time with
 //! `#[tokio::test(start_paused = true)]` or plain arithmetic on instants.
 
+mod concurrency;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+pub use concurrency::{ConcurrencyLimit, ConcurrencyPermit};
 use tokio::time::Instant;
 
 /// Units in one token: the nanoseconds in a minute, so that `rpm` units accrue per nanosecond.
-const UNITS_PER_TOKEN: u128 = 60_000_000_000;
+pub const UNITS_PER_TOKEN: u128 = 60_000_000_000;
 
 // === impl TokenBucket ===
 
@@ -90,6 +95,24 @@ impl TokenBucket {
         whole as f64 + fraction as f64 / UNITS_PER_TOKEN as f64
     }
 
+    /// The fill at `now`, in units of 1/[`UNITS_PER_TOKEN`] of a token (what a checkpoint
+    /// stores).
+    pub fn level(&self, now: Instant) -> u128 {
+        self.level_at(now)
+    }
+
+    /// A bucket of `rpm` whose fill was `level` units `elapsed` ago (a checkpoint from before a
+    /// restart): refilled for the time since, never above capacity.
+    pub fn restored(rpm: u32, level: u128, elapsed: Duration, now: Instant) -> TokenBucket {
+        let rpm = rpm.max(1);
+        let gained = elapsed.as_nanos().saturating_mul(u128::from(rpm));
+        TokenBucket {
+            rpm,
+            level: level.saturating_add(gained).min(capacity(rpm)),
+            last: now,
+        }
+    }
+
     /// The fill at `now` without storing it. An instant earlier than the last update refills
     /// nothing (time never runs backwards for a bucket).
     fn level_at(&self, now: Instant) -> u128 {
@@ -122,11 +145,21 @@ fn capacity(rpm: u32) -> u128 {
 // === impl RpmLimiter ===
 
 /// Thread-safe RPM limiter; rpm 0 means unlimited (never limits). Uses `parking_lot::Mutex`
-/// (never held across an await).
+/// (never held across an await). It remembers whether a token was taken or given back since
+/// its last [`RpmLimiter::checkpoint`], so a checkpoint writes only buckets that changed.
 #[derive(Debug)]
 pub struct RpmLimiter {
     /// `None` when unlimited.
     bucket: Mutex<Option<TokenBucket>>,
+    changed: AtomicBool,
+}
+
+/// A bucket's fill at one moment, for a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketLevel {
+    pub rpm: u32,
+    /// Units of 1/60,000,000,000 of a token.
+    pub level: u128,
 }
 
 impl RpmLimiter {
@@ -135,14 +168,46 @@ impl RpmLimiter {
         let now = Instant::now();
         RpmLimiter {
             bucket: Mutex::new((rpm > 0).then(|| TokenBucket::per_minute(rpm, now))),
+            changed: AtomicBool::new(false),
         }
     }
 
     /// Takes one token, or says how long until one is available. Always `Ok` when unlimited.
     pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
         match self.bucket.lock().as_mut() {
-            Some(bucket) => bucket.try_take(now),
+            Some(bucket) => {
+                bucket.try_take(now)?;
+                self.changed.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             None => Ok(()),
+        }
+    }
+
+    /// The fill at `now` if a token was taken or given back since the last checkpoint (or
+    /// always, with `all`); `None` when unlimited.
+    pub fn checkpoint(&self, now: Instant, all: bool) -> Option<BucketLevel> {
+        let changed = self.changed.swap(false, Ordering::Relaxed);
+        if !changed && !all {
+            return None;
+        }
+        let bucket = self.bucket.lock();
+        let bucket = bucket.as_ref()?;
+        Some(BucketLevel {
+            rpm: bucket.rpm(),
+            level: bucket.level(now),
+        })
+    }
+
+    /// Continues from a checkpoint taken `elapsed` ago (refilled for that time at the stored
+    /// rate, then set to the current rate). Unlimited limiters ignore it.
+    pub fn restore(&self, stored: BucketLevel, elapsed: Duration, now: Instant) {
+        let mut guard = self.bucket.lock();
+        if let Some(bucket) = guard.as_mut() {
+            let rpm = bucket.rpm();
+            let mut restored = TokenBucket::restored(stored.rpm, stored.level, elapsed, now);
+            restored.set_rpm(rpm, now);
+            *bucket = restored;
         }
     }
 
@@ -158,6 +223,7 @@ impl RpmLimiter {
     pub fn refund(&self, now: Instant) {
         if let Some(bucket) = self.bucket.lock().as_mut() {
             bucket.refund(now);
+            self.changed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -192,6 +258,46 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use tokio::time::advance;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restored_limiter_continues_from_its_checkpoint() {
+        let limiter = RpmLimiter::new(60);
+        let now = Instant::now();
+        assert_eq!(limiter.checkpoint(now, false), None, "nothing taken yet");
+        for _ in 0..40 {
+            limiter.try_acquire(now).unwrap();
+        }
+        let level = limiter.checkpoint(now, false).unwrap();
+        assert_eq!(level.level, 20 * UNITS_PER_TOKEN);
+        assert_eq!(limiter.checkpoint(now, false), None, "unchanged since");
+        assert_eq!(limiter.checkpoint(now, true), Some(level));
+
+        // A restart right away: 20 left.
+        let restarted = RpmLimiter::new(60);
+        restarted.restore(level, Duration::ZERO, now);
+        let mut taken = 0;
+        while restarted.try_acquire(now).is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, 20);
+
+        // From a checkpoint 5 s old: 5 more refilled meanwhile; a lower limit clamps.
+        let later = RpmLimiter::new(60);
+        later.restore(level, Duration::from_secs(5), now);
+        assert_eq!(
+            later.checkpoint(now, true).unwrap().level,
+            25 * UNITS_PER_TOKEN
+        );
+        let lowered = RpmLimiter::new(10);
+        lowered.restore(level, Duration::ZERO, now);
+        assert_eq!(
+            lowered.checkpoint(now, true).unwrap().level,
+            10 * UNITS_PER_TOKEN
+        );
+        let unlimited = RpmLimiter::new(0);
+        unlimited.restore(level, Duration::ZERO, now);
+        assert_eq!(unlimited.checkpoint(now, true), None);
+    }
 
     fn drain(bucket: &mut TokenBucket, now: Instant) -> u32 {
         let mut taken = 0;

@@ -7,9 +7,11 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::body::{SplicedBody, TopLevel};
 use super::{ProviderError, TokenUsage, UpstreamRequest};
+use crate::domain::InvalidRequest;
 
 /// The API version poolgate speaks to Anthropic backends (unless the client names one).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -372,37 +374,48 @@ pub fn error_type_for_status(status: u16) -> &'static str {
 
 // === pass-through envelope for Anthropic clients ===
 
-/// A client's Messages request, parsed just far enough to route it; the rest passes through.
-#[derive(Debug, Deserialize)]
+/// A client's Messages request, parsed just far enough to route it: where `model` and `stream`
+/// lie in the body; everything else passes through as the client sent it.
+#[derive(Debug)]
 pub struct Envelope {
     pub model: Option<Value>,
-    #[serde(default)]
     pub stream: Option<Value>,
-    #[serde(flatten)]
-    pub rest: Map<String, Value>,
+    top: TopLevel,
 }
 
-#[derive(Serialize)]
-struct OutgoingEnvelope<'a> {
-    model: &'a str,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-    #[serde(flatten)]
-    rest: &'a Map<String, Value>,
-}
+impl Envelope {
+    pub fn parse(body: &[u8]) -> Result<Envelope, InvalidRequest> {
+        let top = TopLevel::parse(body, &["model", "stream"])?;
+        let field = |name: &str| top.parse_value(body, name);
+        Ok(Envelope {
+            model: field("model")?,
+            stream: field("stream")?,
+            top,
+        })
+    }
 
-/// The pass-through body with the upstream model id.
-pub fn passthrough_body(
-    rest: &Map<String, Value>,
-    upstream_model: &str,
-    stream: bool,
-) -> Result<Bytes, ProviderError> {
-    let body = serde_json::to_vec(&OutgoingEnvelope {
-        model: upstream_model,
-        stream,
-        rest,
-    })?;
-    Ok(Bytes::from(body))
+    /// The pass-through body: the client's `raw` body (which this envelope was parsed from)
+    /// with the upstream model id and an explicit boolean `stream` — slices of `raw` around the
+    /// changed values, not a copy.
+    pub fn passthrough_body(
+        &self,
+        raw: &Bytes,
+        upstream_model: &str,
+        stream: bool,
+    ) -> Result<SplicedBody, ProviderError> {
+        let mut edits = Vec::with_capacity(2);
+        if let Some(span) = self.top.span("model") {
+            edits.push((span, Bytes::from(serde_json::to_vec(upstream_model)?)));
+        }
+        // `"stream": null` means false to poolgate; say so upstream.
+        if let (Some(span), Some(Value::Null)) = (self.top.span("stream"), &self.stream) {
+            edits.push((
+                span,
+                Bytes::from_static(if stream { b"true" } else { b"false" }),
+            ));
+        }
+        Ok(SplicedBody::splice(raw, edits))
+    }
 }
 
 /// Builds the upstream request for an Anthropic backend. `client_headers` carries the client's
@@ -410,7 +423,7 @@ pub fn passthrough_body(
 pub fn build_request(
     base_url: &str,
     api_key: &secrecy::SecretString,
-    body: Bytes,
+    body: SplicedBody,
     client_headers: &[(HeaderName, HeaderValue)],
 ) -> Result<UpstreamRequest, ProviderError> {
     let mut headers = HeaderMap::new();

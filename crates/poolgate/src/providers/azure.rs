@@ -16,12 +16,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::body::SplicedBody;
 use super::responses::ResponsesCall;
 use super::{Endpoint, UpstreamRequest};
 use crate::cooldown::parse_retry_after;
@@ -187,7 +187,7 @@ pub fn build_request(
     form: &AzureForm,
     deployment: &str,
     operation: &AzureOperation,
-    body: Bytes,
+    body: SplicedBody,
 ) -> Result<UpstreamRequest, AzureError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -293,6 +293,7 @@ impl AzureErrorBody {
 mod tests {
     use super::*;
     use crate::providers::responses::ResponseId;
+    use bytes::Bytes;
     use secrecy::SecretString;
 
     fn deployments() -> AzureForm {
@@ -428,7 +429,7 @@ mod tests {
             &deployments(),
             "gpt4o",
             &AzureOperation::ChatCompletions,
-            Bytes::from_static(b"{}"),
+            SplicedBody::whole(Bytes::from_static(b"{}")),
         )
         .unwrap();
         assert_eq!(request.method, Method::POST);
@@ -442,7 +443,7 @@ mod tests {
             &deployments(),
             "d",
             &AzureOperation::Embeddings,
-            Bytes::new()
+            SplicedBody::whole(Bytes::new())
         )
         .is_err());
     }

@@ -5,9 +5,10 @@
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::anthropic::{self, Envelope};
+use super::body::SplicedBody;
 use super::UpstreamRequest;
 
 /// What is wrong with a count_tokens request.
@@ -33,11 +34,13 @@ pub struct CountTokensRequest {
 
 impl CountTokensRequest {
     pub fn parse(body: &[u8]) -> Result<CountTokensRequest, CountTokensError> {
-        let envelope: Envelope =
-            serde_json::from_slice(body).map_err(|error| CountTokensError::InvalidBody {
-                message: format!("request body is not valid JSON: {error}"),
-                param: None,
-            })?;
+        let envelope = Envelope::parse(body).map_err(|error| CountTokensError::InvalidBody {
+            param: error
+                .param
+                .as_deref()
+                .and_then(|param| ["model", "stream"].into_iter().find(|name| *name == param)),
+            message: error.message,
+        })?;
         let model = match &envelope.model {
             Some(Value::String(model)) if !model.is_empty() => model.clone(),
             _ => {
@@ -50,17 +53,30 @@ impl CountTokensRequest {
         Ok(CountTokensRequest { model, envelope })
     }
 
-    /// The upstream request for an Anthropic backend.
+    /// The upstream request for an Anthropic backend; `raw` is the body this request was parsed
+    /// from (sent as slices of it around the model id).
     pub fn build(
         &self,
+        raw: &Bytes,
         base_url: &str,
         api_key: &secrecy::SecretString,
         upstream_model: &str,
         client_headers: &[(HeaderName, HeaderValue)],
     ) -> Result<UpstreamRequest, CountTokensError> {
-        // count_tokens never streams: `stream` is not sent.
-        let body: Bytes = anthropic::passthrough_body(&self.envelope.rest, upstream_model, false)
-            .map_err(|_| CountTokensError::Build)?;
+        // count_tokens never streams: a `stream` the client sent is left out (rare: the body is
+        // re-encoded for it).
+        let body = if self.envelope.stream.is_some() {
+            let mut fields: Map<String, Value> =
+                serde_json::from_slice(raw).map_err(|_| CountTokensError::Build)?;
+            fields.remove("stream");
+            fields.insert("model".to_owned(), Value::String(upstream_model.to_owned()));
+            let body = serde_json::to_vec(&fields).map_err(|_| CountTokensError::Build)?;
+            SplicedBody::whole(Bytes::from(body))
+        } else {
+            self.envelope
+                .passthrough_body(raw, upstream_model, false)
+                .map_err(|_| CountTokensError::Build)?
+        };
         let mut request = anthropic::build_request(base_url, api_key, body, client_headers)
             .map_err(|_| CountTokensError::Build)?;
         request.url = format!("{base_url}/v1/messages/count_tokens");
@@ -75,13 +91,14 @@ mod tests {
 
     #[test]
     fn builds_the_count_tokens_call_with_the_upstream_model() {
-        let request = CountTokensRequest::parse(
+        let raw = Bytes::from_static(
             br#"{"model":"sonnet","system":"Be brief.","messages":[{"role":"user","content":"Hello"}],"tools":[]}"#,
-        )
-        .unwrap();
+        );
+        let request = CountTokensRequest::parse(&raw).unwrap();
         assert_eq!(request.model, "sonnet");
         let upstream = request
             .build(
+                &raw,
                 "https://api.anthropic.com",
                 &SecretString::from("sk-ant-1"),
                 "claude-sonnet-4-5",
@@ -104,7 +121,7 @@ mod tests {
             upstream.headers["anthropic-beta"],
             "token-counting-2024-11-01"
         );
-        let body: Value = serde_json::from_slice(&upstream.body).unwrap();
+        let body: Value = serde_json::from_slice(&upstream.body.to_vec()).unwrap();
         assert_eq!(
             body,
             serde_json::json!({"model": "claude-sonnet-4-5", "system": "Be brief.",

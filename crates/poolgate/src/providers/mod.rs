@@ -4,12 +4,12 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod body;
 pub mod count_tokens;
 pub mod openai;
 pub mod openai_chat;
 pub mod responses;
 
-use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde::Deserialize;
 use serde_json::Value;
@@ -248,7 +248,7 @@ pub struct UpstreamRequest {
     pub method: Method,
     pub url: String,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    pub body: body::SplicedBody,
 }
 
 #[cfg(test)]

@@ -6,25 +6,16 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderMap;
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::body::{SplicedBody, TopLevel};
 use super::{model_and_stream, Endpoint, ProviderError, TokenUsage, UpstreamRequest};
 use crate::domain::InvalidRequest;
 
-/// A client request in OpenAI format. `rest` keeps every field poolgate does not interpret.
-#[derive(Debug, Deserialize)]
-pub struct OpenAiRequest {
-    pub model: Option<Value>,
-    #[serde(default)]
-    pub stream: Option<Value>,
-    #[serde(default)]
-    pub stream_options: Option<Map<String, Value>>,
-    #[serde(flatten)]
-    pub rest: Map<String, Value>,
-}
-
-/// The parsed request with its routing facts checked.
+/// The parsed request with its routing facts checked. Only `model`, `stream` and
+/// `stream_options` are read; the body itself is kept as the client sent it and sent upstream
+/// with the model replaced ([`ParsedRequest::upstream_body`]), never re-serialised.
 #[derive(Debug)]
 pub struct ParsedRequest {
     pub model: String,
@@ -32,29 +23,18 @@ pub struct ParsedRequest {
     /// The client asked for `stream_options.include_usage`.
     pub client_wants_usage: bool,
     stream_options: Option<Map<String, Value>>,
-    rest: Map<String, Value>,
+    top: TopLevel,
 }
 
-#[derive(Serialize)]
-struct Outgoing<'a> {
-    model: &'a str,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_options: Option<&'a Map<String, Value>>,
-    #[serde(flatten)]
-    rest: &'a Map<String, Value>,
-}
+/// The top-level fields poolgate reads from an OpenAI-format body.
+const FIELDS: &[&str] = &["model", "stream", "stream_options"];
 
 impl ParsedRequest {
     /// Parses and checks a client body: JSON object, string `model`, boolean `stream`.
     pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, InvalidRequest> {
-        let request: OpenAiRequest = serde_json::from_slice(body).map_err(|error| {
-            InvalidRequest::new(format!(
-                "request body is not valid JSON for this endpoint: {error}"
-            ))
-        })?;
-        let (model, stream) = model_and_stream(request.model, request.stream)?;
+        let top = TopLevel::parse(body, FIELDS)?;
+        let field = |name: &str| top.parse_value(body, name);
+        let (model, stream) = model_and_stream(field("model")?, field("stream")?)?;
         if stream && !endpoint.can_stream() {
             return Err(InvalidRequest::param(
                 format!("`{}` does not support streaming", endpoint.name()),
@@ -62,8 +42,18 @@ impl ParsedRequest {
                 "invalid_value",
             ));
         }
-        let client_wants_usage = request
-            .stream_options
+        let stream_options = match field("stream_options")? {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(options)) => Some(options),
+            Some(_) => {
+                return Err(InvalidRequest::param(
+                    "`stream_options` must be an object",
+                    "stream_options",
+                    "invalid_type",
+                ))
+            }
+        };
+        let client_wants_usage = stream_options
             .as_ref()
             .and_then(|options| options.get("include_usage"))
             .and_then(Value::as_bool)
@@ -72,8 +62,8 @@ impl ParsedRequest {
             model,
             stream,
             client_wants_usage,
-            stream_options: request.stream_options,
-            rest: request.rest,
+            stream_options,
+            top,
         })
     }
 
@@ -82,28 +72,33 @@ impl ParsedRequest {
         inject_enabled && self.stream && !self.client_wants_usage
     }
 
-    /// The body for an OpenAI-compatible upstream, with the upstream model id.
+    /// The body for an OpenAI-compatible upstream: the client's `raw` body (which this request
+    /// was parsed from) with the upstream model id, and `stream_options.include_usage` when
+    /// injecting — slices of `raw` around the changed values, not a copy.
     pub fn upstream_body(
         &self,
+        raw: &Bytes,
         upstream_model: &str,
         inject_usage: bool,
-    ) -> Result<Bytes, ProviderError> {
-        let injected;
-        let stream_options = if inject_usage {
+    ) -> Result<SplicedBody, ProviderError> {
+        let mut edits = Vec::with_capacity(2);
+        if let Some(span) = self.top.span("model") {
+            edits.push((span, Bytes::from(serde_json::to_vec(upstream_model)?)));
+        }
+        if inject_usage {
             let mut options = self.stream_options.clone().unwrap_or_default();
             options.insert("include_usage".into(), Value::Bool(true));
-            injected = options;
-            Some(&injected)
-        } else {
-            self.stream_options.as_ref()
-        };
-        let outgoing = Outgoing {
-            model: upstream_model,
-            stream: self.stream,
-            stream_options,
-            rest: &self.rest,
-        };
-        Ok(Bytes::from(serde_json::to_vec(&outgoing)?))
+            let options = serde_json::to_vec(&options)?;
+            match self.top.span("stream_options") {
+                Some(span) => edits.push((span, Bytes::from(options))),
+                None => {
+                    let mut field = b",\"stream_options\":".to_vec();
+                    field.extend_from_slice(&options);
+                    edits.push((self.top.end()..self.top.end(), Bytes::from(field)));
+                }
+            }
+        }
+        Ok(SplicedBody::splice(raw, edits))
     }
 }
 
@@ -112,7 +107,7 @@ pub fn build_request(
     base_url: &str,
     api_key: &secrecy::SecretString,
     endpoint: Endpoint,
-    body: Bytes,
+    body: SplicedBody,
 ) -> Result<UpstreamRequest, ProviderError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -166,14 +161,13 @@ mod tests {
 
     #[test]
     fn parses_model_and_stream_and_keeps_other_fields() {
-        let parsed = ParsedRequest::parse(
-            Endpoint::ChatCompletions,
+        let raw = Bytes::from_static(
             br#"{"model":"gpt","stream":true,"messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#,
-        )
-        .unwrap();
+        );
+        let parsed = ParsedRequest::parse(Endpoint::ChatCompletions, &raw).unwrap();
         assert_eq!(parsed.model, "gpt");
         assert!(parsed.stream);
-        let body = parsed.upstream_body("up-1", true).unwrap();
+        let body = parsed.upstream_body(&raw, "up-1", true).unwrap().to_vec();
         let value: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["model"], "up-1");
         assert_eq!(value["stream"], true);
@@ -184,16 +178,32 @@ mod tests {
 
     #[test]
     fn client_stream_options_are_kept() {
-        let parsed = ParsedRequest::parse(
-            Endpoint::ChatCompletions,
+        let raw = Bytes::from_static(
             br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
-        )
-        .unwrap();
+        );
+        let parsed = ParsedRequest::parse(Endpoint::ChatCompletions, &raw).unwrap();
         assert!(parsed.client_wants_usage);
         assert!(!parsed.should_inject_usage(true));
-        let value: Value =
-            serde_json::from_slice(&parsed.upstream_body("u", false).unwrap()).unwrap();
+        let body = parsed.upstream_body(&raw, "u", false).unwrap().to_vec();
+        let value: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["stream_options"]["include_usage"], true);
+        assert_eq!(value["model"], "u");
+    }
+
+    #[test]
+    fn injected_usage_merges_into_the_clients_stream_options() {
+        let raw = Bytes::from_static(
+            br#"{"model":"m","stream":true,"stream_options":{"chunk":1},"n":2}"#,
+        );
+        let parsed = ParsedRequest::parse(Endpoint::ChatCompletions, &raw).unwrap();
+        assert!(parsed.should_inject_usage(true));
+        let body = parsed.upstream_body(&raw, "u", true).unwrap().to_vec();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            value["stream_options"],
+            serde_json::json!({"chunk":1,"include_usage":true})
+        );
+        assert_eq!(value["n"], 2);
     }
 
     #[test]

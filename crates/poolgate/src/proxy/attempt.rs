@@ -97,59 +97,82 @@ pub async fn run(
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let attempt_started = Instant::now();
         let mut upstream_status = None;
-        let send = data
-            .http
-            .request(request.method, &request.url)
-            .headers(request.headers)
-            .body(request.body)
-            .send();
 
-        // Phase **classify**.
-        let failure = match tokio::time::timeout(first_byte_timeout, send).await {
-            Err(_) => Failure::Timeout,
-            Ok(Err(error)) => connection_failure(&error),
-            Ok(Ok(response)) => {
-                let status = response.status();
-                upstream_status = Some(status.as_u16());
-                if status.is_success() {
-                    let remaining = first_byte_timeout.saturating_sub(attempt_started.elapsed());
-                    match succeed(data, inbound, plan, ticket, response, draft, remaining).await {
-                        Ok(response) => {
-                            if let Some(key) = inbound.affinity {
-                                // The session stays (or moves) where it was served.
-                                data.affinity.remember_session(
-                                    key,
-                                    backend.id(),
-                                    ctx.live.sticky.ttl,
-                                );
+        // Phase **classify** (an address the egress policy refuses is never sent to).
+        let failure = if let Some(refused) = &backend.egress_refused {
+            Failure::EgressRefused {
+                detail: refused.clone(),
+            }
+        } else {
+            let send = data
+                .http
+                .request(request.method, &request.url)
+                .headers(request.headers)
+                .body(reqwest::Body::wrap(request.body))
+                .send();
+            match tokio::time::timeout(first_byte_timeout, send).await {
+                Err(_) => Failure::Timeout,
+                Ok(Err(error)) => connection_failure(&error),
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    upstream_status = Some(status.as_u16());
+                    if status.is_success() {
+                        let remaining =
+                            first_byte_timeout.saturating_sub(attempt_started.elapsed());
+                        match succeed(data, inbound, plan, ticket, response, draft, remaining).await
+                        {
+                            Ok(response) => {
+                                if let Some(key) = inbound.affinity {
+                                    // The session stays (or moves) where it was served.
+                                    data.affinity.remember_session(
+                                        key,
+                                        backend.id(),
+                                        ctx.live.sticky.ttl,
+                                    );
+                                }
+                                return Ok(Done::Response(response));
                             }
-                            return Ok(Done::Response(response));
+                            Err((returned_ticket, failure)) => {
+                                ticket = returned_ticket;
+                                failure
+                            }
                         }
-                        Err((returned_ticket, failure)) => {
-                            ticket = returned_ticket;
-                            failure
-                        }
-                    }
-                } else {
-                    let classified = if backend.record.api == ApiKind::Azure {
-                        azure_failure(response, data.config.proxy.stream_idle_timeout).await
                     } else {
-                        let failure = classify(status, response.headers());
-                        failure.ok_or(response.into())
-                    };
-                    match classified {
-                        Ok(failure) => failure,
-                        Err(answer) => {
-                            // The request's own fault: relay it. The backend answered, so for its
-                            // cooldown this counts as a success (a half-open probe is over).
-                            resolve(data, &mut ticket, UpstreamOutcome::Success);
-                            draft.end_attempt(AttemptResult::ClientError, upstream_status);
-                            return relay_client_error(answer, plan, draft, data).await;
+                        let classified = if backend.record.api == ApiKind::Azure {
+                            azure_failure(
+                                response,
+                                data.config.proxy.stream_idle_timeout,
+                                data.config.proxy.max_response_bytes,
+                            )
+                            .await
+                        } else {
+                            let failure = classify(status, response.headers());
+                            failure.ok_or(response.into())
+                        };
+                        match classified {
+                            Ok(failure) => failure.scrubbed(&backend.scrubber),
+                            Err(answer) => {
+                                // The request's own fault: relay it. It says nothing about the
+                                // backend's health: a half-open probe ends without closing the
+                                // cooldown (the next request probes again).
+                                resolve(data, &mut ticket, UpstreamOutcome::Inconclusive);
+                                draft.end_attempt(AttemptResult::ClientError, upstream_status);
+                                let scrubber = &backend.scrubber;
+                                return relay_client_error(answer, plan, draft, data, scrubber)
+                                    .await;
+                            }
                         }
                     }
                 }
             }
         };
+
+        // An answer too large for poolgate is final: any backend would send the same.
+        if let Failure::TooLarge { limit } = failure {
+            resolve(data, &mut ticket, failure.outcome());
+            draft.end_attempt(failure.attempt_result(), upstream_status);
+            return Err(ProxyError::UpstreamTooLarge { limit });
+        }
 
         // Phase **retry**: cool the backend down, remember why, try the next one.
         let description = failure.describe();
@@ -184,21 +207,31 @@ pub fn resolve(data: &DataPlane, ticket: &mut Ticket, outcome: UpstreamOutcome) 
 }
 
 /// The error for "no (more) candidates": 429 (with `Retry-After`) when backends are rate
-/// limited or cooling, 504 when the last attempt timed out, 502 when upstreams failed, 503 when
-/// every backend is disabled or has a refused key.
+/// limited, 503 (with `Retry-After`) when they are all cooling down after errors, 504 when the
+/// last attempt timed out, 502 when upstreams failed (or redirected, or the egress policy
+/// refused them), 503 when every backend is disabled or has a refused key.
 fn give_up<F: Fn(&BackendRecord) -> bool>(
     selection: &Selection<'_, F>,
     last: Option<&Failure>,
     now: Instant,
 ) -> ProxyError {
-    let earliest = selection
-        .earliest_ready_overall(now)
-        .map(|at| at.saturating_duration_since(now));
+    let overall = selection.earliest_ready_overall_why(now);
+    let earliest = overall.map(|(at, _)| at.saturating_duration_since(now));
     match last {
-        None if earliest.is_some() => ProxyError::NoneReady {
-            retry_after: earliest,
+        None => match overall {
+            Some((_, true)) => ProxyError::NoneReady {
+                retry_after: earliest,
+            },
+            Some((_, false)) => ProxyError::Recovering {
+                retry_after: earliest,
+            },
+            None => ProxyError::Unavailable,
         },
-        None => ProxyError::Unavailable,
+        Some(Failure::Redirect { status }) => ProxyError::UpstreamRedirect { status: *status },
+        Some(Failure::EgressRefused { detail }) => ProxyError::EgressRefused {
+            detail: detail.clone(),
+        },
+        Some(Failure::TooLarge { limit }) => ProxyError::UpstreamTooLarge { limit: *limit },
         Some(Failure::RateLimited { retry_after }) => ProxyError::NoneReady {
             retry_after: earliest.or(*retry_after).or(Some(Duration::from_secs(1))),
         },

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use super::respond::{read_error_body, ErrorBodyError};
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
 use crate::providers::azure::{AzureErrorBody, AzureErrorKind};
 use crate::telemetry::AttemptResult;
@@ -28,6 +29,19 @@ pub enum Failure {
     Timeout,
     AuthRejected {
         status: u16,
+    },
+    /// A 3xx: poolgate never follows an upstream's redirect (it would carry the key elsewhere).
+    Redirect {
+        status: u16,
+    },
+    /// The answer was larger than `proxy.max_response_bytes`: final (another backend would send
+    /// the same), and no fault of the backend's health.
+    TooLarge {
+        limit: usize,
+    },
+    /// The egress policy refused the backend's resolved address.
+    EgressRefused {
+        detail: String,
     },
     /// The backend's own settings are wrong (an Azure mapping naming a deployment that does
     /// not exist): out of rotation until an admin fixes and resets it, like a refused key.
@@ -66,6 +80,11 @@ impl Failure {
             }
             Failure::Timeout => "upstream timed out".to_owned(),
             Failure::AuthRejected { status } => format!("upstream refused the key ({status})"),
+            Failure::Redirect { status } => {
+                format!("upstream answered with a redirect ({status}), not followed")
+            }
+            Failure::TooLarge { limit } => format!("upstream answer larger than {limit} bytes"),
+            Failure::EgressRefused { detail } => detail.clone(),
             Failure::Misconfigured { detail } => detail.clone(),
         }
     }
@@ -76,24 +95,54 @@ impl Failure {
             Failure::RateLimited { retry_after } => UpstreamOutcome::RateLimited {
                 retry_after: *retry_after,
             },
-            Failure::Server { .. } | Failure::Connect { .. } | Failure::Timeout => {
-                UpstreamOutcome::ServerError
-            }
+            Failure::Server { .. }
+            | Failure::Connect { .. }
+            | Failure::Timeout
+            | Failure::Redirect { .. } => UpstreamOutcome::ServerError,
             Failure::AuthRejected { .. } | Failure::Misconfigured { .. } => {
                 UpstreamOutcome::AuthFailed
+            }
+            Failure::TooLarge { .. } | Failure::EgressRefused { .. } => {
+                UpstreamOutcome::Inconclusive
             }
         }
     }
 
-    /// How the attempt ended, for the metrics and the attempt's span.
+    /// How the attempt ended, for the metrics and the attempt's span. A redirect is the
+    /// upstream misbehaving (`server_error`, like the cooldown sees it); an answer over
+    /// `proxy.max_response_bytes` too (the upstream answered, poolgate could not take it); an
+    /// address the egress policy refuses is a connection that could not be made
+    /// (`connect_error`).
     pub fn attempt_result(&self) -> AttemptResult {
         match self {
             Failure::RateLimited { .. } => AttemptResult::RateLimited,
-            Failure::Server { .. } => AttemptResult::ServerError,
-            Failure::Connect { .. } => AttemptResult::ConnectError,
+            Failure::Server { .. } | Failure::Redirect { .. } | Failure::TooLarge { .. } => {
+                AttemptResult::ServerError
+            }
+            Failure::Connect { .. } | Failure::EgressRefused { .. } => AttemptResult::ConnectError,
             Failure::Timeout => AttemptResult::Timeout,
             Failure::AuthRejected { .. } => AttemptResult::BadKey,
             Failure::Misconfigured { .. } => AttemptResult::Misconfigured,
+        }
+    }
+
+    /// Without the backend's key in its text (a detail may quote what the upstream sent).
+    pub fn scrubbed(self, scrubber: &crate::scrub::KeyScrubber) -> Failure {
+        let scrub = |detail: String| {
+            String::from_utf8_lossy(&scrubber.scrub(detail.as_bytes())).into_owned()
+        };
+        match self {
+            Failure::Server { status, detail } => Failure::Server {
+                status,
+                detail: scrub(detail),
+            },
+            Failure::Misconfigured { detail } => Failure::Misconfigured {
+                detail: scrub(detail),
+            },
+            Failure::Connect { detail } => Failure::Connect {
+                detail: scrub(detail),
+            },
+            other => other,
         }
     }
 
@@ -120,6 +169,9 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
             status: Some(status.as_u16()),
             detail: String::new(),
         }),
+        300..=399 => Some(Failure::Redirect {
+            status: status.as_u16(),
+        }),
         _ => None,
     }
 }
@@ -127,10 +179,12 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
 /// Classifies an Azure OpenAI error answer: as [`classify`], and from its body — a 429 without
 /// `retry-after` headers waits what its message says ("Please retry after 6 seconds"); a 404
 /// `DeploymentNotFound` is the backend's fault (its mapping names no deployment), not the
-/// client's. Err hands back what to relay.
+/// client's. Err hands back what to relay. A body is read within `read_timeout` and up to
+/// `max_bytes` (capped at the error-body limit).
 pub async fn azure_failure(
     response: reqwest::Response,
     read_timeout: Duration,
+    max_bytes: usize,
 ) -> Result<Failure, ErrorAnswer> {
     let status = response.status();
     let headers = response.headers();
@@ -143,10 +197,13 @@ pub async fn azure_failure(
         return classify(status, headers).ok_or(ErrorAnswer::Pending(response));
     }
     let content_type = headers.get(http::header::CONTENT_TYPE).cloned();
-    let body = match tokio::time::timeout(read_timeout, response.bytes()).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(error)) => return Ok(Failure::transport("error body was cut off", &error)),
-        Err(_) => return Ok(Failure::Timeout),
+    let body = match read_error_body(response, max_bytes, read_timeout).await {
+        Ok(body) => body,
+        Err(ErrorBodyError::Failed(error)) => {
+            return Ok(Failure::transport("error body was cut off", &error))
+        }
+        Err(ErrorBodyError::Timeout) => return Ok(Failure::Timeout),
+        Err(ErrorBodyError::TooLarge) => return Ok(Failure::TooLarge { limit: max_bytes }),
     };
     let parsed = AzureErrorBody::parse(&body);
     match status.as_u16() {
@@ -170,6 +227,11 @@ pub async fn azure_failure(
 
 /// Why sending the request failed, without the upstream's address.
 pub fn connection_failure(error: &reqwest::Error) -> Failure {
+    if let Some(refused) = crate::egress::refusal_in(error) {
+        return Failure::EgressRefused {
+            detail: refused.to_string(),
+        };
+    }
     if error.is_connect() {
         return Failure::Connect {
             detail: "connection failed".to_owned(),
@@ -219,6 +281,10 @@ mod tests {
                 "{code}"
             );
         }
+        assert!(matches!(
+            class(302),
+            Some(Failure::Redirect { status: 302 })
+        ));
         for code in [400, 404, 413, 422] {
             assert!(class(code).is_none(), "{code} is the request's own fault");
         }
@@ -251,6 +317,17 @@ mod tests {
         };
         assert_eq!(misconfigured.attempt_result(), AttemptResult::Misconfigured);
         assert_eq!(misconfigured.outcome(), UpstreamOutcome::AuthFailed);
+        // #14's endings: a redirect and an oversized answer are the upstream's (server_error);
+        // an address the egress policy refuses is a connection not made.
+        assert_eq!(result(302), Some(AttemptResult::ServerError));
+        assert_eq!(
+            Failure::TooLarge { limit: 1024 }.attempt_result(),
+            AttemptResult::ServerError
+        );
+        let egress = Failure::EgressRefused {
+            detail: "refused".into(),
+        };
+        assert_eq!(egress.attempt_result(), AttemptResult::ConnectError);
     }
 
     #[test]

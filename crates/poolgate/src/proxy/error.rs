@@ -27,6 +27,19 @@ pub enum ProxyError {
     /// 429: every backend of the route is rate limited or cooling down.
     #[error("every backend for this model is rate limited or cooling down")]
     NoneReady { retry_after: Option<Duration> },
+    /// 503: every backend of the route is cooling down after upstream errors (none is rate
+    /// limited): the upstreams are failing, not busy.
+    #[error("every backend for this model is cooling down after upstream errors; retry shortly")]
+    Recovering { retry_after: Option<Duration> },
+    /// 502: the upstream's answer was larger than `proxy.max_response_bytes`.
+    #[error("the upstream's answer is larger than the limit of {limit} bytes (`proxy.max_response_bytes`)")]
+    UpstreamTooLarge { limit: usize },
+    /// 502: the upstream answered with a redirect, which poolgate never follows.
+    #[error("the upstream answered with a redirect ({status}), which poolgate does not follow; check the backend's `api_base_url`")]
+    UpstreamRedirect { status: u16 },
+    /// 502: the egress policy refused the address of every backend tried.
+    #[error("the egress policy (`[network]`) refused the upstream address; the backend's `last_error` says why")]
+    EgressRefused { detail: String },
     /// 503: every backend of the route is disabled or has a refused key.
     #[error("no backend for this model is available: all are disabled or their keys were refused")]
     Unavailable,
@@ -63,8 +76,13 @@ impl ProxyError {
             ProxyError::KeyRateLimited { .. } | ProxyError::NoneReady { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ProxyError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Unavailable | ProxyError::Recovering { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::UpstreamFailed { .. }
+            | ProxyError::UpstreamTooLarge { .. }
+            | ProxyError::UpstreamRedirect { .. }
+            | ProxyError::EgressRefused { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::ResponseNotFound { .. } => StatusCode::NOT_FOUND,
@@ -82,7 +100,12 @@ impl ProxyError {
             ProxyError::ModelNotFound { .. } => "not_found_error",
             ProxyError::ModelNotAllowed { .. } => "permission_error",
             ProxyError::KeyRateLimited { .. } | ProxyError::NoneReady { .. } => "rate_limit_error",
-            ProxyError::Unavailable | ProxyError::UpstreamFailed { .. } => "upstream_error",
+            ProxyError::Unavailable
+            | ProxyError::Recovering { .. }
+            | ProxyError::UpstreamFailed { .. }
+            | ProxyError::UpstreamTooLarge { .. }
+            | ProxyError::UpstreamRedirect { .. }
+            | ProxyError::EgressRefused { .. } => "upstream_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
             ProxyError::Internal { .. } => "server_error",
             ProxyError::ResponseNotFound { .. } => "not_found_error",
@@ -99,6 +122,7 @@ impl ProxyError {
             ProxyError::KeyRateLimited { .. }
                 | ProxyError::NoneReady { .. }
                 | ProxyError::Unavailable
+                | ProxyError::Recovering { .. }
                 | ProxyError::OwnerUnavailable { .. }
                 | ProxyError::UpstreamFailed { .. }
                 | ProxyError::UpstreamTimeout { .. }
@@ -109,7 +133,9 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ProxyError::KeyRateLimited { retry_after, .. } => Some(*retry_after),
-            ProxyError::NoneReady { retry_after } => *retry_after,
+            ProxyError::NoneReady { retry_after } | ProxyError::Recovering { retry_after } => {
+                *retry_after
+            }
             _ => None,
         }
     }

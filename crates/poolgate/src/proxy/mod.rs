@@ -19,8 +19,11 @@
 //!    candidate, up to `max_attempts`, and only while no byte has reached the client. With
 //!    nothing ready, the request waits up to `max_wait` for the earliest backend, else gets 429
 //!    with `Retry-After`.
-//! 6. **relay** ([`respond`], [`relay`]) — JSON answers are returned whole; streams pass through
-//!    event by event, with an idle timeout between chunks and no total-time cap.
+//! 6. **relay** ([`respond`], [`holdback`], [`relay`]) — JSON answers are returned whole (up to
+//!    `proxy.max_response_bytes`); a stream's content-free leading events (role chunk,
+//!    `message_start`) are held back until its first content, so a stream that dies before
+//!    content still fails over; then it passes through event by event, with an idle timeout
+//!    between chunks and no total-time cap.
 //! 7. **record** ([`record`]) — exactly one usage record per client request, whatever happened.
 //!
 //! Every phase also feeds the request's [`crate::telemetry::RequestObservation`], carried by its
@@ -33,6 +36,7 @@ pub mod classify;
 pub mod context;
 pub mod error;
 pub mod headers;
+pub mod holdback;
 pub mod plan;
 pub mod record;
 pub mod relay;

@@ -5,13 +5,13 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value};
 
 use super::error::ProxyError;
 use super::responses::{self, ResponsesCallInbound, ResponsesInbound};
 use crate::config::ProxySettings;
 use crate::domain::{parse_json, ApiKind, BackendRecord, InvalidRequest};
 use crate::providers::azure::{self, AzureForm, AzureOperation};
+use crate::providers::body::SplicedBody;
 use crate::providers::count_tokens::{CountTokensError, CountTokensRequest};
 use crate::providers::openai::ParsedRequest;
 use crate::providers::responses::{ResponseId, ResponsesCall};
@@ -27,7 +27,8 @@ use crate::translate::{
     TranslateError, Wire,
 };
 
-/// The client's request, parsed far enough to route it; the body is kept for translation.
+/// The client's request, parsed far enough to route it. The body is kept as read — the one
+/// copy: same-format backends get slices of it, translation parses it per attempt.
 pub struct Inbound {
     pub endpoint: Endpoint,
     /// The model asked for (empty for calls on a stored response, which name none).
@@ -42,7 +43,7 @@ pub struct Inbound {
 enum Form {
     OpenAi(ParsedRequest),
     Anthropic {
-        rest: Map<String, Value>,
+        envelope: anthropic::Envelope,
         /// The client's `anthropic-version` / `anthropic-beta`, forwarded to Anthropic backends.
         headers: Vec<(HeaderName, HeaderValue)>,
     },
@@ -202,10 +203,8 @@ impl Inbound {
 
     /// Parses an Anthropic Messages body.
     pub fn anthropic(raw: Bytes, client_headers: &HeaderMap) -> Result<Inbound, InvalidRequest> {
-        let envelope: anthropic::Envelope = serde_json::from_slice(&raw).map_err(|error| {
-            InvalidRequest::new(format!("request body is not valid JSON: {error}"))
-        })?;
-        let (model, stream) = model_and_stream(envelope.model, envelope.stream)?;
+        let envelope = anthropic::Envelope::parse(&raw)?;
+        let (model, stream) = model_and_stream(envelope.model.clone(), envelope.stream.clone())?;
         let headers = anthropic_headers(client_headers);
         Ok(Inbound {
             endpoint: Endpoint::Messages,
@@ -213,10 +212,7 @@ impl Inbound {
             stream,
             affinity: None,
             raw,
-            form: Form::Anthropic {
-                rest: envelope.rest,
-                headers,
-            },
+            form: Form::Anthropic { envelope, headers },
         })
     }
 }
@@ -257,7 +253,7 @@ pub fn openai_call(
     backend: &LiveBackend,
     upstream_model: &str,
     call: OpenAiCall<'_>,
-    body: Bytes,
+    body: SplicedBody,
 ) -> Result<UpstreamRequest, ProxyError> {
     let record = &backend.record;
     let (base, key) = (&record.api_base_url, &backend.api_key);
@@ -298,13 +294,13 @@ pub fn build(
         (Form::ResponsesCall(call), _) => responses::build_call(call, backend, upstream_model),
         (Form::CountTokens { request, headers }, _) => {
             let request = request
-                .build(base_url, api_key, upstream_model, headers)
+                .build(&inbound.raw, base_url, api_key, upstream_model, headers)
                 .map_err(|_| ProxyError::from(ProviderError::InvalidKey))?;
             Ok((request, Plan::CountTokensPass))
         }
         (Form::OpenAi(parsed), ApiKind::Openai | ApiKind::Azure) => {
             let inject = parsed.should_inject_usage(settings.inject_stream_usage);
-            let body = parsed.upstream_body(upstream_model, inject)?;
+            let body = parsed.upstream_body(&inbound.raw, upstream_model, inject)?;
             let request = openai_call(
                 backend,
                 upstream_model,
@@ -323,7 +319,8 @@ pub fn build(
             let messages =
                 chat_to_messages::request(chat, upstream_model, anthropic_default_max_tokens)?;
             let body = serde_json::to_vec(&messages).map_err(TranslateError::Encode)?;
-            let request = anthropic::build_request(base_url, api_key, Bytes::from(body), &[])?;
+            let request =
+                anthropic::build_request(base_url, api_key, SplicedBody::whole(body.into()), &[])?;
             Ok((
                 request,
                 Plan::ChatToMessages {
@@ -331,8 +328,8 @@ pub fn build(
                 },
             ))
         }
-        (Form::Anthropic { rest, headers }, ApiKind::Anthropic) => {
-            let body = anthropic::passthrough_body(rest, upstream_model, inbound.stream)?;
+        (Form::Anthropic { envelope, headers }, ApiKind::Anthropic) => {
+            let body = envelope.passthrough_body(&inbound.raw, upstream_model, inbound.stream)?;
             let request = anthropic::build_request(base_url, api_key, body, headers)?;
             Ok((request, Plan::AnthropicPass))
         }
@@ -344,7 +341,7 @@ pub fn build(
                 backend,
                 upstream_model,
                 OpenAiCall::Endpoint(Endpoint::ChatCompletions),
-                Bytes::from(body),
+                SplicedBody::whole(body.into()),
             )?;
             Ok((request, Plan::MessagesToChat))
         }

@@ -2,8 +2,11 @@
 //! arrive — never buffered whole. On the way it reads token usage, drops the usage-only chunk
 //! poolgate itself asked for, enforces the idle timeout between chunks, turns an upstream death
 //! into an SSE error event and a clean end, and — if the client leaves — drops the upstream
-//! request at once and records the request as cancelled.
+//! request at once and records the request as cancelled. The record of a complete answer is
+//! handed over before the bytes that complete it (`[DONE]`, `message_stop`) are yielded, so it is
+//! in the usage journal before the client can see the answer end.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,6 +23,7 @@ use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
 use crate::providers::TokenUsage;
 use crate::routing::Ticket;
+use crate::scrub::KeyScrubber;
 use crate::sse::{SseEvent, SseFramer};
 use crate::state::DataPlane;
 use crate::translate::{Mapped, StreamMapper};
@@ -66,7 +70,11 @@ enum End {
 
 pub struct RelayStream {
     upstream: BoxStream<'static, reqwest::Result<Bytes>>,
-    first: Option<Bytes>,
+    /// Chunks read before the relay started (the held-back leading events and the first
+    /// content), relayed first.
+    first: VecDeque<Bytes>,
+    /// The stream is over for the client (after its last bytes were yielded).
+    over: bool,
     framer: SseFramer,
     events: Vec<SseEvent>,
     idle: Pin<Box<Sleep>>,
@@ -75,6 +83,8 @@ pub struct RelayStream {
     cancelled: Pin<Box<dyn Future<Output = ()> + Send>>,
     mapper: Box<dyn StreamMapper>,
     out: BytesMut,
+    /// Removes the backend's key from error events the upstream sends mid-stream.
+    scrubber: KeyScrubber,
     /// Set once the stream ended; `None` afterwards.
     finisher: Option<StreamFinisher>,
 }
@@ -82,14 +92,15 @@ pub struct RelayStream {
 impl RelayStream {
     pub fn new(
         upstream: BoxStream<'static, reqwest::Result<Bytes>>,
-        first: Bytes,
+        first: VecDeque<Bytes>,
         mapper: Box<dyn StreamMapper>,
         idle_timeout: Duration,
         finisher: StreamFinisher,
     ) -> Self {
         Self {
             upstream,
-            first: Some(first),
+            first,
+            over: false,
             framer: SseFramer::new(),
             events: Vec::new(),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
@@ -97,6 +108,7 @@ impl RelayStream {
             cancelled: Box::pin(finisher.data.streams_cancelled()),
             mapper,
             out: BytesMut::new(),
+            scrubber: finisher.ticket.backend.scrubber.clone(),
             finisher: Some(finisher),
         }
     }
@@ -110,6 +122,14 @@ impl RelayStream {
         }
         let mut single: Option<Bytes> = None;
         let mut events = std::mem::take(&mut self.events);
+        // An upstream error event may echo the credentials it got: scrub what goes out.
+        let has_error = events.iter().any(|event| {
+            event.event.as_deref() == Some("error")
+                || event
+                    .data
+                    .as_deref()
+                    .is_some_and(|d| d.contains("\"error\""))
+        });
         for event in events.drain(..) {
             let mark = self.out.len();
             match self.mapper.map(&event, &mut self.out) {
@@ -135,13 +155,18 @@ impl RelayStream {
             }
         }
         self.events = events;
-        Ok(match single {
+        let out = match single {
             Some(raw) if self.out.is_empty() => raw,
             Some(raw) => {
                 self.out.extend_from_slice(&raw);
                 self.out.split().freeze()
             }
             None => self.out.split().freeze(),
+        };
+        Ok(if has_error {
+            self.scrubber.scrub_bytes(out)
+        } else {
+            out
         })
     }
 
@@ -157,7 +182,11 @@ impl RelayStream {
         }
     }
 
+    /// The upstream failed: an error event for the client, and the end. After a complete answer
+    /// (the record written), the client has all it needs: the stream just ends.
     fn fail(&mut self, kind: &'static str, message: &str) -> Option<Bytes> {
+        self.over = true;
+        self.finisher.as_ref()?;
         self.end(End::UpstreamFailed(kind));
         Some(self.mapper.error_event(kind, message))
     }
@@ -174,6 +203,7 @@ impl RelayStream {
         }
         self.mapper.finish(&mut self.out);
         self.end(End::Complete);
+        self.over = true;
         let rest = self.out.split().freeze();
         (!rest.is_empty()).then_some(rest)
     }
@@ -184,7 +214,7 @@ impl Stream for RelayStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.finisher.is_none() {
+        if this.over {
             return Poll::Ready(None);
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {
@@ -192,7 +222,7 @@ impl Stream for RelayStream {
             return Poll::Ready(error.map(Ok));
         }
         loop {
-            let chunk = if let Some(first) = this.first.take() {
+            let chunk = if let Some(first) = this.first.pop_front() {
                 Some(Ok(first))
             } else {
                 match this.upstream.as_mut().poll_next(cx) {
@@ -213,7 +243,12 @@ impl Stream for RelayStream {
                 Some(Ok(bytes)) => {
                     let deadline = Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
-                    match this.process(bytes) {
+                    let processed = this.process(bytes);
+                    if this.mapper.completed() && this.finisher.is_some() {
+                        // The answer is complete with these bytes: its record first.
+                        this.end(End::Complete);
+                    }
+                    match processed {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => return Poll::Ready(Some(Ok(out))),
                         Err(kind) => {

@@ -1,16 +1,20 @@
 //! Phase **relay**: turning a backend's answer into the client's. A 2xx JSON answer is read whole
-//! and translated; a 2xx stream waits for its first chunk (still inside the time-to-first-byte
-//! budget, so a stream that dies at once can fail over) and is then relayed event by event; an
-//! upstream 4xx that is the request's own fault is relayed as is.
+//! (at most `proxy.max_response_bytes`) and translated; a 2xx stream holds back its content-free
+//! leading events until the first one with content ([`super::holdback`], still inside the
+//! time-to-first-byte budget, so a stream that dies after its role chunk can fail over) and is
+//! then relayed event by event; an upstream 4xx that is the request's own fault is relayed
+//! with the backend's key scrubbed out of its body and headers.
 
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
 
 use super::attempt::{resolve, Done};
 use super::classify::{ErrorAnswer, Failure};
 use super::error::ProxyError;
+use super::holdback::{hold_leading_events, LeadFormat};
 use super::plan::{Inbound, Plan};
 use super::record::UsageDraft;
 use super::relay::{RelayStream, StreamFinisher};
@@ -20,6 +24,7 @@ use crate::domain::Outcome;
 use crate::providers::{answered_model, Endpoint};
 use crate::routing::affinity::ResponseOwner;
 use crate::routing::Ticket;
+use crate::scrub::KeyScrubber;
 use crate::state::DataPlane;
 use crate::translate::convert_error_body;
 use crate::translate::responses::passthrough::ResponseIdHook;
@@ -63,12 +68,93 @@ fn remember_response(
     }
 }
 
-/// Relays an upstream 4xx that is the request's own fault, as is.
+/// The most of an upstream error body poolgate reads (error bodies are short; a longer one is
+/// not an error message).
+const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
+
+/// Why an upstream body could not be read whole.
+pub enum BodyError {
+    /// Larger than the limit (declared or seen).
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// Reads an upstream body whole, refusing it as soon as it is known to exceed `limit` bytes (a
+/// declared `Content-Length` over the limit is refused before reading).
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    let declared = response.content_length();
+    if declared.is_some_and(|length| length > limit_u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let first = match response.chunk().await.map_err(BodyError::Failed)? {
+        None => return Ok(Bytes::new()),
+        Some(chunk) => chunk,
+    };
+    let Some(second) = response.chunk().await.map_err(BodyError::Failed)? else {
+        // One chunk (the usual case): no copy.
+        return if first.len() > limit {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok(first)
+        };
+    };
+    let capacity = declared
+        .and_then(|length| usize::try_from(length).ok())
+        .unwrap_or(first.len() + second.len())
+        .min(limit);
+    let mut body = BytesMut::with_capacity(capacity);
+    let mut next = Some(second);
+    body.extend_from_slice(&first);
+    while let Some(chunk) = next {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+        next = response.chunk().await.map_err(BodyError::Failed)?;
+    }
+    Ok(body.freeze())
+}
+
+/// Why an upstream error body could not be read.
+pub enum ErrorBodyError {
+    Timeout,
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// Reads an upstream error body: at most `limit` bytes (of `MAX_ERROR_BODY_BYTES` at most), within
+/// `timeout`.
+pub async fn read_error_body(
+    response: reqwest::Response,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ErrorBodyError> {
+    match tokio::time::timeout(
+        timeout,
+        read_capped(response, limit.min(MAX_ERROR_BODY_BYTES)),
+    )
+    .await
+    {
+        Err(_) => Err(ErrorBodyError::Timeout),
+        Ok(Err(BodyError::TooLarge)) => Err(ErrorBodyError::TooLarge),
+        Ok(Err(BodyError::Failed(error))) => Err(ErrorBodyError::Failed(error)),
+        Ok(Ok(body)) => Ok(body),
+    }
+}
+
+/// Relays an upstream 4xx that is the request's own fault, with the backend's key scrubbed out
+/// of its body and the header relayed (an upstream that echoes the credentials it got must not
+/// hand them to the client).
 pub async fn relay_client_error(
     answer: ErrorAnswer,
     plan: Plan,
     draft: &mut UsageDraft,
     data: &DataPlane,
+    scrubber: &KeyScrubber,
 ) -> Result<Done, ProxyError> {
     let (status, content_type, body) = match answer {
         ErrorAnswer::Read {
@@ -79,15 +165,18 @@ pub async fn relay_client_error(
         ErrorAnswer::Pending(response) => {
             let status = response.status();
             let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
-            let body =
-                tokio::time::timeout(data.config.proxy.stream_idle_timeout, response.bytes())
-                    .await
-                    .map_err(|_| ProxyError::UpstreamTimeout {
+            let limit = MAX_ERROR_BODY_BYTES.min(data.config.proxy.max_response_bytes);
+            let body = read_error_body(response, limit, data.config.proxy.stream_idle_timeout)
+                .await
+                .map_err(|error| match error {
+                    ErrorBodyError::Timeout => ProxyError::UpstreamTimeout {
                         detail: "the upstream's error body timed out".into(),
-                    })?
-                    .map_err(|_| ProxyError::UpstreamFailed {
+                    },
+                    ErrorBodyError::TooLarge => ProxyError::UpstreamTooLarge { limit },
+                    ErrorBodyError::Failed(_) => ProxyError::UpstreamFailed {
                         detail: "the upstream's error body was cut off".into(),
-                    })?;
+                    },
+                })?;
             (status, content_type, body)
         }
     };
@@ -101,6 +190,8 @@ pub async fn relay_client_error(
     } else if let Some(content_type) = content_type {
         headers.insert(http::header::CONTENT_TYPE, content_type);
     }
+    scrubber.scrub_headers(&mut headers);
+    let body = scrubber.scrub_bytes(body);
     let body = if translate {
         convert_error_body(&body, status.as_u16(), plan.client_wire())
     } else {
@@ -136,28 +227,27 @@ pub async fn succeed(
         .is_some_and(|v| v.starts_with("text/event-stream"));
 
     if inbound.stream && is_event_stream {
-        let mut upstream = response.bytes_stream();
-        let first = match tokio::time::timeout(remaining, upstream.next()).await {
-            Err(_) => return Err((ticket, Failure::Timeout)),
-            Ok(None) => {
-                return Err((
-                    ticket,
-                    Failure::Server {
-                        status: None,
-                        detail: "the stream ended before its first byte".into(),
-                    },
-                ))
-            }
-            Ok(Some(Err(error))) => {
-                let failure = Failure::transport("stream failed before its first byte", &error);
+        let mut upstream = response.bytes_stream().boxed();
+        let idle = data.config.proxy.stream_idle_timeout;
+        // A stream from a backend's own Responses API has its own content-free events; a stored
+        // response's events are replayed as they are (no other backend could take over).
+        let format = match plan {
+            Plan::ResponsesPass => LeadFormat::Responses,
+            _ => plan.upstream_wire().into(),
+        };
+        let held = match hold_leading_events(&mut upstream, format, remaining, idle).await {
+            Ok(held) => held,
+            Err(failure) => {
+                let failure = failure.scrubbed(&ticket.backend.scrubber);
                 return Err((ticket, failure));
             }
-            Ok(Some(Ok(chunk))) => chunk,
         };
         resolve(data, &mut ticket, UpstreamOutcome::Success);
         draft.mark_first_byte();
         if draft.traced() {
-            draft.set_response_model(answered_model(&first));
+            // The first held event names it (a chunk, `message_start`, `response.created`).
+            let model = held.chunks.iter().find_map(|chunk| answered_model(chunk));
+            draft.set_response_model(model);
         }
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -171,8 +261,8 @@ pub async fn succeed(
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         let hook = (plan == Plan::ResponsesPass).then(|| owner_hook(data, &ticket, draft));
         let stream = RelayStream::new(
-            upstream.boxed(),
-            first,
+            upstream,
+            held.chunks,
             plan.stream_mapper(inbound, hook),
             data.config.proxy.stream_idle_timeout,
             StreamFinisher {
@@ -188,14 +278,18 @@ pub async fn succeed(
         });
     }
 
+    let limit = data.config.proxy.max_response_bytes;
     let body = match tokio::time::timeout(
         remaining.max(data.config.proxy.stream_idle_timeout),
-        response.bytes(),
+        read_capped(response, limit),
     )
     .await
     {
         Err(_) => return Err((ticket, Failure::Timeout)),
-        Ok(Err(error)) => return Err((ticket, Failure::transport("body was cut off", &error))),
+        Ok(Err(BodyError::TooLarge)) => return Err((ticket, Failure::TooLarge { limit })),
+        Ok(Err(BodyError::Failed(error))) => {
+            return Err((ticket, Failure::transport("body was cut off", &error)))
+        }
         Ok(Ok(body)) => body,
     };
     // Read from the upstream's own answer, before translation (only while tracing).

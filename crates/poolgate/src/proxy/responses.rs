@@ -11,6 +11,7 @@ use super::error::ProxyError;
 use super::plan::{openai_call, OpenAiCall, Plan};
 use crate::config::ProxySettings;
 use crate::domain::{ApiKind, InvalidRequest};
+use crate::providers::body::SplicedBody;
 use crate::providers::responses::{
     summary_of_body, ResponseId, ResponsesCall, ResponsesEnvelope, ResponsesRequest,
     ResponsesWireError, Stateful,
@@ -129,7 +130,7 @@ fn provider(error: ResponsesWireError) -> ProxyError {
 /// The upstream request of a `POST /v1/responses` for one backend, and the plan for its answer.
 pub fn build(
     inbound: &ResponsesInbound,
-    raw: &[u8],
+    raw: &Bytes,
     backend: &LiveBackend,
     upstream_model: &str,
     settings: &ProxySettings,
@@ -138,7 +139,7 @@ pub fn build(
     if record.speaks_responses() {
         let body = inbound
             .envelope
-            .upstream_body(upstream_model)
+            .upstream_body(raw, upstream_model)
             .map_err(provider)?;
         let request = openai_call(
             backend,
@@ -156,7 +157,7 @@ pub fn build(
         let request = anthropic::build_request(
             &record.api_base_url,
             &backend.api_key,
-            Bytes::from(body),
+            SplicedBody::whole(Bytes::from(body)),
             &[],
         )?;
         return Ok((request, Plan::ResponsesToMessages));
@@ -167,7 +168,7 @@ pub fn build(
         backend,
         upstream_model,
         OpenAiCall::Endpoint(crate::providers::Endpoint::ChatCompletions),
-        Bytes::from(body),
+        SplicedBody::whole(Bytes::from(body)),
     )?;
     Ok((request, Plan::ResponsesToChat))
 }
@@ -182,7 +183,7 @@ pub fn build_call(
         backend,
         upstream_model,
         OpenAiCall::Responses(&inbound.call),
-        Bytes::new(),
+        SplicedBody::whole(Bytes::new()),
     )?;
     if let Some(query) = inbound.query.as_deref().filter(|q| !q.is_empty()) {
         let separator = if request.url.contains('?') { '&' } else { '?' };

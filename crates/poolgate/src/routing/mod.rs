@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use crate::cooldown::{CooldownPolicy, Health, Outcome, ReadyAt};
 use crate::domain::{BackendId, BackendRecord, BackendStatus, Pool, UpstreamModel};
-use crate::runtime::{Admitted, BackendRuntime};
+use crate::runtime::{Admitted, BackendRuntime, Waiting};
+use crate::scrub::KeyScrubber;
 use crate::telemetry::{BackendHandle, BackendLabels, Observer, RouteHandle};
 
 pub use table::{RouteTable, Routed};
@@ -29,6 +30,11 @@ pub struct LiveBackend {
     pub unreadable: Option<String>,
     /// Its metric series and trace attributes, resolved when the snapshot was built.
     pub telemetry: BackendHandle,
+    /// Removes the key from what the upstream sends back (error bodies, relayed headers).
+    pub scrubber: KeyScrubber,
+    /// Why the egress policy refuses the backend's address, when its URL names an IP literal
+    /// the policy refuses (names are checked when they are resolved).
+    pub egress_refused: Option<String>,
 }
 
 impl LiveBackend {
@@ -294,18 +300,26 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
     /// the later of its cooldown end and its next RPM token. None if none ever will (all
     /// disabled or broken) or one is ready now.
     pub fn earliest_ready_overall(&self, now: Instant) -> Option<Instant> {
+        self.earliest_ready_overall_why(now).map(|(at, _)| at)
+    }
+
+    /// [`Selection::earliest_ready_overall`], and whether any backend waits for a rate limit
+    /// (rather than only for cooldowns after errors).
+    pub fn earliest_ready_overall_why(&self, now: Instant) -> Option<(Instant, bool)> {
         let mut earliest: Option<Instant> = None;
+        let mut rate_limited = false;
         for member in self.route.members() {
             let backend = &member.backend;
             if !backend.record.enabled || !(self.serves)(&backend.record) {
                 continue;
             }
-            let Some(ready) = backend.runtime.ready_at(now) else {
+            let Some((ready, waiting)) = backend.runtime.ready_at_why(now) else {
                 continue;
             };
+            rate_limited |= waiting == Waiting::RateLimit;
             earliest = Some(earliest.map_or(ready, |e| e.min(ready)));
         }
-        earliest
+        earliest.map(|at| (at, rate_limited))
     }
 }
 

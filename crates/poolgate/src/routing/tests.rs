@@ -52,6 +52,8 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
         api_key: SecretString::from("sk-test"),
         runtime,
         unreadable: None,
+        scrubber: crate::scrub::KeyScrubber::new("sk-test"),
+        egress_refused: None,
     })
 }
 

@@ -16,10 +16,13 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::cooldown::{
-    Admission, CooldownPolicy, CooldownState, Health, Outcome as UpstreamOutcome, ReadyAt,
+    Admission, CooldownPolicy, CooldownReason, CooldownState, Health, Outcome as UpstreamOutcome,
+    ReadyAt,
 };
-use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth};
-use crate::limits::RpmLimiter;
+use crate::domain::{
+    now_ms, BackendId, BackendRecord, ClientKeyRecord, LimiterKind, LimiterLevel, PersistedHealth,
+};
+use crate::limits::{BucketLevel, ConcurrencyLimit, ConcurrencyPermit, RpmLimiter};
 
 pub use health::{health_channel, HealthMessage, HealthQueue, HealthSink};
 
@@ -33,6 +36,17 @@ pub fn instant_from_ms(until_ms: i64, now: Instant) -> Instant {
 pub fn ms_from_instant(until: Instant, now: Instant) -> i64 {
     let remaining = until.saturating_duration_since(now);
     now_ms().saturating_add(i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What a backend that is not ready waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// It is ready now.
+    Nothing,
+    /// A rate limit: a 429 (or 529) cooldown, or its own RPM bucket.
+    RateLimit,
+    /// A cooldown after errors (5xx, timeouts, connection failures).
+    Recovery,
 }
 
 // === impl BackendRuntime ===
@@ -121,12 +135,30 @@ impl BackendRuntime {
     /// When the backend will next admit a request: the later of its cooldown's end and its next
     /// RPM token (`now` if both are there). None while broken.
     pub fn ready_at(&self, now: Instant) -> Option<Instant> {
-        let cooled = match self.cooldown.lock().ready_at(now) {
-            ReadyAt::Never => return None,
-            ReadyAt::Now => now,
-            ReadyAt::At(at) => at,
+        self.ready_at_why(now).map(|(at, _)| at)
+    }
+
+    /// [`BackendRuntime::ready_at`], and what it waits for (whichever ends later).
+    pub fn ready_at_why(&self, now: Instant) -> Option<(Instant, Waiting)> {
+        let (cooled, reason) = {
+            let cooldown = self.cooldown.lock();
+            match cooldown.ready_at(now) {
+                ReadyAt::Never => return None,
+                ReadyAt::Now => (now, Waiting::Nothing),
+                ReadyAt::At(at) => match cooldown.cooling_reason() {
+                    CooldownReason::RateLimited => (at, Waiting::RateLimit),
+                    CooldownReason::ServerError | CooldownReason::AuthFailed => {
+                        (at, Waiting::Recovery)
+                    }
+                },
+            }
         };
-        Some(cooled.max(now + self.limiter.wait_time(now)))
+        let token = now + self.limiter.wait_time(now);
+        if token > cooled {
+            Some((token, Waiting::RateLimit))
+        } else {
+            Some((cooled, reason))
+        }
     }
 
     /// The status shown to operators.
@@ -156,6 +188,11 @@ impl BackendRuntime {
     /// The RPM limit and the tokens its bucket holds at `now`; `None` when unlimited.
     pub fn rpm_state(&self, now: Instant) -> Option<(u32, f64)> {
         self.limiter.state(now)
+    }
+
+    /// The RPM bucket's fill, if it changed since the last checkpoint (or always, with `all`).
+    pub fn rpm_checkpoint(&self, now: Instant, all: bool) -> Option<BucketLevel> {
+        self.limiter.checkpoint(now, all)
     }
 
     pub fn snapshot(&self, now: Instant) -> RuntimeSnapshot {
@@ -218,17 +255,30 @@ impl Drop for Admitted {
 
 // === impl ClientKeyRuntime ===
 
-/// The runtime state of one client key: its own RPM bucket.
+/// The runtime state of one client key: its own RPM bucket and its requests in flight.
 #[derive(Debug)]
 pub struct ClientKeyRuntime {
     limiter: RpmLimiter,
+    parallel: Arc<ConcurrencyLimit>,
 }
 
 impl ClientKeyRuntime {
-    pub fn new(rpm: u32) -> Self {
+    /// `max_parallel` 0 = unlimited.
+    pub fn new(rpm: u32, max_parallel: u32) -> Self {
         Self {
             limiter: RpmLimiter::new(rpm),
+            parallel: Arc::new(ConcurrencyLimit::new(max_parallel)),
         }
+    }
+
+    /// A slot under the key's `max_parallel_requests`, or None when they are all taken.
+    pub fn begin(&self) -> Option<ConcurrencyPermit> {
+        self.parallel.try_acquire()
+    }
+
+    /// The key's `max_parallel_requests` (0 = unlimited).
+    pub fn max_parallel(&self) -> u32 {
+        self.parallel.max()
     }
 
     /// Takes a token, or says how long until one is there.
@@ -255,16 +305,37 @@ impl ClientKeyRuntime {
             self.limiter.reconfigure(rpm, now);
         }
     }
+
+    /// The RPM bucket's fill, if it changed since the last checkpoint (or always, with `all`).
+    pub fn rpm_checkpoint(&self, now: Instant, all: bool) -> Option<BucketLevel> {
+        self.limiter.checkpoint(now, all)
+    }
 }
 
 // === impl RuntimeRegistry ===
 
 /// Every runtime by stable id. Snapshot rebuilds look runtimes up here, so an edit of a backend
-/// keeps its cooldown and bucket; a new backend starts from its persisted health.
+/// keeps its cooldown and bucket; a new backend starts from its persisted health, and a runtime
+/// created after a restart continues from its stored RPM bucket level
+/// ([`RuntimeRegistry::restore_levels`]).
 #[derive(Debug, Default)]
 pub struct RuntimeRegistry {
     backends: Mutex<HashMap<BackendId, Arc<BackendRuntime>>>,
     client_keys: Mutex<HashMap<String, Arc<ClientKeyRuntime>>>,
+    /// Stored bucket levels waiting for their runtime to be created.
+    stored_levels: Mutex<HashMap<(LimiterKind, String), LimiterLevel>>,
+}
+
+/// A stored level applied to a new limiter: refilled for the wall-clock time since it was taken.
+fn restore_level(limiter: &RpmLimiter, stored: Option<LimiterLevel>, now: Instant) {
+    if let Some(stored) = stored {
+        let elapsed = Duration::from_millis(u64::try_from(now_ms() - stored.at_ms).unwrap_or(0));
+        let level = BucketLevel {
+            rpm: stored.rpm,
+            level: u128::from(stored.level_units),
+        };
+        limiter.restore(level, elapsed, now);
+    }
 }
 
 impl RuntimeRegistry {
@@ -276,11 +347,10 @@ impl RuntimeRegistry {
                 .lock()
                 .entry(record.id.clone())
                 .or_insert_with(|| {
-                    Arc::new(BackendRuntime::restore(
-                        record.rpm_limit,
-                        &record.health,
-                        now,
-                    ))
+                    let runtime = BackendRuntime::restore(record.rpm_limit, &record.health, now);
+                    let stored = self.take_level(LimiterKind::Backend, record.id.as_str());
+                    restore_level(&runtime.limiter, stored, now);
+                    Arc::new(runtime)
                 }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
@@ -298,10 +368,53 @@ impl RuntimeRegistry {
             self.client_keys
                 .lock()
                 .entry(record.id.clone())
-                .or_insert_with(|| Arc::new(ClientKeyRuntime::new(record.rpm_limit))),
+                .or_insert_with(|| {
+                    let runtime =
+                        ClientKeyRuntime::new(record.rpm_limit, record.max_parallel_requests);
+                    let stored = self.take_level(LimiterKind::ClientKey, &record.id);
+                    restore_level(&runtime.limiter, stored, now);
+                    Arc::new(runtime)
+                }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
+        runtime.parallel.set_max(record.max_parallel_requests);
         runtime
+    }
+
+    /// Bucket levels stored before a restart; each applies when its runtime is created.
+    pub fn restore_levels(&self, levels: Vec<LimiterLevel>) {
+        let mut stored = self.stored_levels.lock();
+        for level in levels {
+            stored.insert((level.kind, level.id.clone()), level);
+        }
+    }
+
+    fn take_level(&self, kind: LimiterKind, id: &str) -> Option<LimiterLevel> {
+        self.stored_levels.lock().remove(&(kind, id.to_owned()))
+    }
+
+    /// The bucket levels to store: those that changed since the last call, or all of them.
+    pub fn limiter_levels(&self, now: Instant, all: bool) -> Vec<LimiterLevel> {
+        let at_ms = now_ms();
+        let level = |kind: LimiterKind, id: &str, bucket: BucketLevel| LimiterLevel {
+            kind,
+            id: id.to_owned(),
+            rpm: bucket.rpm,
+            level_units: u64::try_from(bucket.level).unwrap_or(u64::MAX),
+            at_ms,
+        };
+        let mut levels = Vec::new();
+        for (id, runtime) in self.backends.lock().iter() {
+            if let Some(bucket) = runtime.rpm_checkpoint(now, all) {
+                levels.push(level(LimiterKind::Backend, id.as_str(), bucket));
+            }
+        }
+        for (id, runtime) in self.client_keys.lock().iter() {
+            if let Some(bucket) = runtime.rpm_checkpoint(now, all) {
+                levels.push(level(LimiterKind::ClientKey, id, bucket));
+            }
+        }
+        levels
     }
 
     /// Forgets the runtimes of backends and keys that are gone.

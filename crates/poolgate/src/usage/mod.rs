@@ -1,7 +1,9 @@
 //! Usage records, the data plane's side: each finished request's record goes into a
-//! [`UsageSink`] — an unbounded queue, so a request never waits and no record is dropped — and the
-//! control plane's batched writer (`control::usage_writer`) stores them. Also what reading them
-//! back looks like: [`UsageFilter`], [`UsagePage`] and the [`stats`].
+//! [`UsageSink`] — first one `write` to the crash-safe [`crate::journal`] (so a killed process
+//! loses no record whose answer completed), then an unbounded in-memory queue, so a request never
+//! waits and no record is dropped — and the control plane's batched writer
+//! (`control::usage_writer`) stores them and acknowledges them in the journal. Also what reading
+//! them back looks like: [`UsageFilter`], [`UsagePage`] and the [`stats`].
 
 mod query;
 pub mod stats;
@@ -13,32 +15,42 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::domain::UsageRecord;
+use crate::journal::{Journal, Journaled};
 
 pub use query::{UsageFilter, UsagePage};
 
-/// A new sink and the queue it feeds.
-pub fn channel() -> (UsageSink, UsageQueue) {
+/// A new sink and the queue it feeds; with a journal, every record is appended to it first.
+pub fn channel(journal: Option<Journal>) -> (UsageSink, UsageQueue) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
         UsageSink {
             tx,
             pending: Arc::new(AtomicUsize::new(0)),
+            journal,
         },
         UsageQueue { rx },
     )
 }
 
+/// A record on its way to the store, with its place in the journal (to acknowledge once it is
+/// stored; `None` without a journal or when the append failed).
+pub struct Queued {
+    pub record: UsageRecord,
+    pub journaled: Option<Journaled>,
+}
+
 /// The receiving side, consumed by the usage writer.
 pub struct UsageQueue {
-    pub rx: mpsc::UnboundedReceiver<UsageRecord>,
+    pub rx: mpsc::UnboundedReceiver<Queued>,
 }
 
 /// The sending side; cheap to clone. It also counts the records promised (requests under way)
 /// but not yet handed over, so shutdown can wait for them.
 #[derive(Clone)]
 pub struct UsageSink {
-    tx: mpsc::UnboundedSender<UsageRecord>,
+    tx: mpsc::UnboundedSender<Queued>,
     pending: Arc<AtomicUsize>,
+    journal: Option<Journal>,
 }
 
 impl UsageSink {
@@ -64,14 +76,21 @@ impl UsageSink {
         true
     }
 
-    /// Queues the record of a request opened with [`UsageSink::open`], without waiting.
+    /// Queues the record of a request opened with [`UsageSink::open`], without waiting: one
+    /// `write` to the journal (in the kernel when this returns, so it survives a killed
+    /// process), then the in-memory queue. Callers hand the record over before the answer's last
+    /// byte is sent.
     pub fn record(&self, record: UsageRecord) {
+        let journaled = self
+            .journal
+            .as_ref()
+            .and_then(|journal| journal.append(&record));
         // Saturating: never wraps below zero.
         let _ = self
             .pending
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        if let Err(error) = self.tx.send(record) {
-            tracing::error!(request_id = %error.0.request_id, "usage writer is gone; record lost");
+        if let Err(error) = self.tx.send(Queued { record, journaled }) {
+            tracing::error!(request_id = %error.0.record.request_id, "usage writer is gone; record kept only in the journal");
         }
     }
 }

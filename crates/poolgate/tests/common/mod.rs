@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
+pub mod binary;
 pub mod served;
 
 use std::path::{Path, PathBuf};
@@ -81,16 +82,7 @@ impl Gateway {
 
     /// POST /admin/api/backends, asserting 201; returns the created backend.
     pub async fn add_backend(&self, body: Value) -> Value {
-        let response = self
-            .admin(reqwest::Method::POST, "/backends")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let value: Value = response.json().await.unwrap();
-        assert_eq!(status, 201, "creating backend failed: {value}");
-        value
+        created(self.admin(reqwest::Method::POST, "/backends").json(&body)).await
     }
 
     /// An OpenAI-style backend pointing at a mock upstream, serving `models` (canonical = upstream
@@ -175,22 +167,39 @@ impl Gateway {
 
     /// Usage records (newest first), polling up to `wait` until at least `count` are written.
     pub async fn usage_records_within(&self, count: usize, wait: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let page: Value = self
-                .admin(reqwest::Method::GET, "/usage?limit=1000")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let records = page["records"].as_array().cloned().unwrap_or_default();
-            if records.len() >= count || tokio::time::Instant::now() > deadline {
-                return records;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        poll_usage(
+            || self.admin(reqwest::Method::GET, "/usage?limit=1000"),
+            count,
+            wait,
+        )
+        .await
+    }
+}
+
+/// Sends a creating request (an admin POST), asserts 201 and returns the created object.
+pub async fn created(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let value: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "creating failed: {value}");
+    value
+}
+
+/// The records of a usage page request (newest first), polled up to `wait` until at least
+/// `count` are stored.
+pub async fn poll_usage(
+    page: impl Fn() -> reqwest::RequestBuilder,
+    count: usize,
+    wait: Duration,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let page: Value = page().send().await.unwrap().json().await.unwrap();
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        if records.len() >= count || tokio::time::Instant::now() > deadline {
+            return records;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -100,7 +100,12 @@ impl Served {
         let data_dir = data_dir.to_str().expect("utf-8 temp path");
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
         args.extend_from_slice(extra);
-        let mut child = poolgate_command(&args, envs)
+        Self::spawn_command(poolgate_command(&args, envs))
+    }
+
+    /// Starts `command` (a `poolgate serve`, possibly wrapped) with its output collected.
+    pub fn spawn_command(mut command: Command) -> Served {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -147,6 +152,17 @@ impl Served {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
     }
 
     pub fn sigterm(&self) {

@@ -21,6 +21,9 @@ pub struct CreateKey {
     pub name: String,
     /// Requests per minute for this key; 0 or absent = unlimited.
     pub rpm_limit: Option<i64>,
+    /// Requests this key may have in flight at once (0–100000); 0 or absent = unlimited. Past
+    /// it, requests are answered 429 with `Retry-After` at once.
+    pub max_parallel_requests: Option<i64>,
     /// Canonical models this key may use; absent or empty = all.
     pub allowed_models: Option<Vec<String>>,
 }
@@ -33,6 +36,8 @@ pub struct KeyView {
     /// Safe to show: `pgk-<id>-…`.
     pub display_prefix: String,
     pub rpm_limit: u32,
+    /// 0 = unlimited.
+    pub max_parallel_requests: u32,
     pub allowed_models: Vec<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
@@ -53,6 +58,7 @@ fn view(record: &ClientKeyRecord) -> KeyView {
         name: record.name.clone(),
         display_prefix: record.display_prefix.clone(),
         rpm_limit: record.rpm_limit,
+        max_parallel_requests: record.max_parallel_requests,
         allowed_models: record
             .allowed_models
             .iter()
@@ -82,6 +88,7 @@ pub async fn create(
         .create_client_key(ClientKeyInput {
             name: input.name,
             rpm_limit: input.rpm_limit,
+            max_parallel_requests: input.max_parallel_requests,
             allowed_models: input.allowed_models.unwrap_or_default(),
         })
         .await?;

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use super::{AffinityStore, ConfigStore, StoreError, Stores, UsageStore};
 use crate::domain::{
-    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName,
-    ResponseOwnerRecord, UsageRecord,
+    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, LimiterLevel, PersistedHealth, Pool,
+    PoolName, ResponseOwnerRecord, UsageRecord,
 };
 use crate::telemetry::metrics::StoreErrors;
 use crate::usage::stats::{GroupStats, StatsRange};
@@ -95,6 +95,8 @@ counted!(ConfigStore {
     async fn list_client_keys(&self) -> Vec<ClientKeyRecord>;
     async fn insert_client_key(&self, key: &ClientKeyRecord) -> ();
     async fn revoke_client_key(&self, id: &str, at_ms: i64) -> bool;
+    async fn save_limiter_levels(&self, levels: &[LimiterLevel]) -> ();
+    async fn load_limiter_levels(&self) -> Vec<LimiterLevel>;
     async fn get_setting(&self, key: &str) -> Option<String>;
     async fn put_setting(&self, key: &str, value: &str) -> ();
     async fn ping(&self) -> ();

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 
 use crate::config::DatabaseUrl;
 use crate::domain::{
-    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, PersistedHealth, Pool, PoolName,
-    ResponseOwnerRecord, UsageRecord,
+    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, LimiterLevel, PersistedHealth, Pool,
+    PoolName, ResponseOwnerRecord, UsageRecord,
 };
 use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
@@ -77,6 +77,12 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// Sets `revoked_at`; false if no such (unrevoked) key.
     async fn revoke_client_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
 
+    // --- RPM bucket levels (limits across restarts) ---
+    /// Upserts these levels (one transaction); a level of a backend or key that is gone is
+    /// deleted with it.
+    async fn save_limiter_levels(&self, levels: &[LimiterLevel]) -> Result<(), StoreError>;
+    async fn load_limiter_levels(&self) -> Result<Vec<LimiterLevel>, StoreError>;
+
     // --- settings ---
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
@@ -120,7 +126,8 @@ pub trait AffinityStore: Send + Sync + 'static {
 /// Where usage records go and how they are read back.
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
-    /// One batch, in one transaction.
+    /// One batch, in one transaction. A record whose `request_id` is already stored is skipped
+    /// (the journal replays records a crash left unacknowledged, some already committed).
     async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
     async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError>;
     /// The aggregates of every group (total, per backend, per model, per bucket and per bucket

@@ -11,9 +11,10 @@ pub mod tagged;
 
 use bytes::Bytes;
 use http::Method;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
+use super::body::{SplicedBody, TopLevel};
 use super::{openai, Endpoint, UpstreamRequest};
 pub use events::{SequencedEvent, StreamEvent};
 pub use request::ResponsesRequest;
@@ -60,29 +61,12 @@ pub struct ResponsesEnvelope {
     pub prompt_cache_key: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
-    #[serde(flatten)]
-    pub rest: Map<String, Value>,
-}
-
-#[derive(Serialize)]
-struct OutgoingEnvelope<'a> {
-    model: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous_response_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    store: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    background: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    conversation: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt_cache_key: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<&'a str>,
-    #[serde(flatten)]
-    rest: &'a Map<String, Value>,
+    /// A stored prompt template (stateful).
+    #[serde(default)]
+    pub prompt: Option<Value>,
+    /// Where `model` lies in the client's body (the rest passes through as sent).
+    #[serde(skip)]
+    top: TopLevel,
 }
 
 /// A stateful feature a request uses: it can only be served by a Responses-capable backend
@@ -129,6 +113,12 @@ impl ResponsesEnvelope {
                     param: (path != ".").then_some(path),
                 }
             })?;
+        let mut envelope = envelope;
+        envelope.top =
+            TopLevel::parse(body, &["model"]).map_err(|error| ResponsesWireError::InvalidBody {
+                message: error.message,
+                param: error.param,
+            })?;
         if envelope.model.is_empty() {
             return Err(ResponsesWireError::InvalidBody {
                 message: "you must provide a `model` parameter".to_owned(),
@@ -158,28 +148,28 @@ impl ResponsesEnvelope {
         if self.conversation.as_ref().is_some_and(|c| !c.is_null()) {
             features.push(Stateful::Conversation);
         }
-        if self.rest.get("prompt").is_some_and(|p| !p.is_null()) {
+        if self.prompt.as_ref().is_some_and(|p| !p.is_null()) {
             features.push(Stateful::Prompt);
         }
         features
     }
 
-    /// The body for a Responses-capable backend: the client's, with the upstream model id.
-    pub fn upstream_body(&self, upstream_model: &str) -> Result<Bytes, ResponsesWireError> {
-        let outgoing = OutgoingEnvelope {
-            model: upstream_model,
-            stream: self.stream,
-            previous_response_id: self.previous_response_id.as_deref(),
-            store: self.store,
-            background: self.background,
-            conversation: self.conversation.as_ref(),
-            prompt_cache_key: self.prompt_cache_key.as_deref(),
-            user: self.user.as_deref(),
-            rest: &self.rest,
-        };
-        serde_json::to_vec(&outgoing)
-            .map(Bytes::from)
-            .map_err(|error| ResponsesWireError::Encode(error.to_string()))
+    /// The body for a Responses-capable backend: the client's `raw` body (which this envelope
+    /// was parsed from) with the upstream model id — slices of `raw` around it, not a copy.
+    pub fn upstream_body(
+        &self,
+        raw: &Bytes,
+        upstream_model: &str,
+    ) -> Result<SplicedBody, ResponsesWireError> {
+        let model = serde_json::to_vec(upstream_model)
+            .map_err(|error| ResponsesWireError::Encode(error.to_string()))?;
+        let edits = self
+            .top
+            .span("model")
+            .map(|span| (span, Bytes::from(model)))
+            .into_iter()
+            .collect();
+        Ok(SplicedBody::splice(raw, edits))
     }
 }
 
@@ -267,7 +257,7 @@ pub fn build_request(
     base_url: &str,
     api_key: &secrecy::SecretString,
     call: &ResponsesCall,
-    body: Bytes,
+    body: SplicedBody,
 ) -> Result<UpstreamRequest, ResponsesWireError> {
     // Same headers as every OpenAI call; only the method and URL differ.
     let mut request = openai::build_request(base_url, api_key, Endpoint::ChatCompletions, body)

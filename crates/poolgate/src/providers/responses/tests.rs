@@ -204,8 +204,17 @@ fn envelope_splices_the_model_and_keeps_every_other_field() {
         envelope.stateful_features(),
         vec![Stateful::PreviousResponse]
     );
-    let out: serde_json::Value =
-        serde_json::from_slice(&envelope.upstream_body("gpt-5-2025").unwrap()).unwrap();
+    let raw = bytes::Bytes::from_static(body);
+    let spliced = envelope.upstream_body(&raw, "gpt-5-2025").unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&spliced.to_vec()).unwrap();
+    // Slices of the client's body around the new model id: the rest is sent byte for byte.
+    let text = String::from_utf8(spliced.to_vec()).unwrap();
+    assert_eq!(
+        text,
+        std::str::from_utf8(body)
+            .unwrap()
+            .replacen("\"gpt\"", "\"gpt-5-2025\"", 1)
+    );
     let mut expected: serde_json::Value = serde_json::from_slice(body).unwrap();
     expected["model"] = json!("gpt-5-2025");
     assert_eq!(out, expected);
@@ -299,7 +308,13 @@ fn calls_map_to_methods_and_paths() {
         ),
     ];
     for (call, method, path) in cases {
-        let request = build_request("http://up/v1", &key, &call, bytes::Bytes::new()).unwrap();
+        let request = build_request(
+            "http://up/v1",
+            &key,
+            &call,
+            crate::providers::body::SplicedBody::whole(bytes::Bytes::new()),
+        )
+        .unwrap();
         assert_eq!(request.method.as_str(), method);
         assert_eq!(request.url, format!("http://up/v1{path}"));
         assert_eq!(request.headers["authorization"], "Bearer sk-test");

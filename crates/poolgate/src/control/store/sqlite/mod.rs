@@ -20,7 +20,8 @@ use sqlx::{Row, Sqlite};
 use super::{ConfigStore, StoreError};
 use crate::domain::{
     now_ms, AliasRecord, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel,
-    ClientKeyRecord, ModelMappings, PersistedHealth, Pool, PoolName, Source,
+    ClientKeyRecord, LimiterKind, LimiterLevel, ModelMappings, PersistedHealth, Pool, PoolName,
+    Source,
 };
 
 /// The SQLite schema (`migrations/sqlite/`); PostgreSQL will have its own beside it.
@@ -418,8 +419,8 @@ impl ConfigStore for SqliteStore {
 
     async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, display_prefix, secret_hash, rpm_limit, allowed_models, created_at, \
-             revoked_at FROM client_keys ORDER BY created_at, id",
+            "SELECT id, name, display_prefix, secret_hash, rpm_limit, max_parallel_requests, \
+             allowed_models, created_at, revoked_at FROM client_keys ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -435,6 +436,10 @@ impl ConfigStore for SqliteStore {
                     secret_hash: row.try_get("secret_hash")?,
                     rpm_limit: u32::try_from(row.try_get::<i64, _>("rpm_limit")?)
                         .map_err(|e| corrupt("rpm_limit", e))?,
+                    max_parallel_requests: u32::try_from(
+                        row.try_get::<i64, _>("max_parallel_requests")?,
+                    )
+                    .map_err(|e| corrupt("max_parallel_requests", e))?,
                     allowed_models,
                     created_at_ms: row.try_get("created_at")?,
                     revoked_at_ms: row.try_get("revoked_at")?,
@@ -448,13 +453,15 @@ impl ConfigStore for SqliteStore {
             serde_json::to_string(&key.allowed_models).map_err(|e| corrupt("allowed_models", e))?;
         sqlx::query(
             "INSERT INTO client_keys (id, name, display_prefix, secret_hash, rpm_limit, \
-             allowed_models, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             max_parallel_requests, allowed_models, created_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.name)
         .bind(&key.display_prefix)
         .bind(&key.secret_hash)
         .bind(i64::from(key.rpm_limit))
+        .bind(i64::from(key.max_parallel_requests))
         .bind(models)
         .bind(key.created_at_ms)
         .bind(key.revoked_at_ms)
@@ -472,6 +479,58 @@ impl ConfigStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
+    }
+
+    async fn save_limiter_levels(&self, levels: &[LimiterLevel]) -> Result<(), StoreError> {
+        if levels.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for level in levels {
+            // Only for a backend or key that still exists: a checkpoint racing a delete or a
+            // revocation (whose triggers removed the level) must not bring the level back.
+            let owner = match level.kind {
+                LimiterKind::Backend => "SELECT 1 FROM backends WHERE id = ?2",
+                LimiterKind::ClientKey => {
+                    "SELECT 1 FROM client_keys WHERE id = ?2 AND revoked_at IS NULL"
+                }
+            };
+            sqlx::query(&format!(
+                "INSERT INTO limiter_levels (kind, id, rpm, level_units, at_ms) \
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS ({owner}) \
+                 ON CONFLICT (kind, id) DO UPDATE SET \
+                 rpm = excluded.rpm, level_units = excluded.level_units, at_ms = excluded.at_ms"
+            ))
+            .bind(level.kind.as_str())
+            .bind(&level.id)
+            .bind(i64::from(level.rpm))
+            .bind(i64::try_from(level.level_units).unwrap_or(i64::MAX))
+            .bind(level.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_limiter_levels(&self) -> Result<Vec<LimiterLevel>, StoreError> {
+        let rows = sqlx::query("SELECT kind, id, rpm, level_units, at_ms FROM limiter_levels")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(LimiterLevel {
+                    kind: LimiterKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+                    id: row.try_get("id")?,
+                    rpm: u32::try_from(row.try_get::<i64, _>("rpm")?)
+                        .map_err(|e| corrupt("rpm", e))?,
+                    level_units: u64::try_from(row.try_get::<i64, _>("level_units")?)
+                        .map_err(|e| corrupt("level_units", e))?,
+                    at_ms: row.try_get("at_ms")?,
+                })
+            })
+            .collect()
     }
 
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -32,6 +32,52 @@ fn the_first_migration_keeps_its_version_and_checksum() {
     );
 }
 
+/// A database that already holds two records of one request (possible before request ids were
+/// unique) migrates: the duplicate goes, the first record stays, the unique index is created.
+#[tokio::test]
+async fn the_hardening_migration_removes_duplicate_request_ids_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("poolgate.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .unwrap();
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR.iter().filter(|m| m.version < 4).cloned().collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    for latency in [1, 2] {
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, ts, endpoint, attempts, status, outcome, \
+             latency_ms, streamed) VALUES ('req-dup', 0, 'chat.completions', 1, 200, 'success', ?, 0)",
+        )
+        .bind(latency)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    let page = store
+        .list_usage(&crate::usage::UsageFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].latency_ms, 1, "the first record is kept");
+    let duplicate = UsageRecord {
+        request_id: "req-dup".into(),
+        ..page.records[0].clone()
+    };
+    store.insert_usage(&[duplicate]).await.unwrap();
+    assert_eq!(store.count_usage().await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn opens_in_wal_mode_with_default_pools() {
     let (_dir, store) = open().await;
@@ -158,6 +204,7 @@ async fn client_keys_and_settings_round_trip() {
         display_prefix: "pgk-abc-…".into(),
         secret_hash: vec![7; 32],
         rpm_limit: 10,
+        max_parallel_requests: 3,
         allowed_models: vec![CanonicalModel::new("gpt-4o")],
         created_at_ms: 1,
         revoked_at_ms: None,
@@ -224,6 +271,68 @@ async fn concurrent_writers_do_not_hit_database_is_locked() {
         task.await.unwrap().unwrap();
     }
     assert_eq!(store.count_usage().await.unwrap(), 8 * 20 * 10);
+}
+
+#[tokio::test]
+async fn limiter_levels_round_trip_and_go_with_their_backend_or_key() {
+    use crate::domain::{LimiterKind, LimiterLevel};
+    let (_dir, store) = open().await;
+    let record = backend("limited");
+    store.insert_backend(&record).await.unwrap();
+    let key = ClientKeyRecord {
+        id: "key-1".into(),
+        name: "k".into(),
+        display_prefix: "pgk-key-1-…".into(),
+        secret_hash: vec![1; 32],
+        rpm_limit: 60,
+        max_parallel_requests: 0,
+        allowed_models: Vec::new(),
+        created_at_ms: 1,
+        revoked_at_ms: None,
+    };
+    store.insert_client_key(&key).await.unwrap();
+    let level = |kind, id: &str, units| LimiterLevel {
+        kind,
+        id: id.to_owned(),
+        rpm: 60,
+        level_units: units,
+        at_ms: 1_000,
+    };
+    store
+        .save_limiter_levels(&[
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 7),
+            // No such key: nothing stored.
+            level(LimiterKind::ClientKey, "key-2", 8),
+        ])
+        .await
+        .unwrap();
+    // An upsert replaces the level.
+    store
+        .save_limiter_levels(&[level(LimiterKind::ClientKey, "key-1", 9)])
+        .await
+        .unwrap();
+    let mut levels = store.load_limiter_levels().await.unwrap();
+    levels.sort_by_key(|l| l.level_units);
+    assert_eq!(levels.len(), 2, "{levels:?}");
+    assert_eq!(
+        levels[0],
+        level(LimiterKind::Backend, record.id.as_str(), 5)
+    );
+    assert_eq!(levels[1], level(LimiterKind::ClientKey, "key-1", 9));
+
+    // Deleted and revoked: the levels go, and a late checkpoint does not bring them back.
+    assert!(store.delete_backend(&record.id).await.unwrap());
+    assert!(store.revoke_client_key("key-1", 2).await.unwrap());
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
+    store
+        .save_limiter_levels(&[
+            level(LimiterKind::Backend, record.id.as_str(), 5),
+            level(LimiterKind::ClientKey, "key-1", 7),
+        ])
+        .await
+        .unwrap();
+    assert!(store.load_limiter_levels().await.unwrap().is_empty());
 }
 
 /// A database made by schema v1 (backends with rows, usage) is upgraded by migration 0003: every

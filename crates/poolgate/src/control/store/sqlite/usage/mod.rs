@@ -173,6 +173,8 @@ impl UsageStore for SqliteStore {
                     .push_bind(record.streamed)
                     .push_bind(record.cached_tokens.map(i64::from));
             });
+            // A record already stored (a journal replay after a crash) is skipped.
+            insert.push(" ON CONFLICT (request_id) DO NOTHING");
             insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;

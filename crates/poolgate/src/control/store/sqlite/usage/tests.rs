@@ -322,9 +322,13 @@ proptest! {
     /// computation, for every group.
     #[test]
     fn sql_statistics_match_the_definitions(
-        records in prop::collection::vec(record_strategy(), 0..120),
+        mut records in prop::collection::vec(record_strategy(), 0..120),
         bucket_seconds in 1_i64..30,
     ) {
+        // One record per request (the store keeps the first of a request id).
+        for (i, record) in records.iter_mut().enumerate() {
+            record.request_id = format!("req-{i}");
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -345,4 +349,16 @@ proptest! {
         prop_assert_eq!(&got.series_by_backend, &expected.series_by_backend);
         prop_assert_eq!(&got.series_by_model, &expected.series_by_model);
     }
+}
+
+#[tokio::test]
+async fn a_record_stored_twice_is_kept_once() {
+    let (_dir, store) = open().await;
+    let records: Vec<_> = (0..5).map(usage).collect();
+    store.insert_usage(&records).await.unwrap();
+    // A journal replay after a crash hands over records the store already committed, mixed
+    // with new ones: the batch succeeds and the old ones are not duplicated.
+    let replay: Vec<_> = (3..8).map(usage).collect();
+    store.insert_usage(&replay).await.unwrap();
+    assert_eq!(store.count_usage().await.unwrap(), 8);
 }

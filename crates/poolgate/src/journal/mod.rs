@@ -1,0 +1,306 @@
+//! The usage journal: every finished request's usage record is appended to a local file with one
+//! `write` before its answer completes, so that a killed process (SIGKILL, OOM kill, panic
+//! abort) loses no record the batched store writer had not committed yet; at the next start the
+//! records the store never acknowledged are replayed into it.
+//!
+//! # Files
+//! `<data_dir>/usage-journal/<number>.journal`, append-only segments of JSON lines:
+//! - a record line `{"s":<seq>,"r":{…UsageRecord…}}` per request (`seq` grows across segments
+//!   and runs);
+//! - an acknowledgement line `{"a":[[from,to],…]}` written by the store writer after a batch
+//!   was committed, naming the committed `seq` ranges (one line per batch, not per record).
+//!
+//! # Bounded size
+//! Appends go to the current segment. After an acknowledgement the current segment is sealed
+//! and a new one started when it is full (`segment_bytes`) or when every record in it is
+//! acknowledged; sealed segments are deleted oldest first once every record in them is
+//! acknowledged (an acknowledgement may live in a later segment, hence oldest first: a segment
+//! is never deleted before the ones whose records it acknowledges). While the store keeps up,
+//! the journal holds about one flush interval of records; it grows only while the store fails,
+//! and then it is exactly the backlog that must not be lost.
+//!
+//! # Crash at any point
+//! - before the append: the client got no complete answer either (the append comes first);
+//! - after the append, before the store committed: replayed at the next start;
+//! - after the store committed, before the acknowledgement line: replayed again — so replay
+//!   must be idempotent: the store gets a unique constraint on `request_id` and replays with
+//!   `INSERT … ON CONFLICT (request_id) DO NOTHING`;
+//! - torn last line (killed in the middle of a `write`): it has no newline or does not parse;
+//!   it is skipped (its request never completed);
+//! - during replay: the replayed segments are deleted only after the caller committed them
+//!   ([`Replay::finish`]); a crash before that replays them again (idempotent, as above).
+//!
+//! # What a power loss can still lose
+//! There is no `fsync`: a write lives in the page cache until the kernel writes it back
+//! (typically within 5–30 s: `vm.dirty_expire_centisecs`, the filesystem's commit interval).
+//! A power loss or kernel crash can lose those last seconds of records, or leave zeros or
+//! garbage at the end of a segment (skipped as unparsable lines). A killed *process* loses
+//! nothing: the data is in the kernel already.
+
+mod replay;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::UsageRecord;
+
+pub use replay::Replay;
+
+/// The journal's folder below the data dir.
+pub const JOURNAL_DIR: &str = "usage-journal";
+const EXTENSION: &str = "journal";
+
+/// Journal knobs (proposed: `[usage] journal = true`, `journal_segment_bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// A segment is sealed once it holds this much (default 4 MiB ≈ 10,000 records).
+    pub segment_bytes: u64,
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// One line of a segment.
+#[derive(Serialize, Deserialize)]
+struct Line<R> {
+    #[serde(rename = "s", skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(rename = "r", skip_serializing_if = "Option::is_none")]
+    record: Option<R>,
+    #[serde(rename = "a", skip_serializing_if = "Option::is_none")]
+    acked: Option<Vec<(u64, u64)>>,
+}
+
+struct Segment {
+    number: u64,
+    path: PathBuf,
+    file: File,
+    /// Bytes written (records and acknowledgements).
+    bytes: AtomicU64,
+    appended: AtomicU64,
+    acked: AtomicU64,
+}
+
+impl Segment {
+    fn create(dir: &Path, number: u64) -> io::Result<Segment> {
+        let path = segment_path(dir, number);
+        let mut options = OpenOptions::new();
+        options.append(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(&path)?;
+        Ok(Segment {
+            number,
+            path,
+            file,
+            bytes: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+        })
+    }
+
+    /// One `write` of a whole line (O_APPEND: concurrent lines never interleave).
+    fn write_line(&self, line: &[u8]) -> io::Result<()> {
+        (&self.file).write_all(line)?;
+        self.bytes.fetch_add(
+            u64::try_from(line.len()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    fn fully_acked(&self) -> bool {
+        self.acked.load(Ordering::Acquire) >= self.appended.load(Ordering::Acquire)
+    }
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}.{EXTENSION}"))
+}
+
+/// Proof that a record is in the journal; hand it to [`Journal::acknowledge`] once the store
+/// committed the record.
+#[derive(Clone)]
+pub struct Journaled {
+    segment: Arc<Segment>,
+    seq: u64,
+}
+
+impl std::fmt::Debug for Journaled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Journaled({}#{})", self.segment.number, self.seq)
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    settings: JournalSettings,
+    current: RwLock<Arc<Segment>>,
+    /// Sealed segments, oldest first, waiting for their last acknowledgement.
+    sealed: Mutex<VecDeque<Arc<Segment>>>,
+    next_seq: AtomicU64,
+}
+
+/// The append side (cheap to clone) and the acknowledgement side of the journal.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+impl Journal {
+    /// Opens the journal in `<data_dir>/usage-journal`: reads what a previous run left (to be
+    /// replayed into the store, then [`Replay::finish`]ed) and starts a new segment after it.
+    pub fn open(data_dir: &Path, settings: JournalSettings) -> io::Result<(Journal, Replay)> {
+        let dir = data_dir.join(JOURNAL_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let replay = Replay::read(&dir)?;
+        let first = Segment::create(&dir, replay.next_segment())?;
+        let journal = Journal {
+            inner: Arc::new(Inner {
+                settings,
+                current: RwLock::new(Arc::new(first)),
+                sealed: Mutex::new(VecDeque::new()),
+                next_seq: AtomicU64::new(replay.next_seq()),
+                dir,
+            }),
+        };
+        Ok((journal, replay))
+    }
+
+    /// Appends one record with one `write`. `None` when the write failed (logged): the record
+    /// still goes to the store, it is only not crash-safe.
+    pub fn append(&self, record: &UsageRecord) -> Option<Journaled> {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut line = match serde_json::to_vec(&Line {
+            seq: Some(seq),
+            record: Some(record),
+            acked: None,
+        }) {
+            Ok(line) => line,
+            Err(error) => {
+                tracing::error!(%error, request_id = %record.request_id, "cannot encode a usage record for the journal");
+                return None;
+            }
+        };
+        line.push(b'\n');
+        let current = self.inner.current.read();
+        current.appended.fetch_add(1, Ordering::AcqRel);
+        match current.write_line(&line) {
+            Ok(()) => Some(Journaled {
+                segment: Arc::clone(&current),
+                seq,
+            }),
+            Err(error) => {
+                // Nothing to acknowledge for it: take it back out of the count.
+                current.appended.fetch_sub(1, Ordering::AcqRel);
+                tracing::error!(%error, request_id = %record.request_id, "cannot append a usage record to the journal");
+                None
+            }
+        }
+    }
+
+    /// The store committed these records: one acknowledgement line, then segments that are
+    /// done are sealed and deleted. An error means the acknowledgement line could not be
+    /// written; the records will be replayed (and ignored as duplicates) after a crash.
+    pub fn acknowledge(&self, committed: &[Journaled]) -> io::Result<()> {
+        if committed.is_empty() {
+            return Ok(());
+        }
+        let mut seqs: Vec<u64> = committed.iter().map(|done| done.seq).collect();
+        seqs.sort_unstable();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for seq in seqs {
+            match ranges.last_mut() {
+                Some((_, to)) if *to + 1 >= seq => *to = (*to).max(seq),
+                _ => ranges.push((seq, seq)),
+            }
+        }
+        let mut line = serde_json::to_vec(&Line::<UsageRecord> {
+            seq: None,
+            record: None,
+            acked: Some(ranges),
+        })
+        .map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.inner.current.read().write_line(&line)?;
+        for done in committed {
+            done.segment.acked.fetch_add(1, Ordering::AcqRel);
+        }
+        self.rotate_and_delete()
+    }
+
+    /// Seals the current segment when it is full or completely acknowledged, and deletes the
+    /// sealed segments that are done, oldest first.
+    fn rotate_and_delete(&self) -> io::Result<()> {
+        let inner = &self.inner;
+        let rotate = {
+            let current = inner.current.read();
+            current.appended.load(Ordering::Acquire) > 0
+                && (current.bytes.load(Ordering::Relaxed) >= inner.settings.segment_bytes
+                    || current.fully_acked())
+        };
+        if rotate {
+            let mut current = inner.current.write();
+            let next = Segment::create(&inner.dir, current.number + 1)?;
+            let old = std::mem::replace(&mut *current, Arc::new(next));
+            inner.sealed.lock().push_back(old);
+        }
+        let mut sealed = inner.sealed.lock();
+        while sealed.front().is_some_and(|segment| segment.fully_acked()) {
+            if let Some(segment) = sealed.pop_front() {
+                std::fs::remove_file(&segment.path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes in segments of this run not yet deleted (for a backlog warning).
+    pub fn pending_bytes(&self) -> u64 {
+        let current = self.inner.current.read().bytes.load(Ordering::Relaxed);
+        let sealed: u64 = self
+            .inner
+            .sealed
+            .lock()
+            .iter()
+            .map(|segment| segment.bytes.load(Ordering::Relaxed))
+            .sum();
+        current + sealed
+    }
+
+    /// At a graceful shutdown, after the store writer drained and acknowledged everything:
+    /// deletes every segment that is done (all of them, normally). What is left is replayed at
+    /// the next start.
+    pub fn close(self) -> io::Result<()> {
+        let inner = &self.inner;
+        let mut sealed = inner.sealed.lock();
+        while sealed.front().is_some_and(|segment| segment.fully_acked()) {
+            if let Some(segment) = sealed.pop_front() {
+                std::fs::remove_file(&segment.path)?;
+            }
+        }
+        // The current segment may hold acknowledgements of older ones: it goes last.
+        let current = inner.current.read();
+        if sealed.is_empty() && current.fully_acked() {
+            std::fs::remove_file(&current.path)?;
+        }
+        Ok(())
+    }
+}

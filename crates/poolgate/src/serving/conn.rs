@@ -1,0 +1,279 @@
+//! One client connection: hyper's connection future under three clocks — the first request
+//! must arrive within `header_read_timeout` (hyper's own header timer covers HTTP/1 requests,
+//! this one also covers a silent socket and HTTP/2's preface), a connection with no request in
+//! flight closes after `keep_alive_timeout`, and the server's drain / cut signals.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use super::body::{BodyPace, TimedBody};
+use super::io::WriteTimeout;
+use super::{AppBody, AppService, Phase, ServerSettings};
+
+pub(super) type Builder = auto::Builder<TokioExecutor>;
+
+/// hyper's connection settings, built once per server.
+pub(super) fn builder(settings: &ServerSettings) -> Builder {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(settings.max_buf_size);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        .max_send_buf_size(settings.max_buf_size)
+        // Detect dead peers of long-lived HTTP/2 connections.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if settings.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
+}
+
+/// An accepted socket with its place under the connection cap.
+pub(super) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Serves one connection until it closes, idles out, or the server cuts it.
+pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
+    accepted: Accepted,
+    service: S,
+    builder: Arc<Builder>,
+    settings: Arc<ServerSettings>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let Accepted {
+        stream,
+        peer,
+        permit,
+    } = accepted;
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(WriteTimeout::new(stream, settings.write_timeout));
+    let conn = builder.serve_connection(
+        io,
+        ConnService {
+            inner: service,
+            activity: Arc::clone(&activity),
+            pace: settings.body_pace,
+        },
+    );
+    tokio::pin!(conn);
+    let idle = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(idle);
+    let mut draining = false;
+    let mut watching = true;
+    match *phase.borrow_and_update() {
+        Phase::Running => {}
+        Phase::Draining => {
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        Phase::Cut => return,
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "client connection ended with an error");
+                }
+                break;
+            }
+            changed = phase.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                match *phase.borrow_and_update() {
+                    Phase::Cut => break,
+                    Phase::Draining if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Phase::Draining | Phase::Running => {}
+                }
+            }
+            () = &mut idle => {
+                let now = Instant::now();
+                match activity.idle_since() {
+                    None => idle.as_mut().reset(now + settings.keep_alive_timeout),
+                    Some((since, served)) => {
+                        let limit = if served {
+                            settings.keep_alive_timeout
+                        } else {
+                            settings.header_read_timeout
+                        };
+                        if now < since + limit {
+                            idle.as_mut().reset(since + limit);
+                        } else if served && !draining {
+                            // Idle keep-alive: close politely (HTTP/2 gets a GOAWAY) and give
+                            // it one more period before dropping it.
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                            idle.as_mut().reset(now + settings.header_read_timeout);
+                        } else {
+                            tracing::debug!(%peer, served, "closing a connection that sent no (further) request in time");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(permit);
+}
+
+// === impl Activity ===
+
+/// Requests in flight on one connection and since when it is idle.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    served: AtomicBool,
+    /// Milliseconds after `opened` when the last request finished.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
+        InFlight(Arc::clone(self))
+    }
+
+    /// `None` while a request is in flight; else since when idle, and whether any request came.
+    fn idle_since(&self) -> Option<(Instant, bool)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some((since, self.served.load(Ordering::Acquire)))
+    }
+}
+
+/// Held by a request from its head until its answer's body is done (or dropped).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let elapsed = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(elapsed, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl ConnService ===
+
+/// The hyper service of one connection: wraps the request body in a [`TimedBody`], counts the
+/// request in flight until its answer is done, and calls the app.
+struct ConnService<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    pace: Option<BodyPace>,
+}
+
+impl<S, B> hyper::service::Service<http::Request<Incoming>> for ConnService<S>
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<B>,
+            Error = Infallible,
+        > + Clone,
+{
+    type Response = http::Response<InFlightBody<B>>;
+    type Error = Infallible;
+    type Future = RequestFuture<tower::util::Oneshot<S, http::Request<axum::body::Body>>>;
+
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        let guard = self.activity.begin();
+        let pace = self.pace;
+        let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, pace)));
+        RequestFuture {
+            inner: self.inner.clone().oneshot(request),
+            guard: Some(guard),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The app's answer, with the in-flight guard moved into its body.
+    pub(super) struct RequestFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F, B> Future for RequestFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>>,
+{
+    type Output = Result<http::Response<InFlightBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        let guard = this.guard.take();
+        Poll::Ready(Ok(response.map(|inner| InFlightBody { inner, guard })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer body that keeps its request counted as in flight until it is done.
+    pub(super) struct InFlightBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

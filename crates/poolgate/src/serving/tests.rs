@@ -1,0 +1,462 @@
+//! The server against real sockets on 127.0.0.1: slow and silent clients, a client that stops
+//! reading, the connection cap, HTTP/2, drain and cut. Timeouts are short (about a second) and
+//! the upper bounds generous: these check that a limit applies, not how fast anything is.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use super::*;
+
+/// Set when the streaming answer's body is dropped; counts what it produced.
+#[derive(Clone, Default)]
+struct StreamProbe {
+    dropped: Arc<AtomicBool>,
+    produced: Arc<AtomicU64>,
+}
+
+struct EndlessBody {
+    probe: StreamProbe,
+}
+
+impl Drop for EndlessBody {
+    fn drop(&mut self) {
+        self.probe.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+impl futures_util::Stream for EndlessBody {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.probe.produced.fetch_add(65_536, Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(Bytes::from(vec![b'x'; 65_536]))))
+    }
+}
+
+fn app(probe: StreamProbe) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/echo",
+            post(|request: Request| async move {
+                match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+                    Ok(body) => (StatusCode::OK, body.len().to_string()).into_response(),
+                    Err(error) if is_body_timeout(&error) => {
+                        (StatusCode::REQUEST_TIMEOUT, "slow body").into_response()
+                    }
+                    Err(_) => StatusCode::BAD_REQUEST.into_response(),
+                }
+            }),
+        )
+        .route(
+            "/stream",
+            get(move || {
+                let probe = probe.clone();
+                async move { Response::new(Body::from_stream(EndlessBody { probe })) }
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "done"
+            }),
+        )
+}
+
+fn quick_settings() -> ServerSettings {
+    ServerSettings {
+        header_read_timeout: Duration::from_secs(1),
+        keep_alive_timeout: Duration::from_secs(2),
+        body_pace: Some(BodyPace {
+            timeout: Duration::from_secs(1),
+            min_rate: 100,
+        }),
+        write_timeout: Some(Duration::from_secs(1)),
+        max_connections: 64,
+        ..ServerSettings::default()
+    }
+}
+
+struct Running {
+    addr: std::net::SocketAddr,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<()>,
+    probe: StreamProbe,
+}
+
+async fn start(settings: ServerSettings) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let probe = StreamProbe::default();
+    let server = Server::new(settings).unwrap();
+    let handle = server.handle();
+    let task = tokio::spawn(server.serve(listener, app(probe.clone())));
+    Running {
+        addr,
+        handle,
+        task,
+        probe,
+    }
+}
+
+/// Reads until the peer closes (or resets); returns what arrived and when the end came.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, Instant) {
+    let mut received = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let outcome = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => received.extend_from_slice(&buf[..read]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        outcome.is_ok(),
+        "the server did not close the connection within {limit:?}"
+    );
+    (received, Instant::now())
+}
+
+async fn get_status(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Polls `condition` every 20 ms; fails the test when it is still false after `limit`.
+async fn wait_until(limit: Duration, what: &str, condition: impl Fn() -> bool) {
+    let polled = tokio::time::timeout(limit, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "not within {limit:?}: {what}");
+}
+
+/// Sends one byte every `every` (at most 100) until the server closes.
+fn trickle(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(every).await;
+            if writer.write_all(b"t").await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn trickled_headers_are_cut_at_the_header_timeout() {
+    let server = start(quick_settings()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(b"GET /heal").await.unwrap();
+    // One more byte every 200 ms, never finishing the head.
+    let (mut reader, writer) = stream.into_split();
+    let trickle = trickle(writer, Duration::from_millis(200));
+    let mut buf = [0_u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "expected the server to close"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+    trickle.abort();
+    assert_eq!(get_status(server.addr, "/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_header_timeout() {
+    let server = start(quick_settings()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    let (received, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(received.is_empty());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+    assert_eq!(server.handle.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_answered_408() {
+    let server = start(quick_settings()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\nab")
+        .await
+        .unwrap();
+    let (mut reader, writer) = stream.into_split();
+    let trickle = trickle(writer, Duration::from_millis(300));
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0_u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while !answer.windows(9).any(|w| w == b"slow body") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => answer.extend_from_slice(&buf[..read]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to the trickled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    trickle.abort();
+    // A body sent at once is not affected.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n5"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let server = start(quick_settings()).await;
+    // A small receive buffer so the stall is reached after little data.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0_u8; 512];
+    let read = stream.read(&mut head).await.unwrap();
+    assert!(head[..read].starts_with(b"HTTP/1.1 200"));
+    // Stop reading. The server fills the socket buffers, waits `write_timeout`, and drops the
+    // answer (for a proxied stream: the relay, which aborts the upstream and records
+    // `cancelled`).
+    let stalled = Instant::now();
+    wait_until(
+        Duration::from_secs(20),
+        "the stalled answer is dropped",
+        || server.probe.dropped.load(Ordering::SeqCst),
+    )
+    .await;
+    let waited = stalled.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "dropped after {waited:?}"
+    );
+    // It produced only what fits in the socket buffers and hyper's write buffer, not an
+    // unbounded amount.
+    let produced = server.probe.produced.load(Ordering::SeqCst);
+    assert!(produced < 64 << 20, "produced {produced} bytes");
+    drop(stream);
+    wait_until(Duration::from_secs(5), "every connection closed", || {
+        server.handle.open_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn over_the_cap_connections_get_a_quick_503_until_idle_ones_time_out() {
+    // A header timeout long enough that the held connections are still held when the fresh
+    // request comes, even on a slow machine.
+    let server = start(ServerSettings {
+        max_connections: 8,
+        header_read_timeout: Duration::from_secs(3),
+        ..quick_settings()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(b"GET /heal").await.unwrap();
+        held.push(stream);
+    }
+    wait_until(Duration::from_secs(5), "8 connections open", || {
+        server.handle.open_connections() == 8
+    })
+    .await;
+    let (status, text) = get_status(server.addr, "/healthz").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    assert!(text.contains("connection_limit"));
+    assert!(server.handle.stats().rejected.load(Ordering::Relaxed) >= 1);
+    // The half-sent ones are cut at the header timeout; then the health check answers.
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if get_status(server.addr, "/healthz").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the health check never got through");
+    for mut stream in held {
+        let (received, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(received.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_connections_are_reused_then_closed_when_idle() {
+    let server = start(quick_settings()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0_u8; 1024];
+        let read = stream.read(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf[..read]);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("ok"),
+            "{text}"
+        );
+    }
+    let idle = Instant::now();
+    read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    // HTTP/1: the shorter of the header timeout (1 s) and keep-alive (2 s).
+    assert!(idle.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_and_idles_out() {
+    let server = start(quick_settings()).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/healthz", server.addr))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.as_ref(), b"ok");
+    // Idle past keep_alive_timeout (2 s): the server says GOAWAY and the connection ends.
+    let idle = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection stayed open");
+    assert!(idle.elapsed() >= Duration::from_millis(1900));
+}
+
+#[tokio::test]
+async fn drain_lets_requests_finish_and_cut_ends_the_rest() {
+    let server = start(quick_settings()).await;
+    let slow = tokio::spawn(get_status(server.addr, "/slow"));
+    wait_until(Duration::from_secs(5), "a connection open", || {
+        server.handle.open_connections() > 0
+    })
+    .await;
+    // Give hyper the request head before draining.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.handle.drain();
+    let (status, text) = slow.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("done"));
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("serve returns once every connection closed")
+        .unwrap();
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "still accepting"
+    );
+
+    // A stream that never ends holds the drain until it is cut.
+    let server = start(ServerSettings {
+        write_timeout: None,
+        ..quick_settings()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0_u8; 64];
+    let _ = stream.read(&mut head).await.unwrap();
+    server.handle.drain();
+    let mut task = server.task;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut task)
+            .await
+            .is_err(),
+        "drain must wait for the open stream"
+    );
+    server.handle.cut();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("cut ends the server")
+        .unwrap();
+    assert!(server.probe.dropped.load(Ordering::SeqCst));
+}
+
+#[test]
+fn settings_are_checked() {
+    assert!(ServerSettings::default().validate().is_ok());
+    let small = ServerSettings {
+        max_buf_size: 4096,
+        ..ServerSettings::default()
+    };
+    assert_eq!(
+        small.validate().unwrap_err().field,
+        "server.max_buf_size_bytes"
+    );
+    assert!(Server::new(ServerSettings {
+        max_connections: 0,
+        ..ServerSettings::default()
+    })
+    .is_err());
+}
