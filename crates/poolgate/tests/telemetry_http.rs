@@ -1,8 +1,9 @@
 //! What clients, load balancers and log collectors read from a running gateway, over HTTP: the
 //! client key's `x-ratelimit-*-requests` headers, `retry-after-ms` beside `Retry-After`, the
 //! optional routing headers, `/health/live` and `/health/ready` (503 from the first moment of a
-//! graceful stop, while requests are still served), `/metrics` turned off, and the access log
-//! of the real binary (one JSON line per request, no prompt text, no key).
+//! graceful stop, while requests are still served), `/metrics` turned off, the access log
+//! of the real binary (one JSON line per request, no prompt text, no key), and #14's refusals
+//! (413, 408, 503 overload) and failover before content as the metrics count them.
 #![expect(clippy::unwrap_used, reason = "test")]
 
 mod common;
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 use common::served::Served;
 use common::{send, Answer, Gateway, ADMIN_TOKEN};
-use mock_upstream::{MockUpstream, Reply};
+use futures_util::StreamExt;
+use mock_upstream::{MockUpstream, Reply, StreamSpec};
 use serde_json::{json, Value};
-use telemetry_support::{backend, chat, gateway_with_alpha, scrape};
+use telemetry_support::{backend, chat, gateway_with_alpha, metrics, scrape, sum};
 use tokio::time::Instant;
 
 /// A chat request with a client key (OpenAI's bearer token) or Anthropic's `x-api-key`.
@@ -333,4 +335,119 @@ async fn the_binary_writes_one_json_access_line_per_request_without_prompts_or_k
             "`{secret_text}` is in the log"
         );
     }
+}
+
+/// The requests of `class` answered to no route (refused before routing) so far.
+fn unrouted(text: &str, class: &str) -> f64 {
+    sum(
+        text,
+        "poolgate_requests_total",
+        &[
+            ("model", "(unrouted)"),
+            ("status_class", class),
+            ("outcome", "error"),
+        ],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn hardening_refusals_and_a_failover_before_content_are_counted() {
+    let started = Instant::now();
+    let gw = Gateway::start_with(
+        "[proxy]\nmax_in_flight = 1\nmax_body_bytes = 2048\n\
+         [server]\nbody_read_timeout_seconds = 1\nbody_min_rate_bytes_per_second = 100\n",
+        None,
+    )
+    .await;
+    let first = MockUpstream::start().await;
+    let second = MockUpstream::start().await;
+    backend(
+        &gw,
+        "alpha",
+        &first.openai_base_url(),
+        "primary",
+        "m-x",
+        json!({}),
+    )
+    .await;
+    backend(
+        &gw,
+        "beta",
+        &second.openai_base_url(),
+        "fallback",
+        "m-x",
+        json!({}),
+    )
+    .await;
+
+    // A stream that dies after its role chunk: held back, so the fallback answers it.
+    first.push(Reply::Stream(StreamSpec::new(3).die_after(0)));
+    let streamed = send(chat(&gw, "m-x", true)).await;
+    assert_eq!(streamed.status, 200, "{}", streamed.text);
+    assert!(streamed.text.contains("chunk2"), "{}", streamed.text);
+    let text = metrics(&gw).await;
+    let attempts = |backend: &str, result: &str| {
+        sum(
+            &text,
+            "poolgate_upstream_attempts_total",
+            &[("backend", backend), ("result", result)],
+        )
+    };
+    assert_eq!(attempts("alpha", "server_error"), Some(1.0), "{text}");
+    assert_eq!(attempts("beta", "success"), Some(1.0), "{text}");
+    let failovers = [
+        ("model", "m-x"),
+        ("from_pool", "primary"),
+        ("to_pool", "fallback"),
+    ];
+    assert_eq!(
+        sum(&text, "poolgate_failovers_total", &failovers),
+        Some(1.0)
+    );
+    let retries = [("model", "m-x"), ("reason", "server_error")];
+    assert_eq!(sum(&text, "poolgate_retries_total", &retries), Some(1.0));
+    let served = [
+        ("model", "m-x"),
+        ("backend", "beta"),
+        ("status_class", "2xx"),
+    ];
+    assert_eq!(sum(&text, "poolgate_requests_total", &served), Some(1.0));
+
+    // 413: a body over `proxy.max_body_bytes`, refused before routing.
+    let big = gw.proxy("/v1/chat/completions").json(&json!({
+        "model": "m-x", "messages": [{"role": "user", "content": "x".repeat(4096)}]}));
+    assert_eq!(send(big).await.status, 413);
+    let text = metrics(&gw).await;
+    assert_eq!(unrouted(&text, "4xx"), 1.0, "{text}");
+
+    // 408: a body that stops arriving.
+    let stalled = futures_util::stream::once(async { Ok::<_, std::io::Error>(&b"{\"model\""[..]) })
+        .chain(futures_util::stream::pending());
+    let timed_out = gw
+        .proxy("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stalled));
+    assert_eq!(send(timed_out).await.status, 408);
+    let text = metrics(&gw).await;
+    assert_eq!(unrouted(&text, "4xx"), 2.0, "{text}");
+
+    // 503: the only in-flight slot is taken by a slow answer.
+    second.push(Reply::content("slow").delayed(1_500));
+    let slow = tokio::spawn(send(chat(&gw, "m-x", false)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while second.calls() < 2 {
+        assert!(Instant::now() < deadline, "the slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let overloaded = send(chat(&gw, "m-x", false)).await;
+    assert_eq!(overloaded.status, 503, "{}", overloaded.text);
+    assert!(overloaded.header("retry-after-ms").is_some());
+    assert_eq!(slow.await.unwrap().status, 200);
+    let text = metrics(&gw).await;
+    assert_eq!(unrouted(&text, "5xx"), 1.0, "{text}");
+    let in_flight = sum(&text, "poolgate_requests_in_flight", &[]);
+    assert_eq!(in_flight, Some(0.0), "every request ended");
+    gw.stop().await;
+    println!("hardening outcomes counted in {:?}", started.elapsed());
 }
