@@ -21,7 +21,7 @@ use crate::error::InitError;
 use crate::files::{lock_data_dir, write_secret_file, DataDirLock};
 use crate::serving::{limits::open_file_limit, Server, ServerHandle};
 use crate::state::DataPlane;
-use crate::telemetry::Tracing;
+use crate::telemetry::{ConnectionStats, ConnectionStatsSource, Tracing};
 
 pub const ADMIN_TOKEN_ENV: &str = "POOLGATE_ADMIN_TOKEN";
 
@@ -159,6 +159,7 @@ async fn prepare(
     let data = control.data_plane(admin_token)?;
     let server = Server::new(config.server.clone())
         .map_err(|invalid| InitError::Config(invalid.to_string()))?;
+    data.observer.watch_connections(Arc::new(server.handle()))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| InitError::io(format!("binding {}", config.listen), e))?;
@@ -289,5 +290,19 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+/// The connection figures of `/metrics` (`poolgate_connections_*`), read at scrape time.
+impl ConnectionStatsSource for ServerHandle {
+    fn connection_stats(&self) -> ConnectionStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.stats();
+        ConnectionStats {
+            open: u64::try_from(self.open_connections()).unwrap_or(u64::MAX),
+            accepted: stats.accepted.load(Relaxed),
+            rejected: stats.rejected.load(Relaxed),
+            accept_errors: stats.accept_errors.load(Relaxed),
+        }
     }
 }

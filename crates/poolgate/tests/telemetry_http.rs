@@ -448,6 +448,15 @@ async fn hardening_refusals_and_a_failover_before_content_are_counted() {
     assert_eq!(unrouted(&text, "5xx"), 1.0, "{text}");
     let in_flight = sum(&text, "poolgate_requests_in_flight", &[]);
     assert_eq!(in_flight, Some(0.0), "every request ended");
+    // The serving layer's connection counters are read at scrape time.
+    let accepted = sum(&text, "poolgate_connections_accepted_total", &[]).unwrap();
+    assert!(accepted >= 1.0, "{text}");
+    assert!(sum(&text, "poolgate_connections_open", &[]).unwrap() >= 1.0);
+    assert_eq!(
+        sum(&text, "poolgate_connections_rejected_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(sum(&text, "poolgate_accept_errors_total", &[]), Some(0.0));
     gw.stop().await;
     println!("hardening outcomes counted in {:?}", started.elapsed());
 }

@@ -16,6 +16,7 @@
 //! ([`access_log`]) and the config sections ([`settings`]).
 
 pub mod access_log;
+pub mod connections;
 pub mod handles;
 pub mod headers;
 pub mod labels;
@@ -27,6 +28,7 @@ mod scrape;
 pub mod settings;
 pub mod trace;
 
+pub use connections::{ConnectionStats, ConnectionStatsSource};
 pub use handles::{BackendHandle, BackendLabels, RouteHandle};
 pub use labels::{AttemptResult, Operation};
 pub use metrics::{Metrics, CONTENT_TYPE, UNROUTED_MODEL};

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use super::access_log::AccessLogEntry;
+use super::connections::{ConnectionCollector, ConnectionStatsSource};
 use super::handles::{BackendHandle, BackendLabels, RouteHandle, RouteSeries};
 use super::labels::{AttemptResult, Operation, StatusClass, TokenKind};
 use super::metrics::Metrics;
@@ -94,6 +95,16 @@ impl Observer {
         source: Arc<dyn BackendStatsSource>,
     ) -> Result<(), TelemetryError> {
         let collector = BackendCollector::new(source)?;
+        self.inner.metrics.register(Box::new(collector))?;
+        Ok(())
+    }
+
+    /// Registers the serving layer's connection counters, read at every scrape.
+    pub fn watch_connections(
+        &self,
+        source: Arc<dyn ConnectionStatsSource>,
+    ) -> Result<(), TelemetryError> {
+        let collector = ConnectionCollector::new(source)?;
         self.inner.metrics.register(Box::new(collector))?;
         Ok(())
     }
