@@ -90,6 +90,9 @@ impl Running {
 
 /// Starts everything and serves until `shutdown()` or, with `handle_signals`, SIGINT/SIGTERM.
 pub async fn start(config: Config, handle_signals: bool) -> Result<Running, InitError> {
+    // Listening for signals from the first moment: a SIGTERM right after "poolgate listening" is
+    // a graceful stop, not the default action (an exit without flushing anything).
+    let signals = handle_signals.then(ShutdownSignals::install);
     let config = Arc::new(config);
     crate::files::ensure_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
@@ -117,7 +120,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
                 router,
                 stop_rx,
                 StopPlan {
-                    handle_signals,
+                    signals,
                     delay: config.health.shutdown_delay,
                     grace: config.proxy.shutdown_grace,
                 },
@@ -191,7 +194,7 @@ async fn prepare(
 /// How a stop goes: on `Running::shutdown` (or SIGINT/SIGTERM with `handle_signals`), serve on
 /// for `delay` with `/health/ready` at 503, then stop accepting and give requests `grace`.
 struct StopPlan {
-    handle_signals: bool,
+    signals: Option<ShutdownSignals>,
     delay: std::time::Duration,
     grace: std::time::Duration,
 }
@@ -208,7 +211,7 @@ async fn serve(
     traces: Option<Tracing>,
 ) -> Result<(), InitError> {
     let StopPlan {
-        handle_signals,
+        mut signals,
         delay: shutdown_delay,
         grace,
     } = plan;
@@ -216,7 +219,12 @@ async fn serve(
     let mut serving = tokio::spawn(server.serve(listener, router));
     let ended_early = tokio::select! {
         _ = stop => false,
-        _ = shutdown_signal(), if handle_signals => false,
+        () = async {
+            match signals.as_mut() {
+                Some(signals) => signals.recv().await,
+                None => std::future::pending().await,
+            }
+        } => false,
         // The accept loop ended on its own (it only does when told to): nothing to drain.
         _ = &mut serving => true,
     };
@@ -269,27 +277,56 @@ async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM, listened for from [`ShutdownSignals::install`] on.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> ShutdownSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(signal) => Some(signal),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for {name}");
+                    None
+                }
+            };
+            ShutdownSignals {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        #[cfg(not(unix))]
+        ShutdownSignals {}
+    }
+
+    /// Resolves at the first SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.interrupt.as_mut()) => {}
+                () = next(self.terminate.as_mut()) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
