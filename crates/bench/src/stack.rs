@@ -217,10 +217,23 @@ pub async fn start_poolgate(
     work: &Path,
     logs: &Path,
 ) -> Result<Poolgate> {
+    start_poolgate_with(bins, spec, "", work, logs).await
+}
+
+/// [`start_poolgate`] with `extra_toml` appended to the config file (its own tables, such as
+/// `[metrics]` and `[telemetry]`). The `OTEL_*` variables of the harness are not passed on:
+/// what is measured is what the config file says.
+pub async fn start_poolgate_with(
+    bins: &Bins,
+    spec: &PoolgateSpec,
+    extra_toml: &str,
+    work: &Path,
+    logs: &Path,
+) -> Result<Poolgate> {
     let dir = work.join(&spec.name);
     fresh_dir(&dir)?;
     let config = dir.join("poolgate.toml");
-    std::fs::write(&config, spec.toml())?;
+    std::fs::write(&config, format!("{}{extra_toml}", spec.toml()))?;
     let addr = free_addr()?;
     let mut command = Command::new(&bins.poolgate);
     command
@@ -235,6 +248,11 @@ pub async fn start_poolgate(
         .env("POOLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env_remove("POOLGATE_MASTER_KEY")
         .env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
     let started = Instant::now();
     let mut child = Child::spawn(&spec.name, command, logs)?;
     let startup = wait_until_serving(

@@ -127,6 +127,20 @@ fn smoke_run_writes_the_report() {
             "feature `{label}`"
         );
     }
+    let telemetry = scenario("telemetry_c16");
+    for label in [
+        "telemetry off",
+        "metrics",
+        "metrics + access log (default)",
+        "default + traces (100 % sampled)",
+    ] {
+        assert!(
+            median(&telemetry["targets"][label]["rps"]) > 0.0,
+            "telemetry `{label}`"
+        );
+    }
+    // The traced gateway's spans reached the harness's OTLP receiver.
+    assert!(median(&json["resources"]["traces"]["spans_received"]) > 0.0);
 
     // Cluster mode: PostgreSQL and Redis are installed where the tests run (.ci/run).
     for id in ["cluster_c1", "cluster_c16"] {

@@ -15,6 +15,8 @@ pub enum InitError {
     },
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("master key: {0}")]
     MasterKey(String),
     #[error("{0}")]

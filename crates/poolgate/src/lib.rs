@@ -62,6 +62,11 @@
 //!    queued (never a wait, never a drop) before the answer completes, stored in batches by the
 //!    control plane's writer; a health change is marked dirty for the single health writer.
 //!
+//! Every phase also feeds the request's [`telemetry`] observation — attempts started (trace
+//! context injected upstream) and ended with their result, the first byte, the finish where the
+//! record is written — which turns them into Prometheus metrics, OpenTelemetry spans and the
+//! access-log line; backend state is read at scrape time from the snapshot.
+//!
 //! Errors belong to their layer ([`proxy::ProxyError`], [`control::ControlError`],
 //! [`providers::ProviderError`], [`translate::TranslateError`]) and become HTTP once, in
 //! [`api::error`], in the client's format; 5xx bodies are generic and name the request id.
@@ -86,6 +91,9 @@
 //!   selection and readiness; [`routing::affinity`]: sticky-session keys and the affinity maps.
 //! - [`providers`], [`translate`], [`sse`], [`proxy`]: wire formats, translation between them, the
 //!   SSE framer, and the forwarding pipeline.
+//! - [`telemetry`]: the observer (Prometheus registry, OTLP traces, access log), the client
+//!   rate-limit headers and the `[metrics]` / `[telemetry]` settings; [`readiness`]: the probes
+//!   behind `/health/ready` and the draining flag of a graceful stop.
 //! - [`usage`]: the usage sink, usage queries and statistics; [`journal`]: the crash-safe usage
 //!   journal the sink appends to and the control plane replays at start.
 //! - [`egress`]: where backends may point (address classes, allow/deny lists, the policy-checked
@@ -110,6 +118,7 @@ pub mod limits;
 pub mod logging;
 pub mod providers;
 pub mod proxy;
+pub mod readiness;
 pub mod routing;
 pub mod runtime;
 pub mod scrub;
@@ -118,5 +127,6 @@ pub mod serving;
 pub mod shared;
 pub mod sse;
 pub mod state;
+pub mod telemetry;
 pub mod translate;
 pub mod usage;

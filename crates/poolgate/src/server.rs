@@ -1,8 +1,10 @@
-//! Start-up and shutdown: the data dir and its lock, the shared runtime state (Redis, when
-//! configured), the control plane (database, master key, config sync, background writers), the
-//! admin token, the data plane, the HTTP listener served by [`crate::serving`] (timeouts,
-//! connection cap), and a graceful stop on SIGINT/SIGTERM that lets requests finish, flushes
-//! every usage record and leaves the instance registry.
+//! Start-up and shutdown: the data dir and its lock, telemetry (metrics; traces when an OTLP
+//! endpoint is set), the shared runtime state (Redis, when configured), the control plane
+//! (database, master key, config sync, background writers), the admin token, the data plane, the
+//! HTTP listener served by [`crate::serving`] (timeouts, connection cap), and a graceful stop on
+//! SIGINT/SIGTERM: `/health/ready` turns 503 at once (and poolgate keeps serving for
+//! `health.shutdown_delay`, so load balancers move away first), then requests finish, every usage
+//! record is flushed, the instance leaves the instance registry, and the last spans are exported.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::runtime::Cluster;
 use crate::serving::{limits::open_file_limit, Server, ServerHandle};
 use crate::shared::{RedisOptions, RedisShared};
 use crate::state::DataPlane;
+use crate::telemetry::{ConnectionStats, ConnectionStatsSource, Tracing};
 
 pub const ADMIN_TOKEN_ENV: &str = "POOLGATE_ADMIN_TOKEN";
 
@@ -90,21 +93,36 @@ impl Running {
 
 /// Starts everything and serves until `shutdown()` or, with `handle_signals`, SIGINT/SIGTERM.
 pub async fn start(config: Config, handle_signals: bool) -> Result<Running, InitError> {
+    // Listening for signals from the first moment: a SIGTERM right after "poolgate listening" is
+    // a graceful stop, not the default action (an exit without flushing anything).
+    let signals = handle_signals.then(ShutdownSignals::install);
     let config = Arc::new(config);
     crate::files::ensure_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let redis = start_shared_state(&config).await?;
+    let (observer, traces) = crate::telemetry::start(&config.telemetry)?;
+    let redis = match start_shared_state(&config).await {
+        Ok(redis) => redis,
+        Err(error) => {
+            if let Some(traces) = traces {
+                traces.shutdown().await;
+            }
+            return Err(error);
+        }
+    };
     let cluster = redis.as_ref().map(|redis| {
         Arc::new(Cluster {
             shared: Arc::clone(redis) as Arc<dyn crate::shared::SharedRuntime>,
             fail_closed: config.redis.as_ref().is_some_and(|r| r.fail_closed),
         })
     });
-    let control = match ControlPlane::open_with(Arc::clone(&config), cluster).await {
+    let control = match ControlPlane::open_with(Arc::clone(&config), observer, cluster).await {
         Ok(control) => control,
         Err(error) => {
             if let Some(redis) = &redis {
                 redis.shutdown().await;
+            }
+            if let Some(traces) = traces {
+                traces.shutdown().await;
             }
             return Err(error);
         }
@@ -122,11 +140,15 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
                 listener,
                 router,
                 stop_rx,
-                handle_signals,
-                config.proxy.shutdown_grace,
+                StopPlan {
+                    signals,
+                    delay: config.health.shutdown_delay,
+                    grace: config.proxy.shutdown_grace,
+                },
                 data.clone(),
                 control.clone(),
                 redis,
+                traces,
             ));
             Ok(Running {
                 addr,
@@ -142,6 +164,9 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
             control.shutdown().await;
             if let Some(redis) = &redis {
                 redis.shutdown().await;
+            }
+            if let Some(traces) = traces {
+                traces.shutdown().await;
             }
             Err(error)
         }
@@ -185,6 +210,7 @@ async fn prepare(
     let data = control.data_plane(admin_token)?;
     let server = Server::new(config.server.clone())
         .map_err(|invalid| InitError::Config(invalid.to_string()))?;
+    data.observer.watch_connections(Arc::new(server.handle()))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| InitError::io(format!("binding {}", config.listen), e))?;
@@ -204,6 +230,7 @@ async fn prepare(
         runtime_state,
         backends = live.backends.len(),
         models = live.models.len(),
+        traces = data.observer.tracing_enabled(),
         max_connections = config.server.max_connections,
         max_in_flight = config.proxy.max_in_flight,
         open_file_limit = open_file_limit().map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
@@ -218,6 +245,14 @@ async fn prepare(
     Ok((data, listener, addr, server))
 }
 
+/// How a stop goes: on `Running::shutdown` (or SIGINT/SIGTERM with `handle_signals`), serve on
+/// for `delay` with `/health/ready` at 503, then stop accepting and give requests `grace`.
+struct StopPlan {
+    signals: Option<ShutdownSignals>,
+    delay: std::time::Duration,
+    grace: std::time::Duration,
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "the parts of one running server, handed over once by `start`"
@@ -227,21 +262,40 @@ async fn serve(
     listener: TcpListener,
     router: axum::Router,
     stop: oneshot::Receiver<()>,
-    handle_signals: bool,
-    grace: std::time::Duration,
+    plan: StopPlan,
     data: DataPlane,
     control: ControlPlane,
     redis: Option<Arc<RedisShared>>,
+    traces: Option<Tracing>,
 ) -> Result<(), InitError> {
+    let StopPlan {
+        mut signals,
+        delay: shutdown_delay,
+        grace,
+    } = plan;
     let handle = server.handle();
     let mut serving = tokio::spawn(server.serve(listener, router));
     let ended_early = tokio::select! {
         _ = stop => false,
-        _ = shutdown_signal(), if handle_signals => false,
+        () = async {
+            match signals.as_mut() {
+                Some(signals) => signals.recv().await,
+                None => std::future::pending().await,
+            }
+        } => false,
         // The accept loop ended on its own (it only does when told to): nothing to drain.
         _ = &mut serving => true,
     };
     if !ended_early {
+        // Load balancers see 503 first; the listener stays open for the delay.
+        control.readiness().begin_drain();
+        if !shutdown_delay.is_zero() {
+            tracing::info!(
+                ?shutdown_delay,
+                "shutting down: /health/ready answers 503; still serving for the shutdown delay"
+            );
+            tokio::time::sleep(shutdown_delay).await;
+        }
         tracing::info!("shutting down: finishing in-flight requests");
         // Stop accepting; every connection finishes the requests it has and closes.
         handle.drain();
@@ -278,29 +332,76 @@ async fn serve(
         // Leaves the instance registry: the others' shares grow at once.
         redis.shutdown().await;
     }
+    // The spans of the last requests (the stream ends included) are queued by now.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM, listened for from [`ShutdownSignals::install`] on.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> ShutdownSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(signal) => Some(signal),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for {name}");
+                    None
+                }
+            };
+            ShutdownSignals {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        #[cfg(not(unix))]
+        ShutdownSignals {}
+    }
+
+    /// Resolves at the first SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.interrupt.as_mut()) => {}
+                () = next(self.terminate.as_mut()) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The connection figures of `/metrics` (`poolgate_connections_*`), read at scrape time.
+impl ConnectionStatsSource for ServerHandle {
+    fn connection_stats(&self) -> ConnectionStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.stats();
+        ConnectionStats {
+            open: u64::try_from(self.open_connections()).unwrap_or(u64::MAX),
+            accepted: stats.accepted.load(Relaxed),
+            rejected: stats.rejected.load(Relaxed),
+            accept_errors: stats.accept_errors.load(Relaxed),
+        }
     }
 }

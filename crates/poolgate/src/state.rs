@@ -1,6 +1,7 @@
 //! The data plane's context: [`DataPlane`] (a cheap `Clone`) is everything the request path
 //! holds — the published [`Live`] snapshot (read-only), the upstream HTTP client, the usage and
-//! health sinks, the configuration's policies, the admin token and the stream-cancel signal. It
+//! health sinks, the observer (metrics, traces, access log), the configuration's policies, the
+//! admin token and the stream-cancel signal. It
 //! holds no store and cannot name one: the store is private to [`crate::control`], which builds
 //! the snapshot, swaps it in, and runs the writers the sinks feed.
 
@@ -21,6 +22,7 @@ use crate::routing::affinity::AffinityMaps;
 use crate::routing::models::ListedModel;
 use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{ClientKeyRuntime, HealthSink};
+use crate::telemetry::{BackendStats, BackendStatsSource, Observer};
 use crate::usage::UsageSink;
 
 /// A client key as the hot path sees it.
@@ -74,6 +76,8 @@ pub struct DataShared {
     /// Response owners and sticky sessions (kept across snapshot swaps).
     pub affinity: Arc<dyn AffinityMaps>,
     pub admin_token: SecretString,
+    /// Fed by the request phases: metrics, traces, the access log.
+    pub observer: Observer,
     /// Requests on the proxy routes right now, under `proxy.max_in_flight`.
     pub in_flight: Arc<ConcurrencyLimit>,
     live: LiveReader,
@@ -103,6 +107,7 @@ impl DataPlane {
         health: HealthSink,
         affinity: Arc<dyn AffinityMaps>,
         admin_token: SecretString,
+        observer: Observer,
     ) -> Result<DataPlane, InitError> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.proxy.connect_timeout)
@@ -130,6 +135,7 @@ impl DataPlane {
                 health,
                 affinity,
                 admin_token,
+                observer,
                 in_flight,
                 live,
                 stream_cancel: tokio::sync::watch::channel(false).0,
@@ -153,6 +159,37 @@ impl DataPlane {
         let mut receiver = self.shared.stream_cancel.subscribe();
         async move {
             let _ = receiver.wait_for(|cancelled| *cancelled).await;
+        }
+    }
+}
+
+// === impl BackendStatsSource for LiveReader ===
+
+/// A scrape reads every backend of the current snapshot: its status, the cooldown left, its RPM
+/// bucket and the upstream requests in flight (nothing is kept per request for this).
+impl BackendStatsSource for LiveReader {
+    fn for_each_backend(&self, visit: &mut dyn FnMut(BackendStats<'_>)) {
+        let live = self.load();
+        let now = tokio::time::Instant::now();
+        for backend in &live.backends {
+            let runtime = backend.runtime.snapshot(now);
+            let state = backend.status(now);
+            let cooldown_remaining = match state {
+                crate::domain::BackendStatus::Cooling => runtime
+                    .cooldown_until
+                    .map_or(Duration::ZERO, |until| until.saturating_duration_since(now)),
+                _ => Duration::ZERO,
+            };
+            let rpm = backend.runtime.rpm_state(now);
+            visit(BackendStats {
+                backend: &backend.record.name,
+                pool: backend.record.pool.as_str(),
+                state,
+                cooldown_remaining,
+                rpm_limit: rpm.map(|(limit, _)| limit),
+                rpm_tokens_remaining: rpm.map(|(_, tokens)| tokens.floor()),
+                in_flight: runtime.in_flight,
+            });
         }
     }
 }

@@ -197,7 +197,14 @@ async fn every_documented_admin_route_requires_the_admin_token() {
 
     assert_eq!(
         poolgate::api::PUBLIC_ROUTES,
-        &["/healthz", "/admin/api/openapi.json", "/", "/dashboard/"],
+        &[
+            "/healthz",
+            "/health/live",
+            "/health/ready",
+            "/admin/api/openapi.json",
+            "/",
+            "/dashboard/"
+        ],
         "the public allow-list"
     );
 

@@ -1388,6 +1388,7 @@ async fn a_route_whose_only_backend_has_a_refused_key_answers_503() {
     assert_eq!(answer.status, 503, "{}", answer.text);
     answer.assert_openai_error();
     assert!(answer.header("retry-after").is_none());
+    assert!(answer.header("retry-after-ms").is_none());
     assert_eq!(a.calls(), 1);
     gw.stop().await;
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 mod goals;
 
 use crate::stats::{Compare, Scenario, Spread};
-use crate::suite::{cluster, features, litellm_label, Results};
+use crate::suite::{cluster, features, litellm_label, telemetry, Results};
 
 use goals::{goals, litellm_best, resource};
 
@@ -128,6 +128,7 @@ fn to_markdown(results: &Results) -> String {
     resource_table(&mut md, results);
     feature_table(&mut md, results);
     cluster_table(&mut md, results);
+    telemetry_table(&mut md, results);
     litellm_table(&mut md, results);
     md
 }
@@ -342,12 +343,44 @@ fn feature_table(md: &mut String, results: &Results) {
     let Some(s) = results.scenarios.iter().find(|s| s.kind == "feature") else {
         return;
     };
+    cost_table(
+        md,
+        s,
+        "Cost of poolgate's features",
+        &features::LABELS,
+        "1 backend",
+    );
     let _ = writeln!(
         md,
-        "\n## Cost of poolgate's features ({})\n\n| configuration | req/s | vs 1 backend | p50 | p99 | added p50 | added p99 | CPU ms / 1k req | CPU vs 1 backend | SQLite CPU ms / 1k req |\n|---|---|---|---|---|---|---|---|---|---|",
+        "\nEvery configuration records usage (it cannot be switched off); its cost is the SQLite column. *429 churn*: 5 of 10 backends answer every request with 429; cooldowns of 10 ms make them cool, probe and fail over continuously."
+    );
+}
+
+fn telemetry_table(md: &mut String, results: &Results) {
+    let Some(s) = results.scenarios.iter().find(|s| s.kind == "telemetry") else {
+        return;
+    };
+    cost_table(
+        md,
+        s,
+        "Cost of metrics and tracing",
+        &telemetry::LABELS,
+        "off",
+    );
+    let _ = writeln!(
+        md,
+        "\n*telemetry off*: `[metrics] enabled = false`, `[telemetry] access_log = false`. *metrics*: the Prometheus series counted per request (not scraped during the run). *access log*: one info line per request (human format) written to the process's log file. *traces*: a request span and an attempt span per request, batched and exported over OTLP/HTTP (protobuf) to a receiver in the harness. The CPU column is the whole poolgate process (exporter thread included); the ratio is the cost per request."
+    );
+}
+
+/// A table of configurations of one closed-loop scenario against its baseline.
+fn cost_table(md: &mut String, s: &Scenario, heading: &str, labels: &[&str], baseline: &str) {
+    let _ = writeln!(
+        md,
+        "\n## {heading} ({})\n\n| configuration | req/s | vs {baseline} | p50 | p99 | added p50 | added p99 | CPU ms / 1k req | CPU vs {baseline} | SQLite CPU ms / 1k req |\n|---|---|---|---|---|---|---|---|---|---|",
         s.title
     );
-    for target in features::LABELS {
+    for target in labels.iter().copied() {
         if !s.runs.contains_key(target) {
             continue;
         }
@@ -376,10 +409,6 @@ fn feature_table(md: &mut String, results: &Results) {
             fmt(s.summary(target, "sqlite_cpu_ms_per_1k"), 2),
         );
     }
-    let _ = writeln!(
-        md,
-        "\nEvery configuration records usage (it cannot be switched off); its cost is the SQLite column. *429 churn*: 5 of 10 backends answer every request with 429; cooldowns of 10 ms make them cool, probe and fail over continuously."
-    );
 }
 
 fn cluster_table(md: &mut String, results: &Results) {

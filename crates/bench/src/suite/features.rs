@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::{load_comparisons, run_scenario, Bench, Endpoint, Load};
 use crate::load::Target;
-use crate::stack::{start_mock_429, start_poolgate, BackendDef, Mock, PoolgateSpec};
+use crate::stack::{start_mock_429, start_poolgate_with, BackendDef, Mock, Poolgate, PoolgateSpec};
 use crate::stats::{Compare, Scenario};
 
 /// Connections for the feature comparison.
@@ -38,7 +38,65 @@ fn backends(prefix: &str, mock: &Mock, count: usize, rpm_limit: u32) -> Vec<Back
         .collect()
 }
 
+/// One poolgate of a cost comparison: its label, its definition and extra config tables.
+pub struct Configuration<'a> {
+    pub label: &'a str,
+    pub spec: PoolgateSpec,
+    pub extra_toml: &'a str,
+}
+
 impl Bench<'_> {
+    /// Starts one poolgate per configuration, runs the closed loop at `connections` through
+    /// each (rotating, `repeats` times; the first is the baseline) into a new scenario, and
+    /// returns the poolgates, still running, in order.
+    pub(super) async fn compare_configurations(
+        &mut self,
+        id: &str,
+        title: &str,
+        kind: &'static str,
+        connections: usize,
+        configurations: &[Configuration<'_>],
+    ) -> Result<Vec<Poolgate>> {
+        let mut running = Vec::new();
+        let mut endpoints = Vec::new();
+        for configuration in configurations {
+            let poolgate = start_poolgate_with(
+                self.bins,
+                &configuration.spec,
+                configuration.extra_toml,
+                &self.work,
+                &self.logs,
+            )
+            .await?;
+            endpoints.push(Endpoint {
+                label: configuration.label.to_owned(),
+                target: Arc::new(Target::chat(
+                    poolgate.addr,
+                    Some(&poolgate.key),
+                    "bench",
+                    false,
+                )?),
+                pids: vec![poolgate.child.pid()],
+                sqlite: true,
+            });
+            running.push(poolgate);
+        }
+        let refs: Vec<&Endpoint> = endpoints.iter().collect();
+        let baseline = configurations.first().map_or("", |c| c.label);
+        let mut scenario = Scenario::new(id, title, kind, connections as f64, baseline);
+        scenario.compare = load_comparisons(false);
+        scenario.compare.push(Compare::Ratio("cpu_ms_per_1k"));
+        run_scenario(
+            &mut scenario,
+            &refs,
+            Load::Closed { connections },
+            self.opts,
+        )
+        .await;
+        self.results.scenarios.push(scenario);
+        Ok(running)
+    }
+
     pub(super) async fn features(&mut self, fast: &Mock) -> Result<()> {
         let rate_limited = start_mock_429(self.bins, &self.logs)?;
         let mut churn = backends("ok", fast, 5, 0);
@@ -85,43 +143,23 @@ impl Bench<'_> {
                 },
             ),
         ];
-        let mut running = Vec::new();
-        let mut endpoints = Vec::new();
-        for (label, spec) in &configurations {
-            let poolgate = start_poolgate(self.bins, spec, &self.work, &self.logs).await?;
-            endpoints.push(Endpoint {
-                label: (*label).to_owned(),
-                target: Arc::new(Target::chat(
-                    poolgate.addr,
-                    Some(&poolgate.key),
-                    "bench",
-                    false,
-                )?),
-                pids: vec![poolgate.child.pid()],
-                sqlite: true,
-            });
-            running.push(poolgate);
-        }
-        let refs: Vec<&Endpoint> = endpoints.iter().collect();
-        let mut scenario = Scenario::new(
-            "features_c16",
-            &format!("poolgate features, closed loop, {CONNECTIONS} connections"),
-            "feature",
-            CONNECTIONS as f64,
-            BASELINE,
-        );
-        scenario.compare = load_comparisons(false);
-        scenario.compare.push(Compare::Ratio("cpu_ms_per_1k"));
-        run_scenario(
-            &mut scenario,
-            &refs,
-            Load::Closed {
-                connections: CONNECTIONS,
-            },
-            self.opts,
-        )
-        .await;
-        self.results.scenarios.push(scenario);
+        let configurations: Vec<Configuration<'_>> = configurations
+            .into_iter()
+            .map(|(label, spec)| Configuration {
+                label,
+                spec,
+                extra_toml: "",
+            })
+            .collect();
+        let running = self
+            .compare_configurations(
+                "features_c16",
+                &format!("poolgate features, closed loop, {CONNECTIONS} connections"),
+                "feature",
+                CONNECTIONS,
+                &configurations,
+            )
+            .await?;
         drop(running);
         drop(rate_limited);
         Ok(())

@@ -10,7 +10,9 @@
 //! 7. **features** — poolgate with 1 vs 50 backends, RPM limits on, 429 churn on half.
 //! 8. **cluster** — one poolgate in single mode vs cluster mode (PostgreSQL + Redis, started
 //!    here when installed), RPM limits on: what the shared (Redis) admission adds per request.
-//! 9. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
+//! 9. **telemetry** — poolgate with telemetry off, metrics, metrics + access log, and traces at
+//!    100 % sampling exported to an OTLP receiver.
+//! 10. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
 //!
 //! Each scenario runs every target `repeats` times, interleaved (the order rotates per repeat),
 //! so each comparison is made between runs minutes apart at most.
@@ -19,6 +21,7 @@ pub mod cluster;
 pub mod features;
 mod litellm;
 mod measure;
+pub mod telemetry;
 
 pub use litellm::label as litellm_label;
 pub use measure::{load_comparisons, run_scenario, Endpoint, Load, MB};
@@ -196,6 +199,9 @@ impl Bench<'_> {
         }
         if self.opts.runs("cluster") {
             self.cluster(&stack.fast).await?;
+        }
+        if self.opts.runs("telemetry") {
+            self.telemetry(&stack.fast).await?;
         }
         if self.opts.litellm && self.opts.runs("litellm") {
             if let Err(error) = self.litellm(&stack).await {

@@ -4,7 +4,10 @@
 //! message, `Retry-After` — and one renderer per wire format writes it: OpenAI's
 //! `{"error": {…}}` ([`ApiError::openai`]) or Anthropic's `{"type": "error", "error": {…}}`
 //! ([`ApiError::anthropic`]). 5xx bodies are generic and name the request id; the cause goes to
-//! the log under the same id.
+//! the log under the same id. `Retry-After` (whole seconds) always comes with `retry-after-ms`
+//! (exact): on every 429 (the wait poolgate knows, else [`DEFAULT_RETRY_AFTER`]) and on every 503
+//! with a known wait. A 503 that only an operator can end (every backend disabled or refused)
+//! suggests no retry.
 
 use std::time::Duration;
 
@@ -17,6 +20,10 @@ use crate::control::ControlError;
 use crate::domain::{Invalid, InvalidRequest};
 use crate::providers::anthropic::{error_type_for_status, ErrorResponse};
 use crate::proxy::ProxyError;
+use crate::telemetry::headers::insert_retry_after_ms;
+
+/// The wait a 429 suggests when poolgate knows no better one.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// An error as the client sees it.
 #[derive(Debug)]
@@ -206,7 +213,8 @@ impl ApiError {
         self.finish(&body)
     }
 
-    /// Status, `Retry-After` (whole seconds, rounded up, at least 1), and the log of a 5xx cause.
+    /// Status, `Retry-After` (whole seconds, rounded up, at least 1) with `retry-after-ms`
+    /// beside it, and the log of a 5xx cause.
     fn finish<T: Serialize>(self, body: &T) -> Response {
         if let Some(detail) = &self.detail {
             let request_id = request_id::current().map(|id| id.to_string());
@@ -217,11 +225,15 @@ impl ApiError {
             }
         }
         let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(wait) = self.retry_after {
+        let wait = self.retry_after.or_else(|| {
+            (self.status == StatusCode::TOO_MANY_REQUESTS).then_some(DEFAULT_RETRY_AFTER)
+        });
+        if let Some(wait) = wait {
             let seconds = wait.as_millis().div_ceil(1000).max(1);
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+            insert_retry_after_ms(response.headers_mut(), wait);
         }
         response
     }
@@ -374,6 +386,35 @@ mod tests {
         .openai();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()["retry-after-ms"], "1200");
+    }
+
+    #[test]
+    fn every_429_says_when_to_come_back_in_seconds_and_milliseconds() {
+        let no_wait_known = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow down").anthropic();
+        assert_eq!(no_wait_known.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(no_wait_known.headers()["retry-after-ms"], "1000");
+        let overloaded = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy")
+            .with_retry_after(Some(Duration::from_millis(2500)))
+            .openai();
+        assert_eq!(overloaded.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(overloaded.headers()["retry-after-ms"], "2500");
+        // Only an operator can end this one: no retry suggested.
+        let unavailable = ApiError::from(ProxyError::Unavailable).anthropic();
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(unavailable.headers().get(header::RETRY_AFTER).is_none());
+        assert!(unavailable.headers().get("retry-after-ms").is_none());
+        let key_limit = ApiError::from(ProxyError::KeyRateLimited {
+            rpm: 60,
+            retry_after: Duration::from_micros(250_001),
+        })
+        .openai();
+        assert_eq!(key_limit.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(key_limit.headers()["retry-after-ms"], "251");
+        // Other statuses carry neither.
+        let failed = ApiError::from(ProxyError::UpstreamFailed { detail: "x".into() }).openai();
+        assert!(failed.headers().get(header::RETRY_AFTER).is_none());
+        assert!(failed.headers().get("retry-after-ms").is_none());
     }
 
     #[tokio::test]

@@ -1,21 +1,23 @@
 //! The HTTP surface: [`build_router`] assembles the OpenAI-compatible proxy (`/v1/…`), the
 //! Anthropic-compatible `/v1/messages`, the
-//! token-protected admin API (`/admin/api/…`, with its OpenAPI document), `/healthz` and the
-//! dashboard. Handlers are thin: they authenticate, extract, and call [`crate::proxy`] or the store;
+//! token-protected admin API (`/admin/api/…`, with its OpenAPI document), the health endpoints
+//! (`/health/live`, `/health/ready`, `/healthz`), `GET /metrics` and the dashboard. Handlers are thin: they authenticate, extract, and call [`crate::proxy`] or the store;
 //! [`error`] is the one place an error becomes a response.
 
 pub mod admin;
 pub mod anthropic;
 pub mod auth;
 pub mod error;
+pub mod health;
 pub mod json;
+pub mod metrics;
 pub mod openai;
 pub mod proxy;
 pub mod request_id;
 
 use axum::extract::FromRef;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::StatusCode;
+use axum::response::Redirect;
 use axum::routing::get;
 use axum::Router;
 
@@ -47,13 +49,23 @@ impl FromRef<AppState> for ControlPlane {
 /// Routes reachable without any credential: the named allow-list. The dashboard's page and
 /// static assets (under `/dashboard/`) are public too; every datum they show comes from the
 /// token-protected admin API.
-pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/admin/api/openapi.json", "/", "/dashboard/"];
+pub const PUBLIC_ROUTES: &[&str] = &[
+    "/healthz",
+    "/health/live",
+    "/health/ready",
+    "/admin/api/openapi.json",
+    "/",
+    "/dashboard/",
+];
 
 /// The whole application router.
 pub fn build_router(state: AppState) -> Router {
     let (admin_router, _) = admin::router(state.data.clone());
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(health::live))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::metrics))
         .route("/", get(|| async { Redirect::temporary("/dashboard/") }))
         .merge(openai::router())
         .merge(anthropic::router())
@@ -63,14 +75,6 @@ pub fn build_router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
-}
-
-async fn healthz() -> Response {
-    let mut response = axum::Json(serde_json::json!({"status": "ok"})).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 async fn not_found() -> ApiError {

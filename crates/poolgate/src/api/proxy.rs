@@ -1,7 +1,8 @@
 //! What both proxy surfaces (OpenAI, Anthropic) do around [`crate::proxy::forward`]: authenticate
 //! against this request's snapshot (a failure is answered without a usage record: the caller is
-//! unknown), read the per-request options and the body, parse it in the client's format, record
-//! a refusal, forward, and render the answer — or the error, in the client's format.
+//! unknown; it is still observed: metrics and the access log count it), read the per-request
+//! options and the body, parse it in the client's format, record a refusal, forward, and render
+//! the answer — or the error, in the client's format — with the headers the proxy adds.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -18,7 +19,10 @@ use crate::domain::{now_ms, InvalidRequest};
 use crate::limits::ConcurrencyPermit;
 use crate::providers::Endpoint;
 use crate::proxy::route::sticky_key;
-use crate::proxy::{forward, record_refused, Inbound, ProxyBody, ProxyResponse, RequestContext};
+use crate::proxy::{
+    forward, observe, observe_unauthenticated, record_refused, Forwarded, Inbound, ProxyBody,
+    ProxyResponse, RequestContext,
+};
 use crate::state::DataPlane;
 
 /// Header `x-poolgate-max-wait-ms`: how long this request may wait for a ready backend.
@@ -61,7 +65,18 @@ pub async fn serve(
     let live = data.live();
     let client_key = match authenticate_client(data, &live, &parts.headers) {
         Ok(key) => key,
-        Err(error) => return render(error),
+        Err(error) => {
+            observe_unauthenticated(
+                data,
+                request_id.as_str(),
+                received,
+                endpoint,
+                &parts.headers,
+                error.status_code().as_u16(),
+                error.kind(),
+            );
+            return render(error);
+        }
     };
     let max_wait = max_wait_header(&parts.headers);
     let ctx = RequestContext {
@@ -72,11 +87,13 @@ pub async fn serve(
         max_wait: max_wait.as_ref().ok().copied().flatten(),
         live,
     };
-    // Refused after authentication: recorded like every other request.
+    // Refused after authentication: recorded (and observed, as an unrouted request) like every
+    // other request.
     let refuse = |error: ApiError| {
         let kind = error.code().unwrap_or(error.kind());
-        record_refused(&data.usage, &ctx, endpoint, error.status_code(), kind);
-        render(error)
+        let observation = observe(data, &ctx, endpoint, None, &parts.headers);
+        let headers = record_refused(data, &ctx, endpoint, error.status_code(), kind, observation);
+        with_headers(render(error), headers)
     };
     // Overload, answered at once before the body is read: the key's own concurrency first (a
     // greedy key gets 429, not everyone's 503), then the gateway's.
@@ -107,17 +124,25 @@ pub async fn serve(
         }
         Err(error) => return refuse(error),
     };
-    let response = match forward(data, ctx, inbound).await {
+    let observation = observe(data, &ctx, endpoint, Some(&inbound), &parts.headers);
+    let Forwarded { result, headers } = forward(data, ctx, inbound, observation).await;
+    let response = match result {
         Ok(response) => into_response(response),
         Err(error) => render(ApiError::from(error)),
     };
     // The slots are free when the answer's body is done (a stream: when it ends).
-    response.map(|body| {
+    with_headers(response, headers).map(|body| {
         Body::new(HoldingBody {
             body,
             _held: permits,
         })
     })
+}
+
+/// Adds the proxy's headers (rate limits, routing) to an answer.
+fn with_headers(mut response: Response, headers: HeaderMap) -> Response {
+    response.headers_mut().extend(headers);
+    response
 }
 
 /// The concurrency slots of one request.

@@ -20,16 +20,18 @@ use crate::domain::models::validate_alias_table;
 use crate::domain::sticky::StickySettings;
 use crate::domain::{validate_name, BackendSpec, CanonicalModel, Invalid, Pool, PoolName};
 use crate::error::InitError;
+use crate::telemetry::TelemetrySettings;
 
 pub use cluster::{default_instance_id, DatabaseSettings, RedisSettings};
 pub use database::DatabaseUrl;
 pub use raw::{
-    RawBackend, RawConfig, RawCooldown, RawDatabase, RawLimits, RawNetwork, RawPool, RawProxy,
-    RawRedis, RawResponses, RawRouting, RawServer, RawSticky, RawUsage,
+    RawBackend, RawConfig, RawCooldown, RawDatabase, RawHealth, RawLimits, RawMetrics, RawNetwork,
+    RawPool, RawProxy, RawRedis, RawResponses, RawRouting, RawServer, RawSticky, RawTelemetry,
+    RawUsage,
 };
 use validate::{
-    validate_backend, validate_cooldown, validate_limits, validate_network, validate_proxy,
-    validate_server,
+    validate_backend, validate_cooldown, validate_health, validate_limits, validate_network,
+    validate_proxy, validate_server,
 };
 
 use crate::egress::EgressPolicy;
@@ -63,6 +65,8 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     /// `max_tokens` sent to Anthropic when the client gave none.
     pub anthropic_default_max_tokens: u32,
+    /// Add `x-poolgate-backend` and `x-poolgate-attempts` to proxy answers.
+    pub expose_routing_headers: bool,
     /// Requests on the proxy routes at the same time; past it, 503 + `Retry-After` at once.
     pub max_in_flight: usize,
     /// The largest upstream JSON answer (or error body) read; a larger one becomes a 502.
@@ -80,6 +84,7 @@ impl Default for ProxySettings {
             inject_stream_usage: true,
             shutdown_grace: Duration::from_secs(30),
             anthropic_default_max_tokens: 4096,
+            expose_routing_headers: false,
             max_in_flight: (ServerSettings::default().max_connections / 2).max(1),
             max_response_bytes: 64 * 1024 * 1024,
         }
@@ -131,6 +136,25 @@ impl Default for LimitsSettings {
     }
 }
 
+/// The health endpoints (`[health]`).
+#[derive(Clone, Debug)]
+pub struct HealthSettings {
+    /// After a stop signal, how long poolgate keeps serving with `/health/ready` answering 503
+    /// before it stops accepting connections (load balancers take it out first).
+    pub shutdown_delay: Duration,
+    /// How long each readiness probe (the store, …) may take before it counts as failed.
+    pub ready_timeout: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_delay: Duration::ZERO,
+            ready_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 /// How much response and session affinity the gateway keeps in memory.
 #[derive(Clone, Debug)]
 pub struct AffinitySettings {
@@ -177,6 +201,9 @@ pub struct Config {
     pub limits: LimitsSettings,
     pub pools: Vec<Pool>,
     pub backends: Vec<BackendSpec>,
+    /// `[metrics]` and `[telemetry]`.
+    pub telemetry: TelemetrySettings,
+    pub health: HealthSettings,
     /// The config file's aliases (written to the store at every start, `source = config`).
     pub aliases: BTreeMap<String, CanonicalModel>,
     /// The config file's `[routing.sticky]`, if any (written to the store at every start).
@@ -203,6 +230,8 @@ impl Default for Config {
             limits: LimitsSettings::default(),
             pools: Vec::new(),
             backends: Vec::new(),
+            telemetry: TelemetrySettings::default(),
+            health: HealthSettings::default(),
             aliases: BTreeMap::new(),
             sticky: None,
             affinity: AffinitySettings::default(),
@@ -260,6 +289,8 @@ impl Config {
         let proxy = validate_proxy(raw.proxy, server.max_connections)?;
         let network = validate_network(raw.network)?;
         let limits = validate_limits(raw.limits)?;
+        let telemetry = TelemetrySettings::from_raw(raw.metrics, raw.telemetry, env)?;
+        let health = validate_health(raw.health)?;
         let cooldown = validate_cooldown(raw.cooldown)?;
         let usage = UsageSettings {
             channel_capacity: raw
@@ -379,6 +410,8 @@ impl Config {
             limits,
             pools,
             backends,
+            telemetry,
+            health,
             aliases,
             sticky,
             affinity,
@@ -509,6 +542,70 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.contains("backends[0].rpm_limit"), "{error}");
+    }
+
+    #[test]
+    fn observability_sections_parse_and_name_their_fields() {
+        let config = load(
+            r#"
+            [proxy]
+            expose_routing_headers = true
+            [metrics]
+            token = "env:OPENAI_KEY"
+            client_key_labels = true
+            [telemetry]
+            otlp_endpoint = "http://127.0.0.1:4318"
+            access_log = false
+            [health]
+            shutdown_delay_seconds = 5
+            ready_timeout_ms = 250
+            "#,
+        )
+        .unwrap();
+        assert!(config.proxy.expose_routing_headers);
+        assert!(config.telemetry.observer.client_key_labels);
+        assert!(!config.telemetry.observer.access_log);
+        assert_eq!(
+            config
+                .telemetry
+                .metrics
+                .token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
+            Some("sk-from-env-123456".to_owned())
+        );
+        assert_eq!(
+            config.telemetry.trace.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(config.health.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(config.health.ready_timeout, Duration::from_millis(250));
+
+        let defaults = load("").unwrap();
+        assert!(!defaults.proxy.expose_routing_headers);
+        assert!(defaults.telemetry.metrics.enabled && defaults.telemetry.observer.access_log);
+        assert_eq!(defaults.health.shutdown_delay, Duration::ZERO);
+
+        for (text, field) in [
+            ("[metrics]\ntoken = \"short\"\n", "metrics.token"),
+            ("[metrics]\ntoken = \"env:NOT_SET\"\n", "metrics.token"),
+            (
+                "[telemetry]\notlp_endpoint = \"collector\"\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "[health]\nshutdown_delay_seconds = 7200\n",
+                "health.shutdown_delay_seconds",
+            ),
+            (
+                "[health]\nready_timeout_ms = 0\n",
+                "health.ready_timeout_ms",
+            ),
+            ("[metrics]\nenable = true\n", "enable"),
+        ] {
+            let error = load(text).unwrap_err();
+            assert!(error.contains(field), "{text}: {error}");
+        }
     }
 
     #[test]

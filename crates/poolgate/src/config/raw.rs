@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::LogFormat;
 use crate::domain::sticky::StickyInput;
 use crate::domain::{ApiKind, MappingInput};
+pub use crate::telemetry::settings::{RawMetrics, RawTelemetry};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +41,15 @@ pub struct RawConfig {
     pub pools: Vec<RawPool>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+    /// `[metrics]`: who may scrape `GET /metrics`, per-client-key series.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// `[telemetry]`: OTLP traces, the access log.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    /// `[health]`: the readiness probe and the drain before a stop.
+    #[serde(default)]
+    pub health: RawHealth,
     /// `"gpt-4o-latest" = "gpt-4o"`: one model name for another canonical model.
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
@@ -100,6 +110,8 @@ pub struct RawProxy {
     pub inject_stream_usage: Option<bool>,
     pub shutdown_grace_seconds: Option<u64>,
     pub anthropic_default_max_tokens: Option<u32>,
+    /// `x-poolgate-backend` and `x-poolgate-attempts` on proxy answers.
+    pub expose_routing_headers: Option<bool>,
     pub max_in_flight: Option<usize>,
     pub max_response_bytes: Option<usize>,
 }
@@ -183,6 +195,13 @@ pub struct RawNetwork {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub checkpoint_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub shutdown_delay_seconds: Option<u64>,
+    pub ready_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::raw::{RawBackend, RawCooldown, RawLimits, RawNetwork, RawProxy, RawServer};
-use super::{LimitsSettings, ProxySettings};
+use super::raw::{RawBackend, RawCooldown, RawHealth, RawLimits, RawNetwork, RawProxy, RawServer};
+use super::{HealthSettings, LimitsSettings, ProxySettings};
 use crate::cooldown::CooldownPolicy;
-use crate::domain::{BackendInput, BackendSpec, Invalid};
+use crate::domain::{literal_or_env, BackendInput, BackendSpec, Invalid};
 use crate::egress::EgressPolicy;
 use crate::serving::{BodyPace, ServerSettings};
 
@@ -95,6 +95,33 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
             defaults.shutdown_grace,
         )?,
         anthropic_default_max_tokens,
+        expose_routing_headers: raw
+            .expose_routing_headers
+            .unwrap_or(defaults.expose_routing_headers),
+    })
+}
+
+pub fn validate_health(raw: RawHealth) -> Result<HealthSettings, Invalid> {
+    let defaults = HealthSettings::default();
+    let shutdown_delay = raw.shutdown_delay_seconds.unwrap_or(0);
+    if shutdown_delay > 3600 {
+        return Err(Invalid::new(
+            "health.shutdown_delay_seconds",
+            "must be at most 3600",
+        ));
+    }
+    let ready_timeout = raw
+        .ready_timeout_ms
+        .map_or(defaults.ready_timeout, Duration::from_millis);
+    if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&ready_timeout) {
+        return Err(Invalid::new(
+            "health.ready_timeout_ms",
+            "must be between 10 and 60000",
+        ));
+    }
+    Ok(HealthSettings {
+        shutdown_delay: Duration::from_secs(shutdown_delay),
+        ready_timeout,
     })
 }
 
@@ -142,15 +169,7 @@ pub fn validate_backend(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BackendSpec, Invalid> {
     let at = |field: &str| format!("backends[{i}].{field}");
-    let api_key = match raw.api_key.strip_prefix("env:") {
-        Some(var) => env(var).ok_or_else(|| {
-            Invalid::new(
-                at("api_key"),
-                format!("environment variable `{var}` is not set"),
-            )
-        })?,
-        None => raw.api_key,
-    };
+    let api_key = literal_or_env(&at("api_key"), raw.api_key, env)?;
     BackendInput {
         name: raw.name,
         label: (!raw.label.is_empty()).then_some(raw.label),

@@ -22,6 +22,7 @@ mod limits_checkpoint;
 mod master_key;
 mod models;
 mod pg_changes;
+mod probes;
 mod snapshot;
 mod store;
 mod usage_writer;
@@ -37,9 +38,11 @@ use crate::config::Config;
 use crate::domain::{now_ms, BackendId, BackendRecord, ClientKeyRecord, Pool};
 use crate::error::InitError;
 use crate::files::ensure_data_dir;
+use crate::readiness::Readiness;
 use crate::routing::affinity::{owner_channel, AffinityLimits, LocalAffinity};
 use crate::runtime::{Cluster, HealthSink};
 use crate::state::{DataPlane, Live};
+use crate::telemetry::Observer;
 use crate::usage::stats::{assemble, Stats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage, UsageSink};
 
@@ -84,6 +87,10 @@ struct Inner {
     /// cannot overwrite each other (never taken on the request path).
     writes: tokio::sync::Mutex<()>,
     workers: parking_lot::Mutex<Option<Workers>>,
+    /// Metrics (and traces) of this gateway: fed by the writers, handed to the data plane.
+    observer: Observer,
+    /// What `/health/ready` checks (store, snapshot; later parts add theirs).
+    readiness: Readiness,
 }
 
 /// The background tasks of the control plane.
@@ -107,6 +114,7 @@ struct Parts {
     changes: Arc<dyn ChangeFeed>,
     pg_feed: Option<Arc<PgChangeFeed>>,
     cluster: Option<Arc<Cluster>>,
+    observer: Observer,
 }
 
 impl ControlPlane {
@@ -114,14 +122,26 @@ impl ControlPlane {
     /// checks it against the database, starts the usage and health writers and the change
     /// follower, and builds the first snapshot.
     pub async fn open(config: Arc<Config>) -> Result<ControlPlane, InitError> {
-        Self::open_with(config, None).await
+        // Metrics without traces: the command line and tests; the server brings its own.
+        let observer = Observer::new(config.telemetry.observer, None)?;
+        Self::open_with(config, observer, None).await
     }
 
-    /// [`ControlPlane::open`] for a gateway whose runtimes use `cluster`'s shared state. With
-    /// a PostgreSQL database, changes made by other instances are followed (`LISTEN/NOTIFY`
-    /// and a periodic version check).
+    /// [`ControlPlane::open`] with the gateway's observer (metrics, and traces when on): the
+    /// snapshot resolves its series, the writers count into it, the data plane gets it.
+    pub async fn open_observed(
+        config: Arc<Config>,
+        observer: Observer,
+    ) -> Result<ControlPlane, InitError> {
+        Self::open_with(config, observer, None).await
+    }
+
+    /// [`ControlPlane::open_observed`] for a gateway whose runtimes use `cluster`'s shared
+    /// state. With a PostgreSQL database, changes made by other instances are followed
+    /// (`LISTEN/NOTIFY` and a periodic version check).
     pub async fn open_with(
         config: Arc<Config>,
+        observer: Observer,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<ControlPlane, InitError> {
         ensure_data_dir(&config.data_dir)?;
@@ -157,6 +177,7 @@ impl ControlPlane {
                 changes,
                 pg_feed,
                 cluster,
+                observer,
             },
         )
         .await
@@ -171,13 +192,16 @@ impl ControlPlane {
             changes,
             pg_feed,
             cluster,
+            observer,
         } = parts;
         let clustered = cluster.is_some();
+        let stores = stores.counted(&observer.metrics().store_errors());
         let snapshots = Arc::new(Snapshots::new(
             Arc::clone(&stores.config),
             sealer,
             Arc::new(config.network.clone()),
             cluster.clone(),
+            observer.clone(),
         ));
         // Bucket levels stored before a restart apply as the snapshot creates the runtimes. In
         // cluster mode the buckets live in Redis (they outlive an instance's restart): no
@@ -191,10 +215,16 @@ impl ControlPlane {
             snapshots.registry().restore_levels(levels);
         }
         snapshots.rebuild().await.map_err(ControlError::from)?;
+        // Every backend's state, cooldown, bucket and in-flight count, read at scrape time.
+        observer.watch_backends(Arc::new(snapshots.reader()))?;
         let instance = InstanceId::generate();
         let journal = usage_writer::open_journal(&config, &*stores.usage).await?;
-        let (usage, usage_writer) =
-            usage_writer::spawn_writer(Arc::clone(&stores.usage), &config.usage, journal);
+        let (usage, usage_writer) = usage_writer::spawn_writer(
+            Arc::clone(&stores.usage),
+            &config.usage,
+            journal,
+            observer.metrics(),
+        );
         let usage_state = usage_writer.state();
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));
         let limits = (!clustered).then(|| {
@@ -219,6 +249,9 @@ impl ControlPlane {
         );
         let maintenance =
             usage_writer::spawn_maintenance(Arc::clone(&stores.usage), config.usage.retention);
+        let readiness = Readiness::new(config.health.ready_timeout);
+        readiness.add(Arc::new(probes::StoreProbe(Arc::clone(&stores.config))));
+        readiness.add(Arc::new(probes::SnapshotProbe(Arc::clone(&snapshots))));
         Ok(ControlPlane {
             inner: Arc::new(Inner {
                 config,
@@ -243,6 +276,8 @@ impl ControlPlane {
                     maintenance,
                     owner_follower,
                 })),
+                observer,
+                readiness,
             }),
         })
     }
@@ -256,7 +291,18 @@ impl ControlPlane {
             self.inner.health.clone(),
             self.inner.affinity.clone(),
             admin_token,
+            self.inner.observer.clone(),
         )
+    }
+
+    /// The gateway's observer.
+    pub fn observer(&self) -> &Observer {
+        &self.inner.observer
+    }
+
+    /// The readiness probes and the draining flag (`/health/ready`).
+    pub fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
     }
 
     /// Writes every queued usage record, health state and RPM bucket level, stops the background

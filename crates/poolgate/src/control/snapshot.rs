@@ -28,6 +28,7 @@ use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{Cluster, RuntimeRegistry};
 use crate::scrub::KeyScrubber;
 use crate::state::{Live, LiveClientKey, LiveReader};
+use crate::telemetry::Observer;
 
 /// The snapshot and what it is built from.
 pub(super) struct Snapshots {
@@ -40,17 +41,23 @@ pub(super) struct Snapshots {
     retrying: AtomicBool,
     /// The configuration version the snapshot was built from (shared databases; -1 before).
     version: AtomicI64,
+    /// Set by the first successful build.
+    loaded: AtomicBool,
+    /// Resolves each backend's and route's metric series as the snapshot is built.
+    observer: Observer,
 }
 
 impl Snapshots {
     /// An empty snapshot; call [`Snapshots::rebuild`] to load the stored state.
     /// `egress`: the policy IP-literal backend URLs are checked against; `cluster`: the shared
-    /// runtime state the runtimes use (cluster mode).
+    /// runtime state the runtimes use (cluster mode); `observer`: resolves each backend's and
+    /// route's metric series as the snapshot is built.
     pub fn new(
         store: Arc<dyn ConfigStore>,
         sealer: Sealer,
         egress: Arc<EgressPolicy>,
         cluster: Option<Arc<Cluster>>,
+        observer: Observer,
     ) -> Self {
         Self {
             store,
@@ -61,6 +68,8 @@ impl Snapshots {
             rebuild: tokio::sync::Mutex::new(()),
             retrying: AtomicBool::new(false),
             version: AtomicI64::new(-1),
+            loaded: AtomicBool::new(false),
+            observer,
         }
     }
 
@@ -111,6 +120,14 @@ impl Snapshots {
 
     /// Rebuilds the snapshot from the store and swaps it in.
     pub async fn rebuild(&self) -> Result<(), StoreError> {
+        let result = self.load_and_swap().await;
+        if result.is_ok() {
+            self.loaded.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    async fn load_and_swap(&self) -> Result<(), StoreError> {
         let _serial = self.rebuild.lock().await;
         // Read first: a change committed while the rows are read makes the snapshot newer than
         // its version says, and the next check rebuilds again (never the other way round).
@@ -150,6 +167,7 @@ impl Snapshots {
                     format!("the egress policy refuses the backend's address: {refusal}")
                 });
             backends.push(Arc::new(LiveBackend {
+                telemetry: LiveBackend::telemetry_for(&self.observer, &record),
                 record,
                 api_key,
                 runtime,
@@ -177,6 +195,7 @@ impl Snapshots {
             &backends,
             &pools,
             aliases.into_iter().map(|a| (a.alias, a.target)),
+            &self.observer,
         );
         let models = routes.listed();
         let by_id = backends
@@ -195,6 +214,20 @@ impl Snapshots {
         }));
         if let Some(version) = version {
             self.version.store(version, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether the snapshot serves what the store holds: built once, and no rebuild after a
+    /// committed change is still failing.
+    pub fn current(&self) -> Result<(), String> {
+        if !self.loaded.load(Ordering::Acquire) {
+            return Err("the live snapshot is not loaded yet".to_owned());
+        }
+        if self.retrying.load(Ordering::Acquire) {
+            return Err(
+                "a stored change is not in the live snapshot yet (rebuild retrying)".to_owned(),
+            );
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use crate::domain::AliasRecord;
 use crate::domain::{
     BackendInput, BackendSpec, ClientKeyRecord, LimiterLevel, PersistedHealth, PoolName,
 };
+use crate::readiness::ProbeStatus;
 
 // === a store that fails or waits when told to ===
 
@@ -207,6 +208,7 @@ async fn harness_with(configure: impl FnOnce(&mut Config)) -> Harness {
             changes: feed.clone(),
             pg_feed: None,
             cluster: None,
+            observer: crate::telemetry::Observer::new(Default::default(), None).unwrap(),
         },
     )
     .await
@@ -351,7 +353,21 @@ async fn a_failed_write_leaves_the_store_and_the_snapshot_unchanged() {
         "snapshot unchanged"
     );
     assert!(heard.try_recv().is_err(), "nothing published");
+    // Each failure of the store is counted, by operation.
+    assert_eq!(store_errors(&h.control, "insert_backend"), 1);
+    assert_eq!(store_errors(&h.control, "update_backend"), 1);
     h.control.shutdown().await;
+}
+
+/// `poolgate_store_errors_total{operation}` as the control plane's metrics show it.
+fn store_errors(control: &ControlPlane, operation: &str) -> u64 {
+    let series = format!("poolgate_store_errors_total{{operation=\"{operation}\"}} ");
+    control
+        .observer()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |value| value.parse().unwrap())
 }
 
 #[tokio::test]
@@ -390,12 +406,31 @@ async fn a_rebuild_that_fails_after_the_commit_is_retried_not_reported() {
         !h.control.live().by_id.contains_key(&record.id),
         "the rebuild failed"
     );
+    // Not ready meanwhile: the snapshot lags behind the store (whose cheap query still works).
+    let report = h.control.readiness().check().await;
+    assert!(!report.ready());
+    assert_eq!(
+        report.checks,
+        vec![
+            ("store", ProbeStatus::Ok),
+            ("snapshot", ProbeStatus::Failed)
+        ]
+    );
+    assert!(store_errors(&h.control, "list_backends") >= 1);
     h.switches.fail_reads.store(false, Ordering::SeqCst);
     let control = h.control.clone();
     eventually("the background retry rebuilds the snapshot", || {
         control.live().by_id.contains_key(&record.id)
     })
     .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !h.control.readiness().check().await.ready() {
+        assert!(
+            Instant::now() < deadline,
+            "ready again once the store answers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.control.shutdown().await;
 }
 

@@ -17,6 +17,12 @@
 //! - shutdown drains the queue and writes what the database takes within a limit; the rest stays
 //!   unacknowledged in the journal and is written at the next start.
 //!
+//! Its figures go to the metrics: records waiting (queue, buffer and journal-only), records
+//! written, failed writes (the store's own count has them as `insert_usage` too), records lost
+//! at shutdown (those the journal keeps for the next start are not lost). Records replayed from
+//! the journal at start are not counted as written: some of them may have been stored already
+//! (the store skips those), so the start-up log line gives their number.
+//!
 //! [`spawn_maintenance`] keeps the usage table ready (PostgreSQL day partitions) and applies
 //! the retention setting, hourly.
 
@@ -36,6 +42,8 @@ use crate::config::{Config, UsageSettings};
 use crate::domain::{now_ms, UsageRecord};
 use crate::error::InitError;
 use crate::journal::{Journal, JournalSettings, Journaled, Parked};
+use crate::telemetry::metrics::UsageMetrics;
+use crate::telemetry::Metrics;
 use crate::usage::{channel, Queued, UsageSink};
 
 /// Records replayed per insert at start-up.
@@ -129,8 +137,9 @@ pub fn spawn_writer(
     store: Arc<dyn UsageStore>,
     settings: &UsageSettings,
     journal: Option<Journal>,
+    metrics: &Metrics,
 ) -> (UsageSink, UsageWriter) {
-    spawn_writer_with(store, settings, journal, SHUTDOWN_WRITE_LIMIT)
+    spawn_writer_with(store, settings, journal, metrics, SHUTDOWN_WRITE_LIMIT)
 }
 
 /// [`spawn_writer`], trying at most `shutdown_limit` at shutdown before leaving the rest to the
@@ -139,6 +148,7 @@ fn spawn_writer_with(
     store: Arc<dyn UsageStore>,
     settings: &UsageSettings,
     journal: Option<Journal>,
+    metrics: &Metrics,
     shutdown_limit: Duration,
 ) -> (UsageSink, UsageWriter) {
     let (sink, queue) = channel(journal.clone());
@@ -157,6 +167,7 @@ fn spawn_writer_with(
         backoff: Duration::from_millis(50),
         written: 0,
         shutdown_limit,
+        metrics: metrics.usage(),
     };
     let task = tokio::spawn(writer.run(
         queue.rx,
@@ -239,6 +250,7 @@ struct Writer {
     backoff: Duration,
     written: u64,
     shutdown_limit: Duration,
+    metrics: UsageMetrics,
 }
 
 impl Writer {
@@ -284,6 +296,7 @@ impl Writer {
                 }
             };
             self.pump(due).await;
+            self.count_waiting(rx.len());
         }
         // Drain everything already queued, write what the database takes in time; the rest
         // stays in the journal.
@@ -312,6 +325,7 @@ impl Writer {
                 .filter(|queued| queued.journaled.is_none())
                 .count() as u64;
             self.state.lost.fetch_add(unjournaled, Ordering::Relaxed);
+            self.metrics.records_lost.inc_by(unjournaled);
             if unjournaled < left {
                 tracing::warn!(
                     records = left - unjournaled,
@@ -327,12 +341,24 @@ impl Writer {
         }
         self.buffer.clear();
         self.state.buffered.store(0, Ordering::Relaxed);
+        self.count_waiting(0);
         if let Some(journal) = self.journal.take() {
             if let Err(error) = journal.close() {
                 tracing::warn!(%error, "could not tidy up the usage journal; it is replayed at the next start");
             }
         }
         self.written
+    }
+
+    /// The metrics' queue depth: records waiting, `in_channel` still queued plus those taken
+    /// (in the buffer, or in the journal only).
+    fn count_waiting(&self, in_channel: usize) {
+        let waiting = (in_channel as u64)
+            .saturating_add(self.buffer.len() as u64)
+            .saturating_add(self.parked.len());
+        self.metrics
+            .queue_depth
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// One record from the queue: into the buffer, or — past its bound, or behind records
@@ -441,6 +467,7 @@ impl Writer {
                         }
                     }
                     self.written += count as u64;
+                    self.metrics.records_written.inc_by(count as u64);
                     self.state
                         .buffered
                         .store(self.buffer.len(), Ordering::Relaxed);
@@ -455,6 +482,7 @@ impl Writer {
                     self.backoff = Duration::from_millis(50);
                 }
                 failure => {
+                    self.metrics.write_errors.inc();
                     let error = match failure {
                         Ok(Err(error)) => error.to_string(),
                         _ => format!("no answer within {INSERT_TIMEOUT:?}"),

@@ -26,7 +26,7 @@ pub use backend::{
 pub use models::{AliasRecord, ModelNameError, ModelPattern, UpstreamTemplate};
 pub use request::{parse_json, InvalidRequest};
 pub use validate::{
-    normalize_base_url, validate_api_key, validate_concurrency, validate_key_name,
+    literal_or_env, normalize_base_url, validate_api_key, validate_concurrency, validate_key_name,
     validate_mappings, validate_metadata, validate_model_name, validate_name, validate_priority,
     validate_rpm, validate_timeout, validate_weight, Invalid,
 };

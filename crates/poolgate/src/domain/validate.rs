@@ -20,6 +20,20 @@ impl Invalid {
     }
 }
 
+/// A config value that is either literal or `env:VAR` (read from `env`); a variable that is not
+/// set is an error naming `field`.
+pub fn literal_or_env(
+    field: &str,
+    value: String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Invalid> {
+    match value.strip_prefix("env:") {
+        Some(var) => env(var)
+            .ok_or_else(|| Invalid::new(field, format!("environment variable `{var}` is not set"))),
+        None => Ok(value),
+    }
+}
+
 /// Backend and pool names: 1–64 chars of letters, digits, `-`, `_`, `.`.
 pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
     if name.is_empty() || name.len() > 64 {

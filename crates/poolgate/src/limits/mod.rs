@@ -86,6 +86,15 @@ impl TokenBucket {
         self.rpm
     }
 
+    /// Tokens in the bucket at `now`, fractions included; takes nothing.
+    pub fn available(&self, now: Instant) -> f64 {
+        // Whole tokens and the fraction separately: exact up to 2^53 tokens.
+        let level = self.level_at(now);
+        let whole = level / UNITS_PER_TOKEN;
+        let fraction = level % UNITS_PER_TOKEN;
+        whole as f64 + fraction as f64 / UNITS_PER_TOKEN as f64
+    }
+
     /// The fill at `now`, in units of 1/[`UNITS_PER_TOKEN`] of a token (what a checkpoint
     /// stores).
     pub fn level(&self, now: Instant) -> u128 {
@@ -233,6 +242,15 @@ impl RpmLimiter {
     pub fn rpm(&self) -> u32 {
         self.bucket.lock().as_ref().map_or(0, TokenBucket::rpm)
     }
+
+    /// The limit and the tokens in the bucket at `now` (fractions included); `None` when
+    /// unlimited. Takes nothing.
+    pub fn state(&self, now: Instant) -> Option<(u32, f64)> {
+        self.bucket
+            .lock()
+            .as_ref()
+            .map(|bucket| (bucket.rpm(), bucket.available(now)))
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +305,19 @@ mod tests {
             taken += 1;
         }
         taken
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn available_counts_whole_tokens_and_the_fraction() {
+        let limiter = RpmLimiter::new(60);
+        assert_eq!(limiter.state(Instant::now()), Some((60, 60.0)));
+        for _ in 0..60 {
+            limiter.try_acquire(Instant::now()).unwrap();
+        }
+        assert_eq!(limiter.state(Instant::now()), Some((60, 0.0)));
+        advance(Duration::from_millis(1500)).await;
+        assert_eq!(limiter.state(Instant::now()), Some((60, 1.5)));
+        assert_eq!(RpmLimiter::new(0).state(Instant::now()), None);
     }
 
     #[tokio::test(start_paused = true)]

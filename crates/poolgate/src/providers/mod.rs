@@ -108,6 +108,30 @@ impl Endpoint {
         }
     }
 
+    /// The route clients call (`http.route` in traces).
+    pub fn client_path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::ResponsesRetrieve | Endpoint::ResponsesDelete => "/v1/responses/{id}",
+            Endpoint::ResponsesCancel => "/v1/responses/{id}/cancel",
+            Endpoint::ResponsesInputItems => "/v1/responses/{id}/input_items",
+        }
+    }
+
+    /// The HTTP method clients call it with (`http.request.method` in traces).
+    pub fn client_method(self) -> &'static str {
+        match self {
+            Endpoint::ResponsesRetrieve | Endpoint::ResponsesInputItems => "GET",
+            Endpoint::ResponsesDelete => "DELETE",
+            _ => "POST",
+        }
+    }
+
     /// Path below an OpenAI-compatible base URL (the Responses API's calls build their own).
     pub fn openai_path(self) -> &'static str {
         match self {
@@ -187,6 +211,36 @@ impl TokenUsage {
     }
 }
 
+/// The model an answer says answered: `model` of a JSON answer (OpenAI and Anthropic alike), or
+/// of the first event in a stream's first bytes (`model` of an OpenAI chunk, `message.model` of
+/// Anthropic's `message_start`, `response.model` of the Responses API's `response.created`).
+/// `None` when there is none to read.
+pub fn answered_model(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Answered {
+        model: Option<String>,
+        message: Option<AnsweredMessage>,
+        response: Option<AnsweredMessage>,
+    }
+    #[derive(Deserialize)]
+    struct AnsweredMessage {
+        model: Option<String>,
+    }
+    let read = |json: &[u8]| {
+        let answered: Answered = serde_json::from_slice(json).ok()?;
+        answered
+            .model
+            .or_else(|| answered.message.and_then(|message| message.model))
+            .or_else(|| answered.response.and_then(|response| response.model))
+    };
+    if body.trim_ascii_start().starts_with(b"{") {
+        return read(body);
+    }
+    body.split(|&byte| byte == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .find_map(|data| read(data.trim_ascii()))
+}
+
 /// One request ready to send upstream.
 #[derive(Debug)]
 pub struct UpstreamRequest {
@@ -195,4 +249,26 @@ pub struct UpstreamRequest {
     pub url: String,
     pub headers: HeaderMap,
     pub body: body::SplicedBody,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answering_model_is_read_from_answers_and_first_events() {
+        let chat =
+            br#"{"id":"c1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[]}"#;
+        assert_eq!(answered_model(chat).as_deref(), Some("gpt-4o-2024-08-06"));
+        let message = br#"{"id":"m1","type":"message","model":"claude-sonnet-4","content":[]}"#;
+        assert_eq!(answered_model(message).as_deref(), Some("claude-sonnet-4"));
+        let chunk = b"data: {\"id\":\"c1\",\"model\":\"up-gpt\",\"choices\":[]}\n\n";
+        assert_eq!(answered_model(chunk).as_deref(), Some("up-gpt"));
+        let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\"}}\n\n";
+        assert_eq!(answered_model(start).as_deref(), Some("claude-x"));
+        let created = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-r\"}}\n\n";
+        assert_eq!(answered_model(created).as_deref(), Some("gpt-r"));
+        assert_eq!(answered_model(b"data: [DONE]\n\n"), None);
+        assert_eq!(answered_model(b"not json"), None);
+    }
 }

@@ -22,6 +22,7 @@ use crate::routing::{Selection, Ticket};
 use crate::runtime::{refusal_ready_at, Resolution};
 use crate::shared::{BucketClaim, Refusal};
 use crate::state::DataPlane;
+use crate::telemetry::AttemptResult;
 
 /// How the attempt loop ended well.
 pub enum Done {
@@ -103,10 +104,13 @@ pub async fn run(
 
         // Phase **call**: the provider builds the request; the backend's timeout bounds the
         // time to the first byte.
-        let (request, plan) =
+        let (mut request, plan) =
             plan::build(inbound, &backend, ticket.upstream_model.as_str(), settings)?;
+        // Observed from here: retries and failovers are counted, the trace context goes along.
+        draft.start_attempt(&ticket, &mut request.headers);
         let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let attempt_started = Instant::now();
+        let mut upstream_status = None;
 
         // Phase **classify** (an address the egress policy refuses is never sent to).
         let failure = if let Some(refused) = &backend.egress_refused {
@@ -125,6 +129,7 @@ pub async fn run(
                 Ok(Err(error)) => connection_failure(&error),
                 Ok(Ok(response)) => {
                     let status = response.status();
+                    upstream_status = Some(status.as_u16());
                     if status.is_success() {
                         let remaining =
                             first_byte_timeout.saturating_sub(attempt_started.elapsed());
@@ -165,6 +170,7 @@ pub async fn run(
                                 // backend's health: a half-open probe ends without closing the
                                 // cooldown (the next request probes again).
                                 resolve(data, &mut ticket, UpstreamOutcome::Inconclusive);
+                                draft.end_attempt(AttemptResult::ClientError, upstream_status);
                                 let scrubber = &backend.scrubber;
                                 return relay_client_error(answer, plan, draft, data, scrubber)
                                     .await;
@@ -178,6 +184,7 @@ pub async fn run(
         // An answer too large for poolgate is final: any backend would send the same.
         if let Failure::TooLarge { limit } = failure {
             resolve(data, &mut ticket, failure.outcome());
+            draft.end_attempt(failure.attempt_result(), upstream_status);
             return Err(ProxyError::UpstreamTooLarge { limit });
         }
 
@@ -191,6 +198,7 @@ pub async fn run(
         );
         backend.runtime.set_last_error(description);
         let report = resolve(data, &mut ticket, failure.outcome());
+        draft.end_attempt(failure.attempt_result(), upstream_status);
         drop(ticket);
         // Cluster mode: the shared cooldown knows before the next attempt (the report is its own
         // task: it finishes even if this request is abandoned).

@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use super::respond::{read_error_body, ErrorBodyError};
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
 use crate::providers::azure::{AzureErrorBody, AzureErrorKind};
+use crate::telemetry::AttemptResult;
 
 /// Why one upstream attempt failed in a way worth trying elsewhere.
 #[derive(Debug)]
@@ -19,6 +20,10 @@ pub enum Failure {
     },
     Server {
         status: Option<u16>,
+        detail: String,
+    },
+    /// The TCP or TLS connection could not be made.
+    Connect {
         detail: String,
     },
     Timeout,
@@ -70,7 +75,9 @@ impl Failure {
                 status: Some(status),
                 ..
             } => format!("upstream error {status}"),
-            Failure::Server { detail, .. } => format!("upstream unreachable: {detail}"),
+            Failure::Server { detail, .. } | Failure::Connect { detail } => {
+                format!("upstream unreachable: {detail}")
+            }
             Failure::Timeout => "upstream timed out".to_owned(),
             Failure::AuthRejected { status } => format!("upstream refused the key ({status})"),
             Failure::Redirect { status } => {
@@ -88,15 +95,34 @@ impl Failure {
             Failure::RateLimited { retry_after } => UpstreamOutcome::RateLimited {
                 retry_after: *retry_after,
             },
-            Failure::Server { .. } | Failure::Timeout | Failure::Redirect { .. } => {
-                UpstreamOutcome::ServerError
-            }
+            Failure::Server { .. }
+            | Failure::Connect { .. }
+            | Failure::Timeout
+            | Failure::Redirect { .. } => UpstreamOutcome::ServerError,
             Failure::AuthRejected { .. } | Failure::Misconfigured { .. } => {
                 UpstreamOutcome::AuthFailed
             }
             Failure::TooLarge { .. } | Failure::EgressRefused { .. } => {
                 UpstreamOutcome::Inconclusive
             }
+        }
+    }
+
+    /// How the attempt ended, for the metrics and the attempt's span. A redirect is the
+    /// upstream misbehaving (`server_error`, like the cooldown sees it); an answer over
+    /// `proxy.max_response_bytes` too (the upstream answered, poolgate could not take it); an
+    /// address the egress policy refuses is a connection that could not be made
+    /// (`connect_error`).
+    pub fn attempt_result(&self) -> AttemptResult {
+        match self {
+            Failure::RateLimited { .. } => AttemptResult::RateLimited,
+            Failure::Server { .. } | Failure::Redirect { .. } | Failure::TooLarge { .. } => {
+                AttemptResult::ServerError
+            }
+            Failure::Connect { .. } | Failure::EgressRefused { .. } => AttemptResult::ConnectError,
+            Failure::Timeout => AttemptResult::Timeout,
+            Failure::AuthRejected { .. } => AttemptResult::BadKey,
+            Failure::Misconfigured { .. } => AttemptResult::Misconfigured,
         }
     }
 
@@ -111,6 +137,9 @@ impl Failure {
                 detail: scrub(detail),
             },
             Failure::Misconfigured { detail } => Failure::Misconfigured {
+                detail: scrub(detail),
+            },
+            Failure::Connect { detail } => Failure::Connect {
                 detail: scrub(detail),
             },
             other => other,
@@ -203,9 +232,12 @@ pub fn connection_failure(error: &reqwest::Error) -> Failure {
             detail: refused.to_string(),
         };
     }
-    let detail = if error.is_connect() {
-        "connection failed".to_owned()
-    } else if error.is_timeout() {
+    if error.is_connect() {
+        return Failure::Connect {
+            detail: "connection failed".to_owned(),
+        };
+    }
+    let detail = if error.is_timeout() {
         "timed out".to_owned()
     } else {
         without_url(error)
@@ -256,6 +288,46 @@ mod tests {
         for code in [400, 404, 413, 422] {
             assert!(class(code).is_none(), "{code} is the request's own fault");
         }
+    }
+
+    #[test]
+    fn failures_name_their_attempt_result() {
+        let headers = HeaderMap::new();
+        let result = |code: u16| {
+            classify(StatusCode::from_u16(code).unwrap(), &headers)
+                .map(|failure| failure.attempt_result())
+        };
+        assert_eq!(result(429), Some(AttemptResult::RateLimited));
+        assert_eq!(result(529), Some(AttemptResult::RateLimited));
+        assert_eq!(result(401), Some(AttemptResult::BadKey));
+        assert_eq!(result(503), Some(AttemptResult::ServerError));
+        assert_eq!(result(400), None);
+        assert_eq!(Failure::Timeout.attempt_result(), AttemptResult::Timeout);
+        let refused = Failure::Connect {
+            detail: "connection failed".into(),
+        };
+        assert_eq!(refused.attempt_result(), AttemptResult::ConnectError);
+        assert_eq!(refused.outcome(), UpstreamOutcome::ServerError);
+        assert_eq!(
+            refused.describe(),
+            "upstream unreachable: connection failed"
+        );
+        let misconfigured = Failure::Misconfigured {
+            detail: "no such deployment".into(),
+        };
+        assert_eq!(misconfigured.attempt_result(), AttemptResult::Misconfigured);
+        assert_eq!(misconfigured.outcome(), UpstreamOutcome::AuthFailed);
+        // #14's endings: a redirect and an oversized answer are the upstream's (server_error);
+        // an address the egress policy refuses is a connection not made.
+        assert_eq!(result(302), Some(AttemptResult::ServerError));
+        assert_eq!(
+            Failure::TooLarge { limit: 1024 }.attempt_result(),
+            AttemptResult::ServerError
+        );
+        let egress = Failure::EgressRefused {
+            detail: "refused".into(),
+        };
+        assert_eq!(egress.attempt_result(), AttemptResult::ConnectError);
     }
 
     #[test]

@@ -25,11 +25,17 @@
 //!    content still fails over; then it passes through event by event, with an idle timeout
 //!    between chunks and no total-time cap.
 //! 7. **record** ([`record`]) — exactly one usage record per client request, whatever happened.
+//!
+//! Every phase also feeds the request's [`crate::telemetry::RequestObservation`], carried by its
+//! usage draft: the attempt starts (trace context injected upstream) and ends with its
+//! classified result, the first byte, and the finish where the record is written. [`headers`]
+//! adds the client key's rate limits (and, if enabled, the routing) to whatever is answered.
 
 pub mod attempt;
 pub mod classify;
 pub mod context;
 pub mod error;
+pub mod headers;
 pub mod holdback;
 pub mod plan;
 pub mod record;
@@ -44,7 +50,7 @@ use http::{HeaderMap, StatusCode};
 use crate::domain::Outcome;
 use crate::providers::Endpoint;
 use crate::state::DataPlane;
-use crate::usage::UsageSink;
+use crate::telemetry::RequestObservation;
 
 pub use context::RequestContext;
 pub use error::ProxyError;
@@ -52,6 +58,7 @@ pub use plan::{Inbound, Plan};
 pub use relay::BodyStream;
 
 use attempt::Done;
+pub use record::{observe, observe_unauthenticated};
 use record::{CancelGuard, UsageDraft};
 
 /// What the API layer turns into an HTTP response.
@@ -66,30 +73,50 @@ pub enum ProxyBody {
     Stream(BodyStream),
 }
 
+/// What [`forward`] hands the API layer: the answer (or the error to render in the client's
+/// format) and the headers poolgate adds to either ([`headers`]).
+pub struct Forwarded {
+    pub result: Result<ProxyResponse, ProxyError>,
+    pub headers: HeaderMap,
+}
+
 /// Records a request refused before it could be forwarded (its body or headers were wrong):
-/// one usage record per client request, whatever happened.
+/// one usage record per client request, whatever happened. Returns the headers of its answer.
 pub fn record_refused(
-    sink: &UsageSink,
+    data: &DataPlane,
     ctx: &RequestContext,
     endpoint: Endpoint,
     status: StatusCode,
     kind: &str,
-) {
-    let draft = UsageDraft::new(sink, ctx, endpoint, None, false);
-    sink.record(draft.finish(status.as_u16(), Outcome::Error, Some(kind)));
+    observation: RequestObservation,
+) -> HeaderMap {
+    let draft = UsageDraft::new(&data.usage, ctx, endpoint, None, false, observation);
+    let answer = headers::answer_headers(data, ctx, &draft);
+    data.usage
+        .record(draft.finish(status.as_u16(), Outcome::Error, Some(kind)));
+    answer
 }
 
-/// Handles one request end to end and always records its usage.
+/// Handles one request end to end and always records its usage (and finishes its observation).
 pub async fn forward(
     data: &DataPlane,
     ctx: RequestContext,
     inbound: Inbound,
-) -> Result<ProxyResponse, ProxyError> {
+    observation: RequestObservation,
+) -> Forwarded {
     let model = (!inbound.model.is_empty()).then_some(inbound.model.as_str());
-    let draft = UsageDraft::new(&data.usage, &ctx, inbound.endpoint, model, inbound.stream);
+    let draft = UsageDraft::new(
+        &data.usage,
+        &ctx,
+        inbound.endpoint,
+        model,
+        inbound.stream,
+        observation,
+    );
     let mut guard = CancelGuard::new(&data.usage, draft);
     let result = attempt::run(data, &ctx, &inbound, &mut guard.draft).await;
-    match result {
+    let headers = headers::answer_headers(data, &ctx, &guard.draft);
+    let result = match result {
         // Its record is written (or, for a stream, will be) by whoever finishes it.
         Ok(Done::Response(response)) => {
             guard.disarm();
@@ -103,5 +130,6 @@ pub async fn forward(
             guard.record(error.status().as_u16(), Outcome::Error, Some(error.kind()));
             Err(error)
         }
-    }
+    };
+    Forwarded { result, headers }
 }

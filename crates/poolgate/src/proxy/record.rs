@@ -1,21 +1,99 @@
 //! Exactly one usage record per client request: the [`UsageDraft`] filled in while the request
 //! runs, and the [`CancelGuard`] that writes it as cancelled (499) when the client leaves first.
+//! The draft also carries the request's [`RequestObservation`] (metrics, spans, access line), so
+//! wherever the record is written the observation is finished with the same fields — the stream
+//! relay's end and the cancel guard included.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::context::RequestContext;
+use super::plan::Inbound;
 use crate::domain::{Outcome, UsageRecord};
 use crate::providers::{Endpoint, TokenUsage};
-use crate::routing::Ticket;
+use crate::routing::{LiveBackend, Ticket};
+use crate::state::DataPlane;
+use crate::telemetry::{
+    AttemptEnd, AttemptResult, RequestEnd, RequestObservation, RequestStart, TokenCounts,
+};
 use crate::usage::UsageSink;
 
-/// A usage record being filled in while the request runs.
-#[derive(Clone)]
+/// A usage record being filled in while the request runs, and the request's observation.
 pub struct UsageDraft {
     pub record: UsageRecord,
     pub received: Instant,
+    /// The backend of the latest attempt (for the routing headers).
+    pub last_backend: Option<Arc<LiveBackend>>,
+    /// The model the upstream says answered (read only while tracing).
+    response_model: Option<String>,
+    /// `None` once handed over to whoever finishes the request.
+    observation: Option<RequestObservation>,
+}
+
+/// Starts observing a request of `ctx`: the route's series when `inbound` names a routed model,
+/// else (a call on a stored response included) the `(unrouted)` ones; `client_headers` are read for the W3C trace context.
+pub fn observe(
+    data: &DataPlane,
+    ctx: &RequestContext,
+    endpoint: Endpoint,
+    inbound: Option<&Inbound>,
+    client_headers: &HeaderMap,
+) -> RequestObservation {
+    let observer = &data.observer;
+    // A call on a stored response names no model (a lone `*` mapping would match its empty one).
+    let routed = inbound
+        .filter(|inbound| !inbound.is_response_call())
+        .and_then(|inbound| ctx.live.routes.route(inbound.model.as_str()));
+    let model = routed
+        .as_ref()
+        .map_or_else(|| observer.unrouted(), |routed| &routed.route.telemetry);
+    observer.start_request(RequestStart {
+        received: ctx.received,
+        request_id: &ctx.request_id,
+        model,
+        operation: endpoint.into(),
+        http_method: endpoint.client_method(),
+        http_route: endpoint.client_path(),
+        stream: inbound.is_some_and(|inbound| inbound.stream),
+        headers: client_headers,
+    })
+}
+
+/// Observes a request refused before anyone was authenticated (no usage record: the caller is
+/// unknown), so that metrics and the access log still count it.
+pub fn observe_unauthenticated(
+    data: &DataPlane,
+    request_id: &str,
+    received: Instant,
+    endpoint: Endpoint,
+    client_headers: &HeaderMap,
+    status: u16,
+    kind: &str,
+) {
+    data.observer
+        .start_request(RequestStart {
+            received,
+            request_id,
+            model: data.observer.unrouted(),
+            operation: endpoint.into(),
+            http_method: endpoint.client_method(),
+            http_route: endpoint.client_path(),
+            stream: false,
+            headers: client_headers,
+        })
+        .finish(RequestEnd {
+            request_id,
+            client_key_id: None,
+            status,
+            outcome: Outcome::Error,
+            error_kind: Some(kind),
+            tokens: TokenCounts::default(),
+            response_model: None,
+            cost_usd: None,
+        });
 }
 
 impl UsageDraft {
@@ -26,6 +104,7 @@ impl UsageDraft {
         endpoint: Endpoint,
         model: Option<&str>,
         streamed: bool,
+        observation: RequestObservation,
     ) -> Self {
         sink.open();
         Self {
@@ -51,6 +130,9 @@ impl UsageDraft {
                 streamed,
             },
             received: ctx.received,
+            last_backend: None,
+            response_model: None,
+            observation: Some(observation),
         }
     }
 
@@ -60,6 +142,34 @@ impl UsageDraft {
         self.record.backend_id = Some(ticket.backend.id().to_string());
         self.record.upstream_model = Some(ticket.upstream_model.to_string());
         self.record.pool = Some(ticket.pool.name.to_string());
+        self.last_backend = Some(Arc::clone(&ticket.backend));
+    }
+
+    /// The attempt's request is built and about to be sent: its observation starts (a retry or
+    /// failover is counted by the observer) and the trace context goes into its headers.
+    pub fn start_attempt(&mut self, ticket: &Ticket, upstream_headers: &mut HeaderMap) {
+        if let Some(observation) = &mut self.observation {
+            observation.start_attempt(&ticket.telemetry, ticket.upstream_model.as_str());
+            observation.inject_trace_context(upstream_headers);
+        }
+    }
+
+    /// The attempt ended (phase **classify**); `status` is the upstream's, if it answered.
+    pub fn end_attempt(&mut self, result: AttemptResult, status: Option<u16>) {
+        if let Some(observation) = &mut self.observation {
+            observation.end_attempt(AttemptEnd::result(result, status));
+        }
+    }
+
+    /// Whether the request's spans are recorded (extra details are worth reading then).
+    pub fn traced(&self) -> bool {
+        self.observation
+            .as_ref()
+            .is_some_and(RequestObservation::traced)
+    }
+
+    pub fn set_response_model(&mut self, model: Option<String>) {
+        self.response_model = model;
     }
 
     pub fn set_usage(&mut self, usage: TokenUsage) {
@@ -77,9 +187,24 @@ impl UsageDraft {
         if self.record.ttfb_ms.is_none() {
             self.record.ttfb_ms = Some(millis(self.received.elapsed()));
         }
+        if let Some(observation) = &mut self.observation {
+            observation.first_byte();
+        }
     }
 
-    /// Completes the record.
+    /// Hands the draft to whoever finishes the request (the stream relay, or a record written
+    /// now): the record is copied, the observation moves. This one stays with the guard, spent.
+    pub fn hand_over(&mut self) -> UsageDraft {
+        UsageDraft {
+            record: self.record.clone(),
+            received: self.received,
+            last_backend: self.last_backend.clone(),
+            response_model: self.response_model.take(),
+            observation: self.observation.take(),
+        }
+    }
+
+    /// Completes the record, and with it the observation.
     pub fn finish(
         mut self,
         status: u16,
@@ -90,6 +215,23 @@ impl UsageDraft {
         self.record.outcome = outcome;
         self.record.error_kind = error_kind.map(str::to_owned);
         self.record.latency_ms = millis(self.received.elapsed());
+        if let Some(observation) = self.observation.take() {
+            let record = &self.record;
+            observation.finish(RequestEnd {
+                request_id: &record.request_id,
+                client_key_id: record.client_key_id.as_deref(),
+                status,
+                outcome,
+                error_kind,
+                tokens: TokenCounts {
+                    prompt: record.prompt_tokens,
+                    completion: record.completion_tokens,
+                    cached: record.cached_tokens,
+                },
+                response_model: self.response_model.as_deref(),
+                cost_usd: None,
+            });
+        }
         self.record
     }
 }
@@ -123,7 +265,7 @@ impl<'s> CancelGuard<'s> {
     /// Writes the request's record now (and not again on drop).
     pub fn record(&mut self, status: u16, outcome: Outcome, error_kind: Option<&str>) {
         self.armed = false;
-        let record = self.draft.clone().finish(status, outcome, error_kind);
+        let record = self.draft.hand_over().finish(status, outcome, error_kind);
         self.sink.record(record);
     }
 }
@@ -131,10 +273,10 @@ impl<'s> CancelGuard<'s> {
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let record = self
-                .draft
-                .clone()
-                .finish(499, Outcome::Cancelled, Some("client_closed"));
+            let record =
+                self.draft
+                    .hand_over()
+                    .finish(499, Outcome::Cancelled, Some("client_closed"));
             self.sink.record(record);
         }
     }

@@ -21,7 +21,7 @@ use super::relay::{RelayStream, StreamFinisher};
 use super::{ProxyBody, ProxyResponse};
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
-use crate::providers::Endpoint;
+use crate::providers::{answered_model, Endpoint};
 use crate::routing::affinity::ResponseOwner;
 use crate::routing::Ticket;
 use crate::scrub::KeyScrubber;
@@ -244,6 +244,11 @@ pub async fn succeed(
         };
         resolve(data, &mut ticket, UpstreamOutcome::Success);
         draft.mark_first_byte();
+        if draft.traced() {
+            // The first held event names it (a chunk, `message_start`, `response.created`).
+            let model = held.chunks.iter().find_map(|chunk| answered_model(chunk));
+            draft.set_response_model(model);
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -261,7 +266,7 @@ pub async fn succeed(
             plan.stream_mapper(inbound, hook),
             data.config.proxy.stream_idle_timeout,
             StreamFinisher {
-                draft: draft.clone(),
+                draft: draft.hand_over(),
                 ticket,
                 data: data.clone(),
             },
@@ -287,6 +292,8 @@ pub async fn succeed(
         }
         Ok(Ok(body)) => body,
     };
+    // Read from the upstream's own answer, before translation (only while tracing).
+    let response_model = draft.traced().then(|| answered_model(&body)).flatten();
     let answer = match plan.translate_json(inbound, body) {
         Ok(answer) => answer,
         Err(error) => {
@@ -301,8 +308,11 @@ pub async fn succeed(
     };
     resolve(data, &mut ticket, UpstreamOutcome::Success);
     draft.mark_first_byte();
+    if draft.traced() {
+        draft.set_response_model(response_model);
+    }
     remember_response(data, inbound, &ticket, draft, answer.response_id.as_deref());
-    let mut finished = draft.clone();
+    let mut finished = draft.hand_over();
     if let Some(usage) = answer.usage {
         finished.set_usage(usage);
     }

@@ -24,6 +24,7 @@ use crate::routing::affinity::{affinity_key, AffinityKey, ResponseOwner};
 use crate::routing::models::BackendModels;
 use crate::routing::{LiveBackend, Route};
 use crate::state::{DataPlane, Live};
+use crate::telemetry::UNROUTED_MODEL;
 
 /// The request's sticky-routing key, when sticky routing is on for its (canonical) model and a
 /// configured source yields one.
@@ -85,10 +86,13 @@ pub async fn route(
             return Err(not_found(inbound, id));
         };
         admit_key(ctx)?;
+        // A call on a stored response names no model: its series are the unrouted ones.
         let route = Route::single(
             pool_of(ctx, backend),
             Arc::clone(backend),
             UpstreamModel::new(""),
+            &data.observer,
+            UNROUTED_MODEL,
         );
         return Ok(Routing {
             canonical: None,
@@ -99,7 +103,7 @@ pub async fn route(
     }
 
     if let Some((id, owner)) = owner {
-        return pinned_follow_up(ctx, inbound, id, &owner);
+        return pinned_follow_up(data, ctx, inbound, id, &owner);
     }
     let routed =
         ctx.live
@@ -141,6 +145,7 @@ fn not_found(inbound: &Inbound, id: &str) -> ProxyError {
 /// backend's own mapping of the model — even one a more specific mapping elsewhere shadows, or
 /// a backend now disabled (which then answers 503, never another key's 404).
 fn pinned_follow_up(
+    data: &DataPlane,
     ctx: &RequestContext,
     inbound: &Inbound,
     id: &str,
@@ -153,9 +158,8 @@ fn pinned_follow_up(
     check_allowed(ctx, inbound, Some(&canonical))?;
     let upstream = BackendModels::new(backend.id().clone(), &backend.record.model_mappings)
         .ok()
-        .and_then(|models| models.upstream_for(canonical.as_str()))
-        .map(|(upstream, _)| upstream);
-    let Some(upstream) = upstream else {
+        .and_then(|models| models.upstream_for(canonical.as_str()));
+    let Some((upstream, matched)) = upstream else {
         return Err(ProxyError::InvalidRequest(InvalidRequest::param(
             format!(
                 "the backend holding `previous_response_id` `{id}` does not serve the model `{}`; \
@@ -167,7 +171,13 @@ fn pinned_follow_up(
         )));
     };
     admit_key(ctx)?;
-    let route = Route::single(pool_of(ctx, backend), Arc::clone(backend), upstream);
+    let route = Route::single(
+        pool_of(ctx, backend),
+        Arc::clone(backend),
+        upstream,
+        &data.observer,
+        &matched.label(canonical.as_str()),
+    );
     Ok(Routing {
         canonical: Some(canonical),
         route: Arc::new(route),

@@ -18,6 +18,7 @@ use crate::domain::{BackendId, BackendRecord, BackendStatus, Pool, UpstreamModel
 use crate::runtime::{Admitted, BackendRuntime, Resolution, Waiting};
 use crate::scrub::KeyScrubber;
 use crate::shared::{BucketClaim, Refusal};
+use crate::telemetry::{BackendHandle, BackendLabels, Observer, RouteHandle};
 
 pub use table::{RouteTable, Routed};
 
@@ -28,6 +29,8 @@ pub struct LiveBackend {
     pub runtime: Arc<BackendRuntime>,
     /// Why the stored key could not be decrypted; such a backend is never routed.
     pub unreadable: Option<String>,
+    /// Its metric series and trace attributes, resolved when the snapshot was built.
+    pub telemetry: BackendHandle,
     /// Removes the key from what the upstream sends back (error bodies, relayed headers).
     pub scrubber: KeyScrubber,
     /// Why the egress policy refuses the backend's address, when its URL names an IP literal
@@ -38,6 +41,16 @@ pub struct LiveBackend {
 impl LiveBackend {
     pub fn id(&self) -> &BackendId {
         &self.record.id
+    }
+
+    /// The telemetry handle of a backend record (labels: its name and pool).
+    pub fn telemetry_for(observer: &Observer, record: &BackendRecord) -> BackendHandle {
+        observer.backend(BackendLabels {
+            name: &record.name,
+            pool: record.pool.as_str(),
+            api: record.api,
+            api_base_url: &record.api_base_url,
+        })
     }
 
     /// The status shown to operators, from the live counters.
@@ -60,6 +73,8 @@ impl LiveBackend {
 pub struct Member {
     pub backend: Arc<LiveBackend>,
     pub upstream_model: UpstreamModel,
+    /// The series of this model on this backend.
+    pub telemetry: RouteHandle,
 }
 
 /// The backends of one pool serving one model.
@@ -109,19 +124,31 @@ fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
 /// Every pool serving one canonical model, in priority order.
 pub struct Route {
     pub tiers: Vec<Tier>,
+    /// The model's series for requests that reach no backend.
+    pub telemetry: RouteHandle,
 }
 
 impl Route {
-    /// A route of one backend (requests that must reach the backend holding their state).
-    pub fn single(pool: Pool, backend: Arc<LiveBackend>, upstream_model: UpstreamModel) -> Route {
+    /// A route of one backend (requests that must reach the backend holding their state);
+    /// `model` is its `model` label ([`models::MatchKind::label`], or the unrouted one for a
+    /// call on a stored response, which names no model).
+    pub fn single(
+        pool: Pool,
+        backend: Arc<LiveBackend>,
+        upstream_model: UpstreamModel,
+        observer: &Observer,
+        model: &str,
+    ) -> Route {
         Route {
             tiers: vec![Tier::new(
                 pool,
                 vec![Member {
+                    telemetry: observer.route(model, &backend.telemetry),
                     backend,
                     upstream_model,
                 }],
             )],
+            telemetry: observer.model(model),
         }
     }
 
@@ -137,6 +164,8 @@ pub struct Ticket {
     pub backend: Arc<LiveBackend>,
     pub upstream_model: UpstreamModel,
     pub pool: Pool,
+    /// The series of the model on this backend.
+    pub telemetry: RouteHandle,
     admitted: Admitted,
 }
 
@@ -257,6 +286,7 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
                     backend: Arc::clone(&member.backend),
                     upstream_model: member.upstream_model.clone(),
                     pool: tier.pool.clone(),
+                    telemetry: member.telemetry.clone(),
                     admitted,
                 })
             }

@@ -40,6 +40,21 @@ pub enum MatchKind {
     Exact,
 }
 
+impl MatchKind {
+    /// The `model` label of `model` matched this way: the name itself when mapped exactly, the
+    /// wildcard that matched otherwise (`claude-*`), so that metric series stay bounded by the
+    /// configured mappings whatever names clients send.
+    pub fn label(self, model: &str) -> String {
+        match self {
+            MatchKind::Exact => model.to_owned(),
+            MatchKind::Wildcard { prefix_len } => {
+                let prefix = model.get(..prefix_len).unwrap_or_default();
+                format!("{prefix}*")
+            }
+        }
+    }
+}
+
 /// The upstream side of a wildcard mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Template {

@@ -3,6 +3,10 @@
 //! mapped models are built with the snapshot; a model only wildcards serve gets its route on
 //! first use, kept in a bounded cache for the snapshot's life — so a route (whose tier cursors
 //! do the balancing) is never rebuilt per request.
+//!
+//! Each route carries its metric series, resolved as it is built: labelled by the canonical
+//! model when mapped exactly, by the wildcard that matched otherwise ([`MatchKind::label`]), so
+//! the names clients make up never become series.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +14,10 @@ use std::sync::Arc;
 use hashlink::LruCache;
 use parking_lot::Mutex;
 
-use super::models::{BackendModels, ListedModel, ModelCatalog, Resolution};
+use super::models::{BackendModels, ListedModel, MatchKind, ModelCatalog, Resolution};
 use super::{LiveBackend, Member, Route, Tier};
 use crate::domain::{BackendId, CanonicalModel, Pool};
+use crate::telemetry::Observer;
 
 /// Wildcard-resolved routes kept per snapshot (names clients made up included).
 const RESOLVED_CAPACITY: usize = 4096;
@@ -34,6 +39,9 @@ pub struct RouteTable {
     order: Vec<BackendId>,
     pools: Vec<Pool>,
     resolved: Mutex<LruCache<CanonicalModel, Option<Arc<Route>>>>,
+    /// Resolves the series of the routes built (none in the empty default table, which has no
+    /// routes to build).
+    observer: Option<Observer>,
 }
 
 impl Default for RouteTable {
@@ -45,17 +53,20 @@ impl Default for RouteTable {
             order: Vec::new(),
             pools: Vec::new(),
             resolved: Mutex::new(LruCache::new(RESOLVED_CAPACITY)),
+            observer: None,
         }
     }
 }
 
 impl RouteTable {
     /// The table of the enabled, readable backends; `aliases` are valid (checked when written —
-    /// a broken table is logged and left out rather than failing the snapshot).
+    /// a broken table is logged and left out rather than failing the snapshot). `observer`
+    /// resolves each route's series.
     pub fn build(
         backends: &[Arc<LiveBackend>],
         pools: &[Pool],
         aliases: impl IntoIterator<Item = (String, CanonicalModel)>,
+        observer: &Observer,
     ) -> RouteTable {
         let routable: Vec<&Arc<LiveBackend>> = backends
             .iter()
@@ -92,6 +103,7 @@ impl RouteTable {
                 .collect(),
             order: routable.iter().map(|b| b.id().clone()).collect(),
             pools: pools.to_vec(),
+            observer: Some(observer.clone()),
             ..RouteTable::default()
         };
         let mut exact_names: Vec<String> = routable
@@ -161,6 +173,8 @@ impl RouteTable {
 
     /// The pools in priority order, each with the resolved backends it holds.
     fn route_of(&self, resolution: &Resolution) -> Option<Route> {
+        let observer = self.observer.as_ref()?;
+        let model = resolution.canonical.as_str();
         let mut tiers = Vec::new();
         for pool in &self.pools {
             let members: Vec<Member> = self
@@ -172,6 +186,8 @@ impl RouteTable {
                     (backend.record.pool == pool.name).then(|| Member {
                         backend: Arc::clone(backend),
                         upstream_model: resolved.upstream_model.clone(),
+                        telemetry: observer
+                            .route(&resolved.matched.label(model), &backend.telemetry),
                     })
                 })
                 .collect();
@@ -179,6 +195,14 @@ impl RouteTable {
                 tiers.push(Tier::new(pool.clone(), members));
             }
         }
-        (!tiers.is_empty()).then_some(Route { tiers })
+        // Every candidate matched alike (the most specific mapping wins): any one names the route.
+        let matched = resolution
+            .backends
+            .first()
+            .map_or(MatchKind::Exact, |resolved| resolved.matched);
+        (!tiers.is_empty()).then(|| Route {
+            tiers,
+            telemetry: observer.model(&matched.label(model)),
+        })
     }
 }

@@ -13,6 +13,11 @@ use crate::domain::{PersistedHealth, PoolName};
 
 const MODEL: &str = "gpt-4o";
 
+/// One observer for every route the tests build (its series are not what they check).
+static OBSERVER: std::sync::LazyLock<Observer> = std::sync::LazyLock::new(|| {
+    Observer::new(crate::telemetry::ObserverOptions::default(), None).unwrap()
+});
+
 fn pool(name: &str, priority: i64) -> Pool {
     Pool {
         name: PoolName::new(name),
@@ -42,6 +47,7 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
         let _ = admitted.resolve(limited, &policy, now);
     }
     Arc::new(LiveBackend {
+        telemetry: LiveBackend::telemetry_for(&OBSERVER, &record),
         record,
         api_key: SecretString::from("sk-test"),
         runtime,
@@ -57,7 +63,7 @@ fn any_api(_: &BackendRecord) -> bool {
 
 /// The route of [`MODEL`] over `backends`, if any serves it.
 fn route_for(backends: &[Arc<LiveBackend>], pools: &[Pool]) -> Option<Arc<Route>> {
-    RouteTable::build(backends, pools, [])
+    RouteTable::build(backends, pools, [], &OBSERVER)
         .route(MODEL)
         .map(|routed| routed.route)
 }
@@ -243,6 +249,7 @@ fn wildcard_routes_are_built_once_per_snapshot_and_exact_mappings_win() {
             "latest".to_owned(),
             crate::domain::CanonicalModel::new("gpt-4o"),
         )],
+        &OBSERVER,
     );
     let first = table.route("gpt-4.1").unwrap();
     let again = table.route("gpt-4.1").unwrap();
@@ -263,6 +270,10 @@ fn wildcard_routes_are_built_once_per_snapshot_and_exact_mappings_win() {
     assert_eq!(alias.canonical.as_str(), "gpt-4o");
     assert!(Arc::ptr_eq(&alias.route, &exact_route.route));
     assert!(table.route("claude").is_none());
+    // Series are labelled by the mapping that matched: a made-up name is not a label.
+    assert_eq!(first.route.telemetry.model(), "gpt-*");
+    assert_eq!(drain(&first.route)[0].telemetry.model(), "gpt-*");
+    assert_eq!(exact_route.route.telemetry.model(), "gpt-4o");
 }
 
 #[test]

@@ -234,6 +234,11 @@ impl BackendRuntime {
         }
     }
 
+    /// The RPM limit and the tokens its bucket holds at `now`; `None` when unlimited.
+    pub fn rpm_state(&self, now: Instant) -> Option<(u32, f64)> {
+        self.limiter.state(now)
+    }
+
     /// The RPM bucket's fill, if it changed since the last checkpoint (or always, with `all`).
     pub fn rpm_checkpoint(&self, now: Instant, all: bool) -> Option<BucketLevel> {
         self.limiter.checkpoint(now, all)
@@ -449,6 +454,11 @@ impl ClientKeyRuntime {
 
     pub fn rpm(&self) -> u32 {
         self.limiter.rpm()
+    }
+
+    /// The key's RPM limit and the tokens its bucket holds at `now`; `None` when unlimited.
+    pub fn rpm_state(&self, now: Instant) -> Option<(u32, f64)> {
+        self.limiter.state(now)
     }
 
     pub fn reconfigure_rpm(&self, rpm: u32, now: Instant) {

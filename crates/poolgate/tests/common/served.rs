@@ -71,13 +71,17 @@ fn plain(text: &str) -> String {
     out
 }
 
-/// The address in the "poolgate listening addr=…" log line, if it was logged.
+/// The address in the "poolgate listening addr=…" log line (or `"addr":"…"` with
+/// `--log-format json`), if it was logged.
 pub fn listening_addr(log: &str) -> Option<String> {
     let log = plain(log);
     let line = log
         .lines()
         .find(|line| line.contains("poolgate listening"))?;
-    let start = line.find("addr=")? + "addr=".len();
+    let start = match line.find("addr=") {
+        Some(at) => at + "addr=".len(),
+        None => line.find("\"addr\":")? + "\"addr\":".len(),
+    };
     let addr: String = line[start..]
         .chars()
         .take_while(|c| !c.is_whitespace() && *c != ',')

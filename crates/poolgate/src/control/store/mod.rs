@@ -6,6 +6,7 @@
 //! Implementations store what they are handed: validation, sealing and ids are the callers'
 //! business.
 
+mod counted;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -102,6 +103,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// database is shared by several instances; `None` when only this process writes it.
     async fn config_version(&self) -> Result<Option<i64>, StoreError>;
 
+    /// A cheap query that reads the database (the readiness probe).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.list_pools().await.map(drop)
+    }
     // --- model aliases ---
     /// Every alias, by name.
     async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError>;

@@ -96,6 +96,10 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+fn metrics() -> Metrics {
+    Metrics::new(false).unwrap()
+}
+
 fn journal(dir: &Path) -> Journal {
     let (journal, replay) = Journal::open(dir, JournalSettings::default()).unwrap();
     assert!(replay.records().is_empty());
@@ -111,7 +115,12 @@ fn segments(dir: &Path) -> usize {
 async fn records_wait_in_the_buffer_then_in_the_journal_and_are_all_written_once_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
-    let (sink, writer) = spawn_writer(store.clone(), &settings(), Some(journal(dir.path())));
+    let (sink, writer) = spawn_writer(
+        store.clone(),
+        &settings(),
+        Some(journal(dir.path())),
+        &metrics(),
+    );
     let state = writer.state();
     for i in 0..60 {
         sink.open();
@@ -156,7 +165,7 @@ async fn records_wait_in_the_buffer_then_in_the_journal_and_are_all_written_once
 async fn without_a_journal_records_past_the_buffer_stay_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
-    let (sink, writer) = spawn_writer(store.clone(), &settings(), None);
+    let (sink, writer) = spawn_writer(store.clone(), &settings(), None, &metrics());
     let state = writer.state();
     for i in 0..40 {
         sink.open();
@@ -181,6 +190,7 @@ async fn what_shutdown_cannot_write_stays_in_the_journal_and_is_written_at_the_n
         store.clone(),
         &settings(),
         Some(journal(dir.path())),
+        &metrics(),
         Duration::from_millis(200),
     );
     for i in 0..40 {
@@ -201,7 +211,7 @@ async fn what_shutdown_cannot_write_stays_in_the_journal_and_is_written_at_the_n
     };
     let journal = open_journal(&config, &*store).await.unwrap();
     assert_eq!(store.count_usage().await.unwrap(), 40);
-    let (_sink, writer) = spawn_writer(store.clone(), &settings(), journal);
+    let (_sink, writer) = spawn_writer(store.clone(), &settings(), journal, &metrics());
     assert_eq!(writer.shutdown().await, 0);
     assert_eq!(store.count_usage().await.unwrap(), 40);
     assert_eq!(segments(dir.path()), 0);

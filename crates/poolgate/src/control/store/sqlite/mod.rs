@@ -169,6 +169,13 @@ where
 
 #[async_trait]
 impl ConfigStore for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT count(*) FROM pools")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
         let rows =
             sqlx::query("SELECT name, priority, description FROM pools ORDER BY priority, name")
