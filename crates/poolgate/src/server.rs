@@ -109,6 +109,9 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
             return Err(error);
         }
     };
+    if let Some(redis) = &redis {
+        redis.report_to(observer.metrics().redis());
+    }
     let cluster = redis.as_ref().map(|redis| {
         Arc::new(Cluster {
             shared: Arc::clone(redis) as Arc<dyn crate::shared::SharedRuntime>,

@@ -39,6 +39,20 @@ use tokio::time::Instant;
 /// subject of the last test, with the defaults.
 const SLOW_MACHINE: &str = "call_timeout_ms = 2000";
 
+/// An instance's `/metrics` text.
+async fn metrics_text(gateway: &common::Gateway) -> String {
+    gateway
+        .client
+        .get(format!("{}/metrics", gateway.url))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn statuses(answers: &[common::Answer]) -> std::collections::BTreeMap<u16, usize> {
     let mut counts = std::collections::BTreeMap::new();
     for answer in answers {
@@ -473,6 +487,16 @@ async fn limits_set_to_fail_closed_answer_503_while_redis_is_down() {
     .await;
     let view = cluster.view(0).await;
     assert_eq!(view["runtime_state"]["fail_closed"], true);
+    // #12's metrics see it: the degraded gauge and the failed calls by script.
+    let metrics = metrics_text(&cluster.instances[0]).await;
+    assert!(
+        metrics.contains("\npoolgate_redis_degraded 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("poolgate_redis_errors_total{operation=\"admit\"}"),
+        "{metrics}"
+    );
 
     cluster.redis.as_mut().unwrap().restart().await;
     within(

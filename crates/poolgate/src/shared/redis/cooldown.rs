@@ -125,7 +125,7 @@ impl Inner {
     }
 
     async fn call_report(&self, invocation: &ScriptInvocation<'_>) -> Option<RemoteCooldown> {
-        let reply = self.call::<Vec<i64>>(invocation).await?;
+        let reply = self.call::<Vec<i64>>("report", invocation).await?;
         let parsed = scripts::parse_report(&reply);
         if parsed.is_none() {
             tracing::error!(?reply, "unexpected reply from the report script");

@@ -33,6 +33,7 @@ use super::{
 use crate::config::default_instance_id;
 use crate::cooldown::{CooldownPolicy, Outcome};
 use crate::domain::BackendId;
+use crate::telemetry::metrics::RedisMetrics;
 
 /// The hint given while another instance probes, at most (as [`crate::cooldown`] does).
 const PROBE_HINT: Duration = Duration::from_secs(1);
@@ -106,9 +107,20 @@ struct Inner {
     /// Tokens left in each bucket at the last shared admission: seeds the local buckets when the
     /// instance degrades (its share of what was left, not a fresh full bucket).
     tokens_left: Mutex<HashMap<BucketKey, u64>>,
+    /// Where failed calls and the degraded mode are counted (`poolgate_redis_*`), once set.
+    metrics: std::sync::OnceLock<RedisMetrics>,
 }
 
 impl RedisShared {
+    /// Counts failed Redis calls (`poolgate_redis_errors_total{operation}`) and the degraded
+    /// mode (`poolgate_redis_degraded`) in `metrics` from now on.
+    pub fn report_to(&self, metrics: RedisMetrics) {
+        metrics
+            .degraded
+            .set(i64::from(self.inner.mode() == Mode::Degraded));
+        let _ = self.inner.metrics.set(metrics);
+    }
+
     /// Connects lazily and starts the background tasks. Never fails because Redis is down (the
     /// instance then starts degraded and recovers by itself); only a malformed URL is an error.
     pub async fn start(options: RedisOptions) -> Result<RedisShared, InvalidRedisUrl> {
@@ -137,6 +149,7 @@ impl RedisShared {
             feed_connected: AtomicBool::new(false),
             resync_needed: AtomicBool::new(false),
             tokens_left: Mutex::new(HashMap::new()),
+            metrics: std::sync::OnceLock::new(),
             options,
         });
         // One heartbeat before serving: the live-instance count (if Redis answers; if not, the
@@ -157,7 +170,7 @@ impl RedisShared {
         let inner = Arc::clone(&self.inner);
         let mut leave = scripts::HEARTBEAT.key(inner.keys.instances());
         leave.arg("leave").arg(inner.instance_id.as_ref()).arg(0);
-        let _: Option<i64> = inner.call(&leave).await;
+        let _: Option<i64> = inner.call("leave", &leave).await;
     }
 }
 
@@ -182,7 +195,12 @@ impl Inner {
 
     /// Runs one script call through the breaker and the timeout; `None` when it was skipped
     /// (breaker open) or failed.
-    async fn call<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Option<T> {
+    /// `operation`: the script's name for the error count.
+    async fn call<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Option<T> {
         if !self.breaker.permit(Instant::now()) {
             return None;
         }
@@ -200,20 +218,26 @@ impl Inner {
                 Some(value)
             }
             Ok(Err(error)) => {
-                self.on_failure(&error.to_string());
+                self.on_failure(operation, &error.to_string());
                 None
             }
             Err(_) => {
-                self.on_failure("timed out");
+                self.on_failure(operation, "timed out");
                 None
             }
         }
     }
 
-    fn on_failure(&self, error: &str) {
+    fn on_failure(&self, operation: &'static str, error: &str) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.error(operation);
+        }
         // (The local buckets are not cleared here: calls that failed before the breaker opened
         // already took from them.)
         if self.breaker.on_failure(Instant::now()) == Some(BreakerChange::Opened) {
+            if let Some(metrics) = self.metrics.get() {
+                metrics.degraded.set(1);
+            }
             tracing::warn!(
                 instance = %self.instance_id,
                 %error,
@@ -228,6 +252,9 @@ impl Inner {
     fn on_recovered(&self) {
         self.local.clear_buckets();
         self.resync_needed.store(true, Ordering::Relaxed);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.degraded.set(0);
+        }
         tracing::info!(instance = %self.instance_id, "Redis answers again: shared mode");
     }
 
@@ -264,7 +291,7 @@ impl Inner {
         let lease_id = request.lease_ttl.map(|_| self.local.unique_id());
         let invocation =
             self.admit_invocation("take", &request, &probe, lease_id.as_deref().unwrap_or(""));
-        let Some(reply) = self.call::<Vec<i64>>(&invocation).await else {
+        let Some(reply) = self.call::<Vec<i64>>("admit", &invocation).await else {
             return self.degraded_admit(&request);
         };
         let now = Instant::now();
@@ -350,7 +377,7 @@ impl Inner {
         beat.arg("beat")
             .arg(self.instance_id.as_ref())
             .arg(millis(ttl).max(1));
-        if let Some(live) = self.call::<i64>(&beat).await {
+        if let Some(live) = self.call::<i64>("heartbeat", &beat).await {
             let live = u32::try_from(live).unwrap_or(u32::MAX).max(1);
             self.instances.store(live, Ordering::Relaxed);
         }
@@ -359,7 +386,7 @@ impl Inner {
     async fn lease(&self, backend: &BackendId, op: &str, id: &str, ttl: Duration) -> Option<i64> {
         let mut invocation = scripts::LEASE.key(self.keys.leases(backend));
         invocation.arg(op).arg(id).arg(millis(ttl).max(1));
-        self.call::<i64>(&invocation).await
+        self.call::<i64>("lease", &invocation).await
     }
 }
 
@@ -455,7 +482,7 @@ impl SharedRuntime for RedisShared {
             lease_ttl: None,
         };
         let give = self.inner.admit_invocation("give", &request, "", "");
-        if self.inner.call::<Vec<i64>>(&give).await.is_none() {
+        if self.inner.call::<Vec<i64>>("refund", &give).await.is_none() {
             self.inner.local.refund_at(claims, Instant::now());
         }
     }
