@@ -122,5 +122,6 @@ pub mod serving;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
+pub mod token_count;
 pub mod translate;
 pub mod usage;
