@@ -245,6 +245,7 @@ pub(super) fn usage(i: i64) -> UsageRecord {
         latency_ms: 12,
         ttfb_ms: Some(3),
         streamed: false,
+        tokens_estimated: false,
     }
 }
 
