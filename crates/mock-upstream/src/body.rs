@@ -85,6 +85,8 @@ pub(crate) struct SseBody {
     /// Event index at which the body falls silent for good (`stall_after`).
     stall_at: Option<usize>,
     gap: Duration,
+    /// Pause before the first event after the content.
+    tail_gap: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     /// The pause before event `next` is over.
     paused: bool,
@@ -109,6 +111,7 @@ impl SseBody {
             die_at,
             stall_at,
             gap: Duration::from_millis(spec.gap_ms),
+            tail_gap: Duration::from_millis(spec.tail_gap_ms),
             sleep: None,
             paused: false,
             outcome: Outcome::Running,
@@ -135,10 +138,19 @@ impl SseBody {
         }
         // Pause before every event but the first, and before dying, so what was sent (at least
         // the headers) is flushed first; content events wait `gap_ms`.
-        let gap = self.content.contains(&self.next) && !dying && !self.gap.is_zero();
+        let pause = if dying {
+            Duration::ZERO
+        } else if self.content.contains(&self.next) {
+            self.gap
+        } else if self.next == self.content.end {
+            self.tail_gap
+        } else {
+            Duration::ZERO
+        };
+        let gap = !pause.is_zero();
         if (self.next > 0 || dying || gap) && !self.paused {
             if gap && self.sleep.is_none() {
-                self.sleep = Some(Box::pin(tokio::time::sleep(self.gap)));
+                self.sleep = Some(Box::pin(tokio::time::sleep(pause)));
             }
             match self.sleep.as_mut() {
                 Some(sleep) => {

@@ -125,6 +125,9 @@ pub struct StreamSpec {
     /// Delay before each content chunk; other events follow without a delay (but still in their
     /// own write).
     pub gap_ms: u64,
+    /// Delay before the first event after the content (the finish chunk, then the usage chunk,
+    /// or Anthropic's `message_delta`): a usage frame that comes late.
+    pub tail_gap_ms: u64,
     /// Abort the connection (body error: no terminating chunk, no `[DONE]`/`message_stop`) after
     /// sending this many content chunks. Values `>= chunks` die after the last content chunk.
     pub die_after: Option<usize>,
@@ -143,6 +146,7 @@ impl Default for StreamSpec {
         StreamSpec {
             chunks: 3,
             gap_ms: 0,
+            tail_gap_ms: 0,
             die_after: None,
             stall_after: None,
             content: None,
@@ -162,6 +166,12 @@ impl StreamSpec {
     /// Sets the delay before each content chunk.
     pub fn gap_ms(mut self, gap_ms: u64) -> StreamSpec {
         self.gap_ms = gap_ms;
+        self
+    }
+
+    /// Sets the delay before the events that follow the content (usage comes late).
+    pub fn tail_gap_ms(mut self, tail_gap_ms: u64) -> StreamSpec {
+        self.tail_gap_ms = tail_gap_ms;
         self
     }
 

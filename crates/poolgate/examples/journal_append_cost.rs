@@ -34,6 +34,7 @@ fn record(i: usize) -> UsageRecord {
         latency_ms: 2_345,
         ttfb_ms: Some(312),
         streamed: true,
+        tokens_estimated: false,
     }
 }
 

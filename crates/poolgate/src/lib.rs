@@ -128,5 +128,6 @@ pub mod shared;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
+pub mod token_count;
 pub mod translate;
 pub mod usage;

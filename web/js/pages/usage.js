@@ -281,6 +281,7 @@ const CSV_COLUMNS = [
   'request_id', 'time', 'ts_ms', 'client_key_id', 'client_key_name', 'endpoint', 'canonical_model', 'upstream_model',
   'backend_id', 'backend_name', 'pool', 'attempts', 'status', 'outcome', 'error_kind', 'prompt_tokens',
   'completion_tokens', 'total_tokens', 'cached_tokens', 'latency_ms', 'ttfb_ms', 'streamed',
+  'tokens_estimated',
 ];
 
 async function exportCsv(view, names, btn) {

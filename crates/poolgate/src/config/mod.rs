@@ -71,6 +71,11 @@ pub struct ProxySettings {
     pub max_in_flight: usize,
     /// The largest upstream JSON answer (or error body) read; a larger one becomes a 502.
     pub max_response_bytes: usize,
+    /// After a streaming client left before the upstream's usage frame: how long the upstream is
+    /// still read for it (0 = not at all; the delivered output is then estimated at once).
+    pub usage_grace: Duration,
+    /// The most upstream bytes read during that grace.
+    pub usage_grace_max_bytes: usize,
 }
 
 impl Default for ProxySettings {
@@ -87,6 +92,8 @@ impl Default for ProxySettings {
             expose_routing_headers: false,
             max_in_flight: (ServerSettings::default().max_connections / 2).max(1),
             max_response_bytes: 64 * 1024 * 1024,
+            usage_grace: Duration::from_millis(2000),
+            usage_grace_max_bytes: 1024 * 1024,
         }
     }
 }
@@ -518,6 +525,18 @@ mod tests {
                 .as_str(),
             "gpt-4o-mini"
         );
+    }
+
+    #[test]
+    fn usage_grace_defaults_switches_off_and_is_bounded() {
+        let config = load("").unwrap();
+        assert_eq!(config.proxy.usage_grace, Duration::from_millis(2000));
+        assert_eq!(config.proxy.usage_grace_max_bytes, 1024 * 1024);
+        let config = load("[proxy]\nusage_grace_ms = 0\nusage_grace_max_bytes = 4096\n").unwrap();
+        assert!(config.proxy.usage_grace.is_zero());
+        assert_eq!(config.proxy.usage_grace_max_bytes, 4096);
+        let error = load("[proxy]\nusage_grace_ms = 60001\n").unwrap_err();
+        assert!(error.contains("proxy.usage_grace_ms"), "{error}");
     }
 
     #[test]

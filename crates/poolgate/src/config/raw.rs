@@ -114,6 +114,8 @@ pub struct RawProxy {
     pub expose_routing_headers: Option<bool>,
     pub max_in_flight: Option<usize>,
     pub max_response_bytes: Option<usize>,
+    pub usage_grace_ms: Option<u64>,
+    pub usage_grace_max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

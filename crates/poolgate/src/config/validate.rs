@@ -70,9 +70,29 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
             "must be at least 1024",
         ));
     }
+    let usage_grace_ms = raw
+        .usage_grace_ms
+        .unwrap_or(u64::try_from(defaults.usage_grace.as_millis()).unwrap_or(u64::MAX));
+    if usage_grace_ms > 60_000 {
+        return Err(Invalid::new(
+            "proxy.usage_grace_ms",
+            "must be at most 60000",
+        ));
+    }
+    let usage_grace_max_bytes = raw
+        .usage_grace_max_bytes
+        .unwrap_or(defaults.usage_grace_max_bytes);
+    if usage_grace_max_bytes > 1024 * 1024 * 1024 {
+        return Err(Invalid::new(
+            "proxy.usage_grace_max_bytes",
+            "must be at most 1073741824",
+        ));
+    }
     Ok(ProxySettings {
         max_in_flight,
         max_response_bytes,
+        usage_grace: Duration::from_millis(usage_grace_ms),
+        usage_grace_max_bytes,
         max_attempts,
         max_wait: Duration::from_millis(max_wait_ms),
         max_body_bytes,

@@ -375,6 +375,11 @@ pub struct UsageRecord {
     /// Time to the first byte sent to the client.
     pub ttfb_ms: Option<u64>,
     pub streamed: bool,
+    /// The token figures are poolgate's estimate, not the upstream's: the stream ended (client
+    /// left, upstream broke) before the upstream's usage frame, so the prompt and the delivered
+    /// output were counted with the tokenizer.
+    #[serde(default)]
+    pub tokens_estimated: bool,
 }
 
 /// Which backend made a Responses API response, for whom, and until when poolgate remembers it

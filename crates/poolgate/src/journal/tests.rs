@@ -24,6 +24,7 @@ fn record(i: usize) -> UsageRecord {
         latency_ms: 420,
         ttfb_ms: Some(90),
         streamed: true,
+        tokens_estimated: false,
     }
 }
 

@@ -32,6 +32,7 @@
 //! adds the client key's rate limits (and, if enabled, the routing) to whatever is answered.
 
 pub mod attempt;
+pub mod billing;
 pub mod classify;
 pub mod context;
 pub mod error;

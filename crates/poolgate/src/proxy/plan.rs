@@ -80,6 +80,11 @@ impl Inbound {
         &self.raw
     }
 
+    /// The raw body, shared (for the prompt estimate of a stream cut before its usage).
+    pub fn raw_bytes(&self) -> Bytes {
+        self.raw.clone()
+    }
+
     /// Whether `backend` can serve this request: its endpoint, and for a stateful Responses
     /// request the backend's own Responses API.
     pub fn served_by(&self, backend: &BackendRecord) -> bool {

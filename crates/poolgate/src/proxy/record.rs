@@ -31,6 +31,9 @@ pub struct UsageDraft {
     response_model: Option<String>,
     /// `None` once handed over to whoever finishes the request.
     observation: Option<RequestObservation>,
+    /// When the request ended for the client, if its record is finished later (a stream whose
+    /// upstream is still read for its usage after the client left).
+    ended: Option<Instant>,
 }
 
 /// Starts observing a request of `ctx`: the route's series when `inbound` names a routed model,
@@ -128,11 +131,13 @@ impl UsageDraft {
                 latency_ms: 0,
                 ttfb_ms: None,
                 streamed,
+                tokens_estimated: false,
             },
             received: ctx.received,
             last_backend: None,
             response_model: None,
             observation: Some(observation),
+            ended: None,
         }
     }
 
@@ -183,6 +188,18 @@ impl UsageDraft {
         self.record.cached_tokens = usage.cached_tokens();
     }
 
+    /// Usage poolgate estimated (the stream ended before the upstream's final usage).
+    pub fn set_estimated_usage(&mut self, usage: TokenUsage) {
+        self.set_usage(usage);
+        self.record.tokens_estimated = true;
+    }
+
+    /// The request is over for the client now; its latency is measured to here even if the
+    /// record is finished later.
+    pub fn stop_clock(&mut self) {
+        self.ended.get_or_insert_with(Instant::now);
+    }
+
     pub fn mark_first_byte(&mut self) {
         if self.record.ttfb_ms.is_none() {
             self.record.ttfb_ms = Some(millis(self.received.elapsed()));
@@ -201,6 +218,7 @@ impl UsageDraft {
             last_backend: self.last_backend.clone(),
             response_model: self.response_model.take(),
             observation: self.observation.take(),
+            ended: self.ended,
         }
     }
 
@@ -214,7 +232,8 @@ impl UsageDraft {
         self.record.status = status;
         self.record.outcome = outcome;
         self.record.error_kind = error_kind.map(str::to_owned);
-        self.record.latency_ms = millis(self.received.elapsed());
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        self.record.latency_ms = millis(ended.saturating_duration_since(self.received));
         if let Some(observation) = self.observation.take() {
             let record = &self.record;
             observation.finish(RequestEnd {

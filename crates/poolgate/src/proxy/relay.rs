@@ -5,6 +5,13 @@
 //! request at once and records the request as cancelled. The record of a complete answer is
 //! handed over before the bytes that complete it (`[DONE]`, `message_stop`) are yielded, so it is
 //! in the usage journal before the client can see the answer end.
+//!
+//! A stream cut before the upstream's final usage ([`super::billing`]): when the client left,
+//! the upstream is read on for `proxy.usage_grace_ms` in a task of its own (the client is gone;
+//! nothing it waits for) to get the usage frame; without one, or when the upstream broke, the
+//! record is billed for the prompt and the delivered output, counted on a blocking thread, and
+//! marked `tokens_estimated`. The text of the delivered output is kept as it passes (no
+//! tokenizing on the way).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -14,10 +21,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 
 use super::attempt::resolve;
+use super::billing::Billing;
 use super::record::UsageDraft;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
@@ -26,6 +34,7 @@ use crate::routing::Ticket;
 use crate::scrub::KeyScrubber;
 use crate::sse::{SseEvent, SseFramer};
 use crate::state::DataPlane;
+use crate::token_count::DeliveredText;
 use crate::translate::{Mapped, StreamMapper};
 
 /// The body type handed to the HTTP layer.
@@ -36,6 +45,8 @@ pub struct StreamFinisher {
     pub draft: UsageDraft,
     pub ticket: Ticket,
     pub data: DataPlane,
+    /// For a stream cut before its final usage.
+    pub billing: Billing,
 }
 
 impl StreamFinisher {
@@ -43,18 +54,51 @@ impl StreamFinisher {
         if let Some(usage) = usage {
             self.draft.set_usage(usage);
         }
+        self.close(end);
+    }
+
+    /// Bills the prompt and the `delivered` output (the upstream's `partial` usage where it has
+    /// some) and writes the record — on a blocking thread, since counting may load the tokenizer.
+    /// The backend's outcome is settled now.
+    fn finish_estimated(mut self, partial: Option<TokenUsage>, delivered: DeliveredText, end: End) {
+        self.draft.stop_clock();
+        if let End::UpstreamFailed(_) = end {
+            self.upstream_failed();
+        }
+        let estimate = move |mut finisher: StreamFinisher| {
+            let usage = finisher.billing.estimate(&delivered, partial);
+            finisher.draft.set_estimated_usage(usage);
+            finisher.record(end);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || estimate(self));
+            }
+            Err(_) => estimate(self),
+        }
+    }
+
+    fn upstream_failed(&mut self) {
+        self.ticket
+            .backend
+            .runtime
+            .set_last_error("stream ended unexpectedly".to_owned());
+        resolve(&self.data, &mut self.ticket, UpstreamOutcome::ServerError);
+    }
+
+    fn close(mut self, end: End) {
+        if let End::UpstreamFailed(_) = end {
+            self.upstream_failed();
+        }
+        self.record(end);
+    }
+
+    fn record(self, end: End) {
         let (status, outcome, kind) = match end {
             End::Complete => (200, Outcome::Success, None),
             End::UpstreamFailed(kind) => (200, Outcome::StreamError, Some(kind)),
             End::ClientLeft => (499, Outcome::Cancelled, Some("client_closed")),
         };
-        if let End::UpstreamFailed(_) = end {
-            self.ticket
-                .backend
-                .runtime
-                .set_last_error("stream ended unexpectedly".to_owned());
-            resolve(&self.data, &mut self.ticket, UpstreamOutcome::ServerError);
-        }
         self.data
             .usage
             .record(self.draft.finish(status, outcome, kind));
@@ -87,6 +131,8 @@ pub struct RelayStream {
     scrubber: KeyScrubber,
     /// Set once the stream ended; `None` afterwards.
     finisher: Option<StreamFinisher>,
+    /// The generated text sent to the client, for a stream cut before its final usage.
+    delivered: DeliveredText,
 }
 
 impl RelayStream {
@@ -109,6 +155,7 @@ impl RelayStream {
             mapper,
             out: BytesMut::new(),
             scrubber: finisher.ticket.backend.scrubber.clone(),
+            delivered: DeliveredText::new(finisher.billing.format),
             finisher: Some(finisher),
         }
     }
@@ -131,6 +178,9 @@ impl RelayStream {
                     .is_some_and(|d| d.contains("\"error\""))
         });
         for event in events.drain(..) {
+            if let Some(data) = event.data.as_deref() {
+                self.delivered.event(data);
+            }
             let mark = self.out.len();
             match self.mapper.map(&event, &mut self.out) {
                 Mapped::Drop => {}
@@ -171,14 +221,49 @@ impl RelayStream {
     }
 
     fn end(&mut self, end: End) {
-        if let Some(finisher) = self.finisher.take() {
-            let end = match end {
-                End::Complete if self.mapper.upstream_failed() => {
-                    End::UpstreamFailed("upstream_stream_error")
-                }
-                other => other,
-            };
+        let Some(finisher) = self.finisher.take() else {
+            return;
+        };
+        let end = match end {
+            End::Complete if self.mapper.upstream_failed() => {
+                End::UpstreamFailed("upstream_stream_error")
+            }
+            other => other,
+        };
+        // The normal case: complete, or the upstream's final usage already read.
+        if matches!(end, End::Complete) || self.mapper.usage_final() {
             finisher.finish(self.mapper.usage(), end);
+            return;
+        }
+        let grace = &finisher.data.config.proxy;
+        let (grace, max_bytes) = (grace.usage_grace, grace.usage_grace_max_bytes);
+        let runtime = tokio::runtime::Handle::try_current();
+        match (end, runtime) {
+            (End::ClientLeft, Ok(runtime)) if !grace.is_zero() => {
+                let mut finisher = finisher;
+                finisher.draft.stop_clock();
+                let reader = GraceRead {
+                    upstream: std::mem::replace(
+                        &mut self.upstream,
+                        futures_util::stream::empty().boxed(),
+                    ),
+                    framer: std::mem::take(&mut self.framer),
+                    mapper: std::mem::replace(&mut self.mapper, Box::new(Spent)),
+                    delivered: std::mem::replace(
+                        &mut self.delivered,
+                        DeliveredText::new(finisher.billing.format),
+                    ),
+                    finisher: Some(finisher),
+                };
+                runtime.spawn(reader.run(grace, max_bytes));
+            }
+            _ => {
+                let delivered = std::mem::replace(
+                    &mut self.delivered,
+                    DeliveredText::new(finisher.billing.format),
+                );
+                finisher.finish_estimated(self.mapper.usage(), delivered, end);
+            }
         }
     }
 
@@ -280,5 +365,92 @@ impl Drop for RelayStream {
             End::ClientLeft
         };
         self.end(end);
+    }
+}
+
+/// After the client left before the upstream's final usage: the upstream, read on for a short
+/// grace in a task of its own to get that usage; dropped (closing the upstream connection) when
+/// the usage came, the stream ended, the grace or the byte cap ran out, or shutdown cut streams.
+struct GraceRead {
+    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    framer: SseFramer,
+    mapper: Box<dyn StreamMapper>,
+    delivered: DeliveredText,
+    /// `None` once the record is handed on.
+    finisher: Option<StreamFinisher>,
+}
+
+impl GraceRead {
+    async fn run(mut self, grace: Duration, max_bytes: usize) {
+        let deadline = Instant::now() + grace;
+        let Some(cancelled) = self.finisher.as_ref().map(|f| f.data.streams_cancelled()) else {
+            return;
+        };
+        tokio::pin!(cancelled);
+        let mut events = Vec::new();
+        let mut scratch = BytesMut::new();
+        let mut read = 0usize;
+        while !self.mapper.usage_final() && !self.mapper.completed() && read <= max_bytes {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, self.upstream.next()) => next,
+                () = &mut cancelled => break,
+            };
+            let Ok(Some(Ok(bytes))) = next else {
+                break;
+            };
+            read = read.saturating_add(bytes.len());
+            events.clear();
+            if self.framer.push(bytes, &mut events).is_err() {
+                break;
+            }
+            for event in &events {
+                self.mapper.map(event, &mut scratch);
+                scratch.clear();
+            }
+        }
+        self.upstream = futures_util::stream::empty().boxed();
+        let Some(finisher) = self.finisher.take() else {
+            return;
+        };
+        if self.mapper.usage_final() {
+            finisher.finish(self.mapper.usage(), End::ClientLeft);
+        } else {
+            let delivered = std::mem::replace(
+                &mut self.delivered,
+                DeliveredText::new(finisher.billing.format),
+            );
+            finisher.finish_estimated(self.mapper.usage(), delivered, End::ClientLeft);
+        }
+    }
+}
+
+impl Drop for GraceRead {
+    fn drop(&mut self) {
+        // The task was dropped before it finished (the runtime is going away): the record is
+        // still written, with what is known.
+        if let Some(finisher) = self.finisher.take() {
+            finisher.finish(self.mapper.usage(), End::ClientLeft);
+        }
+    }
+}
+
+/// The mapper left behind in a relay whose upstream moved to a [`GraceRead`].
+struct Spent;
+
+impl StreamMapper for Spent {
+    fn map(&mut self, _event: &SseEvent, _out: &mut BytesMut) -> Mapped {
+        Mapped::Drop
+    }
+
+    fn usage(&self) -> Option<TokenUsage> {
+        None
+    }
+
+    fn completed(&self) -> bool {
+        true
+    }
+
+    fn error_event(&self, _code: &str, _message: &str) -> Bytes {
+        Bytes::new()
     }
 }

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
 
 use super::attempt::{resolve, Done};
+use super::billing::Billing;
 use super::classify::{ErrorAnswer, Failure};
 use super::error::ProxyError;
 use super::holdback::{hold_leading_events, LeadFormat};
@@ -267,6 +268,7 @@ pub async fn succeed(
             data.config.proxy.stream_idle_timeout,
             StreamFinisher {
                 draft: draft.hand_over(),
+                billing: Billing::new(plan, inbound, ticket.upstream_model.as_str()),
                 ticket,
                 data: data.clone(),
             },

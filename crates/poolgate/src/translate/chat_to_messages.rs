@@ -272,6 +272,8 @@ pub struct AnthropicToOpenAiStream {
     include_usage: bool,
     usage: anthropic::Usage,
     seen_usage: bool,
+    /// `message_delta` brought the final output count.
+    final_usage: bool,
     /// Anthropic content block index → OpenAI tool call index.
     tool_index: HashMap<u32, u32>,
     finish: Option<String>,
@@ -288,6 +290,7 @@ impl AnthropicToOpenAiStream {
             include_usage,
             usage: anthropic::Usage::default(),
             seen_usage: false,
+            final_usage: false,
             tool_index: HashMap::new(),
             finish: None,
             done: false,
@@ -418,6 +421,7 @@ impl StreamMapper for AnthropicToOpenAiStream {
             StreamEvent::MessageDelta { delta, usage } => {
                 if let Some(usage) = usage {
                     merge_delta_usage(&mut self.usage, &usage);
+                    self.final_usage = true;
                 }
                 self.finish = finish_reason(delta.stop_reason.as_deref());
                 let finish = self.finish.clone().or_else(|| Some("stop".to_owned()));
@@ -444,6 +448,10 @@ impl StreamMapper for AnthropicToOpenAiStream {
 
     fn usage(&self) -> Option<TokenUsage> {
         self.seen_usage.then(|| self.usage.token_usage())
+    }
+
+    fn usage_final(&self) -> bool {
+        self.final_usage
     }
 
     fn upstream_failed(&self) -> bool {

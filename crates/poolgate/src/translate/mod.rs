@@ -58,6 +58,12 @@ pub trait StreamMapper: Send {
     /// At a clean end of the upstream stream: anything still owed to the client.
     fn finish(&mut self, _out: &mut BytesMut) {}
     fn usage(&self) -> Option<TokenUsage>;
+    /// The usage read so far is the upstream's final figure. Anthropic streams report the input
+    /// in `message_start` and the output only in `message_delta`: until that, their usage is
+    /// partial (a stream cut then has its output estimated).
+    fn usage_final(&self) -> bool {
+        self.usage().is_some()
+    }
     /// The upstream reported an error inside the stream.
     fn upstream_failed(&self) -> bool {
         false
@@ -154,6 +160,8 @@ impl StreamMapper for OpenAiPassthrough {
 pub struct AnthropicPassthrough {
     usage: anthropic::Usage,
     seen_usage: bool,
+    /// `message_delta` brought the final output count.
+    final_usage: bool,
     failed: bool,
     done: bool,
 }
@@ -190,6 +198,7 @@ impl StreamMapper for AnthropicPassthrough {
                 }) => {
                     merge_delta_usage(&mut self.usage, &usage);
                     self.seen_usage = true;
+                    self.final_usage = true;
                 }
                 Ok(StreamEvent::Error { .. }) => self.failed = true,
                 _ => {}
@@ -200,6 +209,10 @@ impl StreamMapper for AnthropicPassthrough {
 
     fn usage(&self) -> Option<TokenUsage> {
         self.seen_usage.then(|| self.usage.token_usage())
+    }
+
+    fn usage_final(&self) -> bool {
+        self.final_usage
     }
 
     fn upstream_failed(&self) -> bool {

@@ -206,6 +206,7 @@ pub(super) fn usage_from_row(row: &impl Columns) -> Result<UsageRecord, StoreErr
         latency_ms: narrow("latency_ms", row.int("latency_ms")?)?,
         ttfb_ms: opt_narrow("ttfb_ms", row.opt_int("ttfb_ms")?)?,
         streamed: row.flag("streamed")?,
+        tokens_estimated: row.flag("tokens_estimated")?,
     })
 }
 

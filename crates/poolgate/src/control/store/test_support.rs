@@ -26,6 +26,7 @@ pub fn usage(i: i64) -> UsageRecord {
         latency_ms: 12,
         ttfb_ms: Some(3),
         streamed: false,
+        tokens_estimated: i % 4 == 3,
     }
 }
 

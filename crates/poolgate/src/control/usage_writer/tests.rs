@@ -67,6 +67,7 @@ fn record(i: usize) -> UsageRecord {
         latency_ms: 1,
         ttfb_ms: None,
         streamed: false,
+        tokens_estimated: false,
     }
 }
 

@@ -132,6 +132,8 @@ pub struct MessagesToResponsesStream {
     builder: ResponseBuilder,
     usage: anthropic::Usage,
     seen_usage: bool,
+    /// `message_delta` brought the final output count.
+    final_usage: bool,
     stop_reason: Option<String>,
     /// Content block indexes of the text blocks.
     text_blocks: Vec<u32>,
@@ -145,6 +147,7 @@ impl MessagesToResponsesStream {
             builder: ResponseBuilder::new(response_id, String::new(), created_at, echo, true),
             usage: anthropic::Usage::default(),
             seen_usage: false,
+            final_usage: false,
             stop_reason: None,
             text_blocks: Vec::new(),
             tool_blocks: Vec::new(),
@@ -246,6 +249,7 @@ impl StreamMapper for MessagesToResponsesStream {
                 if let Some(usage) = usage {
                     merge_delta_usage(&mut self.usage, &usage);
                     self.seen_usage = true;
+                    self.final_usage = true;
                 }
                 if delta.stop_reason.is_some() {
                     self.stop_reason = delta.stop_reason;
@@ -266,6 +270,10 @@ impl StreamMapper for MessagesToResponsesStream {
 
     fn usage(&self) -> Option<TokenUsage> {
         self.seen_usage.then(|| self.usage.token_usage())
+    }
+
+    fn usage_final(&self) -> bool {
+        self.final_usage
     }
 
     fn upstream_failed(&self) -> bool {

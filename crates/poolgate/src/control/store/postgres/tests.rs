@@ -497,4 +497,17 @@ async fn aliases_azure_backends_and_response_owners_match_sqlite() {
     let mut cached: Vec<_> = page.records.iter().map(|r| r.cached_tokens).collect();
     cached.sort();
     assert_eq!(cached, [Some(1), Some(2)]);
+
+    // A record whose tokens poolgate estimated says so when read back.
+    store.insert_usage(&[usage(3)]).await.unwrap();
+    let page = store.list_usage(&UsageFilter::default()).await.unwrap();
+    let estimated: Vec<_> = page
+        .records
+        .iter()
+        .map(|r| (r.request_id.as_str(), r.tokens_estimated))
+        .collect();
+    assert_eq!(
+        estimated,
+        [("req-3", true), ("req-2", false), ("req-1", false)]
+    );
 }

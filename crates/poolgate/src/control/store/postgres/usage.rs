@@ -19,10 +19,11 @@ const DAYS_AHEAD: i32 = 3;
 const INSERT_SQL: &str = "\
 INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, canonical_model, backend_id,
     upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, completion_tokens,
-    total_tokens, latency_ms, ttfb_ms, streamed, cached_tokens)
+    total_tokens, latency_ms, ttfb_ms, streamed, cached_tokens, tokens_estimated)
 SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
     $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::int8[],
-    $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::bool[], $19::int8[])
+    $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::bool[], $19::int8[],
+    $20::bool[])
 ON CONFLICT (ts, request_id) DO NOTHING";
 
 /// See the SQLite store's `STATS_SQL` for what each part computes; only the dialect differs.
@@ -109,6 +110,7 @@ impl UsageStore for PgStore {
             .bind(column!(|r| r.ttfb_ms.map(wide)))
             .bind(column!(|r| r.streamed))
             .bind(column!(|r| r.cached_tokens.map(i64::from)))
+            .bind(column!(|r| r.tokens_estimated))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -119,8 +121,8 @@ impl UsageStore for PgStore {
         let rows = sqlx::query(
             "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
              upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
-             completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed \
-             FROM usage_records \
+             completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed, \
+             tokens_estimated FROM usage_records \
              WHERE ($1::bigint IS NULL OR ts >= $1) AND ($2::bigint IS NULL OR ts < $2) \
              AND ($3::text IS NULL OR backend_id = $3) \
              AND ($4::text IS NULL OR canonical_model = $4) \

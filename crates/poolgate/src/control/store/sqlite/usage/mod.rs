@@ -73,14 +73,14 @@ impl UsageStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Multi-row inserts: one statement per 100 records (19 parameters each). A request id
+        // Multi-row inserts: one statement per 100 records (20 parameters each). A request id
         // already stored (a batch written again) is skipped.
         for chunk in records.chunks(100) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
                  canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
                  error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
-                 streamed, cached_tokens) ",
+                 streamed, cached_tokens, tokens_estimated) ",
             );
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind(record.request_id.clone())
@@ -101,7 +101,8 @@ impl UsageStore for SqliteStore {
                     .push_bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
                     .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
                     .push_bind(record.streamed)
-                    .push_bind(record.cached_tokens.map(i64::from));
+                    .push_bind(record.cached_tokens.map(i64::from))
+                    .push_bind(record.tokens_estimated);
             });
             // A record already stored (a journal replay after a crash) is skipped.
             insert.push(" ON CONFLICT (request_id) DO NOTHING");
@@ -117,8 +118,8 @@ impl UsageStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
              upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
-             completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed \
-             FROM usage_records \
+             completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed, \
+             tokens_estimated FROM usage_records \
              WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) \
              AND (?3 IS NULL OR backend_id = ?3) AND (?4 IS NULL OR canonical_model = ?4) \
              AND (?5 IS NULL OR client_key_id = ?5) AND (?6 IS NULL OR seq < ?6) \
