@@ -19,7 +19,7 @@ use super::ProxyResponse;
 use crate::cooldown::{Outcome as UpstreamOutcome, ReadyAt};
 use crate::domain::{ApiKind, BackendRecord};
 use crate::routing::{Selection, Ticket};
-use crate::runtime::{refusal_ready_at, Resolution};
+use crate::runtime::{refusal_ready_at, Resolution, Waiting};
 use crate::shared::{BucketClaim, Refusal};
 use crate::state::DataPlane;
 use crate::telemetry::AttemptResult;
@@ -295,11 +295,19 @@ fn give_up<F: Fn(&BackendRecord) -> bool>(
     let earliest = overall.map(|(at, _)| at.saturating_duration_since(now));
     match last {
         None => match overall {
-            Some((_, true)) => ProxyError::NoneReady {
+            Some((_, Waiting::Recovery)) => ProxyError::Recovering {
                 retry_after: earliest,
             },
-            Some((_, false)) => ProxyError::Recovering {
+            Some((_, Waiting::RateLimit)) => ProxyError::NoneReady {
                 retry_after: earliest,
+            },
+            // Every candidate was refused for a limit that has refilled since (cluster mode:
+            // the shared bucket said no a moment ago): a rate limit, retry at once.
+            Some((_, Waiting::Nothing)) => ProxyError::NoneReady {
+                retry_after: selection
+                    .earliest_ready()
+                    .map(|at| at.saturating_duration_since(now))
+                    .or(earliest),
             },
             None => ProxyError::Unavailable,
         },

@@ -340,11 +340,14 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
         self.earliest_ready_overall_why(now).map(|(at, _)| at)
     }
 
-    /// [`Selection::earliest_ready_overall`], and whether any backend waits for a rate limit
-    /// (rather than only for cooldowns after errors).
-    pub fn earliest_ready_overall_why(&self, now: Instant) -> Option<(Instant, bool)> {
+    /// [`Selection::earliest_ready_overall`], and what the route waits for: a rate limit if any
+    /// backend waits for one, else recovery if any cools down after errors, else nothing (a
+    /// backend looks ready now — e.g. the shared state refused it a moment ago for a bucket
+    /// that has refilled since).
+    pub fn earliest_ready_overall_why(&self, now: Instant) -> Option<(Instant, Waiting)> {
         let mut earliest: Option<Instant> = None;
         let mut rate_limited = false;
+        let mut recovering = false;
         for member in self.route.members() {
             let backend = &member.backend;
             if !backend.record.enabled || !(self.serves)(&backend.record) {
@@ -354,9 +357,17 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
                 continue;
             };
             rate_limited |= waiting == Waiting::RateLimit;
+            recovering |= waiting == Waiting::Recovery;
             earliest = Some(earliest.map_or(ready, |e| e.min(ready)));
         }
-        earliest.map(|at| (at, rate_limited))
+        let waiting = if rate_limited {
+            Waiting::RateLimit
+        } else if recovering {
+            Waiting::Recovery
+        } else {
+            Waiting::Nothing
+        };
+        earliest.map(|at| (at, waiting))
     }
 }
 
