@@ -1,0 +1,188 @@
+// Tokens and money in the dashboard, in a real headless Chromium against the real `poolgate` and
+// `mock-upstream` binaries: a client key made through the form with a TPM limit and a small daily
+// budget, a few requests through the mock (which reports usage), then the usage page's spend (the
+// figures of the records the API returns), the key's budget bar, and the prices page (the default
+// table listed; an edit persists across a reload; a reset brings the default back).
+//
+// One gateway of its own and one browser page; the steps run in order.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startStack, launchBrowser, watch, screenshot, admin, ADMIN_TOKEN, MODEL } from './harness.js';
+
+// The mock's model is sent upstream as a model the default price table knows.
+const UPSTREAM_MODEL = 'gpt-4o';
+const TPM = 50000;
+const DAILY_BUDGET = 0.05;
+
+/** A chat completion with a client key; a small `max_tokens` keeps the cost estimate small. */
+async function chat(base, key, { stream = false } = {}) {
+  const response = await fetch(`${base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, stream, max_tokens: 64, messages: [{ role: 'user', content: 'What does this cost?' }] }),
+  });
+  const text = await response.text();
+  assert.equal(response.status, 200, text);
+}
+
+/** `$0.000123` → 0.000123. */
+const dollars = (text) => Number(text.replace(/[^0-9.]/g, ''));
+
+/** The displayed amount is the exact one, rounded for people (3 significant digits at least). */
+function assertShows(text, exact, what) {
+  const shown = dollars(text);
+  assert.ok(exact > 0, `${what}: a cost above zero (${exact})`);
+  assert.ok(Math.abs(shown - exact) <= exact * 0.005, `${what}: shows ${text} for ${exact}`);
+}
+
+describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
+  let stack;
+  let browser;
+  let page;
+  let watcher;
+  let key;
+  const started = Date.now();
+
+  before(async () => {
+    stack = await startStack();
+    await admin(stack.base, 'POST', '/backends', {
+      name: 'mock-priced', api_base_url: stack.mockUrl, api_key: 'sk-e2e-money-0001',
+      model_mappings: { [MODEL]: UPSTREAM_MODEL },
+    });
+    browser = await launchBrowser();
+    const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, colorScheme: 'light', locale: 'en-US' });
+    await context.addInitScript((token) => sessionStorage.setItem('poolgate.adminToken', token), ADMIN_TOKEN);
+    page = await context.newPage();
+    page.setDefaultTimeout(10000);
+    watcher = await watch(page);
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (stack) await stack.stop();
+    console.log(`# money e2e: ${Date.now() - started} ms`);
+  });
+
+  const keyRow = () => page.locator('tr[data-key="budgeted"]');
+
+  test('a key with a TPM limit and a daily budget, made through the form', async () => {
+    await page.goto(`${stack.base}/dashboard/#/keys`);
+    await page.getByText('No client keys yet').waitFor();
+    await page.getByTestId('key-name').fill('budgeted');
+    await page.getByTestId('key-tpm').fill(String(TPM));
+    // A bad amount is refused under its field before anything is sent.
+    await page.getByTestId('key-budget-daily').fill('five dollars');
+    await page.getByTestId('create-key').click();
+    await page.locator('[data-field="budget_daily_usd"] .field-error').waitFor();
+    await page.getByTestId('key-budget-daily').fill(String(DAILY_BUDGET));
+    await page.getByTestId('create-key').click();
+    key = (await page.getByTestId('secret').textContent()).trim();
+    assert.match(key, /^pgk-/);
+    await keyRow().waitFor();
+    assert.equal((await keyRow().getByTestId('key-tpm-cell').textContent()).trim(), '50,000');
+
+    const [saved] = (await admin(stack.base, 'GET', '/keys')).filter((k) => k.name === 'budgeted');
+    assert.equal(saved.tpm_limit, TPM);
+    assert.equal(saved.budget_daily_usd, DAILY_BUDGET);
+    assert.equal(saved.budget_monthly_usd, null);
+    assert.equal(saved.budget_total_usd, null);
+  });
+
+  let records;
+  let spent;
+
+  test('requests through the mock: the usage page shows what the records cost', async () => {
+    await chat(stack.base, key);
+    await chat(stack.base, key);
+    await chat(stack.base, key, { stream: true });
+    // The usage writer flushes every 100 ms (harness config).
+    const deadline = Date.now() + 5000;
+    do {
+      ({ records } = await admin(stack.base, 'GET', '/usage?limit=10'));
+      if (records.length >= 3) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    } while (Date.now() < deadline);
+    assert.equal(records.length, 3);
+    for (const r of records) {
+      assert.equal(r.upstream_model, UPSTREAM_MODEL);
+      assert.equal(typeof r.cost_usd, 'number', `record ${r.request_id} has a cost`);
+    }
+    spent = records.reduce((sum, r) => sum + r.cost_usd, 0);
+
+    await page.goto(`${stack.base}/dashboard/#/usage`);
+    const rows = page.locator('[data-testid="recent-table"] tbody tr');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="recent-table"] tbody tr').length === 3);
+    for (const r of records) {
+      const cell = page.locator(`tr[data-request="${r.request_id}"] [data-testid="cost-cell"]`);
+      assert.equal(Number(await cell.getAttribute('data-cost')), r.cost_usd, 'the exact cost of the record');
+      const text = await cell.textContent();
+      assertShows(text, r.cost_usd, `cost of ${r.request_id}`);
+      assert.equal(text.startsWith('≈'), Boolean(r.tokens_estimated), 'estimated costs are marked');
+    }
+    assert.equal(await rows.count(), 3);
+    assertShows(await page.locator('[data-testid="kpi-spend"] .stat-value').textContent(), spent, 'total spend');
+    await page.waitForFunction(() => document.querySelector('[data-testid="chart-spend"] .chart')?.classList.contains('is-empty') === false);
+
+    // Spend by key: the one key, with all of it.
+    await page.getByRole('radio', { name: 'By key' }).click();
+    await page.locator('[data-testid="breakdown"] h2', { hasText: 'By key' }).waitFor();
+    const group = page.locator('[data-testid="breakdown"] tbody tr').filter({ hasText: 'budgeted' });
+    assertShows(await group.getByTestId('group-spend').textContent(), spent, 'spend of the key');
+    await screenshot(page, 'money-usage');
+  });
+
+  test('the key’s budget bar: spent of the daily budget, reset time in its title', async () => {
+    await page.goto(`${stack.base}/dashboard/#/keys`);
+    const bar = keyRow().getByTestId('budget-daily');
+    await bar.waitFor();
+    const [saved] = (await admin(stack.base, 'GET', '/keys')).filter((k) => k.name === 'budgeted');
+    assert.ok(Math.abs(saved.spend.daily.spent_usd - spent) < 1e-9, `the ledger has the records' cost (${saved.spend.daily.spent_usd} vs ${spent})`);
+    const [used, limit] = (await bar.getByTestId('budget-value').textContent()).split('/');
+    assertShows(used, spent, 'spent today');
+    assert.equal(dollars(limit), DAILY_BUDGET);
+    assert.match(await bar.getAttribute('title'), /resets at /);
+    const width = await bar.locator('.budget-spent').evaluate((el) => el.getBoundingClientRect().width);
+    assert.ok(width > 0, 'the bar shows what is spent');
+    await screenshot(page, 'money-keys');
+  });
+
+  test('prices: the default table is listed; an edit persists, a reset brings the default back', async () => {
+    await page.goto(`${stack.base}/dashboard/#/prices`);
+    const row = () => page.locator(`tr[data-model="${UPSTREAM_MODEL}"]`);
+    await row().waitFor();
+    assert.equal(await row().getAttribute('data-source'), 'default');
+    assert.ok(await page.locator('[data-testid="price-table"] tbody tr[data-source="default"]').count() >= 20, 'the shipped table');
+    assert.match(await page.getByTestId('prices-taken').textContent(), /taken \d{4}-\d\d-\d\d/);
+    const original = await row().getByTestId('price-input').textContent();
+
+    await row().getByTestId('edit-price').click();
+    const input = page.getByTestId('price-field-input_per_mtok');
+    await input.fill('3.1234');
+    await page.getByTestId('save-price').click();
+    // Finer than $0.001 / Mtok: the API's message, under the field.
+    await page.locator('[data-testid="price-form"] [data-field="input_per_mtok"] .field-error').waitFor();
+    await input.fill('3.125');
+    await page.getByTestId('save-price').click();
+    await page.getByTestId('price-form').waitFor({ state: 'detached' });
+    await page.waitForFunction((model) => document.querySelector(`tr[data-model="${model}"]`)?.dataset.source === 'api', UPSTREAM_MODEL);
+
+    await page.reload();
+    await row().waitFor();
+    assert.equal(await row().getAttribute('data-source'), 'api');
+    assert.equal((await row().getByTestId('price-input').textContent()).trim(), '$3.125');
+    const [stored] = (await admin(stack.base, 'GET', '/prices')).models.filter((m) => m.model === UPSTREAM_MODEL);
+    assert.equal(stored.input_per_mtok, 3.125);
+    assert.equal(stored.source, 'api');
+    await screenshot(page, 'money-prices');
+
+    await row().getByTestId('reset-price').click();
+    await page.getByTestId('confirm').click();
+    await page.waitForFunction((model) => document.querySelector(`tr[data-model="${model}"]`)?.dataset.source === 'default', UPSTREAM_MODEL);
+    assert.equal(await row().getByTestId('price-input').textContent(), original);
+  });
+
+  test('no console errors, CSP violations or dialogs on the way', () => {
+    assert.deepEqual(watcher.problems(), []);
+  });
+});
