@@ -11,22 +11,35 @@ const REFRESH_MS = 10000;
 const WHOLE_FIELDS = ['rpm_limit', 'tpm_limit', 'max_parallel_requests'];
 const USD_FIELDS = ['budget_daily_usd', 'budget_monthly_usd', 'budget_total_usd'];
 
+// The form's fields: label, hint, test id, input properties.
+const FIELDS = {
+  name: ['Name', 'Who uses this key; for people.', 'key-name', { placeholder: 'my-app', maxLength: 128 }],
+  rpm_limit: ['RPM limit', 'Requests per minute; 0 = unlimited.', 'key-rpm', { inputMode: 'numeric' }],
+  tpm_limit: ['TPM limit', 'Tokens per minute (prompt + answer); 0 = unlimited.', 'key-tpm', { inputMode: 'numeric' }],
+  max_parallel_requests: ['Parallel requests', 'Requests in flight at once; past it, 429. 0 = unlimited.', 'key-parallel', { inputMode: 'numeric' }],
+  allowed_models: ['Allowed models', 'Canonical names, separated by commas; empty = all.', 'key-models', { placeholder: 'all models' }],
+  budget_daily_usd: ['Daily budget (USD)', 'Resets at midnight UTC.', 'key-budget-daily', { placeholder: 'none', inputMode: 'decimal' }],
+  budget_monthly_usd: ['Monthly budget (USD)', 'Resets on the 1st (UTC).', 'key-budget-monthly', { placeholder: 'none', inputMode: 'decimal' }],
+  budget_total_usd: ['Total budget (USD)', 'For the key’s whole life. Empty = no budget.', 'key-budget-total', { placeholder: 'none', inputMode: 'decimal' }],
+};
+
+/** What a field shows for `key` (editing) or a new key. */
+function initial(name, key) {
+  if (name === 'name') return key?.name ?? '';
+  if (name === 'allowed_models') return (key?.allowed_models || []).join(', ');
+  if (WHOLE_FIELDS.includes(name)) return String(key?.[name] ?? 0);
+  return usdInputValue(key?.[name]);
+}
+
 /**
  * The fields of a key's limits and budgets, filled from `key` (editing) or empty (creating).
  * `collect()` returns the body for the API, or null after marking the fields it refuses.
  */
 function keyFields(key) {
-  const whole = (value) => String(value ?? 0);
-  const fields = {
-    name: field('Name', textInput({ value: key?.name ?? '', placeholder: 'my-app', maxLength: 128, dataset: { testid: 'key-name' } }), { hint: 'Who uses this key; for people.', name: 'name' }),
-    rpm_limit: field('RPM limit', textInput({ value: whole(key?.rpm_limit), inputMode: 'numeric', dataset: { testid: 'key-rpm' } }), { hint: 'Requests per minute; 0 = unlimited.', name: 'rpm_limit' }),
-    tpm_limit: field('TPM limit', textInput({ value: whole(key?.tpm_limit), inputMode: 'numeric', dataset: { testid: 'key-tpm' } }), { hint: 'Tokens per minute (prompt + answer); 0 = unlimited.', name: 'tpm_limit' }),
-    max_parallel_requests: field('Parallel requests', textInput({ value: whole(key?.max_parallel_requests), inputMode: 'numeric', dataset: { testid: 'key-parallel' } }), { hint: 'Requests in flight at once; past it, 429. 0 = unlimited.', name: 'max_parallel_requests' }),
-    allowed_models: field('Allowed models', textInput({ value: (key?.allowed_models || []).join(', '), placeholder: 'all models' }), { hint: 'Canonical names, separated by commas; empty = all.', name: 'allowed_models' }),
-    budget_daily_usd: field('Daily budget (USD)', textInput({ value: usdInputValue(key?.budget_daily_usd), placeholder: 'none', inputMode: 'decimal', dataset: { testid: 'key-budget-daily' } }), { hint: 'Resets at midnight UTC.', name: 'budget_daily_usd' }),
-    budget_monthly_usd: field('Monthly budget (USD)', textInput({ value: usdInputValue(key?.budget_monthly_usd), placeholder: 'none', inputMode: 'decimal', dataset: { testid: 'key-budget-monthly' } }), { hint: 'Resets on the 1st (UTC).', name: 'budget_monthly_usd' }),
-    budget_total_usd: field('Total budget (USD)', textInput({ value: usdInputValue(key?.budget_total_usd), placeholder: 'none', inputMode: 'decimal', dataset: { testid: 'key-budget-total' } }), { hint: 'For the key’s whole life. Empty = no budget.', name: 'budget_total_usd' }),
-  };
+  const fields = {};
+  for (const [name, [label, hint, testid, props]] of Object.entries(FIELDS)) {
+    fields[name] = field(label, textInput({ ...props, value: initial(name, key), dataset: { testid } }), { hint, name });
+  }
   const grid = h('div', { class: 'form-rows' },
     h('div', { class: 'form-grid form-grid-keys' }, fields.name.wrap, fields.rpm_limit.wrap, fields.tpm_limit.wrap, fields.max_parallel_requests.wrap),
     h('div', { class: 'form-grid form-grid-keys' }, fields.allowed_models.wrap, fields.budget_daily_usd.wrap, fields.budget_monthly_usd.wrap, fields.budget_total_usd.wrap));
