@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { usd } from '../../web/js/format.js';
+import { usd, perMtok } from '../../web/js/format.js';
 
 test('small costs are never shown as $0.00', () => {
   assert.equal(usd(0.000123), '$0.000123');
@@ -19,6 +19,15 @@ test('ordinary amounts have cents', () => {
   assert.equal(usd(0.5), '$0.50');
   assert.equal(usd(2.5), '$2.50');
   assert.equal(usd(1234.5678), '$1,234.57');
+});
+
+test('prices per million tokens are shown exactly (thousandths of a dollar)', () => {
+  assert.equal(perMtok(3.125), '$3.125');
+  assert.equal(perMtok(2.5), '$2.50');
+  assert.equal(perMtok(0.075), '$0.075');
+  assert.equal(perMtok(0.005), '$0.005');
+  assert.equal(perMtok(1250), '$1,250.00');
+  assert.equal(perMtok(null), '—');
 });
 
 test('absent or broken values are a dash, never undefined or NaN', () => {

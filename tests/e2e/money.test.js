@@ -13,14 +13,14 @@ import { startStack, launchBrowser, watch, screenshot, admin, ADMIN_TOKEN, MODEL
 // The mock's model is sent upstream as a model the default price table knows.
 const UPSTREAM_MODEL = 'gpt-4o';
 const TPM = 50000;
-const DAILY_BUDGET = 0.05;
+const DAILY_BUDGET = 0.001;
 
 /** A chat completion with a client key; a small `max_tokens` keeps the cost estimate small. */
 async function chat(base, key, { stream = false } = {}) {
   const response = await fetch(`${base}/v1/chat/completions`, {
     method: 'POST',
     headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ model: MODEL, stream, max_tokens: 64, messages: [{ role: 'user', content: 'What does this cost?' }] }),
+    body: JSON.stringify({ model: MODEL, stream, max_tokens: 16, messages: [{ role: 'user', content: 'What does this cost?' }] }),
   });
   const text = await response.text();
   assert.equal(response.status, 200, text);

@@ -51,6 +51,15 @@ export function usd(value) {
   return `${value < 0 ? '−' : ''}$${text}`;
 }
 
+/**
+ * A price in USD per million tokens, exactly: prices are whole thousandths of a dollar
+ * (`$3.125`, `$2.50`, `$0.075`, `$0.005`).
+ */
+export function perMtok(value) {
+  if (typeof value !== 'number' || !Number.isFinite(value) || Math.abs(value) < 1) return usd(value);
+  return `$${value.toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 3 })}`;
+}
+
 const dateTime = new Intl.DateTimeFormat(undefined, {
   month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
 });

@@ -78,7 +78,7 @@ function describe(prices) {
 }
 
 function price(value) {
-  return typeof value === 'number' ? fmt.usd(value) : null;
+  return typeof value === 'number' ? fmt.perMtok(value) : null;
 }
 
 function renderTable(root, models, filter, refresh, openAdd) {
