@@ -1,13 +1,17 @@
 // Tokens and money in the dashboard, in a real headless Chromium against the real `poolgate` and
 // `mock-upstream` binaries: a client key made through the form with a TPM limit and a small daily
 // budget, a few requests through the mock (which reports usage), then the usage page's spend (the
-// figures of the records the API returns), the key's budget bar, and the prices page (the default
-// table listed; an edit persists across a reload; a reset brings the default back).
+// figures of the records the API returns), the key's budget bar, a backend's TPM limit and monthly
+// cap set through its form, the limits an upstream reported in its rate-limit headers (a tiny
+// upstream that says no requests are left), and the prices page (the default table listed; an edit
+// persists across a reload; a reset brings the default back).
 //
 // One gateway of its own and one browser page; the steps run in order.
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { once } from 'node:events';
 import { startStack, launchBrowser, watch, screenshot, admin, ADMIN_TOKEN, MODEL } from './harness.js';
 
 // The mock's model is sent upstream as a model the default price table knows.
@@ -15,12 +19,41 @@ const UPSTREAM_MODEL = 'gpt-4o';
 const TPM = 50000;
 const DAILY_BUDGET = 0.001;
 
+const LIMITS_MODEL = 'limits-model';
+
+/**
+ * An OpenAI-shaped upstream whose answers say, in OpenAI's rate-limit headers, that no request
+ * is left for 30 s (and most of the tokens are).
+ */
+async function startLimitsUpstream() {
+  const server = createServer((request, response) => {
+    request.resume();
+    response.writeHead(200, {
+      'content-type': 'application/json',
+      'x-ratelimit-limit-requests': '100',
+      'x-ratelimit-remaining-requests': '0',
+      'x-ratelimit-reset-requests': '30s',
+      'x-ratelimit-limit-tokens': '40000',
+      'x-ratelimit-remaining-tokens': '39000',
+      'x-ratelimit-reset-tokens': '1.5s',
+    });
+    response.end(JSON.stringify({
+      id: 'chatcmpl-limits', object: 'chat.completion', created: Math.floor(Date.now() / 1000), model: LIMITS_MODEL,
+      choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 },
+    }));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { url: `http://127.0.0.1:${server.address().port}/v1`, close: () => { server.closeAllConnections(); server.close(); } };
+}
+
 /** A chat completion with a client key; a small `max_tokens` keeps the cost estimate small. */
-async function chat(base, key, { stream = false } = {}) {
+async function chat(base, key, { stream = false, model = MODEL } = {}) {
   const response = await fetch(`${base}/v1/chat/completions`, {
     method: 'POST',
     headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ model: MODEL, stream, max_tokens: 16, messages: [{ role: 'user', content: 'What does this cost?' }] }),
+    body: JSON.stringify({ model, stream, max_tokens: 16, messages: [{ role: 'user', content: 'What does this cost?' }] }),
   });
   const text = await response.text();
   assert.equal(response.status, 200, text);
@@ -42,10 +75,12 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
   let page;
   let watcher;
   let key;
+  let limitsUpstream;
   const started = Date.now();
 
   before(async () => {
     stack = await startStack();
+    limitsUpstream = await startLimitsUpstream();
     await admin(stack.base, 'POST', '/backends', {
       name: 'mock-priced', api_base_url: stack.mockUrl, api_key: 'sk-e2e-money-0001',
       model_mappings: { [MODEL]: UPSTREAM_MODEL },
@@ -61,6 +96,7 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
   after(async () => {
     if (browser) await browser.close();
     if (stack) await stack.stop();
+    if (limitsUpstream) limitsUpstream.close();
     console.log(`# money e2e: ${Date.now() - started} ms`);
   });
 
@@ -145,6 +181,38 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
     const width = await bar.locator('.budget-spent').evaluate((el) => el.getBoundingClientRect().width);
     assert.ok(width > 0, 'the bar shows what is spent');
     await screenshot(page, 'money-keys');
+  });
+
+  test('providers: a TPM limit and a monthly cap through the form; the limits an upstream reported', async () => {
+    await page.goto(`${stack.base}/dashboard/#/providers`);
+    const row = page.locator('tr[data-backend="mock-priced"]');
+    await row.getByTestId('edit').click();
+    const form = page.getByTestId('backend-form');
+    const input = (name) => form.locator(`[data-field="${name}"] input`);
+    await input('tpm_limit').fill('100000');
+    await input('monthly_spend_cap_usd').fill('5');
+    await page.getByTestId('save').click();
+    await form.waitFor({ state: 'detached' });
+    await row.getByTestId('backend-spend').waitFor();
+    assert.match(await row.getByTestId('limits-cell').textContent(), /TPM\s*100K/);
+    assert.match(await row.getByTestId('backend-spend').getByTestId('budget-value').textContent(), /\/ \$5\.00$/);
+    const [saved] = (await admin(stack.base, 'GET', '/backends')).filter((b) => b.name === 'mock-priced');
+    assert.equal(saved.tpm_limit, 100000);
+    assert.equal(saved.monthly_spend_cap_usd, 5);
+
+    // An upstream that says no request is left: the backend is held until its reset.
+    await admin(stack.base, 'POST', '/backends', {
+      name: 'says-limits', api_base_url: limitsUpstream.url, api_key: 'sk-e2e-limits-0002',
+      model_mappings: { [LIMITS_MODEL]: LIMITS_MODEL },
+    });
+    await chat(stack.base, ADMIN_TOKEN, { model: LIMITS_MODEL });
+    const limited = page.locator('tr[data-backend="says-limits"]');
+    const learned = limited.getByTestId('upstream-limits');
+    await learned.waitFor();
+    assert.match(await learned.getByTestId('held').textContent(), /^held until /);
+    assert.match(await learned.locator('[data-kind="requests"]').textContent(), /Requests\s*0 \/ 100\s*resets in 0:[23]\d/);
+    assert.match(await learned.locator('[data-kind="tokens"]').textContent(), /Tokens\s*39,000 \/ 40,000/);
+    await screenshot(page, 'money-providers');
   });
 
   test('prices: the default table is listed; an edit persists, a reset brings the default back', async () => {
