@@ -206,6 +206,7 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
       model_mappings: { [LIMITS_MODEL]: LIMITS_MODEL },
     });
     await chat(stack.base, ADMIN_TOKEN, { model: LIMITS_MODEL });
+    await page.reload();
     const limited = page.locator('tr[data-backend="says-limits"]');
     const learned = limited.getByTestId('upstream-limits');
     await learned.waitFor();
