@@ -7,15 +7,15 @@
 //! 4. **stream** — SSE: time to first byte at 1 connection; gaps between events at 16.
 //! 5. **held** — 5,000 and 20,000 streams open at once through a fresh poolgate: its memory
 //!    per stream, errors, and what it gives back once they closed ([`held`]).
-//! 5a. **agentgateway** — closed loop at 32 connections with a 1 KB body (the figure
+//! 6. **agentgateway** — closed loop at 32 connections with a 1 KB body (the figure
 //!    agentgateway publishes): direct, nginx, poolgate.
-//! 6. **startup** — fresh data dir -> first proxied request answered, repeated.
-//! 7. **features** — poolgate with 1 vs 50 backends, RPM limits on, 429 churn on half.
-//! 8. **cluster** — one poolgate in single mode vs cluster mode (PostgreSQL + Redis, started
+//! 7. **startup** — fresh data dir -> first proxied request answered, repeated.
+//! 8. **features** — poolgate with 1 vs 50 backends, RPM limits on, 429 churn on half.
+//! 9. **cluster** — one poolgate in single mode vs cluster mode (PostgreSQL + Redis, started
 //!    here when installed), RPM limits on: what the shared (Redis) admission adds per request.
-//! 9. **telemetry** — poolgate with telemetry off, metrics, metrics + access log, and traces at
-//!    100 % sampling exported to an OTLP receiver.
-//! 10. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
+//! 10. **telemetry** — poolgate with telemetry off, metrics, metrics + access log, and traces at
+//!     100 % sampling exported to an OTLP receiver.
+//! 11. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
 //!
 //! Each scenario runs every target `repeats` times, interleaved (the order rotates per repeat),
 //! so each comparison is made between runs minutes apart at most.
