@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
@@ -18,6 +18,7 @@ use crate::domain::{
     format_ms, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord, BackendStatus,
     ModelMapping, Source,
 };
+use crate::pricing::{Nanodollars, WindowView};
 use crate::routing::LiveBackend;
 use crate::runtime::ms_from_instant;
 use crate::state::DataPlane;
@@ -55,11 +56,45 @@ pub struct BackendView {
     pub responses: bool,
     /// Azure's `api-version` (set, or `null` for the default).
     pub api_version: Option<String>,
+    /// The most this backend may cost per UTC calendar month, USD; `null` = no cap. At its cap
+    /// a backend is skipped until the month ends.
+    pub monthly_spend_cap_usd: Option<f64>,
+    /// What is spent of the cap this month; `null` without a cap.
+    pub spend: Option<BackendSpend>,
+}
+
+/// A backend's spend against its monthly cap.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackendSpend {
+    pub monthly: WindowView,
+}
+
+/// A backend body with its monthly spend cap: `POST` takes `monthly_spend_cap_usd` as a value or
+/// `null`; `PATCH` changes it only when present (`null` removes the cap).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct WithSpendCap<T> {
+    #[serde(flatten)]
+    pub backend: T,
+    /// USD per UTC calendar month (number or decimal string); `null` = no cap.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<f64>)]
+    pub monthly_spend_cap_usd: Option<Option<Nanodollars>>,
+}
+
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Builds the view from the stored record and, when present, the live counters.
 pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
     let now = Instant::now();
+    let spend = live
+        .and_then(|backend| backend.spend.as_ref())
+        .map(|ledger| ledger.view(chrono::Utc::now()));
     let (status, until_ms, remaining, count, last_error, in_flight) = match live {
         Some(backend) => {
             let snapshot = backend.runtime.snapshot(now);
@@ -117,6 +152,12 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
         updated_at: format_ms(record.updated_at_ms),
         responses: record.speaks_responses(),
         api_version: record.api_version.clone(),
+        monthly_spend_cap_usd: spend
+            .and_then(|spend| spend.monthly.limit)
+            .map(Nanodollars::as_usd_f64),
+        spend: spend.map(|spend| BackendSpend {
+            monthly: spend.monthly,
+        }),
     }
 }
 
@@ -143,15 +184,18 @@ pub async fn list(
 }
 
 /// Create a backend.
-#[utoipa::path(post, path = "/backends", tag = "backends", request_body = BackendInput,
+#[utoipa::path(post, path = "/backends", tag = "backends", request_body = WithSpendCap<BackendInput>,
     responses((status = 201, body = BackendView), (status = 400, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn create(
     State(control): State<ControlPlane>,
     State(data): State<DataPlane>,
-    Json(input): Json<BackendInput>,
+    Json(input): Json<WithSpendCap<BackendInput>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let record = control.create_backend(input).await?;
+    let record = control.create_backend(input.backend).await?;
+    if let Some(Some(cap)) = input.monthly_spend_cap_usd {
+        control.set_backend_spend_cap(&record.id, Some(cap)).await?;
+    }
     Ok((StatusCode::CREATED, axum::Json(live_view(&data, &record))))
 }
 
@@ -169,7 +213,7 @@ pub async fn get_one(
 }
 
 /// Change a backend (only the fields given).
-#[utoipa::path(patch, path = "/backends/{id}", tag = "backends", request_body = BackendPatch,
+#[utoipa::path(patch, path = "/backends/{id}", tag = "backends", request_body = WithSpendCap<BackendPatch>,
     params(("id" = String, Path, description = "backend id")),
     responses((status = 200, body = BackendView), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -177,9 +221,13 @@ pub async fn update(
     State(control): State<ControlPlane>,
     State(data): State<DataPlane>,
     Path(id): Path<String>,
-    Json(input): Json<BackendPatch>,
+    Json(input): Json<WithSpendCap<BackendPatch>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let record = control.update_backend(&BackendId::new(id), input).await?;
+    let id = BackendId::new(id);
+    let record = control.update_backend(&id, input.backend).await?;
+    if let Some(cap) = input.monthly_spend_cap_usd {
+        control.set_backend_spend_cap(&id, cap).await?;
+    }
     Ok(axum::Json(live_view(&data, &record)))
 }
 
