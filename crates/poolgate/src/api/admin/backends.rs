@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
@@ -15,8 +16,8 @@ use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
 use crate::control::ControlPlane;
 use crate::domain::{
-    format_ms, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord, BackendStatus,
-    ModelMapping, Source,
+    format_ms, parse_json, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord,
+    BackendStatus, ModelMapping, Source,
 };
 use crate::pricing::{Nanodollars, WindowView};
 use crate::routing::LiveBackend;
@@ -71,22 +72,38 @@ pub struct BackendSpend {
 
 /// A backend body with its monthly spend cap: `POST` takes `monthly_spend_cap_usd` as a value or
 /// `null`; `PATCH` changes it only when present (`null` removes the cap).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 pub struct WithSpendCap<T> {
-    #[serde(flatten)]
+    #[schema(inline)]
     pub backend: T,
     /// USD per UTC calendar month (number or decimal string); `null` = no cap.
-    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<f64>)]
     pub monthly_spend_cap_usd: Option<Option<Nanodollars>>,
 }
 
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
+/// The field the cap travels in, next to a backend's own fields.
+const SPEND_CAP_FIELD: &str = "monthly_spend_cap_usd";
+
+impl<T: DeserializeOwned> WithSpendCap<T> {
+    /// Takes the cap out of the body and reads the rest as `T`, so `T`'s
+    /// `deny_unknown_fields` still refuses a misspelt field (serde's `flatten` would not), and
+    /// errors still name their path.
+    fn split(mut body: serde_json::Map<String, serde_json::Value>) -> Result<Self, ApiError> {
+        let cap = match body.remove(SPEND_CAP_FIELD) {
+            None => None,
+            Some(serde_json::Value::Null) => Some(None),
+            Some(value) => Some(Some(Nanodollars::deserialize(value).map_err(|error| {
+                ApiError::invalid(format!("invalid value at `{SPEND_CAP_FIELD}`: {error}"))
+                    .with_param(SPEND_CAP_FIELD)
+                    .with_code("invalid_body")
+            })?)),
+        };
+        let rest = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+        Ok(Self {
+            backend: parse_json(&rest)?,
+            monthly_spend_cap_usd: cap,
+        })
+    }
 }
 
 /// Builds the view from the stored record and, when present, the live counters.
@@ -190,8 +207,9 @@ pub async fn list(
 pub async fn create(
     State(control): State<ControlPlane>,
     State(data): State<DataPlane>,
-    Json(input): Json<WithSpendCap<BackendInput>>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let input = WithSpendCap::<BackendInput>::split(body)?;
     let record = control.create_backend(input.backend).await?;
     if let Some(Some(cap)) = input.monthly_spend_cap_usd {
         control.set_backend_spend_cap(&record.id, Some(cap)).await?;
@@ -221,8 +239,9 @@ pub async fn update(
     State(control): State<ControlPlane>,
     State(data): State<DataPlane>,
     Path(id): Path<String>,
-    Json(input): Json<WithSpendCap<BackendPatch>>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let input = WithSpendCap::<BackendPatch>::split(body)?;
     let id = BackendId::new(id);
     let record = control.update_backend(&id, input.backend).await?;
     if let Some(cap) = input.monthly_spend_cap_usd {
