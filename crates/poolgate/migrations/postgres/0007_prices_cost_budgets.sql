@@ -4,7 +4,7 @@
 -- of client keys and backends. Both new tables are configuration: writing them bumps
 -- config_version and notifies the other instances.
 ALTER TABLE usage_records ADD COLUMN cost_nanousd BIGINT NULL CHECK (cost_nanousd >= 0);
-ALTER TABLE usage_records ADD COLUMN cache_write_tokens INTEGER NULL;
+ALTER TABLE usage_records ADD COLUMN cache_write_tokens BIGINT NULL;
 CREATE INDEX usage_key_ts ON usage_records (client_key_id, ts);
 
 CREATE TABLE prices (
