@@ -674,6 +674,30 @@ mod tests {
         );
         assert!(!config.sticky.unwrap().enabled);
         assert_eq!(config.affinity.owner_ttl, Duration::from_secs(720 * 3600));
+        assert_eq!(config.prices["my-llama-70b"].input.nanodollars(), 600);
+    }
+
+    #[test]
+    fn prices_are_exact_and_errors_name_the_field() {
+        let config = Config::from_raw(
+            parse_toml("[prices.\"m\"]\ninput_per_mtok = \"0.075\"\noutput_per_mtok = 15\n")
+                .unwrap(),
+            Overrides::default(),
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(config.prices["m"].input.nanodollars(), 75);
+        assert_eq!(config.prices["m"].output.nanodollars(), 15_000);
+        let error =
+            load("[prices.\"m\"]\ninput_per_mtok = 0.0001\noutput_per_mtok = 1\n").unwrap_err();
+        assert!(
+            error.contains("prices") && error.contains("decimal places"),
+            "{error}"
+        );
+        let error = load("[prices.\"m\"]\ninput_per_mtok = 1\n").unwrap_err();
+        assert!(error.contains("output_per_mtok"), "{error}");
+        let error = load("[prices.\"\"]\ninput_per_mtok = 1\noutput_per_mtok = 1\n").unwrap_err();
+        assert!(error.contains("prices."), "{error}");
     }
 
     #[test]
