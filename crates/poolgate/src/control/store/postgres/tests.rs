@@ -574,7 +574,7 @@ async fn prices_spend_limits_and_costs_round_trip() {
     assert!(store.delete_backend(&one.id).await.unwrap());
     assert_eq!(
         store.list_spend_limits().await.unwrap(),
-        [key_limits.clone()]
+        std::slice::from_ref(&key_limits)
     );
     let none = SpendLimitRecord {
         limits: BudgetLimits::default(),
