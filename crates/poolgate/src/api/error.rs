@@ -36,6 +36,9 @@ pub struct ApiError {
     retry_after: Option<Duration>,
     /// The cause of a 5xx, for the log only.
     detail: Option<Box<str>>,
+    /// Retrying cannot help (a spent budget): `x-should-retry: false`, which the official
+    /// OpenAI and Anthropic SDKs read before their status rules, and no `Retry-After`.
+    no_retry: bool,
 }
 
 /// The error `type` of a status.
@@ -76,7 +79,18 @@ impl ApiError {
             message: message.into().into_boxed_str(),
             retry_after: None,
             detail: None,
+            no_retry: false,
         }
+    }
+
+    /// 429 `insufficient_quota` / `budget_exceeded` with `x-should-retry: false`: the client
+    /// key's budget is spent; `message` says which and when it resets.
+    pub fn budget_exceeded(message: impl Into<String>) -> Self {
+        let mut error =
+            Self::new(StatusCode::TOO_MANY_REQUESTS, message).with_code("budget_exceeded");
+        error.kind = "insufficient_quota";
+        error.no_retry = true;
+        error
     }
 
     /// 400.
@@ -225,6 +239,13 @@ impl ApiError {
             }
         }
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.no_retry {
+            response.headers_mut().insert(
+                header::HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
+            return response;
+        }
         let wait = self.retry_after.or_else(|| {
             (self.status == StatusCode::TOO_MANY_REQUESTS).then_some(DEFAULT_RETRY_AFTER)
         });
@@ -302,6 +323,7 @@ impl From<ProxyError> for ApiError {
                 .with_code("response_backend_unavailable")
                 .with_detail("the response's backend is disabled or broken"),
             ProxyError::NotImplemented { .. } => ApiError::new(status, error.to_string()),
+            ProxyError::BudgetExceeded { message } => return ApiError::budget_exceeded(message),
         };
         api.with_retry_after(retry_after)
     }

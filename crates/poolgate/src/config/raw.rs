@@ -57,6 +57,11 @@ pub struct RawConfig {
     pub routing: RawRouting,
     #[serde(default)]
     pub responses: RawResponses,
+    /// `[prices."model-id"]`: prices per upstream model id over the embedded defaults, in USD
+    /// per million tokens (`input_per_mtok`, `output_per_mtok`, optional
+    /// `cached_input_per_mtok`, `cache_write_per_mtok`).
+    #[serde(default)]
+    pub prices: BTreeMap<String, crate::pricing::ModelPrice>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 
 use super::context::RequestContext;
 use super::plan::Inbound;
+use super::spend::SpendGuard;
 use crate::domain::{Outcome, UsageRecord};
+use crate::pricing::{BilledUsage, Nanodollars, PriceTable};
 use crate::providers::{Endpoint, TokenUsage};
 use crate::routing::{LiveBackend, Ticket};
 use crate::state::DataPlane;
@@ -34,6 +36,11 @@ pub struct UsageDraft {
     /// When the request ended for the client, if its record is finished later (a stream whose
     /// upstream is still read for its usage after the client left).
     ended: Option<Instant>,
+    /// The prices of the request's snapshot: the record's cost is computed when it is finished.
+    prices: Arc<PriceTable>,
+    /// The client key's budget reservation, settled with the cost when the record is finished
+    /// (moves with the observation in [`UsageDraft::hand_over`]).
+    spend: Option<SpendGuard>,
 }
 
 /// Starts observing a request of `ctx`: the route's series when `inbound` names a routed model,
@@ -132,13 +139,22 @@ impl UsageDraft {
                 ttfb_ms: None,
                 streamed,
                 tokens_estimated: false,
+                cost: None,
+                cache_write_tokens: None,
             },
             received: ctx.received,
             last_backend: None,
             response_model: None,
             observation: Some(observation),
             ended: None,
+            prices: Arc::clone(&ctx.live.prices),
+            spend: None,
         }
+    }
+
+    /// Holds the request's budget reservation until the record is finished.
+    pub fn hold_spend(&mut self, guard: Option<SpendGuard>) {
+        self.spend = guard;
     }
 
     /// One more upstream attempt, to the ticket's backend.
@@ -186,6 +202,7 @@ impl UsageDraft {
             usage.total_tokens
         });
         self.record.cached_tokens = usage.cached_tokens();
+        self.record.cache_write_tokens = usage.cache_write_tokens;
     }
 
     /// Usage poolgate estimated (the stream ended before the upstream's final usage).
@@ -219,7 +236,27 @@ impl UsageDraft {
             response_model: self.response_model.take(),
             observation: self.observation.take(),
             ended: self.ended,
+            prices: Arc::clone(&self.prices),
+            spend: self.spend.take(),
         }
+    }
+
+    /// The record's cost at the price of its upstream model (`None` without a price, or when
+    /// no upstream was tried), its tokens split into the four billed kinds.
+    fn cost(&self) -> Option<Nanodollars> {
+        let record = &self.record;
+        let found = self.prices.lookup(record.upstream_model.as_deref()?)?;
+        let tokens = |value: Option<u32>| u64::from(value.unwrap_or(0));
+        let prompt = tokens(record.prompt_tokens);
+        let cached = tokens(record.cached_tokens).min(prompt);
+        let written = tokens(record.cache_write_tokens).min(prompt - cached);
+        let billed = BilledUsage {
+            input_tokens: prompt - cached - written,
+            cached_input_tokens: cached,
+            cache_write_tokens: written,
+            output_tokens: tokens(record.completion_tokens),
+        };
+        Some(found.entry.price.cost(&billed))
     }
 
     /// Completes the record, and with it the observation.
@@ -234,6 +271,16 @@ impl UsageDraft {
         self.record.error_kind = error_kind.map(str::to_owned);
         let ended = self.ended.unwrap_or_else(Instant::now);
         self.record.latency_ms = millis(ended.saturating_duration_since(self.received));
+        self.record.cost = self.cost();
+        let cost = self.record.cost.unwrap_or(Nanodollars::ZERO);
+        if let Some(guard) = self.spend.take() {
+            guard.settle(cost);
+        }
+        if cost > Nanodollars::ZERO {
+            if let Some(spend) = self.last_backend.as_ref().and_then(|b| b.spend.as_ref()) {
+                spend.record(cost, chrono::Utc::now());
+            }
+        }
         if let Some(observation) = self.observation.take() {
             let record = &self.record;
             observation.finish(RequestEnd {
@@ -248,7 +295,7 @@ impl UsageDraft {
                     cached: record.cached_tokens,
                 },
                 response_model: self.response_model.as_deref(),
-                cost_usd: None,
+                cost_usd: record.cost.map(Nanodollars::as_usd_f64),
             });
         }
         self.record

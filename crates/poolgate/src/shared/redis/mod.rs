@@ -312,10 +312,15 @@ impl Inner {
                 })
             }
             AdmitReply::Limited { bucket, wait } => match merged(&request.claims).get(bucket) {
-                Some((key, _, _)) => Admit::Refused(Refusal::Limited {
-                    key: (*key).clone(),
-                    retry_after: wait,
-                }),
+                Some((key, _, _)) => {
+                    // Nothing left in it now: if Redis goes away next, this instance's share
+                    // starts empty, not from an older (higher) figure.
+                    self.tokens_left.lock().insert((*key).clone(), 0);
+                    Admit::Refused(Refusal::Limited {
+                        key: (*key).clone(),
+                        retry_after: wait,
+                    })
+                }
                 None => self.degraded_admit(&request),
             },
             AdmitReply::Cooling => match shared.view.until {
