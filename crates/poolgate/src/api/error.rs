@@ -36,6 +36,9 @@ pub struct ApiError {
     retry_after: Option<Duration>,
     /// The cause of a 5xx, for the log only.
     detail: Option<Box<str>>,
+    /// Waiting never helps: `x-should-retry: false` (read by the OpenAI SDKs before the status),
+    /// and no `Retry-After`.
+    no_retry: bool,
 }
 
 /// The error `type` of a status.
@@ -76,6 +79,7 @@ impl ApiError {
             message: message.into().into_boxed_str(),
             retry_after: None,
             detail: None,
+            no_retry: false,
         }
     }
 
@@ -158,6 +162,13 @@ impl ApiError {
         self
     }
 
+    /// Tells clients not to retry (`x-should-retry: false`, no `Retry-After`).
+    pub fn with_no_retry(mut self) -> Self {
+        self.no_retry = true;
+        self.retry_after = None;
+        self
+    }
+
     pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
         self.detail = Some(detail.to_string().into_boxed_str());
         self
@@ -225,6 +236,12 @@ impl ApiError {
             }
         }
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.no_retry {
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+            return response;
+        }
         let wait = self.retry_after.or_else(|| {
             (self.status == StatusCode::TOO_MANY_REQUESTS).then_some(DEFAULT_RETRY_AFTER)
         });
@@ -269,8 +286,12 @@ impl From<ProxyError> for ApiError {
             ProxyError::ModelNotFound { .. } => {
                 ApiError::not_found(error.to_string(), "model_not_found")
             }
+            ProxyError::KeyTpmTooLarge { .. } => ApiError::new(status, error.to_string())
+                .with_code("tpm_request_too_large")
+                .with_no_retry(),
             ProxyError::ModelNotAllowed { .. }
             | ProxyError::KeyRateLimited { .. }
+            | ProxyError::KeyTpmLimited { .. }
             | ProxyError::NoneReady { .. }
             | ProxyError::Recovering { .. }
             | ProxyError::UpstreamTooLarge { .. }
@@ -303,6 +324,9 @@ impl From<ProxyError> for ApiError {
                 .with_detail("the response's backend is disabled or broken"),
             ProxyError::NotImplemented { .. } => ApiError::new(status, error.to_string()),
         };
+        if api.no_retry {
+            return api;
+        }
         api.with_retry_after(retry_after)
     }
 }

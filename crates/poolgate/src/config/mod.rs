@@ -31,11 +31,12 @@ pub use raw::{
 };
 use validate::{
     validate_backend, validate_cooldown, validate_health, validate_limits, validate_network,
-    validate_proxy, validate_server,
+    validate_proxy, validate_server, validate_tokens,
 };
 
 use crate::egress::EgressPolicy;
 use crate::serving::ServerSettings;
+use crate::token_count::EstimateSettings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./poolgate-data";
@@ -216,6 +217,8 @@ pub struct Config {
     /// The config file's `[routing.sticky]`, if any (written to the store at every start).
     pub sticky: Option<StickySettings>,
     pub affinity: AffinitySettings,
+    /// `[tokens]`: how requests are estimated for TPM limits.
+    pub tokens: EstimateSettings,
 }
 
 impl Default for Config {
@@ -242,6 +245,7 @@ impl Default for Config {
             aliases: BTreeMap::new(),
             sticky: None,
             affinity: AffinitySettings::default(),
+            tokens: EstimateSettings::default(),
         }
     }
 }
@@ -296,6 +300,7 @@ impl Config {
         let proxy = validate_proxy(raw.proxy, server.max_connections)?;
         let network = validate_network(raw.network)?;
         let limits = validate_limits(raw.limits)?;
+        let tokens = validate_tokens(raw.tokens)?;
         let telemetry = TelemetrySettings::from_raw(raw.metrics, raw.telemetry, env)?;
         let health = validate_health(raw.health)?;
         let cooldown = validate_cooldown(raw.cooldown)?;
@@ -422,6 +427,7 @@ impl Config {
             aliases,
             sticky,
             affinity,
+            tokens,
         })
     }
 }

@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::raw::{RawBackend, RawCooldown, RawHealth, RawLimits, RawNetwork, RawProxy, RawServer};
+use super::raw::{
+    RawBackend, RawCooldown, RawHealth, RawLimits, RawNetwork, RawProxy, RawServer, RawTokens,
+};
 use super::{HealthSettings, LimitsSettings, ProxySettings};
 use crate::cooldown::CooldownPolicy;
 use crate::domain::{literal_or_env, BackendInput, BackendSpec, Invalid};
 use crate::egress::EgressPolicy;
 use crate::serving::{BodyPace, ServerSettings};
+use crate::token_count::EstimateSettings;
 
 /// A whole number of seconds, at least 1; absent = `default`.
 fn positive_seconds(
@@ -205,6 +208,7 @@ pub fn validate_backend(
         metadata: raw.metadata,
         responses: raw.responses,
         api_version: raw.api_version,
+        tpm_limit: Some(raw.tpm_limit),
     }
     .validate(&at)
 }
@@ -261,6 +265,43 @@ pub fn validate_network(raw: RawNetwork) -> Result<EgressPolicy, Invalid> {
 }
 
 /// `[limits]`: the bucket-level checkpoint interval, 100 ms to 60 s.
+/// `[tokens]`: the request estimate's tunables.
+pub fn validate_tokens(raw: RawTokens) -> Result<EstimateSettings, Invalid> {
+    let defaults = EstimateSettings::default();
+    let default_output_tokens = raw
+        .default_output_tokens
+        .unwrap_or(defaults.default_output_tokens);
+    let max_output_reserve = raw
+        .max_output_reserve
+        .unwrap_or(defaults.max_output_reserve);
+    if !(1..=10_000_000).contains(&max_output_reserve) {
+        return Err(Invalid::new(
+            "tokens.max_output_reserve",
+            "must be between 1 and 10000000",
+        ));
+    }
+    if default_output_tokens > max_output_reserve {
+        return Err(Invalid::new(
+            "tokens.default_output_tokens",
+            "must not be above `tokens.max_output_reserve`",
+        ));
+    }
+    let exact = raw
+        .exact_budget_bytes
+        .unwrap_or(defaults.exact_budget_bytes as u64);
+    if exact > 16 * 1024 * 1024 {
+        return Err(Invalid::new(
+            "tokens.exact_budget_bytes",
+            "must be at most 16777216",
+        ));
+    }
+    Ok(EstimateSettings {
+        default_output_tokens,
+        max_output_reserve,
+        exact_budget_bytes: usize::try_from(exact).unwrap_or(usize::MAX),
+    })
+}
+
 pub fn validate_limits(raw: RawLimits) -> Result<LimitsSettings, Invalid> {
     let defaults = LimitsSettings::default();
     let interval = raw

@@ -86,6 +86,16 @@ impl BucketKey {
         BucketKey::new("key-rpm", client_key_id)
     }
 
+    /// A backend's tokens-per-minute bucket (claims cost the request's estimated tokens).
+    pub fn backend_tpm(backend: &BackendId) -> BucketKey {
+        BucketKey::new("backend-tpm", backend.as_str())
+    }
+
+    /// A client key's tokens-per-minute bucket.
+    pub fn client_tpm(client_key_id: &str) -> BucketKey {
+        BucketKey::new("key-tpm", client_key_id)
+    }
+
     /// Any other bucket (`kind` names what it counts, e.g. `key-tpm`, `key-budget`).
     pub fn new(kind: &str, id: &str) -> BucketKey {
         BucketKey(format!("{kind}:{id}").into())
@@ -283,6 +293,11 @@ pub trait SharedRuntime: Send + Sync + 'static {
 
     /// Give back tokens that were taken but not used (never above capacity).
     async fn refund(&self, claims: &[BucketClaim]);
+
+    /// Take `cost` more tokens from each bucket, without admitting anything: a TPM reservation
+    /// settled above its estimate. Redis lets the bucket go into debt (down to minus its
+    /// capacity; the next admission waits until it is repaid); a local bucket stops at empty.
+    async fn charge(&self, claims: &[BucketClaim]);
 
     /// Admin reset: healthy, level 0, on every instance.
     async fn reset(&self, backend: &BackendId);

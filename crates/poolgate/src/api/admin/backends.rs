@@ -18,6 +18,7 @@ use crate::domain::{
     format_ms, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord, BackendStatus,
     ModelMapping, Source,
 };
+use crate::limits::upstream::UpstreamLimitsView;
 use crate::routing::LiveBackend;
 use crate::runtime::ms_from_instant;
 use crate::state::DataPlane;
@@ -55,11 +56,18 @@ pub struct BackendView {
     pub responses: bool,
     /// Azure's `api-version` (set, or `null` for the default).
     pub api_version: Option<String>,
+    /// Tokens per minute (prompt + output); 0 = unlimited.
+    pub tpm_limit: u32,
+    /// Read-only: the rate-limit figures the upstream last sent (`x-ratelimit-*`,
+    /// `anthropic-ratelimit-*`), and until when poolgate holds requests back because it said
+    /// nothing is left (`blocked_until`); `null` before any answer carried them.
+    pub upstream_limits: Option<UpstreamLimitsView>,
 }
 
 /// Builds the view from the stored record and, when present, the live counters.
 pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
     let now = Instant::now();
+    let upstream_limits = live.and_then(|backend| backend.runtime.upstream_limits(now));
     let (status, until_ms, remaining, count, last_error, in_flight) = match live {
         Some(backend) => {
             let snapshot = backend.runtime.snapshot(now);
@@ -117,6 +125,8 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
         updated_at: format_ms(record.updated_at_ms),
         responses: record.speaks_responses(),
         api_version: record.api_version.clone(),
+        tpm_limit: record.tpm_limit,
+        upstream_limits,
     }
 }
 

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
-use crate::control::{ClientKeyInput, ControlPlane};
+use crate::control::{ClientKeyInput, ClientKeyPatch, ControlPlane};
 use crate::domain::{format_ms, ClientKeyRecord};
 
 /// Body of `POST /admin/api/keys`.
@@ -26,6 +26,26 @@ pub struct CreateKey {
     pub max_parallel_requests: Option<i64>,
     /// Canonical models this key may use; absent or empty = all.
     pub allowed_models: Option<Vec<String>>,
+    /// Tokens per minute for this key (prompt + output, estimated at admission and settled
+    /// with the real usage), 0–150000000; 0 or absent = unlimited. Over it: 429
+    /// `rate_limit_exceeded` with `Retry-After`; a request larger than the whole limit: 429
+    /// `tpm_request_too_large` with `x-should-retry: false`.
+    pub tpm_limit: Option<i64>,
+}
+
+/// Body of `PATCH /admin/api/keys/{id}`: absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    pub name: Option<String>,
+    /// 0 = unlimited.
+    pub rpm_limit: Option<i64>,
+    /// 0 = unlimited.
+    pub max_parallel_requests: Option<i64>,
+    /// Empty = all models.
+    pub allowed_models: Option<Vec<String>>,
+    /// Tokens per minute; 0 = unlimited.
+    pub tpm_limit: Option<i64>,
 }
 
 /// A client key without its secret.
@@ -41,6 +61,8 @@ pub struct KeyView {
     pub allowed_models: Vec<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// Tokens per minute; 0 = unlimited.
+    pub tpm_limit: u32,
 }
 
 /// The answer to creating a key: the only time the plaintext is shown.
@@ -66,6 +88,7 @@ fn view(record: &ClientKeyRecord) -> KeyView {
             .collect(),
         created_at: format_ms(record.created_at_ms),
         revoked_at: record.revoked_at_ms.map(format_ms),
+        tpm_limit: record.tpm_limit,
     }
 }
 
@@ -90,6 +113,7 @@ pub async fn create(
             rpm_limit: input.rpm_limit,
             max_parallel_requests: input.max_parallel_requests,
             allowed_models: input.allowed_models.unwrap_or_default(),
+            tpm_limit: input.tpm_limit,
         })
         .await?;
     Ok((
@@ -99,6 +123,32 @@ pub async fn create(
             key: plaintext.expose_secret().to_owned(),
         }),
     ))
+}
+
+/// Change a client key's name or limits (absent fields stay; new limits apply to the next
+/// request).
+#[utoipa::path(patch, path = "/keys/{id}", tag = "keys", request_body = UpdateKey,
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyView), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Json(input): Json<UpdateKey>,
+) -> Result<impl IntoResponse, ApiError> {
+    let record = control
+        .update_client_key(
+            &id,
+            ClientKeyPatch {
+                name: input.name,
+                rpm_limit: input.rpm_limit,
+                max_parallel_requests: input.max_parallel_requests,
+                allowed_models: input.allowed_models,
+                tpm_limit: input.tpm_limit,
+            },
+        )
+        .await?;
+    Ok(axum::Json(view(&record)))
 }
 
 /// Revoke a client key (it stops working at once).

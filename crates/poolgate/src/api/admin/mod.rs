@@ -62,7 +62,7 @@ pub fn router(data: DataPlane) -> (Router<AppState>, OpenApiDoc) {
         .routes(routes!(pools::list, pools::create))
         .routes(routes!(pools::stats))
         .routes(routes!(keys::list, keys::create))
-        .routes(routes!(keys::revoke))
+        .routes(routes!(keys::revoke, keys::update))
         .routes(routes!(usage::list))
         .routes(routes!(usage::stats))
         .routes(routes!(cluster::show))

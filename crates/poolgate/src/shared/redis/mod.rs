@@ -258,7 +258,8 @@ impl Inner {
         tracing::info!(instance = %self.instance_id, "Redis answers again: shared mode");
     }
 
-    /// The admit script for `mode` `take` (an admission) or `give` (a refund; the cooldown keys
+    /// The admit script for `mode` `take` (an admission), `give` (a refund) or `owe` (an extra
+    /// charge, into debt; for `give` and `owe` the cooldown keys
     /// are then not read, and `request.backend` may be any id).
     fn admit_invocation<'a>(
         &self,
@@ -484,6 +485,26 @@ impl SharedRuntime for RedisShared {
         let give = self.inner.admit_invocation("give", &request, "", "");
         if self.inner.call::<Vec<i64>>("refund", &give).await.is_none() {
             self.inner.local.refund_at(claims, Instant::now());
+        }
+    }
+
+    async fn charge(&self, claims: &[BucketClaim]) {
+        if claims.is_empty() {
+            return;
+        }
+        if self.inner.mode() == Mode::Degraded {
+            self.inner.local.charge_at(claims, Instant::now());
+            return;
+        }
+        let request = AdmitRequest {
+            backend: BackendId::new("-"),
+            claims: claims.to_vec(),
+            probe_ttl: Duration::ZERO,
+            lease_ttl: None,
+        };
+        let owe = self.inner.admit_invocation("owe", &request, "", "");
+        if self.inner.call::<Vec<i64>>("charge", &owe).await.is_none() {
+            self.inner.local.charge_at(claims, Instant::now());
         }
     }
 
