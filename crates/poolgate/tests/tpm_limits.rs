@@ -7,7 +7,7 @@
 //! Every backend serves the canonical model `m` as `up-m` (no known tokenizer: the prompt is
 //! estimated as `ceil(bytes / 3)` of its text plus per-message overhead — a few tokens for "hi");
 //! requests declare `max_tokens: 100`, so each reserves a little over 100 tokens.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+#![expect(clippy::unwrap_used, reason = "test")]
 
 mod common;
 
