@@ -13,6 +13,8 @@
 //!    longer than the Redis call timeout;
 //! 7. a client key's `tpm_limit` holds across instances (estimates taken in the admission call,
 //!    extra usage charged afterwards), and a request larger than it is refused everywhere;
+//! 8. an upstream that told one instance it has no tokens left is held back by all of them
+//!    until its reset;
 //!
 //! and issue #14's protections in cluster mode: a key's `max_parallel_requests` (per instance)
 //! and its shared RPM bucket both apply, `proxy.max_in_flight` answers 503, a declared 1 GiB
@@ -667,5 +669,51 @@ async fn a_client_keys_tpm_is_shared_by_every_instance() {
     assert_eq!(too_large.json["error"]["code"], "tpm_request_too_large");
     assert_eq!(too_large.header("x-should-retry"), Some("false"));
     assert_eq!(upstream.calls(), before + 3);
+    cluster.stop().await;
+}
+
+/// Issue #11: an upstream that told one instance it has no tokens left is not sent to by any
+/// instance until its reset (the block is announced on the change feed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_out_of_tokens_is_held_back_by_every_instance_until_its_reset() {
+    let announcing = MockUpstream::start().await;
+    let spare = MockUpstream::start().await;
+    let toml = format!(
+        "{}{}",
+        backend_toml("announcing", &announcing.openai_base_url(), "primary", ""),
+        backend_toml("spare", &spare.openai_base_url(), "fallback", "")
+    );
+    let cluster = Cluster::start(2, Some(SLOW_MACHINE), &toml).await;
+    let Reply::Status { status, body, .. } = Reply::status(
+        200,
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up-m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        }),
+    ) else {
+        unreachable!()
+    };
+    announcing.push(Reply::Status {
+        status,
+        body,
+        headers: vec![
+            ("x-ratelimit-limit-tokens".into(), "30000".into()),
+            ("x-ratelimit-remaining-tokens".into(), "0".into()),
+            ("x-ratelimit-reset-tokens".into(), "2s".into()),
+        ],
+    });
+    assert_eq!(chat(&cluster.instances[0]).await.status, 200);
+    assert_eq!(announcing.calls(), 1);
+    // The announcement travels on the change feed (a publish and a message: milliseconds).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in [1, 0, 1] {
+        assert_eq!(chat(&cluster.instances[i]).await.status, 200);
+    }
+    assert_eq!((announcing.calls(), spare.calls()), (1, 3));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(chat(&cluster.instances[1]).await.status, 200);
+    assert_eq!((announcing.calls(), spare.calls()), (2, 3));
     cluster.stop().await;
 }

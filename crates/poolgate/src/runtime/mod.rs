@@ -159,7 +159,7 @@ impl BackendRuntime {
         need: Option<TokenNeed>,
     ) -> Result<Admitted, ReadyAt> {
         let prompt = need.map_or(1, |need| need.prompt);
-        if let Some(at) = self.upstream.ready_at(prompt, now) {
+        if let Some(at) = self.upstream_ready_at(prompt, now) {
             return Err(ReadyAt::At(at));
         }
         let tpm = self.tpm.tpm();
@@ -224,15 +224,35 @@ impl BackendRuntime {
     }
 
     /// Takes in the rate-limit headers of an answer (success or error); `None` when it had none.
+    /// In cluster mode, an answer that says nothing is left is announced to every instance, so
+    /// none of them sends there before the reset.
     pub fn observe_limits(&self, headers: &http::HeaderMap) -> Option<UpstreamLimits> {
         let limits = UpstreamLimits::from_headers(headers, Moment::now())?;
         self.upstream.observe(limits);
+        if let Some(shared) = &self.shared {
+            if let Some(until) = self
+                .upstream
+                .view(Instant::now())
+                .and_then(|view| view.blocked_until)
+            {
+                shared
+                    .cluster
+                    .shared
+                    .announce_upstream_block(&shared.id, until.timestamp_millis());
+            }
+        }
         Some(limits)
     }
 
-    /// Takes in limits another instance observed (cluster mode).
-    pub fn observe_remote_limits(&self, limits: UpstreamLimits) {
-        self.upstream.observe(limits);
+    /// When the upstream (as this instance learned, or as another announced) has room again for
+    /// a prompt of `prompt` tokens; `None` when it has now.
+    fn upstream_ready_at(&self, prompt: u64, now: Instant) -> Option<Instant> {
+        let local = self.upstream.ready_at(prompt, now);
+        let remote = self
+            .shared
+            .as_ref()
+            .and_then(|shared| shared.cluster.shared.upstream_block(&shared.id, now));
+        local.max(remote)
     }
 
     /// A request of `prompt` (estimated) tokens is being sent: counted against the upstream's
@@ -297,8 +317,7 @@ impl BackendRuntime {
     /// and the upstream's announced reset, whichever is later.
     fn token_ready_at(&self, now: Instant) -> Instant {
         let tpm = self.tpm.wait_time(1, now).map_or(now, |wait| now + wait);
-        self.upstream
-            .ready_at(1, now)
+        self.upstream_ready_at(1, now)
             .map_or(tpm, |upstream| upstream.max(tpm))
     }
 

@@ -315,4 +315,15 @@ pub trait SharedRuntime: Send + Sync + 'static {
 
     /// This instance's view of the backend's cooldown (local, no I/O).
     fn cooldown(&self, backend: &BackendId) -> CooldownView;
+
+    /// Tells every other instance that `backend`'s upstream announced no room left (its
+    /// rate-limit headers) until `until_ms` (Unix milliseconds). Fire and forget; nothing to do
+    /// for state no other instance shares.
+    fn announce_upstream_block(&self, _backend: &BackendId, _until_ms: i64) {}
+
+    /// The end of the latest such block another instance announced for `backend`, while it
+    /// runs (local, no I/O).
+    fn upstream_block(&self, _backend: &BackendId, _now: Instant) -> Option<Instant> {
+        None
+    }
 }
