@@ -13,6 +13,8 @@
 //! 9. **telemetry** — poolgate with telemetry off, metrics, metrics + access log, and traces at
 //!    100 % sampling exported to an OTLP receiver.
 //! 10. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
+//! 11. **tokens** — poolgate with TPM limits off and on (tiktoken and byte estimates): what
+//!     estimating, reserving and settling add per request.
 //!
 //! Each scenario runs every target `repeats` times, interleaved (the order rotates per repeat),
 //! so each comparison is made between runs minutes apart at most.
@@ -22,6 +24,7 @@ pub mod features;
 mod litellm;
 mod measure;
 pub mod telemetry;
+pub mod tokens;
 
 pub use litellm::label as litellm_label;
 pub use measure::{load_comparisons, run_scenario, Endpoint, Load, MB};
@@ -202,6 +205,9 @@ impl Bench<'_> {
         }
         if self.opts.runs("telemetry") {
             self.telemetry(&stack.fast).await?;
+        }
+        if self.opts.runs("tokens") {
+            self.tokens(&stack.fast).await?;
         }
         if self.opts.litellm && self.opts.runs("litellm") {
             if let Err(error) = self.litellm(&stack).await {
