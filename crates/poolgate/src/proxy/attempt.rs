@@ -288,6 +288,10 @@ fn token_need(
     inbound: &Inbound,
     route: &crate::routing::Route,
 ) -> Option<TokenNeed> {
+    // Calls on a stored response and token counting use no upstream tokens.
+    if inbound.is_response_call() || inbound.endpoint == crate::providers::Endpoint::CountTokens {
+        return None;
+    }
     let key_limited = ctx
         .client_key
         .as_ref()

@@ -334,12 +334,14 @@ impl BackendRuntime {
         *self.last_error.lock() = Some(text);
     }
 
-    /// Admin reset of this instance's state: healthy, no cooldown, no last error. In cluster
+    /// Admin reset of this instance's state: healthy, no cooldown, no last error, nothing
+    /// learned from the upstream's rate-limit headers (sent to at once). In cluster
     /// mode only the last error: the shared cooldown was reset by whoever reset it
     /// ([`BackendRuntime::reset_everywhere`]).
     pub fn reset(&self) {
         self.cooldown.lock().reset();
         *self.last_error.lock() = None;
+        self.upstream.clear();
     }
 
     /// Admin reset, for every instance sharing the state (in cluster mode, through it). Only

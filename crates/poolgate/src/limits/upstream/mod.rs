@@ -79,6 +79,12 @@ impl UpstreamLimitState {
         });
     }
 
+    /// Forgets what was learned (an admin reset: try the backend now; the next answer teaches
+    /// again).
+    pub fn clear(&self) {
+        *self.learned.lock() = None;
+    }
+
     /// A request of `prompt_tokens` (estimated) was sent to this backend.
     pub fn note_sent(&self, prompt_tokens: u64) {
         if let Some(learned) = self.learned.lock().as_mut() {
