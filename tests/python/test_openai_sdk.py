@@ -275,6 +275,38 @@ def test_client_key_rate_limit_is_a_rate_limit_error(gateway: Gateway) -> None:
     assert 1 <= retry_after <= 60
 
 
+def test_a_spent_budget_is_not_retried_by_the_sdk(gateway: Gateway) -> None:
+    # A budget of $0: nothing may be spent. The SDK would retry a 429 twice (max_retries=2)
+    # unless the answer says `x-should-retry: false`; every request poolgate sees leaves a
+    # usage record, so the records of this key count the SDK's attempts.
+    key = gateway.create_key(name="no-budget", budget_total_usd=0)
+    gateway.unledgered_key_ids.add(key["id"])
+    with openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=2) as client:
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    error = caught.value
+    assert error.status_code == 429
+    assert error.code == "budget_exceeded"
+    assert error.type == "insufficient_quota"
+    assert error.response.headers["x-should-retry"] == "false"
+    assert "total budget of $0 is used up" in error.message
+
+    deadline = time.monotonic() + 5  # the writer flushes every 500 ms
+    records: list = []
+    while time.monotonic() < deadline:
+        response = gateway.admin("GET", "/usage", params={"client_key_id": key["id"]})
+        records = response.json()["records"]
+        if records:
+            # The SDK makes its retries before it raises; their records may be one flush later.
+            time.sleep(0.6)
+            records = gateway.admin(
+                "GET", "/usage", params={"client_key_id": key["id"]}
+            ).json()["records"]
+            break
+        time.sleep(0.1)
+    assert [(r["request_id"], r["status"]) for r in records] == [(error.request_id, 429)]
+
+
 # === the response around the body ===
 
 

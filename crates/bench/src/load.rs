@@ -11,9 +11,11 @@
 //! - **streams**: the same loops with `"stream": true`, plus time to first body byte and the gap
 //!   between consecutive SSE events as the client sees them; events sent together (batched)
 //!   show up as gaps of 0 and as more events per HTTP body chunk.
-//! - **held streams**: thousands of streams opened and kept open, to measure memory.
+//! - **held streams**: thousands of streams opened and kept open, to measure memory; past
+//!   [`CONNECTIONS_PER_SOURCE`] connections the client sockets are spread over several source
+//!   addresses (`127.0.0.2`, `127.0.0.3`, …) so one address's ephemeral ports never run out.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +28,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -50,18 +52,19 @@ impl Target {
         model: &str,
         streaming: bool,
     ) -> Result<Target> {
-        let mut body = serde_json::json!({
-            "model": model,
-            "messages": [
-                {"role": "system", "content": "You are a terse assistant."},
-                {"role": "user", "content": "Say hello in one short sentence."}
-            ],
-            "max_tokens": 32,
-            "temperature": 0.2,
-        });
-        if streaming {
-            body["stream"] = serde_json::Value::Bool(true);
-        }
+        Target::chat_sized(addr, auth, model, streaming, 0)
+    }
+
+    /// [`Target::chat`] whose user message is padded with prose until the JSON body is
+    /// `body_bytes` long (0 = no padding): agentgateway's published figure uses a 1 KB body.
+    pub fn chat_sized(
+        addr: SocketAddr,
+        auth: Option<&str>,
+        model: &str,
+        streaming: bool,
+        body_bytes: usize,
+    ) -> Result<Target> {
+        let body = chat_body(model, streaming, body_bytes)?;
         Ok(Target {
             addr,
             host: HeaderValue::from_str(&addr.to_string())?,
@@ -69,9 +72,14 @@ impl Target {
             auth: auth
                 .map(|key| HeaderValue::from_str(&format!("Bearer {key}")))
                 .transpose()?,
-            body: Bytes::from(serde_json::to_vec(&body)?),
+            body: Bytes::from(body),
             streaming,
         })
+    }
+
+    /// The request body's length in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
     }
 
     fn request(&self) -> Result<Request<Full<Bytes>>> {
@@ -85,6 +93,41 @@ impl Target {
         }
         Ok(builder.body(Full::new(self.body.clone()))?)
     }
+}
+
+/// A chat completion body for `model`, padded to `body_bytes` (when larger than the bare body).
+fn chat_body(model: &str, streaming: bool, body_bytes: usize) -> Result<Vec<u8>> {
+    const PROSE: &str =
+        "The quick brown fox jumps over the lazy dog while the gateway forwards every byte. ";
+    let build = |content: &str| {
+        let mut body = serde_json::json!({
+            "model": model,
+            "messages": [
+                {"role": "system", "content": "You are a terse assistant."},
+                {"role": "user", "content": content}
+            ],
+            "max_tokens": 32,
+            "temperature": 0.2,
+        });
+        if streaming {
+            body["stream"] = serde_json::Value::Bool(true);
+        }
+        serde_json::to_vec(&body)
+    };
+    let question = "Say hello in one short sentence.";
+    let bare = build(question)?;
+    let Some(missing) = body_bytes.checked_sub(bare.len()).filter(|m| *m > 0) else {
+        return Ok(bare);
+    };
+    // Plain ASCII without quotes or backslashes: one byte of JSON per byte of text.
+    let mut content = String::with_capacity(missing + question.len() + 1);
+    while content.len() < missing - 1 {
+        content.push_str(PROSE);
+    }
+    content.truncate(missing - 1);
+    content.push(' ');
+    content.push_str(question);
+    Ok(build(&content)?)
 }
 
 /// Nanosecond histogram: 1 ns to 1 h, 3 significant digits.
@@ -157,9 +200,23 @@ pub fn quantile_us(histogram: &Histogram<u64>, q: f64) -> f64 {
 }
 
 async fn connect(addr: SocketAddr) -> Result<Sender> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    connect_from(addr, None).await
+}
+
+/// Connects to `addr`, from the local address `source` when given (port chosen by the kernel).
+async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> Result<Sender> {
+    let stream = match source {
+        None => TcpStream::connect(addr).await,
+        Some(source) => {
+            let socket = match source {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await
+        }
+    }
+    .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
@@ -390,11 +447,33 @@ async fn open_worker(target: Arc<Target>, sender: Sender, s: Schedule, mut run: 
     run
 }
 
+/// Client connections per source address when holding many streams: well under the
+/// 28,232 ephemeral ports of Linux's default range (`net.ipv4.ip_local_port_range`), so
+/// earlier runs' `TIME_WAIT` sockets never exhaust them.
+pub const CONNECTIONS_PER_SOURCE: usize = 10_000;
+
+/// The source addresses for `count` connections to `addr`: none (the kernel's choice) up to
+/// [`CONNECTIONS_PER_SOURCE`], else `127.0.0.1`, `127.0.0.2`, … (all of `127.0.0.0/8` is
+/// loopback on Linux) when `addr` is an IPv4 loopback address.
+pub fn sources_for(addr: SocketAddr, count: usize) -> Vec<IpAddr> {
+    if count <= CONNECTIONS_PER_SOURCE || !addr.ip().is_loopback() || !addr.is_ipv4() {
+        return Vec::new();
+    }
+    let needed = count.div_ceil(CONNECTIONS_PER_SOURCE).min(250);
+    (1..=needed)
+        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
+        .collect()
+}
+
 /// Streams held open at once (for memory under many concurrent streams).
 pub struct Held {
     /// Streams that received their first byte.
     pub opened: usize,
     pub failed: usize,
+    /// Why the first few failures failed (for the log).
+    pub failures: Vec<String>,
+    /// Source addresses the client connections were spread over (0 = the kernel's choice).
+    pub sources: usize,
     /// Streams that ended on their own before [`Held::close`].
     pub ended: Arc<AtomicUsize>,
     tasks: Vec<JoinHandle<()>>,
@@ -430,22 +509,31 @@ pub async fn hold_streams(
     let opened = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let ended = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sources = sources_for(target.addr, count);
     let tasks = (0..count)
-        .map(|_| {
+        .map(|i| {
             let (target, gate) = (Arc::clone(&target), Arc::clone(&gate));
             let (opened, failed, ended) =
                 (Arc::clone(&opened), Arc::clone(&failed), Arc::clone(&ended));
+            let failures = Arc::clone(&failures);
+            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
             tokio::spawn(async move {
                 let permit = gate.acquire_owned().await;
-                match open_stream(&target).await {
+                match open_stream(&target, source).await {
                     Ok(mut body) => {
                         opened.fetch_add(1, Ordering::AcqRel);
                         drop(permit);
                         while let Some(Ok(_)) = body.frame().await {}
                         ended.fetch_add(1, Ordering::AcqRel);
                     }
-                    Err(_) => {
+                    Err(error) => {
                         failed.fetch_add(1, Ordering::AcqRel);
+                        if let Ok(mut failures) = failures.lock() {
+                            if failures.len() < 5 {
+                                failures.push(format!("{error:#}"));
+                            }
+                        }
                     }
                 }
             })
@@ -457,17 +545,21 @@ pub async fn hold_streams(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
     Held {
         opened: opened.load(Ordering::Acquire),
         failed: failed.load(Ordering::Acquire),
+        failures,
+        sources: sources.len(),
         ended,
         tasks,
     }
 }
 
-/// Connects, sends a stream request and waits for the first body byte.
-async fn open_stream(target: &Target) -> Result<hyper::body::Incoming> {
-    let mut sender = connect(target.addr).await?;
+/// Connects (from `source` when given), sends a stream request and waits for the first body
+/// byte.
+async fn open_stream(target: &Target, source: Option<IpAddr>) -> Result<hyper::body::Incoming> {
+    let mut sender = connect_from(target.addr, source).await?;
     sender.ready().await?;
     let response = sender.send_request(target.request()?).await?;
     anyhow::ensure!(
@@ -513,6 +605,33 @@ pub async fn request_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sized_body_has_the_size_asked_for_and_stays_a_chat_request() {
+        let body = chat_body("bench", false, 1024).unwrap();
+        assert_eq!(body.len(), 1024);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["model"], "bench");
+        assert!(json["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .ends_with("Say hello in one short sentence."));
+        // Smaller than the bare body: not padded.
+        assert_eq!(
+            chat_body("bench", true, 10).unwrap(),
+            chat_body("bench", true, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn many_connections_are_spread_over_loopback_sources() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(sources_for(addr, 5_000).is_empty());
+        let sources = sources_for(addr, 20_000);
+        assert_eq!(sources.len(), 2);
+        assert_eq!(sources[1], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        assert!(sources_for("[::1]:9".parse().unwrap(), 20_000).is_empty());
+    }
 
     #[test]
     fn event_ends_are_counted_across_reads() {

@@ -77,9 +77,22 @@ struct RunArgs {
     /// Warm-up before each run, in ms (default 500; 100 with --smoke).
     #[arg(long)]
     warmup_ms: Option<u64>,
-    /// Concurrent streams held open for the memory figure (default 5000; 200 with --smoke).
-    #[arg(long)]
-    held_streams: Option<usize>,
+    /// Counts of concurrent streams held open for the memory figures, each on a fresh poolgate
+    /// (default 5000,20000; 200 with --smoke). A count the open-file limit cannot hold is
+    /// skipped and said so.
+    #[arg(long, value_delimiter = ',')]
+    held_streams: Vec<usize>,
+    /// Wait after closing the held streams before their RSS is read again, in ms.
+    #[arg(long, default_value_t = suite::held::SETTLE.as_millis() as u64)]
+    held_settle_ms: u64,
+    /// `KEY=VALUE` environment for every poolgate the harness starts (repeatable), e.g. to try
+    /// an allocator set-up: `--poolgate-env LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`.
+    #[arg(long, value_parser = parse_env)]
+    poolgate_env: Vec<(String, String)>,
+    /// TOML appended to every poolgate's config file, e.g. `'[server]
+    /// max_buf_size_bytes = 8192'` (its own tables only).
+    #[arg(long, default_value = "")]
+    poolgate_toml: String,
     /// What poolgate build is measured, for the report (default: `poolgate --version` and the
     /// git commit of the work tree holding the binaries).
     #[arg(long)]
@@ -93,8 +106,8 @@ struct RunArgs {
     /// Open-loop offered rates in requests/s (default 500,1000,2000,4000,8000; 1000 with --smoke).
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
-    /// Run only these sections (comma-separated): closed, open, stream, held, startup,
-    /// features, cluster, telemetry, tokens, litellm.
+    /// Run only these sections (comma-separated): closed, open, stream, held, agentgateway,
+    /// startup, features, cluster, telemetry, tokens, litellm.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -123,10 +136,14 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
 
 async fn run(args: RunArgs) -> Result<()> {
     let started = Instant::now();
+    // Before any child starts: they inherit it (thousands of held streams need it).
+    let open_files = procs::raise_open_files();
     if args.bin_dir.is_none() {
         build_binaries()?;
     }
-    let bins = Bins::locate(args.bin_dir.as_deref())?;
+    let mut bins = Bins::locate(args.bin_dir.as_deref())?;
+    bins.poolgate_env = args.poolgate_env.clone();
+    bins.poolgate_toml = args.poolgate_toml.clone();
     let smoke = args.smoke;
     let opts = Options {
         smoke,
@@ -142,7 +159,14 @@ async fn run(args: RunArgs) -> Result<()> {
         only: args.only,
         connections: args.connections,
         rates: args.rates,
-        held_streams: args.held_streams.unwrap_or(if smoke { 200 } else { 5000 }),
+        held_streams: if !args.held_streams.is_empty() {
+            args.held_streams
+        } else if smoke {
+            vec![200]
+        } else {
+            vec![5000, 20_000]
+        },
+        held_settle: Duration::from_millis(args.held_settle_ms),
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -169,6 +193,22 @@ async fn run(args: RunArgs) -> Result<()> {
     );
     meta.insert("client_threads".into(), args.client_threads.into());
     meta.insert(
+        "open_files".into(),
+        serde_json::json!({"soft": open_files.soft, "hard": open_files.hard}),
+    );
+    meta.insert("load_average".into(), procs::load_average().into());
+    if !args.poolgate_env.is_empty() {
+        let env: Vec<String> = args
+            .poolgate_env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        meta.insert("poolgate_env".into(), env.into());
+    }
+    if !args.poolgate_toml.is_empty() {
+        meta.insert("poolgate_toml".into(), args.poolgate_toml.clone().into());
+    }
+    meta.insert(
         "poolgate".into(),
         args.poolgate_rev
             .clone()
@@ -190,8 +230,12 @@ async fn run(args: RunArgs) -> Result<()> {
         work: work.clone(),
         logs,
         results,
+        open_files,
     };
     let mut results = bench.run().await?;
+    results
+        .meta
+        .insert("load_average_end".into(), procs::load_average().into());
     results.meta.insert(
         "harness_seconds".into(),
         started.elapsed().as_secs_f64().into(),
@@ -204,6 +248,14 @@ async fn run(args: RunArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `KEY=VALUE` of `--poolgate-env`.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }
 
 /// Under `cargo run`, builds `poolgate` and `mock-upstream` in this binary's profile first, so

@@ -138,6 +138,35 @@ impl Drop for Child {
     }
 }
 
+/// The open-file limit: soft (in force) and hard (the most an unprivileged process may set);
+/// `None` = unlimited.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenFiles {
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// Raises this process's soft open-file limit to the hard one (the children started later
+/// inherit it; poolgate raises its own the same way) and returns the limits now in force.
+pub fn raise_open_files() -> OpenFiles {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
+    let limit = getrlimit(Resource::Nofile);
+    OpenFiles {
+        soft: limit.current,
+        hard: limit.maximum,
+    }
+}
+
 /// A free port on 127.0.0.1 (bound and released; the kernel does not hand it out again at once).
 pub fn free_addr() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
@@ -262,6 +291,19 @@ pub fn machine() -> serde_json::Value {
         "kernel": kernel,
         "mem_gib": (mem_gib * 10.0).round() / 10.0,
     })
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute load averages (how busy the shared machine was).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 /// `date -u` for the report header.

@@ -22,6 +22,10 @@ pub struct Bins {
     pub mock: PathBuf,
     /// This harness (for `bench mock-429`).
     pub me: PathBuf,
+    /// Environment given to every poolgate started (`--poolgate-env`).
+    pub poolgate_env: Vec<(String, String)>,
+    /// TOML appended to every poolgate's config file (`--poolgate-toml`).
+    pub poolgate_toml: String,
 }
 
 impl Bins {
@@ -41,6 +45,8 @@ impl Bins {
             poolgate: dir.join("poolgate"),
             mock: dir.join("mock-upstream"),
             me,
+            poolgate_env: Vec::new(),
+            poolgate_toml: String::new(),
         };
         for bin in [&bins.poolgate, &bins.mock] {
             if !bin.is_file() {
@@ -164,13 +170,19 @@ pub struct PoolgateSpec {
     pub churn_cooldown: bool,
     /// RPM limit of the client key the load uses (0 = unlimited).
     pub client_rpm: u32,
+    /// `proxy.max_in_flight`, when not poolgate's default.
+    pub max_in_flight: Option<usize>,
     /// More `poolgate serve` arguments (`--redis-url …`, `--database-url …`).
     pub extra_args: Vec<String>,
 }
 
 impl PoolgateSpec {
     fn toml(&self) -> String {
-        let mut text = String::from("[proxy]\nmax_attempts = 5\n\n");
+        let mut text = String::from("[proxy]\nmax_attempts = 5\n");
+        if let Some(max) = self.max_in_flight {
+            let _ = writeln!(text, "max_in_flight = {max}");
+        }
+        text.push('\n');
         if self.churn_cooldown {
             text.push_str(
                 "[cooldown]\nbase_seconds = 0.01\nmax_seconds = 0.01\njitter = 0.0\nerror_seconds = 1\n\n",
@@ -233,7 +245,10 @@ pub async fn start_poolgate_with(
     let dir = work.join(&spec.name);
     fresh_dir(&dir)?;
     let config = dir.join("poolgate.toml");
-    std::fs::write(&config, format!("{}{extra_toml}", spec.toml()))?;
+    std::fs::write(
+        &config,
+        format!("{}{extra_toml}\n{}", spec.toml(), bins.poolgate_toml),
+    )?;
     let addr = free_addr()?;
     let mut command = Command::new(&bins.poolgate);
     command
@@ -253,6 +268,7 @@ pub async fn start_poolgate_with(
             command.env_remove(name);
         }
     }
+    command.envs(bins.poolgate_env.iter().map(|(k, v)| (k, v)));
     let started = Instant::now();
     let mut child = Child::spawn(&spec.name, command, logs)?;
     let startup = wait_until_serving(

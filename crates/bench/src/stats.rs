@@ -129,6 +129,28 @@ impl Scenario {
         spread(&values)
     }
 
+    /// `f` over the runs of `targets` made in the same repeat (in that order), per repeat,
+    /// then summarised; a repeat where one of them failed is left out.
+    pub fn per_repeat(
+        &self,
+        targets: &[&str],
+        f: impl Fn(&[&Metrics]) -> Option<f64>,
+    ) -> Option<Spread> {
+        let runs: Vec<&Vec<Option<Metrics>>> = targets
+            .iter()
+            .map(|target| self.runs.get(*target))
+            .collect::<Option<_>>()?;
+        let repeats = runs.iter().map(|r| r.len()).min()?;
+        let values: Vec<f64> = (0..repeats)
+            .filter_map(|i| {
+                let same: Vec<&Metrics> =
+                    runs.iter().map(|r| r[i].as_ref()).collect::<Option<_>>()?;
+                f(&same)
+            })
+            .collect();
+        spread(&values)
+    }
+
     /// Every metric name seen for `target`.
     pub fn metric_names(&self, target: &str) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -221,5 +243,14 @@ mod tests {
             .paired("poolgate", "direct", Compare::Added("p50_us"))
             .unwrap();
         assert_eq!((added.min, added.max), (5.0, 10.0));
+        // Added over direct, poolgate's against nginx's, per repeat.
+        scenario.push("nginx", m(80.0, 12.0));
+        scenario.push("nginx", None);
+        let relative = scenario
+            .per_repeat(&["direct", "nginx", "poolgate"], |r| {
+                Some((r[2]["p50_us"] - r[0]["p50_us"]) / (r[1]["p50_us"] - r[0]["p50_us"]))
+            })
+            .unwrap();
+        assert_eq!((relative.median, relative.n), (2.5, 1));
     }
 }

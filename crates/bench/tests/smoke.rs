@@ -155,19 +155,37 @@ fn smoke_run_writes_the_report() {
     }
 
     let poolgate = &json["resources"]["poolgate"];
-    for figure in [
-        "rss_idle_mb",
-        "rss_load_mb",
-        "rss_held_streams_mb",
-        "startup_ms",
-        "cpu_ms_per_1k",
-    ] {
+    for figure in ["rss_idle_mb", "rss_load_mb", "startup_ms", "cpu_ms_per_1k"] {
         assert!(median(&poolgate[figure]) > 0.0, "resource {figure}");
     }
-    assert!(json["held_streams"]["open_at_sample"].as_u64().unwrap_or(0) > 0);
+    // Held streams (200 in a smoke run): memory open and after closing, no error.
+    let held = &json["held_streams"][0];
+    assert_eq!(held["streams"], 200);
+    assert_eq!(held["open_at_sample"], 200, "held streams: {held}");
+    assert_eq!(held["failed"], 0);
+    for figure in [
+        "rss_idle_mb",
+        "rss_open_mb",
+        "rss_after_close_mb",
+        "kb_per_stream",
+    ] {
+        assert!(held[figure].as_f64().unwrap_or(0.0) > 0.0, "held {figure}");
+    }
+    // agentgateway's figure: 32 connections, a 1 KB body.
+    let agw = scenario("agentgateway_c32_1k");
+    assert!(agw["title"]
+        .as_str()
+        .unwrap_or("")
+        .contains("1024 byte body"));
+    for target in ["direct", "poolgate"] {
+        assert!(
+            median(&agw["targets"][target]["rps"]) > 0.0,
+            "agentgateway {target}"
+        );
+    }
 
     let targets = json["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 11);
+    assert_eq!(targets.len(), 14);
     for target in targets {
         let status = target["status"].as_str().expect("status");
         assert!(["met", "missed", "not measured"].contains(&status));
@@ -182,6 +200,8 @@ fn smoke_run_writes_the_report() {
         "## Latency at a fixed offered load, open loop",
         "## Streaming (SSE)",
         "## Resources",
+        "## Many open streams",
+        "## agentgateway's figure",
         "## Cost of poolgate's features",
         "## Single vs cluster mode",
         "added p50",

@@ -54,7 +54,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use crate::record::RecordedRequest;
-pub use crate::reply::{Reply, StreamSpec};
+pub use crate::reply::{Reply, ReportedUsage, StreamSpec};
 use crate::server::Shared;
 
 /// How a [`MockUpstream`] is started; [`MockUpstream::start`] uses the defaults.
@@ -157,6 +157,12 @@ impl MockUpstream {
     /// The reply used when nothing is queued (initially [`Reply::Ok`]).
     pub fn set_default(&self, reply: Reply) {
         self.shared.set_default(reply);
+    }
+
+    /// Chat completions and Messages answers report these token figures from now on (cache
+    /// reads and writes included), instead of the fixed defaults; `None` restores those.
+    pub fn set_usage(&self, usage: Option<ReportedUsage>) {
+        *self.shared.usage.lock() = usage;
     }
 
     /// Queued replies not yet used.

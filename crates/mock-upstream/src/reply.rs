@@ -117,6 +117,19 @@ impl Reply {
     }
 }
 
+/// Token figures every chat / Messages answer reports instead of the defaults (set with
+/// `MockUpstream::set_usage`): OpenAI's `prompt_tokens` (cache reads included, reported as
+/// `prompt_tokens_details.cached_tokens`) and `completion_tokens`; Anthropic's `input_tokens`
+/// is `prompt_tokens − cached_tokens − cache_write_tokens`, with `cache_read_input_tokens` and
+/// `cache_creation_input_tokens` beside it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportedUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
 /// How a streamed answer is cut and paced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamSpec {

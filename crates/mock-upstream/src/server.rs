@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) responses: ResponseStore,
     pub(crate) azure: Mutex<AzureSettings>,
     control: bool,
+    /// Token figures chat and Messages answers report instead of the defaults.
+    pub(crate) usage: Mutex<Option<crate::reply::ReportedUsage>>,
 }
 
 /// Body of `POST /__mock/replies`.
@@ -87,6 +89,7 @@ impl Shared {
             responses: ResponseStore::default(),
             azure: Mutex::default(),
             control: config.control,
+            usage: Mutex::new(None),
         }
     }
 
@@ -385,6 +388,7 @@ fn success(
             .as_deref()
             .or(request.deployment.as_deref())
             .unwrap_or(DEFAULT_MODEL),
+        usage: *shared.usage.lock(),
     };
     let text = || match content {
         Some(text) => text.to_owned(),

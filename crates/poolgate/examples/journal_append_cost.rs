@@ -35,6 +35,8 @@ fn record(i: usize) -> UsageRecord {
         ttfb_ms: Some(312),
         streamed: true,
         tokens_estimated: false,
+        cost: None,
+        cache_write_tokens: None,
     }
 }
 

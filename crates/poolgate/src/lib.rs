@@ -116,6 +116,7 @@ pub mod files;
 pub mod journal;
 pub mod limits;
 pub mod logging;
+pub mod pricing;
 pub mod providers;
 pub mod proxy;
 pub mod readiness;

@@ -18,6 +18,7 @@ use crate::domain::{BackendId, ClientKeyRecord, Pool};
 use crate::egress::PolicyResolver;
 use crate::error::InitError;
 use crate::limits::ConcurrencyLimit;
+use crate::pricing::{PriceTable, SpendLedger};
 use crate::routing::affinity::AffinityMaps;
 use crate::routing::models::ListedModel;
 use crate::routing::{LiveBackend, RouteTable};
@@ -29,6 +30,8 @@ use crate::usage::UsageSink;
 pub struct LiveClientKey {
     pub record: ClientKeyRecord,
     pub runtime: Arc<ClientKeyRuntime>,
+    /// Its daily / monthly / total budget and what is spent of it; `None` without a budget.
+    pub spend: Option<Arc<SpendLedger>>,
 }
 
 /// Everything the hot path reads, as one immutable snapshot.
@@ -49,6 +52,9 @@ pub struct Live {
     pub unreadable: Vec<(BackendId, String)>,
     /// Sticky routing.
     pub sticky: StickySettings,
+    /// Prices by upstream model id: the embedded defaults, the config file's `[prices]` and the
+    /// admin API's, merged (a lookup is a map probe; nothing is read from the store).
+    pub prices: Arc<PriceTable>,
 }
 
 /// The read side of the published snapshot: load it, never store it.

@@ -1,6 +1,6 @@
 //! `RedisShared` against a real redis-server: several instances (each its own client and
 //! connections, as separate gateway processes would have) share buckets, cooldowns, the probe
-//! slot and leases; Redis killed, frozen or flushed never fails a call.
+//! slot and in-flight counts; Redis killed, frozen or flushed never fails a call.
 //!
 //! Cooldowns and buckets in Redis run on Redis's clock, so these tests use real time; every
 //! time bound is either derived from the elapsed time measured around the operation or generous
@@ -77,7 +77,6 @@ fn request(backend: &BackendId, claims: Vec<BucketClaim>) -> AdmitRequest {
         backend: backend.clone(),
         claims,
         probe_ttl: Duration::from_secs(30),
-        lease_ttl: None,
     }
 }
 
@@ -386,50 +385,44 @@ async fn a_vanished_prober_frees_the_slot_when_its_ttl_ends() {
 }
 
 #[tokio::test]
-async fn leases_count_across_instances_expire_and_renew() {
+async fn in_flight_counts_add_up_across_instances_and_a_killed_instance_stops_counting() {
     let server = RedisServer::start().await;
-    let instances = cluster(&server).await;
-    let id = backend("b-lease");
+    let mut instances = cluster(&server).await;
+    let id = backend("b-in-flight");
 
-    let short = instances[0]
-        .acquire_lease(&id, Duration::from_millis(300))
-        .await;
-    let long = instances[1]
-        .acquire_lease(&id, Duration::from_secs(60))
-        .await;
-    let with_admission = match instances[2]
-        .admit(AdmitRequest {
-            lease_ttl: Some(Duration::from_secs(60)),
-            ..request(&id, vec![])
-        })
-        .await
-    {
-        Admit::Admitted(admitted) => admitted.lease.unwrap(),
-        refused => panic!("{refused:?}"),
-    };
-    assert_eq!(instances[2].in_flight(&id).await, Some(3));
-
-    // The short lease's holder "died": it expires by itself.
-    eventually("the short lease expired", || async {
-        instances[0].in_flight(&id).await == Some(2)
+    let on_a: Vec<_> = (0..2)
+        .map(|_| instances[0].in_flight_counter(&id).enter())
+        .collect();
+    let on_b = instances[1].in_flight_counter(&id).enter();
+    let on_c = instances[2].in_flight_counter(&id).enter();
+    // Published with the next heartbeat (100 ms here), read by any instance.
+    eventually("every instance's attempts are counted", || async {
+        instances[2].in_flight(&id).await == Some(4)
     })
     .await;
 
-    // Renewing keeps a lease that would have expired.
-    let renewed = instances[0]
-        .acquire_lease(&id, Duration::from_millis(300))
-        .await;
-    instances[0]
-        .renew_lease(&renewed, Duration::from_secs(60))
-        .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(instances[1].in_flight(&id).await, Some(3));
+    // An attempt that ends stops counting at the next heartbeat.
+    drop(on_b);
+    eventually("the ended attempt is gone", || async {
+        instances[0].in_flight(&id).await == Some(3)
+    })
+    .await;
 
-    for lease in [long, with_admission, renewed] {
-        instances[0].release_lease(lease).await;
-    }
-    drop(short);
-    assert_eq!(instances[1].in_flight(&id).await, Some(0));
+    // `c` is killed (no leave, no more heartbeats): its attempt stops counting once its
+    // registry entry expires (3 heartbeats), without anybody releasing it.
+    let killed = instances.pop().unwrap();
+    drop(killed);
+    std::mem::forget(on_c);
+    eventually("the killed instance's attempt expired", || async {
+        instances[1].in_flight(&id).await == Some(2)
+    })
+    .await;
+
+    drop(on_a);
+    eventually("nothing in flight", || async {
+        instances[1].in_flight(&id).await == Some(0)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -126,6 +126,7 @@ fn to_markdown(results: &Results) -> String {
     load_tables(&mut md, results);
     stream_table(&mut md, results);
     resource_table(&mut md, results);
+    held_table(&mut md, results);
     feature_table(&mut md, results);
     cluster_table(&mut md, results);
     telemetry_table(&mut md, results);
@@ -139,6 +140,11 @@ fn load_tables(md: &mut String, results: &Results) {
         (
             "closed",
             "Throughput and latency, closed loop",
+            "connections",
+        ),
+        (
+            "agentgateway",
+            "agentgateway's figure: closed loop, 32 connections, 1 KB body",
             "connections",
         ),
         (
@@ -280,21 +286,11 @@ fn resource_table(md: &mut String, results: &Results) {
         let _ = write!(md, "---|");
     }
     let _ = writeln!(md);
-    let held = results
-        .held
-        .get("streams")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
     let rows = [
         ("rss_idle_mb", "RSS idle (MB)".to_owned(), 1),
         (
             "rss_load_mb",
             "RSS under load, peak per run (MB)".to_owned(),
-            1,
-        ),
-        (
-            "rss_held_streams_mb",
-            format!("RSS with {held} open streams (MB)"),
             1,
         ),
         (
@@ -326,16 +322,51 @@ fn resource_table(md: &mut String, results: &Results) {
         }
         let _ = writeln!(md);
     }
-    if !results.held.is_empty() {
+}
+
+fn held_table(md: &mut String, results: &Results) {
+    if results.held.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Many open streams (a fresh poolgate per count)\n\n| streams | open when sampled | failed | ended early | opened in (s) | RSS idle (MB) | RSS open (MB) | per stream (KB) | all closed in (s) | RSS then + settle (MB) |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for run in &results.held {
+        if let Some(reason) = &run.skipped {
+            let _ = writeln!(
+                md,
+                "| {} | skipped: {reason} | | | | | | | | |",
+                run.streams
+            );
+            continue;
+        }
         let _ = writeln!(
             md,
-            "\nHeld streams: {} requested, {} open when sampled, {} failed; opened in {:.1} s; poolgate RSS before {:.1} MB, after closing them {:.1} MB.",
-            held,
-            results.held.get("open_at_sample").cloned().unwrap_or_default(),
-            results.held.get("failed").cloned().unwrap_or_default(),
-            results.held.get("open_seconds").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
-            results.held.get("rss_before_mb").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
-            results.held.get("rss_after_close_mb").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} ({} ms) |",
+            run.streams,
+            run.open_at_sample,
+            run.failed,
+            run.ended_early,
+            run.open_seconds,
+            run.rss_idle_mb,
+            run.rss_open_mb,
+            run.kb_per_stream,
+            run.close_seconds,
+            run.rss_after_close_mb,
+            run.settle_ms,
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nEach count runs on a fresh poolgate: *RSS idle* before the first stream, *RSS open* 0.5 s after the last one got its first byte (the upstream sends one event per second), *per stream* = (open − idle) ÷ streams open, then every client connection is dropped at once; poolgate notices at its next write (the next event, within a second) and closes both sockets — *all closed in* is until its descriptors are back near the idle count (at most 15 s) — and RSS is read again after the settle time: what the allocator gave back to the system. *failed*: a connection, a non-2xx answer or no first byte; *ended early*: opened, then ended before the harness closed it."
+    );
+    for run in results.held.iter().filter(|run| !run.failures.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\n{} streams, first failures: {}",
+            run.streams,
+            run.failures.join("; ")
         );
     }
 }

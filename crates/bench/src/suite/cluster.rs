@@ -52,6 +52,7 @@ impl Bench<'_> {
             }],
             churn_cooldown: false,
             client_rpm: 10_000_000,
+            max_in_flight: None,
             extra_args: args,
         };
         let configurations = [

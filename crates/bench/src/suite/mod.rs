@@ -5,15 +5,18 @@
 //! 2. **closed** — closed loop at 1, 16, 64, 256 connections: direct, nginx, poolgate.
 //! 3. **open** — open loop at fixed offered rates, latency from the scheduled send time.
 //! 4. **stream** — SSE: time to first byte at 1 connection; gaps between events at 16.
-//! 5. **held** — 5,000 streams open at once through a fresh poolgate: its memory.
-//! 6. **startup** — fresh data dir -> first proxied request answered, repeated.
-//! 7. **features** — poolgate with 1 vs 50 backends, RPM limits on, 429 churn on half.
-//! 8. **cluster** — one poolgate in single mode vs cluster mode (PostgreSQL + Redis, started
+//! 5. **held** — 5,000 and 20,000 streams open at once through a fresh poolgate: its memory
+//!    per stream, errors, and what it gives back once they closed ([`held`]).
+//! 6. **agentgateway** — closed loop at 32 connections with a 1 KB body (the figure
+//!    agentgateway publishes): direct, nginx, poolgate.
+//! 7. **startup** — fresh data dir -> first proxied request answered, repeated.
+//! 8. **features** — poolgate with 1 vs 50 backends, RPM limits on, 429 churn on half.
+//! 9. **cluster** — one poolgate in single mode vs cluster mode (PostgreSQL + Redis, started
 //!    here when installed), RPM limits on: what the shared (Redis) admission adds per request.
-//! 9. **telemetry** — poolgate with telemetry off, metrics, metrics + access log, and traces at
-//!    100 % sampling exported to an OTLP receiver.
-//! 10. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
-//! 11. **tokens** — poolgate with TPM limits off and on (tiktoken and byte estimates): what
+//! 10. **telemetry** — poolgate with telemetry off, metrics, metrics + access log, and traces at
+//!     100 % sampling exported to an OTLP receiver.
+//! 11. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
+//! 12. **tokens** — poolgate with TPM limits off and on (tiktoken and byte estimates): what
 //!     estimating, reserving and settling add per request.
 //!
 //! Each scenario runs every target `repeats` times, interleaved (the order rotates per repeat),
@@ -21,11 +24,13 @@
 
 pub mod cluster;
 pub mod features;
+pub mod held;
 mod litellm;
 mod measure;
 pub mod telemetry;
 pub mod tokens;
 
+pub use held::HeldRun;
 pub use litellm::label as litellm_label;
 pub use measure::{load_comparisons, run_scenario, Endpoint, Load, MB};
 
@@ -36,8 +41,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::load::{hold_streams, Target};
-use crate::procs::{tree, usage};
+use crate::load::Target;
+use crate::procs::{tree, usage, OpenFiles};
 use crate::stack::{
     nginx_binary, nginx_version, start_mock, start_nginx, start_poolgate, BackendDef, Bins, Mock,
     Nginx, Poolgate, PoolgateSpec,
@@ -46,6 +51,10 @@ use crate::stats::{spread, Scenario};
 
 /// Milliseconds between content chunks of the "gap" mock.
 pub const GAP_MS: u64 = 5;
+
+/// agentgateway's published set-up: 32 connections, a 1 KB request body.
+pub const AGENTGATEWAY_CONNECTIONS: usize = 32;
+pub const AGENTGATEWAY_BODY: usize = 1024;
 
 /// What to run and for how long.
 pub struct Options {
@@ -57,7 +66,10 @@ pub struct Options {
     pub duration: Duration,
     /// Sections to run (empty = all).
     pub only: Vec<String>,
-    pub held_streams: usize,
+    /// Counts of streams held open at once, one fresh poolgate each.
+    pub held_streams: Vec<usize>,
+    /// Wait after closing the held streams before RSS is read again.
+    pub held_settle: Duration,
     /// Closed-loop connection counts, if not the defaults.
     pub connections: Vec<usize>,
     /// Open-loop rates, if not the defaults.
@@ -105,7 +117,8 @@ pub struct Results {
     pub scenarios: Vec<Scenario>,
     /// System -> figure -> samples.
     pub resources: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
-    pub held: serde_json::Map<String, serde_json::Value>,
+    /// One entry per held-streams count.
+    pub held: Vec<HeldRun>,
 }
 
 impl Results {
@@ -120,6 +133,11 @@ impl Results {
 
     pub fn scenario(&self, id: &str) -> Option<&Scenario> {
         self.scenarios.iter().find(|s| s.id == id)
+    }
+
+    /// The held-streams run of `streams` streams, if one was made (or skipped).
+    pub fn held_run(&self, streams: usize) -> Option<&HeldRun> {
+        self.held.iter().find(|run| run.streams == streams)
     }
 
     pub fn resources_json(&self) -> serde_json::Value {
@@ -145,6 +163,8 @@ pub struct Bench<'a> {
     pub work: PathBuf,
     pub logs: PathBuf,
     pub results: Results,
+    /// This process's open-file limits (raised to the hard limit; children inherit them).
+    pub open_files: OpenFiles,
 }
 
 /// The long-lived systems of one run.
@@ -193,6 +213,9 @@ impl Bench<'_> {
         }
         if self.opts.runs("held") {
             self.held(&stack).await?;
+        }
+        if self.opts.runs("agentgateway") {
+            self.agentgateway(&stack).await?;
         }
         if self.opts.runs("startup") {
             self.startup(&stack).await?;
@@ -415,51 +438,44 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Memory with many open streams, on a fresh poolgate (so memory kept from earlier load is
-    /// not counted).
-    async fn held(&mut self, stack: &Stack) -> Result<()> {
-        let count = self.opts.held_streams;
-        let spec = PoolgateSpec {
-            name: "poolgate-held".into(),
-            ..main_spec(&stack.fast, &stack.gap, &stack.slow)
-        };
-        let poolgate = start_poolgate(self.bins, &spec, &self.work, &self.logs).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let pid = poolgate.child.pid();
-        let target = Arc::new(Target::chat(
-            poolgate.addr,
-            Some(&poolgate.key),
-            "bench-slow",
-            true,
-        )?);
-        let before = usage(&[pid]).rss_kib as f64 * 1024.0 / MB;
-        eprintln!("bench: opening {count} concurrent streams through poolgate");
-        let started = std::time::Instant::now();
-        let held = hold_streams(target, count, 128, Duration::from_secs(90)).await;
-        let opened_in = started.elapsed();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let open_now = held.open_now();
-        let rss = usage(&[pid]).rss_kib as f64 * 1024.0 / MB;
-        let failed = held.failed;
-        held.close().await;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let after = usage(&[pid]).rss_kib as f64 * 1024.0 / MB;
-        eprintln!(
-            "bench: {open_now} streams open ({failed} failed): poolgate RSS {rss:.1} MB (before {before:.1} MB, after closing {after:.1} MB)"
-        );
-        self.results.sample("poolgate", "rss_held_streams_mb", rss);
-        let held_json = serde_json::json!({
-            "streams": count,
-            "open_at_sample": open_now,
-            "failed": failed,
-            "open_seconds": opened_in.as_secs_f64(),
-            "rss_before_mb": before,
-            "rss_open_mb": rss,
-            "rss_after_close_mb": after,
-        });
-        if let serde_json::Value::Object(map) = held_json {
-            self.results.held = map;
+    /// agentgateway's published figure: a closed loop at 32 connections with a 1 KB body.
+    async fn agentgateway(&mut self, stack: &Stack) -> Result<()> {
+        let mut endpoints = self.endpoints(stack, false, Which::Fast)?;
+        for endpoint in &mut endpoints {
+            let addr = endpoint.target.addr;
+            let (auth, model) = match endpoint.label.as_str() {
+                "poolgate" => (Some(stack.poolgate.key.as_str()), "bench"),
+                _ => (None, "bench-upstream"),
+            };
+            endpoint.target = Arc::new(Target::chat_sized(
+                addr,
+                auth,
+                model,
+                false,
+                AGENTGATEWAY_BODY,
+            )?);
         }
+        let refs: Vec<&Endpoint> = endpoints.iter().collect();
+        let connections = AGENTGATEWAY_CONNECTIONS;
+        let mut scenario = Scenario::new(
+            "agentgateway_c32_1k",
+            &format!(
+                "closed loop, {connections} connections, {} byte body",
+                endpoints[0].target.body_len()
+            ),
+            "agentgateway",
+            connections as f64,
+            "direct",
+        );
+        scenario.compare = load_comparisons(false);
+        run_scenario(
+            &mut scenario,
+            &refs,
+            Load::Closed { connections },
+            self.opts,
+        )
+        .await;
+        self.results.scenarios.push(scenario);
         Ok(())
     }
 
@@ -517,6 +533,7 @@ fn main_spec(fast: &Mock, gap: &Mock, slow: &Mock) -> PoolgateSpec {
         ],
         churn_cooldown: false,
         client_rpm: 0,
+        max_in_flight: None,
         extra_args: Vec::new(),
     }
 }

@@ -125,6 +125,7 @@ fn one_backend(name: &str, fast: &Mock) -> PoolgateSpec {
         }],
         churn_cooldown: false,
         client_rpm: 0,
+        max_in_flight: None,
         extra_args: Vec::new(),
     }
 }

@@ -34,6 +34,34 @@ struct TextBlock<'a> {
 struct Usage {
     input_tokens: u64,
     output_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// The input figures the mock was told to report (Anthropic counts cache reads and writes
+    /// apart from `input_tokens`), else the default input; with `output_tokens`.
+    fn of(meta: Meta<'_>, output_tokens: u64) -> Usage {
+        match meta.usage {
+            Some(usage) => Usage {
+                input_tokens: usage
+                    .prompt_tokens
+                    .saturating_sub(usage.cached_tokens)
+                    .saturating_sub(usage.cache_write_tokens),
+                output_tokens,
+                cache_read_input_tokens: Some(usage.cached_tokens),
+                cache_creation_input_tokens: Some(usage.cache_write_tokens),
+            },
+            None => Usage {
+                input_tokens: INPUT_TOKENS,
+                output_tokens,
+                cache_read_input_tokens: None,
+                cache_creation_input_tokens: None,
+            },
+        }
+    }
 }
 
 fn message_id(meta: Meta<'_>) -> String {
@@ -50,10 +78,11 @@ pub(crate) fn message(meta: Meta<'_>, text: &str) -> Bytes {
         content: &[TextBlock { kind: "text", text }],
         stop_reason: Some("end_turn"),
         stop_sequence: None,
-        usage: Usage {
-            input_tokens: INPUT_TOKENS,
-            output_tokens: count_tokens(text),
-        },
+        usage: Usage::of(
+            meta,
+            meta.usage
+                .map_or_else(|| count_tokens(text), |usage| usage.completion_tokens),
+        ),
     })
 }
 
@@ -140,10 +169,7 @@ pub(crate) fn message_stream(meta: Meta<'_>, pieces: &[String]) -> SsePlan {
                 content: &[],
                 stop_reason: None,
                 stop_sequence: None,
-                usage: Usage {
-                    input_tokens: INPUT_TOKENS,
-                    output_tokens: 1,
-                },
+                usage: Usage::of(meta, 1),
             },
         },
     ));
@@ -190,7 +216,10 @@ pub(crate) fn message_stream(meta: Meta<'_>, pieces: &[String]) -> SsePlan {
                 stop_sequence: None,
             },
             usage: OutputUsage {
-                output_tokens: count_tokens(&pieces.concat()),
+                output_tokens: meta.usage.map_or_else(
+                    || count_tokens(&pieces.concat()),
+                    |usage| usage.completion_tokens,
+                ),
             },
         },
     ));

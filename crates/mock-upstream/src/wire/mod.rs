@@ -23,6 +23,8 @@ pub(crate) struct Meta<'a> {
     pub(crate) seq: usize,
     pub(crate) created: u64,
     pub(crate) model: &'a str,
+    /// Token figures to report instead of the defaults.
+    pub(crate) usage: Option<crate::reply::ReportedUsage>,
 }
 
 /// The error body for `status` in `flavor`'s shape.

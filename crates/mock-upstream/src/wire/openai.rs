@@ -18,6 +18,13 @@ struct Usage {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_tokens_details: Option<CachedDetails>,
+}
+
+#[derive(Clone, Copy, Serialize)]
+struct CachedDetails {
+    cached_tokens: u64,
 }
 
 impl Usage {
@@ -27,6 +34,22 @@ impl Usage {
             prompt_tokens: PROMPT_TOKENS,
             completion_tokens,
             total_tokens: PROMPT_TOKENS + completion_tokens,
+            prompt_tokens_details: None,
+        }
+    }
+
+    /// The reported figures if the mock was told to report some, else [`Usage::for_text`].
+    fn of(meta: Meta<'_>, text: &str) -> Usage {
+        match meta.usage {
+            Some(usage) => Usage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                total_tokens: usage.prompt_tokens + usage.completion_tokens,
+                prompt_tokens_details: Some(CachedDetails {
+                    cached_tokens: usage.cached_tokens,
+                }),
+            },
+            None => Usage::for_text(text),
         }
     }
 }
@@ -111,7 +134,7 @@ pub(crate) fn chat(meta: Meta<'_>, text: &str) -> Bytes {
             finish_reason: "stop",
             logprobs: None,
         }],
-        usage: Usage::for_text(text),
+        usage: Usage::of(meta, text),
     })
 }
 
@@ -167,7 +190,7 @@ pub(crate) fn chat_stream(meta: Meta<'_>, pieces: &[String], include_usage: bool
             created: meta.created,
             model: meta.model,
             choices: &[],
-            usage: Some(Some(Usage::for_text(&pieces.concat()))),
+            usage: Some(Some(Usage::of(meta, &pieces.concat()))),
         }));
     }
     events.push(Bytes::from_static(DONE));

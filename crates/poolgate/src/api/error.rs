@@ -83,6 +83,16 @@ impl ApiError {
         }
     }
 
+    /// 429 `insufficient_quota` / `budget_exceeded` with `x-should-retry: false`: the client
+    /// key's budget is spent; `message` says which and when it resets.
+    pub fn budget_exceeded(message: impl Into<String>) -> Self {
+        let mut error =
+            Self::new(StatusCode::TOO_MANY_REQUESTS, message).with_code("budget_exceeded");
+        error.kind = "insufficient_quota";
+        error.no_retry = true;
+        error
+    }
+
     /// 400.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -323,6 +333,7 @@ impl From<ProxyError> for ApiError {
                 .with_code("response_backend_unavailable")
                 .with_detail("the response's backend is disabled or broken"),
             ProxyError::NotImplemented { .. } => ApiError::new(status, error.to_string()),
+            ProxyError::BudgetExceeded { message } => return ApiError::budget_exceeded(message),
         };
         if api.no_retry {
             return api;

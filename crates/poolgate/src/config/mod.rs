@@ -219,6 +219,8 @@ pub struct Config {
     pub affinity: AffinitySettings,
     /// `[tokens]`: how requests are estimated for TPM limits.
     pub tokens: EstimateSettings,
+    /// The config file's `[prices]`: over the embedded defaults, under the admin API's.
+    pub prices: BTreeMap<String, crate::pricing::ModelPrice>,
 }
 
 impl Default for Config {
@@ -246,6 +248,7 @@ impl Default for Config {
             sticky: None,
             affinity: AffinitySettings::default(),
             tokens: EstimateSettings::default(),
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -405,6 +408,14 @@ impl Config {
             Some(url) => DatabaseUrl::parse("database_url", &url)?,
             None => DatabaseUrl::Sqlite(data_dir.join("poolgate.db")),
         };
+        // Model ids are checked like every other model name (the layering itself cannot fail).
+        crate::pricing::PriceTable::default()
+            .merged(raw.prices.clone(), crate::pricing::PriceSource::Config)
+            .map_err(|error| match error {
+                crate::pricing::PriceTableError::Invalid(invalid) => invalid,
+                other => Invalid::new("prices", other.to_string()),
+            })?;
+        let prices = raw.prices;
         Ok(Config {
             listen,
             data_dir,
@@ -428,6 +439,7 @@ impl Config {
             sticky,
             affinity,
             tokens,
+            prices,
         })
     }
 }
@@ -668,6 +680,30 @@ mod tests {
         );
         assert!(!config.sticky.unwrap().enabled);
         assert_eq!(config.affinity.owner_ttl, Duration::from_secs(720 * 3600));
+        assert_eq!(config.prices["my-llama-70b"].input.nanodollars(), 600);
+    }
+
+    #[test]
+    fn prices_are_exact_and_errors_name_the_field() {
+        let config = Config::from_raw(
+            parse_toml("[prices.\"m\"]\ninput_per_mtok = \"0.075\"\noutput_per_mtok = 15\n")
+                .unwrap(),
+            Overrides::default(),
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(config.prices["m"].input.nanodollars(), 75);
+        assert_eq!(config.prices["m"].output.nanodollars(), 15_000);
+        let error =
+            load("[prices.\"m\"]\ninput_per_mtok = 0.0001\noutput_per_mtok = 1\n").unwrap_err();
+        assert!(
+            error.contains("prices") && error.contains("decimal places"),
+            "{error}"
+        );
+        let error = load("[prices.\"m\"]\ninput_per_mtok = 1\n").unwrap_err();
+        assert!(error.contains("output_per_mtok"), "{error}");
+        let error = load("[prices.\"\"]\ninput_per_mtok = 1\noutput_per_mtok = 1\n").unwrap_err();
+        assert!(error.contains("prices."), "{error}");
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub struct RawConfig {
     /// `[tokens]`: how a request's tokens are estimated for TPM limits.
     #[serde(default)]
     pub tokens: RawTokens,
+    /// `[prices."model-id"]`: prices per upstream model id over the embedded defaults, in USD
+    /// per million tokens (`input_per_mtok`, `output_per_mtok`, optional
+    /// `cached_input_per_mtok`, `cache_write_per_mtok`).
+    #[serde(default)]
+    pub prices: BTreeMap<String, crate::pricing::ModelPrice>,
 }
 
 /// `[tokens]`: the estimate reserved against TPM limits (see `token_count`).

@@ -36,6 +36,11 @@ pub enum Change {
     AliasDeleted(String),
     /// The sticky-routing settings changed.
     StickyChanged,
+    /// An admin-API price was set (or removed) for this model id.
+    PriceSet(String),
+    PriceDeleted(String),
+    /// A client key's budgets or a backend's monthly spend cap changed (its id).
+    SpendLimitsSet(String),
 }
 
 impl Change {

@@ -21,6 +21,7 @@ mod keys;
 mod limits_checkpoint;
 mod master_key;
 mod models;
+mod money;
 mod pg_changes;
 mod probes;
 mod snapshot;
@@ -50,6 +51,7 @@ pub use changes::{Change, ChangeFeed, InstanceId, LocalChangeFeed, Published};
 pub use error::ControlError;
 pub use keys::{ClientKeyInput, ClientKeyPatch, PoolInput};
 pub use master_key::{MasterKeySource, NewKey, Rotation, MASTER_KEY_ENV};
+pub use money::BudgetPatch;
 pub use store::StoreError;
 pub use usage_writer::UsageWriterView;
 
@@ -202,6 +204,11 @@ impl ControlPlane {
             Arc::new(config.network.clone()),
             cluster.clone(),
             observer.clone(),
+            snapshot::SnapshotMoney {
+                usage: Arc::clone(&stores.usage),
+                config_prices: config.prices.clone(),
+                ledgers: Arc::default(),
+            },
         ));
         // Bucket levels stored before a restart apply as the snapshot creates the runtimes. In
         // cluster mode the buckets live in Redis (they outlive an instance's restart): no
@@ -214,11 +221,13 @@ impl ControlPlane {
                 .map_err(ControlError::from)?;
             snapshots.registry().restore_levels(levels);
         }
+        // Records a crash left in the journal are stored first: the spend ledgers the snapshot
+        // creates read what each key and backend spent from the store.
+        let journal = usage_writer::open_journal(&config, &*stores.usage).await?;
         snapshots.rebuild().await.map_err(ControlError::from)?;
         // Every backend's state, cooldown, bucket and in-flight count, read at scrape time.
         observer.watch_backends(Arc::new(snapshots.reader()))?;
         let instance = InstanceId::generate();
-        let journal = usage_writer::open_journal(&config, &*stores.usage).await?;
         let (usage, usage_writer) = usage_writer::spawn_writer(
             Arc::clone(&stores.usage),
             &config.usage,

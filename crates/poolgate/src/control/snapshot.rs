@@ -7,7 +7,7 @@
 //! configuration version is not the one the snapshot was built from (checked periodically, a
 //! backstop for a missed notification).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +20,15 @@ use tokio::time::Instant;
 
 use super::changes::{Change, InstanceId, Published};
 use super::models::{sticky_from_stored, STICKY_SETTING};
+use super::store::UsageStore;
 use super::store::{ConfigStore, StoreError};
 use crate::crypto::Sealer;
 use crate::domain::BackendId;
+use crate::domain::LimiterKind;
 use crate::egress::EgressPolicy;
+use crate::pricing::budget::RestoredSpend;
+use crate::pricing::ledgers::SpendLedgers;
+use crate::pricing::{ModelPrice, PriceSource, PriceTable, SpendLedger, SpendLimitRecord};
 use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{Cluster, RuntimeRegistry};
 use crate::scrub::KeyScrubber;
@@ -45,6 +50,17 @@ pub(super) struct Snapshots {
     loaded: AtomicBool,
     /// Resolves each backend's and route's metric series as the snapshot is built.
     observer: Observer,
+    /// Prices and spend ledgers (issue #11).
+    money: SnapshotMoney,
+}
+
+/// What the snapshot's prices and spend ledgers are built from.
+pub(super) struct SnapshotMoney {
+    /// Where a new ledger's spend so far is read from.
+    pub usage: Arc<dyn UsageStore>,
+    /// The config file's `[prices]`.
+    pub config_prices: BTreeMap<String, ModelPrice>,
+    pub ledgers: Arc<SpendLedgers>,
 }
 
 impl Snapshots {
@@ -58,6 +74,7 @@ impl Snapshots {
         egress: Arc<EgressPolicy>,
         cluster: Option<Arc<Cluster>>,
         observer: Observer,
+        money: SnapshotMoney,
     ) -> Self {
         Self {
             store,
@@ -70,6 +87,7 @@ impl Snapshots {
             version: AtomicI64::new(-1),
             loaded: AtomicBool::new(false),
             observer,
+            money,
         }
     }
 
@@ -137,6 +155,10 @@ impl Snapshots {
         let keys = self.store.list_client_keys().await?;
         let aliases = self.store.list_aliases().await?;
         let sticky = sticky_from_stored(self.store.get_setting(STICKY_SETTING).await?.as_deref());
+        let api_prices = self.store.list_prices().await?;
+        let spend_limits = self.store.list_spend_limits().await?;
+        let ledgers = self.spend_ledgers(spend_limits).await?;
+        let prices = Arc::new(price_table(&self.money.config_prices, api_prices));
         let sealer = self.sealer();
         let now = Instant::now();
 
@@ -157,6 +179,7 @@ impl Snapshots {
                 }
             };
             let runtime = self.registry.backend(&record, now);
+            let record_id = record.id.to_string();
             let scrubber = KeyScrubber::new(api_key.expose_secret());
             // A literal address is fixed per backend: checked once here (a policy tightened in
             // the config file since the backend was stored included).
@@ -174,6 +197,7 @@ impl Snapshots {
                 unreadable: unreadable_reason,
                 scrubber,
                 egress_refused,
+                spend: ledgers.get(&(LimiterKind::Backend, record_id)).cloned(),
             }));
         }
         let mut client_keys = HashMap::new();
@@ -182,6 +206,9 @@ impl Snapshots {
             client_keys.insert(
                 key.id.clone(),
                 Arc::new(LiveClientKey {
+                    spend: ledgers
+                        .get(&(LimiterKind::ClientKey, key.id.clone()))
+                        .cloned(),
                     record: key,
                     runtime,
                 }),
@@ -211,11 +238,43 @@ impl Snapshots {
             models,
             unreadable,
             sticky,
+            prices,
         }));
         if let Some(version) = version {
             self.version.store(version, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The ledger of every key and backend with a spend limit: kept from the last build, or new
+    /// with what the usage store says it spent today, this month and in total (so a restart
+    /// does not forget it). Ledgers of limits removed since are dropped.
+    async fn spend_ledgers(
+        &self,
+        limits: Vec<SpendLimitRecord>,
+    ) -> Result<HashMap<(LimiterKind, String), Arc<SpendLedger>>, StoreError> {
+        let now = chrono::Utc::now();
+        let (day_start, month_start) = window_starts_ms(now);
+        let mut ledgers = HashMap::with_capacity(limits.len());
+        for record in limits {
+            let restored = match self.money.ledgers.get(record.kind, &record.id) {
+                Some(_) => RestoredSpend::default(),
+                None => {
+                    self.money
+                        .usage
+                        .spend_of(record.kind, &record.id, day_start, month_start)
+                        .await?
+                }
+            };
+            let ledger =
+                self.money
+                    .ledgers
+                    .ensure(record.kind, &record.id, record.limits, restored, now);
+            ledgers.insert((record.kind, record.id), ledger);
+        }
+        let keep: Vec<_> = ledgers.keys().cloned().collect();
+        self.money.ledgers.retain(&keep);
+        Ok(ledgers)
     }
 
     /// Whether the snapshot serves what the store holds: built once, and no rebuild after a
@@ -330,4 +389,48 @@ pub(super) fn spawn_follower(
             }
         }
     })
+}
+
+/// The price table: the embedded defaults, the config file's prices over them, the admin API's
+/// over both. A model id either layer cannot hold (checked when it was written) is logged and
+/// left out rather than failing the snapshot.
+fn price_table(
+    config: &BTreeMap<String, ModelPrice>,
+    api: Vec<(String, ModelPrice)>,
+) -> PriceTable {
+    let defaults = match PriceTable::defaults() {
+        Ok(table) => table.clone(),
+        Err(error) => {
+            tracing::error!(%error, "the embedded default prices are unusable");
+            PriceTable::default()
+        }
+    };
+    let layered = defaults
+        .merged(config.clone(), PriceSource::Config)
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "config-file prices left out");
+            defaults.clone()
+        });
+    layered
+        .merged(api, PriceSource::Api)
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "stored prices left out");
+            layered.clone()
+        })
+}
+
+/// Unix milliseconds of the start of `now`'s UTC day and month.
+pub(super) fn window_starts_ms(now: chrono::DateTime<chrono::Utc>) -> (i64, i64) {
+    use chrono::{Datelike, TimeZone};
+    let date = now.date_naive();
+    let day = date.and_hms_opt(0, 0, 0).map_or(0, |start| {
+        chrono::Utc.from_utc_datetime(&start).timestamp_millis()
+    });
+    let month = date
+        .with_day(1)
+        .and_then(|first| first.and_hms_opt(0, 0, 0))
+        .map_or(0, |start| {
+            chrono::Utc.from_utc_datetime(&start).timestamp_millis()
+        });
+    (day, month)
 }

@@ -169,6 +169,35 @@ impl ConfigStore for FlakyStore {
         self.write()?;
         self.inner.sync_config_aliases(aliases).await
     }
+    async fn list_prices(&self) -> Result<Vec<(String, crate::pricing::ModelPrice)>, StoreError> {
+        self.read()?;
+        self.inner.list_prices().await
+    }
+    async fn put_price(
+        &self,
+        model: &str,
+        price: &crate::pricing::ModelPrice,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.put_price(model, price, at_ms).await
+    }
+    async fn delete_price(&self, model: &str) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.delete_price(model).await
+    }
+    async fn list_spend_limits(&self) -> Result<Vec<crate::pricing::SpendLimitRecord>, StoreError> {
+        self.read()?;
+        self.inner.list_spend_limits().await
+    }
+    async fn put_spend_limits(
+        &self,
+        record: &crate::pricing::SpendLimitRecord,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.put_spend_limits(record, at_ms).await
+    }
 }
 
 // === harness ===

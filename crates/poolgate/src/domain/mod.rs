@@ -385,6 +385,16 @@ pub struct UsageRecord {
     /// output were counted with the tokenizer.
     #[serde(default)]
     pub tokens_estimated: bool,
+    /// What the request cost, exactly (nano-dollars inside, a USD number in JSON): its tokens
+    /// at the price of the upstream model (`crate::pricing`). `null` when that model has no
+    /// price, or the request reached no upstream.
+    #[serde(default, rename = "cost_usd")]
+    #[schema(value_type = Option<f64>)]
+    pub cost: Option<crate::pricing::Nanodollars>,
+    /// Prompt tokens the upstream wrote to its prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`; part of `prompt_tokens`).
+    #[serde(default)]
+    pub cache_write_tokens: Option<u32>,
 }
 
 /// Which backend made a Responses API response, for whom, and until when poolgate remembers it

@@ -25,6 +25,8 @@ fn record(i: usize) -> UsageRecord {
         ttfb_ms: Some(90),
         streamed: true,
         tokens_estimated: false,
+        cost: None,
+        cache_write_tokens: None,
     }
 }
 

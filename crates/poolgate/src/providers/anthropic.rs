@@ -229,6 +229,7 @@ impl Usage {
             completion_tokens: self.output_tokens,
             total_tokens: prompt.saturating_add(self.output_tokens),
             prompt_tokens_details: None,
+            cache_write_tokens: self.cache_creation_input_tokens,
         }
         .with_cached(self.cache_read_input_tokens)
     }

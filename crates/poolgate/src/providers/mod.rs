@@ -187,6 +187,11 @@ pub struct TokenUsage {
     /// `prompt_tokens_details.cached_tokens`: prompt tokens read from the upstream's cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// Prompt tokens written to the upstream's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`; part of `prompt_tokens`). Not in OpenAI's `usage` shape:
+    /// never read from or written to the wire here.
+    #[serde(skip)]
+    pub cache_write_tokens: Option<u32>,
 }
 
 /// The part of `prompt_tokens_details` poolgate reads.

@@ -15,6 +15,7 @@ use super::plan::{self, Inbound};
 use super::record::UsageDraft;
 use super::respond::{relay_client_error, succeed};
 use super::route::route;
+use super::spend;
 use super::ProxyResponse;
 use crate::cooldown::{Outcome as UpstreamOutcome, ReadyAt};
 use crate::domain::{ApiKind, BackendRecord};
@@ -47,6 +48,14 @@ pub async fn run(
     let routing = route(data, ctx, inbound).await?;
     if let Some(canonical) = &routing.canonical {
         draft.record.canonical_model = Some(canonical.to_string());
+    }
+    // The key's budget (if it has one): the estimated cost is reserved before selection.
+    match spend::admit(ctx, inbound, &routing.route) {
+        Ok(guard) => draft.hold_spend(guard),
+        Err(error) => {
+            refund_key(ctx);
+            return Err(error);
+        }
     }
     let settings = &data.config.proxy;
     let deadline = ctx.received + ctx.max_wait.unwrap_or(settings.max_wait);

@@ -69,6 +69,7 @@ impl Billing {
             prompt_tokens_details: partial
                 .prompt_tokens_details
                 .filter(|details: &PromptTokensDetails| details.cached_tokens > 0),
+            cache_write_tokens: partial.cache_write_tokens.filter(|tokens| *tokens > 0),
         }
     }
 }

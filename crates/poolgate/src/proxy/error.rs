@@ -76,6 +76,10 @@ pub enum ProxyError {
     /// 501: nothing poolgate can forward the request to.
     #[error("{message}")]
     NotImplemented { message: String },
+    /// 429 that waiting a little never helps: the client key's budget is spent (the message
+    /// says which budget and when it resets). Answered with `x-should-retry: false`.
+    #[error("{message}")]
+    BudgetExceeded { message: String },
 }
 
 impl ProxyError {
@@ -101,6 +105,7 @@ impl ProxyError {
             ProxyError::PreviousResponseNotFound { .. } => StatusCode::BAD_REQUEST,
             ProxyError::OwnerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -128,6 +133,7 @@ impl ProxyError {
             ProxyError::PreviousResponseNotFound { .. } => "invalid_request_error",
             ProxyError::OwnerUnavailable { .. } => "upstream_error",
             ProxyError::NotImplemented { .. } => "not_implemented_error",
+            ProxyError::BudgetExceeded { .. } => "insufficient_quota",
         }
     }
 

@@ -44,6 +44,7 @@ pub mod relay;
 pub mod respond;
 pub mod responses;
 pub mod route;
+pub mod spend;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use super::context::RequestContext;
 use super::plan::Inbound;
+use super::spend::SpendGuard;
 use crate::domain::{Outcome, UsageRecord};
+use crate::pricing::{BilledUsage, Nanodollars, PriceTable};
 use crate::providers::{Endpoint, TokenUsage};
 use crate::routing::{LiveBackend, Ticket};
 use crate::runtime::TpmHold;
@@ -42,6 +44,11 @@ pub struct UsageDraft {
     /// The prompt estimate: what the reservations settle with when the request was sent but no
     /// usage is known (the upstream may still bill the prompt).
     prompt_estimate: u64,
+    /// The prices of the request's snapshot: the record's cost is computed when it is finished.
+    prices: Arc<PriceTable>,
+    /// The client key's budget reservation, settled with the cost when the record is finished
+    /// (moves with the observation in [`UsageDraft::hand_over`]).
+    spend: Option<SpendGuard>,
 }
 
 /// Starts observing a request of `ctx`: the route's series when `inbound` names a routed model,
@@ -140,6 +147,8 @@ impl UsageDraft {
                 ttfb_ms: None,
                 streamed,
                 tokens_estimated: false,
+                cost: None,
+                cache_write_tokens: None,
             },
             received: ctx.received,
             last_backend: None,
@@ -148,6 +157,8 @@ impl UsageDraft {
             ended: None,
             tpm: Vec::new(),
             prompt_estimate: 0,
+            prices: Arc::clone(&ctx.live.prices),
+            spend: None,
         }
     }
 
@@ -161,6 +172,11 @@ impl UsageDraft {
         if let Some(hold) = hold {
             self.tpm.push(hold);
         }
+    }
+
+    /// Holds the request's budget reservation until the record is finished.
+    pub fn hold_spend(&mut self, guard: Option<SpendGuard>) {
+        self.spend = guard;
     }
 
     /// One more upstream attempt, to the ticket's backend.
@@ -208,6 +224,7 @@ impl UsageDraft {
             usage.total_tokens
         });
         self.record.cached_tokens = usage.cached_tokens();
+        self.record.cache_write_tokens = usage.cache_write_tokens;
     }
 
     /// Usage poolgate estimated (the stream ended before the upstream's final usage).
@@ -243,6 +260,8 @@ impl UsageDraft {
             ended: self.ended,
             tpm: std::mem::take(&mut self.tpm),
             prompt_estimate: self.prompt_estimate,
+            prices: Arc::clone(&self.prices),
+            spend: self.spend.take(),
         }
     }
 
@@ -267,6 +286,24 @@ impl UsageDraft {
         }
     }
 
+    /// The record's cost at the price of its upstream model (`None` without a price, or when
+    /// no upstream was tried), its tokens split into the four billed kinds.
+    fn cost(&self) -> Option<Nanodollars> {
+        let record = &self.record;
+        let found = self.prices.lookup(record.upstream_model.as_deref()?)?;
+        let tokens = |value: Option<u32>| u64::from(value.unwrap_or(0));
+        let prompt = tokens(record.prompt_tokens);
+        let cached = tokens(record.cached_tokens).min(prompt);
+        let written = tokens(record.cache_write_tokens).min(prompt - cached);
+        let billed = BilledUsage {
+            input_tokens: prompt - cached - written,
+            cached_input_tokens: cached,
+            cache_write_tokens: written,
+            output_tokens: tokens(record.completion_tokens),
+        };
+        Some(found.entry.price.cost(&billed))
+    }
+
     /// Completes the record, and with it the observation.
     pub fn finish(
         mut self,
@@ -280,6 +317,16 @@ impl UsageDraft {
         self.settle_tokens(outcome);
         let ended = self.ended.unwrap_or_else(Instant::now);
         self.record.latency_ms = millis(ended.saturating_duration_since(self.received));
+        self.record.cost = self.cost();
+        let cost = self.record.cost.unwrap_or(Nanodollars::ZERO);
+        if let Some(guard) = self.spend.take() {
+            guard.settle(cost);
+        }
+        if cost > Nanodollars::ZERO {
+            if let Some(spend) = self.last_backend.as_ref().and_then(|b| b.spend.as_ref()) {
+                spend.record(cost, chrono::Utc::now());
+            }
+        }
         if let Some(observation) = self.observation.take() {
             let record = &self.record;
             observation.finish(RequestEnd {
@@ -294,7 +341,7 @@ impl UsageDraft {
                     cached: record.cached_tokens,
                 },
                 response_model: self.response_model.as_deref(),
-                cost_usd: None,
+                cost_usd: record.cost.map(Nanodollars::as_usd_f64),
             });
         }
         self.record

@@ -37,6 +37,8 @@ pub struct LiveBackend {
     /// Why the egress policy refuses the backend's address, when its URL names an IP literal
     /// the policy refuses (names are checked when they are resolved).
     pub egress_refused: Option<String>,
+    /// Its `monthly_spend_cap_usd` and what is spent of it; `None` without a cap.
+    pub spend: Option<Arc<crate::pricing::SpendLedger>>,
 }
 
 impl LiveBackend {
@@ -210,6 +212,12 @@ pub fn accept(
 ) -> Result<Admitted, ReadyAt> {
     if !backend.record.enabled || backend.unreadable.is_some() {
         return Err(ReadyAt::Never);
+    }
+    // A backend at its monthly spend cap is skipped until the month ends.
+    if let Some(spend) = &backend.spend {
+        if spend.exhausted(chrono::Utc::now()).is_some() {
+            return Err(ReadyAt::Never);
+        }
     }
     backend.runtime.admit_tokens(now, need)
 }

@@ -54,6 +54,7 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
         unreadable: None,
         scrubber: crate::scrub::KeyScrubber::new("sk-test"),
         egress_refused: None,
+        spend: None,
     })
 }
 

@@ -6,31 +6,29 @@
 //!   refused at once, a healthy one without limits is sent without any shared call, and the
 //!   rest are admitted *pending* — [`super::Admitted::confirm`] then makes the one atomic shared
 //!   call (the backend's bucket, the client key's on the request's first admitted attempt, the
-//!   cluster's single half-open probe slot, and an in-flight lease, all or nothing);
+//!   cluster's single half-open probe slot, all or nothing);
 //! - **resolve** hands the outcome to the shared cooldown (a success on a healthy backend costs
 //!   nothing); the report runs as its own task, so a client that leaves cannot lose it;
-//! - an in-flight **lease** per attempt (taken in the admission when there is one, else in the
-//!   background), renewed while the attempt lives and released when it ends; a killed instance's
-//!   leases expire.
+//! - every attempt is counted in this instance's in-flight counter of the backend (one atomic
+//!   add, no shared call); the heartbeat publishes the counts as a lease that expires with the
+//!   instance, so the cluster-wide figure is the sum over live instances and a killed instance's
+//!   attempts stop counting by themselves.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Waiting;
 use crate::cooldown::{CooldownPolicy, CooldownReason, Health, Outcome, ReadyAt};
 use crate::domain::BackendId;
 use crate::shared::{
-    Admit, AdmitRequest, BucketClaim, BucketKey, CooldownView, FailMode, Lease, Precheck,
-    ProbeToken, Refusal, SharedRuntime,
+    Admit, AdmitRequest, BucketClaim, BucketKey, CooldownView, FailMode, InFlightCounter,
+    InFlightGuard, Precheck, ProbeToken, Refusal, SharedRuntime,
 };
 
-/// How long an in-flight lease lives without renewal (renewed every third of it).
-const LEASE_TTL: Duration = Duration::from_secs(60);
 /// How long past the backend's timeout a probe slot stays held if its holder vanishes.
 const PROBE_MARGIN: Duration = Duration::from_secs(5);
 
@@ -67,6 +65,8 @@ pub(super) struct SharedBackend {
     pub id: BackendId,
     /// When the shared bucket last said it has a token again (a hint for `Retry-After`).
     limited_until: Mutex<Option<Instant>>,
+    /// This instance's attempts in flight on the backend.
+    in_flight: InFlightCounter,
 }
 
 impl std::fmt::Debug for SharedBackend {
@@ -79,10 +79,12 @@ impl std::fmt::Debug for SharedBackend {
 
 impl SharedBackend {
     pub fn new(cluster: Arc<Cluster>, id: BackendId) -> Self {
+        let in_flight = cluster.shared.in_flight_counter(&id);
         Self {
             cluster,
             id,
             limited_until: Mutex::new(None),
+            in_flight,
         }
     }
 
@@ -170,24 +172,22 @@ pub(super) struct SharedAdmission {
     pub needs_admit: bool,
     /// This attempt holds the cluster's half-open probe slot.
     pub probe: Option<ProbeToken>,
-    lease: Option<LeaseKeeper>,
+    /// Counts the attempt in flight until it ends.
+    _in_flight: InFlightGuard,
 }
 
 impl SharedAdmission {
     pub fn new(backend: &SharedBackend, needs_admit: bool) -> Self {
-        // Without a shared call, the lease is taken in the background (never on the path).
-        let lease = (!needs_admit)
-            .then(|| LeaseKeeper::start(Arc::clone(backend.shared()), backend.id.clone(), None));
         Self {
             needs_admit,
             probe: None,
-            lease,
+            _in_flight: backend.in_flight.enter(),
         }
     }
 
     /// The one shared call of this attempt: the backend's buckets (RPM, and TPM when `tpm` =
-    /// (limit, tokens)), `key` (the client key's buckets, first), the probe slot and a lease —
-    /// all or nothing. Returns the backend's TPM claim when it was taken.
+    /// (limit, tokens)), `key` (the client key's buckets, first) and the probe slot — all or
+    /// nothing. Returns the backend's TPM claim when it was taken.
     pub async fn confirm(
         &mut self,
         backend: &SharedBackend,
@@ -215,19 +215,11 @@ impl SharedAdmission {
             backend: backend.id.clone(),
             claims,
             probe_ttl: timeout + PROBE_MARGIN,
-            lease_ttl: self.lease.is_none().then_some(LEASE_TTL),
         };
         match backend.shared().admit(request).await {
             Admit::Admitted(admitted) => {
                 self.needs_admit = false;
                 self.probe = admitted.probe;
-                if self.lease.is_none() {
-                    self.lease = Some(LeaseKeeper::start(
-                        Arc::clone(backend.shared()),
-                        backend.id.clone(),
-                        admitted.lease,
-                    ));
-                }
                 Ok(tpm_claim)
             }
             Admit::Refused(refusal) => {
@@ -269,35 +261,5 @@ impl SharedAdmission {
             let id = backend.id.clone();
             tokio::spawn(async move { shared.release_probe(&id, probe).await });
         }
-    }
-}
-
-// === impl LeaseKeeper ===
-
-/// One attempt's in-flight lease: a background task takes it (unless the admission did),
-/// renews it every third of its life, and releases it when the keeper is dropped.
-struct LeaseKeeper {
-    _stop: oneshot::Sender<()>,
-}
-
-impl LeaseKeeper {
-    fn start(shared: Arc<dyn SharedRuntime>, backend: BackendId, lease: Option<Lease>) -> Self {
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let lease = match lease {
-                Some(lease) => lease,
-                None => shared.acquire_lease(&backend, LEASE_TTL).await,
-            };
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    () = tokio::time::sleep(LEASE_TTL / 3) => {
-                        shared.renew_lease(&lease, LEASE_TTL).await;
-                    }
-                }
-            }
-            shared.release_lease(lease).await;
-        });
-        Self { _stop: stop }
     }
 }

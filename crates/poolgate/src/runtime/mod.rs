@@ -446,7 +446,7 @@ impl Admitted {
 
     /// The one shared call of an attempt (cluster mode): the backend's RPM bucket, the client
     /// key's (`key`, taken with the first admitted attempt of a request), the cluster's single
-    /// probe slot and an in-flight lease — all or nothing. `timeout`: the backend's time to
+    /// probe slot — all or nothing. `timeout`: the backend's time to
     /// first byte (a probe slot whose holder vanished is free again after it).
     pub async fn confirm(
         &mut self,

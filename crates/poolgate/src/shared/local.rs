@@ -1,5 +1,5 @@
 //! [`LocalShared`]: the in-process [`SharedRuntime`] — this instance's buckets, cooldown state
-//! machines, probe slots and leases. On its own it serves a single instance; inside
+//! machines, probe slots and in-flight counters. On its own it serves a single instance; inside
 //! [`super::RedisShared`] it is both the mirror of the shared cooldowns (the fast path's source of
 //! truth between calls) and the degraded mode, where each bucket holds this instance's share of
 //! the limit: `max(1, limit / live instances)`.
@@ -17,8 +17,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 use super::{
-    Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, CooldownView, Lease, Mode, Precheck,
-    ProbeToken, Refusal, SharedRuntime,
+    Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, CooldownView, InFlightCounter, Mode,
+    Precheck, ProbeToken, Refusal, SharedRuntime,
 };
 use crate::cooldown::{Admission, CooldownPolicy, CooldownReason, CooldownState, Outcome, ReadyAt};
 use crate::domain::BackendId;
@@ -85,8 +85,8 @@ pub struct LocalShared {
     instances: Arc<AtomicU32>,
     backends: RwLock<HashMap<BackendId, Arc<Mutex<BackendEntry>>>>,
     buckets: Mutex<HashMap<BucketKey, TokenBucket>>,
-    /// Unexpired leases per backend: id -> expiry.
-    leases: Mutex<HashMap<BackendId, HashMap<Arc<str>, Instant>>>,
+    /// This instance's attempts in flight per backend.
+    in_flight: Mutex<HashMap<BackendId, InFlightCounter>>,
     next_id: AtomicU64,
 }
 
@@ -103,7 +103,7 @@ impl LocalShared {
             instances,
             backends: RwLock::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
-            leases: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -255,19 +255,6 @@ impl LocalShared {
         Err(refusal)
     }
 
-    fn add_lease(&self, backend: &BackendId, ttl: Duration, now: Instant) -> Lease {
-        let id = self.unique_id();
-        self.leases
-            .lock()
-            .entry(backend.clone())
-            .or_default()
-            .insert(Arc::clone(&id), now + ttl);
-        Lease {
-            backend: backend.clone(),
-            id,
-        }
-    }
-
     /// [`SharedRuntime::admit`] at `now` (sync: nothing here waits).
     pub(crate) fn admit_at(&self, request: &AdmitRequest, now: Instant) -> Admit {
         let entry = self.entry(&request.backend);
@@ -294,9 +281,6 @@ impl LocalShared {
         drop(entry);
         Admit::Admitted(Admitted {
             probe: probe.then(|| ProbeToken(self.unique_id())),
-            lease: request
-                .lease_ttl
-                .map(|ttl| self.add_lease(&request.backend, ttl, now)),
             mode: Mode::Degraded,
         })
     }
@@ -354,28 +338,22 @@ impl LocalShared {
         entry.reason = None;
     }
 
-    pub(crate) fn renew_local(&self, lease: &Lease, ttl: Duration, now: Instant) {
-        self.leases
+    /// This instance's in-flight counter of `backend`, created on first use.
+    pub(crate) fn in_flight_counter(&self, backend: &BackendId) -> InFlightCounter {
+        self.in_flight
             .lock()
-            .entry(lease.backend.clone())
+            .entry(backend.clone())
             .or_default()
-            .insert(Arc::clone(&lease.id), now + ttl);
+            .clone()
     }
 
-    pub(crate) fn release_local(&self, lease: &Lease) {
-        if let Some(leases) = self.leases.lock().get_mut(&lease.backend) {
-            leases.remove(&lease.id);
-        }
-    }
-
-    /// Unexpired local leases on `backend` (expired ones are dropped).
-    pub(crate) fn in_flight_at(&self, backend: &BackendId, now: Instant) -> u32 {
-        let mut leases = self.leases.lock();
-        let Some(leases) = leases.get_mut(backend) else {
-            return 0;
-        };
-        leases.retain(|_, expires| *expires > now);
-        u32::try_from(leases.len()).unwrap_or(u32::MAX)
+    /// Every backend this instance has counted attempts on, with its count now.
+    pub(crate) fn in_flight_counts(&self) -> Vec<(BackendId, u32)> {
+        self.in_flight
+            .lock()
+            .iter()
+            .map(|(backend, counter)| (backend.clone(), counter.get()))
+            .collect()
     }
 
     pub(crate) fn view(&self, backend: &BackendId) -> CooldownView {
@@ -438,20 +416,12 @@ impl SharedRuntime for LocalShared {
         self.reset_local(backend);
     }
 
-    async fn acquire_lease(&self, backend: &BackendId, ttl: Duration) -> Lease {
-        self.add_lease(backend, ttl, Instant::now())
-    }
-
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration) {
-        self.renew_local(lease, ttl, Instant::now());
-    }
-
-    async fn release_lease(&self, lease: Lease) {
-        self.release_local(&lease);
+    fn in_flight_counter(&self, backend: &BackendId) -> InFlightCounter {
+        LocalShared::in_flight_counter(self, backend)
     }
 
     async fn in_flight(&self, backend: &BackendId) -> Option<u32> {
-        Some(self.in_flight_at(backend, Instant::now()))
+        Some(self.in_flight_counter(backend).get())
     }
 
     fn cooldown(&self, backend: &BackendId) -> CooldownView {

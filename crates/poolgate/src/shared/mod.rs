@@ -1,5 +1,5 @@
 //! Runtime state shared by every gateway instance (issue #10): token buckets, cooldowns, the
-//! half-open probe slot, in-flight leases and the instance registry, behind one trait,
+//! half-open probe slot, in-flight counts and the instance registry, behind one trait,
 //! [`SharedRuntime`], with two implementations:
 //!
 //! - [`LocalShared`]: in-process state (one instance, or an instance's share while Redis is
@@ -36,6 +36,7 @@ mod breaker;
 mod local;
 mod redis;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,8 +164,6 @@ pub struct AdmitRequest {
     /// How long a half-open probe slot taken by this admission stays held if its holder vanishes
     /// (normally the backend's timeout plus a margin); released earlier by the outcome.
     pub probe_ttl: Duration,
-    /// Take an in-flight lease of this time-to-live with the admission (same round trip).
-    pub lease_ttl: Option<Duration>,
 }
 
 /// The answer to an admission.
@@ -179,8 +178,6 @@ pub struct Admitted {
     /// This attempt is the single half-open probe: report its outcome with this token (or
     /// [`SharedRuntime::release_probe`] it).
     pub probe: Option<ProbeToken>,
-    /// The in-flight lease, when one was asked for.
-    pub lease: Option<Lease>,
     /// The mode that decided.
     pub mode: Mode,
 }
@@ -232,11 +229,33 @@ pub enum Precheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeToken(pub(crate) Arc<str>);
 
-/// An in-flight lease: counted until released or until it expires (renew it for long streams).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub backend: BackendId,
-    pub(crate) id: Arc<str>,
+/// This instance's count of attempts in flight on one backend. In shared mode each instance
+/// publishes its counts with its heartbeat, as a lease that expires with the heartbeat: the
+/// cluster's figure is the sum over live instances, and a killed instance's counts go with it.
+/// Counting costs one atomic add per attempt — no shared call.
+#[derive(Debug, Clone, Default)]
+pub struct InFlightCounter(Arc<AtomicU32>);
+
+impl InFlightCounter {
+    /// Counts one attempt until the guard is dropped.
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(Arc::clone(&self.0))
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One attempt in flight (see [`InFlightCounter::enter`]).
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicU32>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A backend's cooldown as this instance last saw it.
@@ -302,15 +321,11 @@ pub trait SharedRuntime: Send + Sync + 'static {
     /// Admin reset: healthy, level 0, on every instance.
     async fn reset(&self, backend: &BackendId);
 
-    /// Take an in-flight lease outside an admission (for attempts that needed none).
-    async fn acquire_lease(&self, backend: &BackendId, ttl: Duration) -> Lease;
+    /// This instance's in-flight counter of `backend` (the same counter on every call).
+    fn in_flight_counter(&self, backend: &BackendId) -> InFlightCounter;
 
-    /// Extend a lease (long streams); re-adds it if it had expired.
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration);
-
-    async fn release_lease(&self, lease: Lease);
-
-    /// Unexpired leases on `backend` across the cluster; `None` when unknown (degraded).
+    /// Attempts in flight on `backend` across the cluster, as last published by each live
+    /// instance (at most a heartbeat old); `None` when unknown (degraded).
     async fn in_flight(&self, backend: &BackendId) -> Option<u32>;
 
     /// This instance's view of the backend's cooldown (local, no I/O).

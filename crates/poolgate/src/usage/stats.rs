@@ -1,10 +1,11 @@
-//! Usage statistics for the admin API and dashboard: request and error counts, tokens and latency
-//! percentiles, overall, per backend, per model, and in time buckets. The store aggregates (in
+//! Usage statistics for the admin API and dashboard: request and error counts, tokens, cost and
+//! latency percentiles, overall, per backend, per model, per client key, and in time buckets. The store aggregates (in
 //! SQL: counts and nearest-rank percentiles per group); [`assemble`] shapes its groups into the
 //! answer.
 
 use std::collections::BTreeMap;
 
+use crate::pricing::Nanodollars;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -42,6 +43,10 @@ pub struct Aggregate {
     pub p50_latency_ms: Option<u64>,
     pub p95_latency_ms: Option<u64>,
     pub p50_ttfb_ms: Option<u64>,
+    /// What the requests cost, in USD: the exact sum of their records' costs (records without
+    /// a price count 0).
+    #[schema(value_type = f64)]
+    pub cost_usd: Nanodollars,
 }
 
 /// One time bucket.
@@ -68,6 +73,10 @@ pub struct Stats {
     pub series_by_backend: BTreeMap<String, Vec<Bucket>>,
     /// The same buckets split by model.
     pub series_by_model: BTreeMap<String, Vec<Bucket>>,
+    /// Keyed by client key id (`admin` for the admin token): spend by key.
+    pub by_key: BTreeMap<String, Aggregate>,
+    /// The same buckets split by client key id.
+    pub series_by_key: BTreeMap<String, Vec<Bucket>>,
 }
 
 /// Timestamps the statistics accept: 1970 to 9999.
@@ -146,6 +155,8 @@ pub enum Group {
     Bucket(usize),
     BucketBackend(usize, String),
     BucketModel(usize, String),
+    Key(String),
+    BucketKey(usize, String),
 }
 
 /// One group's counts and nearest-rank percentiles, as the store computes them.
@@ -159,6 +170,8 @@ pub struct GroupStats {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    /// The exact sum of the records' `cost_nanousd`.
+    pub cost_nanousd: u64,
     pub p50_latency_ms: Option<u64>,
     pub p95_latency_ms: Option<u64>,
     pub p50_ttfb_ms: Option<u64>,
@@ -187,6 +200,7 @@ impl GroupStats {
             p50_latency_ms: self.p50_latency_ms,
             p95_latency_ms: self.p95_latency_ms,
             p50_ttfb_ms: self.p50_ttfb_ms,
+            cost_usd: Nanodollars::new(self.cost_nanousd),
         }
     }
 }
@@ -213,6 +227,8 @@ pub fn assemble(groups: &[GroupStats], range: &StatsRange<'_>) -> Stats {
         series: empty_series(),
         series_by_backend: BTreeMap::new(),
         series_by_model: BTreeMap::new(),
+        by_key: BTreeMap::new(),
+        series_by_key: BTreeMap::new(),
     };
     for group in groups {
         let aggregate = group.aggregate();
@@ -229,6 +245,10 @@ pub fn assemble(groups: &[GroupStats], range: &StatsRange<'_>) -> Stats {
                 stats.by_model.insert(key.clone(), aggregate);
                 continue;
             }
+            Group::Key(key) => {
+                stats.by_key.insert(key.clone(), aggregate);
+                continue;
+            }
             Group::Bucket(i) => (&mut stats.series, *i),
             Group::BucketBackend(i, key) => (
                 stats
@@ -240,6 +260,13 @@ pub fn assemble(groups: &[GroupStats], range: &StatsRange<'_>) -> Stats {
             Group::BucketModel(i, key) => (
                 stats
                     .series_by_model
+                    .entry(key.clone())
+                    .or_insert_with(empty_series),
+                *i,
+            ),
+            Group::BucketKey(i, key) => (
+                stats
+                    .series_by_key
                     .entry(key.clone())
                     .or_insert_with(empty_series),
                 *i,
@@ -265,6 +292,7 @@ mod tests {
             prompt_tokens: 10 * requests,
             completion_tokens: 5 * requests,
             cached_tokens: 2 * requests,
+            cost_nanousd: 7 * requests,
             p50_latency_ms: Some(50),
             p95_latency_ms: Some(95),
             p50_ttfb_ms: None,
@@ -298,6 +326,7 @@ mod tests {
         assert_eq!(stats.series_by_backend["a"][9].stats.requests, 1);
         assert_eq!(stats.series_by_backend["a"][0].stats.requests, 0);
         assert!(stats.by_model.is_empty());
+        assert_eq!(stats.total.cost_usd, Nanodollars::new(84));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
@@ -15,10 +16,11 @@ use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
 use crate::control::ControlPlane;
 use crate::domain::{
-    format_ms, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord, BackendStatus,
-    ModelMapping, Source,
+    format_ms, parse_json, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord,
+    BackendStatus, ModelMapping, Source,
 };
 use crate::limits::upstream::UpstreamLimitsView;
+use crate::pricing::{Nanodollars, WindowView};
 use crate::routing::LiveBackend;
 use crate::runtime::ms_from_instant;
 use crate::state::DataPlane;
@@ -62,12 +64,62 @@ pub struct BackendView {
     /// `anthropic-ratelimit-*`), and until when poolgate holds requests back because it said
     /// nothing is left (`blocked_until`); `null` before any answer carried them.
     pub upstream_limits: Option<UpstreamLimitsView>,
+    /// The most this backend may cost per UTC calendar month, USD; `null` = no cap. At its cap
+    /// a backend is skipped until the month ends.
+    pub monthly_spend_cap_usd: Option<f64>,
+    /// What is spent of the cap this month; `null` without a cap.
+    pub spend: Option<BackendSpend>,
+}
+
+/// A backend's spend against its monthly cap.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackendSpend {
+    pub monthly: WindowView,
+}
+
+/// A backend body with its monthly spend cap: `POST` takes `monthly_spend_cap_usd` as a value or
+/// `null`; `PATCH` changes it only when present (`null` removes the cap).
+#[derive(Debug, ToSchema)]
+pub struct WithSpendCap<T> {
+    #[schema(inline)]
+    pub backend: T,
+    /// USD per UTC calendar month (number or decimal string); `null` = no cap.
+    #[schema(value_type = Option<f64>)]
+    pub monthly_spend_cap_usd: Option<Option<Nanodollars>>,
+}
+
+/// The field the cap travels in, next to a backend's own fields.
+const SPEND_CAP_FIELD: &str = "monthly_spend_cap_usd";
+
+impl<T: DeserializeOwned> WithSpendCap<T> {
+    /// Takes the cap out of the body and reads the rest as `T`, so `T`'s
+    /// `deny_unknown_fields` still refuses a misspelt field (serde's `flatten` would not), and
+    /// errors still name their path.
+    fn split(mut body: serde_json::Map<String, serde_json::Value>) -> Result<Self, ApiError> {
+        let cap = match body.remove(SPEND_CAP_FIELD) {
+            None => None,
+            Some(serde_json::Value::Null) => Some(None),
+            Some(value) => Some(Some(Nanodollars::deserialize(value).map_err(|error| {
+                ApiError::invalid(format!("invalid value at `{SPEND_CAP_FIELD}`: {error}"))
+                    .with_param(SPEND_CAP_FIELD)
+                    .with_code("invalid_body")
+            })?)),
+        };
+        let rest = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+        Ok(Self {
+            backend: parse_json(&rest)?,
+            monthly_spend_cap_usd: cap,
+        })
+    }
 }
 
 /// Builds the view from the stored record and, when present, the live counters.
 pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
     let now = Instant::now();
     let upstream_limits = live.and_then(|backend| backend.runtime.upstream_limits(now));
+    let spend = live
+        .and_then(|backend| backend.spend.as_ref())
+        .map(|ledger| ledger.view(chrono::Utc::now()));
     let (status, until_ms, remaining, count, last_error, in_flight) = match live {
         Some(backend) => {
             let snapshot = backend.runtime.snapshot(now);
@@ -127,6 +179,12 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
         api_version: record.api_version.clone(),
         tpm_limit: record.tpm_limit,
         upstream_limits,
+        monthly_spend_cap_usd: spend
+            .and_then(|spend| spend.monthly.limit)
+            .map(Nanodollars::as_usd_f64),
+        spend: spend.map(|spend| BackendSpend {
+            monthly: spend.monthly,
+        }),
     }
 }
 
@@ -153,15 +211,19 @@ pub async fn list(
 }
 
 /// Create a backend.
-#[utoipa::path(post, path = "/backends", tag = "backends", request_body = BackendInput,
+#[utoipa::path(post, path = "/backends", tag = "backends", request_body = WithSpendCap<BackendInput>,
     responses((status = 201, body = BackendView), (status = 400, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn create(
     State(control): State<ControlPlane>,
     State(data): State<DataPlane>,
-    Json(input): Json<BackendInput>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let record = control.create_backend(input).await?;
+    let input = WithSpendCap::<BackendInput>::split(body)?;
+    let record = control.create_backend(input.backend).await?;
+    if let Some(Some(cap)) = input.monthly_spend_cap_usd {
+        control.set_backend_spend_cap(&record.id, Some(cap)).await?;
+    }
     Ok((StatusCode::CREATED, axum::Json(live_view(&data, &record))))
 }
 
@@ -179,7 +241,7 @@ pub async fn get_one(
 }
 
 /// Change a backend (only the fields given).
-#[utoipa::path(patch, path = "/backends/{id}", tag = "backends", request_body = BackendPatch,
+#[utoipa::path(patch, path = "/backends/{id}", tag = "backends", request_body = WithSpendCap<BackendPatch>,
     params(("id" = String, Path, description = "backend id")),
     responses((status = 200, body = BackendView), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -187,9 +249,14 @@ pub async fn update(
     State(control): State<ControlPlane>,
     State(data): State<DataPlane>,
     Path(id): Path<String>,
-    Json(input): Json<BackendPatch>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let record = control.update_backend(&BackendId::new(id), input).await?;
+    let input = WithSpendCap::<BackendPatch>::split(body)?;
+    let id = BackendId::new(id);
+    let record = control.update_backend(&id, input.backend).await?;
+    if let Some(cap) = input.monthly_spend_cap_usd {
+        control.set_backend_spend_cap(&id, cap).await?;
+    }
     Ok(axum::Json(live_view(&data, &record)))
 }
 

@@ -65,7 +65,8 @@ pub struct BackendRuntimeView {
     pub consecutive_429_count: u32,
     /// Requests in flight from this instance.
     pub in_flight_here: u32,
-    /// Unexpired in-flight leases of every instance (shared mode only).
+    /// Attempts in flight on the backend across every live instance, as each last published
+    /// them with its heartbeat (shared mode only).
     pub in_flight_cluster: Option<u32>,
 }
 

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod cluster;
 pub mod keys;
 pub mod pools;
+pub mod prices;
 pub mod routing;
 pub mod usage;
 
@@ -29,7 +30,7 @@ use crate::state::DataPlane;
     info(
         title = "poolgate admin API",
         description = "Manage upstream backends, pools, client keys, model aliases and sticky \
-                       routing; read usage and statistics. \
+                       routing; set prices and spend limits; read usage, cost and statistics. \
                        Every route needs `Authorization: Bearer <admin token>`."
     ),
     modifiers(&BearerAuth),
@@ -69,6 +70,8 @@ pub fn router(data: DataPlane) -> (Router<AppState>, OpenApiDoc) {
         .routes(routes!(routing::list_aliases))
         .routes(routes!(routing::set_alias, routing::delete_alias))
         .routes(routes!(routing::get_sticky, routing::set_sticky))
+        .routes(routes!(prices::list))
+        .routes(routes!(prices::set, prices::delete))
         .split_for_parts();
     // Paths in the document are absolute, as clients call them.
     let paths = std::mem::take(&mut doc.paths.paths);

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 
 use super::{AffinityStore, ConfigStore, StoreError, Stores, UsageStore};
 use crate::domain::{
-    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, LimiterLevel, PersistedHealth, Pool,
-    PoolName, ResponseOwnerRecord, UsageRecord,
+    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, LimiterKind, LimiterLevel,
+    PersistedHealth, Pool, PoolName, ResponseOwnerRecord, UsageRecord,
 };
+use crate::pricing::{ModelPrice, RestoredSpend, SpendLimitRecord};
 use crate::telemetry::metrics::StoreErrors;
 use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
@@ -108,6 +109,11 @@ counted!(ConfigStore {
     async fn put_alias(&self, alias: &AliasRecord) -> ();
     async fn delete_alias(&self, alias: &str) -> bool;
     async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> ();
+    async fn list_prices(&self) -> Vec<(String, ModelPrice)>;
+    async fn put_price(&self, model: &str, price: &ModelPrice, at_ms: i64) -> ();
+    async fn delete_price(&self, model: &str) -> bool;
+    async fn list_spend_limits(&self) -> Vec<SpendLimitRecord>;
+    async fn put_spend_limits(&self, record: &SpendLimitRecord, at_ms: i64) -> ();
 });
 
 counted!(AffinityStore {
@@ -127,4 +133,11 @@ counted!(UsageStore {
     async fn count_usage(&self) -> u64;
     async fn prepare_usage(&self, now_ms: i64) -> ();
     async fn prune_usage(&self, before_ms: i64) -> u64;
+    async fn spend_of(
+        &self,
+        kind: LimiterKind,
+        id: &str,
+        day_start_ms: i64,
+        month_start_ms: i64
+    ) -> RestoredSpend;
 });

@@ -19,9 +19,10 @@ use async_trait::async_trait;
 
 use crate::config::{DatabaseSettings, DatabaseUrl};
 use crate::domain::{
-    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, LimiterLevel, PersistedHealth, Pool,
-    PoolName, ResponseOwnerRecord, UsageRecord,
+    AliasRecord, BackendId, BackendRecord, ClientKeyRecord, LimiterKind, LimiterLevel,
+    PersistedHealth, Pool, PoolName, ResponseOwnerRecord, UsageRecord,
 };
+use crate::pricing::{ModelPrice, RestoredSpend, SpendLimitRecord};
 use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
 
@@ -120,6 +121,27 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// In one transaction: upsert the config file's aliases (`source = config`) and delete the
     /// `source = config` aliases no longer in it.
     async fn sync_config_aliases(&self, aliases: &[AliasRecord]) -> Result<(), StoreError>;
+
+    // --- prices and spend limits (issue #11) ---
+    /// Prices set through the admin API, by model id.
+    async fn list_prices(&self) -> Result<Vec<(String, ModelPrice)>, StoreError>;
+    /// Sets (or replaces) the admin-API price of `model`.
+    async fn put_price(
+        &self,
+        model: &str,
+        price: &ModelPrice,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Removes the admin-API price of `model`; false if it had none.
+    async fn delete_price(&self, model: &str) -> Result<bool, StoreError>;
+    /// Every stored spend limit (client keys' budgets, backends' monthly caps).
+    async fn list_spend_limits(&self) -> Result<Vec<SpendLimitRecord>, StoreError>;
+    /// Sets the limits of one key or backend; limits with no window set remove the row.
+    async fn put_spend_limits(
+        &self,
+        record: &SpendLimitRecord,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
 }
 
 /// Response affinity at rest: which backend made each response id, written behind the request
@@ -159,6 +181,15 @@ pub trait UsageStore: Send + Sync + 'static {
     /// Deletes the records older than `before_ms` (PostgreSQL: drops whole day partitions);
     /// returns how many partitions (PostgreSQL) or rows (SQLite) went.
     async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// What one client key (or backend) has spent: since `day_start_ms`, since
+    /// `month_start_ms`, and in every stored record (budgets restored at start-up).
+    async fn spend_of(
+        &self,
+        kind: LimiterKind,
+        id: &str,
+        day_start_ms: i64,
+        month_start_ms: i64,
+    ) -> Result<RestoredSpend, StoreError>;
 }
 
 /// The stores of one database.

@@ -209,6 +209,9 @@ pub(super) fn usage_from_row(row: &impl Columns) -> Result<UsageRecord, StoreErr
         ttfb_ms: opt_narrow("ttfb_ms", row.opt_int("ttfb_ms")?)?,
         streamed: row.flag("streamed")?,
         tokens_estimated: row.flag("tokens_estimated")?,
+        cost: opt_narrow::<u64>("cost_nanousd", row.opt_int("cost_nanousd")?)?
+            .map(crate::pricing::Nanodollars::new),
+        cache_write_tokens: opt_narrow("cache_write_tokens", row.opt_int("cache_write_tokens")?)?,
     })
 }
 
@@ -244,6 +247,8 @@ pub(super) fn group_from_row(row: &impl Columns) -> Result<GroupStats, StoreErro
         3 => Group::Bucket(bucket()?),
         4 => Group::BucketBackend(bucket()?, key()?),
         5 => Group::BucketModel(bucket()?, key()?),
+        6 => Group::Key(key()?),
+        7 => Group::BucketKey(bucket()?, key()?),
         other => return Err(corrupt("stats dimension", other)),
     };
     let count = |name: &str| -> Result<u64, StoreError> {
@@ -263,8 +268,95 @@ pub(super) fn group_from_row(row: &impl Columns) -> Result<GroupStats, StoreErro
         prompt_tokens: count("prompt_tokens")?,
         completion_tokens: count("completion_tokens")?,
         cached_tokens: count("cached_tokens")?,
+        cost_nanousd: count("cost_nanousd")?,
         p50_latency_ms: value("p50_latency")?,
         p95_latency_ms: value("p95_latency")?,
         p50_ttfb_ms: value("p50_ttfb")?,
+    })
+}
+
+// === prices and spend limits (issue #11) ===
+
+/// An admin-API price row: thousandths of a dollar per million tokens (= nano-dollars per token).
+pub(super) fn price_from_row(
+    row: &impl Columns,
+) -> Result<(String, crate::pricing::ModelPrice), StoreError> {
+    use crate::pricing::PricePerToken;
+    let price = |name: &str| -> Result<PricePerToken, StoreError> {
+        Ok(PricePerToken::from_nanodollars(narrow(
+            name,
+            row.int(name)?,
+        )?))
+    };
+    let opt_price = |name: &str| -> Result<Option<PricePerToken>, StoreError> {
+        Ok(opt_narrow(name, row.opt_int(name)?)?.map(PricePerToken::from_nanodollars))
+    };
+    Ok((
+        row.text("model")?,
+        crate::pricing::ModelPrice {
+            input: price("input_per_mtok")?,
+            output: price("output_per_mtok")?,
+            cached_input: opt_price("cached_input_per_mtok")?,
+            cache_write: opt_price("cache_write_per_mtok")?,
+        },
+    ))
+}
+
+/// A price as the four column values (SQL `INTEGER`).
+pub(super) fn price_columns(price: &crate::pricing::ModelPrice) -> [Option<i64>; 4] {
+    let wide = |p: crate::pricing::PricePerToken| i64::try_from(p.nanodollars()).ok();
+    [
+        wide(price.input),
+        wide(price.output),
+        price.cached_input.and_then(wide),
+        price.cache_write.and_then(wide),
+    ]
+}
+
+pub(super) fn spend_limit_from_row(
+    row: &impl Columns,
+) -> Result<crate::pricing::SpendLimitRecord, StoreError> {
+    use crate::pricing::Nanodollars;
+    let kind = row.text("kind")?;
+    let amount = |name: &str| -> Result<Option<Nanodollars>, StoreError> {
+        Ok(opt_narrow(name, row.opt_int(name)?)?.map(Nanodollars::new))
+    };
+    Ok(crate::pricing::SpendLimitRecord {
+        kind: LimiterKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+        id: row.text("id")?,
+        limits: crate::pricing::BudgetLimits {
+            daily: amount("daily_nanousd")?,
+            monthly: amount("monthly_nanousd")?,
+            total: amount("total_nanousd")?,
+        },
+    })
+}
+
+/// Limits as the three column values (`None` = no limit).
+pub(super) fn limit_columns(limits: &crate::pricing::BudgetLimits) -> [Option<i64>; 3] {
+    let wide = |n: crate::pricing::Nanodollars| i64::try_from(n.get()).ok();
+    [
+        limits.daily.and_then(wide),
+        limits.monthly.and_then(wide),
+        limits.total.and_then(wide),
+    ]
+}
+
+/// The sums of a spend query (`today`, `month`, `total`; NULL for no rows).
+pub(super) fn restored_from_row(
+    row: &impl Columns,
+) -> Result<crate::pricing::RestoredSpend, StoreError> {
+    use crate::pricing::Nanodollars;
+    let sum = |name: &str| -> Result<Nanodollars, StoreError> {
+        Ok(Nanodollars::new(
+            row.opt_int(name)?
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(0),
+        ))
+    };
+    Ok(crate::pricing::RestoredSpend {
+        today: sum("today")?,
+        this_month: sum("month")?,
+        total: sum("total")?,
     })
 }

@@ -27,6 +27,8 @@ pub fn usage(i: i64) -> UsageRecord {
         ttfb_ms: Some(3),
         streamed: false,
         tokens_estimated: i % 4 == 3,
+        cost: None,
+        cache_write_tokens: None,
     }
 }
 
@@ -47,9 +49,12 @@ pub fn record_strategy() -> impl Strategy<Value = UsageRecord> {
         0_u64..5_000,
         prop::option::of(0_u64..5_000),
         prop::option::of(0_u32..1_000),
+        prop::option::of(prop::sample::select(vec!["key-a", "key-b"])),
     )
         .prop_map(
-            |(ts, backend, model, (status, outcome), latency, ttfb, tokens)| UsageRecord {
+            |(ts, backend, model, (status, outcome), latency, ttfb, tokens, key)| UsageRecord {
+                client_key_id: key.map(str::to_owned),
+                cost: tokens.map(|t| crate::pricing::Nanodollars::new(u64::from(t) * 7_000)),
                 ts_ms: ts,
                 backend_id: backend.map(str::to_owned),
                 canonical_model: model.map(str::to_owned),

@@ -44,6 +44,17 @@ impl UsageStore for Switchable {
     async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.inner.prune_usage(before_ms).await
     }
+    async fn spend_of(
+        &self,
+        kind: crate::domain::LimiterKind,
+        id: &str,
+        day_start_ms: i64,
+        month_start_ms: i64,
+    ) -> Result<crate::pricing::RestoredSpend, StoreError> {
+        self.inner
+            .spend_of(kind, id, day_start_ms, month_start_ms)
+            .await
+    }
 }
 
 fn record(i: usize) -> UsageRecord {
@@ -68,6 +79,8 @@ fn record(i: usize) -> UsageRecord {
         ttfb_ms: None,
         streamed: false,
         tokens_estimated: false,
+        cost: None,
+        cache_write_tokens: None,
     }
 }
 

@@ -187,6 +187,7 @@ impl ResponseUsage {
             completion_tokens: self.output_tokens,
             total_tokens: self.total_tokens,
             prompt_tokens_details: None,
+            cache_write_tokens: None,
         }
         .with_cached(Some(self.input_tokens_details.cached_tokens))
     }

@@ -20,7 +20,6 @@ fn request(claims: Vec<BucketClaim>) -> AdmitRequest {
         backend: backend(),
         claims,
         probe_ttl: Duration::from_secs(30),
-        lease_ttl: None,
     }
 }
 
@@ -286,21 +285,23 @@ async fn a_mirror_is_trusted_only_when_synced_and_fed() {
     assert!(local.local_changes().is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn leases_expire_and_renew() {
+#[tokio::test]
+async fn in_flight_counts_each_attempt_until_its_guard_drops() {
     let local = LocalShared::new("i");
     let id = backend();
-    let short = local.acquire_lease(&id, Duration::from_secs(1)).await;
-    let long = local.acquire_lease(&id, Duration::from_secs(60)).await;
-    assert_ne!(short, long);
+    let counter = local.in_flight_counter(&id);
+    let first = counter.enter();
+    // The same counter on every call: a second handle counts into it.
+    let second = local.in_flight_counter(&id).enter();
     assert_eq!(local.in_flight(&id).await, Some(2));
-    advance(Duration::from_secs(1)).await;
+    assert_eq!(local.in_flight(&BackendId::new("other")).await, Some(0));
+    drop(first);
     assert_eq!(local.in_flight(&id).await, Some(1));
-    local.renew_lease(&short, Duration::from_secs(10)).await;
-    assert_eq!(local.in_flight(&id).await, Some(2));
-    local.release_lease(long).await;
-    local.release_lease(short).await;
-    assert_eq!(local.in_flight(&id).await, Some(0));
+    drop(second);
+    assert_eq!(counter.get(), 0);
+    assert!(local
+        .in_flight_counts()
+        .contains(&(BackendId::new("b-1"), 0)));
 }
 
 /// Issue #11: a TPM claim costs the request's estimated tokens at once (no per-token loop), a

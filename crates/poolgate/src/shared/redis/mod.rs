@@ -4,7 +4,8 @@
 //! breaker is open the same [`LocalShared`] answers with this instance's share of each limit.
 //!
 //! Background tasks (aborted on drop): the heartbeat (instance registry, live-instance count,
-//! and the breaker's half-open trial when no request comes) and the change-feed subscriber.
+//! this instance's in-flight counts, and the breaker's half-open trial when no request comes) and
+//! the change-feed subscriber.
 
 mod cooldown;
 mod scripts;
@@ -27,8 +28,8 @@ use self::scripts::{AdmitReply, Keys};
 use super::breaker::{Breaker, BreakerChange};
 use super::local::{Authority, LocalShared};
 use super::{
-    Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, CooldownView, FailMode, Lease, Mode,
-    Precheck, ProbeToken, Refusal, SharedRuntime,
+    Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, CooldownView, FailMode, InFlightCounter,
+    Mode, Precheck, ProbeToken, Refusal, SharedRuntime,
 };
 use crate::config::default_instance_id;
 use crate::cooldown::{CooldownPolicy, Outcome};
@@ -270,7 +271,6 @@ impl Inner {
         mode: &'a str,
         request: &AdmitRequest,
         probe: &'a str,
-        lease: &'a str,
     ) -> ScriptInvocation<'a> {
         let backend = &request.backend;
         let mut invocation = scripts::ADMIT.key(self.keys.cooldown(backend));
@@ -280,8 +280,9 @@ impl Inner {
             .arg(mode)
             .arg(probe)
             .arg(millis(request.probe_ttl).max(1))
-            .arg(lease)
-            .arg(request.lease_ttl.map_or(0, millis));
+            // No lease in the admission (see `Inner::publish_in_flight`).
+            .arg("")
+            .arg(0);
         for (key, per_minute, cost) in merged(&request.claims) {
             invocation
                 .key(self.keys.bucket(key))
@@ -293,9 +294,7 @@ impl Inner {
 
     async fn admit(&self, request: AdmitRequest) -> Admit {
         let probe = self.local.unique_id();
-        let lease_id = request.lease_ttl.map(|_| self.local.unique_id());
-        let invocation =
-            self.admit_invocation("take", &request, &probe, lease_id.as_deref().unwrap_or(""));
+        let invocation = self.admit_invocation("take", &request, &probe);
         let Some(reply) = self.call::<Vec<i64>>("admit", &invocation).await else {
             return self.degraded_admit(&request);
         };
@@ -314,18 +313,19 @@ impl Inner {
                 self.remember_tokens_left(&request.claims, &tokens_left);
                 Admit::Admitted(Admitted {
                     probe: is_probe.then_some(ProbeToken(probe)),
-                    lease: lease_id.map(|id| Lease {
-                        backend: request.backend.clone(),
-                        id,
-                    }),
                     mode: Mode::Shared,
                 })
             }
             AdmitReply::Limited { bucket, wait } => match merged(&request.claims).get(bucket) {
-                Some((key, _, _)) => Admit::Refused(Refusal::Limited {
-                    key: (*key).clone(),
-                    retry_after: wait,
-                }),
+                Some((key, _, _)) => {
+                    // Nothing left in it now: if Redis goes away next, this instance's share
+                    // starts empty, not from an older (higher) figure.
+                    self.tokens_left.lock().insert((*key).clone(), 0);
+                    Admit::Refused(Refusal::Limited {
+                        key: (*key).clone(),
+                        retry_after: wait,
+                    })
+                }
                 None => self.degraded_admit(&request),
             },
             AdmitReply::Cooling => match shared.view.until {
@@ -385,13 +385,30 @@ impl Inner {
         if let Some(live) = self.call::<i64>("heartbeat", &beat).await {
             let live = u32::try_from(live).unwrap_or(u32::MAX).max(1);
             self.instances.store(live, Ordering::Relaxed);
+            self.publish_in_flight().await;
         }
     }
 
-    async fn lease(&self, backend: &BackendId, op: &str, id: &str, ttl: Duration) -> Option<i64> {
-        let mut invocation = scripts::LEASE.key(self.keys.leases(backend));
-        invocation.arg(op).arg(id).arg(millis(ttl).max(1));
-        self.call::<i64>("lease", &invocation).await
+    /// Publishes this instance's in-flight count of every backend it has counted (with the
+    /// heartbeat: the counts live as long as the instance's registry entry, plus the hash's own
+    /// expiry once no instance publishes any more).
+    async fn publish_in_flight(&self) {
+        let counts = self.local.in_flight_counts();
+        if counts.is_empty() {
+            return;
+        }
+        let ttl = self.options.heartbeat_interval.saturating_mul(3);
+        let mut put = scripts::IN_FLIGHT.key(self.keys.instances());
+        for (backend, _) in &counts {
+            put.key(self.keys.in_flight(backend));
+        }
+        put.arg("put")
+            .arg(self.instance_id.as_ref())
+            .arg(millis(ttl).max(1));
+        for (_, count) in &counts {
+            put.arg(*count);
+        }
+        let _: Option<i64> = self.call("in_flight", &put).await;
     }
 }
 
@@ -484,9 +501,8 @@ impl SharedRuntime for RedisShared {
             backend: BackendId::new("-"),
             claims: claims.to_vec(),
             probe_ttl: Duration::ZERO,
-            lease_ttl: None,
         };
-        let give = self.inner.admit_invocation("give", &request, "", "");
+        let give = self.inner.admit_invocation("give", &request, "");
         if self.inner.call::<Vec<i64>>("refund", &give).await.is_none() {
             self.inner.local.refund_at(claims, Instant::now());
         }
@@ -504,9 +520,8 @@ impl SharedRuntime for RedisShared {
             backend: BackendId::new("-"),
             claims: claims.to_vec(),
             probe_ttl: Duration::ZERO,
-            lease_ttl: None,
         };
-        let owe = self.inner.admit_invocation("owe", &request, "", "");
+        let owe = self.inner.admit_invocation("owe", &request, "");
         if self.inner.call::<Vec<i64>>("charge", &owe).await.is_none() {
             self.inner.local.charge_at(claims, Instant::now());
         }
@@ -529,46 +544,15 @@ impl SharedRuntime for RedisShared {
         }
     }
 
-    async fn acquire_lease(&self, backend: &BackendId, ttl: Duration) -> Lease {
-        let lease = Lease {
-            backend: backend.clone(),
-            id: self.inner.local.unique_id(),
-        };
-        if self
-            .inner
-            .lease(backend, "put", &lease.id, ttl)
-            .await
-            .is_none()
-        {
-            self.inner.local.renew_local(&lease, ttl, Instant::now());
-        }
-        lease
-    }
-
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration) {
-        if self
-            .inner
-            .lease(&lease.backend, "put", &lease.id, ttl)
-            .await
-            .is_none()
-        {
-            self.inner.local.renew_local(lease, ttl, Instant::now());
-        }
-    }
-
-    async fn release_lease(&self, lease: Lease) {
-        self.inner.local.release_local(&lease);
-        let _ = self
-            .inner
-            .lease(&lease.backend, "drop", &lease.id, Duration::ZERO)
-            .await;
+    fn in_flight_counter(&self, backend: &BackendId) -> InFlightCounter {
+        self.inner.local.in_flight_counter(backend)
     }
 
     async fn in_flight(&self, backend: &BackendId) -> Option<u32> {
-        let count = self
-            .inner
-            .lease(backend, "count", "", Duration::ZERO)
-            .await?;
+        let mut sum = scripts::IN_FLIGHT.key(self.inner.keys.instances());
+        sum.key(self.inner.keys.in_flight(backend)).arg("sum");
+        let counts: Vec<i64> = self.inner.call("in_flight", &sum).await?;
+        let count = counts.first().copied().unwrap_or(0);
         Some(u32::try_from(count).unwrap_or(u32::MAX))
     }
 

@@ -17,8 +17,8 @@ pub(super) static ADMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("admit.lua")));
 pub(super) static REPORT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("report.lua")));
-pub(super) static LEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lease.lua")));
+pub(super) static IN_FLIGHT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("inflight.lua")));
 pub(super) static HEARTBEAT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("heartbeat.lua")));
 
@@ -48,8 +48,14 @@ impl Keys {
         format!("{}probe:{}", self.prefix, backend.as_str())
     }
 
+    /// Kept for the admit script's lease argument, which this version never uses (no lease
+    /// is taken in an admission: in-flight counts are published with the heartbeat).
     pub fn leases(&self, backend: &BackendId) -> String {
         format!("{}lease:{}", self.prefix, backend.as_str())
+    }
+
+    pub fn in_flight(&self, backend: &BackendId) -> String {
+        format!("{}inflight:{}", self.prefix, backend.as_str())
     }
 
     pub fn bucket(&self, key: &BucketKey) -> String {

@@ -166,6 +166,7 @@ fn translates_the_response() {
             completion_tokens: 8,
             total_tokens: 28,
             prompt_tokens_details: None,
+            cache_write_tokens: None,
         })
     );
     assert_eq!(finish_reason(Some("max_tokens")).as_deref(), Some("length"));

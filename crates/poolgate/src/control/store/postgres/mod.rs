@@ -8,6 +8,7 @@
 //! response-affinity store (each batch of owners announced on [`OWNERS_CHANNEL`]).
 
 mod affinity;
+mod money;
 mod usage;
 
 use std::str::FromStr;
@@ -27,6 +28,7 @@ use crate::domain::{
     now_ms, AliasRecord, BackendId, BackendRecord, ClientKeyRecord, LimiterKind, LimiterLevel,
     PersistedHealth, Pool, PoolName, Source,
 };
+use crate::pricing::{ModelPrice, SpendLimitRecord};
 pub use affinity::{OwnerNotice, OWNERS_CHANNEL};
 
 /// The PostgreSQL schema (`migrations/postgres/`).
@@ -496,6 +498,35 @@ impl ConfigStore for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(Some(version))
+    }
+
+    async fn list_prices(&self) -> Result<Vec<(String, ModelPrice)>, StoreError> {
+        money::list_prices(&self.pool).await
+    }
+
+    async fn put_price(
+        &self,
+        model: &str,
+        price: &ModelPrice,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        money::put_price(&self.pool, model, price, at_ms).await
+    }
+
+    async fn delete_price(&self, model: &str) -> Result<bool, StoreError> {
+        money::delete_price(&self.pool, model).await
+    }
+
+    async fn list_spend_limits(&self) -> Result<Vec<SpendLimitRecord>, StoreError> {
+        money::list_spend_limits(&self.pool).await
+    }
+
+    async fn put_spend_limits(
+        &self,
+        record: &SpendLimitRecord,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        money::put_spend_limits(&self.pool, record, at_ms).await
     }
 
     async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError> {

@@ -523,3 +523,130 @@ async fn aliases_azure_backends_and_response_owners_match_sqlite() {
         [("req-3", true), ("req-2", false), ("req-1", false)]
     );
 }
+
+/// Issue #11: prices and spend limits round-trip (and version the configuration, so other
+/// instances rebuild), a backend's limits go with it, and usage records keep their cost and
+/// cache-write tokens, summed per window for the budgets restored at start-up.
+#[tokio::test]
+async fn prices_spend_limits_and_costs_round_trip() {
+    use crate::domain::LimiterKind;
+    use crate::pricing::{
+        BudgetLimits, ModelPrice, Nanodollars, PricePerToken, RestoredSpend, SpendLimitRecord,
+    };
+
+    let server = PostgresServer::start().await;
+    let store = open(&server, "money").await;
+    let version = store.config_version().await.unwrap().unwrap();
+    let price = ModelPrice {
+        input: PricePerToken::from_nanodollars(2_500),
+        output: PricePerToken::from_nanodollars(10_000),
+        cached_input: Some(PricePerToken::from_nanodollars(1_250)),
+        cache_write: None,
+    };
+    store.put_price("gpt-x", &price, 1).await.unwrap();
+    let cheaper = ModelPrice {
+        input: PricePerToken::from_nanodollars(1),
+        ..price
+    };
+    store.put_price("gpt-x", &cheaper, 2).await.unwrap();
+    store.put_price("a-model", &price, 3).await.unwrap();
+    assert_eq!(
+        store.list_prices().await.unwrap(),
+        [("a-model".to_owned(), price), ("gpt-x".to_owned(), cheaper)]
+    );
+    assert!(store.config_version().await.unwrap().unwrap() > version);
+    assert!(store.delete_price("gpt-x").await.unwrap());
+    assert!(!store.delete_price("gpt-x").await.unwrap());
+    assert_eq!(store.list_prices().await.unwrap().len(), 1);
+
+    let one = backend("capped");
+    store.insert_backend(&one).await.unwrap();
+    let key_limits = SpendLimitRecord {
+        kind: LimiterKind::ClientKey,
+        id: "key-1".into(),
+        limits: BudgetLimits {
+            daily: Some(Nanodollars::new(5)),
+            monthly: None,
+            total: Some(Nanodollars::from_usd(1_000_000_000)),
+        },
+    };
+    let cap = SpendLimitRecord {
+        kind: LimiterKind::Backend,
+        id: one.id.to_string(),
+        limits: BudgetLimits::monthly_cap(Some(Nanodollars::new(7))),
+    };
+    store.put_spend_limits(&key_limits, 1).await.unwrap();
+    store.put_spend_limits(&cap, 1).await.unwrap();
+    let mut listed = store.list_spend_limits().await.unwrap();
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut expected = vec![key_limits.clone(), cap.clone()];
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(listed, expected);
+    // The backend's cap goes with it; limits with no window set remove the row.
+    assert!(store.delete_backend(&one.id).await.unwrap());
+    assert_eq!(
+        store.list_spend_limits().await.unwrap(),
+        std::slice::from_ref(&key_limits)
+    );
+    let none = SpendLimitRecord {
+        limits: BudgetLimits::default(),
+        ..key_limits
+    };
+    store.put_spend_limits(&none, 2).await.unwrap();
+    assert!(store.list_spend_limits().await.unwrap().is_empty());
+
+    // Cost and cache-write tokens on records; spend per window.
+    let day_ms = 86_400_000;
+    let records: Vec<UsageRecord> = [(0, 100), (day_ms, 20), (day_ms + 5, 3)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (ts, cost))| UsageRecord {
+            request_id: format!("money-{i}"),
+            ts_ms: ts,
+            client_key_id: Some("key-1".into()),
+            cost: Some(Nanodollars::new(cost)),
+            cache_write_tokens: Some(9),
+            ..usage(i64::try_from(i).unwrap())
+        })
+        .collect();
+    store.prepare_usage(0).await.unwrap();
+    store.insert_usage(&records).await.unwrap();
+    let page = store
+        .list_usage(&UsageFilter {
+            client_key_id: Some("key-1".into()),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    let read: Vec<_> = page
+        .records
+        .iter()
+        .map(|r| (r.cost.map(Nanodollars::get), r.cache_write_tokens))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (Some(3), Some(9)),
+            (Some(20), Some(9)),
+            (Some(100), Some(9))
+        ]
+    );
+    assert_eq!(
+        store
+            .spend_of(LimiterKind::ClientKey, "key-1", day_ms, 0)
+            .await
+            .unwrap(),
+        RestoredSpend {
+            today: Nanodollars::new(23),
+            this_month: Nanodollars::new(123),
+            total: Nanodollars::new(123),
+        }
+    );
+    assert_eq!(
+        store
+            .spend_of(LimiterKind::ClientKey, "nobody", 0, 0)
+            .await
+            .unwrap(),
+        RestoredSpend::default()
+    );
+}

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use super::PgStore;
 use crate::control::store::rows::{group_from_row, usage_page};
 use crate::control::store::{StoreError, UsageStore};
-use crate::domain::UsageRecord;
+use crate::domain::{LimiterKind, UsageRecord};
+use crate::pricing::RestoredSpend;
 use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
 
@@ -19,11 +20,12 @@ const DAYS_AHEAD: i32 = 3;
 const INSERT_SQL: &str = "\
 INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, canonical_model, backend_id,
     upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, completion_tokens,
-    total_tokens, latency_ms, ttfb_ms, streamed, cached_tokens, tokens_estimated)
+    total_tokens, latency_ms, ttfb_ms, streamed, cached_tokens, tokens_estimated, cost_nanousd,
+    cache_write_tokens)
 SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
     $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::int8[],
     $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::bool[], $19::int8[],
-    $20::bool[])
+    $20::bool[], $21::int8[], $22::int8[])
 ON CONFLICT (ts, request_id) DO NOTHING";
 
 /// See the SQLite store's `STATS_SQL` for what each part computes; only the dialect differs.
@@ -38,6 +40,8 @@ WITH base AS (
            GREATEST(COALESCE(prompt_tokens, 0), 0) AS prompt,
            GREATEST(COALESCE(completion_tokens, 0), 0) AS completion,
            GREATEST(COALESCE(cached_tokens, 0), 0) AS cached,
+           GREATEST(COALESCE(cost_nanousd, 0), 0) AS cost,
+           COALESCE(client_key_id, '-') AS client_key,
            GREATEST(latency_ms, 0) AS latency,
            CASE WHEN ttfb_ms >= 0 THEN ttfb_ms END AS ttfb
     FROM usage_records
@@ -46,16 +50,20 @@ WITH base AS (
 ),
 grouped AS (
     SELECT 0::bigint AS dim, (-1)::bigint AS b, ''::text AS k, cancelled, failed, prompt,
-           completion, cached, latency, ttfb FROM base
-    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+           completion, cached, cost, latency, ttfb FROM base
+    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
-    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
-    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, cached, latency, ttfb FROM base
-    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, cached, cost, latency, ttfb FROM base
+    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
-    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
+    UNION ALL SELECT 6, -1, client_key, cancelled, failed, prompt, completion, cached, cost, latency,
+        ttfb FROM base
+    UNION ALL SELECT 7, b, client_key, cancelled, failed, prompt, completion, cached, cost, latency,
+        ttfb FROM base
 ),
 ranked AS (
     SELECT *,
@@ -68,6 +76,7 @@ ranked AS (
 SELECT dim, b, k, COUNT(*) AS requests, SUM(failed)::bigint AS errors,
        SUM(cancelled)::bigint AS cancelled, SUM(prompt)::bigint AS prompt_tokens,
        SUM(completion)::bigint AS completion_tokens, SUM(cached)::bigint AS cached_tokens,
+       SUM(cost)::bigint AS cost_nanousd,
        MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
        MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
        MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
@@ -111,6 +120,8 @@ impl UsageStore for PgStore {
             .bind(column!(|r| r.streamed))
             .bind(column!(|r| r.cached_tokens.map(i64::from)))
             .bind(column!(|r| r.tokens_estimated))
+            .bind(column!(|r| r.cost.map(|cost| wide(cost.get()))))
+            .bind(column!(|r| r.cache_write_tokens.map(i64::from)))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -122,7 +133,7 @@ impl UsageStore for PgStore {
             "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
              upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
              completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed, \
-             tokens_estimated FROM usage_records \
+             tokens_estimated, cost_nanousd, cache_write_tokens FROM usage_records \
              WHERE ($1::bigint IS NULL OR ts >= $1) AND ($2::bigint IS NULL OR ts < $2) \
              AND ($3::text IS NULL OR backend_id = $3) \
              AND ($4::text IS NULL OR canonical_model = $4) \
@@ -175,6 +186,16 @@ impl UsageStore for PgStore {
             tracing::info!(created, "usage day partitions created");
         }
         Ok(())
+    }
+
+    async fn spend_of(
+        &self,
+        kind: LimiterKind,
+        id: &str,
+        day_start_ms: i64,
+        month_start_ms: i64,
+    ) -> Result<RestoredSpend, StoreError> {
+        super::money::spend_of(&self.pool, kind, id, day_start_ms, month_start_ms).await
     }
 
     async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError> {

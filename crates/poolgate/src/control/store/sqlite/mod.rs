@@ -5,6 +5,7 @@
 //! [`affinity`] the response-affinity store.
 
 mod affinity;
+mod money;
 mod usage;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ use crate::domain::{
     now_ms, AliasRecord, BackendId, BackendRecord, CanonicalModel, ClientKeyRecord, LimiterKind,
     LimiterLevel, PersistedHealth, Pool, PoolName, Source,
 };
+use crate::pricing::{ModelPrice, SpendLimitRecord};
 
 /// The SQLite schema (`migrations/sqlite/`); PostgreSQL will have its own beside it.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -490,6 +492,35 @@ impl ConfigStore for SqliteStore {
     async fn config_version(&self) -> Result<Option<i64>, StoreError> {
         // One process owns an SQLite database (the data-dir lock): nobody else changes it.
         Ok(None)
+    }
+
+    async fn list_prices(&self) -> Result<Vec<(String, ModelPrice)>, StoreError> {
+        money::list_prices(&self.pool).await
+    }
+
+    async fn put_price(
+        &self,
+        model: &str,
+        price: &ModelPrice,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        money::put_price(&self.pool, model, price, at_ms).await
+    }
+
+    async fn delete_price(&self, model: &str) -> Result<bool, StoreError> {
+        money::delete_price(&self.pool, model).await
+    }
+
+    async fn list_spend_limits(&self) -> Result<Vec<SpendLimitRecord>, StoreError> {
+        money::list_spend_limits(&self.pool).await
+    }
+
+    async fn put_spend_limits(
+        &self,
+        record: &SpendLimitRecord,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        money::put_spend_limits(&self.pool, record, at_ms).await
     }
 
     async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError> {

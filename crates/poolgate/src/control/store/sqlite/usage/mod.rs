@@ -8,14 +8,15 @@ use sqlx::Row;
 use super::SqliteStore;
 use crate::control::store::rows::{group_from_row, usage_page};
 use crate::control::store::{StoreError, UsageStore};
-use crate::domain::UsageRecord;
+use crate::domain::{LimiterKind, UsageRecord};
+use crate::pricing::RestoredSpend;
 use crate::usage::stats::{GroupStats, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
 
 /// Every group of the statistics in one statement. `base` is the range's records (bucket index
 /// clamped to the last bucket, `-` for a missing backend or model, negative values read as 0 /
 /// absent); `grouped` repeats each record once per grouping (`dim` 0 total, 1 backend, 2 model,
-/// 3 bucket, 4 bucket and backend, 5 bucket and model); `ranked` numbers the records of each
+/// 3 bucket, 4 bucket and backend, 5 bucket and model, 6 client key, 7 bucket and client key); `ranked` numbers the records of each
 /// group by latency and by time to first byte. The nearest-rank percentile p of n values is the
 /// value ranked `ceil(p * n / 100)`.
 const STATS_SQL: &str = "\
@@ -29,6 +30,8 @@ WITH base AS (
            MAX(COALESCE(prompt_tokens, 0), 0) AS prompt,
            MAX(COALESCE(completion_tokens, 0), 0) AS completion,
            MAX(COALESCE(cached_tokens, 0), 0) AS cached,
+           MAX(COALESCE(cost_nanousd, 0), 0) AS cost,
+           COALESCE(client_key_id, '-') AS client_key,
            MAX(latency_ms, 0) AS latency,
            CASE WHEN ttfb_ms >= 0 THEN ttfb_ms END AS ttfb
     FROM usage_records
@@ -36,17 +39,21 @@ WITH base AS (
       AND (?6 IS NULL OR canonical_model = ?6) AND (?7 IS NULL OR client_key_id = ?7)
 ),
 grouped AS (
-    SELECT 0 AS dim, -1 AS b, '' AS k, cancelled, failed, prompt, completion, cached, latency, ttfb
+    SELECT 0 AS dim, -1 AS b, '' AS k, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
-    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+    UNION ALL SELECT 1, -1, backend, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
-    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+    UNION ALL SELECT 2, -1, model, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
-    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, cached, latency, ttfb FROM base
-    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, cached, latency, ttfb
+    UNION ALL SELECT 3, b, '', cancelled, failed, prompt, completion, cached, cost, latency, ttfb FROM base
+    UNION ALL SELECT 4, b, backend, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
-    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, cached, latency, ttfb
+    UNION ALL SELECT 5, b, model, cancelled, failed, prompt, completion, cached, cost, latency, ttfb
         FROM base
+    UNION ALL SELECT 6, -1, client_key, cancelled, failed, prompt, completion, cached, cost, latency,
+        ttfb FROM base
+    UNION ALL SELECT 7, b, client_key, cancelled, failed, prompt, completion, cached, cost, latency,
+        ttfb FROM base
 ),
 ranked AS (
     SELECT *,
@@ -59,12 +66,17 @@ ranked AS (
 SELECT dim, b, k, COUNT(*) AS requests, SUM(failed) AS errors, SUM(cancelled) AS cancelled,
        SUM(prompt) AS prompt_tokens, SUM(completion) AS completion_tokens,
        SUM(cached) AS cached_tokens,
+       SUM(cost) AS cost_nanousd,
        MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
        MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
        MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
                 THEN ttfb END) AS p50_ttfb
 FROM ranked
 GROUP BY dim, b, k";
+
+fn wide(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
 
 #[async_trait]
 impl UsageStore for SqliteStore {
@@ -73,14 +85,14 @@ impl UsageStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Multi-row inserts: one statement per 100 records (20 parameters each). A request id
+        // Multi-row inserts: one statement per 100 records (22 parameters each). A request id
         // already stored (a batch written again) is skipped.
         for chunk in records.chunks(100) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
                  canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
                  error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
-                 streamed, cached_tokens, tokens_estimated) ",
+                 streamed, cached_tokens, tokens_estimated, cost_nanousd, cache_write_tokens) ",
             );
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind(record.request_id.clone())
@@ -102,7 +114,9 @@ impl UsageStore for SqliteStore {
                     .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
                     .push_bind(record.streamed)
                     .push_bind(record.cached_tokens.map(i64::from))
-                    .push_bind(record.tokens_estimated);
+                    .push_bind(record.tokens_estimated)
+                    .push_bind(record.cost.map(|cost| wide(cost.get())))
+                    .push_bind(record.cache_write_tokens.map(i64::from));
             });
             // A record already stored (a journal replay after a crash) is skipped.
             insert.push(" ON CONFLICT (request_id) DO NOTHING");
@@ -119,7 +133,7 @@ impl UsageStore for SqliteStore {
             "SELECT seq, request_id, ts, client_key_id, endpoint, canonical_model, backend_id, \
              upstream_model, pool, attempts, status, outcome, error_kind, prompt_tokens, \
              completion_tokens, total_tokens, cached_tokens, latency_ms, ttfb_ms, streamed, \
-             tokens_estimated FROM usage_records \
+             tokens_estimated, cost_nanousd, cache_write_tokens FROM usage_records \
              WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) \
              AND (?3 IS NULL OR backend_id = ?3) AND (?4 IS NULL OR canonical_model = ?4) \
              AND (?5 IS NULL OR client_key_id = ?5) AND (?6 IS NULL OR seq < ?6) \
@@ -163,6 +177,16 @@ impl UsageStore for SqliteStore {
 
     async fn prepare_usage(&self, _now_ms: i64) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn spend_of(
+        &self,
+        kind: LimiterKind,
+        id: &str,
+        day_start_ms: i64,
+        month_start_ms: i64,
+    ) -> Result<RestoredSpend, StoreError> {
+        super::money::spend_of(&self.pool, kind, id, day_start_ms, month_start_ms).await
     }
 
     async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError> {

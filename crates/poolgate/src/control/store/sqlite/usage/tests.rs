@@ -224,6 +224,7 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
             p50_latency_ms: rank(&mut latencies, 50),
             p95_latency_ms: rank(&mut latencies, 95),
             p50_ttfb_ms: rank(&mut ttfbs, 50),
+            cost_usd: group.iter().filter_map(|r| r.cost).sum(),
         }
     }
     let key = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
@@ -261,6 +262,7 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
     };
     let backends = by(|r| &r.backend_id);
     let models = by(|r| &r.canonical_model);
+    let keys = by(|r| &r.client_key_id);
     Stats {
         from_ms: from,
         to_ms: 0,
@@ -280,6 +282,11 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
             .map(|(k, g)| (k.clone(), series(g)))
             .collect(),
         series_by_model: models.iter().map(|(k, g)| (k.clone(), series(g))).collect(),
+        by_key: keys
+            .iter()
+            .map(|(k, g)| (k.clone(), aggregate(g)))
+            .collect(),
+        series_by_key: keys.iter().map(|(k, g)| (k.clone(), series(g))).collect(),
     }
 }
 
