@@ -40,6 +40,7 @@ fn spec(name: &str, mock: &Mock, upstream_model: &str) -> PoolgateSpec {
         churn_cooldown: false,
         client_rpm: 0,
         extra_args: Vec::new(),
+        max_in_flight: None,
     }
 }
 
