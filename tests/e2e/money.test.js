@@ -168,7 +168,7 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
     await screenshot(page, 'money-usage');
   });
 
-  test('the key’s budget bar: spent of the daily budget, reset time in its title', async () => {
+  test('the key’s budget bar: spent of the daily budget, reset time in its title; a budget added by editing', async () => {
     await page.goto(`${stack.base}/dashboard/#/keys`);
     const bar = keyRow().getByTestId('budget-daily');
     await bar.waitFor();
@@ -180,6 +180,19 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
     assert.match(await bar.getAttribute('title'), /resets at /);
     const width = await bar.locator('.budget-spent').evaluate((el) => el.getBoundingClientRect().width);
     assert.ok(width > 0, 'the bar shows what is spent');
+
+    // Edit: a monthly budget too; the other limits stay.
+    await keyRow().getByTestId('edit-key').click();
+    const form = page.getByTestId('key-edit-form');
+    assert.equal(await form.getByTestId('key-tpm').inputValue(), String(TPM));
+    await form.getByTestId('key-budget-monthly').fill('1');
+    await page.getByTestId('save-key').click();
+    await form.waitFor({ state: 'detached' });
+    await keyRow().getByTestId('budget-monthly').waitFor();
+    const [edited] = (await admin(stack.base, 'GET', '/keys')).filter((k) => k.name === 'budgeted');
+    assert.equal(edited.budget_monthly_usd, 1);
+    assert.equal(edited.budget_daily_usd, DAILY_BUDGET);
+    assert.equal(edited.tpm_limit, TPM);
     await screenshot(page, 'money-keys');
   });
 
