@@ -12,7 +12,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { once } from 'node:events';
-import { startStack, launchBrowser, watch, screenshot, admin, ADMIN_TOKEN, MODEL } from './harness.js';
+import { startStack, launchBrowser, watch, screenshot, admin, readFile, ADMIN_TOKEN, MODEL } from './harness.js';
 
 // The mock's model is sent upstream as a model the default price table knows.
 const UPSTREAM_MODEL = 'gpt-4o';
@@ -86,7 +86,7 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
       model_mappings: { [MODEL]: UPSTREAM_MODEL },
     });
     browser = await launchBrowser();
-    const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, colorScheme: 'light', locale: 'en-US' });
+    const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, colorScheme: 'light', locale: 'en-US', acceptDownloads: true });
     await context.addInitScript((token) => sessionStorage.setItem('poolgate.adminToken', token), ADMIN_TOKEN);
     page = await context.newPage();
     page.setDefaultTimeout(10000);
@@ -159,6 +159,18 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
     assert.equal(await rows.count(), 3);
     assertShows(await page.locator('[data-testid="kpi-spend"] .stat-value').textContent(), spent, 'total spend');
     await page.waitForFunction(() => document.querySelector('[data-testid="chart-spend"] .chart')?.classList.contains('is-empty') === false);
+
+    // The CSV export carries each record's cost as a plain decimal.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('export-csv').click()]);
+    const [header, ...lines] = (await readFile(await download.path(), 'utf8')).trim().split(/\r\n/);
+    const column = (name) => header.split(',').indexOf(name);
+    assert.ok(column('cost_usd') > 0, header);
+    for (const line of lines) {
+      const cells = line.split(',');
+      const record = records.find((r) => r.request_id === cells[column('request_id')]);
+      assert.equal(Number(cells[column('cost_usd')]), record.cost_usd, line);
+      assert.doesNotMatch(cells[column('cost_usd')], /e/i, 'no exponent');
+    }
 
     // Spend by key: the one key, with all of it.
     await page.getByRole('radio', { name: 'By key' }).click();

@@ -323,7 +323,7 @@ const CSV_COLUMNS = [
   'request_id', 'time', 'ts_ms', 'client_key_id', 'client_key_name', 'endpoint', 'canonical_model', 'upstream_model',
   'backend_id', 'backend_name', 'pool', 'attempts', 'status', 'outcome', 'error_kind', 'prompt_tokens',
   'completion_tokens', 'total_tokens', 'cached_tokens', 'cache_write_tokens', 'tokens_estimated',
-  'cost_usd', 'priced_as', 'latency_ms', 'ttfb_ms', 'streamed',
+  'cost_usd', 'latency_ms', 'ttfb_ms', 'streamed',
 ];
 
 /** A USD amount as a plain decimal (no exponent): the server's figures are exact to 9 places. */
