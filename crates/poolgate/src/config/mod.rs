@@ -112,6 +112,9 @@ pub struct UsageSettings {
     /// Append every record to the crash-safe journal before its answer completes.
     pub journal: bool,
     pub journal_segment_bytes: u64,
+    /// The hourly rollup (what long-range statistics read) older than this is dropped (hourly,
+    /// in slices); the raw retention never touches it.
+    pub rollup_retention: Duration,
 }
 
 impl Default for UsageSettings {
@@ -124,6 +127,7 @@ impl Default for UsageSettings {
             retention: None,
             journal: true,
             journal_segment_bytes: 4 * 1024 * 1024,
+            rollup_retention: Duration::from_secs(400 * 86_400),
         }
     }
 }
@@ -340,6 +344,16 @@ impl Config {
                 .journal_segment_bytes
                 .unwrap_or(defaults.usage.journal_segment_bytes)
                 .clamp(64 * 1024, 1024 * 1024 * 1024),
+            rollup_retention: match raw.usage.rollup_retention_days {
+                None => defaults.usage.rollup_retention,
+                Some(days @ 1..=36_500) => Duration::from_secs(u64::from(days) * 86_400),
+                Some(_) => {
+                    return Err(Invalid::new(
+                        "usage.rollup_retention_days",
+                        "must be between 1 and 36500",
+                    ))
+                }
+            },
         };
         let database = cluster::validate_database(raw.database)?;
         let redis = cluster::validate_redis(raw.redis, overrides.redis_url)?;
