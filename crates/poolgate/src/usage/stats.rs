@@ -71,7 +71,7 @@ pub struct Bucket {
 }
 
 /// Answer of `GET /admin/api/stats`.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct Stats {
     pub from_ms: i64,
     pub to_ms: i64,

@@ -89,14 +89,14 @@ WITH base AS (
       AND (?6 IS NULL OR canonical_model = ?6) AND (?7 IS NULL OR client_key_id = ?7)
 ),
 grouped AS (
-    SELErequests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_nT 0 AS dim, -1 AS b, '' AS k, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
-    UNION ALL SELErequests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_nT 1, -1, backend, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
-    UNION ALL SELErequests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_nT 2, -1, model, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
-    UNION ALL SELErequests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_nT 3, b, '', requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
-    UNION ALL SELErequests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_nT 4, b, backend, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
-    UNION ALL SELErequests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_nT 5, b, model, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
-    UNION ALL SELErequests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_nT 6, -1, client_key, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
-    UNION ALL SELErequests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_nT 7, b, client_key, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    SELECT 0 AS dim, -1 AS b, '' AS k, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 1, -1, backend, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 2, -1, model, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 3, b, '', requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 4, b, backend, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 5, b, model, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 6, -1, client_key, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 7, b, client_key, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
 )
 SELECT dim, b, k, SUM(requests) AS requests, SUM(errors) AS errors, SUM(cancelled) AS cancelled,
        SUM(prompt) AS prompt_tokens, SUM(completion) AS completion_tokens,
