@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::super::tests::open;
-use crate::control::store::test_support::{record_strategy, usage};
+use crate::control::store::test_support::{comparable, record_strategy, usage};
 use crate::control::store::UsageStore;
 use crate::domain::{Outcome, UsageRecord};
 use crate::usage::stats::{assemble, Aggregate, Stats, StatsQuery, StatsRange, StatsSource};
@@ -370,35 +370,6 @@ proptest! {
 }
 
 const HOUR: i64 = 3_600_000;
-
-/// Stats without what only the raw records give (percentiles, the source).
-fn comparable(mut stats: Stats) -> Stats {
-    fn clear(aggregate: &mut Aggregate) {
-        aggregate.p50_latency_ms = None;
-        aggregate.p95_latency_ms = None;
-        aggregate.p50_ttfb_ms = None;
-    }
-    stats.source = StatsSource::Raw;
-    clear(&mut stats.total);
-    for aggregate in stats
-        .by_backend
-        .values_mut()
-        .chain(stats.by_model.values_mut())
-        .chain(stats.by_key.values_mut())
-    {
-        clear(aggregate);
-    }
-    for series in std::iter::once(&mut stats.series)
-        .chain(stats.series_by_backend.values_mut())
-        .chain(stats.series_by_model.values_mut())
-        .chain(stats.series_by_key.values_mut())
-    {
-        for bucket in series {
-            clear(&mut bucket.stats);
-        }
-    }
-    stats
-}
 
 /// The statistics of `[0, to)` in buckets of `bucket_ms` (whole hours), from the raw records
 /// and from the rollup, made comparable.
