@@ -439,3 +439,59 @@ async fn a_record_stored_twice_is_kept_once() {
     store.insert_usage(&replay).await.unwrap();
     assert_eq!(store.count_usage().await.unwrap(), 8);
 }
+
+/// Records stored before migration 0008 are summed into the rollup by the migration itself.
+#[tokio::test]
+async fn the_migration_backfills_the_rollup_from_stored_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    // The schema as it was before the rollup.
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            super::super::MIGRATOR
+                .iter()
+                .filter(|m| m.version < 8)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    for i in 0_i64..40 {
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
+             canonical_model, backend_id, upstream_model, attempts, status, outcome, \
+             prompt_tokens, completion_tokens, cached_tokens, latency_ms, ttfb_ms, streamed, \
+             tokens_estimated, cost_nanousd) \
+             VALUES (?, ?, ?, 'chat.completions', ?, ?, 'up', 1, ?, ?, ?, 5, 2, ?, ?, 0, ?, ?)",
+        )
+        .bind(format!("req-{i}"))
+        .bind(i * 600_000)
+        .bind((i % 3 != 0).then_some("abc"))
+        .bind(if i % 2 == 0 { "a" } else { "b" })
+        .bind((i % 5 != 0).then_some("bkd_x"))
+        .bind(if i % 7 == 0 { 502 } else { 200 })
+        .bind(match i % 7 {
+            0 => "error",
+            3 => "cancelled",
+            _ => "success",
+        })
+        .bind(i * 3)
+        .bind(i + 10)
+        .bind((i % 4 != 0).then_some(i))
+        .bind(i % 6 == 0)
+        .bind((i % 2 == 0).then_some(i * 1_000))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = super::SqliteStore::open(&path).await.unwrap();
+    let (raw, rolled) = rollup_and_raw(&store, 6 * HOUR, HOUR).await;
+    assert_eq!(rolled.total.requests, 36, "the records within the six hours");
+    assert_eq!(raw, rolled);
+}
