@@ -256,12 +256,11 @@ impl ControlPlane {
             instance,
             backstop,
         );
-        let maintenance =
-            usage_writer::spawn_maintenance(
-                Arc::clone(&stores.usage),
-                config.usage.retention,
-                config.usage.rollup_retention,
-            );
+        let maintenance = usage_writer::spawn_maintenance(
+            Arc::clone(&stores.usage),
+            config.usage.retention,
+            config.usage.rollup_retention,
+        );
         let readiness = Readiness::new(config.health.ready_timeout);
         readiness.add(Arc::new(probes::StoreProbe(Arc::clone(&stores.config))));
         readiness.add(Arc::new(probes::SnapshotProbe(Arc::clone(&snapshots))));

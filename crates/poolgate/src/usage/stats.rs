@@ -431,7 +431,10 @@ mod tests {
     fn long_or_old_ranges_read_the_rollup_in_whole_hours() {
         let day = 86_400_000;
         assert_eq!(StatsSource::pick(0, day, day, None), StatsSource::Raw);
-        assert_eq!(StatsSource::pick(0, 3 * day, 3 * day, None), StatsSource::Rollup);
+        assert_eq!(
+            StatsSource::pick(0, 3 * day, 3 * day, None),
+            StatsSource::Rollup
+        );
         assert_eq!(
             StatsSource::pick(0, day, 10 * day, Some(7 * day)),
             StatsSource::Rollup,

@@ -63,7 +63,8 @@ pub fn aggregate<'a>(
         };
         let sums = rows.entry(key).or_default();
         let cancelled = record.outcome == Outcome::Cancelled;
-        let failed = !cancelled && !(record.outcome == Outcome::Success && record.status < 400);
+        let succeeded = record.outcome == Outcome::Success && record.status < 400;
+        let failed = !(cancelled || succeeded);
         sums.requests += 1;
         sums.errors += i64::from(failed);
         sums.cancelled += i64::from(cancelled);
@@ -86,10 +87,10 @@ pub fn aggregate<'a>(
 
 /// The records of `batch` the insert stored, given the `(request_id, ts)` pairs it returned: the
 /// first record of each pair (a batch can hold one request twice; the insert keeps the first).
-pub fn stored<'a>(
-    batch: &'a [UsageRecord],
+pub fn stored(
+    batch: &[UsageRecord],
     mut returned: std::collections::HashSet<(String, i64)>,
-) -> Vec<&'a UsageRecord> {
+) -> Vec<&UsageRecord> {
     batch
         .iter()
         .filter(|record| returned.remove(&(record.request_id.clone(), record.ts_ms)))
@@ -128,7 +129,10 @@ mod tests {
         let (key, sums) = &rows[1];
         assert_eq!(key.backend_id, "bkd_x");
         assert_eq!((sums.requests, sums.errors, sums.cancelled), (2, 0, 1));
-        assert_eq!((sums.prompt_tokens, sums.latency_ms_sum, sums.ttfb_count), (20, 24, 2));
+        assert_eq!(
+            (sums.prompt_tokens, sums.latency_ms_sum, sums.ttfb_count),
+            (20, 24, 2)
+        );
         assert_eq!(rows[2].0.bucket_ms, ROLLUP_BUCKET_MS);
     }
 

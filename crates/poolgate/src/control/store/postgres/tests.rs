@@ -266,7 +266,10 @@ async fn rollup_and_raw(store: &dyn UsageStore, from: i64, bucket_ms: i64) -> (S
     let query = StatsQuery::default();
     let raw = StatsRange::new(&query, from, from + 6 * 3_600_000, bucket_ms);
     let rollup = raw.rollup();
-    assert_eq!((rollup.from_ms, rollup.bucket_ms), (raw.from_ms, raw.bucket_ms));
+    assert_eq!(
+        (rollup.from_ms, rollup.bucket_ms),
+        (raw.from_ms, raw.bucket_ms)
+    );
     let raw = assemble(&store.usage_stats(&raw).await.unwrap(), &raw);
     let rolled = assemble(&store.usage_stats(&rollup).await.unwrap(), &rollup);
     (comparable(raw), comparable(rolled))
@@ -402,12 +405,18 @@ fn statistics_equal_sqlites_for_the_same_records() {
                     .unwrap();
                 let spread: Vec<UsageRecord> = records
                     .iter()
-                    .map(|r| UsageRecord { ts_ms: r.ts_ms * 360, ..r.clone() })
+                    .map(|r| UsageRecord {
+                        ts_ms: r.ts_ms * 360,
+                        ..r.clone()
+                    })
                     .collect();
                 let dir = tempfile::tempdir().unwrap();
                 let sqlite = SqliteStore::open(&dir.path().join("r.db")).await.unwrap();
                 for store in [&pg as &dyn UsageStore, &sqlite] {
-                    store.insert_usage(&spread[..spread.len() / 2]).await.unwrap();
+                    store
+                        .insert_usage(&spread[..spread.len() / 2])
+                        .await
+                        .unwrap();
                     store.insert_usage(&spread).await.unwrap();
                 }
                 let hours = (bucket_seconds % 3 + 1) * 3_600_000;

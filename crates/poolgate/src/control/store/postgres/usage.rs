@@ -7,11 +7,11 @@
 use async_trait::async_trait;
 
 use super::PgStore;
+use crate::control::store::rollup;
 use crate::control::store::rows::{group_from_row, usage_page};
 use crate::control::store::{StoreError, UsageStore};
 use crate::domain::{LimiterKind, UsageRecord};
 use crate::pricing::RestoredSpend;
-use crate::control::store::rollup;
 use crate::usage::stats::{GroupStats, StatsRange, StatsSource};
 use crate::usage::{UsageFilter, UsagePage};
 

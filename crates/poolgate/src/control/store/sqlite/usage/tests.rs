@@ -225,9 +225,8 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
             p95_latency_ms: rank(&mut latencies, 95),
             p50_ttfb_ms: rank(&mut ttfbs, 50),
             cost_usd: group.iter().filter_map(|r| r.cost).sum(),
-            avg_latency_ms: (!group.is_empty()).then(|| {
-                group.iter().map(|r| r.latency_ms).sum::<u64>() / group.len() as u64
-            }),
+            avg_latency_ms: (!group.is_empty())
+                .then(|| group.iter().map(|r| r.latency_ms).sum::<u64>() / group.len() as u64),
             avg_ttfb_ms: {
                 let ttfbs: Vec<u64> = group.iter().filter_map(|r| r.ttfb_ms).collect();
                 (!ttfbs.is_empty()).then(|| ttfbs.iter().sum::<u64>() / ttfbs.len() as u64)
@@ -377,7 +376,10 @@ async fn rollup_and_raw(store: &super::SqliteStore, to: i64, bucket_ms: i64) -> 
     let query = StatsQuery::default();
     let raw = StatsRange::new(&query, 0, to, bucket_ms);
     let rollup = raw.rollup();
-    assert_eq!((rollup.from_ms, rollup.to_ms, rollup.bucket_ms), (0, to, bucket_ms));
+    assert_eq!(
+        (rollup.from_ms, rollup.to_ms, rollup.bucket_ms),
+        (0, to, bucket_ms)
+    );
     let raw = assemble(&store.usage_stats(&raw).await.unwrap(), &raw);
     let rolled = assemble(&store.usage_stats(&rollup).await.unwrap(), &rollup);
     assert_eq!(rolled.source, StatsSource::Rollup);
@@ -408,11 +410,18 @@ async fn the_rollup_outlives_the_raw_retention() {
     let month = StatsRange::new(&query, 0, 30 * day, day).rollup();
     let stats = assemble(&store.usage_stats(&month).await.unwrap(), &month);
     assert_eq!(stats.total.requests, 30);
-    assert_eq!(stats.total.cost_usd, crate::pricing::Nanodollars::new(30_000));
+    assert_eq!(
+        stats.total.cost_usd,
+        crate::pricing::Nanodollars::new(30_000)
+    );
     assert_eq!(stats.by_key["abc"].requests, 30);
     assert_eq!(stats.series[0].stats.requests, 1);
     // The rollup's own retention, in slices.
-    assert_eq!(store.prune_rollups(10 * day).await.unwrap(), 10, "one row a day");
+    assert_eq!(
+        store.prune_rollups(10 * day).await.unwrap(),
+        10,
+        "one row a day"
+    );
     let stats = assemble(&store.usage_stats(&month).await.unwrap(), &month);
     assert_eq!(stats.total.requests, 20);
 }
@@ -492,6 +501,9 @@ async fn the_migration_backfills_the_rollup_from_stored_records() {
     pool.close().await;
     let store = super::SqliteStore::open(&path).await.unwrap();
     let (raw, rolled) = rollup_and_raw(&store, 6 * HOUR, HOUR).await;
-    assert_eq!(rolled.total.requests, 36, "the records within the six hours");
+    assert_eq!(
+        rolled.total.requests, 36,
+        "the records within the six hours"
+    );
     assert_eq!(raw, rolled);
 }
