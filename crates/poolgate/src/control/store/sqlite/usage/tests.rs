@@ -416,6 +416,14 @@ async fn the_rollup_outlives_the_raw_retention() {
     );
     assert_eq!(stats.by_key["abc"].requests, 30);
     assert_eq!(stats.series[0].stats.requests, 1);
+    // Budgets restored at start-up read the rollup too: the month is not forgotten.
+    let spend = store
+        .spend_of(crate::domain::LimiterKind::ClientKey, "abc", 29 * day, 0)
+        .await
+        .unwrap();
+    assert_eq!(spend.today, crate::pricing::Nanodollars::new(1_000));
+    assert_eq!(spend.this_month, crate::pricing::Nanodollars::new(30_000));
+    assert_eq!(spend.total, crate::pricing::Nanodollars::new(30_000));
     // The rollup's own retention, in slices.
     assert_eq!(
         store.prune_rollups(10 * day).await.unwrap(),
@@ -424,6 +432,11 @@ async fn the_rollup_outlives_the_raw_retention() {
     );
     let stats = assemble(&store.usage_stats(&month).await.unwrap(), &month);
     assert_eq!(stats.total.requests, 20);
+    let spend = store
+        .spend_of(crate::domain::LimiterKind::Backend, "bkd_x", 29 * day, 0)
+        .await
+        .unwrap();
+    assert_eq!(spend.total, crate::pricing::Nanodollars::new(20_000), "the larger sum");
 }
 
 #[tokio::test]
