@@ -556,10 +556,16 @@ mod tests {
     #[test]
     fn rollup_retention_defaults_to_400_days_and_is_bounded() {
         let config = load("").unwrap();
-        assert_eq!(config.usage.rollup_retention, Duration::from_secs(400 * 86_400));
+        assert_eq!(
+            config.usage.rollup_retention,
+            Duration::from_secs(400 * 86_400)
+        );
         assert_eq!(config.usage.retention, None);
         let config = load("[usage]\nretention_days = 7\nrollup_retention_days = 30").unwrap();
-        assert_eq!(config.usage.rollup_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            config.usage.rollup_retention,
+            Duration::from_secs(30 * 86_400)
+        );
         let error = load("[usage]\nrollup_retention_days = 0").unwrap_err();
         assert!(error.contains("usage.rollup_retention_days"), "{error}");
     }

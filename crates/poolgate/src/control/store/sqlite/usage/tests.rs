@@ -436,7 +436,11 @@ async fn the_rollup_outlives_the_raw_retention() {
         .spend_of(crate::domain::LimiterKind::Backend, "bkd_x", 29 * day, 0)
         .await
         .unwrap();
-    assert_eq!(spend.total, crate::pricing::Nanodollars::new(20_000), "the larger sum");
+    assert_eq!(
+        spend.total,
+        crate::pricing::Nanodollars::new(20_000),
+        "the larger sum"
+    );
 }
 
 #[tokio::test]
