@@ -107,7 +107,7 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
     /// Run only these sections (comma-separated): closed, open, stream, held, agentgateway,
-    /// startup, features, cluster, telemetry, litellm.
+    /// startup, features, cluster, telemetry, tokens, litellm.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }

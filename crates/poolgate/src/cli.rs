@@ -297,6 +297,7 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
         metadata: None,
         responses: None,
         api_version: args.api_version,
+        tpm_limit: None,
     };
     // `add` may create the database (provisioning before the first start) — but not for input
     // the control plane would refuse anyway: the same rules, checked before anything is created.

@@ -11,6 +11,10 @@
 //! 6. Redis killed under load: no 5xx, at most the limit (+15 %) admitted meanwhile, the
 //!    degraded state visible, shared mode back by itself; Redis frozen: no request waits much
 //!    longer than the Redis call timeout;
+//! 7. a client key's `tpm_limit` holds across instances (estimates taken in the admission call,
+//!    extra usage charged afterwards), and a request larger than it is refused everywhere;
+//! 8. an upstream that told one instance it has no tokens left is held back by all of them
+//!    until its reset;
 //!
 //! and issue #14's protections in cluster mode: a key's `max_parallel_requests` (per instance)
 //! and its shared RPM bucket both apply, `proxy.max_in_flight` answers 503, a declared 1 GiB
@@ -589,5 +593,127 @@ async fn hardening_holds_in_cluster_mode_parallel_and_shared_limits_overload_and
         .await
         .unwrap();
     assert_eq!(levels, 0);
+    cluster.stop().await;
+}
+
+/// Issue #11: a client key's `tpm_limit` holds across instances together — each request's
+/// estimate is taken from the shared bucket in the admission call, and the usage beyond it is
+/// charged there afterwards — and a request larger than the whole limit is refused everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keys_tpm_is_shared_by_every_instance() {
+    let upstream = MockUpstream::start().await;
+    // Every answer reports 330 tokens used; a request (max_tokens 100) reserves ~105.
+    upstream.set_default(Reply::status(
+        200,
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up-m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 300, "completion_tokens": 30, "total_tokens": 330}
+        }),
+    ));
+    let toml = backend_toml("a", &upstream.openai_base_url(), "primary", "");
+    let cluster = Cluster::start(2, Some(SLOW_MACHINE), &toml).await;
+    let (_, key) = cluster.instances[0]
+        .create_key(json!({"name": "tokens", "tpm_limit": 1000}))
+        .await;
+    let ask = |i: usize, max_tokens: u64| {
+        let gateway = &cluster.instances[i];
+        common::send(
+            gateway
+                .client
+                .post(format!("{}/v1/chat/completions", gateway.url))
+                .bearer_auth(&key)
+                .json(&json!({"model": cluster::MODEL, "max_tokens": max_tokens,
+                              "messages": [{"role": "user", "content": "hi"}]})),
+        )
+    };
+    // Every instance knows the key (listing models spends nothing).
+    let gateway = &cluster.instances[1];
+    within("the key is known", Duration::from_secs(3), || async {
+        common::send(
+            gateway
+                .client
+                .get(format!("{}/v1/models", gateway.url))
+                .bearer_auth(&key),
+        )
+        .await
+        .status
+            == 200
+    })
+    .await;
+    let before = upstream.calls();
+
+    // Three requests alternating between the instances use 990 of the 1000: the extra charges
+    // land in the shared bucket (a settle is its own task: 200 ms between requests let it
+    // finish; the bucket refills ~17 tokens a second meanwhile, ~10 in all).
+    for i in [0, 1, 0] {
+        let answer = ask(i, 100).await;
+        assert_eq!(answer.status, 200, "instance {i}: {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Alone, instance 1 would have 1000 − 330 left; shared, the bucket is spent.
+    let refused = ask(1, 100).await;
+    assert_eq!(refused.status, 429, "{refused}");
+    assert_eq!(refused.json["error"]["code"], "rate_limit_exceeded");
+    assert!(refused.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("1000 tokens per minute"));
+    assert!(refused.retry_after().is_some());
+    assert_eq!(upstream.calls(), before + 3);
+
+    // Larger than the whole limit: refused by every instance without a shared call.
+    let too_large = ask(0, 5000).await;
+    assert_eq!(too_large.status, 429, "{too_large}");
+    assert_eq!(too_large.json["error"]["code"], "tpm_request_too_large");
+    assert_eq!(too_large.header("x-should-retry"), Some("false"));
+    assert_eq!(upstream.calls(), before + 3);
+    cluster.stop().await;
+}
+
+/// Issue #11: an upstream that told one instance it has no tokens left is not sent to by any
+/// instance until its reset (the block is announced on the change feed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_out_of_tokens_is_held_back_by_every_instance_until_its_reset() {
+    let announcing = MockUpstream::start().await;
+    let spare = MockUpstream::start().await;
+    let toml = format!(
+        "{}{}",
+        backend_toml("announcing", &announcing.openai_base_url(), "primary", ""),
+        backend_toml("spare", &spare.openai_base_url(), "fallback", "")
+    );
+    let cluster = Cluster::start(2, Some(SLOW_MACHINE), &toml).await;
+    let Reply::Status { status, body, .. } = Reply::status(
+        200,
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up-m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        }),
+    ) else {
+        unreachable!()
+    };
+    announcing.push(Reply::Status {
+        status,
+        body,
+        headers: vec![
+            ("x-ratelimit-limit-tokens".into(), "30000".into()),
+            ("x-ratelimit-remaining-tokens".into(), "0".into()),
+            ("x-ratelimit-reset-tokens".into(), "2s".into()),
+        ],
+    });
+    assert_eq!(chat(&cluster.instances[0]).await.status, 200);
+    assert_eq!(announcing.calls(), 1);
+    // The announcement travels on the change feed (a publish and a message: milliseconds).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in [1, 0, 1] {
+        assert_eq!(chat(&cluster.instances[i]).await.status, 200);
+    }
+    assert_eq!((announcing.calls(), spare.calls()), (1, 3));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(chat(&cluster.instances[1]).await.status, 200);
+    assert_eq!((announcing.calls(), spare.calls()), (2, 3));
     cluster.stop().await;
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 mod goals;
 
 use crate::stats::{Compare, Scenario, Spread};
-use crate::suite::{cluster, features, litellm_label, telemetry, Results};
+use crate::suite::{cluster, features, litellm_label, telemetry, tokens, Results};
 
 use goals::{goals, litellm_best, resource};
 
@@ -130,6 +130,7 @@ fn to_markdown(results: &Results) -> String {
     feature_table(&mut md, results);
     cluster_table(&mut md, results);
     telemetry_table(&mut md, results);
+    tokens_table(&mut md, results);
     litellm_table(&mut md, results);
     md
 }
@@ -401,6 +402,17 @@ fn telemetry_table(md: &mut String, results: &Results) {
     let _ = writeln!(
         md,
         "\n*telemetry off*: `[metrics] enabled = false`, `[telemetry] access_log = false`. *metrics*: the Prometheus series counted per request (not scraped during the run). *access log*: one info line per request (human format) written to the process's log file. *traces*: a request span and an attempt span per request, batched and exported over OTLP/HTTP (protobuf) to a receiver in the harness. The CPU column is the whole poolgate process (exporter thread included); the ratio is the cost per request."
+    );
+}
+
+fn tokens_table(md: &mut String, results: &Results) {
+    let Some(s) = results.scenarios.iter().find(|s| s.kind == "tokens") else {
+        return;
+    };
+    cost_table(md, s, "Cost of TPM limits", &tokens::LABELS, "TPM off");
+    let _ = writeln!(
+        md,
+        "\n*TPM on*: `tpm_limit` of 150000000 on the backend and the client key (never refused): every request's prompt is estimated (tiktoken `o200k_base` for `gpt-4o-mini`, `ceil(bytes / 3)` for an unknown model), reserved on both buckets and settled with the answer's usage."
     );
 }
 

@@ -57,6 +57,27 @@ impl Bench<'_> {
         connections: usize,
         configurations: &[Configuration<'_>],
     ) -> Result<Vec<Poolgate>> {
+        self.compare_configurations_then(id, title, kind, connections, configurations, |_, _| {
+            std::future::ready(Ok(()))
+        })
+        .await
+    }
+
+    /// [`Bench::compare_configurations`], running `setup(index, address)` on each poolgate once
+    /// it serves (admin API changes a config file cannot make) before any load.
+    pub(super) async fn compare_configurations_then<S, F>(
+        &mut self,
+        id: &str,
+        title: &str,
+        kind: &'static str,
+        connections: usize,
+        configurations: &[Configuration<'_>],
+        setup: S,
+    ) -> Result<Vec<Poolgate>>
+    where
+        S: Fn(usize, std::net::SocketAddr) -> F,
+        F: std::future::Future<Output = Result<()>>,
+    {
         let mut running = Vec::new();
         let mut endpoints = Vec::new();
         for configuration in configurations {
@@ -68,6 +89,7 @@ impl Bench<'_> {
                 &self.logs,
             )
             .await?;
+            setup(running.len(), poolgate.addr).await?;
             endpoints.push(Endpoint {
                 label: configuration.label.to_owned(),
                 target: Arc::new(Target::chat(

@@ -16,6 +16,8 @@
 //! 10. **telemetry** — poolgate with telemetry off, metrics, metrics + access log, and traces at
 //!     100 % sampling exported to an OTLP receiver.
 //! 11. **litellm** (with `--litellm`) — LiteLLM proxy at 1 and 2 workers, same mock behind it.
+//! 12. **tokens** — poolgate with TPM limits off and on (tiktoken and byte estimates): what
+//!     estimating, reserving and settling add per request.
 //!
 //! Each scenario runs every target `repeats` times, interleaved (the order rotates per repeat),
 //! so each comparison is made between runs minutes apart at most.
@@ -26,6 +28,7 @@ pub mod held;
 mod litellm;
 mod measure;
 pub mod telemetry;
+pub mod tokens;
 
 pub use held::HeldRun;
 pub use litellm::label as litellm_label;
@@ -225,6 +228,9 @@ impl Bench<'_> {
         }
         if self.opts.runs("telemetry") {
             self.telemetry(&stack.fast).await?;
+        }
+        if self.opts.runs("tokens") {
+            self.tokens(&stack.fast).await?;
         }
         if self.opts.litellm && self.opts.runs("litellm") {
             if let Err(error) = self.litellm(&stack).await {

@@ -36,8 +36,8 @@ pub struct ApiError {
     retry_after: Option<Duration>,
     /// The cause of a 5xx, for the log only.
     detail: Option<Box<str>>,
-    /// Retrying cannot help (a spent budget): `x-should-retry: false`, which the official
-    /// OpenAI and Anthropic SDKs read before their status rules, and no `Retry-After`.
+    /// Waiting never helps: `x-should-retry: false` (read by the OpenAI SDKs before the status),
+    /// and no `Retry-After`.
     no_retry: bool,
 }
 
@@ -172,6 +172,13 @@ impl ApiError {
         self
     }
 
+    /// Tells clients not to retry (`x-should-retry: false`, no `Retry-After`).
+    pub fn with_no_retry(mut self) -> Self {
+        self.no_retry = true;
+        self.retry_after = None;
+        self
+    }
+
     pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
         self.detail = Some(detail.to_string().into_boxed_str());
         self
@@ -240,10 +247,9 @@ impl ApiError {
         }
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.no_retry {
-            response.headers_mut().insert(
-                header::HeaderName::from_static("x-should-retry"),
-                HeaderValue::from_static("false"),
-            );
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
             return response;
         }
         let wait = self.retry_after.or_else(|| {
@@ -290,8 +296,12 @@ impl From<ProxyError> for ApiError {
             ProxyError::ModelNotFound { .. } => {
                 ApiError::not_found(error.to_string(), "model_not_found")
             }
+            ProxyError::KeyTpmTooLarge { .. } => ApiError::new(status, error.to_string())
+                .with_code("tpm_request_too_large")
+                .with_no_retry(),
             ProxyError::ModelNotAllowed { .. }
             | ProxyError::KeyRateLimited { .. }
+            | ProxyError::KeyTpmLimited { .. }
             | ProxyError::NoneReady { .. }
             | ProxyError::Recovering { .. }
             | ProxyError::UpstreamTooLarge { .. }
@@ -325,6 +335,9 @@ impl From<ProxyError> for ApiError {
             ProxyError::NotImplemented { .. } => ApiError::new(status, error.to_string()),
             ProxyError::BudgetExceeded { message } => return ApiError::budget_exceeded(message),
         };
+        if api.no_retry {
+            return api;
+        }
         api.with_retry_after(retry_after)
     }
 }

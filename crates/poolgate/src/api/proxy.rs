@@ -86,6 +86,7 @@ pub async fn serve(
         received_ms,
         max_wait: max_wait.as_ref().ok().copied().flatten(),
         live,
+        estimate_settings: data.config.tokens,
         estimate: std::sync::OnceLock::new(),
     };
     // Refused after authentication: recorded (and observed, as an unrouted request) like every

@@ -31,11 +31,12 @@ pub use raw::{
 };
 use validate::{
     validate_backend, validate_cooldown, validate_health, validate_limits, validate_network,
-    validate_proxy, validate_server,
+    validate_proxy, validate_server, validate_tokens,
 };
 
 use crate::egress::EgressPolicy;
 use crate::serving::ServerSettings;
+use crate::token_count::EstimateSettings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./poolgate-data";
@@ -90,7 +91,9 @@ impl Default for ProxySettings {
             shutdown_grace: Duration::from_secs(30),
             anthropic_default_max_tokens: 4096,
             expose_routing_headers: false,
-            max_in_flight: (ServerSettings::default().max_connections / 2).max(1),
+            max_in_flight: validate::default_max_in_flight(
+                ServerSettings::default().max_connections,
+            ),
             max_response_bytes: 64 * 1024 * 1024,
             usage_grace: Duration::from_millis(2000),
             usage_grace_max_bytes: 1024 * 1024,
@@ -220,6 +223,8 @@ pub struct Config {
     /// The config file's `[routing.sticky]`, if any (written to the store at every start).
     pub sticky: Option<StickySettings>,
     pub affinity: AffinitySettings,
+    /// `[tokens]`: how requests are estimated for TPM limits.
+    pub tokens: EstimateSettings,
     /// The config file's `[prices]`: over the embedded defaults, under the admin API's.
     pub prices: BTreeMap<String, crate::pricing::ModelPrice>,
 }
@@ -248,6 +253,7 @@ impl Default for Config {
             aliases: BTreeMap::new(),
             sticky: None,
             affinity: AffinitySettings::default(),
+            tokens: EstimateSettings::default(),
             prices: BTreeMap::new(),
         }
     }
@@ -303,6 +309,7 @@ impl Config {
         let proxy = validate_proxy(raw.proxy, server.max_connections)?;
         let network = validate_network(raw.network)?;
         let limits = validate_limits(raw.limits)?;
+        let tokens = validate_tokens(raw.tokens)?;
         let telemetry = TelemetrySettings::from_raw(raw.metrics, raw.telemetry, env)?;
         let health = validate_health(raw.health)?;
         let cooldown = validate_cooldown(raw.cooldown)?;
@@ -447,6 +454,7 @@ impl Config {
             aliases,
             sticky,
             affinity,
+            tokens,
             prices,
         })
     }

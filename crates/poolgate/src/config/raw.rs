@@ -57,11 +57,26 @@ pub struct RawConfig {
     pub routing: RawRouting,
     #[serde(default)]
     pub responses: RawResponses,
+    /// `[tokens]`: how a request's tokens are estimated for TPM limits.
+    #[serde(default)]
+    pub tokens: RawTokens,
     /// `[prices."model-id"]`: prices per upstream model id over the embedded defaults, in USD
     /// per million tokens (`input_per_mtok`, `output_per_mtok`, optional
     /// `cached_input_per_mtok`, `cache_write_per_mtok`).
     #[serde(default)]
     pub prices: BTreeMap<String, crate::pricing::ModelPrice>,
+}
+
+/// `[tokens]`: the estimate reserved against TPM limits (see `token_count`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// Output tokens reserved when a request declares no `max_tokens` & co.
+    pub default_output_tokens: Option<u64>,
+    /// The most output tokens reserved for one request, whatever it declares.
+    pub max_output_reserve: Option<u64>,
+    /// Prompt bytes tokenized exactly per request; the rest is extrapolated.
+    pub exact_budget_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +262,9 @@ pub struct RawBackend {
     pub responses: Option<bool>,
     /// Azure only: `api-version`.
     pub api_version: Option<String>,
+    /// Tokens per minute; 0 = unlimited.
+    #[serde(default)]
+    pub tpm_limit: i64,
 }
 
 fn default_api() -> ApiKind {

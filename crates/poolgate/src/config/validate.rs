@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::raw::{RawBackend, RawCooldown, RawHealth, RawLimits, RawNetwork, RawProxy, RawServer};
+use super::raw::{
+    RawBackend, RawCooldown, RawHealth, RawLimits, RawNetwork, RawProxy, RawServer, RawTokens,
+};
 use super::{HealthSettings, LimitsSettings, ProxySettings};
 use crate::cooldown::CooldownPolicy;
 use crate::domain::{literal_or_env, BackendInput, BackendSpec, Invalid};
 use crate::egress::EgressPolicy;
 use crate::serving::{BodyPace, ServerSettings};
+use crate::token_count::EstimateSettings;
 
 /// A whole number of seconds, at least 1; absent = `default`.
 fn positive_seconds(
@@ -25,8 +28,18 @@ fn positive_seconds(
     }
 }
 
-/// `[proxy]`; `max_connections` (of `[server]`) gives the default of `max_in_flight`: half of
-/// it, so connections remain for the admin API and health checks while the proxy is full.
+/// `[proxy]`; `max_connections` (of `[server]`) gives the default of `max_in_flight`
+/// ([`default_max_in_flight`]).
+/// The default `proxy.max_in_flight`: `max_connections` less a reserve of 64 connections (at most
+/// half of them) for the admin API and health checks while the proxy is full. `max_connections`
+/// already leaves a file descriptor per connection for its upstream socket, so halving again
+/// would refuse half of what the open-file limit can carry (a 20,000 limit served 4,968 streams).
+pub fn default_max_in_flight(max_connections: usize) -> usize {
+    max_connections
+        .saturating_sub((max_connections / 2).min(64))
+        .max(1)
+}
+
 pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySettings, Invalid> {
     let defaults = ProxySettings::default();
     let max_attempts = raw.max_attempts.unwrap_or(defaults.max_attempts);
@@ -57,7 +70,9 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
             "must be at least 1",
         ));
     }
-    let max_in_flight = raw.max_in_flight.unwrap_or((max_connections / 2).max(1));
+    let max_in_flight = raw
+        .max_in_flight
+        .unwrap_or_else(|| default_max_in_flight(max_connections));
     if max_in_flight == 0 {
         return Err(Invalid::new("proxy.max_in_flight", "must be at least 1"));
     }
@@ -205,6 +220,7 @@ pub fn validate_backend(
         metadata: raw.metadata,
         responses: raw.responses,
         api_version: raw.api_version,
+        tpm_limit: Some(raw.tpm_limit),
     }
     .validate(&at)
 }
@@ -261,6 +277,43 @@ pub fn validate_network(raw: RawNetwork) -> Result<EgressPolicy, Invalid> {
 }
 
 /// `[limits]`: the bucket-level checkpoint interval, 100 ms to 60 s.
+/// `[tokens]`: the request estimate's tunables.
+pub fn validate_tokens(raw: RawTokens) -> Result<EstimateSettings, Invalid> {
+    let defaults = EstimateSettings::default();
+    let default_output_tokens = raw
+        .default_output_tokens
+        .unwrap_or(defaults.default_output_tokens);
+    let max_output_reserve = raw
+        .max_output_reserve
+        .unwrap_or(defaults.max_output_reserve);
+    if !(1..=10_000_000).contains(&max_output_reserve) {
+        return Err(Invalid::new(
+            "tokens.max_output_reserve",
+            "must be between 1 and 10000000",
+        ));
+    }
+    if default_output_tokens > max_output_reserve {
+        return Err(Invalid::new(
+            "tokens.default_output_tokens",
+            "must not be above `tokens.max_output_reserve`",
+        ));
+    }
+    let exact = raw
+        .exact_budget_bytes
+        .unwrap_or(defaults.exact_budget_bytes as u64);
+    if exact > 16 * 1024 * 1024 {
+        return Err(Invalid::new(
+            "tokens.exact_budget_bytes",
+            "must be at most 16777216",
+        ));
+    }
+    Ok(EstimateSettings {
+        default_output_tokens,
+        max_output_reserve,
+        exact_budget_bytes: usize::try_from(exact).unwrap_or(usize::MAX),
+    })
+}
+
 pub fn validate_limits(raw: RawLimits) -> Result<LimitsSettings, Invalid> {
     let defaults = LimitsSettings::default();
     let interval = raw
@@ -275,4 +328,18 @@ pub fn validate_limits(raw: RawLimits) -> Result<LimitsSettings, Invalid> {
     Ok(LimitsSettings {
         checkpoint_interval: interval,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_max_in_flight;
+
+    #[test]
+    fn max_in_flight_keeps_64_connections_back_or_half_of_few() {
+        // 20,000 open files -> 9,936 connections (see serving::limits) -> 9,872 in flight.
+        assert_eq!(default_max_in_flight(9_936), 9_872);
+        assert_eq!(default_max_in_flight(448), 384);
+        assert_eq!(default_max_in_flight(100), 50);
+        assert_eq!(default_max_in_flight(1), 1);
+    }
 }

@@ -46,6 +46,7 @@ pub(super) fn record_from(
         updated_at_ms: now,
         responses: spec.responses,
         api_version: spec.api_version,
+        tpm_limit: spec.tpm_limit,
     };
     normalize_anthropic_base(&mut record);
     Ok(record)
@@ -94,7 +95,8 @@ pub(super) fn apply(
         rpm_limit,
         weight,
         pool,
-        enabled
+        enabled,
+        tpm_limit
     );
     set!(model_mappings, metadata);
     if let Some(responses) = change.responses {

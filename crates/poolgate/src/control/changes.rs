@@ -18,6 +18,8 @@ pub enum Change {
     PoolCreated(PoolName),
     ClientKeyCreated(String),
     ClientKeyRevoked(String),
+    /// A client key's name or limits changed.
+    ClientKeyUpdated(String),
     /// A backend's cooldown and error state were cleared.
     CooldownReset(BackendId),
     /// The config file's pools and backends were written.

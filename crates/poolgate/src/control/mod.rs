@@ -49,7 +49,7 @@ use crate::usage::{UsageFilter, UsagePage, UsageSink};
 
 pub use changes::{Change, ChangeFeed, InstanceId, LocalChangeFeed, Published};
 pub use error::ControlError;
-pub use keys::{ClientKeyInput, PoolInput};
+pub use keys::{ClientKeyInput, ClientKeyPatch, PoolInput};
 pub use master_key::{MasterKeySource, NewKey, Rotation, MASTER_KEY_ENV};
 pub use money::BudgetPatch;
 pub use store::StoreError;

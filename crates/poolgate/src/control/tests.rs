@@ -128,6 +128,10 @@ impl ConfigStore for FlakyStore {
         self.write()?;
         self.inner.revoke_client_key(id, at_ms).await
     }
+    async fn update_client_key(&self, key: &ClientKeyRecord) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.update_client_key(key).await
+    }
     async fn save_limiter_levels(&self, levels: &[LimiterLevel]) -> Result<(), StoreError> {
         self.write()?;
         self.inner.save_limiter_levels(levels).await
@@ -550,10 +554,49 @@ async fn client_keys_and_pools_are_validated_and_revoked_keys_leave_the_snapshot
             name: "  app  ".into(),
             rpm_limit: Some(10),
             allowed_models: vec!["m".into()],
+            tpm_limit: Some(5_000),
         })
         .await
         .unwrap();
     assert_eq!(record.name, "app");
+    assert_eq!(record.tpm_limit, 5_000);
+    assert_eq!(
+        h.control.live().client_keys[&record.id].runtime.tpm_limit(),
+        5_000
+    );
+    // A change of limits reaches the key's runtime; a bad one names its field.
+    let changed = h
+        .control
+        .update_client_key(
+            &record.id,
+            ClientKeyPatch {
+                tpm_limit: Some(9_000),
+                ..ClientKeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((changed.tpm_limit, changed.rpm_limit), (9_000, 10));
+    assert_eq!(
+        h.control.live().client_keys[&record.id].runtime.tpm_limit(),
+        9_000
+    );
+    for bad in [-1, 150_000_001] {
+        match h
+            .control
+            .update_client_key(
+                &record.id,
+                ClientKeyPatch {
+                    tpm_limit: Some(bad),
+                    ..ClientKeyPatch::default()
+                },
+            )
+            .await
+        {
+            Err(ControlError::Invalid(invalid)) => assert_eq!(invalid.field, "tpm_limit"),
+            other => panic!("{other:?}"),
+        }
+    }
     assert_eq!(record.max_parallel_requests, 4);
     assert!(secrecy::ExposeSecret::expose_secret(&plaintext).starts_with("pgk-"));
     assert!(h.control.live().client_keys.contains_key(&record.id));

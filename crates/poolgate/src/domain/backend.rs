@@ -11,9 +11,9 @@ use utoipa::ToSchema;
 
 use super::{
     azure, normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
-    validate_model_name, validate_name, validate_rpm, validate_timeout, validate_weight, ApiKind,
-    BackendRecord, CanonicalModel, Invalid, ModelMapping, ModelMappings, ModelPattern, PoolName,
-    UpstreamModel, UpstreamTemplate,
+    validate_model_name, validate_name, validate_rpm, validate_timeout, validate_tpm,
+    validate_weight, ApiKind, BackendRecord, CanonicalModel, Invalid, ModelMapping, ModelMappings,
+    ModelPattern, PoolName, UpstreamModel, UpstreamTemplate,
 };
 
 /// Default `timeout_seconds` (time to first byte) of a backend.
@@ -81,6 +81,8 @@ pub struct BackendInput {
     pub responses: Option<bool>,
     /// Azure only: the `api-version` of deployment URLs (default `2024-10-21`).
     pub api_version: Option<String>,
+    /// Tokens per minute (prompt + output), 0..=150000000; 0 or absent = unlimited.
+    pub tpm_limit: Option<i64>,
 }
 
 fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretString, D::Error> {
@@ -111,6 +113,7 @@ pub struct BackendSpec {
     pub metadata: serde_json::Value,
     pub responses: Option<bool>,
     pub api_version: Option<String>,
+    pub tpm_limit: u32,
 }
 
 /// The path of a field in the caller's terms (`name`, `backends[2].name`, …).
@@ -155,6 +158,7 @@ impl BackendInput {
             .unwrap_or(i64::from(DEFAULT_TIMEOUT_SECONDS));
         let timeout_seconds = validate_timeout(&at("timeout_seconds"), timeout)?;
         let rpm_limit = validate_rpm(&at("rpm_limit"), self.rpm_limit.unwrap_or(0))?;
+        let tpm_limit = validate_tpm(&at("tpm_limit"), self.tpm_limit.unwrap_or(0))?;
         let weight = validate_weight(&at("weight"), self.weight.unwrap_or(1))?;
         let model_mappings = mappings(at, self.model_mappings)?;
         let metadata = metadata(
@@ -187,6 +191,7 @@ impl BackendInput {
             metadata,
             responses: self.responses,
             api_version: self.api_version,
+            tpm_limit,
         })
     }
 }
@@ -218,6 +223,8 @@ pub struct BackendPatch {
     pub responses: Option<bool>,
     /// Azure only.
     pub api_version: Option<String>,
+    /// Tokens per minute; 0 = unlimited.
+    pub tpm_limit: Option<i64>,
 }
 
 /// A validated change: the fields to set.
@@ -237,6 +244,7 @@ pub struct BackendChange {
     pub metadata: Option<serde_json::Value>,
     pub responses: Option<bool>,
     pub api_version: Option<String>,
+    pub tpm_limit: Option<u32>,
 }
 
 impl BackendPatch {
@@ -277,6 +285,10 @@ impl BackendPatch {
                     azure::validate_api_version(&at("api_version"), &v)?;
                     Ok::<_, Invalid>(v)
                 })
+                .transpose()?,
+            tpm_limit: self
+                .tpm_limit
+                .map(|t| validate_tpm(&at("tpm_limit"), t))
                 .transpose()?,
         })
     }

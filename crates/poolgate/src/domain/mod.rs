@@ -28,7 +28,7 @@ pub use request::{parse_json, InvalidRequest};
 pub use validate::{
     literal_or_env, normalize_base_url, validate_api_key, validate_concurrency, validate_key_name,
     validate_mappings, validate_metadata, validate_model_name, validate_name, validate_priority,
-    validate_rpm, validate_timeout, validate_weight, Invalid,
+    validate_rpm, validate_timeout, validate_tpm, validate_weight, Invalid,
 };
 
 /// Defines a string newtype with `Display`, `as_str` and transparent serde.
@@ -227,6 +227,9 @@ pub struct BackendRecord {
     /// Azure's `api-version` (`None` = [`azure::DEFAULT_API_VERSION`] for deployment URLs, none
     /// for the v1 form).
     pub api_version: Option<String>,
+    /// Tokens per minute (prompt + output, estimated at admission, settled with the real
+    /// usage); 0 = unlimited.
+    pub tpm_limit: u32,
 }
 
 impl BackendRecord {
@@ -270,6 +273,8 @@ pub struct ClientKeyRecord {
     pub allowed_models: Vec<CanonicalModel>,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    /// Tokens per minute for this key (prompt + output); 0 = unlimited.
+    pub tpm_limit: u32,
 }
 
 /// Whose RPM bucket a [`LimiterLevel`] is.

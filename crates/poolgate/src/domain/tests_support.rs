@@ -33,6 +33,7 @@ pub fn backend_record(name: &str) -> BackendRecord {
         updated_at_ms: now_ms(),
         responses: None,
         api_version: None,
+        tpm_limit: 1_000,
     }
 }
 
@@ -53,5 +54,6 @@ pub fn backend_input(name: &str) -> BackendInput {
         metadata: None,
         responses: None,
         api_version: None,
+        tpm_limit: None,
     }
 }

@@ -120,6 +120,27 @@ pub fn validate_rpm(field: &str, rpm: i64) -> Result<u32, Invalid> {
     u32::try_from(rpm).map_err(|_| Invalid::new(field, "out of range"))
 }
 
+/// The largest `tpm_limit`: what a shared (Redis) bucket keeps exactly
+/// ([`crate::shared::MAX_PER_MINUTE`]), so a limit means the same in single and cluster mode.
+pub const MAX_TPM_LIMIT: i64 = 150_000_000;
+
+/// `tpm_limit`: 0 (unlimited) to [`MAX_TPM_LIMIT`] tokens per minute.
+pub fn validate_tpm(field: &str, tpm: i64) -> Result<u32, Invalid> {
+    if tpm < 0 {
+        return Err(Invalid::new(
+            field,
+            "must not be negative (0 means unlimited)",
+        ));
+    }
+    if tpm > MAX_TPM_LIMIT {
+        return Err(Invalid::new(
+            field,
+            "must be at most 150000000 tokens per minute",
+        ));
+    }
+    u32::try_from(tpm).map_err(|_| Invalid::new(field, "out of range"))
+}
+
 /// `weight`: 1 to 100.
 pub fn validate_weight(field: &str, weight: i64) -> Result<u32, Invalid> {
     if !(1..=100).contains(&weight) {

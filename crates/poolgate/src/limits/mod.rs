@@ -1,5 +1,6 @@
 //! Requests-per-minute limits: the token bucket, and the thread-safe [`RpmLimiter`] kept per
-//! backend and per client key; and concurrency limits ([`ConcurrencyLimit`]).
+//! backend and per client key; concurrency limits ([`ConcurrencyLimit`]); tokens-per-minute
+//! limits ([`tpm`]) and the limits learned from upstream answers ([`upstream`]).
 //!
 //! Tokens are counted in exact integer units so that no fraction of a token is ever lost or
 //! invented: one token is [`UNITS_PER_TOKEN`] units and a bucket of `rpm` requests per minute gains
@@ -11,6 +12,8 @@
 //! `#[tokio::test(start_paused = true)]` or plain arithmetic on instants.
 
 mod concurrency;
+pub mod tpm;
+pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -59,6 +62,40 @@ impl TokenBucket {
         } else {
             Err(self.wait_for(self.level))
         }
+    }
+
+    /// Takes `n` tokens at once (a TPM claim's estimate), or says how long until `n` are there
+    /// (longer than a minute when `n` is above the capacity: never, in practice).
+    pub fn try_take_n(&mut self, n: u64, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        let need = u128::from(n).saturating_mul(UNITS_PER_TOKEN);
+        if self.level >= need {
+            self.level -= need;
+            Ok(())
+        } else {
+            let nanos = (need - self.level).div_ceil(u128::from(self.rpm));
+            Err(Duration::from_nanos(
+                u64::try_from(nanos).unwrap_or(u64::MAX),
+            ))
+        }
+    }
+
+    /// Gives back `n` tokens (never above capacity).
+    pub fn give_n(&mut self, n: u64, now: Instant) {
+        self.refill(now);
+        self.level = self
+            .level
+            .saturating_add(u128::from(n).saturating_mul(UNITS_PER_TOKEN))
+            .min(capacity(self.rpm));
+    }
+
+    /// Takes up to `n` more tokens for what was used beyond a reservation; this bucket has no
+    /// debt, so it stops at empty.
+    pub fn take_up_to(&mut self, n: u64, now: Instant) {
+        self.refill(now);
+        self.level = self
+            .level
+            .saturating_sub(u128::from(n).saturating_mul(UNITS_PER_TOKEN));
     }
 
     /// How long until a token is available (zero if one is there now); takes nothing.

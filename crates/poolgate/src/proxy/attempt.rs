@@ -19,9 +19,10 @@ use super::spend;
 use super::ProxyResponse;
 use crate::cooldown::{Outcome as UpstreamOutcome, ReadyAt};
 use crate::domain::{ApiKind, BackendRecord};
+use crate::limits::tpm::TpmRefusal;
 use crate::routing::{Selection, Ticket};
-use crate::runtime::{refusal_ready_at, Resolution, Waiting};
-use crate::shared::{BucketClaim, Refusal};
+use crate::runtime::{refusal_ready_at, Resolution, TokenNeed, Waiting};
+use crate::shared::{BucketClaim, BucketKey, Refusal};
 use crate::state::DataPlane;
 use crate::telemetry::AttemptResult;
 
@@ -70,9 +71,19 @@ pub async fn run(
             return Err(error);
         }
     }
+    // Tokens: estimated only when a TPM limit applies to the key or to a candidate.
+    let need = token_need(ctx, inbound, &routing.route);
+    if let Some(need) = need {
+        selection.need_tokens(need);
+        draft.set_prompt_estimate(need.prompt);
+        admit_key_tokens(ctx, need, draft)?;
+    }
     let mut last_failure: Option<Failure> = None;
-    // Cluster mode: the client key's shared token, paid by the first admitted attempt.
-    let mut key_claim = ctx.client_key.as_ref().and_then(|key| key.runtime.claim());
+    // Cluster mode: the client key's shared token (and TPM estimate), paid by the first admitted
+    // attempt.
+    let mut key_claims: Vec<BucketClaim> = ctx.client_key.as_ref().map_or_else(Vec::new, |key| {
+        key.runtime.claims(need.map_or(0, |need| need.total))
+    });
 
     loop {
         let now = Instant::now();
@@ -98,9 +109,15 @@ pub async fn run(
             }
             return Err(error);
         };
-        if ticket.needs_confirm(key_claim.is_some()) {
-            match admit_shared(ctx, &mut ticket, key_claim.as_ref()).await {
-                Ok(()) => key_claim = None,
+        if ticket.needs_confirm(!key_claims.is_empty()) {
+            match admit_shared(ctx, &mut ticket, &key_claims).await {
+                Ok(()) => {
+                    if let Some(key) = &ctx.client_key {
+                        let prompt = need.map_or(0, |need| need.prompt);
+                        draft.hold_tokens(key.runtime.shared_hold(&key_claims, prompt));
+                    }
+                    key_claims.clear();
+                }
                 Err(SharedRefusal::End(error)) => return Err(error),
                 Err(SharedRefusal::Skip(ready)) => {
                     selection.refused(ticket, ready);
@@ -127,6 +144,9 @@ pub async fn run(
                 detail: refused.clone(),
             }
         } else {
+            backend
+                .runtime
+                .note_sent(need.map_or(0, |need| need.prompt));
             let send = data
                 .http
                 .request(request.method, &request.url)
@@ -137,6 +157,8 @@ pub async fn run(
                 Err(_) => Failure::Timeout,
                 Ok(Err(error)) => connection_failure(&error),
                 Ok(Ok(response)) => {
+                    // Limits learned from the upstream, on every answer.
+                    backend.runtime.observe_limits(response.headers());
                     let status = response.status();
                     upstream_status = Some(status.as_u16());
                     if status.is_success() {
@@ -232,20 +254,31 @@ enum SharedRefusal {
 async fn admit_shared(
     ctx: &RequestContext,
     ticket: &mut Ticket,
-    key_claim: Option<&BucketClaim>,
+    key_claims: &[BucketClaim],
 ) -> Result<(), SharedRefusal> {
-    let refusal = match ticket.confirm(key_claim).await {
+    let refusal = match ticket.confirm(key_claims).await {
         Ok(()) => return Ok(()),
         Err(refusal) => refusal,
     };
     match refusal {
         Refusal::Limited { key, retry_after }
-            if key_claim.is_some_and(|claim| claim.key == key) =>
+            if key_claims.iter().any(|claim| claim.key == key) =>
         {
-            let rpm = ctx.client_key.as_ref().map_or(0, |key| key.runtime.rpm());
-            Err(SharedRefusal::End(ProxyError::KeyRateLimited {
-                rpm,
-                retry_after,
+            let runtime = ctx.client_key.as_ref().map(|key| &key.runtime);
+            let is_tpm = ctx
+                .client_key
+                .as_ref()
+                .is_some_and(|client| key == BucketKey::client_tpm(&client.record.id));
+            Err(SharedRefusal::End(if is_tpm {
+                ProxyError::KeyTpmLimited {
+                    tpm: runtime.map_or(0, |runtime| runtime.tpm_limit()),
+                    retry_after,
+                }
+            } else {
+                ProxyError::KeyRateLimited {
+                    rpm: runtime.map_or(0, |runtime| runtime.rpm()),
+                    retry_after,
+                }
             }))
         }
         Refusal::Unavailable { .. } => Err(SharedRefusal::End(ProxyError::LimiterUnavailable)),
@@ -253,6 +286,76 @@ async fn admit_shared(
             &other,
             Instant::now(),
         ))),
+    }
+}
+
+/// The request's tokens when a TPM limit applies to its key or to any candidate of its route
+/// (estimated then, once, with the first candidate's tokenizer); `None` otherwise — a request
+/// without TPM limits is never tokenized.
+fn token_need(
+    ctx: &RequestContext,
+    inbound: &Inbound,
+    route: &crate::routing::Route,
+) -> Option<TokenNeed> {
+    // Calls on a stored response and token counting use no upstream tokens.
+    if inbound.is_response_call() || inbound.endpoint == crate::providers::Endpoint::CountTokens {
+        return None;
+    }
+    let key_limited = ctx
+        .client_key
+        .as_ref()
+        .is_some_and(|key| key.runtime.tpm_limit() > 0);
+    if !key_limited
+        && !route
+            .members()
+            .any(|member| member.backend.runtime.tpm_limit() > 0)
+    {
+        return None;
+    }
+    let model = route
+        .members()
+        .next()
+        .map_or(inbound.model.as_str(), |member| {
+            member.upstream_model.as_str()
+        });
+    let estimate = ctx.token_estimate(inbound, model);
+    Some(TokenNeed {
+        prompt: estimate.prompt.tokens,
+        total: estimate.total(),
+    })
+}
+
+/// The client key's own TPM limit: reserves the estimate (held by the draft until the record
+/// settles it), or refuses — 429 to retry after the refill, or, larger than the whole limit,
+/// 429 never to retry. A refusal gives back the key's RPM token.
+fn admit_key_tokens(
+    ctx: &RequestContext,
+    need: TokenNeed,
+    draft: &mut UsageDraft,
+) -> Result<(), ProxyError> {
+    let Some(key) = &ctx.client_key else {
+        return Ok(());
+    };
+    match key
+        .runtime
+        .reserve_tokens(need.total, need.prompt, Instant::now())
+    {
+        Ok(hold) => {
+            draft.hold_tokens(hold);
+            Ok(())
+        }
+        Err(refusal) => {
+            refund_key(ctx);
+            Err(match refusal {
+                TpmRefusal::Wait(retry_after) => ProxyError::KeyTpmLimited {
+                    tpm: key.runtime.tpm_limit(),
+                    retry_after,
+                },
+                TpmRefusal::TooLarge { requested, tpm } => {
+                    ProxyError::KeyTpmTooLarge { requested, tpm }
+                }
+            })
+        }
     }
 }
 

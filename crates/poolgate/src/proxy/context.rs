@@ -1,5 +1,6 @@
 //! The request context: who is asking, when the request arrived, and the one [`Live`] snapshot
-//! every phase of this request reads (authentication and routing see the same configuration).
+//! every phase of this request reads (authentication and routing see the same configuration);
+//! and the request's token estimate, computed at most once and only when something needs it.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -21,7 +22,9 @@ pub struct RequestContext {
     pub max_wait: Option<Duration>,
     /// The snapshot loaded once for this request.
     pub live: Arc<Live>,
-    /// The request's token estimate, computed on first use ([`RequestContext::token_estimate`]).
+    /// `[tokens]`: how [`RequestContext::token_estimate`] estimates.
+    pub estimate_settings: EstimateSettings,
+    /// The estimate, once computed.
     pub estimate: OnceLock<RequestEstimate>,
 }
 
@@ -33,17 +36,20 @@ impl RequestContext {
             .map_or_else(|| "admin".to_owned(), |key| key.record.id.clone())
     }
 
-    /// What the request is expected to cost in tokens — its prompt counted with the tokenizer of
-    /// `upstream_model` (the byte estimate for models without one) and the output it may
-    /// produce — computed once per request, only when a limit needs it (a budget; TPM), so a
-    /// request with none pays nothing.
-    pub fn token_estimate(&self, inbound: &Inbound, upstream_model: &str) -> RequestEstimate {
-        *self.estimate.get_or_init(|| {
+    /// The request's token estimate (prompt counted with the tokenizer of `upstream_model` —
+    /// tiktoken for OpenAI models, `ceil(bytes / 3)` for others — plus the output reserve:
+    /// `max_tokens` / `max_completion_tokens` / `max_output_tokens`, else
+    /// `tokens.default_output_tokens`, capped at `tokens.max_output_reserve`). Computed on the
+    /// first call (whose `upstream_model` decides the counter: the route's first candidate) and
+    /// kept: TPM admission and budget estimates share it. Call it only when a limit needs it —
+    /// a request without one never tokenizes.
+    pub fn token_estimate(&self, inbound: &Inbound, upstream_model: &str) -> &RequestEstimate {
+        self.estimate.get_or_init(|| {
             estimate_request(
                 inbound.endpoint.into(),
-                &inbound.raw_bytes(),
+                inbound.body(),
                 TokenCounter::for_model(upstream_model),
-                &EstimateSettings::default(),
+                &self.estimate_settings,
             )
         })
     }

@@ -24,6 +24,14 @@ pub enum ProxyError {
     /// 429: the client key's own RPM bucket is empty.
     #[error("this key is limited to {rpm} requests per minute")]
     KeyRateLimited { rpm: u32, retry_after: Duration },
+    /// 429: the client key's own TPM bucket does not hold this request's estimate yet.
+    #[error("this key is limited to {tpm} tokens per minute")]
+    KeyTpmLimited { tpm: u64, retry_after: Duration },
+    /// 429, never to retry: the request's estimate is larger than the key's whole TPM limit.
+    #[error(
+        "this request needs about {requested} tokens, more than this key's tpm_limit of {tpm}"
+    )]
+    KeyTpmTooLarge { requested: u64, tpm: u64 },
     /// 429: every backend of the route is rate limited or cooling down.
     #[error("every backend for this model is rate limited or cooling down")]
     NoneReady { retry_after: Option<Duration> },
@@ -80,9 +88,10 @@ impl ProxyError {
             ProxyError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
-            ProxyError::KeyRateLimited { .. } | ProxyError::NoneReady { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ProxyError::KeyRateLimited { .. }
+            | ProxyError::KeyTpmLimited { .. }
+            | ProxyError::KeyTpmTooLarge { .. }
+            | ProxyError::NoneReady { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unavailable
             | ProxyError::LimiterUnavailable
             | ProxyError::Recovering { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,7 +116,10 @@ impl ProxyError {
             ProxyError::InvalidRequest(_) => "invalid_request_error",
             ProxyError::ModelNotFound { .. } => "not_found_error",
             ProxyError::ModelNotAllowed { .. } => "permission_error",
-            ProxyError::KeyRateLimited { .. } | ProxyError::NoneReady { .. } => "rate_limit_error",
+            ProxyError::KeyRateLimited { .. }
+            | ProxyError::KeyTpmLimited { .. }
+            | ProxyError::KeyTpmTooLarge { .. }
+            | ProxyError::NoneReady { .. } => "rate_limit_error",
             ProxyError::Unavailable
             | ProxyError::Recovering { .. }
             | ProxyError::UpstreamFailed { .. }
@@ -130,6 +142,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::KeyRateLimited { .. }
+                | ProxyError::KeyTpmLimited { .. }
                 | ProxyError::NoneReady { .. }
                 | ProxyError::Unavailable
                 | ProxyError::LimiterUnavailable
@@ -143,7 +156,8 @@ impl ProxyError {
     /// When to try again, for `Retry-After`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProxyError::KeyRateLimited { retry_after, .. } => Some(*retry_after),
+            ProxyError::KeyRateLimited { retry_after, .. }
+            | ProxyError::KeyTpmLimited { retry_after, .. } => Some(*retry_after),
             ProxyError::NoneReady { retry_after } | ProxyError::Recovering { retry_after } => {
                 *retry_after
             }

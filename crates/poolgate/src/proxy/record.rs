@@ -2,7 +2,9 @@
 //! runs, and the [`CancelGuard`] that writes it as cancelled (499) when the client leaves first.
 //! The draft also carries the request's [`RequestObservation`] (metrics, spans, access line), so
 //! wherever the record is written the observation is finished with the same fields — the stream
-//! relay's end and the cancel guard included.
+//! relay's end and the cancel guard included. It holds the request's TPM reservations (the
+//! client key's, and the serving backend's once an attempt succeeded) and settles them once,
+//! where the record is finished, with the tokens the record bills.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use crate::domain::{Outcome, UsageRecord};
 use crate::pricing::{BilledUsage, Nanodollars, PriceTable};
 use crate::providers::{Endpoint, TokenUsage};
 use crate::routing::{LiveBackend, Ticket};
+use crate::runtime::TpmHold;
 use crate::state::DataPlane;
 use crate::telemetry::{
     AttemptEnd, AttemptResult, RequestEnd, RequestObservation, RequestStart, TokenCounts,
@@ -36,6 +39,11 @@ pub struct UsageDraft {
     /// When the request ended for the client, if its record is finished later (a stream whose
     /// upstream is still read for its usage after the client left).
     ended: Option<Instant>,
+    /// TPM reservations settled by [`UsageDraft::finish`] (the key's, the serving backend's).
+    tpm: Vec<TpmHold>,
+    /// The prompt estimate: what the reservations settle with when the request was sent but no
+    /// usage is known (the upstream may still bill the prompt).
+    prompt_estimate: u64,
     /// The prices of the request's snapshot: the record's cost is computed when it is finished.
     prices: Arc<PriceTable>,
     /// The client key's budget reservation, settled with the cost when the record is finished
@@ -147,8 +155,22 @@ impl UsageDraft {
             response_model: None,
             observation: Some(observation),
             ended: None,
+            tpm: Vec::new(),
+            prompt_estimate: 0,
             prices: Arc::clone(&ctx.live.prices),
             spend: None,
+        }
+    }
+
+    /// The request's prompt estimate (see [`UsageDraft::settle_tokens`]).
+    pub fn set_prompt_estimate(&mut self, prompt: u64) {
+        self.prompt_estimate = prompt;
+    }
+
+    /// A TPM reservation to settle with this request's usage.
+    pub fn hold_tokens(&mut self, hold: Option<TpmHold>) {
+        if let Some(hold) = hold {
+            self.tpm.push(hold);
         }
     }
 
@@ -236,8 +258,31 @@ impl UsageDraft {
             response_model: self.response_model.take(),
             observation: self.observation.take(),
             ended: self.ended,
+            tpm: std::mem::take(&mut self.tpm),
+            prompt_estimate: self.prompt_estimate,
             prices: Arc::clone(&self.prices),
             spend: self.spend.take(),
+        }
+    }
+
+    /// The tokens the TPM reservations settle with: the record's (real or estimated) usage;
+    /// without usage, the prompt estimate if the request reached an upstream that may bill it
+    /// (answered, or the client left while it was in flight), else 0.
+    fn settle_tokens(&mut self, outcome: Outcome) {
+        if self.tpm.is_empty() {
+            return;
+        }
+        let actual = match self.record.total_tokens {
+            Some(total) => u64::from(total),
+            None if self.record.attempts > 0
+                && matches!(outcome, Outcome::Success | Outcome::Cancelled) =>
+            {
+                self.prompt_estimate
+            }
+            None => 0,
+        };
+        for hold in self.tpm.drain(..) {
+            hold.settle(actual);
         }
     }
 
@@ -269,6 +314,7 @@ impl UsageDraft {
         self.record.status = status;
         self.record.outcome = outcome;
         self.record.error_kind = error_kind.map(str::to_owned);
+        self.settle_tokens(outcome);
         let ended = self.ended.unwrap_or_else(Instant::now);
         self.record.latency_ms = millis(ended.saturating_duration_since(self.received));
         self.record.cost = self.cost();

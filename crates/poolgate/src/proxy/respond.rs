@@ -244,6 +244,8 @@ pub async fn succeed(
             }
         };
         resolve(data, &mut ticket, UpstreamOutcome::Success);
+        // The backend's TPM reservation is settled with this answer's usage.
+        draft.hold_tokens(ticket.take_tpm());
         draft.mark_first_byte();
         if draft.traced() {
             // The first held event names it (a chunk, `message_start`, `response.created`).
@@ -309,6 +311,8 @@ pub async fn succeed(
         }
     };
     resolve(data, &mut ticket, UpstreamOutcome::Success);
+    // The backend's TPM reservation is settled with this answer's usage.
+    draft.hold_tokens(ticket.take_tpm());
     draft.mark_first_byte();
     if draft.traced() {
         draft.set_response_model(response_model);

@@ -1,7 +1,8 @@
 //! The in-memory routing table and candidate selection. A [`Route`] lists, for one canonical
 //! model, the pools that serve it in priority order; inside a pool, backends take turns in a
 //! smooth weighted round-robin. The balancer yields candidates, [`accept`] filters them
-//! (enabled, not cooling, not broken, RPM token available): readiness filters, balancing chooses.
+//! (enabled, not cooling, not broken, RPM token available, TPM estimate reservable, the
+//! upstream not out of its announced limits): readiness filters, balancing chooses.
 
 pub mod affinity;
 pub mod models;
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::cooldown::{CooldownPolicy, Health, Outcome, ReadyAt};
 use crate::domain::{BackendId, BackendRecord, BackendStatus, Pool, UpstreamModel};
-use crate::runtime::{Admitted, BackendRuntime, Resolution, Waiting};
+use crate::runtime::{Admitted, BackendRuntime, Resolution, TokenNeed, TpmHold, Waiting};
 use crate::scrub::KeyScrubber;
 use crate::shared::{BucketClaim, Refusal};
 use crate::telemetry::{BackendHandle, BackendLabels, Observer, RouteHandle};
@@ -187,8 +188,14 @@ impl Ticket {
         self.admitted.needs_confirm(key_claim)
     }
 
+    /// The backend's TPM reservation, to settle with the answer's usage (see
+    /// [`Admitted::take_tpm`]).
+    pub fn take_tpm(&mut self) -> Option<TpmHold> {
+        self.admitted.take_tpm()
+    }
+
     /// Cluster mode: the attempt's one shared admission (see [`Admitted::confirm`]).
-    pub async fn confirm(&mut self, key: Option<&BucketClaim>) -> Result<(), Refusal> {
+    pub async fn confirm(&mut self, key: &[BucketClaim]) -> Result<(), Refusal> {
         let timeout =
             std::time::Duration::from_secs(u64::from(self.backend.record.timeout_seconds));
         self.admitted.confirm(key, timeout).await
@@ -198,7 +205,11 @@ impl Ticket {
 /// The readiness check: enabled, key readable, and admitted by its runtime (not cooling, a token
 /// in its bucket). Takes the token (and the probe slot) on success; otherwise says when it may be
 /// ready.
-pub fn accept(backend: &LiveBackend, now: Instant) -> Result<Admitted, ReadyAt> {
+pub fn accept(
+    backend: &LiveBackend,
+    now: Instant,
+    need: Option<TokenNeed>,
+) -> Result<Admitted, ReadyAt> {
     if !backend.record.enabled || backend.unreadable.is_some() {
         return Err(ReadyAt::Never);
     }
@@ -208,7 +219,7 @@ pub fn accept(backend: &LiveBackend, now: Instant) -> Result<Admitted, ReadyAt> 
             return Err(ReadyAt::Never);
         }
     }
-    backend.runtime.admit(now)
+    backend.runtime.admit_tokens(now, need)
 }
 
 /// Walks a route's candidates for one client request: tiers in order, each backend at most once,
@@ -227,6 +238,8 @@ pub struct Selection<'a, F> {
     /// rewind).
     refused: Vec<usize>,
     earliest: Option<Instant>,
+    /// The request's estimated tokens, when a TPM limit applies to it.
+    need: Option<TokenNeed>,
 }
 
 impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
@@ -240,7 +253,14 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
             tried: Vec::new(),
             refused: Vec::new(),
             earliest: None,
+            need: None,
         }
+    }
+
+    /// The request's estimated tokens: reserved on each candidate's TPM limit and checked
+    /// against its upstream's announced remaining tokens.
+    pub fn need_tokens(&mut self, need: TokenNeed) {
+        self.need = Some(need);
     }
 
     /// Tries `backend` first in its pool (a sticky session's backend).
@@ -287,7 +307,7 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
         {
             return None;
         }
-        match accept(&member.backend, now) {
+        match accept(&member.backend, now, self.need) {
             Ok(admitted) => {
                 self.tried.push(key);
                 Some(Ticket {

@@ -104,7 +104,8 @@ impl SharedBackend {
     /// Remembers a refusal's hint (the shared bucket's next token).
     pub fn refused(&self, refusal: &Refusal, now: Instant) {
         if let Refusal::Limited { key, retry_after } = refusal {
-            if *key == BucketKey::backend_rpm(&self.id) {
+            if *key == BucketKey::backend_rpm(&self.id) || *key == BucketKey::backend_tpm(&self.id)
+            {
                 *self.limited_until.lock() = Some(now + *retry_after);
             }
         }
@@ -184,21 +185,32 @@ impl SharedAdmission {
         }
     }
 
-    /// The one shared call of this attempt: the backend's bucket, `key` (the client key's
-    /// bucket, first) and the probe slot — all or nothing.
+    /// The one shared call of this attempt: the backend's buckets (RPM, and TPM when `tpm` =
+    /// (limit, tokens)), `key` (the client key's buckets, first) and the probe slot — all or
+    /// nothing. Returns the backend's TPM claim when it was taken.
     pub async fn confirm(
         &mut self,
         backend: &SharedBackend,
         rpm: u32,
-        key: Option<&BucketClaim>,
+        tpm: Option<(u64, u64)>,
+        key: &[BucketClaim],
         timeout: Duration,
-    ) -> Result<(), Refusal> {
-        let mut claims: Vec<BucketClaim> = key.into_iter().cloned().collect();
+    ) -> Result<Option<BucketClaim>, Refusal> {
+        let mut claims: Vec<BucketClaim> = key.to_vec();
         claims.extend(
             backend
                 .cluster
                 .claim(BucketKey::backend_rpm(&backend.id), rpm),
         );
+        let tpm_claim = tpm.and_then(|(limit, tokens)| {
+            let mut claim = backend
+                .cluster
+                .claim(BucketKey::backend_tpm(&backend.id), 1)?;
+            claim.per_minute = limit;
+            claim.cost = tokens;
+            Some(claim)
+        });
+        claims.extend(tpm_claim.clone());
         let request = AdmitRequest {
             backend: backend.id.clone(),
             claims,
@@ -208,7 +220,7 @@ impl SharedAdmission {
             Admit::Admitted(admitted) => {
                 self.needs_admit = false;
                 self.probe = admitted.probe;
-                Ok(())
+                Ok(tpm_claim)
             }
             Admit::Refused(refusal) => {
                 backend.refused(&refusal, Instant::now());

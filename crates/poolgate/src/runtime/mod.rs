@@ -1,12 +1,14 @@
 //! Runtime state that outlives snapshot swaps, keyed by stable ids: per backend its cooldown,
-//! RPM bucket, in-flight count and last error ([`BackendRuntime`]), per client key its RPM bucket
-//! ([`ClientKeyRuntime`]). Each is reached only through a narrow API — admit a request, resolve
+//! RPM and TPM buckets, the limits its upstream last announced, in-flight count and last error
+//! ([`BackendRuntime`]), per client key its RPM and TPM buckets ([`ClientKeyRuntime`]); TPM
+//! reservations are held by a request as [`TpmHold`]s. Each is reached only through a narrow API — admit a request, resolve
 //! its outcome, reset, take a snapshot — so the data plane, the views and the single health
 //! writer ([`HealthSink`]) agree on one state. The registry that creates them lives here too.
 //! In cluster mode ([`Cluster`]) the same API runs over the state every instance shares.
 
 mod cluster;
 mod health;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,6 +26,8 @@ use crate::cooldown::{
 use crate::domain::{
     now_ms, BackendId, BackendRecord, ClientKeyRecord, LimiterKind, LimiterLevel, PersistedHealth,
 };
+use crate::limits::tpm::{TpmLimiter, TpmRefusal};
+use crate::limits::upstream::{Moment, UpstreamLimitState, UpstreamLimits, UpstreamLimitsView};
 use crate::limits::{BucketLevel, ConcurrencyLimit, ConcurrencyPermit, RpmLimiter};
 use crate::shared::{BucketClaim, BucketKey, Refusal};
 
@@ -31,6 +35,7 @@ use cluster::{SharedAdmission, SharedBackend};
 
 pub use cluster::{ready_at as refusal_ready_at, Cluster};
 pub use health::{health_channel, HealthMessage, HealthQueue, HealthSink};
+pub use tokens::{TokenNeed, TpmHold};
 
 /// Converts a persisted wall-clock deadline into a monotonic instant.
 pub fn instant_from_ms(until_ms: i64, now: Instant) -> Instant {
@@ -75,6 +80,10 @@ pub struct BackendRuntime {
     /// Cluster mode: the shared state decides admission and holds the cooldown (`limiter` and
     /// `cooldown` above are then unused but for the limit shown).
     shared: Option<SharedBackend>,
+    /// Tokens per minute (in cluster mode only its limit is used: the bucket is shared).
+    tpm: Arc<TpmLimiter>,
+    /// What the upstream's rate-limit headers last said.
+    upstream: UpstreamLimitState,
 }
 
 /// What a backend's runtime looks like at one moment.
@@ -119,6 +128,8 @@ impl BackendRuntime {
             in_flight: AtomicU32::new(0),
             last_error: Mutex::new(health.last_error.clone()),
             shared: None,
+            tpm: Arc::new(TpmLimiter::new(0, now)),
+            upstream: UpstreamLimitState::default(),
         }
     }
 
@@ -135,14 +146,37 @@ impl BackendRuntime {
     /// the single half-open probe slot) and an RPM token; on success the returned [`Admitted`]
     /// holds an in-flight slot until it is dropped. Otherwise says when it may be ready.
     pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Admitted, ReadyAt> {
+        self.admit_tokens(now, None)
+    }
+
+    /// [`BackendRuntime::admit`] for a request needing `need` tokens (`None`: not estimated —
+    /// no TPM limit applies to it). Also not ready while the upstream said it has no room left
+    /// (for the prompt, or 1 token when not estimated) until its reset; with a TPM limit, the
+    /// estimate is reserved (a [`TpmHold`] in the admission).
+    pub fn admit_tokens(
+        self: &Arc<Self>,
+        now: Instant,
+        need: Option<TokenNeed>,
+    ) -> Result<Admitted, ReadyAt> {
+        let prompt = need.map_or(1, |need| need.prompt);
+        if let Some(at) = self.upstream_ready_at(prompt, now) {
+            return Err(ReadyAt::At(at));
+        }
+        let tpm = self.tpm.tpm();
+        let tokens = need.map_or(0, |need| need.total);
         if let Some(shared) = &self.shared {
-            let needs_admit = shared.precheck(self.limiter.rpm() > 0, now)?;
+            if tpm > 0 && tokens > tpm {
+                return Err(ReadyAt::Never);
+            }
+            let needs_admit = shared.precheck(self.limiter.rpm() > 0 || tpm > 0, now)?;
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             return Ok(Admitted {
                 runtime: Arc::clone(self),
                 probe: false,
                 resolved: false,
                 shared: Some(SharedAdmission::new(shared, needs_admit)),
+                tokens: (tpm > 0).then_some(tokens),
+                tpm: None,
             });
         }
         let probe = {
@@ -161,13 +195,87 @@ impl BackendRuntime {
             }
             return Err(ReadyAt::At(now + wait));
         }
+        let hold = if tpm > 0 {
+            match self.tpm.reserve(tokens, now) {
+                Ok(reservation) => Some(TpmHold::local(Arc::clone(&self.tpm), reservation, 0)),
+                Err(refusal) => {
+                    if probe {
+                        self.cooldown.lock().release_probe();
+                    }
+                    self.limiter.refund(now);
+                    return Err(match refusal {
+                        TpmRefusal::Wait(wait) => ReadyAt::At(now + wait),
+                        TpmRefusal::TooLarge { .. } => ReadyAt::Never,
+                    });
+                }
+            }
+        } else {
+            None
+        };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Admitted {
             runtime: Arc::clone(self),
             probe,
             resolved: false,
             shared: None,
+            tokens: None,
+            tpm: hold,
         })
+    }
+
+    /// Takes in the rate-limit headers of an answer (success or error); `None` when it had none.
+    /// In cluster mode, an answer that says nothing is left is announced to every instance, so
+    /// none of them sends there before the reset.
+    pub fn observe_limits(&self, headers: &http::HeaderMap) -> Option<UpstreamLimits> {
+        let limits = UpstreamLimits::from_headers(headers, Moment::now())?;
+        self.upstream.observe(limits);
+        if let Some(shared) = &self.shared {
+            if let Some(until) = self
+                .upstream
+                .view(Instant::now())
+                .and_then(|view| view.blocked_until)
+            {
+                shared
+                    .cluster
+                    .shared
+                    .announce_upstream_block(&shared.id, until.timestamp_millis());
+            }
+        }
+        Some(limits)
+    }
+
+    /// When the upstream (as this instance learned, or as another announced) has room again for
+    /// a prompt of `prompt` tokens; `None` when it has now.
+    fn upstream_ready_at(&self, prompt: u64, now: Instant) -> Option<Instant> {
+        let local = self.upstream.ready_at(prompt, now);
+        let remote = self
+            .shared
+            .as_ref()
+            .and_then(|shared| shared.cluster.shared.upstream_block(&shared.id, now));
+        local.max(remote)
+    }
+
+    /// A request of `prompt` (estimated) tokens is being sent: counted against the upstream's
+    /// announced remaining figures until its next answer.
+    pub fn note_sent(&self, prompt: u64) {
+        self.upstream.note_sent(prompt);
+    }
+
+    /// The upstream's announced limits, for the admin API; `None` before any answer had them.
+    pub fn upstream_limits(&self, now: Instant) -> Option<UpstreamLimitsView> {
+        self.upstream.view(now)
+    }
+
+    /// Applies a changed TPM limit (0 = unlimited), keeping the bucket's fill.
+    pub fn reconfigure_tpm(&self, tpm: u32, now: Instant) {
+        if self.tpm.tpm() != u64::from(tpm) {
+            self.tpm.reconfigure(u64::from(tpm), now);
+        }
+    }
+
+    /// The TPM limit (0 = unlimited).
+    pub fn tpm_limit(&self) -> u64 {
+        self.tpm.tpm()
     }
 
     /// When the backend will next admit a request: the later of its cooldown's end and its next
@@ -179,7 +287,14 @@ impl BackendRuntime {
     /// [`BackendRuntime::ready_at`], and what it waits for (whichever ends later).
     pub fn ready_at_why(&self, now: Instant) -> Option<(Instant, Waiting)> {
         if let Some(shared) = &self.shared {
-            return shared.ready_at_why(now);
+            let token = self.token_ready_at(now);
+            return shared.ready_at_why(now).map(|(at, why)| {
+                if token > at {
+                    (token, Waiting::RateLimit)
+                } else {
+                    (at, why)
+                }
+            });
         }
         let (cooled, reason) = {
             let cooldown = self.cooldown.lock();
@@ -190,11 +305,20 @@ impl BackendRuntime {
             }
         };
         let token = now + self.limiter.wait_time(now);
+        let token = token.max(self.token_ready_at(now));
         if token > cooled {
             Some((token, Waiting::RateLimit))
         } else {
             Some((cooled, reason))
         }
+    }
+
+    /// When the token limits let one more (small) request through: the TPM bucket out of debt
+    /// and the upstream's announced reset, whichever is later.
+    fn token_ready_at(&self, now: Instant) -> Instant {
+        let tpm = self.tpm.wait_time(1, now).map_or(now, |wait| now + wait);
+        self.upstream_ready_at(1, now)
+            .map_or(tpm, |upstream| upstream.max(tpm))
     }
 
     /// The status shown to operators.
@@ -210,12 +334,14 @@ impl BackendRuntime {
         *self.last_error.lock() = Some(text);
     }
 
-    /// Admin reset of this instance's state: healthy, no cooldown, no last error. In cluster
+    /// Admin reset of this instance's state: healthy, no cooldown, no last error, nothing
+    /// learned from the upstream's rate-limit headers (sent to at once). In cluster
     /// mode only the last error: the shared cooldown was reset by whoever reset it
     /// ([`BackendRuntime::reset_everywhere`]).
     pub fn reset(&self) {
         self.cooldown.lock().reset();
         *self.last_error.lock() = None;
+        self.upstream.clear();
     }
 
     /// Admin reset, for every instance sharing the state (in cluster mode, through it). Only
@@ -282,6 +408,10 @@ pub struct Admitted {
     probe: bool,
     resolved: bool,
     shared: Option<SharedAdmission>,
+    /// Cluster mode with a TPM limit: the tokens [`Admitted::confirm`] claims.
+    tokens: Option<u64>,
+    /// The backend's TPM reservation (settled with 0 if the attempt is dropped with it).
+    tpm: Option<TpmHold>,
 }
 
 impl std::fmt::Debug for Admitted {
@@ -308,6 +438,7 @@ impl Admitted {
     /// cluster mode, and the backend has a bucket or a probe to take, or the request's client
     /// key still has its token to pay (`key_claim`).
     pub fn needs_confirm(&self, key_claim: bool) -> bool {
+        // (a TPM claim makes `needs_admit` true: the precheck saw a limit)
         self.shared
             .as_ref()
             .is_some_and(|shared| shared.needs_admit || key_claim)
@@ -319,18 +450,33 @@ impl Admitted {
     /// first byte (a probe slot whose holder vanished is free again after it).
     pub async fn confirm(
         &mut self,
-        key: Option<&BucketClaim>,
+        key: &[BucketClaim],
         timeout: std::time::Duration,
     ) -> Result<(), Refusal> {
         let runtime = Arc::clone(&self.runtime);
+        let tpm = self
+            .tokens
+            .map(|tokens| (runtime.tpm.tpm(), tokens))
+            .filter(|(limit, _)| *limit > 0);
         match (&mut self.shared, &runtime.shared) {
             (Some(admission), Some(backend)) => {
-                admission
-                    .confirm(backend, runtime.limiter.rpm(), key, timeout)
-                    .await
+                let claim = admission
+                    .confirm(backend, runtime.limiter.rpm(), tpm, key, timeout)
+                    .await?;
+                if let Some(claim) = claim {
+                    let shared = Arc::clone(&backend.cluster.shared);
+                    self.tpm = Some(TpmHold::shared(shared, claim, 0));
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    /// The backend's TPM reservation, to be settled with the answer's usage (taken out of the
+    /// admission when the attempt succeeded; an admission dropped with it settles it with 0).
+    pub fn take_tpm(&mut self) -> Option<TpmHold> {
+        self.tpm.take()
     }
 
     /// Feeds the upstream's outcome to the cooldown (this instance's, or the shared one).
@@ -385,6 +531,8 @@ impl Drop for Admitted {
 /// (`max_parallel_requests`, counted per instance).
 pub struct ClientKeyRuntime {
     limiter: RpmLimiter,
+    /// Tokens per minute (cluster mode: only its limit is used, the bucket is shared).
+    tpm: Arc<TpmLimiter>,
     parallel: Arc<ConcurrencyLimit>,
     /// Cluster mode: the shared state and this key's id.
     shared: Option<(Arc<Cluster>, String)>,
@@ -405,6 +553,7 @@ impl ClientKeyRuntime {
     pub fn new(rpm: u32, max_parallel: u32) -> Self {
         Self {
             limiter: RpmLimiter::new(rpm),
+            tpm: Arc::new(TpmLimiter::new(0, Instant::now())),
             parallel: Arc::new(ConcurrencyLimit::new(max_parallel)),
             shared: None,
         }
@@ -442,6 +591,79 @@ impl ClientKeyRuntime {
     pub fn claim(&self) -> Option<BucketClaim> {
         let (cluster, id) = self.shared.as_ref()?;
         cluster.claim(BucketKey::client_rpm(id), self.rpm())
+    }
+
+    /// The key's TPM limit (0 = unlimited).
+    pub fn tpm_limit(&self) -> u64 {
+        self.tpm.tpm()
+    }
+
+    /// Reserves a request's `tokens` on the key's own TPM limit; `Ok(None)` when the key has
+    /// none. In cluster mode only the size is checked here ([`TpmRefusal::TooLarge`]); the
+    /// tokens are taken with the request's first admitted attempt ([`ClientKeyRuntime::claims`]).
+    /// `on_drop`: what the hold settles with if dropped unsettled.
+    pub fn reserve_tokens(
+        &self,
+        tokens: u64,
+        on_drop: u64,
+        now: Instant,
+    ) -> Result<Option<TpmHold>, TpmRefusal> {
+        let tpm = self.tpm.tpm();
+        if tpm == 0 {
+            return Ok(None);
+        }
+        if self.shared.is_some() {
+            if tokens > tpm {
+                return Err(TpmRefusal::TooLarge {
+                    requested: tokens,
+                    tpm,
+                });
+            }
+            return Ok(None);
+        }
+        let reservation = self.tpm.reserve(tokens, now)?;
+        Ok(Some(TpmHold::local(
+            Arc::clone(&self.tpm),
+            reservation,
+            on_drop,
+        )))
+    }
+
+    /// Cluster mode: the claims a request pays with its first admitted attempt — one token of
+    /// the key's RPM bucket and `tokens` of its TPM bucket (each when limited).
+    pub fn claims(&self, tokens: u64) -> Vec<BucketClaim> {
+        let Some((cluster, id)) = self.shared.as_ref() else {
+            return Vec::new();
+        };
+        let mut claims: Vec<BucketClaim> = self.claim().into_iter().collect();
+        let tpm = self.tpm.tpm();
+        if tpm > 0 {
+            if let Some(mut claim) = cluster.claim(BucketKey::client_tpm(id), 1) {
+                claim.per_minute = tpm;
+                claim.cost = tokens;
+                claims.push(claim);
+            }
+        }
+        claims
+    }
+
+    /// Cluster mode: the hold of the key's TPM claim among `claims`, once they were taken.
+    pub fn shared_hold(&self, claims: &[BucketClaim], on_drop: u64) -> Option<TpmHold> {
+        let (cluster, id) = self.shared.as_ref()?;
+        let key = BucketKey::client_tpm(id);
+        let claim = claims.iter().find(|claim| claim.key == key)?;
+        Some(TpmHold::shared(
+            Arc::clone(&cluster.shared),
+            claim.clone(),
+            on_drop,
+        ))
+    }
+
+    /// Applies a changed TPM limit (0 = unlimited), keeping the bucket's fill.
+    pub fn reconfigure_tpm(&self, tpm: u32, now: Instant) {
+        if self.tpm.tpm() != u64::from(tpm) {
+            self.tpm.reconfigure(u64::from(tpm), now);
+        }
     }
 
     /// Gives back the token of a request that reached no upstream (in cluster mode no token was
@@ -549,6 +771,7 @@ impl RuntimeRegistry {
                 }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
+        runtime.reconfigure_tpm(record.tpm_limit, now);
         runtime
     }
 
@@ -584,6 +807,7 @@ impl RuntimeRegistry {
                 }),
         );
         runtime.reconfigure_rpm(record.rpm_limit, now);
+        runtime.reconfigure_tpm(record.tpm_limit, now);
         runtime.parallel.set_max(record.max_parallel_requests);
         runtime
     }

@@ -184,9 +184,7 @@ impl LocalShared {
             .or_insert_with(|| {
                 let mut bucket = TokenBucket::per_minute(share, now);
                 // TokenBucket starts full; take what is not there (at most one share, once).
-                for _ in tokens.min(u64::from(share))..u64::from(share) {
-                    let _ = bucket.try_take(now);
-                }
+                bucket.take_up_to(u64::from(share) - tokens.min(u64::from(share)), now);
                 bucket
             });
     }
@@ -237,21 +235,12 @@ impl LocalShared {
             if bucket.rpm() != share {
                 bucket.set_rpm(share, now);
             }
-            for took in 0..cost {
-                if let Err(wait) = bucket.try_take(now) {
-                    taken.push((&claim.key, took));
-                    // The next token after `wait`, each further one 60 s / share later (what
-                    // was taken now goes back below).
-                    let further = u128::from(cost - took - 1) * 60_000_000_000;
-                    let further = further.div_ceil(u128::from(share));
-                    refusal = Some(Refusal::Limited {
-                        key: claim.key.clone(),
-                        retry_after: wait.saturating_add(Duration::from_nanos(
-                            u64::try_from(further).unwrap_or(u64::MAX),
-                        )),
-                    });
-                    break 'claims;
-                }
+            if let Err(wait) = bucket.try_take_n(cost, now) {
+                refusal = Some(Refusal::Limited {
+                    key: claim.key.clone(),
+                    retry_after: wait,
+                });
+                break 'claims;
             }
             taken.push((&claim.key, cost));
         }
@@ -260,9 +249,7 @@ impl LocalShared {
         };
         for (key, count) in taken {
             if let Some(bucket) = buckets.get_mut(key) {
-                for _ in 0..count {
-                    bucket.refund(now);
-                }
+                bucket.give_n(count, now);
             }
         }
         Err(refusal)
@@ -328,9 +315,18 @@ impl LocalShared {
         let mut buckets = self.buckets.lock();
         for claim in claims {
             if let Some(bucket) = buckets.get_mut(&claim.key) {
-                for _ in 0..claim.clamped().1 {
-                    bucket.refund(now);
-                }
+                bucket.give_n(claim.clamped().1, now);
+            }
+        }
+    }
+
+    /// Takes `cost` more from each claim's bucket (usage beyond a reservation), stopping at
+    /// empty: a local bucket has no debt.
+    pub(crate) fn charge_at(&self, claims: &[BucketClaim], now: Instant) {
+        let mut buckets = self.buckets.lock();
+        for claim in claims {
+            if let Some(bucket) = buckets.get_mut(&claim.key) {
+                bucket.take_up_to(claim.clamped().1, now);
             }
         }
     }
@@ -410,6 +406,10 @@ impl SharedRuntime for LocalShared {
 
     async fn refund(&self, claims: &[BucketClaim]) {
         self.refund_at(claims, Instant::now());
+    }
+
+    async fn charge(&self, claims: &[BucketClaim]) {
+        self.charge_at(claims, Instant::now());
     }
 
     async fn reset(&self, backend: &BackendId) {

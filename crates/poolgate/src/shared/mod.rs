@@ -87,6 +87,16 @@ impl BucketKey {
         BucketKey::new("key-rpm", client_key_id)
     }
 
+    /// A backend's tokens-per-minute bucket (claims cost the request's estimated tokens).
+    pub fn backend_tpm(backend: &BackendId) -> BucketKey {
+        BucketKey::new("backend-tpm", backend.as_str())
+    }
+
+    /// A client key's tokens-per-minute bucket.
+    pub fn client_tpm(client_key_id: &str) -> BucketKey {
+        BucketKey::new("key-tpm", client_key_id)
+    }
+
     /// Any other bucket (`kind` names what it counts, e.g. `key-tpm`, `key-budget`).
     pub fn new(kind: &str, id: &str) -> BucketKey {
         BucketKey(format!("{kind}:{id}").into())
@@ -303,6 +313,11 @@ pub trait SharedRuntime: Send + Sync + 'static {
     /// Give back tokens that were taken but not used (never above capacity).
     async fn refund(&self, claims: &[BucketClaim]);
 
+    /// Take `cost` more tokens from each bucket, without admitting anything: a TPM reservation
+    /// settled above its estimate. Redis lets the bucket go into debt (down to minus its
+    /// capacity; the next admission waits until it is repaid); a local bucket stops at empty.
+    async fn charge(&self, claims: &[BucketClaim]);
+
     /// Admin reset: healthy, level 0, on every instance.
     async fn reset(&self, backend: &BackendId);
 
@@ -315,4 +330,15 @@ pub trait SharedRuntime: Send + Sync + 'static {
 
     /// This instance's view of the backend's cooldown (local, no I/O).
     fn cooldown(&self, backend: &BackendId) -> CooldownView;
+
+    /// Tells every other instance that `backend`'s upstream announced no room left (its
+    /// rate-limit headers) until `until_ms` (Unix milliseconds). Fire and forget; nothing to do
+    /// for state no other instance shares.
+    fn announce_upstream_block(&self, _backend: &BackendId, _until_ms: i64) {}
+
+    /// The end of the latest such block another instance announced for `backend`, while it
+    /// runs (local, no I/O).
+    fn upstream_block(&self, _backend: &BackendId, _now: Instant) -> Option<Instant> {
+        None
+    }
 }

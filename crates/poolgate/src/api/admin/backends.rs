@@ -19,6 +19,7 @@ use crate::domain::{
     format_ms, parse_json, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord,
     BackendStatus, ModelMapping, Source,
 };
+use crate::limits::upstream::UpstreamLimitsView;
 use crate::pricing::{Nanodollars, WindowView};
 use crate::routing::LiveBackend;
 use crate::runtime::ms_from_instant;
@@ -57,6 +58,12 @@ pub struct BackendView {
     pub responses: bool,
     /// Azure's `api-version` (set, or `null` for the default).
     pub api_version: Option<String>,
+    /// Tokens per minute (prompt + output); 0 = unlimited.
+    pub tpm_limit: u32,
+    /// Read-only: the rate-limit figures the upstream last sent (`x-ratelimit-*`,
+    /// `anthropic-ratelimit-*`), and until when poolgate holds requests back because it said
+    /// nothing is left (`blocked_until`); `null` before any answer carried them.
+    pub upstream_limits: Option<UpstreamLimitsView>,
     /// The most this backend may cost per UTC calendar month, USD; `null` = no cap. At its cap
     /// a backend is skipped until the month ends.
     pub monthly_spend_cap_usd: Option<f64>,
@@ -109,6 +116,7 @@ impl<T: DeserializeOwned> WithSpendCap<T> {
 /// Builds the view from the stored record and, when present, the live counters.
 pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
     let now = Instant::now();
+    let upstream_limits = live.and_then(|backend| backend.runtime.upstream_limits(now));
     let spend = live
         .and_then(|backend| backend.spend.as_ref())
         .map(|ledger| ledger.view(chrono::Utc::now()));
@@ -169,6 +177,8 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
         updated_at: format_ms(record.updated_at_ms),
         responses: record.speaks_responses(),
         api_version: record.api_version.clone(),
+        tpm_limit: record.tpm_limit,
+        upstream_limits,
         monthly_spend_cap_usd: spend
             .and_then(|spend| spend.monthly.limit)
             .map(Nanodollars::as_usd_f64),

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
-use crate::control::{BudgetPatch, ClientKeyInput, ControlPlane};
+use crate::control::{BudgetPatch, ClientKeyInput, ClientKeyPatch, ControlPlane};
 use crate::domain::{format_ms, ClientKeyRecord};
 use crate::pricing::{Nanodollars, SpendView, WindowView};
 use crate::state::{DataPlane, Live};
@@ -28,6 +28,11 @@ pub struct CreateKey {
     pub max_parallel_requests: Option<i64>,
     /// Canonical models this key may use; absent or empty = all.
     pub allowed_models: Option<Vec<String>>,
+    /// Tokens per minute for this key (prompt + output, estimated at admission and settled
+    /// with the real usage), 0–150000000; 0 or absent = unlimited. Over it: 429
+    /// `rate_limit_exceeded` with `Retry-After`; a request larger than the whole limit: 429
+    /// `tpm_request_too_large` with `x-should-retry: false`.
+    pub tpm_limit: Option<i64>,
     /// Spend limit per UTC day, USD (number or decimal string, at most 9 decimals); absent or
     /// `null` = none. A key whose budget is spent gets 429 `budget_exceeded`.
     #[schema(value_type = Option<f64>)]
@@ -45,6 +50,15 @@ pub struct CreateKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
+    pub name: Option<String>,
+    /// 0 = unlimited.
+    pub rpm_limit: Option<i64>,
+    /// 0 = unlimited.
+    pub max_parallel_requests: Option<i64>,
+    /// Empty = all models.
+    pub allowed_models: Option<Vec<String>>,
+    /// Tokens per minute; 0 = unlimited.
+    pub tpm_limit: Option<i64>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<f64>)]
     pub budget_daily_usd: Option<Option<Nanodollars>>,
@@ -78,6 +92,8 @@ pub struct KeyView {
     pub allowed_models: Vec<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// Tokens per minute; 0 = unlimited.
+    pub tpm_limit: u32,
     /// Its budgets in USD (`null` = none).
     pub budget_daily_usd: Option<f64>,
     pub budget_monthly_usd: Option<f64>,
@@ -124,6 +140,7 @@ fn view(record: &ClientKeyRecord, live: &Live) -> KeyView {
             .collect(),
         created_at: format_ms(record.created_at_ms),
         revoked_at: record.revoked_at_ms.map(format_ms),
+        tpm_limit: record.tpm_limit,
     }
 }
 
@@ -160,6 +177,7 @@ pub async fn create(
             rpm_limit: input.rpm_limit,
             max_parallel_requests: input.max_parallel_requests,
             allowed_models: input.allowed_models.unwrap_or_default(),
+            tpm_limit: input.tpm_limit,
         })
         .await?;
     if budgets.daily.flatten().is_some()
@@ -177,7 +195,8 @@ pub async fn create(
     ))
 }
 
-/// Change a client key's budgets.
+/// Change a client key's name, limits or budgets (absent fields stay; `null` removes a budget;
+/// new limits apply to the next request).
 #[utoipa::path(patch, path = "/keys/{id}", tag = "keys", request_body = UpdateKey,
     params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody),
@@ -188,16 +207,30 @@ pub async fn update(
     Path(id): Path<String>,
     Json(input): Json<UpdateKey>,
 ) -> Result<impl IntoResponse, ApiError> {
-    control
-        .update_key_budgets(
-            &id,
-            BudgetPatch {
-                daily: input.budget_daily_usd,
-                monthly: input.budget_monthly_usd,
-                total: input.budget_total_usd,
-            },
-        )
-        .await?;
+    let limits = ClientKeyPatch {
+        name: input.name,
+        rpm_limit: input.rpm_limit,
+        max_parallel_requests: input.max_parallel_requests,
+        allowed_models: input.allowed_models,
+        tpm_limit: input.tpm_limit,
+    };
+    let budgets = BudgetPatch {
+        daily: input.budget_daily_usd,
+        monthly: input.budget_monthly_usd,
+        total: input.budget_total_usd,
+    };
+    // Limits first: their validation can refuse; budgets were checked when the body was read.
+    if limits.name.is_some()
+        || limits.rpm_limit.is_some()
+        || limits.max_parallel_requests.is_some()
+        || limits.allowed_models.is_some()
+        || limits.tpm_limit.is_some()
+    {
+        control.update_client_key(&id, limits).await?;
+    }
+    if budgets.daily.is_some() || budgets.monthly.is_some() || budgets.total.is_some() {
+        control.update_key_budgets(&id, budgets).await?;
+    }
     let keys = control.client_keys().await?;
     let record = keys
         .iter()

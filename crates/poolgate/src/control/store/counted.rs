@@ -97,6 +97,7 @@ counted!(ConfigStore {
     async fn list_client_keys(&self) -> Vec<ClientKeyRecord>;
     async fn insert_client_key(&self, key: &ClientKeyRecord) -> ();
     async fn revoke_client_key(&self, id: &str, at_ms: i64) -> bool;
+    async fn update_client_key(&self, key: &ClientKeyRecord) -> bool;
     async fn save_limiter_levels(&self, levels: &[LimiterLevel]) -> ();
     async fn load_limiter_levels(&self) -> Vec<LimiterLevel>;
     async fn get_setting(&self, key: &str) -> Option<String>;

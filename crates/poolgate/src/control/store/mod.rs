@@ -86,6 +86,9 @@ pub trait ConfigStore: Send + Sync + 'static {
     async fn insert_client_key(&self, key: &ClientKeyRecord) -> Result<(), StoreError>;
     /// Sets `revoked_at`; false if no such (unrevoked) key.
     async fn revoke_client_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
+    /// Writes an unrevoked key's name and limits (`name`, `rpm_limit`, `max_parallel_requests`,
+    /// `allowed_models`, `tpm_limit`); false if no such (unrevoked) key.
+    async fn update_client_key(&self, key: &ClientKeyRecord) -> Result<bool, StoreError>;
 
     // --- RPM bucket levels (limits across restarts) ---
     /// Upserts these levels (one transaction); a level of a backend or key that is gone is

@@ -131,6 +131,7 @@ pub(super) fn backend_from_row(row: &impl Columns) -> Result<BackendRecord, Stor
         updated_at_ms: row.int("updated_at")?,
         responses: row.opt_flag("responses")?,
         api_version: row.opt_text("api_version")?,
+        tpm_limit: narrow("tpm_limit", row.int("tpm_limit")?)?,
     })
 }
 
@@ -170,6 +171,7 @@ pub(super) fn client_key_from_row(row: &impl Columns) -> Result<ClientKeyRecord,
         allowed_models,
         created_at_ms: row.int("created_at")?,
         revoked_at_ms: row.opt_int("revoked_at")?,
+        tpm_limit: narrow("tpm_limit", row.int("tpm_limit")?)?,
     })
 }
 

@@ -303,3 +303,32 @@ async fn in_flight_counts_each_attempt_until_its_guard_drops() {
         .in_flight_counts()
         .contains(&(BackendId::new("b-1"), 0)));
 }
+
+/// Issue #11: a TPM claim costs the request's estimated tokens at once (no per-token loop), a
+/// refund gives back the unused part, an extra charge takes more (down to empty, no debt here).
+#[tokio::test(start_paused = true)]
+async fn tpm_claims_take_refund_and_charge_many_tokens_at_once() {
+    let local = LocalShared::new("i");
+    let claim = |cost: u64| BucketClaim {
+        cost,
+        ..BucketClaim::one(BucketKey::new("key-tpm", "k"), 6_000_000)
+    };
+    assert!(is_admitted(&admit(&local, &[claim(5_000_000)])));
+    // 1 000 000 left: 1 500 000 more need 500 000 at 100 000 a second = 5 s.
+    assert_eq!(
+        admit(&local, &[claim(1_500_000)]),
+        Admit::Refused(Refusal::Limited {
+            key: BucketKey::new("key-tpm", "k"),
+            retry_after: Duration::from_secs(5),
+        })
+    );
+    // The request used 4 500 000 of its 5 000 000: 500 000 back, so 1 500 000 fits now.
+    local.refund(&[claim(500_000)]).await;
+    assert!(is_admitted(&admit(&local, &[claim(1_500_000)])));
+    // Used 2 000 000 more than reserved: the bucket (empty now) stays at empty, and a one-token
+    // claim waits for the refill (10 µs per token at 6 000 000 a minute).
+    local.charge(&[claim(2_000_000)]).await;
+    assert!(!is_admitted(&admit(&local, &[claim(1)])));
+    advance(Duration::from_millis(1)).await;
+    assert!(is_admitted(&admit(&local, &[claim(1)])));
+}

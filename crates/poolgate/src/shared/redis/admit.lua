@@ -1,11 +1,14 @@
 -- poolgate admit v1
 -- One admission, atomically: the backend's cooldown and half-open probe slot, then `cost` tokens
--- from every bucket, all or nothing; or (mode 'give') tokens given back.
+-- from every bucket, all or nothing; or (mode 'give') tokens given back; or (mode 'owe', TPM
+-- usage above its reservation) tokens taken without admitting anything, into debt down to minus
+-- the capacity. 'owe' was added compatibly: an instance that never sends it reads a bucket in
+-- debt as an empty one that refills.
 -- Changing what this script does or returns: rename it to v2 (the Rust side keys its data by
 -- schema version) so old and new instances never run each other's logic during a rolling upgrade.
 --
 -- KEYS[1] cooldown hash   KEYS[2] probe slot   KEYS[3] lease zset   KEYS[4..] buckets
--- ARGV[1] mode 'take' | 'give'
+-- ARGV[1] mode 'take' | 'give' | 'owe'
 -- ARGV[2] probe token     ARGV[3] probe ttl ms
 -- ARGV[4] lease id ('' = none)   ARGV[5] lease ttl ms
 -- ARGV[6 + 2(i-1)] per-minute limit of bucket i   ARGV[7 + 2(i-1)] cost of bucket i
@@ -17,7 +20,7 @@
 --   code 3 cooling: detail = ms left
 --   code 4 probe in flight: detail = the probe slot's ms left
 --   code 5 broken
---   code 6 given back
+--   code 6 given back (or owed)
 --
 -- Buckets: level in units, one token = 60,000,000 units (the microseconds in a minute), a bucket
 -- of n/min gains n units per microsecond; capacity n tokens; a missing bucket is full. All
@@ -78,6 +81,13 @@ for i = 1, n do
   else
     local elapsed = now_us - last
     if elapsed < 0 then elapsed = 0 end
+    -- A bucket in debt (never below minus its capacity) repays it first, a minute's refill at
+    -- most, so every sum stays within the capacity's range.
+    if lvl < 0 then
+      local pay = math.min(elapsed, UNIT)
+      lvl = lvl + pay * old_rate
+      elapsed = elapsed - pay
+    end
     -- A minute fills any bucket; the cap keeps elapsed * rate exact.
     if elapsed > UNIT then elapsed = UNIT end
     -- Refill at the rate the bucket had, then clamp to the (maybe new) capacity.
@@ -87,6 +97,8 @@ for i = 1, n do
   if mode == 'take' then
     if lvl < cost then return reply(2, i, {wait_us(cost - lvl, rate)}) end
     lvl = lvl - cost
+  elseif mode == 'owe' then
+    lvl = math.max(lvl - cost, -rate * UNIT)
   else
     lvl = math.min(lvl + cost, rate * UNIT)
   end
@@ -101,7 +113,7 @@ for i = 1, n do
   redis.call('PEXPIRE', key, int(math.ceil(wait_us(rates[i] * UNIT - levels[i], rates[i]) / 1000) + 1000))
   left[i] = math.floor(levels[i] / UNIT)
 end
-if mode == 'give' then return reply(6, 0, left) end
+if mode ~= 'take' then return reply(6, 0, left) end
 
 if probe == 1 then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])

@@ -110,6 +110,9 @@ struct Inner {
     tokens_left: Mutex<HashMap<BucketKey, u64>>,
     /// Where failed calls and the degraded mode are counted (`poolgate_redis_*`), once set.
     metrics: std::sync::OnceLock<RedisMetrics>,
+    /// Upstream blocks other instances announced (`ul1` messages on the change feed): until when
+    /// each backend's upstream said it has no room.
+    upstream_blocks: Mutex<HashMap<BackendId, Instant>>,
 }
 
 impl RedisShared {
@@ -151,6 +154,7 @@ impl RedisShared {
             resync_needed: AtomicBool::new(false),
             tokens_left: Mutex::new(HashMap::new()),
             metrics: std::sync::OnceLock::new(),
+            upstream_blocks: Mutex::new(HashMap::new()),
             options,
         });
         // One heartbeat before serving: the live-instance count (if Redis answers; if not, the
@@ -259,7 +263,8 @@ impl Inner {
         tracing::info!(instance = %self.instance_id, "Redis answers again: shared mode");
     }
 
-    /// The admit script for `mode` `take` (an admission) or `give` (a refund; the cooldown keys
+    /// The admit script for `mode` `take` (an admission), `give` (a refund) or `owe` (an extra
+    /// charge, into debt; for `give` and `owe` the cooldown keys
     /// are then not read, and `request.backend` may be any id).
     fn admit_invocation<'a>(
         &self,
@@ -503,6 +508,25 @@ impl SharedRuntime for RedisShared {
         }
     }
 
+    async fn charge(&self, claims: &[BucketClaim]) {
+        if claims.is_empty() {
+            return;
+        }
+        if self.inner.mode() == Mode::Degraded {
+            self.inner.local.charge_at(claims, Instant::now());
+            return;
+        }
+        let request = AdmitRequest {
+            backend: BackendId::new("-"),
+            claims: claims.to_vec(),
+            probe_ttl: Duration::ZERO,
+        };
+        let owe = self.inner.admit_invocation("owe", &request, "");
+        if self.inner.call::<Vec<i64>>("charge", &owe).await.is_none() {
+            self.inner.local.charge_at(claims, Instant::now());
+        }
+    }
+
     async fn reset(&self, backend: &BackendId) {
         self.inner.local.reset_local(backend);
         match self
@@ -534,5 +558,97 @@ impl SharedRuntime for RedisShared {
 
     fn cooldown(&self, backend: &BackendId) -> CooldownView {
         self.inner.local.view(backend)
+    }
+
+    fn announce_upstream_block(&self, backend: &BackendId, until_ms: i64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let message = upstream_block_message(backend, until_ms);
+        runtime.spawn(async move { inner.publish(message).await });
+    }
+
+    fn upstream_block(&self, backend: &BackendId, now: Instant) -> Option<Instant> {
+        let mut blocks = self.inner.upstream_blocks.lock();
+        match blocks.get(backend) {
+            Some(until) if *until > now => Some(*until),
+            Some(_) => {
+                blocks.remove(backend);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// The change-feed message announcing an upstream block: `ul1 <until_ms> <backend id>` (other
+/// versions' parsers ignore it: cooldown messages start with `v1`).
+fn upstream_block_message(backend: &BackendId, until_ms: i64) -> String {
+    format!("ul1 {until_ms} {}", backend.as_str())
+}
+
+/// Reads an upstream-block message: the backend and the block's end on this instance's clock.
+fn parse_upstream_block(payload: &str, now: Instant) -> Option<(BackendId, Instant)> {
+    let rest = payload.strip_prefix("ul1 ")?;
+    let (until_ms, backend) = rest.split_once(' ')?;
+    let until_ms: i64 = until_ms.parse().ok()?;
+    let left = until_ms.saturating_sub(crate::domain::now_ms());
+    let left = Duration::from_millis(u64::try_from(left).ok()?);
+    Some((BackendId::new(backend), now + left))
+}
+
+impl Inner {
+    /// Publishes `message` on the change feed's channel (through the breaker, bounded by the
+    /// call timeout); a failure is counted and otherwise ignored.
+    async fn publish(&self, message: String) {
+        if !self.breaker.permit(Instant::now()) {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(self.keys.channel()).arg(message);
+        let publish = command.query_async::<i64>(&mut conn);
+        match tokio::time::timeout(self.options.call_timeout, publish).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => self.on_failure("publish", &error.to_string()),
+            Err(_) => self.on_failure("publish", "timed out"),
+        }
+    }
+
+    /// Takes in an upstream block another instance announced; false if `payload` is not one.
+    pub(super) fn take_upstream_block(&self, payload: &str) -> bool {
+        let Some((backend, until)) = parse_upstream_block(payload, Instant::now()) else {
+            return payload.starts_with("ul1 ");
+        };
+        let mut blocks = self.upstream_blocks.lock();
+        let entry = blocks.entry(backend).or_insert(until);
+        *entry = (*entry).max(until);
+        true
+    }
+}
+
+#[cfg(test)]
+mod upstream_block_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_block_messages_round_trip_and_past_blocks_are_dropped() {
+        let backend = BackendId::new("bkd_1");
+        let now = Instant::now();
+        let until_ms = crate::domain::now_ms() + 1_500;
+        let message = upstream_block_message(&backend, until_ms);
+        let (parsed, until) = parse_upstream_block(&message, now).expect("parses");
+        assert_eq!(parsed, backend);
+        let left = until.duration_since(now);
+        assert!(
+            left > Duration::from_millis(1_000) && left <= Duration::from_millis(1_500),
+            "{left:?}"
+        );
+        // A block already over on arrival, another version's message, garbage: nothing.
+        let past = upstream_block_message(&backend, crate::domain::now_ms() - 10);
+        assert!(parse_upstream_block(&past, now).is_none());
+        assert!(parse_upstream_block("v1 1 2 3 4 5 6 b", now).is_none());
+        assert!(parse_upstream_block("ul1 x b", now).is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! The background tasks of [`super::RedisShared`]: the heartbeat (registry, live-instance count,
 //! the breaker's trial call when no request comes, the resync after an outage) and the change
-//! feed (a pub/sub subscriber applying every published cooldown change to the local mirror).
+//! feed (a pub/sub subscriber applying every published cooldown change to the local mirror, and
+//! keeping the upstream blocks other instances announce).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -57,6 +58,9 @@ pub(super) async fn change_feed_loop(inner: Arc<Inner>) {
                 let Ok(payload) = message.get_payload::<String>() else {
                     continue;
                 };
+                if inner.take_upstream_block(&payload) {
+                    continue;
+                }
                 match scripts::parse_message(&payload) {
                     Some((backend, cooldown)) => {
                         let shared = cooldown.to_local(Instant::now());

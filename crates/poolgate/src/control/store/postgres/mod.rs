@@ -91,7 +91,7 @@ fn classify_write_error(error: sqlx::Error, backend: &BackendRecord) -> StoreErr
 const BACKEND_COLUMNS: &str = "id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
      timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
      cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at, \
-     responses, api_version";
+     responses, api_version, tpm_limit";
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -121,7 +121,8 @@ fn bind_definition<'q>(
         .bind(backend.metadata.to_string())
         .bind(backend.updated_at_ms)
         .bind(backend.responses)
-        .bind(backend.api_version.as_deref()))
+        .bind(backend.api_version.as_deref())
+        .bind(i64::from(backend.tpm_limit)))
 }
 
 async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
@@ -131,10 +132,10 @@ where
     let query = sqlx::query(
         "INSERT INTO backends (name, label, api_base_url, api_key_sealed, api_key_mask, api, \
          timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-         metadata, updated_at, responses, api_version, id, cooldown_until, \
+         metadata, updated_at, responses, api_version, tpm_limit, id, cooldown_until, \
          consecutive_429_count, last_error, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23)",
+         $18, $19, $20, $21, $22, $23, $24)",
     );
     bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -160,7 +161,8 @@ where
         "UPDATE backends SET name = $1, label = $2, api_base_url = $3, api_key_sealed = $4, \
          api_key_mask = $5, api = $6, timeout_seconds = $7, rpm_limit = $8, weight = $9, \
          pool = $10, enabled = $11, status = $12, model_mappings = $13, source = $14, \
-         metadata = $15, updated_at = $16, responses = $17, api_version = $18 WHERE id = $19",
+         metadata = $15, updated_at = $16, responses = $17, api_version = $18, \
+         tpm_limit = $19 WHERE id = $20",
     );
     let result = bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -367,7 +369,8 @@ impl ConfigStore for PgStore {
     async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, display_prefix, secret_hash, rpm_limit, max_parallel_requests, \
-             allowed_models, created_at, revoked_at FROM client_keys ORDER BY created_at, id",
+             allowed_models, created_at, revoked_at, tpm_limit FROM client_keys \
+             ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -379,8 +382,8 @@ impl ConfigStore for PgStore {
             serde_json::to_string(&key.allowed_models).map_err(|e| corrupt("allowed_models", e))?;
         sqlx::query(
             "INSERT INTO client_keys (id, name, display_prefix, secret_hash, rpm_limit, \
-             max_parallel_requests, allowed_models, created_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             max_parallel_requests, allowed_models, created_at, revoked_at, tpm_limit) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -391,6 +394,7 @@ impl ConfigStore for PgStore {
         .bind(models)
         .bind(key.created_at_ms)
         .bind(key.revoked_at_ms)
+        .bind(i64::from(key.tpm_limit))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -402,6 +406,24 @@ impl ConfigStore for PgStore {
         )
         .bind(at_ms)
         .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn update_client_key(&self, key: &ClientKeyRecord) -> Result<bool, StoreError> {
+        let models =
+            serde_json::to_string(&key.allowed_models).map_err(|e| corrupt("allowed_models", e))?;
+        let result = sqlx::query(
+            "UPDATE client_keys SET name = $1, rpm_limit = $2, max_parallel_requests = $3, \
+             allowed_models = $4, tpm_limit = $5 WHERE id = $6 AND revoked_at IS NULL",
+        )
+        .bind(&key.name)
+        .bind(i64::from(key.rpm_limit))
+        .bind(i64::from(key.max_parallel_requests))
+        .bind(models)
+        .bind(i64::from(key.tpm_limit))
+        .bind(&key.id)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)

@@ -57,6 +57,7 @@ async fn the_config_store_round_trips_and_versions_every_configuration_write() {
     assert_eq!(heard.payload(), format!("config {}", version + 1));
     one.label = "changed".into();
     one.enabled = false;
+    one.tpm_limit = 2_000_000;
     store.update_backend(&one).await.unwrap();
     assert_eq!(store.get_backend(&one.id).await.unwrap().unwrap(), one);
     let error = store.insert_backend(&backend("one")).await.unwrap_err();
@@ -112,9 +113,19 @@ async fn the_config_store_round_trips_and_versions_every_configuration_write() {
         allowed_models: vec![CanonicalModel::new("gpt-4o")],
         created_at_ms: 1,
         revoked_at_ms: None,
+        tpm_limit: 40_000,
     };
     store.insert_client_key(&key).await.unwrap();
     assert_eq!(store.list_client_keys().await.unwrap(), vec![key.clone()]);
+    // Issue #11: a key's limits change in place (0006's `tpm_limit` included).
+    let mut changed_key = key.clone();
+    changed_key.tpm_limit = 150_000_000;
+    changed_key.rpm_limit = 11;
+    assert!(store.update_client_key(&changed_key).await.unwrap());
+    assert_eq!(
+        store.list_client_keys().await.unwrap(),
+        vec![changed_key.clone()]
+    );
     assert!(store.revoke_client_key("abc", 5).await.unwrap());
     assert!(!store.revoke_client_key("abc", 6).await.unwrap());
     assert_eq!(
@@ -153,6 +164,7 @@ async fn limiter_levels_round_trip_and_go_with_their_backend_or_key() {
         allowed_models: Vec::new(),
         created_at_ms: 1,
         revoked_at_ms: None,
+        tpm_limit: 0,
     };
     store.insert_client_key(&key).await.unwrap();
     let level = |kind, id: &str, units| LimiterLevel {

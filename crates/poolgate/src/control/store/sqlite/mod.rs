@@ -90,12 +90,12 @@ fn classify_write_error(error: sqlx::Error, backend: &BackendRecord) -> StoreErr
 const BACKEND_COLUMNS: &str = "id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
      timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
      cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at, \
-     responses, api_version";
+     responses, api_version, tpm_limit";
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// Binds a backend's definition — what an admin edit or a config sync writes — in the order of
-/// the first 18 columns of both statements below (`name` … `api_version`).
+/// the first 19 columns of both statements below (`name` … `tpm_limit`).
 fn bind_definition<'q>(
     query: Query<'q>,
     backend: &'q BackendRecord,
@@ -121,7 +121,8 @@ fn bind_definition<'q>(
         .bind(backend.metadata.to_string())
         .bind(backend.updated_at_ms)
         .bind(backend.responses)
-        .bind(backend.api_version.as_deref()))
+        .bind(backend.api_version.as_deref())
+        .bind(i64::from(backend.tpm_limit)))
 }
 
 async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
@@ -131,9 +132,9 @@ where
     let query = sqlx::query(
         "INSERT INTO backends (name, label, api_base_url, api_key_sealed, api_key_mask, api, \
          timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-         metadata, updated_at, responses, api_version, id, cooldown_until, \
+         metadata, updated_at, responses, api_version, tpm_limit, id, cooldown_until, \
          consecutive_429_count, last_error, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
     bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -159,7 +160,7 @@ where
         "UPDATE backends SET name = ?, label = ?, api_base_url = ?, api_key_sealed = ?, \
          api_key_mask = ?, api = ?, timeout_seconds = ?, rpm_limit = ?, weight = ?, pool = ?, \
          enabled = ?, status = ?, model_mappings = ?, source = ?, metadata = ?, updated_at = ?, \
-         responses = ?, api_version = ? WHERE id = ?",
+         responses = ?, api_version = ?, tpm_limit = ? WHERE id = ?",
     );
     let result = bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -358,7 +359,8 @@ impl ConfigStore for SqliteStore {
     async fn list_client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, display_prefix, secret_hash, rpm_limit, max_parallel_requests, \
-             allowed_models, created_at, revoked_at FROM client_keys ORDER BY created_at, id",
+             allowed_models, created_at, revoked_at, tpm_limit FROM client_keys \
+             ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -370,8 +372,8 @@ impl ConfigStore for SqliteStore {
             serde_json::to_string(&key.allowed_models).map_err(|e| corrupt("allowed_models", e))?;
         sqlx::query(
             "INSERT INTO client_keys (id, name, display_prefix, secret_hash, rpm_limit, \
-             max_parallel_requests, allowed_models, created_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             max_parallel_requests, allowed_models, created_at, revoked_at, tpm_limit) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -382,6 +384,7 @@ impl ConfigStore for SqliteStore {
         .bind(models)
         .bind(key.created_at_ms)
         .bind(key.revoked_at_ms)
+        .bind(i64::from(key.tpm_limit))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -393,6 +396,24 @@ impl ConfigStore for SqliteStore {
         )
         .bind(at_ms)
         .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn update_client_key(&self, key: &ClientKeyRecord) -> Result<bool, StoreError> {
+        let models =
+            serde_json::to_string(&key.allowed_models).map_err(|e| corrupt("allowed_models", e))?;
+        let result = sqlx::query(
+            "UPDATE client_keys SET name = ?, rpm_limit = ?, max_parallel_requests = ?, \
+             allowed_models = ?, tpm_limit = ? WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(&key.name)
+        .bind(i64::from(key.rpm_limit))
+        .bind(i64::from(key.max_parallel_requests))
+        .bind(models)
+        .bind(i64::from(key.tpm_limit))
+        .bind(&key.id)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() > 0)

@@ -210,6 +210,7 @@ async fn client_keys_and_settings_round_trip() {
         allowed_models: vec![CanonicalModel::new("gpt-4o")],
         created_at_ms: 1,
         revoked_at_ms: None,
+        tpm_limit: 7,
     };
     store.insert_client_key(&key).await.unwrap();
     assert_eq!(store.list_client_keys().await.unwrap(), vec![key.clone()]);
@@ -267,6 +268,7 @@ async fn limiter_levels_round_trip_and_go_with_their_backend_or_key() {
         allowed_models: Vec::new(),
         created_at_ms: 1,
         revoked_at_ms: None,
+        tpm_limit: 7,
     };
     store.insert_client_key(&key).await.unwrap();
     let level = |kind, id: &str, units| LimiterLevel {
