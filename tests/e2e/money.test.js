@@ -178,6 +178,11 @@ describe('tokens and money in the dashboard', { timeout: 60000 }, () => {
     const group = page.locator('[data-testid="breakdown"] tbody tr').filter({ hasText: 'budgeted' });
     assertShows(await group.getByTestId('group-spend').textContent(), spent, 'spend of the key');
     await screenshot(page, 'money-usage');
+
+    // A week answers from the hourly rollup: the same spend, averages instead of percentiles.
+    await page.getByRole('radio', { name: 'Last week' }).click();
+    await page.getByTestId('kpi-latency-avg').waitFor();
+    assertShows(await page.locator('[data-testid="kpi-spend"] .stat-value').textContent(), spent, 'total spend from the rollup');
   });
 
   test('the key’s budget bar: spent of the daily budget, reset time in its title; a budget added by editing', async () => {

@@ -179,12 +179,17 @@ function renderKpis(root, stats, range) {
   replace(root,
     stat('Requests', fmt.num(t.requests), `${fmt.decimal(t.requests / minutes)} per minute on average`),
     stat('Errors', fmt.num(t.errors), `${fmt.percent(t.error_rate)} error rate`, { tone: t.error_rate >= 0.05 ? 'danger' : t.error_rate > 0 ? 'warning' : null }),
-    stat('Latency p50 / p95', `${fmt.ms(t.p50_latency_ms)} / ${fmt.ms(t.p95_latency_ms)}`, `first byte p50 ${fmt.ms(t.p50_ttfb_ms)}`),
+    fromRollup(stats)
+      ? stat('Latency average', fmt.ms(t.avg_latency_ms), `first byte ${fmt.ms(t.avg_ttfb_ms)} · from hourly rollups: no percentiles past 2 days`, { testid: 'kpi-latency-avg' })
+      : stat('Latency p50 / p95', `${fmt.ms(t.p50_latency_ms)} / ${fmt.ms(t.p95_latency_ms)}`, `first byte p50 ${fmt.ms(t.p50_ttfb_ms)}`),
     stat('Prompt tokens', fmt.num(t.prompt_tokens), `sent upstream · ${fmt.percent(t.cached_share)} from prompt caches`),
     stat('Completion tokens', fmt.num(t.completion_tokens), 'generated'),
     stat('Spend', fmt.usd(t.cost_usd), spendNote(t), { testid: 'kpi-spend' }),
   );
 }
+
+/** Long ranges answer from hourly rollups, which carry averages instead of percentiles. */
+const fromRollup = (stats) => stats.source === 'rollup';
 
 /** What the spend figure covers. */
 function spendNote(t) {
@@ -220,7 +225,7 @@ function renderCharts(charts, titles, stats, split, names) {
     titles.requests.textContent = 'Requests and errors';
     titles.tokens.textContent = 'Tokens';
     titles.spend.textContent = 'Spend';
-    titles.latency.textContent = 'Latency percentiles';
+    titles.latency.textContent = fromRollup(stats) ? 'Latency averages' : 'Latency percentiles';
     charts.requests.setData(xs, [
       { label: 'Requests', kind: 'bars', color: '--series-1' },
       { label: 'Errors', kind: 'bars', color: '--danger' },
@@ -230,6 +235,13 @@ function renderCharts(charts, titles, stats, split, names) {
       { label: 'Completion', kind: 'area', color: '--series-3' },
     ], [stats.series.map((b) => b.prompt_tokens), stats.series.map((b) => b.completion_tokens)]);
     charts.spend.setData(xs, [{ label: 'Spend', kind: 'bars', color: '--series-5' }], [stats.series.map(costOf)]);
+    if (fromRollup(stats)) {
+      charts.latency.setData(xs, [
+        { label: 'Average', kind: 'line', color: '--series-1' },
+        { label: 'First byte average', kind: 'line', color: '--series-2' },
+      ], [stats.series.map((b) => b.avg_latency_ms ?? null), stats.series.map((b) => b.avg_ttfb_ms ?? null)]);
+      return;
+    }
     charts.latency.setData(xs, [
       { label: 'p50', kind: 'line', color: '--series-1' },
       { label: 'p95', kind: 'line', color: '--series-4' },
@@ -242,13 +254,14 @@ function renderCharts(charts, titles, stats, split, names) {
   titles.requests.textContent = `Requests by ${how.noun}`;
   titles.tokens.textContent = `Tokens by ${how.noun}`;
   titles.spend.textContent = `Spend by ${how.noun}`;
-  titles.latency.textContent = `p95 latency by ${how.noun}`;
+  const rollup = fromRollup(stats);
+  titles.latency.textContent = `${rollup ? 'Average' : 'p95'} latency by ${how.noun}`;
   const defs = (kind) => groups.map((g) => ({ label: g.label, kind }));
   charts.requests.setData(xs, defs('line'), groups.map((g) => sum(g, (b) => b.requests)));
   charts.tokens.setData(xs, defs('line'), groups.map((g) => sum(g, (b) => b.prompt_tokens + b.completion_tokens)));
   charts.spend.setData(xs, defs('line'), groups.map((g) => sum(g, costOf)));
   charts.latency.setData(xs, defs('line').filter((_, i) => groups[i].series),
-    groups.filter((g) => g.series).map((g) => g.series.map((b) => b.p95_latency_ms)));
+    groups.filter((g) => g.series).map((g) => g.series.map((b) => (rollup ? b.avg_latency_ms ?? null : b.p95_latency_ms))));
 }
 
 function renderBreakdown(root, stats, by, names) {
@@ -265,10 +278,12 @@ function renderBreakdown(root, stats, by, names) {
     h('td', { class: ['num', a.error_rate > 0 && 'text-danger'], text: fmt.percent(a.error_rate) }),
     h('td', { class: 'num', text: fmt.num(a.prompt_tokens + a.completion_tokens) }),
     h('td', { class: 'num', dataset: { testid: 'group-spend' }, text: fmt.usd(a.cost_usd) }),
-    h('td', { class: 'num', text: fmt.ms(a.p50_latency_ms) }),
-    h('td', { class: 'num', text: fmt.ms(a.p95_latency_ms) })));
+    ...(fromRollup(stats)
+      ? [h('td', { class: 'num', text: fmt.ms(a.avg_latency_ms) })]
+      : [h('td', { class: 'num', text: fmt.ms(a.p50_latency_ms) }), h('td', { class: 'num', text: fmt.ms(a.p95_latency_ms) })])));
   const label = by === 'key' ? 'Caller' : by === 'model' ? 'Model' : 'Backend';
-  replace(root, table([label, ['Requests', 'num'], ['Error rate', 'num'], ['Tokens', 'num'], ['Spend', 'num'], ['p50', 'num'], ['p95', 'num']], rows, { cls: 'table-compact' }));
+  const latency = fromRollup(stats) ? [['Average', 'num']] : [['p50', 'num'], ['p95', 'num']];
+  replace(root, table([label, ['Requests', 'num'], ['Error rate', 'num'], ['Tokens', 'num'], ['Spend', 'num'], ...latency], rows, { cls: 'table-compact' }));
 }
 
 function statusChip(status) {
