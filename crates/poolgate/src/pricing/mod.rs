@@ -20,7 +20,7 @@ pub mod usage;
 
 pub use budget::{
     BudgetExceeded, BudgetLimits, BudgetReservation, BudgetWindow, RestoredSpend, SpendLedger,
-    SpendLimitRecord, SpendView, WindowView,
+    SpendLimitRecord, SharedWindow, SpendView, WindowView,
 };
 pub use money::{MoneyError, Nanodollars, PricePerToken};
 pub use table::{PriceEntry, PriceMatch, PriceSource, PriceTable, PriceTableError};
