@@ -591,7 +591,8 @@ async fn a_frozen_redis_costs_at_most_the_call_timeout() {
 }
 
 /// Issue #11: a budget claim across instances — all windows or none, refusals name the window,
-/// a missing window starts from the seed (the database's figure), a settle moves reserved to
+/// a window's spent is raised to the seed (the instance's figure: a fresh Redis starts from the
+/// database's), a settle moves reserved to
 /// spent in the windows the reservation named (even once a new day has begun) and never
 /// recreates a window that was forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,7 +618,7 @@ async fn budgets_reserve_all_windows_or_none_and_settle_where_they_were_made() {
         panic!("the first reservation fits");
     };
     assert_eq!(figures, vec![(30, 50), (500, 50)]);
-    // Another instance sees the shared figures (its own seed is ignored once they exist).
+    // Another instance sees the shared figures (a lower seed changes nothing).
     let refused = instances[1]
         .reserve_budget(&claim(30, vec![window("d:20261130", 100, 0), window("t", 1_000, 0)]))
         .await;
@@ -652,6 +653,15 @@ async fn budgets_reserve_all_windows_or_none_and_settle_where_they_were_made() {
         panic!("a new day has room");
     };
     assert_eq!(figures, vec![(0, 10), (540, 30)]);
+    // An instance that knows of more spend (settled while Redis was away) raises the figure.
+    let Some(BudgetAdmit::Reserved { hold: raised, figures }) = instances[2]
+        .reserve_budget(&claim(0, vec![window("d:20261201", 100, 5)]))
+        .await
+    else {
+        panic!("fits");
+    };
+    assert_eq!(figures, vec![(5, 10)]);
+    instances[2].settle_budget(raised, 0).await;
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let day1_key = "{poolgate}:v1:budget:key-1:d:20261130";

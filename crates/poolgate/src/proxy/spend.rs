@@ -10,6 +10,20 @@
 //! estimate prices every prompt token at the uncached input price plus the output the request
 //! may produce (`max_tokens` & co., else 1 024 tokens, at most 32 768), so a request that stays
 //! within its declared output never overruns.
+//!
+//! # Cluster mode
+//! The reservation is one atomic call to the shared state ([`SharedRuntime::reserve_budget`]:
+//! Redis's `budget.lua`, every limited window all or nothing, the same rule as the ledger), so the
+//! bound above holds for all instances together. It is a call of its own, not part of the bucket
+//! admission (`admit.lua`): the budget is reserved once per request, before the backend is
+//! chosen, at the route's highest price, and its refusal is the key's `budget_exceeded`, while the
+//! bucket admission runs per attempt on the chosen backend (the key's RPM/TPM ride on the first
+//! admitted one) and its refusals skip a backend. Only keys with a budget make the call. The
+//! settle runs as its own task; the local ledger records the cost after it, so the ledger stays a
+//! floor of the shared figures and each reservation raises them to it (a Redis restarted empty
+//! starts from the database's figures). While Redis is unreachable the local ledger answers
+//! (each instance can then spend what was left when Redis went away), or, with
+//! `redis.fail_closed`, the request gets 503.
 
 use std::sync::Arc;
 
@@ -85,15 +99,23 @@ fn settle(held: Held, cost: Option<Nanodollars>) {
             hold,
         } => {
             let cost = cost.unwrap_or(Nanodollars::new(hold.amount));
-            ledger.record(cost, now);
+            // The local ledger records the cost only once the shared figure has it (or the
+            // settle was given up): the ledger stays a floor of the shared figures, which every
+            // reservation raises them to.
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(async move { shared.settle_budget(hold, cost.get()).await });
+                    runtime.spawn(async move {
+                        shared.settle_budget(hold, cost.get()).await;
+                        ledger.record(cost, Utc::now());
+                    });
                 }
-                Err(_) => tracing::warn!(
-                    key = %hold.owner,
-                    "budget settle outside a runtime: the shared reservation stays"
-                ),
+                Err(_) => {
+                    ledger.record(cost, now);
+                    tracing::warn!(
+                        key = %hold.owner,
+                        "budget settle outside a runtime: the shared reservation stays"
+                    );
+                }
             }
         }
     }

@@ -286,7 +286,9 @@ pub struct BudgetWindowClaim {
     pub id: String,
     pub limit: u64,
     /// What is spent in the window according to this instance (the database's figure restored
-    /// at start-up plus its spend since): the shared figure starts from it when missing.
+    /// at start-up, plus its spend settled since, raised to the shared figures it saw): the
+    /// shared figure is raised to it (a fresh Redis starts from it; spend settled while Redis
+    /// was unreachable reaches it again).
     pub seed: u64,
     /// When the shared figure may be forgotten (Unix ms, a day after the window ends); `None`
     /// for the total.

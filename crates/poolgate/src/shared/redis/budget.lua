@@ -6,8 +6,10 @@
 -- KEYS[i] one hash {spent, reserved} per window (budget:<key>:d:<yyyymmdd>, :m:<yyyymm>, :t),
 -- amounts in integer nanodollars.
 -- take:   ARGV[1] 'take'   ARGV[2] amount
---         ARGV[3 + 3(i-1)] limit of window i   ARGV[4 + 3(i-1)] spent to seed it with when the
---         hash is missing (the database's figure: a fresh Redis does not forget the month)
+--         ARGV[3 + 3(i-1)] limit of window i   ARGV[4 + 3(i-1)] the least the window's spent
+--         can be (the instance's ledger: the database's figure at start-up plus spend the
+--         instance settled since): a fresh Redis does not forget the month, and spend settled
+--         while Redis was unreachable reaches it again
 --         ARGV[5 + 3(i-1)] PEXPIREAT in Unix ms (0 = never: the total)
 -- settle: ARGV[1] 'settle' ARGV[2] amount reserved   ARGV[3] real cost
 --         (a window whose hash has expired since is not recreated)
@@ -39,10 +41,14 @@ local spent, reserved = {}, {}
 for i = 1, n do
   local base = 3 + 3 * (i - 1)
   local limit = tonumber(ARGV[base])
-  redis.call('HSETNX', KEYS[i], 'spent', ARGV[base + 1])
   local h = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
   spent[i] = tonumber(h[1]) or 0
   reserved[i] = tonumber(h[2]) or 0
+  local seed = tonumber(ARGV[base + 1])
+  if h[1] == false or seed > spent[i] then
+    spent[i] = seed
+    redis.call('HSET', KEYS[i], 'spent', int(seed))
+  end
   local used = spent[i] + reserved[i]
   local expire_at = tonumber(ARGV[base + 2])
   if expire_at > 0 then redis.call('PEXPIREAT', KEYS[i], ARGV[base + 2]) end
