@@ -806,7 +806,11 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
     for i in [1, 2, 0] {
         assert_refused(&ask(i).await);
     }
-    assert_eq!(upstream.calls(), 4, "refused requests never reach the upstream");
+    assert_eq!(
+        upstream.calls(),
+        4,
+        "refused requests never reach the upstream"
+    );
 
     // Concurrently, on every instance: still nothing more.
     let burst = join_all((0..12).map(|n| ask(n % 3))).await;

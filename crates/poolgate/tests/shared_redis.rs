@@ -16,8 +16,8 @@ use std::time::Duration;
 use poolgate::cooldown::{CooldownPolicy, Outcome};
 use poolgate::domain::BackendId;
 use poolgate::shared::{
-    Admit, AdmitRequest, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetWindowClaim, FailMode, Mode, Precheck, RedisOptions,
-    RedisShared, Refusal, SharedRuntime,
+    Admit, AdmitRequest, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetWindowClaim,
+    FailMode, Mode, Precheck, RedisOptions, RedisShared, Refusal, SharedRuntime,
 };
 use secrecy::SecretString;
 use services::RedisServer;
@@ -620,7 +620,10 @@ async fn budgets_reserve_all_windows_or_none_and_settle_where_they_were_made() {
     assert_eq!(figures, vec![(30, 50), (500, 50)]);
     // Another instance sees the shared figures (a lower seed changes nothing).
     let refused = instances[1]
-        .reserve_budget(&claim(30, vec![window("d:20261130", 100, 0), window("t", 1_000, 0)]))
+        .reserve_budget(&claim(
+            30,
+            vec![window("d:20261130", 100, 0), window("t", 1_000, 0)],
+        ))
         .await;
     assert_eq!(
         refused,
@@ -631,9 +634,10 @@ async fn budgets_reserve_all_windows_or_none_and_settle_where_they_were_made() {
         })
     );
     // Nothing was taken from the total by the refused claim.
-    let Some(BudgetAdmit::Reserved { hold: small, figures }) = instances[2]
-        .reserve_budget(&claim(20, day1()))
-        .await
+    let Some(BudgetAdmit::Reserved {
+        hold: small,
+        figures,
+    }) = instances[2].reserve_budget(&claim(20, day1())).await
     else {
         panic!("20 more fit exactly");
     };
@@ -647,14 +651,20 @@ async fn budgets_reserve_all_windows_or_none_and_settle_where_they_were_made() {
     // Day 2 begins; the first reservation settles (cost 40 of its 50) into day 1 and the total.
     instances[0].settle_budget(hold, 40).await;
     let Some(BudgetAdmit::Reserved { figures, .. }) = instances[1]
-        .reserve_budget(&claim(10, vec![window("d:20261201", 100, 0), window("t", 1_000, 0)]))
+        .reserve_budget(&claim(
+            10,
+            vec![window("d:20261201", 100, 0), window("t", 1_000, 0)],
+        ))
         .await
     else {
         panic!("a new day has room");
     };
     assert_eq!(figures, vec![(0, 10), (540, 30)]);
     // An instance that knows of more spend (settled while Redis was away) raises the figure.
-    let Some(BudgetAdmit::Reserved { hold: raised, figures }) = instances[2]
+    let Some(BudgetAdmit::Reserved {
+        hold: raised,
+        figures,
+    }) = instances[2]
         .reserve_budget(&claim(0, vec![window("d:20261201", 100, 5)]))
         .await
     else {
@@ -674,9 +684,17 @@ async fn budgets_reserve_all_windows_or_none_and_settle_where_they_were_made() {
         .unwrap();
     assert_eq!((spent, reserved), (70, 20));
     // Day 1 is forgotten; settling into it does not bring it back.
-    let _: () = redis::cmd("DEL").arg(day1_key).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(day1_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     instances[2].settle_budget(small, 20).await;
-    let exists: u64 = redis::cmd("EXISTS").arg(day1_key).query_async(&mut conn).await.unwrap();
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(day1_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(exists, 0);
     let total: (u64, u64) = redis::cmd("HMGET")
         .arg("{poolgate}:v1:budget:key-1:t")

@@ -28,8 +28,8 @@ use self::scripts::{AdmitReply, Keys};
 use super::breaker::{Breaker, BreakerChange};
 use super::local::{Authority, LocalShared};
 use super::{
-    Admit, AdmitRequest, Admitted, BudgetAdmit, BudgetClaim, BudgetHold, BucketClaim, BucketKey, CooldownView, FailMode, InFlightCounter,
-    Mode, Precheck, ProbeToken, Refusal, SharedRuntime,
+    Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetHold,
+    CooldownView, FailMode, InFlightCounter, Mode, Precheck, ProbeToken, Refusal, SharedRuntime,
 };
 use crate::config::default_instance_id;
 use crate::cooldown::{CooldownPolicy, Outcome};
@@ -646,8 +646,13 @@ impl SharedRuntime for RedisShared {
                 return;
             }
             if attempt + 1 < SETTLE_TRIES {
-                tokio::time::sleep(inner.options.breaker_open_for.max(Duration::from_millis(100)))
-                    .await;
+                tokio::time::sleep(
+                    inner
+                        .options
+                        .breaker_open_for
+                        .max(Duration::from_millis(100)),
+                )
+                .await;
             }
         }
         tracing::warn!(
