@@ -91,7 +91,9 @@ impl Default for ProxySettings {
             shutdown_grace: Duration::from_secs(30),
             anthropic_default_max_tokens: 4096,
             expose_routing_headers: false,
-            max_in_flight: (ServerSettings::default().max_connections / 2).max(1),
+            max_in_flight: validate::default_max_in_flight(
+                ServerSettings::default().max_connections,
+            ),
             max_response_bytes: 64 * 1024 * 1024,
             usage_grace: Duration::from_millis(2000),
             usage_grace_max_bytes: 1024 * 1024,

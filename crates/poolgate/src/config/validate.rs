@@ -28,8 +28,18 @@ fn positive_seconds(
     }
 }
 
-/// `[proxy]`; `max_connections` (of `[server]`) gives the default of `max_in_flight`: half of
-/// it, so connections remain for the admin API and health checks while the proxy is full.
+/// `[proxy]`; `max_connections` (of `[server]`) gives the default of `max_in_flight`
+/// ([`default_max_in_flight`]).
+/// The default `proxy.max_in_flight`: `max_connections` less a reserve of 64 connections (at most
+/// half of them) for the admin API and health checks while the proxy is full. `max_connections`
+/// already leaves a file descriptor per connection for its upstream socket, so halving again
+/// would refuse half of what the open-file limit can carry (a 20,000 limit served 4,968 streams).
+pub fn default_max_in_flight(max_connections: usize) -> usize {
+    max_connections
+        .saturating_sub((max_connections / 2).min(64))
+        .max(1)
+}
+
 pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySettings, Invalid> {
     let defaults = ProxySettings::default();
     let max_attempts = raw.max_attempts.unwrap_or(defaults.max_attempts);
@@ -60,7 +70,9 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
             "must be at least 1",
         ));
     }
-    let max_in_flight = raw.max_in_flight.unwrap_or((max_connections / 2).max(1));
+    let max_in_flight = raw
+        .max_in_flight
+        .unwrap_or_else(|| default_max_in_flight(max_connections));
     if max_in_flight == 0 {
         return Err(Invalid::new("proxy.max_in_flight", "must be at least 1"));
     }
@@ -316,4 +328,18 @@ pub fn validate_limits(raw: RawLimits) -> Result<LimitsSettings, Invalid> {
     Ok(LimitsSettings {
         checkpoint_interval: interval,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_max_in_flight;
+
+    #[test]
+    fn max_in_flight_keeps_64_connections_back_or_half_of_few() {
+        // 20,000 open files -> 9,936 connections (see serving::limits) -> 9,872 in flight.
+        assert_eq!(default_max_in_flight(9_936), 9_872);
+        assert_eq!(default_max_in_flight(448), 384);
+        assert_eq!(default_max_in_flight(100), 50);
+        assert_eq!(default_max_in_flight(1), 1);
+    }
 }
