@@ -20,6 +20,11 @@
 //!    healthy backend costs nothing); [`SharedRuntime::release_probe`] when a probe ended without
 //!    an outcome; [`SharedRuntime::refund`] tokens taken but not used.
 //!
+//! Client-key budgets (issue #11) take one call of their own, once per request and only for a key
+//! with a budget: [`SharedRuntime::reserve_budget`] before selection (every limited window, all
+//! or nothing) and [`SharedRuntime::settle_budget`] when the request is recorded (see
+//! `crate::proxy::spend` for why it is not part of the bucket admission).
+//!
 //! Every call is bounded by the configured timeout and never fails: when shared state is
 //! unreachable the instance answers from its local share (or refuses a fail-closed claim with
 //! [`Refusal::Unavailable`]), and [`SharedRuntime::mode`] says so.
