@@ -384,8 +384,8 @@ describe('dashboard', { timeout: 120000 }, () => {
 
   test('screenshots: dark mode and a phone', async () => {
     const shots = [
-      { name: 'desktop-dark', viewport: DESKTOP, colorScheme: 'dark', pages: ['overview', 'providers', 'routing', 'usage', 'keys'] },
-      { name: 'phone-light', viewport: PHONE, colorScheme: 'light', pages: ['overview', 'providers', 'routing', 'usage', 'keys'] },
+      { name: 'desktop-dark', viewport: DESKTOP, colorScheme: 'dark', pages: ['overview', 'providers', 'routing', 'usage', 'keys', 'prices'] },
+      { name: 'phone-light', viewport: PHONE, colorScheme: 'light', pages: ['overview', 'providers', 'routing', 'usage', 'keys', 'prices'] },
       { name: 'phone-dark', viewport: PHONE, colorScheme: 'dark', pages: ['overview', 'usage'] },
       // For docs/img/dashboard-overview.png (README): the final state, one backend cooling.
       { name: 'readme', viewport: DESKTOP, colorScheme: 'light', pages: ['overview'] },

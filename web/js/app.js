@@ -11,6 +11,7 @@ import * as providers from './pages/providers.js';
 import * as usage from './pages/usage.js';
 import * as keys from './pages/keys.js';
 import * as routing from './pages/routing.js';
+import * as prices from './pages/prices.js';
 
 const PAGES = [
   { path: 'overview', label: 'Overview', icon: 'overview', page: overview },
@@ -18,6 +19,7 @@ const PAGES = [
   { path: 'routing', label: 'Routing', icon: 'routing', page: routing },
   { path: 'usage', label: 'Usage', icon: 'usage', page: usage },
   { path: 'keys', label: 'Keys', icon: 'keys', page: keys },
+  { path: 'prices', label: 'Prices', icon: 'prices', page: prices },
 ];
 
 const app = document.getElementById('app');

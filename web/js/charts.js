@@ -23,14 +23,16 @@ function withAlpha(color, alpha) {
 
 /**
  * A time chart that fills its container's width.
- * `series`: [{label, color?, kind: 'line' | 'area' | 'bars'}]; `format`: y-axis value formatter.
+ * `series`: [{label, color?, kind: 'line' | 'area' | 'bars'}]; `format`: y-axis value formatter;
+ * `axisWidth`: room for the y-axis labels (wider for dollar amounts).
  */
 export class TimeChart {
-  constructor(container, { height = 220, format = (v) => String(v), integer = false, emptyText = 'No data in this range yet.' } = {}) {
+  constructor(container, { height = 220, format = (v) => String(v), integer = false, axisWidth = 56, emptyText = 'No data in this range yet.' } = {}) {
     this.container = container;
     this.integer = integer;
     this.height = height;
     this.format = format;
+    this.axisWidth = axisWidth;
     this.plot = null;
     this.key = '';
     this.last = null;
@@ -78,7 +80,7 @@ export class TimeChart {
       axes: [
         { stroke: axis, font, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1, size: 4 } },
         {
-          stroke: axis, font, size: 56,
+          stroke: axis, font, size: this.axisWidth,
           grid: { stroke: grid, width: 1 }, ticks: { show: false },
           // Counts have whole-number ticks.
           ...(this.integer ? { incrs: INTEGER_STEPS } : {}),

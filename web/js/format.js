@@ -37,6 +37,29 @@ export function countdown(remainingMs) {
   return hours > 0 ? `${hours}:${String(minutes).padStart(2, '0')}:${seconds}` : `${minutes}:${seconds}`;
 }
 
+/**
+ * US dollars, with as many decimals as a small amount needs to show its first significant
+ * digits: `$1,234.56`, `$0.42`, `$0.0123`, `$0.000123` (never `$0.00` for a cost above zero).
+ * Amounts are exact to the nano-dollar on the server; nine decimals at most.
+ */
+export function usd(value) {
+  if (value === null || value === undefined || typeof value !== 'number' || !Number.isFinite(value)) return '—';
+  if (value === 0) return '$0.00';
+  const abs = Math.abs(value);
+  const decimals = abs >= 1 ? 2 : Math.min(9, Math.max(2, Math.ceil(-Math.log10(abs)) + 2));
+  const text = abs.toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: decimals });
+  return `${value < 0 ? '−' : ''}$${text}`;
+}
+
+/**
+ * A price in USD per million tokens, exactly: prices are whole thousandths of a dollar
+ * (`$3.125`, `$2.50`, `$0.075`, `$0.005`).
+ */
+export function perMtok(value) {
+  if (typeof value !== 'number' || !Number.isFinite(value) || Math.abs(value) < 1) return usd(value);
+  return `$${value.toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 3 })}`;
+}
+
 const dateTime = new Intl.DateTimeFormat(undefined, {
   month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
 });

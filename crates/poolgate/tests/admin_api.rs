@@ -1796,6 +1796,40 @@ async fn usage_and_stats_report_proxied_requests() {
     );
     let by_other = admin_call(&gateway, Method::GET, "/stats?client_key_id=nobody").await;
     assert_eq!(by_other.json["total"]["requests"], 0, "{by_other}");
+    // A month answers from the hourly rollup: the same counts, tokens and groups, no percentiles.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let month = admin_call(
+        &gateway,
+        Method::GET,
+        &format!("/stats?from_ms={}&to_ms={now}", now - 30 * 86_400_000),
+    )
+    .await;
+    let m = &month.json;
+    assert_eq!(m["source"], "rollup", "{month}");
+    assert_eq!(s["source"], "raw", "{stats}");
+    assert_eq!(m["bucket_ms"].as_i64().unwrap() % 3_600_000, 0, "{month}");
+    for field in [
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+    ] {
+        assert_eq!(m["total"][field], s["total"][field], "month {field}");
+    }
+    assert_eq!(m["by_backend"][b1]["requests"], 3, "{month}");
+    assert_eq!(m["by_model"]["m-unknown"]["errors"], 1, "{month}");
+    assert!(m["total"]["p50_latency_ms"].is_null(), "{month}");
+    assert_eq!(
+        m["total"]["avg_latency_ms"], s["total"]["avg_latency_ms"],
+        "{month}"
+    );
     // "Errors only" across pages.
     let errors = admin_call(&gateway, Method::GET, "/usage?status_min=400").await;
     let errors = errors.json["records"].as_array().unwrap().clone();

@@ -1,5 +1,6 @@
-// Providers: the backends table, the create/edit form (API validation messages shown next to
-// their fields), the model-mapping editor, enable/disable, reset cooldown and delete.
+// Providers: the backends table (with their token limits, monthly spend and the limits learned
+// from upstream answers), the create/edit form (API validation messages shown next to their
+// fields), the model-mapping editor, enable/disable, reset cooldown and delete.
 
 import { h, replace, button, icon } from '../dom.js';
 import { get, post, patch, del, ApiError } from '../api.js';
@@ -8,6 +9,7 @@ import {
   pageHeader, card, statusBadge, emptyState, table, toast, chip, errorBanner, loading,
   modal, confirmDialog, field, textInput, select,
 } from '../ui.js';
+import { budgetBar, upstreamLimits, parseUsd, parseWhole, usdInputValue } from '../money.js';
 
 const REFRESH_MS = 5000;
 
@@ -75,6 +77,9 @@ function renderTable(root, state, refresh, openCreate) {
     if (b.last_error && (b.status === 'error' || b.status === 'cooling')) {
       statusCell.append(h('div', { class: 'cell-note', text: b.last_error }));
     }
+    // What the upstream's rate-limit headers last said.
+    const learned = upstreamLimits(b.upstream_limits);
+    if (learned) statusCell.append(learned);
 
     const actions = h('div', { class: 'row-actions' },
       iconButton('edit', `Edit ${b.name}`, 'edit', () => openForm(b, pools, refresh)),
@@ -126,14 +131,30 @@ function renderTable(root, state, refresh, openCreate) {
         b.responses ? chip('responses', 'chip-muted', 'Passes /v1/responses through') : null),
       h('td', { class: 'cell-url mono', title: b.api_base_url, text: b.api_base_url }),
       h('td', { class: 'mono muted nowrap', text: b.api_key }),
-      h('td', { class: 'num', text: b.rpm_limit ? fmt.num(b.rpm_limit) : '∞' }),
+      limitsCell(b),
       statusCell,
       modelCell,
       h('td', { class: 'cell-actions' }, actions));
   });
   replace(root, table(
-    ['Backend', 'Pool', 'API', 'Base URL', 'Key', ['RPM', 'num'], 'Status', 'Models', ''],
+    ['Backend', 'Pool', 'API', 'Base URL', 'Key', 'Limits', 'Status', 'Models', ''],
     rows, { testid: 'backend-table', cls: 'table-stack' }));
+}
+
+/** RPM and TPM limits, and the month's spend against the cap (when there is one or any spend). */
+function limitsCell(b) {
+  const rate = (value, unit) => h('div', { class: 'limit-line' },
+    h('span', { class: 'muted', text: unit }),
+    h('span', { class: 'num', text: value ? fmt.num(value) : '∞' }));
+  const monthly = b.spend?.monthly ?? null;
+  const capped = typeof b.monthly_spend_cap_usd === 'number';
+  const spend = monthly && (capped || monthly.spent_usd > 0)
+    ? budgetBar({ ...monthly, limit_usd: capped ? b.monthly_spend_cap_usd : monthly.limit_usd }, 'This month', { testid: 'backend-spend' })
+    : null;
+  return h('td', { class: 'cell-limits', dataset: { testid: 'limits-cell' } },
+    rate(b.rpm_limit, 'RPM'),
+    b.tpm_limit !== undefined ? rate(b.tpm_limit, 'TPM') : null,
+    spend);
 }
 
 function iconButton(iconName, label, testid, onclick, extraClass) {
@@ -147,6 +168,8 @@ function iconButton(iconName, label, testid, onclick, extraClass) {
 // === the form ===
 
 const NUMBER_FIELDS = ['rpm_limit', 'weight', 'timeout_seconds'];
+// Sent only when they differ from the backend's (or the default, when adding).
+const TPM_DEFAULT = 0;
 
 const BASE_URL_HINTS = {
   openai: 'OpenAI-compatible, including /v1.',
@@ -198,6 +221,9 @@ function openForm(backend, pools, refresh) {
       add('rpm_limit', 'RPM limit', textInput({ value: String(backend?.rpm_limit ?? 0), inputMode: 'numeric' }), 'Requests per minute; 0 = unlimited.'),
       add('weight', 'Weight', textInput({ value: String(backend?.weight ?? 1), inputMode: 'numeric' }), '1–100: share inside the pool.'),
       add('timeout_seconds', 'Timeout (s)', textInput({ value: String(backend?.timeout_seconds ?? 60), inputMode: 'numeric' }), 'Time to first byte, 1–3600.')),
+    h('div', { class: 'form-grid' },
+      add('tpm_limit', 'TPM limit', textInput({ value: String(backend?.tpm_limit ?? TPM_DEFAULT), inputMode: 'numeric' }), 'Tokens per minute (prompt + answer); 0 = unlimited. A backend whose TPM is spent is skipped.'),
+      add('monthly_spend_cap_usd', 'Monthly spend cap (USD)', textInput({ value: usdInputValue(backend?.monthly_spend_cap_usd), placeholder: 'none', inputMode: 'decimal' }), 'Past it, the backend is skipped until the 1st (UTC). Empty = no cap.')),
   );
   const enabled = h('input', { type: 'checkbox', name: 'enabled', checked: backend ? backend.enabled : true });
   form.append(h('label', { class: 'checkbox' }, enabled, h('span', { text: 'Enabled — take traffic' })));
@@ -254,6 +280,20 @@ function openForm(backend, pools, refresh) {
       } else {
         payload[name] = Number(text);
       }
+    }
+    const tpm = parseWhole(value('tpm_limit'), TPM_DEFAULT);
+    if (tpm.error) {
+      fields.tpm_limit.setError(tpm.error);
+      clientErrors = true;
+    } else if (tpm.value !== (backend?.tpm_limit ?? TPM_DEFAULT)) {
+      payload.tpm_limit = tpm.value;
+    }
+    const cap = parseUsd(value('monthly_spend_cap_usd'));
+    if (cap.error) {
+      fields.monthly_spend_cap_usd.setError(cap.error);
+      clientErrors = true;
+    } else if (cap.value !== (backend?.monthly_spend_cap_usd ?? null)) {
+      payload.monthly_spend_cap_usd = cap.value;
     }
     const key = fields.api_key.input.value;
     if (key !== '' || !editing) payload.api_key = key;

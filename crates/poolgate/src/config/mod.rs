@@ -115,6 +115,9 @@ pub struct UsageSettings {
     /// Append every record to the crash-safe journal before its answer completes.
     pub journal: bool,
     pub journal_segment_bytes: u64,
+    /// The hourly rollup (what long-range statistics read) older than this is dropped (hourly,
+    /// in slices); the raw retention never touches it.
+    pub rollup_retention: Duration,
 }
 
 impl Default for UsageSettings {
@@ -127,6 +130,7 @@ impl Default for UsageSettings {
             retention: None,
             journal: true,
             journal_segment_bytes: 4 * 1024 * 1024,
+            rollup_retention: Duration::from_secs(400 * 86_400),
         }
     }
 }
@@ -347,6 +351,16 @@ impl Config {
                 .journal_segment_bytes
                 .unwrap_or(defaults.usage.journal_segment_bytes)
                 .clamp(64 * 1024, 1024 * 1024 * 1024),
+            rollup_retention: match raw.usage.rollup_retention_days {
+                None => defaults.usage.rollup_retention,
+                Some(days @ 1..=36_500) => Duration::from_secs(u64::from(days) * 86_400),
+                Some(_) => {
+                    return Err(Invalid::new(
+                        "usage.rollup_retention_days",
+                        "must be between 1 and 36500",
+                    ))
+                }
+            },
         };
         let database = cluster::validate_database(raw.database)?;
         let redis = cluster::validate_redis(raw.redis, overrides.redis_url)?;
@@ -545,6 +559,23 @@ mod tests {
                 .as_str(),
             "gpt-4o-mini"
         );
+    }
+
+    #[test]
+    fn rollup_retention_defaults_to_400_days_and_is_bounded() {
+        let config = load("").unwrap();
+        assert_eq!(
+            config.usage.rollup_retention,
+            Duration::from_secs(400 * 86_400)
+        );
+        assert_eq!(config.usage.retention, None);
+        let config = load("[usage]\nretention_days = 7\nrollup_retention_days = 30").unwrap();
+        assert_eq!(
+            config.usage.rollup_retention,
+            Duration::from_secs(30 * 86_400)
+        );
+        let error = load("[usage]\nrollup_retention_days = 0").unwrap_err();
+        assert!(error.contains("usage.rollup_retention_days"), "{error}");
     }
 
     #[test]

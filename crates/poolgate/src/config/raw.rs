@@ -160,6 +160,8 @@ pub struct RawUsage {
     pub retention_days: Option<u32>,
     pub journal: Option<bool>,
     pub journal_segment_bytes: Option<u64>,
+    /// The hourly rollup older than this many days is dropped (default 400).
+    pub rollup_retention_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -44,7 +44,7 @@ use crate::routing::affinity::{owner_channel, AffinityLimits, LocalAffinity};
 use crate::runtime::{Cluster, HealthSink};
 use crate::state::{DataPlane, Live};
 use crate::telemetry::Observer;
-use crate::usage::stats::{assemble, Stats, StatsRange};
+use crate::usage::stats::{assemble, Stats, StatsRange, StatsSource};
 use crate::usage::{UsageFilter, UsagePage, UsageSink};
 
 pub use changes::{Change, ChangeFeed, InstanceId, LocalChangeFeed, Published};
@@ -256,8 +256,11 @@ impl ControlPlane {
             instance,
             backstop,
         );
-        let maintenance =
-            usage_writer::spawn_maintenance(Arc::clone(&stores.usage), config.usage.retention);
+        let maintenance = usage_writer::spawn_maintenance(
+            Arc::clone(&stores.usage),
+            config.usage.retention,
+            config.usage.rollup_retention,
+        );
         let readiness = Readiness::new(config.health.ready_timeout);
         readiness.add(Arc::new(probes::StoreProbe(Arc::clone(&stores.config))));
         readiness.add(Arc::new(probes::SnapshotProbe(Arc::clone(&snapshots))));
@@ -435,10 +438,22 @@ impl ControlPlane {
         Ok(self.inner.stores.usage.count_usage().await?)
     }
 
-    /// Statistics over a range, aggregated by the database.
+    /// Statistics over a range, aggregated by the database: from the raw records, or — for a
+    /// range longer than two days or starting before the raw retention — from the hourly
+    /// rollup, widened to whole hours (see `usage::stats`).
     pub async fn stats(&self, range: &StatsRange<'_>) -> Result<Stats, ControlError> {
-        let groups = self.inner.stores.usage.usage_stats(range).await?;
-        Ok(assemble(&groups, range))
+        let retention = self
+            .inner
+            .config
+            .usage
+            .retention
+            .map(|retention| i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let range = match StatsSource::pick(range.from_ms, range.to_ms, now_ms(), retention) {
+            StatsSource::Raw => *range,
+            StatsSource::Rollup => range.rollup(),
+        };
+        let groups = self.inner.stores.usage.usage_stats(&range).await?;
+        Ok(assemble(&groups, &range))
     }
 }
 

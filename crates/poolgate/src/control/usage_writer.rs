@@ -504,10 +504,12 @@ impl Writer {
 // === maintenance ===
 
 /// Prepares the usage table for the next days now, then hourly; with a retention, drops the
-/// usage older than it (hourly). Failures are logged and tried again the next hour.
+/// usage older than it (hourly); drops the hourly rollup older than `rollup_retention` (hourly,
+/// in slices of 5 000 rows). Failures are logged and tried again the next hour.
 pub fn spawn_maintenance(
     store: Arc<dyn UsageStore>,
     retention: Option<Duration>,
+    rollup_retention: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut hourly = tokio::time::interval(Duration::from_secs(3600));
@@ -525,6 +527,12 @@ pub fn spawn_maintenance(
                     Ok(pruned) => tracing::info!(pruned, "usage past the retention dropped"),
                     Err(error) => tracing::warn!(%error, "could not drop old usage"),
                 }
+            }
+            let cut = now.saturating_sub(i64::try_from(rollup_retention.as_millis()).unwrap_or(0));
+            match store.prune_rollups(cut).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "usage rollup past its retention dropped"),
+                Err(error) => tracing::warn!(%error, "could not drop the old usage rollup"),
             }
         }
     })

@@ -2,6 +2,14 @@
 //! latency percentiles, overall, per backend, per model, per client key, and in time buckets. The store aggregates (in
 //! SQL: counts and nearest-rank percentiles per group); [`assemble`] shapes its groups into the
 //! answer.
+//!
+//! Two sources answer: the raw records (exact nearest-rank percentiles) and the hourly rollup
+//! (`usage_rollup_hour`, written in the same transaction as the records). [`StatsSource::pick`]
+//! chooses: a range longer than [`RAW_SPAN_MS`] or starting before the raw retention horizon
+//! reads the rollup, whose range is widened to whole UTC hours and whose buckets are whole hours.
+//! Every count, token sum, cost and average is the same from both; the percentiles
+//! (`p50_latency_ms`, `p95_latency_ms`, `p50_ttfb_ms`) exist only from raw records and are null
+//! from the rollup, where `avg_latency_ms` / `avg_ttfb_ms` stand in.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +55,10 @@ pub struct Aggregate {
     /// a price count 0).
     #[schema(value_type = f64)]
     pub cost_usd: Nanodollars,
+    /// Mean latency (rounded down): exact from both sources.
+    pub avg_latency_ms: Option<u64>,
+    /// Mean time to first byte over the requests that had one (rounded down).
+    pub avg_ttfb_ms: Option<u64>,
 }
 
 /// One time bucket.
@@ -59,7 +71,7 @@ pub struct Bucket {
 }
 
 /// Answer of `GET /admin/api/stats`.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct Stats {
     pub from_ms: i64,
     pub to_ms: i64,
@@ -77,6 +89,40 @@ pub struct Stats {
     pub by_key: BTreeMap<String, Aggregate>,
     /// The same buckets split by client key id.
     pub series_by_key: BTreeMap<String, Vec<Bucket>>,
+    /// `raw` (the records) or `rollup` (the hourly aggregates: no percentiles, whole hours).
+    #[schema(value_type = String)]
+    pub source: StatsSource,
+}
+
+/// Where a statistics answer comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsSource {
+    /// The raw usage records.
+    #[default]
+    Raw,
+    /// The hourly rollup.
+    Rollup,
+}
+
+/// Ranges longer than this (2 days) answer from the rollup.
+pub const RAW_SPAN_MS: i64 = 2 * 86_400_000;
+/// The rollup's bucket width: one UTC hour.
+pub const ROLLUP_BUCKET_MS: i64 = 3_600_000;
+
+impl StatsSource {
+    /// The rollup for a range longer than [`RAW_SPAN_MS`] or one starting before `now_ms -
+    /// raw_retention_ms` (where raw records may be gone); the raw records otherwise.
+    pub fn pick(from_ms: i64, to_ms: i64, now_ms: i64, raw_retention_ms: Option<i64>) -> Self {
+        let too_long = to_ms.saturating_sub(from_ms) > RAW_SPAN_MS;
+        let too_old =
+            raw_retention_ms.is_some_and(|retention| from_ms < now_ms.saturating_sub(retention));
+        if too_long || too_old {
+            Self::Rollup
+        } else {
+            Self::Raw
+        }
+    }
 }
 
 /// Timestamps the statistics accept: 1970 to 9999.
@@ -127,6 +173,8 @@ pub struct StatsRange<'a> {
     pub backend_id: Option<&'a str>,
     pub model: Option<&'a str>,
     pub client_key_id: Option<&'a str>,
+    /// Which table the store reads.
+    pub source: StatsSource,
 }
 
 impl<'a> StatsRange<'a> {
@@ -142,6 +190,35 @@ impl<'a> StatsRange<'a> {
             backend_id: query.backend_id.as_deref(),
             model: query.model.as_deref(),
             client_key_id: query.client_key_id.as_deref(),
+            source: StatsSource::Raw,
+        }
+    }
+
+    /// The same range read from the hourly rollup: `from_ms` down and `to_ms` up to whole
+    /// hours, buckets a whole number of hours.
+    pub fn rollup(self) -> Self {
+        let hour = ROLLUP_BUCKET_MS;
+        let from_ms = self.from_ms.div_euclid(hour) * hour;
+        let to_ms = self
+            .to_ms
+            .saturating_add(hour - 1)
+            .div_euclid(hour)
+            .saturating_mul(hour)
+            .max(from_ms);
+        let bucket_ms = self
+            .bucket_ms
+            .saturating_add(hour - 1)
+            .div_euclid(hour)
+            .max(1)
+            .saturating_mul(hour);
+        let span = to_ms - from_ms;
+        Self {
+            from_ms,
+            to_ms,
+            bucket_ms,
+            bucket_count: (span.saturating_add(bucket_ms - 1) / bucket_ms).clamp(1, 100_000),
+            source: StatsSource::Rollup,
+            ..self
         }
     }
 }
@@ -175,6 +252,10 @@ pub struct GroupStats {
     pub p50_latency_ms: Option<u64>,
     pub p95_latency_ms: Option<u64>,
     pub p50_ttfb_ms: Option<u64>,
+    /// Sum of the latencies, of the times to first byte, and how many had one.
+    pub latency_ms_sum: u64,
+    pub ttfb_ms_sum: u64,
+    pub ttfb_count: u64,
 }
 
 impl GroupStats {
@@ -201,6 +282,8 @@ impl GroupStats {
             p95_latency_ms: self.p95_latency_ms,
             p50_ttfb_ms: self.p50_ttfb_ms,
             cost_usd: Nanodollars::new(self.cost_nanousd),
+            avg_latency_ms: (self.requests > 0).then(|| self.latency_ms_sum / self.requests),
+            avg_ttfb_ms: (self.ttfb_count > 0).then(|| self.ttfb_ms_sum / self.ttfb_count),
         }
     }
 }
@@ -229,6 +312,7 @@ pub fn assemble(groups: &[GroupStats], range: &StatsRange<'_>) -> Stats {
         series_by_model: BTreeMap::new(),
         by_key: BTreeMap::new(),
         series_by_key: BTreeMap::new(),
+        source: range.source,
     };
     for group in groups {
         let aggregate = group.aggregate();
@@ -296,6 +380,9 @@ mod tests {
             p50_latency_ms: Some(50),
             p95_latency_ms: Some(95),
             p50_ttfb_ms: None,
+            latency_ms_sum: 0,
+            ttfb_ms_sum: 0,
+            ttfb_count: 0,
         }
     }
 
@@ -338,6 +425,28 @@ mod tests {
         assert_eq!(stats.total.requests, 0);
         assert_eq!(stats.total.p50_latency_ms, None);
         assert_eq!(stats.series.len(), 1);
+    }
+
+    #[test]
+    fn long_or_old_ranges_read_the_rollup_in_whole_hours() {
+        let day = 86_400_000;
+        assert_eq!(StatsSource::pick(0, day, day, None), StatsSource::Raw);
+        assert_eq!(
+            StatsSource::pick(0, 3 * day, 3 * day, None),
+            StatsSource::Rollup
+        );
+        assert_eq!(
+            StatsSource::pick(0, day, 10 * day, Some(7 * day)),
+            StatsSource::Rollup,
+            "older than the raw retention"
+        );
+        let query = StatsQuery::default();
+        let range = StatsRange::new(&query, 5_400_000, 3 * day + 1, 1_000).rollup();
+        assert_eq!(range.from_ms, 3_600_000);
+        assert_eq!(range.to_ms, 3 * day + 3_600_000);
+        assert_eq!(range.bucket_ms, 3_600_000);
+        assert_eq!(range.bucket_count, 72);
+        assert_eq!(range.source, StatsSource::Rollup);
     }
 
     #[test]

@@ -133,6 +133,7 @@ counted!(UsageStore {
     async fn count_usage(&self) -> u64;
     async fn prepare_usage(&self, now_ms: i64) -> ();
     async fn prune_usage(&self, before_ms: i64) -> u64;
+    async fn prune_rollups(&self, before_ms: i64) -> u64;
     async fn spend_of(
         &self,
         kind: LimiterKind,

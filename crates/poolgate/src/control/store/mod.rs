@@ -8,6 +8,7 @@
 
 mod counted;
 pub mod postgres;
+mod rollup;
 mod rows;
 pub mod sqlite;
 #[cfg(test)]
@@ -181,6 +182,9 @@ pub trait UsageStore: Send + Sync + 'static {
     /// Deletes the records older than `before_ms` (PostgreSQL: drops whole day partitions);
     /// returns how many partitions (PostgreSQL) or rows (SQLite) went.
     async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Deletes the hourly rollup rows of hours starting before `before_ms`, in slices; returns
+    /// how many rows went. The raw retention never touches the rollup.
+    async fn prune_rollups(&self, before_ms: i64) -> Result<u64, StoreError>;
     /// What one client key (or backend) has spent: since `day_start_ms`, since
     /// `month_start_ms`, and in every stored record (budgets restored at start-up).
     async fn spend_of(

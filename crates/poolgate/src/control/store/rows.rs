@@ -272,6 +272,9 @@ pub(super) fn group_from_row(row: &impl Columns) -> Result<GroupStats, StoreErro
         p50_latency_ms: value("p50_latency")?,
         p95_latency_ms: value("p95_latency")?,
         p50_ttfb_ms: value("p50_ttfb")?,
+        latency_ms_sum: count("latency_sum")?,
+        ttfb_ms_sum: count("ttfb_sum")?,
+        ttfb_count: count("ttfb_count")?,
     })
 }
 

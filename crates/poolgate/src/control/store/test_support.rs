@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 
 use crate::domain::{Outcome, UsageRecord};
+use crate::usage::stats::{Aggregate, Stats, StatsSource};
 
 /// A successful request `req-<i>` at `1000 + i` ms, on model `a` (even `i`) or `b`.
 pub fn usage(i: i64) -> UsageRecord {
@@ -68,4 +69,33 @@ pub fn record_strategy() -> impl Strategy<Value = UsageRecord> {
                 ..usage(0)
             },
         )
+}
+
+/// Stats without what only the raw records give (percentiles, the source).
+pub fn comparable(mut stats: Stats) -> Stats {
+    fn clear(aggregate: &mut Aggregate) {
+        aggregate.p50_latency_ms = None;
+        aggregate.p95_latency_ms = None;
+        aggregate.p50_ttfb_ms = None;
+    }
+    stats.source = StatsSource::Raw;
+    clear(&mut stats.total);
+    for aggregate in stats
+        .by_backend
+        .values_mut()
+        .chain(stats.by_model.values_mut())
+        .chain(stats.by_key.values_mut())
+    {
+        clear(aggregate);
+    }
+    for series in std::iter::once(&mut stats.series)
+        .chain(stats.series_by_backend.values_mut())
+        .chain(stats.series_by_model.values_mut())
+        .chain(stats.series_by_key.values_mut())
+    {
+        for bucket in series {
+            clear(&mut bucket.stats);
+        }
+    }
+    stats
 }

@@ -44,6 +44,9 @@ impl UsageStore for Switchable {
     async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.inner.prune_usage(before_ms).await
     }
+    async fn prune_rollups(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_rollups(before_ms).await
+    }
     async fn spend_of(
         &self,
         kind: crate::domain::LimiterKind,

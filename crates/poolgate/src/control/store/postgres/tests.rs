@@ -12,10 +12,10 @@ use sqlx::postgres::PgListener;
 
 use super::*;
 use crate::control::store::sqlite::SqliteStore;
-use crate::control::store::test_support::{record_strategy, usage};
+use crate::control::store::test_support::{comparable, record_strategy, usage};
 use crate::control::store::UsageStore;
 use crate::domain::{CanonicalModel, UsageRecord};
-use crate::usage::stats::{assemble, Stats, StatsQuery, StatsRange};
+use crate::usage::stats::{assemble, Stats, StatsQuery, StatsRange, StatsSource};
 use crate::usage::UsageFilter;
 use services::PostgresServer;
 
@@ -272,6 +272,21 @@ async fn config_sync_keeps_ids_and_refuses_a_stale_view() {
     assert_eq!(cfg.rpm_limit, 7);
 }
 
+/// The statistics of `[from, from + 6 h)` in buckets of `bucket_ms` (whole hours) from the raw
+/// records and from the hourly rollup, made comparable.
+async fn rollup_and_raw(store: &dyn UsageStore, from: i64, bucket_ms: i64) -> (Stats, Stats) {
+    let query = StatsQuery::default();
+    let raw = StatsRange::new(&query, from, from + 6 * 3_600_000, bucket_ms);
+    let rollup = raw.rollup();
+    assert_eq!(
+        (rollup.from_ms, rollup.bucket_ms),
+        (raw.from_ms, raw.bucket_ms)
+    );
+    let raw = assemble(&store.usage_stats(&raw).await.unwrap(), &raw);
+    let rolled = assemble(&store.usage_stats(&rollup).await.unwrap(), &rollup);
+    (comparable(raw), comparable(rolled))
+}
+
 async fn stats_of(store: &dyn UsageStore, from: i64, to: i64, bucket_ms: i64) -> Stats {
     let query = StatsQuery::default();
     let range = StatsRange::new(&query, from, to, bucket_ms);
@@ -299,6 +314,12 @@ async fn usage_batches_are_idempotent_paged_and_partitioned() {
         .await
         .unwrap();
     assert_eq!(store.count_usage().await.unwrap(), 27);
+    // The rollup counted each stored request once (the retried batch and the twice-named
+    // request added nothing).
+    let hour = 3_600_000;
+    let (raw, rolled) = rollup_and_raw(&store, now.div_euclid(hour) * hour, 2 * hour).await;
+    assert_eq!(rolled.total.requests, 27);
+    assert_eq!(raw, rolled);
 
     let first = store
         .list_usage(&UsageFilter {
@@ -338,6 +359,17 @@ async fn usage_batches_are_idempotent_paged_and_partitioned() {
     assert_eq!(store.prune_usage(now - 86_400_000).await.unwrap(), 0);
     assert!(store.prune_usage(now + 4 * 86_400_000).await.unwrap() >= 1);
     assert_eq!(store.count_usage().await.unwrap(), 0);
+    // The rollup outlives the dropped partitions: a range over them still reports them.
+    let query = StatsQuery::default();
+    let long = StatsRange::new(&query, now - 3 * 86_400_000, now + hour, hour).rollup();
+    let stats = assemble(&store.usage_stats(&long).await.unwrap(), &long);
+    assert_eq!(stats.source, StatsSource::Rollup);
+    assert_eq!(stats.total.requests, 27);
+    assert_eq!(stats.by_key["abc"].requests, 27);
+    // The rollup's own retention, in slices.
+    assert!(store.prune_rollups(now + 2 * hour).await.unwrap() >= 1);
+    let stats = assemble(&store.usage_stats(&long).await.unwrap(), &long);
+    assert_eq!(stats.total.requests, 0);
 }
 
 /// Random records, stored in PostgreSQL and in SQLite: every aggregate and series is equal.
@@ -365,8 +397,8 @@ fn statistics_equal_sqlites_for_the_same_records() {
                     ..r
                 })
                 .collect();
-            let (from_pg, from_sqlite) = runtime.block_on(async {
-                sqlx::query("TRUNCATE usage_records")
+            let (from_pg, from_sqlite, rollups) = runtime.block_on(async {
+                sqlx::query("TRUNCATE usage_records, usage_rollup_hour")
                     .execute(pg.pool())
                     .await
                     .unwrap();
@@ -375,11 +407,42 @@ fn statistics_equal_sqlites_for_the_same_records() {
                 let sqlite = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
                 sqlite.insert_usage(&records).await.unwrap();
                 let bucket_ms = bucket_seconds * 1000;
-                (
-                    stats_of(&pg, 0, 60_000, bucket_ms).await,
-                    stats_of(&sqlite, 0, 60_000, bucket_ms).await,
-                )
+                let from_pg = stats_of(&pg, 0, 60_000, bucket_ms).await;
+                let from_sqlite = stats_of(&sqlite, 0, 60_000, bucket_ms).await;
+                // The same records spread over six hours, with a retried batch: the rollup
+                // answers what the raw records do, in both stores.
+                sqlx::query("TRUNCATE usage_records, usage_rollup_hour")
+                    .execute(pg.pool())
+                    .await
+                    .unwrap();
+                let spread: Vec<UsageRecord> = records
+                    .iter()
+                    .map(|r| UsageRecord {
+                        ts_ms: r.ts_ms * 360,
+                        ..r.clone()
+                    })
+                    .collect();
+                let dir = tempfile::tempdir().unwrap();
+                let sqlite = SqliteStore::open(&dir.path().join("r.db")).await.unwrap();
+                for store in [&pg as &dyn UsageStore, &sqlite] {
+                    store
+                        .insert_usage(&spread[..spread.len() / 2])
+                        .await
+                        .unwrap();
+                    store.insert_usage(&spread).await.unwrap();
+                }
+                let hours = (bucket_seconds % 3 + 1) * 3_600_000;
+                let rollups = (
+                    rollup_and_raw(&pg, 0, hours).await,
+                    rollup_and_raw(&sqlite, 0, hours).await,
+                );
+                (from_pg, from_sqlite, rollups)
             });
+            let ((pg_raw, pg_rolled), (sqlite_raw, sqlite_rolled)) = rollups;
+            prop_assert_eq!(&pg_raw, &pg_rolled);
+            prop_assert_eq!(&pg_rolled, &sqlite_rolled);
+            prop_assert_eq!(&sqlite_raw, &sqlite_rolled);
+            prop_assert_eq!(&from_pg.by_key, &from_sqlite.by_key);
             prop_assert_eq!(&from_pg.total, &from_sqlite.total);
             prop_assert_eq!(&from_pg.by_backend, &from_sqlite.by_backend);
             prop_assert_eq!(&from_pg.by_model, &from_sqlite.by_model);

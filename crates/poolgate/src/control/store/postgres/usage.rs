@@ -7,11 +7,12 @@
 use async_trait::async_trait;
 
 use super::PgStore;
+use crate::control::store::rollup;
 use crate::control::store::rows::{group_from_row, usage_page};
 use crate::control::store::{StoreError, UsageStore};
 use crate::domain::{LimiterKind, UsageRecord};
 use crate::pricing::RestoredSpend;
-use crate::usage::stats::{GroupStats, StatsRange};
+use crate::usage::stats::{GroupStats, StatsRange, StatsSource};
 use crate::usage::{UsageFilter, UsagePage};
 
 /// Day partitions kept ready: today and the next two days.
@@ -26,7 +27,60 @@ SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
     $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::int8[],
     $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::bool[], $19::int8[],
     $20::bool[], $21::int8[], $22::int8[])
-ON CONFLICT (ts, request_id) DO NOTHING";
+ON CONFLICT (ts, request_id) DO NOTHING
+RETURNING request_id, ts";
+
+/// Adds one batch's rollup rows (see `store::rollup`), in the insert's transaction.
+const ROLLUP_UPSERT_SQL: &str = "\
+INSERT INTO usage_rollup_hour AS r (bucket_ms, client_key_id, backend_id, canonical_model,
+    upstream_model, requests, errors, cancelled, prompt_tokens, completion_tokens, cached_tokens,
+    cache_write_tokens, cost_nanousd, estimated_requests, latency_ms_sum, ttfb_ms_sum, ttfb_count)
+SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+    $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[],
+    $14::int8[], $15::int8[], $16::int8[], $17::int8[])
+ON CONFLICT (bucket_ms, client_key_id, backend_id, canonical_model, upstream_model) DO UPDATE SET
+    requests = r.requests + excluded.requests, errors = r.errors + excluded.errors,
+    cancelled = r.cancelled + excluded.cancelled,
+    prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = r.completion_tokens + excluded.completion_tokens,
+    cached_tokens = r.cached_tokens + excluded.cached_tokens,
+    cache_write_tokens = r.cache_write_tokens + excluded.cache_write_tokens,
+    cost_nanousd = r.cost_nanousd + excluded.cost_nanousd,
+    estimated_requests = r.estimated_requests + excluded.estimated_requests,
+    latency_ms_sum = r.latency_ms_sum + excluded.latency_ms_sum,
+    ttfb_ms_sum = r.ttfb_ms_sum + excluded.ttfb_ms_sum,
+    ttfb_count = r.ttfb_count + excluded.ttfb_count";
+
+/// See the SQLite store's `ROLLUP_STATS_SQL`.
+const ROLLUP_STATS_SQL: &str = "\
+WITH base AS (
+    SELECT LEAST((bucket_ms - $1) / $3, $4 - 1) AS b, backend_id AS backend,
+           canonical_model AS model, client_key_id AS client_key, requests, errors, cancelled,
+           prompt_tokens AS prompt, completion_tokens AS completion, cached_tokens AS cached,
+           cost_nanousd AS cost, latency_ms_sum AS latency, ttfb_ms_sum AS ttfb, ttfb_count AS ttfb_n
+    FROM usage_rollup_hour
+    WHERE bucket_ms >= $1 AND bucket_ms < $2 AND ($5::text IS NULL OR backend_id = $5)
+      AND ($6::text IS NULL OR canonical_model = $6) AND ($7::text IS NULL OR client_key_id = $7)
+),
+grouped AS (
+    SELECT 0::bigint AS dim, (-1)::bigint AS b, ''::text AS k, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 1, -1, backend, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 2, -1, model, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 3, b, '', requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 4, b, backend, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 5, b, model, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 6, -1, client_key, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 7, b, client_key, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+)
+SELECT dim, b, k, SUM(requests)::bigint AS requests, SUM(errors)::bigint AS errors,
+       SUM(cancelled)::bigint AS cancelled, SUM(prompt)::bigint AS prompt_tokens,
+       SUM(completion)::bigint AS completion_tokens, SUM(cached)::bigint AS cached_tokens,
+       SUM(cost)::bigint AS cost_nanousd,
+       NULL::bigint AS p50_latency, NULL::bigint AS p95_latency, NULL::bigint AS p50_ttfb,
+       SUM(latency)::bigint AS latency_sum, SUM(ttfb)::bigint AS ttfb_sum,
+       SUM(ttfb_n)::bigint AS ttfb_count
+FROM grouped
+GROUP BY dim, b, k";
 
 /// See the SQLite store's `STATS_SQL` for what each part computes; only the dialect differs.
 const STATS_SQL: &str = "\
@@ -80,7 +134,8 @@ SELECT dim, b, k, COUNT(*) AS requests, SUM(failed)::bigint AS errors,
        MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
        MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
        MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
-                THEN ttfb END) AS p50_ttfb
+                THEN ttfb END) AS p50_ttfb,
+       SUM(latency)::bigint AS latency_sum, SUM(ttfb)::bigint AS ttfb_sum, COUNT(ttfb) AS ttfb_count
 FROM ranked
 GROUP BY dim, b, k";
 
@@ -99,7 +154,8 @@ impl UsageStore for PgStore {
                 records.iter().map($map).collect::<Vec<_>>()
             };
         }
-        sqlx::query(INSERT_SQL)
+        let mut tx = self.pool.begin().await?;
+        let inserted: Vec<(String, i64)> = sqlx::query_as(INSERT_SQL)
             .bind(column!(|r| r.request_id.clone()))
             .bind(column!(|r| r.ts_ms))
             .bind(column!(|r| r.client_key_id.clone()))
@@ -122,8 +178,38 @@ impl UsageStore for PgStore {
             .bind(column!(|r| r.tokens_estimated))
             .bind(column!(|r| r.cost.map(|cost| wide(cost.get()))))
             .bind(column!(|r| r.cache_write_tokens.map(i64::from)))
-            .execute(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        // Only the rows inserted count in the rollup (a batch written again adds nothing).
+        let rows = rollup::aggregate(rollup::stored(records, inserted.into_iter().collect()));
+        if !rows.is_empty() {
+            macro_rules! sums {
+                ($map:expr) => {
+                    rows.iter().map($map).collect::<Vec<_>>()
+                };
+            }
+            sqlx::query(ROLLUP_UPSERT_SQL)
+                .bind(sums!(|(k, _)| k.bucket_ms))
+                .bind(sums!(|(k, _)| k.client_key_id.clone()))
+                .bind(sums!(|(k, _)| k.backend_id.clone()))
+                .bind(sums!(|(k, _)| k.canonical_model.clone()))
+                .bind(sums!(|(k, _)| k.upstream_model.clone()))
+                .bind(sums!(|(_, s)| s.requests))
+                .bind(sums!(|(_, s)| s.errors))
+                .bind(sums!(|(_, s)| s.cancelled))
+                .bind(sums!(|(_, s)| s.prompt_tokens))
+                .bind(sums!(|(_, s)| s.completion_tokens))
+                .bind(sums!(|(_, s)| s.cached_tokens))
+                .bind(sums!(|(_, s)| s.cache_write_tokens))
+                .bind(sums!(|(_, s)| s.cost_nanousd))
+                .bind(sums!(|(_, s)| s.estimated_requests))
+                .bind(sums!(|(_, s)| s.latency_ms_sum))
+                .bind(sums!(|(_, s)| s.ttfb_ms_sum))
+                .bind(sums!(|(_, s)| s.ttfb_count))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -156,7 +242,11 @@ impl UsageStore for PgStore {
     }
 
     async fn usage_stats(&self, range: &StatsRange<'_>) -> Result<Vec<GroupStats>, StoreError> {
-        let rows = sqlx::query(STATS_SQL)
+        let sql = match range.source {
+            StatsSource::Raw => STATS_SQL,
+            StatsSource::Rollup => ROLLUP_STATS_SQL,
+        };
+        let rows = sqlx::query(sql)
             .bind(range.from_ms)
             .bind(range.to_ms)
             .bind(range.bucket_ms)
@@ -204,5 +294,23 @@ impl UsageStore for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(dropped).unwrap_or(0))
+    }
+
+    async fn prune_rollups(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        // In slices of 5 000 rows, so no statement holds its locks for long.
+        loop {
+            let result = sqlx::query(
+                "DELETE FROM usage_rollup_hour WHERE ctid IN \
+                 (SELECT ctid FROM usage_rollup_hour WHERE bucket_ms < $1 LIMIT 5000)",
+            )
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+            deleted += result.rows_affected();
+            if result.rows_affected() < 5000 {
+                return Ok(deleted);
+            }
+        }
     }
 }

@@ -108,16 +108,23 @@ pub(super) async fn spend_of(
     month_start_ms: i64,
 ) -> Result<RestoredSpend, StoreError> {
     // Two statements rather than a column chosen by text: the SQL stays static.
+    // Today and this month from the hourly rollup (the windows start on whole hours; raw records
+    // may be past their retention); the total is the larger of the rollup's (kept
+    // `usage.rollup_retention_days`) and the raw records' (kept `usage.retention_days`).
     let sql = match kind {
         LimiterKind::ClientKey => {
-            "SELECT SUM(CASE WHEN ts >= ?1 THEN cost_nanousd END) AS today, \
-             SUM(CASE WHEN ts >= ?2 THEN cost_nanousd END) AS month, \
-             SUM(cost_nanousd) AS total FROM usage_records WHERE client_key_id = ?3"
+            "SELECT SUM(CASE WHEN bucket_ms >= ?1 THEN cost_nanousd END) AS today, \
+             SUM(CASE WHEN bucket_ms >= ?2 THEN cost_nanousd END) AS month, \
+             MAX(COALESCE(SUM(cost_nanousd), 0), COALESCE((SELECT SUM(cost_nanousd) \
+             FROM usage_records WHERE client_key_id = ?3), 0)) AS total \
+             FROM usage_rollup_hour WHERE client_key_id = ?3"
         }
         LimiterKind::Backend => {
-            "SELECT SUM(CASE WHEN ts >= ?1 THEN cost_nanousd END) AS today, \
-             SUM(CASE WHEN ts >= ?2 THEN cost_nanousd END) AS month, \
-             SUM(cost_nanousd) AS total FROM usage_records WHERE backend_id = ?3"
+            "SELECT SUM(CASE WHEN bucket_ms >= ?1 THEN cost_nanousd END) AS today, \
+             SUM(CASE WHEN bucket_ms >= ?2 THEN cost_nanousd END) AS month, \
+             MAX(COALESCE(SUM(cost_nanousd), 0), COALESCE((SELECT SUM(cost_nanousd) \
+             FROM usage_records WHERE backend_id = ?3), 0)) AS total \
+             FROM usage_rollup_hour WHERE backend_id = ?3"
         }
     };
     let row = sqlx::query(sql)

@@ -6,11 +6,12 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::SqliteStore;
+use crate::control::store::rollup;
 use crate::control::store::rows::{group_from_row, usage_page};
 use crate::control::store::{StoreError, UsageStore};
 use crate::domain::{LimiterKind, UsageRecord};
 use crate::pricing::RestoredSpend;
-use crate::usage::stats::{GroupStats, StatsRange};
+use crate::usage::stats::{GroupStats, StatsRange, StatsSource};
 use crate::usage::{UsageFilter, UsagePage};
 
 /// Every group of the statistics in one statement. `base` is the range's records (bucket index
@@ -70,9 +71,57 @@ SELECT dim, b, k, COUNT(*) AS requests, SUM(failed) AS errors, SUM(cancelled) AS
        MAX(CASE WHEN latency_rank = (50 * n + 99) / 100 THEN latency END) AS p50_latency,
        MAX(CASE WHEN latency_rank = (95 * n + 99) / 100 THEN latency END) AS p95_latency,
        MAX(CASE WHEN ttfb IS NOT NULL AND ttfb_rank = (50 * ttfb_n + 99) / 100
-                THEN ttfb END) AS p50_ttfb
+                THEN ttfb END) AS p50_ttfb,
+       SUM(latency) AS latency_sum, SUM(ttfb) AS ttfb_sum, COUNT(ttfb) AS ttfb_count
 FROM ranked
 GROUP BY dim, b, k";
+
+/// The same groups from the hourly rollup (`range` is whole hours, see `StatsRange::rollup`):
+/// sums of sums, no percentiles.
+const ROLLUP_STATS_SQL: &str = "\
+WITH base AS (
+    SELECT MIN((bucket_ms - ?1) / ?3, ?4 - 1) AS b, backend_id AS backend,
+           canonical_model AS model, client_key_id AS client_key, requests, errors, cancelled,
+           prompt_tokens AS prompt, completion_tokens AS completion, cached_tokens AS cached,
+           cost_nanousd AS cost, latency_ms_sum AS latency, ttfb_ms_sum AS ttfb, ttfb_count AS ttfb_n
+    FROM usage_rollup_hour
+    WHERE bucket_ms >= ?1 AND bucket_ms < ?2 AND (?5 IS NULL OR backend_id = ?5)
+      AND (?6 IS NULL OR canonical_model = ?6) AND (?7 IS NULL OR client_key_id = ?7)
+),
+grouped AS (
+    SELECT 0 AS dim, -1 AS b, '' AS k, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 1, -1, backend, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 2, -1, model, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 3, b, '', requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 4, b, backend, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 5, b, model, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 6, -1, client_key, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+    UNION ALL SELECT 7, b, client_key, requests, errors, cancelled, prompt, completion, cached, cost, latency, ttfb, ttfb_n FROM base
+)
+SELECT dim, b, k, SUM(requests) AS requests, SUM(errors) AS errors, SUM(cancelled) AS cancelled,
+       SUM(prompt) AS prompt_tokens, SUM(completion) AS completion_tokens,
+       SUM(cached) AS cached_tokens, SUM(cost) AS cost_nanousd,
+       NULL AS p50_latency, NULL AS p95_latency, NULL AS p50_ttfb,
+       SUM(latency) AS latency_sum, SUM(ttfb) AS ttfb_sum, SUM(ttfb_n) AS ttfb_count
+FROM grouped
+GROUP BY dim, b, k";
+
+/// Adds one batch's rollup rows (see `store::rollup`).
+const ROLLUP_UPSERT_HEAD: &str = "INSERT INTO usage_rollup_hour (bucket_ms, client_key_id, \
+    backend_id, canonical_model, upstream_model, requests, errors, cancelled, prompt_tokens, \
+    completion_tokens, cached_tokens, cache_write_tokens, cost_nanousd, estimated_requests, \
+    latency_ms_sum, ttfb_ms_sum, ttfb_count) ";
+const ROLLUP_UPSERT_TAIL: &str = " ON CONFLICT (bucket_ms, client_key_id, backend_id, \
+    canonical_model, upstream_model) DO UPDATE SET requests = requests + excluded.requests, \
+    errors = errors + excluded.errors, cancelled = cancelled + excluded.cancelled, \
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+    completion_tokens = completion_tokens + excluded.completion_tokens, \
+    cached_tokens = cached_tokens + excluded.cached_tokens, \
+    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, \
+    cost_nanousd = cost_nanousd + excluded.cost_nanousd, \
+    estimated_requests = estimated_requests + excluded.estimated_requests, \
+    latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, \
+    ttfb_ms_sum = ttfb_ms_sum + excluded.ttfb_ms_sum, ttfb_count = ttfb_count + excluded.ttfb_count";
 
 fn wide(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -85,6 +134,7 @@ impl UsageStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut inserted = std::collections::HashSet::new();
         // Multi-row inserts: one statement per 100 records (22 parameters each). A request id
         // already stored (a batch written again) is skipped.
         for chunk in records.chunks(100) {
@@ -119,8 +169,37 @@ impl UsageStore for SqliteStore {
                     .push_bind(record.cache_write_tokens.map(i64::from));
             });
             // A record already stored (a journal replay after a crash) is skipped.
-            insert.push(" ON CONFLICT (request_id) DO NOTHING");
-            insert.build().execute(&mut *tx).await?;
+            // `RETURNING` names only the rows inserted: the rollup counts those.
+            insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id, ts");
+            for row in insert.build().fetch_all(&mut *tx).await? {
+                inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+            }
+        }
+        let rows = rollup::aggregate(rollup::stored(records, inserted));
+        // 17 parameters a row: 50 rows a statement.
+        for chunk in rows.chunks(50) {
+            let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(ROLLUP_UPSERT_HEAD);
+            upsert.push_values(chunk, |mut row, (key, sums)| {
+                row.push_bind(key.bucket_ms)
+                    .push_bind(key.client_key_id.clone())
+                    .push_bind(key.backend_id.clone())
+                    .push_bind(key.canonical_model.clone())
+                    .push_bind(key.upstream_model.clone())
+                    .push_bind(sums.requests)
+                    .push_bind(sums.errors)
+                    .push_bind(sums.cancelled)
+                    .push_bind(sums.prompt_tokens)
+                    .push_bind(sums.completion_tokens)
+                    .push_bind(sums.cached_tokens)
+                    .push_bind(sums.cache_write_tokens)
+                    .push_bind(sums.cost_nanousd)
+                    .push_bind(sums.estimated_requests)
+                    .push_bind(sums.latency_ms_sum)
+                    .push_bind(sums.ttfb_ms_sum)
+                    .push_bind(sums.ttfb_count);
+            });
+            upsert.push(ROLLUP_UPSERT_TAIL);
+            upsert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -155,7 +234,11 @@ impl UsageStore for SqliteStore {
     }
 
     async fn usage_stats(&self, range: &StatsRange<'_>) -> Result<Vec<GroupStats>, StoreError> {
-        let rows = sqlx::query(STATS_SQL)
+        let sql = match range.source {
+            StatsSource::Raw => STATS_SQL,
+            StatsSource::Rollup => ROLLUP_STATS_SQL,
+        };
+        let rows = sqlx::query(sql)
             .bind(range.from_ms)
             .bind(range.to_ms)
             .bind(range.bucket_ms)
@@ -196,6 +279,23 @@ impl UsageStore for SqliteStore {
             let result = sqlx::query(
                 "DELETE FROM usage_records WHERE seq IN \
                  (SELECT seq FROM usage_records WHERE ts < ? LIMIT 5000)",
+            )
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+            deleted += result.rows_affected();
+            if result.rows_affected() < 5000 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    async fn prune_rollups(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let result = sqlx::query(
+                "DELETE FROM usage_rollup_hour WHERE rowid IN \
+                 (SELECT rowid FROM usage_rollup_hour WHERE bucket_ms < ? LIMIT 5000)",
             )
             .bind(before_ms)
             .execute(&self.pool)

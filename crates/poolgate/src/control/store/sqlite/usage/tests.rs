@@ -4,10 +4,10 @@
 use proptest::prelude::*;
 
 use super::super::tests::open;
-use crate::control::store::test_support::{record_strategy, usage};
+use crate::control::store::test_support::{comparable, record_strategy, usage};
 use crate::control::store::UsageStore;
 use crate::domain::{Outcome, UsageRecord};
-use crate::usage::stats::{assemble, Aggregate, Stats, StatsQuery, StatsRange};
+use crate::usage::stats::{assemble, Aggregate, Stats, StatsQuery, StatsRange, StatsSource};
 use crate::usage::UsageFilter;
 
 async fn stats(
@@ -225,6 +225,12 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
             p95_latency_ms: rank(&mut latencies, 95),
             p50_ttfb_ms: rank(&mut ttfbs, 50),
             cost_usd: group.iter().filter_map(|r| r.cost).sum(),
+            avg_latency_ms: (!group.is_empty())
+                .then(|| group.iter().map(|r| r.latency_ms).sum::<u64>() / group.len() as u64),
+            avg_ttfb_ms: {
+                let ttfbs: Vec<u64> = group.iter().filter_map(|r| r.ttfb_ms).collect();
+                (!ttfbs.is_empty()).then(|| ttfbs.iter().sum::<u64>() / ttfbs.len() as u64)
+            },
         }
     }
     let key = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
@@ -287,6 +293,7 @@ fn reference(records: &[UsageRecord], from: i64, bucket_ms: i64, buckets: usize)
             .map(|(k, g)| (k.clone(), aggregate(g)))
             .collect(),
         series_by_key: keys.iter().map(|(k, g)| (k.clone(), series(g))).collect(),
+        source: StatsSource::Raw,
     }
 }
 
@@ -329,7 +336,111 @@ proptest! {
         // Only keys with records get a series.
         prop_assert_eq!(&got.series_by_backend, &expected.series_by_backend);
         prop_assert_eq!(&got.series_by_model, &expected.series_by_model);
+        prop_assert_eq!(&got.by_key, &expected.by_key);
     }
+
+    /// The same records over six hours give the same statistics (at hour granularity) from the
+    /// hourly rollup as from the raw records — percentiles aside — even when batches overlap.
+    #[test]
+    fn rollup_statistics_match_the_raw_records(
+        records in prop::collection::vec(record_strategy(), 0..120),
+        bucket_hours in 1_i64..4,
+        split in 0_usize..120,
+    ) {
+        let records: Vec<UsageRecord> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| UsageRecord { request_id: format!("req-{i}"), ts_ms: r.ts_ms * 360, ..r })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (raw, rolled) = runtime.block_on(async {
+            let (_dir, store) = open().await;
+            // Two batches that overlap (a retried batch): each request counts once.
+            let cut = split.min(records.len());
+            store.insert_usage(&records[..cut]).await.unwrap();
+            store.insert_usage(&records).await.unwrap();
+            rollup_and_raw(&store, 6 * HOUR, bucket_hours * HOUR).await
+        });
+        prop_assert_eq!(raw, rolled);
+    }
+}
+
+const HOUR: i64 = 3_600_000;
+
+/// The statistics of `[0, to)` in buckets of `bucket_ms` (whole hours), from the raw records
+/// and from the rollup, made comparable.
+async fn rollup_and_raw(store: &super::SqliteStore, to: i64, bucket_ms: i64) -> (Stats, Stats) {
+    let query = StatsQuery::default();
+    let raw = StatsRange::new(&query, 0, to, bucket_ms);
+    let rollup = raw.rollup();
+    assert_eq!(
+        (rollup.from_ms, rollup.to_ms, rollup.bucket_ms),
+        (0, to, bucket_ms)
+    );
+    let raw = assemble(&store.usage_stats(&raw).await.unwrap(), &raw);
+    let rolled = assemble(&store.usage_stats(&rollup).await.unwrap(), &rollup);
+    assert_eq!(rolled.source, StatsSource::Rollup);
+    assert_eq!(rolled.total.p50_latency_ms, None);
+    (comparable(raw), comparable(rolled))
+}
+
+#[tokio::test]
+async fn the_rollup_outlives_the_raw_retention() {
+    let (_dir, store) = open().await;
+    let day = 24 * HOUR;
+    // One record a day for 30 days; a retried batch on top.
+    let records: Vec<UsageRecord> = (0..30)
+        .map(|i| UsageRecord {
+            ts_ms: i * day + 1,
+            cost: Some(crate::pricing::Nanodollars::new(1_000)),
+            ..usage(i)
+        })
+        .collect();
+    store.insert_usage(&records).await.unwrap();
+    store.insert_usage(&records[20..]).await.unwrap();
+    let (raw, rolled) = rollup_and_raw(&store, 30 * day, day).await;
+    assert_eq!(raw, rolled);
+    assert_eq!(rolled.total.requests, 30);
+    // The raw retention drops the first 25 days; the month still answers from the rollup.
+    assert_eq!(store.prune_usage(25 * day).await.unwrap(), 25);
+    let query = StatsQuery::default();
+    let month = StatsRange::new(&query, 0, 30 * day, day).rollup();
+    let stats = assemble(&store.usage_stats(&month).await.unwrap(), &month);
+    assert_eq!(stats.total.requests, 30);
+    assert_eq!(
+        stats.total.cost_usd,
+        crate::pricing::Nanodollars::new(30_000)
+    );
+    assert_eq!(stats.by_key["abc"].requests, 30);
+    assert_eq!(stats.series[0].stats.requests, 1);
+    // Budgets restored at start-up read the rollup too: the month is not forgotten.
+    let spend = store
+        .spend_of(crate::domain::LimiterKind::ClientKey, "abc", 29 * day, 0)
+        .await
+        .unwrap();
+    assert_eq!(spend.today, crate::pricing::Nanodollars::new(1_000));
+    assert_eq!(spend.this_month, crate::pricing::Nanodollars::new(30_000));
+    assert_eq!(spend.total, crate::pricing::Nanodollars::new(30_000));
+    // The rollup's own retention, in slices.
+    assert_eq!(
+        store.prune_rollups(10 * day).await.unwrap(),
+        10,
+        "one row a day"
+    );
+    let stats = assemble(&store.usage_stats(&month).await.unwrap(), &month);
+    assert_eq!(stats.total.requests, 20);
+    let spend = store
+        .spend_of(crate::domain::LimiterKind::Backend, "bkd_x", 29 * day, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        spend.total,
+        crate::pricing::Nanodollars::new(20_000),
+        "the larger sum"
+    );
 }
 
 #[tokio::test]
@@ -353,4 +464,63 @@ async fn a_record_stored_twice_is_kept_once() {
     let replay: Vec<_> = (3..8).map(usage).collect();
     store.insert_usage(&replay).await.unwrap();
     assert_eq!(store.count_usage().await.unwrap(), 8);
+}
+
+/// Records stored before migration 0008 are summed into the rollup by the migration itself.
+#[tokio::test]
+async fn the_migration_backfills_the_rollup_from_stored_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    // The schema as it was before the rollup.
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            super::super::MIGRATOR
+                .iter()
+                .filter(|m| m.version < 8)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    for i in 0_i64..40 {
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
+             canonical_model, backend_id, upstream_model, attempts, status, outcome, \
+             prompt_tokens, completion_tokens, cached_tokens, latency_ms, ttfb_ms, streamed, \
+             tokens_estimated, cost_nanousd) \
+             VALUES (?, ?, ?, 'chat.completions', ?, ?, 'up', 1, ?, ?, ?, 5, 2, ?, ?, 0, ?, ?)",
+        )
+        .bind(format!("req-{i}"))
+        .bind(i * 600_000)
+        .bind((i % 3 != 0).then_some("abc"))
+        .bind(if i % 2 == 0 { "a" } else { "b" })
+        .bind((i % 5 != 0).then_some("bkd_x"))
+        .bind(if i % 7 == 0 { 502 } else { 200 })
+        .bind(match i % 7 {
+            0 => "error",
+            3 => "cancelled",
+            _ => "success",
+        })
+        .bind(i * 3)
+        .bind(i + 10)
+        .bind((i % 4 != 0).then_some(i))
+        .bind(i % 6 == 0)
+        .bind((i % 2 == 0).then_some(i * 1_000))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let store = super::SqliteStore::open(&path).await.unwrap();
+    let (raw, rolled) = rollup_and_raw(&store, 6 * HOUR, HOUR).await;
+    assert_eq!(
+        rolled.total.requests, 36,
+        "the records within the six hours"
+    );
+    assert_eq!(raw, rolled);
 }
