@@ -15,6 +15,8 @@
 //!    extra usage charged afterwards), and a request larger than it is refused everywhere;
 //! 8. an upstream that told one instance it has no tokens left is held back by all of them
 //!    until its reset;
+//! 9. a client key's budget is spent once for the whole cluster (and survives Redis losing its
+//!    data);
 //!
 //! and issue #14's protections in cluster mode: a key's `max_parallel_requests` (per instance)
 //! and its shared RPM bucket both apply, `proxy.max_in_flight` answers 503, a declared 1 GiB
@@ -31,7 +33,8 @@ use std::time::Duration;
 
 use cluster::{backend_toml, chat, chat_as, within, Cluster};
 use futures_util::future::join_all;
-use mock_upstream::{MockConfig, MockUpstream, Reply};
+use mock_upstream::{MockConfig, MockUpstream, Reply, ReportedUsage};
+use poolgate::token_count::{estimate_request, EstimateSettings, TokenCounter, WireFormat};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -715,5 +718,133 @@ async fn an_upstream_out_of_tokens_is_held_back_by_every_instance_until_its_rese
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(chat(&cluster.instances[1]).await.status, 200);
     assert_eq!((announcing.calls(), spare.calls()), (2, 3));
+    cluster.stop().await;
+}
+
+/// Issue #11: a client key's budget is the cluster's — reserved in Redis in one atomic call per
+/// request (every limited window, all or nothing) and settled there — so a key used through
+/// three instances is refused by all of them once the shared budget is spent, with the same
+/// 429 `budget_exceeded` as a single instance; and a Redis that lost its data (restarted without
+/// persistence) starts again from what the instances know, not from zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keys_budget_is_shared_by_every_instance() {
+    let upstream = MockUpstream::start().await;
+    let body = json!({"model": cluster::MODEL, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    // The usage reported is exactly the request's estimate, so the budget is never overrun
+    // (spend ≤ limit + Σ over requests in flight of (actual − estimate)⁺ = limit).
+    let estimate = estimate_request(
+        WireFormat::ChatCompletions,
+        body.to_string().as_bytes(),
+        TokenCounter::for_model("up-m"),
+        &EstimateSettings::default(),
+    );
+    upstream.set_usage(Some(ReportedUsage {
+        prompt_tokens: estimate.prompt.tokens,
+        completion_tokens: estimate.output_reserve,
+        ..ReportedUsage::default()
+    }));
+    // $1 000 / Mtok = 1 000 000 nano-dollars per token.
+    let cost = estimate.total() * 1_000_000;
+    // Room for 4 requests and a bit (in USD with 9 decimals).
+    let limit = 4 * cost + cost / 2;
+    let limit_usd = format!("{}.{:09}", limit / 1_000_000_000, limit % 1_000_000_000);
+    let toml = format!(
+        "{}[prices.\"up-m\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n",
+        backend_toml("a", &upstream.openai_base_url(), "primary", "")
+    );
+    let mut cluster = Cluster::start(3, Some(SLOW_MACHINE), &toml).await;
+    let (_, key) = cluster.instances[0]
+        .create_key(json!({"name": "budgeted", "budget_daily_usd": limit_usd}))
+        .await;
+    let ask = |i: usize| {
+        let gateway = &cluster.instances[i];
+        common::send(
+            gateway
+                .client
+                .post(format!("{}/v1/chat/completions", gateway.url))
+                .bearer_auth(&key)
+                .json(&body),
+        )
+    };
+    for gateway in &cluster.instances {
+        within("the key is known", Duration::from_secs(3), || async {
+            common::send(
+                gateway
+                    .client
+                    .get(format!("{}/v1/models", gateway.url))
+                    .bearer_auth(&key),
+            )
+            .await
+            .status
+                == 200
+        })
+        .await;
+    }
+
+    // Four requests through three instances fit; alone, each instance would admit four.
+    let started = Instant::now();
+    for i in [0, 1, 2, 0] {
+        let answer = ask(i).await;
+        assert_eq!(answer.status, 200, "instance {i}: {answer}");
+    }
+    // A settle is its own task; let the last one land, so that every instance's refusal below
+    // shows it the whole day's spend (which its ledger keeps for the degraded mode).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tomorrow = (chrono::Utc::now().date_naive() + chrono::Days::new(1)).format("%Y-%m-%d");
+    let assert_refused = |answer: &common::Answer| {
+        assert_eq!(answer.status, 429, "{answer}");
+        answer.assert_openai_error();
+        assert_eq!(answer.json["error"]["type"], "insufficient_quota");
+        assert_eq!(answer.json["error"]["code"], "budget_exceeded");
+        assert_eq!(answer.header("x-should-retry"), Some("false"));
+        assert_eq!(answer.header("retry-after"), None);
+        let message = answer.json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("this key's daily budget of $")
+                && message.ends_with(&format!("it resets at {tomorrow}T00:00:00Z")),
+            "{message}"
+        );
+    };
+    for i in [1, 2, 0] {
+        assert_refused(&ask(i).await);
+    }
+    assert_eq!(
+        upstream.calls(),
+        4,
+        "refused requests never reach the upstream"
+    );
+
+    // Concurrently, on every instance: still nothing more.
+    let burst = join_all((0..12).map(|n| ask(n % 3))).await;
+    for answer in &burst {
+        assert_refused(answer);
+    }
+    assert_eq!(upstream.calls(), 4);
+
+    // Redis loses its data: the shared figure is seeded again from the instances' own (the
+    // database's spend restored at start-up, plus their spend and the shared figures since).
+    cluster.redis.as_mut().unwrap().restart().await;
+    let gateway = &cluster.instances[1];
+    within("shared mode again", Duration::from_secs(10), || async {
+        let answer = common::send(
+            gateway
+                .client
+                .post(format!("{}/v1/chat/completions", gateway.url))
+                .bearer_auth(&key)
+                .json(&body),
+        )
+        .await;
+        // Degraded meanwhile: the local ledger, which saw the day's shared spend, refuses too
+        // (it would admit what was left of the budget when Redis went away).
+        assert_refused(&answer);
+        cluster.modes().await.iter().all(|mode| mode == "shared")
+    })
+    .await;
+    for i in [0, 1, 2] {
+        assert_refused(&ask(i).await);
+    }
+    assert_eq!(upstream.calls(), 4);
+    eprintln!("shared budget across 3 instances: {:?}", started.elapsed());
     cluster.stop().await;
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use poolgate::cooldown::{CooldownPolicy, Outcome};
 use poolgate::domain::BackendId;
 use poolgate::shared::{
-    Admit, AdmitRequest, BucketClaim, BucketKey, FailMode, Mode, Precheck, RedisOptions,
-    RedisShared, Refusal, SharedRuntime,
+    Admit, AdmitRequest, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetWindowClaim,
+    FailMode, Mode, Precheck, RedisOptions, RedisShared, Refusal, SharedRuntime,
 };
 use secrecy::SecretString;
 use services::RedisServer;
@@ -588,4 +588,120 @@ async fn a_frozen_redis_costs_at_most_the_call_timeout() {
 
     server.thaw();
     eventually("shared mode is back", || async { a.mode() == Mode::Shared }).await;
+}
+
+/// Issue #11: a budget claim across instances — all windows or none, refusals name the window,
+/// a window's spent is raised to the seed (the instance's figure: a fresh Redis starts from the
+/// database's), a settle moves reserved to
+/// spent in the windows the reservation named (even once a new day has begun) and never
+/// recreates a window that was forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_reserve_all_windows_or_none_and_settle_where_they_were_made() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let window = |id: &str, limit: u64, seed: u64| BudgetWindowClaim {
+        id: id.to_owned(),
+        limit,
+        seed,
+        expire_at_ms: None,
+    };
+    let claim = |amount: u64, windows: Vec<BudgetWindowClaim>| BudgetClaim {
+        owner: "key-1".to_owned(),
+        amount,
+        windows,
+    };
+    // Day 1: daily limit 100 (30 already spent per the database), total 1 000 (500 spent).
+    let day1 = || vec![window("d:20261130", 100, 30), window("t", 1_000, 500)];
+    let Some(BudgetAdmit::Reserved { hold, figures }) =
+        instances[0].reserve_budget(&claim(50, day1())).await
+    else {
+        panic!("the first reservation fits");
+    };
+    assert_eq!(figures, vec![(30, 50), (500, 50)]);
+    // Another instance sees the shared figures (a lower seed changes nothing).
+    let refused = instances[1]
+        .reserve_budget(&claim(
+            30,
+            vec![window("d:20261130", 100, 0), window("t", 1_000, 0)],
+        ))
+        .await;
+    assert_eq!(
+        refused,
+        Some(BudgetAdmit::Refused {
+            index: 0,
+            spent: 30,
+            reserved: 50
+        })
+    );
+    // Nothing was taken from the total by the refused claim.
+    let Some(BudgetAdmit::Reserved {
+        hold: small,
+        figures,
+    }) = instances[2].reserve_budget(&claim(20, day1())).await
+    else {
+        panic!("20 more fit exactly");
+    };
+    assert_eq!(figures, vec![(30, 70), (500, 70)]);
+    // The day is used up (30 + 70 = 100): even a zero estimate is refused.
+    assert!(matches!(
+        instances[1].reserve_budget(&claim(0, day1())).await,
+        Some(BudgetAdmit::Refused { index: 0, .. })
+    ));
+
+    // Day 2 begins; the first reservation settles (cost 40 of its 50) into day 1 and the total.
+    instances[0].settle_budget(hold, 40).await;
+    let Some(BudgetAdmit::Reserved { figures, .. }) = instances[1]
+        .reserve_budget(&claim(
+            10,
+            vec![window("d:20261201", 100, 0), window("t", 1_000, 0)],
+        ))
+        .await
+    else {
+        panic!("a new day has room");
+    };
+    assert_eq!(figures, vec![(0, 10), (540, 30)]);
+    // An instance that knows of more spend (settled while Redis was away) raises the figure.
+    let Some(BudgetAdmit::Reserved {
+        hold: raised,
+        figures,
+    }) = instances[2]
+        .reserve_budget(&claim(0, vec![window("d:20261201", 100, 5)]))
+        .await
+    else {
+        panic!("fits");
+    };
+    assert_eq!(figures, vec![(5, 10)]);
+    instances[2].settle_budget(raised, 0).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let day1_key = "{poolgate}:v1:budget:key-1:d:20261130";
+    let (spent, reserved): (u64, u64) = redis::cmd("HMGET")
+        .arg(day1_key)
+        .arg("spent")
+        .arg("reserved")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((spent, reserved), (70, 20));
+    // Day 1 is forgotten; settling into it does not bring it back.
+    let _: () = redis::cmd("DEL")
+        .arg(day1_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    instances[2].settle_budget(small, 20).await;
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(day1_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    let total: (u64, u64) = redis::cmd("HMGET")
+        .arg("{poolgate}:v1:budget:key-1:t")
+        .arg("spent")
+        .arg("reserved")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(total, (560, 10));
 }

@@ -187,6 +187,17 @@ impl BudgetReservation {
     }
 }
 
+/// One limited window of a ledger, as a reservation in shared state names it
+/// ([`SpendLedger::shared_windows`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedWindow {
+    pub window: BudgetWindow,
+    pub id: String,
+    pub limit: Nanodollars,
+    pub spent: Nanodollars,
+    pub expire_at_ms: Option<i64>,
+}
+
 /// Why a request was refused: which window, its limit, what is used, and when it resets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BudgetExceeded {
@@ -365,6 +376,46 @@ impl SpendLedger {
                 resets_at: window.resets_at(now),
             })
         })
+    }
+
+    /// The limited windows as of `now`, for a reservation in shared state (cluster mode): the
+    /// window, its id across instances (`d:<yyyymmdd>`, `m:<yyyymm>`, `t`), its limit, this
+    /// ledger's spend in it (the shared figure starts from it when missing) and when the shared
+    /// figure may be forgotten (a day after the window ends, Unix ms).
+    pub fn shared_windows(&self, now: DateTime<Utc>) -> Vec<SharedWindow> {
+        let mut state = self.state.lock();
+        state.roll(now);
+        WINDOWS
+            .into_iter()
+            .filter_map(|window| {
+                let limit = state.limits.get(window)?;
+                let id = match window {
+                    BudgetWindow::Daily => format!("d:{}", now.format("%Y%m%d")),
+                    BudgetWindow::Monthly => format!("m:{}", now.format("%Y%m")),
+                    BudgetWindow::Total => "t".to_owned(),
+                };
+                let expire_at_ms = window
+                    .resets_at(now)
+                    .map(|at| (at + chrono::Duration::days(1)).timestamp_millis());
+                Some(SharedWindow {
+                    window,
+                    id,
+                    limit,
+                    spent: Nanodollars::new(state.windows[window.index()].spent),
+                    expire_at_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Raises this ledger's spend in `window` (as of `now`) to at least `spent`, the shared
+    /// figure: while shared state is unreachable the ledger then answers from the last shared
+    /// figures plus this instance's spend since.
+    pub fn observe_shared(&self, window: BudgetWindow, spent: Nanodollars, now: DateTime<Utc>) {
+        let mut state = self.state.lock();
+        state.roll(now);
+        let current = &mut state.windows[window.index()];
+        current.spent = current.spent.max(spent.get());
     }
 
     /// New limits (an admin edit); spend and reservations stay.

@@ -19,8 +19,8 @@ pub mod table;
 pub mod usage;
 
 pub use budget::{
-    BudgetExceeded, BudgetLimits, BudgetReservation, BudgetWindow, RestoredSpend, SpendLedger,
-    SpendLimitRecord, SpendView, WindowView,
+    BudgetExceeded, BudgetLimits, BudgetReservation, BudgetWindow, RestoredSpend, SharedWindow,
+    SpendLedger, SpendLimitRecord, SpendView, WindowView,
 };
 pub use money::{MoneyError, Nanodollars, PricePerToken};
 pub use table::{PriceEntry, PriceMatch, PriceSource, PriceTable, PriceTableError};

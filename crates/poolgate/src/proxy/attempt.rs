@@ -50,7 +50,7 @@ pub async fn run(
         draft.record.canonical_model = Some(canonical.to_string());
     }
     // The key's budget (if it has one): the estimated cost is reserved before selection.
-    match spend::admit(ctx, inbound, &routing.route) {
+    match spend::admit(ctx, inbound, &routing.route).await {
         Ok(guard) => draft.hold_spend(guard),
         Err(error) => {
             refund_key(ctx);

@@ -10,6 +10,20 @@
 //! estimate prices every prompt token at the uncached input price plus the output the request
 //! may produce (`max_tokens` & co., else 1 024 tokens, at most 32 768), so a request that stays
 //! within its declared output never overruns.
+//!
+//! # Cluster mode
+//! The reservation is one atomic call to the shared state ([`SharedRuntime::reserve_budget`]:
+//! Redis's `budget.lua`, every limited window all or nothing, the same rule as the ledger), so the
+//! bound above holds for all instances together. It is a call of its own, not part of the bucket
+//! admission (`admit.lua`): the budget is reserved once per request, before the backend is
+//! chosen, at the route's highest price, and its refusal is the key's `budget_exceeded`, while the
+//! bucket admission runs per attempt on the chosen backend (the key's RPM/TPM ride on the first
+//! admitted one) and its refusals skip a backend. Only keys with a budget make the call. The
+//! settle runs as its own task; the local ledger records the cost after it, so the ledger stays a
+//! floor of the shared figures and each reservation raises them to it (a Redis restarted empty
+//! starts from the database's figures). While Redis is unreachable the local ledger answers
+//! (each instance can then spend what was left when Redis went away), or, with
+//! `redis.fail_closed`, the request gets 503.
 
 use std::sync::Arc;
 
@@ -18,20 +32,34 @@ use chrono::Utc;
 use super::context::RequestContext;
 use super::error::ProxyError;
 use super::plan::Inbound;
-use crate::pricing::{BudgetReservation, Nanodollars, SpendLedger};
+use crate::pricing::{BudgetExceeded, BudgetReservation, Nanodollars, SpendLedger};
 use crate::routing::Route;
+use crate::shared::{BudgetAdmit, BudgetClaim, BudgetHold, BudgetWindowClaim, SharedRuntime};
+
+/// Where a reservation was made.
+enum Held {
+    /// This instance's ledger (single instance, or cluster mode while Redis is unreachable).
+    Local(Arc<SpendLedger>, BudgetReservation),
+    /// Shared state (cluster mode); the local ledger also records the cost, so that it stays a
+    /// floor of the shared figures for the degraded mode.
+    Shared {
+        ledger: Arc<SpendLedger>,
+        shared: Arc<dyn SharedRuntime>,
+        hold: BudgetHold,
+    },
+}
 
 /// A key's reservation, settled exactly once.
 pub struct SpendGuard {
-    held: Option<(Arc<SpendLedger>, BudgetReservation)>,
+    held: Option<Held>,
 }
 
 impl std::fmt::Debug for SpendGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let amount = self
-            .held
-            .as_ref()
-            .map(|(_, reservation)| reservation.amount());
+        let amount = self.held.as_ref().map(|held| match held {
+            Held::Local(_, reservation) => reservation.amount(),
+            Held::Shared { hold, .. } => Nanodollars::new(hold.amount),
+        });
         f.debug_struct("SpendGuard")
             .field("reserved", &amount)
             .finish()
@@ -41,8 +69,8 @@ impl std::fmt::Debug for SpendGuard {
 impl SpendGuard {
     /// Releases the reservation and records `cost` in the windows it was made in.
     pub fn settle(mut self, cost: Nanodollars) {
-        if let Some((ledger, reservation)) = self.held.take() {
-            ledger.settle(reservation, cost, Utc::now());
+        if let Some(held) = self.held.take() {
+            settle(held, Some(cost));
         }
     }
 }
@@ -50,9 +78,45 @@ impl SpendGuard {
 impl Drop for SpendGuard {
     /// Never written: the request is charged its estimate (a budget never forgets a request).
     fn drop(&mut self) {
-        if let Some((ledger, reservation)) = self.held.take() {
-            let estimate = reservation.amount();
-            ledger.settle(reservation, estimate, Utc::now());
+        if let Some(held) = self.held.take() {
+            settle(held, None);
+        }
+    }
+}
+
+/// Settles with `cost`, or the estimate when `None`. A shared settle runs as its own task (the
+/// usage record is not held up by Redis; the task retries through a short outage).
+fn settle(held: Held, cost: Option<Nanodollars>) {
+    let now = Utc::now();
+    match held {
+        Held::Local(ledger, reservation) => {
+            let cost = cost.unwrap_or(reservation.amount());
+            ledger.settle(reservation, cost, now);
+        }
+        Held::Shared {
+            ledger,
+            shared,
+            hold,
+        } => {
+            let cost = cost.unwrap_or(Nanodollars::new(hold.amount));
+            // The local ledger records the cost only once the shared figure has it (or the
+            // settle was given up): the ledger stays a floor of the shared figures, which every
+            // reservation raises them to.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        shared.settle_budget(hold, cost.get()).await;
+                        ledger.record(cost, Utc::now());
+                    });
+                }
+                Err(_) => {
+                    ledger.record(cost, now);
+                    tracing::warn!(
+                        key = %hold.owner,
+                        "budget settle outside a runtime: the shared reservation stays"
+                    );
+                }
+            }
         }
     }
 }
@@ -61,7 +125,12 @@ impl Drop for SpendGuard {
 /// `Ok(None)` without a budget, the 429 `budget_exceeded` refusal when a window cannot cover it.
 /// The estimate is the highest over the route's candidates (the backend is not chosen yet); a
 /// candidate whose model has no price adds 0, which still cannot pass a spent budget.
-pub fn admit(
+///
+/// In cluster mode the reservation is one atomic call to the shared state (every limited window,
+/// all or nothing, the same rule as [`SpendLedger::reserve`]), so the budget is the cluster's;
+/// while shared state is unreachable the key's local ledger answers (or, with
+/// `redis.fail_closed`, the request is refused with 503).
+pub async fn admit(
     ctx: &RequestContext,
     inbound: &Inbound,
     route: &Route,
@@ -73,9 +142,65 @@ pub fn admit(
         return Ok(None);
     };
     let estimate = estimate_cost(ctx, inbound, route);
-    match ledger.reserve(estimate, Utc::now()) {
+    let now = Utc::now();
+    if let Some((cluster, id)) = key.runtime.cluster() {
+        let windows = ledger.shared_windows(now);
+        if !windows.is_empty() {
+            let claim = BudgetClaim {
+                owner: id.to_owned(),
+                amount: estimate.get(),
+                windows: windows
+                    .iter()
+                    .map(|window| BudgetWindowClaim {
+                        id: window.id.clone(),
+                        limit: window.limit.get(),
+                        seed: window.spent.get(),
+                        expire_at_ms: window.expire_at_ms,
+                    })
+                    .collect(),
+            };
+            match cluster.shared.reserve_budget(&claim).await {
+                Some(BudgetAdmit::Reserved { hold, figures }) => {
+                    for (window, (spent, _)) in windows.iter().zip(figures) {
+                        ledger.observe_shared(window.window, Nanodollars::new(spent), now);
+                    }
+                    return Ok(Some(SpendGuard {
+                        held: Some(Held::Shared {
+                            ledger: Arc::clone(ledger),
+                            shared: Arc::clone(&cluster.shared),
+                            hold,
+                        }),
+                    }));
+                }
+                Some(BudgetAdmit::Refused {
+                    index,
+                    spent,
+                    reserved,
+                }) => {
+                    if let Some(window) = windows.get(index) {
+                        ledger.observe_shared(window.window, Nanodollars::new(spent), now);
+                        let exceeded = BudgetExceeded {
+                            window: window.window,
+                            limit: window.limit,
+                            spent: Nanodollars::new(spent),
+                            reserved: Nanodollars::new(reserved),
+                            requested: estimate,
+                            resets_at: window.window.resets_at(now),
+                        };
+                        return Err(ProxyError::BudgetExceeded {
+                            message: exceeded.message("this key"),
+                        });
+                    }
+                }
+                None if cluster.fail_closed => return Err(ProxyError::LimiterUnavailable),
+                // Degraded: the local ledger below.
+                None => {}
+            }
+        }
+    }
+    match ledger.reserve(estimate, now) {
         Ok(reservation) => Ok(Some(SpendGuard {
-            held: Some((Arc::clone(ledger), reservation)),
+            held: Some(Held::Local(Arc::clone(ledger), reservation)),
         })),
         Err(exceeded) => Err(ProxyError::BudgetExceeded {
             message: exceeded.message("this key"),

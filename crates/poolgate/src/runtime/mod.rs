@@ -586,6 +586,13 @@ impl ClientKeyRuntime {
         self.limiter.try_acquire(now)
     }
 
+    /// Cluster mode: the shared state and this key's id (its budget is reserved there).
+    pub fn cluster(&self) -> Option<(&Arc<Cluster>, &str)> {
+        self.shared
+            .as_ref()
+            .map(|(cluster, id)| (cluster, id.as_str()))
+    }
+
     /// Cluster mode, with a limit: the claim on the shared bucket a request pays with its first
     /// admitted attempt (all or nothing with the backend's).
     pub fn claim(&self) -> Option<BucketClaim> {

@@ -20,6 +20,11 @@
 //!    healthy backend costs nothing); [`SharedRuntime::release_probe`] when a probe ended without
 //!    an outcome; [`SharedRuntime::refund`] tokens taken but not used.
 //!
+//! Client-key budgets (issue #11) take one call of their own, once per request and only for a key
+//! with a budget: [`SharedRuntime::reserve_budget`] before selection (every limited window, all
+//! or nothing) and [`SharedRuntime::settle_budget`] when the request is recorded (see
+//! `crate::proxy::spend` for why it is not part of the bucket admission).
+//!
 //! Every call is bounded by the configured timeout and never fails: when shared state is
 //! unreachable the instance answers from its local share (or refuses a fail-closed claim with
 //! [`Refusal::Unavailable`]), and [`SharedRuntime::mode`] says so.
@@ -269,6 +274,58 @@ pub struct CooldownView {
     pub reason: Option<CooldownReason>,
 }
 
+/// A client key's budget reservation made in shared state (cluster mode): `amount`
+/// nanodollars in every limited window, all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetClaim {
+    /// The client key's id.
+    pub owner: String,
+    pub amount: u64,
+    pub windows: Vec<BudgetWindowClaim>,
+}
+
+/// One window of a [`BudgetClaim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetWindowClaim {
+    /// Names the window for every instance: `d:<yyyymmdd>`, `m:<yyyymm>` or `t`.
+    pub id: String,
+    pub limit: u64,
+    /// What is spent in the window according to this instance (the database's figure restored
+    /// at start-up, plus its spend settled since, raised to the shared figures it saw): the
+    /// shared figure is raised to it (a fresh Redis starts from it; spend settled while Redis
+    /// was unreachable reaches it again).
+    pub seed: u64,
+    /// When the shared figure may be forgotten (Unix ms, a day after the window ends); `None`
+    /// for the total.
+    pub expire_at_ms: Option<i64>,
+}
+
+/// The answer to a [`BudgetClaim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetAdmit {
+    /// Reserved; `figures` are the shared `(spent, reserved)` of each window after it.
+    Reserved {
+        hold: BudgetHold,
+        figures: Vec<(u64, u64)>,
+    },
+    /// Window `index` of the claim cannot cover it; its shared `spent` and `reserved`.
+    Refused {
+        index: usize,
+        spent: u64,
+        reserved: u64,
+    },
+}
+
+/// A budget reservation in shared state; settle it once with
+/// [`SharedRuntime::settle_budget`]. It names its windows, so a settle after midnight touches
+/// the day it was made in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetHold {
+    pub owner: String,
+    pub amount: u64,
+    pub windows: Vec<String>,
+}
+
 /// Shared runtime state: see the module doc for the call order on the request path.
 ///
 /// No method returns an error: unreachable shared state is a [`Mode::Degraded`] answer, logged
@@ -341,4 +398,14 @@ pub trait SharedRuntime: Send + Sync + 'static {
     fn upstream_block(&self, _backend: &BackendId, _now: Instant) -> Option<Instant> {
         None
     }
+
+    /// Reserves a client key's budget in shared state, atomically across instances; `None`
+    /// when there is no shared state to ask (single instance, or unreachable: degraded), and
+    /// the caller answers from its local ledger.
+    async fn reserve_budget(&self, _claim: &BudgetClaim) -> Option<BudgetAdmit> {
+        None
+    }
+
+    /// Releases a shared budget reservation and records the real cost (nanodollars).
+    async fn settle_budget(&self, _hold: BudgetHold, _cost: u64) {}
 }

@@ -28,13 +28,19 @@ use self::scripts::{AdmitReply, Keys};
 use super::breaker::{Breaker, BreakerChange};
 use super::local::{Authority, LocalShared};
 use super::{
-    Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, CooldownView, FailMode, InFlightCounter,
-    Mode, Precheck, ProbeToken, Refusal, SharedRuntime,
+    Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetHold,
+    CooldownView, FailMode, InFlightCounter, Mode, Precheck, ProbeToken, Refusal, SharedRuntime,
 };
 use crate::config::default_instance_id;
 use crate::cooldown::{CooldownPolicy, Outcome};
 use crate::domain::BackendId;
 use crate::telemetry::metrics::RedisMetrics;
+
+/// The largest amount (nanodollars, $9M) the budget script keeps exactly in Lua's doubles.
+const MAX_NANODOLLARS: u64 = 1 << 53;
+
+/// How many times a budget settle is tried before it is given up (a second or more apart).
+const SETTLE_TRIES: u32 = 10;
 
 /// The hint given while another instance probes, at most (as [`crate::cooldown`] does).
 const PROBE_HINT: Duration = Duration::from_secs(1);
@@ -579,6 +585,82 @@ impl SharedRuntime for RedisShared {
             }
             None => None,
         }
+    }
+
+    async fn reserve_budget(&self, claim: &BudgetClaim) -> Option<BudgetAdmit> {
+        let inner = &self.inner;
+        let mut take = scripts::BUDGET.prepare_invoke();
+        take.arg("take").arg(claim.amount.min(MAX_NANODOLLARS));
+        for window in &claim.windows {
+            take.key(inner.keys.budget(&claim.owner, &window.id))
+                .arg(window.limit.min(MAX_NANODOLLARS))
+                .arg(window.seed.min(MAX_NANODOLLARS))
+                .arg(window.expire_at_ms.unwrap_or(0).max(0));
+        }
+        let reply: Vec<i64> = inner.call("budget", &take).await?;
+        let amount = |value: i64| u64::try_from(value).unwrap_or(0);
+        match reply.as_slice() {
+            [0, figures @ ..] if figures.len() == 2 * claim.windows.len() => {
+                Some(BudgetAdmit::Reserved {
+                    hold: BudgetHold {
+                        owner: claim.owner.clone(),
+                        amount: claim.amount.min(MAX_NANODOLLARS),
+                        windows: claim.windows.iter().map(|w| w.id.clone()).collect(),
+                    },
+                    figures: figures
+                        .chunks(2)
+                        .map(|pair| (amount(pair[0]), amount(pair[1])))
+                        .collect(),
+                })
+            }
+            // 1-based in Lua.
+            &[index, spent, reserved] if index >= 1 => Some(BudgetAdmit::Refused {
+                index: usize::try_from(index - 1).ok()?,
+                spent: amount(spent),
+                reserved: amount(reserved),
+            }),
+            _ => {
+                tracing::error!(?reply, "unexpected reply from the budget script");
+                None
+            }
+        }
+    }
+
+    async fn settle_budget(&self, hold: BudgetHold, cost: u64) {
+        if hold.windows.is_empty() {
+            return;
+        }
+        let inner = &self.inner;
+        let mut settle = scripts::BUDGET.prepare_invoke();
+        settle
+            .arg("settle")
+            .arg(hold.amount)
+            .arg(cost.min(MAX_NANODOLLARS));
+        for window in &hold.windows {
+            settle.key(inner.keys.budget(&hold.owner, window));
+        }
+        // A settle must not be lost (the reservation would stay until its window is forgotten,
+        // for the total never): retry through a short outage, then give up loudly.
+        for attempt in 0..SETTLE_TRIES {
+            if inner.call::<Vec<i64>>("budget", &settle).await.is_some() {
+                return;
+            }
+            if attempt + 1 < SETTLE_TRIES {
+                tokio::time::sleep(
+                    inner
+                        .options
+                        .breaker_open_for
+                        .max(Duration::from_millis(100)),
+                )
+                .await;
+            }
+        }
+        tracing::warn!(
+            key = %hold.owner,
+            reserved = hold.amount,
+            cost,
+            "budget settle lost (Redis unreachable): the shared reservation stays until its window is forgotten"
+        );
     }
 }
 

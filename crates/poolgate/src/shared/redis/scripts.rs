@@ -19,6 +19,8 @@ pub(super) static REPORT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("report.lua")));
 pub(super) static IN_FLIGHT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("inflight.lua")));
+pub(super) static BUDGET: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("budget.lua")));
 pub(super) static HEARTBEAT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("heartbeat.lua")));
 
@@ -60,6 +62,11 @@ impl Keys {
 
     pub fn bucket(&self, key: &BucketKey) -> String {
         format!("{}bucket:{}", self.prefix, key.as_str())
+    }
+
+    /// One window (`d:<yyyymmdd>`, `m:<yyyymm>`, `t`) of a client key's budget.
+    pub fn budget(&self, owner: &str, window: &str) -> String {
+        format!("{}budget:{owner}:{window}", self.prefix)
     }
 
     pub fn instances(&self) -> String {
