@@ -134,6 +134,15 @@ impl UpstreamLimits {
     /// The limits in `headers`, received at `observed`; `None` when the answer carries no
     /// rate-limit header that parses.
     pub fn from_headers(headers: &HeaderMap, observed: Moment) -> Option<UpstreamLimits> {
+        // Most answers carry none of these headers: one pass over the names (a handful) says
+        // so before eighteen lookups by name, each hashing its name.
+        let named_like_a_limit = headers.keys().any(|name| {
+            let name = name.as_str();
+            name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
+        });
+        if !named_like_a_limit {
+            return None;
+        }
         let window = |names: &Names, format: ResetFormat| {
             read_window(headers, names, format, observed).filter(|w| !w.is_empty())
         };
@@ -378,6 +387,8 @@ mod tests {
     fn garbage_is_ignored_value_by_value() {
         let now = observed();
         assert_eq!(UpstreamLimits::from_headers(&HeaderMap::new(), now), None);
+        let unrelated = headers(&[("content-type", "application/json"), ("x-request-id", "r1")]);
+        assert_eq!(UpstreamLimits::from_headers(&unrelated, now), None);
         assert_eq!(
             UpstreamLimits::from_headers(
                 &headers(&[
