@@ -29,6 +29,7 @@ use crate::egress::EgressPolicy;
 use crate::pricing::budget::RestoredSpend;
 use crate::pricing::ledgers::SpendLedgers;
 use crate::pricing::{ModelPrice, PriceSource, PriceTable, SpendLedger, SpendLimitRecord};
+use crate::providers::target::UpstreamTarget;
 use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{Cluster, RuntimeRegistry};
 use crate::scrub::KeyScrubber;
@@ -189,8 +190,10 @@ impl Snapshots {
                 .map(|refusal| {
                     format!("the egress policy refuses the backend's address: {refusal}")
                 });
+            let upstream = UpstreamTarget::new(record.api, &record.api_base_url, &api_key);
             backends.push(Arc::new(LiveBackend {
                 telemetry: LiveBackend::telemetry_for(&self.observer, &record),
+                upstream,
                 record,
                 api_key,
                 runtime,

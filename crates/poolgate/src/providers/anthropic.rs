@@ -5,11 +5,11 @@
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::body::{SplicedBody, TopLevel};
+use super::target::{UpstreamTarget, ANTHROPIC_MESSAGES};
 use super::{ProviderError, TokenUsage, UpstreamRequest};
 use crate::domain::InvalidRequest;
 
@@ -422,17 +422,13 @@ impl Envelope {
 /// Builds the upstream request for an Anthropic backend. `client_headers` carries the client's
 /// own `anthropic-version` / `anthropic-beta` when it spoke the Messages API itself.
 pub fn build_request(
-    base_url: &str,
-    api_key: &secrecy::SecretString,
+    target: &UpstreamTarget,
     body: SplicedBody,
     client_headers: &[(HeaderName, HeaderValue)],
 ) -> Result<UpstreamRequest, ProviderError> {
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(4 + client_headers.len());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let mut key =
-        HeaderValue::from_str(api_key.expose_secret()).map_err(|_| ProviderError::InvalidKey)?;
-    key.set_sensitive(true);
-    headers.insert("x-api-key", key);
+    headers.insert("x-api-key", target.auth()?);
     headers.insert(
         "anthropic-version",
         HeaderValue::from_static(ANTHROPIC_VERSION),
@@ -442,7 +438,7 @@ pub fn build_request(
     }
     Ok(UpstreamRequest {
         method: http::Method::POST,
-        url: format!("{base_url}/v1/messages"),
+        url: target.url(ANTHROPIC_MESSAGES),
         headers,
         body,
     })

@@ -197,7 +197,7 @@ pub fn build_request(
     headers.insert("api-key", key);
     Ok(UpstreamRequest {
         method: operation.method(),
-        url: url(base_url, form, deployment, operation)?,
+        url: url(base_url, form, deployment, operation)?.into(),
         headers,
         body,
     })

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::anthropic::{self, Envelope};
 use super::body::SplicedBody;
+use super::target::{UpstreamTarget, ANTHROPIC_COUNT_TOKENS};
 use super::UpstreamRequest;
 
 /// What is wrong with a count_tokens request.
@@ -58,8 +59,7 @@ impl CountTokensRequest {
     pub fn build(
         &self,
         raw: &Bytes,
-        base_url: &str,
-        api_key: &secrecy::SecretString,
+        target: &UpstreamTarget,
         upstream_model: &str,
         client_headers: &[(HeaderName, HeaderValue)],
     ) -> Result<UpstreamRequest, CountTokensError> {
@@ -77,9 +77,9 @@ impl CountTokensRequest {
                 .passthrough_body(raw, upstream_model, false)
                 .map_err(|_| CountTokensError::Build)?
         };
-        let mut request = anthropic::build_request(base_url, api_key, body, client_headers)
+        let mut request = anthropic::build_request(target, body, client_headers)
             .map_err(|_| CountTokensError::Build)?;
-        request.url = format!("{base_url}/v1/messages/count_tokens");
+        request.url = target.url(ANTHROPIC_COUNT_TOKENS);
         Ok(request)
     }
 }
@@ -99,8 +99,11 @@ mod tests {
         let upstream = request
             .build(
                 &raw,
-                "https://api.anthropic.com",
-                &SecretString::from("sk-ant-1"),
+                &UpstreamTarget::new(
+                    crate::domain::ApiKind::Anthropic,
+                    "https://api.anthropic.com",
+                    &SecretString::from("sk-ant-1"),
+                ),
                 "claude-sonnet-4-5",
                 &[(
                     HeaderName::from_static("anthropic-beta"),

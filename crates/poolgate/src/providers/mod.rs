@@ -9,6 +9,7 @@ pub mod count_tokens;
 pub mod openai;
 pub mod openai_chat;
 pub mod responses;
+pub mod target;
 
 use http::{HeaderMap, Method};
 use serde::Deserialize;
@@ -251,7 +252,7 @@ pub fn answered_model(body: &[u8]) -> Option<String> {
 pub struct UpstreamRequest {
     /// POST for every call but the Responses API's reads and deletes.
     pub method: Method,
-    pub url: String,
+    pub url: target::UpstreamUrl,
     pub headers: HeaderMap,
     pub body: body::SplicedBody,
 }

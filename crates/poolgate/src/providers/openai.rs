@@ -5,11 +5,11 @@
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderMap;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::body::{SplicedBody, TopLevel};
+use super::target::UpstreamTarget;
 use super::{model_and_stream, Endpoint, ProviderError, TokenUsage, UpstreamRequest};
 use crate::domain::InvalidRequest;
 
@@ -102,22 +102,19 @@ impl ParsedRequest {
     }
 }
 
-/// Builds the upstream request for an OpenAI-compatible backend.
+/// Builds the upstream request for an OpenAI-compatible backend (its URL and auth header
+/// prebuilt in `target`).
 pub fn build_request(
-    base_url: &str,
-    api_key: &secrecy::SecretString,
+    target: &UpstreamTarget,
     endpoint: Endpoint,
     body: SplicedBody,
 ) -> Result<UpstreamRequest, ProviderError> {
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(4);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let mut auth = HeaderValue::from_str(&format!("Bearer {}", api_key.expose_secret()))
-        .map_err(|_| ProviderError::InvalidKey)?;
-    auth.set_sensitive(true);
-    headers.insert(AUTHORIZATION, auth);
+    headers.insert(AUTHORIZATION, target.auth()?);
     Ok(UpstreamRequest {
         method: http::Method::POST,
-        url: format!("{base_url}{}", endpoint.openai_path()),
+        url: target.url(endpoint.openai_path()),
         headers,
         body,
     })
@@ -144,15 +141,50 @@ struct ChunkUsage {
 }
 
 /// Reads a stream chunk's `data`: its usage, and whether it is the usage-only chunk
-/// (`"choices": []`) that `include_usage` adds. Cheap for chunks without usage.
+/// (`"choices": []`) that `include_usage` adds. Cheap for chunks without usage — including the
+/// `"usage":null` every chunk carries once `include_usage` is on: those are not parsed.
 pub fn chunk_usage(data: &str) -> Option<(TokenUsage, bool)> {
-    if !data.contains("\"usage\"") {
+    if usage_is_null_or_absent(data.as_bytes()) {
         return None;
     }
     let chunk: ChunkUsage = serde_json::from_str(data).ok()?;
     let usage = chunk.usage?;
     let usage_only = chunk.choices.as_ref().is_some_and(Vec::is_empty);
     Some((usage, usage_only))
+}
+
+/// Whether every `"usage"` key in `data` has the value `null` (or there is none), found by a
+/// scan rather than a parse. Then the chunk's top-level `usage` is absent or null, so parsing it
+/// would find no usage. Anything else ("usage" followed by an object, or text this scan does not
+/// follow) answers `false` and the chunk is parsed. (A key spelt with escapes, `"us\u0061ge"`,
+/// is not seen — as before this scan, when only the plain spelling was looked for.)
+fn usage_is_null_or_absent(data: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\"";
+    let skip_ws = |mut at: usize| {
+        while data.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        at
+    };
+    let mut from = 0;
+    while let Some(found) = data
+        .get(from..)
+        .and_then(|rest| rest.windows(KEY.len()).position(|window| window == KEY))
+    {
+        let after = from + found + KEY.len();
+        let colon = skip_ws(after);
+        if data.get(colon) != Some(&b':') {
+            // A string value `"usage"`, not a key.
+            from = after;
+            continue;
+        }
+        let value = skip_ws(colon + 1);
+        if !data.get(value..).is_some_and(|rest| rest.starts_with(b"null")) {
+            return false;
+        }
+        from = value + 4;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -223,6 +255,28 @@ mod tests {
         assert!(
             ParsedRequest::parse(Endpoint::Embeddings, br#"{"model":"m","stream":true}"#).is_err()
         );
+    }
+
+    #[test]
+    fn null_usage_is_recognised_without_a_parse_and_anything_else_is_parsed() {
+        for (data, null_or_absent) in [
+            (r#"{"choices":[{"delta":{"content":"hi"}}]}"#, true),
+            (r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#, true),
+            (r#"{"choices":[],"usage" :  null }"#, true),
+            (r#"{"choices":[{"delta":{"content":"usage"}}],"usage":null}"#, true),
+            (r#"{"choices":[],"usage":{"prompt_tokens":1}}"#, false),
+            (r#"{"usage":null,"x":{"usage":{"total_tokens":1}}}"#, false),
+            (r#"{"choices":[],"usage":nul"#, false),
+            (r#"{"choices":[],"usage""#, true),
+        ] {
+            assert_eq!(usage_is_null_or_absent(data.as_bytes()), null_or_absent, "{data}");
+        }
+        // A chunk with a null usage has none; one with usage is still read.
+        assert_eq!(chunk_usage(r#"{"choices":[{"delta":{}}],"usage":null}"#), None);
+        assert!(chunk_usage(
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#
+        )
+        .is_some());
     }
 
     #[test]

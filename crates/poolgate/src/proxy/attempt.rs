@@ -147,9 +147,9 @@ pub async fn run(
             backend
                 .runtime
                 .note_sent(need.map_or(0, |need| need.prompt));
-            let send = data
-                .http
-                .request(request.method, &request.url)
+            let send = request
+                .url
+                .request(&data.http, request.method)
                 .headers(request.headers)
                 .body(reqwest::Body::wrap(request.body))
                 .send();

@@ -263,10 +263,11 @@ pub fn openai_call(
     let record = &backend.record;
     let (base, key) = (&record.api_base_url, &backend.api_key);
     if record.api != ApiKind::Azure {
+        let target = &backend.upstream;
         return Ok(match call {
-            OpenAiCall::Endpoint(endpoint) => openai::build_request(base, key, endpoint, body)?,
+            OpenAiCall::Endpoint(endpoint) => openai::build_request(target, endpoint, body)?,
             OpenAiCall::Responses(call) => {
-                crate::providers::responses::build_request(base, key, call, body)
+                crate::providers::responses::build_request(target, call, body)
                     .map_err(ProviderError::from)?
             }
         });
@@ -290,7 +291,7 @@ pub fn build(
     upstream_model: &str,
     settings: &ProxySettings,
 ) -> Result<(UpstreamRequest, Plan), ProxyError> {
-    let (base_url, api_key) = (&backend.record.api_base_url, &backend.api_key);
+    let target = &backend.upstream;
     let anthropic_default_max_tokens = settings.anthropic_default_max_tokens;
     match (&inbound.form, backend.record.api) {
         (Form::Responses(responses), _) => {
@@ -299,7 +300,7 @@ pub fn build(
         (Form::ResponsesCall(call), _) => responses::build_call(call, backend, upstream_model),
         (Form::CountTokens { request, headers }, _) => {
             let request = request
-                .build(&inbound.raw, base_url, api_key, upstream_model, headers)
+                .build(&inbound.raw, target, upstream_model, headers)
                 .map_err(|_| ProxyError::from(ProviderError::InvalidKey))?;
             Ok((request, Plan::CountTokensPass))
         }
@@ -325,7 +326,7 @@ pub fn build(
                 chat_to_messages::request(chat, upstream_model, anthropic_default_max_tokens)?;
             let body = serde_json::to_vec(&messages).map_err(TranslateError::Encode)?;
             let request =
-                anthropic::build_request(base_url, api_key, SplicedBody::whole(body.into()), &[])?;
+                anthropic::build_request(target, SplicedBody::whole(body.into()), &[])?;
             Ok((
                 request,
                 Plan::ChatToMessages {
@@ -335,7 +336,7 @@ pub fn build(
         }
         (Form::Anthropic { envelope, headers }, ApiKind::Anthropic) => {
             let body = envelope.passthrough_body(&inbound.raw, upstream_model, inbound.stream)?;
-            let request = anthropic::build_request(base_url, api_key, body, headers)?;
+            let request = anthropic::build_request(target, body, headers)?;
             Ok((request, Plan::AnthropicPass))
         }
         (Form::Anthropic { .. }, ApiKind::Openai | ApiKind::Azure) => {

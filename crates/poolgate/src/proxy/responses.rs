@@ -155,8 +155,7 @@ pub fn build(
             .map_err(InvalidRequest::from)?;
         let body = serde_json::to_vec(&messages).map_err(TranslateError::Encode)?;
         let request = anthropic::build_request(
-            &record.api_base_url,
-            &backend.api_key,
+            &backend.upstream,
             SplicedBody::whole(Bytes::from(body)),
             &[],
         )?;
@@ -186,8 +185,9 @@ pub fn build_call(
         SplicedBody::whole(Bytes::new()),
     )?;
     if let Some(query) = inbound.query.as_deref().filter(|q| !q.is_empty()) {
-        let separator = if request.url.contains('?') { '&' } else { '?' };
-        request.url = format!("{}{separator}{query}", request.url);
+        let url = request.url.as_str();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        request.url = format!("{url}{separator}{query}").into();
     }
     if request.method != http::Method::POST {
         request.headers.remove(http::header::CONTENT_TYPE);

@@ -27,6 +27,8 @@ pub use table::{RouteTable, Routed};
 pub struct LiveBackend {
     pub record: BackendRecord,
     pub api_key: SecretString,
+    /// Its upstream URLs and auth header, built with the snapshot.
+    pub upstream: crate::providers::target::UpstreamTarget,
     pub runtime: Arc<BackendRuntime>,
     /// Why the stored key could not be decrypted; such a backend is never routed.
     pub unreadable: Option<String>,

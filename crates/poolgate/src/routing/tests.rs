@@ -48,6 +48,11 @@ fn backend(name: &str, pool: &str, weight: u32, enabled: bool, cooling: bool) ->
     }
     Arc::new(LiveBackend {
         telemetry: LiveBackend::telemetry_for(&OBSERVER, &record),
+        upstream: crate::providers::target::UpstreamTarget::new(
+            record.api,
+            &record.api_base_url,
+            &SecretString::from("sk-test"),
+        ),
         record,
         api_key: SecretString::from("sk-test"),
         runtime,

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::body::{SplicedBody, TopLevel};
+use super::target::UpstreamTarget;
 use super::{openai, Endpoint, UpstreamRequest};
 pub use events::{SequencedEvent, StreamEvent};
 pub use request::ResponsesRequest;
@@ -254,15 +255,14 @@ impl ResponsesCall {
 /// Builds the upstream request for an OpenAI-compatible backend with the Responses API (bearer
 /// auth as for every OpenAI call). `body` is empty for `GET` / `DELETE`.
 pub fn build_request(
-    base_url: &str,
-    api_key: &secrecy::SecretString,
+    target: &UpstreamTarget,
     call: &ResponsesCall,
     body: SplicedBody,
 ) -> Result<UpstreamRequest, ResponsesWireError> {
     // Same headers as every OpenAI call; only the method and URL differ.
-    let mut request = openai::build_request(base_url, api_key, Endpoint::ChatCompletions, body)
+    let mut request = openai::build_request(target, Endpoint::ChatCompletions, body)
         .map_err(|_| ResponsesWireError::InvalidKey)?;
-    request.url = format!("{base_url}{}", call.path());
+    request.url = target.url(&call.path());
     request.method = call.method();
     Ok(request)
 }

@@ -308,9 +308,13 @@ fn calls_map_to_methods_and_paths() {
         ),
     ];
     for (call, method, path) in cases {
-        let request = build_request(
+        let target = crate::providers::target::UpstreamTarget::new(
+            crate::domain::ApiKind::Openai,
             "http://up/v1",
             &key,
+        );
+        let request = build_request(
+            &target,
             &call,
             crate::providers::body::SplicedBody::whole(bytes::Bytes::new()),
         )

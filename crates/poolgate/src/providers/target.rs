@@ -1,0 +1,180 @@
+//! What every request to one backend shares, built once when the snapshot is built instead of
+//! per attempt: the upstream URLs of its usual calls, parsed (a `format!` and a `Url::parse`
+//! with IDNA per attempt otherwise), and its auth header value, marked sensitive.
+
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::ProviderError;
+use crate::domain::ApiKind;
+
+/// The paths (after the base URL) of an OpenAI-format backend's calls that carry no id.
+const OPENAI_PATHS: &[&str] = &["/chat/completions", "/completions", "/embeddings", "/responses"];
+
+/// The paths of an Anthropic backend's calls.
+pub const ANTHROPIC_MESSAGES: &str = "/v1/messages";
+pub const ANTHROPIC_COUNT_TOKENS: &str = "/v1/messages/count_tokens";
+const ANTHROPIC_PATHS: &[&str] = &[ANTHROPIC_MESSAGES, ANTHROPIC_COUNT_TOKENS];
+
+/// Where an upstream request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamUrl {
+    /// Parsed when the snapshot was built ([`UpstreamTarget`]).
+    Parsed(Url),
+    /// Built for this call (a path with an id, Azure's URL forms): parsed when it is sent.
+    Text(String),
+}
+
+impl UpstreamUrl {
+    pub fn as_str(&self) -> &str {
+        match self {
+            UpstreamUrl::Parsed(url) => url.as_str(),
+            UpstreamUrl::Text(text) => text,
+        }
+    }
+}
+
+impl From<String> for UpstreamUrl {
+    fn from(text: String) -> Self {
+        UpstreamUrl::Text(text)
+    }
+}
+
+impl PartialEq<str> for UpstreamUrl {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for UpstreamUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for UpstreamUrl {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl UpstreamUrl {
+    /// The request builder of `client` for this URL (a parsed one is not parsed again).
+    pub fn request(self, client: &reqwest::Client, method: http::Method) -> reqwest::RequestBuilder {
+        match self {
+            UpstreamUrl::Parsed(url) => client.request(method, url),
+            UpstreamUrl::Text(text) => client.request(method, text),
+        }
+    }
+}
+
+/// One backend's base URL, prebuilt URLs and auth header value.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    base_url: String,
+    /// `path → base_url + path`, parsed; a path whose URL does not parse is left out (the
+    /// request then fails as it is sent, as it did when every attempt parsed it).
+    urls: Vec<(&'static str, Url)>,
+    /// `Bearer <key>` (OpenAI) or the key (Anthropic's `x-api-key`, Azure's `api-key`);
+    /// `None` when the key cannot be a header value.
+    auth: Option<HeaderValue>,
+}
+
+impl UpstreamTarget {
+    /// The target of a backend of kind `api` at `base_url` with `key`.
+    pub fn new(api: ApiKind, base_url: &str, key: &SecretString) -> Self {
+        let (paths, auth) = match api {
+            ApiKind::Openai => (
+                OPENAI_PATHS,
+                HeaderValue::try_from(format!("Bearer {}", key.expose_secret())).ok(),
+            ),
+            ApiKind::Anthropic => (
+                ANTHROPIC_PATHS,
+                HeaderValue::from_str(key.expose_secret()).ok(),
+            ),
+            // Azure's URLs depend on the deployment (the upstream model): built per call.
+            ApiKind::Azure => (&[][..], HeaderValue::from_str(key.expose_secret()).ok()),
+        };
+        let urls = paths
+            .iter()
+            .filter_map(|path| Some((*path, Url::parse(&format!("{base_url}{path}")).ok()?)))
+            .collect();
+        let auth = auth.map(|mut value| {
+            value.set_sensitive(true);
+            value
+        });
+        Self {
+            base_url: base_url.to_owned(),
+            urls,
+            auth,
+        }
+    }
+
+    /// The base URL the backend was configured with.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `base_url + path`: the prebuilt URL when there is one, else built now.
+    pub fn url(&self, path: &str) -> UpstreamUrl {
+        match self.urls.iter().find(|(known, _)| *known == path) {
+            Some((_, url)) => UpstreamUrl::Parsed(url.clone()),
+            None => UpstreamUrl::Text(format!("{}{path}", self.base_url)),
+        }
+    }
+
+    /// The auth header value (sensitive), or the error when the key cannot be one.
+    pub fn auth(&self) -> Result<HeaderValue, ProviderError> {
+        self.auth.clone().ok_or(ProviderError::InvalidKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_prebuilt_for_the_usual_calls_and_built_for_the_rest() {
+        let key = SecretString::from("sk-1");
+        let target = UpstreamTarget::new(ApiKind::Openai, "http://up.example/v1", &key);
+        let chat = target.url("/chat/completions");
+        assert!(matches!(chat, UpstreamUrl::Parsed(_)));
+        assert_eq!(chat, "http://up.example/v1/chat/completions");
+        let call = target.url("/responses/resp_1/cancel");
+        assert_eq!(
+            call,
+            UpstreamUrl::Text("http://up.example/v1/responses/resp_1/cancel".into())
+        );
+        let auth = target.auth().unwrap();
+        assert_eq!(auth, "Bearer sk-1");
+        assert!(auth.is_sensitive());
+
+        let anthropic = UpstreamTarget::new(ApiKind::Anthropic, "https://api.anthropic.com", &key);
+        let messages = anthropic.url(ANTHROPIC_MESSAGES);
+        assert!(matches!(messages, UpstreamUrl::Parsed(_)));
+        assert_eq!(messages, "https://api.anthropic.com/v1/messages");
+        assert_eq!(anthropic.auth().unwrap(), "sk-1");
+    }
+
+    #[test]
+    fn the_prebuilt_url_is_what_parsing_per_attempt_gave() {
+        // The IDNA host and the percent-encoding come out as `Url::parse` of the text does.
+        let key = SecretString::from("k");
+        let base = "http://BÜCHER.example:8080/v1";
+        let target = UpstreamTarget::new(ApiKind::Openai, base, &key);
+        let expected = Url::parse(&format!("{base}/embeddings")).unwrap();
+        assert_eq!(target.url("/embeddings"), UpstreamUrl::Parsed(expected));
+    }
+
+    #[test]
+    fn an_unusable_key_or_url_fails_as_before() {
+        let target =
+            UpstreamTarget::new(ApiKind::Openai, "not a url", &SecretString::from("bad\nkey"));
+        assert!(matches!(target.auth(), Err(ProviderError::InvalidKey)));
+        assert_eq!(
+            target.url("/chat/completions"),
+            UpstreamUrl::Text("not a url/chat/completions".into())
+        );
+    }
+}
