@@ -144,7 +144,7 @@ struct ChunkUsage {
 /// (`"choices": []`) that `include_usage` adds. Cheap for chunks without usage — including the
 /// `"usage":null` every chunk carries once `include_usage` is on: those are not parsed.
 pub fn chunk_usage(data: &str) -> Option<(TokenUsage, bool)> {
-    if usage_is_null_or_absent(data.as_bytes()) {
+    if usage_is_null_or_absent(data) {
         return None;
     }
     let chunk: ChunkUsage = serde_json::from_str(data).ok()?;
@@ -158,31 +158,29 @@ pub fn chunk_usage(data: &str) -> Option<(TokenUsage, bool)> {
 /// would find no usage. Anything else ("usage" followed by an object, or text this scan does not
 /// follow) answers `false` and the chunk is parsed. (A key spelt with escapes, `"us\u0061ge"`,
 /// is not seen — as before this scan, when only the plain spelling was looked for.)
-fn usage_is_null_or_absent(data: &[u8]) -> bool {
-    const KEY: &[u8] = b"\"usage\"";
+fn usage_is_null_or_absent(data: &str) -> bool {
+    const KEY: &str = "\"usage\"";
+    // The common case, no `"usage"` at all, with the same (vectorised) search as before.
+    if !data.contains(KEY) {
+        return true;
+    }
+    let bytes = data.as_bytes();
     let skip_ws = |mut at: usize| {
-        while data.get(at).is_some_and(u8::is_ascii_whitespace) {
+        while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
             at += 1;
         }
         at
     };
-    let mut from = 0;
-    while let Some(found) = data
-        .get(from..)
-        .and_then(|rest| rest.windows(KEY.len()).position(|window| window == KEY))
-    {
-        let after = from + found + KEY.len();
-        let colon = skip_ws(after);
-        if data.get(colon) != Some(&b':') {
+    for (found, _) in data.match_indices(KEY) {
+        let colon = skip_ws(found + KEY.len());
+        if bytes.get(colon) != Some(&b':') {
             // A string value `"usage"`, not a key.
-            from = after;
             continue;
         }
         let value = skip_ws(colon + 1);
-        if !data.get(value..).is_some_and(|rest| rest.starts_with(b"null")) {
+        if !bytes.get(value..).is_some_and(|rest| rest.starts_with(b"null")) {
             return false;
         }
-        from = value + 4;
     }
     true
 }
@@ -206,6 +204,28 @@ mod tests {
         assert_eq!(value["stream_options"]["include_usage"], true);
         assert_eq!(value["temperature"], 0.5);
         assert_eq!(value["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn the_upstream_body_is_the_clients_bytes_with_only_the_model_changed() {
+        // `model` not first and escaped, unicode and escapes around it, odd whitespace, a nested
+        // `model`, duplicate keys poolgate does not read: everything else kept byte for byte.
+        let raw = Bytes::from_static(
+            "{ \"messages\" : [ {\"role\":\"user\",\"content\":\"h\\u00e9 \\\"q\\\" \u{1F600}\\n\",\"model\":\"inner\"} ],\n\t\"model\"\t:  \"gpt\\u002d4o\" , \"x\":1, \"x\":2,\"temperature\": 0.50 }\n"
+                .as_bytes(),
+        );
+        let parsed = ParsedRequest::parse(Endpoint::ChatCompletions, &raw).unwrap();
+        assert_eq!(parsed.model, "gpt-4o");
+        let sent = parsed.upstream_body(&raw, "up/\"é\"", false).unwrap().to_vec();
+        let expected = std::str::from_utf8(&raw)
+            .unwrap()
+            .replace(r#""gpt\u002d4o""#, r#""up/\"é\"""#);
+        assert_ne!(expected.as_bytes(), &raw[..]);
+        assert_eq!(String::from_utf8(sent).unwrap(), expected);
+        // A duplicate `model` is refused (routing must read the model the upstream gets).
+        let twice = Bytes::from_static(br#"{"model":"a","messages":[],"model":"b"}"#);
+        let refused = ParsedRequest::parse(Endpoint::ChatCompletions, &twice).unwrap_err();
+        assert_eq!(refused.param.as_deref(), Some("model"));
     }
 
     #[test]
@@ -269,7 +289,7 @@ mod tests {
             (r#"{"choices":[],"usage":nul"#, false),
             (r#"{"choices":[],"usage""#, true),
         ] {
-            assert_eq!(usage_is_null_or_absent(data.as_bytes()), null_or_absent, "{data}");
+            assert_eq!(usage_is_null_or_absent(data), null_or_absent, "{data}");
         }
         // A chunk with a null usage has none; one with usage is still read.
         assert_eq!(chunk_usage(r#"{"choices":[{"delta":{}}],"usage":null}"#), None);

@@ -76,8 +76,8 @@ pub struct UpstreamTarget {
     /// `path → base_url + path`, parsed; a path whose URL does not parse is left out (the
     /// request then fails as it is sent, as it did when every attempt parsed it).
     urls: Vec<(&'static str, Url)>,
-    /// `Bearer <key>` (OpenAI) or the key (Anthropic's `x-api-key`, Azure's `api-key`);
-    /// `None` when the key cannot be a header value.
+    /// `Bearer <key>` (OpenAI) or the key (Anthropic's `x-api-key`); `None` when the key
+    /// cannot be a header value (and for Azure, whose requests are built whole per call).
     auth: Option<HeaderValue>,
 }
 
@@ -93,8 +93,9 @@ impl UpstreamTarget {
                 ANTHROPIC_PATHS,
                 HeaderValue::from_str(key.expose_secret()).ok(),
             ),
-            // Azure's URLs depend on the deployment (the upstream model): built per call.
-            ApiKind::Azure => (&[][..], HeaderValue::from_str(key.expose_secret()).ok()),
+            // Azure's URLs depend on the deployment (the upstream model), and its requests are
+            // still built whole per call (`providers::azure`): nothing prebuilt.
+            ApiKind::Azure => (&[][..], None),
         };
         let urls = paths
             .iter()
