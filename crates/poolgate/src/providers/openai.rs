@@ -141,48 +141,15 @@ struct ChunkUsage {
 }
 
 /// Reads a stream chunk's `data`: its usage, and whether it is the usage-only chunk
-/// (`"choices": []`) that `include_usage` adds. Cheap for chunks without usage — including the
-/// `"usage":null` every chunk carries once `include_usage` is on: those are not parsed.
+/// (`"choices": []`) that `include_usage` adds. Cheap for chunks without usage.
 pub fn chunk_usage(data: &str) -> Option<(TokenUsage, bool)> {
-    if usage_is_null_or_absent(data) {
+    if !data.contains("\"usage\"") {
         return None;
     }
     let chunk: ChunkUsage = serde_json::from_str(data).ok()?;
     let usage = chunk.usage?;
     let usage_only = chunk.choices.as_ref().is_some_and(Vec::is_empty);
     Some((usage, usage_only))
-}
-
-/// Whether every `"usage"` key in `data` has the value `null` (or there is none), found by a
-/// scan rather than a parse. Then the chunk's top-level `usage` is absent or null, so parsing it
-/// would find no usage. Anything else ("usage" followed by an object, or text this scan does not
-/// follow) answers `false` and the chunk is parsed. (A key spelt with escapes, `"us\u0061ge"`,
-/// is not seen — as before this scan, when only the plain spelling was looked for.)
-fn usage_is_null_or_absent(data: &str) -> bool {
-    const KEY: &str = "\"usage\"";
-    // The common case, no `"usage"` at all, with the same (vectorised) search as before.
-    if !data.contains(KEY) {
-        return true;
-    }
-    let bytes = data.as_bytes();
-    let skip_ws = |mut at: usize| {
-        while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
-            at += 1;
-        }
-        at
-    };
-    for (found, _) in data.match_indices(KEY) {
-        let colon = skip_ws(found + KEY.len());
-        if bytes.get(colon) != Some(&b':') {
-            // A string value `"usage"`, not a key.
-            continue;
-        }
-        let value = skip_ws(colon + 1);
-        if !bytes.get(value..).is_some_and(|rest| rest.starts_with(b"null")) {
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -275,28 +242,6 @@ mod tests {
         assert!(
             ParsedRequest::parse(Endpoint::Embeddings, br#"{"model":"m","stream":true}"#).is_err()
         );
-    }
-
-    #[test]
-    fn null_usage_is_recognised_without_a_parse_and_anything_else_is_parsed() {
-        for (data, null_or_absent) in [
-            (r#"{"choices":[{"delta":{"content":"hi"}}]}"#, true),
-            (r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#, true),
-            (r#"{"choices":[],"usage" :  null }"#, true),
-            (r#"{"choices":[{"delta":{"content":"usage"}}],"usage":null}"#, true),
-            (r#"{"choices":[],"usage":{"prompt_tokens":1}}"#, false),
-            (r#"{"usage":null,"x":{"usage":{"total_tokens":1}}}"#, false),
-            (r#"{"choices":[],"usage":nul"#, false),
-            (r#"{"choices":[],"usage""#, true),
-        ] {
-            assert_eq!(usage_is_null_or_absent(data), null_or_absent, "{data}");
-        }
-        // A chunk with a null usage has none; one with usage is still read.
-        assert_eq!(chunk_usage(r#"{"choices":[{"delta":{}}],"usage":null}"#), None);
-        assert!(chunk_usage(
-            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#
-        )
-        .is_some());
     }
 
     #[test]
