@@ -110,8 +110,26 @@ impl LocalShared {
 
     /// A new id, unique across instances (`instance:n`).
     pub(crate) fn unique_id(&self) -> Arc<str> {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.probe_token(self.next_number())
+    }
+
+    /// A new number, unique on this instance (the `n` of [`LocalShared::unique_id`]).
+    pub(crate) fn next_number(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The id `instance:n` of number `n`.
+    pub(crate) fn probe_token(&self, n: u64) -> Arc<str> {
         format!("{}:{n}", self.instance_id).into()
+    }
+
+    /// The mirror says the backend is healthy (no cooldown, not even an expired one waiting for
+    /// its probe; not broken), it was set from the shared state and holds no local change.
+    pub(crate) fn is_healthy_and_synced(&self, backend: &BackendId) -> bool {
+        let entry = self.entry(backend);
+        let entry = entry.lock();
+        let snapshot = entry.state.snapshot();
+        entry.synced && !entry.dirty && snapshot.until.is_none() && !snapshot.broken
     }
 
     /// This instance's share of a limit.
