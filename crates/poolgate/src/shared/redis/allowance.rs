@@ -7,9 +7,12 @@
 //!   together never get more than a limit allows;
 //! - the script grants only while every bucket of the admission keeps at least half its
 //!   capacity after the grant: near a limit every request asks Redis, and admission is exact;
-//! - an allowance holds at most [`Allowances::size`] tokens per bucket (asks in flight count),
-//!   and unused tokens lapse [`LIFETIME`] after the last grant — at most `size` tokens of a
-//!   bucket per instance per second are wasted, 1 % of the bucket's refill at most;
+//! - one ask is at most [`Allowances::size`] tokens (`min(allowance_max, limit / 6000)`), and an
+//!   instance holds at most [`OUTSTANDING`] of them per bucket, asks in flight included (so that
+//!   concurrent admissions each lease some); unused tokens lapse [`LIFETIME`] after the last
+//!   grant. What an instance can waste of a bucket is therefore at most `4 × size` tokens per
+//!   second — 4 % of the bucket's refill — and only tokens leased while it was more than half
+//!   full;
 //! - only admissions whose every claim costs 1 token (RPM) are paid from allowances; TPM claims
 //!   and everything about cooldowns and probes go to Redis as before (the caller checks the
 //!   mirror: a backend cooling, broken or half-open is never admitted from an allowance).
@@ -24,6 +27,9 @@ use crate::shared::{BucketClaim, BucketKey};
 
 /// How long granted tokens stay usable after the last grant.
 pub(super) const LIFETIME: Duration = Duration::from_secs(1);
+
+/// How many allowances of one bucket an instance holds at most (granted and asked together).
+pub(super) const OUTSTANDING: u64 = 4;
 
 /// An allowance is at most this fraction of its bucket's per-minute limit: `limit / 6,000`
 /// tokens, 1 % of what the bucket refills per second.
@@ -88,9 +94,10 @@ impl Allowances {
         true
     }
 
-    /// What an admission going to Redis asks for, per bucket of `merged` (key, limit, cost):
-    /// enough to fill each allowance (asks in flight count), or nothing when any claim costs
-    /// more than 1 or any bucket's limit is too small to lease.
+    /// What an admission going to Redis asks for, per bucket of `merged` (key, limit, cost): one
+    /// allowance, less what the instance would then hold beyond [`OUTSTANDING`] allowances
+    /// (granted and asked), or nothing when any claim costs more than 1 or any bucket's limit is
+    /// too small to lease.
     pub fn ask<'a>(&'a self, merged: &[(&BucketKey, u64, u64)], now: Instant) -> Ask<'a> {
         let eligible = self.enabled()
             && merged
@@ -112,9 +119,10 @@ impl Allowances {
                     pending: 0,
                 });
                 let usable = if entry.expires > now { entry.tokens } else { 0 };
-                let amount = self
-                    .size(per_minute)
-                    .saturating_sub(usable + entry.pending);
+                let size = self.size(per_minute);
+                let amount = (OUTSTANDING * size)
+                    .saturating_sub(usable + entry.pending)
+                    .min(size);
                 entry.pending += amount;
                 (key.clone(), amount)
             })
@@ -240,35 +248,43 @@ mod tests {
         assert_eq!(allowances.usable(&key, now), 22);
         assert_eq!(allowances.usable(&backend, now), 0);
 
-        // A top-up asks only for what is missing; its tokens lapse a second after the grant.
+        // Another grant adds to what is held; its tokens lapse a second after the grant.
         let ask = allowances.ask(&merged, now);
-        assert_eq!((ask.amount(0), ask.amount(1)), (10, 10));
-        ask.granted(&[10, 10], now);
+        assert_eq!((ask.amount(0), ask.amount(1)), (32, 10));
+        ask.granted(&[32, 10], now);
+        assert_eq!(allowances.usable(&key, now), 54);
         assert!(allowances.take(&claims, now + LIFETIME - Duration::from_millis(1)));
         assert!(!allowances.take(&claims, now + LIFETIME));
         assert_eq!(allowances.usable(&key, now + LIFETIME), 0);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn asks_in_flight_count_so_concurrent_admissions_never_hold_more_than_the_size() {
+    async fn asks_in_flight_count_so_concurrent_admissions_never_hold_more_than_four_allowances() {
         let now = Instant::now();
         let allowances = Allowances::new(32);
         let bucket = BucketKey::backend_rpm(&BackendId::new("b"));
         let merged = [(&bucket, 10_000_000, 1)];
-        let first = allowances.ask(&merged, now);
-        let second = allowances.ask(&merged, now);
-        assert_eq!((first.amount(0), second.amount(0)), (32, 0));
+        let asks: Vec<_> = (0..5).map(|_| allowances.ask(&merged, now)).collect();
+        let amounts: Vec<u64> = asks.iter().map(|ask| ask.amount(0)).collect();
+        assert_eq!(amounts, [32, 32, 32, 32, 0]);
         // A refused or failed call gives its ask back.
-        drop(first);
+        drop(asks);
         let third = allowances.ask(&merged, now);
         assert_eq!(third.amount(0), 32);
         // The script granted nothing (the bucket is below half): nothing to take from.
         third.granted(&[0], now);
         assert!(!allowances.take(&[claim(&bucket, 10_000_000)], now));
-        // A grant is never taken for more than was asked.
+        // A grant is never taken for more than was asked; what is held counts against the asks.
         let fourth = allowances.ask(&merged, now);
         fourth.granted(&[1_000], now);
         assert_eq!(allowances.usable(&bucket, now), 32);
+        for _ in 0..3 {
+            let ask = allowances.ask(&merged, now);
+            assert_eq!(ask.amount(0), 32);
+            ask.granted(&[32], now);
+        }
+        assert_eq!(allowances.ask(&merged, now).amount(0), 0);
+        assert_eq!(allowances.usable(&bucket, now), 128);
     }
 
     #[tokio::test(start_paused = true)]
