@@ -752,7 +752,10 @@ async fn allowances_admit_most_requests_of_a_large_limit_without_a_redis_call() 
     let calls = admit_calls_since(&server, before, 2).await;
     // One call admits its own request and leases 32 more: 10 calls for 330 admissions (more
     // only if an allowance lapsed, a second after its grant, on a very slow run).
-    assert!((10..=33).contains(&calls), "{calls} calls for 330 admissions");
+    assert!(
+        (10..=33).contains(&calls),
+        "{calls} calls for 330 admissions"
+    );
 
     // With allowances off, every admission is a call.
     let before = command_calls(&server, "hmget").await;

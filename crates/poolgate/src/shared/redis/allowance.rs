@@ -303,14 +303,18 @@ mod tests {
         let off = Allowances::new(0);
         assert_eq!(off.ask(&[(&rpm, 600_000, 1)], now).amount(0), 0);
 
-        allowances.ask(&[(&rpm, 600_000, 1)], now).granted(&[32], now);
+        allowances
+            .ask(&[(&rpm, 600_000, 1)], now)
+            .granted(&[32], now);
         let mut heavy = claim(&rpm, 600_000);
         heavy.cost = 2;
         assert!(!allowances.take(&[heavy], now), "a claim of 2 tokens");
         assert!(allowances.take(&[claim(&rpm, 600_000)], now));
         allowances.forget(&rpm);
         assert!(!allowances.take(&[claim(&rpm, 600_000)], now));
-        allowances.ask(&[(&rpm, 600_000, 1)], now).granted(&[32], now);
+        allowances
+            .ask(&[(&rpm, 600_000, 1)], now)
+            .granted(&[32], now);
         allowances.clear();
         assert!(!allowances.take(&[claim(&rpm, 600_000)], now));
     }

@@ -553,9 +553,9 @@ impl SharedRuntime for RedisShared {
             claims: claims.to_vec(),
             probe_ttl: Duration::ZERO,
         };
-        let give =
-            self.inner
-                .admit_invocation("give", &request, &merged(&request.claims), 0, None);
+        let give = self
+            .inner
+            .admit_invocation("give", &request, &merged(&request.claims), 0, None);
         if self.inner.call::<Vec<i64>>("refund", &give).await.is_none() {
             self.inner.local.refund_at(claims, Instant::now());
         }

@@ -143,9 +143,14 @@ pub(super) enum AdmitReply {
         tokens_left: Vec<i64>,
         granted: Vec<i64>,
     },
-    Limited { bucket: usize, wait: Duration },
+    Limited {
+        bucket: usize,
+        wait: Duration,
+    },
     Cooling,
-    ProbeInFlight { held_for: Duration },
+    ProbeInFlight {
+        held_for: Duration,
+    },
     Broken,
     GivenBack,
 }
