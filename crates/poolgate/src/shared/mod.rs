@@ -15,7 +15,9 @@
 //! 2. [`SharedRuntime::admit`] — takes, all or nothing, `cost` tokens from every [`BucketClaim`]
 //!    (the backend's RPM bucket; on the request's first admitted attempt also the client key's)
 //!    and checks the cooldown deadline and the single cluster-wide half-open probe slot. One
-//!    round trip in shared mode; local and instant in degraded mode.
+//!    round trip in shared mode at most (for large limits, most admissions are paid from a small
+//!    token allowance the previous call leased to this instance: no round trip; see
+//!    `redis/allowance.rs`); local and instant in degraded mode.
 //! 3. After the upstream answered: [`SharedRuntime::report`] the [`Outcome`] (a success on a
 //!    healthy backend costs nothing); [`SharedRuntime::release_probe`] when a probe ended without
 //!    an outcome; [`SharedRuntime::refund`] tokens taken but not used.

@@ -70,10 +70,16 @@ impl Allowances {
     }
 
     /// Admits one attempt from the allowances: one token from each claim's bucket, all or none.
-    /// False (nothing taken) when any claim costs more than 1 or its allowance is short or
-    /// lapsed.
+    /// False (nothing taken) when any claim costs more than 1, its limit is (now) too small to
+    /// lease, or its allowance is short or lapsed.
     pub fn take(&self, claims: &[BucketClaim], now: Instant) -> bool {
-        if !self.enabled() || claims.is_empty() || claims.iter().any(|c| c.clamped().1 != 1) {
+        if !self.enabled()
+            || claims.is_empty()
+            || claims.iter().any(|claim| {
+                let (per_minute, cost) = claim.clamped();
+                cost != 1 || self.size(per_minute) == 0
+            })
+        {
             return false;
         }
         let mut held = self.held.lock();
@@ -309,6 +315,8 @@ mod tests {
         let mut heavy = claim(&rpm, 600_000);
         heavy.cost = 2;
         assert!(!allowances.take(&[heavy], now), "a claim of 2 tokens");
+        // The limit was lowered below what leases: what is held is not used.
+        assert!(!allowances.take(&[claim(&rpm, 600)], now));
         assert!(allowances.take(&[claim(&rpm, 600_000)], now));
         allowances.forget(&rpm);
         assert!(!allowances.take(&[claim(&rpm, 600_000)], now));
