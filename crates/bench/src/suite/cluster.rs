@@ -62,14 +62,14 @@ impl Bench<'_> {
             max_in_flight: None,
             extra_args: args,
         };
-        let both = |name: &str| {
+        let both = |name: &str, database: &str| {
             spec(
                 name,
                 vec![
                     "--redis-url".into(),
                     redis_url.clone(),
                     "--database-url".into(),
-                    postgres.url.clone(),
+                    database.to_owned(),
                 ],
             )
         };
@@ -83,10 +83,10 @@ impl Bench<'_> {
                 ),
                 "",
             ),
-            (LABELS[2], both("cluster-both"), ""),
+            (LABELS[2], both("cluster-both", &postgres.url), ""),
             (
                 LABELS[3],
-                both("cluster-no-allowance"),
+                both("cluster-no-allowance", &postgres.url_b),
                 "[redis]\nallowance_max = 0\n",
             ),
         ];
