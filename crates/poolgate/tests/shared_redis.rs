@@ -879,3 +879,38 @@ async fn a_cooldown_drops_the_backends_allowance_and_the_probe_stays_one_in_the_
         "{answers:?}"
     );
 }
+
+#[tokio::test]
+async fn below_half_of_its_capacity_a_bucket_leases_nothing_and_every_admission_is_a_call() {
+    let server = RedisServer::start().await;
+    let instance = start(options(&server, "a")).await;
+    let id = backend("b-lease-half");
+    // 6,000/min: an allowance of 1 token while the bucket stays at 3,000 or more; refills
+    // 100/s.
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), 6_000);
+
+    // Full: the first admission is a call and leases one token, the second is paid from it.
+    let before = command_calls(&server, "hmget").await;
+    for _ in 0..2 {
+        assert!(admitted(
+            &instance.admit(request(&id, vec![claim.clone()])).await
+        ));
+    }
+    assert_eq!(admit_calls_since(&server, before, 1).await, 1);
+
+    // Drained to about 1,000 tokens by one large claim (more than 1 token: no allowance
+    // either); refilling to half the capacity would take 20 s.
+    let drain = BucketClaim {
+        cost: 5_000,
+        ..claim.clone()
+    };
+    assert!(admitted(&instance.admit(request(&id, vec![drain])).await));
+    // Below half: every admission asks Redis.
+    let before = command_calls(&server, "hmget").await;
+    for _ in 0..20 {
+        assert!(admitted(
+            &instance.admit(request(&id, vec![claim.clone()])).await
+        ));
+    }
+    assert_eq!(admit_calls_since(&server, before, 1).await, 20);
+}
