@@ -193,9 +193,12 @@ async fn a_429_on_one_instance_keeps_every_instance_away_and_one_probe_brings_it
     assert!(i >= 20, "only {i} requests in the cooldown");
 
     // The cooldown ends at 3 s (no jitter). A burst through all instances at 3.05 s: one probe
-    // (slow to answer) goes to the primary — it is back — everything else to the fallback.
+    // (slow to answer) goes to the primary — it is back — everything else to the fallback. The
+    // probe answers after 2 s: every request of the burst is routed while it is in flight
+    // (on a loaded machine the burst took over 500 ms, and a request routed after the probe
+    // succeeded rightly goes to the primary).
     tokio::time::sleep_until(sent + Duration::from_millis(3_050)).await;
-    primary.push(Reply::Ok.delayed(500));
+    primary.push(Reply::Ok.delayed(2_000));
     let burst = join_all((0..30).map(|i| chat(&cluster.instances[i % 3]))).await;
     assert!(
         burst.iter().all(|a| a.status == 200),
