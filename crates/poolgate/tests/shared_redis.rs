@@ -542,6 +542,61 @@ async fn redis_killed_degrades_to_local_shares_and_recovers_by_itself() {
     assert!(admitted(&answer), "{answer:?}");
 }
 
+/// A call that failed without opening the breaker (a slow moment) seeds a local bucket; once
+/// shared calls succeed again that bucket is forgotten, so a later outage starts from what Redis
+/// last said is left — not from a local bucket that refilled meanwhile (which let every instance
+/// burst its whole share: the cluster test once saw 423 admitted where 35 were allowed).
+#[tokio::test]
+async fn a_local_bucket_seeded_by_one_failed_call_is_forgotten_once_redis_answers_again() {
+    let mut server = RedisServer::start().await;
+    let mut fast = options(&server, "a");
+    fast.call_timeout = Duration::from_millis(50);
+    // The breaker never opens here: only the success after isolated failures clears the bucket.
+    fast.breaker_failures = 1_000;
+    let a = start(fast).await;
+    let id = backend("b-slow-moment");
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), 60);
+
+    // A slow moment: the admission times out and is admitted from a fresh local bucket (this
+    // instance's whole share: nothing is remembered yet).
+    server.freeze();
+    let answer = a.admit(request(&id, vec![claim.clone()])).await;
+    server.thaw();
+    assert!(
+        matches!(&answer, Admit::Admitted(admitted) if admitted.mode == Mode::Degraded),
+        "{answer:?}"
+    );
+    // Shared calls again: the shared bucket (60) is drained.
+    let mut shared = 0;
+    for _ in 0..80 {
+        if admitted(&a.admit(request(&id, vec![claim.clone()])).await) {
+            shared += 1;
+        }
+    }
+    assert!((60..=61).contains(&shared), "{shared} admitted by Redis");
+
+    // Redis dies: the instance's share starts from what Redis last said (nothing left), plus
+    // its refill (1/s), not from the local bucket of the slow moment (59 tokens).
+    server.kill();
+    let started = Instant::now();
+    let mut degraded = 0;
+    for _ in 0..60 {
+        // (Admitted locally: the breaker stays closed here, each call fails and is answered
+        // from the local bucket.)
+        if matches!(
+            a.admit(request(&id, vec![claim.clone()])).await,
+            Admit::Admitted(_)
+        ) {
+            degraded += 1;
+        }
+    }
+    let bound = 1 + started.elapsed().as_secs();
+    assert!(
+        degraded <= bound,
+        "{degraded} admitted during the outage; at most {bound} were left"
+    );
+}
+
 #[tokio::test]
 async fn a_frozen_redis_costs_at_most_the_call_timeout() {
     let server = RedisServer::start().await;

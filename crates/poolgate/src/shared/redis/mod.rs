@@ -233,8 +233,14 @@ impl Inner {
         .await;
         match result {
             Ok(Ok(value)) => {
-                if self.breaker.on_success() == Some(BreakerChange::Closed) {
-                    self.on_recovered();
+                match self.breaker.on_success() {
+                    Some(BreakerChange::Closed) => self.on_recovered(),
+                    // Calls that failed without opening the breaker were admitted from local
+                    // buckets seeded then; a later outage must start from the figures the shared
+                    // calls since brought back, not from those buckets (full ones, refilled
+                    // meanwhile, would let each instance burst its whole share).
+                    Some(BreakerChange::Forgiven) => self.local.clear_buckets(),
+                    Some(BreakerChange::Opened) | None => {}
                 }
                 Some(value)
             }
