@@ -418,6 +418,24 @@ impl SpendLedger {
         current.spent = current.spent.max(spent.get());
     }
 
+    /// [`SpendLedger::observe_shared`] for a figure read as of `as_of` (the window named in the
+    /// shared call): ignored when the ledger has moved on to a later window since (a read made
+    /// just before midnight must not raise the new day or month).
+    pub fn observe_shared_as_of(
+        &self,
+        window: BudgetWindow,
+        spent: Nanodollars,
+        as_of: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) {
+        let mut state = self.state.lock();
+        state.roll(now);
+        let current = &mut state.windows[window.index()];
+        if current.period == window.period(as_of) {
+            current.spent = current.spent.max(spent.get());
+        }
+    }
+
     /// New limits (an admin edit); spend and reservations stay.
     pub fn set_limits(&self, limits: BudgetLimits) {
         self.state.lock().limits = limits;

@@ -361,6 +361,30 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
         self.tried.len()
     }
 
+    /// When every enabled candidate that serves the request is at its monthly spend cap: the
+    /// refusal of the one whose cap resets first (`None` if any candidate is not capped, or
+    /// none serves).
+    pub fn spend_capped(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<crate::pricing::BudgetExceeded> {
+        let mut first: Option<crate::pricing::BudgetExceeded> = None;
+        for member in self.route.members() {
+            let backend = &member.backend;
+            if !backend.record.enabled || !(self.serves)(&backend.record) {
+                continue;
+            }
+            let exceeded = backend.spend.as_ref()?.exhausted(now)?;
+            if first
+                .as_ref()
+                .is_none_or(|first| exceeded.resets_at < first.resets_at)
+            {
+                first = Some(exceeded);
+            }
+        }
+        first
+    }
+
     /// When the first backend of the whole route (tried ones included) will be ready again:
     /// the later of its cooldown end and its next RPM token. None if none ever will (all
     /// disabled or broken) or one is ready now.
