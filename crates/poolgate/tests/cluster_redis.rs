@@ -17,6 +17,8 @@
 //!    until its reset;
 //! 9. a client key's budget is spent once for the whole cluster (and survives Redis losing its
 //!    data);
+//! 10. a backend's monthly spend cap is the cluster's: every instance skips it once the others
+//!     spent it (one that sent nothing to it included), within the documented bound;
 //!
 //! and issue #14's protections in cluster mode: a key's `max_parallel_requests` (per instance)
 //! and its shared RPM bucket both apply, `proxy.max_in_flight` answers 503, a declared 1 GiB
@@ -846,5 +848,148 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
     }
     assert_eq!(upstream.calls(), 4);
     eprintln!("shared budget across 3 instances: {:?}", started.elapsed());
+    cluster.stop().await;
+}
+
+/// Issue #11: a backend's `monthly_spend_cap_usd` is the cluster's — each settled cost goes to
+/// the shared month figure, every instance reads it back (the settle's reply, and once per
+/// heartbeat) — so once two instances spent it, all three refuse the backend (the third never
+/// sent it anything) with the same 429 `budget_exceeded` as a single instance, and the admin
+/// API of each shows the cluster's spend. Requests in quick succession overrun the cap by at
+/// most what the other instances admitted before they learned it (the documented bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
+    use chrono::Datelike;
+    let upstream = MockUpstream::start().await;
+    // 12 tokens at $1 000 / Mtok: $0.012 a request.
+    upstream.set_usage(Some(ReportedUsage {
+        prompt_tokens: 10,
+        completion_tokens: 2,
+        ..ReportedUsage::default()
+    }));
+    let toml = format!(
+        "{}[prices.\"up-m\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n",
+        backend_toml("capped", &upstream.openai_base_url(), "primary", "")
+    );
+    let settings = format!("{SLOW_MACHINE}\nheartbeat_ms = 100");
+    let cluster = Cluster::start(3, Some(&settings), &toml).await;
+    let started = Instant::now();
+    let gateways = &cluster.instances;
+    let list = common::send(gateways[0].admin(reqwest::Method::GET, "/backends")).await;
+    let id = list.json["data"]
+        .as_array()
+        .or(list.json.as_array())
+        .unwrap()
+        .iter()
+        .find(|backend| backend["name"] == "capped")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let set_cap = |usd: &'static str| {
+        let id = id.clone();
+        async move {
+            let answer = common::send(
+                gateways[0]
+                    .admin(reqwest::Method::PATCH, &format!("/backends/{id}"))
+                    .json(&json!({"monthly_spend_cap_usd": usd})),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{answer}");
+            let limit: f64 = usd.parse().unwrap();
+            for gateway in gateways {
+                within(
+                    "every instance has the cap",
+                    Duration::from_secs(5),
+                    || async {
+                        gateway.backend(&id).await["spend"]["monthly"]["limit_usd"] == json!(limit)
+                    },
+                )
+                .await;
+            }
+        }
+    };
+    let spent_on = |i: usize| {
+        let id = id.clone();
+        async move { gateways[i].backend(&id).await["spend"]["monthly"]["spent_usd"].clone() }
+    };
+    let usd = |nanos: u64| json!(format!("0.{nanos:09}").parse::<f64>().unwrap());
+    let month_end = {
+        let today = chrono::Utc::now().date_naive();
+        let next = today
+            .with_day(1)
+            .unwrap()
+            .checked_add_months(chrono::Months::new(1))
+            .unwrap();
+        format!("{}T00:00:00Z", next.format("%Y-%m-%d"))
+    };
+    let assert_capped = |answer: &common::Answer| {
+        assert_eq!(answer.status, 429, "{answer}");
+        answer.assert_openai_error();
+        assert_eq!(answer.json["error"]["type"], "insufficient_quota");
+        assert_eq!(answer.json["error"]["code"], "budget_exceeded");
+        assert_eq!(answer.header("x-should-retry"), Some("false"));
+        assert_eq!(answer.header("retry-after"), None);
+        let message = answer.json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("every backend for this model has used up its monthly spend cap")
+                && message.ends_with(&format!("the first resets at {month_end}")),
+            "{message}"
+        );
+    };
+
+    // $0.05: the fifth request spends it. Alone, instances 0 and 1 would admit five each.
+    set_cap("0.05").await;
+    for k in 1..=5_u64 {
+        let answer = chat(&gateways[usize::try_from(k - 1).unwrap() % 2]).await;
+        assert_eq!(answer.status, 200, "request {k}: {answer}");
+        // Every instance (instance 2 too) learns the cluster's figure and shows it.
+        for i in 0..3 {
+            within(
+                "the cluster's spend is known",
+                Duration::from_secs(5),
+                || async { spent_on(i).await == usd(12_000_000 * k) },
+            )
+            .await;
+        }
+    }
+    assert_eq!(upstream.calls(), 5);
+    for i in [2, 1, 0] {
+        assert_capped(&chat(&gateways[i]).await);
+    }
+    let burst = join_all((0..9).map(|n| chat(&gateways[n % 3]))).await;
+    for answer in &burst {
+        assert_capped(answer);
+    }
+    assert_eq!(upstream.calls(), 5, "a spent cap sends nothing more");
+
+    // In quick succession (50 ms apart, round robin): a raised cap of $0.10 has room for four
+    // more ($0.060 → $0.108). An instance learns the figure from its own settle's reply or the
+    // next heartbeat (100 ms): after the crossing the other two admit at most one each.
+    set_cap("0.10").await;
+    let mut admitted: u64 = 0;
+    for n in 0..12 {
+        let answer = chat(&gateways[n % 3]).await;
+        match answer.status {
+            200 => admitted += 1,
+            _ => assert_capped(&answer),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!((4..=6).contains(&admitted), "{admitted} admitted");
+    assert_eq!(u64::try_from(upstream.calls()).unwrap(), 5 + admitted);
+    for i in 0..3 {
+        within(
+            "the cluster's spend is known",
+            Duration::from_secs(5),
+            || async { spent_on(i).await == usd(12_000_000 * (5 + admitted)) },
+        )
+        .await;
+        assert_capped(&chat(&gateways[i]).await);
+    }
+    eprintln!(
+        "shared backend cap across 3 instances: {:?} ({admitted} admitted in quick succession)",
+        started.elapsed()
+    );
     cluster.stop().await;
 }

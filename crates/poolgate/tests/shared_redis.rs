@@ -729,11 +729,20 @@ async fn backend_spend_is_recorded_seeded_and_read_back_by_every_instance() {
         }],
     };
     // The first instance knows of 100 spent (the database's figure): 100 + 30.
-    assert_eq!(instances[0].record_spend(&record(30, 100)).await, Some(vec![130]));
+    assert_eq!(
+        instances[0].record_spend(&record(30, 100)).await,
+        Some(vec![130])
+    );
     // Another instance knowing less changes nothing but adds its cost.
-    assert_eq!(instances[1].record_spend(&record(20, 0)).await, Some(vec![150]));
+    assert_eq!(
+        instances[1].record_spend(&record(20, 0)).await,
+        Some(vec![150])
+    );
     // One that knows more (spend settled while Redis was away) raises the figure first.
-    assert_eq!(instances[2].record_spend(&record(5, 400)).await, Some(vec![405]));
+    assert_eq!(
+        instances[2].record_spend(&record(5, 400)).await,
+        Some(vec![405])
+    );
     let names = vec![
         (owner.clone(), "m:202611".to_owned()),
         ("backend:other".to_owned(), "m:202611".to_owned()),

@@ -19,13 +19,13 @@ mod error;
 mod health;
 mod keys;
 mod limits_checkpoint;
-mod spend_follower;
 mod master_key;
 mod models;
 mod money;
 mod pg_changes;
 mod probes;
 mod snapshot;
+mod spend_follower;
 mod store;
 mod usage_writer;
 
