@@ -978,14 +978,14 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
     }
     assert!((4..=6).contains(&admitted), "{admitted} admitted");
     assert_eq!(u64::try_from(upstream.calls()).unwrap(), 5 + admitted);
-    for i in 0..3 {
+    for (i, gateway) in gateways.iter().enumerate() {
         within(
             "the cluster's spend is known",
             Duration::from_secs(5),
             || async { spent_on(i).await == usd(12_000_000 * (5 + admitted)) },
         )
         .await;
-        assert_capped(&chat(&gateways[i]).await);
+        assert_capped(&chat(gateway).await);
     }
     eprintln!(
         "shared backend cap across 3 instances: {:?} ({admitted} admitted in quick succession)",
