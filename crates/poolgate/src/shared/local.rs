@@ -347,13 +347,18 @@ impl LocalShared {
             .clone()
     }
 
-    /// Every backend this instance has counted attempts on, with its count now.
+    /// Every backend this instance has counted attempts on, with its count now. A counter
+    /// nothing else holds any more (its backend left the snapshot, no attempt in flight) is
+    /// reported this once, as 0, and then forgotten: the map does not grow with every backend
+    /// ever routed to, and a deleted backend is not republished for ever.
     pub(crate) fn in_flight_counts(&self) -> Vec<(BackendId, u32)> {
-        self.in_flight
-            .lock()
+        let mut counters = self.in_flight.lock();
+        let counts = counters
             .iter()
             .map(|(backend, counter)| (backend.clone(), counter.get()))
-            .collect()
+            .collect();
+        counters.retain(|_, counter| !counter.is_unused());
+        counts
     }
 
     pub(crate) fn view(&self, backend: &BackendId) -> CooldownView {
@@ -421,7 +426,9 @@ impl SharedRuntime for LocalShared {
     }
 
     async fn in_flight(&self, backend: &BackendId) -> Option<u32> {
-        Some(self.in_flight_counter(backend).get())
+        // A read creates no counter.
+        let counters = self.in_flight.lock();
+        Some(counters.get(backend).map_or(0, InFlightCounter::get))
     }
 
     fn cooldown(&self, backend: &BackendId) -> CooldownView {

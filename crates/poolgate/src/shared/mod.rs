@@ -254,6 +254,11 @@ impl InFlightCounter {
     pub fn get(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Whether this handle is the only one left: no other holder, no attempt in flight.
+    pub(crate) fn is_unused(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
 }
 
 /// One attempt in flight (see [`InFlightCounter::enter`]).
