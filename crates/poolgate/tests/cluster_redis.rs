@@ -856,7 +856,8 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
 /// heartbeat) — so once two instances spent it, all three refuse the backend (the third never
 /// sent it anything) with the same 429 `budget_exceeded` as a single instance, and the admin
 /// API of each shows the cluster's spend. Requests in quick succession overrun the cap by at
-/// most what the other instances admitted before they learned it (the documented bound).
+/// most what the other instances admitted before they learned it (the documented bound), and a
+/// Redis that lost its data starts again from what the instances know.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
     use chrono::Datelike;
@@ -872,7 +873,7 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
         backend_toml("capped", &upstream.openai_base_url(), "primary", "")
     );
     let settings = format!("{SLOW_MACHINE}\nheartbeat_ms = 100");
-    let cluster = Cluster::start(3, Some(&settings), &toml).await;
+    let mut cluster = Cluster::start(3, Some(&settings), &toml).await;
     let started = Instant::now();
     let gateways = &cluster.instances;
     let list = common::send(gateways[0].admin(reqwest::Method::GET, "/backends")).await;
@@ -986,6 +987,25 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
         )
         .await;
         assert_capped(&chat(gateway).await);
+    }
+
+    // Redis loses its data: the next settle raises the shared figure to what the settling
+    // instance knows before adding its cost, and every instance follows that figure.
+    cluster.redis.as_mut().unwrap().restart().await;
+    within("shared mode again", Duration::from_secs(10), || async {
+        cluster.modes().await.iter().all(|mode| mode == "shared")
+    })
+    .await;
+    set_cap("0.20").await;
+    let answer = chat(&gateways[2]).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    for i in 0..3 {
+        within(
+            "the re-seeded spend is known",
+            Duration::from_secs(5),
+            || async { spent_on(i).await == usd(12_000_000 * (6 + admitted)) },
+        )
+        .await;
     }
     eprintln!(
         "shared backend cap across 3 instances: {:?} ({admitted} admitted in quick succession)",
