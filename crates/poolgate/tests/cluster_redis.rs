@@ -901,7 +901,7 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
             for gateway in gateways {
                 within(
                     "every instance has the cap",
-                    Duration::from_secs(5),
+                    Duration::from_secs(10),
                     || async {
                         gateway.backend(&id).await["spend"]["monthly"]["limit_usd"] == json!(limit)
                     },
@@ -948,7 +948,7 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
         for i in 0..3 {
             within(
                 "the cluster's spend is known",
-                Duration::from_secs(5),
+                Duration::from_secs(10),
                 || async { spent_on(i).await == usd(12_000_000 * k) },
             )
             .await;
@@ -964,25 +964,32 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
     }
     assert_eq!(upstream.calls(), 5, "a spent cap sends nothing more");
 
-    // In quick succession (50 ms apart, round robin): a raised cap of $0.10 has room for four
-    // more ($0.060 → $0.108). An instance learns the figure from its own settle's reply or the
-    // next heartbeat (100 ms): after the crossing the other two admit at most one each.
+    // Round robin without waiting for the others to hear of it: a raised cap of $0.10 has room
+    // for four more ($0.060 → $0.108). An instance learns the figure from its own settle's
+    // reply (awaited here: the answering instance shows the new total) or the next heartbeat,
+    // so after the crossing each of the other two admits at most one more.
     set_cap("0.10").await;
     let mut admitted: u64 = 0;
     for n in 0..12 {
         let answer = chat(&gateways[n % 3]).await;
         match answer.status {
-            200 => admitted += 1,
+            200 => {
+                admitted += 1;
+                let total = usd(12_000_000 * (5 + admitted));
+                within("its own settle landed", Duration::from_secs(10), || async {
+                    spent_on(n % 3).await == total
+                })
+                .await;
+            }
             _ => assert_capped(&answer),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!((4..=6).contains(&admitted), "{admitted} admitted");
     assert_eq!(u64::try_from(upstream.calls()).unwrap(), 5 + admitted);
     for (i, gateway) in gateways.iter().enumerate() {
         within(
             "the cluster's spend is known",
-            Duration::from_secs(5),
+            Duration::from_secs(10),
             || async { spent_on(i).await == usd(12_000_000 * (5 + admitted)) },
         )
         .await;
@@ -996,13 +1003,32 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
         cluster.modes().await.iter().all(|mode| mode == "shared")
     })
     .await;
+    // Every instance has talked to the new server (its heartbeat registered it again).
+    let client = redis::Client::open(cluster.redis.as_ref().unwrap().url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    within(
+        "every instance is registered again",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let live: u64 = redis::cmd("ZCARD")
+                    .arg("{poolgate}:v1:instances")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                live == 3
+            }
+        },
+    )
+    .await;
     set_cap("0.20").await;
     let answer = chat(&gateways[2]).await;
     assert_eq!(answer.status, 200, "{answer}");
     for i in 0..3 {
         within(
             "the re-seeded spend is known",
-            Duration::from_secs(5),
+            Duration::from_secs(10),
             || async { spent_on(i).await == usd(12_000_000 * (6 + admitted)) },
         )
         .await;
