@@ -221,7 +221,12 @@ pub async fn admit(
             match cluster.shared.reserve_budget(&claim).await {
                 Some(BudgetAdmit::Reserved { hold, figures }) => {
                     for (window, (spent, _)) in windows.iter().zip(figures) {
-                        ledger.observe_shared(window.window, Nanodollars::new(spent), now);
+                        ledger.observe_shared_as_of(
+                            window.window,
+                            Nanodollars::new(spent),
+                            now,
+                            Utc::now(),
+                        );
                     }
                     return Ok(Some(SpendGuard {
                         held: Some(Held::Shared {
@@ -237,7 +242,12 @@ pub async fn admit(
                     reserved,
                 }) => {
                     if let Some(window) = windows.get(index) {
-                        ledger.observe_shared(window.window, Nanodollars::new(spent), now);
+                        ledger.observe_shared_as_of(
+                            window.window,
+                            Nanodollars::new(spent),
+                            now,
+                            Utc::now(),
+                        );
                         let exceeded = BudgetExceeded {
                             window: window.window,
                             limit: window.limit,
