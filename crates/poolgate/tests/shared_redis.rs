@@ -17,7 +17,8 @@ use poolgate::cooldown::{CooldownPolicy, Outcome};
 use poolgate::domain::BackendId;
 use poolgate::shared::{
     Admit, AdmitRequest, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetWindowClaim,
-    FailMode, Mode, Precheck, RedisOptions, RedisShared, Refusal, SharedRuntime,
+    FailMode, Mode, Precheck, RedisOptions, RedisShared, Refusal, SharedRuntime, SpendRecord,
+    SpendWindowSeed,
 };
 use secrecy::SecretString;
 use services::RedisServer;
@@ -968,4 +969,69 @@ async fn below_half_of_its_capacity_a_bucket_leases_nothing_and_every_admission_
         ));
     }
     assert_eq!(admit_calls_since(&server, before, 1).await, 20);
+}
+
+/// Issue #11: a backend's monthly spend (no reservation) — each recorded cost is added to the
+/// shared figure after raising it to the recording instance's own (a fresh Redis starts from
+/// what the instances know), the reply and a read of several windows at once give every
+/// instance the cluster's figure, a window nobody recorded reads as unknown, and the hash
+/// expires when told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_spend_is_recorded_seeded_and_read_back_by_every_instance() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let owner = SpendRecord::backend_owner(&BackendId::new("b-1"));
+    assert_eq!(owner, "backend:b-1");
+    let expire_at_ms = chrono::Utc::now().timestamp_millis() + 60_000;
+    let record = |cost: u64, seed: u64| SpendRecord {
+        owner: owner.clone(),
+        cost,
+        windows: vec![SpendWindowSeed {
+            id: "m:202611".to_owned(),
+            seed,
+            expire_at_ms: Some(expire_at_ms),
+        }],
+    };
+    // The first instance knows of 100 spent (the database's figure): 100 + 30.
+    assert_eq!(
+        instances[0].record_spend(&record(30, 100)).await,
+        Some(vec![130])
+    );
+    // Another instance knowing less changes nothing but adds its cost.
+    assert_eq!(
+        instances[1].record_spend(&record(20, 0)).await,
+        Some(vec![150])
+    );
+    // One that knows more (spend settled while Redis was away) raises the figure first.
+    assert_eq!(
+        instances[2].record_spend(&record(5, 400)).await,
+        Some(vec![405])
+    );
+    let names = vec![
+        (owner.clone(), "m:202611".to_owned()),
+        ("backend:other".to_owned(), "m:202611".to_owned()),
+    ];
+    for instance in &instances {
+        assert_eq!(
+            instance.read_spend(&names).await,
+            Some(vec![Some(405), None])
+        );
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = "{poolgate}:v1:budget:backend:b-1:m:202611";
+    let (spent, reserved): (u64, Option<u64>) = redis::cmd("HMGET")
+        .arg(key)
+        .arg("spent")
+        .arg("reserved")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((spent, reserved), (405, None));
+    let expires: i64 = redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(expires, expire_at_ms);
 }

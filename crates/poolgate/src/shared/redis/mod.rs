@@ -32,6 +32,7 @@ use super::local::{Authority, LocalShared, SharedCooldown};
 use super::{
     Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetHold,
     CooldownView, FailMode, InFlightCounter, Mode, Precheck, ProbeToken, Refusal, SharedRuntime,
+    SpendRecord,
 };
 use crate::config::default_instance_id;
 use crate::cooldown::{CooldownPolicy, Outcome};
@@ -716,6 +717,70 @@ impl SharedRuntime for RedisShared {
             cost,
             "budget settle lost (Redis unreachable): the shared reservation stays until its window is forgotten"
         );
+    }
+
+    async fn record_spend(&self, record: &SpendRecord) -> Option<Vec<u64>> {
+        self.record_spend_now(record).await
+    }
+
+    async fn read_spend(&self, windows: &[(String, String)]) -> Option<Vec<Option<u64>>> {
+        self.read_spend_now(windows).await
+    }
+}
+
+impl RedisShared {
+    /// See [`SharedRuntime::record_spend`].
+    async fn record_spend_now(&self, record: &SpendRecord) -> Option<Vec<u64>> {
+        if record.windows.is_empty() {
+            return Some(Vec::new());
+        }
+        let inner = &self.inner;
+        let mut add = scripts::BUDGET.prepare_invoke();
+        add.arg("record").arg(record.cost.min(MAX_NANODOLLARS));
+        for window in &record.windows {
+            add.key(inner.keys.budget(&record.owner, &window.id))
+                .arg(window.seed.min(MAX_NANODOLLARS))
+                .arg(window.expire_at_ms.unwrap_or(0).max(0));
+        }
+        let reply: Vec<i64> = inner.call("budget", &add).await?;
+        match reply.as_slice() {
+            [0, spent @ ..] if spent.len() == record.windows.len() => Some(
+                spent
+                    .iter()
+                    .map(|&value| u64::try_from(value).unwrap_or(0))
+                    .collect(),
+            ),
+            _ => {
+                tracing::error!(?reply, "unexpected reply from the budget script");
+                None
+            }
+        }
+    }
+
+    /// See [`SharedRuntime::read_spend`].
+    async fn read_spend_now(&self, windows: &[(String, String)]) -> Option<Vec<Option<u64>>> {
+        if windows.is_empty() {
+            return Some(Vec::new());
+        }
+        let inner = &self.inner;
+        let mut read = scripts::BUDGET.prepare_invoke();
+        read.arg("read");
+        for (owner, window) in windows {
+            read.key(inner.keys.budget(owner, window));
+        }
+        let reply: Vec<i64> = inner.call("budget", &read).await?;
+        match reply.as_slice() {
+            [0, spent @ ..] if spent.len() == windows.len() => Some(
+                spent
+                    .iter()
+                    .map(|&value| u64::try_from(value).ok())
+                    .collect(),
+            ),
+            _ => {
+                tracing::error!(?reply, "unexpected reply from the budget script");
+                None
+            }
+        }
     }
 }
 

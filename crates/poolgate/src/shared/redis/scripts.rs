@@ -58,7 +58,8 @@ impl Keys {
         format!("{}bucket:{}", self.prefix, key.as_str())
     }
 
-    /// One window (`d:<yyyymmdd>`, `m:<yyyymm>`, `t`) of a client key's budget.
+    /// One window (`d:<yyyymmdd>`, `m:<yyyymm>`, `t`) of a client key's budget, or (owner
+    /// `backend:<id>`) the month of a backend's spend cap.
     pub fn budget(&self, owner: &str, window: &str) -> String {
         format!("{}budget:{owner}:{window}", self.prefix)
     }
