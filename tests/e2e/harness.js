@@ -1,5 +1,6 @@
 // The e2e harness: starts the real binaries (`mock-upstream`, `poolgate serve`) and a tiny upstream
-// that always answers 429, on free loopback ports, and launches Debian's headless Chromium through
+// that always answers 429, on loopback port 0 (each process reports the port it bound, so no port
+// is picked in advance and raced for), and launches Debian's headless Chromium through
 // playwright-core. Everything it starts it also stops.
 
 import { spawn } from 'node:child_process';
@@ -8,7 +9,6 @@ import { once } from 'node:events';
 import { mkdtemp, rm, writeFile, mkdir, readFile, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -24,17 +24,6 @@ export const MODEL = 'gpt-4o-mini';
 export const LIMITED_MODEL = 'rate-limited-model';
 
 const STARTUP_TIMEOUT_MS = 15000;
-
-/** A port that was free a moment ago (bound to port 0, then released). */
-export async function freePort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 function binary(name) {
   const file = path.join(BIN_DIR, name);
@@ -58,7 +47,26 @@ function start(name, args, env = {}) {
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
   child.logTail = () => log.join('').split('\n').slice(-40).join('\n');
+  child.allOutput = () => log.join('');
   return child;
+}
+
+/**
+ * Waits until the child's output shows the address it bound (`pattern` captures the port) and
+ * returns that port; fails with the output's tail if it exits or says nothing in time.
+ */
+async function boundPort(child, pattern, name) {
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    // Colour codes (if any) stripped so the pattern sees plain `addr=127.0.0.1:PORT`.
+    const match = child.allOutput().replace(/\x1b\[[0-9;]*m/g, '').match(pattern);
+    if (match) return Number(match[1]);
+    if (child.exitCode !== null) {
+      throw new Error(`${name} exited early (code ${child.exitCode}):\n${child.logTail()}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error(`${name} did not report its address within ${STARTUP_TIMEOUT_MS} ms:\n${child.logTail()}`);
 }
 
 async function stopProcess(child) {
@@ -108,9 +116,9 @@ export async function startStack() {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'poolgate-e2e-'));
   const started = { dataDir };
   try {
-    const mockPort = await freePort();
     // A little latency so the latency charts have something to show.
-    started.mock = start('mock-upstream', ['--listen', `127.0.0.1:${mockPort}`, '--latency-ms', '15', '--stream-chunks', '4']);
+    started.mock = start('mock-upstream', ['--listen', '127.0.0.1:0', '--latency-ms', '15', '--stream-chunks', '4']);
+    const mockPort = await boundPort(started.mock, /listening on 127\.0\.0\.1:(\d+)/, 'mock-upstream');
     await waitForHttp(`http://127.0.0.1:${mockPort}/v1/models`, started.mock, 'mock-upstream');
 
     started.limited = await startRateLimitedUpstream();
@@ -127,11 +135,13 @@ export async function startStack() {
       'flush_interval_ms = 100',
       '',
     ].join('\n'));
-    const port = await freePort();
-    started.poolgate = start('poolgate', ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', path.join(dataDir, 'data'), '--config', configPath], {
+    started.poolgate = start('poolgate', ['serve', '--listen', '127.0.0.1:0', '--data-dir', path.join(dataDir, 'data'), '--config', configPath], {
       POOLGATE_ADMIN_TOKEN: ADMIN_TOKEN,
-      RUST_LOG: 'poolgate=warn',
+      // Warnings only, but the start-up line that says which port it bound.
+      RUST_LOG: 'poolgate=warn,poolgate::server=info',
+      NO_COLOR: '1',
     });
+    const port = await boundPort(started.poolgate, /poolgate listening addr=127\.0\.0\.1:(\d+)/, 'poolgate');
     const base = `http://127.0.0.1:${port}`;
     await waitForHttp(`${base}/healthz`, started.poolgate, 'poolgate');
 

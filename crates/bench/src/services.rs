@@ -92,11 +92,13 @@ pub fn start_redis(work: &Path, logs: &Path) -> Result<Redis> {
     Ok(Redis { child, addr })
 }
 
-/// A running PostgreSQL with a database `poolgate`.
+/// A running PostgreSQL with the databases `poolgate` and `poolgate_b` (for a second
+/// configuration: a database remembers the master key of the instance that created it).
 pub struct Postgres {
     child: Child,
     data: PathBuf,
     pub url: String,
+    pub url_b: String,
 }
 
 /// `initdb` in the work dir, then the server on a free port (trust authentication, fsync on as
@@ -131,6 +133,7 @@ pub fn start_postgres(bin: &Path, work: &Path, logs: &Path) -> Result<Postgres> 
         child,
         data,
         url: format!("postgres://postgres@127.0.0.1:{port}/poolgate"),
+        url_b: format!("postgres://postgres@127.0.0.1:{port}/poolgate_b"),
     };
     let psql = |sql: &str| {
         Command::new(bin.join("psql"))
@@ -150,6 +153,7 @@ pub fn start_postgres(bin: &Path, work: &Path, logs: &Path) -> Result<Postgres> 
     };
     wait_until("PostgreSQL", Duration::from_secs(30), || psql("SELECT 1"))?;
     anyhow::ensure!(psql("CREATE DATABASE poolgate"), "CREATE DATABASE failed");
+    anyhow::ensure!(psql("CREATE DATABASE poolgate_b"), "CREATE DATABASE failed");
     Ok(postgres)
 }
 

@@ -192,6 +192,7 @@ async fn start_shared_state(config: &Config) -> Result<Option<Arc<RedisShared>>,
         breaker_failures: settings.breaker_failures,
         breaker_open_for: settings.breaker_open_for,
         heartbeat_interval: settings.heartbeat_interval,
+        allowance_max: settings.allowance_max,
     };
     let redis = RedisShared::start(options)
         .await

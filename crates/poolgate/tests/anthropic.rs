@@ -452,3 +452,33 @@ async fn endpoints_anthropic_cannot_serve_skip_anthropic_backends() {
     assert_eq!(anthropic.calls(), 0);
     assert_eq!(openai.calls(), 4);
 }
+
+#[tokio::test]
+async fn embeddings_for_a_model_only_anthropic_serves_is_a_clear_400() {
+    let anthropic = MockUpstream::start().await;
+    let gateway = Gateway::start().await;
+    add_anthropic_backend(&gateway, "claude", &anthropic, "claude-only").await;
+    for (path, body) in [
+        (
+            "/v1/embeddings",
+            json!({"model": "claude-only", "input": "hello"}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "claude-only", "prompt": "hello"}),
+        ),
+    ] {
+        let response = gateway.proxy(path).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+        assert_eq!(error["error"]["param"], "model", "{error}");
+        assert_eq!(error["error"]["code"], "model_not_supported", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("claude-only") && message.contains(path),
+            "{message}"
+        );
+    }
+    assert_eq!(anthropic.calls(), 0);
+}

@@ -17,6 +17,8 @@
 //!    until its reset;
 //! 9. a client key's budget is spent once for the whole cluster (and survives Redis losing its
 //!    data);
+//! 10. a backend's monthly spend cap is the cluster's: every instance skips it once the others
+//!     spent it (one that sent nothing to it included), within the documented bound;
 //!
 //! and issue #14's protections in cluster mode: a key's `max_parallel_requests` (per instance)
 //! and its shared RPM bucket both apply, `proxy.max_in_flight` answers 503, a declared 1 GiB
@@ -193,9 +195,12 @@ async fn a_429_on_one_instance_keeps_every_instance_away_and_one_probe_brings_it
     assert!(i >= 20, "only {i} requests in the cooldown");
 
     // The cooldown ends at 3 s (no jitter). A burst through all instances at 3.05 s: one probe
-    // (slow to answer) goes to the primary — it is back — everything else to the fallback.
+    // (slow to answer) goes to the primary — it is back — everything else to the fallback. The
+    // probe answers after 2 s: every request of the burst is routed while it is in flight
+    // (on a loaded machine the burst took over 500 ms, and a request routed after the probe
+    // succeeded rightly goes to the primary).
     tokio::time::sleep_until(sent + Duration::from_millis(3_050)).await;
-    primary.push(Reply::Ok.delayed(500));
+    primary.push(Reply::Ok.delayed(2_000));
     let burst = join_all((0..30).map(|i| chat(&cluster.instances[i % 3]))).await;
     assert!(
         burst.iter().all(|a| a.status == 200),
@@ -846,5 +851,215 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
     }
     assert_eq!(upstream.calls(), 4);
     eprintln!("shared budget across 3 instances: {:?}", started.elapsed());
+    cluster.stop().await;
+}
+
+/// Issue #11: a backend's `monthly_spend_cap_usd` is the cluster's — each settled cost goes to
+/// the shared month figure, every instance reads it back (the settle's reply, and once per
+/// heartbeat) — so once two instances spent it, all three refuse the backend (the third never
+/// sent it anything) with the same 429 `budget_exceeded` as a single instance, and the admin
+/// API of each shows the cluster's spend. Requests in quick succession overrun the cap by at
+/// most what the other instances admitted before they learned it (the documented bound), and a
+/// Redis that lost its data starts again from what the instances know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
+    use chrono::Datelike;
+    let upstream = MockUpstream::start().await;
+    // 12 tokens at $1 000 / Mtok: $0.012 a request.
+    upstream.set_usage(Some(ReportedUsage {
+        prompt_tokens: 10,
+        completion_tokens: 2,
+        ..ReportedUsage::default()
+    }));
+    let toml = format!(
+        "{}[prices.\"up-m\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n",
+        backend_toml("capped", &upstream.openai_base_url(), "primary", "")
+    );
+    let settings = format!("{SLOW_MACHINE}\nheartbeat_ms = 100");
+    let mut cluster = Cluster::start(3, Some(&settings), &toml).await;
+    let started = Instant::now();
+    let gateways = &cluster.instances;
+    let list = common::send(gateways[0].admin(reqwest::Method::GET, "/backends")).await;
+    let id = list.json["data"]
+        .as_array()
+        .or(list.json.as_array())
+        .unwrap()
+        .iter()
+        .find(|backend| backend["name"] == "capped")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let set_cap = |usd: &'static str| {
+        let id = id.clone();
+        async move {
+            let answer = common::send(
+                gateways[0]
+                    .admin(reqwest::Method::PATCH, &format!("/backends/{id}"))
+                    .json(&json!({"monthly_spend_cap_usd": usd})),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{answer}");
+            let limit: f64 = usd.parse().unwrap();
+            for gateway in gateways {
+                within(
+                    "every instance has the cap",
+                    Duration::from_secs(10),
+                    || async {
+                        gateway.backend(&id).await["spend"]["monthly"]["limit_usd"] == json!(limit)
+                    },
+                )
+                .await;
+            }
+        }
+    };
+    let spent_on = |i: usize| {
+        let id = id.clone();
+        async move { gateways[i].backend(&id).await["spend"]["monthly"]["spent_usd"].clone() }
+    };
+    let usd = |nanos: u64| json!(format!("0.{nanos:09}").parse::<f64>().unwrap());
+    let month_end = {
+        let today = chrono::Utc::now().date_naive();
+        let next = today
+            .with_day(1)
+            .unwrap()
+            .checked_add_months(chrono::Months::new(1))
+            .unwrap();
+        format!("{}T00:00:00Z", next.format("%Y-%m-%d"))
+    };
+    let assert_capped = |answer: &common::Answer| {
+        assert_eq!(answer.status, 429, "{answer}");
+        answer.assert_openai_error();
+        assert_eq!(answer.json["error"]["type"], "insufficient_quota");
+        assert_eq!(answer.json["error"]["code"], "budget_exceeded");
+        assert_eq!(answer.header("x-should-retry"), Some("false"));
+        assert_eq!(answer.header("retry-after"), None);
+        let message = answer.json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("every backend for this model has used up its monthly spend cap")
+                && message.ends_with(&format!("the first resets at {month_end}")),
+            "{message}"
+        );
+    };
+
+    // $0.05: the fifth request spends it. Alone, instances 0 and 1 would admit five each.
+    set_cap("0.05").await;
+    for k in 1..=5_u64 {
+        let answer = chat(&gateways[usize::try_from(k - 1).unwrap() % 2]).await;
+        assert_eq!(answer.status, 200, "request {k}: {answer}");
+        // Every instance (instance 2 too) learns the cluster's figure and shows it.
+        for i in 0..3 {
+            within(
+                "the cluster's spend is known",
+                Duration::from_secs(10),
+                || async { spent_on(i).await == usd(12_000_000 * k) },
+            )
+            .await;
+        }
+    }
+    assert_eq!(upstream.calls(), 5);
+    for i in [2, 1, 0] {
+        assert_capped(&chat(&gateways[i]).await);
+    }
+    let burst = join_all((0..9).map(|n| chat(&gateways[n % 3]))).await;
+    for answer in &burst {
+        assert_capped(answer);
+    }
+    assert_eq!(upstream.calls(), 5, "a spent cap sends nothing more");
+
+    // Round robin without waiting for the others to hear of it: a raised cap of $0.10 has room
+    // for four more ($0.060 → $0.108). An instance learns the figure from its own settle's
+    // reply (awaited here: the answering instance shows the new total) or the next heartbeat,
+    // so after the crossing each of the other two admits at most one more.
+    set_cap("0.10").await;
+    let mut admitted: u64 = 0;
+    for n in 0..12 {
+        let answer = chat(&gateways[n % 3]).await;
+        match answer.status {
+            200 => {
+                admitted += 1;
+                let total = usd(12_000_000 * (5 + admitted));
+                within("its own settle landed", Duration::from_secs(10), || async {
+                    spent_on(n % 3).await == total
+                })
+                .await;
+            }
+            _ => assert_capped(&answer),
+        }
+    }
+    assert!((4..=6).contains(&admitted), "{admitted} admitted");
+    assert_eq!(u64::try_from(upstream.calls()).unwrap(), 5 + admitted);
+    for (i, gateway) in gateways.iter().enumerate() {
+        within(
+            "the cluster's spend is known",
+            Duration::from_secs(10),
+            || async { spent_on(i).await == usd(12_000_000 * (5 + admitted)) },
+        )
+        .await;
+        assert_capped(&chat(gateway).await);
+    }
+
+    // Redis loses its data: the next settle raises the shared figure to what the settling
+    // instance knows before adding its cost, and every instance follows that figure.
+    cluster.redis.as_mut().unwrap().restart().await;
+    within("shared mode again", Duration::from_secs(10), || async {
+        cluster.modes().await.iter().all(|mode| mode == "shared")
+    })
+    .await;
+    // Every instance has talked to the new server (its heartbeat registered it again).
+    let client = redis::Client::open(cluster.redis.as_ref().unwrap().url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    within(
+        "every instance is registered again",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let live: u64 = redis::cmd("ZCARD")
+                    .arg("{poolgate}:v1:instances")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                live == 3
+            }
+        },
+    )
+    .await;
+    // A settle whose one Redis call is lost (a loaded machine, a reconnect) leaves the cost in
+    // the instance's own figure, and its next settle brings the shared figure up to it: the
+    // others end up with instance 2's figure, never with only what reached the empty Redis.
+    set_cap("1").await;
+    let mut sent = 0;
+    loop {
+        sent += 1;
+        assert!(
+            sent <= 5,
+            "the shared figure never caught up with instance 2's"
+        );
+        let answer = chat(&gateways[2]).await;
+        assert_eq!(answer.status, 200, "{answer}");
+        let expected = usd(12_000_000 * (5 + admitted + sent));
+        within(
+            "instance 2 recorded it",
+            Duration::from_secs(10),
+            || async { spent_on(2).await == expected },
+        )
+        .await;
+        // The others read the shared figure every heartbeat (100 ms).
+        let mut caught_up = false;
+        let asked = Instant::now();
+        while !caught_up && asked.elapsed() < Duration::from_secs(3) {
+            caught_up = spent_on(0).await == expected && spent_on(1).await == expected;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if caught_up {
+            break;
+        }
+    }
+    eprintln!(
+        "shared backend cap across 3 instances: {:?} ({admitted} admitted in quick succession, \
+         {sent} request(s) to re-seed)",
+        started.elapsed()
+    );
     cluster.stop().await;
 }

@@ -698,6 +698,52 @@ async fn a_backend_at_its_monthly_cap_is_skipped() {
         json!(0.012),
         "{view}"
     );
+    // With the spare disabled, every candidate is capped: 429 `budget_exceeded`, not retried,
+    // saying when the cap resets (cluster mode answers the same).
+    let spare_id = gateway
+        .admin(Method::GET, "/backends")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let spare_id = spare_id["data"]
+        .as_array()
+        .or(spare_id.as_array())
+        .unwrap()
+        .iter()
+        .find(|backend| backend["name"] == "spare")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = send(
+        gateway
+            .admin(Method::PATCH, &format!("/backends/{spare_id}"))
+            .json(&json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer}");
+    let answer = send(
+        gateway
+            .proxy("/v1/chat/completions")
+            .json(&json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(answer.status, 429, "{answer}");
+    answer.assert_openai_error();
+    assert_eq!(answer.json["error"]["type"], "insufficient_quota");
+    assert_eq!(answer.json["error"]["code"], "budget_exceeded");
+    assert_eq!(answer.header("x-should-retry"), Some("false"));
+    let message = answer.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "every backend for this model has used up its monthly spend cap ($0.012 spent of $0.01); the first resets at "
+        ),
+        "{message}"
+    );
+    assert_eq!((capped.calls(), spare.calls()), (1, 2));
     // Unknown fields are still refused next to the cap; removing the cap routes to it again.
     let answer = send(
         gateway

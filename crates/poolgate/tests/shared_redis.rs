@@ -17,7 +17,8 @@ use poolgate::cooldown::{CooldownPolicy, Outcome};
 use poolgate::domain::BackendId;
 use poolgate::shared::{
     Admit, AdmitRequest, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetWindowClaim,
-    FailMode, Mode, Precheck, RedisOptions, RedisShared, Refusal, SharedRuntime,
+    FailMode, Mode, Precheck, RedisOptions, RedisShared, Refusal, SharedRuntime, SpendRecord,
+    SpendWindowSeed,
 };
 use secrecy::SecretString;
 use services::RedisServer;
@@ -542,6 +543,61 @@ async fn redis_killed_degrades_to_local_shares_and_recovers_by_itself() {
     assert!(admitted(&answer), "{answer:?}");
 }
 
+/// A call that failed without opening the breaker (a slow moment) seeds a local bucket; once
+/// shared calls succeed again that bucket is forgotten, so a later outage starts from what Redis
+/// last said is left — not from a local bucket that refilled meanwhile (which let every instance
+/// burst its whole share: the cluster test once saw 423 admitted where 35 were allowed).
+#[tokio::test]
+async fn a_local_bucket_seeded_by_one_failed_call_is_forgotten_once_redis_answers_again() {
+    let mut server = RedisServer::start().await;
+    let mut fast = options(&server, "a");
+    fast.call_timeout = Duration::from_millis(50);
+    // The breaker never opens here: only the success after isolated failures clears the bucket.
+    fast.breaker_failures = 1_000;
+    let a = start(fast).await;
+    let id = backend("b-slow-moment");
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), 60);
+
+    // A slow moment: the admission times out and is admitted from a fresh local bucket (this
+    // instance's whole share: nothing is remembered yet).
+    server.freeze();
+    let answer = a.admit(request(&id, vec![claim.clone()])).await;
+    server.thaw();
+    assert!(
+        matches!(&answer, Admit::Admitted(admitted) if admitted.mode == Mode::Degraded),
+        "{answer:?}"
+    );
+    // Shared calls again: the shared bucket (60) is drained.
+    let mut shared = 0;
+    for _ in 0..80 {
+        if admitted(&a.admit(request(&id, vec![claim.clone()])).await) {
+            shared += 1;
+        }
+    }
+    assert!((60..=61).contains(&shared), "{shared} admitted by Redis");
+
+    // Redis dies: the instance's share starts from what Redis last said (nothing left), plus
+    // its refill (1/s), not from the local bucket of the slow moment (59 tokens).
+    server.kill();
+    let started = Instant::now();
+    let mut degraded = 0;
+    for _ in 0..60 {
+        // (Admitted locally: the breaker stays closed here, each call fails and is answered
+        // from the local bucket.)
+        if matches!(
+            a.admit(request(&id, vec![claim.clone()])).await,
+            Admit::Admitted(_)
+        ) {
+            degraded += 1;
+        }
+    }
+    let bound = 1 + started.elapsed().as_secs();
+    assert!(
+        degraded <= bound,
+        "{degraded} admitted during the outage; at most {bound} were left"
+    );
+}
+
 #[tokio::test]
 async fn a_frozen_redis_costs_at_most_the_call_timeout() {
     let server = RedisServer::start().await;
@@ -704,4 +760,278 @@ async fn budgets_reserve_all_windows_or_none_and_settle_where_they_were_made() {
         .await
         .unwrap();
     assert_eq!(total, (560, 10));
+}
+
+/// How many times Redis ran `command` (lower case, e.g. `hmget`) so far (`INFO commandstats`).
+async fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Admit-script calls since `before` for admissions of `buckets` buckets: each reads the
+/// cooldown and every bucket with one `HMGET` (nothing else here runs `HMGET`).
+async fn admit_calls_since(server: &RedisServer, before: u64, buckets: u64) -> u64 {
+    (command_calls(server, "hmget").await - before) / (buckets + 1)
+}
+
+#[tokio::test]
+async fn allowances_admit_most_requests_of_a_large_limit_without_a_redis_call() {
+    let server = RedisServer::start().await;
+    let leasing = start(options(&server, "a")).await;
+    let mut off = options(&server, "b");
+    off.allowance_max = 0;
+    let off = start(off).await;
+    let id = backend("b-lease");
+    // 600,000/min: each bucket leases min(32, 600,000 / 6,000) = 32 tokens per call.
+    let claims = vec![
+        BucketClaim::one(BucketKey::client_rpm("k-lease"), 600_000),
+        BucketClaim::one(BucketKey::backend_rpm(&id), 600_000),
+    ];
+
+    let before = command_calls(&server, "hmget").await;
+    for _ in 0..330 {
+        let answer = leasing.admit(request(&id, claims.clone())).await;
+        assert!(admitted(&answer), "{answer:?}");
+    }
+    let calls = admit_calls_since(&server, before, 2).await;
+    // One call admits its own request and leases 32 more: 10 calls for 330 admissions (more
+    // only if an allowance lapsed, a second after its grant, on a very slow run).
+    assert!(
+        (10..=33).contains(&calls),
+        "{calls} calls for 330 admissions"
+    );
+
+    // With allowances off, every admission is a call.
+    let before = command_calls(&server, "hmget").await;
+    for _ in 0..50 {
+        let answer = off.admit(request(&id, claims.clone())).await;
+        assert!(admitted(&answer), "{answer:?}");
+    }
+    assert_eq!(admit_calls_since(&server, before, 2).await, 50);
+
+    // A TPM-sized claim (cost above 1) is never paid from an allowance.
+    let heavy = vec![BucketClaim {
+        cost: 100,
+        ..BucketClaim::one(BucketKey::backend_tpm(&id), 600_000)
+    }];
+    let before = command_calls(&server, "hmget").await;
+    for _ in 0..5 {
+        assert!(admitted(&leasing.admit(request(&id, heavy.clone())).await));
+    }
+    assert_eq!(admit_calls_since(&server, before, 1).await, 5);
+}
+
+#[tokio::test]
+async fn with_allowances_two_instances_hammering_a_bucket_never_admit_more_than_its_limit() {
+    let server = RedisServer::start().await;
+    let instances = [
+        start(options(&server, "a")).await,
+        start(options(&server, "b")).await,
+    ];
+    let id = backend("b-lease-limit");
+    // 12,000/min: allowances of 2 tokens while the bucket holds more than 6,000, then exact.
+    const LIMIT: u64 = 12_000;
+    const SIZE: u64 = 2;
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), LIMIT);
+    let before = command_calls(&server, "hmget").await;
+    let started = Instant::now();
+    // Four tasks per instance admit until refused.
+    let counts = futures_util::future::join_all((0..8).map(|i| {
+        let instance = Arc::clone(&instances[i % 2]);
+        let request = request(&id, vec![claim.clone()]);
+        async move {
+            let mut admitted_here = 0_u64;
+            loop {
+                match instance.admit(request.clone()).await {
+                    Admit::Admitted(admitted) => {
+                        assert_eq!(admitted.mode, Mode::Shared);
+                        admitted_here += 1;
+                    }
+                    Admit::Refused(Refusal::Limited { .. }) => return admitted_here,
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let total: u64 = counts.iter().sum();
+    let calls = admit_calls_since(&server, before, 1).await;
+    // Never above the limit plus the refill of the elapsed time (200/s), allowances or not.
+    let refill = LIMIT * u64::try_from(elapsed.as_millis()).unwrap() / 60_000 + 1;
+    assert!(
+        total <= LIMIT + refill,
+        "{total} admitted in {elapsed:?} (limit {LIMIT}, refill {refill})"
+    );
+    // Leased tokens lost are bounded: an instance holds at most 4 allowances of a bucket, left
+    // unused at the end or lapsed (a second after their grant).
+    let lapsed = 2 * 4 * SIZE * (elapsed.as_secs() + 2);
+    assert!(
+        total + 1 + lapsed >= LIMIT,
+        "{total} admitted in {elapsed:?}: more than {lapsed} leased tokens lost"
+    );
+    // Allowances were granted while the bucket was more than half full (about a third of the
+    // upper half's admissions were calls), none below: one call per admission.
+    assert!(
+        calls + LIMIT / 20 < total,
+        "{calls} calls for {total} admissions"
+    );
+}
+
+#[tokio::test]
+async fn a_cooldown_drops_the_backends_allowance_and_the_probe_stays_one_in_the_cluster() {
+    let server = RedisServer::start().await;
+    let instances = [
+        start(options(&server, "a")).await,
+        start(options(&server, "b")).await,
+    ];
+    let id = backend("b-lease-cool");
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), 600_000);
+    // Instance b leases an allowance of 32 tokens.
+    assert!(admitted(
+        &instances[1].admit(request(&id, vec![claim.clone()])).await
+    ));
+    // A 429 on instance a: b hears of it on the change feed and admits nothing from its
+    // allowance while it cools, nor after it (half-open: the probe is the script's).
+    let policy = policy(Duration::from_millis(300));
+    let view = instances[0]
+        .report(&id, rate_limited(None), None, &policy)
+        .await;
+    let until = view.until.unwrap();
+    eventually("instance b hears of the cooldown", || async {
+        instances[1].cooldown(&id).until.is_some()
+    })
+    .await;
+    let cooling = instances[1].admit(request(&id, vec![claim.clone()])).await;
+    assert!(
+        matches!(cooling, Admit::Refused(Refusal::Cooling { .. })),
+        "{cooling:?}"
+    );
+    tokio::time::sleep_until(until + Duration::from_millis(50)).await;
+    let answers = futures_util::future::join_all((0..10).map(|i| {
+        let instance = Arc::clone(&instances[i % 2]);
+        let request = request(&id, vec![claim.clone()]);
+        async move { instance.admit(request).await }
+    }))
+    .await;
+    let admitted_count = answers.iter().filter(|answer| admitted(answer)).count();
+    assert_eq!(admitted_count, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|answer| matches!(answer, Admit::Admitted(admitted) if admitted.probe.is_some())),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn below_half_of_its_capacity_a_bucket_leases_nothing_and_every_admission_is_a_call() {
+    let server = RedisServer::start().await;
+    let instance = start(options(&server, "a")).await;
+    let id = backend("b-lease-half");
+    // 6,000/min: an allowance of 1 token while the bucket stays at 3,000 or more; refills
+    // 100/s.
+    let claim = BucketClaim::one(BucketKey::backend_rpm(&id), 6_000);
+
+    // Full: the first admission is a call and leases one token, the second is paid from it.
+    let before = command_calls(&server, "hmget").await;
+    for _ in 0..2 {
+        assert!(admitted(
+            &instance.admit(request(&id, vec![claim.clone()])).await
+        ));
+    }
+    assert_eq!(admit_calls_since(&server, before, 1).await, 1);
+
+    // Drained to about 1,000 tokens by one large claim (more than 1 token: no allowance
+    // either); refilling to half the capacity would take 20 s.
+    let drain = BucketClaim {
+        cost: 5_000,
+        ..claim.clone()
+    };
+    assert!(admitted(&instance.admit(request(&id, vec![drain])).await));
+    // Below half: every admission asks Redis.
+    let before = command_calls(&server, "hmget").await;
+    for _ in 0..20 {
+        assert!(admitted(
+            &instance.admit(request(&id, vec![claim.clone()])).await
+        ));
+    }
+    assert_eq!(admit_calls_since(&server, before, 1).await, 20);
+}
+
+/// Issue #11: a backend's monthly spend (no reservation) — each recorded cost is added to the
+/// shared figure after raising it to the recording instance's own (a fresh Redis starts from
+/// what the instances know), the reply and a read of several windows at once give every
+/// instance the cluster's figure, a window nobody recorded reads as unknown, and the hash
+/// expires when told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_spend_is_recorded_seeded_and_read_back_by_every_instance() {
+    let server = RedisServer::start().await;
+    let instances = cluster(&server).await;
+    let owner = SpendRecord::backend_owner(&BackendId::new("b-1"));
+    assert_eq!(owner, "backend:b-1");
+    let expire_at_ms = chrono::Utc::now().timestamp_millis() + 60_000;
+    let record = |cost: u64, seed: u64| SpendRecord {
+        owner: owner.clone(),
+        cost,
+        windows: vec![SpendWindowSeed {
+            id: "m:202611".to_owned(),
+            seed,
+            expire_at_ms: Some(expire_at_ms),
+        }],
+    };
+    // The first instance knows of 100 spent (the database's figure): 100 + 30.
+    assert_eq!(
+        instances[0].record_spend(&record(30, 100)).await,
+        Some(vec![130])
+    );
+    // Another instance knowing less changes nothing but adds its cost.
+    assert_eq!(
+        instances[1].record_spend(&record(20, 0)).await,
+        Some(vec![150])
+    );
+    // One that knows more (spend settled while Redis was away) raises the figure first.
+    assert_eq!(
+        instances[2].record_spend(&record(5, 400)).await,
+        Some(vec![405])
+    );
+    let names = vec![
+        (owner.clone(), "m:202611".to_owned()),
+        ("backend:other".to_owned(), "m:202611".to_owned()),
+    ];
+    for instance in &instances {
+        assert_eq!(
+            instance.read_spend(&names).await,
+            Some(vec![Some(405), None])
+        );
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = "{poolgate}:v1:budget:backend:b-1:m:202611";
+    let (spent, reserved): (u64, Option<u64>) = redis::cmd("HMGET")
+        .arg(key)
+        .arg("spent")
+        .arg("reserved")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((spent, reserved), (405, None));
+    let expires: i64 = redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(expires, expire_at_ms);
 }

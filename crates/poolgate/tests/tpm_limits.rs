@@ -286,3 +286,57 @@ async fn an_upstream_that_says_no_tokens_are_left_gets_nothing_until_its_reset()
         .iter()
         .all(|request| request.path.ends_with("/chat/completions")));
 }
+
+/// A request larger than the whole `tpm_limit` of every backend that could serve it can never
+/// be sent: 429 `tpm_request_too_large`, not to retry, with no upstream call — while a route
+/// with a backend that can take it serves it there.
+#[tokio::test]
+async fn a_request_larger_than_every_backends_tpm_is_a_429_not_to_retry() {
+    let gw = gateway_with_fallback_pool().await;
+    let small = MockUpstream::start().await;
+    let smaller = MockUpstream::start().await;
+    add(&gw, "small", &small.openai_base_url(), "primary", 800).await;
+    add(&gw, "smaller", &smaller.openai_base_url(), "fallback", 500).await;
+    for upstream in [&small, &smaller] {
+        upstream.set_default(Reply::status(200, answer_using(10)));
+    }
+
+    let too_large = send(gw.proxy("/v1/chat/completions").json(&chat_body(5000))).await;
+    assert_eq!(too_large.status, 429, "{too_large}");
+    too_large.assert_openai_error();
+    assert_eq!(too_large.json["error"]["type"], "rate_limit_error");
+    assert_eq!(too_large.json["error"]["code"], "tpm_request_too_large");
+    assert_eq!(too_large.header("x-should-retry"), Some("false"));
+    assert!(too_large.header("retry-after").is_none());
+    let message = too_large.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("this request needs about ")
+            && message.ends_with(
+                " tokens, more than the tpm_limit of every backend for this model (the largest: 800)"
+            ),
+        "{message}"
+    );
+    // In the Anthropic format too.
+    let anthropic = send(
+        gw.proxy("/v1/messages")
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": MODEL, "max_tokens": 5000,
+                          "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(anthropic.status, 429, "{anthropic}");
+    assert_eq!(anthropic.json["error"]["type"], "rate_limit_error");
+    assert_eq!(anthropic.header("x-should-retry"), Some("false"));
+    // Small enough for the larger limit: served.
+    let fits = send(gw.proxy("/v1/chat/completions").json(&chat_body(600))).await;
+    assert_eq!(fits.status, 200, "{fits}");
+    assert_eq!((small.calls(), smaller.calls()), (1, 0));
+
+    // A backend without a TPM limit serves the large request.
+    let open = MockUpstream::start().await;
+    open.set_default(Reply::status(200, answer_using(10)));
+    add(&gw, "open", &open.openai_base_url(), "fallback", 0).await;
+    let served = send(gw.proxy("/v1/chat/completions").json(&chat_body(5000))).await;
+    assert_eq!(served.status, 200, "{served}");
+    assert_eq!((small.calls(), smaller.calls(), open.calls()), (1, 0, 1));
+}

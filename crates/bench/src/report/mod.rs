@@ -499,7 +499,7 @@ fn cluster_table(md: &mut String, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "\nBackend and client-key RPM limits are on (10,000,000/min: every request is admitted, and every one takes from both buckets). Single mode takes them from this instance's buckets; with Redis, each request's admission is one atomic Redis call (both buckets, the cooldown and the probe slot). Redis's CPU is counted with the configurations that use it."
+        "\nBackend and client-key RPM limits are on (10,000,000/min: every request is admitted, and every one takes from both buckets). Single mode takes them from this instance's buckets; with Redis, an admission is one atomic Redis call (both buckets, the cooldown and the probe slot) that also leases the instance a token allowance of 32 per bucket, from which the next admissions are paid without a call (one call in 33 at 1 connection); with allowances off (`redis.allowance_max = 0`, as for limits under 6,000/min) every request makes the call. Redis's CPU is counted with the configurations that use it."
     );
 }
 

@@ -296,9 +296,11 @@ impl From<ProxyError> for ApiError {
             ProxyError::ModelNotFound { .. } => {
                 ApiError::not_found(error.to_string(), "model_not_found")
             }
-            ProxyError::KeyTpmTooLarge { .. } => ApiError::new(status, error.to_string())
-                .with_code("tpm_request_too_large")
-                .with_no_retry(),
+            ProxyError::KeyTpmTooLarge { .. } | ProxyError::BackendTpmTooLarge { .. } => {
+                ApiError::new(status, error.to_string())
+                    .with_code("tpm_request_too_large")
+                    .with_no_retry()
+            }
             ProxyError::ModelNotAllowed { .. }
             | ProxyError::KeyRateLimited { .. }
             | ProxyError::KeyTpmLimited { .. }

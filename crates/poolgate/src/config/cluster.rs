@@ -88,6 +88,9 @@ pub struct RedisSettings {
     pub heartbeat_interval: Duration,
     /// Limits refuse (503) instead of using this instance's share while Redis is unreachable.
     pub fail_closed: bool,
+    /// The largest token allowance per bucket leased to this instance (a bucket of `n`/min
+    /// leases `min(allowance_max, n / 6000)`); 0 = off, every limited admission calls Redis.
+    pub allowance_max: u32,
 }
 
 /// The `[redis]` table with `url` (the command line and environment win); `None` without a URL.
@@ -120,8 +123,16 @@ pub fn validate_redis(
             "must be between 1 and 100",
         ));
     }
+    let allowance_max = raw.allowance_max.unwrap_or(32);
+    if allowance_max > 1_000 {
+        return Err(Invalid::new(
+            "redis.allowance_max",
+            "must be between 0 (off) and 1000",
+        ));
+    }
     Ok(Some(RedisSettings {
         url: SecretString::from(url),
+        allowance_max,
         key_prefix,
         call_timeout: millis(
             "redis.call_timeout_ms",
@@ -191,6 +202,21 @@ mod tests {
         assert_eq!(settings.url.expose_secret(), "redis://flag:6379/2");
         assert!(settings.fail_closed);
         assert_eq!(settings.call_timeout, Duration::from_millis(50));
+        assert_eq!(settings.allowance_max, 32);
+        let off = RawRedis {
+            allowance_max: Some(0),
+            ..RawRedis::default()
+        };
+        let settings = validate_redis(Some(off), Some("redis://x".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.allowance_max, 0);
+        let huge = RawRedis {
+            allowance_max: Some(1_001),
+            ..RawRedis::default()
+        };
+        let error = validate_redis(Some(huge), Some("redis://x".into())).unwrap_err();
+        assert_eq!(error.field, "redis.allowance_max");
     }
 
     #[test]

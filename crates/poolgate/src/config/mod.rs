@@ -362,6 +362,27 @@ impl Config {
                 }
             },
         };
+        // Stats over ranges older than the raw records read the rollup: it must reach as far
+        // back. Left out, it follows a longer raw retention.
+        let usage = match usage.retention {
+            Some(raw_retention) if usage.rollup_retention < raw_retention => {
+                if raw.usage.rollup_retention_days.is_some() {
+                    return Err(Invalid::new(
+                        "usage.rollup_retention_days",
+                        format!(
+                            "must be at least `usage.retention_days` ({} days): statistics \
+                             over older ranges read the rollup",
+                            raw_retention.as_secs() / 86_400
+                        ),
+                    ));
+                }
+                UsageSettings {
+                    rollup_retention: raw_retention,
+                    ..usage
+                }
+            }
+            _ => usage,
+        };
         let database = cluster::validate_database(raw.database)?;
         let redis = cluster::validate_redis(raw.redis, overrides.redis_url)?;
         let instance_id = match overrides.instance_id.or(raw.instance_id) {
@@ -576,6 +597,24 @@ mod tests {
         );
         let error = load("[usage]\nrollup_retention_days = 0").unwrap_err();
         assert!(error.contains("usage.rollup_retention_days"), "{error}");
+        // The rollup must reach as far back as the raw records: set lower, refused; left out,
+        // it follows a longer raw retention.
+        let error = load("[usage]\nretention_days = 30\nrollup_retention_days = 29").unwrap_err();
+        assert!(
+            error.contains("usage.rollup_retention_days")
+                && error.contains("must be at least `usage.retention_days` (30 days)"),
+            "{error}"
+        );
+        let config = load("[usage]\nretention_days = 30\nrollup_retention_days = 30").unwrap();
+        assert_eq!(
+            config.usage.rollup_retention,
+            Duration::from_secs(30 * 86_400)
+        );
+        let config = load("[usage]\nretention_days = 500").unwrap();
+        assert_eq!(
+            config.usage.rollup_retention,
+            Duration::from_secs(500 * 86_400)
+        );
     }
 
     #[test]

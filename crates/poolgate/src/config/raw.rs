@@ -186,6 +186,8 @@ pub struct RawRedis {
     pub heartbeat_ms: Option<u64>,
     /// Refuse (503) rather than admit from this instance's share while Redis is unreachable.
     pub fail_closed: Option<bool>,
+    /// The largest token allowance leased to this instance per bucket (0 = off).
+    pub allowance_max: Option<u32>,
 }
 
 /// `[server]`: the client side of the gateway (timeouts, connection cap).

@@ -25,10 +25,12 @@ mod money;
 mod pg_changes;
 mod probes;
 mod snapshot;
+mod spend_follower;
 mod store;
 mod usage_writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
@@ -106,6 +108,8 @@ struct Workers {
     maintenance: JoinHandle<()>,
     /// Owners announced by other instances (shared database).
     owner_follower: Option<JoinHandle<()>>,
+    /// Cluster mode: capped backends' spend as the cluster settled it.
+    spend_follower: Option<JoinHandle<()>>,
 }
 
 /// What [`ControlPlane::assemble`] wires together.
@@ -261,6 +265,16 @@ impl ControlPlane {
             config.usage.retention,
             config.usage.rollup_retention,
         );
+        let spend_follower = cluster.as_ref().map(|cluster| {
+            spend_follower::spawn_spend_follower(
+                Arc::clone(&snapshots),
+                Arc::clone(&cluster.shared),
+                config
+                    .redis
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |redis| redis.heartbeat_interval),
+            )
+        });
         let readiness = Readiness::new(config.health.ready_timeout);
         readiness.add(Arc::new(probes::StoreProbe(Arc::clone(&stores.config))));
         readiness.add(Arc::new(probes::SnapshotProbe(Arc::clone(&snapshots))));
@@ -287,6 +301,7 @@ impl ControlPlane {
                     follower,
                     maintenance,
                     owner_follower,
+                    spend_follower,
                 })),
                 observer,
                 readiness,
@@ -329,6 +344,9 @@ impl ControlPlane {
         workers.maintenance.abort();
         if let Some(owner_follower) = &workers.owner_follower {
             owner_follower.abort();
+        }
+        if let Some(spend_follower) = &workers.spend_follower {
+            spend_follower.abort();
         }
         let written = workers.usage.shutdown().await;
         workers.health.shutdown().await;

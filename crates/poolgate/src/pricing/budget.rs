@@ -359,7 +359,7 @@ impl SpendLedger {
 
     /// The first limited window (daily, monthly, total) with nothing left as of `now`, if any:
     /// what a backend's monthly cap checks at selection (no reservation; the overrun is at most
-    /// the requests in flight on it).
+    /// the requests in flight on it — across instances, see `crate::proxy::spend`).
     pub fn exhausted(&self, now: DateTime<Utc>) -> Option<BudgetExceeded> {
         let mut state = self.state.lock();
         state.roll(now);
@@ -416,6 +416,24 @@ impl SpendLedger {
         state.roll(now);
         let current = &mut state.windows[window.index()];
         current.spent = current.spent.max(spent.get());
+    }
+
+    /// [`SpendLedger::observe_shared`] for a figure read as of `as_of` (the window named in the
+    /// shared call): ignored when the ledger has moved on to a later window since (a read made
+    /// just before midnight must not raise the new day or month).
+    pub fn observe_shared_as_of(
+        &self,
+        window: BudgetWindow,
+        spent: Nanodollars,
+        as_of: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) {
+        let mut state = self.state.lock();
+        state.roll(now);
+        let current = &mut state.windows[window.index()];
+        if current.period == window.period(as_of) {
+            current.spent = current.spent.max(spent.get());
+        }
     }
 
     /// New limits (an admin edit); spend and reservations stay.

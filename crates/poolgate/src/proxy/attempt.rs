@@ -397,12 +397,36 @@ pub fn resolve(
 /// The error for "no (more) candidates": 429 (with `Retry-After`) when backends are rate
 /// limited, 503 (with `Retry-After`) when they are all cooling down after errors, 504 when the
 /// last attempt timed out, 502 when upstreams failed (or redirected, or the egress policy
-/// refused them), 503 when every backend is disabled or has a refused key.
+/// refused them), 503 when every backend is disabled or has a refused key, 429
+/// `tpm_request_too_large` (not to retry) when the request is larger than every candidate's
+/// whole TPM limit, and 429 `budget_exceeded` (not to retry) when every candidate is at its
+/// monthly spend cap.
 fn give_up<F: Fn(&BackendRecord) -> bool>(
     selection: &Selection<'_, F>,
     last: Option<&Failure>,
     now: Instant,
 ) -> ProxyError {
+    if last.is_none() {
+        if let Some((requested, largest)) = selection.tpm_too_large() {
+            return ProxyError::BackendTpmTooLarge { requested, largest };
+        }
+        if let Some(exceeded) = selection.spend_capped(chrono::Utc::now()) {
+            let resets = exceeded.resets_at.map_or_else(String::new, |at| {
+                format!(
+                    "; the first resets at {}",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            });
+            return ProxyError::BudgetExceeded {
+                message: format!(
+                    "every backend for this model has used up its monthly spend cap \
+                     ({} spent of {}){resets}",
+                    exceeded.spent.saturating_add(exceeded.reserved),
+                    exceeded.limit
+                ),
+            };
+        }
+    }
     let overall = selection.earliest_ready_overall_why(now);
     let earliest = overall.map(|(at, _)| at.saturating_duration_since(now));
     match last {

@@ -32,6 +32,12 @@ pub enum ProxyError {
         "this request needs about {requested} tokens, more than this key's tpm_limit of {tpm}"
     )]
     KeyTpmTooLarge { requested: u64, tpm: u64 },
+    /// 429, never to retry: the request's estimate is larger than the whole `tpm_limit` of every
+    /// backend that could serve it (`largest`: the highest of those limits).
+    #[error(
+        "this request needs about {requested} tokens, more than the tpm_limit of every backend for this model (the largest: {largest})"
+    )]
+    BackendTpmTooLarge { requested: u64, largest: u64 },
     /// 429: every backend of the route is rate limited or cooling down.
     #[error("every backend for this model is rate limited or cooling down")]
     NoneReady { retry_after: Option<Duration> },
@@ -91,6 +97,7 @@ impl ProxyError {
             ProxyError::KeyRateLimited { .. }
             | ProxyError::KeyTpmLimited { .. }
             | ProxyError::KeyTpmTooLarge { .. }
+            | ProxyError::BackendTpmTooLarge { .. }
             | ProxyError::NoneReady { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unavailable
             | ProxyError::LimiterUnavailable
@@ -119,6 +126,7 @@ impl ProxyError {
             ProxyError::KeyRateLimited { .. }
             | ProxyError::KeyTpmLimited { .. }
             | ProxyError::KeyTpmTooLarge { .. }
+            | ProxyError::BackendTpmTooLarge { .. }
             | ProxyError::NoneReady { .. } => "rate_limit_error",
             ProxyError::Unavailable
             | ProxyError::Recovering { .. }

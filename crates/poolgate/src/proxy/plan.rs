@@ -133,6 +133,19 @@ impl Inbound {
                     self.model
                 ),
             }),
+            _ if matches!(self.endpoint, Endpoint::Embeddings | Endpoint::Completions) => {
+                Some(ProxyError::InvalidRequest(InvalidRequest::param(
+                    format!(
+                        "no backend of the model `{}` serves {}: poolgate forwards it only to \
+                         OpenAI-compatible backends, and this model's backends speak Anthropic's \
+                         Messages API",
+                        self.model,
+                        self.endpoint.client_path()
+                    ),
+                    "model",
+                    "model_not_supported",
+                )))
+            }
             _ => None,
         }
     }

@@ -323,8 +323,8 @@ impl UsageDraft {
             guard.settle(cost);
         }
         if cost > Nanodollars::ZERO {
-            if let Some(spend) = self.last_backend.as_ref().and_then(|b| b.spend.as_ref()) {
-                spend.record(cost, chrono::Utc::now());
+            if let Some(backend) = &self.last_backend {
+                super::spend::record_backend(backend, cost);
             }
         }
         if let Some(observation) = self.observation.take() {

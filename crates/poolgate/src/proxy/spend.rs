@@ -24,6 +24,21 @@
 //! starts from the database's figures). While Redis is unreachable the local ledger answers
 //! (each instance can then spend what was left when Redis went away), or, with
 //! `redis.fail_closed`, the request gets 503.
+//!
+//! # A backend's monthly spend cap
+//! Checked, not reserved: `routing::accept` skips a backend whose ledger has nothing left, and
+//! [`record_backend`] adds each settled cost to it. In cluster mode the cost also goes to the
+//! backend's shared month figure (`budget:backend:<id>:m:<yyyymm>`, one call per settle, its own
+//! task, only for a capped backend), seeded from the ledger like a key's budget; the reply raises
+//! the ledger to the shared figure, and `control::spend_follower` reads every capped backend's
+//! figure once per `redis.heartbeat_ms`, so an instance that sends nothing to a backend still
+//! learns that the others spent its cap. How far a cap can be overrun, all instances together:
+//! by the cost of the requests that were admitted to the backend before their instance saw the
+//! cap spent — those in flight when it was reached, plus, on each other instance, those it
+//! admitted within one heartbeat interval after (or until its own next settle, whichever came
+//! first). While Redis is unreachable each instance checks its own ledger (the last shared
+//! figure plus its own spend since: up to the whole remainder per instance); its next settle
+//! once Redis answers seeds the shared figure with it.
 
 use std::sync::Arc;
 
@@ -33,8 +48,11 @@ use super::context::RequestContext;
 use super::error::ProxyError;
 use super::plan::Inbound;
 use crate::pricing::{BudgetExceeded, BudgetReservation, Nanodollars, SpendLedger};
-use crate::routing::Route;
-use crate::shared::{BudgetAdmit, BudgetClaim, BudgetHold, BudgetWindowClaim, SharedRuntime};
+use crate::routing::{LiveBackend, Route};
+use crate::shared::{
+    BudgetAdmit, BudgetClaim, BudgetHold, BudgetWindowClaim, SharedRuntime, SpendRecord,
+    SpendWindowSeed,
+};
 
 /// Where a reservation was made.
 enum Held {
@@ -121,6 +139,47 @@ fn settle(held: Held, cost: Option<Nanodollars>) {
     }
 }
 
+/// Records `cost` (settled by a request served by `backend`) against the backend's monthly
+/// spend cap, if it has one. In cluster mode the shared figure gets it first (its own task; the
+/// ledger records the cost after the call, so it stays a floor that each record raises the
+/// shared figure to, and is then raised to the shared figure the reply carries).
+pub fn record_backend(backend: &LiveBackend, cost: Nanodollars) {
+    let Some(ledger) = &backend.spend else {
+        return;
+    };
+    let cluster = backend.runtime.cluster();
+    let runtime = tokio::runtime::Handle::try_current();
+    let (Some(cluster), Ok(runtime)) = (cluster, runtime) else {
+        ledger.record(cost, Utc::now());
+        return;
+    };
+    let ledger = Arc::clone(ledger);
+    let shared = Arc::clone(&cluster.shared);
+    let owner = SpendRecord::backend_owner(backend.id());
+    runtime.spawn(async move {
+        let as_of = Utc::now();
+        let windows = ledger.shared_windows(as_of);
+        let record = SpendRecord {
+            owner,
+            cost: cost.get(),
+            windows: windows
+                .iter()
+                .map(|window| SpendWindowSeed {
+                    id: window.id.clone(),
+                    seed: window.spent.get(),
+                    expire_at_ms: window.expire_at_ms,
+                })
+                .collect(),
+        };
+        let figures = shared.record_spend(&record).await;
+        let now = Utc::now();
+        ledger.record(cost, now);
+        for (window, spent) in windows.iter().zip(figures.unwrap_or_default()) {
+            ledger.observe_shared_as_of(window.window, Nanodollars::new(spent), as_of, now);
+        }
+    });
+}
+
 /// Reserves the request's estimated cost in its client key's budget, if the key has one:
 /// `Ok(None)` without a budget, the 429 `budget_exceeded` refusal when a window cannot cover it.
 /// The estimate is the highest over the route's candidates (the backend is not chosen yet); a
@@ -162,7 +221,12 @@ pub async fn admit(
             match cluster.shared.reserve_budget(&claim).await {
                 Some(BudgetAdmit::Reserved { hold, figures }) => {
                     for (window, (spent, _)) in windows.iter().zip(figures) {
-                        ledger.observe_shared(window.window, Nanodollars::new(spent), now);
+                        ledger.observe_shared_as_of(
+                            window.window,
+                            Nanodollars::new(spent),
+                            now,
+                            Utc::now(),
+                        );
                     }
                     return Ok(Some(SpendGuard {
                         held: Some(Held::Shared {
@@ -178,7 +242,12 @@ pub async fn admit(
                     reserved,
                 }) => {
                     if let Some(window) = windows.get(index) {
-                        ledger.observe_shared(window.window, Nanodollars::new(spent), now);
+                        ledger.observe_shared_as_of(
+                            window.window,
+                            Nanodollars::new(spent),
+                            now,
+                            Utc::now(),
+                        );
                         let exceeded = BudgetExceeded {
                             window: window.window,
                             limit: window.limit,

@@ -363,6 +363,49 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
         self.tried.len()
     }
 
+    /// When every enabled candidate that serves the request is at its monthly spend cap: the
+    /// refusal of the one whose cap resets first (`None` if any candidate is not capped, or
+    /// none serves).
+    pub fn spend_capped(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<crate::pricing::BudgetExceeded> {
+        let mut first: Option<crate::pricing::BudgetExceeded> = None;
+        for member in self.route.members() {
+            let backend = &member.backend;
+            if !backend.record.enabled || !(self.serves)(&backend.record) {
+                continue;
+            }
+            let exceeded = backend.spend.as_ref()?.exhausted(now)?;
+            if first
+                .as_ref()
+                .is_none_or(|first| exceeded.resets_at < first.resets_at)
+            {
+                first = Some(exceeded);
+            }
+        }
+        first
+    }
+
+    /// When the request's estimate is larger than the whole `tpm_limit` of every enabled
+    /// candidate that serves it (it can never be sent): `(requested, the largest limit)`.
+    pub fn tpm_too_large(&self) -> Option<(u64, u64)> {
+        let need = self.need?;
+        let mut largest: Option<u64> = None;
+        for member in self.route.members() {
+            let backend = &member.backend;
+            if !backend.record.enabled || !(self.serves)(&backend.record) {
+                continue;
+            }
+            let tpm = backend.runtime.tpm_limit();
+            if tpm == 0 || need.total <= tpm {
+                return None;
+            }
+            largest = Some(largest.map_or(tpm, |largest| largest.max(tpm)));
+        }
+        largest.map(|largest| (need.total, largest))
+    }
+
     /// When the first backend of the whole route (tried ones included) will be ready again:
     /// the later of its cooldown end and its next RPM token. None if none ever will (all
     /// disabled or broken) or one is ready now.

@@ -142,6 +142,11 @@ impl BackendRuntime {
         }
     }
 
+    /// Cluster mode: the shared state this runtime uses (a capped backend's spend goes there).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.as_ref().map(|shared| &shared.cluster)
+    }
+
     /// May a request go to this backend now? Takes the cooldown's admission (after a cooldown,
     /// the single half-open probe slot) and an RPM token; on success the returned [`Admitted`]
     /// holds an in-flight slot until it is dropped. Otherwise says when it may be ready.

@@ -15,6 +15,9 @@ pub enum BreakerChange {
     Opened,
     /// Open/half-open -> closed: shared state answers again.
     Closed,
+    /// Closed after fewer failures than open it: a success ends the run of failures (no mode
+    /// change, but whatever was done locally for the failed calls is stale now).
+    Forgiven,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +74,13 @@ impl Breaker {
 
     pub fn on_success(&self) -> Option<BreakerChange> {
         let mut state = self.state.lock();
-        let was_closed = matches!(*state, State::Closed { .. });
+        let change = match *state {
+            State::Closed { failures: 0 } => None,
+            State::Closed { .. } => Some(BreakerChange::Forgiven),
+            State::Open { .. } | State::HalfOpen { .. } => Some(BreakerChange::Closed),
+        };
         *state = State::Closed { failures: 0 };
-        (!was_closed).then_some(BreakerChange::Closed)
+        change
     }
 
     pub fn on_failure(&self, now: Instant) -> Option<BreakerChange> {
@@ -113,7 +120,8 @@ mod tests {
         assert!(breaker.permit(Instant::now()));
         assert_eq!(breaker.on_failure(Instant::now()), None);
         assert_eq!(breaker.on_failure(Instant::now()), None);
-        // A success in between starts the count again.
+        // A success in between starts the count again (and says it ended a run of failures).
+        assert_eq!(breaker.on_success(), Some(BreakerChange::Forgiven));
         assert_eq!(breaker.on_success(), None);
         assert_eq!(breaker.on_failure(Instant::now()), None);
         assert_eq!(breaker.on_failure(Instant::now()), None);

@@ -110,8 +110,26 @@ impl LocalShared {
 
     /// A new id, unique across instances (`instance:n`).
     pub(crate) fn unique_id(&self) -> Arc<str> {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.probe_token(self.next_number())
+    }
+
+    /// A new number, unique on this instance (the `n` of [`LocalShared::unique_id`]).
+    pub(crate) fn next_number(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The id `instance:n` of number `n`.
+    pub(crate) fn probe_token(&self, n: u64) -> Arc<str> {
         format!("{}:{n}", self.instance_id).into()
+    }
+
+    /// The mirror says the backend is healthy (no cooldown, not even an expired one waiting for
+    /// its probe; not broken), it was set from the shared state and holds no local change.
+    pub(crate) fn is_healthy_and_synced(&self, backend: &BackendId) -> bool {
+        let entry = self.entry(backend);
+        let entry = entry.lock();
+        let snapshot = entry.state.snapshot();
+        entry.synced && !entry.dirty && snapshot.until.is_none() && !snapshot.broken
     }
 
     /// This instance's share of a limit.
@@ -347,13 +365,18 @@ impl LocalShared {
             .clone()
     }
 
-    /// Every backend this instance has counted attempts on, with its count now.
+    /// Every backend this instance has counted attempts on, with its count now. A counter
+    /// nothing else holds any more (its backend left the snapshot, no attempt in flight) is
+    /// reported this once, as 0, and then forgotten: the map does not grow with every backend
+    /// ever routed to, and a deleted backend is not republished for ever.
     pub(crate) fn in_flight_counts(&self) -> Vec<(BackendId, u32)> {
-        self.in_flight
-            .lock()
+        let mut counters = self.in_flight.lock();
+        let counts = counters
             .iter()
             .map(|(backend, counter)| (backend.clone(), counter.get()))
-            .collect()
+            .collect();
+        counters.retain(|_, counter| !counter.is_unused());
+        counts
     }
 
     pub(crate) fn view(&self, backend: &BackendId) -> CooldownView {
@@ -421,7 +444,9 @@ impl SharedRuntime for LocalShared {
     }
 
     async fn in_flight(&self, backend: &BackendId) -> Option<u32> {
-        Some(self.in_flight_counter(backend).get())
+        // A read creates no counter.
+        let counters = self.in_flight.lock();
+        Some(counters.get(backend).map_or(0, InFlightCounter::get))
     }
 
     fn cooldown(&self, backend: &BackendId) -> CooldownView {

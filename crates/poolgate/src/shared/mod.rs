@@ -15,7 +15,9 @@
 //! 2. [`SharedRuntime::admit`] — takes, all or nothing, `cost` tokens from every [`BucketClaim`]
 //!    (the backend's RPM bucket; on the request's first admitted attempt also the client key's)
 //!    and checks the cooldown deadline and the single cluster-wide half-open probe slot. One
-//!    round trip in shared mode; local and instant in degraded mode.
+//!    round trip in shared mode at most (for large limits, most admissions are paid from a small
+//!    token allowance the previous call leased to this instance: no round trip; see
+//!    `redis/allowance.rs`); local and instant in degraded mode.
 //! 3. After the upstream answered: [`SharedRuntime::report`] the [`Outcome`] (a success on a
 //!    healthy backend costs nothing); [`SharedRuntime::release_probe`] when a probe ended without
 //!    an outcome; [`SharedRuntime::refund`] tokens taken but not used.
@@ -23,7 +25,10 @@
 //! Client-key budgets (issue #11) take one call of their own, once per request and only for a key
 //! with a budget: [`SharedRuntime::reserve_budget`] before selection (every limited window, all
 //! or nothing) and [`SharedRuntime::settle_budget`] when the request is recorded (see
-//! `crate::proxy::spend` for why it is not part of the bucket admission).
+//! `crate::proxy::spend` for why it is not part of the bucket admission). A backend's monthly
+//! spend cap takes no reservation: its settled costs go to [`SharedRuntime::record_spend`] (one
+//! call per settle, only for a capped backend) and every instance reads the figures back with
+//! [`SharedRuntime::read_spend`] (one call per heartbeat interval for all capped backends).
 //!
 //! Every call is bounded by the configured timeout and never fails: when shared state is
 //! unreachable the instance answers from its local share (or refuses a fail-closed claim with
@@ -251,6 +256,11 @@ impl InFlightCounter {
     pub fn get(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Whether this handle is the only one left: no other holder, no attempt in flight.
+    pub(crate) fn is_unused(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
 }
 
 /// One attempt in flight (see [`InFlightCounter::enter`]).
@@ -324,6 +334,37 @@ pub struct BudgetHold {
     pub owner: String,
     pub amount: u64,
     pub windows: Vec<String>,
+}
+
+/// Spend settled on a backend that has a monthly spend cap (cluster mode), for
+/// [`SharedRuntime::record_spend`]: added to the backend's shared window figures, which are
+/// first raised to what this instance knows (`seed`), so a fresh Redis does not forget the month.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendRecord {
+    /// Whose spend: [`SpendRecord::backend_owner`].
+    pub owner: String,
+    /// Nanodollars.
+    pub cost: u64,
+    pub windows: Vec<SpendWindowSeed>,
+}
+
+impl SpendRecord {
+    /// The owner name of a backend's spend windows (`backend:<id>`; client keys' budgets use
+    /// the key's id, which never starts so).
+    pub fn backend_owner(backend: &BackendId) -> String {
+        format!("backend:{}", backend.as_str())
+    }
+}
+
+/// One window of a [`SpendRecord`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendWindowSeed {
+    /// As in [`BudgetWindowClaim::id`] (`m:<yyyymm>` for a backend's cap).
+    pub id: String,
+    /// What this instance's ledger says is spent in the window, before this cost.
+    pub seed: u64,
+    /// As in [`BudgetWindowClaim::expire_at_ms`].
+    pub expire_at_ms: Option<i64>,
 }
 
 /// Shared runtime state: see the module doc for the call order on the request path.
@@ -408,4 +449,18 @@ pub trait SharedRuntime: Send + Sync + 'static {
 
     /// Releases a shared budget reservation and records the real cost (nanodollars).
     async fn settle_budget(&self, _hold: BudgetHold, _cost: u64) {}
+
+    /// Adds spend settled on a capped backend to its shared windows (one call, no retry: the
+    /// caller's ledger keeps the cost, and its next record seeds the shared figure with it).
+    /// Returns each window's shared spend after it; `None` without shared state (single
+    /// instance, or unreachable).
+    async fn record_spend(&self, _record: &SpendRecord) -> Option<Vec<u64>> {
+        None
+    }
+
+    /// The shared spend of each `(owner, window id)` (`None` for one nobody recorded yet), in
+    /// one call; `None` without shared state.
+    async fn read_spend(&self, _windows: &[(String, String)]) -> Option<Vec<Option<u64>>> {
+        None
+    }
 }

@@ -67,7 +67,9 @@ pub struct BackendView {
     /// The most this backend may cost per UTC calendar month, USD; `null` = no cap. At its cap
     /// a backend is skipped until the month ends.
     pub monthly_spend_cap_usd: Option<f64>,
-    /// What is spent of the cap this month; `null` without a cap.
+    /// What is spent of the cap this month; `null` without a cap. In cluster mode: the
+    /// cluster's spend as this instance last read it from Redis (at most a heartbeat old), plus
+    /// its own since.
     pub spend: Option<BackendSpend>,
 }
 

@@ -205,6 +205,29 @@ fn limits_change_without_losing_spend_and_backend_caps_are_monthly() {
     );
 }
 
+#[test]
+fn a_shared_figure_raises_only_the_window_it_was_read_for() {
+    let before = at("2026-11-30T23:59:59Z");
+    let ledger = SpendLedger::new(
+        BudgetLimits::monthly_cap(Some(usd("10"))),
+        RestoredSpend::default(),
+        before,
+    );
+    ledger.record(usd("2"), before);
+    // Lower than what the ledger has: kept; higher: raised (and the cap is spent).
+    ledger.observe_shared_as_of(BudgetWindow::Monthly, usd("1"), before, before);
+    assert_eq!(ledger.view(before).monthly.spent, usd("2"));
+    ledger.observe_shared_as_of(BudgetWindow::Monthly, usd("10"), before, before);
+    assert!(ledger.exhausted(before).is_some());
+    // November's figure arriving once December started does not touch December.
+    let after = at("2026-12-01T00:00:01Z");
+    ledger.observe_shared_as_of(BudgetWindow::Monthly, usd("12"), before, after);
+    assert_eq!(ledger.view(after).monthly.spent, Nanodollars::ZERO);
+    assert!(ledger.exhausted(after).is_none());
+    ledger.observe_shared_as_of(BudgetWindow::Monthly, usd("3"), after, after);
+    assert_eq!(ledger.view(after).monthly.spent, usd("3"));
+}
+
 /// What the concurrent requests of one test run share.
 struct Run {
     ledger: SpendLedger,

@@ -302,6 +302,12 @@ async fn in_flight_counts_each_attempt_until_its_guard_drops() {
     assert!(local
         .in_flight_counts()
         .contains(&(BackendId::new("b-1"), 0)));
+    // Still held (by the backend's runtime, here `counter`): kept and reported again.
+    assert!(local.in_flight_counts().contains(&(id.clone(), 0)));
+    // Its holder gone, with no attempt in flight: reported once more as 0, then forgotten.
+    drop(counter);
+    assert_eq!(local.in_flight_counts(), vec![(id.clone(), 0)]);
+    assert!(local.in_flight_counts().is_empty());
 }
 
 /// Issue #11: a TPM claim costs the request's estimated tokens at once (no per-token loop), a

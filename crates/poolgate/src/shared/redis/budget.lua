@@ -1,6 +1,8 @@
 -- poolgate budget v1
 -- A client key's spend budget, atomically: (mode 'take') reserve `amount` in every limited
--- window, all or nothing; or (mode 'settle') release a reservation and record the real cost.
+-- window, all or nothing; or (mode 'settle') release a reservation and record the real cost;
+-- or (mode 'record') add spend made without a reservation (a backend's monthly cap); or (mode
+-- 'read') return what is spent.
 -- Changing what this script does or returns: rename it to v2 (see admit.lua).
 --
 -- KEYS[i] one hash {spent, reserved} per window (budget:<key>:d:<yyyymmdd>, :m:<yyyymm>, :t),
@@ -13,10 +15,19 @@
 --         ARGV[5 + 3(i-1)] PEXPIREAT in Unix ms (0 = never: the total)
 -- settle: ARGV[1] 'settle' ARGV[2] amount reserved   ARGV[3] real cost
 --         (a window whose hash has expired since is not recreated)
+-- record: ARGV[1] 'record' ARGV[2] cost (spend without a reservation: a backend's monthly cap,
+--         budget:backend:<id>:m:<yyyymm>)
+--         ARGV[3 + 2(i-1)] the least window i's spent can be before the cost (as for 'take')
+--         ARGV[4 + 2(i-1)] PEXPIREAT in Unix ms (0 = never)
+-- read:   ARGV[1] 'read' (no other arguments)
+-- 'record' and 'read' were added compatibly (an older instance never sends them, and they
+-- keep the hashes as 'take' and 'settle' do).
 --
 -- Reply: take:   {0, spent_1, reserved_1, ...} (after the reservation)
 --                {i, spent_i, reserved_i} window i refused (used up, or cannot cover amount)
 --        settle: {0}
+--        record: {0, spent_1, ...} (after the cost)
+--        read:   {0, spent_1, ...} (-1: no such window)
 -- Amounts stay below 2^53 (the Rust side clamps), so Lua's doubles are exact.
 
 local function int(x) return string.format('%d', x) end
@@ -35,6 +46,27 @@ if mode == 'settle' then
     end
   end
   return {0}
+end
+
+if mode == 'record' then
+  local r = {0}
+  for i = 1, n do
+    local base = 3 + 2 * (i - 1)
+    local spent = tonumber(redis.call('HGET', KEYS[i], 'spent')) or 0
+    spent = math.max(spent, tonumber(ARGV[base])) + amount
+    redis.call('HSET', KEYS[i], 'spent', int(spent))
+    if tonumber(ARGV[base + 1]) > 0 then redis.call('PEXPIREAT', KEYS[i], ARGV[base + 1]) end
+    r[#r + 1] = spent
+  end
+  return r
+end
+
+if mode == 'read' then
+  local r = {0}
+  for i = 1, n do
+    r[#r + 1] = tonumber(redis.call('HGET', KEYS[i], 'spent')) or -1
+  end
+  return r
 end
 
 local spent, reserved = {}, {}

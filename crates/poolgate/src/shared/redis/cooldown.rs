@@ -140,7 +140,7 @@ impl Inner {
         force: bool,
     ) -> CooldownView {
         let shared = cooldown.to_local(Instant::now());
-        self.local.apply_shared(backend, &shared, force);
+        self.mirror(backend, &shared, force);
         shared.view
     }
 

@@ -7,6 +7,7 @@
 //! this instance's in-flight counts, and the breaker's half-open trial when no request comes) and
 //! the change-feed subscriber.
 
+mod allowance;
 mod cooldown;
 mod scripts;
 mod tasks;
@@ -24,12 +25,14 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use self::allowance::{Allowances, Ask};
 use self::scripts::{AdmitReply, Keys};
 use super::breaker::{Breaker, BreakerChange};
-use super::local::{Authority, LocalShared};
+use super::local::{Authority, LocalShared, SharedCooldown};
 use super::{
     Admit, AdmitRequest, Admitted, BucketClaim, BucketKey, BudgetAdmit, BudgetClaim, BudgetHold,
     CooldownView, FailMode, InFlightCounter, Mode, Precheck, ProbeToken, Refusal, SharedRuntime,
+    SpendRecord,
 };
 use crate::config::default_instance_id;
 use crate::cooldown::{CooldownPolicy, Outcome};
@@ -64,6 +67,10 @@ pub struct RedisOptions {
     pub breaker_open_for: Duration,
     /// How often this instance says it is alive; it counts as gone after 3 intervals. Default 1 s.
     pub heartbeat_interval: Duration,
+    /// The largest token allowance per bucket (see `allowance`): a bucket of `n`/min leases at
+    /// most `min(allowance_max, n / 6000)` tokens to this instance at a time. 0 = off: every
+    /// limited admission is a Redis call. Default 32.
+    pub allowance_max: u32,
 }
 
 impl RedisOptions {
@@ -78,6 +85,7 @@ impl RedisOptions {
             breaker_failures: 3,
             breaker_open_for: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(1),
+            allowance_max: 32,
         }
     }
 }
@@ -119,6 +127,8 @@ struct Inner {
     /// Upstream blocks other instances announced (`ul1` messages on the change feed): until when
     /// each backend's upstream said it has no room.
     upstream_blocks: Mutex<HashMap<BackendId, Instant>>,
+    /// Tokens the admit script leased to this instance, by bucket.
+    allowances: Allowances,
 }
 
 impl RedisShared {
@@ -161,6 +171,7 @@ impl RedisShared {
             tokens_left: Mutex::new(HashMap::new()),
             metrics: std::sync::OnceLock::new(),
             upstream_blocks: Mutex::new(HashMap::new()),
+            allowances: Allowances::new(options.allowance_max),
             options,
         });
         // One heartbeat before serving: the live-instance count (if Redis answers; if not, the
@@ -223,8 +234,14 @@ impl Inner {
         .await;
         match result {
             Ok(Ok(value)) => {
-                if self.breaker.on_success() == Some(BreakerChange::Closed) {
-                    self.on_recovered();
+                match self.breaker.on_success() {
+                    Some(BreakerChange::Closed) => self.on_recovered(),
+                    // Calls that failed without opening the breaker were admitted from local
+                    // buckets seeded then; a later outage must start from the figures the shared
+                    // calls since brought back, not from those buckets (full ones, refilled
+                    // meanwhile, would let each instance burst its whole share).
+                    Some(BreakerChange::Forgiven) => self.local.clear_buckets(),
+                    Some(BreakerChange::Opened) | None => {}
                 }
                 Some(value)
             }
@@ -246,6 +263,8 @@ impl Inner {
         // (The local buckets are not cleared here: calls that failed before the breaker opened
         // already took from them.)
         if self.breaker.on_failure(Instant::now()) == Some(BreakerChange::Opened) {
+            // Degraded mode admits from this instance's share; leased tokens are not used.
+            self.allowances.clear();
             if let Some(metrics) = self.metrics.get() {
                 metrics.degraded.set(1);
             }
@@ -262,6 +281,7 @@ impl Inner {
     /// locally meanwhile ([`Inner::sync_all`]).
     fn on_recovered(&self) {
         self.local.clear_buckets();
+        self.allowances.clear();
         self.resync_needed.store(true, Ordering::Relaxed);
         if let Some(metrics) = self.metrics.get() {
             metrics.degraded.set(0);
@@ -270,59 +290,81 @@ impl Inner {
     }
 
     /// The admit script for `mode` `take` (an admission), `give` (a refund) or `owe` (an extra
-    /// charge, into debt; for `give` and `owe` the cooldown keys
-    /// are then not read, and `request.backend` may be any id).
+    /// charge, into debt; for `give` and `owe` the cooldown keys are then not read, and
+    /// `request.backend` may be any id). `probe`: the number of the probe token this admission
+    /// holds if it becomes the probe; `ask`: the allowances asked for with it.
     fn admit_invocation<'a>(
         &self,
         mode: &'a str,
         request: &AdmitRequest,
-        probe: &'a str,
+        merged: &[(&BucketKey, u64, u64)],
+        probe: u64,
+        ask: Option<&Ask<'_>>,
     ) -> ScriptInvocation<'a> {
         let backend = &request.backend;
         let mut invocation = scripts::ADMIT.key(self.keys.cooldown(backend));
         invocation
             .key(self.keys.probe(backend))
-            .key(self.keys.leases(backend))
             .arg(mode)
+            .arg(self.instance_id.as_ref())
             .arg(probe)
-            .arg(millis(request.probe_ttl).max(1))
-            // No lease in the admission (see `Inner::publish_in_flight`).
-            .arg("")
-            .arg(0);
-        for (key, per_minute, cost) in merged(&request.claims) {
+            .arg(millis(request.probe_ttl).max(1));
+        for (index, &(key, per_minute, cost)) in merged.iter().enumerate() {
             invocation
                 .key(self.keys.bucket(key))
                 .arg(per_minute)
-                .arg(cost);
+                .arg(cost)
+                .arg(ask.map_or(0, |ask| ask.amount(index)));
         }
         invocation
     }
 
+    /// Admits from this instance's allowances, without a call, when every claim can be paid
+    /// from one and the mirror says the backend is healthy and current (shared mode, the change
+    /// feed connected): a cooling, broken or half-open backend always goes to Redis.
+    fn admit_from_allowances(&self, request: &AdmitRequest, now: Instant) -> bool {
+        self.allowances.enabled()
+            && self.breaker.is_closed()
+            && self.feed_connected.load(Ordering::Relaxed)
+            && self.local.is_healthy_and_synced(&request.backend)
+            && self.allowances.take(&request.claims, now)
+    }
+
     async fn admit(&self, request: AdmitRequest) -> Admit {
-        let probe = self.local.unique_id();
-        let invocation = self.admit_invocation("take", &request, &probe);
+        if self.admit_from_allowances(&request, Instant::now()) {
+            return Admit::Admitted(Admitted {
+                probe: None,
+                mode: Mode::Shared,
+            });
+        }
+        let probe = self.local.next_number();
+        let merged = merged(&request.claims);
+        let ask = self.allowances.ask(&merged, Instant::now());
+        let invocation = self.admit_invocation("take", &request, &merged, probe, Some(&ask));
         let Some(reply) = self.call::<Vec<i64>>("admit", &invocation).await else {
             return self.degraded_admit(&request);
         };
         let now = Instant::now();
-        let Some((reply, cooldown)) = scripts::parse_admit(&reply) else {
+        let Some((reply, cooldown)) = scripts::parse_admit(&reply, merged.len()) else {
             tracing::error!(?reply, "unexpected reply from the admit script");
             return self.degraded_admit(&request);
         };
         let shared = cooldown.to_local(now);
-        self.local.apply_shared(&request.backend, &shared, false);
+        self.mirror(&request.backend, &shared, false);
         match reply {
             AdmitReply::Admitted {
                 probe: is_probe,
                 tokens_left,
+                granted,
             } => {
+                ask.granted(&granted, now);
                 self.remember_tokens_left(&request.claims, &tokens_left);
                 Admit::Admitted(Admitted {
-                    probe: is_probe.then_some(ProbeToken(probe)),
+                    probe: is_probe.then(|| ProbeToken(self.local.probe_token(probe))),
                     mode: Mode::Shared,
                 })
             }
-            AdmitReply::Limited { bucket, wait } => match merged(&request.claims).get(bucket) {
+            AdmitReply::Limited { bucket, wait } => match merged.get(bucket) {
                 Some((key, _, _)) => {
                     // Nothing left in it now: if Redis goes away next, this instance's share
                     // starts empty, not from an older (higher) figure.
@@ -345,6 +387,16 @@ impl Inner {
             }),
             AdmitReply::Broken => Admit::Refused(Refusal::Broken),
             AdmitReply::GivenBack => self.degraded_admit(&request),
+        }
+    }
+
+    /// Takes a backend's shared cooldown into the mirror; a cooldown (or broken, or half-open)
+    /// drops the allowances of the backend's buckets.
+    pub(super) fn mirror(&self, backend: &BackendId, shared: &SharedCooldown, force: bool) {
+        self.local.apply_shared(backend, shared, force);
+        if shared.view.until.is_some() || shared.view.broken {
+            self.allowances.forget(&BucketKey::backend_rpm(backend));
+            self.allowances.forget(&BucketKey::backend_tpm(backend));
         }
     }
 
@@ -508,7 +560,9 @@ impl SharedRuntime for RedisShared {
             claims: claims.to_vec(),
             probe_ttl: Duration::ZERO,
         };
-        let give = self.inner.admit_invocation("give", &request, "");
+        let give = self
+            .inner
+            .admit_invocation("give", &request, &merged(&request.claims), 0, None);
         if self.inner.call::<Vec<i64>>("refund", &give).await.is_none() {
             self.inner.local.refund_at(claims, Instant::now());
         }
@@ -527,7 +581,9 @@ impl SharedRuntime for RedisShared {
             claims: claims.to_vec(),
             probe_ttl: Duration::ZERO,
         };
-        let owe = self.inner.admit_invocation("owe", &request, "");
+        let owe = self
+            .inner
+            .admit_invocation("owe", &request, &merged(&request.claims), 0, None);
         if self.inner.call::<Vec<i64>>("charge", &owe).await.is_none() {
             self.inner.local.charge_at(claims, Instant::now());
         }
@@ -661,6 +717,70 @@ impl SharedRuntime for RedisShared {
             cost,
             "budget settle lost (Redis unreachable): the shared reservation stays until its window is forgotten"
         );
+    }
+
+    async fn record_spend(&self, record: &SpendRecord) -> Option<Vec<u64>> {
+        self.record_spend_now(record).await
+    }
+
+    async fn read_spend(&self, windows: &[(String, String)]) -> Option<Vec<Option<u64>>> {
+        self.read_spend_now(windows).await
+    }
+}
+
+impl RedisShared {
+    /// See [`SharedRuntime::record_spend`].
+    async fn record_spend_now(&self, record: &SpendRecord) -> Option<Vec<u64>> {
+        if record.windows.is_empty() {
+            return Some(Vec::new());
+        }
+        let inner = &self.inner;
+        let mut add = scripts::BUDGET.prepare_invoke();
+        add.arg("record").arg(record.cost.min(MAX_NANODOLLARS));
+        for window in &record.windows {
+            add.key(inner.keys.budget(&record.owner, &window.id))
+                .arg(window.seed.min(MAX_NANODOLLARS))
+                .arg(window.expire_at_ms.unwrap_or(0).max(0));
+        }
+        let reply: Vec<i64> = inner.call("budget", &add).await?;
+        match reply.as_slice() {
+            [0, spent @ ..] if spent.len() == record.windows.len() => Some(
+                spent
+                    .iter()
+                    .map(|&value| u64::try_from(value).unwrap_or(0))
+                    .collect(),
+            ),
+            _ => {
+                tracing::error!(?reply, "unexpected reply from the budget script");
+                None
+            }
+        }
+    }
+
+    /// See [`SharedRuntime::read_spend`].
+    async fn read_spend_now(&self, windows: &[(String, String)]) -> Option<Vec<Option<u64>>> {
+        if windows.is_empty() {
+            return Some(Vec::new());
+        }
+        let inner = &self.inner;
+        let mut read = scripts::BUDGET.prepare_invoke();
+        read.arg("read");
+        for (owner, window) in windows {
+            read.key(inner.keys.budget(owner, window));
+        }
+        let reply: Vec<i64> = inner.call("budget", &read).await?;
+        match reply.as_slice() {
+            [0, spent @ ..] if spent.len() == windows.len() => Some(
+                spent
+                    .iter()
+                    .map(|&value| u64::try_from(value).ok())
+                    .collect(),
+            ),
+            _ => {
+                tracing::error!(?reply, "unexpected reply from the budget script");
+                None
+            }
+        }
     }
 }
 

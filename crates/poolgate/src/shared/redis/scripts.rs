@@ -50,12 +50,6 @@ impl Keys {
         format!("{}probe:{}", self.prefix, backend.as_str())
     }
 
-    /// Kept for the admit script's lease argument, which this version never uses (no lease
-    /// is taken in an admission: in-flight counts are published with the heartbeat).
-    pub fn leases(&self, backend: &BackendId) -> String {
-        format!("{}lease:{}", self.prefix, backend.as_str())
-    }
-
     pub fn in_flight(&self, backend: &BackendId) -> String {
         format!("{}inflight:{}", self.prefix, backend.as_str())
     }
@@ -64,7 +58,8 @@ impl Keys {
         format!("{}bucket:{}", self.prefix, key.as_str())
     }
 
-    /// One window (`d:<yyyymmdd>`, `m:<yyyymm>`, `t`) of a client key's budget.
+    /// One window (`d:<yyyymmdd>`, `m:<yyyymm>`, `t`) of a client key's budget, or (owner
+    /// `backend:<id>`) the month of a backend's spend cap.
     pub fn budget(&self, owner: &str, window: &str) -> String {
         format!("{}budget:{owner}:{window}", self.prefix)
     }
@@ -143,26 +138,44 @@ fn reason_from_code(code: i64) -> Option<CooldownReason> {
 /// The admit script's reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum AdmitReply {
-    Admitted { probe: bool, tokens_left: Vec<i64> },
-    Limited { bucket: usize, wait: Duration },
+    /// `tokens_left` and `granted` (the allowance granted) hold one figure per bucket.
+    Admitted {
+        probe: bool,
+        tokens_left: Vec<i64>,
+        granted: Vec<i64>,
+    },
+    Limited {
+        bucket: usize,
+        wait: Duration,
+    },
     Cooling,
-    ProbeInFlight { held_for: Duration },
+    ProbeInFlight {
+        held_for: Duration,
+    },
     Broken,
     GivenBack,
 }
 
-/// Parses `{code, detail, now_ms, until_ms, level, broken, seq, reason, extra...}`.
-pub(super) fn parse_admit(reply: &[i64]) -> Option<(AdmitReply, RemoteCooldown)> {
+/// Parses `{code, detail, now_ms, until_ms, level, broken, seq, reason, extra...}` of an
+/// admission of `buckets` buckets.
+pub(super) fn parse_admit(reply: &[i64], buckets: usize) -> Option<(AdmitReply, RemoteCooldown)> {
     let (&code, rest) = reply.split_first()?;
     let (&detail, rest) = rest.split_first()?;
     let cooldown = RemoteCooldown::from_fields(rest.get(..6)?)?;
     let extra = rest.get(6..)?;
     let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     let parsed = match code {
-        0 | 1 => AdmitReply::Admitted {
-            probe: code == 1,
-            tokens_left: extra.to_vec(),
-        },
+        0 | 1 => {
+            if extra.len() != 2 * buckets {
+                return None;
+            }
+            let (tokens_left, granted) = extra.split_at(buckets);
+            AdmitReply::Admitted {
+                probe: code == 1,
+                tokens_left: tokens_left.to_vec(),
+                granted: granted.to_vec(),
+            }
+        }
         2 => AdmitReply::Limited {
             // 1-based in Lua.
             bucket: usize::try_from(detail).ok()?.checked_sub(1)?,
@@ -251,13 +264,14 @@ mod tests {
             let mut reply = head.to_vec();
             reply.extend_from_slice(&cooldown);
             reply.extend_from_slice(extra);
-            parse_admit(&reply).unwrap().0
+            parse_admit(&reply, 2).unwrap().0
         };
         assert_eq!(
-            with(&[1, 0], &[3, 9]),
+            with(&[1, 0], &[3, 9, 0, 4]),
             AdmitReply::Admitted {
                 probe: true,
-                tokens_left: vec![3, 9]
+                tokens_left: vec![3, 9],
+                granted: vec![0, 4]
             }
         );
         assert_eq!(
@@ -267,7 +281,9 @@ mod tests {
                 wait: Duration::from_micros(1_500)
             }
         );
-        assert!(parse_admit(&[0, 0, 1]).is_none());
-        assert!(parse_admit(&[9, 0, 5, -1, 0, 0, 0, 0]).is_none());
+        assert!(parse_admit(&[0, 0, 1], 2).is_none());
+        assert!(parse_admit(&[9, 0, 5, -1, 0, 0, 0, 0], 2).is_none());
+        // An admission's figures must cover every bucket (a v1 reply has no grants).
+        assert!(parse_admit(&[0, 0, 5, -1, 0, 0, 0, 0, 3, 9], 2).is_none());
     }
 }

@@ -64,7 +64,7 @@ pub(super) async fn change_feed_loop(inner: Arc<Inner>) {
                 match scripts::parse_message(&payload) {
                     Some((backend, cooldown)) => {
                         let shared = cooldown.to_local(Instant::now());
-                        inner.local.apply_shared(&backend, &shared, false);
+                        inner.mirror(&backend, &shared, false);
                     }
                     None => tracing::debug!(%payload, "ignored a cooldown message"),
                 }
