@@ -1,6 +1,7 @@
 //! Upstream wire formats. Each provider file turns the client's request into the upstream's
 //! request for one backend and reads token usage from the answer; [`openai`] is the
-//! OpenAI-compatible format (also what clients speak to poolgate).
+//! OpenAI-compatible format (also what clients speak to poolgate). [`target`] holds what every
+//! request to one backend shares (its parsed URLs, its auth header), built with the snapshot.
 
 pub mod anthropic;
 pub mod azure;

@@ -183,7 +183,10 @@ mod tests {
         );
         let parsed = ParsedRequest::parse(Endpoint::ChatCompletions, &raw).unwrap();
         assert_eq!(parsed.model, "gpt-4o");
-        let sent = parsed.upstream_body(&raw, "up/\"é\"", false).unwrap().to_vec();
+        let sent = parsed
+            .upstream_body(&raw, "up/\"é\"", false)
+            .unwrap()
+            .to_vec();
         let expected = std::str::from_utf8(&raw)
             .unwrap()
             .replace(r#""gpt\u002d4o""#, r#""up/\"é\"""#);

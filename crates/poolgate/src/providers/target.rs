@@ -10,7 +10,12 @@ use super::ProviderError;
 use crate::domain::ApiKind;
 
 /// The paths (after the base URL) of an OpenAI-format backend's calls that carry no id.
-const OPENAI_PATHS: &[&str] = &["/chat/completions", "/completions", "/embeddings", "/responses"];
+const OPENAI_PATHS: &[&str] = &[
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+];
 
 /// The paths of an Anthropic backend's calls.
 pub const ANTHROPIC_MESSAGES: &str = "/v1/messages";
@@ -61,7 +66,11 @@ impl PartialEq<String> for UpstreamUrl {
 
 impl UpstreamUrl {
     /// The request builder of `client` for this URL (a parsed one is not parsed again).
-    pub fn request(self, client: &reqwest::Client, method: http::Method) -> reqwest::RequestBuilder {
+    pub fn request(
+        self,
+        client: &reqwest::Client,
+        method: http::Method,
+    ) -> reqwest::RequestBuilder {
         match self {
             UpstreamUrl::Parsed(url) => client.request(method, url),
             UpstreamUrl::Text(text) => client.request(method, text),
@@ -170,8 +179,11 @@ mod tests {
 
     #[test]
     fn an_unusable_key_or_url_fails_as_before() {
-        let target =
-            UpstreamTarget::new(ApiKind::Openai, "not a url", &SecretString::from("bad\nkey"));
+        let target = UpstreamTarget::new(
+            ApiKind::Openai,
+            "not a url",
+            &SecretString::from("bad\nkey"),
+        );
         assert!(matches!(target.auth(), Err(ProviderError::InvalidKey)));
         assert_eq!(
             target.url("/chat/completions"),

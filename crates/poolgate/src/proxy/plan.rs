@@ -338,8 +338,7 @@ pub fn build(
             let messages =
                 chat_to_messages::request(chat, upstream_model, anthropic_default_max_tokens)?;
             let body = serde_json::to_vec(&messages).map_err(TranslateError::Encode)?;
-            let request =
-                anthropic::build_request(target, SplicedBody::whole(body.into()), &[])?;
+            let request = anthropic::build_request(target, SplicedBody::whole(body.into()), &[])?;
             Ok((
                 request,
                 Plan::ChatToMessages {
