@@ -78,6 +78,19 @@ async fn the_unique_request_id_migrations_remove_duplicates_first() {
     };
     store.insert_usage(&[duplicate]).await.unwrap();
     assert_eq!(store.count_usage().await.unwrap(), 1);
+    // One unique index on the request id (0009 drops the second one 0004 had added).
+    let pool = SqlitePoolOptions::new()
+        .connect_with(SqliteConnectOptions::new().filename(&path))
+        .await
+        .unwrap();
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records' \
+         AND sql LIKE '%(request_id)%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, ["usage_request_id"]);
 }
 
 #[tokio::test]
