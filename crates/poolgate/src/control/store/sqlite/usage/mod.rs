@@ -123,6 +123,67 @@ const ROLLUP_UPSERT_TAIL: &str = " ON CONFLICT (bucket_ms, client_key_id, backen
     latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, \
     ttfb_ms_sum = ttfb_ms_sum + excluded.ttfb_ms_sum, ttfb_count = ttfb_count + excluded.ttfb_count";
 
+/// The most records one insert statement carries (22 parameters each), and the most rollup
+/// rows one upsert carries (17 each). Powers of two: see [`fixed_chunks`].
+const INSERT_ROWS: usize = 128;
+const UPSERT_ROWS: usize = 64;
+
+const INSERT_HEAD: &str = "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
+    canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, error_kind, \
+    prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed, \
+    cached_tokens, tokens_estimated, cost_nanousd, cache_write_tokens) ";
+const INSERT_TAIL: &str = " ON CONFLICT (request_id) DO NOTHING RETURNING request_id, ts";
+
+/// The text of the insert and upsert statements, one per chunk size (index: log2 of the size),
+/// written once per process. Few texts means sqlx's per-connection statement cache holds them
+/// all: SQLite parses and plans each once, not once per batch size met.
+static INSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+static UPSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn insert_sql(rows: usize) -> String {
+    multi_row_sql(INSERT_HEAD, 22, rows, INSERT_TAIL)
+}
+
+fn upsert_sql(rows: usize) -> String {
+    multi_row_sql(ROLLUP_UPSERT_HEAD, 17, rows, ROLLUP_UPSERT_TAIL)
+}
+
+/// `head VALUES (?, …), (?, …) tail` with `rows` groups of `columns` placeholders.
+fn multi_row_sql(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+    let group = format!("({})", vec!["?"; columns].join(", "));
+    format!("{head}VALUES {}{tail}", vec![group; rows].join(", "))
+}
+
+/// The statement text for a chunk of `rows` (a power of two, see [`fixed_chunks`]).
+fn statement(
+    texts: &'static std::sync::OnceLock<Vec<String>>,
+    rows: usize,
+    build: fn(usize) -> String,
+) -> &'static str {
+    let texts = texts.get_or_init(|| {
+        let max = INSERT_ROWS.max(UPSERT_ROWS);
+        (0..=max.ilog2()).map(|power| build(1 << power)).collect()
+    });
+    &texts[rows.ilog2() as usize]
+}
+
+/// `items` in chunks of `max` (a power of two), the rest in decreasing powers of two — so every
+/// chunk has one of `log2(max) + 1` sizes (a batch of 512 records: four statements of 128).
+fn fixed_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    debug_assert!(max.is_power_of_two());
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = rest.len().min(max);
+        let size = 1 << size.ilog2();
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 fn wide(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -135,71 +196,65 @@ impl UsageStore for SqliteStore {
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut inserted = std::collections::HashSet::new();
-        // Multi-row inserts: one statement per 100 records (22 parameters each). A request id
-        // already stored (a batch written again) is skipped.
-        for chunk in records.chunks(100) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
-                 canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, \
-                 error_kind, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, \
-                 streamed, cached_tokens, tokens_estimated, cost_nanousd, cache_write_tokens) ",
-            );
-            insert.push_values(chunk, |mut row, record| {
-                row.push_bind(record.request_id.clone())
-                    .push_bind(record.ts_ms)
-                    .push_bind(record.client_key_id.clone())
-                    .push_bind(record.endpoint.clone())
-                    .push_bind(record.canonical_model.clone())
-                    .push_bind(record.backend_id.clone())
-                    .push_bind(record.upstream_model.clone())
-                    .push_bind(record.pool.clone())
-                    .push_bind(i64::from(record.attempts))
-                    .push_bind(i64::from(record.status))
-                    .push_bind(record.outcome.as_str())
-                    .push_bind(record.error_kind.clone())
-                    .push_bind(record.prompt_tokens.map(i64::from))
-                    .push_bind(record.completion_tokens.map(i64::from))
-                    .push_bind(record.total_tokens.map(i64::from))
-                    .push_bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
-                    .push_bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-                    .push_bind(record.streamed)
-                    .push_bind(record.cached_tokens.map(i64::from))
-                    .push_bind(record.tokens_estimated)
-                    .push_bind(record.cost.map(|cost| wide(cost.get())))
-                    .push_bind(record.cache_write_tokens.map(i64::from));
-            });
-            // A record already stored (a journal replay after a crash) is skipped.
-            // `RETURNING` names only the rows inserted: the rollup counts those.
-            insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id, ts");
-            for row in insert.build().fetch_all(&mut *tx).await? {
+        // Multi-row inserts of a few fixed sizes (see `fixed_chunks`), the record's strings
+        // bound by reference. A request id already stored (a batch written again, a journal
+        // replay after a crash) is skipped; `RETURNING` names only the rows inserted: the rollup
+        // counts those.
+        for chunk in fixed_chunks(records, INSERT_ROWS) {
+            let mut insert = sqlx::query(statement(&INSERT_SQL, chunk.len(), insert_sql));
+            for record in chunk {
+                insert = insert
+                    .bind(record.request_id.as_str())
+                    .bind(record.ts_ms)
+                    .bind(record.client_key_id.as_deref())
+                    .bind(record.endpoint.as_str())
+                    .bind(record.canonical_model.as_deref())
+                    .bind(record.backend_id.as_deref())
+                    .bind(record.upstream_model.as_deref())
+                    .bind(record.pool.as_deref())
+                    .bind(i64::from(record.attempts))
+                    .bind(i64::from(record.status))
+                    .bind(record.outcome.as_str())
+                    .bind(record.error_kind.as_deref())
+                    .bind(record.prompt_tokens.map(i64::from))
+                    .bind(record.completion_tokens.map(i64::from))
+                    .bind(record.total_tokens.map(i64::from))
+                    .bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
+                    .bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+                    .bind(record.streamed)
+                    .bind(record.cached_tokens.map(i64::from))
+                    .bind(record.tokens_estimated)
+                    .bind(record.cost.map(|cost| wide(cost.get())))
+                    .bind(record.cache_write_tokens.map(i64::from));
+            }
+            for row in insert.fetch_all(&mut *tx).await? {
                 inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
             }
         }
         let rows = rollup::aggregate(rollup::stored(records, inserted));
-        // 17 parameters a row: 50 rows a statement.
-        for chunk in rows.chunks(50) {
-            let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(ROLLUP_UPSERT_HEAD);
-            upsert.push_values(chunk, |mut row, (key, sums)| {
-                row.push_bind(key.bucket_ms)
-                    .push_bind(key.client_key_id.clone())
-                    .push_bind(key.backend_id.clone())
-                    .push_bind(key.canonical_model.clone())
-                    .push_bind(key.upstream_model.clone())
-                    .push_bind(sums.requests)
-                    .push_bind(sums.errors)
-                    .push_bind(sums.cancelled)
-                    .push_bind(sums.prompt_tokens)
-                    .push_bind(sums.completion_tokens)
-                    .push_bind(sums.cached_tokens)
-                    .push_bind(sums.cache_write_tokens)
-                    .push_bind(sums.cost_nanousd)
-                    .push_bind(sums.estimated_requests)
-                    .push_bind(sums.latency_ms_sum)
-                    .push_bind(sums.ttfb_ms_sum)
-                    .push_bind(sums.ttfb_count);
-            });
-            upsert.push(ROLLUP_UPSERT_TAIL);
-            upsert.build().execute(&mut *tx).await?;
+        for chunk in fixed_chunks(&rows, UPSERT_ROWS) {
+            let mut upsert = sqlx::query(statement(&UPSERT_SQL, chunk.len(), upsert_sql));
+            for (key, sums) in chunk {
+                upsert = upsert
+                    .bind(key.bucket_ms)
+                    .bind(key.client_key_id.as_str())
+                    .bind(key.backend_id.as_str())
+                    .bind(key.canonical_model.as_str())
+                    .bind(key.upstream_model.as_str())
+                    .bind(sums.requests)
+                    .bind(sums.errors)
+                    .bind(sums.cancelled)
+                    .bind(sums.prompt_tokens)
+                    .bind(sums.completion_tokens)
+                    .bind(sums.cached_tokens)
+                    .bind(sums.cache_write_tokens)
+                    .bind(sums.cost_nanousd)
+                    .bind(sums.estimated_requests)
+                    .bind(sums.latency_ms_sum)
+                    .bind(sums.ttfb_ms_sum)
+                    .bind(sums.ttfb_count);
+            }
+            upsert.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -524,3 +524,81 @@ async fn the_migration_backfills_the_rollup_from_stored_records() {
     );
     assert_eq!(raw, rolled);
 }
+
+#[test]
+fn batches_are_cut_into_a_few_fixed_sizes() {
+    let sizes = |n: usize| {
+        let items: Vec<usize> = (0..n).collect();
+        let chunks: Vec<&[usize]> = super::fixed_chunks(&items, 128).collect();
+        // Every item once, in order.
+        assert_eq!(chunks.concat(), items);
+        chunks.iter().map(|chunk| chunk.len()).collect::<Vec<_>>()
+    };
+    assert_eq!(sizes(0), Vec::<usize>::new());
+    assert_eq!(sizes(1), [1]);
+    assert_eq!(sizes(7), [4, 2, 1]);
+    assert_eq!(sizes(512), [128; 4]);
+    assert_eq!(sizes(301), [128, 128, 32, 8, 4, 1]);
+}
+
+/// A batch that spans several statement sizes, then a replay overlapping it: every record
+/// stored once, the rollup counting each once.
+#[tokio::test]
+async fn a_large_batch_is_stored_once_across_statement_sizes() {
+    let (_dir, store) = open().await;
+    let records: Vec<_> = (0..301).map(usage).collect();
+    store.insert_usage(&records).await.unwrap();
+    let replay: Vec<_> = (250..333).map(usage).collect();
+    store.insert_usage(&replay).await.unwrap();
+    assert_eq!(store.count_usage().await.unwrap(), 333);
+    let stored = store
+        .list_usage(&UsageFilter {
+            limit: Some(1000),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut expected: Vec<_> = (0..333).map(usage).collect();
+    expected.reverse();
+    assert_eq!(stored.records, expected);
+    let (rollup, raw) = rollup_and_raw(&store, 3_600_000, 3_600_000).await;
+    assert_eq!(raw.total.requests, 333);
+    assert_eq!(rollup, raw);
+}
+
+/// The indexes the inserts maintain (0010 dropped `usage_model_ts`, which no query could use),
+/// and the statistics still read the time range through `usage_ts`, model filter or not.
+#[tokio::test]
+async fn usage_records_keep_only_the_indexes_queries_use() {
+    let (_dir, store) = open().await;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records' \
+         AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        ["usage_backend_ts", "usage_key_ts", "usage_request_id", "usage_ts"]
+    );
+    let sql = format!("EXPLAIN QUERY PLAN {}", super::STATS_SQL);
+    let plan: Vec<String> = sqlx::query(&sql)
+        .bind(0_i64)
+        .bind(HOUR)
+        .bind(HOUR)
+        .bind(1_i64)
+        .bind(None::<&str>)
+        .bind(Some("a"))
+        .bind(None::<&str>)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| sqlx::Row::get::<String, _>(row, 3))
+        .collect();
+    assert!(
+        plan.iter().any(|step| step.contains("USING INDEX usage_ts")),
+        "{plan:?}"
+    );
+}
