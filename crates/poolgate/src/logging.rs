@@ -5,8 +5,10 @@
 use std::fmt;
 use std::io::IsTerminal;
 
+use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
@@ -43,6 +45,7 @@ pub fn init(format: LogFormat, instance: Option<&str>) {
         LogFormat::Human => {
             let inner = tracing_subscriber::fmt::format().with_target(false);
             builder
+                .fmt_fields(PlainFields)
                 .event_format(WithInstance {
                     inner,
                     instance,
@@ -91,6 +94,261 @@ where
         match line.strip_prefix('{') {
             Some(rest) => write!(writer, "{{\"instance\":{instance},{rest}"),
             None => writer.write_str(&line),
+        }
+    }
+}
+
+/// The fields of a `human` line, byte for byte what `tracing-subscriber`'s `DefaultFields`
+/// writes, with a shortcut for the common fields: a string of plain printable ASCII or an integer
+/// is written directly instead of through `Debug` and the (no-op without colours) ANSI styling
+/// of the field name — the access log's line (#13) is mostly such fields. Everything else (the
+/// message, errors, floats, strings needing escapes, any field when colours are on) goes to
+/// `DefaultVisitor` itself.
+struct PlainFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for PlainFields {
+    type Visitor = PlainVisitor<'a>;
+
+    fn make_visitor(&self, writer: Writer<'a>) -> PlainVisitor<'a> {
+        PlainVisitor {
+            plain: !writer.has_ansi_escapes(),
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+struct PlainVisitor<'a> {
+    writer: Writer<'a>,
+    /// No colours: the field name is written as is.
+    plain: bool,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+/// A string whose `Debug` form is itself in quotes: printable ASCII without `"`, `\\`, `'`.
+fn needs_no_escape(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|byte| (b' '..=b'~').contains(&byte) && !matches!(byte, b'"' | b'\\' | b'\''))
+}
+
+impl PlainVisitor<'_> {
+    /// A field `DefaultVisitor` writes as `name=<Debug of the value>` with nothing else to do.
+    fn is_simple(&self, name: &str) -> bool {
+        self.plain && name != "message" && !name.starts_with("r#") && !name.starts_with("log.")
+    }
+
+    fn pad(&mut self) -> fmt::Result {
+        if self.is_empty {
+            self.is_empty = false;
+            Ok(())
+        } else {
+            self.writer.write_char(' ')
+        }
+    }
+
+    fn write_simple(&mut self, name: &str, value: fmt::Arguments<'_>, quoted: Option<&str>) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self.pad().and_then(|()| {
+            self.writer.write_str(name)?;
+            match quoted {
+                Some(text) => {
+                    self.writer.write_str("=\"")?;
+                    self.writer.write_str(text)?;
+                    self.writer.write_char('"')
+                }
+                None => {
+                    self.writer.write_char('=')?;
+                    self.writer.write_fmt(value)
+                }
+            }
+        });
+    }
+
+    /// Hands one field to `DefaultVisitor`, which writes it exactly as `DefaultFields` would.
+    fn delegate(&mut self, field: &Field, visit: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut default = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        visit(&mut default);
+        self.result = default.finish();
+        // `DefaultVisitor` skips `log.*` fields (the `tracing-log` metadata) without a space.
+        if !field.name().starts_with("log.") {
+            self.is_empty = false;
+        }
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.is_simple(field.name()) && needs_no_escape(value) {
+            self.write_simple(field.name(), format_args!(""), Some(value));
+        } else {
+            self.delegate(field, |default| default.record_str(field, value));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.is_simple(field.name()) {
+            self.write_simple(field.name(), format_args!("{value}"), None);
+        } else {
+            self.delegate(field, |default| default.record_u64(field, value));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.is_simple(field.name()) {
+            self.write_simple(field.name(), format_args!("{value}"), None);
+        } else {
+            self.delegate(field, |default| default.record_i64(field, value));
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.is_simple(field.name()) {
+            self.write_simple(field.name(), format_args!("{value}"), None);
+        } else {
+            self.delegate(field, |default| default.record_bool(field, value));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.delegate(field, |default| default.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.delegate(field, |default| default.record_debug(field, value));
+    }
+}
+
+impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for PlainVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tracing_subscriber::fmt::format::DefaultFields;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::PlainFields;
+    use crate::domain::Outcome;
+    use crate::telemetry::access_log::AccessLogEntry;
+    use crate::telemetry::TokenCounts;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Self;
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    fn events() {
+        let entry = AccessLogEntry {
+            request_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            client_key_id: Some("key_abc"),
+            model: "gpt-4o-mini",
+            backend: Some("bkd_1"),
+            pool: None,
+            attempts: 2,
+            status: 200,
+            outcome: Outcome::Success,
+            error_kind: None,
+            latency: Duration::from_millis(12),
+            ttfb: Some(Duration::from_millis(3)),
+            upstream: Duration::from_millis(9),
+            tokens: TokenCounts {
+                prompt: Some(10),
+                completion: None,
+                cached: Some(0),
+            },
+            trace_id: None,
+        };
+        entry.emit();
+        AccessLogEntry {
+            model: "quote\" back\\slash 'tick' tab\t é \u{1b}[31m \u{85}",
+            client_key_id: None,
+            error_kind: Some("upstream_timeout"),
+            ..entry
+        }
+        .emit();
+        let span = tracing::info_span!("serve", instance = "web 1", port = 8080_u64, r#type = "x");
+        let _entered = span.enter();
+        let error = std::io::Error::other("disk \u{1b} full");
+        tracing::warn!(
+            error = &error as &(dyn std::error::Error + 'static),
+            ratio = 0.5,
+            negative = -3_i64,
+            flag = true,
+            r#type = "raw",
+            "log.target" = "hidden",
+            detail = ?Some("debug"),
+            empty = "",
+            quoted = "say \"hi\"",
+            tick = "it's",
+            backslash = "a\\b",
+            newline = "a\nb",
+            "message with {} and \u{1b}[0m escape",
+            "an argument"
+        );
+        tracing::info!(only = "fields");
+    }
+
+    fn capture<N>(fields: N, ansi: bool) -> String
+    where
+        N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
+    {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(lines.clone())
+            .with_ansi(ansi)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .fmt_fields(fields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, events);
+        let bytes = lines.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn plain_fields_write_what_the_default_fields_write() {
+        for ansi in [false, true] {
+            let expected = capture(DefaultFields::new(), ansi);
+            assert_eq!(expected.lines().count(), 4, "{expected}");
+            assert!(
+                expected.contains("\"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\""),
+                "{expected}"
+            );
+            assert_eq!(capture(PlainFields, ansi), expected);
         }
     }
 }

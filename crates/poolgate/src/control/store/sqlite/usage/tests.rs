@@ -580,7 +580,12 @@ async fn usage_records_keep_only_the_indexes_queries_use() {
     .unwrap();
     assert_eq!(
         indexes,
-        ["usage_backend_ts", "usage_key_ts", "usage_request_id", "usage_ts"]
+        [
+            "usage_backend_ts",
+            "usage_key_ts",
+            "usage_request_id",
+            "usage_ts"
+        ]
     );
     let sql = format!("EXPLAIN QUERY PLAN {}", super::STATS_SQL);
     let plan: Vec<String> = sqlx::query(&sql)
@@ -598,7 +603,8 @@ async fn usage_records_keep_only_the_indexes_queries_use() {
         .map(|row| sqlx::Row::get::<String, _>(row, 3))
         .collect();
     assert!(
-        plan.iter().any(|step| step.contains("USING INDEX usage_ts")),
+        plan.iter()
+            .any(|step| step.contains("USING INDEX usage_ts")),
         "{plan:?}"
     );
 }
