@@ -159,6 +159,26 @@ impl Gateway {
             .unwrap()
     }
 
+    /// GET /admin/api/keys: every client key's view.
+    pub async fn keys(&self) -> Vec<Value> {
+        self.admin(reqwest::Method::GET, "/keys")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The admin view of the client key `id` (from GET /admin/api/keys).
+    pub async fn key(&self, id: &str) -> Value {
+        self.keys()
+            .await
+            .into_iter()
+            .find(|key| key["id"] == id)
+            .unwrap_or_else(|| panic!("no client key {id}"))
+    }
+
     /// Usage records (newest first), polling until at least `count` are written.
     pub async fn usage_records(&self, count: usize) -> Vec<Value> {
         self.usage_records_within(count, Duration::from_secs(10))
@@ -277,6 +297,30 @@ impl Answer {
             "error lacks `param`/`code`: {}",
             self.text
         );
+    }
+}
+
+impl Answer {
+    /// Asserts a refusal that waiting never helps (a spent budget or cap): 429 in OpenAI's
+    /// shape, `insufficient_quota` / `budget_exceeded`, `x-should-retry: false`, no
+    /// `Retry-After`. Returns the message.
+    pub fn assert_budget_exceeded(&self) -> &str {
+        assert_eq!(self.status, 429, "{self}");
+        self.assert_openai_error();
+        assert_eq!(self.json["error"]["type"], "insufficient_quota", "{self}");
+        assert_eq!(self.json["error"]["code"], "budget_exceeded", "{self}");
+        assert_eq!(self.header("x-should-retry"), Some("false"), "{self}");
+        assert_eq!(self.header("retry-after"), None, "{self}");
+        self.json["error"]["message"].as_str().unwrap()
+    }
+
+    /// Asserts a 429 in Anthropic's error shape (`{"type": "error", "error": {"type":
+    /// "rate_limit_error", …}}`). Returns the message.
+    pub fn assert_anthropic_rate_limited(&self) -> &str {
+        assert_eq!(self.status, 429, "{self}");
+        assert_eq!(self.json["type"], "error", "{self}");
+        assert_eq!(self.json["error"]["type"], "rate_limit_error", "{self}");
+        self.json["error"]["message"].as_str().unwrap()
     }
 }
 
