@@ -148,9 +148,9 @@ impl Gateway {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// GET /admin/api/backends/{id}.
-    pub async fn backend(&self, id: &str) -> Value {
-        self.admin(reqwest::Method::GET, &format!("/backends/{id}"))
+    /// GET /admin/api{path}, as JSON.
+    pub async fn admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.admin(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()
@@ -159,15 +159,14 @@ impl Gateway {
             .unwrap()
     }
 
+    /// GET /admin/api/backends/{id}.
+    pub async fn backend(&self, id: &str) -> Value {
+        self.admin_get(&format!("/backends/{id}")).await
+    }
+
     /// GET /admin/api/keys: every client key's view.
     pub async fn keys(&self) -> Vec<Value> {
-        self.admin(reqwest::Method::GET, "/keys")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.admin_get("/keys").await
     }
 
     /// The admin view of the client key `id` (from GET /admin/api/keys).
