@@ -798,13 +798,7 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let tomorrow = (chrono::Utc::now().date_naive() + chrono::Days::new(1)).format("%Y-%m-%d");
     let assert_refused = |answer: &common::Answer| {
-        assert_eq!(answer.status, 429, "{answer}");
-        answer.assert_openai_error();
-        assert_eq!(answer.json["error"]["type"], "insufficient_quota");
-        assert_eq!(answer.json["error"]["code"], "budget_exceeded");
-        assert_eq!(answer.header("x-should-retry"), Some("false"));
-        assert_eq!(answer.header("retry-after"), None);
-        let message = answer.json["error"]["message"].as_str().unwrap();
+        let message = answer.assert_budget_exceeded();
         assert!(
             message.starts_with("this key's daily budget of $")
                 && message.ends_with(&format!("it resets at {tomorrow}T00:00:00Z")),
@@ -928,13 +922,7 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
         format!("{}T00:00:00Z", next.format("%Y-%m-%d"))
     };
     let assert_capped = |answer: &common::Answer| {
-        assert_eq!(answer.status, 429, "{answer}");
-        answer.assert_openai_error();
-        assert_eq!(answer.json["error"]["type"], "insufficient_quota");
-        assert_eq!(answer.json["error"]["code"], "budget_exceeded");
-        assert_eq!(answer.header("x-should-retry"), Some("false"));
-        assert_eq!(answer.header("retry-after"), None);
-        let message = answer.json["error"]["message"].as_str().unwrap();
+        let message = answer.assert_budget_exceeded();
         assert!(
             message.starts_with("every backend for this model has used up its monthly spend cap")
                 && message.ends_with(&format!("the first resets at {month_end}")),

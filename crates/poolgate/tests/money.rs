@@ -61,8 +61,9 @@ fn request_id(answer: &common::Answer) -> String {
     answer.header("x-request-id").unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn cost_of_records_with_cached_tokens_matches_the_table_by_hand() {
+/// A gateway with the test prices, an OpenAI backend serving `gpt` and an Anthropic one serving
+/// `claude`.
+async fn gateway_with_gpt_and_claude() -> (Gateway, MockUpstream, MockUpstream) {
     let openai = MockUpstream::start().await;
     let anthropic = MockUpstream::start().await;
     let gateway = Gateway::start_with(PRICES, None).await;
@@ -70,6 +71,12 @@ async fn cost_of_records_with_cached_tokens_matches_the_table_by_hand() {
         .add_openai_backend("gpt", &openai.openai_base_url(), "primary", &["gpt"])
         .await;
     anthropic_backend(&gateway, &anthropic, "claude").await;
+    (gateway, openai, anthropic)
+}
+
+#[tokio::test]
+async fn cost_of_records_with_cached_tokens_matches_the_table_by_hand() {
+    let (gateway, openai, anthropic) = gateway_with_gpt_and_claude().await;
     // OpenAI: 1 000 prompt tokens of which 400 cached, 50 completion tokens.
     openai.set_usage(Some(ReportedUsage {
         prompt_tokens: 1_000,
@@ -359,13 +366,7 @@ async fn prices_api_round_trip_refusals_and_fallback() {
 
 #[tokio::test]
 async fn a_spent_budget_is_a_429_the_sdks_do_not_retry_in_both_formats() {
-    let openai = MockUpstream::start().await;
-    let anthropic = MockUpstream::start().await;
-    let gateway = Gateway::start_with(PRICES, None).await;
-    gateway
-        .add_openai_backend("gpt", &openai.openai_base_url(), "primary", &["gpt"])
-        .await;
-    anthropic_backend(&gateway, &anthropic, "claude").await;
+    let (gateway, openai, anthropic) = gateway_with_gpt_and_claude().await;
     openai.set_usage(Some(ReportedUsage {
         prompt_tokens: 10,
         completion_tokens: 2,
@@ -398,13 +399,7 @@ async fn a_spent_budget_is_a_429_the_sdks_do_not_retry_in_both_formats() {
     // A second request fits (45 000 + estimate ≤ 200 000), a third does not (90 000 + estimate).
     assert_eq!(send(chat(chat_body("gpt", false))).await.status, 200);
     let answer = send(chat(chat_body("gpt", false))).await;
-    assert_eq!(answer.status, 429, "{answer}");
-    answer.assert_openai_error();
-    assert_eq!(answer.json["error"]["type"], "insufficient_quota");
-    assert_eq!(answer.json["error"]["code"], "budget_exceeded");
-    assert_eq!(answer.header("x-should-retry"), Some("false"));
-    assert_eq!(answer.header("retry-after"), None);
-    let message = answer.json["error"]["message"].as_str().unwrap();
+    let message = answer.assert_budget_exceeded();
     let tomorrow = (chrono::Utc::now().date_naive() + chrono::Days::new(1)).format("%Y-%m-%d");
     assert!(
         message.starts_with("this key's daily budget of $0.0002")
@@ -427,32 +422,14 @@ async fn a_spent_budget_is_a_429_the_sdks_do_not_retry_in_both_formats() {
             .json(&chat_body("claude", false)),
     )
     .await;
-    assert_eq!(answer.status, 429, "{answer}");
-    assert_eq!(answer.json["type"], "error");
-    assert_eq!(answer.json["error"]["type"], "rate_limit_error");
-    assert!(answer.json["error"]["message"]
-        .as_str()
-        .unwrap()
+    assert!(answer
+        .assert_anthropic_rate_limited()
         .contains("daily budget"));
     assert_eq!(answer.header("x-should-retry"), Some("false"));
     assert_eq!(anthropic.calls(), 0);
 
     // The key shows its spend; raising the budget lets it through again at once.
-    let keys: Value = gateway
-        .admin(Method::GET, "/keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let view = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let view = gateway.key(&id).await;
     assert_eq!(view["budget_daily_usd"], json!(0.0002));
     assert_eq!(view["budget_monthly_usd"], Value::Null);
     assert_eq!(view["spend"]["daily"]["spent_usd"], json!(0.00009));
@@ -618,21 +595,7 @@ async fn spend_survives_a_restart() {
     let dir = gateway.stop().await;
 
     let gateway = Gateway::start_with(toml, Some(dir)).await;
-    let keys: Value = gateway
-        .admin(Method::GET, "/keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let view = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let view = gateway.key(&id).await;
     assert_eq!(
         view["spend"]["monthly"]["spent_usd"],
         json!(0.012),
@@ -641,9 +604,7 @@ async fn spend_survives_a_restart() {
     assert_eq!(view["spend"]["daily"]["spent_usd"], json!(0.012));
     assert_eq!(view["spend"]["total"]["spent_usd"], json!(0.012));
     // $0.012 spent + an estimate of ~$0.01 is past $0.02: refused, as before the restart.
-    let answer = send(chat(&gateway)).await;
-    assert_eq!(answer.status, 429, "{answer}");
-    assert_eq!(answer.json["error"]["code"], "budget_exceeded");
+    send(chat(&gateway)).await.assert_budget_exceeded();
     assert_eq!(upstream.calls(), 1);
 }
 
@@ -731,12 +692,7 @@ async fn a_backend_at_its_monthly_cap_is_skipped() {
             .json(&json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]})),
     )
     .await;
-    assert_eq!(answer.status, 429, "{answer}");
-    answer.assert_openai_error();
-    assert_eq!(answer.json["error"]["type"], "insufficient_quota");
-    assert_eq!(answer.json["error"]["code"], "budget_exceeded");
-    assert_eq!(answer.header("x-should-retry"), Some("false"));
-    let message = answer.json["error"]["message"].as_str().unwrap();
+    let message = answer.assert_budget_exceeded();
     assert!(
         message.starts_with(
             "every backend for this model has used up its monthly spend cap ($0.012 spent of $0.01); the first resets at "

@@ -137,25 +137,14 @@ async fn a_keys_tpm_settles_with_real_usage_and_refuses_in_openai_and_anthropic_
                           "messages": [{"role": "user", "content": "hi"}]})),
     )
     .await;
-    assert_eq!(anthropic.status, 429, "{anthropic}");
-    assert_eq!(anthropic.json["type"], "error");
-    assert_eq!(anthropic.json["error"]["type"], "rate_limit_error");
-    assert!(anthropic.json["error"]["message"]
-        .as_str()
-        .unwrap()
+    assert!(anthropic
+        .assert_anthropic_rate_limited()
         .contains("1000 tokens per minute"));
     assert!(anthropic.retry_after().is_some());
     assert_eq!(upstream.calls(), calls);
 
     // The limit shows on the key and can be changed (0 = none: admitted again at once).
-    let keys: Value = gw
-        .admin(Method::GET, "/keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = gw.keys().await;
     let id = keys[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(keys[0]["tpm_limit"], 1000);
     let bad = gw
@@ -324,8 +313,7 @@ async fn a_request_larger_than_every_backends_tpm_is_a_429_not_to_retry() {
                           "messages": [{"role": "user", "content": "hi"}]})),
     )
     .await;
-    assert_eq!(anthropic.status, 429, "{anthropic}");
-    assert_eq!(anthropic.json["error"]["type"], "rate_limit_error");
+    anthropic.assert_anthropic_rate_limited();
     assert_eq!(anthropic.header("x-should-retry"), Some("false"));
     // Small enough for the larger limit: served.
     let fits = send(gw.proxy("/v1/chat/completions").json(&chat_body(600))).await;

@@ -148,15 +148,34 @@ impl Gateway {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// GET /admin/api/backends/{id}.
-    pub async fn backend(&self, id: &str) -> Value {
-        self.admin(reqwest::Method::GET, &format!("/backends/{id}"))
+    /// GET /admin/api{path}, as JSON.
+    pub async fn admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.admin(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// GET /admin/api/backends/{id}.
+    pub async fn backend(&self, id: &str) -> Value {
+        self.admin_get(&format!("/backends/{id}")).await
+    }
+
+    /// GET /admin/api/keys: every client key's view.
+    pub async fn keys(&self) -> Vec<Value> {
+        self.admin_get("/keys").await
+    }
+
+    /// The admin view of the client key `id` (from GET /admin/api/keys).
+    pub async fn key(&self, id: &str) -> Value {
+        self.keys()
+            .await
+            .into_iter()
+            .find(|key| key["id"] == id)
+            .unwrap_or_else(|| panic!("no client key {id}"))
     }
 
     /// Usage records (newest first), polling until at least `count` are written.
@@ -277,6 +296,30 @@ impl Answer {
             "error lacks `param`/`code`: {}",
             self.text
         );
+    }
+}
+
+impl Answer {
+    /// Asserts a refusal that waiting never helps (a spent budget or cap): 429 in OpenAI's
+    /// shape, `insufficient_quota` / `budget_exceeded`, `x-should-retry: false`, no
+    /// `Retry-After`. Returns the message.
+    pub fn assert_budget_exceeded(&self) -> &str {
+        assert_eq!(self.status, 429, "{self}");
+        self.assert_openai_error();
+        assert_eq!(self.json["error"]["type"], "insufficient_quota", "{self}");
+        assert_eq!(self.json["error"]["code"], "budget_exceeded", "{self}");
+        assert_eq!(self.header("x-should-retry"), Some("false"), "{self}");
+        assert_eq!(self.header("retry-after"), None, "{self}");
+        self.json["error"]["message"].as_str().unwrap()
+    }
+
+    /// Asserts a 429 in Anthropic's error shape (`{"type": "error", "error": {"type":
+    /// "rate_limit_error", …}}`). Returns the message.
+    pub fn assert_anthropic_rate_limited(&self) -> &str {
+        assert_eq!(self.status, 429, "{self}");
+        assert_eq!(self.json["type"], "error", "{self}");
+        assert_eq!(self.json["error"]["type"], "rate_limit_error", "{self}");
+        self.json["error"]["message"].as_str().unwrap()
     }
 }
 
