@@ -358,7 +358,7 @@ impl Inner {
                 granted,
             } => {
                 ask.granted(&granted, now);
-                self.remember_tokens_left(&request.claims, &tokens_left);
+                self.remember_tokens_left(&merged, &tokens_left);
                 Admit::Admitted(Admitted {
                     probe: is_probe.then(|| ProbeToken(self.local.probe_token(probe))),
                     mode: Mode::Shared,
@@ -400,9 +400,10 @@ impl Inner {
         }
     }
 
-    fn remember_tokens_left(&self, claims: &[BucketClaim], tokens_left: &[i64]) {
+    /// `merged`: the admission's buckets, as sent (one figure of `tokens_left` each).
+    fn remember_tokens_left(&self, merged: &[(&BucketKey, u64, u64)], tokens_left: &[i64]) {
         let mut remembered = self.tokens_left.lock();
-        for ((key, _, _), &left) in merged(claims).into_iter().zip(tokens_left) {
+        for (&(key, _, _), &left) in merged.iter().zip(tokens_left) {
             remembered.insert(key.clone(), u64::try_from(left).unwrap_or(0));
         }
     }

@@ -328,37 +328,39 @@ impl UsageStore for SqliteStore {
     }
 
     async fn prune_usage(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut deleted = 0;
-        // In slices, so the write lock is never held for long.
-        loop {
-            let result = sqlx::query(
-                "DELETE FROM usage_records WHERE seq IN \
-                 (SELECT seq FROM usage_records WHERE ts < ? LIMIT 5000)",
-            )
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await?;
-            deleted += result.rows_affected();
-            if result.rows_affected() < 5000 {
-                return Ok(deleted);
-            }
-        }
+        delete_in_slices(
+            &self.pool,
+            "DELETE FROM usage_records WHERE seq IN \
+             (SELECT seq FROM usage_records WHERE ts < ? LIMIT 5000)",
+            before_ms,
+        )
+        .await
     }
 
     async fn prune_rollups(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut deleted = 0;
-        loop {
-            let result = sqlx::query(
-                "DELETE FROM usage_rollup_hour WHERE rowid IN \
-                 (SELECT rowid FROM usage_rollup_hour WHERE bucket_ms < ? LIMIT 5000)",
-            )
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await?;
-            deleted += result.rows_affected();
-            if result.rows_affected() < 5000 {
-                return Ok(deleted);
-            }
+        delete_in_slices(
+            &self.pool,
+            "DELETE FROM usage_rollup_hour WHERE rowid IN \
+             (SELECT rowid FROM usage_rollup_hour WHERE bucket_ms < ? LIMIT 5000)",
+            before_ms,
+        )
+        .await
+    }
+}
+
+/// Runs `delete` (a `DELETE` of at most 5,000 rows older than its one parameter) until it
+/// deletes fewer: in slices, so the write lock is never held for long. Returns the rows deleted.
+async fn delete_in_slices(
+    pool: &sqlx::SqlitePool,
+    delete: &'static str,
+    before_ms: i64,
+) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    loop {
+        let result = sqlx::query(delete).bind(before_ms).execute(pool).await?;
+        deleted += result.rows_affected();
+        if result.rows_affected() < 5000 {
+            return Ok(deleted);
         }
     }
 }
