@@ -692,26 +692,20 @@ async fn an_upstream_out_of_tokens_is_held_back_by_every_instance_until_its_rese
         backend_toml("spare", &spare.openai_base_url(), "fallback", "")
     );
     let cluster = Cluster::start(2, Some(SLOW_MACHINE), &toml).await;
-    let Reply::Status { status, body, .. } = Reply::status(
-        200,
-        json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up-m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
-        }),
-    ) else {
-        unreachable!()
-    };
-    announcing.push(Reply::Status {
-        status,
-        body,
-        headers: vec![
-            ("x-ratelimit-limit-tokens".into(), "30000".into()),
-            ("x-ratelimit-remaining-tokens".into(), "0".into()),
-            ("x-ratelimit-reset-tokens".into(), "2s".into()),
-        ],
-    });
+    announcing.push(
+        Reply::status(
+            200,
+            json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up-m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+            }),
+        )
+        .with_header("x-ratelimit-limit-tokens", "30000")
+        .with_header("x-ratelimit-remaining-tokens", "0")
+        .with_header("x-ratelimit-reset-tokens", "2s"),
+    );
     assert_eq!(chat(&cluster.instances[0]).await.status, 200);
     assert_eq!(announcing.calls(), 1);
     // The announcement travels on the change feed (a publish and a message: milliseconds).

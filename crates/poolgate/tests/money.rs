@@ -171,14 +171,7 @@ async fn cost_of_records_with_cached_tokens_matches_the_table_by_hand() {
     }
 
     // The stats sum the exact integers: 2 × 0.0025 + 3 × 0.01665 = 0.05495.
-    let stats: Value = gateway
-        .admin(Method::GET, "/stats")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = gateway.admin_get("/stats").await;
     assert_eq!(
         stats["total"]["cost_usd"],
         json!(0.05495),
@@ -220,17 +213,7 @@ async fn prices_api_round_trip_refusals_and_fallback() {
     gateway
         .add_openai_backend("gpt", &upstream.openai_base_url(), "primary", &["gpt"])
         .await;
-    let prices = || async {
-        let table: Value = gateway
-            .admin(Method::GET, "/prices")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        table
-    };
+    let prices = || gateway.admin_get::<Value>("/prices");
     let row = |table: &Value, model: &str| {
         table["models"]
             .as_array()
@@ -661,14 +644,7 @@ async fn a_backend_at_its_monthly_cap_is_skipped() {
     );
     // With the spare disabled, every candidate is capped: 429 `budget_exceeded`, not retried,
     // saying when the cap resets (cluster mode answers the same).
-    let spare_id = gateway
-        .admin(Method::GET, "/backends")
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let spare_id: Value = gateway.admin_get("/backends").await;
     let spare_id = spare_id["data"]
         .as_array()
         .or(spare_id.as_array())

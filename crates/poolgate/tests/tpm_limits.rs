@@ -231,21 +231,15 @@ async fn an_upstream_that_says_no_tokens_are_left_gets_nothing_until_its_reset()
     add(&gw, "spare", &spare.openai_base_url(), "fallback", 0).await;
 
     // Its first answer says: 0 tokens left until 1.5 s from now. Later answers have room.
-    let Reply::Status { status, body, .. } = Reply::status(200, answer_using(10)) else {
-        unreachable!()
-    };
-    announcing.push(Reply::Status {
-        status,
-        body,
-        headers: vec![
-            ("x-ratelimit-limit-tokens".into(), "30000".into()),
-            ("x-ratelimit-remaining-tokens".into(), "0".into()),
-            ("x-ratelimit-reset-tokens".into(), "1.5s".into()),
-            ("x-ratelimit-limit-requests".into(), "500".into()),
-            ("x-ratelimit-remaining-requests".into(), "499".into()),
-            ("x-ratelimit-reset-requests".into(), "120ms".into()),
-        ],
-    });
+    announcing.push(
+        Reply::status(200, answer_using(10))
+            .with_header("x-ratelimit-limit-tokens", "30000")
+            .with_header("x-ratelimit-remaining-tokens", "0")
+            .with_header("x-ratelimit-reset-tokens", "1.5s")
+            .with_header("x-ratelimit-limit-requests", "500")
+            .with_header("x-ratelimit-remaining-requests", "499")
+            .with_header("x-ratelimit-reset-requests", "120ms"),
+    );
     announcing.set_default(Reply::status(200, answer_using(10)));
     assert_eq!(gw.chat(MODEL).await.0, 200);
     assert_eq!(announcing.calls(), 1);
