@@ -149,24 +149,29 @@ impl PlainVisitor<'_> {
         }
     }
 
-    fn write_simple(&mut self, name: &str, value: fmt::Arguments<'_>, quoted: Option<&str>) {
+    /// Writes `name=<value>` (`value` already in its `Debug` form) after the separator.
+    fn write_simple(&mut self, name: &str, value: impl fmt::Display) {
         if self.result.is_err() {
             return;
         }
-        self.result = self.pad().and_then(|()| {
-            self.writer.write_str(name)?;
-            match quoted {
-                Some(text) => {
-                    self.writer.write_str("=\"")?;
-                    self.writer.write_str(text)?;
-                    self.writer.write_char('"')
-                }
-                None => {
-                    self.writer.write_char('=')?;
-                    self.writer.write_fmt(value)
-                }
-            }
-        });
+        self.result = self
+            .pad()
+            .and_then(|()| write!(self.writer, "{name}={value}"));
+    }
+
+    /// A field whose `Debug` form is its `Display` form (integers, booleans): written directly
+    /// when the field is simple, else by `DefaultVisitor` through `fallback`.
+    fn record_plain(
+        &mut self,
+        field: &Field,
+        value: impl fmt::Display,
+        fallback: impl FnOnce(&mut DefaultVisitor<'_>),
+    ) {
+        if self.is_simple(field.name()) {
+            self.write_simple(field.name(), value);
+        } else {
+            self.delegate(field, fallback);
+        }
     }
 
     /// Hands one field to `DefaultVisitor`, which writes it exactly as `DefaultFields` would.
@@ -187,34 +192,23 @@ impl PlainVisitor<'_> {
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.is_simple(field.name()) && needs_no_escape(value) {
-            self.write_simple(field.name(), format_args!(""), Some(value));
+            // Its `Debug` form: in quotes, nothing escaped.
+            self.write_simple(field.name(), format_args!("\"{value}\""));
         } else {
             self.delegate(field, |default| default.record_str(field, value));
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.is_simple(field.name()) {
-            self.write_simple(field.name(), format_args!("{value}"), None);
-        } else {
-            self.delegate(field, |default| default.record_u64(field, value));
-        }
+        self.record_plain(field, value, |default| default.record_u64(field, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.is_simple(field.name()) {
-            self.write_simple(field.name(), format_args!("{value}"), None);
-        } else {
-            self.delegate(field, |default| default.record_i64(field, value));
-        }
+        self.record_plain(field, value, |default| default.record_i64(field, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.is_simple(field.name()) {
-            self.write_simple(field.name(), format_args!("{value}"), None);
-        } else {
-            self.delegate(field, |default| default.record_bool(field, value));
-        }
+        self.record_plain(field, value, |default| default.record_bool(field, value));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
