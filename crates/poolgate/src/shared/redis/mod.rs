@@ -296,19 +296,18 @@ impl Inner {
     fn admit_invocation<'a>(
         &self,
         mode: &'a str,
-        request: &AdmitRequest,
+        (backend, probe_ttl): (&BackendId, Duration),
         merged: &[(&BucketKey, u64, u64)],
         probe: u64,
         ask: Option<&Ask<'_>>,
     ) -> ScriptInvocation<'a> {
-        let backend = &request.backend;
         let mut invocation = scripts::ADMIT.key(self.keys.cooldown(backend));
         invocation
             .key(self.keys.probe(backend))
             .arg(mode)
             .arg(self.instance_id.as_ref())
             .arg(probe)
-            .arg(millis(request.probe_ttl).max(1));
+            .arg(millis(probe_ttl).max(1));
         for (index, &(key, per_minute, cost)) in merged.iter().enumerate() {
             invocation
                 .key(self.keys.bucket(key))
@@ -317,6 +316,40 @@ impl Inner {
                 .arg(ask.map_or(0, |ask| ask.amount(index)));
         }
         invocation
+    }
+
+    /// Gives back (`give`) or takes more (`owe`) of `claims` without admitting anything (a TPM
+    /// settle): in Redis, or in the local buckets while degraded or when the call fails.
+    /// `operation`: the call's name for the error count.
+    async fn adjust(
+        &self,
+        mode: &'static str,
+        operation: &'static str,
+        claims: &[BucketClaim],
+        local: fn(&LocalShared, &[BucketClaim], Instant),
+    ) {
+        if claims.is_empty() {
+            return;
+        }
+        if self.mode() == Mode::Degraded {
+            local(&self.local, claims, Instant::now());
+            return;
+        }
+        // The cooldown keys are not read in these modes: any backend id does.
+        let invocation = self.admit_invocation(
+            mode,
+            (&BackendId::new("-"), Duration::ZERO),
+            &merged(claims),
+            0,
+            None,
+        );
+        if self
+            .call::<Vec<i64>>(operation, &invocation)
+            .await
+            .is_none()
+        {
+            local(&self.local, claims, Instant::now());
+        }
     }
 
     /// Admits from this instance's allowances, without a call, when every claim can be paid
@@ -340,7 +373,13 @@ impl Inner {
         let probe = self.local.next_number();
         let merged = merged(&request.claims);
         let ask = self.allowances.ask(&merged, Instant::now());
-        let invocation = self.admit_invocation("take", &request, &merged, probe, Some(&ask));
+        let invocation = self.admit_invocation(
+            "take",
+            (&request.backend, request.probe_ttl),
+            &merged,
+            probe,
+            Some(&ask),
+        );
         let Some(reply) = self.call::<Vec<i64>>("admit", &invocation).await else {
             return self.degraded_admit(&request);
         };
@@ -549,45 +588,15 @@ impl SharedRuntime for RedisShared {
     }
 
     async fn refund(&self, claims: &[BucketClaim]) {
-        if claims.is_empty() {
-            return;
-        }
-        if self.inner.mode() == Mode::Degraded {
-            self.inner.local.refund_at(claims, Instant::now());
-            return;
-        }
-        let request = AdmitRequest {
-            backend: BackendId::new("-"),
-            claims: claims.to_vec(),
-            probe_ttl: Duration::ZERO,
-        };
-        let give = self
-            .inner
-            .admit_invocation("give", &request, &merged(&request.claims), 0, None);
-        if self.inner.call::<Vec<i64>>("refund", &give).await.is_none() {
-            self.inner.local.refund_at(claims, Instant::now());
-        }
+        self.inner
+            .adjust("give", "refund", claims, LocalShared::refund_at)
+            .await;
     }
 
     async fn charge(&self, claims: &[BucketClaim]) {
-        if claims.is_empty() {
-            return;
-        }
-        if self.inner.mode() == Mode::Degraded {
-            self.inner.local.charge_at(claims, Instant::now());
-            return;
-        }
-        let request = AdmitRequest {
-            backend: BackendId::new("-"),
-            claims: claims.to_vec(),
-            probe_ttl: Duration::ZERO,
-        };
-        let owe = self
-            .inner
-            .admit_invocation("owe", &request, &merged(&request.claims), 0, None);
-        if self.inner.call::<Vec<i64>>("charge", &owe).await.is_none() {
-            self.inner.local.charge_at(claims, Instant::now());
-        }
+        self.inner
+            .adjust("owe", "charge", claims, LocalShared::charge_at)
+            .await;
     }
 
     async fn reset(&self, backend: &BackendId) {
