@@ -2,13 +2,18 @@
 //! every line (`[web-1] …`, or an `"instance"` field in JSON), so the logs of several instances
 //! can be merged and still told apart.
 
-use std::fmt;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
+use std::time::{Duration, UNIX_EPOCH};
+
+use chrono::Datelike;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
@@ -33,7 +38,9 @@ pub fn init(format: LogFormat, instance: Option<&str>) {
     let instance = instance.map(str::to_owned);
     match format {
         LogFormat::Json => {
-            let inner = tracing_subscriber::fmt::format().json();
+            let inner = tracing_subscriber::fmt::format()
+                .json()
+                .with_timer(SecondCachedTime);
             builder
                 .event_format(WithInstance {
                     inner,
@@ -43,7 +50,9 @@ pub fn init(format: LogFormat, instance: Option<&str>) {
                 .init();
         }
         LogFormat::Human => {
-            let inner = tracing_subscriber::fmt::format().with_target(false);
+            let inner = tracing_subscriber::fmt::format()
+                .with_target(false)
+                .with_timer(SecondCachedTime);
             builder
                 .fmt_fields(PlainFields)
                 .event_format(WithInstance {
@@ -96,6 +105,62 @@ where
             None => writer.write_str(&line),
         }
     }
+}
+
+/// A line's timestamp, byte for byte what `tracing-subscriber`'s default `SystemTime` timer
+/// writes (RFC 3339, UTC, microseconds: `2026-11-30T10:59:56.123456Z`), with the part up to the
+/// second formatted once per second and thread instead of field by field for every line (the
+/// access log writes one line per request, #13).
+#[derive(Clone, Copy, Debug, Default)]
+struct SecondCachedTime;
+
+thread_local! {
+    /// The second last formatted on this thread, and its text up to the `.`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+impl FormatTime for SecondCachedTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        let since = std::time::SystemTime::now().duration_since(UNIX_EPOCH);
+        match since {
+            Ok(since) if write_time(w, since)? => Ok(()),
+            // Before 1970 or after 9999: the default timer's own text.
+            _ => SystemTime.format_time(w),
+        }
+    }
+}
+
+/// Writes the time `since` the Unix epoch; `false` (nothing written) past the year 9999, where
+/// the default timer's text has another shape.
+fn write_time(w: &mut impl fmt::Write, since: Duration) -> Result<bool, fmt::Error> {
+    let seconds = since.as_secs();
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != seconds {
+            let time = i64::try_from(seconds)
+                .ok()
+                .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+                .filter(|time| time.year() <= 9999);
+            let Some(time) = time else {
+                return Ok(false);
+            };
+            prefix.clear();
+            write!(prefix, "{}", time.format("%Y-%m-%dT%H:%M:%S."))?;
+            *cached = seconds;
+        }
+        let mut digits = [0_u8; 6];
+        let mut micros = since.subsec_micros();
+        for digit in digits.iter_mut().rev() {
+            // `micros % 10` < 10: the cast cannot truncate.
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        w.write_str(prefix)?;
+        for digit in digits {
+            w.write_char(char::from(digit))?;
+        }
+        w.write_char('Z')?;
+        Ok(true)
+    })
 }
 
 /// The fields of a `human` line, byte for byte what `tracing-subscriber`'s `DefaultFields`
@@ -331,6 +396,58 @@ mod tests {
         tracing::subscriber::with_default(subscriber, events);
         let bytes = lines.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
+    }
+
+    /// The cached timestamp is the default timer's text: RFC 3339, UTC, microseconds (as
+    /// chrono writes it), across second, day, year and leap-day changes and repeated seconds.
+    #[test]
+    fn the_cached_timestamp_is_the_default_timers_text() {
+        use std::time::Duration;
+        for (seconds, micros) in [
+            (0, 0),
+            (1_732_960_796, 123_456),
+            (1_732_960_796, 999_999),
+            (1_732_960_796, 7),
+            (1_732_960_797, 0),
+            (951_782_399, 500_000),
+            (951_782_400, 1),
+            (1_767_225_599, 999_999),
+            (1_767_225_600, 0),
+            (253_402_300_799, 999_999),
+        ] {
+            let since = Duration::new(seconds, micros * 1_000 + 999);
+            let mut ours = String::new();
+            assert!(super::write_time(&mut ours, since).unwrap());
+            let chrono = chrono::DateTime::from_timestamp(
+                i64::try_from(seconds).unwrap(),
+                since.subsec_nanos(),
+            )
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            assert_eq!(ours, chrono);
+        }
+        // Year 10000: left to the default timer.
+        assert!(
+            !super::write_time(&mut String::new(), Duration::from_secs(253_402_300_800)).unwrap()
+        );
+        // Now: both texts lie between the clock read before and after (fixed-width RFC 3339
+        // sorts as text).
+        use tracing_subscriber::fmt::format::Writer;
+        use tracing_subscriber::fmt::time::FormatTime;
+        let read = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let (mut ours, mut theirs) = (String::new(), String::new());
+        let before = read();
+        super::SecondCachedTime
+            .format_time(&mut Writer::new(&mut ours))
+            .unwrap();
+        tracing_subscriber::fmt::time::SystemTime
+            .format_time(&mut Writer::new(&mut theirs))
+            .unwrap();
+        let after = read();
+        for text in [&ours, &theirs] {
+            assert!(before <= *text && *text <= after, "{before} {text} {after}");
+        }
+        assert_eq!(ours.len(), theirs.len());
     }
 
     #[test]

@@ -444,21 +444,18 @@ impl Writer {
                 return;
             }
             let count = self.buffer.len().min(self.batch_size);
-            let batch: Vec<UsageRecord> = self
-                .buffer
-                .iter()
-                .take(count)
-                .map(|queued| queued.record.clone())
-                .collect();
+            // Taken out of the buffer, not cloned; a failed write puts them back in front.
+            let mut batch: Vec<UsageRecord> = Vec::with_capacity(count);
+            let mut tickets: Vec<Option<Journaled>> = Vec::with_capacity(count);
+            for queued in self.buffer.drain(..count) {
+                batch.push(queued.record);
+                tickets.push(queued.journaled);
+            }
             let result =
                 tokio::time::timeout(INSERT_TIMEOUT, self.store.insert_usage(&batch)).await;
             match result {
                 Ok(Ok(())) => {
-                    let tickets: Vec<Journaled> = self
-                        .buffer
-                        .drain(..count)
-                        .filter_map(|queued| queued.journaled)
-                        .collect();
+                    let tickets: Vec<Journaled> = tickets.into_iter().flatten().collect();
                     if let Some(journal) = &self.journal {
                         if let Err(error) = journal.acknowledge(&tickets) {
                             // Stored, but the journal does not know: a crash would replay them
@@ -482,6 +479,9 @@ impl Writer {
                     self.backoff = Duration::from_millis(50);
                 }
                 failure => {
+                    for (record, journaled) in batch.into_iter().zip(tickets).rev() {
+                        self.buffer.push_front(Queued { record, journaled });
+                    }
                     self.metrics.write_errors.inc();
                     let error = match failure {
                         Ok(Err(error)) => error.to_string(),

@@ -37,6 +37,7 @@
 //! garbage at the end of a segment (skipped as unparsable lines). A killed *process* loses
 //! nothing: the data is in the kernel already.
 
+mod line;
 mod replay;
 
 #[cfg(test)]
@@ -238,25 +239,14 @@ impl Journal {
         Ok((journal, replay))
     }
 
-    /// Appends one record with one `write`. `None` when the write failed (logged): the record
-    /// still goes to the store, it is only not crash-safe.
+    /// Appends one record with one `write` (its line written by hand into a reused buffer, see
+    /// `line`). `None` when the write failed (logged): the record still goes to the store, it
+    /// is only not crash-safe.
     pub fn append(&self, record: &UsageRecord) -> Option<Journaled> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let mut line = match serde_json::to_vec(&Line {
-            seq: Some(seq),
-            record: Some(record),
-            acked: None,
-        }) {
-            Ok(line) => line,
-            Err(error) => {
-                tracing::error!(%error, request_id = %record.request_id, "cannot encode a usage record for the journal");
-                return None;
-            }
-        };
-        line.push(b'\n');
         let current = self.inner.current.read();
         current.appended.fetch_add(1, Ordering::AcqRel);
-        match current.write_line(&line) {
+        match line::with_record_line(seq, record, |line| current.write_line(line)) {
             Ok(()) => Some(Journaled {
                 segment: Arc::clone(&current),
                 seq,

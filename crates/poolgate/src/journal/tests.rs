@@ -253,3 +253,233 @@ fn parked_records_are_read_back_in_order_across_segments() {
     journal.close().unwrap();
     assert!(segments(dir.path()).is_empty());
 }
+
+// === the hand-written record line ===
+
+/// What the journal wrote before the line was written by hand (and what `acknowledge` still
+/// writes): `serde_json` over `Line`.
+fn serde_line(seq: u64, record: &UsageRecord) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&Line {
+        seq: Some(seq),
+        record: Some(record),
+        acked: None,
+    })
+    .unwrap();
+    line.push(b'\n');
+    line
+}
+
+fn encoded(seq: u64, record: &UsageRecord) -> Vec<u8> {
+    let mut line = Vec::new();
+    line::encode(&mut line, seq, record);
+    line
+}
+
+/// Every field set, strings needing every kind of escape, unicode, extreme numbers.
+fn tricky_record() -> UsageRecord {
+    UsageRecord {
+        request_id: "req_\"quoted\"\\back\\slash/".into(),
+        ts_ms: i64::MIN,
+        client_key_id: Some(
+            "ключ 🔑 \u{0}\u{1}\u{8}\u{9}\u{a}\u{b}\u{c}\u{d}\u{1f}\u{7f}\u{80}\u{2028}".into(),
+        ),
+        endpoint: "chat.completions".into(),
+        canonical_model: Some("gpt-4o\r\n".into()),
+        backend_id: Some(String::new()),
+        upstream_model: Some("模型/\u{FFFF}\u{10FFFF}".into()),
+        pool: Some("\t".into()),
+        attempts: u32::MAX,
+        status: u16::MAX,
+        outcome: Outcome::StreamError,
+        error_kind: Some("upstream_timeout".into()),
+        prompt_tokens: Some(u32::MAX),
+        completion_tokens: Some(0),
+        total_tokens: Some(1),
+        cached_tokens: Some(10),
+        latency_ms: u64::MAX,
+        ttfb_ms: Some(0),
+        streamed: false,
+        tokens_estimated: true,
+        cost: Some(crate::pricing::Nanodollars::new(1_234_567)),
+        cache_write_tokens: Some(7),
+    }
+}
+
+#[test]
+fn the_record_line_is_the_bytes_serde_json_writes_and_replays_to_the_record() {
+    let nulls = UsageRecord {
+        client_key_id: None,
+        canonical_model: None,
+        backend_id: None,
+        upstream_model: None,
+        pool: None,
+        error_kind: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        total_tokens: None,
+        cached_tokens: None,
+        ttfb_ms: None,
+        cost: None,
+        cache_write_tokens: None,
+        ts_ms: 0,
+        ..record(1)
+    };
+    let outcomes = [
+        Outcome::Success,
+        Outcome::Error,
+        Outcome::StreamError,
+        Outcome::Cancelled,
+    ];
+    let mut records = vec![record(0), tricky_record(), nulls];
+    records.extend(outcomes.into_iter().map(|outcome| UsageRecord {
+        outcome,
+        ts_ms: 1_700_000_000_000,
+        cost: Some(crate::pricing::Nanodollars::new(1)),
+        ..record(2)
+    }));
+    records.push(UsageRecord {
+        cost: Some(crate::pricing::Nanodollars::from_usd(1_000_000_000)),
+        ..record(3)
+    });
+    for (seq, record) in [0, 1, 9, 10, 12_345, u64::MAX]
+        .into_iter()
+        .zip(records.iter().cycle())
+    {
+        let line = encoded(seq, record);
+        assert_eq!(
+            String::from_utf8(line.clone()).unwrap(),
+            String::from_utf8(serde_line(seq, record)).unwrap()
+        );
+        let parsed: Line<UsageRecord> = serde_json::from_slice(&line).unwrap();
+        assert_eq!(parsed.seq, Some(seq));
+        assert_eq!(parsed.record.as_ref(), Some(record));
+    }
+    for record in &records {
+        let parsed: Line<UsageRecord> = serde_json::from_slice(&encoded(3, record)).unwrap();
+        assert_eq!(parsed.record.as_ref(), Some(record));
+    }
+
+    // Through the journal: appended with the reused buffer, replayed after a crash.
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    for record in &records {
+        journal.append(record).unwrap();
+    }
+    drop(journal);
+    let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    assert_eq!(replay.records(), &records[..]);
+    assert_eq!(replay.skipped_lines(), 0);
+}
+
+/// Segments written by earlier versions (`serde_json` lines, and lines from before the
+/// `#[serde(default)]` fields existed) still replay next to the new lines.
+#[test]
+fn lines_of_earlier_versions_still_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_dir = dir.path().join(JOURNAL_DIR);
+    std::fs::create_dir_all(&journal_dir).unwrap();
+    let old = concat!(
+        r#"{"s":4,"r":{"request_id":"req_old","ts_ms":1700000000000,"client_key_id":null,"endpoint":"messages","canonical_model":"claude","backend_id":"bkd_1","upstream_model":"claude-x","pool":null,"attempts":2,"status":499,"outcome":"cancelled","error_kind":"client_closed","prompt_tokens":5,"completion_tokens":null,"total_tokens":null,"latency_ms":12,"ttfb_ms":null,"streamed":true}}"#,
+        "\n",
+        r#"{"s":5,"r":{"request_id":"req_\u00e9\"x\"","ts_ms":-1,"client_key_id":"k\n","endpoint":"embeddings","canonical_model":null,"backend_id":null,"upstream_model":null,"pool":"p","attempts":1,"status":200,"outcome":"success","error_kind":null,"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"cached_tokens":null,"latency_ms":1,"ttfb_ms":1,"streamed":false,"tokens_estimated":false,"cost_usd":0.00125,"cache_write_tokens":null}}"#,
+        "\n",
+        r#"{"a":[[4,4]]}"#,
+        "\n",
+        r#"{"s":6,"r":{"request_id":"req_6","ts_ms":2,"client_key_id":null,"endpoint":"responses","canonical_model":null,"backend_id":null,"upstream_model":null,"pool":null,"attempts":0,"status":400,"outcome":"error","error_kind":"invalid_request","prompt_tokens":null,"completion_tokens":null,"total_tokens":null,"latency_ms":0,"ttfb_ms":null,"streamed":false}}"#,
+        "\n",
+    );
+    std::fs::write(segment_path(&journal_dir, 3), old).unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    let replayed = replay.records().to_vec();
+    assert_eq!(
+        ids(&replayed),
+        ["req_é\"x\"".to_string(), "req_6".to_string()]
+    );
+    assert_eq!(replayed[0].client_key_id.as_deref(), Some("k\n"));
+    assert_eq!(replayed[0].ts_ms, -1);
+    assert_eq!(
+        replayed[0].cost,
+        Some(crate::pricing::Nanodollars::new(1_250_000))
+    );
+    assert_eq!(replayed[0].cached_tokens, None);
+    assert_eq!(replayed[1].outcome, Outcome::Error);
+    assert!(!replayed[1].tokens_estimated);
+    assert_eq!(replayed[1].cost, None);
+    // A crash before `finish`: the new run's lines (written by hand) replay with the old ones,
+    // numbered after them.
+    journal.append(&tricky_record()).unwrap();
+    drop((journal, replay));
+    let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    assert_eq!(replay.records().len(), 3);
+    assert_eq!(replay.records()[2], tricky_record());
+}
+
+fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<String>(),
+        proptest::collection::vec(
+            prop_oneof![
+                Just('"'),
+                Just('\\'),
+                Just('/'),
+                Just('\u{7f}'),
+                Just('é'),
+                Just('\u{2028}'),
+                Just('😀'),
+                (0_u8..0x20).prop_map(char::from),
+                proptest::char::range('a', 'z'),
+            ],
+            0..24
+        )
+        .prop_map(|chars| chars.into_iter().collect()),
+    ]
+}
+
+proptest::proptest! {
+    /// Any record: the hand-written line is byte for byte serde_json's, and parses back to the
+    /// record (costs up to $1,000,000: floats keep every amount below that exact).
+    #[test]
+    fn any_record_line_is_serde_jsons(
+        seq in proptest::prelude::any::<u64>(),
+        texts in proptest::collection::vec(any_text(), 8),
+        present in proptest::collection::vec(proptest::prelude::any::<bool>(), 13),
+        numbers in proptest::collection::vec(proptest::prelude::any::<u64>(), 12),
+        ts_ms in proptest::prelude::any::<i64>(),
+        flags in (proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()),
+        outcome in 0_usize..4,
+    ) {
+        let text = |i: usize| Some(texts[i].clone()).filter(|_| present[i]);
+        let number = |i: usize| u32::try_from(numbers[i] >> 32).ok().filter(|_| present[5 + i.min(7)]);
+        let record = UsageRecord {
+            request_id: texts[0].clone(),
+            ts_ms,
+            client_key_id: text(1),
+            endpoint: texts[2].clone(),
+            canonical_model: text(3),
+            backend_id: text(4),
+            upstream_model: text(5),
+            pool: text(6),
+            attempts: u32::try_from(numbers[0] >> 32).unwrap_or(0),
+            status: u16::try_from(numbers[1] >> 48).unwrap_or(0),
+            outcome: [Outcome::Success, Outcome::Error, Outcome::StreamError, Outcome::Cancelled][outcome],
+            error_kind: text(7),
+            prompt_tokens: number(2),
+            completion_tokens: number(3),
+            total_tokens: number(4),
+            cached_tokens: number(5),
+            latency_ms: numbers[6],
+            ttfb_ms: Some(numbers[7]).filter(|_| present[12]),
+            streamed: flags.0,
+            tokens_estimated: flags.1,
+            cost: Some(crate::pricing::Nanodollars::new(numbers[8] % 1_000_000_000_000_000)).filter(|_| present[0]),
+            cache_write_tokens: number(9),
+        };
+        let line = encoded(seq, &record);
+        proptest::prop_assert_eq!(&line, &serde_line(seq, &record));
+        let parsed: Line<UsageRecord> = serde_json::from_slice(&line).unwrap();
+        proptest::prop_assert_eq!(parsed.seq, Some(seq));
+        proptest::prop_assert_eq!(parsed.record, Some(record));
+    }
+}

@@ -2,9 +2,12 @@
 //! stream, stream options — every other field passes through untouched), building the upstream
 //! request for an OpenAI-compatible backend, and reading `usage` from answers and stream chunks.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderMap;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -140,16 +143,38 @@ struct ChunkUsage {
     choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
+/// The `"usage"` key, searched for in every stream chunk.
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+
 /// Reads a stream chunk's `data`: its usage, and whether it is the usage-only chunk
-/// (`"choices": []`) that `include_usage` adds. Cheap for chunks without usage.
+/// (`"choices": []`) that `include_usage` adds. Cheap for chunks without usage, and for the
+/// chunks `include_usage` marks `"usage":null` (every one but the last).
 pub fn chunk_usage(data: &str) -> Option<(TokenUsage, bool)> {
-    if !data.contains("\"usage\"") {
+    if !may_carry_usage(data.as_bytes()) {
         return None;
     }
     let chunk: ChunkUsage = serde_json::from_str(data).ok()?;
     let usage = chunk.usage?;
     let usage_only = chunk.choices.as_ref().is_some_and(Vec::is_empty);
     Some((usage, usage_only))
+}
+
+/// Whether a chunk can have a non-null `usage` (then it is parsed). No when it never names
+/// `"usage"` — as before — and when every `"usage"` in it is directly followed by `:null` and
+/// nothing in it is written with a `\u` escape. Exact: a `"` inside a JSON string is always
+/// escaped, so a `"usage"` that is not a key is in invalid JSON (no usage either); a top-level
+/// `usage` key with a value is `"usage"`, then a colon, then the value — unless the key itself is
+/// spelt with `\u` escapes (`"us\u0061ge"`), which only the full parse sees.
+fn may_carry_usage(data: &[u8]) -> bool {
+    const NULL: &[u8] = b":null";
+    let mut named = false;
+    for at in USAGE_KEY.find_iter(data) {
+        if !data[at + USAGE_KEY.needle().len()..].starts_with(NULL) {
+            return true;
+        }
+        named = true;
+    }
+    named && memchr::memchr_iter(b'\\', data).any(|at| data.get(at + 1) == Some(&b'u'))
 }
 
 #[cfg(test)]
@@ -245,6 +270,56 @@ mod tests {
         assert!(
             ParsedRequest::parse(Endpoint::Embeddings, br#"{"model":"m","stream":true}"#).is_err()
         );
+    }
+
+    /// What `chunk_usage` did before it skipped `"usage":null` chunks: the parse of every chunk
+    /// that names `"usage"`.
+    fn chunk_usage_parsed(data: &str) -> Option<(TokenUsage, bool)> {
+        if !data.contains("\"usage\"") {
+            return None;
+        }
+        let chunk: ChunkUsage = serde_json::from_str(data).ok()?;
+        Some((
+            chunk.usage?,
+            chunk.choices.as_ref().is_some_and(Vec::is_empty),
+        ))
+    }
+
+    #[test]
+    fn skipping_null_usage_chunks_gives_what_the_parse_gives() {
+        let usage = r#"{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}"#;
+        let chunks = [
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}"#.to_string(),
+            r#"{"choices":[],"usage":null}"#.into(),
+            format!(r#"{{"choices":[],"usage":{usage}}}"#),
+            format!(r#"{{"choices":[{{"delta":{{}}}}],"usage":{usage}}}"#),
+            format!(r#"{{"usage" : {usage},"choices":[]}}"#),
+            r#"{"usage": null,"choices":[]}"#.into(),
+            r#"{"usage":nul}"#.into(),
+            r#"{"usage":nullx,"choices":[]}"#.into(),
+            // A nested null usage, the real one after it.
+            format!(r#"{{"x":{{"usage":null}},"usage":{usage}}}"#),
+            format!(r#"{{"usage":null,"x":{{"usage":{usage}}}}}"#),
+            // Duplicate keys: serde refuses the chunk.
+            format!(r#"{{"usage":null,"usage":{usage}}}"#),
+            r#"{"usage":null,"usage":null}"#.into(),
+            // The key spelt with an escape, next to a null one.
+            format!(r#"{{"x":{{"usage":null}},"usage":{usage},"choices":[]}}"#),
+            format!(r#"{{"usage":{usage}}}"#),
+            // The word in the text, escaped quotes, unicode.
+            r#"{"choices":[{"delta":{"content":""usage":null é 😀 \u"}}],"usage":null}"#.into(),
+            format!(r#"{{"choices":[{{"delta":{{"content":""usage":{usage}"}}}}],"usage":null}}"#),
+            r#"{"choices":[{"delta":{"content":"usage"}}],"usage":null}"#.into(),
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"usage","arguments":"{"usage":null}"}}]}}],"usage":null}"#.into(),
+            format!(r#"{{"choices":[{{"index":0}},{{"index":1}}],"usage":{usage}}}"#),
+            r#"not json "usage":null"#.into(),
+            String::new(),
+        ];
+        for chunk in &chunks {
+            assert_eq!(chunk_usage(chunk), chunk_usage_parsed(chunk), "{chunk}");
+        }
+        // Both paths are exercised: some chunks carry usage.
+        assert!(chunks.iter().filter(|c| chunk_usage(c).is_some()).count() >= 5);
     }
 
     #[test]

@@ -15,8 +15,12 @@
 //!   `content_block_start` tool name;
 //! - Responses: every `response.*.delta` event's `delta` string.
 
-use std::borrow::Cow;
+mod openai_chunk;
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::Deserialize;
 
 use super::request::FunctionCall;
@@ -63,9 +67,25 @@ impl StreamedOutputCounter {
     }
 }
 
-/// Calls `each` with every piece of generated text in an OpenAI chat or completions chunk.
+/// `"choices"`, searched for in every OpenAI chunk (a SIMD search set up once).
+static CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\""));
+
+/// Calls `each` with every piece of generated text in an OpenAI chat or completions chunk: a
+/// chunk that names no `"choices"` has none; the common shapes are read by
+/// [`openai_chunk`]'s single pass, anything else by the serde parse.
 pub fn openai_texts(data: &str, mut each: impl FnMut(&str)) {
-    let Some(chunk) = parse_marked::<OpenAiChunk<'_>>(data, "\"choices\"") else {
+    if CHOICES.find(data.as_bytes()).is_none() {
+        return;
+    }
+    if openai_chunk::openai_texts(data, &mut each).is_ok() {
+        return;
+    }
+    openai_texts_parsed(data, each);
+}
+
+/// [`openai_texts`] by the serde parse (a chunk that is not JSON has no text).
+fn openai_texts_parsed(data: &str, mut each: impl FnMut(&str)) {
+    let Ok(chunk) = serde_json::from_str::<OpenAiChunk<'_>>(data) else {
         return;
     };
     for choice in &chunk.choices {

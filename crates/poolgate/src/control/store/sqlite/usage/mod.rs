@@ -132,16 +132,22 @@ const INSERT_HEAD: &str = "INSERT INTO usage_records (request_id, ts, client_key
     canonical_model, backend_id, upstream_model, pool, attempts, status, outcome, error_kind, \
     prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, streamed, \
     cached_tokens, tokens_estimated, cost_nanousd, cache_write_tokens) ";
-const INSERT_TAIL: &str = " ON CONFLICT (request_id) DO NOTHING RETURNING request_id, ts";
+const INSERT_TAIL: &str = " ON CONFLICT (request_id) DO NOTHING";
+const INSERT_RETURNING_TAIL: &str = " ON CONFLICT (request_id) DO NOTHING RETURNING request_id, ts";
 
 /// The text of the insert and upsert statements, one per chunk size (index: log2 of the size),
 /// written once per process. Few texts means sqlx's per-connection statement cache holds them
 /// all: SQLite parses and plans each once, not once per batch size met.
 static INSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+static INSERT_RETURNING_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 static UPSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 fn insert_sql(rows: usize) -> String {
     multi_row_sql(INSERT_HEAD, 22, rows, INSERT_TAIL)
+}
+
+fn insert_returning_sql(rows: usize) -> String {
+    multi_row_sql(INSERT_HEAD, 22, rows, INSERT_RETURNING_TAIL)
 }
 
 fn upsert_sql(rows: usize) -> String {
@@ -184,6 +190,39 @@ fn fixed_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// Binds the 22 columns of each record, in [`INSERT_HEAD`]'s order.
+fn bind_records<'q>(
+    mut insert: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    chunk: &'q [UsageRecord],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for record in chunk {
+        insert = insert
+            .bind(record.request_id.as_str())
+            .bind(record.ts_ms)
+            .bind(record.client_key_id.as_deref())
+            .bind(record.endpoint.as_str())
+            .bind(record.canonical_model.as_deref())
+            .bind(record.backend_id.as_deref())
+            .bind(record.upstream_model.as_deref())
+            .bind(record.pool.as_deref())
+            .bind(i64::from(record.attempts))
+            .bind(i64::from(record.status))
+            .bind(record.outcome.as_str())
+            .bind(record.error_kind.as_deref())
+            .bind(record.prompt_tokens.map(i64::from))
+            .bind(record.completion_tokens.map(i64::from))
+            .bind(record.total_tokens.map(i64::from))
+            .bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
+            .bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+            .bind(record.streamed)
+            .bind(record.cached_tokens.map(i64::from))
+            .bind(record.tokens_estimated)
+            .bind(record.cost.map(|cost| wide(cost.get())))
+            .bind(record.cache_write_tokens.map(i64::from));
+    }
+    insert
+}
+
 fn wide(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -195,43 +234,39 @@ impl UsageStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut inserted = std::collections::HashSet::new();
         // Multi-row inserts of a few fixed sizes (see `fixed_chunks`), the record's strings
         // bound by reference. A request id already stored (a batch written again, a journal
-        // replay after a crash) is skipped; `RETURNING` names only the rows inserted: the rollup
-        // counts those.
+        // replay after a crash) is skipped. Normally every record is new — the statements' row
+        // counts say so — and the rollup counts them all.
+        let mut affected = 0;
         for chunk in fixed_chunks(records, INSERT_ROWS) {
-            let mut insert = sqlx::query(statement(&INSERT_SQL, chunk.len(), insert_sql));
-            for record in chunk {
-                insert = insert
-                    .bind(record.request_id.as_str())
-                    .bind(record.ts_ms)
-                    .bind(record.client_key_id.as_deref())
-                    .bind(record.endpoint.as_str())
-                    .bind(record.canonical_model.as_deref())
-                    .bind(record.backend_id.as_deref())
-                    .bind(record.upstream_model.as_deref())
-                    .bind(record.pool.as_deref())
-                    .bind(i64::from(record.attempts))
-                    .bind(i64::from(record.status))
-                    .bind(record.outcome.as_str())
-                    .bind(record.error_kind.as_deref())
-                    .bind(record.prompt_tokens.map(i64::from))
-                    .bind(record.completion_tokens.map(i64::from))
-                    .bind(record.total_tokens.map(i64::from))
-                    .bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
-                    .bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-                    .bind(record.streamed)
-                    .bind(record.cached_tokens.map(i64::from))
-                    .bind(record.tokens_estimated)
-                    .bind(record.cost.map(|cost| wide(cost.get())))
-                    .bind(record.cache_write_tokens.map(i64::from));
-            }
-            for row in insert.fetch_all(&mut *tx).await? {
-                inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
-            }
+            let insert = sqlx::query(statement(&INSERT_SQL, chunk.len(), insert_sql));
+            affected += bind_records(insert, chunk)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
-        let rows = rollup::aggregate(rollup::stored(records, inserted));
+        let stored: Vec<&UsageRecord> = if affected == records.len() as u64 {
+            records.iter().collect()
+        } else {
+            // Some were stored already: start over with `RETURNING`, which names the rows
+            // inserted — the rollup counts only those.
+            tx.rollback().await?;
+            tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut inserted = std::collections::HashSet::new();
+            for chunk in fixed_chunks(records, INSERT_ROWS) {
+                let insert = sqlx::query(statement(
+                    &INSERT_RETURNING_SQL,
+                    chunk.len(),
+                    insert_returning_sql,
+                ));
+                for row in bind_records(insert, chunk).fetch_all(&mut *tx).await? {
+                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+                }
+            }
+            rollup::stored(records, inserted)
+        };
+        let rows = rollup::aggregate(stored);
         for chunk in fixed_chunks(&rows, UPSERT_ROWS) {
             let mut upsert = sqlx::query(statement(&UPSERT_SQL, chunk.len(), upsert_sql));
             for (key, sums) in chunk {

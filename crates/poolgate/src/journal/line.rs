@@ -1,0 +1,160 @@
+//! A record line written by hand into a reused buffer: the same bytes `serde_json` writes for
+//! `{"s":<seq>,"r":<UsageRecord>}` (field order, escapes, `null`s, the cost's float), without a
+//! generic serializer pass and a fresh `Vec` per request. The replay still reads it with
+//! `serde_json` (`super::Line`); the tests hold the two byte-identical.
+
+use std::cell::RefCell;
+
+use crate::domain::UsageRecord;
+
+thread_local! {
+    /// One line buffer per thread, reused for every append on it (a line is ~500 bytes).
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `write` with the complete line of `record` (newline included).
+pub(super) fn with_record_line<T>(
+    seq: u64,
+    record: &UsageRecord,
+    write: impl FnOnce(&[u8]) -> T,
+) -> T {
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        encode(line, seq, record);
+        write(line)
+    })
+}
+
+/// `{"s":<seq>,"r":{…}}\n`, the fields in `UsageRecord`'s declaration order (serde's).
+pub(super) fn encode(out: &mut Vec<u8>, seq: u64, r: &UsageRecord) {
+    out.extend_from_slice(b"{\"s\":");
+    push_u64(out, seq);
+    out.extend_from_slice(b",\"r\":{\"request_id\":");
+    push_str(out, &r.request_id);
+    out.extend_from_slice(b",\"ts_ms\":");
+    push_i64(out, r.ts_ms);
+    out.extend_from_slice(b",\"client_key_id\":");
+    push_opt_str(out, r.client_key_id.as_deref());
+    out.extend_from_slice(b",\"endpoint\":");
+    push_str(out, &r.endpoint);
+    out.extend_from_slice(b",\"canonical_model\":");
+    push_opt_str(out, r.canonical_model.as_deref());
+    out.extend_from_slice(b",\"backend_id\":");
+    push_opt_str(out, r.backend_id.as_deref());
+    out.extend_from_slice(b",\"upstream_model\":");
+    push_opt_str(out, r.upstream_model.as_deref());
+    out.extend_from_slice(b",\"pool\":");
+    push_opt_str(out, r.pool.as_deref());
+    out.extend_from_slice(b",\"attempts\":");
+    push_u64(out, u64::from(r.attempts));
+    out.extend_from_slice(b",\"status\":");
+    push_u64(out, u64::from(r.status));
+    out.extend_from_slice(b",\"outcome\":\"");
+    out.extend_from_slice(r.outcome.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"error_kind\":");
+    push_opt_str(out, r.error_kind.as_deref());
+    out.extend_from_slice(b",\"prompt_tokens\":");
+    push_opt_u64(out, r.prompt_tokens.map(u64::from));
+    out.extend_from_slice(b",\"completion_tokens\":");
+    push_opt_u64(out, r.completion_tokens.map(u64::from));
+    out.extend_from_slice(b",\"total_tokens\":");
+    push_opt_u64(out, r.total_tokens.map(u64::from));
+    out.extend_from_slice(b",\"cached_tokens\":");
+    push_opt_u64(out, r.cached_tokens.map(u64::from));
+    out.extend_from_slice(b",\"latency_ms\":");
+    push_u64(out, r.latency_ms);
+    out.extend_from_slice(b",\"ttfb_ms\":");
+    push_opt_u64(out, r.ttfb_ms);
+    out.extend_from_slice(b",\"streamed\":");
+    push_bool(out, r.streamed);
+    out.extend_from_slice(b",\"tokens_estimated\":");
+    push_bool(out, r.tokens_estimated);
+    out.extend_from_slice(b",\"cost_usd\":");
+    match r.cost {
+        // The amount's own serde (a float of dollars, serde_json's shortest text): rare enough
+        // per line to keep the one definition of how an amount becomes a JSON number.
+        Some(cost) => {
+            if serde_json::to_writer(&mut *out, &cost).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"cache_write_tokens\":");
+    push_opt_u64(out, r.cache_write_tokens.map(u64::from));
+    out.extend_from_slice(b"}}\n");
+}
+
+fn push_bool(out: &mut Vec<u8>, value: bool) {
+    out.extend_from_slice(if value { b"true" } else { b"false" });
+}
+
+fn push_u64(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0_u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // `value % 10` < 10: the cast cannot truncate.
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+fn push_i64(out: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, value.unsigned_abs());
+}
+
+fn push_opt_u64(out: &mut Vec<u8>, value: Option<u64>) {
+    match value {
+        Some(value) => push_u64(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(value) => push_str(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string exactly as `serde_json` escapes it: `"` and `\` with a backslash, the short
+/// forms `\b \t \n \f \r`, other control characters as `\u00xx` (lower-case hex), everything
+/// else (DEL and all non-ASCII included) as it is.
+fn push_str(out: &mut Vec<u8>, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = value.as_bytes();
+    out.push(b'"');
+    let mut start = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let short: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..at]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0x0f)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = at + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
