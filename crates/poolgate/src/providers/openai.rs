@@ -318,6 +318,10 @@ mod tests {
         for chunk in &chunks {
             assert_eq!(chunk_usage(chunk), chunk_usage_parsed(chunk), "{chunk}");
         }
+        // The chunks `include_usage` marks null are not parsed at all.
+        assert!(!may_carry_usage(chunks[0].as_bytes()));
+        assert!(!may_carry_usage(chunks[1].as_bytes()));
+        assert!(may_carry_usage(chunks[2].as_bytes()));
         // Both paths are exercised: some chunks carry usage.
         assert!(chunks.iter().filter(|c| chunk_usage(c).is_some()).count() >= 5);
     }
