@@ -47,12 +47,16 @@ use chrono::Utc;
 use super::context::RequestContext;
 use super::error::ProxyError;
 use super::plan::Inbound;
+use crate::domain::UpstreamModel;
 use crate::pricing::{BudgetExceeded, BudgetReservation, Nanodollars, SpendLedger};
+use crate::providers::Endpoint;
 use crate::routing::{LiveBackend, Route};
+use crate::runtime::Cluster;
 use crate::shared::{
     BudgetAdmit, BudgetClaim, BudgetHold, BudgetWindowClaim, SharedRuntime, SpendRecord,
     SpendWindowSeed,
 };
+use crate::token_count::RequestEstimate;
 
 /// Where a reservation was made.
 enum Held {
@@ -130,7 +134,7 @@ fn settle(held: Held, cost: Option<Nanodollars>) {
                 Err(_) => {
                     ledger.record(cost, now);
                     tracing::warn!(
-                        key = %hold.owner,
+                        owner = %hold.owner,
                         "budget settle outside a runtime: the shared reservation stays"
                     );
                 }
@@ -201,12 +205,91 @@ pub async fn admit(
         return Ok(None);
     };
     let estimate = estimate_cost(ctx, inbound, route);
+    let shared = key
+        .runtime
+        .cluster()
+        .map(|(cluster, id)| (cluster, id.to_owned()));
+    match reserve(ledger, shared, estimate).await {
+        Ok(held) => Ok(Some(SpendGuard { held: Some(held) })),
+        Err(Refusal::Exceeded(exceeded)) => Err(ProxyError::BudgetExceeded {
+            message: exceeded.message("this key"),
+        }),
+        Err(Refusal::Unavailable) => Err(ProxyError::LimiterUnavailable),
+    }
+}
+
+/// Why a backend's monthly spend cap did not take an attempt's reservation.
+pub enum CapRefusal {
+    /// The cap cannot cover the estimate: skip the backend (like one whose cap is spent).
+    Capped(BudgetExceeded),
+    /// Cluster mode, shared state unreachable and `redis.fail_closed`: the request ends (503).
+    Unavailable,
+}
+
+/// Phase **select**, the spend half: reserves the request's estimated cost at `backend`'s price
+/// (the price of `upstream_model`) under the backend's monthly spend cap, if it has one —
+/// `Ok(None)` without a cap (no estimate, no lock, no call). The [`SpendGuard`] rides in the
+/// usage draft ([`super::record::UsageDraft::hold_backend_spend`]): released (settled with 0)
+/// when the attempt fails, settled with the real cost when the record is finished.
+///
+/// In cluster mode the reservation is one atomic call to the shared state on the backend's month
+/// window (`budget:backend:<id>:m:<yyyymm>`, the figure the settles add to and
+/// `control::spend_follower` reads), so the cap is the cluster's; while shared state is
+/// unreachable the backend's local ledger answers (or, with `redis.fail_closed`, the request
+/// ends with 503), as for a client key's budget. Calls that use no upstream tokens (a stored
+/// response, token counting) reserve nothing.
+pub async fn reserve_backend(
+    ctx: &RequestContext,
+    inbound: &Inbound,
+    route: &Route,
+    backend: &LiveBackend,
+    upstream_model: &UpstreamModel,
+) -> Result<Option<SpendGuard>, CapRefusal> {
+    let Some(ledger) = &backend.spend else {
+        return Ok(None);
+    };
+    if inbound.is_response_call() || inbound.endpoint == Endpoint::CountTokens {
+        return Ok(None);
+    }
+    let first = route
+        .members()
+        .next()
+        .map_or(upstream_model, |member| &member.upstream_model);
+    let tokens = ctx.token_estimate(inbound, first.as_str());
+    let estimate =
+        price_estimate(ctx, upstream_model.as_str(), tokens).unwrap_or(Nanodollars::ZERO);
+    let shared = backend
+        .runtime
+        .cluster()
+        .map(|cluster| (cluster, SpendRecord::backend_owner(backend.id())));
+    match reserve(ledger, shared, estimate).await {
+        Ok(held) => Ok(Some(SpendGuard { held: Some(held) })),
+        Err(Refusal::Exceeded(exceeded)) => Err(CapRefusal::Capped(exceeded)),
+        Err(Refusal::Unavailable) => Err(CapRefusal::Unavailable),
+    }
+}
+
+/// Why [`reserve`] refused.
+enum Refusal {
+    Exceeded(BudgetExceeded),
+    /// Shared state unreachable, and limits fail closed.
+    Unavailable,
+}
+
+/// Reserves `estimate` in every limited window of `ledger` — in cluster mode (`shared`: the
+/// cluster and the owner naming the shared windows) atomically in the shared state, the ledger
+/// answering while it is unreachable unless limits fail closed.
+async fn reserve(
+    ledger: &Arc<SpendLedger>,
+    shared: Option<(&Arc<Cluster>, String)>,
+    estimate: Nanodollars,
+) -> Result<Held, Refusal> {
     let now = Utc::now();
-    if let Some((cluster, id)) = key.runtime.cluster() {
+    if let Some((cluster, owner)) = shared {
         let windows = ledger.shared_windows(now);
         if !windows.is_empty() {
             let claim = BudgetClaim {
-                owner: id.to_owned(),
+                owner,
                 amount: estimate.get(),
                 windows: windows
                     .iter()
@@ -228,13 +311,11 @@ pub async fn admit(
                             Utc::now(),
                         );
                     }
-                    return Ok(Some(SpendGuard {
-                        held: Some(Held::Shared {
-                            ledger: Arc::clone(ledger),
-                            shared: Arc::clone(&cluster.shared),
-                            hold,
-                        }),
-                    }));
+                    return Ok(Held::Shared {
+                        ledger: Arc::clone(ledger),
+                        shared: Arc::clone(&cluster.shared),
+                        hold,
+                    });
                 }
                 Some(BudgetAdmit::Refused {
                     index,
@@ -248,51 +329,51 @@ pub async fn admit(
                             now,
                             Utc::now(),
                         );
-                        let exceeded = BudgetExceeded {
+                        return Err(Refusal::Exceeded(BudgetExceeded {
                             window: window.window,
                             limit: window.limit,
                             spent: Nanodollars::new(spent),
                             reserved: Nanodollars::new(reserved),
                             requested: estimate,
                             resets_at: window.window.resets_at(now),
-                        };
-                        return Err(ProxyError::BudgetExceeded {
-                            message: exceeded.message("this key"),
-                        });
+                        }));
                     }
                 }
-                None if cluster.fail_closed => return Err(ProxyError::LimiterUnavailable),
+                None if cluster.fail_closed => return Err(Refusal::Unavailable),
                 // Degraded: the local ledger below.
                 None => {}
             }
         }
     }
     match ledger.reserve(estimate, now) {
-        Ok(reservation) => Ok(Some(SpendGuard {
-            held: Some(Held::Local(Arc::clone(ledger), reservation)),
-        })),
-        Err(exceeded) => Err(ProxyError::BudgetExceeded {
-            message: exceeded.message("this key"),
-        }),
+        Ok(reservation) => Ok(Held::Local(Arc::clone(ledger), reservation)),
+        Err(exceeded) => Err(Refusal::Exceeded(exceeded)),
     }
 }
 
 /// The most the request may cost on any of the route's candidates.
 fn estimate_cost(ctx: &RequestContext, inbound: &Inbound, route: &Route) -> Nanodollars {
-    let mut members = route.tiers.iter().flat_map(|tier| tier.members.iter());
-    let Some(first) = members.next() else {
+    let Some(first) = route.members().next() else {
         return Nanodollars::ZERO;
     };
     let tokens = ctx.token_estimate(inbound, first.upstream_model.as_str());
-    std::iter::once(first)
-        .chain(members)
-        .filter_map(|member| ctx.live.prices.lookup(member.upstream_model.as_str()))
-        .map(|found| {
-            found
-                .entry
-                .price
-                .estimate(tokens.prompt.tokens, tokens.output_reserve)
-        })
+    route
+        .members()
+        .filter_map(|member| price_estimate(ctx, member.upstream_model.as_str(), tokens))
         .max()
         .unwrap_or(Nanodollars::ZERO)
+}
+
+/// What `tokens` may cost at the price of `upstream_model` (`None` without a price).
+fn price_estimate(
+    ctx: &RequestContext,
+    upstream_model: &str,
+    tokens: &RequestEstimate,
+) -> Option<Nanodollars> {
+    ctx.live.prices.lookup(upstream_model).map(|found| {
+        found
+            .entry
+            .price
+            .estimate(tokens.prompt.tokens, tokens.output_reserve)
+    })
 }
