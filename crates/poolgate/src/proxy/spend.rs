@@ -26,19 +26,32 @@
 //! `redis.fail_closed`, the request gets 503.
 //!
 //! # A backend's monthly spend cap
-//! Checked, not reserved: `routing::accept` skips a backend whose ledger has nothing left, and
-//! [`record_backend`] adds each settled cost to it. In cluster mode the cost also goes to the
-//! backend's shared month figure (`budget:backend:<id>:m:<yyyymm>`, one call per settle, its own
-//! task, only for a capped backend), seeded from the ledger like a key's budget; the reply raises
-//! the ledger to the shared figure, and `control::spend_follower` reads every capped backend's
-//! figure once per `redis.heartbeat_ms`, so an instance that sends nothing to a backend still
-//! learns that the others spent its cap. How far a cap can be overrun, all instances together:
-//! by the cost of the requests that were admitted to the backend before their instance saw the
-//! cap spent — those in flight when it was reached, plus, on each other instance, those it
-//! admitted within one heartbeat interval after (or until its own next settle, whichever came
-//! first). While Redis is unreachable each instance checks its own ledger (the last shared
-//! figure plus its own spend since: up to the whole remainder per instance); its next settle
-//! once Redis answers seeds the shared figure with it.
+//! Reserved per attempt, like a key's budget: once the attempt loop has chosen a capped backend,
+//! and before anything is sent, [`reserve_backend`] reserves the request's estimate at *that
+//! backend's* price (the same token estimate, priced for its upstream model) in the backend's
+//! ledger. A cap that cannot cover it skips the backend like one whose cap is spent (the next
+//! candidate, the next pool; all of them: 429 `budget_exceeded`). The [`SpendGuard`] rides in
+//! the usage draft: a failed attempt releases it (settled with 0) before the next one, the
+//! attempt that serves settles it with the real cost when the record is finished (a cut
+//! stream's estimated usage included), and a draft dropped unwritten charges the estimate.
+//! `routing::accept` still skips a backend whose ledger has nothing left (no lock beyond that
+//! check, no estimate); backends without a cap skip all of it. Spend that went through no
+//! reservation (calls that use no upstream tokens) is added by [`record_backend`]. The bound is
+//! the key budget's: the cap is overrun by at most what the attempts in flight on the backend
+//! cost beyond their estimates.
+//!
+//! In cluster mode the reservation is the same atomic `budget.lua` call as a key's, on the
+//! backend's month window (owner [`SpendRecord::backend_owner`]: `budget:backend:<id>:m:<yyyymm>`,
+//! the figure [`record_backend`] adds to and `control::spend_follower` reads once per
+//! `redis.heartbeat_ms`), so the bound holds for all instances together; the settle is its own
+//! task. While Redis is unreachable each instance reserves in its own ledger (the last shared
+//! figure plus its own spend since: up to the whole remainder per instance), and its next
+//! reservation once Redis answers seeds the shared figure with it; with `redis.fail_closed` the
+//! request ends with 503 `limiter_unavailable`, as for a key's budget. An attempt on a capped
+//! backend therefore makes one more Redis call on the request path (the reservation, before the
+//! bucket admission, so a refused one takes no shared token), and one off it (the settle, or the
+//! release of a failed attempt). On one instance a refused attempt gives its backend's RPM token
+//! back.
 
 use std::sync::Arc;
 
@@ -71,7 +84,8 @@ enum Held {
     },
 }
 
-/// A key's reservation, settled exactly once.
+/// A reservation (a client key's budget, or a backend's cap for one attempt), settled exactly
+/// once.
 pub struct SpendGuard {
     held: Option<Held>,
 }
@@ -143,8 +157,9 @@ fn settle(held: Held, cost: Option<Nanodollars>) {
     }
 }
 
-/// Records `cost` (settled by a request served by `backend`) against the backend's monthly
-/// spend cap, if it has one. In cluster mode the shared figure gets it first (its own task; the
+/// Records `cost` (settled by a request served by `backend` without a reservation: a call that
+/// uses no upstream tokens) against the backend's monthly spend cap, if it has one. In cluster
+/// mode the shared figure gets it first (its own task; the
 /// ledger records the cost after the call, so it stays a floor that each record raises the
 /// shared figure to, and is then raised to the shared figure the reply carries).
 pub fn record_backend(backend: &LiveBackend, cost: Nanodollars) {

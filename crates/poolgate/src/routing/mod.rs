@@ -363,6 +363,7 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
     pub fn cap_refused(&mut self, ticket: Ticket, exceeded: crate::pricing::BudgetExceeded) {
         self.cap_refused
             .push((Arc::as_ptr(&ticket.backend).addr(), exceeded));
+        ticket.admitted.unsent(Instant::now());
     }
 
     /// The earliest moment a skipped candidate may become ready.

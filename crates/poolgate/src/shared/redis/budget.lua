@@ -1,12 +1,13 @@
 -- poolgate budget v1
--- A client key's spend budget, atomically: (mode 'take') reserve `amount` in every limited
--- window, all or nothing; or (mode 'settle') release a reservation and record the real cost;
--- or (mode 'record') add spend made without a reservation (a backend's monthly cap); or (mode
--- 'read') return what is spent.
+-- A client key's spend budget or a backend's monthly cap, atomically: (mode 'take') reserve
+-- `amount` in every limited window, all or nothing; or (mode 'settle') release a reservation
+-- and record the real cost; or (mode 'record') add spend made without a reservation (a capped
+-- backend's call that reserved nothing); or (mode 'read') return what is spent.
 -- Changing what this script does or returns: rename it to v2 (see admit.lua).
 --
--- KEYS[i] one hash {spent, reserved} per window (budget:<key>:d:<yyyymmdd>, :m:<yyyymm>, :t),
--- amounts in integer nanodollars.
+-- KEYS[i] one hash {spent, reserved} per window (budget:<key>:d:<yyyymmdd>, :m:<yyyymm>, :t;
+-- a backend's cap: budget:backend:<id>:m:<yyyymm> in every mode), amounts in integer
+-- nanodollars.
 -- take:   ARGV[1] 'take'   ARGV[2] amount
 --         ARGV[3 + 3(i-1)] limit of window i   ARGV[4 + 3(i-1)] the least the window's spent
 --         can be (the instance's ledger: the database's figure at start-up plus spend the
