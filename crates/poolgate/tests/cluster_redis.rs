@@ -469,10 +469,50 @@ async fn limits_set_to_fail_closed_answer_503_while_redis_is_down() {
         ),
         // Another model on a backend without limits: nothing to check, it keeps serving.
         backend_toml("free", &upstream.openai_base_url(), "primary", "")
-            .replace("m = \"up-m\"", "free = \"up-free\"")
+            .replace("m = \"up-m\"", "free = \"up-free\""),
+    );
+    let toml = format!(
+        "{toml}{}",
+        // And one on a backend with a monthly spend cap (set below): its reservation is a
+        // Redis call, refused while Redis is down.
+        backend_toml("capped", &upstream.openai_base_url(), "primary", "")
+            .replace("m = \"up-m\"", "capped = \"up-capped\"")
     );
     let mut cluster = Cluster::start(2, Some("fail_closed = true"), &toml).await;
     assert_eq!(chat(&cluster.instances[1]).await.status, 200);
+    let list = common::send(cluster.instances[0].admin(reqwest::Method::GET, "/backends")).await;
+    let capped = list.json["data"]
+        .as_array()
+        .or(list.json.as_array())
+        .unwrap()
+        .iter()
+        .find(|backend| backend["name"] == "capped")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = common::send(
+        cluster.instances[0]
+            .admin(reqwest::Method::PATCH, &format!("/backends/{capped}"))
+            .json(&json!({"monthly_spend_cap_usd": 10})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer}");
+    let ask_capped = |gateway: &common::Gateway| {
+        common::send(
+            gateway
+                .proxy("/v1/chat/completions")
+                .json(&json!({"model": "capped", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+    };
+    for gateway in &cluster.instances {
+        within("the cap is known", Duration::from_secs(10), || async {
+            gateway.backend(&capped).await["spend"]["monthly"]["limit_usd"] == json!(10.0)
+        })
+        .await;
+        let answer = ask_capped(gateway).await;
+        assert_eq!(answer.status, 200, "{answer}");
+    }
 
     cluster.redis.as_mut().unwrap().kill();
     for gateway in &cluster.instances {
@@ -490,6 +530,12 @@ async fn limits_set_to_fail_closed_answer_503_while_redis_is_down() {
         )
         .await;
         assert_eq!(free.status, 200, "{free}");
+        let refused = ask_capped(gateway).await;
+        assert_eq!(refused.status, 503, "{refused}");
+        assert_eq!(
+            refused.json["error"]["code"], "limiter_unavailable",
+            "{refused}"
+        );
     }
     // Degraded once the breaker opened (three failed calls; the heartbeat makes one a second).
     within(
