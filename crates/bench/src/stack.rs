@@ -95,22 +95,61 @@ async fn wait_until_serving(
                 return Ok(since.elapsed());
             }
         }
-        if !child.running() {
-            bail!(
-                "{} exited during start-up; see {}",
-                child.name(),
-                child.log().display()
-            );
-        }
-        if since.elapsed() > timeout {
-            bail!(
-                "{} did not serve a request within {timeout:?}; see {}",
-                child.name(),
-                child.log().display()
-            );
-        }
+        still_starting(child, since, timeout, "serve a request")?;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// An error if `child` exited, or has not managed to `what` within `timeout` of `since`.
+fn still_starting(child: &mut Child, since: Instant, timeout: Duration, what: &str) -> Result<()> {
+    if !child.running() {
+        bail!(
+            "{} exited during start-up; see {}",
+            child.name(),
+            child.log().display()
+        );
+    }
+    if since.elapsed() > timeout {
+        bail!(
+            "{} did not {what} within {timeout:?}; see {}",
+            child.name(),
+            child.log().display()
+        );
+    }
+    Ok(())
+}
+
+/// Waits for poolgate's "poolgate listening addr=…" log line (it binds port 0, so no port is
+/// picked in advance and none can be taken by another process meanwhile); returns the address.
+async fn wait_until_listening(child: &mut Child, timeout: Duration) -> Result<SocketAddr> {
+    let since = Instant::now();
+    loop {
+        let log = std::fs::read(child.log()).unwrap_or_default();
+        if let Some(addr) = listening_addr(&String::from_utf8_lossy(&log)) {
+            return addr
+                .parse()
+                .with_context(|| format!("{} logged a bad address `{addr}`", child.name()));
+        }
+        still_starting(child, since, timeout, "log its address")?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The address of the "poolgate listening" line (human format: `addr=…`, JSON: `"addr":"…"`).
+/// The log is a file, so poolgate writes it without colours.
+fn listening_addr(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("poolgate listening"))?;
+    let start = match line.find("addr=") {
+        Some(at) => at + "addr=".len(),
+        None => line.find("\"addr\":")? + "\"addr\":".len(),
+    };
+    let addr: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ',')
+        .collect();
+    Some(addr.trim_matches('"').to_owned())
 }
 
 fn fresh_dir(dir: &Path) -> Result<()> {
@@ -249,12 +288,11 @@ pub async fn start_poolgate_with(
         &config,
         format!("{}{extra_toml}\n{}", spec.toml(), bins.poolgate_toml),
     )?;
-    let addr = free_addr()?;
     let mut command = Command::new(&bins.poolgate);
     command
         .arg("serve")
         .arg("--listen")
-        .arg(addr.to_string())
+        .arg("127.0.0.1:0")
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--config")
@@ -271,6 +309,7 @@ pub async fn start_poolgate_with(
     command.envs(bins.poolgate_env.iter().map(|(k, v)| (k, v)));
     let started = Instant::now();
     let mut child = Child::spawn(&spec.name, command, logs)?;
+    let addr = wait_until_listening(&mut child, Duration::from_secs(30)).await?;
     let startup = wait_until_serving(
         &mut child,
         addr,
@@ -342,7 +381,34 @@ pub async fn start_nginx(
     logs: &Path,
 ) -> Result<Nginx> {
     let prefix = work.join("nginx");
-    fresh_dir(&prefix)?;
+    // nginx cannot bind port 0 and say which port it got: a free port is picked first, and if
+    // another process takes it before nginx binds it, nginx is started again on a new one.
+    let mut attempts_left = 3;
+    loop {
+        attempts_left -= 1;
+        match start_nginx_once(binary, upstream, &prefix, logs).await {
+            Ok(nginx) => return Ok(nginx),
+            Err(error) if attempts_left > 0 && port_was_taken(&prefix) => {
+                eprintln!("nginx: its port was taken ({error:#}); starting it on another");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Whether nginx's error log says its listening address was in use.
+fn port_was_taken(prefix: &Path) -> bool {
+    std::fs::read_to_string(prefix.join("error.log"))
+        .is_ok_and(|log| log.contains("Address already in use"))
+}
+
+async fn start_nginx_once(
+    binary: &Path,
+    upstream: SocketAddr,
+    prefix: &Path,
+    logs: &Path,
+) -> Result<Nginx> {
+    fresh_dir(prefix)?;
     let addr = free_addr()?;
     let p = prefix.display();
     let config = format!(
@@ -383,7 +449,7 @@ http {{
     let mut command = Command::new(binary);
     command
         .arg("-p")
-        .arg(&prefix)
+        .arg(prefix)
         .arg("-c")
         .arg(&file)
         .arg("-e")
@@ -503,4 +569,19 @@ pub async fn start_litellm(
         addr,
         startup,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listening_addr;
+
+    #[test]
+    fn the_listening_address_is_read_from_either_log_format() {
+        let human = "2026-11-30T10:00:00.000000Z  INFO poolgate::server: poolgate listening addr=127.0.0.1:40123 instance=\"a\"\n";
+        assert_eq!(listening_addr(human).as_deref(), Some("127.0.0.1:40123"));
+        let json =
+            r#"{"fields":{"message":"poolgate listening","addr":"127.0.0.1:8080","backends":1}}"#;
+        assert_eq!(listening_addr(json).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(listening_addr("INFO migrations applied\n"), None);
+    }
 }

@@ -44,19 +44,45 @@ struct Held {
     pending: u64,
 }
 
+/// The fewest entries the allowance map holds before it is first swept.
+const FIRST_SWEEP_AT: usize = 64;
+
+/// The allowances by bucket. Entries of buckets no longer leased (lapsed, nothing asked) are
+/// swept whenever the map has doubled since the last sweep, so it stays in proportion to the
+/// buckets in use, not to every bucket ever leased (amortised O(1) per admission).
+#[derive(Debug)]
+struct HeldMap {
+    by_bucket: HashMap<BucketKey, Held>,
+    sweep_at: usize,
+}
+
+impl HeldMap {
+    fn sweep_if_grown(&mut self, now: Instant) {
+        if self.by_bucket.len() < self.sweep_at {
+            return;
+        }
+        self.by_bucket
+            .retain(|_, held| held.pending > 0 || (held.expires > now && held.tokens > 0));
+        self.sweep_at = (self.by_bucket.len() * 2).max(FIRST_SWEEP_AT);
+    }
+}
+
 /// This instance's allowances, by bucket.
 #[derive(Debug)]
 pub(super) struct Allowances {
     /// The largest allowance of any bucket (`redis.allowance_max`; 0 = off).
     max: u64,
-    held: Mutex<HashMap<BucketKey, Held>>,
+    held: Mutex<HeldMap>,
 }
 
 impl Allowances {
     pub fn new(max: u32) -> Allowances {
         Allowances {
             max: u64::from(max),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HeldMap {
+                by_bucket: HashMap::new(),
+                sweep_at: FIRST_SWEEP_AT,
+            }),
         }
     }
 
@@ -82,7 +108,7 @@ impl Allowances {
         {
             return false;
         }
-        let mut held = self.held.lock();
+        let held = &mut self.held.lock().by_bucket;
         for (i, claim) in claims.iter().enumerate() {
             // (A bucket named twice pays twice.)
             let need = claims[..=i].iter().filter(|c| c.key == claim.key).count();
@@ -115,7 +141,9 @@ impl Allowances {
                 asked: Vec::new(),
             };
         }
-        let mut held = self.held.lock();
+        let mut map = self.held.lock();
+        map.sweep_if_grown(now);
+        let held = &mut map.by_bucket;
         let asked = merged
             .iter()
             .map(|&(key, per_minute, _)| {
@@ -141,14 +169,14 @@ impl Allowances {
 
     /// Drops the allowance of `key` (its backend cools down, is broken or needs a probe).
     pub fn forget(&self, key: &BucketKey) {
-        if let Some(entry) = self.held.lock().get_mut(key) {
+        if let Some(entry) = self.held.lock().by_bucket.get_mut(key) {
             entry.tokens = 0;
         }
     }
 
     /// Drops every allowance (the shared state became unreachable, or reachable again).
     pub fn clear(&self) {
-        for entry in self.held.lock().values_mut() {
+        for entry in self.held.lock().by_bucket.values_mut() {
             entry.tokens = 0;
         }
     }
@@ -158,6 +186,7 @@ impl Allowances {
     fn usable(&self, key: &BucketKey, now: Instant) -> u64 {
         self.held
             .lock()
+            .by_bucket
             .get(key)
             .filter(|entry| entry.expires > now)
             .map_or(0, |entry| entry.tokens)
@@ -182,7 +211,7 @@ impl Ask<'_> {
     /// The script granted `granted` (one figure per bucket, all or none).
     pub fn granted(mut self, granted: &[i64], now: Instant) {
         let asked = std::mem::take(&mut self.asked);
-        let mut held = self.allowances.held.lock();
+        let held = &mut self.allowances.held.lock().by_bucket;
         for ((key, amount), &granted) in asked.iter().zip(granted) {
             let Some(entry) = held.get_mut(key) else {
                 continue;
@@ -203,7 +232,7 @@ impl Drop for Ask<'_> {
         if self.asked.is_empty() {
             return;
         }
-        let mut held = self.allowances.held.lock();
+        let held = &mut self.allowances.held.lock().by_bucket;
         for (key, amount) in &self.asked {
             if let Some(entry) = held.get_mut(key) {
                 entry.pending = entry.pending.saturating_sub(*amount);
@@ -325,5 +354,53 @@ mod tests {
             .granted(&[32], now);
         allowances.clear();
         assert!(!allowances.take(&[claim(&rpm, 600_000)], now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buckets_no_longer_leased_are_swept_while_live_ones_stay() {
+        let start = Instant::now();
+        let allowances = Allowances::new(32);
+        let entries = || allowances.held.lock().by_bucket.len();
+        let lease = |name: &str, now: Instant| {
+            let key = BucketKey::client_rpm(name);
+            allowances
+                .ask(&[(&key, 600_000, 1)], now)
+                .granted(&[32], now);
+        };
+        // One bucket kept busy, and an ask still waiting for its reply.
+        lease("busy", start);
+        let waiting = BucketKey::client_rpm("waiting");
+        let ask = allowances.ask(&[(&waiting, 600_000, 1)], start);
+        for i in 0..1_000 {
+            lease(&format!("once-{i}"), start);
+        }
+        assert_eq!(entries(), 1_002, "nothing lapsed yet: every entry is live");
+        // A second later the one-off leases have lapsed; the busy bucket is leased again.
+        let later = start + LIFETIME + Duration::from_millis(1);
+        lease("busy", later);
+        for i in 0..3_000 {
+            lease(&format!("next-{i}"), later);
+        }
+        let later_still = later + LIFETIME + Duration::from_millis(1);
+        lease("busy", later_still);
+        for i in 0..3_000 {
+            lease(&format!("last-{i}"), later_still);
+        }
+        let held = |name: &str| {
+            allowances
+                .held
+                .lock()
+                .by_bucket
+                .contains_key(&BucketKey::client_rpm(name))
+        };
+        assert!(!held("once-0") && !held("next-0") && !held("next-2999"));
+        assert!(held("busy") && held("waiting") && held("last-2999"));
+        assert!(entries() <= 3_002, "{} entries", entries());
+        assert_eq!(
+            allowances.usable(&BucketKey::client_rpm("busy"), later_still),
+            32
+        );
+        ask.granted(&[32], later_still);
+        assert_eq!(allowances.usable(&waiting, later_still), 32);
     }
 }
