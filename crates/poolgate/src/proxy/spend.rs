@@ -14,7 +14,9 @@
 //! # Cluster mode
 //! The reservation is one atomic call to the shared state ([`SharedRuntime::reserve_budget`]:
 //! Redis's `budget.lua`, every limited window all or nothing, the same rule as the ledger), so the
-//! bound above holds for all instances together. It is a call of its own, not part of the bucket
+//! bound above holds for all instances together. It runs in a task of its own
+//! ([`reserve_budget_detached`]), which releases a reservation that a request abandoned during
+//! the call (its client left) never received. It is a call of its own, not part of the bucket
 //! admission (`admit.lua`): the budget is reserved once per request, before the backend is
 //! chosen, at the route's highest price, and its refusal is the key's `budget_exceeded`, while the
 //! bucket admission runs per attempt on the chosen backend (the key's RPM/TPM ride on the first
@@ -66,8 +68,8 @@ use crate::providers::Endpoint;
 use crate::routing::{LiveBackend, Route};
 use crate::runtime::Cluster;
 use crate::shared::{
-    BudgetAdmit, BudgetClaim, BudgetHold, BudgetWindowClaim, SharedRuntime, SpendRecord,
-    SpendWindowSeed,
+    reserve_budget_detached, BudgetAdmit, BudgetClaim, BudgetHold, BudgetWindowClaim,
+    SharedRuntime, SpendRecord, SpendWindowSeed,
 };
 use crate::token_count::RequestEstimate;
 
@@ -316,7 +318,7 @@ async fn reserve(
                     })
                     .collect(),
             };
-            match cluster.shared.reserve_budget(&claim).await {
+            match reserve_budget_detached(&cluster.shared, claim).await {
                 Some(BudgetAdmit::Reserved { hold, figures }) => {
                     for (window, (spent, _)) in windows.iter().zip(figures) {
                         ledger.observe_shared_as_of(

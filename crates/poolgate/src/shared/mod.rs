@@ -370,6 +370,26 @@ pub struct SpendWindowSeed {
     pub expire_at_ms: Option<i64>,
 }
 
+/// [`SharedRuntime::reserve_budget`] from a task of its own, for a request that may be abandoned
+/// while the call is in flight (its client left): the script may already have reserved, and a
+/// reservation nobody received would stay in the window until it is forgotten (a month for a
+/// backend's cap) — the task releases it instead (settled with 0). `None` as for
+/// `reserve_budget`.
+pub async fn reserve_budget_detached(
+    shared: &Arc<dyn SharedRuntime>,
+    claim: BudgetClaim,
+) -> Option<BudgetAdmit> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let admitted = shared.reserve_budget(&claim).await;
+        if let Err(Some(BudgetAdmit::Reserved { hold, .. })) = reply.send(admitted) {
+            shared.settle_budget(hold, 0).await;
+        }
+    });
+    answer.await.ok().flatten()
+}
+
 /// Shared runtime state: see the module doc for the call order on the request path.
 ///
 /// No method returns an error: unreachable shared state is a [`Mode::Degraded`] answer, logged
