@@ -215,7 +215,8 @@ async fn prepare(
     let server = Server::new(config.server.clone())
         .map_err(|invalid| InitError::Config(invalid.to_string()))?;
     data.observer.watch_connections(Arc::new(server.handle()))?;
-    let listener = TcpListener::bind(config.listen)
+    let listener = server
+        .bind(config.listen)
         .await
         .map_err(|e| InitError::io(format!("binding {}", config.listen), e))?;
     let addr = listener
@@ -237,6 +238,8 @@ async fn prepare(
         traces = data.observer.tracing_enabled(),
         max_connections = config.server.max_connections,
         max_in_flight = config.proxy.max_in_flight,
+        server_runtime = config.server.runtime.as_str(),
+        per_core_threads = config.server.runtime.per_core_threads(),
         open_file_limit = open_file_limit().map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
         "poolgate listening"
     );
@@ -279,6 +282,8 @@ async fn serve(
     } = plan;
     let handle = server.handle();
     let mut serving = tokio::spawn(server.serve(listener, router));
+    // However the server ends, per-core runtimes end with this task.
+    let _finish = FinishOnDrop(handle.clone());
     let ended_early = tokio::select! {
         _ = stop => false,
         () = async {
@@ -341,6 +346,17 @@ async fn serve(
         traces.shutdown().await;
     }
     Ok(())
+}
+
+/// Tells the server it is done with ([`ServerHandle::finish`]) when dropped: at the end of
+/// [`serve`] — after the usage flush, so that tasks requests started on a per-core runtime (a
+/// budget settle) ran to the end — or if that task is cancelled.
+struct FinishOnDrop(ServerHandle);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 /// SIGINT and SIGTERM, listened for from [`ShutdownSignals::install`] on.

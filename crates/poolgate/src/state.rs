@@ -76,7 +76,11 @@ impl LiveReader {
 /// What the request path holds (behind [`DataPlane`]).
 pub struct DataShared {
     pub config: Arc<Config>,
-    pub http: reqwest::Client,
+    /// The upstream client of requests on the work-stealing runtime (and of everything else).
+    http: reqwest::Client,
+    /// With `server.runtime = "thread_per_core"`: one client per per-core runtime, so that the
+    /// upstream connections a thread uses live on that thread.
+    per_core_http: Vec<reqwest::Client>,
     pub usage: UsageSink,
     pub health: HealthSink,
     /// Response owners and sticky sessions (kept across snapshot swaps).
@@ -115,21 +119,10 @@ impl DataPlane {
         admin_token: SecretString,
         observer: Observer,
     ) -> Result<DataPlane, InitError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.proxy.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            // Never follow an upstream's redirect with the backend's key.
-            .redirect(reqwest::redirect::Policy::none())
-            // Every resolved address passes the egress policy (no DNS rebinding); no proxy from
-            // the environment, so the policy sees the backend's own addresses.
-            .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
-                config.network.clone(),
-            ))))
-            .no_proxy()
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))?;
+        let http = upstream_client(&config)?;
+        let per_core_http = (0..config.server.runtime.per_core_threads())
+            .map(|_| upstream_client(&config))
+            .collect::<Result<_, _>>()?;
         let in_flight = Arc::new(ConcurrencyLimit::new(
             u32::try_from(config.proxy.max_in_flight).unwrap_or(u32::MAX),
         ));
@@ -137,6 +130,7 @@ impl DataPlane {
             shared: Arc::new(DataShared {
                 config,
                 http,
+                per_core_http,
                 usage,
                 health,
                 affinity,
@@ -147,6 +141,14 @@ impl DataPlane {
                 stream_cancel: tokio::sync::watch::channel(false).0,
             }),
         })
+    }
+
+    /// The upstream client for a request on this thread: the per-core runtime's own, else the
+    /// shared one.
+    pub fn http(&self) -> &reqwest::Client {
+        crate::serving::per_core::worker_index()
+            .and_then(|index| self.shared.per_core_http.get(index))
+            .unwrap_or(&self.shared.http)
     }
 
     /// The current snapshot (lock-free). A request loads it once and keeps it.
@@ -167,6 +169,26 @@ impl DataPlane {
             let _ = receiver.wait_for(|cancelled| *cancelled).await;
         }
     }
+}
+
+/// The client of upstream calls: pooled keep-alive connections, no redirects, the egress policy
+/// on every resolved address.
+fn upstream_client(config: &Config) -> Result<reqwest::Client, InitError> {
+    reqwest::Client::builder()
+        .connect_timeout(config.proxy.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        // Never follow an upstream's redirect with the backend's key.
+        .redirect(reqwest::redirect::Policy::none())
+        // Every resolved address passes the egress policy (no DNS rebinding); no proxy from
+        // the environment, so the policy sees the backend's own addresses.
+        .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
+            config.network.clone(),
+        ))))
+        .no_proxy()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))
 }
 
 // === impl BackendStatsSource for LiveReader ===

@@ -5,7 +5,7 @@
 //! than twice their size; a client that stops reading has its upstream aborted after the write
 //! timeout; 2,000 concurrent requests against a limit of 500 are answered at once with 503 +
 //! `Retry-After` while health and the admin API answer; a key's `max_parallel_requests` gives
-//! 429.
+//! 429. And the thread-per-core server runtime (#13) serving answers and streams end to end.
 
 #![expect(clippy::unwrap_used, reason = "test helpers")]
 
@@ -619,4 +619,62 @@ async fn a_keys_max_parallel_requests_gives_429_with_retry_after() {
         .count();
     assert_eq!(refused, 3, "{records:?}");
     gateway.stop().await;
+}
+
+// === the thread-per-core runtime (#13) ===
+
+#[tokio::test]
+async fn the_thread_per_core_runtime_serves_answers_and_streams_and_records_every_request() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Binary::start(
+        dir.path(),
+        "[server]\nruntime = \"thread_per_core\"\nper_core_threads = 2\n",
+    )
+    .await;
+    gateway
+        .add_openai_backend("one", &upstream.openai_base_url(), "m")
+        .await;
+    // Each request on its own connection (the test client keeps none idle), so both per-core
+    // listeners get some; every third is a stream.
+    let requests: Vec<_> = (0..24)
+        .map(|i| {
+            let request = gateway.proxy("/v1/chat/completions").json(&json!({
+                "model": "m",
+                "stream": i % 3 == 0,
+                "messages": [{"role": "user", "content": "hi"}],
+            }));
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut streams_done = 0;
+    for request in requests {
+        let (status, text) = request.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        if text.starts_with("data: ") {
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+            streams_done += 1;
+        } else {
+            let body: Value = serde_json::from_str(&text).unwrap();
+            assert!(
+                body["usage"]["total_tokens"].as_u64().unwrap() > 0,
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(streams_done, 8);
+    assert_eq!(upstream.calls(), 24);
+    let records = gateway.usage_records(24).await;
+    assert_eq!(records.len(), 24, "{records:?}");
+    assert!(records.iter().all(|r| r["status"] == 200), "{records:?}");
+    // A graceful stop (SIGTERM) ends the per-core threads too: the process exits 0.
+    let log = gateway.stop().await;
+    assert!(
+        log.contains("server_runtime=\"thread_per_core\"") && log.contains("per_core_threads=2"),
+        "{log}"
+    );
+    assert!(log.contains("usage records flushed"), "{log}");
 }

@@ -203,6 +203,10 @@ pub struct RawServer {
     pub max_buf_size_bytes: Option<usize>,
     pub http2: Option<bool>,
     pub http2_max_concurrent_streams: Option<u32>,
+    /// `"work_stealing"` (default) or `"thread_per_core"`.
+    pub runtime: Option<String>,
+    /// Per-core runtimes with `"thread_per_core"` (0 or absent = one per core).
+    pub per_core_threads: Option<usize>,
 }
 
 /// `[network]`: the egress policy (where backends may point).

@@ -12,7 +12,7 @@ use super::{HealthSettings, LimitsSettings, ProxySettings};
 use crate::cooldown::CooldownPolicy;
 use crate::domain::{literal_or_env, BackendInput, BackendSpec, Invalid};
 use crate::egress::EgressPolicy;
-use crate::serving::{BodyPace, ServerSettings};
+use crate::serving::{per_core, BodyPace, ServerRuntime, ServerSettings};
 use crate::token_count::EstimateSettings;
 
 /// A whole number of seconds, at least 1; absent = `default`.
@@ -266,9 +266,35 @@ pub fn validate_server(raw: RawServer) -> Result<ServerSettings, Invalid> {
         http2_max_concurrent_streams: raw
             .http2_max_concurrent_streams
             .unwrap_or(defaults.http2_max_concurrent_streams),
+        runtime: server_runtime(raw.runtime.as_deref(), raw.per_core_threads)?,
     };
     settings.validate()?;
     Ok(settings)
+}
+
+/// `server.runtime` and `server.per_core_threads` (only meaningful with `"thread_per_core"`).
+fn server_runtime(name: Option<&str>, threads: Option<usize>) -> Result<ServerRuntime, Invalid> {
+    match name.unwrap_or("work_stealing") {
+        "work_stealing" => {
+            if threads.is_some_and(|threads| threads > 0) {
+                return Err(Invalid::new(
+                    "server.per_core_threads",
+                    "needs runtime = \"thread_per_core\"",
+                ));
+            }
+            Ok(ServerRuntime::WorkStealing)
+        }
+        "thread_per_core" => Ok(ServerRuntime::ThreadPerCore {
+            threads: match threads {
+                None | Some(0) => per_core::default_threads(),
+                Some(threads) => threads,
+            },
+        }),
+        other => Err(Invalid::new(
+            "server.runtime",
+            format!("unknown runtime `{other}`; expected \"work_stealing\" or \"thread_per_core\""),
+        )),
+    }
 }
 
 /// `[network]`: the egress policy; errors name the entry (`network.allow[1]`).
@@ -332,7 +358,40 @@ pub fn validate_limits(raw: RawLimits) -> Result<LimitsSettings, Invalid> {
 
 #[cfg(test)]
 mod tests {
-    use super::default_max_in_flight;
+    use super::{default_max_in_flight, validate_server};
+    use crate::config::raw::RawServer;
+    use crate::serving::{per_core, ServerRuntime};
+
+    fn runtime(name: Option<&str>, threads: Option<usize>) -> Result<ServerRuntime, String> {
+        validate_server(RawServer {
+            runtime: name.map(str::to_owned),
+            per_core_threads: threads,
+            ..RawServer::default()
+        })
+        .map(|settings| settings.runtime)
+        .map_err(|invalid| invalid.to_string())
+    }
+
+    #[test]
+    fn the_server_runtime_is_work_stealing_unless_thread_per_core_is_asked_for() {
+        assert_eq!(runtime(None, None), Ok(ServerRuntime::WorkStealing));
+        assert_eq!(
+            runtime(Some("thread_per_core"), Some(3)),
+            Ok(ServerRuntime::ThreadPerCore { threads: 3 })
+        );
+        assert_eq!(
+            runtime(Some("thread_per_core"), Some(0)),
+            Ok(ServerRuntime::ThreadPerCore {
+                threads: per_core::default_threads()
+            })
+        );
+        let unknown = runtime(Some("per_core"), None).unwrap_err();
+        assert!(unknown.contains("server.runtime"), "{unknown}");
+        let stray = runtime(None, Some(2)).unwrap_err();
+        assert!(stray.contains("server.per_core_threads"), "{stray}");
+        let huge = runtime(Some("thread_per_core"), Some(100_000)).unwrap_err();
+        assert!(huge.contains("server.per_core_threads"), "{huge}");
+    }
 
     #[test]
     fn max_in_flight_keeps_64_connections_back_or_half_of_few() {

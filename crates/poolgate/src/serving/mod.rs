@@ -16,7 +16,11 @@
 //!    needs one — `axum::serve` gives none, so it never applied); bounded read/write buffers;
 //!    a deadline for the first request and an idle (keep-alive) timeout; the write timeout of
 //!    [`io::WriteTimeout`]; request bodies wrapped in [`body::TimedBody`].
-//! 4. **shutdown** ([`ServerHandle`]): `drain()` stops accepting and asks every connection to
+//! 4. **where connections run** ([`ServerRuntime`]): on the process's work-stealing runtime
+//!    (the default), or thread per core ([`per_core`]): one single-threaded runtime per core,
+//!    each accepting on its own `SO_REUSEPORT` listener and calling upstreams with its own
+//!    client, so a request never changes threads.
+//! 5. **shutdown** ([`ServerHandle`]): `drain()` stops accepting and asks every connection to
 //!    finish its current requests and close (HTTP/1: after the answer in progress; HTTP/2:
 //!    GOAWAY); `cut()` drops whatever is still open. [`serve`] returns when every connection
 //!    is closed.
@@ -26,6 +30,7 @@ pub mod body;
 mod conn;
 pub mod io;
 pub mod limits;
+pub mod per_core;
 
 #[cfg(test)]
 mod tests;
@@ -73,6 +78,35 @@ pub struct ServerSettings {
     pub http2: bool,
     /// `http2_max_concurrent_streams` (default 100).
     pub http2_max_concurrent_streams: u32,
+    /// `runtime` (default `"work_stealing"`) and `per_core_threads`.
+    pub runtime: ServerRuntime,
+}
+
+/// Where client connections (and the requests on them) run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerRuntime {
+    /// `"work_stealing"`: tasks on the process's multi-threaded tokio runtime.
+    WorkStealing,
+    /// `"thread_per_core"`: `threads` single-threaded runtimes, each with its own listener.
+    ThreadPerCore { threads: usize },
+}
+
+impl ServerRuntime {
+    /// The config file's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerRuntime::WorkStealing => "work_stealing",
+            ServerRuntime::ThreadPerCore { .. } => "thread_per_core",
+        }
+    }
+
+    /// The per-core runtimes (0 with the work-stealing runtime).
+    pub fn per_core_threads(self) -> usize {
+        match self {
+            ServerRuntime::WorkStealing => 0,
+            ServerRuntime::ThreadPerCore { threads } => threads,
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -89,6 +123,7 @@ impl Default for ServerSettings {
             max_buf_size: 64 * 1024,
             http2: true,
             http2_max_concurrent_streams: 100,
+            runtime: ServerRuntime::WorkStealing,
         }
     }
 }
@@ -123,6 +158,14 @@ impl ServerSettings {
                 "server.http2_max_concurrent_streams",
                 "must be at least 1",
             ));
+        }
+        if let ServerRuntime::ThreadPerCore { threads } = self.runtime {
+            if !(1..=per_core::MAX_THREADS).contains(&threads) {
+                return Err(Invalid::new(
+                    "server.per_core_threads",
+                    format!("must be between 1 and {}", per_core::MAX_THREADS),
+                ));
+            }
         }
         Ok(())
     }
@@ -193,6 +236,8 @@ pub struct ServerHandle {
     stats: Arc<ServerStats>,
     open: Arc<Semaphore>,
     max_connections: usize,
+    /// Set by [`ServerHandle::finish`]: the per-core runtimes may end.
+    finished: Arc<watch::Sender<bool>>,
 }
 
 impl ServerHandle {
@@ -221,6 +266,19 @@ impl ServerHandle {
     pub fn stats(&self) -> &ServerStats {
         &self.stats
     }
+
+    /// The server's caller is done (usage flushed, shared state left): per-core runtimes, kept
+    /// running after their connections closed for the tasks requests started there, end now.
+    /// Nothing to do with the work-stealing runtime.
+    pub fn finish(&self) {
+        self.finished.send_replace(true);
+    }
+
+    /// Resolves once every client connection has closed (each gives its permit back).
+    async fn all_closed(&self) {
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        let _all_closed = self.open.acquire_many(all).await;
+    }
 }
 
 fn count(counter: &AtomicU64) {
@@ -241,6 +299,7 @@ impl Server {
             stats: Arc::new(ServerStats::default()),
             open: Arc::new(Semaphore::new(settings.max_connections)),
             max_connections: settings.max_connections,
+            finished: Arc::new(watch::channel(false).0),
         };
         Ok(Self {
             settings: Arc::new(settings),
@@ -252,14 +311,79 @@ impl Server {
         self.handle.clone()
     }
 
+    /// A listener on `addr` for [`Server::serve`]; with the thread-per-core runtime it allows
+    /// the other runtimes' listeners on the same port (`SO_REUSEPORT`).
+    pub async fn bind(&self, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+        match self.settings.runtime {
+            ServerRuntime::WorkStealing => TcpListener::bind(addr).await,
+            ServerRuntime::ThreadPerCore { .. } => per_core::bind_shared_port(addr),
+        }
+    }
+
     /// Serves `service` (an axum `Router`, or any tower service of that shape) on `listener`
     /// until [`ServerHandle::drain`] — then until every connection closed — or
-    /// [`ServerHandle::cut`].
+    /// [`ServerHandle::cut`]. With the thread-per-core runtime `listener` must come from
+    /// [`Server::bind`].
     pub async fn serve<S: AppService<B>, B: AppBody>(self, listener: TcpListener, service: S) {
         let Self { settings, handle } = self;
-        let builder = Arc::new(conn::builder(&settings));
-        let rejecting = Arc::new(Semaphore::new(REJECT_SLOTS));
-        let mut phase = handle.phase.subscribe();
+        if let ServerRuntime::ThreadPerCore { threads } = settings.runtime {
+            per_core::serve(threads, settings, handle, listener, service).await;
+            return;
+        }
+        let accepting = Accepting::new(settings, handle);
+        accepting
+            .accept_until_drained(&listener, &service, Spawn::Detached)
+            .await;
+        drop(listener);
+        // Every connection gives its permit back when it closes.
+        accepting.handle.all_closed().await;
+    }
+}
+
+/// How an accept loop starts a connection's task.
+#[derive(Clone, Copy)]
+enum Spawn<'a> {
+    /// On the current runtime, not tracked (the connection cap's permits say when all closed).
+    Detached,
+    /// On the current runtime, tracked so that a per-core runtime outlives its connections.
+    Tracked(&'a tokio_util::task::TaskTracker),
+}
+
+impl Spawn<'_> {
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(self, task: F) {
+        match self {
+            Spawn::Detached => drop(tokio::spawn(task)),
+            Spawn::Tracked(tracker) => drop(tracker.spawn(task)),
+        }
+    }
+}
+
+/// What an accept loop needs; one per listener.
+struct Accepting {
+    settings: Arc<ServerSettings>,
+    handle: ServerHandle,
+    builder: Arc<conn::Builder>,
+    rejecting: Arc<Semaphore>,
+}
+
+impl Accepting {
+    fn new(settings: Arc<ServerSettings>, handle: ServerHandle) -> Accepting {
+        Accepting {
+            builder: Arc::new(conn::builder(&settings)),
+            settings,
+            handle,
+            rejecting: Arc::new(Semaphore::new(REJECT_SLOTS)),
+        }
+    }
+
+    /// Accepts connections on `listener` and starts each one's task until the server drains.
+    async fn accept_until_drained<S: AppService<B>, B: AppBody>(
+        &self,
+        listener: &TcpListener,
+        service: &S,
+        spawn: Spawn<'_>,
+    ) {
+        let mut phase = self.handle.phase.subscribe();
         let mut backoff = accept::Backoff::default();
         let mut at_cap_log = accept::Throttle::new(Duration::from_secs(10));
         loop {
@@ -273,7 +397,7 @@ impl Server {
                     accepted
                 }
                 Err(error) => {
-                    count(&handle.stats.accept_errors);
+                    count(&self.handle.stats.accept_errors);
                     if let Some(pause) = backoff.on_error(&error) {
                         tokio::select! {
                             () = tokio::time::sleep(pause) => {}
@@ -283,20 +407,20 @@ impl Server {
                     continue;
                 }
             };
-            count(&handle.stats.accepted);
+            count(&self.handle.stats.accepted);
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
-            let Ok(permit) = Arc::clone(&handle.open).try_acquire_owned() else {
-                count(&handle.stats.rejected);
+            let Ok(permit) = Arc::clone(&self.handle.open).try_acquire_owned() else {
+                count(&self.handle.stats.rejected);
                 if let Some(suppressed) = at_cap_log.ready() {
                     tracing::warn!(
-                        max_connections = settings.max_connections,
+                        max_connections = self.settings.max_connections,
                         suppressed,
                         "connection limit reached: new connections are answered 503 until some close (`server.max_connections`)"
                     );
                 }
-                if let Ok(slot) = Arc::clone(&rejecting).try_acquire_owned() {
+                if let Ok(slot) = Arc::clone(&self.rejecting).try_acquire_owned() {
                     tokio::spawn(async move {
                         accept::reject(stream).await;
                         drop(slot);
@@ -304,21 +428,17 @@ impl Server {
                 }
                 continue;
             };
-            tokio::spawn(conn::serve_connection(
+            spawn.spawn(conn::serve_connection(
                 conn::Accepted {
                     stream,
                     peer,
                     permit,
                 },
                 service.clone(),
-                Arc::clone(&builder),
-                Arc::clone(&settings),
-                handle.phase.subscribe(),
+                Arc::clone(&self.builder),
+                Arc::clone(&self.settings),
+                self.handle.phase.subscribe(),
             ));
         }
-        drop(listener);
-        // Every connection gives its permit back when it closes.
-        let all = u32::try_from(handle.max_connections).unwrap_or(u32::MAX);
-        let _all_closed = handle.open.acquire_many(all).await;
     }
 }

@@ -70,6 +70,10 @@ fn app(probe: StreamProbe) -> Router {
             }),
         )
         .route(
+            "/thread",
+            get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
+        )
+        .route(
             "/slow",
             get(|| async {
                 tokio::time::sleep(Duration::from_millis(800)).await;
@@ -441,6 +445,48 @@ async fn drain_lets_requests_finish_and_cut_ends_the_rest() {
         .expect("cut ends the server")
         .unwrap();
     assert!(server.probe.dropped.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn thread_per_core_spreads_connections_over_its_threads_and_drains_them() {
+    let server = Server::new(ServerSettings {
+        runtime: ServerRuntime::ThreadPerCore { threads: 2 },
+        ..quick_settings()
+    })
+    .unwrap();
+    let listener = server.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = server.handle();
+    let task = tokio::spawn(server.serve(listener, app(StreamProbe::default())));
+    // Each connection is answered on the per-core thread whose listener the kernel gave it to.
+    let mut threads = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (status, text) = get_status(addr, "/thread").await;
+        assert_eq!(status, 200, "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        threads.insert(body.to_owned());
+    }
+    assert_eq!(
+        threads.into_iter().collect::<Vec<_>>(),
+        ["poolgate-core-0", "poolgate-core-1"],
+        "40 connections reach both listeners of the shared port"
+    );
+    // A request under way when the drain begins still gets its answer; then serve returns.
+    let slow = tokio::spawn(get_status(addr, "/slow"));
+    wait_until(Duration::from_secs(5), "a connection open", || {
+        handle.open_connections() > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    handle.drain();
+    let (status, text) = slow.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("serve returns once every connection closed")
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    handle.finish();
 }
 
 #[test]
