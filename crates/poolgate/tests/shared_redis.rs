@@ -1061,15 +1061,16 @@ async fn a_reservation_nobody_received_is_released() {
         panic!("the reservation fits");
     };
     assert_eq!(figures, vec![(7, 40)]);
-    shared.settle_budget(hold, 0).await;
+    // The settle answers with the shared spend after it (the caller's ledger is raised to it).
+    assert_eq!(shared.settle_budget(hold, 3).await, Some(vec![Some(10)]));
     // Abandoned at once (the future dropped before the reply): the script still runs (it raises
-    // the figure to this claim's seed, 9), and the reservation it made is released.
+    // the figure to this claim's seed, 12), and the reservation it made is released.
     let abandoned =
         futures_util::FutureExt::now_or_never(poolgate::shared::reserve_budget_detached(
             &shared,
             BudgetClaim {
                 windows: vec![BudgetWindowClaim {
-                    seed: 9,
+                    seed: 12,
                     ..claim.windows[0].clone()
                 }],
                 ..claim
@@ -1093,7 +1094,7 @@ async fn a_reservation_nobody_received_is_released() {
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            (spent, reserved) == (9, 0)
+            (spent, reserved) == (12, 0)
         }
     })
     .await;

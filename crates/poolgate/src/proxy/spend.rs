@@ -21,9 +21,11 @@
 //! chosen, at the route's highest price, and its refusal is the key's `budget_exceeded`, while the
 //! bucket admission runs per attempt on the chosen backend (the key's RPM/TPM ride on the first
 //! admitted one) and its refusals skip a backend. Only keys with a budget make the call. The
-//! settle runs as its own task; the local ledger records the cost after it, so the ledger stays a
-//! floor of the shared figures and each reservation raises them to it (a Redis restarted empty
-//! starts from the database's figures). While Redis is unreachable the local ledger answers
+//! settle runs as its own task; its reply (the shared figures after it) raises the local ledger
+//! — never an addition, which could count a cost twice when a figure read meanwhile already
+//! held it — and a settle given up records the cost in the ledger, so the ledger stays a floor
+//! of the shared figures and each reservation raises them to it (a Redis restarted empty starts
+//! from the database's figures). While Redis is unreachable the local ledger answers
 //! (each instance can then spend what was left when Redis went away), or, with
 //! `redis.fail_closed`, the request gets 503.
 //!
@@ -57,13 +59,13 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::context::RequestContext;
 use super::error::ProxyError;
 use super::plan::Inbound;
 use crate::domain::UpstreamModel;
-use crate::pricing::{BudgetExceeded, BudgetReservation, Nanodollars, SpendLedger};
+use crate::pricing::{BudgetExceeded, BudgetReservation, BudgetWindow, Nanodollars, SpendLedger};
 use crate::providers::Endpoint;
 use crate::routing::{LiveBackend, Route};
 use crate::runtime::Cluster;
@@ -77,12 +79,16 @@ use crate::token_count::RequestEstimate;
 enum Held {
     /// This instance's ledger (single instance, or cluster mode while Redis is unreachable).
     Local(Arc<SpendLedger>, BudgetReservation),
-    /// Shared state (cluster mode); the local ledger also records the cost, so that it stays a
-    /// floor of the shared figures for the degraded mode.
+    /// Shared state (cluster mode); the settle's reply raises the local ledger to the shared
+    /// figures (a lost settle records the cost in it instead), so that it stays a floor of the
+    /// shared figures for the degraded mode.
     Shared {
         ledger: Arc<SpendLedger>,
         shared: Arc<dyn SharedRuntime>,
         hold: BudgetHold,
+        /// The hold's windows, and when they were named (the settle's figures are for them).
+        windows: Vec<BudgetWindow>,
+        as_of: DateTime<Utc>,
     },
 }
 
@@ -135,16 +141,32 @@ fn settle(held: Held, cost: Option<Nanodollars>) {
             ledger,
             shared,
             hold,
+            windows,
+            as_of,
         } => {
             let cost = cost.unwrap_or(Nanodollars::new(hold.amount));
-            // The local ledger records the cost only once the shared figure has it (or the
-            // settle was given up): the ledger stays a floor of the shared figures, which every
-            // reservation raises them to.
+            // The local ledger is raised to the shared figures the settle returns (they hold
+            // the cost), never added to: a figure read meanwhile (another reservation's reply,
+            // the spend follower) may already hold it. Only a settle given up records the cost
+            // here, so that the next reservation brings the shared figure up to it.
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(async move {
-                        shared.settle_budget(hold, cost.get()).await;
-                        ledger.record(cost, Utc::now());
+                        match shared.settle_budget(hold, cost.get()).await {
+                            Some(figures) => {
+                                for (window, spent) in windows.iter().zip(figures) {
+                                    if let Some(spent) = spent {
+                                        ledger.observe_shared_as_of(
+                                            *window,
+                                            Nanodollars::new(spent),
+                                            as_of,
+                                            Utc::now(),
+                                        );
+                                    }
+                                }
+                            }
+                            None => ledger.record(cost, Utc::now()),
+                        }
                     });
                 }
                 Err(_) => {
@@ -332,6 +354,8 @@ async fn reserve(
                         ledger: Arc::clone(ledger),
                         shared: Arc::clone(&cluster.shared),
                         hold,
+                        windows: windows.iter().map(|window| window.window).collect(),
+                        as_of: now,
                     });
                 }
                 Some(BudgetAdmit::Refused {

@@ -471,8 +471,13 @@ pub trait SharedRuntime: Send + Sync + 'static {
         None
     }
 
-    /// Releases a shared budget reservation and records the real cost (nanodollars).
-    async fn settle_budget(&self, _hold: BudgetHold, _cost: u64) {}
+    /// Releases a shared budget reservation and records the real cost (nanodollars). Returns
+    /// each window's shared spend after it (`None` for a window forgotten since), or `None`
+    /// when the settle did not reach shared state (single instance, or given up while
+    /// unreachable): the caller then keeps the cost in its own figure.
+    async fn settle_budget(&self, _hold: BudgetHold, _cost: u64) -> Option<Vec<Option<u64>>> {
+        None
+    }
 
     /// Adds spend settled on a capped backend to its shared windows (one call, no retry: the
     /// caller's ledger keeps the cost, and its next record seeds the shared figure with it).

@@ -1,4 +1,4 @@
--- poolgate budget v1
+-- poolgate budget v2
 -- A client key's spend budget or a backend's monthly cap, atomically: (mode 'take') reserve
 -- `amount` in every limited window, all or nothing; or (mode 'settle') release a reservation
 -- and record the real cost; or (mode 'record') add spend made without a reservation (a capped
@@ -26,7 +26,9 @@
 --
 -- Reply: take:   {0, spent_1, reserved_1, ...} (after the reservation)
 --                {i, spent_i, reserved_i} window i refused (used up, or cannot cover amount)
---        settle: {0}
+--        settle: {0, spent_1, ...} (after the cost; -1: the window was forgotten) — v2 (v1
+--                replied {0}: the settling instance then added the cost to its own figure,
+--                which raced with the figures it read meanwhile)
 --        record: {0, spent_1, ...} (after the cost)
 --        read:   {0, spent_1, ...} (-1: no such window)
 -- Amounts stay below 2^53 (the Rust side clamps), so Lua's doubles are exact.
@@ -39,14 +41,17 @@ local n = #KEYS
 
 if mode == 'settle' then
   local cost = tonumber(ARGV[3])
+  local r = {0}
   for i = 1, n do
     if redis.call('EXISTS', KEYS[i]) == 1 then
       local reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved')) or 0
       redis.call('HSET', KEYS[i], 'reserved', int(math.max(reserved - amount, 0)))
-      redis.call('HINCRBY', KEYS[i], 'spent', int(cost))
+      r[#r + 1] = redis.call('HINCRBY', KEYS[i], 'spent', int(cost))
+    else
+      r[#r + 1] = -1
     end
   end
-  return {0}
+  return r
 end
 
 if mode == 'record' then
