@@ -17,8 +17,9 @@
 //!    until its reset;
 //! 9. a client key's budget is spent once for the whole cluster (and survives Redis losing its
 //!    data);
-//! 10. a backend's monthly spend cap is the cluster's: every instance skips it once the others
-//!     spent it (one that sent nothing to it included), within the documented bound;
+//! 10. a backend's monthly spend cap is the cluster's, reserved per attempt in the shared state:
+//!     every instance skips it once the others spent it (one that sent nothing to it included),
+//!     and a burst of 150 over three instances is served exactly as far as the cap holds;
 //!
 //! and issue #14's protections in cluster mode: a key's `max_parallel_requests` (per instance)
 //! and its shared RPM bucket both apply, `proxy.max_in_flight` answers 503, a declared 1 GiB
@@ -468,10 +469,50 @@ async fn limits_set_to_fail_closed_answer_503_while_redis_is_down() {
         ),
         // Another model on a backend without limits: nothing to check, it keeps serving.
         backend_toml("free", &upstream.openai_base_url(), "primary", "")
-            .replace("m = \"up-m\"", "free = \"up-free\"")
+            .replace("m = \"up-m\"", "free = \"up-free\""),
+    );
+    let toml = format!(
+        "{toml}{}",
+        // And one on a backend with a monthly spend cap (set below): its reservation is a
+        // Redis call, refused while Redis is down.
+        backend_toml("capped", &upstream.openai_base_url(), "primary", "")
+            .replace("m = \"up-m\"", "capped = \"up-capped\"")
     );
     let mut cluster = Cluster::start(2, Some("fail_closed = true"), &toml).await;
     assert_eq!(chat(&cluster.instances[1]).await.status, 200);
+    let list = common::send(cluster.instances[0].admin(reqwest::Method::GET, "/backends")).await;
+    let capped = list.json["data"]
+        .as_array()
+        .or(list.json.as_array())
+        .unwrap()
+        .iter()
+        .find(|backend| backend["name"] == "capped")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = common::send(
+        cluster.instances[0]
+            .admin(reqwest::Method::PATCH, &format!("/backends/{capped}"))
+            .json(&json!({"monthly_spend_cap_usd": 10})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer}");
+    let ask_capped = |gateway: &common::Gateway| {
+        common::send(
+            gateway
+                .proxy("/v1/chat/completions")
+                .json(&json!({"model": "capped", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+    };
+    for gateway in &cluster.instances {
+        within("the cap is known", Duration::from_secs(10), || async {
+            gateway.backend(&capped).await["spend"]["monthly"]["limit_usd"] == json!(10.0)
+        })
+        .await;
+        let answer = ask_capped(gateway).await;
+        assert_eq!(answer.status, 200, "{answer}");
+    }
 
     cluster.redis.as_mut().unwrap().kill();
     for gateway in &cluster.instances {
@@ -489,6 +530,12 @@ async fn limits_set_to_fail_closed_answer_503_while_redis_is_down() {
         )
         .await;
         assert_eq!(free.status, 200, "{free}");
+        let refused = ask_capped(gateway).await;
+        assert_eq!(refused.status, 503, "{refused}");
+        assert_eq!(
+            refused.json["error"]["code"], "limiter_unavailable",
+            "{refused}"
+        );
     }
     // Degraded once the breaker opened (three failed calls; the heartbeat makes one a second).
     within(
@@ -842,23 +889,34 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
     cluster.stop().await;
 }
 
-/// Issue #11: a backend's `monthly_spend_cap_usd` is the cluster's — each settled cost goes to
-/// the shared month figure, every instance reads it back (the settle's reply, and once per
-/// heartbeat) — so once two instances spent it, all three refuse the backend (the third never
-/// sent it anything) with the same 429 `budget_exceeded` as a single instance, and the admin
-/// API of each shows the cluster's spend. Requests in quick succession overrun the cap by at
-/// most what the other instances admitted before they learned it (the documented bound), and a
-/// Redis that lost its data starts again from what the instances know.
+/// Issue #11: a backend's `monthly_spend_cap_usd` is the cluster's and reserved per attempt —
+/// each attempt reserves its estimate at the backend's price in the shared month window
+/// (`budget.lua` `take` on `budget:backend:<id>:m:<yyyymm>`, the figure the settles add to and
+/// every instance's spend follower reads) — so requests in sequence through two instances stop
+/// exactly where the cap stops holding whole estimates, the third instance (which sent nothing)
+/// refuses too and shows the cluster's spend, and a burst of 150 simultaneous requests spread
+/// over all three is served exactly as far as the cap holds (the mock reports exactly the
+/// estimated usage: the documented overrun bound is zero). A Redis that lost its data starts
+/// again from what the instances know.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
+async fn a_backends_monthly_spend_cap_is_reserved_across_every_instance() {
     use chrono::Datelike;
     let upstream = MockUpstream::start().await;
-    // 12 tokens at $1 000 / Mtok: $0.012 a request.
+    let body = json!({"model": cluster::MODEL, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let estimate = estimate_request(
+        WireFormat::ChatCompletions,
+        body.to_string().as_bytes(),
+        TokenCounter::for_model("up-m"),
+        &EstimateSettings::default(),
+    );
     upstream.set_usage(Some(ReportedUsage {
-        prompt_tokens: 10,
-        completion_tokens: 2,
+        prompt_tokens: estimate.prompt.tokens,
+        completion_tokens: estimate.output_reserve,
         ..ReportedUsage::default()
     }));
+    // $1 000 / Mtok = 1 000 000 nano-dollars per token.
+    let cost = estimate.total() * 1_000_000;
     let toml = format!(
         "{}[prices.\"up-m\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n",
         backend_toml("capped", &upstream.openai_base_url(), "primary", "")
@@ -878,23 +936,25 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
         .as_str()
         .unwrap()
         .to_owned();
-    let set_cap = |usd: &'static str| {
+    let usd = |nanos: u64| format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
+    let usd_number = |nanos: u64| json!(usd(nanos).parse::<f64>().unwrap());
+    let set_cap = |nanos: u64| {
         let id = id.clone();
         async move {
             let answer = common::send(
                 gateways[0]
                     .admin(reqwest::Method::PATCH, &format!("/backends/{id}"))
-                    .json(&json!({"monthly_spend_cap_usd": usd})),
+                    .json(&json!({"monthly_spend_cap_usd": usd(nanos)})),
             )
             .await;
             assert_eq!(answer.status, 200, "{answer}");
-            let limit: f64 = usd.parse().unwrap();
             for gateway in gateways {
                 within(
                     "every instance has the cap",
                     Duration::from_secs(10),
                     || async {
-                        gateway.backend(&id).await["spend"]["monthly"]["limit_usd"] == json!(limit)
+                        gateway.backend(&id).await["spend"]["monthly"]["limit_usd"]
+                            == usd_number(nanos)
                     },
                 )
                 .await;
@@ -905,7 +965,7 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
         let id = id.clone();
         async move { gateways[i].backend(&id).await["spend"]["monthly"]["spent_usd"].clone() }
     };
-    let usd = |nanos: u64| json!(format!("0.{nanos:09}").parse::<f64>().unwrap());
+    let ask = |i: usize| common::send(gateways[i].proxy("/v1/chat/completions").json(&body));
     let month_end = {
         let today = chrono::Utc::now().date_naive();
         let next = today
@@ -918,129 +978,106 @@ async fn a_backends_monthly_spend_cap_is_shared_by_every_instance() {
     let assert_capped = |answer: &common::Answer| {
         let message = answer.assert_budget_exceeded();
         assert!(
-            message.starts_with("every backend for this model has used up its monthly spend cap")
+            message.starts_with("every backend for this model ")
+                && message.contains("monthly spend cap")
                 && message.ends_with(&format!("the first resets at {month_end}")),
             "{message}"
         );
     };
+    // The shared month figure, read from Redis: (spent, reserved).
+    let client = redis::Client::open(cluster.redis.as_ref().unwrap().url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let window = format!(
+        "{{poolgate}}:v1:budget:backend:{id}:m:{}",
+        chrono::Utc::now().format("%Y%m")
+    );
+    let shared_figure = || {
+        let mut conn = conn.clone();
+        let window = window.clone();
+        async move {
+            let (spent, reserved): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+                .arg(&window)
+                .arg("spent")
+                .arg("reserved")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (spent.unwrap_or(0), reserved.unwrap_or(0))
+        }
+    };
 
-    // $0.05: the fifth request spends it. Alone, instances 0 and 1 would admit five each.
-    set_cap("0.05").await;
-    for k in 1..=5_u64 {
-        let answer = chat(&gateways[usize::try_from(k - 1).unwrap() % 2]).await;
+    // Room for four estimates and a half: four requests through instances 0 and 1 fit (alone,
+    // each would admit four), and every instance — 2 too — learns the cluster's spend.
+    set_cap(4 * cost + cost / 2).await;
+    for k in 1..=4_u64 {
+        let answer = ask(usize::try_from(k - 1).unwrap() % 2).await;
         assert_eq!(answer.status, 200, "request {k}: {answer}");
-        // Every instance (instance 2 too) learns the cluster's figure and shows it.
         for i in 0..3 {
             within(
                 "the cluster's spend is known",
                 Duration::from_secs(10),
-                || async { spent_on(i).await == usd(12_000_000 * k) },
+                || async { spent_on(i).await == usd_number(cost * k) },
             )
             .await;
         }
     }
-    assert_eq!(upstream.calls(), 5);
     for i in [2, 1, 0] {
-        assert_capped(&chat(&gateways[i]).await);
+        assert_capped(&ask(i).await);
     }
-    let burst = join_all((0..9).map(|n| chat(&gateways[n % 3]))).await;
-    for answer in &burst {
+    assert_eq!(upstream.calls(), 4);
+    assert_eq!(shared_figure().await, (4 * cost, 0));
+
+    // Room for six more: 150 simultaneous requests over the three instances, exactly six served.
+    set_cap(10 * cost + cost / 2).await;
+    let burst_started = Instant::now();
+    let burst = join_all((0..150).map(|n| ask(n % 3))).await;
+    let burst_took = burst_started.elapsed();
+    let served = burst.iter().filter(|answer| answer.status == 200).count();
+    for answer in burst.iter().filter(|answer| answer.status != 200) {
         assert_capped(answer);
     }
-    assert_eq!(upstream.calls(), 5, "a spent cap sends nothing more");
-
-    // Round robin without waiting for the others to hear of it: a raised cap of $0.10 has room
-    // for four more ($0.060 → $0.108). An instance learns the figure from its own settle's
-    // reply (awaited here: the answering instance shows the new total) or the next heartbeat,
-    // so after the crossing each of the other two admits at most one more.
-    set_cap("0.10").await;
-    let mut admitted: u64 = 0;
-    for n in 0..12 {
-        let answer = chat(&gateways[n % 3]).await;
-        match answer.status {
-            200 => {
-                admitted += 1;
-                let total = usd(12_000_000 * (5 + admitted));
-                within("its own settle landed", Duration::from_secs(10), || async {
-                    spent_on(n % 3).await == total
-                })
-                .await;
-            }
-            _ => assert_capped(&answer),
-        }
-    }
-    assert!((4..=6).contains(&admitted), "{admitted} admitted");
-    assert_eq!(u64::try_from(upstream.calls()).unwrap(), 5 + admitted);
-    for (i, gateway) in gateways.iter().enumerate() {
+    assert_eq!(served, 6, "{:?}", statuses(&burst));
+    assert_eq!(upstream.calls(), 10);
+    // Zero overrun: the shared figure is exactly ten estimates, nothing left reserved (each
+    // settle is its own task), and every instance follows it.
+    within("the settles landed", Duration::from_secs(10), || async {
+        shared_figure().await == (10 * cost, 0)
+    })
+    .await;
+    for i in 0..3 {
         within(
             "the cluster's spend is known",
             Duration::from_secs(10),
-            || async { spent_on(i).await == usd(12_000_000 * (5 + admitted)) },
+            || async { spent_on(i).await == usd_number(10 * cost) },
         )
         .await;
-        assert_capped(&chat(gateway).await);
     }
 
-    // Redis loses its data: the next settle raises the shared figure to what the settling
-    // instance knows before adding its cost, and every instance follows that figure.
+    // Redis loses its data: degraded meanwhile, each instance's ledger (which followed the
+    // cluster's figure) refuses; back in shared mode, the next reservation seeds the shared
+    // figure from what the instance knows, so nothing more fits.
     cluster.redis.as_mut().unwrap().restart().await;
     within("shared mode again", Duration::from_secs(10), || async {
+        assert_capped(&ask(1).await);
         cluster.modes().await.iter().all(|mode| mode == "shared")
     })
     .await;
-    // Every instance has talked to the new server (its heartbeat registered it again).
-    let client = redis::Client::open(cluster.redis.as_ref().unwrap().url()).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
-    within(
-        "every instance is registered again",
-        Duration::from_secs(10),
-        || {
-            let mut conn = conn.clone();
-            async move {
-                let live: u64 = redis::cmd("ZCARD")
-                    .arg("{poolgate}:v1:instances")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                live == 3
-            }
-        },
-    )
-    .await;
-    // A settle whose one Redis call is lost (a loaded machine, a reconnect) leaves the cost in
-    // the instance's own figure, and its next settle brings the shared figure up to it: the
-    // others end up with instance 2's figure, never with only what reached the empty Redis.
-    set_cap("1").await;
-    let mut sent = 0;
-    loop {
-        sent += 1;
-        assert!(
-            sent <= 5,
-            "the shared figure never caught up with instance 2's"
-        );
-        let answer = chat(&gateways[2]).await;
-        assert_eq!(answer.status, 200, "{answer}");
-        let expected = usd(12_000_000 * (5 + admitted + sent));
-        within(
-            "instance 2 recorded it",
-            Duration::from_secs(10),
-            || async { spent_on(2).await == expected },
-        )
-        .await;
-        // The others read the shared figure every heartbeat (100 ms).
-        let mut caught_up = false;
-        let asked = Instant::now();
-        while !caught_up && asked.elapsed() < Duration::from_secs(3) {
-            caught_up = spent_on(0).await == expected && spent_on(1).await == expected;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if caught_up {
-            break;
-        }
+    for i in [0, 1, 2] {
+        assert_capped(&ask(i).await);
     }
+    let mut conn = conn.clone();
+    let (spent, reserved): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(&window)
+        .arg("spent")
+        .arg("reserved")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((spent, reserved.unwrap_or(0)), (Some(10 * cost), 0));
+    assert_eq!(upstream.calls(), 10, "a spent cap sends nothing more");
     eprintln!(
-        "shared backend cap across 3 instances: {:?} ({admitted} admitted in quick succession, \
-         {sent} request(s) to re-seed)",
+        "shared backend cap across 3 instances: {:?} (burst of 150: {burst_took:?})",
         started.elapsed()
     );
     cluster.stop().await;

@@ -3,7 +3,9 @@
 //! cache-write tokens. The cost of each record is checked against the price table by hand; the
 //! prices API round trip; a key's budget refusal in both wire formats; 200 concurrent requests
 //! against a small budget (the upstream calls counted); spend kept across a restart; a backend
-//! skipped at its monthly cap.
+//! skipped at its monthly cap; 200 concurrent requests against small backend caps (reserved
+//! per attempt: the rest go to the fallback or get the 429); a failed attempt gives its
+//! reservation back, and a stream the client left early still lands its cost on the cap.
 #![expect(clippy::unwrap_used, reason = "test")]
 
 mod common;
@@ -591,6 +593,70 @@ async fn spend_survives_a_restart() {
     assert_eq!(upstream.calls(), 1);
 }
 
+/// The request's estimate (tokens, and its cost in nano-dollars at `nanos_per_token` for input
+/// and output alike), as poolgate makes it for `upstream_model`.
+fn estimate_of(body: &Value, upstream_model: &str, nanos_per_token: u64) -> (u64, u64, u64) {
+    let estimate = estimate_request(
+        WireFormat::ChatCompletions,
+        body.to_string().as_bytes(),
+        TokenCounter::for_model(upstream_model),
+        &EstimateSettings::default(),
+    );
+    (
+        estimate.prompt.tokens,
+        estimate.output_reserve,
+        estimate.total() * nanos_per_token,
+    )
+}
+
+/// Nano-dollars as the decimal string the admin API takes.
+fn usd(nanos: u64) -> String {
+    format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
+}
+
+/// Nano-dollars as the admin API shows them (a USD number).
+fn usd_number(nanos: u64) -> Value {
+    json!(usd(nanos).parse::<f64>().unwrap())
+}
+
+/// The id of the backend named `name`.
+async fn backend_id(gateway: &Gateway, name: &str) -> String {
+    let list: Value = gateway.admin_get("/backends").await;
+    list["data"]
+        .as_array()
+        .or(list.as_array())
+        .unwrap()
+        .iter()
+        .find(|backend| backend["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn set_cap(gateway: &Gateway, id: &str, nanos: u64) {
+    let answer = send(
+        gateway
+            .admin(Method::PATCH, &format!("/backends/{id}"))
+            .json(&json!({"monthly_spend_cap_usd": usd(nanos)})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer}");
+}
+
+/// A backend's monthly `(spent, reserved)` in the admin view, once nothing is reserved (a
+/// settle lands just after the answer).
+async fn settled_spend(gateway: &Gateway, id: &str) -> Value {
+    for _ in 0..200 {
+        let view = gateway.backend(id).await;
+        if view["spend"]["monthly"]["reserved_usd"] == json!(0.0) {
+            return view["spend"]["monthly"]["spent_usd"].clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("backend {id} still holds a reservation");
+}
+
 #[tokio::test]
 async fn a_backend_at_its_monthly_cap_is_skipped() {
     let capped = MockUpstream::start().await;
@@ -621,19 +687,28 @@ async fn a_backend_at_its_monthly_cap_is_skipped() {
             ..ReportedUsage::default()
         }));
     }
-    // $0.01 a month; one request costs 12 tokens × $0.001 = $0.012.
+    // One request costs 12 tokens × $0.001 = $0.012; its estimate (the prompt as poolgate
+    // counts it + `max_tokens` of 1) must fit the cap, which the request then spends.
+    let body = json!({"model": "gpt", "max_tokens": 1,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let (_, _, estimate) = estimate_of(&body, "up-gpt", 1_000_000);
+    assert!(estimate <= 12_000_000, "the test needs the estimate to fit");
+    let cap = estimate.max(10_000_000);
     let answer = send(
         gateway
             .admin(Method::PATCH, &format!("/backends/{id}"))
-            .json(&json!({"monthly_spend_cap_usd": "0.01"})),
+            .json(&json!({"monthly_spend_cap_usd": usd(cap)})),
     )
     .await;
     assert_eq!(answer.status, 200, "{answer}");
-    assert_eq!(answer.json["monthly_spend_cap_usd"], json!(0.01));
-    assert_eq!(answer.json["spend"]["monthly"]["limit_usd"], json!(0.01));
+    assert_eq!(answer.json["monthly_spend_cap_usd"], usd_number(cap));
+    assert_eq!(
+        answer.json["spend"]["monthly"]["limit_usd"],
+        usd_number(cap)
+    );
     for _ in 0..3 {
-        let (status, _) = gateway.chat("gpt").await;
-        assert_eq!(status, 200);
+        let answer = send(gateway.proxy("/v1/chat/completions").json(&body)).await;
+        assert_eq!(answer.status, 200, "{answer}");
     }
     assert_eq!((capped.calls(), spare.calls()), (1, 2));
     let view = gateway.backend(id).await;
@@ -671,8 +746,8 @@ async fn a_backend_at_its_monthly_cap_is_skipped() {
     let message = answer.assert_budget_exceeded();
     assert!(
         message.starts_with(
-            "every backend for this model has used up its monthly spend cap ($0.012 spent of $0.01); the first resets at "
-        ),
+            "every backend for this model has used up its monthly spend cap ($0.012 spent of $0.0"
+        ) && message.contains("); the first resets at "),
         "{message}"
     );
     assert_eq!((capped.calls(), spare.calls()), (1, 2));
@@ -695,4 +770,190 @@ async fn a_backend_at_its_monthly_cap_is_skipped() {
     let (status, _) = gateway.chat("gpt").await;
     assert_eq!(status, 200);
     assert_eq!(capped.calls(), 2);
+}
+
+/// A backend's monthly cap is reserved per attempt: of 200 simultaneous requests against two
+/// capped backends, exactly as many as the caps hold whole estimates are served by them (the
+/// mocks report exactly the estimated usage, so the documented bound — the in-flight requests'
+/// cost beyond their estimates — is zero and the spend never passes the cap); the rest go to
+/// the fallback pool, or, where there is none, get the 429 `budget_exceeded` not to retry.
+#[tokio::test]
+async fn concurrent_requests_never_overrun_a_backend_cap_reserved_per_attempt() {
+    let capped = MockUpstream::start().await;
+    let solo = MockUpstream::start().await;
+    let spare = MockUpstream::start().await;
+    let gateway = Gateway::start_with(
+        "[prices.\"up-gpt\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n\
+         [prices.\"up-solo\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n",
+        None,
+    )
+    .await;
+    common::created(
+        gateway
+            .admin(Method::POST, "/pools")
+            .json(&json!({"name": "spare", "priority": 10})),
+    )
+    .await;
+    gateway
+        .add_openai_backend("capped", &capped.openai_base_url(), "primary", &["gpt"])
+        .await;
+    gateway
+        .add_openai_backend("solo", &solo.openai_base_url(), "primary", &["solo"])
+        .await;
+    gateway
+        .add_openai_backend("spare", &spare.openai_base_url(), "spare", &["gpt"])
+        .await;
+    let body = |model: &str| {
+        json!({"model": model, "max_tokens": 5,
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let mut estimates = Vec::new();
+    for (upstream, model) in [(&capped, "gpt"), (&solo, "solo"), (&spare, "gpt")] {
+        let (prompt, output, cost) = estimate_of(&body(model), &format!("up-{model}"), 1_000_000);
+        upstream.set_usage(Some(ReportedUsage {
+            prompt_tokens: prompt,
+            completion_tokens: output,
+            ..ReportedUsage::default()
+        }));
+        estimates.push(cost);
+    }
+    let (gpt_estimate, solo_estimate) = (estimates[0], estimates[1]);
+    // Room for 3 and for 2 whole estimates.
+    let capped_id = backend_id(&gateway, "capped").await;
+    let solo_id = backend_id(&gateway, "solo").await;
+    set_cap(&gateway, &capped_id, 3 * gpt_estimate + gpt_estimate / 2).await;
+    set_cap(&gateway, &solo_id, 2 * solo_estimate + solo_estimate / 2).await;
+
+    let started = std::time::Instant::now();
+    let requests = (0..200).map(|n| {
+        let model = if n % 2 == 0 { "gpt" } else { "solo" };
+        let request = gateway.proxy("/v1/chat/completions").json(&body(model));
+        async move { (model, send(request).await) }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let elapsed = started.elapsed();
+    for (model, answer) in &answers {
+        if *model == "gpt" {
+            assert_eq!(answer.status, 200, "{answer}");
+        }
+    }
+    let solo_served = answers
+        .iter()
+        .filter(|(model, answer)| *model == "solo" && answer.status == 200)
+        .count();
+    for (_, answer) in answers
+        .iter()
+        .filter(|(model, answer)| *model == "solo" && answer.status != 200)
+    {
+        let message = answer.assert_budget_exceeded();
+        assert!(
+            message.starts_with("every backend for this model is at its monthly spend cap"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        (capped.calls(), spare.calls()),
+        (3, 97),
+        "the capped backend serves exactly what its cap holds, the fallback the rest"
+    );
+    assert_eq!((solo.calls(), solo_served), (2, 2));
+    // Zero overrun: each cap spent exactly its admitted estimates, nothing left reserved.
+    assert_eq!(
+        settled_spend(&gateway, &capped_id).await,
+        usd_number(3 * gpt_estimate)
+    );
+    assert_eq!(
+        settled_spend(&gateway, &solo_id).await,
+        usd_number(2 * solo_estimate)
+    );
+    eprintln!("200 concurrent requests against backend caps of 3 and 2 estimates: {elapsed:?}");
+}
+
+/// A failed attempt gives its reservation back (the cap is not eaten by failures), and the
+/// attempt that serves carries its hold to the record: a stream the client leaves before the
+/// usage frame still lands its cost on the cap (read in the grace after it left).
+#[tokio::test]
+async fn a_failed_attempt_releases_its_backend_cap_reservation() {
+    let capped = MockUpstream::start().await;
+    let spare = MockUpstream::start().await;
+    let gateway = Gateway::start_with(
+        "[proxy]\nusage_grace_ms = 5000\n\
+         [prices.\"up-gpt\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n",
+        None,
+    )
+    .await;
+    common::created(
+        gateway
+            .admin(Method::POST, "/pools")
+            .json(&json!({"name": "spare", "priority": 10})),
+    )
+    .await;
+    gateway
+        .add_openai_backend("capped", &capped.openai_base_url(), "primary", &["gpt"])
+        .await;
+    gateway
+        .add_openai_backend("spare", &spare.openai_base_url(), "spare", &["gpt"])
+        .await;
+    let body = json!({"model": "gpt", "stream": true, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let (prompt, output, estimate) = estimate_of(&body, "up-gpt", 1_000_000);
+    for upstream in [&capped, &spare] {
+        upstream.set_usage(Some(ReportedUsage {
+            prompt_tokens: prompt,
+            completion_tokens: output,
+            ..ReportedUsage::default()
+        }));
+    }
+    let id = backend_id(&gateway, "capped").await;
+    // Room for one estimate and a half.
+    set_cap(&gateway, &id, estimate + estimate / 2).await;
+    let stream = |gateway: &Gateway| gateway.proxy("/v1/chat/completions").json(&body);
+
+    // The capped backend fails: the request fails over to the spare, and the cap holds nothing.
+    capped.push(mock_upstream::Reply::Error {
+        status: 500,
+        message: "boom".into(),
+        headers: Vec::new(),
+    });
+    let answer = send(stream(&gateway)).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!((capped.calls(), spare.calls()), (1, 1));
+    assert_eq!(settled_spend(&gateway, &id).await, usd_number(0));
+
+    // Back from its cooldown, the capped backend serves a stream whose client hangs up after
+    // the content, before the usage frame (sent 300 ms later): the record is billed from the
+    // frame read in the grace, and the cap gets exactly that cost.
+    let answer = send(gateway.admin(Method::POST, &format!("/backends/{id}/reset-cooldown"))).await;
+    assert!(answer.status < 300, "{answer}");
+    capped.push(mock_upstream::Reply::Stream(mock_upstream::StreamSpec {
+        chunks: 3,
+        tail_gap_ms: 300,
+        content: Some("alpha beta omega".into()),
+        ..mock_upstream::StreamSpec::default()
+    }));
+    let response = stream(&gateway).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut chunks = futures_util::StreamExt::fuse(response.bytes_stream());
+    let mut seen = String::new();
+    while !seen.contains("omega") {
+        match futures_util::StreamExt::next(&mut chunks).await {
+            Some(Ok(chunk)) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("the stream ended early: {other:?} after {seen}"),
+        }
+    }
+    drop(chunks);
+    let record = record_of(&gateway, &request_id).await;
+    assert_eq!(record["backend_id"], id.as_str(), "{record}");
+    assert_eq!(record["cost_usd"], usd_number(estimate), "{record}");
+    assert_eq!(capped.calls(), 2);
+    assert_eq!(settled_spend(&gateway, &id).await, usd_number(estimate));
+
+    // One estimate spent, half of one left: the next request cannot be reserved there.
+    let answer = send(stream(&gateway)).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!((capped.calls(), spare.calls()), (2, 2));
 }

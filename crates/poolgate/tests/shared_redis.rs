@@ -1035,3 +1035,67 @@ async fn backend_spend_is_recorded_seeded_and_read_back_by_every_instance() {
         .unwrap();
     assert_eq!(expires, expire_at_ms);
 }
+
+/// Issue #11: a request abandoned while its budget (or backend cap) reservation is in flight —
+/// its client left — must not leave the reservation in Redis until the window is forgotten: the
+/// detached call's task releases what nobody received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_nobody_received_is_released() {
+    let server = RedisServer::start().await;
+    let shared: Arc<dyn SharedRuntime> = start(options(&server, "a")).await;
+    let owner = SpendRecord::backend_owner(&backend("capped"));
+    let claim = BudgetClaim {
+        owner: owner.clone(),
+        amount: 40,
+        windows: vec![BudgetWindowClaim {
+            id: "m:202611".to_owned(),
+            limit: 100,
+            seed: 7,
+            expire_at_ms: None,
+        }],
+    };
+    // Received: reserved as usual.
+    let Some(BudgetAdmit::Reserved { hold, figures }) =
+        poolgate::shared::reserve_budget_detached(&shared, claim.clone()).await
+    else {
+        panic!("the reservation fits");
+    };
+    assert_eq!(figures, vec![(7, 40)]);
+    // The settle answers with the shared spend after it (the caller's ledger is raised to it).
+    assert_eq!(shared.settle_budget(hold, 3).await, Some(vec![Some(10)]));
+    // Abandoned at once (the future dropped before the reply): the script still runs (it raises
+    // the figure to this claim's seed, 12), and the reservation it made is released.
+    let abandoned =
+        futures_util::FutureExt::now_or_never(poolgate::shared::reserve_budget_detached(
+            &shared,
+            BudgetClaim {
+                windows: vec![BudgetWindowClaim {
+                    seed: 12,
+                    ..claim.windows[0].clone()
+                }],
+                ..claim
+            },
+        ));
+    assert!(
+        abandoned.is_none(),
+        "polled once and dropped before the reply"
+    );
+    let client = redis::Client::open(server.url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let figure = format!("{{poolgate}}:v1:budget:{owner}:m:202611");
+    eventually("the abandoned reservation is made, then released", || {
+        let mut conn = conn.clone();
+        let figure = figure.clone();
+        async move {
+            let (spent, reserved): (u64, u64) = redis::cmd("HMGET")
+                .arg(&figure)
+                .arg("spent")
+                .arg("reserved")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (spent, reserved) == (12, 0)
+        }
+    })
+    .await;
+}

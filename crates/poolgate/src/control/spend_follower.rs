@@ -2,8 +2,10 @@
 //! the shared state once per `redis.heartbeat_ms` into this instance's ledgers — so an instance
 //! that sends nothing to a backend still skips it once the others spent its cap, and the admin
 //! API shows the cluster's figure. One call per interval for all capped backends together; none
-//! without a capped backend. (Each settle's reply raises the settling instance's ledger at once:
-//! `proxy::spend::record_backend`.)
+//! without a capped backend. (Each reservation's reply also raises the reserving instance's
+//! ledger at once: `proxy::spend::reserve_backend`.) The figure is the one reservations take
+//! from (`budget.lua` `take` on the same `budget:backend:<id>:m:<yyyymm>` hash): only `spent` is
+//! read; what other instances hold reserved stays in Redis.
 
 use std::sync::Arc;
 use std::time::Duration;

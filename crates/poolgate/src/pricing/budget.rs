@@ -358,8 +358,8 @@ impl SpendLedger {
     }
 
     /// The first limited window (daily, monthly, total) with nothing left as of `now`, if any:
-    /// what a backend's monthly cap checks at selection (no reservation; the overrun is at most
-    /// the requests in flight on it — across instances, see `crate::proxy::spend`).
+    /// what selection checks of a backend's monthly cap before an attempt reserves in it (see
+    /// `crate::proxy::spend`).
     pub fn exhausted(&self, now: DateTime<Utc>) -> Option<BudgetExceeded> {
         let mut state = self.state.lock();
         state.roll(now);

@@ -1,7 +1,8 @@
 //! The attempt loop — the only place a request is retried: route, check the caller's own limits,
-//! take the next ready candidate, call it, classify the answer, and on a retryable failure cool
-//! the backend down and move on (only ever before the first byte reached the client). With
-//! nothing ready it waits up to `max_wait` for the earliest backend, else gives up.
+//! take the next ready candidate (reserving its monthly spend cap, if it has one), call it,
+//! classify the answer, and on a retryable failure cool the backend down, release its
+//! reservation and move on (only ever before the first byte reached the client). With nothing
+//! ready it waits up to `max_wait` for the earliest backend, else gives up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +110,23 @@ pub async fn run(
             }
             return Err(error);
         };
+        // The backend's monthly spend cap (if it has one): the estimated cost at its price is
+        // reserved before anything is sent; a cap that cannot take it skips the backend.
+        let reserved = spend::reserve_backend(
+            ctx,
+            inbound,
+            &routing.route,
+            &ticket.backend,
+            &ticket.upstream_model,
+        );
+        match reserved.await {
+            Ok(guard) => draft.hold_backend_spend(guard),
+            Err(spend::CapRefusal::Capped(exceeded)) => {
+                selection.cap_refused(ticket, exceeded);
+                continue;
+            }
+            Err(spend::CapRefusal::Unavailable) => return Err(ProxyError::LimiterUnavailable),
+        }
         if ticket.needs_confirm(!key_claims.is_empty()) {
             match admit_shared(ctx, &mut ticket, &key_claims).await {
                 Ok(()) => {
@@ -118,8 +136,12 @@ pub async fn run(
                     }
                     key_claims.clear();
                 }
-                Err(SharedRefusal::End(error)) => return Err(error),
+                Err(SharedRefusal::End(error)) => {
+                    draft.release_backend_spend();
+                    return Err(error);
+                }
                 Err(SharedRefusal::Skip(ready)) => {
+                    draft.release_backend_spend();
                     selection.refused(ticket, ready);
                     continue;
                 }
@@ -230,6 +252,7 @@ pub async fn run(
         backend.runtime.set_last_error(description);
         let report = resolve(data, &mut ticket, failure.outcome());
         draft.end_attempt(failure.attempt_result(), upstream_status);
+        draft.release_backend_spend();
         drop(ticket);
         // Cluster mode: the shared cooldown knows before the next attempt (the report is its own
         // task: it finishes even if this request is abandoned).
@@ -417,13 +440,22 @@ fn give_up<F: Fn(&BackendRecord) -> bool>(
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
             });
-            return ProxyError::BudgetExceeded {
-                message: format!(
+            let used = exceeded.spent.saturating_add(exceeded.reserved);
+            let head = if used >= exceeded.limit {
+                format!(
                     "every backend for this model has used up its monthly spend cap \
-                     ({} spent of {}){resets}",
-                    exceeded.spent.saturating_add(exceeded.reserved),
+                     ({used} spent of {})",
                     exceeded.limit
-                ),
+                )
+            } else {
+                format!(
+                    "every backend for this model is at its monthly spend cap: none can cover \
+                     this request (estimated at {}; {used} spent or reserved of {})",
+                    exceeded.requested, exceeded.limit
+                )
+            };
+            return ProxyError::BudgetExceeded {
+                message: format!("{head}{resets}"),
             };
         }
     }

@@ -4,7 +4,8 @@
 //! wherever the record is written the observation is finished with the same fields — the stream
 //! relay's end and the cancel guard included. It holds the request's TPM reservations (the
 //! client key's, and the serving backend's once an attempt succeeded) and settles them once,
-//! where the record is finished, with the tokens the record bills.
+//! where the record is finished, with the tokens the record bills; and its spend reservations
+//! (the key's budget, the current attempt's backend cap), settled there with the record's cost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,9 @@ pub struct UsageDraft {
     /// The client key's budget reservation, settled with the cost when the record is finished
     /// (moves with the observation in [`UsageDraft::hand_over`]).
     spend: Option<SpendGuard>,
+    /// The current attempt's reservation under its backend's monthly spend cap: released when
+    /// the attempt fails, settled with the cost when the record is finished.
+    backend_spend: Option<SpendGuard>,
 }
 
 /// Starts observing a request of `ctx`: the route's series when `inbound` names a routed model,
@@ -159,6 +163,7 @@ impl UsageDraft {
             prompt_estimate: 0,
             prices: Arc::clone(&ctx.live.prices),
             spend: None,
+            backend_spend: None,
         }
     }
 
@@ -177,6 +182,20 @@ impl UsageDraft {
     /// Holds the request's budget reservation until the record is finished.
     pub fn hold_spend(&mut self, guard: Option<SpendGuard>) {
         self.spend = guard;
+    }
+
+    /// Holds the current attempt's reservation under its backend's spend cap (one still held
+    /// belongs to an attempt that did not serve: it is released).
+    pub fn hold_backend_spend(&mut self, guard: Option<SpendGuard>) {
+        self.release_backend_spend();
+        self.backend_spend = guard;
+    }
+
+    /// The attempt did not serve the request: its backend's reservation is released.
+    pub fn release_backend_spend(&mut self) {
+        if let Some(guard) = self.backend_spend.take() {
+            guard.settle(Nanodollars::ZERO);
+        }
     }
 
     /// One more upstream attempt, to the ticket's backend.
@@ -262,6 +281,7 @@ impl UsageDraft {
             prompt_estimate: self.prompt_estimate,
             prices: Arc::clone(&self.prices),
             spend: self.spend.take(),
+            backend_spend: self.backend_spend.take(),
         }
     }
 
@@ -322,10 +342,16 @@ impl UsageDraft {
         if let Some(guard) = self.spend.take() {
             guard.settle(cost);
         }
-        if cost > Nanodollars::ZERO {
-            if let Some(backend) = &self.last_backend {
-                super::spend::record_backend(backend, cost);
+        // The serving backend's cap: its reservation settles with the cost; spend that went
+        // through none (a call using no upstream tokens) is recorded as it is.
+        match self.backend_spend.take() {
+            Some(guard) => guard.settle(cost),
+            None if cost > Nanodollars::ZERO => {
+                if let Some(backend) = &self.last_backend {
+                    super::spend::record_backend(backend, cost);
+                }
             }
+            None => {}
         }
         if let Some(observation) = self.observation.take() {
             let record = &self.record;

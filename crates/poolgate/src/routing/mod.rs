@@ -242,6 +242,8 @@ pub struct Selection<'a, F> {
     earliest: Option<Instant>,
     /// The request's estimated tokens, when a TPM limit applies to it.
     need: Option<TokenNeed>,
+    /// Backends whose monthly spend cap could not take the request's reservation (address, why).
+    cap_refused: Vec<(usize, crate::pricing::BudgetExceeded)>,
 }
 
 impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
@@ -256,6 +258,7 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
             refused: Vec::new(),
             earliest: None,
             need: None,
+            cap_refused: Vec::new(),
         }
     }
 
@@ -354,6 +357,15 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
         }
     }
 
+    /// The ticket's backend cannot take the request's reservation under its monthly spend cap:
+    /// it counts as tried (never handed out again for this request) and as capped for
+    /// [`Selection::spend_capped`].
+    pub fn cap_refused(&mut self, ticket: Ticket, exceeded: crate::pricing::BudgetExceeded) {
+        self.cap_refused
+            .push((Arc::as_ptr(&ticket.backend).addr(), exceeded));
+        ticket.admitted.unsent(Instant::now());
+    }
+
     /// The earliest moment a skipped candidate may become ready.
     pub fn earliest_ready(&self) -> Option<Instant> {
         self.earliest
@@ -363,9 +375,9 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
         self.tried.len()
     }
 
-    /// When every enabled candidate that serves the request is at its monthly spend cap: the
-    /// refusal of the one whose cap resets first (`None` if any candidate is not capped, or
-    /// none serves).
+    /// When every enabled candidate that serves the request is at its monthly spend cap (spent,
+    /// or refused the request's reservation): the refusal of the one whose cap resets first
+    /// (`None` if any candidate is not capped, or none serves).
     pub fn spend_capped(
         &self,
         now: chrono::DateTime<chrono::Utc>,
@@ -376,7 +388,11 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
             if !backend.record.enabled || !(self.serves)(&backend.record) {
                 continue;
             }
-            let exceeded = backend.spend.as_ref()?.exhausted(now)?;
+            let address = Arc::as_ptr(backend).addr();
+            let exceeded = match self.cap_refused.iter().find(|(at, _)| *at == address) {
+                Some((_, exceeded)) => exceeded.clone(),
+                None => backend.spend.as_ref()?.exhausted(now)?,
+            };
             if first
                 .as_ref()
                 .is_none_or(|first| exceeded.resets_at < first.resets_at)

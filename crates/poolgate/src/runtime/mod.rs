@@ -507,6 +507,15 @@ impl Admitted {
         )
     }
 
+    /// The attempt is not sent after all (its backend's spend cap refused the request): the
+    /// RPM token this instance's bucket gave is given back (cluster mode took none yet). The
+    /// in-flight slot, the probe slot and a TPM reservation go back on drop as always.
+    pub fn unsent(self, now: Instant) {
+        if self.shared.is_none() {
+            self.runtime.limiter.refund(now);
+        }
+    }
+
     /// Whether this request is the half-open probe.
     pub fn is_probe(&self) -> bool {
         self.probe

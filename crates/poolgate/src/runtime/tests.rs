@@ -77,6 +77,18 @@ async fn an_empty_bucket_refuses_and_says_when() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_attempt_not_sent_gives_its_token_back() {
+    let runtime = healthy(1);
+    let now = Instant::now();
+    let admitted = runtime.admit(now).unwrap();
+    assert!(runtime.admit(now).is_err(), "the one token is taken");
+    admitted.unsent(now);
+    assert_eq!(runtime.snapshot(now).in_flight, 0);
+    drop(runtime.admit(now).unwrap());
+    assert!(runtime.admit(now).is_err(), "a used token stays used");
+}
+
+#[tokio::test(start_paused = true)]
 async fn reset_clears_cooldown_broken_key_and_last_error() {
     let runtime = healthy(0);
     let now = Instant::now();

@@ -26,9 +26,11 @@
 //! with a budget: [`SharedRuntime::reserve_budget`] before selection (every limited window, all
 //! or nothing) and [`SharedRuntime::settle_budget`] when the request is recorded (see
 //! `crate::proxy::spend` for why it is not part of the bucket admission). A backend's monthly
-//! spend cap takes no reservation: its settled costs go to [`SharedRuntime::record_spend`] (one
-//! call per settle, only for a capped backend) and every instance reads the figures back with
-//! [`SharedRuntime::read_spend`] (one call per heartbeat interval for all capped backends).
+//! spend cap is reserved the same way per attempt on a capped backend (owner
+//! [`SpendRecord::backend_owner`], its month window), settled with [`SharedRuntime::settle_budget`];
+//! spend made without a reservation goes to [`SharedRuntime::record_spend`], and every instance
+//! reads the figures back with [`SharedRuntime::read_spend`] (one call per heartbeat interval
+//! for all capped backends).
 //!
 //! Every call is bounded by the configured timeout and never fails: when shared state is
 //! unreachable the instance answers from its local share (or refuses a fail-closed claim with
@@ -284,11 +286,12 @@ pub struct CooldownView {
     pub reason: Option<CooldownReason>,
 }
 
-/// A client key's budget reservation made in shared state (cluster mode): `amount`
-/// nanodollars in every limited window, all or nothing.
+/// A budget reservation made in shared state (cluster mode): `amount` nanodollars in every
+/// limited window of a client key's budget (or of a backend's monthly spend cap), all or
+/// nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetClaim {
-    /// The client key's id.
+    /// The client key's id, or [`SpendRecord::backend_owner`].
     pub owner: String,
     pub amount: u64,
     pub windows: Vec<BudgetWindowClaim>,
@@ -336,8 +339,8 @@ pub struct BudgetHold {
     pub windows: Vec<String>,
 }
 
-/// Spend settled on a backend that has a monthly spend cap (cluster mode), for
-/// [`SharedRuntime::record_spend`]: added to the backend's shared window figures, which are
+/// Spend settled without a reservation on a backend that has a monthly spend cap (cluster
+/// mode), for [`SharedRuntime::record_spend`]: added to the backend's shared window figures, which are
 /// first raised to what this instance knows (`seed`), so a fresh Redis does not forget the month.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpendRecord {
@@ -365,6 +368,26 @@ pub struct SpendWindowSeed {
     pub seed: u64,
     /// As in [`BudgetWindowClaim::expire_at_ms`].
     pub expire_at_ms: Option<i64>,
+}
+
+/// [`SharedRuntime::reserve_budget`] from a task of its own, for a request that may be abandoned
+/// while the call is in flight (its client left): the script may already have reserved, and a
+/// reservation nobody received would stay in the window until it is forgotten (a month for a
+/// backend's cap) — the task releases it instead (settled with 0). `None` as for
+/// `reserve_budget`.
+pub async fn reserve_budget_detached(
+    shared: &Arc<dyn SharedRuntime>,
+    claim: BudgetClaim,
+) -> Option<BudgetAdmit> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let admitted = shared.reserve_budget(&claim).await;
+        if let Err(Some(BudgetAdmit::Reserved { hold, .. })) = reply.send(admitted) {
+            shared.settle_budget(hold, 0).await;
+        }
+    });
+    answer.await.ok().flatten()
 }
 
 /// Shared runtime state: see the module doc for the call order on the request path.
@@ -440,15 +463,21 @@ pub trait SharedRuntime: Send + Sync + 'static {
         None
     }
 
-    /// Reserves a client key's budget in shared state, atomically across instances; `None`
+    /// Reserves a client key's budget (or a backend's spend cap) in shared state, atomically
+    /// across instances; `None`
     /// when there is no shared state to ask (single instance, or unreachable: degraded), and
     /// the caller answers from its local ledger.
     async fn reserve_budget(&self, _claim: &BudgetClaim) -> Option<BudgetAdmit> {
         None
     }
 
-    /// Releases a shared budget reservation and records the real cost (nanodollars).
-    async fn settle_budget(&self, _hold: BudgetHold, _cost: u64) {}
+    /// Releases a shared budget reservation and records the real cost (nanodollars). Returns
+    /// each window's shared spend after it (`None` for a window forgotten since), or `None`
+    /// when the settle did not reach shared state (single instance, or given up while
+    /// unreachable): the caller then keeps the cost in its own figure.
+    async fn settle_budget(&self, _hold: BudgetHold, _cost: u64) -> Option<Vec<Option<u64>>> {
+        None
+    }
 
     /// Adds spend settled on a capped backend to its shared windows (one call, no retry: the
     /// caller's ledger keeps the cost, and its next record seeds the shared figure with it).

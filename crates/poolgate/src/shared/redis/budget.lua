@@ -1,12 +1,13 @@
--- poolgate budget v1
--- A client key's spend budget, atomically: (mode 'take') reserve `amount` in every limited
--- window, all or nothing; or (mode 'settle') release a reservation and record the real cost;
--- or (mode 'record') add spend made without a reservation (a backend's monthly cap); or (mode
--- 'read') return what is spent.
+-- poolgate budget v2
+-- A client key's spend budget or a backend's monthly cap, atomically: (mode 'take') reserve
+-- `amount` in every limited window, all or nothing; or (mode 'settle') release a reservation
+-- and record the real cost; or (mode 'record') add spend made without a reservation (a capped
+-- backend's call that reserved nothing); or (mode 'read') return what is spent.
 -- Changing what this script does or returns: rename it to v2 (see admit.lua).
 --
--- KEYS[i] one hash {spent, reserved} per window (budget:<key>:d:<yyyymmdd>, :m:<yyyymm>, :t),
--- amounts in integer nanodollars.
+-- KEYS[i] one hash {spent, reserved} per window (budget:<key>:d:<yyyymmdd>, :m:<yyyymm>, :t;
+-- a backend's cap: budget:backend:<id>:m:<yyyymm> in every mode), amounts in integer
+-- nanodollars.
 -- take:   ARGV[1] 'take'   ARGV[2] amount
 --         ARGV[3 + 3(i-1)] limit of window i   ARGV[4 + 3(i-1)] the least the window's spent
 --         can be (the instance's ledger: the database's figure at start-up plus spend the
@@ -25,7 +26,9 @@
 --
 -- Reply: take:   {0, spent_1, reserved_1, ...} (after the reservation)
 --                {i, spent_i, reserved_i} window i refused (used up, or cannot cover amount)
---        settle: {0}
+--        settle: {0, spent_1, ...} (after the cost; -1: the window was forgotten) — v2 (v1
+--                replied {0}: the settling instance then added the cost to its own figure,
+--                which raced with the figures it read meanwhile)
 --        record: {0, spent_1, ...} (after the cost)
 --        read:   {0, spent_1, ...} (-1: no such window)
 -- Amounts stay below 2^53 (the Rust side clamps), so Lua's doubles are exact.
@@ -38,14 +41,17 @@ local n = #KEYS
 
 if mode == 'settle' then
   local cost = tonumber(ARGV[3])
+  local r = {0}
   for i = 1, n do
     if redis.call('EXISTS', KEYS[i]) == 1 then
       local reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved')) or 0
       redis.call('HSET', KEYS[i], 'reserved', int(math.max(reserved - amount, 0)))
-      redis.call('HINCRBY', KEYS[i], 'spent', int(cost))
+      r[#r + 1] = redis.call('HINCRBY', KEYS[i], 'spent', int(cost))
+    else
+      r[#r + 1] = -1
     end
   end
-  return {0}
+  return r
 end
 
 if mode == 'record' then

@@ -692,9 +692,9 @@ impl SharedRuntime for RedisShared {
         }
     }
 
-    async fn settle_budget(&self, hold: BudgetHold, cost: u64) {
+    async fn settle_budget(&self, hold: BudgetHold, cost: u64) -> Option<Vec<Option<u64>>> {
         if hold.windows.is_empty() {
-            return;
+            return Some(Vec::new());
         }
         let inner = &self.inner;
         let mut settle = scripts::BUDGET.prepare_invoke();
@@ -708,8 +708,18 @@ impl SharedRuntime for RedisShared {
         // A settle must not be lost (the reservation would stay until its window is forgotten,
         // for the total never): retry through a short outage, then give up loudly.
         for attempt in 0..SETTLE_TRIES {
-            if inner.call::<Vec<i64>>("budget", &settle).await.is_some() {
-                return;
+            if let Some(reply) = inner.call::<Vec<i64>>("budget", &settle).await {
+                return Some(match reply.as_slice() {
+                    [0, spent @ ..] if spent.len() == hold.windows.len() => spent
+                        .iter()
+                        .map(|&value| u64::try_from(value).ok())
+                        .collect(),
+                    _ => {
+                        // Landed, but says nothing usable: the figures come with the next read.
+                        tracing::error!(?reply, "unexpected reply from the budget script");
+                        Vec::new()
+                    }
+                });
             }
             if attempt + 1 < SETTLE_TRIES {
                 tokio::time::sleep(
@@ -727,6 +737,7 @@ impl SharedRuntime for RedisShared {
             cost,
             "budget settle lost (Redis unreachable): the shared reservation stays until its window is forgotten"
         );
+        None
     }
 
     async fn record_spend(&self, record: &SpendRecord) -> Option<Vec<u64>> {
