@@ -412,6 +412,18 @@ async fn a_spent_budget_is_a_429_the_sdks_do_not_retry_in_both_formats() {
         .contains("daily budget"));
     assert_eq!(answer.header("x-should-retry"), Some("false"));
     assert_eq!(anthropic.calls(), 0);
+    // Counting tokens costs nothing upstream: a spent budget does not refuse it.
+    let counted = send(
+        gateway
+            .client
+            .post(format!("{}/v1/messages/count_tokens", gateway.url))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&chat_body("claude", false)),
+    )
+    .await;
+    assert_eq!(counted.status, 200, "{counted}");
+    assert_eq!(anthropic.calls(), 1);
 
     // The key shows its spend; raising the budget lets it through again at once.
     let view = gateway.key(&id).await;

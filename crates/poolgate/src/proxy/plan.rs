@@ -112,6 +112,12 @@ impl Inbound {
         matches!(self.form, Form::ResponsesCall(_))
     }
 
+    /// Whether the call costs no upstream tokens (a call on a stored response, Anthropic's
+    /// `count_tokens`): budgets and spend caps reserve nothing for it and do not refuse it.
+    pub fn is_free(&self) -> bool {
+        self.is_response_call() || self.endpoint == crate::providers::Endpoint::CountTokens
+    }
+
     /// For a call on a stored response: the call.
     pub fn response_call(&self) -> Option<&ResponsesCall> {
         match &self.form {

@@ -66,7 +66,6 @@ use super::error::ProxyError;
 use super::plan::Inbound;
 use crate::domain::UpstreamModel;
 use crate::pricing::{BudgetExceeded, BudgetReservation, BudgetWindow, Nanodollars, SpendLedger};
-use crate::providers::Endpoint;
 use crate::routing::{LiveBackend, Route};
 use crate::runtime::Cluster;
 use crate::shared::{
@@ -225,7 +224,8 @@ pub fn record_backend(backend: &LiveBackend, cost: Nanodollars) {
 
 /// Reserves the request's estimated cost in its client key's budget, if the key has one:
 /// `Ok(None)` without a budget, the 429 `budget_exceeded` refusal when a window cannot cover it.
-/// The estimate is the highest over the route's candidates (the backend is not chosen yet); a
+/// Calls that cost no upstream tokens (a stored response, `count_tokens`) reserve nothing and
+/// are not refused. The estimate is the highest over the route's candidates (the backend is not chosen yet); a
 /// candidate whose model has no price adds 0, which still cannot pass a spent budget.
 ///
 /// In cluster mode the reservation is one atomic call to the shared state (every limited window,
@@ -243,6 +243,9 @@ pub async fn admit(
     let Some(ledger) = &key.spend else {
         return Ok(None);
     };
+    if inbound.is_free() {
+        return Ok(None);
+    }
     let estimate = estimate_cost(ctx, inbound, route);
     let shared = key
         .runtime
@@ -287,7 +290,7 @@ pub async fn reserve_backend(
     let Some(ledger) = &backend.spend else {
         return Ok(None);
     };
-    if inbound.is_response_call() || inbound.endpoint == Endpoint::CountTokens {
+    if inbound.is_free() {
         return Ok(None);
     }
     let first = route
