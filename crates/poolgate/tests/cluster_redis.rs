@@ -480,17 +480,7 @@ async fn limits_set_to_fail_closed_answer_503_while_redis_is_down() {
     );
     let mut cluster = Cluster::start(2, Some("fail_closed = true"), &toml).await;
     assert_eq!(chat(&cluster.instances[1]).await.status, 200);
-    let list = common::send(cluster.instances[0].admin(reqwest::Method::GET, "/backends")).await;
-    let capped = list.json["data"]
-        .as_array()
-        .or(list.json.as_array())
-        .unwrap()
-        .iter()
-        .find(|backend| backend["name"] == "capped")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let capped = cluster.instances[0].backend_id("capped").await;
     let answer = common::send(
         cluster.instances[0]
             .admin(reqwest::Method::PATCH, &format!("/backends/{capped}"))
@@ -767,6 +757,36 @@ async fn an_upstream_out_of_tokens_is_held_back_by_every_instance_until_its_rese
     cluster.stop().await;
 }
 
+/// A shared budget window's `(spent, reserved)` as Redis holds it (0 for a missing field).
+async fn shared_spend(mut conn: redis::aio::MultiplexedConnection, window: &str) -> (u64, u64) {
+    let (spent, reserved): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(window)
+        .arg("spent")
+        .arg("reserved")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (spent.unwrap_or(0), reserved.unwrap_or(0))
+}
+
+/// Makes `upstream` report exactly the estimate of `body` (for `up-m`) as its usage, so spend
+/// never passes a limit; returns that estimate's cost at $1 000 / Mtok (1 000 000 nano-dollars
+/// per token).
+fn report_the_estimate(upstream: &MockUpstream, body: &Value) -> u64 {
+    let estimate = estimate_request(
+        WireFormat::ChatCompletions,
+        body.to_string().as_bytes(),
+        TokenCounter::for_model("up-m"),
+        &EstimateSettings::default(),
+    );
+    upstream.set_usage(Some(ReportedUsage {
+        prompt_tokens: estimate.prompt.tokens,
+        completion_tokens: estimate.output_reserve,
+        ..ReportedUsage::default()
+    }));
+    estimate.total() * 1_000_000
+}
+
 /// Issue #11: a client key's budget is the cluster's — reserved in Redis in one atomic call per
 /// request (every limited window, all or nothing) and settled there — so a key used through
 /// three instances is refused by all of them once the shared budget is spent, with the same
@@ -779,19 +799,7 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
                       "messages": [{"role": "user", "content": "hi"}]});
     // The usage reported is exactly the request's estimate, so the budget is never overrun
     // (spend ≤ limit + Σ over requests in flight of (actual − estimate)⁺ = limit).
-    let estimate = estimate_request(
-        WireFormat::ChatCompletions,
-        body.to_string().as_bytes(),
-        TokenCounter::for_model("up-m"),
-        &EstimateSettings::default(),
-    );
-    upstream.set_usage(Some(ReportedUsage {
-        prompt_tokens: estimate.prompt.tokens,
-        completion_tokens: estimate.output_reserve,
-        ..ReportedUsage::default()
-    }));
-    // $1 000 / Mtok = 1 000 000 nano-dollars per token.
-    let cost = estimate.total() * 1_000_000;
+    let cost = report_the_estimate(&upstream, &body);
     // Room for 4 requests and a bit (in USD with 9 decimals).
     let limit = 4 * cost + cost / 2;
     let limit_usd = format!("{}.{:09}", limit / 1_000_000_000, limit % 1_000_000_000);
@@ -904,19 +912,7 @@ async fn a_backends_monthly_spend_cap_is_reserved_across_every_instance() {
     let upstream = MockUpstream::start().await;
     let body = json!({"model": cluster::MODEL, "max_tokens": 5,
                       "messages": [{"role": "user", "content": "hi"}]});
-    let estimate = estimate_request(
-        WireFormat::ChatCompletions,
-        body.to_string().as_bytes(),
-        TokenCounter::for_model("up-m"),
-        &EstimateSettings::default(),
-    );
-    upstream.set_usage(Some(ReportedUsage {
-        prompt_tokens: estimate.prompt.tokens,
-        completion_tokens: estimate.output_reserve,
-        ..ReportedUsage::default()
-    }));
-    // $1 000 / Mtok = 1 000 000 nano-dollars per token.
-    let cost = estimate.total() * 1_000_000;
+    let cost = report_the_estimate(&upstream, &body);
     let toml = format!(
         "{}[prices.\"up-m\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n",
         backend_toml("capped", &upstream.openai_base_url(), "primary", "")
@@ -925,17 +921,7 @@ async fn a_backends_monthly_spend_cap_is_reserved_across_every_instance() {
     let mut cluster = Cluster::start(3, Some(&settings), &toml).await;
     let started = Instant::now();
     let gateways = &cluster.instances;
-    let list = common::send(gateways[0].admin(reqwest::Method::GET, "/backends")).await;
-    let id = list.json["data"]
-        .as_array()
-        .or(list.json.as_array())
-        .unwrap()
-        .iter()
-        .find(|backend| backend["name"] == "capped")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = gateways[0].backend_id("capped").await;
     let usd = |nanos: u64| format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
     let usd_number = |nanos: u64| json!(usd(nanos).parse::<f64>().unwrap());
     let set_cap = |nanos: u64| {
@@ -991,20 +977,7 @@ async fn a_backends_monthly_spend_cap_is_reserved_across_every_instance() {
         "{{poolgate}}:v1:budget:backend:{id}:m:{}",
         chrono::Utc::now().format("%Y%m")
     );
-    let shared_figure = || {
-        let mut conn = conn.clone();
-        let window = window.clone();
-        async move {
-            let (spent, reserved): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-                .arg(&window)
-                .arg("spent")
-                .arg("reserved")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            (spent.unwrap_or(0), reserved.unwrap_or(0))
-        }
-    };
+    let shared_figure = || shared_spend(conn.clone(), &window);
 
     // Room for four estimates and a half: four requests through instances 0 and 1 fit (alone,
     // each would admit four), and every instance — 2 too — learns the cluster's spend.
@@ -1066,15 +1039,7 @@ async fn a_backends_monthly_spend_cap_is_reserved_across_every_instance() {
     for i in [0, 1, 2] {
         assert_capped(&ask(i).await);
     }
-    let mut conn = conn.clone();
-    let (spent, reserved): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-        .arg(&window)
-        .arg("spent")
-        .arg("reserved")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!((spent, reserved.unwrap_or(0)), (Some(10 * cost), 0));
+    assert_eq!(shared_spend(conn, &window).await, (10 * cost, 0));
     assert_eq!(upstream.calls(), 10, "a spent cap sends nothing more");
     eprintln!(
         "shared backend cap across 3 instances: {:?} (burst of 150: {burst_took:?})",

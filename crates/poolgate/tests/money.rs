@@ -631,19 +631,25 @@ fn usd_number(nanos: u64) -> Value {
     json!(usd(nanos).parse::<f64>().unwrap())
 }
 
-/// The id of the backend named `name`.
-async fn backend_id(gateway: &Gateway, name: &str) -> String {
-    let list: Value = gateway.admin_get("/backends").await;
-    list["data"]
-        .as_array()
-        .or(list.as_array())
-        .unwrap()
-        .iter()
-        .find(|backend| backend["name"] == name)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+/// The pool `spare` (priority 10), the OpenAI backend `capped` in `primary` and `spare` in it,
+/// both serving `gpt` (upstream `up-gpt`).
+async fn add_capped_and_spare(gateway: &Gateway, capped: &MockUpstream, spare: &MockUpstream) {
+    gateway.add_pool("spare", 10).await;
+    gateway
+        .add_openai_backend("capped", &capped.openai_base_url(), "primary", &["gpt"])
+        .await;
+    gateway
+        .add_openai_backend("spare", &spare.openai_base_url(), "spare", &["gpt"])
+        .await;
+}
+
+/// `upstream` reports exactly this usage on every answer.
+fn report_usage(upstream: &MockUpstream, prompt: u64, output: u64) {
+    upstream.set_usage(Some(ReportedUsage {
+        prompt_tokens: prompt,
+        completion_tokens: output,
+        ..ReportedUsage::default()
+    }));
 }
 
 async fn set_cap(gateway: &Gateway, id: &str, nanos: u64) {
@@ -678,12 +684,7 @@ async fn a_backend_at_its_monthly_cap_is_skipped() {
         None,
     )
     .await;
-    let created = common::created(
-        gateway
-            .admin(Method::POST, "/pools")
-            .json(&json!({"name": "spare", "priority": 10})),
-    )
-    .await;
+    let created = gateway.add_pool("spare", 10).await;
     assert_eq!(created["name"], "spare");
     let first = gateway
         .add_openai_backend("capped", &capped.openai_base_url(), "primary", &["gpt"])
@@ -731,17 +732,7 @@ async fn a_backend_at_its_monthly_cap_is_skipped() {
     );
     // With the spare disabled, every candidate is capped: 429 `budget_exceeded`, not retried,
     // saying when the cap resets (cluster mode answers the same).
-    let spare_id: Value = gateway.admin_get("/backends").await;
-    let spare_id = spare_id["data"]
-        .as_array()
-        .or(spare_id.as_array())
-        .unwrap()
-        .iter()
-        .find(|backend| backend["name"] == "spare")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let spare_id = gateway.backend_id("spare").await;
     let answer = send(
         gateway
             .admin(Method::PATCH, &format!("/backends/{spare_id}"))
@@ -800,20 +791,9 @@ async fn concurrent_requests_never_overrun_a_backend_cap_reserved_per_attempt() 
         None,
     )
     .await;
-    common::created(
-        gateway
-            .admin(Method::POST, "/pools")
-            .json(&json!({"name": "spare", "priority": 10})),
-    )
-    .await;
-    gateway
-        .add_openai_backend("capped", &capped.openai_base_url(), "primary", &["gpt"])
-        .await;
+    add_capped_and_spare(&gateway, &capped, &spare).await;
     gateway
         .add_openai_backend("solo", &solo.openai_base_url(), "primary", &["solo"])
-        .await;
-    gateway
-        .add_openai_backend("spare", &spare.openai_base_url(), "spare", &["gpt"])
         .await;
     let body = |model: &str| {
         json!({"model": model, "max_tokens": 5,
@@ -822,17 +802,13 @@ async fn concurrent_requests_never_overrun_a_backend_cap_reserved_per_attempt() 
     let mut estimates = Vec::new();
     for (upstream, model) in [(&capped, "gpt"), (&solo, "solo"), (&spare, "gpt")] {
         let (prompt, output, cost) = estimate_of(&body(model), &format!("up-{model}"), 1_000_000);
-        upstream.set_usage(Some(ReportedUsage {
-            prompt_tokens: prompt,
-            completion_tokens: output,
-            ..ReportedUsage::default()
-        }));
+        report_usage(upstream, prompt, output);
         estimates.push(cost);
     }
     let (gpt_estimate, solo_estimate) = (estimates[0], estimates[1]);
     // Room for 3 and for 2 whole estimates.
-    let capped_id = backend_id(&gateway, "capped").await;
-    let solo_id = backend_id(&gateway, "solo").await;
+    let capped_id = gateway.backend_id("capped").await;
+    let solo_id = gateway.backend_id("solo").await;
     set_cap(&gateway, &capped_id, 3 * gpt_estimate + gpt_estimate / 2).await;
     set_cap(&gateway, &solo_id, 2 * solo_estimate + solo_estimate / 2).await;
 
@@ -894,29 +870,14 @@ async fn a_failed_attempt_releases_its_backend_cap_reservation() {
         None,
     )
     .await;
-    common::created(
-        gateway
-            .admin(Method::POST, "/pools")
-            .json(&json!({"name": "spare", "priority": 10})),
-    )
-    .await;
-    gateway
-        .add_openai_backend("capped", &capped.openai_base_url(), "primary", &["gpt"])
-        .await;
-    gateway
-        .add_openai_backend("spare", &spare.openai_base_url(), "spare", &["gpt"])
-        .await;
+    add_capped_and_spare(&gateway, &capped, &spare).await;
     let body = json!({"model": "gpt", "stream": true, "max_tokens": 5,
                       "messages": [{"role": "user", "content": "hi"}]});
     let (prompt, output, estimate) = estimate_of(&body, "up-gpt", 1_000_000);
     for upstream in [&capped, &spare] {
-        upstream.set_usage(Some(ReportedUsage {
-            prompt_tokens: prompt,
-            completion_tokens: output,
-            ..ReportedUsage::default()
-        }));
+        report_usage(upstream, prompt, output);
     }
-    let id = backend_id(&gateway, "capped").await;
+    let id = gateway.backend_id("capped").await;
     // Room for one estimate and a half.
     set_cap(&gateway, &id, estimate + estimate / 2).await;
     let stream = |gateway: &Gateway| gateway.proxy("/v1/chat/completions").json(&body);

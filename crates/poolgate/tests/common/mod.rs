@@ -159,6 +159,30 @@ impl Gateway {
             .unwrap()
     }
 
+    /// The id of the backend named `name` (from GET /admin/api/backends).
+    pub async fn backend_id(&self, name: &str) -> String {
+        let list: Value = self.admin_get("/backends").await;
+        list["data"]
+            .as_array()
+            .or(list.as_array())
+            .unwrap()
+            .iter()
+            .find(|backend| backend["name"] == name)
+            .unwrap_or_else(|| panic!("no backend named {name}: {list}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// POST /admin/api/pools, asserting 201; returns the created pool.
+    pub async fn add_pool(&self, name: &str, priority: u32) -> Value {
+        created(
+            self.admin(reqwest::Method::POST, "/pools")
+                .json(&serde_json::json!({"name": name, "priority": priority})),
+        )
+        .await
+    }
+
     /// GET /admin/api/backends/{id}.
     pub async fn backend(&self, id: &str) -> Value {
         self.admin_get(&format!("/backends/{id}")).await
