@@ -5,6 +5,8 @@
 
 use std::cell::RefCell;
 
+use serde_json::ser::{CompactFormatter, Formatter};
+
 use crate::domain::UsageRecord;
 
 thread_local! {
@@ -85,30 +87,20 @@ pub(super) fn encode(out: &mut Vec<u8>, seq: u64, r: &UsageRecord) {
     out.extend_from_slice(b"}}\n");
 }
 
+// The pieces below are serde_json's own (its `CompactFormatter`, and its serializer for one
+// string): the same digits and escapes as a serialised record, without the generic pass over
+// the record around them. Writing into a `Vec` cannot fail.
+
 fn push_bool(out: &mut Vec<u8>, value: bool) {
-    out.extend_from_slice(if value { b"true" } else { b"false" });
+    let _ = CompactFormatter.write_bool(out, value);
 }
 
-fn push_u64(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0_u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        // `value % 10` < 10: the cast cannot truncate.
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    let _ = CompactFormatter.write_u64(out, value);
 }
 
 fn push_i64(out: &mut Vec<u8>, value: i64) {
-    if value < 0 {
-        out.push(b'-');
-    }
-    push_u64(out, value.unsigned_abs());
+    let _ = CompactFormatter.write_i64(out, value);
 }
 
 fn push_opt_u64(out: &mut Vec<u8>, value: Option<u64>) {
@@ -125,36 +117,7 @@ fn push_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-/// A JSON string exactly as `serde_json` escapes it: `"` and `\` with a backslash, the short
-/// forms `\b \t \n \f \r`, other control characters as `\u00xx` (lower-case hex), everything
-/// else (DEL and all non-ASCII included) as it is.
+/// A JSON string exactly as `serde_json` escapes it.
 fn push_str(out: &mut Vec<u8>, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = value.as_bytes();
-    out.push(b'"');
-    let mut start = 0;
-    for (at, &byte) in bytes.iter().enumerate() {
-        let short: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => &[],
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..at]);
-        if short.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0x0f)]);
-        } else {
-            out.extend_from_slice(short);
-        }
-        start = at + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    let _ = serde_json::to_writer(&mut *out, value);
 }
