@@ -147,18 +147,7 @@ fn write_time(w: &mut impl fmt::Write, since: Duration) -> Result<bool, fmt::Err
             write!(prefix, "{}", time.format("%Y-%m-%dT%H:%M:%S."))?;
             *cached = seconds;
         }
-        let mut digits = [0_u8; 6];
-        let mut micros = since.subsec_micros();
-        for digit in digits.iter_mut().rev() {
-            // `micros % 10` < 10: the cast cannot truncate.
-            *digit = b'0' + (micros % 10) as u8;
-            micros /= 10;
-        }
-        w.write_str(prefix)?;
-        for digit in digits {
-            w.write_char(char::from(digit))?;
-        }
-        w.write_char('Z')?;
+        write!(w, "{prefix}{:06}Z", since.subsec_micros())?;
         Ok(true)
     })
 }
