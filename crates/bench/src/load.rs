@@ -11,12 +11,10 @@
 //! - **streams**: the same loops with `"stream": true`, plus time to first body byte and the gap
 //!   between consecutive SSE events as the client sees them; events sent together (batched)
 //!   show up as gaps of 0 and as more events per HTTP body chunk.
-//! - **held streams**: thousands of streams opened and kept open, to measure memory; past
-//!   [`CONNECTIONS_PER_SOURCE`] connections the client sockets are spread over several source
-//!   addresses (`127.0.0.2`, `127.0.0.3`, …) so one address's ephemeral ports never run out.
+//!
+//! Thousands of streams held open (HTTP/1.1 or HTTP/2) are [`crate::hold`]'s.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +24,9 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 type Sender = SendRequest<Full<Bytes>>;
@@ -39,6 +36,8 @@ pub struct Target {
     pub addr: SocketAddr,
     host: HeaderValue,
     path: String,
+    /// `http://addr/path`: HTTP/2 carries the authority in the URI, not in `Host`.
+    uri: Uri,
     auth: Option<HeaderValue>,
     body: Bytes,
     pub streaming: bool,
@@ -65,10 +64,12 @@ impl Target {
         body_bytes: usize,
     ) -> Result<Target> {
         let body = chat_body(model, streaming, body_bytes)?;
+        let path = "/v1/chat/completions";
         Ok(Target {
             addr,
             host: HeaderValue::from_str(&addr.to_string())?,
-            path: "/v1/chat/completions".to_owned(),
+            path: path.to_owned(),
+            uri: format!("http://{addr}{path}").parse()?,
             auth: auth
                 .map(|key| HeaderValue::from_str(&format!("Bearer {key}")))
                 .transpose()?,
@@ -82,11 +83,23 @@ impl Target {
         self.body.len()
     }
 
-    fn request(&self) -> Result<Request<Full<Bytes>>> {
-        let mut builder = Request::builder()
+    /// The request for HTTP/1.1: origin-form path and a `Host` header.
+    pub fn request(&self) -> Result<Request<Full<Bytes>>> {
+        self.build(
+            Request::builder()
+                .uri(self.path.as_str())
+                .header(HOST, self.host.clone()),
+        )
+    }
+
+    /// The request for HTTP/2: the absolute URI gives `:scheme` and `:authority`.
+    pub fn request_h2(&self) -> Result<Request<Full<Bytes>>> {
+        self.build(Request::builder().uri(self.uri.clone()))
+    }
+
+    fn build(&self, builder: hyper::http::request::Builder) -> Result<Request<Full<Bytes>>> {
+        let mut builder = builder
             .method(Method::POST)
-            .uri(self.path.as_str())
-            .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(auth) = &self.auth {
             builder = builder.header(AUTHORIZATION, auth.clone());
@@ -204,7 +217,17 @@ async fn connect(addr: SocketAddr) -> Result<Sender> {
 }
 
 /// Connects to `addr`, from the local address `source` when given (port chosen by the kernel).
-async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> Result<Sender> {
+pub async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> Result<Sender> {
+    let stream = tcp_connect(addr, source).await?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// A TCP connection to `addr` (from `source` when given), with `TCP_NODELAY`.
+pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
     let stream = match source {
         None => TcpStream::connect(addr).await,
         Some(source) => {
@@ -218,11 +241,7 @@ async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> Result<Sender
     }
     .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
+    Ok(stream)
 }
 
 /// A live connection, reconnecting when the server closed it.
@@ -447,136 +466,6 @@ async fn open_worker(target: Arc<Target>, sender: Sender, s: Schedule, mut run: 
     run
 }
 
-/// Client connections per source address when holding many streams: well under the
-/// 28,232 ephemeral ports of Linux's default range (`net.ipv4.ip_local_port_range`), so
-/// earlier runs' `TIME_WAIT` sockets never exhaust them.
-pub const CONNECTIONS_PER_SOURCE: usize = 10_000;
-
-/// The source addresses for `count` connections to `addr`: none (the kernel's choice) up to
-/// [`CONNECTIONS_PER_SOURCE`], else `127.0.0.1`, `127.0.0.2`, … (all of `127.0.0.0/8` is
-/// loopback on Linux) when `addr` is an IPv4 loopback address.
-pub fn sources_for(addr: SocketAddr, count: usize) -> Vec<IpAddr> {
-    if count <= CONNECTIONS_PER_SOURCE || !addr.ip().is_loopback() || !addr.is_ipv4() {
-        return Vec::new();
-    }
-    let needed = count.div_ceil(CONNECTIONS_PER_SOURCE).min(250);
-    (1..=needed)
-        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
-        .collect()
-}
-
-/// Streams held open at once (for memory under many concurrent streams).
-pub struct Held {
-    /// Streams that received their first byte.
-    pub opened: usize,
-    pub failed: usize,
-    /// Why the first few failures failed (for the log).
-    pub failures: Vec<String>,
-    /// Source addresses the client connections were spread over (0 = the kernel's choice).
-    pub sources: usize,
-    /// Streams that ended on their own before [`Held::close`].
-    pub ended: Arc<AtomicUsize>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Held {
-    /// Streams open right now.
-    pub fn open_now(&self) -> usize {
-        self.opened
-            .saturating_sub(self.ended.load(Ordering::Acquire))
-    }
-
-    /// Drops every connection (the client goes away mid-stream).
-    pub async fn close(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
-
-/// Opens `count` streams (at most `parallel` connecting at once) and keeps them open until
-/// [`Held::close`]; returns once every one got its first byte or failed, or after `timeout`.
-pub async fn hold_streams(
-    target: Arc<Target>,
-    count: usize,
-    parallel: usize,
-    timeout: Duration,
-) -> Held {
-    let gate = Arc::new(Semaphore::new(parallel));
-    let opened = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let ended = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sources = sources_for(target.addr, count);
-    let tasks = (0..count)
-        .map(|i| {
-            let (target, gate) = (Arc::clone(&target), Arc::clone(&gate));
-            let (opened, failed, ended) =
-                (Arc::clone(&opened), Arc::clone(&failed), Arc::clone(&ended));
-            let failures = Arc::clone(&failures);
-            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-            tokio::spawn(async move {
-                let permit = gate.acquire_owned().await;
-                match open_stream(&target, source).await {
-                    Ok(mut body) => {
-                        opened.fetch_add(1, Ordering::AcqRel);
-                        drop(permit);
-                        while let Some(Ok(_)) = body.frame().await {}
-                        ended.fetch_add(1, Ordering::AcqRel);
-                    }
-                    Err(error) => {
-                        failed.fetch_add(1, Ordering::AcqRel);
-                        if let Ok(mut failures) = failures.lock() {
-                            if failures.len() < 5 {
-                                failures.push(format!("{error:#}"));
-                            }
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline
-        && opened.load(Ordering::Acquire) + failed.load(Ordering::Acquire) < count
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
-    Held {
-        opened: opened.load(Ordering::Acquire),
-        failed: failed.load(Ordering::Acquire),
-        failures,
-        sources: sources.len(),
-        ended,
-        tasks,
-    }
-}
-
-/// Connects (from `source` when given), sends a stream request and waits for the first body
-/// byte.
-async fn open_stream(target: &Target, source: Option<IpAddr>) -> Result<hyper::body::Incoming> {
-    let mut sender = connect_from(target.addr, source).await?;
-    sender.ready().await?;
-    let response = sender.send_request(target.request()?).await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "status {}",
-        response.status()
-    );
-    let mut body = response.into_body();
-    loop {
-        let frame = body.frame().await.context("stream ended at once")??;
-        if frame.data_ref().is_some_and(|data| !data.is_empty()) {
-            // Keep the connection task alive with the body: `sender` may drop.
-            return Ok(body);
-        }
-    }
-}
-
 /// One request on a fresh connection (set-up calls, readiness polls).
 pub async fn request_once(
     addr: SocketAddr,
@@ -621,16 +510,6 @@ mod tests {
             chat_body("bench", true, 10).unwrap(),
             chat_body("bench", true, 0).unwrap()
         );
-    }
-
-    #[test]
-    fn many_connections_are_spread_over_loopback_sources() {
-        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        assert!(sources_for(addr, 5_000).is_empty());
-        let sources = sources_for(addr, 20_000);
-        assert_eq!(sources.len(), 2);
-        assert_eq!(sources[1], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
-        assert!(sources_for("[::1]:9".parse().unwrap(), 20_000).is_empty());
     }
 
     #[test]

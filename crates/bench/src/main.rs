@@ -3,10 +3,12 @@
 //! built-in hyper load generator, tears everything down, and writes `report.md`, `report.json`
 //! and `latency.svg` into `--out` (default `target/bench`). See `docs/benchmarks.md`.
 //!
-//! Modules: [`suite`] (what runs, in order), [`load`] (the load generator), [`stack`] (starting
+//! Modules: [`suite`] (what runs, in order), [`load`] (the load generator), [`hold`] (thousands
+//! of streams held open over HTTP/1.1 or HTTP/2), [`stack`] (starting
 //! the systems under test), [`procs`] (child processes and `/proc`), [`stats`] (repeats: median
 //! and spread), [`report`] and [`plot`] (the output).
 
+mod hold;
 mod load;
 mod plot;
 mod procs;
@@ -85,6 +87,15 @@ struct RunArgs {
     /// Wait after closing the held streams before their RSS is read again, in ms.
     #[arg(long, default_value_t = suite::held::SETTLE.as_millis() as u64)]
     held_settle_ms: u64,
+    /// How the held streams' clients connect (comma-separated; each count runs in each):
+    /// `http1` — a connection per stream, HTTP/1.1 to the mock too; `http2` — HTTP/2 with prior
+    /// knowledge, `--held-h2-streams` streams per connection, HTTP/2 to the mock too.
+    #[arg(long, value_delimiter = ',', value_parser = hold::Protocol::parse, default_value = "http1,http2")]
+    held_modes: Vec<hold::Protocol>,
+    /// Streams per client connection in the `http2` held mode (also poolgate's
+    /// `server.http2_max_concurrent_streams` in those runs).
+    #[arg(long, default_value_t = suite::held::H2_STREAMS_PER_CONNECTION)]
+    held_h2_streams: usize,
     /// `KEY=VALUE` environment for every poolgate the harness starts (repeatable), e.g. to try
     /// an allocator set-up: `--poolgate-env LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`.
     #[arg(long, value_parser = parse_env)]
@@ -167,6 +178,8 @@ async fn run(args: RunArgs) -> Result<()> {
             vec![5000, 20_000]
         },
         held_settle: Duration::from_millis(args.held_settle_ms),
+        held_modes: args.held_modes,
+        held_h2_streams: args.held_h2_streams.max(1),
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

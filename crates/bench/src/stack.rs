@@ -199,6 +199,8 @@ pub struct BackendDef {
     /// canonical -> upstream model.
     pub models: Vec<(String, String)>,
     pub rpm_limit: u32,
+    /// `http_version` (`"http1"`, `"http2"`), when not poolgate's default (`"auto"`).
+    pub http_version: Option<&'static str>,
 }
 
 /// What a poolgate instance is configured with.
@@ -230,9 +232,13 @@ impl PoolgateSpec {
         for backend in &self.backends {
             let _ = write!(
                 text,
-                "[[backends]]\nname = \"{}\"\napi_base_url = \"http://{}/v1\"\napi_key = \"sk-bench-{}\"\nrpm_limit = {}\n[backends.model_mappings]\n",
+                "[[backends]]\nname = \"{}\"\napi_base_url = \"http://{}/v1\"\napi_key = \"sk-bench-{}\"\nrpm_limit = {}\n",
                 backend.name, backend.upstream, backend.name, backend.rpm_limit
             );
+            if let Some(version) = backend.http_version {
+                let _ = writeln!(text, "http_version = \"{version}\"");
+            }
+            text.push_str("[backends.model_mappings]\n");
             for (canonical, upstream) in &backend.models {
                 let _ = writeln!(text, "\"{canonical}\" = \"{upstream}\"");
             }

@@ -158,18 +158,27 @@ fn smoke_run_writes_the_report() {
     for figure in ["rss_idle_mb", "rss_load_mb", "startup_ms", "cpu_ms_per_1k"] {
         assert!(median(&poolgate[figure]) > 0.0, "resource {figure}");
     }
-    // Held streams (200 in a smoke run): memory open and after closing, no error.
-    let held = &json["held_streams"][0];
-    assert_eq!(held["streams"], 200);
-    assert_eq!(held["open_at_sample"], 200, "held streams: {held}");
-    assert_eq!(held["failed"], 0);
-    for figure in [
-        "rss_idle_mb",
-        "rss_open_mb",
-        "rss_after_close_mb",
-        "kb_per_stream",
-    ] {
-        assert!(held[figure].as_f64().unwrap_or(0.0) > 0.0, "held {figure}");
+    // Held streams (200 in a smoke run), in both client modes: memory open and after closing,
+    // no error; over HTTP/2 the 200 streams share one client connection.
+    let held = json["held_streams"].as_array().expect("held_streams");
+    assert_eq!(held.len(), 2, "one run per mode: {held:?}");
+    for (run, mode, connections) in [(&held[0], "http1", 200), (&held[1], "http2", 1)] {
+        assert_eq!(run["streams"], 200);
+        assert_eq!(run["mode"], mode);
+        assert_eq!(run["connections"], connections, "{mode}: {run}");
+        assert_eq!(run["open_at_sample"], 200, "held streams ({mode}): {run}");
+        assert_eq!(run["failed"], 0);
+        for figure in [
+            "rss_idle_mb",
+            "rss_open_mb",
+            "rss_after_close_mb",
+            "kb_per_stream",
+        ] {
+            assert!(
+                run[figure].as_f64().unwrap_or(0.0) > 0.0,
+                "held {figure} ({mode})"
+            );
+        }
     }
     // agentgateway's figure: 32 connections, a 1 KB body.
     let agw = scenario("agentgateway_c32_1k");
@@ -185,7 +194,8 @@ fn smoke_run_writes_the_report() {
     }
 
     let targets = json["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 14);
+    // 14, and the three held-stream goals again for the HTTP/2 clients.
+    assert_eq!(targets.len(), 17);
     for target in targets {
         let status = target["status"].as_str().expect("status");
         assert!(["met", "missed", "not measured"].contains(&status));

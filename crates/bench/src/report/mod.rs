@@ -92,7 +92,7 @@ fn to_markdown(results: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "- poolgate: {} — load generator: {} thread(s), hyper HTTP/1.1 keep-alive",
+        "- poolgate: {} — load generator: {} thread(s), hyper HTTP/1.1 keep-alive (held streams: HTTP/1.1 and HTTP/2)",
         meta_str(results, "poolgate"),
         m.get("client_threads").cloned().unwrap_or_default(),
     );
@@ -330,20 +330,21 @@ fn held_table(md: &mut String, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "\n## Many open streams (a fresh poolgate per count)\n\n| streams | open when sampled | failed | ended early | opened in (s) | RSS idle (MB) | RSS open (MB) | per stream (KB) | all closed in (s) | RSS then + settle (MB) |\n|---|---|---|---|---|---|---|---|---|---|"
+        "\n## Many open streams (a fresh poolgate per count and mode)\n\n| streams | clients | open when sampled | failed | ended early | opened in (s) | RSS idle (MB) | RSS open (MB) | per stream (KB) | descriptors idle / open | all finished in (s) | RSS then + settle (MB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for run in &results.held {
+        let clients = held_clients(run);
         if let Some(reason) = &run.skipped {
             let _ = writeln!(
                 md,
-                "| {} | skipped: {reason} | | | | | | | | |",
+                "| {} | {clients} | skipped: {reason} | | | | | | | | | |",
                 run.streams
             );
             continue;
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} ({} ms) |",
+            "| {} | {clients} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} / {} | {:.1} | {:.1} ({} ms) |",
             run.streams,
             run.open_at_sample,
             run.failed,
@@ -352,6 +353,8 @@ fn held_table(md: &mut String, results: &Results) {
             run.rss_idle_mb,
             run.rss_open_mb,
             run.kb_per_stream,
+            run.fds_idle,
+            run.fds_open,
             run.close_seconds,
             run.rss_after_close_mb,
             run.settle_ms,
@@ -359,15 +362,43 @@ fn held_table(md: &mut String, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "\nEach count runs on a fresh poolgate: *RSS idle* before the first stream, *RSS open* 0.5 s after the last one got its first byte (the upstream sends one event per second), *per stream* = (open − idle) ÷ streams open, then every client connection is dropped at once; poolgate notices at its next write (the next event, within a second) and closes both sockets — *all closed in* is until its descriptors are back near the idle count (at most 15 s) — and RSS is read again after the settle time: what the allocator gave back to the system. *failed*: a connection, a non-2xx answer or no first byte; *ended early*: opened, then ended before the harness closed it."
+        "\nEach count runs on a fresh mock and a fresh poolgate per client mode. *clients*: **http1** — a HTTP/1.1 connection per stream, and poolgate speaks HTTP/1.1 to the mock (a client and an upstream socket per stream); **http2** — HTTP/2 with prior knowledge, the streams spread over as few connections as poolgate's `http2_max_concurrent_streams` allows, and poolgate speaks HTTP/2 to the mock (`http_version = \"http2\"`; a few sockets in all). *RSS idle* before the first stream, *RSS open* 0.5 s after the last one got its first byte (the upstream sends one event per second), *per stream* = (open − idle) ÷ streams open, then every client connection is dropped at once; poolgate notices at its next write (HTTP/1.1: the next event, within a second) or when the connection's socket closes (HTTP/2) — *all finished in* is until its descriptors are back near the idle count and its admin API counts no request in flight (at most 30 s) — and RSS is read again after the settle time: what the allocator gave back to the system. *failed*: a connection, a non-2xx answer or no first byte; *ended early*: opened, then ended before the harness closed it."
     );
     for run in results.held.iter().filter(|run| !run.failures.is_empty()) {
         let _ = writeln!(
             md,
-            "\n{} streams, first failures: {}",
+            "\n{} streams ({}), first failures: {}",
             run.streams,
+            run.mode.as_str(),
             run.failures.join("; ")
         );
+    }
+    for run in results
+        .held
+        .iter()
+        .filter(|run| run.skipped.is_none() && run.in_flight_after_close != Some(0))
+    {
+        let what = match run.in_flight_after_close {
+            Some(n) => format!("poolgate still counted {n} request(s) in flight"),
+            None => "poolgate's admin API did not say how many requests were in flight".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "\n{} streams ({}): {what} when the after-close RSS was read.",
+            run.streams,
+            run.mode.as_str(),
+        );
+    }
+}
+
+/// `http1, 5000 connections` / `http2, 25 connections × 200`.
+fn held_clients(run: &crate::suite::HeldRun) -> String {
+    match run.mode {
+        crate::hold::Protocol::Http1 => format!("http1, {} connections", run.connections),
+        crate::hold::Protocol::Http2 => format!(
+            "http2, {} connections × ≤ {}",
+            run.connections, run.streams_per_connection
+        ),
     }
 }
 

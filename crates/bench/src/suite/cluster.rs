@@ -56,6 +56,7 @@ impl Bench<'_> {
                 upstream: fast.addr,
                 models: vec![("bench".to_owned(), "bench-upstream".to_owned())],
                 rpm_limit: 10_000_000,
+                http_version: None,
             }],
             churn_cooldown: false,
             client_rpm: 10_000_000,

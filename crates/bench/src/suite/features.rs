@@ -34,6 +34,7 @@ fn backends(prefix: &str, mock: &Mock, count: usize, rpm_limit: u32) -> Vec<Back
             upstream: mock.addr,
             models: vec![("bench".to_owned(), "bench-upstream".to_owned())],
             rpm_limit,
+            http_version: None,
         })
         .collect()
 }

@@ -5,8 +5,9 @@
 //! 2. **closed** — closed loop at 1, 16, 64, 256 connections: direct, nginx, poolgate.
 //! 3. **open** — open loop at fixed offered rates, latency from the scheduled send time.
 //! 4. **stream** — SSE: time to first byte at 1 connection; gaps between events at 16.
-//! 5. **held** — 5,000 and 20,000 streams open at once through a fresh poolgate: its memory
-//!    per stream, errors, and what it gives back once they closed ([`held`]).
+//! 5. **held** — 5,000 and 20,000 streams open at once through a fresh poolgate, the clients on
+//!    HTTP/1.1 (a connection per stream) and on HTTP/2 (many streams per connection): its
+//!    memory per stream, errors, and what it gives back once they closed ([`held`]).
 //! 6. **agentgateway** — closed loop at 32 connections with a 1 KB body (the figure
 //!    agentgateway publishes): direct, nginx, poolgate.
 //! 7. **startup** — fresh data dir -> first proxied request answered, repeated.
@@ -70,6 +71,10 @@ pub struct Options {
     pub held_streams: Vec<usize>,
     /// Wait after closing the held streams before RSS is read again.
     pub held_settle: Duration,
+    /// How the held streams' clients connect, each count measured in each mode.
+    pub held_modes: Vec<crate::hold::Protocol>,
+    /// Streams per client connection in the HTTP/2 mode.
+    pub held_h2_streams: usize,
     /// Closed-loop connection counts, if not the defaults.
     pub connections: Vec<usize>,
     /// Open-loop rates, if not the defaults.
@@ -135,9 +140,11 @@ impl Results {
         self.scenarios.iter().find(|s| s.id == id)
     }
 
-    /// The held-streams run of `streams` streams, if one was made (or skipped).
-    pub fn held_run(&self, streams: usize) -> Option<&HeldRun> {
-        self.held.iter().find(|run| run.streams == streams)
+    /// The held-streams run of `streams` streams in `mode`, if one was made (or skipped).
+    pub fn held_run(&self, streams: usize, mode: crate::hold::Protocol) -> Option<&HeldRun> {
+        self.held
+            .iter()
+            .find(|run| run.streams == streams && run.mode == mode)
     }
 
     pub fn resources_json(&self) -> serde_json::Value {
@@ -212,7 +219,7 @@ impl Bench<'_> {
             self.streams(&stack).await?;
         }
         if self.opts.runs("held") {
-            self.held(&stack).await?;
+            self.held().await?;
         }
         if self.opts.runs("agentgateway") {
             self.agentgateway(&stack).await?;
@@ -523,6 +530,7 @@ fn main_spec(fast: &Mock, gap: &Mock, slow: &Mock) -> PoolgateSpec {
         upstream: mock.addr,
         models: vec![(model.to_owned(), "bench-upstream".to_owned())],
         rpm_limit: 0,
+        http_version: None,
     };
     PoolgateSpec {
         name: "poolgate".into(),

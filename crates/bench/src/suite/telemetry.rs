@@ -122,6 +122,7 @@ fn one_backend(name: &str, fast: &Mock) -> PoolgateSpec {
             upstream: fast.addr,
             models: vec![("bench".to_owned(), "bench-upstream".to_owned())],
             rpm_limit: 0,
+            http_version: None,
         }],
         churn_cooldown: false,
         client_rpm: 0,

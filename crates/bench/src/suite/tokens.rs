@@ -36,6 +36,7 @@ fn spec(name: &str, mock: &Mock, upstream_model: &str) -> PoolgateSpec {
             upstream: mock.addr,
             models: vec![("bench".to_owned(), upstream_model.to_owned())],
             rpm_limit: 0,
+            http_version: None,
         }],
         churn_cooldown: false,
         client_rpm: 0,
