@@ -348,6 +348,45 @@ mod tests {
         assert_eq!(Plan::http2(200).connections(0), 0);
     }
 
+    /// Holds `count` streams the `plan`'s way against a mock whose streams outlast the test,
+    /// closes them, and returns the mock's connections and how many of its streams ended.
+    async fn hold_and_close(count: usize, plan: Plan) -> (usize, usize) {
+        use mock_upstream::{MockConfig, MockUpstream, StreamSpec};
+        let mock = MockUpstream::start_with(MockConfig {
+            stream_defaults: StreamSpec::new(600).gap_ms(1000),
+            record_requests: false,
+            ..MockConfig::default()
+        })
+        .await
+        .unwrap();
+        let target = Arc::new(Target::chat(mock.addr(), None, "held", true).unwrap());
+        let held = hold_streams(target, count, plan, 16, Duration::from_secs(20)).await;
+        assert_eq!(
+            (held.opened, held.failed),
+            (count, 0),
+            "{:?}",
+            held.failures
+        );
+        assert_eq!(held.open_now(), count);
+        held.close().await;
+        // The server sees every stream end once the client's connections are gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mock.cancelled_streams() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (mock.connections(), mock.cancelled_streams())
+    }
+
+    #[tokio::test]
+    async fn http2_streams_share_connections_and_end_when_they_are_dropped() {
+        assert_eq!(hold_and_close(250, Plan::http2(100)).await, (3, 250));
+    }
+
+    #[tokio::test]
+    async fn http1_streams_each_have_their_connection() {
+        assert_eq!(hold_and_close(20, Plan::http1()).await, (20, 20));
+    }
+
     #[test]
     fn modes_parse_from_their_names() {
         for protocol in [Protocol::Http1, Protocol::Http2] {
