@@ -171,7 +171,7 @@ pub async fn run(
                 .note_sent(need.map_or(0, |need| need.prompt));
             let send = request
                 .url
-                .request(data.http(), request.method)
+                .request(data.http_for(backend.record.http_version), request.method)
                 .headers(request.headers)
                 .body(reqwest::Body::wrap(request.body))
                 .send();
