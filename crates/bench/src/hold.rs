@@ -269,6 +269,9 @@ async fn hold_connection(
     gate: Arc<Semaphore>,
     counts: Arc<Counts>,
 ) {
+    // Connect only once the first stream may open: a server closes a connection that sends
+    // no request in time (poolgate: `server.header_read_timeout_seconds`, 10 s).
+    let mut first = Some(Arc::clone(&gate).acquire_owned().await.ok());
     let (sender, connection) = match connect_h2(target.addr, source).await {
         Ok(pair) => pair,
         Err(error) => return counts.fail(streams, &error),
@@ -277,8 +280,12 @@ async fn hold_connection(
     for _ in 0..streams {
         let (sender, target) = (sender.clone(), Arc::clone(&target));
         let (gate, counts) = (Arc::clone(&gate), Arc::clone(&counts));
+        let first = first.take();
         held.spawn(async move {
-            let permit = gate.acquire_owned().await.ok();
+            let permit = match first {
+                Some(permit) => permit,
+                None => gate.acquire_owned().await.ok(),
+            };
             let opened = open_h2_stream(sender, &target).await;
             counts.hold(opened, permit).await;
         });

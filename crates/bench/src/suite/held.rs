@@ -49,6 +49,15 @@ const POOLGATE_RESERVED: u64 = 128;
 /// that ends before the harness closes it ended on an error.
 const HELD_CHUNKS: u32 = 900;
 
+/// Streams opening at once. Each takes about a second: poolgate holds back the content-free
+/// first event until the first content event (failover stays possible), which the mock sends
+/// a second later — so N streams take ~N / 128 s to open. Over HTTP/1.1 each is a new
+/// connection and 128 keep the accept queue short. Over HTTP/2, 1,024 at once on a fresh
+/// poolgate failed: its first burst of upstream requests over the new HTTP/2 connection to the
+/// mock ended in "error sending request" / "error decoding response body" (502, then the
+/// backend cooled down and the rest got 503) — 128 at once never did.
+const OPENING: usize = 128;
+
 /// The model the held runs ask for.
 const HELD_MODEL: &str = "bench-held";
 
@@ -254,8 +263,8 @@ impl Bench<'_> {
             }
         );
         let started = Instant::now();
-        let timeout = Duration::from_secs(60) + Duration::from_millis(5) * streams as u32;
-        let held = hold_streams(target, streams, plan, 128, timeout).await;
+        let timeout = Duration::from_secs(60) + Duration::from_millis(10) * streams as u32;
+        let held = hold_streams(target, streams, plan, OPENING, timeout).await;
         let open_seconds = started.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let open_at_sample = held.open_now();
