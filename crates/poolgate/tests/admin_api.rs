@@ -194,6 +194,22 @@ async fn every_documented_admin_route_requires_the_admin_token() {
         "the document declares bearer auth: {}",
         doc.json["components"]
     );
+    // Backend fields carry their schema: `http_version` with its three values, on the body of
+    // a create, of a change and on the view.
+    let schemas = &doc.json["components"]["schemas"];
+    assert_eq!(
+        schemas["HttpVersion"]["enum"],
+        json!(["auto", "http1", "http2"]),
+        "{}",
+        schemas["HttpVersion"]
+    );
+    for schema in ["CreateBackend", "UpdateBackend", "BackendView"] {
+        let field = &schemas[schema]["properties"]["http_version"];
+        assert!(
+            field.to_string().contains("#/components/schemas/HttpVersion"),
+            "{schema}.http_version: {field}"
+        );
+    }
 
     assert_eq!(
         poolgate::api::PUBLIC_ROUTES,
