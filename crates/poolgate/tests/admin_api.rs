@@ -206,7 +206,9 @@ async fn every_documented_admin_route_requires_the_admin_token() {
     for schema in ["CreateBackend", "UpdateBackend", "BackendView"] {
         let field = &schemas[schema]["properties"]["http_version"];
         assert!(
-            field.to_string().contains("#/components/schemas/HttpVersion"),
+            field
+                .to_string()
+                .contains("#/components/schemas/HttpVersion"),
             "{schema}.http_version: {field}"
         );
     }
