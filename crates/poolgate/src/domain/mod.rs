@@ -134,8 +134,11 @@ impl ApiKind {
 }
 
 /// The HTTP version poolgate speaks to a backend's upstream (`http_version`).
+///
+/// Deserialized from a string only, so that a number is refused as a wrong type naming the
+/// field (serde_json reports a number where a unit enum was expected as a syntax error).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum HttpVersion {
     /// HTTP/1.1 on `http://`; on `https://` what ALPN settles (h2 or http/1.1).
     #[default]
@@ -163,6 +166,16 @@ impl HttpVersion {
             "http2" => Some(HttpVersion::Http2),
             _ => None,
         }
+    }
+}
+
+impl TryFrom<String> for HttpVersion {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        HttpVersion::parse(&text).ok_or_else(|| {
+            format!("unknown variant `{text}`, expected one of `auto`, `http1`, `http2`")
+        })
     }
 }
 
