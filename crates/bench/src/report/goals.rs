@@ -348,20 +348,22 @@ mod tests {
 
     #[test]
     fn each_client_mode_is_judged_in_its_own_row() {
-        let mut results = Results::default();
-        results.held = vec![
-            run(5000, Protocol::Http1, 220.0),
-            run(5000, Protocol::Http2, 80.0),
-            HeldRun {
-                skipped: Some("descriptor limit".into()),
-                ..run(20_000, Protocol::Http1, 0.0)
-            },
-            HeldRun {
-                failed: 3,
-                open_at_sample: 19_997,
-                ..run(20_000, Protocol::Http2, 300.0)
-            },
-        ];
+        let results = Results {
+            held: vec![
+                run(5000, Protocol::Http1, 220.0),
+                run(5000, Protocol::Http2, 80.0),
+                HeldRun {
+                    skipped: Some("descriptor limit".into()),
+                    ..run(20_000, Protocol::Http1, 0.0)
+                },
+                HeldRun {
+                    failed: 3,
+                    open_at_sample: 19_997,
+                    ..run(20_000, Protocol::Http2, 300.0)
+                },
+            ],
+            ..Results::default()
+        };
         let goals = goals(&results);
         assert_eq!(goal(&goals, "rss_5000_streams").status(), "missed");
         assert_eq!(goal(&goals, "rss_5000_streams_http2").status(), "met");
@@ -388,8 +390,10 @@ mod tests {
 
     #[test]
     fn without_http2_runs_only_the_http1_rows_are_shown() {
-        let mut results = Results::default();
-        results.held = vec![run(5000, Protocol::Http1, 90.0)];
+        let results = Results {
+            held: vec![run(5000, Protocol::Http1, 90.0)],
+            ..Results::default()
+        };
         let goals = goals(&results);
         assert_eq!(goal(&goals, "rss_5000_streams").status(), "met");
         assert_eq!(
