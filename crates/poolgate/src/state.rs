@@ -15,7 +15,6 @@ use secrecy::SecretString;
 use crate::config::Config;
 use crate::domain::sticky::StickySettings;
 use crate::domain::{BackendId, ClientKeyRecord, Pool};
-use crate::egress::PolicyResolver;
 use crate::error::InitError;
 use crate::limits::ConcurrencyLimit;
 use crate::pricing::{PriceTable, SpendLedger};
@@ -24,6 +23,7 @@ use crate::routing::models::ListedModel;
 use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{ClientKeyRuntime, HealthSink};
 use crate::telemetry::{BackendStats, BackendStatsSource, Observer};
+use crate::upstream::{ClientSettings, HttpVersion, UpstreamClient};
 use crate::usage::UsageSink;
 
 /// A client key as the hot path sees it.
@@ -77,10 +77,10 @@ impl LiveReader {
 pub struct DataShared {
     pub config: Arc<Config>,
     /// The upstream client of requests on the work-stealing runtime (and of everything else).
-    http: reqwest::Client,
+    http: UpstreamClient,
     /// With `server.runtime = "thread_per_core"`: one client per per-core runtime, so that the
     /// upstream connections a thread uses live on that thread.
-    per_core_http: Vec<reqwest::Client>,
+    per_core_http: Vec<UpstreamClient>,
     pub usage: UsageSink,
     pub health: HealthSink,
     /// Response owners and sticky sessions (kept across snapshot swaps).
@@ -145,7 +145,7 @@ impl DataPlane {
 
     /// The upstream client for a request on this thread: the per-core runtime's own, else the
     /// shared one.
-    pub fn http(&self) -> &reqwest::Client {
+    pub fn http(&self) -> &UpstreamClient {
         crate::serving::per_core::worker_index()
             .and_then(|index| self.shared.per_core_http.get(index))
             .unwrap_or(&self.shared.http)
@@ -171,24 +171,15 @@ impl DataPlane {
     }
 }
 
-/// The client of upstream calls: pooled keep-alive connections, no redirects, the egress policy
-/// on every resolved address.
-fn upstream_client(config: &Config) -> Result<reqwest::Client, InitError> {
-    reqwest::Client::builder()
-        .connect_timeout(config.proxy.connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        // Never follow an upstream's redirect with the backend's key.
-        .redirect(reqwest::redirect::Policy::none())
-        // Every resolved address passes the egress policy (no DNS rebinding); no proxy from
-        // the environment, so the policy sees the backend's own addresses.
-        .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
-            config.network.clone(),
-        ))))
-        .no_proxy()
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))
+/// The client of upstream calls ([`crate::upstream`]): pooled keep-alive connections, no
+/// redirects, the egress policy on every resolved address, no proxy from the environment.
+fn upstream_client(config: &Config) -> Result<UpstreamClient, InitError> {
+    UpstreamClient::new(&ClientSettings {
+        connect_timeout: config.proxy.connect_timeout,
+        egress: Arc::new(config.network.clone()),
+        version: HttpVersion::Auto,
+    })
+    .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))
 }
 
 // === impl BackendStatsSource for LiveReader ===
