@@ -6,6 +6,11 @@
 //! [`MockUpstream::requests`]. The `mock-upstream` binary serves the same endpoints for the
 //! benchmark harness.
 //!
+//! One port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c: a client that opens with the
+//! HTTP/2 preface), up to 100,000 concurrent streams per HTTP/2 connection. Each
+//! [`RecordedRequest`] says which version it came over, and [`MockUpstream::connections`]
+//! counts the connections accepted (how many sockets a client spent).
+//!
 //! Every request, in order:
 //! 1. the body is read whole and the request recorded as a [`RecordedRequest`] and counted;
 //! 2. the next queued [`Reply`] is popped (or the default, initially [`Reply::Ok`]);
@@ -173,6 +178,11 @@ impl MockUpstream {
     /// Number of requests received (all endpoints).
     pub fn calls(&self) -> usize {
         self.shared.calls()
+    }
+
+    /// Number of connections accepted so far (HTTP/1.1 and HTTP/2 alike).
+    pub fn connections(&self) -> usize {
+        self.shared.connections()
     }
 
     /// Every request, in order of arrival.

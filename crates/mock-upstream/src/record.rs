@@ -5,6 +5,8 @@
 pub struct RecordedRequest {
     /// `GET`, `POST`, ...
     pub method: String,
+    /// The HTTP version it came over: `HTTP/1.1`, or `HTTP/2.0` (prior knowledge).
+    pub version: String,
     /// The URI path, without the query (`/v1/chat/completions`).
     pub path: String,
     /// The query string without `?`, if any.
@@ -38,6 +40,7 @@ impl RecordedRequest {
     pub(crate) fn from_parts(parts: &hyper::http::request::Parts, body: &[u8]) -> RecordedRequest {
         RecordedRequest {
             method: parts.method.as_str().to_owned(),
+            version: format!("{:?}", parts.version),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
             headers: parts

@@ -31,7 +31,8 @@ pub enum Reply {
     Delay { ms: u64, then: Box<Reply> },
     /// Accept the request and never answer; the connection stays open until the client gives up.
     Hang,
-    /// Close the TCP connection without any HTTP response (a crashed upstream).
+    /// Close the TCP connection without any HTTP response (a crashed upstream); over HTTP/2
+    /// this ends every stream of that connection.
     Drop,
 }
 

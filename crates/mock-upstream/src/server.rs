@@ -1,5 +1,6 @@
-//! The server: accept loop, one hyper HTTP/1 connection per task, and the request handler
-//! (record -> pop the scripted reply -> route -> answer).
+//! The server: accept loop, one hyper connection per task (HTTP/1.1, or HTTP/2 with prior
+//! knowledge on the same port), and the request handler (record -> pop the scripted reply ->
+//! route -> answer).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -13,7 +14,8 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,12 +34,19 @@ use crate::MockConfig;
 /// Model echoed back when the request names none.
 const DEFAULT_MODEL: &str = "mock-model";
 
+/// Streams one HTTP/2 connection may carry at once: a benchmark multiplexes thousands of held
+/// streams over a few connections. Flow-control windows stay at hyper's defaults (memory per
+/// stream is what its requests and answers actually buffer).
+pub(crate) const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100_000;
+
 /// State shared by the handle ([`crate::MockUpstream`]) and every connection.
 pub(crate) struct Shared {
     script: Mutex<Script>,
     requests: Mutex<Vec<RecordedRequest>>,
     record_requests: bool,
     calls: AtomicUsize,
+    /// Connections accepted (HTTP/1.1 and HTTP/2 alike).
+    connections: AtomicUsize,
     pub(crate) streams: Arc<StreamCounters>,
     stream_defaults: StreamSpec,
     /// Part of every response id, so ids from different mocks never collide (the port).
@@ -83,6 +92,7 @@ impl Shared {
             requests: Mutex::new(Vec::new()),
             record_requests: config.record_requests,
             calls: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             streams: Arc::default(),
             stream_defaults: config.stream_defaults,
             tag,
@@ -139,6 +149,10 @@ impl Shared {
 
     pub(crate) fn calls(&self) -> usize {
         self.calls.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
@@ -204,13 +218,19 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let builder = Arc::new(builder());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, Arc::clone(&shared)));
+                    shared.connections.fetch_add(1, Ordering::AcqRel);
+                    connections.spawn(serve_connection(
+                        stream,
+                        Arc::clone(&shared),
+                        Arc::clone(&builder),
+                    ));
                 }
                 // Out of file descriptors or similar: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -221,8 +241,22 @@ pub(crate) async fn accept_loop(
     connections.shutdown().await;
 }
 
-/// Serves one connection; returning drops the socket, which is how [`Reply::Drop`] closes it.
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+/// hyper's connection settings: HTTP/1.1, and HTTP/2 when the client opens with its preface.
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS);
+    builder
+}
+
+/// Serves one connection; returning drops the socket, which is how [`Reply::Drop`] closes it
+/// (over HTTP/2 that ends every stream of the connection, as a crashed upstream would).
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
     // Each SSE event is its own small write; Nagle would hold them back.
     stream.set_nodelay(true).ok();
     let kill = Arc::new(Notify::new());
@@ -230,8 +264,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         let kill = Arc::clone(&kill);
         hyper::service::service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&kill), req))
     };
-    let connection =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = connection => {}
         () = kill.notified() => {}

@@ -680,3 +680,95 @@ async fn the_control_route_scripts_errors_only_when_enabled() {
     .await;
     assert_eq!(bad.status(), 400);
 }
+
+/// A client that speaks HTTP/2 from its first byte (h2c prior knowledge).
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_gets_json_and_sse_over_one_connection() {
+    let mock = MockUpstream::start().await;
+    let client = h2c_client();
+    let url = format!("{}/chat/completions", mock.openai_base_url());
+    let resp = client
+        .post(&url)
+        .json(&json!({"model": "m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "chunk0 chunk1 chunk2"
+    );
+
+    let streams = (0..20).map(|_| {
+        let request = client
+            .post(&url)
+            .json(&json!({"model": "m", "stream": true}));
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            resp.text().await.unwrap()
+        }
+    });
+    for text in spawn_all(streams).await {
+        let events = parse_sse(&text);
+        assert_eq!(events.last().unwrap().data, "[DONE]");
+        assert_eq!(json_of(&events[0])["object"], "chat.completion.chunk");
+    }
+    assert_eq!(mock.calls(), 21);
+    assert_eq!(mock.completed_streams(), 20);
+    assert_eq!(
+        mock.connections(),
+        1,
+        "every stream shares the one h2c connection"
+    );
+    assert!(mock.requests().iter().all(|r| r.version == "HTTP/2.0"));
+
+    // HTTP/1.1 on the same port still works and is recorded as such.
+    let resp = post(url, json!({"model": "m"})).await;
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(mock.last_request().unwrap().version, "HTTP/1.1");
+    assert_eq!(mock.connections(), 2);
+}
+
+#[tokio::test]
+async fn one_h2c_connection_holds_hundreds_of_streams_at_once() {
+    // hyper's own default would admit 200 concurrent streams; the mock admits far more.
+    const HELD: usize = 300;
+    let mock = MockUpstream::start().await;
+    mock.set_default(Reply::Hang);
+    let client = h2c_client();
+    let url = format!("{}/chat/completions", mock.openai_base_url());
+    let held: Vec<_> = (0..HELD)
+        .map(|_| tokio::spawn(client.post(&url).json(&json!({"stream": true})).send()))
+        .collect();
+    eventually("every stream reaches the mock", || mock.calls() == HELD).await;
+    assert_eq!(mock.connections(), 1);
+    for task in held {
+        task.abort();
+    }
+}
+
+/// Runs every future as its own task and awaits them all, keeping their order.
+async fn spawn_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.unwrap());
+    }
+    outputs
+}

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, LogFormat, Overrides};
 use crate::control::{ControlError, ControlPlane, NewKey, Rotation, MASTER_KEY_ENV};
-use crate::domain::{ApiKind, BackendInput, MappingInput};
+use crate::domain::{ApiKind, BackendInput, HttpVersion, MappingInput};
 use crate::error::InitError;
 use crate::files::lock_data_dir;
 
@@ -123,6 +123,10 @@ pub struct AddBackendArgs {
     /// Azure only: the `api-version` of deployment URLs (default 2024-10-21).
     #[arg(long, value_name = "VERSION")]
     pub api_version: Option<String>,
+    /// HTTP version towards the upstream (`http2`: prior knowledge on http://, ALPN h2 on
+    /// https://).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "http1", "http2"])]
+    pub http_version: String,
     /// Pool.
     #[arg(long, default_value = "primary")]
     pub pool: String,
@@ -298,6 +302,7 @@ async fn backend_add(args: AddBackendArgs) -> Result<(), InitError> {
         responses: None,
         api_version: args.api_version,
         tpm_limit: None,
+        http_version: HttpVersion::parse(&args.http_version),
     };
     // `add` may create the database (provisioning before the first start) — but not for input
     // the control plane would refuse anyway: the same rules, checked before anything is created.

@@ -25,7 +25,11 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => match args.config() {
             Ok(config) => {
-                logging::init(config.log_format, Some(&config.instance_id));
+                logging::init(
+                    config.log_format,
+                    Some(&config.instance_id),
+                    config.telemetry.access_log_flush,
+                );
                 match poolgate::server::start(config, true).await {
                     Ok(running) => running.wait().await,
                     Err(error) => Err(error),
@@ -34,10 +38,12 @@ async fn main() -> std::process::ExitCode {
             Err(error) => Err(error),
         },
         other => {
-            logging::init(LogFormat::Human, None);
+            logging::init(LogFormat::Human, None, std::time::Duration::ZERO);
             poolgate::cli::run_admin_command(other).await
         }
     };
+    // The access lines still gathered in the threads' buffers.
+    logging::flush();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -6,7 +6,7 @@
 //! the snapshot, swaps it in, and runs the writers the sinks feed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -14,7 +14,7 @@ use secrecy::SecretString;
 
 use crate::config::Config;
 use crate::domain::sticky::StickySettings;
-use crate::domain::{BackendId, ClientKeyRecord, Pool};
+use crate::domain::{BackendId, ClientKeyRecord, HttpVersion, Pool};
 use crate::error::InitError;
 use crate::limits::ConcurrencyLimit;
 use crate::pricing::{PriceTable, SpendLedger};
@@ -23,7 +23,7 @@ use crate::routing::models::ListedModel;
 use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{ClientKeyRuntime, HealthSink};
 use crate::telemetry::{BackendStats, BackendStatsSource, Observer};
-use crate::upstream::{ClientSettings, HttpVersion, UpstreamClient};
+use crate::upstream::{ClientSettings, UpstreamClient};
 use crate::usage::UsageSink;
 
 /// A client key as the hot path sees it.
@@ -81,6 +81,8 @@ pub struct DataShared {
     /// With `server.runtime = "thread_per_core"`: one client per per-core runtime, so that the
     /// upstream connections a thread uses live on that thread.
     per_core_http: Vec<UpstreamClient>,
+    /// The clients of backends whose `http_version` is not `auto`.
+    pinned_http: PinnedClients,
     pub usage: UsageSink,
     pub health: HealthSink,
     /// Response owners and sticky sessions (kept across snapshot swaps).
@@ -123,6 +125,7 @@ impl DataPlane {
         let per_core_http = (0..config.server.runtime.per_core_threads())
             .map(|_| upstream_client(&config))
             .collect::<Result<_, _>>()?;
+        let pinned_http = PinnedClients::new(config.server.runtime.per_core_threads());
         let in_flight = Arc::new(ConcurrencyLimit::new(
             u32::try_from(config.proxy.max_in_flight).unwrap_or(u32::MAX),
         ));
@@ -131,6 +134,7 @@ impl DataPlane {
                 config,
                 http,
                 per_core_http,
+                pinned_http,
                 usage,
                 health,
                 affinity,
@@ -149,6 +153,19 @@ impl DataPlane {
         crate::serving::per_core::worker_index()
             .and_then(|index| self.shared.per_core_http.get(index))
             .unwrap_or(&self.shared.http)
+    }
+
+    /// The upstream client for a backend's `http_version` on this thread (`auto`: [`Self::http`]).
+    /// `http1` / `http2` clients are built on first use; no allocation after that.
+    pub fn http_for(&self, version: HttpVersion) -> &UpstreamClient {
+        if version == HttpVersion::Auto {
+            return self.http();
+        }
+        let pair = crate::serving::per_core::worker_index()
+            .and_then(|index| self.shared.pinned_http.per_core.get(index))
+            .unwrap_or(&self.shared.pinned_http.shared);
+        pair.get(version, &self.shared.config)
+            .unwrap_or_else(|| self.http())
     }
 
     /// The current snapshot (lock-free). A request loads it once and keeps it.
@@ -174,12 +191,70 @@ impl DataPlane {
 /// The client of upstream calls ([`crate::upstream`]): pooled keep-alive connections, no
 /// redirects, the egress policy on every resolved address, no proxy from the environment.
 fn upstream_client(config: &Config) -> Result<UpstreamClient, InitError> {
+    upstream_client_for(config, HttpVersion::Auto)
+}
+
+/// [`upstream_client`] speaking only `version`: `http1` offers only `http/1.1` by ALPN on
+/// `https://`; `http2` speaks HTTP/2 from the first byte on `http://` (h2c prior knowledge),
+/// offers only `h2` on `https://`, and keeps one connection per upstream host that every
+/// stream shares (pinged every 20 s, so a dead peer is noticed).
+fn upstream_client_for(config: &Config, version: HttpVersion) -> Result<UpstreamClient, InitError> {
     UpstreamClient::new(&ClientSettings {
         connect_timeout: config.proxy.connect_timeout,
         egress: Arc::new(config.network.clone()),
-        version: HttpVersion::Auto,
+        version,
     })
     .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))
+}
+
+// === impl PinnedClients ===
+
+/// The `http1` and `http2` upstream clients: one pair for the work-stealing runtime and one
+/// per per-core runtime (like [`DataShared`]'s `auto` clients), each built when a backend
+/// first needs it, so deployments that never set `http_version` pay nothing for them.
+struct PinnedClients {
+    shared: VersionedClients,
+    per_core: Vec<VersionedClients>,
+}
+
+#[derive(Default)]
+struct VersionedClients {
+    http1: OnceLock<UpstreamClient>,
+    http2: OnceLock<UpstreamClient>,
+}
+
+impl PinnedClients {
+    fn new(per_core_threads: usize) -> Self {
+        Self {
+            shared: VersionedClients::default(),
+            per_core: (0..per_core_threads)
+                .map(|_| VersionedClients::default())
+                .collect(),
+        }
+    }
+}
+
+impl VersionedClients {
+    /// The client of `version` (`None` for `auto`, or if it cannot be built: the same
+    /// settings built the `auto` client at start, so that is logged and `auto` serves).
+    fn get(&self, version: HttpVersion, config: &Config) -> Option<&UpstreamClient> {
+        let cell = match version {
+            HttpVersion::Auto => return None,
+            HttpVersion::Http1 => &self.http1,
+            HttpVersion::Http2 => &self.http2,
+        };
+        if let Some(client) = cell.get() {
+            return Some(client);
+        }
+        match upstream_client_for(config, version) {
+            // A racing thread may have set it first; either client is as good.
+            Ok(client) => Some(cell.get_or_init(|| client)),
+            Err(error) => {
+                tracing::error!(%error, http_version = version.as_str(), "cannot build the upstream client; using `auto`");
+                None
+            }
+        }
+    }
 }
 
 // === impl BackendStatsSource for LiveReader ===

@@ -194,6 +194,24 @@ async fn every_documented_admin_route_requires_the_admin_token() {
         "the document declares bearer auth: {}",
         doc.json["components"]
     );
+    // Backend fields carry their schema: `http_version` with its three values, on the body of
+    // a create, of a change and on the view.
+    let schemas = &doc.json["components"]["schemas"];
+    assert_eq!(
+        schemas["HttpVersion"]["enum"],
+        json!(["auto", "http1", "http2"]),
+        "{}",
+        schemas["HttpVersion"]
+    );
+    for schema in ["CreateBackend", "UpdateBackend", "BackendView"] {
+        let field = &schemas[schema]["properties"]["http_version"];
+        assert!(
+            field
+                .to_string()
+                .contains("#/components/schemas/HttpVersion"),
+            "{schema}.http_version: {field}"
+        );
+    }
 
     assert_eq!(
         poolgate::api::PUBLIC_ROUTES,
@@ -345,6 +363,7 @@ async fn backend_crud_round_trip_keeps_the_key_write_only() {
         json!({"m-crud": {"upstream_model": "up-crud"}, "m-crud-full": {"upstream_model": "up-full"}})
     );
     assert_eq!(b["metadata"], json!({"team": "infra"}));
+    assert_eq!(b["http_version"], "auto");
     assert!(b["cooldown_until"].is_null());
     assert!(b["created_at"].as_str().is_some_and(|s| !s.is_empty()));
 
@@ -410,6 +429,22 @@ async fn backend_crud_round_trip_keeps_the_key_write_only() {
     let (status, reply) = gateway.chat("m-crud").await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(bearer_seen(&upstream), format!("Bearer {new_key}"));
+    assert_eq!(upstream.last_request().unwrap().version, "HTTP/1.1");
+
+    // `http_version`: patched, shown, stored, and the next call goes over HTTP/2.
+    let h2 = admin_json(
+        &gateway,
+        Method::PATCH,
+        &format!("/backends/{id}"),
+        &json!({"http_version": "http2"}),
+    )
+    .await;
+    assert_eq!(h2.status, 200, "{h2}");
+    assert_eq!(h2.json["http_version"], "http2");
+    assert_eq!(gateway.backend(&id).await["http_version"], "http2");
+    let (status, reply) = gateway.chat("m-crud").await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(upstream.last_request().unwrap().version, "HTTP/2.0");
 
     // Delete: 204 with no body, then 404 everywhere.
     let deleted = admin_call(&gateway, Method::DELETE, &format!("/backends/{id}")).await;
@@ -493,6 +528,8 @@ async fn bad_backend_input_is_refused_with_a_json_error_naming_the_field() {
         ("key with whitespace", "api_key", json!("sk bad")),
         ("metadata not an object", "metadata", json!([1])),
         ("unknown pool", "pool", json!("no-such-pool")),
+        ("unknown HTTP version", "http_version", json!("http3")),
+        ("HTTP version not a string", "http_version", json!(2)),
         ("unknown field", "bogus_field", json!(1)),
     ];
     for (case, field, value) in bad_values {
@@ -587,6 +624,11 @@ async fn bad_backend_input_is_refused_with_a_json_error_naming_the_field() {
             "api_base_url",
         ),
         ("patch unknown field", json!({"nope": true}), "nope"),
+        (
+            "patch bad http_version",
+            json!({"http_version": "h2c"}),
+            "http_version",
+        ),
         (
             "patch unknown pool",
             json!({"pool": "no-such-pool", "weight": 7}),
@@ -1382,6 +1424,7 @@ name = "cfg-b"
 api_base_url = "{b}"
 api_key = "sk-cfg-b-literal-key-0001"
 rpm_limit = 10
+http_version = "http2"
 model_mappings = {{ "m-cfg-b" = "up-b" }}
 "#,
         a = upstream_a.openai_base_url(),
@@ -1417,6 +1460,12 @@ model_mappings = {{ "m-cfg-b" = "up-b" }}
     let (status, body) = gateway.chat("m-cfg-b").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(bearer_seen(&upstream_b), "Bearer sk-cfg-b-literal-key-0001");
+    assert_eq!(
+        (&a["http_version"], &b["http_version"]),
+        (&json!("auto"), &json!("http2"))
+    );
+    assert_eq!(upstream_a.last_request().unwrap().version, "HTTP/1.1");
+    assert_eq!(upstream_b.last_request().unwrap().version, "HTTP/2.0");
 
     // An API edit of a config backend lasts until the next start.
     let edited = send(

@@ -1026,3 +1026,115 @@ async fn streams_cut_when_the_grace_period_ends_still_leave_usage_records() {
         binary.log()
     );
 }
+
+// === HTTP/2 towards upstreams ===
+
+/// Adds a backend serving `model` (upstream `up-<model>`) at `upstream` with `http_version`
+/// (`None`: the field left out).
+async fn add_versioned_backend(
+    gateway: &Gateway,
+    name: &str,
+    upstream: &MockUpstream,
+    model: &str,
+    http_version: Option<&str>,
+) -> Value {
+    let mut body = json!({
+        "name": name,
+        "api_base_url": upstream.openai_base_url(),
+        "api_key": format!("sk-{name}-secret-key-0001"),
+        "model_mappings": { model: { "upstream_model": format!("up-{model}") } },
+    });
+    if let Some(version) = http_version {
+        body["http_version"] = json!(version);
+    }
+    gateway.add_backend(body).await
+}
+
+#[tokio::test]
+async fn an_http2_backend_speaks_h2c_upstream_and_a_default_one_http1() {
+    let h2 = MockUpstream::start().await;
+    let h1 = MockUpstream::start().await;
+    let gateway = Gateway::start().await;
+    let created = add_versioned_backend(&gateway, "h2", &h2, MODEL, Some("http2")).await;
+    assert_eq!(created["http_version"], "http2");
+    let created = add_versioned_backend(&gateway, "h1", &h1, "gpt-plain", None).await;
+    assert_eq!(created["http_version"], "auto");
+
+    let (status, body) = gateway.chat(MODEL).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "chunk0 chunk1 chunk2"
+    );
+    let got = stream(&gateway, "/v1/chat/completions", &chat_body(None)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    got.assert_complete();
+    assert_eq!(got.content(), "chunk0 chunk1 chunk2");
+    let versions: Vec<String> = h2.requests().into_iter().map(|r| r.version).collect();
+    assert_eq!(versions, ["HTTP/2.0", "HTTP/2.0"]);
+    assert_eq!(h2.connections(), 1);
+
+    let (status, body) = gateway.chat("gpt-plain").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h1.last_request().unwrap().version, "HTTP/1.1");
+    gateway.stop().await;
+}
+
+/// Opens `count` streams through the gateway that the upstream holds (it never answers) and
+/// waits until all of them reached it; returns the tasks holding them.
+async fn hold_streams(
+    gateway: &Gateway,
+    upstream: &MockUpstream,
+    model: &str,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    upstream.set_default(Reply::Hang);
+    let calls_before = upstream.calls();
+    let held = (0..count)
+        .map(|_| {
+            let request = gateway
+                .proxy("/v1/chat/completions")
+                .json(&json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]}));
+            tokio::spawn(async move {
+                // Never answered: the task is aborted while waiting.
+                let _ = request.send().await;
+            })
+        })
+        .collect();
+    common::eventually("every held stream reaches the upstream", || async {
+        upstream.calls() == calls_before + count
+    })
+    .await;
+    held
+}
+
+#[tokio::test]
+async fn fifty_concurrent_streams_share_one_http2_upstream_connection() {
+    const STREAMS: usize = 50;
+    let h2 = MockUpstream::start().await;
+    let h1 = MockUpstream::start().await;
+    let gateway = Gateway::start().await;
+    add_versioned_backend(&gateway, "h2", &h2, MODEL, Some("http2")).await;
+    add_versioned_backend(&gateway, "h1", &h1, "gpt-plain", Some("http1")).await;
+
+    // All 50 open at the upstream at once: over HTTP/2 on one connection, over HTTP/1.1 on 50.
+    let held = hold_streams(&gateway, &h2, MODEL, STREAMS).await;
+    assert_eq!(h2.connections(), 1);
+    let held_h1 = hold_streams(&gateway, &h1, "gpt-plain", STREAMS).await;
+    assert_eq!(h1.connections(), STREAMS);
+    for task in held.into_iter().chain(held_h1) {
+        task.abort();
+    }
+
+    // Streams that run to their end share it too.
+    h2.set_default(Reply::Stream(StreamSpec::new(3).gap_ms(5)));
+    let body = chat_body(None);
+    let streams = (0..STREAMS).map(|_| stream(&gateway, "/v1/chat/completions", &body));
+    for got in futures_util::future::join_all(streams).await {
+        assert_eq!(got.status, 200, "{}", got.text());
+        got.assert_complete();
+    }
+    assert_eq!(h2.completed_streams(), STREAMS);
+    assert_eq!(h2.connections(), 1);
+    gateway.stop().await;
+}

@@ -337,6 +337,113 @@ async fn the_binary_writes_one_json_access_line_per_request_without_prompts_or_k
     }
 }
 
+/// `poolgate serve --log-format json` with `[telemetry] access_log_flush_ms = flush_ms`, a backend
+/// at a mock upstream serving `m-x` and a client key: (the process, its URL, the key).
+async fn served_with_access_flush(
+    dir: &std::path::Path,
+    upstream: &MockUpstream,
+    flush_ms: u64,
+) -> (Served, String, String) {
+    let token = "pga-access-flush-admin-token-0123456789";
+    let config = dir.join("poolgate.toml");
+    std::fs::write(
+        &config,
+        format!("[telemetry]\naccess_log_flush_ms = {flush_ms}\n"),
+    )
+    .unwrap();
+    let mut served = Served::spawn(
+        &dir.join("data"),
+        &["--log-format", "json", "--config", config.to_str().unwrap()],
+        &[("POOLGATE_ADMIN_TOKEN", token)],
+    );
+    let url = served.url().await;
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{url}/admin/api/backends"))
+        .bearer_auth(token)
+        .json(
+            &json!({"name": "alpha", "api_base_url": upstream.openai_base_url(),
+            "api_key": "sk-upstream", "model_mappings": {"m-x": "up-m-x"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let key: Value = client
+        .post(format!("{url}/admin/api/keys"))
+        .bearer_auth(token)
+        .json(&json!({"name": "flush"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (served, url, key["key"].as_str().unwrap().to_owned())
+}
+
+/// Sends `count` chat completions at once; every one must be answered 200.
+async fn chat_burst(url: &str, key: &str, count: usize) {
+    let client = reqwest::Client::new();
+    let answers = futures_util::future::join_all((0..count).map(|_| {
+        client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "m-x", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    }))
+    .await;
+    for answer in answers {
+        assert_eq!(answer.unwrap().status(), 200);
+    }
+}
+
+/// The access lines in `stdout` (each line must be whole JSON: batches never split a line).
+fn access_lines(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+        })
+        .filter(|line| line["fields"]["message"] == "request")
+        .count()
+}
+
+#[tokio::test]
+async fn access_lines_are_gathered_and_all_written_by_the_exit() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A minute between flushes: only the exit can write them.
+    let (mut served, url, key) = served_with_access_flush(dir.path(), &upstream, 60_000).await;
+    chat_burst(&url, &key, 40).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        access_lines(&served.output().0),
+        0,
+        "written before the flush:\n{}",
+        served.log()
+    );
+    served.sigterm();
+    assert!(served.exit(Duration::from_secs(10)).await.success());
+    assert_eq!(access_lines(&served.output().0), 40, "{}", served.log());
+}
+
+#[tokio::test]
+async fn gathered_access_lines_are_written_every_flush_interval() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut served, url, key) = served_with_access_flush(dir.path(), &upstream, 50).await;
+    chat_burst(&url, &key, 40).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while access_lines(&served.output().0) < 40 {
+        assert!(Instant::now() < deadline, "not flushed:\n{}", served.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    served.sigterm();
+    assert!(served.exit(Duration::from_secs(10)).await.success());
+    assert_eq!(access_lines(&served.output().0), 40, "{}", served.log());
+}
+
 /// The requests of `class` answered to no route (refused before routing) so far.
 fn unrouted(text: &str, class: &str) -> f64 {
     sum(

@@ -16,9 +16,19 @@ tokio::task_local! {
 pub struct RequestId(String);
 
 impl RequestId {
-    /// A new id: the one generator for every answer.
+    /// A new id: the one generator for every answer. A UUID v7 (milliseconds since the epoch,
+    /// then 74 random bits) whose random part comes from the thread's CSPRNG (`rand`'s
+    /// `thread_rng`, seeded from the OS and reseeded by it): `Uuid::now_v7` asked the OS for
+    /// fresh bytes with two `getrandom` system calls per request (#13).
     pub fn generate() -> Self {
-        Self(format!("req_{}", uuid::Uuid::now_v7().simple()))
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        let random: [u8; 10] = rand::random();
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        Self(format!("req_{}", id.simple()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -56,4 +66,33 @@ pub async fn assign(mut request: Request, next: Next) -> Response {
 #[cfg(test)]
 pub async fn scope<F: std::future::Future>(id: RequestId, future: F) -> F::Output {
     CURRENT.scope(id, future).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_distinct_uuid_v7s_of_now() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let ids: Vec<RequestId> = (0..1_000).map(|_| RequestId::generate()).collect();
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let distinct: std::collections::HashSet<&str> = ids.iter().map(RequestId::as_str).collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            let hex = id.as_str().strip_prefix("req_").unwrap();
+            assert_eq!(hex.len(), 32, "{id}");
+            let uuid = uuid::Uuid::parse_str(hex).unwrap();
+            assert_eq!(uuid.get_version_num(), 7, "{id}");
+            let (seconds, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            let millis = u128::from(seconds) * 1000 + u128::from(nanos / 1_000_000);
+            assert!((before..=after).contains(&millis), "{id}: {millis}");
+        }
+    }
 }

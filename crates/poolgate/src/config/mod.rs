@@ -536,7 +536,7 @@ pub fn parse_toml(text: &str) -> Result<RawConfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::CanonicalModel;
+    use crate::domain::{CanonicalModel, HttpVersion};
     use secrecy::ExposeSecret;
 
     fn load(text: &str) -> Result<Config, String> {
@@ -579,6 +579,26 @@ mod tests {
                 .upstream_model
                 .as_str(),
             "gpt-4o-mini"
+        );
+    }
+
+    #[test]
+    fn backends_take_an_http_version() {
+        let backend = |version: &str| {
+            format!(
+                "[[backends]]\nname = \"a\"\napi_base_url = \"http://x/v1\"\napi_key = \"k\"\n{version}"
+            )
+        };
+        let config = load(&backend("")).unwrap();
+        assert_eq!(config.backends[0].http_version, HttpVersion::Auto);
+        let config = load(&backend("http_version = \"http2\"\n")).unwrap();
+        assert_eq!(config.backends[0].http_version, HttpVersion::Http2);
+        let config = load(&backend("http_version = \"http1\"\n")).unwrap();
+        assert_eq!(config.backends[0].http_version, HttpVersion::Http1);
+        let error = load(&backend("http_version = \"h2c\"\n")).unwrap_err();
+        assert!(
+            error.contains("backends[0].http_version") && error.contains("h2c"),
+            "{error}"
         );
     }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::LogFormat;
 use crate::domain::sticky::StickyInput;
-use crate::domain::{ApiKind, MappingInput};
+use crate::domain::{ApiKind, HttpVersion, MappingInput};
 pub use crate::telemetry::settings::{RawMetrics, RawTelemetry};
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +271,8 @@ pub struct RawBackend {
     /// Tokens per minute; 0 = unlimited.
     #[serde(default)]
     pub tpm_limit: i64,
+    /// `auto` (default), `http1` or `http2`.
+    pub http_version: Option<HttpVersion>,
 }
 
 fn default_api() -> ApiKind {

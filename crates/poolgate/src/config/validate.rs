@@ -221,6 +221,7 @@ pub fn validate_backend(
         responses: raw.responses,
         api_version: raw.api_version,
         tpm_limit: Some(raw.tpm_limit),
+        http_version: raw.http_version,
     }
     .validate(&at)
 }

@@ -47,6 +47,7 @@ pub(super) fn record_from(
         responses: spec.responses,
         api_version: spec.api_version,
         tpm_limit: spec.tpm_limit,
+        http_version: spec.http_version,
     };
     normalize_anthropic_base(&mut record);
     Ok(record)
@@ -96,7 +97,8 @@ pub(super) fn apply(
         weight,
         pool,
         enabled,
-        tpm_limit
+        tpm_limit,
+        http_version
     );
     set!(model_mappings, metadata);
     if let Some(responses) = change.responses {

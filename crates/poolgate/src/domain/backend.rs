@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 use super::{
     azure, normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
     validate_model_name, validate_name, validate_rpm, validate_timeout, validate_tpm,
-    validate_weight, ApiKind, BackendRecord, CanonicalModel, Invalid, ModelMapping, ModelMappings,
-    ModelPattern, PoolName, UpstreamModel, UpstreamTemplate,
+    validate_weight, ApiKind, BackendRecord, CanonicalModel, HttpVersion, Invalid, ModelMapping,
+    ModelMappings, ModelPattern, PoolName, UpstreamModel, UpstreamTemplate,
 };
 
 /// Default `timeout_seconds` (time to first byte) of a backend.
@@ -83,6 +83,10 @@ pub struct BackendInput {
     pub api_version: Option<String>,
     /// Tokens per minute (prompt + output), 0..=150000000; 0 or absent = unlimited.
     pub tpm_limit: Option<i64>,
+    /// HTTP version towards the upstream: `auto` (default: HTTP/1.1 on `http://`, ALPN on
+    /// `https://`), `http1`, or `http2` (prior knowledge on `http://`, ALPN `h2` on `https://`;
+    /// every stream to the host shares one connection).
+    pub http_version: Option<HttpVersion>,
 }
 
 fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretString, D::Error> {
@@ -114,6 +118,7 @@ pub struct BackendSpec {
     pub responses: Option<bool>,
     pub api_version: Option<String>,
     pub tpm_limit: u32,
+    pub http_version: HttpVersion,
 }
 
 /// The path of a field in the caller's terms (`name`, `backends[2].name`, …).
@@ -192,6 +197,7 @@ impl BackendInput {
             responses: self.responses,
             api_version: self.api_version,
             tpm_limit,
+            http_version: self.http_version.unwrap_or_default(),
         })
     }
 }
@@ -225,6 +231,8 @@ pub struct BackendPatch {
     pub api_version: Option<String>,
     /// Tokens per minute; 0 = unlimited.
     pub tpm_limit: Option<i64>,
+    /// `auto`, `http1` or `http2`.
+    pub http_version: Option<HttpVersion>,
 }
 
 /// A validated change: the fields to set.
@@ -245,6 +253,7 @@ pub struct BackendChange {
     pub responses: Option<bool>,
     pub api_version: Option<String>,
     pub tpm_limit: Option<u32>,
+    pub http_version: Option<HttpVersion>,
 }
 
 impl BackendPatch {
@@ -290,6 +299,7 @@ impl BackendPatch {
                 .tpm_limit
                 .map(|t| validate_tpm(&at("tpm_limit"), t))
                 .transpose()?,
+            http_version: self.http_version,
         })
     }
 }
@@ -455,6 +465,36 @@ mod tests {
         let patch: BackendPatch = serde_json::from_value(serde_json::json!({"weight": 2})).unwrap();
         assert!(patch.api_key.is_none());
         assert!(serde_json::from_value::<BackendPatch>(serde_json::json!({"nope": 1})).is_err());
+    }
+
+    #[test]
+    fn http_version_defaults_to_auto_and_refuses_unknown_values() {
+        assert_eq!(
+            input().validate(&plain).unwrap().http_version,
+            HttpVersion::Auto
+        );
+        let body = |version: &str| {
+            serde_json::json!({
+                "name": "x", "api_base_url": "http://h/v1", "api_key": "sk-x-0001",
+                "http_version": version
+            })
+        };
+        let input: BackendInput = serde_json::from_value(body("http2")).unwrap();
+        assert_eq!(
+            input.validate(&plain).unwrap().http_version,
+            HttpVersion::Http2
+        );
+        for bad in ["http3", "HTTP2", "h2", ""] {
+            let error = serde_json::from_value::<BackendInput>(body(bad)).unwrap_err();
+            assert!(
+                error.to_string().contains("unknown variant"),
+                "{bad}: {error}"
+            );
+        }
+        let patch: BackendPatch =
+            serde_json::from_value(serde_json::json!({"http_version": "http1"})).unwrap();
+        let change = patch.validate(&plain).unwrap();
+        assert_eq!(change.http_version, Some(HttpVersion::Http1));
     }
 
     #[test]

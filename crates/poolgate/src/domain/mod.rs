@@ -133,6 +133,52 @@ impl ApiKind {
     }
 }
 
+/// The HTTP version poolgate speaks to a backend's upstream (`http_version`).
+///
+/// Deserialized from a string only, so that a number is refused as a wrong type naming the
+/// field (serde_json reports a number where a unit enum was expected as a syntax error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum HttpVersion {
+    /// HTTP/1.1 on `http://`; on `https://` what ALPN settles (h2 or http/1.1).
+    #[default]
+    Auto,
+    /// HTTP/1.1 only (ALPN offers only `http/1.1` on `https://`).
+    Http1,
+    /// HTTP/2 only: prior knowledge (h2c) on `http://`, ALPN `h2` on `https://`. Every stream
+    /// to one upstream host shares one connection.
+    Http2,
+}
+
+impl HttpVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Auto => "auto",
+            HttpVersion::Http1 => "http1",
+            HttpVersion::Http2 => "http2",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(HttpVersion::Auto),
+            "http1" => Some(HttpVersion::Http1),
+            "http2" => Some(HttpVersion::Http2),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<String> for HttpVersion {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        HttpVersion::parse(&text).ok_or_else(|| {
+            format!("unknown variant `{text}`, expected one of `auto`, `http1`, `http2`")
+        })
+    }
+}
+
 /// Where a backend was defined: the config file (re-synced at every start) or the admin API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -230,6 +276,8 @@ pub struct BackendRecord {
     /// Tokens per minute (prompt + output, estimated at admission, settled with the real
     /// usage); 0 = unlimited.
     pub tpm_limit: u32,
+    /// The HTTP version of upstream calls.
+    pub http_version: HttpVersion,
 }
 
 impl BackendRecord {

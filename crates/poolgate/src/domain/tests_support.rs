@@ -34,6 +34,7 @@ pub fn backend_record(name: &str) -> BackendRecord {
         responses: None,
         api_version: None,
         tpm_limit: 1_000,
+        http_version: HttpVersion::Auto,
     }
 }
 
@@ -55,5 +56,6 @@ pub fn backend_input(name: &str) -> BackendInput {
         responses: None,
         api_version: None,
         tpm_limit: None,
+        http_version: None,
     }
 }

@@ -243,8 +243,9 @@ fn a_resolution_keeps_only_allowed_addresses() {
 /// connect time with private addresses off, served with them on.
 #[tokio::test]
 async fn localhost_backend_is_refused_at_connect_time_when_private_is_off() {
+    use crate::domain::HttpVersion;
     use crate::providers::body::SplicedBody;
-    use crate::upstream::{ClientSettings, HttpVersion, UpstreamClient};
+    use crate::upstream::{ClientSettings, UpstreamClient};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -169,7 +169,7 @@ pub async fn run(
             backend
                 .runtime
                 .note_sent(need.map_or(0, |need| need.prompt));
-            let send = data.http().send(
+            let send = data.http_for(backend.record.http_version).send(
                 request.method,
                 request.url.into_uri(),
                 request.headers,

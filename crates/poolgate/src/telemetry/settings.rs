@@ -12,8 +12,11 @@
 //! otlp_endpoint = "http://127.0.0.1:4318" # traces on; OTEL_EXPORTER_OTLP_ENDPOINT wins
 //! service_name = "poolgate"               # OTEL_SERVICE_NAME wins
 //! access_log = true                       # one `poolgate::access` line per request
+//! access_log_flush_ms = 100               # access lines gathered and written every 100 ms (0: each at once)
 //! ```
 //! `POOLGATE_METRICS_TOKEN` in the environment wins over `[metrics] token`.
+
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -40,7 +43,14 @@ pub struct RawTelemetry {
     pub otlp_endpoint: Option<String>,
     pub service_name: Option<String>,
     pub access_log: Option<bool>,
+    pub access_log_flush_ms: Option<u64>,
 }
+
+/// Default of `[telemetry] access_log_flush_ms`.
+pub const DEFAULT_ACCESS_LOG_FLUSH: Duration = Duration::from_millis(100);
+
+/// The longest `[telemetry] access_log_flush_ms` (a minute).
+const MAX_ACCESS_LOG_FLUSH_MS: u64 = 60_000;
 
 /// Who may read `GET /metrics`.
 #[derive(Clone, Debug)]
@@ -71,6 +81,9 @@ impl MetricsSettings {
 pub struct TelemetrySettings {
     pub metrics: MetricsSettings,
     pub observer: ObserverOptions,
+    /// How long access lines may wait in their thread's buffer before they are written
+    /// (`[telemetry] access_log_flush_ms`; zero: each line written at once).
+    pub access_log_flush: Duration,
     /// The config-file half of the trace settings (the environment is read at start-up by
     /// [`super::TraceSettings::from_env`]).
     pub trace: TraceConfig,
@@ -88,6 +101,7 @@ impl Default for TelemetrySettings {
                 access_log: true,
                 ..ObserverOptions::default()
             },
+            access_log_flush: DEFAULT_ACCESS_LOG_FLUSH,
             trace: TraceConfig::default(),
         }
     }
@@ -142,6 +156,16 @@ impl TelemetrySettings {
                 ));
             }
         }
+        let access_log_flush = match telemetry.access_log_flush_ms {
+            None => DEFAULT_ACCESS_LOG_FLUSH,
+            Some(ms) if ms <= MAX_ACCESS_LOG_FLUSH_MS => Duration::from_millis(ms),
+            Some(_) => {
+                return Err(Invalid::new(
+                    "telemetry.access_log_flush_ms",
+                    "must be 0 (each line written at once) to 60000",
+                ))
+            }
+        };
         Ok(TelemetrySettings {
             metrics: MetricsSettings {
                 enabled: metrics.enabled.unwrap_or(true),
@@ -153,6 +177,7 @@ impl TelemetrySettings {
                 client_key_labels: metrics.client_key_labels.unwrap_or(false),
                 access_log: telemetry.access_log.unwrap_or(true),
             },
+            access_log_flush,
             trace: TraceConfig {
                 otlp_endpoint: telemetry.otlp_endpoint,
                 service_name: telemetry.service_name,
@@ -197,7 +222,19 @@ mod tests {
         assert!(settings.metrics.token.is_none());
         assert!(!settings.observer.client_key_labels);
         assert!(settings.observer.access_log);
+        assert_eq!(settings.access_log_flush, DEFAULT_ACCESS_LOG_FLUSH);
+        assert_eq!(default.access_log_flush, DEFAULT_ACCESS_LOG_FLUSH);
         assert_eq!(settings.trace, TraceConfig::default());
+    }
+
+    #[test]
+    fn access_log_flush_is_zero_to_a_minute() {
+        let at_once = parse("[telemetry]\naccess_log_flush_ms = 0\n", &[]).unwrap();
+        assert_eq!(at_once.access_log_flush, Duration::ZERO);
+        let minute = parse("[telemetry]\naccess_log_flush_ms = 60000\n", &[]).unwrap();
+        assert_eq!(minute.access_log_flush, Duration::from_secs(60));
+        let over = parse("[telemetry]\naccess_log_flush_ms = 60001\n", &[]).unwrap_err();
+        assert_eq!(over.field, "telemetry.access_log_flush_ms");
     }
 
     #[test]

@@ -33,24 +33,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use error::UpstreamError;
 
+use crate::domain::HttpVersion;
 use crate::egress::{EgressPolicy, PolicyResolver};
 use crate::providers::body::SplicedBody;
 
 /// A URL that could not become an `http`/`https` [`Uri`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidUrl;
-
-/// The HTTP versions a client speaks to its upstreams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HttpVersion {
-    /// HTTP/1.1 on `http://`; on `https://` what ALPN settles (`h2`, else `http/1.1`).
-    #[default]
-    Auto,
-    /// HTTP/1.1 only (ALPN offers `http/1.1`).
-    Http1,
-    /// HTTP/2 only: prior knowledge on `http://` (h2c), ALPN `h2` on `https://`.
-    Http2,
-}
 
 /// How the client is built.
 #[derive(Debug, Clone)]
@@ -59,6 +48,8 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Every resolved address passes it.
     pub egress: Arc<EgressPolicy>,
+    /// `auto` (ALPN `h2` + `http/1.1` on `https://`, HTTP/1.1 on `http://`), `http1` or
+    /// `http2` (prior knowledge on `http://`).
     pub version: HttpVersion,
 }
 
@@ -73,6 +64,9 @@ const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// headers. Bodies are read through it in 8 KiB reads: no cost for answers of a few KB and SSE
 /// events (docs/benchmarks.md, "#13 progress").
 pub const HTTP1_READ_BUFFER: usize = 8 * 1024;
+
+/// With `http2`: the ping interval, and how long a ping may stay unanswered.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 type Connector = ConnectTimeout<HttpsConnector<HttpConnector<PolicyResolver>>>;
 
@@ -120,6 +114,12 @@ impl UpstreamClient {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .http1_read_buf_exact_size(HTTP1_READ_BUFFER)
             .http2_only(settings.version == HttpVersion::Http2);
+        if settings.version == HttpVersion::Http2 {
+            // One connection per host carries every stream: a dead peer is noticed by a ping.
+            builder
+                .http2_keep_alive_interval(HTTP2_KEEP_ALIVE)
+                .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE);
+        }
         Ok(UpstreamClient {
             client: builder.build(connector),
         })

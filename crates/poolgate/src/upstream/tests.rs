@@ -6,6 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::Service;
 
 use super::*;
+use crate::domain::HttpVersion;
 use crate::proxy::classify::{connection_failure, Failure};
 
 fn client(version: HttpVersion) -> UpstreamClient {

@@ -17,7 +17,7 @@ use crate::api::json::Json;
 use crate::control::ControlPlane;
 use crate::domain::{
     format_ms, parse_json, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord,
-    BackendStatus, ModelMapping, Source,
+    BackendStatus, HttpVersion, ModelMapping, Source,
 };
 use crate::limits::upstream::UpstreamLimitsView;
 use crate::pricing::{Nanodollars, WindowView};
@@ -60,6 +60,8 @@ pub struct BackendView {
     pub api_version: Option<String>,
     /// Tokens per minute (prompt + output); 0 = unlimited.
     pub tpm_limit: u32,
+    /// The HTTP version of upstream calls: `auto`, `http1` or `http2`.
+    pub http_version: HttpVersion,
     /// Read-only: the rate-limit figures the upstream last sent (`x-ratelimit-*`,
     /// `anthropic-ratelimit-*`), and until when poolgate holds requests back because it said
     /// nothing is left (`blocked_until`); `null` before any answer carried them.
@@ -180,6 +182,7 @@ pub fn view(record: &BackendRecord, live: Option<&LiveBackend>) -> BackendView {
         responses: record.speaks_responses(),
         api_version: record.api_version.clone(),
         tpm_limit: record.tpm_limit,
+        http_version: record.http_version,
         upstream_limits,
         monthly_spend_cap_usd: spend
             .and_then(|spend| spend.monthly.limit)

@@ -9,8 +9,8 @@ use sqlx::Row;
 use super::StoreError;
 use crate::domain::{
     AliasRecord, ApiKind, BackendId, BackendRecord, BackendStatus, CanonicalModel, ClientKeyRecord,
-    LimiterKind, LimiterLevel, ModelMappings, Outcome, PersistedHealth, Pool, PoolName,
-    ResponseOwnerRecord, Source, UsageRecord,
+    HttpVersion, LimiterKind, LimiterLevel, ModelMappings, Outcome, PersistedHealth, Pool,
+    PoolName, ResponseOwnerRecord, Source, UsageRecord,
 };
 use crate::usage::stats::{Group, GroupStats};
 use crate::usage::UsagePage;
@@ -99,6 +99,7 @@ pub(super) fn pool_from_row(row: &impl Columns) -> Result<Pool, StoreError> {
 pub(super) fn backend_from_row(row: &impl Columns) -> Result<BackendRecord, StoreError> {
     let api_text = row.text("api")?;
     let source_text = row.text("source")?;
+    let http_version_text = row.text("http_version")?;
     let model_mappings: ModelMappings = serde_json::from_str(&row.text("model_mappings")?)
         .map_err(|e| corrupt("model_mappings", e))?;
     Ok(BackendRecord {
@@ -132,6 +133,8 @@ pub(super) fn backend_from_row(row: &impl Columns) -> Result<BackendRecord, Stor
         responses: row.opt_flag("responses")?,
         api_version: row.opt_text("api_version")?,
         tpm_limit: narrow("tpm_limit", row.int("tpm_limit")?)?,
+        http_version: HttpVersion::parse(&http_version_text)
+            .ok_or_else(|| corrupt("http_version", &http_version_text))?,
     })
 }
 

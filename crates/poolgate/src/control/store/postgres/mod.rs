@@ -91,11 +91,11 @@ fn classify_write_error(error: sqlx::Error, backend: &BackendRecord) -> StoreErr
 const BACKEND_COLUMNS: &str = "id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
      timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
      cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at, \
-     responses, api_version, tpm_limit";
+     responses, api_version, tpm_limit, http_version";
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
-/// Binds a backend's definition in the order of `$1`..`$18` of both statements below.
+/// Binds a backend's definition in the order of `$1`..`$20` of both statements below.
 fn bind_definition<'q>(
     query: Query<'q>,
     backend: &'q BackendRecord,
@@ -122,7 +122,8 @@ fn bind_definition<'q>(
         .bind(backend.updated_at_ms)
         .bind(backend.responses)
         .bind(backend.api_version.as_deref())
-        .bind(i64::from(backend.tpm_limit)))
+        .bind(i64::from(backend.tpm_limit))
+        .bind(backend.http_version.as_str()))
 }
 
 async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
@@ -132,10 +133,10 @@ where
     let query = sqlx::query(
         "INSERT INTO backends (name, label, api_base_url, api_key_sealed, api_key_mask, api, \
          timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-         metadata, updated_at, responses, api_version, tpm_limit, id, cooldown_until, \
-         consecutive_429_count, last_error, created_at) \
+         metadata, updated_at, responses, api_version, tpm_limit, http_version, id, \
+         cooldown_until, consecutive_429_count, last_error, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, $24)",
+         $18, $19, $20, $21, $22, $23, $24, $25)",
     );
     bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -162,7 +163,7 @@ where
          api_key_mask = $5, api = $6, timeout_seconds = $7, rpm_limit = $8, weight = $9, \
          pool = $10, enabled = $11, status = $12, model_mappings = $13, source = $14, \
          metadata = $15, updated_at = $16, responses = $17, api_version = $18, \
-         tpm_limit = $19 WHERE id = $20",
+         tpm_limit = $19, http_version = $20 WHERE id = $21",
     );
     let result = bind_definition(query, backend)?
         .bind(backend.id.as_str())

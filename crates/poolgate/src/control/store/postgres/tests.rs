@@ -14,7 +14,7 @@ use super::*;
 use crate::control::store::sqlite::SqliteStore;
 use crate::control::store::test_support::{comparable, record_strategy, usage};
 use crate::control::store::UsageStore;
-use crate::domain::{CanonicalModel, UsageRecord};
+use crate::domain::{CanonicalModel, HttpVersion, UsageRecord};
 use crate::usage::stats::{assemble, Stats, StatsQuery, StatsRange, StatsSource};
 use crate::usage::UsageFilter;
 use services::PostgresServer;
@@ -58,6 +58,7 @@ async fn the_config_store_round_trips_and_versions_every_configuration_write() {
     one.label = "changed".into();
     one.enabled = false;
     one.tpm_limit = 2_000_000;
+    one.http_version = HttpVersion::Http1;
     store.update_backend(&one).await.unwrap();
     assert_eq!(store.get_backend(&one.id).await.unwrap().unwrap(), one);
     let error = store.insert_backend(&backend("one")).await.unwrap_err();

@@ -90,12 +90,12 @@ fn classify_write_error(error: sqlx::Error, backend: &BackendRecord) -> StoreErr
 const BACKEND_COLUMNS: &str = "id, name, label, api_base_url, api_key_sealed, api_key_mask, api, \
      timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
      cooldown_until, consecutive_429_count, last_error, metadata, created_at, updated_at, \
-     responses, api_version, tpm_limit";
+     responses, api_version, tpm_limit, http_version";
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// Binds a backend's definition — what an admin edit or a config sync writes — in the order of
-/// the first 19 columns of both statements below (`name` … `tpm_limit`).
+/// the first 20 columns of both statements below (`name` … `http_version`).
 fn bind_definition<'q>(
     query: Query<'q>,
     backend: &'q BackendRecord,
@@ -122,7 +122,8 @@ fn bind_definition<'q>(
         .bind(backend.updated_at_ms)
         .bind(backend.responses)
         .bind(backend.api_version.as_deref())
-        .bind(i64::from(backend.tpm_limit)))
+        .bind(i64::from(backend.tpm_limit))
+        .bind(backend.http_version.as_str()))
 }
 
 async fn insert_backend_in<'c, E>(executor: E, backend: &BackendRecord) -> Result<(), StoreError>
@@ -132,9 +133,9 @@ where
     let query = sqlx::query(
         "INSERT INTO backends (name, label, api_base_url, api_key_sealed, api_key_mask, api, \
          timeout_seconds, rpm_limit, weight, pool, enabled, status, model_mappings, source, \
-         metadata, updated_at, responses, api_version, tpm_limit, id, cooldown_until, \
-         consecutive_429_count, last_error, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         metadata, updated_at, responses, api_version, tpm_limit, http_version, id, \
+         cooldown_until, consecutive_429_count, last_error, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
     bind_definition(query, backend)?
         .bind(backend.id.as_str())
@@ -160,7 +161,7 @@ where
         "UPDATE backends SET name = ?, label = ?, api_base_url = ?, api_key_sealed = ?, \
          api_key_mask = ?, api = ?, timeout_seconds = ?, rpm_limit = ?, weight = ?, pool = ?, \
          enabled = ?, status = ?, model_mappings = ?, source = ?, metadata = ?, updated_at = ?, \
-         responses = ?, api_version = ?, tpm_limit = ? WHERE id = ?",
+         responses = ?, api_version = ?, tpm_limit = ?, http_version = ? WHERE id = ?",
     );
     let result = bind_definition(query, backend)?
         .bind(backend.id.as_str())

@@ -3,7 +3,7 @@
 use super::*;
 use crate::control::store::test_support::usage;
 use crate::control::store::UsageStore;
-use crate::domain::{ApiKind, CanonicalModel, UsageRecord};
+use crate::domain::{ApiKind, CanonicalModel, HttpVersion, UsageRecord};
 use sqlx::sqlite::SqlitePoolOptions;
 
 fn backend(name: &str) -> BackendRecord {
@@ -115,8 +115,10 @@ async fn backend_crud_round_trips() {
     one.label = "changed".into();
     one.enabled = false;
     one.pool = PoolName::new("fallback");
+    one.http_version = HttpVersion::Http2;
     store.update_backend(&one).await.unwrap();
     let read = store.get_backend(&one.id).await.unwrap().unwrap();
+    assert_eq!(read, one);
     assert_eq!(read.label, "changed");
     assert!(!read.enabled);
     assert_eq!(read.pool.as_str(), "fallback");
@@ -381,6 +383,8 @@ async fn migration_0003_upgrades_a_v1_database_with_its_rows() {
     assert_eq!(old.metadata, serde_json::json!({"a": 1}));
     assert_eq!((old.created_at_ms, old.updated_at_ms), (5, 6));
     assert_eq!((old.responses, old.api_version), (None, None));
+    // 0011: rows written before speak `auto`.
+    assert_eq!(old.http_version, HttpVersion::Auto);
 
     let mut azure = backend("az");
     azure.api = ApiKind::Azure;

@@ -1,6 +1,10 @@
 //! Log output: the `human` or `json` format of `tracing-subscriber`, with this instance's id on
 //! every line (`[web-1] …`, or an `"instance"` field in JSON), so the logs of several instances
-//! can be merged and still told apart.
+//! can be merged and still told apart. Access lines are written in batches ([`batched`]).
+
+mod batched;
+
+pub use batched::flush;
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -27,11 +31,14 @@ fn colours_wanted() -> bool {
 }
 
 /// Installs the global subscriber (`RUST_LOG`, default `poolgate=info,warn`). `instance`: the id
-/// to put on every line (none for one-off commands).
-pub fn init(format: LogFormat, instance: Option<&str>) {
+/// to put on every line (none for one-off commands). Access lines wait up to
+/// `access_log_flush` in their thread's buffer (zero: written at once); call [`flush`] before
+/// the process exits.
+pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duration) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"));
     let builder = tracing_subscriber::fmt()
+        .with_writer(batched::LogOutput::new(access_log_flush))
         .with_env_filter(filter)
         .with_ansi(colours_wanted())
         .with_target(false);
