@@ -15,7 +15,6 @@ use secrecy::SecretString;
 use crate::config::Config;
 use crate::domain::sticky::StickySettings;
 use crate::domain::{BackendId, ClientKeyRecord, HttpVersion, Pool};
-use crate::egress::PolicyResolver;
 use crate::error::InitError;
 use crate::limits::ConcurrencyLimit;
 use crate::pricing::{PriceTable, SpendLedger};
@@ -24,6 +23,7 @@ use crate::routing::models::ListedModel;
 use crate::routing::{LiveBackend, RouteTable};
 use crate::runtime::{ClientKeyRuntime, HealthSink};
 use crate::telemetry::{BackendStats, BackendStatsSource, Observer};
+use crate::upstream::{ClientSettings, UpstreamClient};
 use crate::usage::UsageSink;
 
 /// A client key as the hot path sees it.
@@ -77,10 +77,10 @@ impl LiveReader {
 pub struct DataShared {
     pub config: Arc<Config>,
     /// The upstream client of requests on the work-stealing runtime (and of everything else).
-    http: reqwest::Client,
+    http: UpstreamClient,
     /// With `server.runtime = "thread_per_core"`: one client per per-core runtime, so that the
     /// upstream connections a thread uses live on that thread.
-    per_core_http: Vec<reqwest::Client>,
+    per_core_http: Vec<UpstreamClient>,
     /// The clients of backends whose `http_version` is not `auto`.
     pinned_http: PinnedClients,
     pub usage: UsageSink,
@@ -149,7 +149,7 @@ impl DataPlane {
 
     /// The upstream client for a request on this thread: the per-core runtime's own, else the
     /// shared one.
-    pub fn http(&self) -> &reqwest::Client {
+    pub fn http(&self) -> &UpstreamClient {
         crate::serving::per_core::worker_index()
             .and_then(|index| self.shared.per_core_http.get(index))
             .unwrap_or(&self.shared.http)
@@ -157,7 +157,7 @@ impl DataPlane {
 
     /// The upstream client for a backend's `http_version` on this thread (`auto`: [`Self::http`]).
     /// `http1` / `http2` clients are built on first use; no allocation after that.
-    pub fn http_for(&self, version: HttpVersion) -> &reqwest::Client {
+    pub fn http_for(&self, version: HttpVersion) -> &UpstreamClient {
         if version == HttpVersion::Auto {
             return self.http();
         }
@@ -188,9 +188,9 @@ impl DataPlane {
     }
 }
 
-/// The client of upstream calls: pooled keep-alive connections, no redirects, the egress policy
-/// on every resolved address.
-fn upstream_client(config: &Config) -> Result<reqwest::Client, InitError> {
+/// The client of upstream calls ([`crate::upstream`]): pooled keep-alive connections, no
+/// redirects, the egress policy on every resolved address, no proxy from the environment.
+fn upstream_client(config: &Config) -> Result<UpstreamClient, InitError> {
     upstream_client_for(config, HttpVersion::Auto)
 }
 
@@ -198,34 +198,13 @@ fn upstream_client(config: &Config) -> Result<reqwest::Client, InitError> {
 /// `https://`; `http2` speaks HTTP/2 from the first byte on `http://` (h2c prior knowledge),
 /// offers only `h2` on `https://`, and keeps one connection per upstream host that every
 /// stream shares (pinged every 20 s, so a dead peer is noticed).
-fn upstream_client_for(
-    config: &Config,
-    version: HttpVersion,
-) -> Result<reqwest::Client, InitError> {
-    let builder = reqwest::Client::builder();
-    let builder = match version {
-        HttpVersion::Auto => builder,
-        HttpVersion::Http1 => builder.http1_only(),
-        HttpVersion::Http2 => builder
-            .http2_prior_knowledge()
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .http2_keep_alive_timeout(Duration::from_secs(20)),
-    };
-    builder
-        .connect_timeout(config.proxy.connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        // Never follow an upstream's redirect with the backend's key.
-        .redirect(reqwest::redirect::Policy::none())
-        // Every resolved address passes the egress policy (no DNS rebinding); no proxy from
-        // the environment, so the policy sees the backend's own addresses.
-        .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(
-            config.network.clone(),
-        ))))
-        .no_proxy()
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))
+fn upstream_client_for(config: &Config, version: HttpVersion) -> Result<UpstreamClient, InitError> {
+    UpstreamClient::new(&ClientSettings {
+        connect_timeout: config.proxy.connect_timeout,
+        egress: Arc::new(config.network.clone()),
+        version,
+    })
+    .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))
 }
 
 // === impl PinnedClients ===
@@ -240,8 +219,8 @@ struct PinnedClients {
 
 #[derive(Default)]
 struct VersionedClients {
-    http1: OnceLock<reqwest::Client>,
-    http2: OnceLock<reqwest::Client>,
+    http1: OnceLock<UpstreamClient>,
+    http2: OnceLock<UpstreamClient>,
 }
 
 impl PinnedClients {
@@ -258,7 +237,7 @@ impl PinnedClients {
 impl VersionedClients {
     /// The client of `version` (`None` for `auto`, or if it cannot be built: the same
     /// settings built the `auto` client at start, so that is logged and `auto` serves).
-    fn get(&self, version: HttpVersion, config: &Config) -> Option<&reqwest::Client> {
+    fn get(&self, version: HttpVersion, config: &Config) -> Option<&UpstreamClient> {
         let cell = match version {
             HttpVersion::Auto => return None,
             HttpVersion::Http1 => &self.http1,

@@ -5,15 +5,18 @@
 //! connects only to addresses checked a moment before, so a name that rebinds to a forbidden
 //! address after a first, harmless answer gains nothing.
 //!
-//! Note for the integration: `reqwest` resolves the *proxy's* name when an HTTP(S)_PROXY is in
-//! the environment; the upstream client should be built with `.no_proxy()` (or the proxy listed
-//! in `network.allow`) so that the policy sees the backend's own addresses.
+//! It is the resolver of [`crate::upstream`]'s `HttpConnector` (a `tower::Service` over
+//! hyper-util's `Name`), which reads no proxy from the environment: the policy sees the
+//! backend's own addresses. IP-literal hosts are not resolved (checked per snapshot instead).
 
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use hyper_util::client::legacy::connect::dns::Name;
 
 use super::{EgressPolicy, Refusal};
 
@@ -49,7 +52,7 @@ pub fn refusal_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'
     None
 }
 
-/// `reqwest::dns::Resolve` with the policy applied (the system resolver underneath, through
+/// The upstream client's resolver with the policy applied (the system resolver underneath, through
 /// tokio's `lookup_host`).
 #[derive(Clone, Debug)]
 pub struct PolicyResolver {
@@ -93,12 +96,22 @@ impl PolicyResolver {
     }
 }
 
-impl Resolve for PolicyResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Name> for PolicyResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let policy = Arc::clone(&self.policy);
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            // reqwest hands over names only (it connects to IP literals directly), but an
+            // The connector hands over names only (it connects to IP literals directly), but an
             // all-digits name is still better parsed than looked up.
             let found: Vec<SocketAddr> = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, 0)],
@@ -108,8 +121,7 @@ impl Resolve for PolicyResolver {
             if allowed.is_empty() {
                 return Err(format!("`{host}` did not resolve to any address").into());
             }
-            let addrs: Addrs = Box::new(allowed.into_iter());
-            Ok(addrs)
+            Ok(allowed.into_iter())
         })
     }
 }

@@ -239,28 +239,39 @@ fn a_resolution_keeps_only_allowed_addresses() {
 }
 
 /// A real upstream on 127.0.0.1 reached through the name `localhost` (resolved through
-/// /etc/hosts by the system resolver): refused at connect time with private addresses off,
-/// served with them on.
+/// /etc/hosts by the system resolver) with the upstream client poolgate sends with: refused at
+/// connect time with private addresses off, served with them on.
 #[tokio::test]
 async fn localhost_backend_is_refused_at_connect_time_when_private_is_off() {
+    use crate::domain::HttpVersion;
+    use crate::providers::body::SplicedBody;
+    use crate::upstream::{ClientSettings, UpstreamClient};
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let app = axum::Router::new().route("/v1/models", axum::routing::get(|| async { "models" }));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let url = format!("http://localhost:{port}/v1/models");
-    let client = |policy: EgressPolicy| {
-        reqwest::Client::builder()
-            .no_proxy()
-            .dns_resolver(Arc::new(PolicyResolver::new(Arc::new(policy))))
-            .build()
-            .unwrap()
+    let uri: http::Uri = format!("http://localhost:{port}/v1/models")
+        .parse()
+        .unwrap();
+    let get = |policy: EgressPolicy| {
+        let client = UpstreamClient::new(&ClientSettings {
+            connect_timeout: std::time::Duration::from_secs(5),
+            egress: Arc::new(policy),
+            version: HttpVersion::Auto,
+        })
+        .unwrap();
+        let body = SplicedBody::whole(bytes::Bytes::new());
+        client.send(
+            http::Method::GET,
+            Ok(uri.clone()),
+            http::HeaderMap::new(),
+            body,
+        )
     };
 
-    let error = client(policy(false, &[], &[]))
-        .get(&url)
-        .send()
-        .await
-        .unwrap_err();
+    let error = get(policy(false, &[], &[])).await.unwrap_err();
+    assert!(error.is_connect(), "{error:?}");
     let refused = refusal_in(&error).expect("the policy's refusal in the client error");
     assert_eq!(refused.host, "localhost");
     assert!(matches!(
@@ -271,25 +282,14 @@ async fn localhost_backend_is_refused_at_connect_time_when_private_is_off() {
         }
     ));
 
-    let allowed = client(EgressPolicy::default())
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(allowed.text().await.unwrap(), "models");
+    let mut allowed = get(EgressPolicy::default()).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.chunk().await.unwrap().unwrap(), "models");
 
-    let by_name = client(policy(false, &["localhost"], &[]))
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
+    let by_name = get(policy(false, &["localhost"], &[])).await.unwrap();
     assert_eq!(by_name.status(), 200);
 
-    let denied = client(policy(true, &[], &["127.0.0.0/8"]))
-        .get(&url)
-        .send()
-        .await
-        .unwrap_err();
+    let denied = get(policy(true, &[], &["127.0.0.0/8"])).await.unwrap_err();
     assert!(matches!(
         refusal_in(&denied).map(|r| &r.refusal),
         Some(Refusal::Denied { .. })

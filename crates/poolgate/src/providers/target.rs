@@ -1,8 +1,11 @@
 //! What every request to one backend shares, built once when the snapshot is built instead of
-//! per attempt: the upstream URLs of its usual calls, parsed (a `format!` and a `Url::parse`
-//! with IDNA per attempt otherwise), and its auth header value, marked sensitive.
+//! per attempt: the upstream URLs of its usual calls, parsed into the [`Uri`]s the client sends
+//! to (a `format!` and a `Url::parse` with IDNA per attempt otherwise), and its auth header
+//! value, marked sensitive.
 
-use http::HeaderValue;
+use std::borrow::Cow;
+
+use http::{HeaderValue, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -26,18 +29,37 @@ const ANTHROPIC_PATHS: &[&str] = &[ANTHROPIC_MESSAGES, ANTHROPIC_COUNT_TOKENS];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamUrl {
     /// Parsed when the snapshot was built ([`UpstreamTarget`]).
-    Parsed(Url),
+    Parsed(Uri),
     /// Built for this call (a path with an id, Azure's URL forms): parsed when it is sent.
     Text(String),
 }
 
 impl UpstreamUrl {
-    pub fn as_str(&self) -> &str {
+    /// The URL as text.
+    pub fn as_str(&self) -> Cow<'_, str> {
         match self {
-            UpstreamUrl::Parsed(url) => url.as_str(),
-            UpstreamUrl::Text(text) => text,
+            UpstreamUrl::Parsed(uri) => Cow::Owned(uri.to_string()),
+            UpstreamUrl::Text(text) => Cow::Borrowed(text),
         }
     }
+
+    /// The [`Uri`] to send to: the prebuilt one as it is, a built one parsed now.
+    pub fn into_uri(self) -> Result<Uri, crate::upstream::InvalidUrl> {
+        match self {
+            UpstreamUrl::Parsed(uri) => Ok(uri),
+            UpstreamUrl::Text(text) => to_uri(&text).ok_or(crate::upstream::InvalidUrl),
+        }
+    }
+}
+
+/// An `http`/`https` URL parsed as a browser (and reqwest) would — IDNA host, percent-encoding,
+/// dot segments — then as the [`Uri`] the client sends to.
+fn to_uri(text: &str) -> Option<Uri> {
+    let url = Url::parse(text).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    Uri::try_from(url.as_str()).ok()
 }
 
 impl From<String> for UpstreamUrl {
@@ -60,21 +82,7 @@ impl PartialEq<&str> for UpstreamUrl {
 
 impl PartialEq<String> for UpstreamUrl {
     fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl UpstreamUrl {
-    /// The request builder of `client` for this URL (a parsed one is not parsed again).
-    pub fn request(
-        self,
-        client: &reqwest::Client,
-        method: http::Method,
-    ) -> reqwest::RequestBuilder {
-        match self {
-            UpstreamUrl::Parsed(url) => client.request(method, url),
-            UpstreamUrl::Text(text) => client.request(method, text),
-        }
+        self.as_str() == other.as_str()
     }
 }
 
@@ -84,7 +92,7 @@ pub struct UpstreamTarget {
     base_url: String,
     /// `path → base_url + path`, parsed; a path whose URL does not parse is left out (the
     /// request then fails as it is sent, as it did when every attempt parsed it).
-    urls: Vec<(&'static str, Url)>,
+    urls: Vec<(&'static str, Uri)>,
     /// `Bearer <key>` (OpenAI) or the key (Anthropic's `x-api-key`); `None` when the key
     /// cannot be a header value (and for Azure, whose requests are built whole per call).
     auth: Option<HeaderValue>,
@@ -108,7 +116,7 @@ impl UpstreamTarget {
         };
         let urls = paths
             .iter()
-            .filter_map(|path| Some((*path, Url::parse(&format!("{base_url}{path}")).ok()?)))
+            .filter_map(|path| Some((*path, to_uri(&format!("{base_url}{path}"))?)))
             .collect();
         let auth = auth.map(|mut value| {
             value.set_sensitive(true);
@@ -174,7 +182,12 @@ mod tests {
         let base = "http://BÜCHER.example:8080/v1";
         let target = UpstreamTarget::new(ApiKind::Openai, base, &key);
         let expected = Url::parse(&format!("{base}/embeddings")).unwrap();
-        assert_eq!(target.url("/embeddings"), UpstreamUrl::Parsed(expected));
+        let prebuilt = target.url("/embeddings");
+        assert_eq!(prebuilt, expected.as_str());
+        assert_eq!(prebuilt, "http://xn--bcher-kva.example:8080/v1/embeddings");
+        // A URL built per call (a path with an id) comes out the same when it is sent.
+        let built = UpstreamUrl::Text(format!("{base}/embeddings"));
+        assert_eq!(built.into_uri(), target.url("/embeddings").into_uri());
     }
 
     #[test]
@@ -185,9 +198,15 @@ mod tests {
             &SecretString::from("bad\nkey"),
         );
         assert!(matches!(target.auth(), Err(ProviderError::InvalidKey)));
-        assert_eq!(
-            target.url("/chat/completions"),
-            UpstreamUrl::Text("not a url/chat/completions".into())
+        let url = target.url("/chat/completions");
+        assert_eq!(url, UpstreamUrl::Text("not a url/chat/completions".into()));
+        assert!(url.into_uri().is_err());
+        // Only http(s) is sent to.
+        let other = UpstreamTarget::new(
+            ApiKind::Openai,
+            "ftp://up.example",
+            &SecretString::from("k"),
         );
+        assert!(other.url("/chat/completions").into_uri().is_err());
     }
 }

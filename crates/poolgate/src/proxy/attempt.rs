@@ -169,12 +169,12 @@ pub async fn run(
             backend
                 .runtime
                 .note_sent(need.map_or(0, |need| need.prompt));
-            let send = request
-                .url
-                .request(data.http_for(backend.record.http_version), request.method)
-                .headers(request.headers)
-                .body(reqwest::Body::wrap(request.body))
-                .send();
+            let send = data.http_for(backend.record.http_version).send(
+                request.method,
+                request.url.into_uri(),
+                request.headers,
+                request.body,
+            );
             match tokio::time::timeout(first_byte_timeout, send).await {
                 Err(_) => Failure::Timeout,
                 Ok(Err(error)) => connection_failure(&error),

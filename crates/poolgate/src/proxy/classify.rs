@@ -11,6 +11,7 @@ use super::respond::{read_error_body, ErrorBodyError};
 use crate::cooldown::{parse_retry_after, Outcome as UpstreamOutcome};
 use crate::providers::azure::{AzureErrorBody, AzureErrorKind};
 use crate::telemetry::AttemptResult;
+use crate::upstream::{UpstreamError, UpstreamResponse};
 
 /// Why one upstream attempt failed in a way worth trying elsewhere.
 #[derive(Debug)]
@@ -52,7 +53,7 @@ pub enum Failure {
 
 /// An upstream error answer to relay: still to be read, or already read (to classify it).
 pub enum ErrorAnswer {
-    Pending(reqwest::Response),
+    Pending(UpstreamResponse),
     Read {
         status: StatusCode,
         content_type: Option<HeaderValue>,
@@ -60,8 +61,8 @@ pub enum ErrorAnswer {
     },
 }
 
-impl From<reqwest::Response> for ErrorAnswer {
-    fn from(response: reqwest::Response) -> Self {
+impl From<UpstreamResponse> for ErrorAnswer {
+    fn from(response: UpstreamResponse) -> Self {
         ErrorAnswer::Pending(response)
     }
 }
@@ -146,11 +147,11 @@ impl Failure {
         }
     }
 
-    /// A failure of the connection or body, with reqwest's text (its URL replaced).
-    pub fn transport(context: &str, error: &reqwest::Error) -> Failure {
+    /// A failure of the connection or body, with the error's text (which never holds the URL).
+    pub fn transport(context: &str, error: &UpstreamError) -> Failure {
         Failure::Server {
             status: None,
-            detail: format!("{context}: {}", without_url(error)),
+            detail: format!("{context}: {}", error.detail()),
         }
     }
 }
@@ -182,7 +183,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
 /// client's. Err hands back what to relay. A body is read within `read_timeout` and up to
 /// `max_bytes` (capped at the error-body limit).
 pub async fn azure_failure(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     read_timeout: Duration,
     max_bytes: usize,
 ) -> Result<Failure, ErrorAnswer> {
@@ -226,7 +227,7 @@ pub async fn azure_failure(
 }
 
 /// Why sending the request failed, without the upstream's address.
-pub fn connection_failure(error: &reqwest::Error) -> Failure {
+pub fn connection_failure(error: &UpstreamError) -> Failure {
     if let Some(refused) = crate::egress::refusal_in(error) {
         return Failure::EgressRefused {
             detail: refused.to_string(),
@@ -240,21 +241,12 @@ pub fn connection_failure(error: &reqwest::Error) -> Failure {
     let detail = if error.is_timeout() {
         "timed out".to_owned()
     } else {
-        without_url(error)
+        error.detail()
     };
     Failure::Server {
         status: None,
         detail,
     }
-}
-
-/// reqwest's text with the URL replaced (its Display never includes headers, so no key leaks).
-fn without_url(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(url.as_str(), "<upstream>");
-    }
-    text
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -23,6 +22,7 @@ use tokio::time::Instant;
 use super::classify::Failure;
 use crate::sse::{SseEvent, SseFramer};
 use crate::translate::Wire;
+use crate::upstream::UpstreamBody;
 
 /// The most poolgate holds back (beyond it, the held events are released).
 pub const MAX_HELD_BYTES: usize = 64 * 1024;
@@ -66,7 +66,7 @@ pub struct Held {
 /// Reads the stream's leading events until one carries content (or the budget is spent, or the
 /// hold is full); Err when the stream fails before that.
 pub async fn hold_leading_events(
-    upstream: &mut BoxStream<'static, reqwest::Result<Bytes>>,
+    upstream: &mut UpstreamBody,
     format: LeadFormat,
     budget: Duration,
     idle_timeout: Duration,

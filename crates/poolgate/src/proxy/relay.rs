@@ -20,7 +20,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 
@@ -36,6 +35,7 @@ use crate::sse::{SseEvent, SseFramer};
 use crate::state::DataPlane;
 use crate::token_count::DeliveredText;
 use crate::translate::{Mapped, StreamMapper};
+use crate::upstream::UpstreamBody;
 
 /// The body type handed to the HTTP layer.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
@@ -113,7 +113,7 @@ enum End {
 }
 
 pub struct RelayStream {
-    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    upstream: UpstreamBody,
     /// Chunks read before the relay started (the held-back leading events and the first
     /// content), relayed first.
     first: VecDeque<Bytes>,
@@ -137,7 +137,7 @@ pub struct RelayStream {
 
 impl RelayStream {
     pub fn new(
-        upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+        upstream: UpstreamBody,
         first: VecDeque<Bytes>,
         mapper: Box<dyn StreamMapper>,
         idle_timeout: Duration,
@@ -372,7 +372,7 @@ impl Drop for RelayStream {
 /// grace in a task of its own to get that usage; dropped (closing the upstream connection) when
 /// the usage came, the stream ended, the grace or the byte cap ran out, or shutdown cut streams.
 struct GraceRead {
-    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    upstream: UpstreamBody,
     framer: SseFramer,
     mapper: Box<dyn StreamMapper>,
     delivered: DeliveredText,

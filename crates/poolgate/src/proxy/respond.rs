@@ -29,6 +29,7 @@ use crate::scrub::KeyScrubber;
 use crate::state::DataPlane;
 use crate::translate::convert_error_body;
 use crate::translate::responses::passthrough::ResponseIdHook;
+use crate::upstream::{UpstreamError, UpstreamResponse};
 
 /// Who made a response: this attempt's backend, for this request's caller.
 fn owner_of(ticket: &Ticket, draft: &UsageDraft) -> ResponseOwner {
@@ -77,15 +78,12 @@ const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
 pub enum BodyError {
     /// Larger than the limit (declared or seen).
     TooLarge,
-    Failed(reqwest::Error),
+    Failed(UpstreamError),
 }
 
 /// Reads an upstream body whole, refusing it as soon as it is known to exceed `limit` bytes (a
 /// declared `Content-Length` over the limit is refused before reading).
-pub async fn read_capped(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
+pub async fn read_capped(mut response: UpstreamResponse, limit: usize) -> Result<Bytes, BodyError> {
     let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
     let declared = response.content_length();
     if declared.is_some_and(|length| length > limit_u64) {
@@ -124,13 +122,13 @@ pub async fn read_capped(
 pub enum ErrorBodyError {
     Timeout,
     TooLarge,
-    Failed(reqwest::Error),
+    Failed(UpstreamError),
 }
 
 /// Reads an upstream error body: at most `limit` bytes (of `MAX_ERROR_BODY_BYTES` at most), within
 /// `timeout`.
 pub async fn read_error_body(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ErrorBodyError> {
@@ -216,7 +214,7 @@ pub async fn succeed(
     inbound: &Inbound,
     plan: Plan,
     mut ticket: Ticket,
-    response: reqwest::Response,
+    response: UpstreamResponse,
     draft: &mut UsageDraft,
     remaining: Duration,
 ) -> Result<ProxyResponse, (Ticket, Failure)> {

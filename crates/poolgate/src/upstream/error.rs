@@ -1,0 +1,70 @@
+//! [`UpstreamError`]: why an upstream call failed — the URL could not be used, the connection
+//! or the exchange failed, or the answer's body broke off. Its text never holds the URL or a
+//! header (no key, no query the client sent): neither hyper nor hyper-util put the request in
+//! their errors, and this type never holds it.
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::io;
+
+/// Why an upstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The URL built for this call is not an `http`/`https` URL (not quoted: it may carry the
+    /// client's query).
+    #[error("the upstream URL is not a valid http(s) URL")]
+    InvalidUrl,
+    /// The connection could not be made (name resolution, the egress policy, TCP, TLS, the
+    /// connect timeout), or the request could not be sent or its answer's head not read.
+    #[error("the upstream request failed")]
+    Send(#[source] hyper_util::client::legacy::Error),
+    /// The answer's body broke off.
+    #[error("the upstream body broke off")]
+    Body(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// The connection was never made: counted as a connection failure (cooldown, failover).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Send(error) if error.is_connect())
+    }
+
+    /// A timeout below poolgate's own (the connect timeout, the kernel's TCP timeouts).
+    pub fn is_timeout(&self) -> bool {
+        let mut current: Option<&(dyn StdError + 'static)> = Some(self);
+        while let Some(error) = current {
+            if let Some(io) = error.downcast_ref::<io::Error>() {
+                if io.kind() == io::ErrorKind::TimedOut {
+                    return true;
+                }
+            }
+            if error
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+            {
+                return true;
+            }
+            current = error.source();
+        }
+        false
+    }
+
+    /// The error and its causes on one line ("the upstream request failed: client error
+    /// (SendRequest): connection closed before message completed"), for logs and a backend's
+    /// `last_error`.
+    pub fn detail(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = self.source();
+        while let Some(cause) = source {
+            let _ = write!(text, ": {cause}");
+            source = cause.source();
+        }
+        text
+    }
+}
+
+impl From<super::InvalidUrl> for UpstreamError {
+    fn from(_: super::InvalidUrl) -> Self {
+        UpstreamError::InvalidUrl
+    }
+}

@@ -1,0 +1,249 @@
+//! The upstream HTTP client: hyper-util's pooled client with only the layers a gateway needs —
+//! an [`HttpConnector`] whose resolver is the egress policy's ([`PolicyResolver`]: every
+//! resolved address is checked before it is connected to), rustls with the webpki roots, a
+//! connect timeout over the whole connect (resolution, TCP, TLS), keep-alive pooling, and
+//! fixed, small HTTP/1 read buffers. No redirects are followed, no proxy is read from the
+//! environment, nothing parses a URL per request (the backends' URLs are prebuilt
+//! [`http::Uri`]s, [`crate::providers::target`]), and nothing decompresses.
+//!
+//! [`UpstreamClient::send`] is the one call; [`UpstreamResponse`] reads the answer (whole, chunk
+//! by chunk, or as a stream); [`UpstreamError`] says why it failed without quoting the URL.
+
+mod error;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyDataStream, BodyExt};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use error::UpstreamError;
+
+use crate::domain::HttpVersion;
+use crate::egress::{EgressPolicy, PolicyResolver};
+use crate::providers::body::SplicedBody;
+
+/// A URL that could not become an `http`/`https` [`Uri`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidUrl;
+
+/// How the client is built.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Bounds the whole connect: resolution, TCP, TLS.
+    pub connect_timeout: Duration,
+    /// Every resolved address passes it.
+    pub egress: Arc<EgressPolicy>,
+    /// `auto` (ALPN `h2` + `http/1.1` on `https://`, HTTP/1.1 on `http://`), `http1` or
+    /// `http2` (prior knowledge on `http://`).
+    pub version: HttpVersion,
+}
+
+/// An idle pooled connection is closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per host (a gateway talks to few hosts, with many requests each).
+const POOL_MAX_IDLE_PER_HOST: usize = 1024;
+/// The HTTP/1 read buffer of a connection, fixed (hyper's default starts at 8 KiB and grows to
+/// 400 KiB on large answers, then keeps what it grew to while the connection idles in the
+/// pool). It bounds an answer's head too: 8 KiB is what nginx allows by default at most
+/// (`proxy_buffer_size` is one page, 4 KiB on x86-64, up to 8k); LLM APIs send 1–2 KB of
+/// headers. Bodies are read through it in 8 KiB reads: no cost for answers of a few KB and SSE
+/// events (docs/benchmarks.md, "#13 progress").
+pub const HTTP1_READ_BUFFER: usize = 8 * 1024;
+
+/// With `http2`: the ping interval, and how long a ping may stay unanswered.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+type Connector = ConnectTimeout<HttpsConnector<HttpConnector<PolicyResolver>>>;
+
+/// The upstream client: cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<Connector, SplicedBody>,
+}
+
+impl UpstreamClient {
+    /// A client with `settings`.
+    pub fn new(settings: &ClientSettings) -> Result<UpstreamClient, rustls::Error> {
+        let mut http =
+            HttpConnector::new_with_resolver(PolicyResolver::new(Arc::clone(&settings.egress)));
+        // `https://` is the TLS layer's to handle.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        // reqwest's defaults, kept: dead peers are noticed while a stream waits.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+
+        let tls = tls_config()?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let https = match settings.version {
+            HttpVersion::Auto => https.enable_http1().enable_http2().wrap_connector(http),
+            HttpVersion::Http1 => https.enable_http1().wrap_connector(http),
+            HttpVersion::Http2 => https.enable_http2().wrap_connector(http),
+        };
+        let connector = ConnectTimeout {
+            inner: https,
+            timeout: settings.connect_timeout,
+        };
+
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .http1_read_buf_exact_size(HTTP1_READ_BUFFER)
+            .http2_only(settings.version == HttpVersion::Http2);
+        if settings.version == HttpVersion::Http2 {
+            // One connection per host carries every stream: a dead peer is noticed by a ping.
+            builder
+                .http2_keep_alive_interval(HTTP2_KEEP_ALIVE)
+                .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE);
+        }
+        Ok(UpstreamClient {
+            client: builder.build(connector),
+        })
+    }
+
+    /// Sends one request; resolves with the answer's head (its body is read from the
+    /// [`UpstreamResponse`]). Redirects are answers like any other.
+    pub fn send(
+        &self,
+        method: Method,
+        uri: Result<Uri, InvalidUrl>,
+        mut headers: HeaderMap,
+        body: SplicedBody,
+    ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + 'static {
+        let sent = uri.map(|uri| {
+            // What reqwest sent when the request named none.
+            headers
+                .entry(http::header::ACCEPT)
+                .or_insert(HeaderValue::from_static("*/*"));
+            let mut request = http::Request::new(body);
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers;
+            self.client.request(request)
+        });
+        async move {
+            let response = sent?.await.map_err(UpstreamError::Send)?;
+            Ok(UpstreamResponse { inner: response })
+        }
+    }
+}
+
+/// The rustls client configuration: ring, the webpki roots (as reqwest's `rustls-tls` had),
+/// TLS 1.2 and 1.3; the ALPN protocols are set per client by the connector.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    use hyper_rustls::ConfigBuilderExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_webpki_roots()
+        .with_no_client_auth())
+}
+
+// === impl UpstreamResponse ===
+
+/// An upstream answer: its head, and its body still to read.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    inner: http::Response<Incoming>,
+}
+
+/// An answer's body as a stream of chunks.
+pub type UpstreamBody = BoxStream<'static, Result<Bytes, UpstreamError>>;
+
+impl UpstreamResponse {
+    pub fn status(&self) -> StatusCode {
+        self.inner.status()
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        self.inner.headers()
+    }
+
+    /// The declared length of the body (`Content-Length`), if any.
+    pub fn content_length(&self) -> Option<u64> {
+        http_body::Body::size_hint(self.inner.body()).exact()
+    }
+
+    /// The next chunk of the body; `None` at its end (trailers are skipped).
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        while let Some(frame) = self.inner.body_mut().frame().await {
+            if let Ok(data) = frame.map_err(UpstreamError::Body)?.into_data() {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The body as a stream of chunks (dropping it closes the upstream connection unless the
+    /// body was read to its end).
+    pub fn bytes_stream(self) -> UpstreamBody {
+        BodyDataStream::new(self.inner.into_body())
+            .map_err(UpstreamError::Body)
+            .boxed()
+    }
+}
+
+// === impl ConnectTimeout ===
+
+/// A connector whose whole connect (resolution, TCP with its per-address attempts, TLS) is
+/// bounded by `timeout` — what reqwest's `connect_timeout` bounded.
+#[derive(Clone)]
+pub struct ConnectTimeout<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower::Service<Uri> for ConnectTimeout<C>
+where
+    C: tower::Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )) as BoxError),
+            }
+        })
+    }
+}
