@@ -244,39 +244,17 @@ async fn metrics_can_be_turned_off() {
 async fn the_binary_writes_one_json_access_line_per_request_without_prompts_or_keys() {
     let upstream = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let token = "pga-access-log-admin-token-0123456789";
-    let mut served = Served::spawn(
-        &dir.path().join("data"),
-        &["--log-format", "json"],
-        &[("POOLGATE_ADMIN_TOKEN", token)],
+    let logged = served_for_access_lines(dir.path(), &upstream, None).await;
+    let (mut served, url) = (logged.served, logged.url);
+    let (key_id, secret, token) = (
+        logged.key_id.as_str(),
+        logged.secret.as_str(),
+        ADMIN_OF_LOGGED,
     );
-    let url = served.url().await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let created = client
-        .post(format!("{url}/admin/api/backends"))
-        .bearer_auth(token)
-        .json(
-            &json!({"name": "alpha", "api_base_url": upstream.openai_base_url(),
-            "api_key": "sk-ACCESSLOG-upstream-key", "model_mappings": {"m-x": "up-m-x"}}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let key: Value = client
-        .post(format!("{url}/admin/api/keys"))
-        .bearer_auth(token)
-        .json(&json!({"name": "logged"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (key_id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
     let prompt = "the words of a private prompt";
     let answer = client
         .post(format!("{url}/v1/chat/completions"))
@@ -329,7 +307,7 @@ async fn the_binary_writes_one_json_access_line_per_request_without_prompts_or_k
     assert_eq!(refused["status"], 404);
     assert_eq!(refused["attempts"], 0);
     assert_eq!(refused["error_kind"], "not_found_error");
-    for secret_text in [prompt, secret, token, "sk-ACCESSLOG-upstream-key"] {
+    for secret_text in [prompt, secret, token, UPSTREAM_KEY_OF_LOGGED] {
         assert!(
             !stdout.contains(secret_text) && !stderr.contains(secret_text),
             "`{secret_text}` is in the log"
@@ -337,33 +315,49 @@ async fn the_binary_writes_one_json_access_line_per_request_without_prompts_or_k
     }
 }
 
-/// `poolgate serve --log-format json` with `[telemetry] access_log_flush_ms = flush_ms`, a backend
-/// at a mock upstream serving `m-x` and a client key: (the process, its URL, the key).
-async fn served_with_access_flush(
+/// The admin token of [`served_for_access_lines`].
+const ADMIN_OF_LOGGED: &str = "pga-access-log-admin-token-0123456789";
+/// The upstream key of [`served_for_access_lines`]' backend (it must never be logged).
+const UPSTREAM_KEY_OF_LOGGED: &str = "sk-ACCESSLOG-upstream-key";
+
+/// A `poolgate serve --log-format json` with a backend at a mock upstream serving `m-x`, and a
+/// client key.
+struct Logged {
+    served: Served,
+    url: String,
+    key_id: String,
+    secret: String,
+}
+
+/// Starts [`Logged`], with `[telemetry] access_log_flush_ms = flush_ms` when given.
+async fn served_for_access_lines(
     dir: &std::path::Path,
     upstream: &MockUpstream,
-    flush_ms: u64,
-) -> (Served, String, String) {
-    let token = "pga-access-flush-admin-token-0123456789";
+    flush_ms: Option<u64>,
+) -> Logged {
     let config = dir.join("poolgate.toml");
-    std::fs::write(
-        &config,
-        format!("[telemetry]\naccess_log_flush_ms = {flush_ms}\n"),
-    )
-    .unwrap();
+    let mut args = vec!["--log-format", "json"];
+    if let Some(flush_ms) = flush_ms {
+        std::fs::write(
+            &config,
+            format!("[telemetry]\naccess_log_flush_ms = {flush_ms}\n"),
+        )
+        .unwrap();
+        args.extend(["--config", config.to_str().unwrap()]);
+    }
     let mut served = Served::spawn(
         &dir.join("data"),
-        &["--log-format", "json", "--config", config.to_str().unwrap()],
-        &[("POOLGATE_ADMIN_TOKEN", token)],
+        &args,
+        &[("POOLGATE_ADMIN_TOKEN", ADMIN_OF_LOGGED)],
     );
     let url = served.url().await;
     let client = reqwest::Client::new();
     let created = client
         .post(format!("{url}/admin/api/backends"))
-        .bearer_auth(token)
+        .bearer_auth(ADMIN_OF_LOGGED)
         .json(
             &json!({"name": "alpha", "api_base_url": upstream.openai_base_url(),
-            "api_key": "sk-upstream", "model_mappings": {"m-x": "up-m-x"}}),
+            "api_key": UPSTREAM_KEY_OF_LOGGED, "model_mappings": {"m-x": "up-m-x"}}),
         )
         .send()
         .await
@@ -371,15 +365,20 @@ async fn served_with_access_flush(
     assert_eq!(created.status(), 201);
     let key: Value = client
         .post(format!("{url}/admin/api/keys"))
-        .bearer_auth(token)
-        .json(&json!({"name": "flush"}))
+        .bearer_auth(ADMIN_OF_LOGGED)
+        .json(&json!({"name": "logged"}))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    (served, url, key["key"].as_str().unwrap().to_owned())
+    Logged {
+        served,
+        url,
+        key_id: key["id"].as_str().unwrap().to_owned(),
+        secret: key["key"].as_str().unwrap().to_owned(),
+    }
 }
 
 /// Sends `count` chat completions at once; every one must be answered 200.
@@ -414,7 +413,12 @@ async fn access_lines_are_gathered_and_all_written_by_the_exit() {
     let upstream = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     // A minute between flushes: only the exit can write them.
-    let (mut served, url, key) = served_with_access_flush(dir.path(), &upstream, 60_000).await;
+    let Logged {
+        mut served,
+        url,
+        secret: key,
+        ..
+    } = served_for_access_lines(dir.path(), &upstream, Some(60_000)).await;
     chat_burst(&url, &key, 40).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -432,7 +436,12 @@ async fn access_lines_are_gathered_and_all_written_by_the_exit() {
 async fn gathered_access_lines_are_written_every_flush_interval() {
     let upstream = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut served, url, key) = served_with_access_flush(dir.path(), &upstream, 50).await;
+    let Logged {
+        mut served,
+        url,
+        secret: key,
+        ..
+    } = served_for_access_lines(dir.path(), &upstream, Some(50)).await;
     chat_burst(&url, &key, 40).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while access_lines(&served.output().0) < 40 {
