@@ -1,14 +1,14 @@
-//! Where log lines go: stdout, with the access lines (`poolgate::access`) gathered per thread and
-//! written in batches. Each thread appends its access lines to a buffer of its own (an
-//! uncontended lock, no system call); a flusher thread writes every buffer out each
-//! `[telemetry] access_log_flush_ms`, and a thread whose buffer passed [`FLUSH_BYTES`] writes it
-//! itself. A busy gateway thus makes one `write` per batch instead of one per request (#13) —
-//! nginx's `access_log … buffer= flush=`, Envoy's access-log flush interval. Every other line
-//! is written at once, after the lines its own thread had gathered, so one thread's lines keep
-//! their order. [`flush`] writes everything gathered (at exit).
+//! Where log lines go: stdout, with the access lines (`poolgate::access`) gathered in memory and
+//! written in batches. An access line is appended to one shared buffer (a short lock, no system
+//! call); a flusher thread writes the buffer out every `[telemetry] access_log_flush_ms`, and the
+//! line that makes it pass [`FLUSH_BYTES`] writes it at once. A busy gateway thus makes one
+//! `write` per batch instead of one per request (#13) — nginx's `access_log … buffer= flush=`,
+//! Envoy's access-log flush interval. Every other line is written at once, after the gathered
+//! ones. Buffer and stdout are written under the buffer's lock, so the lines keep the order in
+//! which they were logged. [`flush`] writes what is gathered (at exit).
 
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tracing::Metadata;
@@ -16,66 +16,29 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::telemetry::access_log::ACCESS_LOG_TARGET;
 
-/// A thread writes its gathered lines itself once they pass this size.
+/// The gathered lines are written once they pass this size.
 pub const FLUSH_BYTES: usize = 32 * 1024;
 
-/// One thread's gathered lines.
-type Buffer = Arc<Mutex<Vec<u8>>>;
+/// The access lines gathered since the last write.
+static GATHERED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-/// Every thread's buffer, for the flusher and [`flush`].
-static BUFFERS: Mutex<Vec<Buffer>> = Mutex::new(Vec::new());
-
-thread_local! {
-    static OWN: ThreadBuffer = ThreadBuffer::register();
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn gathered() -> MutexGuard<'static, Vec<u8>> {
     // A panic while holding it leaves bytes, not a broken invariant: keep going.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    GATHERED.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// This thread's buffer, registered for the flusher; what is left in it is written when the
-/// thread ends.
-struct ThreadBuffer(Buffer);
-
-impl ThreadBuffer {
-    fn register() -> Self {
-        let buffer = Buffer::default();
-        lock(&BUFFERS).push(Arc::clone(&buffer));
-        ThreadBuffer(buffer)
-    }
-}
-
-impl Drop for ThreadBuffer {
-    fn drop(&mut self) {
-        write_out(&take(&self.0));
-    }
-}
-
-/// The lines gathered in `buffer`, leaving it empty.
-fn take(buffer: &Buffer) -> Vec<u8> {
-    std::mem::take(&mut *lock(buffer))
-}
-
-fn write_out(lines: &[u8]) {
+/// Writes `lines` (and empties them). Nowhere to report a failed log write: like
+/// `tracing-subscriber`'s own writer, the bytes are dropped.
+fn write_out(lines: &mut Vec<u8>) {
     if !lines.is_empty() {
-        // Nowhere to report a failed log write: like `tracing-subscriber`'s own writer, drop it.
         let _ = io::stdout().lock().write_all(lines);
+        lines.clear();
     }
 }
 
-/// Writes every thread's gathered lines (one `write` for all of them), and forgets the buffers
-/// of threads that ended.
+/// Writes every gathered line now.
 pub fn flush() {
-    let mut lines = Vec::new();
-    {
-        let mut buffers = lock(&BUFFERS);
-        for buffer in buffers.iter() {
-            lines.extend_from_slice(&take(buffer));
-        }
-        buffers.retain(|buffer| Arc::strong_count(buffer) > 1);
-    }
-    write_out(&lines);
+    write_out(&mut gathered());
 }
 
 /// Starts the thread that writes the gathered lines every `interval`.
@@ -91,7 +54,7 @@ fn start_flusher(interval: Duration) {
     }
 }
 
-/// The `MakeWriter` of the log output: access lines to this thread's buffer when batching is on,
+/// The `MakeWriter` of the log output: access lines to the shared buffer when batching is on,
 /// everything else straight to stdout.
 #[derive(Clone, Copy, Debug)]
 pub struct LogOutput {
@@ -128,30 +91,24 @@ impl<'a> MakeWriter<'a> for LogOutput {
 /// Where one line goes.
 #[derive(Debug)]
 pub enum LineWriter {
-    /// To stdout now, after this thread's gathered lines.
+    /// To stdout now, after the gathered lines.
     Now,
-    /// To this thread's buffer.
+    /// To the shared buffer.
     Gathered,
 }
 
 impl Write for LineWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut lines = gathered();
         match self {
             LineWriter::Now => {
-                // `try_with`: a thread that is ending has no buffer any more.
-                let _ = OWN.try_with(|own| write_out(&take(&own.0)));
+                write_out(&mut lines);
                 io::stdout().write(bytes)
             }
             LineWriter::Gathered => {
-                let full = OWN.try_with(|own| {
-                    let mut lines = lock(&own.0);
-                    lines.extend_from_slice(bytes);
-                    (lines.len() >= FLUSH_BYTES).then(|| std::mem::take(&mut *lines))
-                });
-                match full {
-                    Ok(Some(lines)) => write_out(&lines),
-                    Ok(None) => {}
-                    Err(_) => io::stdout().write_all(bytes)?,
+                lines.extend_from_slice(bytes);
+                if lines.len() >= FLUSH_BYTES {
+                    write_out(&mut lines);
                 }
                 Ok(bytes.len())
             }
