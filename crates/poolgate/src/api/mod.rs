@@ -73,7 +73,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(request_id::AssignRequestId)
         .with_state(state)
 }
 
