@@ -84,18 +84,27 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let id = request
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate);
-        let header = HeaderValue::from_str(id.as_str()).ok();
-        request.extensions_mut().insert(id.clone());
-        WithRequestId {
-            inner: CURRENT.scope(id, self.inner.call(request)),
-            header,
-        }
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        with_request_id(request, |request| self.inner.call(request))
+    }
+}
+
+/// Gives `request` its id (the one in its extensions, else a new one) and handles it with
+/// `handle`, the id current while the answer is computed; the answer gets `x-request-id`.
+pub fn with_request_id<B, F: Future>(
+    mut request: http::Request<B>,
+    handle: impl FnOnce(http::Request<B>) -> F,
+) -> WithRequestId<F> {
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate);
+    let header = HeaderValue::from_str(id.as_str()).ok();
+    request.extensions_mut().insert(id.clone());
+    WithRequestId {
+        inner: CURRENT.scope(id, handle(request)),
+        header,
     }
 }
 
