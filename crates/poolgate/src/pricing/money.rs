@@ -256,7 +256,7 @@ fn decimal_to_f64(decimal: &str) -> f64 {
 fn scaled_to_f64(value: u64, scale: u32) -> f64 {
     const EXACT_BELOW: u64 = 1 << 53;
     if value < EXACT_BELOW && scale <= 15 {
-        #[allow(clippy::cast_precision_loss)] // both are below 2^53: exact
+        // Both are below 2^53: exact as floats.
         return value as f64 / 10_u64.pow(scale) as f64;
     }
     decimal_to_f64(&format_scaled(value, scale))
