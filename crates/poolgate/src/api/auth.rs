@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use axum::middleware::Next;
 use axum::response::Response;
 use secrecy::ExposeSecret;
@@ -13,6 +13,9 @@ use secrecy::ExposeSecret;
 use super::error::ApiError;
 use crate::crypto::{parse_client_key, token_matches, verify_secret};
 use crate::state::{DataPlane, Live, LiveClientKey};
+
+/// `x-api-key` (Anthropic's client header), parsed once.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The bearer token of `Authorization`, or the `x-api-key` header (Anthropic clients).
 pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
@@ -25,7 +28,7 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
             .filter(|t| !t.is_empty());
     }
     headers
-        .get("x-api-key")
+        .get(&X_API_KEY)
         .and_then(|value| value.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())

@@ -6,7 +6,7 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use axum::response::Response;
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -27,7 +27,8 @@ use crate::state::DataPlane;
 
 /// Header `x-poolgate-max-wait-ms`: how long this request may wait for a ready backend.
 pub fn max_wait_header(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
-    let Some(value) = headers.get("x-poolgate-max-wait-ms") else {
+    static MAX_WAIT: HeaderName = HeaderName::from_static("x-poolgate-max-wait-ms");
+    let Some(value) = headers.get(&MAX_WAIT) else {
         return Ok(None);
     };
     let millis: u64 = value
@@ -80,7 +81,7 @@ pub async fn serve(
     };
     let max_wait = max_wait_header(&parts.headers);
     let ctx = RequestContext {
-        request_id: request_id.to_string(),
+        request_id: request_id.as_str().to_owned(),
         client_key,
         received,
         received_ms,

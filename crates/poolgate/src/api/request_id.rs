@@ -4,19 +4,27 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::http::HeaderValue;
 use axum::response::Response;
 use tokio::task::futures::TaskLocalFuture;
 
+/// `x-request-id`, parsed once.
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 tokio::task_local! {
     static CURRENT: RequestId;
 }
 
-/// A request id, `req_` + a time-ordered UUID.
+/// What every generated request id starts with.
+const PREFIX: &str = "req_";
+
+/// A request id, `req_` + a time-ordered UUID (shared, not copied, by the extensions, the
+/// task-local and the handler).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(String);
+pub struct RequestId(Arc<str>);
 
 impl RequestId {
     /// A new id: the one generator for every answer. A UUID v7 (milliseconds since the epoch,
@@ -31,7 +39,12 @@ impl RequestId {
             });
         let random: [u8; 10] = rand::random();
         let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-        Self(format!("req_{}", id.simple()))
+        let mut text = [0_u8; PREFIX.len() + uuid::fmt::Simple::LENGTH];
+        let (prefix, hex) = text.split_at_mut(PREFIX.len());
+        prefix.copy_from_slice(PREFIX.as_bytes());
+        id.simple().encode_lower(hex);
+        // ASCII only: always valid UTF-8.
+        Self(Arc::from(std::str::from_utf8(&text).unwrap_or(PREFIX)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -127,7 +140,7 @@ where
         let this = self.project();
         let mut result = std::task::ready!(this.inner.poll(cx));
         if let (Ok(response), Some(value)) = (&mut result, this.header.take()) {
-            response.headers_mut().insert("x-request-id", value);
+            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
         Poll::Ready(result)
     }

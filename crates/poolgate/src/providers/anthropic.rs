@@ -428,7 +428,7 @@ pub fn build_request(
 ) -> Result<UpstreamRequest, ProviderError> {
     let mut headers = HeaderMap::with_capacity(4 + client_headers.len());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert("x-api-key", target.auth()?);
+    headers.insert(HeaderName::from_static("x-api-key"), target.auth()?);
     headers.insert(
         "anthropic-version",
         HeaderValue::from_static(ANTHROPIC_VERSION),

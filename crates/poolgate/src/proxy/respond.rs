@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::attempt::{resolve, Done};
 use super::billing::Billing;
@@ -259,7 +259,10 @@ pub async fn succeed(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache"),
         );
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
         let hook = (plan == Plan::ResponsesPass).then(|| owner_hook(data, &ticket, draft));
         let stream = RelayStream::new(
             upstream,
