@@ -133,7 +133,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
     match prepare(&config, &control).await {
         Ok((data, listener, addr, server)) => {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let router = crate::api::build_router(AppState {
+            let app = crate::api::App::new(AppState {
                 data: data.clone(),
                 control: control.clone(),
             });
@@ -141,7 +141,7 @@ pub async fn start(config: Config, handle_signals: bool) -> Result<Running, Init
             let task = tokio::spawn(serve(
                 server,
                 listener,
-                router,
+                app,
                 stop_rx,
                 StopPlan {
                     signals,
@@ -267,7 +267,7 @@ struct StopPlan {
 async fn serve(
     server: Server,
     listener: TcpListener,
-    router: axum::Router,
+    app: crate::api::App,
     stop: oneshot::Receiver<()>,
     plan: StopPlan,
     data: DataPlane,
@@ -281,7 +281,7 @@ async fn serve(
         grace,
     } = plan;
     let handle = server.handle();
-    let mut serving = tokio::spawn(server.serve(listener, router));
+    let mut serving = tokio::spawn(server.serve(listener, app));
     // However the server ends, per-core runtimes end with this task.
     let _finish = FinishOnDrop(handle.clone());
     let ended_early = tokio::select! {

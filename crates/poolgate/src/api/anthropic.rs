@@ -22,7 +22,7 @@ pub fn router() -> Router<super::AppState> {
         .route("/v1/messages/count_tokens", post(count_tokens))
 }
 
-async fn messages(State(data): State<DataPlane>, request: Request) -> Response {
+pub(super) async fn messages(State(data): State<DataPlane>, request: Request) -> Response {
     anthropic_call(data, Endpoint::Messages, request, Inbound::anthropic).await
 }
 

@@ -15,11 +15,16 @@ pub mod openai;
 pub mod proxy;
 pub mod request_id;
 
-use axum::extract::FromRef;
-use axum::http::StatusCode;
-use axum::response::Redirect;
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::extract::{FromRef, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{Redirect, Response};
+use axum::routing::future::RouteFuture;
 use axum::routing::get;
 use axum::Router;
+use futures_util::future::{BoxFuture, Either};
 
 use crate::control::ControlPlane;
 use crate::state::DataPlane;
@@ -58,6 +63,85 @@ pub const PUBLIC_ROUTES: &[&str] = &[
     "/dashboard/",
 ];
 
+/// The whole HTTP surface as one service: the proxy's `POST` endpoints go straight to their
+/// handlers (with the request id, as the router gives it), every other request through
+/// [`build_router`]'s router. The answers are the router's; the hot path skips its path match,
+/// its per-request clone of the route's boxed service and the boxing of its futures (#13).
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    data: DataPlane,
+}
+
+impl App {
+    pub fn new(state: AppState) -> Self {
+        let data = state.data.clone();
+        Self {
+            router: build_router(state),
+            data,
+        }
+    }
+}
+
+/// The routes [`App`] serves without the router: `POST` on these exact paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProxyRoute {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Messages,
+}
+
+impl ProxyRoute {
+    fn of(method: &Method, path: &str) -> Option<Self> {
+        if method != Method::POST {
+            return None;
+        }
+        match path {
+            "/v1/chat/completions" => Some(Self::ChatCompletions),
+            "/v1/completions" => Some(Self::Completions),
+            "/v1/embeddings" => Some(Self::Embeddings),
+            "/v1/messages" => Some(Self::Messages),
+            _ => None,
+        }
+    }
+
+    async fn handle(self, data: DataPlane, request: Request) -> Result<Response, Infallible> {
+        let data = State(data);
+        Ok(match self {
+            Self::ChatCompletions => openai::chat_completions(data, request).await,
+            Self::Completions => openai::completions(data, request).await,
+            Self::Embeddings => openai::embeddings(data, request).await,
+            Self::Messages => anthropic::messages(data, request).await,
+        })
+    }
+}
+
+type ProxyFuture = BoxFuture<'static, Result<Response, Infallible>>;
+
+impl tower::Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<request_id::WithRequestId<ProxyFuture>, RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both the handlers and the router are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match ProxyRoute::of(request.method(), request.uri().path()) {
+            Some(route) => {
+                let data = self.data.clone();
+                Either::Left(request_id::with_request_id(request, |request| {
+                    Box::pin(route.handle(data, request)) as ProxyFuture
+                }))
+            }
+            None => Either::Right(self.router.call(request)),
+        }
+    }
+}
+
 /// The whole application router.
 pub fn build_router(state: AppState) -> Router {
     let (admin_router, _) = admin::router(state.data.clone());
@@ -73,7 +157,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(request_id::AssignRequestId)
         .with_state(state)
 }
 
@@ -87,4 +171,31 @@ async fn method_not_allowed() -> ApiError {
         "method not allowed on this route",
     )
     .with_code("method_not_allowed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_posts_to_the_exact_proxy_paths_skip_the_router() {
+        let post = |path| ProxyRoute::of(&Method::POST, path);
+        assert_eq!(
+            post("/v1/chat/completions"),
+            Some(ProxyRoute::ChatCompletions)
+        );
+        assert_eq!(post("/v1/completions"), Some(ProxyRoute::Completions));
+        assert_eq!(post("/v1/embeddings"), Some(ProxyRoute::Embeddings));
+        assert_eq!(post("/v1/messages"), Some(ProxyRoute::Messages));
+        for other in [
+            "/v1/chat/completions/",
+            "/v1/messages/count_tokens",
+            "/v1/responses",
+            "/",
+        ] {
+            assert_eq!(post(other), None, "{other}");
+        }
+        // Other methods get the router's answers (405 with its JSON body).
+        assert_eq!(ProxyRoute::of(&Method::GET, "/v1/chat/completions"), None);
+    }
 }

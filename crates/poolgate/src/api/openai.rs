@@ -79,15 +79,15 @@ async fn response_call(
     serve(&data, endpoint, request, parse, ApiError::openai).await
 }
 
-async fn chat_completions(State(data): State<DataPlane>, request: Request) -> Response {
+pub(super) async fn chat_completions(State(data): State<DataPlane>, request: Request) -> Response {
     proxy(data, Endpoint::ChatCompletions, request).await
 }
 
-async fn completions(State(data): State<DataPlane>, request: Request) -> Response {
+pub(super) async fn completions(State(data): State<DataPlane>, request: Request) -> Response {
     proxy(data, Endpoint::Completions, request).await
 }
 
-async fn embeddings(State(data): State<DataPlane>, request: Request) -> Response {
+pub(super) async fn embeddings(State(data): State<DataPlane>, request: Request) -> Response {
     proxy(data, Endpoint::Embeddings, request).await
 }
 

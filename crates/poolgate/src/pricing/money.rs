@@ -123,7 +123,7 @@ macro_rules! decimal_units {
 
             $(#[$float_doc])*
             pub fn $to_f64(self) -> f64 {
-                decimal_to_f64(&self.$to_text())
+                scaled_to_f64(self.0, $scale)
             }
         }
 
@@ -247,6 +247,19 @@ fn parse_scaled(text: &str, scale: u32, max_whole: u64) -> Result<u64, MoneyErro
 /// The float nearest to a decimal produced by [`format_scaled`] (always parseable).
 fn decimal_to_f64(decimal: &str) -> f64 {
     decimal.parse().unwrap_or(f64::NAN)
+}
+
+/// The float nearest to `value` × 10^-`scale`, as [`decimal_to_f64`] of its text, without the
+/// text (every usage record's cost goes through here, #13): below 2^53 the integer and the power
+/// of ten (exact up to 10^15) are both exact floats and IEEE division rounds correctly, so the
+/// quotient is the float nearest to the exact decimal. Larger values take the text's way.
+fn scaled_to_f64(value: u64, scale: u32) -> f64 {
+    const EXACT_BELOW: u64 = 1 << 53;
+    if value < EXACT_BELOW && scale <= 15 {
+        // Both are below 2^53: exact as floats.
+        return value as f64 / 10_u64.pow(scale) as f64;
+    }
+    decimal_to_f64(&format_scaled(value, scale))
 }
 
 /// An integer of 10^-`scale` units as decimal text without trailing zeros.
@@ -373,6 +386,16 @@ mod tests {
             prop_assert_eq!(PricePerToken::parse_per_mtok(&price.to_per_mtok_string()), Ok(price));
             let json = serde_json::to_string(&price).unwrap();
             prop_assert_eq!(serde_json::from_str::<PricePerToken>(&json).unwrap(), price);
+        }
+
+        /// The float of an amount or a price is the one its decimal text parses to, whichever
+        /// way it is computed (the division below 2^53, the text above).
+        #[test]
+        fn floats_are_the_nearest_to_the_decimal(value in prop_oneof![0_u64..1_000_000_000_000, 0_u64..(1 << 53) + 1_000, any::<u64>()]) {
+            for scale in [3, 9] {
+                let from_text = decimal_to_f64(&format_scaled(value, scale));
+                prop_assert_eq!(scaled_to_f64(value, scale).to_bits(), from_text.to_bits(), "{} at scale {}", value, scale);
+            }
         }
 
         #[test]
