@@ -1,5 +1,6 @@
 //! `bench` — poolgate's benchmark harness. One command starts, on 127.0.0.1, mock upstreams,
-//! nginx `proxy_pass`, poolgate (and with `--litellm`, LiteLLM proxy), drives load at each with a
+//! nginx `proxy_pass`, the `hyper floor` (this package's `hyper-floor`: poolgate's stack with no
+//! gateway features), poolgate (and with `--litellm`, LiteLLM proxy), drives load at each with a
 //! built-in hyper load generator, tears everything down, and writes `report.md`, `report.json`
 //! and `latency.svg` into `--out` (default `target/bench`). See `docs/benchmarks.md`.
 //!
@@ -63,6 +64,10 @@ struct RunArgs {
     /// Skip nginx even when it is installed.
     #[arg(long)]
     no_nginx: bool,
+    /// Skip the `hyper floor` proxy (the `hyper-floor` binary: poolgate's tokio + hyper stack
+    /// forwarding with no gateway features), measured by default outside `--smoke`.
+    #[arg(long)]
+    no_floor: bool,
     /// Where the report goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -149,8 +154,9 @@ async fn run(args: RunArgs) -> Result<()> {
     let started = Instant::now();
     // Before any child starts: they inherit it (thousands of held streams need it).
     let open_files = procs::raise_open_files();
+    let floor = !args.smoke && !args.no_floor;
     if args.bin_dir.is_none() {
-        build_binaries()?;
+        build_binaries(floor)?;
     }
     let mut bins = Bins::locate(args.bin_dir.as_deref())?;
     bins.poolgate_env = args.poolgate_env.clone();
@@ -160,6 +166,7 @@ async fn run(args: RunArgs) -> Result<()> {
         smoke,
         litellm: args.litellm,
         nginx: !smoke && !args.no_nginx,
+        floor,
         repeats: args.repeats.unwrap_or(if smoke { 1 } else { 3 }).max(1),
         warmup: Duration::from_millis(args.warmup_ms.unwrap_or(if smoke { 100 } else { 500 })),
         duration: Duration::from_millis(
@@ -271,9 +278,10 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Under `cargo run`, builds `poolgate` and `mock-upstream` in this binary's profile first, so
-/// one command measures the current sources (a no-op when they are up to date).
-fn build_binaries() -> Result<()> {
+/// Under `cargo run`, builds `poolgate` and `mock-upstream` (and with `floor`, this package's
+/// `hyper-floor`) in this binary's profile first, so one command measures the current sources
+/// (a no-op when they are up to date).
+fn build_binaries(floor: bool) -> Result<()> {
     let Ok(cargo) = std::env::var("CARGO") else {
         return Ok(());
     };
@@ -282,16 +290,25 @@ fn build_binaries() -> Result<()> {
         .parent()
         .and_then(|dir| dir.file_name())
         .is_some_and(|name| name == "release");
-    let mut command = std::process::Command::new(cargo);
-    command.args(["build", "-p", "poolgate", "-p", "mock-upstream"]);
-    if release {
-        command.arg("--release");
+    let build = |args: &[&str], what: &str| -> Result<()> {
+        let mut command = std::process::Command::new(&cargo);
+        command.arg("build").args(args);
+        if release {
+            command.arg("--release");
+        }
+        let status = command.status().context("running cargo build")?;
+        anyhow::ensure!(status.success(), "building {what} failed");
+        Ok(())
+    };
+    build(
+        &["-p", "poolgate", "-p", "mock-upstream"],
+        "poolgate and mock-upstream",
+    )?;
+    if floor {
+        // On its own: built with poolgate, this package's dependencies would get the features
+        // poolgate's add, and be rebuilt.
+        build(&["-p", "bench", "--bin", "hyper-floor"], "hyper-floor")?;
     }
-    let status = command.status().context("running cargo build")?;
-    anyhow::ensure!(
-        status.success(),
-        "building poolgate and mock-upstream failed"
-    );
     Ok(())
 }
 

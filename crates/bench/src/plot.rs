@@ -1,5 +1,5 @@
 //! `latency.svg`: latency (p50 thick, p99 thin with dots) against offered
-//! load for direct, nginx, poolgate and LiteLLM, from the open-loop scenarios, both axes
+//! load for direct, nginx, the hyper floor, poolgate and LiteLLM, from the open-loop scenarios, both axes
 //! logarithmic.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::suite::{litellm_label, Results};
+use crate::suite::{litellm_label, Results, FLOOR};
 
 /// (offered req/s, p50 µs, p99 µs) per system, sorted by offered load.
 fn series(results: &Results) -> BTreeMap<String, Vec<(f64, f64, f64)>> {
@@ -40,6 +40,7 @@ fn color(system: &str) -> RGBColor {
         "direct" => RGBColor(90, 90, 90),
         "nginx" => RGBColor(0, 150, 57),
         "poolgate" => RGBColor(31, 119, 180),
+        FLOOR => RGBColor(148, 103, 189),
         _ => RGBColor(214, 39, 40),
     }
 }
@@ -84,7 +85,7 @@ pub fn latency_vs_load(path: &Path, results: &Results) -> Result<()> {
         .y_desc("latency (µs)")
         .draw()
         .map_err(|e| draw(&e))?;
-    let order = ["direct", "nginx", "poolgate", &litellm_label(1)];
+    let order = ["direct", "nginx", FLOOR, "poolgate", &litellm_label(1)];
     for system in order {
         let Some(points) = data.get(system) else {
             continue;

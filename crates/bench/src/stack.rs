@@ -1,7 +1,8 @@
 //! The systems under test, each started on 127.0.0.1 in its own directory under the run's work
 //! dir and stopped when dropped: the mock upstream (the `mock-upstream` binary, plus this
 //! binary's `mock-429` for cooldown churn), poolgate with a fresh data dir and a generated
-//! config, nginx `proxy_pass` with a generated config, and LiteLLM proxy from a virtualenv.
+//! config, nginx `proxy_pass` with a generated config, the `hyper-floor` proxy (this package's
+//! second binary), and LiteLLM proxy from a virtualenv.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ pub struct Bins {
     pub mock: PathBuf,
     /// This harness (for `bench mock-429`).
     pub me: PathBuf,
+    /// The floor proxy, next to this harness (it is built with it, not with poolgate).
+    pub floor: PathBuf,
     /// Environment given to every poolgate started (`--poolgate-env`).
     pub poolgate_env: Vec<(String, String)>,
     /// TOML appended to every poolgate's config file (`--poolgate-toml`).
@@ -44,6 +47,7 @@ impl Bins {
         let bins = Bins {
             poolgate: dir.join("poolgate"),
             mock: dir.join("mock-upstream"),
+            floor: me.with_file_name("hyper-floor"),
             me,
             poolgate_env: Vec::new(),
             poolgate_toml: String::new(),
@@ -98,6 +102,17 @@ async fn wait_until_serving(
         still_starting(child, since, timeout, "serve a request")?;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// [`wait_until_serving`] for a plain proxy in front of the mock (nginx, the floor): no key,
+/// the mock's own model id, 10 s.
+async fn wait_until_forwarding(
+    child: &mut Child,
+    addr: SocketAddr,
+    since: Instant,
+) -> Result<Duration> {
+    let timeout = Duration::from_secs(10);
+    wait_until_serving(child, addr, None, "bench-upstream", since, timeout).await
 }
 
 /// An error if `child` exited, or has not managed to `what` within `timeout` of `since`.
@@ -463,16 +478,38 @@ http {{
         .args(["-g", "daemon off;"]);
     let started = Instant::now();
     let mut child = Child::spawn("nginx", command, logs)?;
-    wait_until_serving(
-        &mut child,
-        addr,
-        None,
-        "bench-upstream",
-        started,
-        Duration::from_secs(10),
-    )
-    .await?;
+    wait_until_forwarding(&mut child, addr, started).await?;
     Ok(Nginx { child, addr })
+}
+
+// === the floor ===
+
+/// A running `hyper-floor`.
+pub struct Floor {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+/// `hyper-floor` in front of `upstream`, once it has forwarded a chat completion.
+pub async fn start_floor(bins: &Bins, upstream: SocketAddr, logs: &Path) -> Result<Floor> {
+    if !bins.floor.is_file() {
+        bail!(
+            "{} is missing: build it (`cargo build --release -p bench --bin hyper-floor`)",
+            bins.floor.display()
+        );
+    }
+    let mut command = Command::new(&bins.floor);
+    command.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream.to_string(),
+    ]);
+    let started = Instant::now();
+    let (mut child, addr) =
+        Child::spawn_listening("hyper-floor", command, logs, Duration::from_secs(10))?;
+    wait_until_forwarding(&mut child, addr, started).await?;
+    Ok(Floor { child, addr })
 }
 
 // === LiteLLM ===

@@ -6,11 +6,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+mod floor;
 mod goals;
 
 use crate::stats::{Compare, Scenario, Spread};
-use crate::suite::{cluster, features, litellm_label, telemetry, tokens, Results};
+use crate::suite::{
+    cluster, features, litellm_label, telemetry, tokens, Results, FLOOR, FLOOR_SYSTEM,
+};
 
+use floor::floor_rows;
 use goals::{goals, litellm_best, resource};
 
 // === JSON ===
@@ -35,6 +39,7 @@ fn to_json(results: &Results) -> serde_json::Value {
         "resources": results.resources_json(),
         "held_streams": results.held,
         "litellm_best": litellm_best,
+        "floor": floor_rows(results).iter().map(floor::FloorRow::to_json).collect::<Vec<_>>(),
     })
 }
 
@@ -123,6 +128,7 @@ fn to_markdown(results: &Results) -> String {
         );
     }
 
+    floor_table(&mut md, results);
     load_tables(&mut md, results);
     stream_table(&mut md, results);
     resource_table(&mut md, results);
@@ -133,6 +139,36 @@ fn to_markdown(results: &Results) -> String {
     tokens_table(&mut md, results);
     litellm_table(&mut md, results);
     md
+}
+
+/// "The Rust stack's floor": nginx, the hyper floor and poolgate side by side on #13's figures.
+fn floor_table(md: &mut String, results: &Results) {
+    let rows = floor_rows(results);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## The Rust stack's floor\n\n*hyper floor*: this package's `hyper-floor`, a reverse proxy on poolgate's stack (tokio multi-thread runtime, hyper via hyper-util's `auto::Builder`, a pooled hyper-util client, jemalloc, TCP_NODELAY) forwarding every request unchanged, with no gateway features. floor / nginx is what that stack costs against nginx; poolgate / floor is what poolgate's features cost on top of it. Latency rows are added over direct; ratios are per repeat.\n\n| figure | nginx | hyper floor | poolgate | floor / nginx | poolgate / floor | poolgate − floor |\n|---|---|---|---|---|---|---|"
+    );
+    for row in rows {
+        let digits = if row.unit == "req/s" { 0 } else { 1 };
+        let value = |v| match v {
+            None => "–".to_owned(),
+            some => format!("{} {}", fmt(some, digits), row.unit),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.what,
+            value(row.nginx),
+            value(row.floor),
+            value(row.poolgate),
+            ratio(row.floor_vs_nginx),
+            ratio(row.poolgate_vs_floor),
+            value(row.poolgate_minus_floor),
+        );
+    }
 }
 
 fn load_tables(md: &mut String, results: &Results) {
@@ -166,7 +202,7 @@ fn load_tables(md: &mut String, results: &Results) {
             "\n## {heading}\n\n| {param} | system | req/s | vs direct | vs nginx | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | CPU ms / 1k req |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for s in scenarios {
-            for target in ["direct", "nginx", "poolgate", &litellm_label(1)] {
+            for target in ["direct", "nginx", FLOOR, "poolgate", &litellm_label(1)] {
                 if !s.runs.contains_key(target) {
                     continue;
                 }
@@ -184,11 +220,12 @@ fn load_tables(md: &mut String, results: &Results) {
                         fmt(s.paired(target, &s.baseline, Compare::Added(metric)), 1)
                     }
                 };
-                let vs_nginx = if target == "poolgate" && s.runs.contains_key("nginx") {
-                    ratio(s.paired(target, "nginx", Compare::Ratio("rps")))
-                } else {
-                    "–".to_owned()
-                };
+                let vs_nginx =
+                    if [FLOOR, "poolgate"].contains(&target) && s.runs.contains_key("nginx") {
+                        ratio(s.paired(target, "nginx", Compare::Ratio("rps")))
+                    } else {
+                        "–".to_owned()
+                    };
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -228,7 +265,7 @@ fn stream_table(md: &mut String, results: &Results) {
         "\n## Streaming (SSE)\n\n| scenario | system | streams/s | TTFB p50 | TTFB p99 | added TTFB p50 | added TTFB p99 | event gap p50 | event gap p99 | event gap max | events per chunk |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for s in scenarios {
-        for target in ["direct", "nginx", "poolgate"] {
+        for target in ["direct", "nginx", FLOOR, "poolgate"] {
             if !s.runs.contains_key(target) {
                 continue;
             }
@@ -266,6 +303,7 @@ fn resource_table(md: &mut String, results: &Results) {
     let systems = [
         "poolgate",
         "nginx",
+        FLOOR_SYSTEM,
         "mock-upstream",
         "litellm-1w",
         "litellm-2w",

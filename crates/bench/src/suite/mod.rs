@@ -1,8 +1,10 @@
 //! The benchmark suite, in the order it runs:
 //!
 //! 1. **set-up** — three mock upstreams (fast; 5 ms between chunks; 1 s between chunks for long
-//!    streams), poolgate in front of them, nginx `proxy_pass` in front of the fast one.
-//! 2. **closed** — closed loop at 1, 16, 64, 256 connections: direct, nginx, poolgate.
+//!    streams), poolgate in front of them, nginx `proxy_pass` and the `hyper floor` (poolgate's
+//!    tokio + hyper stack forwarding with no gateway features) in front of the fast one.
+//! 2. **closed** — closed loop at 1, 16, 64, 256 connections: direct, nginx, hyper floor,
+//!    poolgate.
 //! 3. **open** — open loop at fixed offered rates, latency from the scheduled send time.
 //! 4. **stream** — SSE: time to first byte at 1 connection; gaps between events at 16.
 //! 5. **held** — 5,000 and 20,000 streams open at once through a fresh poolgate, the clients on
@@ -45,10 +47,14 @@ use anyhow::Result;
 use crate::load::Target;
 use crate::procs::{tree, usage, OpenFiles};
 use crate::stack::{
-    nginx_binary, nginx_version, start_mock, start_nginx, start_poolgate, BackendDef, Bins, Mock,
-    Nginx, Poolgate, PoolgateSpec,
+    nginx_binary, nginx_version, start_floor, start_mock, start_nginx, start_poolgate, BackendDef,
+    Bins, Floor, Mock, Nginx, Poolgate, PoolgateSpec,
 };
 use crate::stats::{spread, Scenario};
+
+/// The floor proxy's label in the scenarios (its resources are under [`FLOOR_SYSTEM`]).
+pub const FLOOR: &str = "hyper floor";
+pub const FLOOR_SYSTEM: &str = "hyper-floor";
 
 /// Milliseconds between content chunks of the "gap" mock.
 pub const GAP_MS: u64 = 5;
@@ -62,6 +68,8 @@ pub struct Options {
     pub smoke: bool,
     pub litellm: bool,
     pub nginx: bool,
+    /// Measure the `hyper floor` proxy next to nginx and poolgate.
+    pub floor: bool,
     pub repeats: usize,
     pub warmup: Duration,
     pub duration: Duration,
@@ -181,6 +189,7 @@ struct Stack {
     slow: Mock,
     poolgate: Poolgate,
     nginx: Option<Nginx>,
+    floor: Option<Floor>,
 }
 
 impl Bench<'_> {
@@ -201,12 +210,14 @@ impl Bench<'_> {
             usage(&[poolgate.child.pid()]).rss_kib as f64 * 1024.0 / MB,
         );
         let nginx = self.start_nginx(&fast).await;
+        let floor = self.start_floor(&fast).await;
         let stack = Stack {
             fast,
             gap,
             slow,
             poolgate,
             nginx,
+            floor,
         };
 
         if self.opts.runs("closed") {
@@ -295,7 +306,39 @@ impl Bench<'_> {
         }
     }
 
-    /// direct, nginx (if running), poolgate for `model` (the mock's own model id for direct).
+    async fn start_floor(&mut self, fast: &Mock) -> Option<Floor> {
+        if !self.opts.floor {
+            let why = if self.opts.smoke {
+                "--smoke"
+            } else {
+                "--no-floor"
+            };
+            self.results
+                .notes
+                .push(format!("{FLOOR}: skipped ({why})."));
+            return None;
+        }
+        match start_floor(self.bins, fast.addr, &self.logs).await {
+            Ok(floor) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.results.sample(
+                    FLOOR_SYSTEM,
+                    "rss_idle_mb",
+                    usage(&[floor.child.pid()]).rss_kib as f64 * 1024.0 / MB,
+                );
+                Some(floor)
+            }
+            Err(error) => {
+                self.results
+                    .notes
+                    .push(format!("{FLOOR}: failed to start ({error:#})."));
+                None
+            }
+        }
+    }
+
+    /// direct, nginx and the hyper floor (if running: in front of the fast mock only), poolgate
+    /// for `model` (the mock's own model id for the others).
     fn endpoints(&self, stack: &Stack, streaming: bool, which: Which) -> Result<Vec<Endpoint>> {
         let mock = match which {
             Which::Fast => &stack.fast,
@@ -316,6 +359,14 @@ impl Bench<'_> {
                 label: "nginx".into(),
                 target: Arc::new(Target::chat(nginx.addr, None, "bench-upstream", streaming)?),
                 pids: tree(nginx.child.pid()),
+                sqlite: false,
+            });
+        }
+        if let (Some(floor), Which::Fast) = (&stack.floor, which) {
+            endpoints.push(Endpoint {
+                label: FLOOR.into(),
+                target: Arc::new(Target::chat(floor.addr, None, "bench-upstream", streaming)?),
+                pids: vec![floor.child.pid()],
                 sqlite: false,
             });
         }
@@ -362,11 +413,11 @@ impl Bench<'_> {
                 self.opts,
             )
             .await;
-            for label in ["poolgate", "nginx", "direct"] {
-                let system = if label == "direct" {
-                    "mock-upstream"
-                } else {
-                    label
+            for label in ["poolgate", "nginx", FLOOR, "direct"] {
+                let system = match label {
+                    "direct" => "mock-upstream",
+                    FLOOR => FLOOR_SYSTEM,
+                    _ => label,
                 };
                 for run in scenario.runs.get(label).into_iter().flatten().flatten() {
                     if connections == cpu_at {
