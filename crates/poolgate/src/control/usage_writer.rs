@@ -44,7 +44,7 @@ use crate::error::InitError;
 use crate::journal::{Journal, JournalSettings, Journaled, Parked};
 use crate::telemetry::metrics::UsageMetrics;
 use crate::telemetry::Metrics;
-use crate::usage::{channel, Queued, UsageSink};
+use crate::usage::{channel, Queued, UsageQueue, UsageSink};
 
 /// Records replayed per insert at start-up.
 const REPLAY_BATCH: usize = 500;
@@ -151,7 +151,7 @@ fn spawn_writer_with(
     metrics: &Metrics,
     shutdown_limit: Duration,
 ) -> (UsageSink, UsageWriter) {
-    let (sink, queue) = channel(journal.clone());
+    let (sink, queue) = channel(journal.clone(), settings.batch_size);
     let (stop, stop_rx) = watch::channel(false);
     let state = Arc::new(WriterState::default());
     let writer = Writer {
@@ -170,7 +170,7 @@ fn spawn_writer_with(
         metrics: metrics.usage(),
     };
     let task = tokio::spawn(writer.run(
-        queue.rx,
+        queue,
         stop_rx,
         settings.flush_interval,
         settings.channel_capacity,
@@ -256,45 +256,58 @@ struct Writer {
 impl Writer {
     async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<Queued>,
+        queue: UsageQueue,
         mut stop: watch::Receiver<bool>,
         flush_interval: Duration,
         backlog_warning: usize,
     ) -> u64 {
+        let UsageQueue { mut rx, doorbell } = queue;
         let mut warned_at = Instant::now() - Duration::from_secs(60);
         let mut ticker = tokio::time::interval(flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = self.retry_at;
-            let due = tokio::select! {
-                received = rx.recv() => match received {
-                    Some(queued) => {
-                        self.take(queued);
-                        // What is already queued, without waking up again for each record.
-                        for _ in 1..self.batch_size {
-                            match rx.try_recv() {
-                                Ok(queued) => self.take(queued),
-                                Err(_) => break,
-                            }
-                        }
-                        let backlog = rx.len();
-                        if backlog > backlog_warning && warned_at.elapsed() > Duration::from_secs(10) {
-                            warned_at = Instant::now();
-                            tracing::warn!(backlog, "usage writer is falling behind; records are queued in memory (and safe in the journal)");
+            // Woken by a full batch (the doorbell) or the flush tick, not by every record; a
+            // backlog of a batch or more is taken at once, a batch per round.
+            let due = if rx.len() >= self.batch_size {
+                false
+            } else {
+                tokio::select! {
+                    () = doorbell.rung() => false,
+                    _ = ticker.tick() => true,
+                    () = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => true,
+                    changed = stop.changed() => {
+                        if changed.is_err() || *stop.borrow() {
+                            break;
                         }
                         false
                     }
-                    None => break,
-                },
-                _ = ticker.tick() => true,
-                () = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => true,
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        break;
-                    }
-                    false
                 }
             };
+            let mut taken = 0;
+            let mut closed = false;
+            while taken < self.batch_size {
+                match rx.try_recv() {
+                    Ok(queued) => {
+                        self.take(queued);
+                        taken += 1;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            doorbell.taken(taken);
+            if closed {
+                break;
+            }
+            let backlog = rx.len();
+            if backlog > backlog_warning && warned_at.elapsed() > Duration::from_secs(10) {
+                warned_at = Instant::now();
+                tracing::warn!(backlog, "usage writer is falling behind; records are queued in memory (and safe in the journal)");
+            }
             self.pump(due).await;
             self.count_waiting(rx.len());
         }

@@ -12,24 +12,68 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::domain::UsageRecord;
 use crate::journal::{Journal, Journaled};
 
 pub use query::{UsageFilter, UsagePage};
 
-/// A new sink and the queue it feeds; with a journal, every record is appended to it first.
-pub fn channel(journal: Option<Journal>) -> (UsageSink, UsageQueue) {
+/// A new sink and the queue it feeds; with a journal, every record is appended to it first. The
+/// writer is woken once `batch_size` records are queued (else it takes them at its flush tick).
+pub fn channel(journal: Option<Journal>, batch_size: usize) -> (UsageSink, UsageQueue) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let doorbell = Arc::new(Doorbell {
+        queued: AtomicUsize::new(0),
+        ring_at: batch_size.max(1),
+        bell: Notify::new(),
+    });
     (
         UsageSink {
             tx,
             pending: Arc::new(AtomicUsize::new(0)),
             journal,
+            doorbell: Arc::clone(&doorbell),
         },
-        UsageQueue { rx },
+        UsageQueue { rx, doorbell },
     )
+}
+
+/// Wakes the writer when a batch's worth of records is queued. Fewer records wait for the
+/// writer's flush tick without waking it: with a wake-up per record, every request handed its
+/// writer a task to run, often on the other, parked thread (#13).
+pub struct Doorbell {
+    /// Records sent and not yet taken by the writer.
+    queued: AtomicUsize,
+    ring_at: usize,
+    bell: Notify,
+}
+
+impl Doorbell {
+    /// One more record is about to be sent; `true` when it makes a batch (ring after sending).
+    fn add(&self) -> bool {
+        self.queued.fetch_add(1, Ordering::AcqRel) + 1 == self.ring_at
+    }
+
+    /// The record counted by [`Doorbell::add`] was not sent after all.
+    fn unadd(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The writer took `count` records from the queue.
+    pub fn taken(&self, count: usize) {
+        self.queued.fetch_sub(count, Ordering::AcqRel);
+    }
+
+    /// Resolves once a batch's worth was queued since the last time (or is now).
+    pub async fn rung(&self) {
+        self.bell.notified().await;
+    }
+
+    fn ring(&self) {
+        // A stored permit when the writer is not waiting: never lost.
+        self.bell.notify_one();
+    }
 }
 
 /// A record on its way to the store, with its place in the journal (to acknowledge once it is
@@ -42,6 +86,7 @@ pub struct Queued {
 /// The receiving side, consumed by the usage writer.
 pub struct UsageQueue {
     pub rx: mpsc::UnboundedReceiver<Queued>,
+    pub doorbell: Arc<Doorbell>,
 }
 
 /// The sending side; cheap to clone. It also counts the records promised (requests under way)
@@ -51,6 +96,7 @@ pub struct UsageSink {
     tx: mpsc::UnboundedSender<Queued>,
     pending: Arc<AtomicUsize>,
     journal: Option<Journal>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl UsageSink {
@@ -89,8 +135,13 @@ impl UsageSink {
         let _ = self
             .pending
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        // Counted before it is sent, so the writer never takes more than was counted.
+        let batch_full = self.doorbell.add();
         if let Err(error) = self.tx.send(Queued { record, journaled }) {
+            self.doorbell.unadd();
             tracing::error!(request_id = %error.0.record.request_id, "usage writer is gone; record kept only in the journal");
+        } else if batch_full {
+            self.doorbell.ring();
         }
     }
 }

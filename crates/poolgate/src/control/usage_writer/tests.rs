@@ -233,3 +233,49 @@ async fn what_shutdown_cannot_write_stays_in_the_journal_and_is_written_at_the_n
     assert_eq!(store.count_usage().await.unwrap(), 40);
     assert_eq!(segments(dir.path()), 0);
 }
+
+/// The writer is not woken by each record: fewer than a batch wait for the flush tick, and the
+/// record that completes a batch rings for it at once.
+#[tokio::test]
+async fn a_full_batch_is_written_at_once_and_fewer_records_wait_for_the_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), false).await;
+    let settings = UsageSettings {
+        batch_size: 4,
+        flush_interval: Duration::from_secs(3600),
+        ..UsageSettings::default()
+    };
+    let (sink, writer) = spawn_writer(store.clone(), &settings, None, &metrics());
+    let state = writer.state();
+    // The interval's first tick is immediate: let it pass before the records come.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        sink.open();
+        sink.record(record(i));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.count_usage().await.unwrap(), 0, "three records wait");
+    assert_eq!(
+        state.view().buffered,
+        0,
+        "the writer did not even take them"
+    );
+
+    sink.open();
+    sink.record(record(3));
+    for _ in 0..300 {
+        if store.count_usage().await.unwrap() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.count_usage().await.unwrap(), 4, "the fourth rang");
+
+    // Two more: written by the shutdown's drain, none lost.
+    for i in 4..6 {
+        sink.open();
+        sink.record(record(i));
+    }
+    assert_eq!(writer.shutdown().await, 6);
+    assert_eq!(store.count_usage().await.unwrap(), 6);
+}
