@@ -210,14 +210,17 @@ impl PlainVisitor<'_> {
         }
     }
 
-    /// Writes `name=<value>` (`value` already in its `Debug` form) after the separator.
-    fn write_simple(&mut self, name: &str, value: impl fmt::Display) {
+    /// Writes `name=` after the separator, then the value (in its `Debug` form) with `value`:
+    /// piece by piece, not through a format string (the access line has 16 such fields, #13).
+    fn write_simple(&mut self, name: &str, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
         self.result = self
             .pad()
-            .and_then(|()| write!(self.writer, "{name}={value}"));
+            .and_then(|()| self.writer.write_str(name))
+            .and_then(|()| self.writer.write_char('='))
+            .and_then(|()| value(&mut self.writer));
     }
 
     /// A field whose `Debug` form is its `Display` form (integers, booleans): written directly
@@ -229,7 +232,7 @@ impl PlainVisitor<'_> {
         fallback: impl FnOnce(&mut DefaultVisitor<'_>),
     ) {
         if self.is_simple(field.name()) {
-            self.write_simple(field.name(), value);
+            self.write_simple(field.name(), |writer| write!(writer, "{value}"));
         } else {
             self.delegate(field, fallback);
         }
@@ -254,7 +257,11 @@ impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.is_simple(field.name()) && needs_no_escape(value) {
             // Its `Debug` form: in quotes, nothing escaped.
-            self.write_simple(field.name(), format_args!("\"{value}\""));
+            self.write_simple(field.name(), |writer| {
+                writer.write_char('"')?;
+                writer.write_str(value)?;
+                writer.write_char('"')
+            });
         } else {
             self.delegate(field, |default| default.record_str(field, value));
         }
