@@ -310,6 +310,20 @@ describe('dashboard', { timeout: 120000 }, () => {
     assert.equal(backend.responses, true);
     assert.equal(await chat(stack.base, { model: 'gpt-4o-azure' }), 200, 'routed through Azure URLs');
 
+    // HTTP/2 towards the upstream: chosen in the form, shown in the list, used by requests.
+    await rowOf('azure-1').getByTestId('edit').click();
+    await form.waitFor();
+    assert.equal(await field('http_version').locator('select').inputValue(), 'auto');
+    await field('http_version').locator('select').selectOption('http2');
+    await page.getByTestId('save').click();
+    await form.waitFor({ state: 'detached' });
+    await page.waitForFunction(() => /HTTP\/2/.test(
+      document.querySelector('tr[data-backend="azure-1"] .cell-api')?.textContent ?? ''));
+    const [http2] = (await admin(stack.base, 'GET', '/backends')).filter((b) => b.name === 'azure-1');
+    assert.equal(http2.http_version, 'http2');
+    assert.equal(http2.api_version, '2025-04-01-preview', 'the other settings are kept');
+    assert.equal(await chat(stack.base, { model: 'gpt-4o-azure' }), 200, 'routed over h2c');
+
     // Anthropic backends have no Responses API: the form says so.
     await rowOf('azure-1').getByTestId('edit').click();
     await form.waitFor();

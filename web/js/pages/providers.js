@@ -128,7 +128,8 @@ function renderTable(root, state, refresh, openCreate) {
           b.source === 'config' ? chip('config', 'chip-muted') : null)),
       h('td', { text: b.pool }),
       h('td', { class: 'cell-api' }, chip(b.api, 'chip-muted'),
-        b.responses ? chip('responses', 'chip-muted', 'Passes /v1/responses through') : null),
+        b.responses ? chip('responses', 'chip-muted', 'Passes /v1/responses through') : null,
+        HTTP_VERSION_CHIPS[b.http_version] ? chip(HTTP_VERSION_CHIPS[b.http_version], 'chip-muted', 'HTTP towards the upstream') : null),
       h('td', { class: 'cell-url mono', title: b.api_base_url, text: b.api_base_url }),
       h('td', { class: 'mono muted nowrap', text: b.api_key }),
       limitsCell(b),
@@ -170,6 +171,9 @@ function iconButton(iconName, label, testid, onclick, extraClass) {
 const NUMBER_FIELDS = ['rpm_limit', 'weight', 'timeout_seconds'];
 // Sent only when they differ from the backend's (or the default, when adding).
 const TPM_DEFAULT = 0;
+
+// The backend's `http_version` as the list shows it (`auto` shows nothing).
+const HTTP_VERSION_CHIPS = { http1: 'HTTP/1.1', http2: 'HTTP/2' };
 
 const BASE_URL_HINTS = {
   openai: 'OpenAI-compatible, including /v1.',
@@ -217,6 +221,11 @@ function openForm(backend, pools, refresh) {
       ], editing ? String(backend.responses) : ''), 'Whether the upstream has the Responses API (default: OpenAI yes, Anthropic no, Azure by its version).'),
       add('api_version', 'Azure api-version', textInput({ value: backend?.api_version ?? '', placeholder: '2024-10-21' }),
         'Azure only. 2025-03-01-preview or later has the Responses API.')),
+    add('http_version', 'HTTP towards the upstream', select([
+      ['auto', 'Auto: HTTP/1.1 on http://, ALPN on https://'],
+      ['http1', 'HTTP/1.1 only'],
+      ['http2', 'HTTP/2: every stream over one connection'],
+    ], backend?.http_version ?? 'auto'), 'HTTP/2 is h2c (prior knowledge) on http:// and ALPN h2 on https://.'),
     h('div', { class: 'form-grid form-grid-3' },
       add('rpm_limit', 'RPM limit', textInput({ value: String(backend?.rpm_limit ?? 0), inputMode: 'numeric' }), 'Requests per minute; 0 = unlimited.'),
       add('weight', 'Weight', textInput({ value: String(backend?.weight ?? 1), inputMode: 'numeric' }), '1–100: share inside the pool.'),
@@ -268,6 +277,8 @@ function openForm(backend, pools, refresh) {
     };
     const responses = fields.responses.input.value;
     if (responses !== '') payload.responses = responses === 'true';
+    const httpVersion = fields.http_version.input.value;
+    if (httpVersion !== (backend?.http_version ?? 'auto')) payload.http_version = httpVersion;
     const version = value('api_version');
     if (payload.api === 'azure' && version !== '') payload.api_version = version;
     let clientErrors = false;

@@ -53,7 +53,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inva
         let path = error.path().to_string();
         let inner = error.into_inner();
         let message = if inner.is_syntax() || inner.is_eof() {
-            format!("request body is not valid JSON: {inner}")
+            // serde_json reports a value of the wrong JSON type for an enum (`"api": 2`) as a
+            // syntax error; when the body parses, say which value is wrong instead.
+            match kind_at(body, error_path_segments(&path)) {
+                Some(kind) => format!("invalid value at `{path}`: {kind} is not accepted here"),
+                None => format!("request body is not valid JSON: {inner}"),
+            }
         } else if path == "." {
             format!("invalid request body: {inner}")
         } else {
@@ -69,6 +74,54 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inva
         .end()
         .map_err(|error| InvalidRequest::new(format!("request body is not valid JSON: {error}")))?;
     Ok(value)
+}
+
+/// The segments of a `serde_path_to_error` path as written (`a.b[2].c`): keys and indices.
+fn error_path_segments(path: &str) -> Vec<PathSegment<'_>> {
+    if path == "." {
+        return Vec::new();
+    }
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let (key, indices) = part
+            .split_once('[')
+            .map_or((part, ""), |(key, rest)| (key, rest));
+        if !key.is_empty() {
+            segments.push(PathSegment::Key(key));
+        }
+        for index in indices.split('[') {
+            if let Some(Ok(index)) = index.strip_suffix(']').map(str::parse) {
+                segments.push(PathSegment::Index(index));
+            }
+        }
+    }
+    segments
+}
+
+enum PathSegment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// What kind of JSON value `body` holds at `path` ("a number", "an object", …), if `body` is
+/// valid JSON and has a value there.
+fn kind_at(body: &[u8], path: Vec<PathSegment<'_>>) -> Option<&'static str> {
+    let document: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut value = &document;
+    for segment in path {
+        value = match segment {
+            PathSegment::Key(key) => value.get(key)?,
+            PathSegment::Index(index) => value.get(index)?,
+        };
+    }
+    Some(match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    })
 }
 
 #[cfg(test)]
@@ -92,6 +145,36 @@ mod tests {
         let error = parse_json::<Body>(br#"{"rpm": 1} {}"#).unwrap_err();
         assert!(error.message.contains("not valid JSON"), "{error}");
         assert!(parse_json::<Body>(br#"{"rpm": 1}"#).is_ok());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        Openai,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[expect(dead_code, reason = "only deserialized")]
+    struct Nested {
+        api: Kind,
+        list: Vec<Body>,
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_for_an_enum_is_not_called_invalid_json() {
+        let error = parse_json::<Nested>(br#"{"api": 2, "list": []}"#).unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("api"));
+        assert_eq!(
+            error.message,
+            "invalid value at `api`: a number is not accepted here"
+        );
+        let error =
+            parse_json::<Nested>(br#"{"api": "openai", "list": [{"rpm": 1}, []]}"#).unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("list[1]"), "{error}");
+        assert!(!error.message.contains("not valid JSON"), "{error}");
+        // A body that does not parse is still reported as such.
+        let error = parse_json::<Nested>(br#"{"api": 2"#).unwrap_err();
+        assert!(error.message.contains("not valid JSON"), "{error}");
     }
 
     #[test]
