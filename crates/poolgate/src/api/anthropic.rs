@@ -18,7 +18,7 @@ use crate::state::DataPlane;
 
 pub fn router() -> Router<super::AppState> {
     Router::new()
-        .route("/v1/messages", post(messages))
+        .route(super::MESSAGES_PATH, post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
 }
 

@@ -83,6 +83,14 @@ impl App {
     }
 }
 
+/// The paths of the routes [`App`] serves without the router. The routers (`openai::router`,
+/// `anthropic::router`) register the same constants, so the fast lane and the router cannot
+/// disagree on a path; the router still answers other methods on them (405 with `Allow`).
+pub(super) const CHAT_COMPLETIONS_PATH: &str = "/v1/chat/completions";
+pub(super) const COMPLETIONS_PATH: &str = "/v1/completions";
+pub(super) const EMBEDDINGS_PATH: &str = "/v1/embeddings";
+pub(super) const MESSAGES_PATH: &str = "/v1/messages";
+
 /// The routes [`App`] serves without the router: `POST` on these exact paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ProxyRoute {
@@ -98,10 +106,10 @@ impl ProxyRoute {
             return None;
         }
         match path {
-            "/v1/chat/completions" => Some(Self::ChatCompletions),
-            "/v1/completions" => Some(Self::Completions),
-            "/v1/embeddings" => Some(Self::Embeddings),
-            "/v1/messages" => Some(Self::Messages),
+            CHAT_COMPLETIONS_PATH => Some(Self::ChatCompletions),
+            COMPLETIONS_PATH => Some(Self::Completions),
+            EMBEDDINGS_PATH => Some(Self::Embeddings),
+            MESSAGES_PATH => Some(Self::Messages),
             _ => None,
         }
     }

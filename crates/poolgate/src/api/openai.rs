@@ -21,9 +21,9 @@ use crate::state::DataPlane;
 
 pub fn router() -> Router<super::AppState> {
     Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
+        .route(super::CHAT_COMPLETIONS_PATH, post(chat_completions))
+        .route(super::COMPLETIONS_PATH, post(completions))
+        .route(super::EMBEDDINGS_PATH, post(embeddings))
         .route("/v1/responses", post(responses))
         .route(
             "/v1/responses/{id}",
