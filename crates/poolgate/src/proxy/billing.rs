@@ -46,7 +46,7 @@ impl Billing {
     /// The usage to bill: `partial` as far as the upstream reported it (Anthropic's
     /// `message_start` gives the input), the rest estimated — the prompt from the request body,
     /// the output from what was `delivered` (never less than the upstream's partial output
-    /// count). Blocking: may load the tokenizer (call it from `spawn_blocking`).
+    /// count). Blocking: may load the tokenizer (call it through [`super::estimator`]).
     pub fn estimate(&self, delivered: &DeliveredText, partial: Option<TokenUsage>) -> TokenUsage {
         let output = delivered.count_blocking(self.counter).tokens;
         let partial = partial.unwrap_or_default();

@@ -36,6 +36,7 @@ pub mod billing;
 pub mod classify;
 pub mod context;
 pub mod error;
+pub mod estimator;
 pub mod headers;
 pub mod holdback;
 pub mod plan;

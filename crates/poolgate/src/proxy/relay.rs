@@ -9,8 +9,8 @@
 //! A stream cut before the upstream's final usage ([`super::billing`]): when the client left,
 //! the upstream is read on for `proxy.usage_grace_ms` in a task of its own (the client is gone;
 //! nothing it waits for) to get the usage frame; without one, or when the upstream broke, the
-//! record is billed for the prompt and the delivered output, counted on a blocking thread, and
-//! marked `tokens_estimated`. The text of the delivered output is kept as it passes (no
+//! record is billed for the prompt and the delivered output, counted on one of a few counting
+//! threads ([`super::estimator`]), and marked `tokens_estimated`. The text of the delivered output is kept as it passes (no
 //! tokenizing on the way).
 
 use std::collections::VecDeque;
@@ -58,24 +58,18 @@ impl StreamFinisher {
     }
 
     /// Bills the prompt and the `delivered` output (the upstream's `partial` usage where it has
-    /// some) and writes the record — on a blocking thread, since counting may load the tokenizer.
-    /// The backend's outcome is settled now.
+    /// some) and writes the record — on a counting thread ([`super::estimator`]), since
+    /// tokenizing can take milliseconds. The backend's outcome is settled now.
     fn finish_estimated(mut self, partial: Option<TokenUsage>, delivered: DeliveredText, end: End) {
         self.draft.stop_clock();
         if let End::UpstreamFailed(_) = end {
             self.upstream_failed();
         }
-        let estimate = move |mut finisher: StreamFinisher| {
-            let usage = finisher.billing.estimate(&delivered, partial);
-            finisher.draft.set_estimated_usage(usage);
-            finisher.record(end);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || estimate(self));
-            }
-            Err(_) => estimate(self),
-        }
+        super::estimator::run(move || {
+            let usage = self.billing.estimate(&delivered, partial);
+            self.draft.set_estimated_usage(usage);
+            self.record(end);
+        });
     }
 
     fn upstream_failed(&mut self) {

@@ -64,8 +64,8 @@ impl DeliveredText {
     }
 
     /// Counts the text with `counter`, loading its encoding on this thread first if needed
-    /// (hundreds of milliseconds the first time: call it from `spawn_blocking`, never on a
-    /// runtime worker).
+    /// (hundreds of milliseconds the first time: call it off the runtime, as
+    /// `proxy::estimator` does, never on a runtime worker).
     pub fn count_blocking(&self, counter: TokenCounter) -> TokenCount {
         if let Some(encoding) = counter.encoding() {
             encoding.load_blocking();

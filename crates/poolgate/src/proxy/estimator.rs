@@ -1,0 +1,97 @@
+//! Where cut streams are counted: the prompt and delivered output of a stream that ended
+//! before its final usage are tokenized (milliseconds with a BPE encoding) on a few long-lived
+//! threads of their own, fed by one queue — never on the runtime's threads, and never a thread
+//! per stream. (With tokio's blocking pool, 5,000 streams cut at once started hundreds of
+//! threads, each keeping its stack and allocator cache for the pool's 10 s keep-alive:
+//! docs/benchmarks.md, "session 8".)
+
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The most counting threads, whatever the core count: cut streams are the exception, and a
+/// backlog only delays records (a request's draft stays pending until its job ran, so shutdown
+/// waits for it).
+const MAX_THREADS: usize = 4;
+
+static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+
+/// Runs `job` on a counting thread, or here when none could be started.
+pub fn run(job: impl FnOnce() + Send + 'static) {
+    match QUEUE.get_or_init(start) {
+        Some(queue) => {
+            if let Err(mpsc::SendError(job)) = queue.send(Box::new(job)) {
+                job();
+            }
+        }
+        None => job(),
+    }
+}
+
+/// Starts one counting thread per core (at most [`MAX_THREADS`]) sharing one queue.
+fn start() -> Option<Sender<Job>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_THREADS);
+    let (queue, jobs) = mpsc::channel::<Job>();
+    let jobs = Arc::new(Mutex::new(jobs));
+    let mut started = 0;
+    for index in 0..threads {
+        let jobs = Arc::clone(&jobs);
+        let spawned = std::thread::Builder::new()
+            .name(format!("poolgate-estimate-{index}"))
+            .spawn(move || loop {
+                // The lock is held only while waiting for the next job, not while it runs.
+                let next = jobs.lock().recv();
+                match next {
+                    Ok(job) => job(),
+                    Err(mpsc::RecvError) => return,
+                }
+            });
+        match spawned {
+            Ok(_) => started += 1,
+            Err(error) => {
+                tracing::warn!(%error, "could not start a token-counting thread");
+            }
+        }
+    }
+    (started > 0).then_some(queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn every_job_runs_on_a_bounded_set_of_threads() {
+        let (done, finished) = mpsc::channel();
+        for number in 0..500 {
+            let done = done.clone();
+            run(move || {
+                let thread = std::thread::current();
+                done.send((number, thread.id(), thread.name().map(str::to_owned)))
+                    .unwrap();
+            });
+        }
+        drop(done);
+        let results: Vec<_> = finished.iter().collect();
+        let numbers: HashSet<_> = results.iter().map(|(number, _, _)| *number).collect();
+        assert_eq!(numbers.len(), 500, "every job ran once");
+        let threads: HashSet<_> = results.iter().map(|(_, id, _)| *id).collect();
+        assert!(
+            (1..=MAX_THREADS).contains(&threads.len()),
+            "{} threads",
+            threads.len()
+        );
+        for (_, _, name) in &results {
+            let name = name.as_deref().unwrap_or_default();
+            assert!(name.starts_with("poolgate-estimate-"), "ran on {name:?}");
+        }
+    }
+}
