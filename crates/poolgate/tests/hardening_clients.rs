@@ -637,11 +637,49 @@ async fn the_thread_per_core_runtime_serves_answers_and_streams_and_records_ever
         .await;
     // Each request on its own connection (the test client keeps none idle), so both per-core
     // listeners get some; every third is a stream.
-    let requests: Vec<_> = (0..24)
+    assert_eq!(chats_at_once(&gateway, "m", 24, 3).await, 8);
+    assert_eq!(upstream.calls(), 24);
+    // An HTTP/2 backend: each per-core thread's own client speaks h2c to it, answers and
+    // streams alike.
+    let h2_upstream = MockUpstream::start().await;
+    gateway
+        .add_backend(json!({
+            "name": "two",
+            "api_base_url": h2_upstream.openai_base_url(),
+            "api_key": "sk-two-secret-key-0001",
+            "http_version": "http2",
+            "model_mappings": {"m2": "up-m2"},
+        }))
+        .await;
+    assert_eq!(chats_at_once(&gateway, "m2", 8, 2).await, 4);
+    let seen = h2_upstream.requests();
+    assert_eq!(seen.len(), 8);
+    assert!(
+        seen.iter().all(|request| request.version == "HTTP/2.0"),
+        "{:?}",
+        seen.iter().map(|r| &r.version).collect::<Vec<_>>()
+    );
+    let records = gateway.usage_records(32).await;
+    assert_eq!(records.len(), 32, "{records:?}");
+    assert!(records.iter().all(|r| r["status"] == 200), "{records:?}");
+    // A graceful stop (SIGTERM) ends the per-core threads too: the process exits 0.
+    let log = gateway.stop().await;
+    assert!(
+        log.contains("server_runtime=\"thread_per_core\"") && log.contains("per_core_threads=2"),
+        "{log}"
+    );
+    assert!(log.contains("usage records flushed"), "{log}");
+}
+
+/// Sends `count` chat completions for `model` at once, every `stream_every`-th a stream, and
+/// checks each answer: 200, a stream ending in `[DONE]` or a JSON answer with usage. Returns
+/// the number of streams.
+async fn chats_at_once(gateway: &Binary, model: &str, count: usize, stream_every: usize) -> usize {
+    let requests: Vec<_> = (0..count)
         .map(|i| {
             let request = gateway.proxy("/v1/chat/completions").json(&json!({
-                "model": "m",
-                "stream": i % 3 == 0,
+                "model": model,
+                "stream": i % stream_every == 0,
                 "messages": [{"role": "user", "content": "hi"}],
             }));
             tokio::spawn(async move {
@@ -665,16 +703,5 @@ async fn the_thread_per_core_runtime_serves_answers_and_streams_and_records_ever
             );
         }
     }
-    assert_eq!(streams_done, 8);
-    assert_eq!(upstream.calls(), 24);
-    let records = gateway.usage_records(24).await;
-    assert_eq!(records.len(), 24, "{records:?}");
-    assert!(records.iter().all(|r| r["status"] == 200), "{records:?}");
-    // A graceful stop (SIGTERM) ends the per-core threads too: the process exits 0.
-    let log = gateway.stop().await;
-    assert!(
-        log.contains("server_runtime=\"thread_per_core\"") && log.contains("per_core_threads=2"),
-        "{log}"
-    );
-    assert!(log.contains("usage records flushed"), "{log}");
+    streams_done
 }
