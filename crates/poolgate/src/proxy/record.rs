@@ -115,6 +115,7 @@ pub fn observe_unauthenticated(
             tokens: TokenCounts::default(),
             response_model: None,
             cost_usd: None,
+            ended: None,
         });
 }
 
@@ -368,6 +369,7 @@ impl UsageDraft {
                 },
                 response_model: self.response_model.as_deref(),
                 cost_usd: record.cost.map(Nanodollars::as_usd_f64),
+                ended: Some(ended),
             });
         }
         self.record

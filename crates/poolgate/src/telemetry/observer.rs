@@ -232,6 +232,9 @@ pub struct RequestEnd<'a> {
     pub response_model: Option<&'a str>,
     /// Estimated cost when the price table knows the model.
     pub cost_usd: Option<f64>,
+    /// When the request ended for the client, if before now: a stream whose client left is
+    /// finished after a grace read of the upstream, which its latency must not include.
+    pub ended: Option<Instant>,
 }
 
 struct OpenAttempt {
@@ -313,10 +316,14 @@ impl RequestObservation {
 
     /// The current attempt ended (phase `classify`; for a stream, at its end).
     pub fn end_attempt(&mut self, end: AttemptEnd<'_>) {
+        self.end_attempt_at(end, Instant::now());
+    }
+
+    fn end_attempt_at(&mut self, end: AttemptEnd<'_>, at: Instant) {
         let Some(attempt) = self.open_attempt.take() else {
             return;
         };
-        let elapsed = attempt.started.elapsed();
+        let elapsed = at.saturating_duration_since(attempt.started);
         self.upstream += elapsed;
         self.last_result = Some(end.result);
         if let Some(backend) = attempt.route.backend().filter(|_| self.counting()) {
@@ -360,6 +367,7 @@ impl RequestObservation {
             return;
         }
         self.finished = true;
+        let now = end.ended.unwrap_or_else(Instant::now);
         if self.open_attempt.is_some() {
             // A stream ends with its request: its attempt ends the same way.
             let result = match end.outcome {
@@ -368,14 +376,16 @@ impl RequestObservation {
                 Outcome::Cancelled => AttemptResult::Cancelled,
                 Outcome::Error => AttemptResult::ServerError,
             };
-            self.end_attempt(AttemptEnd {
-                result,
-                status: Some(end.status),
-                response_model: end.response_model,
-                tokens: end.tokens,
-            });
+            self.end_attempt_at(
+                AttemptEnd {
+                    result,
+                    status: Some(end.status),
+                    response_model: end.response_model,
+                    tokens: end.tokens,
+                },
+                now,
+            );
         }
-        let now = Instant::now();
         let latency = now.saturating_duration_since(self.received);
         let ttfb = self
             .first_byte
@@ -477,6 +487,7 @@ impl Drop for RequestObservation {
                 tokens: TokenCounts::default(),
                 response_model: None,
                 cost_usd: None,
+                ended: None,
             };
             self.record(&end, false);
         }

@@ -90,6 +90,7 @@ fn end(status: u16, outcome: Outcome, tokens: TokenCounts) -> RequestEnd<'static
         tokens,
         response_model: None,
         cost_usd: None,
+        ended: None,
     }
 }
 
@@ -288,6 +289,36 @@ async fn streams_end_their_attempt_with_the_request_and_drops_count_as_cancelled
         Some(1.0)
     );
     assert_eq!(value(&text, "poolgate_requests_in_flight", &[]), Some(0.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_finished_after_its_client_left_counts_its_time_to_the_leaving() {
+    let observer = observer(ObserverOptions::default());
+    let stream = {
+        let route = observer.route("gpt-4o", &backend(&observer, "alpha", "primary"));
+        let mut stream =
+            observer.start_request(start(&observer.model("gpt-4o"), &HeaderMap::new()));
+        stream.start_attempt(&route, "gpt-4o");
+        stream.first_byte();
+        stream
+    };
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let client_left = Instant::now();
+    // The upstream is read on for its usage (the grace read) before the request finishes.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    stream.finish(RequestEnd {
+        ended: Some(client_left),
+        ..end(499, Outcome::Cancelled, TokenCounts::default())
+    });
+
+    let text = observer.render();
+    for family in [
+        "poolgate_request_duration_seconds_sum",
+        "poolgate_upstream_attempt_duration_seconds_sum",
+    ] {
+        let seconds = value(&text, family, &[("backend", "alpha")]).unwrap();
+        assert!((seconds - 3.0).abs() < 1e-9, "{family}: {seconds}");
+    }
 }
 
 #[test]
