@@ -19,8 +19,15 @@ const MAX_THREADS: usize = 4;
 
 static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
 
-/// Runs `job` on a counting thread, or here when none could be started.
+/// Runs `job` on a counting thread, or here when none could be started. The job runs inside
+/// the caller's tokio runtime context, if it has one: what a record settles in cluster mode (a
+/// budget's or a TPM limit's shared reservation) spawns its Redis call onto that runtime.
 pub fn run(job: impl FnOnce() + Send + 'static) {
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let job = move || {
+        let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+        job();
+    };
     match QUEUE.get_or_init(start) {
         Some(queue) => {
             if let Err(mpsc::SendError(job)) = queue.send(Box::new(job)) {
@@ -93,5 +100,24 @@ mod tests {
             let name = name.as_deref().unwrap_or_default();
             assert!(name.starts_with("poolgate-estimate-"), "ran on {name:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_job_runs_in_its_callers_runtime() {
+        let (spawned, result) = tokio::sync::oneshot::channel();
+        run(move || {
+            // What a cluster-mode settle does: spawn onto the runtime it finds.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let _ = spawned.send(std::thread::current().name().map(str::to_owned));
+                    });
+                }
+                Err(_) => drop(spawned),
+            }
+        });
+        let ran_on = result.await.expect("the job found no runtime");
+        let ran_on = ran_on.unwrap_or_default();
+        assert!(!ran_on.starts_with("poolgate-estimate-"), "{ran_on}");
     }
 }

@@ -10,8 +10,8 @@
 //! the upstream is read on for `proxy.usage_grace_ms` in a task of its own (the client is gone;
 //! nothing it waits for) to get the usage frame; without one, or when the upstream broke, the
 //! record is billed for the prompt and the delivered output, counted on one of a few counting
-//! threads ([`super::estimator`]), and marked `tokens_estimated`. The text of the delivered output is kept as it passes (no
-//! tokenizing on the way).
+//! threads ([`super::estimator`]), and marked `tokens_estimated`. The text of the delivered
+//! output is kept as it passes (no tokenizing on the way).
 
 use std::collections::VecDeque;
 use std::future::Future;
