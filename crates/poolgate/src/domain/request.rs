@@ -50,15 +50,19 @@ impl From<Invalid> for InvalidRequest {
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidRequest> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        // serde_json reports a value of the wrong JSON type for an enum (`"api": 2`) as a
+        // syntax error; when the body parses, say which value is wrong instead.
+        let wrong_kind = error
+            .inner()
+            .is_syntax()
+            .then(|| kind_at(body, error.path()))
+            .flatten();
         let path = error.path().to_string();
         let inner = error.into_inner();
-        let message = if inner.is_syntax() || inner.is_eof() {
-            // serde_json reports a value of the wrong JSON type for an enum (`"api": 2`) as a
-            // syntax error; when the body parses, say which value is wrong instead.
-            match kind_at(body, error_path_segments(&path)) {
-                Some(kind) => format!("invalid value at `{path}`: {kind} is not accepted here"),
-                None => format!("request body is not valid JSON: {inner}"),
-            }
+        let message = if let Some(kind) = wrong_kind {
+            format!("invalid value at `{path}`: {kind} is not accepted here")
+        } else if inner.is_syntax() || inner.is_eof() {
+            format!("request body is not valid JSON: {inner}")
         } else if path == "." {
             format!("invalid request body: {inner}")
         } else {
@@ -76,42 +80,19 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inva
     Ok(value)
 }
 
-/// The segments of a `serde_path_to_error` path as written (`a.b[2].c`): keys and indices.
-fn error_path_segments(path: &str) -> Vec<PathSegment<'_>> {
-    if path == "." {
-        return Vec::new();
-    }
-    let mut segments = Vec::new();
-    for part in path.split('.') {
-        let (key, indices) = part
-            .split_once('[')
-            .map_or((part, ""), |(key, rest)| (key, rest));
-        if !key.is_empty() {
-            segments.push(PathSegment::Key(key));
-        }
-        for index in indices.split('[') {
-            if let Some(Ok(index)) = index.strip_suffix(']').map(str::parse) {
-                segments.push(PathSegment::Index(index));
-            }
-        }
-    }
-    segments
-}
-
-enum PathSegment<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
 /// What kind of JSON value `body` holds at `path` ("a number", "an object", …), if `body` is
-/// valid JSON and has a value there.
-fn kind_at(body: &[u8], path: Vec<PathSegment<'_>>) -> Option<&'static str> {
+/// valid JSON and has a value there (below the root).
+fn kind_at(body: &[u8], path: &serde_path_to_error::Path) -> Option<&'static str> {
+    use serde_path_to_error::Segment;
+    // An error at the root is about the body as a whole, not one value in it.
+    path.iter().next()?;
     let document: serde_json::Value = serde_json::from_slice(body).ok()?;
     let mut value = &document;
     for segment in path {
         value = match segment {
-            PathSegment::Key(key) => value.get(key)?,
-            PathSegment::Index(index) => value.get(index)?,
+            Segment::Map { key } => value.get(key.as_str())?,
+            Segment::Seq { index } => value.get(*index)?,
+            Segment::Enum { .. } | Segment::Unknown => return None,
         };
     }
     Some(match value {
