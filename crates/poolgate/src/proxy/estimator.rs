@@ -5,10 +5,7 @@
 //! threads, each keeping its stack and allocator cache for the pool's 10 s keep-alive:
 //! docs/benchmarks.md, "session 8".)
 
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, OnceLock};
-
-use parking_lot::Mutex;
+use std::sync::OnceLock;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -17,7 +14,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// waits for it).
 const MAX_THREADS: usize = 4;
 
-static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+static QUEUE: OnceLock<Option<flume::Sender<Job>>> = OnceLock::new();
 
 /// Runs `job` on a counting thread, or here when none could be started. The job runs inside
 /// the caller's tokio runtime context, if it has one: what a record settles in cluster mode (a
@@ -30,7 +27,7 @@ pub fn run(job: impl FnOnce() + Send + 'static) {
     };
     match QUEUE.get_or_init(start) {
         Some(queue) => {
-            if let Err(mpsc::SendError(job)) = queue.send(Box::new(job)) {
+            if let Err(flume::SendError(job)) = queue.send(Box::new(job)) {
                 job();
             }
         }
@@ -39,23 +36,19 @@ pub fn run(job: impl FnOnce() + Send + 'static) {
 }
 
 /// Starts one counting thread per core (at most [`MAX_THREADS`]) sharing one queue.
-fn start() -> Option<Sender<Job>> {
+fn start() -> Option<flume::Sender<Job>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(MAX_THREADS);
-    let (queue, jobs) = mpsc::channel::<Job>();
-    let jobs = Arc::new(Mutex::new(jobs));
+    let (queue, jobs) = flume::unbounded::<Job>();
     let mut started = 0;
     for index in 0..threads {
-        let jobs = Arc::clone(&jobs);
+        let jobs = jobs.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("poolgate-estimate-{index}"))
-            .spawn(move || loop {
-                // The lock is held only while waiting for the next job, not while it runs.
-                let next = jobs.lock().recv();
-                match next {
-                    Ok(job) => job(),
-                    Err(mpsc::RecvError) => return,
+            .spawn(move || {
+                for job in jobs.iter() {
+                    job();
                 }
             });
         match spawned {
