@@ -36,6 +36,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The usage writer's own connection (a pool of one, never recycled). Its page cache and
+    /// prepared inserts stay warm from batch to batch: SQLite drops a connection's page cache
+    /// whenever another connection wrote, so batches spread over the shared pool's connections
+    /// re-read the index pages they update and keep a statement cache on each.
+    usage_writes: SqlitePool,
 }
 
 impl SqliteStore {
@@ -54,10 +59,16 @@ impl SqliteStore {
     async fn connect(options: SqliteConnectOptions) -> Result<Self, StoreError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let usage_writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool, usage_writes })
     }
 
     /// The journal mode in force (`wal`).

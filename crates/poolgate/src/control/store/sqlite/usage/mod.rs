@@ -233,7 +233,7 @@ impl UsageStore for SqliteStore {
         if records.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.usage_writes.begin_with("BEGIN IMMEDIATE").await?;
         // Multi-row inserts of a few fixed sizes (see `fixed_chunks`), the record's strings
         // bound by reference. A request id already stored (a batch written again, a journal
         // replay after a crash) is skipped. Normally every record is new — the statements' row
@@ -252,7 +252,7 @@ impl UsageStore for SqliteStore {
             // Some were stored already: start over with `RETURNING`, which names the rows
             // inserted — the rollup counts only those.
             tx.rollback().await?;
-            tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            tx = self.usage_writes.begin_with("BEGIN IMMEDIATE").await?;
             let mut inserted = std::collections::HashSet::new();
             for chunk in fixed_chunks(records, INSERT_ROWS) {
                 let insert = sqlx::query(statement(

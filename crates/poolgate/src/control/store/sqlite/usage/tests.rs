@@ -608,3 +608,39 @@ async fn usage_records_keep_only_the_indexes_queries_use() {
         "{plan:?}"
     );
 }
+
+/// Every usage batch is written through the writer's own connection: its `total_changes()` (rows
+/// changed by that connection since it opened) counts all the records and rollup rows of three
+/// batches, and a connection of the shared pool changed none of them.
+#[tokio::test]
+async fn usage_batches_go_through_the_writers_own_connection() {
+    let (_dir, store) = open().await;
+    for batch in 0..3 {
+        let records: Vec<_> = (batch * 10..batch * 10 + 10).map(usage).collect();
+        store.insert_usage(&records).await.unwrap();
+    }
+    let rollup_rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_rollup_hour")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert!(rollup_rows > 0);
+    let writer_changes: i64 = sqlx::query_scalar("SELECT total_changes()")
+        .fetch_one(&store.usage_writes)
+        .await
+        .unwrap();
+    // Each batch inserts its 10 records and upserts its rollup rows (a row updated by a later
+    // batch counts once per batch that touched it, so at least the distinct rows).
+    assert!(
+        writer_changes >= 30 + rollup_rows,
+        "writer changed {writer_changes} rows, expected at least {}",
+        30 + rollup_rows
+    );
+    let shared_changes: i64 = sqlx::query_scalar("SELECT total_changes()")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert!(
+        shared_changes < 30,
+        "a shared-pool connection changed {shared_changes} rows"
+    );
+}
