@@ -326,7 +326,7 @@ pub struct ClientKeyRecord {
 }
 
 /// Whose RPM bucket a [`LimiterLevel`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LimiterKind {
     Backend,
     ClientKey,

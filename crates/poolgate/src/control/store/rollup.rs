@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::{Outcome, UsageRecord};
+use crate::domain::{LimiterKind, Outcome, UsageRecord};
 use crate::usage::stats::ROLLUP_BUCKET_MS;
 
 /// The stored value of a missing client key, backend or model.
@@ -85,6 +85,31 @@ pub fn aggregate<'a>(
     rows.into_iter().collect()
 }
 
+/// The spend of one batch's rollup rows per client key and per backend (`-` and nothing spent
+/// left out), added to their lifetime spend (SQLite's `usage_lifetime_spend`) in the same
+/// transaction.
+pub fn lifetime_spend(rows: &[(RollupKey, RollupSums)]) -> Vec<(LimiterKind, &str, i64)> {
+    let mut spend: BTreeMap<(LimiterKind, &str), i64> = BTreeMap::new();
+    for (key, sums) in rows {
+        if sums.cost_nanousd <= 0 {
+            continue;
+        }
+        for (kind, id) in [
+            (LimiterKind::ClientKey, key.client_key_id.as_str()),
+            (LimiterKind::Backend, key.backend_id.as_str()),
+        ] {
+            if id != NONE {
+                let total = spend.entry((kind, id)).or_default();
+                *total = total.saturating_add(sums.cost_nanousd);
+            }
+        }
+    }
+    spend
+        .into_iter()
+        .map(|((kind, id), cost)| (kind, id, cost))
+        .collect()
+}
+
 /// The records of `batch` the insert stored, given the `(request_id, ts)` pairs it returned: the
 /// first record of each pair (a batch can hold one request twice; the insert keeps the first).
 pub fn stored(
@@ -134,6 +159,39 @@ mod tests {
             (20, 24, 2)
         );
         assert_eq!(rows[2].0.bucket_ms, ROLLUP_BUCKET_MS);
+    }
+
+    #[test]
+    fn lifetime_spend_sums_each_key_and_backend_over_hours_and_models() {
+        let priced = |i: i64, cost: u64, key: Option<&str>, backend: Option<&str>| UsageRecord {
+            ts_ms: i * ROLLUP_BUCKET_MS,
+            canonical_model: Some(format!("model-{i}")),
+            cost: Some(crate::pricing::Nanodollars::new(cost)),
+            client_key_id: key.map(str::to_owned),
+            backend_id: backend.map(str::to_owned),
+            ..usage(i)
+        };
+        let unpriced = UsageRecord {
+            cost: None,
+            client_key_id: Some("free".to_owned()),
+            ..usage(9)
+        };
+        let rows = aggregate(&[
+            priced(0, 10, Some("k1"), Some("b1")),
+            priced(1, 20, Some("k1"), Some("b2")),
+            priced(2, 5, None, Some("b1")),
+            priced(3, 7, Some("k2"), None),
+            unpriced,
+        ]);
+        assert_eq!(
+            lifetime_spend(&rows),
+            [
+                (LimiterKind::Backend, "b1", 15),
+                (LimiterKind::Backend, "b2", 20),
+                (LimiterKind::ClientKey, "k1", 30),
+                (LimiterKind::ClientKey, "k2", 7),
+            ]
+        );
     }
 
     #[test]

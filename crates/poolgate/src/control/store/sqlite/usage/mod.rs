@@ -123,6 +123,12 @@ const ROLLUP_UPSERT_TAIL: &str = " ON CONFLICT (bucket_ms, client_key_id, backen
     latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, \
     ttfb_ms_sum = ttfb_ms_sum + excluded.ttfb_ms_sum, ttfb_count = ttfb_count + excluded.ttfb_count";
 
+/// Adds one batch's spend to the lifetime spend of its client keys and backends (see
+/// `store::rollup::lifetime_spend`).
+const LIFETIME_SPEND_HEAD: &str = "INSERT INTO usage_lifetime_spend (kind, id, cost_nanousd) ";
+const LIFETIME_SPEND_TAIL: &str =
+    " ON CONFLICT (kind, id) DO UPDATE SET cost_nanousd = cost_nanousd + excluded.cost_nanousd";
+
 /// The most records one insert statement carries (22 parameters each), and the most rollup
 /// rows one upsert carries (17 each). Powers of two: see [`fixed_chunks`].
 const INSERT_ROWS: usize = 128;
@@ -141,6 +147,7 @@ const INSERT_RETURNING_TAIL: &str = " ON CONFLICT (request_id) DO NOTHING RETURN
 static INSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 static INSERT_RETURNING_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 static UPSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+static LIFETIME_SPEND_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 fn insert_sql(rows: usize) -> String {
     multi_row_sql(INSERT_HEAD, 22, rows, INSERT_TAIL)
@@ -152,6 +159,10 @@ fn insert_returning_sql(rows: usize) -> String {
 
 fn upsert_sql(rows: usize) -> String {
     multi_row_sql(ROLLUP_UPSERT_HEAD, 17, rows, ROLLUP_UPSERT_TAIL)
+}
+
+fn lifetime_spend_sql(rows: usize) -> String {
+    multi_row_sql(LIFETIME_SPEND_HEAD, 3, rows, LIFETIME_SPEND_TAIL)
 }
 
 /// `head VALUES (?, …), (?, …) tail` with `rows` groups of `columns` placeholders.
@@ -290,6 +301,18 @@ impl UsageStore for SqliteStore {
                     .bind(sums.ttfb_count);
             }
             upsert.execute(&mut *tx).await?;
+        }
+        let spend = rollup::lifetime_spend(&rows);
+        for chunk in fixed_chunks(&spend, UPSERT_ROWS) {
+            let mut add = sqlx::query(statement(
+                &LIFETIME_SPEND_SQL,
+                chunk.len(),
+                lifetime_spend_sql,
+            ));
+            for (kind, id, cost) in chunk {
+                add = add.bind(kind.as_str()).bind(*id).bind(*cost);
+            }
+            add.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

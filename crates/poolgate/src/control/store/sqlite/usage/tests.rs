@@ -436,10 +436,95 @@ async fn the_rollup_outlives_the_raw_retention() {
         .spend_of(crate::domain::LimiterKind::Backend, "bkd_x", 29 * day, 0)
         .await
         .unwrap();
+    assert_eq!(spend.this_month, crate::pricing::Nanodollars::new(20_000));
     assert_eq!(
         spend.total,
-        crate::pricing::Nanodollars::new(20_000),
-        "the larger sum"
+        crate::pricing::Nanodollars::new(30_000),
+        "the lifetime spend outlives both retentions"
+    );
+}
+
+/// The rows of `usage_lifetime_spend`: (kind, id, nano-dollars), by kind and id.
+async fn lifetime_spend(store: &super::SqliteStore) -> Vec<(String, String, i64)> {
+    sqlx::query_as("SELECT kind, id, cost_nanousd FROM usage_lifetime_spend ORDER BY kind, id")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+}
+
+/// Every stored batch adds its spend to the lifetime spend of its keys and backends, in the
+/// insert's transaction: a batch written again (its records already stored) adds nothing.
+#[tokio::test]
+async fn lifetime_spend_grows_with_each_stored_batch_only() {
+    let (_dir, store) = open().await;
+    let priced = |i: i64, key: &str| UsageRecord {
+        cost: Some(crate::pricing::Nanodollars::new(250)),
+        client_key_id: Some(key.to_owned()),
+        ..usage(i)
+    };
+    let first: Vec<_> = (0..4).map(|i| priced(i, "k1")).collect();
+    store.insert_usage(&first).await.unwrap();
+    store.insert_usage(&first[2..]).await.unwrap();
+    let mixed = [priced(4, "k2"), priced(0, "k1")];
+    store.insert_usage(&mixed).await.unwrap();
+    assert_eq!(
+        lifetime_spend(&store).await,
+        [
+            ("backend".to_owned(), "bkd_x".to_owned(), 1_250),
+            ("client_key".to_owned(), "k1".to_owned(), 1_000),
+            ("client_key".to_owned(), "k2".to_owned(), 250),
+        ]
+    );
+    let spend = store
+        .spend_of(crate::domain::LimiterKind::ClientKey, "k1", 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(spend.total, crate::pricing::Nanodollars::new(1_000));
+}
+
+/// Migration 0012 starts each lifetime spend from what the restore read before it: the larger
+/// of the raw records' sum and the rollup's.
+#[tokio::test]
+async fn the_migration_starts_lifetime_spend_from_records_and_rollup() {
+    let (dir, pool) = database_before(12).await;
+    let path = dir.path().join("old.db");
+    for (i, key, backend, cost) in [
+        (0, Some("k1"), Some("b1"), Some(100)),
+        (1, Some("k1"), Some("b2"), Some(50)),
+        (2, None, Some("b1"), Some(7)),
+        (3, Some("k2"), None, None),
+    ] {
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, backend_id,              attempts, status, outcome, latency_ms, streamed, cost_nanousd)              VALUES (?, ?, ?, 'chat.completions', ?, 1, 200, 'success', 5, 0, ?)",
+        )
+        .bind(format!("req-{i}"))
+        .bind(i * 1_000)
+        .bind(key)
+        .bind(backend)
+        .bind(cost)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // The rollup (whose own backfill, 0008, ran before these records) holds an older spend of
+    // k1 whose raw records are gone, as after a prune.
+    sqlx::query(
+        "INSERT INTO usage_rollup_hour (bucket_ms, client_key_id, backend_id, canonical_model,          upstream_model, requests, cost_nanousd) VALUES (-3600000, 'k1', 'b3', '-', '-', 9, 900)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = super::SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        lifetime_spend(&store).await,
+        [
+            ("backend".to_owned(), "b1".to_owned(), 107),
+            ("backend".to_owned(), "b2".to_owned(), 50),
+            ("backend".to_owned(), "b3".to_owned(), 900),
+            ("client_key".to_owned(), "k1".to_owned(), 900),
+        ],
+        "k1: the rollup's 900 over the records' 150; k2 spent nothing"
     );
 }
 
@@ -467,26 +552,33 @@ async fn a_record_stored_twice_is_kept_once() {
 }
 
 /// Records stored before migration 0008 are summed into the rollup by the migration itself.
-#[tokio::test]
-async fn the_migration_backfills_the_rollup_from_stored_records() {
+/// A database file (`old.db` in the returned dir) with the migrations before `version` only,
+/// as an older poolgate left it.
+async fn database_before(version: i64) -> (tempfile::TempDir, sqlx::SqlitePool) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.db");
     let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
+        .filename(dir.path().join("old.db"))
         .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    // The schema as it was before the rollup.
     let before = sqlx::migrate::Migrator {
         migrations: std::borrow::Cow::Owned(
             super::super::MIGRATOR
                 .iter()
-                .filter(|m| m.version < 8)
+                .filter(|m| m.version < version)
                 .cloned()
                 .collect(),
         ),
         ..sqlx::migrate::Migrator::DEFAULT
     };
     before.run(&pool).await.unwrap();
+    (dir, pool)
+}
+
+#[tokio::test]
+async fn the_migration_backfills_the_rollup_from_stored_records() {
+    // The schema as it was before the rollup.
+    let (dir, pool) = database_before(8).await;
+    let path = dir.path().join("old.db");
     for i in 0_i64..40 {
         sqlx::query(
             "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, \
@@ -566,7 +658,8 @@ async fn a_large_batch_is_stored_once_across_statement_sizes() {
     assert_eq!(rollup, raw);
 }
 
-/// The indexes the inserts maintain (0010 dropped `usage_model_ts`, which no query could use),
+/// The indexes the inserts maintain (0010 dropped `usage_model_ts`, which no query could use;
+/// 0012 dropped `usage_key_ts` and `usage_backend_ts`, read only to restore total budgets),
 /// and the statistics still read the time range through `usage_ts`, model filter or not.
 #[tokio::test]
 async fn usage_records_keep_only_the_indexes_queries_use() {
@@ -578,15 +671,7 @@ async fn usage_records_keep_only_the_indexes_queries_use() {
     .fetch_all(&store.pool)
     .await
     .unwrap();
-    assert_eq!(
-        indexes,
-        [
-            "usage_backend_ts",
-            "usage_key_ts",
-            "usage_request_id",
-            "usage_ts"
-        ]
-    );
+    assert_eq!(indexes, ["usage_request_id", "usage_ts"]);
     let sql = format!("EXPLAIN QUERY PLAN {}", super::STATS_SQL);
     let plan: Vec<String> = sqlx::query(&sql)
         .bind(0_i64)
