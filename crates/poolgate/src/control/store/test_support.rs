@@ -99,3 +99,32 @@ pub fn comparable(mut stats: Stats) -> Stats {
     }
     stats
 }
+
+/// A usage record reduced to what spend needs: (index, client key, backend, cost in
+/// nano-dollars).
+pub type SpentRecord = (i64, Option<&'static str>, Option<&'static str>, Option<i64>);
+
+/// Records as a poolgate before the lifetime spend stored them, for both stores' migration
+/// tests. The tests add one rollup row of 900 for k1 on b3, standing for older records already
+/// pruned.
+pub const SPEND_BEFORE_LIFETIME: [SpentRecord; 4] = [
+    (0, Some("k1"), Some("b1"), Some(100)),
+    (1, Some("k1"), Some("b2"), Some(50)),
+    (2, None, Some("b1"), Some(7)),
+    (3, Some("k2"), None, None),
+];
+
+/// The lifetime spend the migration starts from [`SPEND_BEFORE_LIFETIME`] and that rollup row:
+/// (kind, id, nano-dollars) by kind and id. k1: the rollup's 900 over the records' 150; k2 spent
+/// nothing.
+pub fn lifetime_after_migration() -> Vec<(String, String, i64)> {
+    [
+        ("backend", "b1", 107),
+        ("backend", "b2", 50),
+        ("backend", "b3", 900),
+        ("client_key", "k1", 900),
+    ]
+    .into_iter()
+    .map(|(kind, id, cost)| (kind.to_owned(), id.to_owned(), cost))
+    .collect()
+}

@@ -105,22 +105,22 @@ pub(super) async fn spend_of(
 ) -> Result<RestoredSpend, StoreError> {
     // Two statements rather than a column chosen by text: the SQL stays static.
     // Today and this month from the hourly rollup (the windows start on whole hours; raw records
-    // may be past their retention); the total is the larger of the rollup's (kept
-    // `usage.rollup_retention_days`) and the raw records' (kept `usage.retention_days`).
+    // may be past their retention); the total from the lifetime spend the usage writer keeps
+    // (`usage_lifetime_spend`, never pruned), or the rollup's sum should it be larger.
     let sql = match kind {
         LimiterKind::ClientKey => {
             "SELECT SUM(CASE WHEN bucket_ms >= $1 THEN cost_nanousd END)::bigint AS today, \
              SUM(CASE WHEN bucket_ms >= $2 THEN cost_nanousd END)::bigint AS month, \
-             GREATEST(COALESCE(SUM(cost_nanousd), 0), COALESCE((SELECT SUM(cost_nanousd) \
-             FROM usage_records WHERE client_key_id = $3), 0))::bigint AS total \
-             FROM usage_rollup_hour WHERE client_key_id = $3"
+             GREATEST(COALESCE(SUM(cost_nanousd), 0), COALESCE((SELECT cost_nanousd \
+             FROM usage_lifetime_spend WHERE kind = 'client_key' AND id = $3), 0))::bigint \
+             AS total FROM usage_rollup_hour WHERE client_key_id = $3"
         }
         LimiterKind::Backend => {
             "SELECT SUM(CASE WHEN bucket_ms >= $1 THEN cost_nanousd END)::bigint AS today, \
              SUM(CASE WHEN bucket_ms >= $2 THEN cost_nanousd END)::bigint AS month, \
-             GREATEST(COALESCE(SUM(cost_nanousd), 0), COALESCE((SELECT SUM(cost_nanousd) \
-             FROM usage_records WHERE backend_id = $3), 0))::bigint AS total \
-             FROM usage_rollup_hour WHERE backend_id = $3"
+             GREATEST(COALESCE(SUM(cost_nanousd), 0), COALESCE((SELECT cost_nanousd \
+             FROM usage_lifetime_spend WHERE kind = 'backend' AND id = $3), 0))::bigint \
+             AS total FROM usage_rollup_hour WHERE backend_id = $3"
         }
     };
     let row = sqlx::query(sql)

@@ -12,7 +12,9 @@ use sqlx::postgres::PgListener;
 
 use super::*;
 use crate::control::store::sqlite::SqliteStore;
-use crate::control::store::test_support::{comparable, record_strategy, usage};
+use crate::control::store::test_support::{
+    comparable, lifetime_after_migration, record_strategy, usage, SPEND_BEFORE_LIFETIME,
+};
 use crate::control::store::UsageStore;
 use crate::domain::{CanonicalModel, HttpVersion, UsageRecord};
 use crate::usage::stats::{assemble, Stats, StatsQuery, StatsRange, StatsSource};
@@ -713,4 +715,74 @@ async fn prices_spend_limits_and_costs_round_trip() {
             .unwrap(),
         RestoredSpend::default()
     );
+    // A batch written again adds nothing to the lifetime spend; pruning the records and the
+    // rollup leaves it whole.
+    store.insert_usage(&records[1..]).await.unwrap();
+    store.prune_usage(10 * day_ms).await.unwrap();
+    store.prune_rollups(10 * day_ms).await.unwrap();
+    let after = store
+        .spend_of(LimiterKind::ClientKey, "key-1", 10 * day_ms, 10 * day_ms)
+        .await
+        .unwrap();
+    assert_eq!(
+        after,
+        RestoredSpend {
+            today: Nanodollars::default(),
+            this_month: Nanodollars::default(),
+            total: Nanodollars::new(123),
+        }
+    );
+}
+
+/// Migration 0010 starts each lifetime spend from what the restore read before it: the larger
+/// of the raw records' sum and the rollup's (as SQLite's 0012).
+#[tokio::test]
+async fn the_migration_starts_lifetime_spend_from_records_and_rollup() {
+    let server = PostgresServer::start().await;
+    let url = server.create_database("lifetime").await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR
+                .iter()
+                .filter(|m| m.version < 10)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    for (i, key, backend, cost) in SPEND_BEFORE_LIFETIME {
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, backend_id, \
+             attempts, status, outcome, latency_ms, streamed, cost_nanousd) \
+             VALUES ($1, $2, $3, 'chat.completions', $4, 1, 200, 'success', 5, false, $5)",
+        )
+        .bind(format!("req-{i}"))
+        .bind(i * 1_000)
+        .bind(key)
+        .bind(backend)
+        .bind(cost)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // An older spend of k1 whose raw records are gone, as after a prune: only the rollup has it.
+    sqlx::query(
+        "INSERT INTO usage_rollup_hour (bucket_ms, client_key_id, backend_id, canonical_model, \
+         upstream_model, requests, cost_nanousd) VALUES (-3600000, 'k1', 'b3', '-', '-', 9, 900)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = PgStore::open(&url, &DatabaseSettings::default())
+        .await
+        .unwrap();
+    let totals: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT kind, id, cost_nanousd FROM usage_lifetime_spend ORDER BY kind, id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(totals, lifetime_after_migration());
 }

@@ -51,6 +51,13 @@ ON CONFLICT (bucket_ms, client_key_id, backend_id, canonical_model, upstream_mod
     ttfb_ms_sum = r.ttfb_ms_sum + excluded.ttfb_ms_sum,
     ttfb_count = r.ttfb_count + excluded.ttfb_count";
 
+/// Adds one batch's spend to the lifetime spend of its client keys and backends (see
+/// `store::rollup::lifetime_spend`), in the insert's transaction.
+const LIFETIME_SPEND_SQL: &str = "\
+INSERT INTO usage_lifetime_spend AS t (kind, id, cost_nanousd)
+SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[])
+ON CONFLICT (kind, id) DO UPDATE SET cost_nanousd = t.cost_nanousd + excluded.cost_nanousd";
+
 /// See the SQLite store's `ROLLUP_STATS_SQL`.
 const ROLLUP_STATS_SQL: &str = "\
 WITH base AS (
@@ -206,6 +213,20 @@ impl UsageStore for PgStore {
                 .bind(sums!(|(_, s)| s.latency_ms_sum))
                 .bind(sums!(|(_, s)| s.ttfb_ms_sum))
                 .bind(sums!(|(_, s)| s.ttfb_count))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let spend = rollup::lifetime_spend(&rows);
+        if !spend.is_empty() {
+            sqlx::query(LIFETIME_SPEND_SQL)
+                .bind(
+                    spend
+                        .iter()
+                        .map(|(kind, ..)| kind.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(spend.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
+                .bind(spend.iter().map(|(.., cost)| *cost).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?;
         }

@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 
 use super::super::tests::open;
-use crate::control::store::test_support::{comparable, record_strategy, usage};
+use crate::control::store::test_support::{
+    comparable, lifetime_after_migration, record_strategy, usage, SPEND_BEFORE_LIFETIME,
+};
 use crate::control::store::UsageStore;
 use crate::domain::{Outcome, UsageRecord};
 use crate::usage::stats::{assemble, Aggregate, Stats, StatsQuery, StatsRange, StatsSource};
@@ -488,14 +490,11 @@ async fn lifetime_spend_grows_with_each_stored_batch_only() {
 async fn the_migration_starts_lifetime_spend_from_records_and_rollup() {
     let (dir, pool) = database_before(12).await;
     let path = dir.path().join("old.db");
-    for (i, key, backend, cost) in [
-        (0, Some("k1"), Some("b1"), Some(100)),
-        (1, Some("k1"), Some("b2"), Some(50)),
-        (2, None, Some("b1"), Some(7)),
-        (3, Some("k2"), None, None),
-    ] {
+    for (i, key, backend, cost) in SPEND_BEFORE_LIFETIME {
         sqlx::query(
-            "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, backend_id,              attempts, status, outcome, latency_ms, streamed, cost_nanousd)              VALUES (?, ?, ?, 'chat.completions', ?, 1, 200, 'success', 5, 0, ?)",
+            "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, backend_id, \
+             attempts, status, outcome, latency_ms, streamed, cost_nanousd) \
+             VALUES (?, ?, ?, 'chat.completions', ?, 1, 200, 'success', 5, 0, ?)",
         )
         .bind(format!("req-{i}"))
         .bind(i * 1_000)
@@ -509,23 +508,15 @@ async fn the_migration_starts_lifetime_spend_from_records_and_rollup() {
     // The rollup (whose own backfill, 0008, ran before these records) holds an older spend of
     // k1 whose raw records are gone, as after a prune.
     sqlx::query(
-        "INSERT INTO usage_rollup_hour (bucket_ms, client_key_id, backend_id, canonical_model,          upstream_model, requests, cost_nanousd) VALUES (-3600000, 'k1', 'b3', '-', '-', 9, 900)",
+        "INSERT INTO usage_rollup_hour (bucket_ms, client_key_id, backend_id, canonical_model, \
+         upstream_model, requests, cost_nanousd) VALUES (-3600000, 'k1', 'b3', '-', '-', 9, 900)",
     )
     .execute(&pool)
     .await
     .unwrap();
     pool.close().await;
     let store = super::SqliteStore::open(&path).await.unwrap();
-    assert_eq!(
-        lifetime_spend(&store).await,
-        [
-            ("backend".to_owned(), "b1".to_owned(), 107),
-            ("backend".to_owned(), "b2".to_owned(), 50),
-            ("backend".to_owned(), "b3".to_owned(), 900),
-            ("client_key".to_owned(), "k1".to_owned(), 900),
-        ],
-        "k1: the rollup's 900 over the records' 150; k2 spent nothing"
-    );
+    assert_eq!(lifetime_spend(&store).await, lifetime_after_migration());
 }
 
 #[tokio::test]
