@@ -86,7 +86,7 @@ pub fn aggregate<'a>(
 }
 
 /// The spend of one batch's rollup rows per client key and per backend (`-` and nothing spent
-/// left out), added to their lifetime spend (SQLite's `usage_lifetime_spend`) in the same
+/// left out), added to their lifetime spend (`usage_lifetime_spend`, both stores) in the same
 /// transaction.
 pub fn lifetime_spend(rows: &[(RollupKey, RollupSums)]) -> Vec<(LimiterKind, &str, i64)> {
     let mut spend: BTreeMap<(LimiterKind, &str), i64> = BTreeMap::new();
