@@ -100,21 +100,38 @@ pub fn comparable(mut stats: Stats) -> Stats {
     stats
 }
 
-/// A usage record reduced to what spend needs: (index, client key, backend, cost in
-/// nano-dollars).
-pub type SpentRecord = (i64, Option<&'static str>, Option<&'static str>, Option<i64>);
+/// What a poolgate before the lifetime spend had stored, for both stores' migration tests: four
+/// usage records (k1 on b1 and b2, none on b1, k2 with no price) and one rollup row of 900 for
+/// k1 on b3, standing for older records already pruned. Plain SQL that SQLite and PostgreSQL
+/// both run (literals, `false` for the boolean).
+pub fn spend_before_lifetime_sql() -> Vec<String> {
+    let records = [
+        (0, "'k1'", "'b1'", "100"),
+        (1, "'k1'", "'b2'", "50"),
+        (2, "NULL", "'b1'", "7"),
+        (3, "'k2'", "NULL", "NULL"),
+    ];
+    let mut statements: Vec<String> = records
+        .iter()
+        .map(|(i, key, backend, cost)| {
+            format!(
+                "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, backend_id, \
+                 attempts, status, outcome, latency_ms, streamed, cost_nanousd) VALUES \
+                 ('req-{i}', {ts}, {key}, 'chat.completions', {backend}, 1, 200, 'success', 5, \
+                 false, {cost})",
+                ts = i * 1_000
+            )
+        })
+        .collect();
+    statements.push(
+        "INSERT INTO usage_rollup_hour (bucket_ms, client_key_id, backend_id, canonical_model, \
+         upstream_model, requests, cost_nanousd) VALUES (-3600000, 'k1', 'b3', '-', '-', 9, 900)"
+            .to_owned(),
+    );
+    statements
+}
 
-/// Records as a poolgate before the lifetime spend stored them, for both stores' migration
-/// tests. The tests add one rollup row of 900 for k1 on b3, standing for older records already
-/// pruned.
-pub const SPEND_BEFORE_LIFETIME: [SpentRecord; 4] = [
-    (0, Some("k1"), Some("b1"), Some(100)),
-    (1, Some("k1"), Some("b2"), Some(50)),
-    (2, None, Some("b1"), Some(7)),
-    (3, Some("k2"), None, None),
-];
-
-/// The lifetime spend the migration starts from [`SPEND_BEFORE_LIFETIME`] and that rollup row:
+/// The lifetime spend the migration starts from [`spend_before_lifetime_sql`]:
 /// (kind, id, nano-dollars) by kind and id. k1: the rollup's 900 over the records' 150; k2 spent
 /// nothing.
 pub fn lifetime_after_migration() -> Vec<(String, String, i64)> {

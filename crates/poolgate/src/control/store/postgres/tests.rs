@@ -13,7 +13,7 @@ use sqlx::postgres::PgListener;
 use super::*;
 use crate::control::store::sqlite::SqliteStore;
 use crate::control::store::test_support::{
-    comparable, lifetime_after_migration, record_strategy, usage, SPEND_BEFORE_LIFETIME,
+    comparable, lifetime_after_migration, record_strategy, spend_before_lifetime_sql, usage,
 };
 use crate::control::store::UsageStore;
 use crate::domain::{CanonicalModel, HttpVersion, UsageRecord};
@@ -752,29 +752,9 @@ async fn the_migration_starts_lifetime_spend_from_records_and_rollup() {
         ..sqlx::migrate::Migrator::DEFAULT
     };
     before.run(&pool).await.unwrap();
-    for (i, key, backend, cost) in SPEND_BEFORE_LIFETIME {
-        sqlx::query(
-            "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, backend_id, \
-             attempts, status, outcome, latency_ms, streamed, cost_nanousd) \
-             VALUES ($1, $2, $3, 'chat.completions', $4, 1, 200, 'success', 5, false, $5)",
-        )
-        .bind(format!("req-{i}"))
-        .bind(i * 1_000)
-        .bind(key)
-        .bind(backend)
-        .bind(cost)
-        .execute(&pool)
-        .await
-        .unwrap();
+    for statement in spend_before_lifetime_sql() {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
     }
-    // An older spend of k1 whose raw records are gone, as after a prune: only the rollup has it.
-    sqlx::query(
-        "INSERT INTO usage_rollup_hour (bucket_ms, client_key_id, backend_id, canonical_model, \
-         upstream_model, requests, cost_nanousd) VALUES (-3600000, 'k1', 'b3', '-', '-', 9, 900)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     pool.close().await;
     let store = PgStore::open(&url, &DatabaseSettings::default())
         .await

@@ -110,7 +110,8 @@ pub(super) async fn spend_of(
     // Two statements rather than a column chosen by text: the SQL stays static.
     // Today and this month from the hourly rollup (the windows start on whole hours; raw records
     // may be past their retention); the total from the lifetime spend the usage writer keeps
-    // (`usage_lifetime_spend`, never pruned), or the rollup's sum should it be larger.
+    // (`usage_lifetime_spend`, never pruned), or the rollup's sum should it be larger — records
+    // an older poolgate writes during a rolling upgrade add to the rollup only.
     let sql = match kind {
         LimiterKind::ClientKey => {
             "SELECT SUM(CASE WHEN bucket_ms >= ?1 THEN cost_nanousd END) AS today, \

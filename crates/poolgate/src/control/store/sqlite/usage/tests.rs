@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::super::tests::open;
 use crate::control::store::test_support::{
-    comparable, lifetime_after_migration, record_strategy, usage, SPEND_BEFORE_LIFETIME,
+    comparable, lifetime_after_migration, record_strategy, spend_before_lifetime_sql, usage,
 };
 use crate::control::store::UsageStore;
 use crate::domain::{Outcome, UsageRecord};
@@ -490,30 +490,9 @@ async fn lifetime_spend_grows_with_each_stored_batch_only() {
 async fn the_migration_starts_lifetime_spend_from_records_and_rollup() {
     let (dir, pool) = database_before(12).await;
     let path = dir.path().join("old.db");
-    for (i, key, backend, cost) in SPEND_BEFORE_LIFETIME {
-        sqlx::query(
-            "INSERT INTO usage_records (request_id, ts, client_key_id, endpoint, backend_id, \
-             attempts, status, outcome, latency_ms, streamed, cost_nanousd) \
-             VALUES (?, ?, ?, 'chat.completions', ?, 1, 200, 'success', 5, 0, ?)",
-        )
-        .bind(format!("req-{i}"))
-        .bind(i * 1_000)
-        .bind(key)
-        .bind(backend)
-        .bind(cost)
-        .execute(&pool)
-        .await
-        .unwrap();
+    for statement in spend_before_lifetime_sql() {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
     }
-    // The rollup (whose own backfill, 0008, ran before these records) holds an older spend of
-    // k1 whose raw records are gone, as after a prune.
-    sqlx::query(
-        "INSERT INTO usage_rollup_hour (bucket_ms, client_key_id, backend_id, canonical_model, \
-         upstream_model, requests, cost_nanousd) VALUES (-3600000, 'k1', 'b3', '-', '-', 9, 900)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     pool.close().await;
     let store = super::SqliteStore::open(&path).await.unwrap();
     assert_eq!(lifetime_spend(&store).await, lifetime_after_migration());
