@@ -1064,7 +1064,19 @@ async fn a_reservation_nobody_received_is_released() {
     // The settle answers with the shared spend after it (the caller's ledger is raised to it).
     assert_eq!(shared.settle_budget(hold, 3).await, Some(vec![Some(10)]));
     // Abandoned at once (the future dropped before the reply): the script still runs (it raises
-    // the figure to this claim's seed, 12), and the reservation it made is released.
+    // the figure to this claim's seed, 12), and the reservation it made is released. Redis holds
+    // every client's commands for a moment (well under the call timeout), so the reply cannot
+    // arrive before the single poll, however late this thread gets the core back.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let paused: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(paused, "OK");
     let abandoned =
         futures_util::FutureExt::now_or_never(poolgate::shared::reserve_budget_detached(
             &shared,
@@ -1080,8 +1092,6 @@ async fn a_reservation_nobody_received_is_released() {
         abandoned.is_none(),
         "polled once and dropped before the reply"
     );
-    let client = redis::Client::open(server.url()).unwrap();
-    let conn = client.get_multiplexed_async_connection().await.unwrap();
     let figure = format!("{{poolgate}}:v1:budget:{owner}:m:202611");
     eventually("the abandoned reservation is made, then released", || {
         let mut conn = conn.clone();
