@@ -8,6 +8,7 @@
 //! which they were logged. [`flush`] writes what is gathered (at exit).
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ use crate::telemetry::access_log::ACCESS_LOG_TARGET;
 
 /// The gathered lines are written once they pass this size.
 pub const FLUSH_BYTES: usize = 32 * 1024;
+
+/// Whether access lines are gathered (set once by [`LogOutput::new`]).
+static BATCHING: AtomicBool = AtomicBool::new(false);
 
 /// The access lines gathered since the last write.
 static GATHERED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -68,6 +72,7 @@ impl LogOutput {
         if batch_access_lines {
             start_flusher(flush_every);
         }
+        BATCHING.store(batch_access_lines, Ordering::Relaxed);
         LogOutput { batch_access_lines }
     }
 }
@@ -86,6 +91,18 @@ impl<'a> MakeWriter<'a> for LogOutput {
             LineWriter::Now
         }
     }
+}
+
+/// Writes one complete access line the way [`LogOutput`] writes the `tracing` ones: gathered
+/// when batching is on, else at once.
+pub(super) fn write_access_line(line: &[u8]) {
+    let mut writer = if BATCHING.load(Ordering::Relaxed) {
+        LineWriter::Gathered
+    } else {
+        LineWriter::Now
+    };
+    // Nowhere to report a failed log write (as for every other line).
+    let _ = writer.write_all(line);
 }
 
 /// Where one line goes.

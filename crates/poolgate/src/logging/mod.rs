@@ -2,8 +2,10 @@
 //! every line (`[web-1] …`, or an `"instance"` field in JSON), so the logs of several instances
 //! can be merged and still told apart. Access lines are written in batches ([`batched`]).
 
+mod access_line;
 mod batched;
 
+pub use access_line::write as write_access_line;
 pub use batched::flush;
 
 use std::cell::RefCell;
@@ -16,7 +18,7 @@ use chrono::Datelike;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
-use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Format, Full, Json, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -37,17 +39,26 @@ fn colours_wanted() -> bool {
 pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duration) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"));
+    let colours = colours_wanted();
     let builder = tracing_subscriber::fmt()
         .with_writer(batched::LogOutput::new(access_log_flush))
         .with_env_filter(filter)
-        .with_ansi(colours_wanted())
+        .with_ansi(colours)
         .with_target(false);
     let instance = instance.map(str::to_owned);
+    if !colours {
+        // Plain lines: the access line can be written directly, byte for byte the same.
+        access_line::init(access_line::LineStyle {
+            json: format == LogFormat::Json,
+            instance: match format {
+                LogFormat::Json => instance.as_deref().map(json_string),
+                LogFormat::Human => instance.clone(),
+            },
+        });
+    }
     match format {
         LogFormat::Json => {
-            let inner = tracing_subscriber::fmt::format()
-                .json()
-                .with_timer(SecondCachedTime);
+            let inner = json_format(SecondCachedTime);
             builder
                 .event_format(WithInstance {
                     inner,
@@ -57,9 +68,7 @@ pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duratio
                 .init();
         }
         LogFormat::Human => {
-            let inner = tracing_subscriber::fmt::format()
-                .with_target(false)
-                .with_timer(SecondCachedTime);
+            let inner = human_format(SecondCachedTime);
             builder
                 .fmt_fields(PlainFields)
                 .event_format(WithInstance {
@@ -70,6 +79,18 @@ pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duratio
                 .init();
         }
     }
+}
+
+/// The `human` lines' format (its fields: [`PlainFields`]).
+fn human_format<T>(timer: T) -> Format<Full, T> {
+    tracing_subscriber::fmt::format()
+        .with_target(false)
+        .with_timer(timer)
+}
+
+/// The `json` lines' format.
+fn json_format<T>(timer: T) -> Format<Json, T> {
+    tracing_subscriber::fmt::format().json().with_timer(timer)
 }
 
 /// A JSON string literal.
@@ -133,6 +154,18 @@ impl FormatTime for SecondCachedTime {
             Ok(since) if write_time(w, since)? => Ok(()),
             // Before 1970 or after 9999: the default timer's own text.
             _ => SystemTime.format_time(w),
+        }
+    }
+}
+
+/// Writes the current time as [`SecondCachedTime`] does.
+fn write_now(out: &mut String) {
+    let since = std::time::SystemTime::now().duration_since(UNIX_EPOCH);
+    match since {
+        Ok(since) if write_time(out, since).unwrap_or(false) => {}
+        _ => {
+            out.clear();
+            let _ = SystemTime.format_time(&mut Writer::new(out));
         }
     }
 }
@@ -334,34 +367,10 @@ mod tests {
     }
 
     fn events() {
-        let entry = AccessLogEntry {
-            request_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
-            client_key_id: Some("key_abc"),
-            model: "gpt-4o-mini",
-            backend: Some("bkd_1"),
-            pool: None,
-            attempts: 2,
-            status: 200,
-            outcome: Outcome::Success,
-            error_kind: None,
-            latency: Duration::from_millis(12),
-            ttfb: Some(Duration::from_millis(3)),
-            upstream: Duration::from_millis(9),
-            tokens: TokenCounts {
-                prompt: Some(10),
-                completion: None,
-                cached: Some(0),
-            },
-            trace_id: None,
-        };
-        entry.emit();
-        AccessLogEntry {
-            model: "quote\" back\\slash 'tick' tab\t é \u{1b}[31m \u{85}",
-            client_key_id: None,
-            error_kind: Some("upstream_timeout"),
-            ..entry
-        }
-        .emit();
+        // Two access lines: plain fields, and strings that need escapes.
+        access_entries()[..2]
+            .iter()
+            .for_each(AccessLogEntry::emit_event);
         let span = tracing::info_span!("serve", instance = "web 1", port = 8080_u64, r#type = "x");
         let _entered = span.enter();
         let error = std::io::Error::other("disk \u{1b} full");
@@ -453,13 +462,149 @@ mod tests {
         assert_eq!(ours.len(), theirs.len());
     }
 
+    /// Access-log entries covering every field present and absent, strings that need escapes
+    /// in either format, and the largest numbers.
+    fn access_entries() -> Vec<AccessLogEntry<'static>> {
+        let typical = AccessLogEntry {
+            request_id: "req_0190a1b2c3d47e5f8a9b0c1d2e3f4a5b",
+            client_key_id: Some("dtg9qdxvpm52"),
+            model: "gpt-4o-mini",
+            backend: Some("mock"),
+            pool: Some("primary"),
+            attempts: 1,
+            status: 200,
+            outcome: Outcome::Success,
+            error_kind: None,
+            latency: Duration::from_millis(12),
+            ttfb: Some(Duration::from_millis(3)),
+            upstream: Duration::from_millis(9),
+            tokens: TokenCounts {
+                prompt: Some(10),
+                completion: Some(5),
+                cached: Some(0),
+            },
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c"),
+        };
+        vec![
+            typical,
+            AccessLogEntry {
+                model: "quote\" back\\slash 'tick' tab\t é \u{1b}[31m \u{85} \u{2028}",
+                client_key_id: None,
+                backend: Some("b\"k"),
+                error_kind: Some("upstream_timeout"),
+                outcome: Outcome::StreamError,
+                ..typical
+            },
+            AccessLogEntry {
+                client_key_id: None,
+                backend: None,
+                pool: None,
+                attempts: 0,
+                status: 499,
+                outcome: Outcome::Cancelled,
+                error_kind: Some("client_closed"),
+                latency: Duration::MAX,
+                ttfb: None,
+                upstream: Duration::ZERO,
+                tokens: TokenCounts {
+                    prompt: None,
+                    completion: None,
+                    cached: None,
+                },
+                trace_id: None,
+                ..typical
+            },
+            AccessLogEntry {
+                attempts: u32::MAX,
+                status: u16::MAX,
+                outcome: Outcome::Error,
+                model: "",
+                tokens: TokenCounts {
+                    prompt: Some(u32::MAX),
+                    completion: Some(0),
+                    cached: None,
+                },
+                ..typical
+            },
+        ]
+    }
+
+    /// The access line written directly is byte for byte what the subscriber's formatter
+    /// writes for the same event (as `init` sets it up, colours off), in both formats, with and
+    /// without an instance id.
+    #[test]
+    fn direct_access_lines_are_the_formatters_lines() {
+        use tracing_subscriber::fmt::format::Writer;
+        use tracing_subscriber::fmt::time::FormatTime;
+
+        const TIME: &str = "2026-12-01T00:59:56.123456Z";
+        struct FixedTime;
+        impl FormatTime for FixedTime {
+            fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+                w.write_str(TIME)
+            }
+        }
+
+        let entries = access_entries();
+        let emit_all = || entries.iter().for_each(AccessLogEntry::emit_event);
+        for json in [false, true] {
+            for instance in [None, Some("web \"1\" é")] {
+                let instance = instance.map(|id| {
+                    if json {
+                        super::json_string(id)
+                    } else {
+                        id.to_owned()
+                    }
+                });
+                let lines = Lines::default();
+                let builder = tracing_subscriber::fmt()
+                    .with_writer(lines.clone())
+                    .with_ansi(false)
+                    .with_target(false);
+                if json {
+                    let format = super::WithInstance {
+                        inner: super::json_format(FixedTime),
+                        instance: instance.clone(),
+                        json,
+                    };
+                    tracing::subscriber::with_default(
+                        builder.event_format(format).finish(),
+                        emit_all,
+                    );
+                } else {
+                    let format = super::WithInstance {
+                        inner: super::human_format(FixedTime),
+                        instance: instance.clone(),
+                        json,
+                    };
+                    tracing::subscriber::with_default(
+                        builder
+                            .fmt_fields(PlainFields)
+                            .event_format(format)
+                            .finish(),
+                        emit_all,
+                    );
+                }
+                let expected = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+                assert_eq!(expected.lines().count(), entries.len(), "{expected}");
+
+                let style = super::access_line::LineStyle { json, instance };
+                let mut ours = Vec::new();
+                for entry in &entries {
+                    super::access_line::encode(&mut ours, &style, TIME, entry);
+                }
+                assert_eq!(String::from_utf8(ours).unwrap(), expected);
+            }
+        }
+    }
+
     #[test]
     fn plain_fields_write_what_the_default_fields_write() {
         for ansi in [false, true] {
             let expected = capture(DefaultFields::new(), ansi);
             assert_eq!(expected.lines().count(), 4, "{expected}");
             assert!(
-                expected.contains("\"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\""),
+                expected.contains("\"req_0190a1b2c3d47e5f8a9b0c1d2e3f4a5b\""),
                 "{expected}"
             );
             assert_eq!(capture(PlainFields, ansi), expected);

@@ -31,13 +31,21 @@ pub struct AccessLogEntry<'a> {
     pub trace_id: Option<&'a str>,
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl AccessLogEntry<'_> {
-    /// Writes the line at info level.
+    /// Writes the line at info level: straight into the log output when the process's logging
+    /// is set up for it (`crate::logging`'s direct access lines), else as a `tracing` event.
     pub fn emit(&self) {
+        if !crate::logging::write_access_line(self) {
+            self.emit_event();
+        }
+    }
+
+    /// Writes the line as a `tracing` event.
+    pub(crate) fn emit_event(&self) {
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             request_id = self.request_id,
