@@ -434,7 +434,6 @@ impl Plan {
     /// Turns a JSON answer into the client's format; Err if the backend's JSON is not what its
     /// API promises (a backend fault, worth another candidate).
     pub fn translate_json(self, inbound: &Inbound, body: Bytes) -> Result<Answer, TranslateError> {
-        let created = chrono::Utc::now().timestamp();
         match self {
             Plan::OpenAiPass { .. } => {
                 let usage = openai::usage_of_body(&body);
@@ -471,6 +470,7 @@ impl Plan {
                         }
                     })?;
                 let usage = message.usage.token_usage();
+                let created = chrono::Utc::now().timestamp();
                 let completion = chat_to_messages::response(message, created);
                 let bytes = serde_json::to_vec(&completion)?;
                 Ok(Answer::new(Bytes::from(bytes), Some(usage)))
