@@ -316,7 +316,7 @@ impl Server {
     pub async fn bind(&self, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
         match self.settings.runtime {
             ServerRuntime::WorkStealing => TcpListener::bind(addr).await,
-            ServerRuntime::ThreadPerCore { .. } => per_core::bind_shared_port(addr),
+            ServerRuntime::ThreadPerCore { .. } => per_core::bind_first(addr),
         }
     }
 

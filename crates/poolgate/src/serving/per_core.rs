@@ -39,6 +39,23 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
+/// The first listener of the per-core server on `addr`: [`bind_shared_port`], after checking that
+/// nothing listens on a named port yet. `SO_REUSEPORT` would let this listener join another
+/// process's group on the port (same user, same option) and share its connections; a plain
+/// bind first fails on a taken port with "address in use", as the work-stealing server does.
+pub fn bind_first(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    if addr.port() != 0 {
+        let probe = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        probe.set_reuseaddr(true)?;
+        probe.bind(addr)?;
+    }
+    bind_shared_port(addr)
+}
+
 /// A listener on `addr` that other listeners may share (`SO_REUSEADDR` as `TcpListener::bind`
 /// sets it, plus `SO_REUSEPORT`), registered with the calling thread's runtime.
 pub fn bind_shared_port(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -506,3 +506,32 @@ fn settings_are_checked() {
     })
     .is_err());
 }
+
+#[tokio::test]
+async fn thread_per_core_refuses_a_port_another_server_listens_on() {
+    let per_core_server = || {
+        Server::new(ServerSettings {
+            runtime: ServerRuntime::ThreadPerCore { threads: 2 },
+            ..quick_settings()
+        })
+        .unwrap()
+    };
+    // Another process's per-core listener (same user, SO_REUSEPORT too): joining its group would
+    // share its connections; the bind must fail as a plain one does.
+    let other = per_core::bind_shared_port("127.0.0.1:0".parse().unwrap()).unwrap();
+    let taken = other.local_addr().unwrap();
+    let error = per_core_server().bind(taken).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+    // A plain listener (the work-stealing server's) on the port: the same.
+    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = per_core_server()
+        .bind(plain.local_addr().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+    // Once the other server is gone, the port is free; the per-core threads then share it.
+    drop(other);
+    let listener = per_core_server().bind(taken).await.unwrap();
+    assert_eq!(listener.local_addr().unwrap(), taken);
+    per_core::bind_shared_port(taken).unwrap();
+}
