@@ -1113,7 +1113,9 @@ async fn fifty_concurrent_streams_share_one_http2_upstream_connection() {
     const STREAMS: usize = 50;
     let h2 = MockUpstream::start().await;
     let h1 = MockUpstream::start().await;
-    let gateway = Gateway::start().await;
+    // One HTTP/2 connection per upstream client: one per process with the work-stealing
+    // runtime (one per core with the default thread-per-core runtime, each core's own).
+    let gateway = Gateway::start_with("[server]\nruntime = \"work_stealing\"\n", None).await;
     add_versioned_backend(&gateway, "h2", &h2, MODEL, Some("http2")).await;
     add_versioned_backend(&gateway, "h1", &h1, "gpt-plain", Some("http1")).await;
 

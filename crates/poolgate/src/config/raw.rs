@@ -203,7 +203,7 @@ pub struct RawServer {
     pub max_buf_size_bytes: Option<usize>,
     pub http2: Option<bool>,
     pub http2_max_concurrent_streams: Option<u32>,
-    /// `"work_stealing"` (default) or `"thread_per_core"`.
+    /// `"thread_per_core"` (default) or `"work_stealing"`.
     pub runtime: Option<String>,
     /// Per-core runtimes with `"thread_per_core"` (0 or absent = one per core).
     pub per_core_threads: Option<usize>,

@@ -273,9 +273,10 @@ pub fn validate_server(raw: RawServer) -> Result<ServerSettings, Invalid> {
     Ok(settings)
 }
 
-/// `server.runtime` and `server.per_core_threads` (only meaningful with `"thread_per_core"`).
+/// `server.runtime` (default `"thread_per_core"`) and `server.per_core_threads` (only
+/// meaningful with `"thread_per_core"`).
 fn server_runtime(name: Option<&str>, threads: Option<usize>) -> Result<ServerRuntime, Invalid> {
-    match name.unwrap_or("work_stealing") {
+    match name.unwrap_or("thread_per_core") {
         "work_stealing" => {
             if threads.is_some_and(|threads| threads > 0) {
                 return Err(Invalid::new(
@@ -374,8 +375,21 @@ mod tests {
     }
 
     #[test]
-    fn the_server_runtime_is_work_stealing_unless_thread_per_core_is_asked_for() {
-        assert_eq!(runtime(None, None), Ok(ServerRuntime::WorkStealing));
+    fn the_server_runtime_is_thread_per_core_unless_work_stealing_is_asked_for() {
+        assert_eq!(
+            runtime(None, None),
+            Ok(ServerRuntime::ThreadPerCore {
+                threads: per_core::default_threads()
+            })
+        );
+        assert_eq!(
+            runtime(None, Some(3)),
+            Ok(ServerRuntime::ThreadPerCore { threads: 3 })
+        );
+        assert_eq!(
+            runtime(Some("work_stealing"), None),
+            Ok(ServerRuntime::WorkStealing)
+        );
         assert_eq!(
             runtime(Some("thread_per_core"), Some(3)),
             Ok(ServerRuntime::ThreadPerCore { threads: 3 })
@@ -388,7 +402,7 @@ mod tests {
         );
         let unknown = runtime(Some("per_core"), None).unwrap_err();
         assert!(unknown.contains("server.runtime"), "{unknown}");
-        let stray = runtime(None, Some(2)).unwrap_err();
+        let stray = runtime(Some("work_stealing"), Some(2)).unwrap_err();
         assert!(stray.contains("server.per_core_threads"), "{stray}");
         let huge = runtime(Some("thread_per_core"), Some(100_000)).unwrap_err();
         assert!(huge.contains("server.per_core_threads"), "{huge}");

@@ -78,7 +78,7 @@ pub struct ServerSettings {
     pub http2: bool,
     /// `http2_max_concurrent_streams` (default 100).
     pub http2_max_concurrent_streams: u32,
-    /// `runtime` (default `"work_stealing"`) and `per_core_threads`.
+    /// `runtime` (default `"thread_per_core"`) and `per_core_threads`.
     pub runtime: ServerRuntime,
 }
 
@@ -123,7 +123,9 @@ impl Default for ServerSettings {
             max_buf_size: 64 * 1024,
             http2: true,
             http2_max_concurrent_streams: 100,
-            runtime: ServerRuntime::WorkStealing,
+            runtime: ServerRuntime::ThreadPerCore {
+                threads: per_core::default_threads(),
+            },
         }
     }
 }
