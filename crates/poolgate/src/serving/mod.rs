@@ -16,10 +16,10 @@
 //!    needs one — `axum::serve` gives none, so it never applied); bounded read/write buffers;
 //!    a deadline for the first request and an idle (keep-alive) timeout; the write timeout of
 //!    [`io::WriteTimeout`]; request bodies wrapped in [`body::TimedBody`].
-//! 4. **where connections run** ([`ServerRuntime`]): on the process's work-stealing runtime
-//!    (the default), or thread per core ([`per_core`]): one single-threaded runtime per core,
-//!    each accepting on its own `SO_REUSEPORT` listener and calling upstreams with its own
-//!    client, so a request never changes threads.
+//! 4. **where connections run** ([`ServerRuntime`]): thread per core ([`per_core`], the
+//!    default): one single-threaded runtime per core, each accepting on its own `SO_REUSEPORT`
+//!    listener and calling upstreams with its own client, so a request never changes threads;
+//!    or on the process's work-stealing runtime.
 //! 5. **shutdown** ([`ServerHandle`]): `drain()` stops accepting and asks every connection to
 //!    finish its current requests and close (HTTP/1: after the answer in progress; HTTP/2:
 //!    GOAWAY); `cut()` drops whatever is still open. [`serve`] returns when every connection
