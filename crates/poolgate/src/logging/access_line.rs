@@ -11,12 +11,18 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 
 use serde_json::ser::{CompactFormatter, Formatter};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 
-use crate::telemetry::access_log::AccessLogEntry;
+use super::batched::LogOutput;
+use super::SecondCachedTime;
+use crate::telemetry::access_log::{AccessLogEntry, ACCESS_LOG_TARGET};
 
 /// How the process's log lines look (what `logging::init` configured).
 #[derive(Debug)]
 pub(super) struct LineStyle {
+    /// Where the process's log lines go (access lines gathered or not).
+    pub output: LogOutput,
     pub json: bool,
     /// The instance id: as is for `human`, a JSON string literal for `json`.
     pub instance: Option<String>,
@@ -40,18 +46,17 @@ pub fn write(entry: &AccessLogEntry<'_>) -> bool {
     let Some(style) = STYLE.get() else {
         return false;
     };
-    if !tracing::enabled!(
-        target: crate::telemetry::access_log::ACCESS_LOG_TARGET,
-        tracing::Level::INFO
-    ) {
+    if !tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
         return true;
     }
     LINE.with_borrow_mut(|(line, time)| {
         time.clear();
-        super::write_now(time);
+        // Writing into a `String` cannot fail.
+        let _ = SecondCachedTime.format_time(&mut Writer::new(time));
         line.clear();
         encode(line, style, time, entry);
-        super::batched::write_access_line(line);
+        // Nowhere to report a failed log write (as for every other line).
+        let _ = style.output.access_writer().write_all(line);
     });
     true
 }
@@ -122,7 +127,9 @@ fn encode_json(out: &mut Vec<u8>, instance: Option<&str>, time: &str, e: &Access
             Value::Text(text) => json_str(out, text),
         }
     }
-    out.extend_from_slice(b"},\"target\":\"poolgate::access\"}\n");
+    out.extend_from_slice(b"},\"target\":");
+    json_str(out, ACCESS_LOG_TARGET);
+    out.extend_from_slice(b"}\n");
 }
 
 /// A JSON string exactly as `serde_json` escapes it.

@@ -8,7 +8,6 @@
 //! which they were logged. [`flush`] writes what is gathered (at exit).
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -19,9 +18,6 @@ use crate::telemetry::access_log::ACCESS_LOG_TARGET;
 
 /// The gathered lines are written once they pass this size.
 pub const FLUSH_BYTES: usize = 32 * 1024;
-
-/// Whether access lines are gathered (set once by [`LogOutput::new`]).
-static BATCHING: AtomicBool = AtomicBool::new(false);
 
 /// The access lines gathered since the last write.
 static GATHERED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -72,8 +68,16 @@ impl LogOutput {
         if batch_access_lines {
             start_flusher(flush_every);
         }
-        BATCHING.store(batch_access_lines, Ordering::Relaxed);
         LogOutput { batch_access_lines }
+    }
+
+    /// Where an access line goes: the shared buffer when batching is on, else stdout at once.
+    pub fn access_writer(self) -> LineWriter {
+        if self.batch_access_lines {
+            LineWriter::Gathered
+        } else {
+            LineWriter::Now
+        }
     }
 }
 
@@ -85,24 +89,12 @@ impl<'a> MakeWriter<'a> for LogOutput {
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> LineWriter {
-        if self.batch_access_lines && meta.target() == ACCESS_LOG_TARGET {
-            LineWriter::Gathered
+        if meta.target() == ACCESS_LOG_TARGET {
+            self.access_writer()
         } else {
             LineWriter::Now
         }
     }
-}
-
-/// Writes one complete access line the way [`LogOutput`] writes the `tracing` ones: gathered
-/// when batching is on, else at once.
-pub(super) fn write_access_line(line: &[u8]) {
-    let mut writer = if BATCHING.load(Ordering::Relaxed) {
-        LineWriter::Gathered
-    } else {
-        LineWriter::Now
-    };
-    // Nowhere to report a failed log write (as for every other line).
-    let _ = writer.write_all(line);
 }
 
 /// Where one line goes.

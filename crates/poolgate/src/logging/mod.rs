@@ -40,8 +40,9 @@ pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duratio
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"));
     let colours = colours_wanted();
+    let output = batched::LogOutput::new(access_log_flush);
     let builder = tracing_subscriber::fmt()
-        .with_writer(batched::LogOutput::new(access_log_flush))
+        .with_writer(output)
         .with_env_filter(filter)
         .with_ansi(colours)
         .with_target(false);
@@ -49,6 +50,7 @@ pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duratio
     if !colours {
         // Plain lines: the access line can be written directly, byte for byte the same.
         access_line::init(access_line::LineStyle {
+            output,
             json: format == LogFormat::Json,
             instance: match format {
                 LogFormat::Json => instance.as_deref().map(json_string),
@@ -154,18 +156,6 @@ impl FormatTime for SecondCachedTime {
             Ok(since) if write_time(w, since)? => Ok(()),
             // Before 1970 or after 9999: the default timer's own text.
             _ => SystemTime.format_time(w),
-        }
-    }
-}
-
-/// Writes the current time as [`SecondCachedTime`] does.
-fn write_now(out: &mut String) {
-    let since = std::time::SystemTime::now().duration_since(UNIX_EPOCH);
-    match since {
-        Ok(since) if write_time(out, since).unwrap_or(false) => {}
-        _ => {
-            out.clear();
-            let _ = SystemTime.format_time(&mut Writer::new(out));
         }
     }
 }
@@ -588,7 +578,11 @@ mod tests {
                 let expected = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
                 assert_eq!(expected.lines().count(), entries.len(), "{expected}");
 
-                let style = super::access_line::LineStyle { json, instance };
+                let style = super::access_line::LineStyle {
+                    output: super::batched::LogOutput::new(Duration::ZERO),
+                    json,
+                    instance,
+                };
                 let mut ours = Vec::new();
                 for entry in &entries {
                     super::access_line::encode(&mut ours, &style, TIME, entry);

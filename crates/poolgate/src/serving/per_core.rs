@@ -45,11 +45,7 @@ pub fn default_threads() -> usize {
 /// bind first fails on a taken port with "address in use", as the work-stealing server does.
 pub fn bind_first(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if addr.port() != 0 {
-        let probe = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let probe = socket_for(addr)?;
         probe.set_reuseaddr(true)?;
         probe.bind(addr)?;
     }
@@ -59,15 +55,20 @@ pub fn bind_first(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// A listener on `addr` that other listeners may share (`SO_REUSEADDR` as `TcpListener::bind`
 /// sets it, plus `SO_REUSEPORT`), registered with the calling thread's runtime.
 pub fn bind_shared_port(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = socket_for(addr)?;
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
+}
+
+/// A TCP socket of `addr`'s family.
+fn socket_for(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
 }
 
 /// Serves on `threads` per-core runtimes: `first` (bound by [`super::Server::bind`]) goes to the
