@@ -293,8 +293,18 @@ def test_sticky_conversations_stay_put_while_ready_and_move_when_their_backend_c
                 assert port == home[n], f"conversation {n} left a ready backend"
     assert len(moved) == counts[cooled]
 
-    # The dashboard's numbers: each backend's cached-token share.
-    stats = gateway.admin("GET", "/stats").json()
+    # The dashboard's numbers: each backend's cached-token share, once the batched usage writer
+    # (flushed every 500 ms) stored all 4 × CONVERSATIONS turns.
+    deadline = time.monotonic() + 10
+    while True:
+        stats = gateway.admin("GET", "/stats").json()
+        stored = sum(
+            stats["by_backend"].get(backend_id, {}).get("requests", 0)
+            for backend_id in sticky_fleet.values()
+        )
+        if stored >= 4 * CONVERSATIONS or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     for backend_id in sticky_fleet.values():
         assert stats["by_backend"][backend_id]["cached_share"] > 0.2, stats["by_backend"][backend_id]
     gateway.admin("POST", f"/backends/{sticky_fleet[cooled]}/reset-cooldown")
