@@ -95,20 +95,25 @@ pub async fn serve(
     let refuse = |error: ApiError| {
         let kind = error.code().unwrap_or(error.kind());
         let observation = observe(data, &ctx, endpoint, None, &parts.headers);
-        let headers = record_refused(data, &ctx, endpoint, error.status_code(), kind, observation);
-        with_headers(render(error), headers)
+        let (headers, durable) =
+            record_refused(data, &ctx, endpoint, error.status_code(), kind, observation);
+        let response = with_headers(render(error), headers);
+        async move {
+            durable.await;
+            response
+        }
     };
     // Overload, answered at once before the body is read: the key's own concurrency first (a
     // greedy key gets 429, not everyone's 503), then the gateway's.
     let key_permit = match &ctx.client_key {
         Some(key) => match key.runtime.begin() {
             Some(permit) => Some(permit),
-            None => return refuse(ApiError::key_concurrency(key.runtime.max_parallel())),
+            None => return refuse(ApiError::key_concurrency(key.runtime.max_parallel())).await,
         },
         None => None,
     };
     let Some(gateway_permit) = data.in_flight.try_acquire() else {
-        return refuse(ApiError::overloaded(data.in_flight.max()));
+        return refuse(ApiError::overloaded(data.in_flight.max())).await;
     };
     let permits = InFlight {
         _key: key_permit,
@@ -125,7 +130,7 @@ pub async fn serve(
             inbound.affinity = sticky_key(&ctx.live, &inbound, &parts.headers);
             inbound
         }
-        Err(error) => return refuse(error),
+        Err(error) => return refuse(error).await,
     };
     let observation = observe(data, &ctx, endpoint, Some(&inbound), &parts.headers);
     let Forwarded { result, headers } = forward(data, ctx, inbound, observation).await;

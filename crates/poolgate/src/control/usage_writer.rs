@@ -375,30 +375,34 @@ impl Writer {
     }
 
     /// One record from the queue: into the buffer, or — past its bound, or behind records
-    /// parked already — only its place in the journal.
+    /// parked already — only its place in the journal (once its line is in the file; a line
+    /// whose batch is still being written, or failed, keeps its record in memory).
     fn take(&mut self, queued: Queued) {
         let full = self.buffer.len() >= self.buffer_limit;
         if full || !self.parked.is_empty() {
-            if let Some(ticket) = queued.journaled {
-                if self.parked.is_empty() {
+            match queued.journaled {
+                Some(ticket) if ticket.is_written() => {
+                    if self.parked.is_empty() {
+                        tracing::warn!(
+                            buffer_limit = self.buffer_limit,
+                            "usage buffer is full while the database cannot be written; further records wait in the usage journal only"
+                        );
+                    }
+                    self.parked.park(ticket);
+                    self.state.overflowed.fetch_add(1, Ordering::Relaxed);
+                    self.state
+                        .parked
+                        .store(self.parked.len(), Ordering::Relaxed);
+                    return;
+                }
+                None if full && !self.unbounded_warned => {
+                    self.unbounded_warned = true;
                     tracing::warn!(
                         buffer_limit = self.buffer_limit,
-                        "usage buffer is full while the database cannot be written; further records wait in the usage journal only"
+                        "usage buffer is full while the database cannot be written, and the usage journal is off: records are kept in memory past the limit"
                     );
                 }
-                self.parked.park(ticket);
-                self.state.overflowed.fetch_add(1, Ordering::Relaxed);
-                self.state
-                    .parked
-                    .store(self.parked.len(), Ordering::Relaxed);
-                return;
-            }
-            if full && !self.unbounded_warned {
-                self.unbounded_warned = true;
-                tracing::warn!(
-                    buffer_limit = self.buffer_limit,
-                    "usage buffer is full while the database cannot be written, and the usage journal is off: records are kept in memory past the limit"
-                );
+                _ => {}
             }
         }
         self.buffer.push_back(queued);

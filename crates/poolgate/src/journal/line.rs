@@ -1,31 +1,11 @@
-//! A record line written by hand into a reused buffer: the same bytes `serde_json` writes for
-//! `{"s":<seq>,"r":<UsageRecord>}` (field order, escapes, `null`s, the cost's float), without a
-//! generic serializer pass and a fresh `Vec` per request. The replay still reads it with
+//! A record line written by hand, straight into its batch's buffer: the same bytes `serde_json`
+//! writes for `{"s":<seq>,"r":<UsageRecord>}` (field order, escapes, `null`s, the cost's float),
+//! without a generic serializer pass and a fresh `Vec` per request. The replay still reads it with
 //! `serde_json` (`super::Line`); the tests hold the two byte-identical.
-
-use std::cell::RefCell;
 
 use serde_json::ser::{CompactFormatter, Formatter};
 
 use crate::domain::UsageRecord;
-
-thread_local! {
-    /// One line buffer per thread, reused for every append on it (a line is ~500 bytes).
-    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Calls `write` with the complete line of `record` (newline included).
-pub(super) fn with_record_line<T>(
-    seq: u64,
-    record: &UsageRecord,
-    write: impl FnOnce(&[u8]) -> T,
-) -> T {
-    LINE.with_borrow_mut(|line| {
-        line.clear();
-        encode(line, seq, record);
-        write(line)
-    })
-}
 
 /// `{"s":<seq>,"r":{…}}\n`, the fields in `UsageRecord`'s declaration order (serde's).
 pub(super) fn encode(out: &mut Vec<u8>, seq: u64, r: &UsageRecord) {

@@ -1,7 +1,8 @@
-//! The usage journal: every finished request's usage record is appended to a local file with one
-//! `write` before its answer completes, so that a killed process (SIGKILL, OOM kill, panic
-//! abort) loses no record the batched store writer had not committed yet; at the next start the
-//! records the store never acknowledged are replayed into it.
+//! The usage journal: every finished request's usage record is appended to a local file before
+//! its answer completes (the lines of the answers one thread finishes together share one
+//! `write`: [`group`]), so that a killed process (SIGKILL, OOM kill, panic abort) loses no record
+//! the batched store writer had not committed yet; at the next start the records the store never
+//! acknowledged are replayed into it.
 //!
 //! # Files
 //! `<data_dir>/usage-journal/<number>.journal`, append-only segments of JSON lines:
@@ -20,7 +21,8 @@
 //! and then it is exactly the backlog that must not be lost.
 //!
 //! # Crash at any point
-//! - before the append: the client got no complete answer either (the append comes first);
+//! - before the append's `write` returned: the client got no complete answer either (the answer
+//!   waits for it, [`Durable`]);
 //! - after the append, before the store committed: replayed at the next start;
 //! - after the store committed, before the acknowledgement line: replayed again — so replay
 //!   must be idempotent: the store gets a unique constraint on `request_id` and replays with
@@ -37,6 +39,7 @@
 //! garbage at the end of a segment (skipped as unparsable lines). A killed *process* loses
 //! nothing: the data is in the kernel already.
 
+mod group;
 mod line;
 mod replay;
 
@@ -55,6 +58,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::UsageRecord;
 
+pub use group::Durable;
 pub use replay::Replay;
 
 /// The journal's folder below the data dir.
@@ -137,12 +141,27 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:020}.{EXTENSION}"))
 }
 
-/// Proof that a record is in the journal; hand it to [`Journal::acknowledge`] once the store
-/// committed the record.
+/// A record's place in the journal; hand it to [`Journal::acknowledge`] once the store
+/// committed the record. Its line is written with the rest of its batch ([`group`]):
+/// [`Journaled::durable`] resolves once it is.
 #[derive(Clone)]
 pub struct Journaled {
     segment: Arc<Segment>,
     seq: u64,
+    /// Its line's batch (`None`: read back from the file, so written).
+    batch: Option<Arc<group::Batch>>,
+}
+
+impl Journaled {
+    /// Resolves once the record's line is in the kernel.
+    pub fn durable(&self) -> Durable {
+        self.batch.clone().map_or_else(Durable::now, Durable::of)
+    }
+
+    /// `true` once the record's line is in the file (it can be read back).
+    pub fn is_written(&self) -> bool {
+        self.batch.as_ref().is_none_or(|batch| batch.is_written())
+    }
 }
 
 impl std::fmt::Debug for Journaled {
@@ -239,24 +258,24 @@ impl Journal {
         Ok((journal, replay))
     }
 
-    /// Appends one record with one `write` (its line written by hand into a reused buffer, see
-    /// `line`). `None` when the write failed (logged): the record still goes to the store, it
+    /// Appends one record: its line (written by hand, see `line`) joins this thread's batch,
+    /// written with one `write` for the batch ([`group`]); await [`Journaled::durable`] before
+    /// the answer completes. A failed write is logged: the record still goes to the store, it
     /// is only not crash-safe.
-    pub fn append(&self, record: &UsageRecord) -> Option<Journaled> {
+    pub fn append(&self, record: &UsageRecord) -> Journaled {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let current = self.inner.current.read();
-        current.appended.fetch_add(1, Ordering::AcqRel);
-        match line::with_record_line(seq, record, |line| current.write_line(line)) {
-            Ok(()) => Some(Journaled {
-                segment: Arc::clone(&current),
-                seq,
-            }),
-            Err(error) => {
-                // Nothing to acknowledge for it: take it back out of the count.
-                current.appended.fetch_sub(1, Ordering::AcqRel);
-                tracing::error!(%error, request_id = %record.request_id, "cannot append a usage record to the journal");
-                None
-            }
+        let segment = Arc::clone(&self.inner.current.read());
+        segment.appended.fetch_add(1, Ordering::AcqRel);
+        let batch = group::Batch::append(&segment, |lines| {
+            let before = lines.len();
+            line::encode(lines, seq, record);
+            let added = u64::try_from(lines.len() - before).unwrap_or(u64::MAX);
+            segment.bytes.fetch_add(added, Ordering::Relaxed);
+        });
+        Journaled {
+            segment,
+            seq,
+            batch: Some(batch),
         }
     }
 
@@ -367,6 +386,7 @@ impl Journal {
                         let ticket = Journaled {
                             segment: Arc::clone(&segment),
                             seq,
+                            batch: None,
                         };
                         found.push((record, ticket));
                     }

@@ -53,9 +53,7 @@ fn a_crash_replays_exactly_the_unacknowledged_records_once() {
     let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     assert!(replay.records().is_empty());
     replay.finish().unwrap();
-    let tickets: Vec<Journaled> = (0..100)
-        .map(|i| journal.append(&record(i)).unwrap())
-        .collect();
+    let tickets: Vec<Journaled> = (0..100).map(|i| journal.append(&record(i))).collect();
     // The store committed two batches, out of order inside each.
     let mut first: Vec<Journaled> = tickets[..25].to_vec();
     first.reverse();
@@ -71,7 +69,7 @@ fn a_crash_replays_exactly_the_unacknowledged_records_once() {
     assert_eq!(replay.skipped_lines(), 0);
     replay.finish().unwrap();
     // New records continue the numbering; the old segments are gone.
-    let ticket = journal.append(&record(100)).unwrap();
+    let ticket = journal.append(&record(100));
     journal.acknowledge(&[ticket]).unwrap();
     journal.close().unwrap();
     assert!(
@@ -89,7 +87,7 @@ fn a_torn_last_line_is_skipped() {
     let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     replay.finish().unwrap();
     for i in 0..10 {
-        journal.append(&record(i)).unwrap();
+        journal.append(&record(i));
     }
     drop(journal);
     // The process died in the middle of the last write.
@@ -111,7 +109,7 @@ fn garbage_lines_are_skipped_and_the_rest_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     replay.finish().unwrap();
-    journal.append(&record(0)).unwrap();
+    journal.append(&record(0));
     let path = segments(dir.path()).pop().unwrap();
     // What a power loss can leave: zeros, then (after a restart of the writer) more lines.
     std::fs::OpenOptions::new()
@@ -120,7 +118,7 @@ fn garbage_lines_are_skipped_and_the_rest_is_kept() {
         .unwrap()
         .write_all(b"\0\0\0\0\n{\"s\":7}\n")
         .unwrap();
-    journal.append(&record(1)).unwrap();
+    journal.append(&record(1));
     drop(journal);
     let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     assert_eq!(ids(replay.records()), expected(0..2));
@@ -133,14 +131,14 @@ fn a_crash_during_replay_replays_again() {
     let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     replay.finish().unwrap();
     for i in 0..5 {
-        journal.append(&record(i)).unwrap();
+        journal.append(&record(i));
     }
     drop(journal);
     let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     assert_eq!(replay.records().len(), 5);
     // Crash before `finish` (the store may or may not have them: its unique `request_id`
     // makes the second insert a no-op), while the new run already journaled one.
-    let ticket = journal.append(&record(5)).unwrap();
+    let ticket = journal.append(&record(5));
     drop((journal, replay, ticket));
     let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     assert_eq!(ids(replay.records()), expected(0..6));
@@ -157,7 +155,7 @@ fn segments_rotate_and_are_deleted_so_the_journal_stays_small() {
     let mut most_files = 0;
     let mut pending = Vec::new();
     for i in 0..2_000 {
-        pending.push(journal.append(&record(i)).unwrap());
+        pending.push(journal.append(&record(i)));
         // The writer commits in batches of 64, always one batch behind.
         if pending.len() == 128 {
             let batch: Vec<Journaled> = pending.drain(..64).collect();
@@ -192,7 +190,7 @@ fn concurrent_appends_never_interleave() {
             let journal = journal.clone();
             scope.spawn(move || {
                 for i in 0..500 {
-                    journal.append(&record(thread * 500 + i)).unwrap();
+                    journal.append(&record(thread * 500 + i));
                 }
             });
         }
@@ -218,7 +216,7 @@ fn parked_records_are_read_back_in_order_across_segments() {
     let mut parked = Parked::default();
     let mut kept = Vec::new();
     for i in 0..300 {
-        let ticket = journal.append(&record(i)).unwrap();
+        let ticket = journal.append(&record(i));
         // Every tenth record stays in memory (the writer's buffer); the rest are parked.
         if i % 10 == 0 {
             kept.push(ticket);
@@ -252,6 +250,131 @@ fn parked_records_are_read_back_in_order_across_segments() {
     journal.acknowledge(&kept).unwrap();
     journal.close().unwrap();
     assert!(segments(dir.path()).is_empty());
+}
+
+// === group commit ===
+
+fn journal_bytes(data_dir: &Path) -> Vec<u8> {
+    segments(data_dir)
+        .iter()
+        .flat_map(|path| std::fs::read(path).unwrap())
+        .collect()
+}
+
+fn lines_of(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&byte| byte == b'\n').count()
+}
+
+#[test]
+fn outside_a_runtime_each_line_is_written_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    for i in 0..3 {
+        let ticket = journal.append(&record(i));
+        assert!(ticket.is_written());
+        assert_eq!(lines_of(&journal_bytes(dir.path())), i + 1);
+    }
+}
+
+/// The thread-per-core runtime's case: the answers finishing in one pass of a current-thread
+/// scheduler share one `write`, and each waits for it before its answer may go out.
+#[tokio::test(flavor = "current_thread")]
+async fn lines_appended_in_one_scheduler_pass_are_written_together_before_anyone_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let journal = journal.clone();
+            let data_dir = dir.path().to_owned();
+            tokio::spawn(async move {
+                let ticket = journal.append(&record(i));
+                // Not in the file yet: the batch's write runs after the tasks ready now.
+                let before = lines_of(&journal_bytes(&data_dir));
+                ticket.durable().await;
+                assert!(ticket.is_written());
+                let after = lines_of(&journal_bytes(&data_dir));
+                (before, after)
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    // Nobody saw a line before the write, and everybody saw all 50 right after it: one write.
+    assert!(seen.iter().all(|&(before, _)| before == 0), "{seen:?}");
+    assert!(seen.iter().all(|&(_, after)| after == 50), "{seen:?}");
+    drop(journal);
+    let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    assert_eq!(ids(replay.records()), expected(0..50));
+}
+
+/// A later pass starts a new batch; a task that never waits still gets its line written.
+#[tokio::test(flavor = "current_thread")]
+async fn every_pass_gets_its_own_write_and_nobody_has_to_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    let first = journal.append(&record(0));
+    first.durable().await;
+    assert_eq!(lines_of(&journal_bytes(dir.path())), 1);
+    // Appended and never awaited (a cancelled request's record).
+    drop(journal.append(&record(1)));
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    assert_eq!(lines_of(&journal_bytes(dir.path())), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_work_stealing_runtime_every_line_is_written_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    let ticket = journal.append(&record(task * 200 + i));
+                    ticket.durable().await;
+                    assert!(ticket.is_written());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    drop(journal);
+    let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    assert_eq!(replay.skipped_lines(), 0);
+    let mut got = ids(replay.records());
+    got.sort();
+    assert_eq!(got, expected(0..1_600));
+}
+
+/// The runtime shut down before the batch's writer task ran: the lines are written when the
+/// last handle on the batch goes, so the next start still replays them.
+#[test]
+fn a_batch_whose_writer_never_ran_is_written_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let tickets: Vec<Journaled> =
+        runtime.block_on(async { (0..3).map(|i| journal.append(&record(i))).collect() });
+    drop(runtime);
+    assert!(!tickets[0].is_written());
+    assert_eq!(lines_of(&journal_bytes(dir.path())), 0);
+    drop(tickets);
+    assert_eq!(lines_of(&journal_bytes(dir.path())), 3);
+    drop(journal);
+    let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    assert_eq!(ids(replay.records()), expected(0..3));
 }
 
 // === the hand-written record line ===
@@ -359,12 +482,12 @@ fn the_record_line_is_the_bytes_serde_json_writes_and_replays_to_the_record() {
         assert_eq!(parsed.record.as_ref(), Some(record));
     }
 
-    // Through the journal: appended with the reused buffer, replayed after a crash.
+    // Through the journal: appended through a batch, replayed after a crash.
     let dir = tempfile::tempdir().unwrap();
     let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     replay.finish().unwrap();
     for record in &records {
-        journal.append(record).unwrap();
+        journal.append(record);
     }
     drop(journal);
     let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
@@ -408,7 +531,7 @@ fn lines_of_earlier_versions_still_replay() {
     assert_eq!(replayed[1].cost, None);
     // A crash before `finish`: the new run's lines (written by hand) replay with the old ones,
     // numbered after them.
-    journal.append(&tricky_record()).unwrap();
+    journal.append(&tricky_record());
     drop((journal, replay));
     let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     assert_eq!(replay.records().len(), 3);

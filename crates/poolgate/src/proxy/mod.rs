@@ -51,6 +51,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use crate::domain::Outcome;
+use crate::journal::Durable;
 use crate::providers::Endpoint;
 use crate::state::DataPlane;
 use crate::telemetry::RequestObservation;
@@ -84,7 +85,8 @@ pub struct Forwarded {
 }
 
 /// Records a request refused before it could be forwarded (its body or headers were wrong):
-/// one usage record per client request, whatever happened. Returns the headers of its answer.
+/// one usage record per client request, whatever happened. Returns the headers of its answer,
+/// and the record's way into the journal (await it before the answer goes out).
 pub fn record_refused(
     data: &DataPlane,
     ctx: &RequestContext,
@@ -92,12 +94,13 @@ pub fn record_refused(
     status: StatusCode,
     kind: &str,
     observation: RequestObservation,
-) -> HeaderMap {
+) -> (HeaderMap, Durable) {
     let draft = UsageDraft::new(&data.usage, ctx, endpoint, None, false, observation);
     let answer = headers::answer_headers(data, ctx, &draft);
-    data.usage
+    let durable = data
+        .usage
         .record(draft.finish(status.as_u16(), Outcome::Error, Some(kind)));
-    answer
+    (answer, durable)
 }
 
 /// Handles one request end to end and always records its usage (and finishes its observation).
@@ -126,11 +129,15 @@ pub async fn forward(
             Ok(response)
         }
         Ok(Done::Relayed { status, response }) => {
-            guard.record(status, Outcome::Error, Some("upstream_client_error"));
+            guard
+                .record(status, Outcome::Error, Some("upstream_client_error"))
+                .await;
             Ok(response)
         }
         Err(error) => {
-            guard.record(error.status().as_u16(), Outcome::Error, Some(error.kind()));
+            guard
+                .record(error.status().as_u16(), Outcome::Error, Some(error.kind()))
+                .await;
             Err(error)
         }
     };

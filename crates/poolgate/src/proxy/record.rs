@@ -17,6 +17,7 @@ use super::context::RequestContext;
 use super::plan::Inbound;
 use super::spend::SpendGuard;
 use crate::domain::{Outcome, UsageRecord};
+use crate::journal::Durable;
 use crate::pricing::{BilledUsage, Nanodollars, PriceTable};
 use crate::providers::{Endpoint, TokenUsage};
 use crate::routing::{LiveBackend, Ticket};
@@ -402,11 +403,12 @@ impl<'s> CancelGuard<'s> {
         self.armed = false;
     }
 
-    /// Writes the request's record now (and not again on drop).
-    pub fn record(&mut self, status: u16, outcome: Outcome, error_kind: Option<&str>) {
+    /// Writes the request's record now (and not again on drop); await the result before the
+    /// answer goes out.
+    pub fn record(&mut self, status: u16, outcome: Outcome, error_kind: Option<&str>) -> Durable {
         self.armed = false;
         let record = self.draft.hand_over().finish(status, outcome, error_kind);
-        self.sink.record(record);
+        self.sink.record(record)
     }
 }
 
@@ -417,7 +419,8 @@ impl Drop for CancelGuard<'_> {
                 self.draft
                     .hand_over()
                     .finish(499, Outcome::Cancelled, Some("client_closed"));
-            self.sink.record(record);
+            // The client is gone: no answer to hold back.
+            drop(self.sink.record(record));
         }
     }
 }

@@ -28,6 +28,7 @@ use super::billing::Billing;
 use super::record::UsageDraft;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
+use crate::journal::Durable;
 use crate::providers::TokenUsage;
 use crate::routing::Ticket;
 use crate::scrub::KeyScrubber;
@@ -50,11 +51,11 @@ pub struct StreamFinisher {
 }
 
 impl StreamFinisher {
-    fn finish(mut self, usage: Option<TokenUsage>, end: End) {
+    fn finish(mut self, usage: Option<TokenUsage>, end: End) -> Durable {
         if let Some(usage) = usage {
             self.draft.set_usage(usage);
         }
-        self.close(end);
+        self.close(end)
     }
 
     /// Bills the prompt and the `delivered` output (the upstream's `partial` usage where it has
@@ -68,7 +69,8 @@ impl StreamFinisher {
         super::estimator::run(move || {
             let usage = self.billing.estimate(&delivered, partial);
             self.draft.set_estimated_usage(usage);
-            self.record(end);
+            // Outside the runtime, so written at once; nobody waits for a cut stream's record.
+            drop(self.record(end));
         });
     }
 
@@ -80,14 +82,14 @@ impl StreamFinisher {
         resolve(&self.data, &mut self.ticket, UpstreamOutcome::ServerError);
     }
 
-    fn close(mut self, end: End) {
+    fn close(mut self, end: End) -> Durable {
         if let End::UpstreamFailed(_) = end {
             self.upstream_failed();
         }
-        self.record(end);
+        self.record(end)
     }
 
-    fn record(self, end: End) {
+    fn record(self, end: End) -> Durable {
         let (status, outcome, kind) = match end {
             End::Complete => (200, Outcome::Success, None),
             End::UpstreamFailed(kind) => (200, Outcome::StreamError, Some(kind)),
@@ -95,7 +97,7 @@ impl StreamFinisher {
         };
         self.data
             .usage
-            .record(self.draft.finish(status, outcome, kind));
+            .record(self.draft.finish(status, outcome, kind))
     }
 }
 
@@ -127,6 +129,10 @@ pub struct RelayStream {
     finisher: Option<StreamFinisher>,
     /// The generated text sent to the client, for a stream cut before its final usage.
     delivered: DeliveredText,
+    /// The record of the ended answer on its way into the journal: what ends the answer for
+    /// the client waits in `held` until it is there (`Some(None)`: the end of the stream).
+    durable: Option<Durable>,
+    held: Option<Option<Bytes>>,
 }
 
 impl RelayStream {
@@ -151,7 +157,26 @@ impl RelayStream {
             scrubber: finisher.ticket.backend.scrubber.clone(),
             delivered: DeliveredText::new(finisher.billing.format),
             finisher: Some(finisher),
+            durable: None,
+            held: None,
         }
+    }
+
+    /// `item` for the client (`None`: the end) — once the record of the answer is in the
+    /// journal, if it ended; until then `item` is held.
+    fn emit(
+        &mut self,
+        item: Option<Bytes>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        if let Some(durable) = self.durable.as_mut() {
+            if Pin::new(durable).poll(cx).is_pending() {
+                self.held = Some(item);
+                return Poll::Pending;
+            }
+            self.durable = None;
+        }
+        Poll::Ready(item.map(Ok))
     }
 
     /// Frames one chunk; returns the bytes to forward (possibly empty). A chunk whose events all
@@ -226,7 +251,7 @@ impl RelayStream {
         };
         // The normal case: complete, or the upstream's final usage already read.
         if matches!(end, End::Complete) || self.mapper.usage_final() {
-            finisher.finish(self.mapper.usage(), end);
+            self.durable = Some(finisher.finish(self.mapper.usage(), end));
             return;
         }
         let grace = &finisher.data.config.proxy;
@@ -293,12 +318,15 @@ impl Stream for RelayStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(held) = this.held.take() {
+            return this.emit(held, cx);
+        }
         if this.over {
             return Poll::Ready(None);
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {
             let error = this.fail("gateway_shutting_down", "poolgate is shutting down");
-            return Poll::Ready(error.map(Ok));
+            return this.emit(error, cx);
         }
         loop {
             let chunk = if let Some(first) = this.first.pop_front() {
@@ -312,7 +340,7 @@ impl Stream for RelayStream {
                                 "upstream_stream_stalled",
                                 "the upstream stopped sending in the middle of the stream",
                             );
-                            return Poll::Ready(error.map(Ok));
+                            return this.emit(error, cx);
                         }
                         return Poll::Pending;
                     }
@@ -329,10 +357,10 @@ impl Stream for RelayStream {
                     }
                     match processed {
                         Ok(out) if out.is_empty() => continue,
-                        Ok(out) => return Poll::Ready(Some(Ok(out))),
+                        Ok(out) => return this.emit(Some(out), cx),
                         Err(kind) => {
                             let error = this.fail(kind, "an upstream stream event was too large");
-                            return Poll::Ready(error.map(Ok));
+                            return this.emit(error, cx);
                         }
                     }
                 }
@@ -341,9 +369,12 @@ impl Stream for RelayStream {
                         "upstream_stream_error",
                         "the upstream connection broke in the middle of the stream",
                     );
-                    return Poll::Ready(error.map(Ok));
+                    return this.emit(error, cx);
                 }
-                None => return Poll::Ready(this.complete().map(Ok)),
+                None => {
+                    let rest = this.complete();
+                    return this.emit(rest, cx);
+                }
             }
         }
     }
@@ -407,7 +438,8 @@ impl GraceRead {
             return;
         };
         if self.mapper.usage_final() {
-            finisher.finish(self.mapper.usage(), End::ClientLeft);
+            // The client is gone: no answer to hold back.
+            drop(finisher.finish(self.mapper.usage(), End::ClientLeft));
         } else {
             let delivered = std::mem::replace(
                 &mut self.delivered,
@@ -423,7 +455,7 @@ impl Drop for GraceRead {
         // The task was dropped before it finished (the runtime is going away): the record is
         // still written, with what is known.
         if let Some(finisher) = self.finisher.take() {
-            finisher.finish(self.mapper.usage(), End::ClientLeft);
+            drop(finisher.finish(self.mapper.usage(), End::ClientLeft));
         }
     }
 }

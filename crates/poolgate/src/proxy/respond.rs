@@ -323,8 +323,10 @@ pub async fn succeed(
     if let Some(usage) = answer.usage {
         finished.set_usage(usage);
     }
+    // In the journal before the answer goes out.
     data.usage
-        .record(finished.finish(status.as_u16(), Outcome::Success, None));
+        .record(finished.finish(status.as_u16(), Outcome::Success, None))
+        .await;
     let body = answer.body;
     let mut headers = HeaderMap::new();
     let content_type = if plan.passes_through() {

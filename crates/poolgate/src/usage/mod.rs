@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 use crate::domain::UsageRecord;
-use crate::journal::{Journal, Journaled};
+use crate::journal::{Durable, Journal, Journaled};
 
 pub use query::{UsageFilter, UsagePage};
 
@@ -122,15 +122,16 @@ impl UsageSink {
         true
     }
 
-    /// Queues the record of a request opened with [`UsageSink::open`], without waiting: one
-    /// `write` to the journal (in the kernel when this returns, so it survives a killed
-    /// process), then the in-memory queue. Callers hand the record over before the answer's last
-    /// byte is sent.
-    pub fn record(&self, record: UsageRecord) {
-        let journaled = self
-            .journal
+    /// Queues the record of a request opened with [`UsageSink::open`]: its journal line joins
+    /// this thread's batch (one `write` per batch, see `journal`), then it goes to the in-memory
+    /// queue. Await the returned [`Durable`] before the answer's last byte is sent: it resolves
+    /// once the line is in the kernel, where it survives a killed process. (A request whose
+    /// client left has no answer to hold back; its caller may drop it.)
+    pub fn record(&self, record: UsageRecord) -> Durable {
+        let journaled = self.journal.as_ref().map(|journal| journal.append(&record));
+        let durable = journaled
             .as_ref()
-            .and_then(|journal| journal.append(&record));
+            .map_or_else(Durable::now, Journaled::durable);
         // Saturating: never wraps below zero.
         let _ = self
             .pending
@@ -143,5 +144,6 @@ impl UsageSink {
         } else if batch_full {
             self.doorbell.ring();
         }
+        durable
     }
 }

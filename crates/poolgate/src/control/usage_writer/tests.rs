@@ -141,7 +141,7 @@ async fn records_wait_in_the_buffer_then_in_the_journal_and_are_all_written_once
     let state = writer.state();
     for i in 0..60 {
         sink.open();
-        sink.record(record(i));
+        sink.record(record(i)).await;
     }
     until(
         "the buffer to fill and the rest to wait in the journal",
@@ -159,7 +159,7 @@ async fn records_wait_in_the_buffer_then_in_the_journal_and_are_all_written_once
     // Records arriving while some wait in the journal queue up behind them.
     for i in 60..65 {
         sink.open();
-        sink.record(record(i));
+        sink.record(record(i)).await;
     }
     until("the newer records to wait too", || {
         state.view().journaled == 40
@@ -186,7 +186,7 @@ async fn without_a_journal_records_past_the_buffer_stay_in_memory() {
     let state = writer.state();
     for i in 0..40 {
         sink.open();
-        sink.record(record(i));
+        sink.record(record(i)).await;
     }
     until("every record to be buffered", || {
         state.view().buffered == 40
@@ -212,7 +212,7 @@ async fn what_shutdown_cannot_write_stays_in_the_journal_and_is_written_at_the_n
     );
     for i in 0..40 {
         sink.open();
-        sink.record(record(i));
+        sink.record(record(i)).await;
     }
     assert_eq!(writer.shutdown().await, 0);
     assert!(segments(dir.path()) > 0);
@@ -251,7 +251,7 @@ async fn a_full_batch_is_written_at_once_and_fewer_records_wait_for_the_tick() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..3 {
         sink.open();
-        sink.record(record(i));
+        sink.record(record(i)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.count_usage().await.unwrap(), 0, "three records wait");
@@ -262,7 +262,7 @@ async fn a_full_batch_is_written_at_once_and_fewer_records_wait_for_the_tick() {
     );
 
     sink.open();
-    sink.record(record(3));
+    sink.record(record(3)).await;
     for _ in 0..300 {
         if store.count_usage().await.unwrap() == 4 {
             break;
@@ -274,7 +274,7 @@ async fn a_full_batch_is_written_at_once_and_fewer_records_wait_for_the_tick() {
     // Two more: written by the shutdown's drain, none lost.
     for i in 4..6 {
         sink.open();
-        sink.record(record(i));
+        sink.record(record(i)).await;
     }
     assert_eq!(writer.shutdown().await, 6);
     assert_eq!(store.count_usage().await.unwrap(), 6);
