@@ -240,7 +240,9 @@ struct Writer {
     /// Records (with their journal tickets) waiting for the database, oldest first.
     buffer: VecDeque<Queued>,
     /// Records past the buffer, kept only in the journal (oldest first, all older than any
-    /// record taken into the buffer while some are parked).
+    /// record taken into the buffer while some are parked — except a record whose journal
+    /// line was still being written when it was taken: it can only be kept in memory, so the
+    /// buffer may pass its bound by those few; the store does not depend on the order).
     parked: Parked,
     /// The buffer went past its bound without a journal (logged once per episode).
     unbounded_warned: bool,

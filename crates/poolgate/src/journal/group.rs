@@ -7,13 +7,13 @@
 //! runtime (one current-thread scheduler per core) a spawned task runs after the tasks that were
 //! ready already, which are exactly the answers finishing in this pass; on the work-stealing
 //! runtime the writer first yields (a task spawned there runs next, before anyone could join).
-//! Outside a runtime (a counting thread, a test) the line is written at once.
+//! Outside a task (a counting thread, a test) the line is written at once.
 //!
 //! The guarantee stays that of one `write` per record: whoever completes an answer first waits
 //! for [`Durable`], which resolves once the batch's `write` returned — the line is in the kernel
 //! before the client can see the answer end, so a killed process loses no answered record. A
-//! batch whose writer task never ran (its runtime was shutting down) is written when its last
-//! handle goes.
+//! batch whose writer task is dropped unrun (its runtime was shutting down) is written as the
+//! task drops (and, failing all else, when its last handle goes).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -120,25 +120,37 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // Its writer task was dropped unrun (the runtime is shutting down).
+        // The last resort, should nothing else have written it.
         self.write();
     }
 }
 
-/// Writes `batch` from a task that runs after the tasks ready now, or at once outside a runtime.
+/// Writes `batch` from a task that runs after the tasks ready now — or at once when not called
+/// from a task (a thread that only entered a runtime, such as the counting threads, has no
+/// scheduler pass to share; and its thread's batch must not outlive a runtime it spawned on).
 fn schedule_write(batch: Arc<Batch>) {
-    match Handle::try_current() {
-        Ok(handle) => {
-            let yield_first = handle.runtime_flavor() != RuntimeFlavor::CurrentThread;
-            // Detached: the batch is written (or, if the task never runs, written on drop).
-            drop(handle.spawn(async move {
-                if yield_first {
-                    tokio::task::yield_now().await;
-                }
-                batch.write();
-            }));
+    let handle = match Handle::try_current() {
+        Ok(handle) if tokio::task::try_id().is_some() => handle,
+        _ => return batch.write(),
+    };
+    let yield_first = handle.runtime_flavor() != RuntimeFlavor::CurrentThread;
+    let writer = WriteOnDrop(batch);
+    // Detached. A task dropped before it ran (its runtime shutting down) still writes the
+    // batch, as it drops: no later line joins a batch nobody will write.
+    drop(handle.spawn(async move {
+        if yield_first {
+            tokio::task::yield_now().await;
         }
-        Err(_) => batch.write(),
+        drop(writer);
+    }));
+}
+
+/// Writes its batch when dropped: when the write task ran, or when it was dropped unrun.
+struct WriteOnDrop(Arc<Batch>);
+
+impl Drop for WriteOnDrop {
+    fn drop(&mut self) {
+        self.0.write();
     }
 }
 

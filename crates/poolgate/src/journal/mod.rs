@@ -264,8 +264,13 @@ impl Journal {
     /// is only not crash-safe.
     pub fn append(&self, record: &UsageRecord) -> Journaled {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let segment = Arc::clone(&self.inner.current.read());
-        segment.appended.fetch_add(1, Ordering::AcqRel);
+        // Counted under the read lock: a rotation (write lock) cannot seal and delete the
+        // segment between our taking it and counting our record in it.
+        let segment = {
+            let current = self.inner.current.read();
+            current.appended.fetch_add(1, Ordering::AcqRel);
+            Arc::clone(&current)
+        };
         let batch = group::Batch::append(&segment, |lines| {
             let before = lines.len();
             line::encode(lines, seq, record);

@@ -295,17 +295,25 @@ async fn lines_appended_in_one_scheduler_pass_are_written_together_before_anyone
                 ticket.durable().await;
                 assert!(ticket.is_written());
                 let after = lines_of(&journal_bytes(&data_dir));
-                (before, after)
+                (before, after, ticket)
             })
         })
         .collect();
     let mut seen = Vec::new();
+    let mut tickets = Vec::new();
     for task in tasks {
-        seen.push(task.await.unwrap());
+        let (before, after, ticket) = task.await.unwrap();
+        seen.push((before, after));
+        tickets.push(ticket);
     }
-    // Nobody saw a line before the write, and everybody saw all 50 right after it: one write.
+    // Nobody saw a line before the write, and everybody saw all 50 right after it, all of
+    // them in one batch: one write.
     assert!(seen.iter().all(|&(before, _)| before == 0), "{seen:?}");
     assert!(seen.iter().all(|&(_, after)| after == 50), "{seen:?}");
+    let first = tickets[0].batch.as_ref().unwrap();
+    assert!(tickets
+        .iter()
+        .all(|ticket| Arc::ptr_eq(ticket.batch.as_ref().unwrap(), first)));
     drop(journal);
     let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     assert_eq!(ids(replay.records()), expected(0..50));
@@ -355,26 +363,50 @@ async fn on_the_work_stealing_runtime_every_line_is_written_whole() {
     assert_eq!(got, expected(0..1_600));
 }
 
-/// The runtime shut down before the batch's writer task ran: the lines are written when the
-/// last handle on the batch goes, so the next start still replays them.
+/// A record appended while its runtime shuts down (a cancelled request's guard dropping with its
+/// task): the write task cannot run any more, yet the line is written — even while its ticket
+/// is still held (by the store writer's queue, in the gateway).
 #[test]
-fn a_batch_whose_writer_never_ran_is_written_when_dropped() {
+fn a_line_appended_while_the_runtime_shuts_down_is_written() {
+    struct AppendOnDrop {
+        journal: Journal,
+        ticket: Arc<Mutex<Option<Journaled>>>,
+    }
+    impl Drop for AppendOnDrop {
+        fn drop(&mut self) {
+            *self.ticket.lock() = Some(self.journal.append(&record(7)));
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     replay.finish().unwrap();
+    let ticket = Arc::new(Mutex::new(None));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let tickets: Vec<Journaled> =
-        runtime.block_on(async { (0..3).map(|i| journal.append(&record(i))).collect() });
-    drop(runtime);
-    assert!(!tickets[0].is_written());
+    let guard = AppendOnDrop {
+        journal: journal.clone(),
+        ticket: Arc::clone(&ticket),
+    };
+    runtime.block_on(async move {
+        tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+    });
     assert_eq!(lines_of(&journal_bytes(dir.path())), 0);
-    drop(tickets);
-    assert_eq!(lines_of(&journal_bytes(dir.path())), 3);
+    drop(runtime);
+    let held = ticket
+        .lock()
+        .take()
+        .expect("the guard appended as its task dropped");
+    assert!(held.is_written());
+    assert_eq!(lines_of(&journal_bytes(dir.path())), 1);
     drop(journal);
     let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
-    assert_eq!(ids(replay.records()), expected(0..3));
+    assert_eq!(ids(replay.records()), vec![record(7).request_id]);
+    drop(held);
 }
 
 // === the hand-written record line ===

@@ -54,6 +54,8 @@ pub struct UsageDraft {
     /// The current attempt's reservation under its backend's monthly spend cap: released when
     /// the attempt fails, settled with the cost when the record is finished.
     backend_spend: Option<SpendGuard>,
+    /// Handed over: whoever took it writes the record (the cancel guard must not).
+    handed_over: bool,
 }
 
 /// Starts observing a request of `ctx`: the route's series when `inbound` names a routed model,
@@ -166,6 +168,7 @@ impl UsageDraft {
             prices: Arc::clone(&ctx.live.prices),
             spend: None,
             backend_spend: None,
+            handed_over: false,
         }
     }
 
@@ -272,6 +275,7 @@ impl UsageDraft {
     /// Hands the draft to whoever finishes the request (the stream relay, or a record written
     /// now): the record is copied, the observation moves. This one stays with the guard, spent.
     pub fn hand_over(&mut self) -> UsageDraft {
+        self.handed_over = true;
         UsageDraft {
             record: self.record.clone(),
             received: self.received,
@@ -284,6 +288,7 @@ impl UsageDraft {
             prices: Arc::clone(&self.prices),
             spend: self.spend.take(),
             backend_spend: self.backend_spend.take(),
+            handed_over: false,
         }
     }
 
@@ -414,7 +419,9 @@ impl<'s> CancelGuard<'s> {
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        // A draft handed over is recorded by whoever took it — also when the client leaves
+        // while the answer waits for its record's journal write.
+        if self.armed && !self.draft.handed_over {
             let record =
                 self.draft
                     .hand_over()

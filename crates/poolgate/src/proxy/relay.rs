@@ -69,7 +69,8 @@ impl StreamFinisher {
         super::estimator::run(move || {
             let usage = self.billing.estimate(&delivered, partial);
             self.draft.set_estimated_usage(usage);
-            // Outside the runtime, so written at once; nobody waits for a cut stream's record.
+            // On a counting thread (not a task): written at once. Nobody waits for it: the
+            // stream was cut.
             drop(self.record(end));
         });
     }
