@@ -7,7 +7,9 @@
 //! runtime (one current-thread scheduler per core) a spawned task runs after the tasks that were
 //! ready already, which are exactly the answers finishing in this pass; on the work-stealing
 //! runtime the writer first yields (a task spawned there runs next, before anyone could join).
-//! Outside a task (a counting thread, a test) the line is written at once.
+//! Outside a task (a counting thread, a test) the line is written at once, and so is the line of
+//! [`super::Journal::append_now`] (a stream's end: waiting for the group write would send the
+//! stream's last bytes in a second write, one more wake-up of the client per stream).
 //!
 //! The guarantee stays that of one `write` per record: whoever completes an answer first waits
 //! for [`Durable`], which resolves once the batch's `write` returned — the line is in the kernel
@@ -59,7 +61,10 @@ enum Phase {
 impl Batch {
     /// Appends the line `encode` pushes to this thread's open batch of `segment`, or to a new
     /// batch whose write is scheduled. `encode` must push whole lines only.
-    pub(super) fn append(segment: &Arc<Segment>, encode: impl FnOnce(&mut Vec<u8>)) -> Arc<Batch> {
+    pub(super) fn append(
+        segment: &Arc<Segment>,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Arc<Batch> {
         OPEN.with_borrow_mut(|open| {
             if let Some(batch) = open.upgrade() {
                 if Arc::ptr_eq(&batch.segment, segment) {
@@ -85,6 +90,26 @@ impl Batch {
             schedule_write(Arc::clone(&batch));
             batch
         })
+    }
+
+    /// A batch of the one line `encode` pushes, written before this returns (outside this
+    /// thread's batches).
+    pub(super) fn write_now(
+        segment: &Arc<Segment>,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Arc<Batch> {
+        let mut lines = Vec::with_capacity(512);
+        encode(&mut lines);
+        let batch = Arc::new(Batch {
+            segment: Arc::clone(segment),
+            state: Mutex::new(State {
+                lines,
+                phase: Phase::Open,
+                waiters: Vec::new(),
+            }),
+        });
+        batch.write();
+        batch
     }
 
     /// `true` once the batch's lines are in the file.

@@ -1,6 +1,6 @@
 //! The usage journal: every finished request's usage record is appended to a local file before
 //! its answer completes (the lines of the answers one thread finishes together share one
-//! `write`: [`group`]), so that a killed process (SIGKILL, OOM kill, panic abort) loses no record
+//! `write`: `group`), so that a killed process (SIGKILL, OOM kill, panic abort) loses no record
 //! the batched store writer had not committed yet; at the next start the records the store never
 //! acknowledged are replayed into it.
 //!
@@ -142,7 +142,7 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 /// A record's place in the journal; hand it to [`Journal::acknowledge`] once the store
-/// committed the record. Its line is written with the rest of its batch ([`group`]):
+/// committed the record. Its line is written with the rest of its batch (`group`):
 /// [`Journaled::durable`] resolves once it is.
 #[derive(Clone)]
 pub struct Journaled {
@@ -259,10 +259,25 @@ impl Journal {
     }
 
     /// Appends one record: its line (written by hand, see `line`) joins this thread's batch,
-    /// written with one `write` for the batch ([`group`]); await [`Journaled::durable`] before
+    /// written with one `write` for the batch (`group`); await [`Journaled::durable`] before
     /// the answer completes. A failed write is logged: the record still goes to the store, it
     /// is only not crash-safe.
     pub fn append(&self, record: &UsageRecord) -> Journaled {
+        self.append_with(record, group::Batch::append)
+    }
+
+    /// [`Journal::append`] with the line's own `write`, before this returns: for an answer that
+    /// must not pause before its last bytes (a stream's end would otherwise go out in two
+    /// writes, one more wake-up of the client per stream).
+    pub fn append_now(&self, record: &UsageRecord) -> Journaled {
+        self.append_with(record, group::Batch::write_now)
+    }
+
+    fn append_with(
+        &self,
+        record: &UsageRecord,
+        batch: impl FnOnce(&Arc<Segment>, &mut dyn FnMut(&mut Vec<u8>)) -> Arc<group::Batch>,
+    ) -> Journaled {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         // Counted under the read lock: a rotation (write lock) cannot seal and delete the
         // segment between our taking it and counting our record in it.
@@ -271,7 +286,7 @@ impl Journal {
             current.appended.fetch_add(1, Ordering::AcqRel);
             Arc::clone(&current)
         };
-        let batch = group::Batch::append(&segment, |lines| {
+        let batch = batch(&segment, &mut |lines| {
             let before = lines.len();
             line::encode(lines, seq, record);
             let added = u64::try_from(lines.len() - before).unwrap_or(u64::MAX);

@@ -325,14 +325,49 @@ async fn every_pass_gets_its_own_write_and_nobody_has_to_wait_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     replay.finish().unwrap();
-    let first = journal.append(&record(0));
-    first.durable().await;
-    assert_eq!(lines_of(&journal_bytes(dir.path())), 1);
-    // Appended and never awaited (a cancelled request's record).
-    drop(journal.append(&record(1)));
-    tokio::task::yield_now().await;
-    tokio::task::yield_now().await;
-    assert_eq!(lines_of(&journal_bytes(dir.path())), 2);
+    let data_dir = dir.path().to_owned();
+    // In a task, as a request's code runs (the test's own body is not one).
+    tokio::spawn(async move {
+        let first = journal.append(&record(0));
+        assert!(!first.is_written());
+        first.durable().await;
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 1);
+        // Appended and never awaited (a cancelled request's record).
+        drop(journal.append(&record(1)));
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 1);
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 2);
+    })
+    .await
+    .unwrap();
+}
+
+/// A stream's end: its line is written before `append_now` returns, even inside a task where
+/// `append` would wait for the scheduler pass — and it does not join or close the open batch.
+#[tokio::test(flavor = "current_thread")]
+async fn append_now_writes_at_once_beside_the_open_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    let data_dir = dir.path().to_owned();
+    // In a task, as a request's code runs (the test's own body is not one).
+    tokio::spawn(async move {
+        let grouped = journal.append(&record(0));
+        let now = journal.append_now(&record(1));
+        assert!(now.is_written());
+        assert!(!grouped.is_written());
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 1);
+        let also_grouped = journal.append(&record(2));
+        assert!(Arc::ptr_eq(
+            grouped.batch.as_ref().unwrap(),
+            also_grouped.batch.as_ref().unwrap()
+        ));
+        grouped.durable().await;
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 3);
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,9 @@
 //! poolgate itself asked for, enforces the idle timeout between chunks, turns an upstream death
 //! into an SSE error event and a clean end, and — if the client leaves — drops the upstream
 //! request at once and records the request as cancelled. The record of a complete answer is
-//! handed over before the bytes that complete it (`[DONE]`, `message_stop`) are yielded, so it is
-//! in the usage journal before the client can see the answer end.
+//! handed over before the bytes that complete it (`[DONE]`, `message_stop`) are yielded, its
+//! journal line written at once ([`crate::usage::UsageSink::record_now`]), so it is in the usage
+//! journal before the client can see the answer end.
 //!
 //! A stream cut before the upstream's final usage ([`super::billing`]): when the client left,
 //! the upstream is read on for `proxy.usage_grace_ms` in a task of its own (the client is gone;
@@ -28,7 +29,6 @@ use super::billing::Billing;
 use super::record::UsageDraft;
 use crate::cooldown::Outcome as UpstreamOutcome;
 use crate::domain::Outcome;
-use crate::journal::Durable;
 use crate::providers::TokenUsage;
 use crate::routing::Ticket;
 use crate::scrub::KeyScrubber;
@@ -51,11 +51,11 @@ pub struct StreamFinisher {
 }
 
 impl StreamFinisher {
-    fn finish(mut self, usage: Option<TokenUsage>, end: End) -> Durable {
+    fn finish(mut self, usage: Option<TokenUsage>, end: End) {
         if let Some(usage) = usage {
             self.draft.set_usage(usage);
         }
-        self.close(end)
+        self.close(end);
     }
 
     /// Bills the prompt and the `delivered` output (the upstream's `partial` usage where it has
@@ -69,9 +69,7 @@ impl StreamFinisher {
         super::estimator::run(move || {
             let usage = self.billing.estimate(&delivered, partial);
             self.draft.set_estimated_usage(usage);
-            // On a counting thread (not a task): written at once. Nobody waits for it: the
-            // stream was cut.
-            drop(self.record(end));
+            self.record(end);
         });
     }
 
@@ -83,14 +81,16 @@ impl StreamFinisher {
         resolve(&self.data, &mut self.ticket, UpstreamOutcome::ServerError);
     }
 
-    fn close(mut self, end: End) -> Durable {
+    fn close(mut self, end: End) {
         if let End::UpstreamFailed(_) = end {
             self.upstream_failed();
         }
-        self.record(end)
+        self.record(end);
     }
 
-    fn record(self, end: End) -> Durable {
+    /// Writes the record, its journal line at once: the bytes that end the stream follow in
+    /// the same poll (waiting for a group write would send them in a second write).
+    fn record(self, end: End) {
         let (status, outcome, kind) = match end {
             End::Complete => (200, Outcome::Success, None),
             End::UpstreamFailed(kind) => (200, Outcome::StreamError, Some(kind)),
@@ -98,7 +98,7 @@ impl StreamFinisher {
         };
         self.data
             .usage
-            .record(self.draft.finish(status, outcome, kind))
+            .record_now(self.draft.finish(status, outcome, kind));
     }
 }
 
@@ -130,10 +130,6 @@ pub struct RelayStream {
     finisher: Option<StreamFinisher>,
     /// The generated text sent to the client, for a stream cut before its final usage.
     delivered: DeliveredText,
-    /// The record of the ended answer on its way into the journal: what ends the answer for
-    /// the client waits in `held` until it is there (`Some(None)`: the end of the stream).
-    durable: Option<Durable>,
-    held: Option<Option<Bytes>>,
 }
 
 impl RelayStream {
@@ -158,26 +154,7 @@ impl RelayStream {
             scrubber: finisher.ticket.backend.scrubber.clone(),
             delivered: DeliveredText::new(finisher.billing.format),
             finisher: Some(finisher),
-            durable: None,
-            held: None,
         }
-    }
-
-    /// `item` for the client (`None`: the end) — once the record of the answer is in the
-    /// journal, if it ended; until then `item` is held.
-    fn emit(
-        &mut self,
-        item: Option<Bytes>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, std::io::Error>>> {
-        if let Some(durable) = self.durable.as_mut() {
-            if Pin::new(durable).poll(cx).is_pending() {
-                self.held = Some(item);
-                return Poll::Pending;
-            }
-            self.durable = None;
-        }
-        Poll::Ready(item.map(Ok))
     }
 
     /// Frames one chunk; returns the bytes to forward (possibly empty). A chunk whose events all
@@ -252,7 +229,7 @@ impl RelayStream {
         };
         // The normal case: complete, or the upstream's final usage already read.
         if matches!(end, End::Complete) || self.mapper.usage_final() {
-            self.durable = Some(finisher.finish(self.mapper.usage(), end));
+            finisher.finish(self.mapper.usage(), end);
             return;
         }
         let grace = &finisher.data.config.proxy;
@@ -319,15 +296,12 @@ impl Stream for RelayStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(held) = this.held.take() {
-            return this.emit(held, cx);
-        }
         if this.over {
             return Poll::Ready(None);
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {
             let error = this.fail("gateway_shutting_down", "poolgate is shutting down");
-            return this.emit(error, cx);
+            return Poll::Ready(error.map(Ok));
         }
         loop {
             let chunk = if let Some(first) = this.first.pop_front() {
@@ -341,7 +315,7 @@ impl Stream for RelayStream {
                                 "upstream_stream_stalled",
                                 "the upstream stopped sending in the middle of the stream",
                             );
-                            return this.emit(error, cx);
+                            return Poll::Ready(error.map(Ok));
                         }
                         return Poll::Pending;
                     }
@@ -358,10 +332,10 @@ impl Stream for RelayStream {
                     }
                     match processed {
                         Ok(out) if out.is_empty() => continue,
-                        Ok(out) => return this.emit(Some(out), cx),
+                        Ok(out) => return Poll::Ready(Some(Ok(out))),
                         Err(kind) => {
                             let error = this.fail(kind, "an upstream stream event was too large");
-                            return this.emit(error, cx);
+                            return Poll::Ready(error.map(Ok));
                         }
                     }
                 }
@@ -370,12 +344,9 @@ impl Stream for RelayStream {
                         "upstream_stream_error",
                         "the upstream connection broke in the middle of the stream",
                     );
-                    return this.emit(error, cx);
+                    return Poll::Ready(error.map(Ok));
                 }
-                None => {
-                    let rest = this.complete();
-                    return this.emit(rest, cx);
-                }
+                None => return Poll::Ready(this.complete().map(Ok)),
             }
         }
     }
@@ -439,8 +410,7 @@ impl GraceRead {
             return;
         };
         if self.mapper.usage_final() {
-            // The client is gone: no answer to hold back.
-            drop(finisher.finish(self.mapper.usage(), End::ClientLeft));
+            finisher.finish(self.mapper.usage(), End::ClientLeft);
         } else {
             let delivered = std::mem::replace(
                 &mut self.delivered,
@@ -456,7 +426,7 @@ impl Drop for GraceRead {
         // The task was dropped before it finished (the runtime is going away): the record is
         // still written, with what is known.
         if let Some(finisher) = self.finisher.take() {
-            drop(finisher.finish(self.mapper.usage(), End::ClientLeft));
+            finisher.finish(self.mapper.usage(), End::ClientLeft);
         }
     }
 }

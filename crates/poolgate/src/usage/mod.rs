@@ -129,6 +129,21 @@ impl UsageSink {
     /// client left has no answer to hold back; its caller may drop it.)
     pub fn record(&self, record: UsageRecord) -> Durable {
         let journaled = self.journal.as_ref().map(|journal| journal.append(&record));
+        self.queue(record, journaled)
+    }
+
+    /// [`UsageSink::record`] with the journal line written before this returns: for the end of
+    /// a stream, whose last bytes should not wait a scheduler pass (they would go out in a
+    /// second write, one more wake-up of the client per stream).
+    pub fn record_now(&self, record: UsageRecord) {
+        let journaled = self
+            .journal
+            .as_ref()
+            .map(|journal| journal.append_now(&record));
+        drop(self.queue(record, journaled));
+    }
+
+    fn queue(&self, record: UsageRecord, journaled: Option<Journaled>) -> Durable {
         let durable = journaled
             .as_ref()
             .map_or_else(Durable::now, Journaled::durable);
