@@ -76,16 +76,7 @@ impl Batch {
                     }
                 }
             }
-            let mut lines = Vec::with_capacity(4096);
-            encode(&mut lines);
-            let batch = Arc::new(Batch {
-                segment: Arc::clone(segment),
-                state: Mutex::new(State {
-                    lines,
-                    phase: Phase::Open,
-                    waiters: Vec::new(),
-                }),
-            });
+            let batch = Batch::new(segment, 4096, encode);
             *open = Arc::downgrade(&batch);
             schedule_write(Arc::clone(&batch));
             batch
@@ -98,18 +89,27 @@ impl Batch {
         segment: &Arc<Segment>,
         encode: &mut dyn FnMut(&mut Vec<u8>),
     ) -> Arc<Batch> {
-        let mut lines = Vec::with_capacity(512);
+        let batch = Batch::new(segment, 512, encode);
+        batch.write();
+        batch
+    }
+
+    /// An open batch of `segment` holding the line `encode` pushes.
+    fn new(
+        segment: &Arc<Segment>,
+        capacity: usize,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Arc<Batch> {
+        let mut lines = Vec::with_capacity(capacity);
         encode(&mut lines);
-        let batch = Arc::new(Batch {
+        Arc::new(Batch {
             segment: Arc::clone(segment),
             state: Mutex::new(State {
                 lines,
                 phase: Phase::Open,
                 waiters: Vec::new(),
             }),
-        });
-        batch.write();
-        batch
+        })
     }
 
     /// `true` once the batch's lines are in the file.
