@@ -15,7 +15,7 @@
 //! for [`Durable`], which resolves once the batch's `write` returned — the line is in the kernel
 //! before the client can see the answer end, so a killed process loses no answered record. A
 //! batch whose writer task is dropped unrun (its runtime was shutting down) is written as the
-//! task drops (and, failing all else, when its last handle goes).
+//! task drops.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -140,13 +140,6 @@ impl Batch {
         for waiter in waiters {
             waiter.wake();
         }
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        // The last resort, should nothing else have written it.
-        self.write();
     }
 }
 

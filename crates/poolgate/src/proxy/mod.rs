@@ -123,11 +123,9 @@ pub async fn forward(
     let result = attempt::run(data, &ctx, &inbound, &mut guard.draft).await;
     let headers = headers::answer_headers(data, &ctx, &guard.draft);
     let result = match result {
-        // Its record is written (or, for a stream, will be) by whoever finishes it.
-        Ok(Done::Response(response)) => {
-            guard.disarm();
-            Ok(response)
-        }
+        // Its draft was handed over: its record is written (or, for a stream, will be) by
+        // whoever finishes it.
+        Ok(Done::Response(response)) => Ok(response),
         Ok(Done::Relayed { status, response }) => {
             guard
                 .record(status, Outcome::Error, Some("upstream_client_error"))

@@ -386,32 +386,24 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Records the request as cancelled (499) when its future is dropped before it finished: the
-/// client went away while poolgate waited for an upstream.
+/// Records the request as cancelled (499) when its future is dropped before its draft was
+/// handed over: the client went away while poolgate waited for an upstream. Once the draft is
+/// handed over (to the stream relay, to the answer's own record, to [`CancelGuard::record`]),
+/// whoever took it writes the record — also when the client leaves while the answer waits for
+/// its record's journal write.
 pub struct CancelGuard<'s> {
     sink: &'s UsageSink,
     pub draft: UsageDraft,
-    armed: bool,
 }
 
 impl<'s> CancelGuard<'s> {
     pub fn new(sink: &'s UsageSink, draft: UsageDraft) -> Self {
-        Self {
-            sink,
-            draft,
-            armed: true,
-        }
-    }
-
-    /// Someone else (the stream relay) writes the record now.
-    pub fn disarm(&mut self) {
-        self.armed = false;
+        Self { sink, draft }
     }
 
     /// Writes the request's record now (and not again on drop); await the result before the
     /// answer goes out.
     pub fn record(&mut self, status: u16, outcome: Outcome, error_kind: Option<&str>) -> Durable {
-        self.armed = false;
         let record = self.draft.hand_over().finish(status, outcome, error_kind);
         self.sink.record(record)
     }
@@ -419,9 +411,7 @@ impl<'s> CancelGuard<'s> {
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        // A draft handed over is recorded by whoever took it — also when the client leaves
-        // while the answer waits for its record's journal write.
-        if self.armed && !self.draft.handed_over {
+        if !self.draft.handed_over {
             let record =
                 self.draft
                     .hand_over()
