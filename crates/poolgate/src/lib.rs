@@ -104,6 +104,7 @@
 //!   [`server`]: start-up and graceful shutdown; [`cli`]: the command line.
 
 pub mod api;
+pub mod boxed;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -142,7 +142,8 @@ impl tower::Service<Request> for App {
             Some(route) => {
                 let data = self.data.clone();
                 Either::Left(request_id::with_request_id(request, |request| {
-                    Box::pin(route.handle(data, request)) as ProxyFuture
+                    // Built in its box: the handler's future is kilobytes (see `boxed`).
+                    crate::boxed::pinned_in_place(|| route.handle(data, request)) as ProxyFuture
                 }))
             }
             None => Either::Right(self.router.call(request)),
