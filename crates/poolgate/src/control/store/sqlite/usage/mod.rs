@@ -3,7 +3,8 @@
 //! percentiles with window functions — so a stats request never loads the range's rows.
 
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Arguments, Row};
 
 use super::SqliteStore;
 use crate::control::store::rollup;
@@ -150,11 +151,11 @@ static UPSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new()
 static LIFETIME_SPEND_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 fn insert_sql(rows: usize) -> String {
-    multi_row_sql(INSERT_HEAD, 22, rows, INSERT_TAIL)
+    multi_row_sql(INSERT_HEAD, INSERT_COLUMNS, rows, INSERT_TAIL)
 }
 
 fn insert_returning_sql(rows: usize) -> String {
-    multi_row_sql(INSERT_HEAD, 22, rows, INSERT_RETURNING_TAIL)
+    multi_row_sql(INSERT_HEAD, INSERT_COLUMNS, rows, INSERT_RETURNING_TAIL)
 }
 
 fn upsert_sql(rows: usize) -> String {
@@ -201,37 +202,47 @@ fn fixed_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// Binds the 22 columns of each record, in [`INSERT_HEAD`]'s order.
-fn bind_records<'q>(
-    mut insert: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    chunk: &'q [UsageRecord],
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+/// The columns of one record in [`INSERT_HEAD`].
+const INSERT_COLUMNS: usize = 22;
+
+/// The arguments of a chunk's insert: the 22 columns of each record, in [`INSERT_HEAD`]'s order,
+/// in one vector sized up front (binding them one by one grew it a dozen times per chunk).
+fn record_arguments(chunk: &[UsageRecord]) -> Result<SqliteArguments<'_>, StoreError> {
+    let mut arguments = SqliteArguments::default();
+    arguments.reserve(chunk.len() * INSERT_COLUMNS, 0);
     for record in chunk {
-        insert = insert
-            .bind(record.request_id.as_str())
-            .bind(record.ts_ms)
-            .bind(record.client_key_id.as_deref())
-            .bind(record.endpoint.as_str())
-            .bind(record.canonical_model.as_deref())
-            .bind(record.backend_id.as_deref())
-            .bind(record.upstream_model.as_deref())
-            .bind(record.pool.as_deref())
-            .bind(i64::from(record.attempts))
-            .bind(i64::from(record.status))
-            .bind(record.outcome.as_str())
-            .bind(record.error_kind.as_deref())
-            .bind(record.prompt_tokens.map(i64::from))
-            .bind(record.completion_tokens.map(i64::from))
-            .bind(record.total_tokens.map(i64::from))
-            .bind(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))
-            .bind(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-            .bind(record.streamed)
-            .bind(record.cached_tokens.map(i64::from))
-            .bind(record.tokens_estimated)
-            .bind(record.cost.map(|cost| wide(cost.get())))
-            .bind(record.cache_write_tokens.map(i64::from));
+        add_record(&mut arguments, record).map_err(sqlx::Error::Encode)?;
     }
-    insert
+    Ok(arguments)
+}
+
+fn add_record<'q>(
+    arguments: &mut SqliteArguments<'q>,
+    record: &'q UsageRecord,
+) -> Result<(), sqlx::error::BoxDynError> {
+    arguments.add(record.request_id.as_str())?;
+    arguments.add(record.ts_ms)?;
+    arguments.add(record.client_key_id.as_deref())?;
+    arguments.add(record.endpoint.as_str())?;
+    arguments.add(record.canonical_model.as_deref())?;
+    arguments.add(record.backend_id.as_deref())?;
+    arguments.add(record.upstream_model.as_deref())?;
+    arguments.add(record.pool.as_deref())?;
+    arguments.add(i64::from(record.attempts))?;
+    arguments.add(i64::from(record.status))?;
+    arguments.add(record.outcome.as_str())?;
+    arguments.add(record.error_kind.as_deref())?;
+    arguments.add(record.prompt_tokens.map(i64::from))?;
+    arguments.add(record.completion_tokens.map(i64::from))?;
+    arguments.add(record.total_tokens.map(i64::from))?;
+    arguments.add(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))?;
+    arguments.add(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))?;
+    arguments.add(record.streamed)?;
+    arguments.add(record.cached_tokens.map(i64::from))?;
+    arguments.add(record.tokens_estimated)?;
+    arguments.add(record.cost.map(|cost| wide(cost.get())))?;
+    arguments.add(record.cache_write_tokens.map(i64::from))?;
+    Ok(())
 }
 
 fn wide(value: u64) -> i64 {
@@ -251,8 +262,8 @@ impl UsageStore for SqliteStore {
         // counts say so — and the rollup counts them all.
         let mut affected = 0;
         for chunk in fixed_chunks(records, INSERT_ROWS) {
-            let insert = sqlx::query(statement(&INSERT_SQL, chunk.len(), insert_sql));
-            affected += bind_records(insert, chunk)
+            let sql = statement(&INSERT_SQL, chunk.len(), insert_sql);
+            affected += sqlx::query_with(sql, record_arguments(chunk)?)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -266,12 +277,9 @@ impl UsageStore for SqliteStore {
             tx = self.usage_writes.begin_with("BEGIN IMMEDIATE").await?;
             let mut inserted = std::collections::HashSet::new();
             for chunk in fixed_chunks(records, INSERT_ROWS) {
-                let insert = sqlx::query(statement(
-                    &INSERT_RETURNING_SQL,
-                    chunk.len(),
-                    insert_returning_sql,
-                ));
-                for row in bind_records(insert, chunk).fetch_all(&mut *tx).await? {
+                let sql = statement(&INSERT_RETURNING_SQL, chunk.len(), insert_returning_sql);
+                let insert = sqlx::query_with(sql, record_arguments(chunk)?);
+                for row in insert.fetch_all(&mut *tx).await? {
                     inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
                 }
             }
