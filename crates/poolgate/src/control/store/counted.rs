@@ -52,6 +52,7 @@ impl<S: ?Sized> Counted<S> {
     ) -> Result<T, StoreError> {
         if let Err(
             StoreError::Database(_)
+            | StoreError::UsageWrite(_)
             | StoreError::Migrate(_)
             | StoreError::Corrupt(_)
             | StoreError::Unsupported(_),

@@ -42,6 +42,9 @@ pub enum StoreError {
     Stale(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The usage writer's own SQLite connection (`rusqlite`, see `sqlite::usage`).
+    #[error(transparent)]
+    UsageWrite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

@@ -32,15 +32,20 @@ use crate::pricing::{ModelPrice, SpendLimitRecord};
 /// The SQLite schema (`migrations/sqlite/`); PostgreSQL will have its own beside it.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// How long a write waits for another connection's write transaction to end.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// SQLite-backed [`ConfigStore`] and [`super::UsageStore`].
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The usage writer's own connection (a pool of one, never recycled). Its page cache and
-    /// prepared inserts stay warm from batch to batch: SQLite drops a connection's page cache
-    /// whenever another connection wrote, so batches spread over the shared pool's connections
-    /// re-read the index pages they update and keep a statement cache on each.
-    usage_writes: SqlitePool,
+    /// The usage writer's own connection. Its page cache and prepared inserts stay warm from
+    /// batch to batch: SQLite drops a connection's page cache whenever another connection
+    /// wrote, so batches spread over the shared pool's connections re-read the index pages they
+    /// update and keep a statement cache on each. It is a `rusqlite` connection, not sqlx's: a
+    /// batch binds ~11,000 values, and sqlx copied each string it was lent, queued the batch to
+    /// its connection's worker thread and back (see `usage::UsageWrites`).
+    usage_writes: usage::UsageWrites,
 }
 
 impl SqliteStore {
@@ -51,7 +56,7 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         Self::connect(options).await
     }
@@ -62,12 +67,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let usage_writes = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
+        let usage_writes = usage::UsageWrites::open(options.get_filename())?;
         Ok(Self { pool, usage_writes })
     }
 

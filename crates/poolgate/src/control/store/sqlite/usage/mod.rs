@@ -2,11 +2,14 @@
 //! statistics computed by SQLite itself — counts and sums with `GROUP BY`, nearest-rank
 //! percentiles with window functions — so a stats request never loads the range's rows.
 
-use async_trait::async_trait;
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{Arguments, Row};
+use std::path::Path;
+use std::sync::Arc;
 
-use super::SqliteStore;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use sqlx::Row;
+
+use super::{SqliteStore, BUSY_TIMEOUT};
 use crate::control::store::rollup;
 use crate::control::store::rows::{group_from_row, usage_page};
 use crate::control::store::{StoreError, UsageStore};
@@ -143,8 +146,8 @@ const INSERT_TAIL: &str = " ON CONFLICT (request_id) DO NOTHING";
 const INSERT_RETURNING_TAIL: &str = " ON CONFLICT (request_id) DO NOTHING RETURNING request_id, ts";
 
 /// The text of the insert and upsert statements, one per chunk size (index: log2 of the size),
-/// written once per process. Few texts means sqlx's per-connection statement cache holds them
-/// all: SQLite parses and plans each once, not once per batch size met.
+/// written once per process. Few texts means the writer's statement cache holds them all:
+/// SQLite parses and plans each once, not once per batch size met.
 static INSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 static INSERT_RETURNING_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 static UPSERT_SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -205,48 +208,183 @@ fn fixed_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
 /// The columns of one record in [`INSERT_HEAD`].
 const INSERT_COLUMNS: usize = 22;
 
-/// The arguments of a chunk's insert: the 22 columns of each record, in [`INSERT_HEAD`]'s order,
-/// in one vector sized up front (binding them one by one grew it a dozen times per chunk).
-fn record_arguments(chunk: &[UsageRecord]) -> Result<SqliteArguments<'_>, StoreError> {
-    let mut arguments = SqliteArguments::default();
-    arguments.reserve(chunk.len() * INSERT_COLUMNS, 0);
-    for record in chunk {
-        add_record(&mut arguments, record).map_err(sqlx::Error::Encode)?;
+/// Statements the writer's connection keeps prepared: one per chunk size of the insert, the
+/// insert with `RETURNING`, the rollup upsert and the lifetime spend (8 + 8 + 7 + 7).
+const PREPARED_STATEMENTS: usize = 32;
+
+/// The usage writer's own SQLite connection (`rusqlite`, on the libsqlite3 sqlx links): a
+/// batch of 512 records is ~11,000 bound values, which this binds straight from the records —
+/// sqlx copied every string it was lent, grew its argument vectors, and queued each statement
+/// to its connection's worker thread and waited for the answer there. The insert runs on the
+/// calling thread: `block_in_place` on the multi-thread runtime the control plane runs on (the
+/// other tasks move to another worker meanwhile), inline on a current-thread runtime (tests).
+#[derive(Clone, Debug)]
+pub(super) struct UsageWrites(Arc<Mutex<rusqlite::Connection>>);
+
+impl UsageWrites {
+    /// Opens the database the store's pool opened and migrated (WAL mode is the file's), with
+    /// the pool's settings: the same busy timeout, `synchronous = NORMAL`.
+    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = rusqlite::Connection::open(path)?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+        Ok(Self(Arc::new(Mutex::new(connection))))
     }
-    Ok(arguments)
+
+    fn write<T>(
+        &self,
+        write: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let run = || write(&mut self.0.lock());
+        match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }
+    }
+
+    /// `SELECT total_changes()` on this connection.
+    #[cfg(test)]
+    pub(super) fn total_changes(&self) -> i64 {
+        self.0
+            .lock()
+            .query_row("SELECT total_changes()", [], |row| row.get(0))
+            .unwrap_or(-1)
+    }
 }
 
-fn add_record<'q>(
-    arguments: &mut SqliteArguments<'q>,
-    record: &'q UsageRecord,
-) -> Result<(), sqlx::error::BoxDynError> {
-    arguments.add(record.request_id.as_str())?;
-    arguments.add(record.ts_ms)?;
-    arguments.add(record.client_key_id.as_deref())?;
-    arguments.add(record.endpoint.as_str())?;
-    arguments.add(record.canonical_model.as_deref())?;
-    arguments.add(record.backend_id.as_deref())?;
-    arguments.add(record.upstream_model.as_deref())?;
-    arguments.add(record.pool.as_deref())?;
-    arguments.add(i64::from(record.attempts))?;
-    arguments.add(i64::from(record.status))?;
-    arguments.add(record.outcome.as_str())?;
-    arguments.add(record.error_kind.as_deref())?;
-    arguments.add(record.prompt_tokens.map(i64::from))?;
-    arguments.add(record.completion_tokens.map(i64::from))?;
-    arguments.add(record.total_tokens.map(i64::from))?;
-    arguments.add(i64::try_from(record.latency_ms).unwrap_or(i64::MAX))?;
-    arguments.add(record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))?;
-    arguments.add(record.streamed)?;
-    arguments.add(record.cached_tokens.map(i64::from))?;
-    arguments.add(record.tokens_estimated)?;
-    arguments.add(record.cost.map(|cost| wide(cost.get())))?;
-    arguments.add(record.cache_write_tokens.map(i64::from))?;
+/// Binds values to a prepared statement's parameters in order, from the first.
+struct Parameters<'s, 'c> {
+    statement: &'s mut rusqlite::CachedStatement<'c>,
+    bound: usize,
+}
+
+impl<'s, 'c> Parameters<'s, 'c> {
+    fn of(statement: &'s mut rusqlite::CachedStatement<'c>) -> Self {
+        Self {
+            statement,
+            bound: 0,
+        }
+    }
+
+    fn bind(&mut self, value: &dyn rusqlite::ToSql) -> rusqlite::Result<&mut Self> {
+        self.bound += 1;
+        self.statement.raw_bind_parameter(self.bound, value)?;
+        Ok(self)
+    }
+}
+
+/// Binds the 22 columns of each record of `chunk`, in [`INSERT_HEAD`]'s order.
+fn bind_records(
+    parameters: &mut Parameters<'_, '_>,
+    chunk: &[UsageRecord],
+) -> rusqlite::Result<()> {
+    for record in chunk {
+        parameters
+            .bind(&record.request_id.as_str())?
+            .bind(&record.ts_ms)?
+            .bind(&record.client_key_id.as_deref())?
+            .bind(&record.endpoint.as_str())?
+            .bind(&record.canonical_model.as_deref())?
+            .bind(&record.backend_id.as_deref())?
+            .bind(&record.upstream_model.as_deref())?
+            .bind(&record.pool.as_deref())?
+            .bind(&i64::from(record.attempts))?
+            .bind(&i64::from(record.status))?
+            .bind(&record.outcome.as_str())?
+            .bind(&record.error_kind.as_deref())?
+            .bind(&record.prompt_tokens.map(i64::from))?
+            .bind(&record.completion_tokens.map(i64::from))?
+            .bind(&record.total_tokens.map(i64::from))?
+            .bind(&i64::try_from(record.latency_ms).unwrap_or(i64::MAX))?
+            .bind(&record.ttfb_ms.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))?
+            .bind(&record.streamed)?
+            .bind(&record.cached_tokens.map(i64::from))?
+            .bind(&record.tokens_estimated)?
+            .bind(&record.cost.map(|cost| wide(cost.get())))?
+            .bind(&record.cache_write_tokens.map(i64::from))?;
+    }
     Ok(())
 }
 
 fn wide(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// One batch in one transaction: the records (a request id already stored — a batch written
+/// again, a journal replay after a crash — is skipped), then the rollup and lifetime spend of
+/// the records stored.
+fn write_batch(
+    connection: &mut rusqlite::Connection,
+    records: &[UsageRecord],
+) -> Result<(), StoreError> {
+    use rusqlite::TransactionBehavior::Immediate;
+    let mut tx = connection.transaction_with_behavior(Immediate)?;
+    // Multi-row inserts of a few fixed sizes (see `fixed_chunks`). Normally every record is
+    // new — the statements' row counts say so — and the rollup counts them all.
+    let mut affected = 0;
+    for chunk in fixed_chunks(records, INSERT_ROWS) {
+        let mut insert = tx.prepare_cached(statement(&INSERT_SQL, chunk.len(), insert_sql))?;
+        bind_records(&mut Parameters::of(&mut insert), chunk)?;
+        affected += insert.raw_execute()?;
+    }
+    let stored: Vec<&UsageRecord> = if affected == records.len() {
+        records.iter().collect()
+    } else {
+        // Some were stored already: start over with `RETURNING`, which names the rows
+        // inserted — the rollup counts only those.
+        tx.rollback()?;
+        tx = connection.transaction_with_behavior(Immediate)?;
+        let mut inserted = std::collections::HashSet::new();
+        for chunk in fixed_chunks(records, INSERT_ROWS) {
+            let sql = statement(&INSERT_RETURNING_SQL, chunk.len(), insert_returning_sql);
+            let mut insert = tx.prepare_cached(sql)?;
+            bind_records(&mut Parameters::of(&mut insert), chunk)?;
+            let mut rows = insert.raw_query();
+            while let Some(row) = rows.next()? {
+                inserted.insert((row.get::<_, String>(0)?, row.get::<_, i64>(1)?));
+            }
+        }
+        rollup::stored(records, inserted)
+    };
+    let rows = rollup::aggregate(stored);
+    for chunk in fixed_chunks(&rows, UPSERT_ROWS) {
+        let mut upsert = tx.prepare_cached(statement(&UPSERT_SQL, chunk.len(), upsert_sql))?;
+        let mut parameters = Parameters::of(&mut upsert);
+        for (key, sums) in chunk {
+            parameters
+                .bind(&key.bucket_ms)?
+                .bind(&key.client_key_id.as_str())?
+                .bind(&key.backend_id.as_str())?
+                .bind(&key.canonical_model.as_str())?
+                .bind(&key.upstream_model.as_str())?
+                .bind(&sums.requests)?
+                .bind(&sums.errors)?
+                .bind(&sums.cancelled)?
+                .bind(&sums.prompt_tokens)?
+                .bind(&sums.completion_tokens)?
+                .bind(&sums.cached_tokens)?
+                .bind(&sums.cache_write_tokens)?
+                .bind(&sums.cost_nanousd)?
+                .bind(&sums.estimated_requests)?
+                .bind(&sums.latency_ms_sum)?
+                .bind(&sums.ttfb_ms_sum)?
+                .bind(&sums.ttfb_count)?;
+        }
+        upsert.raw_execute()?;
+    }
+    let spend = rollup::lifetime_spend(&rows);
+    for chunk in fixed_chunks(&spend, UPSERT_ROWS) {
+        let sql = statement(&LIFETIME_SPEND_SQL, chunk.len(), lifetime_spend_sql);
+        let mut add = tx.prepare_cached(sql)?;
+        let mut parameters = Parameters::of(&mut add);
+        for (kind, id, cost) in chunk {
+            parameters.bind(&kind.as_str())?.bind(id)?.bind(cost)?;
+        }
+        add.raw_execute()?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 #[async_trait]
@@ -255,75 +393,8 @@ impl UsageStore for SqliteStore {
         if records.is_empty() {
             return Ok(());
         }
-        let mut tx = self.usage_writes.begin_with("BEGIN IMMEDIATE").await?;
-        // Multi-row inserts of a few fixed sizes (see `fixed_chunks`), the record's strings
-        // bound by reference. A request id already stored (a batch written again, a journal
-        // replay after a crash) is skipped. Normally every record is new — the statements' row
-        // counts say so — and the rollup counts them all.
-        let mut affected = 0;
-        for chunk in fixed_chunks(records, INSERT_ROWS) {
-            let sql = statement(&INSERT_SQL, chunk.len(), insert_sql);
-            affected += sqlx::query_with(sql, record_arguments(chunk)?)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
-        let stored: Vec<&UsageRecord> = if affected == records.len() as u64 {
-            records.iter().collect()
-        } else {
-            // Some were stored already: start over with `RETURNING`, which names the rows
-            // inserted — the rollup counts only those.
-            tx.rollback().await?;
-            tx = self.usage_writes.begin_with("BEGIN IMMEDIATE").await?;
-            let mut inserted = std::collections::HashSet::new();
-            for chunk in fixed_chunks(records, INSERT_ROWS) {
-                let sql = statement(&INSERT_RETURNING_SQL, chunk.len(), insert_returning_sql);
-                let insert = sqlx::query_with(sql, record_arguments(chunk)?);
-                for row in insert.fetch_all(&mut *tx).await? {
-                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
-                }
-            }
-            rollup::stored(records, inserted)
-        };
-        let rows = rollup::aggregate(stored);
-        for chunk in fixed_chunks(&rows, UPSERT_ROWS) {
-            let mut upsert = sqlx::query(statement(&UPSERT_SQL, chunk.len(), upsert_sql));
-            for (key, sums) in chunk {
-                upsert = upsert
-                    .bind(key.bucket_ms)
-                    .bind(key.client_key_id.as_str())
-                    .bind(key.backend_id.as_str())
-                    .bind(key.canonical_model.as_str())
-                    .bind(key.upstream_model.as_str())
-                    .bind(sums.requests)
-                    .bind(sums.errors)
-                    .bind(sums.cancelled)
-                    .bind(sums.prompt_tokens)
-                    .bind(sums.completion_tokens)
-                    .bind(sums.cached_tokens)
-                    .bind(sums.cache_write_tokens)
-                    .bind(sums.cost_nanousd)
-                    .bind(sums.estimated_requests)
-                    .bind(sums.latency_ms_sum)
-                    .bind(sums.ttfb_ms_sum)
-                    .bind(sums.ttfb_count);
-            }
-            upsert.execute(&mut *tx).await?;
-        }
-        let spend = rollup::lifetime_spend(&rows);
-        for chunk in fixed_chunks(&spend, UPSERT_ROWS) {
-            let mut add = sqlx::query(statement(
-                &LIFETIME_SPEND_SQL,
-                chunk.len(),
-                lifetime_spend_sql,
-            ));
-            for (kind, id, cost) in chunk {
-                add = add.bind(kind.as_str()).bind(*id).bind(*cost);
-            }
-            add.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.usage_writes
+            .write(|connection| write_batch(connection, records))
     }
 
     async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {

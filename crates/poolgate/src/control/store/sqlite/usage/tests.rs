@@ -679,10 +679,7 @@ async fn usage_batches_go_through_the_writers_own_connection() {
         .await
         .unwrap();
     assert!(rollup_rows > 0);
-    let writer_changes: i64 = sqlx::query_scalar("SELECT total_changes()")
-        .fetch_one(&store.usage_writes)
-        .await
-        .unwrap();
+    let writer_changes = store.usage_writes.total_changes();
     // Each batch inserts its 10 records and upserts its rollup rows (a row updated by a later
     // batch counts once per batch that touched it, so at least the distinct rows).
     assert!(
