@@ -10,9 +10,9 @@ import collections,re,sys
 n=0; c=collections.Counter()
 comm=None; frames=[]
 RULES=[ # first matching rule over the whole stack (checked in order) wins
- ("usage record: sqlx-sqlite worker thread", lambda comm,fr: comm.startswith("sqlx-sqlite")),
+ ("usage record: sqlx-sqlite worker thread (SQLite's work before session 12's rusqlite writer)", lambda comm,fr: comm.startswith("sqlx-sqlite")),
  ("usage record: journal line + write, queue (UsageSink::record; the batch's write task)", lambda comm,fr: any("UsageSink::record" in f or "journal::group" in f for f in fr)),
- ("usage record: the store writer task (batching, binding, sqlx calls)", lambda comm,fr: any("usage_writer" in f for f in fr)),
+ ("usage record: the store writer task (batching, binding; since session 12 SQLite's own work too)", lambda comm,fr: any("usage_writer" in f for f in fr)),
  ("access line (AccessLogEntry::emit: tracing, formatting, buffer)", lambda comm,fr: any("AccessLogEntry::emit" in f for f in fr)),
  ("metrics and observation (observer, minus the access line)", lambda comm,fr: any("poolgate::telemetry" in f for f in fr)),
  ("client key check (authenticate_client)", lambda comm,fr: any("authenticate_client" in f for f in fr)),
