@@ -1,7 +1,8 @@
 //! Values boxed where they are built. A request's handler future is several kilobytes (every
 //! state it can be in, nested); `Box::pin(future)` builds it on the stack and then copies all of
-//! it into the box, once per request. [`in_place`] allocates the box first and builds the value
-//! in it: the compiler writes only the fields the value starts with, straight into the heap.
+//! it into the box, once per request. [`pinned_in_place`] allocates the box first and builds
+//! the value in it: the compiler writes only the fields the value starts with, straight into
+//! the heap.
 
 use std::pin::Pin;
 
