@@ -52,7 +52,7 @@ pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> 
         })?;
         if let Ok(data) = frame.into_data() {
             if buffer.len() + data.len() > limit {
-                drain(body, limit_bytes.saturating_add(DRAIN_BYTES)).await;
+                drain(body, DRAIN_BYTES).await;
                 return Err(ApiError::payload_too_large(limit));
             }
             buffer.extend_from_slice(&data);
