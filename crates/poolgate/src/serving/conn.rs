@@ -361,12 +361,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_phase_change_wakes_the_task_and_resolves_with_the_new_phase() {
+    /// A watched phase, its change future, and a waker counting how often the change woke it.
+    fn watched() -> (watch::Sender<Phase>, PhaseChange, Arc<Count>, Waker) {
         let (sender, receiver) = watch::channel(Phase::Running);
-        let mut change = PhaseChange::new(receiver);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&count));
+        (sender, PhaseChange::new(receiver), count, waker)
+    }
+
+    #[tokio::test]
+    async fn a_phase_change_wakes_the_task_and_resolves_with_the_new_phase() {
+        let (sender, mut change, count, waker) = watched();
         let mut cx = Context::from_waker(&waker);
 
         assert!(Pin::new(&mut change).poll(&mut cx).is_pending());
@@ -389,10 +394,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_server_handle_resolves_with_none() {
-        let (sender, receiver) = watch::channel(Phase::Running);
-        let mut change = PhaseChange::new(receiver);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&count));
+        let (sender, mut change, count, waker) = watched();
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut change).poll(&mut cx).is_pending());
         drop(sender);
