@@ -421,3 +421,95 @@ impl Drop for CancelGuard<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::UsageQueue;
+
+    fn draft() -> UsageDraft {
+        UsageDraft {
+            record: UsageRecord {
+                request_id: "req_guarded".into(),
+                ts_ms: 1_700_000_000_000,
+                client_key_id: Some("key_abc".into()),
+                endpoint: "chat.completions".into(),
+                canonical_model: Some("gpt-4o".into()),
+                backend_id: None,
+                upstream_model: None,
+                pool: None,
+                attempts: 1,
+                status: 0,
+                outcome: Outcome::Error,
+                error_kind: None,
+                prompt_tokens: None,
+                completion_tokens: None,
+                total_tokens: None,
+                cached_tokens: None,
+                latency_ms: 0,
+                ttfb_ms: None,
+                streamed: false,
+                tokens_estimated: false,
+                cost: None,
+                cache_write_tokens: None,
+            },
+            received: Instant::now(),
+            last_backend: None,
+            response_model: None,
+            observation: None,
+            ended: None,
+            tpm: Vec::new(),
+            prompt_estimate: 0,
+            prices: Arc::new(PriceTable::default()),
+            spend: None,
+            backend_spend: None,
+            handed_over: false,
+        }
+    }
+
+    /// Every record queued so far.
+    fn queued(queue: &mut UsageQueue) -> Vec<UsageRecord> {
+        std::iter::from_fn(|| queue.rx.try_recv().ok())
+            .map(|queued| queued.record)
+            .collect()
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_draft_was_handed_over_is_recorded_cancelled() {
+        let (sink, mut queue) = crate::usage::channel(None, 16);
+        drop(CancelGuard::new(&sink, draft()));
+        let records = queued(&mut queue);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].status, 499);
+        assert_eq!(records[0].outcome, Outcome::Cancelled);
+        assert_eq!(records[0].error_kind.as_deref(), Some("client_closed"));
+    }
+
+    /// Session 11's fix: a client that leaves while its answer waits for the record's journal
+    /// write drops the handler's future — the `Durable` and the guard with it. The answer's
+    /// record stays the only one (the guard used to add a second, cancelled record).
+    #[test]
+    fn a_client_leaving_while_its_answer_waits_for_the_journal_leaves_one_record() {
+        let (sink, mut queue) = crate::usage::channel(None, 16);
+        let mut guard = CancelGuard::new(&sink, draft());
+        let durable = guard.record(200, Outcome::Success, None);
+        drop(durable);
+        drop(guard);
+        let records = queued(&mut queue);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].status, 200);
+        assert_eq!(records[0].outcome, Outcome::Success);
+    }
+
+    #[test]
+    fn a_draft_handed_to_the_stream_relay_is_recorded_by_the_relay_not_the_guard() {
+        let (sink, mut queue) = crate::usage::channel(None, 16);
+        let mut guard = CancelGuard::new(&sink, draft());
+        let relayed = guard.draft.hand_over();
+        drop(guard);
+        assert!(queued(&mut queue).is_empty());
+        // The relay finishes it when the stream ends.
+        drop(sink.record(relayed.finish(200, Outcome::Success, None)));
+        assert_eq!(queued(&mut queue).len(), 1);
+    }
+}
