@@ -273,11 +273,16 @@ impl UsageDraft {
     }
 
     /// Hands the draft to whoever finishes the request (the stream relay, or a record written
-    /// now): the record is copied, the observation moves. This one stays with the guard, spent.
+    /// now): the record and the observation move. This one stays with the guard, spent: its
+    /// record keeps the numbers (the attempt count the routing headers read) and drops the
+    /// strings, so handing over allocates nothing (a copy of the record's strings was ≈ 1 % of
+    /// poolgate's CPU, #13). A draft is handed over once.
     pub fn hand_over(&mut self) -> UsageDraft {
+        debug_assert!(!self.handed_over, "a usage draft is handed over once");
         self.handed_over = true;
+        let spent = spent(&self.record);
         UsageDraft {
-            record: self.record.clone(),
+            record: std::mem::replace(&mut self.record, spent),
             received: self.received,
             last_backend: self.last_backend.clone(),
             response_model: self.response_model.take(),
@@ -379,6 +384,34 @@ impl UsageDraft {
             });
         }
         self.record
+    }
+}
+
+/// What a handed-over draft keeps of its record: the numbers, no strings.
+fn spent(record: &UsageRecord) -> UsageRecord {
+    UsageRecord {
+        request_id: String::new(),
+        ts_ms: record.ts_ms,
+        client_key_id: None,
+        endpoint: String::new(),
+        canonical_model: None,
+        backend_id: None,
+        upstream_model: None,
+        pool: None,
+        attempts: record.attempts,
+        status: record.status,
+        outcome: record.outcome,
+        error_kind: None,
+        prompt_tokens: record.prompt_tokens,
+        completion_tokens: record.completion_tokens,
+        total_tokens: record.total_tokens,
+        cached_tokens: record.cached_tokens,
+        latency_ms: record.latency_ms,
+        ttfb_ms: record.ttfb_ms,
+        streamed: record.streamed,
+        tokens_estimated: record.tokens_estimated,
+        cost: record.cost,
+        cache_write_tokens: record.cache_write_tokens,
     }
 }
 
