@@ -6,11 +6,13 @@ use poolgate::cli::{Cli, Command};
 use poolgate::config::LogFormat;
 use poolgate::logging;
 
-/// jemalloc, built with `background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0`
-/// (`.cargo/config.toml`): freed pages go back to the system about a second after a burst (a
-/// background thread purges them even while the process is idle). With glibc's allocator the
-/// RSS reached with 5,000 open streams stayed after they closed (230 MB); see
-/// docs/benchmarks.md, "#13 progress". `_RJEM_MALLOC_CONF` overrides the settings at run time.
+/// jemalloc, built with `background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,
+/// slab_sizes:4097-14336:16` (`.cargo/config.toml`): freed pages go back to the system about a
+/// second after a burst (a background thread purges them even while the process is idle), and
+/// the 8 KiB buffers allocated per request come from multi-region slabs. With glibc's allocator
+/// the RSS reached with 5,000 open streams stayed after they closed (230 MB); see
+/// docs/benchmarks.md, "#13 progress" and session 13. `_RJEM_MALLOC_CONF` overrides the
+/// settings at run time.
 #[cfg(unix)]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
