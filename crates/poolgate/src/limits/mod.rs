@@ -211,9 +211,15 @@ impl RpmLimiter {
 
     /// Takes one token, or says how long until one is available. Always `Ok` when unlimited.
     pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+        self.try_acquire_at(|| now)
+    }
+
+    /// [`RpmLimiter::try_acquire`] at the time `now` gives, asked only when there is a limit
+    /// (an unlimited key's request reads no clock).
+    pub fn try_acquire_at(&self, now: impl FnOnce() -> Instant) -> Result<(), Duration> {
         match self.bucket.lock().as_mut() {
             Some(bucket) => {
-                bucket.try_take(now)?;
+                bucket.try_take(now())?;
                 self.changed.store(true, Ordering::Relaxed);
                 Ok(())
             }
@@ -283,10 +289,15 @@ impl RpmLimiter {
     /// The limit and the tokens in the bucket at `now` (fractions included); `None` when
     /// unlimited. Takes nothing.
     pub fn state(&self, now: Instant) -> Option<(u32, f64)> {
+        self.state_at(|| now)
+    }
+
+    /// [`RpmLimiter::state`] at the time `now` gives, asked only when there is a limit.
+    pub fn state_at(&self, now: impl FnOnce() -> Instant) -> Option<(u32, f64)> {
         self.bucket
             .lock()
             .as_ref()
-            .map(|bucket| (bucket.rpm(), bucket.available(now)))
+            .map(|bucket| (bucket.rpm(), bucket.available(now())))
     }
 }
 

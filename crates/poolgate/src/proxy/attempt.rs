@@ -155,9 +155,10 @@ pub async fn run(
         let (mut request, plan) =
             plan::build(inbound, &backend, ticket.upstream_model.as_str(), settings)?;
         // Observed from here: retries and failovers are counted, the trace context goes along.
-        draft.start_attempt(&ticket, &mut request.headers);
-        let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
+        // One clock read starts the attempt, its observation and its first-byte deadline.
         let attempt_started = Instant::now();
+        draft.start_attempt(&ticket, &mut request.headers, attempt_started);
+        let first_byte_timeout = Duration::from_secs(u64::from(backend.record.timeout_seconds));
         let mut upstream_status = None;
 
         // Phase **classify** (an address the egress policy refuses is never sent to).
@@ -175,7 +176,7 @@ pub async fn run(
                 request.headers,
                 request.body,
             );
-            match tokio::time::timeout(first_byte_timeout, send).await {
+            match tokio::time::timeout_at(attempt_started + first_byte_timeout, send).await {
                 Err(_) => Failure::Timeout,
                 Ok(Err(error)) => connection_failure(&error),
                 Ok(Ok(response)) => {

@@ -20,7 +20,7 @@ pub fn answer_headers(data: &DataPlane, ctx: &RequestContext, draft: &UsageDraft
     if let Some((rpm, tokens)) = ctx
         .client_key
         .as_ref()
-        .and_then(|key| key.runtime.rpm_state(Instant::now()))
+        .and_then(|key| key.runtime.rpm_state(Instant::now))
     {
         insert_request_limit(&mut headers, rpm_bucket_state(rpm, tokens));
     }

@@ -214,9 +214,18 @@ impl UsageDraft {
 
     /// The attempt's request is built and about to be sent: its observation starts (a retry or
     /// failover is counted by the observer) and the trace context goes into its headers.
-    pub fn start_attempt(&mut self, ticket: &Ticket, upstream_headers: &mut HeaderMap) {
+    pub fn start_attempt(
+        &mut self,
+        ticket: &Ticket,
+        upstream_headers: &mut HeaderMap,
+        started: Instant,
+    ) {
         if let Some(observation) = &mut self.observation {
-            observation.start_attempt(&ticket.telemetry, ticket.upstream_model.as_str());
+            observation.start_attempt_at(
+                &ticket.telemetry,
+                ticket.upstream_model.as_str(),
+                started,
+            );
             observation.inject_trace_context(upstream_headers);
         }
     }

@@ -220,7 +220,7 @@ fn check_allowed(
 /// The client key's own RPM bucket.
 fn admit_key(ctx: &RequestContext) -> Result<(), ProxyError> {
     if let Some(key) = &ctx.client_key {
-        if let Err(wait) = key.runtime.admit(Instant::now()) {
+        if let Err(wait) = key.runtime.admit(Instant::now) {
             return Err(ProxyError::KeyRateLimited {
                 rpm: key.runtime.rpm(),
                 retry_after: wait,

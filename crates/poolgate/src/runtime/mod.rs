@@ -232,6 +232,9 @@ impl BackendRuntime {
     /// In cluster mode, an answer that says nothing is left is announced to every instance, so
     /// none of them sends there before the reset.
     pub fn observe_limits(&self, headers: &http::HeaderMap) -> Option<UpstreamLimits> {
+        if !UpstreamLimits::may_be_in(headers) {
+            return None;
+        }
         let limits = UpstreamLimits::from_headers(headers, Moment::now())?;
         self.upstream.observe(limits);
         if let Some(shared) = &self.shared {
@@ -593,11 +596,12 @@ impl ClientKeyRuntime {
 
     /// Takes a token, or says how long until one is there. In cluster mode the token is not
     /// taken here but by the request's first admitted attempt ([`ClientKeyRuntime::claim`]).
-    pub fn admit(&self, now: Instant) -> Result<(), Duration> {
+    /// `now` is asked only when the key has a limit: an unlimited key's request reads no clock.
+    pub fn admit(&self, now: impl FnOnce() -> Instant) -> Result<(), Duration> {
         if self.shared.is_some() {
             return Ok(());
         }
-        self.limiter.try_acquire(now)
+        self.limiter.try_acquire_at(now)
     }
 
     /// Cluster mode: the shared state and this key's id (its budget is reserved there).
@@ -699,9 +703,10 @@ impl ClientKeyRuntime {
         self.limiter.rpm()
     }
 
-    /// The key's RPM limit and the tokens its bucket holds at `now`; `None` when unlimited.
-    pub fn rpm_state(&self, now: Instant) -> Option<(u32, f64)> {
-        self.limiter.state(now)
+    /// The key's RPM limit and the tokens its bucket holds at `now` (asked only when limited);
+    /// `None` when unlimited.
+    pub fn rpm_state(&self, now: impl FnOnce() -> Instant) -> Option<(u32, f64)> {
+        self.limiter.state_at(now)
     }
 
     pub fn reconfigure_rpm(&self, rpm: u32, now: Instant) {

@@ -270,6 +270,16 @@ impl RequestObservation {
     /// An upstream attempt starts on `route` (phase `attempt`, after the ticket was taken).
     /// Counts the retry (and the failover, when the pool changed) if this is not the first.
     pub fn start_attempt(&mut self, route: &RouteHandle, upstream_model: &str) {
+        self.start_attempt_at(route, upstream_model, Instant::now());
+    }
+
+    /// [`RequestObservation::start_attempt`] with the attempt's start already read.
+    pub fn start_attempt_at(
+        &mut self,
+        route: &RouteHandle,
+        upstream_model: &str,
+        started: Instant,
+    ) {
         if self.open_attempt.is_some() {
             self.end_attempt(AttemptEnd::result(AttemptResult::Cancelled, None));
         }
@@ -296,7 +306,7 @@ impl RequestObservation {
         }
         self.route = Some(route.clone());
         self.open_attempt = Some(OpenAttempt {
-            started: Instant::now(),
+            started,
             route: route.clone(),
         });
     }

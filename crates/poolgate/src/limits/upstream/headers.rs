@@ -131,16 +131,20 @@ enum ResetFormat {
 }
 
 impl UpstreamLimits {
+    /// Whether `headers` has a header named like a rate limit at all. Most answers carry none:
+    /// one pass over the names (a handful) says so before eighteen lookups by name, each hashing
+    /// its name, and before the clocks are read for a [`Moment`].
+    pub fn may_be_in(headers: &HeaderMap) -> bool {
+        headers.keys().any(|name| {
+            let name = name.as_str();
+            name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
+        })
+    }
+
     /// The limits in `headers`, received at `observed`; `None` when the answer carries no
     /// rate-limit header that parses.
     pub fn from_headers(headers: &HeaderMap, observed: Moment) -> Option<UpstreamLimits> {
-        // Most answers carry none of these headers: one pass over the names (a handful) says
-        // so before eighteen lookups by name, each hashing its name.
-        let named_like_a_limit = headers.keys().any(|name| {
-            let name = name.as_str();
-            name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
-        });
-        if !named_like_a_limit {
+        if !Self::may_be_in(headers) {
             return None;
         }
         let window = |names: &Names, format: ResetFormat| {
