@@ -94,7 +94,7 @@ pub async fn serve(
     // other request.
     let refuse = |error: ApiError| {
         let kind = error.code().unwrap_or(error.kind());
-        let observation = observe(data, &ctx, endpoint, None, &parts.headers);
+        let (observation, _) = observe(data, &ctx, endpoint, None, &parts.headers);
         let (headers, durable) =
             record_refused(data, &ctx, endpoint, error.status_code(), kind, observation);
         let response = with_headers(render(error), headers);
@@ -132,8 +132,8 @@ pub async fn serve(
         }
         Err(error) => return refuse(error).await,
     };
-    let observation = observe(data, &ctx, endpoint, Some(&inbound), &parts.headers);
-    let Forwarded { result, headers } = forward(data, ctx, inbound, observation).await;
+    let (observation, routed) = observe(data, &ctx, endpoint, Some(&inbound), &parts.headers);
+    let Forwarded { result, headers } = forward(data, ctx, inbound, observation, routed).await;
     let response = match result {
         Ok(response) => into_response(response),
         Err(error) => render(ApiError::from(error)),

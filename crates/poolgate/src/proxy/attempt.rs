@@ -21,7 +21,7 @@ use super::ProxyResponse;
 use crate::cooldown::{Outcome as UpstreamOutcome, ReadyAt};
 use crate::domain::{ApiKind, BackendRecord};
 use crate::limits::tpm::TpmRefusal;
-use crate::routing::{Selection, Ticket};
+use crate::routing::{Routed, Selection, Ticket};
 use crate::runtime::{refusal_ready_at, Resolution, TokenNeed, Waiting};
 use crate::shared::{BucketClaim, BucketKey, Refusal};
 use crate::state::DataPlane;
@@ -38,15 +38,16 @@ pub enum Done {
     },
 }
 
-/// Runs the attempts of one request.
+/// Runs the attempts of one request (`routed`: its model's route, if already looked up).
 pub async fn run(
     data: &DataPlane,
     ctx: &RequestContext,
     inbound: &Inbound,
     draft: &mut UsageDraft,
+    routed: Option<Routed>,
 ) -> Result<Done, ProxyError> {
     // Phase **route** ([`super::route`]).
-    let routing = route(data, ctx, inbound).await?;
+    let routing = route(data, ctx, inbound, routed).await?;
     if let Some(canonical) = &routing.canonical {
         draft.record.canonical_model = Some(canonical.to_string());
     }

@@ -53,6 +53,7 @@ use http::{HeaderMap, StatusCode};
 use crate::domain::Outcome;
 use crate::journal::Durable;
 use crate::providers::Endpoint;
+use crate::routing::Routed;
 use crate::state::DataPlane;
 use crate::telemetry::RequestObservation;
 
@@ -104,11 +105,13 @@ pub fn record_refused(
 }
 
 /// Handles one request end to end and always records its usage (and finishes its observation).
+/// `routed`: the route [`observe`] found for the request's model, if it looked one up.
 pub async fn forward(
     data: &DataPlane,
     ctx: RequestContext,
     inbound: Inbound,
     observation: RequestObservation,
+    routed: Option<Routed>,
 ) -> Forwarded {
     let model = (!inbound.model.is_empty()).then_some(inbound.model.as_str());
     let draft = UsageDraft::new(
@@ -120,7 +123,7 @@ pub async fn forward(
         observation,
     );
     let mut guard = CancelGuard::new(&data.usage, draft);
-    let result = attempt::run(data, &ctx, &inbound, &mut guard.draft).await;
+    let result = attempt::run(data, &ctx, &inbound, &mut guard.draft, routed).await;
     let headers = headers::answer_headers(data, &ctx, &guard.draft);
     let result = match result {
         // Its draft was handed over: its record is written (or, for a stream, will be) by

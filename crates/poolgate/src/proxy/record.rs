@@ -20,7 +20,7 @@ use crate::domain::{Outcome, UsageRecord};
 use crate::journal::Durable;
 use crate::pricing::{BilledUsage, Nanodollars, PriceTable};
 use crate::providers::{Endpoint, TokenUsage};
-use crate::routing::{LiveBackend, Ticket};
+use crate::routing::{LiveBackend, Routed, Ticket};
 use crate::runtime::TpmHold;
 use crate::state::DataPlane;
 use crate::telemetry::{
@@ -60,13 +60,15 @@ pub struct UsageDraft {
 
 /// Starts observing a request of `ctx`: the route's series when `inbound` names a routed model,
 /// else (a call on a stored response included) the `(unrouted)` ones; `client_headers` are read for the W3C trace context.
+/// Also returns the route found, for [`super::forward`] (the request's routing looks it up
+/// once).
 pub fn observe(
     data: &DataPlane,
     ctx: &RequestContext,
     endpoint: Endpoint,
     inbound: Option<&Inbound>,
     client_headers: &HeaderMap,
-) -> RequestObservation {
+) -> (RequestObservation, Option<Routed>) {
     let observer = &data.observer;
     // A call on a stored response names no model (a lone `*` mapping would match its empty one).
     let routed = inbound
@@ -75,7 +77,7 @@ pub fn observe(
     let model = routed
         .as_ref()
         .map_or_else(|| observer.unrouted(), |routed| &routed.route.telemetry);
-    observer.start_request(RequestStart {
+    let observation = observer.start_request(RequestStart {
         received: ctx.received,
         request_id: &ctx.request_id,
         model,
@@ -84,7 +86,8 @@ pub fn observe(
         http_route: endpoint.client_path(),
         stream: inbound.is_some_and(|inbound| inbound.stream),
         headers: client_headers,
-    })
+    });
+    (observation, routed)
 }
 
 /// Observes a request refused before anyone was authenticated (no usage record: the caller is

@@ -22,7 +22,7 @@ use super::plan::Inbound;
 use crate::domain::{BackendId, CanonicalModel, InvalidRequest, Pool, UpstreamModel};
 use crate::routing::affinity::{affinity_key, AffinityKey, ResponseOwner};
 use crate::routing::models::BackendModels;
-use crate::routing::{LiveBackend, Route};
+use crate::routing::{LiveBackend, Route, Routed};
 use crate::state::{DataPlane, Live};
 use crate::telemetry::UNROUTED_MODEL;
 
@@ -62,10 +62,13 @@ impl Routing {
 }
 
 /// The routing of one request.
+/// `routed` is `inbound`'s model looked up in `ctx`'s snapshot already (by [`super::observe`]),
+/// if it was: the same answer, not looked up again.
 pub async fn route(
     data: &DataPlane,
     ctx: &RequestContext,
     inbound: &Inbound,
+    routed: Option<Routed>,
 ) -> Result<Routing, ProxyError> {
     let owner = match inbound.owned_response() {
         Some(id) => match data.affinity.response_owner(id).await {
@@ -105,13 +108,11 @@ pub async fn route(
     if let Some((id, owner)) = owner {
         return pinned_follow_up(data, ctx, inbound, id, &owner);
     }
-    let routed =
-        ctx.live
-            .routes
-            .route(&inbound.model)
-            .ok_or_else(|| ProxyError::ModelNotFound {
-                model: inbound.model.clone(),
-            })?;
+    let routed = routed
+        .or_else(|| ctx.live.routes.route(&inbound.model))
+        .ok_or_else(|| ProxyError::ModelNotFound {
+            model: inbound.model.clone(),
+        })?;
     check_allowed(ctx, inbound, Some(&routed.canonical))?;
     admit_key(ctx)?;
     let preferred = match &inbound.affinity {
