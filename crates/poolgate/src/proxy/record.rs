@@ -287,7 +287,7 @@ impl UsageDraft {
     /// Hands the draft to whoever finishes the request (the stream relay, or a record written
     /// now): the record and the observation move. This one stays with the guard, spent: its
     /// record keeps the numbers (the attempt count the routing headers read) and drops the
-    /// strings, so handing over allocates nothing (a copy of the record's strings was ≈ 1 % of
+    /// strings, so handing over allocates nothing (copying the record's strings was 0.65 % of
     /// poolgate's CPU, #13). A draft is handed over once.
     pub fn hand_over(&mut self) -> UsageDraft {
         debug_assert!(!self.handed_over, "a usage draft is handed over once");

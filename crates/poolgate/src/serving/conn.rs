@@ -2,7 +2,7 @@
 //! must arrive within `header_read_timeout` (hyper's own header timer covers HTTP/1 requests,
 //! this one also covers a silent socket and HTTP/2's preface), a connection with no request in
 //! flight closes after `keep_alive_timeout`, and the server's drain / cut signals (watched by
-//! [`PhaseChange`], which costs the connection's task an atomic load per wake-up, not a lock).
+//! [`PhaseChange`], which costs the connection's task an atomic swap per wake-up, not a lock).
 
 use std::convert::Infallible;
 use std::future::Future;
