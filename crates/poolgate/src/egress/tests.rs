@@ -264,7 +264,7 @@ async fn localhost_backend_is_refused_at_connect_time_when_private_is_off() {
         let body = SplicedBody::whole(bytes::Bytes::new());
         client.send(
             http::Method::GET,
-            Ok(uri.clone()),
+            Ok(uri.clone().into()),
             http::HeaderMap::new(),
             body,
         )

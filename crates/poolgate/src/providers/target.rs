@@ -1,7 +1,8 @@
 //! What every request to one backend shares, built once when the snapshot is built instead of
 //! per attempt: the upstream URLs of its usual calls, parsed into the [`Uri`]s the client sends
-//! to (a `format!` and a `Url::parse` with IDNA per attempt otherwise), and its auth header
-//! value, marked sensitive.
+//! to (a `format!` and a `Url::parse` with IDNA per attempt otherwise) with their HTTP/1 `Host`
+//! header values (a `format!` per request in hyper-util otherwise), and its auth header value,
+//! marked sensitive.
 
 use std::borrow::Cow;
 
@@ -11,6 +12,7 @@ use url::Url;
 
 use super::ProviderError;
 use crate::domain::ApiKind;
+use crate::upstream::{host_header, Destination, InvalidUrl};
 
 /// The paths (after the base URL) of an OpenAI-format backend's calls that carry no id.
 const OPENAI_PATHS: &[&str] = &[
@@ -28,8 +30,8 @@ const ANTHROPIC_PATHS: &[&str] = &[ANTHROPIC_MESSAGES, ANTHROPIC_COUNT_TOKENS];
 /// Where an upstream request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamUrl {
-    /// Parsed when the snapshot was built ([`UpstreamTarget`]).
-    Parsed(Uri),
+    /// Parsed when the snapshot was built ([`UpstreamTarget`]), with its `Host` value.
+    Parsed(Destination),
     /// Built for this call (a path with an id, Azure's URL forms): parsed when it is sent.
     Text(String),
 }
@@ -38,16 +40,17 @@ impl UpstreamUrl {
     /// The URL as text.
     pub fn as_str(&self) -> Cow<'_, str> {
         match self {
-            UpstreamUrl::Parsed(uri) => Cow::Owned(uri.to_string()),
+            UpstreamUrl::Parsed(destination) => Cow::Owned(destination.uri.to_string()),
             UpstreamUrl::Text(text) => Cow::Borrowed(text),
         }
     }
 
-    /// The [`Uri`] to send to: the prebuilt one as it is, a built one parsed now.
-    pub fn into_uri(self) -> Result<Uri, crate::upstream::InvalidUrl> {
+    /// Where to send: the prebuilt destination as it is, a built URL parsed now (its `Host`
+    /// left to the client).
+    pub fn into_destination(self) -> Result<Destination, InvalidUrl> {
         match self {
-            UpstreamUrl::Parsed(uri) => Ok(uri),
-            UpstreamUrl::Text(text) => to_uri(&text).ok_or(crate::upstream::InvalidUrl),
+            UpstreamUrl::Parsed(destination) => Ok(destination),
+            UpstreamUrl::Text(text) => to_uri(&text).map(Destination::from).ok_or(InvalidUrl),
         }
     }
 }
@@ -90,9 +93,10 @@ impl PartialEq<String> for UpstreamUrl {
 #[derive(Debug, Clone)]
 pub struct UpstreamTarget {
     base_url: String,
-    /// `path → base_url + path`, parsed; a path whose URL does not parse is left out (the
-    /// request then fails as it is sent, as it did when every attempt parsed it).
-    urls: Vec<(&'static str, Uri)>,
+    /// `path → base_url + path`, parsed, with its `Host` value; a path whose URL does not parse
+    /// is left out (the request then fails as it is sent, as it did when every attempt parsed
+    /// it).
+    urls: Vec<(&'static str, Destination)>,
     /// `Bearer <key>` (OpenAI) or the key (Anthropic's `x-api-key`); `None` when the key
     /// cannot be a header value (and for Azure, whose requests are built whole per call).
     auth: Option<HeaderValue>,
@@ -116,7 +120,11 @@ impl UpstreamTarget {
         };
         let urls = paths
             .iter()
-            .filter_map(|path| Some((*path, to_uri(&format!("{base_url}{path}"))?)))
+            .filter_map(|path| {
+                let uri = to_uri(&format!("{base_url}{path}"))?;
+                let host = host_header(&uri);
+                Some((*path, Destination { uri, host }))
+            })
             .collect();
         let auth = auth.map(|mut value| {
             value.set_sensitive(true);
@@ -137,7 +145,7 @@ impl UpstreamTarget {
     /// `base_url + path`: the prebuilt URL when there is one, else built now.
     pub fn url(&self, path: &str) -> UpstreamUrl {
         match self.urls.iter().find(|(known, _)| *known == path) {
-            Some((_, url)) => UpstreamUrl::Parsed(url.clone()),
+            Some((_, destination)) => UpstreamUrl::Parsed(destination.clone()),
             None => UpstreamUrl::Text(format!("{}{path}", self.base_url)),
         }
     }
@@ -187,7 +195,15 @@ mod tests {
         assert_eq!(prebuilt, "http://xn--bcher-kva.example:8080/v1/embeddings");
         // A URL built per call (a path with an id) comes out the same when it is sent.
         let built = UpstreamUrl::Text(format!("{base}/embeddings"));
-        assert_eq!(built.into_uri(), target.url("/embeddings").into_uri());
+        let built = built.into_destination().unwrap();
+        let prebuilt = target.url("/embeddings").into_destination().unwrap();
+        assert_eq!(built.uri, prebuilt.uri);
+        assert_eq!(built.host, None, "the client builds it");
+        assert_eq!(
+            prebuilt.host.unwrap(),
+            "xn--bcher-kva.example:8080",
+            "the port is not http's"
+        );
     }
 
     #[test]
@@ -200,13 +216,13 @@ mod tests {
         assert!(matches!(target.auth(), Err(ProviderError::InvalidKey)));
         let url = target.url("/chat/completions");
         assert_eq!(url, UpstreamUrl::Text("not a url/chat/completions".into()));
-        assert!(url.into_uri().is_err());
+        assert!(url.into_destination().is_err());
         // Only http(s) is sent to.
         let other = UpstreamTarget::new(
             ApiKind::Openai,
             "ftp://up.example",
             &SecretString::from("k"),
         );
-        assert!(other.url("/chat/completions").into_uri().is_err());
+        assert!(other.url("/chat/completions").into_destination().is_err());
     }
 }

@@ -173,7 +173,7 @@ pub async fn run(
                 .note_sent(need.map_or(0, |need| need.prompt));
             let send = data.http_for(backend.record.http_version).send(
                 request.method,
-                request.url.into_uri(),
+                request.url.into_destination(),
                 request.headers,
                 request.body,
             );

@@ -41,6 +41,36 @@ use crate::providers::body::SplicedBody;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidUrl;
 
+/// Where one request goes: its [`Uri`] and, when it was prebuilt with it
+/// ([`crate::providers::target`]), the `Host` header value an HTTP/1 request to it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub uri: Uri,
+    /// `host[:port]` as hyper-util writes it (the port only when it is not the scheme's).
+    pub host: Option<HeaderValue>,
+}
+
+impl From<Uri> for Destination {
+    /// A destination whose `Host` header hyper-util builds when it sends (a `format!` and a
+    /// header value per request).
+    fn from(uri: Uri) -> Self {
+        Destination { uri, host: None }
+    }
+}
+
+/// The `Host` header value of an HTTP/1 request to `uri`, as hyper-util's client builds it
+/// when the request has none: the host, and `:port` unless the port is the scheme's default.
+pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let secure = uri.scheme_str() == Some("https");
+    match uri.port() {
+        Some(port) if !matches!((port.as_u16(), secure), (443, true) | (80, false)) => {
+            HeaderValue::try_from(format!("{host}:{port}")).ok()
+        }
+        _ => HeaderValue::from_str(host).ok(),
+    }
+}
+
 /// How the client is built.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -74,6 +104,7 @@ type Connector = ConnectTimeout<HttpsConnector<HttpConnector<PolicyResolver>>>;
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<Connector, SplicedBody>,
+    version: HttpVersion,
 }
 
 impl UpstreamClient {
@@ -122,7 +153,19 @@ impl UpstreamClient {
         }
         Ok(UpstreamClient {
             client: builder.build(connector),
+            version: settings.version,
         })
+    }
+
+    /// Whether every request this client sends to `uri` goes over HTTP/1: `http1`, or `auto`
+    /// on `http://` (no ALPN there). hyper-util adds the `Host` header only on HTTP/1
+    /// connections; over HTTP/2 the authority travels as `:authority`.
+    fn always_http1_to(&self, uri: &Uri) -> bool {
+        match self.version {
+            HttpVersion::Http1 => true,
+            HttpVersion::Auto => uri.scheme_str() == Some("http"),
+            HttpVersion::Http2 => false,
+        }
     }
 
     /// Sends one request; resolves with the answer's head (its body is read from the
@@ -130,15 +173,20 @@ impl UpstreamClient {
     pub fn send(
         &self,
         method: Method,
-        uri: Result<Uri, InvalidUrl>,
+        destination: Result<Destination, InvalidUrl>,
         mut headers: HeaderMap,
         body: SplicedBody,
     ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + 'static {
-        let sent = uri.map(|uri| {
+        let sent = destination.map(|Destination { uri, host }| {
             // What reqwest sent when the request named none.
             headers
                 .entry(http::header::ACCEPT)
                 .or_insert(HeaderValue::from_static("*/*"));
+            // The prebuilt `Host` where the request certainly goes over HTTP/1: hyper-util
+            // then finds it there instead of formatting it (≈ 1 % of the CPU of a request).
+            if let Some(host) = host.filter(|_| self.always_http1_to(&uri)) {
+                headers.entry(http::header::HOST).or_insert(host);
+            }
             let mut request = http::Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = uri;

@@ -43,7 +43,7 @@ async fn a_refused_connection_is_a_connection_failure_without_the_url() {
     let error = client(HttpVersion::Auto)
         .send(
             Method::POST,
-            Ok(secret_uri(port)),
+            Ok(secret_uri(port).into()),
             HeaderMap::new(),
             empty(),
         )
@@ -92,7 +92,7 @@ async fn a_body_cut_mid_way_is_a_body_error_without_the_url() {
     let mut headers = HeaderMap::new();
     headers.insert("authorization", "Bearer sk-secret-key".parse().unwrap());
     let mut response = client(HttpVersion::Auto)
-        .send(Method::POST, Ok(secret_uri(port)), headers, empty())
+        .send(Method::POST, Ok(secret_uri(port).into()), headers, empty())
         .await
         .unwrap();
     assert_eq!(response.content_length(), Some(100));
@@ -134,30 +134,64 @@ async fn the_connect_timeout_bounds_the_whole_connect() {
 }
 
 /// `http2` speaks HTTP/2 with prior knowledge on `http://`; `auto` and `http1` speak HTTP/1.1.
+/// Over HTTP/1.1 the request carries one `Host` header, the same whether it was prebuilt or
+/// built by hyper-util; over HTTP/2 none (the authority is `:authority`), prebuilt or not.
 #[tokio::test]
 async fn each_version_speaks_its_protocol_on_http() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let app = axum::Router::new().route(
         "/v",
-        axum::routing::get(|version: http::Version| async move { format!("{version:?}") }),
+        axum::routing::get(|version: http::Version, headers: HeaderMap| async move {
+            let hosts: Vec<&str> = headers
+                .get_all(http::header::HOST)
+                .iter()
+                .map(|value| value.to_str().unwrap())
+                .collect();
+            format!("{version:?} host={}", hosts.join(","))
+        }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     let uri: Uri = format!("http://127.0.0.1:{port}/v").parse().unwrap();
+    let host = format!("host=127.0.0.1:{port}");
     for (version, expected) in [
-        (HttpVersion::Auto, "HTTP/1.1"),
-        (HttpVersion::Http1, "HTTP/1.1"),
-        (HttpVersion::Http2, "HTTP/2.0"),
+        (HttpVersion::Auto, format!("HTTP/1.1 {host}")),
+        (HttpVersion::Http1, format!("HTTP/1.1 {host}")),
+        (HttpVersion::Http2, "HTTP/2.0 host=".to_owned()),
     ] {
-        let mut response = client(version)
-            .send(Method::GET, Ok(uri.clone()), HeaderMap::new(), empty())
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.chunk().await.unwrap().unwrap(),
-            expected,
-            "{version:?}"
-        );
+        let prebuilt = Destination {
+            host: host_header(&uri),
+            uri: uri.clone(),
+        };
+        for destination in [Destination::from(uri.clone()), prebuilt] {
+            let with_host = destination.host.is_some();
+            let mut response = client(version)
+                .send(Method::GET, Ok(destination), HeaderMap::new(), empty())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(
+                response.chunk().await.unwrap().unwrap(),
+                expected,
+                "{version:?}, prebuilt host: {with_host}"
+            );
+        }
+    }
+}
+
+/// The prebuilt `Host` is hyper-util's: the port only when it is not the scheme's default.
+#[test]
+fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
+    for (uri, expected) in [
+        ("http://up.example/v1", "up.example"),
+        ("http://up.example:80/v1", "up.example"),
+        ("http://up.example:443/v1", "up.example:443"),
+        ("https://up.example:443/v1", "up.example"),
+        ("https://up.example:80/v1", "up.example:80"),
+        ("http://127.0.0.1:34651/v1", "127.0.0.1:34651"),
+        ("http://[::1]:8080/v1", "[::1]:8080"),
+    ] {
+        let uri: Uri = uri.parse().unwrap();
+        assert_eq!(host_header(&uri).unwrap(), expected, "{uri}");
     }
 }
