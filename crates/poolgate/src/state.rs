@@ -10,9 +10,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
+use crate::crypto::TokenDigest;
 use crate::domain::sticky::StickySettings;
 use crate::domain::{BackendId, ClientKeyRecord, HttpVersion, Pool};
 use crate::error::InitError;
@@ -88,6 +89,9 @@ pub struct DataShared {
     /// Response owners and sticky sessions (kept across snapshot swaps).
     pub affinity: Arc<dyn AffinityMaps>,
     pub admin_token: SecretString,
+    /// The admin token's digest: a proxy request's token is checked against it with one
+    /// SHA-256 instead of two.
+    pub admin_token_digest: TokenDigest,
     /// Fed by the request phases: metrics, traces, the access log.
     pub observer: Observer,
     /// Requests on the proxy routes right now, under `proxy.max_in_flight`.
@@ -138,6 +142,7 @@ impl DataPlane {
                 usage,
                 health,
                 affinity,
+                admin_token_digest: TokenDigest::of(admin_token.expose_secret()),
                 admin_token,
                 observer,
                 in_flight,

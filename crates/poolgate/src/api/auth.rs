@@ -8,10 +8,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName};
 use axum::middleware::Next;
 use axum::response::Response;
-use secrecy::ExposeSecret;
 
 use super::error::ApiError;
-use crate::crypto::{parse_client_key, token_matches, verify_secret};
+use crate::crypto::{parse_client_key, verify_secret};
 use crate::state::{DataPlane, Live, LiveClientKey};
 
 /// `x-api-key` (Anthropic's client header), parsed once.
@@ -44,7 +43,7 @@ pub fn authenticate_client(
     let token = presented_token(headers).ok_or_else(|| {
         ApiError::unauthorized("missing API key: send `Authorization: Bearer <poolgate key>`")
     })?;
-    if token_matches(token, data.admin_token.expose_secret()) {
+    if data.admin_token_digest.matches(token) {
         return Ok(None);
     }
     let unknown = || ApiError::unauthorized("invalid API key");
@@ -63,7 +62,7 @@ pub async fn require_admin(
     next: Next,
 ) -> Result<Response, ApiError> {
     let authorized = presented_token(request.headers())
-        .is_some_and(|token| token_matches(token, data.admin_token.expose_secret()));
+        .is_some_and(|token| data.admin_token_digest.matches(token));
     if !authorized {
         return Err(ApiError::unauthorized(
             "admin API: send `Authorization: Bearer <admin token>`",

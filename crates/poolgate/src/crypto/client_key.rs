@@ -95,10 +95,33 @@ pub fn verify_secret(secret: &str, stored_hash: &[u8]) -> bool {
 /// Compares SHA-256 digests, so neither the content nor the length of `expected` leaks through
 /// timing. An empty `expected` never matches: a missing token must not open the admin API.
 pub fn token_matches(presented: &str, expected: &str) -> bool {
-    let presented = Sha256::digest(presented.as_bytes());
-    let wanted = Sha256::digest(expected.as_bytes());
-    let equal: bool = presented.ct_eq(&wanted).into();
-    equal && !expected.is_empty()
+    TokenDigest::of(expected).matches(presented)
+}
+
+/// A token's SHA-256, computed once (the admin token's, when the data plane is built), so that
+/// each check digests only the presented token; `None` for an empty token, which nothing
+/// matches.
+#[derive(Clone)]
+pub struct TokenDigest(Option<[u8; 32]>);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        TokenDigest((!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).into()))
+    }
+
+    /// [`token_matches`] against the token this digest is of.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented = Sha256::digest(presented.as_bytes());
+        self.0
+            .as_ref()
+            .is_some_and(|wanted| presented.as_slice().ct_eq(wanted).into())
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(..)")
+    }
 }
 
 /// A fresh random admin token: `pga-` + 40 chars of `[A-Za-z0-9]`.

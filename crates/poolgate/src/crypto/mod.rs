@@ -15,5 +15,5 @@ pub mod client_key;
 pub use aead::{mask_secret, sealed_key_version, CryptoError, MasterKey, Sealer};
 pub use client_key::{
     generate_admin_token, generate_client_key, hash_secret, parse_client_key, token_matches,
-    verify_secret, NewClientKey,
+    verify_secret, NewClientKey, TokenDigest,
 };
