@@ -5,6 +5,8 @@ use http::{HeaderMap, Method, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::Service;
 
+use hyper_util::client::legacy::connect::HttpInfo;
+
 use super::*;
 use crate::domain::HttpVersion;
 use crate::proxy::classify::{connection_failure, Failure};
@@ -170,6 +172,9 @@ async fn each_version_speaks_its_protocol_on_http() {
                 .await
                 .unwrap();
             assert_eq!(response.status(), 200);
+            // The connector's addresses are not copied into the answer.
+            let extensions = response.inner.extensions();
+            assert!(extensions.get::<HttpInfo>().is_none());
             assert_eq!(
                 response.chunk().await.unwrap().unwrap(),
                 expected,
@@ -194,4 +199,31 @@ fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
         let uri: Uri = uri.parse().unwrap();
         assert_eq!(host_header(&uri).unwrap(), expected, "{uri}");
     }
+}
+
+/// A connection hands the pool ALPN's choice and nothing else.
+#[tokio::test]
+async fn a_quiet_connection_keeps_alpns_choice_and_drops_the_addresses() {
+    struct NegotiatedH2;
+    impl Connection for NegotiatedH2 {
+        fn connected(&self) -> Connected {
+            Connected::new().negotiated_h2()
+        }
+    }
+    assert!(Quiet(NegotiatedH2).connected().is_negotiated_h2());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut extensions = http::Extensions::new();
+    tcp.connected().get_extras(&mut extensions);
+    assert!(
+        extensions.get::<HttpInfo>().is_some(),
+        "what hyper-util adds"
+    );
+    let quiet = Quiet(tcp).connected();
+    assert!(!quiet.is_negotiated_h2());
+    let mut extensions = http::Extensions::new();
+    quiet.get_extras(&mut extensions);
+    assert!(extensions.get::<HttpInfo>().is_none());
 }
