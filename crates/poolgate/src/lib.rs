@@ -97,8 +97,8 @@
 //! - [`usage`]: the usage sink, usage queries and statistics; [`journal`]: the crash-safe usage
 //!   journal the sink appends to and the control plane replays at start.
 //! - [`egress`]: where backends may point (address classes, allow/deny lists, the policy-checked
-//!   DNS resolver). [`upstream`]: the upstream HTTP client (hyper-util's pooled client over
-//!   that resolver, rustls, small fixed HTTP/1 buffers) and its error type. [`scrub`]: removing a backend's key from what its upstream sends back.
+//!   DNS resolver). [`upstream`]: the upstream HTTP client (its own pool of hyper connections
+//!   over that resolver, rustls, small fixed HTTP/1 buffers) and its error type. [`scrub`]: removing a backend's key from what its upstream sends back.
 //! - [`api`]: the HTTP surface (OpenAI, Anthropic, admin) and error rendering; [`dashboard`]: the
 //!   web UI assets; [`serving`]: the client side (accept loop, timeouts, connection cap, drain);
 //!   [`server`]: start-up and graceful shutdown; [`cli`]: the command line.

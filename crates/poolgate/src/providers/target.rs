@@ -1,7 +1,7 @@
 //! What every request to one backend shares, built once when the snapshot is built instead of
 //! per attempt: the upstream URLs of its usual calls, parsed into the [`Uri`]s the client sends
 //! to (a `format!` and a `Url::parse` with IDNA per attempt otherwise) with their HTTP/1 `Host`
-//! header values (a `format!` per request in hyper-util otherwise), and its auth header value,
+//! header values (a `format!` per request in the client otherwise), and its auth header value,
 //! marked sensitive.
 
 use std::borrow::Cow;

@@ -1,7 +1,7 @@
 //! [`UpstreamError`]: why an upstream call failed — the URL could not be used, the connection
-//! or the exchange failed, or the answer's body broke off. Its text never holds the URL or a
-//! header (no key, no query the client sent): neither hyper nor hyper-util put the request in
-//! their errors, and this type never holds it.
+//! could not be made, the exchange failed, or the answer's body broke off. Its text never holds
+//! the URL or a header (no key, no query the client sent): neither hyper nor hyper-util's
+//! connectors put the request in their errors, and this type never holds it.
 
 use std::error::Error as StdError;
 use std::fmt::Write as _;
@@ -14,10 +14,16 @@ pub enum UpstreamError {
     /// client's query).
     #[error("the upstream URL is not a valid http(s) URL")]
     InvalidUrl,
-    /// The connection could not be made (name resolution, the egress policy, TCP, TLS, the
-    /// connect timeout), or the request could not be sent or its answer's head not read.
+    /// The connection could not be made: name resolution, the egress policy, TCP, TLS, the
+    /// connect timeout, the HTTP/2 handshake.
+    #[error("the upstream connection failed")]
+    Connect(#[source] Box<dyn StdError + Send + Sync>),
+    /// The request could not be sent or its answer's head not read.
     #[error("the upstream request failed")]
-    Send(#[source] hyper_util::client::legacy::Error),
+    Send(#[source] hyper::Error),
+    /// A new connection closed before it took the request.
+    #[error("the upstream request failed: the new connection closed before the request was sent")]
+    Unsent,
     /// The answer's body broke off.
     #[error("the upstream body broke off")]
     Body(#[source] hyper::Error),
@@ -26,7 +32,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// The connection was never made: counted as a connection failure (cooldown, failover).
     pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Send(error) if error.is_connect())
+        matches!(self, UpstreamError::Connect(_))
     }
 
     /// A timeout below poolgate's own (the connect timeout, the kernel's TCP timeouts).
@@ -49,9 +55,8 @@ impl UpstreamError {
         false
     }
 
-    /// The error and its causes on one line ("the upstream request failed: client error
-    /// (SendRequest): connection closed before message completed"), for logs and a backend's
-    /// `last_error`.
+    /// The error and its causes on one line ("the upstream request failed: connection closed
+    /// before message completed"), for logs and a backend's `last_error`.
     pub fn detail(&self) -> String {
         let mut text = self.to_string();
         let mut source = self.source();

@@ -1,8 +1,8 @@
-//! The upstream HTTP client: hyper-util's pooled client with only the layers a gateway needs —
-//! an [`HttpConnector`] whose resolver is the egress policy's ([`PolicyResolver`]: every
-//! resolved address is checked before it is connected to), rustls with the webpki roots, a
-//! connect timeout over the whole connect (resolution, TCP, TLS), keep-alive pooling, and
-//! fixed, small HTTP/1 read buffers. No redirects are followed, no proxy is read from the
+//! The upstream HTTP client: hyper's client connections in poolgate's own pool ([`pool`]) with
+//! only the layers a gateway needs — hyper-util's [`HttpConnector`] whose resolver is the
+//! egress policy's ([`PolicyResolver`]: every resolved address is checked before it is
+//! connected to), rustls with the webpki roots, a connect timeout over the whole connect
+//! (resolution, TCP, TLS), keep-alive pooling, and fixed, small HTTP/1 read buffers. No redirects are followed, no proxy is read from the
 //! environment, nothing parses a URL per request (the backends' URLs are prebuilt
 //! [`http::Uri`]s, [`crate::providers::target`]), and nothing decompresses.
 //!
@@ -10,6 +10,7 @@
 //! by chunk, or as a stream); [`UpstreamError`] says why it failed without quoting the URL.
 
 mod error;
+mod pool;
 
 #[cfg(test)]
 mod tests;
@@ -25,13 +26,11 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyDataStream, BodyExt};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::HttpConnector;
 
 pub use error::UpstreamError;
+pub use pool::{PooledBody, MAX_IDLE_PER_HOST};
 
 use crate::domain::HttpVersion;
 use crate::egress::{EgressPolicy, PolicyResolver};
@@ -83,10 +82,6 @@ pub struct ClientSettings {
     pub version: HttpVersion,
 }
 
-/// An idle pooled connection is closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept per host (a gateway talks to few hosts, with many requests each).
-const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// The HTTP/1 read buffer of a connection, fixed (hyper's default starts at 8 KiB and grows to
 /// 400 KiB on large answers, then keeps what it grew to while the connection idles in the
 /// pool). It bounds an answer's head too: 8 KiB is what nginx allows by default at most
@@ -103,8 +98,7 @@ type Connector = ConnectTimeout<HttpsConnector<HttpConnector<PolicyResolver>>>;
 /// The upstream client: cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<Connector, SplicedBody>,
-    version: HttpVersion,
+    pool: Arc<pool::Pool>,
 }
 
 impl UpstreamClient {
@@ -137,35 +131,9 @@ impl UpstreamClient {
             timeout: settings.connect_timeout,
         };
 
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .http1_read_buf_exact_size(HTTP1_READ_BUFFER)
-            .http2_only(settings.version == HttpVersion::Http2);
-        if settings.version == HttpVersion::Http2 {
-            // One connection per host carries every stream: a dead peer is noticed by a ping.
-            builder
-                .http2_keep_alive_interval(HTTP2_KEEP_ALIVE)
-                .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE);
-        }
         Ok(UpstreamClient {
-            client: builder.build(connector),
-            version: settings.version,
+            pool: Arc::new(pool::Pool::new(connector, settings.version)),
         })
-    }
-
-    /// Whether every request this client sends to `uri` goes over HTTP/1: `http1`, or `auto`
-    /// on `http://` (no ALPN there). hyper-util adds the `Host` header only on HTTP/1
-    /// connections; over HTTP/2 the authority travels as `:authority`.
-    fn always_http1_to(&self, uri: &Uri) -> bool {
-        match self.version {
-            HttpVersion::Http1 => true,
-            HttpVersion::Auto => uri.scheme_str() == Some("http"),
-            HttpVersion::Http2 => false,
-        }
     }
 
     /// Sends one request; resolves with the answer's head (its body is read from the
@@ -177,24 +145,18 @@ impl UpstreamClient {
         mut headers: HeaderMap,
         body: SplicedBody,
     ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + 'static {
-        let sent = destination.map(|Destination { uri, host }| {
+        let pool = Arc::clone(&self.pool);
+        async move {
+            let Destination { uri, host } = destination?;
             // What reqwest sent when the request named none.
             headers
                 .entry(http::header::ACCEPT)
                 .or_insert(HeaderValue::from_static("*/*"));
-            // The prebuilt `Host` where the request certainly goes over HTTP/1: hyper-util
-            // then finds it there instead of formatting it (≈ 1 % of the CPU of a request).
-            if let Some(host) = host.filter(|_| self.always_http1_to(&uri)) {
-                headers.entry(http::header::HOST).or_insert(host);
-            }
             let mut request = http::Request::new(body);
             *request.method_mut() = method;
             *request.uri_mut() = uri;
             *request.headers_mut() = headers;
-            self.client.request(request)
-        });
-        async move {
-            let response = sent?.await.map_err(UpstreamError::Send)?;
+            let response = pool.send(request, host).await?;
             Ok(UpstreamResponse { inner: response })
         }
     }
@@ -216,7 +178,7 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
 /// An upstream answer: its head, and its body still to read.
 #[derive(Debug)]
 pub struct UpstreamResponse {
-    inner: http::Response<Incoming>,
+    inner: http::Response<PooledBody>,
 }
 
 /// An answer's body as a stream of chunks.
@@ -273,9 +235,9 @@ where
     C::Error: Into<BoxError>,
     C::Future: Send + 'static,
 {
-    type Response = Quiet<C::Response>;
+    type Response = C::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Quiet<C::Response>, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -286,71 +248,12 @@ where
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
-                Ok(connected) => connected.map(Quiet).map_err(Into::into),
+                Ok(connected) => connected.map_err(Into::into),
                 Err(_) => Err(Box::new(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "connect timed out",
                 )) as BoxError),
             }
         })
-    }
-}
-
-// === impl Quiet ===
-
-/// A connected stream that tells hyper-util's pool only what it acts on — whether ALPN chose
-/// HTTP/2 — and not the addresses hyper-util's TCP connector adds as "extra" connection info,
-/// which the pool would copy into every answer's extensions (a box and a map per answer that
-/// nothing here reads: ≈ 0.3 % of a request's CPU).
-#[derive(Debug)]
-pub struct Quiet<S>(S);
-
-impl<S: Connection> Connection for Quiet<S> {
-    fn connected(&self) -> Connected {
-        if self.0.connected().is_negotiated_h2() {
-            Connected::new().negotiated_h2()
-        } else {
-            Connected::new()
-        }
-    }
-}
-
-impl<S: hyper::rt::Read + Unpin> hyper::rt::Read for Quiet<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: hyper::rt::Write + Unpin> hyper::rt::Write for Quiet<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 }

@@ -5,8 +5,6 @@ use http::{HeaderMap, Method, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::Service;
 
-use hyper_util::client::legacy::connect::HttpInfo;
-
 use super::*;
 use crate::domain::HttpVersion;
 use crate::proxy::classify::{connection_failure, Failure};
@@ -172,9 +170,6 @@ async fn each_version_speaks_its_protocol_on_http() {
                 .await
                 .unwrap();
             assert_eq!(response.status(), 200);
-            // The connector's addresses are not copied into the answer.
-            let extensions = response.inner.extensions();
-            assert!(extensions.get::<HttpInfo>().is_none());
             assert_eq!(
                 response.chunk().await.unwrap().unwrap(),
                 expected,
@@ -201,29 +196,143 @@ fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
     }
 }
 
-/// A connection hands the pool ALPN's choice and nothing else.
-#[tokio::test]
-async fn a_quiet_connection_keeps_alpns_choice_and_drops_the_addresses() {
-    struct NegotiatedH2;
-    impl Connection for NegotiatedH2 {
-        fn connected(&self) -> Connected {
-            Connected::new().negotiated_h2()
-        }
-    }
-    assert!(Quiet(NegotiatedH2).connected().is_negotiated_h2());
-
+/// An upstream on 127.0.0.1 that counts the connections it accepted and answers every request
+/// with its path (HTTP/1.1 and HTTP/2, told apart by the preface); `GET /big` answers 64 KiB.
+async fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-    let mut extensions = http::Extensions::new();
-    tcp.connected().get_extras(&mut extensions);
-    assert!(
-        extensions.get::<HttpInfo>().is_some(),
-        "what hyper-util adds"
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: http::Request<_>| async move {
+                    let body = if request.uri().path() == "/big" {
+                        Bytes::from(vec![b'x'; 64 * 1024])
+                    } else {
+                        Bytes::from(request.uri().path().to_owned())
+                    };
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(body),
+                    ))
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+async fn get(client: &UpstreamClient, port: u16, path: &str) -> UpstreamResponse {
+    let uri: Uri = format!("http://127.0.0.1:{port}{path}").parse().unwrap();
+    client
+        .send(Method::GET, Ok(uri.into()), HeaderMap::new(), empty())
+        .await
+        .unwrap()
+}
+
+async fn read_all(response: &mut UpstreamResponse) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    body
+}
+
+/// An HTTP/1 connection goes back to the pool once its answer was read to the end, and the next
+/// request reuses it; an answer dropped half-read closes its connection instead.
+#[tokio::test]
+async fn http1_connections_are_reused_once_their_answer_was_read() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted) = counting_upstream().await;
+    let client = client(HttpVersion::Http1);
+    for round in 0..5 {
+        let mut response = get(&client, port, &format!("/r{round}")).await;
+        assert_eq!(
+            read_all(&mut response).await,
+            format!("/r{round}").as_bytes()
+        );
+        assert_eq!(client.pool.counts(), (1, 0), "idle after round {round}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for five requests"
     );
-    let quiet = Quiet(tcp).connected();
-    assert!(!quiet.is_negotiated_h2());
-    let mut extensions = http::Extensions::new();
-    quiet.get_extras(&mut extensions);
-    assert!(extensions.get::<HttpInfo>().is_none());
+
+    // Half-read: not given back; the next request makes a new connection.
+    let mut response = get(&client, port, "/big").await;
+    assert!(!response.chunk().await.unwrap().unwrap().is_empty());
+    assert_eq!(client.pool.counts(), (0, 0), "in use");
+    drop(response);
+    let mut response = get(&client, port, "/after").await;
+    assert_eq!(read_all(&mut response).await, b"/after");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(client.pool.counts(), (1, 0));
+
+    // Idle connections are closed after three reaper ticks.
+    for _ in 0..3 {
+        client.pool.reap_for_test();
+    }
+    assert_eq!(client.pool.counts(), (0, 0));
+}
+
+/// Requests at the same time each get a connection over HTTP/1; over HTTP/2 with prior
+/// knowledge they share one, made once.
+#[tokio::test]
+async fn concurrent_requests_share_one_http2_connection() {
+    use std::sync::atomic::Ordering;
+    for (version, connections) in [(HttpVersion::Http2, 1), (HttpVersion::Http1, 8)] {
+        let (port, accepted) = counting_upstream().await;
+        let client = client(version);
+        let answers = futures_util::future::join_all((0..8).map(|index| {
+            let client = client.clone();
+            async move {
+                let mut response = get(&client, port, &format!("/c{index}")).await;
+                read_all(&mut response).await
+            }
+        }))
+        .await;
+        for (index, body) in answers.iter().enumerate() {
+            assert_eq!(body, format!("/c{index}").as_bytes(), "{version:?}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{version:?}");
+    }
+}
+
+/// A pooled connection the upstream closed while it idled is passed over: the request goes out
+/// on a new one, no error.
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_passed_over() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Each connection answers one request (keep-alive offered), then closes.
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = vec![0; 4096];
+                let _ = socket.read(&mut head).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    let client = client(HttpVersion::Http1);
+    for _ in 0..3 {
+        let mut response = get(&client, port, "/").await;
+        assert_eq!(read_all(&mut response).await, b"ok");
+        // The upstream closes the idle connection.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
 }

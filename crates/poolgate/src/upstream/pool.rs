@@ -1,0 +1,501 @@
+//! The upstream connection pool: hyper's own client connections (`hyper::client::conn`), kept
+//! per host (scheme and authority) and reused, with only what a gateway needs of hyper-util's
+//! pooled client (which it replaces on the request path; hyper-util's connectors stay):
+//!
+//! - **HTTP/1**: an idle connection is taken (the newest first) or a new one made; after the
+//!   answer's body was read to its end, the connection goes back to the pool. An answer dropped
+//!   before its end closes its connection (hyper's rule). No extra task per request, no hashing,
+//!   no clock read: the request path takes a lock no other thread contends for (one pool per
+//!   per-core runtime) and scans the few hosts a gateway talks to.
+//! - **HTTP/2**: one connection per host carries every request; with `http_version = "http2"`
+//!   (prior knowledge) requests that find none wait while one is made instead of each
+//!   connecting. With `auto`, ALPN picks: an `h2` connection becomes the host's shared one.
+//! - **Retry**: a request that a reused connection did not take (closed just before it was
+//!   written) tries the next connection; nothing else is retried here.
+//! - **Idle connections** close after 60–90 s: a task started with the pool's first connection
+//!   ticks every 30 s and drops what stayed idle for three ticks; at most
+//!   [`MAX_IDLE_PER_HOST`] idle connections per host are kept.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::uri::{Authority, Parts, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::ServiceExt;
+
+use super::{host_header, Connector, UpstreamError, HTTP1_READ_BUFFER, HTTP2_KEEP_ALIVE};
+use crate::domain::HttpVersion;
+use crate::providers::body::SplicedBody;
+
+/// Idle connections kept per host (a gateway talks to few hosts, with many requests each).
+pub const MAX_IDLE_PER_HOST: usize = 1024;
+/// How often the idle connections are looked at.
+const REAP_EVERY: Duration = Duration::from_secs(30);
+/// An idle connection is closed once it stayed idle this many ticks (60–90 s).
+const IDLE_TICKS: u32 = 3;
+/// Pooled connections a request tries before it makes a new one (each closed before it took
+/// the request).
+const MAX_REFUSALS: u32 = 4;
+
+type H1Sender = http1::SendRequest<SplicedBody>;
+type H2Sender = http2::SendRequest<SplicedBody>;
+
+/// The connections of one client.
+pub struct Pool {
+    connector: Connector,
+    version: HttpVersion,
+    hosts: Mutex<Hosts>,
+    /// Whether the idle reaper runs.
+    reaping: AtomicBool,
+}
+
+#[derive(Default)]
+struct Hosts {
+    /// The reaper's clock.
+    tick: u32,
+    list: Vec<Host>,
+}
+
+/// One scheme and authority's connections.
+struct Host {
+    https: bool,
+    authority: Authority,
+    /// Idle HTTP/1 connections, each with the tick it went idle at; the newest last.
+    idle: Vec<(H1Sender, u32)>,
+    /// The HTTP/2 connection every request to the host shares.
+    shared: Option<H2Sender>,
+    /// Held while a prior-knowledge HTTP/2 connection is made.
+    connecting: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Hosts {
+    fn find(&mut self, https: bool, authority: &Authority) -> Option<&mut Host> {
+        self.list
+            .iter_mut()
+            .find(|host| host.https == https && host.authority == *authority)
+    }
+
+    fn entry(&mut self, https: bool, authority: &Authority) -> &mut Host {
+        let index = match self
+            .list
+            .iter()
+            .position(|host| host.https == https && host.authority == *authority)
+        {
+            Some(index) => index,
+            None => {
+                self.list.push(Host {
+                    https,
+                    authority: authority.clone(),
+                    idle: Vec::new(),
+                    shared: None,
+                    connecting: Arc::default(),
+                });
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[index]
+    }
+}
+
+/// A connection to send one request on.
+enum Conn {
+    Http1(H1Sender),
+    Http2(H2Sender),
+}
+
+/// Why a request was not answered on a connection.
+enum Unsent {
+    /// The connection did not take it (it closed first): it may go to another one.
+    Returned(Box<Request<SplicedBody>>),
+    Failed(UpstreamError),
+}
+
+/// The way back to the pool of an HTTP/1 connection whose answer is being read.
+pub struct Giveback {
+    pool: Weak<Pool>,
+    https: bool,
+    authority: Authority,
+    sender: H1Sender,
+}
+
+impl Giveback {
+    fn give(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put(self.https, &self.authority, self.sender);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(connector: Connector, version: HttpVersion) -> Pool {
+        Pool {
+            connector,
+            version,
+            hosts: Mutex::default(),
+            reaping: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Hosts> {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `request` (an absolute `http`/`https` URI) on a pooled or a new connection;
+    /// `host` is the prebuilt `Host` value for HTTP/1 (built here when `None`).
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<SplicedBody>,
+        host: Option<HeaderValue>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let target = request.uri().clone();
+        let https = match target.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(UpstreamError::InvalidUrl),
+        };
+        let authority = target
+            .authority()
+            .cloned()
+            .ok_or(UpstreamError::InvalidUrl)?;
+        // Reused connections that did not take the request, so far: past a few, a new one.
+        let mut refused = 0;
+        loop {
+            let pooled = if refused < MAX_REFUSALS {
+                self.checkout(https, &authority)
+            } else {
+                None
+            };
+            let (conn, reused) = match pooled {
+                Some(conn) => (conn, true),
+                None => {
+                    let (conn, made) = self.connect(https, &authority, &target).await?;
+                    // Not made here: another request's shared connection.
+                    (conn, !made)
+                }
+            };
+            match self
+                .send_on(conn, request, &target, host.as_ref(), https, &authority)
+                .await
+            {
+                Ok(response) => return Ok(response),
+                Err(Unsent::Returned(back)) if reused => {
+                    request = *back;
+                    refused += 1;
+                }
+                Err(Unsent::Returned(_)) => return Err(UpstreamError::Unsent),
+                Err(Unsent::Failed(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// A pooled connection to the host: its shared HTTP/2 one, else its newest idle HTTP/1
+    /// one; closed ones found on the way are dropped.
+    fn checkout(&self, https: bool, authority: &Authority) -> Option<Conn> {
+        let mut hosts = self.lock();
+        let host = hosts.find(https, authority)?;
+        if let Some(shared) = &host.shared {
+            if !shared.is_closed() {
+                return Some(Conn::Http2(shared.clone()));
+            }
+            host.shared = None;
+        }
+        while let Some((sender, _)) = host.idle.pop() {
+            if !sender.is_closed() {
+                return Some(Conn::Http1(sender));
+            }
+        }
+        None
+    }
+
+    /// A new connection; `true` with it when it was made for this request (`false`: a shared
+    /// HTTP/2 connection another request made while this one waited).
+    async fn connect(
+        self: &Arc<Self>,
+        https: bool,
+        authority: &Authority,
+        target: &Uri,
+    ) -> Result<(Conn, bool), UpstreamError> {
+        if self.version != HttpVersion::Http2 {
+            return self
+                .open(https, authority, target)
+                .await
+                .map(|conn| (conn, true));
+        }
+        let connecting = Arc::clone(&self.lock().entry(https, authority).connecting);
+        let _turn = connecting.lock().await;
+        if let Some(conn) = self.checkout(https, authority) {
+            return Ok((conn, false));
+        }
+        self.open(https, authority, target)
+            .await
+            .map(|conn| (conn, true))
+    }
+
+    /// Connects (resolution, egress check, TCP, TLS under the connect timeout), then speaks
+    /// HTTP/2 when asked to or when ALPN chose it, else HTTP/1.1.
+    async fn open(
+        self: &Arc<Self>,
+        https: bool,
+        authority: &Authority,
+        target: &Uri,
+    ) -> Result<Conn, UpstreamError> {
+        let mut parts = Parts::default();
+        parts.scheme = Some(if https { Scheme::HTTPS } else { Scheme::HTTP });
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        let origin = Uri::from_parts(parts).unwrap_or_else(|_| target.clone());
+        let io = self
+            .connector
+            .clone()
+            .oneshot(origin)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let http2 = match self.version {
+            HttpVersion::Http2 => true,
+            HttpVersion::Http1 => false,
+            HttpVersion::Auto => io.connected().is_negotiated_h2(),
+        };
+        if http2 {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            if self.version == HttpVersion::Http2 {
+                // A dead peer is noticed by a ping.
+                builder
+                    .keep_alive_interval(HTTP2_KEEP_ALIVE)
+                    .keep_alive_timeout(HTTP2_KEEP_ALIVE);
+            }
+            let (sender, connection) = builder
+                .handshake(io)
+                .await
+                .map_err(|error| UpstreamError::Connect(Box::new(error)))?;
+            tokio::spawn(async move {
+                // How it ended shows in the requests it carried.
+                let _ = connection.await;
+            });
+            let mut hosts = self.lock();
+            let host = hosts.entry(https, authority);
+            if host.shared.as_ref().is_none_or(H2Sender::is_closed) {
+                host.shared = Some(sender.clone());
+            }
+            Ok(Conn::Http2(sender))
+        } else {
+            let (sender, connection) = http1::Builder::new()
+                .read_buf_exact_size(Some(HTTP1_READ_BUFFER))
+                .handshake(io)
+                .await
+                .map_err(|error| UpstreamError::Connect(Box::new(error)))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            self.start_reaper();
+            Ok(Conn::Http1(sender))
+        }
+    }
+
+    async fn send_on(
+        self: &Arc<Self>,
+        conn: Conn,
+        mut request: Request<SplicedBody>,
+        target: &Uri,
+        host: Option<&HeaderValue>,
+        https: bool,
+        authority: &Authority,
+    ) -> Result<Response<PooledBody>, Unsent> {
+        match conn {
+            Conn::Http1(mut sender) => {
+                // A reused connection may still be finishing the previous answer.
+                if sender.ready().await.is_err() {
+                    return Err(Unsent::Returned(Box::new(request)));
+                }
+                // Origin form (`/path?query`) and the `Host` header, as hyper-util sent.
+                *request.uri_mut() = origin_form(target);
+                if !request.headers().contains_key(http::header::HOST) {
+                    if let Some(host) = host.cloned().or_else(|| host_header(target)) {
+                        request.headers_mut().insert(http::header::HOST, host);
+                    }
+                }
+                let response = sender.try_send_request(request).await;
+                let response = response.map_err(|mut error| match error.take_message() {
+                    Some(mut back) => {
+                        *back.uri_mut() = target.clone();
+                        Unsent::Returned(Box::new(back))
+                    }
+                    None => Unsent::Failed(UpstreamError::Send(error.into_error())),
+                })?;
+                let giveback = Giveback {
+                    pool: Arc::downgrade(self),
+                    https,
+                    authority: authority.clone(),
+                    sender,
+                };
+                Ok(response.map(|body| PooledBody::new(body, Some(giveback))))
+            }
+            Conn::Http2(mut sender) => {
+                if sender.ready().await.is_err() {
+                    self.forget_shared(https, authority);
+                    return Err(Unsent::Returned(Box::new(request)));
+                }
+                let response = sender.try_send_request(request).await;
+                let response = response.map_err(|mut error| match error.take_message() {
+                    Some(back) => Unsent::Returned(Box::new(back)),
+                    None => Unsent::Failed(UpstreamError::Send(error.into_error())),
+                })?;
+                Ok(response.map(|body| PooledBody::new(body, None)))
+            }
+        }
+    }
+
+    /// Drops the host's shared HTTP/2 connection once it failed.
+    fn forget_shared(&self, https: bool, authority: &Authority) {
+        if let Some(host) = self.lock().find(https, authority) {
+            host.shared = None;
+        }
+    }
+
+    /// An HTTP/1 connection whose answer was read to its end: idle from now on (the next
+    /// request waits until hyper has finished with the answer).
+    fn put(self: &Arc<Self>, https: bool, authority: &Authority, sender: H1Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut hosts = self.lock();
+        let tick = hosts.tick;
+        let host = hosts.entry(https, authority);
+        if host.idle.len() < MAX_IDLE_PER_HOST {
+            host.idle.push((sender, tick));
+        }
+    }
+
+    /// Starts the idle reaper once, on the runtime of the first HTTP/1 connection (it ends
+    /// with the pool).
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(REAP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap();
+            }
+        });
+    }
+
+    /// One reaper tick: drops the connections idle for [`IDLE_TICKS`] ticks and the closed
+    /// ones.
+    fn reap(&self) {
+        let mut hosts = self.lock();
+        hosts.tick = hosts.tick.wrapping_add(1);
+        let now = hosts.tick;
+        for host in &mut hosts.list {
+            host.idle.retain(|(sender, since)| {
+                now.wrapping_sub(*since) < IDLE_TICKS && !sender.is_closed()
+            });
+            if host.shared.as_ref().is_some_and(H2Sender::is_closed) {
+                host.shared = None;
+            }
+        }
+    }
+
+    /// Idle HTTP/1 connections and shared HTTP/2 ones, for tests.
+    #[cfg(test)]
+    pub fn counts(&self) -> (usize, usize) {
+        let hosts = self.lock();
+        let idle = hosts.list.iter().map(|host| host.idle.len()).sum();
+        let shared = hosts
+            .list
+            .iter()
+            .filter(|host| host.shared.is_some())
+            .count();
+        (idle, shared)
+    }
+
+    #[cfg(test)]
+    pub fn reap_for_test(&self) {
+        self.reap();
+    }
+}
+
+/// `/path?query` of `uri`.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(path) if path.as_str() != "/" => {
+            let mut parts = Parts::default();
+            parts.path_and_query = Some(path.clone());
+            Uri::from_parts(parts).unwrap_or_default()
+        }
+        _ => Uri::default(),
+    }
+}
+
+// === impl PooledBody ===
+
+/// An answer's body that gives its HTTP/1 connection back to the pool once read to its end.
+pub struct PooledBody {
+    body: Incoming,
+    giveback: Option<Giveback>,
+}
+
+impl PooledBody {
+    fn new(body: Incoming, giveback: Option<Giveback>) -> PooledBody {
+        let mut pooled = PooledBody { body, giveback };
+        // Nothing to read (a 204, a `content-length: 0`): the connection is free now.
+        if http_body::Body::is_end_stream(&pooled.body) {
+            pooled.give_back();
+        }
+        pooled
+    }
+
+    fn give_back(&mut self) {
+        if let Some(giveback) = self.giveback.take() {
+            giveback.give();
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.give_back(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
+            // A broken body closes its connection: it is not given back.
+            Some(Err(_)) => self.giveback = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("pooled", &self.giveback.is_some())
+            .finish_non_exhaustive()
+    }
+}
