@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderMap;
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -129,9 +129,43 @@ struct UsageOnly {
     usage: Option<TokenUsage>,
 }
 
-/// `usage` of a JSON answer, if present.
+/// `usage` of a JSON answer, if present: read at the end of the answer, where OpenAI and the
+/// servers that follow it put it ([`trailing_usage`]), else by parsing the whole answer.
 pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
+    if let Some(usage) = trailing_usage(body) {
+        return usage;
+    }
     serde_json::from_slice::<UsageOnly>(body).ok()?.usage
+}
+
+/// The `"usage"` key, searched for from the end of an answer.
+static USAGE_KEY_FROM_END: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"usage\""));
+
+/// The answer's top-level `usage` when it is the answer's last member: the last `"usage"` in
+/// the text, then a colon, a value, and the closing brace of the answer. `None` when the answer
+/// is not written that way (the whole answer is parsed then). Exact for valid JSON: a `"`
+/// preceded by an even run of backslashes opens a string, and `"usage"` followed by a colon is
+/// then a key; a value followed by a single `}` and the end of the text is the top-level
+/// object's last member. The whole answer is not checked (it was forwarded as it is), and a
+/// second top-level `usage` earlier in the answer (which the full parse refuses) is not seen.
+fn trailing_usage(body: &[u8]) -> Option<Option<TokenUsage>> {
+    let at = USAGE_KEY_FROM_END.rfind(body)?;
+    let escapes = body[..at]
+        .iter()
+        .rev()
+        .take_while(|&&byte| byte == b'\\')
+        .count();
+    if escapes % 2 == 1 {
+        return None;
+    }
+    let value = body[at + USAGE_KEY_FROM_END.needle().len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?;
+    let mut values = serde_json::Deserializer::from_slice(value).into_iter::<Option<TokenUsage>>();
+    let usage = values.next()?.ok()?;
+    let after = value.get(values.byte_offset()..)?.trim_ascii();
+    (after == b"}").then_some(usage)
 }
 
 /// What a stream chunk says about usage.
@@ -180,6 +214,67 @@ fn may_carry_usage(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The whole-answer parse, as `usage_of_body` did before the read from the end.
+    fn parsed_whole(body: &[u8]) -> Option<TokenUsage> {
+        serde_json::from_slice::<UsageOnly>(body).ok()?.usage
+    }
+
+    #[test]
+    fn usage_is_read_from_the_end_when_it_is_the_answers_last_member() {
+        let answers: &[&str] = &[
+            r#"{"id":"c","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#,
+            "{\"id\":\"c\",\n \"usage\" :\n {\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":1}}\n}\n",
+            r#"{"choices":[],"usage":null}"#,
+        ];
+        for answer in answers {
+            let fast = trailing_usage(answer.as_bytes());
+            assert!(fast.is_some(), "read from the end: {answer}");
+            assert_eq!(fast.unwrap(), parsed_whole(answer.as_bytes()), "{answer}");
+            assert_eq!(
+                usage_of_body(answer.as_bytes()),
+                parsed_whole(answer.as_bytes())
+            );
+        }
+        let usage = usage_of_body(answers[0].as_bytes()).unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 5));
+    }
+
+    #[test]
+    fn usage_not_last_nested_or_in_a_string_is_left_to_the_whole_parse() {
+        let answers: &[&str] = &[
+            // Top level but not last.
+            r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8},"id":"c"}"#,
+            // Nested, last of its object and of the answer.
+            r#"{"id":"c","meta":{"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}}"#,
+            r#"{"id":"c","list":[{"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}]}"#,
+            // Inside a string (escaped quotes), and a key whose name ends in an escaped `"usage`.
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"text":"say \"usage\":{\"prompt_tokens\":7}}"}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"x\"usage":{"prompt_tokens":7}}"#,
+            // The top-level one, spelt with an escape: only the whole parse sees it.
+            r#"{"id":"c","us\u0061ge":{"prompt_tokens":4,"completion_tokens":4,"total_tokens":8}}"#,
+            // No usage, or not JSON.
+            r#"{"id":"c","choices":[]}"#,
+            "not json",
+        ];
+        for answer in answers {
+            assert_eq!(trailing_usage(answer.as_bytes()), None, "{answer}");
+            assert_eq!(
+                usage_of_body(answer.as_bytes()),
+                parsed_whole(answer.as_bytes()),
+                "{answer}"
+            );
+        }
+        // A key preceded by an escaped backslash (`\\`) is a real key.
+        let answer =
+            r#"{"path":"C:\\","usage":{"prompt_tokens":2,"completion_tokens":2,"total_tokens":4}}"#;
+        assert!(trailing_usage(answer.as_bytes()).is_some());
+        assert_eq!(
+            usage_of_body(answer.as_bytes()),
+            parsed_whole(answer.as_bytes())
+        );
+        assert_eq!(usage_of_body(answer.as_bytes()).unwrap().total_tokens, 4);
+    }
 
     #[test]
     fn parses_model_and_stream_and_keeps_other_fields() {

@@ -45,19 +45,19 @@ pub struct InvalidUrl;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     pub uri: Uri,
-    /// `host[:port]` as hyper-util writes it (the port only when it is not the scheme's).
+    /// `host[:port]` as hyper-util wrote it (the port only when it is not the scheme's).
     pub host: Option<HeaderValue>,
 }
 
 impl From<Uri> for Destination {
-    /// A destination whose `Host` header hyper-util builds when it sends (a `format!` and a
+    /// A destination whose `Host` header the pool builds when it sends (a `format!` and a
     /// header value per request).
     fn from(uri: Uri) -> Self {
         Destination { uri, host: None }
     }
 }
 
-/// The `Host` header value of an HTTP/1 request to `uri`, as hyper-util's client builds it
+/// The `Host` header value of an HTTP/1 request to `uri`, as hyper-util's client built it
 /// when the request has none: the host, and `:port` unless the port is the scheme's default.
 pub fn host_header(uri: &Uri) -> Option<HeaderValue> {
     let host = uri.host()?;

@@ -175,7 +175,9 @@ impl Pool {
             let (conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 None => {
-                    let (conn, made) = self.connect(https, &authority, &target).await?;
+                    // Boxed: the connect's future (TLS, the HTTP/2 handshake) stays out of
+                    // the request's future, which is moved before it is first polled.
+                    let (conn, made) = Box::pin(self.connect(https, &authority, &target)).await?;
                     // Not made here: another request's shared connection.
                     (conn, !made)
                 }
