@@ -1238,6 +1238,28 @@ async fn sqlite_backend_status(db: &Path, id: &str) -> String {
 
 // === 8. client keys ===
 
+/// An admin token written like a client key (`pgk-<id>-<secret>`) still opens the proxy routes
+/// and the admin API, and a client key that is neither it nor stored does not.
+#[tokio::test]
+async fn an_admin_token_shaped_like_a_client_key_works_as_one() {
+    let shaped = "pgk-abcdefghij12-ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
+    let upstream = MockUpstream::start().await;
+    let gateway = Gateway::start_with_admin_token("", None, shaped).await;
+    gateway
+        .add_openai_backend("shaped", &upstream.openai_base_url(), "primary", &["m-a"])
+        .await;
+    let answer = chat_with_key(&gateway, shaped, "m-a").await;
+    assert_eq!(answer.status, 200, "{answer}");
+    let other = chat_with_key(
+        &gateway,
+        "pgk-abcdefghij12-ABCDEFGHIJKLMNOPQRSTUVWXYZ012346",
+        "m-a",
+    )
+    .await;
+    assert_eq!(other.status, 401, "{other}");
+    assert_eq!(upstream.calls(), 1);
+}
+
 #[tokio::test]
 async fn client_keys_are_shown_once_work_and_can_be_revoked() {
     let upstream = MockUpstream::start().await;

@@ -99,22 +99,34 @@ pub fn token_matches(presented: &str, expected: &str) -> bool {
 }
 
 /// A token's SHA-256, computed once (the admin token's, when the data plane is built), so that
-/// each check digests only the presented token; `None` for an empty token, which nothing
-/// matches.
+/// each check digests only the presented token (`None` for an empty token, which nothing
+/// matches), and whether the token has a client key's shape.
 #[derive(Clone)]
-pub struct TokenDigest(Option<[u8; 32]>);
+pub struct TokenDigest {
+    digest: Option<[u8; 32]>,
+    client_key_shaped: bool,
+}
 
 impl TokenDigest {
     pub fn of(token: &str) -> Self {
-        TokenDigest((!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).into()))
+        TokenDigest {
+            digest: (!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).into()),
+            client_key_shaped: parse_client_key(token).is_some(),
+        }
     }
 
     /// [`token_matches`] against the token this digest is of.
     pub fn matches(&self, presented: &str) -> bool {
         let presented = Sha256::digest(presented.as_bytes());
-        self.0
+        self.digest
             .as_ref()
             .is_some_and(|wanted| presented.as_slice().ct_eq(wanted).into())
+    }
+
+    /// Whether the token has a client key's shape (`pgk-<id>-<secret>`): when it has not, a
+    /// presented client key cannot be it and needs no digest for that check.
+    pub fn is_client_key_shaped(&self) -> bool {
+        self.client_key_shaped
     }
 }
 
@@ -292,6 +304,11 @@ mod tests {
         // A missing admin token never matches, not even an empty presentation.
         assert!(!token_matches("", ""));
         assert!(!token_matches("anything", ""));
+        assert!(!TokenDigest::of(token).is_client_key_shaped());
+        let key = generate_client_key();
+        let shaped = TokenDigest::of(key.plaintext.expose_secret());
+        assert!(shaped.is_client_key_shaped());
+        assert!(shaped.matches(key.plaintext.expose_secret()));
     }
 
     #[test]

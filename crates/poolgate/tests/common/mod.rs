@@ -25,6 +25,8 @@ pub struct Gateway {
     pub url: String,
     pub dir: TempDir,
     pub client: reqwest::Client,
+    /// [`ADMIN_TOKEN`] unless started with another ([`Gateway::start_with_admin_token`]).
+    pub admin_token: String,
 }
 
 impl Gateway {
@@ -36,8 +38,17 @@ impl Gateway {
     /// Starts with a TOML config (listen and data_dir are set by the harness), optionally
     /// reusing the data dir of a previous gateway (restart).
     pub async fn start_with(toml: &str, dir: Option<TempDir>) -> Gateway {
+        Self::start_with_admin_token(toml, dir, ADMIN_TOKEN).await
+    }
+
+    /// [`Gateway::start_with`], the admin token being `admin_token`.
+    pub async fn start_with_admin_token(
+        toml: &str,
+        dir: Option<TempDir>,
+        admin_token: &str,
+    ) -> Gateway {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+        std::fs::write(dir.path().join("admin-token"), admin_token).unwrap();
         let config = config_for(toml, dir.path());
         let running = server::start(config, false).await.expect("gateway starts");
         let url = format!("http://{}", running.addr);
@@ -49,6 +60,7 @@ impl Gateway {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            admin_token: admin_token.to_owned(),
         }
     }
 
@@ -77,7 +89,7 @@ impl Gateway {
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client
             .request(method, format!("{}/admin/api{path}", self.url))
-            .bearer_auth(ADMIN_TOKEN)
+            .bearer_auth(&self.admin_token)
     }
 
     /// POST /admin/api/backends, asserting 201; returns the created backend.
@@ -133,7 +145,7 @@ impl Gateway {
     pub fn proxy(&self, path: &str) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}{path}", self.url))
-            .bearer_auth(ADMIN_TOKEN)
+            .bearer_auth(&self.admin_token)
     }
 
     /// A chat completion for `model` (non-streaming), returning (status, body).
