@@ -97,7 +97,18 @@ fn push_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-/// A JSON string exactly as `serde_json` escapes it.
+/// A JSON string exactly as `serde_json` escapes it: copied between quotes when nothing in it
+/// needs an escape (ids, model names — nearly always), else through `serde_json`.
 fn push_str(out: &mut Vec<u8>, value: &str) {
-    let _ = serde_json::to_writer(&mut *out, value);
+    if value
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\')
+    {
+        out.reserve(value.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
 }
