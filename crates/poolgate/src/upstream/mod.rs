@@ -146,7 +146,10 @@ impl UpstreamClient {
         body: SplicedBody,
     ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + 'static {
         let pool = Arc::clone(&self.pool);
-        async move {
+        // Boxed: the exchange's state (the connection's send, its answer's wait) lives until the
+        // answer's head is in, not for as long as the request's own future (a whole stream),
+        // and moving the request's future moves a pointer.
+        Box::pin(async move {
             let Destination { uri, host } = destination?;
             // What reqwest sent when the request named none.
             headers
@@ -158,7 +161,7 @@ impl UpstreamClient {
             *request.headers_mut() = headers;
             let response = pool.send(request, host).await?;
             Ok(UpstreamResponse { inner: response })
-        }
+        })
     }
 }
 

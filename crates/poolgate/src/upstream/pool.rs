@@ -27,7 +27,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::Connection;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tower::ServiceExt;
 
 use super::{host_header, Connector, UpstreamError, HTTP1_READ_BUFFER, HTTP2_KEEP_ALIVE};
@@ -175,9 +175,7 @@ impl Pool {
             let (conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 None => {
-                    // Boxed: the connect's future (TLS, the HTTP/2 handshake) stays out of
-                    // the request's future, which is moved before it is first polled.
-                    let (conn, made) = Box::pin(self.connect(https, &authority, &target)).await?;
+                    let (conn, made) = self.connect(https, &authority, &target).await?;
                     // Not made here: another request's shared connection.
                     (conn, !made)
                 }
@@ -217,7 +215,10 @@ impl Pool {
     }
 
     /// A new connection; `true` with it when it was made for this request (`false`: a shared
-    /// HTTP/2 connection another request made while this one waited).
+    /// HTTP/2 connection another request made while this one waited). The wait for another
+    /// request's connect is a small future; only the connect itself (TLS, the HTTP/2 handshake)
+    /// is boxed, so the requests of a burst that wait for the first connection hold a few
+    /// bytes each, not a connect's state each.
     async fn connect(
         self: &Arc<Self>,
         https: bool,
@@ -225,19 +226,16 @@ impl Pool {
         target: &Uri,
     ) -> Result<(Conn, bool), UpstreamError> {
         if self.version != HttpVersion::Http2 {
-            return self
-                .open(https, authority, target)
-                .await
-                .map(|conn| (conn, true));
+            let conn = Box::pin(self.open(https, authority, target)).await?;
+            return Ok((conn, true));
         }
         let connecting = Arc::clone(&self.lock().entry(https, authority).connecting);
         let _turn = connecting.lock().await;
         if let Some(conn) = self.checkout(https, authority) {
             return Ok((conn, false));
         }
-        self.open(https, authority, target)
-            .await
-            .map(|conn| (conn, true))
+        let conn = Box::pin(self.open(https, authority, target)).await?;
+        Ok((conn, true))
     }
 
     /// Connects (resolution, egress check, TCP, TLS under the connect timeout), then speaks
@@ -265,7 +263,7 @@ impl Pool {
             HttpVersion::Auto => io.connected().is_negotiated_h2(),
         };
         if http2 {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
+            let mut builder = http2::Builder::new(BoxingExecutor);
             builder.timer(TokioTimer::new());
             if self.version == HttpVersion::Http2 {
                 // A dead peer is noticed by a ping.
@@ -499,5 +497,24 @@ impl std::fmt::Debug for PooledBody {
         f.debug_struct("PooledBody")
             .field("pooled", &self.giveback.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// Spawns each of hyper's HTTP/2 futures (the connection's, and per request the ones that send
+/// the body and wait for the answer's head) boxed on the current runtime, as hyper-util's
+/// client did. Spawned as they are, each request's short-lived task is as large as hyper's
+/// biggest HTTP/2 future (the connection's): 5,000 streams opened at once held 9.1 KB each
+/// instead of 6.1 KB (docs/benchmarks.md, session 14).
+#[derive(Clone, Copy)]
+struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let future: Pin<Box<dyn std::future::Future<Output = F::Output> + Send>> = Box::pin(future);
+        tokio::spawn(future);
     }
 }
