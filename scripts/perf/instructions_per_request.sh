@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# User-space instructions per request of a poolgate build, counted by callgrind: the chat
+# completion of the bench's closed loop (a JSON answer from `mock-upstream`, a client key, the
+# usage record written), 8 connections for SECONDS under valgrind, after a 3 s warm-up that is
+# not counted. Deterministic to about 1 %, where the CPU-time figures of one machine move by
+# 5-10 % from run to run: the way to tell a 1 % change apart. Kernel time (the syscalls, the
+# TCP stack) is not in it, and an instruction is not a cycle (a cache miss costs more than an
+# add), so the harness's CPU figures stay the measure; this one says which way a change went.
+#
+#   scripts/perf/instructions_per_request.sh [BIN_DIR] [SECONDS]
+#
+# BIN_DIR holds `poolgate` and `mock-upstream` (default: target/release). Needs valgrind and
+# wrk. Under valgrind, SHA-256 runs its portable code (no SHA extensions): a client key check
+# counts ~7,000 instructions more than on the real CPU. Prints the request count and
+# instructions per request; the callgrind file stays in the printed directory
+# (`callgrind_annotate --inclusive=yes FILE` names the functions).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${1:-$ROOT/target/release}
+SECONDS_COUNTED=${2:-10}
+WORK=$(mktemp -d /tmp/poolgate-ir.XXXXXX)
+ADMIN=admintok-0123456789abcdef
+PG_PORT=18180
+MOCK_PORT=34751
+
+cleanup() {
+    [[ -n ${POOLGATE_PID:-} ]] && kill -INT "$POOLGATE_PID" 2>/dev/null || true
+    [[ -n ${MOCK_PID:-} ]] && kill "$MOCK_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+"$BIN/mock-upstream" --listen 127.0.0.1:$MOCK_PORT > "$WORK/mock.log" 2>&1 &
+MOCK_PID=$!
+cat > "$WORK/poolgate.toml" <<TOML
+[[backends]]
+name = "mock"
+api_base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+api_key = "sk-bench-mock"
+rpm_limit = 10000000
+[backends.model_mappings]
+"gpt-4o-mini" = "gpt-4o-mini"
+TOML
+POOLGATE_ADMIN_TOKEN=$ADMIN valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$WORK/callgrind.out" \
+    "$BIN/poolgate" serve --listen 127.0.0.1:$PG_PORT --data-dir "$WORK/data" \
+    --config "$WORK/poolgate.toml" > "$WORK/poolgate.log" 2>&1 &
+POOLGATE_PID=$!
+for _ in $(seq 300); do
+    curl -s -o /dev/null "http://127.0.0.1:$PG_PORT/healthz" && break
+    sleep 0.2
+done
+KEY=$(curl -s -X POST -H "Authorization: Bearer $ADMIN" -H 'content-type: application/json' \
+    -d '{"name":"ir"}' "http://127.0.0.1:$PG_PORT/admin/api/keys" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+cat > "$WORK/request.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+LUA
+URL="http://127.0.0.1:$PG_PORT/v1/chat/completions"
+wrk -t1 -c8 -d3s -s "$WORK/request.lua" "$URL" > /dev/null
+callgrind_control -i on "$POOLGATE_PID" > /dev/null
+REQUESTS=$(wrk -t1 -c8 -d"${SECONDS_COUNTED}s" -s "$WORK/request.lua" "$URL" |
+    awk '/requests in/ {print $1}')
+# The usage batch of the last requests is written within the second.
+sleep 1
+callgrind_control -i off "$POOLGATE_PID" > /dev/null
+callgrind_control -d "$POOLGATE_PID" > /dev/null
+sleep 1
+INSTRUCTIONS=$(cat "$WORK"/callgrind.out* | awk '/^totals:/ {sum += $2} END {print sum}')
+echo "requests $REQUESTS, instructions per request $((INSTRUCTIONS / REQUESTS)) ($WORK)"
