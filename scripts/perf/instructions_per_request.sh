@@ -62,13 +62,13 @@ wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
 URL="http://127.0.0.1:$PG_PORT/v1/chat/completions"
 wrk -t1 -c8 -d3s -s "$WORK/request.lua" "$URL" > /dev/null
-callgrind_control -i on "$POOLGATE_PID" > /dev/null
+callgrind_control -i on "$POOLGATE_PID" > /dev/null 2>&1
 REQUESTS=$(wrk -t1 -c8 -d"${SECONDS_COUNTED}s" -s "$WORK/request.lua" "$URL" |
     awk '/requests in/ {print $1}')
 # The usage batch of the last requests is written within the second.
 sleep 1
-callgrind_control -i off "$POOLGATE_PID" > /dev/null
-callgrind_control -d "$POOLGATE_PID" > /dev/null
+callgrind_control -i off "$POOLGATE_PID" > /dev/null 2>&1
+callgrind_control -d "$POOLGATE_PID" > /dev/null 2>&1
 sleep 1
 INSTRUCTIONS=$(cat "$WORK"/callgrind.out* | awk '/^totals:/ {sum += $2} END {print sum}')
 echo "requests $REQUESTS, instructions per request $((INSTRUCTIONS / REQUESTS)) ($WORK)"
