@@ -53,7 +53,9 @@ struct Args {
 /// timeout.
 const MAX_BUF_SIZE: usize = 64 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// poolgate's upstream client settings (crates/poolgate/src/upstream/mod.rs).
+/// The settings of poolgate's upstream client when it was hyper-util's pooled client, as the
+/// floor still is (poolgate's own pool, crates/poolgate/src/upstream/pool.rs, keeps the same
+/// idle limit per host and read buffer, and closes idle connections after 60–90 s).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 const HTTP1_READ_BUFFER: usize = 8 * 1024;

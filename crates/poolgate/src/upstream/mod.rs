@@ -2,9 +2,10 @@
 //! only the layers a gateway needs — hyper-util's [`HttpConnector`] whose resolver is the
 //! egress policy's ([`PolicyResolver`]: every resolved address is checked before it is
 //! connected to), rustls with the webpki roots, a connect timeout over the whole connect
-//! (resolution, TCP, TLS), keep-alive pooling, and fixed, small HTTP/1 read buffers. No redirects are followed, no proxy is read from the
-//! environment, nothing parses a URL per request (the backends' URLs are prebuilt
-//! [`http::Uri`]s, [`crate::providers::target`]), and nothing decompresses.
+//! (resolution, TCP, TLS), keep-alive pooling, and fixed, small HTTP/1 read buffers. No
+//! redirects are followed, no proxy is read from the environment, nothing parses a URL per
+//! request (the backends' URLs are prebuilt [`http::Uri`]s, [`crate::providers::target`]), and
+//! nothing decompresses.
 //!
 //! [`UpstreamClient::send`] is the one call; [`UpstreamResponse`] reads the answer (whole, chunk
 //! by chunk, or as a stream); [`UpstreamError`] says why it failed without quoting the URL.
@@ -30,7 +31,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 pub use error::UpstreamError;
-pub use pool::{PooledBody, MAX_IDLE_PER_HOST};
+use pool::PooledBody;
 
 use crate::domain::HttpVersion;
 use crate::egress::{EgressPolicy, PolicyResolver};
