@@ -2,14 +2,16 @@
 //! per host (scheme and authority) and reused, with only what a gateway needs of hyper-util's
 //! pooled client (which it replaces on the request path; hyper-util's connectors stay):
 //!
-//! - **HTTP/1**: an idle connection is taken (the newest first) or a new one made; after the
-//!   answer's body was read to its end, the connection goes back to the pool. An answer dropped
-//!   before its end closes its connection (hyper's rule). No extra task per request, no hashing,
+//! - **HTTP/1**: an idle connection hyper is ready to send on is taken (the newest first) or a
+//!   new one made; after the answer's body was read to its end, the connection goes back to the
+//!   pool (one still sending its request's body, after an early answer, is not waited for). An
+//!   answer dropped before its end closes its connection (hyper's rule). No extra task per request, no hashing,
 //!   no clock read: the request path takes a lock no other thread contends for (one pool per
 //!   per-core runtime) and scans the few hosts a gateway talks to.
 //! - **HTTP/2**: one connection per host carries every request; with `http_version = "http2"`
 //!   (prior knowledge) requests that find none wait while one is made instead of each
-//!   connecting. With `auto`, ALPN picks: an `h2` connection becomes the host's shared one.
+//!   connecting. With `auto`, ALPN picks: an `h2` connection becomes the host's shared one (one
+//!   that another request's connect beat closes, its request going on the first).
 //! - **Retry**: a request that a reused connection did not take (closed just before it was
 //!   written) tries the next connection; nothing else is retried here.
 //! - **Idle connections** close after 60–90 s: a task started with the pool's first connection
@@ -206,12 +208,24 @@ impl Pool {
             }
             host.shared = None;
         }
-        while let Some((sender, _)) = host.idle.pop() {
-            if !sender.is_closed() {
-                return Some(Conn::Http1(sender));
+        // The newest idle connection hyper is ready to send on; closed ones go.
+        while let Some((sender, _)) = host.idle.last() {
+            if sender.is_closed() {
+                host.idle.pop();
+            } else if sender.is_ready() {
+                return host.idle.pop().map(|(sender, _)| Conn::Http1(sender));
+            } else {
+                break;
             }
         }
-        None
+        // The newest is not ready yet (its answer was read to the end while hyper still sends
+        // the request's body, say after an early 413): an older one that is, else a new
+        // connection — not a wait behind another request's upload.
+        let ready = host
+            .idle
+            .iter()
+            .rposition(|(sender, _)| sender.is_ready() && !sender.is_closed())?;
+        Some(Conn::Http1(host.idle.remove(ready).0))
     }
 
     /// A new connection; `true` with it when it was made for this request (`false`: a shared
@@ -281,10 +295,16 @@ impl Pool {
             });
             let mut hosts = self.lock();
             let host = hosts.entry(https, authority);
-            if host.shared.as_ref().is_none_or(H2Sender::is_closed) {
-                host.shared = Some(sender.clone());
+            match &host.shared {
+                // Another request's connect (ALPN chose HTTP/2 for both) finished first: this
+                // request goes on that one, and this connection closes with its last handle
+                // instead of carrying one stream for as long as it lasts.
+                Some(shared) if !shared.is_closed() => Ok(Conn::Http2(shared.clone())),
+                _ => {
+                    host.shared = Some(sender.clone());
+                    Ok(Conn::Http2(sender))
+                }
             }
-            Ok(Conn::Http2(sender))
         } else {
             let (sender, connection) = http1::Builder::new()
                 .read_buf_exact_size(Some(HTTP1_READ_BUFFER))

@@ -329,10 +329,60 @@ async fn a_pooled_connection_the_upstream_closed_is_passed_over() {
         }
     });
     let client = client(HttpVersion::Http1);
-    for _ in 0..3 {
+    for round in 0..3 {
         let mut response = get(&client, port, "/").await;
         assert_eq!(read_all(&mut response).await, b"ok");
+        assert_eq!(client.pool.counts(), (1, 0), "pooled after round {round}");
         // The upstream closes the idle connection.
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
+}
+
+/// An answer read to its end while hyper still uploads the request's body (an early 413 from
+/// an upstream that stopped reading): the connection is not ready for the next request, which
+/// goes out on a new one instead of waiting behind that upload.
+#[tokio::test]
+async fn a_connection_still_uploading_is_not_waited_for() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+            tokio::spawn(async move {
+                let mut head = vec![0; 4096];
+                let _ = socket.read(&mut head).await;
+                if first {
+                    // Answers at once and reads no more of the body.
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                } else {
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    let client = client(HttpVersion::Http1);
+    let uri: Uri = format!("http://127.0.0.1:{port}/upload").parse().unwrap();
+    let big = SplicedBody::whole(Bytes::from(vec![b'x'; 32 * 1024 * 1024]));
+    let mut early = client
+        .send(Method::POST, Ok(uri.into()), HeaderMap::new(), big)
+        .await
+        .unwrap();
+    assert_eq!(early.status(), 413);
+    assert!(early.chunk().await.unwrap().is_none());
+    let next = tokio::time::timeout(Duration::from_secs(5), get(&client, port, "/next"))
+        .await
+        .expect("the next request does not wait for the upload");
+    let mut next = next;
+    assert_eq!(read_all(&mut next).await, b"ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
