@@ -15,8 +15,9 @@
 //! - **Retry**: a request that a reused connection did not take (closed just before it was
 //!   written) tries the next connection; nothing else is retried here.
 //! - **Idle connections** close after 60–90 s: a task started with the pool's first connection
-//!   ticks every 30 s and drops what stayed idle for three ticks; at most
-//!   [`MAX_IDLE_PER_HOST`] idle connections per host are kept.
+//!   ticks every 30 s and drops what stayed idle for three ticks (an HTTP/2 connection: that no
+//!   request took for three ticks); at most [`MAX_IDLE_PER_HOST`] idle connections per host are
+//!   kept.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +74,8 @@ struct Host {
     idle: Vec<(H1Sender, u32)>,
     /// The HTTP/2 connection every request to the host shares.
     shared: Option<H2Sender>,
+    /// The reaper's tick when a request last took the shared connection.
+    shared_used: u32,
     /// Held while a prior-knowledge HTTP/2 connection is made.
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -97,6 +100,7 @@ impl Hosts {
                     authority: authority.clone(),
                     idle: Vec::new(),
                     shared: None,
+                    shared_used: 0,
                     connecting: Arc::default(),
                 });
                 self.list.len() - 1
@@ -201,10 +205,13 @@ impl Pool {
     /// one; closed ones found on the way are dropped.
     fn checkout(&self, https: bool, authority: &Authority) -> Option<Conn> {
         let mut hosts = self.lock();
+        let tick = hosts.tick;
         let host = hosts.find(https, authority)?;
         if let Some(shared) = &host.shared {
             if !shared.is_closed() {
-                return Some(Conn::Http2(shared.clone()));
+                let shared = shared.clone();
+                host.shared_used = tick;
+                return Some(Conn::Http2(shared));
             }
             host.shared = None;
         }
@@ -293,7 +300,9 @@ impl Pool {
                 // How it ended shows in the requests it carried.
                 let _ = connection.await;
             });
+            self.start_reaper();
             let mut hosts = self.lock();
+            let tick = hosts.tick;
             let host = hosts.entry(https, authority);
             match &host.shared {
                 // Another request's connect (ALPN chose HTTP/2 for both) finished first: this
@@ -302,6 +311,7 @@ impl Pool {
                 Some(shared) if !shared.is_closed() => Ok(Conn::Http2(shared.clone())),
                 _ => {
                     host.shared = Some(sender.clone());
+                    host.shared_used = tick;
                     Ok(Conn::Http2(sender))
                 }
             }
@@ -413,7 +423,8 @@ impl Pool {
     }
 
     /// One reaper tick: drops the connections idle for [`IDLE_TICKS`] ticks and the closed
-    /// ones.
+    /// ones — an HTTP/2 connection no request took for that long too (streams still open on
+    /// it go on; hyper closes it after them) — and forgets hosts left with nothing.
     fn reap(&self) {
         let mut hosts = self.lock();
         hosts.tick = hosts.tick.wrapping_add(1);
@@ -422,10 +433,17 @@ impl Pool {
             host.idle.retain(|(sender, since)| {
                 now.wrapping_sub(*since) < IDLE_TICKS && !sender.is_closed()
             });
-            if host.shared.as_ref().is_some_and(H2Sender::is_closed) {
+            let unused = now.wrapping_sub(host.shared_used) >= IDLE_TICKS;
+            if unused || host.shared.as_ref().is_some_and(H2Sender::is_closed) {
                 host.shared = None;
             }
         }
+        // A host whose prior-knowledge connect is under way keeps its lock's entry.
+        hosts.list.retain(|host| {
+            !host.idle.is_empty()
+                || host.shared.is_some()
+                || Arc::strong_count(&host.connecting) > 1
+        });
     }
 
     /// Idle HTTP/1 connections and shared HTTP/2 ones, for tests.
@@ -444,6 +462,11 @@ impl Pool {
     #[cfg(test)]
     pub fn reap_for_test(&self) {
         self.reap();
+    }
+
+    #[cfg(test)]
+    pub fn hosts_for_test(&self) -> usize {
+        self.lock().list.len()
     }
 }
 

@@ -386,3 +386,63 @@ async fn a_connection_still_uploading_is_not_waited_for() {
     assert_eq!(read_all(&mut next).await, b"ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// An HTTP/2 connection no request took for three reaper ticks leaves the pool, and the host
+/// with it; the next request makes a new one.
+#[tokio::test]
+async fn an_unused_http2_connection_is_reaped() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted) = counting_upstream().await;
+    let client = client(HttpVersion::Http2);
+    let mut response = get(&client, port, "/a").await;
+    assert_eq!(read_all(&mut response).await, b"/a");
+    assert_eq!(client.pool.counts(), (0, 1));
+    client.pool.reap_for_test();
+    client.pool.reap_for_test();
+    let mut response = get(&client, port, "/b").await;
+    assert_eq!(read_all(&mut response).await, b"/b");
+    assert_eq!(client.pool.counts(), (0, 1), "used: kept");
+    for _ in 0..3 {
+        client.pool.reap_for_test();
+    }
+    assert_eq!(client.pool.counts(), (0, 0));
+    assert_eq!(client.pool.hosts_for_test(), 0);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let mut response = get(&client, port, "/c").await;
+    assert_eq!(read_all(&mut response).await, b"/c");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// Dropping an unused HTTP/2 connection from the pool leaves the streams still open on it to
+/// finish: a slow answer started before the reaper dropped it is read to its end.
+#[tokio::test]
+async fn a_stream_outlives_its_reaped_http2_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(|_request: http::Request<_>| async move {
+            let chunks = futures_util::stream::unfold(0_u8, |sent| async move {
+                if sent == 3 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let frame = http_body::Frame::data(Bytes::from(vec![b'a' + sent]));
+                Some((Ok::<_, std::convert::Infallible>(frame), sent + 1))
+            });
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::StreamBody::new(
+                chunks,
+            )))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+            .await;
+    });
+    let client = client(HttpVersion::Http2);
+    let mut response = get(&client, port, "/slow").await;
+    for _ in 0..3 {
+        client.pool.reap_for_test();
+    }
+    assert_eq!(client.pool.counts(), (0, 0), "dropped from the pool");
+    assert_eq!(read_all(&mut response).await, b"abc");
+}
