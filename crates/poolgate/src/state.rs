@@ -208,6 +208,7 @@ fn upstream_client_for(config: &Config, version: HttpVersion) -> Result<Upstream
         connect_timeout: config.proxy.connect_timeout,
         egress: Arc::new(config.network.clone()),
         version,
+        extra_roots: Arc::clone(&config.proxy.upstream_ca),
     })
     .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))
 }

@@ -9,7 +9,10 @@ mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
 
 use serde::Deserialize;
 
@@ -77,6 +80,10 @@ pub struct ProxySettings {
     pub usage_grace: Duration,
     /// The most upstream bytes read during that grace.
     pub usage_grace_max_bytes: usize,
+    /// Certificate authorities trusted for `https://` backends on top of the webpki roots
+    /// (`proxy.upstream_ca_file`, read and checked at start): a model server behind an
+    /// internal CA.
+    pub upstream_ca: Arc<[CertificateDer<'static>]>,
 }
 
 impl Default for ProxySettings {
@@ -97,6 +104,7 @@ impl Default for ProxySettings {
             max_response_bytes: 64 * 1024 * 1024,
             usage_grace: Duration::from_millis(2000),
             usage_grace_max_bytes: 1024 * 1024,
+            upstream_ca: Arc::from([]),
         }
     }
 }
@@ -635,6 +643,46 @@ mod tests {
             config.usage.rollup_retention,
             Duration::from_secs(500 * 86_400)
         );
+    }
+
+    #[test]
+    fn the_upstream_ca_file_is_read_and_checked_at_start() {
+        assert!(load("").unwrap().proxy.upstream_ca.is_empty());
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        let with = |path: &Path| {
+            load(&format!(
+                "[proxy]\nupstream_ca_file = {:?}\n",
+                path.display().to_string()
+            ))
+        };
+        let config = with(&fixtures.join("ca.pem")).unwrap();
+        assert_eq!(config.proxy.upstream_ca.len(), 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error = with(&missing).unwrap_err();
+        assert!(
+            error.contains("proxy.upstream_ca_file") && error.contains("cannot read"),
+            "{error}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let error = with(&empty).unwrap_err();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let error = with(&broken).unwrap_err();
+        assert!(
+            error.contains("certificate 1 of") && error.contains("is not a usable CA certificate"),
+            "{error}"
+        );
+        // A private key is not a certificate.
+        let error = with(&fixtures.join("server.key")).unwrap_err();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
     }
 
     #[test]

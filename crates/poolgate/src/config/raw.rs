@@ -136,6 +136,8 @@ pub struct RawProxy {
     pub max_response_bytes: Option<usize>,
     pub usage_grace_ms: Option<u64>,
     pub usage_grace_max_bytes: Option<usize>,
+    /// PEM certificates of extra CAs trusted for `https://` backends.
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,8 +1,12 @@
 //! Validation of the raw config sections into their settings; errors name the path
 //! (`proxy.max_attempts`, `backends[1].rpm_limit`).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 
 use super::raw::{
@@ -133,7 +137,47 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
         expose_routing_headers: raw
             .expose_routing_headers
             .unwrap_or(defaults.expose_routing_headers),
+        upstream_ca: match &raw.upstream_ca_file {
+            Some(path) => upstream_ca(path)?,
+            None => defaults.upstream_ca,
+        },
     })
+}
+
+/// The certificates of `proxy.upstream_ca_file`: a PEM file of one or more CA certificates,
+/// each one rustls accepts as a trust anchor.
+fn upstream_ca(path: &Path) -> Result<Arc<[CertificateDer<'static>]>, Invalid> {
+    const FIELD: &str = "proxy.upstream_ca_file";
+    let pem = std::fs::read(path)
+        .map_err(|error| Invalid::new(FIELD, format!("cannot read {}: {error}", path.display())))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| {
+            Invalid::new(
+                FIELD,
+                format!("{} is not a PEM certificate file: {error}", path.display()),
+            )
+        })?;
+    if certificates.is_empty() {
+        return Err(Invalid::new(
+            FIELD,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, certificate) in certificates.iter().enumerate() {
+        roots.add(certificate.clone()).map_err(|error| {
+            Invalid::new(
+                FIELD,
+                format!(
+                    "certificate {} of {} is not a usable CA certificate: {error}",
+                    index + 1,
+                    path.display()
+                ),
+            )
+        })?;
+    }
+    Ok(certificates.into())
 }
 
 pub fn validate_health(raw: RawHealth) -> Result<HealthSettings, Invalid> {

@@ -259,6 +259,7 @@ async fn localhost_backend_is_refused_at_connect_time_when_private_is_off() {
             connect_timeout: std::time::Duration::from_secs(5),
             egress: Arc::new(policy),
             version: HttpVersion::Auto,
+            extra_roots: Arc::from([]),
         })
         .unwrap();
         let body = SplicedBody::whole(bytes::Bytes::new());

@@ -234,9 +234,13 @@ pub fn connection_failure(error: &UpstreamError) -> Failure {
         };
     }
     if error.is_connect() {
-        return Failure::Connect {
-            detail: "connection failed".to_owned(),
+        // The TLS reason is worth a backend's `last_error` (an internal CA not trusted, an
+        // expired certificate); other connect errors stay generic.
+        let detail = match error.tls_failure() {
+            Some(tls) => format!("TLS handshake failed: {tls}"),
+            None => "connection failed".to_owned(),
         };
+        return Failure::Connect { detail };
     }
     let detail = if error.is_timeout() {
         "timed out".to_owned()

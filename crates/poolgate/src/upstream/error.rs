@@ -55,6 +55,24 @@ impl UpstreamError {
         false
     }
 
+    /// The TLS error that ended the handshake, when one did (an untrusted or expired
+    /// certificate, a name it is not valid for, a protocol alert). tokio-rustls hands it over
+    /// inside an [`io::Error`] (hyper-util wraps that in another), and an `io::Error`'s
+    /// `source()` skips the error it wraps: the walk goes through `get_ref()` there.
+    pub fn tls_failure(&self) -> Option<&rustls::Error> {
+        let mut current: Option<&(dyn StdError + 'static)> = Some(self);
+        while let Some(error) = current {
+            if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            current = match error.downcast_ref::<io::Error>() {
+                Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+                None => error.source(),
+            };
+        }
+        None
+    }
+
     /// The error and its causes on one line ("the upstream request failed: connection closed
     /// before message completed"), for logs and a backend's `last_error`.
     pub fn detail(&self) -> String {

@@ -1,7 +1,7 @@
 //! The upstream HTTP client: hyper's client connections in poolgate's own pool ([`pool`]) with
 //! only the layers a gateway needs — hyper-util's [`HttpConnector`] whose resolver is the
 //! egress policy's ([`PolicyResolver`]: every resolved address is checked before it is
-//! connected to), rustls with the webpki roots, a connect timeout over the whole connect
+//! connected to), rustls with the webpki roots (and the CAs of `proxy.upstream_ca_file`), a connect timeout over the whole connect
 //! (resolution, TCP, TLS), keep-alive pooling, and fixed, small HTTP/1 read buffers. No
 //! redirects are followed, no proxy is read from the environment, nothing parses a URL per
 //! request (the backends' URLs are prebuilt [`http::Uri`]s, [`crate::providers::target`]), and
@@ -15,6 +15,8 @@ mod pool;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +31,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyDataStream, BodyExt};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::pki_types::CertificateDer;
 
 pub use error::UpstreamError;
 use pool::PooledBody;
@@ -81,6 +84,8 @@ pub struct ClientSettings {
     /// `auto` (ALPN `h2` + `http/1.1` on `https://`, HTTP/1.1 on `http://`), `http1` or
     /// `http2` (prior knowledge on `http://`).
     pub version: HttpVersion,
+    /// CA certificates trusted on top of the webpki roots (`proxy.upstream_ca_file`).
+    pub extra_roots: Arc<[CertificateDer<'static>]>,
 }
 
 /// The HTTP/1 read buffer of a connection, fixed (hyper's default starts at 8 KiB and grows to
@@ -118,7 +123,7 @@ impl UpstreamClient {
         #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
         http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
 
-        let tls = tls_config()?;
+        let tls = tls_config(&settings.extra_roots)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
@@ -168,12 +173,20 @@ impl UpstreamClient {
 
 /// The rustls client configuration: ring, the webpki roots (as reqwest's `rustls-tls` had),
 /// TLS 1.2 and 1.3; the ALPN protocols are set per client by the connector.
-fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
-    use hyper_rustls::ConfigBuilderExt;
+fn tls_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for certificate in extra_roots {
+        roots
+            .add(certificate.clone())
+            .map_err(|error| rustls::Error::General(format!("upstream CA certificate: {error}")))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_webpki_roots()
+        .with_root_certificates(roots)
         .with_no_client_auth())
 }
 

@@ -14,6 +14,7 @@ fn client(version: HttpVersion) -> UpstreamClient {
         connect_timeout: Duration::from_secs(5),
         egress: Arc::new(EgressPolicy::default()),
         version,
+        extra_roots: Arc::from([]),
     })
     .unwrap()
 }
