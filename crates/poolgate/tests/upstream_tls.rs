@@ -85,8 +85,10 @@ async fn chat(gateway: &Gateway, stream: bool) -> common::Answer {
 async fn an_https_backend_behind_an_internal_ca_is_reached_with_upstream_ca_file() {
     let mock = MockUpstream::start().await;
     let base_url = tls_front(&mock).await;
+    // One runtime, so one upstream pool: the two requests' connection count is the pool's,
+    // whichever core would have accepted the client's connection.
     let toml = format!(
-        "[proxy]\nupstream_ca_file = {:?}\n",
+        "[server]\nruntime = \"work_stealing\"\n[proxy]\nupstream_ca_file = {:?}\n",
         fixture("ca.pem").display().to_string()
     );
     let gateway = Gateway::start_with(&toml, None).await;

@@ -657,6 +657,16 @@ mod tests {
         };
         let config = with(&fixtures.join("ca.pem")).unwrap();
         assert_eq!(config.proxy.upstream_ca.len(), 1);
+        // A certificate's CA flag is not checked here: a server's own certificate loads (and
+        // shows later as `UnknownIssuer` in the backend's `last_error`).
+        assert_eq!(
+            with(&fixtures.join("server.pem"))
+                .unwrap()
+                .proxy
+                .upstream_ca
+                .len(),
+            1
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
@@ -677,7 +687,8 @@ mod tests {
         .unwrap();
         let error = with(&broken).unwrap_err();
         assert!(
-            error.contains("certificate 1 of") && error.contains("is not a usable CA certificate"),
+            error.contains("certificate 1 of")
+                && error.contains("is not a usable X.509 certificate"),
             "{error}"
         );
         // A private key is not a certificate.

@@ -144,8 +144,11 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
     })
 }
 
-/// The certificates of `proxy.upstream_ca_file`: a PEM file of one or more CA certificates,
-/// each one rustls accepts as a trust anchor.
+/// The certificates of `proxy.upstream_ca_file`: a PEM file of one or more certificates, each
+/// one rustls can take as a trust anchor (an X.509 certificate it parses; its CA flag is not
+/// looked at — a server's own certificate given by mistake shows later, as `UnknownIssuer` in
+/// the backend's `last_error`). Other PEM sections (a key) are skipped. A relative path is
+/// taken from the working directory.
 fn upstream_ca(path: &Path) -> Result<Arc<[CertificateDer<'static>]>, Invalid> {
     const FIELD: &str = "proxy.upstream_ca_file";
     let pem = std::fs::read(path)
@@ -170,7 +173,7 @@ fn upstream_ca(path: &Path) -> Result<Arc<[CertificateDer<'static>]>, Invalid> {
             Invalid::new(
                 FIELD,
                 format!(
-                    "certificate {} of {} is not a usable CA certificate: {error}",
+                    "certificate {} of {} is not a usable X.509 certificate: {error}",
                     index + 1,
                     path.display()
                 ),

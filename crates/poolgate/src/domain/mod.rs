@@ -143,7 +143,7 @@ pub enum HttpVersion {
     /// HTTP/1.1 on `http://`; on `https://` what ALPN settles (h2 or http/1.1).
     #[default]
     Auto,
-    /// HTTP/1.1 only (ALPN offers only `http/1.1` on `https://`).
+    /// HTTP/1.1 only (no ALPN on `https://`, so the server speaks HTTP/1.1).
     Http1,
     /// HTTP/2 only: prior knowledge (h2c) on `http://`, ALPN `h2` on `https://`. Every stream
     /// to one upstream host shares one connection.

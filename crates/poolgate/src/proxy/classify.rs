@@ -236,8 +236,13 @@ pub fn connection_failure(error: &UpstreamError) -> Failure {
     if error.is_connect() {
         // The TLS reason is worth a backend's `last_error` (an internal CA not trusted, an
         // expired certificate); other connect errors stay generic.
+        // rustls names every name a certificate holds when none fits: shortened, as upstream
+        // error texts are.
         let detail = match error.tls_failure() {
-            Some(tls) => format!("TLS handshake failed: {tls}"),
+            Some(tls) => format!("TLS handshake failed: {tls}")
+                .chars()
+                .take(200)
+                .collect(),
             None => "connection failed".to_owned(),
         };
         return Failure::Connect { detail };

@@ -1,8 +1,9 @@
 //! The upstream HTTP client: hyper's client connections in poolgate's own pool ([`pool`]) with
 //! only the layers a gateway needs — hyper-util's [`HttpConnector`] whose resolver is the
 //! egress policy's ([`PolicyResolver`]: every resolved address is checked before it is
-//! connected to), rustls with the webpki roots (and the CAs of `proxy.upstream_ca_file`), a connect timeout over the whole connect
-//! (resolution, TCP, TLS), keep-alive pooling, and fixed, small HTTP/1 read buffers. No
+//! connected to), rustls with the webpki roots (and the CAs of `proxy.upstream_ca_file`), a
+//! connect timeout over the whole connect (resolution, TCP, TLS), keep-alive pooling, and
+//! fixed, small HTTP/1 read buffers. No
 //! redirects are followed, no proxy is read from the environment, nothing parses a URL per
 //! request (the backends' URLs are prebuilt [`http::Uri`]s, [`crate::providers::target`]), and
 //! nothing decompresses.
@@ -96,7 +97,7 @@ pub struct ClientSettings {
 /// events (docs/benchmarks.md, "#13 progress").
 pub const HTTP1_READ_BUFFER: usize = 8 * 1024;
 
-/// With `http2`: the ping interval, and how long a ping may stay unanswered.
+/// A shared HTTP/2 connection's ping interval, and how long a ping may stay unanswered.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 type Connector = ConnectTimeout<HttpsConnector<HttpConnector<PolicyResolver>>>;

@@ -247,26 +247,26 @@ impl Pool {
         target: &Uri,
     ) -> Result<(Conn, bool), UpstreamError> {
         if self.version != HttpVersion::Http2 {
-            let conn = Box::pin(self.open(https, authority, target)).await?;
-            return Ok((conn, true));
+            return Box::pin(self.open(https, authority, target)).await;
         }
         let connecting = Arc::clone(&self.lock().entry(https, authority).connecting);
         let _turn = connecting.lock().await;
         if let Some(conn) = self.checkout(https, authority) {
             return Ok((conn, false));
         }
-        let conn = Box::pin(self.open(https, authority, target)).await?;
-        Ok((conn, true))
+        Box::pin(self.open(https, authority, target)).await
     }
 
     /// Connects (resolution, egress check, TCP, TLS under the connect timeout), then speaks
-    /// HTTP/2 when asked to or when ALPN chose it, else HTTP/1.1.
+    /// HTTP/2 when asked to or when ALPN chose it, else HTTP/1.1. `true` with the connection
+    /// when it is the one made here (`false`: ALPN chose HTTP/2 and another request's shared
+    /// connection was up first, so this one is dropped and the request goes on that one).
     async fn open(
         self: &Arc<Self>,
         https: bool,
         authority: &Authority,
         target: &Uri,
-    ) -> Result<Conn, UpstreamError> {
+    ) -> Result<(Conn, bool), UpstreamError> {
         let mut parts = Parts::default();
         parts.scheme = Some(if https { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(authority.clone());
@@ -278,20 +278,28 @@ impl Pool {
             .oneshot(origin)
             .await
             .map_err(UpstreamError::Connect)?;
+        let negotiated_h2 = io.connected().is_negotiated_h2();
         let http2 = match self.version {
-            HttpVersion::Http2 => true,
+            HttpVersion::Http2 => {
+                // Over TLS the upstream must have agreed to `h2` (the only protocol offered):
+                // one that did not would fail only at the first request, as a send error.
+                if https && !negotiated_h2 {
+                    return Err(UpstreamError::Connect(
+                        "the upstream did not agree to HTTP/2 (ALPN h2)".into(),
+                    ));
+                }
+                true
+            }
             HttpVersion::Http1 => false,
-            HttpVersion::Auto => io.connected().is_negotiated_h2(),
+            HttpVersion::Auto => negotiated_h2,
         };
         if http2 {
             let mut builder = http2::Builder::new(BoxingExecutor);
             builder.timer(TokioTimer::new());
-            if self.version == HttpVersion::Http2 {
-                // A dead peer is noticed by a ping.
-                builder
-                    .keep_alive_interval(HTTP2_KEEP_ALIVE)
-                    .keep_alive_timeout(HTTP2_KEEP_ALIVE);
-            }
+            // A dead peer of the long-lived shared connection is noticed by a ping.
+            builder
+                .keep_alive_interval(HTTP2_KEEP_ALIVE)
+                .keep_alive_timeout(HTTP2_KEEP_ALIVE);
             let (sender, connection) = builder
                 .handshake(io)
                 .await
@@ -308,11 +316,11 @@ impl Pool {
                 // Another request's connect (ALPN chose HTTP/2 for both) finished first: this
                 // request goes on that one, and this connection closes with its last handle
                 // instead of carrying one stream for as long as it lasts.
-                Some(shared) if !shared.is_closed() => Ok(Conn::Http2(shared.clone())),
+                Some(shared) if !shared.is_closed() => Ok((Conn::Http2(shared.clone()), false)),
                 _ => {
                     host.shared = Some(sender.clone());
                     host.shared_used = tick;
-                    Ok(Conn::Http2(sender))
+                    Ok((Conn::Http2(sender), true))
                 }
             }
         } else {
@@ -325,7 +333,7 @@ impl Pool {
                 let _ = connection.await;
             });
             self.start_reaper();
-            Ok(Conn::Http1(sender))
+            Ok((Conn::Http1(sender), true))
         }
     }
 

@@ -42,8 +42,9 @@ struct Connections {
     open: AtomicUsize,
 }
 
-/// An `https://` upstream on 127.0.0.1 offering `alpn` (in order of preference) that counts
-/// its connections and answers every request with `"{version} {path}"`.
+/// An `https://` upstream on 127.0.0.1 offering `alpn` (in order of preference: the first the
+/// client offers too is chosen) that counts its connections and answers every request with
+/// `"{version} {path} alpn={negotiated} conn={index of the connection, from 0}"`.
 async fn tls_upstream(alpn: &[&[u8]]) -> (u16, Arc<Connections>) {
     let certificates = CertificateDer::pem_slice_iter(SERVER_CERT)
         .collect::<Result<Vec<_>, _>>()
@@ -65,7 +66,7 @@ async fn tls_upstream(alpn: &[&[u8]]) -> (u16, Arc<Connections>) {
     tokio::spawn(async move {
         loop {
             let (socket, _) = listener.accept().await.unwrap();
-            counter.accepted.fetch_add(1, Ordering::SeqCst);
+            let index = counter.accepted.fetch_add(1, Ordering::SeqCst);
             counter.open.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             let counter = Arc::clone(&counter);
@@ -75,11 +76,21 @@ async fn tls_upstream(alpn: &[&[u8]]) -> (u16, Arc<Connections>) {
                     counter.open.fetch_sub(1, Ordering::SeqCst);
                     return;
                 };
-                let service = hyper::service::service_fn(|request: http::Request<_>| async move {
-                    let answer = format!("{:?} {}", request.version(), request.uri().path());
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(Bytes::from(answer)),
-                    ))
+                let alpn = tls.get_ref().1.alpn_protocol().map_or_else(
+                    || "none".to_owned(),
+                    |p| String::from_utf8_lossy(p).into_owned(),
+                );
+                let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                    let answer = format!(
+                        "{:?} {} alpn={alpn} conn={index}",
+                        request.version(),
+                        request.uri().path()
+                    );
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from(answer)),
+                        ))
+                    }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
@@ -130,7 +141,7 @@ async fn an_upstream_signed_by_an_extra_ca_is_trusted_only_with_it() {
         get(&client(HttpVersion::Auto, test_ca()), port, "/x")
             .await
             .unwrap(),
-        "HTTP/1.1 /x"
+        "HTTP/1.1 /x alpn=http/1.1 conn=1"
     );
 }
 
@@ -145,7 +156,7 @@ async fn auto_follows_alpn_and_pools_each_protocol_its_way() {
         let path = format!("/s{round}");
         assert_eq!(
             get(&client_h2, port, &path).await.unwrap(),
-            format!("HTTP/2.0 {path}")
+            format!("HTTP/2.0 {path} alpn=h2 conn=0")
         );
     }
     assert_eq!(
@@ -159,7 +170,7 @@ async fn auto_follows_alpn_and_pools_each_protocol_its_way() {
     }))
     .await;
     for (index, answer) in answers.iter().enumerate() {
-        assert_eq!(answer, &format!("HTTP/2.0 /c{index}"));
+        assert_eq!(answer, &format!("HTTP/2.0 /c{index} alpn=h2 conn=0"));
     }
     assert_eq!(
         connections.accepted.load(Ordering::SeqCst),
@@ -174,7 +185,7 @@ async fn auto_follows_alpn_and_pools_each_protocol_its_way() {
         let path = format!("/r{round}");
         assert_eq!(
             get(&client_h1, port, &path).await.unwrap(),
-            format!("HTTP/1.1 {path}")
+            format!("HTTP/1.1 {path} alpn=http/1.1 conn=0")
         );
     }
     assert_eq!(connections.accepted.load(Ordering::SeqCst), 1, "reused");
@@ -182,9 +193,9 @@ async fn auto_follows_alpn_and_pools_each_protocol_its_way() {
 }
 
 /// A cold `auto` pool sends a burst before any connection is up: each request connects (ALPN
-/// is known only after the handshake), every one is answered, and once the first HTTP/2
-/// connection is shared the later ones close with their last stream — the next requests go
-/// over the shared one, no new handshake.
+/// is known only after the handshake), but the first HTTP/2 connection up is shared and every
+/// request of the burst goes over it; the later connections close without carrying a stream,
+/// and the next requests use the shared one, no new handshake.
 #[tokio::test]
 async fn a_cold_burst_over_alpn_h2_ends_on_one_shared_connection() {
     let (port, connections) = tls_upstream(&[b"h2", b"http/1.1"]).await;
@@ -194,14 +205,22 @@ async fn a_cold_burst_over_alpn_h2_ends_on_one_shared_connection() {
         async move { get(&client, port, &format!("/b{index}")).await.unwrap() }
     }))
     .await;
+    let shared = answers[0].rsplit_once(" conn=").unwrap().1.to_owned();
     for (index, answer) in answers.iter().enumerate() {
-        assert_eq!(answer, &format!("HTTP/2.0 /b{index}"));
+        assert_eq!(
+            answer,
+            &format!("HTTP/2.0 /b{index} alpn=h2 conn={shared}"),
+            "one connection for the whole burst"
+        );
     }
     let after_burst = connections.accepted.load(Ordering::SeqCst);
     assert!((1..=6).contains(&after_burst), "{after_burst}");
     assert_eq!(client.pool.counts(), (0, 1));
     for round in 0..3 {
-        get(&client, port, &format!("/n{round}")).await.unwrap();
+        assert_eq!(
+            get(&client, port, &format!("/n{round}")).await.unwrap(),
+            format!("HTTP/2.0 /n{round} alpn=h2 conn={shared}")
+        );
     }
     assert_eq!(connections.accepted.load(Ordering::SeqCst), after_burst);
     // The burst's other connections closed once their one stream was done.
@@ -217,7 +236,9 @@ async fn a_cold_burst_over_alpn_h2_ends_on_one_shared_connection() {
     assert_eq!(connections.open.load(Ordering::SeqCst), 1);
 }
 
-/// `http1` offers only `http/1.1` and `http2` only `h2`, whatever the upstream prefers.
+/// `http1` offers no ALPN at all (hyper-rustls's way: a server then speaks HTTP/1.1) and `http2`
+/// only `h2`, whatever the upstream prefers; an upstream that does not agree to `h2` fails an
+/// `http2` backend's connect, with a reason.
 #[tokio::test]
 async fn a_pinned_version_is_the_only_one_offered() {
     let (port, _) = tls_upstream(&[b"h2", b"http/1.1"]).await;
@@ -225,12 +246,36 @@ async fn a_pinned_version_is_the_only_one_offered() {
         get(&client(HttpVersion::Http1, test_ca()), port, "/one")
             .await
             .unwrap(),
-        "HTTP/1.1 /one"
+        "HTTP/1.1 /one alpn=none conn=0"
     );
+    let (port, _) = tls_upstream(&[b"http/1.1", b"h2"]).await;
     assert_eq!(
         get(&client(HttpVersion::Http2, test_ca()), port, "/two")
             .await
             .unwrap(),
-        "HTTP/2.0 /two"
+        "HTTP/2.0 /two alpn=h2 conn=0"
+    );
+    // An upstream without ALPN: the handshake succeeds, the connect fails.
+    let (port, _) = tls_upstream(&[]).await;
+    let error = get(&client(HttpVersion::Http2, test_ca()), port, "/three")
+        .await
+        .unwrap_err();
+    assert!(error.is_connect(), "{error:?}");
+    assert!(
+        error.detail().contains("did not agree to HTTP/2"),
+        "{}",
+        error.detail()
+    );
+    // One with ALPN but not `h2`: the TLS handshake itself fails (RFC 7301's alert).
+    let (port, _) = tls_upstream(&[b"http/1.1"]).await;
+    let error = get(&client(HttpVersion::Http2, test_ca()), port, "/four")
+        .await
+        .unwrap_err();
+    assert!(error.is_connect(), "{error:?}");
+    assert!(
+        error
+            .tls_failure()
+            .is_some_and(|tls| tls.to_string().contains("NoApplicationProtocol")),
+        "{error:?}"
     );
 }
