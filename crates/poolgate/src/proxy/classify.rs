@@ -235,9 +235,8 @@ pub fn connection_failure(error: &UpstreamError) -> Failure {
     }
     if error.is_connect() {
         // The TLS reason is worth a backend's `last_error` (an internal CA not trusted, an
-        // expired certificate); other connect errors stay generic.
-        // rustls names every name a certificate holds when none fits: shortened, as upstream
-        // error texts are.
+        // expired certificate), shortened as upstream error texts are (rustls lists every name
+        // a certificate holds when none fits); other connect errors stay generic.
         let detail = match error.tls_failure() {
             Some(tls) => format!("TLS handshake failed: {tls}")
                 .chars()

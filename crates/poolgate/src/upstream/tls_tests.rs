@@ -223,7 +223,7 @@ async fn a_cold_burst_over_alpn_h2_ends_on_one_shared_connection() {
         );
     }
     assert_eq!(connections.accepted.load(Ordering::SeqCst), after_burst);
-    // The burst's other connections closed once their one stream was done.
+    // The burst's other connections close without having carried a stream.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while connections.open.load(Ordering::SeqCst) > 1 {
         assert!(
