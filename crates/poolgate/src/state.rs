@@ -200,9 +200,9 @@ fn upstream_client(config: &Config) -> Result<UpstreamClient, InitError> {
 }
 
 /// [`upstream_client`] speaking only `version`: `http1` sends no ALPN on `https://` (so the
-/// server speaks HTTP/1.1); `http2` speaks HTTP/2 from the first byte on `http://` (h2c prior knowledge),
-/// offers only `h2` on `https://`, and keeps one connection per upstream host that every
-/// stream shares (pinged every 20 s, so a dead peer is noticed).
+/// server speaks HTTP/1.1); `http2` speaks HTTP/2 from the first byte on `http://` (h2c prior
+/// knowledge), offers only `h2` on `https://`, and keeps one connection per upstream host that
+/// every stream shares (pinged every 20 s, so a dead peer is noticed).
 fn upstream_client_for(config: &Config, version: HttpVersion) -> Result<UpstreamClient, InitError> {
     UpstreamClient::new(&ClientSettings {
         connect_timeout: config.proxy.connect_timeout,

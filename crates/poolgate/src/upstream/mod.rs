@@ -3,10 +3,9 @@
 //! egress policy's ([`PolicyResolver`]: every resolved address is checked before it is
 //! connected to), rustls with the webpki roots (and the CAs of `proxy.upstream_ca_file`), a
 //! connect timeout over the whole connect (resolution, TCP, TLS), keep-alive pooling, and
-//! fixed, small HTTP/1 read buffers. No
-//! redirects are followed, no proxy is read from the environment, nothing parses a URL per
-//! request (the backends' URLs are prebuilt [`http::Uri`]s, [`crate::providers::target`]), and
-//! nothing decompresses.
+//! fixed, small HTTP/1 read buffers. No redirects are followed, no proxy is read from the
+//! environment, nothing parses a URL per request (the backends' URLs are prebuilt
+//! [`http::Uri`]s, [`crate::providers::target`]), and nothing decompresses.
 //!
 //! [`UpstreamClient::send`] is the one call; [`UpstreamResponse`] reads the answer (whole, chunk
 //! by chunk, or as a stream); [`UpstreamError`] says why it failed without quoting the URL.

@@ -19,6 +19,7 @@
 //!   request took for three ticks); at most [`MAX_IDLE_PER_HOST`] idle connections per host are
 //!   kept.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -300,15 +301,7 @@ impl Pool {
             builder
                 .keep_alive_interval(HTTP2_KEEP_ALIVE)
                 .keep_alive_timeout(HTTP2_KEEP_ALIVE);
-            let (sender, connection) = builder
-                .handshake(io)
-                .await
-                .map_err(|error| UpstreamError::Connect(Box::new(error)))?;
-            tokio::spawn(async move {
-                // How it ended shows in the requests it carried.
-                let _ = connection.await;
-            });
-            self.start_reaper();
+            let sender = self.drive(builder.handshake(io)).await?;
             let mut hosts = self.lock();
             let tick = hosts.tick;
             let host = hosts.entry(https, authority);
@@ -324,17 +317,32 @@ impl Pool {
                 }
             }
         } else {
-            let (sender, connection) = http1::Builder::new()
+            let handshake = http1::Builder::new()
                 .read_buf_exact_size(Some(HTTP1_READ_BUFFER))
-                .handshake(io)
-                .await
-                .map_err(|error| UpstreamError::Connect(Box::new(error)))?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            self.start_reaper();
-            Ok((Conn::Http1(sender), true))
+                .handshake(io);
+            Ok((Conn::Http1(self.drive(handshake).await?), true))
         }
+    }
+
+    /// Finishes a connection's `handshake` (its error is a connect failure), runs the
+    /// connection in its own task (how it ended shows in the requests it carried) and makes
+    /// sure the reaper runs; returns the connection's sender.
+    async fn drive<S, C, E>(
+        self: &Arc<Self>,
+        handshake: impl Future<Output = Result<(S, C), E>>,
+    ) -> Result<S, UpstreamError>
+    where
+        C: Future + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let (sender, connection) = handshake
+            .await
+            .map_err(|error| UpstreamError::Connect(Box::new(error)))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        self.start_reaper();
+        Ok(sender)
     }
 
     async fn send_on(
