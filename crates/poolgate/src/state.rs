@@ -209,6 +209,7 @@ fn upstream_client_for(config: &Config, version: HttpVersion) -> Result<Upstream
         egress: Arc::new(config.network.clone()),
         version,
         extra_roots: Arc::clone(&config.proxy.upstream_ca),
+        idle_timeout: config.proxy.upstream_idle_timeout,
     })
     .map_err(|error| InitError::Invalid(format!("HTTP client: {error}")))
 }

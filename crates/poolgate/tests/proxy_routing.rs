@@ -1648,3 +1648,22 @@ async fn a_probe_abandoned_by_its_client_does_not_block_the_backend() {
     assert_eq!(view["in_flight"], 0, "{view}");
     gw.stop().await;
 }
+
+/// `proxy.upstream_idle_timeout_ms`: an upstream connection idle for longer is not reused (an
+/// upstream closing its own idle connections on its clock, as uvicorn does after 5 s, would
+/// race the next request on it); within it, it is.
+#[tokio::test]
+async fn idle_upstream_connections_are_not_reused_past_the_idle_timeout() {
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::start_with("[proxy]\nupstream_idle_timeout_ms = 300\n", None).await;
+    gw.add_openai_backend("one", &upstream.openai_base_url(), "primary", &[MODEL])
+        .await;
+    for _ in 0..2 {
+        assert_eq!(gw.chat(MODEL).await.0, 200);
+    }
+    assert_eq!(upstream.connections(), 1, "reused within the timeout");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(gw.chat(MODEL).await.0, 200);
+    assert_eq!(upstream.connections(), 2, "a new connection after it");
+    gw.stop().await;
+}

@@ -84,6 +84,11 @@ pub struct ProxySettings {
     /// (`proxy.upstream_ca_file`, read and checked at start): a model server behind an
     /// internal CA.
     pub upstream_ca: Arc<[CertificateDer<'static>]>,
+    /// How long an idle HTTP/1 upstream connection stays reusable
+    /// (`proxy.upstream_idle_timeout_ms`; 0 = a new connection per request): under the
+    /// keep-alive timeout of the upstreams, so that a request is not written on a connection
+    /// the upstream is closing.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -105,6 +110,7 @@ impl Default for ProxySettings {
             usage_grace: Duration::from_millis(2000),
             usage_grace_max_bytes: 1024 * 1024,
             upstream_ca: Arc::from([]),
+            upstream_idle_timeout: Duration::from_secs(4),
         }
     }
 }
@@ -642,6 +648,21 @@ mod tests {
         assert_eq!(
             config.usage.rollup_retention,
             Duration::from_secs(500 * 86_400)
+        );
+    }
+
+    #[test]
+    fn the_upstream_idle_timeout_defaults_under_five_seconds_and_is_bounded() {
+        let default = load("").unwrap().proxy.upstream_idle_timeout;
+        assert_eq!(default, Duration::from_secs(4));
+        let config = load("[proxy]\nupstream_idle_timeout_ms = 60000").unwrap();
+        assert_eq!(config.proxy.upstream_idle_timeout, Duration::from_secs(60));
+        let config = load("[proxy]\nupstream_idle_timeout_ms = 0").unwrap();
+        assert_eq!(config.proxy.upstream_idle_timeout, Duration::ZERO);
+        let error = load("[proxy]\nupstream_idle_timeout_ms = 3600001").unwrap_err();
+        assert!(
+            error.contains("proxy.upstream_idle_timeout_ms") && error.contains("one hour"),
+            "{error}"
         );
     }
 

@@ -138,6 +138,8 @@ pub struct RawProxy {
     pub usage_grace_max_bytes: Option<usize>,
     /// PEM certificates of extra CAs trusted for `https://` backends.
     pub upstream_ca_file: Option<PathBuf>,
+    /// How long an idle HTTP/1 upstream connection stays reusable.
+    pub upstream_idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -107,7 +107,17 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
             "must be at most 1073741824",
         ));
     }
+    let upstream_idle_timeout_ms = raw
+        .upstream_idle_timeout_ms
+        .unwrap_or(u64::try_from(defaults.upstream_idle_timeout.as_millis()).unwrap_or(u64::MAX));
+    if upstream_idle_timeout_ms > 3_600_000 {
+        return Err(Invalid::new(
+            "proxy.upstream_idle_timeout_ms",
+            "must be at most 3600000 (one hour)",
+        ));
+    }
     Ok(ProxySettings {
+        upstream_idle_timeout: Duration::from_millis(upstream_idle_timeout_ms),
         max_in_flight,
         max_response_bytes,
         usage_grace: Duration::from_millis(usage_grace_ms),

@@ -260,6 +260,7 @@ async fn localhost_backend_is_refused_at_connect_time_when_private_is_off() {
             egress: Arc::new(policy),
             version: HttpVersion::Auto,
             extra_roots: Arc::from([]),
+            idle_timeout: std::time::Duration::from_secs(90),
         })
         .unwrap();
         let body = SplicedBody::whole(bytes::Bytes::new());

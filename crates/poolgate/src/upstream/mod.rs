@@ -86,6 +86,8 @@ pub struct ClientSettings {
     pub version: HttpVersion,
     /// CA certificates trusted on top of the webpki roots (`proxy.upstream_ca_file`).
     pub extra_roots: Arc<[CertificateDer<'static>]>,
+    /// How long an idle HTTP/1 connection stays reusable (`proxy.upstream_idle_timeout_ms`).
+    pub idle_timeout: Duration,
 }
 
 /// The HTTP/1 read buffer of a connection, fixed (hyper's default starts at 8 KiB and grows to
@@ -138,7 +140,11 @@ impl UpstreamClient {
         };
 
         Ok(UpstreamClient {
-            pool: Arc::new(pool::Pool::new(connector, settings.version)),
+            pool: Arc::new(pool::Pool::new(
+                connector,
+                settings.version,
+                settings.idle_timeout,
+            )),
         })
     }
 

@@ -5,8 +5,9 @@
 //! - **HTTP/1**: an idle connection hyper is ready to send on is taken (the newest first) or a
 //!   new one made; after the answer's body was read to its end, the connection goes back to the
 //!   pool (one still sending its request's body, after an early answer, is not waited for). An
-//!   answer dropped before its end closes its connection (hyper's rule). No extra task per request, no hashing,
-//!   no clock read: the request path takes a lock no other thread contends for (one pool per
+//!   answer dropped before its end closes its connection (hyper's rule). No extra task per
+//!   request, no hashing, one clock read when a connection is taken from the pool and one when
+//!   it goes back: the request path takes a lock no other thread contends for (one pool per
 //!   per-core runtime) and scans the few hosts a gateway talks to.
 //! - **HTTP/2**: one connection per host carries every request; with `http_version = "http2"`
 //!   (prior knowledge) requests that find none wait while one is made instead of each
@@ -14,10 +15,15 @@
 //!   that another request's connect beat closes, its request going on the first).
 //! - **Retry**: a request that a reused connection did not take (closed just before it was
 //!   written) tries the next connection; nothing else is retried here.
-//! - **Idle connections** close after 60–90 s: a task started with the pool's first connection
-//!   ticks every 30 s and drops what stayed idle for three ticks (an HTTP/2 connection: that no
-//!   request took for three ticks); at most [`MAX_IDLE_PER_HOST`] idle connections per host are
-//!   kept.
+//! - **Idle HTTP/1 connections** are not reused past the pool's idle timeout
+//!   (`proxy.upstream_idle_timeout_ms`, 4 s by default, undici's default), nor past what the
+//!   upstream's `Keep-Alive: timeout=N` announces less one second: an upstream closes an idle
+//!   connection after its own timeout (uvicorn, which serves vLLM, and Node after 5 s), and a
+//!   request written on a connection the upstream is closing at that moment fails
+//!   (`connection closed before message completed`). A task started with the pool's first
+//!   connection ticks every 30 s and closes the expired ones and the HTTP/2 connection no
+//!   request took for three ticks (60–90 s); at most [`MAX_IDLE_PER_HOST`] idle connections per
+//!   host are kept.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +38,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::TokioTimer;
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::{host_header, Connector, UpstreamError, HTTP1_READ_BUFFER, HTTP2_KEEP_ALIVE};
@@ -42,8 +49,11 @@ use crate::providers::body::SplicedBody;
 pub const MAX_IDLE_PER_HOST: usize = 1024;
 /// How often the idle connections are looked at.
 const REAP_EVERY: Duration = Duration::from_secs(30);
-/// An idle connection is closed once it stayed idle this many ticks (60–90 s).
+/// A shared HTTP/2 connection no request took for this many ticks is closed (60–90 s).
 const IDLE_TICKS: u32 = 3;
+/// What is taken off an upstream's announced `Keep-Alive: timeout`: a connection is not reused
+/// within this much of the moment the upstream closes it (undici's `keepAliveTimeoutThreshold`).
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 /// Pooled connections a request tries before it makes a new one (each closed before it took
 /// the request).
 const MAX_REFUSALS: u32 = 4;
@@ -55,6 +65,8 @@ type H2Sender = http2::SendRequest<SplicedBody>;
 pub struct Pool {
     connector: Connector,
     version: HttpVersion,
+    /// How long an HTTP/1 connection stays reusable once idle (the upstream may announce less).
+    idle_timeout: Duration,
     hosts: Mutex<Hosts>,
     /// Whether the idle reaper runs.
     reaping: AtomicBool,
@@ -71,8 +83,8 @@ struct Hosts {
 struct Host {
     https: bool,
     authority: Authority,
-    /// Idle HTTP/1 connections, each with the tick it went idle at; the newest last.
-    idle: Vec<(H1Sender, u32)>,
+    /// Idle HTTP/1 connections, each with the moment it stops being reusable; the newest last.
+    idle: Vec<(H1Sender, Instant)>,
     /// The HTTP/2 connection every request to the host shares.
     shared: Option<H2Sender>,
     /// The reaper's tick when a request last took the shared connection.
@@ -130,21 +142,27 @@ pub struct Giveback {
     https: bool,
     authority: Authority,
     sender: H1Sender,
+    /// What the upstream's `Keep-Alive: timeout` leaves of the idle timeout, if it sent one.
+    keep_for: Option<Duration>,
 }
 
 impl Giveback {
     fn give(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.put(self.https, &self.authority, self.sender);
+            let keep_for = self.keep_for.map_or(pool.idle_timeout, |keep_for| {
+                keep_for.min(pool.idle_timeout)
+            });
+            pool.put(self.https, &self.authority, self.sender, keep_for);
         }
     }
 }
 
 impl Pool {
-    pub fn new(connector: Connector, version: HttpVersion) -> Pool {
+    pub fn new(connector: Connector, version: HttpVersion, idle_timeout: Duration) -> Pool {
         Pool {
             connector,
             version,
+            idle_timeout,
             hosts: Mutex::default(),
             reaping: AtomicBool::new(false),
         }
@@ -203,7 +221,7 @@ impl Pool {
     }
 
     /// A pooled connection to the host: its shared HTTP/2 one, else its newest idle HTTP/1
-    /// one; closed ones found on the way are dropped.
+    /// one still reusable; closed and expired ones found on the way are dropped.
     fn checkout(&self, https: bool, authority: &Authority) -> Option<Conn> {
         let mut hosts = self.lock();
         let tick = hosts.tick;
@@ -216,9 +234,13 @@ impl Pool {
             }
             host.shared = None;
         }
-        // The newest idle connection hyper is ready to send on; closed ones go.
-        while let Some((sender, _)) = host.idle.last() {
-            if sender.is_closed() {
+        if host.idle.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        // The newest idle connection hyper is ready to send on; closed and expired ones go.
+        while let Some((sender, until)) = host.idle.last() {
+            if sender.is_closed() || *until <= now {
                 host.idle.pop();
             } else if sender.is_ready() {
                 return host.idle.pop().map(|(sender, _)| Conn::Http1(sender));
@@ -229,10 +251,9 @@ impl Pool {
         // The newest is not ready yet (its answer was read to the end while hyper still sends
         // the request's body, say after an early 413): an older one that is, else a new
         // connection — not a wait behind another request's upload.
-        let ready = host
-            .idle
-            .iter()
-            .rposition(|(sender, _)| sender.is_ready() && !sender.is_closed())?;
+        let ready = host.idle.iter().rposition(|(sender, until)| {
+            *until > now && sender.is_ready() && !sender.is_closed()
+        })?;
         Some(Conn::Http1(host.idle.remove(ready).0))
     }
 
@@ -380,6 +401,7 @@ impl Pool {
                     https,
                     authority: authority.clone(),
                     sender,
+                    keep_for: announced_keep_alive(response.headers()),
                 };
                 Ok(response.map(|body| PooledBody::new(body, Some(giveback))))
             }
@@ -405,17 +427,24 @@ impl Pool {
         }
     }
 
-    /// An HTTP/1 connection whose answer was read to its end: idle from now on (the next
-    /// request waits until hyper has finished with the answer).
-    fn put(self: &Arc<Self>, https: bool, authority: &Authority, sender: H1Sender) {
-        if sender.is_closed() {
+    /// An HTTP/1 connection whose answer was read to its end: idle from now on, reusable for
+    /// `keep_for` (the next request waits until hyper has finished with the answer). One kept
+    /// for no time is dropped, which closes it.
+    fn put(
+        self: &Arc<Self>,
+        https: bool,
+        authority: &Authority,
+        sender: H1Sender,
+        keep_for: Duration,
+    ) {
+        if sender.is_closed() || keep_for.is_zero() {
             return;
         }
+        let until = Instant::now() + keep_for;
         let mut hosts = self.lock();
-        let tick = hosts.tick;
         let host = hosts.entry(https, authority);
         if host.idle.len() < MAX_IDLE_PER_HOST {
-            host.idle.push((sender, tick));
+            host.idle.push((sender, until));
         }
     }
 
@@ -438,18 +467,21 @@ impl Pool {
         });
     }
 
-    /// One reaper tick: drops the connections idle for [`IDLE_TICKS`] ticks and the closed
-    /// ones — an HTTP/2 connection no request took for that long too (streams still open on
-    /// it go on; hyper closes it after them) — and forgets hosts left with nothing.
+    /// One reaper tick: drops the expired and the closed idle HTTP/1 connections and the
+    /// HTTP/2 connection no request took for [`IDLE_TICKS`] ticks (streams still open on it go
+    /// on; hyper closes it after them), and forgets hosts left with nothing.
     fn reap(&self) {
+        self.reap_at(Instant::now());
+    }
+
+    fn reap_at(&self, now: Instant) {
         let mut hosts = self.lock();
         hosts.tick = hosts.tick.wrapping_add(1);
-        let now = hosts.tick;
+        let tick = hosts.tick;
         for host in &mut hosts.list {
-            host.idle.retain(|(sender, since)| {
-                now.wrapping_sub(*since) < IDLE_TICKS && !sender.is_closed()
-            });
-            let unused = now.wrapping_sub(host.shared_used) >= IDLE_TICKS;
+            host.idle
+                .retain(|(sender, until)| *until > now && !sender.is_closed());
+            let unused = tick.wrapping_sub(host.shared_used) >= IDLE_TICKS;
             if unused || host.shared.as_ref().is_some_and(H2Sender::is_closed) {
                 host.shared = None;
             }
@@ -475,15 +507,29 @@ impl Pool {
         (idle, shared)
     }
 
+    /// A reaper tick as if it ran `later` from now.
     #[cfg(test)]
-    pub fn reap_for_test(&self) {
-        self.reap();
+    pub fn reap_for_test(&self, later: Duration) {
+        self.reap_at(Instant::now() + later);
     }
 
     #[cfg(test)]
     pub fn hosts_for_test(&self) -> usize {
         self.lock().list.len()
     }
+}
+
+/// What an upstream's `Keep-Alive: timeout=N` (seconds) leaves for reusing its connection:
+/// N less [`KEEP_ALIVE_MARGIN`] (nothing for N ≤ 1). `None` without a readable timeout.
+pub(super) fn announced_keep_alive(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("keep-alive")?.to_str().ok()?;
+    let seconds = value.split(',').find_map(|parameter| {
+        let (name, seconds) = parameter.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("timeout")
+            .then(|| seconds.trim().trim_matches('"').parse::<u64>().ok())?
+    })?;
+    Some(Duration::from_secs(seconds).saturating_sub(KEEP_ALIVE_MARGIN))
 }
 
 /// `/path?query` of `uri`.

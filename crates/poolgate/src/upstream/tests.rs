@@ -10,11 +10,17 @@ use crate::domain::HttpVersion;
 use crate::proxy::classify::{connection_failure, Failure};
 
 fn client(version: HttpVersion) -> UpstreamClient {
+    client_idle_for(version, Duration::from_secs(90))
+}
+
+/// A client whose idle HTTP/1 connections stay reusable for `idle_timeout`.
+fn client_idle_for(version: HttpVersion, idle_timeout: Duration) -> UpstreamClient {
     UpstreamClient::new(&ClientSettings {
         connect_timeout: Duration::from_secs(5),
         egress: Arc::new(EgressPolicy::default()),
         version,
         extra_roots: Arc::from([]),
+        idle_timeout,
     })
     .unwrap()
 }
@@ -197,9 +203,14 @@ fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
     }
 }
 
+/// An answer of a test upstream, made from the request's path.
+type Answer = http::Response<http_body_util::Full<Bytes>>;
+
 /// An upstream on 127.0.0.1 that counts the connections it accepted and answers every request
-/// with its path (HTTP/1.1 and HTTP/2, told apart by the preface); `GET /big` answers 64 KiB.
-async fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+/// with `answer(path)` (HTTP/1.1 and HTTP/2, told apart by the preface).
+async fn upstream_answering(
+    answer: impl Fn(&str) -> Answer + Copy + Send + 'static,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -210,15 +221,9 @@ async fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
             let (socket, _) = listener.accept().await.unwrap();
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request: http::Request<_>| async move {
-                    let body = if request.uri().path() == "/big" {
-                        Bytes::from(vec![b'x'; 64 * 1024])
-                    } else {
-                        Bytes::from(request.uri().path().to_owned())
-                    };
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(body),
-                    ))
+                let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                    let answer = answer(request.uri().path());
+                    async move { Ok::<_, std::convert::Infallible>(answer) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
@@ -230,6 +235,19 @@ async fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
         }
     });
     (port, accepted)
+}
+
+/// [`upstream_answering`] with the request's path; `GET /big` answers 64 KiB.
+async fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    upstream_answering(|path| {
+        let body = if path == "/big" {
+            Bytes::from(vec![b'x'; 64 * 1024])
+        } else {
+            Bytes::from(path.to_owned())
+        };
+        http::Response::new(http_body_util::Full::new(body))
+    })
+    .await
 }
 
 async fn get(client: &UpstreamClient, port: u16, path: &str) -> UpstreamResponse {
@@ -279,11 +297,124 @@ async fn http1_connections_are_reused_once_their_answer_was_read() {
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     assert_eq!(client.pool.counts(), (1, 0));
 
-    // Idle connections are closed after three reaper ticks.
-    for _ in 0..3 {
-        client.pool.reap_for_test();
-    }
+    // The reaper keeps an idle connection until its idle timeout (90 s here), then closes it.
+    client.pool.reap_for_test(Duration::from_secs(89));
+    assert_eq!(client.pool.counts(), (1, 0));
+    client.pool.reap_for_test(Duration::from_secs(91));
     assert_eq!(client.pool.counts(), (0, 0));
+}
+
+/// An idle HTTP/1 connection is not reused past the idle timeout (an upstream such as uvicorn
+/// closes its own after 5 s, and a request written as it does fails): the next request opens a
+/// new one.
+#[tokio::test]
+async fn an_idle_connection_is_not_reused_past_the_idle_timeout() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted) = counting_upstream().await;
+    let client = client_idle_for(HttpVersion::Http1, Duration::from_millis(200));
+    for path in ["/a", "/b"] {
+        let mut response = get(&client, port, path).await;
+        assert_eq!(read_all(&mut response).await, path.as_bytes());
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "reused within the timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut response = get(&client, port, "/c").await;
+    assert_eq!(read_all(&mut response).await, b"/c");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection after it"
+    );
+    assert_eq!(
+        client.pool.counts(),
+        (1, 0),
+        "the expired one left the pool"
+    );
+
+    // 0: a connection per request.
+    let (port, accepted) = counting_upstream().await;
+    let client = client_idle_for(HttpVersion::Http1, Duration::ZERO);
+    for path in ["/a", "/b"] {
+        let mut response = get(&client, port, path).await;
+        assert_eq!(read_all(&mut response).await, path.as_bytes());
+        assert_eq!(client.pool.counts(), (0, 0));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// [`upstream_answering`] `ok`, announcing `Keep-Alive: {keep_alive}`.
+async fn keep_alive_upstream(
+    keep_alive: &'static str,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    upstream_answering(move |_| {
+        let mut answer = http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
+        answer
+            .headers_mut()
+            .insert("keep-alive", http::HeaderValue::from_static(keep_alive));
+        answer
+    })
+    .await
+}
+
+/// An upstream's `Keep-Alive: timeout=N` bounds reuse to N − 1 s (a shorter idle timeout
+/// still wins); `timeout=1` leaves nothing, and the connection is not pooled.
+#[tokio::test]
+async fn the_upstreams_keep_alive_timeout_bounds_reuse() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted) = keep_alive_upstream("timeout=3, max=100").await;
+    let client = client(HttpVersion::Http1);
+    for path in ["/a", "/b"] {
+        let mut response = get(&client, port, path).await;
+        assert_eq!(read_all(&mut response).await, b"ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused within 2 s");
+    client.pool.reap_for_test(Duration::from_millis(1900));
+    assert_eq!(client.pool.counts(), (1, 0), "kept under 2 s");
+    client.pool.reap_for_test(Duration::from_millis(2100));
+    assert_eq!(client.pool.counts(), (0, 0), "expired after 2 s, not 90");
+
+    let (port, accepted) = keep_alive_upstream("timeout=1").await;
+    for _ in 0..2 {
+        let mut response = get(&client, port, "/").await;
+        assert_eq!(read_all(&mut response).await, b"ok");
+        assert_eq!(client.pool.counts(), (0, 0), "not pooled");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // The pool's own timeout when it is shorter.
+    let (port, _) = keep_alive_upstream("timeout=30").await;
+    let client = client_idle_for(HttpVersion::Http1, Duration::from_secs(4));
+    let mut response = get(&client, port, "/").await;
+    assert_eq!(read_all(&mut response).await, b"ok");
+    client.pool.reap_for_test(Duration::from_millis(4100));
+    assert_eq!(client.pool.counts(), (0, 0));
+}
+
+#[test]
+fn the_announced_keep_alive_timeout_is_read_less_a_second() {
+    let announced = |value: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("keep-alive", http::HeaderValue::from_static(value));
+        pool::announced_keep_alive(&headers)
+    };
+    assert_eq!(announced("timeout=5"), Some(Duration::from_secs(4)));
+    assert_eq!(
+        announced("timeout=5, max=1000"),
+        Some(Duration::from_secs(4))
+    );
+    assert_eq!(
+        announced("max=100, Timeout = 75"),
+        Some(Duration::from_secs(74))
+    );
+    assert_eq!(announced("timeout=1"), Some(Duration::ZERO));
+    assert_eq!(announced("timeout=0"), Some(Duration::ZERO));
+    assert_eq!(announced("timeout=soon"), None);
+    assert_eq!(announced("max=100"), None);
+    assert_eq!(pool::announced_keep_alive(&HeaderMap::new()), None);
 }
 
 /// Requests at the same time each get a connection over HTTP/1; over HTTP/2 with prior
@@ -398,13 +529,13 @@ async fn an_unused_http2_connection_is_reaped() {
     let mut response = get(&client, port, "/a").await;
     assert_eq!(read_all(&mut response).await, b"/a");
     assert_eq!(client.pool.counts(), (0, 1));
-    client.pool.reap_for_test();
-    client.pool.reap_for_test();
+    client.pool.reap_for_test(Duration::ZERO);
+    client.pool.reap_for_test(Duration::ZERO);
     let mut response = get(&client, port, "/b").await;
     assert_eq!(read_all(&mut response).await, b"/b");
     assert_eq!(client.pool.counts(), (0, 1), "used: kept");
     for _ in 0..3 {
-        client.pool.reap_for_test();
+        client.pool.reap_for_test(Duration::ZERO);
     }
     assert_eq!(client.pool.counts(), (0, 0));
     assert_eq!(client.pool.hosts_for_test(), 0);
@@ -442,7 +573,7 @@ async fn a_stream_outlives_its_reaped_http2_connection() {
     let client = client(HttpVersion::Http2);
     let mut response = get(&client, port, "/slow").await;
     for _ in 0..3 {
-        client.pool.reap_for_test();
+        client.pool.reap_for_test(Duration::ZERO);
     }
     assert_eq!(client.pool.counts(), (0, 0), "dropped from the pool");
     assert_eq!(read_all(&mut response).await, b"abc");

@@ -31,6 +31,7 @@ fn client(version: HttpVersion, extra_roots: Arc<[CertificateDer<'static>]>) -> 
         egress: Arc::new(EgressPolicy::default()),
         version,
         extra_roots,
+        idle_timeout: Duration::from_secs(90),
     })
     .unwrap()
 }
