@@ -1655,14 +1655,19 @@ async fn a_probe_abandoned_by_its_client_does_not_block_the_backend() {
 #[tokio::test]
 async fn idle_upstream_connections_are_not_reused_past_the_idle_timeout() {
     let upstream = MockUpstream::start().await;
-    let gw = Gateway::start_with("[proxy]\nupstream_idle_timeout_ms = 300\n", None).await;
+    // One per-core runtime, so one upstream pool whichever connection a request comes on.
+    let gw = Gateway::start_with(
+        "[server]\nper_core_threads = 1\n[proxy]\nupstream_idle_timeout_ms = 1000\n",
+        None,
+    )
+    .await;
     gw.add_openai_backend("one", &upstream.openai_base_url(), "primary", &[MODEL])
         .await;
     for _ in 0..2 {
         assert_eq!(gw.chat(MODEL).await.0, 200);
     }
     assert_eq!(upstream.connections(), 1, "reused within the timeout");
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(gw.chat(MODEL).await.0, 200);
     assert_eq!(upstream.connections(), 2, "a new connection after it");
     gw.stop().await;

@@ -85,7 +85,7 @@ pub struct ProxySettings {
     /// internal CA.
     pub upstream_ca: Arc<[CertificateDer<'static>]>,
     /// How long an idle HTTP/1 upstream connection stays reusable
-    /// (`proxy.upstream_idle_timeout_ms`; 0 = a new connection per request): under the
+    /// (`proxy.upstream_idle_timeout_ms`; 0 = a new HTTP/1 connection per request): under the
     /// keep-alive timeout of the upstreams, so that a request is not written on a connection
     /// the upstream is closing.
     pub upstream_idle_timeout: Duration,

@@ -110,7 +110,7 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
     let upstream_idle_timeout_ms = raw
         .upstream_idle_timeout_ms
         .unwrap_or(u64::try_from(defaults.upstream_idle_timeout.as_millis()).unwrap_or(u64::MAX));
-    if upstream_idle_timeout_ms > 3_600_000 {
+    if Duration::from_millis(upstream_idle_timeout_ms) > crate::upstream::MAX_IDLE_TIMEOUT {
         return Err(Invalid::new(
             "proxy.upstream_idle_timeout_ms",
             "must be at most 3600000 (one hour)",

@@ -35,6 +35,7 @@ use rustls::pki_types::CertificateDer;
 
 pub use error::UpstreamError;
 use pool::PooledBody;
+pub use pool::MAX_IDLE_TIMEOUT;
 
 use crate::domain::HttpVersion;
 use crate::egress::{EgressPolicy, PolicyResolver};

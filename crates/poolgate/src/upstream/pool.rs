@@ -6,8 +6,8 @@
 //!   new one made; after the answer's body was read to its end, the connection goes back to the
 //!   pool (one still sending its request's body, after an early answer, is not waited for). An
 //!   answer dropped before its end closes its connection (hyper's rule). No extra task per
-//!   request, no hashing, one clock read when a connection is taken from the pool and one when
-//!   it goes back: the request path takes a lock no other thread contends for (one pool per
+//!   request, one clock read when a connection is taken from the pool and one when it goes
+//!   back, one header lookup (`Keep-Alive`) per answer: the request path takes a lock no other thread contends for (one pool per
 //!   per-core runtime) and scans the few hosts a gateway talks to.
 //! - **HTTP/2**: one connection per host carries every request; with `http_version = "http2"`
 //!   (prior knowledge) requests that find none wait while one is made instead of each
@@ -17,7 +17,8 @@
 //!   written) tries the next connection; nothing else is retried here.
 //! - **Idle HTTP/1 connections** are not reused past the pool's idle timeout
 //!   (`proxy.upstream_idle_timeout_ms`, 4 s by default, undici's default), nor past what the
-//!   upstream's `Keep-Alive: timeout=N` announces less one second: an upstream closes an idle
+//!   upstream's `Keep-Alive: timeout=N` announces less two seconds (both counted from when the
+//!   answer's end was read, a little after the upstream's own clock started): an upstream closes an idle
 //!   connection after its own timeout (uvicorn, which serves vLLM, and Node after 5 s), and a
 //!   request written on a connection the upstream is closing at that moment fails
 //!   (`connection closed before message completed`). A task started with the pool's first
@@ -52,8 +53,12 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 /// A shared HTTP/2 connection no request took for this many ticks is closed (60–90 s).
 const IDLE_TICKS: u32 = 3;
 /// What is taken off an upstream's announced `Keep-Alive: timeout`: a connection is not reused
-/// within this much of the moment the upstream closes it (undici's `keepAliveTimeoutThreshold`).
-const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
+/// within this much of the moment the upstream closes it (undici's `keepAliveTimeoutThreshold`;
+/// it also covers the upstream's clock starting before poolgate read the answer's end).
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(2);
+/// The longest idle timeout a pool takes (`proxy.upstream_idle_timeout_ms` is checked against
+/// it too), so that adding it to the clock cannot overflow.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Pooled connections a request tries before it makes a new one (each closed before it took
 /// the request).
 const MAX_REFUSALS: u32 = 4;
@@ -162,7 +167,7 @@ impl Pool {
         Pool {
             connector,
             version,
-            idle_timeout,
+            idle_timeout: idle_timeout.min(MAX_IDLE_TIMEOUT),
             hosts: Mutex::default(),
             reaping: AtomicBool::new(false),
         }
@@ -520,15 +525,21 @@ impl Pool {
 }
 
 /// What an upstream's `Keep-Alive: timeout=N` (seconds) leaves for reusing its connection:
-/// N less [`KEEP_ALIVE_MARGIN`] (nothing for N ≤ 1). `None` without a readable timeout.
+/// N less [`KEEP_ALIVE_MARGIN`] (nothing for N ≤ 2); the smallest when several headers give
+/// one. `None` without a readable timeout.
 pub(super) fn announced_keep_alive(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("keep-alive")?.to_str().ok()?;
-    let seconds = value.split(',').find_map(|parameter| {
-        let (name, seconds) = parameter.split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("timeout")
-            .then(|| seconds.trim().trim_matches('"').parse::<u64>().ok())?
-    })?;
+    let seconds = headers
+        .get_all("keep-alive")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|parameter| {
+            let (name, seconds) = parameter.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("timeout")
+                .then(|| seconds.trim().trim_matches('"').parse::<u64>().ok())?
+        })
+        .min()?;
     Some(Duration::from_secs(seconds).saturating_sub(KEEP_ALIVE_MARGIN))
 }
 

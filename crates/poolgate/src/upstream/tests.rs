@@ -311,7 +311,7 @@ async fn http1_connections_are_reused_once_their_answer_was_read() {
 async fn an_idle_connection_is_not_reused_past_the_idle_timeout() {
     use std::sync::atomic::Ordering;
     let (port, accepted) = counting_upstream().await;
-    let client = client_idle_for(HttpVersion::Http1, Duration::from_millis(200));
+    let client = client_idle_for(HttpVersion::Http1, Duration::from_millis(1000));
     for path in ["/a", "/b"] {
         let mut response = get(&client, port, path).await;
         assert_eq!(read_all(&mut response).await, path.as_bytes());
@@ -321,7 +321,7 @@ async fn an_idle_connection_is_not_reused_past_the_idle_timeout() {
         1,
         "reused within the timeout"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut response = get(&client, port, "/c").await;
     assert_eq!(read_all(&mut response).await, b"/c");
     assert_eq!(
@@ -360,24 +360,24 @@ async fn keep_alive_upstream(
     .await
 }
 
-/// An upstream's `Keep-Alive: timeout=N` bounds reuse to N − 1 s (a shorter idle timeout
-/// still wins); `timeout=1` leaves nothing, and the connection is not pooled.
+/// An upstream's `Keep-Alive: timeout=N` bounds reuse to N − 2 s (a shorter idle timeout
+/// still wins); `timeout=2` leaves nothing, and the connection is not pooled.
 #[tokio::test]
 async fn the_upstreams_keep_alive_timeout_bounds_reuse() {
     use std::sync::atomic::Ordering;
-    let (port, accepted) = keep_alive_upstream("timeout=3, max=100").await;
+    let (port, accepted) = keep_alive_upstream("timeout=5, max=100").await;
     let client = client(HttpVersion::Http1);
     for path in ["/a", "/b"] {
         let mut response = get(&client, port, path).await;
         assert_eq!(read_all(&mut response).await, b"ok");
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused within 2 s");
-    client.pool.reap_for_test(Duration::from_millis(1900));
-    assert_eq!(client.pool.counts(), (1, 0), "kept under 2 s");
-    client.pool.reap_for_test(Duration::from_millis(2100));
-    assert_eq!(client.pool.counts(), (0, 0), "expired after 2 s, not 90");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused within 3 s");
+    client.pool.reap_for_test(Duration::from_millis(1500));
+    assert_eq!(client.pool.counts(), (1, 0), "kept under 3 s");
+    client.pool.reap_for_test(Duration::from_millis(3100));
+    assert_eq!(client.pool.counts(), (0, 0), "expired after 3 s, not 90");
 
-    let (port, accepted) = keep_alive_upstream("timeout=1").await;
+    let (port, accepted) = keep_alive_upstream("timeout=2").await;
     for _ in 0..2 {
         let mut response = get(&client, port, "/").await;
         assert_eq!(read_all(&mut response).await, b"ok");
@@ -395,26 +395,36 @@ async fn the_upstreams_keep_alive_timeout_bounds_reuse() {
 }
 
 #[test]
-fn the_announced_keep_alive_timeout_is_read_less_a_second() {
+fn the_announced_keep_alive_timeout_is_read_less_two_seconds() {
     let announced = |value: &'static str| {
         let mut headers = HeaderMap::new();
         headers.insert("keep-alive", http::HeaderValue::from_static(value));
         pool::announced_keep_alive(&headers)
     };
-    assert_eq!(announced("timeout=5"), Some(Duration::from_secs(4)));
+    assert_eq!(announced("timeout=5"), Some(Duration::from_secs(3)));
     assert_eq!(
         announced("timeout=5, max=1000"),
-        Some(Duration::from_secs(4))
+        Some(Duration::from_secs(3))
     );
     assert_eq!(
         announced("max=100, Timeout = 75"),
-        Some(Duration::from_secs(74))
+        Some(Duration::from_secs(73))
     );
-    assert_eq!(announced("timeout=1"), Some(Duration::ZERO));
+    assert_eq!(announced("timeout=\"10\""), Some(Duration::from_secs(8)));
+    assert_eq!(announced("timeout=2"), Some(Duration::ZERO));
     assert_eq!(announced("timeout=0"), Some(Duration::ZERO));
     assert_eq!(announced("timeout=soon"), None);
     assert_eq!(announced("max=100"), None);
     assert_eq!(pool::announced_keep_alive(&HeaderMap::new()), None);
+    // Several headers: the smallest timeout any gives.
+    let mut headers = HeaderMap::new();
+    headers.append("keep-alive", http::HeaderValue::from_static("max=100"));
+    headers.append("keep-alive", http::HeaderValue::from_static("timeout=30"));
+    headers.append("keep-alive", http::HeaderValue::from_static("timeout=5"));
+    assert_eq!(
+        pool::announced_keep_alive(&headers),
+        Some(Duration::from_secs(3))
+    );
 }
 
 /// Requests at the same time each get a connection over HTTP/1; over HTTP/2 with prior
