@@ -7,8 +7,9 @@
 //!   pool (one still sending its request's body, after an early answer, is not waited for). An
 //!   answer dropped before its end closes its connection (hyper's rule). No extra task per
 //!   request, one clock read when a connection is taken from the pool and one when it goes
-//!   back, one header lookup (`Keep-Alive`) per answer: the request path takes a lock no other thread contends for (one pool per
-//!   per-core runtime) and scans the few hosts a gateway talks to.
+//!   back, one header lookup (`Keep-Alive`) per answer: the request path takes a lock no other
+//!   thread contends for (one pool per per-core runtime) and scans the few hosts a gateway
+//!   talks to.
 //! - **HTTP/2**: one connection per host carries every request; with `http_version = "http2"`
 //!   (prior knowledge) requests that find none wait while one is made instead of each
 //!   connecting. With `auto`, ALPN picks: an `h2` connection becomes the host's shared one (one
@@ -18,9 +19,9 @@
 //! - **Idle HTTP/1 connections** are not reused past the pool's idle timeout
 //!   (`proxy.upstream_idle_timeout_ms`, 4 s by default, undici's default), nor past what the
 //!   upstream's `Keep-Alive: timeout=N` announces less two seconds (both counted from when the
-//!   answer's end was read, a little after the upstream's own clock started): an upstream closes an idle
-//!   connection after its own timeout (uvicorn, which serves vLLM, and Node after 5 s), and a
-//!   request written on a connection the upstream is closing at that moment fails
+//!   answer's end was read, a little after the upstream's own clock started): an upstream
+//!   closes an idle connection after its own timeout (uvicorn, which serves vLLM, and Node after
+//!   5 s), and a request written on a connection the upstream is closing at that moment fails
 //!   (`connection closed before message completed`). A task started with the pool's first
 //!   connection ticks every 30 s and closes the expired ones and the HTTP/2 connection no
 //!   request took for three ticks (60–90 s); at most [`MAX_IDLE_PER_HOST`] idle connections per
