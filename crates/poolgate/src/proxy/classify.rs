@@ -226,6 +226,15 @@ pub async fn azure_failure(
     }
 }
 
+/// The most characters of an upstream's reason kept for a log line and a backend's
+/// `last_error`.
+const REASON_CHARS: usize = 200;
+
+/// An upstream's reason (an error message, a TLS alert), cut to [`REASON_CHARS`] characters.
+pub fn shorten_reason(text: &str) -> String {
+    text.chars().take(REASON_CHARS).collect()
+}
+
 /// Why sending the request failed, without the upstream's address.
 pub fn connection_failure(error: &UpstreamError) -> Failure {
     if let Some(refused) = crate::egress::refusal_in(error) {
@@ -238,10 +247,7 @@ pub fn connection_failure(error: &UpstreamError) -> Failure {
         // expired certificate), shortened as upstream error texts are (rustls lists every name
         // a certificate holds when none fits); other connect errors stay generic.
         let detail = match error.tls_failure() {
-            Some(tls) => format!("TLS handshake failed: {tls}")
-                .chars()
-                .take(200)
-                .collect(),
+            Some(tls) => shorten_reason(&format!("TLS handshake failed: {tls}")),
             None => "connection failed".to_owned(),
         };
         return Failure::Connect { detail };
@@ -260,6 +266,15 @@ pub fn connection_failure(error: &UpstreamError) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_is_cut_at_200_characters_not_bytes() {
+        assert_eq!(shorten_reason("short"), "short");
+        let long = "é".repeat(250);
+        let cut = shorten_reason(&long);
+        assert_eq!(cut.chars().count(), 200);
+        assert!(long.starts_with(&cut));
+    }
 
     #[test]
     fn statuses_map_to_their_class() {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::classify::Failure;
+use super::classify::{shorten_reason, Failure};
 use crate::sse::{SseEvent, SseFramer};
 use crate::translate::Wire;
 use crate::upstream::UpstreamBody;
@@ -301,12 +301,7 @@ fn responses_lead(data: &str) -> Lead {
         }
         "error" => Lead::Fail(format!(
             "the upstream sent an error event before any content: {}",
-            event
-                .message
-                .unwrap_or_default()
-                .chars()
-                .take(200)
-                .collect::<String>()
+            shorten_reason(&event.message.unwrap_or_default())
         )),
         "response.failed" => Lead::Fail(format!(
             "the upstream's response failed before any content: {}",
@@ -322,11 +317,10 @@ fn responses_lead(data: &str) -> Lead {
 
 /// An upstream error, shortened for a log line and `last_error`.
 fn short(value: &Value) -> String {
-    let text = value
-        .get("message")
-        .and_then(Value::as_str)
-        .map_or_else(|| value.to_string(), str::to_owned);
-    text.chars().take(200).collect()
+    match value.get("message").and_then(Value::as_str) {
+        Some(message) => shorten_reason(message),
+        None => shorten_reason(&value.to_string()),
+    }
 }
 
 #[cfg(test)]
