@@ -3,6 +3,13 @@
 //! this one also covers a silent socket and HTTP/2's preface), a connection with no request in
 //! flight closes after `keep_alive_timeout`, and the server's drain / cut signals (watched by
 //! [`PhaseChange`], which costs the connection's task an atomic swap per wake-up, not a lock).
+//!
+//! Which protocol a connection speaks is seen by peeking at its first bytes ([`sniff`]), not by
+//! reading them: hyper-util's auto builder reads the 24 bytes of HTTP/2's preface first and
+//! hands them to hyper's HTTP/1 connection as its first read, after which hyper grows its 8 KiB
+//! read buffer to 16 KiB for the rest of the head — 9 KB more memory per HTTP/1.1 connection
+//! for its whole life (#13). The auto builder still serves a connection whose first bytes do
+//! not tell yet (a strict prefix of the preface, or none).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,10 +34,32 @@ use super::body::{BodyPace, TimedBody};
 use super::io::WriteTimeout;
 use super::{AppBody, AppService, Phase, ServerSettings};
 
-pub(super) type Builder = auto::Builder<TokioExecutor>;
+type Builder = auto::Builder<TokioExecutor>;
 
-/// hyper's connection settings, built once per server.
-pub(super) fn builder(settings: &ServerSettings) -> Builder {
+/// hyper's connection settings, built once per server: one builder per way a connection can
+/// start.
+pub(super) struct Builders {
+    /// Serves HTTP/1 only, reading nothing first.
+    http1: Builder,
+    /// Serves HTTP/2 only (a client whose first bytes are the preface); `None` when
+    /// `server.http2` is off.
+    http2: Option<Builder>,
+    /// Reads the first bytes itself and picks (a client whose first bytes did not tell).
+    either: Builder,
+}
+
+impl Builders {
+    pub(super) fn new(settings: &ServerSettings) -> Builders {
+        let either = builder(settings);
+        Builders {
+            http1: either.clone().http1_only(),
+            http2: settings.http2.then(|| either.clone().http2_only()),
+            either,
+        }
+    }
+}
+
+fn builder(settings: &ServerSettings) -> Builder {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -46,10 +75,40 @@ pub(super) fn builder(settings: &ServerSettings) -> Builder {
         // Detect dead peers of long-lived HTTP/2 connections.
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20));
-    if settings.http2 {
-        builder
+    builder
+}
+
+/// HTTP/2's connection preface (RFC 9113, section 3.4): what a client with prior knowledge
+/// sends first.
+pub(super) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection's first bytes say about its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Sniffed {
+    Http1,
+    Http2,
+    /// A strict prefix of the preface, nothing (the client closed), or an error.
+    Undecided,
+}
+
+/// Looks at the first bytes of `stream` without reading them, waiting until there are some.
+async fn sniff(stream: &TcpStream) -> Sniffed {
+    let mut first = [0u8; H2_PREFACE.len()];
+    match stream.peek(&mut first).await {
+        Ok(len) => sniffed(&first[..len]),
+        Err(_) => Sniffed::Undecided,
+    }
+}
+
+pub(super) fn sniffed(first: &[u8]) -> Sniffed {
+    if first.is_empty() {
+        Sniffed::Undecided
+    } else if !H2_PREFACE.starts_with(first) {
+        Sniffed::Http1
+    } else if first.len() == H2_PREFACE.len() {
+        Sniffed::Http2
     } else {
-        builder.http1_only()
+        Sniffed::Undecided
     }
 }
 
@@ -64,7 +123,7 @@ pub(super) struct Accepted {
 pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
     accepted: Accepted,
     service: S,
-    builder: Arc<Builder>,
+    builders: Arc<Builders>,
     settings: Arc<ServerSettings>,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -73,6 +132,27 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
         peer,
         permit,
     } = accepted;
+    let idle = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(idle);
+    let builder = match &builders.http2 {
+        None => &builders.http1,
+        Some(http2) => {
+            let sniffed = tokio::select! {
+                biased;
+                sniffed = sniff(&stream) => sniffed,
+                () = &mut idle => {
+                    tracing::debug!(%peer, "closing a connection that sent nothing in time");
+                    return;
+                }
+                () = phase_left_running(&mut phase) => return,
+            };
+            match sniffed {
+                Sniffed::Http1 => &builders.http1,
+                Sniffed::Http2 => http2,
+                Sniffed::Undecided => &builders.either,
+            }
+        }
+    };
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(WriteTimeout::new(stream, settings.write_timeout));
     let conn = builder.serve_connection(
@@ -84,8 +164,6 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
         },
     );
     tokio::pin!(conn);
-    let idle = tokio::time::sleep(settings.header_read_timeout);
-    tokio::pin!(idle);
     let mut draining = false;
     match *phase.borrow_and_update() {
         Phase::Running => {}
@@ -151,6 +229,19 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
         }
     }
     drop(permit);
+}
+
+/// Resolves once the server drains or cuts (a connection that has not sent its first bytes yet
+/// has nothing to finish); never if the server's handle is gone.
+async fn phase_left_running(phase: &mut watch::Receiver<Phase>) {
+    loop {
+        if *phase.borrow_and_update() != Phase::Running {
+            return;
+        }
+        if phase.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 // === impl PhaseChange ===

@@ -12,8 +12,9 @@
 //!    elsewhere; and the cap sits well below the open-file limit, so accepting one more to answer
 //!    it is always possible.
 //! 3. **per connection** ([`conn`]): HTTP/1 (and HTTP/2 with prior knowledge, as `axum::serve`
-//!    served) through hyper-util's auto builder with a real timer (hyper's header-read timeout
-//!    needs one — `axum::serve` gives none, so it never applied); bounded read/write buffers;
+//!    served, told apart by peeking at the first bytes) through hyper-util's auto builder with a
+//!    real timer (hyper's header-read timeout needs one — `axum::serve` gives none, so it never
+//!    applied); bounded read/write buffers;
 //!    a deadline for the first request and an idle (keep-alive) timeout; the write timeout of
 //!    [`io::WriteTimeout`]; request bodies wrapped in [`body::TimedBody`].
 //! 4. **where connections run** ([`ServerRuntime`]): thread per core ([`per_core`], the
@@ -364,14 +365,14 @@ impl Spawn<'_> {
 struct Accepting {
     settings: Arc<ServerSettings>,
     handle: ServerHandle,
-    builder: Arc<conn::Builder>,
+    builders: Arc<conn::Builders>,
     rejecting: Arc<Semaphore>,
 }
 
 impl Accepting {
     fn new(settings: Arc<ServerSettings>, handle: ServerHandle) -> Accepting {
         Accepting {
-            builder: Arc::new(conn::builder(&settings)),
+            builders: Arc::new(conn::Builders::new(&settings)),
             settings,
             handle,
             rejecting: Arc::new(Semaphore::new(REJECT_SLOTS)),
@@ -437,7 +438,7 @@ impl Accepting {
                     permit,
                 },
                 service.clone(),
-                Arc::clone(&self.builder),
+                Arc::clone(&self.builders),
                 Arc::clone(&self.settings),
                 self.handle.phase.subscribe(),
             ));

@@ -370,14 +370,82 @@ async fn keep_alive_connections_are_reused_then_closed_when_idle() {
 async fn http2_with_prior_knowledge_is_served_and_idles_out() {
     let server = start(quick_settings()).await;
     let stream = TcpStream::connect(server.addr).await.unwrap();
+    // The sender kept: dropping it would close the connection from this side.
+    let (_sender, connection) = healthz_over_http2(stream, server.addr).await;
+    // Idle past keep_alive_timeout (2 s): the server says GOAWAY and the connection ends.
+    let idle = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection stayed open");
+    assert!(idle.elapsed() >= Duration::from_millis(1900));
+}
+
+#[test]
+fn the_first_bytes_tell_http1_from_http2_only_when_they_can() {
+    use conn::{sniffed, Sniffed, H2_PREFACE};
+    assert_eq!(
+        sniffed(b"POST /v1/chat/completions HTTP/1.1\r\n"),
+        Sniffed::Http1
+    );
+    assert_eq!(sniffed(b"GET / HTTP/1.1\r\n\r\n"), Sniffed::Http1);
+    assert_eq!(sniffed(b"PRX"), Sniffed::Http1);
+    assert_eq!(sniffed(H2_PREFACE), Sniffed::Http2);
+    // A strict prefix of the preface ("P" could still be "POST"), or nothing: undecided.
+    assert_eq!(sniffed(b"P"), Sniffed::Undecided);
+    assert_eq!(sniffed(&H2_PREFACE[..23]), Sniffed::Undecided);
+    assert_eq!(sniffed(b""), Sniffed::Undecided);
+}
+
+#[tokio::test]
+async fn a_request_whose_first_bytes_do_not_tell_its_protocol_is_still_served() {
+    let server = start(quick_settings()).await;
+    // HTTP/1: "P" could begin HTTP/2's preface; the rest comes later.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(
+            b"OST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+        )
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n5"),
+        "{text}"
+    );
+
+    // HTTP/2: the preface in two writes, 100 ms apart.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&conn::H2_PREFACE[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let io = SkipFirstBytes {
+        inner: stream,
+        skip: 10,
+    };
+    healthz_over_http2(io, server.addr).await;
+}
+
+/// Opens an HTTP/2 connection (prior knowledge) on `io`, checks that `GET /healthz` is answered
+/// `ok` over HTTP/2, and returns the connection's sender and task.
+async fn healthz_over_http2<I>(
+    io: I,
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
+        hyper_util::rt::TokioIo::new(io),
     )
     .await
     .unwrap();
     let connection = tokio::spawn(connection);
-    let request = http::Request::get(format!("http://{}/healthz", server.addr))
+    let request = http::Request::get(format!("http://{addr}/healthz"))
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
@@ -388,11 +456,53 @@ async fn http2_with_prior_knowledge_is_served_and_idles_out() {
         .unwrap()
         .to_bytes();
     assert_eq!(body.as_ref(), b"ok");
-    // Idle past keep_alive_timeout (2 s): the server says GOAWAY and the connection ends.
-    let idle = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
-    assert!(ended.is_ok(), "the idle HTTP/2 connection stayed open");
-    assert!(idle.elapsed() >= Duration::from_millis(1900));
+    (sender, connection)
+}
+
+/// A socket whose first `skip` written bytes are taken as written without being sent (they were
+/// sent by hand before).
+struct SkipFirstBytes {
+    inner: TcpStream,
+    skip: usize,
+}
+
+impl tokio::io::AsyncRead for SkipFirstBytes {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SkipFirstBytes {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let skipped = self.skip.min(buf.len());
+            self.skip -= skipped;
+            return std::task::Poll::Ready(Ok(skipped));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[tokio::test]
