@@ -100,6 +100,7 @@ async fn sniff(stream: &TcpStream) -> Sniffed {
     }
 }
 
+/// What `first`, the bytes a connection has sent so far, say about its protocol.
 pub(super) fn sniffed(first: &[u8]) -> Sniffed {
     if first.is_empty() {
         Sniffed::Undecided
@@ -132,6 +133,8 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
         peer,
         permit,
     } = accepted;
+    // From the accept: the first request's deadline counts the sniff too.
+    let activity = Arc::new(Activity::new());
     let idle = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(idle);
     let builder = match &builders.http2 {
@@ -153,7 +156,6 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
             }
         }
     };
-    let activity = Arc::new(Activity::new());
     let io = TokioIo::new(WriteTimeout::new(stream, settings.write_timeout));
     let conn = builder.serve_connection(
         io,
@@ -165,9 +167,16 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
     );
     tokio::pin!(conn);
     let mut draining = false;
-    match *phase.borrow_and_update() {
+    let now = *phase.borrow_and_update();
+    match now {
         Phase::Running => {}
         Phase::Draining => {
+            // A request already in the socket (the sniff saw its first bytes) is read before
+            // the shutdown, and so answered: hyper closes a connection that has read nothing at
+            // once.
+            if futures_util::poll!(conn.as_mut()).is_ready() {
+                return;
+            }
             draining = true;
             conn.as_mut().graceful_shutdown();
         }

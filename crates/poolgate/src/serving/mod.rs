@@ -14,9 +14,9 @@
 //! 3. **per connection** ([`conn`]): HTTP/1 (and HTTP/2 with prior knowledge, as `axum::serve`
 //!    served, told apart by peeking at the first bytes) through hyper-util's auto builder with a
 //!    real timer (hyper's header-read timeout needs one — `axum::serve` gives none, so it never
-//!    applied); bounded read/write buffers;
-//!    a deadline for the first request and an idle (keep-alive) timeout; the write timeout of
-//!    [`io::WriteTimeout`]; request bodies wrapped in [`body::TimedBody`].
+//!    applied); bounded read/write buffers; a deadline for the first request and an idle
+//!    (keep-alive) timeout; the write timeout of [`io::WriteTimeout`]; request bodies wrapped in
+//!    [`body::TimedBody`].
 //! 4. **where connections run** ([`ServerRuntime`]): thread per core ([`per_core`], the
 //!    default): one single-threaded runtime per core, each accepting on its own `SO_REUSEPORT`
 //!    listener and calling upstreams with its own client, so a request never changes threads;

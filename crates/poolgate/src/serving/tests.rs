@@ -459,6 +459,67 @@ where
     (sender, connection)
 }
 
+#[tokio::test]
+async fn the_first_request_deadline_counts_from_the_accept_when_the_first_bytes_come_late() {
+    // Connections on this test's runtime, so that the timings are this runtime's.
+    let server = start(ServerSettings {
+        runtime: ServerRuntime::WorkStealing,
+        ..quick_settings()
+    })
+    .await;
+    let late_first_bytes = |first: &'static [u8]| async move {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let connected = Instant::now();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        stream.write_all(first).await.unwrap();
+        let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        closed - connected
+    };
+    let (http1, http2) = tokio::join!(late_first_bytes(b"G"), late_first_bytes(conn::H2_PREFACE));
+    // The deadline is 1 s after the accept; from the first bytes it would be 1.9 s.
+    for (first, open_for) in [("G", http1), ("the HTTP/2 preface", http2)] {
+        assert!(
+            open_for >= Duration::from_millis(900) && open_for < Duration::from_millis(1600),
+            "{first} at 0.9 s, then silence: closed after {open_for:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_waiting_in_the_socket_when_the_drain_comes_is_answered() {
+    for _ in 0..5 {
+        let server = start(ServerSettings {
+            runtime: ServerRuntime::WorkStealing,
+            ..quick_settings()
+        })
+        .await;
+        // A socket pair the reactor reports ready just before the request's socket: the task
+        // that drains runs after the request arrived and before the connection's task does.
+        let side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let side_writer = TcpStream::connect(side.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut side_reader, _) = side.accept().await.unwrap();
+        let handle = server.handle.clone();
+        let drainer = tokio::spawn(async move {
+            let mut one = [0_u8; 1];
+            side_reader.read_exact(&mut one).await.unwrap();
+            handle.drain();
+        });
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        // The server accepts and its connection task waits for the first bytes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        side_writer.try_write(b"x").unwrap();
+        stream
+            .try_write(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            .unwrap();
+        let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        drainer.await.unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    }
+}
+
 /// A socket whose first `skip` written bytes are taken as written without being sent (they were
 /// sent by hand before).
 struct SkipFirstBytes {
