@@ -167,14 +167,18 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
     );
     tokio::pin!(conn);
     let mut draining = false;
-    let now = *phase.borrow_and_update();
-    match now {
+    let phase_now = *phase.borrow_and_update();
+    match phase_now {
         Phase::Running => {}
         Phase::Draining => {
-            // A request already in the socket (the sniff saw its first bytes) is read before
-            // the shutdown, and so answered: hyper closes a connection that has read nothing at
-            // once.
-            if futures_util::poll!(conn.as_mut()).is_ready() {
+            // A request already in the socket (the sniff saw its first bytes; without HTTP/2,
+            // maybe) is read before the shutdown, and so answered: hyper closes a connection
+            // that has read nothing at once.
+            let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+            if let Poll::Ready(result) = polled {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "client connection ended with an error");
+                }
                 return;
             }
             draining = true;
