@@ -176,9 +176,7 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
             // that has read nothing at once.
             let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
             if let Poll::Ready(result) = polled {
-                if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "client connection ended with an error");
-                }
+                log_end(peer, result);
                 return;
             }
             draining = true;
@@ -192,9 +190,7 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
             // The connection first: it is what wakes the task nearly every time.
             biased;
             result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "client connection ended with an error");
-                }
+                log_end(peer, result);
                 break;
             }
             changed = async { phase_change.as_mut()?.await }, if phase_change.is_some() => {
@@ -242,6 +238,14 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
         }
     }
     drop(permit);
+}
+
+/// What hyper's connection ended with: an error is logged (at debug: a client that reset its
+/// connection is routine).
+fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "client connection ended with an error");
+    }
 }
 
 /// Resolves once the server drains or cuts (a connection that has not sent its first bytes yet

@@ -152,6 +152,16 @@ async fn get_status(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, text)
 }
 
+/// Reads `/echo`'s answer to a 5-byte body, up to the server's close: 200, the body `5`.
+async fn assert_echoed_five_bytes(stream: &mut TcpStream) {
+    let (answer, _) = read_until_closed(stream, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n5"),
+        "{text}"
+    );
+}
+
 /// Polls `condition` every 20 ms; fails the test when it is still false after `limit`.
 async fn wait_until(limit: Duration, what: &str, condition: impl Fn() -> bool) {
     let polled = tokio::time::timeout(limit, async {
@@ -250,12 +260,7 @@ async fn a_trickled_body_is_answered_408() {
         .write_all(b"POST /echo HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello")
         .await
         .unwrap();
-    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
-    let text = String::from_utf8_lossy(&answer);
-    assert!(
-        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n5"),
-        "{text}"
-    );
+    assert_echoed_five_bytes(&mut stream).await;
 }
 
 #[tokio::test]
@@ -408,12 +413,7 @@ async fn a_request_whose_first_bytes_do_not_tell_its_protocol_is_still_served() 
         )
         .await
         .unwrap();
-    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    let text = String::from_utf8_lossy(&answer);
-    assert!(
-        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n5"),
-        "{text}"
-    );
+    assert_echoed_five_bytes(&mut stream).await;
 
     // HTTP/2: the preface in two writes, 100 ms apart.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
