@@ -362,8 +362,12 @@ async fn with_postgres_down_for_20_s_requests_are_served_and_their_usage_lands_a
     let writer = &view["usage_writer"];
     println!("after 20 s down: {writer}");
     assert_eq!(writer["database_failing"], true, "{writer}");
-    assert_eq!(
-        writer["buffered"], 40,
+    // The buffer holds its bound, give or take a record the writer took before its journal
+    // line was in the file (the line of a request is written at the end of its runtime's
+    // scheduler pass): such a record stays in memory (`usage_writer::take`), at most a burst.
+    let buffered = writer["buffered"].as_u64().unwrap();
+    assert!(
+        (40..=45).contains(&buffered),
         "the buffer holds its bound: {writer}"
     );
     assert!(writer["journaled"].as_u64().unwrap() > 0, "{writer}");
