@@ -154,21 +154,14 @@ fn spawn_writer_with(
     let (sink, queue) = channel(journal.clone(), settings.batch_size);
     let (stop, stop_rx) = watch::channel(false);
     let state = Arc::new(WriterState::default());
-    let writer = Writer {
+    let writer = Writer::new(
         store,
+        settings,
         journal,
-        batch_size: settings.batch_size,
-        buffer_limit: settings.buffer_records,
-        buffer: VecDeque::new(),
-        parked: Parked::default(),
-        unbounded_warned: false,
-        state: Arc::clone(&state),
-        retry_at: None,
-        backoff: Duration::from_millis(50),
-        written: 0,
+        Arc::clone(&state),
         shutdown_limit,
-        metrics: metrics.usage(),
-    };
+        metrics.usage(),
+    );
     let task = tokio::spawn(writer.run(
         queue,
         stop_rx,
@@ -240,10 +233,15 @@ struct Writer {
     /// Records (with their journal tickets) waiting for the database, oldest first.
     buffer: VecDeque<Queued>,
     /// Records past the buffer, kept only in the journal (oldest first, all older than any
-    /// record taken into the buffer while some are parked — except a record whose journal
-    /// line was still being written when it was taken: it can only be kept in memory, so the
-    /// buffer may pass its bound by those few; the store does not depend on the order).
+    /// record taken into the buffer while some are parked — except those that waited in
+    /// `unwritten`: the store does not depend on the order).
     parked: Parked,
+    /// Records that came past the buffer's bound before their journal line was in the file (a
+    /// request's line is written at the end of its runtime's scheduler pass, and this task can
+    /// take the record first): held here until the line is written, then parked
+    /// ([`Writer::park_written`]), so that the buffer keeps its bound exactly. A line whose
+    /// write failed never becomes readable: such a record stays until the buffer is written.
+    unwritten: VecDeque<Queued>,
     /// The buffer went past its bound without a journal (logged once per episode).
     unbounded_warned: bool,
     state: Arc<WriterState>,
@@ -256,6 +254,32 @@ struct Writer {
 }
 
 impl Writer {
+    fn new(
+        store: Arc<dyn UsageStore>,
+        settings: &UsageSettings,
+        journal: Option<Journal>,
+        state: Arc<WriterState>,
+        shutdown_limit: Duration,
+        metrics: UsageMetrics,
+    ) -> Self {
+        Writer {
+            store,
+            journal,
+            batch_size: settings.batch_size,
+            buffer_limit: settings.buffer_records,
+            buffer: VecDeque::new(),
+            parked: Parked::default(),
+            unwritten: VecDeque::new(),
+            unbounded_warned: false,
+            state,
+            retry_at: None,
+            backoff: Duration::from_millis(50),
+            written: 0,
+            shutdown_limit,
+            metrics,
+        }
+    }
+
     async fn run(
         mut self,
         queue: UsageQueue,
@@ -286,6 +310,7 @@ impl Writer {
                     }
                 }
             };
+            self.park_written();
             let mut taken = 0;
             let mut closed = false;
             while taken < self.batch_size {
@@ -319,6 +344,9 @@ impl Writer {
         while let Some(queued) = rx.recv().await {
             self.take(queued);
         }
+        // In memory anyway: written first, with the buffer.
+        let unwritten = std::mem::take(&mut self.unwritten);
+        self.buffer.extend(unwritten);
         let deadline = Instant::now() + self.shutdown_limit;
         self.retry_at = None;
         while !self.buffer.is_empty() || !self.parked.is_empty() {
@@ -369,32 +397,45 @@ impl Writer {
     /// (in the buffer, or in the journal only).
     fn count_waiting(&self, in_channel: usize) {
         let waiting = (in_channel as u64)
-            .saturating_add(self.buffer.len() as u64)
+            .saturating_add(self.in_memory() as u64)
             .saturating_add(self.parked.len());
         self.metrics
             .queue_depth
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
+    /// Records held in memory: the buffer, and those waiting for their journal line.
+    fn in_memory(&self) -> usize {
+        self.buffer.len() + self.unwritten.len()
+    }
+
+    /// Publishes how many records are in memory and how many in the journal only.
+    fn publish_counts(&self) {
+        self.state
+            .buffered
+            .store(self.in_memory(), Ordering::Relaxed);
+        self.state
+            .parked
+            .store(self.parked.len(), Ordering::Relaxed);
+    }
+
     /// One record from the queue: into the buffer, or — past its bound, or behind records
-    /// parked already — only its place in the journal (once its line is in the file; a line
-    /// whose batch is still being written, or failed, keeps its record in memory).
+    /// parked already — only its place in the journal (once its line is in the file; until
+    /// then it waits in `unwritten`).
     fn take(&mut self, queued: Queued) {
         let full = self.buffer.len() >= self.buffer_limit;
         if full || !self.parked.is_empty() {
             match queued.journaled {
                 Some(ticket) if ticket.is_written() => {
-                    if self.parked.is_empty() {
-                        tracing::warn!(
-                            buffer_limit = self.buffer_limit,
-                            "usage buffer is full while the database cannot be written; further records wait in the usage journal only"
-                        );
-                    }
-                    self.parked.park(ticket);
-                    self.state.overflowed.fetch_add(1, Ordering::Relaxed);
-                    self.state
-                        .parked
-                        .store(self.parked.len(), Ordering::Relaxed);
+                    self.park(ticket);
+                    return;
+                }
+                Some(ticket) => {
+                    self.unwritten.push_back(Queued {
+                        record: queued.record,
+                        journaled: Some(ticket),
+                    });
+                    self.publish_counts();
                     return;
                 }
                 None if full && !self.unbounded_warned => {
@@ -408,9 +449,44 @@ impl Writer {
             }
         }
         self.buffer.push_back(queued);
-        self.state
-            .buffered
-            .store(self.buffer.len(), Ordering::Relaxed);
+        self.publish_counts();
+    }
+
+    /// Keeps only the place of a record whose journal line is in the file.
+    fn park(&mut self, ticket: Journaled) {
+        if self.parked.is_empty() {
+            tracing::warn!(
+                buffer_limit = self.buffer_limit,
+                "usage buffer is full while the database cannot be written; further records wait in the usage journal only"
+            );
+        }
+        self.parked.park(ticket);
+        self.state.overflowed.fetch_add(1, Ordering::Relaxed);
+        self.publish_counts();
+    }
+
+    /// Parks the records of `unwritten` whose journal line is in the file now; the buffer takes
+    /// them instead once it has room again and nothing is parked (a written buffer).
+    fn park_written(&mut self) {
+        if self.unwritten.is_empty() {
+            return;
+        }
+        let mut waiting = VecDeque::new();
+        for queued in std::mem::take(&mut self.unwritten) {
+            if self.parked.is_empty() && self.buffer.len() < self.buffer_limit {
+                self.buffer.push_back(queued);
+                continue;
+            }
+            match queued.journaled {
+                Some(ticket) if ticket.is_written() => self.park(ticket),
+                journaled => waiting.push_back(Queued {
+                    record: queued.record,
+                    journaled,
+                }),
+            }
+        }
+        self.unwritten = waiting;
+        self.publish_counts();
     }
 
     /// With the buffer written: the next parked records, read back from the journal.
@@ -437,12 +513,7 @@ impl Writer {
                 self.parked = Parked::default();
             }
         }
-        self.state
-            .parked
-            .store(self.parked.len(), Ordering::Relaxed);
-        self.state
-            .buffered
-            .store(self.buffer.len(), Ordering::Relaxed);
+        self.publish_counts();
     }
 
     /// Writes full batches (every batch when `due`), then the parked records, until the buffer
@@ -484,9 +555,7 @@ impl Writer {
                     }
                     self.written += count as u64;
                     self.metrics.records_written.inc_by(count as u64);
-                    self.state
-                        .buffered
-                        .store(self.buffer.len(), Ordering::Relaxed);
+                    self.publish_counts();
                     if self.state.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!(
                             buffered = self.buffer.len(),

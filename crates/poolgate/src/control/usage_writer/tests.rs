@@ -279,3 +279,65 @@ async fn a_full_batch_is_written_at_once_and_fewer_records_wait_for_the_tick() {
     assert_eq!(writer.shutdown().await, 6);
     assert_eq!(store.count_usage().await.unwrap(), 6);
 }
+
+/// A record taken past the buffer's bound before its journal line is in the file waits in
+/// memory beside the buffer, and is parked once the line is written: the buffer keeps its bound
+/// exactly (it used to take such a record, past its bound, until the database came back).
+#[tokio::test]
+async fn a_record_past_the_bound_whose_journal_line_is_not_written_yet_is_parked_once_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), true).await;
+    let journal = journal(dir.path());
+    let shared = Arc::new(WriterState::default());
+    let state = WriterStateHandle {
+        state: Arc::clone(&shared),
+        buffer_limit: settings().buffer_records,
+    };
+    let mut writer = Writer::new(
+        store,
+        &settings(),
+        Some(journal.clone()),
+        shared,
+        SHUTDOWN_WRITE_LIMIT,
+        metrics().usage(),
+    );
+    // In a task of its own: the journal's lines appended there are written in one batch when the
+    // task yields (outside a task each line would be written at once).
+    tokio::spawn(async move {
+        let queued = |i: usize| Queued {
+            record: record(i),
+            journaled: Some(journal.append(&record(i))),
+        };
+        for i in 0..25 {
+            writer.take(queued(i));
+        }
+        let late: Vec<Queued> = (25..30).map(queued).collect();
+        assert!(late
+            .iter()
+            .all(|q| !q.journaled.as_ref().unwrap().is_written()));
+        for queued in late {
+            writer.take(queued);
+        }
+        assert_eq!((writer.buffer.len(), writer.unwritten.len()), (25, 5));
+        assert_eq!((state.view().buffered, state.view().journaled), (30, 0));
+
+        // The batch's write runs once this task yields.
+        tokio::task::yield_now().await;
+        writer.park_written();
+        assert_eq!((writer.buffer.len(), writer.unwritten.len()), (25, 0));
+        let view = state.view();
+        assert_eq!((view.buffered, view.journaled, view.overflowed), (25, 5, 5));
+
+        // Once the buffer was written, the parked records come back from the journal.
+        writer.buffer.clear();
+        writer.unpark();
+        let back: Vec<&str> = writer
+            .buffer
+            .iter()
+            .map(|q| q.record.request_id.as_str())
+            .collect();
+        assert_eq!(back, ["req-25", "req-26", "req-27", "req-28", "req-29"]);
+    })
+    .await
+    .unwrap();
+}
