@@ -110,10 +110,11 @@ pub fn validate_proxy(raw: RawProxy, max_connections: usize) -> Result<ProxySett
     let upstream_idle_timeout_ms = raw
         .upstream_idle_timeout_ms
         .unwrap_or(u64::try_from(defaults.upstream_idle_timeout.as_millis()).unwrap_or(u64::MAX));
-    if Duration::from_millis(upstream_idle_timeout_ms) > crate::upstream::MAX_IDLE_TIMEOUT {
+    let max_idle_timeout = crate::upstream::MAX_IDLE_TIMEOUT;
+    if Duration::from_millis(upstream_idle_timeout_ms) > max_idle_timeout {
         return Err(Invalid::new(
             "proxy.upstream_idle_timeout_ms",
-            "must be at most 3600000 (one hour)",
+            format!("must be at most {}", max_idle_timeout.as_millis()),
         ));
     }
     Ok(ProxySettings {
