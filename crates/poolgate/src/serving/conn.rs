@@ -41,9 +41,14 @@ type Builder = auto::Builder<TokioExecutor>;
 pub(super) struct Builders {
     /// Serves HTTP/1 only, reading nothing first.
     http1: Builder,
-    /// Serves HTTP/2 only (a client whose first bytes are the preface); `None` when
-    /// `server.http2` is off.
-    http2: Option<Builder>,
+    /// `None` when `server.http2` is off.
+    http2: Option<Http2Builders>,
+}
+
+/// The builders a server that speaks HTTP/2 too needs besides its HTTP/1-only one.
+struct Http2Builders {
+    /// Serves HTTP/2 only (a client whose first bytes are the preface).
+    only: Builder,
     /// Reads the first bytes itself and picks (a client whose first bytes did not tell).
     either: Builder,
 }
@@ -53,8 +58,10 @@ impl Builders {
         let either = builder(settings);
         Builders {
             http1: either.clone().http1_only(),
-            http2: settings.http2.then(|| either.clone().http2_only()),
-            either,
+            http2: settings.http2.then(|| Http2Builders {
+                only: either.clone().http2_only(),
+                either,
+            }),
         }
     }
 }
@@ -151,8 +158,8 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
             };
             match sniffed {
                 Sniffed::Http1 => &builders.http1,
-                Sniffed::Http2 => http2,
-                Sniffed::Undecided => &builders.either,
+                Sniffed::Http2 => &http2.only,
+                Sniffed::Undecided => &http2.either,
             }
         }
     };
