@@ -855,11 +855,10 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
         .await;
     }
 
-    let in_shared_mode = || async { cluster.modes().await.iter().all(|mode| mode == "shared") };
     within(
         "every instance in shared mode",
         Duration::from_secs(10),
-        in_shared_mode,
+        || async { cluster.modes().await.iter().all(|mode| mode == "shared") },
     )
     .await;
     let failed_before = redis_errors(&cluster).await;
@@ -873,17 +872,13 @@ async fn a_client_keys_budget_is_shared_by_every_instance() {
     // A settle is its own task; let the last one land, so that every instance's refusal below
     // shows it the whole day's spend (which its ledger keeps for the degraded mode).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    within(
-        "every instance in shared mode",
-        Duration::from_secs(10),
-        in_shared_mode,
-    )
-    .await;
+    // No failed call also means that no instance left shared mode meanwhile (only failed calls
+    // open the breaker).
     assert_eq!(
         redis_errors(&cluster).await,
         failed_before,
-        "a Redis call failed while the budget was spent: that request was reserved in one \
-         instance's ledger only (degraded mode, by design), so the refusals below cannot hold"
+        "a Redis call (of any kind) failed while the budget was spent: a reservation may have \
+         gone to one instance's ledger only (by design), so the refusals below need not hold"
     );
     let tomorrow = (chrono::Utc::now().date_naive() + chrono::Days::new(1)).format("%Y-%m-%d");
     let assert_refused = |answer: &common::Answer| {

@@ -239,8 +239,8 @@ struct Writer {
     /// Records that came past the buffer's bound before their journal line was in the file (a
     /// request's line is written at the end of its runtime's scheduler pass, and this task can
     /// take the record first): held here until the line is written, then parked
-    /// ([`Writer::park_written`]), so that the buffer keeps its bound exactly. A line whose
-    /// write failed never becomes readable: such a record stays until the buffer is written.
+    /// ([`Writer::park_written`]), so that the buffer keeps its bound. A line whose write failed
+    /// never becomes readable: its record goes to the buffer.
     unwritten: VecDeque<Queued>,
     /// The buffer went past its bound without a journal (logged once per episode).
     unbounded_warned: bool,
@@ -365,7 +365,12 @@ impl Writer {
             let unjournaled = self
                 .buffer
                 .iter()
-                .filter(|queued| queued.journaled.is_none())
+                .filter(|queued| {
+                    queued
+                        .journaled
+                        .as_ref()
+                        .is_none_or(Journaled::write_failed)
+                })
                 .count() as u64;
             self.state.lost.fetch_add(unjournaled, Ordering::Relaxed);
             self.metrics.records_lost.inc_by(unjournaled);
@@ -421,34 +426,40 @@ impl Writer {
 
     /// One record from the queue: into the buffer, or — past its bound, or behind records
     /// parked already — only its place in the journal (once its line is in the file; until
-    /// then it waits in `unwritten`).
+    /// then it waits in `unwritten`). A record that is in no journal (`usage.journal` off, or
+    /// its line's write failed) can only be kept in memory: the buffer takes it past its bound.
     fn take(&mut self, queued: Queued) {
         let full = self.buffer.len() >= self.buffer_limit;
-        if full || !self.parked.is_empty() {
-            match queued.journaled {
+        let Queued { record, journaled } = queued;
+        let journaled = if full || !self.parked.is_empty() {
+            match journaled {
                 Some(ticket) if ticket.is_written() => {
                     self.park(ticket);
                     return;
                 }
-                Some(ticket) => {
+                Some(ticket) if !ticket.write_failed() => {
                     self.unwritten.push_back(Queued {
-                        record: queued.record,
+                        record,
                         journaled: Some(ticket),
                     });
                     self.publish_counts();
                     return;
                 }
-                None if full && !self.unbounded_warned => {
-                    self.unbounded_warned = true;
-                    tracing::warn!(
-                        buffer_limit = self.buffer_limit,
-                        "usage buffer is full while the database cannot be written, and the usage journal is off: records are kept in memory past the limit"
-                    );
+                in_no_journal => {
+                    if full && !self.unbounded_warned {
+                        self.unbounded_warned = true;
+                        tracing::warn!(
+                            buffer_limit = self.buffer_limit,
+                            "usage buffer is full while the database cannot be written, and a record is in no usage journal (the journal is off, or its write failed): such records are kept in memory past the limit"
+                        );
+                    }
+                    in_no_journal
                 }
-                _ => {}
             }
-        }
-        self.buffer.push_back(queued);
+        } else {
+            journaled
+        };
+        self.buffer.push_back(Queued { record, journaled });
         self.publish_counts();
     }
 
@@ -466,7 +477,8 @@ impl Writer {
     }
 
     /// Parks the records of `unwritten` whose journal line is in the file now; the buffer takes
-    /// them instead once it has room again and nothing is parked (a written buffer).
+    /// them instead once it has room again and nothing is parked (a written buffer), and those
+    /// whose line's write failed (memory is the only place left for them).
     fn park_written(&mut self) {
         if self.unwritten.is_empty() {
             return;
@@ -479,6 +491,10 @@ impl Writer {
             }
             match queued.journaled {
                 Some(ticket) if ticket.is_written() => self.park(ticket),
+                Some(ticket) if ticket.write_failed() => self.buffer.push_back(Queued {
+                    record: queued.record,
+                    journaled: Some(ticket),
+                }),
                 journaled => waiting.push_back(Queued {
                     record: queued.record,
                     journaled,

@@ -117,6 +117,11 @@ impl Batch {
         self.state.lock().phase == Phase::Written(true)
     }
 
+    /// `true` once the batch's `write` failed: its lines are not in the file, and never will be.
+    pub(super) fn write_failed(&self) -> bool {
+        self.state.lock().phase == Phase::Written(false)
+    }
+
     /// Writes the lines with one `write` (unless someone did already) and wakes the waiters.
     fn write(&self) {
         let lines = {

@@ -162,11 +162,40 @@ impl Journaled {
     pub fn is_written(&self) -> bool {
         self.batch.as_ref().is_none_or(|batch| batch.is_written())
     }
+
+    /// `true` once the write of the record's line failed: it can never be read back (the record
+    /// exists only where its caller keeps it).
+    pub fn write_failed(&self) -> bool {
+        self.batch
+            .as_ref()
+            .is_some_and(|batch| batch.write_failed())
+    }
 }
 
 impl std::fmt::Debug for Journaled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Journaled({}#{})", self.segment.number, self.seq)
+    }
+}
+
+#[cfg(test)]
+impl Journal {
+    /// From now on every line's write fails (`ENOSPC`): the current segment is swapped for one
+    /// whose file is `/dev/full` (the segment on disk is left as it is).
+    pub(crate) fn fail_writes(&self) {
+        let mut current = self.inner.current.write();
+        let file = OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full opens for writing");
+        *current = Arc::new(Segment {
+            number: current.number,
+            path: current.path.clone(),
+            file,
+            bytes: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+        });
     }
 }
 

@@ -280,34 +280,49 @@ async fn a_full_batch_is_written_at_once_and_fewer_records_wait_for_the_tick() {
     assert_eq!(store.count_usage().await.unwrap(), 6);
 }
 
+/// A writer over a store that is down and a journal, driven by the test itself (no task), with
+/// a handle on its state.
+async fn writer_in_hand(
+    dir: &Path,
+    shutdown_limit: Duration,
+) -> (Writer, WriterStateHandle, Journal) {
+    let journal = journal(dir);
+    let shared = Arc::new(WriterState::default());
+    let state = WriterStateHandle {
+        state: Arc::clone(&shared),
+        buffer_limit: settings().buffer_records,
+    };
+    let writer = Writer::new(
+        store(dir, true).await,
+        &settings(),
+        Some(journal.clone()),
+        shared,
+        shutdown_limit,
+        metrics().usage(),
+    );
+    (writer, state, journal)
+}
+
+/// Record `i`, appended to `journal` (its line joins this thread's batch).
+fn appended(journal: &Journal, i: usize) -> Queued {
+    Queued {
+        record: record(i),
+        journaled: Some(journal.append(&record(i))),
+    }
+}
+
 /// A record taken past the buffer's bound before its journal line is in the file waits in
 /// memory beside the buffer, and is parked once the line is written: the buffer keeps its bound
 /// exactly (it used to take such a record, past its bound, until the database came back).
 #[tokio::test]
 async fn a_record_past_the_bound_whose_journal_line_is_not_written_yet_is_parked_once_it_is() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path(), true).await;
-    let journal = journal(dir.path());
-    let shared = Arc::new(WriterState::default());
-    let state = WriterStateHandle {
-        state: Arc::clone(&shared),
-        buffer_limit: settings().buffer_records,
-    };
-    let mut writer = Writer::new(
-        store,
-        &settings(),
-        Some(journal.clone()),
-        shared,
-        SHUTDOWN_WRITE_LIMIT,
-        metrics().usage(),
-    );
+    let (mut writer, state, journal) = writer_in_hand(dir.path(), SHUTDOWN_WRITE_LIMIT).await;
     // In a task of its own: the journal's lines appended there are written in one batch when the
-    // task yields (outside a task each line would be written at once).
+    // task yields (outside a task each line would be written at once). On the test's
+    // current-thread runtime nothing else runs before it yields.
     tokio::spawn(async move {
-        let queued = |i: usize| Queued {
-            record: record(i),
-            journaled: Some(journal.append(&record(i))),
-        };
+        let queued = |i: usize| appended(&journal, i);
         for i in 0..25 {
             writer.take(queued(i));
         }
@@ -337,6 +352,52 @@ async fn a_record_past_the_bound_whose_journal_line_is_not_written_yet_is_parked
             .map(|q| q.record.request_id.as_str())
             .collect();
         assert_eq!(back, ["req-25", "req-26", "req-27", "req-28", "req-29"]);
+    })
+    .await
+    .unwrap();
+}
+
+/// A record past the buffer's bound whose journal line could not be written is in no journal:
+/// memory is the only place left for it, so the buffer takes it (it is not kept waiting for a
+/// line that will never be readable), and a shutdown that cannot write it counts it as lost.
+#[tokio::test]
+async fn a_record_past_the_bound_whose_journal_line_failed_goes_to_the_buffer_and_counts_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, state, journal) = writer_in_hand(dir.path(), Duration::ZERO).await;
+    // A task of its own on the current-thread runtime, as in the test above.
+    tokio::spawn(async move {
+        let queued = |i: usize| appended(&journal, i);
+        for i in 0..25 {
+            writer.take(queued(i));
+        }
+        journal.fail_writes();
+        for i in 25..28 {
+            writer.take(queued(i));
+        }
+        assert_eq!((writer.buffer.len(), writer.unwritten.len()), (25, 3));
+
+        // The failing batch's write runs once this task yields.
+        tokio::task::yield_now().await;
+        writer.park_written();
+        assert_eq!((writer.buffer.len(), writer.unwritten.len()), (28, 0));
+        // A record whose line failed already goes straight to the buffer.
+        let late = queued(28);
+        tokio::task::yield_now().await;
+        assert!(late.journaled.as_ref().unwrap().write_failed());
+        writer.take(late);
+        assert_eq!((writer.buffer.len(), writer.unwritten.len()), (29, 0));
+        let view = state.view();
+        assert_eq!((view.buffered, view.journaled, view.overflowed), (29, 0, 0));
+
+        // The database is still down at shutdown: the 25 records whose lines are in the
+        // journal stay there for the next start; the 4 others are lost, and counted so.
+        let (_sink, queue) = crate::usage::channel(None, 10);
+        let (stop, stopped) = watch::channel(false);
+        drop(stop);
+        writer
+            .run(queue, stopped, Duration::from_millis(10), 1_000)
+            .await;
+        assert_eq!(state.view().lost, 4);
     })
     .await
     .unwrap();
