@@ -548,6 +548,8 @@ async fn bad_backend_input_is_refused_with_a_json_error_naming_the_field() {
         let answer = admin_json(&gateway, Method::POST, "/backends", &without(field)).await;
         let error = assert_error(&answer, 400, &format!("missing {field}"));
         assert!(message(&error).contains(field), "{answer}");
+        assert_eq!(error["param"], field, "{answer}");
+        assert_eq!(error["code"], "missing_required_parameter", "{answer}");
     }
     let duplicate = backend_body(
         "valid-1",
@@ -1686,6 +1688,7 @@ async fn healthz_unknown_routes_and_wrong_methods_answer_json() {
         .await;
         let error = assert_error(&answer, 405, &format!("{method} {path}"));
         assert_eq!(error["code"], "method_not_allowed", "{answer}");
+        assert_eq!(error["type"], "invalid_request_error", "{answer}");
         assert!(
             answer.headers.get("allow").is_some(),
             "{method} {path}: a 405 must carry an Allow header: {:?}",

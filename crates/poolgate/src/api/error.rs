@@ -44,7 +44,7 @@ pub struct ApiError {
 /// The error `type` of a status.
 fn kind_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 408 | 413 | 415 => "invalid_request_error",
+        400 | 405 | 408 | 413 | 415 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",

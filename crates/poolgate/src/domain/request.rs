@@ -59,19 +59,38 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inva
             .flatten();
         let path = error.path().to_string();
         let inner = error.into_inner();
+        if wrong_kind.is_none() && (inner.is_syntax() || inner.is_eof()) {
+            // Not JSON: there is no parameter to name (the path would be a guess, `?`).
+            return InvalidRequest::new(format!("request body is not valid JSON: {inner}"));
+        }
         let message = if let Some(kind) = wrong_kind {
             format!("invalid value at `{path}`: {kind} is not accepted here")
-        } else if inner.is_syntax() || inner.is_eof() {
-            format!("request body is not valid JSON: {inner}")
         } else if path == "." {
             format!("invalid request body: {inner}")
         } else {
             format!("invalid value at `{path}`: {inner}")
         };
-        InvalidRequest {
-            message,
-            param: (path != ".").then_some(path),
-            code: Some("invalid_body"),
+        // serde's message for an absent field is "missing field `name`" (`Error::missing_field`).
+        let missing = inner
+            .to_string()
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, _)| field.to_owned());
+        match missing {
+            Some(field) => InvalidRequest {
+                message,
+                param: Some(if path == "." {
+                    field
+                } else {
+                    format!("{path}.{field}")
+                }),
+                code: Some("missing_required_parameter"),
+            },
+            None => InvalidRequest {
+                message,
+                param: (path != ".").then_some(path),
+                code: Some("invalid_body"),
+            },
         }
     })?;
     deserializer
@@ -123,6 +142,17 @@ mod tests {
         assert_eq!(error.code, Some("invalid_body"));
         let error = parse_json::<Body>(br#"{"rpm": 1"#).unwrap_err();
         assert!(error.message.contains("not valid JSON"), "{error}");
+        // Not JSON at all: no parameter (serde_path_to_error's path there is `?`).
+        let error = parse_json::<Body>(br#"{bad json"#).unwrap_err();
+        assert!(error.message.contains("not valid JSON"), "{error}");
+        assert_eq!(error.param, None);
+        // An absent field is named, at the root and below it.
+        let error = parse_json::<Body>(br#"{}"#).unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("rpm"), "{error}");
+        assert_eq!(error.code, Some("missing_required_parameter"));
+        assert!(error.message.contains("missing field `rpm`"), "{error}");
+        let error = parse_json::<Nested>(br#"{"api": "openai", "list": [{}]}"#).unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("list[0].rpm"), "{error}");
         let error = parse_json::<Body>(br#"{"rpm": 1} {}"#).unwrap_err();
         assert!(error.message.contains("not valid JSON"), "{error}");
         assert!(parse_json::<Body>(br#"{"rpm": 1}"#).is_ok());

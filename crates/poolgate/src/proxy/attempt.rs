@@ -249,7 +249,7 @@ pub async fn run(
             request_id = %ctx.request_id,
             backend = %backend.record.name,
             failure = %description,
-            "upstream attempt failed; trying the next candidate"
+            "upstream attempt failed; the next candidate, if any, is tried"
         );
         backend.runtime.set_last_error(description);
         let report = resolve(data, &mut ticket, failure.outcome());
