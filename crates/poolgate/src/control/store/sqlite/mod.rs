@@ -35,6 +35,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// How long a write waits for another connection's write transaction to end.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Creates the database file empty (a valid empty database) with mode 0600 when it is missing,
+/// before SQLite opens it: SQLite would create it with the umask's mode (0644), and gives its
+/// `-wal` and `-shm` files the database file's mode. An existing file is left as it is; a file
+/// that cannot be created here is left to SQLite, whose open then says why.
+fn create_owner_only(path: &Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let _ = options.open(path);
+}
+
 /// SQLite-backed [`ConfigStore`] and [`super::UsageStore`].
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -49,8 +64,9 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database file and runs the migrations.
+    /// Opens (creating if missing, owner-only) the database file and runs the migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        create_owner_only(path);
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

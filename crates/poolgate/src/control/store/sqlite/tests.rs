@@ -105,6 +105,23 @@ async fn opens_in_wal_mode_with_default_pools() {
     assert_eq!(names, vec![("primary", 0), ("fallback", 1)]);
 }
 
+/// The database file and its WAL files are the owner's only (SQLite alone would create them
+/// with the umask's mode, 0644).
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, store) = open().await;
+    store.list_pools().await.unwrap();
+    for file in ["poolgate.db", "poolgate.db-wal", "poolgate.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
+}
+
 #[tokio::test]
 async fn backend_crud_round_trips() {
     let (_dir, store) = open().await;
