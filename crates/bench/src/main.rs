@@ -97,6 +97,12 @@ struct RunArgs {
     /// knowledge, `--held-h2-streams` streams per connection, HTTP/2 to the mock too.
     #[arg(long, value_delimiter = ',', value_parser = hold::Protocol::parse, default_value = "http1,http2")]
     held_modes: Vec<hold::Protocol>,
+    /// The protocol poolgate speaks to the mock in every held run (`http1` or `http2`), instead
+    /// of the clients' own: `--held-modes http1 --held-upstream http2` is HTTP/1.1 clients in
+    /// front of an HTTP/2 upstream (as an SDK in front of a provider that speaks `h2`). Such a
+    /// run is reported with its upstream and judged by no goal.
+    #[arg(long, value_parser = hold::Protocol::parse)]
+    held_upstream: Option<hold::Protocol>,
     /// Streams per client connection in the `http2` held mode (also poolgate's
     /// `server.http2_max_concurrent_streams` in those runs).
     #[arg(long, default_value_t = suite::held::H2_STREAMS_PER_CONNECTION)]
@@ -186,6 +192,7 @@ async fn run(args: RunArgs) -> Result<()> {
         },
         held_settle: Duration::from_millis(args.held_settle_ms),
         held_modes: args.held_modes,
+        held_upstream: args.held_upstream,
         held_h2_streams: args.held_h2_streams.max(1),
     };
     std::fs::create_dir_all(&args.out)

@@ -334,6 +334,7 @@ mod tests {
         HeldRun {
             streams,
             mode,
+            upstream: mode,
             opened: streams,
             open_at_sample: streams,
             rss_open_mb,
@@ -386,6 +387,19 @@ mod tests {
         let many = goal(&goals, "streams_20000_no_error_http2");
         assert_eq!(many.status(), "missed");
         assert_eq!(many.value.map(|v| v.median), Some(3.0));
+    }
+
+    #[test]
+    fn a_run_whose_upstream_is_not_its_clients_protocol_is_judged_by_no_goal() {
+        let results = Results {
+            held: vec![HeldRun {
+                upstream: Protocol::Http2,
+                ..run(5000, Protocol::Http1, 90.0)
+            }],
+            ..Results::default()
+        };
+        let goals = goals(&results);
+        assert_eq!(goal(&goals, "rss_5000_streams").status(), "not measured");
     }
 
     #[test]

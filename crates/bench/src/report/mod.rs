@@ -429,14 +429,20 @@ fn held_table(md: &mut String, results: &Results) {
     }
 }
 
-/// `http1, 5000 connections` / `http2, 25 connections × 200`.
+/// `http1, 5000 connections` / `http2, 25 connections × 200`, and the upstream's protocol when
+/// it is not the clients' (`--held-upstream`).
 fn held_clients(run: &crate::suite::HeldRun) -> String {
-    match run.mode {
+    let clients = match run.mode {
         crate::hold::Protocol::Http1 => format!("http1, {} connections", run.connections),
         crate::hold::Protocol::Http2 => format!(
             "http2, {} connections × ≤ {}",
             run.connections, run.streams_per_connection
         ),
+    };
+    if run.upstream == run.mode {
+        clients
+    } else {
+        format!("{clients}; **{} to the mock**", run.upstream.as_str())
     }
 }
 

@@ -15,6 +15,9 @@
 //! idle count and no request in flight on the backend), and RSS the settle time after that
 //! (what the allocator gave back).
 //!
+//! `--held-upstream` sets the protocol to the mock for every run instead (HTTP/1.1 clients in
+//! front of an HTTP/2 upstream, say): such runs are reported with it and judged by no goal.
+//!
 //! A run the open-file limit cannot hold is skipped and said so ([`descriptor_shortfall`]),
 //! rather than measured as errors.
 
@@ -66,8 +69,10 @@ const HELD_MODEL: &str = "bench-held";
 pub struct HeldRun {
     /// Streams asked for.
     pub streams: usize,
-    /// How the clients connected (and the protocol poolgate spoke to the mock).
+    /// How the clients connected.
     pub mode: Protocol,
+    /// The protocol poolgate spoke to the mock (the clients' own unless `--held-upstream`).
+    pub upstream: Protocol,
     /// Streams per client connection (1 with HTTP/1.1).
     pub streams_per_connection: usize,
     /// Client connections carrying the streams.
@@ -194,6 +199,7 @@ impl Bench<'_> {
                         HeldRun {
                             streams,
                             mode,
+                            upstream: self.opts.held_upstream.unwrap_or(mode),
                             streams_per_connection: plan.per_connection,
                             connections: plan.connections(streams),
                             skipped: Some(reason),
@@ -209,7 +215,12 @@ impl Bench<'_> {
     }
 
     async fn held_one(&mut self, streams: usize, plan: Plan) -> Result<HeldRun> {
-        let mode = plan.protocol.as_str();
+        let upstream = self.opts.held_upstream.unwrap_or(plan.protocol);
+        let mode = if upstream == plan.protocol {
+            plan.protocol.as_str().to_owned()
+        } else {
+            format!("{}-to-{}", plan.protocol.as_str(), upstream.as_str())
+        };
         let mock = start_mock(
             self.bins,
             &format!("mock-held-{streams}-{mode}"),
@@ -224,7 +235,7 @@ impl Bench<'_> {
                 upstream: mock.addr,
                 models: vec![(HELD_MODEL.to_owned(), "bench-upstream".to_owned())],
                 rpm_limit: 0,
-                http_version: Some(mode),
+                http_version: Some(upstream.as_str()),
             }],
             churn_cooldown: false,
             client_rpm: 0,
@@ -316,6 +327,7 @@ impl Bench<'_> {
         Ok(HeldRun {
             streams,
             mode: plan.protocol,
+            upstream,
             streams_per_connection: plan.per_connection,
             connections,
             skipped: None,

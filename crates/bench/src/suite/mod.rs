@@ -81,6 +81,8 @@ pub struct Options {
     pub held_settle: Duration,
     /// How the held streams' clients connect, each count measured in each mode.
     pub held_modes: Vec<crate::hold::Protocol>,
+    /// The protocol poolgate speaks to the mock in the held runs (`None`: the clients' own).
+    pub held_upstream: Option<crate::hold::Protocol>,
     /// Streams per client connection in the HTTP/2 mode.
     pub held_h2_streams: usize,
     /// Closed-loop connection counts, if not the defaults.
@@ -152,7 +154,7 @@ impl Results {
     pub fn held_run(&self, streams: usize, mode: crate::hold::Protocol) -> Option<&HeldRun> {
         self.held
             .iter()
-            .find(|run| run.streams == streams && run.mode == mode)
+            .find(|run| run.streams == streams && run.mode == mode && run.upstream == mode)
     }
 
     pub fn resources_json(&self) -> serde_json::Value {
