@@ -19,7 +19,6 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
@@ -132,7 +131,7 @@ impl Batch {
             state.phase = Phase::Writing;
             std::mem::take(&mut state.lines)
         };
-        let result = (&self.segment.file).write_all(&lines);
+        let result = self.segment.write_lines(&lines);
         if let Err(error) = &result {
             let records = lines.iter().filter(|&&byte| byte == b'\n').count();
             tracing::error!(%error, records, "cannot append usage records to the journal; they still go to the database, but a crash before that loses them");

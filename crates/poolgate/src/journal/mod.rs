@@ -29,6 +29,8 @@
 //!   `INSERT … ON CONFLICT (request_id) DO NOTHING`;
 //! - torn last line (killed in the middle of a `write`): it has no newline or does not parse;
 //!   it is skipped (its request never completed);
+//! - a `write` that failed part-way (a full disk) leaves a torn line too; the segment's next
+//!   write starts with a newline, so its own lines still parse;
 //! - during replay: the replayed segments are deleted only after the caller committed them
 //!   ([`Replay::finish`]); a crash before that replays them again (idempotent, as above).
 //!
@@ -50,7 +52,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -99,6 +101,11 @@ struct Segment {
     bytes: AtomicU64,
     appended: AtomicU64,
     acked: AtomicU64,
+    /// A write to the file failed: it may have left part of its bytes, a line without its
+    /// newline. The next write starts with a newline, so that its first line does not join
+    /// that torn one (both would then fail to parse, and a record whose write succeeded would be
+    /// lost to the readers).
+    torn: AtomicBool,
 }
 
 impl Segment {
@@ -119,12 +126,33 @@ impl Segment {
             bytes: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            torn: AtomicBool::new(false),
         })
     }
 
-    /// One `write` of a whole line (O_APPEND: concurrent lines never interleave).
+    /// Appends whole `lines` with one `write` (O_APPEND: concurrent writes never interleave),
+    /// after a newline if an earlier write failed (see `torn`; a write racing that one on
+    /// another thread can still land first).
+    fn write_lines(&self, lines: &[u8]) -> io::Result<()> {
+        // A plain load first: the swap (a locked instruction) only after a failure.
+        let result = if self.torn.load(Ordering::Relaxed) && self.torn.swap(false, Ordering::AcqRel)
+        {
+            let mut ended = Vec::with_capacity(lines.len() + 1);
+            ended.push(b'\n');
+            ended.extend_from_slice(lines);
+            (&self.file).write_all(&ended)
+        } else {
+            (&self.file).write_all(lines)
+        };
+        if result.is_err() {
+            self.torn.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// One `write` of a whole line.
     fn write_line(&self, line: &[u8]) -> io::Result<()> {
-        (&self.file).write_all(line)?;
+        self.write_lines(line)?;
         self.bytes.fetch_add(
             u64::try_from(line.len()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -195,6 +223,7 @@ impl Journal {
             bytes: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            torn: AtomicBool::new(false),
         });
     }
 }

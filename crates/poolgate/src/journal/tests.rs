@@ -104,20 +104,60 @@ fn a_torn_last_line_is_skipped() {
     assert_eq!(replay.skipped_lines(), 1);
 }
 
-#[test]
-fn garbage_lines_are_skipped_and_the_rest_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+/// A fresh journal whose segment holds record 0's line, then `bytes` written into the file by
+/// something else (outside a runtime each line is written at once).
+fn after_the_first_line(data_dir: &Path, bytes: &[u8]) -> Journal {
+    let (journal, replay) = Journal::open(data_dir, JournalSettings::default()).unwrap();
     replay.finish().unwrap();
     journal.append(&record(0));
-    let path = segments(dir.path()).pop().unwrap();
-    // What a power loss can leave: zeros, then (after a restart of the writer) more lines.
+    let path = segments(data_dir).pop().unwrap();
     std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
         .unwrap()
-        .write_all(b"\0\0\0\0\n{\"s\":7}\n")
+        .write_all(bytes)
         .unwrap();
+    journal
+}
+
+/// A write that failed part-way (a full disk) leaves a line without its newline. The next
+/// write starts with one, so that its first line is read back: it used to join the torn line,
+/// and neither parsed.
+#[test]
+fn a_line_written_after_a_failed_write_is_not_joined_to_what_that_write_left() {
+    let dir = tempfile::tempdir().unwrap();
+    // What the failed write left, and the journal's note of the failure.
+    let journal = after_the_first_line(dir.path(), br#"{"seq":99,"record":{"request_id":"req_"#);
+    journal
+        .inner
+        .current
+        .read()
+        .torn
+        .store(true, Ordering::Release);
+    journal.append(&record(1));
+    journal.append(&record(2));
+    drop(journal);
+    let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    assert_eq!(ids(replay.records()), expected(0..3));
+    assert_eq!(replay.skipped_lines(), 1);
+}
+
+#[test]
+fn a_failed_write_marks_its_segment_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    journal.fail_writes();
+    let ticket = journal.append(&record(0));
+    assert!(ticket.write_failed());
+    assert!(journal.inner.current.read().torn.load(Ordering::Acquire));
+}
+
+#[test]
+fn garbage_lines_are_skipped_and_the_rest_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a power loss can leave: zeros, then (after a restart of the writer) more lines.
+    let journal = after_the_first_line(dir.path(), b"\0\0\0\0\n{\"s\":7}\n");
     journal.append(&record(1));
     drop(journal);
     let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
