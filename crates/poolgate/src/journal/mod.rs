@@ -119,7 +119,12 @@ impl Segment {
             options.mode(0o600);
         }
         let file = options.open(&path)?;
-        Ok(Segment {
+        Ok(Segment::over(number, path, file))
+    }
+
+    /// Segment `number`, empty so far, written through `file`.
+    fn over(number: u64, path: PathBuf, file: File) -> Segment {
+        Segment {
             number,
             path,
             file,
@@ -127,7 +132,7 @@ impl Segment {
             appended: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             torn: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Appends whole `lines` with one `write` (O_APPEND: concurrent writes never interleave),
@@ -216,15 +221,7 @@ impl Journal {
             .write(true)
             .open("/dev/full")
             .expect("/dev/full opens for writing");
-        *current = Arc::new(Segment {
-            number: current.number,
-            path: current.path.clone(),
-            file,
-            bytes: AtomicU64::new(0),
-            appended: AtomicU64::new(0),
-            acked: AtomicU64::new(0),
-            torn: AtomicBool::new(false),
-        });
+        *current = Arc::new(Segment::over(current.number, current.path.clone(), file));
     }
 }
 

@@ -174,6 +174,7 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
     );
     tokio::pin!(conn);
     let mut draining = false;
+    // Copied out: the borrow (a read lock on the phase) must not live across the poll below.
     let phase_now = *phase.borrow_and_update();
     match phase_now {
         Phase::Running => {}
