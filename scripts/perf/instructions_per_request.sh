@@ -9,6 +9,10 @@
 #
 #   scripts/perf/instructions_per_request.sh [BIN_DIR] [SECONDS]
 #
+# REQUEST_PATH and REQUEST_BODY (environment) change the request, e.g. REQUEST_PATH=/v1/messages
+# REQUEST_BODY='{"model":"gpt-4o-mini","max_tokens":64,"messages":[…]}' for an Anthropic-format
+# request translated to the OpenAI-compatible backend; the default is the chat completion above.
+#
 # BIN_DIR holds `poolgate` and `mock-upstream` (default: target/release). Needs valgrind and
 # wrk. Under valgrind, SHA-256 runs its portable code (no SHA extensions): a client key check
 # counts ~7,000 instructions more than on the real CPU. Prints the request count and
@@ -17,6 +21,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../lib/local-poolgate.sh
+source "$ROOT/scripts/lib/local-poolgate.sh"
 BIN=${1:-$ROOT/target/release}
 SECONDS_COUNTED=${2:-10}
 WORK=$(mktemp -d /tmp/poolgate-ir.XXXXXX)
@@ -47,24 +53,24 @@ POOLGATE_ADMIN_TOKEN=$ADMIN valgrind --tool=callgrind --instr-atstart=no \
     "$BIN/poolgate" serve --listen 127.0.0.1:$PG_PORT --data-dir "$WORK/data" \
     --config "$WORK/poolgate.toml" > "$WORK/poolgate.log" 2>&1 &
 POOLGATE_PID=$!
-for _ in $(seq 300); do
-    curl -s -o /dev/null "http://127.0.0.1:$PG_PORT/healthz" && break
-    sleep 0.2
-done
-KEY=$(curl -s -X POST -H "Authorization: Bearer $ADMIN" -H 'content-type: application/json' \
-    -d '{"name":"ir"}' "http://127.0.0.1:$PG_PORT/admin/api/keys" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+wait_until_healthy "http://127.0.0.1:$PG_PORT"
+KEY=$(create_client_key "http://127.0.0.1:$PG_PORT" "$ADMIN" ir)
+REQUEST_BODY=${REQUEST_BODY:-'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'}
 cat > "$WORK/request.lua" <<LUA
 wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
+wrk.body = '$REQUEST_BODY'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
-URL="http://127.0.0.1:$PG_PORT/v1/chat/completions"
+URL="http://127.0.0.1:$PG_PORT${REQUEST_PATH:-/v1/chat/completions}"
 wrk -t1 -c8 -d3s -s "$WORK/request.lua" "$URL" > /dev/null
 callgrind_control -i on "$POOLGATE_PID" > /dev/null 2>&1
-REQUESTS=$(wrk -t1 -c8 -d"${SECONDS_COUNTED}s" -s "$WORK/request.lua" "$URL" |
-    awk '/requests in/ {print $1}')
+wrk -t1 -c8 -d"${SECONDS_COUNTED}s" -s "$WORK/request.lua" "$URL" > "$WORK/wrk.txt"
+if grep -q 'Non-2xx' "$WORK/wrk.txt"; then
+    echo "some answers were not 2xx: $(grep 'Non-2xx' "$WORK/wrk.txt")" >&2
+    exit 1
+fi
+REQUESTS=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
 # The usage batch of the last requests is written within the second.
 sleep 1
 callgrind_control -i off "$POOLGATE_PID" > /dev/null 2>&1
