@@ -9,9 +9,10 @@
 #
 #   scripts/perf/instructions_per_request.sh [BIN_DIR] [SECONDS]
 #
-# REQUEST_PATH and REQUEST_BODY (environment) change the request, e.g. REQUEST_PATH=/v1/messages
-# REQUEST_BODY='{"model":"gpt-4o-mini","max_tokens":64,"messages":[…]}' for an Anthropic-format
-# request translated to the OpenAI-compatible backend; the default is the chat completion above.
+# REQUEST_PATH and REQUEST_BODY (environment) change the request: REQUEST_PATH=/v1/messages
+# REQUEST_BODY='{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"hello"}]}'
+# is an Anthropic-format request translated to the OpenAI-compatible backend; the default is
+# the chat completion above. Every answer must be a 2xx.
 #
 # BIN_DIR holds `poolgate` and `mock-upstream` (default: target/release). Needs valgrind and
 # wrk. Under valgrind, SHA-256 runs its portable code (no SHA extensions): a client key check
@@ -53,12 +54,12 @@ POOLGATE_ADMIN_TOKEN=$ADMIN valgrind --tool=callgrind --instr-atstart=no \
     "$BIN/poolgate" serve --listen 127.0.0.1:$PG_PORT --data-dir "$WORK/data" \
     --config "$WORK/poolgate.toml" > "$WORK/poolgate.log" 2>&1 &
 POOLGATE_PID=$!
-wait_until_healthy "http://127.0.0.1:$PG_PORT"
+wait_until_healthy "http://127.0.0.1:$PG_PORT" "$POOLGATE_PID"
 KEY=$(create_client_key "http://127.0.0.1:$PG_PORT" "$ADMIN" ir)
 REQUEST_BODY=${REQUEST_BODY:-'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'}
 cat > "$WORK/request.lua" <<LUA
 wrk.method = "POST"
-wrk.body = '$REQUEST_BODY'
+wrk.body = [==[$REQUEST_BODY]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
 LUA

@@ -12,7 +12,8 @@
 #
 #   scripts/pgo/train-endpoints.sh BIN_DIR WORK_DIR [REQUESTS]
 #
-# BIN_DIR holds `poolgate` and `mock-upstream`. Needs curl and python3. Exits non-zero on any non-2xx.
+# BIN_DIR holds `poolgate` and `mock-upstream`. Needs curl 7.66 or newer (`--parallel`) and
+# python3. Exits non-zero on any non-2xx, naming WORK_DIR (the logs).
 set -euo pipefail
 # shellcheck source=../lib/local-poolgate.sh
 source "$(dirname "$0")/../lib/local-poolgate.sh"
@@ -24,27 +25,32 @@ ADMIN=train-admin-token-0123456789abcdef
 mkdir -p "$WORK"
 rm -rf "$WORK/data"
 
-# Two free ports, picked by the kernel.
-read -r PG_PORT MOCK_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))')
-
 cleanup() {
     # SIGTERM: poolgate drains and exits normally, which is when the counts are written.
-    [[ -n ${POOLGATE_PID:-} ]] && kill -TERM "$POOLGATE_PID" 2>/dev/null && wait "$POOLGATE_PID" || true
-    [[ -n ${MOCK_PID:-} ]] && kill "$MOCK_PID" 2>/dev/null || true
+    if [[ -n ${POOLGATE_PID:-} ]] && kill -TERM "$POOLGATE_PID" 2>/dev/null; then
+        wait "$POOLGATE_PID" || true
+    fi
+    if [[ -n ${MOCK_PID:-} ]]; then
+        kill "$MOCK_PID" 2>/dev/null || true
+    fi
 }
 trap cleanup EXIT
+# A script stopped by a signal runs its EXIT trap only if it exits on it.
+trap 'exit 143' TERM
+trap 'exit 130' INT
+failed() {
+    echo "train-endpoints: failed; see $WORK (poolgate.log, mock.log, curl.log)" >&2
+}
+trap failed ERR
 
-"$BIN/mock-upstream" --listen "127.0.0.1:$MOCK_PORT" > "$WORK/mock.log" 2>&1 &
+# Port 0: each says where it listens.
+"$BIN/mock-upstream" --listen 127.0.0.1:0 > "$WORK/mock.log" 2>&1 &
 MOCK_PID=$!
+MOCK_ADDR=$(listening_addr "$WORK/mock.log" "$MOCK_PID" "listening on ")
 cat > "$WORK/poolgate.toml" <<TOML
 [[backends]]
 name = "openai"
-api_base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+api_base_url = "http://$MOCK_ADDR/v1"
 api_key = "sk-train-openai"
 [backends.model_mappings]
 "gpt-4o-mini" = "gpt-4o-mini"
@@ -53,16 +59,16 @@ api_key = "sk-train-openai"
 [[backends]]
 name = "anthropic"
 api = "anthropic"
-api_base_url = "http://127.0.0.1:$MOCK_PORT"
+api_base_url = "http://$MOCK_ADDR"
 api_key = "sk-train-anthropic"
 [backends.model_mappings]
 "claude-sonnet-4" = "claude-sonnet-4"
 TOML
-POOLGATE_ADMIN_TOKEN=$ADMIN "$BIN/poolgate" serve --listen "127.0.0.1:$PG_PORT" \
+POOLGATE_ADMIN_TOKEN=$ADMIN "$BIN/poolgate" serve --listen 127.0.0.1:0 \
     --data-dir "$WORK/data" --config "$WORK/poolgate.toml" > "$WORK/poolgate.log" 2>&1 &
 POOLGATE_PID=$!
-BASE=http://127.0.0.1:$PG_PORT
-wait_until_healthy "$BASE"
+BASE=http://$(listening_addr "$WORK/poolgate.log" "$POOLGATE_PID" "poolgate listening addr=")
+wait_until_healthy "$BASE" "$POOLGATE_PID"
 KEY=$(create_client_key "$BASE" "$ADMIN" pgo-training)
 
 # One curl config per kind of request, REQUESTS times, run 8 at a time by one curl process.
@@ -70,6 +76,10 @@ KEY=$(create_client_key "$BASE" "$ADMIN" pgo-training)
 send() {
     local method=$1 path=$2 body=$3 count=$4 auth=$5
     local config=$WORK/requests.curl
+    # curl's config quoting: \ and " escaped.
+    body=${body//\\/\\\\}
+    body=${body//\"/\\\"}
+    SENT=$((SENT + count))
     : > "$config"
     for i in $(seq "$count"); do
         {
@@ -83,14 +93,16 @@ send() {
             echo 'write-out = "%{http_code} %{url_effective}\n"'
             if [[ -n $body ]]; then
                 echo 'header = "Content-Type: application/json"'
-                printf 'data = "%s"\n' "${body//\"/\\\"}"
+                printf 'data = "%s"\n' "$body"
             fi
         } >> "$config"
     done
-    # curl's own messages (its parallel progress meter among them) go to a log.
-    curl -s --parallel --parallel-max 8 -K "$config" 2>> "$WORK/curl.log"
+    # curl's own messages (its parallel progress meter among them) go to a log. A request that
+    # got no answer is a "000" line, counted below like any other non-2xx.
+    curl -s --parallel --parallel-max 8 -K "$config" 2>> "$WORK/curl.log" || true
 }
 
+SENT=0
 MSG='"messages":[{"role":"user","content":"Say hello in one short sentence."}]'
 {
     for stream in false true; do
@@ -115,8 +127,13 @@ MSG='"messages":[{"role":"user","content":"Say hello in one short sentence."}]'
 
 TOTAL=$(wc -l < "$WORK/answers.txt")
 FAILED=$(grep -cv '^2' "$WORK/answers.txt" || true)
-echo "train-endpoints: $TOTAL answers, $FAILED not 2xx"
+echo "train-endpoints: $SENT requests, $TOTAL answers, $FAILED not 2xx"
+if [[ $TOTAL -ne $SENT ]]; then
+    # An old curl without --parallel, for one, sends nothing at all.
+    echo "train-endpoints: curl answered $TOTAL of $SENT requests (curl.log says why)" >&2
+    false
+fi
 if [[ $FAILED -ne 0 ]]; then
     grep -v '^2' "$WORK/answers.txt" | sort | uniq -c | head -20 >&2
-    exit 1
+    false
 fi
