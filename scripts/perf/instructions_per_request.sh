@@ -28,8 +28,6 @@ BIN=${1:-$ROOT/target/release}
 SECONDS_COUNTED=${2:-10}
 WORK=$(mktemp -d /tmp/poolgate-ir.XXXXXX)
 ADMIN=admintok-0123456789abcdef
-PG_PORT=18180
-MOCK_PORT=34751
 
 cleanup() {
     [[ -n ${POOLGATE_PID:-} ]] && kill -INT "$POOLGATE_PID" 2>/dev/null || true
@@ -38,12 +36,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/mock-upstream" --listen 127.0.0.1:$MOCK_PORT > "$WORK/mock.log" 2>&1 &
+# Port 0: each says where it listens.
+"$BIN/mock-upstream" --listen 127.0.0.1:0 > "$WORK/mock.log" 2>&1 &
 MOCK_PID=$!
+MOCK_ADDR=$(listening_addr "$WORK/mock.log" "$MOCK_PID" "listening on ")
 cat > "$WORK/poolgate.toml" <<TOML
 [[backends]]
 name = "mock"
-api_base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+api_base_url = "http://$MOCK_ADDR/v1"
 api_key = "sk-bench-mock"
 rpm_limit = 10000000
 [backends.model_mappings]
@@ -51,11 +51,12 @@ rpm_limit = 10000000
 TOML
 POOLGATE_ADMIN_TOKEN=$ADMIN valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$WORK/callgrind.out" \
-    "$BIN/poolgate" serve --listen 127.0.0.1:$PG_PORT --data-dir "$WORK/data" \
+    "$BIN/poolgate" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" \
     --config "$WORK/poolgate.toml" > "$WORK/poolgate.log" 2>&1 &
 POOLGATE_PID=$!
-wait_until_healthy "http://127.0.0.1:$PG_PORT" "$POOLGATE_PID"
-KEY=$(create_client_key "http://127.0.0.1:$PG_PORT" "$ADMIN" ir)
+BASE=http://$(listening_addr "$WORK/poolgate.log" "$POOLGATE_PID" "poolgate listening addr=")
+wait_until_healthy "$BASE" "$POOLGATE_PID"
+KEY=$(create_client_key "$BASE" "$ADMIN" ir)
 REQUEST_BODY=${REQUEST_BODY:-'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'}
 cat > "$WORK/request.lua" <<LUA
 wrk.method = "POST"
@@ -63,7 +64,7 @@ wrk.body = [==[$REQUEST_BODY]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
-URL="http://127.0.0.1:$PG_PORT${REQUEST_PATH:-/v1/chat/completions}"
+URL="$BASE${REQUEST_PATH:-/v1/chat/completions}"
 wrk -t1 -c8 -d3s -s "$WORK/request.lua" "$URL" > /dev/null
 callgrind_control -i on "$POOLGATE_PID" > /dev/null 2>&1
 wrk -t1 -c8 -d"${SECONDS_COUNTED}s" -s "$WORK/request.lua" "$URL" > "$WORK/wrk.txt"
