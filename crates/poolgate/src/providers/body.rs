@@ -192,6 +192,15 @@ impl SplicedBody {
         self.remaining == 0
     }
 
+    /// The body's buffers, in order (an HTTP/1 request writes them as they are).
+    pub fn chunks(&self) -> impl Iterator<Item = &Bytes> {
+        self.chunks.iter()
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// The whole body in one buffer (tests and logs only: this is the copy the type avoids).
     pub fn to_vec(&self) -> Vec<u8> {
         self.chunks.iter().flat_map(|c| c.iter().copied()).collect()

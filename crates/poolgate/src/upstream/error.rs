@@ -20,13 +20,13 @@ pub enum UpstreamError {
     Connect(#[source] Box<dyn StdError + Send + Sync>),
     /// The request could not be sent or its answer's head not read.
     #[error("the upstream request failed")]
-    Send(#[source] hyper::Error),
+    Send(#[source] Box<dyn StdError + Send + Sync>),
     /// A new connection closed before it took the request.
     #[error("the upstream request failed: the new connection closed before the request was sent")]
     Unsent,
     /// The answer's body broke off.
     #[error("the upstream body broke off")]
-    Body(#[source] hyper::Error),
+    Body(#[source] Box<dyn StdError + Send + Sync>),
 }
 
 impl UpstreamError {

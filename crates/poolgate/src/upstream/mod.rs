@@ -1,9 +1,10 @@
-//! The upstream HTTP client: hyper's client connections in poolgate's own pool ([`pool`]) with
-//! only the layers a gateway needs — hyper-util's [`HttpConnector`] whose resolver is the
-//! egress policy's ([`PolicyResolver`]: every resolved address is checked before it is
-//! connected to), rustls with the webpki roots (and the CAs of `proxy.upstream_ca_file`), a
-//! connect timeout over the whole connect (resolution, TCP, TLS), keep-alive pooling, and
-//! fixed, small HTTP/1 read buffers. No redirects are followed, no proxy is read from the
+//! The upstream HTTP client: poolgate's own HTTP/1.1 exchange ([`h1`]) and hyper's HTTP/2 client
+//! connections in poolgate's own pool ([`pool`]), with only the layers a gateway needs —
+//! hyper-util's [`HttpConnector`] whose resolver is the egress policy's ([`PolicyResolver`]:
+//! every resolved address is checked before it is connected to), rustls with the webpki roots
+//! (and the CAs of `proxy.upstream_ca_file`), a connect timeout over the whole connect
+//! (resolution, TCP, TLS), keep-alive pooling, and HTTP/1 reads that hold no buffer while an
+//! answer waits. No redirects are followed, no proxy is read from the
 //! environment, nothing parses a URL per request (the backends' URLs are prebuilt
 //! [`http::Uri`]s, [`crate::providers::target`]), and nothing decompresses.
 //!
@@ -11,6 +12,7 @@
 //! by chunk, or as a stream); [`UpstreamError`] says why it failed without quoting the URL.
 
 mod error;
+mod h1;
 mod pool;
 
 #[cfg(test)]
@@ -90,14 +92,6 @@ pub struct ClientSettings {
     /// How long an idle HTTP/1 connection stays reusable (`proxy.upstream_idle_timeout_ms`).
     pub idle_timeout: Duration,
 }
-
-/// The HTTP/1 read buffer of a connection, fixed (hyper's default starts at 8 KiB and grows to
-/// 400 KiB on large answers, then keeps what it grew to while the connection idles in the
-/// pool). It bounds an answer's head too: 8 KiB is what nginx allows by default at most
-/// (`proxy_buffer_size` is one page, 4 KiB on x86-64, up to 8k); LLM APIs send 1–2 KB of
-/// headers. Bodies are read through it in 8 KiB reads: no cost for answers of a few KB and SSE
-/// events (docs/benchmarks.md, "#13 progress").
-pub const HTTP1_READ_BUFFER: usize = 8 * 1024;
 
 /// A shared HTTP/2 connection's ping interval, and how long a ping may stay unanswered.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);

@@ -2,20 +2,20 @@
 //! per host (scheme and authority) and reused, with only what a gateway needs of hyper-util's
 //! pooled client (which it replaces on the request path; hyper-util's connectors stay):
 //!
-//! - **HTTP/1**: an idle connection hyper is ready to send on is taken (the newest first) or a
-//!   new one made; after the answer's body was read to its end, the connection goes back to the
-//!   pool (one still sending its request's body, after an early answer, is not waited for). An
-//!   answer dropped before its end closes its connection (hyper's rule). No extra task per
-//!   request, one clock read when a connection is taken from the pool and one when it goes
-//!   back, one header lookup (`Keep-Alive`) per answer: the request path takes a lock no other
-//!   thread contends for (one pool per per-core runtime) and scans the few hosts a gateway
-//!   talks to.
+//! - **HTTP/1**: poolgate's own exchange ([`super::h1`]), driven by the request's task: an
+//!   idle connection the upstream has not closed is taken (the newest first) or a new one made;
+//!   after the answer's body was read to its end, the connection goes back to the pool (one
+//!   whose answer came before the whole request went, an early `413`, is closed instead). An
+//!   answer dropped before its end closes its connection. No task per connection or request,
+//!   one clock read when a connection is taken from the pool and one when it goes back, one
+//!   header lookup (`Keep-Alive`) per answer: the request path takes a lock no other thread
+//!   contends for (one pool per per-core runtime) and scans the few hosts a gateway talks to.
 //! - **HTTP/2**: one connection per host carries every request; with `http_version = "http2"`
 //!   (prior knowledge) requests that find none wait while one is made instead of each
 //!   connecting. With `auto`, ALPN picks: an `h2` connection becomes the host's shared one (one
 //!   that another request's connect beat closes, its request going on the first).
-//! - **Retry**: a request that a reused connection did not take (closed just before it was
-//!   written) tries the next connection; nothing else is retried here.
+//! - **Retry**: a request that a reused connection did not take (its first write failed: the
+//!   upstream had closed it) tries the next connection; nothing else is retried here.
 //! - **Idle HTTP/1 connections** are not reused past the pool's idle timeout
 //!   (`proxy.upstream_idle_timeout_ms`, 4 s by default, undici's default), nor past what the
 //!   upstream's `Keep-Alive: timeout=N` announces less two seconds (both counted from when the
@@ -37,13 +37,14 @@ use std::time::Duration;
 use http::uri::{Authority, Parts, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection;
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::{host_header, Connector, UpstreamError, HTTP1_READ_BUFFER, HTTP2_KEEP_ALIVE};
+use super::h1;
+use super::{host_header, BoxError, Connector, UpstreamError, HTTP2_KEEP_ALIVE};
 use crate::domain::HttpVersion;
 use crate::providers::body::SplicedBody;
 
@@ -64,7 +65,10 @@ pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// the request).
 const MAX_REFUSALS: u32 = 4;
 
-type H1Sender = http1::SendRequest<SplicedBody>;
+/// A connection as the connector made it (TCP, or TLS over it), boxed: an idle connection in the
+/// pool and a body reading from one move a pointer.
+pub type Stream = Box<TokioIo<<Connector as tower::Service<Uri>>::Response>>;
+type H1Conn = h1::Connection<Stream>;
 type H2Sender = http2::SendRequest<SplicedBody>;
 
 /// The connections of one client.
@@ -90,7 +94,7 @@ struct Host {
     https: bool,
     authority: Authority,
     /// Idle HTTP/1 connections, each with the moment it stops being reusable; the newest last.
-    idle: Vec<(H1Sender, Instant)>,
+    idle: Vec<(H1Conn, Instant)>,
     /// The HTTP/2 connection every request to the host shares.
     shared: Option<H2Sender>,
     /// The reaper's tick when a request last took the shared connection.
@@ -131,7 +135,7 @@ impl Hosts {
 
 /// A connection to send one request on.
 enum Conn {
-    Http1(H1Sender),
+    Http1(H1Conn),
     Http2(H2Sender),
 }
 
@@ -147,18 +151,17 @@ pub struct Giveback {
     pool: Weak<Pool>,
     https: bool,
     authority: Authority,
-    sender: H1Sender,
     /// What the upstream's `Keep-Alive: timeout` leaves of the idle timeout, if it sent one.
     keep_for: Option<Duration>,
 }
 
 impl Giveback {
-    fn give(self) {
+    fn give(self, conn: H1Conn) {
         if let Some(pool) = self.pool.upgrade() {
             let keep_for = self.keep_for.map_or(pool.idle_timeout, |keep_for| {
                 keep_for.min(pool.idle_timeout)
             });
-            pool.put(self.https, &self.authority, self.sender, keep_for);
+            pool.put(self.https, &self.authority, conn, keep_for);
         }
     }
 }
@@ -244,23 +247,13 @@ impl Pool {
             return None;
         }
         let now = Instant::now();
-        // The newest idle connection hyper is ready to send on; closed and expired ones go.
-        while let Some((sender, until)) = host.idle.last() {
-            if sender.is_closed() || *until <= now {
-                host.idle.pop();
-            } else if sender.is_ready() {
-                return host.idle.pop().map(|(sender, _)| Conn::Http1(sender));
-            } else {
-                break;
+        // The newest idle connection still open; closed and expired ones go.
+        while let Some((mut conn, until)) = host.idle.pop() {
+            if until > now && conn.is_usable() {
+                return Some(Conn::Http1(conn));
             }
         }
-        // The newest is not ready yet (its answer was read to the end while hyper still sends
-        // the request's body, say after an early 413): an older one that is, else a new
-        // connection — not a wait behind another request's upload.
-        let ready = host.idle.iter().rposition(|(sender, until)| {
-            *until > now && sender.is_ready() && !sender.is_closed()
-        })?;
-        Some(Conn::Http1(host.idle.remove(ready).0))
+        None
     }
 
     /// A new connection; `true` with it when it was made for this request (`false`: a shared
@@ -344,10 +337,11 @@ impl Pool {
                 }
             }
         } else {
-            let handshake = http1::Builder::new()
-                .read_buf_exact_size(Some(HTTP1_READ_BUFFER))
-                .handshake(io);
-            Ok((Conn::Http1(self.drive(handshake).await?), true))
+            self.start_reaper();
+            Ok((
+                Conn::Http1(h1::Connection::new(Box::new(TokioIo::new(io)))),
+                true,
+            ))
         }
     }
 
@@ -375,41 +369,53 @@ impl Pool {
     async fn send_on(
         self: &Arc<Self>,
         conn: Conn,
-        mut request: Request<SplicedBody>,
+        request: Request<SplicedBody>,
         target: &Uri,
         host: Option<&HeaderValue>,
         https: bool,
         authority: &Authority,
     ) -> Result<Response<PooledBody>, Unsent> {
         match conn {
-            Conn::Http1(mut sender) => {
-                // A reused connection may still be finishing the previous answer.
-                if sender.ready().await.is_err() {
-                    return Err(Unsent::Returned(Box::new(request)));
-                }
+            Conn::Http1(conn) => {
                 // Origin form (`/path?query`) and the `Host` header, as hyper-util sent.
-                *request.uri_mut() = origin_form(target);
-                if !request.headers().contains_key(http::header::HOST) {
-                    if let Some(host) = host.cloned().or_else(|| host_header(target)) {
-                        request.headers_mut().insert(http::header::HOST, host);
+                let path = target.path_and_query().map_or("/", |path| path.as_str());
+                let built;
+                let host = match host {
+                    Some(host) => Some(host),
+                    None => {
+                        built = host_header(target);
+                        built.as_ref()
                     }
-                }
-                let response = sender.try_send_request(request).await;
-                let response = response.map_err(|mut error| match error.take_message() {
-                    Some(mut back) => {
-                        *back.uri_mut() = target.clone();
-                        Unsent::Returned(Box::new(back))
+                };
+                let answer = conn
+                    .send(
+                        request.method(),
+                        path,
+                        request.headers(),
+                        host,
+                        request.body(),
+                    )
+                    .await;
+                let answer = match answer {
+                    Ok(answer) => answer,
+                    Err(failure) if failure.unsent => {
+                        return Err(Unsent::Returned(Box::new(request)))
                     }
-                    None => Unsent::Failed(UpstreamError::Send(error.into_error())),
-                })?;
+                    Err(failure) => {
+                        return Err(Unsent::Failed(UpstreamError::Send(Box::new(failure.error))))
+                    }
+                };
                 let giveback = Giveback {
                     pool: Arc::downgrade(self),
                     https,
                     authority: authority.clone(),
-                    sender,
-                    keep_for: announced_keep_alive(response.headers()),
+                    keep_for: announced_keep_alive(&answer.headers),
                 };
-                Ok(response.map(|body| PooledBody::new(body, Some(giveback))))
+                let mut response = Response::new(PooledBody::http1(answer.body, giveback));
+                *response.status_mut() = answer.status;
+                *response.version_mut() = answer.version;
+                *response.headers_mut() = answer.headers;
+                Ok(response)
             }
             Conn::Http2(mut sender) => {
                 if sender.ready().await.is_err() {
@@ -419,9 +425,9 @@ impl Pool {
                 let response = sender.try_send_request(request).await;
                 let response = response.map_err(|mut error| match error.take_message() {
                     Some(back) => Unsent::Returned(Box::new(back)),
-                    None => Unsent::Failed(UpstreamError::Send(error.into_error())),
+                    None => Unsent::Failed(UpstreamError::Send(Box::new(error.into_error()))),
                 })?;
-                Ok(response.map(|body| PooledBody::new(body, None)))
+                Ok(response.map(PooledBody::Http2))
             }
         }
     }
@@ -434,23 +440,16 @@ impl Pool {
     }
 
     /// An HTTP/1 connection whose answer was read to its end: idle from now on, reusable for
-    /// `keep_for` (the next request waits until hyper has finished with the answer). One kept
-    /// for no time is dropped, which closes it.
-    fn put(
-        self: &Arc<Self>,
-        https: bool,
-        authority: &Authority,
-        sender: H1Sender,
-        keep_for: Duration,
-    ) {
-        if sender.is_closed() || keep_for.is_zero() {
+    /// `keep_for`. One kept for no time is dropped, which closes it.
+    fn put(self: &Arc<Self>, https: bool, authority: &Authority, conn: H1Conn, keep_for: Duration) {
+        if keep_for.is_zero() {
             return;
         }
         let until = Instant::now() + keep_for;
         let mut hosts = self.lock();
         let host = hosts.entry(https, authority);
         if host.idle.len() < MAX_IDLE_PER_HOST {
-            host.idle.push((sender, until));
+            host.idle.push((conn, until));
         }
     }
 
@@ -486,7 +485,7 @@ impl Pool {
         let tick = hosts.tick;
         for host in &mut hosts.list {
             host.idle
-                .retain(|(sender, until)| *until > now && !sender.is_closed());
+                .retain_mut(|(conn, until)| *until > now && conn.is_usable());
             let unused = tick.wrapping_sub(host.shared_used) >= IDLE_TICKS;
             if unused || host.shared.as_ref().is_some_and(H2Sender::is_closed) {
                 host.shared = None;
@@ -544,76 +543,90 @@ pub(super) fn announced_keep_alive(headers: &http::HeaderMap) -> Option<Duration
     Some(Duration::from_secs(seconds).saturating_sub(KEEP_ALIVE_MARGIN))
 }
 
-/// `/path?query` of `uri`.
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(path) if path.as_str() != "/" => {
-            let mut parts = Parts::default();
-            parts.path_and_query = Some(path.clone());
-            Uri::from_parts(parts).unwrap_or_default()
-        }
-        _ => Uri::default(),
-    }
-}
-
 // === impl PooledBody ===
 
-/// An answer's body that gives its HTTP/1 connection back to the pool once read to its end.
-pub struct PooledBody {
-    body: Incoming,
-    giveback: Option<Giveback>,
+/// An answer's body: read from its HTTP/1 connection, which goes back to the pool once the body
+/// was read to its end, or from the shared HTTP/2 connection.
+pub enum PooledBody {
+    Http1 {
+        body: h1::Body<Stream>,
+        giveback: Option<Giveback>,
+    },
+    Http2(Incoming),
 }
 
 impl PooledBody {
-    fn new(body: Incoming, giveback: Option<Giveback>) -> PooledBody {
-        let mut pooled = PooledBody { body, giveback };
+    fn http1(body: h1::Body<Stream>, giveback: Giveback) -> PooledBody {
+        let mut pooled = PooledBody::Http1 {
+            body,
+            giveback: Some(giveback),
+        };
         // Nothing to read (a 204, a `content-length: 0`): the connection is free now.
-        if http_body::Body::is_end_stream(&pooled.body) {
-            pooled.give_back();
-        }
+        pooled.give_back_if_ended();
         pooled
     }
 
-    fn give_back(&mut self) {
-        if let Some(giveback) = self.giveback.take() {
-            giveback.give();
+    fn give_back_if_ended(&mut self) {
+        if let PooledBody::Http1 { body, giveback } = self {
+            if body.is_end() {
+                if let (Some(conn), Some(giveback)) = (body.take_connection(), giveback.take()) {
+                    giveback.give(conn);
+                }
+            }
         }
     }
 }
 
 impl http_body::Body for PooledBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            None => self.give_back(),
-            Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
-            // A broken body closes its connection: it is not given back.
-            Some(Err(_)) => self.giveback = None,
-            Some(Ok(_)) => {}
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match &mut *self {
+            PooledBody::Http1 { body, .. } => {
+                let data = ready!(body.poll_data(cx));
+                self.give_back_if_ended();
+                Poll::Ready(data.map(|data| {
+                    data.map(http_body::Frame::data)
+                        .map_err(|error| Box::new(error) as BoxError)
+                }))
+            }
+            PooledBody::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|error| Box::new(error) as BoxError),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            PooledBody::Http1 { body, .. } => body.is_end(),
+            PooledBody::Http2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        match self {
+            PooledBody::Http1 { body, .. } => body.exact_length().map_or_else(
+                http_body::SizeHint::default,
+                http_body::SizeHint::with_exact,
+            ),
+            PooledBody::Http2(body) => body.size_hint(),
+        }
     }
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("pooled", &self.giveback.is_some())
-            .finish_non_exhaustive()
+        match self {
+            PooledBody::Http1 { giveback, .. } => f
+                .debug_struct("PooledBody::Http1")
+                .field("pooled", &giveback.is_some())
+                .finish_non_exhaustive(),
+            PooledBody::Http2(_) => f.debug_struct("PooledBody::Http2").finish_non_exhaustive(),
+        }
     }
 }
 

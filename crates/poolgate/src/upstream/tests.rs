@@ -588,3 +588,207 @@ async fn a_stream_outlives_its_reaped_http2_connection() {
     assert_eq!(client.pool.counts(), (0, 0), "dropped from the pool");
     assert_eq!(read_all(&mut response).await, b"abc");
 }
+
+/// An upstream on 127.0.0.1 speaking raw HTTP/1.1: for each request on a connection (its head
+/// read to the blank line; the tests send no body), it writes `answer`, then closes the
+/// connection when `close` is set. Counts the connections it accepted.
+async fn raw_upstream(
+    answer: &'static [u8],
+    close: bool,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0_u8; 4096];
+                loop {
+                    let Ok(read) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..read]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// A chunked answer (an SSE stream) comes through chunk by chunk as the upstream sends it, not
+/// once it ended; read to its end, its connection carries the next request.
+#[tokio::test]
+async fn a_chunked_answer_streams_as_sent_and_its_connection_is_reused() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let (next_event, mut wait_for_next) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        counter.fetch_add(1, Ordering::SeqCst);
+        for round in 0..2 {
+            let mut head = vec![0; 4096];
+            let _ = socket.read(&mut head).await.unwrap();
+            socket
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nf\r\ndata: {\"n\":1}\n\n\r\n",
+                )
+                .await
+                .unwrap();
+            if round == 0 {
+                // The second event only once the client has read the first.
+                wait_for_next.recv().await.unwrap();
+            }
+            socket
+                .write_all(b"f\r\ndata: {\"n\":2}\n\n\r\n0\r\n\r\n")
+                .await
+                .unwrap();
+        }
+    });
+    let client = client(HttpVersion::Http1);
+    let mut response = get(&client, port, "/v1/chat/completions").await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.content_length(), None);
+    assert_eq!(
+        response.chunk().await.unwrap().unwrap(),
+        "data: {\"n\":1}\n\n"
+    );
+    next_event.send(()).await.unwrap();
+    assert_eq!(
+        response.chunk().await.unwrap().unwrap(),
+        "data: {\"n\":2}\n\n"
+    );
+    assert!(response.chunk().await.unwrap().is_none());
+    assert_eq!(client.pool.counts(), (1, 0), "back in the pool");
+
+    let mut response = get(&client, port, "/again").await;
+    assert_eq!(
+        read_all(&mut response).await,
+        b"data: {\"n\":1}\n\ndata: {\"n\":2}\n\n"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection");
+}
+
+/// Answers that leave the connection in no known state, or say it ends, are read whole and
+/// their connection is closed, not pooled: bytes past the declared length, `Connection:
+/// close`, HTTP/1.0, a body delimited by the close.
+#[tokio::test]
+async fn answers_that_end_their_connection_are_read_and_not_pooled() {
+    use std::sync::atomic::Ordering;
+    let cases: [(&'static [u8], bool, &[u8]); 4] = [
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+            false,
+            b"ok",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            false,
+            b"ok",
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+            b"ok",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
+            true,
+            b"until the close",
+        ),
+    ];
+    for (answer, close, body) in cases {
+        let (port, accepted) = raw_upstream(answer, close).await;
+        let client = client(HttpVersion::Http1);
+        for round in 1..=2 {
+            let mut response = get(&client, port, "/").await;
+            assert_eq!(read_all(&mut response).await, body, "{answer:?}");
+            assert_eq!(client.pool.counts(), (0, 0), "{answer:?}");
+            assert_eq!(accepted.load(Ordering::SeqCst), round, "{answer:?}");
+        }
+    }
+}
+
+/// A `HEAD` answer has no body whatever its `Content-Length` says, and its connection is
+/// reused; a `204` likewise.
+#[tokio::test]
+async fn head_and_no_content_answers_have_no_body() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted) =
+        raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", false).await;
+    let client = client(HttpVersion::Http1);
+    let uri: Uri = format!("http://127.0.0.1:{port}/").parse().unwrap();
+    for _ in 0..2 {
+        let mut response = client
+            .send(
+                Method::HEAD,
+                Ok(uri.clone().into()),
+                HeaderMap::new(),
+                empty(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.content_length(), Some(0));
+        assert!(response.chunk().await.unwrap().is_none());
+        assert_eq!(client.pool.counts(), (1, 0));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    let (port, _) = raw_upstream(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+    let mut response = get(&client, port, "/").await;
+    assert_eq!(response.status(), 204);
+    assert!(response.chunk().await.unwrap().is_none());
+}
+
+/// An answer head that is not HTTP/1 is a send error whose text names no URL; so is one that
+/// never ends (over 64 KiB).
+#[tokio::test]
+async fn a_malformed_answer_head_is_a_send_error_without_the_url() {
+    let endless: &'static [u8] = Box::leak(
+        [&b"HTTP/1.1 200 OK\r\n"[..], &[b'x'; 70 * 1024][..]]
+            .concat()
+            .into_boxed_slice(),
+    );
+    for (answer, expected) in [
+        (&b"HTTP/1.1 abc OK\r\n\r\n"[..], "not valid HTTP/1"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            "Content-Length",
+        ),
+        (endless, "over 65536 bytes"),
+    ] {
+        let (port, _) = raw_upstream(answer, true).await;
+        let error = client(HttpVersion::Http1)
+            .send(
+                Method::POST,
+                Ok(secret_uri(port).into()),
+                HeaderMap::new(),
+                empty(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(error, UpstreamError::Send(_)), "{error:?}");
+        assert!(!error.is_connect());
+        assert!(error.detail().contains(expected), "{}", error.detail());
+        assert_no_secret(&error.detail(), port);
+    }
+}
