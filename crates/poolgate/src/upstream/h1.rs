@@ -17,7 +17,7 @@
 //! request went out.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -40,6 +40,8 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// The most bytes of chunk extensions on one chunk's size line, and of trailers in all.
 const MAX_CHUNK_META: usize = 16 * 1024;
+/// Interim (`1xx`) answers taken before the final one.
+const MAX_INTERIM: u8 = 16;
 /// IO slices handed to one vectored write.
 const WRITE_SLICES: usize = 16;
 
@@ -96,10 +98,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn is_usable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0_u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        Pin::new(&mut self.io)
-            .poll_read(&mut cx, &mut buf)
-            .is_pending()
+        let io = &mut self.io;
+        // Out of tokio's task budget, which would answer `Pending` whatever the socket holds.
+        let probe = tokio::task::unconstrained(poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut byte);
+            Pin::new(&mut *io).poll_read(cx, &mut buf)
+        }));
+        std::pin::pin!(probe).poll(&mut cx).is_pending()
     }
 
     /// Writes the request (`path` in origin form; `host` unless `headers` names one) and reads
@@ -117,35 +122,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         out.extend(body.chunks().cloned());
         let mut wrote_any = false;
         let mut flushed = false;
+        // A write that failed after some of the request went: the answer may still come (an
+        // upstream that refused the upload, answered and closed).
+        let mut write_error: Option<io::Error> = None;
         let mut buf = BytesMut::new();
+        let mut head: Option<Head> = None;
+        let mut interim = 0;
         let reused = self.reused;
         let io = &mut self.io;
         let parsed = poll_fn(|cx| {
-            // The request: as much as the socket takes now.
-            if !flushed {
-                write_some(Pin::new(&mut *io), cx, &mut out, &mut wrote_any)?;
-                if out.is_empty() {
-                    flushed = Pin::new(&mut *io)
-                        .poll_flush(cx)
-                        .map_err(H1Error::Io)?
-                        .is_ready();
+            // The answer's head first: it may come before the whole request went.
+            if head.is_none() {
+                match poll_head(Pin::new(&mut *io), cx, &mut buf, &mut interim) {
+                    Poll::Ready(Ok(parsed)) => head = Some(parsed),
+                    Poll::Ready(Err(error)) => {
+                        return Poll::Ready(Err(write_error.take().map_or(error, H1Error::Io)))
+                    }
+                    Poll::Pending => {}
                 }
             }
-            // The answer's head, which may come before the whole request went.
-            loop {
-                if let Some(head) = parse_head(&mut buf)? {
-                    return Poll::Ready(Ok(head));
+            // The request: as much as the socket takes now.
+            if !flushed && write_error.is_none() {
+                let mut wrote = write_some(Pin::new(&mut *io), cx, &mut out, &mut wrote_any);
+                if wrote.is_ok() && out.is_empty() {
+                    match Pin::new(&mut *io).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => flushed = true,
+                        Poll::Ready(Err(error)) => wrote = Err(H1Error::Io(error)),
+                        Poll::Pending => {}
+                    }
                 }
-                if buf.len() >= MAX_HEAD {
-                    return Poll::Ready(Err(H1Error::HeadTooLarge));
+                match wrote {
+                    Err(H1Error::Io(error)) if wrote_any => write_error = Some(error),
+                    Err(error) => return Poll::Ready(Err(error)),
+                    Ok(()) => {}
                 }
-                buf.reserve(READ_SIZE);
-                match poll_read_buf(Pin::new(&mut *io), cx, &mut buf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed)),
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(H1Error::Io(error))),
-                    Poll::Pending => return Poll::Pending,
-                }
+            }
+            // An error answer that came early ends the upload; any other waits for the rest of
+            // the request to go (as hyper did: the upstream reads on).
+            let answered = head.as_ref().is_some_and(|parsed| {
+                flushed || write_error.is_some() || parsed.status.as_u16() >= 400
+            });
+            if answered {
+                Poll::Ready(Ok(head.take()))
+            } else {
+                // The read, the write or the flush above registered the waker.
+                Poll::Pending
             }
         })
         .await
@@ -153,12 +174,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             unsent: reused && !wrote_any && matches!(error, H1Error::Io(_) | H1Error::Closed),
             error,
         })?;
+        let Some(parsed) = parsed else {
+            return Err(Failure {
+                error: H1Error::Closed,
+                unsent: false,
+            });
+        };
         let fail = |error| Failure {
             error,
             unsent: false,
         };
-        let framing = Framing::of(method, parsed.status, &parsed.headers).map_err(fail)?;
-        let reusable = flushed && parsed.keep_alive && !matches!(framing, Framing::UntilClose);
+        let framing =
+            Framing::of(method, parsed.status, parsed.version, &parsed.headers).map_err(fail)?;
+        // Both framings named (RFC 9112 §6.3: Transfer-Encoding wins, and the connection is
+        // closed after), or the close delimits the body: not reused.
+        let both = parsed.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && parsed.headers.contains_key(http::header::CONTENT_LENGTH);
+        let reusable =
+            flushed && parsed.keep_alive && !both && !matches!(framing, Framing::UntilClose);
         self.reused = true;
         let mut body = Body {
             conn: Some(self),
@@ -270,10 +303,40 @@ struct Head {
     keep_alive: bool,
 }
 
+/// Reads until the final answer's head is in `buf`, and takes it off; the buffer is given up
+/// when a read finds nothing (a non-streamed answer's head waits the whole generation).
+fn poll_head<S: AsyncRead>(
+    mut io: Pin<&mut S>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    interim: &mut u8,
+) -> Poll<Result<Head, H1Error>> {
+    loop {
+        if let Some(head) = parse_head(buf, interim)? {
+            return Poll::Ready(Ok(head));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Poll::Ready(Err(H1Error::HeadTooLarge));
+        }
+        buf.reserve(READ_SIZE);
+        match poll_read_buf(io.as_mut(), cx, buf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed)),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(H1Error::Io(error))),
+            Poll::Pending => {
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
 /// The final answer's head at the front of `buf`, taken off it; `None` until all of it is
-/// there. Interim `1xx` heads are taken off and skipped; `101` (no upgrade was asked) is not
-/// valid.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+/// there. Interim `1xx` heads are taken off and skipped (at most [`MAX_INTERIM`], counted in
+/// `interim`); `101` (no upgrade was asked) is not valid.
+fn parse_head(buf: &mut BytesMut, interim: &mut u8) -> Result<Option<Head>, H1Error> {
     loop {
         if buf.is_empty() {
             return Ok(None);
@@ -292,6 +355,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
             return Err(H1Error::InvalidHead("101 without an upgrade asked for"));
         }
         if status.is_informational() {
+            *interim += 1;
+            if *interim > MAX_INTERIM {
+                return Err(H1Error::InvalidHead("too many interim (1xx) answers"));
+            }
             buf.advance(length);
             continue;
         }
@@ -354,7 +421,12 @@ enum Framing {
 }
 
 impl Framing {
-    fn of(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, H1Error> {
+    fn of(
+        method: &Method,
+        status: StatusCode,
+        version: Version,
+        headers: &HeaderMap,
+    ) -> Result<Framing, H1Error> {
         if *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
@@ -366,11 +438,13 @@ impl Framing {
             .iter()
             .next_back()
         {
-            let chunked = last
-                .to_str()
-                .ok()
-                .and_then(|codings| codings.rsplit(',').next())
-                .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+            // HTTP/1.0 has no Transfer-Encoding: its framing is faulty, the close ends it.
+            let chunked = version == Version::HTTP_11
+                && last
+                    .to_str()
+                    .ok()
+                    .and_then(|codings| codings.rsplit(',').next())
+                    .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
             return Ok(if chunked {
                 Framing::Chunked(Chunked::Size {
                     value: 0,
@@ -562,6 +636,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Body<S> {
             // Bytes past the answer's end: the connection is not in a known state.
             self.reusable = false;
         }
+        if self.framing == Framing::Done && !self.reusable {
+            // Closed now, not when the answer is dropped.
+            self.conn = None;
+        }
     }
 
     /// The next chunk of data; `None` at the body's end.
@@ -610,6 +688,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Body<S> {
                     if self.framing == Framing::UntilClose {
                         self.framing = Framing::Done;
                         self.reusable = false;
+                        self.settle();
                         return Poll::Ready(None);
                     }
                     return Poll::Ready(Some(Err(self.broke(H1Error::Closed))));
@@ -719,7 +798,7 @@ mod tests {
     fn the_framing_follows_method_status_and_headers() {
         let ok = StatusCode::OK;
         let of = |method: &Method, status, lines: &[(&'static str, &'static str)]| {
-            Framing::of(method, status, &headers(lines))
+            Framing::of(method, status, Version::HTTP_11, &headers(lines))
         };
         assert_eq!(
             of(&Method::HEAD, ok, &[("content-length", "5")]).unwrap(),
@@ -762,6 +841,17 @@ mod tests {
             Framing::UntilClose
         );
         assert_eq!(of(&Method::POST, ok, &[]).unwrap(), Framing::UntilClose);
+        // HTTP/1.0 knows no Transfer-Encoding: the close ends the body.
+        assert_eq!(
+            Framing::of(
+                &Method::POST,
+                ok,
+                Version::HTTP_10,
+                &headers(&[("transfer-encoding", "chunked")])
+            )
+            .unwrap(),
+            Framing::UntilClose
+        );
     }
 
     #[test]
@@ -769,18 +859,23 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\n\r\nok"[..],
         );
-        let head = parse_head(&mut buf).unwrap().unwrap();
+        let head = parse_head(&mut buf, &mut 0).unwrap().unwrap();
         assert_eq!(head.status, StatusCode::OK);
         assert!(!head.keep_alive);
         assert_eq!(head.headers["content-length"], "2");
         assert_eq!(&buf[..], b"ok");
 
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
-        assert!(parse_head(&mut partial).unwrap().is_none());
+        assert!(parse_head(&mut partial, &mut 0).unwrap().is_none());
         let mut old = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\n"[..]);
-        assert!(!parse_head(&mut old).unwrap().unwrap().keep_alive);
+        assert!(!parse_head(&mut old, &mut 0).unwrap().unwrap().keep_alive);
         let mut upgrade = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
-        assert!(parse_head(&mut upgrade).is_err());
+        assert!(parse_head(&mut upgrade, &mut 0).is_err());
+        let mut endless = BytesMut::from(&b"HTTP/1.1 102 Processing\r\n\r\n".repeat(17)[..]);
+        assert!(
+            parse_head(&mut endless, &mut 0).is_err(),
+            "at most 16 interim answers"
+        );
     }
 
     #[test]
@@ -853,5 +948,48 @@ mod tests {
         assert!(conn.is_usable());
         drop(upstream);
         assert!(!conn.is_usable(), "the upstream closed it");
+    }
+    /// A reused connection whose first write fails took nothing of the request: it may go on
+    /// another connection. One that took the request and then closed did not: never resent
+    /// (a POST could be billed twice).
+    #[tokio::test]
+    async fn only_a_request_nothing_of_which_went_out_is_unsent() {
+        use tokio::io::AsyncReadExt;
+        let body = SplicedBody::whole(Bytes::from_static(b"{}"));
+        let send = |conn: Connection<tokio::io::DuplexStream>| async {
+            conn.send(&Method::POST, "/", &HeaderMap::new(), None, &body)
+                .await
+        };
+
+        let (client, upstream) = tokio::io::duplex(1024);
+        drop(upstream);
+        let mut conn = Connection::new(client);
+        conn.reused = true;
+        let failure = send(conn).await.err().expect("the write fails");
+        assert!(failure.unsent, "{:?}", failure.error);
+
+        // The same on a new connection: no other connection to try (the pool's caller says so).
+        let (client, upstream) = tokio::io::duplex(1024);
+        drop(upstream);
+        let failure = send(Connection::new(client)).await.err().expect("fails");
+        assert!(!failure.unsent);
+
+        // The request went, then the connection closed: not unsent.
+        let (client, mut upstream) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut request = vec![0; 1024];
+            let read = upstream.read(&mut request).await.unwrap();
+            assert!(read > 0);
+        });
+        let mut conn = Connection::new(client);
+        conn.reused = true;
+        let failure = send(conn).await.err().expect("closed before an answer");
+        reader.await.unwrap();
+        assert!(
+            matches!(failure.error, H1Error::Closed),
+            "{:?}",
+            failure.error
+        );
+        assert!(!failure.unsent);
     }
 }

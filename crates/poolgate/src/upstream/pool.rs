@@ -377,8 +377,16 @@ impl Pool {
     ) -> Result<Response<PooledBody>, Unsent> {
         match conn {
             Conn::Http1(conn) => {
-                // Origin form (`/path?query`) and the `Host` header, as hyper-util sent.
+                // Origin form (`/path?query`; `/?query` for a URL with no path) and the `Host`
+                // header, as hyper-util sent.
                 let path = target.path_and_query().map_or("/", |path| path.as_str());
+                let rooted;
+                let path = if path.starts_with('?') {
+                    rooted = format!("/{path}");
+                    rooted.as_str()
+                } else {
+                    path
+                };
                 let built;
                 let host = match host {
                     Some(host) => Some(host),

@@ -668,10 +668,12 @@ async fn a_chunked_answer_streams_as_sent_and_its_connection_is_reused() {
     let mut response = get(&client, port, "/v1/chat/completions").await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     assert_eq!(response.content_length(), None);
-    assert_eq!(
-        response.chunk().await.unwrap().unwrap(),
-        "data: {\"n\":1}\n\n"
-    );
+    // The first event arrives while the upstream still holds back the second (a proxy that
+    // waited for the end would time out here).
+    let first = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+        .await
+        .expect("the first event before the stream ended");
+    assert_eq!(first.unwrap().unwrap(), "data: {\"n\":1}\n\n");
     next_event.send(()).await.unwrap();
     assert_eq!(
         response.chunk().await.unwrap().unwrap(),
@@ -791,4 +793,111 @@ async fn a_malformed_answer_head_is_a_send_error_without_the_url() {
         assert!(error.detail().contains(expected), "{}", error.detail());
         assert_no_secret(&error.detail(), port);
     }
+}
+
+/// An upstream that refuses an upload with a `413` and closes at once (the unread upload makes
+/// its close a reset): the client gets the 413, not a connection error, though its own write
+/// fails.
+#[tokio::test]
+async fn an_early_refusal_that_closes_the_connection_is_still_heard() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = vec![0; 4096];
+        let _ = socket.read(&mut head).await;
+        let _ = socket
+            .write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\ncontent-length: 8\r\n\r\ntoo big!",
+            )
+            .await;
+        // Closed with the upload unread.
+    });
+    let client = client(HttpVersion::Http1);
+    let uri: Uri = format!("http://127.0.0.1:{port}/upload").parse().unwrap();
+    let big = SplicedBody::whole(Bytes::from(vec![b'x'; 32 * 1024 * 1024]));
+    let mut response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send(Method::POST, Ok(uri.into()), HeaderMap::new(), big),
+    )
+    .await
+    .expect("answered")
+    .expect("the 413, not an error");
+    assert_eq!(response.status(), 413);
+    assert_eq!(read_all(&mut response).await, b"too big!");
+    assert_eq!(client.pool.counts(), (0, 0));
+}
+
+/// An upstream that answers `200` before it read the whole request (it reads on): the rest of
+/// the request still goes out, and the connection carries the next request.
+#[tokio::test]
+async fn a_success_that_comes_early_waits_for_the_whole_request() {
+    use std::sync::atomic::Ordering;
+    const UPLOAD: usize = 4 * 1024 * 1024;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&received);
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0; 64 * 1024];
+        let head_end = |bytes: &[u8]| bytes.windows(4).position(|w| w == b"\r\n\r\n");
+        // The first request: answered as soon as its head is in, then read to its end.
+        let mut seen = Vec::new();
+        let body_start = loop {
+            let read = socket.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..read]);
+            if let Some(end) = head_end(&seen) {
+                break end + 4;
+            }
+        };
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        while seen.len() < body_start + UPLOAD {
+            let read = socket.read(&mut buf).await.unwrap();
+            assert!(
+                read > 0,
+                "the upload stopped at {} bytes",
+                seen.len() - body_start
+            );
+            seen.extend_from_slice(&buf[..read]);
+        }
+        counter.store(UPLOAD, Ordering::SeqCst);
+        // The second request, on the same connection (its head may have come with the upload's
+        // last bytes).
+        let second = body_start + UPLOAD;
+        while head_end(&seen[second..]).is_none() {
+            let read = socket.read(&mut buf).await.unwrap();
+            assert!(read > 0);
+            seen.extend_from_slice(&buf[..read]);
+        }
+        assert!(seen[second..].starts_with(b"GET /next HTTP/1.1\r\n"));
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let client = client(HttpVersion::Http1);
+    let uri: Uri = format!("http://127.0.0.1:{port}/upload").parse().unwrap();
+    let upload = SplicedBody::whole(Bytes::from(vec![b'x'; UPLOAD]));
+    let mut response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send(Method::POST, Ok(uri.into()), HeaderMap::new(), upload),
+    )
+    .await
+    .expect("answered")
+    .unwrap();
+    assert_eq!(read_all(&mut response).await, b"ok");
+    assert_eq!(client.pool.counts(), (1, 0));
+    // Answered only once the upstream read the whole upload.
+    let mut next = get(&client, port, "/next").await;
+    assert_eq!(read_all(&mut next).await, b"second");
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        UPLOAD,
+        "the whole upload went"
+    );
 }
