@@ -344,6 +344,9 @@ fn parse_head(buf: &mut BytesMut, interim: &mut u8) -> Result<Option<Head>, H1Er
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut lines);
         let length = match response.parse(buf) {
+            Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
+                return Err(H1Error::HeadTooLarge)
+            }
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(error) => return Err(H1Error::InvalidHead(parse_error(error))),
@@ -871,6 +874,14 @@ mod tests {
         assert!(!parse_head(&mut old, &mut 0).unwrap().unwrap().keep_alive);
         let mut upgrade = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
         assert!(parse_head(&mut upgrade, &mut 0).is_err());
+        // A head that came whole in the read that crossed the limit is still over it.
+        let mut large = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: "[..]);
+        large.extend_from_slice(&[b'a'; MAX_HEAD]);
+        large.extend_from_slice(b"\r\n\r\n");
+        assert!(matches!(
+            parse_head(&mut large, &mut 0),
+            Err(H1Error::HeadTooLarge)
+        ));
         let mut endless = BytesMut::from(&b"HTTP/1.1 102 Processing\r\n\r\n".repeat(17)[..]);
         assert!(
             parse_head(&mut endless, &mut 0).is_err(),
