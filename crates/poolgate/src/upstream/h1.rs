@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -159,14 +159,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // An error answer that came early ends the upload; any other waits for the rest of
             // the request to go (as hyper did: the upstream reads on).
-            let answered = head.as_ref().is_some_and(|parsed| {
-                flushed || write_error.is_some() || parsed.status.as_u16() >= 400
-            });
-            if answered {
-                Poll::Ready(Ok(head.take()))
-            } else {
+            match head
+                .take_if(|parsed| flushed || write_error.is_some() || parsed.status.as_u16() >= 400)
+            {
+                Some(parsed) => Poll::Ready(Ok(parsed)),
                 // The read, the write or the flush above registered the waker.
-                Poll::Pending
+                None => Poll::Pending,
             }
         })
         .await
@@ -174,12 +172,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             unsent: reused && !wrote_any && matches!(error, H1Error::Io(_) | H1Error::Closed),
             error,
         })?;
-        let Some(parsed) = parsed else {
-            return Err(Failure {
-                error: H1Error::Closed,
-                unsent: false,
-            });
-        };
         let fail = |error| Failure {
             error,
             unsent: false,
@@ -286,9 +278,8 @@ fn encode_head(
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
     );
     if body_len > 0 || !bodiless {
-        head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(body_len.to_string().as_bytes());
-        head.extend_from_slice(b"\r\n");
+        // Written into the head, not formatted into a string of its own.
+        let _ = write!(head, "content-length: {body_len}\r\n");
     }
     head.extend_from_slice(b"\r\n");
     Bytes::from(head)

@@ -36,6 +36,17 @@ fn secret_uri(port: u16) -> Uri {
         .unwrap()
 }
 
+/// An empty POST to [`secret_uri`] with `headers`.
+async fn post_secret(
+    client: &UpstreamClient,
+    port: u16,
+    headers: HeaderMap,
+) -> Result<UpstreamResponse, UpstreamError> {
+    client
+        .send(Method::POST, Ok(secret_uri(port).into()), headers, empty())
+        .await
+}
+
 fn assert_no_secret(text: &str, port: u16) {
     assert!(!text.contains("sk-secret"), "{text}");
     assert!(!text.contains(&port.to_string()), "{text}");
@@ -47,13 +58,7 @@ async fn a_refused_connection_is_a_connection_failure_without_the_url() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let error = client(HttpVersion::Auto)
-        .send(
-            Method::POST,
-            Ok(secret_uri(port).into()),
-            HeaderMap::new(),
-            empty(),
-        )
+    let error = post_secret(&client(HttpVersion::Auto), port, HeaderMap::new())
         .await
         .unwrap_err();
     assert!(error.is_connect(), "{error:?}");
@@ -98,8 +103,7 @@ async fn a_body_cut_mid_way_is_a_body_error_without_the_url() {
     });
     let mut headers = HeaderMap::new();
     headers.insert("authorization", "Bearer sk-secret-key".parse().unwrap());
-    let mut response = client(HttpVersion::Auto)
-        .send(Method::POST, Ok(secret_uri(port).into()), headers, empty())
+    let mut response = post_secret(&client(HttpVersion::Auto), port, headers)
         .await
         .unwrap();
     assert_eq!(response.content_length(), Some(100));
@@ -779,13 +783,7 @@ async fn a_malformed_answer_head_is_a_send_error_without_the_url() {
         (endless, "over 65536 bytes"),
     ] {
         let (port, _) = raw_upstream(answer, true).await;
-        let error = client(HttpVersion::Http1)
-            .send(
-                Method::POST,
-                Ok(secret_uri(port).into()),
-                HeaderMap::new(),
-                empty(),
-            )
+        let error = post_secret(&client(HttpVersion::Http1), port, HeaderMap::new())
             .await
             .unwrap_err();
         assert!(matches!(error, UpstreamError::Send(_)), "{error:?}");
