@@ -207,6 +207,8 @@ pub struct RawServer {
     pub max_buf_size_bytes: Option<usize>,
     pub http2: Option<bool>,
     pub http2_max_concurrent_streams: Option<u32>,
+    /// `"poolgate"` (default) or `"hyper"`: what serves HTTP/1.1 client connections.
+    pub http1_server: Option<String>,
     /// `"thread_per_core"` (default) or `"work_stealing"`.
     pub runtime: Option<String>,
     /// Per-core runtimes with `"thread_per_core"` (0 or absent = one per core).

@@ -16,7 +16,7 @@ use super::{HealthSettings, LimitsSettings, ProxySettings};
 use crate::cooldown::CooldownPolicy;
 use crate::domain::{literal_or_env, BackendInput, BackendSpec, Invalid};
 use crate::egress::EgressPolicy;
-use crate::serving::{per_core, BodyPace, ServerRuntime, ServerSettings};
+use crate::serving::{per_core, BodyPace, Http1Server, ServerRuntime, ServerSettings};
 use crate::token_count::EstimateSettings;
 
 /// A whole number of seconds, at least 1; absent = `default`.
@@ -325,6 +325,19 @@ pub fn validate_server(raw: RawServer) -> Result<ServerSettings, Invalid> {
         http2_max_concurrent_streams: raw
             .http2_max_concurrent_streams
             .unwrap_or(defaults.http2_max_concurrent_streams),
+        http1_server: match raw.http1_server.as_deref() {
+            None => defaults.http1_server,
+            Some("poolgate") => Http1Server::Poolgate,
+            Some("hyper") => Http1Server::Hyper,
+            Some(other) => {
+                return Err(Invalid::new(
+                    "server.http1_server",
+                    format!(
+                        "unknown HTTP/1.1 server `{other}`; expected \"poolgate\" or \"hyper\""
+                    ),
+                ))
+            }
+        },
         runtime: server_runtime(raw.runtime.as_deref(), raw.per_core_threads)?,
     };
     settings.validate()?;

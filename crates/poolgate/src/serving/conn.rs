@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
@@ -31,6 +30,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::body::{BodyPace, TimedBody};
+use super::h1;
 use super::io::WriteTimeout;
 use super::{AppBody, AppService, Phase, ServerSettings};
 
@@ -43,6 +43,8 @@ pub(super) struct Builders {
     http1: Builder,
     /// `None` when `server.http2` is off.
     http2: Option<Http2Builders>,
+    /// HTTP/1 connections are served by [`h1`], not by hyper (`server.http1_server`).
+    own_http1: bool,
 }
 
 /// The builders a server that speaks HTTP/2 too needs besides its HTTP/1-only one.
@@ -62,6 +64,7 @@ impl Builders {
                 only: either.clone().http2_only(),
                 either,
             }),
+            own_http1: settings.http1_server == super::Http1Server::Poolgate,
         }
     }
 }
@@ -144,8 +147,8 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
     let activity = Arc::new(Activity::new());
     let idle = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(idle);
-    let builder = match &builders.http2 {
-        None => &builders.http1,
+    let (builder, http1) = match &builders.http2 {
+        None => (&builders.http1, true),
         Some(http2) => {
             let sniffed = tokio::select! {
                 biased;
@@ -157,22 +160,75 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
                 () = phase_left_running(&mut phase) => return,
             };
             match sniffed {
-                Sniffed::Http1 => &builders.http1,
-                Sniffed::Http2 => &http2.only,
-                Sniffed::Undecided => &http2.either,
+                Sniffed::Http1 => (&builders.http1, true),
+                Sniffed::Http2 => (&http2.only, false),
+                Sniffed::Undecided => (&http2.either, false),
             }
         }
     };
-    let io = TokioIo::new(WriteTimeout::new(stream, settings.write_timeout));
-    let conn = builder.serve_connection(
-        io,
-        ConnService {
-            inner: service,
-            activity: Arc::clone(&activity),
-            pace: settings.body_pace,
-        },
-    );
-    tokio::pin!(conn);
+    let service = ConnService {
+        inner: service,
+        activity: Arc::clone(&activity),
+        pace: settings.body_pace,
+    };
+    let clocks = Clocks {
+        peer,
+        activity: &activity,
+        idle,
+        settings: &settings,
+        phase,
+    };
+    if http1 && builders.own_http1 {
+        let conn = h1::serve(
+            stream,
+            service,
+            settings.max_buf_size,
+            settings.write_timeout,
+        );
+        tokio::pin!(conn);
+        // For HTTP/1 an idle keep-alive connection also waits for a request head: hyper's
+        // header clock applies to it (see `ServerSettings::keep_alive_timeout`).
+        let idle_limit = settings
+            .keep_alive_timeout
+            .min(settings.header_read_timeout);
+        drive(conn, |conn| conn.graceful_shutdown(), clocks, idle_limit).await;
+    } else {
+        let io = TokioIo::new(WriteTimeout::new(stream, settings.write_timeout));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let idle_limit = settings.keep_alive_timeout;
+        drive(conn, |conn| conn.graceful_shutdown(), clocks, idle_limit).await;
+    }
+    drop(permit);
+}
+
+/// What [`drive`] watches besides the connection itself.
+struct Clocks<'a> {
+    peer: SocketAddr,
+    activity: &'a Activity,
+    /// The first request's deadline, then the idle one.
+    idle: Pin<&'a mut tokio::time::Sleep>,
+    settings: &'a ServerSettings,
+    phase: watch::Receiver<Phase>,
+}
+
+/// Drives a connection `conn` under the three clocks and the server's phase until it ends.
+/// `idle_limit`: how long a connection that was served stays open with no request in flight.
+async fn drive<C>(
+    mut conn: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    clocks: Clocks<'_>,
+    idle_limit: Duration,
+) where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    let Clocks {
+        peer,
+        activity,
+        mut idle,
+        settings,
+        mut phase,
+    } = clocks;
     let mut draining = false;
     // Copied out: the borrow (a read lock on the phase) must not live across the poll below.
     let phase_now = *phase.borrow_and_update();
@@ -188,7 +244,7 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
                 return;
             }
             draining = true;
-            conn.as_mut().graceful_shutdown();
+            graceful_shutdown(conn.as_mut());
         }
         Phase::Cut => return,
     }
@@ -213,7 +269,7 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
                     Phase::Cut => break,
                     Phase::Draining if !draining => {
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                     }
                     Phase::Draining | Phase::Running => {}
                 }
@@ -221,10 +277,10 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
             () = &mut idle => {
                 let now = Instant::now();
                 match activity.idle_since() {
-                    None => idle.as_mut().reset(now + settings.keep_alive_timeout),
+                    None => idle.as_mut().reset(now + idle_limit),
                     Some((since, served)) => {
                         let limit = if served {
-                            settings.keep_alive_timeout
+                            idle_limit
                         } else {
                             settings.header_read_timeout
                         };
@@ -234,7 +290,7 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
                             // Idle keep-alive: close politely (HTTP/2 gets a GOAWAY) and give
                             // it one more period before dropping it.
                             draining = true;
-                            conn.as_mut().graceful_shutdown();
+                            graceful_shutdown(conn.as_mut());
                             idle.as_mut().reset(now + settings.header_read_timeout);
                         } else {
                             tracing::debug!(%peer, served, "closing a connection that sent no (further) request in time");
@@ -245,7 +301,6 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
             }
         }
     }
-    drop(permit);
 }
 
 /// What hyper's connection ended with: an error is logged (at debug: a client that reset its
@@ -389,19 +444,21 @@ struct ConnService<S> {
     pace: Option<BodyPace>,
 }
 
-impl<S, B> hyper::service::Service<http::Request<Incoming>> for ConnService<S>
+impl<S, B, RB> hyper::service::Service<http::Request<RB>> for ConnService<S>
 where
     S: tower::Service<
             http::Request<axum::body::Body>,
             Response = http::Response<B>,
             Error = Infallible,
         > + Clone,
+    RB: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = http::Response<InFlightBody<B>>;
     type Error = Infallible;
     type Future = RequestFuture<tower::util::Oneshot<S, http::Request<axum::body::Body>>>;
 
-    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, request: http::Request<RB>) -> Self::Future {
         let guard = self.activity.begin();
         let pace = self.pace;
         let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, pace)));

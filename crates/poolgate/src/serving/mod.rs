@@ -29,6 +29,7 @@
 pub mod accept;
 pub mod body;
 mod conn;
+mod h1;
 pub mod io;
 pub mod limits;
 pub mod per_core;
@@ -77,10 +78,21 @@ pub struct ServerSettings {
     pub max_buf_size: usize,
     /// `http2` (default true): also serve HTTP/2 with prior knowledge (cleartext).
     pub http2: bool,
+    /// `http1_server` (default `"poolgate"`): what serves HTTP/1.1 connections.
+    pub http1_server: Http1Server,
     /// `http2_max_concurrent_streams` (default 100).
     pub http2_max_concurrent_streams: u32,
     /// `runtime` (default `"thread_per_core"`) and `per_core_threads`.
     pub runtime: ServerRuntime,
+}
+
+/// What serves HTTP/1.1 client connections (HTTP/2 is always hyper's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Http1Server {
+    /// `"poolgate"`: [`h1`], which holds no buffer while a connection waits or streams (#13).
+    Poolgate,
+    /// `"hyper"`: hyper's HTTP/1 connection, as before #13's own server.
+    Hyper,
 }
 
 /// Where client connections (and the requests on them) run.
@@ -123,6 +135,7 @@ impl Default for ServerSettings {
             max_connections: limits::default_max_connections(limits::open_file_limit()),
             max_buf_size: 64 * 1024,
             http2: true,
+            http1_server: Http1Server::Poolgate,
             http2_max_concurrent_streams: 100,
             runtime: ServerRuntime::ThreadPerCore {
                 threads: per_core::default_threads(),

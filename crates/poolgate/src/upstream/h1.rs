@@ -383,7 +383,7 @@ fn parse_head(buf: &mut BytesMut, interim: &mut u8) -> Result<Option<Head>, H1Er
     }
 }
 
-fn parse_error(error: httparse::Error) -> &'static str {
+pub(crate) fn parse_error(error: httparse::Error) -> &'static str {
     match error {
         httparse::Error::TooManyHeaders => "too many headers",
         httparse::Error::HeaderName => "invalid header name",
@@ -395,7 +395,7 @@ fn parse_error(error: httparse::Error) -> &'static str {
 }
 
 /// Whether a comma-separated header value holds `token` (any case).
-fn has_token(value: &HeaderValue, token: &str) -> bool {
+pub(crate) fn has_token(value: &HeaderValue, token: &str) -> bool {
     value.to_str().is_ok_and(|text| {
         text.split(',')
             .any(|t| t.trim().eq_ignore_ascii_case(token))
@@ -440,30 +440,12 @@ impl Framing {
                     .and_then(|codings| codings.rsplit(',').next())
                     .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
             return Ok(if chunked {
-                Framing::Chunked(Chunked::Size {
-                    value: 0,
-                    digits: 0,
-                })
+                Framing::Chunked(Chunked::new())
             } else {
                 Framing::UntilClose
             });
         }
-        let mut length: Option<u64> = None;
-        for value in headers.get_all(http::header::CONTENT_LENGTH) {
-            let text = value.to_str().map_err(|_| H1Error::InvalidContentLength)?;
-            for part in text.split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(H1Error::InvalidContentLength);
-                }
-                let parsed: u64 = part.parse().map_err(|_| H1Error::InvalidContentLength)?;
-                if length.is_some_and(|seen| seen != parsed) {
-                    return Err(H1Error::InvalidContentLength);
-                }
-                length = Some(parsed);
-            }
-        }
-        Ok(match length {
+        Ok(match content_length(headers)? {
             Some(0) => Framing::Done,
             Some(length) => Framing::Length(length),
             None => Framing::UntilClose,
@@ -471,9 +453,32 @@ impl Framing {
     }
 }
 
-/// Where a chunked body's decoder is (RFC 9112 §7.1).
+/// A message's `Content-Length` (`None`: it has none). Repeated headers and comma lists must
+/// all say the same number; anything but digits is refused (RFC 9110 §8.6). Both sides of
+/// HTTP/1.1 frame by it: answers here, requests in `serving::h1`.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| H1Error::InvalidContentLength)?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(H1Error::InvalidContentLength);
+            }
+            let parsed: u64 = part.parse().map_err(|_| H1Error::InvalidContentLength)?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(H1Error::InvalidContentLength);
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
+/// Where a chunked body's decoder is (RFC 9112 §7.1); requests' bodies in `serving::h1` are
+/// decoded by it too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunked {
+pub(crate) enum Chunked {
     /// In a chunk's size (hex digits so far).
     Size {
         value: u64,
@@ -510,16 +515,24 @@ enum Chunked {
 }
 
 /// What the decoder made of the bytes it had.
-enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes),
     End,
     More,
 }
 
 impl Chunked {
+    /// At the start of a chunked body.
+    pub(crate) fn new() -> Self {
+        Chunked::Size {
+            value: 0,
+            digits: 0,
+        }
+    }
+
     /// Decodes from the front of `buf`: the next data it holds, the body's end, or `More`
     /// when `buf` ran out first (every byte of it taken).
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
         use Chunked::*;
         while !buf.is_empty() {
             if let Data(left) = *self {

@@ -12,7 +12,7 @@
 //! by chunk, or as a stream); [`UpstreamError`] says why it failed without quoting the URL.
 
 mod error;
-mod h1;
+pub(crate) mod h1;
 mod pool;
 
 #[cfg(test)]
