@@ -187,19 +187,34 @@ pub(super) async fn serve_connection<S: AppService<B>, B: AppBody>(
         );
         tokio::pin!(conn);
         // For HTTP/1 an idle keep-alive connection also waits for a request head: hyper's
-        // header clock applies to it (see `ServerSettings::keep_alive_timeout`).
-        let idle_limit = settings
-            .keep_alive_timeout
-            .min(settings.header_read_timeout);
-        drive(conn, |conn| conn.graceful_shutdown(), clocks, idle_limit).await;
+        // header clock applies to it (see `ServerSettings::keep_alive_timeout`), and it ends a
+        // head still arriving then too (no grace after the polite close).
+        let idle = Idle {
+            limit: settings
+                .keep_alive_timeout
+                .min(settings.header_read_timeout),
+            grace: Duration::ZERO,
+        };
+        drive(conn, |conn| conn.graceful_shutdown(), clocks, idle).await;
     } else {
         let io = TokioIo::new(WriteTimeout::new(stream, settings.write_timeout));
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let idle_limit = settings.keep_alive_timeout;
-        drive(conn, |conn| conn.graceful_shutdown(), clocks, idle_limit).await;
+        let idle = Idle {
+            limit: settings.keep_alive_timeout,
+            grace: settings.header_read_timeout,
+        };
+        drive(conn, |conn| conn.graceful_shutdown(), clocks, idle).await;
     }
     drop(permit);
+}
+
+/// How long a served connection may idle.
+struct Idle {
+    /// With no request in flight, then a polite close (HTTP/2: a GOAWAY).
+    limit: Duration,
+    /// After the polite close, before the connection is dropped.
+    grace: Duration,
 }
 
 /// What [`drive`] watches besides the connection itself.
@@ -213,12 +228,12 @@ struct Clocks<'a> {
 }
 
 /// Drives a connection `conn` under the three clocks and the server's phase until it ends.
-/// `idle_limit`: how long a connection that was served stays open with no request in flight.
+/// `idle`: how long a connection that was served stays open with no request in flight.
 async fn drive<C>(
     mut conn: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     clocks: Clocks<'_>,
-    idle_limit: Duration,
+    idle_rule: Idle,
 ) where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
@@ -277,10 +292,10 @@ async fn drive<C>(
             () = &mut idle => {
                 let now = Instant::now();
                 match activity.idle_since() {
-                    None => idle.as_mut().reset(now + idle_limit),
+                    None => idle.as_mut().reset(now + idle_rule.limit),
                     Some((since, served)) => {
                         let limit = if served {
-                            idle_limit
+                            idle_rule.limit
                         } else {
                             settings.header_read_timeout
                         };
@@ -291,7 +306,7 @@ async fn drive<C>(
                             // it one more period before dropping it.
                             draining = true;
                             graceful_shutdown(conn.as_mut());
-                            idle.as_mut().reset(now + settings.header_read_timeout);
+                            idle.as_mut().reset(now + idle_rule.grace);
                         } else {
                             tracing::debug!(%peer, served, "closing a connection that sent no (further) request in time");
                             break;

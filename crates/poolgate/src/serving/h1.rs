@@ -13,7 +13,11 @@
 //! (the `100` goes out when the app first reads the body), HTTP/1.0 clients (keep-alive on
 //! request), the `Date` header, a graceful close, and a client that leaves while its answer is
 //! awaited or streams: seen by peeking at the socket, as hyper reads on to see it, and the
-//! answer is dropped (a stream's upstream call with it). What it refuses, with a JSON error
+//! answer is dropped (a stream's upstream call with it). As with hyper, a client that shuts its
+//! write side after a request counts as gone, unless the next request's bytes are read already.
+//! A body the app did not read is skipped when all of it is in the buffer (an early 401 keeps
+//! the connection); otherwise the connection closes after the answer, reading on for a while
+//! so that the close does not reset the answer away. What it refuses, with a JSON error
 //! and a close: a malformed head (400), a head over `server.max_buf_size_bytes` or with more
 //! than 100 header lines (431), `Transfer-Encoding` together with `Content-Length`, on
 //! HTTP/1.0, or not ending in `chunked` (400), a bad `Content-Length` (400). It does not do
@@ -29,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -237,6 +241,31 @@ impl BodyReader {
         }
     }
 
+    /// Skips what is left of the body if all of it is in the buffer; whether the body is done.
+    fn skip_buffered_body(&mut self) -> bool {
+        loop {
+            match &mut self.framing {
+                BodyFraming::Done => return true,
+                _ if self.failed => return false,
+                BodyFraming::Length(left) => {
+                    let Ok(left_now) = usize::try_from(*left) else {
+                        return false;
+                    };
+                    if left_now > self.buf.len() {
+                        return false;
+                    }
+                    self.buf.advance(left_now);
+                    self.framing = BodyFraming::Done;
+                }
+                BodyFraming::Chunked(state) => match state.decode(&mut self.buf) {
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(Decoded::End) => self.framing = BodyFraming::Done,
+                    Ok(Decoded::More) | Err(_) => return false,
+                },
+            }
+        }
+    }
+
     /// An empty buffer holds no allocation (it would keep the data handed out, or a whole
     /// read buffer, alive).
     fn release_if_empty(&mut self) {
@@ -432,7 +461,10 @@ where
         *request.headers_mut() = headers;
 
         // The app's answer; meanwhile, a client that leaves (once its body was read) ends it.
-        let mut watching = true;
+        // Not when the next request's bytes are read already: the client may have half-closed
+        // after sending all it had (hyper's rule too).
+        let mut watching = carry.is_empty();
+        let mut leftover_checked = false;
         let response = {
             let mut call = pin!(service.call(request));
             poll_fn(|cx| {
@@ -442,6 +474,15 @@ where
                 let body_read = shared
                     .as_ref()
                     .is_none_or(|shared| shared.done.load(Ordering::Acquire));
+                if body_read && !leftover_checked {
+                    leftover_checked = true;
+                    if shared
+                        .as_ref()
+                        .is_some_and(|shared| !shared.lock().buf.is_empty())
+                    {
+                        watching = false;
+                    }
+                }
                 if body_read && poll_client_gone(&stream, cx, &mut watching).is_ready() {
                     return Poll::Ready(None);
                 }
@@ -453,12 +494,20 @@ where
             return Err(ServeError::ClientGone);
         };
 
-        // A `100 Continue` half written is finished; one not begun is owed no more.
+        // A `100 Continue` half written is finished; one not begun is owed no more. A body the
+        // app did not read is skipped if it is all in the buffer already (an early 401 or 429
+        // keeps the connection); else the connection closes after the answer.
         let mut body_unread = false;
         if let Some(shared) = &shared {
             let owed = {
                 let mut reader = shared.lock();
-                body_unread = !matches!(reader.framing, BodyFraming::Done);
+                body_unread = !reader.skip_buffered_body();
+                if body_unread {
+                    reader.buf = BytesMut::new();
+                } else if !reader.buf.is_empty() {
+                    // A pipelined request's bytes: the client-gone watch does not apply.
+                    watching = false;
+                }
                 reader.continue_owed.take().filter(|&written| written > 0)
             };
             if let Some(written) = owed {
@@ -481,6 +530,9 @@ where
         }
         let head = encode_head(&parts, answer, keep_alive, http10);
         drop(parts);
+        // Unread body bytes in the socket are not a client leaving (and the peek would take
+        // the socket's read waker from a body still polled elsewhere).
+        watching &= !body_unread;
         write_answer(&mut writer, &stream, head, body, answer, &mut watching).await?;
 
         if !keep_alive {
@@ -560,12 +612,14 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>
         "the request head is too large",
     );
     let invalid = |why| HeadFailure::Refused(StatusCode::BAD_REQUEST, why);
-    // Where each header's name and value are in `buf`, to slice them out once it is frozen.
-    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let (length, method, path, version, count) = {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut slots);
-        let length = match request.parse(buf) {
+    // Where each header's name and value are in `buf`, to slice them out of the head's copy.
+    let mut ranges: Vec<[usize; 4]>;
+    let (length, method, path, version) = {
+        // Not zeroed first (100 slots, 3.2 KB, on every request): httparse fills them.
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let length = match request.parse_with_uninit_headers(buf, &mut slots) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(too_large),
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -584,26 +638,29 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        let count = request.headers.len();
-        for (range, header) in ranges.iter_mut().zip(request.headers.iter()) {
-            *range = (
+        ranges = Vec::with_capacity(request.headers.len());
+        for header in request.headers.iter() {
+            ranges.push([
                 header.name.as_ptr() as usize - base,
                 header.name.len(),
                 header.value.as_ptr() as usize - base,
                 header.value.len(),
-            );
+            ]);
         }
-        (length, method, path, version, count)
+        (length, method, path, version)
     };
-    let head = buf.split_to(length).freeze();
+    // A copy of its own: the request's header values and URI slice it, and a handler may keep
+    // a clone of one through a whole stream; slices of the read buffer would keep all of it.
+    let head = Bytes::copy_from_slice(&buf[..length]);
+    buf.advance(length);
     if buf.is_empty() {
-        // Not kept pointing into the head's allocation while the request is served.
+        // The read buffer goes now (what is left of it would wait for the next request).
         *buf = BytesMut::new();
     }
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|_| invalid("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name, name_len, value, value_len) in &ranges[..count] {
+    let mut headers = HeaderMap::with_capacity(ranges.len());
+    for &[name, name_len, value, value_len] in &ranges {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))

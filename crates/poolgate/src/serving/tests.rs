@@ -372,6 +372,37 @@ async fn keep_alive_connections_are_reused_then_closed_when_idle() {
 }
 
 #[tokio::test]
+async fn a_trickled_head_on_a_reused_connection_is_cut_at_the_idle_limit() {
+    // After one answer, the next head comes a byte every 200 ms and never ends: the
+    // connection ends at the header timeout (1 s) after the answer, as hyper's header clock
+    // did, not a second period later.
+    let server = start(quick_settings()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0_u8; 1024];
+    let read = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..read]).ends_with("ok"));
+    let answered = Instant::now();
+    stream.write_all(b"G").await.unwrap();
+    let (mut reader, writer) = stream.into_split();
+    let trickle = trickle(writer, Duration::from_millis(200));
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await;
+    let elapsed = answered.elapsed();
+    trickle.abort();
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "expected the server to close"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(1800),
+        "closed after {elapsed:?}"
+    );
+}
+
+#[tokio::test]
 async fn http2_with_prior_knowledge_is_served_and_idles_out() {
     let server = start(quick_settings()).await;
     let stream = TcpStream::connect(server.addr).await.unwrap();

@@ -332,9 +332,16 @@ fn parse_head(buf: &mut BytesMut, interim: &mut u8) -> Result<Option<Head>, H1Er
         if buf.is_empty() {
             return Ok(None);
         }
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut lines);
-        let length = match response.parse(buf) {
+        // Not zeroed first (128 slots, 4 KB, on every answer): httparse fills them.
+        let mut lines =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut lines,
+        );
+        let length = match parsed {
             Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
                 return Err(H1Error::HeadTooLarge)
             }

@@ -529,6 +529,66 @@ async fn expect_continue_with_an_unread_body_gets_no_100_and_a_close() {
 }
 
 #[tokio::test]
+async fn an_unread_body_already_read_in_keeps_the_connection() {
+    // An early refusal (a 401 before the body is read) to a request whose body came with its
+    // head: the body is skipped, the connection stays, and the next request is answered.
+    let (mut client, _conn) = start(MAX_HEAD, |request: Request<RequestBody>| async move {
+        if request.uri().path() == "/refused" {
+            with_status(StatusCode::UNAUTHORIZED, "no")
+        } else {
+            echo(request).await
+        }
+    })
+    .await;
+    client
+        .send(
+            "POST /refused HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\nhello\
+             POST /refused HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+             POST /next HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await;
+    for _ in 0..2 {
+        let reply = client.reply(false).await;
+        assert_eq!(reply.head.status(), 401);
+        assert_eq!(reply.head.get("connection"), None, "{reply:?}");
+        assert_eq!(reply.body, b"no");
+    }
+    let reply = client.reply(false).await;
+    assert_eq!(String::from_utf8(reply.body).unwrap(), "POST /next:ok");
+    client.quiet().await;
+}
+
+#[tokio::test]
+async fn a_half_close_after_pipelined_requests_ends_only_the_last() {
+    // `printf '…' | nc -N`: two requests in one write, then the client's write side shuts.
+    // While the second request's bytes wait in the buffer, the close does not count as the
+    // client leaving: the first is answered. The second, like any request whose client
+    // closed its side, is then taken as abandoned (hyper's rule: a FIN mid-request is a client
+    // that left, so its upstream call is not made for nobody).
+    let (mut client, conn) = start(MAX_HEAD, |request: Request<RequestBody>| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        echo(request).await
+    })
+    .await;
+    client
+        .send("GET /a HTTP/1.1\r\nhost: t\r\n\r\nGET /b HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await;
+    client.stream.shutdown().await.unwrap();
+    let reply = client.reply(false).await;
+    assert_eq!(String::from_utf8(reply.body).unwrap(), "GET /a:");
+    client.closed().await;
+    drop(client);
+    let ended = ended(conn).await.unwrap_err();
+    assert!(
+        matches!(
+            ended.downcast_ref::<super::ServeError>(),
+            Some(super::ServeError::ClientGone)
+        ),
+        "{ended:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_unread_body_does_not_reset_the_answer_away() {
     let (client, _conn) = start(MAX_HEAD, |_request| async {
         with_status(StatusCode::PAYLOAD_TOO_LARGE, "no")
