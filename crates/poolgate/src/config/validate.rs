@@ -446,6 +446,29 @@ mod tests {
     }
 
     #[test]
+    fn http1_is_served_by_poolgate_unless_hyper_is_asked_for() {
+        let http1_server = |name: Option<&str>| {
+            validate_server(RawServer {
+                http1_server: name.map(str::to_owned),
+                ..RawServer::default()
+            })
+            .map(|settings| settings.http1_server)
+            .map_err(|invalid| invalid.to_string())
+        };
+        assert_eq!(http1_server(None), Ok(super::Http1Server::Poolgate));
+        assert_eq!(
+            http1_server(Some("poolgate")),
+            Ok(super::Http1Server::Poolgate)
+        );
+        assert_eq!(http1_server(Some("hyper")), Ok(super::Http1Server::Hyper));
+        let unknown = http1_server(Some("nginx")).unwrap_err();
+        assert!(
+            unknown.contains("server.http1_server") && unknown.contains("nginx"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
     fn the_server_runtime_is_thread_per_core_unless_work_stealing_is_asked_for() {
         assert_eq!(
             runtime(None, None),

@@ -372,6 +372,33 @@ async fn keep_alive_connections_are_reused_then_closed_when_idle() {
 }
 
 #[tokio::test]
+async fn http1_server_hyper_still_serves_http1() {
+    // The way back to hyper's HTTP/1 connection: answers, keep-alive, the idle close.
+    let server = start(ServerSettings {
+        http1_server: super::Http1Server::Hyper,
+        ..quick_settings()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0_u8; 1024];
+        let read = stream.read(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf[..read]);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("ok"),
+            "{text}"
+        );
+    }
+    let idle = Instant::now();
+    read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(idle.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
 async fn a_trickled_head_on_a_reused_connection_is_cut_at_the_idle_limit() {
     // After one answer, the next head comes a byte every 200 ms and never ends: the
     // connection ends at the header timeout (1 s) after the answer, as hyper's header clock
