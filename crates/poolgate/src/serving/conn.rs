@@ -1,7 +1,8 @@
-//! One client connection: hyper's connection future under three clocks — the first request
-//! must arrive within `header_read_timeout` (hyper's own header timer covers HTTP/1 requests,
-//! this one also covers a silent socket and HTTP/2's preface), a connection with no request in
-//! flight closes after `keep_alive_timeout`, and the server's drain / cut signals (watched by
+//! One client connection — [`h1`]'s for HTTP/1.1 (unless `server.http1_server = "hyper"`),
+//! hyper's for HTTP/2 — driven under three clocks: the first request must arrive within
+//! `header_read_timeout` (a silent socket and HTTP/2's preface included), a connection with no
+//! request in flight closes after `keep_alive_timeout` (HTTP/1.1: the shorter of the two, as
+//! hyper's header timer made it), and the server's drain / cut signals (watched by
 //! [`PhaseChange`], which costs the connection's task an atomic swap per wake-up, not a lock).
 //!
 //! Which protocol a connection speaks is seen by peeking at its first bytes ([`sniff`]), not by
@@ -228,7 +229,7 @@ struct Clocks<'a> {
 }
 
 /// Drives a connection `conn` under the three clocks and the server's phase until it ends.
-/// `idle`: how long a connection that was served stays open with no request in flight.
+/// `idle_rule`: how long a connection that was served stays open with no request in flight.
 async fn drive<C>(
     mut conn: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
