@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use rustix::io::Errno;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -159,19 +159,28 @@ pub async fn reject(mut stream: TcpStream) {
     let answer = async {
         stream.write_all(REJECT_RESPONSE).await?;
         stream.shutdown().await?;
-        let mut discard = [0_u8; 1024];
-        let mut total = 0_usize;
-        while total < 64 * 1024 {
-            match stream.read(&mut discard).await? {
-                0 => break,
-                read => total += read,
-            }
-        }
-        Ok::<(), io::Error>(())
+        discard_input(&stream, 64 * 1024).await
     };
     if let Ok(Err(error)) = tokio::time::timeout(REJECT_TIME, answer).await {
         tracing::debug!(%error, "could not answer a connection over the cap");
     }
+}
+
+/// The read side of a lingering close: reads and drops what the client still sends, up to
+/// `limit` bytes or its own close. The caller shut the write side first and bounds the time.
+pub(super) async fn discard_input(stream: &TcpStream, limit: usize) -> io::Result<()> {
+    let mut total = 0_usize;
+    while total < limit {
+        stream.readable().await?;
+        let mut discard = [0_u8; 4096];
+        match stream.try_read(&mut discard) {
+            Ok(0) => break,
+            Ok(read) => total += read,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

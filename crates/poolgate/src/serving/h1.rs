@@ -40,6 +40,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::accept::discard_input;
 use super::io::WriteTimeout;
 use crate::upstream::h1::{content_length, has_token, parse_error, Chunked, Decoded, H1Error};
 
@@ -528,7 +529,7 @@ where
         if matches!(answer, AnswerFraming::UntilClose) {
             keep_alive = false;
         }
-        let head = encode_head(&parts, answer, keep_alive, http10);
+        let head = encode_head(parts.status, &parts.headers, answer, keep_alive, http10);
         drop(parts);
         // Unread body bytes in the socket are not a client leaving (and the peek would take
         // the socket's read waker from a body still polled elsewhere).
@@ -779,23 +780,24 @@ fn answer_framing<RB: Body>(
 /// The answer's head: status line, the app's headers, `Date`, framing and `Connection`. The
 /// framing headers are poolgate's own, never the app's.
 fn encode_head(
-    parts: &http::response::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
     framing: AnswerFraming,
     keep_alive: bool,
     http10: bool,
 ) -> Vec<u8> {
     use std::io::Write as _;
     let mut size = 160;
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
     }
     let mut head = Vec::with_capacity(size);
     head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.extend_from_slice(status.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         if *name == header::CONNECTION
             || *name == header::TRANSFER_ENCODING
             || *name == header::CONTENT_LENGTH
@@ -804,7 +806,7 @@ fn encode_head(
         }
         put_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !headers.contains_key(header::DATE) {
         http_date(|date| put_header(&mut head, b"date", date));
     }
     match framing {
@@ -877,20 +879,15 @@ where
     RB: Body<Data = Bytes>,
     RB::Error: Into<BoxError>,
 {
-    if matches!(framing, AnswerFraming::NoBody { .. }) || body.is_end_stream() {
-        write_all(writer, &mut [IoSlice::new(&head)]).await?;
-        return match framing {
-            AnswerFraming::Length(length) if length > 0 => Err(ServeError::LengthMismatch),
-            AnswerFraming::Chunked => write_all(writer, &mut [IoSlice::new(b"0\r\n\r\n")]).await,
-            _ => Ok(()),
-        };
-    }
-    let mut body = pin!(body);
-    let mut head = Some(head);
     let mut left = match framing {
         AnswerFraming::Length(length) => length,
         _ => u64::MAX,
     };
+    if matches!(framing, AnswerFraming::NoBody { .. }) || body.is_end_stream() {
+        return write_end(writer, &head, framing, left).await;
+    }
+    let mut body = pin!(body);
+    let mut head = Some(head);
     loop {
         let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
             // The error boxed at once: the app's own error type need not be `Send`.
@@ -909,17 +906,7 @@ where
             Next::WriteHead => write_all(writer, &mut [IoSlice::new(&head_bytes)]).await?,
             Next::ClientGone => return Err(ServeError::ClientGone),
             Next::Frame(Some(Err(error))) => return Err(ServeError::Body(error)),
-            Next::Frame(None) => {
-                let end: &[u8] = match framing {
-                    AnswerFraming::Chunked => b"0\r\n\r\n",
-                    _ => b"",
-                };
-                write_all(writer, &mut [IoSlice::new(&head_bytes), IoSlice::new(end)]).await?;
-                return match framing {
-                    AnswerFraming::Length(..) if left > 0 => Err(ServeError::LengthMismatch),
-                    _ => Ok(()),
-                };
-            }
+            Next::Frame(None) => return write_end(writer, &head_bytes, framing, left).await,
             Next::Frame(Some(Ok(frame))) => {
                 let Ok(mut data) = frame.into_data() else {
                     // Trailers: dropped. The head, if it was waiting, goes now.
@@ -962,6 +949,25 @@ where
                 }
             }
         }
+    }
+}
+
+/// The body ended: the head if it is still to go, the last chunk if chunked; `left` bytes of a
+/// `Content-Length` not sent make the answer short (the connection ends).
+async fn write_end<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    head: &[u8],
+    framing: AnswerFraming,
+    left: u64,
+) -> Result<(), ServeError> {
+    let end: &[u8] = match framing {
+        AnswerFraming::Chunked => b"0\r\n\r\n",
+        _ => b"",
+    };
+    write_all(writer, &mut [IoSlice::new(head), IoSlice::new(end)]).await?;
+    match framing {
+        AnswerFraming::Length(_) if left > 0 => Err(ServeError::LengthMismatch),
+        _ => Ok(()),
     }
 }
 
@@ -1023,14 +1029,14 @@ async fn refuse<W: AsyncWrite + Unpin>(
         }
     })
     .to_string();
-    let mut parts = Response::new(()).into_parts().0;
-    parts.status = status;
-    parts.headers.insert(
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     let head = encode_head(
-        &parts,
+        status,
+        &headers,
         AnswerFraming::Length(body.len() as u64),
         false,
         false,
@@ -1044,26 +1050,11 @@ async fn refuse<W: AsyncWrite + Unpin>(
     linger(stream).await;
 }
 
-/// Reads and drops what the client still sends, for a while, after the write side was shut:
-/// closing a socket with unread bytes resets it, and the reset can reach the client before it
-/// read the answer.
+/// Reads and drops what the client still sends, for a while, after the write side was shut
+/// (the lingering close `accept::reject` does too): closing a socket with unread bytes resets
+/// it, and the reset can reach the client before it read the answer.
 async fn linger(stream: &TcpStream) {
-    let drained = async {
-        let mut dropped = 0;
-        while dropped < LINGER_BYTES {
-            if stream.readable().await.is_err() {
-                return;
-            }
-            let mut scratch = [0u8; 4096];
-            match stream.try_read(&mut scratch) {
-                Ok(0) => return,
-                Ok(read) => dropped += read,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, drained).await;
+    let _ = tokio::time::timeout(LINGER_TIME, discard_input(stream, LINGER_BYTES)).await;
 }
 
 #[cfg(test)]

@@ -188,27 +188,33 @@ fn trickle(
     })
 }
 
-#[tokio::test]
-async fn trickled_headers_are_cut_at_the_header_timeout() {
-    let server = start(quick_settings()).await;
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let started = Instant::now();
-    stream.write_all(b"GET /heal").await.unwrap();
-    // One more byte every 200 ms, never finishing the head.
+/// Sends `first`, then one more byte every 200 ms, never finishing the head, until the server
+/// closes (asserted, within 10 s); returns when the close came.
+async fn trickle_until_closed(mut stream: TcpStream, first: &[u8]) -> Instant {
+    stream.write_all(first).await.unwrap();
     let (mut reader, writer) = stream.into_split();
     let trickle = trickle(writer, Duration::from_millis(200));
     let mut buf = [0_u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await;
-    let elapsed = started.elapsed();
+    let closed = Instant::now();
+    trickle.abort();
     assert!(
         matches!(read, Ok(Ok(0) | Err(_))),
         "expected the server to close"
     );
+    closed
+}
+
+#[tokio::test]
+async fn trickled_headers_are_cut_at_the_header_timeout() {
+    let server = start(quick_settings()).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    let elapsed = trickle_until_closed(stream, b"GET /heal").await - started;
     assert!(
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
         "closed after {elapsed:?}"
     );
-    trickle.abort();
     assert_eq!(get_status(server.addr, "/healthz").await.0, 200);
 }
 
@@ -401,16 +407,7 @@ async fn a_trickled_head_on_a_reused_connection_is_cut_at_the_idle_limit() {
     let read = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..read]).ends_with("ok"));
     let answered = Instant::now();
-    stream.write_all(b"G").await.unwrap();
-    let (mut reader, writer) = stream.into_split();
-    let trickle = trickle(writer, Duration::from_millis(200));
-    let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await;
-    let elapsed = answered.elapsed();
-    trickle.abort();
-    assert!(
-        matches!(read, Ok(Ok(0) | Err(_))),
-        "expected the server to close"
-    );
+    let elapsed = trickle_until_closed(stream, b"G").await - answered;
     assert!(
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(1800),
         "closed after {elapsed:?}"
