@@ -11,6 +11,11 @@
 //! [`super::Journal::append_now`] (a stream's end: waiting for the group write would send the
 //! stream's last bytes in a second write, one more wake-up of the client per stream).
 //!
+//! A line appended while no other request is under way ([`super::Journal::append_alone`]) has
+//! nobody to share a write with: it joins the thread's open batch if there is one, else it is
+//! written at once, and its answer does not wait for a writer task (#13: at low load every
+//! answer was alone in its pass and paid the task, a second poll and the pause).
+//!
 //! The guarantee stays that of one `write` per record: whoever completes an answer first waits
 //! for [`Durable`], which resolves once the batch's `write` returned — the line is in the kernel
 //! before the client can see the answer end, so a killed process loses no answered record. A
@@ -65,21 +70,46 @@ impl Batch {
         encode: &mut dyn FnMut(&mut Vec<u8>),
     ) -> Arc<Batch> {
         OPEN.with_borrow_mut(|open| {
-            if let Some(batch) = open.upgrade() {
-                if Arc::ptr_eq(&batch.segment, segment) {
-                    let mut state = batch.state.lock();
-                    if state.phase == Phase::Open {
-                        encode(&mut state.lines);
-                        drop(state);
-                        return batch;
-                    }
-                }
+            if let Some(batch) = Self::join(open, segment, encode) {
+                return batch;
             }
             let batch = Batch::new(segment, 4096, encode);
             *open = Arc::downgrade(&batch);
             schedule_write(Arc::clone(&batch));
             batch
         })
+    }
+
+    /// [`Batch::append`] for a line no other line is expected to join in this scheduler pass
+    /// (no other request is under way): it joins this thread's open batch if there is one (that
+    /// batch is written in this pass anyway), else it is written before this returns — no
+    /// writer task, and its answer goes on without waiting for the end of the pass.
+    pub(super) fn append_alone(
+        segment: &Arc<Segment>,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Arc<Batch> {
+        OPEN.with_borrow_mut(|open| Self::join(open, segment, encode))
+            .unwrap_or_else(|| Self::write_now(segment, encode))
+    }
+
+    /// Pushes the line into this thread's open batch of `segment`, if there is one still
+    /// taking lines.
+    fn join(
+        open: &Weak<Batch>,
+        segment: &Arc<Segment>,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Option<Arc<Batch>> {
+        let batch = open.upgrade()?;
+        if !Arc::ptr_eq(&batch.segment, segment) {
+            return None;
+        }
+        let mut state = batch.state.lock();
+        if state.phase != Phase::Open {
+            return None;
+        }
+        encode(&mut state.lines);
+        drop(state);
+        Some(batch)
     }
 
     /// A batch of the one line `encode` pushes, written before this returns (outside this

@@ -46,7 +46,7 @@ mod line;
 mod replay;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -326,6 +326,13 @@ impl Journal {
     /// writes, one more wake-up of the client per stream).
     pub fn append_now(&self, record: &UsageRecord) -> Journaled {
         self.append_with(record, group::Batch::write_now)
+    }
+
+    /// [`Journal::append`] when no other request is under way: nobody else's line will join
+    /// this scheduler pass's batch, so the line joins the thread's open batch if there is one
+    /// and is otherwise written before this returns (see `group`).
+    pub fn append_alone(&self, record: &UsageRecord) -> Journaled {
+        self.append_with(record, group::Batch::append_alone)
     }
 
     fn append_with(

@@ -1,9 +1,11 @@
+//! The journal's tests: crash replay, torn lines, rotation, group commit, the line format.
+
 use std::io::Write as _;
 
 use super::*;
 use crate::domain::Outcome;
 
-fn record(i: usize) -> UsageRecord {
+pub(crate) fn record(i: usize) -> UsageRecord {
     UsageRecord {
         request_id: format!("req_{i:05}"),
         ts_ms: 1_700_000_000_000 + i64::try_from(i).unwrap(),
@@ -408,6 +410,47 @@ async fn append_now_writes_at_once_beside_the_open_batch() {
     })
     .await
     .unwrap();
+}
+
+/// A line appended alone (no other request under way) is in the file before `append_alone`
+/// returns when the thread has no open batch, and joins the open batch when it has one (that
+/// batch is written in this pass anyway: one `write` for both).
+#[tokio::test(flavor = "current_thread")]
+async fn append_alone_writes_at_once_or_joins_the_open_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    replay.finish().unwrap();
+    let data_dir = dir.path().to_owned();
+    // In a task, as a request's code runs (the test's own body is not one).
+    tokio::spawn(async move {
+        let alone = journal.append_alone(&record(0));
+        assert!(alone.is_written());
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 1);
+        // Already durable: the answer does not pause.
+        assert!(futures_util::FutureExt::now_or_never(alone.durable()).is_some());
+
+        let grouped = journal.append(&record(1));
+        let joined = journal.append_alone(&record(2));
+        assert!(Arc::ptr_eq(
+            grouped.batch.as_ref().unwrap(),
+            joined.batch.as_ref().unwrap()
+        ));
+        assert!(!joined.is_written());
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 1);
+        joined.durable().await;
+        assert!(grouped.is_written());
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 3);
+
+        // The batch was written: the next lone line is written at once again.
+        let after = journal.append_alone(&record(3));
+        assert!(after.is_written());
+        assert_eq!(lines_of(&journal_bytes(&data_dir)), 4);
+        drop(journal);
+    })
+    .await
+    .unwrap();
+    let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+    assert_eq!(ids(replay.records()), expected(0..4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

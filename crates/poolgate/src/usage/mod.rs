@@ -127,8 +127,19 @@ impl UsageSink {
     /// queue. Await the returned [`Durable`] before the answer's last byte is sent: it resolves
     /// once the line is in the kernel, where it survives a killed process. (A request whose
     /// client left has no answer to hold back; its caller may drop it.)
+    ///
+    /// When this request is the only one under way, no other answer can share the batch: its
+    /// line is written at once instead (`Journal::append_alone`), so a lone answer at low load
+    /// skips the writer task and the pause.
     pub fn record(&self, record: UsageRecord) -> Durable {
-        let journaled = self.journal.as_ref().map(|journal| journal.append(&record));
+        let alone = self.pending() <= 1;
+        let journaled = self.journal.as_ref().map(|journal| {
+            if alone {
+                journal.append_alone(&record)
+            } else {
+                journal.append(&record)
+            }
+        });
         self.queue(record, journaled)
     }
 
@@ -160,5 +171,42 @@ impl UsageSink {
             self.doorbell.ring();
         }
         durable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+    use crate::journal::tests::record;
+    use crate::journal::JournalSettings;
+
+    /// The only request under way writes its journal line at once, so its answer goes on
+    /// without waiting for the end of the scheduler pass; with other requests under way the
+    /// line waits for the pass's batch, which others may join.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_record_is_durable_at_once_and_a_crowded_one_waits_for_the_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
+        replay.finish().unwrap();
+        let (sink, _queue) = channel(Some(journal), 16);
+        // In a task, as a request's code runs (the test's own body is not one).
+        tokio::spawn(async move {
+            sink.open();
+            assert!(sink.record(record(0)).now_or_never().is_some());
+
+            sink.open();
+            sink.open();
+            let mut crowded = sink.record(record(1));
+            assert!((&mut crowded).now_or_never().is_none());
+            crowded.await;
+
+            // One request still under way: alone again.
+            assert!(sink.record(record(2)).now_or_never().is_some());
+            assert_eq!(sink.pending(), 0);
+        })
+        .await
+        .unwrap();
     }
 }
