@@ -59,3 +59,31 @@ pub fn backend_input(name: &str) -> BackendInput {
         http_version: None,
     }
 }
+
+/// A successful streamed chat completion's record, its id and time told apart by `i`.
+pub fn usage_record(i: usize) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req_{i:05}"),
+        ts_ms: 1_700_000_000_000 + i64::try_from(i).unwrap(),
+        client_key_id: Some("key_abc".into()),
+        endpoint: "chat.completions".into(),
+        canonical_model: Some("gpt-4o".into()),
+        backend_id: Some("bkd_0123456789abcdef".into()),
+        upstream_model: Some("gpt-4o-2024-08-06".into()),
+        pool: Some("primary".into()),
+        attempts: 1,
+        status: 200,
+        outcome: Outcome::Success,
+        error_kind: None,
+        prompt_tokens: Some(12),
+        completion_tokens: Some(34),
+        total_tokens: Some(46),
+        cached_tokens: Some(3),
+        latency_ms: 420,
+        ttfb_ms: Some(90),
+        streamed: true,
+        tokens_estimated: false,
+        cost: None,
+        cache_write_tokens: None,
+    }
+}

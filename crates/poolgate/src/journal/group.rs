@@ -12,9 +12,11 @@
 //! stream's last bytes in a second write, one more wake-up of the client per stream).
 //!
 //! A line appended while no other request is under way ([`super::Journal::append_alone`]) has
-//! nobody to share a write with: it joins the thread's open batch if there is one, else it is
-//! written at once, and its answer does not wait for a writer task (#13: at low load every
-//! answer was alone in its pass and paid the task, a second poll and the pause).
+//! no answer still to come to share a write with. If an answer recorded earlier in this pass
+//! left its batch open, the line joins it (that batch is written in this pass anyway); else it
+//! is written at once, and its answer does not wait for a writer task (#13: when one request at
+//! a time is under way, every answer is alone in its pass and paid the task, a second poll and
+//! the pause).
 //!
 //! The guarantee stays that of one `write` per record: whoever completes an answer first waits
 //! for [`Durable`], which resolves once the batch's `write` returned — the line is in the kernel
@@ -70,7 +72,7 @@ impl Batch {
         encode: &mut dyn FnMut(&mut Vec<u8>),
     ) -> Arc<Batch> {
         OPEN.with_borrow_mut(|open| {
-            if let Some(batch) = Self::join(open, segment, encode) {
+            if let Some(batch) = Self::join_open(open, segment, encode) {
                 return batch;
             }
             let batch = Batch::new(segment, 4096, encode);
@@ -80,21 +82,22 @@ impl Batch {
         })
     }
 
-    /// [`Batch::append`] for a line no other line is expected to join in this scheduler pass
-    /// (no other request is under way): it joins this thread's open batch if there is one (that
-    /// batch is written in this pass anyway), else it is written before this returns — no
-    /// writer task, and its answer goes on without waiting for the end of the pass.
+    /// [`Batch::append`] for a line no later line is expected to join in this scheduler pass
+    /// (no other request is under way): it joins this thread's open batch if an answer recorded
+    /// earlier in the pass left one (that batch is written in this pass anyway), else it is
+    /// written before this returns — no writer task, and its answer goes on without waiting
+    /// for the end of the pass.
     pub(super) fn append_alone(
         segment: &Arc<Segment>,
         encode: &mut dyn FnMut(&mut Vec<u8>),
     ) -> Arc<Batch> {
-        OPEN.with_borrow_mut(|open| Self::join(open, segment, encode))
+        OPEN.with_borrow_mut(|open| Self::join_open(open, segment, encode))
             .unwrap_or_else(|| Self::write_now(segment, encode))
     }
 
     /// Pushes the line into this thread's open batch of `segment`, if there is one still
     /// taking lines.
-    fn join(
+    fn join_open(
         open: &Weak<Batch>,
         segment: &Arc<Segment>,
         encode: &mut dyn FnMut(&mut Vec<u8>),

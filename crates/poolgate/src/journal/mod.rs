@@ -46,7 +46,7 @@ mod line;
 mod replay;
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -328,9 +328,9 @@ impl Journal {
         self.append_with(record, group::Batch::write_now)
     }
 
-    /// [`Journal::append`] when no other request is under way: nobody else's line will join
-    /// this scheduler pass's batch, so the line joins the thread's open batch if there is one
-    /// and is otherwise written before this returns (see `group`).
+    /// [`Journal::append`] when no other request is under way: no later line will join this
+    /// scheduler pass's batch, so the line joins the thread's open batch if an answer recorded
+    /// earlier in the pass left one, and is otherwise written before this returns (see `group`).
     pub fn append_alone(&self, record: &UsageRecord) -> Journaled {
         self.append_with(record, group::Batch::append_alone)
     }

@@ -3,34 +3,8 @@
 use std::io::Write as _;
 
 use super::*;
+use crate::domain::tests_support::usage_record as record;
 use crate::domain::Outcome;
-
-pub(crate) fn record(i: usize) -> UsageRecord {
-    UsageRecord {
-        request_id: format!("req_{i:05}"),
-        ts_ms: 1_700_000_000_000 + i64::try_from(i).unwrap(),
-        client_key_id: Some("key_abc".into()),
-        endpoint: "chat.completions".into(),
-        canonical_model: Some("gpt-4o".into()),
-        backend_id: Some("bkd_0123456789abcdef".into()),
-        upstream_model: Some("gpt-4o-2024-08-06".into()),
-        pool: Some("primary".into()),
-        attempts: 1,
-        status: 200,
-        outcome: Outcome::Success,
-        error_kind: None,
-        prompt_tokens: Some(12),
-        completion_tokens: Some(34),
-        total_tokens: Some(46),
-        cached_tokens: Some(3),
-        latency_ms: 420,
-        ttfb_ms: Some(90),
-        streamed: true,
-        tokens_estimated: false,
-        cost: None,
-        cache_write_tokens: None,
-    }
-}
 
 fn ids(records: &[UsageRecord]) -> Vec<String> {
     records.iter().map(|r| r.request_id.clone()).collect()
@@ -451,6 +425,37 @@ async fn append_alone_writes_at_once_or_joins_the_open_batch() {
     .unwrap();
     let (_, replay) = Journal::open(dir.path(), JournalSettings::default()).unwrap();
     assert_eq!(ids(replay.records()), expected(0..4));
+}
+
+/// After a rotation the thread's open batch belongs to the sealed segment: a line of the new
+/// segment never joins it (it would sit in a file deleted once that segment is acknowledged).
+#[tokio::test(flavor = "current_thread")]
+async fn a_line_never_joins_an_open_batch_of_a_sealed_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = JournalSettings { segment_bytes: 1 };
+    let (journal, replay) = Journal::open(dir.path(), settings).unwrap();
+    replay.finish().unwrap();
+    tokio::spawn(async move {
+        let old = journal.append(&record(0));
+        journal.rotate_and_delete().unwrap();
+        assert!(!Arc::ptr_eq(&old.segment, &*journal.inner.current.read()));
+        let alone = journal.append_alone(&record(1));
+        assert!(!Arc::ptr_eq(&old.segment, &alone.segment));
+        assert!(alone.is_written());
+        assert!(!old.is_written());
+        let grouped = journal.append(&record(2));
+        assert!(!Arc::ptr_eq(
+            old.batch.as_ref().unwrap(),
+            grouped.batch.as_ref().unwrap()
+        ));
+        old.durable().await;
+        grouped.durable().await;
+        drop(journal);
+    })
+    .await
+    .unwrap();
+    let (_, replay) = Journal::open(dir.path(), settings).unwrap();
+    assert_eq!(ids(replay.records()), expected(0..3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

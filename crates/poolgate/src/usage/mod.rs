@@ -128,9 +128,10 @@ impl UsageSink {
     /// once the line is in the kernel, where it survives a killed process. (A request whose
     /// client left has no answer to hold back; its caller may drop it.)
     ///
-    /// When this request is the only one under way, no other answer can share the batch: its
-    /// line is written at once instead (`Journal::append_alone`), so a lone answer at low load
-    /// skips the writer task and the pause.
+    /// When this request is the only one under way (counted by [`UsageSink::open`], across the
+    /// process), no answer still to come can share the batch: its line joins the batch of an
+    /// answer recorded earlier in this pass, if one is open, and is otherwise written at once
+    /// (`Journal::append_alone`), so a lone answer skips the writer task and the pause.
     pub fn record(&self, record: UsageRecord) -> Durable {
         let alone = self.pending() <= 1;
         let journaled = self.journal.as_ref().map(|journal| {
@@ -179,7 +180,7 @@ mod tests {
     use futures_util::FutureExt as _;
 
     use super::*;
-    use crate::journal::tests::record;
+    use crate::domain::tests_support::usage_record as record;
     use crate::journal::JournalSettings;
 
     /// The only request under way writes its journal line at once, so its answer goes on
@@ -200,10 +201,16 @@ mod tests {
             sink.open();
             let mut crowded = sink.record(record(1));
             assert!((&mut crowded).now_or_never().is_none());
-            crowded.await;
+            // Alone now, but the crowded answer's batch is open in this pass: joined, and
+            // written with it.
+            let mut joined = sink.record(record(2));
+            assert!((&mut joined).now_or_never().is_none());
+            joined.await;
+            assert!(crowded.now_or_never().is_some());
 
-            // One request still under way: alone again.
-            assert!(sink.record(record(2)).now_or_never().is_some());
+            // Nothing under way and no batch open: at once again.
+            sink.open();
+            assert!(sink.record(record(3)).now_or_never().is_some());
             assert_eq!(sink.pending(), 0);
         })
         .await
