@@ -91,7 +91,7 @@ impl Batch {
         segment: &Arc<Segment>,
         encode: &mut dyn FnMut(&mut Vec<u8>),
     ) -> Arc<Batch> {
-        OPEN.with_borrow_mut(|open| Self::join_open(open, segment, encode))
+        OPEN.with_borrow(|open| Self::join_open(open, segment, encode))
             .unwrap_or_else(|| Self::write_now(segment, encode))
     }
 
