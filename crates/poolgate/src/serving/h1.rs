@@ -613,60 +613,50 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>
         "the request head is too large",
     );
     let invalid = |why| HeadFailure::Refused(StatusCode::BAD_REQUEST, why);
-    // Where each header's name and value are in `buf`, to slice them out of the head's copy.
-    let mut ranges: Vec<[usize; 4]>;
-    let (length, method, path, version) = {
-        // Not zeroed first (100 slots, 3.2 KB, on every request): httparse fills them.
-        let mut slots =
-            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut []);
-        let length = match request.parse_with_uninit_headers(buf, &mut slots) {
-            Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(too_large),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(too_large),
-            Err(error) => return Err(invalid(parse_error(error))),
-        };
-        if length > max_head {
-            return Err(too_large);
-        }
-        let base = buf.as_ptr() as usize;
-        let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
-            .map_err(|_| invalid("invalid method"))?;
-        let path = request.path.unwrap_or_default();
-        let path = (path.as_ptr() as usize - base, path.len());
-        let version = match request.version {
-            Some(0) => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        };
-        ranges = Vec::with_capacity(request.headers.len());
-        for header in request.headers.iter() {
-            ranges.push([
-                header.name.as_ptr() as usize - base,
-                header.name.len(),
-                header.value.as_ptr() as usize - base,
-                header.value.len(),
-            ]);
-        }
-        (length, method, path, version)
+    // Not zeroed first (100 slots, 3.2 KB, on every request): httparse fills them.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let length = match request.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(too_large),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large),
+        Err(error) => return Err(invalid(parse_error(error))),
+    };
+    if length > max_head {
+        return Err(too_large);
+    }
+    let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+        .map_err(|_| invalid("invalid method"))?;
+    let version = match request.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
     };
     // A copy of its own: the request's header values and URI slice it, and a handler may keep
     // a clone of one through a whole stream; slices of the read buffer would keep all of it.
     let head = Bytes::copy_from_slice(&buf[..length]);
+    // The copy's slice at the place `part` (a slice of `buf` the parser returned) has in `buf`.
+    let base = buf.as_ptr() as usize;
+    let in_head = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        head.slice(start..start + part.len())
+    };
+    let path = request.path.ok_or_else(|| invalid("no request target"))?;
+    let uri = Uri::from_maybe_shared(in_head(path.as_bytes()))
+        .map_err(|_| invalid("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    for header in request.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(in_head(header.value))
+            .map_err(|_| invalid("invalid header value"))?;
+        headers.append(name, value);
+    }
     buf.advance(length);
     if buf.is_empty() {
         // The read buffer goes now (what is left of it would wait for the next request).
         *buf = BytesMut::new();
-    }
-    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
-        .map_err(|_| invalid("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(ranges.len());
-    for &[name, name_len, value, value_len] in &ranges {
-        let name = HeaderName::from_bytes(&head[name..name + name_len])
-            .map_err(|_| invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
-            .map_err(|_| invalid("invalid header value"))?;
-        headers.append(name, value);
     }
     Ok(Some(RequestHead {
         method,
