@@ -248,8 +248,8 @@ pub fn usage(pids: &[u32]) -> Usage {
     total
 }
 
-/// CPU seconds of the threads of `pid` whose name starts with `prefix` (e.g. `sqlx-sqlite`).
-pub fn thread_cpu_s(pid: u32, prefix: &str) -> f64 {
+/// CPU seconds of the threads of `pid` whose name (`comm`) `counted` accepts.
+pub fn threads_cpu_s(pid: u32, counted: impl Fn(&str) -> bool) -> f64 {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
     };
@@ -258,7 +258,7 @@ pub fn thread_cpu_s(pid: u32, prefix: &str) -> f64 {
         .filter_map(|entry| {
             let dir = entry.ok()?.path();
             let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            if !comm.trim().starts_with(prefix) {
+            if !counted(comm.trim()) {
                 return None;
             }
             ppid_and_ticks(&dir.join("stat")).map(|(_, cpu)| cpu as f64 / ticks)

@@ -110,7 +110,7 @@ impl Bench<'_> {
                     false,
                 )?),
                 pids,
-                sqlite: false,
+                off_core: false,
             });
             running.push(poolgate);
         }

@@ -1,8 +1,9 @@
 //! The cost of poolgate's own features on the hot path: the same closed-loop load through
 //! poolgate configured with 1 backend (the baseline), 50 backends, RPM token buckets on (backend
 //! and client key), and 10 backends of which 5 answer every request with 429 (short cooldowns,
-//! so they keep cooling, probing and failing over). Usage recording cannot be switched off; its
-//! cost shows as the CPU of poolgate's SQLite threads (`sqlite_cpu_ms_per_1k`) in every row.
+//! so they keep cooling, probing and failing over). Usage recording cannot be switched off; the
+//! usage writer's SQLite batches show in the CPU off the per-core request threads
+//! (`off_core_cpu_ms_per_1k`) in every row.
 
 use std::sync::Arc;
 
@@ -100,7 +101,7 @@ impl Bench<'_> {
                     false,
                 )?),
                 pids: vec![poolgate.child.pid()],
-                sqlite: true,
+                off_core: true,
             });
             running.push(poolgate);
         }

@@ -58,7 +58,7 @@ impl Bench<'_> {
                 label: label(workers),
                 target: Arc::new(Target::chat(litellm.addr, None, "bench", false)?),
                 pids,
-                sqlite: false,
+                off_core: false,
             };
             let mut refs: Vec<&Endpoint> = ours.iter().collect();
             refs.push(&endpoint);

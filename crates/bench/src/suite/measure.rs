@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::Options;
 use crate::load::{closed_loop, open_loop, quantile_us, Run, Target};
-use crate::procs::{thread_cpu_s, usage};
+use crate::procs::{threads_cpu_s, usage};
 use crate::stats::{Compare, Metrics, Scenario};
 
 /// A target of the load: where requests go and which processes to watch.
@@ -18,8 +18,9 @@ pub struct Endpoint {
     pub target: Arc<Target>,
     /// The process tree whose CPU and memory are charged to this target.
     pub pids: Vec<u32>,
-    /// Also measure the CPU of poolgate's SQLite threads (usage and health writers).
-    pub sqlite: bool,
+    /// Also measure the CPU of poolgate's threads other than its per-core request threads: the
+    /// control plane's runtime, where the usage writer runs its SQLite batches, and the rest.
+    pub off_core: bool,
 }
 
 /// The shape of one load run.
@@ -35,7 +36,7 @@ pub const MB: f64 = 1_000_000.0;
 /// One load run against `endpoint`, with the CPU and peak memory of its processes.
 pub async fn measure(endpoint: &Endpoint, load: Load, opts: &Options) -> Result<Metrics> {
     let before = usage(&endpoint.pids);
-    let sqlite_before = sqlite_cpu(endpoint);
+    let off_core_before = off_core_cpu(endpoint);
     let (stop, stopped) = oneshot::channel::<()>();
     let pids = endpoint.pids.clone();
     let sampler = tokio::spawn(async move {
@@ -69,11 +70,11 @@ pub async fn measure(endpoint: &Endpoint, load: Load, opts: &Options) -> Result<
             "cpu_ms_per_1k".into(),
             (after.cpu_s - before.cpu_s) * 1000.0 / thousands,
         );
-        if let Some(sqlite_before) = sqlite_before {
-            let sqlite_after = sqlite_cpu(endpoint).unwrap_or(sqlite_before);
+        if let Some(off_core_before) = off_core_before {
+            let off_core_after = off_core_cpu(endpoint).unwrap_or(off_core_before);
             metrics.insert(
-                "sqlite_cpu_ms_per_1k".into(),
-                (sqlite_after - sqlite_before) * 1000.0 / thousands,
+                "off_core_cpu_ms_per_1k".into(),
+                (off_core_after - off_core_before) * 1000.0 / thousands,
             );
         }
     }
@@ -84,9 +85,13 @@ pub async fn measure(endpoint: &Endpoint, load: Load, opts: &Options) -> Result<
     Ok(metrics)
 }
 
-fn sqlite_cpu(endpoint: &Endpoint) -> Option<f64> {
+/// CPU seconds of poolgate's threads that are not its per-core request threads
+/// (`poolgate-core-N`, see `serving::per_core`).
+fn off_core_cpu(endpoint: &Endpoint) -> Option<f64> {
     let pid = *endpoint.pids.first()?;
-    endpoint.sqlite.then(|| thread_cpu_s(pid, "sqlx-sqlite"))
+    endpoint
+        .off_core
+        .then(|| threads_cpu_s(pid, |name| !name.starts_with("poolgate-core")))
 }
 
 fn run_metrics(run: &Run) -> Metrics {

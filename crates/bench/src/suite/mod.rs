@@ -354,14 +354,14 @@ impl Bench<'_> {
             label: "direct".into(),
             target: Arc::new(Target::chat(mock.addr, None, "bench-upstream", streaming)?),
             pids: vec![mock.child.pid()],
-            sqlite: false,
+            off_core: false,
         }];
         if let (Some(nginx), Which::Fast) = (&stack.nginx, which) {
             endpoints.push(Endpoint {
                 label: "nginx".into(),
                 target: Arc::new(Target::chat(nginx.addr, None, "bench-upstream", streaming)?),
                 pids: tree(nginx.child.pid()),
-                sqlite: false,
+                off_core: false,
             });
         }
         if let (Some(floor), Which::Fast) = (&stack.floor, which) {
@@ -369,7 +369,7 @@ impl Bench<'_> {
                 label: FLOOR.into(),
                 target: Arc::new(Target::chat(floor.addr, None, "bench-upstream", streaming)?),
                 pids: vec![floor.child.pid()],
-                sqlite: false,
+                off_core: false,
             });
         }
         endpoints.push(Endpoint {
@@ -381,7 +381,7 @@ impl Bench<'_> {
                 streaming,
             )?),
             pids: vec![stack.poolgate.child.pid()],
-            sqlite: true,
+            off_core: true,
         });
         Ok(endpoints)
     }
@@ -431,8 +431,8 @@ impl Bench<'_> {
                         self.results.sample(system, "rss_load_mb", *rss);
                     }
                     if label == "poolgate" && connections == cpu_at {
-                        if let Some(cpu) = run.get("sqlite_cpu_ms_per_1k") {
-                            self.results.sample(system, "sqlite_cpu_ms_per_1k", *cpu);
+                        if let Some(cpu) = run.get("off_core_cpu_ms_per_1k") {
+                            self.results.sample(system, "off_core_cpu_ms_per_1k", *cpu);
                         }
                     }
                 }

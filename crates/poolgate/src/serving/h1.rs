@@ -233,7 +233,7 @@ impl BodyReader {
                 return self.fail(RequestBodyError::Io(error));
             }
             self.buf.reserve(want.max(READ_SIZE));
-            match self.stream.try_read_buf(&mut self.buf) {
+            match read_draining(&self.stream, &mut self.buf) {
                 Ok(0) => return self.fail(RequestBodyError::Closed),
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.release_if_empty(),
@@ -592,7 +592,7 @@ async fn read_head(
             Some(Ok(())) => {}
         }
         buf.reserve(READ_SIZE);
-        match stream.try_read_buf(buf) {
+        match read_draining(stream, buf) {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => return Err(HeadFailure::Incomplete),
             Ok(_) => {}
@@ -603,6 +603,32 @@ async fn read_head(
             }
             Err(error) => return Err(HeadFailure::Io(error)),
         }
+    }
+}
+
+/// Reads what the socket holds into `buf`'s spare room (`try_read_buf`). A read that did not
+/// fill the room drained the kernel's queue, so the socket is also marked not readable, as
+/// tokio's own `AsyncRead` does under epoll (tokio issue 5866): the next readiness check — the
+/// client-gone peek while the upstream answers, above all — waits for the socket's next event
+/// instead of asking the kernel again (one `recvfrom` per request less). The mark is cleared
+/// through `try_io`, which compares the readiness event taken before the read: an event that
+/// came after the read is kept, so no wake-up is lost on either runtime.
+fn read_draining(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut read = None;
+    let outcome = stream.try_io(tokio::io::Interest::READABLE, || {
+        let count = stream.try_read_buf(buf)?;
+        read = Some(count);
+        if 0 < count && count < room {
+            // Tells `try_io` to clear the readiness it saw; the count is returned below.
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(count)
+        }
+    });
+    match read {
+        Some(count) => Ok(count),
+        None => outcome,
     }
 }
 

@@ -17,13 +17,13 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::{serve, BoxError, RequestBody, CONTINUE};
+use super::{read_draining, serve, BoxError, RequestBody, CONTINUE};
 
 /// The longest any read waits: a bug fails the test rather than hanging it.
 const WAIT: Duration = Duration::from_secs(2);
@@ -874,6 +874,53 @@ async fn connection_close_from_the_app_closes() {
 }
 
 // === a client that leaves ===
+
+/// `read_draining`: a read that leaves room in the buffer drained the kernel's queue, so the
+/// socket is marked not readable — `try_io` no longer even tries (the client-gone peek then
+/// costs no syscall) — and the client's next bytes still wake it. A read that fills the room
+/// may have left bytes queued, so the socket stays readable.
+#[tokio::test]
+async fn a_short_read_marks_the_socket_drained_and_the_next_bytes_still_wake_it() {
+    let (mut client, server) = connect().await;
+    let asks_the_kernel = |server: &TcpStream| {
+        let mut asked = false;
+        let _ = server.try_io(Interest::READABLE, || {
+            asked = true;
+            Ok(())
+        });
+        asked
+    };
+
+    client.stream.write_all(b"hello").await.unwrap();
+    timeout(WAIT, server.readable()).await.unwrap().unwrap();
+    let mut buf = BytesMut::with_capacity(64);
+    assert_eq!(read_draining(&server, &mut buf).unwrap(), 5);
+    assert_eq!(&buf[..], b"hello");
+    assert!(
+        !asks_the_kernel(&server),
+        "a short read must mark the socket drained"
+    );
+
+    client.stream.write_all(b"world, and more").await.unwrap();
+    timeout(WAIT, server.readable()).await.unwrap().unwrap();
+    let mut small = BytesMut::with_capacity(4);
+    let room = small.capacity();
+    assert!(room < 15, "the room must be smaller than what was sent");
+    assert_eq!(read_draining(&server, &mut small).unwrap(), room);
+    assert!(
+        asks_the_kernel(&server),
+        "a read that filled the room must leave the socket readable"
+    );
+    timeout(WAIT, server.readable()).await.unwrap().unwrap();
+    buf.reserve(64);
+    let rest = read_draining(&server, &mut buf).unwrap();
+    assert_eq!(rest, 15 - room);
+
+    // The close is seen as well, after the marks above.
+    drop(client);
+    timeout(WAIT, server.readable()).await.unwrap().unwrap();
+    assert_eq!(read_draining(&server, &mut buf).unwrap(), 0);
+}
 
 #[tokio::test]
 async fn a_client_that_leaves_drops_the_pending_answer() {
