@@ -86,12 +86,14 @@ pub async fn measure(endpoint: &Endpoint, load: Load, opts: &Options) -> Result<
 }
 
 /// CPU seconds of poolgate's threads that are not its per-core request threads
-/// (`poolgate-core-N`, see `serving::per_core`).
+/// (`poolgate-core-N`, see `serving::per_core`): the process's CPU, which keeps that of threads
+/// that ended (the blocking pool's come and go), less the per-core threads', which live as long
+/// as the process. Under `runtime = "work_stealing"` there are no per-core threads: all of it.
 fn off_core_cpu(endpoint: &Endpoint) -> Option<f64> {
     let pid = *endpoint.pids.first()?;
     endpoint
         .off_core
-        .then(|| threads_cpu_s(pid, |name| !name.starts_with("poolgate-core")))
+        .then(|| usage(&[pid]).cpu_s - threads_cpu_s(pid, |name| name.starts_with("poolgate-core")))
 }
 
 fn run_metrics(run: &Run) -> Metrics {

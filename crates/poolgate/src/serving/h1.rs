@@ -606,14 +606,22 @@ async fn read_head(
     }
 }
 
-/// Reads what the socket holds into `buf`'s spare room (`try_read_buf`). A read that did not
-/// fill the room drained the kernel's queue, so the socket is also marked not readable, as
-/// tokio's own `AsyncRead` does under epoll (tokio issue 5866): the next readiness check — the
-/// client-gone peek while the upstream answers, above all — waits for the socket's next event
-/// instead of asking the kernel again (one `recvfrom` per request less). The mark is cleared
-/// through `try_io`, which compares the readiness event taken before the read: an event that
-/// came after the read is kept, so no wake-up is lost on either runtime.
+/// Reads what the socket holds into `buf`'s spare room (`try_read_buf`). Under epoll (and
+/// kqueue), a read that did not fill the room drained the kernel's queue (short of a TCP urgent
+/// mark, where the kernel stops a read early), so the socket is also marked not readable, as
+/// tokio's own `AsyncRead` does on those selectors (tokio PR 4840): the next readiness check —
+/// the client-gone peek while the upstream answers, above all — waits for the socket's next
+/// event instead of asking the kernel again (one `recvfrom` per request less).
+///
+/// The mark is cleared by telling `try_io` the read would block: it clears the readiness it
+/// sampled before calling the closure, and only if the driver delivered no event since
+/// (`tokio/src/runtime/io/registration.rs`, `try_io`; re-check on a tokio upgrade), so no
+/// wake-up is lost on either runtime. Where readiness is only re-armed by a real `EAGAIN`
+/// (Windows, mio's poll(2) selector) the read is left as it is.
 fn read_draining(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if !SHORT_READ_DRAINS {
+        return stream.try_read_buf(buf);
+    }
     let room = buf.capacity() - buf.len();
     let mut read = None;
     let outcome = stream.try_io(tokio::io::Interest::READABLE, || {
@@ -631,6 +639,24 @@ fn read_draining(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
         None => outcome,
     }
 }
+
+/// Whether a short read shows the socket drained: the edge-triggered selectors tokio applies
+/// the same rule on (`tokio/src/io/poll_evented.rs`, `poll_read`).
+const SHORT_READ_DRAINS: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "illumos",
+    target_os = "redox",
+    target_os = "dragonfly",
+    target_os = "freebsd",
+    target_os = "ios",
+    target_os = "macos",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "tvos",
+    target_os = "visionos",
+    target_os = "watchos",
+));
 
 /// Parses a request head from the front of `buf`, taking it out; `Ok(None)`: not whole yet.
 fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>, HeadFailure> {
