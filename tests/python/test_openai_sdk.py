@@ -250,6 +250,26 @@ def test_missing_model_is_a_400_in_openai_shape(gateway: Gateway, client: openai
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
+def test_chat_without_messages_is_a_400_naming_the_field(
+    gateway: Gateway, client: openai.OpenAI
+) -> None:
+    # OpenAI's answer, given without an upstream call: `param` names the field.
+    for body, code in [
+        ({"model": MODEL}, "missing_required_parameter"),
+        ({"model": MODEL, "messages": "hi"}, "invalid_type"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.post("/chat/completions", body=body, cast_to=object)
+        error = caught.value
+        assert (error.status_code, error.type, error.param, error.code) == (
+            400, "invalid_request_error", "messages", code,
+        ), body
+        gateway.expect(
+            error.request_id, endpoint="chat.completions", status=400, outcome="error",
+            upstream_model=None,
+        )
+
+
 def test_client_key_rate_limit_is_a_rate_limit_error(gateway: Gateway) -> None:
     limited = gateway.create_key(name="limited", rpm_limit=1)
     with openai.OpenAI(

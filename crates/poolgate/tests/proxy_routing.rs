@@ -1030,6 +1030,50 @@ async fn client_errors_get_openai_shaped_answers_and_usage_records() {
     assert!(has(400, None), "missing model recorded: {records:?}");
     let bad_requests = records.iter().filter(|r| r["status"] == 400).count();
     assert_eq!(bad_requests, 2, "missing model + invalid JSON: {records:?}");
+
+    // A chat completion without a `messages` array, an embedding without `input`: OpenAI's
+    // 400, naming the field, and no upstream call.
+    for (path, body, param, code) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL}),
+            "messages",
+            "missing_required_parameter",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": null}),
+            "messages",
+            "missing_required_parameter",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": "hi"}),
+            "messages",
+            "invalid_type",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": MODEL}),
+            "input",
+            "missing_required_parameter",
+        ),
+    ] {
+        let answer = post(&gw, path, &body, &[]).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.text);
+        answer.assert_openai_error();
+        assert_eq!(
+            answer.json["error"]["param"], param,
+            "{body}: {}",
+            answer.text
+        );
+        assert_eq!(
+            answer.json["error"]["code"], code,
+            "{body}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(a.calls(), 0, "no client error reaches an upstream");
     gw.stop().await;
 }
 

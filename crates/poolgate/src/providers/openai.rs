@@ -29,8 +29,42 @@ pub struct ParsedRequest {
     top: TopLevel,
 }
 
-/// The top-level fields poolgate reads from an OpenAI-format body.
-const FIELDS: &[&str] = &["model", "stream", "stream_options"];
+/// The top-level fields poolgate reads from an OpenAI-format body. `messages` and `input` are
+/// only looked at, not parsed: whether the endpoint's required one is there and of its type.
+const FIELDS: &[&str] = &["model", "stream", "stream_options", "messages", "input"];
+
+/// The endpoint's required content, as OpenAI checks it: a chat completion needs a `messages`
+/// array, an embedding an `input` (not null). Only the value's first byte is read; what is in
+/// it is the upstream's to judge. Refused here, such a request gets OpenAI's 400 without an
+/// upstream call.
+fn check_required_content(
+    endpoint: Endpoint,
+    top: &TopLevel,
+    body: &[u8],
+) -> Result<(), InvalidRequest> {
+    let (name, array_only) = match endpoint {
+        Endpoint::ChatCompletions => ("messages", true),
+        Endpoint::Embeddings => ("input", false),
+        _ => return Ok(()),
+    };
+    let first = top
+        .value(body, name)
+        .and_then(|value| value.first().copied());
+    match first {
+        None | Some(b'n') => Err(InvalidRequest::param(
+            format!("you must provide a `{name}` parameter"),
+            name,
+            "missing_required_parameter",
+        )),
+        Some(b'[') => Ok(()),
+        Some(_) if array_only => Err(InvalidRequest::param(
+            format!("`{name}` must be an array"),
+            name,
+            "invalid_type",
+        )),
+        Some(_) => Ok(()),
+    }
+}
 
 impl ParsedRequest {
     /// Parses and checks a client body: JSON object, string `model`, boolean `stream`.
@@ -38,6 +72,7 @@ impl ParsedRequest {
         let top = TopLevel::parse(body, FIELDS)?;
         let field = |name: &str| top.parse_value(body, name);
         let (model, stream) = model_and_stream(field("model")?, field("stream")?)?;
+        check_required_content(endpoint, &top, body)?;
         if stream && !endpoint.can_stream() {
             return Err(InvalidRequest::param(
                 format!("`{}` does not support streaming", endpoint.name()),
@@ -321,7 +356,7 @@ mod tests {
     #[test]
     fn client_stream_options_are_kept() {
         let raw = Bytes::from_static(
-            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
         );
         let parsed = ParsedRequest::parse(Endpoint::ChatCompletions, &raw).unwrap();
         assert!(parsed.client_wants_usage);
@@ -335,7 +370,7 @@ mod tests {
     #[test]
     fn injected_usage_merges_into_the_clients_stream_options() {
         let raw = Bytes::from_static(
-            br#"{"model":"m","stream":true,"stream_options":{"chunk":1},"n":2}"#,
+            br#"{"model":"m","stream":true,"stream_options":{"chunk":1},"n":2,"messages":[]}"#,
         );
         let parsed = ParsedRequest::parse(Endpoint::ChatCompletions, &raw).unwrap();
         assert!(parsed.should_inject_usage(true));
@@ -353,7 +388,17 @@ mod tests {
         for (body, param) in [
             (&br#"{"messages":[]}"#[..], Some("model")),
             (br#"{"model":7}"#, Some("model")),
-            (br#"{"model":"m","stream":"yes"}"#, Some("stream")),
+            (
+                br#"{"model":"m","stream":"yes","messages":[]}"#,
+                Some("stream"),
+            ),
+            (br#"{"model":"m"}"#, Some("messages")),
+            (br#"{"model":"m","messages":null}"#, Some("messages")),
+            (br#"{"model":"m","messages":"hi"}"#, Some("messages")),
+            (
+                br#"{"model":"m","messages":{"role":"user"}}"#,
+                Some("messages"),
+            ),
             (br#"not json"#, None),
             (br#"[1,2]"#, None),
         ] {
@@ -362,9 +407,28 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(
-            ParsedRequest::parse(Endpoint::Embeddings, br#"{"model":"m","stream":true}"#).is_err()
-        );
+        assert!(ParsedRequest::parse(
+            Endpoint::Embeddings,
+            br#"{"model":"m","stream":true,"input":"x"}"#
+        )
+        .is_err());
+        for body in [&br#"{"model":"m"}"#[..], br#"{"model":"m","input":null}"#] {
+            let error = ParsedRequest::parse(Endpoint::Embeddings, body).unwrap_err();
+            assert_eq!(error.param.as_deref(), Some("input"), "{error:?}");
+            assert_eq!(error.code, Some("missing_required_parameter"));
+        }
+        // What is in them is the upstream's to judge; completions' `prompt` is not required.
+        for (endpoint, body) in [
+            (
+                Endpoint::ChatCompletions,
+                &br#"{"model":"m","messages":[]}"#[..],
+            ),
+            (Endpoint::Embeddings, br#"{"model":"m","input":"x"}"#),
+            (Endpoint::Embeddings, br#"{"model":"m","input":[[1,2]]}"#),
+            (Endpoint::Completions, br#"{"model":"m"}"#),
+        ] {
+            assert!(ParsedRequest::parse(endpoint, body).is_ok());
+        }
     }
 
     /// What `chunk_usage` did before it skipped `"usage":null` chunks: the parse of every chunk
