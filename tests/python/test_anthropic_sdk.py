@@ -119,6 +119,21 @@ def test_errors_come_back_as_anthropic_errors(gateway: Gateway, client: anthropi
     assert caught.value.body["error"]["type"] == "authentication_error"
 
 
+def test_a_message_without_max_tokens_is_a_400_naming_it(
+    gateway: Gateway, client: anthropic.Anthropic
+) -> None:
+    # The SDK's typed method requires `max_tokens`; its generic `post` does not.
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.post("/v1/messages", body={"model": CLAUDE, "messages": MESSAGES}, cast_to=object)
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in caught.value.body["error"]["message"]
+    gateway.expect(
+        caught.value.response.headers.get("request-id"), endpoint="messages", status=400,
+        outcome="error", upstream_model=None,
+    )
+
+
 def test_count_tokens_passes_through_to_an_anthropic_backend(
     gateway: Gateway, client: anthropic.Anthropic
 ) -> None:

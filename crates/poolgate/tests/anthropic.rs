@@ -396,6 +396,33 @@ async fn errors_use_the_format_the_client_spoke() {
     assert_eq!(body["error"]["message"], "max_tokens: 999999 > 8192");
     assert_eq!(body["error"]["type"], "invalid_request_error");
 
+    // A Messages request without `messages` or `max_tokens`: Anthropic's 400, in its shape,
+    // without an upstream call.
+    let calls = upstream.calls();
+    for body in [
+        json!({"model": "smart", "max_tokens": 10}),
+        json!({"model": "smart", "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"model": "smart", "max_tokens": 10, "messages": "hi"}),
+    ] {
+        let response = messages_request(&gateway).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+        let field = if body.get("max_tokens").is_none() {
+            "max_tokens"
+        } else {
+            "messages"
+        };
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{body}: {error}");
+    }
+    assert_eq!(
+        upstream.calls(),
+        calls,
+        "refused requests reach no upstream"
+    );
+
     // count_tokens with a bad body: a 400 in Anthropic's shape (the pass-through itself is
     // tested in tests/responses_routing.rs).
     let response = gateway

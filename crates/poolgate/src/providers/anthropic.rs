@@ -375,6 +375,15 @@ pub fn error_type_for_status(status: u16) -> &'static str {
 
 // === pass-through envelope for Anthropic clients ===
 
+/// The error for a missing required field of a Messages request.
+fn required(name: &str, what: &str) -> InvalidRequest {
+    InvalidRequest::param(
+        format!("`{name}`: field required ({what})"),
+        name,
+        "missing_required_parameter",
+    )
+}
+
 /// A client's Messages request, parsed just far enough to route it: where `model` and `stream`
 /// lie in the body; everything else passes through as the client sent it.
 #[derive(Debug)]
@@ -386,13 +395,44 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn parse(body: &[u8]) -> Result<Envelope, InvalidRequest> {
-        let top = TopLevel::parse(body, &["model", "stream"])?;
+        let top = TopLevel::parse(body, &["model", "stream", "messages", "max_tokens"])?;
         let field = |name: &str| top.parse_value(body, name);
         Ok(Envelope {
             model: field("model")?,
             stream: field("stream")?,
             top,
         })
+    }
+
+    /// What a Messages request must carry, as Anthropic checks it: a `messages` array and an
+    /// integer `max_tokens`. Only each value's first byte is read (`body` is the one this
+    /// envelope was parsed from); what is in them is the upstream's to judge.
+    pub fn check_messages_request(&self, body: &[u8]) -> Result<(), InvalidRequest> {
+        let first = |name: &str| {
+            self.top
+                .value(body, name)
+                .and_then(|value| value.first().copied())
+        };
+        match first("messages") {
+            Some(b'[') => {}
+            None | Some(b'n') => return Err(required("messages", "an array")),
+            Some(_) => {
+                return Err(InvalidRequest::param(
+                    "`messages` must be an array",
+                    "messages",
+                    "invalid_type",
+                ))
+            }
+        }
+        match first("max_tokens") {
+            Some(b'0'..=b'9') => Ok(()),
+            None | Some(b'n') => Err(required("max_tokens", "an integer")),
+            Some(_) => Err(InvalidRequest::param(
+                "`max_tokens` must be an integer",
+                "max_tokens",
+                "invalid_type",
+            )),
+        }
     }
 
     /// The pass-through body: the client's `raw` body (which this envelope was parsed from)
@@ -461,6 +501,45 @@ pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_messages_request_needs_a_messages_array_and_an_integer_max_tokens() {
+        let check = |body: &str| {
+            Envelope::parse(body.as_bytes())
+                .and_then(|envelope| envelope.check_messages_request(body.as_bytes()))
+                .map_err(|error| (error.param, error.code))
+        };
+        let refused = |param: &str, code: &'static str| Err((Some(param.to_owned()), Some(code)));
+        assert_eq!(
+            check(r#"{"model":"m","max_tokens":5,"messages":[]}"#),
+            Ok(())
+        );
+        assert_eq!(
+            check(r#"{"model":"m","max_tokens":5}"#),
+            refused("messages", "missing_required_parameter")
+        );
+        assert_eq!(
+            check(r#"{"model":"m","max_tokens":5,"messages":null}"#),
+            refused("messages", "missing_required_parameter")
+        );
+        assert_eq!(
+            check(r#"{"model":"m","max_tokens":5,"messages":"hi"}"#),
+            refused("messages", "invalid_type")
+        );
+        assert_eq!(
+            check(r#"{"model":"m","messages":[]}"#),
+            refused("max_tokens", "missing_required_parameter")
+        );
+        assert_eq!(
+            check(r#"{"model":"m","messages":[],"max_tokens":"5"}"#),
+            refused("max_tokens", "invalid_type")
+        );
+        // A negative or fractional count is the upstream's to refuse.
+        assert_eq!(
+            check(r#"{"model":"m","messages":[],"max_tokens":1.5}"#),
+            Ok(())
+        );
+    }
 
     #[test]
     fn parses_the_reference_request_shape() {

@@ -229,6 +229,7 @@ impl Inbound {
     pub fn anthropic(raw: Bytes, client_headers: &HeaderMap) -> Result<Inbound, InvalidRequest> {
         let envelope = anthropic::Envelope::parse(&raw)?;
         let (model, stream) = model_and_stream(envelope.model.clone(), envelope.stream.clone())?;
+        envelope.check_messages_request(&raw)?;
         let headers = anthropic_headers(client_headers);
         Ok(Inbound {
             endpoint: Endpoint::Messages,
