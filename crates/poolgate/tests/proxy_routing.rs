@@ -1074,6 +1074,13 @@ async fn client_errors_get_openai_shaped_answers_and_usage_records() {
         );
     }
     assert_eq!(a.calls(), 0, "no client error reaches an upstream");
+    // Each is a client request with its usage record, as a missing `model` is.
+    let records = gw.usage_records(7).await;
+    let bad_requests = records
+        .iter()
+        .filter(|r| r["status"] == 400 && r["outcome"] == "error")
+        .count();
+    assert_eq!(bad_requests, 6, "{records:?}");
     gw.stop().await;
 }
 

@@ -384,7 +384,9 @@ fn required(name: &str, what: &str) -> InvalidRequest {
     )
 }
 
-/// A client's Messages request, parsed just far enough to route it: where `model` and `stream`
+/// A client's Messages request, parsed just far enough to route it (and to check that
+/// `messages` and `max_tokens` are there, [`Envelope::check_messages_request`]): where `model`
+/// and `stream`
 /// lie in the body; everything else passes through as the client sent it.
 #[derive(Debug)]
 pub struct Envelope {
@@ -404,8 +406,8 @@ impl Envelope {
         })
     }
 
-    /// What a Messages request must carry, as Anthropic checks it: a `messages` array and an
-    /// integer `max_tokens`. Only each value's first byte is read (`body` is the one this
+    /// What a Messages request must carry, as Anthropic checks it: a `messages` array and a
+    /// numeric `max_tokens`. Only each value's first byte is read (`body` is the one this
     /// envelope was parsed from); what is in them is the upstream's to judge.
     pub fn check_messages_request(&self, body: &[u8]) -> Result<(), InvalidRequest> {
         let first = |name: &str| {
@@ -425,10 +427,11 @@ impl Envelope {
             }
         }
         match first("max_tokens") {
-            Some(b'0'..=b'9') => Ok(()),
-            None | Some(b'n') => Err(required("max_tokens", "an integer")),
+            // A negative or fractional count is the upstream's to refuse, as any other value.
+            Some(b'-' | b'0'..=b'9') => Ok(()),
+            None | Some(b'n') => Err(required("max_tokens", "a number")),
             Some(_) => Err(InvalidRequest::param(
-                "`max_tokens` must be an integer",
+                "`max_tokens` must be a number",
                 "max_tokens",
                 "invalid_type",
             )),
@@ -534,9 +537,21 @@ mod tests {
             check(r#"{"model":"m","messages":[],"max_tokens":"5"}"#),
             refused("max_tokens", "invalid_type")
         );
-        // A negative or fractional count is the upstream's to refuse.
+        assert_eq!(
+            check(r#"{"model":"m","messages":[],"max_tokens":null}"#),
+            refused("max_tokens", "missing_required_parameter")
+        );
+        // A negative or fractional count is the upstream's to refuse; whitespace is skipped.
         assert_eq!(
             check(r#"{"model":"m","messages":[],"max_tokens":1.5}"#),
+            Ok(())
+        );
+        assert_eq!(
+            check(r#"{"model":"m","messages":[],"max_tokens":-1}"#),
+            Ok(())
+        );
+        assert_eq!(
+            check("{\"model\":\"m\",\"messages\" :\n  [ ],\"max_tokens\":\t 5}"),
             Ok(())
         );
     }

@@ -1,6 +1,6 @@
 //! Request bodies sent upstream without a second copy. A client's JSON body is read once into a
 //! [`Bytes`] buffer; poolgate needs only a few of its top-level values (`model`, `stream`,
-//! `stream_options`), so [`TopLevel::parse`] finds where each of those values lies in the buffer
+//! `stream_options`, and where the endpoint's required content lies), so [`TopLevel::parse`] finds where each of those values lies in the buffer
 //! (validating the whole document on the way, allocating nothing per value), and
 //! [`SplicedBody`] sends the buffer with those values replaced or one field added: slices of the
 //! original (reference-counted, not copied) around the few bytes that changed.

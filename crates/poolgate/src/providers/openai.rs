@@ -17,7 +17,8 @@ use super::{model_and_stream, Endpoint, ProviderError, TokenUsage, UpstreamReque
 use crate::domain::InvalidRequest;
 
 /// The parsed request with its routing facts checked. Only `model`, `stream` and
-/// `stream_options` are read; the body itself is kept as the client sent it and sent upstream
+/// `stream_options` are read (and the first byte of the endpoint's required content, see
+/// [`check_required_content`]); the body itself is kept as the client sent it and sent upstream
 /// with the model replaced ([`ParsedRequest::upstream_body`]), never re-serialised.
 #[derive(Debug)]
 pub struct ParsedRequest {
@@ -34,8 +35,8 @@ pub struct ParsedRequest {
 const FIELDS: &[&str] = &["model", "stream", "stream_options", "messages", "input"];
 
 /// The endpoint's required content, as OpenAI checks it: a chat completion needs a `messages`
-/// array, an embedding an `input` (not null). Only the value's first byte is read; what is in
-/// it is the upstream's to judge. Refused here, such a request gets OpenAI's 400 without an
+/// array, an embedding an `input` (not null) — or `messages`, vLLM's chat-embeddings form. Only
+/// the value's first byte is read; what is in it is the upstream's to judge. Refused here, such a request gets OpenAI's 400 without an
 /// upstream call.
 fn check_required_content(
     endpoint: Endpoint,
@@ -44,6 +45,9 @@ fn check_required_content(
 ) -> Result<(), InvalidRequest> {
     let (name, array_only) = match endpoint {
         Endpoint::ChatCompletions => ("messages", true),
+        Endpoint::Embeddings if top.span("input").is_none() && top.span("messages").is_some() => {
+            ("messages", true)
+        }
         Endpoint::Embeddings => ("input", false),
         _ => return Ok(()),
     };
@@ -67,7 +71,8 @@ fn check_required_content(
 }
 
 impl ParsedRequest {
-    /// Parses and checks a client body: JSON object, string `model`, boolean `stream`.
+    /// Parses and checks a client body: JSON object, string `model`, boolean `stream`, the
+    /// endpoint's required content there.
     pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, InvalidRequest> {
         let top = TopLevel::parse(body, FIELDS)?;
         let field = |name: &str| top.parse_value(body, name);
@@ -407,11 +412,12 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(ParsedRequest::parse(
+        let streamed = ParsedRequest::parse(
             Endpoint::Embeddings,
-            br#"{"model":"m","stream":true,"input":"x"}"#
+            br#"{"model":"m","stream":true,"input":"x"}"#,
         )
-        .is_err());
+        .unwrap_err();
+        assert_eq!(streamed.param.as_deref(), Some("stream"));
         for body in [&br#"{"model":"m"}"#[..], br#"{"model":"m","input":null}"#] {
             let error = ParsedRequest::parse(Endpoint::Embeddings, body).unwrap_err();
             assert_eq!(error.param.as_deref(), Some("input"), "{error:?}");
@@ -425,7 +431,13 @@ mod tests {
             ),
             (Endpoint::Embeddings, br#"{"model":"m","input":"x"}"#),
             (Endpoint::Embeddings, br#"{"model":"m","input":[[1,2]]}"#),
+            // vLLM's chat embeddings.
+            (Endpoint::Embeddings, br#"{"model":"m","messages":[]}"#),
             (Endpoint::Completions, br#"{"model":"m"}"#),
+            (
+                Endpoint::ChatCompletions,
+                b"{\"model\":\"m\",\"messages\" :\n\t [ ]}",
+            ),
         ] {
             assert!(ParsedRequest::parse(endpoint, body).is_ok());
         }
