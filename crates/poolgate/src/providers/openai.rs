@@ -18,7 +18,7 @@ use crate::domain::InvalidRequest;
 
 /// The parsed request with its routing facts checked. Only `model`, `stream` and
 /// `stream_options` are read (and the first byte of the endpoint's required content, see
-/// [`check_required_content`]); the body itself is kept as the client sent it and sent upstream
+/// `check_required_content`); the body itself is kept as the client sent it and sent upstream
 /// with the model replaced ([`ParsedRequest::upstream_body`]), never re-serialised.
 #[derive(Debug)]
 pub struct ParsedRequest {
