@@ -56,7 +56,10 @@ fn check_required_content(
         .and_then(|value| value.first().copied());
     match first {
         None | Some(b'n') => Err(InvalidRequest::param(
-            format!("you must provide a `{name}` parameter"),
+            format!(
+                "you must provide {} `{name}` parameter",
+                if name.starts_with('i') { "an" } else { "a" }
+            ),
             name,
             "missing_required_parameter",
         )),
@@ -422,6 +425,7 @@ mod tests {
             let error = ParsedRequest::parse(Endpoint::Embeddings, body).unwrap_err();
             assert_eq!(error.param.as_deref(), Some("input"), "{error:?}");
             assert_eq!(error.code, Some("missing_required_parameter"));
+            assert_eq!(error.message, "you must provide an `input` parameter");
         }
         // What is in them is the upstream's to judge; completions' `prompt` is not required.
         for (endpoint, body) in [
