@@ -8,7 +8,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::body::{SplicedBody, TopLevel};
+use super::body::{Required, SplicedBody, TopLevel};
 use super::target::{UpstreamTarget, ANTHROPIC_MESSAGES};
 use super::{ProviderError, TokenUsage, UpstreamRequest};
 use crate::domain::InvalidRequest;
@@ -375,15 +375,6 @@ pub fn error_type_for_status(status: u16) -> &'static str {
 
 // === pass-through envelope for Anthropic clients ===
 
-/// The error for a missing required field of a Messages request.
-fn required(name: &str, what: &str) -> InvalidRequest {
-    InvalidRequest::param(
-        format!("`{name}`: field required ({what})"),
-        name,
-        "missing_required_parameter",
-    )
-}
-
 /// A client's Messages request, parsed just far enough to route it (and to check that
 /// `messages` and `max_tokens` are there, [`Envelope::check_messages_request`]): where `model`
 /// and `stream`
@@ -410,32 +401,8 @@ impl Envelope {
     /// numeric `max_tokens`. Only each value's first byte is read (`body` is the one this
     /// envelope was parsed from); what is in them is the upstream's to judge.
     pub fn check_messages_request(&self, body: &[u8]) -> Result<(), InvalidRequest> {
-        let first = |name: &str| {
-            self.top
-                .value(body, name)
-                .and_then(|value| value.first().copied())
-        };
-        match first("messages") {
-            Some(b'[') => {}
-            None | Some(b'n') => return Err(required("messages", "an array")),
-            Some(_) => {
-                return Err(InvalidRequest::param(
-                    "`messages` must be an array",
-                    "messages",
-                    "invalid_type",
-                ))
-            }
-        }
-        match first("max_tokens") {
-            // A negative or fractional count is the upstream's to refuse, as any other value.
-            Some(b'-' | b'0'..=b'9') => Ok(()),
-            None | Some(b'n') => Err(required("max_tokens", "a number")),
-            Some(_) => Err(InvalidRequest::param(
-                "`max_tokens` must be a number",
-                "max_tokens",
-                "invalid_type",
-            )),
-        }
+        self.top.require(body, "messages", Required::Array)?;
+        self.top.require(body, "max_tokens", Required::Number)
     }
 
     /// The pass-through body: the client's `raw` body (which this envelope was parsed from)

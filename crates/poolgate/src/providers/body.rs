@@ -90,9 +90,59 @@ impl TopLevel {
             .map_err(|error| InvalidRequest::new(format!("`{name}`: {error}")))
     }
 
+    /// Checks that a field the request must carry is there (not absent, not `null`) and of its
+    /// kind, from the value's first byte only — what is in it is the upstream's to judge. The
+    /// errors name the field (`missing_required_parameter`, `invalid_type`).
+    pub fn require(&self, body: &[u8], name: &str, kind: Required) -> Result<(), InvalidRequest> {
+        let first = self
+            .value(body, name)
+            .and_then(|value| value.first().copied());
+        let fits = match (first, kind) {
+            (None | Some(b'n'), _) => {
+                return Err(InvalidRequest::param(
+                    format!("missing required parameter: `{name}`"),
+                    name,
+                    "missing_required_parameter",
+                ))
+            }
+            (Some(_), Required::Present) => true,
+            (Some(byte), Required::Array) => byte == b'[',
+            // A negative or fractional count is the upstream's to refuse, as any other value.
+            (Some(byte), Required::Number) => byte == b'-' || byte.is_ascii_digit(),
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(InvalidRequest::param(
+                format!("`{name}` must be {}", kind.described()),
+                name,
+                "invalid_type",
+            ))
+        }
+    }
+
     /// Where a new `,"key":value` goes: just before the closing `}`.
     pub fn end(&self) -> usize {
         self.end
+    }
+}
+
+/// What [`TopLevel::require`] asks of a field's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Required {
+    /// Any value but `null`.
+    Present,
+    Array,
+    Number,
+}
+
+impl Required {
+    fn described(self) -> &'static str {
+        match self {
+            Required::Present => "present",
+            Required::Array => "an array",
+            Required::Number => "a number",
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::body::{SplicedBody, TopLevel};
+use super::body::{Required, SplicedBody, TopLevel};
 use super::target::UpstreamTarget;
 use super::{model_and_stream, Endpoint, ProviderError, TokenUsage, UpstreamRequest};
 use crate::domain::InvalidRequest;
@@ -35,41 +35,21 @@ pub struct ParsedRequest {
 const FIELDS: &[&str] = &["model", "stream", "stream_options", "messages", "input"];
 
 /// The endpoint's required content, as OpenAI checks it: a chat completion needs a `messages`
-/// array, an embedding an `input` (not null) — or `messages`, vLLM's chat-embeddings form. Only
-/// the value's first byte is read; what is in it is the upstream's to judge. Refused here, such a request gets OpenAI's 400 without an
-/// upstream call.
+/// array, an embedding an `input` — or `messages`, vLLM's chat-embeddings form
+/// ([`TopLevel::require`]). Refused here, such a request gets OpenAI's 400 without an upstream
+/// call.
 fn check_required_content(
     endpoint: Endpoint,
     top: &TopLevel,
     body: &[u8],
 ) -> Result<(), InvalidRequest> {
-    let (name, array_only) = match endpoint {
-        Endpoint::ChatCompletions => ("messages", true),
+    match endpoint {
+        Endpoint::ChatCompletions => top.require(body, "messages", Required::Array),
         Endpoint::Embeddings if top.span("input").is_none() && top.span("messages").is_some() => {
-            ("messages", true)
+            top.require(body, "messages", Required::Array)
         }
-        Endpoint::Embeddings => ("input", false),
-        _ => return Ok(()),
-    };
-    let first = top
-        .value(body, name)
-        .and_then(|value| value.first().copied());
-    match first {
-        None | Some(b'n') => Err(InvalidRequest::param(
-            format!(
-                "you must provide {} `{name}` parameter",
-                if name.starts_with('i') { "an" } else { "a" }
-            ),
-            name,
-            "missing_required_parameter",
-        )),
-        Some(b'[') => Ok(()),
-        Some(_) if array_only => Err(InvalidRequest::param(
-            format!("`{name}` must be an array"),
-            name,
-            "invalid_type",
-        )),
-        Some(_) => Ok(()),
+        Endpoint::Embeddings => top.require(body, "input", Required::Present),
+        _ => Ok(()),
     }
 }
 
@@ -425,7 +405,7 @@ mod tests {
             let error = ParsedRequest::parse(Endpoint::Embeddings, body).unwrap_err();
             assert_eq!(error.param.as_deref(), Some("input"), "{error:?}");
             assert_eq!(error.code, Some("missing_required_parameter"));
-            assert_eq!(error.message, "you must provide an `input` parameter");
+            assert_eq!(error.message, "missing required parameter: `input`");
         }
         // What is in them is the upstream's to judge; completions' `prompt` is not required.
         for (endpoint, body) in [
