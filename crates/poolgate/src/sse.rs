@@ -22,10 +22,10 @@
 //! rules make a no-op, so dropping or forwarding any single event stays safe.
 //!
 //! # Cost
-//! Each input byte is scanned once for line ends and each completed line is parsed once; nothing
-//! is rescanned when an event arrives in many small pieces. Events that lie inside one chunk are
-//! sliced out of it without copying; only an event that straddles chunks is copied into the
-//! framer's buffer (bounded by [`SseFramer::with_max_event_bytes`]).
+//! Each input byte is scanned once for line ends (`memchr`'s SIMD search) and each completed line
+//! is parsed once; nothing is rescanned when an event arrives in many small pieces. Events that
+//! lie inside one chunk are sliced out of it without copying; only an event that straddles chunks
+//! is copied into the framer's buffer (bounded by [`SseFramer::with_max_event_bytes`]).
 
 use bytes::{Bytes, BytesMut};
 
@@ -344,11 +344,7 @@ fn push_text(out: &mut String, value: &[u8]) {
 
 /// Finds the first line end (CRLF, LF or CR) in `bytes[from..]`.
 fn find_line_end(bytes: &[u8], from: usize) -> Option<LineEnd> {
-    let end = from
-        + bytes
-            .get(from..)?
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r')?;
+    let end = from + memchr::memchr2(b'\n', b'\r', bytes.get(from..)?)?;
     if bytes[end] == b'\n' {
         return Some(LineEnd {
             end,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
@@ -158,30 +159,23 @@ fn openai_lead(data: &str) -> Lead {
     if data.trim() == "[DONE]" {
         return Lead::Release;
     }
-    let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(data) else {
+    // Not a chunk's shape (not an object, `choices` not an array, a choice not an object) or a
+    // field named twice: relay it.
+    let Ok(chunk) = serde_json::from_str::<ChatLead>(data) else {
         return Lead::Release;
     };
-    if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+    if let Some(error) = &chunk.error {
         return Lead::Fail(format!(
             "the upstream sent an error event before any content: {}",
             short(error)
         ));
     }
-    let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+    let Some(choices) = chunk.choices else {
         return Lead::Release;
     };
-    let content_free = choices.iter().all(|choice| {
-        let Some(choice) = choice.as_object() else {
-            return false;
-        };
-        let finished = choice.get("finish_reason").is_some_and(|r| !r.is_null());
-        let text = choice.get("text").is_some_and(carries_something);
-        let delta = choice
-            .get("delta")
-            .and_then(Value::as_object)
-            .is_some_and(delta_carries_something);
-        !finished && !text && !delta
-    });
+    let content_free = choices
+        .iter()
+        .all(|choice| choice.finish_reason.is_none() && !choice.text.0 && !choice.delta.0);
     if content_free {
         Lead::Hold
     } else {
@@ -189,13 +183,144 @@ fn openai_lead(data: &str) -> Lead {
     }
 }
 
-fn delta_carries_something(delta: &Map<String, Value>) -> bool {
-    delta
-        .iter()
-        .any(|(key, value)| key != "role" && carries_something(value))
+/// What the hold reads of an OpenAI chunk: every other field is skipped, nothing is built for
+/// it (the first events of every stream come through here before its first byte goes out).
+#[derive(Deserialize)]
+struct ChatLead {
+    /// Not null: the upstream reported an error (`null` reads as `None`).
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    choices: Option<Vec<ChoiceLead>>,
 }
 
-/// Not null, not an empty string, array or object.
+#[derive(Deserialize)]
+struct ChoiceLead {
+    /// Present and not null.
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+    #[serde(default)]
+    text: CarriesSomething,
+    #[serde(default)]
+    delta: DeltaCarriesSomething,
+}
+
+/// The value is not null, not an empty string, array or object.
+#[derive(Default)]
+struct CarriesSomething(bool);
+
+/// The value is an object with a field other than `role` that [`CarriesSomething`].
+#[derive(Default)]
+struct DeltaCarriesSomething(bool);
+
+impl<'de> Deserialize<'de> for CarriesSomething {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(Judge { delta: false })
+            .map(CarriesSomething)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeltaCarriesSomething {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(Judge { delta: true })
+            .map(DeltaCarriesSomething)
+    }
+}
+
+/// Reads one JSON value, whole, into a yes or no: [`CarriesSomething`], or with `delta`,
+/// [`DeltaCarriesSomething`] (only an object can say yes).
+struct Judge {
+    delta: bool,
+}
+
+impl Judge {
+    fn scalar<E>(&self, carries: bool) -> Result<bool, E> {
+        Ok(carries && !self.delta)
+    }
+}
+
+impl<'de> Visitor<'de> for Judge {
+    type Value = bool;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_none<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        self.scalar(true)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        self.scalar(true)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        self.scalar(true)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        self.scalar(true)
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<bool, E> {
+        self.scalar(!text.is_empty())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<bool, A::Error> {
+        let mut any = false;
+        while items.next_element::<IgnoredAny>()?.is_some() {
+            any = true;
+        }
+        self.scalar(any)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<bool, A::Error> {
+        let mut any = false;
+        while let Some(IsRole(role)) = fields.next_key::<IsRole>()? {
+            any |= if self.delta && role {
+                fields.next_value::<IgnoredAny>()?;
+                false
+            } else if self.delta {
+                fields.next_value::<CarriesSomething>()?.0
+            } else {
+                fields.next_value::<IgnoredAny>()?;
+                true
+            };
+        }
+        Ok(any)
+    }
+}
+
+/// A field name, read as whether it is `role`.
+struct IsRole(bool);
+
+impl<'de> Deserialize<'de> for IsRole {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = bool;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a field name")
+            }
+            fn visit_str<E>(self, name: &str) -> Result<bool, E> {
+                Ok(name == "role")
+            }
+        }
+        deserializer.deserialize_str(Name).map(IsRole)
+    }
+}
+
+/// Not null, not an empty string, array or object (for the events read as a JSON tree).
 fn carries_something(value: &Value) -> bool {
     match value {
         Value::Null => false,
@@ -343,6 +468,11 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null}}]}"#,
             r#"{"choices":[],"usage":null}"#,
             r#"{"choices":[{"index":0,"text":""}]}"#,
+            // Whatever else a chunk carries is skipped, read whole.
+            r#"{"id":"c-1","created":1,"choices":[{"index":0,"logprobs":{"content":[{"t":[1,{"x":null}]}]},"delta":{"role":"assistant","content":null,"tool_calls":[],"audio":{}}}],"usage":{"prompt_tokens":3},"error":null}"#,
+            // The role's name escaped is still the role; a delta that is no object says nothing.
+            r#"{"choices":[{"delta":{"r\u006fle":"assistant"}}]}"#,
+            r#"{"choices":[{"delta":"text","text":null}]}"#,
         ];
         for data in held {
             assert_eq!(
@@ -360,6 +490,13 @@ mod tests {
             "[DONE]",
             "not json",
             r#"{"object":"something.else"}"#,
+            r#"{"choices":{"0":{"delta":{}}}}"#,
+            r#"{"choices":[1]}"#,
+            r#"{"choices":[{"delta":{"content":""}}],"choices":[]}"#,
+            r#"{"choices":[{"delta":{"role":"assistant","n":0}}]}"#,
+            r#"{"choices":[{"delta":{"function_call":{"name":"f"}}}]}"#,
+            r#"{"choices":[{"delta":{"audio":[{}]}}]}"#,
+            r#"{"choices":[{"delta":{}},{"delta":{"content":"Hi"}}]}"#,
         ];
         for data in released {
             assert_eq!(

@@ -179,6 +179,19 @@ fn the_fast_chunk_reader_yields_what_the_parse_yields() {
             "{\"choices\":[{\"delta\":{\"content\":\"raw\ttab\"}}]}",
             false,
         ),
+        // A control character far into a long run, and after an escape.
+        (
+            "{\"choices\":[{\"delta\":{\"content\":\"a long run of plain text before it: \u{1}\"}}]}",
+            false,
+        ),
+        (
+            "{\"choices\":[{\"delta\":{\"content\":\"esc\\\\aped\u{1f}\"}}]}",
+            false,
+        ),
+        (
+            r#"{"choices":[{"delta":{"content":"a long run of plain text, longer than one SIMD block of 32 bytes, then \"quoted\""}}]}"#,
+            true,
+        ),
         (
             r#"{"choices":[{"delta":{"content":"bad \x escape"}}]}"#,
             false,
