@@ -163,6 +163,10 @@ pub struct Run {
     pub latency: Histogram<u64>,
     /// Streams: request sent -> first body byte.
     pub ttfb: Histogram<u64>,
+    /// Streams: request sent -> the body chunk that completed the first non-empty `"content"`
+    /// (time to first token; a proxy that holds back content-free leading events, as
+    /// poolgate's failover does, gives its first byte and its first token together).
+    pub ttft: Histogram<u64>,
     /// Streams: time between consecutive SSE events (0 when two arrive in one chunk).
     pub gaps: Histogram<u64>,
     pub events: u64,
@@ -180,6 +184,7 @@ impl Run {
             measured,
             latency: empty.clone(),
             ttfb: empty.clone(),
+            ttft: empty.clone(),
             gaps: empty.clone(),
             events: 0,
             chunks: 0,
@@ -195,6 +200,7 @@ impl Run {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         let _ = self.ttfb.add(&other.ttfb);
+        let _ = self.ttft.add(&other.ttft);
         let _ = self.gaps.add(&other.gaps);
     }
 
@@ -276,6 +282,40 @@ fn count_event_ends(data: &[u8], newline: &mut bool) -> u64 {
     events
 }
 
+/// Finds the first non-empty `"content":"…"` value in a stream's body, read chunk by chunk (the
+/// pattern may straddle two chunks): the first token of an OpenAI chat stream, whose role chunk
+/// carries `"content":""`.
+#[derive(Default)]
+struct FirstContent {
+    /// The last bytes of the previous chunk, shorter than the pattern plus one byte.
+    tail: Vec<u8>,
+    found: bool,
+}
+
+impl FirstContent {
+    const PATTERN: &'static [u8] = b"\"content\":\"";
+
+    /// Whether `data` completed the first non-empty content (true once only).
+    fn feed(&mut self, data: &[u8]) -> bool {
+        if self.found {
+            return false;
+        }
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(data);
+        let needle = Self::PATTERN;
+        let found = window
+            .windows(needle.len() + 1)
+            .any(|w| w.starts_with(needle) && w[needle.len()] != b'"');
+        if found {
+            self.found = true;
+        } else {
+            let keep = window.len().min(needle.len());
+            self.tail = window.split_off(window.len() - keep);
+        }
+        found
+    }
+}
+
 /// Sends one request and reads the whole answer. Returns when it completed and whether the
 /// status was 2xx; stream figures go into `run` when `record`.
 async fn exchange(
@@ -289,6 +329,8 @@ async fn exchange(
     let ok = response.status().is_success();
     let mut body = response.into_body();
     let mut first: Option<Instant> = None;
+    let mut first_token: Option<Instant> = None;
+    let mut content = FirstContent::default();
     let mut last_event: Option<Instant> = None;
     let mut newline = false;
     let observe = record && ok && target.streaming;
@@ -301,6 +343,9 @@ async fn exchange(
         }
         let now = Instant::now();
         first.get_or_insert(now);
+        if content.feed(&data) {
+            first_token = Some(now);
+        }
         run.chunks += 1;
         for _ in 0..count_event_ends(&data, &mut newline) {
             run.events += 1;
@@ -313,6 +358,9 @@ async fn exchange(
     let done = Instant::now();
     if let Some(first) = first {
         run.ttfb.saturating_record(nanos(first - origin));
+    }
+    if let Some(first_token) = first_token {
+        run.ttft.saturating_record(nanos(first_token - origin));
     }
     Ok((done, ok))
 }
@@ -519,5 +567,23 @@ mod tests {
         assert!(newline);
         assert_eq!(count_event_ends(b"\ndata: c\r\n\r\n", &mut newline), 2);
         assert_eq!(count_event_ends(b"data: [DONE]\n\n\n", &mut newline), 1);
+    }
+
+    #[test]
+    fn the_first_token_is_the_first_non_empty_content_even_across_chunks() {
+        let role = br#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
+        let mut content = FirstContent::default();
+        assert!(!content.feed(role));
+        assert!(!content.feed(b"\n\ndata: {\"choices\":[{\"delta\":{\"cont"));
+        assert!(!content.feed(b"ent\":"));
+        assert!(content.feed(b"\"chunk0\"}}]}\n\n"));
+        // Only the first one counts.
+        assert!(!content.feed(br#"data: {"choices":[{"delta":{"content":"chunk1"}}]}"#));
+
+        // Empty content straddling two chunks is not a token.
+        let mut content = FirstContent::default();
+        assert!(!content.feed(br#"{"content":"#));
+        assert!(!content.feed(br#""", "x":1}"#));
+        assert!(content.feed(br#"{"content":"a"}"#));
     }
 }

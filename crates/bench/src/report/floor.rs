@@ -143,6 +143,12 @@ pub fn floor_rows(results: &Results) -> Vec<FloorRow> {
             "stream time to first byte added, p50, 1 connection (over direct)".to_owned(),
             "ttfb_p50_us",
         ));
+        rows.push(added_row(
+            s,
+            "stream_ttft_added_p50_us",
+            "stream time to first token added, p50, 1 connection (over direct)".to_owned(),
+            "ttft_p50_us",
+        ));
     }
     rows
 }
@@ -163,10 +169,19 @@ mod tests {
         closed.push(FLOOR, m(&[("cpu_ms_per_1k", 15.0), ("rps", 45_000.0)]));
         closed.push("poolgate", m(&[("cpu_ms_per_1k", 36.0), ("rps", 27_000.0)]));
         let mut stream = Scenario::new("stream_c1", "", "stream", 1.0, "direct");
-        stream.push("direct", m(&[("ttfb_p50_us", 100.0)]));
-        stream.push("nginx", m(&[("ttfb_p50_us", 140.0)]));
-        stream.push(FLOOR, m(&[("ttfb_p50_us", 150.0)]));
-        stream.push("poolgate", m(&[("ttfb_p50_us", 200.0)]));
+        stream.push(
+            "direct",
+            m(&[("ttfb_p50_us", 100.0), ("ttft_p50_us", 120.0)]),
+        );
+        stream.push(
+            "nginx",
+            m(&[("ttfb_p50_us", 140.0), ("ttft_p50_us", 180.0)]),
+        );
+        stream.push(FLOOR, m(&[("ttfb_p50_us", 150.0), ("ttft_p50_us", 190.0)]));
+        stream.push(
+            "poolgate",
+            m(&[("ttfb_p50_us", 200.0), ("ttft_p50_us", 210.0)]),
+        );
         // nginx only: no floor row.
         let mut open = Scenario::new("open_r1000", "", "open", 1000.0, "direct");
         open.push("direct", m(&[("p50_us", 100.0)]));
@@ -178,8 +193,19 @@ mod tests {
         results.meta.insert("cpu_connections".into(), 64.into());
         let rows = floor_rows(&results);
         let ids: Vec<&str> = rows.iter().map(|r| r.id).collect();
-        assert_eq!(ids, ["cpu_ms_per_1k", "rps", "stream_ttfb_added_p50_us"]);
+        assert_eq!(
+            ids,
+            [
+                "cpu_ms_per_1k",
+                "rps",
+                "stream_ttfb_added_p50_us",
+                "stream_ttft_added_p50_us"
+            ]
+        );
         let median = |v: Option<Spread>| v.map(|s| s.median);
+        // The first token: added over direct, then poolgate's minus the floor's.
+        assert_eq!(median(rows[3].nginx), Some(60.0));
+        assert_eq!(median(rows[3].poolgate_minus_floor), Some(20.0));
         assert_eq!(median(rows[0].floor_vs_nginx), Some(1.5));
         assert_eq!(median(rows[0].poolgate_vs_floor), Some(2.4));
         assert_eq!(median(rows[0].poolgate_minus_floor), Some(21.0));

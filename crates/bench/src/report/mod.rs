@@ -262,7 +262,7 @@ fn stream_table(md: &mut String, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "\n## Streaming (SSE)\n\n| scenario | system | streams/s | TTFB p50 | TTFB p99 | added TTFB p50 | added TTFB p99 | event gap p50 | event gap p99 | event gap max | events per chunk |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "\n## Streaming (SSE)\n\n| scenario | system | streams/s | TTFB p50 | TTFB p99 | added TTFB p50 | added TTFB p99 | TTFT p50 | added TTFT p50 | event gap p50 | event gap p99 | event gap max | events per chunk |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for s in scenarios {
         for target in ["direct", "nginx", FLOOR, "poolgate"] {
@@ -278,7 +278,7 @@ fn stream_table(md: &mut String, results: &Results) {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.title,
                 target,
                 fmt(s.summary(target, "rps"), 0),
@@ -286,6 +286,8 @@ fn stream_table(md: &mut String, results: &Results) {
                 fmt(s.summary(target, "ttfb_p99_us"), 1),
                 added("ttfb_p50_us"),
                 added("ttfb_p99_us"),
+                fmt(s.summary(target, "ttft_p50_us"), 1),
+                added("ttft_p50_us"),
                 fmt(s.summary(target, "gap_p50_us"), 1),
                 fmt(s.summary(target, "gap_p99_us"), 1),
                 fmt(s.summary(target, "gap_max_us"), 1),
@@ -295,7 +297,7 @@ fn stream_table(md: &mut String, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "\n*TTFB*: request sent → first body byte. *event gap*: time between two consecutive SSE events as the client's HTTP parser hands them over (0 when they came in one body chunk or one TCP read). *events per chunk*: SSE events per HTTP body chunk the client received; a proxy that held events back to send them together would raise it above direct's."
+        "\n*TTFB*: request sent → first body byte. *TTFT* (time to first token): request sent → the body chunk that completed the first event with a non-empty `content` (poolgate holds a stream's content-free role chunk back until then, so that a stream that dies before its first token can still fail over: its first byte is its first token). *event gap*: time between two consecutive SSE events as the client's HTTP parser hands them over (0 when they came in one body chunk or one TCP read). *events per chunk*: SSE events per HTTP body chunk the client received; a proxy that held events back to send them together would raise it above direct's."
     );
 }
 

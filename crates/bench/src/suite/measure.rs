@@ -108,6 +108,9 @@ fn run_metrics(run: &Run) -> Metrics {
     if run.events > 0 {
         m.insert("ttfb_p50_us".into(), quantile_us(&run.ttfb, 0.5));
         m.insert("ttfb_p99_us".into(), quantile_us(&run.ttfb, 0.99));
+        if !run.ttft.is_empty() {
+            m.insert("ttft_p50_us".into(), quantile_us(&run.ttft, 0.5));
+        }
         m.insert("gap_p50_us".into(), quantile_us(&run.gaps, 0.5));
         m.insert("gap_p90_us".into(), quantile_us(&run.gaps, 0.9));
         m.insert("gap_p99_us".into(), quantile_us(&run.gaps, 0.99));
@@ -171,6 +174,7 @@ pub fn load_comparisons(streaming: bool) -> Vec<Compare> {
         compare.extend([
             Compare::Added("ttfb_p50_us"),
             Compare::Added("ttfb_p99_us"),
+            Compare::Added("ttft_p50_us"),
             Compare::Added("gap_p99_us"),
             Compare::Ratio("events_per_chunk"),
         ]);
