@@ -432,6 +432,43 @@ async fn events_reach_the_client_as_they_arrive_not_buffered() {
 
 // === 4. no retry after the first streamed byte ===
 
+/// The role chunk is held until the first content (so a stream that dies before it can fail
+/// over); once that comes, both go out in one frame — one write — and the relay goes on event by
+/// event.
+#[tokio::test]
+async fn the_held_role_chunk_and_the_first_content_go_out_in_one_frame() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(Reply::Stream(StreamSpec::new(3).gap_ms(100)));
+    let gateway = Gateway::start().await;
+    add_backend(&gateway, "one", &upstream, "primary", 60).await;
+
+    let (_, response) = send(&gateway, "/v1/chat/completions", &chat_body(None)).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut frames: Vec<String> = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("the stream did not end within 10 s")
+    {
+        let frame = frame.expect("a body frame");
+        if !frame.is_empty() {
+            frames.push(String::from_utf8_lossy(&frame).into_owned());
+        }
+    }
+    let first = &frames[0];
+    assert!(first.contains("\"role\":\"assistant\""), "{frames:#?}");
+    assert!(
+        first.contains("chunk0"),
+        "the first content came apart: {frames:#?}"
+    );
+    assert!(!first.contains("chunk1"), "{frames:#?}");
+    // The next contents, 100 ms apart, each in a frame of its own.
+    let with = |text: &str| frames.iter().position(|f| f.contains(text));
+    assert_eq!(with("chunk1"), Some(1), "{frames:#?}");
+    assert_eq!(with("chunk2"), Some(2), "{frames:#?}");
+    gateway.stop().await;
+}
+
 #[tokio::test]
 async fn a_stream_dying_midway_ends_with_an_error_event_and_is_not_retried() {
     let first = MockUpstream::start().await;

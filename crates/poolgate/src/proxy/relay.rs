@@ -217,6 +217,51 @@ impl RelayStream {
         })
     }
 
+    /// The held-back leading events and the first content, released together: each chunk
+    /// framed and mapped as any other, their bytes joined into one frame, so the first content
+    /// goes out in the same write as the events held for it (a proxy preempted between two
+    /// writes would keep the client's first token waiting on a busy core). `None` when they
+    /// gave nothing to send.
+    fn release_held(&mut self) -> Option<Bytes> {
+        let deadline = Instant::now() + self.idle_timeout;
+        self.idle.as_mut().reset(deadline);
+        let mut single: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        let mut add = |out: Bytes| {
+            if out.is_empty() {
+                return;
+            }
+            if joined.is_empty() && single.is_none() {
+                single = Some(out);
+            } else {
+                if let Some(previous) = single.take() {
+                    joined.extend_from_slice(&previous);
+                }
+                joined.extend_from_slice(&out);
+            }
+        };
+        while let Some(chunk) = self.first.pop_front() {
+            let processed = self.process(chunk);
+            if self.mapper.completed() && self.finisher.is_some() {
+                // The answer is complete with these bytes: its record first.
+                self.end(End::Complete);
+            }
+            match processed {
+                Ok(out) => add(out),
+                Err(kind) => {
+                    self.first.clear();
+                    if let Some(error) = self.fail(kind, "an upstream stream event was too large") {
+                        add(error);
+                    }
+                }
+            }
+        }
+        match single {
+            Some(out) => Some(out),
+            None => (!joined.is_empty()).then(|| joined.freeze()),
+        }
+    }
+
     fn end(&mut self, end: End) {
         let Some(finisher) = self.finisher.take() else {
             return;
@@ -303,22 +348,26 @@ impl Stream for RelayStream {
             let error = this.fail("gateway_shutting_down", "poolgate is shutting down");
             return Poll::Ready(error.map(Ok));
         }
+        if !this.first.is_empty() {
+            if let Some(out) = this.release_held() {
+                return Poll::Ready(Some(Ok(out)));
+            }
+            if this.over {
+                return Poll::Ready(None);
+            }
+        }
         loop {
-            let chunk = if let Some(first) = this.first.pop_front() {
-                Some(Ok(first))
-            } else {
-                match this.upstream.as_mut().poll_next(cx) {
-                    Poll::Ready(item) => item,
-                    Poll::Pending => {
-                        if this.idle.as_mut().poll(cx).is_ready() {
-                            let error = this.fail(
-                                "upstream_stream_stalled",
-                                "the upstream stopped sending in the middle of the stream",
-                            );
-                            return Poll::Ready(error.map(Ok));
-                        }
-                        return Poll::Pending;
+            let chunk = match this.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(item) => item,
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        let error = this.fail(
+                            "upstream_stream_stalled",
+                            "the upstream stopped sending in the middle of the stream",
+                        );
+                        return Poll::Ready(error.map(Ok));
                     }
+                    return Poll::Pending;
                 }
             };
             match chunk {
