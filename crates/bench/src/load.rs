@@ -295,24 +295,33 @@ struct FirstContent {
 impl FirstContent {
     const PATTERN: &'static [u8] = b"\"content\":\"";
 
-    /// Whether `data` completed the first non-empty content (true once only).
+    /// Whether `data` completed the first non-empty content (true once only). A match that
+    /// starts in the kept tail is looked for in the tail and the head of `data`, one in `data`
+    /// in `data` itself: the chunk is not copied.
     fn feed(&mut self, data: &[u8]) -> bool {
         if self.found {
             return false;
         }
-        let mut window = std::mem::take(&mut self.tail);
-        window.extend_from_slice(data);
-        let needle = Self::PATTERN;
-        let found = window
-            .windows(needle.len() + 1)
-            .any(|w| w.starts_with(needle) && w[needle.len()] != b'"');
+        let keep = Self::PATTERN.len();
+        let mut boundary = std::mem::take(&mut self.tail);
+        boundary.extend_from_slice(&data[..data.len().min(keep)]);
+        let found = Self::holds(&boundary) || Self::holds(data);
         if found {
             self.found = true;
+        } else if data.len() >= keep {
+            self.tail = data[data.len() - keep..].to_vec();
         } else {
-            let keep = window.len().min(needle.len());
-            self.tail = window.split_off(window.len() - keep);
+            self.tail = boundary.split_off(boundary.len().saturating_sub(keep));
         }
         found
+    }
+
+    /// Whether `bytes` hold the pattern followed by anything but the closing quote.
+    fn holds(bytes: &[u8]) -> bool {
+        let needle = Self::PATTERN;
+        bytes
+            .windows(needle.len() + 1)
+            .any(|w| w.starts_with(needle) && w[needle.len()] != b'"')
     }
 }
 
@@ -585,5 +594,24 @@ mod tests {
         assert!(!content.feed(br#"{"content":"#));
         assert!(!content.feed(br#""", "x":1}"#));
         assert!(content.feed(br#"{"content":"a"}"#));
+    }
+
+    #[test]
+    fn the_first_token_is_found_at_its_first_byte_when_the_stream_comes_a_byte_at_a_time() {
+        let stream: &[u8] = br#"data: {"delta":{"role":"assistant","content":""}}
+
+data: {"delta":{"content":"hi"}}
+
+"#;
+        let first_token = stream
+            .windows(12)
+            .position(|w| w == br#""content":"h"#)
+            .map(|start| start + 11)
+            .unwrap();
+        let mut content = FirstContent::default();
+        let fired: Vec<usize> = (0..stream.len())
+            .filter(|&at| content.feed(&stream[at..=at]))
+            .collect();
+        assert_eq!(fired, vec![first_token]);
     }
 }

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::served::Served;
 use common::Gateway;
 use futures_util::StreamExt;
@@ -68,6 +69,8 @@ struct Streamed {
     status: u16,
     headers: reqwest::header::HeaderMap,
     raw: Vec<u8>,
+    /// The body as the client's HTTP stack handed it over, one entry per non-empty frame.
+    frames: Vec<Bytes>,
     events: Vec<Event>,
     /// Bytes after the last blank line.
     tail: String,
@@ -134,6 +137,7 @@ async fn read_stream(response: reqwest::Response, start: Instant) -> Streamed {
     let mut body = response.bytes_stream();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut raw = Vec::new();
+    let mut frames = Vec::new();
     let mut pending: Vec<u8> = Vec::new();
     let mut events = Vec::new();
     let mut transport_error = None;
@@ -151,6 +155,9 @@ async fn read_stream(response: reqwest::Response, start: Instant) -> Streamed {
                 let at = start.elapsed();
                 raw.extend_from_slice(&bytes);
                 pending.extend_from_slice(&bytes);
+                if !bytes.is_empty() {
+                    frames.push(bytes);
+                }
                 while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
                     let event: Vec<u8> = pending.drain(..end + 2).collect();
                     events.push(parse_event(&event[..end], at));
@@ -162,6 +169,7 @@ async fn read_stream(response: reqwest::Response, start: Instant) -> Streamed {
         status,
         headers,
         raw,
+        frames,
         events,
         tail: String::from_utf8_lossy(&pending).into_owned(),
         transport_error,
@@ -442,19 +450,14 @@ async fn the_held_role_chunk_and_the_first_content_go_out_in_one_frame() {
     let gateway = Gateway::start().await;
     add_backend(&gateway, "one", &upstream, "primary", 60).await;
 
-    let (_, response) = send(&gateway, "/v1/chat/completions", &chat_body(None)).await;
-    assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
-    let mut frames: Vec<String> = Vec::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("the stream did not end within 10 s")
-    {
-        let frame = frame.expect("a body frame");
-        if !frame.is_empty() {
-            frames.push(String::from_utf8_lossy(&frame).into_owned());
-        }
-    }
+    let got = stream(&gateway, "/v1/chat/completions", &chat_body(None)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    got.assert_complete();
+    let frames: Vec<String> = got
+        .frames
+        .iter()
+        .map(|frame| String::from_utf8_lossy(frame).into_owned())
+        .collect();
     let first = &frames[0];
     assert!(first.contains("\"role\":\"assistant\""), "{frames:#?}");
     assert!(

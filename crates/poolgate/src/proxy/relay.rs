@@ -225,21 +225,7 @@ impl RelayStream {
     fn release_held(&mut self) -> Option<Bytes> {
         let deadline = Instant::now() + self.idle_timeout;
         self.idle.as_mut().reset(deadline);
-        let mut single: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
-        let mut add = |out: Bytes| {
-            if out.is_empty() {
-                return;
-            }
-            if joined.is_empty() && single.is_none() {
-                single = Some(out);
-            } else {
-                if let Some(previous) = single.take() {
-                    joined.extend_from_slice(&previous);
-                }
-                joined.extend_from_slice(&out);
-            }
-        };
+        let mut outputs: Vec<Bytes> = Vec::with_capacity(self.first.len());
         while let Some(chunk) = self.first.pop_front() {
             let processed = self.process(chunk);
             if self.mapper.completed() && self.finisher.is_some() {
@@ -247,19 +233,16 @@ impl RelayStream {
                 self.end(End::Complete);
             }
             match processed {
-                Ok(out) => add(out),
+                Ok(out) => outputs.push(out),
                 Err(kind) => {
                     self.first.clear();
                     if let Some(error) = self.fail(kind, "an upstream stream event was too large") {
-                        add(error);
+                        outputs.push(error);
                     }
                 }
             }
         }
-        match single {
-            Some(out) => Some(out),
-            None => (!joined.is_empty()).then(|| joined.freeze()),
-        }
+        one_frame(outputs)
     }
 
     fn end(&mut self, end: End) {
@@ -333,6 +316,17 @@ impl RelayStream {
         self.over = true;
         let rest = self.out.split().freeze();
         (!rest.is_empty()).then_some(rest)
+    }
+}
+
+/// `outputs` as one frame: `None` when all are empty, the only non-empty one as it is (no
+/// copy), else their bytes joined.
+fn one_frame(mut outputs: Vec<Bytes>) -> Option<Bytes> {
+    outputs.retain(|out| !out.is_empty());
+    match outputs.len() {
+        0 => None,
+        1 => outputs.pop(),
+        _ => Some(Bytes::from(outputs.concat())),
     }
 }
 
@@ -498,5 +492,28 @@ impl StreamMapper for Spent {
 
     fn error_event(&self, _code: &str, _message: &str) -> Bytes {
         Bytes::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_frame_skips_empty_outputs_keeps_a_lone_one_uncopied_and_joins_the_rest() {
+        assert_eq!(one_frame(Vec::new()), None);
+        assert_eq!(one_frame(vec![Bytes::new(), Bytes::new()]), None);
+
+        let lone = Bytes::from_static(b"data: {\"role\"}\n\n");
+        let out = one_frame(vec![Bytes::new(), lone.clone(), Bytes::new()]);
+        let out = out.expect("one non-empty output");
+        assert_eq!(out.as_ptr(), lone.as_ptr(), "a lone output is not copied");
+
+        let joined = one_frame(vec![
+            Bytes::from_static(b"data: a\n\n"),
+            Bytes::new(),
+            Bytes::from_static(b"data: b\n\n"),
+        ]);
+        assert_eq!(joined.as_deref(), Some(&b"data: a\n\ndata: b\n\n"[..]));
     }
 }
