@@ -40,15 +40,7 @@ trap cleanup EXIT
 "$BIN/mock-upstream" --listen 127.0.0.1:0 > "$WORK/mock.log" 2>&1 &
 MOCK_PID=$!
 MOCK_ADDR=$(listening_addr "$WORK/mock.log" "$MOCK_PID" "listening on ")
-cat > "$WORK/poolgate.toml" <<TOML
-[[backends]]
-name = "mock"
-api_base_url = "http://$MOCK_ADDR/v1"
-api_key = "sk-bench-mock"
-rpm_limit = 10000000
-[backends.model_mappings]
-"gpt-4o-mini" = "gpt-4o-mini"
-TOML
+mock_backend_config "$MOCK_ADDR" "$WORK/poolgate.toml"
 POOLGATE_ADMIN_TOKEN=$ADMIN valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$WORK/callgrind.out" \
     "$BIN/poolgate" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" \
@@ -58,25 +50,7 @@ BASE=http://$(listening_addr "$WORK/poolgate.log" "$POOLGATE_PID" "poolgate list
 wait_until_healthy "$BASE" "$POOLGATE_PID"
 KEY=$(create_client_key "$BASE" "$ADMIN" ir)
 REQUEST_BODY=${REQUEST_BODY:-'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'}
-cat > "$WORK/request.lua" <<LUA
-wrk.method = "POST"
-wrk.body = [==[$REQUEST_BODY]==]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $KEY"
-LUA
 URL="$BASE${REQUEST_PATH:-/v1/chat/completions}"
-wrk -t1 -c8 -d3s -s "$WORK/request.lua" "$URL" > /dev/null
-callgrind_control -i on "$POOLGATE_PID" > /dev/null 2>&1
-wrk -t1 -c8 -d"${SECONDS_COUNTED}s" -s "$WORK/request.lua" "$URL" > "$WORK/wrk.txt"
-if grep -q 'Non-2xx' "$WORK/wrk.txt"; then
-    echo "some answers were not 2xx: $(grep 'Non-2xx' "$WORK/wrk.txt")" >&2
-    exit 1
-fi
-REQUESTS=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
-# The usage batch of the last requests is written within the second.
-sleep 1
-callgrind_control -i off "$POOLGATE_PID" > /dev/null 2>&1
-callgrind_control -d "$POOLGATE_PID" > /dev/null 2>&1
-sleep 1
+REQUESTS=$(callgrind_window "$POOLGATE_PID" "$URL" "$REQUEST_BODY" "$KEY" 8 "$SECONDS_COUNTED" "$WORK")
 INSTRUCTIONS=$(cat "$WORK"/callgrind.out* | awk '/^totals:/ {sum += $2} END {print sum}')
 echo "requests $REQUESTS, instructions per request $((INSTRUCTIONS / REQUESTS)) ($WORK)"
