@@ -12,7 +12,7 @@ streams through the instruction cache. The lines are a union over the counted wi
 that runs once a second (an allocator's cache sweep, a cached date) counts as fully as code
 that runs per request; the lines whose instructions ran at least as many times as there were
 requests are counted apart ("once per request or more"), and for the request thread the
-crates (or shared objects) and functions with the most of those are named."""
+crates (or shared objects), functions and source files with the most of those are named."""
 import collections
 import re
 import sys
@@ -30,18 +30,34 @@ def crate_of(function, obj):
     return match.group(1) if match else f"{name}: C code"
 
 
+def short(source):
+    """A source path from the crate on: `poolgate/src/proxy/attempt.rs`, `tokio-1.47.1/src/…`."""
+    parts = source.split("/")
+    if "src" in parts:
+        at = len(parts) - 1 - parts[::-1].index("src")
+        return "/".join(parts[max(at - 1, 0):])
+    return source or "(no debug info)"
+
+
 def read(path):
-    """(instructions, {(object, line): [function, object, instructions]}) of one callgrind file."""
+    """(instructions, {(object, line): [function, object, instructions, source file]}) of one
+    callgrind file. A line's source file is that of its first instruction counted: the inlined
+    code's own file (`fi=`, `fe=`), not the function's it was inlined into."""
     instructions = 0
     lines = {}
-    obj = function = ""
+    obj = function = function_file = source = ""
     after_calls = False
     with open(path, errors="replace") as file:
         for text in file:
             if text.startswith("ob="):
                 obj = text[3:].strip()
+            elif text.startswith("fl="):
+                function_file = source = text[3:].strip()
+            elif text.startswith(("fi=", "fe=")):
+                source = text[3:].strip()
             elif text.startswith("fn="):
                 function = text[3:].strip()
+                source = function_file
             elif text.startswith("calls="):
                 after_calls = True
                 continue
@@ -53,7 +69,7 @@ def read(path):
                     if cost:
                         instructions += cost
                         key = (obj, int(address, 16) >> 6)
-                        lines.setdefault(key, [function, obj, 0])[2] += cost
+                        lines.setdefault(key, [function, obj, 0, source])[2] += cost
             after_calls = False
     return instructions, lines
 
@@ -68,21 +84,24 @@ def main():
         sys.exit("no instructions counted")
     for path, instructions, lines in threads:
         pages = {(obj, line >> 6) for obj, line in lines}
-        every = sum(1 for _, _, cost in lines.values() if cost >= requests)
+        every = sum(1 for _, _, cost, _ in lines.values() if cost >= requests)
         print(
             f"{path.rsplit('/', 1)[-1]}: {instructions / requests:,.0f} instructions per request, "
             f"{len(lines):,} code lines ({len(lines) * 64 / 1024:.0f} KiB) in {len(pages)} pages, "
             f"{every:,} of them ({every * 64 / 1024:.0f} KiB) run once per request or more"
         )
     path, instructions, lines = max(threads, key=lambda t: t[1])
-    every = [(f, o) for f, o, cost in lines.values() if cost >= requests]
+    every = [(f, o, src) for f, o, cost, src in lines.values() if cost >= requests]
     print(f"\nthe request thread ({path.rsplit('/', 1)[-1]}), lines run once per request or more:")
     print("by crate (or shared object):")
-    for crate, count in collections.Counter(crate_of(f, o) for f, o in every).most_common(15):
+    for crate, count in collections.Counter(crate_of(f, o) for f, o, _ in every).most_common(15):
         print(f"  {count:6,} {100 * count / len(every):5.1f} %  {crate}")
     print("by function:")
-    for function, count in collections.Counter(f for f, _ in every).most_common(20):
+    for function, count in collections.Counter(f for f, _, _ in every).most_common(20):
         print(f"  {count:6,}  {function[:100]}")
+    print("by source file (inlined code counted in its own file):")
+    for source, count in collections.Counter(short(src) for _, _, src in every).most_common(25):
+        print(f"  {count:6,}  {source}")
 
 
 if __name__ == "__main__":
