@@ -12,8 +12,9 @@ streams through the instruction cache. The lines are a union over the counted wi
 that runs once a second (a cached date) counts as fully as code that runs per request. The
 lines run once per request or more (one of their instructions ran at least 0.9 times per
 request: callgrind's instrumentation is switched on while requests flow, and a work-stealing
-runtime can serve a few of them on another thread) are counted apart, and for the request thread the crates (or shared
-objects), functions and source files with the most of those are named."""
+runtime can serve a few of them on another thread) are counted apart, and for the request
+thread the crates (or shared objects), functions and source files with the most of those are
+named."""
 import collections
 import re
 import sys
@@ -46,8 +47,9 @@ def short(source):
 
 def read(path):
     """(instructions, {(object, line): [function, object, most runs of one of its instructions,
-    source file]}) of one callgrind file. A line's source file is that of its first instruction counted: the inlined
-    code's own file (`fi=`, `fe=`), not the function's it was inlined into."""
+    source file]}) of one callgrind file. A line's source file is that of its first instruction
+    counted: the inlined code's own file (`fi=`, `fe=`), not the function's it was inlined
+    into."""
     instructions = 0
     lines = {}
     obj = function = function_file = source = ""

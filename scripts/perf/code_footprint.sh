@@ -5,7 +5,7 @@
 # Prints, per thread, the instructions per request and the distinct 64-byte code lines that
 # ran (scripts/perf/code_footprint.py): the code a request streams through the instruction
 # cache. A thread that slept between two requests finds much of it evicted by the processes
-# that ran meanwhile, which is what a request costs at a low rate (docs/benchmarks.md,
+# that ran meanwhile: at a low rate a request's CPU grows with what it runs (docs/benchmarks.md,
 # session 29).
 #
 #   scripts/perf/code_footprint.sh poolgate|floor|nginx [BIN_DIR] [SECONDS]
@@ -44,6 +44,8 @@ trap cleanup EXIT
 MOCK_PID=$!
 MOCK_ADDR=$(listening_addr "$WORK/mock.log" "$MOCK_PID" "listening on ")
 AUTH=sk-unused
+# The floor and nginx are told a port; poolgate says which one it took.
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 case $SYSTEM in
 poolgate)
     mock_backend_config "$MOCK_ADDR" "$WORK/poolgate.toml"
@@ -55,14 +57,12 @@ poolgate)
     AUTH=$(create_client_key "$BASE" "$ADMIN" footprint)
     ;;
 floor)
-    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     "${CALLGRIND[@]}" "$RELEASE/hyper-floor" --listen "127.0.0.1:$PORT" --upstream "$MOCK_ADDR" \
         > "$WORK/proxy.log" 2>&1 &
     PROXY_PID=$!
     BASE=http://127.0.0.1:$PORT
     ;;
 nginx)
-    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     mkdir -p "$WORK/temp"
     cat > "$WORK/nginx.conf" <<CONF
 master_process off;
