@@ -187,6 +187,57 @@ async fn every_documented_admin_route_requires_the_admin_token() {
         missing.is_empty(),
         "routes missing from the OpenAPI document: {missing:?}"
     );
+    // Every operation has its own id (OpenAPI requires it; client generators name methods by it).
+    let mut operation_ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|operation| operation["operationId"].as_str())
+        .collect();
+    assert_eq!(
+        operation_ids.len(),
+        documented.len(),
+        "one id per operation"
+    );
+    operation_ids.sort_unstable();
+    let repeated: Vec<_> = operation_ids
+        .windows(2)
+        .filter(|pair| pair[0] == pair[1])
+        .map(|pair| pair[0])
+        .collect();
+    assert!(repeated.is_empty(), "operationIds used twice: {repeated:?}");
+    assert!(
+        operation_ids.contains(&"create_backend"),
+        "{operation_ids:?}"
+    );
+    // A backend's body is one flat object with the spend cap beside its fields, as the API
+    // reads it (not `{"backend": {…}, …}`, not an `allOf` whose first part refuses the cap).
+    for (path, method, required) in [
+        (
+            "/admin/api/backends",
+            "post",
+            &["name", "api_base_url", "api_key"][..],
+        ),
+        ("/admin/api/backends/{id}", "patch", &[][..]),
+    ] {
+        let body = &paths[path][method]["requestBody"]["content"]["application/json"]["schema"];
+        let name = body["$ref"]
+            .as_str()
+            .and_then(|reference| reference.strip_prefix("#/components/schemas/"))
+            .unwrap_or_else(|| panic!("{method} {path}: body by reference: {body}"));
+        let schema = &doc.json["components"]["schemas"][name];
+        assert_eq!(schema["type"], "object", "{method} {path}: {schema}");
+        let properties = schema["properties"].as_object().expect("properties");
+        for field in ["name", "api_base_url", "pool", "monthly_spend_cap_usd"] {
+            assert!(properties.contains_key(field), "{method} {path}: {field}");
+        }
+        assert!(
+            !properties.contains_key("backend"),
+            "{method} {path}: nested"
+        );
+        assert_eq!(schema["additionalProperties"], false, "{method} {path}");
+        let required_fields = schema.get("required").cloned().unwrap_or(json!([]));
+        assert_eq!(required_fields, json!(required), "{method} {path}");
+    }
     assert!(
         doc.json["components"]["securitySchemes"]["admin_token"]["scheme"]
             .as_str()

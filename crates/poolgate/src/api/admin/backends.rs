@@ -82,10 +82,11 @@ pub struct BackendSpend {
 }
 
 /// A backend body with its monthly spend cap: `POST` takes `monthly_spend_cap_usd` as a value or
-/// `null`; `PATCH` changes it only when present (`null` removes the cap).
+/// `null`; `PATCH` changes it only when present (`null` removes the cap). One flat object on the
+/// wire: the cap sits next to the backend's own fields (the schema says so with `flatten`).
 #[derive(Debug, ToSchema)]
 pub struct WithSpendCap<T> {
-    #[schema(inline)]
+    #[serde(flatten)]
     pub backend: T,
     /// USD per UTC calendar month (number or decimal string); `null` = no cap.
     #[schema(value_type = Option<f64>)]
@@ -200,7 +201,7 @@ fn live_view(data: &DataPlane, record: &BackendRecord) -> BackendView {
 }
 
 /// List every backend.
-#[utoipa::path(get, path = "/backends", tag = "backends",
+#[utoipa::path(get, path = "/backends", operation_id = "list_backends", tag = "backends",
     responses((status = 200, body = [BackendView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(control): State<ControlPlane>,
@@ -216,7 +217,7 @@ pub async fn list(
 }
 
 /// Create a backend.
-#[utoipa::path(post, path = "/backends", tag = "backends", request_body = WithSpendCap<BackendInput>,
+#[utoipa::path(post, path = "/backends", operation_id = "create_backend", tag = "backends", request_body = WithSpendCap<BackendInput>,
     responses((status = 201, body = BackendView), (status = 400, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn create(
@@ -233,7 +234,7 @@ pub async fn create(
 }
 
 /// Read one backend.
-#[utoipa::path(get, path = "/backends/{id}", tag = "backends",
+#[utoipa::path(get, path = "/backends/{id}", operation_id = "get_backend", tag = "backends",
     params(("id" = String, Path, description = "backend id")),
     responses((status = 200, body = BackendView), (status = 404, body = ErrorBody)))]
 pub async fn get_one(
@@ -246,7 +247,7 @@ pub async fn get_one(
 }
 
 /// Change a backend (only the fields given).
-#[utoipa::path(patch, path = "/backends/{id}", tag = "backends", request_body = WithSpendCap<BackendPatch>,
+#[utoipa::path(patch, path = "/backends/{id}", operation_id = "update_backend", tag = "backends", request_body = WithSpendCap<BackendPatch>,
     params(("id" = String, Path, description = "backend id")),
     responses((status = 200, body = BackendView), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -266,7 +267,7 @@ pub async fn update(
 }
 
 /// Delete a backend.
-#[utoipa::path(delete, path = "/backends/{id}", tag = "backends",
+#[utoipa::path(delete, path = "/backends/{id}", operation_id = "delete_backend", tag = "backends",
     params(("id" = String, Path, description = "backend id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
@@ -278,7 +279,7 @@ pub async fn delete(
 }
 
 /// End a backend's cooldown or error state now.
-#[utoipa::path(post, path = "/backends/{id}/reset-cooldown", tag = "backends",
+#[utoipa::path(post, path = "/backends/{id}/reset-cooldown", operation_id = "reset_backend_cooldown", tag = "backends",
     params(("id" = String, Path, description = "backend id")),
     responses((status = 200, body = BackendView), (status = 404, body = ErrorBody)))]
 pub async fn reset_cooldown(

@@ -71,7 +71,7 @@ pub struct BackendRuntimeView {
 }
 
 /// This instance in the cluster.
-#[utoipa::path(get, path = "/cluster", tag = "cluster",
+#[utoipa::path(get, path = "/cluster", operation_id = "get_cluster", tag = "cluster",
     responses((status = 200, body = ClusterView), (status = 401, body = ErrorBody)))]
 pub async fn show(
     State(control): State<ControlPlane>,

@@ -145,7 +145,7 @@ fn view(record: &ClientKeyRecord, live: &Live) -> KeyView {
 }
 
 /// List client keys (revoked ones included, marked).
-#[utoipa::path(get, path = "/keys", tag = "keys",
+#[utoipa::path(get, path = "/keys", operation_id = "list_keys", tag = "keys",
     responses((status = 200, body = [KeyView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(control): State<ControlPlane>,
@@ -159,7 +159,7 @@ pub async fn list(
 }
 
 /// Create a client key.
-#[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
+#[utoipa::path(post, path = "/keys", operation_id = "create_key", tag = "keys", request_body = CreateKey,
     responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody)))]
 pub async fn create(
     State(control): State<ControlPlane>,
@@ -197,7 +197,7 @@ pub async fn create(
 
 /// Change a client key's name, limits or budgets (absent fields stay; `null` removes a budget;
 /// new limits apply to the next request).
-#[utoipa::path(patch, path = "/keys/{id}", tag = "keys", request_body = UpdateKey,
+#[utoipa::path(patch, path = "/keys/{id}", operation_id = "update_key", tag = "keys", request_body = UpdateKey,
     params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
@@ -240,7 +240,7 @@ pub async fn update(
 }
 
 /// Revoke a client key (it stops working at once).
-#[utoipa::path(delete, path = "/keys/{id}", tag = "keys",
+#[utoipa::path(delete, path = "/keys/{id}", operation_id = "revoke_key", tag = "keys",
     params(("id" = String, Path, description = "key id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn revoke(

@@ -16,8 +16,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use utoipa::openapi::schema::{Object, Schema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::openapi::{OpenApi as OpenApiDoc, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -73,6 +74,7 @@ pub fn router(data: DataPlane) -> (Router<AppState>, OpenApiDoc) {
         .routes(routes!(prices::list))
         .routes(routes!(prices::set, prices::delete))
         .split_for_parts();
+    merge_inline_all_of(&mut doc);
     // Paths in the document are absolute, as clients call them.
     let paths = std::mem::take(&mut doc.paths.paths);
     doc.paths.paths = paths
@@ -98,6 +100,42 @@ pub fn router(data: DataPlane) -> (Router<AppState>, OpenApiDoc) {
             )
             .merge(protected);
     (router, doc)
+}
+
+/// A body read as one flat object (`#[serde(flatten)]`, as [`backends::WithSpendCap`]) is
+/// described by utoipa as `allOf` of its parts; the backend part refuses unknown fields
+/// (`additionalProperties: false`), which under JSON Schema refuses the other part's fields too.
+/// An `allOf` of inline objects becomes the one object it stands for: every property, every
+/// required field, the first part's stance on other fields.
+fn merge_inline_all_of(doc: &mut OpenApiDoc) {
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for schema in components.schemas.values_mut() {
+        let RefOr::T(Schema::AllOf(all_of)) = schema else {
+            continue;
+        };
+        let objects: Option<Vec<&Object>> = all_of
+            .items
+            .iter()
+            .map(|item| match item {
+                RefOr::T(Schema::Object(object)) => Some(object),
+                _ => None,
+            })
+            .collect();
+        let Some((first, rest)) = objects.as_deref().and_then(<[&Object]>::split_first) else {
+            continue;
+        };
+        let mut merged = (*first).clone();
+        for part in rest {
+            merged.properties.extend(part.properties.clone());
+            merged.required.extend(part.required.iter().cloned());
+        }
+        if all_of.description.is_some() {
+            merged.description.clone_from(&all_of.description);
+        }
+        *schema = RefOr::T(Schema::Object(merged));
+    }
 }
 
 /// The OpenAPI document of the admin API (also served at `/admin/api/openapi.json`).

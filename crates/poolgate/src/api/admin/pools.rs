@@ -38,14 +38,14 @@ pub struct PoolStats {
 }
 
 /// List pools in priority order.
-#[utoipa::path(get, path = "/pools", tag = "pools",
+#[utoipa::path(get, path = "/pools", operation_id = "list_pools", tag = "pools",
     responses((status = 200, body = [Pool]), (status = 401, body = ErrorBody)))]
 pub async fn list(State(control): State<ControlPlane>) -> Result<impl IntoResponse, ApiError> {
     Ok(axum::Json(control.pools().await?))
 }
 
 /// Create a pool.
-#[utoipa::path(post, path = "/pools", tag = "pools", request_body = CreatePool,
+#[utoipa::path(post, path = "/pools", operation_id = "create_pool", tag = "pools", request_body = CreatePool,
     responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(control): State<ControlPlane>,
@@ -62,7 +62,7 @@ pub async fn create(
 }
 
 /// Per pool: how many backends are enabled, healthy, cooling, in error.
-#[utoipa::path(get, path = "/pools/stats", tag = "pools",
+#[utoipa::path(get, path = "/pools/stats", operation_id = "pool_stats", tag = "pools",
     responses((status = 200, body = [PoolStats]), (status = 401, body = ErrorBody)))]
 pub async fn stats(State(data): State<DataPlane>) -> Result<impl IntoResponse, ApiError> {
     let live = data.live();

@@ -73,7 +73,7 @@ fn view(table: &PriceTable) -> PricesView {
 }
 
 /// The price table in use.
-#[utoipa::path(get, path = "/prices", tag = "prices",
+#[utoipa::path(get, path = "/prices", operation_id = "list_prices", tag = "prices",
     responses((status = 200, body = PricesView), (status = 401, body = ErrorBody)))]
 pub async fn list(State(control): State<ControlPlane>) -> Result<impl IntoResponse, ApiError> {
     Ok(axum::Json(view(&control.prices())))
@@ -81,7 +81,7 @@ pub async fn list(State(control): State<ControlPlane>) -> Result<impl IntoRespon
 
 /// Set the price of an upstream model id (over the config file's and the default's). Ids with
 /// a `/` are written URL-encoded (`openai%2Fgpt-4o`).
-#[utoipa::path(put, path = "/prices/{model}", tag = "prices", request_body = SetPrice,
+#[utoipa::path(put, path = "/prices/{model}", operation_id = "set_price", tag = "prices", request_body = SetPrice,
     params(("model" = String, Path, description = "the upstream model id")),
     responses((status = 200, body = PriceView), (status = 400, body = ErrorBody)))]
 pub async fn set(
@@ -101,7 +101,7 @@ pub async fn set(
 
 /// Delete the API's price of a model id: the config file's or the default price (if any)
 /// applies again.
-#[utoipa::path(delete, path = "/prices/{model}", tag = "prices",
+#[utoipa::path(delete, path = "/prices/{model}", operation_id = "delete_price", tag = "prices",
     params(("model" = String, Path, description = "the upstream model id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(

@@ -49,7 +49,7 @@ fn alias_view(data: &DataPlane, record: AliasRecord) -> AliasView {
 }
 
 /// List model aliases.
-#[utoipa::path(get, path = "/aliases", tag = "routing",
+#[utoipa::path(get, path = "/aliases", operation_id = "list_aliases", tag = "routing",
     responses((status = 200, body = [AliasView]), (status = 401, body = ErrorBody)))]
 pub async fn list_aliases(
     State(control): State<ControlPlane>,
@@ -64,7 +64,7 @@ pub async fn list_aliases(
 }
 
 /// Create or change an alias: requests for `alias` are routed as `target`.
-#[utoipa::path(put, path = "/aliases/{alias}", tag = "routing", request_body = SetAlias,
+#[utoipa::path(put, path = "/aliases/{alias}", operation_id = "set_alias", tag = "routing", request_body = SetAlias,
     params(("alias" = String, Path, description = "the alias name")),
     responses((status = 200, body = AliasView), (status = 400, body = ErrorBody)))]
 pub async fn set_alias(
@@ -78,7 +78,7 @@ pub async fn set_alias(
 }
 
 /// Delete an alias.
-#[utoipa::path(delete, path = "/aliases/{alias}", tag = "routing",
+#[utoipa::path(delete, path = "/aliases/{alias}", operation_id = "delete_alias", tag = "routing",
     params(("alias" = String, Path, description = "the alias name")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_alias(
@@ -90,7 +90,7 @@ pub async fn delete_alias(
 }
 
 /// The sticky-routing settings.
-#[utoipa::path(get, path = "/settings/sticky", tag = "routing",
+#[utoipa::path(get, path = "/settings/sticky", operation_id = "get_sticky", tag = "routing",
     responses((status = 200, body = StickyView), (status = 401, body = ErrorBody)))]
 pub async fn get_sticky(
     State(control): State<ControlPlane>,
@@ -99,7 +99,7 @@ pub async fn get_sticky(
 }
 
 /// Replace the sticky-routing settings (absent fields take their defaults).
-#[utoipa::path(put, path = "/settings/sticky", tag = "routing", request_body = StickyInput,
+#[utoipa::path(put, path = "/settings/sticky", operation_id = "set_sticky", tag = "routing", request_body = StickyInput,
     responses((status = 200, body = StickyView), (status = 400, body = ErrorBody)))]
 pub async fn set_sticky(
     State(control): State<ControlPlane>,

@@ -16,7 +16,7 @@ fn bad_query(error: axum::extract::rejection::QueryRejection) -> ApiError {
 }
 
 /// Usage records, newest first.
-#[utoipa::path(get, path = "/usage", tag = "usage", params(UsageFilter),
+#[utoipa::path(get, path = "/usage", operation_id = "list_usage", tag = "usage", params(UsageFilter),
     responses((status = 200, body = UsagePage), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(control): State<ControlPlane>,
@@ -27,7 +27,7 @@ pub async fn list(
 }
 
 /// Statistics over a time range.
-#[utoipa::path(get, path = "/stats", tag = "usage", params(StatsQuery),
+#[utoipa::path(get, path = "/stats", operation_id = "usage_stats", tag = "usage", params(StatsQuery),
     responses((status = 200, body = Stats), (status = 400, body = ErrorBody)))]
 pub async fn stats(
     State(control): State<ControlPlane>,
