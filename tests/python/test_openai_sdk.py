@@ -185,6 +185,15 @@ def test_models_list(client: openai.OpenAI) -> None:
     assert UPSTREAM_MODEL not in ids
 
 
+def test_models_retrieve(client: openai.OpenAI) -> None:
+    # One model by name (`GET /v1/models/{model}`); a model nothing serves is a NotFoundError.
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "poolgate")
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("no-such-model")
+    assert caught.value.code == "model_not_found"
+
+
 # === errors ===
 
 

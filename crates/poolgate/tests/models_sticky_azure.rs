@@ -1,6 +1,6 @@
 //! Model names, sticky sessions and Azure OpenAI through a real gateway and real mock upstreams
 //! on 127.0.0.1: aliases and wildcard mappings (exact over wildcard, longer over shorter,
-//! `/v1/models`), the alias admin API and the config file's aliases, sticky routing (50
+//! `/v1/models`, and one model by name), the alias admin API and the config file's aliases, sticky routing (50
 //! conversations over 4 backends stay put while their backend is ready and move when it cools;
 //! the cached-token share shows in the stats), and Azure's URLs, `api-key` header and errors.
 #![expect(clippy::unwrap_used, reason = "test helpers")]
@@ -244,6 +244,89 @@ async fn aliases_and_wildcards_follow_the_precedence_rules() {
     .await;
     assert_eq!(answer.status, 400, "{answer}");
     assert_eq!(answer.json["error"]["param"], "model_mappings.a*b");
+}
+
+/// `GET /v1/models/{model}`: as the OpenAI SDK's `models.retrieve` sends it.
+async fn retrieve(gateway: &Gateway, model: &str, bearer: Option<&str>) -> common::Answer {
+    let mut request = gateway
+        .client
+        .get(format!("{}/v1/models/{model}", gateway.url));
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    send(request).await
+}
+
+#[tokio::test]
+async fn one_model_is_retrieved_by_name_when_the_caller_may_use_it() {
+    let exact = MockUpstream::start().await;
+    let prefix = MockUpstream::start().await;
+    let gateway = Gateway::start().await;
+    backend(
+        &gateway,
+        "exact",
+        &exact,
+        json!({"gpt-4o": "gpt-4o-2024-08-06"}),
+    )
+    .await;
+    backend(&gateway, "prefix", &prefix, json!({"openai/*": "*"})).await;
+    let alias = send(
+        gateway
+            .admin(Method::PUT, "/aliases/latest")
+            .json(&json!({"target": "gpt-4o"})),
+    )
+    .await;
+    assert_eq!(alias.status, 200, "{alias}");
+    let admin = Some(common::ADMIN_TOKEN);
+
+    // A listed model, an alias (with what it names), and a name only a wildcard serves (with a
+    // `/` in it, the rest of the path): each as `/v1/models` shows a model.
+    for (model, alias_of) in [
+        ("gpt-4o", None),
+        ("latest", Some("gpt-4o")),
+        ("openai/o3-mini", None),
+    ] {
+        let answer = retrieve(&gateway, model, admin).await;
+        assert_eq!(answer.status, 200, "{model}: {answer}");
+        assert_eq!(answer.json["id"], model);
+        assert_eq!(answer.json["object"], "model");
+        assert_eq!(answer.json["owned_by"], "poolgate");
+        assert!(answer.json["created"].is_i64(), "{answer}");
+        assert_eq!(answer.json["alias_of"].as_str(), alias_of, "{answer}");
+    }
+
+    // Not served: 404 in OpenAI's shape, naming the model.
+    let missing = retrieve(&gateway, "mistral-large", admin).await;
+    assert_eq!(missing.status, 404, "{missing}");
+    missing.assert_openai_error();
+    assert_eq!(missing.json["error"]["code"], "model_not_found");
+    assert_eq!(missing.json["error"]["param"], "model");
+    assert!(
+        missing.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`mistral-large`"),
+        "{missing}"
+    );
+    // No key: 401, as for the list.
+    let anonymous = retrieve(&gateway, "gpt-4o", None).await;
+    assert_eq!(anonymous.status, 401, "{anonymous}");
+    anonymous.assert_openai_error();
+
+    // A key allowed only `gpt-4o` gets it and its alias; any other model is not there for it.
+    let (_, key) = gateway
+        .create_key(json!({"name": "narrow", "allowed_models": ["gpt-4o"]}))
+        .await;
+    for (model, status) in [("gpt-4o", 200), ("latest", 200), ("openai/o3-mini", 404)] {
+        let answer = retrieve(&gateway, model, Some(&key)).await;
+        assert_eq!(answer.status, status, "{model}: {answer}");
+    }
+    assert_eq!(
+        exact.calls() + prefix.calls(),
+        0,
+        "answered by the gateway itself"
+    );
+    gateway.stop().await;
 }
 
 #[tokio::test]
