@@ -28,6 +28,8 @@ use crate::files::lock_data_dir;
   --database-url URL [env: POOLGATE_DATABASE_URL] default sqlite://<data-dir>/poolgate.db\n\
   --redis-url URL    [env: POOLGATE_REDIS_URL]   shared runtime state (several instances)\n\
   --instance-id ID   [env: POOLGATE_INSTANCE_ID] default <hostname>-<pid>\n\
+  --log-format F     [env: POOLGATE_LOG_FORMAT]  human (default) or json\n\
+  --master-key-file FILE [env: POOLGATE_MASTER_KEY_FILE] instead of <data-dir>/master.key\n\
 Secrets: POOLGATE_MASTER_KEY (base64 of 32 bytes), POOLGATE_ADMIN_TOKEN."
 )]
 pub struct Cli {

@@ -3,7 +3,6 @@
 use clap::Parser;
 
 use poolgate::cli::{Cli, Command};
-use poolgate::config::LogFormat;
 use poolgate::logging;
 
 /// jemalloc, built with `background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,
@@ -40,7 +39,7 @@ async fn main() -> std::process::ExitCode {
             Err(error) => Err(error),
         },
         other => {
-            logging::init(LogFormat::Human, None, std::time::Duration::ZERO);
+            logging::init_for_command();
             poolgate::cli::run_admin_command(other).await
         }
     };

@@ -131,6 +131,18 @@ fn backend_add_list_remove_keep_the_key_secret() {
 
     let list = run(&["backend", "list", "--data-dir", &data_dir], &[]);
     assert!(list.success, "{list}");
+    // stdout is the list alone, one backend per line, ready for a pipe: log lines (here every
+    // debug line) go to stderr.
+    let logged = run(
+        &["backend", "list", "--data-dir", &data_dir],
+        &[("RUST_LOG", "debug")],
+    );
+    assert!(logged.success, "{logged}");
+    assert!(
+        !logged.stdout.is_empty() && logged.stdout.lines().all(|l| l.starts_with("bkd_")),
+        "{logged}"
+    );
+    assert!(logged.stderr.contains("DEBUG"), "{logged}");
     let line = list
         .stdout
         .lines()

@@ -83,6 +83,23 @@ pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duratio
     }
 }
 
+/// Installs the global subscriber of a one-off command (`poolgate backend list`, …): `human`
+/// lines (`RUST_LOG`, default `poolgate=info,warn`) on stderr, so that stdout carries only the
+/// command's own output and can be piped (`poolgate backend list | cut -f2`).
+pub fn init_for_command() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"));
+    let colours = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_ansi(colours)
+        .fmt_fields(PlainFields)
+        .event_format(human_format(SecondCachedTime))
+        .init();
+}
+
 /// The `human` lines' format (its fields: [`PlainFields`]).
 fn human_format<T>(timer: T) -> Format<Full, T> {
     tracing_subscriber::fmt::format()
