@@ -9,6 +9,7 @@ pub mod azure;
 mod backend;
 pub mod models;
 mod request;
+mod request_id;
 pub mod sticky;
 #[cfg(test)]
 pub mod tests_support;
@@ -25,6 +26,7 @@ pub use backend::{
 };
 pub use models::{AliasRecord, ModelNameError, ModelPattern, UpstreamTemplate};
 pub use request::{parse_json, InvalidRequest};
+pub use request_id::RequestId;
 pub use validate::{
     literal_or_env, normalize_base_url, validate_api_key, validate_concurrency, validate_key_name,
     validate_mappings, validate_metadata, validate_model_name, validate_name, validate_priority,

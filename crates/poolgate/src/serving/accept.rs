@@ -9,6 +9,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::domain::RequestId;
+
 /// At most one log line per `interval`; the next one says how many were held back.
 #[derive(Debug)]
 pub struct Throttle {
@@ -139,14 +141,18 @@ impl Backoff {
     }
 }
 
-/// The whole answer to a connection over the cap (OpenAI error shape).
-pub const REJECT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\n\
-retry-after: 1\r\n\
-connection: close\r\n\
-content-length: 135\r\n\
-\r\n\
-{\"error\":{\"message\":\"poolgate is at its connection limit; retry shortly\",\"type\":\"server_error\",\"param\":null,\"code\":\"connection_limit\"}}";
+/// The answer to a connection over the cap (OpenAI error shape), with its request id.
+fn reject_response(request_id: &RequestId) -> Vec<u8> {
+    const BODY: &str = "{\"error\":{\"message\":\"poolgate is at its connection limit; retry \
+                        shortly\",\"type\":\"server_error\",\"param\":null,\"code\":\
+                        \"connection_limit\"}}";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\nx-request-id: {request_id}\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    )
+    .into_bytes()
+}
 
 /// How long a rejected connection may take, answer and lingering close together.
 const REJECT_TIME: Duration = Duration::from_secs(2);
@@ -157,7 +163,9 @@ const REJECT_TIME: Duration = Duration::from_secs(2);
 /// destroy the answer before the client read it.
 pub async fn reject(mut stream: TcpStream) {
     let answer = async {
-        stream.write_all(REJECT_RESPONSE).await?;
+        stream
+            .write_all(&reject_response(&RequestId::generate()))
+            .await?;
         stream.shutdown().await?;
         discard_input(&stream, 64 * 1024).await
     };
@@ -188,10 +196,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_reject_answer_declares_its_true_length() {
-        let text = std::str::from_utf8(REJECT_RESPONSE).unwrap();
+    fn the_reject_answer_declares_its_true_length_and_its_request_id() {
+        let id = RequestId::generate();
+        let answer = reject_response(&id);
+        let text = std::str::from_utf8(&answer).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(
+            head.contains(&format!("\r\nx-request-id: {id}\r\n")),
+            "{head}"
+        );
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(json["error"]["code"], "connection_limit");
     }

@@ -42,6 +42,7 @@ use tokio::net::TcpStream;
 
 use super::accept::discard_input;
 use super::io::WriteTimeout;
+use crate::domain::RequestId;
 use crate::upstream::h1::{content_length, has_token, parse_error, Chunked, Decoded, H1Error};
 
 /// What a read asks for (hyper's first read is 8 KiB too). The buffer is taken when a read is
@@ -58,6 +59,9 @@ const LINGER_BYTES: usize = 1024 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// `x-request-id`, on the answers the server gives itself.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -1071,11 +1075,16 @@ async fn refuse<W: AsyncWrite + Unpin>(
         }
     })
     .to_string();
-    let mut headers = HeaderMap::with_capacity(1);
+    let mut headers = HeaderMap::with_capacity(2);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // Every answer names its request, this one too (the app never saw it, so no other id
+    // exists: no usage record, no access line).
+    if let Ok(id) = HeaderValue::from_str(RequestId::generate().as_str()) {
+        headers.insert(X_REQUEST_ID, id);
+    }
     let head = encode_head(
         status,
         &headers,

@@ -724,7 +724,7 @@ async fn a_no_content_answer_has_no_length_and_no_body() {
 // === refusals ===
 
 #[tokio::test]
-async fn bad_requests_are_refused_with_json_and_a_close() {
+async fn bad_requests_are_refused_with_json_a_request_id_and_a_close() {
     let big = format!(
         "GET / HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n",
         "a".repeat(2000)
@@ -798,6 +798,11 @@ async fn bad_requests_are_refused_with_json_and_a_close() {
             "{case}"
         );
         assert_eq!(reply.head.get("connection"), Some("close"), "{case}");
+        let request_id = reply.head.get("x-request-id").unwrap_or_default();
+        assert!(
+            request_id.starts_with("req_") && request_id.len() == 36,
+            "{case}: x-request-id {request_id:?}"
+        );
         let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert!(
             json["error"]["message"].as_str().is_some(),
