@@ -582,17 +582,45 @@ async fn bad_backend_input_is_refused_with_a_json_error_naming_the_field() {
         ("unknown HTTP version", "http_version", json!("http3")),
         ("HTTP version not a string", "http_version", json!(2)),
         ("unknown field", "bogus_field", json!(1)),
+        ("fractional rpm", "rpm_limit", json!(1.5)),
+        (
+            "mapping not a string",
+            "model_mappings",
+            json!({"m-bad": 5}),
+        ),
     ];
     for (case, field, value) in bad_values {
         let answer = admin_json(&gateway, Method::POST, "/backends", &with(field, value)).await;
         let error = assert_error(&answer, 400, case);
+        let field = if case == "mapping not a string" {
+            "model_mappings.m-bad"
+        } else {
+            field
+        };
         assert_eq!(error["param"], field, "{case}: {answer}");
+        // Said in the API's words: no Rust type, no position in a body the client did not send.
+        for internal in ["i64", "u32", "untagged", "MappingInput", " at line "] {
+            assert!(!message(&error).contains(internal), "{case}: {answer}");
+        }
         assert!(
             message(&error).contains(field),
             "{case}: the message does not name `{field}`: {answer}"
         );
-        if case == "unknown pool" {
-            assert_eq!(error["code"], "unknown_pool", "{answer}");
+        match case {
+            "unknown pool" => assert_eq!(error["code"], "unknown_pool", "{answer}"),
+            // The fields a misspelt one could have been include the spend cap.
+            "unknown field" => assert!(
+                message(&error).contains("`rpm_limit`")
+                    && message(&error).contains("`monthly_spend_cap_usd`"),
+                "{answer}"
+            ),
+            "fractional rpm" => {
+                assert!(message(&error).contains("a whole number"), "{answer}");
+            }
+            "mapping not a string" => {
+                assert!(message(&error).contains("upstream model id"), "{answer}");
+            }
+            _ => {}
         }
     }
     for field in fields("api_key name api_base_url") {
@@ -1723,6 +1751,14 @@ async fn healthz_unknown_routes_and_wrong_methods_answer_json() {
     }
     let admin_unknown = admin_call(&gateway, Method::GET, "/nope").await;
     assert_error(&admin_unknown, 404, "unknown admin route with the token");
+    let with_admin_token = |method: &Method, path: &str| {
+        send(
+            gateway
+                .client
+                .request(method.clone(), format!("{}{path}", gateway.url))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+    };
 
     for (method, path) in [
         (Method::DELETE, "/healthz"),
@@ -1730,13 +1766,7 @@ async fn healthz_unknown_routes_and_wrong_methods_answer_json() {
         (Method::PUT, "/admin/api/backends"),
         (Method::POST, "/admin/api/pools/stats"),
     ] {
-        let answer = send(
-            gateway
-                .client
-                .request(method.clone(), format!("{}{path}", gateway.url))
-                .bearer_auth(ADMIN_TOKEN),
-        )
-        .await;
+        let answer = with_admin_token(&method, path).await;
         let error = assert_error(&answer, 405, &format!("{method} {path}"));
         assert_eq!(error["code"], "method_not_allowed", "{answer}");
         assert_eq!(error["type"], "invalid_request_error", "{answer}");
@@ -1745,6 +1775,26 @@ async fn healthz_unknown_routes_and_wrong_methods_answer_json() {
             "{method} {path}: a 405 must carry an Allow header: {:?}",
             answer.headers
         );
+    }
+    // Under `/v1/messages` both are in Anthropic's shape, as every other error there is.
+    for (method, path, status, kind) in [
+        (Method::GET, "/v1/messages", 405, "invalid_request_error"),
+        (
+            Method::GET,
+            "/v1/messages/count_tokens",
+            405,
+            "invalid_request_error",
+        ),
+        (Method::POST, "/v1/messages/batches", 404, "not_found_error"),
+    ] {
+        let answer = with_admin_token(&method, path).await;
+        assert_eq!(answer.status, status, "{method} {path}: {answer}");
+        assert_eq!(answer.json["type"], "error", "{method} {path}: {answer}");
+        assert_eq!(
+            answer.json["error"]["type"], kind,
+            "{method} {path}: {answer}"
+        );
+        assert!(answer.json["error"]["message"].is_string(), "{answer}");
     }
     gateway.stop().await;
 }
@@ -1853,11 +1903,28 @@ async fn usage_and_stats_report_proxied_requests() {
     assert_eq!(rows[0]["canonical_model"], "m-u1");
 
     // Bad queries.
-    for query in ["limit=abc", "before=yesterday", "from_ms=1.5"] {
+    for query in [
+        "limit=abc",
+        "before=yesterday",
+        "from_ms=1.5",
+        "outcome=bogus",
+    ] {
         let answer = admin_call(&gateway, Method::GET, &format!("/usage?{query}")).await;
         let error = assert_error(&answer, 400, query);
         assert_eq!(error["code"], "invalid_query", "{answer}");
     }
+    let answer = admin_call(&gateway, Method::GET, "/usage?outcome=succes").await;
+    assert_eq!(assert_error(&answer, 400, "typo")["param"], "outcome");
+    let answer = admin_call(&gateway, Method::GET, "/usage?outcome=error").await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert!(
+        answer.json["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|record| record["outcome"] == "error"),
+        "{answer}"
+    );
     let answer = admin_call(&gateway, Method::GET, "/stats?bucket_seconds=x").await;
     assert_error(&answer, 400, "stats with a bad query");
 

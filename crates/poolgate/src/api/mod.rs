@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use axum::extract::{FromRef, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{Redirect, Response};
 use axum::routing::future::RouteFuture;
 use axum::routing::get;
@@ -170,16 +170,28 @@ pub fn build_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such route", "unknown_route")
+async fn not_found(uri: Uri) -> Response {
+    in_shape_of(&uri, ApiError::not_found("no such route", "unknown_route"))
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
+async fn method_not_allowed(uri: Uri) -> Response {
+    let error = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
     )
-    .with_code("method_not_allowed")
+    .with_code("method_not_allowed");
+    in_shape_of(&uri, error)
+}
+
+/// An error in the shape of the API the path belongs to: Anthropic's under `/v1/messages`
+/// (what the Anthropic SDKs parse), OpenAI's everywhere else.
+fn in_shape_of(uri: &Uri, error: ApiError) -> Response {
+    let path = uri.path();
+    if path == MESSAGES_PATH || path.starts_with("/v1/messages/") {
+        error.anthropic()
+    } else {
+        error.openai()
+    }
 }
 
 #[cfg(test)]

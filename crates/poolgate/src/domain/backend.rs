@@ -24,7 +24,10 @@ pub const DEFAULT_POOL: &str = "primary";
 
 /// A model mapping as users write it: `"gpt-4o"` or `{"upstream_model": "gpt-4o"}`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "an upstream model id (a string) or an object `{\"upstream_model\": \"…\"}`"
+)]
 pub enum MappingInput {
     Short(String),
     Full(ModelMapping),

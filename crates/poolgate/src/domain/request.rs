@@ -63,12 +63,13 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inva
             // Not JSON: there is no parameter to name (the path would be a guess, `?`).
             return InvalidRequest::new(format!("request body is not valid JSON: {inner}"));
         }
+        let plain = in_plain_words(&inner.to_string());
         let message = if let Some(kind) = wrong_kind {
             format!("invalid value at `{path}`: {kind} is not accepted here")
         } else if path == "." {
-            format!("invalid request body: {inner}")
+            format!("invalid request body: {plain}")
         } else {
-            format!("invalid value at `{path}`: {inner}")
+            format!("invalid value at `{path}`: {plain}")
         };
         // serde's message for an absent field is "missing field `name`" (`Error::missing_field`).
         let missing = inner
@@ -97,6 +98,45 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inva
         .end()
         .map_err(|error| InvalidRequest::new(format!("request body is not valid JSON: {error}")))?;
     Ok(value)
+}
+
+/// serde's message with Rust's type names said as JSON's: `expected i64` is `expected a whole
+/// number`, `expected f64` is `expected a number`.
+fn in_plain_words(message: &str) -> String {
+    const WHOLE: [&str; 10] = [
+        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
+    ];
+    let mut plain = message.to_owned();
+    for name in WHOLE {
+        plain = replace_word(
+            &plain,
+            &format!("expected {name}"),
+            "expected a whole number",
+        );
+    }
+    for name in ["f32", "f64"] {
+        plain = replace_word(&plain, &format!("expected {name}"), "expected a number");
+    }
+    plain
+}
+
+/// `text` with `from` replaced by `to` where `from` is not followed by a letter or digit (so
+/// `expected u8` is not found in `expected u80`).
+fn replace_word(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(from) {
+        let after = &rest[at + from.len()..];
+        out.push_str(&rest[..at]);
+        if after.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            out.push_str(from);
+        } else {
+            out.push_str(to);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What kind of JSON value `body` holds at `path` ("a number", "an object", …), if `body` is
@@ -186,6 +226,21 @@ mod tests {
         // A body that does not parse is still reported as such.
         let error = parse_json::<Nested>(br#"{"api": 2"#).unwrap_err();
         assert!(error.message.contains("not valid JSON"), "{error}");
+    }
+
+    #[test]
+    fn rust_type_names_are_said_as_json_kinds() {
+        assert_eq!(
+            in_plain_words("invalid type: floating point `1.5`, expected i64"),
+            "invalid type: floating point `1.5`, expected a whole number"
+        );
+        assert_eq!(
+            in_plain_words("invalid type: string \"x\", expected f64 at line 1 column 9"),
+            "invalid type: string \"x\", expected a number at line 1 column 9"
+        );
+        // Only whole words: a longer name is left alone.
+        assert_eq!(in_plain_words("expected u80 or u8"), "expected u80 or u8");
+        assert_eq!(in_plain_words("expected u8."), "expected a whole number.");
     }
 
     #[test]

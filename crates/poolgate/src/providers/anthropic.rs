@@ -369,6 +369,8 @@ pub fn error_type_for_status(status: u16) -> &'static str {
         413 => "request_too_large",
         429 => "rate_limit_error",
         529 | 503 => "overloaded_error",
+        // Any other client error (405, 408, 409, 431, …) is the request's, not the API's.
+        400..=499 => "invalid_request_error",
         _ => "api_error",
     }
 }

@@ -111,10 +111,39 @@ impl<T: DeserializeOwned> WithSpendCap<T> {
             })?)),
         };
         let rest = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+        let backend = parse_json(&rest).map_err(|mut invalid| {
+            invalid.message = as_the_client_sent_it(&invalid.message);
+            invalid
+        })?;
         Ok(Self {
-            backend: parse_json(&rest)?,
+            backend,
             monthly_spend_cap_usd: cap,
         })
+    }
+}
+
+/// An error about the body [`WithSpendCap::split`] parsed, said of the body the client sent:
+/// the fields a misspelt one could have been include the cap, and serde's position (` at line 1
+/// column 87`) is dropped, as it points into the body without the cap.
+fn as_the_client_sent_it(message: &str) -> String {
+    let message = match message.rfind(" at line ") {
+        Some(at)
+            if message[at + " at line ".len()..]
+                .split_once(" column ")
+                .is_some_and(|(line, column)| {
+                    [line, column]
+                        .iter()
+                        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                }) =>
+        {
+            &message[..at]
+        }
+        _ => message,
+    };
+    if message.contains("unknown field") && message.contains(", expected one of ") {
+        format!("{message}, `{SPEND_CAP_FIELD}`")
+    } else {
+        message.to_owned()
     }
 }
 

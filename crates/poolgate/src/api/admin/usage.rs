@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 
 use crate::api::error::{ApiError, ErrorBody};
 use crate::control::ControlPlane;
-use crate::domain::now_ms;
+use crate::domain::{now_ms, Outcome};
 use crate::usage::stats::{resolve_range, Stats, StatsQuery, StatsRange};
 use crate::usage::{UsageFilter, UsagePage};
 
@@ -23,6 +23,17 @@ pub async fn list(
     query: Result<Query<UsageFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(filter) = query.map_err(bad_query)?;
+    if let Some(outcome) = filter.outcome.as_deref() {
+        // A misspelt outcome would match no record: say so instead of answering an empty page.
+        if Outcome::parse(outcome).is_none() {
+            return Err(ApiError::invalid(format!(
+                "unknown outcome `{outcome}`: one of `success`, `error`, `stream_error`, \
+                 `cancelled`"
+            ))
+            .with_param("outcome")
+            .with_code("invalid_query"));
+        }
+    }
     Ok(axum::Json(control.usage_page(&filter).await?))
 }
 

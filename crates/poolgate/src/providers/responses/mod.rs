@@ -109,8 +109,17 @@ impl ResponsesEnvelope {
         let envelope: ResponsesEnvelope =
             serde_path_to_error::deserialize(deserializer).map_err(|error| {
                 let path = error.path().to_string();
+                let inner = error.inner();
+                if inner.is_syntax() || inner.is_eof() {
+                    // Not JSON: no parameter to name (the path would be a guess, `?`), as on
+                    // the other endpoints.
+                    return ResponsesWireError::InvalidBody {
+                        message: format!("request body is not valid JSON: {inner}"),
+                        param: None,
+                    };
+                }
                 ResponsesWireError::InvalidBody {
-                    message: format!("invalid Responses request: {}", error.inner()),
+                    message: format!("invalid Responses request: {inner}"),
                     param: (path != ".").then_some(path),
                 }
             })?;

@@ -252,6 +252,9 @@ fn envelope_errors_name_the_field() {
             Some("previous_response_id"),
         ),
         (br#"not json"#, None),
+        // Cut short inside an object: still no parameter (the path there is a guess, `?`).
+        (br#"{"#, None),
+        (br#"{"model":"m","#, None),
     ] {
         match ResponsesEnvelope::parse(body) {
             Err(ResponsesWireError::InvalidBody {
@@ -259,6 +262,9 @@ fn envelope_errors_name_the_field() {
                 message,
             }) => {
                 assert_eq!(got.as_deref(), param, "{message}");
+                if body.first() != Some(&b'{') || !body.ends_with(b"}") {
+                    assert!(message.contains("not valid JSON"), "{message}");
+                }
             }
             other => panic!("{other:?}"),
         }
