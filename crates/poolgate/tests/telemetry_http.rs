@@ -303,7 +303,8 @@ async fn the_binary_writes_one_json_access_line_per_request_without_prompts_or_k
     assert_eq!(line["prompt_tokens"], 10);
     assert_eq!(line["completion_tokens"], 3);
     let refused = &lines[1]["fields"];
-    assert_eq!(refused["model"], "(unrouted)");
+    // The model the client named, even one nothing serves (metrics label it `(unrouted)`).
+    assert_eq!(refused["model"], "no-such-model");
     assert_eq!(refused["status"], 404);
     assert_eq!(refused["attempts"], 0);
     assert_eq!(refused["error_kind"], "not_found_error");

@@ -133,7 +133,7 @@ impl ControlPlane {
             .put_spend_limits(&record, now_ms())
             .await?;
         self.commit(Change::SpendLimitsSet(id.to_owned())).await;
-        tracing::info!(kind = kind.as_str(), %id, ?limits, "spend limits set");
+        tracing::info!(kind = kind.as_str(), %id, %limits, "spend limits set");
         Ok(())
     }
 }

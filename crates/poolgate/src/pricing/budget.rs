@@ -102,6 +102,25 @@ pub struct BudgetLimits {
     pub total: Option<Nanodollars>,
 }
 
+/// `daily=$1.5 monthly=none total=$100`: how a log line shows the limits.
+impl std::fmt::Display for BudgetLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let windows = [
+            ("daily", self.daily),
+            ("monthly", self.monthly),
+            ("total", self.total),
+        ];
+        for (at, (name, limit)) in windows.into_iter().enumerate() {
+            let separator = if at == 0 { "" } else { " " };
+            match limit {
+                Some(limit) => write!(f, "{separator}{name}={limit}")?,
+                None => write!(f, "{separator}{name}=none")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl BudgetLimits {
     /// A backend's `monthly_spend_cap_usd`.
     pub fn monthly_cap(cap: Option<Nanodollars>) -> Self {

@@ -115,6 +115,7 @@ pub fn observe_unauthenticated(
         .finish(RequestEnd {
             request_id,
             client_key_id: None,
+            canonical_model: None,
             status,
             outcome: Outcome::Error,
             error_kind: Some(kind),
@@ -382,6 +383,7 @@ impl UsageDraft {
             observation.finish(RequestEnd {
                 request_id: &record.request_id,
                 client_key_id: record.client_key_id.as_deref(),
+                canonical_model: record.canonical_model.as_deref(),
                 status,
                 outcome,
                 error_kind,

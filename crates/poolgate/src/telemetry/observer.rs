@@ -224,6 +224,9 @@ impl AttemptEnd<'_> {
 pub struct RequestEnd<'a> {
     pub request_id: &'a str,
     pub client_key_id: Option<&'a str>,
+    /// The model the request named, as its usage record has it (an alias resolved): the access
+    /// line shows it, where metrics have the route's bounded label (`claude-*`).
+    pub canonical_model: Option<&'a str>,
     /// The HTTP status the client got (499 when it left first).
     pub status: u16,
     pub outcome: Outcome,
@@ -411,7 +414,7 @@ impl RequestObservation {
             AccessLogEntry {
                 request_id: end.request_id,
                 client_key_id: end.client_key_id,
-                model: &route.model,
+                model: end.canonical_model.unwrap_or(&route.model),
                 backend: backend.map(BackendHandle::name),
                 pool: backend.map(BackendHandle::pool),
                 attempts: self.attempts,
@@ -491,6 +494,7 @@ impl Drop for RequestObservation {
             let end = RequestEnd {
                 request_id: "",
                 client_key_id: None,
+                canonical_model: None,
                 status: 499,
                 outcome: Outcome::Cancelled,
                 error_kind: Some("client_closed"),

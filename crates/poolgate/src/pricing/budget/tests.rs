@@ -341,3 +341,13 @@ fn simultaneous_reservations_admit_exactly_what_fits() {
     // Each in-flight request cost 0.001 more than estimated: overrun 166 × 0.001.
     assert_eq!(ledger.view(now).total.spent, usd("0.664"));
 }
+
+#[test]
+fn limits_read_as_dollars_in_a_log_line() {
+    let limits = BudgetLimits {
+        daily: Some(Nanodollars::new(1_500_000_000)),
+        monthly: None,
+        total: Some(Nanodollars::from_usd(100)),
+    };
+    assert_eq!(limits.to_string(), "daily=$1.5 monthly=none total=$100");
+}

@@ -84,6 +84,7 @@ fn end(status: u16, outcome: Outcome, tokens: TokenCounts) -> RequestEnd<'static
     RequestEnd {
         request_id: "req_1",
         client_key_id: Some("key_abc"),
+        canonical_model: None,
         status,
         outcome,
         error_kind: None,
