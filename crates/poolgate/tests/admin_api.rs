@@ -720,6 +720,10 @@ async fn bad_backend_input_is_refused_with_a_json_error_naming_the_field() {
             json!({"label": "changed", "weight": 1000}),
             "weight",
         ),
+        // `null` would read as "left out" and change nothing: refused, naming the field.
+        ("patch null name", json!({"name": null}), "name"),
+        ("patch null rpm", json!({"rpm_limit": null}), "rpm_limit"),
+        ("patch null key", json!({"api_key": null}), "api_key"),
     ] {
         let answer = admin_json(&gateway, Method::PATCH, &format!("/backends/{id}"), &patch).await;
         let error = assert_error(&answer, 400, case);

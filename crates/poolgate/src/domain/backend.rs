@@ -96,10 +96,25 @@ fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretStr
     String::deserialize(deserializer).map(SecretString::from)
 }
 
+/// A `PATCH` field that may be left out (unchanged) but not sent as `null`, which would read as
+/// "left out" and silently change nothing.
+fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)?
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom("may not be null: leave the field out to keep its value")
+        })
+}
+
+/// A `PATCH`'s new key: left out keeps the current one; `null` is refused as for every field.
 fn optional_secret<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<SecretString>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(|key| key.map(SecretString::from))
+    not_null::<D, String>(deserializer).map(|key| key.map(SecretString::from))
 }
 
 /// A backend definition whose every rule holds (whether its pool exists is the store's to say).
@@ -206,35 +221,50 @@ impl BackendInput {
 }
 
 /// A change to a backend before validation (also the body of `PATCH /admin/api/backends/{id}`):
-/// every field optional, absent = unchanged.
+/// every field optional, absent = unchanged; `null` is refused (it would change nothing).
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = UpdateBackend)]
 pub struct BackendPatch {
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub label: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub api_base_url: Option<String>,
     /// Write-only; absent keeps the current key.
     #[serde(default, deserialize_with = "optional_secret")]
     #[schema(value_type = Option<String>)]
     pub api_key: Option<SecretString>,
+    #[serde(default, deserialize_with = "not_null")]
     pub api: Option<ApiKind>,
+    #[serde(default, deserialize_with = "not_null")]
     pub timeout_seconds: Option<i64>,
+    #[serde(default, deserialize_with = "not_null")]
     pub rpm_limit: Option<i64>,
+    #[serde(default, deserialize_with = "not_null")]
     pub weight: Option<i64>,
+    #[serde(default, deserialize_with = "not_null")]
     pub pool: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub enabled: Option<bool>,
     /// Replaces the whole mapping table.
     #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "not_null")]
     pub model_mappings: Option<BTreeMap<String, MappingInput>>,
     #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "not_null")]
     pub metadata: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "not_null")]
     pub responses: Option<bool>,
     /// Azure only.
+    #[serde(default, deserialize_with = "not_null")]
     pub api_version: Option<String>,
     /// Tokens per minute; 0 = unlimited.
+    #[serde(default, deserialize_with = "not_null")]
     pub tpm_limit: Option<i64>,
     /// `auto`, `http1` or `http2`.
+    #[serde(default, deserialize_with = "not_null")]
     pub http_version: Option<HttpVersion>,
 }
 
