@@ -237,6 +237,18 @@ async fn every_documented_admin_route_requires_the_admin_token() {
         assert_eq!(schema["additionalProperties"], false, "{method} {path}");
         let required_fields = schema.get("required").cloned().unwrap_or(json!([]));
         assert_eq!(required_fields, json!(required), "{method} {path}");
+        // A change's fields may be left out, not sent as `null` (refused with a 400), except
+        // the cap, whose `null` removes it.
+        if method == "patch" {
+            for field in ["name", "rpm_limit", "api_key", "pool"] {
+                let kind = &properties[field]["type"];
+                assert!(kind.is_string(), "{field} is not nullable: {kind}");
+            }
+            assert_eq!(
+                properties["monthly_spend_cap_usd"]["type"],
+                json!(["number", "null"])
+            );
+        }
     }
     assert!(
         doc.json["components"]["securitySchemes"]["admin_token"]["scheme"]

@@ -308,6 +308,29 @@ async fn one_model_is_retrieved_by_name_when_the_caller_may_use_it() {
             .contains("`mistral-large`"),
         "{missing}"
     );
+    // A name longer than any model's (1 KiB): not there to look up, and refused in a request
+    // before it is routed (400 naming `model`), while one just within the limit is routed.
+    let long = format!("openai/{}", "x".repeat(1024));
+    assert_eq!(retrieve(&gateway, &long, admin).await.status, 404);
+    let (status, body) = gateway.chat(&long).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "model", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1024"),
+        "{body}"
+    );
+    let (status, body) = gateway.chat(&long[..1024]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A path that is not UTF-8 once decoded: 400 in OpenAI's shape, naming `model`.
+    let garbled = retrieve(&gateway, "gpt-%FF", admin).await;
+    assert_eq!(garbled.status, 400, "{garbled}");
+    garbled.assert_openai_error();
+    assert_eq!(garbled.json["error"]["param"], "model");
+
     // No key: 401, as for the list.
     let anonymous = retrieve(&gateway, "gpt-4o", None).await;
     assert_eq!(anonymous.status, 401, "{anonymous}");
@@ -322,9 +345,9 @@ async fn one_model_is_retrieved_by_name_when_the_caller_may_use_it() {
         assert_eq!(answer.status, status, "{model}: {answer}");
     }
     assert_eq!(
-        exact.calls() + prefix.calls(),
-        0,
-        "answered by the gateway itself"
+        (exact.calls(), prefix.calls()),
+        (0, 1),
+        "lookups are answered by the gateway itself; only the chat within the limit went up"
     );
     gateway.stop().await;
 }

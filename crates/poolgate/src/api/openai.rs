@@ -4,6 +4,7 @@
 //! — JSON or SSE, via [`crate::proxy`] — and `/v1/models` (the list, and `/v1/models/{model}`
 //! for one). Errors use OpenAI's shape.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -15,7 +16,7 @@ use serde::Serialize;
 use super::auth::authenticate_client;
 use super::error::ApiError;
 use super::proxy::serve;
-use crate::domain::CanonicalModel;
+use crate::domain::{CanonicalModel, MAX_MODEL_NAME_BYTES};
 use crate::providers::responses::{ResponseId, ResponsesCall};
 use crate::providers::Endpoint;
 use crate::proxy::Inbound;
@@ -166,9 +167,19 @@ async fn models(State(data): State<DataPlane>, headers: HeaderMap) -> Response {
 /// caller's.
 async fn model(
     State(data): State<DataPlane>,
-    Path(model): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let model = match path {
+        Ok(Path(model)) => model,
+        // Not UTF-8 once percent-decoded: no model has such a name.
+        Err(rejection) => {
+            return ApiError::invalid(format!("invalid model name: {}", rejection.body_text()))
+                .with_param("model")
+                .with_code("invalid_value")
+                .openai()
+        }
+    };
     let live = data.live();
     let key = match authenticate_client(&data, &live, &headers) {
         Ok(key) => key,
@@ -176,6 +187,8 @@ async fn model(
     };
     let allowed = allowed_models(key.as_deref());
     let found = match live.models.iter().find(|listed| listed.id == model) {
+        // No model has such a name (requests naming one are refused).
+        _ if model.len() > MAX_MODEL_NAME_BYTES => None,
         Some(listed) => may_list(allowed, listed).then(|| ModelEntry::of(listed)),
         // Served by a wildcard mapping (or by nothing): the name, if it routes and is allowed
         // by its own name or its canonical one (as a request for it would be).
@@ -185,8 +198,7 @@ async fn model(
                 || allowed
                     .iter()
                     .any(|m| m.as_str() == model || m.as_str() == canonical.as_str());
-            (may_use && live.routes.route(&model).is_some())
-                .then(|| ModelEntry::new(model.clone(), None))
+            (may_use && live.routes.serves(&model)).then(|| ModelEntry::new(model.clone(), None))
         }
     };
     match found {

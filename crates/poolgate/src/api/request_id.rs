@@ -11,9 +11,7 @@ use axum::response::Response;
 use tokio::task::futures::TaskLocalFuture;
 
 pub use crate::domain::RequestId;
-
-/// `x-request-id`, parsed once.
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+use crate::domain::X_REQUEST_ID;
 
 tokio::task_local! {
     static CURRENT: RequestId;

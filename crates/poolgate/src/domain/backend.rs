@@ -227,44 +227,59 @@ impl BackendInput {
 #[schema(as = UpdateBackend)]
 pub struct BackendPatch {
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub label: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub api_base_url: Option<String>,
     /// Write-only; absent keeps the current key.
     #[serde(default, deserialize_with = "optional_secret")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, nullable = false)]
     pub api_key: Option<SecretString>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub api: Option<ApiKind>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub timeout_seconds: Option<i64>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub rpm_limit: Option<i64>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub weight: Option<i64>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub pool: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub enabled: Option<bool>,
     /// Replaces the whole mapping table.
     #[schema(value_type = Option<Object>)]
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub model_mappings: Option<BTreeMap<String, MappingInput>>,
     #[schema(value_type = Option<Object>)]
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub metadata: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub responses: Option<bool>,
     /// Azure only.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub api_version: Option<String>,
     /// Tokens per minute; 0 = unlimited.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub tpm_limit: Option<i64>,
     /// `auto`, `http1` or `http2`.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub http_version: Option<HttpVersion>,
 }
 

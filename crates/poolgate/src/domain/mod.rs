@@ -25,8 +25,8 @@ pub use backend::{
     DEFAULT_POOL, DEFAULT_TIMEOUT_SECONDS,
 };
 pub use models::{AliasRecord, ModelNameError, ModelPattern, UpstreamTemplate};
-pub use request::{parse_json, InvalidRequest};
-pub use request_id::RequestId;
+pub use request::{check_model_name_length, parse_json, InvalidRequest, MAX_MODEL_NAME_BYTES};
+pub use request_id::{RequestId, X_REQUEST_ID};
 pub use validate::{
     literal_or_env, normalize_base_url, validate_api_key, validate_concurrency, validate_key_name,
     validate_mappings, validate_metadata, validate_model_name, validate_name, validate_priority,

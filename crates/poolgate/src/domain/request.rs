@@ -47,6 +47,26 @@ impl From<Invalid> for InvalidRequest {
 }
 
 /// Parses a JSON body, naming the path of the first problem.
+/// The longest model name a request may carry, in bytes. Real ones (provider ids, Hugging Face
+/// repositories, Azure deployments, cloud ARNs) are far shorter; a longer one is refused before
+/// it is routed, so a made-up name cannot weigh on the kept wildcard routes or the log lines.
+pub const MAX_MODEL_NAME_BYTES: usize = 1024;
+
+/// Refuses a model name over [`MAX_MODEL_NAME_BYTES`] (400, `param: model`).
+pub fn check_model_name_length(model: &str) -> Result<(), InvalidRequest> {
+    if model.len() > MAX_MODEL_NAME_BYTES {
+        return Err(InvalidRequest::param(
+            format!(
+                "`model` is {} bytes long; a model name has at most {MAX_MODEL_NAME_BYTES}",
+                model.len()
+            ),
+            "model",
+            "invalid_value",
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidRequest> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -100,22 +120,37 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inva
     Ok(value)
 }
 
-/// serde's message with Rust's type names said as JSON's: `expected i64` is `expected a whole
-/// number`, `expected f64` is `expected a number`.
+/// serde's message with Rust's type names said as JSON's. A value of the wrong JSON type
+/// (`invalid type: floating point \`1.5\`, expected i64`) expected "a whole number" or "a
+/// number"; a whole number out of range (`invalid value: integer \`-1\`, expected u32`)
+/// expected one in the type's range.
 fn in_plain_words(message: &str) -> String {
-    const WHOLE: [&str; 10] = [
-        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
+    const WHOLE: [(&str, i128, i128); 10] = [
+        ("u8", 0, u8::MAX as i128),
+        ("u16", 0, u16::MAX as i128),
+        ("u32", 0, u32::MAX as i128),
+        ("u64", 0, u64::MAX as i128),
+        ("usize", 0, usize::MAX as i128),
+        ("i8", i8::MIN as i128, i8::MAX as i128),
+        ("i16", i16::MIN as i128, i16::MAX as i128),
+        ("i32", i32::MIN as i128, i32::MAX as i128),
+        ("i64", i64::MIN as i128, i64::MAX as i128),
+        ("isize", isize::MIN as i128, isize::MAX as i128),
     ];
+    let wrong_type = message.starts_with("invalid type:");
     let mut plain = message.to_owned();
-    for name in WHOLE {
-        plain = replace_word(
-            &plain,
-            &format!("expected {name}"),
-            "expected a whole number",
-        );
+    for (name, min, max) in WHOLE {
+        let expected = if wrong_type {
+            "expected a whole number".to_owned()
+        } else {
+            format!("expected a whole number from {min} to {max}")
+        };
+        plain = replace_word(&plain, &format!("expected {name}"), &expected);
     }
-    for name in ["f32", "f64"] {
-        plain = replace_word(&plain, &format!("expected {name}"), "expected a number");
+    if wrong_type {
+        for name in ["f32", "f64"] {
+            plain = replace_word(&plain, &format!("expected {name}"), "expected a number");
+        }
     }
     plain
 }
@@ -238,9 +273,25 @@ mod tests {
             in_plain_words("invalid type: string \"x\", expected f64 at line 1 column 9"),
             "invalid type: string \"x\", expected a number at line 1 column 9"
         );
+        // A whole number out of the type's range: the range, not "a whole number".
+        assert_eq!(
+            in_plain_words("invalid value: integer `-1`, expected u32"),
+            "invalid value: integer `-1`, expected a whole number from 0 to 4294967295"
+        );
+        assert_eq!(
+            in_plain_words("invalid value: integer `300`, expected i8 at line 1 column 4"),
+            "invalid value: integer `300`, expected a whole number from -128 to 127 at line 1 \
+             column 4"
+        );
         // Only whole words: a longer name is left alone.
-        assert_eq!(in_plain_words("expected u80 or u8"), "expected u80 or u8");
-        assert_eq!(in_plain_words("expected u8."), "expected a whole number.");
+        assert_eq!(
+            in_plain_words("invalid type: expected u80 or u8"),
+            "invalid type: expected u80 or u8"
+        );
+        assert_eq!(
+            in_plain_words("invalid type: null, expected u8."),
+            "invalid type: null, expected a whole number."
+        );
     }
 
     #[test]

@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+/// `x-request-id`: the header every answer names its request in.
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// What every generated request id starts with.
 const PREFIX: &str = "req_";
 

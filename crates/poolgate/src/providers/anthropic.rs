@@ -364,6 +364,7 @@ pub fn error_type_for_status(status: u16) -> &'static str {
     match status {
         400 | 415 | 422 => "invalid_request_error",
         401 => "authentication_error",
+        402 => "billing_error",
         403 => "permission_error",
         404 => "not_found_error",
         413 => "request_too_large",

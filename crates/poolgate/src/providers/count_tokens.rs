@@ -43,6 +43,15 @@ impl CountTokensRequest {
             message: error.message,
         })?;
         let model = match &envelope.model {
+            Some(Value::String(model)) if model.len() > crate::domain::MAX_MODEL_NAME_BYTES => {
+                return Err(CountTokensError::InvalidBody {
+                    message: format!(
+                        "model: at most {} bytes",
+                        crate::domain::MAX_MODEL_NAME_BYTES
+                    ),
+                    param: Some("model"),
+                })
+            }
             Some(Value::String(model)) if !model.is_empty() => model.clone(),
             _ => {
                 return Err(CountTokensError::InvalidBody {

@@ -41,7 +41,10 @@ pub fn model_and_stream(
     stream: Option<Value>,
 ) -> Result<(String, bool), InvalidRequest> {
     let model = match model {
-        Some(Value::String(model)) if !model.is_empty() => model,
+        Some(Value::String(model)) if !model.is_empty() => {
+            crate::domain::check_model_name_length(&model)?;
+            model
+        }
         Some(Value::String(_)) | None => {
             return Err(InvalidRequest::param(
                 "you must provide a `model` parameter",

@@ -151,6 +151,36 @@ impl RouteTable {
         route.map(|route| Routed { canonical, route })
     }
 
+    /// Whether a requested name has a route, as [`RouteTable::route`] would find one, without
+    /// building or keeping it: for looking a model up (`GET /v1/models/{model}`), whose names
+    /// must not fill the cache of resolved routes.
+    pub fn serves(&self, requested: &str) -> bool {
+        let canonical = self.catalog.canonical(requested);
+        if self.exact.contains_key(&canonical) {
+            return true;
+        }
+        if let Some(cached) = self.resolved.lock().peek(&canonical) {
+            return cached.is_some();
+        }
+        if self.observer.is_none() {
+            return false;
+        }
+        let resolution = self.catalog.resolve(canonical.as_str());
+        resolution.backends.iter().any(|resolved| {
+            self.backends.get(&resolved.backend).is_some_and(|backend| {
+                self.pools
+                    .iter()
+                    .any(|pool| pool.name == backend.record.pool)
+            })
+        })
+    }
+
+    /// How many resolved routes (or known misses) are kept.
+    #[cfg(test)]
+    pub(super) fn resolved_count(&self) -> usize {
+        self.resolved.lock().len()
+    }
+
     /// Whether a canonical model has a prebuilt (exact) route.
     pub fn contains_exact(&self, model: &str) -> bool {
         self.exact.contains_key(model)

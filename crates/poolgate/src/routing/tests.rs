@@ -257,6 +257,17 @@ fn wildcard_routes_are_built_once_per_snapshot_and_exact_mappings_win() {
         )],
         &OBSERVER,
     );
+    // Looking a name up (`serves`) says what `route` would find, and builds nothing: the
+    // names it is asked for are not kept.
+    for (name, served) in [
+        ("gpt-4.1", true),
+        ("gpt-4o", true),
+        ("latest", true),
+        ("claude", false),
+    ] {
+        assert_eq!(table.serves(name), served, "{name}");
+    }
+    assert_eq!(table.resolved_count(), 0, "nothing kept by a lookup");
     let first = table.route("gpt-4.1").unwrap();
     let again = table.route("gpt-4.1").unwrap();
     assert!(
@@ -276,6 +287,8 @@ fn wildcard_routes_are_built_once_per_snapshot_and_exact_mappings_win() {
     assert_eq!(alias.canonical.as_str(), "gpt-4o");
     assert!(Arc::ptr_eq(&alias.route, &exact_route.route));
     assert!(table.route("claude").is_none());
+    // Once built (or found missing), the kept answer is what a lookup says.
+    assert!(table.serves("gpt-4.1") && !table.serves("claude"));
     // Series are labelled by the mapping that matched: a made-up name is not a label.
     assert_eq!(first.route.telemetry.model(), "gpt-*");
     assert_eq!(drain(&first.route)[0].telemetry.model(), "gpt-*");

@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 
 use super::accept::discard_input;
 use super::io::WriteTimeout;
-use crate::domain::RequestId;
+use crate::domain::{RequestId, X_REQUEST_ID};
 use crate::upstream::h1::{content_length, has_token, parse_error, Chunked, Decoded, H1Error};
 
 /// What a read asks for (hyper's first read is 8 KiB too). The buffer is taken when a read is
@@ -59,9 +59,6 @@ const LINGER_BYTES: usize = 1024 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// `x-request-id`, on the answers the server gives itself.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -1083,7 +1080,7 @@ async fn refuse<W: AsyncWrite + Unpin>(
     // Every answer names its request, this one too (the app never saw it, so no other id
     // exists: no usage record, no access line).
     if let Ok(id) = HeaderValue::from_str(RequestId::generate().as_str()) {
-        headers.insert(X_REQUEST_ID, id);
+        headers.insert(X_REQUEST_ID.clone(), id);
     }
     let head = encode_head(
         status,

@@ -112,7 +112,8 @@ impl<T: DeserializeOwned> WithSpendCap<T> {
         };
         let rest = serde_json::to_vec(&body).map_err(ApiError::internal)?;
         let backend = parse_json(&rest).map_err(|mut invalid| {
-            invalid.message = as_the_client_sent_it(&invalid.message);
+            let top_level = invalid.param.as_deref().is_some_and(|p| !p.contains('.'));
+            invalid.message = as_the_client_sent_it(&invalid.message, top_level);
             invalid
         })?;
         Ok(Self {
@@ -123,9 +124,9 @@ impl<T: DeserializeOwned> WithSpendCap<T> {
 }
 
 /// An error about the body [`WithSpendCap::split`] parsed, said of the body the client sent:
-/// the fields a misspelt one could have been include the cap, and serde's position (` at line 1
-/// column 87`) is dropped, as it points into the body without the cap.
-fn as_the_client_sent_it(message: &str) -> String {
+/// the fields a misspelt top-level one could have been include the cap, and serde's position
+/// (` at line 1 column 87`) is dropped, as it points into the body without the cap.
+fn as_the_client_sent_it(message: &str, top_level: bool) -> String {
     let message = match message.rfind(" at line ") {
         Some(at)
             if message[at + " at line ".len()..]
@@ -140,7 +141,10 @@ fn as_the_client_sent_it(message: &str) -> String {
         }
         _ => message,
     };
-    if message.contains("unknown field") && message.contains(", expected one of ") {
+    let unknown_field = message
+        .split_once("`: ")
+        .is_some_and(|(_, said)| said.starts_with("unknown field `"));
+    if top_level && unknown_field && message.contains(", expected one of ") {
         format!("{message}, `{SPEND_CAP_FIELD}`")
     } else {
         message.to_owned()

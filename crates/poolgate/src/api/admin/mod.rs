@@ -105,8 +105,8 @@ pub fn router(data: DataPlane) -> (Router<AppState>, OpenApiDoc) {
 /// A body read as one flat object (`#[serde(flatten)]`, as [`backends::WithSpendCap`]) is
 /// described by utoipa as `allOf` of its parts; the backend part refuses unknown fields
 /// (`additionalProperties: false`), which under JSON Schema refuses the other part's fields too.
-/// An `allOf` of inline objects becomes the one object it stands for: every property, every
-/// required field, the first part's stance on other fields.
+/// An `allOf` of inline objects with no property in common becomes the one object it stands
+/// for: every property, every required field, the first part's stance on other fields.
 fn merge_inline_all_of(doc: &mut OpenApiDoc) {
     let Some(components) = doc.components.as_mut() else {
         return;
@@ -126,6 +126,15 @@ fn merge_inline_all_of(doc: &mut OpenApiDoc) {
         let Some((first, rest)) = objects.as_deref().and_then(<[&Object]>::split_first) else {
             continue;
         };
+        // Parts that share a property would need their schemas intersected: left as they are.
+        let mut names = std::collections::BTreeSet::new();
+        let disjoint = std::iter::once(first)
+            .chain(rest)
+            .flat_map(|part| part.properties.keys())
+            .all(|name| names.insert(name));
+        if !disjoint {
+            continue;
+        }
         let mut merged = (*first).clone();
         for part in rest {
             merged.properties.extend(part.properties.clone());

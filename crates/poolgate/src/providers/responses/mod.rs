@@ -135,6 +135,12 @@ impl ResponsesEnvelope {
                 param: Some("model".to_owned()),
             });
         }
+        crate::domain::check_model_name_length(&envelope.model).map_err(|error| {
+            ResponsesWireError::InvalidBody {
+                message: error.message,
+                param: error.param,
+            }
+        })?;
         Ok(envelope)
     }
 
