@@ -119,6 +119,21 @@ def test_errors_come_back_as_anthropic_errors(gateway: Gateway, client: anthropi
     assert caught.value.body["error"]["type"] == "authentication_error"
 
 
+def test_models_list_and_retrieve_in_anthropics_shape(client: anthropic.Anthropic) -> None:
+    # The SDK sends `anthropic-version`: the page and the model come in Anthropic's shape.
+    models = list(client.models.list())
+    ids = [m.id for m in models]
+    assert CLAUDE in ids and MODEL in ids
+    claude = next(m for m in models if m.id == CLAUDE)
+    assert (claude.type, claude.display_name) == ("model", CLAUDE)
+    assert claude.created_at.year == 1970
+    one = client.models.retrieve(CLAUDE)
+    assert (one.id, one.type, one.display_name) == (CLAUDE, "model", CLAUDE)
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.models.retrieve("no-such-model")
+    assert caught.value.body["error"]["type"] == "not_found_error"
+
+
 def test_a_message_without_max_tokens_is_a_400_naming_it(
     gateway: Gateway, client: anthropic.Anthropic
 ) -> None:

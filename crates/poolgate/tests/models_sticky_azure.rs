@@ -331,6 +331,44 @@ async fn one_model_is_retrieved_by_name_when_the_caller_may_use_it() {
     garbled.assert_openai_error();
     assert_eq!(garbled.json["error"]["param"], "model");
 
+    // With `anthropic-version` (as the Anthropic SDKs send it): Anthropic's shapes.
+    let as_anthropic = |path: &str| {
+        send(
+            gateway
+                .client
+                .get(format!("{}{path}", gateway.url))
+                .bearer_auth(common::ADMIN_TOKEN)
+                .header("anthropic-version", "2023-06-01"),
+        )
+    };
+    let page = as_anthropic("/v1/models").await;
+    assert_eq!(page.status, 200, "{page}");
+    let ids: Vec<&str> = page.json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["type"], "model", "{m}");
+            assert_eq!(m["display_name"], m["id"], "{m}");
+            assert_eq!(m["created_at"], "1970-01-01T00:00:00Z", "{m}");
+            m["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, ["gpt-4o", "latest"]);
+    assert_eq!(page.json["has_more"], false);
+    assert_eq!(page.json["first_id"], "gpt-4o");
+    assert_eq!(page.json["last_id"], "latest");
+    let one = as_anthropic("/v1/models/latest").await;
+    assert_eq!(one.status, 200, "{one}");
+    assert_eq!(
+        (&one.json["type"], &one.json["id"], &one.json["alias_of"]),
+        (&json!("model"), &json!("latest"), &json!("gpt-4o"))
+    );
+    let none = as_anthropic("/v1/models/mistral-large").await;
+    assert_eq!(none.status, 404, "{none}");
+    assert_eq!(none.json["type"], "error", "{none}");
+    assert_eq!(none.json["error"]["type"], "not_found_error", "{none}");
+
     // No key: 401, as for the list.
     let anonymous = retrieve(&gateway, "gpt-4o", None).await;
     assert_eq!(anonymous.status, 401, "{anonymous}");

@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod models;
 pub mod openai;
 pub mod proxy;
 pub mod request_id;

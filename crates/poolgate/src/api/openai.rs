@@ -1,27 +1,22 @@
 //! The OpenAI-compatible surface: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //! the Responses API (`POST /v1/responses`, and `GET`/`DELETE /v1/responses/{id}`,
 //! `POST /v1/responses/{id}/cancel`, `GET /v1/responses/{id}/input_items` on stored responses)
-//! — JSON or SSE, via [`crate::proxy`] — and `/v1/models` (the list, and `/v1/models/{model}`
-//! for one). Errors use OpenAI's shape.
+//! — JSON or SSE, via [`crate::proxy`] — and the routes of `/v1/models` ([`super::models`]).
+//! Errors use OpenAI's shape.
 
-use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::future::BoxFuture;
-use serde::Serialize;
 
-use super::auth::authenticate_client;
 use super::error::ApiError;
 use super::proxy::serve;
-use crate::domain::{CanonicalModel, MAX_MODEL_NAME_BYTES};
 use crate::providers::responses::{ResponseId, ResponsesCall};
 use crate::providers::Endpoint;
 use crate::proxy::Inbound;
-use crate::routing::models::ListedModel;
-use crate::state::{DataPlane, LiveClientKey};
+use crate::state::DataPlane;
 
 pub fn router() -> Router<super::AppState> {
     Router::new()
@@ -45,9 +40,9 @@ pub fn router() -> Router<super::AppState> {
                 Endpoint::ResponsesInputItems,
             )),
         )
-        .route("/v1/models", get(models))
+        .route("/v1/models", get(super::models::list))
         // A model name may hold `/` (`openai/gpt-4o`): the rest of the path is the name.
-        .route("/v1/models/{*model}", get(model))
+        .route("/v1/models/{*model}", get(super::models::one))
 }
 
 async fn responses(State(data): State<DataPlane>, request: Request) -> Response {
@@ -100,129 +95,4 @@ pub(super) async fn embeddings(State(data): State<DataPlane>, request: Request) 
 async fn proxy(data: DataPlane, endpoint: Endpoint, request: Request) -> Response {
     let parse = |body, _: &HeaderMap| Inbound::openai(endpoint, body);
     serve(&data, endpoint, request, parse, ApiError::openai).await
-}
-
-#[derive(Serialize)]
-struct ModelList {
-    object: &'static str,
-    data: Vec<ModelEntry>,
-}
-
-#[derive(Serialize)]
-struct ModelEntry {
-    id: String,
-    object: &'static str,
-    created: i64,
-    owned_by: &'static str,
-    /// For an alias: the model it stands for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    alias_of: Option<String>,
-}
-
-impl ModelEntry {
-    fn new(id: String, alias_of: Option<String>) -> Self {
-        Self {
-            id,
-            object: "model",
-            created: 0,
-            owned_by: "poolgate",
-            alias_of,
-        }
-    }
-
-    fn of(model: &ListedModel) -> Self {
-        Self::new(
-            model.id.clone(),
-            model.alias_of.as_ref().map(ToString::to_string),
-        )
-    }
-}
-
-/// `GET /v1/models`: the models the caller may use — exactly mapped models of enabled backends,
-/// aliases whose model is served, and those models (wildcards serve names not known in
-/// advance, so they list nothing of their own).
-async fn models(State(data): State<DataPlane>, headers: HeaderMap) -> Response {
-    let live = data.live();
-    let key = match authenticate_client(&data, &live, &headers) {
-        Ok(key) => key,
-        Err(error) => return error.openai(),
-    };
-    let allowed = allowed_models(key.as_deref());
-    let data = live
-        .models
-        .iter()
-        .filter(|model| may_list(allowed, model))
-        .map(ModelEntry::of)
-        .collect();
-    axum::Json(ModelList {
-        object: "list",
-        data,
-    })
-    .into_response()
-}
-
-/// `GET /v1/models/{model}` (the SDKs' `models.retrieve`): one model as `/v1/models` shows it —
-/// a listed model or alias, or a name a wildcard mapping serves — if the caller may use it;
-/// else 404 `model_not_found`, as OpenAI answers for a model that is not there or not the
-/// caller's.
-async fn model(
-    State(data): State<DataPlane>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Response {
-    let model = match path {
-        Ok(Path(model)) => model,
-        // Not UTF-8 once percent-decoded: no model has such a name.
-        Err(rejection) => {
-            return ApiError::invalid(format!("invalid model name: {}", rejection.body_text()))
-                .with_param("model")
-                .with_code("invalid_value")
-                .openai()
-        }
-    };
-    let live = data.live();
-    let key = match authenticate_client(&data, &live, &headers) {
-        Ok(key) => key,
-        Err(error) => return error.openai(),
-    };
-    let allowed = allowed_models(key.as_deref());
-    let found = match live.models.iter().find(|listed| listed.id == model) {
-        // No model has such a name (requests naming one are refused).
-        _ if model.len() > MAX_MODEL_NAME_BYTES => None,
-        Some(listed) => may_list(allowed, listed).then(|| ModelEntry::of(listed)),
-        // Served by a wildcard mapping (or by nothing): the name, if it routes and is allowed
-        // by its own name or its canonical one (as a request for it would be).
-        None => {
-            let canonical = live.routes.canonical(&model);
-            let may_use = allowed.is_empty()
-                || allowed
-                    .iter()
-                    .any(|m| m.as_str() == model || m.as_str() == canonical.as_str());
-            (may_use && live.routes.serves(&model)).then(|| ModelEntry::new(model.clone(), None))
-        }
-    };
-    match found {
-        Some(entry) => axum::Json(entry).into_response(),
-        None => ApiError::not_found(
-            format!("the model `{model}` does not exist or you do not have access to it"),
-            "model_not_found",
-        )
-        .with_param("model")
-        .openai(),
-    }
-}
-
-/// The models a caller's key allows (empty: every model; the admin token has no key).
-fn allowed_models(key: Option<&LiveClientKey>) -> &[CanonicalModel] {
-    key.map(|key| key.record.allowed_models.as_slice())
-        .unwrap_or_default()
-}
-
-/// Whether a caller whose key allows `allowed` (empty: every model) sees `model` in
-/// `/v1/models`: by its own name or, for an alias, by the model it names.
-fn may_list(allowed: &[CanonicalModel], model: &ListedModel) -> bool {
-    let may_use = |name: &str| allowed.iter().any(|m| m.as_str() == name);
-    allowed.is_empty()
-        || may_use(&model.id)
-        || model.alias_of.as_ref().is_some_and(|t| may_use(t.as_str()))
 }
