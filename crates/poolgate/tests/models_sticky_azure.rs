@@ -23,6 +23,18 @@ async fn backend(gateway: &Gateway, name: &str, upstream: &MockUpstream, mapping
         .await
 }
 
+/// `exact` maps `gpt-4o` to a dated id; `prefix` serves every `openai/…` name as the rest of it.
+async fn exact_and_prefix_backends(gateway: &Gateway, exact: &MockUpstream, prefix: &MockUpstream) {
+    backend(
+        gateway,
+        "exact",
+        exact,
+        json!({"gpt-4o": "gpt-4o-2024-08-06"}),
+    )
+    .await;
+    backend(gateway, "prefix", prefix, json!({"openai/*": "*"})).await;
+}
+
 /// Sends a chat completion for `model`; returns (status, upstream model the mock was asked for,
 /// which mock it was).
 async fn chat_route(
@@ -75,14 +87,7 @@ async fn aliases_and_wildcards_follow_the_precedence_rules() {
     let longer = MockUpstream::start().await;
     let catch_all = MockUpstream::start().await;
     let gateway = Gateway::start().await;
-    backend(
-        &gateway,
-        "exact",
-        &exact,
-        json!({"gpt-4o": "gpt-4o-2024-08-06"}),
-    )
-    .await;
-    backend(&gateway, "prefix", &prefix, json!({"openai/*": "*"})).await;
+    exact_and_prefix_backends(&gateway, &exact, &prefix).await;
     backend(
         &gateway,
         "longer",
@@ -262,14 +267,7 @@ async fn one_model_is_retrieved_by_name_when_the_caller_may_use_it() {
     let exact = MockUpstream::start().await;
     let prefix = MockUpstream::start().await;
     let gateway = Gateway::start().await;
-    backend(
-        &gateway,
-        "exact",
-        &exact,
-        json!({"gpt-4o": "gpt-4o-2024-08-06"}),
-    )
-    .await;
-    backend(&gateway, "prefix", &prefix, json!({"openai/*": "*"})).await;
+    exact_and_prefix_backends(&gateway, &exact, &prefix).await;
     let alias = send(
         gateway
             .admin(Method::PUT, "/aliases/latest")

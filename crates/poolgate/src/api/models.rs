@@ -188,9 +188,11 @@ pub async fn one(
         Err(error) => return shape.error(error),
     };
     let allowed = allowed_models(key.as_deref());
+    if model.len() > MAX_MODEL_NAME_BYTES {
+        // No model has such a name (requests naming one are refused): not looked up.
+        return not_found(shape, &model);
+    }
     let found = match live.models.iter().find(|listed| listed.id == model) {
-        // No model has such a name (requests naming one are refused).
-        _ if model.len() > MAX_MODEL_NAME_BYTES => None,
         Some(listed) => may_list(allowed, listed).then(|| Entry::of(listed)),
         // Served by a wildcard mapping (or by nothing): the name, if it routes and is allowed
         // by its own name or its canonical one (as a request for it would be).
@@ -208,14 +210,19 @@ pub async fn one(
     };
     match found {
         Some(entry) => entry.answer(shape),
-        None => shape.error(
-            ApiError::not_found(
-                format!("the model `{model}` does not exist or you do not have access to it"),
-                "model_not_found",
-            )
-            .with_param("model"),
-        ),
+        None => not_found(shape, &model),
     }
+}
+
+/// 404 `model_not_found`, as OpenAI answers for a model that is not there or not the caller's.
+fn not_found(shape: Shape, model: &str) -> Response {
+    shape.error(
+        ApiError::not_found(
+            format!("the model `{model}` does not exist or you do not have access to it"),
+            "model_not_found",
+        )
+        .with_param("model"),
+    )
 }
 
 /// The models a caller's key allows (empty: every model; the admin token has no key).

@@ -25,7 +25,9 @@ pub use backend::{
     DEFAULT_POOL, DEFAULT_TIMEOUT_SECONDS,
 };
 pub use models::{AliasRecord, ModelNameError, ModelPattern, UpstreamTemplate};
-pub use request::{check_model_name_length, parse_json, InvalidRequest, MAX_MODEL_NAME_BYTES};
+pub use request::{
+    check_model_name_length, parse_json, parse_json_value, InvalidRequest, MAX_MODEL_NAME_BYTES,
+};
 pub use request_id::{RequestId, X_REQUEST_ID};
 pub use validate::{
     literal_or_env, normalize_base_url, validate_api_key, validate_concurrency, validate_key_name,

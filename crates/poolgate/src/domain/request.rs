@@ -83,41 +83,60 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inva
             // Not JSON: there is no parameter to name (the path would be a guess, `?`).
             return InvalidRequest::new(format!("request body is not valid JSON: {inner}"));
         }
-        let plain = in_plain_words(&inner.to_string());
-        let message = if let Some(kind) = wrong_kind {
-            format!("invalid value at `{path}`: {kind} is not accepted here")
-        } else if path == "." {
-            format!("invalid request body: {plain}")
-        } else {
-            format!("invalid value at `{path}`: {plain}")
-        };
-        // serde's message for an absent field is "missing field `name`" (`Error::missing_field`).
-        let missing = inner
-            .to_string()
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split_once('`'))
-            .map(|(field, _)| field.to_owned());
-        match missing {
-            Some(field) => InvalidRequest {
-                message,
-                param: Some(if path == "." {
-                    field
-                } else {
-                    format!("{path}.{field}")
-                }),
-                code: Some("missing_required_parameter"),
-            },
-            None => InvalidRequest {
-                message,
-                param: (path != ".").then_some(path),
-                code: Some("invalid_body"),
-            },
-        }
+        invalid_field(path, &inner, wrong_kind)
     })?;
     deserializer
         .end()
         .map_err(|error| InvalidRequest::new(format!("request body is not valid JSON: {error}")))?;
     Ok(value)
+}
+
+/// [`parse_json`] of a body already read as JSON (part of one, as the admin API reads a
+/// backend beside its spend cap): the same errors, naming the same paths.
+pub fn parse_json_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, InvalidRequest> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|error| invalid_field(error.path().to_string(), error.inner(), None))
+}
+
+/// The error of a value serde refused at `path` (`.` for the body itself); `wrong_kind`: the
+/// JSON kind found there, when serde's message would not say it.
+fn invalid_field(
+    path: String,
+    inner: &serde_json::Error,
+    wrong_kind: Option<&str>,
+) -> InvalidRequest {
+    let plain = in_plain_words(&inner.to_string());
+    let message = if let Some(kind) = wrong_kind {
+        format!("invalid value at `{path}`: {kind} is not accepted here")
+    } else if path == "." {
+        format!("invalid request body: {plain}")
+    } else {
+        format!("invalid value at `{path}`: {plain}")
+    };
+    // serde's message for an absent field is "missing field `name`" (`Error::missing_field`).
+    let missing = inner
+        .to_string()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field.to_owned());
+    match missing {
+        Some(field) => InvalidRequest {
+            message,
+            param: Some(if path == "." {
+                field
+            } else {
+                format!("{path}.{field}")
+            }),
+            code: Some("missing_required_parameter"),
+        },
+        None => InvalidRequest {
+            message,
+            param: (path != ".").then_some(path),
+            code: Some("invalid_body"),
+        },
+    }
 }
 
 /// serde's message with Rust's type names said as JSON's. A value of the wrong JSON type

@@ -29,7 +29,17 @@ use crate::config::LogFormat;
 /// Log lines (written to stdout) carry colours only when stdout is a terminal, and never with
 /// `NO_COLOR` set: a file, a pipe or journald gets plain text.
 fn colours_wanted() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colours_wanted_on(&std::io::stdout())
+}
+
+/// Colours on `output` when it is a terminal and `NO_COLOR` is not set.
+fn colours_wanted_on(output: &impl IsTerminal) -> bool {
+    output.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `RUST_LOG`, default `poolgate=info,warn`.
+fn log_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"))
 }
 
 /// Installs the global subscriber (`RUST_LOG`, default `poolgate=info,warn`). `instance`: the id
@@ -37,8 +47,7 @@ fn colours_wanted() -> bool {
 /// `access_log_flush` in their thread's buffer (zero: written at once); call [`flush`] before
 /// the process exits.
 pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duration) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"));
+    let filter = log_filter();
     let colours = colours_wanted();
     let output = batched::LogOutput::new(access_log_flush);
     let builder = tracing_subscriber::fmt()
@@ -87,14 +96,10 @@ pub fn init(format: LogFormat, instance: Option<&str>, access_log_flush: Duratio
 /// lines (`RUST_LOG`, default `poolgate=info,warn`) on stderr, so that stdout carries only the
 /// command's own output and can be piped (`poolgate backend list | cut -f2`).
 pub fn init_for_command() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("poolgate=info,warn"));
-    let colours = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_ansi(colours)
+        .with_env_filter(log_filter())
+        .with_ansi(colours_wanted_on(&std::io::stderr()))
         .fmt_fields(PlainFields)
         .event_format(human_format(SecondCachedTime))
         .init();

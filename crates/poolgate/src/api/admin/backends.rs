@@ -16,7 +16,7 @@ use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
 use crate::control::ControlPlane;
 use crate::domain::{
-    format_ms, parse_json, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord,
+    format_ms, parse_json_value, ApiKind, BackendId, BackendInput, BackendPatch, BackendRecord,
     BackendStatus, HttpVersion, ModelMapping, Source,
 };
 use crate::limits::upstream::UpstreamLimitsView;
@@ -110,44 +110,23 @@ impl<T: DeserializeOwned> WithSpendCap<T> {
                     .with_code("invalid_body")
             })?)),
         };
-        let rest = serde_json::to_vec(&body).map_err(ApiError::internal)?;
-        let backend = parse_json(&rest).map_err(|mut invalid| {
-            let top_level = invalid.param.as_deref().is_some_and(|p| !p.contains('.'));
-            invalid.message = as_the_client_sent_it(&invalid.message, top_level);
-            invalid
-        })?;
+        let backend =
+            parse_json_value(serde_json::Value::Object(body)).map_err(|mut invalid| {
+                // The fields a misspelt top-level one could have been include the cap.
+                let top_level = invalid.param.as_deref().is_some_and(|p| !p.contains('.'));
+                let unknown_field = invalid
+                    .message
+                    .split_once("`: ")
+                    .is_some_and(|(_, said)| said.starts_with("unknown field `"));
+                if top_level && unknown_field && invalid.message.contains(", expected one of ") {
+                    invalid.message.push_str(&format!(", `{SPEND_CAP_FIELD}`"));
+                }
+                invalid
+            })?;
         Ok(Self {
             backend,
             monthly_spend_cap_usd: cap,
         })
-    }
-}
-
-/// An error about the body [`WithSpendCap::split`] parsed, said of the body the client sent:
-/// the fields a misspelt top-level one could have been include the cap, and serde's position
-/// (` at line 1 column 87`) is dropped, as it points into the body without the cap.
-fn as_the_client_sent_it(message: &str, top_level: bool) -> String {
-    let message = match message.rfind(" at line ") {
-        Some(at)
-            if message[at + " at line ".len()..]
-                .split_once(" column ")
-                .is_some_and(|(line, column)| {
-                    [line, column]
-                        .iter()
-                        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                }) =>
-        {
-            &message[..at]
-        }
-        _ => message,
-    };
-    let unknown_field = message
-        .split_once("`: ")
-        .is_some_and(|(_, said)| said.starts_with("unknown field `"));
-    if top_level && unknown_field && message.contains(", expected one of ") {
-        format!("{message}, `{SPEND_CAP_FIELD}`")
-    } else {
-        message.to_owned()
     }
 }
 
