@@ -147,24 +147,25 @@ async fn a_keys_tpm_settles_with_real_usage_and_refuses_in_openai_and_anthropic_
     let keys = gw.keys().await;
     let id = keys[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(keys[0]["tpm_limit"], 1000);
-    let bad = gw
-        .admin(Method::PATCH, &format!("/keys/{id}"))
-        .json(&json!({"tpm_limit": -5}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    let bad: Value = bad.json().await.unwrap();
+    let patch_key = |body: Value| {
+        let request = gw.admin(Method::PATCH, &format!("/keys/{id}")).json(&body);
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status(), answer.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, bad) = patch_key(json!({"tpm_limit": -5})).await;
+    assert_eq!(status, 400);
     assert_eq!(bad["error"]["param"], "tpm_limit", "{bad}");
-    let changed: Value = gw
-        .admin(Method::PATCH, &format!("/keys/{id}"))
-        .json(&json!({"tpm_limit": 0}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // `null` would read as "left out" and change nothing: refused, naming the field.
+    let (status, bad) = patch_key(json!({"tpm_limit": null})).await;
+    assert_eq!(status, 400);
+    assert_eq!(bad["error"]["param"], "tpm_limit", "{bad}");
+    let message = bad["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("may not be null"), "{bad}");
+    assert_eq!(gw.keys().await[0]["tpm_limit"], 1000);
+    let (status, changed) = patch_key(json!({"tpm_limit": 0})).await;
+    assert_eq!(status, 200, "{changed}");
     assert_eq!(changed["tpm_limit"], 0);
     assert_eq!(chat_as(&gw, &key, 5000).await.status, 200);
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{
-    azure, normalize_base_url, validate_api_key, validate_mappings, validate_metadata,
+    azure, normalize_base_url, not_null, validate_api_key, validate_mappings, validate_metadata,
     validate_model_name, validate_name, validate_rpm, validate_timeout, validate_tpm,
     validate_weight, ApiKind, BackendRecord, CanonicalModel, HttpVersion, Invalid, ModelMapping,
     ModelMappings, ModelPattern, PoolName, UpstreamModel, UpstreamTemplate,
@@ -94,20 +94,6 @@ pub struct BackendInput {
 
 fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretString, D::Error> {
     String::deserialize(deserializer).map(SecretString::from)
-}
-
-/// A `PATCH` field that may be left out (unchanged) but not sent as `null`, which would read as
-/// "left out" and silently change nothing.
-fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer)?
-        .map(Some)
-        .ok_or_else(|| {
-            serde::de::Error::custom("may not be null: leave the field out to keep its value")
-        })
 }
 
 /// A `PATCH`'s new key: left out keeps the current one; `null` is refused as for every field.

@@ -35,6 +35,20 @@ pub use validate::{
     validate_rpm, validate_timeout, validate_tpm, validate_weight, Invalid,
 };
 
+/// A `PATCH` field that may be left out (unchanged) but not sent as `null`, which would read as
+/// "left out" and silently change nothing. Use with `#[serde(default, deserialize_with = …)]`.
+pub fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)?
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom("may not be null: leave the field out to keep its value")
+        })
+}
+
 /// Defines a string newtype with `Display`, `as_str` and transparent serde.
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::Json;
 use crate::control::{BudgetPatch, ClientKeyInput, ClientKeyPatch, ControlPlane};
-use crate::domain::{format_ms, ClientKeyRecord};
+use crate::domain::{format_ms, not_null, ClientKeyRecord};
 use crate::pricing::{Nanodollars, SpendView, WindowView};
 use crate::state::{DataPlane, Live};
 
@@ -45,19 +45,29 @@ pub struct CreateKey {
     pub budget_total_usd: Option<Nanodollars>,
 }
 
-/// Body of `PATCH /admin/api/keys/{id}`: each field given is changed (`null` removes a budget),
-/// the others stay.
+/// Body of `PATCH /admin/api/keys/{id}`: each field given is changed (`null` removes a budget;
+/// the other fields may not be `null`), the others stay.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// 0 = unlimited.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub rpm_limit: Option<i64>,
     /// 0 = unlimited.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub max_parallel_requests: Option<i64>,
     /// Empty = all models.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub allowed_models: Option<Vec<String>>,
     /// Tokens per minute; 0 = unlimited.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub tpm_limit: Option<i64>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<f64>)]
