@@ -2,7 +2,8 @@
 //! (JSON and typed SSE) to backends with the Responses API, translation to Chat Completions and
 //! Messages for backends without it, response affinity (follow-ups, reads, deletes and cancels
 //! reach the backend that made the response; 429 with `Retry-After` while it cools; owners
-//! survive a restart), and `count_tokens` pass-through.
+//! survive a restart), `count_tokens` pass-through, and both served past a spent monthly spend
+//! cap.
 
 mod common;
 
@@ -30,6 +31,29 @@ fn call(gateway: &Gateway, method: Method, path: &str) -> reqwest::RequestBuilde
         .client
         .request(method, format!("{}{path}", gateway.url))
         .bearer_auth(ADMIN_TOKEN)
+}
+
+/// The Anthropic backend `claude` (`sonnet` as `claude-up`) and the OpenAI backend `oa` (`gpt`).
+async fn claude_and_gpt(gateway: &Gateway, anthropic: &MockUpstream, openai: &MockUpstream) {
+    gateway
+        .add_backend(json!({
+            "name": "claude", "api": "anthropic", "api_base_url": anthropic.base_url(),
+            "api_key": "sk-ant-key-000001", "model_mappings": {"sonnet": "claude-up"},
+        }))
+        .await;
+    openai_backend(gateway, "oa", openai, "gpt").await;
+}
+
+/// `POST /v1/messages/count_tokens` for `model`, as the Anthropic SDK sends it.
+fn count_tokens(gateway: &Gateway, model: &str) -> reqwest::RequestBuilder {
+    gateway
+        .client
+        .post(format!("{}/v1/messages/count_tokens", gateway.url))
+        .header("x-api-key", ADMIN_TOKEN)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "token-counting-2024-11-01")
+        .json(&json!({"model": model, "system": "Be brief.",
+                      "messages": [{"role": "user", "content": "Hello"}]}))
 }
 
 /// (event name, data) of every SSE event of a body.
@@ -412,23 +436,8 @@ async fn count_tokens_passes_through_to_anthropic_backends() {
     let anthropic = MockUpstream::start().await;
     let openai = MockUpstream::start().await;
     let gateway = Gateway::start().await;
-    gateway
-        .add_backend(json!({
-            "name": "claude", "api": "anthropic", "api_base_url": anthropic.base_url(),
-            "api_key": "sk-ant-key-000001", "model_mappings": {"sonnet": "claude-up"},
-        }))
-        .await;
-    openai_backend(&gateway, "oa", &openai, "gpt").await;
-    let count = |model: &str| {
-        gateway
-            .client
-            .post(format!("{}/v1/messages/count_tokens", gateway.url))
-            .header("x-api-key", ADMIN_TOKEN)
-            .header("anthropic-version", "2023-06-01")
-            .header("anthropic-beta", "token-counting-2024-11-01")
-            .json(&json!({"model": model, "system": "Be brief.",
-                          "messages": [{"role": "user", "content": "Hello"}]}))
-    };
+    claude_and_gpt(&gateway, &anthropic, &openai).await;
+    let count = |model: &str| count_tokens(&gateway, model);
     let answer = send(count("sonnet")).await;
     assert_eq!(answer.status, 200, "{answer}");
     assert_eq!(answer.json, json!({"input_tokens": 10}));
@@ -530,4 +539,44 @@ async fn a_follow_up_may_wait_for_its_cooling_owner() {
     assert_eq!(answer.status, 200, "{answer}");
     let made = answer.json["id"].as_str().unwrap();
     assert_eq!(maker(made, &mocks).addr(), owner.addr());
+}
+
+/// Calls that cost no upstream tokens — a stored response read or deleted, `count_tokens` —
+/// are served by a backend whose monthly spend cap is spent; a call that costs is refused.
+#[tokio::test]
+async fn calls_that_cost_nothing_pass_a_spent_monthly_cap() {
+    let anthropic = MockUpstream::start().await;
+    let openai = MockUpstream::start().await;
+    let gateway = Gateway::start().await;
+    claude_and_gpt(&gateway, &anthropic, &openai).await;
+    let answer = send(create(&gateway, json!({"model": "gpt", "input": "hi"}))).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    let id = answer.json["id"].as_str().unwrap().to_owned();
+    for name in ["claude", "oa"] {
+        let backend = gateway.backend_id(name).await;
+        let answer = send(
+            gateway
+                .admin(Method::PATCH, &format!("/backends/{backend}"))
+                .json(&json!({"monthly_spend_cap_usd": "0"})),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer}");
+    }
+    let calls = openai.calls();
+    let answer = send(create(&gateway, json!({"model": "gpt", "input": "again"}))).await;
+    answer.assert_budget_exceeded();
+    assert_eq!(openai.calls(), calls, "a call that costs is refused");
+
+    let path = format!("/v1/responses/{id}");
+    let answer = send(call(&gateway, Method::GET, &path)).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!(answer.json["id"], id.as_str());
+    let answer = send(call(&gateway, Method::DELETE, &path)).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!(answer.json["deleted"], true);
+    assert_eq!(openai.calls(), calls + 2);
+
+    let answer = send(count_tokens(&gateway, "sonnet")).await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!(answer.json, json!({"input_tokens": 10}));
 }

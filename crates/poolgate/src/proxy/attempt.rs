@@ -67,6 +67,9 @@ pub async fn run(
     if let Some(preferred) = routing.preferred.clone() {
         selection.prefer(preferred);
     }
+    if inbound.is_free() {
+        selection.free_of_spend_caps();
+    }
     if !selection.any_serves() {
         if let Some(error) = inbound.none_serves() {
             refund_key(ctx);

@@ -206,17 +206,19 @@ impl Ticket {
 
 /// The readiness check: enabled, key readable, and admitted by its runtime (not cooling, a token
 /// in its bucket). Takes the token (and the probe slot) on success; otherwise says when it may be
-/// ready.
+/// ready. `free`: the call costs no upstream tokens, so a spent monthly cap does not stop it.
 pub fn accept(
     backend: &LiveBackend,
     now: Instant,
     need: Option<TokenNeed>,
+    free: bool,
 ) -> Result<Admitted, ReadyAt> {
     if !backend.record.enabled || backend.unreadable.is_some() {
         return Err(ReadyAt::Never);
     }
-    // A backend at its monthly spend cap is skipped until the month ends.
-    if let Some(spend) = &backend.spend {
+    // A backend at its monthly spend cap is skipped until the month ends, unless the call
+    // spends nothing (a stored response, `count_tokens`).
+    if let Some(spend) = backend.spend.as_ref().filter(|_| !free) {
         if spend.exhausted(chrono::Utc::now()).is_some() {
             return Err(ReadyAt::Never);
         }
@@ -244,6 +246,8 @@ pub struct Selection<'a, F> {
     need: Option<TokenNeed>,
     /// Backends whose monthly spend cap could not take the request's reservation (address, why).
     cap_refused: Vec<(usize, crate::pricing::BudgetExceeded)>,
+    /// The call costs no upstream tokens: monthly spend caps do not apply to it.
+    free: bool,
 }
 
 impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
@@ -259,7 +263,14 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
             earliest: None,
             need: None,
             cap_refused: Vec::new(),
+            free: false,
         }
+    }
+
+    /// The call costs no upstream tokens (a stored response, `count_tokens`): a backend at its
+    /// monthly spend cap still serves it.
+    pub fn free_of_spend_caps(&mut self) {
+        self.free = true;
     }
 
     /// The request's estimated tokens: reserved on each candidate's TPM limit and checked
@@ -312,7 +323,7 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
         {
             return None;
         }
-        match accept(&member.backend, now, self.need) {
+        match accept(&member.backend, now, self.need, self.free) {
             Ok(admitted) => {
                 self.tried.push(key);
                 Some(Ticket {
@@ -382,6 +393,9 @@ impl<'a, F: Fn(&BackendRecord) -> bool> Selection<'a, F> {
         &self,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Option<crate::pricing::BudgetExceeded> {
+        if self.free {
+            return None;
+        }
         let mut first: Option<crate::pricing::BudgetExceeded> = None;
         for member in self.route.members() {
             let backend = &member.backend;
