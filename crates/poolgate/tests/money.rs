@@ -605,6 +605,45 @@ async fn spend_survives_a_restart() {
     assert_eq!(upstream.calls(), 1);
 }
 
+/// A budget or cap set right after requests counts them, though their usage records still
+/// wait in the writer's queue (here for a minute): the new ledger has the queue stored first.
+#[tokio::test]
+async fn a_budget_or_cap_set_right_after_requests_counts_them() {
+    let upstream = MockUpstream::start().await;
+    let toml = "[usage]\nflush_interval_ms = 60000\n\n\
+                [prices.\"up-gpt\"]\ninput_per_mtok = 1000\noutput_per_mtok = 1000\n";
+    let gateway = Gateway::start_with(toml, None).await;
+    let backend = gateway
+        .add_openai_backend("gpt", &upstream.openai_base_url(), "primary", &["gpt"])
+        .await;
+    let backend = backend["id"].as_str().unwrap().to_owned();
+    report_usage(&upstream, 10, 2);
+    let (id, key) = gateway.create_key(json!({"name": "unbudgeted"})).await;
+    for _ in 0..3 {
+        let answer = send(
+            gateway
+                .client
+                .post(format!("{}/v1/chat/completions", gateway.url))
+                .bearer_auth(&key)
+                .json(&json!({"model": "gpt", "max_tokens": 2,
+                              "messages": [{"role": "user", "content": "hi"}]})),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer}");
+    }
+    // 3 × 12 tokens × $1 000 / Mtok.
+    let answer = send(
+        gateway
+            .admin(Method::PATCH, &format!("/keys/{id}"))
+            .json(&json!({"budget_total_usd": 1})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!(answer.json["spend"]["total"]["spent_usd"], json!(0.036));
+    set_cap(&gateway, &backend, 1_000_000_000).await;
+    assert_eq!(settled_spend(&gateway, &backend).await, json!(0.036));
+}
+
 /// The request's estimate (tokens, and its cost in nano-dollars at `nanos_per_token` for input
 /// and output alike), as poolgate makes it for `upstream_model`.
 fn estimate_of(body: &Value, upstream_model: &str, nanos_per_token: u64) -> (u64, u64, u64) {

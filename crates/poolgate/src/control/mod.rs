@@ -63,7 +63,7 @@ use limits_checkpoint::LimitsCheckpoint;
 use pg_changes::PgChangeFeed;
 use snapshot::Snapshots;
 use store::Stores;
-use usage_writer::{UsageWriter, WriterStateHandle};
+use usage_writer::{UsageFlush, UsageWriter, WriterStateHandle};
 
 /// The control plane; cloning is one `Arc` increment.
 #[derive(Clone)]
@@ -202,6 +202,8 @@ impl ControlPlane {
         } = parts;
         let clustered = cluster.is_some();
         let stores = stores.counted(&observer.metrics().store_errors());
+        // Serves the snapshot's new spend ledgers once the writer runs (below).
+        let usage_flush = UsageFlush::default();
         let snapshots = Arc::new(Snapshots::new(
             Arc::clone(&stores.config),
             sealer,
@@ -210,6 +212,7 @@ impl ControlPlane {
             observer.clone(),
             snapshot::SnapshotMoney {
                 usage: Arc::clone(&stores.usage),
+                flush: usage_flush.clone(),
                 config_prices: config.prices.clone(),
                 ledgers: Arc::default(),
             },
@@ -237,6 +240,7 @@ impl ControlPlane {
             &config.usage,
             journal,
             observer.metrics(),
+            &usage_flush,
         );
         let usage_state = usage_writer.state();
         let (health, health_writer) = health::spawn_health_writer(Arc::clone(&stores.config));

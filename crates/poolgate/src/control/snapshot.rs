@@ -22,6 +22,7 @@ use super::changes::{Change, InstanceId, Published};
 use super::models::{sticky_from_stored, STICKY_SETTING};
 use super::store::UsageStore;
 use super::store::{ConfigStore, StoreError};
+use super::usage_writer::UsageFlush;
 use crate::crypto::Sealer;
 use crate::domain::BackendId;
 use crate::domain::LimiterKind;
@@ -59,6 +60,8 @@ pub(super) struct Snapshots {
 pub(super) struct SnapshotMoney {
     /// Where a new ledger's spend so far is read from.
     pub usage: Arc<dyn UsageStore>,
+    /// Stores the queued usage records before a new ledger reads the spend so far.
+    pub flush: UsageFlush,
     /// The config file's `[prices]`.
     pub config_prices: BTreeMap<String, ModelPrice>,
     pub ledgers: Arc<SpendLedgers>,
@@ -259,10 +262,17 @@ impl Snapshots {
         let now = chrono::Utc::now();
         let (day_start, month_start) = window_starts_ms(now);
         let mut ledgers = HashMap::with_capacity(limits.len());
+        let mut flushed = false;
         for record in limits {
             let restored = match self.money.ledgers.get(record.kind, &record.id) {
                 Some(_) => RestoredSpend::default(),
                 None => {
+                    // The requests of the last flush interval are still queued: stored first,
+                    // or a budget set just after them would not count them.
+                    if !flushed {
+                        self.money.flush.flush().await;
+                        flushed = true;
+                    }
                     self.money
                         .usage
                         .spend_of(record.kind, &record.id, day_start, month_start)

@@ -28,11 +28,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use utoipa::ToSchema;
@@ -48,6 +48,32 @@ use crate::usage::{channel, Queued, UsageQueue, UsageSink};
 
 /// Records replayed per insert at start-up.
 const REPLAY_BATCH: usize = 500;
+
+/// The longest [`UsageFlush::flush`] waits for the writer.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// Asks the usage writer to store now what the data plane has queued, instead of at its next
+/// batch or tick: a spend ledger created for a new budget or cap reads what was spent so far
+/// from the store, which must not miss the last flush interval's requests. Cheap to clone; does
+/// nothing until [`spawn_writer`] has started the writer it is given to.
+#[derive(Clone, Debug, Default)]
+pub struct UsageFlush {
+    requests: Arc<OnceLock<mpsc::UnboundedSender<oneshot::Sender<()>>>>,
+}
+
+impl UsageFlush {
+    /// Returns once every record queued before the call is stored, the database refused them
+    /// for now (they stay queued and journaled), or [`FLUSH_WAIT`] passed.
+    pub async fn flush(&self) {
+        let Some(requests) = self.requests.get() else {
+            return;
+        };
+        let (reply, stored) = oneshot::channel();
+        if requests.send(reply).is_ok() {
+            let _ = tokio::time::timeout(FLUSH_WAIT, stored).await;
+        }
+    }
+}
 
 /// Opens the usage journal (when `usage.journal` is on) and first replays into the store what an
 /// earlier run left unacknowledged — records stored already are skipped by the store — then
@@ -138,8 +164,14 @@ pub fn spawn_writer(
     settings: &UsageSettings,
     journal: Option<Journal>,
     metrics: &Metrics,
+    flush: &UsageFlush,
 ) -> (UsageSink, UsageWriter) {
-    spawn_writer_with(store, settings, journal, metrics, SHUTDOWN_WRITE_LIMIT)
+    let (sink, writer, flushes) =
+        spawn_writer_with(store, settings, journal, metrics, SHUTDOWN_WRITE_LIMIT);
+    if flush.requests.set(flushes).is_err() {
+        tracing::warn!("a usage flush handle was given to a second writer; it serves the first");
+    }
+    (sink, writer)
 }
 
 /// [`spawn_writer`], trying at most `shutdown_limit` at shutdown before leaving the rest to the
@@ -150,8 +182,13 @@ fn spawn_writer_with(
     journal: Option<Journal>,
     metrics: &Metrics,
     shutdown_limit: Duration,
-) -> (UsageSink, UsageWriter) {
+) -> (
+    UsageSink,
+    UsageWriter,
+    mpsc::UnboundedSender<oneshot::Sender<()>>,
+) {
     let (sink, queue) = channel(journal.clone(), settings.batch_size);
+    let (flushes, flush_requests) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
     let state = Arc::new(WriterState::default());
     let writer = Writer::new(
@@ -165,6 +202,7 @@ fn spawn_writer_with(
     let task = tokio::spawn(writer.run(
         queue,
         stop_rx,
+        flush_requests,
         settings.flush_interval,
         settings.channel_capacity,
     ));
@@ -176,6 +214,7 @@ fn spawn_writer_with(
             state,
             buffer_limit: settings.buffer_records,
         },
+        flushes,
     )
 }
 
@@ -284,11 +323,14 @@ impl Writer {
         mut self,
         queue: UsageQueue,
         mut stop: watch::Receiver<bool>,
+        mut flush_requests: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
         flush_interval: Duration,
         backlog_warning: usize,
     ) -> u64 {
         let UsageQueue { mut rx, doorbell } = queue;
         let mut warned_at = Instant::now() - Duration::from_secs(60);
+        // [`UsageFlush`] callers waiting for this round to store everything queued.
+        let mut flushing: Vec<oneshot::Sender<()>> = Vec::new();
         let mut ticker = tokio::time::interval(flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -302,6 +344,10 @@ impl Writer {
                     () = doorbell.rung() => false,
                     _ = ticker.tick() => true,
                     () = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => true,
+                    Some(reply) = flush_requests.recv() => {
+                        flushing.push(reply);
+                        true
+                    }
                     changed = stop.changed() => {
                         if changed.is_err() || *stop.borrow() {
                             break;
@@ -313,7 +359,13 @@ impl Writer {
             self.park_written();
             let mut taken = 0;
             let mut closed = false;
-            while taken < self.batch_size {
+            // A flush takes everything queued; otherwise a batch per round.
+            let limit = if flushing.is_empty() {
+                self.batch_size
+            } else {
+                usize::MAX
+            };
+            while taken < limit {
                 match rx.try_recv() {
                     Ok(queued) => {
                         self.take(queued);
@@ -337,6 +389,9 @@ impl Writer {
             }
             self.pump(due).await;
             self.count_waiting(rx.len());
+            for reply in flushing.drain(..) {
+                let _ = reply.send(());
+            }
         }
         // Drain everything already queued, write what the database takes in time; the rest
         // stays in the journal.

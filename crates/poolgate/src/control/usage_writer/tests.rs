@@ -137,6 +137,7 @@ async fn records_wait_in_the_buffer_then_in_the_journal_and_are_all_written_once
         &settings(),
         Some(journal(dir.path())),
         &metrics(),
+        &UsageFlush::default(),
     );
     let state = writer.state();
     for i in 0..60 {
@@ -182,7 +183,13 @@ async fn records_wait_in_the_buffer_then_in_the_journal_and_are_all_written_once
 async fn without_a_journal_records_past_the_buffer_stay_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
-    let (sink, writer) = spawn_writer(store.clone(), &settings(), None, &metrics());
+    let (sink, writer) = spawn_writer(
+        store.clone(),
+        &settings(),
+        None,
+        &metrics(),
+        &UsageFlush::default(),
+    );
     let state = writer.state();
     for i in 0..40 {
         sink.open();
@@ -203,7 +210,7 @@ async fn without_a_journal_records_past_the_buffer_stay_in_memory() {
 async fn what_shutdown_cannot_write_stays_in_the_journal_and_is_written_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
-    let (sink, writer) = spawn_writer_with(
+    let (sink, writer, _) = spawn_writer_with(
         store.clone(),
         &settings(),
         Some(journal(dir.path())),
@@ -228,7 +235,13 @@ async fn what_shutdown_cannot_write_stays_in_the_journal_and_is_written_at_the_n
     };
     let journal = open_journal(&config, &*store).await.unwrap();
     assert_eq!(store.count_usage().await.unwrap(), 40);
-    let (_sink, writer) = spawn_writer(store.clone(), &settings(), journal, &metrics());
+    let (_sink, writer) = spawn_writer(
+        store.clone(),
+        &settings(),
+        journal,
+        &metrics(),
+        &UsageFlush::default(),
+    );
     assert_eq!(writer.shutdown().await, 0);
     assert_eq!(store.count_usage().await.unwrap(), 40);
     assert_eq!(segments(dir.path()), 0);
@@ -245,7 +258,13 @@ async fn a_full_batch_is_written_at_once_and_fewer_records_wait_for_the_tick() {
         flush_interval: Duration::from_secs(3600),
         ..UsageSettings::default()
     };
-    let (sink, writer) = spawn_writer(store.clone(), &settings, None, &metrics());
+    let (sink, writer) = spawn_writer(
+        store.clone(),
+        &settings,
+        None,
+        &metrics(),
+        &UsageFlush::default(),
+    );
     let state = writer.state();
     // The interval's first tick is immediate: let it pass before the records come.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -278,6 +297,41 @@ async fn a_full_batch_is_written_at_once_and_fewer_records_wait_for_the_tick() {
     }
     assert_eq!(writer.shutdown().await, 6);
     assert_eq!(store.count_usage().await.unwrap(), 6);
+}
+
+/// A flush stores at once what is queued, more than a batch included, without waiting for the
+/// tick; a flush handle given to no writer returns at once.
+#[tokio::test]
+async fn a_flush_stores_everything_queued_before_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), false).await;
+    UsageFlush::default().flush().await;
+    let settings = UsageSettings {
+        batch_size: 4,
+        flush_interval: Duration::from_secs(3600),
+        ..UsageSettings::default()
+    };
+    let flush = UsageFlush::default();
+    let (sink, writer) = spawn_writer(store.clone(), &settings, None, &metrics(), &flush);
+    // The interval's first tick is immediate: let it pass before the records come.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        sink.open();
+        sink.record(record(i)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.count_usage().await.unwrap(), 0, "three records wait");
+    flush.flush().await;
+    assert_eq!(store.count_usage().await.unwrap(), 3);
+    // A backlog past a batch (the doorbell rings, the writer takes a batch per round): the
+    // flush still returns only once all of it is stored.
+    for i in 3..13 {
+        sink.open();
+        sink.record(record(i)).await;
+    }
+    flush.flush().await;
+    assert_eq!(store.count_usage().await.unwrap(), 13);
+    assert_eq!(writer.shutdown().await, 13);
 }
 
 /// A writer over a store that is down and a journal, driven by the test itself (no task), with
@@ -395,7 +449,13 @@ async fn a_record_past_the_bound_whose_journal_line_failed_goes_to_the_buffer_an
         let (stop, stopped) = watch::channel(false);
         drop(stop);
         writer
-            .run(queue, stopped, Duration::from_millis(10), 1_000)
+            .run(
+                queue,
+                stopped,
+                mpsc::unbounded_channel().1,
+                Duration::from_millis(10),
+                1_000,
+            )
             .await;
         assert_eq!(state.view().lost, 4);
     })
