@@ -45,10 +45,14 @@ pub struct ResponsesCallInbound {
 impl From<ResponsesWireError> for InvalidRequest {
     fn from(error: ResponsesWireError) -> Self {
         match error {
-            ResponsesWireError::InvalidBody { message, param } => InvalidRequest {
+            ResponsesWireError::InvalidBody {
                 message,
                 param,
-                code: Some("invalid_value"),
+                code,
+            } => InvalidRequest {
+                message,
+                param,
+                code: Some(code),
             },
             ResponsesWireError::InvalidResponseId(id) => InvalidRequest::param(
                 format!("`{id}` is not a valid response id"),

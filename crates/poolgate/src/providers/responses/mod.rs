@@ -29,6 +29,8 @@ pub enum ResponsesWireError {
     InvalidBody {
         message: String,
         param: Option<String>,
+        /// The OpenAI error code (`missing_required_parameter`, `duplicate_parameter`, …).
+        code: &'static str,
     },
     /// 400/404: a response id that cannot be one (it would be put into the upstream URL).
     #[error("`{0}` is not a valid response id")]
@@ -47,6 +49,8 @@ pub enum ResponsesWireError {
 /// passes through untouched.
 #[derive(Debug, Deserialize)]
 pub struct ResponsesEnvelope {
+    /// Absent reads as empty, refused below as missing (as the other endpoints say it).
+    #[serde(default)]
     pub model: String,
     #[serde(default)]
     pub stream: Option<bool>,
@@ -102,6 +106,17 @@ impl Stateful {
     }
 }
 
+impl ResponsesWireError {
+    /// A refusal of the shared request checks, with its field and code.
+    fn from_invalid(error: crate::domain::InvalidRequest) -> Self {
+        ResponsesWireError::InvalidBody {
+            message: error.message,
+            param: error.param,
+            code: error.code.unwrap_or("invalid_value"),
+        }
+    }
+}
+
 impl ResponsesEnvelope {
     /// Parses a client body; errors name the offending field.
     pub fn parse(body: &[u8]) -> Result<ResponsesEnvelope, ResponsesWireError> {
@@ -116,31 +131,31 @@ impl ResponsesEnvelope {
                     return ResponsesWireError::InvalidBody {
                         message: format!("request body is not valid JSON: {inner}"),
                         param: None,
+                        code: "invalid_value",
                     };
+                }
+                // A duplicated `model` is said as on the other endpoints, not as serde says it.
+                if let Err(invalid) = TopLevel::parse(body, &["model"]) {
+                    return ResponsesWireError::from_invalid(invalid);
                 }
                 ResponsesWireError::InvalidBody {
                     message: format!("invalid Responses request: {inner}"),
                     param: (path != ".").then_some(path),
+                    code: "invalid_value",
                 }
             })?;
         let mut envelope = envelope;
         envelope.top =
-            TopLevel::parse(body, &["model"]).map_err(|error| ResponsesWireError::InvalidBody {
-                message: error.message,
-                param: error.param,
-            })?;
+            TopLevel::parse(body, &["model"]).map_err(ResponsesWireError::from_invalid)?;
         if envelope.model.is_empty() {
             return Err(ResponsesWireError::InvalidBody {
                 message: "you must provide a `model` parameter".to_owned(),
                 param: Some("model".to_owned()),
+                code: "missing_required_parameter",
             });
         }
-        crate::domain::check_model_name_length(&envelope.model).map_err(|error| {
-            ResponsesWireError::InvalidBody {
-                message: error.message,
-                param: error.param,
-            }
-        })?;
+        crate::domain::check_model_name_length(&envelope.model)
+            .map_err(ResponsesWireError::from_invalid)?;
         Ok(envelope)
     }
 

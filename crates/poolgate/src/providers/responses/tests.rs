@@ -242,26 +242,46 @@ fn envelope_finds_every_stateful_feature() {
 
 #[test]
 fn envelope_errors_name_the_field() {
-    for (body, param) in [
-        (&br#"{"input":"hi"}"#[..], None),
-        (br#"{"model":""}"#, Some("model")),
-        (br#"{"model":7}"#, Some("model")),
-        (br#"{"model":"m","stream":"yes"}"#, Some("stream")),
+    for (body, param, code) in [
+        (
+            &br#"{"input":"hi"}"#[..],
+            Some("model"),
+            "missing_required_parameter",
+        ),
+        (
+            br#"{"model":""}"#,
+            Some("model"),
+            "missing_required_parameter",
+        ),
+        (
+            br#"{"model":"m","model":"n"}"#,
+            Some("model"),
+            "duplicate_parameter",
+        ),
+        (br#"{"model":7}"#, Some("model"), "invalid_value"),
+        (
+            br#"{"model":"m","stream":"yes"}"#,
+            Some("stream"),
+            "invalid_value",
+        ),
         (
             br#"{"model":"m","previous_response_id":5}"#,
             Some("previous_response_id"),
+            "invalid_value",
         ),
-        (br#"not json"#, None),
+        (br#"not json"#, None, "invalid_value"),
         // Cut short inside an object: still no parameter (the path there is a guess, `?`).
-        (br#"{"#, None),
-        (br#"{"model":"m","#, None),
+        (br#"{"#, None, "invalid_value"),
+        (br#"{"model":"m","#, None, "invalid_value"),
     ] {
         match ResponsesEnvelope::parse(body) {
             Err(ResponsesWireError::InvalidBody {
                 param: got,
                 message,
+                code: got_code,
             }) => {
                 assert_eq!(got.as_deref(), param, "{message}");
+                assert_eq!(got_code, code, "{message}");
                 if body.first() != Some(&b'{') || !body.ends_with(b"}") {
                     assert!(message.contains("not valid JSON"), "{message}");
                 }
