@@ -454,6 +454,11 @@ async fn count_tokens_passes_through_to_anthropic_backends() {
     let answer = send(count("gpt")).await;
     assert_eq!(answer.status, 501, "{answer}");
     assert_eq!(answer.json["type"], "error");
+    assert_eq!(
+        answer.header("x-should-retry"),
+        Some("false"),
+        "not to retry"
+    );
     assert_eq!(openai.calls(), 0);
     assert_eq!(send(count("nope")).await.status, 404);
 

@@ -334,7 +334,10 @@ impl From<ProxyError> for ApiError {
             ProxyError::OwnerUnavailable { .. } => ApiError::new(status, error.to_string())
                 .with_code("response_backend_unavailable")
                 .with_detail("the response's backend is disabled or broken"),
-            ProxyError::NotImplemented { .. } => ApiError::new(status, error.to_string()),
+            // Permanent for this model: the SDKs would retry a 5xx without being told.
+            ProxyError::NotImplemented { .. } => {
+                ApiError::new(status, error.to_string()).with_no_retry()
+            }
             ProxyError::BudgetExceeded { message } => return ApiError::budget_exceeded(message),
         };
         if api.no_retry {
