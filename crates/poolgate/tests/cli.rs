@@ -580,7 +580,10 @@ fn the_database_url_chooses_the_database_and_an_unreachable_postgres_fails_clear
     ] {
         let refused = run(&args, &[]);
         assert!(!refused.success, "{refused}");
-        assert!(refused.stderr.contains("database"), "{refused}");
+        // Where, and why (not just that a pool timed out).
+        let place = format!("could not connect to PostgreSQL at 127.0.0.1:{port}");
+        assert!(refused.stderr.contains(&place), "{refused}");
+        assert!(refused.stderr.contains("refused"), "{refused}");
         assert!(
             !refused.stderr.contains("pg-secret-pw"),
             "the password is printed: {refused}"

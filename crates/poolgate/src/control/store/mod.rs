@@ -42,6 +42,9 @@ pub enum StoreError {
     Stale(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The database server could not be reached at start-up (where, and why).
+    #[error("could not connect to {0}")]
+    Unreachable(String),
     /// The usage writer's own SQLite connection (`rusqlite`, see `sqlite::usage`).
     #[error(transparent)]
     UsageWrite(#[from] rusqlite::Error),

@@ -15,7 +15,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use sqlx::Postgres;
 
 use super::rows::{
@@ -53,12 +54,28 @@ impl PgStore {
     /// partitions of the next days.
     pub async fn open(url: &str, settings: &DatabaseSettings) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("poolgate");
-        let pool = PgPoolOptions::new()
+        let pool = match PgPoolOptions::new()
             .max_connections(settings.max_connections)
             // A request for a connection while the server is down fails instead of queueing.
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => pool,
+            // The pool only says it timed out: one direct connection says why (refused, no
+            // such host, …), and the message names where.
+            Err(sqlx::Error::PoolTimedOut) => {
+                let cause = match PgConnection::connect_with(&options).await {
+                    Err(error) => error.to_string(),
+                    Ok(_) => "no connection within 5 s".to_owned(),
+                };
+                return Err(unreachable(&options, cause));
+            }
+            Err(error @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_))) => {
+                return Err(unreachable(&options, error.to_string()))
+            }
+            Err(error) => return Err(error.into()),
+        };
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
@@ -67,6 +84,15 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// The server at `options` could not be reached: where (never the password), and why.
+fn unreachable(options: &PgConnectOptions, cause: String) -> StoreError {
+    StoreError::Unreachable(format!(
+        "PostgreSQL at {}:{}: {cause}",
+        options.get_host(),
+        options.get_port()
+    ))
 }
 
 /// Maps constraint failures to the errors the API shows.
