@@ -24,7 +24,9 @@ struct Args {
     /// Delay before the response headers, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Serve `POST /__mock/replies` to script errors (for tests that run the binary).
+    /// Serve `POST /__mock/replies` to script errors (for tests that run the binary): a body
+    /// `{"status": 429, "retry_after": 30, "times": 1}` makes the next `times` requests (default
+    /// 1) answer `status`, with `retry-after` if given, in the endpoint's own error shape; 204.
     #[arg(long)]
     control: bool,
 }
