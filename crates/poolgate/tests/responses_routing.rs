@@ -56,6 +56,21 @@ fn count_tokens(gateway: &Gateway, model: &str) -> reqwest::RequestBuilder {
                       "messages": [{"role": "user", "content": "Hello"}]}))
 }
 
+/// The usage record of request `id`, once written.
+async fn record_of(gateway: &Gateway, id: &str) -> Value {
+    for _ in 0..400 {
+        let records = gateway.usage_records(1).await;
+        if let Some(record) = records
+            .into_iter()
+            .find(|record| record["request_id"] == id)
+        {
+            return record;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no usage record for {id}");
+}
+
 /// (event name, data) of every SSE event of a body.
 fn events(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
@@ -231,6 +246,20 @@ async fn backends_without_the_api_get_the_stateless_subset_translated() {
             assert_eq!(answer.json["error"]["param"], field);
         }
         assert_eq!(mock.calls(), before);
+        // A hosted tool the backend's format cannot carry: refused before any upstream call,
+        // and recorded so (no backend, no upstream model, no attempt, no cost).
+        let body = json!({"model": model, "input": "Hello", "tools": [{"type": "web_search"}]});
+        let answer = send(create(&gateway, body)).await;
+        assert_eq!(answer.status, 400, "{model}: {answer}");
+        assert_eq!(answer.json["error"]["code"], "unsupported_for_backend");
+        assert_eq!(mock.calls(), before);
+        let request_id = answer.header("x-request-id").unwrap().to_owned();
+        let record = record_of(&gateway, &request_id).await;
+        assert_eq!(record["status"], 400, "{record}");
+        assert_eq!(record["backend_id"], Value::Null, "{record}");
+        assert_eq!(record["upstream_model"], Value::Null, "{record}");
+        assert_eq!(record["attempts"], 0, "{record}");
+        assert_eq!(record["cost_usd"], Value::Null, "{record}");
     }
     // The Chat request asked for usage in the stream (the final event needs it).
     let chats = chat_only.requests();
