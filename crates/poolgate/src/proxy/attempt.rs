@@ -156,17 +156,12 @@ pub async fn run(
         // Phase **call**: the provider builds the request; the backend's timeout bounds the
         // time to the first byte.
         let built = plan::build(inbound, &backend, ticket.upstream_model.as_str(), settings);
-        let (mut request, plan) = match built {
-            Ok(built) => built,
-            // A request this backend's format cannot carry is refused before any upstream call:
-            // its record names no backend, no upstream model and no cost.
-            Err(error @ ProxyError::InvalidRequest(_)) => return Err(error),
-            Err(error) => {
-                draft.attempt(&ticket);
-                return Err(error);
-            }
-        };
-        draft.attempt(&ticket);
+        // A request this backend's format cannot carry is refused before any upstream call: its
+        // record names no backend, no upstream model and no cost.
+        if !matches!(built, Err(ProxyError::InvalidRequest(_))) {
+            draft.attempt(&ticket);
+        }
+        let (mut request, plan) = built?;
         // Observed from here: retries and failovers are counted, the trace context goes along.
         // One clock read starts the attempt, its observation and its first-byte deadline.
         let attempt_started = Instant::now();

@@ -39,6 +39,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// sends cooldown resets on it (`reset <origin> <backend id>`).
 pub const CONFIG_CHANNEL: &str = "poolgate_config";
 
+/// How long opening the store waits for a connection before it says the server is unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The advisory lock (transaction scope) that serialises config-file syncs of instances starting
 /// together.
 const SYNC_LOCK: i64 = 0x706f_6f6c_6761_7465; // "poolgate"
@@ -57,17 +60,19 @@ impl PgStore {
         let pool = match PgPoolOptions::new()
             .max_connections(settings.max_connections)
             // A request for a connection while the server is down fails instead of queueing.
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options.clone())
             .await
         {
             Ok(pool) => pool,
-            // The pool only says it timed out: one direct connection says why (refused, no
-            // such host, …), and the message names where.
+            // The pool only says it timed out: one direct connection, under the same bound,
+            // says why (refused, no such host, …), and the message names where.
             Err(sqlx::Error::PoolTimedOut) => {
-                let cause = match PgConnection::connect_with(&options).await {
-                    Err(error) => error.to_string(),
-                    Ok(_) => "no connection within 5 s".to_owned(),
+                let direct =
+                    tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options));
+                let cause = match direct.await {
+                    Ok(Err(error)) => error.to_string(),
+                    Ok(Ok(_)) | Err(_) => "no connection within 5 s".to_owned(),
                 };
                 return Err(unreachable(&options, cause));
             }
